@@ -1,0 +1,279 @@
+/* batch.c — building, sending and answering batches (protocol/SPEC.md, "Batches" and "Replies").
+ *
+ * Async records accumulate in g_fgc.batch and go out when a sync call flushes, or unanswered once the
+ * batch passes FGC_FLUSH_AT. A sync call's reply carries its result, the first deferred async error,
+ * its outputs (read straight into the caller's memory) and the data of earlier async device→host copies. */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "fg_msgpack.h"
+#include "fgc_internal.h"
+
+fgc_state g_fgc = {.mu = PTHREAD_MUTEX_INITIALIZER, .fd = -1, .ctx_sent = UINT64_MAX,
+                   .max_frame = FG_DEFAULT_MAX_FRAME};
+
+static __thread CUresult t_last_error;
+
+CUresult fgc_last_error(void) { return t_last_error ? t_last_error : CUDA_ERROR_NOT_INITIALIZED; }
+
+CUresult fgc_state_error(void) {
+    if (!g_fgc.initialised) return CUDA_ERROR_NOT_INITIALIZED;
+    if (g_fgc.init_result != CUDA_SUCCESS) return g_fgc.init_result;
+    if (g_fgc.broken) return g_fgc.broken;
+    return CUDA_SUCCESS;
+}
+
+void fgc_mark_broken(CUresult err, const char *fmt, ...) {
+    if (g_fgc.broken) return;
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    g_fgc.broken = err;
+    fgc_log(FGC_LOG_ERROR, "session with %s ended: %s. Further CUDA calls fail with %d.", fgc_endpoint(), msg,
+            (int)err);
+    if (g_fgc.fd >= 0) {
+        close(g_fgc.fd);
+        g_fgc.fd = -1;
+    }
+}
+
+static void rec_header(uint16_t op) {
+    g_fgc.rec_start = g_fgc.batch.len;
+    g_fgc.rec_ext = 0;
+    fg_put_u16(&g_fgc.batch, op);
+    fg_put_u16(&g_fgc.batch, 0);
+    fg_put_u32(&g_fgc.batch, 0);
+}
+
+static void rec_end(void) {
+    size_t len = g_fgc.batch.len - g_fgc.rec_start - FG_RECORD_HEADER + g_fgc.rec_ext;
+    if (!g_fgc.batch.failed) {
+        uint32_t l32 = (uint32_t)len;
+        memcpy(g_fgc.batch.buf + g_fgc.rec_start + 4, &l32, 4);
+    }
+    size_t pad = fg_pad8(len) - len;
+    static const uint8_t zeros[8];
+    fg_put(&g_fgc.batch, zeros, pad);
+}
+
+/* Send the batch. Returns 0, or -1 with the connection marked broken. */
+static int flush(int want_reply) {
+    if (g_fgc.batch.failed) {
+        fgc_mark_broken(CUDA_ERROR_OUT_OF_MEMORY, "a batch outgrew the stub's buffer");
+        return -1;
+    }
+    size_t total = g_fgc.batch.len + g_fgc.ext_total;
+    if (total == 0 && !want_reply) return 0;
+    fg_header h = {FG_MAGIC, FG_T_BATCH, want_reply ? FG_F_WANT_REPLY : 0, (uint32_t)total, ++g_fgc.seq};
+    uint8_t hb[FG_HEADER_SIZE];
+    fg_header_encode(&h, hb);
+    struct iovec iov[2 + 2 * FGC_MAX_EXT];
+    int n = 0;
+    iov[n++] = (struct iovec){hb, sizeof hb};
+    size_t at = 0;
+    for (int i = 0; i < g_fgc.n_ext; i++) {
+        if (g_fgc.ext[i].at > at) iov[n++] = (struct iovec){g_fgc.batch.buf + at, g_fgc.ext[i].at - at};
+        iov[n++] = (struct iovec){(void *)g_fgc.ext[i].p, g_fgc.ext[i].n};
+        at = g_fgc.ext[i].at;
+    }
+    if (g_fgc.batch.len > at) iov[n++] = (struct iovec){g_fgc.batch.buf + at, g_fgc.batch.len - at};
+    int rc = fgc_io_write(iov, n, sizeof hb + total);
+    fg_writer_reset(&g_fgc.batch);
+    g_fgc.n_ext = 0;
+    g_fgc.ext_total = 0;
+    if (rc) {
+        fgc_mark_broken(CUDA_ERROR_DEVICE_UNAVAILABLE, "sending to the server failed: %s", strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
+static int read_into(fgc_dest *d, int nd, uint64_t len, size_t *got) {
+    /* Fill the destinations in order with exactly len bytes. */
+    size_t left = (size_t)len;
+    *got = 0;
+    for (int i = 0; i < nd && left; i++) {
+        size_t k = d[i].n < left ? d[i].n : left;
+        if (fgc_io_read(d[i].dst, k)) return -1;
+        left -= k;
+        *got += k;
+    }
+    return left ? -2 : 0;
+}
+
+static CUresult read_reply(int exact, size_t *got) {
+    uint8_t hb[FG_HEADER_SIZE];
+    fg_header h;
+    if (fgc_io_read(hb, sizeof hb)) {
+        fgc_mark_broken(CUDA_ERROR_DEVICE_UNAVAILABLE, "the server closed the connection");
+        return g_fgc.broken;
+    }
+    const char *why = fg_header_decode(hb, &h, UINT32_MAX);
+    if (why) {
+        fgc_mark_broken(CUDA_ERROR_DEVICE_UNAVAILABLE, "bad reply from the server: %s", why);
+        return g_fgc.broken;
+    }
+    if (h.type == FG_T_CLOSE) {
+        uint8_t buf[FG_MAX_HELLO];
+        char reason[512] = "no reason given";
+        if (h.length <= sizeof buf && fgc_io_read(buf, h.length) == 0) {
+            fg_mp_value v;
+            if (fg_mp_lookup(buf, h.length, "reason", &v) == 0 && v.type == 1)
+                snprintf(reason, sizeof reason, "%.*s", (int)v.str_len, v.str);
+        }
+        fgc_mark_broken(CUDA_ERROR_DEVICE_UNAVAILABLE, "the server closed the session: %s", reason);
+        return g_fgc.broken;
+    }
+    struct {
+        uint32_t result, deferred, deferred_op, n_later;
+        uint64_t out_len;
+    } fx;
+    if (h.type != FG_T_REPLY || h.length < sizeof fx || fgc_io_read(&fx, sizeof fx)) {
+        fgc_mark_broken(CUDA_ERROR_DEVICE_UNAVAILABLE, "malformed reply from the server");
+        return g_fgc.broken;
+    }
+    uint64_t expect = 0;
+    for (int i = 0; i < g_fgc.n_outs; i++) expect += g_fgc.outs[i].n;
+    if (fx.out_len > expect || (exact && fx.out_len != 0 && fx.out_len != expect) ||
+        fx.n_later > g_fgc.n_later) {
+        fgc_mark_broken(CUDA_ERROR_DEVICE_UNAVAILABLE, "reply outputs do not match the call");
+        return g_fgc.broken;
+    }
+    size_t consumed = sizeof fx;
+    if (read_into(g_fgc.outs, g_fgc.n_outs, fx.out_len, got)) {
+        fgc_mark_broken(CUDA_ERROR_DEVICE_UNAVAILABLE, "the server closed the connection mid-reply");
+        return g_fgc.broken;
+    }
+    consumed += (size_t)fx.out_len;
+    for (uint32_t i = 0; i < fx.n_later; i++) {
+        uint64_t n;
+        size_t g2;
+        if (fgc_io_read(&n, 8) || n != g_fgc.later[i].n || read_into(&g_fgc.later[i], 1, n, &g2)) {
+            fgc_mark_broken(CUDA_ERROR_DEVICE_UNAVAILABLE, "async copy data in the reply does not match");
+            return g_fgc.broken;
+        }
+        consumed += 8 + (size_t)n;
+    }
+    if (consumed != h.length) {
+        fgc_mark_broken(CUDA_ERROR_DEVICE_UNAVAILABLE, "reply length mismatch");
+        return g_fgc.broken;
+    }
+    memmove(g_fgc.later, g_fgc.later + fx.n_later, (g_fgc.n_later - fx.n_later) * sizeof(fgc_dest));
+    g_fgc.n_later -= fx.n_later;
+    g_fgc.later_bytes = 0;
+    for (size_t i = 0; i < g_fgc.n_later; i++) g_fgc.later_bytes += g_fgc.later[i].n;
+    if (fx.deferred && fx.result == CUDA_SUCCESS) {
+        fgc_log(FGC_LOG_DEBUG, "deferred error %d from async %s", (int)fx.deferred, fg_op_name(fx.deferred_op));
+        return (CUresult)fx.deferred;
+    }
+    return (CUresult)fx.result;
+}
+
+fg_writer *fgc_begin(uint16_t op) {
+    CUresult e = fgc_state_error();
+    if (e != CUDA_SUCCESS) {
+        t_last_error = e;
+        return NULL;
+    }
+    pthread_mutex_lock(&g_fgc.mu);
+    if (g_fgc.broken) {
+        t_last_error = g_fgc.broken;
+        pthread_mutex_unlock(&g_fgc.mu);
+        return NULL;
+    }
+    if (g_fgc.batch.buf == NULL) fg_writer_init(&g_fgc.batch, 1u << 20, (size_t)g_fgc.max_frame);
+    if (g_fgc.batch.len + g_fgc.ext_total > FGC_FLUSH_AT && flush(0)) {
+        t_last_error = g_fgc.broken;
+        pthread_mutex_unlock(&g_fgc.mu);
+        return NULL;
+    }
+    uint64_t ctx = fgc_ctx_current();
+    if (ctx != g_fgc.ctx_sent) {
+        rec_header(FG_OP_SET_CTX);
+        fg_put_u64(&g_fgc.batch, ctx);
+        rec_end();
+        g_fgc.ctx_sent = ctx;
+    }
+    g_fgc.n_outs = 0;
+    rec_header(op);
+    return &g_fgc.batch;
+}
+
+void fgc_put_handle(fg_writer *w, const void *h) { fg_put_u64(w, (uint64_t)(uintptr_t)h); }
+
+void fgc_put_cstr(fg_writer *w, const char *s) {
+    size_t n = strlen(s) + 1;
+    fg_put_u32(w, (uint32_t)n);
+    fg_put(w, s, n);
+}
+
+void fgc_put_external(const void *p, size_t n) {
+    if (g_fgc.n_ext >= FGC_MAX_EXT) { /* cannot happen with the stub's own callers; copy as a fallback */
+        fg_put(&g_fgc.batch, p, n);
+        return;
+    }
+    g_fgc.ext[g_fgc.n_ext++] = (fgc_ext){g_fgc.batch.len, p, n};
+    g_fgc.ext_total += n;
+    g_fgc.rec_ext += n;
+}
+
+void fgc_expect(void *dst, size_t n) {
+    if (g_fgc.n_outs < FGC_MAX_OUTS) g_fgc.outs[g_fgc.n_outs++] = (fgc_dest){dst, n};
+}
+
+void fgc_expect_later(void *dst, size_t n) {
+    if (g_fgc.n_later == g_fgc.cap_later) {
+        size_t cap = g_fgc.cap_later ? g_fgc.cap_later * 2 : 64;
+        fgc_dest *nl = (fgc_dest *)realloc(g_fgc.later, cap * sizeof *nl);
+        if (!nl) {
+            g_fgc.batch.failed = 1;
+            return;
+        }
+        g_fgc.later = nl;
+        g_fgc.cap_later = cap;
+    }
+    g_fgc.later[g_fgc.n_later++] = (fgc_dest){dst, n};
+    g_fgc.later_bytes += n;
+}
+
+static CUresult finish_sync(int exact, size_t *got) {
+    rec_end();
+    CUresult r;
+    size_t dummy;
+    if (flush(1)) r = g_fgc.broken;
+    else r = read_reply(exact, got ? got : &dummy);
+    g_fgc.n_outs = 0;
+    pthread_mutex_unlock(&g_fgc.mu);
+    return r;
+}
+
+CUresult fgc_sync(void) { return finish_sync(1, NULL); }
+
+CUresult fgc_sync_var(size_t *got) { return finish_sync(0, got); }
+
+CUresult fgc_async(void) {
+    rec_end();
+    CUresult r = CUDA_SUCCESS;
+    if (g_fgc.later_bytes > FGC_PENDING_D2H_LIMIT) {
+        /* Bound the server's staging memory: collect pending device→host data now. */
+        rec_header(FG_OP_PING);
+        rec_end();
+        size_t got;
+        if (flush(1)) r = g_fgc.broken;
+        else r = read_reply(1, &got);
+    } else if (g_fgc.batch.len + g_fgc.ext_total > FGC_FLUSH_AT) {
+        if (flush(0)) r = g_fgc.broken;
+    }
+    pthread_mutex_unlock(&g_fgc.mu);
+    return r;
+}
+
+uint64_t fgc_handle_id(const void *h) { return (uint64_t)(uintptr_t)h; }
+
+CUstream fgc_ptsz_stream(CUstream s) { return s ? s : CU_STREAM_PER_THREAD; }

@@ -1,0 +1,223 @@
+/* conn.c — the stub's connection to its node server: endpoint parsing (FARGPU_SERVER is "host:port",
+ * "unix:/path" or a path), connect, the msgpack handshake (protocol version, token, ops hash, client info),
+ * and whole-buffer socket I/O. A failed connect or a refused handshake is reported with the endpoint and
+ * the server's reason; the token is never printed. */
+#include <errno.h>
+#include <limits.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "fg_msgpack.h"
+#include "fgc_internal.h"
+
+static char g_endpoint[512];
+
+const char *fgc_endpoint(void) { return g_endpoint; }
+
+static int connect_unix(const char *path) {
+    struct sockaddr_un sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sun_family = AF_UNIX;
+    if (strlen(path) >= sizeof sa.sun_path) {
+        errno = ENAMETOOLONG;
+        return -1;
+    }
+    strcpy(sa.sun_path, path);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -1;
+    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
+        int e = errno;
+        close(fd);
+        errno = e;
+        return -1;
+    }
+    return fd;
+}
+
+static int connect_tcp(const char *hostport, char *err, size_t errlen) {
+    char host[256];
+    const char *colon = strrchr(hostport, ':');
+    if (!colon || colon == hostport || (size_t)(colon - hostport) >= sizeof host) {
+        snprintf(err, errlen, "expected host:port");
+        return -1;
+    }
+    memcpy(host, hostport, (size_t)(colon - hostport));
+    host[colon - hostport] = 0;
+    if (host[0] == '[') { /* [v6addr]:port */
+        memmove(host, host + 1, strlen(host));
+        char *rb = strchr(host, ']');
+        if (rb) *rb = 0;
+    }
+    struct addrinfo hints, *res = NULL;
+    memset(&hints, 0, sizeof hints);
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    int gai = getaddrinfo(host, colon + 1, &hints, &res);
+    if (gai != 0) {
+        snprintf(err, errlen, "cannot resolve: %s", gai_strerror(gai));
+        return -1;
+    }
+    int fd = -1, last = 0;
+    for (struct addrinfo *ai = res; ai; ai = ai->ai_next) {
+        fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol);
+        if (fd < 0) continue;
+        if (connect(fd, ai->ai_addr, ai->ai_addrlen) == 0) break;
+        last = errno;
+        close(fd);
+        fd = -1;
+    }
+    freeaddrinfo(res);
+    if (fd < 0) {
+        snprintf(err, errlen, "%s", strerror(last ? last : ECONNREFUSED));
+        return -1;
+    }
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    return fd;
+}
+
+int fgc_io_write(const struct iovec *iov_in, int iovcnt, size_t total) {
+    struct iovec iov[64];
+    if (iovcnt > 64) return -1;
+    memcpy(iov, iov_in, sizeof(struct iovec) * (size_t)iovcnt);
+    struct iovec *v = iov;
+    size_t done = 0;
+    while (done < total) {
+        ssize_t n = writev(g_fgc.fd, v, iovcnt > IOV_MAX ? IOV_MAX : iovcnt);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            return -1;
+        }
+        done += (size_t)n;
+        while (iovcnt > 0 && (size_t)n >= v->iov_len) {
+            n -= (ssize_t)v->iov_len;
+            v++;
+            iovcnt--;
+        }
+        if (iovcnt > 0) {
+            v->iov_base = (char *)v->iov_base + n;
+            v->iov_len -= (size_t)n;
+        }
+    }
+    return 0;
+}
+
+int fgc_io_read(void *dst, size_t n) {
+    char *p = (char *)dst;
+    while (n > 0) {
+        ssize_t r = recv(g_fgc.fd, p, n, 0);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) return -1;
+        p += r;
+        n -= (size_t)r;
+    }
+    return 0;
+}
+
+static int send_frame(uint16_t type, const void *payload, size_t len) {
+    fg_header h = {FG_MAGIC, type, 0, (uint32_t)len, 0};
+    uint8_t hb[FG_HEADER_SIZE];
+    fg_header_encode(&h, hb);
+    struct iovec iov[2] = {{hb, sizeof hb}, {(void *)payload, len}};
+    return fgc_io_write(iov, 2, sizeof hb + len);
+}
+
+/* Read one handshake frame into buf (at most cap bytes). Returns its type, or -1. */
+static int recv_small_frame(uint8_t *buf, size_t cap, size_t *len) {
+    uint8_t hb[FG_HEADER_SIZE];
+    fg_header h;
+    if (fgc_io_read(hb, sizeof hb)) return -1;
+    if (fg_header_decode(hb, &h, FG_MAX_HELLO) || h.length > cap) return -1;
+    if (fgc_io_read(buf, h.length)) return -1;
+    *len = h.length;
+    return h.type;
+}
+
+static void mp_copy_str(const uint8_t *buf, size_t n, const char *key, char *dst, size_t cap) {
+    fg_mp_value v;
+    dst[0] = 0;
+    if (fg_mp_lookup(buf, n, key, &v) == 0 && v.type == 1) {
+        size_t k = v.str_len < cap - 1 ? v.str_len : cap - 1;
+        memcpy(dst, v.str, k);
+        dst[k] = 0;
+    }
+}
+
+CUresult fgc_connect(void) {
+    const char *ep = getenv("FARGPU_SERVER");
+    if (!ep || !*ep) {
+        fgc_log(FGC_LOG_ERROR, "FARGPU_SERVER is not set: set it to the node server's host:port or unix socket "
+                               "path (or run the program with `fargpu run -- ...`)");
+        return CUDA_ERROR_NO_DEVICE;
+    }
+    snprintf(g_endpoint, sizeof g_endpoint, "%s", ep);
+    char err[256] = "";
+    int fd;
+    if (strncmp(ep, "unix:", 5) == 0) {
+        fd = connect_unix(ep + 5);
+        if (fd < 0) snprintf(err, sizeof err, "%s", strerror(errno));
+    } else if (strchr(ep, '/')) {
+        fd = connect_unix(ep);
+        if (fd < 0) snprintf(err, sizeof err, "%s", strerror(errno));
+    } else {
+        fd = connect_tcp(ep, err, sizeof err);
+    }
+    if (fd < 0) {
+        fgc_log(FGC_LOG_ERROR, "cannot reach the fargpu node server at %s: %s. Is the server running "
+                               "(`fargpu server`), and is FARGPU_SERVER right?", ep, err);
+        return CUDA_ERROR_NO_DEVICE;
+    }
+    g_fgc.fd = fd;
+
+    const char *token = getenv("FARGPU_TOKEN");
+    char host[256] = "", exe[512] = "";
+    gethostname(host, sizeof host - 1);
+    ssize_t el = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (el > 0) exe[el] = 0;
+    fg_writer w;
+    fg_writer_init(&w, 1024, FG_MAX_HELLO);
+    fg_mp_map(&w, 7);
+    fg_mp_str(&w, "proto");
+    fg_mp_int(&w, FG_PROTO_VERSION);
+    fg_mp_str(&w, "token");
+    fg_mp_str(&w, token ? token : "");
+    fg_mp_str(&w, "ops_hash");
+    fg_mp_str(&w, FG_OPS_HASH);
+    fg_mp_str(&w, "pid");
+    fg_mp_int(&w, getpid());
+    fg_mp_str(&w, "host");
+    fg_mp_str(&w, host);
+    fg_mp_str(&w, "exe");
+    fg_mp_str(&w, exe);
+    fg_mp_str(&w, "stub");
+    fg_mp_str(&w, "fargpu-stub 0.1.0");
+    int bad = w.failed || send_frame(FG_T_HELLO, w.buf, w.len);
+    fg_writer_free(&w);
+    uint8_t buf[FG_MAX_HELLO];
+    size_t n = 0;
+    int type = bad ? -1 : recv_small_frame(buf, sizeof buf, &n);
+    if (type == FG_T_HELLO_OK) {
+        fg_mp_value v;
+        if (fg_mp_lookup(buf, n, "max_frame", &v) == 0 && v.type == 2 && v.i > 0) g_fgc.max_frame = (uint32_t)v.i;
+        char backend[64];
+        mp_copy_str(buf, n, "backend", backend, sizeof backend);
+        mp_copy_str(buf, n, "session", g_fgc.session, sizeof g_fgc.session);
+        fgc_log(FGC_LOG_INFO, "connected to %s (session %s, backend %s)", ep, g_fgc.session, backend);
+        return CUDA_SUCCESS;
+    }
+    char reason[512] = "the connection closed during the handshake";
+    if (type == FG_T_HELLO_ERR || type == FG_T_CLOSE) mp_copy_str(buf, n, "reason", reason, sizeof reason);
+    fgc_log(FGC_LOG_ERROR, "the fargpu node server at %s refused the session: %s", ep, reason);
+    close(fd);
+    g_fgc.fd = -1;
+    return type == FG_T_HELLO_ERR ? CUDA_ERROR_NOT_PERMITTED : CUDA_ERROR_NO_DEVICE;
+}

@@ -1,0 +1,53 @@
+/* fgc_internal.h — the stub's process-wide state: one connection, one outgoing batch, the outputs the
+ * pending sync call expects, and the queue of async device→host copies awaiting delivery. */
+#ifndef FGC_INTERNAL_H
+#define FGC_INTERNAL_H
+
+#include <pthread.h>
+#include <sys/uio.h>
+
+#include "fgc_rpc.h"
+
+#define FGC_MAX_EXT 16
+#define FGC_MAX_OUTS 16
+#define FGC_FLUSH_AT (4u * 1024u * 1024u) /* send a batch without waiting once it holds this much */
+#define FGC_PENDING_D2H_LIMIT (64u * 1024u * 1024u)
+
+typedef struct {
+    size_t at; /* batch offset the external bytes logically follow */
+    const void *p;
+    size_t n;
+} fgc_ext;
+
+typedef struct {
+    void *dst;
+    size_t n;
+} fgc_dest;
+
+typedef struct {
+    pthread_mutex_t mu;
+    int fd;
+    int initialised;  /* cuInit finished (successfully or not) */
+    CUresult init_result;
+    CUresult broken;  /* nonzero once the connection is unusable */
+    uint32_t max_frame;
+    uint32_t seq;
+    char session[64];
+
+    fg_writer batch;
+    size_t rec_start;
+    size_t rec_ext;   /* external bytes in the current record */
+    fgc_ext ext[FGC_MAX_EXT];
+    int n_ext;
+    size_t ext_total;
+    uint64_t ctx_sent; /* context the server has current; UINT64_MAX: unknown */
+
+    fgc_dest outs[FGC_MAX_OUTS];
+    int n_outs;
+    fgc_dest *later; /* async D2H destinations, FIFO */
+    size_t n_later, cap_later, later_bytes;
+} fgc_state;
+
+extern fgc_state g_fgc;
+
+#endif

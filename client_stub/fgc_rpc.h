@@ -1,0 +1,67 @@
+/* fgc_rpc.h — the stub's calling convention, used by the generated exports and the hand-written calls.
+ *
+ * A call is one record in the outgoing batch:
+ *   w = fgc_begin(op)          lock the connection, start a record (NULL: not initialised / connection lost)
+ *   fg_put(w, ...)             append the arguments
+ *   fgc_expect(dst, n)         (sync) where the reply's outputs go, in order
+ *   fgc_sync() / fgc_async()   finish the record: sync flushes the batch and waits for the reply,
+ *                              async returns at once (its errors come back with the next sync reply)
+ * The connection lock is held from fgc_begin to fgc_sync/fgc_async, so records from several threads
+ * never interleave. */
+#ifndef FGC_RPC_H
+#define FGC_RPC_H
+
+#include <cuda.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/uio.h>
+
+#include "fg_ops.h"
+#include "fg_wire.h"
+
+#define FGC_EXPORT __attribute__((visibility("default")))
+
+/* Returns CUDA_SUCCESS once cuInit has connected, else the error a call made now must return. */
+CUresult fgc_state_error(void);
+#define FGC_REQUIRE_INIT()                        \
+    do {                                          \
+        CUresult fgc_e_ = fgc_state_error();      \
+        if (fgc_e_ != CUDA_SUCCESS) return fgc_e_; \
+    } while (0)
+
+fg_writer *fgc_begin(uint16_t op);
+CUresult fgc_last_error(void);
+void fgc_put_handle(fg_writer *w, const void *h);
+void fgc_put_cstr(fg_writer *w, const char *s);
+/* Reference n bytes of caller memory as part of the current record without copying (sync calls only:
+ * the batch is sent before the call returns). */
+void fgc_put_external(const void *p, size_t n);
+void fgc_expect(void *dst, size_t n);
+CUresult fgc_sync(void);
+/* Like fgc_sync, but the reply may carry fewer output bytes than expected; *got receives the count. */
+CUresult fgc_sync_var(size_t *got);
+CUresult fgc_async(void);
+/* Register a destination for device→host data an async record will deliver with a later reply. */
+void fgc_expect_later(void *dst, size_t n);
+
+uint64_t fgc_handle_id(const void *h);
+CUstream fgc_ptsz_stream(CUstream s);
+CUresult fgc_unsupported(const char *name, int *logged);
+
+/* Thread-local current context (virtual id), kept in the stub; the server learns it lazily. */
+uint64_t fgc_ctx_current(void);
+void fgc_ctx_set_current(uint64_t id);
+void fgc_ctx_forget(uint64_t id);
+
+/* Logging to stderr, prefixed "fargpu: ". Level from FARGPU_LOG (error, warn, info, debug; default warn). */
+enum { FGC_LOG_ERROR = 0, FGC_LOG_WARN = 1, FGC_LOG_INFO = 2, FGC_LOG_DEBUG = 3 };
+void fgc_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* Connection (conn.c). */
+CUresult fgc_connect(void);
+int fgc_io_write(const struct iovec *iov, int iovcnt, size_t total);
+int fgc_io_read(void *dst, size_t n);
+void fgc_mark_broken(CUresult err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+const char *fgc_endpoint(void);
+
+#endif

@@ -1,0 +1,202 @@
+/* memory.c — device memory and copies. Allocation happens on the server (VMM-backed, so the address
+ * survives paging); copies move bytes over the connection in FG_CHUNK pieces. Synchronous host→device
+ * copies send straight from the caller's buffer (no staging copy); async ones capture the bytes at call
+ * time. Async device→host data lands in the caller's buffer with the next sync reply, before that call
+ * returns. "Pinned" host memory is ordinary page-aligned memory here: there is no local GPU to pin for. */
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+
+#include "fgc_impl.h"
+#include "fgc_internal.h"
+
+CUresult fgc_cuMemAlloc_v2(CUdeviceptr *dptr, size_t bytesize) {
+    FGC_REQUIRE_INIT();
+    if (!dptr) return CUDA_ERROR_INVALID_VALUE;
+    if (bytesize == 0) return CUDA_ERROR_INVALID_VALUE;
+    fg_writer *w = fgc_begin(FG_OP_cuMemAlloc_v2);
+    if (!w) return fgc_last_error();
+    fg_put_u64(w, bytesize);
+    uint64_t p = 0;
+    fgc_expect(&p, sizeof p);
+    CUresult r = fgc_sync();
+    if (r == CUDA_SUCCESS) *dptr = (CUdeviceptr)p;
+    return r;
+}
+
+CUresult fgc_cuMemFree_v2(CUdeviceptr dptr) {
+    FGC_REQUIRE_INIT();
+    fg_writer *w = fgc_begin(FG_OP_cuMemFree_v2);
+    if (!w) return fgc_last_error();
+    fg_put_u64(w, dptr);
+    return fgc_sync();
+}
+
+CUresult fgc_cuMemGetInfo_v2(size_t *free_b, size_t *total_b) {
+    FGC_REQUIRE_INIT();
+    if (!free_b || !total_b) return CUDA_ERROR_INVALID_VALUE;
+    uint64_t v[2] = {0, 0};
+    fg_writer *w = fgc_begin(FG_OP_cuMemGetInfo_v2);
+    if (!w) return fgc_last_error();
+    fgc_expect(v, sizeof v);
+    CUresult r = fgc_sync();
+    if (r == CUDA_SUCCESS) {
+        *free_b = (size_t)v[0];
+        *total_b = (size_t)v[1];
+    }
+    return r;
+}
+
+CUresult fgc_cuMemGetAddressRange_v2(CUdeviceptr *pbase, size_t *psize, CUdeviceptr dptr) {
+    FGC_REQUIRE_INIT();
+    uint64_t v[2] = {0, 0};
+    fg_writer *w = fgc_begin(FG_OP_cuMemGetAddressRange_v2);
+    if (!w) return fgc_last_error();
+    fg_put_u64(w, dptr);
+    fgc_expect(v, sizeof v);
+    CUresult r = fgc_sync();
+    if (r == CUDA_SUCCESS) {
+        if (pbase) *pbase = (CUdeviceptr)v[0];
+        if (psize) *psize = (size_t)v[1];
+    }
+    return r;
+}
+
+CUresult fgc_cuMemcpyHtoD_v2(CUdeviceptr dst, const void *src, size_t n) {
+    FGC_REQUIRE_INIT();
+    if (n && !src) return CUDA_ERROR_INVALID_VALUE;
+    size_t off = 0;
+    do {
+        size_t k = n - off < FG_CHUNK ? n - off : FG_CHUNK;
+        fg_writer *w = fgc_begin(FG_OP_cuMemcpyHtoD_v2);
+        if (!w) return fgc_last_error();
+        fg_put_u64(w, dst + off);
+        fg_put_u64(w, k);
+        fgc_put_external((const char *)src + off, k);
+        CUresult r = fgc_sync();
+        if (r != CUDA_SUCCESS) return r;
+        off += k;
+    } while (off < n);
+    return CUDA_SUCCESS;
+}
+
+CUresult fgc_cuMemcpyDtoH_v2(void *dst, CUdeviceptr src, size_t n) {
+    FGC_REQUIRE_INIT();
+    if (n && !dst) return CUDA_ERROR_INVALID_VALUE;
+    size_t off = 0;
+    do {
+        size_t k = n - off < FG_CHUNK ? n - off : FG_CHUNK;
+        fg_writer *w = fgc_begin(FG_OP_cuMemcpyDtoH_v2);
+        if (!w) return fgc_last_error();
+        fg_put_u64(w, src + off);
+        fg_put_u64(w, k);
+        fgc_expect((char *)dst + off, k);
+        CUresult r = fgc_sync();
+        if (r != CUDA_SUCCESS) return r;
+        off += k;
+    } while (off < n);
+    return CUDA_SUCCESS;
+}
+
+CUresult fgc_cuMemcpyHtoDAsync_v2(CUdeviceptr dst, const void *src, size_t n, CUstream s) {
+    FGC_REQUIRE_INIT();
+    if (n && !src) return CUDA_ERROR_INVALID_VALUE;
+    size_t off = 0;
+    do {
+        size_t k = n - off < FG_CHUNK ? n - off : FG_CHUNK;
+        fg_writer *w = fgc_begin(FG_OP_cuMemcpyHtoDAsync_v2);
+        if (!w) return fgc_last_error();
+        fg_put_u64(w, dst + off);
+        fgc_put_handle(w, s);
+        fg_put_u64(w, k);
+        fg_put(w, (const char *)src + off, k); /* captured now: the caller may reuse its buffer */
+        CUresult r = fgc_async();
+        if (r != CUDA_SUCCESS) return r;
+        off += k;
+    } while (off < n);
+    return CUDA_SUCCESS;
+}
+
+CUresult fgc_cuMemcpyDtoHAsync_v2(void *dst, CUdeviceptr src, size_t n, CUstream s) {
+    FGC_REQUIRE_INIT();
+    if (n && !dst) return CUDA_ERROR_INVALID_VALUE;
+    size_t off = 0;
+    do {
+        size_t k = n - off < FG_CHUNK ? n - off : FG_CHUNK;
+        fg_writer *w = fgc_begin(FG_OP_cuMemcpyDtoHAsync_v2);
+        if (!w) return fgc_last_error();
+        fg_put_u64(w, src + off);
+        fgc_put_handle(w, s);
+        fg_put_u64(w, k);
+        fgc_expect_later((char *)dst + off, k);
+        CUresult r = fgc_async();
+        if (r != CUDA_SUCCESS) return r;
+        off += k;
+    } while (off < n);
+    return CUDA_SUCCESS;
+}
+
+/* ---- page-locked host memory: local, tracked so cuMemFreeHost can validate ---- */
+
+typedef struct {
+    void *p;
+    size_t n;
+} host_block;
+
+static pthread_mutex_t host_mu = PTHREAD_MUTEX_INITIALIZER;
+static host_block *host_blocks;
+static size_t host_n, host_cap;
+
+static CUresult host_alloc(void **pp, size_t n) {
+    if (!pp || n == 0) return CUDA_ERROR_INVALID_VALUE;
+    void *p = mmap(NULL, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) return CUDA_ERROR_OUT_OF_MEMORY;
+    pthread_mutex_lock(&host_mu);
+    if (host_n == host_cap) {
+        size_t cap = host_cap ? host_cap * 2 : 64;
+        host_block *nb = (host_block *)realloc(host_blocks, cap * sizeof *nb);
+        if (!nb) {
+            pthread_mutex_unlock(&host_mu);
+            munmap(p, n);
+            return CUDA_ERROR_OUT_OF_MEMORY;
+        }
+        host_blocks = nb;
+        host_cap = cap;
+    }
+    host_blocks[host_n++] = (host_block){p, n};
+    pthread_mutex_unlock(&host_mu);
+    *pp = p;
+    return CUDA_SUCCESS;
+}
+
+CUresult fgc_cuMemAllocHost_v2(void **pp, size_t bytesize) {
+    FGC_REQUIRE_INIT();
+    return host_alloc(pp, bytesize);
+}
+
+CUresult fgc_cuMemHostAlloc(void **pp, size_t bytesize, unsigned int Flags) {
+    FGC_REQUIRE_INIT();
+    unsigned known = CU_MEMHOSTALLOC_PORTABLE | CU_MEMHOSTALLOC_DEVICEMAP | CU_MEMHOSTALLOC_WRITECOMBINED;
+    if (Flags & ~known) return CUDA_ERROR_INVALID_VALUE;
+    if (Flags & CU_MEMHOSTALLOC_DEVICEMAP) {
+        static int logged;
+        return fgc_unsupported("cuMemHostAlloc with CU_MEMHOSTALLOC_DEVICEMAP (mapped host memory)", &logged);
+    }
+    return host_alloc(pp, bytesize);
+}
+
+CUresult fgc_cuMemFreeHost(void *p) {
+    FGC_REQUIRE_INIT();
+    pthread_mutex_lock(&host_mu);
+    for (size_t i = 0; i < host_n; i++) {
+        if (host_blocks[i].p == p) {
+            host_block b = host_blocks[i];
+            host_blocks[i] = host_blocks[--host_n];
+            pthread_mutex_unlock(&host_mu);
+            munmap(b.p, b.n);
+            return CUDA_SUCCESS;
+        }
+    }
+    pthread_mutex_unlock(&host_mu);
+    return CUDA_ERROR_INVALID_VALUE;
+}

@@ -1,0 +1,86 @@
+"""The `fargpu` command: one root for every part of the project.
+
+fargpu run -- CMD ...     lease a GPU and run CMD on it through the stub (fargpu/run.py)
+fargpu pool ...           operate the pool: status, nodes, leases, sessions, drain, evict
+fargpu pool-manager       run a pool manager (REST + gRPC)
+fargpu server ...         the node server (server/cli.py), when that part is installed"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated
+
+import typer
+
+from fargpu.pool_manager.admin_cli import app as pool_app
+from fargpu.pool_manager.serve_cli import pool_manager
+from fargpu.pool_manager.units import parse_size
+
+app = typer.Typer(help="fargpu: run unmodified CUDA programs on a remote GPU pool.", no_args_is_help=True)
+app.add_typer(pool_app, name="pool")
+app.command("pool-manager")(pool_manager)
+
+try:
+    from fargpu.server.cli import app as server_app
+except ImportError as _server_import_error:  # the node server's CLI is built separately; say so when asked
+    _missing = str(_server_import_error)
+    server_app = typer.Typer(help="The node server (not available in this installation).")
+
+    @server_app.callback(invoke_without_command=True)
+    def _server_missing() -> None:
+        typer.echo(f"error: the node server CLI is not available: {_missing}", err=True)
+        raise typer.Exit(1)
+
+
+app.add_typer(server_app, name="server")
+
+
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
+
+
+@app.command(
+    "run",
+    context_settings={"allow_interspersed_args": False, "ignore_unknown_options": True},
+)
+def run(
+    cmd: Annotated[list[str], typer.Argument(help="the command and its arguments (after --)", show_default=False)],
+    vram: Annotated[str, typer.Option(envvar="FARGPU_VRAM", help="VRAM per GPU, e.g. 8G")] = "1G",
+    gpus: Annotated[int, typer.Option(min=1, help="GPUs")] = 1,
+    pool: Annotated[
+        str | None, typer.Option(envvar="FARGPU_POOL_URL", help="pool manager URL [default: http://127.0.0.1:7000]")
+    ] = None,
+    qos: Annotated[str | None, typer.Option(help="guaranteed | standard | best_effort")] = None,
+    ttl: Annotated[float, typer.Option(min=1, help="lease TTL in seconds (renewed while CMD runs)")] = 60.0,
+    wait: Annotated[float, typer.Option(min=0, help="wait up to this many seconds for capacity")] = 0.0,
+    label: Annotated[str | None, typer.Option(help="label shown to operators [default: the command]")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no lease banner")] = False,
+) -> None:
+    """Lease GPU capacity, run CMD with the fargpu stub loaded, release the lease. Exits with CMD's code."""
+    from fargpu.run import run_leased
+
+    rc = asyncio.run(
+        run_leased(
+            cmd,
+            pool_url=pool,
+            vram_bytes=_size(vram),
+            gpus=gpus,
+            qos=qos,
+            ttl_s=ttl,
+            wait_s=wait,
+            label=label,
+            quiet=quiet,
+        )
+    )
+    raise typer.Exit(rc)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,190 @@
+"""The pool manager's REST API (FastAPI; OpenAPI at /docs, schema at /openapi.json), versioned under /v1.
+
+Leases: POST /v1/leases, GET /v1/leases[/ID], POST /v1/leases/ID/renew, DELETE /v1/leases/ID. Renew and release
+need the lease's token (or the admin token) as `Authorization: Bearer ...`. Read-only views: /v1/nodes,
+/v1/sessions, /v1/status. Admin: POST /v1/admin/nodes/ID/drain, POST /v1/admin/leases/ID/evict, with the admin
+token; with no admin token configured the admin endpoints refuse everyone. Prometheus: /metrics.
+
+Every error is JSON `{"error": code, "reason": readable text}`: 400 and 422 for bad input, 401 without a token,
+403 with a wrong one, 404 for unknown ids, 409 for conflicts (e.g. renewing an ended lease, with the reason it
+ended), 503 with Retry-After when there is no capacity."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fargpu.pool_manager.errors import BadRequest, Forbidden, NoCapacity, PoolError, Unauthorized
+from fargpu.pool_manager.metrics import CONTENT_TYPE
+from fargpu.pool_manager.models import LeaseCreated, LeaseView, NodeRecord, PoolStatus, QoS, SessionInfo
+from fargpu.pool_manager.placement import Strategy
+from fargpu.pool_manager.service import LeaseRequest, PoolService
+from fargpu.pool_manager.tokens import secret_matches, token_matches
+from fargpu.pool_manager.units import parse_size
+from fastapi import Depends, FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from fargpu import __version__
+
+
+class LeaseRequestBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    vram_bytes: int | None = Field(None, gt=0, description="VRAM per GPU in bytes (or give `vram`)")
+    vram: str | None = Field(None, description='VRAM per GPU as a size, e.g. "8G" (binary units)')
+    gpus: int = Field(1, ge=1, le=64)
+    qos: QoS = QoS.standard
+    ttl_s: float | None = Field(None, gt=0, description="lease lifetime without renewal; pool default if absent")
+    wait_s: float = Field(0.0, ge=0, description="wait up to this long for capacity instead of failing at once")
+    label: str | None = Field(None, max_length=200, description="free text for operators (who, what)")
+    strategy: Strategy | None = Field(None, description="placement: pack (default) or spread")
+
+
+class RenewBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    ttl_s: float | None = Field(None, gt=0, description="new lifetime from now; the lease's TTL if absent")
+
+
+class ReasonBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    reason: str | None = Field(None, max_length=500)
+
+
+class ErrorBody(BaseModel):
+    error: str
+    reason: str
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 422, 503)}
+
+_bearer = HTTPBearer(auto_error=False)
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+
+
+def _error(status: int, code: str, reason: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": code, "reason": reason}, status_code=status, headers=headers)
+
+
+def create_app(service: PoolService, admin_token: str | None = None) -> FastAPI:
+    app = FastAPI(
+        title="fargpu pool manager",
+        version=__version__,
+        description="Lease GPU capacity from the fargpu pool, and watch its nodes and sessions.",
+        responses=_ERRORS,
+    )
+
+    @app.exception_handler(PoolError)
+    async def _pool_error(_: Request, e: PoolError) -> JSONResponse:
+        headers = {"Retry-After": str(e.retry_after_s)} if isinstance(e, NoCapacity) else None
+        if isinstance(e, Unauthorized):
+            headers = {"WWW-Authenticate": "Bearer"}
+        return _error(e.status, e.code, e.reason, headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, e: RequestValidationError) -> JSONResponse:
+        parts = [f"{'.'.join(str(x) for x in err.get('loc', ()))}: {err.get('msg', '')}" for err in e.errors()]
+        return _error(422, "invalid_request", "; ".join(parts) or "invalid request")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, e: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(e.status_code, "http_error")
+        return _error(e.status_code, code, str(e.detail), dict(e.headers) if e.headers else None)
+
+    def require_admin(creds: Credentials) -> None:
+        if creds is None:
+            raise Unauthorized("this endpoint needs the admin token (Authorization: Bearer ...)")
+        if admin_token is None:
+            raise Forbidden("the admin API is disabled: the pool manager was started without an admin token")
+        if not secret_matches(creds.credentials, admin_token):
+            raise Forbidden("wrong admin token")
+
+    async def require_owner(lease_id: str, creds: Credentials) -> None:
+        if creds is None:
+            raise Unauthorized("this endpoint needs the lease token (Authorization: Bearer ...)")
+        lease = await service.get_lease(lease_id)
+        if admin_token is not None and secret_matches(creds.credentials, admin_token):
+            return
+        if not token_matches(creds.credentials, lease.token_hash):
+            raise Forbidden(f"the token is not the token of lease {lease_id}")
+
+    admin = [Depends(require_admin)]
+    owner = [Depends(require_owner)]
+
+    @app.post("/v1/leases", status_code=201, response_model=LeaseCreated, tags=["leases"])
+    async def create_lease(body: LeaseRequestBody) -> LeaseCreated:
+        """Leases GPU capacity. Returns the lease with its secret token and the node endpoint(s) to connect to."""
+        if (body.vram_bytes is None) == (body.vram is None):
+            raise BadRequest("give exactly one of vram_bytes or vram")
+        if body.vram is not None:
+            try:
+                vram = parse_size(body.vram)
+            except ValueError as e:
+                raise BadRequest(str(e)) from None
+        else:
+            assert body.vram_bytes is not None
+            vram = body.vram_bytes
+        lease, token = await service.create_lease(
+            LeaseRequest(vram, body.gpus, body.qos, body.ttl_s, body.wait_s, body.label, body.strategy)
+        )
+        return LeaseCreated(**lease.view().model_dump(), token=token)
+
+    @app.get("/v1/leases", response_model=list[LeaseView], tags=["leases"])
+    async def list_leases(include_ended: bool = False) -> list[LeaseView]:
+        return [lease.view() for lease in await service.list_leases(include_ended)]
+
+    @app.get("/v1/leases/{lease_id}", response_model=LeaseView, tags=["leases"])
+    async def get_lease(lease_id: str) -> LeaseView:
+        return (await service.get_lease(lease_id)).view()
+
+    @app.post("/v1/leases/{lease_id}/renew", response_model=LeaseView, tags=["leases"], dependencies=owner)
+    async def renew_lease(lease_id: str, body: RenewBody | None = None) -> LeaseView:
+        return (await service.renew_lease(lease_id, body.ttl_s if body else None)).view()
+
+    @app.delete("/v1/leases/{lease_id}", response_model=LeaseView, tags=["leases"], dependencies=owner)
+    async def release_lease(lease_id: str) -> LeaseView:
+        return (await service.release_lease(lease_id)).view()
+
+    @app.get("/v1/nodes", response_model=list[NodeRecord], tags=["pool"])
+    async def list_nodes() -> list[NodeRecord]:
+        return await service.list_nodes()
+
+    @app.get("/v1/nodes/{node_id}", response_model=NodeRecord, tags=["pool"])
+    async def get_node(node_id: str) -> NodeRecord:
+        return await service.get_node(node_id)
+
+    @app.get("/v1/sessions", response_model=list[SessionInfo], tags=["pool"])
+    async def list_sessions() -> list[SessionInfo]:
+        return await service.list_sessions()
+
+    @app.get("/v1/status", response_model=PoolStatus, tags=["pool"])
+    async def status() -> PoolStatus:
+        return await service.status()
+
+    @app.post("/v1/admin/nodes/{node_id}/drain", response_model=NodeRecord, tags=["admin"], dependencies=admin)
+    async def drain_node(node_id: str, body: ReasonBody | None = None) -> NodeRecord:
+        """Stops placing leases on the node and tells it to drain; its running sessions finish."""
+        return await service.drain_node(node_id, body.reason if body else None)
+
+    @app.post("/v1/admin/leases/{lease_id}/evict", response_model=LeaseView, tags=["admin"], dependencies=admin)
+    async def evict_lease(lease_id: str, body: ReasonBody | None = None) -> LeaseView:
+        """Ends the lease now; its node closes its sessions and the client sees the reason."""
+        return (await service.evict_lease(lease_id, body.reason if body else None)).view()
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        await service.refresh_metrics()
+        return Response(service.metrics.render(), media_type=CONTENT_TYPE)
+
+    @app.get("/v1/info", tags=["pool"])
+    async def info(request: Request) -> dict[str, Any]:
+        """Where node agents reach this pool manager over gRPC (host may be empty: use this URL's host)."""
+        host, port = getattr(request.app.state, "grpc_address", ("", 0))
+        return {"version": __version__, "store": service.store.name, "grpc_host": host, "grpc_port": port}
+
+    @app.get("/healthz", tags=["pool"])
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok", "store": service.store.name}
+
+    return app

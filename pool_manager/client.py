@@ -1,0 +1,151 @@
+"""A small asynchronous client of the pool manager's REST API, used by `fargpu run` and `fargpu pool ...`.
+
+It returns the API's JSON as dicts and turns failures into two exceptions: `PoolUnreachable` (nothing answered
+at that URL) and `PoolApiError` (the pool answered with an error; it carries status, code, reason and, for 503,
+Retry-After)."""
+
+from __future__ import annotations
+
+import os
+from types import TracebackType
+from typing import Any
+
+import httpx
+
+DEFAULT_POOL_URL = "http://127.0.0.1:7000"
+
+
+def default_pool_url() -> str:
+    return os.environ.get("FARGPU_POOL_URL") or DEFAULT_POOL_URL
+
+
+class PoolUnreachable(Exception):
+    def __init__(self, url: str, cause: Exception) -> None:
+        detail = str(cause) or type(cause).__name__
+        super().__init__(
+            f"cannot reach the pool manager at {url} ({detail}). Is it running? Start one with "
+            "`fargpu pool-manager`, or point --pool / FARGPU_POOL_URL at it."
+        )
+        self.url = url
+
+
+class PoolApiError(Exception):
+    def __init__(self, status: int, code: str, reason: str, retry_after_s: int | None = None) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.code = code
+        self.reason = reason
+        self.retry_after_s = retry_after_s
+
+
+class PoolClient:
+    def __init__(self, base_url: str | None = None, *, admin_token: str | None = None, timeout_s: float = 10.0) -> None:
+        self.base_url = (base_url or default_pool_url()).rstrip("/")
+        self._admin_token = admin_token
+        self._timeout = timeout_s
+        self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout_s)
+
+    async def __aenter__(self) -> PoolClient:
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: dict[str, Any] | None = None,
+        params: dict[str, Any] | None = None,
+        token: str | None = None,
+        timeout_s: float | None = None,
+    ) -> Any:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        try:
+            r = await self._http.request(
+                method, path, json=json, params=params, headers=headers, timeout=timeout_s or self._timeout
+            )
+        except httpx.TransportError as e:
+            raise PoolUnreachable(self.base_url, e) from e
+        if r.status_code >= 400:
+            try:
+                body = r.json()
+                code, reason = str(body.get("error", "error")), str(body.get("reason", r.text))
+            except ValueError:
+                code, reason = "error", r.text or r.reason_phrase
+            retry = r.headers.get("Retry-After")
+            raise PoolApiError(r.status_code, code, reason, int(retry) if retry and retry.isdigit() else None)
+        return r.json()
+
+    # --- leases ------------------------------------------------------------------------------------------
+    async def create_lease(
+        self,
+        vram_bytes: int,
+        gpus: int = 1,
+        *,
+        qos: str | None = None,
+        ttl_s: float | None = None,
+        wait_s: float = 0.0,
+        label: str | None = None,
+        strategy: str | None = None,
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"vram_bytes": vram_bytes, "gpus": gpus, "wait_s": wait_s}
+        for key, value in (("qos", qos), ("ttl_s", ttl_s), ("label", label), ("strategy", strategy)):
+            if value is not None:
+                body[key] = value
+        result: dict[str, Any] = await self._call("POST", "/v1/leases", json=body, timeout_s=self._timeout + wait_s)
+        return result
+
+    async def get_lease(self, lease_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self._call("GET", f"/v1/leases/{lease_id}")
+        return result
+
+    async def renew_lease(self, lease_id: str, token: str, ttl_s: float | None = None) -> dict[str, Any]:
+        body = {"ttl_s": ttl_s} if ttl_s is not None else None
+        result: dict[str, Any] = await self._call("POST", f"/v1/leases/{lease_id}/renew", json=body, token=token)
+        return result
+
+    async def release_lease(self, lease_id: str, token: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self._call("DELETE", f"/v1/leases/{lease_id}", token=token)
+        return result
+
+    # --- views and admin ---------------------------------------------------------------------------------
+    async def status(self) -> dict[str, Any]:
+        result: dict[str, Any] = await self._call("GET", "/v1/status")
+        return result
+
+    async def nodes(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = await self._call("GET", "/v1/nodes")
+        return result
+
+    async def leases(self, include_ended: bool = False) -> list[dict[str, Any]]:
+        params = {"include_ended": "true"} if include_ended else None
+        result: list[dict[str, Any]] = await self._call("GET", "/v1/leases", params=params)
+        return result
+
+    async def sessions(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = await self._call("GET", "/v1/sessions")
+        return result
+
+    def _admin(self) -> str | None:
+        return self._admin_token
+
+    async def drain(self, node_id: str, reason: str | None = None) -> dict[str, Any]:
+        body = {"reason": reason} if reason else None
+        result: dict[str, Any] = await self._call(
+            "POST", f"/v1/admin/nodes/{node_id}/drain", json=body, token=self._admin()
+        )
+        return result
+
+    async def evict(self, lease_id: str, reason: str | None = None) -> dict[str, Any]:
+        body = {"reason": reason} if reason else None
+        result: dict[str, Any] = await self._call(
+            "POST", f"/v1/admin/leases/{lease_id}/evict", json=body, token=self._admin()
+        )
+        return result

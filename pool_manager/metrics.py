@@ -1,0 +1,65 @@
+"""Prometheus metrics of the pool manager, served at `/metrics`.
+
+Counters and the placement-latency histogram count what this process did. Gauges describe the shared pool and
+are recomputed from the store on each scrape (`refresh`), so every pool manager on one Redis reports the same
+pool. Each PoolMetrics has its own registry, so several pool managers can live in one process (tests)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from fargpu.pool_manager.models import LeaseRecord, NodeRecord, NodeState, QoS
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class PoolMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.placements = Counter("fargpu_pool_placements", "Leases placed on a node", ["strategy"], registry=r)
+        self.rejections = Counter(
+            "fargpu_pool_rejections", "Lease requests refused for lack of capacity", ["reason"], registry=r
+        )
+        self.placement_conflicts = Counter(
+            "fargpu_pool_placement_conflicts", "Placements retried because the store refused a stale choice", registry=r
+        )
+        self.placement_seconds = Histogram(
+            "fargpu_pool_placement_seconds",
+            "Time to place a lease (snapshot, choice, atomic booking), without queueing",
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+            registry=r,
+        )
+        self.leases_ended = Counter("fargpu_pool_leases_ended", "Leases ended, by how", ["state"], registry=r)
+        self.heartbeats = Counter("fargpu_pool_heartbeats", "Node heartbeats received", registry=r)
+        self.leases_active = Gauge("fargpu_pool_leases_active", "Active leases", ["qos"], registry=r)
+        self.nodes = Gauge("fargpu_pool_nodes", "Nodes by state", ["state"], registry=r)
+        self.vram_capacity = Gauge("fargpu_pool_node_vram_capacity_bytes", "VRAM of the node", ["node"], registry=r)
+        self.vram_reserved = Gauge(
+            "fargpu_pool_node_vram_reserved_bytes", "VRAM booked by active leases", ["node"], registry=r
+        )
+        self.vram_used = Gauge(
+            "fargpu_pool_node_vram_used_bytes", "VRAM in use per node telemetry", ["node"], registry=r
+        )
+        self.heartbeat_age = Gauge(
+            "fargpu_pool_node_heartbeat_age_seconds", "Seconds since the node's last heartbeat", ["node"], registry=r
+        )
+        self.sessions = Gauge("fargpu_pool_node_sessions", "Sessions the node reported", ["node"], registry=r)
+
+    def refresh(self, nodes: Sequence[NodeRecord], leases: Sequence[LeaseRecord], now: float) -> None:
+        for q in QoS:
+            self.leases_active.labels(q.value).set(sum(1 for lease in leases if lease.qos == q))
+        for s in NodeState:
+            self.nodes.labels(s.value).set(sum(1 for n in nodes if n.state == s))
+        for g in (self.vram_capacity, self.vram_reserved, self.vram_used, self.heartbeat_age, self.sessions):
+            g.clear()
+        for n in nodes:
+            self.vram_capacity.labels(n.node_id).set(n.vram_total_bytes)
+            self.vram_reserved.labels(n.node_id).set(n.vram_reserved_bytes)
+            self.vram_used.labels(n.node_id).set(n.vram_used_bytes)
+            self.heartbeat_age.labels(n.node_id).set(max(0.0, now - n.last_heartbeat))
+            self.sessions.labels(n.node_id).set(len(n.sessions))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

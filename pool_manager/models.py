@@ -1,0 +1,152 @@
+"""The pool's records: leases, nodes, GPUs and sessions, as stored and as served over REST.
+
+Records are pydantic models so that the stores persist them as JSON and FastAPI documents them in OpenAPI from
+one definition. A lease's secret token is never part of a record: the store keeps only its hash
+(`LeaseRecord.token_hash`), and `LeaseView` (what REST shows) leaves even that out."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from pydantic import BaseModel, Field
+
+
+class QoS(StrEnum):
+    """Quality-of-service class. It orders the wait queue: guaranteed before standard before best_effort."""
+
+    guaranteed = "guaranteed"
+    standard = "standard"
+    best_effort = "best_effort"
+
+    @property
+    def priority(self) -> int:
+        return {"guaranteed": 0, "standard": 1, "best_effort": 2}[self.value]
+
+
+class LeaseState(StrEnum):
+    active = "active"
+    released = "released"  # the owner released it
+    expired = "expired"  # its TTL ran out without renewal
+    evicted = "evicted"  # an operator evicted it
+    lost = "lost"  # its node stopped heartbeating and was marked down
+
+
+class NodeState(StrEnum):
+    up = "up"
+    draining = "draining"  # takes no new leases; existing ones run on
+    down = "down"  # missed heartbeats; its leases were ended
+
+
+class GpuAlloc(BaseModel):
+    gpu: int = Field(description="GPU index on the node")
+    vram_bytes: int = Field(description="VRAM reserved on that GPU")
+
+
+class LeaseRecord(BaseModel):
+    lease_id: str
+    token_hash: str
+    node_id: str
+    endpoints: list[str]
+    allocs: list[GpuAlloc]
+    vram_bytes: int  # per GPU
+    gpu_count: int
+    qos: QoS
+    ttl_s: float
+    label: str | None = None
+    created_at: float
+    expires_at: float
+    state: LeaseState = LeaseState.active
+    ended_at: float | None = None
+    end_reason: str | None = None
+
+    @property
+    def quota_bytes(self) -> int:
+        """What the node lets the lease's sessions allocate in all."""
+        return sum(a.vram_bytes for a in self.allocs)
+
+    def view(self) -> LeaseView:
+        return LeaseView(**self.model_dump(exclude={"token_hash"}))
+
+
+class LeaseView(BaseModel):
+    """A lease as the REST API shows it (no token, no token hash)."""
+
+    lease_id: str
+    node_id: str
+    endpoints: list[str]
+    allocs: list[GpuAlloc]
+    vram_bytes: int = Field(description="VRAM per GPU, bytes")
+    gpu_count: int
+    qos: QoS
+    ttl_s: float
+    label: str | None
+    created_at: float
+    expires_at: float
+    state: LeaseState
+    ended_at: float | None
+    end_reason: str | None = Field(description="why the lease ended, readable by the client")
+
+
+class LeaseCreated(LeaseView):
+    token: str = Field(description="secret; present it to the node server and to renew/release. Shown once.")
+
+
+class GpuInfo(BaseModel):
+    index: int
+    name: str = ""
+    uuid: str = ""
+    total_bytes: int
+    free_bytes: int
+    utilization_pct: float = 0.0
+
+
+class SessionInfo(BaseModel):
+    session_id: str
+    lease_id: str
+    node_id: str
+    pid: int
+    vram_used_bytes: int
+    client: str
+
+
+class NodeRecord(BaseModel):
+    node_id: str
+    endpoints: list[str]
+    backend: str
+    version: str = ""
+    gpus: list[GpuInfo]
+    sessions: list[SessionInfo] = Field(default_factory=list)
+    state: NodeState = NodeState.up
+    state_reason: str | None = None
+    registered_at: float
+    last_heartbeat: float
+    reserved: dict[int, int] = Field(default_factory=dict, description="VRAM booked by active leases, per GPU index")
+
+    def capacity(self) -> dict[int, int]:
+        return {g.index: g.total_bytes for g in self.gpus}
+
+    @property
+    def vram_total_bytes(self) -> int:
+        return sum(g.total_bytes for g in self.gpus)
+
+    @property
+    def vram_reserved_bytes(self) -> int:
+        return sum(self.reserved.values())
+
+    @property
+    def vram_used_bytes(self) -> int:
+        """In use on the GPUs by the node's own telemetry (total minus free)."""
+        return sum(max(0, g.total_bytes - g.free_bytes) for g in self.gpus)
+
+
+class PoolStatus(BaseModel):
+    nodes_up: int
+    nodes_draining: int
+    nodes_down: int
+    gpus: int
+    vram_total_bytes: int
+    vram_reserved_bytes: int
+    vram_used_bytes: int
+    leases_active: int
+    sessions: int
+    store: str

@@ -1,0 +1,71 @@
+"""Placement: which node and which GPUs a lease gets. A pure function of a snapshot of the pool.
+
+All of a lease's GPUs are on one node (one client connection reaches one node server). Free VRAM means
+capacity minus what active leases booked, not the node's instantaneous free memory: bookings are what the pool
+promised, and the node enforces each lease's quota.
+
+- pack (default): best fit. Take the GPUs whose free VRAM is the smallest that still fits, and prefer the
+  node with the least free VRAM. Busy nodes fill up, idle nodes stay idle (and can be scaled to zero), and big
+  holes stay available for big requests.
+- spread: the opposite. Take the GPUs with the most free VRAM on the node with the most free VRAM, so load and
+  failures spread over nodes.
+Ties break on node id so that placement is deterministic."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+
+from fargpu.pool_manager.models import NodeState
+from fargpu.pool_manager.store import NodeCapacity
+from fargpu.pool_manager.units import format_size
+
+
+class Strategy(StrEnum):
+    pack = "pack"
+    spread = "spread"
+
+
+@dataclass(frozen=True)
+class Placement:
+    node_id: str
+    endpoints: list[str]
+    gpus: list[int]
+
+
+def place(view: Sequence[NodeCapacity], vram_bytes: int, gpu_count: int, strategy: Strategy) -> Placement | None:
+    best: tuple[tuple[int | str, ...], Placement] | None = None
+    for node in view:
+        if node.state != NodeState.up:
+            continue
+        fitting = [g for g in node.capacity if node.free(g) >= vram_bytes]
+        if len(fitting) < gpu_count:
+            continue
+        node_free = sum(node.free(g) for g in node.capacity)
+        if strategy == Strategy.pack:
+            chosen = sorted(fitting, key=lambda g: (node.free(g), g))[:gpu_count]
+            leftover = sum(node.free(g) - vram_bytes for g in chosen)
+            score: tuple[int | str, ...] = (leftover, node_free, node.node_id)
+        else:
+            chosen = sorted(fitting, key=lambda g: (-node.free(g), g))[:gpu_count]
+            score = (-node_free, -sum(node.free(g) for g in chosen), node.node_id)
+        if best is None or score < best[0]:
+            best = (score, Placement(node.node_id, list(node.endpoints), sorted(chosen)))
+    return best[1] if best is not None else None
+
+
+def why_not(view: Sequence[NodeCapacity], vram_bytes: int, gpu_count: int) -> str:
+    """A readable reason why `place` found nothing."""
+    want = f"{gpu_count} GPU(s) with {format_size(vram_bytes)} each"
+    up = [n for n in view if n.state == NodeState.up]
+    if not up:
+        others = len(view)
+        return f"no node is up to place {want}" + (f" ({others} node(s) down or draining)" if others else "")
+    if not any(len(n.capacity) >= gpu_count for n in up):
+        return f"no node up has {gpu_count} GPUs (the most on one node is {max(len(n.capacity) for n in up)})"
+    largest = max(c for n in up for c in n.capacity.values())
+    if largest < vram_bytes:
+        return f"no GPU in the pool has {format_size(vram_bytes)} (the largest has {format_size(largest)})"
+    most_free = max(n.free(g) for n in up for g in n.capacity)
+    return f"the pool is full: no node has {want} free now (the most free on one GPU is {format_size(most_free)})"

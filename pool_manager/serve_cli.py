@@ -1,0 +1,80 @@
+"""`fargpu pool-manager`: runs a pool manager (REST + gRPC) until SIGINT/SIGTERM. Every flag also reads a
+FARGPU_POOL_* environment variable (the admin token reads FARGPU_ADMIN_TOKEN)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from fargpu.pool_manager.config import DEFAULT_GRPC_PORT, DEFAULT_REST_PORT, PoolManagerConfig, default_state_file
+from fargpu.pool_manager.placement import Strategy
+from fargpu.pool_manager.server import PoolManager, run_pool_manager
+from fargpu.pool_manager.store_embedded import StateFileInUse
+
+
+def pool_manager(
+    host: Annotated[str, typer.Option(envvar="FARGPU_POOL_HOST", help="REST listen address")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(envvar="FARGPU_POOL_PORT", help="REST port")] = DEFAULT_REST_PORT,
+    grpc_host: Annotated[str, typer.Option(envvar="FARGPU_POOL_GRPC_HOST", help="gRPC listen address")] = "127.0.0.1",
+    grpc_port: Annotated[int, typer.Option(envvar="FARGPU_POOL_GRPC_PORT", help="gRPC port")] = DEFAULT_GRPC_PORT,
+    store: Annotated[str, typer.Option(envvar="FARGPU_POOL_STORE", help="embedded | redis")] = "embedded",
+    redis_url: Annotated[
+        str, typer.Option(envvar="FARGPU_POOL_REDIS_URL", help="Redis URL (--store redis)")
+    ] = "redis://127.0.0.1:6379/0",
+    redis_prefix: Annotated[str, typer.Option(envvar="FARGPU_POOL_REDIS_PREFIX", help="key prefix")] = "fargpu:",
+    state_file: Annotated[
+        Path | None,
+        typer.Option(envvar="FARGPU_POOL_STATE_FILE", help=f"embedded store's file [default: {default_state_file()}]"),
+    ] = None,
+    memory_only: Annotated[bool, typer.Option(help="embedded store without a state file")] = False,
+    fsync: Annotated[bool, typer.Option(envvar="FARGPU_POOL_FSYNC", help="fsync every state change")] = False,
+    admin_token: Annotated[
+        str | None, typer.Option(envvar="FARGPU_ADMIN_TOKEN", help="token for the admin endpoints (drain, evict)")
+    ] = None,
+    heartbeat_interval: Annotated[float, typer.Option(envvar="FARGPU_POOL_HEARTBEAT_INTERVAL")] = 2.0,
+    heartbeat_timeout: Annotated[
+        float, typer.Option(envvar="FARGPU_POOL_HEARTBEAT_TIMEOUT", help="silence after which a node is down")
+    ] = 10.0,
+    default_ttl: Annotated[float, typer.Option(envvar="FARGPU_POOL_DEFAULT_TTL", help="lease TTL, seconds")] = 300.0,
+    strategy: Annotated[Strategy, typer.Option(envvar="FARGPU_POOL_STRATEGY", help="placement")] = Strategy.pack,
+    log_level: Annotated[str, typer.Option(envvar="FARGPU_LOG_LEVEL")] = "info",
+) -> None:
+    """Run the pool manager: lease REST API (docs at /docs, metrics at /metrics) and the node gRPC service."""
+    if store not in ("embedded", "redis"):
+        raise typer.BadParameter("expected 'embedded' or 'redis'", param_hint="--store")
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = PoolManagerConfig(
+        host=host,
+        port=port,
+        grpc_host=grpc_host,
+        grpc_port=grpc_port,
+        store=store,
+        redis_url=redis_url,
+        redis_prefix=redis_prefix,
+        state_file=None if memory_only else (state_file or default_state_file()),
+        fsync=fsync,
+        admin_token=admin_token or None,
+        heartbeat_interval_s=heartbeat_interval,
+        heartbeat_timeout_s=heartbeat_timeout,
+        default_ttl_s=default_ttl,
+        strategy=strategy,
+        log_level=log_level.lower(),
+    )
+
+    def ready(pm: PoolManager) -> None:
+        where = f"state file {config.state_file}" if store == "embedded" else f"Redis {redis_url}"
+        typer.echo(
+            f"fargpu pool manager: REST {pm.rest_url} (docs {pm.rest_url}/docs), gRPC {pm.grpc_target}, "
+            f"{store} store ({where if config.state_file or store == 'redis' else 'memory only'})",
+            err=True,
+        )
+        if admin_token is None:
+            typer.echo("fargpu pool manager: no admin token set; drain and evict are disabled", err=True)
+
+    try:
+        run_pool_manager(config, ready)
+    except (StateFileInUse, ConnectionError, OSError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None

@@ -1,0 +1,170 @@
+"""Runs a pool manager: the store, the service, the REST API on uvicorn and the gRPC server, in one event loop.
+
+In-process (tests, benchmark, the single-machine demo):
+
+    async with PoolManager(PoolManagerConfig(port=0, grpc_port=0, state_file=None)) as pm:
+        ...  # pm.rest_url, pm.grpc_target, pm.service
+
+As a program: `fargpu pool-manager` (which calls `run_pool_manager`, on uvloop), or `serve_pool_manager(config)`
+from a running loop; both stop cleanly on SIGINT/SIGTERM. uvicorn is embedded without its own signal handling,
+so the owner of the loop decides when to stop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+import time
+from collections.abc import Callable, Generator
+from types import TracebackType
+
+import grpc
+import uvicorn
+from fargpu.pool_manager.api import create_app
+from fargpu.pool_manager.config import PoolManagerConfig
+from fargpu.pool_manager.grpc_service import NodeRegistryService
+from fargpu.pool_manager.service import PoolService
+from fargpu.pool_manager.store import Store
+from fargpu.pool_manager.store_embedded import EmbeddedStore
+from fargpu.pool_manager.store_redis import RedisStore
+from fargpu.protocol.generated import pool_pb2_grpc
+
+log = logging.getLogger("fargpu.pool_manager")
+
+
+class _EmbeddedUvicorn(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield  # the loop's owner handles signals
+
+
+def make_store(config: PoolManagerConfig) -> Store:
+    if config.store == "redis":
+        return RedisStore(config.redis_url, prefix=config.redis_prefix)
+    if config.store == "embedded":
+        return EmbeddedStore(config.state_file, fsync=config.fsync)
+    raise ValueError(f"unknown store {config.store!r}: expected 'embedded' or 'redis'")
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+class PoolManager:
+    def __init__(
+        self, config: PoolManagerConfig, *, store: Store | None = None, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.config = config
+        self.store = store or make_store(config)
+        self.service = PoolService(self.store, config.service_config(), clock=clock)
+        self.app = create_app(self.service, config.admin_token)
+        self.rest_port = 0
+        self.grpc_port = 0
+        self._grpc: grpc.aio.Server | None = None
+        self._uvicorn: _EmbeddedUvicorn | None = None
+        self._uvicorn_task: asyncio.Task[None] | None = None
+        self._stopped = asyncio.Event()
+
+    @property
+    def rest_url(self) -> str:
+        host = f"[{self.config.host}]" if ":" in self.config.host else self.config.host
+        return f"http://{host}:{self.rest_port}"
+
+    @property
+    def grpc_target(self) -> str:
+        return f"{self.config.grpc_host}:{self.grpc_port}"
+
+    async def start(self) -> None:
+        await self.store.open()
+        try:
+            await self.service.start()
+            self._grpc = grpc.aio.server()
+            pool_pb2_grpc.add_NodeRegistryServicer_to_server(
+                NodeRegistryService(self.service, self.config.command_wait_s), self._grpc
+            )
+            self.grpc_port = self._grpc.add_insecure_port(f"{self.config.grpc_host}:{self.config.grpc_port}")
+            if self.grpc_port == 0:
+                raise OSError(f"cannot listen for gRPC on {self.config.grpc_host}:{self.config.grpc_port}")
+            await self._grpc.start()
+            advertised = "" if self.config.grpc_host in ("", "0.0.0.0", "::", "[::]") else self.config.grpc_host
+            self.app.state.grpc_address = (advertised, self.grpc_port)
+            sock = _listen(self.config.host, self.config.port)
+            self.rest_port = sock.getsockname()[1]
+            uv_config = uvicorn.Config(
+                self.app, log_config=None, access_log=False, lifespan="off", log_level=self.config.log_level
+            )
+            self._uvicorn = _EmbeddedUvicorn(uv_config)
+            self._uvicorn_task = asyncio.create_task(self._uvicorn.serve(sockets=[sock]), name="pool-rest")
+            while not self._uvicorn.started:
+                if self._uvicorn_task.done():
+                    self._uvicorn_task.result()
+                    raise RuntimeError("the REST server stopped during start-up")
+                await asyncio.sleep(0.01)
+        except BaseException:
+            await self.stop()
+            raise
+        log.info(
+            "pool manager up: REST %s (docs at /docs), gRPC %s, store %s",
+            self.rest_url,
+            self.grpc_target,
+            self.store.name,
+        )
+
+    async def stop(self) -> None:
+        if self._uvicorn is not None and self._uvicorn_task is not None:
+            self._uvicorn.should_exit = True
+            with contextlib.suppress(Exception):
+                await self._uvicorn_task
+            self._uvicorn = None
+            self._uvicorn_task = None
+        if self._grpc is not None:
+            await self._grpc.stop(grace=0.5)
+            self._grpc = None
+        await self.service.stop()
+        await self.store.close()
+        self._stopped.set()
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()
+
+    async def __aenter__(self) -> PoolManager:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+
+async def serve_pool_manager(config: PoolManagerConfig, ready: Callable[[PoolManager], None] | None = None) -> None:
+    """Runs a pool manager until SIGINT or SIGTERM. `ready` is called once it listens."""
+    pm = PoolManager(config)
+    await pm.start()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        if ready is not None:
+            ready(pm)
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        await pm.stop()
+
+
+def run_pool_manager(config: PoolManagerConfig, ready: Callable[[PoolManager], None] | None = None) -> None:
+    """Blocking entry point: runs `serve_pool_manager` on uvloop."""
+    import uvloop
+
+    uvloop.run(serve_pool_manager(config, ready))

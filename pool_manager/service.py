@@ -1,0 +1,440 @@
+"""The pool's rules: leasing, renewing and ending leases, registering nodes, heartbeats, down-marking, queueing.
+
+`PoolService` sits between the front doors (REST in `api.py`, gRPC in `grpc_service.py`) and the store. It
+holds no pool state of its own, only this process's queue of waiting requests, so several pool managers can
+serve one Redis store. Time comes from an injectable clock, and `sweep_once` is the whole periodic duty
+(expiry, down-marking, clean-up), so tests drive time by hand.
+
+Queueing: a request that asked to wait (`wait_s > 0`) and found no room joins this process's wait queue. The
+queue is retried in QoS order, then arrival order, whenever capacity may have appeared here (a lease ended, a
+node registered) and every `queue_poll_s` (to see capacity freed through other pool managers). A later, smaller
+request may take room that an earlier, bigger one cannot use yet (backfill). When the wait runs out the caller
+gets 503 with Retry-After. A lease placed for a waiter that gave up in the meantime is released at once."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import math
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from fargpu.pool_manager.errors import BadRequest, Conflict, NoCapacity, NotFound
+from fargpu.pool_manager.metrics import PoolMetrics
+from fargpu.pool_manager.models import (
+    GpuAlloc,
+    GpuInfo,
+    LeaseRecord,
+    LeaseState,
+    NodeRecord,
+    NodeState,
+    PoolStatus,
+    QoS,
+    SessionInfo,
+)
+from fargpu.pool_manager.placement import Strategy, place, why_not
+from fargpu.pool_manager.store import Command, EndResult, Store
+from fargpu.pool_manager.tokens import new_lease_id, new_token, token_hash
+
+log = logging.getLogger("fargpu.pool_manager")
+
+
+@dataclass
+class ServiceConfig:
+    heartbeat_interval_s: float = 2.0
+    heartbeat_timeout_s: float = 10.0
+    sweep_interval_s: float = 1.0
+    default_ttl_s: float = 300.0
+    max_ttl_s: float = 86400.0
+    max_wait_s: float = 600.0
+    strategy: Strategy = Strategy.pack
+    ended_retention_s: float = 3600.0
+    queue_poll_s: float = 0.5
+    place_attempts: int = 32
+
+
+@dataclass(frozen=True)
+class LeaseRequest:
+    vram_bytes: int
+    gpu_count: int = 1
+    qos: QoS = QoS.standard
+    ttl_s: float | None = None
+    wait_s: float = 0.0
+    label: str | None = None
+    strategy: Strategy | None = None
+
+
+@dataclass
+class _Waiter:
+    request: LeaseRequest
+    seq: int
+    future: asyncio.Future[LeaseRecord] = field(repr=False)
+    token_hash: str = ""
+
+    @property
+    def order(self) -> tuple[int, int]:
+        return (self.request.qos.priority, self.seq)
+
+
+class PoolService:
+    def __init__(
+        self,
+        store: Store,
+        config: ServiceConfig | None = None,
+        metrics: PoolMetrics | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.config = config or ServiceConfig()
+        self.metrics = metrics or PoolMetrics()
+        self.clock = clock
+        self._waiters: list[_Waiter] = []
+        self._seq = itertools.count()
+        self._kick = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._orphans: set[asyncio.Task[EndResult]] = set()
+
+    # --- lifecycle ---------------------------------------------------------------------------------------
+    async def start(self, *, background: bool = True) -> None:
+        """Starts the sweeper and the wait-queue loop (tests that drive time by hand pass background=False)."""
+        if background:
+            self._tasks = [
+                asyncio.create_task(self._sweep_loop(), name="pool-sweep"),
+                asyncio.create_task(self._queue_loop(), name="pool-queue"),
+            ]
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        self._tasks = []
+        for w in self._waiters:
+            if not w.future.done():
+                w.future.cancel()
+        self._waiters.clear()
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            try:
+                await self.sweep_once()
+            except Exception:  # a store hiccup must not stop the sweeper
+                log.exception("pool sweep failed")
+            await asyncio.sleep(self.config.sweep_interval_s)
+
+    async def _queue_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._kick.wait(), self.config.queue_poll_s)
+            self._kick.clear()
+            try:
+                await self.serve_queue()
+            except Exception:
+                log.exception("pool wait queue failed")
+
+    # --- leases ------------------------------------------------------------------------------------------
+    def _check(self, req: LeaseRequest) -> LeaseRequest:
+        c = self.config
+        if req.vram_bytes <= 0:
+            raise BadRequest("vram_bytes must be positive")
+        if req.gpu_count <= 0:
+            raise BadRequest("gpus must be at least 1")
+        ttl = c.default_ttl_s if req.ttl_s is None else req.ttl_s
+        if not 0 < ttl <= c.max_ttl_s:
+            raise BadRequest(f"ttl_s must be in (0, {c.max_ttl_s:g}]")
+        if not 0 <= req.wait_s <= c.max_wait_s:
+            raise BadRequest(f"wait_s must be in [0, {c.max_wait_s:g}]")
+        return LeaseRequest(req.vram_bytes, req.gpu_count, req.qos, ttl, req.wait_s, req.label, req.strategy)
+
+    async def _try_place(self, req: LeaseRequest, thash: str) -> LeaseRecord | str:
+        """One placement: a fresh snapshot, a choice, an atomic booking; retried while the store refuses a
+        choice made stale by another pool manager. Returns the lease, or why there is no room."""
+        started = time.perf_counter()
+        strategy = req.strategy or self.config.strategy
+        assert req.ttl_s is not None
+        for _ in range(self.config.place_attempts):
+            view = await self.store.placement_view()
+            p = place(view, req.vram_bytes, req.gpu_count, strategy)
+            if p is None:
+                return why_not(view, req.vram_bytes, req.gpu_count)
+            now = self.clock()
+            lease = LeaseRecord(
+                lease_id=new_lease_id(),
+                token_hash=thash,
+                node_id=p.node_id,
+                endpoints=p.endpoints,
+                allocs=[GpuAlloc(gpu=g, vram_bytes=req.vram_bytes) for g in p.gpus],
+                vram_bytes=req.vram_bytes,
+                gpu_count=req.gpu_count,
+                qos=req.qos,
+                ttl_s=req.ttl_s,
+                label=req.label,
+                created_at=now,
+                expires_at=now + req.ttl_s,
+            )
+            conflict = await self.store.place_lease(lease)
+            if conflict is None:
+                self.metrics.placement_seconds.observe(time.perf_counter() - started)
+                self.metrics.placements.labels(strategy.value).inc()
+                return lease
+            self.metrics.placement_conflicts.inc()
+        return "the pool is busy: placements kept conflicting with other pool managers"
+
+    async def _retry_after(self) -> int:
+        nxt = await self.store.next_expiry()
+        if nxt is None:
+            return 5
+        return int(min(60, max(1, math.ceil(nxt - self.clock()))))
+
+    async def create_lease(self, request: LeaseRequest) -> tuple[LeaseRecord, str]:
+        """Places a lease; returns it with its secret token. Raises NoCapacity (503) when there is no room."""
+        req = self._check(request)
+        token = new_token()
+        thash = token_hash(token)
+        res = await self._try_place(req, thash)
+        if isinstance(res, LeaseRecord):
+            return res, token
+        if req.wait_s <= 0:
+            self.metrics.rejections.labels("no_capacity").inc()
+            raise NoCapacity(res, await self._retry_after())
+        waiter = _Waiter(req, next(self._seq), asyncio.get_running_loop().create_future(), thash)
+        self._waiters.append(waiter)
+        self._kick.set()
+        try:
+            lease = await asyncio.wait_for(asyncio.shield(waiter.future), req.wait_s)
+        except TimeoutError:
+            if waiter.future.done() and not waiter.future.cancelled():
+                return waiter.future.result(), token  # placed in the very last moment
+            waiter.future.cancel()
+            self.metrics.rejections.labels("wait_timeout").inc()
+            reason = f"waited {req.wait_s:g}s: {res}"
+            raise NoCapacity(reason, await self._retry_after()) from None
+        except asyncio.CancelledError:
+            # The caller went away. serve_queue releases anything it places for a cancelled waiter; a lease it
+            # placed just before is released here.
+            if not waiter.future.cancel() and not waiter.future.cancelled():
+                placed = waiter.future.result()
+                self._orphans.add(
+                    asyncio.create_task(self._end(placed.lease_id, LeaseState.released, "the requester went away"))
+                )
+            raise
+        finally:
+            if waiter in self._waiters and waiter.future.cancelled():
+                self._waiters.remove(waiter)
+        return lease, token
+
+    async def serve_queue(self) -> None:
+        """Tries every waiting request once, in QoS and arrival order."""
+        for w in sorted(self._waiters, key=lambda w: w.order):
+            if w.future.done():
+                if w in self._waiters:
+                    self._waiters.remove(w)
+                continue
+            res = await self._try_place(w.request, w.token_hash)
+            if not isinstance(res, LeaseRecord):
+                continue
+            if w in self._waiters:
+                self._waiters.remove(w)
+            if w.future.done():
+                await self._end(res.lease_id, LeaseState.released, "the requester stopped waiting")
+            else:
+                w.future.set_result(res)
+
+    @property
+    def waiting(self) -> int:
+        return sum(1 for w in self._waiters if not w.future.done())
+
+    async def get_lease(self, lease_id: str) -> LeaseRecord:
+        lease = await self.store.get_lease(lease_id)
+        if lease is None:
+            raise NotFound(f"lease {lease_id!r} not found")
+        return lease
+
+    async def _end(self, lease_id: str, state: LeaseState, reason: str) -> EndResult:
+        res = await self.store.end_lease(lease_id, state, reason, self.clock())
+        if res.ended_now and res.lease is not None:
+            self.metrics.leases_ended.labels(state.value).inc()
+            log.info("lease %s ended (%s): %s", lease_id, state.value, reason)
+            await self.store.push_command(
+                res.lease.node_id, Command(secrets.token_hex(6), "end_lease", lease_id=lease_id, reason=reason)
+            )
+            self._kick.set()
+        return res
+
+    @staticmethod
+    def _ended(lease: LeaseRecord) -> Conflict:
+        return Conflict(f"lease {lease.lease_id} has ended ({lease.state.value}): {lease.end_reason}")
+
+    async def renew_lease(self, lease_id: str, ttl_s: float | None = None) -> LeaseRecord:
+        lease = await self.get_lease(lease_id)
+        if lease.state != LeaseState.active:
+            raise self._ended(lease)
+        ttl = lease.ttl_s if ttl_s is None else ttl_s
+        if not 0 < ttl <= self.config.max_ttl_s:
+            raise BadRequest(f"ttl_s must be in (0, {self.config.max_ttl_s:g}]")
+        now = self.clock()
+        if lease.expires_at <= now:  # expired, and the sweeper has not got to it yet
+            res = await self._end(lease_id, LeaseState.expired, "the lease expired before it was renewed")
+            assert res.lease is not None
+            raise self._ended(res.lease)
+        renewed = await self.store.renew_lease(lease_id, now + ttl)
+        if renewed is None:
+            raise NotFound(f"lease {lease_id!r} not found")
+        if renewed.state != LeaseState.active:
+            raise self._ended(renewed)
+        return renewed
+
+    async def _end_or_raise(self, lease_id: str, state: LeaseState, reason: str) -> LeaseRecord:
+        res = await self._end(lease_id, state, reason)
+        if res.lease is None:
+            raise NotFound(f"lease {lease_id!r} not found")
+        if not res.ended_now:
+            raise self._ended(res.lease)
+        return res.lease
+
+    async def release_lease(self, lease_id: str) -> LeaseRecord:
+        return await self._end_or_raise(lease_id, LeaseState.released, "released by its owner")
+
+    async def evict_lease(self, lease_id: str, reason: str | None = None) -> LeaseRecord:
+        why = "evicted by an operator" + (f": {reason}" if reason else "")
+        return await self._end_or_raise(lease_id, LeaseState.evicted, why)
+
+    async def list_leases(self, include_ended: bool = False) -> list[LeaseRecord]:
+        return await self.store.list_leases(include_ended)
+
+    # --- nodes -------------------------------------------------------------------------------------------
+    async def register_node(
+        self, node_id: str, endpoints: list[str], backend: str, version: str, gpus: list[GpuInfo]
+    ) -> NodeRecord:
+        if not endpoints:
+            raise BadRequest("a node must register at least one endpoint")
+        if len({g.index for g in gpus}) != len(gpus):
+            raise BadRequest("GPU indexes of a node must be distinct")
+        now = self.clock()
+        node = NodeRecord(
+            node_id=node_id or f"node-{secrets.token_hex(4)}",
+            endpoints=endpoints,
+            backend=backend,
+            version=version,
+            gpus=gpus,
+            registered_at=now,
+            last_heartbeat=now,
+        )
+        rec = await self.store.register_node(node)
+        log.info("node %s registered: %d GPU(s), endpoints %s", rec.node_id, len(gpus), ", ".join(endpoints))
+        self._kick.set()
+        return rec
+
+    async def node_heartbeat(
+        self, node_id: str, gpus: list[GpuInfo], sessions: list[SessionInfo], draining: bool = False
+    ) -> tuple[bool, list[tuple[str, str]]]:
+        """Records a heartbeat. Returns (known, leases to end): the node must register again when not known,
+        and must end the sessions of leases that are no longer active on it."""
+        known = await self.store.heartbeat(node_id, gpus, sessions, draining, self.clock())
+        self.metrics.heartbeats.inc()
+        if not known:
+            return False, []
+        stale: list[tuple[str, str]] = []
+        for lease_id in sorted({s.lease_id for s in sessions}):
+            lease = await self.store.get_lease(lease_id)
+            if lease is None:
+                stale.append((lease_id, "the pool does not know this lease"))
+            elif lease.node_id != node_id:
+                stale.append((lease_id, f"the lease is placed on node {lease.node_id}"))
+            elif lease.state != LeaseState.active:
+                stale.append((lease_id, f"the lease has ended ({lease.state.value}): {lease.end_reason}"))
+        return True, stale
+
+    async def get_node(self, node_id: str) -> NodeRecord:
+        node = await self.store.get_node(node_id)
+        if node is None:
+            raise NotFound(f"node {node_id!r} not found")
+        return node
+
+    async def drain_node(self, node_id: str, reason: str | None = None) -> NodeRecord:
+        why = "drained by an operator" + (f": {reason}" if reason else "")
+        node = await self.store.set_draining(node_id, why)
+        if node is None:
+            raise NotFound(f"node {node_id!r} not found")
+        if node.state == NodeState.down:
+            raise Conflict(f"node {node_id} is down: {node.state_reason}")
+        await self.store.push_command(node_id, Command(secrets.token_hex(6), "drain", reason=why))
+        return node
+
+    async def validate_token(self, node_id: str, thash: str) -> tuple[LeaseRecord | None, str]:
+        """Checks a token hash presented to node `node_id`. Returns (lease, "") or (None, why not)."""
+        lease = await self.store.lease_by_token_hash(thash)
+        if lease is None:
+            return None, "unknown lease token"
+        if lease.state != LeaseState.active:
+            return None, f"lease {lease.lease_id} has ended ({lease.state.value}): {lease.end_reason}"
+        if lease.expires_at <= self.clock():
+            return None, f"lease {lease.lease_id} has expired"
+        if lease.node_id != node_id:
+            return None, f"lease {lease.lease_id} is placed on node {lease.node_id}, not on {node_id}"
+        return lease, ""
+
+    async def next_commands(self, node_id: str, timeout_s: float) -> list[Command]:
+        return await self.store.take_commands(node_id, timeout_s)
+
+    # --- periodic duty -----------------------------------------------------------------------------------
+    async def sweep_once(self) -> None:
+        """Ends expired leases, marks silent nodes down (ending their leases), forgets old ended leases."""
+        now = self.clock()
+        for lease_id in await self.store.expired_lease_ids(now):
+            await self._end(lease_id, LeaseState.expired, "the lease expired: it was not renewed in time")
+        timeout = self.config.heartbeat_timeout_s
+        for node in await self.store.list_nodes():
+            if node.state == NodeState.down:
+                lease_ids = await self.store.active_lease_ids_on(node.node_id)  # left over by a crash mid-way
+                reason = node.state_reason or f"node {node.node_id} is down"
+            elif node.last_heartbeat < now - timeout:
+                age = now - node.last_heartbeat
+                reason = (
+                    f"node {node.node_id} stopped responding: no heartbeat for {age:.0f}s "
+                    f"(limit {timeout:g}s); it was marked down"
+                )
+                marked = await self.store.mark_down(node.node_id, reason, now - timeout)
+                if marked is None:
+                    continue
+                log.warning("%s; ending %d lease(s)", reason, len(marked))
+                lease_ids = marked
+            else:
+                continue
+            for lease_id in lease_ids:
+                await self._end(lease_id, LeaseState.lost, reason)
+        await self.store.purge_ended(now - self.config.ended_retention_s)
+
+    # --- views -------------------------------------------------------------------------------------------
+    async def list_nodes(self) -> list[NodeRecord]:
+        return await self.store.list_nodes()
+
+    async def list_sessions(self) -> list[SessionInfo]:
+        return [s for n in await self.store.list_nodes() for s in n.sessions]
+
+    async def status(self) -> PoolStatus:
+        nodes = await self.store.list_nodes()
+        leases = await self.store.list_leases()
+        live = [n for n in nodes if n.state != NodeState.down]
+        return PoolStatus(
+            nodes_up=sum(1 for n in nodes if n.state == NodeState.up),
+            nodes_draining=sum(1 for n in nodes if n.state == NodeState.draining),
+            nodes_down=sum(1 for n in nodes if n.state == NodeState.down),
+            gpus=sum(len(n.gpus) for n in live),
+            vram_total_bytes=sum(n.vram_total_bytes for n in live),
+            vram_reserved_bytes=sum(n.vram_reserved_bytes for n in nodes),
+            vram_used_bytes=sum(n.vram_used_bytes for n in live),
+            leases_active=len(leases),
+            sessions=sum(len(n.sessions) for n in live),
+            store=self.store.name,
+        )
+
+    async def refresh_metrics(self) -> None:
+        nodes = await self.store.list_nodes()
+        leases = await self.store.list_leases()
+        self.metrics.refresh(nodes, leases, self.clock())

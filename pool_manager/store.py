@@ -1,0 +1,123 @@
+"""The pool's state store: the one interface both stores implement, and the contract that keeps the pool honest.
+
+Every operation that decides something is atomic inside the store, so that any number of pool managers can
+share one store:
+- `place_lease` books VRAM only if, at that instant, the node is up and each chosen GPU's booked VRAM plus the
+  request stays within the GPU's capacity. Placement itself (which node, which GPUs) is computed outside the
+  store from a snapshot (`placement_view`); a stale snapshot can only make `place_lease` refuse, never
+  over-book, and the caller retries with a fresh snapshot.
+- `end_lease` ends an active lease exactly once and gives its VRAM back exactly once, however many pool managers
+  race to end it (release, expiry, eviction, node loss).
+- `mark_down` takes a node down only if it is still silent at that instant, so a heartbeat that lands on
+  another pool manager in the meantime wins.
+Implementations: `store_embedded.EmbeddedStore` (one process, persisted to a file) and
+`store_redis.RedisStore` (Lua scripts on one Redis). `tests/python/pool/test_store.py` runs the same tests on
+both."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from fargpu.pool_manager.models import GpuInfo, LeaseRecord, LeaseState, NodeRecord, NodeState, SessionInfo
+
+
+@dataclass(frozen=True)
+class NodeCapacity:
+    """What placement needs to know about a node: its state, endpoints, and per-GPU capacity and bookings."""
+
+    node_id: str
+    state: NodeState
+    endpoints: list[str]
+    capacity: dict[int, int]
+    reserved: dict[int, int] = field(default_factory=dict)
+
+    def free(self, gpu: int) -> int:
+        return self.capacity.get(gpu, 0) - self.reserved.get(gpu, 0)
+
+
+@dataclass(frozen=True)
+class EndResult:
+    lease: LeaseRecord | None  # None: no such lease
+    ended_now: bool  # True only for the one call that ended it
+
+
+@dataclass(frozen=True)
+class Command:
+    """A command for a node agent, queued in the store until the node's command stream takes it."""
+
+    command_id: str
+    kind: str  # "end_lease" | "drain"
+    lease_id: str = ""
+    reason: str = ""
+
+
+class Store(Protocol):
+    name: str
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    # --- nodes -------------------------------------------------------------------------------------------
+    async def register_node(self, node: NodeRecord) -> NodeRecord:
+        """Adds or refreshes a node (state up, heartbeat now). Bookings of its active leases are kept."""
+        ...
+
+    async def heartbeat(
+        self, node_id: str, gpus: list[GpuInfo], sessions: list[SessionInfo], draining: bool, now: float
+    ) -> bool:
+        """Records telemetry; False if the node is unknown or down (it must register again)."""
+        ...
+
+    async def get_node(self, node_id: str) -> NodeRecord | None: ...
+
+    async def list_nodes(self) -> list[NodeRecord]: ...
+
+    async def placement_view(self) -> list[NodeCapacity]: ...
+
+    async def set_draining(self, node_id: str, reason: str) -> NodeRecord | None:
+        """Up -> draining (draining stays draining). Returns the node, or None if unknown. A down node is
+        returned unchanged; the caller decides what that means."""
+        ...
+
+    async def mark_down(self, node_id: str, reason: str, stale_before: float | None) -> list[str] | None:
+        """Takes an up/draining node down if its last heartbeat is older than `stale_before` (or always, when
+        None). Returns the ids of its active leases if this call took it down, else None."""
+        ...
+
+    async def active_lease_ids_on(self, node_id: str) -> list[str]: ...
+
+    # --- leases ------------------------------------------------------------------------------------------
+    async def place_lease(self, lease: LeaseRecord) -> str | None:
+        """Books the lease's allocations atomically. Returns None on success, or why it could not."""
+        ...
+
+    async def end_lease(self, lease_id: str, state: LeaseState, reason: str, now: float) -> EndResult: ...
+
+    async def renew_lease(self, lease_id: str, expires_at: float) -> LeaseRecord | None:
+        """Moves an active lease's expiry. Returns the lease (unchanged if it is no longer active), or None."""
+        ...
+
+    async def get_lease(self, lease_id: str) -> LeaseRecord | None: ...
+
+    async def lease_by_token_hash(self, token_hash: str) -> LeaseRecord | None: ...
+
+    async def list_leases(self, include_ended: bool = False) -> list[LeaseRecord]: ...
+
+    async def expired_lease_ids(self, now: float) -> list[str]: ...
+
+    async def next_expiry(self) -> float | None:
+        """The earliest expiry among active leases."""
+        ...
+
+    async def purge_ended(self, before: float) -> int:
+        """Forgets leases that ended before `before`; returns how many."""
+        ...
+
+    # --- node commands -----------------------------------------------------------------------------------
+    async def push_command(self, node_id: str, command: Command) -> None: ...
+
+    async def take_commands(self, node_id: str, timeout_s: float) -> list[Command]:
+        """Pops the node's queued commands, waiting up to `timeout_s` for one if there is none."""
+        ...

@@ -1,0 +1,348 @@
+"""The embedded store: the pool's state in this process, persisted to a file. The default on one machine.
+
+Atomicity comes from asyncio itself: no method awaits inside its critical section, so each one runs to the end
+before another starts. Only one pool manager may use a state file; an exclusive `flock` on `<file>.lock` makes a
+second one fail at start instead of silently forking the state (use Redis for several pool managers).
+
+Persistence follows Redis' append-only file: every change of a lease or a node registration is appended as one
+JSON line to `<file>.journal` before the call returns, and the journal is folded into the snapshot `<file>`
+(written to a temporary file and renamed) at start and every `compact_every` lines. A crash loses nothing that a
+client was told about; `fsync=True` extends that to power loss. Heartbeat telemetry is not persisted: after a
+restart every node gets a fresh heartbeat deadline. Bookings are never persisted either; they are recomputed
+from the active leases on load, so they cannot drift from them."""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+from fargpu.pool_manager.models import GpuInfo, LeaseRecord, LeaseState, NodeRecord, NodeState, SessionInfo
+from fargpu.pool_manager.store import Command, EndResult, NodeCapacity
+
+
+class StateFileInUse(RuntimeError):
+    pass
+
+
+class EmbeddedStore:
+    name = "embedded"
+
+    def __init__(
+        self,
+        path: Path | str | None = None,
+        *,
+        fsync: bool = False,
+        compact_every: int = 20000,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._clock = clock
+        self._path = Path(path) if path is not None else None
+        self._fsync = fsync
+        self._compact_every = compact_every
+        self._nodes: dict[str, NodeRecord] = {}
+        self._leases: dict[str, LeaseRecord] = {}
+        self._by_token: dict[str, str] = {}
+        self._by_node: dict[str, set[str]] = {}
+        self._commands: dict[str, list[Command]] = {}
+        self._command_ready: dict[str, asyncio.Event] = {}
+        self._journal: IO[str] | None = None
+        self._journal_lines = 0
+        self._lock_file: IO[str] | None = None
+
+    # --- persistence -------------------------------------------------------------------------------------
+    async def open(self) -> None:
+        if self._path is None:
+            return
+        self._lock_file = self._take_lock(self._path)
+        self._load()
+        self._compact()
+
+    @staticmethod
+    def _take_lock(path: Path) -> IO[str]:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(path.with_name(path.name + ".lock"), "w")  # noqa: SIM115 - held until close()
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            raise StateFileInUse(
+                f"state file {path} is in use by another pool manager; "
+                "use the Redis store to run several pool managers on one state"
+            ) from None
+        return lock
+
+    async def close(self) -> None:
+        if self._journal is not None:
+            self._journal.close()
+            self._journal = None
+        if self._lock_file is not None:
+            self._lock_file.close()
+            self._lock_file = None
+
+    def _journal_path(self) -> Path:
+        assert self._path is not None
+        return self._path.with_name(self._path.name + ".journal")
+
+    def _load(self) -> None:
+        assert self._path is not None
+        if self._path.exists():
+            snap = json.loads(self._path.read_text())
+            for n in snap.get("nodes", []):
+                self._apply({"node": n})
+            for lease in snap.get("leases", []):
+                self._apply({"lease": lease})
+        jp = self._journal_path()
+        if jp.exists():
+            for line in jp.read_text().splitlines():
+                try:
+                    entry = json.loads(line)
+                except json.JSONDecodeError:
+                    break  # a torn last line from a crash mid-write: everything before it is intact
+                self._apply(entry)
+        self._rebuild_indexes()
+
+    def _apply(self, entry: dict[str, Any]) -> None:
+        if "node" in entry:
+            node = NodeRecord.model_validate(entry["node"])
+            self._nodes[node.node_id] = node
+        elif "lease" in entry:
+            lease = LeaseRecord.model_validate(entry["lease"])
+            self._leases[lease.lease_id] = lease
+        elif "forget_lease" in entry:
+            self._leases.pop(entry["forget_lease"], None)
+
+    def _rebuild_indexes(self) -> None:
+        now = self._clock()
+        self._by_token = {lease.token_hash: lease.lease_id for lease in self._leases.values()}
+        self._by_node = {}
+        for node in self._nodes.values():
+            node.reserved = {}
+            node.sessions = []
+            node.last_heartbeat = now  # a fresh deadline: telemetry is not persisted
+        for lease in self._leases.values():
+            if lease.state == LeaseState.active:
+                self._book(lease, +1)
+
+    def _compact(self) -> None:
+        if self._path is None:
+            return
+        snap = {
+            "version": 1,
+            "nodes": [n.model_dump(mode="json", exclude={"reserved", "sessions"}) for n in self._nodes.values()],
+            "leases": [lease.model_dump(mode="json") for lease in self._leases.values()],
+        }
+        tmp = self._path.with_name(self._path.name + ".tmp")
+        with open(tmp, "w") as f:
+            json.dump(snap, f)
+            f.flush()
+            if self._fsync:
+                os.fsync(f.fileno())
+        os.replace(tmp, self._path)
+        if self._journal is not None:
+            self._journal.close()
+        self._journal = open(self._journal_path(), "w")  # noqa: SIM115 - the journal stays open
+        self._journal_lines = 0
+
+    def _log(self, entry: dict[str, Any]) -> None:
+        if self._journal is None:
+            return
+        self._journal.write(json.dumps(entry, separators=(",", ":")) + "\n")
+        self._journal.flush()
+        if self._fsync:
+            os.fsync(self._journal.fileno())
+        self._journal_lines += 1
+        if self._journal_lines >= self._compact_every:
+            self._compact()
+
+    def _log_lease(self, lease: LeaseRecord) -> None:
+        self._log({"lease": lease.model_dump(mode="json")})
+
+    def _log_node(self, node: NodeRecord) -> None:
+        self._log({"node": node.model_dump(mode="json", exclude={"reserved", "sessions"})})
+
+    # --- bookings ----------------------------------------------------------------------------------------
+    def _book(self, lease: LeaseRecord, sign: int) -> None:
+        node = self._nodes.get(lease.node_id)
+        ids = self._by_node.setdefault(lease.node_id, set())
+        if sign > 0:
+            ids.add(lease.lease_id)
+        else:
+            ids.discard(lease.lease_id)
+        if node is None:
+            return
+        for a in lease.allocs:
+            node.reserved[a.gpu] = node.reserved.get(a.gpu, 0) + sign * a.vram_bytes
+            if node.reserved[a.gpu] == 0:
+                del node.reserved[a.gpu]
+
+    # --- nodes -------------------------------------------------------------------------------------------
+    async def register_node(self, node: NodeRecord) -> NodeRecord:
+        old = self._nodes.get(node.node_id)
+        rec = node.model_copy(deep=True)
+        rec.state = NodeState.up
+        rec.state_reason = None
+        rec.reserved = dict(old.reserved) if old is not None else {}
+        self._nodes[rec.node_id] = rec
+        self._log_node(rec)
+        return rec.model_copy(deep=True)
+
+    async def heartbeat(
+        self, node_id: str, gpus: list[GpuInfo], sessions: list[SessionInfo], draining: bool, now: float
+    ) -> bool:
+        node = self._nodes.get(node_id)
+        if node is None or node.state == NodeState.down:
+            return False
+        cap = node.capacity()
+        # Capacity is what the node registered; telemetry updates free VRAM and utilization only.
+        node.gpus = [g.model_copy(update={"total_bytes": cap[g.index]}) for g in gpus if g.index in cap] or node.gpus
+        node.sessions = list(sessions)
+        node.last_heartbeat = now
+        if draining and node.state == NodeState.up:
+            node.state = NodeState.draining
+            node.state_reason = "the node reported that it is draining"
+            self._log_node(node)
+        return True
+
+    async def get_node(self, node_id: str) -> NodeRecord | None:
+        node = self._nodes.get(node_id)
+        return node.model_copy(deep=True) if node is not None else None
+
+    async def list_nodes(self) -> list[NodeRecord]:
+        return [n.model_copy(deep=True) for n in sorted(self._nodes.values(), key=lambda n: n.node_id)]
+
+    async def placement_view(self) -> list[NodeCapacity]:
+        return [
+            NodeCapacity(n.node_id, n.state, list(n.endpoints), n.capacity(), dict(n.reserved))
+            for n in self._nodes.values()
+        ]
+
+    async def set_draining(self, node_id: str, reason: str) -> NodeRecord | None:
+        node = self._nodes.get(node_id)
+        if node is None:
+            return None
+        if node.state == NodeState.up:
+            node.state = NodeState.draining
+            node.state_reason = reason
+            self._log_node(node)
+        return node.model_copy(deep=True)
+
+    async def mark_down(self, node_id: str, reason: str, stale_before: float | None) -> list[str] | None:
+        node = self._nodes.get(node_id)
+        if node is None or node.state == NodeState.down:
+            return None
+        if stale_before is not None and node.last_heartbeat >= stale_before:
+            return None
+        node.state = NodeState.down
+        node.state_reason = reason
+        node.sessions = []
+        self._log_node(node)
+        return sorted(self._by_node.get(node_id, set()))
+
+    async def active_lease_ids_on(self, node_id: str) -> list[str]:
+        return sorted(self._by_node.get(node_id, set()))
+
+    # --- leases ------------------------------------------------------------------------------------------
+    async def place_lease(self, lease: LeaseRecord) -> str | None:
+        if lease.lease_id in self._leases:
+            return f"lease id {lease.lease_id} already exists"
+        node = self._nodes.get(lease.node_id)
+        if node is None:
+            return f"node {lease.node_id} is unknown"
+        if node.state != NodeState.up:
+            return f"node {lease.node_id} is {node.state.value}"
+        cap = node.capacity()
+        for a in lease.allocs:
+            if a.gpu not in cap:
+                return f"node {lease.node_id} has no GPU {a.gpu}"
+            if node.reserved.get(a.gpu, 0) + a.vram_bytes > cap[a.gpu]:
+                return f"GPU {a.gpu} of node {lease.node_id} no longer has room"
+        rec = lease.model_copy(deep=True)
+        self._leases[rec.lease_id] = rec
+        self._by_token[rec.token_hash] = rec.lease_id
+        self._book(rec, +1)
+        self._log_lease(rec)
+        return None
+
+    async def end_lease(self, lease_id: str, state: LeaseState, reason: str, now: float) -> EndResult:
+        lease = self._leases.get(lease_id)
+        if lease is None:
+            return EndResult(None, False)
+        if lease.state != LeaseState.active:
+            return EndResult(lease.model_copy(deep=True), False)
+        lease.state = state
+        lease.end_reason = reason
+        lease.ended_at = now
+        self._book(lease, -1)
+        self._log_lease(lease)
+        return EndResult(lease.model_copy(deep=True), True)
+
+    async def renew_lease(self, lease_id: str, expires_at: float) -> LeaseRecord | None:
+        lease = self._leases.get(lease_id)
+        if lease is None:
+            return None
+        if lease.state == LeaseState.active:
+            lease.expires_at = expires_at
+            self._log_lease(lease)
+        return lease.model_copy(deep=True)
+
+    async def get_lease(self, lease_id: str) -> LeaseRecord | None:
+        lease = self._leases.get(lease_id)
+        return lease.model_copy(deep=True) if lease is not None else None
+
+    async def lease_by_token_hash(self, token_hash: str) -> LeaseRecord | None:
+        lease_id = self._by_token.get(token_hash)
+        return await self.get_lease(lease_id) if lease_id is not None else None
+
+    async def list_leases(self, include_ended: bool = False) -> list[LeaseRecord]:
+        return [
+            lease.model_copy(deep=True)
+            for lease in sorted(self._leases.values(), key=lambda x: (x.created_at, x.lease_id))
+            if include_ended or lease.state == LeaseState.active
+        ]
+
+    async def expired_lease_ids(self, now: float) -> list[str]:
+        return sorted(
+            lease.lease_id
+            for lease in self._leases.values()
+            if lease.state == LeaseState.active and lease.expires_at <= now
+        )
+
+    async def next_expiry(self) -> float | None:
+        active = [lease.expires_at for lease in self._leases.values() if lease.state == LeaseState.active]
+        return min(active) if active else None
+
+    async def purge_ended(self, before: float) -> int:
+        gone = [
+            lease
+            for lease in self._leases.values()
+            if lease.state != LeaseState.active and lease.ended_at is not None and lease.ended_at < before
+        ]
+        for lease in gone:
+            del self._leases[lease.lease_id]
+            self._by_token.pop(lease.token_hash, None)
+            self._log({"forget_lease": lease.lease_id})
+        return len(gone)
+
+    # --- node commands -----------------------------------------------------------------------------------
+    def _ready(self, node_id: str) -> asyncio.Event:
+        return self._command_ready.setdefault(node_id, asyncio.Event())
+
+    async def push_command(self, node_id: str, command: Command) -> None:
+        self._commands.setdefault(node_id, []).append(command)
+        self._ready(node_id).set()
+
+    async def take_commands(self, node_id: str, timeout_s: float) -> list[Command]:
+        ready = self._ready(node_id)
+        if not self._commands.get(node_id):
+            ready.clear()
+            try:
+                await asyncio.wait_for(ready.wait(), timeout_s)
+            except TimeoutError:
+                return []
+        return self._commands.pop(node_id, [])

@@ -1,0 +1,390 @@
+"""The Redis store: pool state shared by any number of pool managers, surviving their restarts.
+
+Every decision is one Lua script, so Redis runs it atomically against all other clients: booking VRAM
+(`_PLACE` checks capacity and books in one step), ending a lease (`_END` gives VRAM back once), renewing,
+heartbeats that must not revive a down node, and marking a silent node down. Keys, under a prefix P:
+
+    P nodes              set of node ids
+    P node:<id>          hash: state, reason, hb (last heartbeat), info (static JSON), endpoints, gpus, sessions
+    P cap:<id>           hash: GPU index -> capacity bytes (from registration)
+    P resv:<id>          hash: GPU index -> bytes booked by active leases
+    P nleases:<id>       set of the node's active lease ids
+    P lease:<id>         hash: state, node, allocs ("gpu:bytes,..."), expires_at, token (hash), doc (JSON),
+                         ended_at, end_reason; expires `ended_retention_s` after the lease ends
+    P active             zset lease id -> expires_at (expiry sweep, listing)
+    P ended              zset lease id -> ended_at (recently ended, listing)
+    P token:<sha256>     lease id
+    P cmds:<id>          list of queued node commands (JSON)
+
+The scripts touch keys they derive from the prefix, which is fine on one Redis (not Redis Cluster)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import redis.asyncio as aioredis
+from fargpu.pool_manager.models import GpuInfo, LeaseRecord, LeaseState, NodeRecord, NodeState, SessionInfo
+from fargpu.pool_manager.store import Command, EndResult, NodeCapacity
+from redis.exceptions import RedisError
+
+_PLACE = """
+-- KEYS: node, cap, resv, nleases, lease, active, token
+-- ARGV: lease_id, expires_at, token_hash, doc, node_id, allocs, then pairs of gpu, bytes
+if redis.call('EXISTS', KEYS[5]) == 1 then return 'lease id ' .. ARGV[1] .. ' already exists' end
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then return 'node ' .. ARGV[5] .. ' is unknown' end
+if state ~= 'up' then return 'node ' .. ARGV[5] .. ' is ' .. state end
+for i = 7, #ARGV, 2 do
+  local cap = redis.call('HGET', KEYS[2], ARGV[i])
+  if not cap then return 'node ' .. ARGV[5] .. ' has no GPU ' .. ARGV[i] end
+  local booked = tonumber(redis.call('HGET', KEYS[3], ARGV[i]) or '0')
+  if booked + tonumber(ARGV[i + 1]) > tonumber(cap) then
+    return 'GPU ' .. ARGV[i] .. ' of node ' .. ARGV[5] .. ' no longer has room'
+  end
+end
+for i = 7, #ARGV, 2 do redis.call('HINCRBY', KEYS[3], ARGV[i], ARGV[i + 1]) end
+redis.call('HSET', KEYS[5], 'state', 'active', 'node', ARGV[5], 'allocs', ARGV[6], 'expires_at', ARGV[2],
+           'doc', ARGV[4], 'token', ARGV[3])
+redis.call('ZADD', KEYS[6], ARGV[2], ARGV[1])
+redis.call('SADD', KEYS[4], ARGV[1])
+redis.call('SET', KEYS[7], ARGV[1])
+return ''
+"""
+
+_END = """
+-- KEYS: lease, active, ended ; ARGV: lease_id, state, reason, now, retention_s, prefix
+local st = redis.call('HGET', KEYS[1], 'state')
+if not st then return -1 end
+if st ~= 'active' then return 0 end
+local node = redis.call('HGET', KEYS[1], 'node')
+local resv = ARGV[6] .. 'resv:' .. node
+for g, b in string.gmatch(redis.call('HGET', KEYS[1], 'allocs'), '(%d+):(%d+)') do
+  if redis.call('HINCRBY', resv, g, '-' .. b) == 0 then redis.call('HDEL', resv, g) end
+end
+redis.call('HSET', KEYS[1], 'state', ARGV[2], 'end_reason', ARGV[3], 'ended_at', ARGV[4])
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('SREM', ARGV[6] .. 'nleases:' .. node, ARGV[1])
+redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+local tok = redis.call('HGET', KEYS[1], 'token')
+if tok then redis.call('EXPIRE', ARGV[6] .. 'token:' .. tok, ARGV[5]) end
+return 1
+"""
+
+_RENEW = """
+-- KEYS: lease, active ; ARGV: lease_id, expires_at
+local st = redis.call('HGET', KEYS[1], 'state')
+if not st then return -1 end
+if st ~= 'active' then return 0 end
+redis.call('HSET', KEYS[1], 'expires_at', ARGV[2])
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+return 1
+"""
+
+_HEARTBEAT = """
+-- KEYS: node ; ARGV: now, gpus, sessions, draining
+local st = redis.call('HGET', KEYS[1], 'state')
+if not st or st == 'down' then return 0 end
+redis.call('HSET', KEYS[1], 'hb', ARGV[1], 'gpus', ARGV[2], 'sessions', ARGV[3])
+if ARGV[4] == '1' and st == 'up' then
+  redis.call('HSET', KEYS[1], 'state', 'draining', 'reason', 'the node reported that it is draining')
+end
+return 1
+"""
+
+_MARK_DOWN = """
+-- KEYS: node, nleases ; ARGV: reason, stale_before ('' = unconditionally)
+local st = redis.call('HGET', KEYS[1], 'state')
+if not st or st == 'down' then return false end
+if ARGV[2] ~= '' then
+  local hb = tonumber(redis.call('HGET', KEYS[1], 'hb') or '0')
+  if hb >= tonumber(ARGV[2]) then return false end
+end
+redis.call('HSET', KEYS[1], 'state', 'down', 'reason', ARGV[1], 'sessions', '[]')
+return {1, redis.call('SMEMBERS', KEYS[2])}
+"""
+
+_DRAIN = """
+-- KEYS: node ; ARGV: reason
+local st = redis.call('HGET', KEYS[1], 'state')
+if not st then return 0 end
+if st == 'up' then redis.call('HSET', KEYS[1], 'state', 'draining', 'reason', ARGV[1]) end
+return 1
+"""
+
+
+def _strs(values: Any) -> list[str]:
+    """A reply of strings (the client decodes responses) as list[str], whatever redis-py's stubs say."""
+    return [str(v) for v in values]
+
+
+def _hash(values: Any) -> dict[str, str]:
+    return {str(k): str(v) for k, v in values.items()}
+
+
+class RedisStore:
+    name = "redis"
+
+    def __init__(
+        self,
+        url: str = "redis://127.0.0.1:6379/0",
+        *,
+        prefix: str = "fargpu:",
+        ended_retention_s: int = 3600,
+        command_poll_s: float = 0.1,
+    ) -> None:
+        self._url = url
+        self._p = prefix
+        self._retention = ended_retention_s
+        self._poll = command_poll_s
+        self._r: aioredis.Redis = aioredis.Redis.from_url(url, decode_responses=True)
+        self._place = self._r.register_script(_PLACE)
+        self._end = self._r.register_script(_END)
+        self._renew = self._r.register_script(_RENEW)
+        self._heartbeat = self._r.register_script(_HEARTBEAT)
+        self._mark_down = self._r.register_script(_MARK_DOWN)
+        self._drain = self._r.register_script(_DRAIN)
+
+    def _k(self, *parts: str) -> str:
+        return self._p + ":".join(parts)
+
+    async def open(self) -> None:
+        try:
+            await self._r.ping()
+        except (RedisError, OSError) as e:
+            raise ConnectionError(f"cannot reach Redis at {self._url}: {e}") from e
+
+    async def close(self) -> None:
+        await self._r.aclose()
+
+    # --- decoding ----------------------------------------------------------------------------------------
+    @staticmethod
+    def _lease(h: dict[str, str]) -> LeaseRecord | None:
+        if not h or "doc" not in h:
+            return None
+        lease = LeaseRecord.model_validate_json(h["doc"])
+        lease.state = LeaseState(h["state"])
+        lease.expires_at = float(h["expires_at"])
+        if "ended_at" in h:
+            lease.ended_at = float(h["ended_at"])
+            lease.end_reason = h.get("end_reason")
+        return lease
+
+    @staticmethod
+    def _node(h: dict[str, str], cap: dict[str, str], resv: dict[str, str]) -> NodeRecord | None:
+        if not h or "info" not in h:
+            return None
+        info: dict[str, Any] = json.loads(h["info"])
+        capacity = {int(g): int(b) for g, b in cap.items()}
+        gpus = [GpuInfo.model_validate(g) for g in json.loads(h.get("gpus", "[]"))]
+        gpus = [g.model_copy(update={"total_bytes": capacity[g.index]}) for g in gpus if g.index in capacity]
+        return NodeRecord(
+            **info,
+            gpus=gpus,
+            sessions=[SessionInfo.model_validate(s) for s in json.loads(h.get("sessions", "[]"))],
+            state=NodeState(h["state"]),
+            state_reason=h.get("reason") or None,
+            last_heartbeat=float(h.get("hb", "0")),
+            reserved={int(g): int(b) for g, b in resv.items() if int(b) != 0},
+        )
+
+    # --- nodes -------------------------------------------------------------------------------------------
+    async def register_node(self, node: NodeRecord) -> NodeRecord:
+        nk = self._k("node", node.node_id)
+        info = node.model_dump_json(include={"node_id", "endpoints", "backend", "version", "registered_at"})
+        gpus = json.dumps([g.model_dump(mode="json") for g in node.gpus])
+        async with self._r.pipeline(transaction=True) as pipe:
+            pipe.sadd(self._k("nodes"), node.node_id)
+            pipe.hset(
+                nk,
+                mapping={
+                    "state": NodeState.up.value,
+                    "reason": "",
+                    "hb": repr(node.last_heartbeat),
+                    "info": info,
+                    "endpoints": json.dumps(node.endpoints),
+                    "gpus": gpus,
+                    "sessions": "[]",
+                },
+            )
+            pipe.delete(self._k("cap", node.node_id))
+            if node.gpus:
+                pipe.hset(self._k("cap", node.node_id), mapping={str(g.index): g.total_bytes for g in node.gpus})
+            await pipe.execute()
+        rec = await self.get_node(node.node_id)
+        assert rec is not None
+        return rec
+
+    async def heartbeat(
+        self, node_id: str, gpus: list[GpuInfo], sessions: list[SessionInfo], draining: bool, now: float
+    ) -> bool:
+        ok = await self._heartbeat(
+            keys=[self._k("node", node_id)],
+            args=[
+                repr(now),
+                json.dumps([g.model_dump(mode="json") for g in gpus]),
+                json.dumps([s.model_dump(mode="json") for s in sessions]),
+                "1" if draining else "0",
+            ],
+        )
+        return bool(ok)
+
+    async def get_node(self, node_id: str) -> NodeRecord | None:
+        async with self._r.pipeline(transaction=False) as pipe:
+            pipe.hgetall(self._k("node", node_id))
+            pipe.hgetall(self._k("cap", node_id))
+            pipe.hgetall(self._k("resv", node_id))
+            h, cap, resv = await pipe.execute()
+        return self._node(h, cap, resv)
+
+    async def _node_ids(self) -> list[str]:
+        return sorted(_strs(await self._r.smembers(self._k("nodes"))))
+
+    async def list_nodes(self) -> list[NodeRecord]:
+        ids = await self._node_ids()
+        async with self._r.pipeline(transaction=False) as pipe:
+            for nid in ids:
+                pipe.hgetall(self._k("node", nid))
+                pipe.hgetall(self._k("cap", nid))
+                pipe.hgetall(self._k("resv", nid))
+            raw = await pipe.execute()
+        nodes = [self._node(raw[i], raw[i + 1], raw[i + 2]) for i in range(0, len(raw), 3)]
+        return [n for n in nodes if n is not None]
+
+    async def placement_view(self) -> list[NodeCapacity]:
+        ids = await self._node_ids()
+        async with self._r.pipeline(transaction=False) as pipe:
+            for nid in ids:
+                pipe.hmget(self._k("node", nid), ["state", "endpoints"])
+                pipe.hgetall(self._k("cap", nid))
+                pipe.hgetall(self._k("resv", nid))
+            raw = await pipe.execute()
+        view = []
+        for i, nid in enumerate(ids):
+            (state, endpoints), cap, resv = raw[3 * i], raw[3 * i + 1], raw[3 * i + 2]
+            if state is None:
+                continue
+            view.append(
+                NodeCapacity(
+                    nid,
+                    NodeState(state),
+                    json.loads(endpoints or "[]"),
+                    {int(g): int(b) for g, b in cap.items()},
+                    {int(g): int(b) for g, b in resv.items()},
+                )
+            )
+        return view
+
+    async def set_draining(self, node_id: str, reason: str) -> NodeRecord | None:
+        if not await self._drain(keys=[self._k("node", node_id)], args=[reason]):
+            return None
+        return await self.get_node(node_id)
+
+    async def mark_down(self, node_id: str, reason: str, stale_before: float | None) -> list[str] | None:
+        res = await self._mark_down(
+            keys=[self._k("node", node_id), self._k("nleases", node_id)],
+            args=[reason, "" if stale_before is None else repr(stale_before)],
+        )
+        if not res:
+            return None
+        return sorted(res[1])
+
+    async def active_lease_ids_on(self, node_id: str) -> list[str]:
+        return sorted(_strs(await self._r.smembers(self._k("nleases", node_id))))
+
+    # --- leases ------------------------------------------------------------------------------------------
+    async def place_lease(self, lease: LeaseRecord) -> str | None:
+        pairs: list[str] = []
+        for a in lease.allocs:
+            pairs += [str(a.gpu), str(a.vram_bytes)]
+        allocs = ",".join(f"{a.gpu}:{a.vram_bytes}" for a in lease.allocs)
+        res: str = await self._place(
+            keys=[
+                self._k("node", lease.node_id),
+                self._k("cap", lease.node_id),
+                self._k("resv", lease.node_id),
+                self._k("nleases", lease.node_id),
+                self._k("lease", lease.lease_id),
+                self._k("active"),
+                self._k("token", lease.token_hash),
+            ],
+            args=[
+                lease.lease_id,
+                repr(lease.expires_at),
+                lease.token_hash,
+                lease.model_dump_json(),
+                lease.node_id,
+                allocs,
+                *pairs,
+            ],
+        )
+        return res or None
+
+    async def end_lease(self, lease_id: str, state: LeaseState, reason: str, now: float) -> EndResult:
+        res = await self._end(
+            keys=[self._k("lease", lease_id), self._k("active"), self._k("ended")],
+            args=[lease_id, state.value, reason, repr(now), str(self._retention), self._p],
+        )
+        if res == -1:
+            return EndResult(None, False)
+        return EndResult(await self.get_lease(lease_id), res == 1)
+
+    async def renew_lease(self, lease_id: str, expires_at: float) -> LeaseRecord | None:
+        res = await self._renew(keys=[self._k("lease", lease_id), self._k("active")], args=[lease_id, repr(expires_at)])
+        if res == -1:
+            return None
+        return await self.get_lease(lease_id)
+
+    async def get_lease(self, lease_id: str) -> LeaseRecord | None:
+        return self._lease(_hash(await self._r.hgetall(self._k("lease", lease_id))))
+
+    async def lease_by_token_hash(self, token_hash: str) -> LeaseRecord | None:
+        lease_id = await self._r.get(self._k("token", token_hash))
+        return await self.get_lease(str(lease_id)) if lease_id else None
+
+    async def list_leases(self, include_ended: bool = False) -> list[LeaseRecord]:
+        ids = _strs(await self._r.zrange(self._k("active"), 0, -1))
+        if include_ended:
+            ids += _strs(await self._r.zrange(self._k("ended"), 0, -1))
+        async with self._r.pipeline(transaction=False) as pipe:
+            for lid in ids:
+                pipe.hgetall(self._k("lease", lid))
+            raw = await pipe.execute()
+        leases = [lease for h in raw if (lease := self._lease(h)) is not None]
+        if not include_ended:
+            leases = [lease for lease in leases if lease.state == LeaseState.active]
+        return sorted(leases, key=lambda x: (x.created_at, x.lease_id))
+
+    async def expired_lease_ids(self, now: float) -> list[str]:
+        return sorted(_strs(await self._r.zrangebyscore(self._k("active"), "-inf", now)))
+
+    async def next_expiry(self) -> float | None:
+        first: Any = await self._r.zrange(self._k("active"), 0, 0, withscores=True)
+        return float(first[0][1]) if first else None
+
+    async def purge_ended(self, before: float) -> int:
+        # The lease hashes expire by themselves; this trims the index of recently ended leases.
+        return int(await self._r.zremrangebyscore(self._k("ended"), "-inf", f"({before}"))
+
+    # --- node commands -----------------------------------------------------------------------------------
+    async def push_command(self, node_id: str, command: Command) -> None:
+        key = self._k("cmds", node_id)
+        async with self._r.pipeline(transaction=True) as pipe:
+            pipe.rpush(key, json.dumps(command.__dict__))
+            pipe.expire(key, 86400)
+            await pipe.execute()
+
+    async def take_commands(self, node_id: str, timeout_s: float) -> list[Command]:
+        key = self._k("cmds", node_id)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while True:
+            raw = await self._r.lpop(key, 100)
+            if raw:
+                return [Command(**json.loads(item)) for item in _strs(raw)]
+            left = deadline - loop.time()
+            if left <= 0:
+                return []
+            await asyncio.sleep(min(self._poll, left))

@@ -1,0 +1,134 @@
+# mypy: disable-error-code="type-arg"
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Gpu(_message.Message):
+    __slots__ = ("index", "name", "uuid", "total_bytes", "free_bytes", "utilization_pct")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    UUID_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    FREE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    UTILIZATION_PCT_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    name: str
+    uuid: str
+    total_bytes: int
+    free_bytes: int
+    utilization_pct: float
+    def __init__(self, index: _Optional[int] = ..., name: _Optional[str] = ..., uuid: _Optional[str] = ..., total_bytes: _Optional[int] = ..., free_bytes: _Optional[int] = ..., utilization_pct: _Optional[float] = ...) -> None: ...
+
+class Session(_message.Message):
+    __slots__ = ("session_id", "lease_id", "pid", "vram_used_bytes", "client")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    LEASE_ID_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    VRAM_USED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    lease_id: str
+    pid: int
+    vram_used_bytes: int
+    client: str
+    def __init__(self, session_id: _Optional[str] = ..., lease_id: _Optional[str] = ..., pid: _Optional[int] = ..., vram_used_bytes: _Optional[int] = ..., client: _Optional[str] = ...) -> None: ...
+
+class RegisterRequest(_message.Message):
+    __slots__ = ("node_id", "endpoints", "backend", "gpus", "version")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
+    GPUS_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    endpoints: _containers.RepeatedScalarFieldContainer[str]
+    backend: str
+    gpus: _containers.RepeatedCompositeFieldContainer[Gpu]
+    version: str
+    def __init__(self, node_id: _Optional[str] = ..., endpoints: _Optional[_Iterable[str]] = ..., backend: _Optional[str] = ..., gpus: _Optional[_Iterable[_Union[Gpu, _Mapping]]] = ..., version: _Optional[str] = ...) -> None: ...
+
+class RegisterReply(_message.Message):
+    __slots__ = ("node_id", "heartbeat_interval_s", "heartbeat_timeout_s")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    heartbeat_interval_s: float
+    heartbeat_timeout_s: float
+    def __init__(self, node_id: _Optional[str] = ..., heartbeat_interval_s: _Optional[float] = ..., heartbeat_timeout_s: _Optional[float] = ...) -> None: ...
+
+class HeartbeatRequest(_message.Message):
+    __slots__ = ("node_id", "gpus", "sessions", "draining")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    GPUS_FIELD_NUMBER: _ClassVar[int]
+    SESSIONS_FIELD_NUMBER: _ClassVar[int]
+    DRAINING_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    gpus: _containers.RepeatedCompositeFieldContainer[Gpu]
+    sessions: _containers.RepeatedCompositeFieldContainer[Session]
+    draining: bool
+    def __init__(self, node_id: _Optional[str] = ..., gpus: _Optional[_Iterable[_Union[Gpu, _Mapping]]] = ..., sessions: _Optional[_Iterable[_Union[Session, _Mapping]]] = ..., draining: _Optional[bool] = ...) -> None: ...
+
+class HeartbeatReply(_message.Message):
+    __slots__ = ("known", "end_leases")
+    KNOWN_FIELD_NUMBER: _ClassVar[int]
+    END_LEASES_FIELD_NUMBER: _ClassVar[int]
+    known: bool
+    end_leases: _containers.RepeatedCompositeFieldContainer[EndLease]
+    def __init__(self, known: _Optional[bool] = ..., end_leases: _Optional[_Iterable[_Union[EndLease, _Mapping]]] = ...) -> None: ...
+
+class CommandsRequest(_message.Message):
+    __slots__ = ("node_id",)
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    def __init__(self, node_id: _Optional[str] = ...) -> None: ...
+
+class EndLease(_message.Message):
+    __slots__ = ("lease_id", "reason")
+    LEASE_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    lease_id: str
+    reason: str
+    def __init__(self, lease_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class Drain(_message.Message):
+    __slots__ = ("reason",)
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    reason: str
+    def __init__(self, reason: _Optional[str] = ...) -> None: ...
+
+class Command(_message.Message):
+    __slots__ = ("command_id", "end_lease", "drain")
+    COMMAND_ID_FIELD_NUMBER: _ClassVar[int]
+    END_LEASE_FIELD_NUMBER: _ClassVar[int]
+    DRAIN_FIELD_NUMBER: _ClassVar[int]
+    command_id: str
+    end_lease: EndLease
+    drain: Drain
+    def __init__(self, command_id: _Optional[str] = ..., end_lease: _Optional[_Union[EndLease, _Mapping]] = ..., drain: _Optional[_Union[Drain, _Mapping]] = ...) -> None: ...
+
+class ValidateTokenRequest(_message.Message):
+    __slots__ = ("node_id", "token_sha256")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_SHA256_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    token_sha256: bytes
+    def __init__(self, node_id: _Optional[str] = ..., token_sha256: _Optional[bytes] = ...) -> None: ...
+
+class ValidateTokenReply(_message.Message):
+    __slots__ = ("valid", "reason", "lease_id", "vram_quota_bytes", "expires_at")
+    VALID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    LEASE_ID_FIELD_NUMBER: _ClassVar[int]
+    VRAM_QUOTA_BYTES_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    valid: bool
+    reason: str
+    lease_id: str
+    vram_quota_bytes: int
+    expires_at: float
+    def __init__(self, valid: _Optional[bool] = ..., reason: _Optional[str] = ..., lease_id: _Optional[str] = ..., vram_quota_bytes: _Optional[int] = ..., expires_at: _Optional[float] = ...) -> None: ...

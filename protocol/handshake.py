@@ -1,0 +1,68 @@
+"""The session handshake: the client's HELLO (msgpack: protocol version, token, ops hash, client identity)
+and the server's HELLO_OK / HELLO_ERR. Validation here is structural; the token is checked by the node
+agent's Authenticator and never logged."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+from .generated.ops import OPS_HASH
+from .wire import PROTO_VERSION, FrameType, ProtocolError, encode_frame
+
+
+@dataclass(frozen=True)
+class Hello:
+    token: str
+    ops_hash: str
+    pid: int
+    host: str
+    exe: str
+    stub: str
+
+    @property
+    def client(self) -> str:
+        return f"{self.host}:{self.pid}"
+
+
+def decode_hello(payload: bytes) -> Hello:
+    try:
+        doc = msgpack.unpackb(payload, raw=False, strict_map_key=True, max_str_len=4096, max_map_len=64)
+    except Exception as exc:  # msgpack raises several unrelated types on bad input
+        raise ProtocolError(f"HELLO is not valid msgpack: {type(exc).__name__}") from None
+    if not isinstance(doc, dict):
+        raise ProtocolError("HELLO must be a map")
+    if doc.get("proto") != PROTO_VERSION:
+        raise ProtocolError(f"protocol version {doc.get('proto')!r} is not supported (server speaks {PROTO_VERSION})")
+    ops_hash = doc.get("ops_hash")
+    if ops_hash != OPS_HASH:
+        raise ProtocolError(
+            f"the stub's API table ({ops_hash!r}) differs from the server's ({OPS_HASH!r}): use a stub and server "
+            "from the same fargpu version"
+        )
+
+    def s(key: str) -> str:
+        v = doc.get(key, "")
+        if not isinstance(v, str):
+            raise ProtocolError(f"HELLO field {key!r} must be a string")
+        return v
+
+    pid = doc.get("pid", 0)
+    if not isinstance(pid, int):
+        raise ProtocolError("HELLO field 'pid' must be an integer")
+    return Hello(token=s("token"), ops_hash=ops_hash, pid=pid, host=s("host"), exe=s("exe"), stub=s("stub"))
+
+
+def hello_ok(session: str, backend: str, max_frame: int) -> bytes:
+    body: dict[str, Any] = {"proto": PROTO_VERSION, "session": session, "backend": backend, "max_frame": max_frame}
+    return encode_frame(FrameType.HELLO_OK, msgpack.packb(body))
+
+
+def hello_err(reason: str) -> bytes:
+    return encode_frame(FrameType.HELLO_ERR, msgpack.packb({"reason": reason}))
+
+
+def close_frame(reason: str) -> bytes:
+    return encode_frame(FrameType.CLOSE, msgpack.packb({"reason": reason}))

@@ -1,0 +1,1 @@
+"""fargpu node server: accepts stub connections, authenticates them, and runs one replay worker per session."""

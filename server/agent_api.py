@@ -1,0 +1,43 @@
+"""What the node agent offers to the control plane (pool_link.py): its sessions, its capacity, and the power
+to end a lease's sessions. Kept as a Protocol so the pool-manager link is written against this, not the agent."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class SessionInfo:
+    session_id: str
+    lease_id: str
+    pid: int  # the worker process serving the session
+    vram_used_bytes: int
+    client: str  # "host:pid" as the client reported it
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    index: int
+    name: str
+    uuid: str
+    total_bytes: int
+    free_bytes: int
+    utilization_pct: float
+
+
+class NodeAgentAPI(Protocol):
+    backend: str  # "cuda" or "sim"
+    endpoint: str  # what clients connect to, e.g. "tcp://10.0.0.5:7100"
+
+    def sessions(self) -> list[SessionInfo]: ...
+
+    def devices(self) -> list[DeviceInfo]: ...
+
+    async def end_lease(self, lease_id: str, reason: str) -> int:
+        """Close every session of the lease (the client sees `reason`); returns how many were closed."""
+        ...
+
+    async def drain(self) -> None:
+        """Accept no new sessions; existing ones run to completion."""
+        ...

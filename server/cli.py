@@ -1,0 +1,80 @@
+"""`fargpu server`: run a node server on this machine (the real GPU if there is one, else the simulated
+device — it says which). With --pool it registers with a pool manager and accepts lease tokens; otherwise
+it accepts one static token (FARGPU_TOKEN)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import signal
+from typing import Annotated
+
+import typer
+
+from .auth import Authenticator, StaticTokenAuth
+from .backend import select
+from .node_agent import AgentConfig, NodeAgent, default_unix_path
+
+app = typer.Typer(help="Run a fargpu node server.", invoke_without_command=True, no_args_is_help=False)
+
+
+def _run_uvloop(coro: object) -> None:
+    try:
+        import uvloop
+
+        uvloop.run(coro)  # type: ignore[arg-type]
+    except ImportError:
+        asyncio.run(coro)  # type: ignore[arg-type]
+
+
+async def serve(agent: NodeAgent, pool_url: str | None = None) -> None:
+    await agent.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    link = None
+    if pool_url:
+        from .pool_link import PoolLink  # written with the pool manager
+
+        link = PoolLink(agent, pool_url)
+        await link.start()
+    await stop.wait()
+    if link is not None:
+        await link.stop()
+    await agent.stop()
+
+
+@app.callback()
+def main(
+    listen: Annotated[str, typer.Option(envvar="FARGPU_LISTEN", help="TCP host:port ('' for none)")] = "127.0.0.1:7100",
+    unix: Annotated[str, typer.Option(envvar="FARGPU_UNIX_SOCKET", help="unix socket path ('' for none)")] = "",
+    backend: Annotated[str, typer.Option(envvar="FARGPU_BACKEND", help="auto, cuda or sim")] = "auto",
+    token: Annotated[str, typer.Option(envvar="FARGPU_TOKEN", help="static token clients must present")] = "",
+    vram_quota: Annotated[int, typer.Option(help="per-session VRAM quota in bytes (0: none)")] = 0,
+    pool: Annotated[str, typer.Option(envvar="FARGPU_POOL_URL", help="register with this pool manager")] = "",
+    log_level: Annotated[str, typer.Option(envvar="FARGPU_LOG_LEVEL")] = "INFO",
+) -> None:
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        be = select(backend)
+    except (RuntimeError, ValueError, FileNotFoundError) as exc:
+        typer.secho(f"error: {exc}", fg="red", err=True)
+        raise typer.Exit(2) from None
+    auth: Authenticator
+    if pool:
+        from .pool_link import LeaseTokenAuth
+
+        auth = LeaseTokenAuth()
+    else:
+        if not token:
+            token = secrets.token_urlsafe(24)
+            typer.echo(f"no FARGPU_TOKEN given; generated one for this run: export FARGPU_TOKEN={token}")
+        auth = StaticTokenAuth(token, vram_quota or None)
+    cfg = AgentConfig(listen=listen or None, unix_path=unix or (default_unix_path() if not listen else None))
+    agent = NodeAgent(be, auth, cfg)
+    typer.echo(f"fargpu node server: backend {be.describe()}")
+    if be.simulated:
+        typer.secho("NOTE: the simulated device is a test double; nothing here runs on a GPU.", fg="yellow")
+    _run_uvloop(serve(agent, pool or None))

@@ -1,0 +1,235 @@
+"""The node agent: listens on TCP and/or a unix socket, authenticates each client's HELLO, and starts one
+worker process per session with the client's socket (server/worker.py). It tracks the sessions (their
+lease, worker pid and VRAM), ends them on request with a reason the client sees, and never initialises
+CUDA itself. Implements NodeAgentAPI for the pool-manager link."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+import uuid
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fargpu.protocol import handshake
+from fargpu.protocol.wire import HEADER_SIZE, MAX_HELLO, FrameType, ProtocolError, decode_header
+
+from .agent_api import DeviceInfo, SessionInfo
+from .auth import Authenticator, AuthError
+from .backend import Backend
+from .devices import devices as device_infos
+
+log = logging.getLogger("fargpu.server")
+HELLO_TIMEOUT = 10.0
+
+
+@dataclass
+class AgentConfig:
+    listen: str | None = "127.0.0.1:7100"  # host:port, or None for no TCP
+    unix_path: str | None = None
+    max_frame: int = 80 * 1024 * 1024
+    advertise: str | None = None  # endpoint clients should use; default: the TCP listen address
+
+
+@dataclass
+class _Session:
+    info: SessionInfo
+    proc: asyncio.subprocess.Process
+    ctl_w: int
+    started: float = field(default_factory=time.monotonic)
+    vram: int = 0
+    ended: str = ""
+
+
+class NodeAgent:
+    def __init__(self, backend: Backend, auth: Authenticator, config: AgentConfig | None = None) -> None:
+        self.backend_info = backend
+        self.backend = backend.name
+        self.auth = auth
+        self.config = config or AgentConfig()
+        self._sessions: dict[str, _Session] = {}
+        self._servers: list[socket.socket] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._draining = False
+        self.tcp_port: int | None = None
+        self.endpoint = ""
+
+    # ---- NodeAgentAPI ----
+    def sessions(self) -> list[SessionInfo]:
+        return [
+            SessionInfo(s.info.session_id, s.info.lease_id, s.info.pid, s.vram, s.info.client)
+            for s in self._sessions.values()
+        ]
+
+    def devices(self) -> list[DeviceInfo]:
+        return device_infos(self.backend_info, sum(s.vram for s in self._sessions.values()))
+
+    async def end_lease(self, lease_id: str, reason: str) -> int:
+        victims = [s for s in self._sessions.values() if s.info.lease_id == lease_id]
+        await asyncio.gather(*(self._end(s, reason) for s in victims))
+        return len(victims)
+
+    async def drain(self) -> None:
+        self._draining = True
+
+    # ---- lifecycle ----
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self.config.listen:
+            host, _, port = self.config.listen.rpartition(":")
+            s = socket.create_server((host or "127.0.0.1", int(port)), reuse_port=False)
+            s.setblocking(False)
+            self.tcp_port = s.getsockname()[1]
+            self._servers.append(s)
+            self.endpoint = self.config.advertise or f"{host or '127.0.0.1'}:{self.tcp_port}"
+        if self.config.unix_path:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.config.unix_path)
+            u = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            u.bind(self.config.unix_path)
+            os.chmod(self.config.unix_path, 0o600)
+            u.listen(128)
+            u.setblocking(False)
+            self._servers.append(u)
+            if not self.endpoint:
+                self.endpoint = self.config.advertise or self.config.unix_path
+        if not self._servers:
+            raise ValueError("the node server needs a TCP address or a unix socket path to listen on")
+        for srv in self._servers:
+            self._spawn(self._accept_loop(srv))
+        log.info("fargpu node server: backend %s; listening on %s", self.backend_info.describe(),
+                 ", ".join(str(s.getsockname()) for s in self._servers))
+        del loop
+
+    async def stop(self, reason: str = "the node server is shutting down") -> None:
+        for srv in self._servers:
+            srv.close()
+        await asyncio.gather(*(self._end(s, reason) for s in list(self._sessions.values())))
+        for t in list(self._tasks):
+            t.cancel()
+        if self.config.unix_path:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.config.unix_path)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _accept_loop(self, srv: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                conn, _addr = await loop.sock_accept(srv)
+            except OSError:
+                return
+            if conn.family != socket.AF_UNIX:
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._spawn(self._handle(conn))
+
+    async def _recv_exact(self, conn: socket.socket, n: int) -> bytes:
+        loop = asyncio.get_running_loop()
+        buf = bytearray()
+        while len(buf) < n:
+            chunk = await loop.sock_recv(conn, n - len(buf))
+            if not chunk:
+                raise ProtocolError("the client closed the connection during the handshake")
+            buf += chunk
+        return bytes(buf)
+
+    async def _handle(self, conn: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(HELLO_TIMEOUT):
+                hdr = decode_header(await self._recv_exact(conn, HEADER_SIZE), MAX_HELLO)
+                if hdr.type != FrameType.HELLO:
+                    raise ProtocolError("expected HELLO")
+                hello = handshake.decode_hello(await self._recv_exact(conn, hdr.length))
+            if self._draining:
+                raise AuthError("this node is draining and accepts no new sessions")
+            grant = await self.auth.authenticate(hello.token)
+        except (ProtocolError, AuthError, TimeoutError) as exc:
+            reason = str(exc) or "handshake timed out"
+            log.warning("refused a client: %s", reason)
+            with contextlib.suppress(OSError):
+                await loop.sock_sendall(conn, handshake.hello_err(reason))
+            conn.close()
+            return
+        sid = uuid.uuid4().hex[:12]
+        ctl_r, ctl_w = os.pipe()
+        st_r, st_w = os.pipe()
+        quota = grant.vram_quota_bytes or 0
+        env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+        args = [
+            sys.executable, "-P", "-m", "fargpu.server.worker", "--fd", str(conn.fileno()), "--ctl-fd", str(ctl_r),
+            "--status-fd", str(st_w), "--driver", str(self.backend_info.driver), "--backend", self.backend,
+            "--session", sid, "--quota", str(quota), "--max-frame", str(self.config.max_frame),
+        ]
+        try:
+            proc = await asyncio.create_subprocess_exec(*args, pass_fds=(conn.fileno(), ctl_r, st_w), env=env)
+        except OSError as exc:
+            log.error("cannot start a session worker: %s", exc)
+            with contextlib.suppress(OSError):
+                await loop.sock_sendall(conn, handshake.hello_err("the node could not start a session worker"))
+            conn.close()
+            for fd in (ctl_r, ctl_w, st_r, st_w):
+                os.close(fd)
+            return
+        conn.close()
+        os.close(ctl_r)
+        os.close(st_w)
+        info = SessionInfo(sid, grant.lease_id, proc.pid, 0, hello.client)
+        sess = _Session(info, proc, ctl_w)
+        self._sessions[sid] = sess
+        log.info("session %s for lease %s (client %s) -> worker %d", sid, grant.lease_id, hello.client, proc.pid)
+        self._spawn(self._watch_status(sess, st_r))
+        if grant.expires_at is not None:
+            self._spawn(self._expire(sess, grant.expires_at))
+        await proc.wait()
+        self._sessions.pop(sid, None)
+        with contextlib.suppress(OSError):
+            os.close(ctl_w)
+        log.info("session %s ended (worker exit %s)", sid, proc.returncode)
+
+    async def _watch_status(self, sess: _Session, fd: int) -> None:
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader()
+        transport, _ = await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(fd, "rb", buffering=0)
+        )
+        try:
+            while line := await reader.readline():
+                parts = line.decode(errors="replace").split(" ", 2)
+                if parts[0] == "vram" and len(parts) > 1:
+                    sess.vram = int(parts[1])
+                elif parts[0] == "end":
+                    sess.ended = parts[-1].strip()
+        finally:
+            transport.close()
+
+    async def _expire(self, sess: _Session, expires_at: float) -> None:
+        await asyncio.sleep(max(0.0, expires_at - time.time()))
+        if sess.info.session_id in self._sessions:
+            await self._end(sess, "the lease expired")
+
+    async def _end(self, sess: _Session, reason: str, grace: float = 5.0) -> None:
+        with contextlib.suppress(OSError):
+            os.write(sess.ctl_w, reason.encode()[:250])
+        try:
+            await asyncio.wait_for(sess.proc.wait(), grace)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                sess.proc.send_signal(signal.SIGKILL)
+            await sess.proc.wait()
+
+
+def default_unix_path() -> str:
+    return str(Path(os.environ.get("XDG_RUNTIME_DIR", "/tmp")) / f"fargpu-{os.getuid()}.sock")

@@ -1,0 +1,15 @@
+/* fgs_public.h — the replay engine's C API, called from Python (server/worker.py) through cffi.
+ * Keep this header free of preprocessor logic: cffi's cdef reads it. */
+typedef struct fgs_session fgs_session;
+
+/* Open a session on the driver at driver_path (the real libcuda.so.1 or the simulated device).
+ * vram_quota 0 means no quota. Returns NULL with err filled on failure. */
+fgs_session *fgs_open(const char *driver_path, unsigned long long vram_quota, unsigned int max_frame, char *err,
+                      unsigned long errlen);
+/* Serve the client on fd until it disconnects (returns 0), ctl_fd becomes readable (the control side
+ * wrote a reason; the client is sent a CLOSE frame with it; returns 1), or a protocol error (returns -1).
+ * reason receives a human-readable cause. */
+int fgs_serve(fgs_session *S, int fd, int ctl_fd, char *reason, unsigned long reason_len);
+/* Free everything the session holds on the device. */
+void fgs_close(fgs_session *S);
+unsigned long long fgs_vram_used(fgs_session *S);

@@ -1,0 +1,71 @@
+/* fgs_session.h — one client session inside a replay worker: the dlopen'ed driver, the per-session handle
+ * tables (virtual ids the client sees ↔ real driver handles), VRAM accounting against the lease quota,
+ * and the async device→host copies waiting for the next reply. */
+#ifndef FGS_SESSION_H
+#define FGS_SESSION_H
+
+#include <cuda.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "fg_handles.h"
+#include "fg_ops.h"
+#include "fg_wire.h"
+#include "fgs_api.h"
+
+/* Dispatch results outside CUresult's range. */
+#define FGS_PROTOCOL_ERROR ((CUresult)0x7ffffff0)
+#define FGS_UNKNOWN_OP ((CUresult)0x7ffffff1)
+
+typedef struct {
+    void **real; /* index -> real handle; NULL: free slot */
+    uint32_t n, cap;
+    uint32_t *free_list;
+    uint32_t n_free;
+} fgs_table;
+
+typedef struct {
+    CUdeviceptr ptr;
+    size_t size;     /* as requested */
+    size_t mapped;   /* rounded to the granularity */
+    CUmemGenericAllocationHandle handle;
+} fgs_alloc;
+
+typedef struct {
+    void *data;
+    size_t n;
+    CUstream stream;
+} fgs_later;
+
+typedef struct fgs_session {
+    const fgs_api *api;
+    void *dl;
+    uint64_t salt; /* per-session bits in every virtual id */
+    fgs_table tables[FGH_LIMIT];
+
+    fgs_alloc *allocs;
+    size_t n_allocs, cap_allocs;
+    uint64_t vram_used, vram_quota; /* quota 0: none */
+
+    fgs_later *later;
+    size_t n_later, cap_later, later_bytes;
+
+    void *scratch;
+    size_t scratch_cap;
+    uint32_t max_frame;
+    char log_prefix[64];
+} fgs_session;
+
+int fgs_handle_get(fgs_session *S, int kind, uint64_t id, void **real);
+uint64_t fgs_handle_add(fgs_session *S, int kind, void *real);
+void fgs_handle_remove(fgs_session *S, int kind, uint64_t id);
+void *fgs_scratch(fgs_session *S, size_t n);
+const char *fgs_get_cstr(fg_reader *r);
+void fgs_log(fgs_session *S, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out);
+CUresult fgs_set_ctx(fgs_session *S, fg_reader *r);
+void fgs_memory_release_all(fgs_session *S);
+void fgs_later_free_all(fgs_session *S);
+
+#endif

@@ -1,0 +1,430 @@
+/* session.c — a replay session: open the driver, serve the client's batches, reply, and free
+ * everything when the client goes away.
+ *
+ * The loop reads one frame at a time (growing its buffer only as bytes arrive, so a header that promises
+ * a large frame costs nothing until the bytes come), replays every record through the generated
+ * dispatch, keeps the first async error as the deferred error, and answers a batch whose last record is
+ * synchronous. Any malformed input ends the session with a CLOSE frame naming the reason. */
+#include <dlfcn.h>
+#include <errno.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include "fgs_public.h"
+#include "fgs_session.h"
+
+#define FGS_EXPORT __attribute__((visibility("default")))
+#define ID_INDEX_BITS 40
+
+void fgs_log(fgs_session *S, const char *fmt, ...) {
+    char line[768];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "fargpu-worker[%s]: %s\n", S ? S->log_prefix : "-", line);
+}
+
+/* ---- handle tables ---- */
+
+static uint64_t make_id(fgs_session *S, int kind, uint32_t index) {
+    return ((uint64_t)kind << 56) | ((S->salt & 0xffff) << ID_INDEX_BITS) | ((uint64_t)index + 1);
+}
+
+int fgs_handle_get(fgs_session *S, int kind, uint64_t id, void **real) {
+    if (id == 0 || (kind == FGH_STREAM && (id == (uint64_t)(uintptr_t)CU_STREAM_LEGACY ||
+                                          id == (uint64_t)(uintptr_t)CU_STREAM_PER_THREAD))) {
+        *real = (void *)(uintptr_t)id;
+        return 0;
+    }
+    if ((int)(id >> 56) != kind || ((id >> ID_INDEX_BITS) & 0xffff) != (S->salt & 0xffff)) return -1;
+    uint64_t idx = (id & ((1ull << ID_INDEX_BITS) - 1)) - 1;
+    fgs_table *t = &S->tables[kind];
+    if (idx >= t->n || !t->real[idx]) return -1;
+    *real = t->real[idx];
+    return 0;
+}
+
+uint64_t fgs_handle_add(fgs_session *S, int kind, void *real) {
+    fgs_table *t = &S->tables[kind];
+    if (kind == FGH_CONTEXT) /* a primary context retained twice is one handle */
+        for (uint32_t i = 0; i < t->n; i++)
+            if (t->real[i] == real) return make_id(S, kind, i);
+    uint32_t idx;
+    if (t->n_free) {
+        idx = t->free_list[--t->n_free];
+    } else {
+        if (t->n == t->cap) {
+            uint32_t cap = t->cap ? t->cap * 2 : 64;
+            void **nr = (void **)realloc(t->real, cap * sizeof *nr);
+            if (!nr) return 0;
+            t->real = nr;
+            uint32_t *nf = (uint32_t *)realloc(t->free_list, cap * sizeof *nf);
+            if (!nf) return 0;
+            t->free_list = nf;
+            t->cap = cap;
+        }
+        idx = t->n++;
+    }
+    t->real[idx] = real;
+    return make_id(S, kind, idx);
+}
+
+void fgs_handle_remove(fgs_session *S, int kind, uint64_t id) {
+    void *real;
+    if (id == 0 || fgs_handle_get(S, kind, id, &real)) return;
+    uint32_t idx = (uint32_t)((id & ((1ull << ID_INDEX_BITS) - 1)) - 1);
+    fgs_table *t = &S->tables[kind];
+    t->real[idx] = NULL;
+    t->free_list[t->n_free++] = idx;
+}
+
+void *fgs_scratch(fgs_session *S, size_t n) {
+    if (n > S->scratch_cap) {
+        void *p = realloc(S->scratch, n);
+        if (!p) return NULL;
+        S->scratch = p;
+        S->scratch_cap = n;
+    }
+    return S->scratch;
+}
+
+const char *fgs_get_cstr(fg_reader *r) {
+    uint32_t n = fg_get_u32(r);
+    const uint8_t *p = fg_take(r, n);
+    if (!p || n == 0 || p[n - 1] != 0) {
+        r->failed = 1;
+        return NULL;
+    }
+    return (const char *)p;
+}
+
+/* ---- contexts ---- */
+
+CUresult fgs_set_ctx(fgs_session *S, fg_reader *r) {
+    uint64_t id = fg_get_u64(r);
+    if (r->failed) return FGS_PROTOCOL_ERROR;
+    void *ctx;
+    if (fgs_handle_get(S, FGH_CONTEXT, id, &ctx)) return CUDA_ERROR_INVALID_CONTEXT;
+    return S->api->cuCtxSetCurrent((CUcontext)ctx);
+}
+
+CUresult fgs_cuCtxCreate_v4(fgs_session *S, fg_reader *r, fg_writer *out) {
+    unsigned flags = fg_get_u32(r);
+    CUdevice dev;
+    fg_get(r, &dev, sizeof dev);
+    if (r->failed) return FGS_PROTOCOL_ERROR;
+    CUcontext ctx = NULL;
+    CUresult res = S->api->cuCtxCreate_v4(&ctx, NULL, flags, dev);
+    if (res == CUDA_SUCCESS) fg_put_u64(out, fgs_handle_add(S, FGH_CONTEXT, ctx));
+    return res;
+}
+
+CUresult fgs_cuCtxDestroy_v2(fgs_session *S, fg_reader *r, fg_writer *out) {
+    (void)out;
+    uint64_t id = fg_get_u64(r);
+    if (r->failed) return FGS_PROTOCOL_ERROR;
+    void *ctx;
+    if (id == 0 || fgs_handle_get(S, FGH_CONTEXT, id, &ctx)) return CUDA_ERROR_INVALID_CONTEXT;
+    CUresult res = S->api->cuCtxDestroy_v2((CUcontext)ctx);
+    if (res == CUDA_SUCCESS) fgs_handle_remove(S, FGH_CONTEXT, id);
+    return res;
+}
+
+/* ---- session lifecycle ---- */
+
+FGS_EXPORT fgs_session *fgs_open(const char *driver_path, unsigned long long vram_quota, unsigned int max_frame,
+                                 char *err, unsigned long errlen) {
+    fgs_session *S = (fgs_session *)calloc(1, sizeof *S);
+    fgs_api *api = (fgs_api *)calloc(1, sizeof *api);
+    if (!S || !api) {
+        snprintf(err, errlen, "out of memory");
+        free(S);
+        free(api);
+        return NULL;
+    }
+    S->api = api;
+    S->vram_quota = vram_quota;
+    S->max_frame = max_frame ? max_frame : FG_DEFAULT_MAX_FRAME;
+    if (getrandom(&S->salt, sizeof S->salt, 0) != (ssize_t)sizeof S->salt) S->salt = (uint64_t)getpid() * 2654435761u;
+    snprintf(S->log_prefix, sizeof S->log_prefix, "%d", (int)getpid());
+    S->dl = dlopen(driver_path, RTLD_NOW | RTLD_LOCAL);
+    if (!S->dl) {
+        snprintf(err, errlen, "cannot load the driver %s: %s", driver_path, dlerror());
+        free(api);
+        free(S);
+        return NULL;
+    }
+    const char *missing = fgs_api_load(api, S->dl);
+    CUresult r = missing ? CUDA_SUCCESS : api->cuInit(0);
+    if (missing || r != CUDA_SUCCESS) {
+        if (missing) snprintf(err, errlen, "the driver %s lacks %s", driver_path, missing);
+        else snprintf(err, errlen, "cuInit on %s failed with %d", driver_path, (int)r);
+        dlclose(S->dl);
+        free(api);
+        free(S);
+        return NULL;
+    }
+    return S;
+}
+
+FGS_EXPORT unsigned long long fgs_vram_used(fgs_session *S) { return S->vram_used; }
+
+FGS_EXPORT void fgs_close(fgs_session *S) {
+    if (!S) return;
+    fgs_later_free_all(S);
+    fgs_memory_release_all(S);
+    /* Streams, events and modules first, then the contexts that own them. */
+    static const int order[] = {FGH_EVENT, FGH_STREAM, FGH_MODULE, FGH_CONTEXT};
+    for (size_t k = 0; k < sizeof order / sizeof order[0]; k++) {
+        fgs_table *t = &S->tables[order[k]];
+        for (uint32_t i = 0; i < t->n; i++) {
+            void *h = t->real[i];
+            if (!h) continue;
+            switch (order[k]) {
+            case FGH_EVENT: S->api->cuEventDestroy_v2((CUevent)h); break;
+            case FGH_STREAM: S->api->cuStreamDestroy_v2((CUstream)h); break;
+            case FGH_MODULE: S->api->cuModuleUnload((CUmodule)h); break;
+            default: break; /* contexts: primary ones are released at process exit, created ones below */
+            }
+        }
+    }
+    fgs_table *ct = &S->tables[FGH_CONTEXT];
+    for (uint32_t i = 0; i < ct->n; i++) {
+        unsigned flags;
+        int active;
+        CUcontext cur = (CUcontext)ct->real[i];
+        if (!cur) continue;
+        /* A context that is some device's primary context is released, a created one destroyed. */
+        CUdevice dev = 0;
+        if (S->api->cuCtxSetCurrent(cur) == CUDA_SUCCESS && S->api->cuCtxGetDevice(&dev) == CUDA_SUCCESS &&
+            S->api->cuDevicePrimaryCtxGetState(dev, &flags, &active) == CUDA_SUCCESS) {
+            CUcontext prim = NULL;
+            if (active && S->api->cuDevicePrimaryCtxRetain(&prim, dev) == CUDA_SUCCESS) {
+                S->api->cuDevicePrimaryCtxRelease_v2(dev);
+                if (prim == cur) continue;
+            }
+        }
+        S->api->cuCtxDestroy_v2(cur);
+    }
+    for (int k = 0; k < FGH_LIMIT; k++) {
+        free(S->tables[k].real);
+        free(S->tables[k].free_list);
+    }
+    free(S->allocs);
+    free(S->later);
+    free(S->scratch);
+    /* The driver stays loaded: unloading a CUDA driver inside a process is not supported. */
+    free((void *)S->api);
+    free(S);
+}
+
+/* ---- serving ---- */
+
+static int read_full(int fd, void *dst, size_t n) {
+    uint8_t *p = (uint8_t *)dst;
+    while (n) {
+        ssize_t k = recv(fd, p, n, 0);
+        if (k < 0 && errno == EINTR) continue;
+        if (k <= 0) return -1;
+        p += k;
+        n -= (size_t)k;
+    }
+    return 0;
+}
+
+static int write_all(int fd, struct iovec *iov, int cnt) {
+    while (cnt > 0) {
+        ssize_t k = writev(fd, iov, cnt > 64 ? 64 : cnt);
+        if (k < 0 && errno == EINTR) continue;
+        if (k < 0) return -1;
+        while (cnt > 0 && (size_t)k >= iov->iov_len) {
+            k -= (ssize_t)iov->iov_len;
+            iov++;
+            cnt--;
+        }
+        if (cnt > 0) {
+            iov->iov_base = (uint8_t *)iov->iov_base + k;
+            iov->iov_len -= (size_t)k;
+        }
+    }
+    return 0;
+}
+
+static void send_close(int fd, const char *reason) {
+    /* msgpack {"reason": reason} */
+    uint8_t buf[600];
+    size_t n = strlen(reason);
+    if (n > 500) n = 500;
+    size_t k = 0;
+    buf[k++] = 0x81;
+    buf[k++] = 0xa6;
+    memcpy(buf + k, "reason", 6);
+    k += 6;
+    buf[k++] = 0xd9;
+    buf[k++] = (uint8_t)n;
+    memcpy(buf + k, reason, n);
+    k += n;
+    fg_header h = {FG_MAGIC, FG_T_CLOSE, 0, (uint32_t)k, 0};
+    uint8_t hb[FG_HEADER_SIZE];
+    fg_header_encode(&h, hb);
+    struct iovec iov[2] = {{hb, sizeof hb}, {buf, k}};
+    write_all(fd, iov, 2);
+}
+
+static int send_reply(fgs_session *S, int fd, uint32_t seq, CUresult result, CUresult deferred, uint32_t dop,
+                      fg_writer *out) {
+    /* Deliver the pending async device→host data: wait for each copy's stream first. */
+    for (size_t i = 0; i < S->n_later; i++) {
+        int seen = 0;
+        for (size_t j = 0; j < i; j++) seen |= S->later[j].stream == S->later[i].stream;
+        if (seen) continue;
+        CUresult r = S->api->cuStreamSynchronize(S->later[i].stream);
+        if (r != CUDA_SUCCESS && !deferred) {
+            deferred = r;
+            dop = FG_OP_cuMemcpyDtoHAsync_v2;
+        }
+    }
+    struct {
+        uint32_t result, deferred, deferred_op, n_later;
+        uint64_t out_len;
+    } fx = {(uint32_t)result, (uint32_t)deferred, dop, (uint32_t)S->n_later, result == CUDA_SUCCESS ? out->len : 0};
+    size_t total = sizeof fx + (size_t)fx.out_len;
+    for (size_t i = 0; i < S->n_later; i++) total += 8 + S->later[i].n;
+    fg_header h = {FG_MAGIC, FG_T_REPLY, 0, (uint32_t)total, seq};
+    if (total > UINT32_MAX) return -1;
+    uint8_t hb[FG_HEADER_SIZE];
+    fg_header_encode(&h, hb);
+    size_t niov = 3 + 2 * S->n_later;
+    struct iovec stack_iov[35];
+    struct iovec *iov = niov <= 35 ? stack_iov : (struct iovec *)malloc(niov * sizeof *iov);
+    uint64_t *lens = (uint64_t *)malloc((S->n_later ? S->n_later : 1) * 8);
+    if (!iov || !lens) {
+        if (iov != stack_iov) free(iov);
+        free(lens);
+        return -1;
+    }
+    int c = 0;
+    iov[c++] = (struct iovec){hb, sizeof hb};
+    iov[c++] = (struct iovec){&fx, sizeof fx};
+    if (fx.out_len) iov[c++] = (struct iovec){out->buf, (size_t)fx.out_len};
+    for (size_t i = 0; i < S->n_later; i++) {
+        lens[i] = S->later[i].n;
+        iov[c++] = (struct iovec){&lens[i], 8};
+        iov[c++] = (struct iovec){S->later[i].data, S->later[i].n};
+    }
+    int rc = write_all(fd, iov, c);
+    if (iov != stack_iov) free(iov);
+    free(lens);
+    fgs_later_free_all(S);
+    return rc;
+}
+
+FGS_EXPORT int fgs_serve(fgs_session *S, int fd, int ctl_fd, char *reason, unsigned long reason_len) {
+    uint8_t *buf = NULL;
+    size_t cap = 0;
+    fg_writer out;
+    fg_writer_init(&out, 64 * 1024, (size_t)FG_CHUNK + (1u << 20));
+    int rc = -1;
+    CUresult deferred = CUDA_SUCCESS;
+    uint32_t deferred_op = 0;
+    snprintf(reason, reason_len, "unknown");
+    for (;;) {
+        struct pollfd pf[2] = {{fd, POLLIN, 0}, {ctl_fd, POLLIN, 0}};
+        int np = poll(pf, ctl_fd >= 0 ? 2 : 1, -1);
+        if (np < 0 && errno == EINTR) continue;
+        if (np < 0) { snprintf(reason, reason_len, "poll failed: %s", strerror(errno)); break; }
+        if (ctl_fd >= 0 && (pf[1].revents & (POLLIN | POLLHUP))) {
+            char why[256] = "the session was ended by the node server";
+            ssize_t k = read(ctl_fd, why, sizeof why - 1);
+            if (k > 0) why[k] = 0;
+            send_close(fd, why);
+            snprintf(reason, reason_len, "ended by control: %s", why);
+            rc = 1;
+            break;
+        }
+        uint8_t hb[FG_HEADER_SIZE];
+        if (read_full(fd, hb, sizeof hb)) { snprintf(reason, reason_len, "client disconnected"); rc = 0; break; }
+        fg_header h;
+        const char *why = fg_header_decode(hb, &h, S->max_frame);
+        if (!why && h.type != FG_T_BATCH) why = "unexpected frame type after the handshake";
+        if (why) { snprintf(reason, reason_len, "protocol error: %s", why); send_close(fd, reason); break; }
+        /* Grow the buffer as the payload arrives, never ahead of it. */
+        size_t got = 0;
+        int eof = 0;
+        while (got < h.length) {
+            size_t want = h.length - got;
+            if (want > (1u << 20)) want = 1u << 20;
+            if (got + want > cap) {
+                size_t ncap = cap ? cap : 65536;
+                while (ncap < got + want) ncap *= 2;
+                if (ncap > h.length) ncap = h.length;
+                uint8_t *nb = (uint8_t *)realloc(buf, ncap);
+                if (!nb) { eof = 2; break; }
+                buf = nb;
+                cap = ncap;
+            }
+            ssize_t k = recv(fd, buf + got, cap - got < h.length - got ? cap - got : h.length - got, 0);
+            if (k < 0 && errno == EINTR) continue;
+            if (k <= 0) { eof = 1; break; }
+            got += (size_t)k;
+        }
+        if (eof) { snprintf(reason, reason_len, eof == 2 ? "out of memory" : "client disconnected mid-frame"); rc = eof == 2 ? -1 : 0; break; }
+        fg_reader batch;
+        fg_reader_init(&batch, buf, h.length);
+        fg_record rec = {0, 0, 0, NULL};
+        const char *bad = NULL;
+        int n;
+        CUresult sync_result = CUDA_SUCCESS;
+        int answered = 0;
+        fg_writer_reset(&out);
+        while ((n = fg_next_record(&batch, &rec, &bad)) == 1) {
+            int cls = fg_op_class(rec.op);
+            int last = fg_reader_left(&batch) == 0;
+            if (cls == 0) { bad = "unknown op (the client is newer than this server?)"; break; }
+            if (cls == 1 && !(last && (h.flags & FG_F_WANT_REPLY))) { bad = "a synchronous call that is not the batch's last record"; break; }
+            fg_reader args;
+            fg_reader_init(&args, rec.args, rec.length);
+            CUresult res = fgs_dispatch(S, rec.op, &args, &out);
+            if (res == FGS_PROTOCOL_ERROR || res == FGS_UNKNOWN_OP) { bad = "malformed arguments"; break; }
+            if (cls == 1) {
+                sync_result = res;
+                answered = 1;
+            } else if (res != CUDA_SUCCESS && deferred == CUDA_SUCCESS) {
+                deferred = res;
+                deferred_op = rec.op;
+            }
+        }
+        if (!bad && n < 0) bad = bad ? bad : "malformed record";
+        if (!bad && (h.flags & FG_F_WANT_REPLY) && !answered) bad = "reply requested but the last record is not synchronous";
+        if (bad) {
+            snprintf(reason, reason_len, "protocol error: %s (op %u)", bad, (unsigned)rec.op);
+            send_close(fd, reason);
+            break;
+        }
+        if (answered) {
+            if (send_reply(S, fd, h.seq, sync_result, deferred, deferred_op, &out)) {
+                snprintf(reason, reason_len, "client disconnected while receiving a reply");
+                rc = 0;
+                break;
+            }
+            deferred = CUDA_SUCCESS;
+            deferred_op = 0;
+        }
+        if (cap > (64u << 20)) { /* give back a large buffer after a bulk copy */
+            free(buf);
+            buf = NULL;
+            cap = 0;
+        }
+    }
+    free(buf);
+    fg_writer_free(&out);
+    return rc;
+}

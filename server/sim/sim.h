@@ -1,0 +1,174 @@
+/* sim.h - internal interface of the simulated CUDA device (libfargpu_sim.so).
+ *
+ * The simulated device is a test double of the CUDA driver API: it exports a subset of the real libcuda.so.1
+ * symbols (same C ABI, same versioned names as cuda.h maps them), keeps "device" memory in host RAM and answers
+ * like a real sm_90 GPU would for the calls it implements. See README.md in this folder for what it does and
+ * does not do.
+ *
+ * Concurrency: every exported entry point takes the one global lock (sim_lock) for its whole duration. Streams
+ * execute their work synchronously at enqueue, so a single lock gives the same ordering a GPU stream would.
+ *
+ * Trust: every handle and device pointer passed in is untrusted (the fargpu server replays bytes from remote
+ * clients). Handles are looked up in the live-handle registry (sim_registry.c) before anything is dereferenced;
+ * device ranges are checked against the segment map (sim_vaspace.c). Host pointers (the source of an H2D copy,
+ * output parameters) belong to the caller and are trusted, as with the real driver. */
+#ifndef FARGPU_SIM_H
+#define FARGPU_SIM_H
+
+#include <cuda.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define SIM_API __attribute__((visibility("default")))
+
+#define SIM_MAX_DEVICES 16
+#define SIM_GRANULARITY ((size_t)2 << 20) /* VMM allocation granularity: 2 MiB, as on Hopper */
+#define SIM_PAGE ((size_t)4096)
+
+/* ---- global lock and state (sim_state.c) ---- */
+void sim_lock(void);
+void sim_unlock(void);
+
+struct sim_ctx;
+
+struct sim_device {
+    uint64_t total_mem; /* simulated device memory size (FARGPU_SIM_MEM_BYTES, default 16 GiB) */
+    uint64_t used_mem;  /* bytes charged by cuMemAlloc, cuMemCreate and module globals */
+    struct sim_ctx *primary;
+};
+
+struct sim_global {
+    int initialized;
+    int ndev;
+    struct sim_device dev[SIM_MAX_DEVICES];
+};
+extern struct sim_global sim_g;
+
+CUresult sim_check_init(void);                     /* CUDA_ERROR_NOT_INITIALIZED before cuInit */
+CUresult sim_check_device(CUdevice dev);           /* init + ordinal range */
+CUresult sim_charge(int device, uint64_t bytes);   /* CUDA_ERROR_OUT_OF_MEMORY when over the total */
+void sim_uncharge(int device, uint64_t bytes);
+void sim_log_once(const char *what, const char *detail); /* one stderr line per distinct `what` */
+uint64_t sim_now_ns(void);                         /* CLOCK_MONOTONIC */
+
+/* ---- live-handle registry (sim_registry.c) ----
+ * Every handle object starts with struct sim_obj. Lookups compare the handle value against the set of live
+ * objects; an unknown value is never dereferenced. */
+enum sim_kind { SIM_KIND_CTX = 1, SIM_KIND_STREAM, SIM_KIND_EVENT, SIM_KIND_MODULE, SIM_KIND_FUNC, SIM_KIND_PHYS };
+
+struct sim_obj {
+    uint32_t kind;
+    struct sim_ctx *ctx; /* owning context (NULL for process-wide objects such as VMM handles) */
+};
+
+int sim_reg_add(void *obj);                          /* 0 on success, -1 on out of memory */
+void sim_reg_remove(void *obj);
+void *sim_reg_find(const void *handle, uint32_t kind); /* NULL if not a live object of that kind */
+/* Collects up to `max` live objects of `kind` owned by `ctx` (any owner if ctx is NULL); returns the count. */
+size_t sim_reg_collect(uint32_t kind, const struct sim_ctx *ctx, void **out, size_t max);
+size_t sim_reg_count(void);
+
+/* ---- contexts (sim_context.c) ---- */
+struct sim_ctx {
+    struct sim_obj h;
+    int device;
+    unsigned int flags;
+    int primary;           /* the device's primary context */
+    int active;            /* primary: retained at least once and not released to zero / reset */
+    unsigned int refcount; /* primary: retain count */
+};
+/* The calling thread's current context, validated (live and active), else CUDA_ERROR_INVALID_CONTEXT. */
+CUresult sim_current_ctx(struct sim_ctx **out);
+/* Frees everything a context owns (streams, events, modules, allocations, pinned host memory). */
+void sim_ctx_release_resources(struct sim_ctx *ctx);
+
+/* ---- device address space (sim_vaspace.c) ----
+ * A segment is a host range that the simulated device can access: a cuMemAlloc allocation, a VMM mapping, a
+ * module global or pinned host memory. Device pointers are host addresses (identity mapping, unified
+ * addressing). */
+enum sim_seg_kind { SIM_SEG_ALLOC = 1, SIM_SEG_VMM, SIM_SEG_GLOBAL, SIM_SEG_HOST };
+#define SIM_PROT_R 1
+#define SIM_PROT_W 2
+
+struct sim_phys;
+struct sim_seg {
+    uintptr_t base;
+    size_t size;
+    int kind;
+    int prot;               /* SIM_PROT_* the device may use */
+    int device;
+    struct sim_ctx *owner;  /* ALLOC/HOST: owning context; NULL otherwise */
+    const void *module;     /* GLOBAL: owning module */
+    struct sim_phys *phys;  /* VMM: backing physical allocation */
+    size_t map_len;         /* ALLOC/HOST/GLOBAL: length of the host mapping (page rounded) */
+    uint64_t charged;       /* bytes charged to the device for this segment */
+};
+
+int sim_seg_insert(struct sim_seg *seg);           /* 0 ok, -1 out of memory */
+void sim_seg_remove(struct sim_seg *seg);
+struct sim_seg *sim_seg_find(uintptr_t addr);      /* segment containing addr, or NULL */
+struct sim_seg *sim_seg_find_base(uintptr_t addr, int kind); /* segment of that kind starting exactly at addr */
+int sim_seg_overlaps(uintptr_t base, size_t size);  /* any segment intersects [base, base+size) */
+/* [p, p+n) lies in contiguous segments that all allow `prot`; else CUDA_ERROR_INVALID_VALUE. */
+CUresult sim_range_check(CUdeviceptr p, size_t n, int prot);
+/* Allocates a host-backed segment (ALLOC, GLOBAL or HOST), charging device memory except for HOST. */
+CUresult sim_seg_alloc(int kind, int device, size_t size, struct sim_ctx *owner, const void *module,
+                       struct sim_seg **out);
+void sim_seg_free(struct sim_seg *seg);            /* unmaps, uncharges, removes and frees */
+size_t sim_seg_collect_owned(const struct sim_ctx *owner, const void *module, struct sim_seg **out, size_t max);
+
+/* ---- streams and events (sim_stream.c) ---- */
+struct sim_stream {
+    struct sim_obj h;
+    unsigned int flags;
+    int priority;
+    long long id; /* creation order in this process, from 1 (the launch log names streams by it) */
+};
+/* Validates a stream argument: NULL, CU_STREAM_LEGACY, CU_STREAM_PER_THREAD or a live stream, and that a
+ * context is current. */
+CUresult sim_stream_check(CUstream s);
+void sim_stream_destroy_obj(struct sim_stream *s);
+/* Launch-log id of a validated stream: 0 for NULL / CU_STREAM_LEGACY, -1 for CU_STREAM_PER_THREAD. */
+long long sim_stream_id(CUstream s);
+void sim_event_destroy_obj(void *ev);
+CUresult sim_event_check(CUevent e); /* live event, else CUDA_ERROR_INVALID_HANDLE */
+
+/* ---- modules (sim_module.c) ---- */
+struct sim_param {
+    uint32_t offset;
+    uint32_t size;
+};
+struct sim_kernel_impl;
+struct sim_module;
+struct sim_func {
+    struct sim_obj h;
+    struct sim_module *mod;
+    char *name;
+    uint32_t nparams;
+    struct sim_param *params;
+    uint32_t param_bytes; /* end of the last parameter */
+    int num_regs, shared_bytes, const_bytes, local_bytes, max_threads, ptx_version, binary_version;
+    const struct sim_kernel_impl *impl; /* NULL: the sim cannot execute this kernel */
+    int warned;
+};
+void sim_module_destroy_obj(struct sim_module *m);
+
+/* ---- kernels the sim executes (sim_kernels.c) ---- */
+struct sim_launch {
+    const struct sim_func *f;
+    unsigned int grid[3], block[3];
+    unsigned int shmem;
+    const unsigned char *params; /* packed parameter buffer, f->param_bytes long */
+};
+struct sim_kernel_impl {
+    const char *name;
+    uint32_t nparams;
+    struct sim_param params[8];
+    CUresult (*run)(const struct sim_launch *l);
+};
+const struct sim_kernel_impl *sim_kernel_lookup(const char *name, const struct sim_param *params, uint32_t n);
+
+/* ---- launch log (sim_launch_log.c) ---- */
+void sim_launch_log(const struct sim_launch *l, long long stream_id, CUresult result);
+
+#endif

@@ -1,0 +1,114 @@
+/* sim_event.c - events. Because stream work runs at enqueue (sim_stream.c), an event is complete as soon as it
+ * is recorded: cuEventRecord stores the host monotonic clock, cuEventQuery/cuEventSynchronize succeed at once,
+ * and cuEventElapsedTime returns the real host time between two records (so it is > 0 when work ran between
+ * them). As with the driver, elapsed time needs both events recorded and created without
+ * CU_EVENT_DISABLE_TIMING, else CUDA_ERROR_INVALID_HANDLE. */
+#include "sim.h"
+
+#include <stdlib.h>
+
+struct sim_event {
+    struct sim_obj h;
+    unsigned int flags;
+    int recorded;
+    uint64_t t_ns;
+};
+
+static struct sim_event *find_event(CUevent e) { return sim_reg_find(e, SIM_KIND_EVENT); }
+
+CUresult sim_event_check(CUevent e) { return find_event(e) ? CUDA_SUCCESS : CUDA_ERROR_INVALID_HANDLE; }
+
+void sim_event_destroy_obj(void *ev)
+{
+    sim_reg_remove(ev);
+    free(ev);
+}
+
+SIM_API CUresult cuEventCreate(CUevent *phEvent, unsigned int Flags)
+{
+    const unsigned int known = CU_EVENT_BLOCKING_SYNC | CU_EVENT_DISABLE_TIMING | CU_EVENT_INTERPROCESS;
+    if (!phEvent || (Flags & ~known))
+        return CUDA_ERROR_INVALID_VALUE;
+    if ((Flags & CU_EVENT_INTERPROCESS) && !(Flags & CU_EVENT_DISABLE_TIMING))
+        return CUDA_ERROR_INVALID_VALUE;
+    sim_lock();
+    struct sim_ctx *c = NULL;
+    CUresult rc = sim_current_ctx(&c);
+    if (rc == CUDA_SUCCESS) {
+        struct sim_event *e = calloc(1, sizeof *e);
+        if (!e || sim_reg_add(e) != 0) {
+            free(e);
+            rc = CUDA_ERROR_OUT_OF_MEMORY;
+        } else {
+            e->h.kind = SIM_KIND_EVENT;
+            e->h.ctx = c;
+            e->flags = Flags;
+            *phEvent = (CUevent)e;
+        }
+    }
+    sim_unlock();
+    return rc;
+}
+
+SIM_API CUresult cuEventRecord(CUevent hEvent, CUstream hStream)
+{
+    sim_lock();
+    CUresult rc = sim_stream_check(hStream);
+    struct sim_event *e = rc == CUDA_SUCCESS ? find_event(hEvent) : NULL;
+    if (rc == CUDA_SUCCESS && !e)
+        rc = CUDA_ERROR_INVALID_HANDLE;
+    if (rc == CUDA_SUCCESS) {
+        e->recorded = 1;
+        e->t_ns = sim_now_ns();
+    }
+    sim_unlock();
+    return rc;
+}
+
+SIM_API CUresult cuEventQuery(CUevent hEvent)
+{
+    sim_lock();
+    CUresult rc = sim_current_ctx(NULL);
+    if (rc == CUDA_SUCCESS)
+        rc = sim_event_check(hEvent);
+    sim_unlock();
+    return rc;
+}
+
+SIM_API CUresult cuEventSynchronize(CUevent hEvent)
+{
+    return cuEventQuery(hEvent);
+}
+
+SIM_API CUresult cuEventElapsedTime(float *pMilliseconds, CUevent hStart, CUevent hEnd)
+{
+    if (!pMilliseconds)
+        return CUDA_ERROR_INVALID_VALUE;
+    sim_lock();
+    CUresult rc = sim_current_ctx(NULL);
+    struct sim_event *a = rc == CUDA_SUCCESS ? find_event(hStart) : NULL;
+    struct sim_event *b = rc == CUDA_SUCCESS ? find_event(hEnd) : NULL;
+    if (rc == CUDA_SUCCESS && (!a || !b))
+        rc = CUDA_ERROR_INVALID_HANDLE;
+    if (rc == CUDA_SUCCESS && ((a->flags | b->flags) & CU_EVENT_DISABLE_TIMING))
+        rc = CUDA_ERROR_INVALID_HANDLE;
+    if (rc == CUDA_SUCCESS && (!a->recorded || !b->recorded))
+        rc = CUDA_ERROR_INVALID_HANDLE;
+    if (rc == CUDA_SUCCESS)
+        *pMilliseconds = (float)(((double)b->t_ns - (double)a->t_ns) / 1e6);
+    sim_unlock();
+    return rc;
+}
+
+SIM_API CUresult cuEventDestroy(CUevent hEvent)
+{
+    sim_lock();
+    CUresult rc = sim_current_ctx(NULL);
+    struct sim_event *e = rc == CUDA_SUCCESS ? find_event(hEvent) : NULL;
+    if (rc == CUDA_SUCCESS && !e)
+        rc = CUDA_ERROR_INVALID_HANDLE;
+    if (rc == CUDA_SUCCESS)
+        sim_event_destroy_obj(e);
+    sim_unlock();
+    return rc;
+}

@@ -1,0 +1,326 @@
+/* sim_vmm.c - the virtual memory management API, implemented faithfully on host virtual memory, because the
+ * fargpu server's paging relies on its semantics:
+ *
+ *   cuMemAddressReserve  mmap(PROT_NONE) of a granularity-aligned VA range; a requested address is honoured
+ *                        when free (MAP_FIXED_NOREPLACE), else the range goes elsewhere, as the driver's hint;
+ *   cuMemCreate          a physical allocation = a memfd of that size, charged against device memory;
+ *   cuMemMap             mmap(MAP_FIXED | MAP_SHARED) of the memfd into a reserved range (no access yet);
+ *   cuMemSetAccess       mprotect of whole mappings (PROT_READ or PROT_READWRITE);
+ *   cuMemUnmap           puts the PROT_NONE reservation back; the memfd keeps the contents, so mapping the same
+ *                        handle again (at the same or another address) shows the same bytes;
+ *   cuMemRelease         drops the handle; the memory goes when its last mapping does.
+ *
+ * The sim is stricter than the driver in two documented ways: cuMemSetAccess and cuMemUnmap act on whole
+ * mappings only, and cuMemAddressFree refuses a range that still has mappings (CUDA_ERROR_INVALID_VALUE). */
+#include "sim.h"
+
+#include <stdlib.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+struct sim_phys {
+    struct sim_obj h;
+    int fd;
+    size_t size;
+    int device;
+    int released;
+    unsigned int maps;
+};
+
+struct resv {
+    uintptr_t base;
+    size_t size;
+};
+static struct resv *g_resv;
+static size_t g_nresv, g_capresv;
+
+static struct resv *find_resv(uintptr_t p, size_t n)
+{
+    for (size_t i = 0; i < g_nresv; i++)
+        if (p >= g_resv[i].base && p - g_resv[i].base <= g_resv[i].size && n <= g_resv[i].size - (p - g_resv[i].base))
+            return &g_resv[i];
+    return NULL;
+}
+
+static int aligned(size_t v) { return (v & (SIM_GRANULARITY - 1)) == 0; }
+
+static CUresult check_location(const CUmemLocation *loc)
+{
+    if (loc->type != CU_MEM_LOCATION_TYPE_DEVICE || loc->id < 0 || loc->id >= sim_g.ndev)
+        return CUDA_ERROR_INVALID_DEVICE;
+    return CUDA_SUCCESS;
+}
+
+static CUresult check_prop(const CUmemAllocationProp *prop)
+{
+    if (!prop || prop->type != CU_MEM_ALLOCATION_TYPE_PINNED)
+        return CUDA_ERROR_INVALID_VALUE;
+    if (prop->requestedHandleTypes != CU_MEM_HANDLE_TYPE_NONE &&
+        prop->requestedHandleTypes != CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR)
+        return CUDA_ERROR_NOT_SUPPORTED;
+    return check_location(&prop->location) == CUDA_SUCCESS ? CUDA_SUCCESS : CUDA_ERROR_INVALID_DEVICE;
+}
+
+SIM_API CUresult cuMemGetAllocationGranularity(size_t *granularity, const CUmemAllocationProp *prop,
+                                               CUmemAllocationGranularity_flags option)
+{
+    if (!granularity || (option != CU_MEM_ALLOC_GRANULARITY_MINIMUM && option != CU_MEM_ALLOC_GRANULARITY_RECOMMENDED))
+        return CUDA_ERROR_INVALID_VALUE;
+    sim_lock();
+    CUresult rc = sim_check_init();
+    if (rc == CUDA_SUCCESS)
+        rc = check_prop(prop);
+    if (rc == CUDA_SUCCESS)
+        *granularity = SIM_GRANULARITY;
+    sim_unlock();
+    return rc;
+}
+
+SIM_API CUresult cuMemAddressReserve(CUdeviceptr *ptr, size_t size, size_t alignment, CUdeviceptr addr,
+                                     unsigned long long flags)
+{
+    if (!ptr || size == 0 || !aligned(size) || flags != 0 || (alignment & (alignment - 1)) != 0 ||
+        size > ((size_t)1 << 47))
+        return CUDA_ERROR_INVALID_VALUE;
+    if (alignment < SIM_GRANULARITY)
+        alignment = SIM_GRANULARITY;
+    if (alignment > ((size_t)1 << 40))
+        return CUDA_ERROR_INVALID_VALUE;
+    sim_lock();
+    CUresult rc = sim_check_init();
+    if (rc == CUDA_SUCCESS && g_nresv == g_capresv) {
+        size_t ncap = g_capresv ? g_capresv * 2 : 16;
+        struct resv *nr = realloc(g_resv, ncap * sizeof *nr);
+        if (nr) {
+            g_resv = nr;
+            g_capresv = ncap;
+        } else {
+            rc = CUDA_ERROR_OUT_OF_MEMORY;
+        }
+    }
+    uintptr_t base = 0;
+    const int mflags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE;
+    if (rc == CUDA_SUCCESS && addr && ((uintptr_t)addr & (alignment - 1)) == 0) {
+        void *p = mmap((void *)(uintptr_t)addr, size, PROT_NONE, mflags | MAP_FIXED_NOREPLACE, -1, 0);
+        if (p != MAP_FAILED && (uintptr_t)p == (uintptr_t)addr)
+            base = (uintptr_t)p;
+        else if (p != MAP_FAILED)
+            munmap(p, size); /* old kernels treat the flag as a hint */
+    }
+    if (rc == CUDA_SUCCESS && !base) {
+        size_t span = size + alignment;
+        void *p = mmap(NULL, span, PROT_NONE, mflags, -1, 0);
+        if (p == MAP_FAILED) {
+            rc = CUDA_ERROR_OUT_OF_MEMORY;
+        } else {
+            uintptr_t raw = (uintptr_t)p;
+            base = (raw + alignment - 1) & ~(uintptr_t)(alignment - 1);
+            if (base > raw)
+                munmap(p, base - raw);
+            if (raw + span > base + size)
+                munmap((void *)(base + size), raw + span - (base + size));
+        }
+    }
+    if (rc == CUDA_SUCCESS) {
+        g_resv[g_nresv].base = base;
+        g_resv[g_nresv].size = size;
+        g_nresv++;
+        *ptr = (CUdeviceptr)base;
+    }
+    sim_unlock();
+    return rc;
+}
+
+SIM_API CUresult cuMemAddressFree(CUdeviceptr ptr, size_t size)
+{
+    sim_lock();
+    CUresult rc = sim_check_init();
+    size_t i = 0;
+    if (rc == CUDA_SUCCESS) {
+        for (i = 0; i < g_nresv; i++)
+            if (g_resv[i].base == (uintptr_t)ptr && g_resv[i].size == size)
+                break;
+        if (i == g_nresv || sim_seg_overlaps((uintptr_t)ptr, size))
+            rc = CUDA_ERROR_INVALID_VALUE;
+    }
+    if (rc == CUDA_SUCCESS) {
+        munmap((void *)g_resv[i].base, g_resv[i].size);
+        g_resv[i] = g_resv[--g_nresv];
+    }
+    sim_unlock();
+    return rc;
+}
+
+static void phys_free(struct sim_phys *ph)
+{
+    sim_reg_remove(ph);
+    close(ph->fd);
+    sim_uncharge(ph->device, ph->size);
+    free(ph);
+}
+
+SIM_API CUresult cuMemCreate(CUmemGenericAllocationHandle *handle, size_t size, const CUmemAllocationProp *prop,
+                             unsigned long long flags)
+{
+    if (!handle || size == 0 || !aligned(size) || flags != 0)
+        return CUDA_ERROR_INVALID_VALUE;
+    sim_lock();
+    CUresult rc = sim_check_init();
+    if (rc == CUDA_SUCCESS)
+        rc = check_prop(prop);
+    if (rc == CUDA_SUCCESS)
+        rc = sim_charge(prop->location.id, size);
+    if (rc == CUDA_SUCCESS) {
+        struct sim_phys *ph = calloc(1, sizeof *ph);
+        int fd = memfd_create("fargpu-sim-vmm", MFD_CLOEXEC);
+        if (!ph || fd < 0 || ftruncate(fd, (off_t)size) != 0 || sim_reg_add(ph) != 0) {
+            if (fd >= 0)
+                close(fd);
+            free(ph);
+            sim_uncharge(prop->location.id, size);
+            rc = CUDA_ERROR_OUT_OF_MEMORY;
+        } else {
+            ph->h.kind = SIM_KIND_PHYS;
+            ph->fd = fd;
+            ph->size = size;
+            ph->device = prop->location.id;
+            *handle = (CUmemGenericAllocationHandle)(uintptr_t)ph;
+        }
+    }
+    sim_unlock();
+    return rc;
+}
+
+static struct sim_phys *find_phys(CUmemGenericAllocationHandle h)
+{
+    struct sim_phys *ph = sim_reg_find((const void *)(uintptr_t)h, SIM_KIND_PHYS);
+    return ph && !ph->released ? ph : NULL;
+}
+
+SIM_API CUresult cuMemRelease(CUmemGenericAllocationHandle handle)
+{
+    sim_lock();
+    CUresult rc = sim_check_init();
+    struct sim_phys *ph = rc == CUDA_SUCCESS ? find_phys(handle) : NULL;
+    if (rc == CUDA_SUCCESS && !ph)
+        rc = CUDA_ERROR_INVALID_VALUE;
+    if (rc == CUDA_SUCCESS) {
+        ph->released = 1;
+        if (ph->maps == 0)
+            phys_free(ph);
+    }
+    sim_unlock();
+    return rc;
+}
+
+SIM_API CUresult cuMemMap(CUdeviceptr ptr, size_t size, size_t offset, CUmemGenericAllocationHandle handle,
+                          unsigned long long flags)
+{
+    if (size == 0 || !aligned(size) || !aligned(offset) || !aligned((size_t)ptr) || flags != 0)
+        return CUDA_ERROR_INVALID_VALUE;
+    sim_lock();
+    CUresult rc = sim_check_init();
+    struct sim_phys *ph = rc == CUDA_SUCCESS ? find_phys(handle) : NULL;
+    if (rc == CUDA_SUCCESS && !ph)
+        rc = CUDA_ERROR_INVALID_HANDLE;
+    if (rc == CUDA_SUCCESS && (offset > ph->size || size > ph->size - offset))
+        rc = CUDA_ERROR_INVALID_VALUE;
+    if (rc == CUDA_SUCCESS && (!find_resv((uintptr_t)ptr, size) || sim_seg_overlaps((uintptr_t)ptr, size)))
+        rc = CUDA_ERROR_INVALID_VALUE;
+    struct sim_seg *s = NULL;
+    if (rc == CUDA_SUCCESS && !(s = calloc(1, sizeof *s)))
+        rc = CUDA_ERROR_OUT_OF_MEMORY;
+    if (rc == CUDA_SUCCESS) {
+        void *p = mmap((void *)(uintptr_t)ptr, size, PROT_NONE, MAP_SHARED | MAP_FIXED, ph->fd, (off_t)offset);
+        s->base = (uintptr_t)ptr;
+        s->size = size;
+        s->kind = SIM_SEG_VMM;
+        s->prot = 0; /* no access until cuMemSetAccess */
+        s->device = ph->device;
+        s->phys = ph;
+        if (p == MAP_FAILED || sim_seg_insert(s) != 0) {
+            /* put the reservation back */
+            mmap((void *)(uintptr_t)ptr, size, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0);
+            free(s);
+            rc = CUDA_ERROR_OUT_OF_MEMORY;
+        } else {
+            ph->maps++;
+        }
+    }
+    sim_unlock();
+    return rc;
+}
+
+/* Collects the VMM mappings that exactly tile [p, p+n); returns the count, or 0 if they don't. */
+static size_t tile(uintptr_t p, size_t n, struct sim_seg **out, size_t max)
+{
+    size_t k = 0;
+    uintptr_t cur = p, end = p + n;
+    if (n == 0 || end < p)
+        return 0;
+    while (cur < end) {
+        struct sim_seg *s = sim_seg_find(cur);
+        if (!s || s->kind != SIM_SEG_VMM || s->base != cur || s->size > end - cur || k == max)
+            return 0;
+        out[k++] = s;
+        cur += s->size;
+    }
+    return k;
+}
+
+#define TILE_MAX 4096
+
+SIM_API CUresult cuMemUnmap(CUdeviceptr ptr, size_t size)
+{
+    sim_lock();
+    CUresult rc = sim_check_init();
+    static struct sim_seg *segs[TILE_MAX];
+    size_t k = rc == CUDA_SUCCESS ? tile((uintptr_t)ptr, size, segs, TILE_MAX) : 0;
+    if (rc == CUDA_SUCCESS && k == 0)
+        rc = CUDA_ERROR_INVALID_VALUE;
+    for (size_t i = 0; rc == CUDA_SUCCESS && i < k; i++) {
+        struct sim_seg *s = segs[i];
+        mmap((void *)s->base, s->size, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0);
+        struct sim_phys *ph = s->phys;
+        sim_seg_remove(s);
+        free(s);
+        if (--ph->maps == 0 && ph->released)
+            phys_free(ph);
+    }
+    sim_unlock();
+    return rc;
+}
+
+SIM_API CUresult cuMemSetAccess(CUdeviceptr ptr, size_t size, const CUmemAccessDesc *desc, size_t count)
+{
+    if (!desc || count == 0)
+        return CUDA_ERROR_INVALID_VALUE;
+    sim_lock();
+    CUresult rc = sim_check_init();
+    int prot = 0;
+    if (rc == CUDA_SUCCESS && count > (size_t)sim_g.ndev)
+        rc = CUDA_ERROR_INVALID_VALUE;
+    for (size_t i = 0; rc == CUDA_SUCCESS && i < count; i++) {
+        if (check_location(&desc[i].location) != CUDA_SUCCESS)
+            rc = CUDA_ERROR_INVALID_DEVICE;
+        else if (desc[i].flags == CU_MEM_ACCESS_FLAGS_PROT_READ)
+            prot |= SIM_PROT_R;
+        else if (desc[i].flags == CU_MEM_ACCESS_FLAGS_PROT_READWRITE)
+            prot |= SIM_PROT_R | SIM_PROT_W;
+        else if (desc[i].flags != CU_MEM_ACCESS_FLAGS_PROT_NONE)
+            rc = CUDA_ERROR_INVALID_VALUE;
+    }
+    static struct sim_seg *segs[TILE_MAX];
+    size_t k = rc == CUDA_SUCCESS ? tile((uintptr_t)ptr, size, segs, TILE_MAX) : 0;
+    if (rc == CUDA_SUCCESS && k == 0)
+        rc = CUDA_ERROR_INVALID_VALUE;
+    int hostprot = (prot & SIM_PROT_W) ? PROT_READ | PROT_WRITE : (prot & SIM_PROT_R) ? PROT_READ : PROT_NONE;
+    for (size_t i = 0; rc == CUDA_SUCCESS && i < k; i++) {
+        if (mprotect((void *)segs[i]->base, segs[i]->size, hostprot) != 0)
+            rc = CUDA_ERROR_INVALID_VALUE;
+        else
+            segs[i]->prot = prot;
+    }
+    sim_unlock();
+    return rc;
+}

@@ -1,0 +1,75 @@
+"""A session worker: one process per client session (so one session's crash or sticky GPU fault cannot
+take another down). The node agent passes it the client's socket after authenticating the HELLO; the
+worker opens the device through the replay engine (cffi, ABI mode), answers HELLO_OK, and hands the socket
+to the engine's C loop — one cffi call for the whole session, so Python never touches a record.
+
+Usage (by the agent only): python -m fargpu.server.worker --fd N --ctl-fd N --status-fd N --driver PATH
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+import threading
+import time
+
+import cffi
+
+from fargpu import paths
+from fargpu.protocol.handshake import hello_err, hello_ok
+
+
+def _load() -> tuple[cffi.FFI, object]:
+    ffi = cffi.FFI()
+    ffi.cdef((paths.native_dir() / "fgs_public.h").read_text())
+    return ffi, ffi.dlopen(str(paths.replay_lib()))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="fargpu-worker")
+    ap.add_argument("--fd", type=int, required=True)
+    ap.add_argument("--ctl-fd", type=int, required=True)
+    ap.add_argument("--status-fd", type=int, required=True)
+    ap.add_argument("--driver", required=True)
+    ap.add_argument("--backend", required=True)
+    ap.add_argument("--session", required=True)
+    ap.add_argument("--quota", type=int, default=0)
+    ap.add_argument("--max-frame", type=int, default=80 * 1024 * 1024)
+    a = ap.parse_args(argv)
+    os.set_blocking(a.fd, True)
+    sock = socket.socket(fileno=a.fd)
+    status = os.fdopen(a.status_fd, "w", buffering=1)
+    ffi, lib = _load()
+    err = ffi.new("char[]", 512)
+    S = lib.fgs_open(a.driver.encode(), a.quota, a.max_frame, err, 512)  # type: ignore[attr-defined]
+    if S == ffi.NULL:
+        reason = ffi.string(err).decode(errors="replace")
+        print(f"fargpu-worker[{os.getpid()}]: cannot open the device: {reason}", file=sys.stderr)
+        sock.sendall(hello_err(f"the node could not open its device: {reason}"))
+        return 1
+    sock.sendall(hello_ok(a.session, a.backend, a.max_frame))
+    done = threading.Event()
+
+    def report() -> None:
+        while not done.wait(0.5):
+            status.write(f"vram {lib.fgs_vram_used(S)}\n")  # type: ignore[attr-defined]
+
+    reporter = threading.Thread(target=report, daemon=True)
+    reporter.start()
+    reason = ffi.new("char[]", 512)
+    t0 = time.monotonic()
+    rc = lib.fgs_serve(S, a.fd, a.ctl_fd, reason, 512)  # type: ignore[attr-defined]
+    done.set()
+    lib.fgs_close(S)  # type: ignore[attr-defined]
+    why = ffi.string(reason).decode(errors="replace")
+    status.write(f"end {rc} {why}\n")
+    print(f"fargpu-worker[{os.getpid()}]: session {a.session} ended after {time.monotonic() - t0:.1f}s: {why}",
+          file=sys.stderr)
+    sock.close()
+    return 0 if rc >= 0 else 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,24 @@
+"""A tiny ctypes view of the CUDA driver API for client snippets in the tests: the snippet imports it
+from the tests folder and talks to whatever libcuda.so.1 the loader finds (the fargpu stub)."""
+
+PRELUDE = r'''
+import ctypes, sys
+cu = ctypes.CDLL("libcuda.so.1")
+def ok(r, what):
+    if r != 0:
+        print(f"FAIL {what}: {r}"); sys.exit(1)
+def ctx0():
+    ok(cu.cuInit(0), "cuInit")
+    ctx = ctypes.c_void_p()
+    ok(cu.cuDevicePrimaryCtxRetain(ctypes.byref(ctx), 0), "retain")
+    ok(cu.cuCtxSetCurrent(ctx), "setcurrent")
+    return ctx
+def alloc(n):
+    p = ctypes.c_uint64()
+    r = cu.cuMemAlloc_v2(ctypes.byref(p), ctypes.c_size_t(n))
+    return r, p.value
+def meminfo():
+    f, t = ctypes.c_size_t(), ctypes.c_size_t()
+    ok(cu.cuMemGetInfo_v2(ctypes.byref(f), ctypes.byref(t)), "meminfo")
+    return f.value, t.value
+'''

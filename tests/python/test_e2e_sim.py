@@ -1,0 +1,134 @@
+"""End to end on the simulated device: the real stub, the real protocol, the real node server and worker.
+(The simulated device is a test double; no GPU claim rests on these tests.)"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from conftest import NodeServer, run_client, start_server, stop_server
+from cuda_ctypes import PRELUDE
+
+CUDA_ERROR_INVALID_HANDLE = 400
+CUDA_ERROR_OUT_OF_MEMORY = 2
+CUDA_ERROR_NOT_PERMITTED = 800
+CUDA_ERROR_NO_DEVICE = 100
+CUDA_ERROR_DEVICE_UNAVAILABLE = 46
+
+
+def test_round_trip_copies_and_memset(node_server: NodeServer) -> None:
+    code = PRELUDE + r'''
+ctx0()
+r, p = alloc(1 << 22); ok(r, "alloc")
+src = bytes(range(256)) * (1 << 14)
+ok(cu.cuMemcpyHtoD_v2(ctypes.c_uint64(p), src, ctypes.c_size_t(len(src))), "htod")
+dst = ctypes.create_string_buffer(len(src))
+ok(cu.cuMemcpyDtoH_v2(dst, ctypes.c_uint64(p), ctypes.c_size_t(len(src))), "dtoh")
+assert dst.raw == src
+ok(cu.cuMemsetD32_v2(ctypes.c_uint64(p), ctypes.c_uint(0xA5A5A5A5), ctypes.c_size_t(16)), "memset")
+s = ctypes.c_void_p(); ok(cu.cuStreamCreate(ctypes.byref(s), 0), "stream")
+out = ctypes.create_string_buffer(64)
+ok(cu.cuMemcpyDtoHAsync_v2(out, ctypes.c_uint64(p), ctypes.c_size_t(64), s), "dtoh async")
+ok(cu.cuStreamSynchronize(s), "sync")
+assert out.raw == b"\xa5" * 64, out.raw
+ok(cu.cuMemFree_v2(ctypes.c_uint64(p)), "free")
+print("OK")
+'''
+    res = run_client(code, node_server.client_env())
+    assert res.returncode == 0 and "OK" in res.stdout, res.stdout + res.stderr
+
+
+def test_bad_token_is_refused_with_a_reason(node_server: NodeServer) -> None:
+    code = PRELUDE + "print(cu.cuInit(0))"
+    res = run_client(code, node_server.client_env(FARGPU_TOKEN="wrong"))
+    assert res.stdout.strip() == str(CUDA_ERROR_NOT_PERMITTED)
+    assert "refused the session: invalid token" in res.stderr
+    assert "wrong" not in node_server.log_text()  # tokens never reach the log
+
+
+def test_unreachable_server_fails_cuinit_naming_the_endpoint(node_server: NodeServer) -> None:
+    res = run_client(PRELUDE + "print(cu.cuInit(0))", node_server.client_env(FARGPU_SERVER="127.0.0.1:1"))
+    assert res.stdout.strip() == str(CUDA_ERROR_NO_DEVICE)
+    assert "cannot reach the fargpu node server at 127.0.0.1:1" in res.stderr
+
+
+def test_handles_from_another_session_are_rejected(node_server: NodeServer) -> None:
+    leak = run_client(PRELUDE + r'''
+ctx0(); s = ctypes.c_void_p(); ok(cu.cuStreamCreate(ctypes.byref(s), 0), "stream"); print(s.value)
+''', node_server.client_env())
+    assert leak.returncode == 0, leak.stderr
+    foreign = int(leak.stdout.strip())
+    res = run_client(PRELUDE + f'''
+ctx0(); s = ctypes.c_void_p(); ok(cu.cuStreamCreate(ctypes.byref(s), 0), "own stream")
+print(cu.cuStreamSynchronize(ctypes.c_void_p({foreign})), cu.cuStreamSynchronize(s))
+''', node_server.client_env())
+    assert res.stdout.split() == [str(CUDA_ERROR_INVALID_HANDLE), "0"], res.stdout + res.stderr
+
+
+def test_killed_client_leaves_no_memory_behind(node_server: NodeServer) -> None:
+    base = run_client(PRELUDE + "ctx0(); print(meminfo()[0])", node_server.client_env())
+    assert base.returncode == 0, base.stderr
+    free_before = int(base.stdout)
+    holder = subprocess.Popen([sys.executable, "-P", "-c", PRELUDE + r'''
+ctx0()
+for _ in range(8):
+    r, p = alloc(64 << 20); ok(r, "alloc")
+print("HELD", flush=True)
+import time; time.sleep(60)
+'''], env=node_server.client_env(), stdout=subprocess.PIPE, text=True, cwd="/")
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "HELD"
+    during = run_client(PRELUDE + "ctx0(); print(meminfo()[0])", node_server.client_env())
+    assert int(during.stdout) <= free_before - 8 * (64 << 20)
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    deadline = time.monotonic() + 20
+    while True:
+        after = run_client(PRELUDE + "ctx0(); print(meminfo()[0])", node_server.client_env())
+        if int(after.stdout) == free_before or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert int(after.stdout) == free_before
+
+
+def test_vram_quota_is_enforced(tmp_path: os.PathLike[str]) -> None:
+    from pathlib import Path
+
+    srv = start_server(Path(tmp_path), "--vram-quota", str(256 << 20))
+    try:
+        res = run_client(PRELUDE + r'''
+ctx0()
+r1, p1 = alloc(200 << 20)
+r2, p2 = alloc(100 << 20)
+f, t = meminfo()
+print(json.dumps([r1, r2, t]))
+'''.replace("print(json", "import json; print(json"), srv.client_env())
+        r1, r2, total = json.loads(res.stdout)
+        assert (r1, r2) == (0, CUDA_ERROR_OUT_OF_MEMORY), res.stderr
+        assert total == 256 << 20
+    finally:
+        stop_server(srv)
+
+
+def test_server_ending_a_session_reaches_the_client(tmp_path: os.PathLike[str]) -> None:
+    from pathlib import Path
+
+    srv = start_server(Path(tmp_path))
+    try:
+        client = subprocess.Popen([sys.executable, "-P", "-c", PRELUDE + r'''
+ctx0(); print("UP", flush=True)
+import time
+time.sleep(3)
+s = ctypes.c_void_p(); print("AFTER", cu.cuStreamCreate(ctypes.byref(s), 0), flush=True)
+'''], env=srv.client_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/")
+        assert client.stdout is not None and client.stdout.readline().strip() == "UP"
+        stop_server(srv)  # SIGTERM: the node ends every session with a reason
+        out, err = client.communicate(timeout=30)
+        assert f"AFTER {CUDA_ERROR_DEVICE_UNAVAILABLE}" in out
+        assert "shutting down" in err
+    finally:
+        if srv.proc.poll() is None:
+            stop_server(srv)
