@@ -44,7 +44,7 @@ log "driver API test: native vs fargpu"
 T="$W/t/driver_api_test $W/t/test_kernels.ptx $W/t/test_kernels.cubin"
 $T >"$OUT/driver_api_native.txt" 2>"$OUT/driver_api_native.err"; NRC=$?
 remote $T >"$OUT/driver_api_remote.txt" 2>"$OUT/driver_api_remote.err"; RRC=$?
-if [ $NRC -ne 0 ] && grep -q "Segmentation\|Abort" "$OUT/driver_api_native.err"; then
+if [ $NRC -ge 128 ]; then  # the real driver crashed on the made-up handle checks: skip those, both sides
   export FARGPU_TEST_SKIP_GARBAGE_HANDLES=1
   $T >"$OUT/driver_api_native.txt" 2>"$OUT/driver_api_native.err"; NRC=$?
   remote $T >"$OUT/driver_api_remote.txt" 2>"$OUT/driver_api_remote.err"; RRC=$?
@@ -59,3 +59,4 @@ remote "$W/micro" "$W/bench_kernels.ptx" >"$OUT/micro_remote.json" 2>"$OUT/micro
 cat "$OUT/micro_native.err" "$OUT/micro_remote.err" | tail -5
 kill $SRV; wait $SRV 2>/dev/null
 python3 bench/report.py "$OUT" --native-rc $NRC --remote-rc $RRC --diff-rc $DRC
+(cd "$OUT" && tar czf logs.tgz --exclude=gpu_run.json --exclude=logs.tgz . && find . -type f ! -name gpu_run.json ! -name logs.tgz ! -name driver_api.diff -delete)

@@ -48,6 +48,10 @@ uint64_t fgc_handle_id(const void *h);
 CUstream fgc_ptsz_stream(CUstream s);
 CUresult fgc_unsupported(const char *name, int *logged);
 
+/* Device ranges the server allocated (unified.c), to classify unified-address copies. */
+void fgc_device_range_add(uint64_t base, uint64_t size);
+void fgc_device_range_remove(uint64_t base);
+
 /* Thread-local current context (virtual id), kept in the stub; the server learns it lazily. */
 uint64_t fgc_ctx_current(void);
 void fgc_ctx_set_current(uint64_t id);

@@ -20,7 +20,10 @@ CUresult fgc_cuMemAlloc_v2(CUdeviceptr *dptr, size_t bytesize) {
     uint64_t p = 0;
     fgc_expect(&p, sizeof p);
     CUresult r = fgc_sync();
-    if (r == CUDA_SUCCESS) *dptr = (CUdeviceptr)p;
+    if (r == CUDA_SUCCESS) {
+        *dptr = (CUdeviceptr)p;
+        fgc_device_range_add(p, bytesize);
+    }
     return r;
 }
 
@@ -29,7 +32,9 @@ CUresult fgc_cuMemFree_v2(CUdeviceptr dptr) {
     fg_writer *w = fgc_begin(FG_OP_cuMemFree_v2);
     if (!w) return fgc_last_error();
     fg_put_u64(w, dptr);
-    return fgc_sync();
+    CUresult r = fgc_sync();
+    if (r == CUDA_SUCCESS) fgc_device_range_remove(dptr);
+    return r;
 }
 
 CUresult fgc_cuMemGetInfo_v2(size_t *free_b, size_t *total_b) {

@@ -98,6 +98,7 @@ typedef struct {
     uint32_t n;
     uint32_t total; /* bytes of the packed parameter buffer */
     uint32_t *off_size; /* n pairs */
+    char *name;         /* the kernel's name, for cuFuncGetName */
 } layout;
 
 static pthread_mutex_t lay_mu = PTHREAD_MUTEX_INITIALIZER;
@@ -114,7 +115,7 @@ static layout *lay_find(uint64_t id) {
     return NULL;
 }
 
-static void lay_put(uint64_t id, uint32_t n, uint32_t *off_size) {
+static void lay_put(uint64_t id, uint32_t n, uint32_t *off_size, const char *name) {
     if ((lay_n + 1) * 2 > lay_cap) {
         size_t cap = lay_cap ? lay_cap * 2 : 256;
         layout *nl = (layout *)calloc(cap, sizeof *nl);
@@ -134,9 +135,13 @@ static void lay_put(uint64_t id, uint32_t n, uint32_t *off_size) {
         if (off_size[2 * k] + off_size[2 * k + 1] > total) total = off_size[2 * k] + off_size[2 * k + 1];
     size_t i = (size_t)(id * 0x9E3779B97F4A7C15ull) & (lay_cap - 1);
     while (lays[i].id && lays[i].id != id) i = (i + 1) & (lay_cap - 1);
-    if (lays[i].id == id) free(lays[i].off_size);
-    else lay_n++;
-    lays[i] = (layout){id, n, total, off_size};
+    if (lays[i].id == id) {
+        free(lays[i].off_size);
+        free(lays[i].name);
+    } else {
+        lay_n++;
+    }
+    lays[i] = (layout){id, n, total, off_size, strdup(name)};
 }
 
 CUresult fgc_cuModuleGetFunction(CUfunction *hfunc, CUmodule hmod, const char *name) {
@@ -164,7 +169,7 @@ CUresult fgc_cuModuleGetFunction(CUfunction *hfunc, CUmodule hmod, const char *n
     memcpy(pairs, info + 1, 8ull * n);
     free(info);
     pthread_mutex_lock(&lay_mu);
-    lay_put(id, n, pairs);
+    lay_put(id, n, pairs, name);
     pthread_mutex_unlock(&lay_mu);
     *hfunc = (CUfunction)(uintptr_t)id;
     return CUDA_SUCCESS;
@@ -193,6 +198,11 @@ CUresult fgc_cuLaunchKernel(CUfunction f, unsigned int gx, unsigned int gy, unsi
     FGC_REQUIRE_INIT();
     if (!f) return CUDA_ERROR_INVALID_HANDLE;
     if (kernelParams && extra) return CUDA_ERROR_INVALID_VALUE;
+    /* Launch-configuration errors the driver reports at once are checked here too, so they are not
+     * deferred to the next sync call (limits of every supported GPU: 1024 threads per block). */
+    if (!gx || !gy || !gz || !bx || !by || !bz || gx > 0x7fffffffu || gy > 65535 || gz > 65535 || bx > 1024 ||
+        by > 1024 || bz > 64 || (uint64_t)bx * by * bz > 1024)
+        return CUDA_ERROR_INVALID_VALUE;
     const void *ebuf = NULL;
     size_t esize = 0;
     if (extra) {
@@ -242,4 +252,14 @@ CUresult fgc_cuLaunchKernel(CUfunction f, unsigned int gx, unsigned int gy, unsi
     }
     if (pairs != pairs_local) free(pairs);
     return fgc_async();
+}
+
+CUresult fgc_cuFuncGetName(const char **name, CUfunction hfunc) {
+    FGC_REQUIRE_INIT();
+    if (!name) return CUDA_ERROR_INVALID_VALUE;
+    pthread_mutex_lock(&lay_mu);
+    layout *l = lay_find(fgc_handle_id(hfunc));
+    if (l) *name = l->name;
+    pthread_mutex_unlock(&lay_mu);
+    return l && l->name ? CUDA_SUCCESS : CUDA_ERROR_INVALID_HANDLE;
 }

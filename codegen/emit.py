@@ -176,10 +176,15 @@ def server_api_header(m: Model) -> str:
 
 
 def server_api_c(m: Model) -> str:
-    out = [c_banner(), '#include <dlfcn.h>\n#include "fgs_api.h"\n\nconst char *fgs_api_load(fgs_api *api, void *dl) {\n']
+    out = [c_banner(), "/* Entry points the hand-written replay code needs are required; a generic op whose entry point\n"
+           " * the driver lacks answers CUDA_ERROR_NOT_SUPPORTED (see dispatch.c). */\n",
+           '#include <dlfcn.h>\n#include "fgs_api.h"\n\nconst char *fgs_api_load(fgs_api *api, void *dl) {\n']
+    generic = {o.name for o in m.ops if o.impl == "generic"}
+    required = set(m.server_required)
     for fn in m.server_api:
         out.append(f'    *(void **)&api->{fn.name} = dlsym(dl, "{fn.name}");\n')
-        out.append(f'    if (!api->{fn.name}) return "{fn.name}";\n')
+        if fn.name in required or fn.name not in generic:
+            out.append(f'    if (!api->{fn.name}) return "{fn.name}";\n')
     out.append("    return NULL;\n}\n")
     return "".join(out)
 
@@ -221,6 +226,7 @@ def _server_generic(o: Op) -> list[str]:
             b.append(f"        if ({w.size_param} < 0 || {w.size_param} > {OUTBUF_CAP}) return CUDA_ERROR_INVALID_VALUE;\n")
             b.append(f"        {w.p.name} = (char *)fgs_scratch(S, (size_t){w.size_param} + 1);\n")
     b.append("        if (r->failed) return FGS_PROTOCOL_ERROR;\n")
+    b.append(f"        if (!S->api->{o.name}) return fgs_missing(S, \"{o.name}\");\n")
     b.append(f"        CUresult res = S->api->{o.name}({', '.join(call_args)});\n")
     if post:
         b.append("        if (res == CUDA_SUCCESS) {\n" + "".join(post) + "        }\n")

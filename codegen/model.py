@@ -51,6 +51,7 @@ class Model:
     ops: list[Op]
     client_impls: list[Function]
     server_api: list[Function]
+    server_required: list[str]
     procaddr: list[tuple[str, int, str, str]]  # (name, version, default symbol, per-thread symbol)
     ops_hash: str
 
@@ -193,7 +194,8 @@ def build(h: Headers) -> Model:
         digest.update(f"{o.name}:{o.id}:{o.cls}:{o.impl};".encode())
     for s, (i, c) in SPECIAL_OPS.items():
         digest.update(f"{s}:{i}:{c};".encode())
-    return Model(h, exports, ops, client, server_api, _procaddr(h, export_set), digest.hexdigest()[:16])
+    required = sorted(ann["server"]["api"])  # type: ignore[index]
+    return Model(h, exports, ops, client, server_api, required, _procaddr(h, export_set), digest.hexdigest()[:16])
 
 
 def handle_kind(p: Param, pointee: bool = False) -> tuple[str, int]:

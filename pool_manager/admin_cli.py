@@ -11,10 +11,11 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, TypeVar
 
 import typer
-from fargpu.pool_manager.client import PoolApiError, PoolClient, PoolUnreachable, default_pool_url
-from fargpu.pool_manager.units import format_size
 from rich.console import Console
 from rich.table import Table
+
+from fargpu.pool_manager.client import PoolApiError, PoolClient, PoolUnreachable, default_pool_url
+from fargpu.pool_manager.units import format_size
 
 T = TypeVar("T")
 
@@ -29,8 +30,13 @@ AdminOpt = Annotated[
     str | None, typer.Option("--admin-token", envvar="FARGPU_ADMIN_TOKEN", help="admin token of the pool manager")
 ]
 
-out = Console()
-err = Console(stderr=True)
+
+def _out() -> Console:
+    return Console()  # made per command, so that the terminal's width at that moment applies
+
+
+def _err() -> Console:
+    return Console(stderr=True)
 
 
 def _call(pool: str | None, admin_token: str | None, fn: Callable[[PoolClient], Awaitable[T]]) -> T:
@@ -41,10 +47,10 @@ def _call(pool: str | None, admin_token: str | None, fn: Callable[[PoolClient], 
     try:
         return asyncio.run(go())
     except PoolUnreachable as e:
-        err.print(f"[red]error:[/red] {e}", highlight=False)
+        _err().print(f"[red]error:[/red] {e}", highlight=False)
         raise typer.Exit(2) from None
     except PoolApiError as e:
-        err.print(f"[red]error ({e.status} {e.code}):[/red] {e.reason}", highlight=False)
+        _err().print(f"[red]error ({e.status} {e.code}):[/red] {e.reason}", highlight=False)
         raise typer.Exit(1) from None
 
 
@@ -77,7 +83,7 @@ def status(pool: PoolOpt = None, as_json: JsonOpt = False) -> None:
     )
     t.add_row("leases", str(s["leases_active"]))
     t.add_row("sessions", str(s["sessions"]))
-    out.print(t)
+    _out().print(t)
 
 
 @app.command()
@@ -104,7 +110,7 @@ def nodes(pool: PoolOpt = None, as_json: JsonOpt = False) -> None:
             _ago(n["last_heartbeat"]),
             " ".join(n["endpoints"]),
         )
-    out.print(t)
+    _out().print(t)
 
 
 @app.command()
@@ -132,7 +138,7 @@ def leases(
             _in(lease["expires_at"]) if lease["state"] == "active" else "-",
             lease.get("label") or "",
         )
-    out.print(t)
+    _out().print(t)
 
 
 @app.command()
@@ -148,7 +154,7 @@ def sessions(pool: PoolOpt = None, as_json: JsonOpt = False) -> None:
         t.add_row(
             s["session_id"], s["lease_id"], s["node_id"], str(s["pid"]), format_size(s["vram_used_bytes"]), s["client"]
         )
-    out.print(t)
+    _out().print(t)
 
 
 @app.command()
@@ -163,7 +169,7 @@ def drain(
     n = _call(pool, admin_token, lambda c: c.drain(node, reason))
     if as_json:
         return _json(n)
-    out.print(f"node {n['node_id']} is {n['state']}")
+    _out().print(f"node {n['node_id']} is {n['state']}")
 
 
 @app.command()
@@ -178,4 +184,4 @@ def evict(
     lease = _call(pool, admin_token, lambda c: c.evict(lease_id, reason))
     if as_json:
         return _json(lease)
-    out.print(f"lease {lease['lease_id']} {lease['state']}: {lease['end_reason']}")
+    _out().print(f"lease {lease['lease_id']} {lease['state']}: {lease['end_reason']}")

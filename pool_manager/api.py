@@ -13,13 +13,6 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fargpu.pool_manager.errors import BadRequest, Forbidden, NoCapacity, PoolError, Unauthorized
-from fargpu.pool_manager.metrics import CONTENT_TYPE
-from fargpu.pool_manager.models import LeaseCreated, LeaseView, NodeRecord, PoolStatus, QoS, SessionInfo
-from fargpu.pool_manager.placement import Strategy
-from fargpu.pool_manager.service import LeaseRequest, PoolService
-from fargpu.pool_manager.tokens import secret_matches, token_matches
-from fargpu.pool_manager.units import parse_size
 from fastapi import Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -28,6 +21,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fargpu import __version__
+from fargpu.pool_manager.errors import BadRequest, Forbidden, NoCapacity, PoolError, Unauthorized
+from fargpu.pool_manager.metrics import CONTENT_TYPE
+from fargpu.pool_manager.models import LeaseCreated, LeaseView, NodeRecord, PoolStatus, QoS, SessionInfo
+from fargpu.pool_manager.placement import Strategy
+from fargpu.pool_manager.service import LeaseRequest, PoolService
+from fargpu.pool_manager.tokens import secret_matches, token_matches
+from fargpu.pool_manager.units import parse_size
 
 
 class LeaseRequestBody(BaseModel):

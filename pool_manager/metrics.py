@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from fargpu.pool_manager.models import LeaseRecord, NodeRecord, NodeState, QoS
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from fargpu.pool_manager.models import LeaseRecord, NodeRecord, NodeState, QoS
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 

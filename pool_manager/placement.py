@@ -9,10 +9,14 @@ promised, and the node enforces each lease's quota.
   holes stay available for big requests.
 - spread: the opposite. Take the GPUs with the most free VRAM on the node with the most free VRAM, so load and
   failures spread over nodes.
-Ties break on node id so that placement is deterministic."""
+Ties break on node id so that placement is deterministic. One placement at a time per pool manager; across
+pool managers the store arbitrates, and a manager that lost a race retries among the few best choices at
+random instead of colliding again on the single best one."""
 
 from __future__ import annotations
 
+import heapq
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -34,25 +38,39 @@ class Placement:
     gpus: list[int]
 
 
-def place(view: Sequence[NodeCapacity], vram_bytes: int, gpu_count: int, strategy: Strategy) -> Placement | None:
-    best: tuple[tuple[int | str, ...], Placement] | None = None
+def place(
+    view: Sequence[NodeCapacity],
+    vram_bytes: int,
+    gpu_count: int,
+    strategy: Strategy,
+    rng: random.Random | None = None,
+    among: int = 1,
+) -> Placement | None:
+    """The best placement, or with `rng` one of the `among` best at random: a pool manager whose first choice
+    was taken by another one (a stale snapshot) retries that way, so that racing managers stop colliding."""
+    ranked: list[tuple[tuple[int | str, ...], Placement]] = []
     for node in view:
-        if node.state != NodeState.up:
+        if node.state != NodeState.up or len(node.capacity) < gpu_count:
             continue
-        fitting = [g for g in node.capacity if node.free(g) >= vram_bytes]
+        reserved = node.reserved
+        free = {g: c - reserved.get(g, 0) for g, c in node.capacity.items()}
+        fitting = [g for g, f in free.items() if f >= vram_bytes]
         if len(fitting) < gpu_count:
             continue
-        node_free = sum(node.free(g) for g in node.capacity)
+        node_free = sum(free.values())
         if strategy == Strategy.pack:
-            chosen = sorted(fitting, key=lambda g: (node.free(g), g))[:gpu_count]
-            leftover = sum(node.free(g) - vram_bytes for g in chosen)
+            chosen = sorted(fitting, key=lambda g: (free[g], g))[:gpu_count]
+            leftover = sum(free[g] for g in chosen) - vram_bytes * gpu_count
             score: tuple[int | str, ...] = (leftover, node_free, node.node_id)
         else:
-            chosen = sorted(fitting, key=lambda g: (-node.free(g), g))[:gpu_count]
-            score = (-node_free, -sum(node.free(g) for g in chosen), node.node_id)
-        if best is None or score < best[0]:
-            best = (score, Placement(node.node_id, list(node.endpoints), sorted(chosen)))
-    return best[1] if best is not None else None
+            chosen = sorted(fitting, key=lambda g: (-free[g], g))[:gpu_count]
+            score = (-node_free, -sum(free[g] for g in chosen), node.node_id)
+        ranked.append((score, Placement(node.node_id, node.endpoints, sorted(chosen))))
+    if not ranked:
+        return None
+    if rng is None or among <= 1:
+        return min(ranked, key=lambda r: r[0])[1]
+    return rng.choice(heapq.nsmallest(among, ranked, key=lambda r: r[0]))[1]
 
 
 def why_not(view: Sequence[NodeCapacity], vram_bytes: int, gpu_count: int) -> str:

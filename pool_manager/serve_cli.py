@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+
 from fargpu.pool_manager.config import DEFAULT_GRPC_PORT, DEFAULT_REST_PORT, PoolManagerConfig, default_state_file
 from fargpu.pool_manager.placement import Strategy
 from fargpu.pool_manager.server import PoolManager, run_pool_manager

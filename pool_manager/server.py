@@ -16,12 +16,15 @@ import contextlib
 import logging
 import signal
 import socket
+import threading
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Awaitable, Callable, Generator
 from types import TracebackType
+from typing import Any
 
 import grpc
 import uvicorn
+
 from fargpu.pool_manager.api import create_app
 from fargpu.pool_manager.config import PoolManagerConfig
 from fargpu.pool_manager.grpc_service import NodeRegistryService
@@ -32,6 +35,58 @@ from fargpu.pool_manager.store_redis import RedisStore
 from fargpu.protocol.generated import pool_pb2_grpc
 
 log = logging.getLogger("fargpu.pool_manager")
+
+
+class _GrpcThread:
+    """The gRPC server on its own event loop in its own thread.
+
+    Sharing the REST loop starved gRPC: with the loop saturated by HTTP requests, node heartbeats stopped being
+    answered at all (measured: 100 heartbeats/s before load, 0/s under load, on asyncio and uvloop alike), and
+    healthy nodes were marked down. Here gRPC's I/O has a quiet loop of its own; each call's pool work is
+    handed to the service's loop (`bridge`), where it queues fairly with the REST work."""
+
+    def __init__(self, service: PoolService, command_wait_s: float) -> None:
+        self._service = service
+        self._wait = command_wait_s
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="fargpu-pool-grpc", daemon=True)
+        self._server: grpc.aio.Server | None = None
+        self._home: asyncio.AbstractEventLoop | None = None
+
+    async def _bridge(self, aw: Awaitable[Any]) -> Any:
+        assert self._home is not None
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(_await(aw), self._home))
+
+    async def _start(self, address: str) -> int:
+        self._server = grpc.aio.server()
+        pool_pb2_grpc.add_NodeRegistryServicer_to_server(
+            NodeRegistryService(self._service, self._wait, bridge=self._bridge), self._server
+        )
+        port = self._server.add_insecure_port(address)
+        if port == 0:
+            raise OSError(f"cannot listen for gRPC on {address}")
+        await self._server.start()
+        return int(port)
+
+    async def start(self, address: str) -> int:
+        self._home = asyncio.get_running_loop()
+        self._thread.start()
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._start(address), self._loop))
+
+    async def stop(self, grace_s: float) -> None:
+        if self._server is not None:
+            server = self._server
+            self._server = None
+            await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(server.stop(grace_s), self._loop))
+        if self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            await asyncio.to_thread(self._thread.join, 5)
+        if not self._loop.is_running():
+            self._loop.close()
+
+
+async def _await(aw: Awaitable[Any]) -> Any:
+    return await aw
 
 
 class _EmbeddedUvicorn(uvicorn.Server):
@@ -68,7 +123,7 @@ class PoolManager:
         self.app = create_app(self.service, config.admin_token)
         self.rest_port = 0
         self.grpc_port = 0
-        self._grpc: grpc.aio.Server | None = None
+        self._grpc: _GrpcThread | None = None
         self._uvicorn: _EmbeddedUvicorn | None = None
         self._uvicorn_task: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
@@ -86,20 +141,20 @@ class PoolManager:
         await self.store.open()
         try:
             await self.service.start()
-            self._grpc = grpc.aio.server()
-            pool_pb2_grpc.add_NodeRegistryServicer_to_server(
-                NodeRegistryService(self.service, self.config.command_wait_s), self._grpc
-            )
-            self.grpc_port = self._grpc.add_insecure_port(f"{self.config.grpc_host}:{self.config.grpc_port}")
-            if self.grpc_port == 0:
-                raise OSError(f"cannot listen for gRPC on {self.config.grpc_host}:{self.config.grpc_port}")
-            await self._grpc.start()
+            self._grpc = _GrpcThread(self.service, self.config.command_wait_s)
+            self.grpc_port = await self._grpc.start(f"{self.config.grpc_host}:{self.config.grpc_port}")
             advertised = "" if self.config.grpc_host in ("", "0.0.0.0", "::", "[::]") else self.config.grpc_host
             self.app.state.grpc_address = (advertised, self.grpc_port)
             sock = _listen(self.config.host, self.config.port)
             self.rest_port = sock.getsockname()[1]
             uv_config = uvicorn.Config(
-                self.app, log_config=None, access_log=False, lifespan="off", log_level=self.config.log_level
+                self.app,
+                log_config=None,
+                access_log=False,
+                lifespan="off",
+                log_level=self.config.log_level,
+                # Longer than clients' renewal interval, so that a renewal does not race a closing connection.
+                timeout_keep_alive=75,
             )
             self._uvicorn = _EmbeddedUvicorn(uv_config)
             self._uvicorn_task = asyncio.create_task(self._uvicorn.serve(sockets=[sock]), name="pool-rest")
@@ -126,7 +181,7 @@ class PoolManager:
             self._uvicorn = None
             self._uvicorn_task = None
         if self._grpc is not None:
-            await self._grpc.stop(grace=0.5)
+            await self._grpc.stop(0.5)
             self._grpc = None
         await self.service.stop()
         await self.store.close()

@@ -18,6 +18,7 @@ import contextlib
 import itertools
 import logging
 import math
+import random
 import secrets
 import time
 from collections.abc import Callable
@@ -37,7 +38,7 @@ from fargpu.pool_manager.models import (
     SessionInfo,
 )
 from fargpu.pool_manager.placement import Strategy, place, why_not
-from fargpu.pool_manager.store import Command, EndResult, Store
+from fargpu.pool_manager.store import Command, EndResult, NodeCapacity, Store
 from fargpu.pool_manager.tokens import new_lease_id, new_token, token_hash
 
 log = logging.getLogger("fargpu.pool_manager")
@@ -95,8 +96,10 @@ class PoolService:
         self._waiters: list[_Waiter] = []
         self._seq = itertools.count()
         self._kick = asyncio.Event()
+        self._place_lock = asyncio.Lock()
+        self._rng = random.Random()
         self._tasks: list[asyncio.Task[None]] = []
-        self._orphans: set[asyncio.Task[EndResult]] = set()
+        self.on_placement: Callable[[float], None] | None = None  # seconds per successful placement (benchmark)
 
     # --- lifecycle ---------------------------------------------------------------------------------------
     async def start(self, *, background: bool = True) -> None:
@@ -151,17 +154,27 @@ class PoolService:
             raise BadRequest(f"wait_s must be in [0, {c.max_wait_s:g}]")
         return LeaseRequest(req.vram_bytes, req.gpu_count, req.qos, ttl, req.wait_s, req.label, req.strategy)
 
-    async def _try_place(self, req: LeaseRequest, thash: str) -> LeaseRecord | str:
-        """One placement: a fresh snapshot, a choice, an atomic booking; retried while the store refuses a
-        choice made stale by another pool manager. Returns the lease, or why there is no room."""
+    async def _try_place(
+        self, req: LeaseRequest, thash: str, view: list[NodeCapacity] | None = None
+    ) -> tuple[LeaseRecord | str, list[NodeCapacity]]:
+        """One placement: a snapshot (`view`, or a fresh one), a choice, an atomic booking; retried with fresh
+        snapshots while the store refuses a choice made stale by another pool manager. Returns the lease (or
+        why there is no room) and the latest snapshot, with this booking applied, for the caller to reuse."""
+        async with self._place_lock:  # one placement at a time here: no collisions among this process's own
+            return await self._try_place_locked(req, thash, view)
+
+    async def _try_place_locked(
+        self, req: LeaseRequest, thash: str, view: list[NodeCapacity] | None
+    ) -> tuple[LeaseRecord | str, list[NodeCapacity]]:
         started = time.perf_counter()
         strategy = req.strategy or self.config.strategy
         assert req.ttl_s is not None
-        for _ in range(self.config.place_attempts):
-            view = await self.store.placement_view()
-            p = place(view, req.vram_bytes, req.gpu_count, strategy)
+        for attempt in range(self.config.place_attempts):
+            if view is None:
+                view = await self.store.placement_view()
+            p = place(view, req.vram_bytes, req.gpu_count, strategy, self._rng, among=1 if attempt == 0 else 4)
             if p is None:
-                return why_not(view, req.vram_bytes, req.gpu_count)
+                return why_not(view, req.vram_bytes, req.gpu_count), view
             now = self.clock()
             lease = LeaseRecord(
                 lease_id=new_lease_id(),
@@ -179,11 +192,19 @@ class PoolService:
             )
             conflict = await self.store.place_lease(lease)
             if conflict is None:
-                self.metrics.placement_seconds.observe(time.perf_counter() - started)
+                elapsed = time.perf_counter() - started
+                self.metrics.placement_seconds.observe(elapsed)
+                if self.on_placement is not None:
+                    self.on_placement(elapsed)
                 self.metrics.placements.labels(strategy.value).inc()
-                return lease
+                for n in view:
+                    if n.node_id == p.node_id:
+                        for g in p.gpus:
+                            n.reserved[g] = n.reserved.get(g, 0) + req.vram_bytes
+                return lease, view
             self.metrics.placement_conflicts.inc()
-        return "the pool is busy: placements kept conflicting with other pool managers"
+            view = None
+        return "the pool is busy: placements kept conflicting with other pool managers", []
 
     async def _retry_after(self) -> int:
         nxt = await self.store.next_expiry()
@@ -196,7 +217,7 @@ class PoolService:
         req = self._check(request)
         token = new_token()
         thash = token_hash(token)
-        res = await self._try_place(req, thash)
+        res, _ = await self._try_place(req, thash)
         if isinstance(res, LeaseRecord):
             return res, token
         if req.wait_s <= 0:
@@ -219,9 +240,7 @@ class PoolService:
             # placed just before is released here.
             if not waiter.future.cancel() and not waiter.future.cancelled():
                 placed = waiter.future.result()
-                self._orphans.add(
-                    asyncio.create_task(self._end(placed.lease_id, LeaseState.released, "the requester went away"))
-                )
+                await self._end(placed.lease_id, LeaseState.released, "the requester went away")
             raise
         finally:
             if waiter in self._waiters and waiter.future.cancelled():
@@ -229,19 +248,23 @@ class PoolService:
         return lease, token
 
     async def serve_queue(self) -> None:
-        """Tries every waiting request once, in QoS and arrival order."""
+        """Tries every waiting request once, in QoS and arrival order, against one snapshot of the pool (kept
+        up to date with this pass's own bookings; refreshed when the store refuses a stale choice)."""
+        view: list[NodeCapacity] | None = None
         for w in sorted(self._waiters, key=lambda w: w.order):
             if w.future.done():
                 if w in self._waiters:
                     self._waiters.remove(w)
                 continue
-            res = await self._try_place(w.request, w.token_hash)
+            res, view = await self._try_place(w.request, w.token_hash, view or None)
+            await asyncio.sleep(0)  # let other work in between: a long queue must not stall the loop
             if not isinstance(res, LeaseRecord):
                 continue
             if w in self._waiters:
                 self._waiters.remove(w)
             if w.future.done():
                 await self._end(res.lease_id, LeaseState.released, "the requester stopped waiting")
+                view = None
             else:
                 w.future.set_result(res)
 

@@ -49,6 +49,7 @@ class EmbeddedStore:
         self._leases: dict[str, LeaseRecord] = {}
         self._by_token: dict[str, str] = {}
         self._by_node: dict[str, set[str]] = {}
+        self._caps: dict[str, dict[int, int]] = {}
         self._commands: dict[str, list[Command]] = {}
         self._command_ready: dict[str, asyncio.Event] = {}
         self._journal: IO[str] | None = None
@@ -121,6 +122,7 @@ class EmbeddedStore:
         now = self._clock()
         self._by_token = {lease.token_hash: lease.lease_id for lease in self._leases.values()}
         self._by_node = {}
+        self._caps = {node.node_id: node.capacity() for node in self._nodes.values()}
         for node in self._nodes.values():
             node.reserved = {}
             node.sessions = []
@@ -189,6 +191,7 @@ class EmbeddedStore:
         rec.state_reason = None
         rec.reserved = dict(old.reserved) if old is not None else {}
         self._nodes[rec.node_id] = rec
+        self._caps[rec.node_id] = rec.capacity()
         self._log_node(rec)
         return rec.model_copy(deep=True)
 
@@ -198,7 +201,7 @@ class EmbeddedStore:
         node = self._nodes.get(node_id)
         if node is None or node.state == NodeState.down:
             return False
-        cap = node.capacity()
+        cap = self._caps[node_id]
         # Capacity is what the node registered; telemetry updates free VRAM and utilization only.
         node.gpus = [g.model_copy(update={"total_bytes": cap[g.index]}) for g in gpus if g.index in cap] or node.gpus
         node.sessions = list(sessions)
@@ -209,16 +212,21 @@ class EmbeddedStore:
             self._log_node(node)
         return True
 
+    @staticmethod
+    def _node_copy(node: NodeRecord) -> NodeRecord:
+        # Shallow copies are safe: stored records' lists and GPU/session entries are replaced, never mutated.
+        return node.model_copy(update={"reserved": dict(node.reserved)})
+
     async def get_node(self, node_id: str) -> NodeRecord | None:
         node = self._nodes.get(node_id)
-        return node.model_copy(deep=True) if node is not None else None
+        return self._node_copy(node) if node is not None else None
 
     async def list_nodes(self) -> list[NodeRecord]:
-        return [n.model_copy(deep=True) for n in sorted(self._nodes.values(), key=lambda n: n.node_id)]
+        return [self._node_copy(n) for n in sorted(self._nodes.values(), key=lambda n: n.node_id)]
 
     async def placement_view(self) -> list[NodeCapacity]:
         return [
-            NodeCapacity(n.node_id, n.state, list(n.endpoints), n.capacity(), dict(n.reserved))
+            NodeCapacity(n.node_id, n.state, n.endpoints, self._caps[n.node_id], dict(n.reserved))
             for n in self._nodes.values()
         ]
 
@@ -256,13 +264,13 @@ class EmbeddedStore:
             return f"node {lease.node_id} is unknown"
         if node.state != NodeState.up:
             return f"node {lease.node_id} is {node.state.value}"
-        cap = node.capacity()
+        cap = self._caps[node.node_id]
         for a in lease.allocs:
             if a.gpu not in cap:
                 return f"node {lease.node_id} has no GPU {a.gpu}"
             if node.reserved.get(a.gpu, 0) + a.vram_bytes > cap[a.gpu]:
                 return f"GPU {a.gpu} of node {lease.node_id} no longer has room"
-        rec = lease.model_copy(deep=True)
+        rec = lease.model_copy()
         self._leases[rec.lease_id] = rec
         self._by_token[rec.token_hash] = rec.lease_id
         self._book(rec, +1)
@@ -274,13 +282,13 @@ class EmbeddedStore:
         if lease is None:
             return EndResult(None, False)
         if lease.state != LeaseState.active:
-            return EndResult(lease.model_copy(deep=True), False)
+            return EndResult(lease.model_copy(), False)
         lease.state = state
         lease.end_reason = reason
         lease.ended_at = now
         self._book(lease, -1)
         self._log_lease(lease)
-        return EndResult(lease.model_copy(deep=True), True)
+        return EndResult(lease.model_copy(), True)
 
     async def renew_lease(self, lease_id: str, expires_at: float) -> LeaseRecord | None:
         lease = self._leases.get(lease_id)
@@ -289,11 +297,11 @@ class EmbeddedStore:
         if lease.state == LeaseState.active:
             lease.expires_at = expires_at
             self._log_lease(lease)
-        return lease.model_copy(deep=True)
+        return lease.model_copy()
 
     async def get_lease(self, lease_id: str) -> LeaseRecord | None:
         lease = self._leases.get(lease_id)
-        return lease.model_copy(deep=True) if lease is not None else None
+        return lease.model_copy() if lease is not None else None
 
     async def lease_by_token_hash(self, token_hash: str) -> LeaseRecord | None:
         lease_id = self._by_token.get(token_hash)
@@ -301,7 +309,7 @@ class EmbeddedStore:
 
     async def list_leases(self, include_ended: bool = False) -> list[LeaseRecord]:
         return [
-            lease.model_copy(deep=True)
+            lease.model_copy()
             for lease in sorted(self._leases.values(), key=lambda x: (x.created_at, x.lease_id))
             if include_ended or lease.state == LeaseState.active
         ]

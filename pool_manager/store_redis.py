@@ -5,9 +5,12 @@ Every decision is one Lua script, so Redis runs it atomically against all other 
 heartbeats that must not revive a down node, and marking a silent node down. Keys, under a prefix P:
 
     P nodes              set of node ids
-    P node:<id>          hash: state, reason, hb (last heartbeat), info (static JSON), endpoints, gpus, sessions
-    P cap:<id>           hash: GPU index -> capacity bytes (from registration)
-    P resv:<id>          hash: GPU index -> bytes booked by active leases
+    P node:<id>          hash: state, reason, hb (last heartbeat), info (static JSON), gpus, sessions, capidx
+    P states             hash: node id -> state (a copy of node:<id>.state that every script keeps in step)
+    P cap                hash: "<node id>:<gpu>" -> capacity bytes (from registration)
+    P resv               hash: "<node id>:<gpu>" -> bytes booked by active leases
+    P endpoints          hash: node id -> JSON list of endpoints
+    P generation         counter, bumped by every registration
     P nleases:<id>       set of the node's active lease ids
     P lease:<id>         hash: state, node, allocs ("gpu:bytes,..."), expires_at, token (hash), doc (JSON),
                          ended_at, end_reason; expires `ended_retention_s` after the lease ends
@@ -16,18 +19,22 @@ heartbeats that must not revive a down node, and marking a silent node down. Key
     P token:<sha256>     lease id
     P cmds:<id>          list of queued node commands (JSON)
 
-The scripts touch keys they derive from the prefix, which is fine on one Redis (not Redis Cluster)."""
+Placement reads the whole pool with two HGETALLs (states, resv) plus capacity and endpoints, which it caches
+until `P generation` (bumped by every registration) changes. The
+scripts touch keys they derive from the prefix, which is fine on one Redis (not Redis Cluster)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
 from fargpu.pool_manager.models import GpuInfo, LeaseRecord, LeaseState, NodeRecord, NodeState, SessionInfo
 from fargpu.pool_manager.store import Command, EndResult, NodeCapacity
-from redis.exceptions import RedisError
 
 _PLACE = """
 -- KEYS: node, cap, resv, nleases, lease, active, token
@@ -37,14 +44,15 @@ local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return 'node ' .. ARGV[5] .. ' is unknown' end
 if state ~= 'up' then return 'node ' .. ARGV[5] .. ' is ' .. state end
 for i = 7, #ARGV, 2 do
-  local cap = redis.call('HGET', KEYS[2], ARGV[i])
+  local field = ARGV[5] .. ':' .. ARGV[i]
+  local cap = redis.call('HGET', KEYS[2], field)
   if not cap then return 'node ' .. ARGV[5] .. ' has no GPU ' .. ARGV[i] end
-  local booked = tonumber(redis.call('HGET', KEYS[3], ARGV[i]) or '0')
+  local booked = tonumber(redis.call('HGET', KEYS[3], field) or '0')
   if booked + tonumber(ARGV[i + 1]) > tonumber(cap) then
     return 'GPU ' .. ARGV[i] .. ' of node ' .. ARGV[5] .. ' no longer has room'
   end
 end
-for i = 7, #ARGV, 2 do redis.call('HINCRBY', KEYS[3], ARGV[i], ARGV[i + 1]) end
+for i = 7, #ARGV, 2 do redis.call('HINCRBY', KEYS[3], ARGV[5] .. ':' .. ARGV[i], ARGV[i + 1]) end
 redis.call('HSET', KEYS[5], 'state', 'active', 'node', ARGV[5], 'allocs', ARGV[6], 'expires_at', ARGV[2],
            'doc', ARGV[4], 'token', ARGV[3])
 redis.call('ZADD', KEYS[6], ARGV[2], ARGV[1])
@@ -54,14 +62,14 @@ return ''
 """
 
 _END = """
--- KEYS: lease, active, ended ; ARGV: lease_id, state, reason, now, retention_s, prefix
+-- KEYS: lease, active, ended, resv ; ARGV: lease_id, state, reason, now, retention_s, prefix
 local st = redis.call('HGET', KEYS[1], 'state')
 if not st then return -1 end
 if st ~= 'active' then return 0 end
 local node = redis.call('HGET', KEYS[1], 'node')
-local resv = ARGV[6] .. 'resv:' .. node
 for g, b in string.gmatch(redis.call('HGET', KEYS[1], 'allocs'), '(%d+):(%d+)') do
-  if redis.call('HINCRBY', resv, g, '-' .. b) == 0 then redis.call('HDEL', resv, g) end
+  local field = node .. ':' .. g
+  if redis.call('HINCRBY', KEYS[4], field, '-' .. b) == 0 then redis.call('HDEL', KEYS[4], field) end
 end
 redis.call('HSET', KEYS[1], 'state', ARGV[2], 'end_reason', ARGV[3], 'ended_at', ARGV[4])
 redis.call('ZREM', KEYS[2], ARGV[1])
@@ -84,18 +92,19 @@ return 1
 """
 
 _HEARTBEAT = """
--- KEYS: node ; ARGV: now, gpus, sessions, draining
+-- KEYS: node, states ; ARGV: now, gpus, sessions, draining, node_id
 local st = redis.call('HGET', KEYS[1], 'state')
 if not st or st == 'down' then return 0 end
 redis.call('HSET', KEYS[1], 'hb', ARGV[1], 'gpus', ARGV[2], 'sessions', ARGV[3])
 if ARGV[4] == '1' and st == 'up' then
   redis.call('HSET', KEYS[1], 'state', 'draining', 'reason', 'the node reported that it is draining')
+  redis.call('HSET', KEYS[2], ARGV[5], 'draining')
 end
 return 1
 """
 
 _MARK_DOWN = """
--- KEYS: node, nleases ; ARGV: reason, stale_before ('' = unconditionally)
+-- KEYS: node, nleases, states ; ARGV: reason, stale_before ('' = unconditionally), node_id
 local st = redis.call('HGET', KEYS[1], 'state')
 if not st or st == 'down' then return false end
 if ARGV[2] ~= '' then
@@ -103,14 +112,35 @@ if ARGV[2] ~= '' then
   if hb >= tonumber(ARGV[2]) then return false end
 end
 redis.call('HSET', KEYS[1], 'state', 'down', 'reason', ARGV[1], 'sessions', '[]')
+redis.call('HSET', KEYS[3], ARGV[3], 'down')
 return {1, redis.call('SMEMBERS', KEYS[2])}
 """
 
 _DRAIN = """
--- KEYS: node ; ARGV: reason
+-- KEYS: node, states ; ARGV: reason, node_id
 local st = redis.call('HGET', KEYS[1], 'state')
 if not st then return 0 end
-if st == 'up' then redis.call('HSET', KEYS[1], 'state', 'draining', 'reason', ARGV[1]) end
+if st == 'up' then
+  redis.call('HSET', KEYS[1], 'state', 'draining', 'reason', ARGV[1])
+  redis.call('HSET', KEYS[2], ARGV[2], 'draining')
+end
+return 1
+"""
+
+_REGISTER = """
+-- KEYS: nodes, node, states, cap, endpoints, generation
+-- ARGV: node_id, hb, info, endpoints, gpus, capidx, then pairs of gpu, bytes
+local old = redis.call('HGET', KEYS[2], 'capidx')
+if old then
+  for _, g in ipairs(cjson.decode(old)) do redis.call('HDEL', KEYS[4], ARGV[1] .. ':' .. tostring(g)) end
+end
+redis.call('SADD', KEYS[1], ARGV[1])
+redis.call('HSET', KEYS[2], 'state', 'up', 'reason', '', 'hb', ARGV[2], 'info', ARGV[3], 'gpus', ARGV[5],
+           'sessions', '[]', 'capidx', ARGV[6])
+redis.call('HSET', KEYS[3], ARGV[1], 'up')
+redis.call('HSET', KEYS[5], ARGV[1], ARGV[4])
+for i = 7, #ARGV, 2 do redis.call('HSET', KEYS[4], ARGV[1] .. ':' .. ARGV[i], ARGV[i + 1]) end
+redis.call('INCR', KEYS[6])
 return 1
 """
 
@@ -124,6 +154,15 @@ def _hash(values: Any) -> dict[str, str]:
     return {str(k): str(v) for k, v in values.items()}
 
 
+def _per_node(h: Any) -> dict[str, dict[int, int]]:
+    """{"node:gpu": bytes} -> {node: {gpu: bytes}}."""
+    out: dict[str, dict[int, int]] = {}
+    for field, value in h.items():
+        node, _, gpu = str(field).rpartition(":")
+        out.setdefault(node, {})[int(gpu)] = int(value)
+    return out
+
+
 class RedisStore:
     name = "redis"
 
@@ -133,19 +172,27 @@ class RedisStore:
         *,
         prefix: str = "fargpu:",
         ended_retention_s: int = 3600,
-        command_poll_s: float = 0.1,
+        max_connections: int = 64,
     ) -> None:
         self._url = url
         self._p = prefix
         self._retention = ended_retention_s
-        self._poll = command_poll_s
-        self._r: aioredis.Redis = aioredis.Redis.from_url(url, decode_responses=True)
+        # A blocking pool: under load, callers wait for a free connection instead of failing.
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url, max_connections=max_connections, timeout=30, decode_responses=True
+        )
+        self._r: aioredis.Redis = aioredis.Redis(connection_pool=pool)
         self._place = self._r.register_script(_PLACE)
         self._end = self._r.register_script(_END)
         self._renew = self._r.register_script(_RENEW)
         self._heartbeat = self._r.register_script(_HEARTBEAT)
         self._mark_down = self._r.register_script(_MARK_DOWN)
         self._drain = self._r.register_script(_DRAIN)
+        self._register = self._r.register_script(_REGISTER)
+        self._wakeups: dict[str, asyncio.Event] = {}
+        self._static: tuple[Any, dict[str, dict[int, int]], dict[str, list[str]]] | None = None
+        self._listener: asyncio.Task[None] | None = None
+        self._closing = False
 
     def _k(self, *parts: str) -> str:
         return self._p + ":".join(parts)
@@ -157,7 +204,13 @@ class RedisStore:
             raise ConnectionError(f"cannot reach Redis at {self._url}: {e}") from e
 
     async def close(self) -> None:
-        await self._r.aclose()
+        self._closing = True
+        if self._listener is not None:
+            self._listener.cancel()  # redis-py may absorb one cancellation mid-read; the flag ends the loop
+            if self._listener.get_loop() is asyncio.get_running_loop():
+                await asyncio.wait([self._listener], timeout=2.0)
+            self._listener = None
+        await self._r.aclose(close_connection_pool=True)
 
     # --- decoding ----------------------------------------------------------------------------------------
     @staticmethod
@@ -173,11 +226,10 @@ class RedisStore:
         return lease
 
     @staticmethod
-    def _node(h: dict[str, str], cap: dict[str, str], resv: dict[str, str]) -> NodeRecord | None:
+    def _node(h: dict[str, str], capacity: dict[int, int], reserved: dict[int, int]) -> NodeRecord | None:
         if not h or "info" not in h:
             return None
         info: dict[str, Any] = json.loads(h["info"])
-        capacity = {int(g): int(b) for g, b in cap.items()}
         gpus = [GpuInfo.model_validate(g) for g in json.loads(h.get("gpus", "[]"))]
         gpus = [g.model_copy(update={"total_bytes": capacity[g.index]}) for g in gpus if g.index in capacity]
         return NodeRecord(
@@ -187,32 +239,34 @@ class RedisStore:
             state=NodeState(h["state"]),
             state_reason=h.get("reason") or None,
             last_heartbeat=float(h.get("hb", "0")),
-            reserved={int(g): int(b) for g, b in resv.items() if int(b) != 0},
+            reserved={g: b for g, b in reserved.items() if b != 0},
         )
 
     # --- nodes -------------------------------------------------------------------------------------------
     async def register_node(self, node: NodeRecord) -> NodeRecord:
-        nk = self._k("node", node.node_id)
         info = node.model_dump_json(include={"node_id", "endpoints", "backend", "version", "registered_at"})
-        gpus = json.dumps([g.model_dump(mode="json") for g in node.gpus])
-        async with self._r.pipeline(transaction=True) as pipe:
-            pipe.sadd(self._k("nodes"), node.node_id)
-            pipe.hset(
-                nk,
-                mapping={
-                    "state": NodeState.up.value,
-                    "reason": "",
-                    "hb": repr(node.last_heartbeat),
-                    "info": info,
-                    "endpoints": json.dumps(node.endpoints),
-                    "gpus": gpus,
-                    "sessions": "[]",
-                },
-            )
-            pipe.delete(self._k("cap", node.node_id))
-            if node.gpus:
-                pipe.hset(self._k("cap", node.node_id), mapping={str(g.index): g.total_bytes for g in node.gpus})
-            await pipe.execute()
+        pairs: list[str] = []
+        for g in node.gpus:
+            pairs += [str(g.index), str(g.total_bytes)]
+        await self._register(
+            keys=[
+                self._k("nodes"),
+                self._k("node", node.node_id),
+                self._k("states"),
+                self._k("cap"),
+                self._k("endpoints"),
+                self._k("generation"),
+            ],
+            args=[
+                node.node_id,
+                repr(node.last_heartbeat),
+                info,
+                json.dumps(node.endpoints),
+                json.dumps([g.model_dump(mode="json") for g in node.gpus]),
+                json.dumps([g.index for g in node.gpus]),
+                *pairs,
+            ],
+        )
         rec = await self.get_node(node.node_id)
         assert rec is not None
         return rec
@@ -221,23 +275,32 @@ class RedisStore:
         self, node_id: str, gpus: list[GpuInfo], sessions: list[SessionInfo], draining: bool, now: float
     ) -> bool:
         ok = await self._heartbeat(
-            keys=[self._k("node", node_id)],
+            keys=[self._k("node", node_id), self._k("states")],
             args=[
                 repr(now),
                 json.dumps([g.model_dump(mode="json") for g in gpus]),
                 json.dumps([s.model_dump(mode="json") for s in sessions]),
                 "1" if draining else "0",
+                node_id,
             ],
         )
         return bool(ok)
 
     async def get_node(self, node_id: str) -> NodeRecord | None:
+        h = _hash(await self._r.hgetall(self._k("node", node_id)))
+        if not h:
+            return None
+        idx = [int(g) for g in json.loads(h.get("capidx", "[]"))]
+        fields = [f"{node_id}:{g}" for g in idx]
+        if not fields:
+            return self._node(h, {}, {})
         async with self._r.pipeline(transaction=False) as pipe:
-            pipe.hgetall(self._k("node", node_id))
-            pipe.hgetall(self._k("cap", node_id))
-            pipe.hgetall(self._k("resv", node_id))
-            h, cap, resv = await pipe.execute()
-        return self._node(h, cap, resv)
+            pipe.hmget(self._k("cap"), fields)
+            pipe.hmget(self._k("resv"), fields)
+            caps, resv = await pipe.execute()
+        capacity = {g: int(c) for g, c in zip(idx, caps, strict=True) if c is not None}
+        reserved = {g: int(r) for g, r in zip(idx, resv, strict=True) if r is not None}
+        return self._node(h, capacity, reserved)
 
     async def _node_ids(self) -> list[str]:
         return sorted(_strs(await self._r.smembers(self._k("nodes"))))
@@ -245,51 +308,49 @@ class RedisStore:
     async def list_nodes(self) -> list[NodeRecord]:
         ids = await self._node_ids()
         async with self._r.pipeline(transaction=False) as pipe:
+            pipe.hgetall(self._k("cap"))
+            pipe.hgetall(self._k("resv"))
             for nid in ids:
                 pipe.hgetall(self._k("node", nid))
-                pipe.hgetall(self._k("cap", nid))
-                pipe.hgetall(self._k("resv", nid))
             raw = await pipe.execute()
-        nodes = [self._node(raw[i], raw[i + 1], raw[i + 2]) for i in range(0, len(raw), 3)]
+        caps, resv = _per_node(raw[0]), _per_node(raw[1])
+        nodes = [self._node(h, caps.get(nid, {}), resv.get(nid, {})) for nid, h in zip(ids, raw[2:], strict=True)]
         return [n for n in nodes if n is not None]
 
     async def placement_view(self) -> list[NodeCapacity]:
-        ids = await self._node_ids()
         async with self._r.pipeline(transaction=False) as pipe:
-            for nid in ids:
-                pipe.hmget(self._k("node", nid), ["state", "endpoints"])
-                pipe.hgetall(self._k("cap", nid))
-                pipe.hgetall(self._k("resv", nid))
-            raw = await pipe.execute()
-        view = []
-        for i, nid in enumerate(ids):
-            (state, endpoints), cap, resv = raw[3 * i], raw[3 * i + 1], raw[3 * i + 2]
-            if state is None:
-                continue
-            view.append(
-                NodeCapacity(
-                    nid,
-                    NodeState(state),
-                    json.loads(endpoints or "[]"),
-                    {int(g): int(b) for g, b in cap.items()},
-                    {int(g): int(b) for g, b in resv.items()},
-                )
-            )
-        return view
+            pipe.get(self._k("generation"))
+            pipe.hgetall(self._k("states"))
+            pipe.hgetall(self._k("resv"))
+            generation, states, resv = await pipe.execute()
+        if self._static is None or self._static[0] != generation:
+            # Capacity and endpoints change only when a node registers (which bumps the generation).
+            async with self._r.pipeline(transaction=False) as pipe:
+                pipe.get(self._k("generation"))
+                pipe.hgetall(self._k("cap"))
+                pipe.hgetall(self._k("endpoints"))
+                gen2, cap, endpoints = await pipe.execute()
+            self._static = (gen2, _per_node(cap), {str(k): json.loads(v) for k, v in endpoints.items()})
+        _, caps, eps = self._static
+        booked = _per_node(resv)
+        return [
+            NodeCapacity(nid, NodeState(state), eps.get(nid, []), caps.get(nid, {}), booked.get(nid, {}))
+            for nid, state in sorted(states.items())
+        ]
 
     async def set_draining(self, node_id: str, reason: str) -> NodeRecord | None:
-        if not await self._drain(keys=[self._k("node", node_id)], args=[reason]):
+        if not await self._drain(keys=[self._k("node", node_id), self._k("states")], args=[reason, node_id]):
             return None
         return await self.get_node(node_id)
 
     async def mark_down(self, node_id: str, reason: str, stale_before: float | None) -> list[str] | None:
         res = await self._mark_down(
-            keys=[self._k("node", node_id), self._k("nleases", node_id)],
-            args=[reason, "" if stale_before is None else repr(stale_before)],
+            keys=[self._k("node", node_id), self._k("nleases", node_id), self._k("states")],
+            args=[reason, "" if stale_before is None else repr(stale_before), node_id],
         )
         if not res:
             return None
-        return sorted(res[1])
+        return sorted(_strs(res[1]))
 
     async def active_lease_ids_on(self, node_id: str) -> list[str]:
         return sorted(_strs(await self._r.smembers(self._k("nleases", node_id))))
@@ -303,8 +364,8 @@ class RedisStore:
         res: str = await self._place(
             keys=[
                 self._k("node", lease.node_id),
-                self._k("cap", lease.node_id),
-                self._k("resv", lease.node_id),
+                self._k("cap"),
+                self._k("resv"),
                 self._k("nleases", lease.node_id),
                 self._k("lease", lease.lease_id),
                 self._k("active"),
@@ -324,7 +385,7 @@ class RedisStore:
 
     async def end_lease(self, lease_id: str, state: LeaseState, reason: str, now: float) -> EndResult:
         res = await self._end(
-            keys=[self._k("lease", lease_id), self._k("active"), self._k("ended")],
+            keys=[self._k("lease", lease_id), self._k("active"), self._k("ended"), self._k("resv")],
             args=[lease_id, state.value, reason, repr(now), str(self._retention), self._p],
         )
         if res == -1:
@@ -369,22 +430,44 @@ class RedisStore:
         return int(await self._r.zremrangebyscore(self._k("ended"), "-inf", f"({before}"))
 
     # --- node commands -----------------------------------------------------------------------------------
+    # Queued in a list per node; a PUBLISH on P cmd-ready wakes the pool manager that holds the node's command
+    # stream (one subscription per process), so nothing polls. A missed wake-up costs at most `timeout_s`.
     async def push_command(self, node_id: str, command: Command) -> None:
         key = self._k("cmds", node_id)
         async with self._r.pipeline(transaction=True) as pipe:
             pipe.rpush(key, json.dumps(command.__dict__))
             pipe.expire(key, 86400)
+            pipe.publish(self._k("cmd-ready"), node_id)
             await pipe.execute()
+
+    def _ready(self, node_id: str) -> asyncio.Event:
+        if self._listener is None or self._listener.done():
+            self._listener = asyncio.create_task(self._listen(), name="redis-command-wakeups")
+        return self._wakeups.setdefault(node_id, asyncio.Event())
+
+    async def _listen(self) -> None:
+        pubsub = self._r.pubsub()
+        try:
+            await pubsub.subscribe(self._k("cmd-ready"))
+            while not self._closing:
+                msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                if msg is not None:
+                    event = self._wakeups.get(str(msg["data"]))
+                    if event is not None:
+                        event.set()
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(pubsub.aclose(), 1.0)  # type: ignore[no-untyped-call]
 
     async def take_commands(self, node_id: str, timeout_s: float) -> list[Command]:
         key = self._k("cmds", node_id)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        while True:
+        ready = self._ready(node_id)
+        ready.clear()
+        raw = await self._r.lpop(key, 100)
+        if not raw:
+            try:
+                await asyncio.wait_for(ready.wait(), timeout_s)
+            except TimeoutError:
+                pass
             raw = await self._r.lpop(key, 100)
-            if raw:
-                return [Command(**json.loads(item)) for item in _strs(raw)]
-            left = deadline - loop.time()
-            if left <= 0:
-                return []
-            await asyncio.sleep(min(self._poll, left))
+        return [Command(**json.loads(item)) for item in _strs(raw or [])]

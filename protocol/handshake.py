@@ -29,12 +29,14 @@ class Hello:
 
 def decode_hello(payload: bytes) -> Hello:
     try:
-        doc = msgpack.unpackb(payload, raw=False, strict_map_key=True, max_str_len=4096, max_map_len=64)
+        doc = msgpack.unpackb(payload, raw=False, strict_map_key=False, max_str_len=4096, max_map_len=64)
     except Exception as exc:  # msgpack raises several unrelated types on bad input
         raise ProtocolError(f"HELLO is not valid msgpack: {type(exc).__name__}") from None
     if not isinstance(doc, dict):
         raise ProtocolError("HELLO must be a map")
-    if doc.get("proto") != PROTO_VERSION:
+    doc = {k: v for k, v in doc.items() if isinstance(k, str)}  # unknown (and non-string) keys are ignored
+    proto = doc.get("proto")
+    if type(proto) is not int or proto != PROTO_VERSION:
         raise ProtocolError(f"protocol version {doc.get('proto')!r} is not supported (server speaks {PROTO_VERSION})")
     ops_hash = doc.get("ops_hash")
     if ops_hash != OPS_HASH:
@@ -50,7 +52,7 @@ def decode_hello(payload: bytes) -> Hello:
         return v
 
     pid = doc.get("pid", 0)
-    if not isinstance(pid, int):
+    if type(pid) is not int:
         raise ProtocolError("HELLO field 'pid' must be an integer")
     return Hello(token=s("token"), ops_hash=ops_hash, pid=pid, host=s("host"), exe=s("exe"), stub=s("stub"))
 

@@ -134,8 +134,10 @@ class PoolLink:
         endpoints: list[str] | None = None,
         version: str = __version__,
         retry_s: float = 1.0,
+        validate_timeout_s: float = 3.0,
     ) -> None:
         self.agent = agent
+        self.validate_timeout_s = validate_timeout_s
         self.pool = pool
         # The node server builds its Authenticator first; adopt it when it is ours.
         agent_auth = getattr(agent, "auth", None)
@@ -182,14 +184,20 @@ class PoolLink:
     async def _get_stub(self) -> pool_pb2_grpc.NodeRegistryStub:
         if self._stub is None:
             self._target = await resolve_grpc_target(self.pool)
-            self._channel = grpc.aio.insecure_channel(self._target)
+            # Reconnect quickly after a pool-manager restart (gRPC's default backoff grows to minutes).
+            self._channel = grpc.aio.insecure_channel(
+                self._target,
+                options=[("grpc.initial_reconnect_backoff_ms", 200), ("grpc.max_reconnect_backoff_ms", 2000)],
+            )
             self._stub = pool_pb2_grpc.NodeRegistryStub(self._channel)
         return self._stub
 
     async def _validate(self, digest: bytes) -> pool_pb2.ValidateTokenReply:
         stub = await self._get_stub()
         return await stub.ValidateToken(
-            pool_pb2.ValidateTokenRequest(node_id=self.node_id, token_sha256=digest), timeout=5.0
+            pool_pb2.ValidateTokenRequest(node_id=self.node_id, token_sha256=digest),
+            timeout=self.validate_timeout_s,
+            wait_for_ready=True,  # ride out a brief reconnect instead of refusing the client at once
         )
 
     # --- what the node tells the pool --------------------------------------------------------------------

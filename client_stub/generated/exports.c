@@ -1086,10 +1086,7 @@ FGC_EXPORT CUresult CUDAAPI cuFuncGetModule(CUmodule *hmod, CUfunction hfunc) {
 }
 
 FGC_EXPORT CUresult CUDAAPI cuFuncGetName(const char **name, CUfunction hfunc) {
-    (void)name;
-    (void)hfunc;
-    static int logged;
-    return fgc_unsupported("cuFuncGetName", &logged);
+    return fgc_cuFuncGetName(name, hfunc);
 }
 
 FGC_EXPORT CUresult CUDAAPI cuFuncGetParamInfo(CUfunction func, size_t paramIndex, size_t *paramOffset, size_t *paramSize) {
@@ -2736,13 +2733,7 @@ FGC_EXPORT CUresult CUDAAPI cuMemBatchDecompressAsync_ptsz(CUmemDecompressParams
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemcpy(CUdeviceptr dst, CUdeviceptr src, size_t ByteCount) {
-    FGC_REQUIRE_INIT();
-    fg_writer *w = fgc_begin(FG_OP_cuMemcpy);
-    if (!w) return fgc_last_error();
-    fg_put(w, &dst, sizeof(dst));
-    fg_put(w, &src, sizeof(src));
-    fg_put(w, &ByteCount, sizeof(ByteCount));
-    return fgc_async();
+    return fgc_cuMemcpy(dst, src, ByteCount);
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemcpy2D(const CUDA_MEMCPY2D_v1 *pCopy) {
@@ -2906,14 +2897,7 @@ FGC_EXPORT CUresult CUDAAPI cuMemcpy3D_v2_ptds(const CUDA_MEMCPY3D *pCopy) {
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemcpyAsync(CUdeviceptr dst, CUdeviceptr src, size_t ByteCount, CUstream hStream) {
-    FGC_REQUIRE_INIT();
-    fg_writer *w = fgc_begin(FG_OP_cuMemcpyAsync);
-    if (!w) return fgc_last_error();
-    fg_put(w, &dst, sizeof(dst));
-    fg_put(w, &src, sizeof(src));
-    fg_put(w, &ByteCount, sizeof(ByteCount));
-    fgc_put_handle(w, (const void *)hStream);
-    return fgc_async();
+    return fgc_cuMemcpyAsync(dst, src, ByteCount, hStream);
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemcpyAsync_ptsz(CUdeviceptr dst, CUdeviceptr src, size_t ByteCount, CUstream hStream) {
@@ -3133,14 +3117,7 @@ FGC_EXPORT CUresult CUDAAPI cuMemcpyDtoDAsync(CUdeviceptr_v1 dstDevice, CUdevice
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemcpyDtoDAsync_v2(CUdeviceptr dstDevice, CUdeviceptr srcDevice, size_t ByteCount, CUstream hStream) {
-    FGC_REQUIRE_INIT();
-    fg_writer *w = fgc_begin(FG_OP_cuMemcpyDtoDAsync_v2);
-    if (!w) return fgc_last_error();
-    fg_put(w, &dstDevice, sizeof(dstDevice));
-    fg_put(w, &srcDevice, sizeof(srcDevice));
-    fg_put(w, &ByteCount, sizeof(ByteCount));
-    fgc_put_handle(w, (const void *)hStream);
-    return fgc_async();
+    return fgc_cuMemcpyDtoDAsync_v2(dstDevice, srcDevice, ByteCount, hStream);
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemcpyDtoDAsync_v2_ptsz(CUdeviceptr dstDevice, CUdeviceptr srcDevice, size_t ByteCount, CUstream hStream) {
@@ -3148,13 +3125,7 @@ FGC_EXPORT CUresult CUDAAPI cuMemcpyDtoDAsync_v2_ptsz(CUdeviceptr dstDevice, CUd
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemcpyDtoD_v2(CUdeviceptr dstDevice, CUdeviceptr srcDevice, size_t ByteCount) {
-    FGC_REQUIRE_INIT();
-    fg_writer *w = fgc_begin(FG_OP_cuMemcpyDtoD_v2);
-    if (!w) return fgc_last_error();
-    fg_put(w, &dstDevice, sizeof(dstDevice));
-    fg_put(w, &srcDevice, sizeof(srcDevice));
-    fg_put(w, &ByteCount, sizeof(ByteCount));
-    return fgc_async();
+    return fgc_cuMemcpyDtoD_v2(dstDevice, srcDevice, ByteCount);
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemcpyDtoD_v2_ptds(CUdeviceptr dstDevice, CUdeviceptr srcDevice, size_t ByteCount) {

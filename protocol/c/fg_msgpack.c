@@ -88,6 +88,14 @@ static int parse_value(fg_reader *r, fg_mp_value *out, int depth) {
         case 0xc4: is_bin = 1; len = get_be(r, 1); break;
         case 0xc5: is_bin = 1; len = get_be(r, 2); break;
         case 0xc6: is_bin = 1; len = get_be(r, 4); break;
+        case 0xd4: fg_take(r, 2); return r->failed ? -1 : 0;  /* fixext 1..16: type byte + data */
+        case 0xd5: fg_take(r, 3); return r->failed ? -1 : 0;
+        case 0xd6: fg_take(r, 5); return r->failed ? -1 : 0;
+        case 0xd7: fg_take(r, 9); return r->failed ? -1 : 0;
+        case 0xd8: fg_take(r, 17); return r->failed ? -1 : 0;
+        case 0xc7: is_bin = 1; len = get_be(r, 1) + 1; break; /* ext 8/16/32: length, type byte, data */
+        case 0xc8: is_bin = 1; len = get_be(r, 2) + 1; break;
+        case 0xc9: is_bin = 1; len = get_be(r, 4) + 1; break;
         case 0xdc: is_arr = 1; len = get_be(r, 2); break;
         case 0xdd: is_arr = 1; len = get_be(r, 4); break;
         case 0xde: is_map = 1; len = get_be(r, 2); break;
@@ -125,14 +133,23 @@ int fg_mp_lookup(const uint8_t *buf, size_t n, const char *key, fg_mp_value *out
     else return -1;
     if (r.failed || len > fg_reader_left(&r)) return -1;
     size_t klen = strlen(key);
+    int found = 0;
+    /* Walk the whole map, so that a truncated or malformed one (or trailing bytes) is refused whichever key
+     * is asked for. The first occurrence of a key wins. */
     for (uint64_t i = 0; i < len; i++) {
         fg_mp_value k, v;
-        if (parse_value(&r, &k, 1)) return -1;
-        if (parse_value(&r, &v, 1)) return -1;
-        if (k.type == 1 && k.str_len == klen && memcmp(k.str, key, klen) == 0) {
+        if (parse_value(&r, &k, 1) || parse_value(&r, &v, 1)) {
+            memset(out, 0, sizeof *out);
+            return -1;
+        }
+        if (!found && k.type == 1 && k.str_len == klen && memcmp(k.str, key, klen) == 0) {
             *out = v;
-            return 0;
+            found = 1;
         }
     }
-    return 1;
+    if (fg_reader_left(&r) != 0) {
+        memset(out, 0, sizeof *out);
+        return -1;
+    }
+    return found ? 0 : 1;
 }

@@ -11,12 +11,22 @@ _Resp = typing.TypeVar("_Resp", covariant=True)
 
 class _UnaryUnary(typing.Protocol[_Req, _Resp]):
     def __call__(
-        self, request: _Req, *, timeout: float | None = ..., metadata: typing.Any = ...
+        self,
+        request: _Req,
+        *,
+        timeout: float | None = ...,
+        metadata: typing.Any = ...,
+        wait_for_ready: bool | None = ...,
     ) -> typing.Awaitable[_Resp]: ...
 
 class _UnaryStream(typing.Protocol[_Req, _Resp]):
     def __call__(
-        self, request: _Req, *, timeout: float | None = ..., metadata: typing.Any = ...
+        self,
+        request: _Req,
+        *,
+        timeout: float | None = ...,
+        metadata: typing.Any = ...,
+        wait_for_ready: bool | None = ...,
     ) -> typing.AsyncIterator[_Resp]: ...
 
 class NodeRegistryStub:

@@ -18,6 +18,7 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         unsigned int version;
         memset(&version, 0, sizeof(version));
         if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuCtxGetApiVersion) return fgs_missing(S, "cuCtxGetApiVersion");
         CUresult res = S->api->cuCtxGetApiVersion(ctx, &version);
         if (res == CUDA_SUCCESS) {
             fg_put(out, &version, sizeof(version));
@@ -28,6 +29,7 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         CUdevice device;
         memset(&device, 0, sizeof(device));
         if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuCtxGetDevice) return fgs_missing(S, "cuCtxGetDevice");
         CUresult res = S->api->cuCtxGetDevice(&device);
         if (res == CUDA_SUCCESS) {
             fg_put(out, &device, sizeof(device));
@@ -38,6 +40,7 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         unsigned int flags;
         memset(&flags, 0, sizeof(flags));
         if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuCtxGetFlags) return fgs_missing(S, "cuCtxGetFlags");
         CUresult res = S->api->cuCtxGetFlags(&flags);
         if (res == CUDA_SUCCESS) {
             fg_put(out, &flags, sizeof(flags));
@@ -50,6 +53,7 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         CUlimit limit;
         fg_get(r, (void *)&limit, sizeof(limit));
         if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuCtxGetLimit) return fgs_missing(S, "cuCtxGetLimit");
         CUresult res = S->api->cuCtxGetLimit(&pvalue, limit);
         if (res == CUDA_SUCCESS) {
             fg_put(out, &pvalue, sizeof(pvalue));
@@ -62,6 +66,7 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         int greatestPriority;
         memset(&greatestPriority, 0, sizeof(greatestPriority));
         if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuCtxGetStreamPriorityRange) return fgs_missing(S, "cuCtxGetStreamPriorityRange");
         CUresult res = S->api->cuCtxGetStreamPriorityRange(&leastPriority, &greatestPriority);
         if (res == CUDA_SUCCESS) {
             fg_put(out, &leastPriority, sizeof(leastPriority));
@@ -75,11 +80,13 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         size_t value;
         fg_get(r, (void *)&value, sizeof(value));
         if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuCtxSetLimit) return fgs_missing(S, "cuCtxSetLimit");
         CUresult res = S->api->cuCtxSetLimit(limit, value);
         return res;
     }
     case FG_OP_cuCtxSynchronize: {
         if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuCtxSynchronize) return fgs_missing(S, "cuCtxSynchronize");
         CUresult res = S->api->cuCtxSynchronize();
         return res;
     }
@@ -91,6 +98,7 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         CUdevice dev;
         fg_get(r, (void *)&dev, sizeof(dev));
         if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuDeviceComputeCapability) return fgs_missing(S, "cuDeviceComputeCapability");
         CUresult res = S->api->cuDeviceComputeCapability(&major, &minor, dev);
         if (res == CUDA_SUCCESS) {
             fg_put(out, &major, sizeof(major));
@@ -104,6 +112,7 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         int ordinal;
         fg_get(r, (void *)&ordinal, sizeof(ordinal));
         if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuDeviceGet) return fgs_missing(S, "cuDeviceGet");
         CUresult res = S->api->cuDeviceGet(&device, ordinal);
         if (res == CUDA_SUCCESS) {
             fg_put(out, &device, sizeof(device));
@@ -118,6 +127,7 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         CUdevice dev;
         fg_get(r, (void *)&dev, sizeof(dev));
         if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuDeviceGetAttribute) return fgs_missing(S, "cuDeviceGetAttribute");
         CUresult res = S->api->cuDeviceGetAttribute(&pi, attrib, dev);
         if (res == CUDA_SUCCESS) {
             fg_put(out, &pi, sizeof(pi));
@@ -128,6 +138,7 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         int count;
         memset(&count, 0, sizeof(count));
         if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuDeviceGetCount) return fgs_missing(S, "cuDeviceGetCount");
         CUresult res = S->api->cuDeviceGetCount(&count);
         if (res == CUDA_SUCCESS) {
             fg_put(out, &count, sizeof(count));
@@ -143,6 +154,7 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         if (len < 0 || len > 4096) return CUDA_ERROR_INVALID_VALUE;
         name = (char *)fgs_scratch(S, (size_t)len + 1);
         if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuDeviceGetName) return fgs_missing(S, "cuDeviceGetName");
         CUresult res = S->api->cuDeviceGetName(name, len, dev);
         if (res == CUDA_SUCCESS) {
             fg_put(out, name, (size_t)len);
@@ -158,6 +170,7 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         if (len < 0 || len > 4096) return CUDA_ERROR_INVALID_VALUE;
         pciBusId = (char *)fgs_scratch(S, (size_t)len + 1);
         if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuDeviceGetPCIBusId) return fgs_missing(S, "cuDeviceGetPCIBusId");
         CUresult res = S->api->cuDeviceGetPCIBusId(pciBusId, len, dev);
         if (res == CUDA_SUCCESS) {
             fg_put(out, pciBusId, (size_t)len);
@@ -170,6 +183,7 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         CUdevice dev;
         fg_get(r, (void *)&dev, sizeof(dev));
         if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuDeviceGetUuid_v2) return fgs_missing(S, "cuDeviceGetUuid_v2");
         CUresult res = S->api->cuDeviceGetUuid_v2(&uuid, dev);
         if (res == CUDA_SUCCESS) {
             fg_put(out, &uuid, sizeof(uuid));
@@ -184,6 +198,7 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         int active;
         memset(&active, 0, sizeof(active));
         if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuDevicePrimaryCtxGetState) return fgs_missing(S, "cuDevicePrimaryCtxGetState");
         CUresult res = S->api->cuDevicePrimaryCtxGetState(dev, &flags, &active);
         if (res == CUDA_SUCCESS) {
             fg_put(out, &flags, sizeof(flags));
@@ -195,6 +210,7 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         CUdevice dev;
         fg_get(r, (void *)&dev, sizeof(dev));
         if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuDevicePrimaryCtxRelease_v2) return fgs_missing(S, "cuDevicePrimaryCtxRelease_v2");
         CUresult res = S->api->cuDevicePrimaryCtxRelease_v2(dev);
         return res;
     }
@@ -202,6 +218,7 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         CUdevice dev;
         fg_get(r, (void *)&dev, sizeof(dev));
         if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuDevicePrimaryCtxReset_v2) return fgs_missing(S, "cuDevicePrimaryCtxReset_v2");
         CUresult res = S->api->cuDevicePrimaryCtxReset_v2(dev);
         return res;
     }
@@ -210,6 +227,7 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         CUdevice dev;
         fg_get(r, (void *)&dev, sizeof(dev));
         if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuDevicePrimaryCtxRetain) return fgs_missing(S, "cuDevicePrimaryCtxRetain");
         CUresult res = S->api->cuDevicePrimaryCtxRetain(&pctx, dev);
         if (res == CUDA_SUCCESS) {
             fg_put_u64(out, fgs_handle_add(S, 1, (void *)pctx));
@@ -222,6 +240,7 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         unsigned int flags;
         fg_get(r, (void *)&flags, sizeof(flags));
         if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuDevicePrimaryCtxSetFlags_v2) return fgs_missing(S, "cuDevicePrimaryCtxSetFlags_v2");
         CUresult res = S->api->cuDevicePrimaryCtxSetFlags_v2(dev, flags);
         return res;
     }
@@ -231,6 +250,7 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         CUdevice dev;
         fg_get(r, (void *)&dev, sizeof(dev));
         if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuDeviceTotalMem_v2) return fgs_missing(S, "cuDeviceTotalMem_v2");
         CUresult res = S->api->cuDeviceTotalMem_v2(&bytes, dev);
         if (res == CUDA_SUCCESS) {
             fg_put(out, &bytes, sizeof(bytes));
@@ -242,6 +262,7 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         unsigned int Flags;
         fg_get(r, (void *)&Flags, sizeof(Flags));
         if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuEventCreate) return fgs_missing(S, "cuEventCreate");
         CUresult res = S->api->cuEventCreate(&phEvent, Flags);
         if (res == CUDA_SUCCESS) {
             fg_put_u64(out, fgs_handle_add(S, 3, (void *)phEvent));
@@ -253,6 +274,7 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         CUevent hEvent = NULL;
         if (!r->failed && fgs_handle_get(S, 3, id_hEvent, (void **)&hEvent)) return CUDA_ERROR_INVALID_HANDLE;
         if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuEventDestroy_v2) return fgs_missing(S, "cuEventDestroy_v2");
         CUresult res = S->api->cuEventDestroy_v2(hEvent);
         if (res == CUDA_SUCCESS) fgs_handle_remove(S, 3, id_hEvent);
         return res;
@@ -267,6 +289,7 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         CUevent hEnd = NULL;
         if (!r->failed && fgs_handle_get(S, 3, id_hEnd, (void **)&hEnd)) return CUDA_ERROR_INVALID_HANDLE;
         if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuEventElapsedTime_v2) return fgs_missing(S, "cuEventElapsedTime_v2");
         CUresult res = S->api->cuEventElapsedTime_v2(&pMilliseconds, hStart, hEnd);
         if (res == CUDA_SUCCESS) {
             fg_put(out, &pMilliseconds, sizeof(pMilliseconds));
@@ -278,6 +301,7 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         CUevent hEvent = NULL;
         if (!r->failed && fgs_handle_get(S, 3, id_hEvent, (void **)&hEvent)) return CUDA_ERROR_INVALID_HANDLE;
         if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuEventQuery) return fgs_missing(S, "cuEventQuery");
         CUresult res = S->api->cuEventQuery(hEvent);
         return res;
     }
@@ -289,6 +313,7 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         CUstream hStream = NULL;
         if (!r->failed && fgs_handle_get(S, 2, id_hStream, (void **)&hStream)) return CUDA_ERROR_INVALID_HANDLE;
         if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuEventRecord) return fgs_missing(S, "cuEventRecord");
         CUresult res = S->api->cuEventRecord(hEvent, hStream);
         return res;
     }
@@ -302,6 +327,7 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         unsigned int flags;
         fg_get(r, (void *)&flags, sizeof(flags));
         if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuEventRecordWithFlags) return fgs_missing(S, "cuEventRecordWithFlags");
         CUresult res = S->api->cuEventRecordWithFlags(hEvent, hStream, flags);
         return res;
     }
@@ -310,6 +336,7 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         CUevent hEvent = NULL;
         if (!r->failed && fgs_handle_get(S, 3, id_hEvent, (void **)&hEvent)) return CUDA_ERROR_INVALID_HANDLE;
         if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuEventSynchronize) return fgs_missing(S, "cuEventSynchronize");
         CUresult res = S->api->cuEventSynchronize(hEvent);
         return res;
     }
@@ -322,6 +349,7 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         CUfunction hfunc = NULL;
         if (!r->failed && fgs_handle_get(S, 5, id_hfunc, (void **)&hfunc)) return CUDA_ERROR_INVALID_HANDLE;
         if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuFuncGetAttribute) return fgs_missing(S, "cuFuncGetAttribute");
         CUresult res = S->api->cuFuncGetAttribute(&pi, attrib, hfunc);
         if (res == CUDA_SUCCESS) {
             fg_put(out, &pi, sizeof(pi));
@@ -337,6 +365,7 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         int value;
         fg_get(r, (void *)&value, sizeof(value));
         if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuFuncSetAttribute) return fgs_missing(S, "cuFuncSetAttribute");
         CUresult res = S->api->cuFuncSetAttribute(hfunc, attrib, value);
         return res;
     }
@@ -347,6 +376,7 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         CUfunc_cache config;
         fg_get(r, (void *)&config, sizeof(config));
         if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuFuncSetCacheConfig) return fgs_missing(S, "cuFuncSetCacheConfig");
         CUresult res = S->api->cuFuncSetCacheConfig(hfunc, config);
         return res;
     }
@@ -355,56 +385,10 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
     case FG_OP_cuMemFree_v2: return fgs_cuMemFree_v2(S, r, out);
     case FG_OP_cuMemGetAddressRange_v2: return fgs_cuMemGetAddressRange_v2(S, r, out);
     case FG_OP_cuMemGetInfo_v2: return fgs_cuMemGetInfo_v2(S, r, out);
-    case FG_OP_cuMemcpy: {
-        CUdeviceptr dst;
-        fg_get(r, (void *)&dst, sizeof(dst));
-        CUdeviceptr src;
-        fg_get(r, (void *)&src, sizeof(src));
-        size_t ByteCount;
-        fg_get(r, (void *)&ByteCount, sizeof(ByteCount));
-        if (r->failed) return FGS_PROTOCOL_ERROR;
-        CUresult res = S->api->cuMemcpy(dst, src, ByteCount);
-        return res;
-    }
-    case FG_OP_cuMemcpyAsync: {
-        CUdeviceptr dst;
-        fg_get(r, (void *)&dst, sizeof(dst));
-        CUdeviceptr src;
-        fg_get(r, (void *)&src, sizeof(src));
-        size_t ByteCount;
-        fg_get(r, (void *)&ByteCount, sizeof(ByteCount));
-        uint64_t id_hStream = fg_get_u64(r);
-        CUstream hStream = NULL;
-        if (!r->failed && fgs_handle_get(S, 2, id_hStream, (void **)&hStream)) return CUDA_ERROR_INVALID_HANDLE;
-        if (r->failed) return FGS_PROTOCOL_ERROR;
-        CUresult res = S->api->cuMemcpyAsync(dst, src, ByteCount, hStream);
-        return res;
-    }
-    case FG_OP_cuMemcpyDtoDAsync_v2: {
-        CUdeviceptr dstDevice;
-        fg_get(r, (void *)&dstDevice, sizeof(dstDevice));
-        CUdeviceptr srcDevice;
-        fg_get(r, (void *)&srcDevice, sizeof(srcDevice));
-        size_t ByteCount;
-        fg_get(r, (void *)&ByteCount, sizeof(ByteCount));
-        uint64_t id_hStream = fg_get_u64(r);
-        CUstream hStream = NULL;
-        if (!r->failed && fgs_handle_get(S, 2, id_hStream, (void **)&hStream)) return CUDA_ERROR_INVALID_HANDLE;
-        if (r->failed) return FGS_PROTOCOL_ERROR;
-        CUresult res = S->api->cuMemcpyDtoDAsync_v2(dstDevice, srcDevice, ByteCount, hStream);
-        return res;
-    }
-    case FG_OP_cuMemcpyDtoD_v2: {
-        CUdeviceptr dstDevice;
-        fg_get(r, (void *)&dstDevice, sizeof(dstDevice));
-        CUdeviceptr srcDevice;
-        fg_get(r, (void *)&srcDevice, sizeof(srcDevice));
-        size_t ByteCount;
-        fg_get(r, (void *)&ByteCount, sizeof(ByteCount));
-        if (r->failed) return FGS_PROTOCOL_ERROR;
-        CUresult res = S->api->cuMemcpyDtoD_v2(dstDevice, srcDevice, ByteCount);
-        return res;
-    }
+    case FG_OP_cuMemcpy: return fgs_cuMemcpy(S, r, out);
+    case FG_OP_cuMemcpyAsync: return fgs_cuMemcpyAsync(S, r, out);
+    case FG_OP_cuMemcpyDtoDAsync_v2: return fgs_cuMemcpyDtoDAsync_v2(S, r, out);
+    case FG_OP_cuMemcpyDtoD_v2: return fgs_cuMemcpyDtoD_v2(S, r, out);
     case FG_OP_cuMemcpyDtoHAsync_v2: return fgs_cuMemcpyDtoHAsync_v2(S, r, out);
     case FG_OP_cuMemcpyDtoH_v2: return fgs_cuMemcpyDtoH_v2(S, r, out);
     case FG_OP_cuMemcpyHtoDAsync_v2: return fgs_cuMemcpyHtoDAsync_v2(S, r, out);
@@ -420,6 +404,7 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         CUstream hStream = NULL;
         if (!r->failed && fgs_handle_get(S, 2, id_hStream, (void **)&hStream)) return CUDA_ERROR_INVALID_HANDLE;
         if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuMemsetD16Async) return fgs_missing(S, "cuMemsetD16Async");
         CUresult res = S->api->cuMemsetD16Async(dstDevice, us, N, hStream);
         return res;
     }
@@ -431,6 +416,7 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         size_t N;
         fg_get(r, (void *)&N, sizeof(N));
         if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuMemsetD16_v2) return fgs_missing(S, "cuMemsetD16_v2");
         CUresult res = S->api->cuMemsetD16_v2(dstDevice, us, N);
         return res;
     }
@@ -445,6 +431,7 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         CUstream hStream = NULL;
         if (!r->failed && fgs_handle_get(S, 2, id_hStream, (void **)&hStream)) return CUDA_ERROR_INVALID_HANDLE;
         if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuMemsetD32Async) return fgs_missing(S, "cuMemsetD32Async");
         CUresult res = S->api->cuMemsetD32Async(dstDevice, ui, N, hStream);
         return res;
     }
@@ -456,6 +443,7 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         size_t N;
         fg_get(r, (void *)&N, sizeof(N));
         if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuMemsetD32_v2) return fgs_missing(S, "cuMemsetD32_v2");
         CUresult res = S->api->cuMemsetD32_v2(dstDevice, ui, N);
         return res;
     }
@@ -470,6 +458,7 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         CUstream hStream = NULL;
         if (!r->failed && fgs_handle_get(S, 2, id_hStream, (void **)&hStream)) return CUDA_ERROR_INVALID_HANDLE;
         if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuMemsetD8Async) return fgs_missing(S, "cuMemsetD8Async");
         CUresult res = S->api->cuMemsetD8Async(dstDevice, uc, N, hStream);
         return res;
     }
@@ -481,6 +470,7 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         size_t N;
         fg_get(r, (void *)&N, sizeof(N));
         if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuMemsetD8_v2) return fgs_missing(S, "cuMemsetD8_v2");
         CUresult res = S->api->cuMemsetD8_v2(dstDevice, uc, N);
         return res;
     }
@@ -495,6 +485,7 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         if (!r->failed && fgs_handle_get(S, 4, id_hmod, (void **)&hmod)) return CUDA_ERROR_INVALID_HANDLE;
         const char *name = fgs_get_cstr(r);
         if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuModuleGetGlobal_v2) return fgs_missing(S, "cuModuleGetGlobal_v2");
         CUresult res = S->api->cuModuleGetGlobal_v2(&dptr, &bytes, hmod, name);
         if (res == CUDA_SUCCESS) {
             fg_put(out, &dptr, sizeof(dptr));
@@ -509,6 +500,7 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         CUmodule hmod = NULL;
         if (!r->failed && fgs_handle_get(S, 4, id_hmod, (void **)&hmod)) return CUDA_ERROR_INVALID_HANDLE;
         if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuModuleUnload) return fgs_missing(S, "cuModuleUnload");
         CUresult res = S->api->cuModuleUnload(hmod);
         if (res == CUDA_SUCCESS) fgs_handle_remove(S, 4, id_hmod);
         return res;
@@ -524,6 +516,7 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         size_t dynamicSMemSize;
         fg_get(r, (void *)&dynamicSMemSize, sizeof(dynamicSMemSize));
         if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuOccupancyMaxActiveBlocksPerMultiprocessor) return fgs_missing(S, "cuOccupancyMaxActiveBlocksPerMultiprocessor");
         CUresult res = S->api->cuOccupancyMaxActiveBlocksPerMultiprocessor(&numBlocks, func, blockSize, dynamicSMemSize);
         if (res == CUDA_SUCCESS) {
             fg_put(out, &numBlocks, sizeof(numBlocks));
@@ -543,6 +536,7 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         unsigned int flags;
         fg_get(r, (void *)&flags, sizeof(flags));
         if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags) return fgs_missing(S, "cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags");
         CUresult res = S->api->cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags(&numBlocks, func, blockSize, dynamicSMemSize, flags);
         if (res == CUDA_SUCCESS) {
             fg_put(out, &numBlocks, sizeof(numBlocks));
@@ -554,6 +548,7 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         unsigned int Flags;
         fg_get(r, (void *)&Flags, sizeof(Flags));
         if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuStreamCreate) return fgs_missing(S, "cuStreamCreate");
         CUresult res = S->api->cuStreamCreate(&phStream, Flags);
         if (res == CUDA_SUCCESS) {
             fg_put_u64(out, fgs_handle_add(S, 2, (void *)phStream));
@@ -567,6 +562,7 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         int priority;
         fg_get(r, (void *)&priority, sizeof(priority));
         if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuStreamCreateWithPriority) return fgs_missing(S, "cuStreamCreateWithPriority");
         CUresult res = S->api->cuStreamCreateWithPriority(&phStream, flags, priority);
         if (res == CUDA_SUCCESS) {
             fg_put_u64(out, fgs_handle_add(S, 2, (void *)phStream));
@@ -578,6 +574,7 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         CUstream hStream = NULL;
         if (!r->failed && fgs_handle_get(S, 2, id_hStream, (void **)&hStream)) return CUDA_ERROR_INVALID_HANDLE;
         if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuStreamDestroy_v2) return fgs_missing(S, "cuStreamDestroy_v2");
         CUresult res = S->api->cuStreamDestroy_v2(hStream);
         if (res == CUDA_SUCCESS) fgs_handle_remove(S, 2, id_hStream);
         return res;
@@ -588,6 +585,7 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         if (!r->failed && fgs_handle_get(S, 2, id_hStream, (void **)&hStream)) return CUDA_ERROR_INVALID_HANDLE;
         CUcontext pctx = NULL;
         if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuStreamGetCtx) return fgs_missing(S, "cuStreamGetCtx");
         CUresult res = S->api->cuStreamGetCtx(hStream, &pctx);
         if (res == CUDA_SUCCESS) {
             fg_put_u64(out, fgs_handle_add(S, 1, (void *)pctx));
@@ -601,6 +599,7 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         unsigned int flags;
         memset(&flags, 0, sizeof(flags));
         if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuStreamGetFlags) return fgs_missing(S, "cuStreamGetFlags");
         CUresult res = S->api->cuStreamGetFlags(hStream, &flags);
         if (res == CUDA_SUCCESS) {
             fg_put(out, &flags, sizeof(flags));
@@ -614,6 +613,7 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         int priority;
         memset(&priority, 0, sizeof(priority));
         if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuStreamGetPriority) return fgs_missing(S, "cuStreamGetPriority");
         CUresult res = S->api->cuStreamGetPriority(hStream, &priority);
         if (res == CUDA_SUCCESS) {
             fg_put(out, &priority, sizeof(priority));
@@ -625,6 +625,7 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         CUstream hStream = NULL;
         if (!r->failed && fgs_handle_get(S, 2, id_hStream, (void **)&hStream)) return CUDA_ERROR_INVALID_HANDLE;
         if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuStreamQuery) return fgs_missing(S, "cuStreamQuery");
         CUresult res = S->api->cuStreamQuery(hStream);
         return res;
     }
@@ -633,6 +634,7 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         CUstream hStream = NULL;
         if (!r->failed && fgs_handle_get(S, 2, id_hStream, (void **)&hStream)) return CUDA_ERROR_INVALID_HANDLE;
         if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuStreamSynchronize) return fgs_missing(S, "cuStreamSynchronize");
         CUresult res = S->api->cuStreamSynchronize(hStream);
         return res;
     }
@@ -646,6 +648,7 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         unsigned int Flags;
         fg_get(r, (void *)&Flags, sizeof(Flags));
         if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuStreamWaitEvent) return fgs_missing(S, "cuStreamWaitEvent");
         CUresult res = S->api->cuStreamWaitEvent(hStream, hEvent, Flags);
         return res;
     }

@@ -56,8 +56,6 @@ typedef struct fgs_api {
     CUresult (*cuMemRelease)(CUmemGenericAllocationHandle);
     CUresult (*cuMemSetAccess)(CUdeviceptr, size_t, const CUmemAccessDesc *, size_t);
     CUresult (*cuMemUnmap)(CUdeviceptr, size_t);
-    CUresult (*cuMemcpy)(CUdeviceptr, CUdeviceptr, size_t);
-    CUresult (*cuMemcpyAsync)(CUdeviceptr, CUdeviceptr, size_t, CUstream);
     CUresult (*cuMemcpyDtoDAsync_v2)(CUdeviceptr, CUdeviceptr, size_t, CUstream);
     CUresult (*cuMemcpyDtoD_v2)(CUdeviceptr, CUdeviceptr, size_t);
     CUresult (*cuMemcpyDtoHAsync_v2)(void *, CUdeviceptr, size_t, CUstream);

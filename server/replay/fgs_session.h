@@ -63,6 +63,8 @@ void *fgs_scratch(fgs_session *S, size_t n);
 const char *fgs_get_cstr(fg_reader *r);
 void fgs_log(fgs_session *S, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+/* The driver lacks a generic op's entry point: log once, answer CUDA_ERROR_NOT_SUPPORTED. */
+CUresult fgs_missing(fgs_session *S, const char *name);
 CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out);
 CUresult fgs_set_ctx(fgs_session *S, fg_reader *r);
 void fgs_memory_release_all(fgs_session *S);

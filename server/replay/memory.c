@@ -183,3 +183,27 @@ void fgs_later_free_all(fgs_session *S) {
     S->n_later = 0;
     S->later_bytes = 0;
 }
+
+/* Device-to-device copies (and unified cuMemcpy, which the stub sends here only for two device
+ * addresses) touch nothing but this session's own allocations: a client address that is not one of them
+ * would make the driver read or write the worker's host memory. */
+static int in_session(fgs_session *S, uint64_t p, uint64_t n) {
+    fgs_alloc *a = find_alloc(S, p, 1);
+    return a && n <= a->ptr + a->size - p;
+}
+
+static CUresult dtod(fgs_session *S, fg_reader *r, int async) {
+    uint64_t dst = fg_get_u64(r), src = fg_get_u64(r), n = fg_get_u64(r);
+    uint64_t sid = async ? fg_get_u64(r) : 0;
+    if (r->failed) return FGS_PROTOCOL_ERROR;
+    if (!in_session(S, dst, n) || !in_session(S, src, n)) return CUDA_ERROR_INVALID_VALUE;
+    if (!async) return S->api->cuMemcpyDtoD_v2(dst, src, (size_t)n);
+    void *s;
+    if (fgs_handle_get(S, FGH_STREAM, sid, &s)) return CUDA_ERROR_INVALID_HANDLE;
+    return S->api->cuMemcpyDtoDAsync_v2(dst, src, (size_t)n, (CUstream)s);
+}
+
+CUresult fgs_cuMemcpyDtoD_v2(fgs_session *S, fg_reader *r, fg_writer *out) { (void)out; return dtod(S, r, 0); }
+CUresult fgs_cuMemcpy(fgs_session *S, fg_reader *r, fg_writer *out) { (void)out; return dtod(S, r, 0); }
+CUresult fgs_cuMemcpyDtoDAsync_v2(fgs_session *S, fg_reader *r, fg_writer *out) { (void)out; return dtod(S, r, 1); }
+CUresult fgs_cuMemcpyAsync(fgs_session *S, fg_reader *r, fg_writer *out) { (void)out; return dtod(S, r, 1); }

@@ -7,22 +7,61 @@
 #include "fgs_impl.h"
 #include "fgs_session.h"
 
+/* cuModuleLoadData takes no length: the driver finds the end of an ELF from its section table, of a fatbin from
+ * its header, of PTX from the NUL. Check that each lies inside the n bytes the client sent. */
+static int image_fits(const uint8_t *p, uint64_t n) {
+    if (n >= 4 && memcmp(p, "\x7f" "ELF", 4) == 0) {
+        uint64_t shoff;
+        uint16_t shentsize, shnum;
+        if (n < 64 || p[4] != 2) return 0; /* ELF64 only */
+        memcpy(&shoff, p + 40, 8);
+        memcpy(&shentsize, p + 58, 2);
+        memcpy(&shnum, p + 60, 2);
+        if (shentsize != 64 || shoff < 64 || shoff > n || n - shoff < 64) return 0;
+        if (shnum == 0) { /* the real count is in section 0's sh_size */
+            uint64_t big;
+            memcpy(&big, p + shoff + 32, 8);
+            if (big > (n - shoff) / 64) return 0;
+            shnum = (uint16_t)big; /* <= n/64: fits when it passes the check below */
+            if (big != shnum) return 0;
+        }
+        if ((uint64_t)shnum * 64 > n - shoff) return 0;
+        for (uint32_t i = 1; i < shnum; i++) {
+            const uint8_t *sh = p + shoff + (uint64_t)i * 64;
+            uint32_t type;
+            uint64_t off, size;
+            memcpy(&type, sh + 4, 4);
+            memcpy(&off, sh + 24, 8);
+            memcpy(&size, sh + 32, 8);
+            if (type != 8 /* SHT_NOBITS */ && (off > n || size > n - off)) return 0;
+        }
+        return 1;
+    }
+    uint32_t magic = 0;
+    if (n >= 4) memcpy(&magic, p, 4);
+    if (magic == 0xBA55ED50u) { /* fatbin: u32 magic, u16 version, u16 header size, u64 payload size */
+        uint16_t hsize;
+        uint64_t fsize;
+        if (n < 16) return 0;
+        memcpy(&hsize, p + 6, 2);
+        memcpy(&fsize, p + 8, 8);
+        return hsize >= 16 && fsize <= n - hsize;
+    }
+    if (magic == 0x466243B1u) return 0; /* a fatbin wrapper holds a host pointer: never from a client */
+    return 1; /* PTX: load() appends a NUL */
+}
+
 static CUresult load(fgs_session *S, fg_reader *r, fg_writer *out) {
     uint64_t n = fg_get_u64(r);
     const uint8_t *img = fg_take(r, (size_t)n);
     if (r->failed || n == 0) return FGS_PROTOCOL_ERROR;
-    void *copy = aligned_alloc(64, (size_t)((n + 63) / 64 * 64));
+    if (!image_fits(img, n)) return CUDA_ERROR_INVALID_IMAGE;
+    /* One byte more than the image, zeroed: PTX text always ends inside the buffer. */
+    size_t cap = (size_t)((n + 1 + 63) / 64 * 64);
+    void *copy = aligned_alloc(64, cap);
     if (!copy) return CUDA_ERROR_OUT_OF_MEMORY;
     memcpy(copy, img, (size_t)n);
-    /* PTX must be NUL-terminated; a client may not make the driver read past the image. */
-    uint32_t magic;
-    memcpy(&magic, copy, n >= 4 ? 4 : (size_t)n);
-    if (n < 4 || (((uint8_t *)copy)[0] != 0x7f && magic != 0xBA55ED50u)) {
-        if (((uint8_t *)copy)[n - 1] != 0) {
-            free(copy);
-            return CUDA_ERROR_INVALID_IMAGE;
-        }
-    }
+    memset((uint8_t *)copy + n, 0, cap - (size_t)n);
     CUmodule mod = NULL;
     CUresult res = S->api->cuModuleLoadData(&mod, copy);
     free(copy);

@@ -32,6 +32,16 @@ void fgs_log(fgs_session *S, const char *fmt, ...) {
     fprintf(stderr, "fargpu-worker[%s]: %s\n", S ? S->log_prefix : "-", line);
 }
 
+CUresult fgs_missing(fgs_session *S, const char *name) {
+    static char logged[64][64];
+    static int n;
+    for (int i = 0; i < n; i++)
+        if (!strcmp(logged[i], name)) return CUDA_ERROR_NOT_SUPPORTED;
+    if (n < 64) snprintf(logged[n++], sizeof logged[0], "%s", name);
+    fgs_log(S, "the driver does not provide %s; answering CUDA_ERROR_NOT_SUPPORTED", name);
+    return CUDA_ERROR_NOT_SUPPORTED;
+}
+
 /* ---- handle tables ---- */
 
 static uint64_t make_id(fgs_session *S, int kind, uint32_t index) {

@@ -2,7 +2,7 @@
 #ifndef FG_OPS_H
 #define FG_OPS_H
 
-#define FG_OPS_HASH "6f6934637f666a20"
+#define FG_OPS_HASH "0d9427a38dca15fb"
 
 enum fg_op {
     FG_OP_SET_CTX = 1,

@@ -104,7 +104,7 @@ class StoreKit:
             store = EmbeddedStore(self.tmp / "pool-state.json", clock=self.clock)
         else:
             assert self.redis_url is not None
-            store = RedisStore(self.redis_url, prefix=self.prefix, command_poll_s=0.02)
+            store = RedisStore(self.redis_url, prefix=self.prefix)
         await store.open()
         self.opened.append(store)
         return store
@@ -146,7 +146,9 @@ async def service(store: Store, clock: FakeClock) -> AsyncIterator[PoolService]:
 
 
 def pm_config(**kw: object) -> PoolManagerConfig:
-    base: dict[str, object] = dict(port=0, grpc_port=0, state_file=None, admin_token="admin-secret", log_level="warning")
+    base: dict[str, object] = dict(
+        port=0, grpc_port=0, state_file=None, admin_token="admin-secret", log_level="warning"
+    )
     base.update(kw)
     return PoolManagerConfig(**base)  # type: ignore[arg-type]
 

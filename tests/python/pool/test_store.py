@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
-from conftest import GiB, FakeClock, StoreKit, gpus
+from conftest import FakeClock, GiB, StoreKit, gpus
 
 from fargpu.pool_manager.models import GpuAlloc, LeaseRecord, LeaseState, NodeRecord, NodeState, SessionInfo
 from fargpu.pool_manager.store import Command, Store

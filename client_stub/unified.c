@@ -1,0 +1,81 @@
+/* unified.c — device-to-device and unified-address copies. The stub remembers the device ranges the
+ * server handed out, so a unified cuMemcpy can tell device from host addresses (as UVA does) and become
+ * the right host↔device transfer; only device↔device copies are replayed as such on the server, which
+ * checks both ranges belong to the session. */
+#include <stdlib.h>
+
+#include "fgc_impl.h"
+#include "fgc_internal.h"
+
+typedef struct {
+    uint64_t base, size;
+} range;
+
+static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+static range *ranges;
+static size_t n_ranges, cap_ranges;
+
+void fgc_device_range_add(uint64_t base, uint64_t size) {
+    pthread_mutex_lock(&mu);
+    if (n_ranges == cap_ranges) {
+        size_t cap = cap_ranges ? cap_ranges * 2 : 64;
+        range *nr = (range *)realloc(ranges, cap * sizeof *nr);
+        if (!nr) { pthread_mutex_unlock(&mu); return; }
+        ranges = nr;
+        cap_ranges = cap;
+    }
+    ranges[n_ranges++] = (range){base, size};
+    pthread_mutex_unlock(&mu);
+}
+
+void fgc_device_range_remove(uint64_t base) {
+    pthread_mutex_lock(&mu);
+    for (size_t i = 0; i < n_ranges; i++)
+        if (ranges[i].base == base) { ranges[i] = ranges[--n_ranges]; break; }
+    pthread_mutex_unlock(&mu);
+}
+
+static int is_device(uint64_t p) {
+    int hit = 0;
+    pthread_mutex_lock(&mu);
+    for (size_t i = 0; i < n_ranges && !hit; i++) hit = p >= ranges[i].base && p - ranges[i].base < ranges[i].size;
+    pthread_mutex_unlock(&mu);
+    return hit;
+}
+
+static CUresult dtod(uint16_t op, CUdeviceptr dst, CUdeviceptr src, size_t n, int async, CUstream s) {
+    FGC_REQUIRE_INIT();
+    fg_writer *w = fgc_begin(op);
+    if (!w) return fgc_last_error();
+    fg_put_u64(w, dst);
+    fg_put_u64(w, src);
+    fg_put_u64(w, n);
+    if (async) fgc_put_handle(w, s);
+    return fgc_async();
+}
+
+CUresult fgc_cuMemcpyDtoD_v2(CUdeviceptr dst, CUdeviceptr src, size_t n) {
+    return dtod(FG_OP_cuMemcpyDtoD_v2, dst, src, n, 0, NULL);
+}
+
+CUresult fgc_cuMemcpyDtoDAsync_v2(CUdeviceptr dst, CUdeviceptr src, size_t n, CUstream s) {
+    return dtod(FG_OP_cuMemcpyDtoDAsync_v2, dst, src, n, 1, s);
+}
+
+CUresult fgc_cuMemcpy(CUdeviceptr dst, CUdeviceptr src, size_t n) {
+    FGC_REQUIRE_INIT();
+    int dd = is_device(dst), sd = is_device(src);
+    if (dd && sd) return dtod(FG_OP_cuMemcpy, dst, src, n, 0, NULL);
+    if (dd) return fgc_cuMemcpyHtoD_v2(dst, (const void *)(uintptr_t)src, n);
+    if (sd) return fgc_cuMemcpyDtoH_v2((void *)(uintptr_t)dst, src, n);
+    return CUDA_ERROR_INVALID_VALUE; /* host to host: not the driver's business remotely */
+}
+
+CUresult fgc_cuMemcpyAsync(CUdeviceptr dst, CUdeviceptr src, size_t n, CUstream s) {
+    FGC_REQUIRE_INIT();
+    int dd = is_device(dst), sd = is_device(src);
+    if (dd && sd) return dtod(FG_OP_cuMemcpyAsync, dst, src, n, 1, s);
+    if (dd) return fgc_cuMemcpyHtoDAsync_v2(dst, (const void *)(uintptr_t)src, n, s);
+    if (sd) return fgc_cuMemcpyDtoHAsync_v2((void *)(uintptr_t)dst, src, n, s);
+    return CUDA_ERROR_INVALID_VALUE;
+}
