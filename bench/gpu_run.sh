@@ -59,4 +59,4 @@ remote "$W/micro" "$W/bench_kernels.ptx" >"$OUT/micro_remote.json" 2>"$OUT/micro
 cat "$OUT/micro_native.err" "$OUT/micro_remote.err" | tail -5
 kill $SRV; wait $SRV 2>/dev/null
 python3 bench/report.py "$OUT" --native-rc $NRC --remote-rc $RRC --diff-rc $DRC
-(cd "$OUT" && tar czf logs.tgz --exclude=gpu_run.json --exclude=logs.tgz . && find . -type f ! -name gpu_run.json ! -name logs.tgz ! -name driver_api.diff -delete)
+(cd "$OUT" && tar czf /tmp/fargpu-logs.tgz . ; mv /tmp/fargpu-logs.tgz logs.tgz; find . -type f ! -name gpu_run.json ! -name logs.tgz ! -name driver_api.diff -delete)

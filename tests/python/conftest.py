@@ -31,6 +31,7 @@ class NodeServer:
     endpoint: str
     token: str
     log: Path
+    launch_log: Path
     proc: subprocess.Popen[bytes]
 
     def client_env(self, **extra: str) -> dict[str, str]:
@@ -49,7 +50,7 @@ class NodeServer:
 def start_server(tmp: Path, *extra: str, token: str = "test-token-123") -> NodeServer:
     port = free_port()
     log = tmp / f"server-{port}.log"
-    env = dict(os.environ, FARGPU_TOKEN=token)
+    env = dict(os.environ, FARGPU_TOKEN=token, FARGPU_SIM_LAUNCH_LOG=str(tmp / "launches.jsonl"))
     env.pop("LD_PRELOAD", None)
     proc = subprocess.Popen(
         [sys.executable, "-P", "-m", "fargpu.server", "--backend", "sim", "--listen", f"127.0.0.1:{port}", *extra],
@@ -61,7 +62,7 @@ def start_server(tmp: Path, *extra: str, token: str = "test-token-123") -> NodeS
             raise RuntimeError(f"node server exited early:\n{log.read_text()}")
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return NodeServer(f"127.0.0.1:{port}", token, log, proc)
+            return NodeServer(f"127.0.0.1:{port}", token, log, tmp / "launches.jsonl", proc)
         except OSError:
             time.sleep(0.05)
     proc.kill()
