@@ -3,7 +3,8 @@
 fargpu run -- CMD ...     lease a GPU and run CMD on it through the stub (fargpu/run.py)
 fargpu pool ...           operate the pool: status, nodes, leases, sessions, drain, evict
 fargpu pool-manager       run a pool manager (REST + gRPC)
-fargpu server ...         the node server (server/cli.py), when that part is installed"""
+fargpu server ...         the node server (server/cli.py), when that part is installed
+fargpu demo               the main job: a one-machine pool and a CUDA demo through `fargpu run`"""
 
 from __future__ import annotations
 
@@ -76,6 +77,16 @@ def run(
         )
     )
     raise typer.Exit(rc)
+
+
+@app.command("demo")
+def demo(
+    backend: Annotated[str, typer.Option(help="auto (GPU if present, else simulated), cuda, sim")] = "auto",
+) -> None:
+    """The main job: a one-machine pool (pool manager + local node server) and a CUDA demo through `fargpu run`."""
+    from fargpu.demo import main as demo_main
+
+    raise typer.Exit(demo_main(backend))
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import REPO, NodeServer
+from e2e_helpers import REPO, NodeServer
 
 from fargpu import paths
 

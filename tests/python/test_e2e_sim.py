@@ -10,8 +10,8 @@ import subprocess
 import sys
 import time
 
-from conftest import NodeServer, run_client, start_server, stop_server
 from cuda_ctypes import PRELUDE
+from e2e_helpers import NodeServer, run_client, start_server, stop_server
 
 CUDA_ERROR_INVALID_HANDLE = 400
 CUDA_ERROR_OUT_OF_MEMORY = 2

@@ -8,8 +8,8 @@ import ctypes
 import subprocess
 from pathlib import Path
 
-from conftest import REPO, run_client
 from cuda_ctypes import PRELUDE
+from e2e_helpers import REPO, run_client
 
 from fargpu import paths
 
