@@ -137,3 +137,20 @@ s = ctypes.c_void_p(); print("AFTER", cu.cuStreamCreate(ctypes.byref(s), 0), flu
     finally:
         if srv.proc.poll() is None:
             stop_server(srv)
+
+
+def test_unix_socket_endpoint(tmp_path: os.PathLike[str]) -> None:
+    from pathlib import Path
+
+    sock = Path("/tmp") / f"fargpu-test-{os.getpid()}.sock"
+    srv = start_server(Path(tmp_path), "--unix", str(sock))
+    try:
+        res = run_client(PRELUDE + r'''
+ctx0(); r, p = alloc(1 << 20); ok(r, "alloc")
+ok(cu.cuMemsetD8_v2(ctypes.c_uint64(p), ctypes.c_ubyte(9), ctypes.c_size_t(8)), "memset")
+out = ctypes.create_string_buffer(8); ok(cu.cuMemcpyDtoH_v2(out, ctypes.c_uint64(p), ctypes.c_size_t(8)), "dtoh")
+print(out.raw.hex())
+''', srv.client_env(FARGPU_SERVER=str(sock)))
+        assert res.stdout.strip() == "09" * 8, res.stderr
+    finally:
+        stop_server(srv)
