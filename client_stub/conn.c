@@ -18,6 +18,7 @@
 
 #include "fg_msgpack.h"
 #include "fgc_internal.h"
+#include "fgc_lease.h"
 
 static char g_endpoint[512];
 
@@ -154,6 +155,15 @@ static void mp_copy_str(const uint8_t *buf, size_t n, const char *key, char *dst
 
 CUresult fgc_connect(void) {
     const char *ep = getenv("FARGPU_SERVER");
+    const char *token = getenv("FARGPU_TOKEN");
+    static char leased_ep[512], leased_token[512];
+    const char *pool = getenv("FARGPU_POOL_URL");
+    if ((!ep || !*ep) && pool && *pool) {
+        if (fgc_lease_from_pool(pool, leased_ep, sizeof leased_ep, leased_token, sizeof leased_token))
+            return CUDA_ERROR_NO_DEVICE;
+        ep = leased_ep;
+        token = leased_token;
+    }
     if (!ep || !*ep) {
         fgc_log(FGC_LOG_ERROR, "FARGPU_SERVER is not set: set it to the node server's host:port or unix socket "
                                "path (or run the program with `fargpu run -- ...`)");
@@ -178,7 +188,6 @@ CUresult fgc_connect(void) {
     }
     g_fgc.fd = fd;
 
-    const char *token = getenv("FARGPU_TOKEN");
     char host[256] = "", exe[512] = "";
     gethostname(host, sizeof host - 1);
     ssize_t el = readlink("/proc/self/exe", exe, sizeof exe - 1);

@@ -28,7 +28,9 @@ def _run_uvloop(coro: object) -> None:
         asyncio.run(coro)  # type: ignore[arg-type]
 
 
-async def serve(agent: NodeAgent, pool_url: str | None = None) -> None:
+async def serve(agent: NodeAgent, pool_url: str | None = None, metrics_port: int = -1) -> None:
+    from .metrics import NodeMetrics
+
     await agent.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -40,7 +42,14 @@ async def serve(agent: NodeAgent, pool_url: str | None = None) -> None:
 
         link = PoolLink(agent, pool_url)
         await link.start()
+    metrics = None
+    if metrics_port >= 0:
+        metrics = NodeMetrics(agent, link)
+        port = await metrics.serve("127.0.0.1", metrics_port)
+        logging.getLogger("fargpu.server").info("Prometheus metrics on http://127.0.0.1:%d/metrics", port)
     await stop.wait()
+    if metrics is not None:
+        await metrics.stop()
     if link is not None:
         await link.stop()
     await agent.stop()
@@ -55,6 +64,9 @@ def main(
     vram_quota: Annotated[int, typer.Option(help="per-session VRAM quota in bytes (0: none)")] = 0,
     pool: Annotated[str, typer.Option(envvar="FARGPU_POOL_URL", help="register with this pool manager")] = "",
     log_level: Annotated[str, typer.Option(envvar="FARGPU_LOG_LEVEL")] = "INFO",
+    metrics_port: Annotated[
+        int, typer.Option(envvar="FARGPU_METRICS_PORT", help="Prometheus /metrics port (0: any, -1: off)")
+    ] = 9400,
 ) -> None:
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
@@ -77,4 +89,4 @@ def main(
     typer.echo(f"fargpu node server: backend {be.describe()}")
     if be.simulated:
         typer.secho("NOTE: the simulated device is a test double; nothing here runs on a GPU.", fg="yellow")
-    _run_uvloop(serve(agent, pool or None))
+    _run_uvloop(serve(agent, pool or None, metrics_port))

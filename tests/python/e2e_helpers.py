@@ -53,7 +53,8 @@ def start_server(tmp: Path, *extra: str, token: str = "test-token-123") -> NodeS
     env = dict(os.environ, FARGPU_TOKEN=token, FARGPU_SIM_LAUNCH_LOG=str(tmp / "launches.jsonl"))
     env.pop("LD_PRELOAD", None)
     proc = subprocess.Popen(
-        [sys.executable, "-P", "-m", "fargpu.server", "--backend", "sim", "--listen", f"127.0.0.1:{port}", *extra],
+        [sys.executable, "-P", "-m", "fargpu.server", "--backend", "sim", "--listen", f"127.0.0.1:{port}",
+         "--metrics-port", "0", *extra],
         stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env, cwd=tmp,
     )
     deadline = time.monotonic() + 30

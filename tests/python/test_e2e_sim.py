@@ -154,3 +154,12 @@ print(out.raw.hex())
         assert res.stdout.strip() == "09" * 8, res.stderr
     finally:
         stop_server(srv)
+
+
+def test_node_server_exports_prometheus_metrics(node_server: NodeServer) -> None:
+    import re
+    import urllib.request
+
+    port = int(re.findall(r"metrics on http://127.0.0.1:(\d+)/metrics", node_server.log_text())[-1])
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    assert "fargpu_node_vram_used_bytes" in body and "fargpu_node_gpu_vram_total_bytes" in body
