@@ -191,8 +191,8 @@ class NodeAgent:
         self._sessions[sid] = sess
         log.info("session %s for lease %s (client %s) -> worker %d", sid, grant.lease_id, hello.client, proc.pid)
         self._spawn(self._watch_status(sess, st_r))
-        if grant.expires_at is not None:
-            self._spawn(self._expire(sess, grant.expires_at))
+        # Lease expiry is the pool manager's call (a lease may be renewed after this HELLO): it ends the
+        # lease's sessions through end_lease(), via the command stream or the heartbeat reply.
         await proc.wait()
         self._sessions.pop(sid, None)
         with contextlib.suppress(OSError):
@@ -214,11 +214,6 @@ class NodeAgent:
                     sess.ended = parts[-1].strip()
         finally:
             transport.close()
-
-    async def _expire(self, sess: _Session, expires_at: float) -> None:
-        await asyncio.sleep(max(0.0, expires_at - time.time()))
-        if sess.info.session_id in self._sessions:
-            await self._end(sess, "the lease expired")
 
     async def _end(self, sess: _Session, reason: str, grace: float = 5.0) -> None:
         with contextlib.suppress(OSError):
