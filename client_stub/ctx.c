@@ -94,6 +94,7 @@ CUresult fgc_cuCtxDestroy_v2(CUcontext ctx) {
         fgc_ctx_forget(fgc_handle_id(ctx));
         pthread_mutex_unlock(&g_fgc.mu);
         while (t_depth > 0 && t_stack[t_depth - 1] == 0) t_depth--;
+        fgc_cls_context_gone(fgc_handle_id(ctx));
     }
     return r;
 }

@@ -56,6 +56,8 @@ void fgc_device_range_remove(uint64_t base);
 uint64_t fgc_ctx_current(void);
 void fgc_ctx_set_current(uint64_t id);
 void fgc_ctx_forget(uint64_t id);
+/* Context-local storage of the runtime's private table (export_tables.c): run destructors of a dead context. */
+void fgc_cls_context_gone(uint64_t ctx);
 
 /* Logging to stderr, prefixed "fargpu: ". Level from FARGPU_LOG (error, warn, info, debug; default warn). */
 enum { FGC_LOG_ERROR = 0, FGC_LOG_WARN = 1, FGC_LOG_INFO = 2, FGC_LOG_DEBUG = 3 };

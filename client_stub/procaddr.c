@@ -1,6 +1,5 @@
-/* procaddr.c — cuGetProcAddress/_v2 (resolve a driver entry point by name, requested CUDA version and
- * stream flags, from the generated table) and cuGetExportTable (the driver's private tables; served in a
- * later step — until then every table id is refused with CUDA_ERROR_NOT_SUPPORTED and logged once). */
+/* procaddr.c — cuGetProcAddress/_v2: resolve a driver entry point by name, requested CUDA version and
+ * stream flags, from the generated table. (cuGetExportTable lives in export_tables.c.) */
 #include <stdio.h>
 #include <string.h>
 
@@ -48,25 +47,4 @@ CUresult fgc_cuGetProcAddress(const char *symbol, void **pfn, int cudaVersion, c
     *pfn = NULL;
     int rc = resolve(symbol, cudaVersion, flags, pfn);
     return rc == 0 ? CUDA_SUCCESS : CUDA_ERROR_NOT_FOUND;
-}
-
-CUresult fgc_cuGetExportTable(const void **ppExportTable, const CUuuid *pExportTableId) {
-    if (!ppExportTable || !pExportTableId) return CUDA_ERROR_INVALID_VALUE;
-    *ppExportTable = NULL;
-    static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
-    static CUuuid seen[64];
-    static int nseen;
-    pthread_mutex_lock(&mu);
-    int known = 0;
-    for (int i = 0; i < nseen; i++)
-        if (!memcmp(&seen[i], pExportTableId, sizeof(CUuuid))) known = 1;
-    if (!known && nseen < 64) seen[nseen++] = *pExportTableId;
-    pthread_mutex_unlock(&mu);
-    if (!known) {
-        const unsigned char *b = (const unsigned char *)pExportTableId->bytes;
-        fgc_log(FGC_LOG_WARN, "cuGetExportTable(%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x) "
-                "is not supported by fargpu yet; it returns CUDA_ERROR_NOT_SUPPORTED",
-                b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]);
-    }
-    return CUDA_ERROR_NOT_SUPPORTED;
 }

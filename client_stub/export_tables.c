@@ -1,0 +1,327 @@
+/* export_tables.c — cuGetExportTable: the driver's private function tables that the CUDA runtime (static or
+ * shared) requires before anything else works. Each table is an array of function pointers, most with their
+ * own size in slot 0. What each slot does is a fact about the real driver (see
+ * shared/reference/cuda-driver-private-tables.md); fargpu answers them from the stub: module loads go to the
+ * server like cuModuleLoadData, context-local storage is client state, the integrity check is computed here
+ * (integrity.c). A slot fargpu does not know returns CUDA_ERROR_NOT_SUPPORTED with one log line naming it; an
+ * unknown table id is refused the same way. */
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "fgc_impl.h"
+#include "fgc_internal.h"
+#include "integrity.h"
+
+#define SLOTS(n) ((void *)(uintptr_t)((n) * sizeof(void *)))
+
+/* A slot whose meaning fargpu does not know: log once (table and slot), refuse. */
+#define MISSING(tbl, slot)                                                               \
+    static CUresult missing_##tbl##_##slot(void) {                                       \
+        static int logged;                                                               \
+        return fgc_unsupported("private table " #tbl " slot " #slot, &logged);          \
+    }
+#define M(tbl, slot) ((void *)missing_##tbl##_##slot)
+
+/* ---- CUDART_INTERFACE: module registration for the runtime's fatbins, the primary context ---- */
+static CUresult cudart_module_from_fatbin(CUmodule *mod, const void *wrapper) {
+    if (!mod || !wrapper) return CUDA_ERROR_INVALID_VALUE;
+    return fgc_cuModuleLoadData(mod, wrapper);
+}
+
+static CUresult cudart_primary_ctx(CUcontext *pctx, CUdevice dev) {
+    /* The runtime asks for the device's primary context; one retain per device is kept for the process. */
+    static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+    static CUcontext cached[64];
+    if (!pctx) return CUDA_ERROR_INVALID_VALUE;
+    if (dev < 0 || dev >= 64) return CUDA_ERROR_INVALID_DEVICE;
+    pthread_mutex_lock(&mu);
+    CUresult r = CUDA_SUCCESS;
+    if (!cached[dev]) r = cuDevicePrimaryCtxRetain(&cached[dev], dev);
+    if (r == CUDA_SUCCESS) *pctx = cached[dev];
+    pthread_mutex_unlock(&mu);
+    return r;
+}
+
+static CUresult cudart_module_from_fatbin_ext(CUmodule *mod, const void *wrapper, void *a3, void *a4,
+                                              unsigned a5) {
+    if (a3 || a4 || a5) {
+        static int logged;
+        return fgc_unsupported("private table CUDART_INTERFACE slot 6 with extra arguments", &logged);
+    }
+    return cudart_module_from_fatbin(mod, wrapper);
+}
+
+static void cudart_noop_size(size_t n) { (void)n; }
+
+static CUresult cudart_module_from_fatbin_ext2(const void *fatbin, CUmodule *mod, void *a3, void *a4,
+                                               unsigned a5) {
+    if (a3 || a4 || a5) {
+        static int logged;
+        return fgc_unsupported("private table CUDART_INTERFACE slot 8 with extra arguments", &logged);
+    }
+    return cudart_module_from_fatbin(mod, fatbin);
+}
+
+static CUresult cudart_load_compilers(void) { return CUDA_SUCCESS; /* the server's driver JITs */ }
+
+MISSING(CUDART_INTERFACE, 3)
+MISSING(CUDART_INTERFACE, 4)
+MISSING(CUDART_INTERFACE, 5)
+MISSING(CUDART_INTERFACE, 9)
+MISSING(CUDART_INTERFACE, 10)
+MISSING(CUDART_INTERFACE, 11)
+
+static void *const cudart_interface[13] = {
+    SLOTS(13),
+    (void *)cudart_module_from_fatbin,
+    (void *)cudart_primary_ctx,
+    M(CUDART_INTERFACE, 3),
+    M(CUDART_INTERFACE, 4),
+    M(CUDART_INTERFACE, 5),
+    (void *)cudart_module_from_fatbin_ext,
+    (void *)cudart_noop_size,
+    (void *)cudart_module_from_fatbin_ext2,
+    M(CUDART_INTERFACE, 9),
+    M(CUDART_INTERFACE, 10),
+    M(CUDART_INTERFACE, 11),
+    (void *)cudart_load_compilers,
+};
+
+/* ---- TOOLS_TLS and TOOLS_RUNTIME_CALLBACK_HOOKS: profiler hooks; no tools attach through fargpu ---- */
+static CUresult tools_zero(void) { return CUDA_SUCCESS; }
+
+static void *const tools_tls[4] = {SLOTS(4), (void *)tools_zero, (void *)tools_zero, (void *)tools_zero};
+
+static unsigned char hooks_buffer1[1024];
+static uint32_t hooks_buffer2[14];
+
+static void hooks_get_buffer1(void **p, size_t *n) {
+    if (p) *p = hooks_buffer1;
+    if (n) *n = sizeof hooks_buffer1;
+}
+
+static void hooks_get_buffer2(void **p, size_t *n) {
+    if (p) *p = hooks_buffer2;
+    if (n) *n = sizeof hooks_buffer2;
+}
+
+static void *const tools_hooks[7] = {SLOTS(7),         (void *)tools_zero, (void *)hooks_get_buffer1,
+                                     (void *)tools_zero, (void *)tools_zero, (void *)tools_zero,
+                                     (void *)hooks_get_buffer2};
+
+/* ---- CONTEXT_LOCAL_STORAGE_INTERFACE_V0301: per-context key/value slots, kept in the stub ---- */
+typedef void (*cls_dtor)(CUcontext, void *, void *);
+typedef struct {
+    uint64_t ctx;
+    void *key, *value;
+    cls_dtor dtor;
+} cls_entry;
+
+static pthread_mutex_t cls_mu = PTHREAD_MUTEX_INITIALIZER;
+static cls_entry *cls;
+static size_t cls_n, cls_cap;
+
+static uint64_t cls_ctx(CUcontext ctx) { return ctx ? fgc_handle_id(ctx) : fgc_ctx_current(); }
+
+static cls_entry *cls_find(uint64_t ctx, void *key) {
+    for (size_t i = 0; i < cls_n; i++)
+        if (cls[i].ctx == ctx && cls[i].key == key) return &cls[i];
+    return NULL;
+}
+
+static CUresult cls_put(CUcontext ctx, void *key, void *value, cls_dtor dtor) {
+    uint64_t id = cls_ctx(ctx);
+    if (!id) return CUDA_ERROR_INVALID_CONTEXT;
+    pthread_mutex_lock(&cls_mu);
+    cls_entry *e = cls_find(id, key);
+    if (!e) {
+        if (cls_n == cls_cap) {
+            size_t ncap = cls_cap ? cls_cap * 2 : 16;
+            cls_entry *ne = realloc(cls, ncap * sizeof *ne);
+            if (!ne) {
+                pthread_mutex_unlock(&cls_mu);
+                return CUDA_ERROR_OUT_OF_MEMORY;
+            }
+            cls = ne;
+            cls_cap = ncap;
+        }
+        e = &cls[cls_n++];
+    }
+    *e = (cls_entry){id, key, value, dtor};
+    pthread_mutex_unlock(&cls_mu);
+    return CUDA_SUCCESS;
+}
+
+static CUresult cls_delete(CUcontext ctx, void *key) {
+    uint64_t id = cls_ctx(ctx);
+    pthread_mutex_lock(&cls_mu);
+    cls_entry *e = cls_find(id, key);
+    if (e) *e = cls[--cls_n];
+    pthread_mutex_unlock(&cls_mu);
+    return e ? CUDA_SUCCESS : CUDA_ERROR_INVALID_HANDLE;
+}
+
+static CUresult cls_get(void **value, CUcontext ctx, void *key) {
+    if (!value) return CUDA_ERROR_INVALID_VALUE;
+    uint64_t id = cls_ctx(ctx);
+    pthread_mutex_lock(&cls_mu);
+    cls_entry *e = cls_find(id, key);
+    if (e) *value = e->value;
+    pthread_mutex_unlock(&cls_mu);
+    return e ? CUDA_SUCCESS : CUDA_ERROR_INVALID_HANDLE;
+}
+
+void fgc_cls_context_gone(uint64_t ctx) {
+    /* Called when a context is destroyed: run each slot's destructor, outside the lock. */
+    for (;;) {
+        cls_entry e = {0};
+        int found = 0;
+        pthread_mutex_lock(&cls_mu);
+        for (size_t i = 0; i < cls_n; i++)
+            if (cls[i].ctx == ctx) {
+                e = cls[i];
+                cls[i] = cls[--cls_n];
+                found = 1;
+                break;
+            }
+        pthread_mutex_unlock(&cls_mu);
+        if (!found) return;
+        if (e.dtor) e.dtor((CUcontext)(uintptr_t)ctx, e.key, e.value);
+    }
+}
+
+MISSING(CONTEXT_LOCAL_STORAGE, 3)
+static void *const context_local_storage[4] = {(void *)cls_put, (void *)cls_delete, (void *)cls_get,
+                                               M(CONTEXT_LOCAL_STORAGE, 3)};
+
+/* ---- CTX_CREATE_BYPASS ---- */
+static CUresult ctx_create_bypass(CUcontext *pctx, unsigned flags, CUdevice dev) {
+    return fgc_cuCtxCreate_v4(pctx, NULL, flags, dev);
+}
+static void *const ctx_create_bypass_table[2] = {SLOTS(2), (void *)ctx_create_bypass};
+
+/* ---- HEAP_ACCESS, DEVICE_EXTENDED_RT: meanings not established; refused and logged ---- */
+MISSING(HEAP_ACCESS, 1)
+MISSING(HEAP_ACCESS, 2)
+static void *const heap_access[3] = {SLOTS(3), M(HEAP_ACCESS, 1), M(HEAP_ACCESS, 2)};
+
+#define X(n) MISSING(DEVICE_EXTENDED_RT, n)
+X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9) X(10) X(11) X(12) X(13)
+X(14) X(15) X(16) X(17) X(18) X(19) X(20) X(21) X(22) X(23) X(24) X(25)
+#undef X
+#define X(n) M(DEVICE_EXTENDED_RT, n)
+static void *const device_extended_rt[26] = {
+    SLOTS(26), X(1),  X(2),  X(3),  X(4),  X(5),  X(6),  X(7),  X(8),  X(9),  X(10), X(11), X(12),
+    X(13),     X(14), X(15), X(16), X(17), X(18), X(19), X(20), X(21), X(22), X(23), X(24), X(25)};
+#undef X
+
+/* ---- INTEGRITY_CHECK ---- */
+static CUresult integrity_check(unsigned version, uint64_t unix_seconds, uint64_t result[2]);
+MISSING(INTEGRITY_CHECK, 2)
+static void *const integrity_table[3] = {SLOTS(3), (void *)integrity_check, M(INTEGRITY_CHECK, 2)};
+
+static CUresult integrity_check(unsigned version, uint64_t unix_seconds, uint64_t result[2]) {
+    if (!result) return CUDA_ERROR_INVALID_VALUE;
+    int n = 0;
+    CUresult r = cuDeviceGetCount(&n);
+    if (r != CUDA_SUCCESS) return r;
+    if (n < 0 || n > 64) return CUDA_ERROR_INVALID_VALUE;
+    fgc_integrity_device devs[64];
+    memset(devs, 0, sizeof devs);
+    for (int d = 0; d < n; d++) {
+        CUuuid u;
+        if ((r = cuDeviceGetUuid_v2(&u, d)) != CUDA_SUCCESS ||
+            (r = cuDeviceGetAttribute(&devs[d].pci_domain, CU_DEVICE_ATTRIBUTE_PCI_DOMAIN_ID, d)) != CUDA_SUCCESS ||
+            (r = cuDeviceGetAttribute(&devs[d].pci_bus, CU_DEVICE_ATTRIBUTE_PCI_BUS_ID, d)) != CUDA_SUCCESS ||
+            (r = cuDeviceGetAttribute(&devs[d].pci_device, CU_DEVICE_ATTRIBUTE_PCI_DEVICE_ID, d)) != CUDA_SUCCESS)
+            return r;
+        memcpy(devs[d].uuid, u.bytes, 16);
+    }
+    int drv = 0;
+    cuDriverGetVersion(&drv);
+    fgc_integrity_input in = {
+        .driver_version = (uint32_t)drv,
+        .requested = version,
+        .pid = (uint32_t)getpid(),
+        .tid = (uint32_t)(uintptr_t)pthread_self(),
+        .cudart_table = cudart_interface,
+        .integrity_table = integrity_table,
+        .fn_address = integrity_table[1],
+        .unix_seconds = unix_seconds,
+    };
+    fgc_integrity_digest(&in, devs, n, result);
+    return CUDA_SUCCESS;
+}
+
+/* ---- CONTEXT_CHECKS ---- */
+static CUresult context_check(CUcontext ctx, uint32_t *r1, const void **r2) {
+    (void)ctx;
+    (void)r2;
+    if (r1) *r1 = 0;
+    return CUDA_SUCCESS;
+}
+static uint32_t context_check_fn3(void) { return 0; }
+MISSING(CONTEXT_CHECKS, 1)
+static void *const context_checks[4] = {SLOTS(4), M(CONTEXT_CHECKS, 1), (void *)context_check,
+                                        (void *)context_check_fn3};
+
+/* ---- lookup ---- */
+typedef struct {
+    unsigned char id[16];
+    const char *name;
+    void *const *table;
+} known_table;
+
+static const known_table TABLES[] = {
+    {{0x6b, 0xd5, 0xfb, 0x6c, 0x5b, 0xf4, 0xe7, 0x4a, 0x89, 0x87, 0xd9, 0x39, 0x12, 0xfd, 0x9d, 0xf9},
+     "CUDART_INTERFACE", cudart_interface},
+    {{0x42, 0xd8, 0x5a, 0x81, 0x23, 0xf6, 0xcb, 0x47, 0x82, 0x98, 0xf6, 0xe7, 0x8a, 0x3a, 0xec, 0xdc},
+     "TOOLS_TLS", tools_tls},
+    {{0xa0, 0x94, 0x79, 0x8c, 0x2e, 0x74, 0x2e, 0x74, 0x93, 0xf2, 0x08, 0x00, 0x20, 0x0c, 0x0a, 0x66},
+     "TOOLS_RUNTIME_CALLBACK_HOOKS", tools_hooks},
+    {{0xc6, 0x93, 0x33, 0x6e, 0x11, 0x21, 0xdf, 0x11, 0xa8, 0xc3, 0x68, 0xf3, 0x55, 0xd8, 0x95, 0x93},
+     "CONTEXT_LOCAL_STORAGE_INTERFACE_V0301", context_local_storage},
+    {{0x0c, 0xa5, 0x0b, 0x8c, 0x10, 0x04, 0x92, 0x9a, 0x89, 0xa7, 0xd0, 0xdf, 0x10, 0xe7, 0x72, 0x86},
+     "CTX_CREATE_BYPASS", ctx_create_bypass_table},
+    {{0x19, 0x5b, 0xcb, 0xf4, 0xd6, 0x7d, 0x02, 0x4a, 0xac, 0xc5, 0x1d, 0x29, 0xce, 0xa6, 0x31, 0xae},
+     "HEAP_ACCESS", heap_access},
+    {{0xb1, 0x05, 0x41, 0xe1, 0xf7, 0xc7, 0xc7, 0x4a, 0x9f, 0x64, 0xf2, 0x23, 0xbe, 0x99, 0xf1, 0xe2},
+     "DEVICE_EXTENDED_RT", device_extended_rt},
+    {{0xd4, 0x08, 0x20, 0x55, 0xbd, 0xe6, 0x70, 0x4b, 0x8d, 0x34, 0xba, 0x12, 0x3c, 0x66, 0xe1, 0xf2},
+     "INTEGRITY_CHECK", integrity_table},
+    {{0x26, 0x3e, 0x88, 0x60, 0x7c, 0xd2, 0x61, 0x43, 0x92, 0xf6, 0xbb, 0xd5, 0x00, 0x6d, 0xfa, 0x7e},
+     "CONTEXT_CHECKS", context_checks},
+};
+
+static void log_unknown_once(const CUuuid *id) {
+    static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+    static CUuuid seen[64];
+    static int nseen;
+    pthread_mutex_lock(&mu);
+    int known = 0;
+    for (int i = 0; i < nseen; i++)
+        if (!memcmp(&seen[i], id, sizeof *id)) known = 1;
+    if (!known && nseen < 64) seen[nseen++] = *id;
+    pthread_mutex_unlock(&mu);
+    if (known) return;
+    const unsigned char *b = (const unsigned char *)id->bytes;
+    fgc_log(FGC_LOG_INFO,
+            "cuGetExportTable(%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x): an unknown "
+            "private table; fargpu returns CUDA_ERROR_NOT_SUPPORTED (the runtime treats it as optional)",
+            b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]);
+}
+
+CUresult fgc_cuGetExportTable(const void **ppExportTable, const CUuuid *pExportTableId) {
+    if (!ppExportTable || !pExportTableId) return CUDA_ERROR_INVALID_VALUE;
+    *ppExportTable = NULL;
+    for (size_t i = 0; i < sizeof TABLES / sizeof TABLES[0]; i++)
+        if (!memcmp(TABLES[i].id, pExportTableId->bytes, 16)) {
+            fgc_log(FGC_LOG_DEBUG, "cuGetExportTable: serving %s", TABLES[i].name);
+            *ppExportTable = TABLES[i].table;
+            return CUDA_SUCCESS;
+        }
+    log_unknown_once(pExportTableId);
+    return CUDA_ERROR_NOT_SUPPORTED;
+}
