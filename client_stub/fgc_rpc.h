@@ -51,6 +51,9 @@ CUresult fgc_unsupported(const char *name, int *logged);
 /* Device ranges the server allocated (unified.c), to classify unified-address copies. */
 void fgc_device_range_add(uint64_t base, uint64_t size);
 void fgc_device_range_remove(uint64_t base);
+int fgc_device_range_find(uint64_t p, uint64_t *base, uint64_t *size);
+/* Page-locked host memory the stub handed out or registered (memory.c). */
+int fgc_host_block_find(const void *p, void **base, size_t *size, unsigned *flags);
 
 /* Thread-local current context (virtual id), kept in the stub; the server learns it lazily. */
 uint64_t fgc_ctx_current(void);

@@ -146,55 +146,107 @@ CUresult fgc_cuMemcpyDtoHAsync_v2(void *dst, CUdeviceptr src, size_t n, CUstream
 typedef struct {
     void *p;
     size_t n;
+    unsigned flags;
+    int registered; /* cuMemHostRegister'ed caller memory: never unmapped here */
 } host_block;
 
 static pthread_mutex_t host_mu = PTHREAD_MUTEX_INITIALIZER;
 static host_block *host_blocks;
 static size_t host_n, host_cap;
 
-static CUresult host_alloc(void **pp, size_t n) {
-    if (!pp || n == 0) return CUDA_ERROR_INVALID_VALUE;
-    void *p = mmap(NULL, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (p == MAP_FAILED) return CUDA_ERROR_OUT_OF_MEMORY;
+static CUresult host_track(void *p, size_t n, unsigned flags, int registered) {
     pthread_mutex_lock(&host_mu);
     if (host_n == host_cap) {
         size_t cap = host_cap ? host_cap * 2 : 64;
         host_block *nb = (host_block *)realloc(host_blocks, cap * sizeof *nb);
         if (!nb) {
             pthread_mutex_unlock(&host_mu);
-            munmap(p, n);
             return CUDA_ERROR_OUT_OF_MEMORY;
         }
         host_blocks = nb;
         host_cap = cap;
     }
-    host_blocks[host_n++] = (host_block){p, n};
+    host_blocks[host_n++] = (host_block){p, n, flags, registered};
     pthread_mutex_unlock(&host_mu);
+    return CUDA_SUCCESS;
+}
+
+static CUresult host_alloc(void **pp, size_t n, unsigned flags) {
+    if (!pp || n == 0) return CUDA_ERROR_INVALID_VALUE;
+    void *p = mmap(NULL, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) return CUDA_ERROR_OUT_OF_MEMORY;
+    CUresult r = host_track(p, n, flags, 0);
+    if (r != CUDA_SUCCESS) {
+        munmap(p, n);
+        return r;
+    }
     *pp = p;
     return CUDA_SUCCESS;
 }
 
+int fgc_host_block_find(const void *p, void **base, size_t *size, unsigned *flags) {
+    int hit = 0;
+    pthread_mutex_lock(&host_mu);
+    for (size_t i = 0; i < host_n && !hit; i++) {
+        const char *b = (const char *)host_blocks[i].p;
+        if ((const char *)p >= b && (size_t)((const char *)p - b) < host_blocks[i].n) {
+            hit = 1;
+            if (base) *base = host_blocks[i].p;
+            if (size) *size = host_blocks[i].n;
+            if (flags) *flags = host_blocks[i].flags;
+        }
+    }
+    pthread_mutex_unlock(&host_mu);
+    return hit;
+}
+
+/* Registering caller memory pins nothing here (the client has no GPU); it is remembered so pointer queries
+ * and cuMemHostGetFlags answer as for pinned memory. */
+CUresult fgc_cuMemHostRegister_v2(void *p, size_t bytesize, unsigned int Flags) {
+    FGC_REQUIRE_INIT();
+    if (!p || bytesize == 0) return CUDA_ERROR_INVALID_VALUE;
+    if (fgc_host_block_find(p, NULL, NULL, NULL)) return CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED;
+    return host_track(p, bytesize, Flags, 1);
+}
+
+CUresult fgc_cuMemHostUnregister(void *p) {
+    FGC_REQUIRE_INIT();
+    pthread_mutex_lock(&host_mu);
+    for (size_t i = 0; i < host_n; i++)
+        if (host_blocks[i].p == p && host_blocks[i].registered) {
+            host_blocks[i] = host_blocks[--host_n];
+            pthread_mutex_unlock(&host_mu);
+            return CUDA_SUCCESS;
+        }
+    pthread_mutex_unlock(&host_mu);
+    return CUDA_ERROR_HOST_MEMORY_NOT_REGISTERED;
+}
+
+CUresult fgc_cuMemHostGetFlags(unsigned int *pFlags, void *p) {
+    FGC_REQUIRE_INIT();
+    if (!pFlags) return CUDA_ERROR_INVALID_VALUE;
+    return fgc_host_block_find(p, NULL, NULL, pFlags) ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
+}
+
 CUresult fgc_cuMemAllocHost_v2(void **pp, size_t bytesize) {
     FGC_REQUIRE_INIT();
-    return host_alloc(pp, bytesize);
+    return host_alloc(pp, bytesize, 0);
 }
 
 CUresult fgc_cuMemHostAlloc(void **pp, size_t bytesize, unsigned int Flags) {
     FGC_REQUIRE_INIT();
     unsigned known = CU_MEMHOSTALLOC_PORTABLE | CU_MEMHOSTALLOC_DEVICEMAP | CU_MEMHOSTALLOC_WRITECOMBINED;
     if (Flags & ~known) return CUDA_ERROR_INVALID_VALUE;
-    if (Flags & CU_MEMHOSTALLOC_DEVICEMAP) {
-        static int logged;
-        return fgc_unsupported("cuMemHostAlloc with CU_MEMHOSTALLOC_DEVICEMAP (mapped host memory)", &logged);
-    }
-    return host_alloc(pp, bytesize);
+    /* DEVICEMAP (which the runtime sets under unified addressing) is accepted: the memory is pinned for
+     * copies, but a kernel cannot read it remotely, so cuMemHostGetDevicePointer is not supported. */
+    return host_alloc(pp, bytesize, Flags);
 }
 
 CUresult fgc_cuMemFreeHost(void *p) {
     FGC_REQUIRE_INIT();
     pthread_mutex_lock(&host_mu);
     for (size_t i = 0; i < host_n; i++) {
-        if (host_blocks[i].p == p) {
+        if (host_blocks[i].p == p && !host_blocks[i].registered) {
             host_block b = host_blocks[i];
             host_blocks[i] = host_blocks[--host_n];
             pthread_mutex_unlock(&host_mu);

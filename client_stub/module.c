@@ -1,16 +1,17 @@
-/* module.c — modules, functions and launches. An image goes to the server whole (its size found from its
- * format: PTX text, ELF cubin, fatbin, or a fatbin wrapper). cuModuleGetFunction's reply carries the
- * function's parameter layout (offset and size of each parameter), cached here, so cuLaunchKernel can pack
- * kernelParams into one buffer and return without a round trip. */
+/* module.c — modules and functions. An image's size is found from its format (PTX text, ELF cubin, fatbin,
+ * or a fatbin wrapper) and it is shipped content-addressed (image.c). cuModuleGetFunction's reply carries the
+ * function's parameter layout (offset and size of each parameter), cached here by virtual id, so a launch
+ * (launch.c) can pack kernelParams into one buffer and return without a round trip. */
 #include <stdlib.h>
 #include <string.h>
 
 #include "fgc_impl.h"
+#include "fgc_image.h"
 #include "fgc_internal.h"
 
 #define FATBIN_MAGIC 0xBA55ED50u
 #define FATBIN_WRAPPER_MAGIC 0x466243b1u
-#define MAX_IMAGE (1ull << 30)
+#define MAX_IMAGE FG_MAX_IMAGE
 #define MAX_PARAMS 4096
 
 /* ---- image size ---- */
@@ -38,7 +39,7 @@ static size_t elf_size(const uint8_t *p) {
     return end <= MAX_IMAGE ? (size_t)end : 0;
 }
 
-static size_t image_size(const void **image) {
+size_t fgc_image_size(const void **image) {
     const uint8_t *p = (const uint8_t *)*image;
     uint32_t magic = rd32(p);
     if (magic == FATBIN_WRAPPER_MAGIC) {
@@ -60,19 +61,10 @@ static size_t image_size(const void **image) {
 static CUresult load(CUmodule *module, const void *image) {
     FGC_REQUIRE_INIT();
     if (!module || !image) return CUDA_ERROR_INVALID_VALUE;
-    size_t n = image_size(&image);
+    size_t n = fgc_image_size(&image);
     if (n == 0) return CUDA_ERROR_INVALID_IMAGE;
-    if (n > FG_DEFAULT_MAX_FRAME - 4096) {
-        static int logged;
-        return fgc_unsupported("cuModuleLoadData with an image larger than the frame limit", &logged);
-    }
-    fg_writer *w = fgc_begin(FG_OP_cuModuleLoadData);
-    if (!w) return fgc_last_error();
-    fg_put_u64(w, n);
-    fgc_put_external(image, n);
     uint64_t id = 0;
-    fgc_expect(&id, sizeof id);
-    CUresult r = fgc_sync();
+    CUresult r = fgc_image_load(FG_OP_cuModuleLoadData, image, n, NULL, 0, &id);
     if (r == CUDA_SUCCESS) *module = (CUmodule)(uintptr_t)id;
     return r;
 }
@@ -144,17 +136,45 @@ static void lay_put(uint64_t id, uint32_t n, uint32_t *off_size, const char *nam
     lays[i] = (layout){id, n, total, off_size, strdup(name)};
 }
 
-CUresult fgc_cuModuleGetFunction(CUfunction *hfunc, CUmodule hmod, const char *name) {
-    FGC_REQUIRE_INIT();
-    if (!hfunc || !name) return CUDA_ERROR_INVALID_VALUE;
+void fgc_layout_put(uint64_t id, uint32_t n, uint32_t *pairs, const char *name) {
+    pthread_mutex_lock(&lay_mu);
+    lay_put(id, n, pairs, name);
+    pthread_mutex_unlock(&lay_mu);
+}
+
+int fgc_layout_alias(uint64_t from, uint64_t to) {
+    pthread_mutex_lock(&lay_mu);
+    layout *l = lay_find(from);
+    uint32_t *pairs = l ? (uint32_t *)malloc(8ull * (l->n ? l->n : 1)) : NULL;
+    char *name = l && l->name ? strdup(l->name) : NULL;
+    if (pairs) {
+        memcpy(pairs, l->off_size, 8ull * l->n);
+        lay_put(to, l->n, pairs, name ? name : "");
+    }
+    pthread_mutex_unlock(&lay_mu);
+    free(name);
+    return pairs ? 0 : -1;
+}
+
+int fgc_layout_get(uint64_t id, uint32_t *n, uint32_t *total, uint32_t **pairs) {
+    pthread_mutex_lock(&lay_mu);
+    layout *l = lay_find(id);
+    int rc = -1;
+    if (l) {
+        *n = l->n;
+        *total = l->total;
+        *pairs = l->n ? (uint32_t *)malloc(8ull * l->n) : NULL;
+        if (*pairs) memcpy(*pairs, l->off_size, 8ull * l->n);
+        rc = (l->n && !*pairs) ? -2 : 0;
+    }
+    pthread_mutex_unlock(&lay_mu);
+    return rc;
+}
+
+CUresult fgc_sync_with_layout(uint64_t *id, const char *name) {
     uint32_t *info = (uint32_t *)malloc(8 + 8 * MAX_PARAMS);
     if (!info) return CUDA_ERROR_OUT_OF_MEMORY;
-    uint64_t id = 0;
-    fg_writer *w = fgc_begin(FG_OP_cuModuleGetFunction);
-    if (!w) { free(info); return fgc_last_error(); }
-    fgc_put_handle(w, hmod);
-    fgc_put_cstr(w, name);
-    fgc_expect(&id, sizeof id);
+    fgc_expect(id, sizeof *id);
     fgc_expect(info, 4 + 8 * MAX_PARAMS);
     size_t got = 0;
     CUresult r = fgc_sync_var(&got);
@@ -168,11 +188,21 @@ CUresult fgc_cuModuleGetFunction(CUfunction *hfunc, CUmodule hmod, const char *n
     if (!pairs) { free(info); return CUDA_ERROR_OUT_OF_MEMORY; }
     memcpy(pairs, info + 1, 8ull * n);
     free(info);
-    pthread_mutex_lock(&lay_mu);
-    lay_put(id, n, pairs, name);
-    pthread_mutex_unlock(&lay_mu);
-    *hfunc = (CUfunction)(uintptr_t)id;
+    fgc_layout_put(*id, n, pairs, name);
     return CUDA_SUCCESS;
+}
+
+CUresult fgc_cuModuleGetFunction(CUfunction *hfunc, CUmodule hmod, const char *name) {
+    FGC_REQUIRE_INIT();
+    if (!hfunc || !name) return CUDA_ERROR_INVALID_VALUE;
+    uint64_t id = 0;
+    fg_writer *w = fgc_begin(FG_OP_cuModuleGetFunction);
+    if (!w) return fgc_last_error();
+    fgc_put_handle(w, hmod);
+    fgc_put_cstr(w, name);
+    CUresult r = fgc_sync_with_layout(&id, name);
+    if (r == CUDA_SUCCESS) *hfunc = (CUfunction)(uintptr_t)id;
+    return r;
 }
 
 CUresult fgc_cuFuncGetParamInfo(CUfunction func, size_t paramIndex, size_t *paramOffset, size_t *paramSize) {
@@ -192,68 +222,6 @@ CUresult fgc_cuFuncGetParamInfo(CUfunction func, size_t paramIndex, size_t *para
     return r;
 }
 
-CUresult fgc_cuLaunchKernel(CUfunction f, unsigned int gx, unsigned int gy, unsigned int gz, unsigned int bx,
-                            unsigned int by, unsigned int bz, unsigned int shmem, CUstream hStream,
-                            void **kernelParams, void **extra) {
-    FGC_REQUIRE_INIT();
-    if (!f) return CUDA_ERROR_INVALID_HANDLE;
-    if (kernelParams && extra) return CUDA_ERROR_INVALID_VALUE;
-    /* Launch-configuration errors the driver reports at once are checked here too, so they are not
-     * deferred to the next sync call (limits of every supported GPU: 1024 threads per block). */
-    if (!gx || !gy || !gz || !bx || !by || !bz || gx > 0x7fffffffu || gy > 65535 || gz > 65535 || bx > 1024 ||
-        by > 1024 || bz > 64 || (uint64_t)bx * by * bz > 1024)
-        return CUDA_ERROR_INVALID_VALUE;
-    const void *ebuf = NULL;
-    size_t esize = 0;
-    if (extra) {
-        for (int i = 0; extra[i] != CU_LAUNCH_PARAM_END; i += 2) {
-            if (i > 64) return CUDA_ERROR_INVALID_VALUE;
-            if (extra[i] == CU_LAUNCH_PARAM_BUFFER_POINTER) ebuf = extra[i + 1];
-            else if (extra[i] == CU_LAUNCH_PARAM_BUFFER_SIZE) esize = extra[i + 1] ? *(size_t *)extra[i + 1] : 0;
-            else return CUDA_ERROR_INVALID_VALUE;
-        }
-        if (esize && !ebuf) return CUDA_ERROR_INVALID_VALUE;
-    }
-    pthread_mutex_lock(&lay_mu);
-    layout *l = lay_find(fgc_handle_id(f));
-    uint32_t n = l ? l->n : 0, total = l ? l->total : 0;
-    uint32_t pairs_local[64];
-    uint32_t *pairs = NULL;
-    if (l && kernelParams) {
-        pairs = n <= 32 ? pairs_local : (uint32_t *)malloc(8ull * n);
-        if (pairs) memcpy(pairs, l->off_size, 8ull * n);
-    }
-    pthread_mutex_unlock(&lay_mu);
-    if (!l) return CUDA_ERROR_INVALID_HANDLE;
-    if (kernelParams && n && !pairs) return CUDA_ERROR_OUT_OF_MEMORY;
-    if (!kernelParams && !extra && n) return CUDA_ERROR_INVALID_VALUE;
-    fg_writer *w = fgc_begin(FG_OP_cuLaunchKernel);
-    if (!w) {
-        if (pairs != pairs_local) free(pairs);
-        return fgc_last_error();
-    }
-    fgc_put_handle(w, f);
-    uint32_t dims[7] = {gx, gy, gz, bx, by, bz, shmem};
-    fg_put(w, dims, sizeof dims);
-    fgc_put_handle(w, hStream);
-    if (extra) {
-        fg_put_u32(w, (uint32_t)esize);
-        fg_put(w, ebuf, esize);
-    } else {
-        fg_put_u32(w, total);
-        uint8_t *dst = (uint8_t *)fg_put_space(w, total);
-        if (dst) {
-            memset(dst, 0, total);
-            for (uint32_t k = 0; k < n; k++) {
-                if (!kernelParams[k]) continue;
-                memcpy(dst + pairs[2 * k], kernelParams[k], pairs[2 * k + 1]);
-            }
-        }
-    }
-    if (pairs != pairs_local) free(pairs);
-    return fgc_async();
-}
-
 CUresult fgc_cuFuncGetName(const char **name, CUfunction hfunc) {
     FGC_REQUIRE_INIT();
     if (!name) return CUDA_ERROR_INVALID_VALUE;
@@ -263,3 +231,9 @@ CUresult fgc_cuFuncGetName(const char **name, CUfunction hfunc) {
     pthread_mutex_unlock(&lay_mu);
     return l && l->name ? CUDA_SUCCESS : CUDA_ERROR_INVALID_HANDLE;
 }
+
+CUresult fgc_cuKernelGetParamInfo(CUkernel kernel, size_t paramIndex, size_t *paramOffset, size_t *paramSize) {
+    return fgc_cuFuncGetParamInfo((CUfunction)kernel, paramIndex, paramOffset, paramSize);
+}
+
+CUresult fgc_cuKernelGetName(const char **name, CUkernel hfunc) { return fgc_cuFuncGetName(name, (CUfunction)hfunc); }

@@ -8,6 +8,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "fgc_image.h"
+
 static void json_str(FILE *f, const char *s) {
     fputc('"', f);
     for (; *s; s++) {
@@ -24,7 +26,7 @@ __attribute__((destructor)) static void fgc_write_proof(void) {
     if (!out) return;
     fprintf(out, "{\"pid\": %d, \"mapped\": [", (int)getpid());
     FILE *maps = fopen("/proc/self/maps", "r");
-    char line[4096], seen[32][512];
+    char line[4096], seen[128][512];
     int nseen = 0, first = 1;
     while (maps && fgets(line, sizeof line, maps)) {
         char *name = strchr(line, '/');
@@ -33,7 +35,7 @@ __attribute__((destructor)) static void fgc_write_proof(void) {
         if (!strstr(name, "libcuda") && !strstr(name, "nvidia")) continue;
         int dup = 0;
         for (int i = 0; i < nseen; i++) dup |= !strcmp(seen[i], name);
-        if (dup || nseen == 32) continue;
+        if (dup || nseen == 128) continue;
         snprintf(seen[nseen++], sizeof seen[0], "%s", name);
         if (!first) fputs(", ", out);
         json_str(out, name);
@@ -56,6 +58,6 @@ __attribute__((destructor)) static void fgc_write_proof(void) {
         first = 0;
     }
     if (d) closedir(d);
-    fputs("]}\n", out);
+    fprintf(out, "], \"image_bytes_sent\": %llu}\n", (unsigned long long)fgc_image_bytes_sent());
     fclose(out);
 }

@@ -35,6 +35,19 @@ void fgc_device_range_remove(uint64_t base) {
     pthread_mutex_unlock(&mu);
 }
 
+int fgc_device_range_find(uint64_t p, uint64_t *base, uint64_t *size) {
+    int hit = 0;
+    pthread_mutex_lock(&mu);
+    for (size_t i = 0; i < n_ranges && !hit; i++)
+        if (p >= ranges[i].base && p - ranges[i].base < ranges[i].size) {
+            hit = 1;
+            if (base) *base = ranges[i].base;
+            if (size) *size = ranges[i].size;
+        }
+    pthread_mutex_unlock(&mu);
+    return hit;
+}
+
 static int is_device(uint64_t p) {
     int hit = 0;
     pthread_mutex_lock(&mu);

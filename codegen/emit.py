@@ -77,7 +77,7 @@ def ops_py(m: Model) -> str:
 def _client_generic(o: Op) -> list[str]:
     body = []
     for w in o.wire:
-        if w.role in ("out", "handle_out", "outbuf", "cstr"):
+        if w.role in ("out", "handle_out", "outbuf", "cstr", "inout"):
             body.append(f"    if ({w.p.name} == NULL) return CUDA_ERROR_INVALID_VALUE;\n")
         if w.role == "outbuf":
             body.append(f"    if ({w.size_param} < 0 || {w.size_param} > {OUTBUF_CAP}) return CUDA_ERROR_INVALID_VALUE;\n")
@@ -90,6 +90,10 @@ def _client_generic(o: Op) -> list[str]:
             body.append(f"    fgc_put_handle(w, (const void *){n});\n")
         elif w.role == "cstr":
             body.append(f"    fgc_put_cstr(w, {n});\n")
+        elif w.role == "inref":
+            body.append(f"    {{ uint8_t has_ = {n} != NULL; fg_put(w, &has_, 1); if (has_) fg_put(w, {n}, sizeof(*{n})); }}\n")
+        elif w.role == "inout":
+            body.append(f"    fg_put(w, {n}, sizeof(*{n}));\n    fgc_expect({n}, sizeof(*{n}));\n")
         elif w.role == "out":
             body.append(f"    fgc_expect({n}, sizeof(*{n}));\n")
         elif w.role == "handle_out":
@@ -183,7 +187,7 @@ def server_api_c(m: Model) -> str:
     required = set(m.server_required)
     for fn in m.server_api:
         out.append(f'    *(void **)&api->{fn.name} = dlsym(dl, "{fn.name}");\n')
-        if fn.name in required or fn.name not in generic:
+        if fn.name in required or (fn.name not in generic and fn.name not in m.server_optional):
             out.append(f'    if (!api->{fn.name}) return "{fn.name}";\n')
     out.append("    return NULL;\n}\n")
     return "".join(out)
@@ -207,6 +211,15 @@ def _server_generic(o: Op) -> list[str]:
         elif w.role == "cstr":
             b.append(f"        const char *{n} = fgs_get_cstr(r);\n")
             call_args.append(n)
+        elif w.role == "inref":
+            b.append(f"        {p.pointee} v_{n};\n        memset(&v_{n}, 0, sizeof(v_{n}));\n")
+            b.append(f"        uint8_t has_{n} = 0;\n        fg_get(r, &has_{n}, 1);\n")
+            b.append(f"        if (has_{n}) fg_get(r, (void *)&v_{n}, sizeof(v_{n}));\n")
+            call_args.append(f"has_{n} ? &v_{n} : NULL")
+        elif w.role == "inout":
+            b.append(f"        {p.pointee} {n};\n        fg_get(r, (void *)&{n}, sizeof({n}));\n")
+            call_args.append(f"&{n}")
+            post.append(f"            fg_put(out, &{n}, sizeof({n}));\n")
         elif w.role == "out":
             b.append(f"        {p.pointee} {n};\n        memset(&{n}, 0, sizeof({n}));\n")
             call_args.append(f"&{n}")
@@ -244,6 +257,7 @@ def server_dispatch(m: Model) -> str:
            "CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out) {\n"
            "    (void)out;\n    switch (op) {\n"]
     out.append("    case FG_OP_SET_CTX: return fgs_set_ctx(S, r);\n    case FG_OP_PING: return CUDA_SUCCESS;\n")
+    out.append("    case FG_OP_IMAGE_CHUNK: return fgs_image_chunk(S, r);\n")
     for o in m.ops:
         if o.impl == "custom":
             out.append(f"    case FG_OP_{o.name}: return fgs_{o.name}(S, r, out);\n")

@@ -13,14 +13,14 @@ from .headers import HANDLE_TYPES, Function, Headers, Param
 
 HERE = Path(__file__).resolve().parent
 FIRST_GENERATED_OP = 16
-SPECIAL_OPS = {"FG_SET_CTX": (1, "async"), "FG_PING": (2, "sync")}
+SPECIAL_OPS = {"FG_SET_CTX": (1, "async"), "FG_PING": (2, "sync"), "FG_IMAGE_CHUNK": (3, "async")}
 OUTBUF_CAP = 4096
 
 
 @dataclass
 class WireParam:
     p: Param
-    role: str  # "in" | "handle_in" | "out" | "handle_out" | "outbuf" | "cstr"
+    role: str  # "in" | "handle_in" | "out" | "handle_out" | "outbuf" | "cstr" | "inref" | "inout"
     size_param: str = ""
 
 
@@ -52,6 +52,7 @@ class Model:
     client_impls: list[Function]
     server_api: list[Function]
     server_required: list[str]
+    server_optional: list[str]
     procaddr: list[tuple[str, int, str, str]]  # (name, version, default symbol, per-thread symbol)
     ops_hash: str
 
@@ -65,9 +66,15 @@ def _wire(fn: Function, ann: dict[str, object]) -> list[WireParam]:
     outs = set(ann.get("out", []))  # type: ignore[arg-type]
     outbuf: dict[str, str] = dict(ann.get("outbuf", {}))  # type: ignore[call-overload]
     cstrs = set(ann.get("cstr", []))  # type: ignore[arg-type]
+    inrefs = set(ann.get("inref", []))  # type: ignore[arg-type]
+    inouts = set(ann.get("inout", []))  # type: ignore[arg-type]
     wire = []
     for p in fn.params:
-        if p.name in outs:
+        if p.name in inrefs or p.name in inouts:
+            if p.kind != "pointer" or p.pointee_kind not in ("scalar", "struct"):
+                raise SystemExit(f"{fn.name}: inref/inout param {p.name} must point to a scalar or a plain struct")
+            wire.append(WireParam(p, "inref" if p.name in inrefs else "inout"))
+        elif p.name in outs:
             if p.kind != "pointer" or p.pointee_kind not in ("scalar", "handle", "struct"):
                 raise SystemExit(f"{fn.name}: out param {p.name} must point to a scalar, handle or struct")
             wire.append(WireParam(p, "handle_out" if p.pointee_kind == "handle" else "out"))
@@ -187,7 +194,8 @@ def build(h: Headers) -> Model:
                 continue
         exports.append(Export(name, fn, "unsupported"))
 
-    api_names = sorted({o.name for o in ops if o.impl == "generic"} | set(ann["server"]["api"]))  # type: ignore[index]
+    optional = set(ann["server"].get("optional", []))  # type: ignore[attr-defined]
+    api_names = sorted({o.name for o in ops if o.impl == "generic"} | set(ann["server"]["api"]) | optional)  # type: ignore[index]
     server_api = [h.internal[n] for n in api_names]
     digest = hashlib.sha256()
     for o in ops:
@@ -195,7 +203,14 @@ def build(h: Headers) -> Model:
     for s, (i, c) in SPECIAL_OPS.items():
         digest.update(f"{s}:{i}:{c};".encode())
     required = sorted(ann["server"]["api"])  # type: ignore[index]
-    return Model(h, exports, ops, client, server_api, required, _procaddr(h, export_set), digest.hexdigest()[:16])
+    # Optional entry points (hand-written replay code checks for NULL and answers fgs_missing) are declared
+    # generic here so fgs_api_load does not insist on them.
+    required_set = set(required)
+    for name in optional:
+        if name in required_set:
+            raise SystemExit(f"{name} is both required and optional in [server]")
+    return Model(h, exports, ops, client, server_api, required, sorted(optional), _procaddr(h, export_set),
+                 digest.hexdigest()[:16])
 
 
 def handle_kind(p: Param, pointee: bool = False) -> tuple[str, int]:

@@ -216,16 +216,20 @@ FGC_EXPORT CUresult CUDAAPI cuCtxDetach(CUcontext ctx) {
 }
 
 FGC_EXPORT CUresult CUDAAPI cuCtxDisablePeerAccess(CUcontext peerContext) {
-    (void)peerContext;
-    static int logged;
-    return fgc_unsupported("cuCtxDisablePeerAccess", &logged);
+    FGC_REQUIRE_INIT();
+    fg_writer *w = fgc_begin(FG_OP_cuCtxDisablePeerAccess);
+    if (!w) return fgc_last_error();
+    fgc_put_handle(w, (const void *)peerContext);
+    return fgc_sync();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuCtxEnablePeerAccess(CUcontext peerContext, unsigned int Flags) {
-    (void)peerContext;
-    (void)Flags;
-    static int logged;
-    return fgc_unsupported("cuCtxEnablePeerAccess", &logged);
+    FGC_REQUIRE_INIT();
+    fg_writer *w = fgc_begin(FG_OP_cuCtxEnablePeerAccess);
+    if (!w) return fgc_last_error();
+    fgc_put_handle(w, (const void *)peerContext);
+    fg_put(w, &Flags, sizeof(Flags));
+    return fgc_sync();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuCtxFromGreenCtx(CUcontext *pContext, CUgreenCtx hCtx) {
@@ -246,9 +250,12 @@ FGC_EXPORT CUresult CUDAAPI cuCtxGetApiVersion(CUcontext ctx, unsigned int *vers
 }
 
 FGC_EXPORT CUresult CUDAAPI cuCtxGetCacheConfig(CUfunc_cache *pconfig) {
-    (void)pconfig;
-    static int logged;
-    return fgc_unsupported("cuCtxGetCacheConfig", &logged);
+    FGC_REQUIRE_INIT();
+    if (pconfig == NULL) return CUDA_ERROR_INVALID_VALUE;
+    fg_writer *w = fgc_begin(FG_OP_cuCtxGetCacheConfig);
+    if (!w) return fgc_last_error();
+    fgc_expect(pconfig, sizeof(*pconfig));
+    return fgc_sync();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuCtxGetCurrent(CUcontext *pctx) {
@@ -265,10 +272,13 @@ FGC_EXPORT CUresult CUDAAPI cuCtxGetDevice(CUdevice *device) {
 }
 
 FGC_EXPORT CUresult CUDAAPI cuCtxGetDevice_v2(CUdevice *device, CUcontext ctx) {
-    (void)device;
-    (void)ctx;
-    static int logged;
-    return fgc_unsupported("cuCtxGetDevice_v2", &logged);
+    FGC_REQUIRE_INIT();
+    if (device == NULL) return CUDA_ERROR_INVALID_VALUE;
+    fg_writer *w = fgc_begin(FG_OP_cuCtxGetDevice_v2);
+    if (!w) return fgc_last_error();
+    fgc_expect(device, sizeof(*device));
+    fgc_put_handle(w, (const void *)ctx);
+    return fgc_sync();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuCtxGetDevResource(CUcontext hCtx, CUdevResource *resource, CUdevResourceType type) {
@@ -296,10 +306,13 @@ FGC_EXPORT CUresult CUDAAPI cuCtxGetFlags(unsigned int *flags) {
 }
 
 FGC_EXPORT CUresult CUDAAPI cuCtxGetId(CUcontext ctx, unsigned long long *ctxId) {
-    (void)ctx;
-    (void)ctxId;
-    static int logged;
-    return fgc_unsupported("cuCtxGetId", &logged);
+    FGC_REQUIRE_INIT();
+    if (ctxId == NULL) return CUDA_ERROR_INVALID_VALUE;
+    fg_writer *w = fgc_begin(FG_OP_cuCtxGetId);
+    if (!w) return fgc_last_error();
+    fgc_put_handle(w, (const void *)ctx);
+    fgc_expect(ctxId, sizeof(*ctxId));
+    return fgc_sync();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuCtxGetLimit(size_t *pvalue, CUlimit limit) {
@@ -313,9 +326,12 @@ FGC_EXPORT CUresult CUDAAPI cuCtxGetLimit(size_t *pvalue, CUlimit limit) {
 }
 
 FGC_EXPORT CUresult CUDAAPI cuCtxGetSharedMemConfig(CUsharedconfig *pConfig) {
-    (void)pConfig;
-    static int logged;
-    return fgc_unsupported("cuCtxGetSharedMemConfig", &logged);
+    FGC_REQUIRE_INIT();
+    if (pConfig == NULL) return CUDA_ERROR_INVALID_VALUE;
+    fg_writer *w = fgc_begin(FG_OP_cuCtxGetSharedMemConfig);
+    if (!w) return fgc_last_error();
+    fgc_expect(pConfig, sizeof(*pConfig));
+    return fgc_sync();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuCtxGetStreamPriorityRange(int *leastPriority, int *greatestPriority) {
@@ -353,14 +369,18 @@ FGC_EXPORT CUresult CUDAAPI cuCtxRecordEvent(CUcontext hCtx, CUevent hEvent) {
 }
 
 FGC_EXPORT CUresult CUDAAPI cuCtxResetPersistingL2Cache(void) {
-    static int logged;
-    return fgc_unsupported("cuCtxResetPersistingL2Cache", &logged);
+    FGC_REQUIRE_INIT();
+    fg_writer *w = fgc_begin(FG_OP_cuCtxResetPersistingL2Cache);
+    if (!w) return fgc_last_error();
+    return fgc_sync();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuCtxSetCacheConfig(CUfunc_cache config) {
-    (void)config;
-    static int logged;
-    return fgc_unsupported("cuCtxSetCacheConfig", &logged);
+    FGC_REQUIRE_INIT();
+    fg_writer *w = fgc_begin(FG_OP_cuCtxSetCacheConfig);
+    if (!w) return fgc_last_error();
+    fg_put(w, &config, sizeof(config));
+    return fgc_sync();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuCtxSetCurrent(CUcontext ctx) {
@@ -368,9 +388,11 @@ FGC_EXPORT CUresult CUDAAPI cuCtxSetCurrent(CUcontext ctx) {
 }
 
 FGC_EXPORT CUresult CUDAAPI cuCtxSetFlags(unsigned int flags) {
-    (void)flags;
-    static int logged;
-    return fgc_unsupported("cuCtxSetFlags", &logged);
+    FGC_REQUIRE_INIT();
+    fg_writer *w = fgc_begin(FG_OP_cuCtxSetFlags);
+    if (!w) return fgc_last_error();
+    fg_put(w, &flags, sizeof(flags));
+    return fgc_sync();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuCtxSetLimit(CUlimit limit, size_t value) {
@@ -383,9 +405,11 @@ FGC_EXPORT CUresult CUDAAPI cuCtxSetLimit(CUlimit limit, size_t value) {
 }
 
 FGC_EXPORT CUresult CUDAAPI cuCtxSetSharedMemConfig(CUsharedconfig config) {
-    (void)config;
-    static int logged;
-    return fgc_unsupported("cuCtxSetSharedMemConfig", &logged);
+    FGC_REQUIRE_INIT();
+    fg_writer *w = fgc_begin(FG_OP_cuCtxSetSharedMemConfig);
+    if (!w) return fgc_last_error();
+    fg_put(w, &config, sizeof(config));
+    return fgc_sync();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuCtxSynchronize(void) {
@@ -396,9 +420,11 @@ FGC_EXPORT CUresult CUDAAPI cuCtxSynchronize(void) {
 }
 
 FGC_EXPORT CUresult CUDAAPI cuCtxSynchronize_v2(CUcontext ctx) {
-    (void)ctx;
-    static int logged;
-    return fgc_unsupported("cuCtxSynchronize_v2", &logged);
+    FGC_REQUIRE_INIT();
+    fg_writer *w = fgc_begin(FG_OP_cuCtxSynchronize_v2);
+    if (!w) return fgc_last_error();
+    fgc_put_handle(w, (const void *)ctx);
+    return fgc_sync();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuCtxWaitEvent(CUcontext hCtx, CUevent hEvent) {
@@ -586,11 +612,14 @@ FGC_EXPORT CUresult CUDAAPI cuDestroyExternalSemaphore(CUexternalSemaphore extSe
 }
 
 FGC_EXPORT CUresult CUDAAPI cuDeviceCanAccessPeer(int *canAccessPeer, CUdevice dev, CUdevice peerDev) {
-    (void)canAccessPeer;
-    (void)dev;
-    (void)peerDev;
-    static int logged;
-    return fgc_unsupported("cuDeviceCanAccessPeer", &logged);
+    FGC_REQUIRE_INIT();
+    if (canAccessPeer == NULL) return CUDA_ERROR_INVALID_VALUE;
+    fg_writer *w = fgc_begin(FG_OP_cuDeviceCanAccessPeer);
+    if (!w) return fgc_last_error();
+    fgc_expect(canAccessPeer, sizeof(*canAccessPeer));
+    fg_put(w, &dev, sizeof(dev));
+    fg_put(w, &peerDev, sizeof(peerDev));
+    return fgc_sync();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuDeviceComputeCapability(int *major, int *minor, CUdevice dev) {
@@ -627,10 +656,14 @@ FGC_EXPORT CUresult CUDAAPI cuDeviceGetAttribute(int *pi, CUdevice_attribute att
 }
 
 FGC_EXPORT CUresult CUDAAPI cuDeviceGetByPCIBusId(CUdevice *dev, const char *pciBusId) {
-    (void)dev;
-    (void)pciBusId;
-    static int logged;
-    return fgc_unsupported("cuDeviceGetByPCIBusId", &logged);
+    FGC_REQUIRE_INIT();
+    if (dev == NULL) return CUDA_ERROR_INVALID_VALUE;
+    if (pciBusId == NULL) return CUDA_ERROR_INVALID_VALUE;
+    fg_writer *w = fgc_begin(FG_OP_cuDeviceGetByPCIBusId);
+    if (!w) return fgc_last_error();
+    fgc_expect(dev, sizeof(*dev));
+    fgc_put_cstr(w, pciBusId);
+    return fgc_sync();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuDeviceGetCount(int *count) {
@@ -643,10 +676,13 @@ FGC_EXPORT CUresult CUDAAPI cuDeviceGetCount(int *count) {
 }
 
 FGC_EXPORT CUresult CUDAAPI cuDeviceGetDefaultMemPool(CUmemoryPool *pool_out, CUdevice dev) {
-    (void)pool_out;
-    (void)dev;
-    static int logged;
-    return fgc_unsupported("cuDeviceGetDefaultMemPool", &logged);
+    FGC_REQUIRE_INIT();
+    if (pool_out == NULL) return CUDA_ERROR_INVALID_VALUE;
+    fg_writer *w = fgc_begin(FG_OP_cuDeviceGetDefaultMemPool);
+    if (!w) return fgc_last_error();
+    fgc_expect(pool_out, sizeof(uint64_t));
+    fg_put(w, &dev, sizeof(dev));
+    return fgc_sync();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuDeviceGetDevResource(CUdevice device, CUdevResource *resource, CUdevResourceType type) {
@@ -691,10 +727,13 @@ FGC_EXPORT CUresult CUDAAPI cuDeviceGetLuid(char *luid, unsigned int *deviceNode
 }
 
 FGC_EXPORT CUresult CUDAAPI cuDeviceGetMemPool(CUmemoryPool *pool, CUdevice dev) {
-    (void)pool;
-    (void)dev;
-    static int logged;
-    return fgc_unsupported("cuDeviceGetMemPool", &logged);
+    FGC_REQUIRE_INIT();
+    if (pool == NULL) return CUDA_ERROR_INVALID_VALUE;
+    fg_writer *w = fgc_begin(FG_OP_cuDeviceGetMemPool);
+    if (!w) return fgc_last_error();
+    fgc_expect(pool, sizeof(uint64_t));
+    fg_put(w, &dev, sizeof(dev));
+    return fgc_sync();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuDeviceGetName(char *name, int len, CUdevice dev) {
@@ -728,12 +767,15 @@ FGC_EXPORT CUresult CUDAAPI cuDeviceGetP2PAtomicCapabilities(unsigned int *capab
 }
 
 FGC_EXPORT CUresult CUDAAPI cuDeviceGetP2PAttribute(int *value, CUdevice_P2PAttribute attrib, CUdevice srcDevice, CUdevice dstDevice) {
-    (void)value;
-    (void)attrib;
-    (void)srcDevice;
-    (void)dstDevice;
-    static int logged;
-    return fgc_unsupported("cuDeviceGetP2PAttribute", &logged);
+    FGC_REQUIRE_INIT();
+    if (value == NULL) return CUDA_ERROR_INVALID_VALUE;
+    fg_writer *w = fgc_begin(FG_OP_cuDeviceGetP2PAttribute);
+    if (!w) return fgc_last_error();
+    fgc_expect(value, sizeof(*value));
+    fg_put(w, &attrib, sizeof(attrib));
+    fg_put(w, &srcDevice, sizeof(srcDevice));
+    fg_put(w, &dstDevice, sizeof(dstDevice));
+    return fgc_sync();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuDeviceGetPCIBusId(char *pciBusId, int len, CUdevice dev) {
@@ -756,12 +798,15 @@ FGC_EXPORT CUresult CUDAAPI cuDeviceGetProperties(CUdevprop *prop, CUdevice dev)
 }
 
 FGC_EXPORT CUresult CUDAAPI cuDeviceGetTexture1DLinearMaxWidth(size_t *maxWidthInElements, CUarray_format format, unsigned int numChannels, CUdevice dev) {
-    (void)maxWidthInElements;
-    (void)format;
-    (void)numChannels;
-    (void)dev;
-    static int logged;
-    return fgc_unsupported("cuDeviceGetTexture1DLinearMaxWidth", &logged);
+    FGC_REQUIRE_INIT();
+    if (maxWidthInElements == NULL) return CUDA_ERROR_INVALID_VALUE;
+    fg_writer *w = fgc_begin(FG_OP_cuDeviceGetTexture1DLinearMaxWidth);
+    if (!w) return fgc_last_error();
+    fgc_expect(maxWidthInElements, sizeof(*maxWidthInElements));
+    fg_put(w, &format, sizeof(format));
+    fg_put(w, &numChannels, sizeof(numChannels));
+    fg_put(w, &dev, sizeof(dev));
+    return fgc_sync();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuDeviceGetUuid(CUuuid *uuid, CUdevice dev) {
@@ -861,10 +906,12 @@ FGC_EXPORT CUresult CUDAAPI cuDeviceSetGraphMemAttribute(CUdevice device, CUgrap
 }
 
 FGC_EXPORT CUresult CUDAAPI cuDeviceSetMemPool(CUdevice dev, CUmemoryPool pool) {
-    (void)dev;
-    (void)pool;
-    static int logged;
-    return fgc_unsupported("cuDeviceSetMemPool", &logged);
+    FGC_REQUIRE_INIT();
+    fg_writer *w = fgc_begin(FG_OP_cuDeviceSetMemPool);
+    if (!w) return fgc_last_error();
+    fg_put(w, &dev, sizeof(dev));
+    fgc_put_handle(w, (const void *)pool);
+    return fgc_sync();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuDeviceTotalMem(unsigned int *bytes, CUdevice dev) {
@@ -1079,10 +1126,13 @@ FGC_EXPORT CUresult CUDAAPI cuFuncGetAttribute(int *pi, CUfunction_attribute att
 }
 
 FGC_EXPORT CUresult CUDAAPI cuFuncGetModule(CUmodule *hmod, CUfunction hfunc) {
-    (void)hmod;
-    (void)hfunc;
-    static int logged;
-    return fgc_unsupported("cuFuncGetModule", &logged);
+    FGC_REQUIRE_INIT();
+    if (hmod == NULL) return CUDA_ERROR_INVALID_VALUE;
+    fg_writer *w = fgc_begin(FG_OP_cuFuncGetModule);
+    if (!w) return fgc_last_error();
+    fgc_expect(hmod, sizeof(uint64_t));
+    fgc_put_handle(w, (const void *)hfunc);
+    return fgc_sync();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuFuncGetName(const char **name, CUfunction hfunc) {
@@ -1094,16 +1144,21 @@ FGC_EXPORT CUresult CUDAAPI cuFuncGetParamInfo(CUfunction func, size_t paramInde
 }
 
 FGC_EXPORT CUresult CUDAAPI cuFuncIsLoaded(CUfunctionLoadingState *state, CUfunction function) {
-    (void)state;
-    (void)function;
-    static int logged;
-    return fgc_unsupported("cuFuncIsLoaded", &logged);
+    FGC_REQUIRE_INIT();
+    if (state == NULL) return CUDA_ERROR_INVALID_VALUE;
+    fg_writer *w = fgc_begin(FG_OP_cuFuncIsLoaded);
+    if (!w) return fgc_last_error();
+    fgc_expect(state, sizeof(*state));
+    fgc_put_handle(w, (const void *)function);
+    return fgc_sync();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuFuncLoad(CUfunction function) {
-    (void)function;
-    static int logged;
-    return fgc_unsupported("cuFuncLoad", &logged);
+    FGC_REQUIRE_INIT();
+    fg_writer *w = fgc_begin(FG_OP_cuFuncLoad);
+    if (!w) return fgc_last_error();
+    fgc_put_handle(w, (const void *)function);
+    return fgc_sync();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuFuncSetAttribute(CUfunction hfunc, CUfunction_attribute attrib, int value) {
@@ -1135,10 +1190,12 @@ FGC_EXPORT CUresult CUDAAPI cuFuncSetCacheConfig(CUfunction hfunc, CUfunc_cache 
 }
 
 FGC_EXPORT CUresult CUDAAPI cuFuncSetSharedMemConfig(CUfunction hfunc, CUsharedconfig config) {
-    (void)hfunc;
-    (void)config;
-    static int logged;
-    return fgc_unsupported("cuFuncSetSharedMemConfig", &logged);
+    FGC_REQUIRE_INIT();
+    fg_writer *w = fgc_begin(FG_OP_cuFuncSetSharedMemConfig);
+    if (!w) return fgc_last_error();
+    fgc_put_handle(w, (const void *)hfunc);
+    fg_put(w, &config, sizeof(config));
+    return fgc_sync();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuFuncSetSharedSize(CUfunction hfunc, unsigned int bytes) {
@@ -1468,10 +1525,13 @@ FGC_EXPORT CUresult CUDAAPI cuGraphConditionalHandleCreate(CUgraphConditionalHan
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphCreate(CUgraph *phGraph, unsigned int flags) {
-    (void)phGraph;
-    (void)flags;
-    static int logged;
-    return fgc_unsupported("cuGraphCreate", &logged);
+    FGC_REQUIRE_INIT();
+    if (phGraph == NULL) return CUDA_ERROR_INVALID_VALUE;
+    fg_writer *w = fgc_begin(FG_OP_cuGraphCreate);
+    if (!w) return fgc_last_error();
+    fgc_expect(phGraph, sizeof(uint64_t));
+    fg_put(w, &flags, sizeof(flags));
+    return fgc_sync();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphDebugDotPrint(CUgraph hGraph, const char *path, unsigned int flags) {
@@ -1483,9 +1543,11 @@ FGC_EXPORT CUresult CUDAAPI cuGraphDebugDotPrint(CUgraph hGraph, const char *pat
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphDestroy(CUgraph hGraph) {
-    (void)hGraph;
-    static int logged;
-    return fgc_unsupported("cuGraphDestroy", &logged);
+    FGC_REQUIRE_INIT();
+    fg_writer *w = fgc_begin(FG_OP_cuGraphDestroy);
+    if (!w) return fgc_last_error();
+    fgc_put_handle(w, (const void *)hGraph);
+    return fgc_sync();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphDestroyNode(CUgraphNode hNode) {
@@ -1539,9 +1601,11 @@ FGC_EXPORT CUresult CUDAAPI cuGraphExecChildGraphNodeSetParams(CUgraphExec hGrap
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphExecDestroy(CUgraphExec hGraphExec) {
-    (void)hGraphExec;
-    static int logged;
-    return fgc_unsupported("cuGraphExecDestroy", &logged);
+    FGC_REQUIRE_INIT();
+    fg_writer *w = fgc_begin(FG_OP_cuGraphExecDestroy);
+    if (!w) return fgc_last_error();
+    fgc_put_handle(w, (const void *)hGraphExec);
+    return fgc_sync();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphExecEventRecordNodeSetEvent(CUgraphExec hGraphExec, CUgraphNode hNode, CUevent event) {
@@ -1862,11 +1926,14 @@ FGC_EXPORT CUresult CUDAAPI cuGraphInstantiate_v2(CUgraphExec *phGraphExec, CUgr
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphInstantiateWithFlags(CUgraphExec *phGraphExec, CUgraph hGraph, unsigned long long flags) {
-    (void)phGraphExec;
-    (void)hGraph;
-    (void)flags;
-    static int logged;
-    return fgc_unsupported("cuGraphInstantiateWithFlags", &logged);
+    FGC_REQUIRE_INIT();
+    if (phGraphExec == NULL) return CUDA_ERROR_INVALID_VALUE;
+    fg_writer *w = fgc_begin(FG_OP_cuGraphInstantiateWithFlags);
+    if (!w) return fgc_last_error();
+    fgc_expect(phGraphExec, sizeof(uint64_t));
+    fgc_put_handle(w, (const void *)hGraph);
+    fg_put(w, &flags, sizeof(flags));
+    return fgc_sync();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphInstantiateWithParams(CUgraphExec *phGraphExec, CUgraph hGraph, CUDA_GRAPH_INSTANTIATE_PARAMS *instantiateParams) {
@@ -1937,17 +2004,16 @@ FGC_EXPORT CUresult CUDAAPI cuGraphKernelNodeSetParams_v2(CUgraphNode hNode, con
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphLaunch(CUgraphExec hGraph, CUstream hStream) {
-    (void)hGraph;
-    (void)hStream;
-    static int logged;
-    return fgc_unsupported("cuGraphLaunch", &logged);
+    FGC_REQUIRE_INIT();
+    fg_writer *w = fgc_begin(FG_OP_cuGraphLaunch);
+    if (!w) return fgc_last_error();
+    fgc_put_handle(w, (const void *)hGraph);
+    fgc_put_handle(w, (const void *)hStream);
+    return fgc_async();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphLaunch_ptsz(CUgraphExec hGraphExec, CUstream hStream) {
-    (void)hGraphExec;
-    (void)hStream;
-    static int logged;
-    return fgc_unsupported("cuGraphLaunch_ptsz", &logged);
+    return cuGraphLaunch(hGraphExec, fgc_ptsz_stream(hStream));
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphMemAllocNodeGetParams(CUgraphNode hNode, CUDA_MEM_ALLOC_NODE_PARAMS *params_out) {
@@ -2101,17 +2167,16 @@ FGC_EXPORT CUresult CUDAAPI cuGraphRetainUserObject(CUgraph graph, CUuserObject 
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphUpload(CUgraphExec hGraph, CUstream hStream) {
-    (void)hGraph;
-    (void)hStream;
-    static int logged;
-    return fgc_unsupported("cuGraphUpload", &logged);
+    FGC_REQUIRE_INIT();
+    fg_writer *w = fgc_begin(FG_OP_cuGraphUpload);
+    if (!w) return fgc_last_error();
+    fgc_put_handle(w, (const void *)hGraph);
+    fgc_put_handle(w, (const void *)hStream);
+    return fgc_async();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphUpload_ptsz(CUgraphExec hGraphExec, CUstream hStream) {
-    (void)hGraphExec;
-    (void)hStream;
-    static int logged;
-    return fgc_unsupported("cuGraphUpload_ptsz", &logged);
+    return cuGraphUpload(hGraphExec, fgc_ptsz_stream(hStream));
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGreenCtxCreate(CUgreenCtx *phCtx, CUdevResourceDesc desc, CUdevice dev, unsigned int flags) {
@@ -2229,59 +2294,58 @@ FGC_EXPORT CUresult CUDAAPI cuIpcOpenMemHandle_v2(CUdeviceptr *pdptr, CUipcMemHa
 }
 
 FGC_EXPORT CUresult CUDAAPI cuKernelGetAttribute(int *pi, CUfunction_attribute attrib, CUkernel kernel, CUdevice dev) {
-    (void)pi;
-    (void)attrib;
-    (void)kernel;
-    (void)dev;
-    static int logged;
-    return fgc_unsupported("cuKernelGetAttribute", &logged);
+    FGC_REQUIRE_INIT();
+    if (pi == NULL) return CUDA_ERROR_INVALID_VALUE;
+    fg_writer *w = fgc_begin(FG_OP_cuKernelGetAttribute);
+    if (!w) return fgc_last_error();
+    fgc_expect(pi, sizeof(*pi));
+    fg_put(w, &attrib, sizeof(attrib));
+    fgc_put_handle(w, (const void *)kernel);
+    fg_put(w, &dev, sizeof(dev));
+    return fgc_sync();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuKernelGetFunction(CUfunction *pFunc, CUkernel kernel) {
-    (void)pFunc;
-    (void)kernel;
-    static int logged;
-    return fgc_unsupported("cuKernelGetFunction", &logged);
+    return fgc_cuKernelGetFunction(pFunc, kernel);
 }
 
 FGC_EXPORT CUresult CUDAAPI cuKernelGetLibrary(CUlibrary *pLib, CUkernel kernel) {
-    (void)pLib;
-    (void)kernel;
-    static int logged;
-    return fgc_unsupported("cuKernelGetLibrary", &logged);
+    FGC_REQUIRE_INIT();
+    if (pLib == NULL) return CUDA_ERROR_INVALID_VALUE;
+    fg_writer *w = fgc_begin(FG_OP_cuKernelGetLibrary);
+    if (!w) return fgc_last_error();
+    fgc_expect(pLib, sizeof(uint64_t));
+    fgc_put_handle(w, (const void *)kernel);
+    return fgc_sync();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuKernelGetName(const char **name, CUkernel hfunc) {
-    (void)name;
-    (void)hfunc;
-    static int logged;
-    return fgc_unsupported("cuKernelGetName", &logged);
+    return fgc_cuKernelGetName(name, hfunc);
 }
 
 FGC_EXPORT CUresult CUDAAPI cuKernelGetParamInfo(CUkernel kernel, size_t paramIndex, size_t *paramOffset, size_t *paramSize) {
-    (void)kernel;
-    (void)paramIndex;
-    (void)paramOffset;
-    (void)paramSize;
-    static int logged;
-    return fgc_unsupported("cuKernelGetParamInfo", &logged);
+    return fgc_cuKernelGetParamInfo(kernel, paramIndex, paramOffset, paramSize);
 }
 
 FGC_EXPORT CUresult CUDAAPI cuKernelSetAttribute(CUfunction_attribute attrib, int val, CUkernel kernel, CUdevice dev) {
-    (void)attrib;
-    (void)val;
-    (void)kernel;
-    (void)dev;
-    static int logged;
-    return fgc_unsupported("cuKernelSetAttribute", &logged);
+    FGC_REQUIRE_INIT();
+    fg_writer *w = fgc_begin(FG_OP_cuKernelSetAttribute);
+    if (!w) return fgc_last_error();
+    fg_put(w, &attrib, sizeof(attrib));
+    fg_put(w, &val, sizeof(val));
+    fgc_put_handle(w, (const void *)kernel);
+    fg_put(w, &dev, sizeof(dev));
+    return fgc_sync();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuKernelSetCacheConfig(CUkernel kernel, CUfunc_cache config, CUdevice dev) {
-    (void)kernel;
-    (void)config;
-    (void)dev;
-    static int logged;
-    return fgc_unsupported("cuKernelSetCacheConfig", &logged);
+    FGC_REQUIRE_INIT();
+    fg_writer *w = fgc_begin(FG_OP_cuKernelSetCacheConfig);
+    if (!w) return fgc_last_error();
+    fgc_put_handle(w, (const void *)kernel);
+    fg_put(w, &config, sizeof(config));
+    fg_put(w, &dev, sizeof(dev));
+    return fgc_sync();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuLaunch(CUfunction f) {
@@ -2291,18 +2355,7 @@ FGC_EXPORT CUresult CUDAAPI cuLaunch(CUfunction f) {
 }
 
 FGC_EXPORT CUresult CUDAAPI cuLaunchCooperativeKernel(CUfunction f, unsigned int gridDimX, unsigned int gridDimY, unsigned int gridDimZ, unsigned int blockDimX, unsigned int blockDimY, unsigned int blockDimZ, unsigned int sharedMemBytes, CUstream hStream, void **kernelParams) {
-    (void)f;
-    (void)gridDimX;
-    (void)gridDimY;
-    (void)gridDimZ;
-    (void)blockDimX;
-    (void)blockDimY;
-    (void)blockDimZ;
-    (void)sharedMemBytes;
-    (void)hStream;
-    (void)kernelParams;
-    static int logged;
-    return fgc_unsupported("cuLaunchCooperativeKernel", &logged);
+    return fgc_cuLaunchCooperativeKernel(f, gridDimX, gridDimY, gridDimZ, blockDimX, blockDimY, blockDimZ, sharedMemBytes, hStream, kernelParams);
 }
 
 FGC_EXPORT CUresult CUDAAPI cuLaunchCooperativeKernelMultiDevice(CUDA_LAUNCH_PARAMS *launchParamsList, unsigned int numDevices, unsigned int flags) {
@@ -2314,18 +2367,7 @@ FGC_EXPORT CUresult CUDAAPI cuLaunchCooperativeKernelMultiDevice(CUDA_LAUNCH_PAR
 }
 
 FGC_EXPORT CUresult CUDAAPI cuLaunchCooperativeKernel_ptsz(CUfunction f, unsigned int gridDimX, unsigned int gridDimY, unsigned int gridDimZ, unsigned int blockDimX, unsigned int blockDimY, unsigned int blockDimZ, unsigned int sharedMemBytes, CUstream hStream, void **kernelParams) {
-    (void)f;
-    (void)gridDimX;
-    (void)gridDimY;
-    (void)gridDimZ;
-    (void)blockDimX;
-    (void)blockDimY;
-    (void)blockDimZ;
-    (void)sharedMemBytes;
-    (void)hStream;
-    (void)kernelParams;
-    static int logged;
-    return fgc_unsupported("cuLaunchCooperativeKernel_ptsz", &logged);
+    return cuLaunchCooperativeKernel(f, gridDimX, gridDimY, gridDimZ, blockDimX, blockDimY, blockDimZ, sharedMemBytes, fgc_ptsz_stream(hStream), kernelParams);
 }
 
 FGC_EXPORT CUresult CUDAAPI cuLaunchGrid(CUfunction f, int grid_width, int grid_height) {
@@ -2346,19 +2388,11 @@ FGC_EXPORT CUresult CUDAAPI cuLaunchGridAsync(CUfunction f, int grid_width, int 
 }
 
 FGC_EXPORT CUresult CUDAAPI cuLaunchHostFunc(CUstream hStream, CUhostFn fn, void *userData) {
-    (void)hStream;
-    (void)fn;
-    (void)userData;
-    static int logged;
-    return fgc_unsupported("cuLaunchHostFunc", &logged);
+    return fgc_cuLaunchHostFunc(hStream, fn, userData);
 }
 
 FGC_EXPORT CUresult CUDAAPI cuLaunchHostFunc_ptsz(CUstream hStream, CUhostFn fn, void *userData) {
-    (void)hStream;
-    (void)fn;
-    (void)userData;
-    static int logged;
-    return fgc_unsupported("cuLaunchHostFunc_ptsz", &logged);
+    return cuLaunchHostFunc(fgc_ptsz_stream(hStream), fn, userData);
 }
 
 FGC_EXPORT CUresult CUDAAPI cuLaunchKernel(CUfunction f, unsigned int gridDimX, unsigned int gridDimY, unsigned int gridDimZ, unsigned int blockDimX, unsigned int blockDimY, unsigned int blockDimZ, unsigned int sharedMemBytes, CUstream hStream, void **kernelParams, void **extra) {
@@ -2366,21 +2400,11 @@ FGC_EXPORT CUresult CUDAAPI cuLaunchKernel(CUfunction f, unsigned int gridDimX, 
 }
 
 FGC_EXPORT CUresult CUDAAPI cuLaunchKernelEx(const CUlaunchConfig *config, CUfunction f, void **kernelParams, void **extra) {
-    (void)config;
-    (void)f;
-    (void)kernelParams;
-    (void)extra;
-    static int logged;
-    return fgc_unsupported("cuLaunchKernelEx", &logged);
+    return fgc_cuLaunchKernelEx(config, f, kernelParams, extra);
 }
 
 FGC_EXPORT CUresult CUDAAPI cuLaunchKernelEx_ptsz(const CUlaunchConfig *config, CUfunction f, void **kernelParams, void **extra) {
-    (void)config;
-    (void)f;
-    (void)kernelParams;
-    (void)extra;
-    static int logged;
-    return fgc_unsupported("cuLaunchKernelEx_ptsz", &logged);
+    return cuLaunchKernelEx(config, f, kernelParams, extra);
 }
 
 FGC_EXPORT CUresult CUDAAPI cuLaunchKernel_ptsz(CUfunction f, unsigned int gridDimX, unsigned int gridDimY, unsigned int gridDimZ, unsigned int blockDimX, unsigned int blockDimY, unsigned int blockDimZ, unsigned int sharedMemBytes, CUstream hStream, void **kernelParams, void **extra) {
@@ -2396,27 +2420,31 @@ FGC_EXPORT CUresult CUDAAPI cuLibraryEnumerateKernels(CUkernel *kernels, unsigne
 }
 
 FGC_EXPORT CUresult CUDAAPI cuLibraryGetGlobal(CUdeviceptr *dptr, size_t *bytes, CUlibrary library, const char *name) {
-    (void)dptr;
-    (void)bytes;
-    (void)library;
-    (void)name;
-    static int logged;
-    return fgc_unsupported("cuLibraryGetGlobal", &logged);
+    FGC_REQUIRE_INIT();
+    if (dptr == NULL) return CUDA_ERROR_INVALID_VALUE;
+    if (bytes == NULL) return CUDA_ERROR_INVALID_VALUE;
+    if (name == NULL) return CUDA_ERROR_INVALID_VALUE;
+    fg_writer *w = fgc_begin(FG_OP_cuLibraryGetGlobal);
+    if (!w) return fgc_last_error();
+    fgc_expect(dptr, sizeof(*dptr));
+    fgc_expect(bytes, sizeof(*bytes));
+    fgc_put_handle(w, (const void *)library);
+    fgc_put_cstr(w, name);
+    return fgc_sync();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuLibraryGetKernel(CUkernel *pKernel, CUlibrary library, const char *name) {
-    (void)pKernel;
-    (void)library;
-    (void)name;
-    static int logged;
-    return fgc_unsupported("cuLibraryGetKernel", &logged);
+    return fgc_cuLibraryGetKernel(pKernel, library, name);
 }
 
 FGC_EXPORT CUresult CUDAAPI cuLibraryGetKernelCount(unsigned int *count, CUlibrary lib) {
-    (void)count;
-    (void)lib;
-    static int logged;
-    return fgc_unsupported("cuLibraryGetKernelCount", &logged);
+    FGC_REQUIRE_INIT();
+    if (count == NULL) return CUDA_ERROR_INVALID_VALUE;
+    fg_writer *w = fgc_begin(FG_OP_cuLibraryGetKernelCount);
+    if (!w) return fgc_last_error();
+    fgc_expect(count, sizeof(*count));
+    fgc_put_handle(w, (const void *)lib);
+    return fgc_sync();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuLibraryGetManaged(CUdeviceptr *dptr, size_t *bytes, CUlibrary library, const char *name) {
@@ -2429,10 +2457,13 @@ FGC_EXPORT CUresult CUDAAPI cuLibraryGetManaged(CUdeviceptr *dptr, size_t *bytes
 }
 
 FGC_EXPORT CUresult CUDAAPI cuLibraryGetModule(CUmodule *pMod, CUlibrary library) {
-    (void)pMod;
-    (void)library;
-    static int logged;
-    return fgc_unsupported("cuLibraryGetModule", &logged);
+    FGC_REQUIRE_INIT();
+    if (pMod == NULL) return CUDA_ERROR_INVALID_VALUE;
+    fg_writer *w = fgc_begin(FG_OP_cuLibraryGetModule);
+    if (!w) return fgc_last_error();
+    fgc_expect(pMod, sizeof(uint64_t));
+    fgc_put_handle(w, (const void *)library);
+    return fgc_sync();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuLibraryGetUnifiedFunction(void **fptr, CUlibrary library, const char *symbol) {
@@ -2444,35 +2475,19 @@ FGC_EXPORT CUresult CUDAAPI cuLibraryGetUnifiedFunction(void **fptr, CUlibrary l
 }
 
 FGC_EXPORT CUresult CUDAAPI cuLibraryLoadData(CUlibrary *library, const void *code, CUjit_option *jitOptions, void **jitOptionsValues, unsigned int numJitOptions, CUlibraryOption *libraryOptions, void **libraryOptionValues, unsigned int numLibraryOptions) {
-    (void)library;
-    (void)code;
-    (void)jitOptions;
-    (void)jitOptionsValues;
-    (void)numJitOptions;
-    (void)libraryOptions;
-    (void)libraryOptionValues;
-    (void)numLibraryOptions;
-    static int logged;
-    return fgc_unsupported("cuLibraryLoadData", &logged);
+    return fgc_cuLibraryLoadData(library, code, jitOptions, jitOptionsValues, numJitOptions, libraryOptions, libraryOptionValues, numLibraryOptions);
 }
 
 FGC_EXPORT CUresult CUDAAPI cuLibraryLoadFromFile(CUlibrary *library, const char *fileName, CUjit_option *jitOptions, void **jitOptionsValues, unsigned int numJitOptions, CUlibraryOption *libraryOptions, void **libraryOptionValues, unsigned int numLibraryOptions) {
-    (void)library;
-    (void)fileName;
-    (void)jitOptions;
-    (void)jitOptionsValues;
-    (void)numJitOptions;
-    (void)libraryOptions;
-    (void)libraryOptionValues;
-    (void)numLibraryOptions;
-    static int logged;
-    return fgc_unsupported("cuLibraryLoadFromFile", &logged);
+    return fgc_cuLibraryLoadFromFile(library, fileName, jitOptions, jitOptionsValues, numJitOptions, libraryOptions, libraryOptionValues, numLibraryOptions);
 }
 
 FGC_EXPORT CUresult CUDAAPI cuLibraryUnload(CUlibrary library) {
-    (void)library;
-    static int logged;
-    return fgc_unsupported("cuLibraryUnload", &logged);
+    FGC_REQUIRE_INIT();
+    fg_writer *w = fgc_begin(FG_OP_cuLibraryUnload);
+    if (!w) return fgc_last_error();
+    fgc_put_handle(w, (const void *)library);
+    return fgc_sync();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuLinkAddData(CUlinkState state, CUjitInputType type, void *data, size_t size, const char *name, unsigned int numOptions, CUjit_option *options, void **optionValues) {
@@ -3496,32 +3511,19 @@ FGC_EXPORT CUresult CUDAAPI cuMemHostGetDevicePointer_v2(CUdeviceptr *pdptr, voi
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemHostGetFlags(unsigned int *pFlags, void *p) {
-    (void)pFlags;
-    (void)p;
-    static int logged;
-    return fgc_unsupported("cuMemHostGetFlags", &logged);
+    return fgc_cuMemHostGetFlags(pFlags, p);
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemHostRegister(void *p, size_t bytesize, unsigned int Flags) {
-    (void)p;
-    (void)bytesize;
-    (void)Flags;
-    static int logged;
-    return fgc_unsupported("cuMemHostRegister", &logged);
+    return cuMemHostRegister_v2(p, bytesize, Flags);
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemHostRegister_v2(void *p, size_t bytesize, unsigned int Flags) {
-    (void)p;
-    (void)bytesize;
-    (void)Flags;
-    static int logged;
-    return fgc_unsupported("cuMemHostRegister_v2", &logged);
+    return fgc_cuMemHostRegister_v2(p, bytesize, Flags);
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemHostUnregister(void *p) {
-    (void)p;
-    static int logged;
-    return fgc_unsupported("cuMemHostUnregister", &logged);
+    return fgc_cuMemHostUnregister(p);
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemImportFromShareableHandle(CUmemGenericAllocationHandle *handle, void *osHandle, CUmemAllocationHandleType shHandleType) {
@@ -3637,10 +3639,12 @@ FGC_EXPORT CUresult CUDAAPI cuMemPoolSetAttribute(CUmemoryPool pool, CUmemPool_a
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemPoolTrimTo(CUmemoryPool pool, size_t minBytesToKeep) {
-    (void)pool;
-    (void)minBytesToKeep;
-    static int logged;
-    return fgc_unsupported("cuMemPoolTrimTo", &logged);
+    FGC_REQUIRE_INIT();
+    fg_writer *w = fgc_begin(FG_OP_cuMemPoolTrimTo);
+    if (!w) return fgc_last_error();
+    fgc_put_handle(w, (const void *)pool);
+    fg_put(w, &minBytesToKeep, sizeof(minBytesToKeep));
+    return fgc_sync();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemPrefetchAsync(CUdeviceptr devPtr, size_t count, CUdevice dstDevice, CUstream hStream) {
@@ -3798,45 +3802,36 @@ FGC_EXPORT CUresult CUDAAPI cuMemsetD2D16(CUdeviceptr_v1 dstDevice, unsigned int
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemsetD2D16Async(CUdeviceptr dstDevice, size_t dstPitch, unsigned short us, size_t Width, size_t Height, CUstream hStream) {
-    (void)dstDevice;
-    (void)dstPitch;
-    (void)us;
-    (void)Width;
-    (void)Height;
-    (void)hStream;
-    static int logged;
-    return fgc_unsupported("cuMemsetD2D16Async", &logged);
+    FGC_REQUIRE_INIT();
+    fg_writer *w = fgc_begin(FG_OP_cuMemsetD2D16Async);
+    if (!w) return fgc_last_error();
+    fg_put(w, &dstDevice, sizeof(dstDevice));
+    fg_put(w, &dstPitch, sizeof(dstPitch));
+    fg_put(w, &us, sizeof(us));
+    fg_put(w, &Width, sizeof(Width));
+    fg_put(w, &Height, sizeof(Height));
+    fgc_put_handle(w, (const void *)hStream);
+    return fgc_async();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemsetD2D16Async_ptsz(CUdeviceptr dstDevice, size_t dstPitch, unsigned short us, size_t Width, size_t Height, CUstream hStream) {
-    (void)dstDevice;
-    (void)dstPitch;
-    (void)us;
-    (void)Width;
-    (void)Height;
-    (void)hStream;
-    static int logged;
-    return fgc_unsupported("cuMemsetD2D16Async_ptsz", &logged);
+    return cuMemsetD2D16Async(dstDevice, dstPitch, us, Width, Height, fgc_ptsz_stream(hStream));
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemsetD2D16_v2(CUdeviceptr dstDevice, size_t dstPitch, unsigned short us, size_t Width, size_t Height) {
-    (void)dstDevice;
-    (void)dstPitch;
-    (void)us;
-    (void)Width;
-    (void)Height;
-    static int logged;
-    return fgc_unsupported("cuMemsetD2D16_v2", &logged);
+    FGC_REQUIRE_INIT();
+    fg_writer *w = fgc_begin(FG_OP_cuMemsetD2D16_v2);
+    if (!w) return fgc_last_error();
+    fg_put(w, &dstDevice, sizeof(dstDevice));
+    fg_put(w, &dstPitch, sizeof(dstPitch));
+    fg_put(w, &us, sizeof(us));
+    fg_put(w, &Width, sizeof(Width));
+    fg_put(w, &Height, sizeof(Height));
+    return fgc_async();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemsetD2D16_v2_ptds(CUdeviceptr dstDevice, size_t dstPitch, unsigned short us, size_t Width, size_t Height) {
-    (void)dstDevice;
-    (void)dstPitch;
-    (void)us;
-    (void)Width;
-    (void)Height;
-    static int logged;
-    return fgc_unsupported("cuMemsetD2D16_v2_ptds", &logged);
+    return cuMemsetD2D16_v2(dstDevice, dstPitch, us, Width, Height);
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemsetD2D32(CUdeviceptr_v1 dstDevice, unsigned int dstPitch, unsigned int ui, unsigned int Width, unsigned int Height) {
@@ -3850,45 +3845,36 @@ FGC_EXPORT CUresult CUDAAPI cuMemsetD2D32(CUdeviceptr_v1 dstDevice, unsigned int
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemsetD2D32Async(CUdeviceptr dstDevice, size_t dstPitch, unsigned int ui, size_t Width, size_t Height, CUstream hStream) {
-    (void)dstDevice;
-    (void)dstPitch;
-    (void)ui;
-    (void)Width;
-    (void)Height;
-    (void)hStream;
-    static int logged;
-    return fgc_unsupported("cuMemsetD2D32Async", &logged);
+    FGC_REQUIRE_INIT();
+    fg_writer *w = fgc_begin(FG_OP_cuMemsetD2D32Async);
+    if (!w) return fgc_last_error();
+    fg_put(w, &dstDevice, sizeof(dstDevice));
+    fg_put(w, &dstPitch, sizeof(dstPitch));
+    fg_put(w, &ui, sizeof(ui));
+    fg_put(w, &Width, sizeof(Width));
+    fg_put(w, &Height, sizeof(Height));
+    fgc_put_handle(w, (const void *)hStream);
+    return fgc_async();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemsetD2D32Async_ptsz(CUdeviceptr dstDevice, size_t dstPitch, unsigned int ui, size_t Width, size_t Height, CUstream hStream) {
-    (void)dstDevice;
-    (void)dstPitch;
-    (void)ui;
-    (void)Width;
-    (void)Height;
-    (void)hStream;
-    static int logged;
-    return fgc_unsupported("cuMemsetD2D32Async_ptsz", &logged);
+    return cuMemsetD2D32Async(dstDevice, dstPitch, ui, Width, Height, fgc_ptsz_stream(hStream));
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemsetD2D32_v2(CUdeviceptr dstDevice, size_t dstPitch, unsigned int ui, size_t Width, size_t Height) {
-    (void)dstDevice;
-    (void)dstPitch;
-    (void)ui;
-    (void)Width;
-    (void)Height;
-    static int logged;
-    return fgc_unsupported("cuMemsetD2D32_v2", &logged);
+    FGC_REQUIRE_INIT();
+    fg_writer *w = fgc_begin(FG_OP_cuMemsetD2D32_v2);
+    if (!w) return fgc_last_error();
+    fg_put(w, &dstDevice, sizeof(dstDevice));
+    fg_put(w, &dstPitch, sizeof(dstPitch));
+    fg_put(w, &ui, sizeof(ui));
+    fg_put(w, &Width, sizeof(Width));
+    fg_put(w, &Height, sizeof(Height));
+    return fgc_async();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemsetD2D32_v2_ptds(CUdeviceptr dstDevice, size_t dstPitch, unsigned int ui, size_t Width, size_t Height) {
-    (void)dstDevice;
-    (void)dstPitch;
-    (void)ui;
-    (void)Width;
-    (void)Height;
-    static int logged;
-    return fgc_unsupported("cuMemsetD2D32_v2_ptds", &logged);
+    return cuMemsetD2D32_v2(dstDevice, dstPitch, ui, Width, Height);
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemsetD2D8(CUdeviceptr_v1 dstDevice, unsigned int dstPitch, unsigned char uc, unsigned int Width, unsigned int Height) {
@@ -3902,45 +3888,36 @@ FGC_EXPORT CUresult CUDAAPI cuMemsetD2D8(CUdeviceptr_v1 dstDevice, unsigned int 
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemsetD2D8Async(CUdeviceptr dstDevice, size_t dstPitch, unsigned char uc, size_t Width, size_t Height, CUstream hStream) {
-    (void)dstDevice;
-    (void)dstPitch;
-    (void)uc;
-    (void)Width;
-    (void)Height;
-    (void)hStream;
-    static int logged;
-    return fgc_unsupported("cuMemsetD2D8Async", &logged);
+    FGC_REQUIRE_INIT();
+    fg_writer *w = fgc_begin(FG_OP_cuMemsetD2D8Async);
+    if (!w) return fgc_last_error();
+    fg_put(w, &dstDevice, sizeof(dstDevice));
+    fg_put(w, &dstPitch, sizeof(dstPitch));
+    fg_put(w, &uc, sizeof(uc));
+    fg_put(w, &Width, sizeof(Width));
+    fg_put(w, &Height, sizeof(Height));
+    fgc_put_handle(w, (const void *)hStream);
+    return fgc_async();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemsetD2D8Async_ptsz(CUdeviceptr dstDevice, size_t dstPitch, unsigned char uc, size_t Width, size_t Height, CUstream hStream) {
-    (void)dstDevice;
-    (void)dstPitch;
-    (void)uc;
-    (void)Width;
-    (void)Height;
-    (void)hStream;
-    static int logged;
-    return fgc_unsupported("cuMemsetD2D8Async_ptsz", &logged);
+    return cuMemsetD2D8Async(dstDevice, dstPitch, uc, Width, Height, fgc_ptsz_stream(hStream));
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemsetD2D8_v2(CUdeviceptr dstDevice, size_t dstPitch, unsigned char uc, size_t Width, size_t Height) {
-    (void)dstDevice;
-    (void)dstPitch;
-    (void)uc;
-    (void)Width;
-    (void)Height;
-    static int logged;
-    return fgc_unsupported("cuMemsetD2D8_v2", &logged);
+    FGC_REQUIRE_INIT();
+    fg_writer *w = fgc_begin(FG_OP_cuMemsetD2D8_v2);
+    if (!w) return fgc_last_error();
+    fg_put(w, &dstDevice, sizeof(dstDevice));
+    fg_put(w, &dstPitch, sizeof(dstPitch));
+    fg_put(w, &uc, sizeof(uc));
+    fg_put(w, &Width, sizeof(Width));
+    fg_put(w, &Height, sizeof(Height));
+    return fgc_async();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemsetD2D8_v2_ptds(CUdeviceptr dstDevice, size_t dstPitch, unsigned char uc, size_t Width, size_t Height) {
-    (void)dstDevice;
-    (void)dstPitch;
-    (void)uc;
-    (void)Width;
-    (void)Height;
-    static int logged;
-    return fgc_unsupported("cuMemsetD2D8_v2_ptds", &logged);
+    return cuMemsetD2D8_v2(dstDevice, dstPitch, uc, Width, Height);
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemsetD32(CUdeviceptr_v1 dstDevice, unsigned int ui, unsigned int N) {
@@ -4082,10 +4059,13 @@ FGC_EXPORT CUresult CUDAAPI cuModuleGetFunction(CUfunction *hfunc, CUmodule hmod
 }
 
 FGC_EXPORT CUresult CUDAAPI cuModuleGetFunctionCount(unsigned int *count, CUmodule mod) {
-    (void)count;
-    (void)mod;
-    static int logged;
-    return fgc_unsupported("cuModuleGetFunctionCount", &logged);
+    FGC_REQUIRE_INIT();
+    if (count == NULL) return CUDA_ERROR_INVALID_VALUE;
+    fg_writer *w = fgc_begin(FG_OP_cuModuleGetFunctionCount);
+    if (!w) return fgc_last_error();
+    fgc_expect(count, sizeof(*count));
+    fgc_put_handle(w, (const void *)mod);
+    return fgc_sync();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuModuleGetGlobal(CUdeviceptr_v1 *dptr, unsigned int *bytes, CUmodule hmod, const char *name) {
@@ -4112,9 +4092,12 @@ FGC_EXPORT CUresult CUDAAPI cuModuleGetGlobal_v2(CUdeviceptr *dptr, size_t *byte
 }
 
 FGC_EXPORT CUresult CUDAAPI cuModuleGetLoadingMode(CUmoduleLoadingMode *mode) {
-    (void)mode;
-    static int logged;
-    return fgc_unsupported("cuModuleGetLoadingMode", &logged);
+    FGC_REQUIRE_INIT();
+    if (mode == NULL) return CUDA_ERROR_INVALID_VALUE;
+    fg_writer *w = fgc_begin(FG_OP_cuModuleGetLoadingMode);
+    if (!w) return fgc_last_error();
+    fgc_expect(mode, sizeof(*mode));
+    return fgc_sync();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuModuleGetSurfRef(CUsurfref *pSurfRef, CUmodule hmod, const char *name) {
@@ -4216,12 +4199,15 @@ FGC_EXPORT CUresult CUDAAPI cuMulticastUnbind(CUmemGenericAllocationHandle mcHan
 }
 
 FGC_EXPORT CUresult CUDAAPI cuOccupancyAvailableDynamicSMemPerBlock(size_t *dynamicSmemSize, CUfunction func, int numBlocks, int blockSize) {
-    (void)dynamicSmemSize;
-    (void)func;
-    (void)numBlocks;
-    (void)blockSize;
-    static int logged;
-    return fgc_unsupported("cuOccupancyAvailableDynamicSMemPerBlock", &logged);
+    FGC_REQUIRE_INIT();
+    if (dynamicSmemSize == NULL) return CUDA_ERROR_INVALID_VALUE;
+    fg_writer *w = fgc_begin(FG_OP_cuOccupancyAvailableDynamicSMemPerBlock);
+    if (!w) return fgc_last_error();
+    fgc_expect(dynamicSmemSize, sizeof(*dynamicSmemSize));
+    fgc_put_handle(w, (const void *)func);
+    fg_put(w, &numBlocks, sizeof(numBlocks));
+    fg_put(w, &blockSize, sizeof(blockSize));
+    return fgc_sync();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuOccupancyMaxActiveBlocksPerMultiprocessor(int *numBlocks, CUfunction func, int blockSize, size_t dynamicSMemSize) {
@@ -4329,20 +4315,11 @@ FGC_EXPORT CUresult CUDAAPI cuParamSetv(CUfunction hfunc, int offset, void *ptr,
 }
 
 FGC_EXPORT CUresult CUDAAPI cuPointerGetAttribute(void *data, CUpointer_attribute attribute, CUdeviceptr ptr) {
-    (void)data;
-    (void)attribute;
-    (void)ptr;
-    static int logged;
-    return fgc_unsupported("cuPointerGetAttribute", &logged);
+    return fgc_cuPointerGetAttribute(data, attribute, ptr);
 }
 
 FGC_EXPORT CUresult CUDAAPI cuPointerGetAttributes(unsigned int numAttributes, CUpointer_attribute *attributes, void **data, CUdeviceptr ptr) {
-    (void)numAttributes;
-    (void)attributes;
-    (void)data;
-    (void)ptr;
-    static int logged;
-    return fgc_unsupported("cuPointerGetAttributes", &logged);
+    return fgc_cuPointerGetAttributes(numAttributes, attributes, data, ptr);
 }
 
 FGC_EXPORT CUresult CUDAAPI cuPointerSetAttribute(const void *value, CUpointer_attribute attribute, CUdeviceptr ptr) {
@@ -4387,21 +4364,11 @@ FGC_EXPORT CUresult CUDAAPI cuSignalExternalSemaphoresAsync_ptsz(const CUexterna
 }
 
 FGC_EXPORT CUresult CUDAAPI cuStreamAddCallback(CUstream hStream, CUstreamCallback callback, void *userData, unsigned int flags) {
-    (void)hStream;
-    (void)callback;
-    (void)userData;
-    (void)flags;
-    static int logged;
-    return fgc_unsupported("cuStreamAddCallback", &logged);
+    return fgc_cuStreamAddCallback(hStream, callback, userData, flags);
 }
 
 FGC_EXPORT CUresult CUDAAPI cuStreamAddCallback_ptsz(CUstream hStream, CUstreamCallback callback, void *userData, unsigned int flags) {
-    (void)hStream;
-    (void)callback;
-    (void)userData;
-    (void)flags;
-    static int logged;
-    return fgc_unsupported("cuStreamAddCallback_ptsz", &logged);
+    return cuStreamAddCallback(fgc_ptsz_stream(hStream), callback, userData, flags);
 }
 
 FGC_EXPORT CUresult CUDAAPI cuStreamAttachMemAsync(CUstream hStream, CUdeviceptr dptr, size_t length, unsigned int flags) {
@@ -4493,31 +4460,29 @@ FGC_EXPORT CUresult CUDAAPI cuStreamBeginCaptureToGraph_ptsz(CUstream hStream, C
 }
 
 FGC_EXPORT CUresult CUDAAPI cuStreamBeginCapture_v2(CUstream hStream, CUstreamCaptureMode mode) {
-    (void)hStream;
-    (void)mode;
-    static int logged;
-    return fgc_unsupported("cuStreamBeginCapture_v2", &logged);
+    FGC_REQUIRE_INIT();
+    fg_writer *w = fgc_begin(FG_OP_cuStreamBeginCapture_v2);
+    if (!w) return fgc_last_error();
+    fgc_put_handle(w, (const void *)hStream);
+    fg_put(w, &mode, sizeof(mode));
+    return fgc_sync();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuStreamBeginCapture_v2_ptsz(CUstream hStream, CUstreamCaptureMode mode) {
-    (void)hStream;
-    (void)mode;
-    static int logged;
-    return fgc_unsupported("cuStreamBeginCapture_v2_ptsz", &logged);
+    return cuStreamBeginCapture_v2(fgc_ptsz_stream(hStream), mode);
 }
 
 FGC_EXPORT CUresult CUDAAPI cuStreamCopyAttributes(CUstream dstStream, CUstream srcStream) {
-    (void)dstStream;
-    (void)srcStream;
-    static int logged;
-    return fgc_unsupported("cuStreamCopyAttributes", &logged);
+    FGC_REQUIRE_INIT();
+    fg_writer *w = fgc_begin(FG_OP_cuStreamCopyAttributes);
+    if (!w) return fgc_last_error();
+    fgc_put_handle(w, (const void *)dstStream);
+    fgc_put_handle(w, (const void *)srcStream);
+    return fgc_sync();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuStreamCopyAttributes_ptsz(CUstream dst, CUstream src) {
-    (void)dst;
-    (void)src;
-    static int logged;
-    return fgc_unsupported("cuStreamCopyAttributes_ptsz", &logged);
+    return cuStreamCopyAttributes(fgc_ptsz_stream(dst), src);
 }
 
 FGC_EXPORT CUresult CUDAAPI cuStreamCreate(CUstream *phStream, unsigned int Flags) {
@@ -4554,33 +4519,32 @@ FGC_EXPORT CUresult CUDAAPI cuStreamDestroy_v2(CUstream hStream) {
 }
 
 FGC_EXPORT CUresult CUDAAPI cuStreamEndCapture(CUstream hStream, CUgraph *phGraph) {
-    (void)hStream;
-    (void)phGraph;
-    static int logged;
-    return fgc_unsupported("cuStreamEndCapture", &logged);
+    FGC_REQUIRE_INIT();
+    if (phGraph == NULL) return CUDA_ERROR_INVALID_VALUE;
+    fg_writer *w = fgc_begin(FG_OP_cuStreamEndCapture);
+    if (!w) return fgc_last_error();
+    fgc_put_handle(w, (const void *)hStream);
+    fgc_expect(phGraph, sizeof(uint64_t));
+    return fgc_sync();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuStreamEndCapture_ptsz(CUstream hStream, CUgraph *phGraph) {
-    (void)hStream;
-    (void)phGraph;
-    static int logged;
-    return fgc_unsupported("cuStreamEndCapture_ptsz", &logged);
+    return cuStreamEndCapture(fgc_ptsz_stream(hStream), phGraph);
 }
 
 FGC_EXPORT CUresult CUDAAPI cuStreamGetAttribute(CUstream hStream, CUstreamAttrID attr, CUstreamAttrValue *value) {
-    (void)hStream;
-    (void)attr;
-    (void)value;
-    static int logged;
-    return fgc_unsupported("cuStreamGetAttribute", &logged);
+    FGC_REQUIRE_INIT();
+    if (value == NULL) return CUDA_ERROR_INVALID_VALUE;
+    fg_writer *w = fgc_begin(FG_OP_cuStreamGetAttribute);
+    if (!w) return fgc_last_error();
+    fgc_put_handle(w, (const void *)hStream);
+    fg_put(w, &attr, sizeof(attr));
+    fgc_expect(value, sizeof(*value));
+    return fgc_sync();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuStreamGetAttribute_ptsz(CUstream hStream, CUstreamAttrID attr, CUstreamAttrValue *value_out) {
-    (void)hStream;
-    (void)attr;
-    (void)value_out;
-    static int logged;
-    return fgc_unsupported("cuStreamGetAttribute_ptsz", &logged);
+    return cuStreamGetAttribute(fgc_ptsz_stream(hStream), attr, value_out);
 }
 
 FGC_EXPORT CUresult CUDAAPI cuStreamGetCaptureInfo(CUstream hStream, CUstreamCaptureStatus *captureStatus_out, cuuint64_t *id_out) {
@@ -4622,27 +4586,11 @@ FGC_EXPORT CUresult CUDAAPI cuStreamGetCaptureInfo_v2_ptsz(CUstream hStream, CUs
 }
 
 FGC_EXPORT CUresult CUDAAPI cuStreamGetCaptureInfo_v3(CUstream hStream, CUstreamCaptureStatus *captureStatus_out, cuuint64_t *id_out, CUgraph *graph_out, const CUgraphNode **dependencies_out, const CUgraphEdgeData **edgeData_out, size_t *numDependencies_out) {
-    (void)hStream;
-    (void)captureStatus_out;
-    (void)id_out;
-    (void)graph_out;
-    (void)dependencies_out;
-    (void)edgeData_out;
-    (void)numDependencies_out;
-    static int logged;
-    return fgc_unsupported("cuStreamGetCaptureInfo_v3", &logged);
+    return fgc_cuStreamGetCaptureInfo_v3(hStream, captureStatus_out, id_out, graph_out, dependencies_out, edgeData_out, numDependencies_out);
 }
 
 FGC_EXPORT CUresult CUDAAPI cuStreamGetCaptureInfo_v3_ptsz(CUstream hStream, CUstreamCaptureStatus *captureStatus_out, cuuint64_t *id_out, CUgraph *graph_out, const CUgraphNode **dependencies_out, const CUgraphEdgeData **edgeData_out, size_t *numDependencies_out) {
-    (void)hStream;
-    (void)captureStatus_out;
-    (void)id_out;
-    (void)graph_out;
-    (void)dependencies_out;
-    (void)edgeData_out;
-    (void)numDependencies_out;
-    static int logged;
-    return fgc_unsupported("cuStreamGetCaptureInfo_v3_ptsz", &logged);
+    return cuStreamGetCaptureInfo_v3(fgc_ptsz_stream(hStream), captureStatus_out, id_out, graph_out, dependencies_out, edgeData_out, numDependencies_out);
 }
 
 FGC_EXPORT CUresult CUDAAPI cuStreamGetCtx(CUstream hStream, CUcontext *pctx) {
@@ -4676,17 +4624,17 @@ FGC_EXPORT CUresult CUDAAPI cuStreamGetCtx_v2_ptsz(CUstream hStream, CUcontext *
 }
 
 FGC_EXPORT CUresult CUDAAPI cuStreamGetDevice(CUstream hStream, CUdevice *device) {
-    (void)hStream;
-    (void)device;
-    static int logged;
-    return fgc_unsupported("cuStreamGetDevice", &logged);
+    FGC_REQUIRE_INIT();
+    if (device == NULL) return CUDA_ERROR_INVALID_VALUE;
+    fg_writer *w = fgc_begin(FG_OP_cuStreamGetDevice);
+    if (!w) return fgc_last_error();
+    fgc_put_handle(w, (const void *)hStream);
+    fgc_expect(device, sizeof(*device));
+    return fgc_sync();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuStreamGetDevice_ptsz(CUstream hStream, CUdevice *device) {
-    (void)hStream;
-    (void)device;
-    static int logged;
-    return fgc_unsupported("cuStreamGetDevice_ptsz", &logged);
+    return cuStreamGetDevice(fgc_ptsz_stream(hStream), device);
 }
 
 FGC_EXPORT CUresult CUDAAPI cuStreamGetFlags(CUstream hStream, unsigned int *flags) {
@@ -4711,17 +4659,17 @@ FGC_EXPORT CUresult CUDAAPI cuStreamGetGreenCtx(CUstream hStream, CUgreenCtx *ph
 }
 
 FGC_EXPORT CUresult CUDAAPI cuStreamGetId(CUstream hStream, unsigned long long *streamId) {
-    (void)hStream;
-    (void)streamId;
-    static int logged;
-    return fgc_unsupported("cuStreamGetId", &logged);
+    FGC_REQUIRE_INIT();
+    if (streamId == NULL) return CUDA_ERROR_INVALID_VALUE;
+    fg_writer *w = fgc_begin(FG_OP_cuStreamGetId);
+    if (!w) return fgc_last_error();
+    fgc_put_handle(w, (const void *)hStream);
+    fgc_expect(streamId, sizeof(*streamId));
+    return fgc_sync();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuStreamGetId_ptsz(CUstream hStream, unsigned long long *streamId) {
-    (void)hStream;
-    (void)streamId;
-    static int logged;
-    return fgc_unsupported("cuStreamGetId_ptsz", &logged);
+    return cuStreamGetId(fgc_ptsz_stream(hStream), streamId);
 }
 
 FGC_EXPORT CUresult CUDAAPI cuStreamGetPriority(CUstream hStream, int *priority) {
@@ -4739,17 +4687,17 @@ FGC_EXPORT CUresult CUDAAPI cuStreamGetPriority_ptsz(CUstream hStream, int *prio
 }
 
 FGC_EXPORT CUresult CUDAAPI cuStreamIsCapturing(CUstream hStream, CUstreamCaptureStatus *captureStatus) {
-    (void)hStream;
-    (void)captureStatus;
-    static int logged;
-    return fgc_unsupported("cuStreamIsCapturing", &logged);
+    FGC_REQUIRE_INIT();
+    if (captureStatus == NULL) return CUDA_ERROR_INVALID_VALUE;
+    fg_writer *w = fgc_begin(FG_OP_cuStreamIsCapturing);
+    if (!w) return fgc_last_error();
+    fgc_put_handle(w, (const void *)hStream);
+    fgc_expect(captureStatus, sizeof(*captureStatus));
+    return fgc_sync();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuStreamIsCapturing_ptsz(CUstream hStream, CUstreamCaptureStatus *captureStatus) {
-    (void)hStream;
-    (void)captureStatus;
-    static int logged;
-    return fgc_unsupported("cuStreamIsCapturing_ptsz", &logged);
+    return cuStreamIsCapturing(fgc_ptsz_stream(hStream), captureStatus);
 }
 
 FGC_EXPORT CUresult CUDAAPI cuStreamQuery(CUstream hStream) {
@@ -4765,19 +4713,17 @@ FGC_EXPORT CUresult CUDAAPI cuStreamQuery_ptsz(CUstream hStream) {
 }
 
 FGC_EXPORT CUresult CUDAAPI cuStreamSetAttribute(CUstream hStream, CUstreamAttrID attr, const CUstreamAttrValue *param) {
-    (void)hStream;
-    (void)attr;
-    (void)param;
-    static int logged;
-    return fgc_unsupported("cuStreamSetAttribute", &logged);
+    FGC_REQUIRE_INIT();
+    fg_writer *w = fgc_begin(FG_OP_cuStreamSetAttribute);
+    if (!w) return fgc_last_error();
+    fgc_put_handle(w, (const void *)hStream);
+    fg_put(w, &attr, sizeof(attr));
+    { uint8_t has_ = param != NULL; fg_put(w, &has_, 1); if (has_) fg_put(w, param, sizeof(*param)); }
+    return fgc_sync();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuStreamSetAttribute_ptsz(CUstream hStream, CUstreamAttrID attr, const CUstreamAttrValue *value) {
-    (void)hStream;
-    (void)attr;
-    (void)value;
-    static int logged;
-    return fgc_unsupported("cuStreamSetAttribute_ptsz", &logged);
+    return cuStreamSetAttribute(fgc_ptsz_stream(hStream), attr, value);
 }
 
 FGC_EXPORT CUresult CUDAAPI cuStreamSynchronize(CUstream hStream) {
@@ -4863,21 +4809,18 @@ FGC_EXPORT CUresult CUDAAPI cuStreamWaitValue32_ptsz(CUstream stream, CUdevicept
 }
 
 FGC_EXPORT CUresult CUDAAPI cuStreamWaitValue32_v2(CUstream stream, CUdeviceptr addr, cuuint32_t value, unsigned int flags) {
-    (void)stream;
-    (void)addr;
-    (void)value;
-    (void)flags;
-    static int logged;
-    return fgc_unsupported("cuStreamWaitValue32_v2", &logged);
+    FGC_REQUIRE_INIT();
+    fg_writer *w = fgc_begin(FG_OP_cuStreamWaitValue32_v2);
+    if (!w) return fgc_last_error();
+    fgc_put_handle(w, (const void *)stream);
+    fg_put(w, &addr, sizeof(addr));
+    fg_put(w, &value, sizeof(value));
+    fg_put(w, &flags, sizeof(flags));
+    return fgc_async();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuStreamWaitValue32_v2_ptsz(CUstream stream, CUdeviceptr addr, cuuint32_t value, unsigned int flags) {
-    (void)stream;
-    (void)addr;
-    (void)value;
-    (void)flags;
-    static int logged;
-    return fgc_unsupported("cuStreamWaitValue32_v2_ptsz", &logged);
+    return cuStreamWaitValue32_v2(fgc_ptsz_stream(stream), addr, value, flags);
 }
 
 FGC_EXPORT CUresult CUDAAPI cuStreamWaitValue64(CUstream stream, CUdeviceptr addr, cuuint64_t value, unsigned int flags) {
@@ -4899,21 +4842,18 @@ FGC_EXPORT CUresult CUDAAPI cuStreamWaitValue64_ptsz(CUstream stream, CUdevicept
 }
 
 FGC_EXPORT CUresult CUDAAPI cuStreamWaitValue64_v2(CUstream stream, CUdeviceptr addr, cuuint64_t value, unsigned int flags) {
-    (void)stream;
-    (void)addr;
-    (void)value;
-    (void)flags;
-    static int logged;
-    return fgc_unsupported("cuStreamWaitValue64_v2", &logged);
+    FGC_REQUIRE_INIT();
+    fg_writer *w = fgc_begin(FG_OP_cuStreamWaitValue64_v2);
+    if (!w) return fgc_last_error();
+    fgc_put_handle(w, (const void *)stream);
+    fg_put(w, &addr, sizeof(addr));
+    fg_put(w, &value, sizeof(value));
+    fg_put(w, &flags, sizeof(flags));
+    return fgc_async();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuStreamWaitValue64_v2_ptsz(CUstream stream, CUdeviceptr addr, cuuint64_t value, unsigned int flags) {
-    (void)stream;
-    (void)addr;
-    (void)value;
-    (void)flags;
-    static int logged;
-    return fgc_unsupported("cuStreamWaitValue64_v2_ptsz", &logged);
+    return cuStreamWaitValue64_v2(fgc_ptsz_stream(stream), addr, value, flags);
 }
 
 FGC_EXPORT CUresult CUDAAPI cuStreamWriteValue32(CUstream stream, CUdeviceptr addr, cuuint32_t value, unsigned int flags) {
@@ -4935,21 +4875,18 @@ FGC_EXPORT CUresult CUDAAPI cuStreamWriteValue32_ptsz(CUstream stream, CUdevicep
 }
 
 FGC_EXPORT CUresult CUDAAPI cuStreamWriteValue32_v2(CUstream stream, CUdeviceptr addr, cuuint32_t value, unsigned int flags) {
-    (void)stream;
-    (void)addr;
-    (void)value;
-    (void)flags;
-    static int logged;
-    return fgc_unsupported("cuStreamWriteValue32_v2", &logged);
+    FGC_REQUIRE_INIT();
+    fg_writer *w = fgc_begin(FG_OP_cuStreamWriteValue32_v2);
+    if (!w) return fgc_last_error();
+    fgc_put_handle(w, (const void *)stream);
+    fg_put(w, &addr, sizeof(addr));
+    fg_put(w, &value, sizeof(value));
+    fg_put(w, &flags, sizeof(flags));
+    return fgc_async();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuStreamWriteValue32_v2_ptsz(CUstream stream, CUdeviceptr addr, cuuint32_t value, unsigned int flags) {
-    (void)stream;
-    (void)addr;
-    (void)value;
-    (void)flags;
-    static int logged;
-    return fgc_unsupported("cuStreamWriteValue32_v2_ptsz", &logged);
+    return cuStreamWriteValue32_v2(fgc_ptsz_stream(stream), addr, value, flags);
 }
 
 FGC_EXPORT CUresult CUDAAPI cuStreamWriteValue64(CUstream stream, CUdeviceptr addr, cuuint64_t value, unsigned int flags) {
@@ -4971,21 +4908,18 @@ FGC_EXPORT CUresult CUDAAPI cuStreamWriteValue64_ptsz(CUstream stream, CUdevicep
 }
 
 FGC_EXPORT CUresult CUDAAPI cuStreamWriteValue64_v2(CUstream stream, CUdeviceptr addr, cuuint64_t value, unsigned int flags) {
-    (void)stream;
-    (void)addr;
-    (void)value;
-    (void)flags;
-    static int logged;
-    return fgc_unsupported("cuStreamWriteValue64_v2", &logged);
+    FGC_REQUIRE_INIT();
+    fg_writer *w = fgc_begin(FG_OP_cuStreamWriteValue64_v2);
+    if (!w) return fgc_last_error();
+    fgc_put_handle(w, (const void *)stream);
+    fg_put(w, &addr, sizeof(addr));
+    fg_put(w, &value, sizeof(value));
+    fg_put(w, &flags, sizeof(flags));
+    return fgc_async();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuStreamWriteValue64_v2_ptsz(CUstream stream, CUdeviceptr addr, cuuint64_t value, unsigned int flags) {
-    (void)stream;
-    (void)addr;
-    (void)value;
-    (void)flags;
-    static int logged;
-    return fgc_unsupported("cuStreamWriteValue64_v2_ptsz", &logged);
+    return cuStreamWriteValue64_v2(fgc_ptsz_stream(stream), addr, value, flags);
 }
 
 FGC_EXPORT CUresult CUDAAPI cuSurfObjectCreate(CUsurfObject *pSurfObject, const CUDA_RESOURCE_DESC *pResDesc) {
@@ -5358,9 +5292,13 @@ FGC_EXPORT CUresult CUDAAPI cuTexRefSetMipmappedArray(CUtexref hTexRef, CUmipmap
 }
 
 FGC_EXPORT CUresult CUDAAPI cuThreadExchangeStreamCaptureMode(CUstreamCaptureMode *mode) {
-    (void)mode;
-    static int logged;
-    return fgc_unsupported("cuThreadExchangeStreamCaptureMode", &logged);
+    FGC_REQUIRE_INIT();
+    if (mode == NULL) return CUDA_ERROR_INVALID_VALUE;
+    fg_writer *w = fgc_begin(FG_OP_cuThreadExchangeStreamCaptureMode);
+    if (!w) return fgc_last_error();
+    fg_put(w, mode, sizeof(*mode));
+    fgc_expect(mode, sizeof(*mode));
+    return fgc_sync();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuUserObjectCreate(CUuserObject *object_out, void *ptr, CUhostFn destroy, unsigned int initialRefcount, unsigned int flags) {

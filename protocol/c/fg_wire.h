@@ -16,6 +16,9 @@
 #define FG_MAX_HELLO (64u * 1024u)
 #define FG_DEFAULT_MAX_FRAME (80u * 1024u * 1024u) /* bulk copies are chunked below this */
 #define FG_CHUNK (32u * 1024u * 1024u)          /* the stub's copy chunk size */
+/* A load record named an image (by SHA-256) the server does not hold: send it (FG_OP_IMAGE_CHUNK), retry. */
+#define FG_RESULT_NEED_IMAGE 0x7fffff00u
+#define FG_MAX_IMAGE (2ull << 30) /* largest module or library image accepted */
 #define FG_RECORD_HEADER 8u
 
 enum fg_frame_type {

@@ -9,8 +9,29 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
     switch (op) {
     case FG_OP_SET_CTX: return fgs_set_ctx(S, r);
     case FG_OP_PING: return CUDA_SUCCESS;
+    case FG_OP_IMAGE_CHUNK: return fgs_image_chunk(S, r);
     case FG_OP_cuCtxCreate_v4: return fgs_cuCtxCreate_v4(S, r, out);
     case FG_OP_cuCtxDestroy_v2: return fgs_cuCtxDestroy_v2(S, r, out);
+    case FG_OP_cuCtxDisablePeerAccess: {
+        uint64_t id_peerContext = fg_get_u64(r);
+        CUcontext peerContext = NULL;
+        if (!r->failed && fgs_handle_get(S, 1, id_peerContext, (void **)&peerContext)) return CUDA_ERROR_INVALID_HANDLE;
+        if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuCtxDisablePeerAccess) return fgs_missing(S, "cuCtxDisablePeerAccess");
+        CUresult res = S->api->cuCtxDisablePeerAccess(peerContext);
+        return res;
+    }
+    case FG_OP_cuCtxEnablePeerAccess: {
+        uint64_t id_peerContext = fg_get_u64(r);
+        CUcontext peerContext = NULL;
+        if (!r->failed && fgs_handle_get(S, 1, id_peerContext, (void **)&peerContext)) return CUDA_ERROR_INVALID_HANDLE;
+        unsigned int Flags;
+        fg_get(r, (void *)&Flags, sizeof(Flags));
+        if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuCtxEnablePeerAccess) return fgs_missing(S, "cuCtxEnablePeerAccess");
+        CUresult res = S->api->cuCtxEnablePeerAccess(peerContext, Flags);
+        return res;
+    }
     case FG_OP_cuCtxGetApiVersion: {
         uint64_t id_ctx = fg_get_u64(r);
         CUcontext ctx = NULL;
@@ -25,12 +46,37 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         }
         return res;
     }
+    case FG_OP_cuCtxGetCacheConfig: {
+        CUfunc_cache pconfig;
+        memset(&pconfig, 0, sizeof(pconfig));
+        if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuCtxGetCacheConfig) return fgs_missing(S, "cuCtxGetCacheConfig");
+        CUresult res = S->api->cuCtxGetCacheConfig(&pconfig);
+        if (res == CUDA_SUCCESS) {
+            fg_put(out, &pconfig, sizeof(pconfig));
+        }
+        return res;
+    }
     case FG_OP_cuCtxGetDevice: {
         CUdevice device;
         memset(&device, 0, sizeof(device));
         if (r->failed) return FGS_PROTOCOL_ERROR;
         if (!S->api->cuCtxGetDevice) return fgs_missing(S, "cuCtxGetDevice");
         CUresult res = S->api->cuCtxGetDevice(&device);
+        if (res == CUDA_SUCCESS) {
+            fg_put(out, &device, sizeof(device));
+        }
+        return res;
+    }
+    case FG_OP_cuCtxGetDevice_v2: {
+        CUdevice device;
+        memset(&device, 0, sizeof(device));
+        uint64_t id_ctx = fg_get_u64(r);
+        CUcontext ctx = NULL;
+        if (!r->failed && fgs_handle_get(S, 1, id_ctx, (void **)&ctx)) return CUDA_ERROR_INVALID_HANDLE;
+        if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuCtxGetDevice_v2) return fgs_missing(S, "cuCtxGetDevice_v2");
+        CUresult res = S->api->cuCtxGetDevice_v2(&device, ctx);
         if (res == CUDA_SUCCESS) {
             fg_put(out, &device, sizeof(device));
         }
@@ -47,6 +93,20 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         }
         return res;
     }
+    case FG_OP_cuCtxGetId: {
+        uint64_t id_ctx = fg_get_u64(r);
+        CUcontext ctx = NULL;
+        if (!r->failed && fgs_handle_get(S, 1, id_ctx, (void **)&ctx)) return CUDA_ERROR_INVALID_HANDLE;
+        unsigned long long ctxId;
+        memset(&ctxId, 0, sizeof(ctxId));
+        if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuCtxGetId) return fgs_missing(S, "cuCtxGetId");
+        CUresult res = S->api->cuCtxGetId(ctx, &ctxId);
+        if (res == CUDA_SUCCESS) {
+            fg_put(out, &ctxId, sizeof(ctxId));
+        }
+        return res;
+    }
     case FG_OP_cuCtxGetLimit: {
         size_t pvalue;
         memset(&pvalue, 0, sizeof(pvalue));
@@ -57,6 +117,17 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         CUresult res = S->api->cuCtxGetLimit(&pvalue, limit);
         if (res == CUDA_SUCCESS) {
             fg_put(out, &pvalue, sizeof(pvalue));
+        }
+        return res;
+    }
+    case FG_OP_cuCtxGetSharedMemConfig: {
+        CUsharedconfig pConfig;
+        memset(&pConfig, 0, sizeof(pConfig));
+        if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuCtxGetSharedMemConfig) return fgs_missing(S, "cuCtxGetSharedMemConfig");
+        CUresult res = S->api->cuCtxGetSharedMemConfig(&pConfig);
+        if (res == CUDA_SUCCESS) {
+            fg_put(out, &pConfig, sizeof(pConfig));
         }
         return res;
     }
@@ -74,6 +145,28 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         }
         return res;
     }
+    case FG_OP_cuCtxResetPersistingL2Cache: {
+        if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuCtxResetPersistingL2Cache) return fgs_missing(S, "cuCtxResetPersistingL2Cache");
+        CUresult res = S->api->cuCtxResetPersistingL2Cache();
+        return res;
+    }
+    case FG_OP_cuCtxSetCacheConfig: {
+        CUfunc_cache config;
+        fg_get(r, (void *)&config, sizeof(config));
+        if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuCtxSetCacheConfig) return fgs_missing(S, "cuCtxSetCacheConfig");
+        CUresult res = S->api->cuCtxSetCacheConfig(config);
+        return res;
+    }
+    case FG_OP_cuCtxSetFlags: {
+        unsigned int flags;
+        fg_get(r, (void *)&flags, sizeof(flags));
+        if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuCtxSetFlags) return fgs_missing(S, "cuCtxSetFlags");
+        CUresult res = S->api->cuCtxSetFlags(flags);
+        return res;
+    }
     case FG_OP_cuCtxSetLimit: {
         CUlimit limit;
         fg_get(r, (void *)&limit, sizeof(limit));
@@ -84,10 +177,42 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         CUresult res = S->api->cuCtxSetLimit(limit, value);
         return res;
     }
+    case FG_OP_cuCtxSetSharedMemConfig: {
+        CUsharedconfig config;
+        fg_get(r, (void *)&config, sizeof(config));
+        if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuCtxSetSharedMemConfig) return fgs_missing(S, "cuCtxSetSharedMemConfig");
+        CUresult res = S->api->cuCtxSetSharedMemConfig(config);
+        return res;
+    }
     case FG_OP_cuCtxSynchronize: {
         if (r->failed) return FGS_PROTOCOL_ERROR;
         if (!S->api->cuCtxSynchronize) return fgs_missing(S, "cuCtxSynchronize");
         CUresult res = S->api->cuCtxSynchronize();
+        return res;
+    }
+    case FG_OP_cuCtxSynchronize_v2: {
+        uint64_t id_ctx = fg_get_u64(r);
+        CUcontext ctx = NULL;
+        if (!r->failed && fgs_handle_get(S, 1, id_ctx, (void **)&ctx)) return CUDA_ERROR_INVALID_HANDLE;
+        if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuCtxSynchronize_v2) return fgs_missing(S, "cuCtxSynchronize_v2");
+        CUresult res = S->api->cuCtxSynchronize_v2(ctx);
+        return res;
+    }
+    case FG_OP_cuDeviceCanAccessPeer: {
+        int canAccessPeer;
+        memset(&canAccessPeer, 0, sizeof(canAccessPeer));
+        CUdevice dev;
+        fg_get(r, (void *)&dev, sizeof(dev));
+        CUdevice peerDev;
+        fg_get(r, (void *)&peerDev, sizeof(peerDev));
+        if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuDeviceCanAccessPeer) return fgs_missing(S, "cuDeviceCanAccessPeer");
+        CUresult res = S->api->cuDeviceCanAccessPeer(&canAccessPeer, dev, peerDev);
+        if (res == CUDA_SUCCESS) {
+            fg_put(out, &canAccessPeer, sizeof(canAccessPeer));
+        }
         return res;
     }
     case FG_OP_cuDeviceComputeCapability: {
@@ -134,6 +259,18 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         }
         return res;
     }
+    case FG_OP_cuDeviceGetByPCIBusId: {
+        CUdevice dev;
+        memset(&dev, 0, sizeof(dev));
+        const char *pciBusId = fgs_get_cstr(r);
+        if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuDeviceGetByPCIBusId) return fgs_missing(S, "cuDeviceGetByPCIBusId");
+        CUresult res = S->api->cuDeviceGetByPCIBusId(&dev, pciBusId);
+        if (res == CUDA_SUCCESS) {
+            fg_put(out, &dev, sizeof(dev));
+        }
+        return res;
+    }
     case FG_OP_cuDeviceGetCount: {
         int count;
         memset(&count, 0, sizeof(count));
@@ -142,6 +279,30 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         CUresult res = S->api->cuDeviceGetCount(&count);
         if (res == CUDA_SUCCESS) {
             fg_put(out, &count, sizeof(count));
+        }
+        return res;
+    }
+    case FG_OP_cuDeviceGetDefaultMemPool: {
+        CUmemoryPool pool_out = NULL;
+        CUdevice dev;
+        fg_get(r, (void *)&dev, sizeof(dev));
+        if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuDeviceGetDefaultMemPool) return fgs_missing(S, "cuDeviceGetDefaultMemPool");
+        CUresult res = S->api->cuDeviceGetDefaultMemPool(&pool_out, dev);
+        if (res == CUDA_SUCCESS) {
+            fg_put_u64(out, fgs_handle_add(S, 11, (void *)pool_out));
+        }
+        return res;
+    }
+    case FG_OP_cuDeviceGetMemPool: {
+        CUmemoryPool pool = NULL;
+        CUdevice dev;
+        fg_get(r, (void *)&dev, sizeof(dev));
+        if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuDeviceGetMemPool) return fgs_missing(S, "cuDeviceGetMemPool");
+        CUresult res = S->api->cuDeviceGetMemPool(&pool, dev);
+        if (res == CUDA_SUCCESS) {
+            fg_put_u64(out, fgs_handle_add(S, 11, (void *)pool));
         }
         return res;
     }
@@ -161,6 +322,23 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         }
         return res;
     }
+    case FG_OP_cuDeviceGetP2PAttribute: {
+        int value;
+        memset(&value, 0, sizeof(value));
+        CUdevice_P2PAttribute attrib;
+        fg_get(r, (void *)&attrib, sizeof(attrib));
+        CUdevice srcDevice;
+        fg_get(r, (void *)&srcDevice, sizeof(srcDevice));
+        CUdevice dstDevice;
+        fg_get(r, (void *)&dstDevice, sizeof(dstDevice));
+        if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuDeviceGetP2PAttribute) return fgs_missing(S, "cuDeviceGetP2PAttribute");
+        CUresult res = S->api->cuDeviceGetP2PAttribute(&value, attrib, srcDevice, dstDevice);
+        if (res == CUDA_SUCCESS) {
+            fg_put(out, &value, sizeof(value));
+        }
+        return res;
+    }
     case FG_OP_cuDeviceGetPCIBusId: {
         char *pciBusId = NULL;
         int len;
@@ -174,6 +352,23 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         CUresult res = S->api->cuDeviceGetPCIBusId(pciBusId, len, dev);
         if (res == CUDA_SUCCESS) {
             fg_put(out, pciBusId, (size_t)len);
+        }
+        return res;
+    }
+    case FG_OP_cuDeviceGetTexture1DLinearMaxWidth: {
+        size_t maxWidthInElements;
+        memset(&maxWidthInElements, 0, sizeof(maxWidthInElements));
+        CUarray_format format;
+        fg_get(r, (void *)&format, sizeof(format));
+        unsigned int numChannels;
+        fg_get(r, (void *)&numChannels, sizeof(numChannels));
+        CUdevice dev;
+        fg_get(r, (void *)&dev, sizeof(dev));
+        if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuDeviceGetTexture1DLinearMaxWidth) return fgs_missing(S, "cuDeviceGetTexture1DLinearMaxWidth");
+        CUresult res = S->api->cuDeviceGetTexture1DLinearMaxWidth(&maxWidthInElements, format, numChannels, dev);
+        if (res == CUDA_SUCCESS) {
+            fg_put(out, &maxWidthInElements, sizeof(maxWidthInElements));
         }
         return res;
     }
@@ -242,6 +437,17 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         if (r->failed) return FGS_PROTOCOL_ERROR;
         if (!S->api->cuDevicePrimaryCtxSetFlags_v2) return fgs_missing(S, "cuDevicePrimaryCtxSetFlags_v2");
         CUresult res = S->api->cuDevicePrimaryCtxSetFlags_v2(dev, flags);
+        return res;
+    }
+    case FG_OP_cuDeviceSetMemPool: {
+        CUdevice dev;
+        fg_get(r, (void *)&dev, sizeof(dev));
+        uint64_t id_pool = fg_get_u64(r);
+        CUmemoryPool pool = NULL;
+        if (!r->failed && fgs_handle_get(S, 11, id_pool, (void **)&pool)) return CUDA_ERROR_INVALID_HANDLE;
+        if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuDeviceSetMemPool) return fgs_missing(S, "cuDeviceSetMemPool");
+        CUresult res = S->api->cuDeviceSetMemPool(dev, pool);
         return res;
     }
     case FG_OP_cuDeviceTotalMem_v2: {
@@ -356,6 +562,42 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         }
         return res;
     }
+    case FG_OP_cuFuncGetModule: {
+        CUmodule hmod = NULL;
+        uint64_t id_hfunc = fg_get_u64(r);
+        CUfunction hfunc = NULL;
+        if (!r->failed && fgs_handle_get(S, 5, id_hfunc, (void **)&hfunc)) return CUDA_ERROR_INVALID_HANDLE;
+        if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuFuncGetModule) return fgs_missing(S, "cuFuncGetModule");
+        CUresult res = S->api->cuFuncGetModule(&hmod, hfunc);
+        if (res == CUDA_SUCCESS) {
+            fg_put_u64(out, fgs_handle_add(S, 4, (void *)hmod));
+        }
+        return res;
+    }
+    case FG_OP_cuFuncIsLoaded: {
+        CUfunctionLoadingState state;
+        memset(&state, 0, sizeof(state));
+        uint64_t id_function = fg_get_u64(r);
+        CUfunction function = NULL;
+        if (!r->failed && fgs_handle_get(S, 5, id_function, (void **)&function)) return CUDA_ERROR_INVALID_HANDLE;
+        if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuFuncIsLoaded) return fgs_missing(S, "cuFuncIsLoaded");
+        CUresult res = S->api->cuFuncIsLoaded(&state, function);
+        if (res == CUDA_SUCCESS) {
+            fg_put(out, &state, sizeof(state));
+        }
+        return res;
+    }
+    case FG_OP_cuFuncLoad: {
+        uint64_t id_function = fg_get_u64(r);
+        CUfunction function = NULL;
+        if (!r->failed && fgs_handle_get(S, 5, id_function, (void **)&function)) return CUDA_ERROR_INVALID_HANDLE;
+        if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuFuncLoad) return fgs_missing(S, "cuFuncLoad");
+        CUresult res = S->api->cuFuncLoad(function);
+        return res;
+    }
     case FG_OP_cuFuncSetAttribute: {
         uint64_t id_hfunc = fg_get_u64(r);
         CUfunction hfunc = NULL;
@@ -380,11 +622,222 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         CUresult res = S->api->cuFuncSetCacheConfig(hfunc, config);
         return res;
     }
+    case FG_OP_cuFuncSetSharedMemConfig: {
+        uint64_t id_hfunc = fg_get_u64(r);
+        CUfunction hfunc = NULL;
+        if (!r->failed && fgs_handle_get(S, 5, id_hfunc, (void **)&hfunc)) return CUDA_ERROR_INVALID_HANDLE;
+        CUsharedconfig config;
+        fg_get(r, (void *)&config, sizeof(config));
+        if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuFuncSetSharedMemConfig) return fgs_missing(S, "cuFuncSetSharedMemConfig");
+        CUresult res = S->api->cuFuncSetSharedMemConfig(hfunc, config);
+        return res;
+    }
+    case FG_OP_cuGraphCreate: {
+        CUgraph phGraph = NULL;
+        unsigned int flags;
+        fg_get(r, (void *)&flags, sizeof(flags));
+        if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuGraphCreate) return fgs_missing(S, "cuGraphCreate");
+        CUresult res = S->api->cuGraphCreate(&phGraph, flags);
+        if (res == CUDA_SUCCESS) {
+            fg_put_u64(out, fgs_handle_add(S, 8, (void *)phGraph));
+        }
+        return res;
+    }
+    case FG_OP_cuGraphDestroy: {
+        uint64_t id_hGraph = fg_get_u64(r);
+        CUgraph hGraph = NULL;
+        if (!r->failed && fgs_handle_get(S, 8, id_hGraph, (void **)&hGraph)) return CUDA_ERROR_INVALID_HANDLE;
+        if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuGraphDestroy) return fgs_missing(S, "cuGraphDestroy");
+        CUresult res = S->api->cuGraphDestroy(hGraph);
+        if (res == CUDA_SUCCESS) fgs_handle_remove(S, 8, id_hGraph);
+        return res;
+    }
+    case FG_OP_cuGraphExecDestroy: {
+        uint64_t id_hGraphExec = fg_get_u64(r);
+        CUgraphExec hGraphExec = NULL;
+        if (!r->failed && fgs_handle_get(S, 9, id_hGraphExec, (void **)&hGraphExec)) return CUDA_ERROR_INVALID_HANDLE;
+        if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuGraphExecDestroy) return fgs_missing(S, "cuGraphExecDestroy");
+        CUresult res = S->api->cuGraphExecDestroy(hGraphExec);
+        if (res == CUDA_SUCCESS) fgs_handle_remove(S, 9, id_hGraphExec);
+        return res;
+    }
+    case FG_OP_cuGraphInstantiateWithFlags: {
+        CUgraphExec phGraphExec = NULL;
+        uint64_t id_hGraph = fg_get_u64(r);
+        CUgraph hGraph = NULL;
+        if (!r->failed && fgs_handle_get(S, 8, id_hGraph, (void **)&hGraph)) return CUDA_ERROR_INVALID_HANDLE;
+        unsigned long long flags;
+        fg_get(r, (void *)&flags, sizeof(flags));
+        if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuGraphInstantiateWithFlags) return fgs_missing(S, "cuGraphInstantiateWithFlags");
+        CUresult res = S->api->cuGraphInstantiateWithFlags(&phGraphExec, hGraph, flags);
+        if (res == CUDA_SUCCESS) {
+            fg_put_u64(out, fgs_handle_add(S, 9, (void *)phGraphExec));
+        }
+        return res;
+    }
+    case FG_OP_cuGraphLaunch: {
+        uint64_t id_hGraph = fg_get_u64(r);
+        CUgraphExec hGraph = NULL;
+        if (!r->failed && fgs_handle_get(S, 9, id_hGraph, (void **)&hGraph)) return CUDA_ERROR_INVALID_HANDLE;
+        uint64_t id_hStream = fg_get_u64(r);
+        CUstream hStream = NULL;
+        if (!r->failed && fgs_handle_get(S, 2, id_hStream, (void **)&hStream)) return CUDA_ERROR_INVALID_HANDLE;
+        if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuGraphLaunch) return fgs_missing(S, "cuGraphLaunch");
+        CUresult res = S->api->cuGraphLaunch(hGraph, hStream);
+        return res;
+    }
+    case FG_OP_cuGraphUpload: {
+        uint64_t id_hGraph = fg_get_u64(r);
+        CUgraphExec hGraph = NULL;
+        if (!r->failed && fgs_handle_get(S, 9, id_hGraph, (void **)&hGraph)) return CUDA_ERROR_INVALID_HANDLE;
+        uint64_t id_hStream = fg_get_u64(r);
+        CUstream hStream = NULL;
+        if (!r->failed && fgs_handle_get(S, 2, id_hStream, (void **)&hStream)) return CUDA_ERROR_INVALID_HANDLE;
+        if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuGraphUpload) return fgs_missing(S, "cuGraphUpload");
+        CUresult res = S->api->cuGraphUpload(hGraph, hStream);
+        return res;
+    }
+    case FG_OP_cuKernelGetAttribute: {
+        int pi;
+        memset(&pi, 0, sizeof(pi));
+        CUfunction_attribute attrib;
+        fg_get(r, (void *)&attrib, sizeof(attrib));
+        uint64_t id_kernel = fg_get_u64(r);
+        CUkernel kernel = NULL;
+        if (!r->failed && fgs_handle_get(S, 7, id_kernel, (void **)&kernel)) return CUDA_ERROR_INVALID_HANDLE;
+        CUdevice dev;
+        fg_get(r, (void *)&dev, sizeof(dev));
+        if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuKernelGetAttribute) return fgs_missing(S, "cuKernelGetAttribute");
+        CUresult res = S->api->cuKernelGetAttribute(&pi, attrib, kernel, dev);
+        if (res == CUDA_SUCCESS) {
+            fg_put(out, &pi, sizeof(pi));
+        }
+        return res;
+    }
+    case FG_OP_cuKernelGetFunction: return fgs_cuKernelGetFunction(S, r, out);
+    case FG_OP_cuKernelGetLibrary: {
+        CUlibrary pLib = NULL;
+        uint64_t id_kernel = fg_get_u64(r);
+        CUkernel kernel = NULL;
+        if (!r->failed && fgs_handle_get(S, 7, id_kernel, (void **)&kernel)) return CUDA_ERROR_INVALID_HANDLE;
+        if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuKernelGetLibrary) return fgs_missing(S, "cuKernelGetLibrary");
+        CUresult res = S->api->cuKernelGetLibrary(&pLib, kernel);
+        if (res == CUDA_SUCCESS) {
+            fg_put_u64(out, fgs_handle_add(S, 6, (void *)pLib));
+        }
+        return res;
+    }
+    case FG_OP_cuKernelSetAttribute: {
+        CUfunction_attribute attrib;
+        fg_get(r, (void *)&attrib, sizeof(attrib));
+        int val;
+        fg_get(r, (void *)&val, sizeof(val));
+        uint64_t id_kernel = fg_get_u64(r);
+        CUkernel kernel = NULL;
+        if (!r->failed && fgs_handle_get(S, 7, id_kernel, (void **)&kernel)) return CUDA_ERROR_INVALID_HANDLE;
+        CUdevice dev;
+        fg_get(r, (void *)&dev, sizeof(dev));
+        if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuKernelSetAttribute) return fgs_missing(S, "cuKernelSetAttribute");
+        CUresult res = S->api->cuKernelSetAttribute(attrib, val, kernel, dev);
+        return res;
+    }
+    case FG_OP_cuKernelSetCacheConfig: {
+        uint64_t id_kernel = fg_get_u64(r);
+        CUkernel kernel = NULL;
+        if (!r->failed && fgs_handle_get(S, 7, id_kernel, (void **)&kernel)) return CUDA_ERROR_INVALID_HANDLE;
+        CUfunc_cache config;
+        fg_get(r, (void *)&config, sizeof(config));
+        CUdevice dev;
+        fg_get(r, (void *)&dev, sizeof(dev));
+        if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuKernelSetCacheConfig) return fgs_missing(S, "cuKernelSetCacheConfig");
+        CUresult res = S->api->cuKernelSetCacheConfig(kernel, config, dev);
+        return res;
+    }
     case FG_OP_cuLaunchKernel: return fgs_cuLaunchKernel(S, r, out);
+    case FG_OP_cuLaunchKernelEx: return fgs_cuLaunchKernelEx(S, r, out);
+    case FG_OP_cuLibraryGetGlobal: {
+        CUdeviceptr dptr;
+        memset(&dptr, 0, sizeof(dptr));
+        size_t bytes;
+        memset(&bytes, 0, sizeof(bytes));
+        uint64_t id_library = fg_get_u64(r);
+        CUlibrary library = NULL;
+        if (!r->failed && fgs_handle_get(S, 6, id_library, (void **)&library)) return CUDA_ERROR_INVALID_HANDLE;
+        const char *name = fgs_get_cstr(r);
+        if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuLibraryGetGlobal) return fgs_missing(S, "cuLibraryGetGlobal");
+        CUresult res = S->api->cuLibraryGetGlobal(&dptr, &bytes, library, name);
+        if (res == CUDA_SUCCESS) {
+            fg_put(out, &dptr, sizeof(dptr));
+            fg_put(out, &bytes, sizeof(bytes));
+        }
+        return res;
+    }
+    case FG_OP_cuLibraryGetKernel: return fgs_cuLibraryGetKernel(S, r, out);
+    case FG_OP_cuLibraryGetKernelCount: {
+        unsigned int count;
+        memset(&count, 0, sizeof(count));
+        uint64_t id_lib = fg_get_u64(r);
+        CUlibrary lib = NULL;
+        if (!r->failed && fgs_handle_get(S, 6, id_lib, (void **)&lib)) return CUDA_ERROR_INVALID_HANDLE;
+        if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuLibraryGetKernelCount) return fgs_missing(S, "cuLibraryGetKernelCount");
+        CUresult res = S->api->cuLibraryGetKernelCount(&count, lib);
+        if (res == CUDA_SUCCESS) {
+            fg_put(out, &count, sizeof(count));
+        }
+        return res;
+    }
+    case FG_OP_cuLibraryGetModule: {
+        CUmodule pMod = NULL;
+        uint64_t id_library = fg_get_u64(r);
+        CUlibrary library = NULL;
+        if (!r->failed && fgs_handle_get(S, 6, id_library, (void **)&library)) return CUDA_ERROR_INVALID_HANDLE;
+        if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuLibraryGetModule) return fgs_missing(S, "cuLibraryGetModule");
+        CUresult res = S->api->cuLibraryGetModule(&pMod, library);
+        if (res == CUDA_SUCCESS) {
+            fg_put_u64(out, fgs_handle_add(S, 4, (void *)pMod));
+        }
+        return res;
+    }
+    case FG_OP_cuLibraryLoadData: return fgs_cuLibraryLoadData(S, r, out);
+    case FG_OP_cuLibraryUnload: {
+        uint64_t id_library = fg_get_u64(r);
+        CUlibrary library = NULL;
+        if (!r->failed && fgs_handle_get(S, 6, id_library, (void **)&library)) return CUDA_ERROR_INVALID_HANDLE;
+        if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuLibraryUnload) return fgs_missing(S, "cuLibraryUnload");
+        CUresult res = S->api->cuLibraryUnload(library);
+        if (res == CUDA_SUCCESS) fgs_handle_remove(S, 6, id_library);
+        return res;
+    }
     case FG_OP_cuMemAlloc_v2: return fgs_cuMemAlloc_v2(S, r, out);
     case FG_OP_cuMemFree_v2: return fgs_cuMemFree_v2(S, r, out);
     case FG_OP_cuMemGetAddressRange_v2: return fgs_cuMemGetAddressRange_v2(S, r, out);
     case FG_OP_cuMemGetInfo_v2: return fgs_cuMemGetInfo_v2(S, r, out);
+    case FG_OP_cuMemPoolTrimTo: {
+        uint64_t id_pool = fg_get_u64(r);
+        CUmemoryPool pool = NULL;
+        if (!r->failed && fgs_handle_get(S, 11, id_pool, (void **)&pool)) return CUDA_ERROR_INVALID_HANDLE;
+        size_t minBytesToKeep;
+        fg_get(r, (void *)&minBytesToKeep, sizeof(minBytesToKeep));
+        if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuMemPoolTrimTo) return fgs_missing(S, "cuMemPoolTrimTo");
+        CUresult res = S->api->cuMemPoolTrimTo(pool, minBytesToKeep);
+        return res;
+    }
     case FG_OP_cuMemcpy: return fgs_cuMemcpy(S, r, out);
     case FG_OP_cuMemcpyAsync: return fgs_cuMemcpyAsync(S, r, out);
     case FG_OP_cuMemcpyDtoDAsync_v2: return fgs_cuMemcpyDtoDAsync_v2(S, r, out);
@@ -418,6 +871,111 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         if (r->failed) return FGS_PROTOCOL_ERROR;
         if (!S->api->cuMemsetD16_v2) return fgs_missing(S, "cuMemsetD16_v2");
         CUresult res = S->api->cuMemsetD16_v2(dstDevice, us, N);
+        return res;
+    }
+    case FG_OP_cuMemsetD2D16Async: {
+        CUdeviceptr dstDevice;
+        fg_get(r, (void *)&dstDevice, sizeof(dstDevice));
+        size_t dstPitch;
+        fg_get(r, (void *)&dstPitch, sizeof(dstPitch));
+        unsigned short us;
+        fg_get(r, (void *)&us, sizeof(us));
+        size_t Width;
+        fg_get(r, (void *)&Width, sizeof(Width));
+        size_t Height;
+        fg_get(r, (void *)&Height, sizeof(Height));
+        uint64_t id_hStream = fg_get_u64(r);
+        CUstream hStream = NULL;
+        if (!r->failed && fgs_handle_get(S, 2, id_hStream, (void **)&hStream)) return CUDA_ERROR_INVALID_HANDLE;
+        if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuMemsetD2D16Async) return fgs_missing(S, "cuMemsetD2D16Async");
+        CUresult res = S->api->cuMemsetD2D16Async(dstDevice, dstPitch, us, Width, Height, hStream);
+        return res;
+    }
+    case FG_OP_cuMemsetD2D16_v2: {
+        CUdeviceptr dstDevice;
+        fg_get(r, (void *)&dstDevice, sizeof(dstDevice));
+        size_t dstPitch;
+        fg_get(r, (void *)&dstPitch, sizeof(dstPitch));
+        unsigned short us;
+        fg_get(r, (void *)&us, sizeof(us));
+        size_t Width;
+        fg_get(r, (void *)&Width, sizeof(Width));
+        size_t Height;
+        fg_get(r, (void *)&Height, sizeof(Height));
+        if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuMemsetD2D16_v2) return fgs_missing(S, "cuMemsetD2D16_v2");
+        CUresult res = S->api->cuMemsetD2D16_v2(dstDevice, dstPitch, us, Width, Height);
+        return res;
+    }
+    case FG_OP_cuMemsetD2D32Async: {
+        CUdeviceptr dstDevice;
+        fg_get(r, (void *)&dstDevice, sizeof(dstDevice));
+        size_t dstPitch;
+        fg_get(r, (void *)&dstPitch, sizeof(dstPitch));
+        unsigned int ui;
+        fg_get(r, (void *)&ui, sizeof(ui));
+        size_t Width;
+        fg_get(r, (void *)&Width, sizeof(Width));
+        size_t Height;
+        fg_get(r, (void *)&Height, sizeof(Height));
+        uint64_t id_hStream = fg_get_u64(r);
+        CUstream hStream = NULL;
+        if (!r->failed && fgs_handle_get(S, 2, id_hStream, (void **)&hStream)) return CUDA_ERROR_INVALID_HANDLE;
+        if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuMemsetD2D32Async) return fgs_missing(S, "cuMemsetD2D32Async");
+        CUresult res = S->api->cuMemsetD2D32Async(dstDevice, dstPitch, ui, Width, Height, hStream);
+        return res;
+    }
+    case FG_OP_cuMemsetD2D32_v2: {
+        CUdeviceptr dstDevice;
+        fg_get(r, (void *)&dstDevice, sizeof(dstDevice));
+        size_t dstPitch;
+        fg_get(r, (void *)&dstPitch, sizeof(dstPitch));
+        unsigned int ui;
+        fg_get(r, (void *)&ui, sizeof(ui));
+        size_t Width;
+        fg_get(r, (void *)&Width, sizeof(Width));
+        size_t Height;
+        fg_get(r, (void *)&Height, sizeof(Height));
+        if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuMemsetD2D32_v2) return fgs_missing(S, "cuMemsetD2D32_v2");
+        CUresult res = S->api->cuMemsetD2D32_v2(dstDevice, dstPitch, ui, Width, Height);
+        return res;
+    }
+    case FG_OP_cuMemsetD2D8Async: {
+        CUdeviceptr dstDevice;
+        fg_get(r, (void *)&dstDevice, sizeof(dstDevice));
+        size_t dstPitch;
+        fg_get(r, (void *)&dstPitch, sizeof(dstPitch));
+        unsigned char uc;
+        fg_get(r, (void *)&uc, sizeof(uc));
+        size_t Width;
+        fg_get(r, (void *)&Width, sizeof(Width));
+        size_t Height;
+        fg_get(r, (void *)&Height, sizeof(Height));
+        uint64_t id_hStream = fg_get_u64(r);
+        CUstream hStream = NULL;
+        if (!r->failed && fgs_handle_get(S, 2, id_hStream, (void **)&hStream)) return CUDA_ERROR_INVALID_HANDLE;
+        if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuMemsetD2D8Async) return fgs_missing(S, "cuMemsetD2D8Async");
+        CUresult res = S->api->cuMemsetD2D8Async(dstDevice, dstPitch, uc, Width, Height, hStream);
+        return res;
+    }
+    case FG_OP_cuMemsetD2D8_v2: {
+        CUdeviceptr dstDevice;
+        fg_get(r, (void *)&dstDevice, sizeof(dstDevice));
+        size_t dstPitch;
+        fg_get(r, (void *)&dstPitch, sizeof(dstPitch));
+        unsigned char uc;
+        fg_get(r, (void *)&uc, sizeof(uc));
+        size_t Width;
+        fg_get(r, (void *)&Width, sizeof(Width));
+        size_t Height;
+        fg_get(r, (void *)&Height, sizeof(Height));
+        if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuMemsetD2D8_v2) return fgs_missing(S, "cuMemsetD2D8_v2");
+        CUresult res = S->api->cuMemsetD2D8_v2(dstDevice, dstPitch, uc, Width, Height);
         return res;
     }
     case FG_OP_cuMemsetD32Async: {
@@ -475,6 +1033,20 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         return res;
     }
     case FG_OP_cuModuleGetFunction: return fgs_cuModuleGetFunction(S, r, out);
+    case FG_OP_cuModuleGetFunctionCount: {
+        unsigned int count;
+        memset(&count, 0, sizeof(count));
+        uint64_t id_mod = fg_get_u64(r);
+        CUmodule mod = NULL;
+        if (!r->failed && fgs_handle_get(S, 4, id_mod, (void **)&mod)) return CUDA_ERROR_INVALID_HANDLE;
+        if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuModuleGetFunctionCount) return fgs_missing(S, "cuModuleGetFunctionCount");
+        CUresult res = S->api->cuModuleGetFunctionCount(&count, mod);
+        if (res == CUDA_SUCCESS) {
+            fg_put(out, &count, sizeof(count));
+        }
+        return res;
+    }
     case FG_OP_cuModuleGetGlobal_v2: {
         CUdeviceptr dptr;
         memset(&dptr, 0, sizeof(dptr));
@@ -493,6 +1065,17 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         }
         return res;
     }
+    case FG_OP_cuModuleGetLoadingMode: {
+        CUmoduleLoadingMode mode;
+        memset(&mode, 0, sizeof(mode));
+        if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuModuleGetLoadingMode) return fgs_missing(S, "cuModuleGetLoadingMode");
+        CUresult res = S->api->cuModuleGetLoadingMode(&mode);
+        if (res == CUDA_SUCCESS) {
+            fg_put(out, &mode, sizeof(mode));
+        }
+        return res;
+    }
     case FG_OP_cuModuleLoadData: return fgs_cuModuleLoadData(S, r, out);
     case FG_OP_cuModuleLoadDataEx: return fgs_cuModuleLoadDataEx(S, r, out);
     case FG_OP_cuModuleUnload: {
@@ -503,6 +1086,24 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         if (!S->api->cuModuleUnload) return fgs_missing(S, "cuModuleUnload");
         CUresult res = S->api->cuModuleUnload(hmod);
         if (res == CUDA_SUCCESS) fgs_handle_remove(S, 4, id_hmod);
+        return res;
+    }
+    case FG_OP_cuOccupancyAvailableDynamicSMemPerBlock: {
+        size_t dynamicSmemSize;
+        memset(&dynamicSmemSize, 0, sizeof(dynamicSmemSize));
+        uint64_t id_func = fg_get_u64(r);
+        CUfunction func = NULL;
+        if (!r->failed && fgs_handle_get(S, 5, id_func, (void **)&func)) return CUDA_ERROR_INVALID_HANDLE;
+        int numBlocks;
+        fg_get(r, (void *)&numBlocks, sizeof(numBlocks));
+        int blockSize;
+        fg_get(r, (void *)&blockSize, sizeof(blockSize));
+        if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuOccupancyAvailableDynamicSMemPerBlock) return fgs_missing(S, "cuOccupancyAvailableDynamicSMemPerBlock");
+        CUresult res = S->api->cuOccupancyAvailableDynamicSMemPerBlock(&dynamicSmemSize, func, numBlocks, blockSize);
+        if (res == CUDA_SUCCESS) {
+            fg_put(out, &dynamicSmemSize, sizeof(dynamicSmemSize));
+        }
         return res;
     }
     case FG_OP_cuOccupancyMaxActiveBlocksPerMultiprocessor: {
@@ -543,6 +1144,29 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         }
         return res;
     }
+    case FG_OP_cuStreamBeginCapture_v2: {
+        uint64_t id_hStream = fg_get_u64(r);
+        CUstream hStream = NULL;
+        if (!r->failed && fgs_handle_get(S, 2, id_hStream, (void **)&hStream)) return CUDA_ERROR_INVALID_HANDLE;
+        CUstreamCaptureMode mode;
+        fg_get(r, (void *)&mode, sizeof(mode));
+        if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuStreamBeginCapture_v2) return fgs_missing(S, "cuStreamBeginCapture_v2");
+        CUresult res = S->api->cuStreamBeginCapture_v2(hStream, mode);
+        return res;
+    }
+    case FG_OP_cuStreamCopyAttributes: {
+        uint64_t id_dstStream = fg_get_u64(r);
+        CUstream dstStream = NULL;
+        if (!r->failed && fgs_handle_get(S, 2, id_dstStream, (void **)&dstStream)) return CUDA_ERROR_INVALID_HANDLE;
+        uint64_t id_srcStream = fg_get_u64(r);
+        CUstream srcStream = NULL;
+        if (!r->failed && fgs_handle_get(S, 2, id_srcStream, (void **)&srcStream)) return CUDA_ERROR_INVALID_HANDLE;
+        if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuStreamCopyAttributes) return fgs_missing(S, "cuStreamCopyAttributes");
+        CUresult res = S->api->cuStreamCopyAttributes(dstStream, srcStream);
+        return res;
+    }
     case FG_OP_cuStreamCreate: {
         CUstream phStream = NULL;
         unsigned int Flags;
@@ -579,6 +1203,36 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         if (res == CUDA_SUCCESS) fgs_handle_remove(S, 2, id_hStream);
         return res;
     }
+    case FG_OP_cuStreamEndCapture: {
+        uint64_t id_hStream = fg_get_u64(r);
+        CUstream hStream = NULL;
+        if (!r->failed && fgs_handle_get(S, 2, id_hStream, (void **)&hStream)) return CUDA_ERROR_INVALID_HANDLE;
+        CUgraph phGraph = NULL;
+        if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuStreamEndCapture) return fgs_missing(S, "cuStreamEndCapture");
+        CUresult res = S->api->cuStreamEndCapture(hStream, &phGraph);
+        if (res == CUDA_SUCCESS) {
+            fg_put_u64(out, fgs_handle_add(S, 8, (void *)phGraph));
+        }
+        return res;
+    }
+    case FG_OP_cuStreamGetAttribute: {
+        uint64_t id_hStream = fg_get_u64(r);
+        CUstream hStream = NULL;
+        if (!r->failed && fgs_handle_get(S, 2, id_hStream, (void **)&hStream)) return CUDA_ERROR_INVALID_HANDLE;
+        CUstreamAttrID attr;
+        fg_get(r, (void *)&attr, sizeof(attr));
+        CUstreamAttrValue value;
+        memset(&value, 0, sizeof(value));
+        if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuStreamGetAttribute) return fgs_missing(S, "cuStreamGetAttribute");
+        CUresult res = S->api->cuStreamGetAttribute(hStream, attr, &value);
+        if (res == CUDA_SUCCESS) {
+            fg_put(out, &value, sizeof(value));
+        }
+        return res;
+    }
+    case FG_OP_cuStreamGetCaptureInfo_v3: return fgs_cuStreamGetCaptureInfo_v3(S, r, out);
     case FG_OP_cuStreamGetCtx: {
         uint64_t id_hStream = fg_get_u64(r);
         CUstream hStream = NULL;
@@ -589,6 +1243,20 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         CUresult res = S->api->cuStreamGetCtx(hStream, &pctx);
         if (res == CUDA_SUCCESS) {
             fg_put_u64(out, fgs_handle_add(S, 1, (void *)pctx));
+        }
+        return res;
+    }
+    case FG_OP_cuStreamGetDevice: {
+        uint64_t id_hStream = fg_get_u64(r);
+        CUstream hStream = NULL;
+        if (!r->failed && fgs_handle_get(S, 2, id_hStream, (void **)&hStream)) return CUDA_ERROR_INVALID_HANDLE;
+        CUdevice device;
+        memset(&device, 0, sizeof(device));
+        if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuStreamGetDevice) return fgs_missing(S, "cuStreamGetDevice");
+        CUresult res = S->api->cuStreamGetDevice(hStream, &device);
+        if (res == CUDA_SUCCESS) {
+            fg_put(out, &device, sizeof(device));
         }
         return res;
     }
@@ -606,6 +1274,20 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         }
         return res;
     }
+    case FG_OP_cuStreamGetId: {
+        uint64_t id_hStream = fg_get_u64(r);
+        CUstream hStream = NULL;
+        if (!r->failed && fgs_handle_get(S, 2, id_hStream, (void **)&hStream)) return CUDA_ERROR_INVALID_HANDLE;
+        unsigned long long streamId;
+        memset(&streamId, 0, sizeof(streamId));
+        if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuStreamGetId) return fgs_missing(S, "cuStreamGetId");
+        CUresult res = S->api->cuStreamGetId(hStream, &streamId);
+        if (res == CUDA_SUCCESS) {
+            fg_put(out, &streamId, sizeof(streamId));
+        }
+        return res;
+    }
     case FG_OP_cuStreamGetPriority: {
         uint64_t id_hStream = fg_get_u64(r);
         CUstream hStream = NULL;
@@ -620,6 +1302,20 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         }
         return res;
     }
+    case FG_OP_cuStreamIsCapturing: {
+        uint64_t id_hStream = fg_get_u64(r);
+        CUstream hStream = NULL;
+        if (!r->failed && fgs_handle_get(S, 2, id_hStream, (void **)&hStream)) return CUDA_ERROR_INVALID_HANDLE;
+        CUstreamCaptureStatus captureStatus;
+        memset(&captureStatus, 0, sizeof(captureStatus));
+        if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuStreamIsCapturing) return fgs_missing(S, "cuStreamIsCapturing");
+        CUresult res = S->api->cuStreamIsCapturing(hStream, &captureStatus);
+        if (res == CUDA_SUCCESS) {
+            fg_put(out, &captureStatus, sizeof(captureStatus));
+        }
+        return res;
+    }
     case FG_OP_cuStreamQuery: {
         uint64_t id_hStream = fg_get_u64(r);
         CUstream hStream = NULL;
@@ -627,6 +1323,22 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         if (r->failed) return FGS_PROTOCOL_ERROR;
         if (!S->api->cuStreamQuery) return fgs_missing(S, "cuStreamQuery");
         CUresult res = S->api->cuStreamQuery(hStream);
+        return res;
+    }
+    case FG_OP_cuStreamSetAttribute: {
+        uint64_t id_hStream = fg_get_u64(r);
+        CUstream hStream = NULL;
+        if (!r->failed && fgs_handle_get(S, 2, id_hStream, (void **)&hStream)) return CUDA_ERROR_INVALID_HANDLE;
+        CUstreamAttrID attr;
+        fg_get(r, (void *)&attr, sizeof(attr));
+        CUstreamAttrValue v_param;
+        memset(&v_param, 0, sizeof(v_param));
+        uint8_t has_param = 0;
+        fg_get(r, &has_param, 1);
+        if (has_param) fg_get(r, (void *)&v_param, sizeof(v_param));
+        if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuStreamSetAttribute) return fgs_missing(S, "cuStreamSetAttribute");
+        CUresult res = S->api->cuStreamSetAttribute(hStream, attr, has_param ? &v_param : NULL);
         return res;
     }
     case FG_OP_cuStreamSynchronize: {
@@ -650,6 +1362,77 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         if (r->failed) return FGS_PROTOCOL_ERROR;
         if (!S->api->cuStreamWaitEvent) return fgs_missing(S, "cuStreamWaitEvent");
         CUresult res = S->api->cuStreamWaitEvent(hStream, hEvent, Flags);
+        return res;
+    }
+    case FG_OP_cuStreamWaitValue32_v2: {
+        uint64_t id_stream = fg_get_u64(r);
+        CUstream stream = NULL;
+        if (!r->failed && fgs_handle_get(S, 2, id_stream, (void **)&stream)) return CUDA_ERROR_INVALID_HANDLE;
+        CUdeviceptr addr;
+        fg_get(r, (void *)&addr, sizeof(addr));
+        cuuint32_t value;
+        fg_get(r, (void *)&value, sizeof(value));
+        unsigned int flags;
+        fg_get(r, (void *)&flags, sizeof(flags));
+        if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuStreamWaitValue32_v2) return fgs_missing(S, "cuStreamWaitValue32_v2");
+        CUresult res = S->api->cuStreamWaitValue32_v2(stream, addr, value, flags);
+        return res;
+    }
+    case FG_OP_cuStreamWaitValue64_v2: {
+        uint64_t id_stream = fg_get_u64(r);
+        CUstream stream = NULL;
+        if (!r->failed && fgs_handle_get(S, 2, id_stream, (void **)&stream)) return CUDA_ERROR_INVALID_HANDLE;
+        CUdeviceptr addr;
+        fg_get(r, (void *)&addr, sizeof(addr));
+        cuuint64_t value;
+        fg_get(r, (void *)&value, sizeof(value));
+        unsigned int flags;
+        fg_get(r, (void *)&flags, sizeof(flags));
+        if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuStreamWaitValue64_v2) return fgs_missing(S, "cuStreamWaitValue64_v2");
+        CUresult res = S->api->cuStreamWaitValue64_v2(stream, addr, value, flags);
+        return res;
+    }
+    case FG_OP_cuStreamWriteValue32_v2: {
+        uint64_t id_stream = fg_get_u64(r);
+        CUstream stream = NULL;
+        if (!r->failed && fgs_handle_get(S, 2, id_stream, (void **)&stream)) return CUDA_ERROR_INVALID_HANDLE;
+        CUdeviceptr addr;
+        fg_get(r, (void *)&addr, sizeof(addr));
+        cuuint32_t value;
+        fg_get(r, (void *)&value, sizeof(value));
+        unsigned int flags;
+        fg_get(r, (void *)&flags, sizeof(flags));
+        if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuStreamWriteValue32_v2) return fgs_missing(S, "cuStreamWriteValue32_v2");
+        CUresult res = S->api->cuStreamWriteValue32_v2(stream, addr, value, flags);
+        return res;
+    }
+    case FG_OP_cuStreamWriteValue64_v2: {
+        uint64_t id_stream = fg_get_u64(r);
+        CUstream stream = NULL;
+        if (!r->failed && fgs_handle_get(S, 2, id_stream, (void **)&stream)) return CUDA_ERROR_INVALID_HANDLE;
+        CUdeviceptr addr;
+        fg_get(r, (void *)&addr, sizeof(addr));
+        cuuint64_t value;
+        fg_get(r, (void *)&value, sizeof(value));
+        unsigned int flags;
+        fg_get(r, (void *)&flags, sizeof(flags));
+        if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuStreamWriteValue64_v2) return fgs_missing(S, "cuStreamWriteValue64_v2");
+        CUresult res = S->api->cuStreamWriteValue64_v2(stream, addr, value, flags);
+        return res;
+    }
+    case FG_OP_cuThreadExchangeStreamCaptureMode: {
+        CUstreamCaptureMode mode;
+        fg_get(r, (void *)&mode, sizeof(mode));
+        if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuThreadExchangeStreamCaptureMode) return fgs_missing(S, "cuThreadExchangeStreamCaptureMode");
+        CUresult res = S->api->cuThreadExchangeStreamCaptureMode(&mode);
+        if (res == CUDA_SUCCESS) {
+            fg_put(out, &mode, sizeof(mode));
+        }
         return res;
     }
     default: return FGS_UNKNOWN_OP;

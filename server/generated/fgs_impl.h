@@ -6,7 +6,11 @@
 
 CUresult fgs_cuCtxCreate_v4(fgs_session *S, fg_reader *r, fg_writer *out);
 CUresult fgs_cuCtxDestroy_v2(fgs_session *S, fg_reader *r, fg_writer *out);
+CUresult fgs_cuKernelGetFunction(fgs_session *S, fg_reader *r, fg_writer *out);
 CUresult fgs_cuLaunchKernel(fgs_session *S, fg_reader *r, fg_writer *out);
+CUresult fgs_cuLaunchKernelEx(fgs_session *S, fg_reader *r, fg_writer *out);
+CUresult fgs_cuLibraryGetKernel(fgs_session *S, fg_reader *r, fg_writer *out);
+CUresult fgs_cuLibraryLoadData(fgs_session *S, fg_reader *r, fg_writer *out);
 CUresult fgs_cuMemAlloc_v2(fgs_session *S, fg_reader *r, fg_writer *out);
 CUresult fgs_cuMemFree_v2(fgs_session *S, fg_reader *r, fg_writer *out);
 CUresult fgs_cuMemGetAddressRange_v2(fgs_session *S, fg_reader *r, fg_writer *out);
@@ -22,5 +26,6 @@ CUresult fgs_cuMemcpyHtoD_v2(fgs_session *S, fg_reader *r, fg_writer *out);
 CUresult fgs_cuModuleGetFunction(fgs_session *S, fg_reader *r, fg_writer *out);
 CUresult fgs_cuModuleLoadData(fgs_session *S, fg_reader *r, fg_writer *out);
 CUresult fgs_cuModuleLoadDataEx(fgs_session *S, fg_reader *r, fg_writer *out);
+CUresult fgs_cuStreamGetCaptureInfo_v3(fgs_session *S, fg_reader *r, fg_writer *out);
 
 #endif

@@ -52,6 +52,14 @@ typedef struct fgs_session {
 
     void *scratch;
     size_t scratch_cap;
+
+    /* module/library images (image.c): the upload in progress, and the loaded ones kept until the end */
+    uint8_t staging_sha[32];
+    uint8_t *staging_data;
+    uint64_t staging_size, staging_have;
+    uint8_t **images;
+    size_t n_images, cap_images;
+    uint64_t image_cache_hits;
     uint32_t max_frame;
     char log_prefix[64];
 } fgs_session;
@@ -69,5 +77,10 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
 CUresult fgs_set_ctx(fgs_session *S, fg_reader *r);
 void fgs_memory_release_all(fgs_session *S);
 void fgs_later_free_all(fgs_session *S);
+CUresult fgs_image_chunk(fgs_session *S, fg_reader *r);
+const uint8_t *fgs_image_get(fgs_session *S, fg_reader *r, uint64_t *size, CUresult *res);
+void fgs_images_free_all(fgs_session *S);
+/* Append "u32 count, count x (u32 offset, u32 size)" for a function or (is_kernel) a library kernel. */
+void fgs_put_param_layout(fgs_session *S, void *fn, int is_kernel, fg_writer *out);
 
 #endif

@@ -1,6 +1,6 @@
-/* module.c — modules, functions and launches for a session. An image is copied to an aligned buffer
- * before the driver sees it; cuModuleGetFunction answers with the function's parameter layout; launches
- * pass the client's packed parameter buffer through CU_LAUNCH_PARAM_BUFFER_POINTER. */
+/* module.c — modules, libraries, functions, kernels and launches for a session. Images come from the
+ * content-addressed store (image.c); cuModuleGetFunction and cuLibraryGetKernel answer with the parameter
+ * layout; launches pass the client's packed parameter buffer through CU_LAUNCH_PARAM_BUFFER_POINTER. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -52,21 +52,45 @@ static int image_fits(const uint8_t *p, uint64_t n) {
 }
 
 static CUresult load(fgs_session *S, fg_reader *r, fg_writer *out) {
-    uint64_t n = fg_get_u64(r);
-    const uint8_t *img = fg_take(r, (size_t)n);
-    if (r->failed || n == 0) return FGS_PROTOCOL_ERROR;
+    uint64_t n = 0;
+    CUresult res;
+    const uint8_t *img = fgs_image_get(S, r, &n, &res);
+    if (!img) return res;
     if (!image_fits(img, n)) return CUDA_ERROR_INVALID_IMAGE;
-    /* One byte more than the image, zeroed: PTX text always ends inside the buffer. */
-    size_t cap = (size_t)((n + 1 + 63) / 64 * 64);
-    void *copy = aligned_alloc(64, cap);
-    if (!copy) return CUDA_ERROR_OUT_OF_MEMORY;
-    memcpy(copy, img, (size_t)n);
-    memset((uint8_t *)copy + n, 0, cap - (size_t)n);
     CUmodule mod = NULL;
-    CUresult res = S->api->cuModuleLoadData(&mod, copy);
-    free(copy);
+    res = S->api->cuModuleLoadData(&mod, img);
     if (res == CUDA_SUCCESS) fg_put_u64(out, fgs_handle_add(S, FGH_MODULE, mod));
     return res;
+}
+
+CUresult fgs_cuLibraryLoadData(fgs_session *S, fg_reader *r, fg_writer *out) {
+    uint64_t n = 0;
+    CUresult res;
+    const uint8_t *img = fgs_image_get(S, r, &n, &res);
+    if (!img) return res;
+    if (!image_fits(img, n)) return CUDA_ERROR_INVALID_IMAGE;
+    if (!S->api->cuLibraryLoadData) return fgs_missing(S, "cuLibraryLoadData");
+    CUlibrary lib = NULL;
+    res = S->api->cuLibraryLoadData(&lib, img, NULL, NULL, 0, NULL, NULL, 0);
+    if (res == CUDA_SUCCESS) fg_put_u64(out, fgs_handle_add(S, FGH_LIBRARY, lib));
+    return res;
+}
+
+void fgs_put_param_layout(fgs_session *S, void *fn, int is_kernel, fg_writer *out) {
+    size_t count_at = out->len;
+    fg_put_u32(out, 0);
+    uint32_t n = 0;
+    for (; n < 4096; n++) {
+        size_t off = 0, size = 0;
+        CUresult q = is_kernel ? (S->api->cuKernelGetParamInfo
+                                      ? S->api->cuKernelGetParamInfo((CUkernel)fn, n, &off, &size)
+                                      : CUDA_ERROR_NOT_SUPPORTED)
+                               : S->api->cuFuncGetParamInfo((CUfunction)fn, n, &off, &size);
+        if (q != CUDA_SUCCESS) break;
+        fg_put_u32(out, (uint32_t)off);
+        fg_put_u32(out, (uint32_t)size);
+    }
+    if (!out->failed) memcpy(out->buf + count_at, &n, 4);
 }
 
 CUresult fgs_cuModuleLoadData(fgs_session *S, fg_reader *r, fg_writer *out) { return load(S, r, out); }
@@ -82,17 +106,41 @@ CUresult fgs_cuModuleGetFunction(fgs_session *S, fg_reader *r, fg_writer *out) {
     CUresult res = S->api->cuModuleGetFunction(&f, (CUmodule)mod, name);
     if (res != CUDA_SUCCESS) return res;
     fg_put_u64(out, fgs_handle_add(S, FGH_FUNCTION, f));
-    size_t count_at = out->len;
-    fg_put_u32(out, 0);
-    uint32_t n = 0;
-    for (; n < 4096; n++) {
-        size_t off = 0, size = 0;
-        if (S->api->cuFuncGetParamInfo(f, n, &off, &size) != CUDA_SUCCESS) break;
-        fg_put_u32(out, (uint32_t)off);
-        fg_put_u32(out, (uint32_t)size);
-    }
-    if (!out->failed) memcpy(out->buf + count_at, &n, 4);
+    fgs_put_param_layout(S, f, 0, out);
     return CUDA_SUCCESS;
+}
+
+CUresult fgs_cuLibraryGetKernel(fgs_session *S, fg_reader *r, fg_writer *out) {
+    uint64_t lid = fg_get_u64(r);
+    const char *name = fgs_get_cstr(r);
+    if (r->failed) return FGS_PROTOCOL_ERROR;
+    void *lib;
+    if (fgs_handle_get(S, FGH_LIBRARY, lid, &lib) || !lib) return CUDA_ERROR_INVALID_HANDLE;
+    if (!S->api->cuLibraryGetKernel) return fgs_missing(S, "cuLibraryGetKernel");
+    CUkernel k = NULL;
+    CUresult res = S->api->cuLibraryGetKernel(&k, (CUlibrary)lib, name);
+    if (res != CUDA_SUCCESS) return res;
+    fg_put_u64(out, fgs_handle_add(S, FGH_KERNEL, k));
+    fgs_put_param_layout(S, k, 1, out);
+    return CUDA_SUCCESS;
+}
+
+CUresult fgs_cuKernelGetFunction(fgs_session *S, fg_reader *r, fg_writer *out) {
+    uint64_t kid = fg_get_u64(r);
+    if (r->failed) return FGS_PROTOCOL_ERROR;
+    void *k;
+    if (fgs_handle_get(S, FGH_KERNEL, kid, &k) || !k) return CUDA_ERROR_INVALID_HANDLE;
+    if (!S->api->cuKernelGetFunction) return fgs_missing(S, "cuKernelGetFunction");
+    CUfunction f = NULL;
+    CUresult res = S->api->cuKernelGetFunction(&f, (CUkernel)k);
+    if (res == CUDA_SUCCESS) fg_put_u64(out, fgs_handle_add(S, FGH_FUNCTION, f));
+    return res;
+}
+
+/* A launch names a function or, as the driver allows, a library kernel. */
+static int launch_target(fgs_session *S, uint64_t id, void **f) {
+    if (!fgs_handle_get(S, FGH_FUNCTION, id, f) && *f) return 0;
+    return fgs_handle_get(S, FGH_KERNEL, id, f) || !*f ? -1 : 0;
 }
 
 CUresult fgs_cuLaunchKernel(fgs_session *S, fg_reader *r, fg_writer *out) {
@@ -105,7 +153,7 @@ CUresult fgs_cuLaunchKernel(fgs_session *S, fg_reader *r, fg_writer *out) {
     const uint8_t *params = fg_take(r, n);
     if (r->failed) return FGS_PROTOCOL_ERROR;
     void *f, *s;
-    if (fgs_handle_get(S, FGH_FUNCTION, fid, &f) || !f) return CUDA_ERROR_INVALID_HANDLE;
+    if (launch_target(S, fid, &f)) return CUDA_ERROR_INVALID_HANDLE;
     if (fgs_handle_get(S, FGH_STREAM, sid, &s)) return CUDA_ERROR_INVALID_HANDLE;
     if (n == 0)
         return S->api->cuLaunchKernel((CUfunction)f, d[0], d[1], d[2], d[3], d[4], d[5], d[6], (CUstream)s, NULL, NULL);
@@ -115,4 +163,57 @@ CUresult fgs_cuLaunchKernel(fgs_session *S, fg_reader *r, fg_writer *out) {
     size_t size = n;
     void *extra[] = {CU_LAUNCH_PARAM_BUFFER_POINTER, buf, CU_LAUNCH_PARAM_BUFFER_SIZE, &size, CU_LAUNCH_PARAM_END};
     return S->api->cuLaunchKernel((CUfunction)f, d[0], d[1], d[2], d[3], d[4], d[5], d[6], (CUstream)s, NULL, extra);
+}
+
+/* Attributes whose value holds a handle carry the client's virtual id: translate them. */
+static CUresult translate_attrs(fgs_session *S, CUlaunchAttribute *a, uint32_t n) {
+    for (uint32_t i = 0; i < n; i++) {
+        void *ev = NULL;
+        switch (a[i].id) {
+        case CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_EVENT:
+            if (fgs_handle_get(S, FGH_EVENT, (uint64_t)(uintptr_t)a[i].value.programmaticEvent.event, &ev))
+                return CUDA_ERROR_INVALID_HANDLE;
+            a[i].value.programmaticEvent.event = (CUevent)ev;
+            break;
+        case CU_LAUNCH_ATTRIBUTE_LAUNCH_COMPLETION_EVENT:
+            if (fgs_handle_get(S, FGH_EVENT, (uint64_t)(uintptr_t)a[i].value.launchCompletionEvent.event, &ev))
+                return CUDA_ERROR_INVALID_HANDLE;
+            a[i].value.launchCompletionEvent.event = (CUevent)ev;
+            break;
+        case CU_LAUNCH_ATTRIBUTE_DEVICE_UPDATABLE_KERNEL_NODE:
+            return CUDA_ERROR_NOT_SUPPORTED; /* writes a graph node handle back: not forwarded */
+        default:
+            break;
+        }
+    }
+    return CUDA_SUCCESS;
+}
+
+CUresult fgs_cuLaunchKernelEx(fgs_session *S, fg_reader *r, fg_writer *out) {
+    (void)out;
+    uint64_t fid = fg_get_u64(r);
+    uint32_t d[7];
+    fg_get(r, d, sizeof d);
+    uint64_t sid = fg_get_u64(r);
+    uint32_t na = fg_get_u32(r);
+    if (na > 64) return FGS_PROTOCOL_ERROR;
+    CUlaunchAttribute attrs[64];
+    fg_get(r, attrs, na * sizeof attrs[0]);
+    uint32_t n = fg_get_u32(r);
+    const uint8_t *params = fg_take(r, n);
+    if (r->failed) return FGS_PROTOCOL_ERROR;
+    void *f, *s;
+    if (launch_target(S, fid, &f)) return CUDA_ERROR_INVALID_HANDLE;
+    if (fgs_handle_get(S, FGH_STREAM, sid, &s)) return CUDA_ERROR_INVALID_HANDLE;
+    if (!S->api->cuLaunchKernelEx) return fgs_missing(S, "cuLaunchKernelEx");
+    CUresult tr = translate_attrs(S, attrs, na);
+    if (tr != CUDA_SUCCESS) return tr;
+    CUlaunchConfig cfg = {d[0], d[1], d[2], d[3], d[4], d[5], d[6], (CUstream)s, na ? attrs : NULL, na};
+    if (n == 0) return S->api->cuLaunchKernelEx(&cfg, (CUfunction)f, NULL, NULL);
+    void *buf = fgs_scratch(S, n);
+    if (!buf) return CUDA_ERROR_OUT_OF_MEMORY;
+    memcpy(buf, params, n);
+    size_t size = n;
+    void *extra[] = {CU_LAUNCH_PARAM_BUFFER_POINTER, buf, CU_LAUNCH_PARAM_BUFFER_SIZE, &size, CU_LAUNCH_PARAM_END};
+    return S->api->cuLaunchKernelEx(&cfg, (CUfunction)f, NULL, extra);
 }

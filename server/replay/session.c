@@ -64,7 +64,9 @@ int fgs_handle_get(fgs_session *S, int kind, uint64_t id, void **real) {
 
 uint64_t fgs_handle_add(fgs_session *S, int kind, void *real) {
     fgs_table *t = &S->tables[kind];
-    if (kind == FGH_CONTEXT) /* a primary context retained twice is one handle */
+    /* One id per real object for kinds the driver hands out repeatedly (a primary context retained twice, a
+     * capture's graph, a library's module), so destroying it at the session's end happens once. */
+    if (kind == FGH_CONTEXT || kind == FGH_GRAPH || kind == FGH_GRAPHNODE || kind == FGH_MODULE || kind == FGH_LIBRARY)
         for (uint32_t i = 0; i < t->n; i++)
             if (t->real[i] == real) return make_id(S, kind, i);
     uint32_t idx;
@@ -192,7 +194,7 @@ FGS_EXPORT void fgs_close(fgs_session *S) {
     fgs_later_free_all(S);
     fgs_memory_release_all(S);
     /* Streams, events and modules first, then the contexts that own them. */
-    static const int order[] = {FGH_EVENT, FGH_STREAM, FGH_MODULE, FGH_CONTEXT};
+    static const int order[] = {FGH_GRAPHEXEC, FGH_GRAPH, FGH_EVENT, FGH_STREAM, FGH_MODULE, FGH_LIBRARY, FGH_CONTEXT};
     for (size_t k = 0; k < sizeof order / sizeof order[0]; k++) {
         fgs_table *t = &S->tables[order[k]];
         for (uint32_t i = 0; i < t->n; i++) {
@@ -202,6 +204,15 @@ FGS_EXPORT void fgs_close(fgs_session *S) {
             case FGH_EVENT: S->api->cuEventDestroy_v2((CUevent)h); break;
             case FGH_STREAM: S->api->cuStreamDestroy_v2((CUstream)h); break;
             case FGH_MODULE: S->api->cuModuleUnload((CUmodule)h); break;
+            case FGH_LIBRARY:
+                if (S->api->cuLibraryUnload) S->api->cuLibraryUnload((CUlibrary)h);
+                break;
+            case FGH_GRAPHEXEC:
+                if (S->api->cuGraphExecDestroy) S->api->cuGraphExecDestroy((CUgraphExec)h);
+                break;
+            case FGH_GRAPH:
+                if (S->api->cuGraphDestroy) S->api->cuGraphDestroy((CUgraph)h);
+                break;
             default: break; /* contexts: primary ones are released at process exit, created ones below */
             }
         }
@@ -231,6 +242,7 @@ FGS_EXPORT void fgs_close(fgs_session *S) {
     free(S->allocs);
     free(S->later);
     free(S->scratch);
+    fgs_images_free_all(S);
     /* The driver stays loaded: unloading a CUDA driver inside a process is not supported. */
     free((void *)S->api);
     free(S);

@@ -2,79 +2,144 @@
 #ifndef FG_OPS_H
 #define FG_OPS_H
 
-#define FG_OPS_HASH "0d9427a38dca15fb"
+#define FG_OPS_HASH "6b1bd6dddf36558f"
 
 enum fg_op {
     FG_OP_SET_CTX = 1,
     FG_OP_PING = 2,
+    FG_OP_IMAGE_CHUNK = 3,
     FG_OP_cuCtxCreate_v4 = 16,
     FG_OP_cuCtxDestroy_v2 = 17,
-    FG_OP_cuCtxGetApiVersion = 18,
-    FG_OP_cuCtxGetDevice = 19,
-    FG_OP_cuCtxGetFlags = 20,
-    FG_OP_cuCtxGetLimit = 21,
-    FG_OP_cuCtxGetStreamPriorityRange = 22,
-    FG_OP_cuCtxSetLimit = 23,
-    FG_OP_cuCtxSynchronize = 24,
-    FG_OP_cuDeviceComputeCapability = 25,
-    FG_OP_cuDeviceGet = 26,
-    FG_OP_cuDeviceGetAttribute = 27,
-    FG_OP_cuDeviceGetCount = 28,
-    FG_OP_cuDeviceGetName = 29,
-    FG_OP_cuDeviceGetPCIBusId = 30,
-    FG_OP_cuDeviceGetUuid_v2 = 31,
-    FG_OP_cuDevicePrimaryCtxGetState = 32,
-    FG_OP_cuDevicePrimaryCtxRelease_v2 = 33,
-    FG_OP_cuDevicePrimaryCtxReset_v2 = 34,
-    FG_OP_cuDevicePrimaryCtxRetain = 35,
-    FG_OP_cuDevicePrimaryCtxSetFlags_v2 = 36,
-    FG_OP_cuDeviceTotalMem_v2 = 37,
-    FG_OP_cuEventCreate = 38,
-    FG_OP_cuEventDestroy_v2 = 39,
-    FG_OP_cuEventElapsedTime_v2 = 40,
-    FG_OP_cuEventQuery = 41,
-    FG_OP_cuEventRecord = 42,
-    FG_OP_cuEventRecordWithFlags = 43,
-    FG_OP_cuEventSynchronize = 44,
-    FG_OP_cuFuncGetAttribute = 45,
-    FG_OP_cuFuncSetAttribute = 46,
-    FG_OP_cuFuncSetCacheConfig = 47,
-    FG_OP_cuLaunchKernel = 48,
-    FG_OP_cuMemAlloc_v2 = 49,
-    FG_OP_cuMemFree_v2 = 50,
-    FG_OP_cuMemGetAddressRange_v2 = 51,
-    FG_OP_cuMemGetInfo_v2 = 52,
-    FG_OP_cuMemcpy = 53,
-    FG_OP_cuMemcpyAsync = 54,
-    FG_OP_cuMemcpyDtoDAsync_v2 = 55,
-    FG_OP_cuMemcpyDtoD_v2 = 56,
-    FG_OP_cuMemcpyDtoHAsync_v2 = 57,
-    FG_OP_cuMemcpyDtoH_v2 = 58,
-    FG_OP_cuMemcpyHtoDAsync_v2 = 59,
-    FG_OP_cuMemcpyHtoD_v2 = 60,
-    FG_OP_cuMemsetD16Async = 61,
-    FG_OP_cuMemsetD16_v2 = 62,
-    FG_OP_cuMemsetD32Async = 63,
-    FG_OP_cuMemsetD32_v2 = 64,
-    FG_OP_cuMemsetD8Async = 65,
-    FG_OP_cuMemsetD8_v2 = 66,
-    FG_OP_cuModuleGetFunction = 67,
-    FG_OP_cuModuleGetGlobal_v2 = 68,
-    FG_OP_cuModuleLoadData = 69,
-    FG_OP_cuModuleLoadDataEx = 70,
-    FG_OP_cuModuleUnload = 71,
-    FG_OP_cuOccupancyMaxActiveBlocksPerMultiprocessor = 72,
-    FG_OP_cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags = 73,
-    FG_OP_cuStreamCreate = 74,
-    FG_OP_cuStreamCreateWithPriority = 75,
-    FG_OP_cuStreamDestroy_v2 = 76,
-    FG_OP_cuStreamGetCtx = 77,
-    FG_OP_cuStreamGetFlags = 78,
-    FG_OP_cuStreamGetPriority = 79,
-    FG_OP_cuStreamQuery = 80,
-    FG_OP_cuStreamSynchronize = 81,
-    FG_OP_cuStreamWaitEvent = 82,
-    FG_OP_LIMIT = 83,
+    FG_OP_cuCtxDisablePeerAccess = 18,
+    FG_OP_cuCtxEnablePeerAccess = 19,
+    FG_OP_cuCtxGetApiVersion = 20,
+    FG_OP_cuCtxGetCacheConfig = 21,
+    FG_OP_cuCtxGetDevice = 22,
+    FG_OP_cuCtxGetDevice_v2 = 23,
+    FG_OP_cuCtxGetFlags = 24,
+    FG_OP_cuCtxGetId = 25,
+    FG_OP_cuCtxGetLimit = 26,
+    FG_OP_cuCtxGetSharedMemConfig = 27,
+    FG_OP_cuCtxGetStreamPriorityRange = 28,
+    FG_OP_cuCtxResetPersistingL2Cache = 29,
+    FG_OP_cuCtxSetCacheConfig = 30,
+    FG_OP_cuCtxSetFlags = 31,
+    FG_OP_cuCtxSetLimit = 32,
+    FG_OP_cuCtxSetSharedMemConfig = 33,
+    FG_OP_cuCtxSynchronize = 34,
+    FG_OP_cuCtxSynchronize_v2 = 35,
+    FG_OP_cuDeviceCanAccessPeer = 36,
+    FG_OP_cuDeviceComputeCapability = 37,
+    FG_OP_cuDeviceGet = 38,
+    FG_OP_cuDeviceGetAttribute = 39,
+    FG_OP_cuDeviceGetByPCIBusId = 40,
+    FG_OP_cuDeviceGetCount = 41,
+    FG_OP_cuDeviceGetDefaultMemPool = 42,
+    FG_OP_cuDeviceGetMemPool = 43,
+    FG_OP_cuDeviceGetName = 44,
+    FG_OP_cuDeviceGetP2PAttribute = 45,
+    FG_OP_cuDeviceGetPCIBusId = 46,
+    FG_OP_cuDeviceGetTexture1DLinearMaxWidth = 47,
+    FG_OP_cuDeviceGetUuid_v2 = 48,
+    FG_OP_cuDevicePrimaryCtxGetState = 49,
+    FG_OP_cuDevicePrimaryCtxRelease_v2 = 50,
+    FG_OP_cuDevicePrimaryCtxReset_v2 = 51,
+    FG_OP_cuDevicePrimaryCtxRetain = 52,
+    FG_OP_cuDevicePrimaryCtxSetFlags_v2 = 53,
+    FG_OP_cuDeviceSetMemPool = 54,
+    FG_OP_cuDeviceTotalMem_v2 = 55,
+    FG_OP_cuEventCreate = 56,
+    FG_OP_cuEventDestroy_v2 = 57,
+    FG_OP_cuEventElapsedTime_v2 = 58,
+    FG_OP_cuEventQuery = 59,
+    FG_OP_cuEventRecord = 60,
+    FG_OP_cuEventRecordWithFlags = 61,
+    FG_OP_cuEventSynchronize = 62,
+    FG_OP_cuFuncGetAttribute = 63,
+    FG_OP_cuFuncGetModule = 64,
+    FG_OP_cuFuncIsLoaded = 65,
+    FG_OP_cuFuncLoad = 66,
+    FG_OP_cuFuncSetAttribute = 67,
+    FG_OP_cuFuncSetCacheConfig = 68,
+    FG_OP_cuFuncSetSharedMemConfig = 69,
+    FG_OP_cuGraphCreate = 70,
+    FG_OP_cuGraphDestroy = 71,
+    FG_OP_cuGraphExecDestroy = 72,
+    FG_OP_cuGraphInstantiateWithFlags = 73,
+    FG_OP_cuGraphLaunch = 74,
+    FG_OP_cuGraphUpload = 75,
+    FG_OP_cuKernelGetAttribute = 76,
+    FG_OP_cuKernelGetFunction = 77,
+    FG_OP_cuKernelGetLibrary = 78,
+    FG_OP_cuKernelSetAttribute = 79,
+    FG_OP_cuKernelSetCacheConfig = 80,
+    FG_OP_cuLaunchKernel = 81,
+    FG_OP_cuLaunchKernelEx = 82,
+    FG_OP_cuLibraryGetGlobal = 83,
+    FG_OP_cuLibraryGetKernel = 84,
+    FG_OP_cuLibraryGetKernelCount = 85,
+    FG_OP_cuLibraryGetModule = 86,
+    FG_OP_cuLibraryLoadData = 87,
+    FG_OP_cuLibraryUnload = 88,
+    FG_OP_cuMemAlloc_v2 = 89,
+    FG_OP_cuMemFree_v2 = 90,
+    FG_OP_cuMemGetAddressRange_v2 = 91,
+    FG_OP_cuMemGetInfo_v2 = 92,
+    FG_OP_cuMemPoolTrimTo = 93,
+    FG_OP_cuMemcpy = 94,
+    FG_OP_cuMemcpyAsync = 95,
+    FG_OP_cuMemcpyDtoDAsync_v2 = 96,
+    FG_OP_cuMemcpyDtoD_v2 = 97,
+    FG_OP_cuMemcpyDtoHAsync_v2 = 98,
+    FG_OP_cuMemcpyDtoH_v2 = 99,
+    FG_OP_cuMemcpyHtoDAsync_v2 = 100,
+    FG_OP_cuMemcpyHtoD_v2 = 101,
+    FG_OP_cuMemsetD16Async = 102,
+    FG_OP_cuMemsetD16_v2 = 103,
+    FG_OP_cuMemsetD2D16Async = 104,
+    FG_OP_cuMemsetD2D16_v2 = 105,
+    FG_OP_cuMemsetD2D32Async = 106,
+    FG_OP_cuMemsetD2D32_v2 = 107,
+    FG_OP_cuMemsetD2D8Async = 108,
+    FG_OP_cuMemsetD2D8_v2 = 109,
+    FG_OP_cuMemsetD32Async = 110,
+    FG_OP_cuMemsetD32_v2 = 111,
+    FG_OP_cuMemsetD8Async = 112,
+    FG_OP_cuMemsetD8_v2 = 113,
+    FG_OP_cuModuleGetFunction = 114,
+    FG_OP_cuModuleGetFunctionCount = 115,
+    FG_OP_cuModuleGetGlobal_v2 = 116,
+    FG_OP_cuModuleGetLoadingMode = 117,
+    FG_OP_cuModuleLoadData = 118,
+    FG_OP_cuModuleLoadDataEx = 119,
+    FG_OP_cuModuleUnload = 120,
+    FG_OP_cuOccupancyAvailableDynamicSMemPerBlock = 121,
+    FG_OP_cuOccupancyMaxActiveBlocksPerMultiprocessor = 122,
+    FG_OP_cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags = 123,
+    FG_OP_cuStreamBeginCapture_v2 = 124,
+    FG_OP_cuStreamCopyAttributes = 125,
+    FG_OP_cuStreamCreate = 126,
+    FG_OP_cuStreamCreateWithPriority = 127,
+    FG_OP_cuStreamDestroy_v2 = 128,
+    FG_OP_cuStreamEndCapture = 129,
+    FG_OP_cuStreamGetAttribute = 130,
+    FG_OP_cuStreamGetCaptureInfo_v3 = 131,
+    FG_OP_cuStreamGetCtx = 132,
+    FG_OP_cuStreamGetDevice = 133,
+    FG_OP_cuStreamGetFlags = 134,
+    FG_OP_cuStreamGetId = 135,
+    FG_OP_cuStreamGetPriority = 136,
+    FG_OP_cuStreamIsCapturing = 137,
+    FG_OP_cuStreamQuery = 138,
+    FG_OP_cuStreamSetAttribute = 139,
+    FG_OP_cuStreamSynchronize = 140,
+    FG_OP_cuStreamWaitEvent = 141,
+    FG_OP_cuStreamWaitValue32_v2 = 142,
+    FG_OP_cuStreamWaitValue64_v2 = 143,
+    FG_OP_cuStreamWriteValue32_v2 = 144,
+    FG_OP_cuStreamWriteValue64_v2 = 145,
+    FG_OP_cuThreadExchangeStreamCaptureMode = 146,
+    FG_OP_LIMIT = 147,
 };
 
 /* 0: unknown op, 1: sync, 2: async */
@@ -82,27 +147,46 @@ static inline int fg_op_class(unsigned op) {
     switch (op) {
     case FG_OP_SET_CTX: return 2;
     case FG_OP_PING: return 1;
+    case FG_OP_IMAGE_CHUNK: return 2;
     case FG_OP_cuCtxCreate_v4: return 1;
     case FG_OP_cuCtxDestroy_v2: return 1;
+    case FG_OP_cuCtxDisablePeerAccess: return 1;
+    case FG_OP_cuCtxEnablePeerAccess: return 1;
     case FG_OP_cuCtxGetApiVersion: return 1;
+    case FG_OP_cuCtxGetCacheConfig: return 1;
     case FG_OP_cuCtxGetDevice: return 1;
+    case FG_OP_cuCtxGetDevice_v2: return 1;
     case FG_OP_cuCtxGetFlags: return 1;
+    case FG_OP_cuCtxGetId: return 1;
     case FG_OP_cuCtxGetLimit: return 1;
+    case FG_OP_cuCtxGetSharedMemConfig: return 1;
     case FG_OP_cuCtxGetStreamPriorityRange: return 1;
+    case FG_OP_cuCtxResetPersistingL2Cache: return 1;
+    case FG_OP_cuCtxSetCacheConfig: return 1;
+    case FG_OP_cuCtxSetFlags: return 1;
     case FG_OP_cuCtxSetLimit: return 1;
+    case FG_OP_cuCtxSetSharedMemConfig: return 1;
     case FG_OP_cuCtxSynchronize: return 1;
+    case FG_OP_cuCtxSynchronize_v2: return 1;
+    case FG_OP_cuDeviceCanAccessPeer: return 1;
     case FG_OP_cuDeviceComputeCapability: return 1;
     case FG_OP_cuDeviceGet: return 1;
     case FG_OP_cuDeviceGetAttribute: return 1;
+    case FG_OP_cuDeviceGetByPCIBusId: return 1;
     case FG_OP_cuDeviceGetCount: return 1;
+    case FG_OP_cuDeviceGetDefaultMemPool: return 1;
+    case FG_OP_cuDeviceGetMemPool: return 1;
     case FG_OP_cuDeviceGetName: return 1;
+    case FG_OP_cuDeviceGetP2PAttribute: return 1;
     case FG_OP_cuDeviceGetPCIBusId: return 1;
+    case FG_OP_cuDeviceGetTexture1DLinearMaxWidth: return 1;
     case FG_OP_cuDeviceGetUuid_v2: return 1;
     case FG_OP_cuDevicePrimaryCtxGetState: return 1;
     case FG_OP_cuDevicePrimaryCtxRelease_v2: return 1;
     case FG_OP_cuDevicePrimaryCtxReset_v2: return 1;
     case FG_OP_cuDevicePrimaryCtxRetain: return 1;
     case FG_OP_cuDevicePrimaryCtxSetFlags_v2: return 1;
+    case FG_OP_cuDeviceSetMemPool: return 1;
     case FG_OP_cuDeviceTotalMem_v2: return 1;
     case FG_OP_cuEventCreate: return 1;
     case FG_OP_cuEventDestroy_v2: return 1;
@@ -112,13 +196,36 @@ static inline int fg_op_class(unsigned op) {
     case FG_OP_cuEventRecordWithFlags: return 2;
     case FG_OP_cuEventSynchronize: return 1;
     case FG_OP_cuFuncGetAttribute: return 1;
+    case FG_OP_cuFuncGetModule: return 1;
+    case FG_OP_cuFuncIsLoaded: return 1;
+    case FG_OP_cuFuncLoad: return 1;
     case FG_OP_cuFuncSetAttribute: return 1;
     case FG_OP_cuFuncSetCacheConfig: return 1;
+    case FG_OP_cuFuncSetSharedMemConfig: return 1;
+    case FG_OP_cuGraphCreate: return 1;
+    case FG_OP_cuGraphDestroy: return 1;
+    case FG_OP_cuGraphExecDestroy: return 1;
+    case FG_OP_cuGraphInstantiateWithFlags: return 1;
+    case FG_OP_cuGraphLaunch: return 2;
+    case FG_OP_cuGraphUpload: return 2;
+    case FG_OP_cuKernelGetAttribute: return 1;
+    case FG_OP_cuKernelGetFunction: return 1;
+    case FG_OP_cuKernelGetLibrary: return 1;
+    case FG_OP_cuKernelSetAttribute: return 1;
+    case FG_OP_cuKernelSetCacheConfig: return 1;
     case FG_OP_cuLaunchKernel: return 2;
+    case FG_OP_cuLaunchKernelEx: return 2;
+    case FG_OP_cuLibraryGetGlobal: return 1;
+    case FG_OP_cuLibraryGetKernel: return 1;
+    case FG_OP_cuLibraryGetKernelCount: return 1;
+    case FG_OP_cuLibraryGetModule: return 1;
+    case FG_OP_cuLibraryLoadData: return 1;
+    case FG_OP_cuLibraryUnload: return 1;
     case FG_OP_cuMemAlloc_v2: return 1;
     case FG_OP_cuMemFree_v2: return 1;
     case FG_OP_cuMemGetAddressRange_v2: return 1;
     case FG_OP_cuMemGetInfo_v2: return 1;
+    case FG_OP_cuMemPoolTrimTo: return 1;
     case FG_OP_cuMemcpy: return 2;
     case FG_OP_cuMemcpyAsync: return 2;
     case FG_OP_cuMemcpyDtoDAsync_v2: return 2;
@@ -129,26 +236,49 @@ static inline int fg_op_class(unsigned op) {
     case FG_OP_cuMemcpyHtoD_v2: return 1;
     case FG_OP_cuMemsetD16Async: return 2;
     case FG_OP_cuMemsetD16_v2: return 2;
+    case FG_OP_cuMemsetD2D16Async: return 2;
+    case FG_OP_cuMemsetD2D16_v2: return 2;
+    case FG_OP_cuMemsetD2D32Async: return 2;
+    case FG_OP_cuMemsetD2D32_v2: return 2;
+    case FG_OP_cuMemsetD2D8Async: return 2;
+    case FG_OP_cuMemsetD2D8_v2: return 2;
     case FG_OP_cuMemsetD32Async: return 2;
     case FG_OP_cuMemsetD32_v2: return 2;
     case FG_OP_cuMemsetD8Async: return 2;
     case FG_OP_cuMemsetD8_v2: return 2;
     case FG_OP_cuModuleGetFunction: return 1;
+    case FG_OP_cuModuleGetFunctionCount: return 1;
     case FG_OP_cuModuleGetGlobal_v2: return 1;
+    case FG_OP_cuModuleGetLoadingMode: return 1;
     case FG_OP_cuModuleLoadData: return 1;
     case FG_OP_cuModuleLoadDataEx: return 1;
     case FG_OP_cuModuleUnload: return 1;
+    case FG_OP_cuOccupancyAvailableDynamicSMemPerBlock: return 1;
     case FG_OP_cuOccupancyMaxActiveBlocksPerMultiprocessor: return 1;
     case FG_OP_cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags: return 1;
+    case FG_OP_cuStreamBeginCapture_v2: return 1;
+    case FG_OP_cuStreamCopyAttributes: return 1;
     case FG_OP_cuStreamCreate: return 1;
     case FG_OP_cuStreamCreateWithPriority: return 1;
     case FG_OP_cuStreamDestroy_v2: return 1;
+    case FG_OP_cuStreamEndCapture: return 1;
+    case FG_OP_cuStreamGetAttribute: return 1;
+    case FG_OP_cuStreamGetCaptureInfo_v3: return 1;
     case FG_OP_cuStreamGetCtx: return 1;
+    case FG_OP_cuStreamGetDevice: return 1;
     case FG_OP_cuStreamGetFlags: return 1;
+    case FG_OP_cuStreamGetId: return 1;
     case FG_OP_cuStreamGetPriority: return 1;
+    case FG_OP_cuStreamIsCapturing: return 1;
     case FG_OP_cuStreamQuery: return 1;
+    case FG_OP_cuStreamSetAttribute: return 1;
     case FG_OP_cuStreamSynchronize: return 1;
     case FG_OP_cuStreamWaitEvent: return 2;
+    case FG_OP_cuStreamWaitValue32_v2: return 2;
+    case FG_OP_cuStreamWaitValue64_v2: return 2;
+    case FG_OP_cuStreamWriteValue32_v2: return 2;
+    case FG_OP_cuStreamWriteValue64_v2: return 2;
+    case FG_OP_cuThreadExchangeStreamCaptureMode: return 1;
     default: return 0;
     }
 }

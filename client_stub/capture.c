@@ -1,0 +1,55 @@
+/* capture.c — cuStreamGetCaptureInfo_v3. The driver hands back pointers to its own arrays of dependency
+ * nodes and edge data; the stub keeps per-thread copies of the server's answer, valid until the thread's next
+ * call, as the driver's are valid until the next capture operation on the stream. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "fgc_impl.h"
+#include "fgc_internal.h"
+
+#define MAX_DEPS 4096
+
+static __thread CUgraphNode *t_deps;
+static __thread CUgraphEdgeData *t_edges;
+static __thread uint8_t *t_reply; /* n node ids, then (if asked) n edge records */
+
+CUresult fgc_cuStreamGetCaptureInfo_v3(CUstream hStream, CUstreamCaptureStatus *captureStatus_out, cuuint64_t *id_out,
+                                       CUgraph *graph_out, const CUgraphNode **dependencies_out,
+                                       const CUgraphEdgeData **edgeData_out, size_t *numDependencies_out) {
+    FGC_REQUIRE_INIT();
+    if (!captureStatus_out) return CUDA_ERROR_INVALID_VALUE;
+    if (!t_deps) t_deps = (CUgraphNode *)calloc(MAX_DEPS, sizeof *t_deps);
+    if (!t_edges) t_edges = (CUgraphEdgeData *)calloc(MAX_DEPS, sizeof *t_edges);
+    if (!t_reply) t_reply = (uint8_t *)malloc(MAX_DEPS * (sizeof(uint64_t) + sizeof(CUgraphEdgeData)));
+    if (!t_deps || !t_edges || !t_reply) return CUDA_ERROR_OUT_OF_MEMORY;
+    fg_writer *w = fgc_begin(FG_OP_cuStreamGetCaptureInfo_v3);
+    if (!w) return fgc_last_error();
+    fgc_put_handle(w, hStream);
+    uint8_t want_edges = edgeData_out != NULL;
+    fg_put(w, &want_edges, 1);
+    struct {
+        uint32_t status, n;
+        uint64_t id, graph;
+    } head;
+    fgc_expect(&head, sizeof head);
+    fgc_expect(t_reply, MAX_DEPS * (sizeof(uint64_t) + sizeof(CUgraphEdgeData)));
+    size_t got = 0;
+    CUresult r = fgc_sync_var(&got);
+    if (r != CUDA_SUCCESS) return r;
+    size_t need = sizeof head + (size_t)head.n * (sizeof(uint64_t) + (want_edges ? sizeof(CUgraphEdgeData) : 0));
+    if (got < sizeof head || head.n > MAX_DEPS || got != need) return CUDA_ERROR_INVALID_VALUE;
+    for (uint32_t k = 0; k < head.n; k++) {
+        uint64_t id;
+        memcpy(&id, t_reply + k * sizeof id, sizeof id);
+        t_deps[k] = (CUgraphNode)(uintptr_t)id;
+    }
+    if (want_edges && head.n)
+        memcpy(t_edges, t_reply + head.n * sizeof(uint64_t), head.n * sizeof(CUgraphEdgeData));
+    *captureStatus_out = (CUstreamCaptureStatus)head.status;
+    if (id_out) *id_out = head.id;
+    if (graph_out) *graph_out = (CUgraph)(uintptr_t)head.graph;
+    if (dependencies_out) *dependencies_out = head.n ? t_deps : NULL;
+    if (edgeData_out) *edgeData_out = head.n ? t_edges : NULL;
+    if (numDependencies_out) *numDependencies_out = head.n;
+    return CUDA_SUCCESS;
+}

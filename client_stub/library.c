@@ -1,0 +1,89 @@
+/* library.c — the CUDA 12+ library API: cuLibraryLoadData/FromFile ship the image content-addressed
+ * (image.c) and the server's driver loads it (lazily, as the driver does by default); cuLibraryGetKernel's
+ * reply carries the kernel's parameter layout like cuModuleGetFunction's, and cuKernelGetFunction gives the
+ * resulting function the same layout. JIT and library options are not forwarded (logged once). */
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "fgc_image.h"
+#include "fgc_impl.h"
+#include "fgc_internal.h"
+
+static void note_options(unsigned numJit, unsigned numLib) {
+    static int logged;
+    if ((numJit || numLib) && !__atomic_exchange_n(&logged, 1, __ATOMIC_RELAXED))
+        fgc_log(FGC_LOG_WARN, "cuLibraryLoadData: JIT and library options are not forwarded yet; loading with "
+                              "the server driver's defaults");
+}
+
+CUresult fgc_cuLibraryLoadData(CUlibrary *library, const void *code, CUjit_option *jitOptions,
+                               void **jitOptionsValues, unsigned int numJitOptions, CUlibraryOption *libraryOptions,
+                               void **libraryOptionValues, unsigned int numLibraryOptions) {
+    FGC_REQUIRE_INIT();
+    (void)jitOptions;
+    (void)jitOptionsValues;
+    (void)libraryOptions;
+    (void)libraryOptionValues;
+    if (!library || !code) return CUDA_ERROR_INVALID_VALUE;
+    note_options(numJitOptions, numLibraryOptions);
+    size_t n = fgc_image_size(&code);
+    if (n == 0) return CUDA_ERROR_INVALID_IMAGE;
+    uint64_t id = 0;
+    CUresult r = fgc_image_load(FG_OP_cuLibraryLoadData, code, n, NULL, 0, &id);
+    if (r == CUDA_SUCCESS) *library = (CUlibrary)(uintptr_t)id;
+    return r;
+}
+
+CUresult fgc_cuLibraryLoadFromFile(CUlibrary *library, const char *fileName, CUjit_option *jitOptions,
+                                   void **jitOptionsValues, unsigned int numJitOptions,
+                                   CUlibraryOption *libraryOptions, void **libraryOptionValues,
+                                   unsigned int numLibraryOptions) {
+    FGC_REQUIRE_INIT();
+    if (!library || !fileName) return CUDA_ERROR_INVALID_VALUE;
+    FILE *f = fopen(fileName, "rb");
+    if (!f) return CUDA_ERROR_FILE_NOT_FOUND;
+    void *buf = NULL;
+    long size = -1;
+    if (fseek(f, 0, SEEK_END) == 0 && (size = ftell(f)) >= 0 && fseek(f, 0, SEEK_SET) == 0 &&
+        (uint64_t)size < FG_MAX_IMAGE) {
+        buf = calloc(1, (size_t)size + 1); /* NUL after PTX text */
+        if (buf && fread(buf, 1, (size_t)size, f) != (size_t)size) {
+            free(buf);
+            buf = NULL;
+        }
+    }
+    fclose(f);
+    if (!buf) return size < 0 ? CUDA_ERROR_FILE_NOT_FOUND : CUDA_ERROR_INVALID_IMAGE;
+    CUresult r = fgc_cuLibraryLoadData(library, buf, jitOptions, jitOptionsValues, numJitOptions, libraryOptions,
+                                       libraryOptionValues, numLibraryOptions);
+    free(buf);
+    return r;
+}
+
+CUresult fgc_cuLibraryGetKernel(CUkernel *pKernel, CUlibrary library, const char *name) {
+    FGC_REQUIRE_INIT();
+    if (!pKernel || !name) return CUDA_ERROR_INVALID_VALUE;
+    fg_writer *w = fgc_begin(FG_OP_cuLibraryGetKernel);
+    if (!w) return fgc_last_error();
+    fgc_put_handle(w, library);
+    fgc_put_cstr(w, name);
+    uint64_t id = 0;
+    CUresult r = fgc_sync_with_layout(&id, name);
+    if (r == CUDA_SUCCESS) *pKernel = (CUkernel)(uintptr_t)id;
+    return r;
+}
+
+CUresult fgc_cuKernelGetFunction(CUfunction *pFunc, CUkernel kernel) {
+    FGC_REQUIRE_INIT();
+    if (!pFunc) return CUDA_ERROR_INVALID_VALUE;
+    fg_writer *w = fgc_begin(FG_OP_cuKernelGetFunction);
+    if (!w) return fgc_last_error();
+    fgc_put_handle(w, kernel);
+    uint64_t id = 0;
+    fgc_expect(&id, sizeof id);
+    CUresult r = fgc_sync();
+    if (r != CUDA_SUCCESS) return r;
+    if (fgc_layout_alias(fgc_handle_id(kernel), id) != 0) return CUDA_ERROR_INVALID_HANDLE;
+    *pFunc = (CUfunction)(uintptr_t)id;
+    return CUDA_SUCCESS;
+}

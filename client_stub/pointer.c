@@ -1,0 +1,115 @@
+/* pointer.c — cuPointerGetAttribute(s), answered in the stub from what it knows: the device ranges the
+ * server allocated (unified.c) and the page-locked host memory it handed out or registered (memory.c). */
+#include <string.h>
+
+#include "fgc_impl.h"
+#include "fgc_internal.h"
+
+typedef struct {
+    int device; /* 1 device memory, 0 pinned host, -1 unknown */
+    uint64_t base, size;
+    unsigned host_flags;
+} ptr_info;
+
+static ptr_info classify(CUdeviceptr p) {
+    ptr_info i = {-1, 0, 0, 0};
+    void *hb;
+    size_t hs;
+    if (fgc_device_range_find(p, &i.base, &i.size)) i.device = 1;
+    else if (fgc_host_block_find((const void *)(uintptr_t)p, &hb, &hs, &i.host_flags)) {
+        i.device = 0;
+        i.base = (uint64_t)(uintptr_t)hb;
+        i.size = hs;
+    }
+    return i;
+}
+
+/* 0: answered; otherwise the CUresult for this attribute. */
+static CUresult one(const ptr_info *i, CUpointer_attribute a, void *data, CUdeviceptr p) {
+    if (i->device < 0) return CUDA_ERROR_INVALID_VALUE;
+    switch (a) {
+    case CU_POINTER_ATTRIBUTE_CONTEXT:
+        *(CUcontext *)data = (CUcontext)(uintptr_t)fgc_ctx_current();
+        return CUDA_SUCCESS;
+    case CU_POINTER_ATTRIBUTE_MEMORY_TYPE:
+        *(unsigned *)data = i->device ? CU_MEMORYTYPE_DEVICE : CU_MEMORYTYPE_HOST;
+        return CUDA_SUCCESS;
+    case CU_POINTER_ATTRIBUTE_DEVICE_POINTER:
+        *(CUdeviceptr *)data = p; /* unified addressing: the same value on both sides */
+        return CUDA_SUCCESS;
+    case CU_POINTER_ATTRIBUTE_HOST_POINTER:
+        if (i->device) return CUDA_ERROR_INVALID_VALUE;
+        *(void **)data = (void *)(uintptr_t)p;
+        return CUDA_SUCCESS;
+    case CU_POINTER_ATTRIBUTE_IS_MANAGED:
+    case CU_POINTER_ATTRIBUTE_IS_LEGACY_CUDA_IPC_CAPABLE:
+    case CU_POINTER_ATTRIBUTE_IS_GPU_DIRECT_RDMA_CAPABLE:
+        *(int *)data = 0;
+        return CUDA_SUCCESS;
+    case CU_POINTER_ATTRIBUTE_SYNC_MEMOPS:
+    case CU_POINTER_ATTRIBUTE_MAPPED:
+        *(int *)data = 1;
+        return CUDA_SUCCESS;
+    case CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL:
+        *(int *)data = 0;
+        return CUDA_SUCCESS;
+    case CU_POINTER_ATTRIBUTE_BUFFER_ID:
+        *(unsigned long long *)data = i->base;
+        return CUDA_SUCCESS;
+    case CU_POINTER_ATTRIBUTE_RANGE_START_ADDR:
+        *(void **)data = (void *)(uintptr_t)i->base;
+        return CUDA_SUCCESS;
+    case CU_POINTER_ATTRIBUTE_RANGE_SIZE:
+        *(size_t *)data = i->size;
+        return CUDA_SUCCESS;
+    case CU_POINTER_ATTRIBUTE_ALLOWED_HANDLE_TYPES:
+        *(unsigned long long *)data = 0;
+        return CUDA_SUCCESS;
+    case CU_POINTER_ATTRIBUTE_ACCESS_FLAGS:
+        *(int *)data = CU_POINTER_ATTRIBUTE_ACCESS_FLAG_READWRITE;
+        return CUDA_SUCCESS;
+    case CU_POINTER_ATTRIBUTE_MEMPOOL_HANDLE:
+        *(CUmemoryPool *)data = NULL;
+        return CUDA_SUCCESS;
+    default: {
+        static int logged;
+        return fgc_unsupported("cuPointerGetAttribute for this attribute", &logged);
+    }
+    }
+}
+
+CUresult fgc_cuPointerGetAttribute(void *data, CUpointer_attribute attribute, CUdeviceptr ptr) {
+    FGC_REQUIRE_INIT();
+    if (!data) return CUDA_ERROR_INVALID_VALUE;
+    ptr_info i = classify(ptr);
+    return one(&i, attribute, data, ptr);
+}
+
+CUresult fgc_cuPointerGetAttributes(unsigned int numAttributes, CUpointer_attribute *attributes, void **data,
+                                    CUdeviceptr ptr) {
+    FGC_REQUIRE_INIT();
+    if (!numAttributes || !attributes || !data) return CUDA_ERROR_INVALID_VALUE;
+    ptr_info i = classify(ptr);
+    for (unsigned k = 0; k < numAttributes; k++) {
+        if (!data[k]) continue;
+        if (i.device < 0) {
+            /* Memory CUDA does not know: the driver answers success with zeroed values (type 0). */
+            switch (attributes[k]) {
+            case CU_POINTER_ATTRIBUTE_MEMORY_TYPE: *(unsigned *)data[k] = 0; break;
+            case CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL: *(int *)data[k] = -2; break;
+            case CU_POINTER_ATTRIBUTE_CONTEXT: *(CUcontext *)data[k] = NULL; break;
+            case CU_POINTER_ATTRIBUTE_IS_MANAGED:
+            case CU_POINTER_ATTRIBUTE_SYNC_MEMOPS:
+            case CU_POINTER_ATTRIBUTE_MAPPED:
+            case CU_POINTER_ATTRIBUTE_IS_LEGACY_CUDA_IPC_CAPABLE:
+            case CU_POINTER_ATTRIBUTE_IS_GPU_DIRECT_RDMA_CAPABLE:
+            case CU_POINTER_ATTRIBUTE_ACCESS_FLAGS: *(int *)data[k] = 0; break;
+            default: *(unsigned long long *)data[k] = 0; break;
+            }
+            continue;
+        }
+        CUresult r = one(&i, attributes[k], data[k], ptr);
+        if (r != CUDA_SUCCESS) return r;
+    }
+    return CUDA_SUCCESS;
+}

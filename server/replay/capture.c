@@ -1,0 +1,38 @@
+/* capture.c — cuStreamGetCaptureInfo_v3 on the server: the capture status, id and graph, and the current
+ * dependency nodes (as virtual ids) with their edge data when asked. */
+#include <string.h>
+
+#include "fgs_impl.h"
+#include "fgs_session.h"
+
+CUresult fgs_cuStreamGetCaptureInfo_v3(fgs_session *S, fg_reader *r, fg_writer *out) {
+    uint64_t sid = fg_get_u64(r);
+    uint8_t want_edges = 0;
+    fg_get(r, &want_edges, 1);
+    if (r->failed) return FGS_PROTOCOL_ERROR;
+    void *s;
+    if (fgs_handle_get(S, FGH_STREAM, sid, &s)) return CUDA_ERROR_INVALID_HANDLE;
+    if (!S->api->cuStreamGetCaptureInfo_v3) return fgs_missing(S, "cuStreamGetCaptureInfo_v3");
+    CUstreamCaptureStatus st = CU_STREAM_CAPTURE_STATUS_NONE;
+    cuuint64_t id = 0;
+    CUgraph g = NULL;
+    const CUgraphNode *deps = NULL;
+    const CUgraphEdgeData *edges = NULL;
+    size_t n = 0;
+    CUresult res = S->api->cuStreamGetCaptureInfo_v3((CUstream)s, &st, &id, &g, &deps, want_edges ? &edges : NULL, &n);
+    if (res != CUDA_SUCCESS) return res;
+    if (n > 4096) return CUDA_ERROR_NOT_SUPPORTED;
+    fg_put_u32(out, (uint32_t)st);
+    fg_put_u32(out, (uint32_t)n);
+    fg_put_u64(out, id);
+    fg_put_u64(out, g ? fgs_handle_add(S, FGH_GRAPH, g) : 0);
+    for (size_t i = 0; i < n; i++) fg_put_u64(out, deps ? fgs_handle_add(S, FGH_GRAPHNODE, deps[i]) : 0);
+    if (want_edges)
+        for (size_t i = 0; i < n; i++) {
+            CUgraphEdgeData e;
+            memset(&e, 0, sizeof e);
+            if (edges) e = edges[i];
+            fg_put(out, &e, sizeof e);
+        }
+    return CUDA_SUCCESS;
+}
