@@ -193,6 +193,8 @@ fg_writer *fgc_begin(uint16_t op) {
         pthread_mutex_unlock(&g_fgc.mu);
         return NULL;
     }
+    g_fgc.last_op = op;
+    fgc_log(FGC_LOG_TRACE, "> %s", fg_op_name(op));
     uint64_t ctx = fgc_ctx_current();
     if (ctx != g_fgc.ctx_sent) {
         rec_header(FG_OP_SET_CTX);
@@ -249,7 +251,12 @@ static CUresult finish_sync(int exact, size_t *got) {
     if (flush(1)) r = g_fgc.broken;
     else r = read_reply(exact, got ? got : &dummy);
     g_fgc.n_outs = 0;
+    uint16_t op = g_fgc.last_op;
     pthread_mutex_unlock(&g_fgc.mu);
+    if (r != CUDA_SUCCESS && r != (CUresult)FG_RESULT_NEED_IMAGE) {
+        const char *en = fg_result_name((int)r);
+        fgc_log(FGC_LOG_DEBUG, "%s -> %s (%d)", fg_op_name(op), en ? en : "?", (int)r);
+    }
     return r;
 }
 

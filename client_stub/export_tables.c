@@ -4,8 +4,10 @@
  * shared/reference/cuda-driver-private-tables.md); fargpu answers them from the stub: module loads go to the
  * server like cuModuleLoadData, context-local storage is client state, the integrity check is computed here
  * (integrity.c). A slot fargpu does not know returns CUDA_ERROR_NOT_SUPPORTED with one log line naming it; an
- * unknown table id is refused the same way. */
+ * unknown table id answers CUDA_ERROR_NOT_FOUND (logged once), as for a feature this driver lacks. */
 #include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -160,7 +162,7 @@ static CUresult cls_delete(CUcontext ctx, void *key) {
     cls_entry *e = cls_find(id, key);
     if (e) *e = cls[--cls_n];
     pthread_mutex_unlock(&cls_mu);
-    return e ? CUDA_SUCCESS : CUDA_ERROR_INVALID_HANDLE;
+    return CUDA_SUCCESS; /* deleting an absent key is not an error */
 }
 
 static CUresult cls_get(void **value, CUcontext ctx, void *key) {
@@ -168,9 +170,10 @@ static CUresult cls_get(void **value, CUcontext ctx, void *key) {
     uint64_t id = cls_ctx(ctx);
     pthread_mutex_lock(&cls_mu);
     cls_entry *e = cls_find(id, key);
-    if (e) *value = e->value;
+    *value = e ? e->value : NULL;
     pthread_mutex_unlock(&cls_mu);
-    return e ? CUDA_SUCCESS : CUDA_ERROR_INVALID_HANDLE;
+    /* A key never stored is "not found" (callers such as cuBLAS then create and store their state). */
+    return e ? CUDA_SUCCESS : CUDA_ERROR_NOT_FOUND;
 }
 
 void fgc_cls_context_gone(uint64_t ctx) {
@@ -252,20 +255,53 @@ static CUresult integrity_check(unsigned version, uint64_t unix_seconds, uint64_
         .unix_seconds = unix_seconds,
     };
     fgc_integrity_digest(&in, devs, n, result);
+    fgc_log(FGC_LOG_DEBUG, "integrity check: version %u, %d device(s)", version, n);
     return CUDA_SUCCESS;
 }
 
 /* ---- CONTEXT_CHECKS ---- */
 static CUresult context_check(CUcontext ctx, uint32_t *r1, const void **r2) {
     (void)ctx;
-    (void)r2;
     if (r1) *r1 = 0;
+    if (r2) *r2 = NULL;
     return CUDA_SUCCESS;
 }
 static uint32_t context_check_fn3(void) { return 0; }
 MISSING(CONTEXT_CHECKS, 1)
 static void *const context_checks[4] = {SLOTS(4), M(CONTEXT_CHECKS, 1), (void *)context_check,
                                         (void *)context_check_fn3};
+
+/* ---- f8cff951: CUDA 13 requirements and logging, several adjacent sub-tables each with its size first ----
+ * Sub-tables start at slots 0 (3 slots), 4 (2), 6 (4), 10 (2), 14 (7) and 22 (15); slots between them stay
+ * NULL. Known: slot 1 reports a library's message (domain, severity, printf format, va_list); slot 25 checks
+ * the caller's requirements (success: the remote driver is a CUDA 13.0 driver). */
+static void requirements_log(const char *domain, int severity, const char *format, va_list ap) {
+    char msg[512];
+    vsnprintf(msg, sizeof msg, format ? format : "", ap);
+    fgc_log(FGC_LOG_WARN, "CUDA %s (severity %d): %s", domain ? domain : "library", severity, msg);
+}
+
+static CUresult requirements_check(unsigned requirement, const void *state, const void *requirements) {
+    (void)requirement;
+    (void)state;
+    (void)requirements;
+    return CUDA_SUCCESS;
+}
+
+#define X(n) MISSING(F8CFF951, n)
+X(2) X(5) X(7) X(8) X(9) X(11) X(15) X(16) X(17) X(18) X(19) X(20) X(23) X(24) X(26) X(27) X(28) X(29)
+X(30) X(31) X(32) X(33) X(34) X(35) X(36)
+#undef X
+#define X(n) [n] = M(F8CFF951, n)
+static void *const f8cff951[37] = {
+    [0] = SLOTS(3),  [1] = (void *)requirements_log, X(2),
+    [4] = SLOTS(2),  X(5),
+    [6] = SLOTS(4),  X(7), X(8), X(9),
+    [10] = SLOTS(2), X(11),
+    [14] = SLOTS(7), X(15), X(16), X(17), X(18), X(19), X(20),
+    [22] = SLOTS(15), X(23), X(24), [25] = (void *)requirements_check, X(26), X(27), X(28), X(29), X(30), X(31),
+    X(32), X(33), X(34), X(35), X(36)};
+#undef X
 
 /* ---- lookup ---- */
 typedef struct {
@@ -293,6 +329,8 @@ static const known_table TABLES[] = {
      "INTEGRITY_CHECK", integrity_table},
     {{0x26, 0x3e, 0x88, 0x60, 0x7c, 0xd2, 0x61, 0x43, 0x92, 0xf6, 0xbb, 0xd5, 0x00, 0x6d, 0xfa, 0x7e},
      "CONTEXT_CHECKS", context_checks},
+    {{0xf8, 0xcf, 0xf9, 0x51, 0x21, 0x46, 0x8b, 0x4e, 0xb9, 0xe2, 0xfb, 0x46, 0x9e, 0x7c, 0x0d, 0xd9},
+     "F8CFF951", f8cff951},
 };
 
 static void log_unknown_once(const CUuuid *id) {
@@ -305,11 +343,14 @@ static void log_unknown_once(const CUuuid *id) {
         if (!memcmp(&seen[i], id, sizeof *id)) known = 1;
     if (!known && nseen < 64) seen[nseen++] = *id;
     pthread_mutex_unlock(&mu);
-    if (known) return;
     const unsigned char *b = (const unsigned char *)id->bytes;
+    if (known) {
+        fgc_log(FGC_LOG_DEBUG, "cuGetExportTable(%02x%02x%02x%02x-...) again", b[0], b[1], b[2], b[3]);
+        return;
+    }
     fgc_log(FGC_LOG_INFO,
             "cuGetExportTable(%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x): an unknown "
-            "private table; fargpu returns CUDA_ERROR_NOT_SUPPORTED (the runtime treats it as optional)",
+            "private table; fargpu answers CUDA_ERROR_NOT_FOUND (callers treat it as an optional feature)",
             b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]);
 }
 
@@ -323,5 +364,5 @@ CUresult fgc_cuGetExportTable(const void **ppExportTable, const CUuuid *pExportT
             return CUDA_SUCCESS;
         }
     log_unknown_once(pExportTableId);
-    return CUDA_ERROR_NOT_SUPPORTED;
+    return CUDA_ERROR_NOT_FOUND;
 }

@@ -41,6 +41,7 @@ typedef struct {
     int n_ext;
     size_t ext_total;
     uint64_t ctx_sent; /* context the server has current; UINT64_MAX: unknown */
+    uint16_t last_op;  /* op of the record being built (for the debug log of failed calls) */
 
     fgc_dest outs[FGC_MAX_OUTS];
     int n_outs;

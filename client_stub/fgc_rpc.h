@@ -47,6 +47,8 @@ void fgc_expect_later(void *dst, size_t n);
 uint64_t fgc_handle_id(const void *h);
 CUstream fgc_ptsz_stream(CUstream s);
 CUresult fgc_unsupported(const char *name, int *logged);
+/* Debug log (FARGPU_LOG=debug) of a call answered in the stub with an error. */
+void fgc_trace_failure(const char *name, CUresult r);
 
 /* Device ranges the server allocated (unified.c), to classify unified-address copies. */
 void fgc_device_range_add(uint64_t base, uint64_t size);
@@ -62,8 +64,9 @@ void fgc_ctx_forget(uint64_t id);
 /* Context-local storage of the runtime's private table (export_tables.c): run destructors of a dead context. */
 void fgc_cls_context_gone(uint64_t ctx);
 
-/* Logging to stderr, prefixed "fargpu: ". Level from FARGPU_LOG (error, warn, info, debug; default warn). */
-enum { FGC_LOG_ERROR = 0, FGC_LOG_WARN = 1, FGC_LOG_INFO = 2, FGC_LOG_DEBUG = 3 };
+/* Logging to stderr, prefixed "fargpu: ". Level from FARGPU_LOG (error, warn, info, debug, trace = every
+ * record sent; default warn). */
+enum { FGC_LOG_ERROR = 0, FGC_LOG_WARN = 1, FGC_LOG_INFO = 2, FGC_LOG_DEBUG = 3, FGC_LOG_TRACE = 4 };
 void fgc_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /* Connection (conn.c). */

@@ -18,6 +18,7 @@ static int log_level(void) {
         if (e && !strcmp(e, "error")) level = FGC_LOG_ERROR;
         else if (e && !strcmp(e, "info")) level = FGC_LOG_INFO;
         else if (e && !strcmp(e, "debug")) level = FGC_LOG_DEBUG;
+        else if (e && !strcmp(e, "trace")) level = FGC_LOG_TRACE;
     }
     return level;
 }
@@ -44,6 +45,11 @@ CUresult fgc_unsupported(const char *name, int *logged) {
     if (!__atomic_exchange_n(logged, 1, __ATOMIC_RELAXED))
         fgc_log(FGC_LOG_WARN, "%s is not supported by fargpu yet; it returns CUDA_ERROR_NOT_SUPPORTED", name);
     return CUDA_ERROR_NOT_SUPPORTED;
+}
+
+void fgc_trace_failure(const char *name, CUresult r) {
+    const char *en = fg_result_name((int)r);
+    fgc_log(FGC_LOG_DEBUG, "%s -> %s (%d)", name, en ? en : "?", (int)r);
 }
 
 CUresult fgc_cuInit(unsigned int Flags) {

@@ -116,3 +116,28 @@ CUresult fgc_cuLaunchCooperativeKernel(CUfunction f, unsigned int gx, unsigned i
     coop.value.cooperative = 1;
     return launch(FG_OP_cuLaunchKernelEx, f, dims, hStream, &coop, 1, kernelParams, NULL);
 }
+
+/* Cluster occupancy queries take a launch configuration: sent like a launch's, without parameters. */
+static CUresult occupancy(uint16_t op, int *out, CUfunction f, const CUlaunchConfig *c) {
+    FGC_REQUIRE_INIT();
+    if (!out || !c || c->numAttrs > 64 || (c->numAttrs && !c->attrs)) return CUDA_ERROR_INVALID_VALUE;
+    fg_writer *w = fgc_begin(op);
+    if (!w) return fgc_last_error();
+    uint32_t dims[7] = {c->gridDimX, c->gridDimY, c->gridDimZ, c->blockDimX, c->blockDimY, c->blockDimZ,
+                        c->sharedMemBytes};
+    fgc_put_handle(w, f);
+    fg_put(w, dims, sizeof dims);
+    fgc_put_handle(w, c->hStream);
+    fg_put_u32(w, c->numAttrs);
+    fg_put(w, c->attrs, c->numAttrs * sizeof *c->attrs);
+    fgc_expect(out, sizeof *out);
+    return fgc_sync();
+}
+
+CUresult fgc_cuOccupancyMaxActiveClusters(int *numClusters, CUfunction func, const CUlaunchConfig *config) {
+    return occupancy(FG_OP_cuOccupancyMaxActiveClusters, numClusters, func, config);
+}
+
+CUresult fgc_cuOccupancyMaxPotentialClusterSize(int *clusterSize, CUfunction func, const CUlaunchConfig *config) {
+    return occupancy(FG_OP_cuOccupancyMaxPotentialClusterSize, clusterSize, func, config);
+}

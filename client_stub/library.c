@@ -26,7 +26,16 @@ CUresult fgc_cuLibraryLoadData(CUlibrary *library, const void *code, CUjit_optio
     (void)libraryOptionValues;
     if (!library || !code) return CUDA_ERROR_INVALID_VALUE;
     note_options(numJitOptions, numLibraryOptions);
+    const void *given = code;
     size_t n = fgc_image_size(&code);
+    {
+        const uint32_t *w = (const uint32_t *)given;
+        fgc_log(FGC_LOG_DEBUG, "cuLibraryLoadData: image %08x %08x %08x %08x (%s), %zu bytes", w[0], w[1], w[2], w[3],
+                given == code ? "direct" : "through a wrapper", n);
+        for (unsigned i = 0; i < numLibraryOptions && libraryOptions; i++)
+            fgc_log(FGC_LOG_DEBUG, "cuLibraryLoadData: option %d = %p", (int)libraryOptions[i],
+                    libraryOptionValues ? libraryOptionValues[i] : NULL);
+    }
     if (n == 0) return CUDA_ERROR_INVALID_IMAGE;
     uint64_t id = 0;
     CUresult r = fgc_image_load(FG_OP_cuLibraryLoadData, code, n, NULL, 0, &id);

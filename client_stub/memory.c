@@ -29,11 +29,14 @@ CUresult fgc_cuMemAlloc_v2(CUdeviceptr *dptr, size_t bytesize) {
 
 CUresult fgc_cuMemFree_v2(CUdeviceptr dptr) {
     FGC_REQUIRE_INIT();
+    if (dptr == 0) return CUDA_SUCCESS; /* as the driver: freeing NULL does nothing */
     fg_writer *w = fgc_begin(FG_OP_cuMemFree_v2);
     if (!w) return fgc_last_error();
     fg_put_u64(w, dptr);
     CUresult r = fgc_sync();
     if (r == CUDA_SUCCESS) fgc_device_range_remove(dptr);
+    else fgc_log(FGC_LOG_DEBUG, "cuMemFree(0x%llx): known device range: %d", (unsigned long long)dptr,
+                 fgc_device_range_find(dptr, NULL, NULL));
     return r;
 }
 

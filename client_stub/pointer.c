@@ -46,7 +46,9 @@ static CUresult one(const ptr_info *i, CUpointer_attribute a, void *data, CUdevi
     case CU_POINTER_ATTRIBUTE_IS_GPU_DIRECT_RDMA_CAPABLE:
         *(int *)data = 0;
         return CUDA_SUCCESS;
-    case CU_POINTER_ATTRIBUTE_SYNC_MEMOPS:
+    case CU_POINTER_ATTRIBUTE_SYNC_MEMOPS: /* off unless set with cuPointerSetAttribute, which is not forwarded */
+        *(int *)data = 0;
+        return CUDA_SUCCESS;
     case CU_POINTER_ATTRIBUTE_MAPPED:
         *(int *)data = 1;
         return CUDA_SUCCESS;
@@ -109,7 +111,10 @@ CUresult fgc_cuPointerGetAttributes(unsigned int numAttributes, CUpointer_attrib
             continue;
         }
         CUresult r = one(&i, attributes[k], data[k], ptr);
-        if (r != CUDA_SUCCESS) return r;
+        if (r == CUDA_ERROR_INVALID_VALUE && attributes[k] == CU_POINTER_ATTRIBUTE_HOST_POINTER)
+            *(void **)data[k] = NULL; /* device memory has no host address: the plural form answers NULL */
+        else if (r != CUDA_SUCCESS)
+            return r;
     }
     return CUDA_SUCCESS;
 }

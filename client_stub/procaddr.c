@@ -37,8 +37,10 @@ CUresult fgc_cuGetProcAddress_v2(const char *symbol, void **pfn, int cudaVersion
         *symbolStatus = rc == 0   ? CU_GET_PROC_ADDRESS_SUCCESS
                         : rc == 1 ? CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND
                                   : CU_GET_PROC_ADDRESS_VERSION_NOT_SUFFICIENT;
-    if (rc) fgc_log(FGC_LOG_DEBUG, "cuGetProcAddress(%s, %d): %s", symbol, cudaVersion,
-                    rc == 1 ? "no such symbol" : "version not sufficient");
+    if (rc) fgc_log(FGC_LOG_DEBUG, "cuGetProcAddress(\"%s\", %d, %llu): %s", symbol, cudaVersion,
+                    (unsigned long long)flags, rc == 1 ? "no such symbol" : "version not sufficient");
+    else fgc_log(FGC_LOG_TRACE, "cuGetProcAddress(\"%s\", %d, %llu) -> %p", symbol, cudaVersion,
+                 (unsigned long long)flags, *pfn);
     return CUDA_SUCCESS;
 }
 

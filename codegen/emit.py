@@ -125,7 +125,8 @@ def _export(e: Export, ops: dict[str, Op]) -> str:
     if e.kind == "op":
         lines += ["    FGC_REQUIRE_INIT();\n", *_client_generic(ops[e.name])]
     elif e.kind == "client":
-        lines.append(f"    return fgc_{e.name}({_args(fn) if fn else ''});\n")
+        lines.append(f"    CUresult r_ = fgc_{e.name}({_args(fn) if fn else ''});\n")
+        lines.append(f'    if (r_ != CUDA_SUCCESS) fgc_trace_failure("{e.name}", r_);\n    return r_;\n')
     elif e.kind == "alias":
         lines.append(f"    return {e.target}({_args(fn) if fn else ''});\n")
     elif e.kind == "variant" and fn:

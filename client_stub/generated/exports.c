@@ -198,7 +198,9 @@ FGC_EXPORT CUresult CUDAAPI cuCtxCreate_v3(CUcontext *pctx, CUexecAffinityParam 
 }
 
 FGC_EXPORT CUresult CUDAAPI cuCtxCreate_v4(CUcontext *pctx, CUctxCreateParams *ctxCreateParams, unsigned int flags, CUdevice dev) {
-    return fgc_cuCtxCreate_v4(pctx, ctxCreateParams, flags, dev);
+    CUresult r_ = fgc_cuCtxCreate_v4(pctx, ctxCreateParams, flags, dev);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuCtxCreate_v4", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuCtxDestroy(CUcontext ctx) {
@@ -206,7 +208,9 @@ FGC_EXPORT CUresult CUDAAPI cuCtxDestroy(CUcontext ctx) {
 }
 
 FGC_EXPORT CUresult CUDAAPI cuCtxDestroy_v2(CUcontext ctx) {
-    return fgc_cuCtxDestroy_v2(ctx);
+    CUresult r_ = fgc_cuCtxDestroy_v2(ctx);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuCtxDestroy_v2", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuCtxDetach(CUcontext ctx) {
@@ -259,7 +263,9 @@ FGC_EXPORT CUresult CUDAAPI cuCtxGetCacheConfig(CUfunc_cache *pconfig) {
 }
 
 FGC_EXPORT CUresult CUDAAPI cuCtxGetCurrent(CUcontext *pctx) {
-    return fgc_cuCtxGetCurrent(pctx);
+    CUresult r_ = fgc_cuCtxGetCurrent(pctx);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuCtxGetCurrent", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuCtxGetDevice(CUdevice *device) {
@@ -350,7 +356,9 @@ FGC_EXPORT CUresult CUDAAPI cuCtxPopCurrent(CUcontext *pctx) {
 }
 
 FGC_EXPORT CUresult CUDAAPI cuCtxPopCurrent_v2(CUcontext *pctx) {
-    return fgc_cuCtxPopCurrent_v2(pctx);
+    CUresult r_ = fgc_cuCtxPopCurrent_v2(pctx);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuCtxPopCurrent_v2", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuCtxPushCurrent(CUcontext ctx) {
@@ -358,7 +366,9 @@ FGC_EXPORT CUresult CUDAAPI cuCtxPushCurrent(CUcontext ctx) {
 }
 
 FGC_EXPORT CUresult CUDAAPI cuCtxPushCurrent_v2(CUcontext ctx) {
-    return fgc_cuCtxPushCurrent_v2(ctx);
+    CUresult r_ = fgc_cuCtxPushCurrent_v2(ctx);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuCtxPushCurrent_v2", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuCtxRecordEvent(CUcontext hCtx, CUevent hEvent) {
@@ -384,7 +394,9 @@ FGC_EXPORT CUresult CUDAAPI cuCtxSetCacheConfig(CUfunc_cache config) {
 }
 
 FGC_EXPORT CUresult CUDAAPI cuCtxSetCurrent(CUcontext ctx) {
-    return fgc_cuCtxSetCurrent(ctx);
+    CUresult r_ = fgc_cuCtxSetCurrent(ctx);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuCtxSetCurrent", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuCtxSetFlags(unsigned int flags) {
@@ -958,7 +970,9 @@ FGC_EXPORT CUresult CUDAAPI cuDevSmResourceSplitByCount(CUdevResource *result, u
 }
 
 FGC_EXPORT CUresult CUDAAPI cuDriverGetVersion(int *driverVersion) {
-    return fgc_cuDriverGetVersion(driverVersion);
+    CUresult r_ = fgc_cuDriverGetVersion(driverVersion);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuDriverGetVersion", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuEGLApiInit(void) {
@@ -1136,11 +1150,15 @@ FGC_EXPORT CUresult CUDAAPI cuFuncGetModule(CUmodule *hmod, CUfunction hfunc) {
 }
 
 FGC_EXPORT CUresult CUDAAPI cuFuncGetName(const char **name, CUfunction hfunc) {
-    return fgc_cuFuncGetName(name, hfunc);
+    CUresult r_ = fgc_cuFuncGetName(name, hfunc);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuFuncGetName", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuFuncGetParamInfo(CUfunction func, size_t paramIndex, size_t *paramOffset, size_t *paramSize) {
-    return fgc_cuFuncGetParamInfo(func, paramIndex, paramOffset, paramSize);
+    CUresult r_ = fgc_cuFuncGetParamInfo(func, paramIndex, paramOffset, paramSize);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuFuncGetParamInfo", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuFuncIsLoaded(CUfunctionLoadingState *state, CUfunction function) {
@@ -1206,23 +1224,33 @@ FGC_EXPORT CUresult CUDAAPI cuFuncSetSharedSize(CUfunction hfunc, unsigned int b
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGetErrorName(CUresult error, const char **pStr) {
-    return fgc_cuGetErrorName(error, pStr);
+    CUresult r_ = fgc_cuGetErrorName(error, pStr);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuGetErrorName", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGetErrorString(CUresult error, const char **pStr) {
-    return fgc_cuGetErrorString(error, pStr);
+    CUresult r_ = fgc_cuGetErrorString(error, pStr);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuGetErrorString", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGetExportTable(const void **ppExportTable, const CUuuid *pExportTableId) {
-    return fgc_cuGetExportTable(ppExportTable, pExportTableId);
+    CUresult r_ = fgc_cuGetExportTable(ppExportTable, pExportTableId);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuGetExportTable", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGetProcAddress(const char *symbol, void **pfn, int cudaVersion, cuuint64_t flags) {
-    return fgc_cuGetProcAddress(symbol, pfn, cudaVersion, flags);
+    CUresult r_ = fgc_cuGetProcAddress(symbol, pfn, cudaVersion, flags);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuGetProcAddress", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGetProcAddress_v2(const char *symbol, void **pfn, int cudaVersion, cuuint64_t flags, CUdriverProcAddressQueryResult *symbolStatus) {
-    return fgc_cuGetProcAddress_v2(symbol, pfn, cudaVersion, flags, symbolStatus);
+    CUresult r_ = fgc_cuGetProcAddress_v2(symbol, pfn, cudaVersion, flags, symbolStatus);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuGetProcAddress_v2", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGLCtxCreate(void) {
@@ -2247,7 +2275,9 @@ FGC_EXPORT CUresult CUDAAPI cuImportExternalSemaphore(CUexternalSemaphore *extSe
 }
 
 FGC_EXPORT CUresult CUDAAPI cuInit(unsigned int Flags) {
-    return fgc_cuInit(Flags);
+    CUresult r_ = fgc_cuInit(Flags);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuInit", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuIpcCloseMemHandle(CUdeviceptr dptr) {
@@ -2306,7 +2336,9 @@ FGC_EXPORT CUresult CUDAAPI cuKernelGetAttribute(int *pi, CUfunction_attribute a
 }
 
 FGC_EXPORT CUresult CUDAAPI cuKernelGetFunction(CUfunction *pFunc, CUkernel kernel) {
-    return fgc_cuKernelGetFunction(pFunc, kernel);
+    CUresult r_ = fgc_cuKernelGetFunction(pFunc, kernel);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuKernelGetFunction", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuKernelGetLibrary(CUlibrary *pLib, CUkernel kernel) {
@@ -2320,11 +2352,15 @@ FGC_EXPORT CUresult CUDAAPI cuKernelGetLibrary(CUlibrary *pLib, CUkernel kernel)
 }
 
 FGC_EXPORT CUresult CUDAAPI cuKernelGetName(const char **name, CUkernel hfunc) {
-    return fgc_cuKernelGetName(name, hfunc);
+    CUresult r_ = fgc_cuKernelGetName(name, hfunc);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuKernelGetName", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuKernelGetParamInfo(CUkernel kernel, size_t paramIndex, size_t *paramOffset, size_t *paramSize) {
-    return fgc_cuKernelGetParamInfo(kernel, paramIndex, paramOffset, paramSize);
+    CUresult r_ = fgc_cuKernelGetParamInfo(kernel, paramIndex, paramOffset, paramSize);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuKernelGetParamInfo", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuKernelSetAttribute(CUfunction_attribute attrib, int val, CUkernel kernel, CUdevice dev) {
@@ -2355,7 +2391,9 @@ FGC_EXPORT CUresult CUDAAPI cuLaunch(CUfunction f) {
 }
 
 FGC_EXPORT CUresult CUDAAPI cuLaunchCooperativeKernel(CUfunction f, unsigned int gridDimX, unsigned int gridDimY, unsigned int gridDimZ, unsigned int blockDimX, unsigned int blockDimY, unsigned int blockDimZ, unsigned int sharedMemBytes, CUstream hStream, void **kernelParams) {
-    return fgc_cuLaunchCooperativeKernel(f, gridDimX, gridDimY, gridDimZ, blockDimX, blockDimY, blockDimZ, sharedMemBytes, hStream, kernelParams);
+    CUresult r_ = fgc_cuLaunchCooperativeKernel(f, gridDimX, gridDimY, gridDimZ, blockDimX, blockDimY, blockDimZ, sharedMemBytes, hStream, kernelParams);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuLaunchCooperativeKernel", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuLaunchCooperativeKernelMultiDevice(CUDA_LAUNCH_PARAMS *launchParamsList, unsigned int numDevices, unsigned int flags) {
@@ -2388,7 +2426,9 @@ FGC_EXPORT CUresult CUDAAPI cuLaunchGridAsync(CUfunction f, int grid_width, int 
 }
 
 FGC_EXPORT CUresult CUDAAPI cuLaunchHostFunc(CUstream hStream, CUhostFn fn, void *userData) {
-    return fgc_cuLaunchHostFunc(hStream, fn, userData);
+    CUresult r_ = fgc_cuLaunchHostFunc(hStream, fn, userData);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuLaunchHostFunc", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuLaunchHostFunc_ptsz(CUstream hStream, CUhostFn fn, void *userData) {
@@ -2396,11 +2436,15 @@ FGC_EXPORT CUresult CUDAAPI cuLaunchHostFunc_ptsz(CUstream hStream, CUhostFn fn,
 }
 
 FGC_EXPORT CUresult CUDAAPI cuLaunchKernel(CUfunction f, unsigned int gridDimX, unsigned int gridDimY, unsigned int gridDimZ, unsigned int blockDimX, unsigned int blockDimY, unsigned int blockDimZ, unsigned int sharedMemBytes, CUstream hStream, void **kernelParams, void **extra) {
-    return fgc_cuLaunchKernel(f, gridDimX, gridDimY, gridDimZ, blockDimX, blockDimY, blockDimZ, sharedMemBytes, hStream, kernelParams, extra);
+    CUresult r_ = fgc_cuLaunchKernel(f, gridDimX, gridDimY, gridDimZ, blockDimX, blockDimY, blockDimZ, sharedMemBytes, hStream, kernelParams, extra);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuLaunchKernel", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuLaunchKernelEx(const CUlaunchConfig *config, CUfunction f, void **kernelParams, void **extra) {
-    return fgc_cuLaunchKernelEx(config, f, kernelParams, extra);
+    CUresult r_ = fgc_cuLaunchKernelEx(config, f, kernelParams, extra);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuLaunchKernelEx", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuLaunchKernelEx_ptsz(const CUlaunchConfig *config, CUfunction f, void **kernelParams, void **extra) {
@@ -2434,7 +2478,9 @@ FGC_EXPORT CUresult CUDAAPI cuLibraryGetGlobal(CUdeviceptr *dptr, size_t *bytes,
 }
 
 FGC_EXPORT CUresult CUDAAPI cuLibraryGetKernel(CUkernel *pKernel, CUlibrary library, const char *name) {
-    return fgc_cuLibraryGetKernel(pKernel, library, name);
+    CUresult r_ = fgc_cuLibraryGetKernel(pKernel, library, name);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuLibraryGetKernel", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuLibraryGetKernelCount(unsigned int *count, CUlibrary lib) {
@@ -2475,11 +2521,15 @@ FGC_EXPORT CUresult CUDAAPI cuLibraryGetUnifiedFunction(void **fptr, CUlibrary l
 }
 
 FGC_EXPORT CUresult CUDAAPI cuLibraryLoadData(CUlibrary *library, const void *code, CUjit_option *jitOptions, void **jitOptionsValues, unsigned int numJitOptions, CUlibraryOption *libraryOptions, void **libraryOptionValues, unsigned int numLibraryOptions) {
-    return fgc_cuLibraryLoadData(library, code, jitOptions, jitOptionsValues, numJitOptions, libraryOptions, libraryOptionValues, numLibraryOptions);
+    CUresult r_ = fgc_cuLibraryLoadData(library, code, jitOptions, jitOptionsValues, numJitOptions, libraryOptions, libraryOptionValues, numLibraryOptions);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuLibraryLoadData", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuLibraryLoadFromFile(CUlibrary *library, const char *fileName, CUjit_option *jitOptions, void **jitOptionsValues, unsigned int numJitOptions, CUlibraryOption *libraryOptions, void **libraryOptionValues, unsigned int numLibraryOptions) {
-    return fgc_cuLibraryLoadFromFile(library, fileName, jitOptions, jitOptionsValues, numJitOptions, libraryOptions, libraryOptionValues, numLibraryOptions);
+    CUresult r_ = fgc_cuLibraryLoadFromFile(library, fileName, jitOptions, jitOptionsValues, numJitOptions, libraryOptions, libraryOptionValues, numLibraryOptions);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuLibraryLoadFromFile", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuLibraryUnload(CUlibrary library) {
@@ -2692,7 +2742,9 @@ FGC_EXPORT CUresult CUDAAPI cuMemAllocHost(void **pp, unsigned int bytesize) {
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemAllocHost_v2(void **pp, size_t bytesize) {
-    return fgc_cuMemAllocHost_v2(pp, bytesize);
+    CUresult r_ = fgc_cuMemAllocHost_v2(pp, bytesize);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuMemAllocHost_v2", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemAllocManaged(CUdeviceptr *dptr, size_t bytesize, unsigned int flags) {
@@ -2724,7 +2776,9 @@ FGC_EXPORT CUresult CUDAAPI cuMemAllocPitch_v2(CUdeviceptr *dptr, size_t *pPitch
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemAlloc_v2(CUdeviceptr *dptr, size_t bytesize) {
-    return fgc_cuMemAlloc_v2(dptr, bytesize);
+    CUresult r_ = fgc_cuMemAlloc_v2(dptr, bytesize);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuMemAlloc_v2", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemBatchDecompressAsync(CUmemDecompressParams *paramsArray, size_t count, unsigned int flags, size_t *errorIndex, CUstream stream) {
@@ -2748,7 +2802,9 @@ FGC_EXPORT CUresult CUDAAPI cuMemBatchDecompressAsync_ptsz(CUmemDecompressParams
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemcpy(CUdeviceptr dst, CUdeviceptr src, size_t ByteCount) {
-    return fgc_cuMemcpy(dst, src, ByteCount);
+    CUresult r_ = fgc_cuMemcpy(dst, src, ByteCount);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuMemcpy", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemcpy2D(const CUDA_MEMCPY2D_v1 *pCopy) {
@@ -2912,7 +2968,9 @@ FGC_EXPORT CUresult CUDAAPI cuMemcpy3D_v2_ptds(const CUDA_MEMCPY3D *pCopy) {
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemcpyAsync(CUdeviceptr dst, CUdeviceptr src, size_t ByteCount, CUstream hStream) {
-    return fgc_cuMemcpyAsync(dst, src, ByteCount, hStream);
+    CUresult r_ = fgc_cuMemcpyAsync(dst, src, ByteCount, hStream);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuMemcpyAsync", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemcpyAsync_ptsz(CUdeviceptr dst, CUdeviceptr src, size_t ByteCount, CUstream hStream) {
@@ -3132,7 +3190,9 @@ FGC_EXPORT CUresult CUDAAPI cuMemcpyDtoDAsync(CUdeviceptr_v1 dstDevice, CUdevice
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemcpyDtoDAsync_v2(CUdeviceptr dstDevice, CUdeviceptr srcDevice, size_t ByteCount, CUstream hStream) {
-    return fgc_cuMemcpyDtoDAsync_v2(dstDevice, srcDevice, ByteCount, hStream);
+    CUresult r_ = fgc_cuMemcpyDtoDAsync_v2(dstDevice, srcDevice, ByteCount, hStream);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuMemcpyDtoDAsync_v2", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemcpyDtoDAsync_v2_ptsz(CUdeviceptr dstDevice, CUdeviceptr srcDevice, size_t ByteCount, CUstream hStream) {
@@ -3140,7 +3200,9 @@ FGC_EXPORT CUresult CUDAAPI cuMemcpyDtoDAsync_v2_ptsz(CUdeviceptr dstDevice, CUd
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemcpyDtoD_v2(CUdeviceptr dstDevice, CUdeviceptr srcDevice, size_t ByteCount) {
-    return fgc_cuMemcpyDtoD_v2(dstDevice, srcDevice, ByteCount);
+    CUresult r_ = fgc_cuMemcpyDtoD_v2(dstDevice, srcDevice, ByteCount);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuMemcpyDtoD_v2", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemcpyDtoD_v2_ptds(CUdeviceptr dstDevice, CUdeviceptr srcDevice, size_t ByteCount) {
@@ -3165,7 +3227,9 @@ FGC_EXPORT CUresult CUDAAPI cuMemcpyDtoHAsync(void *dstHost, CUdeviceptr_v1 srcD
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemcpyDtoHAsync_v2(void *dstHost, CUdeviceptr srcDevice, size_t ByteCount, CUstream hStream) {
-    return fgc_cuMemcpyDtoHAsync_v2(dstHost, srcDevice, ByteCount, hStream);
+    CUresult r_ = fgc_cuMemcpyDtoHAsync_v2(dstHost, srcDevice, ByteCount, hStream);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuMemcpyDtoHAsync_v2", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemcpyDtoHAsync_v2_ptsz(void *dstHost, CUdeviceptr srcDevice, size_t ByteCount, CUstream hStream) {
@@ -3173,7 +3237,9 @@ FGC_EXPORT CUresult CUDAAPI cuMemcpyDtoHAsync_v2_ptsz(void *dstHost, CUdeviceptr
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemcpyDtoH_v2(void *dstHost, CUdeviceptr srcDevice, size_t ByteCount) {
-    return fgc_cuMemcpyDtoH_v2(dstHost, srcDevice, ByteCount);
+    CUresult r_ = fgc_cuMemcpyDtoH_v2(dstHost, srcDevice, ByteCount);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuMemcpyDtoH_v2", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemcpyDtoH_v2_ptds(void *dstHost, CUdeviceptr srcDevice, size_t ByteCount) {
@@ -3255,7 +3321,9 @@ FGC_EXPORT CUresult CUDAAPI cuMemcpyHtoDAsync(CUdeviceptr_v1 dstDevice, const vo
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemcpyHtoDAsync_v2(CUdeviceptr dstDevice, const void *srcHost, size_t ByteCount, CUstream hStream) {
-    return fgc_cuMemcpyHtoDAsync_v2(dstDevice, srcHost, ByteCount, hStream);
+    CUresult r_ = fgc_cuMemcpyHtoDAsync_v2(dstDevice, srcHost, ByteCount, hStream);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuMemcpyHtoDAsync_v2", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemcpyHtoDAsync_v2_ptsz(CUdeviceptr dstDevice, const void *srcHost, size_t ByteCount, CUstream hStream) {
@@ -3263,7 +3331,9 @@ FGC_EXPORT CUresult CUDAAPI cuMemcpyHtoDAsync_v2_ptsz(CUdeviceptr dstDevice, con
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemcpyHtoD_v2(CUdeviceptr dstDevice, const void *srcHost, size_t ByteCount) {
-    return fgc_cuMemcpyHtoD_v2(dstDevice, srcHost, ByteCount);
+    CUresult r_ = fgc_cuMemcpyHtoD_v2(dstDevice, srcHost, ByteCount);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuMemcpyHtoD_v2", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemcpyHtoD_v2_ptds(CUdeviceptr dstDevice, const void *srcHost, size_t ByteCount) {
@@ -3401,11 +3471,15 @@ FGC_EXPORT CUresult CUDAAPI cuMemFreeAsync_ptsz(CUdeviceptr dptr, CUstream hStre
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemFreeHost(void *p) {
-    return fgc_cuMemFreeHost(p);
+    CUresult r_ = fgc_cuMemFreeHost(p);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuMemFreeHost", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemFree_v2(CUdeviceptr dptr) {
-    return fgc_cuMemFree_v2(dptr);
+    CUresult r_ = fgc_cuMemFree_v2(dptr);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuMemFree_v2", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemGetAccess(unsigned long long *flags, const CUmemLocation *location, CUdeviceptr ptr) {
@@ -3425,7 +3499,9 @@ FGC_EXPORT CUresult CUDAAPI cuMemGetAddressRange(CUdeviceptr_v1 *pbase, unsigned
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemGetAddressRange_v2(CUdeviceptr *pbase, size_t *psize, CUdeviceptr dptr) {
-    return fgc_cuMemGetAddressRange_v2(pbase, psize, dptr);
+    CUresult r_ = fgc_cuMemGetAddressRange_v2(pbase, psize, dptr);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuMemGetAddressRange_v2", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemGetAllocationGranularity(size_t *granularity, const CUmemAllocationProp *prop, CUmemAllocationGranularity_flags option) {
@@ -3479,7 +3555,9 @@ FGC_EXPORT CUresult CUDAAPI cuMemGetInfo(unsigned int *free, unsigned int *total
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemGetInfo_v2(size_t *free, size_t *total) {
-    return fgc_cuMemGetInfo_v2(free, total);
+    CUresult r_ = fgc_cuMemGetInfo_v2(free, total);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuMemGetInfo_v2", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemGetMemPool(CUmemoryPool *pool, CUmemLocation *location, CUmemAllocationType type) {
@@ -3491,7 +3569,9 @@ FGC_EXPORT CUresult CUDAAPI cuMemGetMemPool(CUmemoryPool *pool, CUmemLocation *l
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemHostAlloc(void **pp, size_t bytesize, unsigned int Flags) {
-    return fgc_cuMemHostAlloc(pp, bytesize, Flags);
+    CUresult r_ = fgc_cuMemHostAlloc(pp, bytesize, Flags);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuMemHostAlloc", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemHostGetDevicePointer(CUdeviceptr_v1 *pdptr, void *p, unsigned int Flags) {
@@ -3511,7 +3591,9 @@ FGC_EXPORT CUresult CUDAAPI cuMemHostGetDevicePointer_v2(CUdeviceptr *pdptr, voi
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemHostGetFlags(unsigned int *pFlags, void *p) {
-    return fgc_cuMemHostGetFlags(pFlags, p);
+    CUresult r_ = fgc_cuMemHostGetFlags(pFlags, p);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuMemHostGetFlags", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemHostRegister(void *p, size_t bytesize, unsigned int Flags) {
@@ -3519,11 +3601,15 @@ FGC_EXPORT CUresult CUDAAPI cuMemHostRegister(void *p, size_t bytesize, unsigned
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemHostRegister_v2(void *p, size_t bytesize, unsigned int Flags) {
-    return fgc_cuMemHostRegister_v2(p, bytesize, Flags);
+    CUresult r_ = fgc_cuMemHostRegister_v2(p, bytesize, Flags);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuMemHostRegister_v2", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemHostUnregister(void *p) {
-    return fgc_cuMemHostUnregister(p);
+    CUresult r_ = fgc_cuMemHostUnregister(p);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuMemHostUnregister", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemImportFromShareableHandle(CUmemGenericAllocationHandle *handle, void *osHandle, CUmemAllocationHandleType shHandleType) {
@@ -4055,7 +4141,9 @@ FGC_EXPORT CUresult CUDAAPI cuModuleEnumerateFunctions(CUfunction *functions, un
 }
 
 FGC_EXPORT CUresult CUDAAPI cuModuleGetFunction(CUfunction *hfunc, CUmodule hmod, const char *name) {
-    return fgc_cuModuleGetFunction(hfunc, hmod, name);
+    CUresult r_ = fgc_cuModuleGetFunction(hfunc, hmod, name);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuModuleGetFunction", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuModuleGetFunctionCount(unsigned int *count, CUmodule mod) {
@@ -4124,11 +4212,15 @@ FGC_EXPORT CUresult CUDAAPI cuModuleLoad(CUmodule *module, const char *fname) {
 }
 
 FGC_EXPORT CUresult CUDAAPI cuModuleLoadData(CUmodule *module, const void *image) {
-    return fgc_cuModuleLoadData(module, image);
+    CUresult r_ = fgc_cuModuleLoadData(module, image);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuModuleLoadData", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuModuleLoadDataEx(CUmodule *module, const void *image, unsigned int numOptions, CUjit_option *options, void **optionValues) {
-    return fgc_cuModuleLoadDataEx(module, image, numOptions, options, optionValues);
+    CUresult r_ = fgc_cuModuleLoadDataEx(module, image, numOptions, options, optionValues);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuModuleLoadDataEx", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuModuleLoadFatBinary(CUmodule *module, const void *fatCubin) {
@@ -4236,11 +4328,9 @@ FGC_EXPORT CUresult CUDAAPI cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags
 }
 
 FGC_EXPORT CUresult CUDAAPI cuOccupancyMaxActiveClusters(int *numClusters, CUfunction func, const CUlaunchConfig *config) {
-    (void)numClusters;
-    (void)func;
-    (void)config;
-    static int logged;
-    return fgc_unsupported("cuOccupancyMaxActiveClusters", &logged);
+    CUresult r_ = fgc_cuOccupancyMaxActiveClusters(numClusters, func, config);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuOccupancyMaxActiveClusters", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuOccupancyMaxPotentialBlockSize(int *minGridSize, int *blockSize, CUfunction func, CUoccupancyB2DSize blockSizeToDynamicSMemSize, size_t dynamicSMemSize, int blockSizeLimit) {
@@ -4267,11 +4357,9 @@ FGC_EXPORT CUresult CUDAAPI cuOccupancyMaxPotentialBlockSizeWithFlags(int *minGr
 }
 
 FGC_EXPORT CUresult CUDAAPI cuOccupancyMaxPotentialClusterSize(int *clusterSize, CUfunction func, const CUlaunchConfig *config) {
-    (void)clusterSize;
-    (void)func;
-    (void)config;
-    static int logged;
-    return fgc_unsupported("cuOccupancyMaxPotentialClusterSize", &logged);
+    CUresult r_ = fgc_cuOccupancyMaxPotentialClusterSize(clusterSize, func, config);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuOccupancyMaxPotentialClusterSize", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuParamSetf(CUfunction hfunc, int offset, float value) {
@@ -4315,11 +4403,15 @@ FGC_EXPORT CUresult CUDAAPI cuParamSetv(CUfunction hfunc, int offset, void *ptr,
 }
 
 FGC_EXPORT CUresult CUDAAPI cuPointerGetAttribute(void *data, CUpointer_attribute attribute, CUdeviceptr ptr) {
-    return fgc_cuPointerGetAttribute(data, attribute, ptr);
+    CUresult r_ = fgc_cuPointerGetAttribute(data, attribute, ptr);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuPointerGetAttribute", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuPointerGetAttributes(unsigned int numAttributes, CUpointer_attribute *attributes, void **data, CUdeviceptr ptr) {
-    return fgc_cuPointerGetAttributes(numAttributes, attributes, data, ptr);
+    CUresult r_ = fgc_cuPointerGetAttributes(numAttributes, attributes, data, ptr);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuPointerGetAttributes", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuPointerSetAttribute(const void *value, CUpointer_attribute attribute, CUdeviceptr ptr) {
@@ -4364,7 +4456,9 @@ FGC_EXPORT CUresult CUDAAPI cuSignalExternalSemaphoresAsync_ptsz(const CUexterna
 }
 
 FGC_EXPORT CUresult CUDAAPI cuStreamAddCallback(CUstream hStream, CUstreamCallback callback, void *userData, unsigned int flags) {
-    return fgc_cuStreamAddCallback(hStream, callback, userData, flags);
+    CUresult r_ = fgc_cuStreamAddCallback(hStream, callback, userData, flags);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuStreamAddCallback", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuStreamAddCallback_ptsz(CUstream hStream, CUstreamCallback callback, void *userData, unsigned int flags) {
@@ -4586,7 +4680,9 @@ FGC_EXPORT CUresult CUDAAPI cuStreamGetCaptureInfo_v2_ptsz(CUstream hStream, CUs
 }
 
 FGC_EXPORT CUresult CUDAAPI cuStreamGetCaptureInfo_v3(CUstream hStream, CUstreamCaptureStatus *captureStatus_out, cuuint64_t *id_out, CUgraph *graph_out, const CUgraphNode **dependencies_out, const CUgraphEdgeData **edgeData_out, size_t *numDependencies_out) {
-    return fgc_cuStreamGetCaptureInfo_v3(hStream, captureStatus_out, id_out, graph_out, dependencies_out, edgeData_out, numDependencies_out);
+    CUresult r_ = fgc_cuStreamGetCaptureInfo_v3(hStream, captureStatus_out, id_out, graph_out, dependencies_out, edgeData_out, numDependencies_out);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuStreamGetCaptureInfo_v3", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuStreamGetCaptureInfo_v3_ptsz(CUstream hStream, CUstreamCaptureStatus *captureStatus_out, cuuint64_t *id_out, CUgraph *graph_out, const CUgraphNode **dependencies_out, const CUgraphEdgeData **edgeData_out, size_t *numDependencies_out) {

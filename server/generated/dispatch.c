@@ -1144,6 +1144,8 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         }
         return res;
     }
+    case FG_OP_cuOccupancyMaxActiveClusters: return fgs_cuOccupancyMaxActiveClusters(S, r, out);
+    case FG_OP_cuOccupancyMaxPotentialClusterSize: return fgs_cuOccupancyMaxPotentialClusterSize(S, r, out);
     case FG_OP_cuStreamBeginCapture_v2: {
         uint64_t id_hStream = fg_get_u64(r);
         CUstream hStream = NULL;

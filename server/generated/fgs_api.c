@@ -164,6 +164,8 @@ const char *fgs_api_load(fgs_api *api, void *dl) {
     *(void **)&api->cuOccupancyAvailableDynamicSMemPerBlock = dlsym(dl, "cuOccupancyAvailableDynamicSMemPerBlock");
     *(void **)&api->cuOccupancyMaxActiveBlocksPerMultiprocessor = dlsym(dl, "cuOccupancyMaxActiveBlocksPerMultiprocessor");
     *(void **)&api->cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags = dlsym(dl, "cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags");
+    *(void **)&api->cuOccupancyMaxActiveClusters = dlsym(dl, "cuOccupancyMaxActiveClusters");
+    *(void **)&api->cuOccupancyMaxPotentialClusterSize = dlsym(dl, "cuOccupancyMaxPotentialClusterSize");
     *(void **)&api->cuStreamBeginCapture_v2 = dlsym(dl, "cuStreamBeginCapture_v2");
     *(void **)&api->cuStreamCopyAttributes = dlsym(dl, "cuStreamCopyAttributes");
     *(void **)&api->cuStreamCreate = dlsym(dl, "cuStreamCreate");

@@ -126,6 +126,8 @@ typedef struct fgs_api {
     CUresult (*cuOccupancyAvailableDynamicSMemPerBlock)(size_t *, CUfunction, int, int);
     CUresult (*cuOccupancyMaxActiveBlocksPerMultiprocessor)(int *, CUfunction, int, size_t);
     CUresult (*cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags)(int *, CUfunction, int, size_t, unsigned int);
+    CUresult (*cuOccupancyMaxActiveClusters)(int *, CUfunction, const CUlaunchConfig *);
+    CUresult (*cuOccupancyMaxPotentialClusterSize)(int *, CUfunction, const CUlaunchConfig *);
     CUresult (*cuStreamBeginCapture_v2)(CUstream, CUstreamCaptureMode);
     CUresult (*cuStreamCopyAttributes)(CUstream, CUstream);
     CUresult (*cuStreamCreate)(CUstream *, unsigned int);

@@ -26,6 +26,8 @@ CUresult fgs_cuMemcpyHtoD_v2(fgs_session *S, fg_reader *r, fg_writer *out);
 CUresult fgs_cuModuleGetFunction(fgs_session *S, fg_reader *r, fg_writer *out);
 CUresult fgs_cuModuleLoadData(fgs_session *S, fg_reader *r, fg_writer *out);
 CUresult fgs_cuModuleLoadDataEx(fgs_session *S, fg_reader *r, fg_writer *out);
+CUresult fgs_cuOccupancyMaxActiveClusters(fgs_session *S, fg_reader *r, fg_writer *out);
+CUresult fgs_cuOccupancyMaxPotentialClusterSize(fgs_session *S, fg_reader *r, fg_writer *out);
 CUresult fgs_cuStreamGetCaptureInfo_v3(fgs_session *S, fg_reader *r, fg_writer *out);
 
 #endif

@@ -137,11 +137,8 @@ CUresult fgs_cuKernelGetFunction(fgs_session *S, fg_reader *r, fg_writer *out) {
     return res;
 }
 
-/* A launch names a function or, as the driver allows, a library kernel. */
-static int launch_target(fgs_session *S, uint64_t id, void **f) {
-    if (!fgs_handle_get(S, FGH_FUNCTION, id, f) && *f) return 0;
-    return fgs_handle_get(S, FGH_KERNEL, id, f) || !*f ? -1 : 0;
-}
+/* A launch names a function or, as the driver allows, a library kernel (fgs_handle_get accepts both). */
+static int launch_target(fgs_session *S, uint64_t id, void **f) { return fgs_handle_get(S, FGH_FUNCTION, id, f) || !*f ? -1 : 0; }
 
 CUresult fgs_cuLaunchKernel(fgs_session *S, fg_reader *r, fg_writer *out) {
     (void)out;
@@ -189,26 +186,65 @@ static CUresult translate_attrs(fgs_session *S, CUlaunchAttribute *a, uint32_t n
     return CUDA_SUCCESS;
 }
 
-CUresult fgs_cuLaunchKernelEx(fgs_session *S, fg_reader *r, fg_writer *out) {
-    (void)out;
+typedef struct {
+    void *f;
+    CUlaunchConfig cfg;
+    CUlaunchAttribute attrs[64];
+} launch_config;
+
+/* Decode "function, dims[7], stream, u32 n, n attributes" into a driver launch configuration. */
+static CUresult get_config(fgs_session *S, fg_reader *r, launch_config *lc) {
     uint64_t fid = fg_get_u64(r);
     uint32_t d[7];
     fg_get(r, d, sizeof d);
     uint64_t sid = fg_get_u64(r);
     uint32_t na = fg_get_u32(r);
     if (na > 64) return FGS_PROTOCOL_ERROR;
-    CUlaunchAttribute attrs[64];
-    fg_get(r, attrs, na * sizeof attrs[0]);
+    fg_get(r, lc->attrs, na * sizeof lc->attrs[0]);
+    if (r->failed) return FGS_PROTOCOL_ERROR;
+    void *s;
+    if (launch_target(S, fid, &lc->f)) return CUDA_ERROR_INVALID_HANDLE;
+    if (fgs_handle_get(S, FGH_STREAM, sid, &s)) return CUDA_ERROR_INVALID_HANDLE;
+    CUresult tr = translate_attrs(S, lc->attrs, na);
+    if (tr != CUDA_SUCCESS) return tr;
+    CUlaunchConfig cfg = {d[0], d[1], d[2], d[3], d[4], d[5], d[6], (CUstream)s, na ? lc->attrs : NULL, na};
+    lc->cfg = cfg;
+    return CUDA_SUCCESS;
+}
+
+CUresult fgs_cuOccupancyMaxActiveClusters(fgs_session *S, fg_reader *r, fg_writer *out) {
+    launch_config lc;
+    CUresult res = get_config(S, r, &lc);
+    if (res != CUDA_SUCCESS) return res;
+    if (!S->api->cuOccupancyMaxActiveClusters) return fgs_missing(S, "cuOccupancyMaxActiveClusters");
+    int v = 0;
+    res = S->api->cuOccupancyMaxActiveClusters(&v, (CUfunction)lc.f, &lc.cfg);
+    if (res == CUDA_SUCCESS) fg_put(out, &v, sizeof v);
+    return res;
+}
+
+CUresult fgs_cuOccupancyMaxPotentialClusterSize(fgs_session *S, fg_reader *r, fg_writer *out) {
+    launch_config lc;
+    CUresult res = get_config(S, r, &lc);
+    if (res != CUDA_SUCCESS) return res;
+    if (!S->api->cuOccupancyMaxPotentialClusterSize) return fgs_missing(S, "cuOccupancyMaxPotentialClusterSize");
+    int v = 0;
+    res = S->api->cuOccupancyMaxPotentialClusterSize(&v, (CUfunction)lc.f, &lc.cfg);
+    if (res == CUDA_SUCCESS) fg_put(out, &v, sizeof v);
+    return res;
+}
+
+CUresult fgs_cuLaunchKernelEx(fgs_session *S, fg_reader *r, fg_writer *out) {
+    (void)out;
+    launch_config lc;
+    CUresult res = get_config(S, r, &lc);
+    if (res != CUDA_SUCCESS) return res;
     uint32_t n = fg_get_u32(r);
     const uint8_t *params = fg_take(r, n);
     if (r->failed) return FGS_PROTOCOL_ERROR;
-    void *f, *s;
-    if (launch_target(S, fid, &f)) return CUDA_ERROR_INVALID_HANDLE;
-    if (fgs_handle_get(S, FGH_STREAM, sid, &s)) return CUDA_ERROR_INVALID_HANDLE;
     if (!S->api->cuLaunchKernelEx) return fgs_missing(S, "cuLaunchKernelEx");
-    CUresult tr = translate_attrs(S, attrs, na);
-    if (tr != CUDA_SUCCESS) return tr;
-    CUlaunchConfig cfg = {d[0], d[1], d[2], d[3], d[4], d[5], d[6], (CUstream)s, na ? attrs : NULL, na};
+    void *f = lc.f;
+    CUlaunchConfig cfg = lc.cfg;
     if (n == 0) return S->api->cuLaunchKernelEx(&cfg, (CUfunction)f, NULL, NULL);
     void *buf = fgs_scratch(S, n);
     if (!buf) return CUDA_ERROR_OUT_OF_MEMORY;

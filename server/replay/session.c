@@ -21,7 +21,14 @@
 #include "fgs_session.h"
 
 #define FGS_EXPORT __attribute__((visibility("default")))
-#define ID_INDEX_BITS 40
+/* A virtual id looks like an ordinary 16-byte-aligned user-space pointer, since some callers (the CUDA runtime
+ * among them) keep flags in a handle's low or high bits: bit 44 set, kind in bits 38..43, 14 bits of the
+ * session's salt in bits 24..37, the table index + 1 in bits 4..23 (up to 2^20 - 1 live handles per kind). */
+#define ID_MARK (1ull << 44)
+#define ID_INDEX_LIMIT ((1u << 20) - 1)
+#define ID_KIND(id) ((int)(((id) >> 38) & 0x3f))
+#define ID_SALT(id) (((id) >> 24) & 0x3fff)
+#define ID_INDEX(id) ((((id) >> 4) & 0xfffff) - 1)
 
 void fgs_log(fgs_session *S, const char *fmt, ...) {
     char line[768];
@@ -45,7 +52,7 @@ CUresult fgs_missing(fgs_session *S, const char *name) {
 /* ---- handle tables ---- */
 
 static uint64_t make_id(fgs_session *S, int kind, uint32_t index) {
-    return ((uint64_t)kind << 56) | ((S->salt & 0xffff) << ID_INDEX_BITS) | ((uint64_t)index + 1);
+    return ID_MARK | ((uint64_t)kind << 38) | ((S->salt & 0x3fff) << 24) | (((uint64_t)index + 1) << 4);
 }
 
 int fgs_handle_get(fgs_session *S, int kind, uint64_t id, void **real) {
@@ -54,8 +61,12 @@ int fgs_handle_get(fgs_session *S, int kind, uint64_t id, void **real) {
         *real = (void *)(uintptr_t)id;
         return 0;
     }
-    if ((int)(id >> 56) != kind || ((id >> ID_INDEX_BITS) & 0xffff) != (S->salt & 0xffff)) return -1;
-    uint64_t idx = (id & ((1ull << ID_INDEX_BITS) - 1)) - 1;
+    /* The driver accepts a library kernel wherever a function is expected. */
+    if (kind == FGH_FUNCTION && ID_KIND(id) == FGH_KERNEL) kind = FGH_KERNEL;
+    if ((id & ~((1ull << 45) - 1)) || !(id & ID_MARK) || (id & 0xf) || ID_KIND(id) != kind ||
+        ID_SALT(id) != (S->salt & 0x3fff))
+        return -1;
+    uint64_t idx = ID_INDEX(id);
     fgs_table *t = &S->tables[kind];
     if (idx >= t->n || !t->real[idx]) return -1;
     *real = t->real[idx];
@@ -83,6 +94,7 @@ uint64_t fgs_handle_add(fgs_session *S, int kind, void *real) {
             t->free_list = nf;
             t->cap = cap;
         }
+        if (t->n >= ID_INDEX_LIMIT) return 0;
         idx = t->n++;
     }
     t->real[idx] = real;
@@ -92,7 +104,7 @@ uint64_t fgs_handle_add(fgs_session *S, int kind, void *real) {
 void fgs_handle_remove(fgs_session *S, int kind, uint64_t id) {
     void *real;
     if (id == 0 || fgs_handle_get(S, kind, id, &real)) return;
-    uint32_t idx = (uint32_t)((id & ((1ull << ID_INDEX_BITS) - 1)) - 1);
+    uint32_t idx = (uint32_t)ID_INDEX(id);
     fgs_table *t = &S->tables[kind];
     t->real[idx] = NULL;
     t->free_list[t->n_free++] = idx;

@@ -54,7 +54,16 @@ uint64_t sim_now_ns(void);                         /* CLOCK_MONOTONIC */
 /* ---- live-handle registry (sim_registry.c) ----
  * Every handle object starts with struct sim_obj. Lookups compare the handle value against the set of live
  * objects; an unknown value is never dereferenced. */
-enum sim_kind { SIM_KIND_CTX = 1, SIM_KIND_STREAM, SIM_KIND_EVENT, SIM_KIND_MODULE, SIM_KIND_FUNC, SIM_KIND_PHYS };
+enum sim_kind {
+    SIM_KIND_CTX = 1,
+    SIM_KIND_STREAM,
+    SIM_KIND_EVENT,
+    SIM_KIND_MODULE,
+    SIM_KIND_FUNC,
+    SIM_KIND_PHYS,
+    SIM_KIND_LIBRARY, /* context-independent (sim_library.c) */
+    SIM_KIND_KERNEL,  /* a kernel of a library: usable wherever a function is (sim_func_resolve) */
+};
 
 struct sim_obj {
     uint32_t kind;
@@ -76,7 +85,9 @@ struct sim_ctx {
     int primary;           /* the device's primary context */
     int active;            /* primary: retained at least once and not released to zero / reset */
     unsigned int refcount; /* primary: retain count */
+    unsigned long long id; /* cuCtxGetId: unique in the process; a primary context gets a new one when activated */
 };
+unsigned long long sim_ctx_next_id(void);
 /* The calling thread's current context, validated (live and active), else CUDA_ERROR_INVALID_CONTEXT. */
 CUresult sim_current_ctx(struct sim_ctx **out);
 /* Frees everything a context owns (streams, events, modules, allocations, pinned host memory). */
@@ -102,6 +113,7 @@ struct sim_seg {
     struct sim_phys *phys;  /* VMM: backing physical allocation */
     size_t map_len;         /* ALLOC/HOST/GLOBAL: length of the host mapping (page rounded) */
     uint64_t charged;       /* bytes charged to the device for this segment */
+    unsigned long long id;  /* CU_POINTER_ATTRIBUTE_BUFFER_ID: set by sim_seg_insert, never reused */
 };
 
 int sim_seg_insert(struct sim_seg *seg);           /* 0 ok, -1 out of memory */
@@ -115,6 +127,15 @@ CUresult sim_range_check(CUdeviceptr p, size_t n, int prot);
 CUresult sim_seg_alloc(int kind, int device, size_t size, struct sim_ctx *owner, const void *module,
                        struct sim_seg **out);
 void sim_seg_free(struct sim_seg *seg);            /* unmaps, uncharges, removes and frees */
+unsigned long long sim_next_buffer_id(void);       /* process-wide allocation ids, from 1 */
+/* VMM mapping details for pointer attributes (sim_vmm.c). */
+struct sim_vmm_info {
+    uintptr_t resv_base; /* the reservation the mapping lies in */
+    size_t resv_size;
+    unsigned long long block_id; /* id of the physical allocation */
+    unsigned int handle_types;   /* its requestedHandleTypes */
+};
+void sim_vmm_describe(const struct sim_seg *seg, struct sim_vmm_info *info);
 size_t sim_seg_collect_owned(const struct sim_ctx *owner, const void *module, struct sim_seg **out, size_t max);
 
 /* ---- streams and events (sim_stream.c) ---- */
@@ -133,13 +154,27 @@ long long sim_stream_id(CUstream s);
 void sim_event_destroy_obj(void *ev);
 CUresult sim_event_check(CUevent e); /* live event, else CUDA_ERROR_INVALID_HANDLE */
 
-/* ---- modules (sim_module.c) ---- */
+/* ---- modules (sim_module.c) and functions (sim_function.c) ---- */
 struct sim_param {
     uint32_t offset;
     uint32_t size;
 };
 struct sim_kernel_impl;
 struct sim_module;
+struct sim_library;
+struct sim_image_desc;
+struct sim_kernel_desc;
+
+/* The settable part of a function (cuFuncSetAttribute / cuFuncSetCacheConfig, or per device for a library
+ * kernel through cuKernelSetAttribute / cuKernelSetCacheConfig). */
+struct sim_func_cfg {
+    int max_dyn_shared; /* CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES: launch limit on dynamic shared memory */
+    int carveout;       /* CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT, -1 = default */
+    int non_portable_cluster;
+    int cluster_policy;
+    int cache_config;   /* CUfunc_cache */
+};
+
 struct sim_func {
     struct sim_obj h;
     struct sim_module *mod;
@@ -148,10 +183,31 @@ struct sim_func {
     struct sim_param *params;
     uint32_t param_bytes; /* end of the last parameter */
     int num_regs, shared_bytes, const_bytes, local_bytes, max_threads, ptx_version, binary_version;
+    struct sim_func_cfg cfg;
     const struct sim_kernel_impl *impl; /* NULL: the sim cannot execute this kernel */
     int warned;
 };
 void sim_module_destroy_obj(struct sim_module *m);
+/* Fills a function's name, parameters and attributes from a parsed kernel (f->h is left alone). */
+CUresult sim_func_init(struct sim_func *f, const struct sim_kernel_desc *k, int arch, int is_ptx);
+void sim_func_fini(struct sim_func *f); /* frees what sim_func_init allocated */
+/* Builds a module (functions in the order of d->kernels, globals with device memory) in ctx. */
+CUresult sim_module_build(struct sim_ctx *ctx, const struct sim_image_desc *d, int is_ptx, struct sim_module **out);
+struct sim_func *sim_module_func(const struct sim_module *m, size_t i); /* i-th function, NULL past the end */
+CUresult sim_module_global(const struct sim_module *m, const char *name, CUdeviceptr *dptr, size_t *bytes);
+/* A library-owned module tells its library when it goes (unloaded, or its context destroyed). */
+void sim_module_set_library(struct sim_module *m, struct sim_library *lib);
+void sim_library_module_gone(struct sim_library *lib, struct sim_module *m);
+/* JIT options of cuModuleLoadDataEx / cuLibraryLoadData: validated, ignored (logged once), log buffers emptied. */
+CUresult sim_jit_options(unsigned int n, CUjit_option *options, void **values);
+
+/* A function handle, or a CUkernel passed where a CUfunction is accepted: the kernel's function in the current
+ * context (its library is loaded there on first use). CUDA_ERROR_INVALID_HANDLE for anything else. */
+CUresult sim_func_resolve(const void *handle, struct sim_func **out);
+CUresult sim_func_get_attr(const struct sim_func *f, const struct sim_func_cfg *cfg, CUfunction_attribute a, int *pi);
+CUresult sim_func_set_attr(const struct sim_func *f, struct sim_func_cfg *cfg, CUfunction_attribute a, int value);
+CUresult sim_func_check_cache_config(CUfunc_cache config);
+void sim_func_cfg_default(const struct sim_func *f, struct sim_func_cfg *cfg);
 
 /* ---- kernels the sim executes (sim_kernels.c) ---- */
 struct sim_launch {
@@ -167,6 +223,10 @@ struct sim_kernel_impl {
     CUresult (*run)(const struct sim_launch *l);
 };
 const struct sim_kernel_impl *sim_kernel_lookup(const char *name, const struct sim_param *params, uint32_t n);
+
+/* ---- launches (sim_launch.c) ---- */
+CUresult sim_launch(struct sim_func *fn, const unsigned int grid[3], const unsigned int block[3], unsigned int shmem,
+                    CUstream stream, void **kernelParams, void **extra);
 
 /* ---- launch log (sim_launch_log.c) ---- */
 void sim_launch_log(const struct sim_launch *l, long long stream_id, CUresult result);

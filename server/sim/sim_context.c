@@ -1,10 +1,13 @@
 /* sim_context.c - contexts: the per-device primary context (retain/release/reset/state/flags), created
- * contexts (cuCtxCreate_v4) and the per-thread current-context stack.
+ * contexts (cuCtxCreate_v4), the per-thread current-context stack, and the queries on a context (device, id,
+ * flags, API version; the CUDA 12.5+ forms that name the context: cuCtxGetDevice_v2, cuCtxSynchronize_v2).
  *
  * The stack is thread-local and holds handle values only. Any handle taken from it is re-validated against the
  * registry before use, so a context destroyed on another thread makes later calls on this one fail with
  * CUDA_ERROR_INVALID_CONTEXT rather than touch freed memory. Destroying a context (or releasing the primary
- * context to zero, or resetting it) frees everything it owns, as the real driver does. */
+ * context to zero, or resetting it) frees everything it owns, as the real driver does. Every context gets a
+ * process-unique id (cuCtxGetId); a primary context gets a new one each time it becomes active again, since
+ * the driver then creates it anew. */
 #include "sim.h"
 
 #include <stdlib.h>
@@ -15,6 +18,10 @@ static _Thread_local CUcontext t_stack[STACK_MAX];
 static _Thread_local int t_depth;
 
 static struct sim_ctx *find_ctx(CUcontext c) { return sim_reg_find(c, SIM_KIND_CTX); }
+
+static unsigned long long g_next_ctx_id;
+
+unsigned long long sim_ctx_next_id(void) { return ++g_next_ctx_id; }
 
 CUresult sim_current_ctx(struct sim_ctx **out)
 {
@@ -83,6 +90,8 @@ SIM_API CUresult cuDevicePrimaryCtxRetain(CUcontext *pctx, CUdevice dev)
     CUresult rc = sim_check_device(dev);
     if (rc == CUDA_SUCCESS) {
         struct sim_ctx *p = sim_g.dev[dev].primary;
+        if (!p->active)
+            p->id = sim_ctx_next_id(); /* a new context as far as the program can tell */
         p->refcount++;
         p->active = 1;
         *pctx = (CUcontext)p;
@@ -181,6 +190,7 @@ SIM_API CUresult cuCtxCreate(CUcontext *pctx, CUctxCreateParams *ctxCreateParams
         c->device = dev;
         c->flags = flags;
         c->active = 1;
+        c->id = sim_ctx_next_id();
         t_stack[t_depth++] = (CUcontext)c;
         *pctx = (CUcontext)c;
     }
@@ -281,10 +291,74 @@ SIM_API CUresult cuCtxGetDevice(CUdevice *device)
     return rc;
 }
 
+/* CUDA 12.5+: the device of ctx, or of the current context when ctx is NULL. */
+SIM_API CUresult cuCtxGetDevice_v2(CUdevice *device, CUcontext ctx)
+{
+    if (!device)
+        return CUDA_ERROR_INVALID_VALUE;
+    sim_lock();
+    struct sim_ctx *c = NULL;
+    CUresult rc = ctx ? sim_check_init() : sim_current_ctx(&c);
+    if (rc == CUDA_SUCCESS && ctx) {
+        c = find_ctx(ctx);
+        if (!c || !c->active)
+            rc = CUDA_ERROR_INVALID_CONTEXT;
+    }
+    if (rc == CUDA_SUCCESS)
+        *device = c->device;
+    sim_unlock();
+    return rc;
+}
+
+SIM_API CUresult cuCtxGetFlags(unsigned int *flags)
+{
+    if (!flags)
+        return CUDA_ERROR_INVALID_VALUE;
+    sim_lock();
+    struct sim_ctx *c = NULL;
+    CUresult rc = sim_current_ctx(&c);
+    if (rc == CUDA_SUCCESS)
+        *flags = c->flags;
+    sim_unlock();
+    return rc;
+}
+
+SIM_API CUresult cuCtxGetId(CUcontext ctx, unsigned long long *ctxId)
+{
+    if (!ctxId)
+        return CUDA_ERROR_INVALID_VALUE;
+    sim_lock();
+    struct sim_ctx *c = NULL;
+    CUresult rc = ctx ? sim_check_init() : sim_current_ctx(&c);
+    if (rc == CUDA_SUCCESS && ctx) {
+        c = find_ctx(ctx);
+        if (!c || !c->active)
+            rc = CUDA_ERROR_INVALID_CONTEXT;
+    }
+    if (rc == CUDA_SUCCESS)
+        *ctxId = c->id;
+    sim_unlock();
+    return rc;
+}
+
 SIM_API CUresult cuCtxSynchronize(void)
 {
     sim_lock();
     CUresult rc = sim_current_ctx(NULL); /* all work already completed at enqueue */
+    sim_unlock();
+    return rc;
+}
+
+/* CUDA 12.5+: synchronizes ctx (the current context when NULL); its work has completed at enqueue. */
+SIM_API CUresult cuCtxSynchronize_v2(CUcontext ctx)
+{
+    sim_lock();
+    CUresult rc = ctx ? sim_check_init() : sim_current_ctx(NULL);
+    if (rc == CUDA_SUCCESS && ctx) {
+        struct sim_ctx *c = find_ctx(ctx);
+        if (!c || !c->active)
+            rc = CUDA_ERROR_INVALID_CONTEXT;
+    }
     sim_unlock();
     return rc;
 }

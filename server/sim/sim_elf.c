@@ -13,7 +13,9 @@
  * cuModuleLoadData passes no size, so the image must be self-delimiting: the extent is the end of the section
  * header table or of the furthest section, whichever is larger, capped at 1 GiB. The caller (the fargpu
  * server) must provide at least that many readable bytes; within them every offset, size, index and string
- * is bounds-checked, so a hostile image gives CUDA_ERROR_INVALID_IMAGE, never a read outside the extent. */
+ * is bounds-checked, so a hostile image gives CUDA_ERROR_INVALID_IMAGE, never a read outside the extent.
+ * A cubin inside a fatbin has a known size (its entry's payload): every read, the header included, then also
+ * stays below that limit. */
 #include "sim_image.h"
 
 #include <string.h>
@@ -24,7 +26,6 @@
 #define STT_OBJECT 1
 #define STT_FUNC 2
 #define STO_CUDA_ENTRY 0x10
-#define IMAGE_CAP ((uint64_t)1 << 30)
 
 #define EIFMT_NVAL 1
 #define EIFMT_BVAL 2
@@ -110,10 +111,12 @@ static uint32_t find_section(const struct elf *e, const char *prefix, const char
     return 0;
 }
 
-static CUresult open_elf(const unsigned char *p, struct elf *e, int *arch)
+static CUresult open_elf(const unsigned char *p, uint64_t limit, struct elf *e, int *arch)
 {
+    if (limit > SIM_IMAGE_CAP)
+        limit = SIM_IMAGE_CAP;
     /* e_ident: class 2 (64-bit), data 1 (little endian); e_machine EM_CUDA; section headers of 64 bytes. */
-    if (p[4] != 2 || p[5] != 1 || rd16(p + 18) != EM_CUDA || rd16(p + 58) != 64)
+    if (limit < 64 || p[4] != 2 || p[5] != 1 || rd16(p + 18) != EM_CUDA || rd16(p + 58) != 64)
         return CUDA_ERROR_INVALID_IMAGE;
     e->p = p;
     e->shoff = rd64(p + 40);
@@ -121,7 +124,7 @@ static CUresult open_elf(const unsigned char *p, struct elf *e, int *arch)
     e->shstrndx = rd16(p + 62);
     uint32_t flags = rd32(p + 48);
     *arch = p[8] >= 8 ? (int)((flags >> 8) & 0xff) : (int)(flags & 0xff);
-    if (e->shoff < 64 || e->shoff > IMAGE_CAP)
+    if (e->shoff < 64 || e->shoff > limit - 64)
         return CUDA_ERROR_INVALID_IMAGE;
     e->size = e->shoff + 64; /* section 0 first: it may hold the real count and string index */
     if (e->shnum == 0)
@@ -131,7 +134,7 @@ static CUresult open_elf(const unsigned char *p, struct elf *e, int *arch)
     if (e->shnum == 0 || e->shstrndx >= e->shnum)
         return CUDA_ERROR_INVALID_IMAGE;
     uint64_t end = e->shoff + (uint64_t)e->shnum * 64;
-    if (end > IMAGE_CAP)
+    if (end > limit)
         return CUDA_ERROR_INVALID_IMAGE;
     e->size = end;
     /* Extend the extent to cover every section's contents (the image is contiguous). */
@@ -141,7 +144,7 @@ static CUresult open_elf(const unsigned char *p, struct elf *e, int *arch)
         get_shdr(e, i, &s);
         if (s.type == SHT_NOBITS)
             continue;
-        if (s.offset > IMAGE_CAP || s.size > IMAGE_CAP - s.offset)
+        if (s.offset > limit || s.size > limit - s.offset)
             return CUDA_ERROR_INVALID_IMAGE;
         if (s.offset + s.size > extent)
             extent = s.offset + s.size;
@@ -289,11 +292,11 @@ static int global_section(const struct elf *e, uint32_t shndx, struct shdr *s)
     return len == 13 && memcmp(n, ".nv.constant", 12) == 0 && n[12] >= '1' && n[12] <= '9';
 }
 
-CUresult sim_elf_parse(const unsigned char *image, struct sim_image_desc *out)
+CUresult sim_elf_parse(const unsigned char *image, uint64_t limit, struct sim_image_desc *out)
 {
     struct elf e;
     memset(out, 0, sizeof *out);
-    CUresult rc = open_elf(image, &e, &out->arch);
+    CUresult rc = open_elf(image, limit, &e, &out->arch);
     if (rc != CUDA_SUCCESS)
         return rc;
     uint32_t symsec = 0;

@@ -1,6 +1,10 @@
-/* sim_image.c - format sniffing for cuModuleLoadData images and the builders of sim_image_desc (kernels with
- * their parameter layouts, globals with their initial bytes). Limits (SIM_IMAGE_MAX_*) keep a hostile image
- * from making the sim allocate without bound. */
+/* sim_image.c - format sniffing and parsing of cuModuleLoadData / cuLibraryLoadData images, and the builders
+ * of sim_image_desc (kernels with their parameter layouts, globals with their initial bytes). Limits
+ * (SIM_IMAGE_MAX_*) keep a hostile image from making the sim allocate without bound.
+ *
+ * A fatbin wrapper (the struct nvcc emits for host code: int magic 0x466243B1, int version, const void *data,
+ * void *filename_or_fatbins) holds a host pointer to the fatbin: only a caller in this process can hand one
+ * over (the fargpu server refuses wrappers from clients), so the pointer is trusted like any host pointer. */
 #include "sim_image.h"
 
 #include <stdlib.h>
@@ -23,9 +27,70 @@ enum sim_image_format sim_image_sniff(const void *image)
     static const unsigned char fatwrap[4] = { 0xB1, 0x43, 0x62, 0x46 };    /* 0x466243B1 little endian */
     if (has_magic(image, elf))
         return SIM_IMAGE_ELF;
-    if (has_magic(image, fatbin) || has_magic(image, fatwrap))
+    if (has_magic(image, fatbin))
         return SIM_IMAGE_FATBIN;
+    if (has_magic(image, fatwrap))
+        return SIM_IMAGE_FATBIN_WRAPPER;
     return SIM_IMAGE_PTX;
+}
+
+static CUresult parse_elf(const unsigned char *image, uint64_t limit, struct sim_image_desc *d)
+{
+    CUresult rc = sim_elf_parse(image, limit, d);
+    if (rc == CUDA_SUCCESS && d->arch != 90) {
+        sim_desc_free(d);
+        rc = CUDA_ERROR_NO_BINARY_FOR_GPU;
+    }
+    return rc;
+}
+
+/* PTX from a fatbin entry: the text ends at its first NUL or at the end of the payload. */
+static CUresult parse_ptx_payload(const unsigned char *p, uint64_t size, struct sim_image_desc *d)
+{
+    const unsigned char *nul = memchr(p, 0, (size_t)size);
+    size_t len = nul ? (size_t)(nul - p) : (size_t)size;
+    char *text = malloc(len + 1);
+    if (!text)
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    memcpy(text, p, len);
+    text[len] = 0;
+    CUresult rc = sim_ptx_parse(text, d);
+    free(text);
+    return rc;
+}
+
+CUresult sim_image_parse(const void *image, struct sim_image_desc *d, int *is_ptx)
+{
+    memset(d, 0, sizeof *d);
+    *is_ptx = 0;
+    enum sim_image_format fmt = sim_image_sniff(image);
+    if (fmt == SIM_IMAGE_FATBIN_WRAPPER) {
+        int version;
+        const void *data;
+        memcpy(&version, (const char *)image + 4, sizeof version);
+        memcpy(&data, (const char *)image + 8, sizeof data);
+        if ((version != 1 && version != 2) || !data || sim_image_sniff(data) != SIM_IMAGE_FATBIN)
+            return CUDA_ERROR_INVALID_IMAGE;
+        image = data;
+        fmt = SIM_IMAGE_FATBIN;
+    }
+    switch (fmt) {
+    case SIM_IMAGE_ELF:
+        return parse_elf(image, SIM_IMAGE_CAP, d);
+    case SIM_IMAGE_PTX:
+        *is_ptx = 1;
+        return sim_ptx_parse(image, d);
+    case SIM_IMAGE_FATBIN:
+    case SIM_IMAGE_FATBIN_WRAPPER: {
+        struct sim_fatbin_pick pick;
+        CUresult rc = sim_fatbin_pick(image, &pick);
+        if (rc != CUDA_SUCCESS)
+            return rc;
+        *is_ptx = pick.is_ptx;
+        return pick.is_ptx ? parse_ptx_payload(pick.payload, pick.size, d) : parse_elf(pick.payload, pick.size, d);
+    }
+    }
+    return CUDA_ERROR_INVALID_IMAGE;
 }
 
 static char *dup_name(const char *name, size_t len)

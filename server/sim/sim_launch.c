@@ -1,12 +1,18 @@
-/* sim_launch.c - cuLaunchKernel: validation, parameter packing, recording and dispatch.
+/* sim_launch.c - cuLaunchKernel and cuLaunchKernelEx: validation, parameter packing, recording and dispatch.
  *
- * The launch is checked as the driver would (live function and stream, current context, grid and block limits
- * of sm_90, shared memory, parameters given either as kernelParams or through `extra` with
- * CU_LAUNCH_PARAM_BUFFER_POINTER/SIZE/END, never both). The parameters are packed into one buffer at the
- * function's parameter offsets, exactly the bytes a GPU would see. Every launch that passes validation is
- * recorded in the launch log (sim_launch_log.c). Then, if the function is one of the test kernels the sim
- * implements (sim_kernels.c), it runs at once (the stream is synchronous); any other kernel is
- * CUDA_ERROR_NOT_SUPPORTED, logged once per kernel name: the sim never pretends to have run code it cannot. */
+ * The launch is checked as the driver would (live function or CUkernel and stream, current context, grid and
+ * block limits of sm_90, dynamic shared memory up to the function's CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_
+ * BYTES, parameters given either as kernelParams or through `extra` with CU_LAUNCH_PARAM_BUFFER_POINTER/SIZE/
+ * END, never both). cuLaunchKernelEx takes the same launch plus attributes: those the sim honours or that are
+ * hints without effect when the stream runs synchronously (priority, access policy window, memory sync domain,
+ * programmatic stream serialization, cluster scheduling preference, carveout, cooperative = 0, a 1x1x1
+ * cluster) are accepted; any other is CUDA_ERROR_NOT_SUPPORTED, logged once, before anything is recorded.
+ *
+ * The parameters are packed into one buffer at the function's parameter offsets, exactly the bytes a GPU would
+ * see. Every launch that passes validation is recorded in the launch log (sim_launch_log.c). Then, if the
+ * function is one of the test kernels the sim implements (sim_kernels.c), it runs at once (the stream is
+ * synchronous); any other kernel is CUDA_ERROR_NOT_SUPPORTED, logged once per kernel name: the sim never
+ * pretends to have run code it cannot. */
 #include "sim.h"
 
 #include <stdio.h>
@@ -67,29 +73,23 @@ static CUresult check_dims(const struct sim_func *f, const unsigned int g[3], co
         return CUDA_ERROR_INVALID_VALUE;
     if (threads > (uint64_t)f->max_threads)
         return CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES;
-    if ((uint64_t)shmem + (uint64_t)f->shared_bytes > 49152)
+    if (shmem > (unsigned int)f->cfg.max_dyn_shared)
         return CUDA_ERROR_INVALID_VALUE;
     return CUDA_SUCCESS;
 }
 
-SIM_API CUresult cuLaunchKernel(CUfunction f, unsigned int gridDimX, unsigned int gridDimY, unsigned int gridDimZ,
-                                unsigned int blockDimX, unsigned int blockDimY, unsigned int blockDimZ,
-                                unsigned int sharedMemBytes, CUstream hStream, void **kernelParams, void **extra)
+/* Caller holds sim_lock and has resolved fn; checks the stream and the launch, then records and runs it. */
+CUresult sim_launch(struct sim_func *fn, const unsigned int grid[3], const unsigned int block[3], unsigned int shmem,
+                    CUstream hStream, void **kernelParams, void **extra)
 {
-    sim_lock();
-    CUresult rc = sim_current_ctx(NULL);
-    struct sim_func *fn = rc == CUDA_SUCCESS ? sim_reg_find(f, SIM_KIND_FUNC) : NULL;
-    if (rc == CUDA_SUCCESS && !fn)
-        rc = CUDA_ERROR_INVALID_HANDLE;
-    if (rc == CUDA_SUCCESS)
-        rc = sim_stream_check(hStream);
+    CUresult rc = sim_stream_check(hStream);
     struct sim_launch l;
     memset(&l, 0, sizeof l);
-    l.grid[0] = gridDimX, l.grid[1] = gridDimY, l.grid[2] = gridDimZ;
-    l.block[0] = blockDimX, l.block[1] = blockDimY, l.block[2] = blockDimZ;
-    l.shmem = sharedMemBytes;
+    memcpy(l.grid, grid, sizeof l.grid);
+    memcpy(l.block, block, sizeof l.block);
+    l.shmem = shmem;
     if (rc == CUDA_SUCCESS)
-        rc = check_dims(fn, l.grid, l.block, sharedMemBytes);
+        rc = check_dims(fn, l.grid, l.block, shmem);
     unsigned char *buf = NULL;
     if (rc == CUDA_SUCCESS && !(buf = calloc(1, fn->param_bytes ? fn->param_bytes : 1)))
         rc = CUDA_ERROR_OUT_OF_MEMORY;
@@ -109,6 +109,91 @@ SIM_API CUresult cuLaunchKernel(CUfunction f, unsigned int gridDimX, unsigned in
         sim_launch_log(&l, sim_stream_id(hStream), rc);
     }
     free(buf);
+    return rc;
+}
+
+SIM_API CUresult cuLaunchKernel(CUfunction f, unsigned int gridDimX, unsigned int gridDimY, unsigned int gridDimZ,
+                                unsigned int blockDimX, unsigned int blockDimY, unsigned int blockDimZ,
+                                unsigned int sharedMemBytes, CUstream hStream, void **kernelParams, void **extra)
+{
+    sim_lock();
+    struct sim_func *fn = NULL;
+    CUresult rc = sim_current_ctx(NULL);
+    if (rc == CUDA_SUCCESS)
+        rc = sim_func_resolve(f, &fn);
+    if (rc == CUDA_SUCCESS) {
+        const unsigned int grid[3] = { gridDimX, gridDimY, gridDimZ };
+        const unsigned int block[3] = { blockDimX, blockDimY, blockDimZ };
+        rc = sim_launch(fn, grid, block, sharedMemBytes, hStream, kernelParams, extra);
+    }
+    sim_unlock();
+    return rc;
+}
+
+#define MAX_LAUNCH_ATTRS 64
+
+static CUresult refuse_attr(const char *what)
+{
+    char msg[160];
+    snprintf(msg, sizeof msg, "cuLaunchKernelEx attribute %s", what);
+    sim_log_once(msg, "not supported by the simulated device");
+    return CUDA_ERROR_NOT_SUPPORTED;
+}
+
+static CUresult check_attrs(const CUlaunchConfig *c)
+{
+    if (c->numAttrs > MAX_LAUNCH_ATTRS || (c->numAttrs && !c->attrs))
+        return CUDA_ERROR_INVALID_VALUE;
+    for (unsigned int i = 0; i < c->numAttrs; i++) {
+        const CUlaunchAttribute *a = &c->attrs[i];
+        switch (a->id) {
+        case CU_LAUNCH_ATTRIBUTE_IGNORE:
+        case CU_LAUNCH_ATTRIBUTE_ACCESS_POLICY_WINDOW:
+        case CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION:
+        case CU_LAUNCH_ATTRIBUTE_PRIORITY:
+        case CU_LAUNCH_ATTRIBUTE_MEM_SYNC_DOMAIN_MAP:
+        case CU_LAUNCH_ATTRIBUTE_MEM_SYNC_DOMAIN:
+        case CU_LAUNCH_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT:
+            break; /* hints: a synchronous stream satisfies them as it is */
+        case CU_LAUNCH_ATTRIBUTE_CLUSTER_SCHEDULING_POLICY_PREFERENCE:
+            if ((int)a->value.clusterSchedulingPolicyPreference < CU_CLUSTER_SCHEDULING_POLICY_DEFAULT ||
+                a->value.clusterSchedulingPolicyPreference > CU_CLUSTER_SCHEDULING_POLICY_LOAD_BALANCING)
+                return CUDA_ERROR_INVALID_VALUE;
+            break;
+        case CU_LAUNCH_ATTRIBUTE_COOPERATIVE:
+            if (a->value.cooperative != 0)
+                return refuse_attr("COOPERATIVE (nonzero)");
+            break;
+        case CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION:
+            if (a->value.clusterDim.x != 1 || a->value.clusterDim.y != 1 || a->value.clusterDim.z != 1)
+                return refuse_attr("CLUSTER_DIMENSION (other than 1x1x1)");
+            break;
+        default: {
+            char what[32];
+            snprintf(what, sizeof what, "%d", (int)a->id);
+            return refuse_attr(what);
+        }
+        }
+    }
+    return CUDA_SUCCESS;
+}
+
+SIM_API CUresult cuLaunchKernelEx(const CUlaunchConfig *config, CUfunction f, void **kernelParams, void **extra)
+{
+    if (!config)
+        return CUDA_ERROR_INVALID_VALUE;
+    sim_lock();
+    struct sim_func *fn = NULL;
+    CUresult rc = sim_current_ctx(NULL);
+    if (rc == CUDA_SUCCESS)
+        rc = sim_func_resolve(f, &fn);
+    if (rc == CUDA_SUCCESS)
+        rc = check_attrs(config);
+    if (rc == CUDA_SUCCESS) {
+        const unsigned int grid[3] = { config->gridDimX, config->gridDimY, config->gridDimZ };
+        const unsigned int block[3] = { config->blockDimX, config->blockDimY, config->blockDimZ };
+        rc = sim_launch(fn, grid, block, config->sharedMemBytes, config->hStream, kernelParams, extra);
+    }
     sim_unlock();
     return rc;
 }

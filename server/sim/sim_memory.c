@@ -5,7 +5,12 @@
  * backs it with an anonymous private mapping; exceeding the total gives CUDA_ERROR_OUT_OF_MEMORY without
  * touching the host. Allocations and pinned host memory belong to the current context and are freed with it.
  * Pinned host memory is device-accessible (unified addressing: the device pointer equals the host pointer) and
- * is not charged against device memory. The VMM API is in sim_vmm.c. */
+ * is not charged against device memory. The VMM API is in sim_vmm.c.
+ *
+ * Stream-ordered allocation (cuMemAllocAsync / cuMemFreeAsync) validates the stream and then allocates or frees
+ * at once, which is what stream order means when streams run synchronously; the memory is an ordinary
+ * allocation of the current context (the sim has no memory pools: no cuDeviceGetDefaultMemPool, and its
+ * pointer attributes name no pool). cuMemFreeAsync accepts any cuMemAlloc-style allocation. */
 #include "sim.h"
 
 SIM_API CUresult cuMemGetInfo(size_t *free, size_t *total)
@@ -24,13 +29,15 @@ SIM_API CUresult cuMemGetInfo(size_t *free, size_t *total)
     return rc;
 }
 
-SIM_API CUresult cuMemAlloc(CUdeviceptr *dptr, size_t bytesize)
+static CUresult mem_alloc(CUdeviceptr *dptr, size_t bytesize, CUstream stream, int async)
 {
     if (!dptr || bytesize == 0)
         return CUDA_ERROR_INVALID_VALUE;
     sim_lock();
     struct sim_ctx *c = NULL;
     CUresult rc = sim_current_ctx(&c);
+    if (rc == CUDA_SUCCESS && async)
+        rc = sim_stream_check(stream);
     struct sim_seg *s = NULL;
     if (rc == CUDA_SUCCESS)
         rc = sim_seg_alloc(SIM_SEG_ALLOC, c->device, bytesize, c, NULL, &s);
@@ -40,10 +47,17 @@ SIM_API CUresult cuMemAlloc(CUdeviceptr *dptr, size_t bytesize)
     return rc;
 }
 
-SIM_API CUresult cuMemFree(CUdeviceptr dptr)
+SIM_API CUresult cuMemAlloc(CUdeviceptr *dptr, size_t bytesize) { return mem_alloc(dptr, bytesize, NULL, 0); }
+
+SIM_API CUresult cuMemAllocAsync(CUdeviceptr *dptr, size_t bytesize, CUstream hStream)
+{
+    return mem_alloc(dptr, bytesize, hStream, 1);
+}
+
+static CUresult mem_free(CUdeviceptr dptr, CUstream stream, int async)
 {
     sim_lock();
-    CUresult rc = sim_check_init();
+    CUresult rc = async ? sim_stream_check(stream) : sim_check_init();
     if (rc == CUDA_SUCCESS) {
         struct sim_seg *s = sim_seg_find_base((uintptr_t)dptr, SIM_SEG_ALLOC);
         if (s)
@@ -54,6 +68,10 @@ SIM_API CUresult cuMemFree(CUdeviceptr dptr)
     sim_unlock();
     return rc;
 }
+
+SIM_API CUresult cuMemFree(CUdeviceptr dptr) { return mem_free(dptr, NULL, 0); }
+
+SIM_API CUresult cuMemFreeAsync(CUdeviceptr dptr, CUstream hStream) { return mem_free(dptr, hStream, 1); }
 
 SIM_API CUresult cuMemGetAddressRange(CUdeviceptr *pbase, size_t *psize, CUdeviceptr dptr)
 {

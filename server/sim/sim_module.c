@@ -1,12 +1,15 @@
-/* sim_module.c - modules: cuModuleLoadData/Ex (PTX text or an sm_90 cubin), cuModuleUnload,
- * cuModuleGetFunction and cuModuleGetGlobal.
+/* sim_module.c - modules: cuModuleLoadData/Ex (PTX text, an sm_90 cubin, a fatbin or a fatbin wrapper),
+ * cuModuleUnload, cuModuleGetFunction, cuModuleGetGlobal and cuModuleGetLoadingMode; and the building of
+ * modules from a parsed image, shared with the library API (sim_library.c).
  *
- * Loading parses the image (sim_ptx.c / sim_elf.c) into kernels and globals. Each kernel becomes a function
- * handle carrying its parameter layout and attributes; each global gets device memory (charged like
- * cuMemAlloc) holding its initial bytes. A function handle is also bound to the C implementation the sim has
- * for it, if it is one of the test kernels with the expected layout (sim_kernels.c). Fatbins are not handled:
- * CUDA_ERROR_NOT_SUPPORTED, logged once. A cubin for another SM is CUDA_ERROR_NO_BINARY_FOR_GPU, as on an
- * sm_90 GPU. Modules belong to the current context and are unloaded with it. */
+ * Loading parses the image (sim_image.c: sim_ptx.c / sim_elf.c / sim_fatbin.c) into kernels and globals. Each
+ * kernel becomes a function handle carrying its parameter layout and attributes; each global gets device
+ * memory (charged like cuMemAlloc) holding its initial bytes. A function handle is also bound to the C
+ * implementation the sim has for it, if it is one of the test kernels with the expected layout
+ * (sim_kernels.c). A cubin for another SM, or a fatbin with neither sm_90 code nor PTX the device can run, is
+ * CUDA_ERROR_NO_BINARY_FOR_GPU, as on an sm_90 GPU. Everything is parsed and placed at load: loading is eager
+ * (cuModuleGetLoadingMode says CU_MODULE_EAGER_LOADING). Modules belong to the current context and are
+ * unloaded with it; a module that instantiates a library in a context tells the library when it goes. */
 #include "sim_image.h"
 
 #include <stdlib.h>
@@ -26,6 +29,7 @@ struct sim_module {
     size_t nfuncs;
     struct module_global *globals;
     size_t nglobals;
+    struct sim_library *lib; /* the library this module instantiates in its context, or NULL */
 };
 
 static int threads_for_regs(int regs)
@@ -37,15 +41,49 @@ static int threads_for_regs(int regs)
     return t > 1024 ? 1024 : t;
 }
 
+CUresult sim_func_init(struct sim_func *f, const struct sim_kernel_desc *k, int arch, int is_ptx)
+{
+    if (!(f->name = strdup(k->name)))
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    if (k->nparams && !(f->params = malloc(k->nparams * sizeof *f->params)))
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    f->nparams = k->nparams;
+    if (k->nparams)
+        memcpy(f->params, k->params, k->nparams * sizeof *f->params);
+    for (uint32_t p = 0; p < k->nparams; p++)
+        if (k->params[p].offset + k->params[p].size > f->param_bytes)
+            f->param_bytes = k->params[p].offset + k->params[p].size;
+    f->num_regs = is_ptx || k->num_regs <= 0 ? PTX_NUM_REGS : k->num_regs;
+    f->shared_bytes = k->shared_bytes;
+    f->local_bytes = k->local_bytes;
+    f->max_threads = threads_for_regs(f->num_regs);
+    if (k->max_threads < f->max_threads)
+        f->max_threads = k->max_threads;
+    f->ptx_version = arch;
+    f->binary_version = 90;
+    f->impl = sim_kernel_lookup(f->name, f->params, f->nparams);
+    sim_func_cfg_default(f, &f->cfg);
+    return CUDA_SUCCESS;
+}
+
+void sim_func_fini(struct sim_func *f)
+{
+    free(f->name);
+    free(f->params);
+    f->name = NULL;
+    f->params = NULL;
+}
+
 void sim_module_destroy_obj(struct sim_module *m)
 {
+    if (m->lib)
+        sim_library_module_gone(m->lib, m);
     for (size_t i = 0; i < m->nfuncs; i++) {
         struct sim_func *f = m->funcs[i];
         if (!f)
             continue;
         sim_reg_remove(f);
-        free(f->name);
-        free(f->params);
+        sim_func_fini(f);
         free(f);
     }
     for (size_t i = 0; i < m->nglobals; i++) {
@@ -59,7 +97,25 @@ void sim_module_destroy_obj(struct sim_module *m)
     free(m);
 }
 
-static CUresult build(struct sim_ctx *ctx, const struct sim_image_desc *d, int is_ptx, struct sim_module **out)
+void sim_module_set_library(struct sim_module *m, struct sim_library *lib) { m->lib = lib; }
+
+struct sim_func *sim_module_func(const struct sim_module *m, size_t i) { return i < m->nfuncs ? m->funcs[i] : NULL; }
+
+CUresult sim_module_global(const struct sim_module *m, const char *name, CUdeviceptr *dptr, size_t *bytes)
+{
+    for (size_t i = 0; i < m->nglobals; i++) {
+        if (strcmp(m->globals[i].name, name) == 0) {
+            if (dptr)
+                *dptr = (CUdeviceptr)m->globals[i].seg->base;
+            if (bytes)
+                *bytes = m->globals[i].seg->size;
+            return CUDA_SUCCESS;
+        }
+    }
+    return CUDA_ERROR_NOT_FOUND;
+}
+
+CUresult sim_module_build(struct sim_ctx *ctx, const struct sim_image_desc *d, int is_ptx, struct sim_module **out)
 {
     struct sim_module *m = calloc(1, sizeof *m);
     if (!m)
@@ -77,37 +133,21 @@ static CUresult build(struct sim_ctx *ctx, const struct sim_image_desc *d, int i
         return CUDA_ERROR_OUT_OF_MEMORY;
     }
     for (size_t i = 0; i < d->nkernels; i++) {
-        const struct sim_kernel_desc *k = &d->kernels[i];
         struct sim_func *f = calloc(1, sizeof *f);
-        if (!f || !(f->name = strdup(k->name)) ||
-            (k->nparams && !(f->params = malloc(k->nparams * sizeof *f->params))) || sim_reg_add(f) != 0) {
-            if (f) {
-                free(f->name);
-                free(f->params);
-            }
+        CUresult rc = f ? sim_func_init(f, &d->kernels[i], d->arch, is_ptx) : CUDA_ERROR_OUT_OF_MEMORY;
+        if (rc == CUDA_SUCCESS && sim_reg_add(f) != 0)
+            rc = CUDA_ERROR_OUT_OF_MEMORY;
+        if (rc != CUDA_SUCCESS) {
+            if (f)
+                sim_func_fini(f);
             free(f);
             sim_module_destroy_obj(m);
-            return CUDA_ERROR_OUT_OF_MEMORY;
+            return rc;
         }
         m->funcs[m->nfuncs++] = f;
         f->h.kind = SIM_KIND_FUNC;
         f->h.ctx = ctx;
         f->mod = m;
-        f->nparams = k->nparams;
-        if (k->nparams)
-            memcpy(f->params, k->params, k->nparams * sizeof *f->params);
-        for (uint32_t p = 0; p < k->nparams; p++)
-            if (k->params[p].offset + k->params[p].size > f->param_bytes)
-                f->param_bytes = k->params[p].offset + k->params[p].size;
-        f->num_regs = is_ptx || k->num_regs <= 0 ? PTX_NUM_REGS : k->num_regs;
-        f->shared_bytes = k->shared_bytes;
-        f->local_bytes = k->local_bytes;
-        f->max_threads = threads_for_regs(f->num_regs);
-        if (k->max_threads < f->max_threads)
-            f->max_threads = k->max_threads;
-        f->ptx_version = d->arch;
-        f->binary_version = 90;
-        f->impl = sim_kernel_lookup(f->name, f->params, f->nparams);
     }
     for (size_t i = 0; i < d->nglobals; i++) {
         const struct sim_global_desc *g = &d->globals[i];
@@ -140,28 +180,11 @@ static CUresult load(CUmodule *module, const void *image)
     struct sim_image_desc d;
     memset(&d, 0, sizeof d);
     int is_ptx = 0;
-    if (rc == CUDA_SUCCESS) {
-        switch (sim_image_sniff(image)) {
-        case SIM_IMAGE_FATBIN:
-            sim_log_once("cuModuleLoadData (fatbin image)", "fatbins are not supported by the simulated device; load PTX or an sm_90 cubin");
-            rc = CUDA_ERROR_NOT_SUPPORTED;
-            break;
-        case SIM_IMAGE_ELF:
-            rc = sim_elf_parse(image, &d);
-            if (rc == CUDA_SUCCESS && d.arch != 90) {
-                sim_desc_free(&d);
-                rc = CUDA_ERROR_NO_BINARY_FOR_GPU;
-            }
-            break;
-        case SIM_IMAGE_PTX:
-            is_ptx = 1;
-            rc = sim_ptx_parse(image, &d);
-            break;
-        }
-    }
+    if (rc == CUDA_SUCCESS)
+        rc = sim_image_parse(image, &d, &is_ptx);
     struct sim_module *m = NULL;
     if (rc == CUDA_SUCCESS) {
-        rc = build(ctx, &d, is_ptx, &m);
+        rc = sim_module_build(ctx, &d, is_ptx, &m);
         sim_desc_free(&d);
     }
     if (rc == CUDA_SUCCESS)
@@ -172,28 +195,48 @@ static CUresult load(CUmodule *module, const void *image)
 
 SIM_API CUresult cuModuleLoadData(CUmodule *module, const void *image) { return load(module, image); }
 
-SIM_API CUresult cuModuleLoadDataEx(CUmodule *module, const void *image, unsigned int numOptions,
-                                    CUjit_option *options, void **optionValues)
+CUresult sim_jit_options(unsigned int n, CUjit_option *options, void **values)
 {
-    if (numOptions > MAX_JIT_OPTIONS || (numOptions && (!options || !optionValues)))
+    if (n > MAX_JIT_OPTIONS || (n && (!options || !values)))
         return CUDA_ERROR_INVALID_VALUE;
-    /* JIT options do not change what the sim does; log buffers are returned empty. */
-    for (unsigned int i = 0; i < numOptions; i++) {
+    if (n)
+        sim_log_once("JIT options", "ignored by the simulated device (it has no JIT); log buffers are returned empty");
+    /* Log buffers are returned empty: the size option then says 0 bytes were written. */
+    for (unsigned int i = 0; i < n; i++) {
         if (options[i] != CU_JIT_INFO_LOG_BUFFER && options[i] != CU_JIT_ERROR_LOG_BUFFER)
             continue;
         CUjit_option size_opt = options[i] == CU_JIT_INFO_LOG_BUFFER ? CU_JIT_INFO_LOG_BUFFER_SIZE_BYTES
                                                                      : CU_JIT_ERROR_LOG_BUFFER_SIZE_BYTES;
-        for (unsigned int j = 0; j < numOptions; j++) {
+        for (unsigned int j = 0; j < n; j++) {
             if (options[j] != size_opt)
                 continue;
-            size_t size = (size_t)(uintptr_t)optionValues[j];
-            if (size > 0 && optionValues[i]) {
-                ((char *)optionValues[i])[0] = 0;
-                optionValues[j] = (void *)(uintptr_t)0; /* bytes written, excluding the terminator */
+            size_t size = (size_t)(uintptr_t)values[j];
+            if (size > 0 && values[i]) {
+                ((char *)values[i])[0] = 0;
+                values[j] = (void *)(uintptr_t)0; /* bytes written, excluding the terminator */
             }
         }
     }
-    return load(module, image);
+    return CUDA_SUCCESS;
+}
+
+SIM_API CUresult cuModuleLoadDataEx(CUmodule *module, const void *image, unsigned int numOptions,
+                                    CUjit_option *options, void **optionValues)
+{
+    CUresult rc = sim_jit_options(numOptions, options, optionValues);
+    return rc == CUDA_SUCCESS ? load(module, image) : rc;
+}
+
+SIM_API CUresult cuModuleGetLoadingMode(CUmoduleLoadingMode *mode)
+{
+    if (!mode)
+        return CUDA_ERROR_INVALID_VALUE;
+    sim_lock();
+    CUresult rc = sim_check_init();
+    sim_unlock();
+    if (rc == CUDA_SUCCESS)
+        *mode = CU_MODULE_EAGER_LOADING;
+    return rc;
 }
 
 static struct sim_module *find_module(CUmodule m) { return sim_reg_find(m, SIM_KIND_MODULE); }
@@ -243,19 +286,8 @@ SIM_API CUresult cuModuleGetGlobal(CUdeviceptr *dptr, size_t *bytes, CUmodule hm
     struct sim_module *m = rc == CUDA_SUCCESS ? find_module(hmod) : NULL;
     if (rc == CUDA_SUCCESS && !m)
         rc = CUDA_ERROR_INVALID_HANDLE;
-    if (rc == CUDA_SUCCESS) {
-        rc = CUDA_ERROR_NOT_FOUND;
-        for (size_t i = 0; i < m->nglobals; i++) {
-            if (strcmp(m->globals[i].name, name) == 0) {
-                if (dptr)
-                    *dptr = (CUdeviceptr)m->globals[i].seg->base;
-                if (bytes)
-                    *bytes = m->globals[i].seg->size;
-                rc = CUDA_SUCCESS;
-                break;
-            }
-        }
-    }
+    if (rc == CUDA_SUCCESS)
+        rc = sim_module_global(m, name, dptr, bytes);
     sim_unlock();
     return rc;
 }

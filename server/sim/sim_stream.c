@@ -1,8 +1,14 @@
 /* sim_stream.c - streams. The simulated device executes every piece of stream work synchronously when it is
  * enqueued (copies, memsets, kernels run inside the enqueueing call), so a stream is never busy:
  * cuStreamQuery always reports CUDA_SUCCESS, cuStreamSynchronize and cuStreamWaitEvent only validate their
- * arguments. This is a legal schedule of any CUDA program; it cannot expose races a GPU would.
- * The NULL stream, CU_STREAM_LEGACY and CU_STREAM_PER_THREAD are accepted wherever a stream is. */
+ * arguments. This is a legal schedule of any CUDA program; it cannot expose races a GPU would. Host functions
+ * (cuLaunchHostFunc, cuStreamAddCallback) are stream work too: they run inside the enqueueing call, after all
+ * work enqueued before them and before any enqueued after, without the sim's lock held.
+ * The NULL stream, CU_STREAM_LEGACY and CU_STREAM_PER_THREAD are accepted wherever a stream is.
+ *
+ * Stream ids (cuStreamGetId): created streams count from 1 in creation order (the launch log uses the same
+ * numbers); the legacy stream is 0; the per-thread stream of each thread gets an id from 2^62 upwards on
+ * first use, so it never collides with a created stream. */
 #include "sim.h"
 
 #include <stdlib.h>
@@ -12,6 +18,8 @@
 #define PRIO_GREATEST (-5)
 
 static long long g_next_id;
+static unsigned long long g_next_ptds_id = 1ull << 62;
+static _Thread_local unsigned long long t_ptds_id;
 
 static struct sim_stream *find_stream(CUstream s) { return sim_reg_find(s, SIM_KIND_STREAM); }
 
@@ -157,5 +165,79 @@ SIM_API CUresult cuStreamWaitEvent(CUstream hStream, CUevent hEvent, unsigned in
     if (rc == CUDA_SUCCESS)
         rc = sim_event_check(hEvent); /* the event's work is already complete */
     sim_unlock();
+    return rc;
+}
+
+SIM_API CUresult cuStreamGetId(CUstream hStream, unsigned long long *streamId)
+{
+    if (!streamId)
+        return CUDA_ERROR_INVALID_VALUE;
+    sim_lock();
+    CUresult rc = sim_stream_check(hStream);
+    if (rc == CUDA_SUCCESS) {
+        if (hStream == CU_STREAM_PER_THREAD) {
+            if (!t_ptds_id)
+                t_ptds_id = g_next_ptds_id++;
+            *streamId = t_ptds_id;
+        } else {
+            *streamId = (unsigned long long)sim_stream_id(hStream);
+        }
+    }
+    sim_unlock();
+    return rc;
+}
+
+static CUresult stream_ctx(CUstream hStream, CUcontext *pctx)
+{
+    sim_lock();
+    struct sim_ctx *cur = NULL;
+    CUresult rc = sim_check_init();
+    struct sim_stream *s = NULL;
+    if (rc == CUDA_SUCCESS && is_builtin(hStream))
+        rc = sim_current_ctx(&cur); /* the built-in streams are those of the current context */
+    else if (rc == CUDA_SUCCESS && !(s = find_stream(hStream)))
+        rc = CUDA_ERROR_INVALID_HANDLE;
+    if (rc == CUDA_SUCCESS)
+        *pctx = (CUcontext)(s ? s->h.ctx : cur);
+    sim_unlock();
+    return rc;
+}
+
+SIM_API CUresult cuStreamGetCtx(CUstream hStream, CUcontext *pctx)
+{
+    return pctx ? stream_ctx(hStream, pctx) : CUDA_ERROR_INVALID_VALUE;
+}
+
+SIM_API CUresult cuStreamGetCtx_v2(CUstream hStream, CUcontext *pCtx, CUgreenCtx *pGreenCtx)
+{
+    if (!pCtx || !pGreenCtx)
+        return CUDA_ERROR_INVALID_VALUE;
+    CUresult rc = stream_ctx(hStream, pCtx);
+    if (rc == CUDA_SUCCESS)
+        *pGreenCtx = NULL; /* the sim has no green contexts */
+    return rc;
+}
+
+SIM_API CUresult cuLaunchHostFunc(CUstream hStream, CUhostFn fn, void *userData)
+{
+    if (!fn)
+        return CUDA_ERROR_INVALID_VALUE;
+    sim_lock();
+    CUresult rc = sim_stream_check(hStream);
+    sim_unlock();
+    if (rc == CUDA_SUCCESS)
+        fn(userData); /* everything enqueued before has completed */
+    return rc;
+}
+
+SIM_API CUresult cuStreamAddCallback(CUstream hStream, CUstreamCallback callback, void *userData, unsigned int flags)
+{
+    if (!callback || flags != 0)
+        return CUDA_ERROR_INVALID_VALUE;
+    sim_lock();
+    CUresult rc = sim_stream_check(hStream);
+    sim_unlock();
+    if (rc == CUDA_SUCCESS)
+        callback(hStream, CUDA_SUCCESS, userData); /* no asynchronous errors can have happened */
     return rc;
 }

@@ -14,6 +14,9 @@
 
 static struct sim_seg **g_segs; /* sorted by base */
 static size_t g_n, g_cap;
+static unsigned long long g_next_buffer_id;
+
+unsigned long long sim_next_buffer_id(void) { return ++g_next_buffer_id; }
 
 /* Index of the last segment with base <= addr, or SIZE_MAX. */
 static size_t floor_index(uintptr_t addr)
@@ -44,6 +47,7 @@ int sim_seg_insert(struct sim_seg *seg)
     memmove(&g_segs[pos + 1], &g_segs[pos], (g_n - pos) * sizeof *g_segs);
     g_segs[pos] = seg;
     g_n++;
+    seg->id = sim_next_buffer_id();
     return 0;
 }
 

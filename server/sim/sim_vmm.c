@@ -25,6 +25,8 @@ struct sim_phys {
     int device;
     int released;
     unsigned int maps;
+    unsigned long long id; /* CU_POINTER_ATTRIBUTE_MEMORY_BLOCK_ID of its mappings */
+    unsigned int handle_types; /* requestedHandleTypes at creation */
 };
 
 struct resv {
@@ -40,6 +42,15 @@ static struct resv *find_resv(uintptr_t p, size_t n)
         if (p >= g_resv[i].base && p - g_resv[i].base <= g_resv[i].size && n <= g_resv[i].size - (p - g_resv[i].base))
             return &g_resv[i];
     return NULL;
+}
+
+void sim_vmm_describe(const struct sim_seg *seg, struct sim_vmm_info *info)
+{
+    const struct resv *r = find_resv(seg->base, seg->size); /* a mapping always lies in a reservation */
+    info->resv_base = r ? r->base : seg->base;
+    info->resv_size = r ? r->size : seg->size;
+    info->block_id = seg->phys ? seg->phys->id : seg->id;
+    info->handle_types = seg->phys ? seg->phys->handle_types : 0;
 }
 
 static int aligned(size_t v) { return (v & (SIM_GRANULARITY - 1)) == 0; }
@@ -184,6 +195,8 @@ SIM_API CUresult cuMemCreate(CUmemGenericAllocationHandle *handle, size_t size, 
             ph->fd = fd;
             ph->size = size;
             ph->device = prop->location.id;
+            ph->id = sim_next_buffer_id();
+            ph->handle_types = (unsigned int)prop->requestedHandleTypes;
             *handle = (CUmemGenericAllocationHandle)(uintptr_t)ph;
         }
     }

@@ -115,6 +115,8 @@ const char *fg_op_name(unsigned op) {
     case FG_OP_cuOccupancyAvailableDynamicSMemPerBlock: return "cuOccupancyAvailableDynamicSMemPerBlock";
     case FG_OP_cuOccupancyMaxActiveBlocksPerMultiprocessor: return "cuOccupancyMaxActiveBlocksPerMultiprocessor";
     case FG_OP_cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags: return "cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags";
+    case FG_OP_cuOccupancyMaxActiveClusters: return "cuOccupancyMaxActiveClusters";
+    case FG_OP_cuOccupancyMaxPotentialClusterSize: return "cuOccupancyMaxPotentialClusterSize";
     case FG_OP_cuStreamBeginCapture_v2: return "cuStreamBeginCapture_v2";
     case FG_OP_cuStreamCopyAttributes: return "cuStreamCopyAttributes";
     case FG_OP_cuStreamCreate: return "cuStreamCreate";

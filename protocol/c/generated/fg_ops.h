@@ -2,7 +2,7 @@
 #ifndef FG_OPS_H
 #define FG_OPS_H
 
-#define FG_OPS_HASH "6b1bd6dddf36558f"
+#define FG_OPS_HASH "02e6c642d332e15e"
 
 enum fg_op {
     FG_OP_SET_CTX = 1,
@@ -116,30 +116,32 @@ enum fg_op {
     FG_OP_cuOccupancyAvailableDynamicSMemPerBlock = 121,
     FG_OP_cuOccupancyMaxActiveBlocksPerMultiprocessor = 122,
     FG_OP_cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags = 123,
-    FG_OP_cuStreamBeginCapture_v2 = 124,
-    FG_OP_cuStreamCopyAttributes = 125,
-    FG_OP_cuStreamCreate = 126,
-    FG_OP_cuStreamCreateWithPriority = 127,
-    FG_OP_cuStreamDestroy_v2 = 128,
-    FG_OP_cuStreamEndCapture = 129,
-    FG_OP_cuStreamGetAttribute = 130,
-    FG_OP_cuStreamGetCaptureInfo_v3 = 131,
-    FG_OP_cuStreamGetCtx = 132,
-    FG_OP_cuStreamGetDevice = 133,
-    FG_OP_cuStreamGetFlags = 134,
-    FG_OP_cuStreamGetId = 135,
-    FG_OP_cuStreamGetPriority = 136,
-    FG_OP_cuStreamIsCapturing = 137,
-    FG_OP_cuStreamQuery = 138,
-    FG_OP_cuStreamSetAttribute = 139,
-    FG_OP_cuStreamSynchronize = 140,
-    FG_OP_cuStreamWaitEvent = 141,
-    FG_OP_cuStreamWaitValue32_v2 = 142,
-    FG_OP_cuStreamWaitValue64_v2 = 143,
-    FG_OP_cuStreamWriteValue32_v2 = 144,
-    FG_OP_cuStreamWriteValue64_v2 = 145,
-    FG_OP_cuThreadExchangeStreamCaptureMode = 146,
-    FG_OP_LIMIT = 147,
+    FG_OP_cuOccupancyMaxActiveClusters = 124,
+    FG_OP_cuOccupancyMaxPotentialClusterSize = 125,
+    FG_OP_cuStreamBeginCapture_v2 = 126,
+    FG_OP_cuStreamCopyAttributes = 127,
+    FG_OP_cuStreamCreate = 128,
+    FG_OP_cuStreamCreateWithPriority = 129,
+    FG_OP_cuStreamDestroy_v2 = 130,
+    FG_OP_cuStreamEndCapture = 131,
+    FG_OP_cuStreamGetAttribute = 132,
+    FG_OP_cuStreamGetCaptureInfo_v3 = 133,
+    FG_OP_cuStreamGetCtx = 134,
+    FG_OP_cuStreamGetDevice = 135,
+    FG_OP_cuStreamGetFlags = 136,
+    FG_OP_cuStreamGetId = 137,
+    FG_OP_cuStreamGetPriority = 138,
+    FG_OP_cuStreamIsCapturing = 139,
+    FG_OP_cuStreamQuery = 140,
+    FG_OP_cuStreamSetAttribute = 141,
+    FG_OP_cuStreamSynchronize = 142,
+    FG_OP_cuStreamWaitEvent = 143,
+    FG_OP_cuStreamWaitValue32_v2 = 144,
+    FG_OP_cuStreamWaitValue64_v2 = 145,
+    FG_OP_cuStreamWriteValue32_v2 = 146,
+    FG_OP_cuStreamWriteValue64_v2 = 147,
+    FG_OP_cuThreadExchangeStreamCaptureMode = 148,
+    FG_OP_LIMIT = 149,
 };
 
 /* 0: unknown op, 1: sync, 2: async */
@@ -256,6 +258,8 @@ static inline int fg_op_class(unsigned op) {
     case FG_OP_cuOccupancyAvailableDynamicSMemPerBlock: return 1;
     case FG_OP_cuOccupancyMaxActiveBlocksPerMultiprocessor: return 1;
     case FG_OP_cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags: return 1;
+    case FG_OP_cuOccupancyMaxActiveClusters: return 1;
+    case FG_OP_cuOccupancyMaxPotentialClusterSize: return 1;
     case FG_OP_cuStreamBeginCapture_v2: return 1;
     case FG_OP_cuStreamCopyAttributes: return 1;
     case FG_OP_cuStreamCreate: return 1;

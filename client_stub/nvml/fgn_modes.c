@@ -1,0 +1,94 @@
+/* fgn_modes.c - device modes and static capabilities answered from driver-API attributes: multi-GPU board,
+ * compute mode, MIG mode (always disabled: the shim exposes whole GPUs), persistence mode (reported off: the
+ * remote node's setting is not visible), maximum clocks and memory bus width. */
+#include "fgn_internal.h"
+
+/* Reads one attribute of a valid, initialised device handle. */
+static nvmlReturn_t device_attr(nvmlDevice_t device, CUdevice_attribute attr, int *value)
+{
+    struct fgn_device *d;
+    nvmlReturn_t r = fgn_device_ident(device, &d);
+    return r != NVML_SUCCESS ? r : fgn_attr(d, attr, value);
+}
+
+FGN_EXPORT nvmlReturn_t nvmlDeviceGetMultiGpuBoard(nvmlDevice_t device, unsigned int *multiGpuBool)
+{
+    int v = 0;
+    nvmlReturn_t r = device_attr(device, CU_DEVICE_ATTRIBUTE_MULTI_GPU_BOARD, &v);
+    if (r == NVML_SUCCESS && !multiGpuBool)
+        r = NVML_ERROR_INVALID_ARGUMENT;
+    if (r == NVML_SUCCESS)
+        *multiGpuBool = v ? 1u : 0u;
+    return r;
+}
+
+FGN_EXPORT nvmlReturn_t nvmlDeviceGetComputeMode(nvmlDevice_t device, nvmlComputeMode_t *mode)
+{
+    int v = 0;
+    nvmlReturn_t r = device_attr(device, CU_DEVICE_ATTRIBUTE_COMPUTE_MODE, &v);
+    if (r == NVML_SUCCESS && !mode)
+        r = NVML_ERROR_INVALID_ARGUMENT;
+    if (r == NVML_SUCCESS)
+        *mode = (nvmlComputeMode_t)v; /* CUcomputemode and nvmlComputeMode_t share their numbering */
+    return r;
+}
+
+FGN_EXPORT nvmlReturn_t nvmlDeviceGetPersistenceMode(nvmlDevice_t device, nvmlEnableState_t *mode)
+{
+    struct fgn_device *d;
+    nvmlReturn_t r = fgn_device(device, &d);
+    if (r != NVML_SUCCESS)
+        return r;
+    if (!mode)
+        return NVML_ERROR_INVALID_ARGUMENT;
+    *mode = NVML_FEATURE_DISABLED;
+    return NVML_SUCCESS;
+}
+
+FGN_EXPORT nvmlReturn_t nvmlDeviceGetMigMode(nvmlDevice_t device, unsigned int *currentMode, unsigned int *pendingMode)
+{
+    struct fgn_device *d;
+    nvmlReturn_t r = fgn_device(device, &d);
+    if (r != NVML_SUCCESS)
+        return r;
+    if (!currentMode || !pendingMode)
+        return NVML_ERROR_INVALID_ARGUMENT;
+    *currentMode = NVML_DEVICE_MIG_DISABLE;
+    *pendingMode = NVML_DEVICE_MIG_DISABLE;
+    return NVML_SUCCESS;
+}
+
+/* The driver API gives the peak SM and memory clocks in kHz; there is no video clock. */
+FGN_EXPORT nvmlReturn_t nvmlDeviceGetMaxClockInfo(nvmlDevice_t device, nvmlClockType_t type, unsigned int *clock)
+{
+    static int video_logged;
+    CUdevice_attribute attr;
+    if (type == NVML_CLOCK_GRAPHICS || type == NVML_CLOCK_SM)
+        attr = CU_DEVICE_ATTRIBUTE_CLOCK_RATE;
+    else if (type == NVML_CLOCK_MEM)
+        attr = CU_DEVICE_ATTRIBUTE_MEMORY_CLOCK_RATE;
+    else if (type == NVML_CLOCK_VIDEO)
+        return fgn_check_init() != NVML_SUCCESS ? NVML_ERROR_UNINITIALIZED
+                                                 : fgn_unsupported("nvmlDeviceGetMaxClockInfo(NVML_CLOCK_VIDEO)",
+                                                                   &video_logged);
+    else
+        return fgn_check_init() != NVML_SUCCESS ? NVML_ERROR_UNINITIALIZED : NVML_ERROR_INVALID_ARGUMENT;
+    int khz = 0;
+    nvmlReturn_t r = device_attr(device, attr, &khz);
+    if (r == NVML_SUCCESS && !clock)
+        r = NVML_ERROR_INVALID_ARGUMENT;
+    if (r == NVML_SUCCESS)
+        *clock = (unsigned int)khz / 1000u;
+    return r;
+}
+
+FGN_EXPORT nvmlReturn_t nvmlDeviceGetMemoryBusWidth(nvmlDevice_t device, unsigned int *busWidth)
+{
+    int v = 0;
+    nvmlReturn_t r = device_attr(device, CU_DEVICE_ATTRIBUTE_GLOBAL_MEMORY_BUS_WIDTH, &v);
+    if (r == NVML_SUCCESS && !busWidth)
+        r = NVML_ERROR_INVALID_ARGUMENT;
+    if (r == NVML_SUCCESS)
+        *busWidth = (unsigned int)v;
+    return r;
+}

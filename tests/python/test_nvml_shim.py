@@ -1,0 +1,334 @@
+"""The NVML shim (libnvidia-ml.so.1, client_stub/nvml/): installed beside the stub, it answers NVML queries from
+the stub's driver API, so NVML clients see the remote GPU. Each check runs a client process that loads the shim
+through ctypes (and pynvml, when installed) against a real node server with the simulated device, and compares
+the NVML answers with what the driver API says. (The simulated device is a test double.)"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from e2e_helpers import REPO, NodeServer, free_port, run_client
+
+from fargpu import paths
+
+EXPORTS = REPO.parent / "shared" / "reference" / "libnvidia-ml-580.159.04-exports.txt"
+NVML_SUCCESS, NVML_ERROR_UNINITIALIZED, NVML_ERROR_INVALID_ARGUMENT, NVML_ERROR_NOT_SUPPORTED = 0, 1, 2, 3
+NVML_ERROR_NOT_FOUND, NVML_ERROR_INSUFFICIENT_SIZE, NVML_ERROR_DRIVER_NOT_LOADED = 6, 7, 9
+NVML_ERROR_ARGUMENT_VERSION_MISMATCH = 25
+NVML_DEVICE_ARCH_HOPPER = 9
+SIM_NAME = "fargpu simulated device"
+UUID_RE = re.compile(r"^GPU-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
+# Client prelude: the shim and the stub through ctypes, NVML structs, and `out` (printed as JSON at the end).
+PRELUDE = r'''
+import ctypes, json, sys
+nv = ctypes.CDLL("libnvidia-ml.so.1")
+cu = ctypes.CDLL("libcuda.so.1")
+nv.nvmlErrorString.restype = ctypes.c_char_p
+class PciInfo(ctypes.Structure):
+    _fields_ = [("busIdLegacy", ctypes.c_char * 16), ("domain", ctypes.c_uint), ("bus", ctypes.c_uint),
+                ("device", ctypes.c_uint), ("pciDeviceId", ctypes.c_uint), ("pciSubSystemId", ctypes.c_uint),
+                ("busId", ctypes.c_char * 32)]
+class Memory(ctypes.Structure):
+    _fields_ = [("total", ctypes.c_ulonglong), ("free", ctypes.c_ulonglong), ("used", ctypes.c_ulonglong)]
+class MemoryV2(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint), ("total", ctypes.c_ulonglong), ("reserved", ctypes.c_ulonglong),
+                ("free", ctypes.c_ulonglong), ("used", ctypes.c_ulonglong)]
+MEMORY_V2 = ctypes.sizeof(MemoryV2) | (2 << 24)
+out = {}
+def handle(i=0):
+    h = ctypes.c_void_p()
+    r = nv.nvmlDeviceGetHandleByIndex_v2(ctypes.c_uint(i), ctypes.byref(h))
+    return r, h
+def text(fn, *args, size=96):
+    buf = ctypes.create_string_buffer(size)
+    r = fn(*args, buf, ctypes.c_uint(size))
+    return r, buf.value.decode()
+def uint(fn, *args):
+    v = ctypes.c_uint(12345)
+    return fn(*args, ctypes.byref(v)), v.value
+'''
+
+
+def run_nvml(code: str, env: dict[str, str], timeout: float = 60) -> tuple[dict[str, Any], str]:
+    """Runs PRELUDE + code in a client process; returns its `out` dict and its stderr."""
+    res = run_client(PRELUDE + code + "\nprint(json.dumps(out))\n", env, timeout=timeout)
+    assert res.returncode == 0, res.stdout + res.stderr
+    return json.loads(res.stdout.strip().splitlines()[-1]), res.stderr
+
+
+def sim_total_bytes() -> int:
+    return int(os.environ.get("FARGPU_SIM_MEM_BYTES", str(16 << 30)))
+
+
+def shim_lib() -> Path:
+    lib = paths.stub_dir() / "libnvidia-ml.so.1"
+    assert lib.exists(), f"the NVML shim is not built next to the stub ({lib})"
+    return lib
+
+
+def test_exports_every_name_the_real_library_exports() -> None:
+    if not EXPORTS.exists():
+        pytest.skip(f"reference export list not found at {EXPORTS}")
+    out = subprocess.run(["nm", "-D", "--defined-only", str(shim_lib())], capture_output=True, text=True,
+                         check=True).stdout
+    exported = {line.split()[-1] for line in out.splitlines() if line.strip()}
+    expected = set(EXPORTS.read_text().split())
+    assert len(expected) == 404
+    assert expected - exported == set()
+    assert {name for name in exported if not name.startswith("nvml")} == set()  # nothing of ours leaks out
+
+
+def test_calls_before_init_and_refcounted_shutdown() -> None:
+    """No server needed: nothing before init touches the driver, and errors are NVML's."""
+    env = dict(os.environ, LD_LIBRARY_PATH=f"{paths.stub_dir()}:{os.environ.get('LD_LIBRARY_PATH', '')}")
+    env.pop("FARGPU_SERVER", None)
+    got, _ = run_nvml(r'''
+n = ctypes.c_uint()
+out["count"] = nv.nvmlDeviceGetCount_v2(ctypes.byref(n))
+out["handle"] = handle(0)[0]
+out["shutdown"] = nv.nvmlShutdown()
+out["errstr"] = nv.nvmlErrorString(3).decode()
+out["errstr_unknown"] = nv.nvmlErrorString(12345).decode()
+''', env)
+    assert got == {"count": NVML_ERROR_UNINITIALIZED, "handle": NVML_ERROR_UNINITIALIZED,
+                   "shutdown": NVML_ERROR_UNINITIALIZED, "errstr": "Not Supported", "errstr_unknown": "Unknown Error"}
+
+
+def test_reports_the_simulated_device_like_the_driver_api(node_server: NodeServer) -> None:
+    got, _ = run_nvml(r'''
+out["init"] = nv.nvmlInit_v2()
+n = ctypes.c_uint(); out["count"] = (nv.nvmlDeviceGetCount_v2(ctypes.byref(n)), n.value)
+r, h = handle(0); out["handle"] = r
+out["name"] = text(nv.nvmlDeviceGetName, h)
+out["uuid"] = text(nv.nvmlDeviceGetUUID, h)
+u = (ctypes.c_ubyte * 16)(); ok = cu.cuDeviceGetUuid_v2(u, 0)
+out["cu_uuid"] = (ok, bytes(u).hex())
+tm = ctypes.c_size_t(); out["cu_total"] = (cu.cuDeviceTotalMem_v2(ctypes.byref(tm), 0), tm.value)
+b = ctypes.create_string_buffer(64); out["cu_busid"] = (cu.cuDeviceGetPCIBusId(b, 64, 0), b.value.decode())
+pci = PciInfo(); out["pci_rc"] = nv.nvmlDeviceGetPciInfo_v3(h, ctypes.byref(pci))
+out["pci"] = [pci.busId.decode(), pci.busIdLegacy.decode(), pci.domain, pci.bus, pci.device, pci.pciDeviceId]
+m = Memory(); out["mem_rc"] = nv.nvmlDeviceGetMemoryInfo(h, ctypes.byref(m)); out["mem"] = [m.total, m.free, m.used]
+m2 = MemoryV2(version=MEMORY_V2); out["mem2_rc"] = nv.nvmlDeviceGetMemoryInfo_v2(h, ctypes.byref(m2))
+out["mem2"] = [m2.total, m2.reserved, m2.free, m2.used]
+# Memory in use is live: allocate in the primary context and query again.
+ctx = ctypes.c_void_p(); cu.cuDevicePrimaryCtxRetain(ctypes.byref(ctx), 0); cu.cuCtxSetCurrent(ctx)
+p = ctypes.c_uint64(); out["alloc"] = cu.cuMemAlloc_v2(ctypes.byref(p), ctypes.c_size_t(64 << 20))
+m3 = Memory(); nv.nvmlDeviceGetMemoryInfo(h, ctypes.byref(m3)); out["mem_after"] = [m3.total, m3.free, m3.used]
+ma, mi = ctypes.c_int(), ctypes.c_int()
+out["cc"] = (nv.nvmlDeviceGetCudaComputeCapability(h, ctypes.byref(ma), ctypes.byref(mi)), ma.value, mi.value)
+out["arch"] = uint(nv.nvmlDeviceGetArchitecture, h)
+out["brand"] = uint(nv.nvmlDeviceGetBrand, h)
+out["index"] = uint(nv.nvmlDeviceGetIndex, h)
+out["minor"] = uint(nv.nvmlDeviceGetMinorNumber, h)
+out["multi"] = uint(nv.nvmlDeviceGetMultiGpuBoard, h)
+out["persist"] = uint(nv.nvmlDeviceGetPersistenceMode, h)
+out["compute_mode"] = uint(nv.nvmlDeviceGetComputeMode, h)
+out["is_mig"] = uint(nv.nvmlDeviceIsMigDeviceHandle, h)
+cur, pend = ctypes.c_uint(7), ctypes.c_uint(7)
+out["mig"] = (nv.nvmlDeviceGetMigMode(h, ctypes.byref(cur), ctypes.byref(pend)), cur.value, pend.value)
+out["sm_clock"] = uint(nv.nvmlDeviceGetMaxClockInfo, h, ctypes.c_int(1))
+out["bus_width"] = uint(nv.nvmlDeviceGetMemoryBusWidth, h)
+cv = ctypes.c_int(); out["cuda_version"] = (nv.nvmlSystemGetCudaDriverVersion_v2(ctypes.byref(cv)), cv.value)
+dv = ctypes.c_int(); cu.cuDriverGetVersion(ctypes.byref(dv)); out["cu_driver_version"] = dv.value
+out["driver"] = text(nv.nvmlSystemGetDriverVersion, size=80)
+out["nvml_version"] = text(nv.nvmlSystemGetNVMLVersion, size=80)
+h2 = ctypes.c_void_p()
+out["by_uuid"] = (nv.nvmlDeviceGetHandleByUUID(out["uuid"][1].upper().encode(),
+                                               ctypes.byref(h2)), h2.value == h.value)
+h3 = ctypes.c_void_p()
+out["by_pci"] = (nv.nvmlDeviceGetHandleByPciBusId_v2(pci.busIdLegacy, ctypes.byref(h3)), h3.value == h.value)
+out["units"] = uint(nv.nvmlUnitGetCount)
+out["shutdown"] = nv.nvmlShutdown()
+''', node_server.client_env())
+    assert got["init"] == NVML_SUCCESS
+    assert got["count"] == [NVML_SUCCESS, 1]
+    assert got["handle"] == NVML_SUCCESS
+    assert got["name"] == [NVML_SUCCESS, SIM_NAME]
+
+    rc, uuid = got["uuid"]
+    assert rc == NVML_SUCCESS and UUID_RE.match(uuid), uuid
+    cu_rc, raw = got["cu_uuid"]
+    assert cu_rc == 0
+    assert uuid == f"GPU-{raw[:8]}-{raw[8:12]}-{raw[12:16]}-{raw[16:20]}-{raw[20:]}"
+    assert got["by_uuid"] == [NVML_SUCCESS, True]
+
+    assert got["cu_busid"][0] == 0
+    cu_dom, cu_bus, cu_dev = (int(x, 16) for x in re.split(r"[:.]", got["cu_busid"][1])[:3])
+    assert got["pci_rc"] == NVML_SUCCESS
+    bus_id, legacy, domain, bus, device, pci_device_id = got["pci"]
+    assert (domain, bus, device) == (cu_dom, cu_bus, cu_dev)
+    assert bus_id == f"{cu_dom:08X}:{cu_bus:02X}:{cu_dev:02X}.0"
+    assert legacy == f"{cu_dom:04X}:{cu_bus:02X}:{cu_dev:02X}.0"
+    assert pci_device_id == 0x233010DE  # the simulated device's id (H100 SXM, NVIDIA's vendor id)
+    assert got["by_pci"] == [NVML_SUCCESS, True]
+
+    total = sim_total_bytes()
+    assert got["cu_total"] == [0, total]
+    assert got["mem_rc"] == NVML_SUCCESS and got["mem2_rc"] == NVML_SUCCESS
+    t, f, u = got["mem"]
+    assert t == total and f + u == total
+    t2, reserved, f2, u2 = got["mem2"]
+    assert t2 == total and reserved == 0 and f2 + u2 == total
+    assert got["alloc"] == 0
+    t3, f3, u3 = got["mem_after"]
+    assert t3 == total and f3 + u3 == total and u3 >= u + (64 << 20)
+
+    assert got["cc"] == [NVML_SUCCESS, 9, 0]
+    assert got["arch"] == [NVML_SUCCESS, NVML_DEVICE_ARCH_HOPPER]
+    assert got["brand"] == [NVML_SUCCESS, 0]  # unknown: the simulated device's name carries no brand
+    assert got["index"] == [NVML_SUCCESS, 0] and got["minor"] == [NVML_SUCCESS, 0]
+    assert got["multi"] == [NVML_SUCCESS, 0]
+    assert got["persist"] == [NVML_SUCCESS, 0]
+    assert got["compute_mode"] == [NVML_SUCCESS, 0]
+    assert got["is_mig"] == [NVML_SUCCESS, 0]
+    assert got["mig"] == [NVML_SUCCESS, 0, 0]
+    assert got["sm_clock"] == [NVML_SUCCESS, 1980]
+    assert got["bus_width"] == [NVML_SUCCESS, 5120]
+
+    cuda_version = got["cu_driver_version"]
+    assert got["cuda_version"] == [NVML_SUCCESS, cuda_version]
+    major, minor = cuda_version // 1000, cuda_version % 1000 // 10
+    assert got["driver"] == [NVML_SUCCESS, f"{major}.{minor}"]
+    assert got["nvml_version"] == [NVML_SUCCESS, f"{major}.{major}.{minor}"]
+    assert got["units"] == [NVML_SUCCESS, 0]
+    assert got["shutdown"] == NVML_SUCCESS
+
+
+def test_bad_arguments_and_unsupported_calls(node_server: NodeServer) -> None:
+    got, stderr = run_nvml(r'''
+out["init"] = nv.nvmlInit_v2()
+r, h = handle(0)
+out["bad_index"] = handle(1)[0]
+out["null_count"] = nv.nvmlDeviceGetCount_v2(None)
+out["short_name"] = text(nv.nvmlDeviceGetName, h, size=8)[0]
+out["short_uuid"] = text(nv.nvmlDeviceGetUUID, h, size=20)[0]
+out["bogus_handle"] = text(nv.nvmlDeviceGetName, ctypes.c_void_p(0x1000), size=96)[0]
+out["null_handle"] = text(nv.nvmlDeviceGetName, ctypes.c_void_p(0), size=96)[0]
+m2 = MemoryV2(version=1); out["mem2_version"] = nv.nvmlDeviceGetMemoryInfo_v2(h, ctypes.byref(m2))
+h2 = ctypes.c_void_p()
+out["unknown_uuid"] = nv.nvmlDeviceGetHandleByUUID(b"GPU-00000000-0000-0000-0000-000000000000", ctypes.byref(h2))
+out["bad_busid"] = nv.nvmlDeviceGetHandleByPciBusId_v2(b"not a bus id", ctypes.byref(h2))
+out["unknown_busid"] = nv.nvmlDeviceGetHandleByPciBusId_v2(b"0000:EE:00.0", ctypes.byref(h2))
+temp = ctypes.c_uint()
+out["unsupported"] = [nv.nvmlDeviceGetTemperature(h, 0, ctypes.byref(temp)) for _ in range(3)]
+out["serial"] = text(nv.nvmlDeviceGetSerial, h, size=30)[0]
+out["shutdown"] = [nv.nvmlShutdown(), nv.nvmlShutdown()]
+''', node_server.client_env())
+    assert got == {
+        "init": NVML_SUCCESS, "bad_index": NVML_ERROR_INVALID_ARGUMENT, "null_count": NVML_ERROR_INVALID_ARGUMENT,
+        "short_name": NVML_ERROR_INSUFFICIENT_SIZE, "short_uuid": NVML_ERROR_INSUFFICIENT_SIZE,
+        "bogus_handle": NVML_ERROR_INVALID_ARGUMENT, "null_handle": NVML_ERROR_INVALID_ARGUMENT,
+        "mem2_version": NVML_ERROR_ARGUMENT_VERSION_MISMATCH, "unknown_uuid": NVML_ERROR_NOT_FOUND,
+        "bad_busid": NVML_ERROR_INVALID_ARGUMENT, "unknown_busid": NVML_ERROR_NOT_FOUND,
+        "unsupported": [NVML_ERROR_NOT_SUPPORTED] * 3, "serial": NVML_ERROR_NOT_SUPPORTED,
+        "shutdown": [NVML_SUCCESS, NVML_ERROR_UNINITIALIZED],
+    }
+    notices = [line for line in stderr.splitlines() if "nvmlDeviceGetTemperature" in line]
+    assert len(notices) == 1, stderr
+    assert notices[0].startswith("fargpu-nvml: nvmlDeviceGetTemperature is not supported")
+
+
+def test_concurrent_init_is_refcounted(node_server: NodeServer) -> None:
+    got, _ = run_nvml(r'''
+import threading
+results = []
+def worker():
+    for _ in range(20):
+        r = nv.nvmlInit_v2()
+        n = ctypes.c_uint(); c = nv.nvmlDeviceGetCount_v2(ctypes.byref(n))
+        hr, h = handle(0); nr, name = text(nv.nvmlDeviceGetName, h)
+        results.append((r, c, n.value, hr, nr, name, nv.nvmlShutdown()))
+threads = [threading.Thread(target=worker) for _ in range(8)]
+for t in threads: t.start()
+for t in threads: t.join()
+out["distinct"] = sorted(set(map(tuple, results)))
+out["n"] = len(results)
+out["after"] = nv.nvmlDeviceGetCount_v2(ctypes.byref(ctypes.c_uint()))
+''', node_server.client_env())
+    assert got["n"] == 160
+    assert got["distinct"] == [[0, 0, 1, 0, 0, SIM_NAME, 0]]
+    assert got["after"] == NVML_ERROR_UNINITIALIZED
+
+
+def test_found_by_path_without_ld_library_path(node_server: NodeServer) -> None:
+    """Loaded by absolute path, the shim finds the stub beside it rather than whatever libcuda the loader would."""
+    env = node_server.client_env()
+    env["LD_LIBRARY_PATH"] = os.environ.get("LD_LIBRARY_PATH", "")
+    code = f'''
+import ctypes, sys
+nv = ctypes.CDLL({str(shim_lib())!r})
+r = nv.nvmlInit_v2(); buf = ctypes.create_string_buffer(96); h = ctypes.c_void_p()
+nv.nvmlDeviceGetHandleByIndex_v2(0, ctypes.byref(h))
+print(r, nv.nvmlDeviceGetName(h, buf, 96), buf.value.decode())
+'''
+    res = run_client(code, env)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == f"0 0 {SIM_NAME}", res.stdout + res.stderr
+
+
+@pytest.mark.parametrize("server", ["unreachable", "unset"])
+def test_no_server_fails_init_quickly_with_advice(server: str) -> None:
+    env = dict(os.environ, LD_LIBRARY_PATH=f"{paths.stub_dir()}:{os.environ.get('LD_LIBRARY_PATH', '')}",
+               FARGPU_TOKEN="x")
+    env.pop("LD_PRELOAD", None)
+    env.pop("FARGPU_POOL_URL", None)
+    if server == "unreachable":
+        env["FARGPU_SERVER"] = f"127.0.0.1:{free_port()}"  # nothing listens there
+    else:
+        env.pop("FARGPU_SERVER", None)
+    start = time.monotonic()
+    got, stderr = run_nvml(r'''
+out["init"] = nv.nvmlInit_v2()
+out["count"] = nv.nvmlDeviceGetCount_v2(ctypes.byref(ctypes.c_uint()))
+n = ctypes.c_uint(7)
+out["no_gpus"] = (nv.nvmlInitWithFlags(1), nv.nvmlDeviceGetCount_v2(ctypes.byref(n)), n.value, nv.nvmlShutdown())
+''', env, timeout=30)
+    assert time.monotonic() - start < 15
+    assert got == {"init": NVML_ERROR_DRIVER_NOT_LOADED, "count": NVML_ERROR_UNINITIALIZED,
+                   "no_gpus": [NVML_SUCCESS, NVML_SUCCESS, 0, NVML_SUCCESS]}
+    assert "fargpu-nvml: cuInit failed" in stderr and "FARGPU_SERVER" in stderr and "fargpu run" in stderr, stderr
+
+
+def test_pynvml_sees_the_remote_device(node_server: NodeServer) -> None:
+    pytest.importorskip("pynvml")
+    code = r'''
+import json, pynvml
+pynvml.nvmlInit()
+h = pynvml.nvmlDeviceGetHandleByIndex(0)
+mem = pynvml.nvmlDeviceGetMemoryInfo(h)
+mem2 = pynvml.nvmlDeviceGetMemoryInfo(h, version=pynvml.nvmlMemory_v2)
+pci = pynvml.nvmlDeviceGetPciInfo(h)
+try:
+    pynvml.nvmlDeviceGetPowerUsage(h)
+    power = "ok"
+except pynvml.NVMLError_NotSupported:
+    power = "not supported"
+print(json.dumps({
+    "count": pynvml.nvmlDeviceGetCount(), "name": pynvml.nvmlDeviceGetName(h), "uuid": pynvml.nvmlDeviceGetUUID(h),
+    "total": mem.total, "free_plus_used": mem.free + mem.used, "total2": mem2.total,
+    "bus_id": pci.busId if isinstance(pci.busId, str) else pci.busId.decode(),
+    "cc": list(pynvml.nvmlDeviceGetCudaComputeCapability(h)), "driver": pynvml.nvmlSystemGetDriverVersion(),
+    "power": power,
+}))
+pynvml.nvmlShutdown()
+'''
+    res = subprocess.run([sys.executable, "-c", code], env=node_server.client_env(), capture_output=True,
+                         text=True, timeout=60, cwd="/")
+    assert res.returncode == 0, res.stdout + res.stderr
+    got = json.loads(res.stdout.strip().splitlines()[-1])
+    total = sim_total_bytes()
+    assert got["count"] == 1 and got["name"] == SIM_NAME and UUID_RE.match(got["uuid"])
+    assert got["total"] == total and got["free_plus_used"] == total and got["total2"] == total
+    assert re.fullmatch(r"[0-9A-F]{8}:[0-9A-F]{2}:[0-9A-F]{2}\.0", got["bus_id"]), got["bus_id"]
+    assert got["cc"] == [9, 0]
+    assert re.fullmatch(r"\d+\.\d+", got["driver"])
+    assert got["power"] == "not supported"
