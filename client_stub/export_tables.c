@@ -33,6 +33,7 @@ static CUresult cudart_module_from_fatbin(CUmodule *mod, const void *wrapper) {
 }
 
 static CUresult cudart_primary_ctx(CUcontext *pctx, CUdevice dev) {
+    fgc_log(FGC_LOG_TRACE, "= cudart primary ctx %d", dev);
     /* The runtime asks for the device's primary context; one retain per device is kept for the process. */
     static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
     static CUcontext cached[64];
@@ -92,9 +93,19 @@ static void *const cudart_interface[13] = {
 };
 
 /* ---- TOOLS_TLS and TOOLS_RUNTIME_CALLBACK_HOOKS: profiler hooks; no tools attach through fargpu ---- */
-static CUresult tools_zero(void) { return CUDA_SUCCESS; }
+static CUresult tools_zero(void) {
+    fgc_log(FGC_LOG_TRACE, "= tools hook");
+    return CUDA_SUCCESS;
+}
 
-static void *const tools_tls[4] = {SLOTS(4), (void *)tools_zero, (void *)tools_zero, (void *)tools_zero};
+/* Slot 2 answers the calling thread's current context; cuBLASLt keys its kernel registry on it. */
+static CUresult tools_thread_context(CUcontext *ctx) {
+    if (!ctx) return CUDA_ERROR_INVALID_VALUE;
+    *ctx = (CUcontext)(uintptr_t)fgc_ctx_current();
+    return CUDA_SUCCESS;
+}
+
+static void *const tools_tls[4] = {SLOTS(4), (void *)tools_zero, (void *)tools_thread_context, (void *)tools_zero};
 
 static unsigned char hooks_buffer1[1024];
 static uint32_t hooks_buffer2[14];
@@ -135,6 +146,7 @@ static cls_entry *cls_find(uint64_t ctx, void *key) {
 
 static CUresult cls_put(CUcontext ctx, void *key, void *value, cls_dtor dtor) {
     uint64_t id = cls_ctx(ctx);
+    fgc_log(FGC_LOG_TRACE, "= CLS put ctx %p -> %llx key %p value %p", (void *)ctx, (unsigned long long)id, key, value);
     if (!id) return CUDA_ERROR_INVALID_CONTEXT;
     pthread_mutex_lock(&cls_mu);
     cls_entry *e = cls_find(id, key);
@@ -158,6 +170,7 @@ static CUresult cls_put(CUcontext ctx, void *key, void *value, cls_dtor dtor) {
 
 static CUresult cls_delete(CUcontext ctx, void *key) {
     uint64_t id = cls_ctx(ctx);
+    fgc_log(FGC_LOG_TRACE, "= CLS delete ctx %p -> %llx key %p", (void *)ctx, (unsigned long long)id, key);
     pthread_mutex_lock(&cls_mu);
     cls_entry *e = cls_find(id, key);
     if (e) *e = cls[--cls_n];
@@ -168,6 +181,7 @@ static CUresult cls_delete(CUcontext ctx, void *key) {
 static CUresult cls_get(void **value, CUcontext ctx, void *key) {
     if (!value) return CUDA_ERROR_INVALID_VALUE;
     uint64_t id = cls_ctx(ctx);
+    fgc_log(FGC_LOG_TRACE, "= CLS get ctx %p -> %llx key %p", (void *)ctx, (unsigned long long)id, key);
     pthread_mutex_lock(&cls_mu);
     cls_entry *e = cls_find(id, key);
     *value = e ? e->value : NULL;
@@ -261,6 +275,7 @@ static CUresult integrity_check(unsigned version, uint64_t unix_seconds, uint64_
 
 /* ---- CONTEXT_CHECKS ---- */
 static CUresult context_check(CUcontext ctx, uint32_t *r1, const void **r2) {
+    fgc_log(FGC_LOG_TRACE, "= context check %p", (void *)ctx);
     (void)ctx;
     if (r1) *r1 = 0;
     if (r2) *r2 = NULL;
@@ -270,6 +285,24 @@ static uint32_t context_check_fn3(void) { return 0; }
 MISSING(CONTEXT_CHECKS, 1)
 static void *const context_checks[4] = {SLOTS(4), M(CONTEXT_CHECKS, 1), (void *)context_check,
                                         (void *)context_check_fn3};
+
+/* ---- 21318c60: context identity. Slot 4 is a context's unique id, the same number cuCtxGetId gives
+ * (cuBLASLt keys its kernel registry on it). The driver's table is longer; only these slots are offered. ---- */
+MISSING(CONTEXT_IDENTITY, 1)
+MISSING(CONTEXT_IDENTITY, 2)
+MISSING(CONTEXT_IDENTITY, 3)
+static void *const context_identity[5] = {SLOTS(5), M(CONTEXT_IDENTITY, 1), M(CONTEXT_IDENTITY, 2),
+                                          M(CONTEXT_IDENTITY, 3), (void *)cuCtxGetId};
+
+/* ---- 1734dc26: asked for by cuBLASLt's heuristics, which call slot 4 without checking the answer; served so
+ * that every call is logged and refused instead of jumping through NULL. Meanings not established. ---- */
+#define X(n) MISSING(T1734DC26, n)
+X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9) X(10) X(11) X(12) X(13) X(14) X(15)
+#undef X
+#define X(n) M(T1734DC26, n)
+static void *const t1734dc26[16] = {SLOTS(16), X(1), X(2),  X(3),  X(4),  X(5),  X(6),  X(7),
+                                    X(8),      X(9), X(10), X(11), X(12), X(13), X(14), X(15)};
+#undef X
 
 /* ---- f8cff951: CUDA 13 requirements and logging, several adjacent sub-tables each with its size first ----
  * Sub-tables start at slots 0 (3 slots), 4 (2), 6 (4), 10 (2), 14 (7) and 22 (15); slots between them stay
@@ -329,6 +362,10 @@ static const known_table TABLES[] = {
      "INTEGRITY_CHECK", integrity_table},
     {{0x26, 0x3e, 0x88, 0x60, 0x7c, 0xd2, 0x61, 0x43, 0x92, 0xf6, 0xbb, 0xd5, 0x00, 0x6d, 0xfa, 0x7e},
      "CONTEXT_CHECKS", context_checks},
+    {{0x21, 0x31, 0x8c, 0x60, 0x97, 0x14, 0x32, 0x48, 0x8c, 0xa6, 0x41, 0xff, 0x73, 0x24, 0xc8, 0xf2},
+     "CONTEXT_IDENTITY", context_identity},
+    {{0x17, 0x34, 0xdc, 0x26, 0x80, 0x0d, 0x47, 0x45, 0x87, 0x26, 0xc0, 0xf1, 0xe7, 0xdd, 0x8b, 0xca},
+     "T1734DC26", t1734dc26},
     {{0xf8, 0xcf, 0xf9, 0x51, 0x21, 0x46, 0x8b, 0x4e, 0xb9, 0xe2, 0xfb, 0x46, 0x9e, 0x7c, 0x0d, 0xd9},
      "F8CFF951", f8cff951},
 };

@@ -9,9 +9,11 @@
 #include "fgc_impl.h"
 #include "fgc_internal.h"
 
-static void note_options(unsigned numJit, unsigned numLib) {
+static void note_options(unsigned numJit, const CUlibraryOption *lib, unsigned numLib) {
     static int logged;
-    if ((numJit || numLib) && !__atomic_exchange_n(&logged, 1, __ATOMIC_RELAXED))
+    unsigned other = 0; /* CU_LIBRARY_BINARY_IS_PRESERVED is only a memory hint: the server keeps a copy */
+    for (unsigned i = 0; i < numLib && lib; i++) other += lib[i] != CU_LIBRARY_BINARY_IS_PRESERVED;
+    if ((numJit || other) && !__atomic_exchange_n(&logged, 1, __ATOMIC_RELAXED))
         fgc_log(FGC_LOG_WARN, "cuLibraryLoadData: JIT and library options are not forwarded yet; loading with "
                               "the server driver's defaults");
 }
@@ -25,17 +27,10 @@ CUresult fgc_cuLibraryLoadData(CUlibrary *library, const void *code, CUjit_optio
     (void)libraryOptions;
     (void)libraryOptionValues;
     if (!library || !code) return CUDA_ERROR_INVALID_VALUE;
-    note_options(numJitOptions, numLibraryOptions);
+    note_options(numJitOptions, libraryOptions, numLibraryOptions);
     const void *given = code;
     size_t n = fgc_image_size(&code);
-    {
-        const uint32_t *w = (const uint32_t *)given;
-        fgc_log(FGC_LOG_DEBUG, "cuLibraryLoadData: image %08x %08x %08x %08x (%s), %zu bytes", w[0], w[1], w[2], w[3],
-                given == code ? "direct" : "through a wrapper", n);
-        for (unsigned i = 0; i < numLibraryOptions && libraryOptions; i++)
-            fgc_log(FGC_LOG_DEBUG, "cuLibraryLoadData: option %d = %p", (int)libraryOptions[i],
-                    libraryOptionValues ? libraryOptionValues[i] : NULL);
-    }
+    fgc_log(FGC_LOG_DEBUG, "cuLibraryLoadData: %zu bytes (%s)", n, given == code ? "direct" : "through a wrapper");
     if (n == 0) return CUDA_ERROR_INVALID_IMAGE;
     uint64_t id = 0;
     CUresult r = fgc_image_load(FG_OP_cuLibraryLoadData, code, n, NULL, 0, &id);

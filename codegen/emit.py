@@ -77,7 +77,13 @@ def ops_py(m: Model) -> str:
 def _client_generic(o: Op) -> list[str]:
     body = []
     for w in o.wire:
-        if w.role in ("out", "handle_out", "outbuf", "cstr", "inout"):
+        # Out params may be NULL (the driver treats several as optional): the server passes NULL on to the
+        # driver, which decides; the reply still carries the slot, which the stub then discards.
+        if w.role == "out":
+            body.append(f"    __typeof__(*{w.p.name}) d_{w.p.name};\n")
+        elif w.role == "handle_out":
+            body.append(f"    uint64_t d_{w.p.name};\n")
+        if w.role in ("outbuf", "cstr", "inout"):
             body.append(f"    if ({w.p.name} == NULL) return CUDA_ERROR_INVALID_VALUE;\n")
         if w.role == "outbuf":
             body.append(f"    if ({w.size_param} < 0 || {w.size_param} > {OUTBUF_CAP}) return CUDA_ERROR_INVALID_VALUE;\n")
@@ -95,9 +101,11 @@ def _client_generic(o: Op) -> list[str]:
         elif w.role == "inout":
             body.append(f"    fg_put(w, {n}, sizeof(*{n}));\n    fgc_expect({n}, sizeof(*{n}));\n")
         elif w.role == "out":
-            body.append(f"    fgc_expect({n}, sizeof(*{n}));\n")
+            body.append(f"    {{ uint8_t want_ = {n} != NULL; fg_put(w, &want_, 1); }}\n")
+            body.append(f"    fgc_expect({n} ? (void *){n} : (void *)&d_{n}, sizeof(*{n}));\n")
         elif w.role == "handle_out":
-            body.append(f"    fgc_expect({n}, sizeof(uint64_t));\n")
+            body.append(f"    {{ uint8_t want_ = {n} != NULL; fg_put(w, &want_, 1); }}\n")
+            body.append(f"    fgc_expect({n} ? (void *){n} : (void *)&d_{n}, sizeof(uint64_t));\n")
         elif w.role == "outbuf":
             body.append(f"    fgc_expect({n}, (size_t){w.size_param});\n")
     body.append("    return fgc_sync();\n" if o.cls == "sync" else "    return fgc_async();\n")
@@ -125,6 +133,7 @@ def _export(e: Export, ops: dict[str, Op]) -> str:
     if e.kind == "op":
         lines += ["    FGC_REQUIRE_INIT();\n", *_client_generic(ops[e.name])]
     elif e.kind == "client":
+        lines.append(f'    fgc_log(FGC_LOG_TRACE, "= {e.name}");\n')
         lines.append(f"    CUresult r_ = fgc_{e.name}({_args(fn) if fn else ''});\n")
         lines.append(f'    if (r_ != CUDA_SUCCESS) fgc_trace_failure("{e.name}", r_);\n    return r_;\n')
     elif e.kind == "alias":
@@ -223,13 +232,15 @@ def _server_generic(o: Op) -> list[str]:
             post.append(f"            fg_put(out, &{n}, sizeof({n}));\n")
         elif w.role == "out":
             b.append(f"        {p.pointee} {n};\n        memset(&{n}, 0, sizeof({n}));\n")
-            call_args.append(f"&{n}")
+            b.append(f"        uint8_t want_{n} = 0;\n        fg_get(r, &want_{n}, 1);\n")
+            call_args.append(f"want_{n} ? &{n} : NULL")
             post.append(f"            fg_put(out, &{n}, sizeof({n}));\n")
         elif w.role == "handle_out":
             hname, kind = handle_kind(p, pointee=True)
             b.append(f"        {hname} {n} = NULL;\n")
-            call_args.append(f"&{n}")
-            post.append(f"            fg_put_u64(out, fgs_handle_add(S, {kind}, (void *){n}));\n")
+            b.append(f"        uint8_t want_{n} = 0;\n        fg_get(r, &want_{n}, 1);\n")
+            call_args.append(f"want_{n} ? &{n} : NULL")
+            post.append(f"            fg_put_u64(out, want_{n} && {n} ? fgs_handle_add(S, {kind}, (void *){n}) : 0);\n")
         elif w.role == "outbuf":
             b.append(f"        char *{n} = NULL;\n")
             call_args.append(n)

@@ -198,6 +198,7 @@ FGC_EXPORT CUresult CUDAAPI cuCtxCreate_v3(CUcontext *pctx, CUexecAffinityParam 
 }
 
 FGC_EXPORT CUresult CUDAAPI cuCtxCreate_v4(CUcontext *pctx, CUctxCreateParams *ctxCreateParams, unsigned int flags, CUdevice dev) {
+    fgc_log(FGC_LOG_TRACE, "= cuCtxCreate_v4");
     CUresult r_ = fgc_cuCtxCreate_v4(pctx, ctxCreateParams, flags, dev);
     if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuCtxCreate_v4", r_);
     return r_;
@@ -208,6 +209,7 @@ FGC_EXPORT CUresult CUDAAPI cuCtxDestroy(CUcontext ctx) {
 }
 
 FGC_EXPORT CUresult CUDAAPI cuCtxDestroy_v2(CUcontext ctx) {
+    fgc_log(FGC_LOG_TRACE, "= cuCtxDestroy_v2");
     CUresult r_ = fgc_cuCtxDestroy_v2(ctx);
     if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuCtxDestroy_v2", r_);
     return r_;
@@ -245,24 +247,27 @@ FGC_EXPORT CUresult CUDAAPI cuCtxFromGreenCtx(CUcontext *pContext, CUgreenCtx hC
 
 FGC_EXPORT CUresult CUDAAPI cuCtxGetApiVersion(CUcontext ctx, unsigned int *version) {
     FGC_REQUIRE_INIT();
-    if (version == NULL) return CUDA_ERROR_INVALID_VALUE;
+    __typeof__(*version) d_version;
     fg_writer *w = fgc_begin(FG_OP_cuCtxGetApiVersion);
     if (!w) return fgc_last_error();
     fgc_put_handle(w, (const void *)ctx);
-    fgc_expect(version, sizeof(*version));
+    { uint8_t want_ = version != NULL; fg_put(w, &want_, 1); }
+    fgc_expect(version ? (void *)version : (void *)&d_version, sizeof(*version));
     return fgc_sync();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuCtxGetCacheConfig(CUfunc_cache *pconfig) {
     FGC_REQUIRE_INIT();
-    if (pconfig == NULL) return CUDA_ERROR_INVALID_VALUE;
+    __typeof__(*pconfig) d_pconfig;
     fg_writer *w = fgc_begin(FG_OP_cuCtxGetCacheConfig);
     if (!w) return fgc_last_error();
-    fgc_expect(pconfig, sizeof(*pconfig));
+    { uint8_t want_ = pconfig != NULL; fg_put(w, &want_, 1); }
+    fgc_expect(pconfig ? (void *)pconfig : (void *)&d_pconfig, sizeof(*pconfig));
     return fgc_sync();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuCtxGetCurrent(CUcontext *pctx) {
+    fgc_log(FGC_LOG_TRACE, "= cuCtxGetCurrent");
     CUresult r_ = fgc_cuCtxGetCurrent(pctx);
     if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuCtxGetCurrent", r_);
     return r_;
@@ -270,19 +275,21 @@ FGC_EXPORT CUresult CUDAAPI cuCtxGetCurrent(CUcontext *pctx) {
 
 FGC_EXPORT CUresult CUDAAPI cuCtxGetDevice(CUdevice *device) {
     FGC_REQUIRE_INIT();
-    if (device == NULL) return CUDA_ERROR_INVALID_VALUE;
+    __typeof__(*device) d_device;
     fg_writer *w = fgc_begin(FG_OP_cuCtxGetDevice);
     if (!w) return fgc_last_error();
-    fgc_expect(device, sizeof(*device));
+    { uint8_t want_ = device != NULL; fg_put(w, &want_, 1); }
+    fgc_expect(device ? (void *)device : (void *)&d_device, sizeof(*device));
     return fgc_sync();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuCtxGetDevice_v2(CUdevice *device, CUcontext ctx) {
     FGC_REQUIRE_INIT();
-    if (device == NULL) return CUDA_ERROR_INVALID_VALUE;
+    __typeof__(*device) d_device;
     fg_writer *w = fgc_begin(FG_OP_cuCtxGetDevice_v2);
     if (!w) return fgc_last_error();
-    fgc_expect(device, sizeof(*device));
+    { uint8_t want_ = device != NULL; fg_put(w, &want_, 1); }
+    fgc_expect(device ? (void *)device : (void *)&d_device, sizeof(*device));
     fgc_put_handle(w, (const void *)ctx);
     return fgc_sync();
 }
@@ -304,50 +311,56 @@ FGC_EXPORT CUresult CUDAAPI cuCtxGetExecAffinity(CUexecAffinityParam *pExecAffin
 
 FGC_EXPORT CUresult CUDAAPI cuCtxGetFlags(unsigned int *flags) {
     FGC_REQUIRE_INIT();
-    if (flags == NULL) return CUDA_ERROR_INVALID_VALUE;
+    __typeof__(*flags) d_flags;
     fg_writer *w = fgc_begin(FG_OP_cuCtxGetFlags);
     if (!w) return fgc_last_error();
-    fgc_expect(flags, sizeof(*flags));
+    { uint8_t want_ = flags != NULL; fg_put(w, &want_, 1); }
+    fgc_expect(flags ? (void *)flags : (void *)&d_flags, sizeof(*flags));
     return fgc_sync();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuCtxGetId(CUcontext ctx, unsigned long long *ctxId) {
     FGC_REQUIRE_INIT();
-    if (ctxId == NULL) return CUDA_ERROR_INVALID_VALUE;
+    __typeof__(*ctxId) d_ctxId;
     fg_writer *w = fgc_begin(FG_OP_cuCtxGetId);
     if (!w) return fgc_last_error();
     fgc_put_handle(w, (const void *)ctx);
-    fgc_expect(ctxId, sizeof(*ctxId));
+    { uint8_t want_ = ctxId != NULL; fg_put(w, &want_, 1); }
+    fgc_expect(ctxId ? (void *)ctxId : (void *)&d_ctxId, sizeof(*ctxId));
     return fgc_sync();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuCtxGetLimit(size_t *pvalue, CUlimit limit) {
     FGC_REQUIRE_INIT();
-    if (pvalue == NULL) return CUDA_ERROR_INVALID_VALUE;
+    __typeof__(*pvalue) d_pvalue;
     fg_writer *w = fgc_begin(FG_OP_cuCtxGetLimit);
     if (!w) return fgc_last_error();
-    fgc_expect(pvalue, sizeof(*pvalue));
+    { uint8_t want_ = pvalue != NULL; fg_put(w, &want_, 1); }
+    fgc_expect(pvalue ? (void *)pvalue : (void *)&d_pvalue, sizeof(*pvalue));
     fg_put(w, &limit, sizeof(limit));
     return fgc_sync();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuCtxGetSharedMemConfig(CUsharedconfig *pConfig) {
     FGC_REQUIRE_INIT();
-    if (pConfig == NULL) return CUDA_ERROR_INVALID_VALUE;
+    __typeof__(*pConfig) d_pConfig;
     fg_writer *w = fgc_begin(FG_OP_cuCtxGetSharedMemConfig);
     if (!w) return fgc_last_error();
-    fgc_expect(pConfig, sizeof(*pConfig));
+    { uint8_t want_ = pConfig != NULL; fg_put(w, &want_, 1); }
+    fgc_expect(pConfig ? (void *)pConfig : (void *)&d_pConfig, sizeof(*pConfig));
     return fgc_sync();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuCtxGetStreamPriorityRange(int *leastPriority, int *greatestPriority) {
     FGC_REQUIRE_INIT();
-    if (leastPriority == NULL) return CUDA_ERROR_INVALID_VALUE;
-    if (greatestPriority == NULL) return CUDA_ERROR_INVALID_VALUE;
+    __typeof__(*leastPriority) d_leastPriority;
+    __typeof__(*greatestPriority) d_greatestPriority;
     fg_writer *w = fgc_begin(FG_OP_cuCtxGetStreamPriorityRange);
     if (!w) return fgc_last_error();
-    fgc_expect(leastPriority, sizeof(*leastPriority));
-    fgc_expect(greatestPriority, sizeof(*greatestPriority));
+    { uint8_t want_ = leastPriority != NULL; fg_put(w, &want_, 1); }
+    fgc_expect(leastPriority ? (void *)leastPriority : (void *)&d_leastPriority, sizeof(*leastPriority));
+    { uint8_t want_ = greatestPriority != NULL; fg_put(w, &want_, 1); }
+    fgc_expect(greatestPriority ? (void *)greatestPriority : (void *)&d_greatestPriority, sizeof(*greatestPriority));
     return fgc_sync();
 }
 
@@ -356,6 +369,7 @@ FGC_EXPORT CUresult CUDAAPI cuCtxPopCurrent(CUcontext *pctx) {
 }
 
 FGC_EXPORT CUresult CUDAAPI cuCtxPopCurrent_v2(CUcontext *pctx) {
+    fgc_log(FGC_LOG_TRACE, "= cuCtxPopCurrent_v2");
     CUresult r_ = fgc_cuCtxPopCurrent_v2(pctx);
     if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuCtxPopCurrent_v2", r_);
     return r_;
@@ -366,6 +380,7 @@ FGC_EXPORT CUresult CUDAAPI cuCtxPushCurrent(CUcontext ctx) {
 }
 
 FGC_EXPORT CUresult CUDAAPI cuCtxPushCurrent_v2(CUcontext ctx) {
+    fgc_log(FGC_LOG_TRACE, "= cuCtxPushCurrent_v2");
     CUresult r_ = fgc_cuCtxPushCurrent_v2(ctx);
     if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuCtxPushCurrent_v2", r_);
     return r_;
@@ -394,6 +409,7 @@ FGC_EXPORT CUresult CUDAAPI cuCtxSetCacheConfig(CUfunc_cache config) {
 }
 
 FGC_EXPORT CUresult CUDAAPI cuCtxSetCurrent(CUcontext ctx) {
+    fgc_log(FGC_LOG_TRACE, "= cuCtxSetCurrent");
     CUresult r_ = fgc_cuCtxSetCurrent(ctx);
     if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuCtxSetCurrent", r_);
     return r_;
@@ -625,10 +641,11 @@ FGC_EXPORT CUresult CUDAAPI cuDestroyExternalSemaphore(CUexternalSemaphore extSe
 
 FGC_EXPORT CUresult CUDAAPI cuDeviceCanAccessPeer(int *canAccessPeer, CUdevice dev, CUdevice peerDev) {
     FGC_REQUIRE_INIT();
-    if (canAccessPeer == NULL) return CUDA_ERROR_INVALID_VALUE;
+    __typeof__(*canAccessPeer) d_canAccessPeer;
     fg_writer *w = fgc_begin(FG_OP_cuDeviceCanAccessPeer);
     if (!w) return fgc_last_error();
-    fgc_expect(canAccessPeer, sizeof(*canAccessPeer));
+    { uint8_t want_ = canAccessPeer != NULL; fg_put(w, &want_, 1); }
+    fgc_expect(canAccessPeer ? (void *)canAccessPeer : (void *)&d_canAccessPeer, sizeof(*canAccessPeer));
     fg_put(w, &dev, sizeof(dev));
     fg_put(w, &peerDev, sizeof(peerDev));
     return fgc_sync();
@@ -636,32 +653,36 @@ FGC_EXPORT CUresult CUDAAPI cuDeviceCanAccessPeer(int *canAccessPeer, CUdevice d
 
 FGC_EXPORT CUresult CUDAAPI cuDeviceComputeCapability(int *major, int *minor, CUdevice dev) {
     FGC_REQUIRE_INIT();
-    if (major == NULL) return CUDA_ERROR_INVALID_VALUE;
-    if (minor == NULL) return CUDA_ERROR_INVALID_VALUE;
+    __typeof__(*major) d_major;
+    __typeof__(*minor) d_minor;
     fg_writer *w = fgc_begin(FG_OP_cuDeviceComputeCapability);
     if (!w) return fgc_last_error();
-    fgc_expect(major, sizeof(*major));
-    fgc_expect(minor, sizeof(*minor));
+    { uint8_t want_ = major != NULL; fg_put(w, &want_, 1); }
+    fgc_expect(major ? (void *)major : (void *)&d_major, sizeof(*major));
+    { uint8_t want_ = minor != NULL; fg_put(w, &want_, 1); }
+    fgc_expect(minor ? (void *)minor : (void *)&d_minor, sizeof(*minor));
     fg_put(w, &dev, sizeof(dev));
     return fgc_sync();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuDeviceGet(CUdevice *device, int ordinal) {
     FGC_REQUIRE_INIT();
-    if (device == NULL) return CUDA_ERROR_INVALID_VALUE;
+    __typeof__(*device) d_device;
     fg_writer *w = fgc_begin(FG_OP_cuDeviceGet);
     if (!w) return fgc_last_error();
-    fgc_expect(device, sizeof(*device));
+    { uint8_t want_ = device != NULL; fg_put(w, &want_, 1); }
+    fgc_expect(device ? (void *)device : (void *)&d_device, sizeof(*device));
     fg_put(w, &ordinal, sizeof(ordinal));
     return fgc_sync();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuDeviceGetAttribute(int *pi, CUdevice_attribute attrib, CUdevice dev) {
     FGC_REQUIRE_INIT();
-    if (pi == NULL) return CUDA_ERROR_INVALID_VALUE;
+    __typeof__(*pi) d_pi;
     fg_writer *w = fgc_begin(FG_OP_cuDeviceGetAttribute);
     if (!w) return fgc_last_error();
-    fgc_expect(pi, sizeof(*pi));
+    { uint8_t want_ = pi != NULL; fg_put(w, &want_, 1); }
+    fgc_expect(pi ? (void *)pi : (void *)&d_pi, sizeof(*pi));
     fg_put(w, &attrib, sizeof(attrib));
     fg_put(w, &dev, sizeof(dev));
     return fgc_sync();
@@ -669,30 +690,33 @@ FGC_EXPORT CUresult CUDAAPI cuDeviceGetAttribute(int *pi, CUdevice_attribute att
 
 FGC_EXPORT CUresult CUDAAPI cuDeviceGetByPCIBusId(CUdevice *dev, const char *pciBusId) {
     FGC_REQUIRE_INIT();
-    if (dev == NULL) return CUDA_ERROR_INVALID_VALUE;
+    __typeof__(*dev) d_dev;
     if (pciBusId == NULL) return CUDA_ERROR_INVALID_VALUE;
     fg_writer *w = fgc_begin(FG_OP_cuDeviceGetByPCIBusId);
     if (!w) return fgc_last_error();
-    fgc_expect(dev, sizeof(*dev));
+    { uint8_t want_ = dev != NULL; fg_put(w, &want_, 1); }
+    fgc_expect(dev ? (void *)dev : (void *)&d_dev, sizeof(*dev));
     fgc_put_cstr(w, pciBusId);
     return fgc_sync();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuDeviceGetCount(int *count) {
     FGC_REQUIRE_INIT();
-    if (count == NULL) return CUDA_ERROR_INVALID_VALUE;
+    __typeof__(*count) d_count;
     fg_writer *w = fgc_begin(FG_OP_cuDeviceGetCount);
     if (!w) return fgc_last_error();
-    fgc_expect(count, sizeof(*count));
+    { uint8_t want_ = count != NULL; fg_put(w, &want_, 1); }
+    fgc_expect(count ? (void *)count : (void *)&d_count, sizeof(*count));
     return fgc_sync();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuDeviceGetDefaultMemPool(CUmemoryPool *pool_out, CUdevice dev) {
     FGC_REQUIRE_INIT();
-    if (pool_out == NULL) return CUDA_ERROR_INVALID_VALUE;
+    uint64_t d_pool_out;
     fg_writer *w = fgc_begin(FG_OP_cuDeviceGetDefaultMemPool);
     if (!w) return fgc_last_error();
-    fgc_expect(pool_out, sizeof(uint64_t));
+    { uint8_t want_ = pool_out != NULL; fg_put(w, &want_, 1); }
+    fgc_expect(pool_out ? (void *)pool_out : (void *)&d_pool_out, sizeof(uint64_t));
     fg_put(w, &dev, sizeof(dev));
     return fgc_sync();
 }
@@ -740,10 +764,11 @@ FGC_EXPORT CUresult CUDAAPI cuDeviceGetLuid(char *luid, unsigned int *deviceNode
 
 FGC_EXPORT CUresult CUDAAPI cuDeviceGetMemPool(CUmemoryPool *pool, CUdevice dev) {
     FGC_REQUIRE_INIT();
-    if (pool == NULL) return CUDA_ERROR_INVALID_VALUE;
+    uint64_t d_pool;
     fg_writer *w = fgc_begin(FG_OP_cuDeviceGetMemPool);
     if (!w) return fgc_last_error();
-    fgc_expect(pool, sizeof(uint64_t));
+    { uint8_t want_ = pool != NULL; fg_put(w, &want_, 1); }
+    fgc_expect(pool ? (void *)pool : (void *)&d_pool, sizeof(uint64_t));
     fg_put(w, &dev, sizeof(dev));
     return fgc_sync();
 }
@@ -780,10 +805,11 @@ FGC_EXPORT CUresult CUDAAPI cuDeviceGetP2PAtomicCapabilities(unsigned int *capab
 
 FGC_EXPORT CUresult CUDAAPI cuDeviceGetP2PAttribute(int *value, CUdevice_P2PAttribute attrib, CUdevice srcDevice, CUdevice dstDevice) {
     FGC_REQUIRE_INIT();
-    if (value == NULL) return CUDA_ERROR_INVALID_VALUE;
+    __typeof__(*value) d_value;
     fg_writer *w = fgc_begin(FG_OP_cuDeviceGetP2PAttribute);
     if (!w) return fgc_last_error();
-    fgc_expect(value, sizeof(*value));
+    { uint8_t want_ = value != NULL; fg_put(w, &want_, 1); }
+    fgc_expect(value ? (void *)value : (void *)&d_value, sizeof(*value));
     fg_put(w, &attrib, sizeof(attrib));
     fg_put(w, &srcDevice, sizeof(srcDevice));
     fg_put(w, &dstDevice, sizeof(dstDevice));
@@ -811,10 +837,11 @@ FGC_EXPORT CUresult CUDAAPI cuDeviceGetProperties(CUdevprop *prop, CUdevice dev)
 
 FGC_EXPORT CUresult CUDAAPI cuDeviceGetTexture1DLinearMaxWidth(size_t *maxWidthInElements, CUarray_format format, unsigned int numChannels, CUdevice dev) {
     FGC_REQUIRE_INIT();
-    if (maxWidthInElements == NULL) return CUDA_ERROR_INVALID_VALUE;
+    __typeof__(*maxWidthInElements) d_maxWidthInElements;
     fg_writer *w = fgc_begin(FG_OP_cuDeviceGetTexture1DLinearMaxWidth);
     if (!w) return fgc_last_error();
-    fgc_expect(maxWidthInElements, sizeof(*maxWidthInElements));
+    { uint8_t want_ = maxWidthInElements != NULL; fg_put(w, &want_, 1); }
+    fgc_expect(maxWidthInElements ? (void *)maxWidthInElements : (void *)&d_maxWidthInElements, sizeof(*maxWidthInElements));
     fg_put(w, &format, sizeof(format));
     fg_put(w, &numChannels, sizeof(numChannels));
     fg_put(w, &dev, sizeof(dev));
@@ -827,10 +854,11 @@ FGC_EXPORT CUresult CUDAAPI cuDeviceGetUuid(CUuuid *uuid, CUdevice dev) {
 
 FGC_EXPORT CUresult CUDAAPI cuDeviceGetUuid_v2(CUuuid *uuid, CUdevice dev) {
     FGC_REQUIRE_INIT();
-    if (uuid == NULL) return CUDA_ERROR_INVALID_VALUE;
+    __typeof__(*uuid) d_uuid;
     fg_writer *w = fgc_begin(FG_OP_cuDeviceGetUuid_v2);
     if (!w) return fgc_last_error();
-    fgc_expect(uuid, sizeof(*uuid));
+    { uint8_t want_ = uuid != NULL; fg_put(w, &want_, 1); }
+    fgc_expect(uuid ? (void *)uuid : (void *)&d_uuid, sizeof(*uuid));
     fg_put(w, &dev, sizeof(dev));
     return fgc_sync();
 }
@@ -843,13 +871,15 @@ FGC_EXPORT CUresult CUDAAPI cuDeviceGraphMemTrim(CUdevice device) {
 
 FGC_EXPORT CUresult CUDAAPI cuDevicePrimaryCtxGetState(CUdevice dev, unsigned int *flags, int *active) {
     FGC_REQUIRE_INIT();
-    if (flags == NULL) return CUDA_ERROR_INVALID_VALUE;
-    if (active == NULL) return CUDA_ERROR_INVALID_VALUE;
+    __typeof__(*flags) d_flags;
+    __typeof__(*active) d_active;
     fg_writer *w = fgc_begin(FG_OP_cuDevicePrimaryCtxGetState);
     if (!w) return fgc_last_error();
     fg_put(w, &dev, sizeof(dev));
-    fgc_expect(flags, sizeof(*flags));
-    fgc_expect(active, sizeof(*active));
+    { uint8_t want_ = flags != NULL; fg_put(w, &want_, 1); }
+    fgc_expect(flags ? (void *)flags : (void *)&d_flags, sizeof(*flags));
+    { uint8_t want_ = active != NULL; fg_put(w, &want_, 1); }
+    fgc_expect(active ? (void *)active : (void *)&d_active, sizeof(*active));
     return fgc_sync();
 }
 
@@ -879,10 +909,11 @@ FGC_EXPORT CUresult CUDAAPI cuDevicePrimaryCtxReset_v2(CUdevice dev) {
 
 FGC_EXPORT CUresult CUDAAPI cuDevicePrimaryCtxRetain(CUcontext *pctx, CUdevice dev) {
     FGC_REQUIRE_INIT();
-    if (pctx == NULL) return CUDA_ERROR_INVALID_VALUE;
+    uint64_t d_pctx;
     fg_writer *w = fgc_begin(FG_OP_cuDevicePrimaryCtxRetain);
     if (!w) return fgc_last_error();
-    fgc_expect(pctx, sizeof(uint64_t));
+    { uint8_t want_ = pctx != NULL; fg_put(w, &want_, 1); }
+    fgc_expect(pctx ? (void *)pctx : (void *)&d_pctx, sizeof(uint64_t));
     fg_put(w, &dev, sizeof(dev));
     return fgc_sync();
 }
@@ -935,10 +966,11 @@ FGC_EXPORT CUresult CUDAAPI cuDeviceTotalMem(unsigned int *bytes, CUdevice dev) 
 
 FGC_EXPORT CUresult CUDAAPI cuDeviceTotalMem_v2(size_t *bytes, CUdevice dev) {
     FGC_REQUIRE_INIT();
-    if (bytes == NULL) return CUDA_ERROR_INVALID_VALUE;
+    __typeof__(*bytes) d_bytes;
     fg_writer *w = fgc_begin(FG_OP_cuDeviceTotalMem_v2);
     if (!w) return fgc_last_error();
-    fgc_expect(bytes, sizeof(*bytes));
+    { uint8_t want_ = bytes != NULL; fg_put(w, &want_, 1); }
+    fgc_expect(bytes ? (void *)bytes : (void *)&d_bytes, sizeof(*bytes));
     fg_put(w, &dev, sizeof(dev));
     return fgc_sync();
 }
@@ -970,6 +1002,7 @@ FGC_EXPORT CUresult CUDAAPI cuDevSmResourceSplitByCount(CUdevResource *result, u
 }
 
 FGC_EXPORT CUresult CUDAAPI cuDriverGetVersion(int *driverVersion) {
+    fgc_log(FGC_LOG_TRACE, "= cuDriverGetVersion");
     CUresult r_ = fgc_cuDriverGetVersion(driverVersion);
     if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuDriverGetVersion", r_);
     return r_;
@@ -1027,10 +1060,11 @@ FGC_EXPORT CUresult CUDAAPI cuEGLStreamProducerReturnFrame(void) {
 
 FGC_EXPORT CUresult CUDAAPI cuEventCreate(CUevent *phEvent, unsigned int Flags) {
     FGC_REQUIRE_INIT();
-    if (phEvent == NULL) return CUDA_ERROR_INVALID_VALUE;
+    uint64_t d_phEvent;
     fg_writer *w = fgc_begin(FG_OP_cuEventCreate);
     if (!w) return fgc_last_error();
-    fgc_expect(phEvent, sizeof(uint64_t));
+    { uint8_t want_ = phEvent != NULL; fg_put(w, &want_, 1); }
+    fgc_expect(phEvent ? (void *)phEvent : (void *)&d_phEvent, sizeof(uint64_t));
     fg_put(w, &Flags, sizeof(Flags));
     return fgc_sync();
 }
@@ -1053,10 +1087,11 @@ FGC_EXPORT CUresult CUDAAPI cuEventElapsedTime(float *pMilliseconds, CUevent hSt
 
 FGC_EXPORT CUresult CUDAAPI cuEventElapsedTime_v2(float *pMilliseconds, CUevent hStart, CUevent hEnd) {
     FGC_REQUIRE_INIT();
-    if (pMilliseconds == NULL) return CUDA_ERROR_INVALID_VALUE;
+    __typeof__(*pMilliseconds) d_pMilliseconds;
     fg_writer *w = fgc_begin(FG_OP_cuEventElapsedTime_v2);
     if (!w) return fgc_last_error();
-    fgc_expect(pMilliseconds, sizeof(*pMilliseconds));
+    { uint8_t want_ = pMilliseconds != NULL; fg_put(w, &want_, 1); }
+    fgc_expect(pMilliseconds ? (void *)pMilliseconds : (void *)&d_pMilliseconds, sizeof(*pMilliseconds));
     fgc_put_handle(w, (const void *)hStart);
     fgc_put_handle(w, (const void *)hEnd);
     return fgc_sync();
@@ -1130,10 +1165,11 @@ FGC_EXPORT CUresult CUDAAPI cuFlushGPUDirectRDMAWrites(CUflushGPUDirectRDMAWrite
 
 FGC_EXPORT CUresult CUDAAPI cuFuncGetAttribute(int *pi, CUfunction_attribute attrib, CUfunction hfunc) {
     FGC_REQUIRE_INIT();
-    if (pi == NULL) return CUDA_ERROR_INVALID_VALUE;
+    __typeof__(*pi) d_pi;
     fg_writer *w = fgc_begin(FG_OP_cuFuncGetAttribute);
     if (!w) return fgc_last_error();
-    fgc_expect(pi, sizeof(*pi));
+    { uint8_t want_ = pi != NULL; fg_put(w, &want_, 1); }
+    fgc_expect(pi ? (void *)pi : (void *)&d_pi, sizeof(*pi));
     fg_put(w, &attrib, sizeof(attrib));
     fgc_put_handle(w, (const void *)hfunc);
     return fgc_sync();
@@ -1141,21 +1177,24 @@ FGC_EXPORT CUresult CUDAAPI cuFuncGetAttribute(int *pi, CUfunction_attribute att
 
 FGC_EXPORT CUresult CUDAAPI cuFuncGetModule(CUmodule *hmod, CUfunction hfunc) {
     FGC_REQUIRE_INIT();
-    if (hmod == NULL) return CUDA_ERROR_INVALID_VALUE;
+    uint64_t d_hmod;
     fg_writer *w = fgc_begin(FG_OP_cuFuncGetModule);
     if (!w) return fgc_last_error();
-    fgc_expect(hmod, sizeof(uint64_t));
+    { uint8_t want_ = hmod != NULL; fg_put(w, &want_, 1); }
+    fgc_expect(hmod ? (void *)hmod : (void *)&d_hmod, sizeof(uint64_t));
     fgc_put_handle(w, (const void *)hfunc);
     return fgc_sync();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuFuncGetName(const char **name, CUfunction hfunc) {
+    fgc_log(FGC_LOG_TRACE, "= cuFuncGetName");
     CUresult r_ = fgc_cuFuncGetName(name, hfunc);
     if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuFuncGetName", r_);
     return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuFuncGetParamInfo(CUfunction func, size_t paramIndex, size_t *paramOffset, size_t *paramSize) {
+    fgc_log(FGC_LOG_TRACE, "= cuFuncGetParamInfo");
     CUresult r_ = fgc_cuFuncGetParamInfo(func, paramIndex, paramOffset, paramSize);
     if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuFuncGetParamInfo", r_);
     return r_;
@@ -1163,10 +1202,11 @@ FGC_EXPORT CUresult CUDAAPI cuFuncGetParamInfo(CUfunction func, size_t paramInde
 
 FGC_EXPORT CUresult CUDAAPI cuFuncIsLoaded(CUfunctionLoadingState *state, CUfunction function) {
     FGC_REQUIRE_INIT();
-    if (state == NULL) return CUDA_ERROR_INVALID_VALUE;
+    __typeof__(*state) d_state;
     fg_writer *w = fgc_begin(FG_OP_cuFuncIsLoaded);
     if (!w) return fgc_last_error();
-    fgc_expect(state, sizeof(*state));
+    { uint8_t want_ = state != NULL; fg_put(w, &want_, 1); }
+    fgc_expect(state ? (void *)state : (void *)&d_state, sizeof(*state));
     fgc_put_handle(w, (const void *)function);
     return fgc_sync();
 }
@@ -1224,30 +1264,35 @@ FGC_EXPORT CUresult CUDAAPI cuFuncSetSharedSize(CUfunction hfunc, unsigned int b
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGetErrorName(CUresult error, const char **pStr) {
+    fgc_log(FGC_LOG_TRACE, "= cuGetErrorName");
     CUresult r_ = fgc_cuGetErrorName(error, pStr);
     if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuGetErrorName", r_);
     return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGetErrorString(CUresult error, const char **pStr) {
+    fgc_log(FGC_LOG_TRACE, "= cuGetErrorString");
     CUresult r_ = fgc_cuGetErrorString(error, pStr);
     if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuGetErrorString", r_);
     return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGetExportTable(const void **ppExportTable, const CUuuid *pExportTableId) {
+    fgc_log(FGC_LOG_TRACE, "= cuGetExportTable");
     CUresult r_ = fgc_cuGetExportTable(ppExportTable, pExportTableId);
     if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuGetExportTable", r_);
     return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGetProcAddress(const char *symbol, void **pfn, int cudaVersion, cuuint64_t flags) {
+    fgc_log(FGC_LOG_TRACE, "= cuGetProcAddress");
     CUresult r_ = fgc_cuGetProcAddress(symbol, pfn, cudaVersion, flags);
     if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuGetProcAddress", r_);
     return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGetProcAddress_v2(const char *symbol, void **pfn, int cudaVersion, cuuint64_t flags, CUdriverProcAddressQueryResult *symbolStatus) {
+    fgc_log(FGC_LOG_TRACE, "= cuGetProcAddress_v2");
     CUresult r_ = fgc_cuGetProcAddress_v2(symbol, pfn, cudaVersion, flags, symbolStatus);
     if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuGetProcAddress_v2", r_);
     return r_;
@@ -1554,10 +1599,11 @@ FGC_EXPORT CUresult CUDAAPI cuGraphConditionalHandleCreate(CUgraphConditionalHan
 
 FGC_EXPORT CUresult CUDAAPI cuGraphCreate(CUgraph *phGraph, unsigned int flags) {
     FGC_REQUIRE_INIT();
-    if (phGraph == NULL) return CUDA_ERROR_INVALID_VALUE;
+    uint64_t d_phGraph;
     fg_writer *w = fgc_begin(FG_OP_cuGraphCreate);
     if (!w) return fgc_last_error();
-    fgc_expect(phGraph, sizeof(uint64_t));
+    { uint8_t want_ = phGraph != NULL; fg_put(w, &want_, 1); }
+    fgc_expect(phGraph ? (void *)phGraph : (void *)&d_phGraph, sizeof(uint64_t));
     fg_put(w, &flags, sizeof(flags));
     return fgc_sync();
 }
@@ -1955,10 +2001,11 @@ FGC_EXPORT CUresult CUDAAPI cuGraphInstantiate_v2(CUgraphExec *phGraphExec, CUgr
 
 FGC_EXPORT CUresult CUDAAPI cuGraphInstantiateWithFlags(CUgraphExec *phGraphExec, CUgraph hGraph, unsigned long long flags) {
     FGC_REQUIRE_INIT();
-    if (phGraphExec == NULL) return CUDA_ERROR_INVALID_VALUE;
+    uint64_t d_phGraphExec;
     fg_writer *w = fgc_begin(FG_OP_cuGraphInstantiateWithFlags);
     if (!w) return fgc_last_error();
-    fgc_expect(phGraphExec, sizeof(uint64_t));
+    { uint8_t want_ = phGraphExec != NULL; fg_put(w, &want_, 1); }
+    fgc_expect(phGraphExec ? (void *)phGraphExec : (void *)&d_phGraphExec, sizeof(uint64_t));
     fgc_put_handle(w, (const void *)hGraph);
     fg_put(w, &flags, sizeof(flags));
     return fgc_sync();
@@ -2275,6 +2322,7 @@ FGC_EXPORT CUresult CUDAAPI cuImportExternalSemaphore(CUexternalSemaphore *extSe
 }
 
 FGC_EXPORT CUresult CUDAAPI cuInit(unsigned int Flags) {
+    fgc_log(FGC_LOG_TRACE, "= cuInit");
     CUresult r_ = fgc_cuInit(Flags);
     if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuInit", r_);
     return r_;
@@ -2325,10 +2373,11 @@ FGC_EXPORT CUresult CUDAAPI cuIpcOpenMemHandle_v2(CUdeviceptr *pdptr, CUipcMemHa
 
 FGC_EXPORT CUresult CUDAAPI cuKernelGetAttribute(int *pi, CUfunction_attribute attrib, CUkernel kernel, CUdevice dev) {
     FGC_REQUIRE_INIT();
-    if (pi == NULL) return CUDA_ERROR_INVALID_VALUE;
+    __typeof__(*pi) d_pi;
     fg_writer *w = fgc_begin(FG_OP_cuKernelGetAttribute);
     if (!w) return fgc_last_error();
-    fgc_expect(pi, sizeof(*pi));
+    { uint8_t want_ = pi != NULL; fg_put(w, &want_, 1); }
+    fgc_expect(pi ? (void *)pi : (void *)&d_pi, sizeof(*pi));
     fg_put(w, &attrib, sizeof(attrib));
     fgc_put_handle(w, (const void *)kernel);
     fg_put(w, &dev, sizeof(dev));
@@ -2336,6 +2385,7 @@ FGC_EXPORT CUresult CUDAAPI cuKernelGetAttribute(int *pi, CUfunction_attribute a
 }
 
 FGC_EXPORT CUresult CUDAAPI cuKernelGetFunction(CUfunction *pFunc, CUkernel kernel) {
+    fgc_log(FGC_LOG_TRACE, "= cuKernelGetFunction");
     CUresult r_ = fgc_cuKernelGetFunction(pFunc, kernel);
     if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuKernelGetFunction", r_);
     return r_;
@@ -2343,21 +2393,24 @@ FGC_EXPORT CUresult CUDAAPI cuKernelGetFunction(CUfunction *pFunc, CUkernel kern
 
 FGC_EXPORT CUresult CUDAAPI cuKernelGetLibrary(CUlibrary *pLib, CUkernel kernel) {
     FGC_REQUIRE_INIT();
-    if (pLib == NULL) return CUDA_ERROR_INVALID_VALUE;
+    uint64_t d_pLib;
     fg_writer *w = fgc_begin(FG_OP_cuKernelGetLibrary);
     if (!w) return fgc_last_error();
-    fgc_expect(pLib, sizeof(uint64_t));
+    { uint8_t want_ = pLib != NULL; fg_put(w, &want_, 1); }
+    fgc_expect(pLib ? (void *)pLib : (void *)&d_pLib, sizeof(uint64_t));
     fgc_put_handle(w, (const void *)kernel);
     return fgc_sync();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuKernelGetName(const char **name, CUkernel hfunc) {
+    fgc_log(FGC_LOG_TRACE, "= cuKernelGetName");
     CUresult r_ = fgc_cuKernelGetName(name, hfunc);
     if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuKernelGetName", r_);
     return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuKernelGetParamInfo(CUkernel kernel, size_t paramIndex, size_t *paramOffset, size_t *paramSize) {
+    fgc_log(FGC_LOG_TRACE, "= cuKernelGetParamInfo");
     CUresult r_ = fgc_cuKernelGetParamInfo(kernel, paramIndex, paramOffset, paramSize);
     if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuKernelGetParamInfo", r_);
     return r_;
@@ -2391,6 +2444,7 @@ FGC_EXPORT CUresult CUDAAPI cuLaunch(CUfunction f) {
 }
 
 FGC_EXPORT CUresult CUDAAPI cuLaunchCooperativeKernel(CUfunction f, unsigned int gridDimX, unsigned int gridDimY, unsigned int gridDimZ, unsigned int blockDimX, unsigned int blockDimY, unsigned int blockDimZ, unsigned int sharedMemBytes, CUstream hStream, void **kernelParams) {
+    fgc_log(FGC_LOG_TRACE, "= cuLaunchCooperativeKernel");
     CUresult r_ = fgc_cuLaunchCooperativeKernel(f, gridDimX, gridDimY, gridDimZ, blockDimX, blockDimY, blockDimZ, sharedMemBytes, hStream, kernelParams);
     if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuLaunchCooperativeKernel", r_);
     return r_;
@@ -2426,6 +2480,7 @@ FGC_EXPORT CUresult CUDAAPI cuLaunchGridAsync(CUfunction f, int grid_width, int 
 }
 
 FGC_EXPORT CUresult CUDAAPI cuLaunchHostFunc(CUstream hStream, CUhostFn fn, void *userData) {
+    fgc_log(FGC_LOG_TRACE, "= cuLaunchHostFunc");
     CUresult r_ = fgc_cuLaunchHostFunc(hStream, fn, userData);
     if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuLaunchHostFunc", r_);
     return r_;
@@ -2436,12 +2491,14 @@ FGC_EXPORT CUresult CUDAAPI cuLaunchHostFunc_ptsz(CUstream hStream, CUhostFn fn,
 }
 
 FGC_EXPORT CUresult CUDAAPI cuLaunchKernel(CUfunction f, unsigned int gridDimX, unsigned int gridDimY, unsigned int gridDimZ, unsigned int blockDimX, unsigned int blockDimY, unsigned int blockDimZ, unsigned int sharedMemBytes, CUstream hStream, void **kernelParams, void **extra) {
+    fgc_log(FGC_LOG_TRACE, "= cuLaunchKernel");
     CUresult r_ = fgc_cuLaunchKernel(f, gridDimX, gridDimY, gridDimZ, blockDimX, blockDimY, blockDimZ, sharedMemBytes, hStream, kernelParams, extra);
     if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuLaunchKernel", r_);
     return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuLaunchKernelEx(const CUlaunchConfig *config, CUfunction f, void **kernelParams, void **extra) {
+    fgc_log(FGC_LOG_TRACE, "= cuLaunchKernelEx");
     CUresult r_ = fgc_cuLaunchKernelEx(config, f, kernelParams, extra);
     if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuLaunchKernelEx", r_);
     return r_;
@@ -2465,19 +2522,22 @@ FGC_EXPORT CUresult CUDAAPI cuLibraryEnumerateKernels(CUkernel *kernels, unsigne
 
 FGC_EXPORT CUresult CUDAAPI cuLibraryGetGlobal(CUdeviceptr *dptr, size_t *bytes, CUlibrary library, const char *name) {
     FGC_REQUIRE_INIT();
-    if (dptr == NULL) return CUDA_ERROR_INVALID_VALUE;
-    if (bytes == NULL) return CUDA_ERROR_INVALID_VALUE;
+    __typeof__(*dptr) d_dptr;
+    __typeof__(*bytes) d_bytes;
     if (name == NULL) return CUDA_ERROR_INVALID_VALUE;
     fg_writer *w = fgc_begin(FG_OP_cuLibraryGetGlobal);
     if (!w) return fgc_last_error();
-    fgc_expect(dptr, sizeof(*dptr));
-    fgc_expect(bytes, sizeof(*bytes));
+    { uint8_t want_ = dptr != NULL; fg_put(w, &want_, 1); }
+    fgc_expect(dptr ? (void *)dptr : (void *)&d_dptr, sizeof(*dptr));
+    { uint8_t want_ = bytes != NULL; fg_put(w, &want_, 1); }
+    fgc_expect(bytes ? (void *)bytes : (void *)&d_bytes, sizeof(*bytes));
     fgc_put_handle(w, (const void *)library);
     fgc_put_cstr(w, name);
     return fgc_sync();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuLibraryGetKernel(CUkernel *pKernel, CUlibrary library, const char *name) {
+    fgc_log(FGC_LOG_TRACE, "= cuLibraryGetKernel");
     CUresult r_ = fgc_cuLibraryGetKernel(pKernel, library, name);
     if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuLibraryGetKernel", r_);
     return r_;
@@ -2485,10 +2545,11 @@ FGC_EXPORT CUresult CUDAAPI cuLibraryGetKernel(CUkernel *pKernel, CUlibrary libr
 
 FGC_EXPORT CUresult CUDAAPI cuLibraryGetKernelCount(unsigned int *count, CUlibrary lib) {
     FGC_REQUIRE_INIT();
-    if (count == NULL) return CUDA_ERROR_INVALID_VALUE;
+    __typeof__(*count) d_count;
     fg_writer *w = fgc_begin(FG_OP_cuLibraryGetKernelCount);
     if (!w) return fgc_last_error();
-    fgc_expect(count, sizeof(*count));
+    { uint8_t want_ = count != NULL; fg_put(w, &want_, 1); }
+    fgc_expect(count ? (void *)count : (void *)&d_count, sizeof(*count));
     fgc_put_handle(w, (const void *)lib);
     return fgc_sync();
 }
@@ -2504,10 +2565,11 @@ FGC_EXPORT CUresult CUDAAPI cuLibraryGetManaged(CUdeviceptr *dptr, size_t *bytes
 
 FGC_EXPORT CUresult CUDAAPI cuLibraryGetModule(CUmodule *pMod, CUlibrary library) {
     FGC_REQUIRE_INIT();
-    if (pMod == NULL) return CUDA_ERROR_INVALID_VALUE;
+    uint64_t d_pMod;
     fg_writer *w = fgc_begin(FG_OP_cuLibraryGetModule);
     if (!w) return fgc_last_error();
-    fgc_expect(pMod, sizeof(uint64_t));
+    { uint8_t want_ = pMod != NULL; fg_put(w, &want_, 1); }
+    fgc_expect(pMod ? (void *)pMod : (void *)&d_pMod, sizeof(uint64_t));
     fgc_put_handle(w, (const void *)library);
     return fgc_sync();
 }
@@ -2521,12 +2583,14 @@ FGC_EXPORT CUresult CUDAAPI cuLibraryGetUnifiedFunction(void **fptr, CUlibrary l
 }
 
 FGC_EXPORT CUresult CUDAAPI cuLibraryLoadData(CUlibrary *library, const void *code, CUjit_option *jitOptions, void **jitOptionsValues, unsigned int numJitOptions, CUlibraryOption *libraryOptions, void **libraryOptionValues, unsigned int numLibraryOptions) {
+    fgc_log(FGC_LOG_TRACE, "= cuLibraryLoadData");
     CUresult r_ = fgc_cuLibraryLoadData(library, code, jitOptions, jitOptionsValues, numJitOptions, libraryOptions, libraryOptionValues, numLibraryOptions);
     if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuLibraryLoadData", r_);
     return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuLibraryLoadFromFile(CUlibrary *library, const char *fileName, CUjit_option *jitOptions, void **jitOptionsValues, unsigned int numJitOptions, CUlibraryOption *libraryOptions, void **libraryOptionValues, unsigned int numLibraryOptions) {
+    fgc_log(FGC_LOG_TRACE, "= cuLibraryLoadFromFile");
     CUresult r_ = fgc_cuLibraryLoadFromFile(library, fileName, jitOptions, jitOptionsValues, numJitOptions, libraryOptions, libraryOptionValues, numLibraryOptions);
     if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuLibraryLoadFromFile", r_);
     return r_;
@@ -2742,6 +2806,7 @@ FGC_EXPORT CUresult CUDAAPI cuMemAllocHost(void **pp, unsigned int bytesize) {
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemAllocHost_v2(void **pp, size_t bytesize) {
+    fgc_log(FGC_LOG_TRACE, "= cuMemAllocHost_v2");
     CUresult r_ = fgc_cuMemAllocHost_v2(pp, bytesize);
     if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuMemAllocHost_v2", r_);
     return r_;
@@ -2776,6 +2841,7 @@ FGC_EXPORT CUresult CUDAAPI cuMemAllocPitch_v2(CUdeviceptr *dptr, size_t *pPitch
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemAlloc_v2(CUdeviceptr *dptr, size_t bytesize) {
+    fgc_log(FGC_LOG_TRACE, "= cuMemAlloc_v2");
     CUresult r_ = fgc_cuMemAlloc_v2(dptr, bytesize);
     if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuMemAlloc_v2", r_);
     return r_;
@@ -2802,6 +2868,7 @@ FGC_EXPORT CUresult CUDAAPI cuMemBatchDecompressAsync_ptsz(CUmemDecompressParams
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemcpy(CUdeviceptr dst, CUdeviceptr src, size_t ByteCount) {
+    fgc_log(FGC_LOG_TRACE, "= cuMemcpy");
     CUresult r_ = fgc_cuMemcpy(dst, src, ByteCount);
     if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuMemcpy", r_);
     return r_;
@@ -2968,6 +3035,7 @@ FGC_EXPORT CUresult CUDAAPI cuMemcpy3D_v2_ptds(const CUDA_MEMCPY3D *pCopy) {
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemcpyAsync(CUdeviceptr dst, CUdeviceptr src, size_t ByteCount, CUstream hStream) {
+    fgc_log(FGC_LOG_TRACE, "= cuMemcpyAsync");
     CUresult r_ = fgc_cuMemcpyAsync(dst, src, ByteCount, hStream);
     if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuMemcpyAsync", r_);
     return r_;
@@ -3190,6 +3258,7 @@ FGC_EXPORT CUresult CUDAAPI cuMemcpyDtoDAsync(CUdeviceptr_v1 dstDevice, CUdevice
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemcpyDtoDAsync_v2(CUdeviceptr dstDevice, CUdeviceptr srcDevice, size_t ByteCount, CUstream hStream) {
+    fgc_log(FGC_LOG_TRACE, "= cuMemcpyDtoDAsync_v2");
     CUresult r_ = fgc_cuMemcpyDtoDAsync_v2(dstDevice, srcDevice, ByteCount, hStream);
     if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuMemcpyDtoDAsync_v2", r_);
     return r_;
@@ -3200,6 +3269,7 @@ FGC_EXPORT CUresult CUDAAPI cuMemcpyDtoDAsync_v2_ptsz(CUdeviceptr dstDevice, CUd
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemcpyDtoD_v2(CUdeviceptr dstDevice, CUdeviceptr srcDevice, size_t ByteCount) {
+    fgc_log(FGC_LOG_TRACE, "= cuMemcpyDtoD_v2");
     CUresult r_ = fgc_cuMemcpyDtoD_v2(dstDevice, srcDevice, ByteCount);
     if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuMemcpyDtoD_v2", r_);
     return r_;
@@ -3227,6 +3297,7 @@ FGC_EXPORT CUresult CUDAAPI cuMemcpyDtoHAsync(void *dstHost, CUdeviceptr_v1 srcD
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemcpyDtoHAsync_v2(void *dstHost, CUdeviceptr srcDevice, size_t ByteCount, CUstream hStream) {
+    fgc_log(FGC_LOG_TRACE, "= cuMemcpyDtoHAsync_v2");
     CUresult r_ = fgc_cuMemcpyDtoHAsync_v2(dstHost, srcDevice, ByteCount, hStream);
     if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuMemcpyDtoHAsync_v2", r_);
     return r_;
@@ -3237,6 +3308,7 @@ FGC_EXPORT CUresult CUDAAPI cuMemcpyDtoHAsync_v2_ptsz(void *dstHost, CUdeviceptr
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemcpyDtoH_v2(void *dstHost, CUdeviceptr srcDevice, size_t ByteCount) {
+    fgc_log(FGC_LOG_TRACE, "= cuMemcpyDtoH_v2");
     CUresult r_ = fgc_cuMemcpyDtoH_v2(dstHost, srcDevice, ByteCount);
     if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuMemcpyDtoH_v2", r_);
     return r_;
@@ -3321,6 +3393,7 @@ FGC_EXPORT CUresult CUDAAPI cuMemcpyHtoDAsync(CUdeviceptr_v1 dstDevice, const vo
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemcpyHtoDAsync_v2(CUdeviceptr dstDevice, const void *srcHost, size_t ByteCount, CUstream hStream) {
+    fgc_log(FGC_LOG_TRACE, "= cuMemcpyHtoDAsync_v2");
     CUresult r_ = fgc_cuMemcpyHtoDAsync_v2(dstDevice, srcHost, ByteCount, hStream);
     if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuMemcpyHtoDAsync_v2", r_);
     return r_;
@@ -3331,6 +3404,7 @@ FGC_EXPORT CUresult CUDAAPI cuMemcpyHtoDAsync_v2_ptsz(CUdeviceptr dstDevice, con
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemcpyHtoD_v2(CUdeviceptr dstDevice, const void *srcHost, size_t ByteCount) {
+    fgc_log(FGC_LOG_TRACE, "= cuMemcpyHtoD_v2");
     CUresult r_ = fgc_cuMemcpyHtoD_v2(dstDevice, srcHost, ByteCount);
     if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuMemcpyHtoD_v2", r_);
     return r_;
@@ -3471,12 +3545,14 @@ FGC_EXPORT CUresult CUDAAPI cuMemFreeAsync_ptsz(CUdeviceptr dptr, CUstream hStre
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemFreeHost(void *p) {
+    fgc_log(FGC_LOG_TRACE, "= cuMemFreeHost");
     CUresult r_ = fgc_cuMemFreeHost(p);
     if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuMemFreeHost", r_);
     return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemFree_v2(CUdeviceptr dptr) {
+    fgc_log(FGC_LOG_TRACE, "= cuMemFree_v2");
     CUresult r_ = fgc_cuMemFree_v2(dptr);
     if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuMemFree_v2", r_);
     return r_;
@@ -3499,6 +3575,7 @@ FGC_EXPORT CUresult CUDAAPI cuMemGetAddressRange(CUdeviceptr_v1 *pbase, unsigned
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemGetAddressRange_v2(CUdeviceptr *pbase, size_t *psize, CUdeviceptr dptr) {
+    fgc_log(FGC_LOG_TRACE, "= cuMemGetAddressRange_v2");
     CUresult r_ = fgc_cuMemGetAddressRange_v2(pbase, psize, dptr);
     if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuMemGetAddressRange_v2", r_);
     return r_;
@@ -3555,6 +3632,7 @@ FGC_EXPORT CUresult CUDAAPI cuMemGetInfo(unsigned int *free, unsigned int *total
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemGetInfo_v2(size_t *free, size_t *total) {
+    fgc_log(FGC_LOG_TRACE, "= cuMemGetInfo_v2");
     CUresult r_ = fgc_cuMemGetInfo_v2(free, total);
     if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuMemGetInfo_v2", r_);
     return r_;
@@ -3569,6 +3647,7 @@ FGC_EXPORT CUresult CUDAAPI cuMemGetMemPool(CUmemoryPool *pool, CUmemLocation *l
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemHostAlloc(void **pp, size_t bytesize, unsigned int Flags) {
+    fgc_log(FGC_LOG_TRACE, "= cuMemHostAlloc");
     CUresult r_ = fgc_cuMemHostAlloc(pp, bytesize, Flags);
     if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuMemHostAlloc", r_);
     return r_;
@@ -3591,6 +3670,7 @@ FGC_EXPORT CUresult CUDAAPI cuMemHostGetDevicePointer_v2(CUdeviceptr *pdptr, voi
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemHostGetFlags(unsigned int *pFlags, void *p) {
+    fgc_log(FGC_LOG_TRACE, "= cuMemHostGetFlags");
     CUresult r_ = fgc_cuMemHostGetFlags(pFlags, p);
     if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuMemHostGetFlags", r_);
     return r_;
@@ -3601,12 +3681,14 @@ FGC_EXPORT CUresult CUDAAPI cuMemHostRegister(void *p, size_t bytesize, unsigned
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemHostRegister_v2(void *p, size_t bytesize, unsigned int Flags) {
+    fgc_log(FGC_LOG_TRACE, "= cuMemHostRegister_v2");
     CUresult r_ = fgc_cuMemHostRegister_v2(p, bytesize, Flags);
     if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuMemHostRegister_v2", r_);
     return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemHostUnregister(void *p) {
+    fgc_log(FGC_LOG_TRACE, "= cuMemHostUnregister");
     CUresult r_ = fgc_cuMemHostUnregister(p);
     if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuMemHostUnregister", r_);
     return r_;
@@ -4141,6 +4223,7 @@ FGC_EXPORT CUresult CUDAAPI cuModuleEnumerateFunctions(CUfunction *functions, un
 }
 
 FGC_EXPORT CUresult CUDAAPI cuModuleGetFunction(CUfunction *hfunc, CUmodule hmod, const char *name) {
+    fgc_log(FGC_LOG_TRACE, "= cuModuleGetFunction");
     CUresult r_ = fgc_cuModuleGetFunction(hfunc, hmod, name);
     if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuModuleGetFunction", r_);
     return r_;
@@ -4148,10 +4231,11 @@ FGC_EXPORT CUresult CUDAAPI cuModuleGetFunction(CUfunction *hfunc, CUmodule hmod
 
 FGC_EXPORT CUresult CUDAAPI cuModuleGetFunctionCount(unsigned int *count, CUmodule mod) {
     FGC_REQUIRE_INIT();
-    if (count == NULL) return CUDA_ERROR_INVALID_VALUE;
+    __typeof__(*count) d_count;
     fg_writer *w = fgc_begin(FG_OP_cuModuleGetFunctionCount);
     if (!w) return fgc_last_error();
-    fgc_expect(count, sizeof(*count));
+    { uint8_t want_ = count != NULL; fg_put(w, &want_, 1); }
+    fgc_expect(count ? (void *)count : (void *)&d_count, sizeof(*count));
     fgc_put_handle(w, (const void *)mod);
     return fgc_sync();
 }
@@ -4167,13 +4251,15 @@ FGC_EXPORT CUresult CUDAAPI cuModuleGetGlobal(CUdeviceptr_v1 *dptr, unsigned int
 
 FGC_EXPORT CUresult CUDAAPI cuModuleGetGlobal_v2(CUdeviceptr *dptr, size_t *bytes, CUmodule hmod, const char *name) {
     FGC_REQUIRE_INIT();
-    if (dptr == NULL) return CUDA_ERROR_INVALID_VALUE;
-    if (bytes == NULL) return CUDA_ERROR_INVALID_VALUE;
+    __typeof__(*dptr) d_dptr;
+    __typeof__(*bytes) d_bytes;
     if (name == NULL) return CUDA_ERROR_INVALID_VALUE;
     fg_writer *w = fgc_begin(FG_OP_cuModuleGetGlobal_v2);
     if (!w) return fgc_last_error();
-    fgc_expect(dptr, sizeof(*dptr));
-    fgc_expect(bytes, sizeof(*bytes));
+    { uint8_t want_ = dptr != NULL; fg_put(w, &want_, 1); }
+    fgc_expect(dptr ? (void *)dptr : (void *)&d_dptr, sizeof(*dptr));
+    { uint8_t want_ = bytes != NULL; fg_put(w, &want_, 1); }
+    fgc_expect(bytes ? (void *)bytes : (void *)&d_bytes, sizeof(*bytes));
     fgc_put_handle(w, (const void *)hmod);
     fgc_put_cstr(w, name);
     return fgc_sync();
@@ -4181,10 +4267,11 @@ FGC_EXPORT CUresult CUDAAPI cuModuleGetGlobal_v2(CUdeviceptr *dptr, size_t *byte
 
 FGC_EXPORT CUresult CUDAAPI cuModuleGetLoadingMode(CUmoduleLoadingMode *mode) {
     FGC_REQUIRE_INIT();
-    if (mode == NULL) return CUDA_ERROR_INVALID_VALUE;
+    __typeof__(*mode) d_mode;
     fg_writer *w = fgc_begin(FG_OP_cuModuleGetLoadingMode);
     if (!w) return fgc_last_error();
-    fgc_expect(mode, sizeof(*mode));
+    { uint8_t want_ = mode != NULL; fg_put(w, &want_, 1); }
+    fgc_expect(mode ? (void *)mode : (void *)&d_mode, sizeof(*mode));
     return fgc_sync();
 }
 
@@ -4212,12 +4299,14 @@ FGC_EXPORT CUresult CUDAAPI cuModuleLoad(CUmodule *module, const char *fname) {
 }
 
 FGC_EXPORT CUresult CUDAAPI cuModuleLoadData(CUmodule *module, const void *image) {
+    fgc_log(FGC_LOG_TRACE, "= cuModuleLoadData");
     CUresult r_ = fgc_cuModuleLoadData(module, image);
     if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuModuleLoadData", r_);
     return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuModuleLoadDataEx(CUmodule *module, const void *image, unsigned int numOptions, CUjit_option *options, void **optionValues) {
+    fgc_log(FGC_LOG_TRACE, "= cuModuleLoadDataEx");
     CUresult r_ = fgc_cuModuleLoadDataEx(module, image, numOptions, options, optionValues);
     if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuModuleLoadDataEx", r_);
     return r_;
@@ -4292,10 +4381,11 @@ FGC_EXPORT CUresult CUDAAPI cuMulticastUnbind(CUmemGenericAllocationHandle mcHan
 
 FGC_EXPORT CUresult CUDAAPI cuOccupancyAvailableDynamicSMemPerBlock(size_t *dynamicSmemSize, CUfunction func, int numBlocks, int blockSize) {
     FGC_REQUIRE_INIT();
-    if (dynamicSmemSize == NULL) return CUDA_ERROR_INVALID_VALUE;
+    __typeof__(*dynamicSmemSize) d_dynamicSmemSize;
     fg_writer *w = fgc_begin(FG_OP_cuOccupancyAvailableDynamicSMemPerBlock);
     if (!w) return fgc_last_error();
-    fgc_expect(dynamicSmemSize, sizeof(*dynamicSmemSize));
+    { uint8_t want_ = dynamicSmemSize != NULL; fg_put(w, &want_, 1); }
+    fgc_expect(dynamicSmemSize ? (void *)dynamicSmemSize : (void *)&d_dynamicSmemSize, sizeof(*dynamicSmemSize));
     fgc_put_handle(w, (const void *)func);
     fg_put(w, &numBlocks, sizeof(numBlocks));
     fg_put(w, &blockSize, sizeof(blockSize));
@@ -4304,10 +4394,11 @@ FGC_EXPORT CUresult CUDAAPI cuOccupancyAvailableDynamicSMemPerBlock(size_t *dyna
 
 FGC_EXPORT CUresult CUDAAPI cuOccupancyMaxActiveBlocksPerMultiprocessor(int *numBlocks, CUfunction func, int blockSize, size_t dynamicSMemSize) {
     FGC_REQUIRE_INIT();
-    if (numBlocks == NULL) return CUDA_ERROR_INVALID_VALUE;
+    __typeof__(*numBlocks) d_numBlocks;
     fg_writer *w = fgc_begin(FG_OP_cuOccupancyMaxActiveBlocksPerMultiprocessor);
     if (!w) return fgc_last_error();
-    fgc_expect(numBlocks, sizeof(*numBlocks));
+    { uint8_t want_ = numBlocks != NULL; fg_put(w, &want_, 1); }
+    fgc_expect(numBlocks ? (void *)numBlocks : (void *)&d_numBlocks, sizeof(*numBlocks));
     fgc_put_handle(w, (const void *)func);
     fg_put(w, &blockSize, sizeof(blockSize));
     fg_put(w, &dynamicSMemSize, sizeof(dynamicSMemSize));
@@ -4316,10 +4407,11 @@ FGC_EXPORT CUresult CUDAAPI cuOccupancyMaxActiveBlocksPerMultiprocessor(int *num
 
 FGC_EXPORT CUresult CUDAAPI cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags(int *numBlocks, CUfunction func, int blockSize, size_t dynamicSMemSize, unsigned int flags) {
     FGC_REQUIRE_INIT();
-    if (numBlocks == NULL) return CUDA_ERROR_INVALID_VALUE;
+    __typeof__(*numBlocks) d_numBlocks;
     fg_writer *w = fgc_begin(FG_OP_cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags);
     if (!w) return fgc_last_error();
-    fgc_expect(numBlocks, sizeof(*numBlocks));
+    { uint8_t want_ = numBlocks != NULL; fg_put(w, &want_, 1); }
+    fgc_expect(numBlocks ? (void *)numBlocks : (void *)&d_numBlocks, sizeof(*numBlocks));
     fgc_put_handle(w, (const void *)func);
     fg_put(w, &blockSize, sizeof(blockSize));
     fg_put(w, &dynamicSMemSize, sizeof(dynamicSMemSize));
@@ -4328,6 +4420,7 @@ FGC_EXPORT CUresult CUDAAPI cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags
 }
 
 FGC_EXPORT CUresult CUDAAPI cuOccupancyMaxActiveClusters(int *numClusters, CUfunction func, const CUlaunchConfig *config) {
+    fgc_log(FGC_LOG_TRACE, "= cuOccupancyMaxActiveClusters");
     CUresult r_ = fgc_cuOccupancyMaxActiveClusters(numClusters, func, config);
     if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuOccupancyMaxActiveClusters", r_);
     return r_;
@@ -4357,6 +4450,7 @@ FGC_EXPORT CUresult CUDAAPI cuOccupancyMaxPotentialBlockSizeWithFlags(int *minGr
 }
 
 FGC_EXPORT CUresult CUDAAPI cuOccupancyMaxPotentialClusterSize(int *clusterSize, CUfunction func, const CUlaunchConfig *config) {
+    fgc_log(FGC_LOG_TRACE, "= cuOccupancyMaxPotentialClusterSize");
     CUresult r_ = fgc_cuOccupancyMaxPotentialClusterSize(clusterSize, func, config);
     if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuOccupancyMaxPotentialClusterSize", r_);
     return r_;
@@ -4403,12 +4497,14 @@ FGC_EXPORT CUresult CUDAAPI cuParamSetv(CUfunction hfunc, int offset, void *ptr,
 }
 
 FGC_EXPORT CUresult CUDAAPI cuPointerGetAttribute(void *data, CUpointer_attribute attribute, CUdeviceptr ptr) {
+    fgc_log(FGC_LOG_TRACE, "= cuPointerGetAttribute");
     CUresult r_ = fgc_cuPointerGetAttribute(data, attribute, ptr);
     if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuPointerGetAttribute", r_);
     return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuPointerGetAttributes(unsigned int numAttributes, CUpointer_attribute *attributes, void **data, CUdeviceptr ptr) {
+    fgc_log(FGC_LOG_TRACE, "= cuPointerGetAttributes");
     CUresult r_ = fgc_cuPointerGetAttributes(numAttributes, attributes, data, ptr);
     if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuPointerGetAttributes", r_);
     return r_;
@@ -4456,6 +4552,7 @@ FGC_EXPORT CUresult CUDAAPI cuSignalExternalSemaphoresAsync_ptsz(const CUexterna
 }
 
 FGC_EXPORT CUresult CUDAAPI cuStreamAddCallback(CUstream hStream, CUstreamCallback callback, void *userData, unsigned int flags) {
+    fgc_log(FGC_LOG_TRACE, "= cuStreamAddCallback");
     CUresult r_ = fgc_cuStreamAddCallback(hStream, callback, userData, flags);
     if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuStreamAddCallback", r_);
     return r_;
@@ -4581,20 +4678,22 @@ FGC_EXPORT CUresult CUDAAPI cuStreamCopyAttributes_ptsz(CUstream dst, CUstream s
 
 FGC_EXPORT CUresult CUDAAPI cuStreamCreate(CUstream *phStream, unsigned int Flags) {
     FGC_REQUIRE_INIT();
-    if (phStream == NULL) return CUDA_ERROR_INVALID_VALUE;
+    uint64_t d_phStream;
     fg_writer *w = fgc_begin(FG_OP_cuStreamCreate);
     if (!w) return fgc_last_error();
-    fgc_expect(phStream, sizeof(uint64_t));
+    { uint8_t want_ = phStream != NULL; fg_put(w, &want_, 1); }
+    fgc_expect(phStream ? (void *)phStream : (void *)&d_phStream, sizeof(uint64_t));
     fg_put(w, &Flags, sizeof(Flags));
     return fgc_sync();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuStreamCreateWithPriority(CUstream *phStream, unsigned int flags, int priority) {
     FGC_REQUIRE_INIT();
-    if (phStream == NULL) return CUDA_ERROR_INVALID_VALUE;
+    uint64_t d_phStream;
     fg_writer *w = fgc_begin(FG_OP_cuStreamCreateWithPriority);
     if (!w) return fgc_last_error();
-    fgc_expect(phStream, sizeof(uint64_t));
+    { uint8_t want_ = phStream != NULL; fg_put(w, &want_, 1); }
+    fgc_expect(phStream ? (void *)phStream : (void *)&d_phStream, sizeof(uint64_t));
     fg_put(w, &flags, sizeof(flags));
     fg_put(w, &priority, sizeof(priority));
     return fgc_sync();
@@ -4614,11 +4713,12 @@ FGC_EXPORT CUresult CUDAAPI cuStreamDestroy_v2(CUstream hStream) {
 
 FGC_EXPORT CUresult CUDAAPI cuStreamEndCapture(CUstream hStream, CUgraph *phGraph) {
     FGC_REQUIRE_INIT();
-    if (phGraph == NULL) return CUDA_ERROR_INVALID_VALUE;
+    uint64_t d_phGraph;
     fg_writer *w = fgc_begin(FG_OP_cuStreamEndCapture);
     if (!w) return fgc_last_error();
     fgc_put_handle(w, (const void *)hStream);
-    fgc_expect(phGraph, sizeof(uint64_t));
+    { uint8_t want_ = phGraph != NULL; fg_put(w, &want_, 1); }
+    fgc_expect(phGraph ? (void *)phGraph : (void *)&d_phGraph, sizeof(uint64_t));
     return fgc_sync();
 }
 
@@ -4628,12 +4728,13 @@ FGC_EXPORT CUresult CUDAAPI cuStreamEndCapture_ptsz(CUstream hStream, CUgraph *p
 
 FGC_EXPORT CUresult CUDAAPI cuStreamGetAttribute(CUstream hStream, CUstreamAttrID attr, CUstreamAttrValue *value) {
     FGC_REQUIRE_INIT();
-    if (value == NULL) return CUDA_ERROR_INVALID_VALUE;
+    __typeof__(*value) d_value;
     fg_writer *w = fgc_begin(FG_OP_cuStreamGetAttribute);
     if (!w) return fgc_last_error();
     fgc_put_handle(w, (const void *)hStream);
     fg_put(w, &attr, sizeof(attr));
-    fgc_expect(value, sizeof(*value));
+    { uint8_t want_ = value != NULL; fg_put(w, &want_, 1); }
+    fgc_expect(value ? (void *)value : (void *)&d_value, sizeof(*value));
     return fgc_sync();
 }
 
@@ -4680,6 +4781,7 @@ FGC_EXPORT CUresult CUDAAPI cuStreamGetCaptureInfo_v2_ptsz(CUstream hStream, CUs
 }
 
 FGC_EXPORT CUresult CUDAAPI cuStreamGetCaptureInfo_v3(CUstream hStream, CUstreamCaptureStatus *captureStatus_out, cuuint64_t *id_out, CUgraph *graph_out, const CUgraphNode **dependencies_out, const CUgraphEdgeData **edgeData_out, size_t *numDependencies_out) {
+    fgc_log(FGC_LOG_TRACE, "= cuStreamGetCaptureInfo_v3");
     CUresult r_ = fgc_cuStreamGetCaptureInfo_v3(hStream, captureStatus_out, id_out, graph_out, dependencies_out, edgeData_out, numDependencies_out);
     if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuStreamGetCaptureInfo_v3", r_);
     return r_;
@@ -4691,11 +4793,12 @@ FGC_EXPORT CUresult CUDAAPI cuStreamGetCaptureInfo_v3_ptsz(CUstream hStream, CUs
 
 FGC_EXPORT CUresult CUDAAPI cuStreamGetCtx(CUstream hStream, CUcontext *pctx) {
     FGC_REQUIRE_INIT();
-    if (pctx == NULL) return CUDA_ERROR_INVALID_VALUE;
+    uint64_t d_pctx;
     fg_writer *w = fgc_begin(FG_OP_cuStreamGetCtx);
     if (!w) return fgc_last_error();
     fgc_put_handle(w, (const void *)hStream);
-    fgc_expect(pctx, sizeof(uint64_t));
+    { uint8_t want_ = pctx != NULL; fg_put(w, &want_, 1); }
+    fgc_expect(pctx ? (void *)pctx : (void *)&d_pctx, sizeof(uint64_t));
     return fgc_sync();
 }
 
@@ -4721,11 +4824,12 @@ FGC_EXPORT CUresult CUDAAPI cuStreamGetCtx_v2_ptsz(CUstream hStream, CUcontext *
 
 FGC_EXPORT CUresult CUDAAPI cuStreamGetDevice(CUstream hStream, CUdevice *device) {
     FGC_REQUIRE_INIT();
-    if (device == NULL) return CUDA_ERROR_INVALID_VALUE;
+    __typeof__(*device) d_device;
     fg_writer *w = fgc_begin(FG_OP_cuStreamGetDevice);
     if (!w) return fgc_last_error();
     fgc_put_handle(w, (const void *)hStream);
-    fgc_expect(device, sizeof(*device));
+    { uint8_t want_ = device != NULL; fg_put(w, &want_, 1); }
+    fgc_expect(device ? (void *)device : (void *)&d_device, sizeof(*device));
     return fgc_sync();
 }
 
@@ -4735,11 +4839,12 @@ FGC_EXPORT CUresult CUDAAPI cuStreamGetDevice_ptsz(CUstream hStream, CUdevice *d
 
 FGC_EXPORT CUresult CUDAAPI cuStreamGetFlags(CUstream hStream, unsigned int *flags) {
     FGC_REQUIRE_INIT();
-    if (flags == NULL) return CUDA_ERROR_INVALID_VALUE;
+    __typeof__(*flags) d_flags;
     fg_writer *w = fgc_begin(FG_OP_cuStreamGetFlags);
     if (!w) return fgc_last_error();
     fgc_put_handle(w, (const void *)hStream);
-    fgc_expect(flags, sizeof(*flags));
+    { uint8_t want_ = flags != NULL; fg_put(w, &want_, 1); }
+    fgc_expect(flags ? (void *)flags : (void *)&d_flags, sizeof(*flags));
     return fgc_sync();
 }
 
@@ -4756,11 +4861,12 @@ FGC_EXPORT CUresult CUDAAPI cuStreamGetGreenCtx(CUstream hStream, CUgreenCtx *ph
 
 FGC_EXPORT CUresult CUDAAPI cuStreamGetId(CUstream hStream, unsigned long long *streamId) {
     FGC_REQUIRE_INIT();
-    if (streamId == NULL) return CUDA_ERROR_INVALID_VALUE;
+    __typeof__(*streamId) d_streamId;
     fg_writer *w = fgc_begin(FG_OP_cuStreamGetId);
     if (!w) return fgc_last_error();
     fgc_put_handle(w, (const void *)hStream);
-    fgc_expect(streamId, sizeof(*streamId));
+    { uint8_t want_ = streamId != NULL; fg_put(w, &want_, 1); }
+    fgc_expect(streamId ? (void *)streamId : (void *)&d_streamId, sizeof(*streamId));
     return fgc_sync();
 }
 
@@ -4770,11 +4876,12 @@ FGC_EXPORT CUresult CUDAAPI cuStreamGetId_ptsz(CUstream hStream, unsigned long l
 
 FGC_EXPORT CUresult CUDAAPI cuStreamGetPriority(CUstream hStream, int *priority) {
     FGC_REQUIRE_INIT();
-    if (priority == NULL) return CUDA_ERROR_INVALID_VALUE;
+    __typeof__(*priority) d_priority;
     fg_writer *w = fgc_begin(FG_OP_cuStreamGetPriority);
     if (!w) return fgc_last_error();
     fgc_put_handle(w, (const void *)hStream);
-    fgc_expect(priority, sizeof(*priority));
+    { uint8_t want_ = priority != NULL; fg_put(w, &want_, 1); }
+    fgc_expect(priority ? (void *)priority : (void *)&d_priority, sizeof(*priority));
     return fgc_sync();
 }
 
@@ -4784,11 +4891,12 @@ FGC_EXPORT CUresult CUDAAPI cuStreamGetPriority_ptsz(CUstream hStream, int *prio
 
 FGC_EXPORT CUresult CUDAAPI cuStreamIsCapturing(CUstream hStream, CUstreamCaptureStatus *captureStatus) {
     FGC_REQUIRE_INIT();
-    if (captureStatus == NULL) return CUDA_ERROR_INVALID_VALUE;
+    __typeof__(*captureStatus) d_captureStatus;
     fg_writer *w = fgc_begin(FG_OP_cuStreamIsCapturing);
     if (!w) return fgc_last_error();
     fgc_put_handle(w, (const void *)hStream);
-    fgc_expect(captureStatus, sizeof(*captureStatus));
+    { uint8_t want_ = captureStatus != NULL; fg_put(w, &want_, 1); }
+    fgc_expect(captureStatus ? (void *)captureStatus : (void *)&d_captureStatus, sizeof(*captureStatus));
     return fgc_sync();
 }
 

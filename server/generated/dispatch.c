@@ -38,9 +38,11 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         if (!r->failed && fgs_handle_get(S, 1, id_ctx, (void **)&ctx)) return CUDA_ERROR_INVALID_HANDLE;
         unsigned int version;
         memset(&version, 0, sizeof(version));
+        uint8_t want_version = 0;
+        fg_get(r, &want_version, 1);
         if (r->failed) return FGS_PROTOCOL_ERROR;
         if (!S->api->cuCtxGetApiVersion) return fgs_missing(S, "cuCtxGetApiVersion");
-        CUresult res = S->api->cuCtxGetApiVersion(ctx, &version);
+        CUresult res = S->api->cuCtxGetApiVersion(ctx, want_version ? &version : NULL);
         if (res == CUDA_SUCCESS) {
             fg_put(out, &version, sizeof(version));
         }
@@ -49,9 +51,11 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
     case FG_OP_cuCtxGetCacheConfig: {
         CUfunc_cache pconfig;
         memset(&pconfig, 0, sizeof(pconfig));
+        uint8_t want_pconfig = 0;
+        fg_get(r, &want_pconfig, 1);
         if (r->failed) return FGS_PROTOCOL_ERROR;
         if (!S->api->cuCtxGetCacheConfig) return fgs_missing(S, "cuCtxGetCacheConfig");
-        CUresult res = S->api->cuCtxGetCacheConfig(&pconfig);
+        CUresult res = S->api->cuCtxGetCacheConfig(want_pconfig ? &pconfig : NULL);
         if (res == CUDA_SUCCESS) {
             fg_put(out, &pconfig, sizeof(pconfig));
         }
@@ -60,9 +64,11 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
     case FG_OP_cuCtxGetDevice: {
         CUdevice device;
         memset(&device, 0, sizeof(device));
+        uint8_t want_device = 0;
+        fg_get(r, &want_device, 1);
         if (r->failed) return FGS_PROTOCOL_ERROR;
         if (!S->api->cuCtxGetDevice) return fgs_missing(S, "cuCtxGetDevice");
-        CUresult res = S->api->cuCtxGetDevice(&device);
+        CUresult res = S->api->cuCtxGetDevice(want_device ? &device : NULL);
         if (res == CUDA_SUCCESS) {
             fg_put(out, &device, sizeof(device));
         }
@@ -71,12 +77,14 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
     case FG_OP_cuCtxGetDevice_v2: {
         CUdevice device;
         memset(&device, 0, sizeof(device));
+        uint8_t want_device = 0;
+        fg_get(r, &want_device, 1);
         uint64_t id_ctx = fg_get_u64(r);
         CUcontext ctx = NULL;
         if (!r->failed && fgs_handle_get(S, 1, id_ctx, (void **)&ctx)) return CUDA_ERROR_INVALID_HANDLE;
         if (r->failed) return FGS_PROTOCOL_ERROR;
         if (!S->api->cuCtxGetDevice_v2) return fgs_missing(S, "cuCtxGetDevice_v2");
-        CUresult res = S->api->cuCtxGetDevice_v2(&device, ctx);
+        CUresult res = S->api->cuCtxGetDevice_v2(want_device ? &device : NULL, ctx);
         if (res == CUDA_SUCCESS) {
             fg_put(out, &device, sizeof(device));
         }
@@ -85,9 +93,11 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
     case FG_OP_cuCtxGetFlags: {
         unsigned int flags;
         memset(&flags, 0, sizeof(flags));
+        uint8_t want_flags = 0;
+        fg_get(r, &want_flags, 1);
         if (r->failed) return FGS_PROTOCOL_ERROR;
         if (!S->api->cuCtxGetFlags) return fgs_missing(S, "cuCtxGetFlags");
-        CUresult res = S->api->cuCtxGetFlags(&flags);
+        CUresult res = S->api->cuCtxGetFlags(want_flags ? &flags : NULL);
         if (res == CUDA_SUCCESS) {
             fg_put(out, &flags, sizeof(flags));
         }
@@ -99,9 +109,11 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         if (!r->failed && fgs_handle_get(S, 1, id_ctx, (void **)&ctx)) return CUDA_ERROR_INVALID_HANDLE;
         unsigned long long ctxId;
         memset(&ctxId, 0, sizeof(ctxId));
+        uint8_t want_ctxId = 0;
+        fg_get(r, &want_ctxId, 1);
         if (r->failed) return FGS_PROTOCOL_ERROR;
         if (!S->api->cuCtxGetId) return fgs_missing(S, "cuCtxGetId");
-        CUresult res = S->api->cuCtxGetId(ctx, &ctxId);
+        CUresult res = S->api->cuCtxGetId(ctx, want_ctxId ? &ctxId : NULL);
         if (res == CUDA_SUCCESS) {
             fg_put(out, &ctxId, sizeof(ctxId));
         }
@@ -110,11 +122,13 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
     case FG_OP_cuCtxGetLimit: {
         size_t pvalue;
         memset(&pvalue, 0, sizeof(pvalue));
+        uint8_t want_pvalue = 0;
+        fg_get(r, &want_pvalue, 1);
         CUlimit limit;
         fg_get(r, (void *)&limit, sizeof(limit));
         if (r->failed) return FGS_PROTOCOL_ERROR;
         if (!S->api->cuCtxGetLimit) return fgs_missing(S, "cuCtxGetLimit");
-        CUresult res = S->api->cuCtxGetLimit(&pvalue, limit);
+        CUresult res = S->api->cuCtxGetLimit(want_pvalue ? &pvalue : NULL, limit);
         if (res == CUDA_SUCCESS) {
             fg_put(out, &pvalue, sizeof(pvalue));
         }
@@ -123,9 +137,11 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
     case FG_OP_cuCtxGetSharedMemConfig: {
         CUsharedconfig pConfig;
         memset(&pConfig, 0, sizeof(pConfig));
+        uint8_t want_pConfig = 0;
+        fg_get(r, &want_pConfig, 1);
         if (r->failed) return FGS_PROTOCOL_ERROR;
         if (!S->api->cuCtxGetSharedMemConfig) return fgs_missing(S, "cuCtxGetSharedMemConfig");
-        CUresult res = S->api->cuCtxGetSharedMemConfig(&pConfig);
+        CUresult res = S->api->cuCtxGetSharedMemConfig(want_pConfig ? &pConfig : NULL);
         if (res == CUDA_SUCCESS) {
             fg_put(out, &pConfig, sizeof(pConfig));
         }
@@ -134,11 +150,15 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
     case FG_OP_cuCtxGetStreamPriorityRange: {
         int leastPriority;
         memset(&leastPriority, 0, sizeof(leastPriority));
+        uint8_t want_leastPriority = 0;
+        fg_get(r, &want_leastPriority, 1);
         int greatestPriority;
         memset(&greatestPriority, 0, sizeof(greatestPriority));
+        uint8_t want_greatestPriority = 0;
+        fg_get(r, &want_greatestPriority, 1);
         if (r->failed) return FGS_PROTOCOL_ERROR;
         if (!S->api->cuCtxGetStreamPriorityRange) return fgs_missing(S, "cuCtxGetStreamPriorityRange");
-        CUresult res = S->api->cuCtxGetStreamPriorityRange(&leastPriority, &greatestPriority);
+        CUresult res = S->api->cuCtxGetStreamPriorityRange(want_leastPriority ? &leastPriority : NULL, want_greatestPriority ? &greatestPriority : NULL);
         if (res == CUDA_SUCCESS) {
             fg_put(out, &leastPriority, sizeof(leastPriority));
             fg_put(out, &greatestPriority, sizeof(greatestPriority));
@@ -203,13 +223,15 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
     case FG_OP_cuDeviceCanAccessPeer: {
         int canAccessPeer;
         memset(&canAccessPeer, 0, sizeof(canAccessPeer));
+        uint8_t want_canAccessPeer = 0;
+        fg_get(r, &want_canAccessPeer, 1);
         CUdevice dev;
         fg_get(r, (void *)&dev, sizeof(dev));
         CUdevice peerDev;
         fg_get(r, (void *)&peerDev, sizeof(peerDev));
         if (r->failed) return FGS_PROTOCOL_ERROR;
         if (!S->api->cuDeviceCanAccessPeer) return fgs_missing(S, "cuDeviceCanAccessPeer");
-        CUresult res = S->api->cuDeviceCanAccessPeer(&canAccessPeer, dev, peerDev);
+        CUresult res = S->api->cuDeviceCanAccessPeer(want_canAccessPeer ? &canAccessPeer : NULL, dev, peerDev);
         if (res == CUDA_SUCCESS) {
             fg_put(out, &canAccessPeer, sizeof(canAccessPeer));
         }
@@ -218,13 +240,17 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
     case FG_OP_cuDeviceComputeCapability: {
         int major;
         memset(&major, 0, sizeof(major));
+        uint8_t want_major = 0;
+        fg_get(r, &want_major, 1);
         int minor;
         memset(&minor, 0, sizeof(minor));
+        uint8_t want_minor = 0;
+        fg_get(r, &want_minor, 1);
         CUdevice dev;
         fg_get(r, (void *)&dev, sizeof(dev));
         if (r->failed) return FGS_PROTOCOL_ERROR;
         if (!S->api->cuDeviceComputeCapability) return fgs_missing(S, "cuDeviceComputeCapability");
-        CUresult res = S->api->cuDeviceComputeCapability(&major, &minor, dev);
+        CUresult res = S->api->cuDeviceComputeCapability(want_major ? &major : NULL, want_minor ? &minor : NULL, dev);
         if (res == CUDA_SUCCESS) {
             fg_put(out, &major, sizeof(major));
             fg_put(out, &minor, sizeof(minor));
@@ -234,11 +260,13 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
     case FG_OP_cuDeviceGet: {
         CUdevice device;
         memset(&device, 0, sizeof(device));
+        uint8_t want_device = 0;
+        fg_get(r, &want_device, 1);
         int ordinal;
         fg_get(r, (void *)&ordinal, sizeof(ordinal));
         if (r->failed) return FGS_PROTOCOL_ERROR;
         if (!S->api->cuDeviceGet) return fgs_missing(S, "cuDeviceGet");
-        CUresult res = S->api->cuDeviceGet(&device, ordinal);
+        CUresult res = S->api->cuDeviceGet(want_device ? &device : NULL, ordinal);
         if (res == CUDA_SUCCESS) {
             fg_put(out, &device, sizeof(device));
         }
@@ -247,13 +275,15 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
     case FG_OP_cuDeviceGetAttribute: {
         int pi;
         memset(&pi, 0, sizeof(pi));
+        uint8_t want_pi = 0;
+        fg_get(r, &want_pi, 1);
         CUdevice_attribute attrib;
         fg_get(r, (void *)&attrib, sizeof(attrib));
         CUdevice dev;
         fg_get(r, (void *)&dev, sizeof(dev));
         if (r->failed) return FGS_PROTOCOL_ERROR;
         if (!S->api->cuDeviceGetAttribute) return fgs_missing(S, "cuDeviceGetAttribute");
-        CUresult res = S->api->cuDeviceGetAttribute(&pi, attrib, dev);
+        CUresult res = S->api->cuDeviceGetAttribute(want_pi ? &pi : NULL, attrib, dev);
         if (res == CUDA_SUCCESS) {
             fg_put(out, &pi, sizeof(pi));
         }
@@ -262,10 +292,12 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
     case FG_OP_cuDeviceGetByPCIBusId: {
         CUdevice dev;
         memset(&dev, 0, sizeof(dev));
+        uint8_t want_dev = 0;
+        fg_get(r, &want_dev, 1);
         const char *pciBusId = fgs_get_cstr(r);
         if (r->failed) return FGS_PROTOCOL_ERROR;
         if (!S->api->cuDeviceGetByPCIBusId) return fgs_missing(S, "cuDeviceGetByPCIBusId");
-        CUresult res = S->api->cuDeviceGetByPCIBusId(&dev, pciBusId);
+        CUresult res = S->api->cuDeviceGetByPCIBusId(want_dev ? &dev : NULL, pciBusId);
         if (res == CUDA_SUCCESS) {
             fg_put(out, &dev, sizeof(dev));
         }
@@ -274,9 +306,11 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
     case FG_OP_cuDeviceGetCount: {
         int count;
         memset(&count, 0, sizeof(count));
+        uint8_t want_count = 0;
+        fg_get(r, &want_count, 1);
         if (r->failed) return FGS_PROTOCOL_ERROR;
         if (!S->api->cuDeviceGetCount) return fgs_missing(S, "cuDeviceGetCount");
-        CUresult res = S->api->cuDeviceGetCount(&count);
+        CUresult res = S->api->cuDeviceGetCount(want_count ? &count : NULL);
         if (res == CUDA_SUCCESS) {
             fg_put(out, &count, sizeof(count));
         }
@@ -284,25 +318,29 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
     }
     case FG_OP_cuDeviceGetDefaultMemPool: {
         CUmemoryPool pool_out = NULL;
+        uint8_t want_pool_out = 0;
+        fg_get(r, &want_pool_out, 1);
         CUdevice dev;
         fg_get(r, (void *)&dev, sizeof(dev));
         if (r->failed) return FGS_PROTOCOL_ERROR;
         if (!S->api->cuDeviceGetDefaultMemPool) return fgs_missing(S, "cuDeviceGetDefaultMemPool");
-        CUresult res = S->api->cuDeviceGetDefaultMemPool(&pool_out, dev);
+        CUresult res = S->api->cuDeviceGetDefaultMemPool(want_pool_out ? &pool_out : NULL, dev);
         if (res == CUDA_SUCCESS) {
-            fg_put_u64(out, fgs_handle_add(S, 11, (void *)pool_out));
+            fg_put_u64(out, want_pool_out && pool_out ? fgs_handle_add(S, 11, (void *)pool_out) : 0);
         }
         return res;
     }
     case FG_OP_cuDeviceGetMemPool: {
         CUmemoryPool pool = NULL;
+        uint8_t want_pool = 0;
+        fg_get(r, &want_pool, 1);
         CUdevice dev;
         fg_get(r, (void *)&dev, sizeof(dev));
         if (r->failed) return FGS_PROTOCOL_ERROR;
         if (!S->api->cuDeviceGetMemPool) return fgs_missing(S, "cuDeviceGetMemPool");
-        CUresult res = S->api->cuDeviceGetMemPool(&pool, dev);
+        CUresult res = S->api->cuDeviceGetMemPool(want_pool ? &pool : NULL, dev);
         if (res == CUDA_SUCCESS) {
-            fg_put_u64(out, fgs_handle_add(S, 11, (void *)pool));
+            fg_put_u64(out, want_pool && pool ? fgs_handle_add(S, 11, (void *)pool) : 0);
         }
         return res;
     }
@@ -325,6 +363,8 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
     case FG_OP_cuDeviceGetP2PAttribute: {
         int value;
         memset(&value, 0, sizeof(value));
+        uint8_t want_value = 0;
+        fg_get(r, &want_value, 1);
         CUdevice_P2PAttribute attrib;
         fg_get(r, (void *)&attrib, sizeof(attrib));
         CUdevice srcDevice;
@@ -333,7 +373,7 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         fg_get(r, (void *)&dstDevice, sizeof(dstDevice));
         if (r->failed) return FGS_PROTOCOL_ERROR;
         if (!S->api->cuDeviceGetP2PAttribute) return fgs_missing(S, "cuDeviceGetP2PAttribute");
-        CUresult res = S->api->cuDeviceGetP2PAttribute(&value, attrib, srcDevice, dstDevice);
+        CUresult res = S->api->cuDeviceGetP2PAttribute(want_value ? &value : NULL, attrib, srcDevice, dstDevice);
         if (res == CUDA_SUCCESS) {
             fg_put(out, &value, sizeof(value));
         }
@@ -358,6 +398,8 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
     case FG_OP_cuDeviceGetTexture1DLinearMaxWidth: {
         size_t maxWidthInElements;
         memset(&maxWidthInElements, 0, sizeof(maxWidthInElements));
+        uint8_t want_maxWidthInElements = 0;
+        fg_get(r, &want_maxWidthInElements, 1);
         CUarray_format format;
         fg_get(r, (void *)&format, sizeof(format));
         unsigned int numChannels;
@@ -366,7 +408,7 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         fg_get(r, (void *)&dev, sizeof(dev));
         if (r->failed) return FGS_PROTOCOL_ERROR;
         if (!S->api->cuDeviceGetTexture1DLinearMaxWidth) return fgs_missing(S, "cuDeviceGetTexture1DLinearMaxWidth");
-        CUresult res = S->api->cuDeviceGetTexture1DLinearMaxWidth(&maxWidthInElements, format, numChannels, dev);
+        CUresult res = S->api->cuDeviceGetTexture1DLinearMaxWidth(want_maxWidthInElements ? &maxWidthInElements : NULL, format, numChannels, dev);
         if (res == CUDA_SUCCESS) {
             fg_put(out, &maxWidthInElements, sizeof(maxWidthInElements));
         }
@@ -375,11 +417,13 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
     case FG_OP_cuDeviceGetUuid_v2: {
         CUuuid uuid;
         memset(&uuid, 0, sizeof(uuid));
+        uint8_t want_uuid = 0;
+        fg_get(r, &want_uuid, 1);
         CUdevice dev;
         fg_get(r, (void *)&dev, sizeof(dev));
         if (r->failed) return FGS_PROTOCOL_ERROR;
         if (!S->api->cuDeviceGetUuid_v2) return fgs_missing(S, "cuDeviceGetUuid_v2");
-        CUresult res = S->api->cuDeviceGetUuid_v2(&uuid, dev);
+        CUresult res = S->api->cuDeviceGetUuid_v2(want_uuid ? &uuid : NULL, dev);
         if (res == CUDA_SUCCESS) {
             fg_put(out, &uuid, sizeof(uuid));
         }
@@ -390,11 +434,15 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         fg_get(r, (void *)&dev, sizeof(dev));
         unsigned int flags;
         memset(&flags, 0, sizeof(flags));
+        uint8_t want_flags = 0;
+        fg_get(r, &want_flags, 1);
         int active;
         memset(&active, 0, sizeof(active));
+        uint8_t want_active = 0;
+        fg_get(r, &want_active, 1);
         if (r->failed) return FGS_PROTOCOL_ERROR;
         if (!S->api->cuDevicePrimaryCtxGetState) return fgs_missing(S, "cuDevicePrimaryCtxGetState");
-        CUresult res = S->api->cuDevicePrimaryCtxGetState(dev, &flags, &active);
+        CUresult res = S->api->cuDevicePrimaryCtxGetState(dev, want_flags ? &flags : NULL, want_active ? &active : NULL);
         if (res == CUDA_SUCCESS) {
             fg_put(out, &flags, sizeof(flags));
             fg_put(out, &active, sizeof(active));
@@ -419,13 +467,15 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
     }
     case FG_OP_cuDevicePrimaryCtxRetain: {
         CUcontext pctx = NULL;
+        uint8_t want_pctx = 0;
+        fg_get(r, &want_pctx, 1);
         CUdevice dev;
         fg_get(r, (void *)&dev, sizeof(dev));
         if (r->failed) return FGS_PROTOCOL_ERROR;
         if (!S->api->cuDevicePrimaryCtxRetain) return fgs_missing(S, "cuDevicePrimaryCtxRetain");
-        CUresult res = S->api->cuDevicePrimaryCtxRetain(&pctx, dev);
+        CUresult res = S->api->cuDevicePrimaryCtxRetain(want_pctx ? &pctx : NULL, dev);
         if (res == CUDA_SUCCESS) {
-            fg_put_u64(out, fgs_handle_add(S, 1, (void *)pctx));
+            fg_put_u64(out, want_pctx && pctx ? fgs_handle_add(S, 1, (void *)pctx) : 0);
         }
         return res;
     }
@@ -453,11 +503,13 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
     case FG_OP_cuDeviceTotalMem_v2: {
         size_t bytes;
         memset(&bytes, 0, sizeof(bytes));
+        uint8_t want_bytes = 0;
+        fg_get(r, &want_bytes, 1);
         CUdevice dev;
         fg_get(r, (void *)&dev, sizeof(dev));
         if (r->failed) return FGS_PROTOCOL_ERROR;
         if (!S->api->cuDeviceTotalMem_v2) return fgs_missing(S, "cuDeviceTotalMem_v2");
-        CUresult res = S->api->cuDeviceTotalMem_v2(&bytes, dev);
+        CUresult res = S->api->cuDeviceTotalMem_v2(want_bytes ? &bytes : NULL, dev);
         if (res == CUDA_SUCCESS) {
             fg_put(out, &bytes, sizeof(bytes));
         }
@@ -465,13 +517,15 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
     }
     case FG_OP_cuEventCreate: {
         CUevent phEvent = NULL;
+        uint8_t want_phEvent = 0;
+        fg_get(r, &want_phEvent, 1);
         unsigned int Flags;
         fg_get(r, (void *)&Flags, sizeof(Flags));
         if (r->failed) return FGS_PROTOCOL_ERROR;
         if (!S->api->cuEventCreate) return fgs_missing(S, "cuEventCreate");
-        CUresult res = S->api->cuEventCreate(&phEvent, Flags);
+        CUresult res = S->api->cuEventCreate(want_phEvent ? &phEvent : NULL, Flags);
         if (res == CUDA_SUCCESS) {
-            fg_put_u64(out, fgs_handle_add(S, 3, (void *)phEvent));
+            fg_put_u64(out, want_phEvent && phEvent ? fgs_handle_add(S, 3, (void *)phEvent) : 0);
         }
         return res;
     }
@@ -488,6 +542,8 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
     case FG_OP_cuEventElapsedTime_v2: {
         float pMilliseconds;
         memset(&pMilliseconds, 0, sizeof(pMilliseconds));
+        uint8_t want_pMilliseconds = 0;
+        fg_get(r, &want_pMilliseconds, 1);
         uint64_t id_hStart = fg_get_u64(r);
         CUevent hStart = NULL;
         if (!r->failed && fgs_handle_get(S, 3, id_hStart, (void **)&hStart)) return CUDA_ERROR_INVALID_HANDLE;
@@ -496,7 +552,7 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         if (!r->failed && fgs_handle_get(S, 3, id_hEnd, (void **)&hEnd)) return CUDA_ERROR_INVALID_HANDLE;
         if (r->failed) return FGS_PROTOCOL_ERROR;
         if (!S->api->cuEventElapsedTime_v2) return fgs_missing(S, "cuEventElapsedTime_v2");
-        CUresult res = S->api->cuEventElapsedTime_v2(&pMilliseconds, hStart, hEnd);
+        CUresult res = S->api->cuEventElapsedTime_v2(want_pMilliseconds ? &pMilliseconds : NULL, hStart, hEnd);
         if (res == CUDA_SUCCESS) {
             fg_put(out, &pMilliseconds, sizeof(pMilliseconds));
         }
@@ -549,6 +605,8 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
     case FG_OP_cuFuncGetAttribute: {
         int pi;
         memset(&pi, 0, sizeof(pi));
+        uint8_t want_pi = 0;
+        fg_get(r, &want_pi, 1);
         CUfunction_attribute attrib;
         fg_get(r, (void *)&attrib, sizeof(attrib));
         uint64_t id_hfunc = fg_get_u64(r);
@@ -556,7 +614,7 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         if (!r->failed && fgs_handle_get(S, 5, id_hfunc, (void **)&hfunc)) return CUDA_ERROR_INVALID_HANDLE;
         if (r->failed) return FGS_PROTOCOL_ERROR;
         if (!S->api->cuFuncGetAttribute) return fgs_missing(S, "cuFuncGetAttribute");
-        CUresult res = S->api->cuFuncGetAttribute(&pi, attrib, hfunc);
+        CUresult res = S->api->cuFuncGetAttribute(want_pi ? &pi : NULL, attrib, hfunc);
         if (res == CUDA_SUCCESS) {
             fg_put(out, &pi, sizeof(pi));
         }
@@ -564,26 +622,30 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
     }
     case FG_OP_cuFuncGetModule: {
         CUmodule hmod = NULL;
+        uint8_t want_hmod = 0;
+        fg_get(r, &want_hmod, 1);
         uint64_t id_hfunc = fg_get_u64(r);
         CUfunction hfunc = NULL;
         if (!r->failed && fgs_handle_get(S, 5, id_hfunc, (void **)&hfunc)) return CUDA_ERROR_INVALID_HANDLE;
         if (r->failed) return FGS_PROTOCOL_ERROR;
         if (!S->api->cuFuncGetModule) return fgs_missing(S, "cuFuncGetModule");
-        CUresult res = S->api->cuFuncGetModule(&hmod, hfunc);
+        CUresult res = S->api->cuFuncGetModule(want_hmod ? &hmod : NULL, hfunc);
         if (res == CUDA_SUCCESS) {
-            fg_put_u64(out, fgs_handle_add(S, 4, (void *)hmod));
+            fg_put_u64(out, want_hmod && hmod ? fgs_handle_add(S, 4, (void *)hmod) : 0);
         }
         return res;
     }
     case FG_OP_cuFuncIsLoaded: {
         CUfunctionLoadingState state;
         memset(&state, 0, sizeof(state));
+        uint8_t want_state = 0;
+        fg_get(r, &want_state, 1);
         uint64_t id_function = fg_get_u64(r);
         CUfunction function = NULL;
         if (!r->failed && fgs_handle_get(S, 5, id_function, (void **)&function)) return CUDA_ERROR_INVALID_HANDLE;
         if (r->failed) return FGS_PROTOCOL_ERROR;
         if (!S->api->cuFuncIsLoaded) return fgs_missing(S, "cuFuncIsLoaded");
-        CUresult res = S->api->cuFuncIsLoaded(&state, function);
+        CUresult res = S->api->cuFuncIsLoaded(want_state ? &state : NULL, function);
         if (res == CUDA_SUCCESS) {
             fg_put(out, &state, sizeof(state));
         }
@@ -635,13 +697,15 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
     }
     case FG_OP_cuGraphCreate: {
         CUgraph phGraph = NULL;
+        uint8_t want_phGraph = 0;
+        fg_get(r, &want_phGraph, 1);
         unsigned int flags;
         fg_get(r, (void *)&flags, sizeof(flags));
         if (r->failed) return FGS_PROTOCOL_ERROR;
         if (!S->api->cuGraphCreate) return fgs_missing(S, "cuGraphCreate");
-        CUresult res = S->api->cuGraphCreate(&phGraph, flags);
+        CUresult res = S->api->cuGraphCreate(want_phGraph ? &phGraph : NULL, flags);
         if (res == CUDA_SUCCESS) {
-            fg_put_u64(out, fgs_handle_add(S, 8, (void *)phGraph));
+            fg_put_u64(out, want_phGraph && phGraph ? fgs_handle_add(S, 8, (void *)phGraph) : 0);
         }
         return res;
     }
@@ -667,6 +731,8 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
     }
     case FG_OP_cuGraphInstantiateWithFlags: {
         CUgraphExec phGraphExec = NULL;
+        uint8_t want_phGraphExec = 0;
+        fg_get(r, &want_phGraphExec, 1);
         uint64_t id_hGraph = fg_get_u64(r);
         CUgraph hGraph = NULL;
         if (!r->failed && fgs_handle_get(S, 8, id_hGraph, (void **)&hGraph)) return CUDA_ERROR_INVALID_HANDLE;
@@ -674,9 +740,9 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         fg_get(r, (void *)&flags, sizeof(flags));
         if (r->failed) return FGS_PROTOCOL_ERROR;
         if (!S->api->cuGraphInstantiateWithFlags) return fgs_missing(S, "cuGraphInstantiateWithFlags");
-        CUresult res = S->api->cuGraphInstantiateWithFlags(&phGraphExec, hGraph, flags);
+        CUresult res = S->api->cuGraphInstantiateWithFlags(want_phGraphExec ? &phGraphExec : NULL, hGraph, flags);
         if (res == CUDA_SUCCESS) {
-            fg_put_u64(out, fgs_handle_add(S, 9, (void *)phGraphExec));
+            fg_put_u64(out, want_phGraphExec && phGraphExec ? fgs_handle_add(S, 9, (void *)phGraphExec) : 0);
         }
         return res;
     }
@@ -707,6 +773,8 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
     case FG_OP_cuKernelGetAttribute: {
         int pi;
         memset(&pi, 0, sizeof(pi));
+        uint8_t want_pi = 0;
+        fg_get(r, &want_pi, 1);
         CUfunction_attribute attrib;
         fg_get(r, (void *)&attrib, sizeof(attrib));
         uint64_t id_kernel = fg_get_u64(r);
@@ -716,7 +784,7 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         fg_get(r, (void *)&dev, sizeof(dev));
         if (r->failed) return FGS_PROTOCOL_ERROR;
         if (!S->api->cuKernelGetAttribute) return fgs_missing(S, "cuKernelGetAttribute");
-        CUresult res = S->api->cuKernelGetAttribute(&pi, attrib, kernel, dev);
+        CUresult res = S->api->cuKernelGetAttribute(want_pi ? &pi : NULL, attrib, kernel, dev);
         if (res == CUDA_SUCCESS) {
             fg_put(out, &pi, sizeof(pi));
         }
@@ -725,14 +793,16 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
     case FG_OP_cuKernelGetFunction: return fgs_cuKernelGetFunction(S, r, out);
     case FG_OP_cuKernelGetLibrary: {
         CUlibrary pLib = NULL;
+        uint8_t want_pLib = 0;
+        fg_get(r, &want_pLib, 1);
         uint64_t id_kernel = fg_get_u64(r);
         CUkernel kernel = NULL;
         if (!r->failed && fgs_handle_get(S, 7, id_kernel, (void **)&kernel)) return CUDA_ERROR_INVALID_HANDLE;
         if (r->failed) return FGS_PROTOCOL_ERROR;
         if (!S->api->cuKernelGetLibrary) return fgs_missing(S, "cuKernelGetLibrary");
-        CUresult res = S->api->cuKernelGetLibrary(&pLib, kernel);
+        CUresult res = S->api->cuKernelGetLibrary(want_pLib ? &pLib : NULL, kernel);
         if (res == CUDA_SUCCESS) {
-            fg_put_u64(out, fgs_handle_add(S, 6, (void *)pLib));
+            fg_put_u64(out, want_pLib && pLib ? fgs_handle_add(S, 6, (void *)pLib) : 0);
         }
         return res;
     }
@@ -769,15 +839,19 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
     case FG_OP_cuLibraryGetGlobal: {
         CUdeviceptr dptr;
         memset(&dptr, 0, sizeof(dptr));
+        uint8_t want_dptr = 0;
+        fg_get(r, &want_dptr, 1);
         size_t bytes;
         memset(&bytes, 0, sizeof(bytes));
+        uint8_t want_bytes = 0;
+        fg_get(r, &want_bytes, 1);
         uint64_t id_library = fg_get_u64(r);
         CUlibrary library = NULL;
         if (!r->failed && fgs_handle_get(S, 6, id_library, (void **)&library)) return CUDA_ERROR_INVALID_HANDLE;
         const char *name = fgs_get_cstr(r);
         if (r->failed) return FGS_PROTOCOL_ERROR;
         if (!S->api->cuLibraryGetGlobal) return fgs_missing(S, "cuLibraryGetGlobal");
-        CUresult res = S->api->cuLibraryGetGlobal(&dptr, &bytes, library, name);
+        CUresult res = S->api->cuLibraryGetGlobal(want_dptr ? &dptr : NULL, want_bytes ? &bytes : NULL, library, name);
         if (res == CUDA_SUCCESS) {
             fg_put(out, &dptr, sizeof(dptr));
             fg_put(out, &bytes, sizeof(bytes));
@@ -788,12 +862,14 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
     case FG_OP_cuLibraryGetKernelCount: {
         unsigned int count;
         memset(&count, 0, sizeof(count));
+        uint8_t want_count = 0;
+        fg_get(r, &want_count, 1);
         uint64_t id_lib = fg_get_u64(r);
         CUlibrary lib = NULL;
         if (!r->failed && fgs_handle_get(S, 6, id_lib, (void **)&lib)) return CUDA_ERROR_INVALID_HANDLE;
         if (r->failed) return FGS_PROTOCOL_ERROR;
         if (!S->api->cuLibraryGetKernelCount) return fgs_missing(S, "cuLibraryGetKernelCount");
-        CUresult res = S->api->cuLibraryGetKernelCount(&count, lib);
+        CUresult res = S->api->cuLibraryGetKernelCount(want_count ? &count : NULL, lib);
         if (res == CUDA_SUCCESS) {
             fg_put(out, &count, sizeof(count));
         }
@@ -801,14 +877,16 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
     }
     case FG_OP_cuLibraryGetModule: {
         CUmodule pMod = NULL;
+        uint8_t want_pMod = 0;
+        fg_get(r, &want_pMod, 1);
         uint64_t id_library = fg_get_u64(r);
         CUlibrary library = NULL;
         if (!r->failed && fgs_handle_get(S, 6, id_library, (void **)&library)) return CUDA_ERROR_INVALID_HANDLE;
         if (r->failed) return FGS_PROTOCOL_ERROR;
         if (!S->api->cuLibraryGetModule) return fgs_missing(S, "cuLibraryGetModule");
-        CUresult res = S->api->cuLibraryGetModule(&pMod, library);
+        CUresult res = S->api->cuLibraryGetModule(want_pMod ? &pMod : NULL, library);
         if (res == CUDA_SUCCESS) {
-            fg_put_u64(out, fgs_handle_add(S, 4, (void *)pMod));
+            fg_put_u64(out, want_pMod && pMod ? fgs_handle_add(S, 4, (void *)pMod) : 0);
         }
         return res;
     }
@@ -1036,12 +1114,14 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
     case FG_OP_cuModuleGetFunctionCount: {
         unsigned int count;
         memset(&count, 0, sizeof(count));
+        uint8_t want_count = 0;
+        fg_get(r, &want_count, 1);
         uint64_t id_mod = fg_get_u64(r);
         CUmodule mod = NULL;
         if (!r->failed && fgs_handle_get(S, 4, id_mod, (void **)&mod)) return CUDA_ERROR_INVALID_HANDLE;
         if (r->failed) return FGS_PROTOCOL_ERROR;
         if (!S->api->cuModuleGetFunctionCount) return fgs_missing(S, "cuModuleGetFunctionCount");
-        CUresult res = S->api->cuModuleGetFunctionCount(&count, mod);
+        CUresult res = S->api->cuModuleGetFunctionCount(want_count ? &count : NULL, mod);
         if (res == CUDA_SUCCESS) {
             fg_put(out, &count, sizeof(count));
         }
@@ -1050,15 +1130,19 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
     case FG_OP_cuModuleGetGlobal_v2: {
         CUdeviceptr dptr;
         memset(&dptr, 0, sizeof(dptr));
+        uint8_t want_dptr = 0;
+        fg_get(r, &want_dptr, 1);
         size_t bytes;
         memset(&bytes, 0, sizeof(bytes));
+        uint8_t want_bytes = 0;
+        fg_get(r, &want_bytes, 1);
         uint64_t id_hmod = fg_get_u64(r);
         CUmodule hmod = NULL;
         if (!r->failed && fgs_handle_get(S, 4, id_hmod, (void **)&hmod)) return CUDA_ERROR_INVALID_HANDLE;
         const char *name = fgs_get_cstr(r);
         if (r->failed) return FGS_PROTOCOL_ERROR;
         if (!S->api->cuModuleGetGlobal_v2) return fgs_missing(S, "cuModuleGetGlobal_v2");
-        CUresult res = S->api->cuModuleGetGlobal_v2(&dptr, &bytes, hmod, name);
+        CUresult res = S->api->cuModuleGetGlobal_v2(want_dptr ? &dptr : NULL, want_bytes ? &bytes : NULL, hmod, name);
         if (res == CUDA_SUCCESS) {
             fg_put(out, &dptr, sizeof(dptr));
             fg_put(out, &bytes, sizeof(bytes));
@@ -1068,9 +1152,11 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
     case FG_OP_cuModuleGetLoadingMode: {
         CUmoduleLoadingMode mode;
         memset(&mode, 0, sizeof(mode));
+        uint8_t want_mode = 0;
+        fg_get(r, &want_mode, 1);
         if (r->failed) return FGS_PROTOCOL_ERROR;
         if (!S->api->cuModuleGetLoadingMode) return fgs_missing(S, "cuModuleGetLoadingMode");
-        CUresult res = S->api->cuModuleGetLoadingMode(&mode);
+        CUresult res = S->api->cuModuleGetLoadingMode(want_mode ? &mode : NULL);
         if (res == CUDA_SUCCESS) {
             fg_put(out, &mode, sizeof(mode));
         }
@@ -1091,6 +1177,8 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
     case FG_OP_cuOccupancyAvailableDynamicSMemPerBlock: {
         size_t dynamicSmemSize;
         memset(&dynamicSmemSize, 0, sizeof(dynamicSmemSize));
+        uint8_t want_dynamicSmemSize = 0;
+        fg_get(r, &want_dynamicSmemSize, 1);
         uint64_t id_func = fg_get_u64(r);
         CUfunction func = NULL;
         if (!r->failed && fgs_handle_get(S, 5, id_func, (void **)&func)) return CUDA_ERROR_INVALID_HANDLE;
@@ -1100,7 +1188,7 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         fg_get(r, (void *)&blockSize, sizeof(blockSize));
         if (r->failed) return FGS_PROTOCOL_ERROR;
         if (!S->api->cuOccupancyAvailableDynamicSMemPerBlock) return fgs_missing(S, "cuOccupancyAvailableDynamicSMemPerBlock");
-        CUresult res = S->api->cuOccupancyAvailableDynamicSMemPerBlock(&dynamicSmemSize, func, numBlocks, blockSize);
+        CUresult res = S->api->cuOccupancyAvailableDynamicSMemPerBlock(want_dynamicSmemSize ? &dynamicSmemSize : NULL, func, numBlocks, blockSize);
         if (res == CUDA_SUCCESS) {
             fg_put(out, &dynamicSmemSize, sizeof(dynamicSmemSize));
         }
@@ -1109,6 +1197,8 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
     case FG_OP_cuOccupancyMaxActiveBlocksPerMultiprocessor: {
         int numBlocks;
         memset(&numBlocks, 0, sizeof(numBlocks));
+        uint8_t want_numBlocks = 0;
+        fg_get(r, &want_numBlocks, 1);
         uint64_t id_func = fg_get_u64(r);
         CUfunction func = NULL;
         if (!r->failed && fgs_handle_get(S, 5, id_func, (void **)&func)) return CUDA_ERROR_INVALID_HANDLE;
@@ -1118,7 +1208,7 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         fg_get(r, (void *)&dynamicSMemSize, sizeof(dynamicSMemSize));
         if (r->failed) return FGS_PROTOCOL_ERROR;
         if (!S->api->cuOccupancyMaxActiveBlocksPerMultiprocessor) return fgs_missing(S, "cuOccupancyMaxActiveBlocksPerMultiprocessor");
-        CUresult res = S->api->cuOccupancyMaxActiveBlocksPerMultiprocessor(&numBlocks, func, blockSize, dynamicSMemSize);
+        CUresult res = S->api->cuOccupancyMaxActiveBlocksPerMultiprocessor(want_numBlocks ? &numBlocks : NULL, func, blockSize, dynamicSMemSize);
         if (res == CUDA_SUCCESS) {
             fg_put(out, &numBlocks, sizeof(numBlocks));
         }
@@ -1127,6 +1217,8 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
     case FG_OP_cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags: {
         int numBlocks;
         memset(&numBlocks, 0, sizeof(numBlocks));
+        uint8_t want_numBlocks = 0;
+        fg_get(r, &want_numBlocks, 1);
         uint64_t id_func = fg_get_u64(r);
         CUfunction func = NULL;
         if (!r->failed && fgs_handle_get(S, 5, id_func, (void **)&func)) return CUDA_ERROR_INVALID_HANDLE;
@@ -1138,7 +1230,7 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         fg_get(r, (void *)&flags, sizeof(flags));
         if (r->failed) return FGS_PROTOCOL_ERROR;
         if (!S->api->cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags) return fgs_missing(S, "cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags");
-        CUresult res = S->api->cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags(&numBlocks, func, blockSize, dynamicSMemSize, flags);
+        CUresult res = S->api->cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags(want_numBlocks ? &numBlocks : NULL, func, blockSize, dynamicSMemSize, flags);
         if (res == CUDA_SUCCESS) {
             fg_put(out, &numBlocks, sizeof(numBlocks));
         }
@@ -1171,27 +1263,31 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
     }
     case FG_OP_cuStreamCreate: {
         CUstream phStream = NULL;
+        uint8_t want_phStream = 0;
+        fg_get(r, &want_phStream, 1);
         unsigned int Flags;
         fg_get(r, (void *)&Flags, sizeof(Flags));
         if (r->failed) return FGS_PROTOCOL_ERROR;
         if (!S->api->cuStreamCreate) return fgs_missing(S, "cuStreamCreate");
-        CUresult res = S->api->cuStreamCreate(&phStream, Flags);
+        CUresult res = S->api->cuStreamCreate(want_phStream ? &phStream : NULL, Flags);
         if (res == CUDA_SUCCESS) {
-            fg_put_u64(out, fgs_handle_add(S, 2, (void *)phStream));
+            fg_put_u64(out, want_phStream && phStream ? fgs_handle_add(S, 2, (void *)phStream) : 0);
         }
         return res;
     }
     case FG_OP_cuStreamCreateWithPriority: {
         CUstream phStream = NULL;
+        uint8_t want_phStream = 0;
+        fg_get(r, &want_phStream, 1);
         unsigned int flags;
         fg_get(r, (void *)&flags, sizeof(flags));
         int priority;
         fg_get(r, (void *)&priority, sizeof(priority));
         if (r->failed) return FGS_PROTOCOL_ERROR;
         if (!S->api->cuStreamCreateWithPriority) return fgs_missing(S, "cuStreamCreateWithPriority");
-        CUresult res = S->api->cuStreamCreateWithPriority(&phStream, flags, priority);
+        CUresult res = S->api->cuStreamCreateWithPriority(want_phStream ? &phStream : NULL, flags, priority);
         if (res == CUDA_SUCCESS) {
-            fg_put_u64(out, fgs_handle_add(S, 2, (void *)phStream));
+            fg_put_u64(out, want_phStream && phStream ? fgs_handle_add(S, 2, (void *)phStream) : 0);
         }
         return res;
     }
@@ -1210,11 +1306,13 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         CUstream hStream = NULL;
         if (!r->failed && fgs_handle_get(S, 2, id_hStream, (void **)&hStream)) return CUDA_ERROR_INVALID_HANDLE;
         CUgraph phGraph = NULL;
+        uint8_t want_phGraph = 0;
+        fg_get(r, &want_phGraph, 1);
         if (r->failed) return FGS_PROTOCOL_ERROR;
         if (!S->api->cuStreamEndCapture) return fgs_missing(S, "cuStreamEndCapture");
-        CUresult res = S->api->cuStreamEndCapture(hStream, &phGraph);
+        CUresult res = S->api->cuStreamEndCapture(hStream, want_phGraph ? &phGraph : NULL);
         if (res == CUDA_SUCCESS) {
-            fg_put_u64(out, fgs_handle_add(S, 8, (void *)phGraph));
+            fg_put_u64(out, want_phGraph && phGraph ? fgs_handle_add(S, 8, (void *)phGraph) : 0);
         }
         return res;
     }
@@ -1226,9 +1324,11 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         fg_get(r, (void *)&attr, sizeof(attr));
         CUstreamAttrValue value;
         memset(&value, 0, sizeof(value));
+        uint8_t want_value = 0;
+        fg_get(r, &want_value, 1);
         if (r->failed) return FGS_PROTOCOL_ERROR;
         if (!S->api->cuStreamGetAttribute) return fgs_missing(S, "cuStreamGetAttribute");
-        CUresult res = S->api->cuStreamGetAttribute(hStream, attr, &value);
+        CUresult res = S->api->cuStreamGetAttribute(hStream, attr, want_value ? &value : NULL);
         if (res == CUDA_SUCCESS) {
             fg_put(out, &value, sizeof(value));
         }
@@ -1240,11 +1340,13 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         CUstream hStream = NULL;
         if (!r->failed && fgs_handle_get(S, 2, id_hStream, (void **)&hStream)) return CUDA_ERROR_INVALID_HANDLE;
         CUcontext pctx = NULL;
+        uint8_t want_pctx = 0;
+        fg_get(r, &want_pctx, 1);
         if (r->failed) return FGS_PROTOCOL_ERROR;
         if (!S->api->cuStreamGetCtx) return fgs_missing(S, "cuStreamGetCtx");
-        CUresult res = S->api->cuStreamGetCtx(hStream, &pctx);
+        CUresult res = S->api->cuStreamGetCtx(hStream, want_pctx ? &pctx : NULL);
         if (res == CUDA_SUCCESS) {
-            fg_put_u64(out, fgs_handle_add(S, 1, (void *)pctx));
+            fg_put_u64(out, want_pctx && pctx ? fgs_handle_add(S, 1, (void *)pctx) : 0);
         }
         return res;
     }
@@ -1254,9 +1356,11 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         if (!r->failed && fgs_handle_get(S, 2, id_hStream, (void **)&hStream)) return CUDA_ERROR_INVALID_HANDLE;
         CUdevice device;
         memset(&device, 0, sizeof(device));
+        uint8_t want_device = 0;
+        fg_get(r, &want_device, 1);
         if (r->failed) return FGS_PROTOCOL_ERROR;
         if (!S->api->cuStreamGetDevice) return fgs_missing(S, "cuStreamGetDevice");
-        CUresult res = S->api->cuStreamGetDevice(hStream, &device);
+        CUresult res = S->api->cuStreamGetDevice(hStream, want_device ? &device : NULL);
         if (res == CUDA_SUCCESS) {
             fg_put(out, &device, sizeof(device));
         }
@@ -1268,9 +1372,11 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         if (!r->failed && fgs_handle_get(S, 2, id_hStream, (void **)&hStream)) return CUDA_ERROR_INVALID_HANDLE;
         unsigned int flags;
         memset(&flags, 0, sizeof(flags));
+        uint8_t want_flags = 0;
+        fg_get(r, &want_flags, 1);
         if (r->failed) return FGS_PROTOCOL_ERROR;
         if (!S->api->cuStreamGetFlags) return fgs_missing(S, "cuStreamGetFlags");
-        CUresult res = S->api->cuStreamGetFlags(hStream, &flags);
+        CUresult res = S->api->cuStreamGetFlags(hStream, want_flags ? &flags : NULL);
         if (res == CUDA_SUCCESS) {
             fg_put(out, &flags, sizeof(flags));
         }
@@ -1282,9 +1388,11 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         if (!r->failed && fgs_handle_get(S, 2, id_hStream, (void **)&hStream)) return CUDA_ERROR_INVALID_HANDLE;
         unsigned long long streamId;
         memset(&streamId, 0, sizeof(streamId));
+        uint8_t want_streamId = 0;
+        fg_get(r, &want_streamId, 1);
         if (r->failed) return FGS_PROTOCOL_ERROR;
         if (!S->api->cuStreamGetId) return fgs_missing(S, "cuStreamGetId");
-        CUresult res = S->api->cuStreamGetId(hStream, &streamId);
+        CUresult res = S->api->cuStreamGetId(hStream, want_streamId ? &streamId : NULL);
         if (res == CUDA_SUCCESS) {
             fg_put(out, &streamId, sizeof(streamId));
         }
@@ -1296,9 +1404,11 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         if (!r->failed && fgs_handle_get(S, 2, id_hStream, (void **)&hStream)) return CUDA_ERROR_INVALID_HANDLE;
         int priority;
         memset(&priority, 0, sizeof(priority));
+        uint8_t want_priority = 0;
+        fg_get(r, &want_priority, 1);
         if (r->failed) return FGS_PROTOCOL_ERROR;
         if (!S->api->cuStreamGetPriority) return fgs_missing(S, "cuStreamGetPriority");
-        CUresult res = S->api->cuStreamGetPriority(hStream, &priority);
+        CUresult res = S->api->cuStreamGetPriority(hStream, want_priority ? &priority : NULL);
         if (res == CUDA_SUCCESS) {
             fg_put(out, &priority, sizeof(priority));
         }
@@ -1310,9 +1420,11 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         if (!r->failed && fgs_handle_get(S, 2, id_hStream, (void **)&hStream)) return CUDA_ERROR_INVALID_HANDLE;
         CUstreamCaptureStatus captureStatus;
         memset(&captureStatus, 0, sizeof(captureStatus));
+        uint8_t want_captureStatus = 0;
+        fg_get(r, &want_captureStatus, 1);
         if (r->failed) return FGS_PROTOCOL_ERROR;
         if (!S->api->cuStreamIsCapturing) return fgs_missing(S, "cuStreamIsCapturing");
-        CUresult res = S->api->cuStreamIsCapturing(hStream, &captureStatus);
+        CUresult res = S->api->cuStreamIsCapturing(hStream, want_captureStatus ? &captureStatus : NULL);
         if (res == CUDA_SUCCESS) {
             fg_put(out, &captureStatus, sizeof(captureStatus));
         }

@@ -13,9 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from e2e_helpers import REPO, NodeServer, run_client, start_server, stop_server
 from cuda_ctypes import PRELUDE
+from e2e_helpers import REPO, NodeServer, run_client, start_server, stop_server
 
 PTX = REPO / "fargpu" / "generated" / "test_kernels.ptx"
 

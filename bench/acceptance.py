@@ -1,0 +1,489 @@
+"""The acceptance suite for "unmodified CUDA applications on fargpu", run on the GPU host: builds every program in
+tests/acceptance/cuda/ twice (-cudart static and -cudart shared), runs each program and each PyTorch script in
+tests/acceptance/torch/ natively and through fargpu (the stub as libcuda.so.1), compares the outputs (exactly,
+or value by value within the tolerance the program states), checks each remote client's proof file (the real
+driver never mapped, no /dev/nvidia* descriptor), and writes OUT/acceptance.json plus every log under OUT/logs/.
+
+Output contract (tests/acceptance/cuda/acceptance.h says the same for C): ordinary stdout lines must be equal;
+a line holding a JSON object with "values" is compared value by value, exactly unless its "tolerance" names
+the value ({"rtol": r, "atol": a} for numbers and lists of numbers, {"max_mismatches": n} for lists); a JSON
+line with "throughput" ({name: number}) is a measurement, reported with the remote/native ratio.
+
+Usage (a node server must already serve the GPU at --server):
+  python3 bench/acceptance.py --out OUT --stub-dir BUILD/stub --server 127.0.0.1:7311 --token T \
+      --python /opt/torch/.venv/bin/python [--only PATTERN] [--skip-torch] [--quick]
+Exit status 0 when every selected case passed, 1 otherwise."""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import dataclasses
+import datetime
+import difflib
+import fnmatch
+import json
+import math
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+CUDA_DIR = REPO / "tests" / "acceptance" / "cuda"
+TORCH_DIR = REPO / "tests" / "acceptance" / "torch"
+CUDART_MODES = ("static", "shared")
+GENCODE = ["-gencode", "arch=compute_90,code=sm_90", "-gencode", "arch=compute_90,code=compute_90"]
+# Driver components only the real libcuda loads: mapping one means part of the real driver ran in the client.
+DRIVER_PRIVATE_LIBS = ("libnvidia-ptxjitcompiler", "libnvidia-gpucomp", "libnvidia-nvvm", "libnvidia-opencl")
+HEAD_LINES = 15
+META_RE = re.compile(r"^\s*(?://|#)\s*acceptance:\s*(\w+)\s*=\s*(.*?)\s*$")
+
+Json = dict[str, Any]
+
+
+# ---------------------------------------------------------------------------------------------------- cases
+
+
+@dataclasses.dataclass
+class Case:
+    """One native-vs-remote comparison: a built program in one cudart mode with one argument set, or a script."""
+
+    name: str
+    kind: str  # "nvcc" or "torch"
+    cudart: str  # "static", "shared", or "torch" (PyTorch's own shared libcudart)
+    source: Path
+    argv: list[str]
+    timeout_s: float
+    binary: Path | None = None
+    build_error: str = ""
+
+
+def read_meta(source: Path) -> dict[str, str]:
+    """`// acceptance: key=value` (or `# acceptance: ...`) lines of a program or script: link, args, timeout."""
+    meta: dict[str, str] = {}
+    for line in source.read_text(errors="replace").splitlines()[:40]:
+        m = META_RE.match(line)
+        if m:
+            meta[m.group(1)] = m.group(2)
+    return meta
+
+
+def cuda_sources() -> list[Path]:
+    return sorted(p for p in CUDA_DIR.iterdir() if p.suffix in (".cu", ".cpp") and not p.name.startswith("_"))
+
+
+def torch_scripts() -> list[Path]:
+    return sorted(p for p in TORCH_DIR.glob("*.py") if not p.name.startswith("_"))
+
+
+def build_command(source: Path, mode: str, out: Path, nvcc: str, cuda_home: Path,
+                  extra: Sequence[str] = ()) -> list[str]:
+    """The nvcc line for one program in one cudart mode. Binaries get an rpath to the toolkit's lib64
+    (libcudart.so.13, libnvrtc, cuBLAS, cuFFT), never to lib64/stubs: libcuda.so.1 must come from the loader's
+    normal search (the real driver natively, the stub first on LD_LIBRARY_PATH remotely). It is an old-style
+    DT_RPATH (--disable-new-dtags) so that it also serves the libraries' own dlopen calls (libnvrtc opens
+    libnvrtc-builtins that way; a DT_RUNPATH would not apply there)."""
+    link = shlex.split(read_meta(source).get("link", ""))
+    lib64 = cuda_home / "lib64"
+    cmd = [nvcc, "-O2", "-std=c++17", "-no-compress", *GENCODE, "-cudart", mode, f"-I{CUDA_DIR}", *extra,
+           "-o", str(out), str(source)]
+    if link:
+        cmd += [f"-L{lib64}", f"-L{lib64 / 'stubs'}", *link]
+    return cmd + ["-Xlinker", "--disable-new-dtags", "-Xlinker", "-rpath", "-Xlinker", str(lib64)]
+
+
+def make_cases(args: argparse.Namespace) -> list[Case]:
+    cases: list[Case] = []
+    for src in cuda_sources():
+        meta = read_meta(src)
+        variants = [v.strip() for v in meta.get("args", "").split("|")] if meta.get("args") else [""]
+        for mode in CUDART_MODES:
+            for v in variants:
+                stem = f"{src.stem}:{v.replace(' ', '_')}" if v else src.stem
+                cases.append(Case(f"{stem}@{mode}", "nvcc", mode, src, shlex.split(v),
+                                  float(meta.get("timeout", args.timeout))))
+    if not args.skip_torch:
+        for script in torch_scripts():
+            meta = read_meta(script)
+            cases.append(Case(f"torch/{script.stem}", "torch", "torch", script, [],
+                              float(meta.get("timeout", args.timeout))))
+    if args.only:
+        pats = [p if any(ch in p for ch in "*?[") else f"*{p}*" for p in args.only]
+        cases = [c for c in cases if any(fnmatch.fnmatch(c.name, p) for p in pats)]
+    return cases
+
+
+def build_all(cases: list[Case], out: Path, args: argparse.Namespace) -> None:
+    """Builds each (source, mode) once, in parallel; records the binary or the build error on every case."""
+    bindir = out / "bin"
+    bindir.mkdir(parents=True, exist_ok=True)
+    wanted = sorted({(c.source, c.cudart) for c in cases if c.kind == "nvcc"})
+    extra = shlex.split(args.nvcc_flags)
+
+    def build(item: tuple[Path, str]) -> tuple[Path, str, Path, str]:
+        src, mode = item
+        binary = bindir / f"{src.stem}-{mode}"
+        cmd = build_command(src, mode, binary, args.nvcc, Path(args.cuda_home), extra)
+        try:
+            res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+            log = f"$ {shlex.join(cmd)}\n{res.stdout}{res.stderr}"
+            err = "" if res.returncode == 0 else (log.strip() or f"nvcc exited {res.returncode}")
+        except (OSError, subprocess.TimeoutExpired) as e:
+            log = err = f"$ {shlex.join(cmd)}\n{e}"
+        (out / "logs" / f"build-{src.stem}-{mode}.log").write_text(log)
+        return src, mode, binary, err
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        results = {(s, m): (b, e) for s, m, b, e in pool.map(build, wanted)}
+    for c in cases:
+        if c.kind == "nvcc":
+            c.binary, c.build_error = results[(c.source, c.cudart)]
+
+
+# ---------------------------------------------------------------------------------------------------- running
+
+
+@dataclasses.dataclass
+class Run:
+    rc: int
+    duration_s: float
+    stdout: str
+    stderr: str
+    timed_out: bool
+
+
+def native_env(base: dict[str, str]) -> dict[str, str]:
+    env = {k: v for k, v in base.items() if not k.startswith("FARGPU_")}
+    env.pop("LD_PRELOAD", None)
+    return env
+
+
+def remote_env(base: dict[str, str], stub_dir: Path, server: str, token: str, proof: Path) -> dict[str, str]:
+    """The client environment: the stub first on LD_LIBRARY_PATH and preloaded (torch and some libraries dlopen
+    libcuda.so.1 themselves), the endpoint, the token, and a per-run proof file."""
+    env = native_env(base)
+    env["LD_LIBRARY_PATH"] = f"{stub_dir}:{base.get('LD_LIBRARY_PATH', '')}".rstrip(":")
+    env["LD_PRELOAD"] = str(stub_dir / "libcuda.so.1")
+    env["FARGPU_SERVER"] = server
+    env["FARGPU_TOKEN"] = token
+    env["FARGPU_PROOF_FILE"] = str(proof)
+    return env
+
+
+def run_process(cmd: list[str], env: dict[str, str], timeout: float, cwd: Path, log_prefix: Path) -> Run:
+    """Runs cmd in its own process group (so a timeout also ends its children, e.g. compile workers), with
+    stdout and stderr going to files (no pipe can fill up), and returns what it printed."""
+    out_path, err_path = (log_prefix.parent / f"{log_prefix.name}.{ext}" for ext in ("out", "err"))
+    start = time.monotonic()
+    timed_out = False
+    with out_path.open("wb") as out, err_path.open("wb") as err:
+        try:
+            proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=err, stdin=subprocess.DEVNULL, cwd=cwd,
+                                    start_new_session=True)
+        except OSError as e:
+            err.write(f"cannot start {cmd[0]}: {e}\n".encode())
+            return Run(127, 0.0, "", f"cannot start {cmd[0]}: {e}", False)
+        try:
+            rc = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            os.killpg(proc.pid, signal.SIGKILL)
+            rc = proc.wait()
+    duration = time.monotonic() - start
+    stdout = out_path.read_text(errors="replace")
+    stderr = err_path.read_text(errors="replace")
+    if timed_out:
+        stderr += f"\n[acceptance] killed after the {timeout:.0f} s timeout\n"
+    return Run(rc, duration, stdout, stderr, timed_out)
+
+
+def command_for(case: Case, python: str) -> list[str]:
+    if case.kind == "torch":
+        return [python, str(case.source), *case.argv]
+    assert case.binary is not None
+    return [str(case.binary), *case.argv]
+
+
+# ---------------------------------------------------------------------------------------------------- proof
+
+
+def check_proof(proof: Path, stub_dir: Path) -> tuple[bool, list[str], list[str]]:
+    """Reads the proof lines the stub wrote at exit (one per client process). Fails when none was written (the
+    stub never loaded), when any process mapped a libcuda.so* other than the stub, a driver-private library,
+    or held a /dev/nvidia* descriptor. CUDA libraries from pip wheels (.../nvidia/cublas/...) are fine. A real
+    NVML (libnvidia-ml) outside the stub folder is noted, not failed."""
+    problems: list[str] = []
+    notes: list[str] = []
+    stub = os.path.realpath(stub_dir / "libcuda.so.1")
+    try:
+        lines = [ln for ln in proof.read_text().splitlines() if ln.strip()]
+    except OSError:
+        lines = []
+    if not lines:
+        return False, ["no proof written: the stub was not loaded, or the client did not exit normally"], notes
+    for ln in lines:
+        try:
+            rec = json.loads(ln)
+        except ValueError:
+            problems.append(f"unreadable proof line: {ln[:200]}")
+            continue
+        pid = rec.get("pid", "?")
+        for mapped in rec.get("mapped", []):
+            path = str(mapped).removesuffix(" (deleted)")
+            base = os.path.basename(path)
+            if base.startswith("libcuda.so") and os.path.realpath(path) != stub:
+                problems.append(f"pid {pid} mapped the real driver: {path}")
+            elif base.startswith(DRIVER_PRIVATE_LIBS):
+                problems.append(f"pid {pid} mapped a driver component: {path}")
+            elif base.startswith("libnvidia-ml") and not path.startswith(str(stub_dir)):
+                notes.append(f"pid {pid} mapped NVML from {path}")
+        for fd in rec.get("nvidia_fds", []):
+            problems.append(f"pid {pid} held a GPU device node open: {fd}")
+    return not problems, problems, sorted(set(notes))
+
+
+# ---------------------------------------------------------------------------------------------------- outputs
+
+
+@dataclasses.dataclass
+class Parsed:
+    lines: list[str]
+    values: list[Json]
+    throughput: dict[str, float]
+
+
+def parse_output(text: str) -> Parsed:
+    parsed = Parsed([], [], {})
+    for line in text.splitlines():
+        obj: object = None
+        if line.lstrip().startswith("{"):
+            try:
+                obj = json.loads(line)
+            except ValueError:
+                obj = None
+        if isinstance(obj, dict) and isinstance(obj.get("throughput"), dict):
+            for k, v in obj["throughput"].items():
+                if isinstance(v, int | float):
+                    parsed.throughput[str(k)] = float(v)
+        elif isinstance(obj, dict) and isinstance(obj.get("values"), dict):
+            parsed.values.append(obj)
+        else:
+            parsed.lines.append(line)
+    return parsed
+
+
+def _close(a: object, b: object, tol: Json) -> bool:
+    if isinstance(a, bool) or isinstance(b, bool) or not isinstance(a, int | float) or not isinstance(b, int | float):
+        return a == b
+    if math.isnan(a) or math.isnan(b):
+        return math.isnan(a) and math.isnan(b)
+    if a == b:
+        return True
+    return abs(a - b) <= float(tol.get("atol", 0.0)) + float(tol.get("rtol", 0.0)) * abs(a)
+
+
+def compare_value(name: str, a: object, b: object, tol: Json | None) -> str | None:
+    """None when remote value b matches native value a under tol (None: exactly), else why not."""
+    if tol is None:
+        return None if a == b else f"{name}: native {a!r} != remote {b!r} (exact)"
+    if isinstance(a, list) and isinstance(b, list):
+        if len(a) != len(b):
+            return f"{name}: length {len(a)} != {len(b)}"
+        bad = [i for i, (x, y) in enumerate(zip(a, b, strict=True)) if not _close(x, y, tol)]
+        if len(bad) <= int(tol.get("max_mismatches", 0)):
+            return None
+        i = bad[0]
+        return f"{name}: {len(bad)} of {len(a)} elements differ beyond {tol} (first [{i}]: {a[i]!r} vs {b[i]!r})"
+    if _close(a, b, tol):
+        return None
+    return f"{name}: native {a!r} vs remote {b!r} beyond {tol}"
+
+
+def compare_outputs(native: str, remote: str) -> tuple[str, list[str]]:
+    """("identical" | "within_tolerance" | "differ", first lines of the differences). Throughput lines never
+    count; the tolerance is the one the native run stated."""
+    n, r = parse_output(native), parse_output(remote)
+    diff: list[str] = []
+    if n.lines != r.lines:
+        diff += list(difflib.unified_diff(n.lines, r.lines, "native", "remote", lineterm="", n=1))
+    if len(n.values) != len(r.values):
+        diff.append(f"values lines: native {len(n.values)}, remote {len(r.values)}")
+    exact = True
+    for nv, rv in zip(n.values, r.values, strict=False):
+        tols = nv.get("tolerance") if isinstance(nv.get("tolerance"), dict) else {}
+        assert isinstance(tols, dict)
+        for key in sorted(set(nv["values"]) | set(rv["values"])):
+            if key not in nv["values"] or key not in rv["values"]:
+                diff.append(f"{key}: present on one side only")
+                continue
+            a, b = nv["values"][key], rv["values"][key]
+            exact &= a == b
+            tol = tols.get(key)
+            why = compare_value(key, a, b, tol if isinstance(tol, dict) else None)
+            if why:
+                diff.append(why)
+    if diff:
+        return "differ", diff[:HEAD_LINES]
+    return ("identical" if exact else "within_tolerance"), []
+
+
+def head(text: str, n: int = HEAD_LINES) -> list[str]:
+    return [ln[:300] for ln in text.splitlines()[:n]]
+
+
+def tail(text: str, n: int = 5) -> list[str]:
+    return [ln[:300] for ln in text.splitlines()[-n:]]
+
+
+# ---------------------------------------------------------------------------------------------------- one case
+
+
+def run_case(case: Case, out: Path, args: argparse.Namespace) -> Json:
+    rec: Json = {"name": case.name, "kind": case.kind, "cudart": case.cudart, "argv": case.argv,
+                 "source": str(case.source.relative_to(REPO)), "build_ok": not case.build_error}
+    if case.build_error:
+        rec.update({"pass": False, "reason": "build failed", "build_error": head(case.build_error, 25)})
+        return rec
+    base = dict(os.environ)
+    if args.quick:
+        base["FARGPU_ACCEPTANCE_QUICK"] = "1"
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", case.name)
+    logs = out / "logs"
+    runs: dict[str, Run] = {}
+    proof = out / "proofs" / f"{safe}.jsonl"
+    proof.unlink(missing_ok=True)
+    for side in ("native", "remote"):
+        work = out / "work" / f"{safe}.{side}"
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        env = native_env(base) if side == "native" else remote_env(
+            base, Path(args.stub_dir).resolve(), args.server, args.token, proof)
+        # Fresh compiler caches per run: the remote run must compile (Triton, Inductor) as a cold start would.
+        env.update(TRITON_CACHE_DIR=str(work / "triton"), TORCHINDUCTOR_CACHE_DIR=str(work / "inductor"),
+                   HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1")
+        runs[side] = run_process(command_for(case, args.python), env, case.timeout_s, work, logs / f"{safe}.{side}")
+    nat, rem = runs["native"], runs["remote"]
+    status, diff = compare_outputs(nat.stdout, rem.stdout)
+    proof_ok, problems, notes = check_proof(proof, Path(args.stub_dir).resolve())
+    tn, tr = parse_output(nat.stdout).throughput, parse_output(rem.stdout).throughput
+    rec.update(
+        native_rc=nat.rc, remote_rc=rem.rc, native_timed_out=nat.timed_out, remote_timed_out=rem.timed_out,
+        outputs=status, proof_ok=proof_ok, proof_problems=problems, proof_notes=notes,
+        native_s=round(nat.duration_s, 3), remote_s=round(rem.duration_s, 3), diff=diff,
+        native_stderr=head(nat.stderr) + (["..."] + tail(nat.stderr) if len(nat.stderr.splitlines()) > HEAD_LINES
+                                          else []),
+        remote_stderr=head(rem.stderr) + (["..."] + tail(rem.stderr) if len(rem.stderr.splitlines()) > HEAD_LINES
+                                          else []),
+        remote_stdout_tail=tail(rem.stdout) if rem.rc != 0 else [],
+    )
+    if tn or tr:
+        rec["throughput"] = {"native": tn, "remote": tr,
+                             "ratio": {k: round(tr[k] / tn[k], 4) for k in tn if k in tr and tn[k]}}
+    if nat.rc != 0:
+        reason = "native timed out" if nat.timed_out else f"native rc {nat.rc}"
+    elif rem.rc != 0:
+        reason = "remote timed out" if rem.timed_out else f"remote rc {rem.rc}"
+    elif status == "differ":
+        reason = "output differs"
+    elif not proof_ok:
+        reason = "proof: " + problems[0]
+    else:
+        reason = ""
+    rec.update({"pass": not reason, "reason": reason})
+    return rec
+
+
+# ---------------------------------------------------------------------------------------------------- report
+
+
+def smi(query: str) -> str:
+    try:
+        res = subprocess.run(["nvidia-smi", f"--query-gpu={query}", "--format=csv,noheader"], capture_output=True,
+                             text=True, timeout=30, env=native_env(dict(os.environ)))
+        return res.stdout.strip().splitlines()[0].strip()
+    except (OSError, IndexError, subprocess.TimeoutExpired):
+        return "unknown"
+
+
+def print_table(cases: list[Json]) -> None:
+    print(f"\n{'case':40} {'native':>7} {'remote':>7} {'outputs':>16} {'proof':>6} {'result':>6}  throughput ratio")
+    for c in cases:
+        ratio = ", ".join(f"{k} {v:.2f}" for k, v in c.get("throughput", {}).get("ratio", {}).items())
+        print(f"{c['name'][:40]:40} {str(c.get('native_rc', '-')):>7} {str(c.get('remote_rc', '-')):>7} "
+              f"{c.get('outputs', '-'):>16} {('ok' if c.get('proof_ok') else 'BAD') if 'proof_ok' in c else '-':>6} "
+              f"{'pass' if c['pass'] else 'FAIL':>6}  {ratio}")
+        if not c["pass"]:
+            print(f"{'':42}-> {c['reason']}")
+    passed = sum(1 for c in cases if c["pass"])
+    print(f"\n{passed} passed, {len(cases) - passed} failed")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, required=True, help="output folder (acceptance.json, logs/, bin/)")
+    ap.add_argument("--stub-dir", required=True, help="folder holding fargpu's libcuda.so.1")
+    ap.add_argument("--server", required=True, help="node server endpoint, HOST:PORT or a unix socket path")
+    ap.add_argument("--token", required=True)
+    ap.add_argument("--python", default=sys.executable, help="interpreter with torch for the torch scripts")
+    ap.add_argument("--only", action="append", default=[], help="run cases whose name matches (glob or substring)")
+    ap.add_argument("--skip-torch", action="store_true")
+    ap.add_argument("--quick", action="store_true", help="fewer benchmark iterations (FARGPU_ACCEPTANCE_QUICK=1)")
+    ap.add_argument("--timeout", type=float, default=900.0, help="per-run timeout in seconds (default 900)")
+    ap.add_argument("--nvcc", default=shutil.which("nvcc") or "/usr/local/cuda/bin/nvcc")
+    ap.add_argument("--cuda-home", default="/usr/local/cuda")
+    ap.add_argument("--nvcc-flags", default="", help="extra nvcc flags, e.g. -I/-L for libraries elsewhere")
+    ap.add_argument("--jobs", type=int, default=os.cpu_count() or 4, help="parallel builds")
+    return ap.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    out: Path = args.out.resolve()
+    for sub in ("logs", "proofs", "work", "bin"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    if not (Path(args.stub_dir) / "libcuda.so.1").exists():
+        print(f"no libcuda.so.1 in --stub-dir {args.stub_dir}", file=sys.stderr)
+        return 2
+    cases = make_cases(args)
+    if not cases:
+        print("no case matches", file=sys.stderr)
+        return 2
+    started = datetime.datetime.now(datetime.UTC)
+    print(f"== building {len({(c.source, c.cudart) for c in cases if c.kind == 'nvcc'})} program/mode pairs")
+    build_all(cases, out, args)
+    results: list[Json] = []
+    for case in cases:
+        print(f"== {case.name}", flush=True)
+        rec = run_case(case, out, args)
+        results.append(rec)
+        print(f"   {'pass' if rec['pass'] else 'FAIL: ' + rec['reason']}"
+              f" ({rec.get('native_s', 0):.1f} s native, {rec.get('remote_s', 0):.1f} s remote)", flush=True)
+    passed = sum(1 for r in results if r["pass"])
+    report: Json = {
+        "date": started.isoformat(timespec="seconds"),
+        "gpu": smi("name"),
+        "driver": smi("driver_version"),
+        "commit": os.environ.get("FARGPU_COMMIT", "unknown"),
+        "server": args.server,
+        "stub_dir": str(Path(args.stub_dir).resolve()),
+        "python": args.python,
+        "selection": {"only": args.only, "skip_torch": args.skip_torch, "quick": args.quick},
+        "summary": {"total": len(results), "passed": passed, "failed": len(results) - passed},
+        "cases": results,
+    }
+    (out / "acceptance.json").write_text(json.dumps(report, indent=2) + "\n")
+    print_table(results)
+    print(f"wrote {out / 'acceptance.json'}")
+    return 0 if passed == len(results) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,152 @@
+"""bench/compat_table.py: the README's compatibility table, generated from the newest acceptance result and
+written between the compat-table markers only; --check tells a stale README from a fresh one."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _load() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("compat_table", REPO / "bench" / "compat_table.py")
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["compat_table"] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+ct = _load()
+
+
+def _case(name: str, kind: str, cudart: str, ok: bool, reason: str = "", outputs: str = "identical",
+          ratio: dict[str, float] | None = None) -> dict[str, Any]:
+    c: dict[str, Any] = {"name": name, "kind": kind, "cudart": cudart, "pass": ok, "reason": reason,
+                         "outputs": outputs}
+    if ratio:
+        c["throughput"] = {"native": {}, "remote": {}, "ratio": ratio}
+    return c
+
+
+def _report(date: str, cases: list[dict[str, Any]], gpu: str = "NVIDIA H100 80GB HBM3") -> dict[str, Any]:
+    return {"date": date, "gpu": gpu, "driver": "580.159.04", "commit": "abc1234", "cases": cases}
+
+
+SAMPLE = _report("2026-11-24T10:00:00+00:00", [
+    _case("vector_add@static", "nvcc", "static", True),
+    _case("vector_add@shared", "nvcc", "shared", False, "remote rc 1"),
+    _case("nvrtc_launch:driver@static", "nvcc", "static", False, "build failed"),
+    _case("nvrtc_launch:driver@shared", "nvcc", "shared", True, outputs="within_tolerance"),
+    _case("torch/resnet50_infer", "torch", "torch", True, ratio={"resnet50_fp16_img_per_s": 0.9312}),
+    _case("torch/gpt2_forward", "torch", "torch", False, "output differs | argmax"),
+])
+
+README = """# Project
+
+Intro text that must survive.
+
+<!-- compat-table:begin -->
+old table
+<!-- compat-table:end -->
+
+## After
+Trailing text that must survive.
+"""
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> tuple[Path, Path]:
+    results = tmp_path / "bench" / "results"
+    results.mkdir(parents=True)
+    (results / "acceptance-2026-11-24-h100.json").write_text(json.dumps(SAMPLE))
+    # Older by date although its name sorts last; and a file that is not an acceptance result at all.
+    (results / "acceptance-zz-old.json").write_text(
+        json.dumps(_report("2026-11-01T00:00:00+00:00", [_case("old@static", "nvcc", "static", True)], gpu="OLD")))
+    (results / "acceptance-broken.json").write_text("{not json")
+    (results / "gpu_run-2026-11-23-h100.json").write_text(json.dumps({"date": "2027-01-01"}))
+    readme = tmp_path / "README.md"
+    readme.write_text(README)
+    return readme, results
+
+
+def test_latest_result_is_chosen_by_date_not_name(tree: tuple[Path, Path]) -> None:
+    _, results = tree
+    latest = ct.latest_result(results)
+    assert latest is not None and latest.name == "acceptance-2026-11-24-h100.json"
+    assert ct.latest_result(results / "missing") is None
+
+
+def test_rows_cells_and_heading() -> None:
+    block = ct.render(SAMPLE, "bench/results/acceptance-2026-11-24-h100.json")
+    lines = block.splitlines()
+    assert "**NVIDIA H100 80GB HBM3 · driver 580.159.04 · 2026-11-24** (commit abc1234): 3 of 6 cases pass." in lines
+    assert "| vector_add | nvcc | pass | FAIL: remote rc 1 |  |" in lines
+    assert "| nvrtc_launch:driver | nvcc | FAIL: build failed | pass (within tolerance) |  |" in lines
+    assert "| torch/resnet50_infer | torch | n/a | pass | resnet50_fp16_img_per_s 0.93 |" in lines
+    assert "| torch/gpt2_forward | torch | n/a | FAIL: output differs \\| argmax |  |" in lines  # pipe escaped
+    rows = [ln for ln in lines if ln.startswith("| ") and not ln.startswith("| program")]
+    assert [r.split(" | ")[0] for r in rows] == [  # nvcc programs first, then torch scripts, each sorted
+        "| nvrtc_launch:driver", "| vector_add", "| torch/gpt2_forward", "| torch/resnet50_infer"]
+    assert "bench/results/acceptance-2026-11-24-h100.json" in block
+
+
+def test_missing_mode_shows_a_dash() -> None:
+    block = ct.render(_report("2026-11-24", [_case("graph_replay@shared", "nvcc", "shared", True)]), "x.json")
+    assert "| graph_replay | nvcc | — | pass |  |" in block.splitlines()
+
+
+def test_update_replaces_only_the_marked_block(tree: tuple[Path, Path]) -> None:
+    readme, results = tree
+    assert ct.main(["--readme", str(readme), "--results", str(results)]) == 0
+    text = readme.read_text()
+    before, rest = text.split(ct.BEGIN)
+    block, after = rest.split(ct.END)
+    assert before == README.split(ct.BEGIN)[0]
+    assert after == README.split(ct.END)[1]
+    assert "old table" not in block and "| vector_add | nvcc | pass | FAIL: remote rc 1 |  |" in block
+    assert "OLD" not in block  # the older result was not used
+    assert "bench/results/acceptance-2026-11-24-h100.json" in block  # named relative to the README
+    assert ct.main(["--readme", str(readme), "--results", str(results)]) == 0
+    assert readme.read_text() == text  # idempotent
+
+
+def test_check_tells_stale_from_fresh_and_writes_nothing(tree: tuple[Path, Path]) -> None:
+    readme, results = tree
+    args = ["--readme", str(readme), "--results", str(results)]
+    assert ct.main([*args, "--check"]) == 1
+    assert readme.read_text() == README
+    assert ct.main(args) == 0
+    assert ct.main([*args, "--check"]) == 0
+    # A newer result makes the README stale again.
+    newer = _report("2026-12-01T00:00:00+00:00", [_case("vector_add@static", "nvcc", "static", False, "native rc 1")])
+    (results / "acceptance-2026-12-01.json").write_text(json.dumps(newer))
+    assert ct.main([*args, "--check"]) == 1
+
+
+def test_explicit_json_overrides_the_results_folder(tree: tuple[Path, Path], tmp_path: Path) -> None:
+    readme, results = tree
+    other = tmp_path / "elsewhere.json"
+    other.write_text(json.dumps(_report("2020-01-01", [_case("only@static", "nvcc", "static", True)], gpu="H200")))
+    assert ct.main(["--readme", str(readme), "--results", str(results), "--json", str(other)]) == 0
+    text = readme.read_text()
+    assert "**H200 · driver 580.159.04 · 2020-01-01**" in text and "| only | nvcc | pass | — |  |" in text
+
+
+def test_missing_markers_or_results_are_errors(tree: tuple[Path, Path], tmp_path: Path) -> None:
+    readme, results = tree
+    readme.write_text("# no markers here\n")
+    assert ct.main(["--readme", str(readme), "--results", str(results)]) == 2
+    assert readme.read_text() == "# no markers here\n"
+    readme.write_text(README)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert ct.main(["--readme", str(readme), "--results", str(empty)]) == 2
+    assert readme.read_text() == README
