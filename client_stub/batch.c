@@ -107,6 +107,17 @@ static int read_into(fgc_dest *d, int nd, uint64_t len, size_t *got) {
     return left ? -2 : 0;
 }
 
+static int copy_output(uint32_t n) {
+    char buf[65536];
+    while (n) {
+        uint32_t k = n < sizeof buf ? n : (uint32_t)sizeof buf;
+        if (fgc_io_read(buf, k)) return -1;
+        fwrite(buf, 1, k, stdout);
+        n -= k;
+    }
+    return 0;
+}
+
 static CUresult read_reply(int exact, size_t *got) {
     uint8_t hb[FG_HEADER_SIZE];
     fg_header h;
@@ -115,6 +126,14 @@ static CUresult read_reply(int exact, size_t *got) {
         return g_fgc.broken;
     }
     const char *why = fg_header_decode(hb, &h, UINT32_MAX);
+    while (!why && h.type == FG_T_OUTPUT) {
+        /* Device printf output flushed by this call: into the process's stdout stream, as the driver would. */
+        if (copy_output(h.length) || fgc_io_read(hb, sizeof hb)) {
+            fgc_mark_broken(CUDA_ERROR_DEVICE_UNAVAILABLE, "the server closed the connection");
+            return g_fgc.broken;
+        }
+        why = fg_header_decode(hb, &h, UINT32_MAX);
+    }
     if (why) {
         fgc_mark_broken(CUDA_ERROR_DEVICE_UNAVAILABLE, "bad reply from the server: %s", why);
         return g_fgc.broken;

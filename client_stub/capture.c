@@ -53,3 +53,41 @@ CUresult fgc_cuStreamGetCaptureInfo_v3(CUstream hStream, CUstreamCaptureStatus *
     if (numDependencies_out) *numDependencies_out = head.n;
     return CUDA_SUCCESS;
 }
+
+/* The CUDA 12.3 ABI (no edge data): answered through the same query. */
+CUresult fgc_cuStreamGetCaptureInfo_v2(CUstream hStream, CUstreamCaptureStatus *captureStatus_out, cuuint64_t *id_out,
+                                       CUgraph *graph_out, const CUgraphNode **dependencies_out,
+                                       size_t *numDependencies_out) {
+    return fgc_cuStreamGetCaptureInfo_v3(hStream, captureStatus_out, id_out, graph_out, dependencies_out, NULL,
+                                         numDependencies_out);
+}
+
+/* cuGraphGetNodes: nodes NULL asks for the count; otherwise up to *numNodes node handles come back. */
+CUresult fgc_cuGraphGetNodes(CUgraph hGraph, CUgraphNode *nodes, size_t *numNodes) {
+    FGC_REQUIRE_INIT();
+    if (!numNodes) return CUDA_ERROR_INVALID_VALUE;
+    uint64_t cap = nodes ? (uint64_t)*numNodes : 0;
+    if (cap > MAX_DEPS) cap = MAX_DEPS;
+    uint64_t *ids = cap ? (uint64_t *)calloc(cap, sizeof *ids) : NULL;
+    if (cap && !ids) return CUDA_ERROR_OUT_OF_MEMORY;
+    fg_writer *w = fgc_begin(FG_OP_cuGraphGetNodes);
+    if (!w) {
+        free(ids);
+        return fgc_last_error();
+    }
+    fgc_put_handle(w, hGraph);
+    fg_put_u64(w, cap);
+    uint64_t total = 0;
+    fgc_expect(&total, sizeof total);
+    if (cap) fgc_expect(ids, cap * sizeof *ids);
+    size_t got = 0;
+    CUresult r = fgc_sync_var(&got);
+    if (r == CUDA_SUCCESS) {
+        uint64_t n = total < cap ? total : cap;
+        if (got != sizeof total + n * sizeof *ids) r = CUDA_ERROR_INVALID_VALUE;
+        for (uint64_t i = 0; r == CUDA_SUCCESS && i < n; i++) nodes[i] = (CUgraphNode)(uintptr_t)ids[i];
+        if (r == CUDA_SUCCESS) *numNodes = nodes ? (size_t)n : (size_t)total;
+    }
+    free(ids);
+    return r;
+}

@@ -2,6 +2,7 @@
  * or a fatbin wrapper) and it is shipped content-addressed (image.c). cuModuleGetFunction's reply carries the
  * function's parameter layout (offset and size of each parameter), cached here by virtual id, so a launch
  * (launch.c) can pack kernelParams into one buffer and return without a round trip. */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -70,6 +71,29 @@ static CUresult load(CUmodule *module, const void *image) {
 }
 
 CUresult fgc_cuModuleLoadData(CUmodule *module, const void *image) { return load(module, image); }
+
+/* The file is read here, on the client (the server cannot see the client's files), and shipped like an image. */
+CUresult fgc_cuModuleLoad(CUmodule *module, const char *fname) {
+    FGC_REQUIRE_INIT();
+    if (!module || !fname) return CUDA_ERROR_INVALID_VALUE;
+    FILE *f = fopen(fname, "rb");
+    if (!f) return CUDA_ERROR_FILE_NOT_FOUND;
+    void *buf = NULL;
+    long size = -1;
+    if (fseek(f, 0, SEEK_END) == 0 && (size = ftell(f)) > 0 && fseek(f, 0, SEEK_SET) == 0 &&
+        (uint64_t)size < MAX_IMAGE) {
+        buf = calloc(1, (size_t)size + 1); /* NUL after PTX text */
+        if (buf && fread(buf, 1, (size_t)size, f) != (size_t)size) {
+            free(buf);
+            buf = NULL;
+        }
+    }
+    fclose(f);
+    if (!buf) return size < 0 ? CUDA_ERROR_FILE_NOT_FOUND : CUDA_ERROR_INVALID_IMAGE;
+    CUresult r = load(module, buf);
+    free(buf);
+    return r;
+}
 
 CUresult fgc_cuModuleLoadDataEx(CUmodule *module, const void *image, unsigned int numOptions,
                                 CUjit_option *options, void **optionValues) {

@@ -49,6 +49,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fargpu-worker[{os.getpid()}]: cannot open the device: {reason}", file=sys.stderr)
         sock.sendall(hello_err(f"the node could not open its device: {reason}"))
         return 1
+    # What the device prints (printf in kernels) reaches this process's stdout through the driver: point fd 1
+    # at a pipe the engine drains and forwards to the client (this worker writes its own messages to stderr).
+    out_r, out_w = os.pipe()
+    sys.stdout.flush()
+    os.dup2(out_w, 1)
+    os.close(out_w)
+    if lib.fgs_set_output(S, out_r) != 0:  # type: ignore[attr-defined]
+        print(f"fargpu-worker[{os.getpid()}]: device output will not be forwarded", file=sys.stderr)
     sock.sendall(hello_ok(a.session, a.backend, a.max_frame))
     done = threading.Event()
 

@@ -1836,11 +1836,10 @@ FGC_EXPORT CUresult CUDAAPI cuGraphGetEdges_v2(CUgraph hGraph, CUgraphNode *from
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphGetNodes(CUgraph hGraph, CUgraphNode *nodes, size_t *numNodes) {
-    (void)hGraph;
-    (void)nodes;
-    (void)numNodes;
-    static int logged;
-    return fgc_unsupported("cuGraphGetNodes", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuGraphGetNodes");
+    CUresult r_ = fgc_cuGraphGetNodes(hGraph, nodes, numNodes);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuGraphGetNodes", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphGetRootNodes(CUgraph hGraph, CUgraphNode *rootNodes, size_t *numRootNodes) {
@@ -4292,10 +4291,10 @@ FGC_EXPORT CUresult CUDAAPI cuModuleGetTexRef(CUtexref *pTexRef, CUmodule hmod, 
 }
 
 FGC_EXPORT CUresult CUDAAPI cuModuleLoad(CUmodule *module, const char *fname) {
-    (void)module;
-    (void)fname;
-    static int logged;
-    return fgc_unsupported("cuModuleLoad", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuModuleLoad");
+    CUresult r_ = fgc_cuModuleLoad(module, fname);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuModuleLoad", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuModuleLoadData(CUmodule *module, const void *image) {
@@ -4759,25 +4758,14 @@ FGC_EXPORT CUresult CUDAAPI cuStreamGetCaptureInfo_ptsz(CUstream hStream, CUstre
 }
 
 FGC_EXPORT CUresult CUDAAPI cuStreamGetCaptureInfo_v2(CUstream hStream, CUstreamCaptureStatus *captureStatus_out, cuuint64_t *id_out, CUgraph *graph_out, const CUgraphNode **dependencies_out, size_t *numDependencies_out) {
-    (void)hStream;
-    (void)captureStatus_out;
-    (void)id_out;
-    (void)graph_out;
-    (void)dependencies_out;
-    (void)numDependencies_out;
-    static int logged;
-    return fgc_unsupported("cuStreamGetCaptureInfo_v2", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuStreamGetCaptureInfo_v2");
+    CUresult r_ = fgc_cuStreamGetCaptureInfo_v2(hStream, captureStatus_out, id_out, graph_out, dependencies_out, numDependencies_out);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuStreamGetCaptureInfo_v2", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuStreamGetCaptureInfo_v2_ptsz(CUstream hStream, CUstreamCaptureStatus *captureStatus_out, cuuint64_t *id_out, CUgraph *graph_out, const CUgraphNode **dependencies_out, size_t *numDependencies_out) {
-    (void)hStream;
-    (void)captureStatus_out;
-    (void)id_out;
-    (void)graph_out;
-    (void)dependencies_out;
-    (void)numDependencies_out;
-    static int logged;
-    return fgc_unsupported("cuStreamGetCaptureInfo_v2_ptsz", &logged);
+    return cuStreamGetCaptureInfo_v2(fgc_ptsz_stream(hStream), captureStatus_out, id_out, graph_out, dependencies_out, numDependencies_out);
 }
 
 FGC_EXPORT CUresult CUDAAPI cuStreamGetCaptureInfo_v3(CUstream hStream, CUstreamCaptureStatus *captureStatus_out, cuuint64_t *id_out, CUgraph *graph_out, const CUgraphNode **dependencies_out, const CUgraphEdgeData **edgeData_out, size_t *numDependencies_out) {

@@ -28,6 +28,7 @@ enum fg_frame_type {
     FG_T_BATCH = 4,     /* client → server, records */
     FG_T_REPLY = 5,     /* server → client */
     FG_T_CLOSE = 6,     /* server → client, msgpack {reason}, then close */
+    FG_T_OUTPUT = 7,    /* server → client, bytes for the client's stdout (device printf), before a REPLY */
 };
 
 enum fg_frame_flags {

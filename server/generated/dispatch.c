@@ -729,6 +729,7 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         if (res == CUDA_SUCCESS) fgs_handle_remove(S, 9, id_hGraphExec);
         return res;
     }
+    case FG_OP_cuGraphGetNodes: return fgs_cuGraphGetNodes(S, r, out);
     case FG_OP_cuGraphInstantiateWithFlags: {
         CUgraphExec phGraphExec = NULL;
         uint8_t want_phGraphExec = 0;

@@ -83,6 +83,7 @@ const char *fgs_api_load(fgs_api *api, void *dl) {
     *(void **)&api->cuGraphCreate = dlsym(dl, "cuGraphCreate");
     *(void **)&api->cuGraphDestroy = dlsym(dl, "cuGraphDestroy");
     *(void **)&api->cuGraphExecDestroy = dlsym(dl, "cuGraphExecDestroy");
+    *(void **)&api->cuGraphGetNodes = dlsym(dl, "cuGraphGetNodes");
     *(void **)&api->cuGraphInstantiateWithFlags = dlsym(dl, "cuGraphInstantiateWithFlags");
     *(void **)&api->cuGraphLaunch = dlsym(dl, "cuGraphLaunch");
     *(void **)&api->cuGraphUpload = dlsym(dl, "cuGraphUpload");

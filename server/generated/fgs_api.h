@@ -68,6 +68,7 @@ typedef struct fgs_api {
     CUresult (*cuGraphCreate)(CUgraph *, unsigned int);
     CUresult (*cuGraphDestroy)(CUgraph);
     CUresult (*cuGraphExecDestroy)(CUgraphExec);
+    CUresult (*cuGraphGetNodes)(CUgraph, CUgraphNode *, size_t *);
     CUresult (*cuGraphInstantiateWithFlags)(CUgraphExec *, CUgraph, unsigned long long);
     CUresult (*cuGraphLaunch)(CUgraphExec, CUstream);
     CUresult (*cuGraphUpload)(CUgraphExec, CUstream);

@@ -6,6 +6,7 @@
 
 CUresult fgs_cuCtxCreate_v4(fgs_session *S, fg_reader *r, fg_writer *out);
 CUresult fgs_cuCtxDestroy_v2(fgs_session *S, fg_reader *r, fg_writer *out);
+CUresult fgs_cuGraphGetNodes(fgs_session *S, fg_reader *r, fg_writer *out);
 CUresult fgs_cuKernelGetFunction(fgs_session *S, fg_reader *r, fg_writer *out);
 CUresult fgs_cuLaunchKernel(fgs_session *S, fg_reader *r, fg_writer *out);
 CUresult fgs_cuLaunchKernelEx(fgs_session *S, fg_reader *r, fg_writer *out);

@@ -36,3 +36,24 @@ CUresult fgs_cuStreamGetCaptureInfo_v3(fgs_session *S, fg_reader *r, fg_writer *
         }
     return CUDA_SUCCESS;
 }
+
+CUresult fgs_cuGraphGetNodes(fgs_session *S, fg_reader *r, fg_writer *out) {
+    uint64_t gid = fg_get_u64(r), cap = fg_get_u64(r);
+    if (r->failed) return FGS_PROTOCOL_ERROR;
+    if (cap > 4096) return CUDA_ERROR_INVALID_VALUE;
+    void *g;
+    if (fgs_handle_get(S, FGH_GRAPH, gid, &g)) return CUDA_ERROR_INVALID_HANDLE;
+    if (!S->api->cuGraphGetNodes) return fgs_missing(S, "cuGraphGetNodes");
+    size_t total = 0;
+    CUresult res = S->api->cuGraphGetNodes((CUgraph)g, NULL, &total);
+    if (res != CUDA_SUCCESS) return res;
+    fg_put_u64(out, total);
+    if (!cap || !total) return CUDA_SUCCESS;
+    size_t n = total < cap ? total : (size_t)cap;
+    CUgraphNode *nodes = (CUgraphNode *)fgs_scratch(S, n * sizeof *nodes);
+    if (!nodes) return CUDA_ERROR_OUT_OF_MEMORY;
+    res = S->api->cuGraphGetNodes((CUgraph)g, nodes, &n);
+    if (res != CUDA_SUCCESS) return res;
+    for (size_t i = 0; i < n; i++) fg_put_u64(out, fgs_handle_add(S, FGH_GRAPHNODE, nodes[i]));
+    return CUDA_SUCCESS;
+}

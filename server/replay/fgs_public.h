@@ -10,6 +10,9 @@ fgs_session *fgs_open(const char *driver_path, unsigned long long vram_quota, un
  * wrote a reason; the client is sent a CLOSE frame with it; returns 1), or a protocol error (returns -1).
  * reason receives a human-readable cause. */
 int fgs_serve(fgs_session *S, int fd, int ctl_fd, char *reason, unsigned long reason_len);
+/* Forward what the device prints (the read end of a pipe the worker's stdout writes to) to the client as
+ * OUTPUT frames before each reply. Returns 0 on success. */
+int fgs_set_output(fgs_session *S, int fd);
 /* Free everything the session holds on the device. */
 void fgs_close(fgs_session *S);
 unsigned long long fgs_vram_used(fgs_session *S);

@@ -7,11 +7,14 @@
 #include <cuda.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/uio.h>
 
 #include "fg_handles.h"
 #include "fg_ops.h"
 #include "fg_wire.h"
 #include "fgs_api.h"
+
+#define FGS_EXPORT __attribute__((visibility("default")))
 
 /* Dispatch results outside CUresult's range. */
 #define FGS_PROTOCOL_ERROR ((CUresult)0x7ffffff0)
@@ -60,6 +63,8 @@ typedef struct fgs_session {
     uint8_t **images;
     size_t n_images, cap_images;
     uint64_t image_cache_hits;
+
+    struct fgs_output *output; /* device printf capture (output.c); NULL: none */
     uint32_t max_frame;
     char log_prefix[64];
 } fgs_session;
@@ -80,6 +85,10 @@ void fgs_later_free_all(fgs_session *S);
 CUresult fgs_image_chunk(fgs_session *S, fg_reader *r);
 const uint8_t *fgs_image_get(fgs_session *S, fg_reader *r, uint64_t *size, CUresult *res);
 void fgs_images_free_all(fgs_session *S);
+/* Send pending device output as OUTPUT frames (before a REPLY with this seq). Nonzero: the socket failed. */
+int fgs_output_send(fgs_session *S, int sock, uint32_t seq);
+void fgs_output_close(fgs_session *S);
+int fgs_write_all(int fd, struct iovec *iov, int cnt);
 /* Append "u32 count, count x (u32 offset, u32 size)" for a function or (is_kernel) a library kernel. */
 void fgs_put_param_layout(fgs_session *S, void *fn, int is_kernel, fg_writer *out);
 

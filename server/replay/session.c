@@ -20,7 +20,6 @@
 #include "fgs_public.h"
 #include "fgs_session.h"
 
-#define FGS_EXPORT __attribute__((visibility("default")))
 /* A virtual id looks like an ordinary 16-byte-aligned user-space pointer, since some callers (the CUDA runtime
  * among them) keep flags in a handle's low or high bits: bit 44 set, kind in bits 38..43, 14 bits of the
  * session's salt in bits 24..37, the table index + 1 in bits 4..23 (up to 2^20 - 1 live handles per kind). */
@@ -255,6 +254,7 @@ FGS_EXPORT void fgs_close(fgs_session *S) {
     free(S->later);
     free(S->scratch);
     fgs_images_free_all(S);
+    fgs_output_close(S);
     /* The driver stays loaded: unloading a CUDA driver inside a process is not supported. */
     free((void *)S->api);
     free(S);
@@ -274,7 +274,7 @@ static int read_full(int fd, void *dst, size_t n) {
     return 0;
 }
 
-static int write_all(int fd, struct iovec *iov, int cnt) {
+int fgs_write_all(int fd, struct iovec *iov, int cnt) {
     while (cnt > 0) {
         ssize_t k = writev(fd, iov, cnt > 64 ? 64 : cnt);
         if (k < 0 && errno == EINTR) continue;
@@ -310,7 +310,7 @@ static void send_close(int fd, const char *reason) {
     uint8_t hb[FG_HEADER_SIZE];
     fg_header_encode(&h, hb);
     struct iovec iov[2] = {{hb, sizeof hb}, {buf, k}};
-    write_all(fd, iov, 2);
+    fgs_write_all(fd, iov, 2);
 }
 
 static int send_reply(fgs_session *S, int fd, uint32_t seq, CUresult result, CUresult deferred, uint32_t dop,
@@ -326,6 +326,8 @@ static int send_reply(fgs_session *S, int fd, uint32_t seq, CUresult result, CUr
             dop = FG_OP_cuMemcpyDtoHAsync_v2;
         }
     }
+    /* Device printf output flushed by this batch's synchronising calls goes first. */
+    if (fgs_output_send(S, fd, seq)) return -1;
     struct {
         uint32_t result, deferred, deferred_op, n_later;
         uint64_t out_len;
@@ -354,7 +356,7 @@ static int send_reply(fgs_session *S, int fd, uint32_t seq, CUresult result, CUr
         iov[c++] = (struct iovec){&lens[i], 8};
         iov[c++] = (struct iovec){S->later[i].data, S->later[i].n};
     }
-    int rc = write_all(fd, iov, c);
+    int rc = fgs_write_all(fd, iov, c);
     if (iov != stack_iov) free(iov);
     free(lens);
     fgs_later_free_all(S);

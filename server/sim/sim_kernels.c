@@ -11,6 +11,7 @@
  * a bad one gives CUDA_ERROR_INVALID_VALUE before anything is written. */
 #include "sim.h"
 
+#include <stdio.h>
 #include <string.h>
 
 static uint64_t rd_u64(const struct sim_launch *l, uint32_t off)
@@ -124,11 +125,19 @@ static CUresult run_axpb(const struct sim_launch *l)
     return CUDA_SUCCESS;
 }
 
+/* Device printf: like the driver, the line goes to this process's stdout stream (flushed with it). */
+static CUresult run_hello(const struct sim_launch *l)
+{
+    printf("fg_hello %d from %d block(s)\n", (int)rd_u32(l, 0), (int)l->grid[0]);
+    return CUDA_SUCCESS;
+}
+
 static const struct sim_kernel_impl g_kernels[] = {
     { "fg_vadd", 4, { { 0, 8 }, { 8, 8 }, { 16, 8 }, { 24, 4 } }, run_vadd },
     { "fg_scale", 3, { { 0, 8 }, { 8, 4 }, { 12, 4 } }, run_scale },
     { "fg_fill_u32", 3, { { 0, 8 }, { 8, 4 }, { 16, 8 } }, run_fill },
     { "fg_axpb", 3, { { 0, 8 }, { 8, 4 }, { 16, 8 } }, run_axpb },
+    { "fg_hello", 1, { { 0, 4 } }, run_hello },
 };
 
 const struct sim_kernel_impl *sim_kernel_lookup(const char *name, const struct sim_param *params, uint32_t n)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -150,3 +151,11 @@ def test_missing_markers_or_results_are_errors(tree: tuple[Path, Path], tmp_path
     empty.mkdir()
     assert ct.main(["--readme", str(readme), "--results", str(empty)]) == 2
     assert readme.read_text() == README
+
+
+def test_the_repository_readme_table_is_fresh() -> None:
+    """README.md's compatibility table is what the newest committed acceptance result gives."""
+    repo = Path(__file__).resolve().parents[2]
+    r = subprocess.run([sys.executable, str(repo / "bench" / "compat_table.py"), "--check"], capture_output=True,
+                       text=True, cwd=repo)
+    assert r.returncode == 0, r.stdout + r.stderr

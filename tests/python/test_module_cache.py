@@ -72,3 +72,22 @@ def test_cache_off_sends_every_time(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         assert _load(s, tmp_path, PTX, "2") == n
     finally:
         stop_server(s)
+
+
+FROM_FILE = PRELUDE + r'''
+ctx0()
+mod = ctypes.c_void_p()
+ok(cu.cuModuleLoad(ctypes.byref(mod), b"__PTX__"), "cuModuleLoad")
+fn = ctypes.c_void_p()
+ok(cu.cuModuleGetFunction(ctypes.byref(fn), mod, b"fg_vadd"), "getfunction")
+print("missing", cu.cuModuleLoad(ctypes.byref(mod), b"/nonexistent/kernels.ptx"))
+print("OK")
+'''
+
+
+def test_cu_module_load_reads_the_client_file(cached_server: NodeServer, tmp_path: Path) -> None:
+    proof = tmp_path / "proof-file.jsonl"
+    r = run_client(FROM_FILE.replace("__PTX__", str(PTX)), cached_server.client_env(FARGPU_PROOF_FILE=str(proof)))
+    assert r.returncode == 0 and "OK" in r.stdout, r.stdout + r.stderr
+    assert "missing 301" in r.stdout  # CUDA_ERROR_FILE_NOT_FOUND, as the driver answers
+    assert int(json.loads(proof.read_text().splitlines()[-1])["image_bytes_sent"]) == len(PTX.read_bytes()) + 1

@@ -64,6 +64,7 @@ const char *fg_op_name(unsigned op) {
     case FG_OP_cuGraphCreate: return "cuGraphCreate";
     case FG_OP_cuGraphDestroy: return "cuGraphDestroy";
     case FG_OP_cuGraphExecDestroy: return "cuGraphExecDestroy";
+    case FG_OP_cuGraphGetNodes: return "cuGraphGetNodes";
     case FG_OP_cuGraphInstantiateWithFlags: return "cuGraphInstantiateWithFlags";
     case FG_OP_cuGraphLaunch: return "cuGraphLaunch";
     case FG_OP_cuGraphUpload: return "cuGraphUpload";

@@ -41,3 +41,10 @@ extern "C" __global__ void fg_axpb(struct fg_ab ab, int n, float *x)
     if (i < n)
         x[i] = __fadd_rn(__fmul_rn(ab.a, x[i]), ab.b);
 }
+
+// Prints one line from thread 0 of block 0 (device printf reaches the client's stdout through fargpu).
+extern "C" __global__ void fg_hello(int v)
+{
+    if (blockIdx.x == 0 && threadIdx.x == 0)
+        printf("fg_hello %d from %d block(s)\n", v, (int)gridDim.x);
+}
