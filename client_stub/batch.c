@@ -5,6 +5,7 @@
  * its outputs (read straight into the caller's memory) and the data of earlier async device→host copies. */
 #include <errno.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,6 +13,7 @@
 
 #include "fg_msgpack.h"
 #include "fgc_internal.h"
+#include "fgc_memo.h"
 
 fgc_state g_fgc = {.mu = PTHREAD_MUTEX_INITIALIZER, .fd = -1, .ctx_sent = UINT64_MAX,
                    .max_frame = FG_DEFAULT_MAX_FRAME};
@@ -214,6 +216,7 @@ fg_writer *fgc_begin(uint16_t op) {
     }
     g_fgc.last_op = op;
     fgc_log(FGC_LOG_TRACE, "> %s", fg_op_name(op));
+    if (fg_op_class(op) != 1) fgc_stats_sent(op); /* sync ops are counted when they are sent */
     uint64_t ctx = fgc_ctx_current();
     if (ctx != g_fgc.ctx_sent) {
         rec_header(FG_OP_SET_CTX);
@@ -265,6 +268,7 @@ void fgc_expect_later(void *dst, size_t n) {
 
 static CUresult finish_sync(int exact, size_t *got) {
     rec_end();
+    fgc_stats_sent(g_fgc.last_op);
     CUresult r;
     size_t dummy;
     if (flush(1)) r = g_fgc.broken;
@@ -280,6 +284,50 @@ static CUresult finish_sync(int exact, size_t *got) {
 }
 
 CUresult fgc_sync(void) { return finish_sync(1, NULL); }
+
+CUresult fgc_sync_memo(void) {
+    rec_end();
+    const uint8_t *key = g_fgc.batch.buf + g_fgc.rec_start;
+    size_t klen = g_fgc.batch.len - g_fgc.rec_start;
+    uint64_t ctx = g_fgc.ctx_sent;
+    uint16_t op = g_fgc.last_op;
+    if (!g_fgc.batch.failed && g_fgc.rec_ext == 0 && fgc_memo_lookup(key, klen, ctx, g_fgc.outs, g_fgc.n_outs)) {
+        g_fgc.batch.len = g_fgc.rec_start; /* answered here: the record is not sent */
+        g_fgc.n_outs = 0;
+        pthread_mutex_unlock(&g_fgc.mu);
+        fgc_stats_hit(op);
+        return CUDA_SUCCESS;
+    }
+    /* The key is copied before the batch is sent and reset. */
+    uint8_t kbuf[512];
+    uint8_t *k = klen <= sizeof kbuf ? kbuf : (uint8_t *)malloc(klen);
+    if (k) memcpy(k, key, klen);
+    fgc_dest outs[FGC_MAX_OUTS];
+    int n_outs = g_fgc.n_outs;
+    memcpy(outs, g_fgc.outs, sizeof outs);
+    fgc_stats_sent(op);
+    CUresult r;
+    size_t got;
+    if (flush(1)) r = g_fgc.broken;
+    else r = read_reply(1, &got);
+    if (r == CUDA_SUCCESS && k) fgc_memo_store(k, klen, ctx, outs, n_outs);
+    g_fgc.n_outs = 0;
+    pthread_mutex_unlock(&g_fgc.mu);
+    if (k != kbuf) free(k);
+    if (r != CUDA_SUCCESS) {
+        const char *en = fg_result_name((int)r);
+        fgc_log(FGC_LOG_DEBUG, "%s -> %s (%d)", fg_op_name(op), en ? en : "?", (int)r);
+    }
+    return r;
+}
+
+/* Stream captures under way in this process (begun and not yet ended through the stub). */
+static _Atomic int captures;
+void fgc_capture_begin(void) { atomic_fetch_add(&captures, 1); }
+void fgc_capture_end(void) {
+    if (atomic_fetch_sub(&captures, 1) <= 0) atomic_store(&captures, 0);
+}
+int fgc_capture_active(void) { return atomic_load(&captures) > 0; }
 
 CUresult fgc_sync_var(size_t *got) { return finish_sync(0, got); }
 

@@ -18,6 +18,15 @@ CUresult fgc_cuStreamGetCaptureInfo_v3(CUstream hStream, CUstreamCaptureStatus *
                                        const CUgraphEdgeData **edgeData_out, size_t *numDependencies_out) {
     FGC_REQUIRE_INIT();
     if (!captureStatus_out) return CUDA_ERROR_INVALID_VALUE;
+    if (!fgc_capture_active()) { /* no capture anywhere in the process: nothing to ask */
+        *captureStatus_out = CU_STREAM_CAPTURE_STATUS_NONE;
+        if (id_out) *id_out = 0;
+        if (graph_out) *graph_out = NULL;
+        if (dependencies_out) *dependencies_out = NULL;
+        if (edgeData_out) *edgeData_out = NULL;
+        if (numDependencies_out) *numDependencies_out = 0;
+        return CUDA_SUCCESS;
+    }
     if (!t_deps) t_deps = (CUgraphNode *)calloc(MAX_DEPS, sizeof *t_deps);
     if (!t_edges) t_edges = (CUgraphEdgeData *)calloc(MAX_DEPS, sizeof *t_edges);
     if (!t_reply) t_reply = (uint8_t *)malloc(MAX_DEPS * (sizeof(uint64_t) + sizeof(CUgraphEdgeData)));

@@ -87,6 +87,7 @@ CUresult fgc_cuCtxDestroy_v2(CUcontext ctx) {
     if (!ctx) return CUDA_ERROR_INVALID_VALUE;
     fg_writer *w = fgc_begin(FG_OP_cuCtxDestroy_v2);
     if (!w) return fgc_last_error();
+    fgc_memo_clear(); /* ids of the context's objects may be reused */
     fgc_put_handle(w, ctx);
     CUresult r = fgc_sync();
     if (r == CUDA_SUCCESS) {

@@ -41,6 +41,14 @@ CUresult fgc_sync(void);
 /* Like fgc_sync, but the reply may carry fewer output bytes than expected; *got receives the count. */
 CUresult fgc_sync_var(size_t *got);
 CUresult fgc_async(void);
+/* Like fgc_sync for a call whose answer never changes: answered from the stub's cache when it can (memo.c). */
+CUresult fgc_sync_memo(void);
+/* Empty that cache (called, with the connection lock held, by calls that may change a cached answer). */
+void fgc_memo_clear(void);
+/* Stream captures under way in this process (batch.c). */
+void fgc_capture_begin(void);
+void fgc_capture_end(void);
+int fgc_capture_active(void);
 /* Register a destination for device→host data an async record will deliver with a later reply. */
 void fgc_expect_later(void *dst, size_t n);
 

@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "fgc_image.h"
+#include "fgc_memo.h"
 
 static void json_str(FILE *f, const char *s) {
     fputc('"', f);
@@ -58,6 +59,7 @@ __attribute__((destructor)) static void fgc_write_proof(void) {
         first = 0;
     }
     if (d) closedir(d);
-    fprintf(out, "], \"image_bytes_sent\": %llu}\n", (unsigned long long)fgc_image_bytes_sent());
+    fprintf(out, "], \"image_bytes_sent\": %llu, \"sync_calls_sent\": %llu}\n",
+            (unsigned long long)fgc_image_bytes_sent(), (unsigned long long)fgc_stats_sync_sent());
     fclose(out);
 }

@@ -87,7 +87,12 @@ def _client_generic(o: Op) -> list[str]:
             body.append(f"    if ({w.p.name} == NULL) return CUDA_ERROR_INVALID_VALUE;\n")
         if w.role == "outbuf":
             body.append(f"    if ({w.size_param} < 0 || {w.size_param} > {OUTBUF_CAP}) return CUDA_ERROR_INVALID_VALUE;\n")
+    if o.name == "cuStreamIsCapturing":  # no capture anywhere in the process: nothing to ask
+        body.append("    if (captureStatus && !fgc_capture_active()) {\n"
+                    "        *captureStatus = CU_STREAM_CAPTURE_STATUS_NONE;\n        return CUDA_SUCCESS;\n    }\n")
     body.append(f"    fg_writer *w = fgc_begin(FG_OP_{o.name});\n    if (!w) return fgc_last_error();\n")
+    if o.memo_clear:
+        body.append("    fgc_memo_clear();\n")
     for w in o.wire:
         n = w.p.name
         if w.role == "in":
@@ -108,7 +113,17 @@ def _client_generic(o: Op) -> list[str]:
             body.append(f"    fgc_expect({n} ? (void *){n} : (void *)&d_{n}, sizeof(uint64_t));\n")
         elif w.role == "outbuf":
             body.append(f"    fgc_expect({n}, (size_t){w.size_param});\n")
-    body.append("    return fgc_sync();\n" if o.cls == "sync" else "    return fgc_async();\n")
+    if o.cls == "async":
+        body.append("    return fgc_async();\n")
+    elif o.memo:
+        body.append("    return fgc_sync_memo();\n")
+    elif o.capture == "begin":
+        body.append("    CUresult r_ = fgc_sync();\n    if (r_ == CUDA_SUCCESS) fgc_capture_begin();\n    return r_;\n")
+    elif o.capture == "end":
+        body.append("    CUresult r_ = fgc_sync();\n    if (r_ != CUDA_ERROR_INVALID_HANDLE) fgc_capture_end();\n"
+                    "    return r_;\n")
+    else:
+        body.append("    return fgc_sync();\n")
     return body
 
 

@@ -33,6 +33,9 @@ class Op:
     fn: Function
     wire: list[WireParam] = field(default_factory=list)
     destroy: str = ""
+    memo: bool = False  # the answer never changes: the stub caches it (memo.c)
+    memo_clear: bool = False  # the call may change a cached answer or free an id that may be reused
+    capture: str = ""  # "begin" / "end": starts / ends a stream capture (the stub counts active captures)
 
 
 @dataclass
@@ -160,7 +163,11 @@ def build(h: Headers) -> Model:
             continue
         if impl == "client":
             raise SystemExit(f"{name}: impl client needs class local")
-        op = Op(name, next_id, cls, impl, fn, destroy=str(a.get("destroy", "")))
+        op = Op(name, next_id, cls, impl, fn, destroy=str(a.get("destroy", "")), memo=bool(a.get("memo", False)),
+                memo_clear=bool(a.get("memo_clear", False)) or bool(a.get("destroy")),
+                capture=str(a.get("capture", "")))
+        if op.memo and (cls != "sync" or impl != "generic"):
+            raise SystemExit(f"{name}: memo needs a generic sync op")
         next_id += 1
         if impl == "generic":
             op.wire = _wire(fn, a)

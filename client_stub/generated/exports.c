@@ -253,7 +253,7 @@ FGC_EXPORT CUresult CUDAAPI cuCtxGetApiVersion(CUcontext ctx, unsigned int *vers
     fgc_put_handle(w, (const void *)ctx);
     { uint8_t want_ = version != NULL; fg_put(w, &want_, 1); }
     fgc_expect(version ? (void *)version : (void *)&d_version, sizeof(*version));
-    return fgc_sync();
+    return fgc_sync_memo();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuCtxGetCacheConfig(CUfunc_cache *pconfig) {
@@ -280,7 +280,7 @@ FGC_EXPORT CUresult CUDAAPI cuCtxGetDevice(CUdevice *device) {
     if (!w) return fgc_last_error();
     { uint8_t want_ = device != NULL; fg_put(w, &want_, 1); }
     fgc_expect(device ? (void *)device : (void *)&d_device, sizeof(*device));
-    return fgc_sync();
+    return fgc_sync_memo();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuCtxGetDevice_v2(CUdevice *device, CUcontext ctx) {
@@ -291,7 +291,7 @@ FGC_EXPORT CUresult CUDAAPI cuCtxGetDevice_v2(CUdevice *device, CUcontext ctx) {
     { uint8_t want_ = device != NULL; fg_put(w, &want_, 1); }
     fgc_expect(device ? (void *)device : (void *)&d_device, sizeof(*device));
     fgc_put_handle(w, (const void *)ctx);
-    return fgc_sync();
+    return fgc_sync_memo();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuCtxGetDevResource(CUcontext hCtx, CUdevResource *resource, CUdevResourceType type) {
@@ -327,7 +327,7 @@ FGC_EXPORT CUresult CUDAAPI cuCtxGetId(CUcontext ctx, unsigned long long *ctxId)
     fgc_put_handle(w, (const void *)ctx);
     { uint8_t want_ = ctxId != NULL; fg_put(w, &want_, 1); }
     fgc_expect(ctxId ? (void *)ctxId : (void *)&d_ctxId, sizeof(*ctxId));
-    return fgc_sync();
+    return fgc_sync_memo();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuCtxGetLimit(size_t *pvalue, CUlimit limit) {
@@ -361,7 +361,7 @@ FGC_EXPORT CUresult CUDAAPI cuCtxGetStreamPriorityRange(int *leastPriority, int 
     fgc_expect(leastPriority ? (void *)leastPriority : (void *)&d_leastPriority, sizeof(*leastPriority));
     { uint8_t want_ = greatestPriority != NULL; fg_put(w, &want_, 1); }
     fgc_expect(greatestPriority ? (void *)greatestPriority : (void *)&d_greatestPriority, sizeof(*greatestPriority));
-    return fgc_sync();
+    return fgc_sync_memo();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuCtxPopCurrent(CUcontext *pctx) {
@@ -404,6 +404,7 @@ FGC_EXPORT CUresult CUDAAPI cuCtxSetCacheConfig(CUfunc_cache config) {
     FGC_REQUIRE_INIT();
     fg_writer *w = fgc_begin(FG_OP_cuCtxSetCacheConfig);
     if (!w) return fgc_last_error();
+    fgc_memo_clear();
     fg_put(w, &config, sizeof(config));
     return fgc_sync();
 }
@@ -419,6 +420,7 @@ FGC_EXPORT CUresult CUDAAPI cuCtxSetFlags(unsigned int flags) {
     FGC_REQUIRE_INIT();
     fg_writer *w = fgc_begin(FG_OP_cuCtxSetFlags);
     if (!w) return fgc_last_error();
+    fgc_memo_clear();
     fg_put(w, &flags, sizeof(flags));
     return fgc_sync();
 }
@@ -427,6 +429,7 @@ FGC_EXPORT CUresult CUDAAPI cuCtxSetLimit(CUlimit limit, size_t value) {
     FGC_REQUIRE_INIT();
     fg_writer *w = fgc_begin(FG_OP_cuCtxSetLimit);
     if (!w) return fgc_last_error();
+    fgc_memo_clear();
     fg_put(w, &limit, sizeof(limit));
     fg_put(w, &value, sizeof(value));
     return fgc_sync();
@@ -436,6 +439,7 @@ FGC_EXPORT CUresult CUDAAPI cuCtxSetSharedMemConfig(CUsharedconfig config) {
     FGC_REQUIRE_INIT();
     fg_writer *w = fgc_begin(FG_OP_cuCtxSetSharedMemConfig);
     if (!w) return fgc_last_error();
+    fgc_memo_clear();
     fg_put(w, &config, sizeof(config));
     return fgc_sync();
 }
@@ -648,7 +652,7 @@ FGC_EXPORT CUresult CUDAAPI cuDeviceCanAccessPeer(int *canAccessPeer, CUdevice d
     fgc_expect(canAccessPeer ? (void *)canAccessPeer : (void *)&d_canAccessPeer, sizeof(*canAccessPeer));
     fg_put(w, &dev, sizeof(dev));
     fg_put(w, &peerDev, sizeof(peerDev));
-    return fgc_sync();
+    return fgc_sync_memo();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuDeviceComputeCapability(int *major, int *minor, CUdevice dev) {
@@ -662,7 +666,7 @@ FGC_EXPORT CUresult CUDAAPI cuDeviceComputeCapability(int *major, int *minor, CU
     { uint8_t want_ = minor != NULL; fg_put(w, &want_, 1); }
     fgc_expect(minor ? (void *)minor : (void *)&d_minor, sizeof(*minor));
     fg_put(w, &dev, sizeof(dev));
-    return fgc_sync();
+    return fgc_sync_memo();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuDeviceGet(CUdevice *device, int ordinal) {
@@ -673,7 +677,7 @@ FGC_EXPORT CUresult CUDAAPI cuDeviceGet(CUdevice *device, int ordinal) {
     { uint8_t want_ = device != NULL; fg_put(w, &want_, 1); }
     fgc_expect(device ? (void *)device : (void *)&d_device, sizeof(*device));
     fg_put(w, &ordinal, sizeof(ordinal));
-    return fgc_sync();
+    return fgc_sync_memo();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuDeviceGetAttribute(int *pi, CUdevice_attribute attrib, CUdevice dev) {
@@ -685,7 +689,7 @@ FGC_EXPORT CUresult CUDAAPI cuDeviceGetAttribute(int *pi, CUdevice_attribute att
     fgc_expect(pi ? (void *)pi : (void *)&d_pi, sizeof(*pi));
     fg_put(w, &attrib, sizeof(attrib));
     fg_put(w, &dev, sizeof(dev));
-    return fgc_sync();
+    return fgc_sync_memo();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuDeviceGetByPCIBusId(CUdevice *dev, const char *pciBusId) {
@@ -707,7 +711,7 @@ FGC_EXPORT CUresult CUDAAPI cuDeviceGetCount(int *count) {
     if (!w) return fgc_last_error();
     { uint8_t want_ = count != NULL; fg_put(w, &want_, 1); }
     fgc_expect(count ? (void *)count : (void *)&d_count, sizeof(*count));
-    return fgc_sync();
+    return fgc_sync_memo();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuDeviceGetDefaultMemPool(CUmemoryPool *pool_out, CUdevice dev) {
@@ -718,7 +722,7 @@ FGC_EXPORT CUresult CUDAAPI cuDeviceGetDefaultMemPool(CUmemoryPool *pool_out, CU
     { uint8_t want_ = pool_out != NULL; fg_put(w, &want_, 1); }
     fgc_expect(pool_out ? (void *)pool_out : (void *)&d_pool_out, sizeof(uint64_t));
     fg_put(w, &dev, sizeof(dev));
-    return fgc_sync();
+    return fgc_sync_memo();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuDeviceGetDevResource(CUdevice device, CUdevResource *resource, CUdevResourceType type) {
@@ -782,7 +786,7 @@ FGC_EXPORT CUresult CUDAAPI cuDeviceGetName(char *name, int len, CUdevice dev) {
     fgc_expect(name, (size_t)len);
     fg_put(w, &len, sizeof(len));
     fg_put(w, &dev, sizeof(dev));
-    return fgc_sync();
+    return fgc_sync_memo();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuDeviceGetNvSciSyncAttributes(void *nvSciSyncAttrList, CUdevice dev, int flags) {
@@ -813,7 +817,7 @@ FGC_EXPORT CUresult CUDAAPI cuDeviceGetP2PAttribute(int *value, CUdevice_P2PAttr
     fg_put(w, &attrib, sizeof(attrib));
     fg_put(w, &srcDevice, sizeof(srcDevice));
     fg_put(w, &dstDevice, sizeof(dstDevice));
-    return fgc_sync();
+    return fgc_sync_memo();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuDeviceGetPCIBusId(char *pciBusId, int len, CUdevice dev) {
@@ -825,7 +829,7 @@ FGC_EXPORT CUresult CUDAAPI cuDeviceGetPCIBusId(char *pciBusId, int len, CUdevic
     fgc_expect(pciBusId, (size_t)len);
     fg_put(w, &len, sizeof(len));
     fg_put(w, &dev, sizeof(dev));
-    return fgc_sync();
+    return fgc_sync_memo();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuDeviceGetProperties(CUdevprop *prop, CUdevice dev) {
@@ -860,7 +864,7 @@ FGC_EXPORT CUresult CUDAAPI cuDeviceGetUuid_v2(CUuuid *uuid, CUdevice dev) {
     { uint8_t want_ = uuid != NULL; fg_put(w, &want_, 1); }
     fgc_expect(uuid ? (void *)uuid : (void *)&d_uuid, sizeof(*uuid));
     fg_put(w, &dev, sizeof(dev));
-    return fgc_sync();
+    return fgc_sync_memo();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuDeviceGraphMemTrim(CUdevice device) {
@@ -903,6 +907,7 @@ FGC_EXPORT CUresult CUDAAPI cuDevicePrimaryCtxReset_v2(CUdevice dev) {
     FGC_REQUIRE_INIT();
     fg_writer *w = fgc_begin(FG_OP_cuDevicePrimaryCtxReset_v2);
     if (!w) return fgc_last_error();
+    fgc_memo_clear();
     fg_put(w, &dev, sizeof(dev));
     return fgc_sync();
 }
@@ -926,6 +931,7 @@ FGC_EXPORT CUresult CUDAAPI cuDevicePrimaryCtxSetFlags_v2(CUdevice dev, unsigned
     FGC_REQUIRE_INIT();
     fg_writer *w = fgc_begin(FG_OP_cuDevicePrimaryCtxSetFlags_v2);
     if (!w) return fgc_last_error();
+    fgc_memo_clear();
     fg_put(w, &dev, sizeof(dev));
     fg_put(w, &flags, sizeof(flags));
     return fgc_sync();
@@ -972,7 +978,7 @@ FGC_EXPORT CUresult CUDAAPI cuDeviceTotalMem_v2(size_t *bytes, CUdevice dev) {
     { uint8_t want_ = bytes != NULL; fg_put(w, &want_, 1); }
     fgc_expect(bytes ? (void *)bytes : (void *)&d_bytes, sizeof(*bytes));
     fg_put(w, &dev, sizeof(dev));
-    return fgc_sync();
+    return fgc_sync_memo();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuDeviceUnregisterAsyncNotification(CUdevice device, CUasyncCallbackHandle callback) {
@@ -1077,6 +1083,7 @@ FGC_EXPORT CUresult CUDAAPI cuEventDestroy_v2(CUevent hEvent) {
     FGC_REQUIRE_INIT();
     fg_writer *w = fgc_begin(FG_OP_cuEventDestroy_v2);
     if (!w) return fgc_last_error();
+    fgc_memo_clear();
     fgc_put_handle(w, (const void *)hEvent);
     return fgc_sync();
 }
@@ -1172,7 +1179,7 @@ FGC_EXPORT CUresult CUDAAPI cuFuncGetAttribute(int *pi, CUfunction_attribute att
     fgc_expect(pi ? (void *)pi : (void *)&d_pi, sizeof(*pi));
     fg_put(w, &attrib, sizeof(attrib));
     fgc_put_handle(w, (const void *)hfunc);
-    return fgc_sync();
+    return fgc_sync_memo();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuFuncGetModule(CUmodule *hmod, CUfunction hfunc) {
@@ -1223,6 +1230,7 @@ FGC_EXPORT CUresult CUDAAPI cuFuncSetAttribute(CUfunction hfunc, CUfunction_attr
     FGC_REQUIRE_INIT();
     fg_writer *w = fgc_begin(FG_OP_cuFuncSetAttribute);
     if (!w) return fgc_last_error();
+    fgc_memo_clear();
     fgc_put_handle(w, (const void *)hfunc);
     fg_put(w, &attrib, sizeof(attrib));
     fg_put(w, &value, sizeof(value));
@@ -1242,6 +1250,7 @@ FGC_EXPORT CUresult CUDAAPI cuFuncSetCacheConfig(CUfunction hfunc, CUfunc_cache 
     FGC_REQUIRE_INIT();
     fg_writer *w = fgc_begin(FG_OP_cuFuncSetCacheConfig);
     if (!w) return fgc_last_error();
+    fgc_memo_clear();
     fgc_put_handle(w, (const void *)hfunc);
     fg_put(w, &config, sizeof(config));
     return fgc_sync();
@@ -1251,6 +1260,7 @@ FGC_EXPORT CUresult CUDAAPI cuFuncSetSharedMemConfig(CUfunction hfunc, CUsharedc
     FGC_REQUIRE_INIT();
     fg_writer *w = fgc_begin(FG_OP_cuFuncSetSharedMemConfig);
     if (!w) return fgc_last_error();
+    fgc_memo_clear();
     fgc_put_handle(w, (const void *)hfunc);
     fg_put(w, &config, sizeof(config));
     return fgc_sync();
@@ -1620,6 +1630,7 @@ FGC_EXPORT CUresult CUDAAPI cuGraphDestroy(CUgraph hGraph) {
     FGC_REQUIRE_INIT();
     fg_writer *w = fgc_begin(FG_OP_cuGraphDestroy);
     if (!w) return fgc_last_error();
+    fgc_memo_clear();
     fgc_put_handle(w, (const void *)hGraph);
     return fgc_sync();
 }
@@ -1678,6 +1689,7 @@ FGC_EXPORT CUresult CUDAAPI cuGraphExecDestroy(CUgraphExec hGraphExec) {
     FGC_REQUIRE_INIT();
     fg_writer *w = fgc_begin(FG_OP_cuGraphExecDestroy);
     if (!w) return fgc_last_error();
+    fgc_memo_clear();
     fgc_put_handle(w, (const void *)hGraphExec);
     return fgc_sync();
 }
@@ -2380,7 +2392,7 @@ FGC_EXPORT CUresult CUDAAPI cuKernelGetAttribute(int *pi, CUfunction_attribute a
     fg_put(w, &attrib, sizeof(attrib));
     fgc_put_handle(w, (const void *)kernel);
     fg_put(w, &dev, sizeof(dev));
-    return fgc_sync();
+    return fgc_sync_memo();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuKernelGetFunction(CUfunction *pFunc, CUkernel kernel) {
@@ -2419,6 +2431,7 @@ FGC_EXPORT CUresult CUDAAPI cuKernelSetAttribute(CUfunction_attribute attrib, in
     FGC_REQUIRE_INIT();
     fg_writer *w = fgc_begin(FG_OP_cuKernelSetAttribute);
     if (!w) return fgc_last_error();
+    fgc_memo_clear();
     fg_put(w, &attrib, sizeof(attrib));
     fg_put(w, &val, sizeof(val));
     fgc_put_handle(w, (const void *)kernel);
@@ -2430,6 +2443,7 @@ FGC_EXPORT CUresult CUDAAPI cuKernelSetCacheConfig(CUkernel kernel, CUfunc_cache
     FGC_REQUIRE_INIT();
     fg_writer *w = fgc_begin(FG_OP_cuKernelSetCacheConfig);
     if (!w) return fgc_last_error();
+    fgc_memo_clear();
     fgc_put_handle(w, (const void *)kernel);
     fg_put(w, &config, sizeof(config));
     fg_put(w, &dev, sizeof(dev));
@@ -2599,6 +2613,7 @@ FGC_EXPORT CUresult CUDAAPI cuLibraryUnload(CUlibrary library) {
     FGC_REQUIRE_INIT();
     fg_writer *w = fgc_begin(FG_OP_cuLibraryUnload);
     if (!w) return fgc_last_error();
+    fgc_memo_clear();
     fgc_put_handle(w, (const void *)library);
     return fgc_sync();
 }
@@ -4271,7 +4286,7 @@ FGC_EXPORT CUresult CUDAAPI cuModuleGetLoadingMode(CUmoduleLoadingMode *mode) {
     if (!w) return fgc_last_error();
     { uint8_t want_ = mode != NULL; fg_put(w, &want_, 1); }
     fgc_expect(mode ? (void *)mode : (void *)&d_mode, sizeof(*mode));
-    return fgc_sync();
+    return fgc_sync_memo();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuModuleGetSurfRef(CUsurfref *pSurfRef, CUmodule hmod, const char *name) {
@@ -4322,6 +4337,7 @@ FGC_EXPORT CUresult CUDAAPI cuModuleUnload(CUmodule hmod) {
     FGC_REQUIRE_INIT();
     fg_writer *w = fgc_begin(FG_OP_cuModuleUnload);
     if (!w) return fgc_last_error();
+    fgc_memo_clear();
     fgc_put_handle(w, (const void *)hmod);
     return fgc_sync();
 }
@@ -4388,7 +4404,7 @@ FGC_EXPORT CUresult CUDAAPI cuOccupancyAvailableDynamicSMemPerBlock(size_t *dyna
     fgc_put_handle(w, (const void *)func);
     fg_put(w, &numBlocks, sizeof(numBlocks));
     fg_put(w, &blockSize, sizeof(blockSize));
-    return fgc_sync();
+    return fgc_sync_memo();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuOccupancyMaxActiveBlocksPerMultiprocessor(int *numBlocks, CUfunction func, int blockSize, size_t dynamicSMemSize) {
@@ -4401,7 +4417,7 @@ FGC_EXPORT CUresult CUDAAPI cuOccupancyMaxActiveBlocksPerMultiprocessor(int *num
     fgc_put_handle(w, (const void *)func);
     fg_put(w, &blockSize, sizeof(blockSize));
     fg_put(w, &dynamicSMemSize, sizeof(dynamicSMemSize));
-    return fgc_sync();
+    return fgc_sync_memo();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags(int *numBlocks, CUfunction func, int blockSize, size_t dynamicSMemSize, unsigned int flags) {
@@ -4415,7 +4431,7 @@ FGC_EXPORT CUresult CUDAAPI cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags
     fg_put(w, &blockSize, sizeof(blockSize));
     fg_put(w, &dynamicSMemSize, sizeof(dynamicSMemSize));
     fg_put(w, &flags, sizeof(flags));
-    return fgc_sync();
+    return fgc_sync_memo();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuOccupancyMaxActiveClusters(int *numClusters, CUfunction func, const CUlaunchConfig *config) {
@@ -4655,7 +4671,9 @@ FGC_EXPORT CUresult CUDAAPI cuStreamBeginCapture_v2(CUstream hStream, CUstreamCa
     if (!w) return fgc_last_error();
     fgc_put_handle(w, (const void *)hStream);
     fg_put(w, &mode, sizeof(mode));
-    return fgc_sync();
+    CUresult r_ = fgc_sync();
+    if (r_ == CUDA_SUCCESS) fgc_capture_begin();
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuStreamBeginCapture_v2_ptsz(CUstream hStream, CUstreamCaptureMode mode) {
@@ -4706,6 +4724,7 @@ FGC_EXPORT CUresult CUDAAPI cuStreamDestroy_v2(CUstream hStream) {
     FGC_REQUIRE_INIT();
     fg_writer *w = fgc_begin(FG_OP_cuStreamDestroy_v2);
     if (!w) return fgc_last_error();
+    fgc_memo_clear();
     fgc_put_handle(w, (const void *)hStream);
     return fgc_sync();
 }
@@ -4718,7 +4737,9 @@ FGC_EXPORT CUresult CUDAAPI cuStreamEndCapture(CUstream hStream, CUgraph *phGrap
     fgc_put_handle(w, (const void *)hStream);
     { uint8_t want_ = phGraph != NULL; fg_put(w, &want_, 1); }
     fgc_expect(phGraph ? (void *)phGraph : (void *)&d_phGraph, sizeof(uint64_t));
-    return fgc_sync();
+    CUresult r_ = fgc_sync();
+    if (r_ != CUDA_ERROR_INVALID_HANDLE) fgc_capture_end();
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuStreamEndCapture_ptsz(CUstream hStream, CUgraph *phGraph) {
@@ -4880,6 +4901,10 @@ FGC_EXPORT CUresult CUDAAPI cuStreamGetPriority_ptsz(CUstream hStream, int *prio
 FGC_EXPORT CUresult CUDAAPI cuStreamIsCapturing(CUstream hStream, CUstreamCaptureStatus *captureStatus) {
     FGC_REQUIRE_INIT();
     __typeof__(*captureStatus) d_captureStatus;
+    if (captureStatus && !fgc_capture_active()) {
+        *captureStatus = CU_STREAM_CAPTURE_STATUS_NONE;
+        return CUDA_SUCCESS;
+    }
     fg_writer *w = fgc_begin(FG_OP_cuStreamIsCapturing);
     if (!w) return fgc_last_error();
     fgc_put_handle(w, (const void *)hStream);

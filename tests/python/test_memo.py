@@ -1,0 +1,73 @@
+"""The stub's cache of unchanging answers (client_stub/memo.c), end to end with the simulated device: repeated
+device-attribute and occupancy queries cost one round trip, a call that changes a function attribute empties
+the cache so the new value is seen, capture queries are answered locally while no capture is under way, and
+FARGPU_STATS=1 reports what was sent and what was answered from the cache.
+
+The simulated device is a test double: these tests are about what crosses the wire."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cuda_ctypes import PRELUDE
+from e2e_helpers import REPO, NodeServer, run_client, start_server, stop_server
+
+PTX = REPO / "fargpu" / "generated" / "test_kernels.ptx"
+
+CLIENT = PRELUDE + r'''
+ctx0()
+v = ctypes.c_int()
+for _ in range(500):
+    ok(cu.cuDeviceGetAttribute(ctypes.byref(v), 16, 0), "attr")  # multiprocessor count
+print("sms", v.value)
+img = open("__PTX__", "rb").read() + b"\0"
+mod, fn = ctypes.c_void_p(), ctypes.c_void_p()
+ok(cu.cuModuleLoadData(ctypes.byref(mod), img), "load")
+ok(cu.cuModuleGetFunction(ctypes.byref(fn), mod, b"fg_vadd"), "getfunction")
+MAX_DYN = 8  # CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
+a, b = ctypes.c_int(), ctypes.c_int()
+for _ in range(100):
+    ok(cu.cuFuncGetAttribute(ctypes.byref(a), MAX_DYN, fn), "getattr")
+ok(cu.cuFuncSetAttribute(fn, MAX_DYN, 65536), "setattr")
+ok(cu.cuFuncGetAttribute(ctypes.byref(b), MAX_DYN, fn), "getattr after set")
+print("maxdyn", a.value, b.value)
+st = ctypes.c_int(7)
+s = ctypes.c_void_p()
+ok(cu.cuStreamCreate(ctypes.byref(s), 0), "stream")
+for _ in range(100):
+    ok(cu.cuStreamIsCapturing(s, ctypes.byref(st)), "iscapturing")
+print("capturing", st.value)
+'''
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[NodeServer]:
+    s = start_server(tmp_path)
+    yield s
+    stop_server(s)
+
+
+def _counts(stderr: str, op: str) -> tuple[int, int]:
+    m = re.search(rf"^\s+{op}\s+\w+\s+sent\s+(\d+)\s+cached\s+(\d+)", stderr, re.M)
+    return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
+
+
+def test_unchanging_answers_are_cached_and_invalidated(server: NodeServer, tmp_path: Path) -> None:
+    proof = tmp_path / "proof.jsonl"
+    r = run_client(CLIENT.replace("__PTX__", str(PTX)),
+                   server.client_env(FARGPU_STATS="1", FARGPU_PROOF_FILE=str(proof)))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "sms 132" in r.stdout
+    assert re.search(r"maxdyn (\d+) 65536", r.stdout), r.stdout
+    assert "capturing 0" in r.stdout
+    assert _counts(r.stderr, "cuDeviceGetAttribute") == (1, 499)
+    sent, cached = _counts(r.stderr, "cuFuncGetAttribute")
+    assert sent == 2 and cached == 99, r.stderr  # the set in between emptied the cache
+    assert _counts(r.stderr, "cuStreamIsCapturing") == (0, 0)  # answered without a record at all
+    sync_sent = json.loads(proof.read_text().splitlines()[-1])["sync_calls_sent"]
+    assert 0 < sync_sent < 40, sync_sent
