@@ -304,6 +304,22 @@ static void *const t1734dc26[16] = {SLOTS(16), X(1), X(2),  X(3),  X(4),  X(5), 
                                     X(8),      X(9), X(10), X(11), X(12), X(13), X(14), X(15)};
 #undef X
 
+/* ---- 6e163fbe: function introspection, asked for by cuFFT. Served so that each slot used is logged and
+ * refused; meanings not established. ---- */
+#define X(n) MISSING(T6E163FBE, n)
+X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9) X(10) X(11) X(12) X(13) X(14) X(15) X(16) X(17) X(18) X(19) X(20)
+X(21) X(22) X(23) X(24) X(25) X(26) X(27) X(28) X(29) X(30) X(31) X(32) X(33) X(34) X(35) X(36) X(37) X(38)
+X(39) X(40) X(41) X(42) X(43) X(44) X(45) X(46) X(47) X(48) X(49) X(50) X(51) X(52) X(53) X(54) X(55) X(56)
+X(57) X(58) X(59) X(60) X(61) X(62) X(63)
+#undef X
+#define X(n) M(T6E163FBE, n)
+static void *const t6e163fbe[64] = {
+    SLOTS(64), X(1),  X(2),  X(3),  X(4),  X(5),  X(6),  X(7),  X(8),  X(9),  X(10), X(11), X(12), X(13), X(14), X(15),
+    X(16),     X(17), X(18), X(19), X(20), X(21), X(22), X(23), X(24), X(25), X(26), X(27), X(28), X(29), X(30), X(31),
+    X(32),     X(33), X(34), X(35), X(36), X(37), X(38), X(39), X(40), X(41), X(42), X(43), X(44), X(45), X(46), X(47),
+    X(48),     X(49), X(50), X(51), X(52), X(53), X(54), X(55), X(56), X(57), X(58), X(59), X(60), X(61), X(62), X(63)};
+#undef X
+
 /* ---- f8cff951: CUDA 13 requirements and logging, several adjacent sub-tables each with its size first ----
  * Sub-tables start at slots 0 (3 slots), 4 (2), 6 (4), 10 (2), 14 (7) and 22 (15); slots between them stay
  * NULL. Known: slot 1 reports a library's message (domain, severity, printf format, va_list); slot 25 checks
@@ -366,6 +382,8 @@ static const known_table TABLES[] = {
      "CONTEXT_IDENTITY", context_identity},
     {{0x17, 0x34, 0xdc, 0x26, 0x80, 0x0d, 0x47, 0x45, 0x87, 0x26, 0xc0, 0xf1, 0xe7, 0xdd, 0x8b, 0xca},
      "T1734DC26", t1734dc26},
+    {{0x6e, 0x16, 0x3f, 0xbe, 0xb9, 0x58, 0x44, 0x4d, 0x83, 0x5c, 0xe1, 0x82, 0xaf, 0xf1, 0x99, 0x1e},
+     "T6E163FBE", t6e163fbe},
     {{0xf8, 0xcf, 0xf9, 0x51, 0x21, 0x46, 0x8b, 0x4e, 0xb9, 0xe2, 0xfb, 0x46, 0x9e, 0x7c, 0x0d, 0xd9},
      "F8CFF951", f8cff951},
 };
