@@ -119,6 +119,9 @@ def _client_generic(o: Op) -> list[str]:
         body.append("    return fgc_sync_memo();\n")
     elif o.capture == "begin":
         body.append("    CUresult r_ = fgc_sync();\n    if (r_ == CUDA_SUCCESS) fgc_capture_begin();\n    return r_;\n")
+    elif o.global_var:  # the global's range is device memory for copies (unified.c)
+        body.append("    CUresult r_ = fgc_sync();\n    if (r_ == CUDA_SUCCESS && dptr && bytes) fgc_device_range_add(*dptr, *bytes);\n"
+                    "    return r_;\n")
     elif o.capture == "end":
         body.append("    CUresult r_ = fgc_sync();\n    if (r_ != CUDA_ERROR_INVALID_HANDLE) fgc_capture_end();\n"
                     "    return r_;\n")
@@ -268,6 +271,8 @@ def _server_generic(o: Op) -> list[str]:
     b.append("        if (r->failed) return FGS_PROTOCOL_ERROR;\n")
     b.append(f"        if (!S->api->{o.name}) return fgs_missing(S, \"{o.name}\");\n")
     b.append(f"        CUresult res = S->api->{o.name}({', '.join(call_args)});\n")
+    if o.global_var:
+        post.append("            if (want_dptr) fgs_note_global(S, dptr);\n")
     if post:
         b.append("        if (res == CUDA_SUCCESS) {\n" + "".join(post) + "        }\n")
     if o.destroy:

@@ -36,6 +36,7 @@ class Op:
     memo: bool = False  # the answer never changes: the stub caches it (memo.c)
     memo_clear: bool = False  # the call may change a cached answer or free an id that may be reused
     capture: str = ""  # "begin" / "end": starts / ends a stream capture (the stub counts active captures)
+    global_var: bool = False  # returns a module/library global's address (dptr) and size (bytes)
 
 
 @dataclass
@@ -165,7 +166,7 @@ def build(h: Headers) -> Model:
             raise SystemExit(f"{name}: impl client needs class local")
         op = Op(name, next_id, cls, impl, fn, destroy=str(a.get("destroy", "")), memo=bool(a.get("memo", False)),
                 memo_clear=bool(a.get("memo_clear", False)) or bool(a.get("destroy")),
-                capture=str(a.get("capture", "")))
+                capture=str(a.get("capture", "")), global_var=bool(a.get("global", False)))
         if op.memo and (cls != "sync" or impl != "generic"):
             raise SystemExit(f"{name}: memo needs a generic sync op")
         next_id += 1

@@ -2546,7 +2546,9 @@ FGC_EXPORT CUresult CUDAAPI cuLibraryGetGlobal(CUdeviceptr *dptr, size_t *bytes,
     fgc_expect(bytes ? (void *)bytes : (void *)&d_bytes, sizeof(*bytes));
     fgc_put_handle(w, (const void *)library);
     fgc_put_cstr(w, name);
-    return fgc_sync();
+    CUresult r_ = fgc_sync();
+    if (r_ == CUDA_SUCCESS && dptr && bytes) fgc_device_range_add(*dptr, *bytes);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuLibraryGetKernel(CUkernel *pKernel, CUlibrary library, const char *name) {
@@ -4276,7 +4278,9 @@ FGC_EXPORT CUresult CUDAAPI cuModuleGetGlobal_v2(CUdeviceptr *dptr, size_t *byte
     fgc_expect(bytes ? (void *)bytes : (void *)&d_bytes, sizeof(*bytes));
     fgc_put_handle(w, (const void *)hmod);
     fgc_put_cstr(w, name);
-    return fgc_sync();
+    CUresult r_ = fgc_sync();
+    if (r_ == CUDA_SUCCESS && dptr && bytes) fgc_device_range_add(*dptr, *bytes);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuModuleGetLoadingMode(CUmoduleLoadingMode *mode) {

@@ -856,6 +856,7 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         if (res == CUDA_SUCCESS) {
             fg_put(out, &dptr, sizeof(dptr));
             fg_put(out, &bytes, sizeof(bytes));
+            if (want_dptr) fgs_note_global(S, dptr);
         }
         return res;
     }
@@ -1147,6 +1148,7 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         if (res == CUDA_SUCCESS) {
             fg_put(out, &dptr, sizeof(dptr));
             fg_put(out, &bytes, sizeof(bytes));
+            if (want_dptr) fgs_note_global(S, dptr);
         }
         return res;
     }

@@ -112,6 +112,7 @@ const char *fgs_api_load(fgs_api *api, void *dl) {
     if (!api->cuMemCreate) return "cuMemCreate";
     *(void **)&api->cuMemFreeHost = dlsym(dl, "cuMemFreeHost");
     if (!api->cuMemFreeHost) return "cuMemFreeHost";
+    *(void **)&api->cuMemGetAddressRange_v2 = dlsym(dl, "cuMemGetAddressRange_v2");
     *(void **)&api->cuMemGetAllocationGranularity = dlsym(dl, "cuMemGetAllocationGranularity");
     if (!api->cuMemGetAllocationGranularity) return "cuMemGetAllocationGranularity";
     *(void **)&api->cuMemGetInfo_v2 = dlsym(dl, "cuMemGetInfo_v2");

@@ -64,6 +64,10 @@ typedef struct fgs_session {
     size_t n_images, cap_images;
     uint64_t image_cache_hits;
 
+    /* module and library globals the client was told about: device memory copies may touch (memory.c) */
+    fgs_alloc *globals;
+    size_t n_globals, cap_globals;
+
     struct fgs_output *output; /* device printf capture (output.c); NULL: none */
     uint32_t max_frame;
     char log_prefix[64];
@@ -81,6 +85,7 @@ CUresult fgs_missing(fgs_session *S, const char *name);
 CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out);
 CUresult fgs_set_ctx(fgs_session *S, fg_reader *r);
 void fgs_memory_release_all(fgs_session *S);
+void fgs_note_global(fgs_session *S, CUdeviceptr p);
 void fgs_later_free_all(fgs_session *S);
 CUresult fgs_image_chunk(fgs_session *S, fg_reader *r);
 const uint8_t *fgs_image_get(fgs_session *S, fg_reader *r, uint64_t *size, CUresult *res);

@@ -116,10 +116,38 @@ CUresult fgs_cuMemGetInfo_v2(fgs_session *S, fg_reader *r, fg_writer *out) {
     return CUDA_SUCCESS;
 }
 
+static fgs_alloc *find_global(fgs_session *S, uint64_t p) {
+    for (size_t i = 0; i < S->n_globals; i++)
+        if (p >= S->globals[i].ptr && p - S->globals[i].ptr < S->globals[i].size) return &S->globals[i];
+    return NULL;
+}
+
+/* A module or library global the driver named for this session (cuModuleGetGlobal, cuLibraryGetGlobal):
+ * copies may use its range, as they may the session's allocations. */
+void fgs_note_global(fgs_session *S, CUdeviceptr p) {
+    CUdeviceptr base = 0;
+    size_t size = 0;
+    if (!S->api->cuMemGetAddressRange_v2 || S->api->cuMemGetAddressRange_v2(&base, &size, p) != CUDA_SUCCESS || !size)
+        return;
+    if (find_global(S, base)) return;
+    if (S->n_globals == S->cap_globals) {
+        size_t cap = S->cap_globals ? S->cap_globals * 2 : 16;
+        fgs_alloc *ng = (fgs_alloc *)realloc(S->globals, cap * sizeof *ng);
+        if (!ng) return;
+        S->globals = ng;
+        S->cap_globals = cap;
+    }
+    memset(&S->globals[S->n_globals], 0, sizeof S->globals[0]);
+    S->globals[S->n_globals].ptr = base;
+    S->globals[S->n_globals].size = size;
+    S->n_globals++;
+}
+
 CUresult fgs_cuMemGetAddressRange_v2(fgs_session *S, fg_reader *r, fg_writer *out) {
     uint64_t p = fg_get_u64(r);
     if (r->failed) return FGS_PROTOCOL_ERROR;
     fgs_alloc *a = find_alloc(S, p, 1);
+    if (!a) a = find_global(S, p);
     if (!a) return CUDA_ERROR_NOT_FOUND;
     fg_put_u64(out, a->ptr);
     fg_put_u64(out, a->size);
@@ -189,6 +217,7 @@ void fgs_later_free_all(fgs_session *S) {
  * would make the driver read or write the worker's host memory. */
 static int in_session(fgs_session *S, uint64_t p, uint64_t n) {
     fgs_alloc *a = find_alloc(S, p, 1);
+    if (!a) a = find_global(S, p);
     return a && n <= a->ptr + a->size - p;
 }
 

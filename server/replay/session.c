@@ -251,6 +251,7 @@ FGS_EXPORT void fgs_close(fgs_session *S) {
         free(S->tables[k].free_list);
     }
     free(S->allocs);
+    free(S->globals);
     free(S->later);
     free(S->scratch);
     fgs_images_free_all(S);
