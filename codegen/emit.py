@@ -279,6 +279,8 @@ def _server_generic(o: Op) -> list[str]:
         dp = next(p for p in o.fn.params if p.name == o.destroy)
         _h, kind = handle_kind(dp)
         b.append(f"        if (res == CUDA_SUCCESS) fgs_handle_remove(S, {kind}, id_{o.destroy});\n")
+        if kind in (HANDLE_TYPES["CUmodule"], HANDLE_TYPES["CUlibrary"]):  # its globals are no longer memory a copy may touch
+            b.append("        if (res == CUDA_SUCCESS) fgs_globals_forget(S);\n")
     b.append("        return res;\n    }\n")
     return b
 

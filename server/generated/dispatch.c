@@ -901,6 +901,7 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         if (!S->api->cuLibraryUnload) return fgs_missing(S, "cuLibraryUnload");
         CUresult res = S->api->cuLibraryUnload(library);
         if (res == CUDA_SUCCESS) fgs_handle_remove(S, 6, id_library);
+        if (res == CUDA_SUCCESS) fgs_globals_forget(S);
         return res;
     }
     case FG_OP_cuMemAlloc_v2: return fgs_cuMemAlloc_v2(S, r, out);
@@ -1175,6 +1176,7 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         if (!S->api->cuModuleUnload) return fgs_missing(S, "cuModuleUnload");
         CUresult res = S->api->cuModuleUnload(hmod);
         if (res == CUDA_SUCCESS) fgs_handle_remove(S, 4, id_hmod);
+        if (res == CUDA_SUCCESS) fgs_globals_forget(S);
         return res;
     }
     case FG_OP_cuOccupancyAvailableDynamicSMemPerBlock: {

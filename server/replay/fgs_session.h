@@ -86,6 +86,7 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
 CUresult fgs_set_ctx(fgs_session *S, fg_reader *r);
 void fgs_memory_release_all(fgs_session *S);
 void fgs_note_global(fgs_session *S, CUdeviceptr p);
+void fgs_globals_forget(fgs_session *S);
 void fgs_later_free_all(fgs_session *S);
 CUresult fgs_image_chunk(fgs_session *S, fg_reader *r);
 const uint8_t *fgs_image_get(fgs_session *S, fg_reader *r, uint64_t *size, CUresult *res);

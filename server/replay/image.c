@@ -102,7 +102,8 @@ CUresult fgs_image_chunk(fgs_session *S, fg_reader *r) {
     const uint8_t *data = fg_take(r, len);
     if (r->failed) return FGS_PROTOCOL_ERROR;
     if (total == 0 || total > FG_MAX_IMAGE || off > total || len > total - off) return CUDA_ERROR_INVALID_VALUE;
-    if (S->staging_data && (memcmp(S->staging_sha, sha, 32) || S->staging_size != total)) {
+    if (S->staging_data && (memcmp(S->staging_sha, sha, 32) || S->staging_size != total || off == 0)) {
+        /* another image, or the same one sent again from the start: begin afresh */
         free(S->staging_data);
         S->staging_data = NULL;
     }

@@ -215,6 +215,9 @@ void fgs_later_free_all(fgs_session *S) {
 /* Device-to-device copies (and unified cuMemcpy, which the stub sends here only for two device
  * addresses) touch nothing but this session's own allocations: a client address that is not one of them
  * would make the driver read or write the worker's host memory. */
+/* A module or library was unloaded: forget every noted global (the live ones are noted again when named). */
+void fgs_globals_forget(fgs_session *S) { S->n_globals = 0; }
+
 static int in_session(fgs_session *S, uint64_t p, uint64_t n) {
     fgs_alloc *a = find_alloc(S, p, 1);
     if (!a) a = find_global(S, p);
