@@ -100,3 +100,47 @@ CUresult fgc_cuGraphGetNodes(CUgraph hGraph, CUgraphNode *nodes, size_t *numNode
     free(ids);
     return r;
 }
+
+/* The calling thread's stream-capture mode. It only matters while a capture is under way, so until then the stub
+ * keeps it (libraries exchange it around many calls); it is handed to the server before a capture begins and
+ * exchanged there while one runs. (The server runs all of a client's threads on one thread, so per-thread
+ * modes are approximate during concurrent captures from several threads.) */
+static __thread CUstreamCaptureMode t_mode = CU_STREAM_CAPTURE_MODE_GLOBAL;
+static __thread int t_mode_sent; /* the server has t_mode for this client */
+
+static CUresult exchange_remote(CUstreamCaptureMode *mode) {
+    fg_writer *w = fgc_begin(FG_OP_cuThreadExchangeStreamCaptureMode);
+    if (!w) return fgc_last_error();
+    uint32_t m = (uint32_t)*mode;
+    fg_put_u32(w, m);
+    fgc_expect(&m, sizeof m);
+    CUresult r = fgc_sync();
+    if (r == CUDA_SUCCESS) *mode = (CUstreamCaptureMode)m;
+    return r;
+}
+
+CUresult fgc_cuThreadExchangeStreamCaptureMode(CUstreamCaptureMode *mode) {
+    FGC_REQUIRE_INIT();
+    if (!mode || (unsigned)*mode > CU_STREAM_CAPTURE_MODE_RELAXED) return CUDA_ERROR_INVALID_VALUE;
+    CUstreamCaptureMode want = *mode;
+    if (fgc_capture_active()) {
+        CUresult r = exchange_remote(mode);
+        if (r == CUDA_SUCCESS) {
+            t_mode = want;
+            t_mode_sent = 1;
+        }
+        return r;
+    }
+    *mode = t_mode;
+    t_mode = want;
+    t_mode_sent = 0;
+    return CUDA_SUCCESS;
+}
+
+CUresult fgc_capture_mode_sync(void) {
+    if (t_mode_sent || t_mode == CU_STREAM_CAPTURE_MODE_GLOBAL) return CUDA_SUCCESS;
+    CUstreamCaptureMode m = t_mode;
+    CUresult r = exchange_remote(&m);
+    if (r == CUDA_SUCCESS) t_mode_sent = 1;
+    return r;
+}

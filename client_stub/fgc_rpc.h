@@ -49,6 +49,8 @@ void fgc_memo_clear(void);
 void fgc_capture_begin(void);
 void fgc_capture_end(void);
 int fgc_capture_active(void);
+/* Hand the thread's capture mode (kept in the stub while nothing is captured) to the server (capture.c). */
+CUresult fgc_capture_mode_sync(void);
 /* Register a destination for device→host data an async record will deliver with a later reply. */
 void fgc_expect_later(void *dst, size_t n);
 

@@ -85,7 +85,7 @@ CUresult fgc_cuKernelGetFunction(CUfunction *pFunc, CUkernel kernel) {
     fgc_put_handle(w, kernel);
     uint64_t id = 0;
     fgc_expect(&id, sizeof id);
-    CUresult r = fgc_sync();
+    CUresult r = fgc_sync_memo(); /* a kernel's function in a context does not change until an unload */
     if (r != CUDA_SUCCESS) return r;
     if (fgc_layout_alias(fgc_handle_id(kernel), id) != 0) return CUDA_ERROR_INVALID_HANDLE;
     *pFunc = (CUfunction)(uintptr_t)id;

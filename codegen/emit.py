@@ -90,6 +90,8 @@ def _client_generic(o: Op) -> list[str]:
     if o.name == "cuStreamIsCapturing":  # no capture anywhere in the process: nothing to ask
         body.append("    if (captureStatus && !fgc_capture_active()) {\n"
                     "        *captureStatus = CU_STREAM_CAPTURE_STATUS_NONE;\n        return CUDA_SUCCESS;\n    }\n")
+    if o.capture == "begin":  # the thread's capture mode, kept in the stub while nothing captured, goes first
+        body.append("    { CUresult m_ = fgc_capture_mode_sync(); if (m_ != CUDA_SUCCESS) return m_; }\n")
     body.append(f"    fg_writer *w = fgc_begin(FG_OP_{o.name});\n    if (!w) return fgc_last_error();\n")
     if o.memo_clear:
         body.append("    fgc_memo_clear();\n")

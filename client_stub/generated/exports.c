@@ -884,7 +884,7 @@ FGC_EXPORT CUresult CUDAAPI cuDevicePrimaryCtxGetState(CUdevice dev, unsigned in
     fgc_expect(flags ? (void *)flags : (void *)&d_flags, sizeof(*flags));
     { uint8_t want_ = active != NULL; fg_put(w, &want_, 1); }
     fgc_expect(active ? (void *)active : (void *)&d_active, sizeof(*active));
-    return fgc_sync();
+    return fgc_sync_memo();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuDevicePrimaryCtxRelease(CUdevice dev) {
@@ -895,6 +895,7 @@ FGC_EXPORT CUresult CUDAAPI cuDevicePrimaryCtxRelease_v2(CUdevice dev) {
     FGC_REQUIRE_INIT();
     fg_writer *w = fgc_begin(FG_OP_cuDevicePrimaryCtxRelease_v2);
     if (!w) return fgc_last_error();
+    fgc_memo_clear();
     fg_put(w, &dev, sizeof(dev));
     return fgc_sync();
 }
@@ -917,6 +918,7 @@ FGC_EXPORT CUresult CUDAAPI cuDevicePrimaryCtxRetain(CUcontext *pctx, CUdevice d
     uint64_t d_pctx;
     fg_writer *w = fgc_begin(FG_OP_cuDevicePrimaryCtxRetain);
     if (!w) return fgc_last_error();
+    fgc_memo_clear();
     { uint8_t want_ = pctx != NULL; fg_put(w, &want_, 1); }
     fgc_expect(pctx ? (void *)pctx : (void *)&d_pctx, sizeof(uint64_t));
     fg_put(w, &dev, sizeof(dev));
@@ -4671,6 +4673,7 @@ FGC_EXPORT CUresult CUDAAPI cuStreamBeginCaptureToGraph_ptsz(CUstream hStream, C
 
 FGC_EXPORT CUresult CUDAAPI cuStreamBeginCapture_v2(CUstream hStream, CUstreamCaptureMode mode) {
     FGC_REQUIRE_INIT();
+    { CUresult m_ = fgc_capture_mode_sync(); if (m_ != CUDA_SUCCESS) return m_; }
     fg_writer *w = fgc_begin(FG_OP_cuStreamBeginCapture_v2);
     if (!w) return fgc_last_error();
     fgc_put_handle(w, (const void *)hStream);
@@ -5513,13 +5516,10 @@ FGC_EXPORT CUresult CUDAAPI cuTexRefSetMipmappedArray(CUtexref hTexRef, CUmipmap
 }
 
 FGC_EXPORT CUresult CUDAAPI cuThreadExchangeStreamCaptureMode(CUstreamCaptureMode *mode) {
-    FGC_REQUIRE_INIT();
-    if (mode == NULL) return CUDA_ERROR_INVALID_VALUE;
-    fg_writer *w = fgc_begin(FG_OP_cuThreadExchangeStreamCaptureMode);
-    if (!w) return fgc_last_error();
-    fg_put(w, mode, sizeof(*mode));
-    fgc_expect(mode, sizeof(*mode));
-    return fgc_sync();
+    fgc_log(FGC_LOG_TRACE, "= cuThreadExchangeStreamCaptureMode");
+    CUresult r_ = fgc_cuThreadExchangeStreamCaptureMode(mode);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuThreadExchangeStreamCaptureMode", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuUserObjectCreate(CUuserObject *object_out, void *ptr, CUhostFn destroy, unsigned int initialRefcount, unsigned int flags) {

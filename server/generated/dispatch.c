@@ -1543,17 +1543,7 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         CUresult res = S->api->cuStreamWriteValue64_v2(stream, addr, value, flags);
         return res;
     }
-    case FG_OP_cuThreadExchangeStreamCaptureMode: {
-        CUstreamCaptureMode mode;
-        fg_get(r, (void *)&mode, sizeof(mode));
-        if (r->failed) return FGS_PROTOCOL_ERROR;
-        if (!S->api->cuThreadExchangeStreamCaptureMode) return fgs_missing(S, "cuThreadExchangeStreamCaptureMode");
-        CUresult res = S->api->cuThreadExchangeStreamCaptureMode(&mode);
-        if (res == CUDA_SUCCESS) {
-            fg_put(out, &mode, sizeof(mode));
-        }
-        return res;
-    }
+    case FG_OP_cuThreadExchangeStreamCaptureMode: return fgs_cuThreadExchangeStreamCaptureMode(S, r, out);
     default: return FGS_UNKNOWN_OP;
     }
 }

@@ -30,5 +30,6 @@ CUresult fgs_cuModuleLoadDataEx(fgs_session *S, fg_reader *r, fg_writer *out);
 CUresult fgs_cuOccupancyMaxActiveClusters(fgs_session *S, fg_reader *r, fg_writer *out);
 CUresult fgs_cuOccupancyMaxPotentialClusterSize(fgs_session *S, fg_reader *r, fg_writer *out);
 CUresult fgs_cuStreamGetCaptureInfo_v3(fgs_session *S, fg_reader *r, fg_writer *out);
+CUresult fgs_cuThreadExchangeStreamCaptureMode(fgs_session *S, fg_reader *r, fg_writer *out);
 
 #endif

@@ -57,3 +57,13 @@ CUresult fgs_cuGraphGetNodes(fgs_session *S, fg_reader *r, fg_writer *out) {
     for (size_t i = 0; i < n; i++) fg_put_u64(out, fgs_handle_add(S, FGH_GRAPHNODE, nodes[i]));
     return CUDA_SUCCESS;
 }
+
+CUresult fgs_cuThreadExchangeStreamCaptureMode(fgs_session *S, fg_reader *r, fg_writer *out) {
+    uint32_t m = fg_get_u32(r);
+    if (r->failed) return FGS_PROTOCOL_ERROR;
+    if (!S->api->cuThreadExchangeStreamCaptureMode) return fgs_missing(S, "cuThreadExchangeStreamCaptureMode");
+    CUstreamCaptureMode mode = (CUstreamCaptureMode)m;
+    CUresult res = S->api->cuThreadExchangeStreamCaptureMode(&mode);
+    if (res == CUDA_SUCCESS) fg_put_u32(out, (uint32_t)mode);
+    return res;
+}

@@ -41,6 +41,16 @@ ok(cu.cuStreamCreate(ctypes.byref(s), 0), "stream")
 for _ in range(100):
     ok(cu.cuStreamIsCapturing(s, ctypes.byref(st)), "iscapturing")
 print("capturing", st.value)
+mode = ctypes.c_int(2)  # RELAXED
+ok(cu.cuThreadExchangeStreamCaptureMode(ctypes.byref(mode)), "exchange")
+print("old mode", mode.value)  # GLOBAL (0) before
+for _ in range(49):  # each exchange hands back the previous mode: an odd count ends on RELAXED
+    ok(cu.cuThreadExchangeStreamCaptureMode(ctypes.byref(mode)), "exchange")
+print("mode after 49", mode.value)
+f, act = ctypes.c_uint(), ctypes.c_int()
+for _ in range(50):
+    ok(cu.cuDevicePrimaryCtxGetState(0, ctypes.byref(f), ctypes.byref(act)), "state")
+print("active", act.value)
 '''
 
 
@@ -68,5 +78,9 @@ def test_unchanging_answers_are_cached_and_invalidated(server: NodeServer, tmp_p
     sent, cached = _counts(r.stderr, "cuFuncGetAttribute")
     assert sent == 2 and cached == 99, r.stderr  # the set in between emptied the cache
     assert _counts(r.stderr, "cuStreamIsCapturing") == (0, 0)  # answered without a record at all
+    assert "old mode 0" in r.stdout and "mode after 49 2" in r.stdout, r.stdout
+    assert _counts(r.stderr, "cuThreadExchangeStreamCaptureMode") == (0, 0)  # kept in the stub: no capture
+    assert _counts(r.stderr, "cuDevicePrimaryCtxGetState") == (1, 49)
+    assert "active 1" in r.stdout
     sync_sent = json.loads(proof.read_text().splitlines()[-1])["sync_calls_sent"]
     assert 0 < sync_sent < 40, sync_sent
