@@ -124,14 +124,6 @@ int fgc_io_read(void *dst, size_t n) {
     return 0;
 }
 
-static int send_frame(uint16_t type, const void *payload, size_t len) {
-    fg_header h = {FG_MAGIC, type, 0, (uint32_t)len, 0};
-    uint8_t hb[FG_HEADER_SIZE];
-    fg_header_encode(&h, hb);
-    struct iovec iov[2] = {{hb, sizeof hb}, {(void *)payload, len}};
-    return fgc_io_write(iov, 2, sizeof hb + len);
-}
-
 /* Read one handshake frame into buf (at most cap bytes). Returns its type, or -1. */
 static int recv_small_frame(uint8_t *buf, size_t cap, size_t *len) {
     uint8_t hb[FG_HEADER_SIZE];
@@ -153,6 +145,103 @@ static void mp_copy_str(const uint8_t *buf, size_t n, const char *key, char *dst
     }
 }
 
+static char g_token[512];
+static char g_attach_key[80];
+
+static int dial(const char *ep, char *err, size_t errlen) {
+    int fd;
+    if (strncmp(ep, "unix:", 5) == 0) {
+        fd = connect_unix(ep + 5);
+        if (fd < 0) snprintf(err, errlen, "%s", strerror(errno));
+    } else if (strchr(ep, '/')) {
+        fd = connect_unix(ep);
+        if (fd < 0) snprintf(err, errlen, "%s", strerror(errno));
+    } else {
+        fd = connect_tcp(ep, err, errlen);
+    }
+    return fd;
+}
+
+/* A HELLO for fd: the session's own, or (attach) one for its callback connection. */
+static int send_hello(int fd, int attach) {
+    char host[256] = "", exe[512] = "";
+    gethostname(host, sizeof host - 1);
+    ssize_t el = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (el > 0) exe[el] = 0;
+    fg_writer w;
+    fg_writer_init(&w, 1024, FG_MAX_HELLO);
+    fg_mp_map(&w, attach ? 9 : 7);
+    fg_mp_str(&w, "proto");
+    fg_mp_int(&w, FG_PROTO_VERSION);
+    fg_mp_str(&w, "token");
+    fg_mp_str(&w, g_token);
+    fg_mp_str(&w, "ops_hash");
+    fg_mp_str(&w, FG_OPS_HASH);
+    fg_mp_str(&w, "pid");
+    fg_mp_int(&w, getpid());
+    fg_mp_str(&w, "host");
+    fg_mp_str(&w, host);
+    fg_mp_str(&w, "exe");
+    fg_mp_str(&w, exe);
+    fg_mp_str(&w, "stub");
+    fg_mp_str(&w, "fargpu-stub 0.1.0");
+    if (attach) {
+        fg_mp_str(&w, "attach_session");
+        fg_mp_str(&w, g_fgc.session);
+        fg_mp_str(&w, "attach_key");
+        fg_mp_str(&w, g_attach_key);
+    }
+    fg_header h = {FG_MAGIC, FG_T_HELLO, 0, (uint32_t)w.len, 0};
+    uint8_t hb[FG_HEADER_SIZE];
+    fg_header_encode(&h, hb);
+    int bad = w.failed;
+    for (int i = 0; i < 2 && !bad; i++) {
+        const uint8_t *p = i ? w.buf : hb;
+        size_t n = i ? w.len : sizeof hb;
+        while (n && !bad) {
+            ssize_t k = send(fd, p, n, MSG_NOSIGNAL);
+            if (k < 0 && errno == EINTR) continue;
+            if (k <= 0) bad = 1;
+            else {
+                p += k;
+                n -= (size_t)k;
+            }
+        }
+    }
+    fg_writer_free(&w);
+    return bad ? -1 : 0;
+}
+
+static int read_fd(int fd, void *dst, size_t n) {
+    char *p = (char *)dst;
+    while (n) {
+        ssize_t k = recv(fd, p, n, 0);
+        if (k < 0 && errno == EINTR) continue;
+        if (k <= 0) return -1;
+        p += k;
+        n -= (size_t)k;
+    }
+    return 0;
+}
+
+int fgc_open_callback_channel(void) {
+    if (!g_attach_key[0] || !g_fgc.session[0]) return -1; /* a server without callback connections */
+    char err[256] = "";
+    int fd = dial(g_endpoint, err, sizeof err);
+    if (fd < 0) return -1;
+    uint8_t hb[FG_HEADER_SIZE];
+    fg_header h;
+    uint8_t buf[FG_MAX_HELLO];
+    if (send_hello(fd, 1) || read_fd(fd, hb, sizeof hb) || fg_header_decode(hb, &h, FG_MAX_HELLO) ||
+        h.length > sizeof buf || read_fd(fd, buf, h.length) || h.type != FG_T_HELLO_OK) {
+        fgc_log(FGC_LOG_WARN, "the node server refused the callback connection; host functions will wait for "
+                              "their stream on the submitting thread");
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
 CUresult fgc_connect(void) {
     const char *ep = getenv("FARGPU_SERVER");
     const char *token = getenv("FARGPU_TOKEN");
@@ -170,17 +259,9 @@ CUresult fgc_connect(void) {
         return CUDA_ERROR_NO_DEVICE;
     }
     snprintf(g_endpoint, sizeof g_endpoint, "%s", ep);
+    snprintf(g_token, sizeof g_token, "%s", token ? token : "");
     char err[256] = "";
-    int fd;
-    if (strncmp(ep, "unix:", 5) == 0) {
-        fd = connect_unix(ep + 5);
-        if (fd < 0) snprintf(err, sizeof err, "%s", strerror(errno));
-    } else if (strchr(ep, '/')) {
-        fd = connect_unix(ep);
-        if (fd < 0) snprintf(err, sizeof err, "%s", strerror(errno));
-    } else {
-        fd = connect_tcp(ep, err, sizeof err);
-    }
+    int fd = dial(ep, err, sizeof err);
     if (fd < 0) {
         fgc_log(FGC_LOG_ERROR, "cannot reach the fargpu node server at %s: %s. Is the server running "
                                "(`fargpu server`), and is FARGPU_SERVER right?", ep, err);
@@ -188,29 +269,7 @@ CUresult fgc_connect(void) {
     }
     g_fgc.fd = fd;
 
-    char host[256] = "", exe[512] = "";
-    gethostname(host, sizeof host - 1);
-    ssize_t el = readlink("/proc/self/exe", exe, sizeof exe - 1);
-    if (el > 0) exe[el] = 0;
-    fg_writer w;
-    fg_writer_init(&w, 1024, FG_MAX_HELLO);
-    fg_mp_map(&w, 7);
-    fg_mp_str(&w, "proto");
-    fg_mp_int(&w, FG_PROTO_VERSION);
-    fg_mp_str(&w, "token");
-    fg_mp_str(&w, token ? token : "");
-    fg_mp_str(&w, "ops_hash");
-    fg_mp_str(&w, FG_OPS_HASH);
-    fg_mp_str(&w, "pid");
-    fg_mp_int(&w, getpid());
-    fg_mp_str(&w, "host");
-    fg_mp_str(&w, host);
-    fg_mp_str(&w, "exe");
-    fg_mp_str(&w, exe);
-    fg_mp_str(&w, "stub");
-    fg_mp_str(&w, "fargpu-stub 0.1.0");
-    int bad = w.failed || send_frame(FG_T_HELLO, w.buf, w.len);
-    fg_writer_free(&w);
+    int bad = send_hello(fd, 0);
     uint8_t buf[FG_MAX_HELLO];
     size_t n = 0;
     int type = bad ? -1 : recv_small_frame(buf, sizeof buf, &n);
@@ -220,6 +279,7 @@ CUresult fgc_connect(void) {
         char backend[64];
         mp_copy_str(buf, n, "backend", backend, sizeof backend);
         mp_copy_str(buf, n, "session", g_fgc.session, sizeof g_fgc.session);
+        mp_copy_str(buf, n, "attach_key", g_attach_key, sizeof g_attach_key);
         fgc_log(FGC_LOG_INFO, "connected to %s (session %s, backend %s)", ep, g_fgc.session, backend);
         return CUDA_SUCCESS;
     }

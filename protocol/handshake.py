@@ -21,6 +21,8 @@ class Hello:
     host: str
     exe: str
     stub: str
+    attach_session: str = ""  # set on a session's callback connection (see SPEC.md, "Callbacks")
+    attach_key: str = ""
 
     @property
     def client(self) -> str:
@@ -54,11 +56,14 @@ def decode_hello(payload: bytes) -> Hello:
     pid = doc.get("pid", 0)
     if type(pid) is not int:
         raise ProtocolError("HELLO field 'pid' must be an integer")
-    return Hello(token=s("token"), ops_hash=ops_hash, pid=pid, host=s("host"), exe=s("exe"), stub=s("stub"))
+    return Hello(token=s("token"), ops_hash=ops_hash, pid=pid, host=s("host"), exe=s("exe"), stub=s("stub"),
+                 attach_session=s("attach_session"), attach_key=s("attach_key"))
 
 
-def hello_ok(session: str, backend: str, max_frame: int) -> bytes:
+def hello_ok(session: str, backend: str, max_frame: int, attach_key: str = "") -> bytes:
     body: dict[str, Any] = {"proto": PROTO_VERSION, "session": session, "backend": backend, "max_frame": max_frame}
+    if attach_key:
+        body["attach_key"] = attach_key
     return encode_frame(FrameType.HELLO_OK, msgpack.packb(body))
 
 

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 import os
+import secrets
 import signal
 import socket
 import sys
@@ -44,6 +46,8 @@ class _Session:
     info: SessionInfo
     proc: asyncio.subprocess.Process
     ctl_w: int
+    attach_key: str = ""  # the secret a callback connection presents (HELLO_OK gave it to the client)
+    attach_sock: socket.socket | None = None  # hands callback connections to the worker (SCM_RIGHTS)
     started: float = field(default_factory=time.monotonic)
     vram: int = 0
     ended: str = ""
@@ -163,7 +167,12 @@ class NodeAgent:
                 await loop.sock_sendall(conn, handshake.hello_err(reason))
             conn.close()
             return
+        if hello.attach_session:
+            await self._attach(conn, hello)
+            return
         sid = uuid.uuid4().hex[:12]
+        attach_key = secrets.token_hex(16)
+        attach_parent, attach_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         ctl_r, ctl_w = os.pipe()
         st_r, st_w = os.pipe()
         quota = grant.vram_quota_bytes or 0
@@ -172,9 +181,12 @@ class NodeAgent:
             sys.executable, "-P", "-m", "fargpu.server.worker", "--fd", str(conn.fileno()), "--ctl-fd", str(ctl_r),
             "--status-fd", str(st_w), "--driver", str(self.backend_info.driver), "--backend", self.backend,
             "--session", sid, "--quota", str(quota), "--max-frame", str(self.config.max_frame),
+            "--attach-fd", str(attach_child.fileno()), "--attach-key", attach_key,
         ]
         try:
-            proc = await asyncio.create_subprocess_exec(*args, pass_fds=(conn.fileno(), ctl_r, st_w), env=env)
+            proc = await asyncio.create_subprocess_exec(
+                *args, pass_fds=(conn.fileno(), ctl_r, st_w, attach_child.fileno()), env=env
+            )
         except OSError as exc:
             log.error("cannot start a session worker: %s", exc)
             with contextlib.suppress(OSError):
@@ -182,12 +194,15 @@ class NodeAgent:
             conn.close()
             for fd in (ctl_r, ctl_w, st_r, st_w):
                 os.close(fd)
+            attach_parent.close()
+            attach_child.close()
             return
         conn.close()
         os.close(ctl_r)
         os.close(st_w)
+        attach_child.close()
         info = SessionInfo(sid, grant.lease_id, proc.pid, 0, hello.client)
-        sess = _Session(info, proc, ctl_w)
+        sess = _Session(info, proc, ctl_w, attach_key=attach_key, attach_sock=attach_parent)
         self._sessions[sid] = sess
         log.info("session %s for lease %s (client %s) -> worker %d", sid, grant.lease_id, hello.client, proc.pid)
         self._spawn(self._watch_status(sess, st_r))
@@ -195,9 +210,29 @@ class NodeAgent:
         # lease's sessions through end_lease(), via the command stream or the heartbeat reply.
         await proc.wait()
         self._sessions.pop(sid, None)
+        attach_parent.close()
         with contextlib.suppress(OSError):
             os.close(ctl_w)
         log.info("session %s ended (worker exit %s)", sid, proc.returncode)
+
+    async def _attach(self, conn: socket.socket, hello: handshake.Hello) -> None:
+        """A session's callback connection (the stub runs host functions on it): checked against the session's
+        secret, then handed to that session's worker."""
+        loop = asyncio.get_running_loop()
+        sess = self._sessions.get(hello.attach_session)
+        ok = (sess is not None and sess.attach_sock is not None and bool(hello.attach_key)
+              and hmac.compare_digest(sess.attach_key, hello.attach_key))
+        try:
+            if not ok or sess is None or sess.attach_sock is None:
+                log.warning("refused a callback connection: unknown session or wrong key")
+                await loop.sock_sendall(conn, handshake.hello_err("no such session, or the attach key is wrong"))
+                return
+            # The worker answers HELLO_OK on it once the connection is installed, so no callback can come first.
+            socket.send_fds(sess.attach_sock, [b"a"], [conn.fileno()])
+        except OSError as exc:
+            log.warning("could not hand a callback connection to its worker: %s", exc)
+        finally:
+            conn.close()
 
     async def _watch_status(self, sess: _Session, fd: int) -> None:
         loop = asyncio.get_running_loop()

@@ -37,6 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--session", required=True)
     ap.add_argument("--quota", type=int, default=0)
     ap.add_argument("--max-frame", type=int, default=80 * 1024 * 1024)
+    ap.add_argument("--attach-fd", type=int, default=-1)
+    ap.add_argument("--attach-key", default="")
     a = ap.parse_args(argv)
     os.set_blocking(a.fd, True)
     sock = socket.socket(fileno=a.fd)
@@ -57,7 +59,29 @@ def main(argv: list[str] | None = None) -> int:
     os.close(out_w)
     if lib.fgs_set_output(S, out_r) != 0:  # type: ignore[attr-defined]
         print(f"fargpu-worker[{os.getpid()}]: device output will not be forwarded", file=sys.stderr)
-    sock.sendall(hello_ok(a.session, a.backend, a.max_frame))
+    if a.attach_fd >= 0:
+        attach = socket.socket(fileno=a.attach_fd)
+
+        def receive_callback_connections() -> None:
+            # The agent hands over the client's callback connection (host functions run on it).
+            while True:
+                try:
+                    _msg, fds, _flags, _addr = socket.recv_fds(attach, 16, 4)
+                except OSError:
+                    return
+                if not fds:
+                    return
+                for fd in fds:
+                    if lib.fgs_set_callback_fd(S, fd) != 0:  # type: ignore[attr-defined]
+                        os.close(fd)
+                        continue
+                    try:  # installed: now the client may send host functions
+                        os.write(fd, hello_ok(a.session, a.backend, a.max_frame))
+                    except OSError:
+                        pass
+
+        threading.Thread(target=receive_callback_connections, daemon=True).start()
+    sock.sendall(hello_ok(a.session, a.backend, a.max_frame, a.attach_key if a.attach_fd >= 0 else ""))
     done = threading.Event()
 
     def report() -> None:

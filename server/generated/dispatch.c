@@ -835,6 +835,7 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         CUresult res = S->api->cuKernelSetCacheConfig(kernel, config, dev);
         return res;
     }
+    case FG_OP_cuLaunchHostFunc: return fgs_cuLaunchHostFunc(S, r, out);
     case FG_OP_cuLaunchKernel: return fgs_cuLaunchKernel(S, r, out);
     case FG_OP_cuLaunchKernelEx: return fgs_cuLaunchKernelEx(S, r, out);
     case FG_OP_cuLibraryGetGlobal: {
@@ -1243,6 +1244,7 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
     }
     case FG_OP_cuOccupancyMaxActiveClusters: return fgs_cuOccupancyMaxActiveClusters(S, r, out);
     case FG_OP_cuOccupancyMaxPotentialClusterSize: return fgs_cuOccupancyMaxPotentialClusterSize(S, r, out);
+    case FG_OP_cuStreamAddCallback: return fgs_cuStreamAddCallback(S, r, out);
     case FG_OP_cuStreamBeginCapture_v2: {
         uint64_t id_hStream = fg_get_u64(r);
         CUstream hStream = NULL;

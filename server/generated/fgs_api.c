@@ -95,6 +95,7 @@ const char *fgs_api_load(fgs_api *api, void *dl) {
     *(void **)&api->cuKernelGetParamInfo = dlsym(dl, "cuKernelGetParamInfo");
     *(void **)&api->cuKernelSetAttribute = dlsym(dl, "cuKernelSetAttribute");
     *(void **)&api->cuKernelSetCacheConfig = dlsym(dl, "cuKernelSetCacheConfig");
+    *(void **)&api->cuLaunchHostFunc = dlsym(dl, "cuLaunchHostFunc");
     *(void **)&api->cuLaunchKernel = dlsym(dl, "cuLaunchKernel");
     if (!api->cuLaunchKernel) return "cuLaunchKernel";
     *(void **)&api->cuLaunchKernelEx = dlsym(dl, "cuLaunchKernelEx");
@@ -168,6 +169,7 @@ const char *fgs_api_load(fgs_api *api, void *dl) {
     *(void **)&api->cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags = dlsym(dl, "cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags");
     *(void **)&api->cuOccupancyMaxActiveClusters = dlsym(dl, "cuOccupancyMaxActiveClusters");
     *(void **)&api->cuOccupancyMaxPotentialClusterSize = dlsym(dl, "cuOccupancyMaxPotentialClusterSize");
+    *(void **)&api->cuStreamAddCallback = dlsym(dl, "cuStreamAddCallback");
     *(void **)&api->cuStreamBeginCapture_v2 = dlsym(dl, "cuStreamBeginCapture_v2");
     *(void **)&api->cuStreamCopyAttributes = dlsym(dl, "cuStreamCopyAttributes");
     *(void **)&api->cuStreamCreate = dlsym(dl, "cuStreamCreate");

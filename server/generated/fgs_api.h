@@ -79,6 +79,7 @@ typedef struct fgs_api {
     CUresult (*cuKernelGetParamInfo)(CUkernel, size_t, size_t *, size_t *);
     CUresult (*cuKernelSetAttribute)(CUfunction_attribute, int, CUkernel, CUdevice);
     CUresult (*cuKernelSetCacheConfig)(CUkernel, CUfunc_cache, CUdevice);
+    CUresult (*cuLaunchHostFunc)(CUstream, CUhostFn, void *);
     CUresult (*cuLaunchKernel)(CUfunction, unsigned int, unsigned int, unsigned int, unsigned int, unsigned int, unsigned int, unsigned int, CUstream, void **, void **);
     CUresult (*cuLaunchKernelEx)(const CUlaunchConfig *, CUfunction, void **, void **);
     CUresult (*cuLibraryGetGlobal)(CUdeviceptr *, size_t *, CUlibrary, const char *);
@@ -130,6 +131,7 @@ typedef struct fgs_api {
     CUresult (*cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags)(int *, CUfunction, int, size_t, unsigned int);
     CUresult (*cuOccupancyMaxActiveClusters)(int *, CUfunction, const CUlaunchConfig *);
     CUresult (*cuOccupancyMaxPotentialClusterSize)(int *, CUfunction, const CUlaunchConfig *);
+    CUresult (*cuStreamAddCallback)(CUstream, CUstreamCallback, void *, unsigned int);
     CUresult (*cuStreamBeginCapture_v2)(CUstream, CUstreamCaptureMode);
     CUresult (*cuStreamCopyAttributes)(CUstream, CUstream);
     CUresult (*cuStreamCreate)(CUstream *, unsigned int);

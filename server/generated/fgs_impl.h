@@ -8,6 +8,7 @@ CUresult fgs_cuCtxCreate_v4(fgs_session *S, fg_reader *r, fg_writer *out);
 CUresult fgs_cuCtxDestroy_v2(fgs_session *S, fg_reader *r, fg_writer *out);
 CUresult fgs_cuGraphGetNodes(fgs_session *S, fg_reader *r, fg_writer *out);
 CUresult fgs_cuKernelGetFunction(fgs_session *S, fg_reader *r, fg_writer *out);
+CUresult fgs_cuLaunchHostFunc(fgs_session *S, fg_reader *r, fg_writer *out);
 CUresult fgs_cuLaunchKernel(fgs_session *S, fg_reader *r, fg_writer *out);
 CUresult fgs_cuLaunchKernelEx(fgs_session *S, fg_reader *r, fg_writer *out);
 CUresult fgs_cuLibraryGetKernel(fgs_session *S, fg_reader *r, fg_writer *out);
@@ -29,6 +30,7 @@ CUresult fgs_cuModuleLoadData(fgs_session *S, fg_reader *r, fg_writer *out);
 CUresult fgs_cuModuleLoadDataEx(fgs_session *S, fg_reader *r, fg_writer *out);
 CUresult fgs_cuOccupancyMaxActiveClusters(fgs_session *S, fg_reader *r, fg_writer *out);
 CUresult fgs_cuOccupancyMaxPotentialClusterSize(fgs_session *S, fg_reader *r, fg_writer *out);
+CUresult fgs_cuStreamAddCallback(fgs_session *S, fg_reader *r, fg_writer *out);
 CUresult fgs_cuStreamGetCaptureInfo_v3(fgs_session *S, fg_reader *r, fg_writer *out);
 CUresult fgs_cuThreadExchangeStreamCaptureMode(fgs_session *S, fg_reader *r, fg_writer *out);
 

@@ -13,6 +13,8 @@ int fgs_serve(fgs_session *S, int fd, int ctl_fd, char *reason, unsigned long re
 /* Forward what the device prints (the read end of a pipe the worker's stdout writes to) to the client as
  * OUTPUT frames before each reply. Returns 0 on success. */
 int fgs_set_output(fgs_session *S, int fd);
+/* The client's callback connection (host functions run on it), handed over by the node agent. Returns 0. */
+int fgs_set_callback_fd(fgs_session *S, int fd);
 /* Free everything the session holds on the device. */
 void fgs_close(fgs_session *S);
 unsigned long long fgs_vram_used(fgs_session *S);

@@ -68,7 +68,10 @@ typedef struct fgs_session {
     fgs_alloc *globals;
     size_t n_globals, cap_globals;
 
-    struct fgs_output *output; /* device printf capture (output.c); NULL: none */
+    struct fgs_output *output;
+
+    int cb_fd; /* the client's callback connection (callbacks.c); -1: none */
+    struct fgs_callback *callbacks; /* device printf capture (output.c); NULL: none */
     uint32_t max_frame;
     char log_prefix[64];
 } fgs_session;
@@ -86,6 +89,8 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
 CUresult fgs_set_ctx(fgs_session *S, fg_reader *r);
 void fgs_memory_release_all(fgs_session *S);
 void fgs_note_global(fgs_session *S, CUdeviceptr p);
+/* Must run after the device is idle (the trampolines the driver may still call use these). */
+void fgs_callbacks_close(fgs_session *S);
 void fgs_globals_forget(fgs_session *S);
 void fgs_later_free_all(fgs_session *S);
 CUresult fgs_image_chunk(fgs_session *S, fg_reader *r);

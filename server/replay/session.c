@@ -174,6 +174,7 @@ FGS_EXPORT fgs_session *fgs_open(const char *driver_path, unsigned long long vra
         return NULL;
     }
     S->api = api;
+    S->cb_fd = -1;
     S->vram_quota = vram_quota;
     S->max_frame = max_frame ? max_frame : FG_DEFAULT_MAX_FRAME;
     if (getrandom(&S->salt, sizeof S->salt, 0) != (ssize_t)sizeof S->salt) S->salt = (uint64_t)getpid() * 2654435761u;
@@ -202,6 +203,7 @@ FGS_EXPORT unsigned long long fgs_vram_used(fgs_session *S) { return S->vram_use
 
 FGS_EXPORT void fgs_close(fgs_session *S) {
     if (!S) return;
+    if (S->cb_fd > 0) shutdown(S->cb_fd, SHUT_RDWR); /* a host function waiting on the client returns now */
     fgs_later_free_all(S);
     fgs_memory_release_all(S);
     /* Streams, events and modules first, then the contexts that own them. */
@@ -256,6 +258,7 @@ FGS_EXPORT void fgs_close(fgs_session *S) {
     free(S->scratch);
     fgs_images_free_all(S);
     fgs_output_close(S);
+    fgs_callbacks_close(S);
     /* The driver stays loaded: unloading a CUDA driver inside a process is not supported. */
     free((void *)S->api);
     free(S);

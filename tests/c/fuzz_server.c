@@ -432,6 +432,8 @@ static const char *layout[FG_OP_LIMIT] = {
     [FG_OP_cuStreamWriteValue32_v2] = "Spii",
     [FG_OP_cuStreamWriteValue64_v2] = "Spqi",
     [FG_OP_cuThreadExchangeStreamCaptureMode] = "i",
+    [FG_OP_cuLaunchHostFunc] = "Sq",
+    [FG_OP_cuStreamAddCallback] = "Sq",
 };
 
 /* ---------------------------------------------------------------- module images ---- */

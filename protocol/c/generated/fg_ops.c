@@ -73,6 +73,7 @@ const char *fg_op_name(unsigned op) {
     case FG_OP_cuKernelGetLibrary: return "cuKernelGetLibrary";
     case FG_OP_cuKernelSetAttribute: return "cuKernelSetAttribute";
     case FG_OP_cuKernelSetCacheConfig: return "cuKernelSetCacheConfig";
+    case FG_OP_cuLaunchHostFunc: return "cuLaunchHostFunc";
     case FG_OP_cuLaunchKernel: return "cuLaunchKernel";
     case FG_OP_cuLaunchKernelEx: return "cuLaunchKernelEx";
     case FG_OP_cuLibraryGetGlobal: return "cuLibraryGetGlobal";
@@ -118,6 +119,7 @@ const char *fg_op_name(unsigned op) {
     case FG_OP_cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags: return "cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags";
     case FG_OP_cuOccupancyMaxActiveClusters: return "cuOccupancyMaxActiveClusters";
     case FG_OP_cuOccupancyMaxPotentialClusterSize: return "cuOccupancyMaxPotentialClusterSize";
+    case FG_OP_cuStreamAddCallback: return "cuStreamAddCallback";
     case FG_OP_cuStreamBeginCapture_v2: return "cuStreamBeginCapture_v2";
     case FG_OP_cuStreamCopyAttributes: return "cuStreamCopyAttributes";
     case FG_OP_cuStreamCreate: return "cuStreamCreate";
