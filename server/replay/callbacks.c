@@ -77,9 +77,11 @@ static void run_remote(struct fgs_callback *c, CUresult status) {
     }
     pthread_mutex_unlock(&cb_mu);
     if (!ok) {
+        __atomic_store_n(&S->cb_failed, 1, __ATOMIC_RELAXED); /* the client hears of it with its next sync call */
         static int logged;
         if (!__atomic_exchange_n(&logged, 1, __ATOMIC_RELAXED))
-            fgs_log(S, "a host function could not run in the client (no callback connection); it was skipped");
+            fgs_log(S, "a host function could not run in the client (no callback connection); it was skipped and "
+                       "the client is told CUDA_ERROR_OPERATING_SYSTEM");
     }
 }
 

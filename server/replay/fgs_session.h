@@ -71,6 +71,7 @@ typedef struct fgs_session {
     struct fgs_output *output;
 
     int cb_fd; /* the client's callback connection (callbacks.c); -1: none */
+    int cb_failed; /* a host function could not run in the client: reported as a deferred error */
     struct fgs_callback *callbacks; /* device printf capture (output.c); NULL: none */
     uint32_t max_frame;
     char log_prefix[64];

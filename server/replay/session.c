@@ -330,6 +330,10 @@ static int send_reply(fgs_session *S, int fd, uint32_t seq, CUresult result, CUr
             dop = FG_OP_cuMemcpyDtoHAsync_v2;
         }
     }
+    if (__atomic_exchange_n(&S->cb_failed, 0, __ATOMIC_RELAXED) && !deferred) {
+        deferred = CUDA_ERROR_OPERATING_SYSTEM; /* a host function was skipped: its callback connection failed */
+        dop = FG_OP_cuLaunchHostFunc;
+    }
     /* Device printf output flushed by this batch's synchronising calls goes first. */
     if (fgs_output_send(S, fd, seq)) return -1;
     struct {

@@ -69,3 +69,54 @@ def test_a_wrong_attach_key_is_refused(server: NodeServer) -> None:
         c.sendall(encode_frame(FrameType.HELLO, msgpack.packb(body)))
         hdr = decode_header(c.recv(16), 1 << 16)
         assert hdr.type == FrameType.HELLO_ERR
+
+
+def test_a_host_function_without_callback_connection_is_reported(server: NodeServer) -> None:
+    """A session that never opened its callback connection (a hand-written client here) cannot run host
+    functions: the function is skipped and the next reply carries CUDA_ERROR_OPERATING_SYSTEM as the deferred
+    error of cuLaunchHostFunc — never a silent success."""
+    import socket
+    import struct
+
+    import msgpack
+
+    from fargpu.protocol.generated.ops import OPS, OPS_HASH
+    from fargpu.protocol.wire import (
+        FLAG_WANT_REPLY,
+        PROTO_VERSION,
+        FrameType,
+        decode_header,
+        encode_frame,
+        encode_record,
+    )
+
+    def recv_exact(c: socket.socket, n: int) -> bytes:
+        buf = b""
+        while len(buf) < n:
+            chunk = c.recv(n - len(buf))
+            assert chunk, "server closed the connection"
+            buf += chunk
+        return buf
+
+    host, port = server.endpoint.split(":")
+    hello = {"proto": PROTO_VERSION, "token": server.token, "ops_hash": OPS_HASH, "pid": 1, "host": "t"}
+    with socket.create_connection((host, int(port)), timeout=20) as c:
+        c.sendall(encode_frame(FrameType.HELLO, msgpack.packb(hello)))
+        h = decode_header(recv_exact(c, 16), 1 << 16)
+        assert h.type == FrameType.HELLO_OK
+        recv_exact(c, h.length)
+        op_host, op_ping = OPS["cuLaunchHostFunc"][0], OPS["FG_PING"][0]
+        op_retain, op_set_ctx = OPS["cuDevicePrimaryCtxRetain"][0], OPS["FG_SET_CTX"][0]
+        c.sendall(encode_frame(FrameType.BATCH, encode_record(op_retain, struct.pack("<Bi", 1, 0)),
+                               FLAG_WANT_REPLY, seq=1))
+        h = decode_header(recv_exact(c, 16))
+        reply = recv_exact(c, h.length)
+        assert struct.unpack("<I", reply[:4])[0] == 0
+        (ctx,) = struct.unpack("<Q", reply[24:32])
+        payload = (encode_record(op_set_ctx, struct.pack("<Q", ctx)) + encode_record(op_host, struct.pack("<QQ", 0, 7))
+                   + encode_record(op_ping, b""))
+        c.sendall(encode_frame(FrameType.BATCH, payload, FLAG_WANT_REPLY, seq=2))
+        h = decode_header(recv_exact(c, 16))
+        assert h.type == FrameType.REPLY
+        result, deferred, deferred_op = struct.unpack("<III", recv_exact(c, h.length)[:12])
+    assert (result, deferred, deferred_op) == (0, 304, op_host)
