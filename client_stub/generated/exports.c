@@ -2906,17 +2906,14 @@ FGC_EXPORT CUresult CUDAAPI cuMemcpy2DAsync(const CUDA_MEMCPY2D_v1 *pCopy, CUstr
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemcpy2DAsync_v2(const CUDA_MEMCPY2D *pCopy, CUstream hStream) {
-    (void)pCopy;
-    (void)hStream;
-    static int logged;
-    return fgc_unsupported("cuMemcpy2DAsync_v2", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuMemcpy2DAsync_v2");
+    CUresult r_ = fgc_cuMemcpy2DAsync_v2(pCopy, hStream);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuMemcpy2DAsync_v2", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemcpy2DAsync_v2_ptsz(const CUDA_MEMCPY2D *pCopy, CUstream hStream) {
-    (void)pCopy;
-    (void)hStream;
-    static int logged;
-    return fgc_unsupported("cuMemcpy2DAsync_v2_ptsz", &logged);
+    return cuMemcpy2DAsync_v2(pCopy, fgc_ptsz_stream(hStream));
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemcpy2DUnaligned(const CUDA_MEMCPY2D_v1 *pCopy) {
@@ -2926,27 +2923,25 @@ FGC_EXPORT CUresult CUDAAPI cuMemcpy2DUnaligned(const CUDA_MEMCPY2D_v1 *pCopy) {
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemcpy2DUnaligned_v2(const CUDA_MEMCPY2D *pCopy) {
-    (void)pCopy;
-    static int logged;
-    return fgc_unsupported("cuMemcpy2DUnaligned_v2", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuMemcpy2DUnaligned_v2");
+    CUresult r_ = fgc_cuMemcpy2DUnaligned_v2(pCopy);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuMemcpy2DUnaligned_v2", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemcpy2DUnaligned_v2_ptds(const CUDA_MEMCPY2D *pCopy) {
-    (void)pCopy;
-    static int logged;
-    return fgc_unsupported("cuMemcpy2DUnaligned_v2_ptds", &logged);
+    return cuMemcpy2DUnaligned_v2(pCopy);
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemcpy2D_v2(const CUDA_MEMCPY2D *pCopy) {
-    (void)pCopy;
-    static int logged;
-    return fgc_unsupported("cuMemcpy2D_v2", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuMemcpy2D_v2");
+    CUresult r_ = fgc_cuMemcpy2D_v2(pCopy);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuMemcpy2D_v2", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemcpy2D_v2_ptds(const CUDA_MEMCPY2D *pCopy) {
-    (void)pCopy;
-    static int logged;
-    return fgc_unsupported("cuMemcpy2D_v2_ptds", &logged);
+    return cuMemcpy2D_v2(pCopy);
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemcpy3D(const CUDA_MEMCPY3D_v1 *pCopy) {

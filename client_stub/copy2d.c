@@ -1,0 +1,62 @@
+/* copy2d.c — 2D copies (cuMemcpy2D, cuMemcpy2DUnaligned, cuMemcpy2DAsync) between host and device memory, as
+ * one 1D copy per row through the stub's ordinary copy paths (all rows of one call travel in one batch, in
+ * stream order). Unified addresses are classified by the device ranges the stub knows; CUDA arrays are not
+ * supported. The synchronous forms wait for the legacy stream at the end, as the driver's do for pageable
+ * memory. */
+#include <string.h>
+
+#include "fgc_impl.h"
+#include "fgc_internal.h"
+
+enum { MEM_HOST, MEM_DEVICE, MEM_BAD };
+
+static int kind(CUmemorytype t, const void *host, CUdeviceptr dev) {
+    switch (t) {
+    case CU_MEMORYTYPE_HOST: return host ? MEM_HOST : MEM_BAD;
+    case CU_MEMORYTYPE_DEVICE: return MEM_DEVICE;
+    case CU_MEMORYTYPE_UNIFIED: return fgc_device_range_find(dev, NULL, NULL) ? MEM_DEVICE : MEM_HOST;
+    default: return MEM_BAD; /* arrays */
+    }
+}
+
+static CUresult copy2d(const CUDA_MEMCPY2D *c, CUstream s, int async) {
+    FGC_REQUIRE_INIT();
+    if (!c) return CUDA_ERROR_INVALID_VALUE;
+    if (c->srcMemoryType == CU_MEMORYTYPE_ARRAY || c->dstMemoryType == CU_MEMORYTYPE_ARRAY) {
+        static int logged;
+        return fgc_unsupported("cuMemcpy2D with CUDA arrays", &logged);
+    }
+    int sk = kind(c->srcMemoryType, c->srcHost, c->srcDevice), dk = kind(c->dstMemoryType, c->dstHost, c->dstDevice);
+    if (sk == MEM_BAD || dk == MEM_BAD) return CUDA_ERROR_INVALID_VALUE;
+    size_t w = c->WidthInBytes, h = c->Height;
+    if ((h > 1 && (c->srcPitch < w + c->srcXInBytes || c->dstPitch < w + c->dstXInBytes)) || c->srcPitch > (1ull << 40) ||
+        c->dstPitch > (1ull << 40))
+        return CUDA_ERROR_INVALID_VALUE;
+    if (!w || !h) return CUDA_SUCCESS;
+    /* With CU_MEMORYTYPE_UNIFIED the pointer is in srcDevice / dstDevice whatever it points to. */
+    const char *shost = c->srcMemoryType == CU_MEMORYTYPE_UNIFIED ? (const char *)(uintptr_t)c->srcDevice
+                                                                   : (const char *)c->srcHost;
+    char *dhost = c->dstMemoryType == CU_MEMORYTYPE_UNIFIED ? (char *)(uintptr_t)c->dstDevice : (char *)c->dstHost;
+    CUstream st = async ? s : NULL;
+    if (sk == MEM_HOST && dk == MEM_HOST) { /* host to host: in stream order, here */
+        CUresult r = cuStreamSynchronize(st);
+        if (r != CUDA_SUCCESS) return r;
+        for (size_t y = 0; y < h; y++)
+            memmove(dhost + (c->dstY + y) * c->dstPitch + c->dstXInBytes,
+                    shost + (c->srcY + y) * c->srcPitch + c->srcXInBytes, w);
+        return CUDA_SUCCESS;
+    }
+    CUresult r = CUDA_SUCCESS;
+    for (size_t y = 0; y < h && r == CUDA_SUCCESS; y++) {
+        size_t so = (c->srcY + y) * c->srcPitch + c->srcXInBytes, dof = (c->dstY + y) * c->dstPitch + c->dstXInBytes;
+        if (sk == MEM_HOST) r = fgc_cuMemcpyHtoDAsync_v2(c->dstDevice + dof, shost + so, w, st);
+        else if (dk == MEM_HOST) r = fgc_cuMemcpyDtoHAsync_v2(dhost + dof, c->srcDevice + so, w, st);
+        else r = fgc_cuMemcpyDtoDAsync_v2(c->dstDevice + dof, c->srcDevice + so, w, st);
+    }
+    if (r == CUDA_SUCCESS && !async) r = cuStreamSynchronize(NULL);
+    return r;
+}
+
+CUresult fgc_cuMemcpy2D_v2(const CUDA_MEMCPY2D *pCopy) { return copy2d(pCopy, NULL, 0); }
+CUresult fgc_cuMemcpy2DUnaligned_v2(const CUDA_MEMCPY2D *pCopy) { return copy2d(pCopy, NULL, 0); }
+CUresult fgc_cuMemcpy2DAsync_v2(const CUDA_MEMCPY2D *pCopy, CUstream hStream) { return copy2d(pCopy, hStream, 1); }
