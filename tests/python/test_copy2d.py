@@ -10,7 +10,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from cuda_ctypes import PRELUDE
 from e2e_helpers import NodeServer, run_client, start_server, stop_server
 
