@@ -28,6 +28,20 @@ void fgc_device_range_add(uint64_t base, uint64_t size) {
     pthread_mutex_unlock(&mu);
 }
 
+void fgc_note_global(uint64_t p, uint64_t size) {
+    /* A module/library global: device memory for unified copies. Its size, when the caller did not ask for it,
+     * comes from the server (which noted the global when it answered). */
+    uint64_t base = p;
+    if (!size) {
+        CUdeviceptr b = 0;
+        size_t n = 0;
+        if (cuMemGetAddressRange_v2(&b, &n, (CUdeviceptr)p) != CUDA_SUCCESS) return;
+        base = b;
+        size = n;
+    }
+    if (!fgc_device_range_find(base, NULL, NULL)) fgc_device_range_add(base, size);
+}
+
 void fgc_device_range_remove(uint64_t base) {
     pthread_mutex_lock(&mu);
     for (size_t i = 0; i < n_ranges; i++)

@@ -122,7 +122,7 @@ def _client_generic(o: Op) -> list[str]:
     elif o.capture == "begin":
         body.append("    CUresult r_ = fgc_sync();\n    if (r_ == CUDA_SUCCESS) fgc_capture_begin();\n    return r_;\n")
     elif o.global_var:  # the global's range is device memory for copies (unified.c)
-        body.append("    CUresult r_ = fgc_sync();\n    if (r_ == CUDA_SUCCESS && dptr && bytes) fgc_device_range_add(*dptr, *bytes);\n"
+        body.append("    CUresult r_ = fgc_sync();\n    if (r_ == CUDA_SUCCESS && dptr) fgc_note_global(*dptr, bytes ? *bytes : 0);\n"
                     "    return r_;\n")
     elif o.capture == "end":
         body.append("    CUresult r_ = fgc_sync();\n    if (r_ != CUDA_ERROR_INVALID_HANDLE) fgc_capture_end();\n"

@@ -2549,7 +2549,7 @@ FGC_EXPORT CUresult CUDAAPI cuLibraryGetGlobal(CUdeviceptr *dptr, size_t *bytes,
     fgc_put_handle(w, (const void *)library);
     fgc_put_cstr(w, name);
     CUresult r_ = fgc_sync();
-    if (r_ == CUDA_SUCCESS && dptr && bytes) fgc_device_range_add(*dptr, *bytes);
+    if (r_ == CUDA_SUCCESS && dptr) fgc_note_global(*dptr, bytes ? *bytes : 0);
     return r_;
 }
 
@@ -4276,7 +4276,7 @@ FGC_EXPORT CUresult CUDAAPI cuModuleGetGlobal_v2(CUdeviceptr *dptr, size_t *byte
     fgc_put_handle(w, (const void *)hmod);
     fgc_put_cstr(w, name);
     CUresult r_ = fgc_sync();
-    if (r_ == CUDA_SUCCESS && dptr && bytes) fgc_device_range_add(*dptr, *bytes);
+    if (r_ == CUDA_SUCCESS && dptr) fgc_note_global(*dptr, bytes ? *bytes : 0);
     return r_;
 }
 
