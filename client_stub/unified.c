@@ -32,6 +32,7 @@ void fgc_note_global(uint64_t p, uint64_t size) {
     /* A module/library global: device memory for unified copies. Its size, when the caller did not ask for it,
      * comes from the server (which noted the global when it answered). */
     uint64_t base = p;
+    if (fgc_device_range_find(p, NULL, NULL)) return; /* known already */
     if (!size) {
         CUdeviceptr b = 0;
         size_t n = 0;

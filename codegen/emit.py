@@ -117,12 +117,13 @@ def _client_generic(o: Op) -> list[str]:
             body.append(f"    fgc_expect({n}, (size_t){w.size_param});\n")
     if o.cls == "async":
         body.append("    return fgc_async();\n")
-    elif o.memo:
+    elif o.memo and not o.global_var:
         body.append("    return fgc_sync_memo();\n")
     elif o.capture == "begin":
         body.append("    CUresult r_ = fgc_sync();\n    if (r_ == CUDA_SUCCESS) fgc_capture_begin();\n    return r_;\n")
     elif o.global_var:  # the global's range is device memory for copies (unified.c)
-        body.append("    CUresult r_ = fgc_sync();\n    if (r_ == CUDA_SUCCESS && dptr) fgc_note_global(*dptr, bytes ? *bytes : 0);\n"
+        sync = "fgc_sync_memo" if o.memo else "fgc_sync"
+        body.append(f"    CUresult r_ = {sync}();\n    if (r_ == CUDA_SUCCESS && dptr) fgc_note_global(*dptr, bytes ? *bytes : 0);\n"
                     "    return r_;\n")
     elif o.capture == "end":
         body.append("    CUresult r_ = fgc_sync();\n    if (r_ != CUDA_ERROR_INVALID_HANDLE) fgc_capture_end();\n"

@@ -2548,7 +2548,7 @@ FGC_EXPORT CUresult CUDAAPI cuLibraryGetGlobal(CUdeviceptr *dptr, size_t *bytes,
     fgc_expect(bytes ? (void *)bytes : (void *)&d_bytes, sizeof(*bytes));
     fgc_put_handle(w, (const void *)library);
     fgc_put_cstr(w, name);
-    CUresult r_ = fgc_sync();
+    CUresult r_ = fgc_sync_memo();
     if (r_ == CUDA_SUCCESS && dptr) fgc_note_global(*dptr, bytes ? *bytes : 0);
     return r_;
 }
@@ -4275,7 +4275,7 @@ FGC_EXPORT CUresult CUDAAPI cuModuleGetGlobal_v2(CUdeviceptr *dptr, size_t *byte
     fgc_expect(bytes ? (void *)bytes : (void *)&d_bytes, sizeof(*bytes));
     fgc_put_handle(w, (const void *)hmod);
     fgc_put_cstr(w, name);
-    CUresult r_ = fgc_sync();
+    CUresult r_ = fgc_sync_memo();
     if (r_ == CUDA_SUCCESS && dptr) fgc_note_global(*dptr, bytes ? *bytes : 0);
     return r_;
 }
