@@ -263,7 +263,7 @@ FGC_EXPORT CUresult CUDAAPI cuCtxGetCacheConfig(CUfunc_cache *pconfig) {
     if (!w) return fgc_last_error();
     { uint8_t want_ = pconfig != NULL; fg_put(w, &want_, 1); }
     fgc_expect(pconfig ? (void *)pconfig : (void *)&d_pconfig, sizeof(*pconfig));
-    return fgc_sync();
+    return fgc_sync_memo();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuCtxGetCurrent(CUcontext *pctx) {
@@ -316,7 +316,7 @@ FGC_EXPORT CUresult CUDAAPI cuCtxGetFlags(unsigned int *flags) {
     if (!w) return fgc_last_error();
     { uint8_t want_ = flags != NULL; fg_put(w, &want_, 1); }
     fgc_expect(flags ? (void *)flags : (void *)&d_flags, sizeof(*flags));
-    return fgc_sync();
+    return fgc_sync_memo();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuCtxGetId(CUcontext ctx, unsigned long long *ctxId) {
@@ -348,7 +348,7 @@ FGC_EXPORT CUresult CUDAAPI cuCtxGetSharedMemConfig(CUsharedconfig *pConfig) {
     if (!w) return fgc_last_error();
     { uint8_t want_ = pConfig != NULL; fg_put(w, &want_, 1); }
     fgc_expect(pConfig ? (void *)pConfig : (void *)&d_pConfig, sizeof(*pConfig));
-    return fgc_sync();
+    return fgc_sync_memo();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuCtxGetStreamPriorityRange(int *leastPriority, int *greatestPriority) {
@@ -701,7 +701,7 @@ FGC_EXPORT CUresult CUDAAPI cuDeviceGetByPCIBusId(CUdevice *dev, const char *pci
     { uint8_t want_ = dev != NULL; fg_put(w, &want_, 1); }
     fgc_expect(dev ? (void *)dev : (void *)&d_dev, sizeof(*dev));
     fgc_put_cstr(w, pciBusId);
-    return fgc_sync();
+    return fgc_sync_memo();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuDeviceGetCount(int *count) {
@@ -774,7 +774,7 @@ FGC_EXPORT CUresult CUDAAPI cuDeviceGetMemPool(CUmemoryPool *pool, CUdevice dev)
     { uint8_t want_ = pool != NULL; fg_put(w, &want_, 1); }
     fgc_expect(pool ? (void *)pool : (void *)&d_pool, sizeof(uint64_t));
     fg_put(w, &dev, sizeof(dev));
-    return fgc_sync();
+    return fgc_sync_memo();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuDeviceGetName(char *name, int len, CUdevice dev) {
@@ -849,7 +849,7 @@ FGC_EXPORT CUresult CUDAAPI cuDeviceGetTexture1DLinearMaxWidth(size_t *maxWidthI
     fg_put(w, &format, sizeof(format));
     fg_put(w, &numChannels, sizeof(numChannels));
     fg_put(w, &dev, sizeof(dev));
-    return fgc_sync();
+    return fgc_sync_memo();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuDeviceGetUuid(CUuuid *uuid, CUdevice dev) {
@@ -960,6 +960,7 @@ FGC_EXPORT CUresult CUDAAPI cuDeviceSetMemPool(CUdevice dev, CUmemoryPool pool) 
     FGC_REQUIRE_INIT();
     fg_writer *w = fgc_begin(FG_OP_cuDeviceSetMemPool);
     if (!w) return fgc_last_error();
+    fgc_memo_clear();
     fg_put(w, &dev, sizeof(dev));
     fgc_put_handle(w, (const void *)pool);
     return fgc_sync();
@@ -1192,7 +1193,7 @@ FGC_EXPORT CUresult CUDAAPI cuFuncGetModule(CUmodule *hmod, CUfunction hfunc) {
     { uint8_t want_ = hmod != NULL; fg_put(w, &want_, 1); }
     fgc_expect(hmod ? (void *)hmod : (void *)&d_hmod, sizeof(uint64_t));
     fgc_put_handle(w, (const void *)hfunc);
-    return fgc_sync();
+    return fgc_sync_memo();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuFuncGetName(const char **name, CUfunction hfunc) {
@@ -2412,7 +2413,7 @@ FGC_EXPORT CUresult CUDAAPI cuKernelGetLibrary(CUlibrary *pLib, CUkernel kernel)
     { uint8_t want_ = pLib != NULL; fg_put(w, &want_, 1); }
     fgc_expect(pLib ? (void *)pLib : (void *)&d_pLib, sizeof(uint64_t));
     fgc_put_handle(w, (const void *)kernel);
-    return fgc_sync();
+    return fgc_sync_memo();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuKernelGetName(const char **name, CUkernel hfunc) {
@@ -2568,7 +2569,7 @@ FGC_EXPORT CUresult CUDAAPI cuLibraryGetKernelCount(unsigned int *count, CUlibra
     { uint8_t want_ = count != NULL; fg_put(w, &want_, 1); }
     fgc_expect(count ? (void *)count : (void *)&d_count, sizeof(*count));
     fgc_put_handle(w, (const void *)lib);
-    return fgc_sync();
+    return fgc_sync_memo();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuLibraryGetManaged(CUdeviceptr *dptr, size_t *bytes, CUlibrary library, const char *name) {
@@ -4250,7 +4251,7 @@ FGC_EXPORT CUresult CUDAAPI cuModuleGetFunctionCount(unsigned int *count, CUmodu
     { uint8_t want_ = count != NULL; fg_put(w, &want_, 1); }
     fgc_expect(count ? (void *)count : (void *)&d_count, sizeof(*count));
     fgc_put_handle(w, (const void *)mod);
-    return fgc_sync();
+    return fgc_sync_memo();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuModuleGetGlobal(CUdeviceptr_v1 *dptr, unsigned int *bytes, CUmodule hmod, const char *name) {
@@ -4810,7 +4811,7 @@ FGC_EXPORT CUresult CUDAAPI cuStreamGetCtx(CUstream hStream, CUcontext *pctx) {
     fgc_put_handle(w, (const void *)hStream);
     { uint8_t want_ = pctx != NULL; fg_put(w, &want_, 1); }
     fgc_expect(pctx ? (void *)pctx : (void *)&d_pctx, sizeof(uint64_t));
-    return fgc_sync();
+    return fgc_sync_memo();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuStreamGetCtx_ptsz(CUstream hStream, CUcontext *pctx) {
@@ -4841,7 +4842,7 @@ FGC_EXPORT CUresult CUDAAPI cuStreamGetDevice(CUstream hStream, CUdevice *device
     fgc_put_handle(w, (const void *)hStream);
     { uint8_t want_ = device != NULL; fg_put(w, &want_, 1); }
     fgc_expect(device ? (void *)device : (void *)&d_device, sizeof(*device));
-    return fgc_sync();
+    return fgc_sync_memo();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuStreamGetDevice_ptsz(CUstream hStream, CUdevice *device) {
@@ -4856,7 +4857,7 @@ FGC_EXPORT CUresult CUDAAPI cuStreamGetFlags(CUstream hStream, unsigned int *fla
     fgc_put_handle(w, (const void *)hStream);
     { uint8_t want_ = flags != NULL; fg_put(w, &want_, 1); }
     fgc_expect(flags ? (void *)flags : (void *)&d_flags, sizeof(*flags));
-    return fgc_sync();
+    return fgc_sync_memo();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuStreamGetFlags_ptsz(CUstream hStream, unsigned int *flags) {
@@ -4878,7 +4879,7 @@ FGC_EXPORT CUresult CUDAAPI cuStreamGetId(CUstream hStream, unsigned long long *
     fgc_put_handle(w, (const void *)hStream);
     { uint8_t want_ = streamId != NULL; fg_put(w, &want_, 1); }
     fgc_expect(streamId ? (void *)streamId : (void *)&d_streamId, sizeof(*streamId));
-    return fgc_sync();
+    return fgc_sync_memo();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuStreamGetId_ptsz(CUstream hStream, unsigned long long *streamId) {
@@ -4893,7 +4894,7 @@ FGC_EXPORT CUresult CUDAAPI cuStreamGetPriority(CUstream hStream, int *priority)
     fgc_put_handle(w, (const void *)hStream);
     { uint8_t want_ = priority != NULL; fg_put(w, &want_, 1); }
     fgc_expect(priority ? (void *)priority : (void *)&d_priority, sizeof(*priority));
-    return fgc_sync();
+    return fgc_sync_memo();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuStreamGetPriority_ptsz(CUstream hStream, int *priority) {
