@@ -91,7 +91,7 @@ FGS_EXPORT int fgs_set_output(fgs_session *S, int fd) {
 int fgs_output_send(fgs_session *S, int sock, uint32_t seq) {
     struct fgs_output *o = S->output;
     if (!o) return 0;
-    fflush(stdout); /* the driver prints device output through this process's stdio */
+    fflush(NULL); /* the driver prints device output through this process's stdio (any stream on fd 1) */
     pthread_mutex_lock(&o->mu);
     drain_locked(o);
     char *buf = o->buf;
