@@ -43,6 +43,8 @@ CUresult fgc_sync_var(size_t *got);
 CUresult fgc_async(void);
 /* Like fgc_sync for a call whose answer never changes: answered from the stub's cache when it can (memo.c). */
 CUresult fgc_sync_memo(void);
+/* For a setter whose repetition changes nothing: a repeat is answered here, a change empties the cache. */
+CUresult fgc_sync_memo_set(void);
 /* Empty that cache (called, with the connection lock held, by calls that may change a cached answer). */
 void fgc_memo_clear(void);
 /* Stream captures under way in this process (batch.c). */

@@ -93,7 +93,7 @@ def _client_generic(o: Op) -> list[str]:
     if o.capture == "begin":  # the thread's capture mode, kept in the stub while nothing captured, goes first
         body.append("    { CUresult m_ = fgc_capture_mode_sync(); if (m_ != CUDA_SUCCESS) return m_; }\n")
     body.append(f"    fg_writer *w = fgc_begin(FG_OP_{o.name});\n    if (!w) return fgc_last_error();\n")
-    if o.memo_clear:
+    if o.memo_clear and not o.memo:
         body.append("    fgc_memo_clear();\n")
     for w in o.wire:
         n = w.p.name
@@ -117,6 +117,8 @@ def _client_generic(o: Op) -> list[str]:
             body.append(f"    fgc_expect({n}, (size_t){w.size_param});\n")
     if o.cls == "async":
         body.append("    return fgc_async();\n")
+    elif o.memo and o.memo_clear:
+        body.append("    return fgc_sync_memo_set();\n")
     elif o.memo and not o.global_var:
         body.append("    return fgc_sync_memo();\n")
     elif o.capture == "begin":

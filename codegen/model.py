@@ -172,6 +172,9 @@ def build(h: Headers) -> Model:
         next_id += 1
         if impl == "generic":
             op.wire = _wire(fn, a)
+            setter_roles = ("out", "handle_out", "outbuf", "inout")
+            if op.memo and op.memo_clear and (op.destroy or any(w.role in setter_roles for w in op.wire)):
+                raise SystemExit(f"{name}: memo with memo_clear is for setters (no outputs, nothing destroyed)")
             if cls == "async" and any(w.role in ("out", "handle_out", "outbuf") for w in op.wire):
                 raise SystemExit(f"{name}: an async call cannot have outputs")
         elif impl == "custom":

@@ -404,9 +404,8 @@ FGC_EXPORT CUresult CUDAAPI cuCtxSetCacheConfig(CUfunc_cache config) {
     FGC_REQUIRE_INIT();
     fg_writer *w = fgc_begin(FG_OP_cuCtxSetCacheConfig);
     if (!w) return fgc_last_error();
-    fgc_memo_clear();
     fg_put(w, &config, sizeof(config));
-    return fgc_sync();
+    return fgc_sync_memo_set();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuCtxSetCurrent(CUcontext ctx) {
@@ -439,9 +438,8 @@ FGC_EXPORT CUresult CUDAAPI cuCtxSetSharedMemConfig(CUsharedconfig config) {
     FGC_REQUIRE_INIT();
     fg_writer *w = fgc_begin(FG_OP_cuCtxSetSharedMemConfig);
     if (!w) return fgc_last_error();
-    fgc_memo_clear();
     fg_put(w, &config, sizeof(config));
-    return fgc_sync();
+    return fgc_sync_memo_set();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuCtxSynchronize(void) {
@@ -1233,11 +1231,10 @@ FGC_EXPORT CUresult CUDAAPI cuFuncSetAttribute(CUfunction hfunc, CUfunction_attr
     FGC_REQUIRE_INIT();
     fg_writer *w = fgc_begin(FG_OP_cuFuncSetAttribute);
     if (!w) return fgc_last_error();
-    fgc_memo_clear();
     fgc_put_handle(w, (const void *)hfunc);
     fg_put(w, &attrib, sizeof(attrib));
     fg_put(w, &value, sizeof(value));
-    return fgc_sync();
+    return fgc_sync_memo_set();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuFuncSetBlockShape(CUfunction hfunc, int x, int y, int z) {
@@ -1253,20 +1250,18 @@ FGC_EXPORT CUresult CUDAAPI cuFuncSetCacheConfig(CUfunction hfunc, CUfunc_cache 
     FGC_REQUIRE_INIT();
     fg_writer *w = fgc_begin(FG_OP_cuFuncSetCacheConfig);
     if (!w) return fgc_last_error();
-    fgc_memo_clear();
     fgc_put_handle(w, (const void *)hfunc);
     fg_put(w, &config, sizeof(config));
-    return fgc_sync();
+    return fgc_sync_memo_set();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuFuncSetSharedMemConfig(CUfunction hfunc, CUsharedconfig config) {
     FGC_REQUIRE_INIT();
     fg_writer *w = fgc_begin(FG_OP_cuFuncSetSharedMemConfig);
     if (!w) return fgc_last_error();
-    fgc_memo_clear();
     fgc_put_handle(w, (const void *)hfunc);
     fg_put(w, &config, sizeof(config));
-    return fgc_sync();
+    return fgc_sync_memo_set();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuFuncSetSharedSize(CUfunction hfunc, unsigned int bytes) {
@@ -2434,23 +2429,21 @@ FGC_EXPORT CUresult CUDAAPI cuKernelSetAttribute(CUfunction_attribute attrib, in
     FGC_REQUIRE_INIT();
     fg_writer *w = fgc_begin(FG_OP_cuKernelSetAttribute);
     if (!w) return fgc_last_error();
-    fgc_memo_clear();
     fg_put(w, &attrib, sizeof(attrib));
     fg_put(w, &val, sizeof(val));
     fgc_put_handle(w, (const void *)kernel);
     fg_put(w, &dev, sizeof(dev));
-    return fgc_sync();
+    return fgc_sync_memo_set();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuKernelSetCacheConfig(CUkernel kernel, CUfunc_cache config, CUdevice dev) {
     FGC_REQUIRE_INIT();
     fg_writer *w = fgc_begin(FG_OP_cuKernelSetCacheConfig);
     if (!w) return fgc_last_error();
-    fgc_memo_clear();
     fgc_put_handle(w, (const void *)kernel);
     fg_put(w, &config, sizeof(config));
     fg_put(w, &dev, sizeof(dev));
-    return fgc_sync();
+    return fgc_sync_memo_set();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuLaunch(CUfunction f) {
