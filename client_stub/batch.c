@@ -285,61 +285,16 @@ static CUresult finish_sync(int exact, size_t *got) {
 
 CUresult fgc_sync(void) { return finish_sync(1, NULL); }
 
-CUresult fgc_sync_memo_set(void) {
-    /* A setter: the same call with the same arguments again changes nothing (only this process sets these),
-     * so it is answered here; a different one goes to the server and empties the cache first. */
-    rec_end();
-    const uint8_t *key = g_fgc.batch.buf + g_fgc.rec_start;
-    size_t klen = g_fgc.batch.len - g_fgc.rec_start;
-    uint64_t ctx = g_fgc.ctx_sent;
-    uint16_t op = g_fgc.last_op;
-    if (!g_fgc.batch.failed && fgc_memo_lookup(key, klen, ctx, g_fgc.outs, g_fgc.n_outs)) {
-        g_fgc.batch.len = g_fgc.rec_start;
-        g_fgc.n_outs = 0;
-        pthread_mutex_unlock(&g_fgc.mu);
-        fgc_stats_hit(op);
-        return CUDA_SUCCESS;
-    }
-    uint8_t kbuf[512];
-    uint8_t *k = klen <= sizeof kbuf ? kbuf : (uint8_t *)malloc(klen);
-    if (k) memcpy(k, key, klen);
-    fgc_memo_clear();
-    fgc_stats_sent(op);
-    CUresult r;
-    size_t got;
-    if (flush(1)) r = g_fgc.broken;
-    else r = read_reply(1, &got);
-    if (r == CUDA_SUCCESS && k) fgc_memo_store(k, klen, ctx, NULL, 0);
-    g_fgc.n_outs = 0;
-    pthread_mutex_unlock(&g_fgc.mu);
-    if (k != kbuf) free(k);
-    if (r != CUDA_SUCCESS) {
-        const char *en = fg_result_name((int)r);
-        fgc_log(FGC_LOG_DEBUG, "%s -> %s (%d)", fg_op_name(op), en ? en : "?", (int)r);
-    }
-    return r;
-}
-
-CUresult fgc_sync_memo(void) {
-    rec_end();
-    const uint8_t *key = g_fgc.batch.buf + g_fgc.rec_start;
-    size_t klen = g_fgc.batch.len - g_fgc.rec_start;
-    uint64_t ctx = g_fgc.ctx_sent;
-    uint16_t op = g_fgc.last_op;
-    if (!g_fgc.batch.failed && g_fgc.rec_ext == 0 && fgc_memo_lookup(key, klen, ctx, g_fgc.outs, g_fgc.n_outs)) {
-        g_fgc.batch.len = g_fgc.rec_start; /* answered here: the record is not sent */
-        g_fgc.n_outs = 0;
-        pthread_mutex_unlock(&g_fgc.mu);
-        fgc_stats_hit(op);
-        return CUDA_SUCCESS;
-    }
-    /* The key is copied before the batch is sent and reset. */
+/* Send the record, wait for the reply; on success remember the answer under the record's bytes (memo.c). With
+ * clear, the cache is emptied first (a setter that changes something). Called with the lock held; releases it. */
+static CUresult memo_miss(const uint8_t *key, size_t klen, uint64_t ctx, uint16_t op, int clear) {
     uint8_t kbuf[512];
     uint8_t *k = klen <= sizeof kbuf ? kbuf : (uint8_t *)malloc(klen);
     if (k) memcpy(k, key, klen);
     fgc_dest outs[FGC_MAX_OUTS];
     int n_outs = g_fgc.n_outs;
     memcpy(outs, g_fgc.outs, sizeof outs);
+    if (clear) fgc_memo_clear();
     fgc_stats_sent(op);
     CUresult r;
     size_t got;
@@ -355,6 +310,28 @@ CUresult fgc_sync_memo(void) {
     }
     return r;
 }
+
+static CUresult sync_memo(int setter) {
+    rec_end();
+    const uint8_t *key = g_fgc.batch.buf + g_fgc.rec_start;
+    size_t klen = g_fgc.batch.len - g_fgc.rec_start;
+    uint64_t ctx = g_fgc.ctx_sent;
+    uint16_t op = g_fgc.last_op;
+    if (!g_fgc.batch.failed && g_fgc.rec_ext == 0 && fgc_memo_lookup(key, klen, ctx, g_fgc.outs, g_fgc.n_outs)) {
+        g_fgc.batch.len = g_fgc.rec_start; /* answered here: the record is not sent */
+        g_fgc.n_outs = 0;
+        pthread_mutex_unlock(&g_fgc.mu);
+        fgc_stats_hit(op);
+        return CUDA_SUCCESS;
+    }
+    return memo_miss(key, klen, ctx, op, setter);
+}
+
+CUresult fgc_sync_memo(void) { return sync_memo(0); }
+
+/* A setter: the same call with the same arguments again changes nothing (only this process sets these), so it
+ * is answered here; a different one goes to the server and empties the cache first. */
+CUresult fgc_sync_memo_set(void) { return sync_memo(1); }
 
 /* Stream captures under way in this process (begun and not yet ended through the stub). */
 static _Atomic int captures;

@@ -14,6 +14,8 @@ size_t fgc_image_size(const void **image);
  * image name. *id receives the new handle's virtual id. */
 CUresult fgc_image_load(uint16_t op, const void *image, size_t n, const void *extra, size_t extra_n, uint64_t *id);
 uint64_t fgc_image_bytes_sent(void);
+/* Read an image file on the client (callers free it); NULL with *err set when it cannot be read. */
+void *fgc_read_image_file(const char *path, CUresult *err);
 
 /* Parameter layouts of functions and kernels, by virtual id (module.c). */
 void fgc_layout_put(uint64_t id, uint32_t n, uint32_t *pairs, const char *name);

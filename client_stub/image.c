@@ -4,6 +4,8 @@
  * (FG_OP_IMAGE_CHUNK), then repeats the load. A second session loading the same image sends 40 bytes, not the
  * image. Bytes sent per process are counted for the results (fgc_bytes_sent). */
 #include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "fg_sha256.h"
@@ -49,4 +51,25 @@ CUresult fgc_image_load(uint16_t op, const void *image, size_t n, const void *ex
     }
     fgc_log(FGC_LOG_ERROR, "the server asked for a module image twice; giving up");
     return CUDA_ERROR_INVALID_IMAGE;
+}
+
+void *fgc_read_image_file(const char *path, CUresult *err) {
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        *err = CUDA_ERROR_FILE_NOT_FOUND;
+        return NULL;
+    }
+    void *buf = NULL;
+    long size = -1;
+    if (fseek(f, 0, SEEK_END) == 0 && (size = ftell(f)) > 0 && fseek(f, 0, SEEK_SET) == 0 &&
+        (uint64_t)size < FG_MAX_IMAGE) {
+        buf = calloc(1, (size_t)size + 1); /* a NUL after PTX text */
+        if (buf && fread(buf, 1, (size_t)size, f) != (size_t)size) {
+            free(buf);
+            buf = NULL;
+        }
+    }
+    fclose(f);
+    *err = buf ? CUDA_SUCCESS : size < 0 ? CUDA_ERROR_FILE_NOT_FOUND : CUDA_ERROR_INVALID_IMAGE;
+    return buf;
 }

@@ -44,21 +44,10 @@ CUresult fgc_cuLibraryLoadFromFile(CUlibrary *library, const char *fileName, CUj
                                    unsigned int numLibraryOptions) {
     FGC_REQUIRE_INIT();
     if (!library || !fileName) return CUDA_ERROR_INVALID_VALUE;
-    FILE *f = fopen(fileName, "rb");
-    if (!f) return CUDA_ERROR_FILE_NOT_FOUND;
-    void *buf = NULL;
-    long size = -1;
-    if (fseek(f, 0, SEEK_END) == 0 && (size = ftell(f)) >= 0 && fseek(f, 0, SEEK_SET) == 0 &&
-        (uint64_t)size < FG_MAX_IMAGE) {
-        buf = calloc(1, (size_t)size + 1); /* NUL after PTX text */
-        if (buf && fread(buf, 1, (size_t)size, f) != (size_t)size) {
-            free(buf);
-            buf = NULL;
-        }
-    }
-    fclose(f);
-    if (!buf) return size < 0 ? CUDA_ERROR_FILE_NOT_FOUND : CUDA_ERROR_INVALID_IMAGE;
-    CUresult r = fgc_cuLibraryLoadData(library, buf, jitOptions, jitOptionsValues, numJitOptions, libraryOptions,
+    CUresult r;
+    void *buf = fgc_read_image_file(fileName, &r);
+    if (!buf) return r;
+    r = fgc_cuLibraryLoadData(library, buf, jitOptions, jitOptionsValues, numJitOptions, libraryOptions,
                                        libraryOptionValues, numLibraryOptions);
     free(buf);
     return r;

@@ -76,21 +76,10 @@ CUresult fgc_cuModuleLoadData(CUmodule *module, const void *image) { return load
 CUresult fgc_cuModuleLoad(CUmodule *module, const char *fname) {
     FGC_REQUIRE_INIT();
     if (!module || !fname) return CUDA_ERROR_INVALID_VALUE;
-    FILE *f = fopen(fname, "rb");
-    if (!f) return CUDA_ERROR_FILE_NOT_FOUND;
-    void *buf = NULL;
-    long size = -1;
-    if (fseek(f, 0, SEEK_END) == 0 && (size = ftell(f)) > 0 && fseek(f, 0, SEEK_SET) == 0 &&
-        (uint64_t)size < MAX_IMAGE) {
-        buf = calloc(1, (size_t)size + 1); /* NUL after PTX text */
-        if (buf && fread(buf, 1, (size_t)size, f) != (size_t)size) {
-            free(buf);
-            buf = NULL;
-        }
-    }
-    fclose(f);
-    if (!buf) return size < 0 ? CUDA_ERROR_FILE_NOT_FOUND : CUDA_ERROR_INVALID_IMAGE;
-    CUresult r = load(module, buf);
+    CUresult r;
+    void *buf = fgc_read_image_file(fname, &r);
+    if (!buf) return r;
+    r = load(module, buf);
     free(buf);
     return r;
 }
