@@ -215,6 +215,22 @@ def command_for(case: Case, python: str) -> list[str]:
 # ---------------------------------------------------------------------------------------------------- proof
 
 
+def proof_totals(proof: Path) -> tuple[int, int]:
+    """Sums over the client processes of a run: module/library image bytes sent to the server, and synchronous
+    calls sent (each waited a round trip). (0, 0) when there is no readable proof."""
+    image = sync = 0
+    if not proof.exists():
+        return 0, 0
+    for ln in proof.read_text().splitlines():
+        try:
+            rec = json.loads(ln)
+        except ValueError:
+            continue
+        image += int(rec.get("image_bytes_sent", 0))
+        sync += int(rec.get("sync_calls_sent", 0))
+    return image, sync
+
+
 def check_proof(proof: Path, stub_dir: Path) -> tuple[bool, list[str], list[str]]:
     """Reads the proof lines the stub wrote at exit (one per client process). Fails when none was written (the
     stub never loaded), when any process mapped a libcuda.so* other than the stub, a driver-private library,
@@ -366,6 +382,8 @@ def run_case(case: Case, out: Path, args: argparse.Namespace) -> Json:
         work.mkdir(parents=True)
         env = native_env(base) if side == "native" else remote_env(
             base, Path(args.stub_dir).resolve(), args.server, args.token, proof)
+        if side == "remote":
+            env["FARGPU_STATS"] = "1"  # the per-call histogram (sent vs answered in the stub) lands in the log
         # Fresh compiler caches per run: the remote run must compile (Triton, Inductor) as a cold start would.
         env.update(TRITON_CACHE_DIR=str(work / "triton"), TORCHINDUCTOR_CACHE_DIR=str(work / "inductor"),
                    HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1")
@@ -373,6 +391,7 @@ def run_case(case: Case, out: Path, args: argparse.Namespace) -> Json:
     nat, rem = runs["native"], runs["remote"]
     status, diff = compare_outputs(nat.stdout, rem.stdout)
     proof_ok, problems, notes = check_proof(proof, Path(args.stub_dir).resolve())
+    image_bytes, sync_calls = proof_totals(proof)
     tn, tr = parse_output(nat.stdout).throughput, parse_output(rem.stdout).throughput
     rec.update(
         native_rc=nat.rc, remote_rc=rem.rc, native_timed_out=nat.timed_out, remote_timed_out=rem.timed_out,
@@ -383,6 +402,7 @@ def run_case(case: Case, out: Path, args: argparse.Namespace) -> Json:
         remote_stderr=head(rem.stderr) + (["..."] + tail(rem.stderr) if len(rem.stderr.splitlines()) > HEAD_LINES
                                           else []),
         remote_stdout_tail=tail(rem.stdout) if rem.rc != 0 else [],
+        remote_image_bytes_sent=image_bytes, remote_sync_calls=sync_calls,
     )
     if tn or tr:
         rec["throughput"] = {"native": tn, "remote": tr,
@@ -444,6 +464,29 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
+def module_cache_probe(cases: list[Case], out: Path, args: argparse.Namespace) -> Json:
+    """The server's content-addressed module cache, measured: one case run remotely twice in a row before anything
+    else (the server starts with an empty cache); the second session should send image hashes, not images."""
+    pick = next((c for c in cases if c.kind == "torch" and not c.build_error), None) or next(
+        (c for c in cases if not c.build_error), None)
+    if pick is None:
+        return {}
+    sent: list[int] = []
+    for i in (1, 2):
+        proof = out / "proofs" / f"module-cache-{i}.jsonl"
+        proof.unlink(missing_ok=True)
+        work = out / "work" / f"module-cache-{i}"
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        env = remote_env(dict(os.environ), Path(args.stub_dir).resolve(), args.server, args.token, proof)
+        env.update(TRITON_CACHE_DIR=str(work / "triton"), TORCHINDUCTOR_CACHE_DIR=str(work / "inductor"),
+                   FARGPU_ACCEPTANCE_QUICK="1", PYTHONUNBUFFERED="1")
+        run_process(command_for(pick, args.python), env, pick.timeout_s, work, out / "logs" / f"module-cache-{i}")
+        sent.append(proof_totals(proof)[0])
+    print(f"== module cache: {pick.name} sent {sent[0]} image bytes in its first session, {sent[1]} in its second")
+    return {"case": pick.name, "first_session_image_bytes": sent[0], "second_session_image_bytes": sent[1]}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     out: Path = args.out.resolve()
@@ -459,6 +502,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = datetime.datetime.now(datetime.UTC)
     print(f"== building {len({(c.source, c.cudart) for c in cases if c.kind == 'nvcc'})} program/mode pairs")
     build_all(cases, out, args)
+    cache = module_cache_probe(cases, out, args)
     results: list[Json] = []
     for case in cases:
         print(f"== {case.name}", flush=True)
@@ -477,6 +521,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "python": args.python,
         "selection": {"only": args.only, "skip_torch": args.skip_torch, "quick": args.quick},
         "summary": {"total": len(results), "passed": passed, "failed": len(results) - passed},
+        "module_cache": cache,
         "cases": results,
     }
     (out / "acceptance.json").write_text(json.dumps(report, indent=2) + "\n")

@@ -90,7 +90,12 @@ def render(report: Json, source: str) -> str:
         else:  # PyTorch links its own shared libcudart
             static, shared = "n/a", cell(next(iter(by_mode.values())))
         out.append(f"| {prog} | {kinds[prog]} | {static} | {shared} | {ratios(list(by_mode.values()))} |")
-    out += ["", "PyTorch scripts run on torch's own shared libcudart; \"n/a\" marks the static column for them.", ""]
+    out += ["", "PyTorch scripts run on torch's own shared libcudart; \"n/a\" marks the static column for them."]
+    mc = report.get("module_cache") or {}
+    if mc:
+        out += ["", f"Module cache: `{mc.get('case')}` sent {mc.get('first_session_image_bytes')} bytes of images in "
+                    f"its first session and {mc.get('second_session_image_bytes')} in its second (hashes only)."]
+    out.append("")
     return "\n".join(out)
 
 

@@ -28,7 +28,9 @@ for d in server protocol pool_manager; do ln -s "$REPO/$d" "$W/py/fargpu/$d"; do
 log "start node server (backend cuda)"
 TOKEN=acceptance-token
 PORT=${FARGPU_ACCEPTANCE_PORT:-7312}
+# A fresh module cache, so the suite's cache measurement starts cold.
 PYTHONPATH="$W/py:$W/site" FARGPU_NATIVE_DIR="$W/build" PYTHONUNBUFFERED=1 FARGPU_TOKEN=$TOKEN \
+  FARGPU_MODULE_CACHE="$W/module-cache" \
   "$PY" -P -m fargpu.server --backend cuda --listen 127.0.0.1:$PORT --metrics-port 0 >"$OUT/server.log" 2>&1 &
 SRV=$!
 trap 'kill $SRV 2>/dev/null; wait $SRV 2>/dev/null' EXIT

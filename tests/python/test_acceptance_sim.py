@@ -263,3 +263,11 @@ def test_runner_proof_check(tmp_path: Path) -> None:
     assert not ok and problems[0].startswith("no proof written")
     os.unlink(proof)
     assert not acc.check_proof(proof, stub_dir)[0]
+
+
+def test_runner_sums_what_the_clients_sent(tmp_path: Path) -> None:
+    proof = tmp_path / "proof.jsonl"
+    proof.write_text(json.dumps({"pid": 1, "image_bytes_sent": 4096, "sync_calls_sent": 7}) + "\n"
+                     + json.dumps({"pid": 2, "image_bytes_sent": 100, "sync_calls_sent": 3}) + "\nnot json\n")
+    assert acc.proof_totals(proof) == (4196, 10)
+    assert acc.proof_totals(tmp_path / "missing.jsonl") == (0, 0)

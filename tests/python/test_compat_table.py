@@ -99,6 +99,14 @@ def test_rows_cells_and_heading() -> None:
     assert "bench/results/acceptance-2026-11-24-h100.json" in block
 
 
+def test_module_cache_figure_is_shown_when_measured() -> None:
+    assert "Module cache" not in ct.render(SAMPLE, "x.json")
+    report = {**SAMPLE, "module_cache": {"case": "torch/matmul_half", "first_session_image_bytes": 12345,
+                                         "second_session_image_bytes": 0}}
+    assert ("Module cache: `torch/matmul_half` sent 12345 bytes of images in its first session and 0 in its second "
+            "(hashes only).") in ct.render(report, "x.json").splitlines()
+
+
 def test_missing_mode_shows_a_dash() -> None:
     block = ct.render(_report("2026-11-24", [_case("graph_replay@shared", "nvcc", "shared", True)]), "x.json")
     assert "| graph_replay | nvcc | — | pass |  |" in block.splitlines()
