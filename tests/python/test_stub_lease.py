@@ -72,7 +72,8 @@ def test_stub_leases_by_itself(tmp_path: Path) -> None:
         res = run_client(PRELUDE + r'''
 ctx0(); r, p = alloc(16 << 20); ok(r, "alloc"); r2, p2 = alloc(128 << 20); print("OK", r2)
 ''', client_env)
-        assert res.returncode == 0 and res.stdout.split() == ["OK", "2"], res.stdout + res.stderr  # 64M quota
+        assert res.returncode == 0 and res.stdout.split() == ["OK", "2"], (  # 64M quota
+            res.stdout + res.stderr + (tmp_path / "node.log").read_text(errors="replace"))
         assert "leased lease-" in res.stderr and "released lease lease-" in res.stderr
         lease_id = res.stderr.split("leased ", 1)[1].split()[0]
         view = httpx.get(f"{url}/v1/leases/{lease_id}", timeout=5).json()
