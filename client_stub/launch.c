@@ -131,7 +131,7 @@ static CUresult occupancy(uint16_t op, int *out, CUfunction f, const CUlaunchCon
     fg_put_u32(w, c->numAttrs);
     fg_put(w, c->attrs, c->numAttrs * sizeof *c->attrs);
     fgc_expect(out, sizeof *out);
-    return fgc_sync();
+    return fgc_sync_memo(); /* the same function and configuration give the same answer (cuBLASLt asks often) */
 }
 
 CUresult fgc_cuOccupancyMaxActiveClusters(int *numClusters, CUfunction func, const CUlaunchConfig *config) {

@@ -2582,7 +2582,7 @@ FGC_EXPORT CUresult CUDAAPI cuLibraryGetModule(CUmodule *pMod, CUlibrary library
     { uint8_t want_ = pMod != NULL; fg_put(w, &want_, 1); }
     fgc_expect(pMod ? (void *)pMod : (void *)&d_pMod, sizeof(uint64_t));
     fgc_put_handle(w, (const void *)library);
-    return fgc_sync();
+    return fgc_sync_memo();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuLibraryGetUnifiedFunction(void **fptr, CUlibrary library, const char *symbol) {
@@ -4680,6 +4680,7 @@ FGC_EXPORT CUresult CUDAAPI cuStreamCopyAttributes(CUstream dstStream, CUstream 
     FGC_REQUIRE_INIT();
     fg_writer *w = fgc_begin(FG_OP_cuStreamCopyAttributes);
     if (!w) return fgc_last_error();
+    fgc_memo_clear();
     fgc_put_handle(w, (const void *)dstStream);
     fgc_put_handle(w, (const void *)srcStream);
     return fgc_sync();
@@ -4751,7 +4752,7 @@ FGC_EXPORT CUresult CUDAAPI cuStreamGetAttribute(CUstream hStream, CUstreamAttrI
     fg_put(w, &attr, sizeof(attr));
     { uint8_t want_ = value != NULL; fg_put(w, &want_, 1); }
     fgc_expect(value ? (void *)value : (void *)&d_value, sizeof(*value));
-    return fgc_sync();
+    return fgc_sync_memo();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuStreamGetAttribute_ptsz(CUstream hStream, CUstreamAttrID attr, CUstreamAttrValue *value_out) {
@@ -4932,7 +4933,7 @@ FGC_EXPORT CUresult CUDAAPI cuStreamSetAttribute(CUstream hStream, CUstreamAttrI
     fgc_put_handle(w, (const void *)hStream);
     fg_put(w, &attr, sizeof(attr));
     { uint8_t has_ = param != NULL; fg_put(w, &has_, 1); if (has_) fg_put(w, param, sizeof(*param)); }
-    return fgc_sync();
+    return fgc_sync_memo_set();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuStreamSetAttribute_ptsz(CUstream hStream, CUstreamAttrID attr, const CUstreamAttrValue *value) {
