@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import secrets
 import signal
 from typing import Annotated
@@ -15,6 +16,10 @@ import typer
 from .auth import Authenticator, StaticTokenAuth
 from .backend import select
 from .node_agent import AgentConfig, NodeAgent, default_unix_path
+
+# The node server forks a worker per session while gRPC threads (the pool link) run; gRPC's fork handlers are
+# then unsafe (the child can crash before exec), and an exec'ed child needs none of them. Set before grpc loads.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 app = typer.Typer(help="Run a fargpu node server.", invoke_without_command=True, no_args_is_help=False)
 
