@@ -12,6 +12,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "fg_io.h"
 #include "fgc_impl.h"
 #include "fgc_internal.h"
 
@@ -41,22 +42,10 @@ static int chan_fd = -1, chan_state; /* 0 not tried, 1 open, -1 unavailable */
 
 int fgc_open_callback_channel(void);
 
-static int io_all(int fd, void *p, size_t n, int writing) {
-    uint8_t *b = (uint8_t *)p;
-    while (n) {
-        ssize_t k = writing ? send(fd, b, n, MSG_NOSIGNAL) : recv(fd, b, n, 0);
-        if (k < 0 && errno == EINTR) continue;
-        if (k <= 0) return -1;
-        b += k;
-        n -= (size_t)k;
-    }
-    return 0;
-}
-
 static void *serve(void *arg) {
     int fd = (int)(intptr_t)arg;
     cb_msg m;
-    while (!io_all(fd, &m, sizeof m, 0) && m.magic == CB_MAGIC && m.kind == CB_RUN) {
+    while (!fg_io_full(fd, &m, sizeof m, 0) && m.magic == CB_MAGIC && m.kind == CB_RUN) {
         cb_entry e = {0};
         int found = 0;
         pthread_mutex_lock(&mu);
@@ -68,7 +57,7 @@ static void *serve(void *arg) {
         if (found && e.fn) e.fn(e.data);
         else if (found && e.cb) e.cb(e.stream, (CUresult)m.status, e.data);
         cb_msg d = {CB_MAGIC, CB_DONE, m.cookie, 0, 0};
-        if (io_all(fd, &d, sizeof d, 1)) break;
+        if (fg_io_full(fd, &d, sizeof d, 1)) break;
     }
     return NULL;
 }

@@ -16,6 +16,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "fg_io.h"
 #include "fg_msgpack.h"
 #include "fgc_internal.h"
 #include "fgc_lease.h"
@@ -194,34 +195,9 @@ static int send_hello(int fd, int attach) {
     fg_header h = {FG_MAGIC, FG_T_HELLO, 0, (uint32_t)w.len, 0};
     uint8_t hb[FG_HEADER_SIZE];
     fg_header_encode(&h, hb);
-    int bad = w.failed;
-    for (int i = 0; i < 2 && !bad; i++) {
-        const uint8_t *p = i ? w.buf : hb;
-        size_t n = i ? w.len : sizeof hb;
-        while (n && !bad) {
-            ssize_t k = send(fd, p, n, MSG_NOSIGNAL);
-            if (k < 0 && errno == EINTR) continue;
-            if (k <= 0) bad = 1;
-            else {
-                p += k;
-                n -= (size_t)k;
-            }
-        }
-    }
+    int bad = w.failed || fg_io_full(fd, hb, sizeof hb, 1) || fg_io_full(fd, w.buf, w.len, 1);
     fg_writer_free(&w);
     return bad ? -1 : 0;
-}
-
-static int read_fd(int fd, void *dst, size_t n) {
-    char *p = (char *)dst;
-    while (n) {
-        ssize_t k = recv(fd, p, n, 0);
-        if (k < 0 && errno == EINTR) continue;
-        if (k <= 0) return -1;
-        p += k;
-        n -= (size_t)k;
-    }
-    return 0;
 }
 
 int fgc_open_callback_channel(void) {
@@ -232,8 +208,8 @@ int fgc_open_callback_channel(void) {
     uint8_t hb[FG_HEADER_SIZE];
     fg_header h;
     uint8_t buf[FG_MAX_HELLO];
-    if (send_hello(fd, 1) || read_fd(fd, hb, sizeof hb) || fg_header_decode(hb, &h, FG_MAX_HELLO) ||
-        h.length > sizeof buf || read_fd(fd, buf, h.length) || h.type != FG_T_HELLO_OK) {
+    if (send_hello(fd, 1) || fg_io_full(fd, hb, sizeof hb, 0) || fg_header_decode(hb, &h, FG_MAX_HELLO) ||
+        h.length > sizeof buf || fg_io_full(fd, buf, h.length, 0) || h.type != FG_T_HELLO_OK) {
         fgc_log(FGC_LOG_WARN, "the node server refused the callback connection; host functions will wait for "
                               "their stream on the submitting thread");
         close(fd);

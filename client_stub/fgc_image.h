@@ -20,8 +20,9 @@ void *fgc_read_image_file(const char *path, CUresult *err);
 /* Parameter layouts of functions and kernels, by virtual id (module.c). */
 void fgc_layout_put(uint64_t id, uint32_t n, uint32_t *pairs, const char *name);
 int fgc_layout_alias(uint64_t from, uint64_t to);
-/* Copies the layout for a launch; *pairs is caller-freed (NULL when n == 0). 0: found. */
-int fgc_layout_get(uint64_t id, uint32_t *n, uint32_t *total, uint32_t **pairs);
+/* Copies the layout for a launch into the caller's buffer *pairs (of *cap pairs; grown with realloc when too
+ * small). 0: found; -1: unknown id; -2: out of memory. */
+int fgc_layout_get(uint64_t id, uint32_t *n, uint32_t *total, uint32_t **pairs, size_t *cap);
 /* Receive "u32 count, count × (u32 offset, u32 size)" after the reply's id, and store it for id. */
 CUresult fgc_sync_with_layout(uint64_t *id, const char *name);
 

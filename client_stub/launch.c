@@ -40,16 +40,14 @@ static CUresult put_params(fg_writer *w, CUfunction f, void **kernelParams, void
     extra_buf e;
     CUresult r = parse_extra(extra, &e);
     if (r != CUDA_SUCCESS) return r;
-    uint32_t n = 0, total = 0, *pairs = NULL;
-    int rc = fgc_layout_get(fgc_handle_id(f), &n, &total, &pairs);
+    static __thread uint32_t *pairs; /* per-thread scratch, kept: no allocation per launch */
+    static __thread size_t cap;
+    uint32_t n = 0, total = 0;
+    int rc = fgc_layout_get(fgc_handle_id(f), &n, &total, &pairs, &cap);
     if (rc == -1) return CUDA_ERROR_INVALID_HANDLE;
     if (rc == -2) return CUDA_ERROR_OUT_OF_MEMORY;
-    if (!kernelParams && !extra && n) {
-        free(pairs);
-        return CUDA_ERROR_INVALID_VALUE;
-    }
+    if (!kernelParams && !extra && n) return CUDA_ERROR_INVALID_VALUE;
     if (extra) {
-        free(pairs);
         fg_put_u32(w, (uint32_t)e.esize);
         fg_put(w, e.ebuf, e.esize);
         return CUDA_SUCCESS;
@@ -61,7 +59,6 @@ static CUresult put_params(fg_writer *w, CUfunction f, void **kernelParams, void
         for (uint32_t k = 0; k < n && kernelParams; k++)
             if (kernelParams[k]) memcpy(dst + pairs[2 * k], kernelParams[k], pairs[2 * k + 1]);
     }
-    free(pairs);
     return CUDA_SUCCESS;
 }
 

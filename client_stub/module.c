@@ -169,16 +169,24 @@ int fgc_layout_alias(uint64_t from, uint64_t to) {
     return pairs ? 0 : -1;
 }
 
-int fgc_layout_get(uint64_t id, uint32_t *n, uint32_t *total, uint32_t **pairs) {
+int fgc_layout_get(uint64_t id, uint32_t *n, uint32_t *total, uint32_t **pairs, size_t *cap) {
     pthread_mutex_lock(&lay_mu);
     layout *l = lay_find(id);
     int rc = -1;
     if (l) {
         *n = l->n;
         *total = l->total;
-        *pairs = l->n ? (uint32_t *)malloc(8ull * l->n) : NULL;
-        if (*pairs) memcpy(*pairs, l->off_size, 8ull * l->n);
-        rc = (l->n && !*pairs) ? -2 : 0;
+        rc = 0;
+        if (l->n > *cap) { /* the caller's buffer grows once to the largest layout it meets */
+            uint32_t *np = (uint32_t *)realloc(*pairs, 8ull * l->n);
+            if (np) {
+                *pairs = np;
+                *cap = l->n;
+            } else {
+                rc = -2;
+            }
+        }
+        if (rc == 0 && l->n) memcpy(*pairs, l->off_size, 8ull * l->n);
     }
     pthread_mutex_unlock(&lay_mu);
     return rc;

@@ -12,6 +12,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "fg_io.h"
 #include "fgs_impl.h"
 #include "fgs_public.h"
 #include "fgs_session.h"
@@ -45,18 +46,6 @@ FGS_EXPORT int fgs_set_callback_fd(fgs_session *S, int fd) {
     return 0;
 }
 
-static int io_all(int fd, void *p, size_t n, int writing) {
-    uint8_t *b = (uint8_t *)p;
-    while (n) {
-        ssize_t k = writing ? send(fd, b, n, MSG_NOSIGNAL) : recv(fd, b, n, 0);
-        if (k < 0 && errno == EINTR) continue;
-        if (k <= 0) return -1;
-        b += k;
-        n -= (size_t)k;
-    }
-    return 0;
-}
-
 static void run_remote(struct fgs_callback *c, CUresult status) {
     fgs_session *S = c->S;
     pthread_mutex_lock(&cb_mu);
@@ -65,7 +54,7 @@ static void run_remote(struct fgs_callback *c, CUresult status) {
     if (fd > 0) {
         cb_msg m = {CB_MAGIC, CB_RUN, c->cookie, (int32_t)status, 0}, d;
         memset(&d, 0, sizeof d);
-        int w = io_all(fd, &m, sizeof m, 1), rd = w ? -1 : io_all(fd, &d, sizeof d, 0);
+        int w = fg_io_full(fd, &m, sizeof m, 1), rd = w ? -1 : fg_io_full(fd, &d, sizeof d, 0);
         ok = !w && !rd && d.magic == CB_MAGIC && d.kind == CB_DONE && d.cookie == c->cookie;
         if (!ok)
             fgs_log(S, "callback connection failed (write %d, read %d, magic %x kind %u cookie %llu/%llu, errno %d)", w,

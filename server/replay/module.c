@@ -212,26 +212,27 @@ static CUresult get_config(fgs_session *S, fg_reader *r, launch_config *lc) {
     return CUDA_SUCCESS;
 }
 
-CUresult fgs_cuOccupancyMaxActiveClusters(fgs_session *S, fg_reader *r, fg_writer *out) {
+typedef CUresult (*cluster_query)(int *, CUfunction, const CUlaunchConfig *);
+
+/* The cluster occupancy queries: a launch configuration in, one int out. */
+static CUresult cluster_occupancy(fgs_session *S, fg_reader *r, fg_writer *out, cluster_query q, const char *name) {
     launch_config lc;
     CUresult res = get_config(S, r, &lc);
     if (res != CUDA_SUCCESS) return res;
-    if (!S->api->cuOccupancyMaxActiveClusters) return fgs_missing(S, "cuOccupancyMaxActiveClusters");
+    if (!q) return fgs_missing(S, name);
     int v = 0;
-    res = S->api->cuOccupancyMaxActiveClusters(&v, (CUfunction)lc.f, &lc.cfg);
+    res = q(&v, (CUfunction)lc.f, &lc.cfg);
     if (res == CUDA_SUCCESS) fg_put(out, &v, sizeof v);
     return res;
 }
 
+CUresult fgs_cuOccupancyMaxActiveClusters(fgs_session *S, fg_reader *r, fg_writer *out) {
+    return cluster_occupancy(S, r, out, S->api->cuOccupancyMaxActiveClusters, "cuOccupancyMaxActiveClusters");
+}
+
 CUresult fgs_cuOccupancyMaxPotentialClusterSize(fgs_session *S, fg_reader *r, fg_writer *out) {
-    launch_config lc;
-    CUresult res = get_config(S, r, &lc);
-    if (res != CUDA_SUCCESS) return res;
-    if (!S->api->cuOccupancyMaxPotentialClusterSize) return fgs_missing(S, "cuOccupancyMaxPotentialClusterSize");
-    int v = 0;
-    res = S->api->cuOccupancyMaxPotentialClusterSize(&v, (CUfunction)lc.f, &lc.cfg);
-    if (res == CUDA_SUCCESS) fg_put(out, &v, sizeof v);
-    return res;
+    return cluster_occupancy(S, r, out, S->api->cuOccupancyMaxPotentialClusterSize,
+                             "cuOccupancyMaxPotentialClusterSize");
 }
 
 CUresult fgs_cuLaunchKernelEx(fgs_session *S, fg_reader *r, fg_writer *out) {

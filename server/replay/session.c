@@ -17,6 +17,7 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include "fg_io.h"
 #include "fgs_public.h"
 #include "fgs_session.h"
 
@@ -266,17 +267,7 @@ FGS_EXPORT void fgs_close(fgs_session *S) {
 
 /* ---- serving ---- */
 
-static int read_full(int fd, void *dst, size_t n) {
-    uint8_t *p = (uint8_t *)dst;
-    while (n) {
-        ssize_t k = recv(fd, p, n, 0);
-        if (k < 0 && errno == EINTR) continue;
-        if (k <= 0) return -1;
-        p += k;
-        n -= (size_t)k;
-    }
-    return 0;
-}
+static int read_full(int fd, void *dst, size_t n) { return fg_io_full(fd, dst, n, 0); }
 
 int fgs_write_all(int fd, struct iovec *iov, int cnt) {
     while (cnt > 0) {
