@@ -457,7 +457,7 @@ class RedisStore:
                         event.set()
         finally:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(pubsub.aclose(), 1.0)  # type: ignore[no-untyped-call]
+                await asyncio.wait_for(pubsub.aclose(), 1.0)
 
     async def take_commands(self, node_id: str, timeout_s: float) -> list[Command]:
         key = self._k("cmds", node_id)
