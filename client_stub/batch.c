@@ -1,7 +1,7 @@
 /* batch.c — building, sending and answering batches (protocol/SPEC.md, "Batches" and "Replies").
  *
- * Async records accumulate in g_fgc.batch and go out when a sync call flushes, or unanswered once the
- * batch passes FGC_FLUSH_AT. A sync call's reply carries its result, the first deferred async error,
+ * Async records accumulate in g_fgc.batch and go out when a sync call flushes, or unanswered: once the batch
+ * passes FGC_SEND_AT, or when its oldest record has waited FARGPU_SEND_AFTER_US (sender.c). A sync call's reply carries its result, the first deferred async error,
  * its outputs (read straight into the caller's memory) and the data of earlier async device→host copies. */
 #include <errno.h>
 #include <stdarg.h>
@@ -71,7 +71,10 @@ static int flush(int want_reply) {
         return -1;
     }
     size_t total = g_fgc.batch.len + g_fgc.ext_total;
-    if (total == 0 && !want_reply) return 0;
+    if (total == 0 && !want_reply) {
+        g_fgc.batch_since_ns = 0;
+        return 0;
+    }
     fg_header h = {FG_MAGIC, FG_T_BATCH, want_reply ? FG_F_WANT_REPLY : 0, (uint32_t)total, ++g_fgc.seq};
     uint8_t hb[FG_HEADER_SIZE];
     fg_header_encode(&h, hb);
@@ -89,6 +92,7 @@ static int flush(int want_reply) {
     fg_writer_reset(&g_fgc.batch);
     g_fgc.n_ext = 0;
     g_fgc.ext_total = 0;
+    g_fgc.batch_since_ns = 0;
     if (rc) {
         fgc_mark_broken(CUDA_ERROR_DEVICE_UNAVAILABLE, "sending to the server failed: %s", strerror(errno));
         return -1;
@@ -294,7 +298,7 @@ static CUresult memo_miss(const uint8_t *key, size_t klen, uint64_t ctx, uint16_
     fgc_dest outs[FGC_MAX_OUTS];
     int n_outs = g_fgc.n_outs;
     memcpy(outs, g_fgc.outs, sizeof outs);
-    if (clear) fgc_memo_clear();
+    if (clear) fgc_memo_forget_for(key, klen);
     fgc_stats_sent(op);
     CUresult r;
     size_t got;
@@ -330,7 +334,7 @@ static CUresult sync_memo(int setter) {
 CUresult fgc_sync_memo(void) { return sync_memo(0); }
 
 /* A setter: the same call with the same arguments again changes nothing (only this process sets these), so it
- * is answered here; a different one goes to the server and empties the cache first. */
+ * is answered here; a different one goes to the server and first forgets the answers it may change. */
 CUresult fgc_sync_memo_set(void) { return sync_memo(1); }
 
 /* Stream captures under way in this process (begun and not yet ended through the stub). */
@@ -353,12 +357,16 @@ CUresult fgc_async(void) {
         size_t got;
         if (flush(1)) r = g_fgc.broken;
         else r = read_reply(1, &got);
-    } else if (g_fgc.batch.len + g_fgc.ext_total > FGC_FLUSH_AT) {
+    } else if (g_fgc.batch.len + g_fgc.ext_total > FGC_SEND_AT) {
         if (flush(0)) r = g_fgc.broken;
+    } else if (g_fgc.batch.len) {
+        fgc_sender_note();
     }
     pthread_mutex_unlock(&g_fgc.mu);
     return r;
 }
+
+int fgc_send_pending(void) { return flush(0); }
 
 uint64_t fgc_handle_id(const void *h) { return (uint64_t)(uintptr_t)h; }
 

@@ -12,6 +12,7 @@
 #define FGC_MAX_OUTS 16
 #define FGC_FLUSH_AT (4u * 1024u * 1024u) /* send a batch without waiting once it holds this much */
 #define FGC_PENDING_D2H_LIMIT (64u * 1024u * 1024u)
+#define FGC_SEND_AT (64u * 1024u) /* an async batch this large goes out at once, without waiting for sender.c */
 
 typedef struct {
     size_t at; /* batch offset the external bytes logically follow */
@@ -42,6 +43,7 @@ typedef struct {
     size_t ext_total;
     uint64_t ctx_sent; /* context the server has current; UINT64_MAX: unknown */
     uint16_t last_op;  /* op of the record being built (for the debug log of failed calls) */
+    uint64_t batch_since_ns; /* when the oldest unsent async record was added; 0: nothing unsent (sender.c) */
 
     fgc_dest outs[FGC_MAX_OUTS];
     int n_outs;
@@ -50,5 +52,10 @@ typedef struct {
 } fgc_state;
 
 extern fgc_state g_fgc;
+
+/* sender.c: called with g_fgc.mu held after an async record was added; sends it soon from a background thread. */
+void fgc_sender_note(void);
+/* batch.c: send the batch now without waiting for a reply (g_fgc.mu held). Returns 0 or -1 (connection broken). */
+int fgc_send_pending(void);
 
 #endif

@@ -2,7 +2,9 @@
  * trip (libraries such as cuDNN and cuBLAS ask for device attributes, function attributes and occupancy on
  * every operation). Which calls are cached is declared in codegen/annotations.toml (`memo`); a call marked
  * `memo_clear` (one that changes attributes, destroys a handle whose id may be reused, ...) empties the
- * cache. The key is the record's bytes (op, arguments, output-wanted flags) plus the current context. Also
+ * cache — except the setters of one kernel's, function's or stream's attributes, which forget only the answers
+ * that name that object (and, for a kernel, the functions it is linked with): libraries set kernel attributes
+ * before launches, and emptying everything there would send every query again. The key is the record's bytes (op, arguments, output-wanted flags) plus the current context. Also
  * counts the calls sent, by op, for FARGPU_STATS=1 (printed at exit) and the proof file. */
 #include <stdatomic.h>
 #include <stdio.h>
@@ -93,6 +95,84 @@ void fgc_memo_store(const uint8_t *key, size_t klen, uint64_t ctx, const fgc_des
     while (table[j].kv) j = (j + 1) & (cap - 1);
     table[j] = (memo_entry){h, (uint32_t)klen, (uint32_t)vlen, kv};
     used++;
+}
+
+static uint16_t entry_op(const memo_entry *e) {
+    uint16_t op;
+    memcpy(&op, e->kv, sizeof op);
+    return op;
+}
+
+static int names_any(const memo_entry *e, const uint64_t *h, int n) {
+    for (size_t i = FG_RECORD_HEADER; i + 8 <= e->klen; i++)
+        for (int j = 0; j < n; j++)
+            if (!memcmp(e->kv + i, &h[j], 8)) return 1;
+    return 0;
+}
+
+/* The object a scoped setter changes: its handle's offset in the record, or 0 for setters that empty the cache. */
+static size_t subject_offset(uint16_t op) {
+    switch (op) {
+    case FG_OP_cuKernelSetAttribute: return FG_RECORD_HEADER + 8; /* attrib, val, kernel, dev */
+    case FG_OP_cuKernelSetCacheConfig:
+    case FG_OP_cuFuncSetAttribute:
+    case FG_OP_cuFuncSetCacheConfig:
+    case FG_OP_cuStreamSetAttribute: return FG_RECORD_HEADER;
+    default: return 0;
+    }
+}
+
+/* A setter whose answer was not cached is about to change something: forget what it may change. Called with the
+ * connection lock held, with the setter's record as key. */
+void fgc_memo_forget_for(const uint8_t *key, size_t klen) {
+    uint16_t op;
+    memcpy(&op, key, sizeof op);
+    size_t off = subject_offset(op);
+    if (!off || klen < off + 8) {
+        fgc_memo_clear();
+        return;
+    }
+    uint64_t subj[8];
+    int ns = 0;
+    memcpy(&subj[ns++], key + off, 8);
+    /* A kernel and the function cuKernelGetFunction gave for it share their attributes. */
+    for (size_t i = 0; i < cap; i++) {
+        memo_entry *e = &table[i];
+        if (!e->kv || entry_op(e) != FG_OP_cuKernelGetFunction || e->klen < FG_RECORD_HEADER + 8 || e->vlen != 8)
+            continue;
+        uint64_t k, f;
+        memcpy(&k, e->kv + FG_RECORD_HEADER, 8);
+        memcpy(&f, e->kv + e->klen, 8);
+        uint64_t other = k == subj[0] ? f : f == subj[0] ? k : 0;
+        if (!other) continue;
+        if (ns == 8) { /* more links than expected: be safe */
+            fgc_memo_clear();
+            return;
+        }
+        subj[ns++] = other;
+    }
+    memo_entry *old = table;
+    size_t ocap = cap;
+    table = (memo_entry *)calloc(ocap ? ocap : 1, sizeof *table);
+    if (!table) {
+        table = old;
+        fgc_memo_clear();
+        return;
+    }
+    used = 0;
+    for (size_t i = 0; i < ocap; i++) {
+        memo_entry *e = &old[i];
+        if (!e->kv) continue;
+        if (entry_op(e) != FG_OP_cuKernelGetFunction && names_any(e, subj, ns)) {
+            free(e->kv);
+            continue;
+        }
+        size_t j = e->hash & (ocap - 1);
+        while (table[j].kv) j = (j + 1) & (ocap - 1);
+        table[j] = *e;
+        used++;
+    }
+    free(old);
 }
 
 /* ---- statistics ---- */

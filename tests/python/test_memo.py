@@ -88,3 +88,54 @@ def test_unchanging_answers_are_cached_and_invalidated(server: NodeServer, tmp_p
     assert "active 1" in r.stdout
     sync_sent = json.loads(proof.read_text().splitlines()[-1])["sync_calls_sent"]
     assert 0 < sync_sent < 40, sync_sent
+
+
+SCOPED_CLIENT = PRELUDE + r'''
+ctx0()
+v = ctypes.c_int()
+img = open("__PTX__", "rb").read() + b"\0"
+mod, fa, fb = ctypes.c_void_p(), ctypes.c_void_p(), ctypes.c_void_p()
+ok(cu.cuModuleLoadData(ctypes.byref(mod), img), "load")
+ok(cu.cuModuleGetFunction(ctypes.byref(fa), mod, b"fg_vadd"), "getfunction a")
+ok(cu.cuModuleGetFunction(ctypes.byref(fb), mod, b"fg_scale"), "getfunction b")
+lib, k, kf = ctypes.c_void_p(), ctypes.c_void_p(), ctypes.c_void_p()
+ok(cu.cuLibraryLoadData(ctypes.byref(lib), img, None, None, 0, None, None, 0), "library")
+ok(cu.cuLibraryGetKernel(ctypes.byref(k), lib, b"fg_axpb"), "kernel")
+ok(cu.cuKernelGetFunction(ctypes.byref(kf), k), "kernel function")
+MAX_DYN = 8
+def get(f):
+    r = ctypes.c_int()
+    ok(cu.cuFuncGetAttribute(ctypes.byref(r), MAX_DYN, f), "getattr")
+    return r.value
+ok(cu.cuDeviceGetAttribute(ctypes.byref(v), 16, 0), "attr")
+before = (get(fa), get(fb), get(kf))
+# Two functions' attributes set alternately, as libraries do before launches: each set changes only its function.
+for i in range(10):
+    ok(cu.cuFuncSetAttribute(fa, MAX_DYN, 65536), "set a")
+    ok(cu.cuFuncSetAttribute(fb, MAX_DYN, 32768), "set b")
+seen = [get(fa), get(fb)]
+ok(cu.cuFuncSetAttribute(fa, MAX_DYN, 16384), "set a again")
+seen += [get(fa), get(fb)]
+# A kernel's attribute is its function's attribute.
+ok(cu.cuKernelSetAttribute(MAX_DYN, 12288, k, 0), "kernel set")
+seen.append(get(kf))
+for _ in range(10):
+    ok(cu.cuDeviceGetAttribute(ctypes.byref(v), 16, 0), "attr")
+print("before", before, "seen", seen)
+'''
+
+
+def test_attribute_setters_forget_only_what_they_change(server: NodeServer) -> None:
+    """Setting one function's (or kernel's) attribute forgets that object's cached answers only: another function's
+    answers and device attributes stay cached, identical repeats of alternating sets cost nothing, and every new
+    value is seen — including through the function linked to a kernel."""
+    r = run_client(SCOPED_CLIENT.replace("__PTX__", str(PTX)), server.client_env(FARGPU_STATS="1"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    m = re.search(r"seen \[(\d+), (\d+), (\d+), (\d+), (\d+)\]", r.stdout)
+    assert m, r.stdout
+    assert [int(x) for x in m.groups()] == [65536, 32768, 16384, 32768, 12288], r.stdout
+    assert _counts(r.stderr, "cuFuncSetAttribute") == (3, 18), r.stderr  # a, b, then a's new value
+    assert _counts(r.stderr, "cuKernelSetAttribute") == (1, 0), r.stderr
+    # fa, fb, kf once each; fa and fb after their first sets; fa after its new value; kf after the kernel's set.
+    assert _counts(r.stderr, "cuFuncGetAttribute") == (7, 1), r.stderr
+    assert _counts(r.stderr, "cuDeviceGetAttribute") == (1, 10), r.stderr

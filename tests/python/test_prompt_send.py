@@ -1,0 +1,57 @@
+"""Prompt sending (client_stub/sender.c): async work reaches the server while the application keeps going, without
+waiting for the next synchronising call, so the GPU overlaps with the application instead of idling until a sync.
+
+A host function is the observable: the server runs it (through the client's callback connection) only once it has
+received the batch holding it. The client queues one, makes no further CUDA call, and waits: with prompt sending
+the function runs; with FARGPU_SEND_AFTER_US=0 (prompt sending off) it cannot run until a sync call sends the batch.
+End to end with the real stub, node agent, worker and simulated device."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cuda_ctypes import PRELUDE
+from e2e_helpers import NodeServer, run_client, start_server, stop_server
+
+CLIENT = PRELUDE + r'''
+import threading, time
+ctx0()
+s = ctypes.c_void_p()
+ok(cu.cuStreamCreate(ctypes.byref(s), 0), "stream")
+ran = threading.Event()
+HOSTFN = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
+fn = HOSTFN(lambda _: ran.set())
+dptr = ctypes.c_uint64()
+ok(cu.cuMemAlloc_v2(ctypes.byref(dptr), 4096), "alloc")
+ok(cu.cuMemsetD8Async(dptr, 7, 4096, s), "memset")
+ok(cu.cuLaunchHostFunc(s, fn, None), "hostfunc")
+t0 = time.monotonic()
+ran.wait(float(sys.argv[1]) if len(sys.argv) > 1 else 3.0)
+print("RAN_BEFORE_SYNC", ran.is_set(), round(time.monotonic() - t0, 3))
+ok(cu.cuStreamSynchronize(s), "sync")
+print("RAN_AFTER_SYNC", ran.is_set())
+'''
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[NodeServer]:
+    s = start_server(tmp_path)
+    yield s
+    stop_server(s)
+
+
+def test_async_work_is_sent_without_a_sync_call(server: NodeServer) -> None:
+    r = run_client(CLIENT, server.client_env(), timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr + server.log_text()
+    assert "RAN_BEFORE_SYNC True" in r.stdout, r.stdout + r.stderr
+    assert "RAN_AFTER_SYNC True" in r.stdout
+
+
+def test_with_prompt_sending_off_work_waits_for_the_sync_call(server: NodeServer) -> None:
+    """The control: the same client with FARGPU_SEND_AFTER_US=0 only gets its host function run by the sync."""
+    r = run_client(CLIENT.replace("else 3.0", "else 1.0"), server.client_env(FARGPU_SEND_AFTER_US="0"), timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr + server.log_text()
+    assert "RAN_BEFORE_SYNC False" in r.stdout, r.stdout + r.stderr
+    assert "RAN_AFTER_SYNC True" in r.stdout
