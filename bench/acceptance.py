@@ -9,6 +9,10 @@ a line holding a JSON object with "values" is compared value by value, exactly u
 the value ({"rtol": r, "atol": a} for numbers and lists of numbers, {"max_mismatches": n} for lists); a JSON
 line with "throughput" ({name: number}) is a measurement, reported with the remote/native ratio.
 
+Meta lines in a program's first 40 lines: `// acceptance: link=-lcublas` (toolkit libraries), `args=a|b` (one run
+per argument set), `timeout=S`, and `pip=nvidia.cudnn:cudnn` (a library from a pip package: found with the --python
+interpreter, its include/ and lib/ added to the nvcc line and lib/ to the rpath; missing, the build fails and says so).
+
 Usage (a node server must already serve the GPU at --server):
   python3 bench/acceptance.py --out OUT --stub-dir BUILD/stub --server 127.0.0.1:7311 --token T \
       --python /opt/torch/.venv/bin/python [--only PATTERN] [--skip-torch] [--quick]
@@ -67,7 +71,7 @@ class Case:
 
 
 def read_meta(source: Path) -> dict[str, str]:
-    """`// acceptance: key=value` (or `# acceptance: ...`) lines of a program or script: link, args, timeout."""
+    """`// acceptance: key=value` (or `# acceptance: ...`) lines of a program or script: link, args, timeout, pip."""
     meta: dict[str, str] = {}
     for line in source.read_text(errors="replace").splitlines()[:40]:
         m = META_RE.match(line)
@@ -84,20 +88,98 @@ def torch_scripts() -> list[Path]:
     return sorted(p for p in TORCH_DIR.glob("*.py") if not p.name.startswith("_"))
 
 
+class BuildSetupError(Exception):
+    """A program whose nvcc line cannot be made (a library its meta names is not there); the message is the
+    case's build error."""
+
+
+# Asks an interpreter where a package lives: its __init__'s folder, or a namespace package's first folder
+# (nvidia.cudnn has no __init__.py). Prints nothing when the package (or its parent) is not importable.
+_PIP_PROBE = """import importlib.util, os, sys
+try:
+    spec = importlib.util.find_spec(sys.argv[1])
+except (ImportError, ValueError):
+    spec = None
+locs = list(spec.submodule_search_locations or []) if spec else []
+if spec and spec.origin and os.path.isfile(spec.origin):
+    print(os.path.dirname(spec.origin))
+elif locs:
+    print(locs[0])
+"""
+
+
+def pip_package_dir(python: str, module: str) -> Path:
+    """The folder of pip package `module` (e.g. nvidia.cudnn) as the interpreter `python` (--python) sees it."""
+    try:
+        res = subprocess.run([python, "-c", _PIP_PROBE, module], capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise BuildSetupError(f"cannot ask {python} (--python) where pip package {module} is: {e}") from e
+    folder = res.stdout.strip()
+    if res.returncode != 0 or not folder or not Path(folder).is_dir():
+        why = res.stderr.strip().splitlines()[-1:] if res.returncode != 0 else []
+        raise BuildSetupError(f"pip package {module} not found by {python} (--python): install the wheel that "
+                              f"provides it into that interpreter" + (f" ({why[0]})" if why else ""))
+    return Path(folder)
+
+
+def pip_link_flag(libdir: Path, lib: str) -> str:
+    """-l<lib> when <libdir> has lib<lib>.so; else -l:lib<lib>.so.N for the highest N there (wheels such as
+    nvidia-cudnn ship only the versioned name, which -l<lib> does not find)."""
+    if (libdir / f"lib{lib}.so").exists():
+        return f"-l{lib}"
+    pat = re.compile(rf"lib{re.escape(lib)}\.so\.(\d+)")
+    found = sorted((int(m.group(1)), p.name) for p in libdir.glob(f"lib{lib}.so.*") if (m := pat.fullmatch(p.name)))
+    if not found:
+        raise BuildSetupError(f"no lib{lib}.so or lib{lib}.so.N in {libdir}")
+    return f"-l:{found[-1][1]}"
+
+
+def pip_flags(spec: str, python: str) -> tuple[list[str], list[str], list[str]]:
+    """`// acceptance: pip=MODULE[:LIB] ...`: each MODULE (a pip package's import name, e.g. nvidia.cudnn) is
+    looked up with the --python interpreter; its include/ goes to -I, its lib/ to -L and to the rpath, and LIB
+    (e.g. cudnn) is linked from there. Returns (compile flags, link flags, rpath folders); BuildSetupError when a
+    package, its lib/ folder or the library is missing."""
+    inc: list[str] = []
+    link: list[str] = []
+    rpaths: list[str] = []
+    for item in spec.split():
+        module, _, lib = item.partition(":")
+        pkg = pip_package_dir(python, module)
+        libdir = pkg / "lib"
+        if not libdir.is_dir():
+            raise BuildSetupError(f"pip package {module} at {pkg} has no lib/ folder")
+        if (pkg / "include").is_dir():
+            inc.append(f"-I{pkg / 'include'}")
+        link.append(f"-L{libdir}")
+        if lib:
+            link.append(pip_link_flag(libdir, lib))
+        rpaths.append(str(libdir))
+    return inc, link, rpaths
+
+
 def build_command(source: Path, mode: str, out: Path, nvcc: str, cuda_home: Path,
-                  extra: Sequence[str] = ()) -> list[str]:
+                  extra: Sequence[str] = (), python: str | None = None) -> list[str]:
     """The nvcc line for one program in one cudart mode. Binaries get an rpath to the toolkit's lib64
     (libcudart.so.13, libnvrtc, cuBLAS, cuFFT), never to lib64/stubs: libcuda.so.1 must come from the loader's
     normal search (the real driver natively, the stub first on LD_LIBRARY_PATH remotely). It is an old-style
     DT_RPATH (--disable-new-dtags) so that it also serves the libraries' own dlopen calls (libnvrtc opens
-    libnvrtc-builtins that way; a DT_RUNPATH would not apply there)."""
-    link = shlex.split(read_meta(source).get("link", ""))
+    libnvrtc-builtins that way; a DT_RUNPATH would not apply there). A `pip=` meta line adds a pip package's
+    include/, lib/ and library (see pip_flags; `python` is the interpreter that has it, default this one); its
+    lib/ comes first in the rpath, so the library is the one the program was compiled against. Raises
+    BuildSetupError when such a package is missing."""
+    meta = read_meta(source)
+    link = shlex.split(meta.get("link", ""))
+    pip_inc, pip_link, pip_rpaths = pip_flags(meta["pip"], python or sys.executable) if meta.get("pip") else (
+        [], [], [])
     lib64 = cuda_home / "lib64"
-    cmd = [nvcc, "-O2", "-std=c++17", "-no-compress", *GENCODE, "-cudart", mode, f"-I{CUDA_DIR}", *extra,
+    cmd = [nvcc, "-O2", "-std=c++17", "-no-compress", *GENCODE, "-cudart", mode, f"-I{CUDA_DIR}", *pip_inc, *extra,
            "-o", str(out), str(source)]
     if link:
         cmd += [f"-L{lib64}", f"-L{lib64 / 'stubs'}", *link]
-    return cmd + ["-Xlinker", "--disable-new-dtags", "-Xlinker", "-rpath", "-Xlinker", str(lib64)]
+    cmd += [*pip_link, "-Xlinker", "--disable-new-dtags"]
+    for folder in [*pip_rpaths, str(lib64)]:
+        cmd += ["-Xlinker", "-rpath", "-Xlinker", folder]
+    return cmd
 
 
 def make_cases(args: argparse.Namespace) -> list[Case]:
@@ -131,7 +213,12 @@ def build_all(cases: list[Case], out: Path, args: argparse.Namespace) -> None:
     def build(item: tuple[Path, str]) -> tuple[Path, str, Path, str]:
         src, mode = item
         binary = bindir / f"{src.stem}-{mode}"
-        cmd = build_command(src, mode, binary, args.nvcc, Path(args.cuda_home), extra)
+        try:
+            cmd = build_command(src, mode, binary, args.nvcc, Path(args.cuda_home), extra, args.python)
+        except BuildSetupError as e:
+            err = f"cannot build {src.name}: {e}"
+            (out / "logs" / f"build-{src.stem}-{mode}.log").write_text(err + "\n")
+            return src, mode, binary, err
         try:
             res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
             log = f"$ {shlex.join(cmd)}\n{res.stdout}{res.stderr}"
@@ -384,6 +471,7 @@ def run_case(case: Case, out: Path, args: argparse.Namespace) -> Json:
             base, Path(args.stub_dir).resolve(), args.server, args.token, proof)
         if side == "remote":
             env["FARGPU_STATS"] = "1"  # the per-call histogram (sent vs answered in the stub) lands in the log
+            env.update(kv.split("=", 1) for kv in args.client_env)
         # Fresh compiler caches per run: the remote run must compile (Triton, Inductor) as a cold start would.
         env.update(TRITON_CACHE_DIR=str(work / "triton"), TORCHINDUCTOR_CACHE_DIR=str(work / "inductor"),
                    HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1")
@@ -452,9 +540,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--stub-dir", required=True, help="folder holding fargpu's libcuda.so.1")
     ap.add_argument("--server", required=True, help="node server endpoint, HOST:PORT or a unix socket path")
     ap.add_argument("--token", required=True)
-    ap.add_argument("--python", default=sys.executable, help="interpreter with torch for the torch scripts")
+    ap.add_argument("--python", default=sys.executable,
+                    help="interpreter with torch for the torch scripts, and with the pip packages of pip= meta lines")
     ap.add_argument("--only", action="append", default=[], help="run cases whose name matches (glob or substring)")
     ap.add_argument("--skip-torch", action="store_true")
+    ap.add_argument("--client-env", action="append", default=[], metavar="KEY=VALUE",
+                    help="set in every remote client's environment, e.g. FARGPU_LOG=debug (FARGPU_* are not inherited)")
     ap.add_argument("--quick", action="store_true", help="fewer benchmark iterations (FARGPU_ACCEPTANCE_QUICK=1)")
     ap.add_argument("--timeout", type=float, default=900.0, help="per-run timeout in seconds (default 900)")
     ap.add_argument("--nvcc", default=shutil.which("nvcc") or "/usr/local/cuda/bin/nvcc")

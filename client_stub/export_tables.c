@@ -286,13 +286,46 @@ MISSING(CONTEXT_CHECKS, 1)
 static void *const context_checks[4] = {SLOTS(4), M(CONTEXT_CHECKS, 1), (void *)context_check,
                                         (void *)context_check_fn3};
 
-/* ---- 21318c60: context identity. Slot 4 is a context's unique id, the same number cuCtxGetId gives
- * (cuBLASLt keys its kernel registry on it). The driver's table is longer; only these slots are offered. ---- */
-MISSING(CONTEXT_IDENTITY, 1)
-MISSING(CONTEXT_IDENTITY, 2)
-MISSING(CONTEXT_IDENTITY, 3)
-static void *const context_identity[5] = {SLOTS(5), M(CONTEXT_IDENTITY, 1), M(CONTEXT_IDENTITY, 2),
-                                          M(CONTEXT_IDENTITY, 3), (void *)cuCtxGetId};
+/* ---- 21318c60: context identity and streams; the driver's table has 93 slots. Known: slot 4 is a context's
+ * unique id, the same number cuCtxGetId gives (cuBLASLt keys its kernel registry on it); slot 51 turns a public
+ * stream handle into the driver's stream object (ctx, stream, &object, per_thread: the NULL stream means the
+ * legacy or the per-thread stream) and slot 39 gives that object's unique id (ctx, object, &id), as cuStreamGetId
+ * does (cuBLAS keys its per-stream state on it). Here the stream object is the public handle. Every other slot
+ * is logged and refused. ---- */
+static CUresult ctxid_stream_from_public(CUcontext ctx, CUstream stream, void **object, int per_thread) {
+    (void)ctx;
+    if (!object) return CUDA_ERROR_INVALID_VALUE;
+    *object = (void *)(stream ? stream : per_thread ? CU_STREAM_PER_THREAD : CU_STREAM_LEGACY);
+    return CUDA_SUCCESS;
+}
+
+static CUresult ctxid_stream_identity(CUcontext ctx, const void *object, uint64_t *id) {
+    (void)ctx;
+    if (!object || !id) return CUDA_ERROR_INVALID_VALUE;
+    unsigned long long v = 0;
+    CUresult r = cuStreamGetId((CUstream)(uintptr_t)object, &v);
+    if (r == CUDA_SUCCESS) *id = (uint64_t)v;
+    return r;
+}
+
+#define X(n) MISSING(CONTEXT_IDENTITY, n)
+X(1) X(2) X(3) X(5) X(6) X(7) X(8) X(9) X(10) X(11) X(12) X(13) X(14) X(15) X(16) X(17) X(18) X(19)
+X(20) X(21) X(22) X(23) X(24) X(25) X(26) X(27) X(28) X(29) X(30) X(31) X(32) X(33) X(34) X(35)
+X(36) X(37) X(38) X(40) X(41) X(42) X(43) X(44) X(45) X(46) X(47) X(48) X(49) X(50) X(52) X(53)
+X(54) X(55) X(56) X(57) X(58) X(59) X(60) X(61) X(62) X(63) X(64) X(65) X(66) X(67) X(68) X(69)
+X(70) X(71) X(72) X(73) X(74) X(75) X(76) X(77) X(78) X(79) X(80) X(81) X(82) X(83) X(84) X(85)
+X(86) X(87) X(88) X(89) X(90) X(91) X(92)
+#undef X
+#define X(n) M(CONTEXT_IDENTITY, n)
+static void *const context_identity[93] = {
+    SLOTS(93), X(1), X(2), X(3), (void *)cuCtxGetId, X(5), X(6), X(7), X(8), X(9), X(10), X(11), X(12), X(13),
+    X(14), X(15), X(16), X(17), X(18), X(19), X(20), X(21), X(22), X(23), X(24), X(25), X(26), X(27), X(28), X(29),
+    X(30), X(31), X(32), X(33), X(34), X(35), X(36), X(37), X(38), (void *)ctxid_stream_identity, X(40), X(41),
+    X(42), X(43), X(44), X(45), X(46), X(47), X(48), X(49), X(50), (void *)ctxid_stream_from_public, X(52), X(53),
+    X(54), X(55), X(56), X(57), X(58), X(59), X(60), X(61), X(62), X(63), X(64), X(65), X(66), X(67), X(68), X(69),
+    X(70), X(71), X(72), X(73), X(74), X(75), X(76), X(77), X(78), X(79), X(80), X(81), X(82), X(83), X(84), X(85),
+    X(86), X(87), X(88), X(89), X(90), X(91), X(92)};
+#undef X
 
 /* ---- 1734dc26: asked for by cuBLASLt's heuristics, which call slot 4 without checking the answer; served so
  * that every call is logged and refused instead of jumping through NULL. Meanings not established. ---- */

@@ -71,6 +71,7 @@ const char *fgs_api_load(fgs_api *api, void *dl) {
     *(void **)&api->cuEventSynchronize = dlsym(dl, "cuEventSynchronize");
     *(void **)&api->cuFuncGetAttribute = dlsym(dl, "cuFuncGetAttribute");
     *(void **)&api->cuFuncGetModule = dlsym(dl, "cuFuncGetModule");
+    *(void **)&api->cuFuncGetName = dlsym(dl, "cuFuncGetName");
     *(void **)&api->cuFuncGetParamInfo = dlsym(dl, "cuFuncGetParamInfo");
     if (!api->cuFuncGetParamInfo) return "cuFuncGetParamInfo";
     *(void **)&api->cuFuncIsLoaded = dlsym(dl, "cuFuncIsLoaded");

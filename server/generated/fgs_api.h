@@ -58,6 +58,7 @@ typedef struct fgs_api {
     CUresult (*cuEventSynchronize)(CUevent);
     CUresult (*cuFuncGetAttribute)(int *, CUfunction_attribute, CUfunction);
     CUresult (*cuFuncGetModule)(CUmodule *, CUfunction);
+    CUresult (*cuFuncGetName)(const char **, CUfunction);
     CUresult (*cuFuncGetParamInfo)(CUfunction, size_t, size_t *, size_t *);
     CUresult (*cuFuncIsLoaded)(CUfunctionLoadingState *, CUfunction);
     CUresult (*cuFuncLoad)(CUfunction);

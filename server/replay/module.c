@@ -80,6 +80,21 @@ void fgs_put_param_layout(fgs_session *S, void *fn, int is_kernel, fg_writer *ou
     size_t count_at = out->len;
     fg_put_u32(out, 0);
     uint32_t n = 0;
+    if (is_kernel && S->api->cuKernelGetParamInfo && S->api->cuKernelGetFunction) {
+        /* A library kernel the driver has not loaded into a context yet may not answer cuKernelGetParamInfo;
+         * its function in the current context (which loads it) always does. */
+        size_t off = 0, size = 0;
+        CUresult q = S->api->cuKernelGetParamInfo((CUkernel)fn, 0, &off, &size);
+        CUfunction f = NULL;
+        if (q != CUDA_SUCCESS && S->api->cuKernelGetFunction(&f, (CUkernel)fn) == CUDA_SUCCESS && f &&
+            S->api->cuFuncGetParamInfo(f, 0, &off, &size) == CUDA_SUCCESS) {
+            static int logged;
+            if (!logged++) fgs_log(S, "cuKernelGetParamInfo answered %d for a kernel with parameters; its layout comes "
+                                      "from the kernel's function", (int)q);
+            fn = f;
+            is_kernel = 0;
+        }
+    }
     for (; n < 4096; n++) {
         size_t off = 0, size = 0;
         CUresult q = is_kernel ? (S->api->cuKernelGetParamInfo
@@ -140,6 +155,27 @@ CUresult fgs_cuKernelGetFunction(fgs_session *S, fg_reader *r, fg_writer *out) {
 /* A launch names a function or, as the driver allows, a library kernel (fgs_handle_get accepts both). */
 static int launch_target(fgs_session *S, uint64_t id, void **f) { return fgs_handle_get(S, FGH_FUNCTION, id, f) || !*f ? -1 : 0; }
 
+/* A launch the driver refused is logged (the client only learns the error code, later): the kernel's name, the
+ * configuration, and the parameter bytes against the kernel's own layout. The first few per session. */
+static CUresult launch_result(fgs_session *S, void *f, const uint32_t *d, uint32_t nparams, CUresult res) {
+    static int logged;
+    if (res == CUDA_SUCCESS || logged >= 8) return res;
+    logged++;
+    const char *name = NULL;
+    if (!S->api->cuFuncGetName || S->api->cuFuncGetName(&name, (CUfunction)f) != CUDA_SUCCESS) name = "?";
+    size_t end = 0, off = 0, size = 0;
+    for (uint32_t i = 0; i < 4096 && S->api->cuFuncGetParamInfo &&
+                         S->api->cuFuncGetParamInfo((CUfunction)f, i, &off, &size) == CUDA_SUCCESS; i++)
+        end = off + size;
+    int maxdyn = -1;
+    if (S->api->cuFuncGetAttribute)
+        S->api->cuFuncGetAttribute(&maxdyn, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, (CUfunction)f);
+    fgs_log(S, "launch of %.200s failed (%d): grid %u,%u,%u block %u,%u,%u shared %u (max dynamic %d), "
+               "%u parameter bytes (layout ends at %zu)", name, (int)res, d[0], d[1], d[2], d[3], d[4], d[5], d[6],
+            maxdyn, nparams, end);
+    return res;
+}
+
 CUresult fgs_cuLaunchKernel(fgs_session *S, fg_reader *r, fg_writer *out) {
     (void)out;
     uint64_t fid = fg_get_u64(r);
@@ -153,13 +189,17 @@ CUresult fgs_cuLaunchKernel(fgs_session *S, fg_reader *r, fg_writer *out) {
     if (launch_target(S, fid, &f)) return CUDA_ERROR_INVALID_HANDLE;
     if (fgs_handle_get(S, FGH_STREAM, sid, &s)) return CUDA_ERROR_INVALID_HANDLE;
     if (n == 0)
-        return S->api->cuLaunchKernel((CUfunction)f, d[0], d[1], d[2], d[3], d[4], d[5], d[6], (CUstream)s, NULL, NULL);
+        return launch_result(S, f, d, n,
+                             S->api->cuLaunchKernel((CUfunction)f, d[0], d[1], d[2], d[3], d[4], d[5], d[6],
+                                                    (CUstream)s, NULL, NULL));
     void *buf = fgs_scratch(S, n);
     if (!buf) return CUDA_ERROR_OUT_OF_MEMORY;
     memcpy(buf, params, n);
     size_t size = n;
     void *extra[] = {CU_LAUNCH_PARAM_BUFFER_POINTER, buf, CU_LAUNCH_PARAM_BUFFER_SIZE, &size, CU_LAUNCH_PARAM_END};
-    return S->api->cuLaunchKernel((CUfunction)f, d[0], d[1], d[2], d[3], d[4], d[5], d[6], (CUstream)s, NULL, extra);
+    return launch_result(S, f, d, n,
+                         S->api->cuLaunchKernel((CUfunction)f, d[0], d[1], d[2], d[3], d[4], d[5], d[6], (CUstream)s,
+                                                NULL, extra));
 }
 
 /* Attributes whose value holds a handle carry the client's virtual id: translate them. */
@@ -246,11 +286,13 @@ CUresult fgs_cuLaunchKernelEx(fgs_session *S, fg_reader *r, fg_writer *out) {
     if (!S->api->cuLaunchKernelEx) return fgs_missing(S, "cuLaunchKernelEx");
     void *f = lc.f;
     CUlaunchConfig cfg = lc.cfg;
-    if (n == 0) return S->api->cuLaunchKernelEx(&cfg, (CUfunction)f, NULL, NULL);
+    const uint32_t d[7] = {cfg.gridDimX, cfg.gridDimY, cfg.gridDimZ, cfg.blockDimX, cfg.blockDimY, cfg.blockDimZ,
+                           cfg.sharedMemBytes};
+    if (n == 0) return launch_result(S, f, d, n, S->api->cuLaunchKernelEx(&cfg, (CUfunction)f, NULL, NULL));
     void *buf = fgs_scratch(S, n);
     if (!buf) return CUDA_ERROR_OUT_OF_MEMORY;
     memcpy(buf, params, n);
     size_t size = n;
     void *extra[] = {CU_LAUNCH_PARAM_BUFFER_POINTER, buf, CU_LAUNCH_PARAM_BUFFER_SIZE, &size, CU_LAUNCH_PARAM_END};
-    return S->api->cuLaunchKernelEx(&cfg, (CUfunction)f, NULL, extra);
+    return launch_result(S, f, d, n, S->api->cuLaunchKernelEx(&cfg, (CUfunction)f, NULL, extra));
 }

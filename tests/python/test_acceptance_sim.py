@@ -194,18 +194,54 @@ def test_user_kernel_launch_reaches_the_device_and_fails_cleanly(programs: dict[
 # ---------------------------------------------------------------------------------------------- the runner
 
 
-def test_runner_builds_every_program_with_both_cudart_modes_and_its_libraries() -> None:
+def _python_with(site: Path | None, tmp_path: Path) -> str:
+    """An interpreter that sees only the standard library and `site` (no site-packages): what the runner's
+    --python finds there is exactly what the test put there."""
+    exe = tmp_path / ("python-" + (site.name if site else "bare"))
+    pythonpath = f"PYTHONPATH={site} " if site else "PYTHONPATH= "
+    exe.write_text(f"#!/bin/sh\n{pythonpath}exec {sys.executable} -S \"$@\"\n")
+    exe.chmod(0o755)
+    return str(exe)
+
+
+def _fake_cudnn_wheel(site: Path, *libs: str) -> Path:
+    """nvidia-cudnn-cu13's layout: a namespace package nvidia.cudnn (no __init__.py) with include/ and lib/."""
+    pkg = site / "nvidia" / "cudnn"
+    (pkg / "include").mkdir(parents=True)
+    (pkg / "lib").mkdir()
+    for name in libs:
+        (pkg / "lib" / name).write_bytes(b"")
+    return pkg
+
+
+def test_runner_builds_every_program_with_both_cudart_modes_and_its_libraries(tmp_path: Path) -> None:
     sources = acc.cuda_sources()
     assert {p.stem for p in sources} >= {*PROGRAMS, "graph_replay", "device_printf", "nvrtc_launch", "cublas_sgemm",
-                                         "cublas_gemmex", "cublaslt_matmul", "cufft_transforms"}
+                                         "cublas_gemmex", "cublaslt_matmul", "cufft_transforms", "cudnn_conv"}
+    # Programs with a pip= meta line (cuDNN) get their package from --python: here a stand-in wheel that ships
+    # only libcudnn.so.9, as nvidia-cudnn-cu13 does.
+    pkg = _fake_cudnn_wheel(tmp_path / "site", "libcudnn.so.9", "libcudnn_ops.so.9")
+    python = _python_with(tmp_path / "site", tmp_path)
     for src in sources:
+        pip = acc.read_meta(src).get("pip")
         for mode in MODES:
-            cmd = acc.build_command(src, mode, Path("/tmp/x"), "nvcc", Path("/usr/local/cuda"))
+            cmd = acc.build_command(src, mode, Path("/tmp/x"), "nvcc", Path("/usr/local/cuda"), python=python)
             assert cmd[cmd.index("-cudart") + 1] == mode and "-no-compress" in cmd
             assert "arch=compute_90,code=sm_90" in cmd and "arch=compute_90,code=compute_90" in cmd
             rpaths = [cmd[i + 3] for i, a in enumerate(cmd) if a == "-Xlinker" and cmd[i + 1] == "-rpath"]
-            assert rpaths == ["/usr/local/cuda/lib64"]  # never lib64/stubs: libcuda.so.1 comes from the loader
+            # never lib64/stubs: libcuda.so.1 comes from the loader; a pip package's lib/ first when there is one
+            assert rpaths == ([str(pkg / "lib")] if pip else []) + ["/usr/local/cuda/lib64"]
             assert "--disable-new-dtags" in cmd  # DT_RPATH: also serves libnvrtc's dlopen of its builtins
+            if pip:
+                assert f"-I{pkg / 'include'}" in cmd and f"-L{pkg / 'lib'}" in cmd
+                assert cmd.index(f"-I{pkg / 'include'}") < cmd.index(str(src))
+                assert cmd.index(f"-L{pkg / 'lib'}") < cmd.index("-l:libcudnn.so.9")  # only the versioned name
+            else:
+                assert not any(a.startswith("-l:") for a in cmd)
+    cudnn = acc.CUDA_DIR / "cudnn_conv.cpp"
+    assert acc.read_meta(cudnn)["pip"] == "nvidia.cudnn:cudnn"
+    (pkg / "lib" / "libcudnn.so").write_bytes(b"")  # a development symlink, where a wheel has one
+    assert "-lcudnn" in acc.build_command(cudnn, "static", Path("/tmp/x"), "nvcc", Path("/c"), python=python)
     nvrtc = acc.build_command(acc.CUDA_DIR / "nvrtc_launch.cu", "static", Path("/tmp/x"), "nvcc", Path("/c"))
     assert nvrtc[-8:-6] == ["-lnvrtc", "-lcuda"]
     args = acc.parse_args(["--out", "/tmp/o", "--stub-dir", "/s", "--server", "h:1", "--token", "t", "--skip-torch"])
@@ -214,6 +250,35 @@ def test_runner_builds_every_program_with_both_cudart_modes_and_its_libraries() 
     assert "vector_add@static" in names and not any(n.startswith("torch/") for n in names)
     only = acc.parse_args(["--out", "/o", "--stub-dir", "/s", "--server", "h:1", "--token", "t", "--only", "cufft"])
     assert sorted(c.name for c in acc.make_cases(only)) == ["cufft_transforms@shared", "cufft_transforms@static"]
+
+
+def test_runner_reports_a_missing_pip_package_as_a_build_failure(tmp_path: Path) -> None:
+    """Where --python lacks the package a pip= line names (CI has no nvidia-cudnn), the case is not skipped: it
+    fails as a build failure whose first line says which package and which interpreter, and nvcc never runs."""
+    cudnn = acc.CUDA_DIR / "cudnn_conv.cpp"
+    bare = _python_with(None, tmp_path)
+    missing = r"pip package nvidia\.cudnn not found by \S*python-bare \(--python\)"
+    with pytest.raises(acc.BuildSetupError, match=missing):
+        acc.build_command(cudnn, "static", Path("/tmp/x"), "nvcc", Path("/c"), python=bare)
+    out = tmp_path / "out"
+    (out / "logs").mkdir(parents=True)
+    args = acc.parse_args(["--out", str(out), "--stub-dir", "/s", "--server", "h:1", "--token", "t", "--skip-torch",
+                           "--only", "cudnn_conv", "--python", bare, "--nvcc", str(tmp_path / "no-nvcc")])
+    cases = acc.make_cases(args)
+    assert sorted(c.name for c in cases) == ["cudnn_conv@shared", "cudnn_conv@static"]
+    acc.build_all(cases, out, args)
+    for case in cases:
+        assert case.build_error.startswith("cannot build cudnn_conv.cpp: pip package nvidia.cudnn not found by "), \
+            case.build_error
+        rec = acc.run_case(case, out, args)
+        assert not rec["pass"] and rec["reason"] == "build failed" and rec["build_error"] == [case.build_error]
+        log = (out / "logs" / f"build-cudnn_conv-{case.cudart}.log").read_text()
+        assert log.startswith("cannot build cudnn_conv.cpp") and "no-nvcc" not in log
+    # The package is there but without the library the program links.
+    _fake_cudnn_wheel(tmp_path / "nolib", "libcudnn_ops.so.9")
+    nolib = _python_with(tmp_path / "nolib", tmp_path)
+    with pytest.raises(acc.BuildSetupError, match=r"no libcudnn\.so or libcudnn\.so\.N in \S+/nvidia/cudnn/lib"):
+        acc.build_command(cudnn, "static", Path("/tmp/x"), "nvcc", Path("/c"), python=nolib)
 
 
 def test_runner_compares_exactly_or_within_the_stated_tolerance() -> None:

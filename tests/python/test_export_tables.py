@@ -1,7 +1,8 @@
 """The driver's private tables as the stub serves them (client_stub/export_tables.c), called the way the CUDA
 runtime calls them: table sizes in slot 0, context-local storage per context (a key never stored is NOT_FOUND),
-the integrity check's fixed answers, the thread's current context from TOOLS_TLS, and an unknown table id
-refused with CUDA_ERROR_NOT_FOUND. That the real runtime accepts all of it is shown by the nvcc programs
+the integrity check's fixed answers, the thread's current context from TOOLS_TLS, a stream's object and id from the
+context-identity table (as cuStreamGetId gives it), and an unknown table id refused with CUDA_ERROR_NOT_FOUND.
+That the real runtime accepts all of it is shown by the nvcc programs
 (test_acceptance_sim.py) and on the GPU (bench/results/acceptance-*.json)."""
 
 from __future__ import annotations
@@ -42,6 +43,17 @@ r, tls = table("42d85a8123f6cb478298f6e78a3aecdc")
 CUR = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_void_p))
 c = ctypes.c_void_p()
 print("tls current", CUR(slot(tls, 2))(ctypes.byref(c)), c.value == ctx.value)
+r, ident = table("21318c60971432488ca641ff7324c8f2")
+FROM = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.POINTER(ctypes.c_void_p), ctypes.c_int)
+SID = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint64))
+s = ctypes.c_void_p()
+ok(cu.cuStreamCreate(ctypes.byref(s), 0), "stream")
+want = ctypes.c_ulonglong()
+ok(cu.cuStreamGetId(s, ctypes.byref(want)), "stream id")
+obj, got, null_obj = ctypes.c_void_p(), ctypes.c_uint64(), ctypes.c_void_p()
+print("ident size", slot(ident, 0), "from", FROM(slot(ident, 51))(ctx, s, ctypes.byref(obj), 0),
+      "id", SID(slot(ident, 39))(ctx, obj, ctypes.byref(got)), got.value == want.value and want.value != 0,
+      "null", FROM(slot(ident, 51))(ctx, None, ctypes.byref(null_obj), 1), null_obj.value)
 print("unknown", table("00112233445566778899aabbccddeeff"))
 '''
 
@@ -63,4 +75,5 @@ def test_private_tables_answer_like_the_driver(server: NodeServer) -> None:
     assert "cls delete 0 500" in out
     assert "integrity 24 0 0x3341181c03cb675c 0x8ed383aa1f4cd1e8" in out  # version ending in 0: fixed answer
     assert "tls current 0 True" in out
+    assert "ident size 744 from 0 id 0 True null 0 2" in out  # 93 slots; NULL stream, per-thread: PER_THREAD
     assert "unknown (500, None)" in out
