@@ -93,6 +93,7 @@ const char *fgs_api_load(fgs_api *api, void *dl) {
     *(void **)&api->cuKernelGetAttribute = dlsym(dl, "cuKernelGetAttribute");
     *(void **)&api->cuKernelGetFunction = dlsym(dl, "cuKernelGetFunction");
     *(void **)&api->cuKernelGetLibrary = dlsym(dl, "cuKernelGetLibrary");
+    *(void **)&api->cuKernelGetName = dlsym(dl, "cuKernelGetName");
     *(void **)&api->cuKernelGetParamInfo = dlsym(dl, "cuKernelGetParamInfo");
     *(void **)&api->cuKernelSetAttribute = dlsym(dl, "cuKernelSetAttribute");
     *(void **)&api->cuKernelSetCacheConfig = dlsym(dl, "cuKernelSetCacheConfig");

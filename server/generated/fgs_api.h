@@ -77,6 +77,7 @@ typedef struct fgs_api {
     CUresult (*cuKernelGetAttribute)(int *, CUfunction_attribute, CUkernel, CUdevice);
     CUresult (*cuKernelGetFunction)(CUfunction *, CUkernel);
     CUresult (*cuKernelGetLibrary)(CUlibrary *, CUkernel);
+    CUresult (*cuKernelGetName)(const char **, CUkernel);
     CUresult (*cuKernelGetParamInfo)(CUkernel, size_t, size_t *, size_t *);
     CUresult (*cuKernelSetAttribute)(CUfunction_attribute, int, CUkernel, CUdevice);
     CUresult (*cuKernelSetCacheConfig)(CUkernel, CUfunc_cache, CUdevice);

@@ -95,6 +95,14 @@ void fgs_put_param_layout(fgs_session *S, void *fn, int is_kernel, fg_writer *ou
             is_kernel = 0;
         }
     }
+    CUfunctionLoadingState state = CU_FUNCTION_LOADING_STATE_LOADED;
+    if (!is_kernel && S->api->cuFuncIsLoaded && S->api->cuFuncLoad &&
+        S->api->cuFuncIsLoaded(&state, (CUfunction)fn) == CUDA_SUCCESS && state != CU_FUNCTION_LOADING_STATE_LOADED) {
+        /* Under lazy loading a function is not loaded until its first launch, and an unloaded function may not
+         * describe its parameters: load it now (the launch would load it anyway). */
+        CUresult l = S->api->cuFuncLoad((CUfunction)fn);
+        if (l != CUDA_SUCCESS) fgs_log(S, "cuFuncLoad of a lazily loaded function failed (%d)", (int)l);
+    }
     for (; n < 4096; n++) {
         size_t off = 0, size = 0;
         CUresult q = is_kernel ? (S->api->cuKernelGetParamInfo
@@ -155,24 +163,41 @@ CUresult fgs_cuKernelGetFunction(fgs_session *S, fg_reader *r, fg_writer *out) {
 /* A launch names a function or, as the driver allows, a library kernel (fgs_handle_get accepts both). */
 static int launch_target(fgs_session *S, uint64_t id, void **f) { return fgs_handle_get(S, FGH_FUNCTION, id, f) || !*f ? -1 : 0; }
 
+static const char *kernel_name(fgs_session *S, uint64_t id, void *f, CUresult *q) {
+    const char *name = NULL;
+    void *k = NULL;
+    *q = CUDA_ERROR_NOT_SUPPORTED;
+    if (!fgs_handle_get(S, FGH_KERNEL, id, &k) && k && S->api->cuKernelGetName)
+        *q = S->api->cuKernelGetName(&name, (CUkernel)k);
+    else if (S->api->cuFuncGetName)
+        *q = S->api->cuFuncGetName(&name, (CUfunction)f);
+    return *q == CUDA_SUCCESS && name ? name : "?";
+}
+
 /* A launch the driver refused is logged (the client only learns the error code, later): the kernel's name, the
  * configuration, and the parameter bytes against the kernel's own layout. The first few per session. */
-static CUresult launch_result(fgs_session *S, void *f, const uint32_t *d, uint32_t nparams, CUresult res) {
+static CUresult launch_result(fgs_session *S, uint64_t id, void *f, const uint32_t *d, uint32_t nparams,
+                              CUresult res) {
     static int logged;
     if (res == CUDA_SUCCESS || logged >= 8) return res;
     logged++;
-    const char *name = NULL;
-    if (!S->api->cuFuncGetName || S->api->cuFuncGetName(&name, (CUfunction)f) != CUDA_SUCCESS) name = "?";
+    CUresult qn, qp = CUDA_ERROR_NOT_SUPPORTED, qa = CUDA_ERROR_NOT_SUPPORTED;
+    const char *name = kernel_name(S, id, f, &qn);
     size_t end = 0, off = 0, size = 0;
-    for (uint32_t i = 0; i < 4096 && S->api->cuFuncGetParamInfo &&
-                         S->api->cuFuncGetParamInfo((CUfunction)f, i, &off, &size) == CUDA_SUCCESS; i++)
+    for (uint32_t i = 0; i < 4096 && S->api->cuFuncGetParamInfo; i++) {
+        qp = S->api->cuFuncGetParamInfo((CUfunction)f, i, &off, &size);
+        if (qp != CUDA_SUCCESS) break;
         end = off + size;
+    }
     int maxdyn = -1;
     if (S->api->cuFuncGetAttribute)
-        S->api->cuFuncGetAttribute(&maxdyn, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, (CUfunction)f);
+        qa = S->api->cuFuncGetAttribute(&maxdyn, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, (CUfunction)f);
+    CUcontext cur = NULL;
+    S->api->cuCtxGetCurrent(&cur);
     fgs_log(S, "launch of %.200s failed (%d): grid %u,%u,%u block %u,%u,%u shared %u (max dynamic %d), "
-               "%u parameter bytes (layout ends at %zu)", name, (int)res, d[0], d[1], d[2], d[3], d[4], d[5], d[6],
-            maxdyn, nparams, end);
+               "%u parameter bytes (layout ends at %zu); queries: name %d, params %d, attribute %d; context %p",
+            name, (int)res, d[0], d[1], d[2], d[3], d[4], d[5], d[6], maxdyn, nparams, end, (int)qn, (int)qp, (int)qa,
+            (void *)cur);
     return res;
 }
 
@@ -189,7 +214,7 @@ CUresult fgs_cuLaunchKernel(fgs_session *S, fg_reader *r, fg_writer *out) {
     if (launch_target(S, fid, &f)) return CUDA_ERROR_INVALID_HANDLE;
     if (fgs_handle_get(S, FGH_STREAM, sid, &s)) return CUDA_ERROR_INVALID_HANDLE;
     if (n == 0)
-        return launch_result(S, f, d, n,
+        return launch_result(S, fid, f, d, n,
                              S->api->cuLaunchKernel((CUfunction)f, d[0], d[1], d[2], d[3], d[4], d[5], d[6],
                                                     (CUstream)s, NULL, NULL));
     void *buf = fgs_scratch(S, n);
@@ -197,7 +222,7 @@ CUresult fgs_cuLaunchKernel(fgs_session *S, fg_reader *r, fg_writer *out) {
     memcpy(buf, params, n);
     size_t size = n;
     void *extra[] = {CU_LAUNCH_PARAM_BUFFER_POINTER, buf, CU_LAUNCH_PARAM_BUFFER_SIZE, &size, CU_LAUNCH_PARAM_END};
-    return launch_result(S, f, d, n,
+    return launch_result(S, fid, f, d, n,
                          S->api->cuLaunchKernel((CUfunction)f, d[0], d[1], d[2], d[3], d[4], d[5], d[6], (CUstream)s,
                                                 NULL, extra));
 }
@@ -228,6 +253,7 @@ static CUresult translate_attrs(fgs_session *S, CUlaunchAttribute *a, uint32_t n
 
 typedef struct {
     void *f;
+    uint64_t id;
     CUlaunchConfig cfg;
     CUlaunchAttribute attrs[64];
 } launch_config;
@@ -244,6 +270,7 @@ static CUresult get_config(fgs_session *S, fg_reader *r, launch_config *lc) {
     if (r->failed) return FGS_PROTOCOL_ERROR;
     void *s;
     if (launch_target(S, fid, &lc->f)) return CUDA_ERROR_INVALID_HANDLE;
+    lc->id = fid;
     if (fgs_handle_get(S, FGH_STREAM, sid, &s)) return CUDA_ERROR_INVALID_HANDLE;
     CUresult tr = translate_attrs(S, lc->attrs, na);
     if (tr != CUDA_SUCCESS) return tr;
@@ -288,11 +315,11 @@ CUresult fgs_cuLaunchKernelEx(fgs_session *S, fg_reader *r, fg_writer *out) {
     CUlaunchConfig cfg = lc.cfg;
     const uint32_t d[7] = {cfg.gridDimX, cfg.gridDimY, cfg.gridDimZ, cfg.blockDimX, cfg.blockDimY, cfg.blockDimZ,
                            cfg.sharedMemBytes};
-    if (n == 0) return launch_result(S, f, d, n, S->api->cuLaunchKernelEx(&cfg, (CUfunction)f, NULL, NULL));
+    if (n == 0) return launch_result(S, lc.id, f, d, n, S->api->cuLaunchKernelEx(&cfg, (CUfunction)f, NULL, NULL));
     void *buf = fgs_scratch(S, n);
     if (!buf) return CUDA_ERROR_OUT_OF_MEMORY;
     memcpy(buf, params, n);
     size_t size = n;
     void *extra[] = {CU_LAUNCH_PARAM_BUFFER_POINTER, buf, CU_LAUNCH_PARAM_BUFFER_SIZE, &size, CU_LAUNCH_PARAM_END};
-    return launch_result(S, f, d, n, S->api->cuLaunchKernelEx(&cfg, (CUfunction)f, NULL, extra));
+    return launch_result(S, lc.id, f, d, n, S->api->cuLaunchKernelEx(&cfg, (CUfunction)f, NULL, extra));
 }
