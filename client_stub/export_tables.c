@@ -337,17 +337,40 @@ static void *const t1734dc26[16] = {SLOTS(16), X(1), X(2),  X(3),  X(4),  X(5), 
                                     X(8),      X(9), X(10), X(11), X(12), X(13), X(14), X(15)};
 #undef X
 
-/* ---- 6e163fbe: function introspection, asked for by cuFFT. Served so that each slot used is logged and
- * refused; meanings not established. ---- */
+/* ---- 6e163fbe: function introspection, asked for by cuFFT. Slot 7 walks a module's functions:
+ * (ctx, module, visit(opaque, function, owner), opaque, ...) calls visit once per function and answers how many
+ * there were (cuFFT finds the kernel of a module it built this way). Here the functions come from
+ * cuModuleEnumerateFunctions and the owner passed is the module. Every other slot is logged and refused. ---- */
+typedef void (*function_visitor)(void *opaque, void *function, uint64_t owner);
+
+static uint64_t module_functions(uint64_t ctx, uint64_t mod, uint64_t visit, uint64_t opaque, uint64_t a4,
+                                 uint64_t a5) {
+    (void)ctx;
+    (void)a4;
+    (void)a5;
+    unsigned count = 0;
+    if (!visit || cuModuleGetFunctionCount(&count, (CUmodule)(uintptr_t)mod) != CUDA_SUCCESS || count > 65536)
+        return 0;
+    CUfunction *fns = (CUfunction *)calloc(count ? count : 1, sizeof *fns);
+    if (!fns) return 0;
+    CUresult r = count ? cuModuleEnumerateFunctions(fns, count, (CUmodule)(uintptr_t)mod) : CUDA_SUCCESS;
+    fgc_log(FGC_LOG_DEBUG, "private table T6E163FBE slot 7: module 0x%llx has %u function(s) (%d)",
+            (unsigned long long)mod, count, (int)r);
+    for (unsigned i = 0; i < count && r == CUDA_SUCCESS; i++)
+        ((function_visitor)(uintptr_t)visit)((void *)(uintptr_t)opaque, (void *)fns[i], mod);
+    free(fns);
+    return r == CUDA_SUCCESS ? count : 0;
+}
+
 #define X(n) MISSING(T6E163FBE, n)
-X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9) X(10) X(11) X(12) X(13) X(14) X(15) X(16) X(17) X(18) X(19) X(20)
+X(1) X(2) X(3) X(4) X(5) X(6) X(8) X(9) X(10) X(11) X(12) X(13) X(14) X(15) X(16) X(17) X(18) X(19) X(20)
 X(21) X(22) X(23) X(24) X(25) X(26) X(27) X(28) X(29) X(30) X(31) X(32) X(33) X(34) X(35) X(36) X(37) X(38)
 X(39) X(40) X(41) X(42) X(43) X(44) X(45) X(46) X(47) X(48) X(49) X(50) X(51) X(52) X(53) X(54) X(55) X(56)
 X(57) X(58) X(59) X(60) X(61) X(62) X(63)
 #undef X
 #define X(n) M(T6E163FBE, n)
 static void *const t6e163fbe[64] = {
-    SLOTS(64), X(1),  X(2),  X(3),  X(4),  X(5),  X(6),  X(7),  X(8),  X(9),  X(10), X(11), X(12), X(13), X(14), X(15),
+    SLOTS(64), X(1),  X(2),  X(3),  X(4),  X(5),  X(6),  (void *)module_functions,  X(8),  X(9),  X(10), X(11), X(12), X(13), X(14), X(15),
     X(16),     X(17), X(18), X(19), X(20), X(21), X(22), X(23), X(24), X(25), X(26), X(27), X(28), X(29), X(30), X(31),
     X(32),     X(33), X(34), X(35), X(36), X(37), X(38), X(39), X(40), X(41), X(42), X(43), X(44), X(45), X(46), X(47),
     X(48),     X(49), X(50), X(51), X(52), X(53), X(54), X(55), X(56), X(57), X(58), X(59), X(60), X(61), X(62), X(63)};

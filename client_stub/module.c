@@ -258,3 +258,42 @@ CUresult fgc_cuKernelGetParamInfo(CUkernel kernel, size_t paramIndex, size_t *pa
 }
 
 CUresult fgc_cuKernelGetName(const char **name, CUkernel hfunc) { return fgc_cuFuncGetName(name, (CUfunction)hfunc); }
+
+/* The module's functions, in the driver's order: their names come in one round trip, then each is named back with
+ * cuModuleGetFunction (its id and parameter layout), so the handles are the same as for any other function. */
+#define ENUM_NAMES_CAP (1u << 20)
+CUresult fgc_cuModuleEnumerateFunctions(CUfunction *functions, unsigned int numFunctions, CUmodule mod) {
+    FGC_REQUIRE_INIT();
+    if (!functions) return CUDA_ERROR_INVALID_VALUE;
+    uint8_t *buf = (uint8_t *)malloc(ENUM_NAMES_CAP);
+    if (!buf) return CUDA_ERROR_OUT_OF_MEMORY;
+    fg_writer *w = fgc_begin(FG_OP_cuModuleEnumerateFunctions);
+    if (!w) {
+        free(buf);
+        return fgc_last_error();
+    }
+    fgc_put_handle(w, mod);
+    fg_put_u32(w, ENUM_NAMES_CAP);
+    fgc_expect(buf, ENUM_NAMES_CAP);
+    size_t got = 0;
+    CUresult r = fgc_sync_var(&got);
+    uint32_t count = 0;
+    if (r == CUDA_SUCCESS && got >= 4) memcpy(&count, buf, 4);
+    else if (r == CUDA_SUCCESS) r = CUDA_ERROR_INVALID_IMAGE;
+    if (r == CUDA_SUCCESS && count > numFunctions) r = CUDA_ERROR_INVALID_VALUE;
+    size_t at = 4;
+    char name[4097];
+    for (uint32_t i = 0; i < count && r == CUDA_SUCCESS; i++) {
+        uint32_t n = 0;
+        if (at + 4 > got) { r = CUDA_ERROR_INVALID_IMAGE; break; }
+        memcpy(&n, buf + at, 4);
+        at += 4;
+        if (n > 4096 || at + n > got) { r = CUDA_ERROR_INVALID_IMAGE; break; }
+        memcpy(name, buf + at, n);
+        name[n] = 0;
+        at += n;
+        r = fgc_cuModuleGetFunction(&functions[i], mod, name);
+    }
+    free(buf);
+    return r;
+}

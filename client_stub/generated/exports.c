@@ -4222,11 +4222,10 @@ FGC_EXPORT CUresult CUDAAPI cuMipmappedArrayGetSparseProperties(CUDA_ARRAY_SPARS
 }
 
 FGC_EXPORT CUresult CUDAAPI cuModuleEnumerateFunctions(CUfunction *functions, unsigned int numFunctions, CUmodule mod) {
-    (void)functions;
-    (void)numFunctions;
-    (void)mod;
-    static int logged;
-    return fgc_unsupported("cuModuleEnumerateFunctions", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuModuleEnumerateFunctions");
+    CUresult r_ = fgc_cuModuleEnumerateFunctions(functions, numFunctions, mod);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuModuleEnumerateFunctions", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuModuleGetFunction(CUfunction *hfunc, CUmodule hmod, const char *name) {

@@ -51,6 +51,7 @@ CUresult CUDAAPI fgc_cuMemcpyDtoHAsync_v2(void *dstHost, CUdeviceptr srcDevice, 
 CUresult CUDAAPI fgc_cuMemcpyDtoH_v2(void *dstHost, CUdeviceptr srcDevice, size_t ByteCount);
 CUresult CUDAAPI fgc_cuMemcpyHtoDAsync_v2(CUdeviceptr dstDevice, const void *srcHost, size_t ByteCount, CUstream hStream);
 CUresult CUDAAPI fgc_cuMemcpyHtoD_v2(CUdeviceptr dstDevice, const void *srcHost, size_t ByteCount);
+CUresult CUDAAPI fgc_cuModuleEnumerateFunctions(CUfunction *functions, unsigned int numFunctions, CUmodule mod);
 CUresult CUDAAPI fgc_cuModuleGetFunction(CUfunction *hfunc, CUmodule hmod, const char *name);
 CUresult CUDAAPI fgc_cuModuleLoad(CUmodule *module, const char *fname);
 CUresult CUDAAPI fgc_cuModuleLoadData(CUmodule *module, const void *image);

@@ -155,6 +155,7 @@ const char *fgs_api_load(fgs_api *api, void *dl) {
     *(void **)&api->cuMemsetD32_v2 = dlsym(dl, "cuMemsetD32_v2");
     *(void **)&api->cuMemsetD8Async = dlsym(dl, "cuMemsetD8Async");
     *(void **)&api->cuMemsetD8_v2 = dlsym(dl, "cuMemsetD8_v2");
+    *(void **)&api->cuModuleEnumerateFunctions = dlsym(dl, "cuModuleEnumerateFunctions");
     *(void **)&api->cuModuleGetFunction = dlsym(dl, "cuModuleGetFunction");
     if (!api->cuModuleGetFunction) return "cuModuleGetFunction";
     *(void **)&api->cuModuleGetFunctionCount = dlsym(dl, "cuModuleGetFunctionCount");

@@ -121,6 +121,7 @@ typedef struct fgs_api {
     CUresult (*cuMemsetD32_v2)(CUdeviceptr, unsigned int, size_t);
     CUresult (*cuMemsetD8Async)(CUdeviceptr, unsigned char, size_t, CUstream);
     CUresult (*cuMemsetD8_v2)(CUdeviceptr, unsigned char, size_t);
+    CUresult (*cuModuleEnumerateFunctions)(CUfunction *, unsigned int, CUmodule);
     CUresult (*cuModuleGetFunction)(CUfunction *, CUmodule, const char *);
     CUresult (*cuModuleGetFunctionCount)(unsigned int *, CUmodule);
     CUresult (*cuModuleGetGlobal_v2)(CUdeviceptr *, size_t *, CUmodule, const char *);

@@ -25,6 +25,7 @@ CUresult fgs_cuMemcpyDtoHAsync_v2(fgs_session *S, fg_reader *r, fg_writer *out);
 CUresult fgs_cuMemcpyDtoH_v2(fgs_session *S, fg_reader *r, fg_writer *out);
 CUresult fgs_cuMemcpyHtoDAsync_v2(fgs_session *S, fg_reader *r, fg_writer *out);
 CUresult fgs_cuMemcpyHtoD_v2(fgs_session *S, fg_reader *r, fg_writer *out);
+CUresult fgs_cuModuleEnumerateFunctions(fgs_session *S, fg_reader *r, fg_writer *out);
 CUresult fgs_cuModuleGetFunction(fgs_session *S, fg_reader *r, fg_writer *out);
 CUresult fgs_cuModuleLoadData(fgs_session *S, fg_reader *r, fg_writer *out);
 CUresult fgs_cuModuleLoadDataEx(fgs_session *S, fg_reader *r, fg_writer *out);

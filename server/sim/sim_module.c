@@ -1,5 +1,6 @@
 /* sim_module.c - modules: cuModuleLoadData/Ex (PTX text, an sm_90 cubin, a fatbin or a fatbin wrapper),
- * cuModuleUnload, cuModuleGetFunction, cuModuleGetGlobal and cuModuleGetLoadingMode; and the building of
+ * cuModuleUnload, cuModuleGetFunction, cuModuleGetGlobal, cuModuleGetLoadingMode, cuModuleGetFunctionCount and
+ * cuModuleEnumerateFunctions; and the building of
  * modules from a parsed image, shared with the library API (sim_library.c).
  *
  * Loading parses the image (sim_image.c: sim_ptx.c / sim_elf.c / sim_fatbin.c) into kernels and globals. Each
@@ -288,6 +289,40 @@ SIM_API CUresult cuModuleGetGlobal(CUdeviceptr *dptr, size_t *bytes, CUmodule hm
         rc = CUDA_ERROR_INVALID_HANDLE;
     if (rc == CUDA_SUCCESS)
         rc = sim_module_global(m, name, dptr, bytes);
+    sim_unlock();
+    return rc;
+}
+
+SIM_API CUresult cuModuleGetFunctionCount(unsigned int *count, CUmodule mod)
+{
+    if (!count)
+        return CUDA_ERROR_INVALID_VALUE;
+    sim_lock();
+    CUresult rc = sim_check_init();
+    struct sim_module *m = rc == CUDA_SUCCESS ? find_module(mod) : NULL;
+    if (rc == CUDA_SUCCESS && !m)
+        rc = CUDA_ERROR_INVALID_HANDLE;
+    if (rc == CUDA_SUCCESS)
+        *count = (unsigned int)m->nfuncs;
+    sim_unlock();
+    return rc;
+}
+
+/* The module's functions in load order; numFunctions must cover them all, as the driver requires. */
+SIM_API CUresult cuModuleEnumerateFunctions(CUfunction *functions, unsigned int numFunctions, CUmodule mod)
+{
+    if (!functions)
+        return CUDA_ERROR_INVALID_VALUE;
+    sim_lock();
+    CUresult rc = sim_check_init();
+    struct sim_module *m = rc == CUDA_SUCCESS ? find_module(mod) : NULL;
+    if (rc == CUDA_SUCCESS && !m)
+        rc = CUDA_ERROR_INVALID_HANDLE;
+    if (rc == CUDA_SUCCESS && numFunctions < m->nfuncs)
+        rc = CUDA_ERROR_INVALID_VALUE;
+    if (rc == CUDA_SUCCESS)
+        for (size_t i = 0; i < m->nfuncs; i++)
+            functions[i] = (CUfunction)m->funcs[i];
     sim_unlock();
     return rc;
 }

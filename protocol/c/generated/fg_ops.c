@@ -107,6 +107,7 @@ const char *fg_op_name(unsigned op) {
     case FG_OP_cuMemsetD32_v2: return "cuMemsetD32_v2";
     case FG_OP_cuMemsetD8Async: return "cuMemsetD8Async";
     case FG_OP_cuMemsetD8_v2: return "cuMemsetD8_v2";
+    case FG_OP_cuModuleEnumerateFunctions: return "cuModuleEnumerateFunctions";
     case FG_OP_cuModuleGetFunction: return "cuModuleGetFunction";
     case FG_OP_cuModuleGetFunctionCount: return "cuModuleGetFunctionCount";
     case FG_OP_cuModuleGetGlobal_v2: return "cuModuleGetGlobal_v2";

@@ -2,7 +2,7 @@
 #ifndef FG_OPS_H
 #define FG_OPS_H
 
-#define FG_OPS_HASH "11fd63522606ace3"
+#define FG_OPS_HASH "11f7b9021d033990"
 
 enum fg_op {
     FG_OP_SET_CTX = 1,
@@ -108,43 +108,44 @@ enum fg_op {
     FG_OP_cuMemsetD32_v2 = 113,
     FG_OP_cuMemsetD8Async = 114,
     FG_OP_cuMemsetD8_v2 = 115,
-    FG_OP_cuModuleGetFunction = 116,
-    FG_OP_cuModuleGetFunctionCount = 117,
-    FG_OP_cuModuleGetGlobal_v2 = 118,
-    FG_OP_cuModuleGetLoadingMode = 119,
-    FG_OP_cuModuleLoadData = 120,
-    FG_OP_cuModuleLoadDataEx = 121,
-    FG_OP_cuModuleUnload = 122,
-    FG_OP_cuOccupancyAvailableDynamicSMemPerBlock = 123,
-    FG_OP_cuOccupancyMaxActiveBlocksPerMultiprocessor = 124,
-    FG_OP_cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags = 125,
-    FG_OP_cuOccupancyMaxActiveClusters = 126,
-    FG_OP_cuOccupancyMaxPotentialClusterSize = 127,
-    FG_OP_cuStreamAddCallback = 128,
-    FG_OP_cuStreamBeginCapture_v2 = 129,
-    FG_OP_cuStreamCopyAttributes = 130,
-    FG_OP_cuStreamCreate = 131,
-    FG_OP_cuStreamCreateWithPriority = 132,
-    FG_OP_cuStreamDestroy_v2 = 133,
-    FG_OP_cuStreamEndCapture = 134,
-    FG_OP_cuStreamGetAttribute = 135,
-    FG_OP_cuStreamGetCaptureInfo_v3 = 136,
-    FG_OP_cuStreamGetCtx = 137,
-    FG_OP_cuStreamGetDevice = 138,
-    FG_OP_cuStreamGetFlags = 139,
-    FG_OP_cuStreamGetId = 140,
-    FG_OP_cuStreamGetPriority = 141,
-    FG_OP_cuStreamIsCapturing = 142,
-    FG_OP_cuStreamQuery = 143,
-    FG_OP_cuStreamSetAttribute = 144,
-    FG_OP_cuStreamSynchronize = 145,
-    FG_OP_cuStreamWaitEvent = 146,
-    FG_OP_cuStreamWaitValue32_v2 = 147,
-    FG_OP_cuStreamWaitValue64_v2 = 148,
-    FG_OP_cuStreamWriteValue32_v2 = 149,
-    FG_OP_cuStreamWriteValue64_v2 = 150,
-    FG_OP_cuThreadExchangeStreamCaptureMode = 151,
-    FG_OP_LIMIT = 152,
+    FG_OP_cuModuleEnumerateFunctions = 116,
+    FG_OP_cuModuleGetFunction = 117,
+    FG_OP_cuModuleGetFunctionCount = 118,
+    FG_OP_cuModuleGetGlobal_v2 = 119,
+    FG_OP_cuModuleGetLoadingMode = 120,
+    FG_OP_cuModuleLoadData = 121,
+    FG_OP_cuModuleLoadDataEx = 122,
+    FG_OP_cuModuleUnload = 123,
+    FG_OP_cuOccupancyAvailableDynamicSMemPerBlock = 124,
+    FG_OP_cuOccupancyMaxActiveBlocksPerMultiprocessor = 125,
+    FG_OP_cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags = 126,
+    FG_OP_cuOccupancyMaxActiveClusters = 127,
+    FG_OP_cuOccupancyMaxPotentialClusterSize = 128,
+    FG_OP_cuStreamAddCallback = 129,
+    FG_OP_cuStreamBeginCapture_v2 = 130,
+    FG_OP_cuStreamCopyAttributes = 131,
+    FG_OP_cuStreamCreate = 132,
+    FG_OP_cuStreamCreateWithPriority = 133,
+    FG_OP_cuStreamDestroy_v2 = 134,
+    FG_OP_cuStreamEndCapture = 135,
+    FG_OP_cuStreamGetAttribute = 136,
+    FG_OP_cuStreamGetCaptureInfo_v3 = 137,
+    FG_OP_cuStreamGetCtx = 138,
+    FG_OP_cuStreamGetDevice = 139,
+    FG_OP_cuStreamGetFlags = 140,
+    FG_OP_cuStreamGetId = 141,
+    FG_OP_cuStreamGetPriority = 142,
+    FG_OP_cuStreamIsCapturing = 143,
+    FG_OP_cuStreamQuery = 144,
+    FG_OP_cuStreamSetAttribute = 145,
+    FG_OP_cuStreamSynchronize = 146,
+    FG_OP_cuStreamWaitEvent = 147,
+    FG_OP_cuStreamWaitValue32_v2 = 148,
+    FG_OP_cuStreamWaitValue64_v2 = 149,
+    FG_OP_cuStreamWriteValue32_v2 = 150,
+    FG_OP_cuStreamWriteValue64_v2 = 151,
+    FG_OP_cuThreadExchangeStreamCaptureMode = 152,
+    FG_OP_LIMIT = 153,
 };
 
 /* 0: unknown op, 1: sync, 2: async */
@@ -253,6 +254,7 @@ static inline int fg_op_class(unsigned op) {
     case FG_OP_cuMemsetD32_v2: return 2;
     case FG_OP_cuMemsetD8Async: return 2;
     case FG_OP_cuMemsetD8_v2: return 2;
+    case FG_OP_cuModuleEnumerateFunctions: return 1;
     case FG_OP_cuModuleGetFunction: return 1;
     case FG_OP_cuModuleGetFunctionCount: return 1;
     case FG_OP_cuModuleGetGlobal_v2: return 1;
