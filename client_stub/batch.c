@@ -124,6 +124,18 @@ static int copy_output(uint32_t n) {
     return 0;
 }
 
+static int discard(uint64_t n) {
+    char buf[65536];
+    while (n) {
+        size_t k = n < sizeof buf ? (size_t)n : sizeof buf;
+        if (fgc_io_read(buf, k)) return -1;
+        n -= k;
+    }
+    return 0;
+}
+
+static void later_recount(void);
+
 static CUresult read_reply(int exact, size_t *got) {
     uint8_t hb[FG_HEADER_SIZE];
     fg_header h;
@@ -165,8 +177,7 @@ static CUresult read_reply(int exact, size_t *got) {
     }
     uint64_t expect = 0;
     for (int i = 0; i < g_fgc.n_outs; i++) expect += g_fgc.outs[i].n;
-    if (fx.out_len > expect || (exact && fx.out_len != 0 && fx.out_len != expect) ||
-        fx.n_later > g_fgc.n_later) {
+    if (fx.out_len > expect || (exact && fx.out_len != 0 && fx.out_len != expect)) {
         fgc_mark_broken(CUDA_ERROR_DEVICE_UNAVAILABLE, "reply outputs do not match the call");
         return g_fgc.broken;
     }
@@ -176,23 +187,24 @@ static CUresult read_reply(int exact, size_t *got) {
         return g_fgc.broken;
     }
     consumed += (size_t)fx.out_len;
+    /* Async device→host copies: u64 id, u64 length, bytes — each one the stub asked for and not yet delivered
+     * (by a host function's RUN message, for instance: then its bytes are dropped, never written again). */
     for (uint32_t i = 0; i < fx.n_later; i++) {
-        uint64_t n;
-        size_t g2;
-        if (fgc_io_read(&n, 8) || n != g_fgc.later[i].n || read_into(&g_fgc.later[i], 1, n, &g2)) {
+        uint64_t hd[2];
+        void *dst = NULL;
+        int k = consumed + 16 > h.length || fgc_io_read(hd, 16) ? -1 : fgc_later_claim(hd[0], hd[1], 0, &dst);
+        if (k < 0 || hd[1] > h.length - consumed - 16 ||
+            (k == 1 ? fgc_io_read(dst, (size_t)hd[1]) : discard(hd[1]))) {
             fgc_mark_broken(CUDA_ERROR_DEVICE_UNAVAILABLE, "async copy data in the reply does not match");
             return g_fgc.broken;
         }
-        consumed += 8 + (size_t)n;
+        consumed += 16 + (size_t)hd[1];
     }
     if (consumed != h.length) {
         fgc_mark_broken(CUDA_ERROR_DEVICE_UNAVAILABLE, "reply length mismatch");
         return g_fgc.broken;
     }
-    memmove(g_fgc.later, g_fgc.later + fx.n_later, (g_fgc.n_later - fx.n_later) * sizeof(fgc_dest));
-    g_fgc.n_later -= fx.n_later;
-    g_fgc.later_bytes = 0;
-    for (size_t i = 0; i < g_fgc.n_later; i++) g_fgc.later_bytes += g_fgc.later[i].n;
+    later_recount();
     if (fx.deferred && fx.result == CUDA_SUCCESS) {
         fgc_log(FGC_LOG_DEBUG, "deferred error %d from async %s", (int)fx.deferred, fg_op_name(fx.deferred_op));
         return (CUresult)fx.deferred;
@@ -255,19 +267,104 @@ void fgc_expect(void *dst, size_t n) {
     if (g_fgc.n_outs < FGC_MAX_OUTS) g_fgc.outs[g_fgc.n_outs++] = (fgc_dest){dst, n};
 }
 
+/* ---- the queue of async device→host copies (fgc_internal.h) ---- */
+
+static pthread_mutex_t later_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t later_settled = PTHREAD_COND_INITIALIZER; /* a RUN message's copies arrived, or did not */
+
 void fgc_expect_later(void *dst, size_t n) {
+    pthread_mutex_lock(&later_mu);
     if (g_fgc.n_later == g_fgc.cap_later) {
         size_t cap = g_fgc.cap_later ? g_fgc.cap_later * 2 : 64;
         fgc_dest *nl = (fgc_dest *)realloc(g_fgc.later, cap * sizeof *nl);
-        if (!nl) {
+        if (nl) g_fgc.later = nl;
+        uint8_t *ns = nl ? (uint8_t *)realloc(g_fgc.later_state, cap) : NULL;
+        if (ns) g_fgc.later_state = ns;
+        if (!nl || !ns) { /* the record goes unsent with the batch: the connection is marked broken */
+            pthread_mutex_unlock(&later_mu);
             g_fgc.batch.failed = 1;
             return;
         }
-        g_fgc.later = nl;
         g_fgc.cap_later = cap;
     }
+    g_fgc.later_state[g_fgc.n_later] = FGC_LATER_PENDING;
     g_fgc.later[g_fgc.n_later++] = (fgc_dest){dst, n};
+    pthread_mutex_unlock(&later_mu);
     g_fgc.later_bytes += n;
+}
+
+/* Drop the delivered copies at the front (later_mu held). */
+static void later_trim(void) {
+    size_t k = 0;
+    while (k < g_fgc.n_later && g_fgc.later_state[k] == FGC_LATER_DONE) k++;
+    if (!k) return;
+    memmove(g_fgc.later, g_fgc.later + k, (g_fgc.n_later - k) * sizeof *g_fgc.later);
+    memmove(g_fgc.later_state, g_fgc.later_state + k, g_fgc.n_later - k);
+    g_fgc.n_later -= k;
+    g_fgc.later_base += k;
+}
+
+int fgc_later_claim(uint64_t id, uint64_t len, int by_callback, void **dst) {
+    int rc;
+    *dst = NULL;
+    pthread_mutex_lock(&later_mu);
+    for (;;) {
+        if (id < g_fgc.later_base) {
+            /* Delivered and forgotten. A reply may name it again when the callback connection failed after a RUN
+             * message carried it (the server cannot tell whether it arrived); a RUN message may not. */
+            rc = !by_callback && len <= FG_CHUNK ? 0 : -1;
+            break;
+        }
+        if (id - g_fgc.later_base >= g_fgc.n_later) { /* never asked for */
+            rc = -1;
+            break;
+        }
+        size_t i = (size_t)(id - g_fgc.later_base);
+        int state = g_fgc.later_state[i];
+        if (len != g_fgc.later[i].n && len != 0) {
+            rc = -1;
+            break;
+        }
+        if (state == FGC_LATER_RECEIVING && !by_callback) {
+            /* A reply naming a copy the callback thread is receiving: the server gave up on that RUN message (the
+             * callback connection is failing). Wait for the thread to finish with it, then decide. */
+            pthread_cond_wait(&later_settled, &later_mu);
+            continue;
+        }
+        if (state == FGC_LATER_PENDING) {
+            g_fgc.later_state[i] = by_callback ? FGC_LATER_RECEIVING : FGC_LATER_DONE;
+            *dst = g_fgc.later[i].dst;
+            rc = 1;
+            if (!by_callback) later_trim();
+        } else {
+            rc = by_callback ? -1 : 0; /* never written twice: a host function may have changed it since */
+        }
+        break;
+    }
+    pthread_mutex_unlock(&later_mu);
+    return rc;
+}
+
+void fgc_later_settle(uint64_t id, int delivered) {
+    pthread_mutex_lock(&later_mu);
+    if (id >= g_fgc.later_base && id - g_fgc.later_base < g_fgc.n_later) {
+        size_t i = (size_t)(id - g_fgc.later_base);
+        if (g_fgc.later_state[i] == FGC_LATER_RECEIVING)
+            g_fgc.later_state[i] = delivered ? FGC_LATER_DONE : FGC_LATER_PENDING;
+        later_trim();
+        pthread_cond_broadcast(&later_settled);
+    }
+    pthread_mutex_unlock(&later_mu);
+}
+
+/* Bytes still awaited (g_fgc.mu held: later_bytes is its). */
+static void later_recount(void) {
+    pthread_mutex_lock(&later_mu);
+    size_t b = 0;
+    for (size_t i = 0; i < g_fgc.n_later; i++)
+        if (g_fgc.later_state[i] != FGC_LATER_DONE) b += g_fgc.later[i].n;
+    g_fgc.later_bytes = b;
+    pthread_mutex_unlock(&later_mu);
 }
 
 static CUresult finish_sync(int exact, size_t *got) {

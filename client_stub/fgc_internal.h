@@ -1,5 +1,6 @@
 /* fgc_internal.h — the stub's process-wide state: one connection, one outgoing batch, the outputs the
- * pending sync call expects, and the queue of async device→host copies awaiting delivery. */
+ * pending sync call expects, and the queue of async device→host copies awaiting delivery (by a reply, or by the
+ * callback thread with a host function's RUN message). */
 #ifndef FGC_INTERNAL_H
 #define FGC_INTERNAL_H
 
@@ -49,7 +50,15 @@ typedef struct {
     int n_outs;
     fgc_dest *later; /* async D2H destinations, FIFO */
     size_t n_later, cap_later, later_bytes;
+    /* later[i] has id later_base + i (ids count the process's async D2H records from 0, as the server does) and
+     * state later_state[i]. later, later_state, n_later, cap_later and later_base are guarded by batch.c's
+     * later lock (the callback thread delivers too); later_bytes (pending bytes, an upper bound between replies)
+     * only by mu. */
+    uint8_t *later_state;
+    uint64_t later_base;
 } fgc_state;
+
+enum { FGC_LATER_PENDING = 0, FGC_LATER_RECEIVING = 1, FGC_LATER_DONE = 2 };
 
 extern fgc_state g_fgc;
 
@@ -57,5 +66,17 @@ extern fgc_state g_fgc;
 void fgc_sender_note(void);
 /* batch.c: send the batch now without waiting for a reply (g_fgc.mu held). Returns 0 or -1 (connection broken). */
 int fgc_send_pending(void);
+/* batch.c: take async D2H copy `id` for a delivery of len bytes, by a reply (by_callback 0: it is done at once)
+ * or by a RUN message (1: receiving, until fgc_later_settle). Returns 1 with *dst to write len bytes to; 0 when
+ * a reply names a copy that was delivered already (read and drop the bytes); -1 when the id or the length is not
+ * one the stub asked for (len is the copy's size, or 0: the copy failed and nothing is written). */
+int fgc_later_claim(uint64_t id, uint64_t len, int by_callback, void **dst);
+/* batch.c: a RUN message's copies arrived whole (delivered) or not (pending again, for the next reply). */
+void fgc_later_settle(uint64_t id, int delivered);
+/* callbacks.c: host functions submitted (outside stream capture) whose DONE has not been sent yet. */
+int fgc_host_fns_outstanding(void);
+/* callbacks.c: send the pending batch and wait until those host functions ran (no lock held). Fails when the
+ * callback connection or the session ends first. */
+CUresult fgc_host_fns_wait(void);
 
 #endif

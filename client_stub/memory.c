@@ -1,8 +1,11 @@
 /* memory.c — device memory and copies. Allocation happens on the server (VMM-backed, so the address
  * survives paging); copies move bytes over the connection in FG_CHUNK pieces. Synchronous host→device
  * copies send straight from the caller's buffer (no staging copy); async ones capture the bytes at call
- * time. Async device→host data lands in the caller's buffer with the next sync reply, before that call
- * returns. "Pinned" host memory is ordinary page-aligned memory here: there is no local GPU to pin for. */
+ * time — from pinned memory only once the host functions submitted before have run (the driver reads a pinned
+ * source when the copy runs, in stream order; a pageable one at the call). Async device→host data lands in the
+ * caller's buffer with the next sync reply, before that call returns, or earlier, before a host function after
+ * the copy on its stream runs (callbacks.c). "Pinned" host memory is ordinary page-aligned memory here: there
+ * is no local GPU to pin for; it is tracked (host blocks) so copies and queries can tell it from pageable. */
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -109,6 +112,14 @@ CUresult fgc_cuMemcpyDtoH_v2(void *dst, CUdeviceptr src, size_t n) {
 CUresult fgc_cuMemcpyHtoDAsync_v2(CUdeviceptr dst, const void *src, size_t n, CUstream s) {
     FGC_REQUIRE_INIT();
     if (n && !src) return CUDA_ERROR_INVALID_VALUE;
+    /* A pinned source is read in stream order: after the host functions before this copy, which may write it.
+     * Waiting for every host function not yet run (whatever its stream) is never too early. */
+    if (n && fgc_host_fns_outstanding() &&
+        (fgc_host_block_find(src, NULL, NULL, NULL) ||
+         fgc_host_block_find((const char *)src + n - 1, NULL, NULL, NULL))) {
+        CUresult r = fgc_host_fns_wait();
+        if (r != CUDA_SUCCESS) return r;
+    }
     size_t off = 0;
     do {
         size_t k = n - off < FG_CHUNK ? n - off : FG_CHUNK;
@@ -117,7 +128,7 @@ CUresult fgc_cuMemcpyHtoDAsync_v2(CUdeviceptr dst, const void *src, size_t n, CU
         fg_put_u64(w, dst + off);
         fgc_put_handle(w, s);
         fg_put_u64(w, k);
-        fg_put(w, (const char *)src + off, k); /* captured now: the caller may reuse its buffer */
+        fg_put(w, (const char *)src + off, k); /* captured now: the caller may reuse a pageable buffer */
         CUresult r = fgc_async();
         if (r != CUDA_SUCCESS) return r;
         off += k;

@@ -70,9 +70,10 @@ static void load_once(void)
     if (!ok)
         return;
 
-    Dl_info info;
+    Dl_info info, self;
     const char *where = dladdr((void *)fgn_cu.Init, &info) && info.dli_fname ? info.dli_fname : "?";
-    fgn_log(FGN_LOG_DEBUG, "using libcuda.so.1 at %s%s", where,
+    const char *shim = dladdr((void *)&fgn_cuda_load, &self) && self.dli_fname ? self.dli_fname : "?";
+    fgn_log(FGN_LOG_INFO, "the fargpu NVML shim (%s) is using libcuda.so.1 at %s%s", shim, where,
             dlsym(h, "cuGetExportTable") ? "" : " (no cuGetExportTable: not a driver-API library?)");
     g_load_result = NVML_SUCCESS;
 }

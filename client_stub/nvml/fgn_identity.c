@@ -1,6 +1,6 @@
 /* fgn_identity.c - what identifies a device, read once from the driver API and kept: name, UUID (in NVML's
  * "GPU-..." form), PCI location and ids, compute capability; and the NVML queries answered from it (name, UUID,
- * minor number, brand, architecture, compute capability). */
+ * brand, architecture, compute capability). The minor number is not visible: NVML_ERROR_NOT_SUPPORTED. */
 #include <stdio.h>
 #include <string.h>
 
@@ -111,17 +111,17 @@ FGN_EXPORT nvmlReturn_t nvmlDeviceGetUUID(nvmlDevice_t device, char *uuid, unsig
     return r != NVML_SUCCESS ? r : fgn_copy_string(uuid, length, d->uuid);
 }
 
-/* The remote /dev/nvidiaN minor is not visible through the driver API; the device index stands in for it. */
+/* The remote /dev/nvidiaN minor number is not visible through the driver API (and no device node exists here). */
 FGN_EXPORT nvmlReturn_t nvmlDeviceGetMinorNumber(nvmlDevice_t device, unsigned int *minorNumber)
 {
+    static int logged;
     struct fgn_device *d;
     nvmlReturn_t r = fgn_device(device, &d);
     if (r != NVML_SUCCESS)
         return r;
     if (!minorNumber)
         return NVML_ERROR_INVALID_ARGUMENT;
-    *minorNumber = d->index;
-    return NVML_SUCCESS;
+    return fgn_unsupported("nvmlDeviceGetMinorNumber (the remote device node is not visible)", &logged);
 }
 
 /* Brand from the product name (the driver API has no brand query): marketing names carry it. */

@@ -1,6 +1,7 @@
 /* fgn_modes.c - device modes and static capabilities answered from driver-API attributes: multi-GPU board,
- * compute mode, MIG mode (always disabled: the shim exposes whole GPUs), persistence mode (reported off: the
- * remote node's setting is not visible), maximum clocks and memory bus width. */
+ * compute mode, maximum clocks and memory bus width. Persistence mode and MIG mode are settings of the remote
+ * node's GPU that the driver API does not show, so both answer NVML_ERROR_NOT_SUPPORTED (after checking their
+ * arguments) rather than a guess. */
 #include "fgn_internal.h"
 
 /* Reads one attribute of a valid, initialised device handle. */
@@ -35,27 +36,26 @@ FGN_EXPORT nvmlReturn_t nvmlDeviceGetComputeMode(nvmlDevice_t device, nvmlComput
 
 FGN_EXPORT nvmlReturn_t nvmlDeviceGetPersistenceMode(nvmlDevice_t device, nvmlEnableState_t *mode)
 {
+    static int logged;
     struct fgn_device *d;
     nvmlReturn_t r = fgn_device(device, &d);
     if (r != NVML_SUCCESS)
         return r;
     if (!mode)
         return NVML_ERROR_INVALID_ARGUMENT;
-    *mode = NVML_FEATURE_DISABLED;
-    return NVML_SUCCESS;
+    return fgn_unsupported("nvmlDeviceGetPersistenceMode (the remote node's setting is not visible)", &logged);
 }
 
 FGN_EXPORT nvmlReturn_t nvmlDeviceGetMigMode(nvmlDevice_t device, unsigned int *currentMode, unsigned int *pendingMode)
 {
+    static int logged;
     struct fgn_device *d;
     nvmlReturn_t r = fgn_device(device, &d);
     if (r != NVML_SUCCESS)
         return r;
     if (!currentMode || !pendingMode)
         return NVML_ERROR_INVALID_ARGUMENT;
-    *currentMode = NVML_DEVICE_MIG_DISABLE;
-    *pendingMode = NVML_DEVICE_MIG_DISABLE;
-    return NVML_SUCCESS;
+    return fgn_unsupported("nvmlDeviceGetMigMode (the remote GPU's MIG mode is not visible)", &logged);
 }
 
 /* The driver API gives the peak SM and memory clocks in kHz; there is no video clock. */

@@ -182,4 +182,7 @@ FGN_EXPORT nvmlReturn_t nvmlDeviceGetMigMode(nvmlDevice_t device, unsigned int *
 FGN_EXPORT nvmlReturn_t nvmlDeviceGetMaxClockInfo(nvmlDevice_t device, nvmlClockType_t type, unsigned int *clock);
 FGN_EXPORT nvmlReturn_t nvmlDeviceGetMemoryBusWidth(nvmlDevice_t device, unsigned int *busWidth);
 
+/* The private interface nvidia-smi asks for (fgn_export_table.c): a table of entry points for one GUID. */
+FGN_EXPORT nvmlReturn_t nvmlInternalGetExportTable(const void **table, const void *guid);
+
 #endif

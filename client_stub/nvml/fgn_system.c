@@ -2,11 +2,13 @@
  * and excluded-device count.
  *
  * Driver version: the driver API exposes only the CUDA version of the remote driver (cuDriverGetVersion), not
- * its release number ("580.159.04"). The shim reports FARGPU_NVML_DRIVER_VERSION if set (e.g. by whoever knows
- * the node's driver), and otherwise the CUDA version as "major.minor" (e.g. "13.0"). Callers that compare the
- * result against release numbers such as 450 will see a lower number than a real driver's. */
+ * its release number ("580.159.04"), and the stub learns nothing else about the node's driver. So the shim
+ * reports FARGPU_NVML_DRIVER_VERSION if set (by whoever knows the node's driver, e.g. the operator of a node
+ * server on the same host), and otherwise answers NVML_ERROR_NOT_SUPPORTED rather than a number it made up.
+ * The NVML version ("<CUDA major>.<driver version>") follows the same rule. */
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "fgn_internal.h"
 
@@ -30,35 +32,47 @@ FGN_EXPORT nvmlReturn_t nvmlSystemGetCudaDriverVersion_v2(int *cudaDriverVersion
     return cuda_version(cudaDriverVersion);
 }
 
+/* The node's driver version string, or NVML_ERROR_NOT_SUPPORTED when nobody told the shim (logged once). */
 static nvmlReturn_t driver_version(char *out, size_t cap)
 {
+    static int unset_logged, long_logged;
     const char *env = getenv("FARGPU_NVML_DRIVER_VERSION");
-    if (env && *env) {
-        snprintf(out, cap, "%s", env);
-        return NVML_SUCCESS;
+    if (!env || !*env) {
+        if (!__atomic_exchange_n(&unset_logged, 1, __ATOMIC_RELAXED))
+            fgn_log(FGN_LOG_WARN, "the remote driver's version string is not visible through the driver API: "
+                    "nvmlSystemGetDriverVersion and nvmlSystemGetNVMLVersion return NVML_ERROR_NOT_SUPPORTED. Set "
+                    "FARGPU_NVML_DRIVER_VERSION to the node's driver version (e.g. from `nvidia-smi "
+                    "--query-gpu=driver_version --format=csv,noheader` on the node) to report it");
+        return NVML_ERROR_NOT_SUPPORTED;
     }
-    int v = 0;
-    nvmlReturn_t r = cuda_version(&v);
-    if (r == NVML_SUCCESS)
-        snprintf(out, cap, "%d.%d", NVML_CUDA_DRIVER_VERSION_MAJOR(v), NVML_CUDA_DRIVER_VERSION_MINOR(v));
-    return r;
+    if (strlen(env) >= cap) {
+        if (!__atomic_exchange_n(&long_logged, 1, __ATOMIC_RELAXED))
+            fgn_log(FGN_LOG_WARN, "FARGPU_NVML_DRIVER_VERSION is longer than %zu characters; ignoring it", cap - 1);
+        return NVML_ERROR_NOT_SUPPORTED;
+    }
+    memcpy(out, env, strlen(env) + 1);
+    return NVML_SUCCESS;
 }
 
 FGN_EXPORT nvmlReturn_t nvmlSystemGetDriverVersion(char *version, unsigned int length)
 {
     char buf[NVML_SYSTEM_DRIVER_VERSION_BUFFER_SIZE];
     nvmlReturn_t r = fgn_check_init();
+    if (r == NVML_SUCCESS && !version)
+        r = NVML_ERROR_INVALID_ARGUMENT;
     if (r == NVML_SUCCESS)
         r = driver_version(buf, sizeof buf);
     return r != NVML_SUCCESS ? r : fgn_copy_string(version, length, buf);
 }
 
-/* Real NVML reports "<CUDA major>.<driver version>"; the shim follows that with its own driver version. */
+/* Real NVML reports "<CUDA major>.<driver version>"; the shim does the same when it knows the driver version. */
 FGN_EXPORT nvmlReturn_t nvmlSystemGetNVMLVersion(char *version, unsigned int length)
 {
     char drv[NVML_SYSTEM_DRIVER_VERSION_BUFFER_SIZE], buf[NVML_SYSTEM_NVML_VERSION_BUFFER_SIZE + 16];
     int v = 0;
     nvmlReturn_t r = cuda_version(&v);
+    if (r == NVML_SUCCESS && !version)
+        r = NVML_ERROR_INVALID_ARGUMENT;
     if (r == NVML_SUCCESS)
         r = driver_version(drv, sizeof drv);
     if (r != NVML_SUCCESS)

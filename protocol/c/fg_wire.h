@@ -11,7 +11,7 @@
 #include <string.h>
 
 #define FG_MAGIC 0x31504746u /* "FGP1" in memory order */
-#define FG_PROTO_VERSION 1u
+#define FG_PROTO_VERSION 2u
 #define FG_HEADER_SIZE 16u
 #define FG_MAX_HELLO (64u * 1024u)
 #define FG_DEFAULT_MAX_FRAME (80u * 1024u * 1024u) /* bulk copies are chunked below this */

@@ -1,15 +1,19 @@
 /* callbacks.c — host functions and stream callbacks run in the client. The client opens a second connection to
  * its session (the node agent checks the session's secret and hands it to this worker: fgs_set_callback_fd).
  * cuLaunchHostFunc / cuStreamAddCallback are replayed with a trampoline the driver calls in stream order; the
- * trampoline sends RUN {cookie, status} on that connection and waits for DONE {cookie}, so work after the host
- * function waits for it, as it would locally, while the client's submitting thread never blocks. A callback
- * captured into a graph runs at every launch of the graph (its cookie stays valid for the session). */
+ * trampoline sends RUN {cookie, status, n} on that connection and waits for DONE {cookie}, so work after the host
+ * function waits for it, as it would locally, while the client's submitting thread never blocks. The n records
+ * after RUN are the staged async device→host copies the function must see: those of its stream enqueued before
+ * it and not yet delivered (memory.c), which have finished since the stream reached the function; the client
+ * writes them before calling it, and the next reply leaves them out. A callback captured into a graph runs at
+ * every launch of the graph (its cookie stays valid for the session) and carries no copies. */
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include "fg_io.h"
@@ -24,12 +28,15 @@ typedef struct {
     uint32_t magic, kind;
     uint64_t cookie;
     int32_t status;
-    uint32_t pad;
+    uint32_t n_copies; /* RUN: staged copies that follow, each u64 id, u64 length, bytes; DONE: 0 */
 } cb_msg;
 
 struct fgs_callback {
     fgs_session *S;
     uint64_t cookie;
+    CUstream stream;
+    uint64_t upto; /* staged copies with a smaller id were enqueued before the host function */
+    int copies;    /* 0 when captured into a graph: it runs at each launch, on whatever stream launches it */
     struct fgs_callback *next;
 };
 
@@ -46,15 +53,41 @@ FGS_EXPORT int fgs_set_callback_fd(fgs_session *S, int fd) {
     return 0;
 }
 
+/* Send RUN with the claimed copies. Returns 0 or -1. */
+static int send_run(int fd, const cb_msg *m, const fgs_later_ref *refs, size_t n) {
+    struct iovec stack_iov[33];
+    size_t niov = 1 + 2 * n;
+    struct iovec *iov = niov <= 33 ? stack_iov : (struct iovec *)malloc(niov * sizeof *iov);
+    uint64_t *heads = (uint64_t *)malloc((n ? n : 1) * 16);
+    int rc = -1;
+    if (iov && heads) {
+        int c = 0;
+        iov[c++] = (struct iovec){(void *)m, sizeof *m};
+        for (size_t i = 0; i < n; i++) {
+            heads[2 * i] = refs[i].id;
+            heads[2 * i + 1] = refs[i].n;
+            iov[c++] = (struct iovec){&heads[2 * i], 16};
+            if (refs[i].n) iov[c++] = (struct iovec){(void *)refs[i].data, refs[i].n};
+        }
+        rc = fgs_write_all(fd, iov, c);
+    }
+    if (iov != stack_iov) free(iov);
+    free(heads);
+    return rc;
+}
+
 static void run_remote(struct fgs_callback *c, CUresult status) {
     fgs_session *S = c->S;
+    fgs_later_ref *refs = NULL;
+    size_t n = 0;
     pthread_mutex_lock(&cb_mu);
     int fd = S->cb_fd;
     int ok = 0;
     if (fd > 0) {
-        cb_msg m = {CB_MAGIC, CB_RUN, c->cookie, (int32_t)status, 0}, d;
+        if (c->copies) n = fgs_later_claim(S, c->stream, c->upto, &refs);
+        cb_msg m = {CB_MAGIC, CB_RUN, c->cookie, (int32_t)status, (uint32_t)n}, d;
         memset(&d, 0, sizeof d);
-        int w = fg_io_full(fd, &m, sizeof m, 1), rd = w ? -1 : fg_io_full(fd, &d, sizeof d, 0);
+        int w = send_run(fd, &m, refs, n), rd = w ? -1 : fg_io_full(fd, &d, sizeof d, 0);
         ok = !w && !rd && d.magic == CB_MAGIC && d.kind == CB_DONE && d.cookie == c->cookie;
         if (!ok)
             fgs_log(S, "callback connection failed (write %d, read %d, magic %x kind %u cookie %llu/%llu, errno %d)", w,
@@ -65,6 +98,9 @@ static void run_remote(struct fgs_callback *c, CUresult status) {
         }
     }
     pthread_mutex_unlock(&cb_mu);
+    /* Delivered: freed. Not delivered: the next reply carries them (the client accepts an id it already has). */
+    if (n) fgs_later_release(S, refs, n, ok);
+    free(refs);
     if (!ok) {
         __atomic_store_n(&S->cb_failed, 1, __ATOMIC_RELAXED); /* the client hears of it with its next sync call */
         static int logged;
@@ -81,11 +117,17 @@ static void CUDA_CB stream_trampoline(CUstream s, CUresult status, void *arg) {
     run_remote((struct fgs_callback *)arg, status);
 }
 
-static struct fgs_callback *new_callback(fgs_session *S, uint64_t cookie) {
+static struct fgs_callback *new_callback(fgs_session *S, uint64_t cookie, CUstream s) {
     struct fgs_callback *c = (struct fgs_callback *)calloc(1, sizeof *c);
     if (!c) return NULL;
     c->S = S;
     c->cookie = cookie;
+    c->stream = s;
+    c->upto = S->later_next;
+    /* Only a host function that runs on this stream, once, may carry its copies; when unsure, none. */
+    CUstreamCaptureStatus st = CU_STREAM_CAPTURE_STATUS_ACTIVE;
+    c->copies = S->api->cuStreamIsCapturing && S->api->cuStreamIsCapturing(s, &st) == CUDA_SUCCESS &&
+                st == CU_STREAM_CAPTURE_STATUS_NONE;
     c->next = S->callbacks;
     S->callbacks = c;
     return c;
@@ -98,7 +140,7 @@ static CUresult enqueue(fgs_session *S, fg_reader *r, int stream_callback) {
     if (fgs_handle_get(S, FGH_STREAM, sid, &s)) return CUDA_ERROR_INVALID_HANDLE;
     if (stream_callback ? !S->api->cuStreamAddCallback : !S->api->cuLaunchHostFunc)
         return fgs_missing(S, stream_callback ? "cuStreamAddCallback" : "cuLaunchHostFunc");
-    struct fgs_callback *c = new_callback(S, cookie);
+    struct fgs_callback *c = new_callback(S, cookie, (CUstream)s);
     if (!c) return CUDA_ERROR_OUT_OF_MEMORY;
     return stream_callback ? S->api->cuStreamAddCallback((CUstream)s, stream_trampoline, c, 0)
                            : S->api->cuLaunchHostFunc((CUstream)s, host_trampoline, c);

@@ -1,6 +1,7 @@
 /* fgs_session.h — one client session inside a replay worker: the dlopen'ed driver, the per-session handle
  * tables (virtual ids the client sees ↔ real driver handles), VRAM accounting against the lease quota,
- * and the async device→host copies waiting for the next reply. */
+ * and the async device→host copies staged until they are delivered: with the next reply, or earlier, with the
+ * RUN message of a host function after them on their stream (memory.c, callbacks.c). */
 #ifndef FGS_SESSION_H
 #define FGS_SESSION_H
 
@@ -34,11 +35,23 @@ typedef struct {
     CUmemGenericAllocationHandle handle;
 } fgs_alloc;
 
+/* A staged async device→host copy. Ids count the session's cuMemcpyDtoHAsync records from 0 (the stub counts
+ * the same way); S->later is in id order and guarded by memory.c's lock, since trampolines take entries from
+ * the driver's callback threads. */
 typedef struct {
-    void *data;
+    void *data;      /* NULL: the copy failed (nothing to deliver: length 0 on the wire) */
     size_t n;
     CUstream stream;
+    uint64_t id;
+    int claimed;     /* a trampoline is sending it with a RUN message; it leaves S->later at DONE */
 } fgs_later;
+
+/* A claimed copy, as a trampoline sends it. */
+typedef struct {
+    uint64_t id;
+    const void *data;
+    size_t n;
+} fgs_later_ref;
 
 typedef struct fgs_session {
     const fgs_api *api;
@@ -52,6 +65,8 @@ typedef struct fgs_session {
 
     fgs_later *later;
     size_t n_later, cap_later, later_bytes;
+    uint64_t later_next; /* id of the next cuMemcpyDtoHAsync record (touched by the replay thread only) */
+    int later_closed;    /* the session is closing: a failed trampoline frees what it claimed */
 
     void *scratch;
     size_t scratch_cap;
@@ -68,11 +83,11 @@ typedef struct fgs_session {
     fgs_alloc *globals;
     size_t n_globals, cap_globals;
 
-    struct fgs_output *output;
+    struct fgs_output *output; /* device printf capture (output.c); NULL: none */
 
     int cb_fd; /* the client's callback connection (callbacks.c); -1: none */
     int cb_failed; /* a host function could not run in the client: reported as a deferred error */
-    struct fgs_callback *callbacks; /* device printf capture (output.c); NULL: none */
+    struct fgs_callback *callbacks; /* host functions the driver may call (callbacks.c), kept to the end */
     uint32_t max_frame;
     char log_prefix[64];
 } fgs_session;
@@ -94,6 +109,17 @@ void fgs_note_global(fgs_session *S, CUdeviceptr p);
 void fgs_callbacks_close(fgs_session *S);
 void fgs_globals_forget(fgs_session *S);
 void fgs_later_free_all(fgs_session *S);
+/* For send_reply: the distinct streams of the staged copies that have data (malloc'ed; *n 0 and NULL when
+ * none; -1 when out of memory), then, once those streams are idle, every unclaimed copy, moved out (malloc'ed
+ * array, freed with fgs_later_free_list; -1 when out of memory, leaving them staged). */
+int fgs_later_streams(fgs_session *S, CUstream **streams, size_t *n);
+int fgs_later_take(fgs_session *S, fgs_later **list, size_t *n);
+void fgs_later_free_list(fgs_later *list, size_t n);
+/* For a trampoline: claim the unclaimed copies on `stream` with id < upto (they finished: the stream reached
+ * the host function after them). Returns how many (*refs malloc'ed). Release them after DONE (delivered: freed)
+ * or after a failed RUN (not delivered: left for the next reply). */
+size_t fgs_later_claim(fgs_session *S, CUstream stream, uint64_t upto, fgs_later_ref **refs);
+void fgs_later_release(fgs_session *S, const fgs_later_ref *refs, size_t n, int delivered);
 CUresult fgs_image_chunk(fgs_session *S, fg_reader *r);
 const uint8_t *fgs_image_get(fgs_session *S, fg_reader *r, uint64_t *size, CUresult *res);
 void fgs_images_free_all(fgs_session *S);

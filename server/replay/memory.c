@@ -1,7 +1,10 @@
 /* memory.c — device memory for a session. Every allocation is made with the VMM API (reserve an address
  * range, create physical memory, map it, grant access), so a session's memory can later be paged out and
  * mapped back at the same address. Allocations are charged to the lease's VRAM quota. Copies read and
- * write straight between the frame / reply buffers and the device. */
+ * write straight between the frame / reply buffers and the device; async device→host copies are staged here
+ * until the next reply, or until a host function after them on their stream sends them with its RUN message
+ * (protocol/SPEC.md, "Replies" and "Callbacks"). */
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -9,6 +12,7 @@
 #include "fgs_session.h"
 
 #define LATER_LIMIT (1ull << 30) /* staged async device→host bytes a client may leave uncollected */
+#define CLAIM_MAX (1u << 20)     /* copies one RUN message carries at most (the rest come with the next reply) */
 
 static CUresult current_device(fgs_session *S, CUdevice *dev) { return S->api->cuCtxGetDevice(dev); }
 
@@ -182,34 +186,160 @@ CUresult fgs_cuMemcpyHtoDAsync_v2(fgs_session *S, fg_reader *r, fg_writer *out) 
     return S->api->cuMemcpyHtoDAsync_v2(dst, src, (size_t)n, (CUstream)s);
 }
 
+/* ---- staged async device→host copies ----
+ * Each cuMemcpyDtoHAsync record gets the next id (S->later_next; the stub counts the same way) and an entry in
+ * S->later, even when it fails (then without data: the client is told length 0 and learns the error as the
+ * deferred one), so the client never waits for an id that will not come. An entry leaves S->later one way only,
+ * under later_mu: taken by send_reply, or claimed by the trampoline of a later host function on its stream and
+ * freed once the client answered DONE. No driver call is made with the lock held (a stream synchronisation
+ * waits for trampolines, which take it). */
+
+static pthread_mutex_t later_mu = PTHREAD_MUTEX_INITIALIZER; /* one worker process serves one session */
+
+/* The driver treats the NULL stream and CU_STREAM_LEGACY alike. */
+static CUstream same_stream(CUstream s) { return s == CU_STREAM_LEGACY ? NULL : s; }
+
 CUresult fgs_cuMemcpyDtoHAsync_v2(fgs_session *S, fg_reader *r, fg_writer *out) {
     (void)out;
     uint64_t src = fg_get_u64(r), sid = fg_get_u64(r), n = fg_get_u64(r);
-    if (r->failed) return FGS_PROTOCOL_ERROR;
-    void *s;
-    if (fgs_handle_get(S, FGH_STREAM, sid, &s)) return CUDA_ERROR_INVALID_HANDLE;
-    if (n > FG_CHUNK || S->later_bytes + n > LATER_LIMIT) return FGS_PROTOCOL_ERROR;
-    if (S->n_later == S->cap_later) {
+    if (r->failed || n > FG_CHUNK) return FGS_PROTOCOL_ERROR;
+    pthread_mutex_lock(&later_mu);
+    int over = S->later_bytes + n > LATER_LIMIT;
+    if (!over && S->n_later == S->cap_later) {
         size_t cap = S->cap_later ? S->cap_later * 2 : 32;
         fgs_later *nl = (fgs_later *)realloc(S->later, cap * sizeof *nl);
-        if (!nl) return CUDA_ERROR_OUT_OF_MEMORY;
-        S->later = nl;
-        S->cap_later = cap;
+        if (nl) {
+            S->later = nl;
+            S->cap_later = cap;
+        }
     }
-    void *stage = malloc(n ? (size_t)n : 1);
-    if (!stage) return CUDA_ERROR_OUT_OF_MEMORY;
-    CUresult res = S->api->cuMemcpyDtoHAsync_v2(stage, src, (size_t)n, (CUstream)s);
-    if (res != CUDA_SUCCESS) memset(stage, 0, (size_t)n);
-    /* Queued even on failure: the client expects these bytes in the next reply. */
-    S->later[S->n_later++] = (fgs_later){stage, (size_t)n, (CUstream)s};
-    S->later_bytes += n;
+    int room = S->n_later < S->cap_later;
+    pthread_mutex_unlock(&later_mu);
+    /* Too much left uncollected, or no way to keep the id: the session cannot go on consistently. */
+    if (over || !room) return FGS_PROTOCOL_ERROR;
+    uint64_t id = S->later_next++;
+    void *s = NULL, *stage = NULL;
+    CUresult res;
+    if (fgs_handle_get(S, FGH_STREAM, sid, &s)) {
+        res = CUDA_ERROR_INVALID_HANDLE;
+    } else if (!(stage = malloc(n ? (size_t)n : 1))) {
+        res = CUDA_ERROR_OUT_OF_MEMORY;
+    } else {
+        res = S->api->cuMemcpyDtoHAsync_v2(stage, src, (size_t)n, (CUstream)s);
+        if (res != CUDA_SUCCESS) { /* nothing was enqueued */
+            free(stage);
+            stage = NULL;
+        }
+    }
+    pthread_mutex_lock(&later_mu); /* only this thread adds: the room found above is still there */
+    S->later[S->n_later++] = (fgs_later){stage, (size_t)n, same_stream((CUstream)s), id, 0};
+    if (stage) S->later_bytes += n;
+    pthread_mutex_unlock(&later_mu);
     return res;
 }
 
+int fgs_later_streams(fgs_session *S, CUstream **streams, size_t *n) {
+    *streams = NULL;
+    *n = 0;
+    pthread_mutex_lock(&later_mu);
+    CUstream *v = S->n_later ? (CUstream *)malloc(S->n_later * sizeof *v) : NULL;
+    int rc = S->n_later && !v ? -1 : 0;
+    for (size_t i = 0; v && i < S->n_later; i++) {
+        if (!S->later[i].data) continue;
+        size_t j = 0;
+        while (j < *n && v[j] != S->later[i].stream) j++;
+        if (j == *n) v[(*n)++] = S->later[i].stream;
+    }
+    pthread_mutex_unlock(&later_mu);
+    *streams = v;
+    return rc;
+}
+
+int fgs_later_take(fgs_session *S, fgs_later **list, size_t *n) {
+    *list = NULL;
+    *n = 0;
+    pthread_mutex_lock(&later_mu);
+    size_t k = 0;
+    for (size_t i = 0; i < S->n_later; i++) k += !S->later[i].claimed;
+    fgs_later *v = k ? (fgs_later *)malloc(k * sizeof *v) : NULL;
+    if (v) {
+        size_t keep = 0;
+        for (size_t i = 0; i < S->n_later; i++) {
+            if (S->later[i].claimed) {
+                S->later[keep++] = S->later[i];
+            } else {
+                v[(*n)++] = S->later[i];
+                if (S->later[i].data) S->later_bytes -= S->later[i].n;
+            }
+        }
+        S->n_later = keep;
+    }
+    pthread_mutex_unlock(&later_mu);
+    *list = v;
+    return k && !v ? -1 : 0;
+}
+
+void fgs_later_free_list(fgs_later *list, size_t n) {
+    for (size_t i = 0; i < n; i++) free(list[i].data);
+    free(list);
+}
+
+size_t fgs_later_claim(fgs_session *S, CUstream stream, uint64_t upto, fgs_later_ref **refs) {
+    stream = same_stream(stream);
+    *refs = NULL;
+    pthread_mutex_lock(&later_mu);
+    size_t k = 0;
+    for (size_t i = 0; i < S->n_later && S->later[i].id < upto && k < CLAIM_MAX; i++)
+        k += !S->later[i].claimed && S->later[i].stream == stream;
+    fgs_later_ref *v = k ? (fgs_later_ref *)malloc(k * sizeof *v) : NULL;
+    size_t got = 0;
+    for (size_t i = 0; v && i < S->n_later && S->later[i].id < upto && got < k; i++) {
+        fgs_later *e = &S->later[i];
+        if (e->claimed || e->stream != stream) continue;
+        e->claimed = 1;
+        v[got++] = (fgs_later_ref){e->id, e->data, e->data ? e->n : 0};
+    }
+    pthread_mutex_unlock(&later_mu);
+    *refs = v;
+    return got; /* out of memory: none, and the next reply delivers them */
+}
+
+void fgs_later_release(fgs_session *S, const fgs_later_ref *refs, size_t n, int delivered) {
+    pthread_mutex_lock(&later_mu);
+    int drop = delivered || S->later_closed;
+    size_t keep = 0, j = 0;
+    for (size_t i = 0; i < S->n_later; i++) { /* both in id order: one merge pass */
+        fgs_later *e = &S->later[i];
+        while (j < n && refs[j].id < e->id) j++;
+        int mine = j < n && refs[j].id == e->id && e->claimed;
+        if (mine && drop) {
+            if (e->data) S->later_bytes -= e->n;
+            free(e->data);
+            continue;
+        }
+        if (mine) e->claimed = 0;
+        S->later[keep++] = *e;
+    }
+    S->n_later = keep;
+    pthread_mutex_unlock(&later_mu);
+}
+
+/* At the session's end. Copies a trampoline has claimed are its to free (it fails soon: the callback connection
+ * is shut down first). */
 void fgs_later_free_all(fgs_session *S) {
-    for (size_t i = 0; i < S->n_later; i++) free(S->later[i].data);
-    S->n_later = 0;
-    S->later_bytes = 0;
+    pthread_mutex_lock(&later_mu);
+    S->later_closed = 1;
+    size_t keep = 0;
+    for (size_t i = 0; i < S->n_later; i++) {
+        if (S->later[i].claimed) {
+            S->later[keep++] = S->later[i];
+            continue;
+        }
+        free(S->later[i].data);
+        if (S->later[i].data) S->later_bytes -= S->later[i].n;
+    }
+    S->n_later = keep;
+    pthread_mutex_unlock(&later_mu);
 }
 
 /* Device-to-device copies (and unified cuMemcpy, which the stub sends here only for two device

@@ -308,57 +308,71 @@ static void send_close(int fd, const char *reason) {
     fgs_write_all(fd, iov, 2);
 }
 
+/* The reply to a batch's sync record (protocol/SPEC.md, "Replies"), with every staged async device→host copy not
+ * already on its way to the client with a host function's RUN message: their streams are waited for first
+ * (without memory.c's lock: a trampoline on such a stream claims its copies under it), then what is still
+ * staged is moved out and sent as (id, length, bytes). */
 static int send_reply(fgs_session *S, int fd, uint32_t seq, CUresult result, CUresult deferred, uint32_t dop,
                       fg_writer *out) {
-    /* Deliver the pending async device→host data: wait for each copy's stream first. */
-    for (size_t i = 0; i < S->n_later; i++) {
-        int seen = 0;
-        for (size_t j = 0; j < i; j++) seen |= S->later[j].stream == S->later[i].stream;
-        if (seen) continue;
-        CUresult r = S->api->cuStreamSynchronize(S->later[i].stream);
+    CUstream *streams;
+    size_t ns;
+    if (fgs_later_streams(S, &streams, &ns)) {
+        CUresult r = S->api->cuCtxSynchronize(); /* out of memory: wait for every stream instead */
         if (r != CUDA_SUCCESS && !deferred) {
             deferred = r;
             dop = FG_OP_cuMemcpyDtoHAsync_v2;
         }
     }
+    for (size_t i = 0; i < ns; i++) {
+        CUresult r = S->api->cuStreamSynchronize(streams[i]);
+        if (r != CUDA_SUCCESS && !deferred) {
+            deferred = r;
+            dop = FG_OP_cuMemcpyDtoHAsync_v2;
+        }
+    }
+    free(streams);
+    fgs_later *later;
+    size_t nl;
+    if (fgs_later_take(S, &later, &nl)) nl = 0; /* out of memory: they stay staged for the next reply */
     if (__atomic_exchange_n(&S->cb_failed, 0, __ATOMIC_RELAXED) && !deferred) {
         deferred = CUDA_ERROR_OPERATING_SYSTEM; /* a host function was skipped: its callback connection failed */
         dop = FG_OP_cuLaunchHostFunc;
     }
+    int rc = -1;
+    struct iovec stack_iov[35];
+    struct iovec *iov = stack_iov;
+    uint64_t *heads = NULL;
     /* Device printf output flushed by this batch's synchronising calls goes first. */
-    if (fgs_output_send(S, fd, seq)) return -1;
+    if (fgs_output_send(S, fd, seq)) goto done;
     struct {
         uint32_t result, deferred, deferred_op, n_later;
         uint64_t out_len;
-    } fx = {(uint32_t)result, (uint32_t)deferred, dop, (uint32_t)S->n_later, result == CUDA_SUCCESS ? out->len : 0};
+    } fx = {(uint32_t)result, (uint32_t)deferred, dop, (uint32_t)nl, result == CUDA_SUCCESS ? out->len : 0};
     size_t total = sizeof fx + (size_t)fx.out_len;
-    for (size_t i = 0; i < S->n_later; i++) total += 8 + S->later[i].n;
+    for (size_t i = 0; i < nl; i++) total += 16 + (later[i].data ? later[i].n : 0);
+    if (total > UINT32_MAX) goto done;
     fg_header h = {FG_MAGIC, FG_T_REPLY, 0, (uint32_t)total, seq};
-    if (total > UINT32_MAX) return -1;
     uint8_t hb[FG_HEADER_SIZE];
     fg_header_encode(&h, hb);
-    size_t niov = 3 + 2 * S->n_later;
-    struct iovec stack_iov[35];
-    struct iovec *iov = niov <= 35 ? stack_iov : (struct iovec *)malloc(niov * sizeof *iov);
-    uint64_t *lens = (uint64_t *)malloc((S->n_later ? S->n_later : 1) * 8);
-    if (!iov || !lens) {
-        if (iov != stack_iov) free(iov);
-        free(lens);
-        return -1;
-    }
+    size_t niov = 3 + 2 * nl;
+    if (niov > 35) iov = (struct iovec *)malloc(niov * sizeof *iov);
+    heads = (uint64_t *)malloc((nl ? nl : 1) * 16);
+    if (!iov || !heads) goto done;
     int c = 0;
     iov[c++] = (struct iovec){hb, sizeof hb};
     iov[c++] = (struct iovec){&fx, sizeof fx};
     if (fx.out_len) iov[c++] = (struct iovec){out->buf, (size_t)fx.out_len};
-    for (size_t i = 0; i < S->n_later; i++) {
-        lens[i] = S->later[i].n;
-        iov[c++] = (struct iovec){&lens[i], 8};
-        iov[c++] = (struct iovec){S->later[i].data, S->later[i].n};
+    for (size_t i = 0; i < nl; i++) {
+        heads[2 * i] = later[i].id;
+        heads[2 * i + 1] = later[i].data ? later[i].n : 0; /* 0: the copy failed, nothing to write */
+        iov[c++] = (struct iovec){&heads[2 * i], 16};
+        if (heads[2 * i + 1]) iov[c++] = (struct iovec){later[i].data, later[i].n};
     }
-    int rc = fgs_write_all(fd, iov, c);
+    rc = fgs_write_all(fd, iov, c);
+done:
     if (iov != stack_iov) free(iov);
-    free(lens);
-    fgs_later_free_all(S);
+    free(heads);
+    fgs_later_free_list(later, nl);
     return rc;
 }
 

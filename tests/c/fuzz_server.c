@@ -26,6 +26,9 @@
  *    frame and fgs_serve returns -1; a disconnect returns 0; a control-fd close sends CLOSE and returns 1; a
  *    load whose answer is certain gets it (NEED_IMAGE for an image the server cannot have, INVALID_IMAGE for
  *    a wrong hash, neither for the test PTX it holds).
+ *    Some sessions get a callback connection (fuzz_callback_peer.h), sometimes a misbehaving one; in those a
+ *    scripted host function after an async device→host copy on its stream must carry the copy in its RUN
+ *    message and leave it out of the next reply (callback_check).
  * 4. Leak check again after all fuzz sessions: the sim's free memory is back at the baseline.
  * LeakSanitizer (part of ASan) checks host-memory leaks of the engine at exit. The node's module cache
  * (FARGPU_MODULE_CACHE) is a temporary directory, removed at exit, or "off" for some sessions.
@@ -95,7 +98,7 @@ static int chance(int percent) { return (int)rndn(100) < percent; }
 /* ---------------------------------------------------------------- statistics ---- */
 static unsigned long st_replies, st_ok_results, st_closes, st_allocs, st_modules, st_functions, st_libraries,
     st_kernels, st_launch_ok, st_frames, st_records, st_ctl, st_deferred, st_chunks, st_need_image,
-    st_refused_images, st_outputs;
+    st_refused_images, st_outputs, st_cb_sessions, st_cb_runs, st_cb_copies;
 
 /* ---------------------------------------------------------------- a session under test ---- */
 
@@ -399,6 +402,7 @@ static const char *layout[FG_OP_LIMIT] = {
     [FG_OP_cuMemsetD8_v2] = "pbq",
     [FG_OP_cuModuleGetFunction] = "Ms",
     [FG_OP_cuModuleGetFunctionCount] = "wM",
+    [FG_OP_cuModuleEnumerateFunctions] = "Mi", /* u64 module, u32 capacity (server/replay/module.c) */
     [FG_OP_cuModuleGetGlobal_v2] = "wwMs",
     [FG_OP_cuModuleGetLoadingMode] = "w",
     [FG_OP_cuModuleLoadData] = "H",
@@ -1061,12 +1065,16 @@ static void await_reply(session *s, pools *P, unsigned last_op, uint64_t alloc_s
     memcpy(&out_len, p + 16, 8);
     if (deferred) st_deferred++;
     if (result != 0 && out_len != 0) fail("op %u failed (%u) but returned %" PRIu64 " output bytes", last_op, result, out_len);
-    uint64_t pos = 24 + out_len;
-    for (uint32_t i = 0; i < n_later && pos <= h.length; i++) {
-        uint64_t n;
-        if (pos + 8 > h.length) { pos = UINT64_MAX; break; }
-        memcpy(&n, p + pos, 8);
-        pos += 8 + n;
+    uint64_t pos = 24 + out_len, prev_id = 0;
+    for (uint32_t i = 0; i < n_later && pos <= h.length; i++) { /* u64 id, u64 length, bytes; ids increasing */
+        uint64_t id, n;
+        if (pos + 16 > h.length) { pos = UINT64_MAX; break; }
+        memcpy(&id, p + pos, 8);
+        memcpy(&n, p + pos + 8, 8);
+        if (i && id <= prev_id) fail("REPLY copy ids not increasing: %" PRIu64 " after %" PRIu64, id, prev_id);
+        if (n > FG_CHUNK) { pos = UINT64_MAX; break; }
+        prev_id = id;
+        pos += 16 + n;
     }
     if (pos != h.length) fail("REPLY lengths do not add up: %" PRIu64 " vs %u (n_later %u)", pos, h.length, n_later);
     if (result == FG_RESULT_NEED_IMAGE) st_need_image++;
@@ -1417,6 +1425,8 @@ static void leak_check(uint64_t *baseline) {
            free1, free0 - free1, free2);
 }
 
+#include "fuzz_callback_peer.h" /* the callback connection's client end, and callback_check */
+
 /* ---------------------------------------------------------------- the fuzz session ---- */
 
 static void fuzz_session(unsigned idx) {
@@ -1486,6 +1496,11 @@ static void fuzz_session(unsigned idx) {
             free(a.b);
         }
     }
+    cb_peer peer;
+    int with_peer =
+        chance(40) && cb_peer_start(&peer, s.sr.S, chance(25) ? 1 + (int)rndn(3) : 0, 1 + (unsigned)rndn(3)) == 0;
+    if (with_peer) st_cb_sessions++;
+    if (with_peer && ctx && chance(70)) callback_check(&s, &P, ctx, &peer);
     int steps = 1 + (int)rndn(30);
     int expect_rc = -2; /* -2: any of 0 / -1 */
     for (int step = 0; step < steps && !s.closed; step++) {
@@ -1663,6 +1678,11 @@ static void fuzz_session(unsigned idx) {
         expect_rc = 0;
     }
     rc = session_end(&s);
+    if (with_peer) {
+        cb_peer_join(&peer);
+        st_cb_runs += peer.runs;
+        st_cb_copies += peer.copies;
+    }
     if (expect_rc != -2 && rc != expect_rc)
         fail("fgs_serve returned %d, want %d (reason: %s)", rc, expect_rc, s.sr.reason);
 }
@@ -1747,6 +1767,9 @@ int main(int argc, char **argv) {
              "are stale");
     if (sessions >= 100 && (st_need_image == 0 || st_refused_images == 0))
         fail("no load answered NEED_IMAGE or refused a wrong hash: the image records are stale");
+    printf("fuzz_server: callback connections in %lu sessions: %lu RUN messages carrying %lu async copies\n",
+           st_cb_sessions, st_cb_runs, st_cb_copies);
+    if (sessions >= 100 && st_cb_copies == 0) fail("no RUN message carried an async device-to-host copy");
     (void)st_launch_ok;
     printf("fuzz_server: %d failures\n", failures);
     return failures ? 1 : 0;

@@ -55,6 +55,18 @@ def text(fn, *args, size=96):
 def uint(fn, *args):
     v = ctypes.c_uint(12345)
     return fn(*args, ctypes.byref(v)), v.value
+# nvidia-smi's private table (nvmlInternalGetExportTable). Slots are called the way nvidia-smi does: integer
+# registers, pointers passed as addresses.
+SMI_GUID = (ctypes.c_ubyte * 16)(*bytes.fromhex("c4fe3e6cc98f6c4ea327ee696e12f7c4"))
+nv.nvmlInternalGetExportTable.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+def smi_table(guid=SMI_GUID):
+    t = ctypes.c_void_p(0x1234)
+    return nv.nvmlInternalGetExportTable(ctypes.byref(t), guid), t
+SLOT_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_uint64, ctypes.c_uint64, ctypes.c_uint64, ctypes.c_uint64)
+def slot(t, n):
+    return SLOT_FN(ctypes.cast(t, ctypes.POINTER(ctypes.c_uint64))[n])
+def addr(obj):
+    return ctypes.addressof(obj)
 '''
 
 
@@ -73,6 +85,14 @@ def shim_lib() -> Path:
     lib = paths.stub_dir() / "libnvidia-ml.so.1"
     assert lib.exists(), f"the NVML shim is not built next to the stub ({lib})"
     return lib
+
+
+def env_without_driver_version(server: NodeServer, **extra: str) -> dict[str, str]:
+    """The client environment with no FARGPU_NVML_DRIVER_VERSION from the caller's (only what `extra` sets)."""
+    env = server.client_env()
+    env.pop("FARGPU_NVML_DRIVER_VERSION", None)
+    env.update(extra)
+    return env
 
 
 def test_exports_every_name_the_real_library_exports() -> None:
@@ -98,9 +118,16 @@ out["handle"] = handle(0)[0]
 out["shutdown"] = nv.nvmlShutdown()
 out["errstr"] = nv.nvmlErrorString(3).decode()
 out["errstr_unknown"] = nv.nvmlErrorString(12345).decode()
+# nvidia-smi may ask for its table before nvmlInit: the table is served, the device slots refuse.
+r, t = smi_table(); out["smi_table"] = r
+h = ctypes.c_void_p(); n = ctypes.c_uint(4); buf = ctypes.create_string_buffer(4128 * 4)
+out["smi_slot81"] = slot(t, 81)(0, addr(h), 0x22, 0) if r == 0 else None
+out["smi_processes"] = (slot(t, 213)(0, addr(n), addr(buf), 0), n.value) if r == 0 else None
 ''', env)
     assert got == {"count": NVML_ERROR_UNINITIALIZED, "handle": NVML_ERROR_UNINITIALIZED,
-                   "shutdown": NVML_ERROR_UNINITIALIZED, "errstr": "Not Supported", "errstr_unknown": "Unknown Error"}
+                   "shutdown": NVML_ERROR_UNINITIALIZED, "errstr": "Not Supported", "errstr_unknown": "Unknown Error",
+                   "smi_table": NVML_SUCCESS, "smi_slot81": NVML_ERROR_UNINITIALIZED,
+                   "smi_processes": [NVML_ERROR_UNINITIALIZED, 4]}
 
 
 def test_reports_the_simulated_device_like_the_driver_api(node_server: NodeServer) -> None:
@@ -148,7 +175,7 @@ h3 = ctypes.c_void_p()
 out["by_pci"] = (nv.nvmlDeviceGetHandleByPciBusId_v2(pci.busIdLegacy, ctypes.byref(h3)), h3.value == h.value)
 out["units"] = uint(nv.nvmlUnitGetCount)
 out["shutdown"] = nv.nvmlShutdown()
-''', node_server.client_env())
+''', env_without_driver_version(node_server))
     assert got["init"] == NVML_SUCCESS
     assert got["count"] == [NVML_SUCCESS, 1]
     assert got["handle"] == NVML_SUCCESS
@@ -185,20 +212,22 @@ out["shutdown"] = nv.nvmlShutdown()
     assert got["cc"] == [NVML_SUCCESS, 9, 0]
     assert got["arch"] == [NVML_SUCCESS, NVML_DEVICE_ARCH_HOPPER]
     assert got["brand"] == [NVML_SUCCESS, 0]  # unknown: the simulated device's name carries no brand
-    assert got["index"] == [NVML_SUCCESS, 0] and got["minor"] == [NVML_SUCCESS, 0]
+    assert got["index"] == [NVML_SUCCESS, 0]
+    # Not visible through the driver API: refused, output left alone, rather than made up.
+    assert got["minor"] == [NVML_ERROR_NOT_SUPPORTED, 12345]
     assert got["multi"] == [NVML_SUCCESS, 0]
-    assert got["persist"] == [NVML_SUCCESS, 0]
+    assert got["persist"] == [NVML_ERROR_NOT_SUPPORTED, 12345]
     assert got["compute_mode"] == [NVML_SUCCESS, 0]
     assert got["is_mig"] == [NVML_SUCCESS, 0]
-    assert got["mig"] == [NVML_SUCCESS, 0, 0]
+    assert got["mig"] == [NVML_ERROR_NOT_SUPPORTED, 7, 7]
     assert got["sm_clock"] == [NVML_SUCCESS, 1980]
     assert got["bus_width"] == [NVML_SUCCESS, 5120]
 
     cuda_version = got["cu_driver_version"]
     assert got["cuda_version"] == [NVML_SUCCESS, cuda_version]
-    major, minor = cuda_version // 1000, cuda_version % 1000 // 10
-    assert got["driver"] == [NVML_SUCCESS, f"{major}.{minor}"]
-    assert got["nvml_version"] == [NVML_SUCCESS, f"{major}.{major}.{minor}"]
+    # The remote driver's version string is not visible (no FARGPU_NVML_DRIVER_VERSION here): refused.
+    assert got["driver"] == [NVML_ERROR_NOT_SUPPORTED, ""]
+    assert got["nvml_version"] == [NVML_ERROR_NOT_SUPPORTED, ""]
     assert got["units"] == [NVML_SUCCESS, 0]
     assert got["shutdown"] == NVML_SUCCESS
 
@@ -235,6 +264,165 @@ out["shutdown"] = [nv.nvmlShutdown(), nv.nvmlShutdown()]
     notices = [line for line in stderr.splitlines() if "nvmlDeviceGetTemperature" in line]
     assert len(notices) == 1, stderr
     assert notices[0].startswith("fargpu-nvml: nvmlDeviceGetTemperature is not supported")
+
+
+def test_driver_version_only_when_told(node_server: NodeServer) -> None:
+    """The remote driver's version string is reported only from FARGPU_NVML_DRIVER_VERSION, with NVML's buffer
+    rules; an over-long value is refused, not cut."""
+    code = r'''
+out["init"] = nv.nvmlInit_v2()
+out["driver"] = text(nv.nvmlSystemGetDriverVersion, size=80)
+out["driver_exact"] = text(nv.nvmlSystemGetDriverVersion, size=11)
+out["driver_short"] = text(nv.nvmlSystemGetDriverVersion, size=10)[0]
+out["driver_null"] = nv.nvmlSystemGetDriverVersion(None, 80)
+out["nvml_version"] = text(nv.nvmlSystemGetNVMLVersion, size=80)
+out["nvml_short"] = text(nv.nvmlSystemGetNVMLVersion, size=5)[0]
+dv = ctypes.c_int(); cu.cuDriverGetVersion(ctypes.byref(dv)); out["cuda_major"] = dv.value // 1000
+'''
+    got, _ = run_nvml(code, env_without_driver_version(node_server, FARGPU_NVML_DRIVER_VERSION="580.159.04"))
+    major = got["cuda_major"]
+    assert got == {
+        "init": NVML_SUCCESS, "driver": [NVML_SUCCESS, "580.159.04"], "driver_exact": [NVML_SUCCESS, "580.159.04"],
+        "driver_short": NVML_ERROR_INSUFFICIENT_SIZE, "driver_null": NVML_ERROR_INVALID_ARGUMENT,
+        "nvml_version": [NVML_SUCCESS, f"{major}.580.159.04"], "nvml_short": NVML_ERROR_INSUFFICIENT_SIZE,
+        "cuda_major": major,
+    }
+    got, stderr = run_nvml(code, env_without_driver_version(node_server, FARGPU_NVML_DRIVER_VERSION="9" * 80))
+    assert got["driver"] == [NVML_ERROR_NOT_SUPPORTED, ""] and got["nvml_version"] == [NVML_ERROR_NOT_SUPPORTED, ""]
+    assert "FARGPU_NVML_DRIVER_VERSION is longer than 79 characters" in stderr, stderr
+    got, stderr = run_nvml(code, env_without_driver_version(node_server))
+    assert got["driver"] == [NVML_ERROR_NOT_SUPPORTED, ""] and got["driver_short"] == NVML_ERROR_NOT_SUPPORTED
+    assert got["driver_null"] == NVML_ERROR_INVALID_ARGUMENT
+    notices = [line for line in stderr.splitlines() if "driver's version string is not visible" in line]
+    assert len(notices) == 1 and "FARGPU_NVML_DRIVER_VERSION" in notices[0], stderr
+
+
+SMI_KNOWN_SLOTS = {81, 213, 214, 215, 230, 249}
+
+
+def test_nvidia_smi_export_table(node_server: NodeServer) -> None:
+    """nvmlInternalGetExportTable, nvidia-smi's private interface: one GUID, a 256-slot table; slot 81 is the
+    device handle by index, 213-215 the process lists (empty: not visible from here), and every slot whose
+    meaning is not known answers NOT_SUPPORTED and says so once."""
+    got, stderr = run_nvml(r'''
+out["init"] = nv.nvmlInit_v2()
+r, t = smi_table(); out["table"] = r
+words = ctypes.cast(t, ctypes.POINTER(ctypes.c_uint64))
+out["size"] = words[0]
+fns = [words[i] for i in range(1, 256)]
+out["slot_fns"] = [len(set(fns)), all(fns)]
+r2, t2 = smi_table(); out["same_table"] = [r2, t2.value == t.value]
+
+r, h = handle(0)
+h81 = ctypes.c_void_p()
+out["slot81"] = [slot(t, 81)(0, addr(h81), 0x22, 0), h81.value == h.value]
+out["slot81_name"] = [text(nv.nvmlDeviceGetName, h81), text(nv.nvmlDeviceGetName, h)]
+out["slot81_uuid"] = [text(nv.nvmlDeviceGetUUID, h81), text(nv.nvmlDeviceGetUUID, h)]
+h81b = ctypes.c_void_p()  # the index is a 32-bit argument: the upper half of its register is not part of it
+out["slot81_upper_bits"] = [slot(t, 81)(0xdeadbeef00000000, addr(h81b), 0x22, 0), h81b.value == h.value]
+out["slot81_bad_index"] = slot(t, 81)(1, addr(ctypes.c_void_p()), 0x22, 0)
+out["slot81_null"] = slot(t, 81)(0, 0, 0x22, 0)
+
+ENTRY = 4128
+for n in (213, 214, 215):
+    buf = ctypes.create_string_buffer(b"\xab" * (ENTRY * 4), ENTRY * 4)
+    count = ctypes.c_uint(4)
+    rc = slot(t, n)(h.value, addr(count), addr(buf), 0)
+    out[f"processes_{n}"] = [rc, count.value, buf.raw == b"\xab" * (ENTRY * 4)]
+buf = ctypes.create_string_buffer(ENTRY)
+count = ctypes.c_uint(1)
+out["processes_null_count"] = slot(t, 213)(h.value, 0, addr(buf), 0)
+out["processes_null_array"] = [slot(t, 213)(h.value, addr(count), 0, 0), count.value]
+count0 = ctypes.c_uint(0)
+out["processes_size_query"] = [slot(t, 214)(h.value, addr(count0), 0, 0), count0.value]
+out["processes_bad_handle"] = [slot(t, 215)(0x1000, addr(count), addr(buf), 0), count.value]
+
+v = ctypes.c_uint(7)
+out["host_pcie_gen"] = [slot(t, 230)(h.value, addr(v), 0, 0), v.value]
+out["sparse_mode"] = [slot(t, 249)(h.value, addr(v), 0, 0), v.value]
+out["sparse_null"] = slot(t, 249)(h.value, 0, 0, 0)
+out["sparse_bad_handle"] = slot(t, 249)(0x1000, addr(v), 0, 0)
+
+# Every other slot, twice, with a device handle first: NOT_SUPPORTED, nothing written.
+others = [n for n in range(1, 256) if n not in __KNOWN__]
+out["others"] = sorted({slot(t, n)(h.value, addr(v), addr(v), 0) for n in others for _ in range(2)})
+out["others_wrote"] = v.value
+
+other = (ctypes.c_ubyte * 16)(*range(16))
+r3, t3 = smi_table(other); out["other_guid"] = [r3, t3.value]
+near = (ctypes.c_ubyte * 16)(*SMI_GUID); near[15] ^= 1
+out["near_guid"] = smi_table(near)[0]
+out["null_table"] = nv.nvmlInternalGetExportTable(None, SMI_GUID)
+r4, t4 = smi_table(None); out["null_guid"] = [r4, t4.value]
+out["shutdown"] = nv.nvmlShutdown()
+'''.replace("__KNOWN__", repr(SMI_KNOWN_SLOTS)), node_server.client_env())
+    name = [NVML_SUCCESS, SIM_NAME]
+    assert got["table"] == NVML_SUCCESS
+    assert got["size"] == 256 * 8 and got["size"] > 648
+    assert got["slot_fns"] == [255, True]  # 255 distinct functions: each slot knows its number
+    assert got["same_table"] == [NVML_SUCCESS, True]
+
+    assert got["slot81"] == [NVML_SUCCESS, True]
+    assert got["slot81_name"] == [name, name]
+    uuid = got["slot81_uuid"][1]
+    assert uuid[0] == NVML_SUCCESS and UUID_RE.match(uuid[1]) and got["slot81_uuid"][0] == uuid
+    assert got["slot81_upper_bits"] == [NVML_SUCCESS, True]
+    assert got["slot81_bad_index"] == NVML_ERROR_INVALID_ARGUMENT
+    assert got["slot81_null"] == NVML_ERROR_INVALID_ARGUMENT
+
+    for n in (213, 214, 215):  # count overwritten with 0, array untouched
+        assert got[f"processes_{n}"] == [NVML_SUCCESS, 0, True], n
+    assert got["processes_null_count"] == NVML_ERROR_INVALID_ARGUMENT
+    assert got["processes_null_array"] == [NVML_ERROR_INVALID_ARGUMENT, 1]
+    assert got["processes_size_query"] == [NVML_SUCCESS, 0]
+    assert got["processes_bad_handle"] == [NVML_ERROR_INVALID_ARGUMENT, 1]
+
+    assert got["host_pcie_gen"] == [NVML_ERROR_NOT_SUPPORTED, 7]
+    assert got["sparse_mode"] == [NVML_ERROR_NOT_SUPPORTED, 7]
+    assert got["sparse_null"] == NVML_ERROR_INVALID_ARGUMENT
+    assert got["sparse_bad_handle"] == NVML_ERROR_INVALID_ARGUMENT
+    assert got["others"] == [NVML_ERROR_NOT_SUPPORTED]
+    assert got["others_wrote"] == 7
+
+    assert got["other_guid"] == [NVML_ERROR_NOT_SUPPORTED, 0x1234]  # table pointer left alone
+    assert got["near_guid"] == NVML_ERROR_NOT_SUPPORTED
+    assert got["null_table"] == NVML_ERROR_INVALID_ARGUMENT
+    assert got["null_guid"] == [NVML_ERROR_INVALID_ARGUMENT, 0x1234]
+    assert got["shutdown"] == NVML_SUCCESS
+
+    # Each unknown slot is named once, with its own number and the first call's arguments.
+    lines = stderr.splitlines()
+    unknown = re.compile(r"^fargpu-nvml: nvidia-smi private slot (\d+) is not supported by the fargpu NVML shim; "
+                         r"it returns NVML_ERROR_NOT_SUPPORTED \(first call's raw arguments: 0x[0-9a-f]+ "
+                         r"\(device 0's handle\), 0x[0-9a-f]+, ")
+    named = [int(m.group(1)) for m in map(unknown.match, lines) if m]
+    assert sorted(named) == sorted(set(range(1, 256)) - SMI_KNOWN_SLOTS), stderr
+    for n, what in ((230, "host-side maximum PCIe link generation"), (249, "sparse operation mode")):
+        notices = [line for line in lines if line.startswith(f"fargpu-nvml: nvidia-smi private slot {n} ({what})")]
+        assert len(notices) == 1 and "NVML_ERROR_NOT_SUPPORTED" in notices[0], stderr
+    assert len([line for line in lines if "process list (private slots 213-215) is reported empty" in line]) == 1
+    guid_notices = [line for line in lines if "nvmlInternalGetExportTable: GUID" in line]
+    assert guid_notices[0].startswith("fargpu-nvml: nvmlInternalGetExportTable: GUID "
+                                      "03020100-0504-0706-0809-0a0b0c0d0e0f is not supported"), stderr
+    assert any("6c3efec4-8fc9-4e6c-a327-ee696e12f7c5" in line for line in guid_notices), stderr
+    assert not any("slot 81" in line for line in lines), stderr  # 0x22, as nvidia-smi passes: nothing to say
+
+
+def test_nvidia_smi_export_table_trace(node_server: NodeServer) -> None:
+    """FARGPU_LOG=debug traces every slot call with its arguments and result (for mapping nvidia-smi's calls)."""
+    _, stderr = run_nvml(r'''
+nv.nvmlInit_v2()
+r, t = smi_table()
+h = ctypes.c_void_p()
+out["slot81"] = slot(t, 81)(0, addr(h), 0x22, 0)
+out["slot7"] = slot(t, 7)(5, 6, 7, 8)
+out["slot81_odd"] = slot(t, 81)(0, addr(h), 0x23, 0)
+''', node_server.client_env(FARGPU_LOG="debug"))
+    assert re.search(r"^fargpu-nvml: nvidia-smi private slot 81\(0, 0x[0-9a-f]+, 0x22, 0\) -> 0 \(Success\)$",
+                     stderr, re.M), stderr
+    assert re.search(r"^fargpu-nvml: nvidia-smi private slot 7\(0x5, 0x6, 0x7, 0x8\) -> 3 \(Not Supported\)$",
+                     stderr, re.M), stderr
+    assert "slot 81 (device handle by index) was called with third argument 0x23" in stderr, stderr
 
 
 def test_concurrent_init_is_refcounted(node_server: NodeServer) -> None:
@@ -312,16 +500,20 @@ try:
     power = "ok"
 except pynvml.NVMLError_NotSupported:
     power = "not supported"
+try:
+    driver = pynvml.nvmlSystemGetDriverVersion()
+except pynvml.NVMLError_NotSupported:
+    driver = "not supported"
 print(json.dumps({
     "count": pynvml.nvmlDeviceGetCount(), "name": pynvml.nvmlDeviceGetName(h), "uuid": pynvml.nvmlDeviceGetUUID(h),
     "total": mem.total, "free_plus_used": mem.free + mem.used, "total2": mem2.total,
     "bus_id": pci.busId if isinstance(pci.busId, str) else pci.busId.decode(),
-    "cc": list(pynvml.nvmlDeviceGetCudaComputeCapability(h)), "driver": pynvml.nvmlSystemGetDriverVersion(),
+    "cc": list(pynvml.nvmlDeviceGetCudaComputeCapability(h)), "driver": driver,
     "power": power,
 }))
 pynvml.nvmlShutdown()
 '''
-    res = subprocess.run([sys.executable, "-c", code], env=node_server.client_env(), capture_output=True,
+    res = subprocess.run([sys.executable, "-c", code], env=env_without_driver_version(node_server), capture_output=True,
                          text=True, timeout=60, cwd="/")
     assert res.returncode == 0, res.stdout + res.stderr
     got = json.loads(res.stdout.strip().splitlines()[-1])
@@ -330,5 +522,5 @@ pynvml.nvmlShutdown()
     assert got["total"] == total and got["free_plus_used"] == total and got["total2"] == total
     assert re.fullmatch(r"[0-9A-F]{8}:[0-9A-F]{2}:[0-9A-F]{2}\.0", got["bus_id"]), got["bus_id"]
     assert got["cc"] == [9, 0]
-    assert re.fullmatch(r"\d+\.\d+", got["driver"])
+    assert got["driver"] == "not supported"
     assert got["power"] == "not supported"

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from fargpu.protocol import handshake, wire
 from fargpu.protocol.generated.ops import OPS_HASH
-from fargpu.protocol.wire import Header, ProtocolError
+from fargpu.protocol.wire import PROTO_VERSION, Header, ProtocolError
 
 VECTORS = Path(__file__).resolve().parents[2] / "protocol" / "vectors"
 PROPS = settings(max_examples=300, deadline=None)
@@ -155,7 +155,7 @@ def test_msgpack_vector(name: str, data: bytes, expect: str) -> None:
 
 def test_ext_values_in_hello_are_ignored() -> None:
     """SPEC: unknown keys are ignored, whatever their msgpack type (the timestamp ext included)."""
-    body = {"proto": 1, "ops_hash": OPS_HASH, "token": "t", "when": msgpack.Timestamp(1700000000)}
+    body = {"proto": PROTO_VERSION, "ops_hash": OPS_HASH, "token": "t", "when": msgpack.Timestamp(1700000000)}
     hello = handshake.decode_hello(msgpack.packb(body))
     assert hello.token == "t"
 
@@ -284,7 +284,8 @@ def test_decode_hello_arbitrary_bytes(data: bytes) -> None:
            lambda k: k not in ("proto", "token", "ops_hash", "pid", "host", "exe", "stub")), str_keyed_values,
            max_size=3))
 def test_hello_round_trip(token: str, pid: int, host: str, exe: str, stub: str, extra: dict[str, Any]) -> None:
-    body = {"proto": 1, "token": token, "ops_hash": OPS_HASH, "pid": pid, "host": host, "exe": exe, "stub": stub}
+    body = {"proto": PROTO_VERSION, "token": token, "ops_hash": OPS_HASH, "pid": pid, "host": host, "exe": exe,
+            "stub": stub}
     hello = handshake.decode_hello(msgpack.packb({**extra, **body}))
     assert (hello.token, hello.ops_hash, hello.pid, hello.host, hello.exe, hello.stub) == (
         token, OPS_HASH, pid, host, exe, stub)
@@ -293,7 +294,7 @@ def test_hello_round_trip(token: str, pid: int, host: str, exe: str, stub: str, 
 def test_hello_unknown_field_with_int_keys_is_ignored() -> None:
     """SPEC: unknown keys are ignored, so their values may be any msgpack, maps with integer keys included
     (the C reader, fg_mp_lookup, skips them)."""
-    body = {"proto": 1, "token": "t", "ops_hash": OPS_HASH, "pid": 1, "future": {1: "x"}}
+    body = {"proto": PROTO_VERSION, "token": "t", "ops_hash": OPS_HASH, "pid": 1, "future": {1: "x"}}
     assert handshake.decode_hello(msgpack.packb(body)).token == "t"
 
 
@@ -306,7 +307,7 @@ def test_hello_proto_must_be_the_int_1(proto: Any) -> None:
 
 
 def test_hello_pid_must_be_an_int() -> None:
-    body = {"proto": 1, "token": "t", "ops_hash": OPS_HASH, "pid": True}
+    body = {"proto": PROTO_VERSION, "token": "t", "ops_hash": OPS_HASH, "pid": True}
     with pytest.raises(ProtocolError):
         handshake.decode_hello(msgpack.packb(body))
 
