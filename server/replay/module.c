@@ -80,11 +80,25 @@ void fgs_put_param_layout(fgs_session *S, void *fn, int is_kernel, fg_writer *ou
     size_t count_at = out->len;
     fg_put_u32(out, 0);
     uint32_t n = 0;
+    int pushed = 0;
     if (is_kernel && S->api->cuKernelGetParamInfo && S->api->cuKernelGetFunction) {
         /* A library kernel the driver has not loaded into a context yet may not answer cuKernelGetParamInfo;
-         * its function in the current context (which loads it) always does. */
+         * its function in the current context (which loads it) always does. cuLibraryGetKernel needs no context,
+         * so a thread may ask before it has one: then the device's primary context (retained once for the
+         * session, as the application's runtime will) serves for loading. */
         size_t off = 0, size = 0;
         CUresult q = S->api->cuKernelGetParamInfo((CUkernel)fn, 0, &off, &size);
+        CUcontext cur = NULL;
+        if (q != CUDA_SUCCESS && q != CUDA_ERROR_INVALID_VALUE && S->api->cuCtxGetCurrent(&cur) == CUDA_SUCCESS &&
+            !cur) {
+            static CUcontext primary;
+            if (!primary && S->api->cuDevicePrimaryCtxRetain(&primary, 0) != CUDA_SUCCESS) primary = NULL;
+            if (primary && S->api->cuCtxPushCurrent_v2(primary) == CUDA_SUCCESS) pushed = 1;
+            static int logged;
+            if (!logged++) fgs_log(S, "cuKernelGetParamInfo answered %d with no current context; asking again in the "
+                                      "primary context (%s)", (int)q, pushed ? "pushed" : "not available");
+            if (pushed) q = S->api->cuKernelGetParamInfo((CUkernel)fn, 0, &off, &size);
+        }
         CUfunction f = NULL;
         if (q != CUDA_SUCCESS && S->api->cuKernelGetFunction(&f, (CUkernel)fn) == CUDA_SUCCESS && f &&
             S->api->cuFuncGetParamInfo(f, 0, &off, &size) == CUDA_SUCCESS) {
@@ -112,6 +126,10 @@ void fgs_put_param_layout(fgs_session *S, void *fn, int is_kernel, fg_writer *ou
         if (q != CUDA_SUCCESS) break;
         fg_put_u32(out, (uint32_t)off);
         fg_put_u32(out, (uint32_t)size);
+    }
+    if (pushed) {
+        CUcontext popped = NULL;
+        S->api->cuCtxPopCurrent_v2(&popped);
     }
     if (!out->failed) memcpy(out->buf + count_at, &n, 4);
 }
