@@ -5,6 +5,7 @@
 # fargpu, outputs compared, proof files checked), stops the server, and leaves OUT/acceptance.json, the
 # server log and every run's logs in OUT. Extra options go to bench/acceptance.py (--only PATTERN,
 # --skip-torch, --quick, --timeout S). Exit status: acceptance.py's (0 when every case passed).
+# FARGPU_COMMIT=<sha> names the commit in the results (pass it when the tree was copied without its git state).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=$(mkdir -p "${1:?usage: tests/acceptance/run_gpu.sh OUT [options]}" && cd "$1" && pwd)
@@ -38,7 +39,13 @@ for _ in $(seq 1 150); do (echo >/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break;
 (echo >/dev/tcp/127.0.0.1/$PORT) 2>/dev/null || { echo "node server did not start"; tail -20 "$OUT/server.log"; exit 1; }
 
 log "acceptance suite"
-FARGPU_COMMIT=${FARGPU_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)} \
+# The commit the results name: FARGPU_COMMIT when given (a copied tree may carry stale git metadata), else HEAD,
+# marked "+dirty" when the tree differs from it.
+if [ -z "${FARGPU_COMMIT:-}" ]; then
+  FARGPU_COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+  [ -n "$(git status --porcelain --untracked-files=no 2>/dev/null)" ] && FARGPU_COMMIT="$FARGPU_COMMIT+dirty"
+fi
+FARGPU_COMMIT=$FARGPU_COMMIT \
   "$PY" bench/acceptance.py --out "$OUT" --stub-dir "$W/build/stub" --server 127.0.0.1:$PORT --token $TOKEN \
   --python "$PY" "$@"
 RC=$?
