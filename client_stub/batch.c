@@ -15,7 +15,7 @@
 #include "fgc_internal.h"
 #include "fgc_memo.h"
 
-fgc_state g_fgc = {.mu = PTHREAD_MUTEX_INITIALIZER, .fd = -1, .ctx_sent = UINT64_MAX,
+fgc_state g_fgc = {.mu = PTHREAD_MUTEX_INITIALIZER, .wmu = PTHREAD_MUTEX_INITIALIZER, .fd = -1, .ctx_sent = UINT64_MAX,
                    .max_frame = FG_DEFAULT_MAX_FRAME};
 
 static __thread CUresult t_last_error;
@@ -39,10 +39,12 @@ void fgc_mark_broken(CUresult err, const char *fmt, ...) {
     g_fgc.broken = err;
     fgc_log(FGC_LOG_ERROR, "session with %s ended: %s. Further CUDA calls fail with %d.", fgc_endpoint(), msg,
             (int)err);
+    pthread_mutex_lock(&g_fgc.wmu); /* never close under a write in flight (sender.c writes without mu) */
     if (g_fgc.fd >= 0) {
         close(g_fgc.fd);
         g_fgc.fd = -1;
     }
+    pthread_mutex_unlock(&g_fgc.wmu);
 }
 
 static void rec_header(uint16_t op) {
@@ -88,7 +90,9 @@ static int flush(int want_reply) {
         at = g_fgc.ext[i].at;
     }
     if (g_fgc.batch.len > at) iov[n++] = (struct iovec){g_fgc.batch.buf + at, g_fgc.batch.len - at};
+    pthread_mutex_lock(&g_fgc.wmu);
     int rc = fgc_io_write(iov, n, sizeof hb + total);
+    pthread_mutex_unlock(&g_fgc.wmu);
     fg_writer_reset(&g_fgc.batch);
     g_fgc.n_ext = 0;
     g_fgc.ext_total = 0;
@@ -464,6 +468,36 @@ CUresult fgc_async(void) {
 }
 
 int fgc_send_pending(void) { return flush(0); }
+
+int fgc_send_pending_unlocked(void) {
+    static fg_writer spare; /* sender.c's thread is the only caller: the buffer being written while mu is free */
+    if (g_fgc.batch.failed || g_fgc.batch.len == 0 || g_fgc.n_ext) return flush(0); /* (no external bytes here:
+                                                                                  sync calls send those at once) */
+    if (!spare.buf) fg_writer_init(&spare, 1u << 20, (size_t)g_fgc.max_frame);
+    if (!spare.buf) return flush(0);
+    fg_writer out = g_fgc.batch;
+    g_fgc.batch = spare;
+    fg_writer_reset(&g_fgc.batch);
+    g_fgc.batch_since_ns = 0;
+    fg_header h = {FG_MAGIC, FG_T_BATCH, 0, (uint32_t)out.len, ++g_fgc.seq};
+    uint8_t hb[FG_HEADER_SIZE];
+    fg_header_encode(&h, hb);
+    struct iovec iov[2] = {{hb, sizeof hb}, {out.buf, out.len}};
+    /* The write lock is taken before mu is let go: a later batch (with a later seq) cannot overtake this one. */
+    pthread_mutex_lock(&g_fgc.wmu);
+    pthread_mutex_unlock(&g_fgc.mu);
+    int rc = fgc_io_write(iov, 2, sizeof hb + out.len);
+    int err = errno;
+    pthread_mutex_unlock(&g_fgc.wmu);
+    pthread_mutex_lock(&g_fgc.mu);
+    fg_writer_reset(&out);
+    spare = out;
+    if (rc) {
+        fgc_mark_broken(CUDA_ERROR_DEVICE_UNAVAILABLE, "sending to the server failed: %s", strerror(err));
+        return -1;
+    }
+    return 0;
+}
 
 uint64_t fgc_handle_id(const void *h) { return (uint64_t)(uintptr_t)h; }
 

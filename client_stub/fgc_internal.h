@@ -28,6 +28,7 @@ typedef struct {
 
 typedef struct {
     pthread_mutex_t mu;
+    pthread_mutex_t wmu; /* held while writing to fd; taken after mu, never before (sender.c writes without mu) */
     int fd;
     int initialised;  /* cuInit finished (successfully or not) */
     CUresult init_result;
@@ -66,6 +67,9 @@ extern fgc_state g_fgc;
 void fgc_sender_note(void);
 /* batch.c: send the batch now without waiting for a reply (g_fgc.mu held). Returns 0 or -1 (connection broken). */
 int fgc_send_pending(void);
+/* batch.c, for sender.c: the same, but g_fgc.mu is released while the bytes are written (other threads go on
+ * building the next batch) and held again on return. */
+int fgc_send_pending_unlocked(void);
 /* batch.c: take async D2H copy `id` for a delivery of len bytes, by a reply (by_callback 0: it is done at once)
  * or by a RUN message (1: receiving, until fgc_later_settle). Returns 1 with *dst to write len bytes to; 0 when
  * a reply names a copy that was delivered already (read and drop the bytes); -1 when the id or the length is not

@@ -3,7 +3,7 @@
  * the application's time would add up instead of overlapping. A background thread sends any batch whose oldest
  * record has waited FARGPU_SEND_AFTER_US microseconds (default 20; 0 turns prompt sending off), so the server
  * replays launches while the application is still producing them. The application's thread never waits for it:
- * it only notes when a batch opens. Between batches the thread keeps polling a little while, then parks until
+ * it only notes when a batch opens, and the connection lock is free while the sender's bytes are written. Between batches the thread keeps polling a little while, then parks until
  * the next batch opens (one wake-up per burst of work, not per call). */
 #include <errno.h>
 #include <stdlib.h>
@@ -32,7 +32,8 @@ static void *run(void *arg) {
     while (!g_fgc.broken) {
         uint64_t since = g_fgc.batch_since_ns, now = now_ns();
         if (since && now - since >= send_after_ns) {
-            fgc_send_pending(); /* unanswered; errors surface at the next sync call, as for any async call */
+            fgc_send_pending_unlocked(); /* unanswered: errors surface at the next sync call, as for any async
+                                             call; the lock is free while the bytes go out */
             continue;
         }
         if (!since && ++idle > IDLE_POLLS) {
