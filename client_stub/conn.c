@@ -148,6 +148,9 @@ static void mp_copy_str(const uint8_t *buf, size_t n, const char *key, char *dst
 
 static char g_token[512];
 static char g_attach_key[80];
+static char g_driver_version[96]; /* the node driver's version string from HELLO_OK ("" when not told) */
+
+const char *fgc_remote_driver_version(void) { return g_driver_version; }
 
 static int dial(const char *ep, char *err, size_t errlen) {
     int fd;
@@ -256,6 +259,7 @@ CUresult fgc_connect(void) {
         mp_copy_str(buf, n, "backend", backend, sizeof backend);
         mp_copy_str(buf, n, "session", g_fgc.session, sizeof g_fgc.session);
         mp_copy_str(buf, n, "attach_key", g_attach_key, sizeof g_attach_key);
+        mp_copy_str(buf, n, "driver_version", g_driver_version, sizeof g_driver_version);
         fgc_log(FGC_LOG_INFO, "connected to %s (session %s, backend %s)", ep, g_fgc.session, backend);
         return CUDA_SUCCESS;
     }

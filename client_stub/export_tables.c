@@ -408,6 +408,21 @@ static void *const f8cff951[37] = {
     X(32), X(33), X(34), X(35), X(36)};
 #undef X
 
+/* ---- fargpu's own table (id "fargpu-node-v1\0\0"): what the node told the stub, for the NVML shim beside it.
+ * Slot 1: the node driver's version string, (char *buf, size_t cap) -> CUDA_ERROR_NOT_FOUND when the node did
+ * not say, CUDA_ERROR_INVALID_VALUE when buf is NULL or too small. ---- */
+static CUresult node_driver_version(char *buf, size_t cap) {
+    const char *v = fgc_remote_driver_version();
+    if (!buf) return CUDA_ERROR_INVALID_VALUE;
+    if (!v[0]) return CUDA_ERROR_NOT_FOUND;
+    size_t n = strlen(v);
+    if (n >= cap) return CUDA_ERROR_INVALID_VALUE;
+    memcpy(buf, v, n + 1);
+    return CUDA_SUCCESS;
+}
+
+static void *const fargpu_node[2] = {SLOTS(2), (void *)node_driver_version};
+
 /* ---- lookup ---- */
 typedef struct {
     unsigned char id[16];
@@ -440,6 +455,7 @@ static const known_table TABLES[] = {
      "T1734DC26", t1734dc26},
     {{0x6e, 0x16, 0x3f, 0xbe, 0xb9, 0x58, 0x44, 0x4d, 0x83, 0x5c, 0xe1, 0x82, 0xaf, 0xf1, 0x99, 0x1e},
      "T6E163FBE", t6e163fbe},
+    {{'f', 'a', 'r', 'g', 'p', 'u', '-', 'n', 'o', 'd', 'e', '-', 'v', '1', 0, 0}, "FARGPU_NODE", fargpu_node},
     {{0xf8, 0xcf, 0xf9, 0x51, 0x21, 0x46, 0x8b, 0x4e, 0xb9, 0xe2, 0xfb, 0x46, 0x9e, 0x7c, 0x0d, 0xd9},
      "F8CFF951", f8cff951},
 };

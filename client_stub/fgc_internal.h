@@ -63,6 +63,9 @@ enum { FGC_LATER_PENDING = 0, FGC_LATER_RECEIVING = 1, FGC_LATER_DONE = 2 };
 
 extern fgc_state g_fgc;
 
+/* conn.c: the node driver's version string as the server told it at HELLO_OK ("" when it did not). */
+const char *fgc_remote_driver_version(void);
+
 /* sender.c: called with g_fgc.mu held after an async record was added; sends it soon from a background thread. */
 void fgc_sender_note(void);
 /* batch.c: send the batch now without waiting for a reply (g_fgc.mu held). Returns 0 or -1 (connection broken). */

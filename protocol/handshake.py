@@ -60,10 +60,12 @@ def decode_hello(payload: bytes) -> Hello:
                  attach_session=s("attach_session"), attach_key=s("attach_key"))
 
 
-def hello_ok(session: str, backend: str, max_frame: int, attach_key: str = "") -> bytes:
+def hello_ok(session: str, backend: str, max_frame: int, attach_key: str = "", driver_version: str = "") -> bytes:
     body: dict[str, Any] = {"proto": PROTO_VERSION, "session": session, "backend": backend, "max_frame": max_frame}
     if attach_key:
         body["attach_key"] = attach_key
+    if driver_version:
+        body["driver_version"] = driver_version
     return encode_frame(FrameType.HELLO_OK, msgpack.packb(body))
 
 

@@ -22,14 +22,26 @@ DRIVER_CANDIDATES = (
 )
 
 _PROBE = r"""
-import ctypes, json, sys
+import ctypes, json, os, sys
 lib = ctypes.CDLL(sys.argv[1])
 n = ctypes.c_int(0)
 r = lib.cuInit(0)
 if r == 0:
     r = lib.cuDeviceGetCount(ctypes.byref(n))
-print(json.dumps({"result": r, "count": n.value}))
+version = ""
+try:  # the driver's version string, from the NVML library installed beside it
+    nvml = ctypes.CDLL(os.path.join(os.path.dirname(sys.argv[1]), "libnvidia-ml.so.1"))
+    buf = ctypes.create_string_buffer(96)
+    if nvml.nvmlInit_v2() == 0:
+        if nvml.nvmlSystemGetDriverVersion(buf, 96) == 0:
+            version = buf.value.decode("ascii", "replace")
+        nvml.nvmlShutdown()
+except OSError:
+    pass
+print(json.dumps({"result": r, "count": n.value, "driver_version": version}))
 """
+
+SIM_DRIVER_VERSION = "simulated"  # what the simulated device reports as its driver version
 
 
 @dataclass(frozen=True)
@@ -37,6 +49,7 @@ class Backend:
     name: str  # "cuda" or "sim"
     driver: Path
     device_count: int
+    driver_version: str = ""  # the driver's version string (NVML's), "" when unknown; clients see it in HELLO_OK
 
     @property
     def simulated(self) -> bool:
@@ -65,8 +78,8 @@ def find_real_driver() -> Path | None:
     return None
 
 
-def probe(driver: Path, timeout: float = 60.0) -> int:
-    """Number of devices the driver reports, or 0 when it cannot initialise."""
+def probe(driver: Path, timeout: float = 60.0) -> tuple[int, str]:
+    """Number of devices the driver reports (0 when it cannot initialise) and its version string ("" unknown)."""
     env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "CUDA_VISIBLE_DEVICES_FARGPU")}
     try:
         out = subprocess.run(
@@ -74,8 +87,10 @@ def probe(driver: Path, timeout: float = 60.0) -> int:
         )
         doc = json.loads(out.stdout.strip().splitlines()[-1])
     except (subprocess.TimeoutExpired, ValueError, IndexError, OSError):
-        return 0
-    return int(doc["count"]) if doc.get("result") == 0 else 0
+        return 0, ""
+    if doc.get("result") != 0:
+        return 0, ""
+    return int(doc["count"]), str(doc.get("driver_version", ""))
 
 
 def select(name: str = "auto") -> Backend:
@@ -83,13 +98,13 @@ def select(name: str = "auto") -> Backend:
         raise ValueError(f"unknown backend {name!r}: use auto, cuda or sim")
     if name in ("auto", "cuda"):
         drv = find_real_driver()
-        count = probe(drv) if drv else 0
+        count, version = probe(drv) if drv else (0, "")
         if drv and count > 0:
-            return Backend("cuda", drv, count)
+            return Backend("cuda", drv, count, version)
         if name == "cuda":
             where = drv or "any of " + ", ".join(DRIVER_CANDIDATES)
             raise RuntimeError(
                 f"backend cuda: no usable GPU through {where} (set FARGPU_CUDA_DRIVER, or use --backend sim)"
             )
     count = int(os.environ.get("FARGPU_SIM_DEVICES", "1"))
-    return Backend("sim", paths.sim_lib(), count)
+    return Backend("sim", paths.sim_lib(), count, SIM_DRIVER_VERSION)

@@ -182,6 +182,7 @@ class NodeAgent:
             "--status-fd", str(st_w), "--driver", str(self.backend_info.driver), "--backend", self.backend,
             "--session", sid, "--quota", str(quota), "--max-frame", str(self.config.max_frame),
             "--attach-fd", str(attach_child.fileno()), "--attach-key", attach_key,
+            "--driver-version", self.backend_info.driver_version,
         ]
         try:
             proc = await asyncio.create_subprocess_exec(

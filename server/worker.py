@@ -39,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-frame", type=int, default=80 * 1024 * 1024)
     ap.add_argument("--attach-fd", type=int, default=-1)
     ap.add_argument("--attach-key", default="")
+    ap.add_argument("--driver-version", default="", help="the node driver's version string, told to the client")
     a = ap.parse_args(argv)
     os.set_blocking(a.fd, True)
     sock = socket.socket(fileno=a.fd)
@@ -81,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
                         pass
 
         threading.Thread(target=receive_callback_connections, daemon=True).start()
-    sock.sendall(hello_ok(a.session, a.backend, a.max_frame, a.attach_key if a.attach_fd >= 0 else ""))
+    sock.sendall(hello_ok(a.session, a.backend, a.max_frame, a.attach_key if a.attach_fd >= 0 else "",
+                          a.driver_version))
     done = threading.Event()
 
     def report() -> None:

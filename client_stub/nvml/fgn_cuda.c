@@ -67,6 +67,7 @@ static void load_once(void)
     ok &= resolve(h, "cuCtxPopCurrent_v2", &fgn_cu.CtxPopCurrent, 1);
     ok &= resolve(h, "cuMemGetInfo_v2", &fgn_cu.MemGetInfo, 1);
     ok &= resolve(h, "cuGetErrorName", &fgn_cu.GetErrorName, 0);
+    ok &= resolve(h, "cuGetExportTable", &fgn_cu.GetExportTable, 0);
     if (!ok)
         return;
 

@@ -36,6 +36,7 @@ struct fgn_cuda {
     CUresult (*CtxPopCurrent)(CUcontext *ctx);
     CUresult (*MemGetInfo)(size_t *free_b, size_t *total_b);
     CUresult (*GetErrorName)(CUresult err, const char **name);
+    CUresult (*GetExportTable)(const void **table, const CUuuid *id); /* the stub's own table: node facts */
 };
 extern struct fgn_cuda fgn_cu;
 

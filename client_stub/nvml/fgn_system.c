@@ -32,14 +32,32 @@ FGN_EXPORT nvmlReturn_t nvmlSystemGetCudaDriverVersion_v2(int *cudaDriverVersion
     return cuda_version(cudaDriverVersion);
 }
 
-/* The node's driver version string, or NVML_ERROR_NOT_SUPPORTED when nobody told the shim (logged once). */
+/* The node driver's version string as the node server told the stub (its private FARGPU_NODE table, slot 1).
+ * Returns 0 with buf filled, or -1 when the stub has no such table or the node did not say. */
+static int node_driver_version(char *buf, size_t cap)
+{
+    static const CUuuid id = {{'f', 'a', 'r', 'g', 'p', 'u', '-', 'n', 'o', 'd', 'e', '-', 'v', '1', 0, 0}};
+    const void *table = NULL;
+    if (!fgn_cu.GetExportTable || fgn_cu.GetExportTable(&table, &id) != CUDA_SUCCESS || !table)
+        return -1;
+    const void *const *slots = (const void *const *)table;
+    if ((uintptr_t)slots[0] < 2 * sizeof(void *) || !slots[1])
+        return -1;
+    CUresult (*get)(char *, size_t) = (CUresult(*)(char *, size_t))(uintptr_t)slots[1];
+    return get(buf, cap) == CUDA_SUCCESS ? 0 : -1;
+}
+
+/* The node's driver version string: FARGPU_NVML_DRIVER_VERSION when set, else what the node server told the stub,
+ * else NVML_ERROR_NOT_SUPPORTED (logged once). */
 static nvmlReturn_t driver_version(char *out, size_t cap)
 {
     static int unset_logged, long_logged;
     const char *env = getenv("FARGPU_NVML_DRIVER_VERSION");
+    if ((!env || !*env) && node_driver_version(out, cap) == 0)
+        return NVML_SUCCESS;
     if (!env || !*env) {
         if (!__atomic_exchange_n(&unset_logged, 1, __ATOMIC_RELAXED))
-            fgn_log(FGN_LOG_WARN, "the remote driver's version string is not visible through the driver API: "
+            fgn_log(FGN_LOG_WARN, "the node server did not say its driver's version string: "
                     "nvmlSystemGetDriverVersion and nvmlSystemGetNVMLVersion return NVML_ERROR_NOT_SUPPORTED. Set "
                     "FARGPU_NVML_DRIVER_VERSION to the node's driver version (e.g. from `nvidia-smi "
                     "--query-gpu=driver_version --format=csv,noheader` on the node) to report it");
