@@ -79,6 +79,14 @@ def stop_server(s: NodeServer) -> None:
         s.proc.wait()
 
 
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[NodeServer]:
+    """A node server on the simulated device for one test (its own log and launch record in tmp_path)."""
+    s = start_server(tmp_path)
+    yield s
+    stop_server(s)
+
+
 @pytest.fixture(scope="module")
 def node_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeServer]:
     s = start_server(tmp_path_factory.mktemp("node"))

@@ -16,13 +16,12 @@ import shutil
 import struct
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
-from e2e_helpers import REPO, NodeServer, start_server, stop_server
+from e2e_helpers import REPO, NodeServer
 
 from fargpu import paths
 
@@ -70,12 +69,6 @@ def programs(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], 
             built[(name, mode)] = binary
     return built
 
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[NodeServer]:
-    s = start_server(tmp_path)
-    yield s
-    stop_server(s)
 
 
 def _run(binary: Path, server: NodeServer, tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], Path]:

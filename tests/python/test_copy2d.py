@@ -6,12 +6,8 @@ The simulated device is a test double: this is about the bytes the stub moves.""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
 from cuda_ctypes import PRELUDE
-from e2e_helpers import NodeServer, run_client, start_server, stop_server
+from e2e_helpers import NodeServer, run_client
 
 CLIENT = PRELUDE + r'''
 class M2D(ctypes.Structure):
@@ -47,12 +43,6 @@ c = M2D(srcMemoryType=ARRAY, dstMemoryType=DEVICE, dstDevice=d2, dstPitch=DP, Wi
 print("match", bytes(out) == want, "outside", outside, "array", cu.cuMemcpy2D_v2(ctypes.byref(c)))
 '''
 
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[NodeServer]:
-    s = start_server(tmp_path)
-    yield s
-    stop_server(s)
 
 
 def test_2d_copies_move_exactly_the_rectangle(server: NodeServer) -> None:

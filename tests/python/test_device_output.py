@@ -7,12 +7,8 @@ device_printf program (bench/results/acceptance-*.json)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
 from cuda_ctypes import PRELUDE
-from e2e_helpers import REPO, NodeServer, run_client, start_server, stop_server
+from e2e_helpers import REPO, NodeServer, run_client
 
 PTX = REPO / "fargpu" / "generated" / "test_kernels.ptx"
 
@@ -39,12 +35,6 @@ libc.printf(b"host: after\n")
 libc.fflush(None)
 '''
 
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[NodeServer]:
-    s = start_server(tmp_path)
-    yield s
-    stop_server(s)
 
 
 def test_device_printf_reaches_client_stdout_in_order(server: NodeServer) -> None:

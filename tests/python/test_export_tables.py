@@ -7,12 +7,8 @@ That the real runtime accepts all of it is shown by the nvcc programs
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
 from cuda_ctypes import PRELUDE
-from e2e_helpers import NodeServer, run_client, start_server, stop_server
+from e2e_helpers import NodeServer, run_client
 
 CLIENT = PRELUDE + r'''
 def table(hexid):
@@ -57,12 +53,6 @@ print("ident size", slot(ident, 0), "from", FROM(slot(ident, 51))(ctx, s, ctypes
 print("unknown", table("00112233445566778899aabbccddeeff"))
 '''
 
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[NodeServer]:
-    s = start_server(tmp_path)
-    yield s
-    stop_server(s)
 
 
 def test_private_tables_answer_like_the_driver(server: NodeServer) -> None:

@@ -7,12 +7,8 @@ The simulated device is a test double: this is about what the server lets a sess
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
 from cuda_ctypes import PRELUDE
-from e2e_helpers import REPO, NodeServer, run_client, start_server, stop_server
+from e2e_helpers import REPO, NodeServer, run_client
 
 PTX = REPO / "fargpu" / "generated" / "test_kernels.ptx"
 
@@ -37,12 +33,6 @@ cu.cuMemcpyDtoD_v2(ctypes.c_uint64(g.value + (1 << 30)), ctypes.c_uint64(src), c
 print("bogus", cu.cuCtxSynchronize())  # the async copy's error comes back with the next synchronising call
 '''
 
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[NodeServer]:
-    s = start_server(tmp_path)
-    yield s
-    stop_server(s)
 
 
 def test_copies_reach_module_globals(server: NodeServer) -> None:

@@ -10,12 +10,8 @@ RUN message; a host→device copy from pinned memory after it waits for it)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
 from cuda_ctypes import PRELUDE
-from e2e_helpers import NodeServer, run_client, start_server, stop_server
+from e2e_helpers import NodeServer, run_client
 
 CLIENT = PRELUDE + r'''
 import threading
@@ -41,12 +37,6 @@ ok(cu.cuStreamSynchronize(s), "sync")
 print("ORDER", order)
 '''
 
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[NodeServer]:
-    s = start_server(tmp_path)
-    yield s
-    stop_server(s)
 
 
 def test_host_functions_run_in_the_client_in_order_without_blocking(server: NodeServer) -> None:

@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from cuda_ctypes import PRELUDE
-from e2e_helpers import REPO, NodeServer, run_client, start_server, stop_server
+from e2e_helpers import REPO, NodeServer, run_client
 
 PTX = REPO / "fargpu" / "generated" / "test_kernels.ptx"
 
@@ -56,12 +54,6 @@ for _ in range(50):
 print("active", act.value)
 '''
 
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[NodeServer]:
-    s = start_server(tmp_path)
-    yield s
-    stop_server(s)
 
 
 def _counts(stderr: str, op: str) -> tuple[int, int]:

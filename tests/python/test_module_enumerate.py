@@ -6,12 +6,8 @@ returned) answers from them. End to end with the real stub, node agent, worker a
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
 from cuda_ctypes import PRELUDE
-from e2e_helpers import REPO, NodeServer, run_client, start_server, stop_server
+from e2e_helpers import REPO, NodeServer, run_client
 
 PTX = REPO / "fargpu" / "generated" / "test_kernels.ptx"
 
@@ -55,12 +51,6 @@ print("walk", got, len(seen), all(o == 77 and w == mod.value for o, _, w in seen
       sorted(name_of(f) for _, f, _ in seen) == sorted(names))
 '''
 
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[NodeServer]:
-    s = start_server(tmp_path)
-    yield s
-    stop_server(s)
 
 
 def test_enumerated_functions_are_the_named_ones(server: NodeServer) -> None:

@@ -8,12 +8,8 @@ End to end with the real stub, node agent, worker and simulated device."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
 from cuda_ctypes import PRELUDE
-from e2e_helpers import NodeServer, run_client, start_server, stop_server
+from e2e_helpers import NodeServer, run_client
 
 CLIENT = PRELUDE + r'''
 import threading, time
@@ -34,12 +30,6 @@ ok(cu.cuStreamSynchronize(s), "sync")
 print("RAN_AFTER_SYNC", ran.is_set())
 '''
 
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[NodeServer]:
-    s = start_server(tmp_path)
-    yield s
-    stop_server(s)
 
 
 def test_async_work_is_sent_without_a_sync_call(server: NodeServer) -> None:
