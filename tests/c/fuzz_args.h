@@ -1,0 +1,281 @@
+/* fuzz_args.h — live state and random arguments for fuzz_server.c (included there, after fuzz_images.h): handles
+ * harvested from replies, handles of the server's shape that are wrong in one way, device pointers in, at the edge
+ * of and outside allocations, sizes, launch attributes, and the argument builder for every op. */
+
+/* ---------------------------------------------------------------- live state and random arguments ---- */
+
+/* Live things harvested from replies. */
+#define POOL 32
+typedef struct {
+    uint64_t ids[FGH_LIMIT][POOL]; /* by handle kind (fg_handles.h) */
+    int nids[FGH_LIMIT];
+    uint64_t ptr[POOL], size[POOL];
+    int nptr;
+} pools;
+
+static void pool_add(pools *P, int kind, uint64_t id) {
+    if (!id) return;
+    P->ids[kind][P->nids[kind] < POOL ? P->nids[kind]++ : (int)rndn(POOL)] = id;
+}
+
+static uint64_t pool_pick(pools *P, int kind) { return P->nids[kind] ? P->ids[kind][rndn(P->nids[kind])] : 0; }
+
+/* A live id of any kind, 0 when there is none. */
+static uint64_t any_live(pools *P) {
+    int k = 1 + (int)rndn(FGH_LIMIT - 1);
+    for (int i = 0; i < FGH_LIMIT - 1; i++, k = k % (FGH_LIMIT - 1) + 1)
+        if (P->nids[k]) return pool_pick(P, k);
+    return 0;
+}
+
+/* An id of the server's shape (server/replay/session.c make_id): a 16-byte-aligned user-space pointer with
+ * bit 44 set, the kind in bits 38..43, 14 bits of the session's salt in bits 24..37, index + 1 in bits 4..23. */
+static uint64_t shaped_id(int kind, uint64_t salt, uint64_t index1) {
+    return (1ull << 44) | ((uint64_t)(kind & 0x3f) << 38) | ((salt & 0x3fff) << 24) | ((index1 & 0xfffff) << 4);
+}
+
+static uint64_t pick_handle(pools *P, int kind) {
+    int r = (int)rndn(100);
+    /* a library kernel stands for its function wherever the driver expects a CUfunction */
+    if (kind == FGH_FUNCTION && r < 15 && P->nids[FGH_KERNEL]) return pool_pick(P, FGH_KERNEL);
+    if (r < 65 && P->nids[kind]) return pool_pick(P, kind);
+    if (r < 72) return 0;
+    if (r < 77) { /* a live id of another kind */
+        uint64_t v = any_live(P);
+        if (v) return v;
+    }
+    uint64_t base = P->nids[kind] ? pool_pick(P, kind) : any_live(P);
+    if (r < 88 && base) { /* a live id, altered */
+        switch (rndn(8)) {
+        case 0: return base ^ ((1 + rndn(0x3fff)) << 24);                               /* another salt */
+        case 1: return base ^ ((1 + rndn(0x3f)) << 38);                                 /* another kind */
+        case 2: return base + 16 * (1 + rndn(4));                                       /* a neighbouring index */
+        case 3: return base | (1 + rndn(15));                                           /* not 16-byte aligned */
+        case 4: return base | (1ull << (45 + rndn(19)));                                /* high bits */
+        case 5: return base & ~(1ull << 44);                                            /* no mark bit */
+        case 6: return base & ~(0xfffffull << 4);                                       /* index field 0 */
+        default: return base | (0xfffffull << 4);                                       /* the last index */
+        }
+    }
+    if (r < 91 && kind == FGH_STREAM) return rndn(2) ? 1 : 2; /* CU_STREAM_LEGACY / PER_THREAD */
+    if (r < 96) { /* the right shape: this session's salt (or a random one), a small index (maybe live) or a huge one */
+        uint64_t salt = base && chance(70) ? base >> 24 : rnd();
+        return shaped_id(kind, salt, rndn(3) ? 1 + rndn(64) : 0x80000 + rndn(0x80000));
+    }
+    if (r < 98) return rnd() & 0x00007ffffffffff0ull; /* a pointer-like nothing */
+    return rnd();
+}
+
+static uint64_t pick_ptr(pools *P) {
+    int r = (int)rndn(100);
+    if (r < 70 && P->nptr) {
+        int i = (int)rndn(P->nptr);
+        switch (rndn(5)) {
+        case 0: return P->ptr[i];
+        case 1: return P->ptr[i] + rndn(P->size[i] + 1);
+        case 2: return P->ptr[i] + P->size[i] - rndn(64);
+        case 3: return P->ptr[i] - 1 - rndn(4096);
+        default: return P->ptr[i] + (rndn(256) & ~3ull);
+        }
+    }
+    if (r < 75) return 0;
+    if (r < 80) return UINT64_MAX - rndn(4096);
+    if (r < 88) return (uint64_t)(uintptr_t)&rng_state; /* a real host address that is not device memory */
+    return rnd();
+}
+
+static uint64_t pick_size(void) {
+    switch (rndn(8)) {
+    case 0: return 0;
+    case 1: return 1 + rndn(16);
+    case 2: return rndn(4096);
+    case 3: return rndn(1u << 20);
+    case 4: return (2u << 20) + rndn(3) - 1;
+    case 5: return UINT64_MAX - rndn(16);
+    case 6: return rnd();
+    default: return rndn(256) * 4;
+    }
+}
+
+static uint32_t pick_int(void) {
+    switch (rndn(6)) {
+    case 0: return 0;
+    case 1: return 1;
+    case 2: return (uint32_t)rndn(8);
+    case 3: return (uint32_t)-1;
+    case 4: return (uint32_t)rndn(200);
+    default: return (uint32_t)rnd();
+    }
+}
+
+static void put_cstr(buf *a, const char *s) {
+    put32(a, (uint32_t)strlen(s) + 1);
+    put(a, s, strlen(s) + 1);
+}
+
+/* A launch attribute (cuLaunchKernelEx, cluster occupancy): mostly a known id with a plausible value. */
+static void put_launch_attr(pools *P, buf *a) {
+    static const uint32_t ids[] = {
+        CU_LAUNCH_ATTRIBUTE_IGNORE, CU_LAUNCH_ATTRIBUTE_ACCESS_POLICY_WINDOW, CU_LAUNCH_ATTRIBUTE_COOPERATIVE,
+        CU_LAUNCH_ATTRIBUTE_SYNCHRONIZATION_POLICY, CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION,
+        CU_LAUNCH_ATTRIBUTE_CLUSTER_SCHEDULING_POLICY_PREFERENCE, CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
+        CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_EVENT, CU_LAUNCH_ATTRIBUTE_PRIORITY, CU_LAUNCH_ATTRIBUTE_MEM_SYNC_DOMAIN_MAP,
+        CU_LAUNCH_ATTRIBUTE_MEM_SYNC_DOMAIN, CU_LAUNCH_ATTRIBUTE_PREFERRED_CLUSTER_DIMENSION,
+        CU_LAUNCH_ATTRIBUTE_LAUNCH_COMPLETION_EVENT, CU_LAUNCH_ATTRIBUTE_DEVICE_UPDATABLE_KERNEL_NODE,
+        CU_LAUNCH_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT};
+    CUlaunchAttribute at;
+    uint8_t *raw = (uint8_t *)&at;
+    for (size_t i = 0; i < sizeof at; i++) raw[i] = (uint8_t)rnd();
+    uint32_t id = chance(92) ? ids[rndn(sizeof ids / sizeof *ids)] : (uint32_t)rnd();
+    memcpy(raw, &id, 4); /* as bytes: an id outside the enum is the point */
+    if (chance(75)) switch (id) {
+        case CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION:
+        case CU_LAUNCH_ATTRIBUTE_PREFERRED_CLUSTER_DIMENSION:
+            at.value.clusterDim.x = at.value.clusterDim.y = at.value.clusterDim.z = 1;
+            break;
+        case CU_LAUNCH_ATTRIBUTE_COOPERATIVE: at.value.cooperative = 0; break;
+        case CU_LAUNCH_ATTRIBUTE_PRIORITY: at.value.priority = -(int)rndn(6); break;
+        case CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION:
+            at.value.programmaticStreamSerializationAllowed = 1;
+            break;
+        case CU_LAUNCH_ATTRIBUTE_CLUSTER_SCHEDULING_POLICY_PREFERENCE:
+            memset(&at.value, 0, sizeof at.value);
+            at.value.clusterSchedulingPolicyPreference = (CUclusterSchedulingPolicy)rndn(3);
+            break;
+        case CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_EVENT: /* virtual event ids: the server translates them */
+            at.value.programmaticEvent.event = (CUevent)(uintptr_t)pick_handle(P, FGH_EVENT);
+            break;
+        case CU_LAUNCH_ATTRIBUTE_LAUNCH_COMPLETION_EVENT:
+            at.value.launchCompletionEvent.event = (CUevent)(uintptr_t)pick_handle(P, FGH_EVENT);
+            break;
+        case CU_LAUNCH_ATTRIBUTE_ACCESS_POLICY_WINDOW:
+            at.value.accessPolicyWindow.base_ptr = (void *)(uintptr_t)pick_ptr(P);
+            at.value.accessPolicyWindow.num_bytes = (size_t)pick_size();
+            break;
+        default: break;
+        }
+    put(a, &at, sizeof at);
+}
+
+/* Append op's arguments (and, for image loads, the IMAGE_CHUNK records to send before it, into `pre`; the
+ * certain result into *expect). Returns 1 when the record is certainly malformed. A malformed string may or may
+ * not end the session: the generated decoders check a handle before reading the fields after it, so an unknown
+ * handle answers CUDA_ERROR_INVALID_HANDLE first. */
+static int build_args(pools *P, unsigned op, buf *a, buf *pre, int *expect) {
+    const char *l = layout[op];
+    for (; l && *l; l++) {
+        switch (*l) {
+        case 'i': put32(a, pick_int()); break;
+        case 'h': { uint16_t v = (uint16_t)rnd(); put(a, &v, 2); break; }
+        case 'b': put8(a, (uint8_t)rnd()); break;
+        case 'w': put8(a, chance(85) ? 1 : chance(70) ? 0 : (uint8_t)(2 + rndn(254))); break;
+        case 'q': put64(a, pick_size()); break;
+        case 'r': put64(a, chance(85) ? rndn(chance(50) ? 64 : 4096) : pick_size()); break;
+        case 'p': put64(a, pick_ptr(P)); break;
+        case 'a': put64(a, chance(85) ? 1 + rndn(8u << 20) : pick_size()); break;
+        case 'C': put64(a, pick_handle(P, FGH_CONTEXT)); break;
+        case 'S': put64(a, pick_handle(P, FGH_STREAM)); break;
+        case 'E': put64(a, pick_handle(P, FGH_EVENT)); break;
+        case 'M': put64(a, pick_handle(P, FGH_MODULE)); break;
+        case 'F': put64(a, pick_handle(P, FGH_FUNCTION)); break;
+        case 'L': put64(a, pick_handle(P, FGH_LIBRARY)); break;
+        case 'N': put64(a, pick_handle(P, FGH_KERNEL)); break;
+        case 'G': put64(a, pick_handle(P, FGH_GRAPH)); break;
+        case 'X': put64(a, pick_handle(P, FGH_GRAPHEXEC)); break;
+        case 'O': put64(a, pick_handle(P, FGH_MEMORYPOOL)); break;
+        case 's':
+        case 'z': {
+            static const char *names[] = {"fg_vadd", "fg_fill_u32", "fg_magic", "fg_scale", "nope", ""};
+            static const char *bus[] = {"0000:00:00.0", "0000:01:00.0", "00000000:00:00.0", "", "zz:zz", "0:0"};
+            const char *nm = *l == 's' ? names[rndn(6)] : bus[rndn(6)];
+            uint32_t n = (uint32_t)strlen(nm) + 1;
+            if (chance(5)) { /* no NUL: fgs_get_cstr must refuse */
+                put32(a, n - 1 ? n - 1 : 0);
+                put(a, nm, n - 1);
+                return 0;
+            }
+            put32(a, n);
+            put(a, nm, n);
+            break;
+        }
+        case 'B': {
+            uint64_t n = chance(80) ? rndn(4096) : rndn(70000);
+            put64(a, n);
+            uint8_t *tmp = malloc(n ? n : 1);
+            for (uint64_t i = 0; i < n; i++) tmp[i] = (uint8_t)rnd();
+            put(a, tmp, n);
+            free(tmp);
+            break;
+        }
+        case 'K': {
+            for (int k = 0; k < 7; k++) {
+                uint32_t v = chance(85) ? (k == 6 ? 0 : 1 + (uint32_t)rndn(k == 3 ? 256 : 4)) : pick_int();
+                put32(a, v);
+            }
+            break;
+        }
+        case 'P': {
+            /* fg_vadd / fg_fill_u32 take 28 / 24 bytes */
+            uint32_t n = chance(70) ? 32 : chance(15) ? 0 : (uint32_t)rndn(64);
+            put32(a, n);
+            for (uint32_t k = 0; k + 8 <= n; k += 8) put64(a, chance(60) ? pick_ptr(P) : rndn(1u << 16));
+            for (uint32_t k = n & ~7u; k < n; k++) put8(a, (uint8_t)rnd());
+            break;
+        }
+        case 'x': {
+            uint32_t na = chance(50) ? 0 : chance(90) ? 1 + (uint32_t)rndn(4) : (uint32_t)rndn(65);
+            if (chance(2)) { /* more than the 64 the server takes: malformed, whatever follows */
+                put32(a, 65 + (uint32_t)rndn(chance(50) ? 8 : 1u << 30));
+                return 1;
+            }
+            put32(a, na);
+            for (uint32_t k = 0; k < na; k++) put_launch_attr(P, a);
+            break;
+        }
+        case 'V': {
+            CUstreamAttrValue v;
+            uint8_t *raw = (uint8_t *)&v;
+            for (size_t i = 0; i < sizeof v; i++) raw[i] = (uint8_t)rnd();
+            int present = chance(85);
+            put8(a, (uint8_t)present);
+            if (present) put(a, &v, sizeof v);
+            break;
+        }
+        case 'H':
+            if (build_image_load(pre, a, expect)) return 1;
+            break;
+        case 'Y': { /* one IMAGE_CHUNK on its own, under a random name */
+            uint8_t sha[32], data[256];
+            for (int k = 0; k < 32; k++) sha[k] = (uint8_t)rnd();
+            uint64_t total = 1 + rndn(4096), off = 0;
+            uint32_t len = (uint32_t)rndn(sizeof data), have = len;
+            for (uint32_t k = 0; k < len; k++) data[k] = (uint8_t)rnd();
+            switch (rndn(6)) {
+            case 0: if (len > total) len = have = (uint32_t)total; break; /* starts an upload */
+            case 1: off = rndn(total + 2); break;
+            case 2: total = (const uint64_t[]){0, FG_MAX_IMAGE + 1, UINT64_MAX}[rndn(3)]; break;
+            case 3: off = UINT64_MAX - rndn(16); break;
+            case 4: /* len > total - offset */
+                if (len < 2) len = have = 2;
+                total = 1 + rndn(len - 1);
+                break;
+            default: /* len claims more bytes than the record holds: malformed */
+                len = have + 1 + (uint32_t)(chance(50) ? rndn(64) : rnd());
+                put(a, sha, 32);
+                put64(a, total);
+                put64(a, off);
+                put32(a, len);
+                put(a, data, have);
+                return 1;
+            }
+            put(a, sha, 32);
+            put64(a, total);
+            put64(a, off);
+            put32(a, len);
+            put(a, data, len);
+            break;
+        }
+        }
+    }
+    return 0;
+}
