@@ -26,6 +26,8 @@ typedef struct {
     uint32_t n, cap;
     uint32_t *free_list;
     uint32_t n_free;
+    uint32_t *by_real; /* functions and kernels: real handle -> index + 1 (open addressing; 0 empty) */
+    uint32_t by_real_cap, by_real_n;
 } fgs_table;
 
 typedef struct {

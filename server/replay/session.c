@@ -73,13 +73,57 @@ int fgs_handle_get(fgs_session *S, int kind, uint64_t id, void **real) {
     return 0;
 }
 
+/* Functions and kernels are looked up by their real handle through a hash (a session may name thousands, and
+ * names each one again and again); they are never removed one by one, so the index only grows. */
+static uint32_t real_slot(const fgs_table *t, const void *real) {
+    return (uint32_t)(((uint64_t)(uintptr_t)real * 0x9E3779B97F4A7C15ull) >> 32) & (t->by_real_cap - 1);
+}
+
+static int by_real_find(const fgs_table *t, const void *real, uint32_t *idx) {
+    if (!t->by_real_cap) return 0;
+    for (uint32_t i = real_slot(t, real);; i = (i + 1) & (t->by_real_cap - 1)) {
+        uint32_t v = t->by_real[i];
+        if (!v) return 0;
+        if (t->real[v - 1] == real) {
+            *idx = v - 1;
+            return 1;
+        }
+    }
+}
+
+static void by_real_insert(fgs_table *t, uint32_t idx) {
+    if ((t->by_real_n + 1) * 2 > t->by_real_cap) {
+        uint32_t cap = t->by_real_cap ? t->by_real_cap * 2 : 256;
+        uint32_t *nb = (uint32_t *)calloc(cap, sizeof *nb);
+        if (!nb) return; /* only a cache: a later lookup adds a second id for the same object */
+        uint32_t *old = t->by_real, ocap = t->by_real_cap;
+        t->by_real = nb;
+        t->by_real_cap = cap;
+        for (uint32_t k = 0; k < ocap; k++) {
+            if (!old[k]) continue;
+            uint32_t i = real_slot(t, t->real[old[k] - 1]);
+            while (nb[i]) i = (i + 1) & (cap - 1);
+            nb[i] = old[k];
+        }
+        free(old);
+    }
+    uint32_t i = real_slot(t, t->real[idx]);
+    while (t->by_real[i]) i = (i + 1) & (t->by_real_cap - 1);
+    t->by_real[i] = idx + 1;
+    t->by_real_n++;
+}
+
 uint64_t fgs_handle_add(fgs_session *S, int kind, void *real) {
     fgs_table *t = &S->tables[kind];
     /* One id per real object for kinds the driver hands out repeatedly (a primary context retained twice, a
-     * capture's graph, a library's module), so destroying it at the session's end happens once. */
+     * capture's graph, a library's module), so destroying it at the session's end happens once; and for
+     * functions and kernels, so that naming one twice gives the same handle, as the driver does. */
     if (kind == FGH_CONTEXT || kind == FGH_GRAPH || kind == FGH_GRAPHNODE || kind == FGH_MODULE || kind == FGH_LIBRARY)
         for (uint32_t i = 0; i < t->n; i++)
             if (t->real[i] == real) return make_id(S, kind, i);
+    int hashed = kind == FGH_FUNCTION || kind == FGH_KERNEL;
+    uint32_t found;
+    if (hashed && by_real_find(t, real, &found)) return make_id(S, kind, found);
     uint32_t idx;
     if (t->n_free) {
         idx = t->free_list[--t->n_free];
@@ -98,6 +142,7 @@ uint64_t fgs_handle_add(fgs_session *S, int kind, void *real) {
         idx = t->n++;
     }
     t->real[idx] = real;
+    if (hashed) by_real_insert(t, idx);
     return make_id(S, kind, idx);
 }
 
@@ -252,6 +297,7 @@ FGS_EXPORT void fgs_close(fgs_session *S) {
     for (int k = 0; k < FGH_LIMIT; k++) {
         free(S->tables[k].real);
         free(S->tables[k].free_list);
+        free(S->tables[k].by_real);
     }
     free(S->allocs);
     free(S->globals);

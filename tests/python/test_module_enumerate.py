@@ -1,8 +1,8 @@
 """A module's functions without their names (client_stub/module.c, server/replay/module.c): cuModuleGetFunctionCount
-and cuModuleEnumerateFunctions give the module's functions, named and with parameter layouts as from cuModuleGetFunction
-(fargpu hands out a new id for each lookup of a function, where the driver repeats its handle), and the
-private table cuFFT walks a module's functions with (6e163fbe slot 7: a visitor called once per function, the count
-returned) answers from them. End to end with the real stub, node agent, worker and simulated device."""
+and cuModuleEnumerateFunctions give the module's functions, the same handles (with parameter layouts) as
+cuModuleGetFunction gives for their names, and the private table cuFFT walks a module's functions with (6e163fbe
+slot 7: a visitor called once per function, the count returned) answers from them. End to end with the real stub,
+node agent, worker and simulated device."""
 
 from __future__ import annotations
 
@@ -31,7 +31,8 @@ off, size = ctypes.c_size_t(), ctypes.c_size_t()
 ok(cu.cuFuncGetParamInfo(ctypes.c_void_p(fns[names.index("fg_vadd")]), 0, ctypes.byref(off), ctypes.byref(size)),
    "param info")
 short = (ctypes.c_void_p * 1)()
-print("count", n.value, "names", sorted(names), "param0", off.value, size.value,
+print("count", n.value, "names", sorted(names), "same", fns[names.index("fg_vadd")] == byname.value,
+      "param0", off.value, size.value,
       "too small", cu.cuModuleEnumerateFunctions(short, 1, mod))
 t = ctypes.c_void_p()
 ok(cu.cuGetExportTable(ctypes.byref(t), (ctypes.c_ubyte * 16)(*bytes.fromhex("6e163fbeb958444d835ce182aff1991e"))),
@@ -57,7 +58,7 @@ def test_enumerated_functions_are_the_named_ones(server: NodeServer) -> None:
     r = run_client(CLIENT.replace("__PTX__", str(PTX)), server.client_env())
     assert r.returncode == 0, r.stdout + r.stderr + server.log_text()
     out = r.stdout
-    assert "count 5 names ['fg_axpb', 'fg_fill_u32', 'fg_hello', 'fg_scale', 'fg_vadd']" in out, out
+    assert "count 5 names ['fg_axpb', 'fg_fill_u32', 'fg_hello', 'fg_scale', 'fg_vadd'] same True" in out, out
     assert "param0 0 8" in out, out  # fg_vadd's first parameter: a pointer at offset 0
     assert "too small 1" in out, out  # CUDA_ERROR_INVALID_VALUE: the array must hold every function
     assert "walk 5 5 True True" in out, out
