@@ -1,8 +1,9 @@
 /* batch.c — building, sending and answering batches (protocol/SPEC.md, "Batches" and "Replies").
  *
  * Async records accumulate in g_fgc.batch and go out when a sync call flushes, or unanswered: once the batch
- * passes FGC_SEND_AT, or when its oldest record has waited FARGPU_SEND_AFTER_US (sender.c). A sync call's reply carries its result, the first deferred async error,
- * its outputs (read straight into the caller's memory) and the data of earlier async device→host copies. */
+ * passes FGC_SEND_AT, or when its oldest record has waited FARGPU_SEND_AFTER_US (sender.c). A sync call's reply
+ * carries its result, the first deferred async error, its outputs (read straight into the caller's memory) and
+ * the data of earlier async device→host copies. */
 #include <errno.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -15,8 +16,8 @@
 #include "fgc_internal.h"
 #include "fgc_memo.h"
 
-fgc_state g_fgc = {.mu = PTHREAD_MUTEX_INITIALIZER, .wmu = PTHREAD_MUTEX_INITIALIZER, .fd = -1, .ctx_sent = UINT64_MAX,
-                   .max_frame = FG_DEFAULT_MAX_FRAME};
+fgc_state g_fgc = {.mu = PTHREAD_MUTEX_INITIALIZER, .wmu = PTHREAD_MUTEX_INITIALIZER, .fd = -1,
+                   .ctx_sent = UINT64_MAX, .max_frame = FG_DEFAULT_MAX_FRAME};
 
 static __thread CUresult t_last_error;
 

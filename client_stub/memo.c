@@ -4,8 +4,9 @@
  * `memo_clear` (one that changes attributes, destroys a handle whose id may be reused, ...) empties the
  * cache — except the setters of one kernel's, function's or stream's attributes, which forget only the answers
  * that name that object (and, for a kernel, the functions it is linked with): libraries set kernel attributes
- * before launches, and emptying everything there would send every query again. The key is the record's bytes (op, arguments, output-wanted flags) plus the current context. Also
- * counts the calls sent, by op, for FARGPU_STATS=1 (printed at exit) and the proof file. */
+ * before launches, and emptying everything there would send every query again. The key is the record's bytes
+ * (op, arguments, output-wanted flags) plus the current context. Also counts the calls sent, by op, for
+ * FARGPU_STATS=1 (printed at exit) and the proof file. */
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>

@@ -3,8 +3,9 @@
  * the application's time would add up instead of overlapping. A background thread sends any batch whose oldest
  * record has waited FARGPU_SEND_AFTER_US microseconds (default 20; 0 turns prompt sending off), so the server
  * replays launches while the application is still producing them. The application's thread never waits for it:
- * it only notes when a batch opens, and the connection lock is free while the sender's bytes are written. Between batches the thread keeps polling a little while, then parks until
- * the next batch opens (one wake-up per burst of work, not per call). */
+ * it only notes when a batch opens, and the connection lock is free while the sender's bytes are written.
+ * Between batches the thread keeps polling a little while, then parks until the next batch opens (one wake-up
+ * per burst of work, not per call). */
 #include <errno.h>
 #include <stdlib.h>
 #include <sys/prctl.h>

@@ -242,13 +242,19 @@ SIM_API CUresult cuModuleGetLoadingMode(CUmoduleLoadingMode *mode)
 
 static struct sim_module *find_module(CUmodule m) { return sim_reg_find(m, SIM_KIND_MODULE); }
 
+/* The module behind a handle, for the calls that take one (lock held): CUDA_ERROR_INVALID_HANDLE if none. */
+static CUresult lookup(CUmodule hmod, struct sim_module **m)
+{
+    CUresult rc = sim_check_init();
+    *m = rc == CUDA_SUCCESS ? find_module(hmod) : NULL;
+    return rc == CUDA_SUCCESS && !*m ? CUDA_ERROR_INVALID_HANDLE : rc;
+}
+
 SIM_API CUresult cuModuleUnload(CUmodule hmod)
 {
     sim_lock();
-    CUresult rc = sim_check_init();
-    struct sim_module *m = rc == CUDA_SUCCESS ? find_module(hmod) : NULL;
-    if (rc == CUDA_SUCCESS && !m)
-        rc = CUDA_ERROR_INVALID_HANDLE;
+    struct sim_module *m;
+    CUresult rc = lookup(hmod, &m);
     if (rc == CUDA_SUCCESS)
         sim_module_destroy_obj(m);
     sim_unlock();
@@ -260,10 +266,8 @@ SIM_API CUresult cuModuleGetFunction(CUfunction *hfunc, CUmodule hmod, const cha
     if (!hfunc || !name)
         return CUDA_ERROR_INVALID_VALUE;
     sim_lock();
-    CUresult rc = sim_check_init();
-    struct sim_module *m = rc == CUDA_SUCCESS ? find_module(hmod) : NULL;
-    if (rc == CUDA_SUCCESS && !m)
-        rc = CUDA_ERROR_INVALID_HANDLE;
+    struct sim_module *m;
+    CUresult rc = lookup(hmod, &m);
     if (rc == CUDA_SUCCESS) {
         rc = CUDA_ERROR_NOT_FOUND;
         for (size_t i = 0; i < m->nfuncs; i++) {
@@ -283,10 +287,8 @@ SIM_API CUresult cuModuleGetGlobal(CUdeviceptr *dptr, size_t *bytes, CUmodule hm
     if (!name)
         return CUDA_ERROR_INVALID_VALUE;
     sim_lock();
-    CUresult rc = sim_check_init();
-    struct sim_module *m = rc == CUDA_SUCCESS ? find_module(hmod) : NULL;
-    if (rc == CUDA_SUCCESS && !m)
-        rc = CUDA_ERROR_INVALID_HANDLE;
+    struct sim_module *m;
+    CUresult rc = lookup(hmod, &m);
     if (rc == CUDA_SUCCESS)
         rc = sim_module_global(m, name, dptr, bytes);
     sim_unlock();
@@ -298,10 +300,8 @@ SIM_API CUresult cuModuleGetFunctionCount(unsigned int *count, CUmodule mod)
     if (!count)
         return CUDA_ERROR_INVALID_VALUE;
     sim_lock();
-    CUresult rc = sim_check_init();
-    struct sim_module *m = rc == CUDA_SUCCESS ? find_module(mod) : NULL;
-    if (rc == CUDA_SUCCESS && !m)
-        rc = CUDA_ERROR_INVALID_HANDLE;
+    struct sim_module *m;
+    CUresult rc = lookup(mod, &m);
     if (rc == CUDA_SUCCESS)
         *count = (unsigned int)m->nfuncs;
     sim_unlock();
@@ -314,10 +314,8 @@ SIM_API CUresult cuModuleEnumerateFunctions(CUfunction *functions, unsigned int 
     if (!functions)
         return CUDA_ERROR_INVALID_VALUE;
     sim_lock();
-    CUresult rc = sim_check_init();
-    struct sim_module *m = rc == CUDA_SUCCESS ? find_module(mod) : NULL;
-    if (rc == CUDA_SUCCESS && !m)
-        rc = CUDA_ERROR_INVALID_HANDLE;
+    struct sim_module *m;
+    CUresult rc = lookup(mod, &m);
     if (rc == CUDA_SUCCESS && numFunctions < m->nfuncs)
         rc = CUDA_ERROR_INVALID_VALUE;
     if (rc == CUDA_SUCCESS)
