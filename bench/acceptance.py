@@ -40,6 +40,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from acceptance_smi import nvidia_smi_check
+
 REPO = Path(__file__).resolve().parents[1]
 CUDA_DIR = REPO / "tests" / "acceptance" / "cuda"
 TORCH_DIR = REPO / "tests" / "acceptance" / "torch"
@@ -544,6 +546,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                     help="interpreter with torch for the torch scripts, and with the pip packages of pip= meta lines")
     ap.add_argument("--only", action="append", default=[], help="run cases whose name matches (glob or substring)")
     ap.add_argument("--skip-torch", action="store_true")
+    ap.add_argument("--skip-smi", action="store_true",
+                    help="skip the nvidia-smi check (also skipped under --only unless a pattern matches 'nvidia-smi')")
     ap.add_argument("--client-env", action="append", default=[], metavar="KEY=VALUE",
                     help="set in every remote client's environment, e.g. FARGPU_LOG=debug (FARGPU_* are not inherited)")
     ap.add_argument("--quick", action="store_true", help="fewer benchmark iterations (FARGPU_ACCEPTANCE_QUICK=1)")
@@ -587,7 +591,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"no libcuda.so.1 in --stub-dir {args.stub_dir}", file=sys.stderr)
         return 2
     cases = make_cases(args)
-    if not cases:
+    run_smi = not args.skip_smi and (not args.only or any(fnmatch.fnmatch("nvidia-smi", p) or p in "nvidia-smi"
+                                                          for p in args.only))
+    if not cases and not run_smi:
         print("no case matches", file=sys.stderr)
         return 2
     started = datetime.datetime.now(datetime.UTC)
@@ -601,6 +607,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         results.append(rec)
         print(f"   {'pass' if rec['pass'] else 'FAIL: ' + rec['reason']}"
               f" ({rec.get('native_s', 0):.1f} s native, {rec.get('remote_s', 0):.1f} s remote)", flush=True)
+    smi_report: Json = {}
+    if run_smi:
+        print("== nvidia-smi through the NVML shim", flush=True)
+        smi_report = nvidia_smi_check(out, Path(args.stub_dir), args.server, args.token, run_process, native_env)
+        print(f"   {'pass' if smi_report['pass'] else 'FAIL: ' + '; '.join(smi_report.get('problems', []))[:600]}"
+              if smi_report["ran"] else f"   not run: {smi_report['reason']}", flush=True)
     passed = sum(1 for r in results if r["pass"])
     report: Json = {
         "date": started.isoformat(timespec="seconds"),
@@ -613,12 +625,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "selection": {"only": args.only, "skip_torch": args.skip_torch, "quick": args.quick},
         "summary": {"total": len(results), "passed": passed, "failed": len(results) - passed},
         "module_cache": cache,
+        "nvidia_smi": smi_report,
         "cases": results,
     }
     (out / "acceptance.json").write_text(json.dumps(report, indent=2) + "\n")
     print_table(results)
     print(f"wrote {out / 'acceptance.json'}")
-    return 0 if passed == len(results) else 1
+    smi_ok = not smi_report.get("ran") or smi_report["pass"]
+    return 0 if passed == len(results) and smi_ok else 1
 
 
 if __name__ == "__main__":

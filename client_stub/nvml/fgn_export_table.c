@@ -10,20 +10,28 @@
  *            usedGpuMemory @8, u32 gpuInstanceId @16, u32 computeInstanceId @20, u64 usedGpuCcProtectedMemory @24,
  *            char name[4096] @32 (stride 4128).
  *   230      host-side maximum PCIe link generation: fn(nvmlDevice_t, unsigned int *out)
+ *   231      GPU part number (nvidia-smi -q): fn(nvmlDevice_t, char *out, unsigned int length)
+ *   237      FRU part number (nvidia-smi -q): fn(nvmlDevice_t, char *out, unsigned int length)
  *   249      sparse operation mode: fn(nvmlDevice_t, unsigned int *out); an error shows as N/A
  *
  * What the shim answers:
+ *   26       writes the line to the shim's log at debug level (FARGPU_LOG=debug), prefixed "fargpu-nvml: ",
+ *            and returns NVML_SUCCESS, as the real NVML does with its debug log.
  *   81       nvmlDeviceGetHandleByIndex_v2.
  *   213-215  no processes (*count = 0): the remote GPU's process list is not visible through the driver API, so
  *            the shim cannot list any (it says so once on stderr).
- *   230, 249 NVML_ERROR_NOT_SUPPORTED (not visible through the driver API), after checking their arguments.
+ *   230, 249 NVML_ERROR_NOT_SUPPORTED (not visible through the driver API), after checking their arguments;
+ *            nvidia-smi shows N/A.
+ *   231, 237 NVML_ERROR_NOT_SUPPORTED after checking their arguments: the part numbers are not visible through
+ *            the driver API.
  *   others   NVML_ERROR_NOT_SUPPORTED, logging the slot number and the first call's raw arguments once per slot:
  *            the shim never reports success for a call whose meaning it does not know.
- * Every slot is its own function (generated below), so each knows its number; FARGPU_LOG=debug traces every call.
- * The arguments are read as four integer registers whatever the real prototype, which the x86-64 and AArch64
+ * Every slot is its own function (generated below), so each knows its number; FARGPU_LOG=debug traces every call
+ * (slot 26 is variadic and has a function of its own). The arguments are read as four integer registers whatever the real prototype, which the x86-64 and AArch64
  * calling conventions allow (extra arguments are ignored; missing ones read as garbage, which only the known
  * slots look at, and only those the signature has). */
 #include <inttypes.h>
+#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
@@ -36,11 +44,14 @@ static const unsigned char smi_guid[16] = { 0xc4, 0xfe, 0x3e, 0x6c, 0xc9, 0x8f, 
                                             0xa3, 0x27, 0xee, 0x69, 0x6e, 0x12, 0xf7, 0xc4 };
 
 enum {
-    SMI_SLOTS = 256, /* slot 0 (the size) included */
+    SMI_SLOTS = 270, /* slot 0 (the size) included: driver 580's table size */
+    SLOT_DEBUG_LOG = 26,
     SLOT_HANDLE_BY_INDEX = 81,
     SLOT_PROCESSES_FIRST = 213,
     SLOT_PROCESSES_LAST = 215,
     SLOT_HOST_MAX_PCIE_GEN = 230,
+    SLOT_GPU_PART_NUMBER = 231,
+    SLOT_FRU_PART_NUMBER = 237,
     SLOT_SPARSE_MODE = 249,
 };
 #define SLOT81_THIRD_ARG 0x22u /* what nvidia-smi 580 passes as slot 81's third argument (meaning unknown) */
@@ -123,6 +134,20 @@ static nvmlReturn_t device_uint_not_supported(unsigned int slot, const char *wha
     return not_supported(slot, what, a0, a1, 0, 0);
 }
 
+/* Slots 231 and 237: fn(nvmlDevice_t, char *out, unsigned int length); neither part number is visible through
+ * the driver API. */
+static nvmlReturn_t device_string_not_supported(unsigned int slot, const char *what, uintptr_t a0, uintptr_t a1,
+                                                uintptr_t a2)
+{
+    struct fgn_device *d;
+    nvmlReturn_t r = fgn_device((nvmlDevice_t)a0, &d);
+    if (r != NVML_SUCCESS)
+        return r;
+    if (!a1 || !(unsigned int)a2)
+        return NVML_ERROR_INVALID_ARGUMENT;
+    return not_supported(slot, what, a0, a1, a2, 0);
+}
+
 static nvmlReturn_t dispatch(unsigned int slot, uintptr_t a0, uintptr_t a1, uintptr_t a2, uintptr_t a3)
 {
     if (slot == SLOT_HANDLE_BY_INDEX)
@@ -133,6 +158,10 @@ static nvmlReturn_t dispatch(unsigned int slot, uintptr_t a0, uintptr_t a1, uint
         return device_uint_not_supported(slot, " (host-side maximum PCIe link generation)", a0, a1);
     if (slot == SLOT_SPARSE_MODE)
         return device_uint_not_supported(slot, " (sparse operation mode)", a0, a1);
+    if (slot == SLOT_GPU_PART_NUMBER)
+        return device_string_not_supported(slot, " (GPU part number)", a0, a1, a2);
+    if (slot == SLOT_FRU_PART_NUMBER)
+        return device_string_not_supported(slot, " (FRU part number)", a0, a1, a2);
     return not_supported(slot, "", a0, a1, a2, a3);
 }
 
@@ -146,18 +175,37 @@ __attribute__((noinline)) static nvmlReturn_t smi_call(unsigned int slot, uintpt
     return r;
 }
 
-/* The 255 slot functions, fgn_smi_slot_1 .. fgn_smi_slot_255: the decimal slot number is pasted together from
- * a tens prefix and a digit, so the function name and the number it passes are the same token. */
+/* Slot 26, nvidia-smi's debug log: fn(const char *format, ...). Variadic, as nvidia-smi calls it, so the
+ * arguments (floating-point ones too) are read the way they were passed. */
+static nvmlReturn_t smi_debug_log(const char *format, ...)
+{
+    if (!format)
+        return NVML_ERROR_INVALID_ARGUMENT;
+    if (fgn_log_enabled(FGN_LOG_DEBUG)) {
+        char line[1024];
+        va_list ap;
+        va_start(ap, format);
+        int n = vsnprintf(line, sizeof line, format, ap);
+        va_end(ap);
+        fgn_log(FGN_LOG_DEBUG, "nvidia-smi private slot %d (debug log): %s", SLOT_DEBUG_LOG,
+                n < 0 ? "(unprintable format)" : line);
+    }
+    return NVML_SUCCESS;
+}
+
+/* The slot functions, fgn_smi_slot_1 .. fgn_smi_slot_269 (26 excepted: smi_debug_log above): the decimal slot
+ * number is pasted together from a tens prefix and a digit, so the function name and the number it passes are
+ * the same token. */
 #define SMI_DECADE(X, tens) X(tens##0) X(tens##1) X(tens##2) X(tens##3) X(tens##4) X(tens##5) X(tens##6) \
     X(tens##7) X(tens##8) X(tens##9)
 #define SMI_ALL_SLOTS(X)                                                                                       \
-    X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9)                                                               \
-    SMI_DECADE(X, 1) SMI_DECADE(X, 2) SMI_DECADE(X, 3) SMI_DECADE(X, 4) SMI_DECADE(X, 5) SMI_DECADE(X, 6)      \
-    SMI_DECADE(X, 7) SMI_DECADE(X, 8) SMI_DECADE(X, 9) SMI_DECADE(X, 10) SMI_DECADE(X, 11) SMI_DECADE(X, 12)   \
-    SMI_DECADE(X, 13) SMI_DECADE(X, 14) SMI_DECADE(X, 15) SMI_DECADE(X, 16) SMI_DECADE(X, 17)                  \
-    SMI_DECADE(X, 18) SMI_DECADE(X, 19) SMI_DECADE(X, 20) SMI_DECADE(X, 21) SMI_DECADE(X, 22)                  \
-    SMI_DECADE(X, 23) SMI_DECADE(X, 24)                                                                        \
-    X(250) X(251) X(252) X(253) X(254) X(255)
+    X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9) SMI_DECADE(X, 1)                                              \
+    X(20) X(21) X(22) X(23) X(24) X(25) X(27) X(28) X(29)                                                      \
+    SMI_DECADE(X, 3) SMI_DECADE(X, 4) SMI_DECADE(X, 5) SMI_DECADE(X, 6) SMI_DECADE(X, 7) SMI_DECADE(X, 8)      \
+    SMI_DECADE(X, 9) SMI_DECADE(X, 10) SMI_DECADE(X, 11) SMI_DECADE(X, 12) SMI_DECADE(X, 13)                   \
+    SMI_DECADE(X, 14) SMI_DECADE(X, 15) SMI_DECADE(X, 16) SMI_DECADE(X, 17) SMI_DECADE(X, 18)                  \
+    SMI_DECADE(X, 19) SMI_DECADE(X, 20) SMI_DECADE(X, 21) SMI_DECADE(X, 22) SMI_DECADE(X, 23)                  \
+    SMI_DECADE(X, 24) SMI_DECADE(X, 25) SMI_DECADE(X, 26)
 
 #define SMI_DEFINE_SLOT(n)                                                                                     \
     static nvmlReturn_t fgn_smi_slot_##n(uintptr_t a0, uintptr_t a1, uintptr_t a2, uintptr_t a3)               \
@@ -170,7 +218,7 @@ SMI_ALL_SLOTS(SMI_DEFINE_SLOT)
 
 static const struct smi_table g_smi_table = {
     .size = sizeof(struct smi_table),
-    .fn = { SMI_ALL_SLOTS(SMI_TABLE_ENTRY) },
+    .fn = { SMI_ALL_SLOTS(SMI_TABLE_ENTRY)[SLOT_DEBUG_LOG - 1] = (smi_slot_fn)(void (*)(void))smi_debug_log },
 };
 
 /* Unknown GUIDs are logged once each (the first few distinct ones). */

@@ -6,6 +6,7 @@
 
 #include <cuda.h>
 #include <pthread.h>
+#include <stdarg.h>
 
 #include "fgn_nvml.h"
 
@@ -15,6 +16,9 @@ enum { FGN_LOG_ERROR = 0, FGN_LOG_WARN = 1, FGN_LOG_INFO = 2, FGN_LOG_DEBUG = 3 
 
 /* Writes one "fargpu-nvml: ..." line to stderr if FARGPU_LOG allows the level (default: warn). */
 void fgn_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void fgn_vlog(int level, const char *fmt, va_list ap) __attribute__((format(printf, 2, 0)));
+/* Whether FARGPU_LOG lets lines of this level through. */
+int fgn_log_enabled(int level);
 
 /* Returns NVML_ERROR_NOT_SUPPORTED, logging `name` the first time (per *logged flag). */
 nvmlReturn_t fgn_unsupported(const char *name, int *logged);

@@ -26,7 +26,17 @@ static int log_level(void)
     return l;
 }
 
+int fgn_log_enabled(int level) { return level <= log_level(); }
+
 void fgn_log(int level, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fgn_vlog(level, fmt, ap);
+    va_end(ap);
+}
+
+void fgn_vlog(int level, const char *fmt, va_list ap)
 {
     if (level > log_level())
         return;
@@ -34,13 +44,12 @@ void fgn_log(int level, const char *fmt, ...)
     char line[1024];
     size_t p = sizeof prefix - 1;
     memcpy(line, prefix, p);
-    va_list ap;
-    va_start(ap, fmt);
     int n = vsnprintf(line + p, sizeof line - p - 1, fmt, ap);
-    va_end(ap);
     if (n < 0)
         return;
     size_t len = p + ((size_t)n < sizeof line - p - 2 ? (size_t)n : sizeof line - p - 2);
+    while (len > p && line[len - 1] == '\n') /* the caller's own line end: one is added below */
+        len--;
     line[len++] = '\n';
     /* One write per line so lines from several threads do not interleave. */
     ssize_t w = write(2, line, len);

@@ -27,6 +27,8 @@ from fargpu import paths
 
 
 def _load_runner() -> ModuleType:
+    if str(REPO / "bench") not in sys.path:  # acceptance.py imports its neighbour acceptance_smi, as a script does
+        sys.path.insert(0, str(REPO / "bench"))
     spec = importlib.util.spec_from_file_location("acceptance", REPO / "bench" / "acceptance.py")
     assert spec and spec.loader
     mod = importlib.util.module_from_spec(spec)

@@ -296,19 +296,20 @@ dv = ctypes.c_int(); cu.cuDriverGetVersion(ctypes.byref(dv)); out["cuda_major"] 
     assert got["driver_short"] == NVML_SUCCESS and got["driver_null"] == NVML_ERROR_INVALID_ARGUMENT
 
 
-SMI_KNOWN_SLOTS = {81, 213, 214, 215, 230, 249}
+SMI_KNOWN_SLOTS = {26, 81, 213, 214, 215, 230, 231, 237, 249}
+SMI_SLOTS = 270  # driver 580's table: 2160 bytes
 
 
 def test_nvidia_smi_export_table(node_server: NodeServer) -> None:
-    """nvmlInternalGetExportTable, nvidia-smi's private interface: one GUID, a 256-slot table; slot 81 is the
-    device handle by index, 213-215 the process lists (empty: not visible from here), and every slot whose
-    meaning is not known answers NOT_SUPPORTED and says so once."""
+    """nvmlInternalGetExportTable, nvidia-smi's private interface: one GUID, a 270-slot table as driver 580's;
+    slot 81 is the device handle by index, 213-215 the process lists (empty: not visible from here), and every
+    slot whose meaning is not known answers NOT_SUPPORTED and says so once."""
     got, stderr = run_nvml(r'''
 out["init"] = nv.nvmlInit_v2()
 r, t = smi_table(); out["table"] = r
 words = ctypes.cast(t, ctypes.POINTER(ctypes.c_uint64))
 out["size"] = words[0]
-fns = [words[i] for i in range(1, 256)]
+fns = [words[i] for i in range(1, __SLOTS__)]
 out["slot_fns"] = [len(set(fns)), all(fns)]
 r2, t2 = smi_table(); out["same_table"] = [r2, t2.value == t.value]
 
@@ -341,9 +342,14 @@ out["host_pcie_gen"] = [slot(t, 230)(h.value, addr(v), 0, 0), v.value]
 out["sparse_mode"] = [slot(t, 249)(h.value, addr(v), 0, 0), v.value]
 out["sparse_null"] = slot(t, 249)(h.value, 0, 0, 0)
 out["sparse_bad_handle"] = slot(t, 249)(0x1000, addr(v), 0, 0)
+part = ctypes.create_string_buffer(b"\xab" * 80, 80)
+for n in (231, 237):
+    out[f"part_{n}"] = [slot(t, n)(h.value, addr(part), 80, 0), part.raw == b"\xab" * 80]
+    out[f"part_{n}_bad"] = [slot(t, n)(h.value, 0, 80, 0), slot(t, n)(h.value, addr(part), 0, 0),
+                            slot(t, n)(0x1000, addr(part), 80, 0)]
 
 # Every other slot, twice, with a device handle first: NOT_SUPPORTED, nothing written.
-others = [n for n in range(1, 256) if n not in __KNOWN__]
+others = [n for n in range(1, __SLOTS__) if n not in __KNOWN__]
 out["others"] = sorted({slot(t, n)(h.value, addr(v), addr(v), 0) for n in others for _ in range(2)})
 out["others_wrote"] = v.value
 
@@ -354,11 +360,11 @@ out["near_guid"] = smi_table(near)[0]
 out["null_table"] = nv.nvmlInternalGetExportTable(None, SMI_GUID)
 r4, t4 = smi_table(None); out["null_guid"] = [r4, t4.value]
 out["shutdown"] = nv.nvmlShutdown()
-'''.replace("__KNOWN__", repr(SMI_KNOWN_SLOTS)), node_server.client_env())
+'''.replace("__KNOWN__", repr(SMI_KNOWN_SLOTS)).replace("__SLOTS__", str(SMI_SLOTS)), node_server.client_env())
     name = [NVML_SUCCESS, SIM_NAME]
     assert got["table"] == NVML_SUCCESS
-    assert got["size"] == 256 * 8 and got["size"] > 648
-    assert got["slot_fns"] == [255, True]  # 255 distinct functions: each slot knows its number
+    assert got["size"] == SMI_SLOTS * 8
+    assert got["slot_fns"] == [SMI_SLOTS - 1, True]  # distinct functions: each slot knows its number
     assert got["same_table"] == [NVML_SUCCESS, True]
 
     assert got["slot81"] == [NVML_SUCCESS, True]
@@ -380,6 +386,9 @@ out["shutdown"] = nv.nvmlShutdown()
     assert got["sparse_mode"] == [NVML_ERROR_NOT_SUPPORTED, 7]
     assert got["sparse_null"] == NVML_ERROR_INVALID_ARGUMENT
     assert got["sparse_bad_handle"] == NVML_ERROR_INVALID_ARGUMENT
+    for n in (231, 237):  # part numbers: refused, buffer untouched; bad arguments refused as such
+        assert got[f"part_{n}"] == [NVML_ERROR_NOT_SUPPORTED, True]
+        assert got[f"part_{n}_bad"] == [NVML_ERROR_INVALID_ARGUMENT] * 3
     assert got["others"] == [NVML_ERROR_NOT_SUPPORTED]
     assert got["others_wrote"] == 7
 
@@ -395,8 +404,9 @@ out["shutdown"] = nv.nvmlShutdown()
                          r"it returns NVML_ERROR_NOT_SUPPORTED \(first call's raw arguments: 0x[0-9a-f]+ "
                          r"\(device 0's handle\), 0x[0-9a-f]+, ")
     named = [int(m.group(1)) for m in map(unknown.match, lines) if m]
-    assert sorted(named) == sorted(set(range(1, 256)) - SMI_KNOWN_SLOTS), stderr
-    for n, what in ((230, "host-side maximum PCIe link generation"), (249, "sparse operation mode")):
+    assert sorted(named) == sorted(set(range(1, SMI_SLOTS)) - SMI_KNOWN_SLOTS), stderr
+    for n, what in ((230, "host-side maximum PCIe link generation"), (249, "sparse operation mode"),
+                    (231, "GPU part number"), (237, "FRU part number")):
         notices = [line for line in lines if line.startswith(f"fargpu-nvml: nvidia-smi private slot {n} ({what})")]
         assert len(notices) == 1 and "NVML_ERROR_NOT_SUPPORTED" in notices[0], stderr
     assert len([line for line in lines if "process list (private slots 213-215) is reported empty" in line]) == 1
@@ -422,6 +432,28 @@ out["slot81_odd"] = slot(t, 81)(0, addr(h), 0x23, 0)
     assert re.search(r"^fargpu-nvml: nvidia-smi private slot 7\(0x5, 0x6, 0x7, 0x8\) -> 3 \(Not Supported\)$",
                      stderr, re.M), stderr
     assert "slot 81 (device handle by index) was called with third argument 0x23" in stderr, stderr
+
+
+def test_nvidia_smi_debug_log_slot(node_server: NodeServer) -> None:
+    """Slot 26 is nvidia-smi's debug log, fn(format, ...): nvidia-smi hands it every line it prints and stops with
+    "Internal NVML error" unless it succeeds. The shim formats it into its own log at debug level (variadic
+    arguments read as passed, a double included) and succeeds; without debug logging it succeeds silently."""
+    code = r'''
+r, t = smi_table()
+words = ctypes.cast(t, ctypes.POINTER(ctypes.c_uint64))
+log = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p)(words[26])
+out["line"] = log(b"nvidia-smi %s: %s\n", b"stdout", b"| NVIDIA-SMI line |")
+mixed = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_double, ctypes.c_char_p)(words[26])
+out["mixed"] = mixed(b"n=%d x=%.3f s=%s", 42, 2.5, b"end")
+out["null"] = log(None, None, None)
+'''
+    for level, shown in (("debug", True), ("info", False)):
+        got, stderr = run_nvml(code, node_server.client_env(FARGPU_LOG=level))
+        assert got == {"line": NVML_SUCCESS, "mixed": NVML_SUCCESS, "null": NVML_ERROR_INVALID_ARGUMENT}, level
+        lines = stderr.splitlines()
+        expected = ["fargpu-nvml: nvidia-smi private slot 26 (debug log): nvidia-smi stdout: | NVIDIA-SMI line |",
+                    "fargpu-nvml: nvidia-smi private slot 26 (debug log): n=42 x=2.500 s=end"]
+        assert [line for line in lines if "slot 26" in line] == (expected if shown else []), stderr
 
 
 def test_concurrent_init_is_refcounted(node_server: NodeServer) -> None:
