@@ -1,7 +1,10 @@
 /* fgn_modes.c - device modes and static capabilities answered from driver-API attributes: multi-GPU board,
  * compute mode, maximum clocks and memory bus width. Persistence mode and MIG mode are settings of the remote
  * node's GPU that the driver API does not show, so both answer NVML_ERROR_NOT_SUPPORTED (after checking their
- * arguments) rather than a guess. */
+ * arguments) rather than a guess. The number of MIG devices that can exist under a device handle is 0: the shim
+ * serves no MIG device handles (the remote session sees whole CUDA devices), and 0 is what NVML defines for a
+ * device whose MIG devices are not available ("zero if MIG is not supported or enabled"); nvidia-smi asks for
+ * it before printing its table and exits with status 3 when the call fails. */
 #include "fgn_internal.h"
 
 /* Reads one attribute of a valid, initialised device handle. */
@@ -56,6 +59,18 @@ FGN_EXPORT nvmlReturn_t nvmlDeviceGetMigMode(nvmlDevice_t device, unsigned int *
     if (!currentMode || !pendingMode)
         return NVML_ERROR_INVALID_ARGUMENT;
     return fgn_unsupported("nvmlDeviceGetMigMode (the remote GPU's MIG mode is not visible)", &logged);
+}
+
+FGN_EXPORT nvmlReturn_t nvmlDeviceGetMaxMigDeviceCount(nvmlDevice_t device, unsigned int *count)
+{
+    struct fgn_device *d;
+    nvmlReturn_t r = fgn_device(device, &d);
+    if (r != NVML_SUCCESS)
+        return r;
+    if (!count)
+        return NVML_ERROR_INVALID_ARGUMENT;
+    *count = 0;
+    return NVML_SUCCESS;
 }
 
 /* The driver API gives the peak SM and memory clocks in kHz; there is no video clock. */

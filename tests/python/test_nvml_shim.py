@@ -22,6 +22,7 @@ from fargpu import paths
 EXPORTS = REPO.parent / "shared" / "reference" / "libnvidia-ml-580.159.04-exports.txt"
 NVML_SUCCESS, NVML_ERROR_UNINITIALIZED, NVML_ERROR_INVALID_ARGUMENT, NVML_ERROR_NOT_SUPPORTED = 0, 1, 2, 3
 NVML_ERROR_NOT_FOUND, NVML_ERROR_INSUFFICIENT_SIZE, NVML_ERROR_DRIVER_NOT_LOADED = 6, 7, 9
+NVML_ERROR_TIMEOUT = 10
 NVML_ERROR_ARGUMENT_VERSION_MISMATCH = 25
 NVML_DEVICE_ARCH_HOPPER = 9
 SIM_NAME = "fargpu simulated device"
@@ -264,6 +265,54 @@ out["shutdown"] = [nv.nvmlShutdown(), nv.nvmlShutdown()]
     notices = [line for line in stderr.splitlines() if "nvmlDeviceGetTemperature" in line]
     assert len(notices) == 1, stderr
     assert notices[0].startswith("fargpu-nvml: nvmlDeviceGetTemperature is not supported")
+
+
+def test_event_sets_deliver_no_events(node_server: NodeServer) -> None:
+    """Event sets are real objects (nvidia-smi creates one before printing its table), but the shim delivers no
+    events: a device supports none, registering any is refused, a wait runs out after its timeout. The MIG device
+    count under a handle is 0, as NVML defines it when MIG devices are not available (nvidia-smi exits 3 if the
+    call fails)."""
+    got, stderr = run_nvml(r'''
+import time
+out["before_init"] = nv.nvmlEventSetCreate(ctypes.byref(ctypes.c_void_p()))
+nv.nvmlInit_v2()
+r, h = handle(0)
+s1, s2 = ctypes.c_void_p(), ctypes.c_void_p()
+out["create"] = [nv.nvmlEventSetCreate(ctypes.byref(s1)), nv.nvmlEventSetCreate(ctypes.byref(s2)),
+                 bool(s1.value) and s1.value != s2.value]
+out["create_null"] = nv.nvmlEventSetCreate(None)
+types = ctypes.c_ulonglong(0xff)
+out["supported"] = [nv.nvmlDeviceGetSupportedEventTypes(h, ctypes.byref(types)), types.value]
+out["supported_bad"] = [nv.nvmlDeviceGetSupportedEventTypes(h, None),
+                        nv.nvmlDeviceGetSupportedEventTypes(ctypes.c_void_p(0x1000), ctypes.byref(types))]
+out["register_none"] = nv.nvmlDeviceRegisterEvents(h, ctypes.c_ulonglong(0), s1)
+out["register_xid"] = [nv.nvmlDeviceRegisterEvents(h, ctypes.c_ulonglong(8), s1) for _ in range(2)]
+out["register_bad_set"] = nv.nvmlDeviceRegisterEvents(h, ctypes.c_ulonglong(8), ctypes.c_void_p(0x1000))
+data = (ctypes.c_ubyte * 64)(*([0xab] * 64))
+t = time.monotonic()
+out["wait"] = [nv.nvmlEventSetWait_v2(s1, ctypes.byref(data), ctypes.c_uint(150)), bytes(data) == b"\xab" * 64]
+out["wait_s"] = time.monotonic() - t
+out["wait_v1"] = nv.nvmlEventSetWait(s2, ctypes.byref(data), ctypes.c_uint(0))
+out["wait_null"] = nv.nvmlEventSetWait_v2(s1, None, ctypes.c_uint(0))
+out["free"] = [nv.nvmlEventSetFree(s1), nv.nvmlEventSetFree(s1), nv.nvmlEventSetFree(s2)]
+out["wait_freed"] = nv.nvmlEventSetWait_v2(s1, ctypes.byref(data), ctypes.c_uint(0))
+n = ctypes.c_uint(9)
+out["max_mig"] = [nv.nvmlDeviceGetMaxMigDeviceCount(h, ctypes.byref(n)), n.value,
+                  nv.nvmlDeviceGetMaxMigDeviceCount(h, None)]
+''', node_server.client_env())
+    assert got.pop("wait_s") >= 0.14
+    assert got == {
+        "before_init": NVML_ERROR_UNINITIALIZED, "create": [NVML_SUCCESS, NVML_SUCCESS, True],
+        "create_null": NVML_ERROR_INVALID_ARGUMENT, "supported": [NVML_SUCCESS, 0],
+        "supported_bad": [NVML_ERROR_INVALID_ARGUMENT] * 2, "register_none": NVML_SUCCESS,
+        "register_xid": [NVML_ERROR_NOT_SUPPORTED] * 2, "register_bad_set": NVML_ERROR_INVALID_ARGUMENT,
+        "wait": [NVML_ERROR_TIMEOUT, True], "wait_v1": NVML_ERROR_TIMEOUT, "wait_null": NVML_ERROR_INVALID_ARGUMENT,
+        "free": [NVML_SUCCESS, NVML_ERROR_INVALID_ARGUMENT, NVML_SUCCESS],
+        "wait_freed": NVML_ERROR_INVALID_ARGUMENT,
+        "max_mig": [NVML_SUCCESS, 0, NVML_ERROR_INVALID_ARGUMENT],
+    }
+    notices = [line for line in stderr.splitlines() if "nvmlDeviceRegisterEvents" in line]
+    assert len(notices) == 1 and "delivers no events" in notices[0], stderr
 
 
 def test_driver_version_from_the_node_or_the_environment(node_server: NodeServer) -> None:
