@@ -33,6 +33,7 @@ import re
 import shlex
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -451,38 +452,56 @@ def tail(text: str, n: int = 5) -> list[str]:
 # ---------------------------------------------------------------------------------------------------- one case
 
 
-def run_case(case: Case, out: Path, args: argparse.Namespace) -> Json:
-    rec: Json = {"name": case.name, "kind": case.kind, "cudart": case.cudart, "argv": case.argv,
-                 "source": str(case.source.relative_to(REPO)), "build_ok": not case.build_error}
-    if case.build_error:
-        rec.update({"pass": False, "reason": "build failed", "build_error": head(case.build_error, 25)})
-        return rec
+def run_side(case: Case, side: str, out: Path, args: argparse.Namespace, proof: Path, tag: str) -> Run:
+    """One run of a case, natively or through fargpu (writing the stub's proof to `proof`)."""
     base = dict(os.environ)
     if args.quick:
         base["FARGPU_ACCEPTANCE_QUICK"] = "1"
+    work = out / "work" / f"{tag}.{side}"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    env = native_env(base) if side == "native" else remote_env(
+        base, Path(args.stub_dir).resolve(), args.server, args.token, proof)
+    if side == "remote":
+        env["FARGPU_STATS"] = "1"  # the per-call histogram (sent vs answered in the stub) lands in the log
+        env.update(kv.split("=", 1) for kv in args.client_env)
+    # Fresh compiler caches per run: the remote run must compile (Triton, Inductor) as a cold start would.
+    env.update(TRITON_CACHE_DIR=str(work / "triton"), TORCHINDUCTOR_CACHE_DIR=str(work / "inductor"),
+               HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1")
+    return run_process(command_for(case, args.python), env, case.timeout_s, work, out / "logs" / f"{tag}.{side}")
+
+
+def median_rates(runs: list[dict[str, float]]) -> dict[str, float]:
+    names = sorted({k for r in runs for k in r})
+    return {k: round(statistics.median(r[k] for r in runs if k in r), 3) for k in names}
+
+
+def run_case(case: Case, out: Path, args: argparse.Namespace) -> Json:
+    """Runs the case natively and remotely (args.repeat times each, the order alternating so neither side always
+    goes first: native first on even repetitions), compares every pair, and reports median throughputs."""
+    source = case.source.relative_to(REPO) if case.source.is_relative_to(REPO) else case.source
+    rec: Json = {"name": case.name, "kind": case.kind, "cudart": case.cudart, "argv": case.argv,
+                 "source": str(source), "build_ok": not case.build_error}
+    if case.build_error:
+        rec.update({"pass": False, "reason": "build failed", "build_error": head(case.build_error, 25)})
+        return rec
     safe = re.sub(r"[^A-Za-z0-9_.-]", "_", case.name)
-    logs = out / "logs"
-    runs: dict[str, Run] = {}
     proof = out / "proofs" / f"{safe}.jsonl"
     proof.unlink(missing_ok=True)
-    for side in ("native", "remote"):
-        work = out / "work" / f"{safe}.{side}"
-        shutil.rmtree(work, ignore_errors=True)
-        work.mkdir(parents=True)
-        env = native_env(base) if side == "native" else remote_env(
-            base, Path(args.stub_dir).resolve(), args.server, args.token, proof)
-        if side == "remote":
-            env["FARGPU_STATS"] = "1"  # the per-call histogram (sent vs answered in the stub) lands in the log
-            env.update(kv.split("=", 1) for kv in args.client_env)
-        # Fresh compiler caches per run: the remote run must compile (Triton, Inductor) as a cold start would.
-        env.update(TRITON_CACHE_DIR=str(work / "triton"), TORCHINDUCTOR_CACHE_DIR=str(work / "inductor"),
-                   HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1")
-        runs[side] = run_process(command_for(case, args.python), env, case.timeout_s, work, logs / f"{safe}.{side}")
+    pairs: list[dict[str, Run]] = []
+    for rep in range(args.repeat):
+        tag = safe if args.repeat == 1 else f"{safe}.r{rep + 1}"
+        order = ("native", "remote") if rep % 2 == 0 else ("remote", "native")
+        pairs.append({side: run_side(case, side, out, args, proof, tag) for side in order})
+    rates = {side: [parse_output(p[side].stdout).throughput for p in pairs] for side in ("native", "remote")}
+    # The reported runs (exit status, outputs, logs): the first failing pair, else the first.
+    runs = next((p for p in pairs if p["native"].rc != 0 or p["remote"].rc != 0
+                 or compare_outputs(p["native"].stdout, p["remote"].stdout)[0] == "differ"), pairs[0])
     nat, rem = runs["native"], runs["remote"]
     status, diff = compare_outputs(nat.stdout, rem.stdout)
     proof_ok, problems, notes = check_proof(proof, Path(args.stub_dir).resolve())
     image_bytes, sync_calls = proof_totals(proof)
-    tn, tr = parse_output(nat.stdout).throughput, parse_output(rem.stdout).throughput
+    tn, tr = median_rates(rates["native"]), median_rates(rates["remote"])
     rec.update(
         native_rc=nat.rc, remote_rc=rem.rc, native_timed_out=nat.timed_out, remote_timed_out=rem.timed_out,
         outputs=status, proof_ok=proof_ok, proof_problems=problems, proof_notes=notes,
@@ -497,6 +516,9 @@ def run_case(case: Case, out: Path, args: argparse.Namespace) -> Json:
     if tn or tr:
         rec["throughput"] = {"native": tn, "remote": tr,
                              "ratio": {k: round(tr[k] / tn[k], 4) for k in tn if k in tr and tn[k]}}
+        if args.repeat > 1:  # medians above; every run here, in repetition order
+            rec["throughput"]["runs"] = rates
+    rec["repeat"] = args.repeat  # the proof totals above are summed over this many remote runs
     if nat.rc != 0:
         reason = "native timed out" if nat.timed_out else f"native rc {nat.rc}"
     elif rem.rc != 0:
@@ -550,6 +572,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                     help="skip the nvidia-smi check (also skipped under --only unless a pattern matches 'nvidia-smi')")
     ap.add_argument("--client-env", action="append", default=[], metavar="KEY=VALUE",
                     help="set in every remote client's environment, e.g. FARGPU_LOG=debug (FARGPU_* are not inherited)")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="runs of each case per side (order alternating); throughputs reported as medians")
     ap.add_argument("--quick", action="store_true", help="fewer benchmark iterations (FARGPU_ACCEPTANCE_QUICK=1)")
     ap.add_argument("--timeout", type=float, default=900.0, help="per-run timeout in seconds (default 900)")
     ap.add_argument("--nvcc", default=shutil.which("nvcc") or "/usr/local/cuda/bin/nvcc")

@@ -331,3 +331,35 @@ def test_runner_sums_what_the_clients_sent(tmp_path: Path) -> None:
                      + json.dumps({"pid": 2, "image_bytes_sent": 100, "sync_calls_sent": 3}) + "\nnot json\n")
     assert acc.proof_totals(proof) == (4196, 10)
     assert acc.proof_totals(tmp_path / "missing.jsonl") == (0, 0)
+
+
+def test_runner_repeats_alternate_the_order_and_report_medians(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """--repeat N: each side runs N times, native first on even repetitions and remote first on odd ones (so
+    neither side always runs on a GPU the other just warmed), and the throughput is the median of the N runs."""
+    script = tmp_path / "bench_case.py"
+    script.write_text(
+        "import json, os, pathlib\n"
+        "side = 'remote' if os.environ.get('FARGPU_SERVER') else 'native'\n"
+        "log = pathlib.Path(os.environ['ORDER_LOG'])\n"
+        "n = len(log.read_text().split()) if log.exists() else 0\n"
+        "log.write_text((log.read_text() if log.exists() else '') + side + ' ')\n"
+        "rate = {'native': [100, 300, 200], 'remote': [90, 10, 95]}[side][n // 2]\n"
+        "print('same'); print(json.dumps({'throughput': {'img_per_s': rate}}))\n")
+    out = tmp_path / "out"
+    for sub in ("logs", "proofs", "work"):
+        (out / sub).mkdir(parents=True)
+    order_log = tmp_path / "order"
+    args = acc.parse_args(["--out", str(out), "--stub-dir", str(tmp_path), "--server", "h:1", "--token", "t",
+                           "--python", sys.executable, "--repeat", "3"])
+    case = acc.Case("torch/bench_case", "torch", "torch", script, [], 60.0)
+    monkeypatch.setenv("ORDER_LOG", str(order_log))
+    rec = acc.run_case(case, out, args)
+    assert order_log.read_text().split() == ["native", "remote", "remote", "native", "native", "remote"]
+    assert rec["outputs"] == "identical" and rec["repeat"] == 3
+    t = rec["throughput"]
+    assert t["native"] == {"img_per_s": 200} and t["remote"] == {"img_per_s": 90}
+    assert t["ratio"] == {"img_per_s": 0.45}
+    assert t["runs"] == {"native": [{"img_per_s": 100}, {"img_per_s": 300}, {"img_per_s": 200}],
+                         "remote": [{"img_per_s": 90}, {"img_per_s": 10}, {"img_per_s": 95}]}
+    assert not rec["pass"] and rec["reason"].startswith("proof:")  # no stub was loaded: never a pass
