@@ -1,7 +1,9 @@
-"""Generates README.md's compatibility table from the latest acceptance result (bench/acceptance.py's JSON, kept
-as bench/results/acceptance*.json): one row per program (or PyTorch script), one column per cudart mode, the
-GPU, driver and date in the heading. Replaces the text between the compat-table markers in README.md; with
---check, changes nothing and exits 1 when the README's table differs from what the latest result gives.
+"""Generates README.md's compatibility table from the latest acceptance result of the whole suite
+(bench/acceptance.py's JSON, kept as bench/results/acceptance*.json; runs of a selection are not used): one row
+per program (or PyTorch script), one column per cudart mode, the GPU, driver and date in the heading, the
+nvidia-smi check, and the median throughput ratios of the latest repeated run (--repeat N) when there is one.
+Replaces the text between the compat-table markers in README.md; with --check, changes nothing and exits 1 when
+the README's table differs from what the latest results give.
 
 Usage: python3 bench/compat_table.py [--check] [--readme README.md] [--results bench/results] [--json FILE]
 Exit status: 0 written or fresh, 1 stale (--check), 2 no result or no markers."""
@@ -11,7 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,16 +25,28 @@ MODES = ("static", "shared")
 Json = dict[str, Any]
 
 
-def latest_result(results: Path) -> Path | None:
-    """The acceptance*.json in results with the newest "date" (ISO 8601, so text order is time order); the file
-    name breaks ties. Files that do not parse as an acceptance result are skipped."""
+def is_full_suite(data: Json) -> bool:
+    """A run of the whole suite: no --only selection and the PyTorch scripts not skipped."""
+    sel = data.get("selection") or {}
+    return not sel.get("only") and not sel.get("skip_torch")
+
+
+def is_repeated(data: Json) -> bool:
+    """A run whose throughputs are medians of several runs per side (acceptance.py --repeat N, N > 1)."""
+    return any(int(c.get("repeat", 1)) > 1 for c in data.get("cases", []))
+
+
+def latest_result(results: Path, want: Callable[[Json], bool] = is_full_suite) -> Path | None:
+    """The acceptance*.json in results with the newest "date" (ISO 8601, so text order is time order) among
+    those `want` accepts (by default: runs of the whole suite, so a selection run never becomes the table); the
+    file name breaks ties. Files that do not parse as an acceptance result are skipped."""
     best: tuple[str, str, Path] | None = None
     for path in results.glob("acceptance*.json"):
         try:
             data = json.loads(path.read_text())
         except (OSError, ValueError):
             continue
-        if not isinstance(data, dict) or not isinstance(data.get("cases"), list):
+        if not isinstance(data, dict) or not isinstance(data.get("cases"), list) or not want(data):
             continue
         key = (str(data.get("date", "")), path.name, path)
         if best is None or key[:2] > best[:2]:
@@ -62,8 +76,41 @@ def ratios(cases: list[Json]) -> str:
     return ", ".join(parts)
 
 
-def render(report: Json, source: str) -> str:
-    """The text between the markers (starting and ending with a newline)."""
+def smi_line(report: Json) -> list[str]:
+    smi = report.get("nvidia_smi") or {}
+    if not smi.get("ran"):
+        return []
+    q = smi.get("q") or {}
+    verdict = "pass" if smi.get("pass") else "FAIL: " + "; ".join(smi.get("problems", []))[:200]
+    return ["", f"nvidia-smi through the NVML shim ({verdict}): `-L` exit {smi.get('L_shim_rc')}, "
+                f"{'identical to' if smi.get('L_identical') else 'differs from'} native; plain table exit "
+                f"{smi.get('plain_shim_rc')} (GPU, bus id, driver and CUDA version as native); `-q` exit "
+                f"{smi.get('q_shim_rc')}, {q.get('same', 0)} of {q.get('native_fields', 0)} fields as native "
+                f"(the others mostly N/A: not visible through the driver API; `-q` is reported, not judged)."]
+
+
+def medians_block(report: Json, source: str) -> list[str]:
+    """Median throughput ratios of a repeated run (acceptance.py --repeat N)."""
+    rows = []
+    for c in report.get("cases", []):
+        t = c.get("throughput") or {}
+        for name, r in sorted((t.get("ratio") or {}).items()):
+            runs = t.get("runs") or {}
+            n = len(runs.get("native", []))
+            rows.append(f"| {c['name']} | {name} | {t['native'][name]:g} | {t['remote'][name]:g} | {float(r):.2f} "
+                        f"| {n} |")
+    if not rows:
+        return []
+    return ["", f"Throughput medians (`{source}`, {report.get('gpu', 'unknown GPU')}, "
+                f"{str(report.get('date', 'undated'))[:10]}, commit {report.get('commit', 'unknown')}; each side run "
+                f"N times, the order alternating):", "",
+            "| case | measure | native median | remote median | remote/native | N |", "|---|---|---|---|---|---|",
+            *rows]
+
+
+def render(report: Json, source: str, medians: tuple[Json, str] | None = None) -> str:
+    """The text between the markers (starting and ending with a newline); `medians` adds the median throughput
+    table of a repeated run."""
     rows: dict[str, dict[str, Json]] = {}
     kinds: dict[str, str] = {}
     for case in report["cases"]:
@@ -95,8 +142,19 @@ def render(report: Json, source: str) -> str:
     if mc:
         out += ["", f"Module cache: `{mc.get('case')}` sent {mc.get('first_session_image_bytes')} bytes of images in "
                     f"its first session and {mc.get('second_session_image_bytes')} in its second (hashes only)."]
+    out += smi_line(report)
+    if medians:
+        out += medians_block(*medians)
     out.append("")
     return "\n".join(out)
+
+
+def named(path: Path, readme: Path) -> str:
+    """path relative to the README's folder when it lies below it, else its file name."""
+    try:
+        return str(path.resolve().relative_to(readme.resolve().parent))
+    except ValueError:
+        return path.name
 
 
 def replace_block(text: str, block: str) -> str:
@@ -118,13 +176,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"no acceptance result (acceptance*.json) in {a.results}", file=sys.stderr)
         return 2
     report = json.loads(path.read_text())
-    try:
-        source = str(path.resolve().relative_to(a.readme.resolve().parent))
-    except ValueError:
-        source = path.name
+    mpath = None if a.json else latest_result(a.results, is_repeated)
+    medians = (json.loads(mpath.read_text()), named(mpath, a.readme)) if mpath else None
+    source = named(path, a.readme)
     text = a.readme.read_text()
     try:
-        new = replace_block(text, render(report, source))
+        new = replace_block(text, render(report, source, medians))
     except ValueError as e:
         print(f"{a.readme}: {e}", file=sys.stderr)
         return 2

@@ -167,3 +167,33 @@ def test_the_repository_readme_table_is_fresh() -> None:
     r = subprocess.run([sys.executable, str(repo / "bench" / "compat_table.py"), "--check"], capture_output=True,
                        text=True, cwd=repo)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_selection_runs_never_become_the_table_and_repeated_runs_add_medians(tree: tuple[Path, Path]) -> None:
+    readme, results = tree
+    perf = _report("2026-12-02T00:00:00+00:00", [
+        {**_case("torch/resnet50_infer", "torch", "torch", True, ratio={"img_per_s": 0.99}), "repeat": 3,
+         "throughput": {"native": {"img_per_s": 100.0}, "remote": {"img_per_s": 99.0}, "ratio": {"img_per_s": 0.99},
+                        "runs": {"native": [{}, {}, {}], "remote": [{}, {}, {}]}}}])
+    perf["selection"] = {"only": ["resnet50"], "skip_torch": False, "quick": False}
+    (results / "acceptance-2026-12-02-perf.json").write_text(json.dumps(perf))
+    latest = ct.latest_result(results)
+    assert latest is not None and latest.name == "acceptance-2026-11-24-h100.json"  # newer, but a selection
+    assert ct.main(["--readme", str(readme), "--results", str(results)]) == 0
+    lines = readme.read_text().splitlines()
+    assert "**NVIDIA H100 80GB HBM3 · driver 580.159.04 · 2026-11-24** (commit abc1234): 3 of 6 cases pass." in lines
+    assert "| torch/resnet50_infer | img_per_s | 100 | 99 | 0.99 | 3 |" in lines
+    assert any(ln.startswith("Throughput medians (`bench/results/acceptance-2026-12-02-perf.json`") for ln in lines)
+
+
+def test_nvidia_smi_line() -> None:
+    smi = {"ran": True, "pass": True, "L_shim_rc": 0, "L_identical": True, "plain_shim_rc": 0, "q_shim_rc": 0,
+           "q": {"same": 59, "native_fields": 211}, "problems": []}
+    lines = ct.render({**SAMPLE, "nvidia_smi": smi}, "x.json").splitlines()
+    assert ("nvidia-smi through the NVML shim (pass): `-L` exit 0, identical to native; plain table exit 0 (GPU, bus "
+            "id, driver and CUDA version as native); `-q` exit 0, 59 of 211 fields as native (the others mostly N/A: "
+            "not visible through the driver API; `-q` is reported, not judged).") in lines
+    bad = {**smi, "pass": False, "plain_shim_rc": 255, "problems": ["nvidia-smi (plain): native rc 0, shim rc 255"]}
+    assert any(ln.startswith("nvidia-smi through the NVML shim (FAIL: nvidia-smi (plain): native rc 0, shim rc 255)")
+               for ln in ct.render({**SAMPLE, "nvidia_smi": bad}, "x.json").splitlines())
+    assert "nvidia-smi" not in ct.render(SAMPLE, "x.json")
