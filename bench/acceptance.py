@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from acceptance_smi import nvidia_smi_check
+from proof_file import read_proof
 
 REPO = Path(__file__).resolve().parents[1]
 CUDA_DIR = REPO / "tests" / "acceptance" / "cuda"
@@ -308,17 +309,9 @@ def command_for(case: Case, python: str) -> list[str]:
 def proof_totals(proof: Path) -> tuple[int, int]:
     """Sums over the client processes of a run: module/library image bytes sent to the server, and synchronous
     calls sent (each waited a round trip). (0, 0) when there is no readable proof."""
-    image = sync = 0
-    if not proof.exists():
-        return 0, 0
-    for ln in proof.read_text().splitlines():
-        try:
-            rec = json.loads(ln)
-        except ValueError:
-            continue
-        image += int(rec.get("image_bytes_sent", 0))
-        sync += int(rec.get("sync_calls_sent", 0))
-    return image, sync
+    records, _ = read_proof(proof)
+    return (sum(int(rec.get("image_bytes_sent", 0)) for rec in records),
+            sum(int(rec.get("sync_calls_sent", 0)) for rec in records))
 
 
 def check_proof(proof: Path, stub_dir: Path) -> tuple[bool, list[str], list[str]]:
@@ -326,21 +319,12 @@ def check_proof(proof: Path, stub_dir: Path) -> tuple[bool, list[str], list[str]
     stub never loaded), when any process mapped a libcuda.so* other than the stub, a driver-private library,
     or held a /dev/nvidia* descriptor. CUDA libraries from pip wheels (.../nvidia/cublas/...) are fine. A real
     NVML (libnvidia-ml) outside the stub folder is noted, not failed."""
-    problems: list[str] = []
     notes: list[str] = []
     stub = os.path.realpath(stub_dir / "libcuda.so.1")
-    try:
-        lines = [ln for ln in proof.read_text().splitlines() if ln.strip()]
-    except OSError:
-        lines = []
-    if not lines:
+    records, problems = read_proof(proof)
+    if not records and not problems:
         return False, ["no proof written: the stub was not loaded, or the client did not exit normally"], notes
-    for ln in lines:
-        try:
-            rec = json.loads(ln)
-        except ValueError:
-            problems.append(f"unreadable proof line: {ln[:200]}")
-            continue
+    for rec in records:
         pid = rec.get("pid", "?")
         for mapped in rec.get("mapped", []):
             path = str(mapped).removesuffix(" (deleted)")

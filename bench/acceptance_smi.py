@@ -11,13 +11,14 @@ Used by bench/acceptance.py (the "nvidia_smi" section of acceptance.json)."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from proof_file import read_proof
 
 Json = dict[str, Any]
 RunFn = Callable[[list[str], dict[str, str], float, Path, Path], Any]
@@ -69,20 +70,11 @@ def q_fields(text: str) -> dict[str, str]:
 def proof_of_shim(proof: Path, stub_dir: Path) -> list[str]:
     """Problems with a shim run's proof: none written, the shim or the stub not mapped, a real libcuda or
     libnvidia-ml mapped, a /dev/nvidia* descriptor held."""
-    try:
-        lines = [ln for ln in proof.read_text().splitlines() if ln.strip()]
-    except OSError:
-        lines = []
-    if not lines:
+    records, problems = read_proof(proof)
+    if not records and not problems:
         return ["no proof written: the stub was not loaded, or nvidia-smi did not exit normally"]
-    problems: list[str] = []
     stub = str(stub_dir.resolve())
-    for ln in lines:
-        try:
-            rec = json.loads(ln)
-        except ValueError:
-            problems.append(f"unreadable proof line: {ln[:200]}")
-            continue
+    for rec in records:
         pid = rec.get("pid", "?")
         mapped = [str(m).removesuffix(" (deleted)") for m in rec.get("mapped", [])]
         ours = {os.path.basename(m).split(".so")[0] for m in mapped if os.path.realpath(m).startswith(stub + "/")}

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from e2e_helpers import REPO
 
-sys.path.insert(0, str(REPO / "bench"))
+sys.path.insert(0, str(REPO / "bench"))  # the bench scripts import their neighbours
 import acceptance  # noqa: E402
 import acceptance_smi as smi  # noqa: E402
 
