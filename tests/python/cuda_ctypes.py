@@ -1,6 +1,11 @@
 """A tiny ctypes view of the CUDA driver API for client snippets in the tests: the snippet imports it
 from the tests folder and talks to whatever libcuda.so.1 the loader finds (the fargpu stub)."""
 
+from pathlib import Path
+
+# The test kernels (codegen's generated PTX), as load_test_module() in a snippet loads them.
+TEST_PTX = Path(__file__).resolve().parents[2] / "fargpu" / "generated" / "test_kernels.ptx"
+
 PRELUDE = r'''
 import ctypes, sys
 cu = ctypes.CDLL("libcuda.so.1")
@@ -21,4 +26,10 @@ def meminfo():
     f, t = ctypes.c_size_t(), ctypes.c_size_t()
     ok(cu.cuMemGetInfo_v2(ctypes.byref(f), ctypes.byref(t)), "meminfo")
     return f.value, t.value
-'''
+def test_ptx_image():
+    return open(__TEST_PTX__, "rb").read() + b"\0"
+def load_test_module():
+    mod = ctypes.c_void_p()
+    ok(cu.cuModuleLoadData(ctypes.byref(mod), test_ptx_image()), "load")
+    return mod
+'''.replace("__TEST_PTX__", repr(str(TEST_PTX)))

@@ -8,16 +8,12 @@ device_printf program (bench/results/acceptance-*.json)."""
 from __future__ import annotations
 
 from cuda_ctypes import PRELUDE
-from e2e_helpers import REPO, NodeServer, run_client
-
-PTX = REPO / "fargpu" / "generated" / "test_kernels.ptx"
+from e2e_helpers import NodeServer, run_client
 
 CLIENT = PRELUDE + r'''
 libc = ctypes.CDLL(None)
 ctx0()
-img = open("__PTX__", "rb").read() + b"\0"
-mod, fn = ctypes.c_void_p(), ctypes.c_void_p()
-ok(cu.cuModuleLoadData(ctypes.byref(mod), img), "load")
+mod, fn = load_test_module(), ctypes.c_void_p()
 ok(cu.cuModuleGetFunction(ctypes.byref(fn), mod, b"fg_hello"), "getfunction")
 def hello(v, blocks):
     arg = ctypes.c_int(v)
@@ -38,7 +34,7 @@ libc.fflush(None)
 
 
 def test_device_printf_reaches_client_stdout_in_order(server: NodeServer) -> None:
-    r = run_client(CLIENT.replace("__PTX__", str(PTX)), server.client_env())
+    r = run_client(CLIENT, server.client_env())
     assert r.returncode == 0, r.stdout + r.stderr + server.log_text()
     assert r.stdout == (
         "host: before\nfg_hello 42 from 3 block(s)\nhost: between\nfg_hello 7 from 1 block(s)\nhost: after\n"

@@ -8,15 +8,11 @@ The simulated device is a test double: this is about what the server lets a sess
 from __future__ import annotations
 
 from cuda_ctypes import PRELUDE
-from e2e_helpers import REPO, NodeServer, run_client
-
-PTX = REPO / "fargpu" / "generated" / "test_kernels.ptx"
+from e2e_helpers import NodeServer, run_client
 
 CLIENT = PRELUDE + r'''
 ctx0()
-img = open("__PTX__", "rb").read() + b"\0"
-mod = ctypes.c_void_p()
-ok(cu.cuModuleLoadData(ctypes.byref(mod), img), "load")
+mod = load_test_module()
 g, gsize = ctypes.c_uint64(), ctypes.c_size_t()
 ok(cu.cuModuleGetGlobal_v2(ctypes.byref(g), ctypes.byref(gsize), mod, b"fg_magic"), "getglobal")
 r, src = alloc(4096)
@@ -36,7 +32,7 @@ print("bogus", cu.cuCtxSynchronize())  # the async copy's error comes back with 
 
 
 def test_copies_reach_module_globals(server: NodeServer) -> None:
-    r = run_client(CLIENT.replace("__PTX__", str(PTX)), server.client_env())
+    r = run_client(CLIENT, server.client_env())
     assert r.returncode == 0, r.stdout + r.stderr + server.log_text()
     assert "value c0ffee size 4 range_ok 1" in r.stdout, r.stdout + r.stderr
     assert "bogus 1" in r.stdout  # CUDA_ERROR_INVALID_VALUE: never named, never touched

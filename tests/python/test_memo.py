@@ -12,9 +12,7 @@ import re
 from pathlib import Path
 
 from cuda_ctypes import PRELUDE
-from e2e_helpers import REPO, NodeServer, run_client
-
-PTX = REPO / "fargpu" / "generated" / "test_kernels.ptx"
+from e2e_helpers import NodeServer, run_client
 
 CLIENT = PRELUDE + r'''
 ctx0()
@@ -22,9 +20,7 @@ v = ctypes.c_int()
 for _ in range(500):
     ok(cu.cuDeviceGetAttribute(ctypes.byref(v), 16, 0), "attr")  # multiprocessor count
 print("sms", v.value)
-img = open("__PTX__", "rb").read() + b"\0"
-mod, fn = ctypes.c_void_p(), ctypes.c_void_p()
-ok(cu.cuModuleLoadData(ctypes.byref(mod), img), "load")
+mod, fn = load_test_module(), ctypes.c_void_p()
 ok(cu.cuModuleGetFunction(ctypes.byref(fn), mod, b"fg_vadd"), "getfunction")
 MAX_DYN = 8  # CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
 a, b = ctypes.c_int(), ctypes.c_int()
@@ -63,7 +59,7 @@ def _counts(stderr: str, op: str) -> tuple[int, int]:
 
 def test_unchanging_answers_are_cached_and_invalidated(server: NodeServer, tmp_path: Path) -> None:
     proof = tmp_path / "proof.jsonl"
-    r = run_client(CLIENT.replace("__PTX__", str(PTX)),
+    r = run_client(CLIENT,
                    server.client_env(FARGPU_STATS="1", FARGPU_PROOF_FILE=str(proof)))
     assert r.returncode == 0, r.stdout + r.stderr
     assert "sms 132" in r.stdout
@@ -85,13 +81,11 @@ def test_unchanging_answers_are_cached_and_invalidated(server: NodeServer, tmp_p
 SCOPED_CLIENT = PRELUDE + r'''
 ctx0()
 v = ctypes.c_int()
-img = open("__PTX__", "rb").read() + b"\0"
-mod, fa, fb = ctypes.c_void_p(), ctypes.c_void_p(), ctypes.c_void_p()
-ok(cu.cuModuleLoadData(ctypes.byref(mod), img), "load")
+mod, fa, fb = load_test_module(), ctypes.c_void_p(), ctypes.c_void_p()
 ok(cu.cuModuleGetFunction(ctypes.byref(fa), mod, b"fg_vadd"), "getfunction a")
 ok(cu.cuModuleGetFunction(ctypes.byref(fb), mod, b"fg_scale"), "getfunction b")
 lib, k, kf = ctypes.c_void_p(), ctypes.c_void_p(), ctypes.c_void_p()
-ok(cu.cuLibraryLoadData(ctypes.byref(lib), img, None, None, 0, None, None, 0), "library")
+ok(cu.cuLibraryLoadData(ctypes.byref(lib), test_ptx_image(), None, None, 0, None, None, 0), "library")
 ok(cu.cuLibraryGetKernel(ctypes.byref(k), lib, b"fg_axpb"), "kernel")
 ok(cu.cuKernelGetFunction(ctypes.byref(kf), k), "kernel function")
 MAX_DYN = 8
@@ -121,7 +115,7 @@ def test_attribute_setters_forget_only_what_they_change(server: NodeServer) -> N
     """Setting one function's (or kernel's) attribute forgets that object's cached answers only: another function's
     answers and device attributes stay cached, identical repeats of alternating sets cost nothing, and every new
     value is seen — including through the function linked to a kernel."""
-    r = run_client(SCOPED_CLIENT.replace("__PTX__", str(PTX)), server.client_env(FARGPU_STATS="1"))
+    r = run_client(SCOPED_CLIENT, server.client_env(FARGPU_STATS="1"))
     assert r.returncode == 0, r.stdout + r.stderr
     m = re.search(r"seen \[(\d+), (\d+), (\d+), (\d+), (\d+)\]", r.stdout)
     assert m, r.stdout

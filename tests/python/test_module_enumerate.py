@@ -7,15 +7,11 @@ node agent, worker and simulated device."""
 from __future__ import annotations
 
 from cuda_ctypes import PRELUDE
-from e2e_helpers import REPO, NodeServer, run_client
-
-PTX = REPO / "fargpu" / "generated" / "test_kernels.ptx"
+from e2e_helpers import NodeServer, run_client
 
 CLIENT = PRELUDE + r'''
 ctx0()
-img = open("__PTX__", "rb").read() + b"\0"
-mod = ctypes.c_void_p()
-ok(cu.cuModuleLoadData(ctypes.byref(mod), img), "load")
+mod = load_test_module()
 n = ctypes.c_uint()
 ok(cu.cuModuleGetFunctionCount(ctypes.byref(n), mod), "count")
 fns = (ctypes.c_void_p * n.value)()
@@ -55,7 +51,7 @@ print("walk", got, len(seen), all(o == 77 and w == mod.value for o, _, w in seen
 
 
 def test_enumerated_functions_are_the_named_ones(server: NodeServer) -> None:
-    r = run_client(CLIENT.replace("__PTX__", str(PTX)), server.client_env())
+    r = run_client(CLIENT, server.client_env())
     assert r.returncode == 0, r.stdout + r.stderr + server.log_text()
     out = r.stdout
     assert "count 5 names ['fg_axpb', 'fg_fill_u32', 'fg_hello', 'fg_scale', 'fg_vadd'] same True" in out, out
