@@ -25,9 +25,11 @@ from fargpu.protocol import handshake
 from fargpu.protocol.wire import HEADER_SIZE, MAX_HELLO, FrameType, ProtocolError, decode_header
 
 from .agent_api import DeviceInfo, SessionInfo
-from .auth import Authenticator, AuthError
+from .auth import Authenticator, AuthError, Grant
 from .backend import Backend
 from .devices import devices as device_infos
+from .lease_ledger import LedgerBook, TooManySessions
+from .spawn import SpawnedProcess, spawn
 
 log = logging.getLogger("fargpu.server")
 HELLO_TIMEOUT = 10.0
@@ -39,12 +41,14 @@ class AgentConfig:
     unix_path: str | None = None
     max_frame: int = 80 * 1024 * 1024
     advertise: str | None = None  # endpoint clients should use; default: the TCP listen address
+    max_sessions_per_lease: int = 16  # when the pool does not say (static tokens)
+    ctx_charge: int = 512 << 20  # VRAM charged to the lease per context a session creates (about an H100's)
 
 
 @dataclass
 class _Session:
     info: SessionInfo
-    proc: asyncio.subprocess.Process
+    proc: SpawnedProcess
     ctl_w: int
     attach_key: str = ""  # the secret a callback connection presents (HELLO_OK gave it to the client)
     attach_sock: socket.socket | None = None  # hands callback connections to the worker (SCM_RIGHTS)
@@ -63,6 +67,7 @@ class NodeAgent:
         self._servers: list[socket.socket] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._draining = False
+        self._ledgers = LedgerBook(self.config.max_sessions_per_lease)
         self.tcp_port: int | None = None
         self.endpoint = ""
 
@@ -171,23 +176,41 @@ class NodeAgent:
             await self._attach(conn, hello)
             return
         sid = uuid.uuid4().hex[:12]
+        quota = grant.vram_quota_bytes or 0
+        try:  # the lease's quota covers all its sessions here: they share its ledger
+            ledger, slot = self._ledgers.admit(grant.lease_id, sid, quota, getattr(grant, "max_sessions", None))
+        except TooManySessions as exc:
+            log.warning("refused a client of lease %s: %s", grant.lease_id, exc)
+            with contextlib.suppress(OSError):
+                await loop.sock_sendall(conn, handshake.hello_err(str(exc)))
+            conn.close()
+            return
+        try:
+            await self._run_session(conn, hello, grant, sid, ledger.fd, slot)
+        finally:
+            self._ledgers.release(grant.lease_id, sid)
+
+    async def _run_session(
+        self, conn: socket.socket, hello: handshake.Hello, grant: Grant, sid: str, ledger_fd: int, slot: int
+    ) -> None:
+        loop = asyncio.get_running_loop()
         attach_key = secrets.token_hex(16)
         attach_parent, attach_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         ctl_r, ctl_w = os.pipe()
         st_r, st_w = os.pipe()
-        quota = grant.vram_quota_bytes or 0
         env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+        # The worker sees its descriptors at fixed numbers (server/spawn.py maps them).
         args = [
-            sys.executable, "-P", "-m", "fargpu.server.worker", "--fd", str(conn.fileno()), "--ctl-fd", str(ctl_r),
-            "--status-fd", str(st_w), "--driver", str(self.backend_info.driver), "--backend", self.backend,
-            "--session", sid, "--quota", str(quota), "--max-frame", str(self.config.max_frame),
-            "--attach-fd", str(attach_child.fileno()), "--attach-key", attach_key,
+            sys.executable, "-P", "-m", "fargpu.server.worker", "--fd", "3", "--ctl-fd", "4",
+            "--status-fd", "5", "--driver", str(self.backend_info.driver), "--backend", self.backend,
+            "--session", sid, "--max-frame", str(self.config.max_frame),
+            "--attach-fd", "6", "--attach-key", attach_key,
             "--driver-version", self.backend_info.driver_version,
+            "--ledger-fd", "7", "--ledger-slot", str(slot), "--ctx-charge", str(self.config.ctx_charge),
         ]
+        fds = {3: conn.fileno(), 4: ctl_r, 5: st_w, 6: attach_child.fileno(), 7: ledger_fd}
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *args, pass_fds=(conn.fileno(), ctl_r, st_w, attach_child.fileno()), env=env
-            )
+            proc = spawn(args, fds, env)
         except OSError as exc:
             log.error("cannot start a session worker: %s", exc)
             with contextlib.suppress(OSError):
@@ -214,6 +237,8 @@ class NodeAgent:
         attach_parent.close()
         with contextlib.suppress(OSError):
             os.close(ctl_w)
+        if proc.returncode is not None and proc.returncode < 0:
+            log.error("session %s: its worker %d was killed by signal %d", sid, proc.pid, -proc.returncode)
         log.info("session %s ended (worker exit %s)", sid, proc.returncode)
 
     async def _attach(self, conn: socket.socket, hello: handshake.Hello) -> None:

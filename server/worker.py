@@ -4,6 +4,7 @@ worker opens the device through the replay engine (cffi, ABI mode), answers HELL
 to the engine's C loop — one cffi call for the whole session, so Python never touches a record.
 
 Usage (by the agent only): python -m fargpu.server.worker --fd N --ctl-fd N --status-fd N --driver PATH
+    [--ledger-fd N --ledger-slot N --ctx-charge BYTES] ...
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--attach-fd", type=int, default=-1)
     ap.add_argument("--attach-key", default="")
     ap.add_argument("--driver-version", default="", help="the node driver's version string, told to the client")
+    ap.add_argument("--ledger-fd", type=int, default=-1, help="the lease's VRAM ledger (server/lease_ledger.py)")
+    ap.add_argument("--ledger-slot", type=int, default=0)
+    ap.add_argument("--ctx-charge", type=int, default=0, help="bytes charged per context the session creates")
     a = ap.parse_args(argv)
     os.set_blocking(a.fd, True)
     sock = socket.socket(fileno=a.fd)
@@ -51,6 +55,11 @@ def main(argv: list[str] | None = None) -> int:
         reason = ffi.string(err).decode(errors="replace")
         print(f"fargpu-worker[{os.getpid()}]: cannot open the device: {reason}", file=sys.stderr)
         sock.sendall(hello_err(f"the node could not open its device: {reason}"))
+        return 1
+    if a.ledger_fd >= 0 and lib.fgs_set_ledger(S, a.ledger_fd, a.ledger_slot, a.ctx_charge) != 0:  # type: ignore[attr-defined]
+        print(f"fargpu-worker[{os.getpid()}]: the lease's VRAM ledger is not valid", file=sys.stderr)
+        sock.sendall(hello_err("the node could not set up the lease's VRAM accounting"))
+        lib.fgs_close(S)  # type: ignore[attr-defined]
         return 1
     # What the device prints (printf in kernels) reaches this process's stdout through the driver: point fd 1
     # at a pipe the engine drains and forwards to the client (this worker writes its own messages to stderr).

@@ -18,3 +18,7 @@ int fgs_set_callback_fd(fgs_session *S, int fd);
 /* Free everything the session holds on the device. */
 void fgs_close(fgs_session *S);
 unsigned long long fgs_vram_used(fgs_session *S);
+/* Charge this session's VRAM to a lease's ledger shared with the lease's other sessions on this node (a memfd
+ * laid out as ledger.c says; the session takes the descriptor over) in slot `slot`, the quota being the ledger's;
+ * each created context is charged ctx_charge bytes. Returns 0, or -1 for a ledger that is not valid. */
+int fgs_set_ledger(fgs_session *S, int fd, unsigned int slot, unsigned long long ctx_charge);

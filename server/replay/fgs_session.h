@@ -63,7 +63,11 @@ typedef struct fgs_session {
 
     fgs_alloc *allocs;
     size_t n_allocs, cap_allocs;
-    uint64_t vram_used, vram_quota; /* quota 0: none */
+    uint64_t vram_used, vram_quota; /* what this session has charged; the quota (0: none) */
+    struct fgs_ledger *ledger;      /* the lease's ledger shared with its other sessions (ledger.c); NULL: none */
+    uint64_t ctx_charge;            /* bytes charged per created context */
+    void *created_ctx[64];          /* contexts created by cuCtxCreate (charged), until destroyed */
+    size_t n_created_ctx;
 
     fgs_later *later;
     size_t n_later, cap_later, later_bytes;
@@ -106,6 +110,11 @@ CUresult fgs_missing(fgs_session *S, const char *name);
 CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out);
 CUresult fgs_set_ctx(fgs_session *S, fg_reader *r);
 void fgs_memory_release_all(fgs_session *S);
+/* VRAM accounting against the lease's quota (ledger.c): charge fails with CUDA_ERROR_OUT_OF_MEMORY above it. */
+CUresult fgs_charge(fgs_session *S, uint64_t bytes);
+void fgs_uncharge(fgs_session *S, uint64_t bytes);
+uint64_t fgs_quota_left(fgs_session *S); /* UINT64_MAX: no quota */
+void fgs_ledger_close(fgs_session *S);
 void fgs_note_global(fgs_session *S, CUdeviceptr p);
 /* Must run after the device is idle (the trampolines the driver may still call use these). */
 void fgs_callbacks_close(fgs_session *S);

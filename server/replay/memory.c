@@ -42,7 +42,6 @@ CUresult fgs_cuMemAlloc_v2(fgs_session *S, fg_reader *r, fg_writer *out) {
     if (gran == 0) gran = 2u << 20;
     if (size > UINT64_MAX - gran) return CUDA_ERROR_OUT_OF_MEMORY;
     size_t mapped = (size_t)((size + gran - 1) / gran * gran);
-    if (S->vram_quota && S->vram_used + mapped > S->vram_quota) return CUDA_ERROR_OUT_OF_MEMORY;
     if (S->n_allocs == S->cap_allocs) {
         size_t cap = S->cap_allocs ? S->cap_allocs * 2 : 64;
         fgs_alloc *na = (fgs_alloc *)realloc(S->allocs, cap * sizeof *na);
@@ -50,13 +49,19 @@ CUresult fgs_cuMemAlloc_v2(fgs_session *S, fg_reader *r, fg_writer *out) {
         S->allocs = na;
         S->cap_allocs = cap;
     }
+    res = fgs_charge(S, mapped); /* the lease's quota, summed over its sessions on this node */
+    if (res != CUDA_SUCCESS) return res;
     CUdeviceptr ptr = 0;
     CUmemGenericAllocationHandle h = 0;
     res = S->api->cuMemAddressReserve(&ptr, mapped, 0, 0, 0);
-    if (res != CUDA_SUCCESS) return res == CUDA_ERROR_INVALID_VALUE ? CUDA_ERROR_OUT_OF_MEMORY : res;
+    if (res != CUDA_SUCCESS) {
+        fgs_uncharge(S, mapped);
+        return res == CUDA_ERROR_INVALID_VALUE ? CUDA_ERROR_OUT_OF_MEMORY : res;
+    }
     res = S->api->cuMemCreate(&h, mapped, &prop, 0);
     if (res != CUDA_SUCCESS) {
         S->api->cuMemAddressFree(ptr, mapped);
+        fgs_uncharge(S, mapped);
         return res;
     }
     res = S->api->cuMemMap(ptr, mapped, 0, h, 0);
@@ -71,10 +76,10 @@ CUresult fgs_cuMemAlloc_v2(fgs_session *S, fg_reader *r, fg_writer *out) {
     if (res != CUDA_SUCCESS) {
         S->api->cuMemRelease(h);
         S->api->cuMemAddressFree(ptr, mapped);
+        fgs_uncharge(S, mapped);
         return res;
     }
     S->allocs[S->n_allocs++] = (fgs_alloc){ptr, (size_t)size, mapped, h};
-    S->vram_used += mapped;
     fg_put_u64(out, ptr);
     return CUDA_SUCCESS;
 }
@@ -83,7 +88,7 @@ static void release(fgs_session *S, fgs_alloc *a) {
     S->api->cuMemUnmap(a->ptr, a->mapped);
     S->api->cuMemRelease(a->handle);
     S->api->cuMemAddressFree(a->ptr, a->mapped);
-    S->vram_used -= a->mapped;
+    fgs_uncharge(S, a->mapped);
 }
 
 CUresult fgs_cuMemFree_v2(fgs_session *S, fg_reader *r, fg_writer *out) {
@@ -111,7 +116,7 @@ CUresult fgs_cuMemGetInfo_v2(fgs_session *S, fg_reader *r, fg_writer *out) {
     CUresult res = S->api->cuMemGetInfo_v2(&free_b, &total_b);
     if (res != CUDA_SUCCESS) return res;
     if (S->vram_quota) {
-        uint64_t left = S->vram_quota > S->vram_used ? S->vram_quota - S->vram_used : 0;
+        uint64_t left = fgs_quota_left(S); /* what the lease's sessions together have not pinned */
         if (total_b > S->vram_quota) total_b = (size_t)S->vram_quota;
         if (free_b > left) free_b = (size_t)left;
     }

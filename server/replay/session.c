@@ -190,9 +190,19 @@ CUresult fgs_cuCtxCreate_v4(fgs_session *S, fg_reader *r, fg_writer *out) {
     CUdevice dev;
     fg_get(r, &dev, sizeof dev);
     if (r->failed) return FGS_PROTOCOL_ERROR;
+    /* A created context pins device memory of its own (about 0.5 GiB on an H100): it is charged to the lease,
+     * so that creating contexts is no way around the quota. The session's primary context is not. */
+    if (S->n_created_ctx == sizeof S->created_ctx / sizeof S->created_ctx[0]) return CUDA_ERROR_OUT_OF_MEMORY;
+    CUresult res = fgs_charge(S, S->ctx_charge);
+    if (res != CUDA_SUCCESS) return res;
     CUcontext ctx = NULL;
-    CUresult res = S->api->cuCtxCreate_v4(&ctx, NULL, flags, dev);
-    if (res == CUDA_SUCCESS) fg_put_u64(out, fgs_handle_add(S, FGH_CONTEXT, ctx));
+    res = S->api->cuCtxCreate_v4(&ctx, NULL, flags, dev);
+    if (res != CUDA_SUCCESS) {
+        fgs_uncharge(S, S->ctx_charge);
+        return res;
+    }
+    S->created_ctx[S->n_created_ctx++] = ctx;
+    fg_put_u64(out, fgs_handle_add(S, FGH_CONTEXT, ctx));
     return res;
 }
 
@@ -203,7 +213,14 @@ CUresult fgs_cuCtxDestroy_v2(fgs_session *S, fg_reader *r, fg_writer *out) {
     void *ctx;
     if (id == 0 || fgs_handle_get(S, FGH_CONTEXT, id, &ctx)) return CUDA_ERROR_INVALID_CONTEXT;
     CUresult res = S->api->cuCtxDestroy_v2((CUcontext)ctx);
-    if (res == CUDA_SUCCESS) fgs_handle_remove(S, FGH_CONTEXT, id);
+    if (res != CUDA_SUCCESS) return res;
+    fgs_handle_remove(S, FGH_CONTEXT, id);
+    for (size_t i = 0; i < S->n_created_ctx; i++)
+        if (S->created_ctx[i] == ctx) {
+            S->created_ctx[i] = S->created_ctx[--S->n_created_ctx];
+            fgs_uncharge(S, S->ctx_charge);
+            break;
+        }
     return res;
 }
 
@@ -306,6 +323,7 @@ FGS_EXPORT void fgs_close(fgs_session *S) {
     fgs_images_free_all(S);
     fgs_output_close(S);
     fgs_callbacks_close(S);
+    fgs_ledger_close(S); /* everything is released: this session's charge on the lease goes to 0 */
     /* The driver stays loaded: unloading a CUDA driver inside a process is not supported. */
     free((void *)S->api);
     free(S);
