@@ -14,6 +14,10 @@ class SessionInfo:
     pid: int  # the worker process serving the session
     vram_used_bytes: int
     client: str  # "host:pid" as the client reported it
+    state: str = "resident"  # resident | paging-out | paged-host | paged-disk | paging-in
+    resident_bytes: int = 0  # on the GPU now (allocations and created contexts)
+    paged_bytes: int = 0  # in the node's host page pool or spill file
+    idle_s: float = 0.0  # since its last call
 
 
 @dataclass(frozen=True)

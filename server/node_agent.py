@@ -29,6 +29,7 @@ from .auth import Authenticator, AuthError, Grant
 from .backend import Backend
 from .devices import devices as device_infos
 from .lease_ledger import LedgerBook, TooManySessions
+from .pager import Pager
 from .spawn import SpawnedProcess, spawn
 
 log = logging.getLogger("fargpu.server")
@@ -43,6 +44,10 @@ class AgentConfig:
     advertise: str | None = None  # endpoint clients should use; default: the TCP listen address
     max_sessions_per_lease: int = 16  # when the pool does not say (static tokens)
     ctx_charge: int = 512 << 20  # VRAM charged to the lease per context a session creates (about an H100's)
+    resident_limit: int | None = None  # VRAM that may be resident at once; None: the devices' total
+    host_pool_bytes: int = 4 << 30  # the host page pool (a sparse memfd: memory is used only as sessions page out)
+    spill_dir: str | None = None  # where page-out spills when the pool is full; None: the state dir's spill/
+    idle_page_out_s: float | None = None  # page out a session idle this long, unless its lease says otherwise
 
 
 @dataclass
@@ -68,15 +73,59 @@ class NodeAgent:
         self._tasks: set[asyncio.Task[None]] = set()
         self._draining = False
         self._ledgers = LedgerBook(self.config.max_sessions_per_lease)
+        limit = self.config.resident_limit
+        if limit is None:
+            limit = sum(d.total_bytes for d in device_infos(backend, 0))
+        self.pager = Pager(limit, self.config.host_pool_bytes, Path(self.config.spill_dir or default_spill_dir()))
         self.tcp_port: int | None = None
         self.endpoint = ""
 
     # ---- NodeAgentAPI ----
     def sessions(self) -> list[SessionInfo]:
-        return [
-            SessionInfo(s.info.session_id, s.info.lease_id, s.info.pid, s.vram, s.info.client)
-            for s in self._sessions.values()
-        ]
+        out = []
+        for s in self._sessions.values():
+            st = self.pager.states.get(s.info.session_id)
+            out.append(SessionInfo(
+                s.info.session_id, s.info.lease_id, s.info.pid, s.vram, s.info.client,
+                state=st.state if st else "resident", resident_bytes=self.pager.resident_bytes(s.info.session_id),
+                paged_bytes=st.paged_bytes if st else 0, idle_s=(st.idle_ms if st else 0) / 1000,
+            ))
+        return out
+
+    async def page_out(self, session_id: str, to: str = "auto") -> str:
+        """Pages a session's memory out to the host pool (or disk); returns "paged ..." or "failed REASON"."""
+        sess = self._sessions.get(session_id)
+        if sess is None:
+            return "failed no such session on this node"
+        res = await self.pager.page_out(session_id, sess.ctl_w, to)
+        log.info("page-out of session %s: %s", session_id, res)
+        return res
+
+    async def page_in(self, session_id: str) -> str:
+        sess = self._sessions.get(session_id)
+        if sess is None:
+            return "failed no such session on this node"
+        res = await self.pager.page_in(session_id, sess.ctl_w)
+        log.info("page-in of session %s: %s", session_id, res)
+        return res
+
+    async def _idle_policy(self) -> None:
+        """Pages out sessions idle past their timeout (the lease's, else the node's), where QoS allows."""
+        while True:
+            await asyncio.sleep(1.0)
+            for sid, st in list(self.pager.states.items()):
+                timeout = st.idle_timeout_s if st.idle_timeout_s is not None else self.config.idle_page_out_s
+                if (timeout is not None and timeout > 0 and st.state == "resident" and st.qos != "guaranteed"
+                        and st.idle_ms >= timeout * 1000 and self.pager.resident_bytes(sid) > 0):
+                    await self.page_out(sid)
+
+    def _ctl_fds(self) -> dict[str, int]:
+        return {sid: s.ctl_w for sid, s in self._sessions.items()}
+
+    async def _answer_need(self, sess: _Session, need: int) -> None:
+        ok = await self.pager.make_room(sess.info.session_id, need, self._ctl_fds())
+        with contextlib.suppress(OSError):
+            os.write(sess.ctl_w, b"grant\n" if ok else b"deny no session could give way\n")
 
     def devices(self) -> list[DeviceInfo]:
         return device_infos(self.backend_info, sum(s.vram for s in self._sessions.values()))
@@ -114,6 +163,7 @@ class NodeAgent:
             raise ValueError("the node server needs a TCP address or a unix socket path to listen on")
         for srv in self._servers:
             self._spawn(self._accept_loop(srv))
+        self._spawn(self._idle_policy())
         log.info("fargpu node server: backend %s; listening on %s", self.backend_info.describe(),
                  ", ".join(str(s.getsockname()) for s in self._servers))
         del loop
@@ -127,6 +177,7 @@ class NodeAgent:
         if self.config.unix_path:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.config.unix_path)
+        self.pager.close()
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task: asyncio.Task[None] = asyncio.ensure_future(coro)
@@ -186,12 +237,23 @@ class NodeAgent:
             conn.close()
             return
         try:
-            await self._run_session(conn, hello, grant, sid, ledger.fd, slot)
+            node_slot = self.pager.admit(sid, str(getattr(grant, "qos", None) or "standard"),
+                                         getattr(grant, "idle_timeout_s", None))
+        except TooManySessions:
+            self._ledgers.release(grant.lease_id, sid)
+            with contextlib.suppress(OSError):
+                await loop.sock_sendall(conn, handshake.hello_err("this node has no room for another session"))
+            conn.close()
+            return
+        try:
+            await self._run_session(conn, hello, grant, sid, ledger.fd, slot, node_slot)
         finally:
+            self.pager.forget(sid)
             self._ledgers.release(grant.lease_id, sid)
 
     async def _run_session(
-        self, conn: socket.socket, hello: handshake.Hello, grant: Grant, sid: str, ledger_fd: int, slot: int
+        self, conn: socket.socket, hello: handshake.Hello, grant: Grant, sid: str, ledger_fd: int, slot: int,
+        node_slot: int,
     ) -> None:
         loop = asyncio.get_running_loop()
         attach_key = secrets.token_hex(16)
@@ -207,8 +269,12 @@ class NodeAgent:
             "--attach-fd", "6", "--attach-key", attach_key,
             "--driver-version", self.backend_info.driver_version,
             "--ledger-fd", "7", "--ledger-slot", str(slot), "--ctx-charge", str(self.config.ctx_charge),
+            "--node-fd", "8", "--node-slot", str(node_slot),
         ]
-        fds = {3: conn.fileno(), 4: ctl_r, 5: st_w, 6: attach_child.fileno(), 7: ledger_fd}
+        fds = {3: conn.fileno(), 4: ctl_r, 5: st_w, 6: attach_child.fileno(), 7: ledger_fd, 8: self.pager.resident.fd}
+        if self.pager.pool.fd >= 0:
+            args += ["--pool-fd", "9"]
+            fds[9] = self.pager.pool.fd
         try:
             proc = spawn(args, fds, env)
         except OSError as exc:
@@ -268,23 +334,38 @@ class NodeAgent:
         )
         try:
             while line := await reader.readline():
-                parts = line.decode(errors="replace").split(" ", 2)
+                text = line.decode(errors="replace").strip()
+                parts = text.split(" ", 2)
                 if parts[0] == "vram" and len(parts) > 1:
-                    sess.vram = int(parts[1])
+                    fields = text.split()
+                    sess.vram = int(fields[1])
+                    st = self.pager.states.get(sess.info.session_id)
+                    if st is not None and len(fields) > 2:
+                        st.idle_ms = int(fields[2])
                 elif parts[0] == "end":
                     sess.ended = parts[-1].strip()
+                elif parts[0] == "need" and len(parts) > 1:
+                    self._spawn(self._answer_need(sess, int(parts[1])))
+                elif parts[0] in ("paged", "pageout-failed", "paging-in", "resident", "pagein-failed"):
+                    self.pager.on_status(sess.info.session_id, text)
         finally:
             transport.close()
 
     async def _end(self, sess: _Session, reason: str, grace: float = 5.0) -> None:
         with contextlib.suppress(OSError):
-            os.write(sess.ctl_w, reason.encode()[:250])
+            line = " ".join(reason.split())[:240]
+            os.write(sess.ctl_w, f"close {line}\n".encode())
         try:
             await asyncio.wait_for(sess.proc.wait(), grace)
         except TimeoutError:
             with contextlib.suppress(ProcessLookupError):
                 sess.proc.send_signal(signal.SIGKILL)
             await sess.proc.wait()
+
+
+def default_spill_dir() -> str:
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return str(Path(base) / "fargpu" / "spill")
 
 
 def default_unix_path() -> str:

@@ -44,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ledger-fd", type=int, default=-1, help="the lease's VRAM ledger (server/lease_ledger.py)")
     ap.add_argument("--ledger-slot", type=int, default=0)
     ap.add_argument("--ctx-charge", type=int, default=0, help="bytes charged per context the session creates")
+    ap.add_argument("--node-fd", type=int, default=-1, help="the node's resident ledger (server/pager.py)")
+    ap.add_argument("--node-slot", type=int, default=0)
+    ap.add_argument("--pool-fd", type=int, default=-1, help="the node's host page pool (a memfd)")
     a = ap.parse_args(argv)
     os.set_blocking(a.fd, True)
     sock = socket.socket(fileno=a.fd)
@@ -59,6 +62,11 @@ def main(argv: list[str] | None = None) -> int:
     if a.ledger_fd >= 0 and lib.fgs_set_ledger(S, a.ledger_fd, a.ledger_slot, a.ctx_charge) != 0:  # type: ignore[attr-defined]
         print(f"fargpu-worker[{os.getpid()}]: the lease's VRAM ledger is not valid", file=sys.stderr)
         sock.sendall(hello_err("the node could not set up the lease's VRAM accounting"))
+        lib.fgs_close(S)  # type: ignore[attr-defined]
+        return 1
+    if lib.fgs_set_pager(S, a.status_fd, a.pool_fd, a.node_fd, a.node_slot) != 0:  # type: ignore[attr-defined]
+        print(f"fargpu-worker[{os.getpid()}]: the node's resident ledger is not valid", file=sys.stderr)
+        sock.sendall(hello_err("the node could not set up paging for the session"))
         lib.fgs_close(S)  # type: ignore[attr-defined]
         return 1
     # What the device prints (printf in kernels) reaches this process's stdout through the driver: point fd 1
@@ -97,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def report() -> None:
         while not done.wait(0.5):
-            status.write(f"vram {lib.fgs_vram_used(S)}\n")  # type: ignore[attr-defined]
+            status.write(f"vram {lib.fgs_vram_used(S)} {lib.fgs_idle_ms(S)}\n")  # type: ignore[attr-defined]
 
     reporter = threading.Thread(target=report, daemon=True)
     reporter.start()

@@ -22,3 +22,13 @@ unsigned long long fgs_vram_used(fgs_session *S);
  * laid out as ledger.c says; the session takes the descriptor over) in slot `slot`, the quota being the ledger's;
  * each created context is charged ctx_charge bytes. Returns 0, or -1 for a ledger that is not valid. */
 int fgs_set_ledger(fgs_session *S, int fd, unsigned int slot, unsigned long long ctx_charge);
+/* Paging (paging.c): statuses go to status_fd as lines; pool_fd is the node's host page pool (a memfd; -1: none,
+ * the session takes it over), node_fd the node's resident ledger (-1: none) with this session's slot. */
+int fgs_set_pager(fgs_session *S, int status_fd, int pool_fd, int node_fd, unsigned int node_slot);
+/* Control lines from the agent (close, pageout, pagein, grant, deny); 1: the session must close (why filled). */
+int fgs_control_read(fgs_session *S, int ctl_fd, char *why, unsigned long why_len);
+int fgs_close_pending(fgs_session *S, char *why, unsigned long why_len);
+/* 0 resident, 1 paged to host memory, 2 paged to disk. */
+int fgs_paging_state(fgs_session *S);
+unsigned long long fgs_paged_bytes(fgs_session *S);
+unsigned long long fgs_idle_ms(fgs_session *S);

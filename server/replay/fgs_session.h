@@ -34,8 +34,20 @@ typedef struct {
     CUdeviceptr ptr;
     size_t size;     /* as requested */
     size_t mapped;   /* rounded to the granularity */
-    CUmemGenericAllocationHandle handle;
+    CUmemGenericAllocationHandle handle; /* 0 while paged out (the VA reservation stays) */
+    int dev;
+    int paged;          /* its contents are in the page store (paging.c), not on the device */
+    uint64_t page_off;  /* where, in the host pool extent or the spill file */
 } fgs_alloc;
+
+/* A shared ledger of VRAM charges, one slot per session (ledger.c). */
+typedef struct fgs_ledger {
+    int fd;
+    uint8_t *base;
+    size_t len;
+    uint32_t slots, slot;
+    uint64_t quota;
+} fgs_ledger;
 
 /* A staged async device→host copy. Ids count the session's cuMemcpyDtoHAsync records from 0 (the stub counts
  * the same way); S->later is in id order and guarded by memory.c's lock, since trampolines take entries from
@@ -65,6 +77,8 @@ typedef struct fgs_session {
     size_t n_allocs, cap_allocs;
     uint64_t vram_used, vram_quota; /* what this session has charged; the quota (0: none) */
     struct fgs_ledger *ledger;      /* the lease's ledger shared with its other sessions (ledger.c); NULL: none */
+    struct fgs_pager *pager;        /* paging state (paging.c); NULL: paging not set up */
+    uint64_t last_active_ns;        /* monotonic time the last batch finished */
     uint64_t ctx_charge;            /* bytes charged per created context */
     void *created_ctx[64];          /* contexts created by cuCtxCreate (charged), until destroyed */
     size_t n_created_ctx;
@@ -115,6 +129,22 @@ CUresult fgs_charge(fgs_session *S, uint64_t bytes);
 void fgs_uncharge(fgs_session *S, uint64_t bytes);
 uint64_t fgs_quota_left(fgs_session *S); /* UINT64_MAX: no quota */
 void fgs_ledger_close(fgs_session *S);
+fgs_ledger *fgs_ledger_open(int fd, unsigned int slot);
+int fgs_ledger_try_charge(fgs_ledger *L, uint64_t bytes); /* 0, or -1 above the quota */
+void fgs_ledger_uncharge(fgs_ledger *L, uint64_t bytes);
+uint64_t fgs_ledger_sum(const fgs_ledger *L);
+void fgs_ledger_free(fgs_ledger *L);
+/* Paging (paging.c). Resident charges go to the node's resident ledger; when it is full the worker asks the
+ * node agent to make room, bounded in time. */
+CUresult fgs_resident_charge(fgs_session *S, uint64_t bytes);
+void fgs_resident_uncharge(fgs_session *S, uint64_t bytes);
+int fgs_is_paged(const fgs_session *S);
+CUresult fgs_page_in(fgs_session *S);
+/* A control line from the node agent (without its newline). Returns 1 for "close" (reason in why), else 0. */
+int fgs_control_line(fgs_session *S, const char *line, char *why, size_t why_len);
+void fgs_pager_close(fgs_session *S);
+uint64_t fgs_now_ns(void);
+void fgs_pager_attach_ctl(fgs_session *S, int ctl_fd); /* where "need" waits for the agent's answer */
 void fgs_note_global(fgs_session *S, CUdeviceptr p);
 /* Must run after the device is idle (the trampolines the driver may still call use these). */
 void fgs_callbacks_close(fgs_session *S);

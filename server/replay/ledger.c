@@ -11,7 +11,10 @@
  *
  * Layout (little-endian, written by the agent, server/lease_ledger.py): a 64-byte header {u32 magic "FGLD",
  * u32 version 1, u32 slots, u32 0, u64 quota}, then `slots` slots of 64 bytes {u64 charged, ...}.
- * Without a ledger (the engine used directly), the session's own quota from fgs_open applies. */
+ * Without a ledger (the engine used directly), the session's own quota from fgs_open applies.
+ *
+ * The node's resident ledger (paging.c) has the same layout: there a slot holds what a session has resident on
+ * the GPU, and the quota is what the node lets be resident at once. */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdatomic.h>
@@ -30,14 +33,6 @@
 #define LEDGER_SLOT 64u
 #define LEDGER_MAX_SLOTS 4096u
 
-typedef struct fgs_ledger {
-    int fd;
-    uint8_t *base;
-    size_t len;
-    uint32_t slots, slot;
-    uint64_t quota;
-} fgs_ledger;
-
 static _Atomic uint64_t *slot_bytes(const fgs_ledger *L, uint32_t i) {
     return (_Atomic uint64_t *)(void *)(L->base + LEDGER_HDR + (size_t)i * LEDGER_SLOT);
 }
@@ -55,17 +50,17 @@ static int lock_ledger(const fgs_ledger *L, short type) {
     return rc;
 }
 
-static uint64_t ledger_sum(const fgs_ledger *L) {
+uint64_t fgs_ledger_sum(const fgs_ledger *L) {
     uint64_t sum = 0;
     for (uint32_t i = 0; i < L->slots; i++) sum += atomic_load(slot_bytes(L, i));
     return sum;
 }
 
-FGS_EXPORT int fgs_set_ledger(fgs_session *S, int fd, unsigned int slot, unsigned long long ctx_charge) {
+fgs_ledger *fgs_ledger_open(int fd, unsigned int slot) {
     struct stat st;
-    if (!S || S->ledger || fd < 0 || fstat(fd, &st) != 0 || st.st_size < (off_t)LEDGER_HDR) return -1;
+    if (fd < 0 || fstat(fd, &st) != 0 || st.st_size < (off_t)LEDGER_HDR) return NULL;
     void *m = mmap(NULL, (size_t)st.st_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    if (m == MAP_FAILED) return -1;
+    if (m == MAP_FAILED) return NULL;
     const uint8_t *h = (const uint8_t *)m;
     uint32_t magic, version, slots;
     uint64_t quota;
@@ -73,66 +68,87 @@ FGS_EXPORT int fgs_set_ledger(fgs_session *S, int fd, unsigned int slot, unsigne
     memcpy(&version, h + 4, 4);
     memcpy(&slots, h + 8, 4);
     memcpy(&quota, h + 16, 8);
-    if (magic != LEDGER_MAGIC || version != 1 || slots == 0 || slots > LEDGER_MAX_SLOTS || slot >= slots ||
-        (uint64_t)st.st_size < LEDGER_HDR + (uint64_t)slots * LEDGER_SLOT) {
-        munmap(m, (size_t)st.st_size);
-        return -1;
-    }
-    fgs_ledger *L = (fgs_ledger *)calloc(1, sizeof *L);
+    fgs_ledger *L = NULL;
+    if (magic == LEDGER_MAGIC && version == 1 && slots > 0 && slots <= LEDGER_MAX_SLOTS && slot < slots &&
+        (uint64_t)st.st_size >= LEDGER_HDR + (uint64_t)slots * LEDGER_SLOT)
+        L = (fgs_ledger *)calloc(1, sizeof *L);
     if (!L) {
         munmap(m, (size_t)st.st_size);
-        return -1;
+        return NULL;
     }
     *L = (fgs_ledger){fd, (uint8_t *)m, (size_t)st.st_size, slots, slot, quota};
-    S->ledger = L;
-    S->vram_quota = quota;
-    S->ctx_charge = ctx_charge;
-    return 0;
+    return L;
 }
 
-CUresult fgs_charge(fgs_session *S, uint64_t bytes) {
-    fgs_ledger *L = S->ledger;
-    if (!L) {
-        if (S->vram_quota && (bytes > S->vram_quota || S->vram_used > S->vram_quota - bytes))
-            return CUDA_ERROR_OUT_OF_MEMORY;
-        S->vram_used += bytes;
-        return CUDA_SUCCESS;
-    }
-    if (L->quota == 0) { /* no quota: the slot still reports what the session holds */
+int fgs_ledger_try_charge(fgs_ledger *L, uint64_t bytes) {
+    if (L->quota == 0) { /* no limit: the slot still says what the session holds */
         atomic_fetch_add(slot_bytes(L, L->slot), bytes);
-        S->vram_used += bytes;
-        return CUDA_SUCCESS;
+        return 0;
     }
-    if (lock_ledger(L, F_WRLCK) != 0) return CUDA_ERROR_OUT_OF_MEMORY;
-    uint64_t sum = ledger_sum(L);
-    CUresult res = CUDA_ERROR_OUT_OF_MEMORY;
+    if (lock_ledger(L, F_WRLCK) != 0) return -1;
+    uint64_t sum = fgs_ledger_sum(L);
+    int rc = -1;
     if (bytes <= L->quota && sum <= L->quota - bytes) {
         atomic_fetch_add(slot_bytes(L, L->slot), bytes);
-        S->vram_used += bytes;
-        res = CUDA_SUCCESS;
+        rc = 0;
     }
     lock_ledger(L, F_UNLCK);
-    return res;
+    return rc;
 }
 
-void fgs_uncharge(fgs_session *S, uint64_t bytes) {
-    if (bytes > S->vram_used) bytes = S->vram_used;
-    S->vram_used -= bytes;
-    if (S->ledger) atomic_fetch_sub(slot_bytes(S->ledger, S->ledger->slot), bytes);
+void fgs_ledger_uncharge(fgs_ledger *L, uint64_t bytes) {
+    uint64_t have = atomic_load(slot_bytes(L, L->slot));
+    atomic_fetch_sub(slot_bytes(L, L->slot), bytes < have ? bytes : have);
 }
 
-uint64_t fgs_quota_left(fgs_session *S) {
-    if (!S->vram_quota) return UINT64_MAX;
-    uint64_t used = S->ledger ? ledger_sum(S->ledger) : S->vram_used;
-    return used < S->vram_quota ? S->vram_quota - used : 0;
-}
-
-void fgs_ledger_close(fgs_session *S) {
-    fgs_ledger *L = S->ledger;
+void fgs_ledger_free(fgs_ledger *L) {
     if (!L) return;
     atomic_store(slot_bytes(L, L->slot), 0);
     munmap(L->base, L->len);
     close(L->fd);
     free(L);
+}
+
+FGS_EXPORT int fgs_set_ledger(fgs_session *S, int fd, unsigned int slot, unsigned long long ctx_charge) {
+    if (!S || S->ledger) return -1;
+    S->ledger = fgs_ledger_open(fd, slot);
+    if (!S->ledger) return -1;
+    S->vram_quota = S->ledger->quota;
+    S->ctx_charge = ctx_charge;
+    return 0;
+}
+
+CUresult fgs_charge(fgs_session *S, uint64_t bytes) {
+    if (!S->ledger) {
+        if (S->vram_quota && (bytes > S->vram_quota || S->vram_used > S->vram_quota - bytes))
+            return CUDA_ERROR_OUT_OF_MEMORY;
+    } else if (fgs_ledger_try_charge(S->ledger, bytes) != 0) {
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    }
+    /* The lease's quota allows it; the node's GPU must have room too (paging.c may make some). */
+    CUresult res = fgs_resident_charge(S, bytes);
+    if (res != CUDA_SUCCESS) {
+        if (S->ledger) fgs_ledger_uncharge(S->ledger, bytes);
+        return res;
+    }
+    S->vram_used += bytes;
+    return CUDA_SUCCESS;
+}
+
+void fgs_uncharge(fgs_session *S, uint64_t bytes) {
+    if (bytes > S->vram_used) bytes = S->vram_used;
+    S->vram_used -= bytes;
+    if (S->ledger) fgs_ledger_uncharge(S->ledger, bytes);
+    fgs_resident_uncharge(S, bytes);
+}
+
+uint64_t fgs_quota_left(fgs_session *S) {
+    if (!S->vram_quota) return UINT64_MAX;
+    uint64_t used = S->ledger ? fgs_ledger_sum(S->ledger) : S->vram_used;
+    return used < S->vram_quota ? S->vram_quota - used : 0;
+}
+
+void fgs_ledger_close(fgs_session *S) {
+    fgs_ledger_free(S->ledger);
     S->ledger = NULL;
 }

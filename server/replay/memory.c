@@ -79,7 +79,7 @@ CUresult fgs_cuMemAlloc_v2(fgs_session *S, fg_reader *r, fg_writer *out) {
         fgs_uncharge(S, mapped);
         return res;
     }
-    S->allocs[S->n_allocs++] = (fgs_alloc){ptr, (size_t)size, mapped, h};
+    S->allocs[S->n_allocs++] = (fgs_alloc){ptr, (size_t)size, mapped, h, (int)dev, 0, 0};
     fg_put_u64(out, ptr);
     return CUDA_SUCCESS;
 }

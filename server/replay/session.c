@@ -323,6 +323,7 @@ FGS_EXPORT void fgs_close(fgs_session *S) {
     fgs_images_free_all(S);
     fgs_output_close(S);
     fgs_callbacks_close(S);
+    fgs_pager_close(S);
     fgs_ledger_close(S); /* everything is released: this session's charge on the lease goes to 0 */
     /* The driver stays loaded: unloading a CUDA driver inside a process is not supported. */
     free((void *)S->api);
@@ -449,19 +450,22 @@ FGS_EXPORT int fgs_serve(fgs_session *S, int fd, int ctl_fd, char *reason, unsig
     CUresult deferred = CUDA_SUCCESS;
     uint32_t deferred_op = 0;
     snprintf(reason, reason_len, "unknown");
+    fgs_pager_attach_ctl(S, ctl_fd);
     for (;;) {
         struct pollfd pf[2] = {{fd, POLLIN, 0}, {ctl_fd, POLLIN, 0}};
         int np = poll(pf, ctl_fd >= 0 ? 2 : 1, -1);
         if (np < 0 && errno == EINTR) continue;
         if (np < 0) { snprintf(reason, reason_len, "poll failed: %s", strerror(errno)); break; }
         if (ctl_fd >= 0 && (pf[1].revents & (POLLIN | POLLHUP))) {
+            /* Control lines from the node agent: close, page out, page in (paging.c). */
             char why[256] = "the session was ended by the node server";
-            ssize_t k = read(ctl_fd, why, sizeof why - 1);
-            if (k > 0) why[k] = 0;
-            send_close(fd, why);
-            snprintf(reason, reason_len, "ended by control: %s", why);
-            rc = 1;
-            break;
+            if (fgs_control_read(S, ctl_fd, why, sizeof why) || fgs_close_pending(S, why, sizeof why)) {
+                send_close(fd, why);
+                snprintf(reason, reason_len, "ended by control: %s", why);
+                rc = 1;
+                break;
+            }
+            if (!(pf[0].revents & (POLLIN | POLLHUP))) continue;
         }
         uint8_t hb[FG_HEADER_SIZE];
         if (read_full(fd, hb, sizeof hb)) { snprintf(reason, reason_len, "client disconnected"); rc = 0; break; }
@@ -498,6 +502,30 @@ FGS_EXPORT int fgs_serve(fgs_session *S, int fd, int ctl_fd, char *reason, unsig
         CUresult sync_result = CUDA_SUCCESS;
         int answered = 0;
         fg_writer_reset(&out);
+        if (fgs_is_paged(S)) { /* the session's memory comes back before its next call runs */
+            CUresult pr = fgs_page_in(S);
+            char why[256];
+            if (fgs_close_pending(S, why, sizeof why)) {
+                send_close(fd, why);
+                snprintf(reason, reason_len, "ended by control: %s", why);
+                rc = 1;
+                break;
+            }
+            if (pr != CUDA_SUCCESS) { /* nothing of the batch runs; its caller sees the error */
+                if ((h.flags & FG_F_WANT_REPLY) && send_reply(S, fd, h.seq, pr, deferred, deferred_op, &out)) {
+                    snprintf(reason, reason_len, "client disconnected while receiving a reply");
+                    rc = 0;
+                    break;
+                }
+                if (h.flags & FG_F_WANT_REPLY) {
+                    deferred = CUDA_SUCCESS;
+                    deferred_op = 0;
+                } else if (deferred == CUDA_SUCCESS) {
+                    deferred = pr;
+                }
+                continue;
+            }
+        }
         while ((n = fg_next_record(&batch, &rec, &bad)) == 1) {
             int cls = fg_op_class(rec.op);
             int last = fg_reader_left(&batch) == 0;
@@ -530,6 +558,16 @@ FGS_EXPORT int fgs_serve(fgs_session *S, int fd, int ctl_fd, char *reason, unsig
             }
             deferred = CUDA_SUCCESS;
             deferred_op = 0;
+        }
+        S->last_active_ns = fgs_now_ns();
+        {
+            char why[256];
+            if (fgs_close_pending(S, why, sizeof why)) { /* came while an allocation waited for room */
+                send_close(fd, why);
+                snprintf(reason, reason_len, "ended by control: %s", why);
+                rc = 1;
+                break;
+            }
         }
         if (cap > (64u << 20)) { /* give back a large buffer after a bulk copy */
             free(buf);

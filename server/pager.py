@@ -1,0 +1,255 @@
+"""The node agent's half of paging: where paged sessions' memory goes, and who gives way when the GPU is full.
+
+- The host page pool: one memfd the node shares with every worker (mapped by each, registered with the driver
+  for each copy). The agent hands out extents of it, first fit, and frees an extent when its session pages in
+  or its worker exits. When no extent is free the session spills to a file in the spill directory instead; the
+  agent deletes that file when the session pages in or exits, so nothing outlives a killed worker.
+- The resident ledger: what may be resident on the GPU at once (the node's capacity). Workers charge it as they
+  allocate and page in (server/replay/paging.c); when it is full a worker says "need BYTES" and the agent pages
+  out the least recently used idle sessions that their lease's QoS allows (never `guaranteed`; `best_effort`
+  before `standard`), then answers "grant", or "deny" when nothing can give way. It never kills a session.
+- Each session's paging state, as the pool sees it: resident, paging-out, paged-host, paged-disk, paging-in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .lease_ledger import LeaseLedger
+
+log = logging.getLogger("fargpu.server.pager")
+ALIGN = 2 << 20
+STEP_TIMEOUT_S = 300.0  # a page-out or page-in that takes longer is reported failed (the worker goes on)
+
+
+@dataclass
+class PageState:
+    """One session's paging state (the agent's view, from its worker's status lines)."""
+
+    state: str = "resident"  # resident | paging-out | paged-host | paged-disk | paging-in
+    paged_bytes: int = 0
+    unpageable_bytes: int = 0
+    idle_ms: int = 0
+    qos: str = "standard"
+    idle_timeout_s: float | None = None
+    waiting_for_room: bool = False
+    extent: tuple[int, int] | None = None
+    spill: Path | None = None
+    last_pageout_s: float = 0.0
+    last_pagein_s: float = 0.0
+    waiters: list[asyncio.Future[str]] = field(default_factory=list)
+
+
+class HostPool:
+    """First-fit extents of one memfd (sparse: pages cost memory only once written)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size - size % ALIGN
+        self.fd = os.memfd_create("fargpu-page-pool", os.MFD_CLOEXEC) if self.size else -1
+        if self.fd >= 0:
+            os.ftruncate(self.fd, self.size)
+        self._free: list[tuple[int, int]] = [(0, self.size)] if self.size else []
+
+    def take(self, n: int) -> tuple[int, int] | None:
+        n = max(ALIGN, -(-n // ALIGN) * ALIGN)
+        for i, (off, length) in enumerate(self._free):
+            if length >= n:
+                self._free[i] = (off + n, length - n)
+                if self._free[i][1] == 0:
+                    del self._free[i]
+                return off, n
+        return None
+
+    def give(self, extent: tuple[int, int]) -> None:
+        off, n = extent  # its pages stay with the pool, for the next page-out
+        self._free.append((off, n))
+        self._free.sort()
+        merged: list[tuple[int, int]] = []
+        for o, length in self._free:
+            if merged and merged[-1][0] + merged[-1][1] == o:
+                merged[-1] = (merged[-1][0], merged[-1][1] + length)
+            else:
+                merged.append((o, length))
+        self._free = merged
+
+    @property
+    def free_bytes(self) -> int:
+        return sum(n for _, n in self._free)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+QOS_ORDER = {"best_effort": 0, "standard": 1}  # who gives way first; guaranteed never does
+
+
+class Pager:
+    def __init__(self, resident_limit: int, host_pool_bytes: int, spill_dir: Path, slots: int = 1024) -> None:
+        self.resident = LeaseLedger.create("node-resident", resident_limit, slots)
+        self.pool = HostPool(host_pool_bytes)
+        self.spill_dir = spill_dir
+        self.states: dict[str, PageState] = {}
+        self._room_lock = asyncio.Lock()
+        self.pageouts = 0
+        self.pageins = 0
+
+    # ---- bookkeeping ----
+    def admit(self, sid: str, qos: str, idle_timeout_s: float | None) -> int:
+        self.states[sid] = PageState(qos=qos, idle_timeout_s=idle_timeout_s)
+        return self.resident.admit(sid)
+
+    def forget(self, sid: str) -> None:
+        """The session's worker has exited: its extent, spill file and resident charge go."""
+        st = self.states.pop(sid, None)
+        self.resident.release(sid)
+        if st is None:
+            return
+        if st.extent is not None:
+            self.pool.give(st.extent)
+        if st.spill is not None:
+            with contextlib.suppress(FileNotFoundError):
+                st.spill.unlink()
+        for w in st.waiters:
+            if not w.done():
+                w.set_result("failed the session ended")
+
+    def resident_bytes(self, sid: str) -> int:
+        return self.resident.charged(sid)
+
+    def on_status(self, sid: str, line: str) -> None:
+        """A status line from the worker about paging."""
+        st = self.states.get(sid)
+        if st is None:
+            return
+        word, _, rest = line.partition(" ")
+        parts = rest.split()
+        if word == "paged" and len(parts) >= 3:
+            st.state = "paged-host" if parts[0] == "host" else "paged-disk"
+            st.paged_bytes = int(parts[1])
+            st.last_pageout_s = int(parts[2]) / 1e9
+            st.unpageable_bytes = int(parts[3]) if len(parts) > 3 else 0
+            if parts[0] != "host" and st.extent is not None:
+                self.pool.give(st.extent)
+                st.extent = None
+            self.pageouts += 1
+            self._wake(st, "paged " + rest)
+        elif word == "pageout-failed":
+            st.state = "resident"
+            self._release_store(st)
+            self._wake(st, "failed " + rest)
+        elif word == "resident" and parts:
+            st.state = "resident"
+            st.paged_bytes = 0
+            st.last_pagein_s = int(parts[1]) / 1e9 if len(parts) > 1 else 0.0
+            self._release_store(st)
+            self.pageins += 1
+            self._wake(st, "resident " + rest)
+        elif word == "paging-in":
+            st.state = "paging-in"
+            log.info("paging in session %s (%s bytes)", sid, rest)
+        elif word == "pagein-failed":
+            st.state = "paged-host" if st.extent is not None else "paged-disk"
+            self._wake(st, "failed " + rest)
+
+    def _release_store(self, st: PageState) -> None:
+        if st.extent is not None:
+            self.pool.give(st.extent)
+            st.extent = None
+        if st.spill is not None:
+            with contextlib.suppress(FileNotFoundError):
+                st.spill.unlink()
+            st.spill = None
+
+    @staticmethod
+    def _wake(st: PageState, what: str) -> None:
+        for w in st.waiters:
+            if not w.done():
+                w.set_result(what)
+        st.waiters.clear()
+
+    async def _await_result(self, st: PageState) -> str:
+        fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        st.waiters.append(fut)
+        try:
+            return await asyncio.wait_for(fut, STEP_TIMEOUT_S)
+        except TimeoutError:
+            return "failed no answer from the worker in time"
+
+    # ---- actions ----
+    async def page_out(self, sid: str, ctl_w: int, to: str = "auto") -> str:
+        """Pages a session out; returns "paged ..." or "failed REASON"."""
+        st = self.states.get(sid)
+        if st is None:
+            return "failed no such session"
+        if st.state != "resident":
+            return f"failed the session is {st.state}"
+        need = self.resident_bytes(sid)
+        cmd = ""
+        if to in ("auto", "host") and need and (ext := self.pool.take(need)) is not None:
+            st.extent = ext
+            cmd = f"pageout host {ext[0]} {ext[1]}\n"
+        elif to == "host" and need:
+            return "failed the node's host page pool has no room; page out to disk instead"
+        if not cmd:
+            self.spill_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            st.spill = self.spill_dir / f"{sid}.pages"
+            cmd = f"pageout disk {st.spill}\n"
+        st.state = "paging-out"
+        log.info("paging out session %s (%d bytes resident) to %s", sid, need, cmd.split()[1])
+        try:
+            os.write(ctl_w, cmd.encode())
+        except OSError as e:
+            st.state = "resident"
+            self._release_store(st)
+            return f"failed the worker is gone ({e})"
+        return await self._await_result(st)
+
+    async def page_in(self, sid: str, ctl_w: int) -> str:
+        st = self.states.get(sid)
+        if st is None:
+            return "failed no such session"
+        if st.state not in ("paged-host", "paged-disk"):
+            return f"failed the session is {st.state}"
+        st.state = "paging-in"
+        try:
+            os.write(ctl_w, b"pagein\n")
+        except OSError as e:
+            return f"failed the worker is gone ({e})"
+        return await self._await_result(st)
+
+    async def make_room(self, sid: str, need: int, ctl: dict[str, int]) -> bool:
+        """Pages out idle sessions, least recently used first, until `need` bytes fit; True when they do."""
+        st = self.states.get(sid)
+        if st is not None:
+            st.waiting_for_room = True
+        try:
+            async with self._room_lock:
+                for _ in range(64):
+                    if self.resident.quota == 0 or self.resident.total() + need <= self.resident.quota:
+                        return True
+                    victims = sorted(
+                        (v for v, s in self.states.items()
+                         if v != sid and s.state == "resident" and not s.waiting_for_room
+                         and s.qos in QOS_ORDER and self.resident_bytes(v) > 0 and v in ctl),
+                        key=lambda v: (QOS_ORDER[self.states[v].qos], -self.states[v].idle_ms),
+                    )
+                    if not victims:
+                        return False
+                    victim = victims[0]
+                    res = await self.page_out(victim, ctl[victim])
+                    log.info("made room for session %s: paged out session %s: %s", sid, victim, res)
+                return False
+        finally:
+            if st is not None:
+                st.waiting_for_room = False
+
+    def close(self) -> None:
+        self.pool.close()
+        self.resident.close()

@@ -1,0 +1,527 @@
+/* paging.c — an idle session gives its GPU memory back and gets it again at the same addresses.
+ *
+ * Page-out (a "pageout" control line from the node agent, between batches): every context is synchronised
+ * (streams drained, host functions run, staged async device→host copies complete and stay staged for the next
+ * reply), every allocation is copied to the page store, and only when every copy succeeded is its physical memory
+ * unmapped and released. The VA reservations stay, so every pointer the application holds stays valid. A failed
+ * page-out releases nothing: the session stays resident and working.
+ *
+ * The page store is either an extent of the node's host page pool (a memfd the agent shares with every worker,
+ * registered with the driver for the copy so that it runs at DMA speed) or a spill file in the node's spill
+ * directory (written through two pinned bounce buffers with large aligned writes, O_DIRECT where the filesystem
+ * allows it). The agent owns both: it frees a pool extent and deletes a spill file when the session pages in or
+ * its worker exits, however it exits.
+ *
+ * Page-in (the session's next batch, or a "pagein" line): the memory must fit the node's resident ledger; if it
+ * does not, the worker asks the agent ("need BYTES") to make room, and waits (bounded) for "grant" or "deny".
+ * Then each allocation is created again, mapped at its old address and filled from the store; any failure undoes
+ * what this attempt mapped and leaves the session paged, so it is never resumed with wrong memory. The batch that
+ * needed the GPU then fails with CUDA_ERROR_OUT_OF_MEMORY and a later one tries again.
+ *
+ * Status lines to the agent: "paged host|disk BYTES NS UNPAGEABLE", "pageout-failed REASON",
+ * "paging-in BYTES", "resident BYTES NS", "pagein-failed REASON", "need BYTES". */
+#include <dlfcn.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "fgs_public.h"
+#include "fgs_session.h"
+
+#define BOUNCE (64u << 20)          /* each of the two pinned bounce buffers for spill files */
+#define NEED_WAIT_MS 60000          /* how long a page-in or allocation waits for the agent to make room */
+
+enum { RESIDENT = 0, PAGED_HOST = 1, PAGED_DISK = 2 };
+
+typedef struct fgs_pager {
+    int status_fd, ctl_fd;
+    fgs_ledger *node; /* what this node lets be resident at once; NULL: no node accounting */
+    uint8_t *pool;
+    size_t pool_len;
+    int where;
+    uint64_t off, len, bytes; /* host extent, and bytes paged */
+    char spill_path[512];
+    void *bounce[2];
+    CUstream stream;
+    CUresult (*reg)(void *, size_t, unsigned int);
+    CUresult (*unreg)(void *);
+    int registered;
+    char line[1024];
+    size_t have;
+    int close_pending;
+    char close_why[256];
+    unsigned test_delay_ms; /* FARGPU_PAGING_TEST_DELAY_MS: fault-injection tests stretch each step with it */
+} fgs_pager;
+
+uint64_t fgs_now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static void status(fgs_pager *P, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void status(fgs_pager *P, const char *fmt, ...) {
+    if (!P || P->status_fd < 0) return;
+    char buf[600];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(buf, sizeof buf - 1, fmt, ap);
+    va_end(ap);
+    if (n < 0) return;
+    if ((size_t)n > sizeof buf - 2) n = (int)sizeof buf - 2;
+    buf[n++] = '\n';
+    ssize_t w;
+    do w = write(P->status_fd, buf, (size_t)n); /* one write: lines under PIPE_BUF never interleave */
+    while (w < 0 && errno == EINTR);
+}
+
+FGS_EXPORT int fgs_set_pager(fgs_session *S, int status_fd, int pool_fd, int node_fd, unsigned int node_slot) {
+    if (!S || S->pager) return -1;
+    fgs_pager *P = (fgs_pager *)calloc(1, sizeof *P);
+    if (!P) return -1;
+    P->status_fd = status_fd;
+    P->ctl_fd = -1;
+    if (node_fd >= 0 && !(P->node = fgs_ledger_open(node_fd, node_slot))) {
+        free(P);
+        return -1;
+    }
+    struct stat st;
+    if (pool_fd >= 0 && fstat(pool_fd, &st) == 0 && st.st_size > 0) {
+        void *m = mmap(NULL, (size_t)st.st_size, PROT_READ | PROT_WRITE, MAP_SHARED, pool_fd, 0);
+        if (m != MAP_FAILED) {
+            P->pool = (uint8_t *)m;
+            P->pool_len = (size_t)st.st_size;
+        }
+    }
+    if (pool_fd >= 0) close(pool_fd);
+    P->reg = (CUresult(*)(void *, size_t, unsigned int))dlsym(S->dl, "cuMemHostRegister_v2");
+    P->unreg = (CUresult(*)(void *))dlsym(S->dl, "cuMemHostUnregister");
+    const char *delay = getenv("FARGPU_PAGING_TEST_DELAY_MS");
+    if (delay) P->test_delay_ms = (unsigned)strtoul(delay, NULL, 10);
+    S->pager = P;
+    S->last_active_ns = fgs_now_ns();
+    return 0;
+}
+
+void fgs_pager_attach_ctl(fgs_session *S, int ctl_fd) {
+    if (S->pager) S->pager->ctl_fd = ctl_fd;
+}
+
+int fgs_is_paged(const fgs_session *S) { return S->pager && S->pager->where != RESIDENT; }
+
+FGS_EXPORT int fgs_paging_state(fgs_session *S) { return S && S->pager ? S->pager->where : 0; }
+
+FGS_EXPORT unsigned long long fgs_paged_bytes(fgs_session *S) {
+    return S && S->pager && S->pager->where != RESIDENT ? S->pager->bytes : 0;
+}
+
+FGS_EXPORT unsigned long long fgs_idle_ms(fgs_session *S) {
+    uint64_t t = fgs_now_ns();
+    return S && S->last_active_ns && t > S->last_active_ns ? (t - S->last_active_ns) / 1000000ull : 0;
+}
+
+/* ---- the node's resident ledger ---- */
+
+static int wait_for_room(fgs_session *S, uint64_t bytes);
+
+CUresult fgs_resident_charge(fgs_session *S, uint64_t bytes) {
+    fgs_pager *P = S->pager;
+    if (!P || !P->node) return CUDA_SUCCESS;
+    uint64_t deadline = fgs_now_ns() + (uint64_t)NEED_WAIT_MS * 1000000ull;
+    while (fgs_ledger_try_charge(P->node, bytes) != 0) {
+        if (fgs_now_ns() >= deadline || wait_for_room(S, bytes) != 0) return CUDA_ERROR_OUT_OF_MEMORY;
+    }
+    return CUDA_SUCCESS;
+}
+
+void fgs_resident_uncharge(fgs_session *S, uint64_t bytes) {
+    if (S->pager && S->pager->node) fgs_ledger_uncharge(S->pager->node, bytes);
+}
+
+/* ---- control lines ---- */
+
+static void page_out(fgs_session *S, const char *args);
+
+/* Reads what the agent wrote; handles whole lines. Returns 1 when the session must close. */
+FGS_EXPORT int fgs_control_read(fgs_session *S, int ctl_fd, char *why, unsigned long why_len) {
+    fgs_pager tmp;
+    fgs_pager *P = S->pager ? S->pager : &tmp;
+    if (!S->pager) {
+        memset(&tmp, 0, sizeof tmp);
+        tmp.status_fd = -1;
+    }
+    P->ctl_fd = ctl_fd;
+    ssize_t k = read(ctl_fd, P->line + P->have, sizeof P->line - 1 - P->have);
+    if (k < 0 && (errno == EINTR || errno == EAGAIN)) return 0;
+    if (k <= 0) { /* the agent is gone */
+        snprintf(why, why_len, "the session was ended by the node server");
+        return 1;
+    }
+    P->have += (size_t)k;
+    P->line[P->have] = 0;
+    int closing = 0;
+    char *nl;
+    while ((nl = memchr(P->line, '\n', P->have)) != NULL) {
+        *nl = 0;
+        if (!closing && fgs_control_line(S, P->line, why, why_len)) closing = 1;
+        size_t used = (size_t)(nl - P->line) + 1;
+        memmove(P->line, nl + 1, P->have - used);
+        P->have -= used;
+        P->line[P->have] = 0;
+    }
+    if (P->have == sizeof P->line - 1) P->have = 0; /* a line too long: drop it */
+    return closing;
+}
+
+int fgs_control_line(fgs_session *S, const char *line, char *why, size_t why_len) {
+    if (!strncmp(line, "close", 5)) {
+        const char *r = line[5] == ' ' ? line + 6 : "the session was ended by the node server";
+        snprintf(why, why_len, "%s", r);
+        return 1;
+    }
+    if (!strncmp(line, "pageout ", 8)) {
+        page_out(S, line + 8);
+    } else if (!strcmp(line, "pagein")) {
+        if (fgs_is_paged(S)) fgs_page_in(S);
+    } else if (!strncmp(line, "grant", 5) || !strncmp(line, "deny", 4)) {
+        /* an answer that came after its wait gave up: nothing waits for it now */
+    } else {
+        fgs_log(S, "ignoring an unknown control line from the node agent");
+    }
+    return 0;
+}
+
+/* Asks the agent for room on the GPU and waits for its answer. 0: granted (try again), -1: denied. */
+static int wait_for_room(fgs_session *S, uint64_t bytes) {
+    fgs_pager *P = S->pager;
+    if (P->ctl_fd < 0 || P->close_pending) return -1;
+    status(P, "need %llu", (unsigned long long)bytes);
+    uint64_t deadline = fgs_now_ns() + (uint64_t)NEED_WAIT_MS * 1000000ull;
+    for (;;) {
+        char *nl;
+        while ((nl = memchr(P->line, '\n', P->have)) != NULL) {
+            *nl = 0;
+            int verdict = 0;
+            if (!strncmp(P->line, "grant", 5)) verdict = 1;
+            else if (!strncmp(P->line, "deny", 4)) verdict = -1;
+            else if (!strncmp(P->line, "close", 5)) {
+                P->close_pending = 1;
+                snprintf(P->close_why, sizeof P->close_why, "%s", P->line[5] == ' ' ? P->line + 6 : "ended");
+                verdict = -1;
+            } else if (!strncmp(P->line, "pageout ", 8)) {
+                status(P, "pageout-failed the session is busy");
+            }
+            size_t used = (size_t)(nl - P->line) + 1;
+            memmove(P->line, nl + 1, P->have - used);
+            P->have -= used;
+            P->line[P->have] = 0;
+            if (verdict) return verdict > 0 ? 0 : -1;
+        }
+        uint64_t t = fgs_now_ns();
+        if (t >= deadline) return -1;
+        struct pollfd pf = {P->ctl_fd, POLLIN, 0};
+        int np = poll(&pf, 1, (int)((deadline - t) / 1000000ull) + 1);
+        if (np < 0 && errno == EINTR) continue;
+        if (np <= 0) return -1;
+        ssize_t k = read(P->ctl_fd, P->line + P->have, sizeof P->line - 1 - P->have);
+        if (k < 0 && errno == EINTR) continue;
+        if (k <= 0) {
+            P->close_pending = 1;
+            snprintf(P->close_why, sizeof P->close_why, "the session was ended by the node server");
+            return -1;
+        }
+        P->have += (size_t)k;
+        P->line[P->have] = 0;
+        if (P->have == sizeof P->line - 1) P->have = 0;
+    }
+}
+
+FGS_EXPORT int fgs_close_pending(fgs_session *S, char *why, unsigned long why_len) {
+    if (!S->pager || !S->pager->close_pending) return 0;
+    snprintf(why, why_len, "%s", S->pager->close_why);
+    return 1;
+}
+
+/* ---- copies to and from the store ---- */
+
+static CUresult sync_all_contexts(fgs_session *S) {
+    CUcontext cur = NULL;
+    S->api->cuCtxGetCurrent(&cur);
+    CUresult res = CUDA_SUCCESS;
+    fgs_table *t = &S->tables[FGH_CONTEXT];
+    for (uint32_t i = 0; i < t->n && res == CUDA_SUCCESS; i++) {
+        if (!t->real[i]) continue;
+        res = S->api->cuCtxSetCurrent((CUcontext)t->real[i]);
+        if (res == CUDA_SUCCESS) res = S->api->cuCtxSynchronize();
+    }
+    S->api->cuCtxSetCurrent(cur);
+    return res;
+}
+
+static CUresult ensure_bounce(fgs_session *S) {
+    fgs_pager *P = S->pager;
+    for (int i = 0; i < 2; i++) {
+        if (P->bounce[i]) continue;
+        CUresult r = S->api->cuMemHostAlloc(&P->bounce[i], BOUNCE, 0);
+        if (r != CUDA_SUCCESS) return r;
+    }
+    if (!P->stream) return S->api->cuStreamCreate(&P->stream, CU_STREAM_NON_BLOCKING);
+    return CUDA_SUCCESS;
+}
+
+static int write_full(int fd, const void *p, size_t n, uint64_t off) {
+    while (n) {
+        ssize_t k = pwrite(fd, p, n, (off_t)off);
+        if (k < 0 && errno == EINTR) continue;
+        if (k <= 0) return -1;
+        p = (const uint8_t *)p + k;
+        n -= (size_t)k;
+        off += (uint64_t)k;
+    }
+    return 0;
+}
+
+static int read_full_at(int fd, void *p, size_t n, uint64_t off) {
+    while (n) {
+        ssize_t k = pread(fd, p, n, (off_t)off);
+        if (k < 0 && errno == EINTR) continue;
+        if (k <= 0) return -1;
+        p = (uint8_t *)p + k;
+        n -= (size_t)k;
+        off += (uint64_t)k;
+    }
+    return 0;
+}
+
+static void test_delay(const fgs_pager *P) {
+    if (P->test_delay_ms) usleep(P->test_delay_ms * 1000u);
+}
+
+/* Device → spill file: the copy of one chunk overlaps the write of the one before (two bounce buffers). */
+static CUresult to_disk(fgs_session *S, int fd, uint64_t *written) {
+    fgs_pager *P = S->pager;
+    CUresult r = ensure_bounce(S);
+    if (r != CUDA_SUCCESS) return r;
+    uint64_t off = 0;
+    int cur = 0;
+    size_t pending = 0; /* bytes in bounce[cur ^ 1] waiting to be written at pend_off */
+    uint64_t pend_off = 0;
+    for (size_t i = 0; i < S->n_allocs; i++) {
+        fgs_alloc *a = &S->allocs[i];
+        a->page_off = off;
+        test_delay(P);
+        for (size_t done = 0; done < a->mapped;) {
+            size_t n = a->mapped - done < BOUNCE ? a->mapped - done : BOUNCE;
+            r = S->api->cuMemcpyDtoHAsync_v2(P->bounce[cur], a->ptr + done, n, P->stream);
+            if (r != CUDA_SUCCESS) return r;
+            if (pending && write_full(fd, P->bounce[cur ^ 1], pending, pend_off)) return CUDA_ERROR_OPERATING_SYSTEM;
+            r = S->api->cuStreamSynchronize(P->stream);
+            if (r != CUDA_SUCCESS) return r;
+            pending = n;
+            pend_off = off;
+            cur ^= 1;
+            off += n;
+            done += n;
+        }
+    }
+    if (pending && write_full(fd, P->bounce[cur ^ 1], pending, pend_off)) return CUDA_ERROR_OPERATING_SYSTEM;
+    *written = off;
+    return CUDA_SUCCESS;
+}
+
+static CUresult from_disk(fgs_session *S, int fd, fgs_alloc *a) {
+    fgs_pager *P = S->pager;
+    CUresult r = ensure_bounce(S);
+    if (r != CUDA_SUCCESS) return r;
+    int cur = 0;
+    for (size_t done = 0; done < a->mapped;) {
+        size_t n = a->mapped - done < BOUNCE ? a->mapped - done : BOUNCE;
+        if (read_full_at(fd, P->bounce[cur], n, a->page_off + done)) return CUDA_ERROR_OPERATING_SYSTEM;
+        /* the read of the next chunk overlaps this copy; the buffer is reused only after a sync */
+        r = S->api->cuMemcpyHtoDAsync_v2(a->ptr + done, P->bounce[cur], n, P->stream);
+        if (r != CUDA_SUCCESS) return r;
+        cur ^= 1;
+        done += n;
+        if (cur == 0 || done >= a->mapped) {
+            r = S->api->cuStreamSynchronize(P->stream);
+            if (r != CUDA_SUCCESS) return r;
+        }
+    }
+    return CUDA_SUCCESS;
+}
+
+static void unregister_pool(fgs_session *S) {
+    fgs_pager *P = S->pager;
+    if (P->registered && P->unreg) P->unreg(P->pool + P->off);
+    P->registered = 0;
+}
+
+static uint64_t unpageable_bytes(fgs_session *S) {
+    uint64_t n = (uint64_t)S->n_created_ctx * S->ctx_charge;
+    for (size_t i = 0; i < S->n_globals; i++) n += S->globals[i].size;
+    return n;
+}
+
+static void page_out(fgs_session *S, const char *args) {
+    fgs_pager *P = S->pager;
+    if (!P) return;
+    if (P->where != RESIDENT) {
+        status(P, "pageout-failed the session is already paged out");
+        return;
+    }
+    uint64_t t0 = fgs_now_ns(), total = 0;
+    for (size_t i = 0; i < S->n_allocs; i++) total += S->allocs[i].mapped;
+    unsigned long long off = 0, len = 0;
+    char path[512] = "";
+    int host = sscanf(args, "host %llu %llu", &off, &len) == 2;
+    int disk = !host && sscanf(args, "disk %511s", path) == 1;
+    if (!host && !disk) {
+        status(P, "pageout-failed malformed request");
+        return;
+    }
+    if (host && (!P->pool || off > P->pool_len || len > P->pool_len - off || len < total)) {
+        status(P, "pageout-failed the host pool extent does not hold %llu bytes", (unsigned long long)total);
+        return;
+    }
+    CUresult r = sync_all_contexts(S);
+    if (r != CUDA_SUCCESS) {
+        status(P, "pageout-failed synchronising the session failed with CUDA error %d", (int)r);
+        return;
+    }
+    int fd = -1;
+    if (host) {
+        P->off = off;
+        P->len = len;
+        if (P->reg && total && P->reg(P->pool + off, len, CU_MEMHOSTREGISTER_PORTABLE) == CUDA_SUCCESS)
+            P->registered = 1;
+        uint64_t o = 0;
+        for (size_t i = 0; i < S->n_allocs && r == CUDA_SUCCESS; i++) {
+            S->allocs[i].page_off = o;
+            r = S->api->cuMemcpyDtoH_v2(P->pool + off + o, S->allocs[i].ptr, S->allocs[i].mapped);
+            o += S->allocs[i].mapped;
+            test_delay(P);
+        }
+    } else {
+        fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_DIRECT, 0600);
+        if (fd < 0 && errno == EINVAL) fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+        if (fd < 0) {
+            status(P, "pageout-failed cannot create the spill file: %s", strerror(errno));
+            return;
+        }
+        uint64_t written = 0;
+        r = to_disk(S, fd, &written);
+        close(fd);
+        snprintf(P->spill_path, sizeof P->spill_path, "%s", path);
+    }
+    if (r != CUDA_SUCCESS) { /* nothing was released: the session stays as it was */
+        if (host) unregister_pool(S);
+        else unlink(path);
+        status(P, "pageout-failed copying out failed with CUDA error %d", (int)r);
+        return;
+    }
+    for (size_t i = 0; i < S->n_allocs; i++) {
+        fgs_alloc *a = &S->allocs[i];
+        S->api->cuMemUnmap(a->ptr, a->mapped);
+        S->api->cuMemRelease(a->handle);
+        a->handle = 0;
+        a->paged = 1;
+    }
+    if (P->node) fgs_ledger_uncharge(P->node, total);
+    P->where = host ? PAGED_HOST : PAGED_DISK;
+    P->bytes = total;
+    status(P, "paged %s %llu %llu %llu", host ? "host" : "disk", (unsigned long long)total,
+           (unsigned long long)(fgs_now_ns() - t0), (unsigned long long)unpageable_bytes(S));
+}
+
+/* Undoes what a failed page-in mapped; the contents stay in the store. */
+static void unmap_again(fgs_session *S) {
+    for (size_t i = 0; i < S->n_allocs; i++) {
+        fgs_alloc *a = &S->allocs[i];
+        if (!a->paged || !a->handle) continue;
+        S->api->cuMemUnmap(a->ptr, a->mapped);
+        S->api->cuMemRelease(a->handle);
+        a->handle = 0;
+    }
+}
+
+CUresult fgs_page_in(fgs_session *S) {
+    fgs_pager *P = S->pager;
+    uint64_t t0 = fgs_now_ns();
+    status(P, "paging-in %llu", (unsigned long long)P->bytes);
+    if (P->node && fgs_resident_charge(S, P->bytes) != CUDA_SUCCESS) {
+        status(P, "pagein-failed no room on the GPU for %llu bytes", (unsigned long long)P->bytes);
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    }
+    CUresult r = CUDA_SUCCESS;
+    for (size_t i = 0; i < S->n_allocs && r == CUDA_SUCCESS; i++) {
+        fgs_alloc *a = &S->allocs[i];
+        CUmemAllocationProp prop;
+        memset(&prop, 0, sizeof prop);
+        prop.type = CU_MEM_ALLOCATION_TYPE_PINNED;
+        prop.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+        prop.location.id = a->dev;
+        r = S->api->cuMemCreate(&a->handle, a->mapped, &prop, 0);
+        if (r != CUDA_SUCCESS) {
+            a->handle = 0;
+            break;
+        }
+        r = S->api->cuMemMap(a->ptr, a->mapped, 0, a->handle, 0);
+        if (r != CUDA_SUCCESS) {
+            S->api->cuMemRelease(a->handle);
+            a->handle = 0;
+            break;
+        }
+        CUmemAccessDesc ad;
+        memset(&ad, 0, sizeof ad);
+        ad.location = prop.location;
+        ad.flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
+        r = S->api->cuMemSetAccess(a->ptr, a->mapped, &ad, 1);
+    }
+    int fd = -1;
+    if (r == CUDA_SUCCESS && P->where == PAGED_DISK) {
+        fd = open(P->spill_path, O_RDONLY | O_CLOEXEC | O_DIRECT);
+        if (fd < 0 && errno == EINVAL) fd = open(P->spill_path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0) r = CUDA_ERROR_OPERATING_SYSTEM;
+    }
+    for (size_t i = 0; i < S->n_allocs && r == CUDA_SUCCESS; i++) {
+        fgs_alloc *a = &S->allocs[i];
+        if (P->where == PAGED_HOST) r = S->api->cuMemcpyHtoD_v2(a->ptr, P->pool + P->off + a->page_off, a->mapped);
+        else r = from_disk(S, fd, a);
+        test_delay(P);
+    }
+    if (fd >= 0) close(fd);
+    if (r != CUDA_SUCCESS) {
+        unmap_again(S);
+        if (P->node) fgs_ledger_uncharge(P->node, P->bytes);
+        status(P, "pagein-failed restoring the memory failed with CUDA error %d", (int)r);
+        return r == CUDA_ERROR_OUT_OF_MEMORY ? r : CUDA_ERROR_OUT_OF_MEMORY;
+    }
+    for (size_t i = 0; i < S->n_allocs; i++) S->allocs[i].paged = 0;
+    if (P->where == PAGED_HOST) unregister_pool(S);
+    else unlink(P->spill_path);
+    P->where = RESIDENT;
+    status(P, "resident %llu %llu", (unsigned long long)P->bytes, (unsigned long long)(fgs_now_ns() - t0));
+    P->bytes = 0;
+    return CUDA_SUCCESS;
+}
+
+void fgs_pager_close(fgs_session *S) {
+    fgs_pager *P = S->pager;
+    if (!P) return;
+    if (P->where == PAGED_DISK) unlink(P->spill_path);
+    unregister_pool(S);
+    for (int i = 0; i < 2; i++)
+        if (P->bounce[i]) S->api->cuMemFreeHost(P->bounce[i]);
+    if (P->pool) munmap(P->pool, P->pool_len);
+    fgs_ledger_free(P->node);
+    free(P);
+    S->pager = NULL;
+}

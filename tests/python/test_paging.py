@@ -1,0 +1,176 @@
+"""Paging on the simulated device: an idle session's memory leaves the GPU (to the node's host page pool, or to a
+spill file) and comes back at the same addresses with every byte, the moment the session calls again; a node
+whose sessions together book more than its VRAM lets them take turns; a worker killed mid-step leaks nothing.
+
+The simulated device keeps "device" memory in host memfds and implements the VMM calls faithfully, so these tests
+prove the engine's bookkeeping and the agent's policy, never anything about GPU speed (bench/ does that)."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from cuda_ctypes import PRELUDE
+from e2e_helpers import NodeServer, start_server, stop_server
+
+MiB = 1 << 20
+
+# cudart- and cuBLAS-shaped: many small allocations and a few large ones, each filled with its own pattern.
+# The client fills, says FILLED, waits for a line, then reads everything back and checks bytes and addresses.
+SHAPES = PRELUDE + r'''
+import hashlib
+sizes = [4096 * (i % 7 + 1) + 512 * i for i in range(40)] + [3 << 20, 32 << 20, 48 << 20]
+ctx0()
+bufs = []
+for i, n in enumerate(sizes):
+    r, p = alloc(n); ok(r, "alloc")
+    data = hashlib.sha256(str(i).encode()).digest() * (n // 32 + 1)
+    data = data[:n]
+    ok(cu.cuMemcpyHtoD_v2(ctypes.c_uint64(p), data, ctypes.c_size_t(n)), "htod")
+    bufs.append((p, n, data))
+print("FILLED", flush=True)
+sys.stdin.readline()
+bad = 0
+for p, n, data in bufs:
+    out = ctypes.create_string_buffer(n)
+    ok(cu.cuMemcpyDtoH_v2(out, ctypes.c_uint64(p), ctypes.c_size_t(n)), "dtoh")
+    base, size = ctypes.c_uint64(), ctypes.c_size_t()
+    ok(cu.cuMemGetAddressRange_v2(ctypes.byref(base), ctypes.byref(size), ctypes.c_uint64(p)), "range")
+    if out.raw != data or base.value != p or size.value < n:
+        bad += 1
+print("SAME" if bad == 0 else f"DIFFERENT {bad}", flush=True)
+'''
+
+
+def _wait_log(s: NodeServer, pattern: str, timeout: float = 20.0, after: int = 0) -> re.Match[str]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        m = re.compile(pattern).search(s.log_text(), after)
+        if m:
+            return m
+        time.sleep(0.05)
+    raise AssertionError(f"no {pattern!r} in the node log:\n{s.log_text()[-3000:]}")
+
+
+def _start_shapes(env: dict[str, str]) -> subprocess.Popen[str]:
+    p = subprocess.Popen([sys.executable, "-P", "-c", SHAPES], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, cwd="/")
+    assert p.stdout is not None
+    line = p.stdout.readline().strip()
+    assert line == "FILLED", line + (p.stderr.read() if p.stderr else "")
+    return p
+
+
+def test_idle_session_pages_to_host_and_back_with_every_byte(tmp_path: Path) -> None:
+    s = start_server(tmp_path, "--idle-page-out", "1", "--host-page-pool", "256M")
+    try:
+        client = _start_shapes(s.client_env())
+        m = _wait_log(s, r"page-out of session (\w+): paged host (\d+)")
+        assert int(m.group(2)) >= 83 * MiB
+        out, err = client.communicate("go\n", timeout=60)
+        assert out.strip() == "SAME", out + err
+        _wait_log(s, r"paged host")  # the log names the step; the page-in came with the first call
+        assert "resident" not in err
+    finally:
+        stop_server(s)
+
+
+def test_page_out_spills_to_disk_when_the_host_pool_is_full(tmp_path: Path) -> None:
+    spill = tmp_path / "spill"
+    s = start_server(tmp_path, "--idle-page-out", "1", "--host-page-pool", "0", "--spill-dir", str(spill))
+    try:
+        client = _start_shapes(s.client_env())
+        m = _wait_log(s, r"page-out of session (\w+): paged disk (\d+)")
+        files = list(spill.iterdir())
+        assert [f.name for f in files] == [f"{m.group(1)}.pages"] and files[0].stat().st_size >= int(m.group(2))
+        out, err = client.communicate("go\n", timeout=60)
+        assert out.strip() == "SAME", out + err
+        assert list(spill.iterdir()) == []  # paged in: the file is gone
+    finally:
+        stop_server(s)
+
+
+TURN = PRELUDE + r'''
+ctx0()
+n = 512 << 20
+r, p = alloc(n); ok(r, "alloc")
+value = 0
+while True:
+    line = sys.stdin.readline()
+    if not line:
+        break
+    value += 1
+    ok(cu.cuMemsetD8_v2(ctypes.c_uint64(p), ctypes.c_ubyte(value), ctypes.c_size_t(n)), "memset")
+    out = ctypes.create_string_buffer(4096)
+    ok(cu.cuMemcpyDtoH_v2(out, ctypes.c_uint64(p + n - 4096), ctypes.c_size_t(4096)), "dtoh")
+    print("DONE" if out.raw == bytes([value]) * 4096 else "WRONG", value, flush=True)
+'''
+
+
+def test_three_half_gib_sessions_take_turns_on_one_gib(tmp_path: Path) -> None:
+    os.environ["FARGPU_SIM_MEM_BYTES"] = str(1 << 30)
+    try:
+        s = start_server(tmp_path, "--host-page-pool", "2G")
+    finally:
+        del os.environ["FARGPU_SIM_MEM_BYTES"]
+    procs: list[subprocess.Popen[str]] = []
+    try:
+        env = s.client_env()
+        for _ in range(3):
+            procs.append(subprocess.Popen([sys.executable, "-P", "-c", TURN], env=env, stdin=subprocess.PIPE,
+                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/"))
+        for rnd in range(1, 4):
+            for p in procs:
+                assert p.stdin is not None and p.stdout is not None
+                try:
+                    p.stdin.write("go\n")
+                    p.stdin.flush()
+                except BrokenPipeError:
+                    pass
+                line = p.stdout.readline().strip()
+                assert line == f"DONE {rnd}", line + (p.stderr.read() if p.stderr else "") + s.log_text()[-3000:]
+        assert len(re.findall(r"made room for session", s.log_text())) >= 3
+    finally:
+        for p in procs:
+            p.communicate("", timeout=30)
+        stop_server(s)
+
+
+def test_worker_killed_during_page_out_or_page_in_leaks_nothing(tmp_path: Path) -> None:
+    # Each copied allocation takes 20 ms more (a fault-injection knob of the engine), so a kill lands mid-step.
+    spill = tmp_path / "spill"
+    os.environ.update(FARGPU_PAGING_TEST_DELAY_MS="20", FARGPU_SIM_MEM_BYTES=str(256 * MiB))
+    try:
+        s = start_server(tmp_path, "--idle-page-out", "1", "--host-page-pool", "0", "--spill-dir", str(spill))
+    finally:
+        del os.environ["FARGPU_PAGING_TEST_DELAY_MS"], os.environ["FARGPU_SIM_MEM_BYTES"]
+    try:
+        for step in ("out", "in"):
+            mark = len(s.log_text())
+            client = _start_shapes(s.client_env())
+            pid = int(_wait_log(s, r"-> worker (\d+)", after=mark).group(1))
+            if step == "out":
+                _wait_log(s, r"paging out session \w+", after=mark)
+            else:
+                _wait_log(s, r"paged disk", after=mark)
+                assert client.stdin is not None
+                client.stdin.write("go\n")
+                client.stdin.flush()
+                _wait_log(s, r"paging in session \w+", after=mark)
+            os.kill(pid, signal.SIGKILL)
+            client.communicate(timeout=60)
+            _wait_log(s, r"worker exit -9\)", after=mark)
+            assert list(spill.iterdir()) == [], f"spill files left after a kill during page-{step}"
+        # Nothing of the killed sessions stays resident: a new session gets nearly all 256 MiB without paging.
+        mark = len(s.log_text())
+        res = subprocess.run([sys.executable, "-P", "-c", PRELUDE + "ctx0(); r, p = alloc(250 << 20); print(r)"],
+                             env=s.client_env(), capture_output=True, text=True, timeout=60, cwd="/")
+        assert res.stdout.strip() == "0", res.stdout + res.stderr
+        assert "made room" not in s.log_text()[mark:]
+    finally:
+        stop_server(s)
