@@ -31,6 +31,7 @@ import json
 import os
 import platform
 import random
+import secrets
 import shutil
 import socket
 import statistics
@@ -264,6 +265,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     managers: list[PoolManager] = []
     nodes_proc: asyncio.subprocess.Process | None = None
     res = Results()
+    enrol_token = secrets.token_urlsafe(24)  # given to the nodes through FARGPU_ENROL_TOKEN
     try:
         prefix = f"bench{rng.randrange(1 << 30)}:"
         for i in range(args.pool_managers):
@@ -274,6 +276,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 redis_url=redis_url or "",
                 redis_prefix=prefix,
                 state_file=tmp / "pool-state.json",
+                enrol_token=enrol_token,  # not the state directory's file: the benchmark leaves no trace
                 heartbeat_interval_s=2.0,
                 heartbeat_timeout_s=30.0,
                 log_level="warning",
@@ -294,7 +297,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "--nodes-worker",
             json.dumps({"targets": [pm.grpc_target for pm in managers], "layout": gpu_layout}),
             stdout=asyncio.subprocess.PIPE,
-            env={**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)},
+            env={
+                **os.environ,
+                "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),
+                "FARGPU_ENROL_TOKEN": enrol_token,
+            },
         )
         assert nodes_proc.stdout is not None
         line = await asyncio.wait_for(nodes_proc.stdout.readline(), 60)
@@ -376,7 +383,9 @@ async def _nodes_worker(spec: dict[str, Any]) -> None:
     """Child process: runs the simulated nodes (real PoolLinks), says "registered", runs until terminated."""
     targets: list[str] = spec["targets"]
     links = [
-        PoolLink(SimAgent(i, sizes), targets[i % len(targets)], node_id=f"sim-{i:04d}", retry_s=0.2)
+        PoolLink(
+            SimAgent(i, sizes), targets[i % len(targets)], node_id=f"sim-{i:04d}", retry_s=0.2, persist_credential=False
+        )
         for i, sizes in enumerate(spec["layout"])
     ]
     await asyncio.gather(*(link.start(wait_registered_s=60) for link in links))

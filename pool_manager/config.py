@@ -2,7 +2,13 @@
 
 `fargpu pool-manager` builds one from flags and FARGPU_POOL_* environment variables; in-process users (the
 demo, tests, the benchmark) construct it directly. Port 0 means "any free port" (read the bound ports back from
-`PoolManager.rest_port` / `grpc_port`)."""
+`PoolManager.rest_port` / `grpc_port`).
+
+The state directory (`$XDG_STATE_HOME/fargpu`, else `~/.local/state/fargpu`) holds what one machine shares
+between its pool manager and node servers: the embedded store's file, the enrolment token (`enrol-token`,
+which the pool manager creates once and a node on the same machine reads: zero configuration on one machine)
+and a node's own credentials (`node-credentials/<node id>`). The helpers for these paths live here, and the
+node side imports them from here too."""
 
 from __future__ import annotations
 
@@ -17,9 +23,24 @@ DEFAULT_REST_PORT = 7000
 DEFAULT_GRPC_PORT = 7001
 
 
-def default_state_file() -> Path:
+def state_dir() -> Path:
+    """`$XDG_STATE_HOME/fargpu`, else `~/.local/state/fargpu` (read at each call: tests point it elsewhere)."""
     base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base) / "fargpu" / "pool-state.json"
+    return Path(base) / "fargpu"
+
+
+def default_state_file() -> Path:
+    return state_dir() / "pool-state.json"
+
+
+def enrol_token_file() -> Path:
+    """The pool's enrolment token when none is configured: created once by a pool manager, read by nodes."""
+    return state_dir() / "enrol-token"
+
+
+def node_credentials_dir() -> Path:
+    """Where a node server keeps the credential the pool issued it, one file per node id."""
+    return state_dir() / "node-credentials"
 
 
 @dataclass
@@ -34,12 +55,14 @@ class PoolManagerConfig:
     state_file: Path | None = field(default_factory=default_state_file)  # embedded store; None: memory only
     fsync: bool = False
     admin_token: str | None = None
+    enrol_token: str | None = None  # nodes' bootstrap secret; None: the one in enrol_token_file(), made once
     heartbeat_interval_s: float = 2.0
     heartbeat_timeout_s: float = 10.0
     sweep_interval_s: float = 1.0
     default_ttl_s: float = 300.0
     strategy: Strategy = Strategy.pack
     command_wait_s: float = 1.0
+    max_sessions_per_lease: int = 16
     log_level: str = "info"
 
     def service_config(self) -> ServiceConfig:
@@ -49,4 +72,5 @@ class PoolManagerConfig:
             sweep_interval_s=self.sweep_interval_s,
             default_ttl_s=self.default_ttl_s,
             strategy=self.strategy,
+            max_sessions_per_lease=self.max_sessions_per_lease,
         )

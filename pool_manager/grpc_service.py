@@ -4,19 +4,37 @@ Messages are defined in `protocol/pool.proto`. The Commands call is a server str
 node lives: it waits on the store's command queue for the node, so a command queued by any pool manager sharing
 the store reaches the node, whichever pool manager its stream is attached to. Commands are at-most-once: one
 lost with a broken stream is made good by the heartbeat, whose reply names every lease that the node still has
-sessions for but which is no longer active there."""
+sessions for but which is no longer active there.
+
+Identity (see `enrolment.py`): `Enrol` is the only call without a node credential; it needs the pool's
+enrolment token and issues the node a credential, unless the node id is live with a credential already (then
+only that credential's holder may register it, so nobody can re-point a live node's endpoints at themselves).
+Every other call goes through `authenticate` first: the caller's credential must match the one stored for the
+node id in its metadata (UNAUTHENTICATED otherwise), and that node id must be the one the request is about
+(PERMISSION_DENIED otherwise). Refusals are logged as warnings with the peer's address, never with a secret."""
 
 from __future__ import annotations
 
+import logging
+import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
 
+from fargpu.pool_manager.enrolment import (
+    credential_hash,
+    credential_matches,
+    enrol_token_matches,
+    new_node_credential,
+    parse_node_metadata,
+)
 from fargpu.pool_manager.errors import PoolError
-from fargpu.pool_manager.models import GpuInfo, SessionInfo
+from fargpu.pool_manager.models import GpuInfo, NodeState, SessionInfo
 from fargpu.pool_manager.service import PoolService
 from fargpu.protocol.generated import pool_pb2, pool_pb2_grpc
+
+log = logging.getLogger("fargpu.pool_manager.grpc")
 
 T = TypeVar("T")
 Bridge = Callable[[Awaitable[Any]], Awaitable[Any]]
@@ -49,17 +67,84 @@ def session_from_proto(node_id: str, s: pool_pb2.Session) -> SessionInfo:
 
 
 class NodeRegistryService(pool_pb2_grpc.NodeRegistryServicer):
-    def __init__(self, service: PoolService, command_wait_s: float = 1.0, bridge: Bridge | None = None) -> None:
-        """`bridge` runs a service call where the service lives, when gRPC runs on another event loop."""
+    def __init__(
+        self, service: PoolService, command_wait_s: float = 1.0, bridge: Bridge | None = None, *, enrol_token: str
+    ) -> None:
+        """`bridge` runs a service call where the service lives, when gRPC runs on another event loop.
+        `enrol_token` is the secret a node must present to `Enrol`."""
+        if not enrol_token:
+            raise ValueError("the enrolment token must not be empty")
         self._service = service
         self._wait = command_wait_s
         self._run: Bridge = bridge or _same_loop
+        self._enrol_token = enrol_token
 
+    # --- identity ----------------------------------------------------------------------------------------
+    async def authenticate(self, context: Any, node_id: str, call: str) -> str:
+        """The one identity check of every node call except Enrol: returns the caller's node id, or aborts the
+        call. `node_id` is the id the request is about (empty: the caller's own).
+
+        Today the identity is the node id in the metadata, proven by the credential the pool issued it at
+        enrolment. With mTLS, the node id will come from the peer certificate (`context.auth_context()`) here,
+        and nothing else needs to change."""
+        claimed, credential = parse_node_metadata(context.invocation_metadata())
+        peer = context.peer()
+        if not claimed or not credential:
+            log.warning("refused %s for node %r from %s: no node credential", call, node_id, peer)
+            await context.abort(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "this call needs a node credential (metadata x-fargpu-node and authorization: Bearer ...): "
+                "enrol the node first",
+            )
+        stored = await self._run(self._service.store.node_credential(claimed))
+        # Hash a presented credential even for an unknown node, so timing does not tell which ids exist.
+        matches = credential_matches(credential, stored if stored is not None else credential_hash(""))
+        if stored is None or not matches:
+            log.warning("refused %s from %s: invalid credential for node %r", call, peer, claimed)
+            await context.abort(
+                grpc.StatusCode.UNAUTHENTICATED, f"invalid credential for node {claimed!r}: enrol the node again"
+            )
+        if node_id and node_id != claimed:
+            log.warning("refused %s from %s: node %r tried to act for node %r", call, peer, claimed, node_id)
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED, f"node {claimed!r} may not act for node {node_id!r}"
+            )
+        return claimed
+
+    async def Enrol(self, request: pool_pb2.EnrolRequest, context: Any) -> pool_pb2.EnrolReply:
+        peer = context.peer()
+        node_id = request.node_id or f"node-{secrets.token_hex(4)}"
+        if len(node_id) > 253 or not node_id.isprintable():
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a node id is at most 253 printable characters")
+        if not request.enrol_token or not enrol_token_matches(request.enrol_token, self._enrol_token):
+            log.warning("refused to enrol node %r from %s: wrong enrolment token", node_id, peer)
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "invalid enrolment token")
+        credential = new_node_credential()
+        if not await self._run(self._service.store.set_node_credential(node_id, credential_hash(credential))):
+            node = await self._run(self._service.store.get_node(node_id))
+            state = node.state.value if node is not None else NodeState.up.value
+            log.warning(
+                "refused to enrol node %r from %s: that node is %s and enrolled; only its own credential may "
+                "register it (if it lost it, it can enrol again once the pool marks it down)",
+                node_id,
+                peer,
+                state,
+            )
+            await context.abort(
+                grpc.StatusCode.ALREADY_EXISTS,
+                f"node {node_id!r} is {state} and already enrolled: only its own credential may register it; "
+                "a node that lost its credential can enrol again once the pool has marked it down",
+            )
+        log.info("node %r enrolled from %s", node_id, peer)
+        return pool_pb2.EnrolReply(node_id=node_id, credential=credential)
+
+    # --- node calls --------------------------------------------------------------------------------------
     async def Register(self, request: pool_pb2.RegisterRequest, context: Any) -> pool_pb2.RegisterReply:
+        node_id = await self.authenticate(context, request.node_id, "Register")
         try:
             node = await self._run(
                 self._service.register_node(
-                    request.node_id,
+                    node_id,
                     list(request.endpoints),
                     request.backend or "cuda",
                     request.version,
@@ -77,11 +162,12 @@ class NodeRegistryService(pool_pb2_grpc.NodeRegistryServicer):
         )
 
     async def Heartbeat(self, request: pool_pb2.HeartbeatRequest, context: Any) -> pool_pb2.HeartbeatReply:
+        node_id = await self.authenticate(context, request.node_id, "Heartbeat")
         known, stale = await self._run(
             self._service.node_heartbeat(
-                request.node_id,
+                node_id,
                 [gpu_from_proto(g) for g in request.gpus],
-                [session_from_proto(request.node_id, s) for s in request.sessions],
+                [session_from_proto(node_id, s) for s in request.sessions],
                 request.draining,
             )
         )
@@ -90,10 +176,11 @@ class NodeRegistryService(pool_pb2_grpc.NodeRegistryServicer):
         )
 
     async def Commands(self, request: pool_pb2.CommandsRequest, context: Any) -> Any:
-        if await self._run(self._service.store.get_node(request.node_id)) is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"node {request.node_id!r} is not registered")
+        node_id = await self.authenticate(context, request.node_id, "Commands")
+        if await self._run(self._service.store.get_node(node_id)) is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"node {node_id!r} is not registered")
         while True:
-            for c in await self._run(self._service.next_commands(request.node_id, self._wait)):
+            for c in await self._run(self._service.next_commands(node_id, self._wait)):
                 if c.kind == "end_lease":
                     yield pool_pb2.Command(
                         command_id=c.command_id, end_lease=pool_pb2.EndLease(lease_id=c.lease_id, reason=c.reason)
@@ -102,11 +189,16 @@ class NodeRegistryService(pool_pb2_grpc.NodeRegistryServicer):
                     yield pool_pb2.Command(command_id=c.command_id, drain=pool_pb2.Drain(reason=c.reason))
 
     async def ValidateToken(self, request: pool_pb2.ValidateTokenRequest, context: Any) -> pool_pb2.ValidateTokenReply:
+        node_id = await self.authenticate(context, request.node_id, "ValidateToken")
         if len(request.token_sha256) != 32:
             return pool_pb2.ValidateTokenReply(valid=False, reason="malformed token hash")
-        lease, why = await self._run(self._service.validate_token(request.node_id, request.token_sha256.hex()))
+        lease, why = await self._run(self._service.validate_token(node_id, request.token_sha256.hex()))
         if lease is None:
             return pool_pb2.ValidateTokenReply(valid=False, reason=why)
         return pool_pb2.ValidateTokenReply(
-            valid=True, lease_id=lease.lease_id, vram_quota_bytes=lease.quota_bytes, expires_at=lease.expires_at
+            valid=True,
+            lease_id=lease.lease_id,
+            vram_quota_bytes=lease.quota_bytes,
+            expires_at=lease.expires_at,
+            max_sessions=self._service.config.max_sessions_per_lease,
         )

@@ -1,5 +1,7 @@
 """`fargpu pool-manager`: runs a pool manager (REST + gRPC) until SIGINT/SIGTERM. Every flag also reads a
-FARGPU_POOL_* environment variable (the admin token reads FARGPU_ADMIN_TOKEN)."""
+FARGPU_POOL_* environment variable (the admin token reads FARGPU_ADMIN_TOKEN, the enrolment token
+FARGPU_ENROL_TOKEN). Without an enrolment token the pool manager uses `<state dir>/enrol-token`, creating it
+once; node servers on the same machine read it, so one machine needs no configuration."""
 
 from __future__ import annotations
 
@@ -9,7 +11,14 @@ from typing import Annotated
 
 import typer
 
-from fargpu.pool_manager.config import DEFAULT_GRPC_PORT, DEFAULT_REST_PORT, PoolManagerConfig, default_state_file
+from fargpu.pool_manager.config import (
+    DEFAULT_GRPC_PORT,
+    DEFAULT_REST_PORT,
+    PoolManagerConfig,
+    default_state_file,
+    enrol_token_file,
+)
+from fargpu.pool_manager.enrolment import ENROL_TOKEN_ENV, EnrolTokenFileError
 from fargpu.pool_manager.placement import Strategy
 from fargpu.pool_manager.server import PoolManager, run_pool_manager
 from fargpu.pool_manager.store_embedded import StateFileInUse
@@ -34,6 +43,22 @@ def pool_manager(
     admin_token: Annotated[
         str | None, typer.Option(envvar="FARGPU_ADMIN_TOKEN", help="token for the admin endpoints (drain, evict)")
     ] = None,
+    enrol_token: Annotated[
+        str | None,
+        typer.Option(
+            envvar=ENROL_TOKEN_ENV,
+            help=f"secret that node servers enrol with [default: the one in {enrol_token_file()}, made once]",
+            show_default=False,
+        ),
+    ] = None,
+    max_sessions_per_lease: Annotated[
+        int,
+        typer.Option(
+            envvar="FARGPU_POOL_MAX_SESSIONS_PER_LEASE",
+            min=0,
+            help="sessions one lease may hold open on its node at once (0: no limit)",
+        ),
+    ] = 16,
     heartbeat_interval: Annotated[float, typer.Option(envvar="FARGPU_POOL_HEARTBEAT_INTERVAL")] = 2.0,
     heartbeat_timeout: Annotated[
         float, typer.Option(envvar="FARGPU_POOL_HEARTBEAT_TIMEOUT", help="silence after which a node is down")
@@ -57,6 +82,8 @@ def pool_manager(
         state_file=None if memory_only else (state_file or default_state_file()),
         fsync=fsync,
         admin_token=admin_token or None,
+        enrol_token=enrol_token or None,
+        max_sessions_per_lease=max_sessions_per_lease,
         heartbeat_interval_s=heartbeat_interval,
         heartbeat_timeout_s=heartbeat_timeout,
         default_ttl_s=default_ttl,
@@ -71,11 +98,18 @@ def pool_manager(
             f"{store} store ({where if config.state_file or store == 'redis' else 'memory only'})",
             err=True,
         )
+        if pm.enrol_token_file is not None:
+            shared = "; pool managers elsewhere that share this Redis need the same token" if store == "redis" else ""
+            typer.echo(
+                f"fargpu pool manager: nodes enrol with the token in {pm.enrol_token_file} (node servers on this "
+                f"machine read it; elsewhere set {ENROL_TOKEN_ENV} to its contents){shared}",
+                err=True,
+            )
         if admin_token is None:
             typer.echo("fargpu pool manager: no admin token set; drain and evict are disabled", err=True)
 
     try:
         run_pool_manager(config, ready)
-    except (StateFileInUse, ConnectionError, OSError) as e:
+    except (StateFileInUse, EnrolTokenFileError, ConnectionError, OSError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1) from None

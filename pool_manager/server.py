@@ -3,11 +3,15 @@
 In-process (tests, benchmark, the single-machine demo):
 
     async with PoolManager(PoolManagerConfig(port=0, grpc_port=0, state_file=None)) as pm:
-        ...  # pm.rest_url, pm.grpc_target, pm.service
+        ...  # pm.rest_url, pm.grpc_target, pm.service, pm.enrol_token (what a PoolLink needs to enrol)
 
 As a program: `fargpu pool-manager` (which calls `run_pool_manager`, on uvloop), or `serve_pool_manager(config)`
 from a running loop; both stop cleanly on SIGINT/SIGTERM. uvicorn is embedded without its own signal handling,
-so the owner of the loop decides when to stop."""
+so the owner of the loop decides when to stop.
+
+Nodes enrol with the enrolment token: `config.enrol_token` if set, else the state directory's `enrol-token`
+file, which the first pool manager on the machine creates (also with a memory-only store), so that node servers
+on the same machine find it by themselves (see `enrolment.py`)."""
 
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ import socket
 import threading
 import time
 from collections.abc import Awaitable, Callable, Generator
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -26,7 +31,8 @@ import grpc
 import uvicorn
 
 from fargpu.pool_manager.api import create_app
-from fargpu.pool_manager.config import PoolManagerConfig
+from fargpu.pool_manager.config import PoolManagerConfig, enrol_token_file
+from fargpu.pool_manager.enrolment import load_or_create_enrol_token
 from fargpu.pool_manager.grpc_service import NodeRegistryService
 from fargpu.pool_manager.service import PoolService
 from fargpu.pool_manager.store import Store
@@ -45,9 +51,10 @@ class _GrpcThread:
     healthy nodes were marked down. Here gRPC's I/O has a quiet loop of its own; each call's pool work is
     handed to the service's loop (`bridge`), where it queues fairly with the REST work."""
 
-    def __init__(self, service: PoolService, command_wait_s: float) -> None:
+    def __init__(self, service: PoolService, command_wait_s: float, enrol_token: str) -> None:
         self._service = service
         self._wait = command_wait_s
+        self._enrol_token = enrol_token
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="fargpu-pool-grpc", daemon=True)
         self._server: grpc.aio.Server | None = None
@@ -60,7 +67,8 @@ class _GrpcThread:
     async def _start(self, address: str) -> int:
         self._server = grpc.aio.server()
         pool_pb2_grpc.add_NodeRegistryServicer_to_server(
-            NodeRegistryService(self._service, self._wait, bridge=self._bridge), self._server
+            NodeRegistryService(self._service, self._wait, bridge=self._bridge, enrol_token=self._enrol_token),
+            self._server,
         )
         port = self._server.add_insecure_port(address)
         if port == 0:
@@ -118,6 +126,12 @@ class PoolManager:
         self, config: PoolManagerConfig, *, store: Store | None = None, clock: Callable[[], float] = time.time
     ) -> None:
         self.config = config
+        self.enrol_token_file: Path | None = None  # where the enrolment token came from (None: the config)
+        if config.enrol_token:
+            self.enrol_token = config.enrol_token
+        else:
+            self.enrol_token_file = enrol_token_file()
+            self.enrol_token = load_or_create_enrol_token(self.enrol_token_file)
         self.store = store or make_store(config)
         self.service = PoolService(self.store, config.service_config(), clock=clock)
         self.app = create_app(self.service, config.admin_token)
@@ -141,7 +155,7 @@ class PoolManager:
         await self.store.open()
         try:
             await self.service.start()
-            self._grpc = _GrpcThread(self.service, self.config.command_wait_s)
+            self._grpc = _GrpcThread(self.service, self.config.command_wait_s, self.enrol_token)
             self.grpc_port = await self._grpc.start(f"{self.config.grpc_host}:{self.config.grpc_port}")
             advertised = "" if self.config.grpc_host in ("", "0.0.0.0", "::", "[::]") else self.config.grpc_host
             self.app.state.grpc_address = (advertised, self.grpc_port)

@@ -56,6 +56,7 @@ class ServiceConfig:
     ended_retention_s: float = 3600.0
     queue_poll_s: float = 0.5
     place_attempts: int = 32
+    max_sessions_per_lease: int = 16  # sent to nodes with each valid lease token (ValidateTokenReply.max_sessions)
 
 
 @dataclass(frozen=True)

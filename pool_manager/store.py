@@ -10,6 +10,8 @@ share one store:
   race to end it (release, expiry, eviction, node loss).
 - `mark_down` takes a node down only if it is still silent at that instant, so a heartbeat that lands on
   another pool manager in the meantime wins.
+- `set_node_credential` replaces a node's credential hash only if the node is not live with one already, so an
+  enrolment cannot take over a node that is up, however the calls interleave.
 Implementations: `store_embedded.EmbeddedStore` (one process, persisted to a file) and
 `store_redis.RedisStore` (Lua scripts on one Redis). `tests/python/pool/test_store.py` runs the same tests on
 both."""
@@ -87,6 +89,16 @@ class Store(Protocol):
         ...
 
     async def active_lease_ids_on(self, node_id: str) -> list[str]: ...
+
+    # --- node credentials (see enrolment.py) -------------------------------------------------------------
+    async def set_node_credential(self, node_id: str, sha256_hex: str) -> bool:
+        """Stores the SHA-256 (hex) of the node's credential, replacing an older one, unless the node is live
+        (registered and not down) and already has a credential: then nothing changes and the result is False."""
+        ...
+
+    async def node_credential(self, node_id: str) -> str | None:
+        """The SHA-256 (hex) of the node's credential, or None if it never enrolled."""
+        ...
 
     # --- leases ------------------------------------------------------------------------------------------
     async def place_lease(self, lease: LeaseRecord) -> str | None:

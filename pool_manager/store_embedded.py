@@ -8,7 +8,8 @@ Persistence follows Redis' append-only file: every change of a lease or a node r
 JSON line to `<file>.journal` before the call returns, and the journal is folded into the snapshot `<file>`
 (written to a temporary file and renamed) at start and every `compact_every` lines. A crash loses nothing that a
 client was told about; `fsync=True` extends that to power loss. Heartbeat telemetry is not persisted: after a
-restart every node gets a fresh heartbeat deadline. Bookings are never persisted either; they are recomputed
+restart every node gets a fresh heartbeat deadline. Node credentials (hashes only) are persisted with the nodes.
+Bookings are never persisted either; they are recomputed
 from the active leases on load, so they cannot drift from them."""
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ class EmbeddedStore:
         self._by_node: dict[str, set[str]] = {}
         self._caps: dict[str, dict[int, int]] = {}
         self._commands: dict[str, list[Command]] = {}
+        self._credentials: dict[str, str] = {}  # node id -> SHA-256 (hex) of its credential
         self._command_ready: dict[str, asyncio.Event] = {}
         self._journal: IO[str] | None = None
         self._journal_lines = 0
@@ -98,6 +100,8 @@ class EmbeddedStore:
                 self._apply({"node": n})
             for lease in snap.get("leases", []):
                 self._apply({"lease": lease})
+            for node_id, digest in snap.get("node_credentials", {}).items():
+                self._apply({"node_credential": [node_id, digest]})
         jp = self._journal_path()
         if jp.exists():
             for line in jp.read_text().splitlines():
@@ -117,6 +121,9 @@ class EmbeddedStore:
             self._leases[lease.lease_id] = lease
         elif "forget_lease" in entry:
             self._leases.pop(entry["forget_lease"], None)
+        elif "node_credential" in entry:
+            node_id, digest = entry["node_credential"]
+            self._credentials[str(node_id)] = str(digest)
 
     def _rebuild_indexes(self) -> None:
         now = self._clock()
@@ -138,6 +145,7 @@ class EmbeddedStore:
             "version": 1,
             "nodes": [n.model_dump(mode="json", exclude={"reserved", "sessions"}) for n in self._nodes.values()],
             "leases": [lease.model_dump(mode="json") for lease in self._leases.values()],
+            "node_credentials": dict(self._credentials),
         }
         tmp = self._path.with_name(self._path.name + ".tmp")
         with open(tmp, "w") as f:
@@ -254,6 +262,18 @@ class EmbeddedStore:
 
     async def active_lease_ids_on(self, node_id: str) -> list[str]:
         return sorted(self._by_node.get(node_id, set()))
+
+    # --- node credentials --------------------------------------------------------------------------------
+    async def set_node_credential(self, node_id: str, sha256_hex: str) -> bool:
+        node = self._nodes.get(node_id)
+        if node is not None and node.state != NodeState.down and node_id in self._credentials:
+            return False
+        self._credentials[node_id] = sha256_hex
+        self._log({"node_credential": [node_id, sha256_hex]})
+        return True
+
+    async def node_credential(self, node_id: str) -> str | None:
+        return self._credentials.get(node_id)
 
     # --- leases ------------------------------------------------------------------------------------------
     async def place_lease(self, lease: LeaseRecord) -> str | None:

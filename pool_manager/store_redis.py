@@ -18,6 +18,7 @@ heartbeats that must not revive a down node, and marking a silent node down. Key
     P ended              zset lease id -> ended_at (recently ended, listing)
     P token:<sha256>     lease id
     P cmds:<id>          list of queued node commands (JSON)
+    P nodecreds          hash: node id -> SHA-256 (hex) of the node's credential (`_SET_CREDENTIAL`)
 
 Placement reads the whole pool with two HGETALLs (states, resv) plus capacity and endpoints, which it caches
 until `P generation` (bumped by every registration) changes. The
@@ -145,6 +146,15 @@ return 1
 """
 
 
+_SET_CREDENTIAL = """
+-- KEYS: node, nodecreds ; ARGV: node_id, sha256 hex
+local st = redis.call('HGET', KEYS[1], 'state')
+if st and st ~= 'down' and redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+return 1
+"""
+
+
 def _strs(values: Any) -> list[str]:
     """A reply of strings (the client decodes responses) as list[str], whatever redis-py's stubs say."""
     return [str(v) for v in values]
@@ -189,6 +199,7 @@ class RedisStore:
         self._mark_down = self._r.register_script(_MARK_DOWN)
         self._drain = self._r.register_script(_DRAIN)
         self._register = self._r.register_script(_REGISTER)
+        self._set_credential = self._r.register_script(_SET_CREDENTIAL)
         self._wakeups: dict[str, asyncio.Event] = {}
         self._static: tuple[Any, dict[str, dict[int, int]], dict[str, list[str]]] | None = None
         self._listener: asyncio.Task[None] | None = None
@@ -354,6 +365,17 @@ class RedisStore:
 
     async def active_lease_ids_on(self, node_id: str) -> list[str]:
         return sorted(_strs(await self._r.smembers(self._k("nleases", node_id))))
+
+    # --- node credentials --------------------------------------------------------------------------------
+    async def set_node_credential(self, node_id: str, sha256_hex: str) -> bool:
+        res = await self._set_credential(
+            keys=[self._k("node", node_id), self._k("nodecreds")], args=[node_id, sha256_hex]
+        )
+        return bool(res)
+
+    async def node_credential(self, node_id: str) -> str | None:
+        digest = await self._r.hget(self._k("nodecreds"), node_id)
+        return str(digest) if digest is not None else None
 
     # --- leases ------------------------------------------------------------------------------------------
     async def place_lease(self, lease: LeaseRecord) -> str | None:

@@ -20,6 +20,7 @@ class Grant:
     lease_id: str
     vram_quota_bytes: int | None = None  # None: no quota beyond the device's memory
     expires_at: float | None = None  # unix time; None: no expiry
+    max_sessions: int | None = None  # sessions the lease may hold open at once; None: no limit
 
 
 class Authenticator(Protocol):

@@ -33,7 +33,7 @@ def _run_uvloop(coro: object) -> None:
         asyncio.run(coro)  # type: ignore[arg-type]
 
 
-async def serve(agent: NodeAgent, pool_url: str | None = None, metrics_port: int = -1) -> None:
+async def serve(agent: NodeAgent, pool_url: str | None = None, metrics_port: int = -1, enrol_token: str = "") -> None:
     from .metrics import NodeMetrics
 
     await agent.start()
@@ -45,7 +45,7 @@ async def serve(agent: NodeAgent, pool_url: str | None = None, metrics_port: int
     if pool_url:
         from .pool_link import PoolLink  # written with the pool manager
 
-        link = PoolLink(agent, pool_url)
+        link = PoolLink(agent, pool_url, enrol_token=enrol_token or None)  # None: FARGPU_ENROL_TOKEN or state file
         await link.start()
     metrics = None
     if metrics_port >= 0:
@@ -68,6 +68,15 @@ def main(
     token: Annotated[str, typer.Option(envvar="FARGPU_TOKEN", help="static token clients must present")] = "",
     vram_quota: Annotated[int, typer.Option(help="per-session VRAM quota in bytes (0: none)")] = 0,
     pool: Annotated[str, typer.Option(envvar="FARGPU_POOL_URL", help="register with this pool manager")] = "",
+    enrol_token: Annotated[
+        str,
+        typer.Option(
+            envvar="FARGPU_ENROL_TOKEN",
+            help="the pool's enrolment token (default: the state directory's enrol-token file, as a pool manager "
+            "on this machine writes it)",
+            show_default=False,
+        ),
+    ] = "",
     log_level: Annotated[str, typer.Option(envvar="FARGPU_LOG_LEVEL")] = "INFO",
     metrics_port: Annotated[
         int, typer.Option(envvar="FARGPU_METRICS_PORT", help="Prometheus /metrics port (0: any, -1: off)")
@@ -94,4 +103,4 @@ def main(
     typer.echo(f"fargpu node server: backend {be.describe()}")
     if be.simulated:
         typer.secho("NOTE: the simulated device is a test double; nothing here runs on a GPU.", fg="yellow")
-    _run_uvloop(serve(agent, pool or None, metrics_port))
+    _run_uvloop(serve(agent, pool or None, metrics_port, enrol_token))

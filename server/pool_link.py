@@ -6,14 +6,22 @@ open: "end lease" closes the lease's sessions through `agent.end_lease(lease_id,
 `agent.drain()`. A heartbeat reply may also name leases that ended while a command was lost; those are ended
 too. When the pool manager is away the link keeps retrying and registers again when it is back.
 
+Identity: before anything else the link enrols the node (`Enrol` with the pool's enrolment token) and gets a
+credential of its own, which every other call carries as metadata (see `fargpu.pool_manager.enrolment`). The
+enrolment token is `enrol_token`, else FARGPU_ENROL_TOKEN, else the state directory's `enrol-token` file that a
+pool manager on this machine writes (zero configuration on one machine). The credential is kept in memory and in
+`<state dir>/node-credentials/<node id>` (0600), so a restarted node registers again with its own credential
+while its old record is still live (the pool refuses to enrol a live, enrolled node id again). When the pool no
+longer knows the credential (UNAUTHENTICATED: say a memory-only pool manager restarted) the link enrols again.
+
 `pool` is the pool manager's REST URL (`http://host:7000`, as in FARGPU_POOL_URL; the link asks `/v1/info`
 for the gRPC port) or a gRPC target (`grpc://host:7001` or `host:7001`).
 
 `LeaseTokenAuth` is the node server's Authenticator for lease tokens. It sends the pool manager the token's
 SHA-256, never the token, and gets back the lease id, its VRAM quota (which the node enforces at allocation)
 and its expiry. Valid answers are cached for a few seconds, keyed by the digest; an "end lease" command drops
-them. If the pool manager cannot be reached, a cached grant is honoured until its lease's expiry. Tokens are
-never logged."""
+them. If the pool manager cannot be reached, a cached grant is honoured until its lease's expiry. Tokens,
+enrolment tokens and credentials are never logged."""
 
 from __future__ import annotations
 
@@ -23,16 +31,21 @@ import hashlib
 import hmac
 import logging
 import os
+import re
+import secrets
 import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlparse
 
 import grpc
 import httpx
 
 from fargpu import __version__
+from fargpu.pool_manager.config import enrol_token_file, node_credentials_dir
+from fargpu.pool_manager.enrolment import ENROL_TOKEN_ENV, node_metadata, read_enrol_token
 from fargpu.protocol.generated import pool_pb2, pool_pb2_grpc
 from fargpu.server.agent_api import NodeAgentAPI
 from fargpu.server.auth import AuthError, Grant
@@ -40,6 +53,13 @@ from fargpu.server.auth import AuthError, Grant
 log = logging.getLogger("fargpu.server.pool_link")
 
 Validator = Callable[[bytes], Awaitable[pool_pb2.ValidateTokenReply]]
+Metadata = tuple[tuple[str, str], ...]
+
+_REFUSED = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
+
+
+class EnrolmentUnavailable(Exception):
+    """No enrolment token could be found; the message says what to set (and never contains a secret)."""
 
 
 @dataclass
@@ -90,7 +110,10 @@ class LeaseTokenAuth:
         except grpc.aio.AioRpcError as e:
             if cached is not None:  # the pool is away: honour what it said until the lease's expiry
                 return cached.grant
-            why = f"the pool manager is unreachable ({e.code().name})"
+            if e.code() in _REFUSED:
+                why = f"the pool manager does not accept this node's credential ({e.code().name}); it enrols again"
+            else:
+                why = f"the pool manager is unreachable ({e.code().name})"
             raise AuthError(f"cannot check the lease token: {why}") from None
         if not reply.valid:
             self._cache.pop(digest, None)
@@ -99,6 +122,7 @@ class LeaseTokenAuth:
             lease_id=reply.lease_id,
             vram_quota_bytes=reply.vram_quota_bytes or None,
             expires_at=reply.expires_at or None,
+            max_sessions=reply.max_sessions or None,
         )
         self._cache[digest] = _Cached(digest, grant, now)
         return grant
@@ -135,7 +159,12 @@ class PoolLink:
         version: str = __version__,
         retry_s: float = 1.0,
         validate_timeout_s: float = 3.0,
+        enrol_token: str | None = None,
+        persist_credential: bool = True,
     ) -> None:
+        """`enrol_token`: the pool's enrolment token (None or empty: FARGPU_ENROL_TOKEN, else the state
+        directory's file, looked up at each enrolment). `persist_credential=False` keeps the node's credential
+        in memory only (simulated nodes of a benchmark)."""
         self.agent = agent
         self.validate_timeout_s = validate_timeout_s
         self.pool = pool
@@ -154,6 +183,11 @@ class PoolLink:
         self._channel: grpc.aio.Channel | None = None
         self._stub: pool_pb2_grpc.NodeRegistryStub | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._enrol_token = enrol_token or None
+        self._persist = persist_credential
+        self._credential: str | None = None
+        self._credential_file_tried = False
+        self._last_problem: str | None = None
 
     # --- lifecycle ---------------------------------------------------------------------------------------
     async def start(self, wait_registered_s: float = 5.0) -> None:
@@ -193,12 +227,96 @@ class PoolLink:
         return self._stub
 
     async def _validate(self, digest: bytes) -> pool_pb2.ValidateTokenReply:
+        metadata = self._metadata()
+        if metadata is None:
+            raise AuthError("this node has not enrolled with the pool manager yet; try again shortly")
         stub = await self._get_stub()
         return await stub.ValidateToken(
             pool_pb2.ValidateTokenRequest(node_id=self.node_id, token_sha256=digest),
             timeout=self.validate_timeout_s,
+            metadata=metadata,
             wait_for_ready=True,  # ride out a brief reconnect instead of refusing the client at once
         )
+
+    # --- identity ----------------------------------------------------------------------------------------
+    def credential_file(self) -> Path:
+        """Where this node keeps its credential: `<state dir>/node-credentials/<node id>`."""
+        return node_credentials_dir() / _file_name(self.node_id)
+
+    def _find_enrol_token(self) -> str:
+        token = self._enrol_token or os.environ.get(ENROL_TOKEN_ENV) or read_enrol_token(enrol_token_file())
+        if not token:
+            raise EnrolmentUnavailable(
+                f"no enrolment token to join the pool with: set {ENROL_TOKEN_ENV} (or --enrol-token) to the pool's "
+                f"token, or put it in {enrol_token_file()} (a pool manager on this machine writes that file)"
+            )
+        return token
+
+    async def enrol(self) -> None:
+        """Enrols this node with the pool manager and keeps the credential it issues."""
+        token = self._find_enrol_token()
+        stub = await self._get_stub()
+        reply = await stub.Enrol(pool_pb2.EnrolRequest(node_id=self.node_id, enrol_token=token), timeout=5.0)
+        self.node_id = reply.node_id or self.node_id
+        self._credential = reply.credential
+        self._credential_file_tried = True
+        self._save_credential()
+        log.info("enrolled with the pool manager at %s as node %s", self._target, self.node_id)
+
+    def _metadata(self) -> Metadata | None:
+        """The identity metadata of a call, or None before the node has a credential."""
+        if self._credential is None and not self._credential_file_tried:
+            self._credential_file_tried = True
+            self._credential = self._load_credential()
+        return node_metadata(self.node_id, self._credential) if self._credential is not None else None
+
+    async def _metadata_or_enrol(self) -> Metadata:
+        metadata = self._metadata()
+        if metadata is None:
+            await self.enrol()
+            metadata = self._metadata()
+            assert metadata is not None
+        return metadata
+
+    def _credential_refused(self, used: Metadata, e: grpc.aio.AioRpcError) -> None:
+        """The pool refused the credential in `used`: forget it (unless it was replaced meanwhile) and register
+        again, enrolling first."""
+        if self._credential is not None and used == node_metadata(self.node_id, self._credential):
+            # A pool manager without persistent state forgets credentials when it restarts: routine, not alarming.
+            log.info("the pool manager refused this node's credential (%s); enrolling again", _describe(e))
+            self._credential = None
+        self.registered.clear()
+
+    def _load_credential(self) -> str | None:
+        if not self._persist:
+            return None
+        try:
+            return self.credential_file().read_text().strip() or None
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            log.warning("cannot read this node's credential file %s: %s", self.credential_file(), e)
+            return None
+
+    def _save_credential(self) -> None:
+        if not self._persist or self._credential is None:
+            return
+        path = self.credential_file()
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+        try:
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(self._credential + "\n")
+            os.replace(tmp, path)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            log.warning(
+                "cannot keep this node's credential in %s (%s); after a restart the node can enrol again only "
+                "once the pool has marked it down",
+                path,
+                e,
+            )
 
     # --- what the node tells the pool --------------------------------------------------------------------
     def _gpus(self) -> list[pool_pb2.Gpu]:
@@ -227,18 +345,28 @@ class PoolLink:
         ]
 
     async def register(self) -> None:
+        """Registers the node, enrolling first if it has no credential or the pool no longer accepts it."""
         stub = await self._get_stub()
         endpoints = self._endpoints or [endpoint_url(self.agent.endpoint)]
-        reply = await stub.Register(
-            pool_pb2.RegisterRequest(
-                node_id=self.node_id,
-                endpoints=endpoints,
-                backend=self.agent.backend,
-                gpus=self._gpus(),
-                version=self.version,
-            ),
-            timeout=5.0,
-        )
+        for attempt in range(2):
+            metadata = await self._metadata_or_enrol()
+            try:
+                reply = await stub.Register(
+                    pool_pb2.RegisterRequest(
+                        node_id=self.node_id,
+                        endpoints=endpoints,
+                        backend=self.agent.backend,
+                        gpus=self._gpus(),
+                        version=self.version,
+                    ),
+                    timeout=5.0,
+                    metadata=metadata,
+                )
+                break
+            except grpc.aio.AioRpcError as e:
+                if e.code() != grpc.StatusCode.UNAUTHENTICATED or attempt == 1:
+                    raise
+                self._credential_refused(metadata, e)
         self.node_id = reply.node_id
         self.heartbeat_interval_s = reply.heartbeat_interval_s or self.heartbeat_interval_s
         self.registered.set()
@@ -247,16 +375,25 @@ class PoolLink:
     async def heartbeat(self) -> bool:
         """One heartbeat; ends the sessions of leases the pool says are over. False: register again."""
         stub = await self._get_stub()
-        reply = await stub.Heartbeat(
-            pool_pb2.HeartbeatRequest(
-                node_id=self.node_id, gpus=self._gpus(), sessions=self._sessions(), draining=self.draining
-            ),
-            timeout=5.0,
-        )
+        metadata = await self._metadata_or_enrol()
+        try:
+            reply = await stub.Heartbeat(
+                pool_pb2.HeartbeatRequest(
+                    node_id=self.node_id, gpus=self._gpus(), sessions=self._sessions(), draining=self.draining
+                ),
+                timeout=5.0,
+                metadata=metadata,
+            )
+        except grpc.aio.AioRpcError as e:
+            if e.code() != grpc.StatusCode.UNAUTHENTICATED:
+                raise
+            self._credential_refused(metadata, e)
+            return False
         if not reply.known:
             self.registered.clear()
             return False
         self.last_heartbeat_ok = time.time()
+        self._last_problem = None
         for end in reply.end_leases:
             await self._end_lease(end.lease_id, end.reason)
         return True
@@ -270,19 +407,33 @@ class PoolLink:
                 if not await self.heartbeat():
                     continue  # the pool forgot us (or marked us down): register at once
                 await asyncio.sleep(self.heartbeat_interval_s)
-            except (grpc.aio.AioRpcError, httpx.HTTPError, OSError, ValueError, KeyError) as e:
-                log.warning("pool manager %s: %s; retrying in %.1fs", self.pool, _describe(e), self.retry_s)
+            except (grpc.aio.AioRpcError, EnrolmentUnavailable, httpx.HTTPError, OSError, ValueError, KeyError) as e:
+                self._report(_describe(e))
                 await asyncio.sleep(self.retry_s)
+
+    def _report(self, problem: str) -> None:
+        """Logs a problem of the link once (until it changes or a heartbeat succeeds), not at every retry."""
+        if problem != self._last_problem:
+            self._last_problem = problem
+            log.warning("pool manager %s: %s; retrying every %gs", self.pool, problem, self.retry_s)
+        else:
+            log.debug("pool manager %s: %s; retrying in %.1fs", self.pool, problem, self.retry_s)
 
     async def _command_loop(self) -> None:
         while True:
             await self.registered.wait()
+            metadata = self._metadata()
             try:
+                if metadata is None:
+                    raise ValueError("no node credential yet")
                 stub = await self._get_stub()
-                async for cmd in stub.Commands(pool_pb2.CommandsRequest(node_id=self.node_id)):
+                request = pool_pb2.CommandsRequest(node_id=self.node_id)
+                async for cmd in stub.Commands(request, metadata=metadata):
                     await self._handle(cmd)
             except grpc.aio.AioRpcError as e:
                 log.debug("command stream ended: %s", _describe(e))
+                if e.code() == grpc.StatusCode.UNAUTHENTICATED and metadata is not None:
+                    self._credential_refused(metadata, e)
             except (httpx.HTTPError, OSError, ValueError, KeyError) as e:
                 log.debug("command stream failed: %s", _describe(e))
             await asyncio.sleep(self.retry_s)
@@ -301,6 +452,16 @@ class PoolLink:
         closed = await self.agent.end_lease(lease_id, reason)
         if closed:
             log.info("ended %d session(s) of lease %s: %s", closed, lease_id, reason)
+
+
+_SAFE_FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def _file_name(node_id: str) -> str:
+    """A node id as a file name: itself when that is safe, else a digest of it."""
+    if _SAFE_FILE_NAME.fullmatch(node_id):
+        return node_id
+    return "sha256-" + hashlib.sha256(node_id.encode()).hexdigest()
 
 
 def _describe(e: Exception) -> str:

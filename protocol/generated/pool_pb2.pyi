@@ -37,6 +37,22 @@ class Session(_message.Message):
     client: str
     def __init__(self, session_id: _Optional[str] = ..., lease_id: _Optional[str] = ..., pid: _Optional[int] = ..., vram_used_bytes: _Optional[int] = ..., client: _Optional[str] = ...) -> None: ...
 
+class EnrolRequest(_message.Message):
+    __slots__ = ("node_id", "enrol_token")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    ENROL_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    enrol_token: str
+    def __init__(self, node_id: _Optional[str] = ..., enrol_token: _Optional[str] = ...) -> None: ...
+
+class EnrolReply(_message.Message):
+    __slots__ = ("node_id", "credential")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    CREDENTIAL_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    credential: str
+    def __init__(self, node_id: _Optional[str] = ..., credential: _Optional[str] = ...) -> None: ...
+
 class RegisterRequest(_message.Message):
     __slots__ = ("node_id", "endpoints", "backend", "gpus", "version")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
@@ -120,15 +136,17 @@ class ValidateTokenRequest(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., token_sha256: _Optional[bytes] = ...) -> None: ...
 
 class ValidateTokenReply(_message.Message):
-    __slots__ = ("valid", "reason", "lease_id", "vram_quota_bytes", "expires_at")
+    __slots__ = ("valid", "reason", "lease_id", "vram_quota_bytes", "expires_at", "max_sessions")
     VALID_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     LEASE_ID_FIELD_NUMBER: _ClassVar[int]
     VRAM_QUOTA_BYTES_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    MAX_SESSIONS_FIELD_NUMBER: _ClassVar[int]
     valid: bool
     reason: str
     lease_id: str
     vram_quota_bytes: int
     expires_at: float
-    def __init__(self, valid: _Optional[bool] = ..., reason: _Optional[str] = ..., lease_id: _Optional[str] = ..., vram_quota_bytes: _Optional[int] = ..., expires_at: _Optional[float] = ...) -> None: ...
+    max_sessions: int
+    def __init__(self, valid: _Optional[bool] = ..., reason: _Optional[str] = ..., lease_id: _Optional[str] = ..., vram_quota_bytes: _Optional[int] = ..., expires_at: _Optional[float] = ..., max_sessions: _Optional[int] = ...) -> None: ...

@@ -5,7 +5,7 @@ import warnings
 
 from . import pool_pb2 as pool__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.85.4'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -34,6 +34,11 @@ class NodeRegistryStub:
         Args:
             channel: A grpc.Channel.
         """
+        self.Enrol = channel.unary_unary(
+                '/fargpu.pool.v1.NodeRegistry/Enrol',
+                request_serializer=pool__pb2.EnrolRequest.SerializeToString,
+                response_deserializer=pool__pb2.EnrolReply.FromString,
+                _registered_method=True)
         self.Register = channel.unary_unary(
                 '/fargpu.pool.v1.NodeRegistry/Register',
                 request_serializer=pool__pb2.RegisterRequest.SerializeToString,
@@ -58,6 +63,13 @@ class NodeRegistryStub:
 
 class NodeRegistryServicer:
     """Missing associated documentation comment in .proto file."""
+
+    def Enrol(self, request, context):
+        """the one call without a node credential
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
 
     def Register(self, request, context):
         """Missing associated documentation comment in .proto file."""
@@ -86,6 +98,11 @@ class NodeRegistryServicer:
 
 def add_NodeRegistryServicer_to_server(servicer, server):
     rpc_method_handlers = {
+            'Enrol': grpc.unary_unary_rpc_method_handler(
+                    servicer.Enrol,
+                    request_deserializer=pool__pb2.EnrolRequest.FromString,
+                    response_serializer=pool__pb2.EnrolReply.SerializeToString,
+            ),
             'Register': grpc.unary_unary_rpc_method_handler(
                     servicer.Register,
                     request_deserializer=pool__pb2.RegisterRequest.FromString,
@@ -116,6 +133,33 @@ def add_NodeRegistryServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class NodeRegistry:
     """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def Enrol(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fargpu.pool.v1.NodeRegistry/Enrol',
+            pool__pb2.EnrolRequest.SerializeToString,
+            pool__pb2.EnrolReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
 
     @staticmethod
     def Register(request,

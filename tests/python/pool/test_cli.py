@@ -1,9 +1,10 @@
 """`fargpu pool ...` and `fargpu pool-manager`: tables and --json against a running pool manager, admin
 commands with the admin token, clear messages when the pool manager is unreachable, and a pool manager
-process that is killed with SIGKILL and restarted without losing a lease."""
+process that is killed with SIGKILL and restarted without losing a lease (nor its node's enrolment)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import signal
 import subprocess
@@ -20,6 +21,7 @@ from fargpu.cli import app
 from fargpu.pool_manager.service import LeaseRequest
 
 GiB = 1 << 30
+ENROL = "enrol-secret-for-tests"
 runner = CliRunner(env={"COLUMNS": "250"})
 
 
@@ -82,7 +84,8 @@ def test_pool_manager_process_restart_after_sigkill_keeps_leases(tmp_path: Path)
     state = tmp_path / "state.json"
     cmd = [
         sys.executable, "-m", "fargpu.cli", "pool-manager", "--port", str(port), "--grpc-port", str(grpc_port),
-        "--state-file", str(state), "--log-level", "warning",
+        "--state-file", str(state), "--log-level", "warning", "--max-sessions-per-lease", "5",
+        "--enrol-token", ENROL,
     ]  # fmt: skip
     url = f"http://127.0.0.1:{port}"
 
@@ -104,13 +107,18 @@ def test_pool_manager_process_restart_after_sigkill_keeps_leases(tmp_path: Path)
     try:
         import grpc
 
+        from fargpu.pool_manager.enrolment import node_metadata
         from fargpu.protocol.generated import pool_pb2, pool_pb2_grpc
 
         with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as ch:
-            pool_pb2_grpc.NodeRegistryStub(ch).Register(  # type: ignore[call-arg]
+            stub = pool_pb2_grpc.NodeRegistryStub(ch)
+            enrolled = stub.Enrol(pool_pb2.EnrolRequest(node_id="n1", enrol_token=ENROL))  # type: ignore[call-arg]
+            md = node_metadata("n1", enrolled.credential)
+            stub.Register(  # type: ignore[call-arg]
                 pool_pb2.RegisterRequest(
                     node_id="n1", endpoints=["tcp://127.0.0.1:7100"], gpus=[pool_pb2.Gpu(index=0, total_bytes=8 * GiB)]
-                )
+                ),
+                metadata=md,
             )
         created = httpx.post(f"{url}/v1/leases", json={"vram": "6G", "ttl_s": 600}).json()
         proc.send_signal(signal.SIGKILL)
@@ -118,6 +126,12 @@ def test_pool_manager_process_restart_after_sigkill_keeps_leases(tmp_path: Path)
         proc = start()
         got = httpx.get(f"{url}/v1/leases/{created['lease_id']}").json()
         assert got["state"] == "active" and got["allocs"] == created["allocs"]
+        with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as ch:  # the node's credential survived the restart
+            digest = hashlib.sha256(created["token"].encode()).digest()
+            reply = pool_pb2_grpc.NodeRegistryStub(ch).ValidateToken(  # type: ignore[call-arg]
+                pool_pb2.ValidateTokenRequest(node_id="n1", token_sha256=digest), metadata=md
+            )
+        assert reply.valid and reply.lease_id == created["lease_id"] and reply.max_sessions == 5
         r = httpx.post(f"{url}/v1/leases", json={"vram": "6G"})
         assert r.status_code == 503  # the booking survived too
         r = httpx.delete(

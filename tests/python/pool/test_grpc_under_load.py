@@ -31,8 +31,8 @@ async def test_heartbeats_are_answered_while_rest_is_saturated(tmp_path: Path) -
         try:
             await asyncio.sleep(0.5)  # the REST loop is saturated from here on
             nodes = await asyncio.create_subprocess_exec(
-                sys.executable, str(SWARM), pm.grpc_target, "3", "150",
-                stdout=asyncio.subprocess.PIPE, env=subprocess_env(), cwd=tmp_path,
+                sys.executable, str(SWARM), pm.grpc_target, "3", "150", stdout=asyncio.subprocess.PIPE,
+                env={**subprocess_env(), "FARGPU_ENROL_TOKEN": pm.enrol_token}, cwd=tmp_path,
             )  # fmt: skip
             out, _ = await asyncio.wait_for(nodes.communicate(), 60)
         finally:

@@ -44,7 +44,14 @@ async def test_link_registers_heartbeats_and_carries_commands(caplog: pytest.Log
     caplog.set_level(logging.DEBUG)
     agent = FakeAgent(gpu_gib=(16, 24))
     async with PoolManager(pm_config(**fast())) as pm, httpx.AsyncClient(base_url=pm.rest_url) as api:
-        link = PoolLink(agent, pm.rest_url, auth=LeaseTokenAuth(cache_ttl_s=0), node_id="node-a", retry_s=0.05)
+        link = PoolLink(
+            agent,
+            pm.rest_url,
+            auth=LeaseTokenAuth(cache_ttl_s=0),
+            node_id="node-a",
+            retry_s=0.05,
+            enrol_token=pm.enrol_token,
+        )
         await link.start()
         try:
             assert link.registered.is_set()
@@ -59,6 +66,7 @@ async def test_link_registers_heartbeats_and_carries_commands(caplog: pytest.Log
             grant = await link.auth.authenticate(lease["token"])
             assert grant.lease_id == lease["lease_id"] and grant.vram_quota_bytes == 20 * GiB
             assert grant.expires_at == pytest.approx(lease["expires_at"])
+            assert grant.max_sessions == 16  # the pool's default max_sessions_per_lease
             with pytest.raises(AuthError, match="unknown lease token"):
                 await link.auth.authenticate(lease["token"] + "x")
             with pytest.raises(AuthError, match="no lease token"):
@@ -94,8 +102,8 @@ async def test_link_registers_heartbeats_and_carries_commands(caplog: pytest.Log
 async def test_token_of_another_node_is_refused() -> None:
     async with PoolManager(pm_config(**fast())) as pm, httpx.AsyncClient(base_url=pm.rest_url) as api:
         a, b = FakeAgent("127.0.0.1:7101", (8,)), FakeAgent("127.0.0.1:7102", (1,))
-        link_a = PoolLink(a, pm.grpc_target, node_id="a", retry_s=0.05)
-        link_b = PoolLink(b, f"grpc://{pm.grpc_target}", node_id="b", retry_s=0.05)
+        link_a = PoolLink(a, pm.grpc_target, node_id="a", retry_s=0.05, enrol_token=pm.enrol_token)
+        link_b = PoolLink(b, f"grpc://{pm.grpc_target}", node_id="b", retry_s=0.05, enrol_token=pm.enrol_token)
         await link_a.start()
         await link_b.start()
         try:
@@ -115,7 +123,7 @@ async def test_silent_node_goes_down_and_leases_end_with_reason() -> None:
         PoolManager(pm_config(**fast(heartbeat_timeout_s=0.4))) as pm,
         httpx.AsyncClient(base_url=pm.rest_url) as api,
     ):
-        link = PoolLink(agent, pm.rest_url, node_id="flaky", retry_s=0.05)
+        link = PoolLink(agent, pm.rest_url, node_id="flaky", retry_s=0.05, enrol_token=pm.enrol_token)
         await link.start()
         lease = (await api.post("/v1/leases", json={"vram": "2G"})).json()
         await asyncio.sleep(0.6)  # heartbeats keep it up past the timeout
@@ -134,7 +142,8 @@ async def test_silent_node_goes_down_and_leases_end_with_reason() -> None:
         )
         assert r.status_code == 409 and "stopped responding" in r.json()["reason"]
 
-        link = PoolLink(agent, pm.rest_url, node_id="flaky", retry_s=0.05)  # the node comes back
+        # The node comes back (a new link: its credential is the one it kept in its state directory).
+        link = PoolLink(agent, pm.rest_url, node_id="flaky", retry_s=0.05, enrol_token=pm.enrol_token)
         await link.start()
         try:
             assert (await api.get("/v1/nodes/flaky")).json()["state"] == "up"
@@ -149,7 +158,13 @@ async def test_link_and_leases_survive_pool_manager_restart(tmp_path: Path) -> N
     pm = PoolManager(config)
     await pm.start()
     link = PoolLink(
-        agent, pm.rest_url, auth=LeaseTokenAuth(cache_ttl_s=0), node_id="n", retry_s=0.05, validate_timeout_s=0.3
+        agent,
+        pm.rest_url,
+        auth=LeaseTokenAuth(cache_ttl_s=0),
+        node_id="n",
+        retry_s=0.05,
+        validate_timeout_s=0.3,
+        enrol_token=pm.enrol_token,
     )
     await link.start()
     try:
@@ -170,6 +185,19 @@ async def test_link_and_leases_survive_pool_manager_restart(tmp_path: Path) -> N
     finally:
         await link.stop()
         await pm.stop()
+
+
+async def test_grant_carries_the_pools_max_sessions_per_lease() -> None:
+    async with PoolManager(pm_config(**fast(max_sessions_per_lease=3))) as pm:
+        link = PoolLink(FakeAgent(), pm.grpc_target, node_id="n", retry_s=0.05, enrol_token=pm.enrol_token)
+        await link.start()
+        try:
+            async with httpx.AsyncClient(base_url=pm.rest_url) as api:
+                lease = (await api.post("/v1/leases", json={"vram": "1G"})).json()
+            grant = await link.auth.authenticate(lease["token"])
+            assert grant.lease_id == lease["lease_id"] and grant.max_sessions == 3
+        finally:
+            await link.stop()
 
 
 async def test_node_metrics() -> None:
