@@ -6,20 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import secrets
 import signal
 from typing import Annotated
 
 import typer
 
+from fargpu.pool_manager.units import parse_size
+
 from .auth import Authenticator, StaticTokenAuth
 from .backend import select
 from .node_agent import AgentConfig, NodeAgent, default_unix_path
-
-# The node server forks a worker per session while gRPC threads (the pool link) run; gRPC's fork handlers are
-# then unsafe (the child can crash before exec), and an exec'ed child needs none of them. Set before grpc loads.
-os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 app = typer.Typer(help="Run a fargpu node server.", invoke_without_command=True, no_args_is_help=False)
 
@@ -66,7 +63,32 @@ def main(
     unix: Annotated[str, typer.Option(envvar="FARGPU_UNIX_SOCKET", help="unix socket path ('' for none)")] = "",
     backend: Annotated[str, typer.Option(envvar="FARGPU_BACKEND", help="auto, cuda or sim")] = "auto",
     token: Annotated[str, typer.Option(envvar="FARGPU_TOKEN", help="static token clients must present")] = "",
-    vram_quota: Annotated[int, typer.Option(help="per-session VRAM quota in bytes (0: none)")] = 0,
+    vram_quota: Annotated[
+        int, typer.Option(help="with a static token: VRAM quota in bytes for all its sessions together (0: none)")
+    ] = 0,
+    ctx_charge: Annotated[
+        str, typer.Option(envvar="FARGPU_CTX_CHARGE", help="VRAM charged to a lease per context a session creates")
+    ] = "512M",
+    host_page_pool: Annotated[
+        str, typer.Option(envvar="FARGPU_HOST_PAGE_POOL", help="host memory for paged-out sessions (then disk)")
+    ] = "4G",
+    spill_dir: Annotated[
+        str, typer.Option(envvar="FARGPU_SPILL_DIR", help="where page-out spills when the host pool is full "
+                          "[default: $XDG_STATE_HOME/fargpu/spill]", show_default=False)
+    ] = "",
+    resident_limit: Annotated[
+        str, typer.Option(envvar="FARGPU_RESIDENT_LIMIT", help="VRAM sessions may hold resident at once "
+                          "[default: the GPUs' memory]", show_default=False)
+    ] = "",
+    idle_page_out: Annotated[
+        float, typer.Option(envvar="FARGPU_IDLE_PAGE_OUT", help="page out sessions idle this many seconds, where "
+                            "their lease allows (0: only when the pool or memory pressure asks)")
+    ] = 0.0,
+    max_sessions_per_lease: Annotated[
+        int,
+        typer.Option(envvar="FARGPU_MAX_SESSIONS_PER_LEASE", min=1, help="sessions a lease may hold here at once, "
+                     "where the pool does not say"),
+    ] = 16,
     pool: Annotated[str, typer.Option(envvar="FARGPU_POOL_URL", help="register with this pool manager")] = "",
     enrol_token: Annotated[
         str,
@@ -98,7 +120,18 @@ def main(
             token = secrets.token_urlsafe(24)
             typer.echo(f"no FARGPU_TOKEN given; generated one for this run: export FARGPU_TOKEN={token}")
         auth = StaticTokenAuth(token, vram_quota or None)
-    cfg = AgentConfig(listen=listen or None, unix_path=unix or (default_unix_path() if not listen else None))
+    sizes: dict[str, int | None] = {}
+    for flag, text in (("--ctx-charge", ctx_charge), ("--host-page-pool", host_page_pool),
+                       ("--resident-limit", resident_limit)):
+        try:
+            sizes[flag] = None if not text.strip() else 0 if text.strip() == "0" else parse_size(text)
+        except ValueError as exc:
+            typer.secho(f"error: {flag}: {exc}", fg="red", err=True)
+            raise typer.Exit(2) from None
+    cfg = AgentConfig(listen=listen or None, unix_path=unix or (default_unix_path() if not listen else None),
+                      max_sessions_per_lease=max_sessions_per_lease, ctx_charge=sizes["--ctx-charge"] or 0,
+                      host_pool_bytes=sizes["--host-page-pool"] or 0, resident_limit=sizes["--resident-limit"],
+                      spill_dir=spill_dir or None, idle_page_out_s=idle_page_out or None)
     agent = NodeAgent(be, auth, cfg)
     typer.echo(f"fargpu node server: backend {be.describe()}")
     if be.simulated:
