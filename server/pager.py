@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -99,6 +100,8 @@ class Pager:
         self._room_lock = asyncio.Lock()
         self.pageouts = 0
         self.pageins = 0
+        # Told of every finished step: (kind "pageout"|"pagein", where "host"|"disk", bytes, seconds) — metrics.
+        self.observer: Callable[[str, str, int, float], None] | None = None
 
     # ---- bookkeeping ----
     def admit(self, sid: str, qos: str, idle_timeout_s: float | None) -> int:
@@ -139,17 +142,22 @@ class Pager:
                 self.pool.give(st.extent)
                 st.extent = None
             self.pageouts += 1
+            if self.observer is not None:
+                self.observer("pageout", parts[0], st.paged_bytes, st.last_pageout_s)
             self._wake(st, "paged " + rest)
         elif word == "pageout-failed":
             st.state = "resident"
             self._release_store(st)
             self._wake(st, "failed " + rest)
         elif word == "resident" and parts:
+            where = "host" if st.extent is not None else "disk"
             st.state = "resident"
             st.paged_bytes = 0
             st.last_pagein_s = int(parts[1]) / 1e9 if len(parts) > 1 else 0.0
             self._release_store(st)
             self.pageins += 1
+            if self.observer is not None:
+                self.observer("pagein", where, int(parts[0]), st.last_pagein_s)
             self._wake(st, "resident " + rest)
         elif word == "paging-in":
             st.state = "paging-in"
