@@ -85,7 +85,7 @@ import torch, sys
 free, total = torch.cuda.mem_get_info()
 n = int(free * 0.9) // 2 // 8192 * 8192
 a = torch.ones(n // 8192, 4096, dtype=torch.float16, device="cuda")
-s = (a @ a[:4096].T).float().sum().item()
+s = (a[:8192] @ a[:8192].T).float().sum().item()  # computes on the memory it holds
 print("FILLED", n * 2, free, s > 0, flush=True)
 '''
 
@@ -268,6 +268,8 @@ async def main() -> int:
             f = start(FILL)
             gp["second_session"] = await line(f)
             await asyncio.to_thread(f.wait, 120)
+            if not gp["second_session"].startswith("FILLED"):
+                gp["second_session_stderr"] = f.stderr.read()[-2000:] if f.stderr else ""
             send(g, "go")
             fwd2 = (await line(g)).split()
             gp["fwd2"] = fwd2

@@ -48,6 +48,7 @@ class AgentConfig:
     host_pool_bytes: int = 4 << 30  # the host page pool (a sparse memfd: memory is used only as sessions page out)
     spill_dir: str | None = None  # where page-out spills when the pool is full; None: the state dir's spill/
     idle_page_out_s: float | None = None  # page out a session idle this long, unless its lease says otherwise
+    host_pool_prefault: bool | None = None  # allocate the host pool's pages at start; None: on a real GPU only
 
 
 @dataclass
@@ -76,7 +77,9 @@ class NodeAgent:
         limit = self.config.resident_limit
         if limit is None:
             limit = sum(d.total_bytes for d in device_infos(backend, 0))
-        self.pager = Pager(limit, self.config.host_pool_bytes, Path(self.config.spill_dir or default_spill_dir()))
+        prefault = self.config.host_pool_prefault
+        self.pager = Pager(limit, self.config.host_pool_bytes, Path(self.config.spill_dir or default_spill_dir()),
+                           prefault=not backend.simulated if prefault is None else prefault)
         self.tcp_port: int | None = None
         self.endpoint = ""
 

@@ -18,12 +18,14 @@
  * what this attempt mapped and leaves the session paged, so it is never resumed with wrong memory. The batch that
  * needed the GPU then fails with CUDA_ERROR_OUT_OF_MEMORY and a later one tries again.
  *
- * Status lines to the agent: "paged host|disk BYTES NS UNPAGEABLE", "pageout-failed REASON",
- * "paging-in BYTES", "resident BYTES NS", "pagein-failed REASON", "need BYTES". */
+ * Status lines to the agent: "paged host|disk BYTES NS UNPAGEABLE register_ns=.. io_ns=.. copy_ns=.. registered=0|1",
+ * "pageout-failed REASON", "paging-in BYTES", "resident BYTES NS io_ns=.. copy_ns=..", "pagein-failed REASON",
+ * "need BYTES". */
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -59,6 +61,7 @@ typedef struct fgs_pager {
     int close_pending;
     char close_why[256];
     unsigned test_delay_ms; /* FARGPU_PAGING_TEST_DELAY_MS: fault-injection tests stretch each step with it */
+    uint64_t io_ns, copy_ns, register_ns; /* where the last step's time went (reported with it) */
 } fgs_pager;
 
 uint64_t fgs_now_ns(void) {
@@ -322,8 +325,12 @@ static CUresult to_disk(fgs_session *S, int fd, uint64_t *written) {
             size_t n = a->mapped - done < BOUNCE ? a->mapped - done : BOUNCE;
             r = S->api->cuMemcpyDtoHAsync_v2(P->bounce[cur], a->ptr + done, n, P->stream);
             if (r != CUDA_SUCCESS) return r;
+            uint64_t t0 = fgs_now_ns();
             if (pending && write_full(fd, P->bounce[cur ^ 1], pending, pend_off)) return CUDA_ERROR_OPERATING_SYSTEM;
+            uint64_t t1 = fgs_now_ns();
             r = S->api->cuStreamSynchronize(P->stream);
+            P->io_ns += t1 - t0;
+            P->copy_ns += fgs_now_ns() - t1; /* the part of the copy the write did not hide */
             if (r != CUDA_SUCCESS) return r;
             pending = n;
             pend_off = off;
@@ -332,28 +339,53 @@ static CUresult to_disk(fgs_session *S, int fd, uint64_t *written) {
             done += n;
         }
     }
+    uint64_t t0 = fgs_now_ns();
     if (pending && write_full(fd, P->bounce[cur ^ 1], pending, pend_off)) return CUDA_ERROR_OPERATING_SYSTEM;
+    P->io_ns += fgs_now_ns() - t0;
     *written = off;
     return CUDA_SUCCESS;
 }
 
+typedef struct {
+    int fd;
+    void *buf;
+    size_t n;
+    uint64_t off;
+    int failed;
+} read_job;
+
+static void *read_job_run(void *arg) {
+    read_job *j = (read_job *)arg;
+    j->failed = read_full_at(j->fd, j->buf, j->n, j->off);
+    return NULL;
+}
+
+/* Spill file → device: two chunks are read at once (one on a helper thread: the disk sees two requests in
+ * flight), then both are copied to the device. */
 static CUresult from_disk(fgs_session *S, int fd, fgs_alloc *a) {
     fgs_pager *P = S->pager;
     CUresult r = ensure_bounce(S);
     if (r != CUDA_SUCCESS) return r;
-    int cur = 0;
     for (size_t done = 0; done < a->mapped;) {
-        size_t n = a->mapped - done < BOUNCE ? a->mapped - done : BOUNCE;
-        if (read_full_at(fd, P->bounce[cur], n, a->page_off + done)) return CUDA_ERROR_OPERATING_SYSTEM;
-        /* the read of the next chunk overlaps this copy; the buffer is reused only after a sync */
-        r = S->api->cuMemcpyHtoDAsync_v2(a->ptr + done, P->bounce[cur], n, P->stream);
+        size_t n0 = a->mapped - done < BOUNCE ? a->mapped - done : BOUNCE;
+        size_t left = a->mapped - done - n0;
+        size_t n1 = left < BOUNCE ? left : BOUNCE;
+        uint64_t t0 = fgs_now_ns();
+        read_job second = {fd, P->bounce[1], n1, a->page_off + done + n0, 0};
+        pthread_t th;
+        int threaded = n1 && pthread_create(&th, NULL, read_job_run, &second) == 0;
+        int failed = read_full_at(fd, P->bounce[0], n0, a->page_off + done);
+        if (n1 && !threaded) read_job_run(&second);
+        if (threaded) pthread_join(th, NULL);
+        P->io_ns += fgs_now_ns() - t0;
+        if (failed || second.failed) return CUDA_ERROR_OPERATING_SYSTEM;
+        t0 = fgs_now_ns();
+        r = S->api->cuMemcpyHtoDAsync_v2(a->ptr + done, P->bounce[0], n0, P->stream);
+        if (r == CUDA_SUCCESS && n1) r = S->api->cuMemcpyHtoDAsync_v2(a->ptr + done + n0, P->bounce[1], n1, P->stream);
+        if (r == CUDA_SUCCESS) r = S->api->cuStreamSynchronize(P->stream);
+        P->copy_ns += fgs_now_ns() - t0;
         if (r != CUDA_SUCCESS) return r;
-        cur ^= 1;
-        done += n;
-        if (cur == 0 || done >= a->mapped) {
-            r = S->api->cuStreamSynchronize(P->stream);
-            if (r != CUDA_SUCCESS) return r;
-        }
+        done += n0 + n1;
     }
     return CUDA_SUCCESS;
 }
@@ -391,6 +423,7 @@ static void page_out(fgs_session *S, const char *args) {
         status(P, "pageout-failed the host pool extent does not hold %llu bytes", (unsigned long long)total);
         return;
     }
+    P->io_ns = P->copy_ns = P->register_ns = 0;
     CUresult r = sync_all_contexts(S);
     if (r != CUDA_SUCCESS) {
         status(P, "pageout-failed synchronising the session failed with CUDA error %d", (int)r);
@@ -400,8 +433,10 @@ static void page_out(fgs_session *S, const char *args) {
     if (host) {
         P->off = off;
         P->len = len;
+        uint64_t t_reg = fgs_now_ns();
         if (P->reg && total && P->reg(P->pool + off, len, CU_MEMHOSTREGISTER_PORTABLE) == CUDA_SUCCESS)
             P->registered = 1;
+        P->register_ns = fgs_now_ns() - t_reg;
         uint64_t o = 0;
         for (size_t i = 0; i < S->n_allocs && r == CUDA_SUCCESS; i++) {
             S->allocs[i].page_off = o;
@@ -437,8 +472,10 @@ static void page_out(fgs_session *S, const char *args) {
     if (P->node) fgs_ledger_uncharge(P->node, total);
     P->where = host ? PAGED_HOST : PAGED_DISK;
     P->bytes = total;
-    status(P, "paged %s %llu %llu %llu", host ? "host" : "disk", (unsigned long long)total,
-           (unsigned long long)(fgs_now_ns() - t0), (unsigned long long)unpageable_bytes(S));
+    status(P, "paged %s %llu %llu %llu register_ns=%llu io_ns=%llu copy_ns=%llu registered=%d", host ? "host" : "disk",
+           (unsigned long long)total, (unsigned long long)(fgs_now_ns() - t0), (unsigned long long)unpageable_bytes(S),
+           (unsigned long long)P->register_ns, (unsigned long long)P->io_ns, (unsigned long long)P->copy_ns,
+           P->registered);
 }
 
 /* Undoes what a failed page-in mapped; the contents stay in the store. */
@@ -456,6 +493,7 @@ CUresult fgs_page_in(fgs_session *S) {
     fgs_pager *P = S->pager;
     uint64_t t0 = fgs_now_ns();
     status(P, "paging-in %llu", (unsigned long long)P->bytes);
+    P->io_ns = P->copy_ns = 0;
     if (P->node && fgs_resident_charge(S, P->bytes) != CUDA_SUCCESS) {
         status(P, "pagein-failed no room on the GPU for %llu bytes", (unsigned long long)P->bytes);
         return CUDA_ERROR_OUT_OF_MEMORY;
@@ -493,8 +531,13 @@ CUresult fgs_page_in(fgs_session *S) {
     }
     for (size_t i = 0; i < S->n_allocs && r == CUDA_SUCCESS; i++) {
         fgs_alloc *a = &S->allocs[i];
-        if (P->where == PAGED_HOST) r = S->api->cuMemcpyHtoD_v2(a->ptr, P->pool + P->off + a->page_off, a->mapped);
-        else r = from_disk(S, fd, a);
+        if (P->where == PAGED_HOST) {
+            uint64_t t = fgs_now_ns();
+            r = S->api->cuMemcpyHtoD_v2(a->ptr, P->pool + P->off + a->page_off, a->mapped);
+            P->copy_ns += fgs_now_ns() - t;
+        } else {
+            r = from_disk(S, fd, a);
+        }
         test_delay(P);
     }
     if (fd >= 0) close(fd);
@@ -508,7 +551,8 @@ CUresult fgs_page_in(fgs_session *S) {
     if (P->where == PAGED_HOST) unregister_pool(S);
     else unlink(P->spill_path);
     P->where = RESIDENT;
-    status(P, "resident %llu %llu", (unsigned long long)P->bytes, (unsigned long long)(fgs_now_ns() - t0));
+    status(P, "resident %llu %llu io_ns=%llu copy_ns=%llu", (unsigned long long)P->bytes,
+           (unsigned long long)(fgs_now_ns() - t0), (unsigned long long)P->io_ns, (unsigned long long)P->copy_ns);
     P->bytes = 0;
     return CUDA_SUCCESS;
 }
