@@ -38,6 +38,7 @@
 #include <dirent.h>
 #include <dlfcn.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <poll.h>
 #include <pthread.h>
@@ -46,6 +47,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -97,7 +99,7 @@ static int chance(int percent) { return (int)rndn(100) < percent; }
 
 /* ---------------------------------------------------------------- statistics ---- */
 static unsigned long st_replies, st_ok_results, st_closes, st_allocs, st_modules, st_functions, st_libraries,
-    st_kernels, st_launch_ok, st_frames, st_records, st_ctl, st_deferred, st_chunks, st_need_image,
+    st_pageouts, st_kernels, st_launch_ok, st_frames, st_records, st_ctl, st_deferred, st_chunks, st_need_image,
     st_refused_images, st_outputs, st_cb_sessions, st_cb_runs, st_cb_copies;
 
 /* ---------------------------------------------------------------- a session under test ---- */
@@ -124,6 +126,7 @@ typedef struct {
     pthread_t th;
     int fd;     /* the client's end */
     int ctl_w;  /* write end of the control pipe, -1 when none */
+    int status_fd; /* where the session's paging status lines go (0: none) */
     uint32_t seq;
     int closed; /* got CLOSE or EOF */
     char close_reason[512];
@@ -165,6 +168,11 @@ static int session_start(session *s, int with_ctl, unsigned long long vram_quota
         if (pipe(p)) exit(2);
         s->sr.ctl = p[0];
         s->ctl_w = p[1];
+        /* paging (paging.c): a 64 MiB host pool; status lines go nowhere */
+        int pool = memfd_create("fuzz-pool", MFD_CLOEXEC), devnull = open("/dev/null", O_WRONLY | O_CLOEXEC);
+        if (pool < 0 || devnull < 0 || ftruncate(pool, 64 << 20)) exit(2);
+        if (fgs_set_pager(s->sr.S, devnull, pool, -1, 0)) fail("fgs_set_pager refused a valid setup");
+        s->status_fd = devnull;
     }
     alarm(TIMEOUT_S);
     if (pthread_create(&s->th, NULL, serve_thread, &s->sr)) exit(2);
@@ -178,6 +186,7 @@ static int session_end(session *s) {
     alarm(0);
     if (s->sr.ctl >= 0) close(s->sr.ctl);
     if (s->ctl_w >= 0) close(s->ctl_w);
+    if (s->status_fd > 0) close(s->status_fd);
     return s->sr.rc;
 }
 
@@ -620,6 +629,13 @@ static void fuzz_session(unsigned idx) {
             P.ptr[P.nptr] = v[0];
             memcpy(&P.size[P.nptr++], a.b, 8);
             st_allocs++;
+            if (use_ctl && chance(70)) { /* page the session out; the next frame pages it back in */
+                char line[160];
+                if (chance(50)) snprintf(line, sizeof line, "pageout host 0 %u\n", 64u << 20);
+                else snprintf(line, sizeof line, "pageout disk /tmp/fargpu-fuzz-spill-%d-%u\n", (int)getpid(), idx);
+                if (write(s.ctl_w, line, strlen(line)) < 0) exit(2);
+                st_pageouts++;
+            }
         }
         if (load_ptx(&s, FG_OP_cuModuleLoadData, cache_on && chance(50) ? 0 : 1 + (unsigned)rndn(3), ctx, &mod) == 0) {
             pool_add(&P, FGH_MODULE, mod);
@@ -928,6 +944,7 @@ int main(int argc, char **argv) {
         fail("leak across the fuzz sessions: free %" PRIu64 " (sim: %" PRIu64 "), baseline %" PRIu64, after, direct,
              baseline);
     cache_remove();
+    printf("fuzz_server: %lu page-outs asked for\n", st_pageouts);
     printf("fuzz_server: %u sessions, %lu frames, %lu records, %lu replies (%lu successful), %lu CLOSEs, %lu control "
            "closes, %lu deferred errors, %lu OUTPUT frames; images: %lu chunks, %lu NEED_IMAGE, %lu wrong hashes "
            "refused; deep paths: %lu allocs, %lu modules, %lu functions, %lu libraries, %lu kernels\n",
