@@ -160,7 +160,7 @@ async def main() -> int:
     ap.add_argument("--python", default=sys.executable)
     ap.add_argument("--skip-gpt2", action="store_true")
     ap.add_argument("--backend", default="cuda", help="cuda; sim only for a smoke run of this script")
-    ap.add_argument("--disk-bytes", type=int, default=4 * GiB)
+    ap.add_argument("--disk-bytes", type=int, default=8 * GiB)
     a = ap.parse_args()
     out = Path(a.out)
     sizes = [int(x) for x in a.sizes.split(",") if x]
