@@ -55,15 +55,23 @@ class HostPool:
         self.fd = os.memfd_create("fargpu-page-pool", os.MFD_CLOEXEC) if self.size else -1
         if self.fd >= 0:
             os.ftruncate(self.fd, self.size)
+        self._stop = threading.Event()
+        self._prefaulter: threading.Thread | None = None
         if prefault and self.fd >= 0:
             # Allocate the pool's pages now, in the background: a page-out that first had to fault in and zero
             # fresh pages while the driver pins them ran at 3 GB/s on an H100 (bench/results/paging_gpu-*).
-            threading.Thread(target=self._prefault, name="fargpu-page-pool-prefault", daemon=True).start()
+            self._prefaulter = threading.Thread(target=self._prefault, name="fargpu-page-pool-prefault", daemon=True)
+            self._prefaulter.start()
         self._free: list[tuple[int, int]] = [(0, self.size)] if self.size else []
 
     def _prefault(self) -> None:
+        # Written, not just fallocated: a fallocated shmem page is still cleared on its first write.
+        zeros = bytes(64 << 20)
         try:
-            os.posix_fallocate(self.fd, 0, self.size)
+            for off in range(0, self.size, len(zeros)):
+                if self._stop.is_set():
+                    return
+                os.pwrite(self.fd, zeros[: min(len(zeros), self.size - off)], off)
         except OSError as e:
             log.warning("could not allocate the host page pool up front (%s); pages come as sessions page out", e)
 
@@ -94,6 +102,9 @@ class HostPool:
         return sum(n for _, n in self._free)
 
     def close(self) -> None:
+        self._stop.set()
+        if self._prefaulter is not None:
+            self._prefaulter.join()  # it writes to self.fd: the descriptor must not be reused under it
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
