@@ -59,6 +59,14 @@ def run(
     wait: Annotated[float, typer.Option(min=0, help="wait up to this many seconds for capacity")] = 0.0,
     label: Annotated[str | None, typer.Option(help="label shown to operators [default: the command]")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no lease banner")] = False,
+    idle_timeout: Annotated[
+        float | None,
+        typer.Option(
+            min=0,
+            help="seconds CMD may sit idle before its node pages its GPU memory out (0: never) [default: the pool's]",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Lease GPU capacity, run CMD with the fargpu stub loaded, release the lease. Exits with CMD's code."""
     from fargpu.run import run_leased
@@ -74,6 +82,7 @@ def run(
             wait_s=wait,
             label=label,
             quiet=quiet,
+            idle_timeout_s=idle_timeout,
         )
     )
     raise typer.Exit(rc)

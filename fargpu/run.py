@@ -1,6 +1,9 @@
 """`fargpu run`: lease GPU capacity, run a command against it with the stub loaded, give the capacity back.
 
-    fargpu run [--vram 8G] [--gpus 1] [--pool URL] -- CMD ARGS...
+    fargpu run [--vram 8G] [--gpus 1] [--qos standard] [--idle-timeout S] [--pool URL] -- CMD ARGS...
+
+`--idle-timeout S`: the node pages CMD's GPU memory out after S idle seconds (0: never; default: the pool's),
+unless `--qos guaranteed`, which is never paged; the next call pages it back in at the same addresses.
 
 1. Finds the stub (`fargpu.paths`) before leasing, so a missing native build costs no lease.
 2. Leases (POST /v1/leases) and sets, for CMD only: FARGPU_SERVER (the node's endpoint as `host:port`, or a
@@ -111,6 +114,7 @@ async def run_leased(
     wait_s: float = 0.0,
     label: str | None = None,
     quiet: bool = False,
+    idle_timeout_s: float | None = None,
 ) -> int:
     if not cmd:
         _say("no command given: fargpu run [OPTIONS] -- CMD ARGS...")
@@ -123,7 +127,13 @@ async def run_leased(
     async with PoolClient(pool_url) as client:
         try:
             lease = await client.create_lease(
-                vram_bytes, gpus, qos=qos, ttl_s=ttl_s, wait_s=wait_s, label=label or " ".join(cmd)[:200]
+                vram_bytes,
+                gpus,
+                qos=qos,
+                ttl_s=ttl_s,
+                wait_s=wait_s,
+                label=label or " ".join(cmd)[:200],
+                idle_timeout_s=idle_timeout_s,
             )
         except PoolUnreachable as e:
             _say(str(e))

@@ -1,6 +1,12 @@
-"""`fargpu pool ...`: the operators' view of the pool (status, nodes, leases, sessions) and its two levers
-(drain a node, evict a lease). Every command takes --json for scripts; tables otherwise. Exit codes: 0 done,
-1 the pool refused (the reason is printed), 2 the pool manager could not be reached."""
+"""`fargpu pool ...`: the operators' view of the pool (status, nodes, leases, sessions with their paging state)
+and its levers (drain a node, evict a lease, page a session out or in). Every command takes --json for scripts;
+tables otherwise. Exit codes: 0 done, 1 the pool refused (the reason is printed, in one line), 2 the pool manager
+could not be reached. Under --json, page-out and page-in print their errors as JSON too (on stdout:
+`{"error": code, "reason": text, ...}`), so a script reads one document whatever happens.
+
+page-out and page-in queue a command for the session's node and return; with --wait S they poll the sessions
+listing until the node reports that command's outcome (or S seconds pass), then print the session. They succeed
+when the session ends up where it was asked to go (paged out, or resident), even if it got there by itself."""
 
 from __future__ import annotations
 
@@ -15,6 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from fargpu.pool_manager.client import PoolApiError, PoolClient, PoolUnreachable, default_pool_url
+from fargpu.pool_manager.models import PageTarget
 from fargpu.pool_manager.units import format_size
 
 T = TypeVar("T")
@@ -36,7 +43,7 @@ def _out() -> Console:
 
 
 def _err() -> Console:
-    return Console(stderr=True)
+    return Console(stderr=True, soft_wrap=True)  # errors stay on one line
 
 
 def _call(pool: str | None, admin_token: str | None, fn: Callable[[PoolClient], Awaitable[T]]) -> T:
@@ -60,6 +67,23 @@ def _json(data: Any) -> None:
 
 def _ago(t: float | None) -> str:
     return "-" if t is None else f"{max(0.0, time.time() - t):.0f}s ago"
+
+
+def _duration(seconds: float) -> str:
+    s = int(max(0.0, seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+def _idle_policy(lease: dict[str, Any]) -> str:
+    """When the lease's sessions are paged out for idleness."""
+    idle = lease.get("idle_timeout_s")
+    if lease["qos"] == "guaranteed" or idle == 0:
+        return "never"
+    return "pool default" if idle is None else f"after {_duration(idle)}"
 
 
 def _in(t: float) -> str:
@@ -93,7 +117,9 @@ def nodes(pool: PoolOpt = None, as_json: JsonOpt = False) -> None:
     if as_json:
         return _json(ns)
     t = Table(title=f"{len(ns)} node(s)")
-    for col in ("node", "state", "backend", "GPUs", "reserved / total", "in use", "sessions", "heartbeat", "endpoints"):
+    cols = ("node", "state", "backend", "GPUs", "reserved / total", "overcommit", "in use", "paged", "sessions",
+            "heartbeat", "endpoints")  # fmt: skip
+    for col in cols:
         t.add_column(col)
     for n in ns:
         total = sum(g["total_bytes"] for g in n["gpus"])
@@ -105,7 +131,9 @@ def nodes(pool: PoolOpt = None, as_json: JsonOpt = False) -> None:
             n["backend"],
             str(len(n["gpus"])),
             f"{format_size(sum(n['reserved'].values()))} / {format_size(total)}",
+            f"x{n['overcommit']:g}" if n.get("overcommit") else "pool's",
             format_size(used),
+            format_size(sum(x.get("paged_bytes", 0) for x in n["sessions"])),
             str(len(n["sessions"])),
             _ago(n["last_heartbeat"]),
             " ".join(n["endpoints"]),
@@ -124,7 +152,7 @@ def leases(
     if as_json:
         return _json(ls)
     t = Table(title=f"{len(ls)} lease(s)")
-    for col in ("lease", "state", "node", "GPUs", "VRAM/GPU", "qos", "expires", "label"):
+    for col in ("lease", "state", "node", "GPUs", "VRAM/GPU", "qos", "idle page-out", "expires", "label"):
         t.add_column(col)
     for lease in ls:
         state = lease["state"] + (f": {lease['end_reason']}" if lease.get("end_reason") else "")
@@ -135,6 +163,7 @@ def leases(
             ",".join(str(a["gpu"]) for a in lease["allocs"]),
             format_size(lease["vram_bytes"]),
             lease["qos"],
+            _idle_policy(lease),
             _in(lease["expires_at"]) if lease["state"] == "active" else "-",
             lease.get("label") or "",
         )
@@ -148,11 +177,20 @@ def sessions(pool: PoolOpt = None, as_json: JsonOpt = False) -> None:
     if as_json:
         return _json(ss)
     t = Table(title=f"{len(ss)} session(s)")
-    for col in ("session", "lease", "node", "pid", "VRAM used", "client"):
+    for col in ("session", "lease", "node", "state", "resident", "paged", "idle", "VRAM used", "pid", "client"):
         t.add_column(col)
     for s in ss:
         t.add_row(
-            s["session_id"], s["lease_id"], s["node_id"], str(s["pid"]), format_size(s["vram_used_bytes"]), s["client"]
+            s["session_id"],
+            s["lease_id"],
+            s["node_id"],
+            s.get("state", "resident"),
+            format_size(s.get("resident_bytes", 0)),
+            format_size(s.get("paged_bytes", 0)),
+            _duration(s.get("idle_s", 0.0)),
+            format_size(s["vram_used_bytes"]),
+            str(s["pid"]),
+            s["client"],
         )
     _out().print(t)
 
@@ -185,3 +223,119 @@ def evict(
     if as_json:
         return _json(lease)
     _out().print(f"lease {lease['lease_id']} {lease['state']}: {lease['end_reason']}")
+
+
+# --- paging ----------------------------------------------------------------------------------------------------
+_GOAL = {"page-out": ("paged-host", "paged-disk"), "page-in": ("resident",)}
+
+
+class _PageFailed(Exception):
+    def __init__(self, code: str, reason: str, session: dict[str, Any] | None = None) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+        self.session = session
+
+
+async def _page_and_wait(
+    client: PoolClient, action: str, session_id: str, to: str | None, wait_s: float
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Queues the command; with `wait_s` > 0, polls /v1/sessions until the node reports its outcome."""
+    accepted = await (client.page_out(session_id, to) if action == "page-out" else client.page_in(session_id))
+    if wait_s <= 0:
+        return accepted, None
+    deadline = time.monotonic() + wait_s
+    last: dict[str, Any] | None = None
+    while True:
+        last = next((x for x in await client.sessions() if x["session_id"] == session_id), None)
+        if last is None:
+            raise _PageFailed("session_gone", f"session {session_id} is no longer reported by any node")
+        if last.get("page_command_id") == accepted["command_id"]:
+            if last.get("state") in _GOAL[action]:
+                return accepted, last
+            why = str(last.get("page_result") or "").removeprefix("failed ")
+            raise _PageFailed("page_failed", f"{action} of session {session_id}: {why}", last)
+        if time.monotonic() >= deadline:
+            raise _PageFailed(
+                "timeout",
+                f"{action} of session {session_id}: the node did not report the outcome within {wait_s:g}s "
+                f"(the session is {last.get('state', 'resident')})",
+                last,
+            )
+        await asyncio.sleep(0.2)
+
+
+def _page_command(action: str, session_id: str, to: str | None, wait_s: float, pool: str | None,
+                  admin_token: str | None, as_json: bool) -> None:  # fmt: skip
+    def fail(rc: int, error: dict[str, Any], text: str) -> None:
+        if as_json:
+            _json(error)
+        else:
+            _err().print(f"[red]error{text}", highlight=False)
+        raise typer.Exit(rc)
+
+    async def go() -> tuple[dict[str, Any], dict[str, Any] | None]:
+        async with PoolClient(pool or default_pool_url(), admin_token=admin_token) as client:
+            return await _page_and_wait(client, action, session_id, to, wait_s)
+
+    try:
+        accepted, session = asyncio.run(go())
+    except PoolUnreachable as e:
+        return fail(2, {"error": "unreachable", "reason": str(e)}, f":[/red] {e}")
+    except PoolApiError as e:
+        body = {"error": e.code, "status": e.status, "reason": e.reason}
+        return fail(1, body, f" ({e.status} {e.code}):[/red] {e.reason}")
+    except _PageFailed as e:
+        return fail(1, {"error": e.code, "reason": e.reason, "session": e.session}, f":[/red] {e.reason}")
+    if session is None:
+        if as_json:
+            return _json(accepted)
+        where = f" to {accepted['to']}" if accepted.get("to") else ""
+        _out().print(
+            f"{action}{where} of session {session_id} queued for node {accepted['node_id']} "
+            f"(command {accepted['command_id']}); watch it with `fargpu pool sessions`",
+            highlight=False,
+        )
+        return
+    if as_json:
+        return _json(session)
+    _out().print(
+        f"session {session_id} on node {session['node_id']}: {session['state']} "
+        f"(resident {format_size(session['resident_bytes'])}, paged {format_size(session['paged_bytes'])}): "
+        f"{session.get('page_result') or ''}",
+        highlight=False,
+    )
+
+
+WaitOpt = Annotated[
+    float,
+    typer.Option("--wait", min=0, help="wait up to this many seconds for the node to report the outcome (0: don't)"),
+]
+
+
+@app.command("page-out")
+def page_out(
+    session_id: Annotated[str, typer.Argument(metavar="SESSION", help="session id (see `fargpu pool sessions`)")],
+    to: Annotated[
+        PageTarget, typer.Option("--to", help="host: the node's page pool; disk: a spill file; auto: host, then disk")
+    ] = PageTarget.auto,
+    wait: WaitOpt = 0.0,
+    pool: PoolOpt = None,
+    admin_token: AdminOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Page SESSION's device memory out of the GPU; it stays open and pages back in on its next call. Needs the
+    admin token."""
+    _page_command("page-out", session_id, to.value, wait, pool, admin_token, as_json)
+
+
+@app.command("page-in")
+def page_in(
+    session_id: Annotated[str, typer.Argument(metavar="SESSION", help="session id (see `fargpu pool sessions`)")],
+    wait: WaitOpt = 0.0,
+    pool: PoolOpt = None,
+    admin_token: AdminOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Page SESSION's memory back onto the GPU now, ahead of its next call. Needs the admin token."""
+    _page_command("page-in", session_id, None, wait, pool, admin_token, as_json)

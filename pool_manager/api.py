@@ -2,8 +2,11 @@
 
 Leases: POST /v1/leases, GET /v1/leases[/ID], POST /v1/leases/ID/renew, DELETE /v1/leases/ID. Renew and release
 need the lease's token (or the admin token) as `Authorization: Bearer ...`. Read-only views: /v1/nodes,
-/v1/sessions, /v1/status. Admin: POST /v1/admin/nodes/ID/drain, POST /v1/admin/leases/ID/evict, with the admin
-token; with no admin token configured the admin endpoints refuse everyone. Prometheus: /metrics.
+/v1/sessions, /v1/status. Admin: POST /v1/admin/nodes/ID/drain, POST /v1/admin/leases/ID/evict, and
+POST /v1/admin/sessions/ID/page-out (body `{"to": "auto|host|disk"}`, optional) and .../page-in, which answer 202
+with the id of the command queued for the session's node (its outcome appears in /v1/sessions once the node has
+reported it), with the admin token; with no admin token configured the admin endpoints refuse everyone.
+Prometheus: /metrics.
 
 Every error is JSON `{"error": code, "reason": readable text}`: 400 and 422 for bad input, 401 without a token,
 403 with a wrong one, 404 for unknown ids, 409 for conflicts (e.g. renewing an ended lease, with the reason it
@@ -23,7 +26,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from fargpu import __version__
 from fargpu.pool_manager.errors import BadRequest, Forbidden, NoCapacity, PoolError, Unauthorized
 from fargpu.pool_manager.metrics import CONTENT_TYPE
-from fargpu.pool_manager.models import LeaseCreated, LeaseView, NodeRecord, PoolStatus, QoS, SessionInfo
+from fargpu.pool_manager.models import (
+    LeaseCreated,
+    LeaseView,
+    NodeRecord,
+    PageTarget,
+    PoolStatus,
+    QoS,
+    SessionInfo,
+)
 from fargpu.pool_manager.placement import Strategy
 from fargpu.pool_manager.service import LeaseRequest, PoolService
 from fargpu.pool_manager.tokens import secret_matches, token_matches
@@ -40,6 +51,13 @@ class LeaseRequestBody(BaseModel):
     wait_s: float = Field(0.0, ge=0, description="wait up to this long for capacity instead of failing at once")
     label: str | None = Field(None, max_length=200, description="free text for operators (who, what)")
     strategy: Strategy | None = Field(None, description="placement: pack (default) or spread")
+    idle_timeout_s: float | None = Field(
+        None,
+        ge=0,
+        allow_inf_nan=False,
+        description="seconds a session may sit idle before its node pages it out (0: never); pool default if absent. "
+        "Guaranteed leases are never paged.",
+    )
 
 
 class RenewBody(BaseModel):
@@ -50,6 +68,19 @@ class RenewBody(BaseModel):
 class ReasonBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     reason: str | None = Field(None, max_length=500)
+
+
+class PageOutBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    to: PageTarget = Field(PageTarget.auto, description="host (the node's page pool), disk, or auto (host, then disk)")
+
+
+class PageCommandAccepted(BaseModel):
+    command_id: str = Field(description="the node reports it back in the session's page_command_id when done")
+    session_id: str
+    node_id: str
+    action: str = Field(description="page-out or page-in")
+    to: PageTarget | None = Field(None, description="page-out only")
 
 
 class ErrorBody(BaseModel):
@@ -126,7 +157,9 @@ def create_app(service: PoolService, admin_token: str | None = None) -> FastAPI:
             assert body.vram_bytes is not None
             vram = body.vram_bytes
         lease, token = await service.create_lease(
-            LeaseRequest(vram, body.gpus, body.qos, body.ttl_s, body.wait_s, body.label, body.strategy)
+            LeaseRequest(
+                vram, body.gpus, body.qos, body.ttl_s, body.wait_s, body.label, body.strategy, body.idle_timeout_s
+            )
         )
         return LeaseCreated(**lease.view().model_dump(), token=token)
 
@@ -171,6 +204,35 @@ def create_app(service: PoolService, admin_token: str | None = None) -> FastAPI:
     async def evict_lease(lease_id: str, body: ReasonBody | None = None) -> LeaseView:
         """Ends the lease now; its node closes its sessions and the client sees the reason."""
         return (await service.evict_lease(lease_id, body.reason if body else None)).view()
+
+    async def _page(session_id: str, action: str, to: PageTarget | None) -> PageCommandAccepted:
+        cmd = await service.page_session(session_id, action, to)
+        return PageCommandAccepted(
+            command_id=cmd.command_id, session_id=cmd.session_id, node_id=cmd.node_id, action=cmd.action, to=cmd.to
+        )
+
+    @app.post(
+        "/v1/admin/sessions/{session_id}/page-out",
+        status_code=202,
+        response_model=PageCommandAccepted,
+        tags=["admin"],
+        dependencies=admin,
+    )
+    async def page_out(session_id: str, body: PageOutBody | None = None) -> PageCommandAccepted:
+        """Tells the session's node to page its device memory out (the session stays open; its next call pages
+        it back in). Answers once the command is queued; watch the session's state in /v1/sessions."""
+        return await _page(session_id, "page-out", body.to if body else PageTarget.auto)
+
+    @app.post(
+        "/v1/admin/sessions/{session_id}/page-in",
+        status_code=202,
+        response_model=PageCommandAccepted,
+        tags=["admin"],
+        dependencies=admin,
+    )
+    async def page_in(session_id: str) -> PageCommandAccepted:
+        """Tells the session's node to page its memory back in now, before its next call."""
+        return await _page(session_id, "page-in", None)
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:

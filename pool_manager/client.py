@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from types import TracebackType
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -94,9 +95,17 @@ class PoolClient:
         wait_s: float = 0.0,
         label: str | None = None,
         strategy: str | None = None,
+        idle_timeout_s: float | None = None,
     ) -> dict[str, Any]:
         body: dict[str, Any] = {"vram_bytes": vram_bytes, "gpus": gpus, "wait_s": wait_s}
-        for key, value in (("qos", qos), ("ttl_s", ttl_s), ("label", label), ("strategy", strategy)):
+        optional = (
+            ("qos", qos),
+            ("ttl_s", ttl_s),
+            ("label", label),
+            ("strategy", strategy),
+            ("idle_timeout_s", idle_timeout_s),
+        )
+        for key, value in optional:
             if value is not None:
                 body[key] = value
         result: dict[str, Any] = await self._call("POST", "/v1/leases", json=body, timeout_s=self._timeout + wait_s)
@@ -147,5 +156,18 @@ class PoolClient:
         body = {"reason": reason} if reason else None
         result: dict[str, Any] = await self._call(
             "POST", f"/v1/admin/leases/{lease_id}/evict", json=body, token=self._admin()
+        )
+        return result
+
+    async def page_out(self, session_id: str, to: str | None = None) -> dict[str, Any]:
+        body = {"to": to} if to else None
+        result: dict[str, Any] = await self._call(
+            "POST", f"/v1/admin/sessions/{quote(session_id, safe='')}/page-out", json=body, token=self._admin()
+        )
+        return result
+
+    async def page_in(self, session_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self._call(
+            "POST", f"/v1/admin/sessions/{quote(session_id, safe='')}/page-in", token=self._admin()
         )
         return result

@@ -63,6 +63,8 @@ class PoolManagerConfig:
     strategy: Strategy = Strategy.pack
     command_wait_s: float = 1.0
     max_sessions_per_lease: int = 16
+    default_idle_timeout_s: float = 300.0  # leases that name no idle timeout get this one; 0: never idle-paged
+    overcommit_ratio: float = 1.0  # leases may book VRAM up to capacity x this (>= 1); a node may register its own
     log_level: str = "info"
 
     def service_config(self) -> ServiceConfig:
@@ -73,4 +75,6 @@ class PoolManagerConfig:
             default_ttl_s=self.default_ttl_s,
             strategy=self.strategy,
             max_sessions_per_lease=self.max_sessions_per_lease,
+            default_idle_timeout_s=self.default_idle_timeout_s,
+            overcommit_ratio=self.overcommit_ratio,
         )

@@ -1,8 +1,9 @@
 """The pool manager's gRPC side: node agents register, heartbeat, validate lease tokens and take commands.
 
 Messages are defined in `protocol/pool.proto`. The Commands call is a server stream that stays open while the
-node lives: it waits on the store's command queue for the node, so a command queued by any pool manager sharing
-the store reaches the node, whichever pool manager its stream is attached to. Commands are at-most-once: one
+node lives: it waits on the store's command queue for the node (end a lease, drain, page a session out or in), so
+a command queued by any pool manager sharing the store reaches the node, whichever pool manager its stream is
+attached to. Commands are at-most-once: one
 lost with a broken stream is made good by the heartbeat, whose reply names every lease that the node still has
 sessions for but which is no longer active there.
 
@@ -63,6 +64,12 @@ def session_from_proto(node_id: str, s: pool_pb2.Session) -> SessionInfo:
         pid=s.pid,
         vram_used_bytes=s.vram_used_bytes,
         client=s.client,
+        state=s.state or "resident",
+        resident_bytes=s.resident_bytes,
+        paged_bytes=s.paged_bytes,
+        idle_s=s.idle_s,
+        page_command_id=s.page_command_id or None,
+        page_result=s.page_result or None,
     )
 
 
@@ -149,6 +156,7 @@ class NodeRegistryService(pool_pb2_grpc.NodeRegistryServicer):
                     request.backend or "cuda",
                     request.version,
                     [gpu_from_proto(g) for g in request.gpus],
+                    overcommit=request.overcommit,
                 )
             )
         except PoolError as e:
@@ -187,6 +195,12 @@ class NodeRegistryService(pool_pb2_grpc.NodeRegistryServicer):
                     )
                 elif c.kind == "drain":
                     yield pool_pb2.Command(command_id=c.command_id, drain=pool_pb2.Drain(reason=c.reason))
+                elif c.kind == "page_out":
+                    yield pool_pb2.Command(
+                        command_id=c.command_id, page_out=pool_pb2.PageOut(session_id=c.session_id, to=c.to)
+                    )
+                elif c.kind == "page_in":
+                    yield pool_pb2.Command(command_id=c.command_id, page_in=pool_pb2.PageIn(session_id=c.session_id))
 
     async def ValidateToken(self, request: pool_pb2.ValidateTokenRequest, context: Any) -> pool_pb2.ValidateTokenReply:
         node_id = await self.authenticate(context, request.node_id, "ValidateToken")
@@ -201,4 +215,6 @@ class NodeRegistryService(pool_pb2_grpc.NodeRegistryServicer):
             vram_quota_bytes=lease.quota_bytes,
             expires_at=lease.expires_at,
             max_sessions=self._service.config.max_sessions_per_lease,
+            qos=lease.qos.value,
+            idle_timeout_s=self._service.idle_timeout_of(lease),
         )

@@ -47,13 +47,36 @@ class PoolMetrics:
             "fargpu_pool_node_heartbeat_age_seconds", "Seconds since the node's last heartbeat", ["node"], registry=r
         )
         self.sessions = Gauge("fargpu_pool_node_sessions", "Sessions the node reported", ["node"], registry=r)
+        self.resident = Gauge(
+            "fargpu_pool_node_vram_resident_bytes",
+            "Device memory the node's sessions hold on its GPUs, by the node's own accounting (last heartbeat)",
+            ["node"],
+            registry=r,
+        )
+        self.paged = Gauge(
+            "fargpu_pool_node_vram_paged_bytes",
+            "Device memory of the node's sessions paged out to its host RAM or disk (last heartbeat)",
+            ["node"],
+            registry=r,
+        )
+        self.sessions_paged = Gauge(
+            "fargpu_pool_node_sessions_paged", "Sessions the node reported as paged out (host or disk)", ["node"],
+            registry=r,
+        )  # fmt: skip
+        self.overcommit = Gauge(
+            "fargpu_pool_node_overcommit_ratio", "Overcommit ratio placement books the node's GPUs at", ["node"],
+            registry=r,
+        )  # fmt: skip
 
-    def refresh(self, nodes: Sequence[NodeRecord], leases: Sequence[LeaseRecord], now: float) -> None:
+    def refresh(
+        self, nodes: Sequence[NodeRecord], leases: Sequence[LeaseRecord], now: float, pool_overcommit: float = 1.0
+    ) -> None:
         for q in QoS:
             self.leases_active.labels(q.value).set(sum(1 for lease in leases if lease.qos == q))
         for s in NodeState:
             self.nodes.labels(s.value).set(sum(1 for n in nodes if n.state == s))
-        for g in (self.vram_capacity, self.vram_reserved, self.vram_used, self.heartbeat_age, self.sessions):
+        per_node = (self.vram_capacity, self.vram_reserved, self.vram_used, self.heartbeat_age, self.sessions)
+        for g in (*per_node, self.resident, self.paged, self.sessions_paged, self.overcommit):
             g.clear()
         for n in nodes:
             self.vram_capacity.labels(n.node_id).set(n.vram_total_bytes)
@@ -61,6 +84,10 @@ class PoolMetrics:
             self.vram_used.labels(n.node_id).set(n.vram_used_bytes)
             self.heartbeat_age.labels(n.node_id).set(max(0.0, now - n.last_heartbeat))
             self.sessions.labels(n.node_id).set(len(n.sessions))
+            self.resident.labels(n.node_id).set(n.resident_bytes)
+            self.paged.labels(n.node_id).set(n.paged_bytes)
+            self.sessions_paged.labels(n.node_id).set(sum(1 for s in n.sessions if s.state.startswith("paged")))
+            self.overcommit.labels(n.node_id).set(n.overcommit if n.overcommit > 0 else pool_overcommit)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

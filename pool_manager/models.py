@@ -12,7 +12,10 @@ from pydantic import BaseModel, Field
 
 
 class QoS(StrEnum):
-    """Quality-of-service class. It orders the wait queue: guaranteed before standard before best_effort."""
+    """Quality-of-service class. It orders the wait queue (guaranteed before standard before best_effort) and says
+    whether a node may page the lease's sessions out: `guaranteed` never (so a guaranteed lease is placed only
+    where all bookings, its own included, fit the GPU's real memory: no overcommit), `standard` after its idle
+    timeout or under memory pressure, `best_effort` first."""
 
     guaranteed = "guaranteed"
     standard = "standard"
@@ -37,6 +40,14 @@ class NodeState(StrEnum):
     down = "down"  # missed heartbeats; its leases were ended
 
 
+class PageTarget(StrEnum):
+    """Where a page-out puts a session's memory: the node's host page pool, a spill file, or the pool first."""
+
+    auto = "auto"
+    host = "host"
+    disk = "disk"
+
+
 class GpuAlloc(BaseModel):
     gpu: int = Field(description="GPU index on the node")
     vram_bytes: int = Field(description="VRAM reserved on that GPU")
@@ -52,6 +63,7 @@ class LeaseRecord(BaseModel):
     gpu_count: int
     qos: QoS
     ttl_s: float
+    idle_timeout_s: float | None = None  # None (leases stored before it existed): the pool's default
     label: str | None = None
     created_at: float
     expires_at: float
@@ -79,6 +91,9 @@ class LeaseView(BaseModel):
     gpu_count: int
     qos: QoS
     ttl_s: float
+    idle_timeout_s: float | None = Field(
+        None, description="seconds a session may sit idle before its node pages it out (0: never); null: pool default"
+    )
     label: str | None
     created_at: float
     expires_at: float
@@ -101,12 +116,20 @@ class GpuInfo(BaseModel):
 
 
 class SessionInfo(BaseModel):
+    """A session as its node last reported it (every heartbeat)."""
+
     session_id: str
     lease_id: str
     node_id: str
     pid: int
     vram_used_bytes: int
     client: str
+    state: str = Field("resident", description="resident | paging-out | paged-host | paged-disk | paging-in")
+    resident_bytes: int = Field(0, description="device memory on the GPU now")
+    paged_bytes: int = Field(0, description="device memory paged out to the node's host RAM or disk")
+    idle_s: float = Field(0.0, description="seconds since the session's last call, when its node reported it")
+    page_command_id: str | None = Field(None, description="the last page-out/page-in command the node finished")
+    page_result: str | None = Field(None, description='its outcome, e.g. "paged host BYTES NS UNPAGEABLE", "failed …"')
 
 
 class NodeRecord(BaseModel):
@@ -121,9 +144,23 @@ class NodeRecord(BaseModel):
     registered_at: float
     last_heartbeat: float
     reserved: dict[int, int] = Field(default_factory=dict, description="VRAM booked by active leases, per GPU index")
+    guaranteed_reserved: dict[int, int] = Field(
+        default_factory=dict, description="the part of `reserved` booked by guaranteed leases (never paged)"
+    )
+    overcommit: float = Field(0.0, description="the node's own overcommit ratio; 0: the pool's")
 
     def capacity(self) -> dict[int, int]:
         return {g.index: g.total_bytes for g in self.gpus}
+
+    @property
+    def resident_bytes(self) -> int:
+        """Device memory its sessions hold on the GPUs, by the node's own accounting (the last heartbeat)."""
+        return sum(s.resident_bytes for s in self.sessions)
+
+    @property
+    def paged_bytes(self) -> int:
+        """Device memory of its sessions paged out to the node's host RAM or disk (the last heartbeat)."""
+        return sum(s.paged_bytes for s in self.sessions)
 
     @property
     def vram_total_bytes(self) -> int:

@@ -65,6 +65,24 @@ def pool_manager(
     ] = 10.0,
     default_ttl: Annotated[float, typer.Option(envvar="FARGPU_POOL_DEFAULT_TTL", help="lease TTL, seconds")] = 300.0,
     strategy: Annotated[Strategy, typer.Option(envvar="FARGPU_POOL_STRATEGY", help="placement")] = Strategy.pack,
+    idle_timeout: Annotated[
+        float,
+        typer.Option(
+            envvar="FARGPU_POOL_IDLE_TIMEOUT",
+            min=0,
+            help="seconds a session may sit idle before its node pages it out, for leases that name none "
+            "(0: never idle-paged)",
+        ),
+    ] = 300.0,
+    overcommit: Annotated[
+        float,
+        typer.Option(
+            envvar="FARGPU_POOL_OVERCOMMIT",
+            min=1.0,
+            help="leases may book up to each GPU's memory x this ratio (idle sessions page out to make room); "
+            "guaranteed leases always fit real memory; a node's own --overcommit wins",
+        ),
+    ] = 1.0,
     log_level: Annotated[str, typer.Option(envvar="FARGPU_LOG_LEVEL")] = "info",
 ) -> None:
     """Run the pool manager: lease REST API (docs at /docs, metrics at /metrics) and the node gRPC service."""
@@ -88,6 +106,8 @@ def pool_manager(
         heartbeat_timeout_s=heartbeat_timeout,
         default_ttl_s=default_ttl,
         strategy=strategy,
+        default_idle_timeout_s=idle_timeout,
+        overcommit_ratio=overcommit,
         log_level=log_level.lower(),
     )
 

@@ -9,7 +9,13 @@ Queueing: a request that asked to wait (`wait_s > 0`) and found no room joins th
 queue is retried in QoS order, then arrival order, whenever capacity may have appeared here (a lease ended, a
 node registered) and every `queue_poll_s` (to see capacity freed through other pool managers). A later, smaller
 request may take room that an earlier, bigger one cannot use yet (backfill). When the wait runs out the caller
-gets 503 with Retry-After. A lease placed for a waiter that gave up in the meantime is released at once."""
+gets 503 with Retry-After. A lease placed for a waiter that gave up in the meantime is released at once.
+
+Paging (see placement.py for overcommit): each lease carries its idle timeout (the request's, else the pool's
+`default_idle_timeout_s`; 0: never) and QoS to its node with every token check, and the node pages its idle
+sessions out by that policy. Operators page a session out or in by hand (`page_session`): the pool finds the
+session's node in the nodes' last heartbeats and queues a command for it; the node reports the outcome in the
+session's `page_command_id` / `page_result` with a later heartbeat."""
 
 from __future__ import annotations
 
@@ -33,6 +39,7 @@ from fargpu.pool_manager.models import (
     LeaseState,
     NodeRecord,
     NodeState,
+    PageTarget,
     PoolStatus,
     QoS,
     SessionInfo,
@@ -57,6 +64,14 @@ class ServiceConfig:
     queue_poll_s: float = 0.5
     place_attempts: int = 32
     max_sessions_per_lease: int = 16  # sent to nodes with each valid lease token (ValidateTokenReply.max_sessions)
+    default_idle_timeout_s: float = 300.0  # a lease's idle timeout when its request names none; 0: never idle-paged
+    overcommit_ratio: float = 1.0  # leases may book capacity x this (>= 1), unless a node registered its own ratio
+
+    def __post_init__(self) -> None:
+        if not 1.0 <= self.overcommit_ratio < math.inf:
+            raise ValueError(f"the overcommit ratio must be at least 1 (got {self.overcommit_ratio:g})")
+        if not 0 <= self.default_idle_timeout_s < math.inf:
+            raise ValueError(f"the default idle timeout must be 0 (never) or more, not {self.default_idle_timeout_s:g}")
 
 
 @dataclass(frozen=True)
@@ -68,6 +83,18 @@ class LeaseRequest:
     wait_s: float = 0.0
     label: str | None = None
     strategy: Strategy | None = None
+    idle_timeout_s: float | None = None  # None: the pool's default_idle_timeout_s; 0: never idle-paged
+
+
+@dataclass(frozen=True)
+class PageCommand:
+    """A page-out or page-in queued for a session's node."""
+
+    command_id: str
+    session_id: str
+    node_id: str
+    action: str  # "page-out" | "page-in"
+    to: PageTarget | None  # page-out only
 
 
 @dataclass
@@ -153,7 +180,12 @@ class PoolService:
             raise BadRequest(f"ttl_s must be in (0, {c.max_ttl_s:g}]")
         if not 0 <= req.wait_s <= c.max_wait_s:
             raise BadRequest(f"wait_s must be in [0, {c.max_wait_s:g}]")
-        return LeaseRequest(req.vram_bytes, req.gpu_count, req.qos, ttl, req.wait_s, req.label, req.strategy)
+        idle = c.default_idle_timeout_s if req.idle_timeout_s is None else req.idle_timeout_s
+        if not (0 <= idle < math.inf):
+            raise BadRequest("idle_timeout_s must be 0 (never idle-paged) or a positive number of seconds")
+        return LeaseRequest(
+            req.vram_bytes, req.gpu_count, req.qos, ttl, req.wait_s, req.label, req.strategy, float(idle)
+        )
 
     async def _try_place(
         self, req: LeaseRequest, thash: str, view: list[NodeCapacity] | None = None
@@ -173,9 +205,11 @@ class PoolService:
         for attempt in range(self.config.place_attempts):
             if view is None:
                 view = await self.store.placement_view()
-            p = place(view, req.vram_bytes, req.gpu_count, strategy, self._rng, among=1 if attempt == 0 else 4)
+            ratio = self.config.overcommit_ratio
+            among = 1 if attempt == 0 else 4
+            p = place(view, req.vram_bytes, req.gpu_count, strategy, self._rng, among, qos=req.qos, overcommit=ratio)
             if p is None:
-                return why_not(view, req.vram_bytes, req.gpu_count), view
+                return why_not(view, req.vram_bytes, req.gpu_count, qos=req.qos, overcommit=ratio), view
             now = self.clock()
             lease = LeaseRecord(
                 lease_id=new_lease_id(),
@@ -187,11 +221,12 @@ class PoolService:
                 gpu_count=req.gpu_count,
                 qos=req.qos,
                 ttl_s=req.ttl_s,
+                idle_timeout_s=req.idle_timeout_s,
                 label=req.label,
                 created_at=now,
                 expires_at=now + req.ttl_s,
             )
-            conflict = await self.store.place_lease(lease)
+            conflict = await self.store.place_lease(lease, ratio)
             if conflict is None:
                 elapsed = time.perf_counter() - started
                 self.metrics.placement_seconds.observe(elapsed)
@@ -202,6 +237,8 @@ class PoolService:
                     if n.node_id == p.node_id:
                         for g in p.gpus:
                             n.reserved[g] = n.reserved.get(g, 0) + req.vram_bytes
+                            if req.qos == QoS.guaranteed:
+                                n.guaranteed[g] = n.guaranteed.get(g, 0) + req.vram_bytes
                 return lease, view
             self.metrics.placement_conflicts.inc()
             view = None
@@ -333,12 +370,21 @@ class PoolService:
 
     # --- nodes -------------------------------------------------------------------------------------------
     async def register_node(
-        self, node_id: str, endpoints: list[str], backend: str, version: str, gpus: list[GpuInfo]
+        self,
+        node_id: str,
+        endpoints: list[str],
+        backend: str,
+        version: str,
+        gpus: list[GpuInfo],
+        overcommit: float = 0.0,
     ) -> NodeRecord:
+        """`overcommit`: the node's own ratio (>= 1), 0 for the pool's."""
         if not endpoints:
             raise BadRequest("a node must register at least one endpoint")
         if len({g.index for g in gpus}) != len(gpus):
             raise BadRequest("GPU indexes of a node must be distinct")
+        if overcommit != 0 and not 1 <= overcommit < math.inf:
+            raise BadRequest(f"a node's overcommit ratio must be at least 1, or 0 for the pool's (got {overcommit:g})")
         now = self.clock()
         node = NodeRecord(
             node_id=node_id or f"node-{secrets.token_hex(4)}",
@@ -348,6 +394,7 @@ class PoolService:
             gpus=gpus,
             registered_at=now,
             last_heartbeat=now,
+            overcommit=overcommit,
         )
         rec = await self.store.register_node(node)
         log.info("node %s registered: %d GPU(s), endpoints %s", rec.node_id, len(gpus), ", ".join(endpoints))
@@ -390,6 +437,34 @@ class PoolService:
         await self.store.push_command(node_id, Command(secrets.token_hex(6), "drain", reason=why))
         return node
 
+    async def page_session(self, session_id: str, action: str, to: PageTarget | None = None) -> PageCommand:
+        """Queues a page-out (`action` "page-out", to `to`) or page-in for the session's node. NotFound when no
+        live node reports the session; Conflict when its node is down or has stopped heartbeating."""
+        if action not in ("page-out", "page-in"):
+            raise BadRequest(f"unknown paging action {action!r}")
+        node = next((n for n in await self.store.list_nodes() if any(s.session_id == session_id for s in n.sessions)),
+                    None)  # fmt: skip
+        if node is None:
+            raise NotFound(f"session {session_id!r} not found: no node reports it")
+        age = self.clock() - node.last_heartbeat
+        if node.state == NodeState.down:
+            raise Conflict(f"node {node.node_id} of session {session_id} is down: {node.state_reason}")
+        if age > self.config.heartbeat_timeout_s:
+            raise Conflict(
+                f"node {node.node_id} of session {session_id} has not heartbeated for {age:.0f}s "
+                f"(limit {self.config.heartbeat_timeout_s:g}s)"
+            )
+        command_id = secrets.token_hex(6)
+        if action == "page-out":
+            target = to or PageTarget.auto
+            cmd = Command(command_id, "page_out", session_id=session_id, to=target.value)
+        else:
+            target = None
+            cmd = Command(command_id, "page_in", session_id=session_id)
+        await self.store.push_command(node.node_id, cmd)
+        log.info("%s of session %s queued for node %s (command %s)", action, session_id, node.node_id, command_id)
+        return PageCommand(command_id, session_id, node.node_id, action, target)
+
     async def validate_token(self, node_id: str, thash: str) -> tuple[LeaseRecord | None, str]:
         """Checks a token hash presented to node `node_id`. Returns (lease, "") or (None, why not)."""
         lease = await self.store.lease_by_token_hash(thash)
@@ -402,6 +477,10 @@ class PoolService:
         if lease.node_id != node_id:
             return None, f"lease {lease.lease_id} is placed on node {lease.node_id}, not on {node_id}"
         return lease, ""
+
+    def idle_timeout_of(self, lease: LeaseRecord) -> float:
+        """The lease's idle timeout in seconds (0: never idle-paged); the pool's default for older records."""
+        return self.config.default_idle_timeout_s if lease.idle_timeout_s is None else lease.idle_timeout_s
 
     async def next_commands(self, node_id: str, timeout_s: float) -> list[Command]:
         return await self.store.take_commands(node_id, timeout_s)
@@ -461,4 +540,4 @@ class PoolService:
     async def refresh_metrics(self) -> None:
         nodes = await self.store.list_nodes()
         leases = await self.store.list_leases()
-        self.metrics.refresh(nodes, leases, self.clock())
+        self.metrics.refresh(nodes, leases, self.clock(), self.config.overcommit_ratio)

@@ -2,8 +2,10 @@
 
 Every operation that decides something is atomic inside the store, so that any number of pool managers can
 share one store:
-- `place_lease` books VRAM only if, at that instant, the node is up and each chosen GPU's booked VRAM plus the
-  request stays within the GPU's capacity. Placement itself (which node, which GPUs) is computed outside the
+- `place_lease` books VRAM only if, at that instant, the node is up and each chosen GPU has `room_on` for it: a
+  pageable request keeps the bookings within capacity x overcommit ratio (the node's own ratio, else the pool's)
+  and fits the real memory beside the guaranteed bookings; a guaranteed request (never paged) keeps all bookings
+  within the real memory. Placement itself (which node, which GPUs) is computed outside the
   store from a snapshot (`placement_view`); a stale snapshot can only make `place_lease` refuse, never
   over-book, and the caller retries with a fresh snapshot.
 - `end_lease` ends an active lease exactly once and gives its VRAM back exactly once, however many pool managers
@@ -21,21 +23,53 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from fargpu.pool_manager.models import GpuInfo, LeaseRecord, LeaseState, NodeRecord, NodeState, SessionInfo
+from fargpu.pool_manager.models import GpuInfo, LeaseRecord, LeaseState, NodeRecord, NodeState, QoS, SessionInfo
+
+
+def bookable(capacity: int, ratio: float) -> int:
+    """What leases may book on a GPU of `capacity` bytes at overcommit `ratio` (the Redis store's Lua computes
+    the same floor of the same double product)."""
+    return int(capacity * ratio)
+
+
+def room_on(capacity: int, booked: int, guaranteed_booked: int, ratio: float, guaranteed: bool) -> int:
+    """The largest lease a GPU can still take.
+
+    A pageable lease (standard, best_effort): all bookings stay within capacity x ratio, and the lease fits the
+    GPU's real memory beside the guaranteed bookings (its sessions must become resident to run, and guaranteed
+    sessions never give way). A guaranteed lease: all bookings, its own included, fit the real memory (ratio 1).
+    That is what keeps every lease runnable: a guaranteed lease never lands where the leases already there could
+    no longer fit beside the guaranteed ones (the sum of the pageable bookings bounds the largest of them)."""
+    if guaranteed:
+        return capacity - booked
+    return min(bookable(capacity, ratio) - booked, capacity - guaranteed_booked)
 
 
 @dataclass(frozen=True)
 class NodeCapacity:
-    """What placement needs to know about a node: its state, endpoints, and per-GPU capacity and bookings."""
+    """What placement needs to know about a node: its state, endpoints, per-GPU capacity and bookings (all of
+    them, and the guaranteed ones among them) and its own overcommit ratio (0: the pool's)."""
 
     node_id: str
     state: NodeState
     endpoints: list[str]
     capacity: dict[int, int]
     reserved: dict[int, int] = field(default_factory=dict)
+    guaranteed: dict[int, int] = field(default_factory=dict)
+    overcommit: float = 0.0
 
-    def free(self, gpu: int) -> int:
-        return self.capacity.get(gpu, 0) - self.reserved.get(gpu, 0)
+    def ratio(self, pool_ratio: float = 1.0) -> float:
+        return self.overcommit if self.overcommit > 0 else pool_ratio
+
+    def free(self, gpu: int, pool_ratio: float = 1.0, qos: QoS = QoS.standard) -> int:
+        """The largest lease of class `qos` that `gpu` can still take (see `room_on`)."""
+        return room_on(
+            self.capacity.get(gpu, 0),
+            self.reserved.get(gpu, 0),
+            self.guaranteed.get(gpu, 0),
+            self.ratio(pool_ratio),
+            qos == QoS.guaranteed,
+        )
 
 
 @dataclass(frozen=True)
@@ -49,9 +83,11 @@ class Command:
     """A command for a node agent, queued in the store until the node's command stream takes it."""
 
     command_id: str
-    kind: str  # "end_lease" | "drain"
+    kind: str  # "end_lease" | "drain" | "page_out" | "page_in"
     lease_id: str = ""
     reason: str = ""
+    session_id: str = ""  # page_out, page_in
+    to: str = ""  # page_out: "auto" | "host" | "disk"
 
 
 class Store(Protocol):
@@ -101,8 +137,9 @@ class Store(Protocol):
         ...
 
     # --- leases ------------------------------------------------------------------------------------------
-    async def place_lease(self, lease: LeaseRecord) -> str | None:
-        """Books the lease's allocations atomically. Returns None on success, or why it could not."""
+    async def place_lease(self, lease: LeaseRecord, overcommit: float = 1.0) -> str | None:
+        """Books the lease's allocations atomically, where each GPU has `room_on` for them at the node's own
+        overcommit ratio, else at `overcommit` (the pool's). Returns None on success, or why it could not."""
         ...
 
     async def end_lease(self, lease_id: str, state: LeaseState, reason: str, now: float) -> EndResult: ...

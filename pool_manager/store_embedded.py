@@ -23,8 +23,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-from fargpu.pool_manager.models import GpuInfo, LeaseRecord, LeaseState, NodeRecord, NodeState, SessionInfo
-from fargpu.pool_manager.store import Command, EndResult, NodeCapacity
+from fargpu.pool_manager.models import GpuInfo, LeaseRecord, LeaseState, NodeRecord, NodeState, QoS, SessionInfo
+from fargpu.pool_manager.store import Command, EndResult, NodeCapacity, room_on
+
+_UNPERSISTED = {"reserved", "guaranteed_reserved", "sessions"}  # recomputed on load, or telemetry
 
 
 class StateFileInUse(RuntimeError):
@@ -132,6 +134,7 @@ class EmbeddedStore:
         self._caps = {node.node_id: node.capacity() for node in self._nodes.values()}
         for node in self._nodes.values():
             node.reserved = {}
+            node.guaranteed_reserved = {}
             node.sessions = []
             node.last_heartbeat = now  # a fresh deadline: telemetry is not persisted
         for lease in self._leases.values():
@@ -143,7 +146,7 @@ class EmbeddedStore:
             return
         snap = {
             "version": 1,
-            "nodes": [n.model_dump(mode="json", exclude={"reserved", "sessions"}) for n in self._nodes.values()],
+            "nodes": [n.model_dump(mode="json", exclude=_UNPERSISTED) for n in self._nodes.values()],
             "leases": [lease.model_dump(mode="json") for lease in self._leases.values()],
             "node_credentials": dict(self._credentials),
         }
@@ -174,7 +177,7 @@ class EmbeddedStore:
         self._log({"lease": lease.model_dump(mode="json")})
 
     def _log_node(self, node: NodeRecord) -> None:
-        self._log({"node": node.model_dump(mode="json", exclude={"reserved", "sessions"})})
+        self._log({"node": node.model_dump(mode="json", exclude=_UNPERSISTED)})
 
     # --- bookings ----------------------------------------------------------------------------------------
     def _book(self, lease: LeaseRecord, sign: int) -> None:
@@ -186,10 +189,12 @@ class EmbeddedStore:
             ids.discard(lease.lease_id)
         if node is None:
             return
+        books = [node.reserved, node.guaranteed_reserved] if lease.qos == QoS.guaranteed else [node.reserved]
         for a in lease.allocs:
-            node.reserved[a.gpu] = node.reserved.get(a.gpu, 0) + sign * a.vram_bytes
-            if node.reserved[a.gpu] == 0:
-                del node.reserved[a.gpu]
+            for book in books:
+                book[a.gpu] = book.get(a.gpu, 0) + sign * a.vram_bytes
+                if book[a.gpu] == 0:
+                    del book[a.gpu]
 
     # --- nodes -------------------------------------------------------------------------------------------
     async def register_node(self, node: NodeRecord) -> NodeRecord:
@@ -198,6 +203,7 @@ class EmbeddedStore:
         rec.state = NodeState.up
         rec.state_reason = None
         rec.reserved = dict(old.reserved) if old is not None else {}
+        rec.guaranteed_reserved = dict(old.guaranteed_reserved) if old is not None else {}
         self._nodes[rec.node_id] = rec
         self._caps[rec.node_id] = rec.capacity()
         self._log_node(rec)
@@ -223,7 +229,9 @@ class EmbeddedStore:
     @staticmethod
     def _node_copy(node: NodeRecord) -> NodeRecord:
         # Shallow copies are safe: stored records' lists and GPU/session entries are replaced, never mutated.
-        return node.model_copy(update={"reserved": dict(node.reserved)})
+        return node.model_copy(
+            update={"reserved": dict(node.reserved), "guaranteed_reserved": dict(node.guaranteed_reserved)}
+        )
 
     async def get_node(self, node_id: str) -> NodeRecord | None:
         node = self._nodes.get(node_id)
@@ -234,7 +242,15 @@ class EmbeddedStore:
 
     async def placement_view(self) -> list[NodeCapacity]:
         return [
-            NodeCapacity(n.node_id, n.state, n.endpoints, self._caps[n.node_id], dict(n.reserved))
+            NodeCapacity(
+                n.node_id,
+                n.state,
+                n.endpoints,
+                self._caps[n.node_id],
+                dict(n.reserved),
+                dict(n.guaranteed_reserved),
+                n.overcommit,
+            )
             for n in self._nodes.values()
         ]
 
@@ -276,7 +292,7 @@ class EmbeddedStore:
         return self._credentials.get(node_id)
 
     # --- leases ------------------------------------------------------------------------------------------
-    async def place_lease(self, lease: LeaseRecord) -> str | None:
+    async def place_lease(self, lease: LeaseRecord, overcommit: float = 1.0) -> str | None:
         if lease.lease_id in self._leases:
             return f"lease id {lease.lease_id} already exists"
         node = self._nodes.get(lease.node_id)
@@ -285,10 +301,12 @@ class EmbeddedStore:
         if node.state != NodeState.up:
             return f"node {lease.node_id} is {node.state.value}"
         cap = self._caps[node.node_id]
+        ratio = node.overcommit if node.overcommit > 0 else overcommit
         for a in lease.allocs:
             if a.gpu not in cap:
                 return f"node {lease.node_id} has no GPU {a.gpu}"
-            if node.reserved.get(a.gpu, 0) + a.vram_bytes > cap[a.gpu]:
+            booked, guaranteed = node.reserved.get(a.gpu, 0), node.guaranteed_reserved.get(a.gpu, 0)
+            if a.vram_bytes > room_on(cap[a.gpu], booked, guaranteed, ratio, lease.qos == QoS.guaranteed):
                 return f"GPU {a.gpu} of node {lease.node_id} no longer has room"
         rec = lease.model_copy()
         self._leases[rec.lease_id] = rec

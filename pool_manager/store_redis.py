@@ -5,23 +5,27 @@ Every decision is one Lua script, so Redis runs it atomically against all other 
 heartbeats that must not revive a down node, and marking a silent node down. Keys, under a prefix P:
 
     P nodes              set of node ids
-    P node:<id>          hash: state, reason, hb (last heartbeat), info (static JSON), gpus, sessions, capidx
+    P node:<id>          hash: state, reason, hb (last heartbeat), info (static JSON), gpus, sessions, capidx,
+                         overcommit (the node's own ratio; 0: the pool's)
     P states             hash: node id -> state (a copy of node:<id>.state that every script keeps in step)
     P cap                hash: "<node id>:<gpu>" -> capacity bytes (from registration)
     P resv               hash: "<node id>:<gpu>" -> bytes booked by active leases
+    P gresv              hash: "<node id>:<gpu>" -> the part of resv booked by guaranteed leases
+    P overcommit         hash: node id -> its own overcommit ratio (a copy for placement's cached snapshot)
     P endpoints          hash: node id -> JSON list of endpoints
     P generation         counter, bumped by every registration
     P nleases:<id>       set of the node's active lease ids
-    P lease:<id>         hash: state, node, allocs ("gpu:bytes,..."), expires_at, token (hash), doc (JSON),
-                         ended_at, end_reason; expires `ended_retention_s` after the lease ends
+    P lease:<id>         hash: state, node, allocs ("gpu:bytes,..."), guaranteed ("1": booked in gresv too),
+                         expires_at, token (hash), doc (JSON), ended_at, end_reason; expires
+                         `ended_retention_s` after the lease ends
     P active             zset lease id -> expires_at (expiry sweep, listing)
     P ended              zset lease id -> ended_at (recently ended, listing)
     P token:<sha256>     lease id
     P cmds:<id>          list of queued node commands (JSON)
     P nodecreds          hash: node id -> SHA-256 (hex) of the node's credential (`_SET_CREDENTIAL`)
 
-Placement reads the whole pool with two HGETALLs (states, resv) plus capacity and endpoints, which it caches
-until `P generation` (bumped by every registration) changes. The
+Placement reads the whole pool with three HGETALLs (states, resv, gresv) plus capacity, endpoints and node
+ratios, which it caches until `P generation` (bumped by every registration) changes. The
 scripts touch keys they derive from the prefix, which is fine on one Redis (not Redis Cluster)."""
 
 from __future__ import annotations
@@ -34,28 +38,40 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from fargpu.pool_manager.models import GpuInfo, LeaseRecord, LeaseState, NodeRecord, NodeState, SessionInfo
+from fargpu.pool_manager.models import GpuInfo, LeaseRecord, LeaseState, NodeRecord, NodeState, QoS, SessionInfo
 from fargpu.pool_manager.store import Command, EndResult, NodeCapacity
 
 _PLACE = """
--- KEYS: node, cap, resv, nleases, lease, active, token
--- ARGV: lease_id, expires_at, token_hash, doc, node_id, allocs, then pairs of gpu, bytes
+-- KEYS: node, cap, resv, nleases, lease, active, token, gresv
+-- ARGV: lease_id, expires_at, token_hash, doc, node_id, allocs, pool overcommit ratio, guaranteed ('1' or '0'),
+--       then pairs of gpu, bytes. The room rule is store.room_on's.
 if redis.call('EXISTS', KEYS[5]) == 1 then return 'lease id ' .. ARGV[1] .. ' already exists' end
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return 'node ' .. ARGV[5] .. ' is unknown' end
 if state ~= 'up' then return 'node ' .. ARGV[5] .. ' is ' .. state end
-for i = 7, #ARGV, 2 do
+local ratio = tonumber(redis.call('HGET', KEYS[1], 'overcommit') or '0') or 0
+if ratio <= 0 then ratio = tonumber(ARGV[7]) end
+local guaranteed = ARGV[8] == '1'
+for i = 9, #ARGV, 2 do
   local field = ARGV[5] .. ':' .. ARGV[i]
   local cap = redis.call('HGET', KEYS[2], field)
   if not cap then return 'node ' .. ARGV[5] .. ' has no GPU ' .. ARGV[i] end
+  cap = tonumber(cap)
   local booked = tonumber(redis.call('HGET', KEYS[3], field) or '0')
-  if booked + tonumber(ARGV[i + 1]) > tonumber(cap) then
+  local room = cap - booked
+  if not guaranteed then
+    room = math.min(math.floor(cap * ratio) - booked, cap - tonumber(redis.call('HGET', KEYS[8], field) or '0'))
+  end
+  if tonumber(ARGV[i + 1]) > room then
     return 'GPU ' .. ARGV[i] .. ' of node ' .. ARGV[5] .. ' no longer has room'
   end
 end
-for i = 7, #ARGV, 2 do redis.call('HINCRBY', KEYS[3], ARGV[5] .. ':' .. ARGV[i], ARGV[i + 1]) end
+for i = 9, #ARGV, 2 do
+  redis.call('HINCRBY', KEYS[3], ARGV[5] .. ':' .. ARGV[i], ARGV[i + 1])
+  if guaranteed then redis.call('HINCRBY', KEYS[8], ARGV[5] .. ':' .. ARGV[i], ARGV[i + 1]) end
+end
 redis.call('HSET', KEYS[5], 'state', 'active', 'node', ARGV[5], 'allocs', ARGV[6], 'expires_at', ARGV[2],
-           'doc', ARGV[4], 'token', ARGV[3])
+           'doc', ARGV[4], 'token', ARGV[3], 'guaranteed', ARGV[8])
 redis.call('ZADD', KEYS[6], ARGV[2], ARGV[1])
 redis.call('SADD', KEYS[4], ARGV[1])
 redis.call('SET', KEYS[7], ARGV[1])
@@ -63,14 +79,16 @@ return ''
 """
 
 _END = """
--- KEYS: lease, active, ended, resv ; ARGV: lease_id, state, reason, now, retention_s, prefix
+-- KEYS: lease, active, ended, resv, gresv ; ARGV: lease_id, state, reason, now, retention_s, prefix
 local st = redis.call('HGET', KEYS[1], 'state')
 if not st then return -1 end
 if st ~= 'active' then return 0 end
 local node = redis.call('HGET', KEYS[1], 'node')
+local guaranteed = redis.call('HGET', KEYS[1], 'guaranteed') == '1'
 for g, b in string.gmatch(redis.call('HGET', KEYS[1], 'allocs'), '(%d+):(%d+)') do
   local field = node .. ':' .. g
   if redis.call('HINCRBY', KEYS[4], field, '-' .. b) == 0 then redis.call('HDEL', KEYS[4], field) end
+  if guaranteed and redis.call('HINCRBY', KEYS[5], field, '-' .. b) == 0 then redis.call('HDEL', KEYS[5], field) end
 end
 redis.call('HSET', KEYS[1], 'state', ARGV[2], 'end_reason', ARGV[3], 'ended_at', ARGV[4])
 redis.call('ZREM', KEYS[2], ARGV[1])
@@ -129,18 +147,19 @@ return 1
 """
 
 _REGISTER = """
--- KEYS: nodes, node, states, cap, endpoints, generation
--- ARGV: node_id, hb, info, endpoints, gpus, capidx, then pairs of gpu, bytes
+-- KEYS: nodes, node, states, cap, endpoints, generation, overcommit
+-- ARGV: node_id, hb, info, endpoints, gpus, capidx, overcommit, then pairs of gpu, bytes
 local old = redis.call('HGET', KEYS[2], 'capidx')
 if old then
   for _, g in ipairs(cjson.decode(old)) do redis.call('HDEL', KEYS[4], ARGV[1] .. ':' .. tostring(g)) end
 end
 redis.call('SADD', KEYS[1], ARGV[1])
 redis.call('HSET', KEYS[2], 'state', 'up', 'reason', '', 'hb', ARGV[2], 'info', ARGV[3], 'gpus', ARGV[5],
-           'sessions', '[]', 'capidx', ARGV[6])
+           'sessions', '[]', 'capidx', ARGV[6], 'overcommit', ARGV[7])
 redis.call('HSET', KEYS[3], ARGV[1], 'up')
 redis.call('HSET', KEYS[5], ARGV[1], ARGV[4])
-for i = 7, #ARGV, 2 do redis.call('HSET', KEYS[4], ARGV[1] .. ':' .. ARGV[i], ARGV[i + 1]) end
+redis.call('HSET', KEYS[7], ARGV[1], ARGV[7])
+for i = 8, #ARGV, 2 do redis.call('HSET', KEYS[4], ARGV[1] .. ':' .. ARGV[i], ARGV[i + 1]) end
 redis.call('INCR', KEYS[6])
 return 1
 """
@@ -201,7 +220,7 @@ class RedisStore:
         self._register = self._r.register_script(_REGISTER)
         self._set_credential = self._r.register_script(_SET_CREDENTIAL)
         self._wakeups: dict[str, asyncio.Event] = {}
-        self._static: tuple[Any, dict[str, dict[int, int]], dict[str, list[str]]] | None = None
+        self._static: tuple[Any, dict[str, dict[int, int]], dict[str, list[str]], dict[str, float]] | None = None
         self._listener: asyncio.Task[None] | None = None
         self._closing = False
 
@@ -237,7 +256,9 @@ class RedisStore:
         return lease
 
     @staticmethod
-    def _node(h: dict[str, str], capacity: dict[int, int], reserved: dict[int, int]) -> NodeRecord | None:
+    def _node(
+        h: dict[str, str], capacity: dict[int, int], reserved: dict[int, int], guaranteed: dict[int, int]
+    ) -> NodeRecord | None:
         if not h or "info" not in h:
             return None
         info: dict[str, Any] = json.loads(h["info"])
@@ -251,11 +272,14 @@ class RedisStore:
             state_reason=h.get("reason") or None,
             last_heartbeat=float(h.get("hb", "0")),
             reserved={g: b for g, b in reserved.items() if b != 0},
+            guaranteed_reserved={g: b for g, b in guaranteed.items() if b != 0},
         )
 
     # --- nodes -------------------------------------------------------------------------------------------
     async def register_node(self, node: NodeRecord) -> NodeRecord:
-        info = node.model_dump_json(include={"node_id", "endpoints", "backend", "version", "registered_at"})
+        info = node.model_dump_json(
+            include={"node_id", "endpoints", "backend", "version", "registered_at", "overcommit"}
+        )
         pairs: list[str] = []
         for g in node.gpus:
             pairs += [str(g.index), str(g.total_bytes)]
@@ -267,6 +291,7 @@ class RedisStore:
                 self._k("cap"),
                 self._k("endpoints"),
                 self._k("generation"),
+                self._k("overcommit"),
             ],
             args=[
                 node.node_id,
@@ -275,6 +300,7 @@ class RedisStore:
                 json.dumps(node.endpoints),
                 json.dumps([g.model_dump(mode="json") for g in node.gpus]),
                 json.dumps([g.index for g in node.gpus]),
+                repr(float(node.overcommit)),
                 *pairs,
             ],
         )
@@ -304,14 +330,16 @@ class RedisStore:
         idx = [int(g) for g in json.loads(h.get("capidx", "[]"))]
         fields = [f"{node_id}:{g}" for g in idx]
         if not fields:
-            return self._node(h, {}, {})
+            return self._node(h, {}, {}, {})
         async with self._r.pipeline(transaction=False) as pipe:
             pipe.hmget(self._k("cap"), fields)
             pipe.hmget(self._k("resv"), fields)
-            caps, resv = await pipe.execute()
+            pipe.hmget(self._k("gresv"), fields)
+            caps, resv, gresv = await pipe.execute()
         capacity = {g: int(c) for g, c in zip(idx, caps, strict=True) if c is not None}
         reserved = {g: int(r) for g, r in zip(idx, resv, strict=True) if r is not None}
-        return self._node(h, capacity, reserved)
+        guaranteed = {g: int(r) for g, r in zip(idx, gresv, strict=True) if r is not None}
+        return self._node(h, capacity, reserved, guaranteed)
 
     async def _node_ids(self) -> list[str]:
         return sorted(_strs(await self._r.smembers(self._k("nodes"))))
@@ -321,11 +349,15 @@ class RedisStore:
         async with self._r.pipeline(transaction=False) as pipe:
             pipe.hgetall(self._k("cap"))
             pipe.hgetall(self._k("resv"))
+            pipe.hgetall(self._k("gresv"))
             for nid in ids:
                 pipe.hgetall(self._k("node", nid))
             raw = await pipe.execute()
-        caps, resv = _per_node(raw[0]), _per_node(raw[1])
-        nodes = [self._node(h, caps.get(nid, {}), resv.get(nid, {})) for nid, h in zip(ids, raw[2:], strict=True)]
+        caps, resv, gresv = _per_node(raw[0]), _per_node(raw[1]), _per_node(raw[2])
+        nodes = [
+            self._node(h, caps.get(nid, {}), resv.get(nid, {}), gresv.get(nid, {}))
+            for nid, h in zip(ids, raw[3:], strict=True)
+        ]
         return [n for n in nodes if n is not None]
 
     async def placement_view(self) -> list[NodeCapacity]:
@@ -333,19 +365,34 @@ class RedisStore:
             pipe.get(self._k("generation"))
             pipe.hgetall(self._k("states"))
             pipe.hgetall(self._k("resv"))
-            generation, states, resv = await pipe.execute()
+            pipe.hgetall(self._k("gresv"))
+            generation, states, resv, gresv = await pipe.execute()
         if self._static is None or self._static[0] != generation:
-            # Capacity and endpoints change only when a node registers (which bumps the generation).
+            # Capacity, endpoints and ratios change only when a node registers (which bumps the generation).
             async with self._r.pipeline(transaction=False) as pipe:
                 pipe.get(self._k("generation"))
                 pipe.hgetall(self._k("cap"))
                 pipe.hgetall(self._k("endpoints"))
-                gen2, cap, endpoints = await pipe.execute()
-            self._static = (gen2, _per_node(cap), {str(k): json.loads(v) for k, v in endpoints.items()})
-        _, caps, eps = self._static
-        booked = _per_node(resv)
+                pipe.hgetall(self._k("overcommit"))
+                gen2, cap, endpoints, ratios = await pipe.execute()
+            self._static = (
+                gen2,
+                _per_node(cap),
+                {str(k): json.loads(v) for k, v in endpoints.items()},
+                {str(k): float(v) for k, v in ratios.items()},
+            )
+        _, caps, eps, node_ratios = self._static
+        booked, booked_guaranteed = _per_node(resv), _per_node(gresv)
         return [
-            NodeCapacity(nid, NodeState(state), eps.get(nid, []), caps.get(nid, {}), booked.get(nid, {}))
+            NodeCapacity(
+                nid,
+                NodeState(state),
+                eps.get(nid, []),
+                caps.get(nid, {}),
+                booked.get(nid, {}),
+                booked_guaranteed.get(nid, {}),
+                node_ratios.get(nid, 0.0),
+            )
             for nid, state in sorted(states.items())
         ]
 
@@ -378,7 +425,7 @@ class RedisStore:
         return str(digest) if digest is not None else None
 
     # --- leases ------------------------------------------------------------------------------------------
-    async def place_lease(self, lease: LeaseRecord) -> str | None:
+    async def place_lease(self, lease: LeaseRecord, overcommit: float = 1.0) -> str | None:
         pairs: list[str] = []
         for a in lease.allocs:
             pairs += [str(a.gpu), str(a.vram_bytes)]
@@ -392,6 +439,7 @@ class RedisStore:
                 self._k("lease", lease.lease_id),
                 self._k("active"),
                 self._k("token", lease.token_hash),
+                self._k("gresv"),
             ],
             args=[
                 lease.lease_id,
@@ -400,6 +448,8 @@ class RedisStore:
                 lease.model_dump_json(),
                 lease.node_id,
                 allocs,
+                repr(float(overcommit)),
+                "1" if lease.qos == QoS.guaranteed else "0",
                 *pairs,
             ],
         )
@@ -407,7 +457,7 @@ class RedisStore:
 
     async def end_lease(self, lease_id: str, state: LeaseState, reason: str, now: float) -> EndResult:
         res = await self._end(
-            keys=[self._k("lease", lease_id), self._k("active"), self._k("ended"), self._k("resv")],
+            keys=[self._k("lease", lease_id), self._k("active"), self._k("ended"), self._k("resv"), self._k("gresv")],
             args=[lease_id, state.value, reason, repr(now), str(self._retention), self._p],
         )
         if res == -1:

@@ -1,5 +1,6 @@
-"""What the node agent offers to the control plane (pool_link.py): its sessions, its capacity, and the power
-to end a lease's sessions. Kept as a Protocol so the pool-manager link is written against this, not the agent."""
+"""What the node agent offers to the control plane (pool_link.py): its sessions (with their paging state), its
+capacity, and the power to end a lease's sessions and to page a session out or in. Kept as a Protocol so the
+pool-manager link is written against this, not the agent."""
 
 from __future__ import annotations
 
@@ -44,4 +45,13 @@ class NodeAgentAPI(Protocol):
 
     async def drain(self) -> None:
         """Accept no new sessions; existing ones run to completion."""
+        ...
+
+    async def page_out(self, session_id: str, to: str = "auto") -> str:
+        """Page the session's device memory out, `to` "auto" (host pool, then disk), "host" or "disk". Returns
+        "paged host|disk BYTES NS UNPAGEABLE" or "failed REASON"; a failure leaves the session resident."""
+        ...
+
+    async def page_in(self, session_id: str) -> str:
+        """Page the session's memory back in now. Returns "resident BYTES NS" or "failed REASON"."""
         ...

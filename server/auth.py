@@ -21,6 +21,8 @@ class Grant:
     vram_quota_bytes: int | None = None  # None: no quota beyond the device's memory
     expires_at: float | None = None  # unix time; None: no expiry
     max_sessions: int | None = None  # sessions the lease may hold open at once; None: no limit
+    qos: str | None = None  # guaranteed (never paged) | standard | best_effort (gives way first); None: standard
+    idle_timeout_s: float | None = None  # idle seconds before the node pages a session out (0: never); None: node's
 
 
 class Authenticator(Protocol):

@@ -30,7 +30,8 @@ def _run_uvloop(coro: object) -> None:
         asyncio.run(coro)  # type: ignore[arg-type]
 
 
-async def serve(agent: NodeAgent, pool_url: str | None = None, metrics_port: int = -1, enrol_token: str = "") -> None:
+async def serve(agent: NodeAgent, pool_url: str | None = None, metrics_port: int = -1, enrol_token: str = "",
+                overcommit: float = 0.0) -> None:
     from .metrics import NodeMetrics
 
     await agent.start()
@@ -42,7 +43,8 @@ async def serve(agent: NodeAgent, pool_url: str | None = None, metrics_port: int
     if pool_url:
         from .pool_link import PoolLink  # written with the pool manager
 
-        link = PoolLink(agent, pool_url, enrol_token=enrol_token or None)  # None: FARGPU_ENROL_TOKEN or state file
+        # enrol_token None: FARGPU_ENROL_TOKEN or the state file; overcommit 0: the pool's ratio
+        link = PoolLink(agent, pool_url, enrol_token=enrol_token or None, overcommit=overcommit)
         await link.start()
     metrics = None
     if metrics_port >= 0:
@@ -99,6 +101,11 @@ def main(
             show_default=False,
         ),
     ] = "",
+    overcommit: Annotated[
+        float | None, typer.Option(envvar="FARGPU_OVERCOMMIT", min=1.0, help="with --pool: let the pool book this "
+                                   "node's GPUs up to their memory x this ratio (idle sessions page out to make room) "
+                                   "[default: the pool's]", show_default=False)
+    ] = None,
     log_level: Annotated[str, typer.Option(envvar="FARGPU_LOG_LEVEL")] = "INFO",
     metrics_port: Annotated[
         int, typer.Option(envvar="FARGPU_METRICS_PORT", help="Prometheus /metrics port (0: any, -1: off)")
@@ -136,4 +143,4 @@ def main(
     typer.echo(f"fargpu node server: backend {be.describe()}")
     if be.simulated:
         typer.secho("NOTE: the simulated device is a test double; nothing here runs on a GPU.", fg="yellow")
-    _run_uvloop(serve(agent, pool or None, metrics_port, enrol_token))
+    _run_uvloop(serve(agent, pool or None, metrics_port, enrol_token, overcommit or 0.0))

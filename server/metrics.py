@@ -1,19 +1,23 @@
-"""Prometheus metrics of a node server: its devices, its sessions, the leases it serves, its pool link.
+"""Prometheus metrics of a node server: its devices, its sessions, the leases it serves, its pool link, paging.
 
 `NodeMetrics(agent, link)` keeps a snapshot that `refresh()` takes on the event loop (the agent's methods are
 not called from the exporter's thread); `serve(host, port)` refreshes it periodically and exposes it with
-prometheus_client's HTTP server, and `render()` gives the text for any other HTTP front."""
+prometheus_client's HTTP server, and `render()` gives the text for any other HTTP front.
+
+Paging: when the agent has a pager (`agent.pager`), NodeMetrics becomes its `observer` and counts every finished
+page-out and page-in by where the memory went or came from (host page pool or disk), with histograms of the
+bytes and seconds of each step; the gauges of resident and paged bytes are sums over the agent's sessions."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, generate_latest, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, start_http_server
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -21,6 +25,9 @@ from fargpu.server.agent_api import DeviceInfo, NodeAgentAPI, SessionInfo
 
 if TYPE_CHECKING:
     from fargpu.server.pool_link import PoolLink
+
+_BYTES_BUCKETS = tuple(float(1 << k) for k in range(20, 37, 2))  # 1 MiB .. 64 GiB, by 4x
+_SECONDS_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 
 
 @dataclass
@@ -40,6 +47,46 @@ class NodeMetrics(Collector):
         self._task: asyncio.Task[None] | None = None
         self._http: object | None = None
         self.registry.register(self)
+        r = self.registry
+        self.pageouts = Counter(
+            "fargpu_node_pageouts", "Page-outs of a session finished, by where its memory went", ["where"], registry=r
+        )
+        self.pageins = Counter(
+            "fargpu_node_pageins", "Page-ins of a session finished, by where its memory came from", ["where"],
+            registry=r,
+        )  # fmt: skip
+        self.pageout_bytes = Histogram(
+            "fargpu_node_pageout_bytes", "Device memory moved by one page-out", ["where"], buckets=_BYTES_BUCKETS,
+            registry=r,
+        )  # fmt: skip
+        self.pagein_bytes = Histogram(
+            "fargpu_node_pagein_bytes", "Device memory moved by one page-in", ["where"], buckets=_BYTES_BUCKETS,
+            registry=r,
+        )  # fmt: skip
+        self.pageout_seconds = Histogram(
+            "fargpu_node_pageout_seconds", "Duration of one page-out", ["where"], buckets=_SECONDS_BUCKETS, registry=r
+        )
+        self.pagein_seconds = Histogram(
+            "fargpu_node_pagein_seconds", "Duration of one page-in", ["where"], buckets=_SECONDS_BUCKETS, registry=r
+        )
+        self._chained: Callable[[str, str, int, float], None] | None = None  # an observer that was there before
+        pager = getattr(agent, "pager", None)
+        if pager is not None:
+            self._chained = getattr(pager, "observer", None)
+            pager.observer = self.observe_page_step
+
+    def observe_page_step(self, kind: str, where: str, nbytes: int, seconds: float) -> None:
+        """The pager's observer: one finished step, kind "pageout" or "pagein", where "host" or "disk"."""
+        if kind == "pageout":
+            self.pageouts.labels(where).inc()
+            self.pageout_bytes.labels(where).observe(nbytes)
+            self.pageout_seconds.labels(where).observe(seconds)
+        elif kind == "pagein":
+            self.pageins.labels(where).inc()
+            self.pagein_bytes.labels(where).observe(nbytes)
+            self.pagein_seconds.labels(where).observe(seconds)
+        if self._chained is not None:
+            self._chained(kind, where, nbytes, seconds)
 
     def refresh(self) -> None:
         quotas: dict[str, int] = {}
@@ -78,6 +125,21 @@ class NodeMetrics(Collector):
         for x in s.sessions:
             per.add_metric([x.session_id, x.lease_id], x.vram_used_bytes)
         yield per
+        yield GaugeMetricFamily(
+            "fargpu_node_vram_resident_bytes",
+            "Device memory this node's sessions hold on the GPUs now",
+            value=sum(x.resident_bytes for x in s.sessions),
+        )
+        yield GaugeMetricFamily(
+            "fargpu_node_vram_paged_bytes",
+            "Device memory of this node's sessions paged out to host RAM or disk",
+            value=sum(x.paged_bytes for x in s.sessions),
+        )
+        by_state = GaugeMetricFamily("fargpu_node_sessions_by_paging_state", "Open sessions by paging state",
+                                     labels=["state"])  # fmt: skip
+        for state in ("resident", "paging-out", "paged-host", "paged-disk", "paging-in"):
+            by_state.add_metric([state], sum(1 for x in s.sessions if x.state == state))
+        yield by_state
         if s.heartbeat_age_s is not None:
             yield GaugeMetricFamily(
                 "fargpu_node_pool_heartbeat_age_seconds",

@@ -1,10 +1,14 @@
 """The node server's link to the pool manager (gRPC): registration, heartbeats, commands, lease-token checks.
 
 `PoolLink(agent, pool)` registers the node (its endpoint and devices from `NodeAgentAPI`), heartbeats
-(capacity, free VRAM, utilization, sessions) every interval the pool asks for, and keeps the Commands stream
-open: "end lease" closes the lease's sessions through `agent.end_lease(lease_id, reason)`, "drain" calls
-`agent.drain()`. A heartbeat reply may also name leases that ended while a command was lost; those are ended
-too. When the pool manager is away the link keeps retrying and registers again when it is back.
+(capacity, free VRAM, utilization, sessions with their paging state) every interval the pool asks for, and keeps
+the Commands stream open: "end lease" closes the lease's sessions through `agent.end_lease(lease_id, reason)`,
+"drain" calls `agent.drain()`, "page out" / "page in" call `agent.page_out(session_id, to)` / `agent.page_in(...)`
+in the background (a step can take seconds; the stream keeps flowing) and report the outcome with the session in
+the next heartbeat, which is sent at once (`page_command_id`, `page_result`). A heartbeat reply may also name
+leases that ended while a command was lost; those are ended too. When the pool manager is away the link keeps
+retrying and registers again when it is back. The node's own overcommit ratio (`overcommit`, 0: the pool's)
+goes with every registration.
 
 Identity: before anything else the link enrols the node (`Enrol` with the pool's enrolment token) and gets a
 credential of its own, which every other call carries as metadata (see `fargpu.pool_manager.enrolment`). The
@@ -18,10 +22,11 @@ longer knows the credential (UNAUTHENTICATED: say a memory-only pool manager res
 for the gRPC port) or a gRPC target (`grpc://host:7001` or `host:7001`).
 
 `LeaseTokenAuth` is the node server's Authenticator for lease tokens. It sends the pool manager the token's
-SHA-256, never the token, and gets back the lease id, its VRAM quota (which the node enforces at allocation)
-and its expiry. Valid answers are cached for a few seconds, keyed by the digest; an "end lease" command drops
-them. If the pool manager cannot be reached, a cached grant is honoured until its lease's expiry. Tokens,
-enrolment tokens and credentials are never logged."""
+SHA-256, never the token, and gets back the lease id, its VRAM quota (which the node enforces at allocation),
+its expiry and its paging policy (QoS; idle timeout, left None in the Grant when the pool does not say). Valid
+answers are cached for a few seconds, keyed by the digest; an "end lease" command drops them. If the pool manager
+cannot be reached, a cached grant is honoured until its lease's expiry. Tokens, enrolment tokens and credentials
+are never logged."""
 
 from __future__ import annotations
 
@@ -123,6 +128,8 @@ class LeaseTokenAuth:
             vram_quota_bytes=reply.vram_quota_bytes or None,
             expires_at=reply.expires_at or None,
             max_sessions=reply.max_sessions or None,
+            qos=reply.qos or None,
+            idle_timeout_s=reply.idle_timeout_s if reply.HasField("idle_timeout_s") else None,
         )
         self._cache[digest] = _Cached(digest, grant, now)
         return grant
@@ -161,10 +168,14 @@ class PoolLink:
         validate_timeout_s: float = 3.0,
         enrol_token: str | None = None,
         persist_credential: bool = True,
+        overcommit: float = 0.0,
     ) -> None:
         """`enrol_token`: the pool's enrolment token (None or empty: FARGPU_ENROL_TOKEN, else the state
         directory's file, looked up at each enrolment). `persist_credential=False` keeps the node's credential
-        in memory only (simulated nodes of a benchmark)."""
+        in memory only (simulated nodes of a benchmark). `overcommit`: this node's own ratio (>= 1) for the
+        pool's placement to book its GPUs at; 0: the pool's."""
+        if overcommit != 0 and not overcommit >= 1:
+            raise ValueError(f"a node's overcommit ratio must be at least 1, or 0 for the pool's (got {overcommit:g})")
         self.agent = agent
         self.validate_timeout_s = validate_timeout_s
         self.pool = pool
@@ -188,6 +199,10 @@ class PoolLink:
         self._credential: str | None = None
         self._credential_file_tried = False
         self._last_problem: str | None = None
+        self.overcommit = overcommit
+        self._page_results: dict[str, tuple[str, str]] = {}  # session id -> (command id, outcome) of the last step
+        self._page_tasks: set[asyncio.Task[None]] = set()
+        self._heartbeat_now = asyncio.Event()
 
     # --- lifecycle ---------------------------------------------------------------------------------------
     async def start(self, wait_registered_s: float = 5.0) -> None:
@@ -204,12 +219,14 @@ class PoolLink:
             log.warning("not registered with the pool manager at %s yet; still trying", self.pool)
 
     async def stop(self) -> None:
-        for t in self._tasks:
+        tasks = [*self._tasks, *self._page_tasks]
+        for t in tasks:
             t.cancel()
-        for t in self._tasks:
+        for t in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
         self._tasks = []
+        self._page_tasks.clear()
         if self._channel is not None:
             await self._channel.close()
             self._channel = None
@@ -333,16 +350,29 @@ class PoolLink:
         ]
 
     def _sessions(self) -> list[pool_pb2.Session]:
-        return [
-            pool_pb2.Session(
-                session_id=s.session_id,
-                lease_id=s.lease_id,
-                pid=s.pid,
-                vram_used_bytes=s.vram_used_bytes,
-                client=s.client,
+        sessions = self.agent.sessions()
+        live = {s.session_id for s in sessions}
+        for gone in [sid for sid in self._page_results if sid not in live]:
+            del self._page_results[gone]
+        out = []
+        for s in sessions:
+            command_id, result = self._page_results.get(s.session_id, ("", ""))
+            out.append(
+                pool_pb2.Session(
+                    session_id=s.session_id,
+                    lease_id=s.lease_id,
+                    pid=s.pid,
+                    vram_used_bytes=s.vram_used_bytes,
+                    client=s.client,
+                    state=s.state,
+                    resident_bytes=s.resident_bytes,
+                    paged_bytes=s.paged_bytes,
+                    idle_s=s.idle_s,
+                    page_command_id=command_id,
+                    page_result=result,
+                )
             )
-            for s in self.agent.sessions()
-        ]
+        return out
 
     async def register(self) -> None:
         """Registers the node, enrolling first if it has no credential or the pool no longer accepts it."""
@@ -358,6 +388,7 @@ class PoolLink:
                         backend=self.agent.backend,
                         gpus=self._gpus(),
                         version=self.version,
+                        overcommit=self.overcommit,
                     ),
                     timeout=5.0,
                     metadata=metadata,
@@ -406,7 +437,12 @@ class PoolLink:
                     await self.register()
                 if not await self.heartbeat():
                     continue  # the pool forgot us (or marked us down): register at once
-                await asyncio.sleep(self.heartbeat_interval_s)
+                # A finished page step sends its outcome at once. (asyncio.timeout, not wait_for: on 3.11 wait_for
+                # swallows a cancellation that lands as the event is set, and stop() would wait forever.)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.heartbeat_interval_s):
+                        await self._heartbeat_now.wait()
+                self._heartbeat_now.clear()
             except (grpc.aio.AioRpcError, EnrolmentUnavailable, httpx.HTTPError, OSError, ValueError, KeyError) as e:
                 self._report(_describe(e))
                 await asyncio.sleep(self.retry_s)
@@ -446,6 +482,30 @@ class PoolLink:
             log.info("the pool manager asked this node to drain: %s", cmd.drain.reason)
             self.draining = True
             await self.agent.drain()
+        elif kind in ("page_out", "page_in"):
+            task = asyncio.create_task(self._page(cmd), name=f"pool-link-{kind}")
+            self._page_tasks.add(task)
+            task.add_done_callback(self._page_tasks.discard)
+
+    async def _page(self, cmd: pool_pb2.Command) -> None:
+        """Runs one page-out or page-in the pool asked for; its outcome goes to the pool with the session."""
+        out = cmd.WhichOneof("kind") == "page_out"
+        session_id = cmd.page_out.session_id if out else cmd.page_in.session_id
+        to = (cmd.page_out.to or "auto") if out else ""
+        log.info("the pool manager asked to page %s session %s%s", "out" if out else "in", session_id,
+                 f" (to {to})" if out else "")  # fmt: skip
+        try:
+            if out and to not in ("auto", "host", "disk"):
+                result = f"failed unknown page-out target {to!r} (auto, host or disk)"
+            elif out:
+                result = await self.agent.page_out(session_id, to)
+            else:
+                result = await self.agent.page_in(session_id)
+        except Exception as e:  # the agent's contract is a "failed ..." string; report anything else the same way
+            log.exception("page-%s of session %s failed", "out" if out else "in", session_id)
+            result = f"failed {str(e) or type(e).__name__}"
+        self._page_results[session_id] = (cmd.command_id, result)
+        self._heartbeat_now.set()
 
     async def _end_lease(self, lease_id: str, reason: str) -> None:
         self.auth.forget_lease(lease_id)

@@ -24,18 +24,30 @@ class Gpu(_message.Message):
     def __init__(self, index: _Optional[int] = ..., name: _Optional[str] = ..., uuid: _Optional[str] = ..., total_bytes: _Optional[int] = ..., free_bytes: _Optional[int] = ..., utilization_pct: _Optional[float] = ...) -> None: ...
 
 class Session(_message.Message):
-    __slots__ = ("session_id", "lease_id", "pid", "vram_used_bytes", "client")
+    __slots__ = ("session_id", "lease_id", "pid", "vram_used_bytes", "client", "state", "resident_bytes", "paged_bytes", "idle_s", "page_command_id", "page_result")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     LEASE_ID_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
     VRAM_USED_BYTES_FIELD_NUMBER: _ClassVar[int]
     CLIENT_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    RESIDENT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    PAGED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    IDLE_S_FIELD_NUMBER: _ClassVar[int]
+    PAGE_COMMAND_ID_FIELD_NUMBER: _ClassVar[int]
+    PAGE_RESULT_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     lease_id: str
     pid: int
     vram_used_bytes: int
     client: str
-    def __init__(self, session_id: _Optional[str] = ..., lease_id: _Optional[str] = ..., pid: _Optional[int] = ..., vram_used_bytes: _Optional[int] = ..., client: _Optional[str] = ...) -> None: ...
+    state: str
+    resident_bytes: int
+    paged_bytes: int
+    idle_s: float
+    page_command_id: str
+    page_result: str
+    def __init__(self, session_id: _Optional[str] = ..., lease_id: _Optional[str] = ..., pid: _Optional[int] = ..., vram_used_bytes: _Optional[int] = ..., client: _Optional[str] = ..., state: _Optional[str] = ..., resident_bytes: _Optional[int] = ..., paged_bytes: _Optional[int] = ..., idle_s: _Optional[float] = ..., page_command_id: _Optional[str] = ..., page_result: _Optional[str] = ...) -> None: ...
 
 class EnrolRequest(_message.Message):
     __slots__ = ("node_id", "enrol_token")
@@ -54,18 +66,20 @@ class EnrolReply(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., credential: _Optional[str] = ...) -> None: ...
 
 class RegisterRequest(_message.Message):
-    __slots__ = ("node_id", "endpoints", "backend", "gpus", "version")
+    __slots__ = ("node_id", "endpoints", "backend", "gpus", "version", "overcommit")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     GPUS_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
+    OVERCOMMIT_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     endpoints: _containers.RepeatedScalarFieldContainer[str]
     backend: str
     gpus: _containers.RepeatedCompositeFieldContainer[Gpu]
     version: str
-    def __init__(self, node_id: _Optional[str] = ..., endpoints: _Optional[_Iterable[str]] = ..., backend: _Optional[str] = ..., gpus: _Optional[_Iterable[_Union[Gpu, _Mapping]]] = ..., version: _Optional[str] = ...) -> None: ...
+    overcommit: float
+    def __init__(self, node_id: _Optional[str] = ..., endpoints: _Optional[_Iterable[str]] = ..., backend: _Optional[str] = ..., gpus: _Optional[_Iterable[_Union[Gpu, _Mapping]]] = ..., version: _Optional[str] = ..., overcommit: _Optional[float] = ...) -> None: ...
 
 class RegisterReply(_message.Message):
     __slots__ = ("node_id", "heartbeat_interval_s", "heartbeat_timeout_s")
@@ -117,15 +131,33 @@ class Drain(_message.Message):
     reason: str
     def __init__(self, reason: _Optional[str] = ...) -> None: ...
 
+class PageOut(_message.Message):
+    __slots__ = ("session_id", "to")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    TO_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    to: str
+    def __init__(self, session_id: _Optional[str] = ..., to: _Optional[str] = ...) -> None: ...
+
+class PageIn(_message.Message):
+    __slots__ = ("session_id",)
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    def __init__(self, session_id: _Optional[str] = ...) -> None: ...
+
 class Command(_message.Message):
-    __slots__ = ("command_id", "end_lease", "drain")
+    __slots__ = ("command_id", "end_lease", "drain", "page_out", "page_in")
     COMMAND_ID_FIELD_NUMBER: _ClassVar[int]
     END_LEASE_FIELD_NUMBER: _ClassVar[int]
     DRAIN_FIELD_NUMBER: _ClassVar[int]
+    PAGE_OUT_FIELD_NUMBER: _ClassVar[int]
+    PAGE_IN_FIELD_NUMBER: _ClassVar[int]
     command_id: str
     end_lease: EndLease
     drain: Drain
-    def __init__(self, command_id: _Optional[str] = ..., end_lease: _Optional[_Union[EndLease, _Mapping]] = ..., drain: _Optional[_Union[Drain, _Mapping]] = ...) -> None: ...
+    page_out: PageOut
+    page_in: PageIn
+    def __init__(self, command_id: _Optional[str] = ..., end_lease: _Optional[_Union[EndLease, _Mapping]] = ..., drain: _Optional[_Union[Drain, _Mapping]] = ..., page_out: _Optional[_Union[PageOut, _Mapping]] = ..., page_in: _Optional[_Union[PageIn, _Mapping]] = ...) -> None: ...
 
 class ValidateTokenRequest(_message.Message):
     __slots__ = ("node_id", "token_sha256")
@@ -136,17 +168,21 @@ class ValidateTokenRequest(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., token_sha256: _Optional[bytes] = ...) -> None: ...
 
 class ValidateTokenReply(_message.Message):
-    __slots__ = ("valid", "reason", "lease_id", "vram_quota_bytes", "expires_at", "max_sessions")
+    __slots__ = ("valid", "reason", "lease_id", "vram_quota_bytes", "expires_at", "max_sessions", "qos", "idle_timeout_s")
     VALID_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     LEASE_ID_FIELD_NUMBER: _ClassVar[int]
     VRAM_QUOTA_BYTES_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
     MAX_SESSIONS_FIELD_NUMBER: _ClassVar[int]
+    QOS_FIELD_NUMBER: _ClassVar[int]
+    IDLE_TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
     valid: bool
     reason: str
     lease_id: str
     vram_quota_bytes: int
     expires_at: float
     max_sessions: int
-    def __init__(self, valid: _Optional[bool] = ..., reason: _Optional[str] = ..., lease_id: _Optional[str] = ..., vram_quota_bytes: _Optional[int] = ..., expires_at: _Optional[float] = ..., max_sessions: _Optional[int] = ...) -> None: ...
+    qos: str
+    idle_timeout_s: float
+    def __init__(self, valid: _Optional[bool] = ..., reason: _Optional[str] = ..., lease_id: _Optional[str] = ..., vram_quota_bytes: _Optional[int] = ..., expires_at: _Optional[float] = ..., max_sessions: _Optional[int] = ..., qos: _Optional[str] = ..., idle_timeout_s: _Optional[float] = ...) -> None: ...

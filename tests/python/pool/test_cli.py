@@ -73,7 +73,8 @@ def test_pool_commands(threaded_pool: Callable[..., ThreadedPool]) -> None:
 
 def test_unreachable_pool_manager_is_a_clear_message() -> None:
     url = f"http://127.0.0.1:{free_port()}"
-    for cmd in (["status"], ["nodes", "--json"], ["leases"], ["sessions"], ["drain", "x"], ["evict", "y"]):
+    for cmd in (["status"], ["nodes", "--json"], ["leases"], ["sessions"], ["drain", "x"], ["evict", "y"],
+                ["page-out", "s"], ["page-in", "s", "--wait", "5"]):  # fmt: skip
         r = runner.invoke(app, ["pool", *cmd, "--pool", url])
         assert r.exit_code == 2, (cmd, r.output)
         assert f"cannot reach the pool manager at {url}" in " ".join(r.output.split())
@@ -85,7 +86,7 @@ def test_pool_manager_process_restart_after_sigkill_keeps_leases(tmp_path: Path)
     cmd = [
         sys.executable, "-m", "fargpu.cli", "pool-manager", "--port", str(port), "--grpc-port", str(grpc_port),
         "--state-file", str(state), "--log-level", "warning", "--max-sessions-per-lease", "5",
-        "--enrol-token", ENROL,
+        "--enrol-token", ENROL, "--idle-timeout", "45",
     ]  # fmt: skip
     url = f"http://127.0.0.1:{port}"
 
@@ -132,6 +133,8 @@ def test_pool_manager_process_restart_after_sigkill_keeps_leases(tmp_path: Path)
                 pool_pb2.ValidateTokenRequest(node_id="n1", token_sha256=digest), metadata=md
             )
         assert reply.valid and reply.lease_id == created["lease_id"] and reply.max_sessions == 5
+        assert reply.qos == "standard" and reply.HasField("idle_timeout_s") and reply.idle_timeout_s == 45.0
+        assert created["idle_timeout_s"] == 45.0
         r = httpx.post(f"{url}/v1/leases", json={"vram": "6G"})
         assert r.status_code == 503  # the booking survived too
         r = httpx.delete(
@@ -143,3 +146,14 @@ def test_pool_manager_process_restart_after_sigkill_keeps_leases(tmp_path: Path)
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_pool_manager_refuses_bad_paging_flags() -> None:
+    r = runner.invoke(app, ["pool-manager", "--overcommit", "0.5"])
+    assert r.exit_code == 2 and "--overcommit" in r.output
+    r = runner.invoke(app, ["pool-manager", "--idle-timeout", "-1"])
+    assert r.exit_code == 2 and "--idle-timeout" in r.output
+    r = runner.invoke(app, ["run", "--idle-timeout", "-3", "--", "true"])
+    assert r.exit_code == 2 and "--idle-timeout" in r.output
+    r = runner.invoke(app, ["server", "--overcommit", "0.5"])  # a node's own ratio: at least 1 too
+    assert r.exit_code == 2 and "--overcommit" in r.output
