@@ -180,6 +180,9 @@ async def main() -> int:
                               "commit": os.environ.get("FARGPU_COMMIT", "unknown"), "sessions": {}}
     dev = agent.devices()[0]
     result["gpu"], result["driver"], result["backend"] = dev.name, agent.backend_info.driver_version, a.backend
+    t0 = time.perf_counter()
+    await asyncio.to_thread(agent.pager.pool.ready.wait, 120)  # the host pool's pages allocated up front
+    result["host_pool_prefault_s"] = time.perf_counter() - t0
     result.update(disk_speed(Path(a.spill_dir), a.disk_bytes))
     print("disk", result["disk_raw_write_GBps"], result["disk_raw_read_GBps"], flush=True)
     ckpt = Checkpoint() if a.backend == "cuda" else None
@@ -223,7 +226,7 @@ async def main() -> int:
             pin = r_in.split()
             rec[where] = {"bytes": bytes_out, f"pageout_{where}_GBps": bytes_out / ns_out,
                           f"pagein_{where}_GBps": int(pin[1]) / int(pin[2]) if pin[0] == "resident" else None,
-                          "pagein": r_in, "nvml_used_before": before, "nvml_used_paged": after,
+                          "pageout": res, "pagein": r_in, "nvml_used_before": before, "nvml_used_paged": after,
                           "unpageable_bytes": int(parts[4]) if len(parts) > 4 else None,
                           "bad_samples_after": int(check[1]) if check[:1] == ["CHECK"] else check}
         try:

@@ -56,12 +56,15 @@ class HostPool:
         if self.fd >= 0:
             os.ftruncate(self.fd, self.size)
         self._stop = threading.Event()
+        self.ready = threading.Event()  # set once the pool's pages are all allocated (at once without prefault)
         self._prefaulter: threading.Thread | None = None
         if prefault and self.fd >= 0:
             # Allocate the pool's pages now, in the background: a page-out that first had to fault in and zero
             # fresh pages while the driver pins them ran at 3 GB/s on an H100 (bench/results/paging_gpu-*).
             self._prefaulter = threading.Thread(target=self._prefault, name="fargpu-page-pool-prefault", daemon=True)
             self._prefaulter.start()
+        else:
+            self.ready.set()
         self._free: list[tuple[int, int]] = [(0, self.size)] if self.size else []
 
     def _prefault(self) -> None:
@@ -74,6 +77,7 @@ class HostPool:
                 os.pwrite(self.fd, zeros[: min(len(zeros), self.size - off)], off)
         except OSError as e:
             log.warning("could not allocate the host page pool up front (%s); pages come as sessions page out", e)
+        self.ready.set()
 
     def take(self, n: int) -> tuple[int, int] | None:
         n = max(ALIGN, -(-n // ALIGN) * ALIGN)

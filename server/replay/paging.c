@@ -20,8 +20,8 @@
  * what this attempt mapped and leaves the session paged, so it is never resumed with wrong memory. The batch that
  * needed the GPU then fails with CUDA_ERROR_OUT_OF_MEMORY and a later one tries again.
  *
- * Status lines to the agent: "paged host|disk BYTES NS UNPAGEABLE io_ns=.. copy_ns=..",
- * "pageout-failed REASON", "paging-in BYTES", "resident BYTES NS io_ns=.. copy_ns=..", "pagein-failed REASON",
+ * Status lines to the agent: "paged host|disk BYTES NS UNPAGEABLE io_ns=.. copy_ns=.. map_ns=.. vmm_ns=..",
+ * "pageout-failed REASON", "paging-in BYTES", "resident BYTES NS io_ns=.. copy_ns=.. vmm_ns=..", "pagein-failed REASON",
  * "need BYTES". */
 #include <dlfcn.h>
 #include <errno.h>
@@ -64,6 +64,7 @@ typedef struct fgs_pager {
     char close_why[256];
     unsigned test_delay_ms; /* FARGPU_PAGING_TEST_DELAY_MS: fault-injection tests stretch each step with it */
     uint64_t io_ns, copy_ns; /* where the last step's time went (reported with it): I/O or pool copies, DMA */
+    uint64_t map_ns, vmm_ns;  /* mapping the pool extent; releasing or re-creating the device memory */
 } fgs_pager;
 
 void fgs_copiers_free(struct fgs_copiers *C);
@@ -633,7 +634,7 @@ static void page_out(fgs_session *S, const char *args) {
         status(P, "pageout-failed the host pool extent does not hold %llu bytes", (unsigned long long)total);
         return;
     }
-    P->io_ns = P->copy_ns = 0;
+    P->io_ns = P->copy_ns = P->map_ns = P->vmm_ns = 0;
     CUresult r = sync_all_contexts(S);
     if (r != CUDA_SUCCESS) {
         status(P, "pageout-failed synchronising the session failed with CUDA error %d", (int)r);
@@ -645,8 +646,10 @@ static void page_out(fgs_session *S, const char *args) {
         P->len = len;
         /* Map just this extent, its page tables filled in one go (MAP_POPULATE): first touches page by page cost
          * a fault per 4 KiB page (page-out ran at 7.6 GB/s so on an H100). */
+        uint64_t tm = fgs_now_ns();
         void *m = total ? mmap(NULL, (size_t)len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, P->pool_fd,
                                (off_t)off) : NULL;
+        P->map_ns = fgs_now_ns() - tm;
         if (m == MAP_FAILED) {
             status(P, "pageout-failed cannot map the host pool extent: %s", strerror(errno));
             return;
@@ -675,6 +678,7 @@ static void page_out(fgs_session *S, const char *args) {
         status(P, "pageout-failed copying out failed with CUDA error %d", (int)r);
         return;
     }
+    uint64_t tv = fgs_now_ns();
     for (size_t i = 0; i < S->n_allocs; i++) {
         fgs_alloc *a = &S->allocs[i];
         S->api->cuMemUnmap(a->ptr, a->mapped);
@@ -682,12 +686,14 @@ static void page_out(fgs_session *S, const char *args) {
         a->handle = 0;
         a->paged = 1;
     }
+    P->vmm_ns = fgs_now_ns() - tv;
     if (P->node) fgs_ledger_uncharge(P->node, total);
     P->where = host ? PAGED_HOST : PAGED_DISK;
     P->bytes = total;
-    status(P, "paged %s %llu %llu %llu io_ns=%llu copy_ns=%llu", host ? "host" : "disk", (unsigned long long)total,
-           (unsigned long long)(fgs_now_ns() - t0), (unsigned long long)unpageable_bytes(S),
-           (unsigned long long)P->io_ns, (unsigned long long)P->copy_ns);
+    status(P, "paged %s %llu %llu %llu io_ns=%llu copy_ns=%llu map_ns=%llu vmm_ns=%llu", host ? "host" : "disk",
+           (unsigned long long)total, (unsigned long long)(fgs_now_ns() - t0), (unsigned long long)unpageable_bytes(S),
+           (unsigned long long)P->io_ns, (unsigned long long)P->copy_ns, (unsigned long long)P->map_ns,
+           (unsigned long long)P->vmm_ns);
 }
 
 /* Undoes what a failed page-in mapped; the contents stay in the store. */
@@ -705,12 +711,13 @@ CUresult fgs_page_in(fgs_session *S) {
     fgs_pager *P = S->pager;
     uint64_t t0 = fgs_now_ns();
     status(P, "paging-in %llu", (unsigned long long)P->bytes);
-    P->io_ns = P->copy_ns = 0;
+    P->io_ns = P->copy_ns = P->vmm_ns = 0;
     if (P->node && fgs_resident_charge(S, P->bytes) != CUDA_SUCCESS) {
         status(P, "pagein-failed no room on the GPU for %llu bytes", (unsigned long long)P->bytes);
         return CUDA_ERROR_OUT_OF_MEMORY;
     }
     CUresult r = CUDA_SUCCESS;
+    uint64_t tv = fgs_now_ns();
     for (size_t i = 0; i < S->n_allocs && r == CUDA_SUCCESS; i++) {
         fgs_alloc *a = &S->allocs[i];
         CUmemAllocationProp prop;
@@ -735,6 +742,7 @@ CUresult fgs_page_in(fgs_session *S) {
         ad.flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
         r = S->api->cuMemSetAccess(a->ptr, a->mapped, &ad, 1);
     }
+    P->vmm_ns = fgs_now_ns() - tv;
     int fd = -1;
     if (r == CUDA_SUCCESS && P->where == PAGED_DISK) {
         fd = open(P->spill_path, O_RDONLY | O_CLOEXEC | O_DIRECT);
@@ -760,8 +768,9 @@ CUresult fgs_page_in(fgs_session *S) {
         P->map = NULL;
     }
     P->where = RESIDENT;
-    status(P, "resident %llu %llu io_ns=%llu copy_ns=%llu", (unsigned long long)P->bytes,
-           (unsigned long long)(fgs_now_ns() - t0), (unsigned long long)P->io_ns, (unsigned long long)P->copy_ns);
+    status(P, "resident %llu %llu io_ns=%llu copy_ns=%llu vmm_ns=%llu", (unsigned long long)P->bytes,
+           (unsigned long long)(fgs_now_ns() - t0), (unsigned long long)P->io_ns, (unsigned long long)P->copy_ns,
+           (unsigned long long)P->vmm_ns);
     P->bytes = 0;
     return CUDA_SUCCESS;
 }
