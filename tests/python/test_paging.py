@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pytest
 from cuda_ctypes import PRELUDE
 from e2e_helpers import NodeServer, start_server, stop_server
 
@@ -174,3 +176,30 @@ def test_worker_killed_during_page_out_or_page_in_leaks_nothing(tmp_path: Path) 
         assert "made room" not in s.log_text()[mark:]
     finally:
         stop_server(s)
+
+
+def test_cudart_program_paged_while_idle_prints_what_it_prints_unpaged(tmp_path: Path) -> None:
+    nvcc = shutil.which("nvcc") or ("/usr/local/cuda/bin/nvcc" if Path("/usr/local/cuda/bin/nvcc").exists() else None)
+    if not nvcc:
+        pytest.skip("nvcc (CUDA 13.0) is needed to build the cudart paging program")
+    prog = tmp_path / "paging_cudart"
+    src = Path(__file__).resolve().parents[1] / "c" / "paging" / "paging_cudart.cu"
+    built = subprocess.run([nvcc, "-O2", "-gencode", "arch=compute_90,code=sm_90", "-o", str(prog), str(src)],
+                           capture_output=True, text=True, timeout=600)
+    assert built.returncode == 0, built.stdout + built.stderr
+    outputs = {}
+    for paged in (False, True):
+        run_dir = tmp_path / f"paged-{paged}"
+        run_dir.mkdir()
+        s = start_server(run_dir, *(["--idle-page-out", "1"] if paged else []))
+        try:
+            res = subprocess.run([str(prog)], env=s.client_env(FARGPU_TEST_PAUSE_S="4", FARGPU_LOG="info"),
+                                 capture_output=True,
+                                 text=True, timeout=120, cwd="/")
+            assert res.returncode == 0, res.stdout + res.stderr
+            outputs[paged] = res.stdout
+            log = s.log_text()
+            assert ("page-out of session" in log and "paged host" in log) == paged, log[-2000:]
+        finally:
+            stop_server(s)
+    assert outputs[True] == outputs[False] and outputs[True].endswith("done\n"), outputs
