@@ -48,3 +48,44 @@ def test_pool_lease_quota_and_session_bound_cover_all_its_sessions(tmp_path: Pat
             errs.append(err)
         pool.stop()
     assert any("already has 3 session(s) on this node" in e for e in errs), errs
+
+
+TURN = PRELUDE + r'''
+ctx0()
+n = 512 << 20
+r, p = alloc(n); ok(r, "alloc")
+value = 0
+for line in sys.stdin:
+    value += 1
+    ok(cu.cuMemsetD8_v2(ctypes.c_uint64(p), ctypes.c_ubyte(value), ctypes.c_size_t(n)), "memset")
+    out = ctypes.create_string_buffer(4096)
+    ok(cu.cuMemcpyDtoH_v2(out, ctypes.c_uint64(p + n - 4096), ctypes.c_size_t(4096)), "dtoh")
+    print("DONE" if out.raw == bytes([value]) * 4096 else "WRONG", value, flush=True)
+'''
+
+
+def test_three_half_gib_leases_take_turns_on_a_one_gib_node(tmp_path: Path) -> None:
+    # The pool books 3 x 512 MiB on 1 GiB (overcommit 2); the node keeps what is resident within 1 GiB by paging
+    # out the least recently used idle session whenever another one needs the room. None fails.
+    pool = LivePool.start(tmp_path, store_args=["--memory-only"], pool_args=["--overcommit", "2"],
+                          node_env={"FARGPU_SIM_MEM_BYTES": str(1 << 30)})
+    procs: list[subprocess.Popen[str]] = []
+    try:
+        for _ in range(3):
+            lease = pool.lease(vram="512M")
+            env = {"PATH": "/usr/bin:/bin", "LD_LIBRARY_PATH": str(paths.stub_dir()),
+                   "FARGPU_SERVER": lease["endpoints"][0].removeprefix("tcp://"), "FARGPU_TOKEN": lease["token"]}
+            procs.append(subprocess.Popen([sys.executable, "-P", "-c", TURN], env=env, stdin=subprocess.PIPE,
+                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/"))
+        for rnd in range(1, 4):
+            for p in procs:
+                assert p.stdin is not None and p.stdout is not None
+                p.stdin.write("go\n")
+                p.stdin.flush()
+                line = p.stdout.readline().strip()
+                assert line == f"DONE {rnd}", line + (p.stderr.read() if p.stderr else "") + pool.logs()[-3000:]
+        assert pool.logs().count("made room for session") >= 3
+    finally:
+        for p in procs:
+            p.communicate("", timeout=30)
+        pool.stop()
