@@ -1,0 +1,152 @@
+"""The directory park store (the default): objects are files under a root directory — local disk on one machine,
+or a filesystem mounted on every node. An object is written to a temporary file in parts, in parallel (pwrite at
+each part's offset), fsynced, and renamed into place; its manifest (`NAME.manifest`) is written the same way after
+it, and the directory is fsynced. Only an object whose manifest is in place is complete."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+from collections.abc import Callable
+from pathlib import Path
+
+from .store import (
+    DEFAULT_PARALLEL,
+    DEFAULT_PART,
+    Manifest,
+    ParkStoreError,
+    check_key,
+    parts_of,
+    read_part,
+    run_parts,
+    sha256,
+    write_part,
+)
+
+MANIFEST = ".manifest"
+
+
+class DirectoryParkStore:
+    name = "directory"
+
+    def __init__(self, root: str | Path, part_size: int = DEFAULT_PART, parallel: int = DEFAULT_PARALLEL) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.part_size = part_size
+        self.parallel = parallel
+
+    def _path(self, key: str) -> Path:
+        return self.root / check_key(key)
+
+    def _fsync_dir(self, d: Path) -> None:
+        fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def _write_file(self, path: Path, fill: Callable[[int], None]) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            fill(fd)
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            raise
+        os.close(fd)
+        os.replace(tmp, path)
+
+    def put(self, key: str, fd: int, offset: int, length: int) -> Manifest:
+        path = self._path(key)
+        n = parts_of(length, self.part_size)
+        hashes: list[str] = []
+
+        def fill(out: int) -> None:
+            os.ftruncate(out, length)
+
+            def part(i: int) -> str:
+                lo = i * self.part_size
+                data = read_part(fd, offset + lo, min(self.part_size, length - lo)) if length else b""
+                write_part(out, lo, data)
+                return sha256(data)
+
+            hashes.extend(run_parts(n, self.parallel, part))
+
+        try:
+            manifest_path = path.with_name(path.name + MANIFEST)
+            with contextlib.suppress(FileNotFoundError):
+                manifest_path.unlink()  # the old object stops being complete before it is replaced
+            self._write_file(path, fill)
+            m = Manifest(key, length, self.part_size, hashes)
+            self._write_file(manifest_path, lambda out: write_part(out, 0, m.to_json()))
+            self._fsync_dir(path.parent)
+        except OSError as e:
+            raise ParkStoreError(f"cannot write park object {key!r} under {self.root}: {e}") from None
+        if path.stat().st_size != length:  # confirmed: the file the store holds has every byte
+            raise ParkStoreError(f"park object {key!r} has {path.stat().st_size} bytes after writing, not {length}")
+        return m
+
+    def _manifest(self, key: str) -> Manifest:
+        path = self._path(key)
+        try:
+            m = Manifest.from_json(path.with_name(path.name + MANIFEST).read_bytes())
+        except FileNotFoundError:
+            raise ParkStoreError(f"park object {key!r} is not in {self.root} (or was never completed)") from None
+        if m.key != key:
+            raise ParkStoreError(f"the manifest of {key!r} names {m.key!r}")
+        return m
+
+    def get(self, key: str, fd: int, offset: int = 0) -> Manifest:
+        m = self._manifest(key)
+        try:
+            src = os.open(self._path(key), os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as e:
+            raise ParkStoreError(f"cannot open park object {key!r}: {e}") from None
+        try:
+            def part(i: int) -> str:
+                lo = i * m.part_size
+                data = read_part(src, lo, min(m.part_size, m.size - lo)) if m.size else b""
+                if sha256(data) != m.part_sha256[i]:
+                    raise ParkStoreError(f"part {i} of park object {key!r} does not match its checksum")
+                write_part(fd, offset + lo, data)
+                return ""
+
+            run_parts(len(m.part_sha256), self.parallel, part)
+        finally:
+            os.close(src)
+        return m
+
+    def put_bytes(self, key: str, data: bytes) -> Manifest:
+        fd = os.memfd_create("fargpu-park-bytes", os.MFD_CLOEXEC)
+        try:
+            write_part(fd, 0, data)
+            return self.put(key, fd, 0, len(data))
+        finally:
+            os.close(fd)
+
+    def get_bytes(self, key: str) -> bytes:
+        fd = os.memfd_create("fargpu-park-bytes", os.MFD_CLOEXEC)
+        try:
+            m = self.get(key, fd, 0)
+            return read_part(fd, 0, m.size) if m.size else b""
+        finally:
+            os.close(fd)
+
+    def delete(self, key: str) -> None:
+        path = self._path(key)
+        for p in (path.with_name(path.name + MANIFEST), path):
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+
+    def list(self, prefix: str = "") -> list[str]:
+        out = []
+        for p in self.root.rglob("*" + MANIFEST):
+            key = str(p.relative_to(self.root))[: -len(MANIFEST)]
+            if key.startswith(prefix) and not p.name.startswith("."):
+                out.append(key)
+        return sorted(out)
