@@ -130,6 +130,8 @@ class SessionInfo(BaseModel):
     idle_s: float = Field(0.0, description="seconds since the session's last call, when its node reported it")
     page_command_id: str | None = Field(None, description="the last page-out/page-in command the node finished")
     page_result: str | None = Field(None, description='its outcome, e.g. "paged host BYTES NS UNPAGEABLE", "failed …"')
+    unpageable_bytes: int = Field(0, description="what its last page-out could not free (module globals, created "
+                                  "contexts; context and module code are not counted)")
 
 
 class NodeRecord(BaseModel):

@@ -19,6 +19,7 @@ class SessionInfo:
     resident_bytes: int = 0  # on the GPU now (allocations and created contexts)
     paged_bytes: int = 0  # in the node's host page pool or spill file
     idle_s: float = 0.0  # since its last call
+    unpageable_bytes: int = 0  # what its last page-out could not free (module globals, created contexts)
 
 
 @dataclass(frozen=True)

@@ -92,6 +92,7 @@ class NodeAgent:
                 s.info.session_id, s.info.lease_id, s.info.pid, s.vram, s.info.client,
                 state=st.state if st else "resident", resident_bytes=self.pager.resident_bytes(s.info.session_id),
                 paged_bytes=st.paged_bytes if st else 0, idle_s=(st.idle_ms if st else 0) / 1000,
+                unpageable_bytes=st.unpageable_bytes if st else 0,
             ))
         return out
 

@@ -368,6 +368,7 @@ class PoolLink:
                     resident_bytes=s.resident_bytes,
                     paged_bytes=s.paged_bytes,
                     idle_s=s.idle_s,
+                    unpageable_bytes=getattr(s, "unpageable_bytes", 0),
                     page_command_id=command_id,
                     page_result=result,
                 )

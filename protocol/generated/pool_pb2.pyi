@@ -24,7 +24,7 @@ class Gpu(_message.Message):
     def __init__(self, index: _Optional[int] = ..., name: _Optional[str] = ..., uuid: _Optional[str] = ..., total_bytes: _Optional[int] = ..., free_bytes: _Optional[int] = ..., utilization_pct: _Optional[float] = ...) -> None: ...
 
 class Session(_message.Message):
-    __slots__ = ("session_id", "lease_id", "pid", "vram_used_bytes", "client", "state", "resident_bytes", "paged_bytes", "idle_s", "page_command_id", "page_result")
+    __slots__ = ("session_id", "lease_id", "pid", "vram_used_bytes", "client", "state", "resident_bytes", "paged_bytes", "idle_s", "page_command_id", "page_result", "unpageable_bytes")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     LEASE_ID_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
@@ -36,6 +36,7 @@ class Session(_message.Message):
     IDLE_S_FIELD_NUMBER: _ClassVar[int]
     PAGE_COMMAND_ID_FIELD_NUMBER: _ClassVar[int]
     PAGE_RESULT_FIELD_NUMBER: _ClassVar[int]
+    UNPAGEABLE_BYTES_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     lease_id: str
     pid: int
@@ -47,7 +48,8 @@ class Session(_message.Message):
     idle_s: float
     page_command_id: str
     page_result: str
-    def __init__(self, session_id: _Optional[str] = ..., lease_id: _Optional[str] = ..., pid: _Optional[int] = ..., vram_used_bytes: _Optional[int] = ..., client: _Optional[str] = ..., state: _Optional[str] = ..., resident_bytes: _Optional[int] = ..., paged_bytes: _Optional[int] = ..., idle_s: _Optional[float] = ..., page_command_id: _Optional[str] = ..., page_result: _Optional[str] = ...) -> None: ...
+    unpageable_bytes: int
+    def __init__(self, session_id: _Optional[str] = ..., lease_id: _Optional[str] = ..., pid: _Optional[int] = ..., vram_used_bytes: _Optional[int] = ..., client: _Optional[str] = ..., state: _Optional[str] = ..., resident_bytes: _Optional[int] = ..., paged_bytes: _Optional[int] = ..., idle_s: _Optional[float] = ..., page_command_id: _Optional[str] = ..., page_result: _Optional[str] = ..., unpageable_bytes: _Optional[int] = ...) -> None: ...
 
 class EnrolRequest(_message.Message):
     __slots__ = ("node_id", "enrol_token")
