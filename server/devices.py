@@ -38,6 +38,29 @@ def _nvml_devices() -> list[DeviceInfo]:
         pynvml.nvmlShutdown()
 
 
+def gpu_memory_of_pid(pid: int) -> int | None:
+    """What NVML says process `pid` holds on the GPUs (context, module code, memory), or None when NVML does not
+    know it (no NVML, or the process is in another PID namespace)."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+    except Exception:
+        return None
+    try:
+        total, seen = 0, False
+        for i in range(pynvml.nvmlDeviceGetCount()):
+            for proc in pynvml.nvmlDeviceGetComputeRunningProcesses(pynvml.nvmlDeviceGetHandleByIndex(i)):
+                if int(proc.pid) == pid and proc.usedGpuMemory is not None:
+                    total += int(proc.usedGpuMemory)
+                    seen = True
+        return total if seen else None
+    except Exception:
+        return None
+    finally:
+        pynvml.nvmlShutdown()
+
+
 def devices(backend: Backend, used_bytes: int = 0) -> list[DeviceInfo]:
     if backend.simulated:
         total = int(os.environ.get("FARGPU_SIM_MEM_BYTES", SIM_DEFAULT_BYTES))

@@ -28,6 +28,7 @@ from .agent_api import DeviceInfo, SessionInfo
 from .auth import Authenticator, AuthError, Grant
 from .backend import Backend
 from .devices import devices as device_infos
+from .devices import gpu_memory_of_pid
 from .lease_ledger import LedgerBook, TooManySessions
 from .pager import Pager
 from .spawn import SpawnedProcess, spawn
@@ -80,6 +81,8 @@ class NodeAgent:
         prefault = self.config.host_pool_prefault
         self.pager = Pager(limit, self.config.host_pool_bytes, Path(self.config.spill_dir or default_spill_dir()),
                            prefault=not backend.simulated if prefault is None else prefault)
+        if not backend.simulated:
+            self.pager.measure_held = gpu_memory_of_pid
         self.tcp_port: int | None = None
         self.endpoint = ""
 
@@ -101,7 +104,7 @@ class NodeAgent:
         sess = self._sessions.get(session_id)
         if sess is None:
             return "failed no such session on this node"
-        res = await self.pager.page_out(session_id, sess.ctl_w, to)
+        res = await self.pager.page_out(session_id, sess.ctl_w, to, pid=sess.proc.pid)
         log.info("page-out of session %s: %s", session_id, res)
         return res
 
@@ -127,7 +130,8 @@ class NodeAgent:
         return {sid: s.ctl_w for sid, s in self._sessions.items()}
 
     async def _answer_need(self, sess: _Session, need: int) -> None:
-        ok = await self.pager.make_room(sess.info.session_id, need, self._ctl_fds())
+        pids = {sid: s.proc.pid for sid, s in self._sessions.items()}
+        ok = await self.pager.make_room(sess.info.session_id, need, self._ctl_fds(), pids)
         with contextlib.suppress(OSError):
             os.write(sess.ctl_w, b"grant\n" if ok else b"deny no session could give way\n")
 

@@ -129,6 +129,8 @@ class Pager:
         self.pageins = 0
         # Told of every finished step: (kind "pageout"|"pagein", where "host"|"disk", bytes, seconds) — metrics.
         self.observer: Callable[[str, str, int, float], None] | None = None
+        # What a paged session still holds on the GPU, by its worker's pid (NVML on a real GPU; None: unknown).
+        self.measure_held: Callable[[int], int | None] | None = None
 
     # ---- bookkeeping ----
     def admit(self, sid: str, qos: str, idle_timeout_s: float | None) -> int:
@@ -218,7 +220,7 @@ class Pager:
             return "failed no answer from the worker in time"
 
     # ---- actions ----
-    async def page_out(self, sid: str, ctl_w: int, to: str = "auto") -> str:
+    async def page_out(self, sid: str, ctl_w: int, to: str = "auto", pid: int = 0) -> str:
         """Pages a session out; returns "paged ..." or "failed REASON"."""
         st = self.states.get(sid)
         if st is None:
@@ -244,7 +246,14 @@ class Pager:
             st.state = "resident"
             self._release_store(st)
             return f"failed the worker is gone ({e})"
-        return await self._await_result(st)
+        res = await self._await_result(st)
+        if res.startswith("paged") and pid and self.measure_held is not None:
+            # What the VMM route could not free, measured: the worker's context, module code and globals.
+            held = await asyncio.to_thread(self.measure_held, pid)
+            if held is not None:
+                st.unpageable_bytes = held
+                res += f" held_on_gpu={held}"
+        return res
 
     async def page_in(self, sid: str, ctl_w: int) -> str:
         st = self.states.get(sid)
@@ -259,8 +268,9 @@ class Pager:
             return f"failed the worker is gone ({e})"
         return await self._await_result(st)
 
-    async def make_room(self, sid: str, need: int, ctl: dict[str, int]) -> bool:
+    async def make_room(self, sid: str, need: int, ctl: dict[str, int], pids: dict[str, int] | None = None) -> bool:
         """Pages out idle sessions, least recently used first, until `need` bytes fit; True when they do."""
+        pids = pids or {}
         st = self.states.get(sid)
         if st is not None:
             st.waiting_for_room = True
@@ -278,7 +288,7 @@ class Pager:
                     if not victims:
                         return False
                     victim = victims[0]
-                    res = await self.page_out(victim, ctl[victim])
+                    res = await self.page_out(victim, ctl[victim], pid=pids.get(victim, 0))
                     log.info("made room for session %s: paged out session %s: %s", sid, victim, res)
                 return False
         finally:
