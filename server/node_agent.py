@@ -123,8 +123,13 @@ class NodeAgent:
             for sid, st in list(self.pager.states.items()):
                 timeout = st.idle_timeout_s if st.idle_timeout_s is not None else self.config.idle_page_out_s
                 if (timeout is not None and timeout > 0 and st.state == "resident" and st.qos != "guaranteed"
-                        and st.idle_ms >= timeout * 1000 and self.pager.resident_bytes(sid) > 0):
-                    await self.page_out(sid)
+                        and st.idle_ms >= timeout * 1000 and self.pager.resident_bytes(sid) > 0
+                        and time.monotonic() - st.last_attempt >= max(timeout, 5.0)):
+                    st.last_attempt = time.monotonic()  # a failing page-out is retried, not hammered
+                    try:
+                        await self.page_out(sid)
+                    except Exception:  # one session's trouble must not stop the policy for the others
+                        log.exception("page-out of idle session %s failed", sid)
 
     def _ctl_fds(self) -> dict[str, int]:
         return {sid: s.ctl_w for sid, s in self._sessions.items()}

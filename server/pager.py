@@ -44,6 +44,7 @@ class PageState:
     spill: Path | None = None
     last_pageout_s: float = 0.0
     last_pagein_s: float = 0.0
+    last_attempt: float = 0.0  # monotonic time of the idle policy's last page-out attempt
     waiters: list[asyncio.Future[str]] = field(default_factory=list)
 
 
@@ -235,7 +236,10 @@ class Pager:
         elif to == "host" and need:
             return "failed the node's host page pool has no room; page out to disk instead"
         if not cmd:
-            self.spill_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            try:
+                self.spill_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            except OSError as e:
+                return f"failed cannot use the spill directory {self.spill_dir}: {e.strerror or e}"
             st.spill = self.spill_dir / f"{sid}.pages"
             cmd = f"pageout disk {st.spill}\n"
         st.state = "paging-out"

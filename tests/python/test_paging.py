@@ -203,3 +203,30 @@ def test_cudart_program_paged_while_idle_prints_what_it_prints_unpaged(tmp_path:
         finally:
             stop_server(s)
     assert outputs[True] == outputs[False] and outputs[True].endswith("done\n"), outputs
+
+
+def test_failed_page_out_leaves_the_session_working_and_no_room_fails_the_call(tmp_path: Path) -> None:
+    # No host pool and a spill directory that cannot exist (its parent is a file): every page-out fails.
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file")
+    os.environ["FARGPU_SIM_MEM_BYTES"] = str(256 * MiB)
+    try:
+        s = start_server(tmp_path, "--idle-page-out", "1", "--host-page-pool", "0", "--spill-dir",
+                         str(blocker / "spill"))
+    finally:
+        del os.environ["FARGPU_SIM_MEM_BYTES"]
+    try:
+        holder = _start_shapes(s.client_env())  # 83 MiB resident
+        m = _wait_log(s, r"page-out of session \w+: failed (.*)")
+        assert "spill" in m.group(1) or "directory" in m.group(1) or "Errno" in m.group(1), m.group(0)
+        # Another session wants more than is left; the only one that could give way cannot: its call fails, bounded.
+        t0 = time.monotonic()
+        res = subprocess.run([sys.executable, "-P", "-c", PRELUDE + "ctx0(); r, p = alloc(200 << 20); print(r)"],
+                             env=s.client_env(), capture_output=True, text=True, timeout=120, cwd="/")
+        assert res.stdout.strip() == "2", res.stdout + res.stderr  # CUDA_ERROR_OUT_OF_MEMORY
+        assert time.monotonic() - t0 < 60
+        # The session whose page-out failed is as it was: every byte and address.
+        out, err = holder.communicate("go\n", timeout=60)
+        assert out.strip() == "SAME", out + err
+    finally:
+        stop_server(s)
