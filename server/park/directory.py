@@ -17,7 +17,9 @@ from .store import (
     Manifest,
     ParkStoreError,
     check_key,
+    get_bytes_with,
     parts_of,
+    put_bytes_with,
     read_part,
     run_parts,
     sha256,
@@ -122,20 +124,10 @@ class DirectoryParkStore:
         return m
 
     def put_bytes(self, key: str, data: bytes) -> Manifest:
-        fd = os.memfd_create("fargpu-park-bytes", os.MFD_CLOEXEC)
-        try:
-            write_part(fd, 0, data)
-            return self.put(key, fd, 0, len(data))
-        finally:
-            os.close(fd)
+        return put_bytes_with(self.put, key, data)
 
     def get_bytes(self, key: str) -> bytes:
-        fd = os.memfd_create("fargpu-park-bytes", os.MFD_CLOEXEC)
-        try:
-            m = self.get(key, fd, 0)
-            return read_part(fd, 0, m.size) if m.size else b""
-        finally:
-            os.close(fd)
+        return get_bytes_with(self.get, key)
 
     def delete(self, key: str) -> None:
         path = self._path(key)

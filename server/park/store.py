@@ -85,6 +85,25 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def put_bytes_with(put: Callable[[str, int, int, int], Manifest], key: str, data: bytes) -> Manifest:
+    """A small object (a session's state description) through a store's fd-based put."""
+    fd = os.memfd_create("fargpu-park-bytes", os.MFD_CLOEXEC)
+    try:
+        write_part(fd, 0, data)
+        return put(key, fd, 0, len(data))
+    finally:
+        os.close(fd)
+
+
+def get_bytes_with(get: Callable[[str, int, int], Manifest], key: str) -> bytes:
+    fd = os.memfd_create("fargpu-park-bytes", os.MFD_CLOEXEC)
+    try:
+        m = get(key, fd, 0)
+        return read_part(fd, 0, m.size) if m.size else b""
+    finally:
+        os.close(fd)
+
+
 class ParkStore(Protocol):
     """Where parked sessions' state lives. Blocking calls: run them in a thread from an event loop."""
 

@@ -33,3 +33,19 @@ def load_test_module():
     ok(cu.cuModuleLoadData(ctypes.byref(mod), test_ptx_image()), "load")
     return mod
 '''.replace("__TEST_PTX__", repr(str(TEST_PTX)))
+
+
+# A session that holds 512 MiB and, for every line on stdin, fills it with the next value and checks it back
+# ("DONE n" or "WRONG n"): the paging tests let several of these take turns on a node with room for fewer.
+TAKE_TURNS = PRELUDE + r'''
+ctx0()
+n = 512 << 20
+r, p = alloc(n); ok(r, "alloc")
+value = 0
+for line in sys.stdin:
+    value += 1
+    ok(cu.cuMemsetD8_v2(ctypes.c_uint64(p), ctypes.c_ubyte(value), ctypes.c_size_t(n)), "memset")
+    out = ctypes.create_string_buffer(4096)
+    ok(cu.cuMemcpyDtoH_v2(out, ctypes.c_uint64(p + n - 4096), ctypes.c_size_t(4096)), "dtoh")
+    print("DONE" if out.raw == bytes([value]) * 4096 else "WRONG", value, flush=True)
+'''

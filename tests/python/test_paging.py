@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from cuda_ctypes import PRELUDE
+from cuda_ctypes import PRELUDE, TAKE_TURNS
 from e2e_helpers import NodeServer, start_server, stop_server
 
 MiB = 1 << 20
@@ -97,21 +97,6 @@ def test_page_out_spills_to_disk_when_the_host_pool_is_full(tmp_path: Path) -> N
         stop_server(s)
 
 
-TURN = PRELUDE + r'''
-ctx0()
-n = 512 << 20
-r, p = alloc(n); ok(r, "alloc")
-value = 0
-while True:
-    line = sys.stdin.readline()
-    if not line:
-        break
-    value += 1
-    ok(cu.cuMemsetD8_v2(ctypes.c_uint64(p), ctypes.c_ubyte(value), ctypes.c_size_t(n)), "memset")
-    out = ctypes.create_string_buffer(4096)
-    ok(cu.cuMemcpyDtoH_v2(out, ctypes.c_uint64(p + n - 4096), ctypes.c_size_t(4096)), "dtoh")
-    print("DONE" if out.raw == bytes([value]) * 4096 else "WRONG", value, flush=True)
-'''
 
 
 def test_three_half_gib_sessions_take_turns_on_one_gib(tmp_path: Path) -> None:
@@ -124,7 +109,7 @@ def test_three_half_gib_sessions_take_turns_on_one_gib(tmp_path: Path) -> None:
     try:
         env = s.client_env()
         for _ in range(3):
-            procs.append(subprocess.Popen([sys.executable, "-P", "-c", TURN], env=env, stdin=subprocess.PIPE,
+            procs.append(subprocess.Popen([sys.executable, "-P", "-c", TAKE_TURNS], env=env, stdin=subprocess.PIPE,
                                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/"))
         for rnd in range(1, 4):
             for p in procs:

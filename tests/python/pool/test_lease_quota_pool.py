@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from _live_pool import LivePool
-from cuda_ctypes import PRELUDE
+from cuda_ctypes import PRELUDE, TAKE_TURNS
 
 from fargpu import paths
 
@@ -50,18 +50,6 @@ def test_pool_lease_quota_and_session_bound_cover_all_its_sessions(tmp_path: Pat
     assert any("already has 3 session(s) on this node" in e for e in errs), errs
 
 
-TURN = PRELUDE + r'''
-ctx0()
-n = 512 << 20
-r, p = alloc(n); ok(r, "alloc")
-value = 0
-for line in sys.stdin:
-    value += 1
-    ok(cu.cuMemsetD8_v2(ctypes.c_uint64(p), ctypes.c_ubyte(value), ctypes.c_size_t(n)), "memset")
-    out = ctypes.create_string_buffer(4096)
-    ok(cu.cuMemcpyDtoH_v2(out, ctypes.c_uint64(p + n - 4096), ctypes.c_size_t(4096)), "dtoh")
-    print("DONE" if out.raw == bytes([value]) * 4096 else "WRONG", value, flush=True)
-'''
 
 
 def test_three_half_gib_leases_take_turns_on_a_one_gib_node(tmp_path: Path) -> None:
@@ -75,7 +63,7 @@ def test_three_half_gib_leases_take_turns_on_a_one_gib_node(tmp_path: Path) -> N
             lease = pool.lease(vram="512M")
             env = {"PATH": "/usr/bin:/bin", "LD_LIBRARY_PATH": str(paths.stub_dir()),
                    "FARGPU_SERVER": lease["endpoints"][0].removeprefix("tcp://"), "FARGPU_TOKEN": lease["token"]}
-            procs.append(subprocess.Popen([sys.executable, "-P", "-c", TURN], env=env, stdin=subprocess.PIPE,
+            procs.append(subprocess.Popen([sys.executable, "-P", "-c", TAKE_TURNS], env=env, stdin=subprocess.PIPE,
                                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/"))
         for rnd in range(1, 4):
             for p in procs:
