@@ -1,10 +1,11 @@
 """The `fargpu` command: one root for every part of the project.
 
 fargpu run -- CMD ...     lease a GPU and run CMD on it through the stub (fargpu/run.py)
-fargpu pool ...           operate the pool: status, nodes, leases, sessions, drain, evict
+fargpu pool ...           operate the pool: status, nodes, leases, sessions, drain, undrain, evict, page-out/in
 fargpu pool-manager       run a pool manager (REST + gRPC)
 fargpu server ...         the node server (server/cli.py), when that part is installed
-fargpu demo               the main job: a one-machine pool and a CUDA demo through `fargpu run`"""
+fargpu demo               the main job: a one-machine pool and a CUDA demo through `fargpu run`
+fargpu doctor             check a client, node or pool manager set-up and say what to fix (fargpu/doctor.py)"""
 
 from __future__ import annotations
 
@@ -96,6 +97,49 @@ def demo(
     from fargpu.demo import main as demo_main
 
     raise typer.Exit(demo_main(backend))
+
+
+@app.command("doctor")
+def doctor(
+    role: Annotated[str, typer.Option(help="what to check: client (this machine runs CUDA programs), node (it runs "
+                                      "`fargpu server`) or pool-manager")] = "client",
+    pool: Annotated[
+        str | None, typer.Option(envvar="FARGPU_POOL_URL", help="pool manager URL [default: http://127.0.0.1:7000]",
+                                 show_default=False)
+    ] = None,
+    server: Annotated[
+        str | None, typer.Option(envvar="FARGPU_SERVER", help="a node server to check (host:port or socket path)",
+                                 show_default=False)
+    ] = None,
+    token: Annotated[
+        str | None, typer.Option(envvar="FARGPU_TOKEN", help="token to try on --server (a static or lease token)",
+                                 show_default=False)
+    ] = None,
+    admin_token: Annotated[
+        str | None, typer.Option(envvar="FARGPU_ADMIN_TOKEN", help="admin token to try on the pool manager",
+                                 show_default=False)
+    ] = None,
+    expect_gpu: Annotated[bool, typer.Option("--expect-gpu", help="a simulated device is a failure")] = False,
+    backend: Annotated[str, typer.Option(help="node: the backend it will run (auto, cuda, sim)")] = "auto",
+    listen: Annotated[str, typer.Option(help="node: its --listen address")] = "127.0.0.1:7100",
+    metrics_host: Annotated[str, typer.Option(help="node: its --metrics-host")] = "127.0.0.1",
+    metrics_port: Annotated[int, typer.Option(help="node: its --metrics-port")] = 9400,
+    port: Annotated[int, typer.Option(help="pool-manager: its REST --port")] = 7000,
+    grpc_port: Annotated[int, typer.Option(help="pool-manager: its --grpc-port")] = 7001,
+    store: Annotated[str, typer.Option(help="pool-manager: embedded or redis")] = "embedded",
+    redis_url: Annotated[str, typer.Option(help="pool-manager: its --redis-url")] = "redis://127.0.0.1:6379/0",
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
+) -> None:
+    """Check this machine's fargpu set-up and say, in plain words, what is wrong and what to do. Exits 1 when a
+    check fails."""
+    from fargpu.doctor import Options, report, run_checks
+
+    if role not in ("client", "node", "pool-manager"):
+        raise typer.BadParameter("expected client, node or pool-manager", param_hint="--role")
+    opts = Options(role=role, pool=pool, server=server, token=token, admin_token=admin_token, backend=backend,
+                   expect_gpu=expect_gpu, listen=listen, metrics_host=metrics_host, metrics_port=metrics_port,
+                   rest_port=port, grpc_port=grpc_port, store=store, redis_url=redis_url)  # fmt: skip
+    raise typer.Exit(report(run_checks(opts), as_json))
 
 
 def main() -> None:

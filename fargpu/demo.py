@@ -22,9 +22,15 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _wait(url: str, pred: object, what: str, timeout: float = 60.0) -> None:
+def _wait(url: str, pred: object, what: str, timeout: float = 60.0, proc: subprocess.Popen[bytes] | None = None,
+          log: Path | None = None) -> None:
+    """Polls `url` until `pred(json)`; if `proc` (logging to `log`) ends first, says why it ended."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if proc is not None and log is not None and proc.poll() is not None:  # it ended: say why, now
+            lines = [x for x in log.read_text(errors="replace").splitlines() if x.strip()]
+            why = next((x for x in reversed(lines) if "error" in x.lower()), lines[-1] if lines else "no output")
+            raise SystemExit(f"demo: {what} exited with code {proc.returncode}: {why} (log: {log})")
         try:
             r = httpx.get(url, timeout=2)
             if r.status_code == 200 and pred(r.json()):  # type: ignore[operator]
@@ -33,6 +39,14 @@ def _wait(url: str, pred: object, what: str, timeout: float = 60.0) -> None:
             pass
         time.sleep(0.2)
     raise SystemExit(f"demo: {what} did not come up within {timeout:.0f}s")
+
+
+def path_hint() -> str:
+    """One line: how to get `fargpu` on PATH in the user's shell (it lives in the virtual environment)."""
+    bindir = Path(sys.prefix) / "bin"
+    if sys.prefix == sys.base_prefix:  # not a virtual environment: pip put the script on the usual PATH
+        return f"== `fargpu` is installed in {bindir}"
+    return f"== to get `fargpu` on PATH in this shell, run: . {bindir / 'activate'}  (or: export PATH={bindir}:$PATH)"
 
 
 def main(backend: str = "auto") -> int:
@@ -47,12 +61,13 @@ def main(backend: str = "auto") -> int:
         procs.append(subprocess.Popen(
             [*py, "-m", "fargpu.cli", "pool-manager", "--port", str(rest), "--grpc-port", str(grpc_port),
              "--memory-only"], env=env, stdout=(tmp / "pool.log").open("wb"), stderr=subprocess.STDOUT))
-        _wait(url + "/v1/status", lambda d: True, "the pool manager")
+        _wait(url + "/v1/status", lambda d: True, "the pool manager", proc=procs[-1], log=tmp / "pool.log")
         print("== starting a local node server")
         procs.append(subprocess.Popen(
-            [*py, "-m", "fargpu.server", "--backend", backend, "--listen", f"127.0.0.1:{node_port}", "--pool", url],
+            [*py, "-m", "fargpu.server", "--backend", backend, "--listen", f"127.0.0.1:{node_port}", "--pool", url,
+             "--metrics-port", "0"],
             env=env, stdout=(tmp / "node.log").open("wb"), stderr=subprocess.STDOUT))
-        _wait(url + "/v1/nodes", lambda d: bool(d), "the node server's registration")
+        _wait(url + "/v1/nodes", lambda d: bool(d), "the node server", proc=procs[-1], log=tmp / "node.log")
         for line in (tmp / "node.log").read_text().splitlines():
             if "backend" in line or "NOTE" in line:
                 print("   " + line)
@@ -61,6 +76,7 @@ def main(backend: str = "auto") -> int:
         rc = subprocess.call([*py, "-m", "fargpu.cli", "run", "--pool", url, "--vram", "64M", "--",
                               *py, "-m", "fargpu.demo_program"], env=env)
         print(f"== demo program exit code {rc}; logs in {tmp}")
+        print(path_hint())
         return rc
     finally:
         for p in reversed(procs):

@@ -1,8 +1,11 @@
 """`fargpu pool ...`: the operators' view of the pool (status, nodes, leases, sessions with their paging state)
-and its levers (drain a node, evict a lease, page a session out or in). Every command takes --json for scripts;
-tables otherwise. Exit codes: 0 done, 1 the pool refused (the reason is printed, in one line), 2 the pool manager
-could not be reached. Under --json, page-out and page-in print their errors as JSON too (on stdout:
+and its levers (drain or undrain a node, evict a lease, page a session out or in). Every command takes --json for
+scripts; tables otherwise. Exit codes: 0 done, 1 the pool refused (the reason is printed, in one line), 2 the pool
+manager could not be reached. Under --json every error prints as JSON too (on stdout:
 `{"error": code, "reason": text, ...}`), so a script reads one document whatever happens.
+
+Admin commands (drain, undrain, evict, page-out, page-in) need the pool manager's admin token: start the pool
+manager with FARGPU_ADMIN_TOKEN set and pass the same value with --admin-token or FARGPU_ADMIN_TOKEN here.
 
 page-out and page-in queue a command for the session's node and return; with --wait S they poll the sessions
 listing until the node reports that command's outcome (or S seconds pass), then print the session. They succeed
@@ -14,7 +17,7 @@ import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
@@ -46,7 +49,29 @@ def _err() -> Console:
     return Console(stderr=True, soft_wrap=True)  # errors stay on one line
 
 
-def _call(pool: str | None, admin_token: str | None, fn: Callable[[PoolClient], Awaitable[T]]) -> T:
+def _admin_hint(e: PoolApiError) -> str:
+    """What to do about a refused admin call, in a few words (empty for other errors)."""
+    if e.status == 401:
+        return (" - pass the pool manager's admin token: --admin-token TOKEN or FARGPU_ADMIN_TOKEN=TOKEN (the pool "
+                "manager must be started with FARGPU_ADMIN_TOKEN set)")
+    if e.status == 403:
+        return (" - the admin token must equal FARGPU_ADMIN_TOKEN (or --admin-token) of the pool manager; without "
+                "one set there, start it with FARGPU_ADMIN_TOKEN=TOKEN")
+    return ""
+
+
+def _fail(as_json: bool, rc: int, error: dict[str, Any], text: str) -> NoReturn:
+    """One error: a JSON document on stdout under --json, else one red line on stderr; then exit `rc`."""
+    if as_json:
+        _json(error)
+    else:
+        _err().print(f"[red]error{text}", highlight=False)
+    raise typer.Exit(rc)
+
+
+def _call(
+    pool: str | None, admin_token: str | None, fn: Callable[[PoolClient], Awaitable[T]], as_json: bool = False
+) -> T:
     async def go() -> T:
         async with PoolClient(pool or default_pool_url(), admin_token=admin_token) as client:
             return await fn(client)
@@ -54,11 +79,11 @@ def _call(pool: str | None, admin_token: str | None, fn: Callable[[PoolClient], 
     try:
         return asyncio.run(go())
     except PoolUnreachable as e:
-        _err().print(f"[red]error:[/red] {e}", highlight=False)
-        raise typer.Exit(2) from None
+        _fail(as_json, 2, {"error": "unreachable", "reason": str(e)}, f":[/red] {e}")
     except PoolApiError as e:
-        _err().print(f"[red]error ({e.status} {e.code}):[/red] {e.reason}", highlight=False)
-        raise typer.Exit(1) from None
+        reason = e.reason + _admin_hint(e)
+        _fail(as_json, 1, {"error": e.code, "status": e.status, "reason": reason},
+              f" ({e.status} {e.code}):[/red] {reason}")  # fmt: skip
 
 
 def _json(data: Any) -> None:
@@ -94,7 +119,7 @@ def _in(t: float) -> str:
 @app.command()
 def status(pool: PoolOpt = None, as_json: JsonOpt = False) -> None:
     """Summary of the pool: nodes, GPUs, VRAM, leases, sessions."""
-    s = _call(pool, None, lambda c: c.status())
+    s = _call(pool, None, lambda c: c.status(), as_json)
     if as_json:
         return _json(s)
     t = Table(title=f"fargpu pool ({s['store']} store)", show_header=False)
@@ -113,11 +138,11 @@ def status(pool: PoolOpt = None, as_json: JsonOpt = False) -> None:
 @app.command()
 def nodes(pool: PoolOpt = None, as_json: JsonOpt = False) -> None:
     """Nodes with their state, VRAM booked and in use, and heartbeat age."""
-    ns = _call(pool, None, lambda c: c.nodes())
+    ns = _call(pool, None, lambda c: c.nodes(), as_json)
     if as_json:
         return _json(ns)
     t = Table(title=f"{len(ns)} node(s)")
-    cols = ("node", "state", "backend", "GPUs", "reserved / total", "overcommit", "in use", "paged", "sessions",
+    cols = ("node", "state", "backend", "GPU count", "reserved / total", "overcommit", "in use", "paged", "sessions",
             "heartbeat", "endpoints")  # fmt: skip
     for col in cols:
         t.add_column(col)
@@ -148,11 +173,11 @@ def leases(
     include_ended: Annotated[bool, typer.Option("--all", help="also recently ended leases")] = False,
 ) -> None:
     """Active leases (with --all, recently ended ones and why they ended)."""
-    ls = _call(pool, None, lambda c: c.leases(include_ended))
+    ls = _call(pool, None, lambda c: c.leases(include_ended), as_json)
     if as_json:
         return _json(ls)
     t = Table(title=f"{len(ls)} lease(s)")
-    for col in ("lease", "state", "node", "GPUs", "VRAM/GPU", "qos", "idle page-out", "expires", "label"):
+    for col in ("lease", "state", "node", "GPU index", "VRAM/GPU", "qos", "idle page-out", "expires", "label"):
         t.add_column(col)
     for lease in ls:
         state = lease["state"] + (f": {lease['end_reason']}" if lease.get("end_reason") else "")
@@ -173,7 +198,7 @@ def leases(
 @app.command()
 def sessions(pool: PoolOpt = None, as_json: JsonOpt = False) -> None:
     """Sessions running on the nodes, as the nodes last reported them."""
-    ss = _call(pool, None, lambda c: c.sessions())
+    ss = _call(pool, None, lambda c: c.sessions(), as_json)
     if as_json:
         return _json(ss)
     t = Table(title=f"{len(ss)} session(s)")
@@ -204,7 +229,21 @@ def drain(
     as_json: JsonOpt = False,
 ) -> None:
     """Stop placing leases on NODE; its running sessions finish. Needs the admin token."""
-    n = _call(pool, admin_token, lambda c: c.drain(node, reason))
+    n = _call(pool, admin_token, lambda c: c.drain(node, reason), as_json)
+    if as_json:
+        return _json(n)
+    _out().print(f"node {n['node_id']} is {n['state']}")
+
+
+@app.command()
+def undrain(
+    node: Annotated[str, typer.Argument(help="node id")],
+    pool: PoolOpt = None,
+    admin_token: AdminOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Place leases on NODE again after a drain. Needs the admin token."""
+    n = _call(pool, admin_token, lambda c: c.undrain(node), as_json)
     if as_json:
         return _json(n)
     _out().print(f"node {n['node_id']} is {n['state']}")
@@ -219,7 +258,7 @@ def evict(
     as_json: JsonOpt = False,
 ) -> None:
     """End lease LEASE_ID now; its sessions are closed. Needs the admin token."""
-    lease = _call(pool, admin_token, lambda c: c.evict(lease_id, reason))
+    lease = _call(pool, admin_token, lambda c: c.evict(lease_id, reason), as_json)
     if as_json:
         return _json(lease)
     _out().print(f"lease {lease['lease_id']} {lease['state']}: {lease['end_reason']}")
@@ -268,23 +307,24 @@ async def _page_and_wait(
 def _page_command(action: str, session_id: str, to: str | None, wait_s: float, pool: str | None,
                   admin_token: str | None, as_json: bool) -> None:  # fmt: skip
     def fail(rc: int, error: dict[str, Any], text: str) -> None:
-        if as_json:
-            _json(error)
-        else:
-            _err().print(f"[red]error{text}", highlight=False)
-        raise typer.Exit(rc)
+        _fail(as_json, rc, error, text)
 
     async def go() -> tuple[dict[str, Any], dict[str, Any] | None]:
         async with PoolClient(pool or default_pool_url(), admin_token=admin_token) as client:
             return await _page_and_wait(client, action, session_id, to, wait_s)
 
     try:
-        accepted, session = asyncio.run(go())
+        if wait_s > 0 and not as_json:  # progress while the node pages (a spinner on a terminal only)
+            with _err().status(f"{action} of session {session_id}: waiting up to {wait_s:g}s for the node"):
+                accepted, session = asyncio.run(go())
+        else:
+            accepted, session = asyncio.run(go())
     except PoolUnreachable as e:
         return fail(2, {"error": "unreachable", "reason": str(e)}, f":[/red] {e}")
     except PoolApiError as e:
-        body = {"error": e.code, "status": e.status, "reason": e.reason}
-        return fail(1, body, f" ({e.status} {e.code}):[/red] {e.reason}")
+        reason = e.reason + _admin_hint(e)
+        body = {"error": e.code, "status": e.status, "reason": reason}
+        return fail(1, body, f" ({e.status} {e.code}):[/red] {reason}")
     except _PageFailed as e:
         return fail(1, {"error": e.code, "reason": e.reason, "session": e.session}, f":[/red] {e.reason}")
     if session is None:

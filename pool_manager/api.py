@@ -1,8 +1,10 @@
-"""The pool manager's REST API (FastAPI; OpenAPI at /docs, schema at /openapi.json), versioned under /v1.
+"""The pool manager's REST API (FastAPI; OpenAPI at /docs and /redoc, schema at /openapi.json), versioned under /v1.
+Swagger UI's and ReDoc's assets are served from /static/docs (the `fastapi-offline` package ships them), so the
+docs work with no internet access.
 
 Leases: POST /v1/leases, GET /v1/leases[/ID], POST /v1/leases/ID/renew, DELETE /v1/leases/ID. Renew and release
 need the lease's token (or the admin token) as `Authorization: Bearer ...`. Read-only views: /v1/nodes,
-/v1/sessions, /v1/status. Admin: POST /v1/admin/nodes/ID/drain, POST /v1/admin/leases/ID/evict, and
+/v1/sessions, /v1/status. Admin: POST /v1/admin/nodes/ID/drain and .../undrain, POST /v1/admin/leases/ID/evict, and
 POST /v1/admin/sessions/ID/page-out (body `{"to": "auto|host|disk"}`, optional) and .../page-in, which answer 202
 with the id of the command queued for the session's node (its outcome appears in /v1/sessions once the node has
 reported it), with the admin token; with no admin token configured the admin endpoints refuse everyone.
@@ -14,12 +16,15 @@ ended), 503 with Retry-After when there is no capacity."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -98,13 +103,52 @@ def _error(status: int, code: str, reason: str, headers: dict[str, str] | None =
     return JSONResponse({"error": code, "reason": reason}, status_code=status, headers=headers)
 
 
+DOCS_ASSETS = "/static/docs"
+
+
+def docs_assets_dir() -> Path:
+    """Swagger UI's and ReDoc's JavaScript and CSS, as the `fastapi-offline` package ships them."""
+    import fastapi_offline
+
+    return Path(fastapi_offline.__file__).parent / "static"
+
+
+def _mount_docs(app: FastAPI) -> None:
+    """/docs and /redoc with every asset served from this pool manager (no CDN)."""
+    app.mount(DOCS_ASSETS, StaticFiles(directory=docs_assets_dir()), name="docs-assets")
+    title = app.title
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_ui() -> Response:
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title=f"{title} - Swagger UI",
+            swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{DOCS_ASSETS}/favicon.png",
+        )
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc() -> Response:
+        return get_redoc_html(
+            openapi_url="/openapi.json",
+            title=f"{title} - ReDoc",
+            redoc_js_url=f"{DOCS_ASSETS}/redoc.standalone.js",
+            redoc_favicon_url=f"{DOCS_ASSETS}/favicon.png",
+            with_google_fonts=False,
+        )
+
+
 def create_app(service: PoolService, admin_token: str | None = None) -> FastAPI:
     app = FastAPI(
         title="fargpu pool manager",
         version=__version__,
         description="Lease GPU capacity from the fargpu pool, and watch its nodes and sessions.",
         responses=_ERRORS,
+        docs_url=None,
+        redoc_url=None,
     )
+    _mount_docs(app)
 
     @app.exception_handler(PoolError)
     async def _pool_error(_: Request, e: PoolError) -> JSONResponse:
@@ -199,6 +243,11 @@ def create_app(service: PoolService, admin_token: str | None = None) -> FastAPI:
     async def drain_node(node_id: str, body: ReasonBody | None = None) -> NodeRecord:
         """Stops placing leases on the node and tells it to drain; its running sessions finish."""
         return await service.drain_node(node_id, body.reason if body else None)
+
+    @app.post("/v1/admin/nodes/{node_id}/undrain", response_model=NodeRecord, tags=["admin"], dependencies=admin)
+    async def undrain_node(node_id: str) -> NodeRecord:
+        """Takes a node an operator drained back into placement (up again)."""
+        return await service.undrain_node(node_id)
 
     @app.post("/v1/admin/leases/{lease_id}/evict", response_model=LeaseView, tags=["admin"], dependencies=admin)
     async def evict_lease(lease_id: str, body: ReasonBody | None = None) -> LeaseView:

@@ -152,6 +152,10 @@ class PoolClient:
         )
         return result
 
+    async def undrain(self, node_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self._call("POST", f"/v1/admin/nodes/{node_id}/undrain", token=self._admin())
+        return result
+
     async def evict(self, lease_id: str, reason: str | None = None) -> dict[str, Any]:
         body = {"reason": reason} if reason else None
         result: dict[str, Any] = await self._call(

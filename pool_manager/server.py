@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import signal
 import socket
@@ -111,11 +112,23 @@ def make_store(config: PoolManagerConfig) -> Store:
     raise ValueError(f"unknown store {config.store!r}: expected 'embedded' or 'redis'")
 
 
-def _listen(host: str, port: int) -> socket.socket:
+class PortBusy(OSError):
+    """A port the pool manager needs is taken (or not ours to use); the message names it and its flag."""
+
+
+def _listen(host: str, port: int, what: str = "REST", flag: str = "--port") -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        if e.errno == errno.EADDRINUSE:
+            raise PortBusy(f"the pool manager's {what} port {port} on {host} is already in use by another "
+                           f"program: stop it, or choose another port with {flag}") from None  # fmt: skip
+        raise PortBusy(f"cannot listen on {host}:{port} for {what}: {e.strerror}; choose another address "
+                       f"or port with {flag}") from None  # fmt: skip
     sock.listen(1024)
     sock.setblocking(False)
     return sock
@@ -152,14 +165,26 @@ class PoolManager:
         return f"{self.config.grpc_host}:{self.grpc_port}"
 
     async def start(self) -> None:
-        await self.store.open()
+        # Both ports are checked before anything else starts: a busy port is one line, not a half-started pool.
+        sock = _listen(self.config.host, self.config.port)
+        if self.config.grpc_port:
+            _listen(self.config.grpc_host.strip("[]"), self.config.grpc_port, "gRPC", "--grpc-port").close()
+        try:
+            await self.store.open()
+        except BaseException:
+            sock.close()
+            raise
         try:
             await self.service.start()
             self._grpc = _GrpcThread(self.service, self.config.command_wait_s, self.enrol_token)
-            self.grpc_port = await self._grpc.start(f"{self.config.grpc_host}:{self.config.grpc_port}")
+            grpc_address = f"{self.config.grpc_host}:{self.config.grpc_port}"
+            try:
+                self.grpc_port = await self._grpc.start(grpc_address)
+            except RuntimeError as e:  # grpc's "Failed to bind": taken between the check above and now
+                raise PortBusy(f"cannot listen for gRPC on {grpc_address} ({e}): choose another "
+                               "port with --grpc-port") from None  # fmt: skip
             advertised = "" if self.config.grpc_host in ("", "0.0.0.0", "::", "[::]") else self.config.grpc_host
             self.app.state.grpc_address = (advertised, self.grpc_port)
-            sock = _listen(self.config.host, self.config.port)
             self.rest_port = sock.getsockname()[1]
             uv_config = uvicorn.Config(
                 self.app,
@@ -178,6 +203,7 @@ class PoolManager:
                     raise RuntimeError("the REST server stopped during start-up")
                 await asyncio.sleep(0.01)
         except BaseException:
+            sock.close()
             await self.stop()
             raise
         log.info(

@@ -437,6 +437,16 @@ class PoolService:
         await self.store.push_command(node_id, Command(secrets.token_hex(6), "drain", reason=why))
         return node
 
+    async def undrain_node(self, node_id: str) -> NodeRecord:
+        """Draining -> up: leases are placed on the node again. (A node that was told to drain keeps refusing new
+        sessions until it restarts: the node protocol has no undrain command yet.)"""
+        node = await self.store.set_undrained(node_id)
+        if node is None:
+            raise NotFound(f"node {node_id!r} not found")
+        if node.state == NodeState.down:
+            raise Conflict(f"node {node_id} is down: {node.state_reason}; it comes back up when it registers again")
+        return node
+
     async def page_session(self, session_id: str, action: str, to: PageTarget | None = None) -> PageCommand:
         """Queues a page-out (`action` "page-out", to `to`) or page-in for the session's node. NotFound when no
         live node reports the session; Conflict when its node is down or has stopped heartbeating."""

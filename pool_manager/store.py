@@ -119,6 +119,11 @@ class Store(Protocol):
         returned unchanged; the caller decides what that means."""
         ...
 
+    async def set_undrained(self, node_id: str) -> NodeRecord | None:
+        """Draining -> up (up stays up). Returns the node, or None if unknown. A down node is returned unchanged;
+        the caller decides what that means."""
+        ...
+
     async def mark_down(self, node_id: str, reason: str, stale_before: float | None) -> list[str] | None:
         """Takes an up/draining node down if its last heartbeat is older than `stale_before` (or always, when
         None). Returns the ids of its active leases if this call took it down, else None."""

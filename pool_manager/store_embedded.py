@@ -264,6 +264,16 @@ class EmbeddedStore:
             self._log_node(node)
         return node.model_copy(deep=True)
 
+    async def set_undrained(self, node_id: str) -> NodeRecord | None:
+        node = self._nodes.get(node_id)
+        if node is None:
+            return None
+        if node.state == NodeState.draining:
+            node.state = NodeState.up
+            node.state_reason = None
+            self._log_node(node)
+        return node.model_copy(deep=True)
+
     async def mark_down(self, node_id: str, reason: str, stale_before: float | None) -> list[str] | None:
         node = self._nodes.get(node_id)
         if node is None or node.state == NodeState.down:

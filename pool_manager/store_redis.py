@@ -146,6 +146,18 @@ end
 return 1
 """
 
+_UNDRAIN = """
+-- KEYS: node, states ; ARGV: node_id
+local st = redis.call('HGET', KEYS[1], 'state')
+if not st then return 0 end
+if st == 'draining' then
+  redis.call('HSET', KEYS[1], 'state', 'up')
+  redis.call('HDEL', KEYS[1], 'reason')
+  redis.call('HSET', KEYS[2], ARGV[1], 'up')
+end
+return 1
+"""
+
 _REGISTER = """
 -- KEYS: nodes, node, states, cap, endpoints, generation, overcommit
 -- ARGV: node_id, hb, info, endpoints, gpus, capidx, overcommit, then pairs of gpu, bytes
@@ -217,6 +229,7 @@ class RedisStore:
         self._heartbeat = self._r.register_script(_HEARTBEAT)
         self._mark_down = self._r.register_script(_MARK_DOWN)
         self._drain = self._r.register_script(_DRAIN)
+        self._undrain = self._r.register_script(_UNDRAIN)
         self._register = self._r.register_script(_REGISTER)
         self._set_credential = self._r.register_script(_SET_CREDENTIAL)
         self._wakeups: dict[str, asyncio.Event] = {}
@@ -398,6 +411,11 @@ class RedisStore:
 
     async def set_draining(self, node_id: str, reason: str) -> NodeRecord | None:
         if not await self._drain(keys=[self._k("node", node_id), self._k("states")], args=[reason, node_id]):
+            return None
+        return await self.get_node(node_id)
+
+    async def set_undrained(self, node_id: str) -> NodeRecord | None:
+        if not await self._undrain(keys=[self._k("node", node_id), self._k("states")], args=[node_id]):
             return None
         return await self.get_node(node_id)
 

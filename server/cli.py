@@ -1,13 +1,21 @@
 """`fargpu server`: run a node server on this machine (the real GPU if there is one, else the simulated
 device — it says which). With --pool it registers with a pool manager and accepts lease tokens; otherwise
-it accepts one static token (FARGPU_TOKEN)."""
+it accepts one static token (FARGPU_TOKEN).
+
+Every socket (the session listeners and /metrics) is bound before the node registers with the pool, so a node
+that cannot serve never registers; a busy port ends the program with one line naming the port and its flag.
+A node listening on a wildcard address (0.0.0.0, ::) advertises --advertise HOST:PORT to the pool, or, without
+it, this machine's first non-loopback address (it logs which)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import logging
 import secrets
 import signal
+import socket
 from typing import Annotated
 
 import typer
@@ -30,11 +38,74 @@ def _run_uvloop(coro: object) -> None:
         asyncio.run(coro)  # type: ignore[arg-type]
 
 
+log = logging.getLogger("fargpu.server")
+_WILDCARDS = ("", "0.0.0.0", "::", "[::]")
+
+
+class PortBusy(Exception):
+    """A port this node server needs is taken; the message names it and the flag that changes it."""
+
+
+def _busy(exc: OSError, what: str, host: str, port: int, flag: str) -> PortBusy:
+    if exc.errno == errno.EADDRINUSE:
+        return PortBusy(f"{what} port {port} on {host} is already in use by another program: stop it, or choose "
+                        f"another port with {flag}")  # fmt: skip
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return PortBusy(f"cannot listen on {host}:{port} for {what}: no interface of this machine has address "
+                        f"{host}; choose another with {flag}")  # fmt: skip
+    if exc.errno == errno.EACCES:
+        return PortBusy(f"no permission to listen on {what} port {port} (ports below 1024 need root); choose "
+                        f"another with {flag}")  # fmt: skip
+    return PortBusy(f"cannot listen on {host}:{port} for {what}: {exc.strerror or exc}; choose another with {flag}")
+
+
+def local_address() -> str:
+    """This machine's first non-loopback address (the one its default route leaves from), else its hostname."""
+    with contextlib.suppress(OSError), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.connect(("192.0.2.1", 9))  # UDP connect sends nothing; it only picks the outgoing interface
+        addr = str(s.getsockname()[0])
+        if not addr.startswith("127."):
+            return addr
+    name = socket.gethostname()
+    with contextlib.suppress(OSError):
+        for info in socket.getaddrinfo(name, None, socket.AF_INET, socket.SOCK_STREAM):
+            addr = str(info[4][0])
+            if not addr.startswith("127."):
+                return addr
+    return name
+
+
 async def serve(agent: NodeAgent, pool_url: str | None = None, metrics_port: int = -1, enrol_token: str = "",
-                overcommit: float = 0.0) -> None:
+                overcommit: float = 0.0, metrics_host: str = "127.0.0.1") -> None:
     from .metrics import NodeMetrics
 
-    await agent.start()
+    listen = agent.config.listen or ""
+    try:
+        await agent.start()
+    except OSError as exc:
+        with contextlib.suppress(Exception):
+            await agent.stop()
+        if not listen:
+            raise PortBusy(f"cannot listen on the unix socket {agent.config.unix_path}: {exc.strerror or exc}; "
+                           "choose another path with --unix PATH") from None
+        host, _, port = listen.rpartition(":")
+        raise _busy(exc, "the session listener's", host or "127.0.0.1", int(port), "--listen HOST:PORT") from None
+    host = listen.rpartition(":")[0]
+    if listen and not agent.config.advertise and host in _WILDCARDS:
+        agent.endpoint = f"{local_address()}:{agent.tcp_port}"
+        log.info("listening on %s; advertising %s to clients and the pool (set --advertise HOST:PORT to change it)",
+                 listen, agent.endpoint)  # fmt: skip
+    metrics = None
+    if metrics_port >= 0:  # bound before the node registers: a node that cannot serve never registers
+        metrics = NodeMetrics(agent, None)
+        try:
+            bound = await metrics.serve(metrics_host, metrics_port)
+        except OSError as exc:
+            with contextlib.suppress(Exception):
+                await agent.stop()
+            raise _busy(exc, "the Prometheus metrics", metrics_host, metrics_port,
+                        "--metrics-port PORT (0: any free port, -1: off)") from None  # fmt: skip
+        log.info("Prometheus metrics on http://%s:%d/metrics", metrics_host, bound)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -45,12 +116,9 @@ async def serve(agent: NodeAgent, pool_url: str | None = None, metrics_port: int
 
         # enrol_token None: FARGPU_ENROL_TOKEN or the state file; overcommit 0: the pool's ratio
         link = PoolLink(agent, pool_url, enrol_token=enrol_token or None, overcommit=overcommit)
+        if metrics is not None:
+            metrics.link = link
         await link.start()
-    metrics = None
-    if metrics_port >= 0:
-        metrics = NodeMetrics(agent, link)
-        port = await metrics.serve("127.0.0.1", metrics_port)
-        logging.getLogger("fargpu.server").info("Prometheus metrics on http://127.0.0.1:%d/metrics", port)
     await stop.wait()
     if metrics is not None:
         await metrics.stop()
@@ -110,6 +178,15 @@ def main(
     metrics_port: Annotated[
         int, typer.Option(envvar="FARGPU_METRICS_PORT", help="Prometheus /metrics port (0: any, -1: off)")
     ] = 9400,
+    metrics_host: Annotated[
+        str, typer.Option(envvar="FARGPU_METRICS_HOST", help="address /metrics listens on (0.0.0.0: every "
+                          "interface, so that Prometheus on another host can scrape it)")
+    ] = "127.0.0.1",
+    advertise: Annotated[
+        str, typer.Option(envvar="FARGPU_ADVERTISE", help="HOST:PORT clients and the pool reach this node at "
+                          "[default: the --listen address; for 0.0.0.0 or ::, this machine's first non-loopback "
+                          "address]", show_default=False)
+    ] = "",
 ) -> None:
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
@@ -138,9 +215,14 @@ def main(
     cfg = AgentConfig(listen=listen or None, unix_path=unix or (default_unix_path() if not listen else None),
                       max_sessions_per_lease=max_sessions_per_lease, ctx_charge=sizes["--ctx-charge"] or 0,
                       host_pool_bytes=sizes["--host-page-pool"] or 0, resident_limit=sizes["--resident-limit"],
-                      spill_dir=spill_dir or None, idle_page_out_s=idle_page_out or None)
+                      spill_dir=spill_dir or None, idle_page_out_s=idle_page_out or None,
+                      advertise=advertise or None)
     agent = NodeAgent(be, auth, cfg)
     typer.echo(f"fargpu node server: backend {be.describe()}")
     if be.simulated:
         typer.secho("NOTE: the simulated device is a test double; nothing here runs on a GPU.", fg="yellow")
-    _run_uvloop(serve(agent, pool or None, metrics_port, enrol_token, overcommit or 0.0))
+    try:
+        _run_uvloop(serve(agent, pool or None, metrics_port, enrol_token, overcommit or 0.0, metrics_host))
+    except PortBusy as exc:
+        typer.secho(f"error: {exc}", fg="red", err=True)
+        raise typer.Exit(1) from None

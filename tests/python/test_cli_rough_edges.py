@@ -1,0 +1,145 @@
+"""Issue 16's rough edges on the node side, through the `fargpu` console script with real processes and sockets:
+a busy listen or metrics port is one line naming the port and its flag and the node never registers with the
+pool; a node on 0.0.0.0 advertises a reachable address (or --advertise); --metrics-host binds /metrics; and
+`fargpu demo` ends with the line that puts `fargpu` on PATH."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from e2e_helpers import free_port
+
+FARGPU = str(Path(sys.executable).parent / "fargpu")
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    for k in ("LD_PRELOAD", "FARGPU_SERVER", "FARGPU_TOKEN", "FARGPU_POOL_URL", "FARGPU_ADMIN_TOKEN"):
+        env.pop(k, None)
+    return env
+
+
+@pytest.fixture
+def pool(tmp_path: Path) -> Iterator[str]:
+    """A real pool manager process (memory-only store); node servers on this machine find its enrolment token."""
+    rest, grpc = free_port(), free_port()
+    proc = subprocess.Popen(
+        [FARGPU, "pool-manager", "--port", str(rest), "--grpc-port", str(grpc), "--memory-only"],
+        env=_env(), stdout=subprocess.DEVNULL, stderr=(tmp_path / "pool.log").open("wb"), cwd=tmp_path,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{rest}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "pool.log").read_text()
+        time.sleep(0.1)
+    yield url
+    proc.terminate()
+    proc.wait(15)
+
+
+def _nodes(url: str) -> list[dict[str, object]]:
+    result: list[dict[str, object]] = httpx.get(url + "/v1/nodes").json()
+    return result
+
+
+def _server(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([FARGPU, "server", "--backend", "sim", *args], env=_env(), capture_output=True, text=True,
+                          timeout=timeout, cwd="/")  # fmt: skip
+
+
+def _busy_socket() -> socket.socket:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen(1)
+    return s
+
+
+@pytest.mark.parametrize("which", ["--metrics-port", "--listen"])
+def test_busy_port_is_one_line_and_the_node_never_registers(pool: str, which: str) -> None:
+    with _busy_socket() as busy:
+        port = busy.getsockname()[1]
+        listen = f"127.0.0.1:{port if which == '--listen' else free_port()}"
+        metrics = str(port if which == "--metrics-port" else 0)
+        r = _server("--listen", listen, "--metrics-port", metrics, "--pool", pool)
+    assert r.returncode == 1, r.stderr
+    assert "Traceback" not in r.stderr
+    errors = [x for x in r.stderr.splitlines() if x.startswith("error:")]
+    assert len(errors) == 1 and str(port) in errors[0] and which in errors[0], r.stderr
+    assert _nodes(pool) == []
+
+
+def _start_node(tmp: Path, *args: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([FARGPU, "server", "--backend", "sim", *args], env=_env(), cwd=tmp,
+                            stdout=(tmp / "node.log").open("wb"), stderr=subprocess.STDOUT)  # fmt: skip
+
+
+def _wait_node(pool: str, proc: subprocess.Popen[bytes], log: Path) -> dict[str, object]:
+    deadline = time.monotonic() + 30
+    while not (nodes := _nodes(pool)):
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+        time.sleep(0.1)
+    return nodes[0]
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def test_wildcard_listen_advertises_a_reachable_address(pool: str, tmp_path: Path) -> None:
+    port = free_port()
+    proc = _start_node(tmp_path, "--listen", f"0.0.0.0:{port}", "--metrics-port", "-1", "--pool", pool)
+    try:
+        node = _wait_node(pool, proc, tmp_path / "node.log")
+        endpoints = node["endpoints"]
+        assert isinstance(endpoints, list) and len(endpoints) == 1
+        assert "0.0.0.0" not in endpoints[0] and endpoints[0].endswith(f":{port}"), endpoints
+        host = endpoints[0].removeprefix("tcp://").rpartition(":")[0]
+        socket.create_connection((host, port), timeout=5).close()  # reachable where it says
+        assert "advertising" in (tmp_path / "node.log").read_text()
+    finally:
+        _stop(proc)
+
+
+def test_advertise_and_metrics_host(pool: str, tmp_path: Path) -> None:
+    port, mport = free_port(), free_port()
+    proc = _start_node(tmp_path, "--listen", f"0.0.0.0:{port}", "--advertise", f"gpu-7.example:{port}",
+                       "--metrics-host", "0.0.0.0", "--metrics-port", str(mport), "--pool", pool)  # fmt: skip
+    try:
+        node = _wait_node(pool, proc, tmp_path / "node.log")
+        assert node["endpoints"] == [f"tcp://gpu-7.example:{port}"]
+        log = (tmp_path / "node.log").read_text()
+        assert f"Prometheus metrics on http://0.0.0.0:{mport}/metrics" in log
+        # bound on every interface: the machine's non-loopback address answers too
+        addrs = {"127.0.0.1"} | {a for a in re.findall(r"\d+\.\d+\.\d+\.\d+", subprocess.run(
+            ["hostname", "-I"], capture_output=True, text=True).stdout)}  # fmt: skip
+        for a in addrs:
+            assert "fargpu_node_sessions" in httpx.get(f"http://{a}:{mport}/metrics", timeout=5).text, a
+    finally:
+        _stop(proc)
+
+
+def test_demo_says_how_to_get_fargpu_on_path(tmp_path: Path) -> None:
+    r = subprocess.run([FARGPU, "demo", "--backend", "sim"], env=_env(), capture_output=True, text=True,
+                       timeout=120, cwd=tmp_path)  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
+    last = r.stdout.strip().splitlines()[-1]
+    assert f". {Path(sys.executable).parent / 'activate'}" in last or "is installed in" in last, last
