@@ -196,6 +196,8 @@ class NodeRegistryService(pool_pb2_grpc.NodeRegistryServicer):
                     )
                 elif c.kind == "drain":
                     yield pool_pb2.Command(command_id=c.command_id, drain=pool_pb2.Drain(reason=c.reason))
+                elif c.kind == "undrain":
+                    yield pool_pb2.Command(command_id=c.command_id, undrain=pool_pb2.Undrain())
                 elif c.kind == "page_out":
                     yield pool_pb2.Command(
                         command_id=c.command_id, page_out=pool_pb2.PageOut(session_id=c.session_id, to=c.to)

@@ -438,13 +438,13 @@ class PoolService:
         return node
 
     async def undrain_node(self, node_id: str) -> NodeRecord:
-        """Draining -> up: leases are placed on the node again. (A node that was told to drain keeps refusing new
-        sessions until it restarts: the node protocol has no undrain command yet.)"""
+        """Draining -> up: leases are placed on the node again, and the node is told to accept new sessions."""
         node = await self.store.set_undrained(node_id)
         if node is None:
             raise NotFound(f"node {node_id!r} not found")
         if node.state == NodeState.down:
             raise Conflict(f"node {node_id} is down: {node.state_reason}; it comes back up when it registers again")
+        await self.store.push_command(node_id, Command(secrets.token_hex(6), "undrain"))
         return node
 
     async def page_session(self, session_id: str, action: str, to: PageTarget | None = None) -> PageCommand:

@@ -83,7 +83,7 @@ class Command:
     """A command for a node agent, queued in the store until the node's command stream takes it."""
 
     command_id: str
-    kind: str  # "end_lease" | "drain" | "page_out" | "page_in"
+    kind: str  # "end_lease" | "drain" | "undrain" | "page_out" | "page_in"
     lease_id: str = ""
     reason: str = ""
     session_id: str = ""  # page_out, page_in

@@ -48,6 +48,10 @@ class NodeAgentAPI(Protocol):
         """Accept no new sessions; existing ones run to completion."""
         ...
 
+    async def undrain(self) -> None:
+        """Accept new sessions again."""
+        ...
+
     async def page_out(self, session_id: str, to: str = "auto") -> str:
         """Page the session's device memory out, `to` "auto" (host pool, then disk), "host" or "disk". Returns
         "paged host|disk BYTES NS UNPAGEABLE" or "failed REASON"; a failure leaves the session resident."""

@@ -151,6 +151,9 @@ class NodeAgent:
     async def drain(self) -> None:
         self._draining = True
 
+    async def undrain(self) -> None:
+        self._draining = False
+
     # ---- lifecycle ----
     async def start(self) -> None:
         loop = asyncio.get_running_loop()

@@ -483,6 +483,10 @@ class PoolLink:
             log.info("the pool manager asked this node to drain: %s", cmd.drain.reason)
             self.draining = True
             await self.agent.drain()
+        elif kind == "undrain":
+            log.info("the pool manager asked this node to accept new sessions again")
+            self.draining = False
+            await self.agent.undrain()
         elif kind in ("page_out", "page_in"):
             task = asyncio.create_task(self._page(cmd), name=f"pool-link-{kind}")
             self._page_tasks.add(task)

@@ -133,6 +133,10 @@ class Drain(_message.Message):
     reason: str
     def __init__(self, reason: _Optional[str] = ...) -> None: ...
 
+class Undrain(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
 class PageOut(_message.Message):
     __slots__ = ("session_id", "to")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
@@ -148,18 +152,20 @@ class PageIn(_message.Message):
     def __init__(self, session_id: _Optional[str] = ...) -> None: ...
 
 class Command(_message.Message):
-    __slots__ = ("command_id", "end_lease", "drain", "page_out", "page_in")
+    __slots__ = ("command_id", "end_lease", "drain", "page_out", "page_in", "undrain")
     COMMAND_ID_FIELD_NUMBER: _ClassVar[int]
     END_LEASE_FIELD_NUMBER: _ClassVar[int]
     DRAIN_FIELD_NUMBER: _ClassVar[int]
     PAGE_OUT_FIELD_NUMBER: _ClassVar[int]
     PAGE_IN_FIELD_NUMBER: _ClassVar[int]
+    UNDRAIN_FIELD_NUMBER: _ClassVar[int]
     command_id: str
     end_lease: EndLease
     drain: Drain
     page_out: PageOut
     page_in: PageIn
-    def __init__(self, command_id: _Optional[str] = ..., end_lease: _Optional[_Union[EndLease, _Mapping]] = ..., drain: _Optional[_Union[Drain, _Mapping]] = ..., page_out: _Optional[_Union[PageOut, _Mapping]] = ..., page_in: _Optional[_Union[PageIn, _Mapping]] = ...) -> None: ...
+    undrain: Undrain
+    def __init__(self, command_id: _Optional[str] = ..., end_lease: _Optional[_Union[EndLease, _Mapping]] = ..., drain: _Optional[_Union[Drain, _Mapping]] = ..., page_out: _Optional[_Union[PageOut, _Mapping]] = ..., page_in: _Optional[_Union[PageIn, _Mapping]] = ..., undrain: _Optional[_Union[Undrain, _Mapping]] = ...) -> None: ...
 
 class ValidateTokenRequest(_message.Message):
     __slots__ = ("node_id", "token_sha256")

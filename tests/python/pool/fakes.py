@@ -57,6 +57,9 @@ class FakeAgent:
     async def drain(self) -> None:
         self.drained = True
 
+    async def undrain(self) -> None:
+        self.drained = False
+
     def _set_state(self, session_id: str, **changes: object) -> bool:
         for i, s in enumerate(self._sessions):
             if s.session_id == session_id:

@@ -1,14 +1,16 @@
-"""A pool lease's VRAM quota covers all of its sessions on the node, and the pool bounds how many sessions a lease
-may hold there (`fargpu pool-manager --max-sessions-per-lease`): a live pool manager, a node on the simulated
-device and real stub clients presenting the lease's token, all started at once."""
+"""A live pool manager, a node on the simulated device and real stub clients presenting lease tokens: a lease's VRAM
+quota covers all of its sessions on the node, and the pool bounds how many sessions a lease may hold there
+(`fargpu pool-manager --max-sessions-per-lease`); three half-GiB leases take turns on a 1 GiB node; a drained node
+takes sessions again once undrained."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
-from _live_pool import LivePool
+from _live_pool import NODE_ID, LivePool, wait_for
 from cuda_ctypes import PRELUDE, TAKE_TURNS
 
 from fargpu import paths
@@ -76,4 +78,27 @@ def test_three_half_gib_leases_take_turns_on_a_one_gib_node(tmp_path: Path) -> N
     finally:
         for p in procs:
             p.communicate("", timeout=30)
+        pool.stop()
+
+
+def test_undrain_lets_a_drained_node_take_sessions_again(tmp_path: Path) -> None:
+    pool = LivePool.start(tmp_path, store_args=["--memory-only"])
+    try:
+        lease = pool.lease(vram="64M")
+        env = {"PATH": "/usr/bin:/bin", "LD_LIBRARY_PATH": str(paths.stub_dir()),
+               "FARGPU_SERVER": lease["endpoints"][0].removeprefix("tcp://"), "FARGPU_TOKEN": lease["token"]}
+        client = [sys.executable, "-P", "-c", PRELUDE + "ctx0(); r, p = alloc(1 << 20); print('ALLOC', r)"]
+
+        def run() -> subprocess.CompletedProcess[str]:
+            return subprocess.run(client, env=env, capture_output=True, text=True, timeout=60, cwd="/")
+
+        assert pool.admin_post(f"/v1/admin/nodes/{NODE_ID}/drain").status_code == 200
+        wait_for(lambda: "draining" in run().stderr, "the node to refuse new sessions")
+        assert pool.admin_post(f"/v1/admin/nodes/{NODE_ID}/undrain").status_code == 200
+        res = wait_for(lambda: (r := run()).returncode == 0 and r, "the node to take sessions again")
+        assert res.stdout.strip() == "ALLOC 0", res.stdout + res.stderr
+        # and it stays up: its heartbeats no longer say draining
+        time.sleep(1.5)
+        assert next(n for n in pool.get("/v1/nodes") if n["node_id"] == NODE_ID)["state"] == "up"
+    finally:
         pool.stop()
