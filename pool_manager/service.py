@@ -127,6 +127,7 @@ class PoolService:
         self._place_lock = asyncio.Lock()
         self._rng = random.Random()
         self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
         self.on_placement: Callable[[float], None] | None = None  # seconds per successful placement (benchmark)
 
     # --- lifecycle ---------------------------------------------------------------------------------------
@@ -139,11 +140,15 @@ class PoolService:
             ]
 
     async def stop(self) -> None:
+        # The loops also end on the flag: a store client may turn a cancellation that lands inside a call into an
+        # error of its own (seen with redis-py during a command), and the loops go on after errors.
+        self._stopping = True
         for t in self._tasks:
             t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
+        if self._tasks:
+            _, pending = await asyncio.wait(self._tasks, timeout=10)
+            for t in pending:
+                log.warning("pool background task %s did not stop in 10 s; leaving it", t.get_name())
         self._tasks = []
         for w in self._waiters:
             if not w.future.done():
@@ -151,7 +156,7 @@ class PoolService:
         self._waiters.clear()
 
     async def _sweep_loop(self) -> None:
-        while True:
+        while not self._stopping:
             try:
                 await self.sweep_once()
             except Exception:  # a store hiccup must not stop the sweeper
@@ -159,7 +164,7 @@ class PoolService:
             await asyncio.sleep(self.config.sweep_interval_s)
 
     async def _queue_loop(self) -> None:
-        while True:
+        while not self._stopping:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._kick.wait(), self.config.queue_poll_s)
             self._kick.clear()
