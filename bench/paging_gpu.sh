@@ -28,5 +28,6 @@ echo "== paging benchmark"
 PYTHONPATH="$W/py:$W/site:$REPO/bench" FARGPU_NATIVE_DIR="$W/build" PYTHONUNBUFFERED=1 FARGPU_COMMIT=$FARGPU_COMMIT \
   "$PY" bench/paging_gpu.py --out "$OUT" --stub-dir "$W/build/stub" --python "$PY" "$@" 2>"$OUT/paging_stderr.log"
 RC=$?
+"$PY" bench/plot_paging.py "$OUT/paging_gpu.json" 2>/dev/null || echo "(no plot: matplotlib is not installed here)"
 tail -40 "$OUT/paging_stderr.log" | grep -v "^fargpu-worker" | tail -15
 exit $RC
