@@ -208,3 +208,28 @@ def subprocess_env() -> dict[str, str]:
     root = str(Path(fargpu.__file__).parent.parent)
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     return env
+
+
+# --- shared by the node-link tests (enrolment, pool link, paging link) ------------------------------------------
+async def eventually(check: Callable[[], Awaitable[bool]] | Callable[[], bool], within_s: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + within_s
+    while True:
+        result = check()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.02)
+
+
+def fast(**kw: object) -> dict[str, object]:
+    return dict(heartbeat_interval_s=0.05, command_wait_s=0.05, sweep_interval_s=0.05, **kw)
+
+
+@pytest.fixture(params=["embedded", "redis"])
+def store_args(request: pytest.FixtureRequest) -> dict[str, object]:
+    if request.param == "embedded":
+        return {}
+    url = request.getfixturevalue("redis_url")
+    return dict(store="redis", redis_url=url, redis_prefix=f"t{uuid.uuid4().hex[:10]}:")

@@ -7,11 +7,9 @@ store's credential contract, on both stores."""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 import stat
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -19,7 +17,7 @@ from pathlib import Path
 import grpc
 import httpx
 import pytest
-from conftest import StoreKit, free_port, gpus, pm_config
+from conftest import StoreKit, eventually, fast, free_port, gpus, pm_config
 from fakes import FakeAgent
 
 from fargpu.pool_manager.config import enrol_token_file, node_credentials_dir
@@ -32,30 +30,6 @@ from fargpu.server.pool_link import PoolLink
 Metadata = tuple[tuple[str, str], ...]
 UNAUTHENTICATED = grpc.StatusCode.UNAUTHENTICATED
 PERMISSION_DENIED = grpc.StatusCode.PERMISSION_DENIED
-
-
-def fast(**kw: object) -> dict[str, object]:
-    return dict(heartbeat_interval_s=0.05, command_wait_s=0.05, sweep_interval_s=0.05, **kw)
-
-
-async def eventually(check: Callable[[], Awaitable[bool]] | Callable[[], bool], within_s: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + within_s
-    while True:
-        result = check()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
-
-
-@pytest.fixture(params=["embedded", "redis"])
-def store_args(request: pytest.FixtureRequest) -> dict[str, object]:
-    if request.param == "embedded":
-        return {}
-    url = request.getfixturevalue("redis_url")
-    return dict(store="redis", redis_url=url, redis_prefix=f"t{uuid.uuid4().hex[:10]}:")
 
 
 @pytest.fixture

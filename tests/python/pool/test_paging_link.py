@@ -9,12 +9,11 @@ from __future__ import annotations
 import asyncio
 import json
 import types
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 
 import httpx
 import pytest
-from conftest import FakeClock, ThreadedPool, gpus, pm_config
+from conftest import FakeClock, ThreadedPool, eventually, fast, gpus, pm_config
 from fakes import FakeAgent, GiB
 from typer.testing import CliRunner
 
@@ -29,30 +28,6 @@ from fargpu.server.pool_link import LeaseTokenAuth, PoolLink
 
 ADMIN = {"Authorization": "Bearer admin-secret"}
 runner = CliRunner(env={"COLUMNS": "250"})
-
-
-async def eventually(check: Callable[[], Awaitable[bool]] | Callable[[], bool], within_s: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + within_s
-    while True:
-        result = check()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
-
-
-def fast(**kw: object) -> dict[str, object]:
-    return dict(heartbeat_interval_s=0.05, command_wait_s=0.05, sweep_interval_s=0.05, **kw)
-
-
-@pytest.fixture(params=["embedded", "redis"])
-def store_args(request: pytest.FixtureRequest) -> dict[str, object]:
-    if request.param == "embedded":
-        return {}
-    url = request.getfixturevalue("redis_url")
-    return dict(store="redis", redis_url=url, redis_prefix=f"t{uuid.uuid4().hex[:10]}:")
 
 
 @pytest.fixture

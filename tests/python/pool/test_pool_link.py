@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import httpx
 import pytest
-from conftest import free_port, pm_config
+from conftest import eventually, fast, free_port, pm_config
 from fakes import FakeAgent, GiB
 
 from fargpu.pool_manager.server import PoolManager
@@ -21,23 +20,6 @@ from fargpu.server.metrics import NodeMetrics
 from fargpu.server.pool_link import LeaseTokenAuth, PoolLink, endpoint_url
 
 ADMIN = {"Authorization": "Bearer admin-secret"}
-
-
-async def eventually(check: Callable[[], Awaitable[bool]] | Callable[[], bool], within_s: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + within_s
-    while True:
-        result = check()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
-
-
-def fast(**kw: object) -> dict[str, object]:
-    return dict(heartbeat_interval_s=0.05, command_wait_s=0.05, sweep_interval_s=0.05, **kw)
 
 
 async def test_link_registers_heartbeats_and_carries_commands(caplog: pytest.LogCaptureFixture) -> None:
