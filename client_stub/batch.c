@@ -144,8 +144,9 @@ static void later_recount(void);
 static CUresult read_reply(int exact, size_t *got) {
     uint8_t hb[FG_HEADER_SIZE];
     fg_header h;
-    if (fgc_io_read(hb, sizeof hb)) {
-        fgc_mark_broken(CUDA_ERROR_DEVICE_UNAVAILABLE, "the server closed the connection");
+    if (fgc_io_read_first(hb, sizeof hb)) {
+        fgc_mark_broken(CUDA_ERROR_DEVICE_UNAVAILABLE, errno == ETIMEDOUT ? "the server began a reply and then "
+                        "sent nothing within FARGPU_IO_TIMEOUT_S" : "the server closed the connection");
         return g_fgc.broken;
     }
     const char *why = fg_header_decode(hb, &h, UINT32_MAX);

@@ -71,12 +71,13 @@ static int receive_copies(int fd, uint32_t n) {
             ids = ni;
             cap = nc;
         }
-        if (fg_io_full(fd, hd, sizeof hd, 0) || fgc_later_claim(hd[0], hd[1], 1, &dst) != 1) {
+        int to = fg_io_timeout_ms();
+        if (fg_io_read_deadline(fd, hd, sizeof hd, to, to, NULL) || fgc_later_claim(hd[0], hd[1], 1, &dst) != 1) {
             rc = -1;
             break;
         }
         ids[got++] = hd[0];
-        if (hd[1] && fg_io_full(fd, dst, (size_t)hd[1], 0)) rc = -1;
+        if (hd[1] && fg_io_read_deadline(fd, dst, (size_t)hd[1], to, to, NULL)) rc = -1;
     }
     if (rc) fgc_log(FGC_LOG_ERROR, "the server sent async copy data the stub did not ask for (or the callback "
                                    "connection failed); host functions no longer run");
@@ -89,7 +90,10 @@ static void *serve(void *arg) {
     int fd = (int)(intptr_t)arg;
     t_serving = 1;
     cb_msg m;
-    while (!fg_io_full(fd, &m, sizeof m, 0) && m.magic == CB_MAGIC && m.kind == CB_RUN) {
+    int rd;
+    /* Idle between RUN messages for as long as the session lasts; a RUN that has begun must arrive whole. */
+    while (!(rd = fg_io_read_deadline(fd, &m, sizeof m, -1, fg_io_timeout_ms(), NULL)) && m.magic == CB_MAGIC &&
+           m.kind == CB_RUN) {
         if (receive_copies(fd, m.n_copies)) break;
         cb_entry e = {0};
         int found = 0;
@@ -115,6 +119,9 @@ static void *serve(void *arg) {
         if (failed) break;
     }
     /* The session ended or the server misbehaved: host functions no longer run; waiters learn it. */
+    if (rd == -2)
+        fgc_log(FGC_LOG_WARN, "the server sent part of a host function's RUN message, then nothing for %d s; "
+                              "closing the callback connection", fg_io_timeout_ms() / 1000);
     pthread_mutex_lock(&mu);
     chan_ended = 1;
     __atomic_store_n(&outstanding, 0, __ATOMIC_RELEASE);

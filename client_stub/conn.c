@@ -113,23 +113,28 @@ int fgc_io_write(const struct iovec *iov_in, int iovcnt, size_t total) {
     return 0;
 }
 
+/* Part of a message that has begun: every byte within the I/O timeout (fg_io.h). */
 int fgc_io_read(void *dst, size_t n) {
-    char *p = (char *)dst;
-    while (n > 0) {
-        ssize_t r = recv(g_fgc.fd, p, n, 0);
-        if (r < 0 && errno == EINTR) continue;
-        if (r <= 0) return -1;
-        p += r;
-        n -= (size_t)r;
-    }
-    return 0;
+    int to = fg_io_timeout_ms();
+    int rc = fg_io_read_deadline(g_fgc.fd, dst, n, to, to, NULL);
+    if (rc == -2) errno = ETIMEDOUT;
+    return rc ? -1 : 0;
+}
+
+/* The start of a reply: the server may work on the call as long as it takes. */
+int fgc_io_read_first(void *dst, size_t n) {
+    int rc = fg_io_read_deadline(g_fgc.fd, dst, n, -1, fg_io_timeout_ms(), NULL);
+    if (rc == -2) errno = ETIMEDOUT;
+    return rc ? -1 : 0;
 }
 
 /* Read one handshake frame into buf (at most cap bytes). Returns its type, or -1. */
 static int recv_small_frame(uint8_t *buf, size_t cap, size_t *len) {
     uint8_t hb[FG_HEADER_SIZE];
     fg_header h;
-    if (fgc_io_read(hb, sizeof hb)) return -1;
+    /* The worker opens the device before it answers (seconds on a real GPU): a generous first deadline. */
+    int to = fg_io_timeout_ms();
+    if (fg_io_read_deadline(g_fgc.fd, hb, sizeof hb, to < 0 ? -1 : 4 * to, to, NULL)) return -1;
     if (fg_header_decode(hb, &h, FG_MAX_HELLO) || h.length > cap) return -1;
     if (fgc_io_read(buf, h.length)) return -1;
     *len = h.length;

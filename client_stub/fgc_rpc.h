@@ -87,6 +87,7 @@ void fgc_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3
 CUresult fgc_connect(void);
 int fgc_io_write(const struct iovec *iov, int iovcnt, size_t total);
 int fgc_io_read(void *dst, size_t n);
+int fgc_io_read_first(void *dst, size_t n);
 void fgc_mark_broken(CUresult err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 const char *fgc_endpoint(void);
 

@@ -34,7 +34,14 @@ from .pager import Pager
 from .spawn import SpawnedProcess, spawn
 
 log = logging.getLogger("fargpu.server")
-HELLO_TIMEOUT = 10.0
+HELLO_TIMEOUT = 10.0  # a client (or a callback connection) must complete its HELLO within this; FARGPU_HELLO_TIMEOUT_S
+
+
+def hello_timeout() -> float:
+    try:
+        return float(os.environ.get("FARGPU_HELLO_TIMEOUT_S", "") or HELLO_TIMEOUT)
+    except ValueError:
+        return HELLO_TIMEOUT
 
 
 @dataclass
@@ -223,8 +230,9 @@ class NodeAgent:
 
     async def _handle(self, conn: socket.socket) -> None:
         loop = asyncio.get_running_loop()
+        limit = hello_timeout()
         try:
-            async with asyncio.timeout(HELLO_TIMEOUT):
+            async with asyncio.timeout(limit):
                 hdr = decode_header(await self._recv_exact(conn, HEADER_SIZE), MAX_HELLO)
                 if hdr.type != FrameType.HELLO:
                     raise ProtocolError("expected HELLO")
@@ -233,7 +241,7 @@ class NodeAgent:
                 raise AuthError("this node is draining and accepts no new sessions")
             grant = await self.auth.authenticate(hello.token)
         except (ProtocolError, AuthError, TimeoutError) as exc:
-            reason = str(exc) or "handshake timed out"
+            reason = str(exc) or f"no complete HELLO within {limit:g} s (stalled handshake); closing the connection"
             log.warning("refused a client: %s", reason)
             with contextlib.suppress(OSError):
                 await loop.sock_sendall(conn, handshake.hello_err(reason))

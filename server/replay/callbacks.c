@@ -87,7 +87,11 @@ static void run_remote(struct fgs_callback *c, CUresult status) {
         if (c->copies) n = fgs_later_claim(S, c->stream, c->upto, &refs);
         cb_msg m = {CB_MAGIC, CB_RUN, c->cookie, (int32_t)status, (uint32_t)n}, d;
         memset(&d, 0, sizeof d);
-        int w = send_run(fd, &m, refs, n), rd = w ? -1 : fg_io_full(fd, &d, sizeof d, 0);
+        /* The host function may run as long as it likes; a DONE that has begun must arrive whole. */
+        int w = send_run(fd, &m, refs, n), rd = w ? -1 : fg_io_read_deadline(fd, &d, sizeof d, -1, fg_io_timeout_ms(), NULL);
+        if (rd == -2)
+            fgs_log(S, "the client's callback connection sent part of a DONE message, then nothing for %d s; closing it",
+                    fg_io_timeout_ms() / 1000);
         ok = !w && !rd && d.magic == CB_MAGIC && d.kind == CB_DONE && d.cookie == c->cookie;
         if (!ok)
             fgs_log(S, "callback connection failed (write %d, read %d, magic %x kind %u cookie %llu/%llu, errno %d)", w,

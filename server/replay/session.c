@@ -332,8 +332,6 @@ FGS_EXPORT void fgs_close(fgs_session *S) {
 
 /* ---- serving ---- */
 
-static int read_full(int fd, void *dst, size_t n) { return fg_io_full(fd, dst, n, 0); }
-
 int fgs_write_all(int fd, struct iovec *iov, int cnt) {
     while (cnt > 0) {
         ssize_t k = writev(fd, iov, cnt > 64 ? 64 : cnt);
@@ -468,7 +466,18 @@ FGS_EXPORT int fgs_serve(fgs_session *S, int fd, int ctl_fd, char *reason, unsig
             if (!(pf[0].revents & (POLLIN | POLLHUP))) continue;
         }
         uint8_t hb[FG_HEADER_SIZE];
-        if (read_full(fd, hb, sizeof hb)) { snprintf(reason, reason_len, "client disconnected"); rc = 0; break; }
+        int io_ms = fg_io_timeout_ms();
+        size_t hgot = 0;
+        int hr = fg_io_read_deadline(fd, hb, sizeof hb, -1, io_ms, &hgot); /* idle between frames: no limit */
+        if (hr == -2) {
+            snprintf(reason, reason_len, "the client sent %zu of a frame header's %d bytes, then nothing for %d s; "
+                     "closing its connection", hgot, FG_HEADER_SIZE, io_ms / 1000);
+            fgs_log(S, "%s", reason);
+            send_close(fd, reason);
+            rc = 0;
+            break;
+        }
+        if (hr) { snprintf(reason, reason_len, "client disconnected"); rc = 0; break; }
         fg_header h;
         const char *why = fg_header_decode(hb, &h, S->max_frame);
         if (!why && h.type != FG_T_BATCH) why = "unexpected frame type after the handshake";
@@ -488,10 +497,19 @@ FGS_EXPORT int fgs_serve(fgs_session *S, int fd, int ctl_fd, char *reason, unsig
                 buf = nb;
                 cap = ncap;
             }
-            ssize_t k = recv(fd, buf + got, cap - got < h.length - got ? cap - got : h.length - got, 0);
-            if (k < 0 && errno == EINTR) continue;
-            if (k <= 0) { eof = 1; break; }
-            got += (size_t)k;
+            size_t k = 0;
+            int rr = fg_io_read_deadline(fd, buf + got, cap - got < h.length - got ? cap - got : h.length - got,
+                                         io_ms, io_ms, &k);
+            got += k;
+            if (rr) { eof = rr == -2 ? 3 : 1; break; }
+        }
+        if (eof == 3) { /* a frame that promises more than it delivers must not hold the connection */
+            snprintf(reason, reason_len, "the client sent %zu of a %u-byte frame, then nothing for %d s; closing its "
+                     "connection", got, (unsigned)h.length, io_ms / 1000);
+            fgs_log(S, "%s", reason);
+            send_close(fd, reason);
+            rc = 0;
+            break;
         }
         if (eof) { snprintf(reason, reason_len, eof == 2 ? "out of memory" : "client disconnected mid-frame"); rc = eof == 2 ? -1 : 0; break; }
         fg_reader batch;

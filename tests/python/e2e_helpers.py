@@ -47,10 +47,11 @@ class NodeServer:
         return self.log.read_text(errors="replace")
 
 
-def start_server(tmp: Path, *extra: str, token: str = "test-token-123") -> NodeServer:
+def start_server(tmp: Path, *extra: str, token: str = "test-token-123", env_extra: dict[str, str] | None = None
+                 ) -> NodeServer:
     port = free_port()
     log = tmp / f"server-{port}.log"
-    env = dict(os.environ, FARGPU_TOKEN=token, FARGPU_SIM_LAUNCH_LOG=str(tmp / "launches.jsonl"))
+    env = dict(os.environ, FARGPU_TOKEN=token, FARGPU_SIM_LAUNCH_LOG=str(tmp / "launches.jsonl"), **(env_extra or {}))
     env.pop("LD_PRELOAD", None)
     proc = subprocess.Popen(
         [sys.executable, "-P", "-m", "fargpu.server", "--backend", "sim", "--listen", f"127.0.0.1:{port}",
