@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import mmap
 import os
 import threading
 from collections.abc import Callable
@@ -69,13 +70,23 @@ class HostPool:
         self._free: list[tuple[int, int]] = [(0, self.size)] if self.size else []
 
     def _prefault(self) -> None:
-        # Written, not just fallocated: a fallocated shmem page is still cleared on its first write.
+        # Written, not just fallocated: a fallocated shmem page is still cleared on its first write. Through a
+        # mapping advised for huge pages: where the kernel gives shared memory huge pages on advice
+        # (transparent_hugepage/shmem_enabled = advise), the pool is made of 2 MiB pages, and a worker maps its
+        # extent with 512 times fewer page-table entries.
         zeros = bytes(64 << 20)
         try:
-            for off in range(0, self.size, len(zeros)):
-                if self._stop.is_set():
-                    return
-                os.pwrite(self.fd, zeros[: min(len(zeros), self.size - off)], off)
+            with mmap.mmap(self.fd, self.size) as m:
+                if hasattr(mmap, "MADV_HUGEPAGE"):
+                    try:
+                        m.madvise(mmap.MADV_HUGEPAGE)
+                    except OSError:
+                        pass
+                for off in range(0, self.size, len(zeros)):
+                    if self._stop.is_set():
+                        return
+                    n = min(len(zeros), self.size - off)
+                    m[off : off + n] = zeros[:n]
         except OSError as e:
             log.warning("could not allocate the host page pool up front (%s); pages come as sessions page out", e)
         self.ready.set()
