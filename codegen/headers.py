@@ -177,6 +177,11 @@ def parse(include_dir: Path | None = None) -> Headers:
     cuda_h = inc / "cuda.h"
     h.plain, plain_macros = _collect(_parse(idx, cuda_h, inc, []), "cuda.h")
     h.internal, _ = _collect(_parse(idx, cuda_h, inc, ["-D__CUDA_API_VERSION_INTERNAL"]), "cuda.h")
+    # Profiler control: exported by the driver, declared outside cuda.h (codegen/data/profiler_decls.h).
+    decls = Path(__file__).resolve().parent / "data" / "profiler_decls.h"
+    prof, _ = _collect(_parse(idx, decls, inc, ["-D__CUDA_API_VERSION_INTERNAL"]), "profiler_decls.h")
+    h.internal.update(prof)
+    h.plain.update(prof)
     _, ptds_macros = _collect(_parse(idx, cuda_h, inc, ["-DCUDA_API_PER_THREAD_DEFAULT_STREAM"]), "cuda.h")
     # Plain-mode macros that resolve to PTDS/PTSZ helpers expand to the base name without the define.
     h.plain_macros = {k: re.sub(r"_(ptds|ptsz)$", "", v) for k, v in plain_macros.items()}

@@ -2735,20 +2735,17 @@ FGC_EXPORT CUresult CUDAAPI cuLogsUnregisterCallback(CUlogsCallbackHandle callba
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemAddressFree(CUdeviceptr ptr, size_t size) {
-    (void)ptr;
-    (void)size;
-    static int logged;
-    return fgc_unsupported("cuMemAddressFree", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuMemAddressFree");
+    CUresult r_ = fgc_cuMemAddressFree(ptr, size);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuMemAddressFree", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemAddressReserve(CUdeviceptr *ptr, size_t size, size_t alignment, CUdeviceptr addr, unsigned long long flags) {
-    (void)ptr;
-    (void)size;
-    (void)alignment;
-    (void)addr;
-    (void)flags;
-    static int logged;
-    return fgc_unsupported("cuMemAddressReserve", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuMemAddressReserve");
+    CUresult r_ = fgc_cuMemAddressReserve(ptr, size, alignment, addr, flags);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuMemAddressReserve", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemAdvise(CUdeviceptr devPtr, size_t count, CUmem_advise advice, CUdevice device) {
@@ -3468,12 +3465,10 @@ FGC_EXPORT CUresult CUDAAPI cuMemcpy_ptds(CUdeviceptr dst, CUdeviceptr src, size
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemCreate(CUmemGenericAllocationHandle *handle, size_t size, const CUmemAllocationProp *prop, unsigned long long flags) {
-    (void)handle;
-    (void)size;
-    (void)prop;
-    (void)flags;
-    static int logged;
-    return fgc_unsupported("cuMemCreate", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuMemCreate");
+    CUresult r_ = fgc_cuMemCreate(handle, size, prop, flags);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuMemCreate", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemDiscardAndPrefetchBatchAsync(CUdeviceptr *dptrs, size_t *sizes, size_t count, CUmemLocation *prefetchLocs, size_t *prefetchLocIdxs, size_t numPrefetchLocs, unsigned long long flags, CUstream hStream) {
@@ -3566,11 +3561,15 @@ FGC_EXPORT CUresult CUDAAPI cuMemFree_v2(CUdeviceptr dptr) {
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemGetAccess(unsigned long long *flags, const CUmemLocation *location, CUdeviceptr ptr) {
-    (void)flags;
-    (void)location;
-    (void)ptr;
-    static int logged;
-    return fgc_unsupported("cuMemGetAccess", &logged);
+    FGC_REQUIRE_INIT();
+    __typeof__(*flags) d_flags;
+    fg_writer *w = fgc_begin(FG_OP_cuMemGetAccess);
+    if (!w) return fgc_last_error();
+    { uint8_t want_ = flags != NULL; fg_put(w, &want_, 1); }
+    fgc_expect(flags ? (void *)flags : (void *)&d_flags, sizeof(*flags));
+    { uint8_t has_ = location != NULL; fg_put(w, &has_, 1); if (has_) fg_put(w, location, sizeof(*location)); }
+    fg_put(w, &ptr, sizeof(ptr));
+    return fgc_sync();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemGetAddressRange(CUdeviceptr_v1 *pbase, unsigned int *psize, CUdeviceptr_v1 dptr) {
@@ -3589,18 +3588,22 @@ FGC_EXPORT CUresult CUDAAPI cuMemGetAddressRange_v2(CUdeviceptr *pbase, size_t *
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemGetAllocationGranularity(size_t *granularity, const CUmemAllocationProp *prop, CUmemAllocationGranularity_flags option) {
-    (void)granularity;
-    (void)prop;
-    (void)option;
-    static int logged;
-    return fgc_unsupported("cuMemGetAllocationGranularity", &logged);
+    FGC_REQUIRE_INIT();
+    __typeof__(*granularity) d_granularity;
+    fg_writer *w = fgc_begin(FG_OP_cuMemGetAllocationGranularity);
+    if (!w) return fgc_last_error();
+    { uint8_t want_ = granularity != NULL; fg_put(w, &want_, 1); }
+    fgc_expect(granularity ? (void *)granularity : (void *)&d_granularity, sizeof(*granularity));
+    { uint8_t has_ = prop != NULL; fg_put(w, &has_, 1); if (has_) fg_put(w, prop, sizeof(*prop)); }
+    fg_put(w, &option, sizeof(option));
+    return fgc_sync_memo();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemGetAllocationPropertiesFromHandle(CUmemAllocationProp *prop, CUmemGenericAllocationHandle handle) {
-    (void)prop;
-    (void)handle;
-    static int logged;
-    return fgc_unsupported("cuMemGetAllocationPropertiesFromHandle", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuMemGetAllocationPropertiesFromHandle");
+    CUresult r_ = fgc_cuMemGetAllocationPropertiesFromHandle(prop, handle);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuMemGetAllocationPropertiesFromHandle", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemGetAttribute(void) {
@@ -3710,13 +3713,10 @@ FGC_EXPORT CUresult CUDAAPI cuMemImportFromShareableHandle(CUmemGenericAllocatio
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemMap(CUdeviceptr ptr, size_t size, size_t offset, CUmemGenericAllocationHandle handle, unsigned long long flags) {
-    (void)ptr;
-    (void)size;
-    (void)offset;
-    (void)handle;
-    (void)flags;
-    static int logged;
-    return fgc_unsupported("cuMemMap", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuMemMap");
+    CUresult r_ = fgc_cuMemMap(ptr, size, offset, handle, flags);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuMemMap", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemMapArrayAsync(CUarrayMapInfo *mapInfoList, unsigned int count, CUstream hStream) {
@@ -3908,25 +3908,24 @@ FGC_EXPORT CUresult CUDAAPI cuMemRangeGetAttributes(void **data, size_t *dataSiz
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemRelease(CUmemGenericAllocationHandle handle) {
-    (void)handle;
-    static int logged;
-    return fgc_unsupported("cuMemRelease", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuMemRelease");
+    CUresult r_ = fgc_cuMemRelease(handle);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuMemRelease", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemRetainAllocationHandle(CUmemGenericAllocationHandle *handle, void *addr) {
-    (void)handle;
-    (void)addr;
-    static int logged;
-    return fgc_unsupported("cuMemRetainAllocationHandle", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuMemRetainAllocationHandle");
+    CUresult r_ = fgc_cuMemRetainAllocationHandle(handle, addr);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuMemRetainAllocationHandle", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemSetAccess(CUdeviceptr ptr, size_t size, const CUmemAccessDesc *desc, size_t count) {
-    (void)ptr;
-    (void)size;
-    (void)desc;
-    (void)count;
-    static int logged;
-    return fgc_unsupported("cuMemSetAccess", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuMemSetAccess");
+    CUresult r_ = fgc_cuMemSetAccess(ptr, size, desc, count);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuMemSetAccess", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemsetD16(CUdeviceptr_v1 dstDevice, unsigned short us, unsigned int N) {
@@ -4178,10 +4177,10 @@ FGC_EXPORT CUresult CUDAAPI cuMemSetMemPool(CUmemLocation *location, CUmemAlloca
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemUnmap(CUdeviceptr ptr, size_t size) {
-    (void)ptr;
-    (void)size;
-    static int logged;
-    return fgc_unsupported("cuMemUnmap", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuMemUnmap");
+    CUresult r_ = fgc_cuMemUnmap(ptr, size);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuMemUnmap", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMipmappedArrayCreate(CUmipmappedArray *pHandle, const CUDA_ARRAY3D_DESCRIPTOR *pMipmappedArrayDesc, unsigned int numMipmapLevels) {
@@ -4436,26 +4435,17 @@ FGC_EXPORT CUresult CUDAAPI cuOccupancyMaxActiveClusters(int *numClusters, CUfun
 }
 
 FGC_EXPORT CUresult CUDAAPI cuOccupancyMaxPotentialBlockSize(int *minGridSize, int *blockSize, CUfunction func, CUoccupancyB2DSize blockSizeToDynamicSMemSize, size_t dynamicSMemSize, int blockSizeLimit) {
-    (void)minGridSize;
-    (void)blockSize;
-    (void)func;
-    (void)blockSizeToDynamicSMemSize;
-    (void)dynamicSMemSize;
-    (void)blockSizeLimit;
-    static int logged;
-    return fgc_unsupported("cuOccupancyMaxPotentialBlockSize", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuOccupancyMaxPotentialBlockSize");
+    CUresult r_ = fgc_cuOccupancyMaxPotentialBlockSize(minGridSize, blockSize, func, blockSizeToDynamicSMemSize, dynamicSMemSize, blockSizeLimit);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuOccupancyMaxPotentialBlockSize", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuOccupancyMaxPotentialBlockSizeWithFlags(int *minGridSize, int *blockSize, CUfunction func, CUoccupancyB2DSize blockSizeToDynamicSMemSize, size_t dynamicSMemSize, int blockSizeLimit, unsigned int flags) {
-    (void)minGridSize;
-    (void)blockSize;
-    (void)func;
-    (void)blockSizeToDynamicSMemSize;
-    (void)dynamicSMemSize;
-    (void)blockSizeLimit;
-    (void)flags;
-    static int logged;
-    return fgc_unsupported("cuOccupancyMaxPotentialBlockSizeWithFlags", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuOccupancyMaxPotentialBlockSizeWithFlags");
+    CUresult r_ = fgc_cuOccupancyMaxPotentialBlockSizeWithFlags(minGridSize, blockSize, func, blockSizeToDynamicSMemSize, dynamicSMemSize, blockSizeLimit, flags);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuOccupancyMaxPotentialBlockSizeWithFlags", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuOccupancyMaxPotentialClusterSize(int *clusterSize, CUfunction func, const CUlaunchConfig *config) {
@@ -4533,13 +4523,17 @@ FGC_EXPORT CUresult CUDAAPI cuProfilerInitialize(void) {
 }
 
 FGC_EXPORT CUresult CUDAAPI cuProfilerStart(void) {
-    static int logged;
-    return fgc_unsupported("cuProfilerStart", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuProfilerStart");
+    CUresult r_ = fgc_cuProfilerStart();
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuProfilerStart", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuProfilerStop(void) {
-    static int logged;
-    return fgc_unsupported("cuProfilerStop", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuProfilerStop");
+    CUresult r_ = fgc_cuProfilerStop();
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuProfilerStop", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuSignalExternalSemaphoresAsync(const CUexternalSemaphore *extSemArray, const CUDA_EXTERNAL_SEMAPHORE_SIGNAL_PARAMS *paramsArray, unsigned int numExtSems, CUstream stream) {

@@ -905,10 +905,55 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         if (res == CUDA_SUCCESS) fgs_globals_forget(S);
         return res;
     }
+    case FG_OP_cuMemAddressFree: return fgs_cuMemAddressFree(S, r, out);
+    case FG_OP_cuMemAddressReserve: return fgs_cuMemAddressReserve(S, r, out);
     case FG_OP_cuMemAlloc_v2: return fgs_cuMemAlloc_v2(S, r, out);
+    case FG_OP_cuMemCreate: return fgs_cuMemCreate(S, r, out);
     case FG_OP_cuMemFree_v2: return fgs_cuMemFree_v2(S, r, out);
+    case FG_OP_cuMemGetAccess: {
+        unsigned long long flags;
+        memset(&flags, 0, sizeof(flags));
+        uint8_t want_flags = 0;
+        fg_get(r, &want_flags, 1);
+        CUmemLocation v_location;
+        memset(&v_location, 0, sizeof(v_location));
+        uint8_t has_location = 0;
+        fg_get(r, &has_location, 1);
+        if (has_location) fg_get(r, (void *)&v_location, sizeof(v_location));
+        CUdeviceptr ptr;
+        fg_get(r, (void *)&ptr, sizeof(ptr));
+        if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuMemGetAccess) return fgs_missing(S, "cuMemGetAccess");
+        CUresult res = S->api->cuMemGetAccess(want_flags ? &flags : NULL, has_location ? &v_location : NULL, ptr);
+        if (res == CUDA_SUCCESS) {
+            fg_put(out, &flags, sizeof(flags));
+        }
+        return res;
+    }
     case FG_OP_cuMemGetAddressRange_v2: return fgs_cuMemGetAddressRange_v2(S, r, out);
+    case FG_OP_cuMemGetAllocationGranularity: {
+        size_t granularity;
+        memset(&granularity, 0, sizeof(granularity));
+        uint8_t want_granularity = 0;
+        fg_get(r, &want_granularity, 1);
+        CUmemAllocationProp v_prop;
+        memset(&v_prop, 0, sizeof(v_prop));
+        uint8_t has_prop = 0;
+        fg_get(r, &has_prop, 1);
+        if (has_prop) fg_get(r, (void *)&v_prop, sizeof(v_prop));
+        CUmemAllocationGranularity_flags option;
+        fg_get(r, (void *)&option, sizeof(option));
+        if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuMemGetAllocationGranularity) return fgs_missing(S, "cuMemGetAllocationGranularity");
+        CUresult res = S->api->cuMemGetAllocationGranularity(want_granularity ? &granularity : NULL, has_prop ? &v_prop : NULL, option);
+        if (res == CUDA_SUCCESS) {
+            fg_put(out, &granularity, sizeof(granularity));
+        }
+        return res;
+    }
+    case FG_OP_cuMemGetAllocationPropertiesFromHandle: return fgs_cuMemGetAllocationPropertiesFromHandle(S, r, out);
     case FG_OP_cuMemGetInfo_v2: return fgs_cuMemGetInfo_v2(S, r, out);
+    case FG_OP_cuMemMap: return fgs_cuMemMap(S, r, out);
     case FG_OP_cuMemPoolTrimTo: {
         uint64_t id_pool = fg_get_u64(r);
         CUmemoryPool pool = NULL;
@@ -920,6 +965,10 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         CUresult res = S->api->cuMemPoolTrimTo(pool, minBytesToKeep);
         return res;
     }
+    case FG_OP_cuMemRelease: return fgs_cuMemRelease(S, r, out);
+    case FG_OP_cuMemRetainAllocationHandle: return fgs_cuMemRetainAllocationHandle(S, r, out);
+    case FG_OP_cuMemSetAccess: return fgs_cuMemSetAccess(S, r, out);
+    case FG_OP_cuMemUnmap: return fgs_cuMemUnmap(S, r, out);
     case FG_OP_cuMemcpy: return fgs_cuMemcpy(S, r, out);
     case FG_OP_cuMemcpyAsync: return fgs_cuMemcpyAsync(S, r, out);
     case FG_OP_cuMemcpyDtoDAsync_v2: return fgs_cuMemcpyDtoDAsync_v2(S, r, out);
@@ -1245,6 +1294,8 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
     }
     case FG_OP_cuOccupancyMaxActiveClusters: return fgs_cuOccupancyMaxActiveClusters(S, r, out);
     case FG_OP_cuOccupancyMaxPotentialClusterSize: return fgs_cuOccupancyMaxPotentialClusterSize(S, r, out);
+    case FG_OP_cuProfilerStart: return fgs_cuProfilerStart(S, r, out);
+    case FG_OP_cuProfilerStop: return fgs_cuProfilerStop(S, r, out);
     case FG_OP_cuStreamAddCallback: return fgs_cuStreamAddCallback(S, r, out);
     case FG_OP_cuStreamBeginCapture_v2: {
         uint64_t id_hStream = fg_get_u64(r);

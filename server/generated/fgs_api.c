@@ -115,9 +115,11 @@ const char *fgs_api_load(fgs_api *api, void *dl) {
     if (!api->cuMemCreate) return "cuMemCreate";
     *(void **)&api->cuMemFreeHost = dlsym(dl, "cuMemFreeHost");
     if (!api->cuMemFreeHost) return "cuMemFreeHost";
+    *(void **)&api->cuMemGetAccess = dlsym(dl, "cuMemGetAccess");
     *(void **)&api->cuMemGetAddressRange_v2 = dlsym(dl, "cuMemGetAddressRange_v2");
     *(void **)&api->cuMemGetAllocationGranularity = dlsym(dl, "cuMemGetAllocationGranularity");
     if (!api->cuMemGetAllocationGranularity) return "cuMemGetAllocationGranularity";
+    *(void **)&api->cuMemGetAllocationPropertiesFromHandle = dlsym(dl, "cuMemGetAllocationPropertiesFromHandle");
     *(void **)&api->cuMemGetInfo_v2 = dlsym(dl, "cuMemGetInfo_v2");
     if (!api->cuMemGetInfo_v2) return "cuMemGetInfo_v2";
     *(void **)&api->cuMemHostAlloc = dlsym(dl, "cuMemHostAlloc");
@@ -172,6 +174,8 @@ const char *fgs_api_load(fgs_api *api, void *dl) {
     *(void **)&api->cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags = dlsym(dl, "cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags");
     *(void **)&api->cuOccupancyMaxActiveClusters = dlsym(dl, "cuOccupancyMaxActiveClusters");
     *(void **)&api->cuOccupancyMaxPotentialClusterSize = dlsym(dl, "cuOccupancyMaxPotentialClusterSize");
+    *(void **)&api->cuProfilerStart = dlsym(dl, "cuProfilerStart");
+    *(void **)&api->cuProfilerStop = dlsym(dl, "cuProfilerStop");
     *(void **)&api->cuStreamAddCallback = dlsym(dl, "cuStreamAddCallback");
     *(void **)&api->cuStreamBeginCapture_v2 = dlsym(dl, "cuStreamBeginCapture_v2");
     *(void **)&api->cuStreamCopyAttributes = dlsym(dl, "cuStreamCopyAttributes");

@@ -38,6 +38,7 @@ typedef struct {
     int dev;
     int paged;          /* its contents are in the page store (paging.c), not on the device */
     uint64_t page_off;  /* where, in the host pool extent or the spill file */
+    int client_vmm;     /* a handle the client created and mapped (vmm.c): cuMemFree refuses it */
 } fgs_alloc;
 
 /* A shared ledger of VRAM charges, one slot per session (ledger.c). */
@@ -110,6 +111,7 @@ typedef struct fgs_session {
     struct fgs_callback *callbacks; /* host functions the driver may call (callbacks.c), kept to the end */
     uint32_t max_frame;
     char log_prefix[64];
+    struct fgs_vmm *vmm; /* the client's own VMM reservations and handles (vmm.c); NULL: none yet */
 } fgs_session;
 
 int fgs_handle_get(fgs_session *S, int kind, uint64_t id, void **real);
@@ -124,6 +126,8 @@ CUresult fgs_missing(fgs_session *S, const char *name);
 CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out);
 CUresult fgs_set_ctx(fgs_session *S, fg_reader *r);
 void fgs_memory_release_all(fgs_session *S);
+/* The client's VMM mappings, handles and reservations (vmm.c): released before fgs_memory_release_all. */
+void fgs_vmm_close(fgs_session *S);
 /* VRAM accounting against the lease's quota (ledger.c): charge fails with CUDA_ERROR_OUT_OF_MEMORY above it. */
 CUresult fgs_charge(fgs_session *S, uint64_t bytes);
 void fgs_uncharge(fgs_session *S, uint64_t bytes);

@@ -19,6 +19,7 @@ static CUresult current_device(fgs_session *S, CUdevice *dev) { return S->api->c
 static fgs_alloc *find_alloc(fgs_session *S, CUdeviceptr p, int containing) {
     for (size_t i = 0; i < S->n_allocs; i++) {
         fgs_alloc *a = &S->allocs[i];
+        if (a->client_vmm && !containing) continue; /* cuMemFree: not for the client's VMM mappings */
         if (a->ptr == p || (containing && p >= a->ptr && p < a->ptr + a->size)) return a;
     }
     return NULL;
@@ -79,7 +80,7 @@ CUresult fgs_cuMemAlloc_v2(fgs_session *S, fg_reader *r, fg_writer *out) {
         fgs_uncharge(S, mapped);
         return res;
     }
-    S->allocs[S->n_allocs++] = (fgs_alloc){ptr, (size_t)size, mapped, h, (int)dev, 0, 0};
+    S->allocs[S->n_allocs++] = (fgs_alloc){ptr, (size_t)size, mapped, h, (int)dev, 0, 0, 0};
     fg_put_u64(out, ptr);
     return CUDA_SUCCESS;
 }

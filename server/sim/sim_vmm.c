@@ -15,6 +15,7 @@
 #include "sim.h"
 
 #include <stdlib.h>
+#include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -24,6 +25,7 @@ struct sim_phys {
     size_t size;
     int device;
     int released;
+    unsigned int refs; /* handles given out: create + retains - releases */
     unsigned int maps;
     unsigned long long id; /* CU_POINTER_ATTRIBUTE_MEMORY_BLOCK_ID of its mappings */
     unsigned int handle_types; /* requestedHandleTypes at creation */
@@ -197,6 +199,7 @@ SIM_API CUresult cuMemCreate(CUmemGenericAllocationHandle *handle, size_t size, 
             ph->device = prop->location.id;
             ph->id = sim_next_buffer_id();
             ph->handle_types = (unsigned int)prop->requestedHandleTypes;
+            ph->refs = 1;
             *handle = (CUmemGenericAllocationHandle)(uintptr_t)ph;
         }
     }
@@ -218,9 +221,11 @@ SIM_API CUresult cuMemRelease(CUmemGenericAllocationHandle handle)
     if (rc == CUDA_SUCCESS && !ph)
         rc = CUDA_ERROR_INVALID_VALUE;
     if (rc == CUDA_SUCCESS) {
-        ph->released = 1;
-        if (ph->maps == 0)
-            phys_free(ph);
+        if (--ph->refs == 0) {
+            ph->released = 1;
+            if (ph->maps == 0)
+                phys_free(ph);
+        }
     }
     sim_unlock();
     return rc;
@@ -334,6 +339,64 @@ SIM_API CUresult cuMemSetAccess(CUdeviceptr ptr, size_t size, const CUmemAccessD
         else
             segs[i]->prot = prot;
     }
+    sim_unlock();
+    return rc;
+}
+
+/* The handle of the mapping that contains addr, with one more reference the caller releases. */
+SIM_API CUresult cuMemRetainAllocationHandle(CUmemGenericAllocationHandle *handle, void *addr)
+{
+    if (!handle)
+        return CUDA_ERROR_INVALID_VALUE;
+    sim_lock();
+    CUresult rc = sim_check_init();
+    struct sim_seg *s = rc == CUDA_SUCCESS ? sim_seg_find((uintptr_t)addr) : NULL;
+    if (rc == CUDA_SUCCESS && (!s || s->kind != SIM_SEG_VMM || !s->phys || s->phys->released))
+        rc = CUDA_ERROR_INVALID_VALUE;
+    if (rc == CUDA_SUCCESS) {
+        s->phys->refs++;
+        *handle = (CUmemGenericAllocationHandle)(uintptr_t)s->phys;
+    }
+    sim_unlock();
+    return rc;
+}
+
+SIM_API CUresult cuMemGetAllocationPropertiesFromHandle(CUmemAllocationProp *prop, CUmemGenericAllocationHandle handle)
+{
+    if (!prop)
+        return CUDA_ERROR_INVALID_VALUE;
+    sim_lock();
+    CUresult rc = sim_check_init();
+    struct sim_phys *ph = rc == CUDA_SUCCESS ? find_phys(handle) : NULL;
+    if (rc == CUDA_SUCCESS && !ph)
+        rc = CUDA_ERROR_INVALID_VALUE;
+    if (rc == CUDA_SUCCESS) {
+        memset(prop, 0, sizeof *prop);
+        prop->type = CU_MEM_ALLOCATION_TYPE_PINNED;
+        prop->location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+        prop->location.id = ph->device;
+        prop->requestedHandleTypes = (CUmemAllocationHandleType)ph->handle_types;
+    }
+    sim_unlock();
+    return rc;
+}
+
+/* The access a device has to the mapping at ptr (what cuMemSetAccess granted). */
+SIM_API CUresult cuMemGetAccess(unsigned long long *flags, const CUmemLocation *location, CUdeviceptr ptr)
+{
+    if (!flags || !location)
+        return CUDA_ERROR_INVALID_VALUE;
+    sim_lock();
+    CUresult rc = sim_check_init();
+    if (rc == CUDA_SUCCESS && check_location(location) != CUDA_SUCCESS)
+        rc = CUDA_ERROR_INVALID_DEVICE;
+    struct sim_seg *s = rc == CUDA_SUCCESS ? sim_seg_find((uintptr_t)ptr) : NULL;
+    if (rc == CUDA_SUCCESS && (!s || s->kind != SIM_SEG_VMM))
+        rc = CUDA_ERROR_INVALID_VALUE;
+    if (rc == CUDA_SUCCESS)
+        *flags = (s->prot & SIM_PROT_W)   ? CU_MEM_ACCESS_FLAGS_PROT_READWRITE
+                 : (s->prot & SIM_PROT_R) ? CU_MEM_ACCESS_FLAGS_PROT_READ
+                                          : CU_MEM_ACCESS_FLAGS_PROT_NONE;
     sim_unlock();
     return rc;
 }

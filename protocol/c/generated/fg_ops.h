@@ -2,7 +2,7 @@
 #ifndef FG_OPS_H
 #define FG_OPS_H
 
-#define FG_OPS_HASH "11f7b9021d033990"
+#define FG_OPS_HASH "3dfa3e1804f871f7"
 
 enum fg_op {
     FG_OP_SET_CTX = 1,
@@ -83,69 +83,82 @@ enum fg_op {
     FG_OP_cuLibraryGetModule = 88,
     FG_OP_cuLibraryLoadData = 89,
     FG_OP_cuLibraryUnload = 90,
-    FG_OP_cuMemAlloc_v2 = 91,
-    FG_OP_cuMemFree_v2 = 92,
-    FG_OP_cuMemGetAddressRange_v2 = 93,
-    FG_OP_cuMemGetInfo_v2 = 94,
-    FG_OP_cuMemPoolTrimTo = 95,
-    FG_OP_cuMemcpy = 96,
-    FG_OP_cuMemcpyAsync = 97,
-    FG_OP_cuMemcpyDtoDAsync_v2 = 98,
-    FG_OP_cuMemcpyDtoD_v2 = 99,
-    FG_OP_cuMemcpyDtoHAsync_v2 = 100,
-    FG_OP_cuMemcpyDtoH_v2 = 101,
-    FG_OP_cuMemcpyHtoDAsync_v2 = 102,
-    FG_OP_cuMemcpyHtoD_v2 = 103,
-    FG_OP_cuMemsetD16Async = 104,
-    FG_OP_cuMemsetD16_v2 = 105,
-    FG_OP_cuMemsetD2D16Async = 106,
-    FG_OP_cuMemsetD2D16_v2 = 107,
-    FG_OP_cuMemsetD2D32Async = 108,
-    FG_OP_cuMemsetD2D32_v2 = 109,
-    FG_OP_cuMemsetD2D8Async = 110,
-    FG_OP_cuMemsetD2D8_v2 = 111,
-    FG_OP_cuMemsetD32Async = 112,
-    FG_OP_cuMemsetD32_v2 = 113,
-    FG_OP_cuMemsetD8Async = 114,
-    FG_OP_cuMemsetD8_v2 = 115,
-    FG_OP_cuModuleEnumerateFunctions = 116,
-    FG_OP_cuModuleGetFunction = 117,
-    FG_OP_cuModuleGetFunctionCount = 118,
-    FG_OP_cuModuleGetGlobal_v2 = 119,
-    FG_OP_cuModuleGetLoadingMode = 120,
-    FG_OP_cuModuleLoadData = 121,
-    FG_OP_cuModuleLoadDataEx = 122,
-    FG_OP_cuModuleUnload = 123,
-    FG_OP_cuOccupancyAvailableDynamicSMemPerBlock = 124,
-    FG_OP_cuOccupancyMaxActiveBlocksPerMultiprocessor = 125,
-    FG_OP_cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags = 126,
-    FG_OP_cuOccupancyMaxActiveClusters = 127,
-    FG_OP_cuOccupancyMaxPotentialClusterSize = 128,
-    FG_OP_cuStreamAddCallback = 129,
-    FG_OP_cuStreamBeginCapture_v2 = 130,
-    FG_OP_cuStreamCopyAttributes = 131,
-    FG_OP_cuStreamCreate = 132,
-    FG_OP_cuStreamCreateWithPriority = 133,
-    FG_OP_cuStreamDestroy_v2 = 134,
-    FG_OP_cuStreamEndCapture = 135,
-    FG_OP_cuStreamGetAttribute = 136,
-    FG_OP_cuStreamGetCaptureInfo_v3 = 137,
-    FG_OP_cuStreamGetCtx = 138,
-    FG_OP_cuStreamGetDevice = 139,
-    FG_OP_cuStreamGetFlags = 140,
-    FG_OP_cuStreamGetId = 141,
-    FG_OP_cuStreamGetPriority = 142,
-    FG_OP_cuStreamIsCapturing = 143,
-    FG_OP_cuStreamQuery = 144,
-    FG_OP_cuStreamSetAttribute = 145,
-    FG_OP_cuStreamSynchronize = 146,
-    FG_OP_cuStreamWaitEvent = 147,
-    FG_OP_cuStreamWaitValue32_v2 = 148,
-    FG_OP_cuStreamWaitValue64_v2 = 149,
-    FG_OP_cuStreamWriteValue32_v2 = 150,
-    FG_OP_cuStreamWriteValue64_v2 = 151,
-    FG_OP_cuThreadExchangeStreamCaptureMode = 152,
-    FG_OP_LIMIT = 153,
+    FG_OP_cuMemAddressFree = 91,
+    FG_OP_cuMemAddressReserve = 92,
+    FG_OP_cuMemAlloc_v2 = 93,
+    FG_OP_cuMemCreate = 94,
+    FG_OP_cuMemFree_v2 = 95,
+    FG_OP_cuMemGetAccess = 96,
+    FG_OP_cuMemGetAddressRange_v2 = 97,
+    FG_OP_cuMemGetAllocationGranularity = 98,
+    FG_OP_cuMemGetAllocationPropertiesFromHandle = 99,
+    FG_OP_cuMemGetInfo_v2 = 100,
+    FG_OP_cuMemMap = 101,
+    FG_OP_cuMemPoolTrimTo = 102,
+    FG_OP_cuMemRelease = 103,
+    FG_OP_cuMemRetainAllocationHandle = 104,
+    FG_OP_cuMemSetAccess = 105,
+    FG_OP_cuMemUnmap = 106,
+    FG_OP_cuMemcpy = 107,
+    FG_OP_cuMemcpyAsync = 108,
+    FG_OP_cuMemcpyDtoDAsync_v2 = 109,
+    FG_OP_cuMemcpyDtoD_v2 = 110,
+    FG_OP_cuMemcpyDtoHAsync_v2 = 111,
+    FG_OP_cuMemcpyDtoH_v2 = 112,
+    FG_OP_cuMemcpyHtoDAsync_v2 = 113,
+    FG_OP_cuMemcpyHtoD_v2 = 114,
+    FG_OP_cuMemsetD16Async = 115,
+    FG_OP_cuMemsetD16_v2 = 116,
+    FG_OP_cuMemsetD2D16Async = 117,
+    FG_OP_cuMemsetD2D16_v2 = 118,
+    FG_OP_cuMemsetD2D32Async = 119,
+    FG_OP_cuMemsetD2D32_v2 = 120,
+    FG_OP_cuMemsetD2D8Async = 121,
+    FG_OP_cuMemsetD2D8_v2 = 122,
+    FG_OP_cuMemsetD32Async = 123,
+    FG_OP_cuMemsetD32_v2 = 124,
+    FG_OP_cuMemsetD8Async = 125,
+    FG_OP_cuMemsetD8_v2 = 126,
+    FG_OP_cuModuleEnumerateFunctions = 127,
+    FG_OP_cuModuleGetFunction = 128,
+    FG_OP_cuModuleGetFunctionCount = 129,
+    FG_OP_cuModuleGetGlobal_v2 = 130,
+    FG_OP_cuModuleGetLoadingMode = 131,
+    FG_OP_cuModuleLoadData = 132,
+    FG_OP_cuModuleLoadDataEx = 133,
+    FG_OP_cuModuleUnload = 134,
+    FG_OP_cuOccupancyAvailableDynamicSMemPerBlock = 135,
+    FG_OP_cuOccupancyMaxActiveBlocksPerMultiprocessor = 136,
+    FG_OP_cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags = 137,
+    FG_OP_cuOccupancyMaxActiveClusters = 138,
+    FG_OP_cuOccupancyMaxPotentialClusterSize = 139,
+    FG_OP_cuProfilerStart = 140,
+    FG_OP_cuProfilerStop = 141,
+    FG_OP_cuStreamAddCallback = 142,
+    FG_OP_cuStreamBeginCapture_v2 = 143,
+    FG_OP_cuStreamCopyAttributes = 144,
+    FG_OP_cuStreamCreate = 145,
+    FG_OP_cuStreamCreateWithPriority = 146,
+    FG_OP_cuStreamDestroy_v2 = 147,
+    FG_OP_cuStreamEndCapture = 148,
+    FG_OP_cuStreamGetAttribute = 149,
+    FG_OP_cuStreamGetCaptureInfo_v3 = 150,
+    FG_OP_cuStreamGetCtx = 151,
+    FG_OP_cuStreamGetDevice = 152,
+    FG_OP_cuStreamGetFlags = 153,
+    FG_OP_cuStreamGetId = 154,
+    FG_OP_cuStreamGetPriority = 155,
+    FG_OP_cuStreamIsCapturing = 156,
+    FG_OP_cuStreamQuery = 157,
+    FG_OP_cuStreamSetAttribute = 158,
+    FG_OP_cuStreamSynchronize = 159,
+    FG_OP_cuStreamWaitEvent = 160,
+    FG_OP_cuStreamWaitValue32_v2 = 161,
+    FG_OP_cuStreamWaitValue64_v2 = 162,
+    FG_OP_cuStreamWriteValue32_v2 = 163,
+    FG_OP_cuStreamWriteValue64_v2 = 164,
+    FG_OP_cuThreadExchangeStreamCaptureMode = 165,
+    FG_OP_LIMIT = 166,
 };
 
 /* 0: unknown op, 1: sync, 2: async */
@@ -229,11 +242,22 @@ static inline int fg_op_class(unsigned op) {
     case FG_OP_cuLibraryGetModule: return 1;
     case FG_OP_cuLibraryLoadData: return 1;
     case FG_OP_cuLibraryUnload: return 1;
+    case FG_OP_cuMemAddressFree: return 1;
+    case FG_OP_cuMemAddressReserve: return 1;
     case FG_OP_cuMemAlloc_v2: return 1;
+    case FG_OP_cuMemCreate: return 1;
     case FG_OP_cuMemFree_v2: return 1;
+    case FG_OP_cuMemGetAccess: return 1;
     case FG_OP_cuMemGetAddressRange_v2: return 1;
+    case FG_OP_cuMemGetAllocationGranularity: return 1;
+    case FG_OP_cuMemGetAllocationPropertiesFromHandle: return 1;
     case FG_OP_cuMemGetInfo_v2: return 1;
+    case FG_OP_cuMemMap: return 1;
     case FG_OP_cuMemPoolTrimTo: return 1;
+    case FG_OP_cuMemRelease: return 1;
+    case FG_OP_cuMemRetainAllocationHandle: return 1;
+    case FG_OP_cuMemSetAccess: return 1;
+    case FG_OP_cuMemUnmap: return 1;
     case FG_OP_cuMemcpy: return 2;
     case FG_OP_cuMemcpyAsync: return 2;
     case FG_OP_cuMemcpyDtoDAsync_v2: return 2;
@@ -267,6 +291,8 @@ static inline int fg_op_class(unsigned op) {
     case FG_OP_cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags: return 1;
     case FG_OP_cuOccupancyMaxActiveClusters: return 1;
     case FG_OP_cuOccupancyMaxPotentialClusterSize: return 1;
+    case FG_OP_cuProfilerStart: return 2;
+    case FG_OP_cuProfilerStop: return 2;
     case FG_OP_cuStreamAddCallback: return 2;
     case FG_OP_cuStreamBeginCapture_v2: return 1;
     case FG_OP_cuStreamCopyAttributes: return 1;

@@ -1,0 +1,179 @@
+"""Issue 14's areas through fargpu on the simulated device: the acceptance programs written for them
+(tests/acceptance/cuda/api_*.cu, real cudart + the driver API, their kernels named and laid out as the test
+kernels so the simulated device runs them) must pass their own checks through the stub, and print what the
+test expects of the simulated device. On the GPU host the acceptance suite runs the same programs natively and
+through fargpu and compares the outputs. Also, with ctypes: client VMM memory counts against the lease's quota,
+what paging could not bring back is refused with CUDA_ERROR_NOT_SUPPORTED, and a client VMM mapping is paged
+out and back with every byte at the same address."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+from cuda_ctypes import PRELUDE
+from e2e_helpers import REPO, NodeServer, start_server, stop_server
+
+from fargpu import paths
+
+PROGRAMS = ("api_vmm",)
+MiB = 1 << 20
+
+
+def _runner() -> ModuleType:
+    if str(REPO / "bench") not in sys.path:
+        sys.path.insert(0, str(REPO / "bench"))
+    spec = importlib.util.spec_from_file_location("acceptance", REPO / "bench" / "acceptance.py")
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["acceptance"] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def programs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    nvcc = shutil.which("nvcc") or ("/usr/local/cuda/bin/nvcc" if Path("/usr/local/cuda/bin/nvcc").exists() else None)
+    if not nvcc:
+        pytest.skip("nvcc is needed to build the API programs")
+    acc = _runner()
+    home = Path("/usr/local/cuda") if Path("/usr/local/cuda/lib64").exists() else Path(nvcc).resolve().parents[1]
+    out = tmp_path_factory.mktemp("api-bin")
+    link = out / "link"  # link-time libcuda: the stub (the toolkit's lib64/stubs may be absent)
+    link.mkdir()
+    os.symlink(paths.stub_dir() / "libcuda.so.1", link / "libcuda.so")
+    built = {}
+    for name in PROGRAMS:
+        cmd = acc.build_command(acc.CUDA_DIR / f"{name}.cu", "static", out / name, nvcc, home, extra=[f"-L{link}"])
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        assert res.returncode == 0, f"{' '.join(cmd)}\n{res.stdout}{res.stderr}"
+        built[name] = out / name
+    return built
+
+
+def _run(binary: Path, server: NodeServer, *args: str) -> subprocess.CompletedProcess[str]:
+    env = server.client_env(LD_PRELOAD=str(paths.stub_lib()))
+    return subprocess.run([str(binary), *args], env=env, capture_output=True, text=True, timeout=120, cwd="/")
+
+
+def _passed(res: subprocess.CompletedProcess[str], server: NodeServer) -> list[str]:
+    out = res.stdout.splitlines()
+    why = f"rc {res.returncode}\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}\n{server.log_text()[-2000:]}"
+    assert res.returncode == 0 and out and out[-1] == "PASS", why
+    assert not [ln for ln in out if ln.endswith("MISMATCH")], why
+    return out
+
+
+def test_vmm_occupancy_profiler_program(programs: dict[str, Path], node_server: NodeServer) -> None:
+    out = _passed(_run(programs["api_vmm"], node_server), node_server)
+    assert "granularity minimum 2097152, recommended is a multiple: yes" in out
+    assert "kernel fill across two mapped handles ok" in out and "retained handle is the mapped one ok" in out
+    assert "access after set: read-write" in out
+    assert "properties: type 1 location type 1 id 0" in out
+    # The simulated device's own answer for the same kernel (132 SMs, 2048 threads per SM, no register limit):
+    # the stub's search, running the program's callback, must land on it.
+    assert "occupancy plain: grid 264 block 1024" in out
+    assert "occupancy callback: grid 264 block 1024" in out
+    assert "occupancy fixed smem, limit 200: grid 1320 block 192" in out
+    assert "runtime template: grid 264 block 1024" in out
+    assert "occupancy without minGridSize: invalid value" in out
+
+
+VMM = PRELUDE + r'''
+class Prop(ctypes.Structure):
+    _fields_ = [("type", ctypes.c_int), ("requestedHandleTypes", ctypes.c_int), ("loc_type", ctypes.c_int),
+                ("loc_id", ctypes.c_int), ("win32", ctypes.c_void_p), ("compression", ctypes.c_ubyte),
+                ("gpuDirectRDMACapable", ctypes.c_ubyte), ("usage", ctypes.c_ushort), ("reserved", ctypes.c_ubyte * 4)]
+class Access(ctypes.Structure):
+    _fields_ = [("loc_type", ctypes.c_int), ("loc_id", ctypes.c_int), ("flags", ctypes.c_int)]
+ctx0()
+prop = Prop(type=1, loc_type=1, loc_id=0)
+g = ctypes.c_size_t()
+ok(cu.cuMemGetAllocationGranularity(ctypes.byref(g), ctypes.byref(prop), 0), "granularity")
+G = g.value
+def create(n, p=prop):
+    h = ctypes.c_uint64()
+    return cu.cuMemCreate(ctypes.byref(h), ctypes.c_size_t(n), ctypes.byref(p), ctypes.c_ulonglong(0)), h.value
+va = ctypes.c_uint64()
+ok(cu.cuMemAddressReserve(ctypes.byref(va), ctypes.c_size_t(64 * G), ctypes.c_size_t(0), ctypes.c_uint64(0),
+                          ctypes.c_ulonglong(0)), "reserve")
+VA = va.value
+r, h = create(16 * G); ok(r, "create")
+print("over quota", create(64 * G)[0])
+print("map part", cu.cuMemMap(ctypes.c_uint64(VA), ctypes.c_size_t(G), ctypes.c_size_t(0), ctypes.c_uint64(h),
+                              ctypes.c_ulonglong(0)))
+ok(cu.cuMemMap(ctypes.c_uint64(VA), ctypes.c_size_t(16 * G), ctypes.c_size_t(0), ctypes.c_uint64(h),
+               ctypes.c_ulonglong(0)), "map")
+print("map twice", cu.cuMemMap(ctypes.c_uint64(VA + 32 * G), ctypes.c_size_t(16 * G), ctypes.c_size_t(0),
+                               ctypes.c_uint64(h), ctypes.c_ulonglong(0)))
+print("map outside a reservation", cu.cuMemMap(ctypes.c_uint64(0x10000000), ctypes.c_size_t(16 * G),
+                                               ctypes.c_size_t(0), ctypes.c_uint64(h), ctypes.c_ulonglong(0)))
+print("foreign handle", cu.cuMemMap(ctypes.c_uint64(VA + 32 * G), ctypes.c_size_t(16 * G), ctypes.c_size_t(0),
+                                    ctypes.c_uint64(h ^ 0x5a5a0000), ctypes.c_ulonglong(0)))
+print("free a VMM mapping with cuMemFree", cu.cuMemFree_v2(ctypes.c_uint64(VA)))
+hostprop = Prop(type=1, loc_type=2, loc_id=0)
+print("host memory", create(G, hostprop)[0])
+ok(cu.cuMemRelease(ctypes.c_uint64(h)), "release while mapped")
+acc = Access(loc_type=1, loc_id=0, flags=3)
+ok(cu.cuMemSetAccess(ctypes.c_uint64(VA), ctypes.c_size_t(16 * G), ctypes.byref(acc), ctypes.c_size_t(1)), "access")
+n = 16 * G
+data = bytes((i * 7 + 3) & 0xff for i in range(4096)) * (n // 4096)
+ok(cu.cuMemcpyHtoD_v2(ctypes.c_uint64(VA), data, ctypes.c_size_t(n)), "htod")
+f0, _ = meminfo()
+print("FILLED", flush=True)
+sys.stdin.readline()
+out = ctypes.create_string_buffer(n)
+ok(cu.cuMemcpyDtoH_v2(out, ctypes.c_uint64(VA), ctypes.c_size_t(n)), "dtoh")
+print("SAME" if out.raw == data else "DIFFERENT", flush=True)
+ok(cu.cuMemUnmap(ctypes.c_uint64(VA), ctypes.c_size_t(n)), "unmap")
+f1, _ = meminfo()
+print("freed by unmap of a released handle", f1 - f0)
+ok(cu.cuMemAddressFree(ctypes.c_uint64(VA), ctypes.c_size_t(64 * G)), "free")
+'''
+
+
+def _wait_log(s: NodeServer, pattern: str, timeout: float = 20.0) -> re.Match[str]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        m = re.search(pattern, s.log_text())
+        if m:
+            return m
+        time.sleep(0.05)
+    raise AssertionError(f"no {pattern!r} in the node log:\n{s.log_text()[-3000:]}")
+
+
+def test_client_vmm_quota_refusals_and_paging(tmp_path: Path) -> None:
+    s = start_server(tmp_path, "--vram-quota", str(96 * MiB), "--idle-page-out", "1", "--host-page-pool", "128M")
+    try:
+        p = subprocess.Popen([sys.executable, "-P", "-c", VMM], env=s.client_env(), stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/")
+        assert p.stdout is not None
+        head = []
+        while True:
+            line = p.stdout.readline()
+            assert line, "".join(head) + (p.stderr.read() if p.stderr else "")
+            if line.strip() == "FILLED":
+                break
+            head.append(line)
+        m = _wait_log(s, r"page-out of session (\w+): paged host (\d+)")
+        assert int(m.group(2)) >= 32 * MiB  # the client's mapping went with the session's memory
+        out, err = p.communicate("go\n", timeout=60)
+        lines = [ln.strip() for ln in head + out.splitlines()]
+        assert "over quota 2" in lines, lines  # CUDA_ERROR_OUT_OF_MEMORY
+        assert "map part 801" in lines and "map twice 801" in lines, lines  # CUDA_ERROR_NOT_SUPPORTED
+        assert "map outside a reservation 1" in lines and "foreign handle 400" in lines, lines
+        assert "free a VMM mapping with cuMemFree 1" in lines and "host memory 801" in lines, lines
+        assert "SAME" in lines, lines + [err]
+        assert "freed by unmap of a released handle 33554432" in lines, lines
+        log = s.log_text()
+        assert "cuMemMap of part of a handle" in log and "already mapped at another address" in log
+    finally:
+        stop_server(s)
