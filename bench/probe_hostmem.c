@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -122,8 +123,94 @@ static int child(int fd, size_t n) {
     return 0;
 }
 
+/* Creates host-NUMA VMM memory, fills it, exports it as a file descriptor, sends that over a unix socket, drops
+ * every other reference and exits: does the memory outlive the process that made it? */
+static int creator(int sock, size_t n) {
+    load();
+    CUcontext ctx; CUdevice d;
+    p_cuInit(0); p_cuDeviceGet(&d, 0); p_cuDevicePrimaryCtxRetain(&ctx, d); p_cuCtxSetCurrent(ctx);
+    CUmemAllocationProp prop;
+    memset(&prop, 0, sizeof prop);
+    prop.type = CU_MEM_ALLOCATION_TYPE_PINNED;
+    prop.location.type = CU_MEM_LOCATION_TYPE_HOST_NUMA;
+    prop.location.id = 0;
+    prop.requestedHandleTypes = CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR;
+    CUmemGenericAllocationHandle h = 0;
+    CUdeviceptr va = 0;
+    int fd = -1;
+    CUresult r = p_cuMemCreate(&h, n, &prop, 0);
+    if (!r) r = p_cuMemAddressReserve(&va, n, 0, 0, 0);
+    if (!r) r = p_cuMemMap(va, n, 0, h, 0);
+    CUmemAccessDesc ad = {{CU_MEM_LOCATION_TYPE_DEVICE, 0}, CU_MEM_ACCESS_FLAGS_PROT_READWRITE};
+    if (!r) r = p_cuMemSetAccess(va, n, &ad, 1);
+    if (!r) r = p_cuMemsetD8_v2(va, 0x5a, n);
+    if (!r) r = p_cuCtxSynchronize();
+    if (!r) r = p_cuMemExportToShareableHandle(&fd, h, CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR, 0);
+    if (va) p_cuMemUnmap(va, n);
+    if (h) p_cuMemRelease(h);
+    fprintf(stderr, "creator rc=%d fd=%d\n", (int)r, fd);
+    char c = 0;
+    struct iovec io = {&c, 1};
+    union { char buf[CMSG_SPACE(sizeof(int))]; struct cmsghdr a; } u;
+    struct msghdr m = {0};
+    m.msg_iov = &io; m.msg_iovlen = 1;
+    if (fd >= 0) {
+        m.msg_control = u.buf; m.msg_controllen = sizeof u.buf;
+        struct cmsghdr *cm = CMSG_FIRSTHDR(&m);
+        cm->cmsg_level = SOL_SOCKET; cm->cmsg_type = SCM_RIGHTS; cm->cmsg_len = CMSG_LEN(sizeof(int));
+        memcpy(CMSG_DATA(cm), &fd, sizeof fd);
+    }
+    sendmsg(sock, &m, 0);
+    return 0;
+}
+
+static void outlive_test(const char *self, size_t n) {
+    int sv[2];
+    socketpair(AF_UNIX, SOCK_STREAM, 0, sv);
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid == 0) {
+        char a[16], b[32];
+        snprintf(a, sizeof a, "%d", sv[1]);
+        snprintf(b, sizeof b, "%zu", n);
+        execl("/proc/self/exe", self, "creator", a, b, (char *)NULL);
+        _exit(127);
+    }
+    close(sv[1]);
+    char c;
+    struct iovec io = {&c, 1};
+    union { char buf[CMSG_SPACE(sizeof(int))]; struct cmsghdr a; } u;
+    struct msghdr m = {0};
+    m.msg_iov = &io; m.msg_iovlen = 1; m.msg_control = u.buf; m.msg_controllen = sizeof u.buf;
+    int fd = -1;
+    if (recvmsg(sv[0], &m, 0) > 0) {
+        struct cmsghdr *cm = CMSG_FIRSTHDR(&m);
+        if (cm && cm->cmsg_type == SCM_RIGHTS) memcpy(&fd, CMSG_DATA(cm), sizeof fd);
+    }
+    int st = 0;
+    waitpid(pid, &st, 0);
+    printf(", \"outlive_creator_exit\": %d, \"outlive_fd\": %d}\n", st, fd);
+    if (fd < 0) return;
+    fflush(stdout);
+    pid = fork();
+    if (pid == 0) {
+        char a[16], b[32];
+        snprintf(a, sizeof a, "%d", fd);
+        snprintf(b, sizeof b, "%zu", n);
+        execl("/proc/self/exe", self, "child", a, b, (char *)NULL);
+        _exit(127);
+    }
+    waitpid(pid, &st, 0);
+}
+
 int main(int argc, char **argv) {
     if (argc >= 4 && strcmp(argv[1], "child") == 0) return child(atoi(argv[2]), (size_t)atoll(argv[3]));
+    if (argc >= 4 && strcmp(argv[1], "creator") == 0) return creator(atoi(argv[2]), (size_t)atoll(argv[3]));
+    if (argc >= 3 && strcmp(argv[1], "outlive") == 0) {
+        printf("{\"outlive_gib\": %s", argv[2]);
+        outlive_test(argv[0], (size_t)atoll(argv[2]) << 30);
+        return 0;
+    }
     size_t gib = argc > 1 ? (size_t)atoll(argv[1]) : 8;
     N = gib << 30;
     load();
