@@ -32,3 +32,10 @@ int fgs_close_pending(fgs_session *S, char *why, unsigned long why_len);
 int fgs_paging_state(fgs_session *S);
 unsigned long long fgs_paged_bytes(fgs_session *S);
 unsigned long long fgs_idle_ms(fgs_session *S);
+/* Parking (park.c): rebuild a parked session from its state directory (written by a "park DIR" control line)
+ * and its memory (a spill file, paged in by the first batch), before answering the client. 0, or -1 with err. */
+int fgs_restore(fgs_session *S, const char *dir, const char *pages, char *err, unsigned long errlen);
+/* The last batch the session applied (a resuming client sends again what came after it). */
+unsigned int fgs_applied_seq(fgs_session *S);
+/* Module globals a restore found at other addresses (copies to them are translated). */
+unsigned long long fgs_moved_globals(fgs_session *S);

@@ -112,9 +112,26 @@ typedef struct fgs_session {
     uint32_t max_frame;
     char log_prefix[64];
     struct fgs_vmm *vmm; /* the client's own VMM reservations and handles (vmm.c); NULL: none yet */
+    struct fgs_journal *journal; /* what created the session's handles and lasting state (journal.c) */
+    uint32_t applied_seq;        /* the last batch applied: a parked session resumes after it (park.c) */
+    int client_fd;               /* the client's connection while fgs_serve runs; -1: none */
+    uint64_t arena_next, arena_end; /* where cuMemAlloc asks for its next address (memory.c); 0: anywhere */
 } fgs_session;
 
 int fgs_handle_get(fgs_session *S, int kind, uint64_t id, void **real);
+int fgs_handle_kind_of(fgs_session *S, uint64_t id); /* a live id of this session: its kind; else 0 */
+uint64_t fgs_handle_id_of(fgs_session *S, int kind, const void *real); /* 0: none */
+uint64_t fgs_handle_put_at(fgs_session *S, int kind, uint64_t want, void *real);
+void fgs_handles_reindex(fgs_session *S);
+/* The creation journal (journal.c): every op that created a handle or set lasting state, kept until what it made
+ * is destroyed, so that a parked session can be rebuilt with the same ids (park.c). */
+int fgs_journal_open(fgs_session *S);
+void fgs_journal_free(fgs_session *S);
+uint64_t fgs_journal_forced(fgs_session *S, int kind); /* restoring: the id the next handle must get; 0: none */
+void fgs_journal_created(fgs_session *S, uint64_t id);
+void fgs_journal_forget(fgs_session *S, uint64_t id);
+void fgs_journal_note(fgs_session *S, unsigned op, const uint8_t *args, size_t len, CUresult res,
+                      const fg_writer *out, size_t out_before);
 uint64_t fgs_handle_add(fgs_session *S, int kind, void *real);
 void fgs_handle_remove(fgs_session *S, int kind, uint64_t id);
 void *fgs_scratch(fgs_session *S, size_t n);
@@ -150,6 +167,15 @@ void fgs_pager_close(fgs_session *S);
 uint64_t fgs_now_ns(void);
 void fgs_pager_attach_ctl(fgs_session *S, int ctl_fd); /* where "need" waits for the agent's answer */
 void fgs_note_global(fgs_session *S, CUdeviceptr p);
+int fgs_pager_ctl_fd(fgs_session *S);
+void fgs_pager_status(fgs_session *S, const char *line); /* a status line to the agent */
+void fgs_arena_init(fgs_session *S);
+int fgs_pager_adopt_spill(fgs_session *S, const char *path, uint64_t bytes);
+/* Parking (park.c): a "park DIR" control line writes the session's state under DIR and waits for "park-commit"
+ * (returns 1: the session closes, parked) or "park-abort" (returns 0: it goes on). */
+int fgs_park_control(fgs_session *S, const char *line, char *why, size_t why_len);
+/* A module global that moved when its session was restored: where it is now (p itself when it did not). */
+uint64_t fgs_park_xlate(fgs_session *S, uint64_t p, uint64_t n);
 /* Must run after the device is idle (the trampolines the driver may still call use these). */
 void fgs_callbacks_close(fgs_session *S);
 void fgs_globals_forget(fgs_session *S);

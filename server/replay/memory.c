@@ -54,7 +54,11 @@ CUresult fgs_cuMemAlloc_v2(fgs_session *S, fg_reader *r, fg_writer *out) {
     if (res != CUDA_SUCCESS) return res;
     CUdeviceptr ptr = 0;
     CUmemGenericAllocationHandle h = 0;
-    res = S->api->cuMemAddressReserve(&ptr, mapped, 0, 0, 0);
+    /* In the session's fixed address arena where the driver allows it, so that a parked session finds its
+     * addresses free again in a new worker (park.c); a hint the driver does not honour costs nothing. */
+    CUdeviceptr hint = S->arena_next && mapped <= S->arena_end - S->arena_next ? S->arena_next : 0;
+    res = S->api->cuMemAddressReserve(&ptr, mapped, 0, hint, 0);
+    if (res == CUDA_SUCCESS && hint && ptr == hint) S->arena_next += mapped;
     if (res != CUDA_SUCCESS) {
         fgs_uncharge(S, mapped);
         return res == CUDA_ERROR_INVALID_VALUE ? CUDA_ERROR_OUT_OF_MEMORY : res;
@@ -169,6 +173,7 @@ CUresult fgs_cuMemcpyHtoD_v2(fgs_session *S, fg_reader *r, fg_writer *out) {
     uint64_t dst = fg_get_u64(r), n = fg_get_u64(r);
     const uint8_t *src = fg_take(r, (size_t)n);
     if (r->failed) return FGS_PROTOCOL_ERROR;
+    dst = fgs_park_xlate(S, dst, n); /* a module global that moved when the session was restored */
     return S->api->cuMemcpyHtoD_v2(dst, src, (size_t)n);
 }
 
@@ -178,7 +183,7 @@ CUresult fgs_cuMemcpyDtoH_v2(fgs_session *S, fg_reader *r, fg_writer *out) {
     if (n > FG_CHUNK) return CUDA_ERROR_INVALID_VALUE;
     void *dst = fg_put_space(out, (size_t)n);
     if (!dst) return CUDA_ERROR_OUT_OF_MEMORY;
-    return S->api->cuMemcpyDtoH_v2(dst, src, (size_t)n);
+    return S->api->cuMemcpyDtoH_v2(dst, fgs_park_xlate(S, src, n), (size_t)n);
 }
 
 CUresult fgs_cuMemcpyHtoDAsync_v2(fgs_session *S, fg_reader *r, fg_writer *out) {
@@ -189,7 +194,7 @@ CUresult fgs_cuMemcpyHtoDAsync_v2(fgs_session *S, fg_reader *r, fg_writer *out) 
     void *s;
     if (fgs_handle_get(S, FGH_STREAM, sid, &s)) return CUDA_ERROR_INVALID_HANDLE;
     /* The source is the frame buffer (pageable): the driver has consumed it when the call returns. */
-    return S->api->cuMemcpyHtoDAsync_v2(dst, src, (size_t)n, (CUstream)s);
+    return S->api->cuMemcpyHtoDAsync_v2(fgs_park_xlate(S, dst, n), src, (size_t)n, (CUstream)s);
 }
 
 /* ---- staged async device→host copies ----
@@ -231,7 +236,7 @@ CUresult fgs_cuMemcpyDtoHAsync_v2(fgs_session *S, fg_reader *r, fg_writer *out) 
     } else if (!(stage = malloc(n ? (size_t)n : 1))) {
         res = CUDA_ERROR_OUT_OF_MEMORY;
     } else {
-        res = S->api->cuMemcpyDtoHAsync_v2(stage, src, (size_t)n, (CUstream)s);
+        res = S->api->cuMemcpyDtoHAsync_v2(stage, fgs_park_xlate(S, src, n), (size_t)n, (CUstream)s);
         if (res != CUDA_SUCCESS) { /* nothing was enqueued */
             free(stage);
             stage = NULL;
@@ -364,6 +369,8 @@ static CUresult dtod(fgs_session *S, fg_reader *r, int async) {
     uint64_t dst = fg_get_u64(r), src = fg_get_u64(r), n = fg_get_u64(r);
     uint64_t sid = async ? fg_get_u64(r) : 0;
     if (r->failed) return FGS_PROTOCOL_ERROR;
+    dst = fgs_park_xlate(S, dst, n);
+    src = fgs_park_xlate(S, src, n);
     if (!in_session(S, dst, n) || !in_session(S, src, n)) return CUDA_ERROR_INVALID_VALUE;
     if (!async) return S->api->cuMemcpyDtoD_v2(dst, src, (size_t)n);
     void *s;

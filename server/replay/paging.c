@@ -198,6 +198,8 @@ int fgs_control_line(fgs_session *S, const char *line, char *why, size_t why_len
     }
     if (!strncmp(line, "pageout ", 8)) {
         page_out(S, line + 8);
+    } else if (!strncmp(line, "park", 4)) { /* park.c: write the session's state, then wait for the verdict */
+        return fgs_park_control(S, line, why, why_len);
     } else if (!strcmp(line, "pagein")) {
         if (fgs_is_paged(S)) fgs_page_in(S);
     } else if (!strncmp(line, "grant", 5) || !strncmp(line, "deny", 4)) {
@@ -784,6 +786,21 @@ CUresult fgs_page_in(fgs_session *S) {
            (unsigned long long)P->vmm_ns);
     P->bytes = 0;
     return CUDA_SUCCESS;
+}
+
+/* For park.c: the agent's control descriptor (a park waits on it for its verdict), and a restored session's
+ * memory, which lies in a spill file until its first batch pages it in at the same addresses. */
+int fgs_pager_ctl_fd(fgs_session *S) { return S->pager ? S->pager->ctl_fd : -1; }
+
+void fgs_pager_status(fgs_session *S, const char *line) { status(S->pager, "%s", line); }
+
+int fgs_pager_adopt_spill(fgs_session *S, const char *path, uint64_t bytes) {
+    fgs_pager *P = S->pager;
+    if (!P || P->where != RESIDENT || strlen(path) >= sizeof P->spill_path) return -1;
+    snprintf(P->spill_path, sizeof P->spill_path, "%s", path);
+    P->where = PAGED_DISK;
+    P->bytes = bytes;
+    return 0;
 }
 
 void fgs_pager_close(fgs_session *S) {

@@ -113,7 +113,18 @@ static void by_real_insert(fgs_table *t, uint32_t idx) {
     t->by_real_n++;
 }
 
+static uint64_t handle_add(fgs_session *S, int kind, void *real);
+
+/* Every id handed out is told to the creation journal (journal.c); while a parked session is restored, the
+ * journal names the id each handle must get again. */
 uint64_t fgs_handle_add(fgs_session *S, int kind, void *real) {
+    uint64_t want = S->journal ? fgs_journal_forced(S, kind) : 0;
+    uint64_t id = want ? fgs_handle_put_at(S, kind, want, real) : handle_add(S, kind, real);
+    if (S->journal) fgs_journal_created(S, id);
+    return id;
+}
+
+static uint64_t handle_add(fgs_session *S, int kind, void *real) {
     fgs_table *t = &S->tables[kind];
     /* One id per real object for kinds the driver hands out repeatedly (a primary context retained twice, a
      * capture's graph, a library's module), so destroying it at the session's end happens once; and for
@@ -153,6 +164,63 @@ void fgs_handle_remove(fgs_session *S, int kind, uint64_t id) {
     fgs_table *t = &S->tables[kind];
     t->real[idx] = NULL;
     t->free_list[t->n_free++] = idx;
+    if (S->journal) fgs_journal_forget(S, id);
+}
+
+int fgs_handle_kind_of(fgs_session *S, uint64_t id) {
+    void *real;
+    int kind = ID_KIND(id);
+    if (kind <= 0 || kind >= FGH_LIMIT || !(id & ID_MARK) || fgs_handle_get(S, kind, id, &real)) return 0;
+    return kind;
+}
+
+uint64_t fgs_handle_id_of(fgs_session *S, int kind, const void *real) {
+    fgs_table *t = &S->tables[kind];
+    for (uint32_t i = 0; real && i < t->n; i++)
+        if (t->real[i] == real) return make_id(S, kind, i);
+    return 0;
+}
+
+/* Restoring (park.c): the handle goes to the slot its id names. A kind the driver hands out repeatedly keeps the
+ * id it has (the caller checks it is the one wanted). 0: the slot is taken or out of memory. */
+uint64_t fgs_handle_put_at(fgs_session *S, int kind, uint64_t want, void *real) {
+    fgs_table *t = &S->tables[kind];
+    uint64_t have = kind == FGH_CONTEXT || kind == FGH_GRAPH || kind == FGH_GRAPHNODE || kind == FGH_MODULE ||
+                            kind == FGH_LIBRARY
+                        ? fgs_handle_id_of(S, kind, real) : 0;
+    if (!have && (kind == FGH_FUNCTION || kind == FGH_KERNEL)) {
+        uint32_t found;
+        if (by_real_find(t, real, &found)) have = make_id(S, kind, found);
+    }
+    if (have) return have;
+    if (ID_KIND(want) != kind || ID_SALT(want) != (S->salt & 0x3fff) || ID_INDEX(want) >= ID_INDEX_LIMIT) return 0;
+    uint32_t idx = (uint32_t)ID_INDEX(want);
+    if (idx >= t->cap) {
+        uint32_t cap = t->cap ? t->cap : 64;
+        while (cap <= idx) cap *= 2;
+        void **nr = (void **)realloc(t->real, cap * sizeof *nr);
+        if (!nr) return 0;
+        t->real = nr;
+        uint32_t *nf = (uint32_t *)realloc(t->free_list, cap * sizeof *nf);
+        if (!nf) return 0;
+        t->free_list = nf;
+        t->cap = cap;
+    }
+    while (t->n <= idx) t->real[t->n++] = NULL;
+    if (t->real[idx]) return 0;
+    t->real[idx] = real;
+    if (kind == FGH_FUNCTION || kind == FGH_KERNEL) by_real_insert(t, idx);
+    return make_id(S, kind, idx);
+}
+
+/* After a restore: every empty slot below each table's top is free again. */
+void fgs_handles_reindex(fgs_session *S) {
+    for (int k = 0; k < FGH_LIMIT; k++) {
+        fgs_table *t = &S->tables[k];
+        t->n_free = 0;
+        for (uint32_t i = t->n; i-- > 0;)
+            if (!t->real[i]) t->free_list[t->n_free++] = i;
+    }
 }
 
 void *fgs_scratch(fgs_session *S, size_t n) {
@@ -238,6 +306,7 @@ FGS_EXPORT fgs_session *fgs_open(const char *driver_path, unsigned long long vra
     }
     S->api = api;
     S->cb_fd = -1;
+    S->client_fd = -1;
     S->vram_quota = vram_quota;
     S->max_frame = max_frame ? max_frame : FG_DEFAULT_MAX_FRAME;
     if (getrandom(&S->salt, sizeof S->salt, 0) != (ssize_t)sizeof S->salt) S->salt = (uint64_t)getpid() * 2654435761u;
@@ -251,6 +320,8 @@ FGS_EXPORT fgs_session *fgs_open(const char *driver_path, unsigned long long vra
     }
     const char *missing = fgs_api_load(api, S->dl);
     CUresult r = missing ? CUDA_SUCCESS : api->cuInit(0);
+    if (!missing && r == CUDA_SUCCESS && fgs_journal_open(S)) r = CUDA_ERROR_OUT_OF_MEMORY;
+    fgs_arena_init(S);
     if (missing || r != CUDA_SUCCESS) {
         if (missing) snprintf(err, errlen, "the driver %s lacks %s", driver_path, missing);
         else snprintf(err, errlen, "cuInit on %s failed with %d", driver_path, (int)r);
@@ -326,6 +397,7 @@ FGS_EXPORT void fgs_close(fgs_session *S) {
     fgs_callbacks_close(S);
     fgs_pager_close(S);
     fgs_ledger_close(S); /* everything is released: this session's charge on the lease goes to 0 */
+    fgs_journal_free(S);
     /* The driver stays loaded: unloading a CUDA driver inside a process is not supported. */
     free((void *)S->api);
     free(S);
@@ -450,6 +522,7 @@ FGS_EXPORT int fgs_serve(fgs_session *S, int fd, int ctl_fd, char *reason, unsig
     uint32_t deferred_op = 0;
     snprintf(reason, reason_len, "unknown");
     fgs_pager_attach_ctl(S, ctl_fd);
+    S->client_fd = fd;
     for (;;) {
         struct pollfd pf[2] = {{fd, POLLIN, 0}, {ctl_fd, POLLIN, 0}};
         int np = poll(pf, ctl_fd >= 0 ? 2 : 1, -1);
@@ -552,7 +625,9 @@ FGS_EXPORT int fgs_serve(fgs_session *S, int fd, int ctl_fd, char *reason, unsig
             if (cls == 1 && !(last && (h.flags & FG_F_WANT_REPLY))) { bad = "a synchronous call that is not the batch's last record"; break; }
             fg_reader args;
             fg_reader_init(&args, rec.args, rec.length);
+            size_t out_before = out.len;
             CUresult res = fgs_dispatch(S, rec.op, &args, &out);
+            if (S->journal) fgs_journal_note(S, rec.op, rec.args, rec.length, res, &out, out_before);
             if (res == FGS_PROTOCOL_ERROR || res == FGS_UNKNOWN_OP) { bad = "malformed arguments"; break; }
             if (cls == 1) {
                 sync_result = res;
@@ -579,6 +654,7 @@ FGS_EXPORT int fgs_serve(fgs_session *S, int fd, int ctl_fd, char *reason, unsig
             deferred_op = 0;
         }
         S->last_active_ns = fgs_now_ns();
+        S->applied_seq = h.seq; /* a parked session resumes after this batch (park.c) */
         {
             char why[256];
             if (fgs_close_pending(S, why, sizeof why)) { /* came while an allocation waited for room */

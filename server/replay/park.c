@@ -1,0 +1,537 @@
+/* park.c — snapshot and restore of a session: parking a paged-out session's state off the node, and rebuilding
+ * it in a new worker on any node with the same GPU model and driver.
+ *
+ * Park ("park DIR" from the node agent, between batches, after a page-out): the session must be parkable (no
+ * graphs, link states, stream captures, client VMM mappings, host-function connection or undelivered async
+ * copies: anything else is rebuilt from the creation journal). The worker writes DIR/state — salt, the last
+ * applied batch, the journal's live entries, every allocation's address, size and place in the page store, and
+ * the contents of every module global the client was told of — and each loaded image as DIR/img-SHA256. The
+ * agent stores those and the paged memory in the park store, confirms them, and answers "park-commit": the
+ * worker ends the session with CLOSE "parked: ..." and exits, releasing the GPU context. Anything that arrived
+ * from the client meanwhile makes the park fail instead (the agent then deletes what it stored), so no applied
+ * work is ever missing from a park.
+ *
+ * Restore (fgs_restore, before the worker answers the client's resume HELLO): the salt comes back first, then
+ * every journal entry is replayed through the ordinary dispatch with each handle placed in its recorded slot
+ * (journal.c), then every allocation's address range is reserved again at exactly its old address (the session's
+ * arena keeps them away from the driver's own ranges), and its memory is left paged in the downloaded spill file
+ * for the first batch to page in (paging.c). Module globals are written back; one that came back at another
+ * address is translated for the session's copies (fgs_park_xlate). Any difference fails the restore, and the
+ * session stays parked: it is never resumed wrong. */
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "fgs_impl.h"
+#include "fgs_journal.h"
+#include "fgs_public.h"
+#include "fgs_session.h"
+
+#define MAGIC "FGPARK01"
+#define VERDICT_WAIT_MS 900000            /* how long a park waits for the agent's verdict before it gives up */
+#define ARENA_BASE 0x600000000000ull      /* FARGPU_ARENA_BASE (hex) overrides, "off" disables */
+#define ARENA_SIZE (16ull << 40)
+#define STATE_LIMIT (8ull << 30)
+
+void fgs_pager_status(fgs_session *S, const char *line);
+
+void fgs_arena_init(fgs_session *S) {
+    const char *e = getenv("FARGPU_ARENA_BASE");
+    uint64_t base = ARENA_BASE;
+    if (e && !strcmp(e, "off")) base = 0;
+    else if (e && *e) base = strtoull(e, NULL, 16) & ~((2ull << 20) - 1);
+    S->arena_next = base;
+    S->arena_end = base ? base + ARENA_SIZE : 0;
+}
+
+static void hex(const uint8_t *sha, char out[65]) {
+    static const char d[] = "0123456789abcdef";
+    for (int i = 0; i < 32; i++) {
+        out[2 * i] = d[sha[i] >> 4];
+        out[2 * i + 1] = d[sha[i] & 15];
+    }
+    out[64] = 0;
+}
+
+static void status(fgs_session *S, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void status(fgs_session *S, const char *fmt, ...) {
+    char line[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    for (char *p = line; *p; p++)
+        if (*p == '\n') *p = ' ';
+    fgs_pager_status(S, line);
+}
+
+static int live(fgs_session *S, int kind) {
+    fgs_table *t = &S->tables[kind];
+    for (uint32_t i = 0; i < t->n; i++)
+        if (t->real[i]) return 1;
+    return 0;
+}
+
+/* Why this session cannot be parked faithfully (NULL: it can). */
+static const char *unparkable(fgs_session *S) {
+    if (!S->journal || S->journal->incomplete) return "its creation journal is incomplete (the worker ran out of memory)";
+    if (live(S, FGH_GRAPHEXEC) || live(S, FGH_GRAPH) || live(S, FGH_GRAPHNODE))
+        return "it holds CUDA graphs, which parking cannot rebuild";
+    if (live(S, FGH_LINKSTATE)) return "it holds a JIT link state";
+    if (S->vmm) return "it maps memory itself with the VMM API (cuMemCreate/cuMemMap), which parking does not restore";
+    for (size_t i = 0; i < S->n_allocs; i++)
+        if (S->allocs[i].client_vmm) return "it maps memory itself with the VMM API, which parking does not restore";
+    if (S->cb_fd >= 0) return "it runs host functions over a callback connection, which parking does not move";
+    if (S->n_later) return "asynchronous device-to-host copies still await delivery to the client";
+    fgs_table *t = &S->tables[FGH_STREAM];
+    for (uint32_t i = 0; i < t->n; i++) {
+        CUstreamCaptureStatus cs = CU_STREAM_CAPTURE_STATUS_NONE;
+        if (t->real[i] && S->api->cuStreamIsCapturing &&
+            S->api->cuStreamIsCapturing((CUstream)t->real[i], &cs) == CUDA_SUCCESS && cs != CU_STREAM_CAPTURE_STATUS_NONE)
+            return "a stream capture is under way";
+    }
+    return NULL;
+}
+
+static int write_file(const char *path, const void *p, size_t n) {
+    char tmp[1100];
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0) return -1;
+    size_t off = 0;
+    while (off < n) {
+        ssize_t k = write(fd, (const uint8_t *)p + off, n - off);
+        if (k < 0 && errno == EINTR) continue;
+        if (k <= 0) break;
+        off += (size_t)k;
+    }
+    if (close(fd) == 0 && off == n && rename(tmp, path) == 0) return 0;
+    unlink(tmp);
+    return -1;
+}
+
+static CUcontext any_context(fgs_session *S) {
+    fgs_table *t = &S->tables[FGH_CONTEXT];
+    for (uint32_t i = 0; i < t->n; i++)
+        if (t->real[i]) return (CUcontext)t->real[i];
+    return NULL;
+}
+
+/* DIR/state and DIR/img-*. Returns the state's size, or 0 with err filled. */
+static uint64_t write_state(fgs_session *S, const char *dir, char *err, size_t errlen) {
+    struct fgs_journal *J = S->journal;
+    fg_writer w;
+    fg_writer_init(&w, 1u << 20, (size_t)STATE_LIMIT);
+    fg_put(&w, MAGIC, 8);
+    CUcontext cur = NULL;
+    S->api->cuCtxGetCurrent(&cur);
+    fg_put_u64(&w, S->salt);
+    fg_put_u64(&w, S->later_next);
+    fg_put_u32(&w, S->applied_seq);
+    fg_put_u64(&w, cur ? fgs_handle_id_of(S, FGH_CONTEXT, cur) : 0);
+    fg_put_u64(&w, S->arena_next);
+    uint32_t n_live = 0;
+    for (size_t i = 0; i < J->n; i++) n_live += !J->e[i].dead;
+    fg_put_u32(&w, n_live);
+    char path[1100], h[65];
+    for (size_t i = 0; i < J->n; i++) {
+        const fgs_jentry *e = &J->e[i];
+        if (e->dead) continue;
+        fg_put_u16(&w, e->op);
+        fg_put_u64(&w, e->ctx);
+        fg_put_u32(&w, e->n_ids);
+        fg_put(&w, e->ids, e->n_ids * sizeof *e->ids);
+        fg_put_u32(&w, e->arglen);
+        fg_put(&w, e->args, e->arglen);
+        fg_put_u32(&w, e->outlen);
+        fg_put(&w, e->outb, e->outlen);
+        if (fgs_journal_is_load(e->op)) {
+            hex(e->args, h);
+            snprintf(path, sizeof path, "%s/img-%s", dir, h);
+            struct stat st;
+            if (stat(path, &st) != 0 && write_file(path, e->image, (size_t)e->image_size)) {
+                snprintf(err, errlen, "cannot write the image %s: %s", path, strerror(errno));
+                fg_writer_free(&w);
+                return 0;
+            }
+        }
+    }
+    fg_put_u32(&w, (uint32_t)S->n_allocs);
+    for (size_t i = 0; i < S->n_allocs; i++) {
+        const fgs_alloc *a = &S->allocs[i];
+        fg_put_u64(&w, a->ptr);
+        fg_put_u64(&w, a->size);
+        fg_put_u64(&w, a->mapped);
+        fg_put_u32(&w, (uint32_t)a->dev);
+        fg_put_u64(&w, a->page_off);
+    }
+    if (!cur && any_context(S)) S->api->cuCtxSetCurrent(any_context(S));
+    fg_put_u32(&w, (uint32_t)S->n_globals);
+    CUresult r = CUDA_SUCCESS;
+    for (size_t i = 0; i < S->n_globals && r == CUDA_SUCCESS; i++) {
+        fg_put_u64(&w, S->globals[i].ptr);
+        fg_put_u64(&w, S->globals[i].size);
+        void *dst = fg_put_space(&w, S->globals[i].size);
+        r = dst ? S->api->cuMemcpyDtoH_v2(dst, S->globals[i].ptr, S->globals[i].size) : CUDA_ERROR_OUT_OF_MEMORY;
+    }
+    if (!cur) S->api->cuCtxSetCurrent(NULL);
+    uint64_t n = 0;
+    snprintf(path, sizeof path, "%s/state", dir);
+    if (r != CUDA_SUCCESS) snprintf(err, errlen, "reading the module globals failed with CUDA error %d", (int)r);
+    else if (w.failed) snprintf(err, errlen, "the session's state is too large to park");
+    else if (write_file(path, w.buf, w.len)) snprintf(err, errlen, "cannot write %s: %s", path, strerror(errno));
+    else n = w.len;
+    fg_writer_free(&w);
+    return n;
+}
+
+/* Reads the agent's verdict, one byte at a time (nothing after it is consumed). 1 commit, 0 abort, -1 gone. */
+static int verdict(fgs_session *S) {
+    int fd = fgs_pager_ctl_fd(S);
+    char line[64];
+    size_t n = 0;
+    uint64_t deadline = fgs_now_ns() + (uint64_t)VERDICT_WAIT_MS * 1000000ull;
+    if (fd < 0) return -1;
+    for (;;) {
+        uint64_t t = fgs_now_ns();
+        if (t >= deadline) return 0;
+        struct pollfd pf = {fd, POLLIN, 0};
+        int np = poll(&pf, 1, (int)((deadline - t) / 1000000ull) + 1);
+        if (np < 0 && errno == EINTR) continue;
+        if (np <= 0) continue;
+        char c;
+        ssize_t k = read(fd, &c, 1);
+        if (k < 0 && errno == EINTR) continue;
+        if (k <= 0) return -1;
+        if (c != '\n') {
+            if (n < sizeof line - 1) line[n++] = c;
+            continue;
+        }
+        line[n] = 0;
+        n = 0;
+        if (!strcmp(line, "park-commit")) return 1;
+        if (!strcmp(line, "park-abort") || !strncmp(line, "close", 5)) return 0;
+        /* anything else (a page command) waits: the session is being parked */
+    }
+}
+
+int fgs_park_control(fgs_session *S, const char *line, char *why, size_t why_len) {
+    if (strncmp(line, "park ", 5)) return 0; /* a verdict after its park gave up */
+    const char *dir = line + 5;
+    const char *no = unparkable(S);
+    if (no) {
+        status(S, "park-failed unparkable: %s", no);
+        return 0;
+    }
+    if (!fgs_is_paged(S)) {
+        status(S, "park-failed the session is resident: page it out first");
+        return 0;
+    }
+    char err[1400] = "";
+    uint64_t t0 = fgs_now_ns();
+    uint64_t n = write_state(S, dir, err, sizeof err);
+    if (!n) {
+        status(S, "park-failed %s", err);
+        return 0;
+    }
+    status(S, "park-ready %llu %llu", (unsigned long long)n, (unsigned long long)(fgs_now_ns() - t0));
+    int v = verdict(S);
+    if (v == 1 && S->client_fd >= 0) {
+        struct pollfd pf = {S->client_fd, POLLIN, 0};
+        if (poll(&pf, 1, 0) == 1 && (pf.revents & POLLIN) && !(pf.revents & POLLHUP)) {
+            status(S, "park-failed the client sent work while the session was being parked");
+            return 0;
+        }
+    }
+    if (v == 1) {
+        status(S, "parked");
+        snprintf(why, why_len, "parked: the session was parked off its node; the client reconnects to resume it");
+        return 1;
+    }
+    status(S, "park-failed %s", v == 0 ? "the park was called off" : "the node agent went away");
+    if (v < 0) {
+        snprintf(why, why_len, "the session was ended by the node server");
+        return 1;
+    }
+    return 0;
+}
+
+uint64_t fgs_park_xlate(fgs_session *S, uint64_t p, uint64_t n) {
+    struct fgs_journal *J = S->journal;
+    for (size_t i = 0; J && i < J->n_moves; i++)
+        if (p >= J->moves[i].old && p - J->moves[i].old < J->moves[i].size &&
+            n <= J->moves[i].size - (p - J->moves[i].old))
+            return p - J->moves[i].old + J->moves[i].now;
+    return p;
+}
+
+/* ---- restore ---- */
+
+static uint8_t *read_file(const char *path, size_t limit, size_t *n) {
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return NULL;
+    struct stat st;
+    uint8_t *buf = NULL;
+    if (fstat(fd, &st) == 0 && (uint64_t)st.st_size <= limit && (buf = (uint8_t *)malloc((size_t)st.st_size + 1))) {
+        size_t got = 0;
+        while (got < (size_t)st.st_size) {
+            ssize_t k = read(fd, buf + got, (size_t)st.st_size - got);
+            if (k < 0 && errno == EINTR) continue;
+            if (k <= 0) break;
+            got += (size_t)k;
+        }
+        if (got != (size_t)st.st_size) {
+            free(buf);
+            buf = NULL;
+        } else {
+            buf[got] = 0;
+            *n = got;
+        }
+    }
+    close(fd);
+    return buf;
+}
+
+static int add_move(struct fgs_journal *J, uint64_t old, uint64_t now, uint64_t size) {
+    void *nm = realloc(J->moves, (J->n_moves + 1) * sizeof *J->moves);
+    if (!nm) return -1;
+    J->moves = nm;
+    J->moves[J->n_moves].old = old;
+    J->moves[J->n_moves].now = now;
+    J->moves[J->n_moves].size = size;
+    J->n_moves++;
+    return 0;
+}
+
+/* One journal entry read from the state and replayed with its recorded ids. 0, or -1 with err filled. */
+static int replay_one(fgs_session *S, const char *dir, fg_reader *r, fg_writer *o, char *err, size_t errlen) {
+    struct fgs_journal *J = S->journal;
+    fgs_jentry e;
+    memset(&e, 0, sizeof e);
+    e.op = fg_get_u16(r);
+    e.ctx = fg_get_u64(r);
+    e.n_ids = fg_get_u32(r);
+    const uint8_t *ids = e.n_ids <= (1u << 24) ? fg_take(r, (size_t)e.n_ids * 8) : NULL;
+    e.arglen = fg_get_u32(r);
+    const uint8_t *args = fg_take(r, e.arglen);
+    e.outlen = fg_get_u32(r);
+    const uint8_t *outb = fg_take(r, e.outlen);
+    if (r->failed || !ids || (e.arglen && !args)) {
+        snprintf(err, errlen, "the parked state is malformed");
+        return -1;
+    }
+    if ((e.n_ids && !(e.ids = (uint64_t *)malloc((size_t)e.n_ids * 8))) ||
+        (e.arglen && !(e.args = (uint8_t *)malloc(e.arglen))) || (e.outlen && !(e.outb = (uint8_t *)malloc(e.outlen)))) {
+        snprintf(err, errlen, "out of memory");
+        goto fail;
+    }
+    if (e.n_ids) memcpy(e.ids, ids, (size_t)e.n_ids * 8);
+    if (e.arglen) memcpy(e.args, args, e.arglen);
+    if (e.outlen) memcpy(e.outb, outb, e.outlen);
+    if (fgs_journal_is_load(e.op)) { /* the image goes through the upload path: checked against its name */
+        char h[65], path[1100];
+        if (e.arglen < 40) {
+            snprintf(err, errlen, "the parked state is malformed");
+            goto fail;
+        }
+        uint64_t size;
+        memcpy(&size, e.args + 32, 8);
+        hex(e.args, h);
+        snprintf(path, sizeof path, "%s/img-%s", dir, h);
+        size_t n = 0;
+        uint8_t *img = read_file(path, FG_MAX_IMAGE, &n);
+        if (!img || n != size) {
+            free(img);
+            snprintf(err, errlen, "the parked image %s is missing or has the wrong size", h);
+            goto fail;
+        }
+        free(S->staging_data);
+        S->staging_data = img;
+        memcpy(S->staging_sha, e.args, 32);
+        S->staging_size = S->staging_have = size;
+        e.image_size = size;
+    }
+    void *ctx = NULL;
+    if (e.ctx && fgs_handle_get(S, FGH_CONTEXT, e.ctx, &ctx)) {
+        snprintf(err, errlen, "a context of the parked session did not come back");
+        goto fail;
+    }
+    S->api->cuCtxSetCurrent((CUcontext)ctx);
+    J->restoring = 1;
+    J->forced = e.ids;
+    J->n_forced = e.n_ids;
+    J->forced_at = 0;
+    J->forced_bad = 0;
+    size_t images_before = S->n_images;
+    fg_reader ar;
+    fg_reader_init(&ar, e.args, e.arglen);
+    fg_writer_reset(o);
+    CUresult res = fgs_dispatch(S, e.op, &ar, o);
+    J->restoring = 0;
+    const char *name = fg_op_name(e.op);
+    if (res != CUDA_SUCCESS) {
+        snprintf(err, errlen, "replaying %s failed with CUDA error %d", name ? name : "?", (int)res);
+        goto fail;
+    }
+    if (J->forced_bad || J->forced_at != J->n_forced) {
+        snprintf(err, errlen, "replaying %s did not give back the same handle ids", name ? name : "?");
+        goto fail;
+    }
+    if (fgs_journal_is_load(e.op)) {
+        if (S->n_images == images_before) {
+            snprintf(err, errlen, "replaying %s loaded no image", name ? name : "?");
+            goto fail;
+        }
+        e.image = S->images[S->n_images - 1];
+    }
+    if (fgs_journal_is_global(e.op) && e.outlen >= 16 && o->len >= 16) {
+        uint64_t old, now, size;
+        memcpy(&old, e.outb, 8);
+        memcpy(&now, o->buf, 8);
+        memcpy(&size, e.outb + 8, 8);
+        if (old != now) {
+            fgs_log(S, "restore: a module global moved from 0x%llx to 0x%llx (%llu bytes); copies to it are translated",
+                    (unsigned long long)old, (unsigned long long)now, (unsigned long long)size);
+            if (add_move(J, old, now, size)) {
+                snprintf(err, errlen, "out of memory");
+                goto fail;
+            }
+        }
+    }
+    if (fgs_journal_append(J, &e) == 0) return 0;
+    snprintf(err, errlen, "out of memory");
+fail:
+    free(e.ids);
+    free(e.args);
+    free(e.outb);
+    return -1;
+}
+
+static int restore(fgs_session *S, const char *dir, const char *pages, char *err, size_t errlen) {
+    char path[1100];
+    snprintf(path, sizeof path, "%s/state", dir);
+    size_t len = 0;
+    uint8_t *buf = read_file(path, (size_t)STATE_LIMIT, &len);
+    if (!buf) {
+        snprintf(err, errlen, "cannot read the parked state %s: %s", path, strerror(errno));
+        return -1;
+    }
+    int rc = -1;
+    fg_reader r;
+    fg_reader_init(&r, buf, len);
+    const uint8_t *magic = fg_take(&r, 8);
+    if (!magic || memcmp(magic, MAGIC, 8)) {
+        snprintf(err, errlen, "%s is not a parked state of this fargpu version", path);
+        goto done;
+    }
+    S->salt = fg_get_u64(&r);
+    S->later_next = fg_get_u64(&r);
+    S->applied_seq = fg_get_u32(&r);
+    uint64_t cur = fg_get_u64(&r);
+    uint64_t arena = fg_get_u64(&r);
+    uint32_t n_entries = fg_get_u32(&r);
+    fg_writer o;
+    fg_writer_init(&o, 4096, (size_t)FG_CHUNK + (1u << 20));
+    for (uint32_t i = 0; i < n_entries && !r.failed; i++)
+        if (replay_one(S, dir, &r, &o, err, errlen)) {
+            fg_writer_free(&o);
+            goto done;
+        }
+    fg_writer_free(&o);
+    fgs_handles_reindex(S);
+    void *cctx = NULL;
+    if (cur && fgs_handle_get(S, FGH_CONTEXT, cur, &cctx) == 0) S->api->cuCtxSetCurrent((CUcontext)cctx);
+    else if (!cctx && any_context(S)) S->api->cuCtxSetCurrent(any_context(S));
+    uint32_t n_allocs = fg_get_u32(&r);
+    uint64_t total = 0;
+    for (uint32_t i = 0; i < n_allocs && !r.failed; i++) {
+        fgs_alloc a;
+        memset(&a, 0, sizeof a);
+        a.ptr = fg_get_u64(&r);
+        a.size = (size_t)fg_get_u64(&r);
+        a.mapped = (size_t)fg_get_u64(&r);
+        a.dev = (int)fg_get_u32(&r);
+        a.page_off = fg_get_u64(&r);
+        a.paged = 1;
+        if (r.failed || !a.mapped) break;
+        if (S->n_allocs == S->cap_allocs) {
+            size_t cap = S->cap_allocs ? S->cap_allocs * 2 : 64;
+            fgs_alloc *na = (fgs_alloc *)realloc(S->allocs, cap * sizeof *na);
+            if (!na) {
+                snprintf(err, errlen, "out of memory");
+                goto done;
+            }
+            S->allocs = na;
+            S->cap_allocs = cap;
+        }
+        CUdeviceptr p = 0;
+        CUresult res = S->api->cuMemAddressReserve(&p, a.mapped, 0, a.ptr, 0);
+        if (res == CUDA_SUCCESS && p != a.ptr) {
+            S->api->cuMemAddressFree(p, a.mapped);
+            res = CUDA_ERROR_ALREADY_MAPPED;
+        }
+        if (res != CUDA_SUCCESS) {
+            snprintf(err, errlen, "the address range 0x%llx (%zu bytes) of an allocation cannot be had on this node "
+                     "(CUDA error %d)", (unsigned long long)a.ptr, a.mapped, (int)res);
+            goto done;
+        }
+        if (fgs_charge(S, a.mapped) != CUDA_SUCCESS) {
+            S->api->cuMemAddressFree(a.ptr, a.mapped);
+            snprintf(err, errlen, "the session's memory is over its lease's quota on this node");
+            goto done;
+        }
+        S->allocs[S->n_allocs++] = a;
+        total += a.mapped;
+    }
+    if (arena > S->arena_next && arena <= S->arena_end) S->arena_next = arena;
+    uint32_t n_globals = fg_get_u32(&r);
+    for (uint32_t i = 0; i < n_globals && !r.failed; i++) {
+        uint64_t base = fg_get_u64(&r), size = fg_get_u64(&r);
+        const uint8_t *bytes = fg_take(&r, (size_t)size);
+        if (r.failed) break;
+        uint64_t now = fgs_park_xlate(S, base, size);
+        int known = 0;
+        for (size_t k = 0; k < S->n_globals && !known; k++)
+            known = now >= S->globals[k].ptr && size <= S->globals[k].size - (now - S->globals[k].ptr);
+        CUresult res = known ? S->api->cuMemcpyHtoD_v2(now, bytes, (size_t)size) : CUDA_ERROR_NOT_FOUND;
+        if (res != CUDA_SUCCESS) {
+            snprintf(err, errlen, "a module global (0x%llx, %llu bytes) could not be written back (CUDA error %d)",
+                     (unsigned long long)base, (unsigned long long)size, (int)res);
+            goto done;
+        }
+    }
+    if (r.failed || fg_reader_left(&r)) {
+        snprintf(err, errlen, "the parked state is malformed");
+        goto done;
+    }
+    if (total && (!pages || fgs_pager_adopt_spill(S, pages, total))) {
+        snprintf(err, errlen, "the session's memory file is missing, or paging is not set up");
+        goto done;
+    }
+    rc = 0;
+done:
+    free(buf);
+    return rc;
+}
+
+FGS_EXPORT int fgs_restore(fgs_session *S, const char *dir, const char *pages, char *err, unsigned long errlen) {
+    if (!S || !S->journal || S->journal->n || S->n_allocs) {
+        snprintf(err, errlen, "a session can only be restored into a fresh worker");
+        return -1;
+    }
+    uint64_t t0 = fgs_now_ns();
+    int rc = restore(S, dir, pages && *pages ? pages : NULL, err, (size_t)errlen);
+    if (rc == 0)
+        fgs_log(S, "restored a parked session: %zu journal entries, %zu allocations, %zu moved globals in %.3f s",
+                S->journal->n, S->n_allocs, S->journal->n_moves, (double)(fgs_now_ns() - t0) / 1e9);
+    return rc;
+}
+
+FGS_EXPORT unsigned int fgs_applied_seq(fgs_session *S) { return S ? S->applied_seq : 0; }
+FGS_EXPORT unsigned long long fgs_moved_globals(fgs_session *S) { return S && S->journal ? S->journal->n_moves : 0; }
