@@ -9,6 +9,10 @@ PY=$VENV/bin/python
 export PATH="$PWD/$VENV/bin:$PATH"
 
 if [ -x scripts/setup_redis.sh ]; then bash scripts/setup_redis.sh; fi
+# Docker (dockerd started in the background, a local base image) for the image tests, and kube-apiserver for the
+# manifest tests: built once per machine into a cache (several minutes the first time, nothing after).
+bash scripts/setup_docker.sh
+bash scripts/kube_apiserver.sh build
 
 echo "== ruff"
 "$VENV/bin/ruff" check fargpu server protocol pool_manager codegen tests bench

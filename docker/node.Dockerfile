@@ -1,0 +1,62 @@
+# The node server image: `fargpu server` (node agent + one replay worker per session) on 7100, Prometheus /metrics
+# on 9400, as user fargpu (uid 10001). The image holds no NVIDIA driver: on a GPU host the NVIDIA container toolkit
+# mounts the host driver's user-space libraries (libcuda.so.1, libnvidia-ml.so.1) and the device nodes in, as it
+# does for every GPU image, asked for by NVIDIA_VISIBLE_DEVICES / NVIDIA_DRIVER_CAPABILITIES below (docker run
+# --gpus all, compose's GPU reservation, or Kubernetes' nvidia.com/gpu). With FARGPU_BACKEND=sim it runs the
+# simulated device (a test double) with no GPU. Build from the repository root:
+#   docker build -f docker/node.Dockerfile -t fargpu/node:0.1.0 .
+
+# ---- build: one wheel of fargpu (native parts built by CMake) in a venv. This stage is the same text in all
+# three Dockerfiles (a test checks it), so a build of one image serves the others from the layer cache.
+ARG BASE_IMAGE=debian:bookworm-slim
+FROM ${BASE_IMAGE} AS build
+ENV DEBIAN_FRONTEND=noninteractive PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PIP_PROGRESS_BAR=off \
+    PIP_CERT=/etc/ssl/certs/ca-certificates.crt
+RUN apt-get update -q \
+ && apt-get install -y -q --no-install-recommends python3 python3-venv gcc libc6-dev make cmake ca-certificates \
+ && rm -rf /var/lib/apt/lists/*
+# Extra CAs (docker/ca-certificates/*.crt, usually none) for a proxy that intercepts HTTPS; this stage only.
+COPY docker/ca-certificates/ /usr/local/share/ca-certificates/
+RUN update-ca-certificates
+# Dependencies first, from pyproject.toml alone (a source change reuses this layer), with the `kubernetes` extra
+# where pyproject has one (the pool manager's Kubernetes node provider).
+COPY pyproject.toml /src/pyproject.toml
+RUN python3 -c "import tomllib; d = tomllib.load(open('/src/pyproject.toml', 'rb')); \
+extras = d['project'].get('optional-dependencies', {}).get('kubernetes', []); \
+open('/tmp/run.txt', 'w').write('\n'.join(d['project']['dependencies'] + extras)); \
+open('/tmp/build.txt', 'w').write('\n'.join(d['build-system']['requires']))" \
+ && python3 -m venv /opt/fargpu && /opt/fargpu/bin/pip install -q -r /tmp/run.txt \
+ && python3 -m venv /opt/build && /opt/build/bin/pip install -q -r /tmp/build.txt
+COPY CMakeLists.txt README.md /src/
+COPY client_stub /src/client_stub
+COPY protocol /src/protocol
+COPY server /src/server
+COPY pool_manager /src/pool_manager
+COPY fargpu /src/fargpu
+RUN /opt/build/bin/pip wheel -q --no-build-isolation --no-deps -w /wheels /src \
+ && /opt/fargpu/bin/pip install -q --no-deps /wheels/fargpu-*.whl \
+ && find /opt/fargpu -name __pycache__ -prune -exec rm -rf {} + \
+ && /opt/fargpu/bin/python -c "import fargpu.paths as p; assert p.stub_lib().exists()"
+
+# ---- runtime: the base, python3, the venv; nothing from the build tools.
+FROM ${BASE_IMAGE}
+ENV DEBIAN_FRONTEND=noninteractive
+RUN apt-get update -q \
+ && apt-get install -y -q --no-install-recommends python3 \
+ && rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/*.deb /usr/share/doc/* /usr/share/man/* \
+ && groupadd --system --gid 10001 fargpu \
+ && useradd --system --uid 10001 --gid 10001 --create-home --home-dir /var/lib/fargpu --shell /usr/sbin/nologin fargpu
+COPY --from=build /opt/fargpu /opt/fargpu
+LABEL org.opencontainers.image.title="fargpu node server" org.opencontainers.image.source="fargpu"
+COPY docker/healthcheck.py /opt/fargpu/healthcheck.py
+RUN install -d -o fargpu -g fargpu /var/lib/fargpu/spill /var/lib/fargpu/state
+ENV PATH=/opt/fargpu/bin:$PATH PYTHONUNBUFFERED=1 XDG_STATE_HOME=/var/lib/fargpu/state \
+    NVIDIA_VISIBLE_DEVICES=all NVIDIA_DRIVER_CAPABILITIES=compute,utility \
+    FARGPU_BACKEND=auto FARGPU_LISTEN=0.0.0.0:7100 FARGPU_UNIX_SOCKET= FARGPU_METRICS_HOST=0.0.0.0 \
+    FARGPU_METRICS_PORT=9400 FARGPU_SPILL_DIR=/var/lib/fargpu/spill
+USER fargpu
+WORKDIR /var/lib/fargpu
+EXPOSE 7100 9400
+HEALTHCHECK --interval=10s --timeout=5s --start-period=20s --retries=3 \
+  CMD ["/opt/fargpu/bin/python", "/opt/fargpu/healthcheck.py", "node"]
+ENTRYPOINT ["fargpu", "server"]
