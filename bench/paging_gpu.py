@@ -78,6 +78,10 @@ sys.stdin.readline()
 t0 = time.perf_counter(); x = ids.sum().item(); first = time.perf_counter() - t0
 out = fwd(); torch.cuda.synchronize()
 print("FWD2", hashlib.sha256(out.cpu().numpy().tobytes()).hexdigest(), first, flush=True)
+sys.stdin.readline()
+t0 = time.perf_counter(); x = ids.sum().item(); first = time.perf_counter() - t0
+out = fwd(); torch.cuda.synchronize()
+print("FWD3", hashlib.sha256(out.cpu().numpy().tobytes()).hexdigest(), first, flush=True)
 '''
 
 FILL = r'''
@@ -229,6 +233,19 @@ async def main() -> int:
                           "pageout": res, "pagein": r_in, "nvml_used_before": before, "nvml_used_paged": after,
                           "unpageable_bytes": int(parts[4]) if len(parts) > 4 else None,
                           "bad_samples_after": int(check[1]) if check[:1] == ["CHECK"] else check}
+        # The deeper level: host page-out, then the driver's process checkpoint of the worker takes the rest.
+        before = nvml_used()
+        res = await agent.page_out(sid, "deep")
+        deep_used = nvml_used()
+        t1 = time.perf_counter()
+        r_in = await agent.page_in(sid) if res.startswith("paged") else ""
+        pagein_wall = time.perf_counter() - t1
+        send(c, "check")
+        check = (await line(c)).split()
+        rec["deep"] = {"pageout": res, "pagein": r_in, "nvml_used_before": before, "nvml_used_deep": deep_used,
+                       "pagein_wall_s": pagein_wall,
+                       "deep_pagein_GBps": gib * GiB / pagein_wall / 1e9 if r_in else None,
+                       "bad_samples_after": int(check[1]) if check[:1] == ["CHECK"] else check}
         try:
             if ckpt is None:
                 raise OSError("no driver checkpoint on the simulated device")
@@ -278,6 +295,14 @@ async def main() -> int:
             gp["fwd2"] = fwd2
             gp["bit_identical"] = len(fwd2) > 1 and fwd2[1] == fwd1[1]
             gp["first_call_after_pagein_s"] = float(fwd2[2]) if len(fwd2) > 2 else None
+            before = nvml_used()
+            gp["deep_pageout"] = await agent.page_out(sid, "deep")
+            gp["deep_nvml_used_before"], gp["deep_nvml_used_paged"] = before, nvml_used()
+            send(g, "go")
+            fwd3 = (await line(g)).split()
+            gp["fwd3"] = fwd3
+            gp["deep_bit_identical"] = len(fwd3) > 1 and fwd3[1] == fwd1[1]
+            gp["deep_first_call_after_pagein_s"] = float(fwd3[2]) if len(fwd3) > 2 else None
         else:
             gp["stderr"] = g.stderr.read()[-3000:] if g.stderr else ""
         await asyncio.to_thread(g.wait, 120)

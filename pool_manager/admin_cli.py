@@ -357,7 +357,8 @@ WaitOpt = Annotated[
 def page_out(
     session_id: Annotated[str, typer.Argument(metavar="SESSION", help="session id (see `fargpu pool sessions`)")],
     to: Annotated[
-        PageTarget, typer.Option("--to", help="host: the node's page pool; disk: a spill file; auto: host, then disk")
+        PageTarget, typer.Option("--to", help="host: the node's page pool; disk: a spill file; auto: host, then disk; "
+                                "deep: auto, then the driver's process checkpoint frees the context too")
     ] = PageTarget.auto,
     wait: WaitOpt = 0.0,
     pool: PoolOpt = None,

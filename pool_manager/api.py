@@ -5,7 +5,7 @@ docs work with no internet access.
 Leases: POST /v1/leases, GET /v1/leases[/ID], POST /v1/leases/ID/renew, DELETE /v1/leases/ID. Renew and release
 need the lease's token (or the admin token) as `Authorization: Bearer ...`. Read-only views: /v1/nodes,
 /v1/sessions, /v1/status. Admin: POST /v1/admin/nodes/ID/drain and .../undrain, POST /v1/admin/leases/ID/evict, and
-POST /v1/admin/sessions/ID/page-out (body `{"to": "auto|host|disk"}`, optional) and .../page-in, which answer 202
+POST /v1/admin/sessions/ID/page-out (body `{"to": "auto|host|disk|deep"}`, optional) and .../page-in, which answer 202
 with the id of the command queued for the session's node (its outcome appears in /v1/sessions once the node has
 reported it), with the admin token; with no admin token configured the admin endpoints refuse everyone.
 Prometheus: /metrics.
@@ -77,7 +77,8 @@ class ReasonBody(BaseModel):
 
 class PageOutBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    to: PageTarget = Field(PageTarget.auto, description="host (the node's page pool), disk, or auto (host, then disk)")
+    to: PageTarget = Field(PageTarget.auto, description="host (the node's page pool), disk, auto (host, then disk), "
+                          "or deep (auto, then the driver's process checkpoint)")
 
 
 class PageCommandAccepted(BaseModel):

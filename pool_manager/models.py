@@ -41,11 +41,14 @@ class NodeState(StrEnum):
 
 
 class PageTarget(StrEnum):
-    """Where a page-out puts a session's memory: the node's host page pool, a spill file, or the pool first."""
+    """Where a page-out puts a session's memory: the node's host page pool, a spill file, or the pool first; `deep`
+    also moves what the VMM route leaves on the GPU (context, module code, globals) into the driver's process
+    checkpoint (real GPUs only)."""
 
     auto = "auto"
     host = "host"
     disk = "disk"
+    deep = "deep"
 
 
 class GpuAlloc(BaseModel):

@@ -154,6 +154,11 @@ def main(
         float, typer.Option(envvar="FARGPU_IDLE_PAGE_OUT", help="page out sessions idle this many seconds, where "
                             "their lease allows (0: only when the pool or memory pressure asks)")
     ] = 0.0,
+    deep_after: Annotated[
+        float, typer.Option(envvar="FARGPU_DEEP_AFTER", help="take sessions paged out this many seconds to the deeper "
+                            "level: the driver's process checkpoint frees their context too (0: only when asked; "
+                            "real GPUs only)")
+    ] = 0.0,
     max_sessions_per_lease: Annotated[
         int,
         typer.Option(envvar="FARGPU_MAX_SESSIONS_PER_LEASE", min=1, help="sessions a lease may hold here at once, "
@@ -216,6 +221,7 @@ def main(
                       max_sessions_per_lease=max_sessions_per_lease, ctx_charge=sizes["--ctx-charge"] or 0,
                       host_pool_bytes=sizes["--host-page-pool"] or 0, resident_limit=sizes["--resident-limit"],
                       spill_dir=spill_dir or None, idle_page_out_s=idle_page_out or None,
+                      deep_after_s=deep_after or None,
                       advertise=advertise or None)
     agent = NodeAgent(be, auth, cfg)
     typer.echo(f"fargpu node server: backend {be.describe()}")

@@ -27,6 +27,8 @@ from fargpu.protocol.wire import HEADER_SIZE, MAX_HELLO, FrameType, ProtocolErro
 from .agent_api import DeviceInfo, SessionInfo
 from .auth import Authenticator, AuthError, Grant
 from .backend import Backend
+from .checkpoint import open_checkpoint
+from .checkpoint import test_double_from_env as checkpoint_test_double
 from .devices import devices as device_infos
 from .devices import gpu_memory_of_pid
 from .lease_ledger import LedgerBook, TooManySessions
@@ -56,6 +58,7 @@ class AgentConfig:
     host_pool_bytes: int = 4 << 30  # the host page pool (a sparse memfd: memory is used only as sessions page out)
     spill_dir: str | None = None  # where page-out spills when the pool is full; None: the state dir's spill/
     idle_page_out_s: float | None = None  # page out a session idle this long, unless its lease says otherwise
+    deep_after_s: float | None = None  # take a session paged out this long to the deeper level (driver checkpoint)
     host_pool_prefault: bool | None = None  # allocate the host pool's pages at start; None: on a real GPU only
 
 
@@ -90,6 +93,12 @@ class NodeAgent:
                            prefault=not backend.simulated if prefault is None else prefault)
         if not backend.simulated:
             self.pager.measure_held = gpu_memory_of_pid
+            driver = str(backend.driver) if backend.driver else "libcuda.so.1"
+            self.pager.open_checkpoint = lambda: open_checkpoint(driver)
+        elif (double := checkpoint_test_double()) is not None:
+            log.warning("the deeper paging level uses a protocol test double (FARGPU_TEST_FAKE_CHECKPOINT): "
+                        "nothing leaves the simulated device")
+            self.pager.checkpoint = double
         self.tcp_port: int | None = None
         self.endpoint = ""
 
@@ -137,6 +146,14 @@ class NodeAgent:
                         await self.page_out(sid)
                     except Exception:  # one session's trouble must not stop the policy for the others
                         log.exception("page-out of idle session %s failed", sid)
+                deep = self.config.deep_after_s
+                if (deep and st.state in ("paged-host", "paged-disk") and not st.deep and st.paged_at
+                        and time.monotonic() - st.paged_at >= deep and time.monotonic() - st.last_attempt >= deep):
+                    st.last_attempt = time.monotonic()
+                    try:
+                        await self.page_out(sid, "deep")
+                    except Exception:
+                        log.exception("taking paged session %s to the deeper level failed", sid)
 
     def _ctl_fds(self) -> dict[str, int]:
         return {sid: s.ctl_w for sid, s in self._sessions.items()}
@@ -146,6 +163,11 @@ class NodeAgent:
         ok = await self.pager.make_room(sess.info.session_id, need, self._ctl_fds(), pids)
         with contextlib.suppress(OSError):
             os.write(sess.ctl_w, b"grant\n" if ok else b"deny no session could give way\n")
+
+    async def _answer_wake(self, sess: _Session) -> None:
+        why = await self.pager.wake(sess.info.session_id, sess.proc.pid)
+        with contextlib.suppress(OSError):
+            os.write(sess.ctl_w, b"grant\n" if not why else f"deny {why}\n".encode())
 
     def devices(self) -> list[DeviceInfo]:
         return device_infos(self.backend_info, sum(s.vram for s in self._sessions.values()))
@@ -370,6 +392,10 @@ class NodeAgent:
                     sess.ended = parts[-1].strip()
                 elif parts[0] == "need" and len(parts) > 1:
                     self._spawn(self._answer_need(sess, int(parts[1])))
+                elif parts[0] == "wake":
+                    self._spawn(self._answer_wake(sess))
+                elif parts[0] in ("deep-ok", "deep-failed"):
+                    self.pager.on_status(sess.info.session_id, text)
                 elif parts[0] in ("paged", "pageout-failed", "paging-in", "resident", "pagein-failed"):
                     self.pager.on_status(sess.info.session_id, text)
         finally:

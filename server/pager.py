@@ -19,10 +19,12 @@ import logging
 import mmap
 import os
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .checkpoint import CheckpointError, ProcessCheckpoint, ProtocolTestCheckpoint
 from .lease_ledger import LeaseLedger
 
 log = logging.getLogger("fargpu.server.pager")
@@ -46,6 +48,9 @@ class PageState:
     last_pageout_s: float = 0.0
     last_pagein_s: float = 0.0
     last_attempt: float = 0.0  # monotonic time of the idle policy's last page-out attempt
+    paged_at: float = 0.0  # monotonic time its last page-out finished
+    deep: bool = False  # its worker's CUDA state is in a driver process checkpoint (server/checkpoint.py)
+    deep_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     waiters: list[asyncio.Future[str]] = field(default_factory=list)
 
 
@@ -143,6 +148,12 @@ class Pager:
         self.observer: Callable[[str, str, int, float], None] | None = None
         # What a paged session still holds on the GPU, by its worker's pid (NVML on a real GPU; None: unknown).
         self.measure_held: Callable[[int], int | None] | None = None
+        # The deeper level (the driver's process checkpoint), opened on first use by `open_checkpoint`; None:
+        # not on this node, for the reason given.
+        self.open_checkpoint: Callable[[], tuple[ProcessCheckpoint | None, str]] | None = None
+        self.checkpoint: ProcessCheckpoint | ProtocolTestCheckpoint | None = None
+        self.no_deep_reason = "the simulated device has no driver process checkpoint"
+        self.deep_outs = 0
 
     # ---- bookkeeping ----
     def admit(self, sid: str, qos: str, idle_timeout_s: float | None) -> int:
@@ -178,6 +189,7 @@ class Pager:
             st.state = "paged-host" if parts[0] == "host" else "paged-disk"
             st.paged_bytes = int(parts[1])
             st.last_pageout_s = int(parts[2]) / 1e9
+            st.paged_at = time.monotonic()
             st.unpageable_bytes = int(parts[3]) if len(parts) > 3 else 0
             if parts[0] != "host" and st.extent is not None:
                 self.pool.give(st.extent)
@@ -203,6 +215,8 @@ class Pager:
         elif word == "paging-in":
             st.state = "paging-in"
             log.info("paging in session %s (%s bytes)", sid, rest)
+        elif word in ("deep-ok", "deep-failed"):
+            self._wake(st, word + (" " + rest if rest else ""))
         elif word == "pagein-failed":
             st.state = "paged-host" if st.extent is not None else "paged-disk"
             self._wake(st, "failed " + rest)
@@ -233,10 +247,22 @@ class Pager:
 
     # ---- actions ----
     async def page_out(self, sid: str, ctl_w: int, to: str = "auto", pid: int = 0) -> str:
-        """Pages a session out; returns "paged ..." or "failed REASON"."""
+        """Pages a session out; returns "paged ..." or "failed REASON". `to="deep"`: to the host pool (or disk),
+        then the driver's process checkpoint takes the rest (context, module code, globals)."""
         st = self.states.get(sid)
         if st is None:
             return "failed no such session"
+        if to == "deep":
+            if self.checkpoint is None and self.open_checkpoint is not None:
+                self.checkpoint, self.no_deep_reason = await asyncio.to_thread(self.open_checkpoint)
+                self.open_checkpoint = None
+            if self.checkpoint is None or not pid:
+                return f"failed no deeper level here: {self.no_deep_reason}"
+            res = (await self.page_out(sid, ctl_w, "auto", pid) if st.state == "resident"
+                   else f"paged {st.state.removeprefix('paged-')} {st.paged_bytes}")
+            if not res.startswith("paged"):
+                return res
+            return await self._go_deep(sid, st, ctl_w, pid, res)
         if st.state != "resident":
             return f"failed the session is {st.state}"
         need = self.resident_bytes(sid)
@@ -269,6 +295,59 @@ class Pager:
                 st.unpageable_bytes = held
                 res += f" held_on_gpu={held}"
         return res
+
+    async def _go_deep(self, sid: str, st: PageState, ctl_w: int, pid: int, res: str) -> str:
+        ck = self.checkpoint
+        assert ck is not None
+        async with st.deep_lock:
+            if st.deep:
+                return res + " deep"
+            if st.state not in ("paged-host", "paged-disk"):
+                return f"failed the session is {st.state}"
+            try:
+                os.write(ctl_w, b"deep\n")
+            except OSError as e:
+                return f"failed the worker is gone ({e})"
+            ans = await self._await_result(st)
+            if not ans.startswith("deep-ok"):
+                return f"failed the worker refused the deeper level: {ans}"
+            t0 = time.monotonic()
+            try:
+                await asyncio.to_thread(ck.checkpoint, pid)
+            except CheckpointError as e:
+                # The worker asks before its next CUDA call and is told at once that nothing needs restoring.
+                log.warning("driver checkpoint of session %s failed: %s", sid, e)
+                return f"{res} deep-failed {e}"
+            st.deep = True
+            self.deep_outs += 1
+            res += f" deep checkpoint_s={time.monotonic() - t0:.3f}"
+        if self.measure_held is not None:
+            held = await asyncio.to_thread(self.measure_held, pid)
+            if held is not None:
+                st.unpageable_bytes = held
+                res += f" held_on_gpu_after_checkpoint={held}"
+        log.info("session %s went to the deeper level: %s", sid, res)
+        return res
+
+    async def wake(self, sid: str, pid: int) -> str:
+        """The worker of a deep session needs CUDA again: restore its driver checkpoint. "" or a reason."""
+        st = self.states.get(sid)
+        if st is None:
+            return ""
+        async with st.deep_lock:
+            if not st.deep:
+                return ""
+            ck = self.checkpoint
+            assert ck is not None
+            t0 = time.monotonic()
+            try:
+                await asyncio.to_thread(ck.restore, pid)
+            except CheckpointError as e:
+                log.error("restoring the driver checkpoint of session %s failed: %s", sid, e)
+                return str(e)
+            st.deep = False
+            log.info("restored the driver checkpoint of session %s in %.3f s", sid, time.monotonic() - t0)
+            return ""
 
     async def page_in(self, sid: str, ctl_w: int) -> str:
         st = self.states.get(sid)

@@ -161,6 +161,9 @@ CUresult fgs_resident_charge(fgs_session *S, uint64_t bytes);
 void fgs_resident_uncharge(fgs_session *S, uint64_t bytes);
 int fgs_is_paged(const fgs_session *S);
 CUresult fgs_page_in(fgs_session *S);
+/* Before any CUDA call of a session the agent took to the deeper level (a driver process checkpoint): asks the
+ * agent to restore it and waits, bounded. 0: CUDA may be called; -1: it cannot come back. */
+int fgs_pager_wake(fgs_session *S);
 /* A control line from the node agent (without its newline). Returns 1 for "close" (reason in why), else 0. */
 int fgs_control_line(fgs_session *S, const char *line, char *why, size_t why_len);
 void fgs_pager_close(fgs_session *S);

@@ -66,6 +66,7 @@ typedef struct fgs_pager {
     size_t have;
     int close_pending;
     char close_why[256];
+    int deep; /* the agent may hold this process's CUDA state in a driver checkpoint: no CUDA call before "wake" */
     unsigned test_delay_ms; /* FARGPU_PAGING_TEST_DELAY_MS: fault-injection tests stretch each step with it */
     uint64_t io_ns, copy_ns; /* where the last step's time went (reported with it): I/O or pool copies, DMA */
     uint64_t map_ns, vmm_ns;  /* mapping the pool extent; releasing or re-creating the device memory */
@@ -200,6 +201,16 @@ int fgs_control_line(fgs_session *S, const char *line, char *why, size_t why_len
         page_out(S, line + 8);
     } else if (!strncmp(line, "park", 4)) { /* park.c: write the session's state, then wait for the verdict */
         return fgs_park_control(S, line, why, why_len);
+    } else if (!strcmp(line, "deep")) {
+        /* The deeper level: the agent checkpoints this process with the driver's process checkpoint after this
+         * answer, which frees what the VMM route cannot (context, module code, globals). From here on every CUDA
+         * call waits for the agent to restore it (fgs_pager_wake). Only a paged session goes deeper. */
+        if (S->pager && S->pager->where != RESIDENT) {
+            S->pager->deep = 1;
+            status(S->pager, "deep-ok");
+        } else if (S->pager) {
+            status(S->pager, "deep-failed the session is resident");
+        }
     } else if (!strcmp(line, "pagein")) {
         if (fgs_is_paged(S)) fgs_page_in(S);
     } else if (!strncmp(line, "grant", 5) || !strncmp(line, "deny", 4)) {
@@ -210,11 +221,12 @@ int fgs_control_line(fgs_session *S, const char *line, char *why, size_t why_len
     return 0;
 }
 
-/* Asks the agent for room on the GPU and waits for its answer. 0: granted (try again), -1: denied. */
-static int wait_for_room(fgs_session *S, uint64_t bytes) {
+/* Sends the agent a request and waits for its answer ("grant" or "deny"). 0: granted, -1: denied, timed out or the
+ * session is closing. */
+static int ask_agent(fgs_session *S, const char *request) {
     fgs_pager *P = S->pager;
     if (P->ctl_fd < 0 || P->close_pending) return -1;
-    status(P, "need %llu", (unsigned long long)bytes);
+    status(P, "%s", request);
     uint64_t deadline = fgs_now_ns() + (uint64_t)NEED_WAIT_MS * 1000000ull;
     for (;;) {
         char *nl;
@@ -253,6 +265,24 @@ static int wait_for_room(fgs_session *S, uint64_t bytes) {
         P->line[P->have] = 0;
         if (P->have == sizeof P->line - 1) P->have = 0;
     }
+}
+
+/* Asks the agent for room on the GPU and waits for its answer. 0: granted (try again), -1: denied. */
+static int wait_for_room(fgs_session *S, uint64_t bytes) {
+    char req[64];
+    snprintf(req, sizeof req, "need %llu", (unsigned long long)bytes);
+    return ask_agent(S, req);
+}
+
+int fgs_pager_wake(fgs_session *S) {
+    fgs_pager *P = S->pager;
+    if (!P || !P->deep) return 0;
+    int closing = P->close_pending;
+    P->close_pending = 0; /* the restore is needed to close cleanly too */
+    int r = ask_agent(S, "wake");
+    P->close_pending = P->close_pending || closing;
+    if (r == 0) P->deep = 0;
+    return r;
 }
 
 FGS_EXPORT int fgs_close_pending(fgs_session *S, char *why, unsigned long why_len) {
@@ -723,6 +753,10 @@ static void unmap_again(fgs_session *S) {
 CUresult fgs_page_in(fgs_session *S) {
     fgs_pager *P = S->pager;
     uint64_t t0 = fgs_now_ns();
+    if (fgs_pager_wake(S) != 0) {
+        status(P, "pagein-failed the driver checkpoint of this session could not be restored");
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    }
     status(P, "paging-in %llu", (unsigned long long)P->bytes);
     P->io_ns = P->copy_ns = P->vmm_ns = 0;
     if (P->node && fgs_resident_charge(S, P->bytes) != CUDA_SUCCESS) {

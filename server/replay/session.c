@@ -337,6 +337,11 @@ FGS_EXPORT unsigned long long fgs_vram_used(fgs_session *S) { return S->vram_use
 
 FGS_EXPORT void fgs_close(fgs_session *S) {
     if (!S) return;
+    if (fgs_pager_wake(S) != 0) { /* its CUDA state is in a driver checkpoint that cannot come back */
+        fgs_log(S, "the session's driver checkpoint was not restored; exiting without CUDA clean-up (the driver "
+                   "frees what the process held)");
+        _exit(3);
+    }
     if (S->cb_fd > 0) shutdown(S->cb_fd, SHUT_RDWR); /* a host function waiting on the client returns now */
     fgs_later_free_all(S);
     fgs_vmm_close(S);

@@ -215,3 +215,45 @@ def test_failed_page_out_leaves_the_session_working_and_no_room_fails_the_call(t
         assert out.strip() == "SAME", out + err
     finally:
         stop_server(s)
+
+
+def test_deeper_level_is_refused_clearly_on_the_simulated_device(tmp_path: Path) -> None:
+    s = start_server(tmp_path, "--idle-page-out", "1", "--deep-after", "1", "--host-page-pool", "256M")
+    try:
+        client = _start_shapes(s.client_env())
+        _wait_log(s, r"paged host")
+        _wait_log(s, r"failed no deeper level here: the simulated device has no driver process checkpoint")
+        out, err = client.communicate("go\n", timeout=60)
+        assert out.strip() == "SAME", out + err
+    finally:
+        stop_server(s)
+
+
+@pytest.mark.parametrize("mode", ["1", "fail-once"])
+def test_deeper_level_protocol_no_cuda_before_restore(tmp_path: Path, mode: str) -> None:
+    # The checkpoint itself is a test double here (nothing leaves the simulated device; bench/paging_gpu.py measures
+    # the real one): this proves the worker asks the agent to restore before its next CUDA call, that a failed
+    # restore fails that call and leaves the session paged, and that the data is all there afterwards.
+    s = start_server(tmp_path, "--idle-page-out", "1", "--deep-after", "1", "--host-page-pool", "256M",
+                     env_extra={"FARGPU_TEST_FAKE_CHECKPOINT": mode})
+    try:
+        client = _start_shapes(s.client_env())
+        _wait_log(s, r"went to the deeper level: paged host \d+")
+        assert "restored the driver checkpoint" not in s.log_text()
+        assert client.stdin is not None and client.stdout is not None
+        client.stdin.write("go\n")
+        client.stdin.flush()
+        if mode == "fail-once":
+            out, err = client.communicate(timeout=60)
+            assert "dtoh" in out + err and "SAME" not in out, out + err  # the first call failed with a CUDA error
+            _wait_log(s, r"restoring the driver checkpoint of session \w+ failed")
+            client = _start_shapes(s.client_env())  # the node still works for others
+            client.stdin.write("go\n")  # type: ignore[union-attr]
+            client.stdin.flush()  # type: ignore[union-attr]
+        out, err = client.communicate(timeout=60)
+        assert out.strip() == "SAME", out + err
+        log = s.log_text()
+        m = _wait_log(s, r"restored the driver checkpoint of session")
+        assert log.index("went to the deeper level") < m.start()
+    finally:
+        stop_server(s)
