@@ -14,6 +14,7 @@
 
 #include "fg_msgpack.h"
 #include "fgc_internal.h"
+#include "fgc_mirror.h"
 #include "fgc_memo.h"
 
 fgc_state g_fgc = {.mu = PTHREAD_MUTEX_INITIALIZER, .wmu = PTHREAD_MUTEX_INITIALIZER, .fd = -1,
@@ -219,6 +220,7 @@ static CUresult read_reply(int exact, size_t *got) {
 }
 
 fg_writer *fgc_begin(uint16_t op) {
+    fgc_mirror_before_op(op); /* managed and mapped memory (mirror.c): before the connection lock */
     CUresult e = fgc_state_error();
     if (e != CUDA_SUCCESS) {
         t_last_error = e;

@@ -277,3 +277,10 @@ CUresult fgc_cuStreamAddCallback(CUstream hStream, CUstreamCallback callback, vo
     callback(hStream, st, userData);
     return CUDA_SUCCESS;
 }
+
+/* A host node of a graph built by hand (graph_build.c): a cookie that stays valid for the session, run at each
+ * launch; 0 when no callback connection can be opened (the node is then refused). */
+uint64_t fgc_host_node_cookie(CUhostFn fn, void *userData) {
+    if (!fn || !channel()) return 0;
+    return remember(fn, NULL, NULL, userData, 0);
+}

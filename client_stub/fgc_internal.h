@@ -85,5 +85,9 @@ int fgc_host_fns_outstanding(void);
 /* callbacks.c: send the pending batch and wait until those host functions ran (no lock held). Fails when the
  * callback connection or the session ends first. */
 CUresult fgc_host_fns_wait(void);
+/* launch.c: "u32 size, bytes" of a kernel's packed parameter buffer, as launches send it. */
+CUresult fgc_put_kernel_params(fg_writer *w, CUfunction f, void **kernelParams, void **extra);
+/* callbacks.c: a cookie for a graph host node's function (run in this process at each launch); 0: none. */
+uint64_t fgc_host_node_cookie(CUhostFn fn, void *userData);
 
 #endif

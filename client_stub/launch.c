@@ -62,6 +62,11 @@ static CUresult put_params(fg_writer *w, CUfunction f, void **kernelParams, void
     return CUDA_SUCCESS;
 }
 
+/* For graph kernel nodes (graph_build.c): the same packing into w. */
+CUresult fgc_put_kernel_params(fg_writer *w, CUfunction f, void **kernelParams, void **extra) {
+    return put_params(w, f, kernelParams, extra);
+}
+
 /* The record is built in a scratch writer first so a parameter error leaves the batch untouched. */
 static CUresult launch(uint16_t op, CUfunction f, const uint32_t dims[7], CUstream s, const CUlaunchAttribute *attrs,
                        unsigned nattrs, void **kernelParams, void **extra) {

@@ -12,6 +12,7 @@
 
 #include "fgc_impl.h"
 #include "fgc_internal.h"
+#include "fgc_mirror.h"
 
 CUresult fgc_cuMemAlloc_v2(CUdeviceptr *dptr, size_t bytesize) {
     FGC_REQUIRE_INIT();
@@ -33,6 +34,7 @@ CUresult fgc_cuMemAlloc_v2(CUdeviceptr *dptr, size_t bytesize) {
 CUresult fgc_cuMemFree_v2(CUdeviceptr dptr) {
     FGC_REQUIRE_INIT();
     if (dptr == 0) return CUDA_SUCCESS; /* as the driver: freeing NULL does nothing */
+    fgc_mirror_managed_freed(dptr);
     fg_writer *w = fgc_begin(FG_OP_cuMemFree_v2);
     if (!w) return fgc_last_error();
     fg_put_u64(w, dptr);
@@ -76,6 +78,8 @@ CUresult fgc_cuMemGetAddressRange_v2(CUdeviceptr *pbase, size_t *psize, CUdevice
 CUresult fgc_cuMemcpyHtoD_v2(CUdeviceptr dst, const void *src, size_t n) {
     FGC_REQUIRE_INIT();
     if (n && !src) return CUDA_ERROR_INVALID_VALUE;
+    CUresult mr;
+    if (fgc_mirror_htod(dst, src, n, NULL, 0, &mr)) return mr; /* mirrored host memory: copied on the device */
     size_t off = 0;
     do {
         size_t k = n - off < FG_CHUNK ? n - off : FG_CHUNK;
@@ -94,6 +98,8 @@ CUresult fgc_cuMemcpyHtoD_v2(CUdeviceptr dst, const void *src, size_t n) {
 CUresult fgc_cuMemcpyDtoH_v2(void *dst, CUdeviceptr src, size_t n) {
     FGC_REQUIRE_INIT();
     if (n && !dst) return CUDA_ERROR_INVALID_VALUE;
+    CUresult mr;
+    if (fgc_mirror_dtoh(dst, src, n, NULL, 0, &mr)) return mr;
     size_t off = 0;
     do {
         size_t k = n - off < FG_CHUNK ? n - off : FG_CHUNK;
@@ -112,6 +118,8 @@ CUresult fgc_cuMemcpyDtoH_v2(void *dst, CUdeviceptr src, size_t n) {
 CUresult fgc_cuMemcpyHtoDAsync_v2(CUdeviceptr dst, const void *src, size_t n, CUstream s) {
     FGC_REQUIRE_INIT();
     if (n && !src) return CUDA_ERROR_INVALID_VALUE;
+    CUresult mr;
+    if (fgc_mirror_htod(dst, src, n, s, 1, &mr)) return mr;
     /* A pinned source is read in stream order: after the host functions before this copy, which may write it.
      * Waiting for every host function not yet run (whatever its stream) is never too early. */
     if (n && fgc_host_fns_outstanding() &&
@@ -139,6 +147,8 @@ CUresult fgc_cuMemcpyHtoDAsync_v2(CUdeviceptr dst, const void *src, size_t n, CU
 CUresult fgc_cuMemcpyDtoHAsync_v2(void *dst, CUdeviceptr src, size_t n, CUstream s) {
     FGC_REQUIRE_INIT();
     if (n && !dst) return CUDA_ERROR_INVALID_VALUE;
+    CUresult mr;
+    if (fgc_mirror_dtoh(dst, src, n, s, 1, &mr)) return mr;
     size_t off = 0;
     do {
         size_t k = n - off < FG_CHUNK ? n - off : FG_CHUNK;
@@ -225,6 +235,7 @@ CUresult fgc_cuMemHostRegister_v2(void *p, size_t bytesize, unsigned int Flags) 
 
 CUresult fgc_cuMemHostUnregister(void *p) {
     FGC_REQUIRE_INIT();
+    fgc_mirror_host_gone(p);
     pthread_mutex_lock(&host_mu);
     for (size_t i = 0; i < host_n; i++)
         if (host_blocks[i].p == p && host_blocks[i].registered) {
@@ -252,12 +263,13 @@ CUresult fgc_cuMemHostAlloc(void **pp, size_t bytesize, unsigned int Flags) {
     unsigned known = CU_MEMHOSTALLOC_PORTABLE | CU_MEMHOSTALLOC_DEVICEMAP | CU_MEMHOSTALLOC_WRITECOMBINED;
     if (Flags & ~known) return CUDA_ERROR_INVALID_VALUE;
     /* DEVICEMAP (which the runtime sets under unified addressing) is accepted: the memory is pinned for
-     * copies, but a kernel cannot read it remotely, so cuMemHostGetDevicePointer is not supported. */
+     * copies; cuMemHostGetDevicePointer gives it a mirrored device shadow (managed.c). */
     return host_alloc(pp, bytesize, Flags);
 }
 
 CUresult fgc_cuMemFreeHost(void *p) {
     FGC_REQUIRE_INIT();
+    fgc_mirror_host_gone(p);
     pthread_mutex_lock(&host_mu);
     for (size_t i = 0; i < host_n; i++) {
         if (host_blocks[i].p == p && !host_blocks[i].registered) {

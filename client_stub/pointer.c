@@ -4,6 +4,7 @@
 
 #include "fgc_impl.h"
 #include "fgc_internal.h"
+#include "fgc_mirror.h"
 
 typedef struct {
     int device; /* 1 device memory, 0 pinned host, -1 unknown */
@@ -34,14 +35,19 @@ static CUresult one(const ptr_info *i, CUpointer_attribute a, void *data, CUdevi
     case CU_POINTER_ATTRIBUTE_MEMORY_TYPE:
         *(unsigned *)data = i->device ? CU_MEMORYTYPE_DEVICE : CU_MEMORYTYPE_HOST;
         return CUDA_SUCCESS;
-    case CU_POINTER_ATTRIBUTE_DEVICE_POINTER:
-        *(CUdeviceptr *)data = p; /* unified addressing: the same value on both sides */
+    case CU_POINTER_ATTRIBUTE_DEVICE_POINTER: {
+        uint64_t d = p; /* unified addressing: the same value on both sides, but for mirrored mapped memory */
+        if (!i->device) fgc_mirror_device_of((const void *)(uintptr_t)p, &d);
+        *(CUdeviceptr *)data = d;
         return CUDA_SUCCESS;
+    }
     case CU_POINTER_ATTRIBUTE_HOST_POINTER:
-        if (i->device) return CUDA_ERROR_INVALID_VALUE;
+        if (i->device && !fgc_mirror_is_managed(p)) return CUDA_ERROR_INVALID_VALUE;
         *(void **)data = (void *)(uintptr_t)p;
         return CUDA_SUCCESS;
     case CU_POINTER_ATTRIBUTE_IS_MANAGED:
+        *(int *)data = fgc_mirror_is_managed(p);
+        return CUDA_SUCCESS;
     case CU_POINTER_ATTRIBUTE_IS_LEGACY_CUDA_IPC_CAPABLE:
     case CU_POINTER_ATTRIBUTE_IS_GPU_DIRECT_RDMA_CAPABLE:
         *(int *)data = 0;

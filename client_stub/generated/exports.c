@@ -679,15 +679,10 @@ FGC_EXPORT CUresult CUDAAPI cuDeviceGet(CUdevice *device, int ordinal) {
 }
 
 FGC_EXPORT CUresult CUDAAPI cuDeviceGetAttribute(int *pi, CUdevice_attribute attrib, CUdevice dev) {
-    FGC_REQUIRE_INIT();
-    __typeof__(*pi) d_pi;
-    fg_writer *w = fgc_begin(FG_OP_cuDeviceGetAttribute);
-    if (!w) return fgc_last_error();
-    { uint8_t want_ = pi != NULL; fg_put(w, &want_, 1); }
-    fgc_expect(pi ? (void *)pi : (void *)&d_pi, sizeof(*pi));
-    fg_put(w, &attrib, sizeof(attrib));
-    fg_put(w, &dev, sizeof(dev));
-    return fgc_sync_memo();
+    fgc_log(FGC_LOG_TRACE, "= cuDeviceGetAttribute");
+    CUresult r_ = fgc_cuDeviceGetAttribute(pi, attrib, dev);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuDeviceGetAttribute", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuDeviceGetByPCIBusId(CUdevice *dev, const char *pciBusId) {
@@ -1397,13 +1392,10 @@ FGC_EXPORT CUresult CUDAAPI cuGraphAddBatchMemOpNode(CUgraphNode *phGraphNode, C
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphAddChildGraphNode(CUgraphNode *phGraphNode, CUgraph hGraph, const CUgraphNode *dependencies, size_t numDependencies, CUgraph childGraph) {
-    (void)phGraphNode;
-    (void)hGraph;
-    (void)dependencies;
-    (void)numDependencies;
-    (void)childGraph;
-    static int logged;
-    return fgc_unsupported("cuGraphAddChildGraphNode", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuGraphAddChildGraphNode");
+    CUresult r_ = fgc_cuGraphAddChildGraphNode(phGraphNode, hGraph, dependencies, numDependencies, childGraph);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuGraphAddChildGraphNode", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphAddDependencies(CUgraph hGraph, const CUgraphNode *from, const CUgraphNode *to, size_t numDependencies) {
@@ -1416,42 +1408,31 @@ FGC_EXPORT CUresult CUDAAPI cuGraphAddDependencies(CUgraph hGraph, const CUgraph
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphAddDependencies_v2(CUgraph hGraph, const CUgraphNode *from, const CUgraphNode *to, const CUgraphEdgeData *edgeData, size_t numDependencies) {
-    (void)hGraph;
-    (void)from;
-    (void)to;
-    (void)edgeData;
-    (void)numDependencies;
-    static int logged;
-    return fgc_unsupported("cuGraphAddDependencies_v2", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuGraphAddDependencies_v2");
+    CUresult r_ = fgc_cuGraphAddDependencies_v2(hGraph, from, to, edgeData, numDependencies);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuGraphAddDependencies_v2", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphAddEmptyNode(CUgraphNode *phGraphNode, CUgraph hGraph, const CUgraphNode *dependencies, size_t numDependencies) {
-    (void)phGraphNode;
-    (void)hGraph;
-    (void)dependencies;
-    (void)numDependencies;
-    static int logged;
-    return fgc_unsupported("cuGraphAddEmptyNode", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuGraphAddEmptyNode");
+    CUresult r_ = fgc_cuGraphAddEmptyNode(phGraphNode, hGraph, dependencies, numDependencies);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuGraphAddEmptyNode", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphAddEventRecordNode(CUgraphNode *phGraphNode, CUgraph hGraph, const CUgraphNode *dependencies, size_t numDependencies, CUevent event) {
-    (void)phGraphNode;
-    (void)hGraph;
-    (void)dependencies;
-    (void)numDependencies;
-    (void)event;
-    static int logged;
-    return fgc_unsupported("cuGraphAddEventRecordNode", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuGraphAddEventRecordNode");
+    CUresult r_ = fgc_cuGraphAddEventRecordNode(phGraphNode, hGraph, dependencies, numDependencies, event);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuGraphAddEventRecordNode", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphAddEventWaitNode(CUgraphNode *phGraphNode, CUgraph hGraph, const CUgraphNode *dependencies, size_t numDependencies, CUevent event) {
-    (void)phGraphNode;
-    (void)hGraph;
-    (void)dependencies;
-    (void)numDependencies;
-    (void)event;
-    static int logged;
-    return fgc_unsupported("cuGraphAddEventWaitNode", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuGraphAddEventWaitNode");
+    CUresult r_ = fgc_cuGraphAddEventWaitNode(phGraphNode, hGraph, dependencies, numDependencies, event);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuGraphAddEventWaitNode", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphAddExternalSemaphoresSignalNode(CUgraphNode *phGraphNode, CUgraph hGraph, const CUgraphNode *dependencies, size_t numDependencies, const CUDA_EXT_SEM_SIGNAL_NODE_PARAMS *nodeParams) {
@@ -1475,13 +1456,10 @@ FGC_EXPORT CUresult CUDAAPI cuGraphAddExternalSemaphoresWaitNode(CUgraphNode *ph
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphAddHostNode(CUgraphNode *phGraphNode, CUgraph hGraph, const CUgraphNode *dependencies, size_t numDependencies, const CUDA_HOST_NODE_PARAMS *nodeParams) {
-    (void)phGraphNode;
-    (void)hGraph;
-    (void)dependencies;
-    (void)numDependencies;
-    (void)nodeParams;
-    static int logged;
-    return fgc_unsupported("cuGraphAddHostNode", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuGraphAddHostNode");
+    CUresult r_ = fgc_cuGraphAddHostNode(phGraphNode, hGraph, dependencies, numDependencies, nodeParams);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuGraphAddHostNode", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphAddKernelNode(CUgraphNode *phGraphNode, CUgraph hGraph, const CUgraphNode *dependencies, size_t numDependencies, const CUDA_KERNEL_NODE_PARAMS_v1 *nodeParams) {
@@ -1495,13 +1473,10 @@ FGC_EXPORT CUresult CUDAAPI cuGraphAddKernelNode(CUgraphNode *phGraphNode, CUgra
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphAddKernelNode_v2(CUgraphNode *phGraphNode, CUgraph hGraph, const CUgraphNode *dependencies, size_t numDependencies, const CUDA_KERNEL_NODE_PARAMS *nodeParams) {
-    (void)phGraphNode;
-    (void)hGraph;
-    (void)dependencies;
-    (void)numDependencies;
-    (void)nodeParams;
-    static int logged;
-    return fgc_unsupported("cuGraphAddKernelNode_v2", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuGraphAddKernelNode_v2");
+    CUresult r_ = fgc_cuGraphAddKernelNode_v2(phGraphNode, hGraph, dependencies, numDependencies, nodeParams);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuGraphAddKernelNode_v2", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphAddMemAllocNode(CUgraphNode *phGraphNode, CUgraph hGraph, const CUgraphNode *dependencies, size_t numDependencies, CUDA_MEM_ALLOC_NODE_PARAMS *nodeParams) {
@@ -1515,14 +1490,10 @@ FGC_EXPORT CUresult CUDAAPI cuGraphAddMemAllocNode(CUgraphNode *phGraphNode, CUg
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphAddMemcpyNode(CUgraphNode *phGraphNode, CUgraph hGraph, const CUgraphNode *dependencies, size_t numDependencies, const CUDA_MEMCPY3D *copyParams, CUcontext ctx) {
-    (void)phGraphNode;
-    (void)hGraph;
-    (void)dependencies;
-    (void)numDependencies;
-    (void)copyParams;
-    (void)ctx;
-    static int logged;
-    return fgc_unsupported("cuGraphAddMemcpyNode", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuGraphAddMemcpyNode");
+    CUresult r_ = fgc_cuGraphAddMemcpyNode(phGraphNode, hGraph, dependencies, numDependencies, copyParams, ctx);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuGraphAddMemcpyNode", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphAddMemFreeNode(CUgraphNode *phGraphNode, CUgraph hGraph, const CUgraphNode *dependencies, size_t numDependencies, CUdeviceptr dptr) {
@@ -1536,14 +1507,10 @@ FGC_EXPORT CUresult CUDAAPI cuGraphAddMemFreeNode(CUgraphNode *phGraphNode, CUgr
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphAddMemsetNode(CUgraphNode *phGraphNode, CUgraph hGraph, const CUgraphNode *dependencies, size_t numDependencies, const CUDA_MEMSET_NODE_PARAMS *memsetParams, CUcontext ctx) {
-    (void)phGraphNode;
-    (void)hGraph;
-    (void)dependencies;
-    (void)numDependencies;
-    (void)memsetParams;
-    (void)ctx;
-    static int logged;
-    return fgc_unsupported("cuGraphAddMemsetNode", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuGraphAddMemsetNode");
+    CUresult r_ = fgc_cuGraphAddMemsetNode(phGraphNode, hGraph, dependencies, numDependencies, memsetParams, ctx);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuGraphAddMemsetNode", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphAddNode(CUgraphNode *phGraphNode, CUgraph hGraph, const CUgraphNode *dependencies, size_t numDependencies, CUgraphNodeParams *nodeParams) {
@@ -1589,10 +1556,10 @@ FGC_EXPORT CUresult CUDAAPI cuGraphChildGraphNodeGetGraph(CUgraphNode hNode, CUg
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphClone(CUgraph *phGraphClone, CUgraph originalGraph) {
-    (void)phGraphClone;
-    (void)originalGraph;
-    static int logged;
-    return fgc_unsupported("cuGraphClone", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuGraphClone");
+    CUresult r_ = fgc_cuGraphClone(phGraphClone, originalGraph);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuGraphClone", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphConditionalHandleCreate(CUgraphConditionalHandle *pHandle_out, CUgraph hGraph, CUcontext ctx, unsigned int defaultLaunchValue, unsigned int flags) {
@@ -1625,18 +1592,19 @@ FGC_EXPORT CUresult CUDAAPI cuGraphDebugDotPrint(CUgraph hGraph, const char *pat
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphDestroy(CUgraph hGraph) {
-    FGC_REQUIRE_INIT();
-    fg_writer *w = fgc_begin(FG_OP_cuGraphDestroy);
-    if (!w) return fgc_last_error();
-    fgc_memo_clear();
-    fgc_put_handle(w, (const void *)hGraph);
-    return fgc_sync();
+    fgc_log(FGC_LOG_TRACE, "= cuGraphDestroy");
+    CUresult r_ = fgc_cuGraphDestroy(hGraph);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuGraphDestroy", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphDestroyNode(CUgraphNode hNode) {
-    (void)hNode;
-    static int logged;
-    return fgc_unsupported("cuGraphDestroyNode", &logged);
+    FGC_REQUIRE_INIT();
+    fg_writer *w = fgc_begin(FG_OP_cuGraphDestroyNode);
+    if (!w) return fgc_last_error();
+    fgc_memo_clear();
+    fgc_put_handle(w, (const void *)hNode);
+    return fgc_sync();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphEventRecordNodeGetEvent(CUgraphNode hNode, CUevent *event_out) {
@@ -1647,10 +1615,12 @@ FGC_EXPORT CUresult CUDAAPI cuGraphEventRecordNodeGetEvent(CUgraphNode hNode, CU
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphEventRecordNodeSetEvent(CUgraphNode hNode, CUevent event) {
-    (void)hNode;
-    (void)event;
-    static int logged;
-    return fgc_unsupported("cuGraphEventRecordNodeSetEvent", &logged);
+    FGC_REQUIRE_INIT();
+    fg_writer *w = fgc_begin(FG_OP_cuGraphEventRecordNodeSetEvent);
+    if (!w) return fgc_last_error();
+    fgc_put_handle(w, (const void *)hNode);
+    fgc_put_handle(w, (const void *)event);
+    return fgc_sync();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphEventWaitNodeGetEvent(CUgraphNode hNode, CUevent *event_out) {
@@ -1661,10 +1631,12 @@ FGC_EXPORT CUresult CUDAAPI cuGraphEventWaitNodeGetEvent(CUgraphNode hNode, CUev
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphEventWaitNodeSetEvent(CUgraphNode hNode, CUevent event) {
-    (void)hNode;
-    (void)event;
-    static int logged;
-    return fgc_unsupported("cuGraphEventWaitNodeSetEvent", &logged);
+    FGC_REQUIRE_INIT();
+    fg_writer *w = fgc_begin(FG_OP_cuGraphEventWaitNodeSetEvent);
+    if (!w) return fgc_last_error();
+    fgc_put_handle(w, (const void *)hNode);
+    fgc_put_handle(w, (const void *)event);
+    return fgc_sync();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphExecBatchMemOpNodeSetParams(CUgraphExec hGraphExec, CUgraphNode hNode, const CUDA_BATCH_MEM_OP_NODE_PARAMS *nodeParams) {
@@ -1676,36 +1648,40 @@ FGC_EXPORT CUresult CUDAAPI cuGraphExecBatchMemOpNodeSetParams(CUgraphExec hGrap
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphExecChildGraphNodeSetParams(CUgraphExec hGraphExec, CUgraphNode hNode, CUgraph childGraph) {
-    (void)hGraphExec;
-    (void)hNode;
-    (void)childGraph;
-    static int logged;
-    return fgc_unsupported("cuGraphExecChildGraphNodeSetParams", &logged);
-}
-
-FGC_EXPORT CUresult CUDAAPI cuGraphExecDestroy(CUgraphExec hGraphExec) {
     FGC_REQUIRE_INIT();
-    fg_writer *w = fgc_begin(FG_OP_cuGraphExecDestroy);
+    fg_writer *w = fgc_begin(FG_OP_cuGraphExecChildGraphNodeSetParams);
     if (!w) return fgc_last_error();
-    fgc_memo_clear();
     fgc_put_handle(w, (const void *)hGraphExec);
+    fgc_put_handle(w, (const void *)hNode);
+    fgc_put_handle(w, (const void *)childGraph);
     return fgc_sync();
 }
 
+FGC_EXPORT CUresult CUDAAPI cuGraphExecDestroy(CUgraphExec hGraphExec) {
+    fgc_log(FGC_LOG_TRACE, "= cuGraphExecDestroy");
+    CUresult r_ = fgc_cuGraphExecDestroy(hGraphExec);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuGraphExecDestroy", r_);
+    return r_;
+}
+
 FGC_EXPORT CUresult CUDAAPI cuGraphExecEventRecordNodeSetEvent(CUgraphExec hGraphExec, CUgraphNode hNode, CUevent event) {
-    (void)hGraphExec;
-    (void)hNode;
-    (void)event;
-    static int logged;
-    return fgc_unsupported("cuGraphExecEventRecordNodeSetEvent", &logged);
+    FGC_REQUIRE_INIT();
+    fg_writer *w = fgc_begin(FG_OP_cuGraphExecEventRecordNodeSetEvent);
+    if (!w) return fgc_last_error();
+    fgc_put_handle(w, (const void *)hGraphExec);
+    fgc_put_handle(w, (const void *)hNode);
+    fgc_put_handle(w, (const void *)event);
+    return fgc_sync();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphExecEventWaitNodeSetEvent(CUgraphExec hGraphExec, CUgraphNode hNode, CUevent event) {
-    (void)hGraphExec;
-    (void)hNode;
-    (void)event;
-    static int logged;
-    return fgc_unsupported("cuGraphExecEventWaitNodeSetEvent", &logged);
+    FGC_REQUIRE_INIT();
+    fg_writer *w = fgc_begin(FG_OP_cuGraphExecEventWaitNodeSetEvent);
+    if (!w) return fgc_last_error();
+    fgc_put_handle(w, (const void *)hGraphExec);
+    fgc_put_handle(w, (const void *)hNode);
+    fgc_put_handle(w, (const void *)event);
+    return fgc_sync();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphExecExternalSemaphoresSignalNodeSetParams(CUgraphExec hGraphExec, CUgraphNode hNode, const CUDA_EXT_SEM_SIGNAL_NODE_PARAMS *nodeParams) {
@@ -1725,18 +1701,21 @@ FGC_EXPORT CUresult CUDAAPI cuGraphExecExternalSemaphoresWaitNodeSetParams(CUgra
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphExecGetFlags(CUgraphExec hGraphExec, cuuint64_t *flags) {
-    (void)hGraphExec;
-    (void)flags;
-    static int logged;
-    return fgc_unsupported("cuGraphExecGetFlags", &logged);
+    FGC_REQUIRE_INIT();
+    __typeof__(*flags) d_flags;
+    fg_writer *w = fgc_begin(FG_OP_cuGraphExecGetFlags);
+    if (!w) return fgc_last_error();
+    fgc_put_handle(w, (const void *)hGraphExec);
+    { uint8_t want_ = flags != NULL; fg_put(w, &want_, 1); }
+    fgc_expect(flags ? (void *)flags : (void *)&d_flags, sizeof(*flags));
+    return fgc_sync();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphExecHostNodeSetParams(CUgraphExec hGraphExec, CUgraphNode hNode, const CUDA_HOST_NODE_PARAMS *nodeParams) {
-    (void)hGraphExec;
-    (void)hNode;
-    (void)nodeParams;
-    static int logged;
-    return fgc_unsupported("cuGraphExecHostNodeSetParams", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuGraphExecHostNodeSetParams");
+    CUresult r_ = fgc_cuGraphExecHostNodeSetParams(hGraphExec, hNode, nodeParams);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuGraphExecHostNodeSetParams", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphExecKernelNodeSetParams(CUgraphExec hGraphExec, CUgraphNode hNode, const CUDA_KERNEL_NODE_PARAMS_v1 *nodeParams) {
@@ -1748,29 +1727,28 @@ FGC_EXPORT CUresult CUDAAPI cuGraphExecKernelNodeSetParams(CUgraphExec hGraphExe
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphExecKernelNodeSetParams_v2(CUgraphExec hGraphExec, CUgraphNode hNode, const CUDA_KERNEL_NODE_PARAMS *nodeParams) {
-    (void)hGraphExec;
-    (void)hNode;
-    (void)nodeParams;
-    static int logged;
-    return fgc_unsupported("cuGraphExecKernelNodeSetParams_v2", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuGraphExecKernelNodeSetParams_v2");
+    CUresult r_ = fgc_cuGraphExecKernelNodeSetParams_v2(hGraphExec, hNode, nodeParams);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuGraphExecKernelNodeSetParams_v2", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphExecMemcpyNodeSetParams(CUgraphExec hGraphExec, CUgraphNode hNode, const CUDA_MEMCPY3D *copyParams, CUcontext ctx) {
-    (void)hGraphExec;
-    (void)hNode;
-    (void)copyParams;
-    (void)ctx;
-    static int logged;
-    return fgc_unsupported("cuGraphExecMemcpyNodeSetParams", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuGraphExecMemcpyNodeSetParams");
+    CUresult r_ = fgc_cuGraphExecMemcpyNodeSetParams(hGraphExec, hNode, copyParams, ctx);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuGraphExecMemcpyNodeSetParams", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphExecMemsetNodeSetParams(CUgraphExec hGraphExec, CUgraphNode hNode, const CUDA_MEMSET_NODE_PARAMS *memsetParams, CUcontext ctx) {
-    (void)hGraphExec;
-    (void)hNode;
-    (void)memsetParams;
-    (void)ctx;
-    static int logged;
-    return fgc_unsupported("cuGraphExecMemsetNodeSetParams", &logged);
+    FGC_REQUIRE_INIT();
+    fg_writer *w = fgc_begin(FG_OP_cuGraphExecMemsetNodeSetParams);
+    if (!w) return fgc_last_error();
+    fgc_put_handle(w, (const void *)hGraphExec);
+    fgc_put_handle(w, (const void *)hNode);
+    { uint8_t has_ = memsetParams != NULL; fg_put(w, &has_, 1); if (has_) fg_put(w, memsetParams, sizeof(*memsetParams)); }
+    fgc_put_handle(w, (const void *)ctx);
+    return fgc_sync();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphExecNodeSetParams(CUgraphExec hGraphExec, CUgraphNode hNode, CUgraphNodeParams *nodeParams) {
@@ -1791,11 +1769,10 @@ FGC_EXPORT CUresult CUDAAPI cuGraphExecUpdate(CUgraphExec hGraphExec, CUgraph hG
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphExecUpdate_v2(CUgraphExec hGraphExec, CUgraph hGraph, CUgraphExecUpdateResultInfo *resultInfo) {
-    (void)hGraphExec;
-    (void)hGraph;
-    (void)resultInfo;
-    static int logged;
-    return fgc_unsupported("cuGraphExecUpdate_v2", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuGraphExecUpdate_v2");
+    CUresult r_ = fgc_cuGraphExecUpdate_v2(hGraphExec, hGraph, resultInfo);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuGraphExecUpdate_v2", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphExternalSemaphoresSignalNodeGetParams(CUgraphNode hNode, CUDA_EXT_SEM_SIGNAL_NODE_PARAMS *params_out) {
@@ -1868,10 +1845,10 @@ FGC_EXPORT CUresult CUDAAPI cuGraphHostNodeGetParams(CUgraphNode hNode, CUDA_HOS
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphHostNodeSetParams(CUgraphNode hNode, const CUDA_HOST_NODE_PARAMS *nodeParams) {
-    (void)hNode;
-    (void)nodeParams;
-    static int logged;
-    return fgc_unsupported("cuGraphHostNodeSetParams", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuGraphHostNodeSetParams");
+    CUresult r_ = fgc_cuGraphHostNodeSetParams(hNode, nodeParams);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuGraphHostNodeSetParams", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphicsEGLRegisterImage(void) {
@@ -2009,31 +1986,21 @@ FGC_EXPORT CUresult CUDAAPI cuGraphInstantiate_v2(CUgraphExec *phGraphExec, CUgr
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphInstantiateWithFlags(CUgraphExec *phGraphExec, CUgraph hGraph, unsigned long long flags) {
-    FGC_REQUIRE_INIT();
-    uint64_t d_phGraphExec;
-    fg_writer *w = fgc_begin(FG_OP_cuGraphInstantiateWithFlags);
-    if (!w) return fgc_last_error();
-    { uint8_t want_ = phGraphExec != NULL; fg_put(w, &want_, 1); }
-    fgc_expect(phGraphExec ? (void *)phGraphExec : (void *)&d_phGraphExec, sizeof(uint64_t));
-    fgc_put_handle(w, (const void *)hGraph);
-    fg_put(w, &flags, sizeof(flags));
-    return fgc_sync();
+    fgc_log(FGC_LOG_TRACE, "= cuGraphInstantiateWithFlags");
+    CUresult r_ = fgc_cuGraphInstantiateWithFlags(phGraphExec, hGraph, flags);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuGraphInstantiateWithFlags", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphInstantiateWithParams(CUgraphExec *phGraphExec, CUgraph hGraph, CUDA_GRAPH_INSTANTIATE_PARAMS *instantiateParams) {
-    (void)phGraphExec;
-    (void)hGraph;
-    (void)instantiateParams;
-    static int logged;
-    return fgc_unsupported("cuGraphInstantiateWithParams", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuGraphInstantiateWithParams");
+    CUresult r_ = fgc_cuGraphInstantiateWithParams(phGraphExec, hGraph, instantiateParams);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuGraphInstantiateWithParams", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphInstantiateWithParams_ptsz(CUgraphExec *phGraphExec, CUgraph hGraph, CUDA_GRAPH_INSTANTIATE_PARAMS *instantiateParams) {
-    (void)phGraphExec;
-    (void)hGraph;
-    (void)instantiateParams;
-    static int logged;
-    return fgc_unsupported("cuGraphInstantiateWithParams_ptsz", &logged);
+    return cuGraphInstantiateWithParams(phGraphExec, hGraph, instantiateParams);
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphKernelNodeCopyAttributes(CUgraphNode dst, CUgraphNode src) {
@@ -2081,19 +2048,17 @@ FGC_EXPORT CUresult CUDAAPI cuGraphKernelNodeSetParams(CUgraphNode hNode, const 
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphKernelNodeSetParams_v2(CUgraphNode hNode, const CUDA_KERNEL_NODE_PARAMS *nodeParams) {
-    (void)hNode;
-    (void)nodeParams;
-    static int logged;
-    return fgc_unsupported("cuGraphKernelNodeSetParams_v2", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuGraphKernelNodeSetParams_v2");
+    CUresult r_ = fgc_cuGraphKernelNodeSetParams_v2(hNode, nodeParams);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuGraphKernelNodeSetParams_v2", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphLaunch(CUgraphExec hGraph, CUstream hStream) {
-    FGC_REQUIRE_INIT();
-    fg_writer *w = fgc_begin(FG_OP_cuGraphLaunch);
-    if (!w) return fgc_last_error();
-    fgc_put_handle(w, (const void *)hGraph);
-    fgc_put_handle(w, (const void *)hStream);
-    return fgc_async();
+    fgc_log(FGC_LOG_TRACE, "= cuGraphLaunch");
+    CUresult r_ = fgc_cuGraphLaunch(hGraph, hStream);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuGraphLaunch", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphLaunch_ptsz(CUgraphExec hGraphExec, CUstream hStream) {
@@ -2115,10 +2080,10 @@ FGC_EXPORT CUresult CUDAAPI cuGraphMemcpyNodeGetParams(CUgraphNode hNode, CUDA_M
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphMemcpyNodeSetParams(CUgraphNode hNode, const CUDA_MEMCPY3D *nodeParams) {
-    (void)hNode;
-    (void)nodeParams;
-    static int logged;
-    return fgc_unsupported("cuGraphMemcpyNodeSetParams", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuGraphMemcpyNodeSetParams");
+    CUresult r_ = fgc_cuGraphMemcpyNodeSetParams(hNode, nodeParams);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuGraphMemcpyNodeSetParams", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphMemFreeNodeGetParams(CUgraphNode hNode, CUdeviceptr *dptr_out) {
@@ -2129,25 +2094,35 @@ FGC_EXPORT CUresult CUDAAPI cuGraphMemFreeNodeGetParams(CUgraphNode hNode, CUdev
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphMemsetNodeGetParams(CUgraphNode hNode, CUDA_MEMSET_NODE_PARAMS *nodeParams) {
-    (void)hNode;
-    (void)nodeParams;
-    static int logged;
-    return fgc_unsupported("cuGraphMemsetNodeGetParams", &logged);
+    FGC_REQUIRE_INIT();
+    __typeof__(*nodeParams) d_nodeParams;
+    fg_writer *w = fgc_begin(FG_OP_cuGraphMemsetNodeGetParams);
+    if (!w) return fgc_last_error();
+    fgc_put_handle(w, (const void *)hNode);
+    { uint8_t want_ = nodeParams != NULL; fg_put(w, &want_, 1); }
+    fgc_expect(nodeParams ? (void *)nodeParams : (void *)&d_nodeParams, sizeof(*nodeParams));
+    return fgc_sync();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphMemsetNodeSetParams(CUgraphNode hNode, const CUDA_MEMSET_NODE_PARAMS *nodeParams) {
-    (void)hNode;
-    (void)nodeParams;
-    static int logged;
-    return fgc_unsupported("cuGraphMemsetNodeSetParams", &logged);
+    FGC_REQUIRE_INIT();
+    fg_writer *w = fgc_begin(FG_OP_cuGraphMemsetNodeSetParams);
+    if (!w) return fgc_last_error();
+    fgc_put_handle(w, (const void *)hNode);
+    { uint8_t has_ = nodeParams != NULL; fg_put(w, &has_, 1); if (has_) fg_put(w, nodeParams, sizeof(*nodeParams)); }
+    return fgc_sync();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphNodeFindInClone(CUgraphNode *phNode, CUgraphNode hOriginalNode, CUgraph hClonedGraph) {
-    (void)phNode;
-    (void)hOriginalNode;
-    (void)hClonedGraph;
-    static int logged;
-    return fgc_unsupported("cuGraphNodeFindInClone", &logged);
+    FGC_REQUIRE_INIT();
+    uint64_t d_phNode;
+    fg_writer *w = fgc_begin(FG_OP_cuGraphNodeFindInClone);
+    if (!w) return fgc_last_error();
+    { uint8_t want_ = phNode != NULL; fg_put(w, &want_, 1); }
+    fgc_expect(phNode ? (void *)phNode : (void *)&d_phNode, sizeof(uint64_t));
+    fgc_put_handle(w, (const void *)hOriginalNode);
+    fgc_put_handle(w, (const void *)hClonedGraph);
+    return fgc_sync();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphNodeGetDependencies(CUgraphNode hNode, CUgraphNode *dependencies, size_t *numDependencies) {
@@ -2185,26 +2160,36 @@ FGC_EXPORT CUresult CUDAAPI cuGraphNodeGetDependentNodes_v2(CUgraphNode hNode, C
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphNodeGetEnabled(CUgraphExec hGraphExec, CUgraphNode hNode, unsigned int *isEnabled) {
-    (void)hGraphExec;
-    (void)hNode;
-    (void)isEnabled;
-    static int logged;
-    return fgc_unsupported("cuGraphNodeGetEnabled", &logged);
+    FGC_REQUIRE_INIT();
+    __typeof__(*isEnabled) d_isEnabled;
+    fg_writer *w = fgc_begin(FG_OP_cuGraphNodeGetEnabled);
+    if (!w) return fgc_last_error();
+    fgc_put_handle(w, (const void *)hGraphExec);
+    fgc_put_handle(w, (const void *)hNode);
+    { uint8_t want_ = isEnabled != NULL; fg_put(w, &want_, 1); }
+    fgc_expect(isEnabled ? (void *)isEnabled : (void *)&d_isEnabled, sizeof(*isEnabled));
+    return fgc_sync();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphNodeGetType(CUgraphNode hNode, CUgraphNodeType *type) {
-    (void)hNode;
-    (void)type;
-    static int logged;
-    return fgc_unsupported("cuGraphNodeGetType", &logged);
+    FGC_REQUIRE_INIT();
+    __typeof__(*type) d_type;
+    fg_writer *w = fgc_begin(FG_OP_cuGraphNodeGetType);
+    if (!w) return fgc_last_error();
+    fgc_put_handle(w, (const void *)hNode);
+    { uint8_t want_ = type != NULL; fg_put(w, &want_, 1); }
+    fgc_expect(type ? (void *)type : (void *)&d_type, sizeof(*type));
+    return fgc_sync();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphNodeSetEnabled(CUgraphExec hGraphExec, CUgraphNode hNode, unsigned int isEnabled) {
-    (void)hGraphExec;
-    (void)hNode;
-    (void)isEnabled;
-    static int logged;
-    return fgc_unsupported("cuGraphNodeSetEnabled", &logged);
+    FGC_REQUIRE_INIT();
+    fg_writer *w = fgc_begin(FG_OP_cuGraphNodeSetEnabled);
+    if (!w) return fgc_last_error();
+    fgc_put_handle(w, (const void *)hGraphExec);
+    fgc_put_handle(w, (const void *)hNode);
+    fg_put(w, &isEnabled, sizeof(isEnabled));
+    return fgc_sync();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphNodeSetParams(CUgraphNode hNode, CUgraphNodeParams *nodeParams) {
@@ -2232,13 +2217,10 @@ FGC_EXPORT CUresult CUDAAPI cuGraphRemoveDependencies(CUgraph hGraph, const CUgr
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphRemoveDependencies_v2(CUgraph hGraph, const CUgraphNode *from, const CUgraphNode *to, const CUgraphEdgeData *edgeData, size_t numDependencies) {
-    (void)hGraph;
-    (void)from;
-    (void)to;
-    (void)edgeData;
-    (void)numDependencies;
-    static int logged;
-    return fgc_unsupported("cuGraphRemoveDependencies_v2", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuGraphRemoveDependencies_v2");
+    CUresult r_ = fgc_cuGraphRemoveDependencies_v2(hGraph, from, to, edgeData, numDependencies);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuGraphRemoveDependencies_v2", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphRetainUserObject(CUgraph graph, CUuserObject object, unsigned int count, unsigned int flags) {
@@ -2749,21 +2731,17 @@ FGC_EXPORT CUresult CUDAAPI cuMemAddressReserve(CUdeviceptr *ptr, size_t size, s
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemAdvise(CUdeviceptr devPtr, size_t count, CUmem_advise advice, CUdevice device) {
-    (void)devPtr;
-    (void)count;
-    (void)advice;
-    (void)device;
-    static int logged;
-    return fgc_unsupported("cuMemAdvise", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuMemAdvise");
+    CUresult r_ = fgc_cuMemAdvise(devPtr, count, advice, device);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuMemAdvise", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemAdvise_v2(CUdeviceptr devPtr, size_t count, CUmem_advise advice, CUmemLocation location) {
-    (void)devPtr;
-    (void)count;
-    (void)advice;
-    (void)location;
-    static int logged;
-    return fgc_unsupported("cuMemAdvise_v2", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuMemAdvise_v2");
+    CUresult r_ = fgc_cuMemAdvise_v2(devPtr, count, advice, location);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuMemAdvise_v2", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemAlloc(CUdeviceptr_v1 *dptr, unsigned int bytesize) {
@@ -2822,11 +2800,10 @@ FGC_EXPORT CUresult CUDAAPI cuMemAllocHost_v2(void **pp, size_t bytesize) {
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemAllocManaged(CUdeviceptr *dptr, size_t bytesize, unsigned int flags) {
-    (void)dptr;
-    (void)bytesize;
-    (void)flags;
-    static int logged;
-    return fgc_unsupported("cuMemAllocManaged", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuMemAllocManaged");
+    CUresult r_ = fgc_cuMemAllocManaged(dptr, bytesize, flags);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuMemAllocManaged", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemAllocPitch(CUdeviceptr_v1 *dptr, unsigned int *pPitch, unsigned int WidthInBytes, unsigned int Height, unsigned int ElementSizeBytes) {
@@ -3672,11 +3649,10 @@ FGC_EXPORT CUresult CUDAAPI cuMemHostGetDevicePointer(CUdeviceptr_v1 *pdptr, voi
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemHostGetDevicePointer_v2(CUdeviceptr *pdptr, void *p, unsigned int Flags) {
-    (void)pdptr;
-    (void)p;
-    (void)Flags;
-    static int logged;
-    return fgc_unsupported("cuMemHostGetDevicePointer_v2", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuMemHostGetDevicePointer_v2");
+    CUresult r_ = fgc_cuMemHostGetDevicePointer_v2(pdptr, p, Flags);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuMemHostGetDevicePointer_v2", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemHostGetFlags(unsigned int *pFlags, void *p) {
@@ -3823,41 +3799,25 @@ FGC_EXPORT CUresult CUDAAPI cuMemPoolTrimTo(CUmemoryPool pool, size_t minBytesTo
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemPrefetchAsync(CUdeviceptr devPtr, size_t count, CUdevice dstDevice, CUstream hStream) {
-    (void)devPtr;
-    (void)count;
-    (void)dstDevice;
-    (void)hStream;
-    static int logged;
-    return fgc_unsupported("cuMemPrefetchAsync", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuMemPrefetchAsync");
+    CUresult r_ = fgc_cuMemPrefetchAsync(devPtr, count, dstDevice, hStream);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuMemPrefetchAsync", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemPrefetchAsync_ptsz(CUdeviceptr devPtr, size_t count, CUdevice dstDevice, CUstream hStream) {
-    (void)devPtr;
-    (void)count;
-    (void)dstDevice;
-    (void)hStream;
-    static int logged;
-    return fgc_unsupported("cuMemPrefetchAsync_ptsz", &logged);
+    return cuMemPrefetchAsync(devPtr, count, dstDevice, fgc_ptsz_stream(hStream));
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemPrefetchAsync_v2(CUdeviceptr devPtr, size_t count, CUmemLocation location, unsigned int flags, CUstream hStream) {
-    (void)devPtr;
-    (void)count;
-    (void)location;
-    (void)flags;
-    (void)hStream;
-    static int logged;
-    return fgc_unsupported("cuMemPrefetchAsync_v2", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuMemPrefetchAsync_v2");
+    CUresult r_ = fgc_cuMemPrefetchAsync_v2(devPtr, count, location, flags, hStream);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuMemPrefetchAsync_v2", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemPrefetchAsync_v2_ptsz(CUdeviceptr devPtr, size_t count, CUmemLocation location, unsigned int flags, CUstream hStream) {
-    (void)devPtr;
-    (void)count;
-    (void)location;
-    (void)flags;
-    (void)hStream;
-    static int logged;
-    return fgc_unsupported("cuMemPrefetchAsync_v2_ptsz", &logged);
+    return cuMemPrefetchAsync_v2(devPtr, count, location, flags, fgc_ptsz_stream(hStream));
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemPrefetchBatchAsync(CUdeviceptr *dptrs, size_t *sizes, size_t count, CUmemLocation *prefetchLocs, size_t *prefetchLocIdxs, size_t numPrefetchLocs, unsigned long long flags, CUstream hStream) {
@@ -3887,24 +3847,17 @@ FGC_EXPORT CUresult CUDAAPI cuMemPrefetchBatchAsync_ptsz(CUdeviceptr *dptrs, siz
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemRangeGetAttribute(void *data, size_t dataSize, CUmem_range_attribute attribute, CUdeviceptr devPtr, size_t count) {
-    (void)data;
-    (void)dataSize;
-    (void)attribute;
-    (void)devPtr;
-    (void)count;
-    static int logged;
-    return fgc_unsupported("cuMemRangeGetAttribute", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuMemRangeGetAttribute");
+    CUresult r_ = fgc_cuMemRangeGetAttribute(data, dataSize, attribute, devPtr, count);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuMemRangeGetAttribute", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemRangeGetAttributes(void **data, size_t *dataSizes, CUmem_range_attribute *attributes, size_t numAttributes, CUdeviceptr devPtr, size_t count) {
-    (void)data;
-    (void)dataSizes;
-    (void)attributes;
-    (void)numAttributes;
-    (void)devPtr;
-    (void)count;
-    static int logged;
-    return fgc_unsupported("cuMemRangeGetAttributes", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuMemRangeGetAttributes");
+    CUresult r_ = fgc_cuMemRangeGetAttributes(data, dataSizes, attributes, numAttributes, devPtr, count);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuMemRangeGetAttributes", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemRelease(CUmemGenericAllocationHandle handle) {
@@ -4566,21 +4519,14 @@ FGC_EXPORT CUresult CUDAAPI cuStreamAddCallback_ptsz(CUstream hStream, CUstreamC
 }
 
 FGC_EXPORT CUresult CUDAAPI cuStreamAttachMemAsync(CUstream hStream, CUdeviceptr dptr, size_t length, unsigned int flags) {
-    (void)hStream;
-    (void)dptr;
-    (void)length;
-    (void)flags;
-    static int logged;
-    return fgc_unsupported("cuStreamAttachMemAsync", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuStreamAttachMemAsync");
+    CUresult r_ = fgc_cuStreamAttachMemAsync(hStream, dptr, length, flags);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuStreamAttachMemAsync", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuStreamAttachMemAsync_ptsz(CUstream hStream, CUdeviceptr dptr, size_t length, unsigned int flags) {
-    (void)hStream;
-    (void)dptr;
-    (void)length;
-    (void)flags;
-    static int logged;
-    return fgc_unsupported("cuStreamAttachMemAsync_ptsz", &logged);
+    return cuStreamAttachMemAsync(fgc_ptsz_stream(hStream), dptr, length, flags);
 }
 
 FGC_EXPORT CUresult CUDAAPI cuStreamBatchMemOp(CUstream stream, unsigned int count, CUstreamBatchMemOpParams *paramArray, unsigned int flags) {

@@ -272,23 +272,7 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         }
         return res;
     }
-    case FG_OP_cuDeviceGetAttribute: {
-        int pi;
-        memset(&pi, 0, sizeof(pi));
-        uint8_t want_pi = 0;
-        fg_get(r, &want_pi, 1);
-        CUdevice_attribute attrib;
-        fg_get(r, (void *)&attrib, sizeof(attrib));
-        CUdevice dev;
-        fg_get(r, (void *)&dev, sizeof(dev));
-        if (r->failed) return FGS_PROTOCOL_ERROR;
-        if (!S->api->cuDeviceGetAttribute) return fgs_missing(S, "cuDeviceGetAttribute");
-        CUresult res = S->api->cuDeviceGetAttribute(want_pi ? &pi : NULL, attrib, dev);
-        if (res == CUDA_SUCCESS) {
-            fg_put(out, &pi, sizeof(pi));
-        }
-        return res;
-    }
+    case FG_OP_cuDeviceGetAttribute: return fgs_cuDeviceGetAttribute(S, r, out);
     case FG_OP_cuDeviceGetByPCIBusId: {
         CUdevice dev;
         memset(&dev, 0, sizeof(dev));
@@ -695,6 +679,16 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         CUresult res = S->api->cuFuncSetSharedMemConfig(hfunc, config);
         return res;
     }
+    case FG_OP_cuGraphAddChildGraphNode: return fgs_cuGraphAddChildGraphNode(S, r, out);
+    case FG_OP_cuGraphAddDependencies_v2: return fgs_cuGraphAddDependencies_v2(S, r, out);
+    case FG_OP_cuGraphAddEmptyNode: return fgs_cuGraphAddEmptyNode(S, r, out);
+    case FG_OP_cuGraphAddEventRecordNode: return fgs_cuGraphAddEventRecordNode(S, r, out);
+    case FG_OP_cuGraphAddEventWaitNode: return fgs_cuGraphAddEventWaitNode(S, r, out);
+    case FG_OP_cuGraphAddHostNode: return fgs_cuGraphAddHostNode(S, r, out);
+    case FG_OP_cuGraphAddKernelNode_v2: return fgs_cuGraphAddKernelNode_v2(S, r, out);
+    case FG_OP_cuGraphAddMemcpyNode: return fgs_cuGraphAddMemcpyNode(S, r, out);
+    case FG_OP_cuGraphAddMemsetNode: return fgs_cuGraphAddMemsetNode(S, r, out);
+    case FG_OP_cuGraphClone: return fgs_cuGraphClone(S, r, out);
     case FG_OP_cuGraphCreate: {
         CUgraph phGraph = NULL;
         uint8_t want_phGraph = 0;
@@ -709,56 +703,232 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         }
         return res;
     }
-    case FG_OP_cuGraphDestroy: {
-        uint64_t id_hGraph = fg_get_u64(r);
-        CUgraph hGraph = NULL;
-        if (!r->failed && fgs_handle_get(S, 8, id_hGraph, (void **)&hGraph)) return CUDA_ERROR_INVALID_HANDLE;
+    case FG_OP_cuGraphDestroy: return fgs_cuGraphDestroy(S, r, out);
+    case FG_OP_cuGraphDestroyNode: {
+        uint64_t id_hNode = fg_get_u64(r);
+        CUgraphNode hNode = NULL;
+        if (!r->failed && fgs_handle_get(S, 10, id_hNode, (void **)&hNode)) return CUDA_ERROR_INVALID_HANDLE;
         if (r->failed) return FGS_PROTOCOL_ERROR;
-        if (!S->api->cuGraphDestroy) return fgs_missing(S, "cuGraphDestroy");
-        CUresult res = S->api->cuGraphDestroy(hGraph);
-        if (res == CUDA_SUCCESS) fgs_handle_remove(S, 8, id_hGraph);
+        if (!S->api->cuGraphDestroyNode) return fgs_missing(S, "cuGraphDestroyNode");
+        CUresult res = S->api->cuGraphDestroyNode(hNode);
+        if (res == CUDA_SUCCESS) fgs_handle_remove(S, 10, id_hNode);
         return res;
     }
-    case FG_OP_cuGraphExecDestroy: {
+    case FG_OP_cuGraphEventRecordNodeSetEvent: {
+        uint64_t id_hNode = fg_get_u64(r);
+        CUgraphNode hNode = NULL;
+        if (!r->failed && fgs_handle_get(S, 10, id_hNode, (void **)&hNode)) return CUDA_ERROR_INVALID_HANDLE;
+        uint64_t id_event = fg_get_u64(r);
+        CUevent event = NULL;
+        if (!r->failed && fgs_handle_get(S, 3, id_event, (void **)&event)) return CUDA_ERROR_INVALID_HANDLE;
+        if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuGraphEventRecordNodeSetEvent) return fgs_missing(S, "cuGraphEventRecordNodeSetEvent");
+        CUresult res = S->api->cuGraphEventRecordNodeSetEvent(hNode, event);
+        return res;
+    }
+    case FG_OP_cuGraphEventWaitNodeSetEvent: {
+        uint64_t id_hNode = fg_get_u64(r);
+        CUgraphNode hNode = NULL;
+        if (!r->failed && fgs_handle_get(S, 10, id_hNode, (void **)&hNode)) return CUDA_ERROR_INVALID_HANDLE;
+        uint64_t id_event = fg_get_u64(r);
+        CUevent event = NULL;
+        if (!r->failed && fgs_handle_get(S, 3, id_event, (void **)&event)) return CUDA_ERROR_INVALID_HANDLE;
+        if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuGraphEventWaitNodeSetEvent) return fgs_missing(S, "cuGraphEventWaitNodeSetEvent");
+        CUresult res = S->api->cuGraphEventWaitNodeSetEvent(hNode, event);
+        return res;
+    }
+    case FG_OP_cuGraphExecChildGraphNodeSetParams: {
         uint64_t id_hGraphExec = fg_get_u64(r);
         CUgraphExec hGraphExec = NULL;
         if (!r->failed && fgs_handle_get(S, 9, id_hGraphExec, (void **)&hGraphExec)) return CUDA_ERROR_INVALID_HANDLE;
+        uint64_t id_hNode = fg_get_u64(r);
+        CUgraphNode hNode = NULL;
+        if (!r->failed && fgs_handle_get(S, 10, id_hNode, (void **)&hNode)) return CUDA_ERROR_INVALID_HANDLE;
+        uint64_t id_childGraph = fg_get_u64(r);
+        CUgraph childGraph = NULL;
+        if (!r->failed && fgs_handle_get(S, 8, id_childGraph, (void **)&childGraph)) return CUDA_ERROR_INVALID_HANDLE;
         if (r->failed) return FGS_PROTOCOL_ERROR;
-        if (!S->api->cuGraphExecDestroy) return fgs_missing(S, "cuGraphExecDestroy");
-        CUresult res = S->api->cuGraphExecDestroy(hGraphExec);
-        if (res == CUDA_SUCCESS) fgs_handle_remove(S, 9, id_hGraphExec);
+        if (!S->api->cuGraphExecChildGraphNodeSetParams) return fgs_missing(S, "cuGraphExecChildGraphNodeSetParams");
+        CUresult res = S->api->cuGraphExecChildGraphNodeSetParams(hGraphExec, hNode, childGraph);
         return res;
     }
-    case FG_OP_cuGraphGetNodes: return fgs_cuGraphGetNodes(S, r, out);
-    case FG_OP_cuGraphInstantiateWithFlags: {
-        CUgraphExec phGraphExec = NULL;
-        uint8_t want_phGraphExec = 0;
-        fg_get(r, &want_phGraphExec, 1);
-        uint64_t id_hGraph = fg_get_u64(r);
-        CUgraph hGraph = NULL;
-        if (!r->failed && fgs_handle_get(S, 8, id_hGraph, (void **)&hGraph)) return CUDA_ERROR_INVALID_HANDLE;
-        unsigned long long flags;
-        fg_get(r, (void *)&flags, sizeof(flags));
+    case FG_OP_cuGraphExecDestroy: return fgs_cuGraphExecDestroy(S, r, out);
+    case FG_OP_cuGraphExecEventRecordNodeSetEvent: {
+        uint64_t id_hGraphExec = fg_get_u64(r);
+        CUgraphExec hGraphExec = NULL;
+        if (!r->failed && fgs_handle_get(S, 9, id_hGraphExec, (void **)&hGraphExec)) return CUDA_ERROR_INVALID_HANDLE;
+        uint64_t id_hNode = fg_get_u64(r);
+        CUgraphNode hNode = NULL;
+        if (!r->failed && fgs_handle_get(S, 10, id_hNode, (void **)&hNode)) return CUDA_ERROR_INVALID_HANDLE;
+        uint64_t id_event = fg_get_u64(r);
+        CUevent event = NULL;
+        if (!r->failed && fgs_handle_get(S, 3, id_event, (void **)&event)) return CUDA_ERROR_INVALID_HANDLE;
         if (r->failed) return FGS_PROTOCOL_ERROR;
-        if (!S->api->cuGraphInstantiateWithFlags) return fgs_missing(S, "cuGraphInstantiateWithFlags");
-        CUresult res = S->api->cuGraphInstantiateWithFlags(want_phGraphExec ? &phGraphExec : NULL, hGraph, flags);
+        if (!S->api->cuGraphExecEventRecordNodeSetEvent) return fgs_missing(S, "cuGraphExecEventRecordNodeSetEvent");
+        CUresult res = S->api->cuGraphExecEventRecordNodeSetEvent(hGraphExec, hNode, event);
+        return res;
+    }
+    case FG_OP_cuGraphExecEventWaitNodeSetEvent: {
+        uint64_t id_hGraphExec = fg_get_u64(r);
+        CUgraphExec hGraphExec = NULL;
+        if (!r->failed && fgs_handle_get(S, 9, id_hGraphExec, (void **)&hGraphExec)) return CUDA_ERROR_INVALID_HANDLE;
+        uint64_t id_hNode = fg_get_u64(r);
+        CUgraphNode hNode = NULL;
+        if (!r->failed && fgs_handle_get(S, 10, id_hNode, (void **)&hNode)) return CUDA_ERROR_INVALID_HANDLE;
+        uint64_t id_event = fg_get_u64(r);
+        CUevent event = NULL;
+        if (!r->failed && fgs_handle_get(S, 3, id_event, (void **)&event)) return CUDA_ERROR_INVALID_HANDLE;
+        if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuGraphExecEventWaitNodeSetEvent) return fgs_missing(S, "cuGraphExecEventWaitNodeSetEvent");
+        CUresult res = S->api->cuGraphExecEventWaitNodeSetEvent(hGraphExec, hNode, event);
+        return res;
+    }
+    case FG_OP_cuGraphExecGetFlags: {
+        uint64_t id_hGraphExec = fg_get_u64(r);
+        CUgraphExec hGraphExec = NULL;
+        if (!r->failed && fgs_handle_get(S, 9, id_hGraphExec, (void **)&hGraphExec)) return CUDA_ERROR_INVALID_HANDLE;
+        cuuint64_t flags;
+        memset(&flags, 0, sizeof(flags));
+        uint8_t want_flags = 0;
+        fg_get(r, &want_flags, 1);
+        if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuGraphExecGetFlags) return fgs_missing(S, "cuGraphExecGetFlags");
+        CUresult res = S->api->cuGraphExecGetFlags(hGraphExec, want_flags ? &flags : NULL);
         if (res == CUDA_SUCCESS) {
-            fg_put_u64(out, want_phGraphExec && phGraphExec ? fgs_handle_add(S, 9, (void *)phGraphExec) : 0);
+            fg_put(out, &flags, sizeof(flags));
         }
         return res;
     }
-    case FG_OP_cuGraphLaunch: {
-        uint64_t id_hGraph = fg_get_u64(r);
-        CUgraphExec hGraph = NULL;
-        if (!r->failed && fgs_handle_get(S, 9, id_hGraph, (void **)&hGraph)) return CUDA_ERROR_INVALID_HANDLE;
-        uint64_t id_hStream = fg_get_u64(r);
-        CUstream hStream = NULL;
-        if (!r->failed && fgs_handle_get(S, 2, id_hStream, (void **)&hStream)) return CUDA_ERROR_INVALID_HANDLE;
+    case FG_OP_cuGraphExecHostNodeSetParams: return fgs_cuGraphExecHostNodeSetParams(S, r, out);
+    case FG_OP_cuGraphExecKernelNodeSetParams_v2: return fgs_cuGraphExecKernelNodeSetParams_v2(S, r, out);
+    case FG_OP_cuGraphExecMemcpyNodeSetParams: return fgs_cuGraphExecMemcpyNodeSetParams(S, r, out);
+    case FG_OP_cuGraphExecMemsetNodeSetParams: {
+        uint64_t id_hGraphExec = fg_get_u64(r);
+        CUgraphExec hGraphExec = NULL;
+        if (!r->failed && fgs_handle_get(S, 9, id_hGraphExec, (void **)&hGraphExec)) return CUDA_ERROR_INVALID_HANDLE;
+        uint64_t id_hNode = fg_get_u64(r);
+        CUgraphNode hNode = NULL;
+        if (!r->failed && fgs_handle_get(S, 10, id_hNode, (void **)&hNode)) return CUDA_ERROR_INVALID_HANDLE;
+        CUDA_MEMSET_NODE_PARAMS v_memsetParams;
+        memset(&v_memsetParams, 0, sizeof(v_memsetParams));
+        uint8_t has_memsetParams = 0;
+        fg_get(r, &has_memsetParams, 1);
+        if (has_memsetParams) fg_get(r, (void *)&v_memsetParams, sizeof(v_memsetParams));
+        uint64_t id_ctx = fg_get_u64(r);
+        CUcontext ctx = NULL;
+        if (!r->failed && fgs_handle_get(S, 1, id_ctx, (void **)&ctx)) return CUDA_ERROR_INVALID_HANDLE;
         if (r->failed) return FGS_PROTOCOL_ERROR;
-        if (!S->api->cuGraphLaunch) return fgs_missing(S, "cuGraphLaunch");
-        CUresult res = S->api->cuGraphLaunch(hGraph, hStream);
+        if (!S->api->cuGraphExecMemsetNodeSetParams) return fgs_missing(S, "cuGraphExecMemsetNodeSetParams");
+        CUresult res = S->api->cuGraphExecMemsetNodeSetParams(hGraphExec, hNode, has_memsetParams ? &v_memsetParams : NULL, ctx);
         return res;
     }
+    case FG_OP_cuGraphExecUpdate_v2: return fgs_cuGraphExecUpdate_v2(S, r, out);
+    case FG_OP_cuGraphGetNodes: return fgs_cuGraphGetNodes(S, r, out);
+    case FG_OP_cuGraphHostNodeSetParams: return fgs_cuGraphHostNodeSetParams(S, r, out);
+    case FG_OP_cuGraphInstantiateWithFlags: return fgs_cuGraphInstantiateWithFlags(S, r, out);
+    case FG_OP_cuGraphInstantiateWithParams: return fgs_cuGraphInstantiateWithParams(S, r, out);
+    case FG_OP_cuGraphKernelNodeSetParams_v2: return fgs_cuGraphKernelNodeSetParams_v2(S, r, out);
+    case FG_OP_cuGraphLaunch: return fgs_cuGraphLaunch(S, r, out);
+    case FG_OP_cuGraphMemcpyNodeSetParams: return fgs_cuGraphMemcpyNodeSetParams(S, r, out);
+    case FG_OP_cuGraphMemsetNodeGetParams: {
+        uint64_t id_hNode = fg_get_u64(r);
+        CUgraphNode hNode = NULL;
+        if (!r->failed && fgs_handle_get(S, 10, id_hNode, (void **)&hNode)) return CUDA_ERROR_INVALID_HANDLE;
+        CUDA_MEMSET_NODE_PARAMS nodeParams;
+        memset(&nodeParams, 0, sizeof(nodeParams));
+        uint8_t want_nodeParams = 0;
+        fg_get(r, &want_nodeParams, 1);
+        if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuGraphMemsetNodeGetParams) return fgs_missing(S, "cuGraphMemsetNodeGetParams");
+        CUresult res = S->api->cuGraphMemsetNodeGetParams(hNode, want_nodeParams ? &nodeParams : NULL);
+        if (res == CUDA_SUCCESS) {
+            fg_put(out, &nodeParams, sizeof(nodeParams));
+        }
+        return res;
+    }
+    case FG_OP_cuGraphMemsetNodeSetParams: {
+        uint64_t id_hNode = fg_get_u64(r);
+        CUgraphNode hNode = NULL;
+        if (!r->failed && fgs_handle_get(S, 10, id_hNode, (void **)&hNode)) return CUDA_ERROR_INVALID_HANDLE;
+        CUDA_MEMSET_NODE_PARAMS v_nodeParams;
+        memset(&v_nodeParams, 0, sizeof(v_nodeParams));
+        uint8_t has_nodeParams = 0;
+        fg_get(r, &has_nodeParams, 1);
+        if (has_nodeParams) fg_get(r, (void *)&v_nodeParams, sizeof(v_nodeParams));
+        if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuGraphMemsetNodeSetParams) return fgs_missing(S, "cuGraphMemsetNodeSetParams");
+        CUresult res = S->api->cuGraphMemsetNodeSetParams(hNode, has_nodeParams ? &v_nodeParams : NULL);
+        return res;
+    }
+    case FG_OP_cuGraphNodeFindInClone: {
+        CUgraphNode phNode = NULL;
+        uint8_t want_phNode = 0;
+        fg_get(r, &want_phNode, 1);
+        uint64_t id_hOriginalNode = fg_get_u64(r);
+        CUgraphNode hOriginalNode = NULL;
+        if (!r->failed && fgs_handle_get(S, 10, id_hOriginalNode, (void **)&hOriginalNode)) return CUDA_ERROR_INVALID_HANDLE;
+        uint64_t id_hClonedGraph = fg_get_u64(r);
+        CUgraph hClonedGraph = NULL;
+        if (!r->failed && fgs_handle_get(S, 8, id_hClonedGraph, (void **)&hClonedGraph)) return CUDA_ERROR_INVALID_HANDLE;
+        if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuGraphNodeFindInClone) return fgs_missing(S, "cuGraphNodeFindInClone");
+        CUresult res = S->api->cuGraphNodeFindInClone(want_phNode ? &phNode : NULL, hOriginalNode, hClonedGraph);
+        if (res == CUDA_SUCCESS) {
+            fg_put_u64(out, want_phNode && phNode ? fgs_handle_add(S, 10, (void *)phNode) : 0);
+        }
+        return res;
+    }
+    case FG_OP_cuGraphNodeGetEnabled: {
+        uint64_t id_hGraphExec = fg_get_u64(r);
+        CUgraphExec hGraphExec = NULL;
+        if (!r->failed && fgs_handle_get(S, 9, id_hGraphExec, (void **)&hGraphExec)) return CUDA_ERROR_INVALID_HANDLE;
+        uint64_t id_hNode = fg_get_u64(r);
+        CUgraphNode hNode = NULL;
+        if (!r->failed && fgs_handle_get(S, 10, id_hNode, (void **)&hNode)) return CUDA_ERROR_INVALID_HANDLE;
+        unsigned int isEnabled;
+        memset(&isEnabled, 0, sizeof(isEnabled));
+        uint8_t want_isEnabled = 0;
+        fg_get(r, &want_isEnabled, 1);
+        if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuGraphNodeGetEnabled) return fgs_missing(S, "cuGraphNodeGetEnabled");
+        CUresult res = S->api->cuGraphNodeGetEnabled(hGraphExec, hNode, want_isEnabled ? &isEnabled : NULL);
+        if (res == CUDA_SUCCESS) {
+            fg_put(out, &isEnabled, sizeof(isEnabled));
+        }
+        return res;
+    }
+    case FG_OP_cuGraphNodeGetType: {
+        uint64_t id_hNode = fg_get_u64(r);
+        CUgraphNode hNode = NULL;
+        if (!r->failed && fgs_handle_get(S, 10, id_hNode, (void **)&hNode)) return CUDA_ERROR_INVALID_HANDLE;
+        CUgraphNodeType type;
+        memset(&type, 0, sizeof(type));
+        uint8_t want_type = 0;
+        fg_get(r, &want_type, 1);
+        if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuGraphNodeGetType) return fgs_missing(S, "cuGraphNodeGetType");
+        CUresult res = S->api->cuGraphNodeGetType(hNode, want_type ? &type : NULL);
+        if (res == CUDA_SUCCESS) {
+            fg_put(out, &type, sizeof(type));
+        }
+        return res;
+    }
+    case FG_OP_cuGraphNodeSetEnabled: {
+        uint64_t id_hGraphExec = fg_get_u64(r);
+        CUgraphExec hGraphExec = NULL;
+        if (!r->failed && fgs_handle_get(S, 9, id_hGraphExec, (void **)&hGraphExec)) return CUDA_ERROR_INVALID_HANDLE;
+        uint64_t id_hNode = fg_get_u64(r);
+        CUgraphNode hNode = NULL;
+        if (!r->failed && fgs_handle_get(S, 10, id_hNode, (void **)&hNode)) return CUDA_ERROR_INVALID_HANDLE;
+        unsigned int isEnabled;
+        fg_get(r, (void *)&isEnabled, sizeof(isEnabled));
+        if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuGraphNodeSetEnabled) return fgs_missing(S, "cuGraphNodeSetEnabled");
+        CUresult res = S->api->cuGraphNodeSetEnabled(hGraphExec, hNode, isEnabled);
+        return res;
+    }
+    case FG_OP_cuGraphRemoveDependencies_v2: return fgs_cuGraphRemoveDependencies_v2(S, r, out);
     case FG_OP_cuGraphUpload: {
         uint64_t id_hGraph = fg_get_u64(r);
         CUgraphExec hGraph = NULL;

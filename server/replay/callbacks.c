@@ -171,3 +171,18 @@ void fgs_callbacks_close(fgs_session *S) {
         S->callbacks = n;
     }
 }
+
+/* A host node of a graph the client builds (graph_build.c): the trampoline and its argument for the cookie. It
+ * runs at every launch of the graph, on whatever stream launches it, and carries no staged copies. */
+CUresult fgs_callback_for_graph(fgs_session *S, uint64_t cookie, CUhostFn *fn, void **arg) {
+    struct fgs_callback *c = (struct fgs_callback *)calloc(1, sizeof *c);
+    if (!c) return CUDA_ERROR_OUT_OF_MEMORY;
+    c->S = S;
+    c->cookie = cookie;
+    c->copies = 0;
+    c->next = S->callbacks;
+    S->callbacks = c;
+    *fn = host_trampoline;
+    *arg = c;
+    return CUDA_SUCCESS;
+}

@@ -181,6 +181,8 @@ int fgs_park_control(fgs_session *S, const char *line, char *why, size_t why_len
 uint64_t fgs_park_xlate(fgs_session *S, uint64_t p, uint64_t n);
 /* Must run after the device is idle (the trampolines the driver may still call use these). */
 void fgs_callbacks_close(fgs_session *S);
+/* callbacks.c: the trampoline and argument of a graph host node whose function is the client's `cookie`. */
+CUresult fgs_callback_for_graph(fgs_session *S, uint64_t cookie, CUhostFn *fn, void **arg);
 void fgs_globals_forget(fgs_session *S);
 void fgs_later_free_all(fgs_session *S);
 /* For send_reply: the distinct streams of the staged copies that have data (malloc'ed; *n 0 and NULL when

@@ -183,6 +183,75 @@ static int build_args(pools *P, unsigned op, buf *a, buf *pre, int *expect) {
         case 'G': put64(a, pick_handle(P, FGH_GRAPH)); break;
         case 'X': put64(a, pick_handle(P, FGH_GRAPHEXEC)); break;
         case 'O': put64(a, pick_handle(P, FGH_MEMORYPOOL)); break;
+        case 'D': put64(a, pick_handle(P, FGH_GRAPHNODE)); break;
+        case 'l': {
+            uint64_t n = chance(90) ? rndn(4) : chance(50) ? rndn(5000) : pick_size();
+            put64(a, n);
+            for (uint64_t k = 0; k < n && k < 5000; k++) put64(a, pick_handle(P, FGH_GRAPHNODE));
+            if (n > 5000) return 1; /* over the server's bound, or short: malformed */
+            break;
+        }
+        case 'e': put8(a, chance(90) ? 0 : (uint8_t)rnd()); break;
+        case 'A': {
+            CUmemAllocationProp pr;
+            memset(&pr, 0, sizeof pr);
+            pr.type = chance(85) ? CU_MEM_ALLOCATION_TYPE_PINNED : (CUmemAllocationType)pick_int();
+            pr.location.type = chance(85) ? CU_MEM_LOCATION_TYPE_DEVICE : (CUmemLocationType)pick_int();
+            pr.location.id = chance(85) ? 0 : pick_int();
+            pr.requestedHandleTypes = chance(85) ? CU_MEM_HANDLE_TYPE_NONE : (CUmemAllocationHandleType)pick_int();
+            pr.allocFlags.compressionType = chance(90) ? 0 : (unsigned char)rnd();
+            put(a, &pr, sizeof pr);
+            break;
+        }
+        case 'T': {
+            CUmemLocation loc = {chance(85) ? CU_MEM_LOCATION_TYPE_DEVICE : (CUmemLocationType)pick_int(),
+                                 chance(85) ? 0 : pick_int()};
+            put(a, &loc, sizeof loc);
+            break;
+        }
+        case 'c': {
+            uint64_t n = chance(90) ? rndn(3) : chance(50) ? 65 + rndn(100) : pick_size();
+            put64(a, n);
+            if (n > 64) return 1; /* over the server's bound: malformed */
+            for (uint64_t k = 0; k < n; k++) {
+                CUmemAccessDesc d;
+                memset(&d, 0, sizeof d);
+                d.location.type = chance(85) ? CU_MEM_LOCATION_TYPE_DEVICE : (CUmemLocationType)pick_int();
+                d.location.id = chance(85) ? 0 : pick_int();
+                d.flags = chance(85) ? CU_MEM_ACCESS_FLAGS_PROT_READWRITE : (CUmemAccess_flags)pick_int();
+                put(a, &d, sizeof d);
+            }
+            break;
+        }
+        case 'm': {
+            CUDA_MEMSET_NODE_PARAMS m;
+            memset(&m, 0, sizeof m);
+            m.dst = pick_ptr(P);
+            m.pitch = chance(80) ? 0 : pick_size();
+            m.value = (unsigned)rnd();
+            m.elementSize = chance(85) ? (unsigned)(1u << rndn(3)) : (unsigned)pick_int();
+            m.width = chance(85) ? rndn(4096) : pick_size();
+            m.height = chance(85) ? 1 + rndn(4) : pick_size();
+            put(a, &m, sizeof m);
+            break;
+        }
+        case 'y': {
+            CUDA_MEMCPY3D c;
+            memset(&c, 0, sizeof c);
+            c.srcMemoryType = chance(85) ? CU_MEMORYTYPE_DEVICE : (CUmemorytype)pick_int();
+            c.dstMemoryType = chance(85) ? CU_MEMORYTYPE_DEVICE : (CUmemorytype)pick_int();
+            c.srcDevice = pick_ptr(P);
+            c.dstDevice = pick_ptr(P);
+            c.srcHost = (const void *)(uintptr_t)rnd(); /* never used: the server refuses host types */
+            c.WidthInBytes = chance(85) ? rndn(4096) : pick_size();
+            c.Height = chance(85) ? 1 : pick_size();
+            c.Depth = chance(85) ? 1 : pick_size();
+            c.srcPitch = chance(80) ? 0 : pick_size();
+            c.dstPitch = chance(80) ? 0 : pick_size();
+            c.srcXInBytes = chance(85) ? 0 : pick_size();
+            put(a, &c, sizeof c);
+            break;
+        }
         case 's':
         case 'z': {
             static const char *names[] = {"fg_vadd", "fg_fill_u32", "fg_magic", "fg_scale", "nope", ""};

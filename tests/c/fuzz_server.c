@@ -304,6 +304,9 @@ static void add_record(buf *o, unsigned op, const buf *args) {
  * kernel, graph, graph exec, memory pool), s string (u32 len incl. NUL + bytes; function/global names),
  * z string (a PCI bus id), B u64 n + n bytes (host data), K launch dims (7 × u32), P u32 n + params,
  * x u32 n + n launch attributes (CUlaunchAttribute), V u8 present + CUstreamAttrValue,
+ * D a graph node id, l u64 n + n graph node ids (dependencies), e u8 edge-data flag (mostly 0),
+ * A a CUmemAllocationProp, T a CUmemLocation, c u64 n + n CUmemAccessDesc, m a CUDA_MEMSET_NODE_PARAMS,
+ * y a CUDA_MEMCPY3D (device pointers, mostly),
  * H an image reference (sha256[32], u64 size, u32 extra_len, extra) after IMAGE_CHUNK records that may
  * upload it, Y one IMAGE_CHUNK record (sha256[32], u64 total, u64 offset, u32 len, bytes). */
 static const char *layout[FG_OP_LIMIT] = {
@@ -368,7 +371,7 @@ static const char *layout[FG_OP_LIMIT] = {
     [FG_OP_cuGraphDestroy] = "G",
     [FG_OP_cuGraphExecDestroy] = "X",
     [FG_OP_cuGraphGetNodes] = "Gr",
-    [FG_OP_cuGraphInstantiateWithFlags] = "wGq",
+    [FG_OP_cuGraphInstantiateWithFlags] = "Gq",
     [FG_OP_cuGraphLaunch] = "XS",
     [FG_OP_cuGraphUpload] = "XS",
     [FG_OP_cuKernelGetAttribute] = "wiNi",
@@ -447,6 +450,54 @@ static const char *layout[FG_OP_LIMIT] = {
     [FG_OP_cuThreadExchangeStreamCaptureMode] = "i",
     [FG_OP_cuLaunchHostFunc] = "Sq",
     [FG_OP_cuStreamAddCallback] = "Sq",
+    /* client VMM, profiler (server/replay/vmm.c, profiler.c) */
+    [FG_OP_cuMemGetAllocationGranularity] = "wAi",
+    [FG_OP_cuMemGetAccess] = "wTp",
+    [FG_OP_cuMemAddressReserve] = "aqqq",
+    [FG_OP_cuMemAddressFree] = "pq",
+    [FG_OP_cuMemCreate] = "aqA",
+    [FG_OP_cuMemRelease] = "q",
+    [FG_OP_cuMemMap] = "pqqqq",
+    [FG_OP_cuMemUnmap] = "pq",
+    [FG_OP_cuMemSetAccess] = "pqc",
+    [FG_OP_cuMemRetainAllocationHandle] = "p",
+    [FG_OP_cuMemGetAllocationPropertiesFromHandle] = "q",
+    [FG_OP_cuProfilerStart] = "",
+    [FG_OP_cuProfilerStop] = "",
+    /* graphs built by hand (server/replay/graph_build.c) */
+    [FG_OP_cuGraphAddEmptyNode] = "Gl",
+    [FG_OP_cuGraphAddKernelNode_v2] = "GlFKP",
+    [FG_OP_cuGraphKernelNodeSetParams_v2] = "DFKP",
+    [FG_OP_cuGraphExecKernelNodeSetParams_v2] = "XDFKP",
+    [FG_OP_cuGraphAddMemsetNode] = "GlmC",
+    [FG_OP_cuGraphAddMemcpyNode] = "GlyC",
+    [FG_OP_cuGraphMemcpyNodeSetParams] = "Dy",
+    [FG_OP_cuGraphExecMemcpyNodeSetParams] = "XDyC",
+    [FG_OP_cuGraphAddEventRecordNode] = "GlE",
+    [FG_OP_cuGraphAddEventWaitNode] = "GlE",
+    [FG_OP_cuGraphAddChildGraphNode] = "GlG",
+    [FG_OP_cuGraphAddHostNode] = "Glq",
+    [FG_OP_cuGraphHostNodeSetParams] = "Dq",
+    [FG_OP_cuGraphExecHostNodeSetParams] = "XDq",
+    [FG_OP_cuGraphAddDependencies_v2] = "Glle",
+    [FG_OP_cuGraphRemoveDependencies_v2] = "Glle",
+    [FG_OP_cuGraphInstantiateWithParams] = "GqS",
+    [FG_OP_cuGraphExecUpdate_v2] = "XG",
+    [FG_OP_cuGraphClone] = "G",
+    [FG_OP_cuGraphNodeGetType] = "Dw",
+    [FG_OP_cuGraphNodeFindInClone] = "wDG",
+    [FG_OP_cuGraphDestroyNode] = "D",
+    [FG_OP_cuGraphEventRecordNodeSetEvent] = "DE",
+    [FG_OP_cuGraphEventWaitNodeSetEvent] = "DE",
+    [FG_OP_cuGraphExecEventRecordNodeSetEvent] = "XDE",
+    [FG_OP_cuGraphExecEventWaitNodeSetEvent] = "XDE",
+    [FG_OP_cuGraphNodeSetEnabled] = "XDi",
+    [FG_OP_cuGraphNodeGetEnabled] = "XDw",
+    [FG_OP_cuGraphExecChildGraphNodeSetParams] = "XDG",
+    [FG_OP_cuGraphMemsetNodeGetParams] = "Dw",
+    [FG_OP_cuGraphMemsetNodeSetParams] = "Dm",
+    [FG_OP_cuGraphExecMemsetNodeSetParams] = "XDmC",
+    [FG_OP_cuGraphExecGetFlags] = "Xw",
 };
 
 #include "fuzz_images.h" /* module images, uploads and loads */
@@ -557,6 +608,24 @@ static void await_reply(session *s, pools *P, unsigned last_op, uint64_t alloc_s
         case FG_OP_cuGraphCreate:
         case FG_OP_cuStreamEndCapture: pool_add(P, FGH_GRAPH, v); break;
         case FG_OP_cuGraphInstantiateWithFlags: pool_add(P, FGH_GRAPHEXEC, v); break;
+        case FG_OP_cuGraphClone: pool_add(P, FGH_GRAPH, v); break;
+        case FG_OP_cuGraphInstantiateWithParams: /* u32 result, u64 exec, ... */
+            if (out_len >= 12) {
+                uint32_t res;
+                memcpy(&res, p + 24, 4);
+                memcpy(&v, p + 28, 8);
+                if (!res) pool_add(P, FGH_GRAPHEXEC, v);
+            }
+            break;
+        case FG_OP_cuGraphAddEmptyNode:
+        case FG_OP_cuGraphAddKernelNode_v2:
+        case FG_OP_cuGraphAddMemsetNode:
+        case FG_OP_cuGraphAddMemcpyNode:
+        case FG_OP_cuGraphAddEventRecordNode:
+        case FG_OP_cuGraphAddEventWaitNode:
+        case FG_OP_cuGraphAddChildGraphNode:
+        case FG_OP_cuGraphAddHostNode:
+        case FG_OP_cuGraphNodeFindInClone: pool_add(P, FGH_GRAPHNODE, v); break;
         case FG_OP_cuDeviceGetDefaultMemPool:
         case FG_OP_cuDeviceGetMemPool: pool_add(P, FGH_MEMORYPOOL, v); break;
         case FG_OP_cuStreamGetCaptureInfo_v3: /* u32 status, u32 n, u64 id, u64 graph, n nodes */

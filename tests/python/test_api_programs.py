@@ -24,7 +24,7 @@ from e2e_helpers import REPO, NodeServer, start_server, stop_server
 
 from fargpu import paths
 
-PROGRAMS = ("api_vmm",)
+PROGRAMS = ("api_vmm", "api_managed", "api_graphs")
 MiB = 1 << 20
 
 
@@ -85,6 +85,25 @@ def test_vmm_occupancy_profiler_program(programs: dict[str, Path], node_server: 
     assert "occupancy fixed smem, limit 200: grid 1320 block 192" in out
     assert "runtime template: grid 264 block 1024" in out
     assert "occupancy without minGridSize: invalid value" in out
+
+
+def test_managed_and_mapped_memory_program(programs: dict[str, Path], node_server: NodeServer) -> None:
+    out = _passed(_run(programs["api_managed"], node_server), node_server)
+    checks = [ln for ln in out if ln.endswith(" ok")]
+    assert len(checks) == 13, out
+    assert "read mostly: 1" in out and "preferred location: 0" in out and "last prefetch location: 0" in out
+    assert "read mostly after unset: 0" in out
+    assert "managed pointer type 3, device 0, host pointer same" in out  # cudaMemoryTypeManaged
+    assert "device pointer type 2" in out
+
+
+def test_graphs_built_by_hand_program(programs: dict[str, Path], node_server: NodeServer) -> None:
+    out = _passed(_run(programs["api_graphs"], node_server), node_server)
+    assert "nodes 10: memset memcpy memcpy kernel graph memcpy host wait empty record" in out
+    assert len([ln for ln in out if ln.endswith(" ok")]) == 10, out
+    assert "cloned memset value 7 width 65536" in out and "exec update result 0" in out
+    assert "update from a different topology: refused, result 2" in out  # CU_GRAPH_EXEC_UPDATE_ERROR_TOPOLOGY_CHANGED
+    assert "instantiate with params: result 0" in out
 
 
 VMM = PRELUDE + r'''

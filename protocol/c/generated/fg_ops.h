@@ -2,7 +2,7 @@
 #ifndef FG_OPS_H
 #define FG_OPS_H
 
-#define FG_OPS_HASH "3dfa3e1804f871f7"
+#define FG_OPS_HASH "f4f6a263a61503d3"
 
 enum fg_op {
     FG_OP_SET_CTX = 1,
@@ -62,103 +62,136 @@ enum fg_op {
     FG_OP_cuFuncSetAttribute = 67,
     FG_OP_cuFuncSetCacheConfig = 68,
     FG_OP_cuFuncSetSharedMemConfig = 69,
-    FG_OP_cuGraphCreate = 70,
-    FG_OP_cuGraphDestroy = 71,
-    FG_OP_cuGraphExecDestroy = 72,
-    FG_OP_cuGraphGetNodes = 73,
-    FG_OP_cuGraphInstantiateWithFlags = 74,
-    FG_OP_cuGraphLaunch = 75,
-    FG_OP_cuGraphUpload = 76,
-    FG_OP_cuKernelGetAttribute = 77,
-    FG_OP_cuKernelGetFunction = 78,
-    FG_OP_cuKernelGetLibrary = 79,
-    FG_OP_cuKernelSetAttribute = 80,
-    FG_OP_cuKernelSetCacheConfig = 81,
-    FG_OP_cuLaunchHostFunc = 82,
-    FG_OP_cuLaunchKernel = 83,
-    FG_OP_cuLaunchKernelEx = 84,
-    FG_OP_cuLibraryGetGlobal = 85,
-    FG_OP_cuLibraryGetKernel = 86,
-    FG_OP_cuLibraryGetKernelCount = 87,
-    FG_OP_cuLibraryGetModule = 88,
-    FG_OP_cuLibraryLoadData = 89,
-    FG_OP_cuLibraryUnload = 90,
-    FG_OP_cuMemAddressFree = 91,
-    FG_OP_cuMemAddressReserve = 92,
-    FG_OP_cuMemAlloc_v2 = 93,
-    FG_OP_cuMemCreate = 94,
-    FG_OP_cuMemFree_v2 = 95,
-    FG_OP_cuMemGetAccess = 96,
-    FG_OP_cuMemGetAddressRange_v2 = 97,
-    FG_OP_cuMemGetAllocationGranularity = 98,
-    FG_OP_cuMemGetAllocationPropertiesFromHandle = 99,
-    FG_OP_cuMemGetInfo_v2 = 100,
-    FG_OP_cuMemMap = 101,
-    FG_OP_cuMemPoolTrimTo = 102,
-    FG_OP_cuMemRelease = 103,
-    FG_OP_cuMemRetainAllocationHandle = 104,
-    FG_OP_cuMemSetAccess = 105,
-    FG_OP_cuMemUnmap = 106,
-    FG_OP_cuMemcpy = 107,
-    FG_OP_cuMemcpyAsync = 108,
-    FG_OP_cuMemcpyDtoDAsync_v2 = 109,
-    FG_OP_cuMemcpyDtoD_v2 = 110,
-    FG_OP_cuMemcpyDtoHAsync_v2 = 111,
-    FG_OP_cuMemcpyDtoH_v2 = 112,
-    FG_OP_cuMemcpyHtoDAsync_v2 = 113,
-    FG_OP_cuMemcpyHtoD_v2 = 114,
-    FG_OP_cuMemsetD16Async = 115,
-    FG_OP_cuMemsetD16_v2 = 116,
-    FG_OP_cuMemsetD2D16Async = 117,
-    FG_OP_cuMemsetD2D16_v2 = 118,
-    FG_OP_cuMemsetD2D32Async = 119,
-    FG_OP_cuMemsetD2D32_v2 = 120,
-    FG_OP_cuMemsetD2D8Async = 121,
-    FG_OP_cuMemsetD2D8_v2 = 122,
-    FG_OP_cuMemsetD32Async = 123,
-    FG_OP_cuMemsetD32_v2 = 124,
-    FG_OP_cuMemsetD8Async = 125,
-    FG_OP_cuMemsetD8_v2 = 126,
-    FG_OP_cuModuleEnumerateFunctions = 127,
-    FG_OP_cuModuleGetFunction = 128,
-    FG_OP_cuModuleGetFunctionCount = 129,
-    FG_OP_cuModuleGetGlobal_v2 = 130,
-    FG_OP_cuModuleGetLoadingMode = 131,
-    FG_OP_cuModuleLoadData = 132,
-    FG_OP_cuModuleLoadDataEx = 133,
-    FG_OP_cuModuleUnload = 134,
-    FG_OP_cuOccupancyAvailableDynamicSMemPerBlock = 135,
-    FG_OP_cuOccupancyMaxActiveBlocksPerMultiprocessor = 136,
-    FG_OP_cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags = 137,
-    FG_OP_cuOccupancyMaxActiveClusters = 138,
-    FG_OP_cuOccupancyMaxPotentialClusterSize = 139,
-    FG_OP_cuProfilerStart = 140,
-    FG_OP_cuProfilerStop = 141,
-    FG_OP_cuStreamAddCallback = 142,
-    FG_OP_cuStreamBeginCapture_v2 = 143,
-    FG_OP_cuStreamCopyAttributes = 144,
-    FG_OP_cuStreamCreate = 145,
-    FG_OP_cuStreamCreateWithPriority = 146,
-    FG_OP_cuStreamDestroy_v2 = 147,
-    FG_OP_cuStreamEndCapture = 148,
-    FG_OP_cuStreamGetAttribute = 149,
-    FG_OP_cuStreamGetCaptureInfo_v3 = 150,
-    FG_OP_cuStreamGetCtx = 151,
-    FG_OP_cuStreamGetDevice = 152,
-    FG_OP_cuStreamGetFlags = 153,
-    FG_OP_cuStreamGetId = 154,
-    FG_OP_cuStreamGetPriority = 155,
-    FG_OP_cuStreamIsCapturing = 156,
-    FG_OP_cuStreamQuery = 157,
-    FG_OP_cuStreamSetAttribute = 158,
-    FG_OP_cuStreamSynchronize = 159,
-    FG_OP_cuStreamWaitEvent = 160,
-    FG_OP_cuStreamWaitValue32_v2 = 161,
-    FG_OP_cuStreamWaitValue64_v2 = 162,
-    FG_OP_cuStreamWriteValue32_v2 = 163,
-    FG_OP_cuStreamWriteValue64_v2 = 164,
-    FG_OP_cuThreadExchangeStreamCaptureMode = 165,
-    FG_OP_LIMIT = 166,
+    FG_OP_cuGraphAddChildGraphNode = 70,
+    FG_OP_cuGraphAddDependencies_v2 = 71,
+    FG_OP_cuGraphAddEmptyNode = 72,
+    FG_OP_cuGraphAddEventRecordNode = 73,
+    FG_OP_cuGraphAddEventWaitNode = 74,
+    FG_OP_cuGraphAddHostNode = 75,
+    FG_OP_cuGraphAddKernelNode_v2 = 76,
+    FG_OP_cuGraphAddMemcpyNode = 77,
+    FG_OP_cuGraphAddMemsetNode = 78,
+    FG_OP_cuGraphClone = 79,
+    FG_OP_cuGraphCreate = 80,
+    FG_OP_cuGraphDestroy = 81,
+    FG_OP_cuGraphDestroyNode = 82,
+    FG_OP_cuGraphEventRecordNodeSetEvent = 83,
+    FG_OP_cuGraphEventWaitNodeSetEvent = 84,
+    FG_OP_cuGraphExecChildGraphNodeSetParams = 85,
+    FG_OP_cuGraphExecDestroy = 86,
+    FG_OP_cuGraphExecEventRecordNodeSetEvent = 87,
+    FG_OP_cuGraphExecEventWaitNodeSetEvent = 88,
+    FG_OP_cuGraphExecGetFlags = 89,
+    FG_OP_cuGraphExecHostNodeSetParams = 90,
+    FG_OP_cuGraphExecKernelNodeSetParams_v2 = 91,
+    FG_OP_cuGraphExecMemcpyNodeSetParams = 92,
+    FG_OP_cuGraphExecMemsetNodeSetParams = 93,
+    FG_OP_cuGraphExecUpdate_v2 = 94,
+    FG_OP_cuGraphGetNodes = 95,
+    FG_OP_cuGraphHostNodeSetParams = 96,
+    FG_OP_cuGraphInstantiateWithFlags = 97,
+    FG_OP_cuGraphInstantiateWithParams = 98,
+    FG_OP_cuGraphKernelNodeSetParams_v2 = 99,
+    FG_OP_cuGraphLaunch = 100,
+    FG_OP_cuGraphMemcpyNodeSetParams = 101,
+    FG_OP_cuGraphMemsetNodeGetParams = 102,
+    FG_OP_cuGraphMemsetNodeSetParams = 103,
+    FG_OP_cuGraphNodeFindInClone = 104,
+    FG_OP_cuGraphNodeGetEnabled = 105,
+    FG_OP_cuGraphNodeGetType = 106,
+    FG_OP_cuGraphNodeSetEnabled = 107,
+    FG_OP_cuGraphRemoveDependencies_v2 = 108,
+    FG_OP_cuGraphUpload = 109,
+    FG_OP_cuKernelGetAttribute = 110,
+    FG_OP_cuKernelGetFunction = 111,
+    FG_OP_cuKernelGetLibrary = 112,
+    FG_OP_cuKernelSetAttribute = 113,
+    FG_OP_cuKernelSetCacheConfig = 114,
+    FG_OP_cuLaunchHostFunc = 115,
+    FG_OP_cuLaunchKernel = 116,
+    FG_OP_cuLaunchKernelEx = 117,
+    FG_OP_cuLibraryGetGlobal = 118,
+    FG_OP_cuLibraryGetKernel = 119,
+    FG_OP_cuLibraryGetKernelCount = 120,
+    FG_OP_cuLibraryGetModule = 121,
+    FG_OP_cuLibraryLoadData = 122,
+    FG_OP_cuLibraryUnload = 123,
+    FG_OP_cuMemAddressFree = 124,
+    FG_OP_cuMemAddressReserve = 125,
+    FG_OP_cuMemAlloc_v2 = 126,
+    FG_OP_cuMemCreate = 127,
+    FG_OP_cuMemFree_v2 = 128,
+    FG_OP_cuMemGetAccess = 129,
+    FG_OP_cuMemGetAddressRange_v2 = 130,
+    FG_OP_cuMemGetAllocationGranularity = 131,
+    FG_OP_cuMemGetAllocationPropertiesFromHandle = 132,
+    FG_OP_cuMemGetInfo_v2 = 133,
+    FG_OP_cuMemMap = 134,
+    FG_OP_cuMemPoolTrimTo = 135,
+    FG_OP_cuMemRelease = 136,
+    FG_OP_cuMemRetainAllocationHandle = 137,
+    FG_OP_cuMemSetAccess = 138,
+    FG_OP_cuMemUnmap = 139,
+    FG_OP_cuMemcpy = 140,
+    FG_OP_cuMemcpyAsync = 141,
+    FG_OP_cuMemcpyDtoDAsync_v2 = 142,
+    FG_OP_cuMemcpyDtoD_v2 = 143,
+    FG_OP_cuMemcpyDtoHAsync_v2 = 144,
+    FG_OP_cuMemcpyDtoH_v2 = 145,
+    FG_OP_cuMemcpyHtoDAsync_v2 = 146,
+    FG_OP_cuMemcpyHtoD_v2 = 147,
+    FG_OP_cuMemsetD16Async = 148,
+    FG_OP_cuMemsetD16_v2 = 149,
+    FG_OP_cuMemsetD2D16Async = 150,
+    FG_OP_cuMemsetD2D16_v2 = 151,
+    FG_OP_cuMemsetD2D32Async = 152,
+    FG_OP_cuMemsetD2D32_v2 = 153,
+    FG_OP_cuMemsetD2D8Async = 154,
+    FG_OP_cuMemsetD2D8_v2 = 155,
+    FG_OP_cuMemsetD32Async = 156,
+    FG_OP_cuMemsetD32_v2 = 157,
+    FG_OP_cuMemsetD8Async = 158,
+    FG_OP_cuMemsetD8_v2 = 159,
+    FG_OP_cuModuleEnumerateFunctions = 160,
+    FG_OP_cuModuleGetFunction = 161,
+    FG_OP_cuModuleGetFunctionCount = 162,
+    FG_OP_cuModuleGetGlobal_v2 = 163,
+    FG_OP_cuModuleGetLoadingMode = 164,
+    FG_OP_cuModuleLoadData = 165,
+    FG_OP_cuModuleLoadDataEx = 166,
+    FG_OP_cuModuleUnload = 167,
+    FG_OP_cuOccupancyAvailableDynamicSMemPerBlock = 168,
+    FG_OP_cuOccupancyMaxActiveBlocksPerMultiprocessor = 169,
+    FG_OP_cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags = 170,
+    FG_OP_cuOccupancyMaxActiveClusters = 171,
+    FG_OP_cuOccupancyMaxPotentialClusterSize = 172,
+    FG_OP_cuProfilerStart = 173,
+    FG_OP_cuProfilerStop = 174,
+    FG_OP_cuStreamAddCallback = 175,
+    FG_OP_cuStreamBeginCapture_v2 = 176,
+    FG_OP_cuStreamCopyAttributes = 177,
+    FG_OP_cuStreamCreate = 178,
+    FG_OP_cuStreamCreateWithPriority = 179,
+    FG_OP_cuStreamDestroy_v2 = 180,
+    FG_OP_cuStreamEndCapture = 181,
+    FG_OP_cuStreamGetAttribute = 182,
+    FG_OP_cuStreamGetCaptureInfo_v3 = 183,
+    FG_OP_cuStreamGetCtx = 184,
+    FG_OP_cuStreamGetDevice = 185,
+    FG_OP_cuStreamGetFlags = 186,
+    FG_OP_cuStreamGetId = 187,
+    FG_OP_cuStreamGetPriority = 188,
+    FG_OP_cuStreamIsCapturing = 189,
+    FG_OP_cuStreamQuery = 190,
+    FG_OP_cuStreamSetAttribute = 191,
+    FG_OP_cuStreamSynchronize = 192,
+    FG_OP_cuStreamWaitEvent = 193,
+    FG_OP_cuStreamWaitValue32_v2 = 194,
+    FG_OP_cuStreamWaitValue64_v2 = 195,
+    FG_OP_cuStreamWriteValue32_v2 = 196,
+    FG_OP_cuStreamWriteValue64_v2 = 197,
+    FG_OP_cuThreadExchangeStreamCaptureMode = 198,
+    FG_OP_LIMIT = 199,
 };
 
 /* 0: unknown op, 1: sync, 2: async */
@@ -221,12 +254,45 @@ static inline int fg_op_class(unsigned op) {
     case FG_OP_cuFuncSetAttribute: return 1;
     case FG_OP_cuFuncSetCacheConfig: return 1;
     case FG_OP_cuFuncSetSharedMemConfig: return 1;
+    case FG_OP_cuGraphAddChildGraphNode: return 1;
+    case FG_OP_cuGraphAddDependencies_v2: return 1;
+    case FG_OP_cuGraphAddEmptyNode: return 1;
+    case FG_OP_cuGraphAddEventRecordNode: return 1;
+    case FG_OP_cuGraphAddEventWaitNode: return 1;
+    case FG_OP_cuGraphAddHostNode: return 1;
+    case FG_OP_cuGraphAddKernelNode_v2: return 1;
+    case FG_OP_cuGraphAddMemcpyNode: return 1;
+    case FG_OP_cuGraphAddMemsetNode: return 1;
+    case FG_OP_cuGraphClone: return 1;
     case FG_OP_cuGraphCreate: return 1;
     case FG_OP_cuGraphDestroy: return 1;
+    case FG_OP_cuGraphDestroyNode: return 1;
+    case FG_OP_cuGraphEventRecordNodeSetEvent: return 1;
+    case FG_OP_cuGraphEventWaitNodeSetEvent: return 1;
+    case FG_OP_cuGraphExecChildGraphNodeSetParams: return 1;
     case FG_OP_cuGraphExecDestroy: return 1;
+    case FG_OP_cuGraphExecEventRecordNodeSetEvent: return 1;
+    case FG_OP_cuGraphExecEventWaitNodeSetEvent: return 1;
+    case FG_OP_cuGraphExecGetFlags: return 1;
+    case FG_OP_cuGraphExecHostNodeSetParams: return 1;
+    case FG_OP_cuGraphExecKernelNodeSetParams_v2: return 1;
+    case FG_OP_cuGraphExecMemcpyNodeSetParams: return 1;
+    case FG_OP_cuGraphExecMemsetNodeSetParams: return 1;
+    case FG_OP_cuGraphExecUpdate_v2: return 1;
     case FG_OP_cuGraphGetNodes: return 1;
+    case FG_OP_cuGraphHostNodeSetParams: return 1;
     case FG_OP_cuGraphInstantiateWithFlags: return 1;
+    case FG_OP_cuGraphInstantiateWithParams: return 1;
+    case FG_OP_cuGraphKernelNodeSetParams_v2: return 1;
     case FG_OP_cuGraphLaunch: return 2;
+    case FG_OP_cuGraphMemcpyNodeSetParams: return 1;
+    case FG_OP_cuGraphMemsetNodeGetParams: return 1;
+    case FG_OP_cuGraphMemsetNodeSetParams: return 1;
+    case FG_OP_cuGraphNodeFindInClone: return 1;
+    case FG_OP_cuGraphNodeGetEnabled: return 1;
+    case FG_OP_cuGraphNodeGetType: return 1;
+    case FG_OP_cuGraphNodeSetEnabled: return 1;
+    case FG_OP_cuGraphRemoveDependencies_v2: return 1;
     case FG_OP_cuGraphUpload: return 2;
     case FG_OP_cuKernelGetAttribute: return 1;
     case FG_OP_cuKernelGetFunction: return 1;

@@ -1,0 +1,293 @@
+// api_graphs.cu - acceptance: a graph built by hand with every common node kind (memset, host-to-device and
+// device-to-host memcpy with pageable host memory, kernel, host, event record and wait, child graph, empty),
+// dependencies added after the nodes, launched several times with new host inputs; then parameter updates on
+// the executable (kernel, memset, memcpy), a node disabled and enabled again, cloning with node lookup,
+// cudaGraphExecUpdate from an edited clone, instantiation with parameters, a pitched 2D copy node whose host
+// destination keeps its gaps, and node destruction. Values are checked against the host exactly (small
+// integers in float). Kernels are named and laid out as tests/c/kernels/test_kernels.cu, so the simulated device
+// runs them too.
+#include <atomic>
+#include <cstdio>
+#include <cstring>
+#include <vector>
+
+#include "acceptance.h"
+
+extern "C" __global__ void fg_vadd(const float *a, const float *b, float *c, int n)
+{
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n)
+        c[i] = a[i] + b[i];
+}
+
+extern "C" __global__ void fg_scale(float *x, float s, int n)
+{
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n)
+        x[i] = x[i] * s;
+}
+
+extern "C" __global__ void fg_fill_u32(unsigned int *p, unsigned int v, unsigned long long n)
+{
+    unsigned long long stride = (unsigned long long)gridDim.x * blockDim.x;
+    for (unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride)
+        p[i] = v;
+}
+
+static int g_fail = 0;
+static void check(const char *what, bool ok)
+{
+    std::printf("%s %s\n", what, ok ? "ok" : "MISMATCH");
+    if (!ok)
+        g_fail = 1;
+}
+
+static std::atomic<int> g_host_calls{0};
+static void CUDART_CB count_host(void *p) { g_host_calls += *(int *)p; }
+
+static const int N = 1 << 16;
+static const size_t BYTES = N * sizeof(float);
+
+static cudaMemcpy3DParms copy_1d(void *dst, const void *src, size_t bytes, cudaMemcpyKind kind)
+{
+    cudaMemcpy3DParms p;
+    std::memset(&p, 0, sizeof p);
+    p.srcPtr = make_cudaPitchedPtr((void *)src, bytes, bytes, 1);
+    p.dstPtr = make_cudaPitchedPtr(dst, bytes, bytes, 1);
+    p.extent = make_cudaExtent(bytes, 1, 1);
+    p.kind = kind;
+    return p;
+}
+
+static const char *type_name(cudaGraphNodeType t)
+{
+    switch (t) {
+    case cudaGraphNodeTypeKernel: return "kernel";
+    case cudaGraphNodeTypeMemcpy: return "memcpy";
+    case cudaGraphNodeTypeMemset: return "memset";
+    case cudaGraphNodeTypeHost: return "host";
+    case cudaGraphNodeTypeGraph: return "graph";
+    case cudaGraphNodeTypeEmpty: return "empty";
+    case cudaGraphNodeTypeWaitEvent: return "wait";
+    case cudaGraphNodeTypeEventRecord: return "record";
+    default: return "other";
+    }
+}
+
+int main()
+{
+    CHECK(cudaSetDevice(0));
+    std::vector<float> a(N), b(N), c(N);
+    float *da, *db, *dc;
+    unsigned int *du;
+    CHECK(cudaMalloc(&da, BYTES));
+    CHECK(cudaMalloc(&db, BYTES));
+    CHECK(cudaMalloc(&dc, BYTES));
+    CHECK(cudaMalloc(&du, N * sizeof(unsigned int)));
+    cudaStream_t s, other;
+    CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+    CHECK(cudaStreamCreateWithFlags(&other, cudaStreamNonBlocking));
+    cudaEvent_t done, gate;
+    CHECK(cudaEventCreate(&done));
+    CHECK(cudaEventCreate(&gate));
+
+    // The child: c *= 2.
+    cudaGraph_t child;
+    CHECK(cudaGraphCreate(&child, 0));
+    int n = N;
+    float two = 2.0f;
+    void *scale_args[] = {&dc, &two, &n};
+    cudaKernelNodeParams kp;
+    std::memset(&kp, 0, sizeof kp);
+    kp.func = (void *)fg_scale;
+    kp.gridDim = dim3((N + 255) / 256);
+    kp.blockDim = dim3(256);
+    kp.kernelParams = scale_args;
+    cudaGraphNode_t child_scale;
+    CHECK(cudaGraphAddKernelNode(&child_scale, child, nullptr, 0, &kp));
+
+    // The graph: memset u, copy a and b in, c = a + b, child (c *= 2), copy c out, host count, record.
+    cudaGraph_t g;
+    CHECK(cudaGraphCreate(&g, 0));
+    cudaMemsetParams ms;
+    std::memset(&ms, 0, sizeof ms);
+    ms.dst = du;
+    ms.value = 7;
+    ms.elementSize = 4;
+    ms.width = N;
+    ms.height = 1;
+    cudaGraphNode_t n_memset, n_in_a, n_in_b, n_add, n_child, n_out, n_host, n_record, n_wait, n_join, n_spare;
+    CHECK(cudaGraphAddMemsetNode(&n_memset, g, nullptr, 0, &ms));
+    cudaMemcpy3DParms ca = copy_1d(da, a.data(), BYTES, cudaMemcpyHostToDevice);
+    cudaMemcpy3DParms cb = copy_1d(db, b.data(), BYTES, cudaMemcpyHostToDevice);
+    CHECK(cudaGraphAddMemcpyNode(&n_in_a, g, nullptr, 0, &ca));
+    CHECK(cudaGraphAddMemcpyNode(&n_in_b, g, nullptr, 0, &cb));
+    void *add_args[] = {&da, &db, &dc, &n};
+    kp.func = (void *)fg_vadd;
+    kp.kernelParams = add_args;
+    CHECK(cudaGraphAddKernelNode(&n_add, g, nullptr, 0, &kp));
+    cudaGraphNode_t ins[] = {n_in_a, n_in_b};
+    cudaGraphNode_t adds[] = {n_add, n_add};
+    CHECK(cudaGraphAddDependencies(g, ins, adds, nullptr, 2)); // wired after the nodes were made
+    CHECK(cudaGraphAddChildGraphNode(&n_child, g, &n_add, 1, child));
+    cudaMemcpy3DParms cc = copy_1d(c.data(), dc, BYTES, cudaMemcpyDeviceToHost);
+    CHECK(cudaGraphAddMemcpyNode(&n_out, g, &n_child, 1, &cc));
+    int one = 1;
+    cudaHostNodeParams hp = {count_host, &one};
+    CHECK(cudaGraphAddHostNode(&n_host, g, &n_child, 1, &hp));
+    CHECK(cudaGraphAddEventWaitNode(&n_wait, g, nullptr, 0, gate));
+    cudaGraphNode_t before_join[] = {n_out, n_host, n_memset, n_wait};
+    CHECK(cudaGraphAddEmptyNode(&n_join, g, before_join, 4));
+    CHECK(cudaGraphAddEventRecordNode(&n_record, g, &n_join, 1, done));
+    CHECK(cudaGraphAddEmptyNode(&n_spare, g, nullptr, 0));
+    CHECK(cudaGraphDestroyNode(n_spare));
+
+    size_t count = 0;
+    CHECK(cudaGraphGetNodes(g, nullptr, &count));
+    std::vector<cudaGraphNode_t> nodes(count);
+    CHECK(cudaGraphGetNodes(g, nodes.data(), &count));
+    std::printf("nodes %zu:", count);
+    for (auto nd : nodes) {
+        cudaGraphNodeType t;
+        CHECK(cudaGraphNodeGetType(nd, &t));
+        std::printf(" %s", type_name(t));
+    }
+    std::printf("\n");
+
+    cudaGraphExec_t e;
+    CHECK(cudaGraphInstantiate(&e, g, 0));
+    CHECK(cudaEventRecord(gate, other));
+    bool ok = true;
+    for (int it = 0; it < 3; it++) {
+        for (int i = 0; i < N; i++) {
+            a[i] = (float)(i + it);
+            b[i] = (float)(2 * i);
+        }
+        CHECK(cudaGraphLaunch(e, s));
+        CHECK(cudaStreamSynchronize(s));
+        for (int i = 0; i < N; i++)
+            ok = ok && c[i] == (float)(2 * (3 * i + it));
+    }
+    check("three launches with new host inputs", ok);
+    check("host node ran once per launch", g_host_calls == 3);
+    check("event record node", cudaEventQuery(done) == cudaSuccess);
+    std::vector<unsigned int> u(N);
+    CHECK(cudaMemcpy(u.data(), du, N * sizeof(unsigned int), cudaMemcpyDeviceToHost));
+    check("memset node", u[0] == 7u && u[N - 1] == 7u);
+
+    // Executable node updates: the kernel becomes c = a + a, the memset writes 9, a's copy reads b.
+    void *add2_args[] = {&da, &da, &dc, &n};
+    kp.kernelParams = add2_args;
+    CHECK(cudaGraphExecKernelNodeSetParams(e, n_add, &kp));
+    ms.value = 9;
+    CHECK(cudaGraphExecMemsetNodeSetParams(e, n_memset, &ms));
+    cudaMemcpy3DParms ca2 = copy_1d(da, b.data(), BYTES, cudaMemcpyHostToDevice);
+    CHECK(cudaGraphExecMemcpyNodeSetParams(e, n_in_a, &ca2));
+    CHECK(cudaGraphLaunch(e, s));
+    CHECK(cudaStreamSynchronize(s));
+    CHECK(cudaMemcpy(u.data(), du, N * sizeof(unsigned int), cudaMemcpyDeviceToHost));
+    ok = u[5] == 9u;
+    for (int i = 0; i < N; i++)
+        ok = ok && c[i] == (float)(2 * (4 * i));
+    check("executable node updates", ok);
+
+    // A disabled node does nothing; enabled again, it works.
+    CHECK(cudaMemset(du, 0, N * sizeof(unsigned int)));
+    CHECK(cudaGraphNodeSetEnabled(e, n_memset, 0));
+    unsigned int on = 1;
+    CHECK(cudaGraphNodeGetEnabled(e, n_memset, &on));
+    CHECK(cudaGraphLaunch(e, s));
+    CHECK(cudaStreamSynchronize(s));
+    CHECK(cudaMemcpy(u.data(), du, 16, cudaMemcpyDeviceToHost));
+    check("disabled memset node", on == 0 && u[0] == 0u);
+    CHECK(cudaGraphNodeSetEnabled(e, n_memset, 1));
+    CHECK(cudaGraphLaunch(e, s));
+    CHECK(cudaStreamSynchronize(s));
+    CHECK(cudaMemcpy(u.data(), du, 16, cudaMemcpyDeviceToHost));
+    check("enabled again", u[0] == 9u);
+
+    // Clone, edit the clone's memset, update the executable from it (same topology).
+    cudaGraph_t g2;
+    CHECK(cudaGraphClone(&g2, g));
+    cudaGraphNode_t m2;
+    CHECK(cudaGraphNodeFindInClone(&m2, n_memset, g2));
+    cudaMemsetParams got;
+    CHECK(cudaGraphMemsetNodeGetParams(m2, &got));
+    std::printf("cloned memset value %u width %zu\n", got.value, got.width);
+    got.value = 11;
+    CHECK(cudaGraphMemsetNodeSetParams(m2, &got));
+    cudaGraphExecUpdateResultInfo info;
+    CHECK(cudaGraphExecUpdate(e, g2, &info));
+    std::printf("exec update result %d\n", (int)info.result);
+    for (int i = 0; i < N; i++)
+        a[i] = 1.0f;
+    CHECK(cudaGraphLaunch(e, s));
+    CHECK(cudaStreamSynchronize(s));
+    CHECK(cudaMemcpy(u.data(), du, 16, cudaMemcpyDeviceToHost));
+    ok = u[0] == 11u;
+    for (int i = 0; i < N; i++)
+        ok = ok && c[i] == (float)(2 * (1 + 2 * i)); // the clone has the original nodes: c = 2 * (a + b)
+    check("executable updated from an edited clone", ok);
+    cudaGraph_t g3;
+    CHECK(cudaGraphCreate(&g3, 0));
+    cudaGraphNode_t lone;
+    CHECK(cudaGraphAddEmptyNode(&lone, g3, nullptr, 0));
+    cudaError_t bad = cudaGraphExecUpdate(e, g3, &info);
+    std::printf("update from a different topology: %s, result %d\n", bad == cudaSuccess ? "accepted" : "refused",
+                (int)info.result);
+    (void)cudaGetLastError();
+
+    // Instantiate with parameters, upload on a stream.
+    cudaGraphInstantiateParams ip;
+    std::memset(&ip, 0, sizeof ip);
+    ip.flags = cudaGraphInstantiateFlagUpload;
+    ip.uploadStream = s;
+    cudaGraphExec_t e2;
+    CHECK(cudaGraphInstantiateWithParams(&e2, child, &ip));
+    std::printf("instantiate with params: result %d\n", (int)ip.result_out);
+    CHECK(cudaGraphLaunch(e2, s));
+    CHECK(cudaMemcpyAsync(c.data(), dc, BYTES, cudaMemcpyDeviceToHost, s));
+    CHECK(cudaStreamSynchronize(s));
+    check("child graph instantiated alone", c[3] == (float)(4 * 7));
+
+    // A pitched 2D copy node: an 8x4 block of floats into a host image 16 wide; the gaps keep their bytes.
+    std::vector<float> img(16 * 4, -1.0f);
+    cudaGraph_t g4;
+    CHECK(cudaGraphCreate(&g4, 0));
+    cudaMemcpy3DParms p2;
+    std::memset(&p2, 0, sizeof p2);
+    p2.srcPtr = make_cudaPitchedPtr(dc, 8 * sizeof(float), 8, 4);
+    p2.dstPtr = make_cudaPitchedPtr(img.data(), 16 * sizeof(float), 16, 4);
+    p2.extent = make_cudaExtent(8 * sizeof(float), 4, 1);
+    p2.kind = cudaMemcpyDeviceToHost;
+    cudaGraphNode_t n2d;
+    CHECK(cudaGraphAddMemcpyNode(&n2d, g4, nullptr, 0, &p2));
+    cudaGraphExec_t e4;
+    CHECK(cudaGraphInstantiate(&e4, g4, 0));
+    CHECK(cudaGraphLaunch(e4, s));
+    CHECK(cudaStreamSynchronize(s));
+    ok = true;
+    for (int r = 0; r < 4; r++)
+        for (int x = 0; x < 16; x++)
+            ok = ok && img[r * 16 + x] == (x < 8 ? (float)(4 * (1 + 2 * (r * 8 + x))) : -1.0f);
+    check("pitched copy node keeps the host gaps", ok);
+
+    CHECK(cudaGraphExecDestroy(e4));
+    CHECK(cudaGraphExecDestroy(e2));
+    CHECK(cudaGraphExecDestroy(e));
+    CHECK(cudaGraphDestroy(g4));
+    CHECK(cudaGraphDestroy(g3));
+    CHECK(cudaGraphDestroy(g2));
+    CHECK(cudaGraphDestroy(g));
+    CHECK(cudaGraphDestroy(child));
+    CHECK(cudaEventDestroy(done));
+    CHECK(cudaEventDestroy(gate));
+    CHECK(cudaStreamDestroy(s));
+    CHECK(cudaStreamDestroy(other));
+    CHECK(cudaFree(da));
+    CHECK(cudaFree(db));
+    CHECK(cudaFree(dc));
+    CHECK(cudaFree(du));
+    std::printf("%s\n", g_fail ? "FAIL" : "PASS");
+    return g_fail;
+}

@@ -1,0 +1,207 @@
+// api_managed.cu - acceptance: managed memory (cudaMallocManaged with host writes before and host reads after
+// kernels, partial host updates, copies and memsets into and out of it, prefetch, advice and the range
+// attributes they set, stream attachment to the host and back, pointer attributes, odd sizes) and mapped host
+// memory (cudaHostAlloc(Mapped) and cudaHostRegister(Mapped) with cudaHostGetDevicePointer, written by kernels
+// and read by the host after synchronising). It follows CUDA's rules for devices without concurrent managed
+// access (no host access while kernels run), which every device allows. Checked exactly against the host
+// (the kernels compute x*2, x+y: exact in float for these integers). Kernels are named and laid out as
+// tests/c/kernels/test_kernels.cu, so the simulated device runs them too.
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+
+#include "acceptance.h"
+
+extern "C" __global__ void fg_vadd(const float *a, const float *b, float *c, int n)
+{
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n)
+        c[i] = a[i] + b[i];
+}
+
+extern "C" __global__ void fg_scale(float *x, float s, int n)
+{
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n)
+        x[i] = x[i] * s;
+}
+
+extern "C" __global__ void fg_fill_u32(unsigned int *p, unsigned int v, unsigned long long n)
+{
+    unsigned long long stride = (unsigned long long)gridDim.x * blockDim.x;
+    for (unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride)
+        p[i] = v;
+}
+
+static int g_fail = 0;
+static void check(const char *what, bool ok)
+{
+    std::printf("%s %s\n", what, ok ? "ok" : "MISMATCH");
+    if (!ok)
+        g_fail = 1;
+}
+
+static const int N = 1 << 20;
+static int blocks(int n) { return (n + 255) / 256; }
+
+static void managed()
+{
+    float *a, *b, *c;
+    CHECK(cudaMallocManaged(&a, N * sizeof(float)));
+    CHECK(cudaMallocManaged(&b, N * sizeof(float)));
+    CHECK(cudaMallocManaged(&c, N * sizeof(float), cudaMemAttachGlobal));
+    for (int i = 0; i < N; i++) {
+        a[i] = (float)i;
+        b[i] = (float)(2 * i);
+    }
+    fg_vadd<<<blocks(N), 256>>>(a, b, c, N);
+    CHECK(cudaGetLastError());
+    CHECK(cudaDeviceSynchronize());
+    bool ok = true;
+    for (int i = 0; i < N; i++)
+        ok = ok && c[i] == (float)(3 * i);
+    check("host writes, kernel, host reads", ok);
+
+    // A few host writes into memory the device wrote: only they change, the rest stays the device's.
+    c[7] = -1.0f;
+    c[N - 1] = -2.0f;
+    fg_scale<<<blocks(N), 256>>>(c, 2.0f, N);
+    CHECK(cudaDeviceSynchronize());
+    ok = c[7] == -2.0f && c[N - 1] == -4.0f;
+    for (int i = 0; i < N; i++)
+        if (i != 7 && i != N - 1)
+            ok = ok && c[i] == (float)(6 * i);
+    check("partial host update between kernels", ok);
+
+    // Copies with managed memory on either side, and a memset.
+    float *dev, *host = (float *)std::malloc(N * sizeof(float));
+    CHECK(cudaMalloc(&dev, N * sizeof(float)));
+    a[3] = 33.0f; // a host write the copy must see
+    CHECK(cudaMemcpy(dev, a, N * sizeof(float), cudaMemcpyDefault));
+    CHECK(cudaMemcpy(host, dev, N * sizeof(float), cudaMemcpyDeviceToHost));
+    check("managed to device copy sees host writes", host[3] == 33.0f && host[4] == 4.0f && host[N - 1] == (float)(N - 1));
+    for (int i = 0; i < N; i++)
+        host[i] = (float)(N - i);
+    CHECK(cudaMemcpy(b, host, N * sizeof(float), cudaMemcpyHostToDevice));
+    check("host to managed copy", b[0] == (float)N && b[N - 1] == 1.0f);
+    CHECK(cudaMemcpy(host, c, N * sizeof(float), cudaMemcpyDeviceToHost));
+    check("managed to host copy", host[7] == -2.0f && host[8] == 48.0f);
+    CHECK(cudaMemset(b, 0, 4096 * sizeof(float)));
+    CHECK(cudaDeviceSynchronize());
+    check("memset into managed", b[0] == 0.0f && b[4095] == 0.0f && b[4096] == (float)(N - 4096));
+
+    // Prefetch, advice and the attributes they set.
+    cudaStream_t s;
+    CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+    cudaMemLocation dev0 = {cudaMemLocationTypeDevice, 0};
+    a[0] = 5.0f;
+    CHECK(cudaMemPrefetchAsync(a, N * sizeof(float), dev0, 0, s));
+    fg_scale<<<blocks(N), 256, 0, s>>>(a, 2.0f, N);
+    CHECK(cudaStreamSynchronize(s));
+    check("prefetch then kernel on a stream", a[0] == 10.0f && a[3] == 66.0f && a[N - 1] == (float)(2 * (N - 1)));
+    CHECK(cudaMemAdvise(a, N * sizeof(float), cudaMemAdviseSetReadMostly, dev0));
+    CHECK(cudaMemAdvise(a, N * sizeof(float), cudaMemAdviseSetPreferredLocation, dev0));
+    int v = -5;
+    CHECK(cudaMemRangeGetAttribute(&v, sizeof v, cudaMemRangeAttributeReadMostly, a, N * sizeof(float)));
+    std::printf("read mostly: %d\n", v);
+    CHECK(cudaMemRangeGetAttribute(&v, sizeof v, cudaMemRangeAttributePreferredLocation, a, N * sizeof(float)));
+    std::printf("preferred location: %d\n", v);
+    CHECK(cudaMemRangeGetAttribute(&v, sizeof v, cudaMemRangeAttributeLastPrefetchLocation, a, N * sizeof(float)));
+    std::printf("last prefetch location: %d\n", v);
+    CHECK(cudaMemAdvise(a, N * sizeof(float), cudaMemAdviseUnsetReadMostly, dev0));
+    CHECK(cudaMemRangeGetAttribute(&v, sizeof v, cudaMemRangeAttributeReadMostly, a, N * sizeof(float)));
+    std::printf("read mostly after unset: %d\n", v);
+
+    // Attached to the host: the host may use it while the device works on other memory.
+    unsigned int *u;
+    const int odd = 1000; // not a page multiple
+    CHECK(cudaMallocManaged(&u, odd * sizeof(unsigned int)));
+    CHECK(cudaStreamAttachMemAsync(s, u, 0, cudaMemAttachHost));
+    CHECK(cudaStreamSynchronize(s));
+    fg_scale<<<blocks(N), 256, 0, s>>>(c, 0.5f, N);
+    for (int i = 0; i < odd; i++)
+        u[i] = (unsigned)i;
+    CHECK(cudaStreamSynchronize(s));
+    CHECK(cudaStreamAttachMemAsync(s, u, 0, cudaMemAttachGlobal));
+    fg_fill_u32<<<2, 128, 0, s>>>(u, 0xABCDu, odd / 2);
+    CHECK(cudaStreamSynchronize(s));
+    ok = true;
+    for (int i = 0; i < odd; i++)
+        ok = ok && u[i] == (i < odd / 2 ? 0xABCDu : (unsigned)i);
+    check("attached to the host, then global again", ok && c[8] == 24.0f);
+
+    cudaPointerAttributes pa;
+    CHECK(cudaPointerGetAttributes(&pa, a + 10));
+    std::printf("managed pointer type %d, device %d, host pointer %s\n", (int)pa.type, pa.device,
+                pa.hostPointer == (void *)(a + 10) ? "same" : "other");
+    CHECK(cudaPointerGetAttributes(&pa, dev));
+    std::printf("device pointer type %d\n", (int)pa.type);
+
+    CHECK(cudaStreamDestroy(s));
+    CHECK(cudaFree(a));
+    CHECK(cudaFree(b));
+    CHECK(cudaFree(c));
+    CHECK(cudaFree(u));
+    CHECK(cudaFree(dev));
+    std::free(host);
+}
+
+static void mapped()
+{
+    const int n = 1 << 16;
+    float *h, *d;
+    CHECK(cudaHostAlloc(&h, n * sizeof(float), cudaHostAllocMapped));
+    for (int i = 0; i < n; i++)
+        h[i] = (float)i;
+    CHECK(cudaHostGetDevicePointer(&d, h, 0));
+    fg_scale<<<blocks(n), 256>>>(d, 3.0f, n);
+    CHECK(cudaDeviceSynchronize());
+    bool ok = true;
+    for (int i = 0; i < n; i++)
+        ok = ok && h[i] == (float)(3 * i);
+    check("mapped pinned memory written by a kernel", ok);
+    h[1] = 7.0f;
+    fg_scale<<<blocks(n), 256>>>(d, 2.0f, n);
+    CHECK(cudaDeviceSynchronize());
+    check("host write to mapped memory reaches the kernel", h[1] == 14.0f && h[2] == 12.0f);
+    float *dev;
+    CHECK(cudaMalloc(&dev, n * sizeof(float)));
+    CHECK(cudaMemcpyAsync(dev, h, n * sizeof(float), cudaMemcpyHostToDevice, 0));
+    CHECK(cudaMemsetAsync(dev, 0, 16, 0));
+    CHECK(cudaMemcpyAsync(h, dev, n * sizeof(float), cudaMemcpyDeviceToHost, 0));
+    CHECK(cudaDeviceSynchronize());
+    check("async copies with mapped pinned memory", h[0] == 0.0f && h[3] == 0.0f && h[4] == 24.0f);
+    CHECK(cudaFreeHost(h));
+
+    const size_t bytes = 1 << 20;
+    void *raw = nullptr;
+    if (posix_memalign(&raw, 4096, bytes) != 0)
+        ACC_FAIL("posix_memalign", __FILE__, __LINE__, "no host memory");
+    unsigned int *r = (unsigned int *)raw;
+    for (size_t i = 0; i < bytes / 4; i++)
+        r[i] = 1u;
+    CHECK(cudaHostRegister(r, bytes, cudaHostRegisterMapped));
+    unsigned int *rd;
+    CHECK(cudaHostGetDevicePointer(&rd, r, 0));
+    fg_fill_u32<<<8, 256>>>(rd + 1024, 9u, 1024);
+    CHECK(cudaDeviceSynchronize());
+    check("registered memory written by a kernel", r[1023] == 1u && r[1024] == 9u && r[2047] == 9u && r[2048] == 1u);
+    CHECK(cudaHostUnregister(r));
+    r[0] = 2u; // the application's memory again
+    check("registered memory after unregistering", r[0] == 2u && r[1500] == 9u);
+    std::free(raw);
+    CHECK(cudaFree(dev));
+}
+
+int main()
+{
+    CHECK(cudaSetDevice(0));
+    int managed_ok = 0, map_ok = 0;
+    CHECK(cudaDeviceGetAttribute(&managed_ok, cudaDevAttrManagedMemory, 0));
+    CHECK(cudaDeviceGetAttribute(&map_ok, cudaDevAttrCanMapHostMemory, 0));
+    std::printf("managed memory %d, can map host memory %d\n", managed_ok, map_ok);
+    managed();
+    mapped();
+    std::printf("%s\n", g_fail ? "FAIL" : "PASS");
+    return g_fail;
+}
