@@ -224,6 +224,10 @@ static int verdict(fgs_session *S) {
 int fgs_park_control(fgs_session *S, const char *line, char *why, size_t why_len) {
     if (strncmp(line, "park ", 5)) return 0; /* a verdict after its park gave up */
     const char *dir = line + 5;
+    if (fgs_pager_wake(S) != 0) { /* below are CUDA calls: a session at the deeper level comes back first */
+        status(S, "park-failed the session's driver checkpoint could not be restored");
+        return 0;
+    }
     const char *no = unparkable(S);
     if (no) {
         status(S, "park-failed unparkable: %s", no);
