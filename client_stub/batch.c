@@ -16,6 +16,7 @@
 #include "fgc_internal.h"
 #include "fgc_mirror.h"
 #include "fgc_memo.h"
+#include "fgc_reconnect.h"
 
 fgc_state g_fgc = {.mu = PTHREAD_MUTEX_INITIALIZER, .wmu = PTHREAD_MUTEX_INITIALIZER, .fd = -1,
                    .ctx_sent = UINT64_MAX, .max_frame = FG_DEFAULT_MAX_FRAME};
@@ -92,6 +93,7 @@ static int flush(int want_reply) {
         at = g_fgc.ext[i].at;
     }
     if (g_fgc.batch.len > at) iov[n++] = (struct iovec){g_fgc.batch.buf + at, g_fgc.batch.len - at};
+    fgc_resume_keep(iov, n, h.seq, want_reply); /* sent again after a reconnect if the server never applied it */
     pthread_mutex_lock(&g_fgc.wmu);
     int rc = fgc_io_write(iov, n, sizeof hb + total);
     pthread_mutex_unlock(&g_fgc.wmu);
@@ -100,7 +102,9 @@ static int flush(int want_reply) {
     g_fgc.ext_total = 0;
     g_fgc.batch_since_ns = 0;
     if (rc) {
-        fgc_mark_broken(CUDA_ERROR_DEVICE_UNAVAILABLE, "sending to the server failed: %s", strerror(errno));
+        int err = errno;
+        if (fgc_resume(NULL) == 0) return 0;
+        fgc_mark_broken(CUDA_ERROR_DEVICE_UNAVAILABLE, "sending to the server failed: %s", strerror(err));
         return -1;
     }
     return 0;
@@ -145,7 +149,9 @@ static void later_recount(void);
 static CUresult read_reply(int exact, size_t *got) {
     uint8_t hb[FG_HEADER_SIZE];
     fg_header h;
+again:
     if (fgc_io_read_first(hb, sizeof hb)) {
+        if (errno != ETIMEDOUT && fgc_resume(NULL) == 0) goto again; /* reconnect.c: the batch went again */
         fgc_mark_broken(CUDA_ERROR_DEVICE_UNAVAILABLE, errno == ETIMEDOUT ? "the server began a reply and then "
                         "sent nothing within FARGPU_IO_TIMEOUT_S" : "the server closed the connection");
         return g_fgc.broken;
@@ -171,6 +177,7 @@ static CUresult read_reply(int exact, size_t *got) {
             if (fg_mp_lookup(buf, h.length, "reason", &v) == 0 && v.type == 1)
                 snprintf(reason, sizeof reason, "%.*s", (int)v.str_len, v.str);
         }
+        if (fgc_resume(reason) == 0) goto again; /* parked: resumed where it is now */
         fgc_mark_broken(CUDA_ERROR_DEVICE_UNAVAILABLE, "the server closed the session: %s", reason);
         return g_fgc.broken;
     }
@@ -212,6 +219,7 @@ static CUresult read_reply(int exact, size_t *got) {
         return g_fgc.broken;
     }
     later_recount();
+    fgc_resume_acked(h.seq);
     if (fx.deferred && fx.result == CUDA_SUCCESS) {
         fgc_log(FGC_LOG_DEBUG, "deferred error %d from async %s", (int)fx.deferred, fg_op_name(fx.deferred_op));
         return (CUresult)fx.deferred;
@@ -487,6 +495,7 @@ int fgc_send_pending_unlocked(void) {
     uint8_t hb[FG_HEADER_SIZE];
     fg_header_encode(&h, hb);
     struct iovec iov[2] = {{hb, sizeof hb}, {out.buf, out.len}};
+    fgc_resume_keep(iov, 2, h.seq, 0);
     /* The write lock is taken before mu is let go: a later batch (with a later seq) cannot overtake this one. */
     pthread_mutex_lock(&g_fgc.wmu);
     pthread_mutex_unlock(&g_fgc.mu);
@@ -497,6 +506,7 @@ int fgc_send_pending_unlocked(void) {
     fg_writer_reset(&out);
     spare = out;
     if (rc) {
+        if (fgc_resume(NULL) == 0) return 0;
         fgc_mark_broken(CUDA_ERROR_DEVICE_UNAVAILABLE, "sending to the server failed: %s", strerror(err));
         return -1;
     }

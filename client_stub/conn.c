@@ -20,6 +20,7 @@
 #include "fg_msgpack.h"
 #include "fgc_internal.h"
 #include "fgc_lease.h"
+#include "fgc_reconnect.h"
 
 static char g_endpoint[512];
 
@@ -94,7 +95,9 @@ int fgc_io_write(const struct iovec *iov_in, int iovcnt, size_t total) {
     struct iovec *v = iov;
     size_t done = 0;
     while (done < total) {
-        ssize_t n = writev(g_fgc.fd, v, iovcnt > IOV_MAX ? IOV_MAX : iovcnt);
+        /* MSG_NOSIGNAL: a peer that went away (a parked session's worker exits) is an error here, not SIGPIPE */
+        struct msghdr mh = {.msg_iov = v, .msg_iovlen = (size_t)(iovcnt > IOV_MAX ? IOV_MAX : iovcnt)};
+        ssize_t n = sendmsg(g_fgc.fd, &mh, MSG_NOSIGNAL);
         if (n < 0) {
             if (errno == EINTR) continue;
             return -1;
@@ -179,7 +182,8 @@ static int send_hello(int fd, int attach) {
     if (el > 0) exe[el] = 0;
     fg_writer w;
     fg_writer_init(&w, 1024, FG_MAX_HELLO);
-    fg_mp_map(&w, attach ? 9 : 7);
+    const char *rs = attach ? NULL : fgc_resume_hello(); /* reconnect.c: resuming a parked session */
+    fg_mp_map(&w, attach ? 9 : rs ? 9 : 7);
     fg_mp_str(&w, "proto");
     fg_mp_int(&w, FG_PROTO_VERSION);
     fg_mp_str(&w, "token");
@@ -194,6 +198,12 @@ static int send_hello(int fd, int attach) {
     fg_mp_str(&w, exe);
     fg_mp_str(&w, "stub");
     fg_mp_str(&w, "fargpu-stub 0.1.0");
+    if (rs) {
+        fg_mp_str(&w, "resume_session");
+        fg_mp_str(&w, g_fgc.session);
+        fg_mp_str(&w, "resume_key");
+        fg_mp_str(&w, rs);
+    }
     if (attach) {
         fg_mp_str(&w, "attach_session");
         fg_mp_str(&w, g_fgc.session);
@@ -206,6 +216,14 @@ static int send_hello(int fd, int attach) {
     int bad = w.failed || fg_io_full(fd, hb, sizeof hb, 1) || fg_io_full(fd, w.buf, w.len, 1);
     fg_writer_free(&w);
     return bad ? -1 : 0;
+}
+
+/* For reconnect.c: dial, and send the session's HELLO (with the resume fields while it resumes). */
+int fgc_dial(const char *ep, char *err, size_t errlen) { return dial(ep, err, errlen); }
+int fgc_send_hello(int fd) { return send_hello(fd, 0); }
+void fgc_set_endpoint(const char *ep, const char *token) {
+    snprintf(g_endpoint, sizeof g_endpoint, "%s", ep);
+    if (token) snprintf(g_token, sizeof g_token, "%s", token);
 }
 
 int fgc_open_callback_channel(void) {
@@ -265,6 +283,7 @@ CUresult fgc_connect(void) {
         mp_copy_str(buf, n, "session", g_fgc.session, sizeof g_fgc.session);
         mp_copy_str(buf, n, "attach_key", g_attach_key, sizeof g_attach_key);
         mp_copy_str(buf, n, "driver_version", g_driver_version, sizeof g_driver_version);
+        mp_copy_str(buf, n, "resume_key", fgc_resume_key_buf(), FGC_RESUME_KEY_CAP);
         fgc_log(FGC_LOG_INFO, "connected to %s (session %s, backend %s)", ep, g_fgc.session, backend);
         return CUDA_SUCCESS;
     }

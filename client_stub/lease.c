@@ -12,6 +12,7 @@
 
 #include "fgc_internal.h"
 #include "fgc_lease.h"
+#include "fgc_reconnect.h"
 
 static char g_host[256], g_port[16], g_lease[128], g_token[512];
 static double g_ttl = 60;
@@ -80,6 +81,38 @@ static void release(void) {
     snprintf(path, sizeof path, "/v1/leases/%s", g_lease);
     int st = http("DELETE", path, "", resp, sizeof resp);
     fgc_log(FGC_LOG_INFO, "released lease %s (HTTP %d)", g_lease, st);
+}
+
+static int set_pool(const char *url) {
+    const char *hp = strncmp(url, "http://", 7) == 0 ? url + 7 : url;
+    const char *colon = strchr(hp, ':'), *slash = strchr(hp, '/');
+    size_t hl = colon ? (size_t)(colon - hp) : slash ? (size_t)(slash - hp) : strlen(hp);
+    if (hl >= sizeof g_host) return -1;
+    memcpy(g_host, hp, hl);
+    g_host[hl] = 0;
+    if (colon) snprintf(g_port, sizeof g_port, "%.*s", (int)strcspn(colon + 1, "/"), colon + 1);
+    else snprintf(g_port, sizeof g_port, "80");
+    return 0;
+}
+
+/* Where the lease lives now (its session may have been parked and sent to another node): the stub's own lease, or
+ * FARGPU_LEASE_ID at FARGPU_POOL_URL. 0 with the endpoint (and the token, when the pool answers one). */
+int fgc_lease_where(char *endpoint, size_t ep_cap, char *token, size_t tok_cap) {
+    const char *url = getenv("FARGPU_POOL_URL"), *id = getenv("FARGPU_LEASE_ID");
+    if (!g_lease[0] && (!url || !*url || !id || !*id || strlen(id) >= sizeof g_lease)) return -1;
+    if (!g_lease[0] && set_pool(url)) return -1;
+    char path[256], resp[16384], ep[512];
+    snprintf(path, sizeof path, "/v1/leases/%s", g_lease[0] ? g_lease : id);
+    int st = http("GET", path, "", resp, sizeof resp);
+    const char *json = strstr(resp, "\r\n\r\n");
+    if (st != 200 || !json || json_str(json, "endpoints", ep, sizeof ep)) return -1;
+    const char *e = ep;
+    if (!strncmp(e, "tcp://", 6)) e += 6;
+    else if (!strncmp(e, "unix://", 7)) e += 7;
+    snprintf(endpoint, ep_cap, "%s", e);
+    token[0] = 0;
+    if (tok_cap) json_str(json, "token", token, tok_cap);
+    return 0;
 }
 
 int fgc_lease_from_pool(const char *url, char *endpoint, size_t ep_cap, char *token, size_t tok_cap) {

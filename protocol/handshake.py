@@ -23,6 +23,8 @@ class Hello:
     stub: str
     attach_session: str = ""  # set on a session's callback connection (see SPEC.md, "Callbacks")
     attach_key: str = ""
+    resume_session: str = ""  # set when a client resumes a parked session (see SPEC.md, "Resuming")
+    resume_key: str = ""
 
     @property
     def client(self) -> str:
@@ -57,11 +59,14 @@ def decode_hello(payload: bytes) -> Hello:
     if type(pid) is not int:
         raise ProtocolError("HELLO field 'pid' must be an integer")
     return Hello(token=s("token"), ops_hash=ops_hash, pid=pid, host=s("host"), exe=s("exe"), stub=s("stub"),
-                 attach_session=s("attach_session"), attach_key=s("attach_key"))
+                 attach_session=s("attach_session"), attach_key=s("attach_key"),
+                 resume_session=s("resume_session"), resume_key=s("resume_key"))
 
 
-def hello_ok(session: str, backend: str, max_frame: int, attach_key: str = "", driver_version: str = "") -> bytes:
+def hello_ok(session: str, backend: str, max_frame: int, attach_key: str = "", driver_version: str = "",
+             extra: dict[str, Any] | None = None) -> bytes:
     body: dict[str, Any] = {"proto": PROTO_VERSION, "session": session, "backend": backend, "max_frame": max_frame}
+    body.update(extra or {})
     if attach_key:
         body["attach_key"] = attach_key
     if driver_version:

@@ -20,6 +20,7 @@ class SessionInfo:
     paged_bytes: int = 0  # in the node's host page pool or spill file
     idle_s: float = 0.0  # since its last call
     unpageable_bytes: int = 0  # what its last page-out could not free (module globals, created contexts)
+    park_blocker: str = ""  # why it cannot be parked (empty: it can, or no park was tried)
 
 
 @dataclass(frozen=True)
@@ -59,4 +60,9 @@ class NodeAgentAPI(Protocol):
 
     async def page_in(self, session_id: str) -> str:
         """Page the session's memory back in now. Returns "resident BYTES NS" or "failed REASON"."""
+        ...
+
+    async def park(self, session_id: str) -> str:
+        """Park the session off the node (paged out first if it is resident): its state goes to the park store and
+        its worker exits. Returns "parked KEY BYTES NS" or "failed REASON"; a failure leaves the session paged."""
         ...

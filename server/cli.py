@@ -159,6 +159,15 @@ def main(
                             "level: the driver's process checkpoint frees their context too (0: only when asked; "
                             "real GPUs only)")
     ] = 0.0,
+    park_store: Annotated[
+        str, typer.Option(envvar="FARGPU_PARK_STORE", help="where parked sessions go: a directory (shared by the "
+                          "nodes that may resume them), s3://BUCKET/PREFIX, or off [default: $XDG_STATE_HOME/fargpu/"
+                          "park]", show_default=False)
+    ] = "",
+    idle_park: Annotated[
+        float, typer.Option(envvar="FARGPU_IDLE_PARK", help="park sessions paged out and idle this many seconds off "
+                            "the node (0: only when the pool asks)")
+    ] = 0.0,
     max_sessions_per_lease: Annotated[
         int,
         typer.Option(envvar="FARGPU_MAX_SESSIONS_PER_LEASE", min=1, help="sessions a lease may hold here at once, "
@@ -222,7 +231,7 @@ def main(
                       host_pool_bytes=sizes["--host-page-pool"] or 0, resident_limit=sizes["--resident-limit"],
                       spill_dir=spill_dir or None, idle_page_out_s=idle_page_out or None,
                       deep_after_s=deep_after or None,
-                      advertise=advertise or None)
+                      advertise=advertise or None, park_store=park_store or None, idle_park_s=idle_park or None)
     agent = NodeAgent(be, auth, cfg)
     typer.echo(f"fargpu node server: backend {be.describe()}")
     if be.simulated:

@@ -11,6 +11,7 @@ import hmac
 import logging
 import os
 import secrets
+import shutil
 import signal
 import socket
 import sys
@@ -33,6 +34,8 @@ from .devices import devices as device_infos
 from .devices import gpu_memory_of_pid
 from .lease_ledger import LedgerBook, TooManySessions
 from .pager import Pager
+from .park.node import Fetched, MemorySource, Parker, default_park_dir, open_store
+from .park.store import ParkStoreError
 from .spawn import SpawnedProcess, spawn
 
 log = logging.getLogger("fargpu.server")
@@ -60,6 +63,8 @@ class AgentConfig:
     idle_page_out_s: float | None = None  # page out a session idle this long, unless its lease says otherwise
     deep_after_s: float | None = None  # take a session paged out this long to the deeper level (driver checkpoint)
     host_pool_prefault: bool | None = None  # allocate the host pool's pages at start; None: on a real GPU only
+    park_store: str | None = None  # where parked sessions go (server/park/node.py); None: the state dir's park/
+    idle_park_s: float | None = None  # park a session paged out and idle this long (None: only when the pool asks)
 
 
 @dataclass
@@ -72,6 +77,7 @@ class _Session:
     started: float = field(default_factory=time.monotonic)
     vram: int = 0
     ended: str = ""
+    resume_key: str = ""  # the client's secret for resuming the session after it was parked
 
 
 class NodeAgent:
@@ -101,6 +107,12 @@ class NodeAgent:
             self.pager.checkpoint = double
         self.tcp_port: int | None = None
         self.endpoint = ""
+        devs = device_infos(backend, 0)
+        self.parker = Parker(
+            open_store(self.config.park_store if self.config.park_store is not None else default_park_dir()),
+            Path(self.config.spill_dir or default_spill_dir()),
+            {"backend": backend.name, "gpu": devs[0].name if devs else "", "driver": backend.driver_version},
+        )
 
     # ---- NodeAgentAPI ----
     def sessions(self) -> list[SessionInfo]:
@@ -112,8 +124,37 @@ class NodeAgent:
                 state=st.state if st else "resident", resident_bytes=self.pager.resident_bytes(s.info.session_id),
                 paged_bytes=st.paged_bytes if st else 0, idle_s=(st.idle_ms if st else 0) / 1000,
                 unpageable_bytes=st.unpageable_bytes if st else 0,
+                park_blocker=self.parker.blockers.get(s.info.session_id, ""),
             ))
+        for sid, lease, client, _result in self.parker.shown():
+            if sid not in self._sessions:
+                out.append(SessionInfo(sid, lease, 0, 0, client, state="parked"))
         return out
+
+    async def park(self, session_id: str) -> str:
+        """Parks a session off the node (server/park/node.py): pages it out first if it is resident."""
+        sess = self._sessions.get(session_id)
+        st = self.pager.states.get(session_id)
+        if sess is None or st is None:
+            return "failed no such session on this node"
+        if st.state == "resident":
+            res = await self.page_out(session_id)
+            if not res.startswith("paged"):
+                return res
+        if st.state not in ("paged-host", "paged-disk"):
+            return f"failed the session is {st.state}"
+
+        def memory() -> MemorySource | None:
+            if st.extent is not None:
+                return MemorySource(self.pager.pool.fd, st.extent[0], st.paged_bytes)
+            if st.spill is not None and st.paged_bytes:
+                return MemorySource(os.open(st.spill, os.O_RDONLY | os.O_CLOEXEC), 0, st.paged_bytes, close_fd=True)
+            return None
+
+        res = await self.parker.park(session_id, sess.info.lease_id, sess.info.client, sess.resume_key, sess.ctl_w,
+                                     memory, sess.proc.wait)
+        log.info("park of session %s: %s", session_id, res)
+        return res
 
     async def page_out(self, session_id: str, to: str = "auto") -> str:
         """Pages a session's memory out to the host pool (or disk); returns "paged ..." or "failed REASON"."""
@@ -154,6 +195,20 @@ class NodeAgent:
                         await self.page_out(sid, "deep")
                     except Exception:
                         log.exception("taking paged session %s to the deeper level failed", sid)
+
+    async def _park_policy(self, idle_s: float) -> None:
+        """Parks sessions that are paged out and idle past idle_s (an unparkable one stays paged, its reason kept)."""
+        tried: dict[str, float] = {}
+        while True:
+            await asyncio.sleep(0.5)
+            for sid, st in list(self.pager.states.items()):
+                if (st.state in ("paged-host", "paged-disk") and st.idle_ms >= idle_s * 1000
+                        and sid not in self.parker.blockers and time.monotonic() - tried.get(sid, 0.0) >= 30.0):
+                    tried[sid] = time.monotonic()
+                    try:
+                        await self.park(sid)
+                    except Exception:  # one session's trouble must not stop the policy for the others
+                        log.exception("parking idle session %s failed", sid)
 
     def _ctl_fds(self) -> dict[str, int]:
         return {sid: s.ctl_w for sid, s in self._sessions.items()}
@@ -209,6 +264,8 @@ class NodeAgent:
         for srv in self._servers:
             self._spawn(self._accept_loop(srv))
         self._spawn(self._idle_policy())
+        if self.config.idle_park_s:
+            self._spawn(self._park_policy(self.config.idle_park_s))
         log.info("fargpu node server: backend %s; listening on %s", self.backend_info.describe(),
                  ", ".join(str(s.getsockname()) for s in self._servers))
         del loop
@@ -272,7 +329,12 @@ class NodeAgent:
         if hello.attach_session:
             await self._attach(conn, hello)
             return
-        sid = uuid.uuid4().hex[:12]
+        fetched: Fetched | None = None
+        if hello.resume_session:
+            fetched = await self._fetch_parked(conn, hello, grant)
+            if fetched is None:
+                return
+        sid = fetched.desc["session_id"] if fetched else uuid.uuid4().hex[:12]
         quota = grant.vram_quota_bytes or 0
         try:  # the lease's quota covers all its sessions here: they share its ledger
             ledger, slot = self._ledgers.admit(grant.lease_id, sid, quota, getattr(grant, "max_sessions", None))
@@ -291,15 +353,51 @@ class NodeAgent:
                 await loop.sock_sendall(conn, handshake.hello_err("this node has no room for another session"))
             conn.close()
             return
+        if fetched is not None and fetched.pages is not None:  # its memory is paged, in the fetched file
+            pst = self.pager.states[sid]
+            pst.state, pst.spill, pst.paged_bytes = "paged-disk", fetched.pages, int(fetched.desc["memory_bytes"])
         try:
-            await self._run_session(conn, hello, grant, sid, ledger.fd, slot, node_slot)
+            await self._run_session(conn, hello, grant, sid, ledger.fd, slot, node_slot, fetched)
         finally:
             self.pager.forget(sid)
             self._ledgers.release(grant.lease_id, sid)
+            if fetched is not None:
+                shutil.rmtree(fetched.workdir, ignore_errors=True)
+
+    async def _fetch_parked(self, conn: socket.socket, hello: handshake.Hello, grant: Grant) -> Fetched | None:
+        """A client resuming its parked session: the session's state, fetched from the park store for a new worker
+        (None: refused, with the reason sent to the client)."""
+        loop = asyncio.get_running_loop()
+        sid = hello.resume_session
+        old = self._sessions.get(sid)
+        if old is not None:  # its worker is still ending after the park
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(old.proc.wait(), 10.0)
+        desc = await asyncio.to_thread(self.parker.describe, sid)
+        why = ""
+        if sid in self._sessions:
+            why = f"session {sid} is still live on this node"
+        elif desc is None:
+            why = (f"no parked state for session {sid}: the session's work was lost with its node (or it was "
+                   "restored already)")
+        else:
+            why = self.parker.check(desc, grant.lease_id, hello.resume_key)
+        fetched = None
+        if not why and desc is not None:
+            try:
+                fetched = await asyncio.to_thread(self.parker.fetch, desc)
+            except (OSError, ValueError, ParkStoreError) as e:
+                why = f"the parked session could not be fetched from the park store: {e}"
+        if fetched is None:
+            log.warning("refused to resume session %s: %s", sid, why)
+            with contextlib.suppress(OSError):
+                await loop.sock_sendall(conn, handshake.hello_err(f"cannot resume: {why}"))
+            conn.close()
+        return fetched
 
     async def _run_session(
         self, conn: socket.socket, hello: handshake.Hello, grant: Grant, sid: str, ledger_fd: int, slot: int,
-        node_slot: int,
+        node_slot: int, fetched: Fetched | None = None,
     ) -> None:
         loop = asyncio.get_running_loop()
         attach_key = secrets.token_hex(16)
@@ -317,6 +415,10 @@ class NodeAgent:
             "--ledger-fd", "7", "--ledger-slot", str(slot), "--ctx-charge", str(self.config.ctx_charge),
             "--node-fd", "8", "--node-slot", str(node_slot),
         ]
+        resume_key = hello.resume_key if fetched is not None else secrets.token_hex(16)
+        env["FARGPU_RESUME_KEY"] = resume_key  # the worker tells the client in HELLO_OK (never on a command line)
+        if fetched is not None:
+            args += ["--restore-dir", str(fetched.workdir), "--restore-pages", str(fetched.pages or "")]
         fds = {3: conn.fileno(), 4: ctl_r, 5: st_w, 6: attach_child.fileno(), 7: ledger_fd, 8: self.pager.resident.fd}
         if self.pager.pool.fd >= 0:
             args += ["--pool-fd", "9"]
@@ -338,7 +440,7 @@ class NodeAgent:
         os.close(st_w)
         attach_child.close()
         info = SessionInfo(sid, grant.lease_id, proc.pid, 0, hello.client)
-        sess = _Session(info, proc, ctl_w, attach_key=attach_key, attach_sock=attach_parent)
+        sess = _Session(info, proc, ctl_w, attach_key=attach_key, attach_sock=attach_parent, resume_key=resume_key)
         self._sessions[sid] = sess
         log.info("session %s for lease %s (client %s) -> worker %d", sid, grant.lease_id, hello.client, proc.pid)
         self._spawn(self._watch_status(sess, st_r))
@@ -398,6 +500,9 @@ class NodeAgent:
                     self.pager.on_status(sess.info.session_id, text)
                 elif parts[0] in ("paged", "pageout-failed", "paging-in", "resident", "pagein-failed"):
                     self.pager.on_status(sess.info.session_id, text)
+                elif self.parker.on_status(sess.info.session_id, text) and parts[0] == "restored":
+                    # restored: its parked state goes now, so it can never come back a second time
+                    await asyncio.to_thread(self.parker.consumed, sess.info.session_id)
         finally:
             transport.close()
 

@@ -369,6 +369,7 @@ class PoolLink:
                     paged_bytes=s.paged_bytes,
                     idle_s=s.idle_s,
                     unpageable_bytes=getattr(s, "unpageable_bytes", 0),
+                    park_blocker=getattr(s, "park_blocker", ""),
                     page_command_id=command_id,
                     page_result=result,
                 )
@@ -487,13 +488,16 @@ class PoolLink:
             log.info("the pool manager asked this node to accept new sessions again")
             self.draining = False
             await self.agent.undrain()
-        elif kind in ("page_out", "page_in"):
+        elif kind in ("page_out", "page_in", "park"):
             task = asyncio.create_task(self._page(cmd), name=f"pool-link-{kind}")
             self._page_tasks.add(task)
             task.add_done_callback(self._page_tasks.discard)
 
     async def _page(self, cmd: pool_pb2.Command) -> None:
         """Runs one page-out or page-in the pool asked for; its outcome goes to the pool with the session."""
+        if cmd.WhichOneof("kind") == "park":
+            await self._park(cmd)
+            return
         out = cmd.WhichOneof("kind") == "page_out"
         session_id = cmd.page_out.session_id if out else cmd.page_in.session_id
         to = (cmd.page_out.to or "auto") if out else ""
@@ -508,6 +512,18 @@ class PoolLink:
                 result = await self.agent.page_in(session_id)
         except Exception as e:  # the agent's contract is a "failed ..." string; report anything else the same way
             log.exception("page-%s of session %s failed", "out" if out else "in", session_id)
+            result = f"failed {str(e) or type(e).__name__}"
+        self._page_results[session_id] = (cmd.command_id, result)
+        self._heartbeat_now.set()
+
+    async def _park(self, cmd: pool_pb2.Command) -> None:
+        """Parks a session off this node (server/park/node.py); the outcome goes to the pool with the session."""
+        session_id = cmd.park.session_id
+        log.info("the pool manager asked to park session %s", session_id)
+        try:
+            result = await self.agent.park(session_id)
+        except Exception as e:  # reported like a page-out's failure
+            log.exception("parking session %s failed", session_id)
             result = f"failed {str(e) or type(e).__name__}"
         self._page_results[session_id] = (cmd.command_id, result)
         self._heartbeat_now.set()

@@ -47,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--node-fd", type=int, default=-1, help="the node's resident ledger (server/pager.py)")
     ap.add_argument("--node-slot", type=int, default=0)
     ap.add_argument("--pool-fd", type=int, default=-1, help="the node's host page pool (a memfd)")
+    ap.add_argument("--restore-dir", default="", help="restore a parked session from this state directory")
+    ap.add_argument("--restore-pages", default="", help="the parked session's memory (a spill file)")
     a = ap.parse_args(argv)
     os.set_blocking(a.fd, True)
     sock = socket.socket(fileno=a.fd)
@@ -69,6 +71,21 @@ def main(argv: list[str] | None = None) -> int:
         sock.sendall(hello_err("the node could not set up paging for the session"))
         lib.fgs_close(S)  # type: ignore[attr-defined]
         return 1
+    # The client's secret for resuming the session once parked (server/park/node.py); a restored session keeps it.
+    extra: dict[str, object] = {"resume_key": os.environ.pop("FARGPU_RESUME_KEY", "")}
+    if a.restore_dir:
+        t_restore = time.monotonic()
+        if lib.fgs_restore(S, a.restore_dir.encode(), a.restore_pages.encode(), err, 512) != 0:  # type: ignore[attr-defined]
+            reason = ffi.string(err).decode(errors="replace")
+            print(f"fargpu-worker[{os.getpid()}]: cannot restore session {a.session}: {reason}", file=sys.stderr)
+            status.write(f"restore-failed {reason}\n")
+            sock.sendall(hello_err(f"cannot resume: the parked session could not be restored on this node: {reason}"))
+            lib.fgs_close(S)  # type: ignore[attr-defined]
+            return 1
+        extra["resumed"] = True
+        extra["applied_seq"] = int(lib.fgs_applied_seq(S))  # type: ignore[attr-defined]
+        status.write(f"restored {time.monotonic() - t_restore:.3f} moved_globals="
+                     f"{lib.fgs_moved_globals(S)}\n")  # type: ignore[attr-defined]
     # What the device prints (printf in kernels) reaches this process's stdout through the driver: point fd 1
     # at a pipe the engine drains and forwards to the client (this worker writes its own messages to stderr).
     out_r, out_w = os.pipe()
@@ -100,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
 
         threading.Thread(target=receive_callback_connections, daemon=True).start()
     sock.sendall(hello_ok(a.session, a.backend, a.max_frame, a.attach_key if a.attach_fd >= 0 else "",
-                          a.driver_version))
+                          a.driver_version, extra))
     done = threading.Event()
 
     def report() -> None:

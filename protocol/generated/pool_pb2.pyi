@@ -24,7 +24,7 @@ class Gpu(_message.Message):
     def __init__(self, index: _Optional[int] = ..., name: _Optional[str] = ..., uuid: _Optional[str] = ..., total_bytes: _Optional[int] = ..., free_bytes: _Optional[int] = ..., utilization_pct: _Optional[float] = ...) -> None: ...
 
 class Session(_message.Message):
-    __slots__ = ("session_id", "lease_id", "pid", "vram_used_bytes", "client", "state", "resident_bytes", "paged_bytes", "idle_s", "page_command_id", "page_result", "unpageable_bytes")
+    __slots__ = ("session_id", "lease_id", "pid", "vram_used_bytes", "client", "state", "resident_bytes", "paged_bytes", "idle_s", "page_command_id", "page_result", "unpageable_bytes", "park_blocker")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     LEASE_ID_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
@@ -37,6 +37,7 @@ class Session(_message.Message):
     PAGE_COMMAND_ID_FIELD_NUMBER: _ClassVar[int]
     PAGE_RESULT_FIELD_NUMBER: _ClassVar[int]
     UNPAGEABLE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    PARK_BLOCKER_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     lease_id: str
     pid: int
@@ -49,7 +50,8 @@ class Session(_message.Message):
     page_command_id: str
     page_result: str
     unpageable_bytes: int
-    def __init__(self, session_id: _Optional[str] = ..., lease_id: _Optional[str] = ..., pid: _Optional[int] = ..., vram_used_bytes: _Optional[int] = ..., client: _Optional[str] = ..., state: _Optional[str] = ..., resident_bytes: _Optional[int] = ..., paged_bytes: _Optional[int] = ..., idle_s: _Optional[float] = ..., page_command_id: _Optional[str] = ..., page_result: _Optional[str] = ..., unpageable_bytes: _Optional[int] = ...) -> None: ...
+    park_blocker: str
+    def __init__(self, session_id: _Optional[str] = ..., lease_id: _Optional[str] = ..., pid: _Optional[int] = ..., vram_used_bytes: _Optional[int] = ..., client: _Optional[str] = ..., state: _Optional[str] = ..., resident_bytes: _Optional[int] = ..., paged_bytes: _Optional[int] = ..., idle_s: _Optional[float] = ..., page_command_id: _Optional[str] = ..., page_result: _Optional[str] = ..., unpageable_bytes: _Optional[int] = ..., park_blocker: _Optional[str] = ...) -> None: ...
 
 class EnrolRequest(_message.Message):
     __slots__ = ("node_id", "enrol_token")
@@ -151,21 +153,29 @@ class PageIn(_message.Message):
     session_id: str
     def __init__(self, session_id: _Optional[str] = ...) -> None: ...
 
+class Park(_message.Message):
+    __slots__ = ("session_id",)
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    def __init__(self, session_id: _Optional[str] = ...) -> None: ...
+
 class Command(_message.Message):
-    __slots__ = ("command_id", "end_lease", "drain", "page_out", "page_in", "undrain")
+    __slots__ = ("command_id", "end_lease", "drain", "page_out", "page_in", "undrain", "park")
     COMMAND_ID_FIELD_NUMBER: _ClassVar[int]
     END_LEASE_FIELD_NUMBER: _ClassVar[int]
     DRAIN_FIELD_NUMBER: _ClassVar[int]
     PAGE_OUT_FIELD_NUMBER: _ClassVar[int]
     PAGE_IN_FIELD_NUMBER: _ClassVar[int]
     UNDRAIN_FIELD_NUMBER: _ClassVar[int]
+    PARK_FIELD_NUMBER: _ClassVar[int]
     command_id: str
     end_lease: EndLease
     drain: Drain
     page_out: PageOut
     page_in: PageIn
     undrain: Undrain
-    def __init__(self, command_id: _Optional[str] = ..., end_lease: _Optional[_Union[EndLease, _Mapping]] = ..., drain: _Optional[_Union[Drain, _Mapping]] = ..., page_out: _Optional[_Union[PageOut, _Mapping]] = ..., page_in: _Optional[_Union[PageIn, _Mapping]] = ..., undrain: _Optional[_Union[Undrain, _Mapping]] = ...) -> None: ...
+    park: Park
+    def __init__(self, command_id: _Optional[str] = ..., end_lease: _Optional[_Union[EndLease, _Mapping]] = ..., drain: _Optional[_Union[Drain, _Mapping]] = ..., page_out: _Optional[_Union[PageOut, _Mapping]] = ..., page_in: _Optional[_Union[PageIn, _Mapping]] = ..., undrain: _Optional[_Union[Undrain, _Mapping]] = ..., park: _Optional[_Union[Park, _Mapping]] = ...) -> None: ...
 
 class ValidateTokenRequest(_message.Message):
     __slots__ = ("node_id", "token_sha256")

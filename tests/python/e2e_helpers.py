@@ -47,9 +47,9 @@ class NodeServer:
         return self.log.read_text(errors="replace")
 
 
-def start_server(tmp: Path, *extra: str, token: str = "test-token-123", env_extra: dict[str, str] | None = None
-                 ) -> NodeServer:
-    port = free_port()
+def start_server(tmp: Path, *extra: str, token: str = "test-token-123", env_extra: dict[str, str] | None = None,
+                 port: int = 0) -> NodeServer:
+    port = port or free_port()
     log = tmp / f"server-{port}.log"
     env = dict(os.environ, FARGPU_TOKEN=token, FARGPU_SIM_LAUNCH_LOG=str(tmp / "launches.jsonl"), **(env_extra or {}))
     env.pop("LD_PRELOAD", None)

@@ -1,0 +1,30 @@
+/* fgc_reconnect.h — resuming a session whose connection dropped (reconnect.c): the batches sent since the last
+ * reply are kept, and after a reconnect the server says which one it applied last and the rest go again. */
+#ifndef FGC_RECONNECT_H
+#define FGC_RECONNECT_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/uio.h>
+
+#define FGC_RESUME_KEY_CAP 80
+
+/* conn.c's part */
+int fgc_dial(const char *ep, char *err, size_t errlen);
+int fgc_send_hello(int fd);
+void fgc_set_endpoint(const char *ep, const char *token);
+/* The session's resume key (from HELLO_OK) is written here. */
+char *fgc_resume_key_buf(void);
+/* While resuming: the key to send in the HELLO; NULL otherwise. */
+const char *fgc_resume_hello(void);
+/* batch.c's part: a frame about to be written (borrowed while the caller waits for its reply: want_reply; copied
+ * otherwise), a reply that covers every frame up to seq, and the reconnect itself (g_fgc.mu held): 0 when the
+ * session goes on over a new connection with every unapplied frame sent again, -1 when it cannot (the caller
+ * marks the connection broken). closing: the server's CLOSE reason, or NULL for a dropped connection. */
+void fgc_resume_keep(const struct iovec *iov, int n, uint32_t seq, int want_reply);
+void fgc_resume_acked(uint32_t seq);
+int fgc_resume(const char *closing);
+/* pool lease lookup (lease.c): the lease's current endpoint and token; 0 when known. */
+int fgc_lease_where(char *endpoint, size_t ep_cap, char *token, size_t tok_cap);
+
+#endif

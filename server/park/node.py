@@ -1,0 +1,298 @@
+"""The node agent's half of parking: storing a paged-out session's state in the park store, and fetching a parked
+session back for a worker that restores it (server/replay/park.c does the worker's half).
+
+Layout in the store: `sessions/<id>/state` (the worker's journal, allocation table and globals), `sessions/<id>/
+memory` (the paged memory, exactly as the page store holds it), `images/<sha256>` (module and library images,
+shared by every session that loads them, stored once), and `sessions/<id>/session.json`, written last: a park is
+complete, and may be restored, only once that descriptor is confirmed. It names the lease, the GPU model and
+driver the session ran on (a restore needs the same), and the SHA-256 of the session's resume key, which only its
+client knows. Restoring deletes the descriptor first, then the rest: a session's state is restored at most once,
+so a stale copy can never come back after the session went on elsewhere.
+
+Park steps (Parker.park): page out if resident; "park DIR" to the worker, which writes DIR/state and DIR/img-*
+and answers "park-ready" (or "park-failed REASON": an unparkable session stays paged, and the reason is kept for
+the pool); upload everything; then "park-commit", and the worker ends the session ("parked") and exits. Any
+failure after the upload began deletes what was stored and answers "park-abort": the session stays paged here."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .store import ParkStore, ParkStoreError
+
+log = logging.getLogger("fargpu.server.park")
+STEP_TIMEOUT_S = 600.0
+PARKED_SHOWN_S = 300.0  # how long a parked session is still reported (state "parked") after its worker is gone
+DESCRIPTOR = "session.json"
+
+
+def open_store(spec: str | None) -> ParkStore | None:
+    """A park store from its description: a directory path (or "dir:PATH"), "s3://BUCKET/PREFIX" (endpoint from
+    FARGPU_PARK_S3_ENDPOINT, credentials the way boto3 takes them), or "off"/"" for none."""
+    if not spec or spec == "off":
+        return None
+    if spec.startswith("s3://"):
+        from .s3 import S3ParkStore
+
+        bucket, _, prefix = spec[5:].partition("/")
+        if prefix and not prefix.endswith("/"):
+            prefix += "/"
+        return S3ParkStore(bucket, endpoint_url=os.environ.get("FARGPU_PARK_S3_ENDPOINT") or None, prefix=prefix)
+    from .directory import DirectoryParkStore
+
+    return DirectoryParkStore(spec[4:] if spec.startswith("dir:") else spec)
+
+
+def default_park_dir() -> str:
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return str(Path(base) / "fargpu" / "park")
+
+
+def resume_key_digest(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+@dataclass
+class MemorySource:
+    """Where a paged session's memory lies on this node: (fd, offset, length); close_fd when the parker opened it."""
+
+    fd: int
+    offset: int
+    length: int
+    close_fd: bool = False
+
+
+@dataclass
+class Fetched:
+    """A parked session fetched for a restore: its descriptor, the worker's state directory and memory file."""
+
+    desc: dict[str, Any]
+    workdir: Path
+    pages: Path | None
+
+
+@dataclass
+class _Waiting:
+    futures: list[asyncio.Future[str]] = field(default_factory=list)
+
+
+class Parker:
+    def __init__(self, store: ParkStore | None, work_dir: Path, identity: dict[str, str]) -> None:
+        self.store = store
+        self.work_dir = work_dir
+        self.identity = identity  # backend, gpu, driver: a parked session comes back only where they match
+        self.blockers: dict[str, str] = {}  # session id -> why it cannot be parked
+        self.parked: dict[str, tuple[str, str, str, float]] = {}  # id -> (lease, client, result, when)
+        self._waiting: dict[str, _Waiting] = {}
+        self.parks = 0
+        self.restores = 0
+
+    # ---- status lines from a worker ----
+    def on_status(self, sid: str, line: str) -> bool:
+        word = line.split(" ", 1)[0]
+        if word not in ("park-ready", "park-failed", "parked", "restored", "restore-failed"):
+            return False
+        w = self._waiting.get(sid)
+        if w is not None:
+            for f in w.futures:
+                if not f.done():
+                    f.set_result(line)
+            w.futures.clear()
+        return True
+
+    async def _next(self, sid: str) -> str:
+        fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault(sid, _Waiting()).futures.append(fut)
+        try:
+            async with asyncio.timeout(STEP_TIMEOUT_S):
+                return await fut
+        except TimeoutError:
+            return "park-failed no answer from the worker in time"
+
+    def shown(self) -> list[tuple[str, str, str, str]]:
+        """Recently parked sessions: (id, lease, client, result)."""
+        now = time.monotonic()
+        for sid in [s for s, v in self.parked.items() if now - v[3] > PARKED_SHOWN_S]:
+            del self.parked[sid]
+        return [(sid, v[0], v[1], v[2]) for sid, v in self.parked.items()]
+
+    # ---- park ----
+    async def park(self, sid: str, lease_id: str, client: str, resume_key: str, ctl_w: int,
+                   memory: Callable[[], MemorySource | None], exited: Callable[[], Awaitable[int]]) -> str:
+        """Parks a paged-out session (the caller paged it out). Returns "parked KEY BYTES NS" or "failed REASON"."""
+        if self.store is None:
+            return "failed this node has no park store (fargpu server --park-store)"
+        t0 = time.monotonic_ns()
+        workdir = self.work_dir / f"{sid}.park"
+        shutil.rmtree(workdir, ignore_errors=True)
+        workdir.mkdir(parents=True, mode=0o700)
+        stored: list[str] = []
+        try:
+            waiting = asyncio.ensure_future(self._next(sid))
+            await asyncio.sleep(0)
+            os.write(ctl_w, f"park {workdir}\n".encode())
+            ready = await waiting
+            if not ready.startswith("park-ready"):
+                reason = ready.partition(" ")[2] or "the worker refused"
+                if reason.startswith("unparkable: "):
+                    self.blockers[sid] = reason[len("unparkable: "):]
+                log.info("session %s was not parked: %s", sid, reason)
+                return f"failed {reason}"
+            self.blockers.pop(sid, None)
+            src = memory()
+            try:
+                total = await asyncio.to_thread(self._upload, sid, lease_id, resume_key, workdir, src, stored)
+            finally:
+                if src is not None and src.close_fd:
+                    os.close(src.fd)
+        except (OSError, ParkStoreError) as e:
+            with contextlib.suppress(OSError):
+                os.write(ctl_w, b"park-abort\n")
+            await asyncio.to_thread(self._delete, stored)
+            log.warning("parking session %s failed: %s", sid, e)
+            return f"failed {e}"
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        waiting = asyncio.ensure_future(self._next(sid))
+        await asyncio.sleep(0)
+        try:
+            os.write(ctl_w, b"park-commit\n")
+        except OSError as e:
+            waiting.cancel()
+            await asyncio.to_thread(self._delete, stored)
+            return f"failed the worker is gone ({e})"
+        done = await waiting
+        if done != "parked":
+            await asyncio.to_thread(self._delete, stored)
+            reason = done.partition(" ")[2] or done
+            log.info("session %s was not parked: %s", sid, reason)
+            return f"failed {reason}"
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(exited(), 30.0)
+        self.parks += 1
+        result = f"parked sessions/{sid} {total} {time.monotonic_ns() - t0}"
+        self.parked[sid] = (lease_id, client, result, time.monotonic())
+        log.info("session %s parked in the %s park store (%d bytes)", sid, self.store.name, total)
+        return result
+
+    def _upload(self, sid: str, lease_id: str, resume_key: str, workdir: Path, mem: MemorySource | None,
+                stored: list[str]) -> int:
+        assert self.store is not None
+        store = self.store
+        base = f"sessions/{sid}"
+        images = sorted(p.name[4:] for p in workdir.glob("img-*") if not p.name.endswith(".tmp"))
+        have = set(store.list("images/"))
+        total = 0
+        for sha in images:
+            path = workdir / f"img-{sha}"
+            if f"images/{sha}" in have:
+                continue
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                total += store.put(f"images/{sha}", fd, 0, os.fstat(fd).st_size).size
+            finally:
+                os.close(fd)
+        fd = os.open(workdir / "state", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            stored.append(f"{base}/state")
+            state_bytes = store.put(f"{base}/state", fd, 0, os.fstat(fd).st_size).size
+        finally:
+            os.close(fd)
+        memory_bytes = 0
+        if mem is not None and mem.length:
+            stored.append(f"{base}/memory")
+            memory_bytes = store.put(f"{base}/memory", mem.fd, mem.offset, mem.length).size
+        desc = {
+            "version": 1, "session_id": sid, "lease_id": lease_id, "resume_key_sha256": resume_key_digest(resume_key),
+            **self.identity, "state_bytes": state_bytes, "memory_bytes": memory_bytes, "images": images,
+            "parked_at": time.time(),
+        }
+        stored.insert(0, f"{base}/{DESCRIPTOR}")
+        store.put_bytes(f"{base}/{DESCRIPTOR}", json.dumps(desc, sort_keys=True).encode())
+        return total + state_bytes + memory_bytes
+
+    def _delete(self, keys: list[str]) -> None:
+        if self.store is None:
+            return
+        for k in keys:  # the descriptor first: what remains is never taken for a complete park
+            try:
+                self.store.delete(k)
+            except ParkStoreError as e:
+                log.warning("could not delete %s from the park store: %s", k, e)
+
+    # ---- restore ----
+    def describe(self, sid: str) -> dict[str, Any] | None:
+        """The descriptor of a parked session (None: none is stored)."""
+        if self.store is None or not sid.isalnum() or len(sid) > 64:
+            return None
+        try:
+            desc = json.loads(self.store.get_bytes(f"sessions/{sid}/{DESCRIPTOR}"))
+        except (ParkStoreError, ValueError):
+            return None
+        return desc if isinstance(desc, dict) and desc.get("session_id") == sid else None
+
+    def check(self, desc: dict[str, Any], lease_id: str, resume_key: str) -> str:
+        """Why this client may not resume this session here ("" when it may)."""
+        import hmac
+
+        if desc.get("lease_id") != lease_id:
+            return "the session belongs to another lease"
+        if not resume_key or not hmac.compare_digest(str(desc.get("resume_key_sha256", "")),
+                                                     resume_key_digest(resume_key)):
+            return "the resume key is wrong"
+        for k, have in self.identity.items():
+            if str(desc.get(k, "")) != have:
+                return (f"the session was parked on {k} {desc.get(k)!r} and this node has {have!r}: resume it on a "
+                        "node with the same GPU model and driver")
+        return ""
+
+    def fetch(self, desc: dict[str, Any]) -> Fetched:
+        """Downloads a parked session's state, images and memory for a worker (blocking: run it in a thread)."""
+        assert self.store is not None
+        sid = str(desc["session_id"])
+        workdir = self.work_dir / f"{sid}.restore"
+        shutil.rmtree(workdir, ignore_errors=True)
+        workdir.mkdir(parents=True, mode=0o700)
+        pages = self.work_dir / f"{sid}.pages" if int(desc.get("memory_bytes", 0)) else None
+        try:
+            self._get(f"sessions/{sid}/state", workdir / "state")
+            for sha in desc.get("images", []):
+                if not (isinstance(sha, str) and len(sha) == 64 and sha.isalnum()):
+                    raise ParkStoreError("the parked session names an image that is not a SHA-256")
+                self._get(f"images/{sha}", workdir / f"img-{sha}")
+            if pages is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    pages.unlink()
+                self._get(f"sessions/{sid}/memory", pages)
+        except BaseException:
+            shutil.rmtree(workdir, ignore_errors=True)
+            if pages is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    pages.unlink()
+            raise
+        return Fetched(desc, workdir, pages)
+
+    def _get(self, key: str, path: Path) -> None:
+        assert self.store is not None
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            self.store.get(key, fd, 0)
+        finally:
+            os.close(fd)
+
+    def consumed(self, sid: str) -> None:
+        """The session was restored: its parked state goes (blocking), so it can never be restored twice."""
+        self.restores += 1
+        self.parked.pop(sid, None)
+        self._delete([f"sessions/{sid}/{DESCRIPTOR}", f"sessions/{sid}/state", f"sessions/{sid}/memory"])
