@@ -1,0 +1,227 @@
+"""Parking on the GPU host, in one run (bench/park_gpu.sh): a PyTorch session computes, goes idle, is paged out and
+parked by node server A (its worker exits), A is stopped, a freshly started node server B takes its address, and the
+client's next call resumes the session there. Its outputs must be bit-identical to an unparked run of the same
+program; reported: the seconds from the parked session's first call to its reply (reconnect, fetch from the park
+store, restore, page-in), the park's own time and size, whether module globals moved on restore, and the proof that
+no client loaded the real driver. --backend sim --client ctypes is a dry run of the script (no GPU, no PyTorch)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+TORCH = r'''
+import hashlib, sys, time
+import torch
+torch.manual_seed(0); torch.use_deterministic_algorithms(True)
+n = int(float(sys.argv[1]) * (1 << 30)) // 4
+big = torch.arange(n, dtype=torch.int32, device="cuda").float()
+model = torch.nn.Sequential(torch.nn.Linear(1024, 4096), torch.nn.GELU(), torch.nn.Linear(4096, 1024)).cuda()
+x = torch.randn(256, 1024, device="cuda")
+def h(t): return hashlib.sha256(t.detach().cpu().numpy().tobytes()).hexdigest()[:16]
+with torch.no_grad():
+    y = model(x); torch.cuda.synchronize()
+print("STEP1", h(y), torch.cuda.memory_reserved(), flush=True)
+sys.stdin.readline()
+t0 = time.perf_counter(); v = big[12345].item(); first = time.perf_counter() - t0
+with torch.no_grad():
+    y2 = model(x + big[: 256 * 1024].view(256, 1024) * 1e-9)
+print("STEP2", h(y2), h(big[:: 1 << 16]), float(big.double().sum().item()), v, first, flush=True)
+'''
+
+CTYPES = r'''
+import ctypes, hashlib, sys, time
+cu = ctypes.CDLL("libcuda.so.1")
+def ok(r, w):
+    if r: print("FAIL", w, r, flush=True); sys.exit(1)
+ok(cu.cuInit(0), "init"); ctx = ctypes.c_void_p()
+ok(cu.cuDevicePrimaryCtxRetain(ctypes.byref(ctx), 0), "retain"); ok(cu.cuCtxSetCurrent(ctx), "current")
+n = int(float(sys.argv[1]) * (1 << 30)); p = ctypes.c_uint64()
+ok(cu.cuMemAlloc_v2(ctypes.byref(p), ctypes.c_size_t(n)), "alloc")
+ok(cu.cuMemsetD32_v2(p, ctypes.c_uint(0x5a5a1234), ctypes.c_size_t(n // 4)), "memset")
+print("STEP1", p.value, n, flush=True)
+sys.stdin.readline()
+t0 = time.perf_counter(); buf = ctypes.create_string_buffer(4096)
+ok(cu.cuMemcpyDtoH_v2(buf, ctypes.c_uint64(p.value + n - 4096), ctypes.c_size_t(4096)), "dtoh")
+first = time.perf_counter() - t0
+print("STEP2", hashlib.sha256(buf.raw).hexdigest()[:16], p.value, first, flush=True)
+'''
+
+
+def node_main(argv: list[str]) -> int:
+    """One node server (run as a process of its own): port, park dir, spill dir, backend, idle park seconds."""
+    port, park, spill, backend, idle = argv
+    from fargpu.server.auth import StaticTokenAuth
+    from fargpu.server.backend import select
+    from fargpu.server.node_agent import AgentConfig, NodeAgent
+
+    cfg = AgentConfig(listen=f"127.0.0.1:{port}", spill_dir=spill, park_store=park, host_pool_bytes=4 << 30,
+                      idle_page_out_s=float(idle) or None, idle_park_s=float(idle) or None)
+
+    async def run() -> None:
+        agent = NodeAgent(select(backend), StaticTokenAuth(os.environ["FARGPU_TOKEN"]), cfg)
+        await agent.start()
+        dev = agent.devices()[0]
+        print(f"NODE-READY {dev.name}|{agent.backend_info.driver_version}", flush=True)
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        await stop.wait()
+        await agent.stop()
+
+    import logging
+
+    logging.basicConfig(level="INFO", format="%(asctime)s %(name)s %(message)s")
+    asyncio.run(run())
+    return 0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def main() -> int:
+    if len(sys.argv) > 1 and sys.argv[1] == "--node":
+        return node_main(sys.argv[2:])
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--stub-dir", required=True)
+    ap.add_argument("--python", default=sys.executable)
+    ap.add_argument("--backend", default="cuda", help="cuda; sim only for a dry run of this script")
+    ap.add_argument("--client", default="torch", help="torch, or ctypes (a dry run without PyTorch)")
+    ap.add_argument("--gib", type=float, default=2.0, help="the session's size")
+    ap.add_argument("--work", default="/tmp/fargpu-park-bench")
+    a = ap.parse_args()
+    out, work = Path(a.out), Path(a.work)
+    work.mkdir(parents=True, exist_ok=True)
+    park, token = work / "store", "park-bench-token"
+    result: dict[str, Any] = {"date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+                              "commit": os.environ.get("FARGPU_COMMIT", "unknown"), "backend": a.backend,
+                              "client": a.client, "session_gib": a.gib, "ok": False}
+    proof = out / "park_proof.jsonl"
+    base_env = dict(os.environ, FARGPU_TOKEN=token)
+    client_env = dict(base_env, LD_LIBRARY_PATH=a.stub_dir, LD_PRELOAD=f"{a.stub_dir}/libcuda.so.1",
+                      FARGPU_PROOF_FILE=str(proof), CUBLAS_WORKSPACE_CONFIG=":4096:8", FARGPU_LOG="info",
+                      FARGPU_RESUME_TIMEOUT_S="300")
+    nodes: list[subprocess.Popen[str]] = []
+
+    def node(name: str, port: int, idle: float) -> tuple[subprocess.Popen[str], Path]:
+        log = out / f"node_{name}.log"
+        p = subprocess.Popen([a.python, __file__, "--node", str(port), str(park), str(work / f"spill-{name}"),
+                              a.backend, str(idle)], env=base_env, stdout=subprocess.PIPE,
+                             stderr=log.open("w"), text=True)
+        nodes.append(p)
+        assert p.stdout is not None
+        line = p.stdout.readline().strip()
+        if not line.startswith("NODE-READY"):
+            raise RuntimeError(f"node {name} did not start: {log.read_text()[-2000:]}")
+        result.setdefault("gpu", line.split(" ", 1)[1])
+        return p, log
+
+    def stop(p: subprocess.Popen[str]) -> None:
+        p.send_signal(signal.SIGTERM)
+        try:
+            p.wait(60)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+    def client(port: int) -> subprocess.Popen[str]:
+        code = TORCH if a.client == "torch" else CTYPES
+        env = dict(client_env, FARGPU_SERVER=f"127.0.0.1:{port}")
+        return subprocess.Popen([a.python, "-c", code, str(a.gib)], env=env, stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def line(p: subprocess.Popen[str], want: str) -> list[str]:
+        assert p.stdout is not None
+        got = p.stdout.readline().split()
+        if not got or got[0] != want:
+            raise RuntimeError(f"expected {want}, got {got}: {(p.stderr.read() if p.stderr else '')[-3000:]}")
+        return got
+
+    try:
+        # the reference: the same program, never parked
+        ref_port = free_port()
+        ref_node, _ = node("ref", ref_port, 0)
+        c = client(ref_port)
+        ref1 = line(c, "STEP1")
+        assert c.stdin is not None
+        c.stdin.write("go\n")
+        c.stdin.flush()
+        ref2 = line(c, "STEP2")
+        c.wait(120)
+        stop(ref_node)
+        # the parked run: node A parks the idle session, stops; node B is started on its address
+        port = free_port()
+        node_a, log_a = node("a", port, 1.0)
+        c = client(port)
+        run1 = line(c, "STEP1")
+        t0 = time.monotonic()
+        m = None
+        while time.monotonic() - t0 < 300 and m is None:
+            m = re.search(r"park of session \w+: (parked \S+ (\d+) (\d+)|failed .*)", log_a.read_text())
+            time.sleep(0.2)
+        if m is None or not m.group(1).startswith("parked"):
+            raise RuntimeError(f"the session was not parked: {m.group(1) if m else 'no park within 300 s'}")
+        result["park_bytes"], result["park_s"] = int(m.group(2)), int(m.group(3)) / 1e9
+        pg = re.search(r"page-out of session \w+: paged (\w+) (\d+) (\d+)", log_a.read_text())
+        if pg:
+            result["pageout_to"], result["pageout_s"] = pg.group(1), int(pg.group(3)) / 1e9
+        stop(node_a)
+        result["node_a_exit"] = node_a.returncode
+        node_b, log_b = node("b", port, 0)
+        assert c.stdin is not None
+        c.stdin.write("go\n")
+        c.stdin.flush()
+        run2 = line(c, "STEP2")
+        c.wait(120)
+        err = c.stderr.read() if c.stderr else ""
+        result["resumed"] = "resumed on" in err
+        result["first_call_after_park_s"] = float(run2[-1])
+        result["reference_first_call_s"] = float(ref2[-1])
+        text_b = log_b.read_text()
+        r = re.search(r"restored a parked session: (\d+) journal entries, (\d+) allocations, (\d+) moved globals in "
+                      r"([\d.]+) s", text_b)
+        result["restore"] = {"journal_entries": int(r.group(1)), "allocations": int(r.group(2)),
+                             "moved_globals": int(r.group(3)), "replay_s": float(r.group(4))} if r else None
+        result["globals_moved"] = bool(r and int(r.group(3)))
+        result["moved_global_lines"] = re.findall(r"module global moved from \S+ to \S+ \(\d+ bytes\)", text_b)[:20]
+        result["step1_identical"] = run1[1:2] == ref1[1:2]
+        result["step2_identical"] = run2[1:-1] == ref2[1:-1]
+        result["outputs"] = {"reference": [ref1[1:], ref2[1:-1]], "parked": [run1[1:], run2[1:-1]]}
+        stop(node_b)
+        result["ok"] = result["resumed"] and result["step1_identical"] and result["step2_identical"]
+    except (RuntimeError, OSError, subprocess.TimeoutExpired, AssertionError) as e:
+        result["error"] = str(e)[-3000:]
+    finally:
+        for p in nodes:
+            if p.poll() is None:
+                p.kill()
+    try:
+        sys.path.insert(0, str(Path(__file__).parent))
+        from acceptance import check_proof
+        from proof_file import read_proof
+
+        clean, problems, notes = check_proof(proof, Path(a.stub_dir))
+        result["proof"] = {"clean": clean, "clients": len(read_proof(proof)[0]), "problems": problems, "notes": notes}
+    except Exception as e:  # the proof is reported, never skipped silently
+        result["proof"] = {"clean": False, "problems": [f"could not check the proof: {e}"]}
+    (out / "park_gpu.json").write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=1))
+    return 0 if result["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
