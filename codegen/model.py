@@ -61,7 +61,7 @@ class Model:
     ops_hash: str
 
 
-def _load_annotations() -> dict[str, dict[str, object]]:
+def _load_annotations() -> dict[str, dict[str, object]]:  # also read by coverage.py (through emit.py)
     with open(HERE / "annotations.toml", "rb") as f:
         return tomllib.load(f)
 

@@ -1608,10 +1608,14 @@ FGC_EXPORT CUresult CUDAAPI cuGraphDestroyNode(CUgraphNode hNode) {
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphEventRecordNodeGetEvent(CUgraphNode hNode, CUevent *event_out) {
-    (void)hNode;
-    (void)event_out;
-    static int logged;
-    return fgc_unsupported("cuGraphEventRecordNodeGetEvent", &logged);
+    FGC_REQUIRE_INIT();
+    uint64_t d_event_out;
+    fg_writer *w = fgc_begin(FG_OP_cuGraphEventRecordNodeGetEvent);
+    if (!w) return fgc_last_error();
+    fgc_put_handle(w, (const void *)hNode);
+    { uint8_t want_ = event_out != NULL; fg_put(w, &want_, 1); }
+    fgc_expect(event_out ? (void *)event_out : (void *)&d_event_out, sizeof(uint64_t));
+    return fgc_sync();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphEventRecordNodeSetEvent(CUgraphNode hNode, CUevent event) {
@@ -1624,10 +1628,14 @@ FGC_EXPORT CUresult CUDAAPI cuGraphEventRecordNodeSetEvent(CUgraphNode hNode, CU
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphEventWaitNodeGetEvent(CUgraphNode hNode, CUevent *event_out) {
-    (void)hNode;
-    (void)event_out;
-    static int logged;
-    return fgc_unsupported("cuGraphEventWaitNodeGetEvent", &logged);
+    FGC_REQUIRE_INIT();
+    uint64_t d_event_out;
+    fg_writer *w = fgc_begin(FG_OP_cuGraphEventWaitNodeGetEvent);
+    if (!w) return fgc_last_error();
+    fgc_put_handle(w, (const void *)hNode);
+    { uint8_t want_ = event_out != NULL; fg_put(w, &want_, 1); }
+    fgc_expect(event_out ? (void *)event_out : (void *)&d_event_out, sizeof(uint64_t));
+    return fgc_sync();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphEventWaitNodeSetEvent(CUgraphNode hNode, CUevent event) {

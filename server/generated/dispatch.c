@@ -714,6 +714,21 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         if (res == CUDA_SUCCESS) fgs_handle_remove(S, 10, id_hNode);
         return res;
     }
+    case FG_OP_cuGraphEventRecordNodeGetEvent: {
+        uint64_t id_hNode = fg_get_u64(r);
+        CUgraphNode hNode = NULL;
+        if (!r->failed && fgs_handle_get(S, 10, id_hNode, (void **)&hNode)) return CUDA_ERROR_INVALID_HANDLE;
+        CUevent event_out = NULL;
+        uint8_t want_event_out = 0;
+        fg_get(r, &want_event_out, 1);
+        if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuGraphEventRecordNodeGetEvent) return fgs_missing(S, "cuGraphEventRecordNodeGetEvent");
+        CUresult res = S->api->cuGraphEventRecordNodeGetEvent(hNode, want_event_out ? &event_out : NULL);
+        if (res == CUDA_SUCCESS) {
+            fg_put_u64(out, want_event_out && event_out ? fgs_handle_add(S, 3, (void *)event_out) : 0);
+        }
+        return res;
+    }
     case FG_OP_cuGraphEventRecordNodeSetEvent: {
         uint64_t id_hNode = fg_get_u64(r);
         CUgraphNode hNode = NULL;
@@ -724,6 +739,21 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         if (r->failed) return FGS_PROTOCOL_ERROR;
         if (!S->api->cuGraphEventRecordNodeSetEvent) return fgs_missing(S, "cuGraphEventRecordNodeSetEvent");
         CUresult res = S->api->cuGraphEventRecordNodeSetEvent(hNode, event);
+        return res;
+    }
+    case FG_OP_cuGraphEventWaitNodeGetEvent: {
+        uint64_t id_hNode = fg_get_u64(r);
+        CUgraphNode hNode = NULL;
+        if (!r->failed && fgs_handle_get(S, 10, id_hNode, (void **)&hNode)) return CUDA_ERROR_INVALID_HANDLE;
+        CUevent event_out = NULL;
+        uint8_t want_event_out = 0;
+        fg_get(r, &want_event_out, 1);
+        if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuGraphEventWaitNodeGetEvent) return fgs_missing(S, "cuGraphEventWaitNodeGetEvent");
+        CUresult res = S->api->cuGraphEventWaitNodeGetEvent(hNode, want_event_out ? &event_out : NULL);
+        if (res == CUDA_SUCCESS) {
+            fg_put_u64(out, want_event_out && event_out ? fgs_handle_add(S, 3, (void *)event_out) : 0);
+        }
         return res;
     }
     case FG_OP_cuGraphEventWaitNodeSetEvent: {

@@ -94,7 +94,9 @@ const char *fgs_api_load(fgs_api *api, void *dl) {
     *(void **)&api->cuGraphCreate = dlsym(dl, "cuGraphCreate");
     *(void **)&api->cuGraphDestroy = dlsym(dl, "cuGraphDestroy");
     *(void **)&api->cuGraphDestroyNode = dlsym(dl, "cuGraphDestroyNode");
+    *(void **)&api->cuGraphEventRecordNodeGetEvent = dlsym(dl, "cuGraphEventRecordNodeGetEvent");
     *(void **)&api->cuGraphEventRecordNodeSetEvent = dlsym(dl, "cuGraphEventRecordNodeSetEvent");
+    *(void **)&api->cuGraphEventWaitNodeGetEvent = dlsym(dl, "cuGraphEventWaitNodeGetEvent");
     *(void **)&api->cuGraphEventWaitNodeSetEvent = dlsym(dl, "cuGraphEventWaitNodeSetEvent");
     *(void **)&api->cuGraphExecChildGraphNodeSetParams = dlsym(dl, "cuGraphExecChildGraphNodeSetParams");
     *(void **)&api->cuGraphExecDestroy = dlsym(dl, "cuGraphExecDestroy");

@@ -79,7 +79,9 @@ typedef struct fgs_api {
     CUresult (*cuGraphCreate)(CUgraph *, unsigned int);
     CUresult (*cuGraphDestroy)(CUgraph);
     CUresult (*cuGraphDestroyNode)(CUgraphNode);
+    CUresult (*cuGraphEventRecordNodeGetEvent)(CUgraphNode, CUevent *);
     CUresult (*cuGraphEventRecordNodeSetEvent)(CUgraphNode, CUevent);
+    CUresult (*cuGraphEventWaitNodeGetEvent)(CUgraphNode, CUevent *);
     CUresult (*cuGraphEventWaitNodeSetEvent)(CUgraphNode, CUevent);
     CUresult (*cuGraphExecChildGraphNodeSetParams)(CUgraphExec, CUgraphNode, CUgraph);
     CUresult (*cuGraphExecDestroy)(CUgraphExec);

@@ -498,6 +498,8 @@ static const char *layout[FG_OP_LIMIT] = {
     [FG_OP_cuGraphMemsetNodeSetParams] = "Dm",
     [FG_OP_cuGraphExecMemsetNodeSetParams] = "XDmC",
     [FG_OP_cuGraphExecGetFlags] = "Xw",
+    [FG_OP_cuGraphEventRecordNodeGetEvent] = "Dw",
+    [FG_OP_cuGraphEventWaitNodeGetEvent] = "Dw",
 };
 
 #include "fuzz_images.h" /* module images, uploads and loads */

@@ -74,7 +74,9 @@ const char *fg_op_name(unsigned op) {
     case FG_OP_cuGraphCreate: return "cuGraphCreate";
     case FG_OP_cuGraphDestroy: return "cuGraphDestroy";
     case FG_OP_cuGraphDestroyNode: return "cuGraphDestroyNode";
+    case FG_OP_cuGraphEventRecordNodeGetEvent: return "cuGraphEventRecordNodeGetEvent";
     case FG_OP_cuGraphEventRecordNodeSetEvent: return "cuGraphEventRecordNodeSetEvent";
+    case FG_OP_cuGraphEventWaitNodeGetEvent: return "cuGraphEventWaitNodeGetEvent";
     case FG_OP_cuGraphEventWaitNodeSetEvent: return "cuGraphEventWaitNodeSetEvent";
     case FG_OP_cuGraphExecChildGraphNodeSetParams: return "cuGraphExecChildGraphNodeSetParams";
     case FG_OP_cuGraphExecDestroy: return "cuGraphExecDestroy";
