@@ -68,6 +68,7 @@ def session_from_proto(node_id: str, s: pool_pb2.Session) -> SessionInfo:
         resident_bytes=s.resident_bytes,
         paged_bytes=s.paged_bytes,
         unpageable_bytes=s.unpageable_bytes,
+        park_blocker=s.park_blocker,
         idle_s=s.idle_s,
         page_command_id=s.page_command_id or None,
         page_result=s.page_result or None,

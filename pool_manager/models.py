@@ -135,6 +135,8 @@ class SessionInfo(BaseModel):
     page_result: str | None = Field(None, description='its outcome, e.g. "paged host BYTES NS UNPAGEABLE", "failed …"')
     unpageable_bytes: int = Field(0, description="what its last page-out could not free (module globals, created "
                                   "contexts; context and module code are not counted)")
+    park_blocker: str = Field("", description="why the session cannot be parked (it stays paged on its node); empty: "
+                              "it can, or no park was tried")
 
 
 class NodeRecord(BaseModel):

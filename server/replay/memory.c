@@ -59,6 +59,10 @@ CUresult fgs_cuMemAlloc_v2(fgs_session *S, fg_reader *r, fg_writer *out) {
     CUdeviceptr hint = S->arena_next && mapped <= S->arena_end - S->arena_next ? S->arena_next : 0;
     res = S->api->cuMemAddressReserve(&ptr, mapped, 0, hint, 0);
     if (res == CUDA_SUCCESS && hint && ptr == hint) S->arena_next += mapped;
+    static int told;
+    if (res == CUDA_SUCCESS && hint && ptr != hint && !told++)
+        fgs_log(S, "the driver placed an allocation at 0x%llx, not in the session's address arena (0x%llx): a parked "
+                "session may not find its addresses free elsewhere", (unsigned long long)ptr, (unsigned long long)hint);
     if (res != CUDA_SUCCESS) {
         fgs_uncharge(S, mapped);
         return res == CUDA_ERROR_INVALID_VALUE ? CUDA_ERROR_OUT_OF_MEMORY : res;

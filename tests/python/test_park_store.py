@@ -144,3 +144,34 @@ def test_s3_with_wrong_credentials_says_so(s3_endpoint: str) -> None:
             bad.put_bytes("x", b"data")
     finally:
         os.environ.update(AWS_SECRET_ACCESS_KEY=SECRET)
+
+
+def test_a_session_parked_in_s3_resumes_on_a_new_node_server(s3_endpoint: str, tmp_path: Path) -> None:
+    """The whole path through the real S3 server: park, node killed, a fresh node server fetches and restores."""
+    from e2e_helpers import start_server, stop_server
+    from test_park import _run, _wait_log
+
+    env = {"FARGPU_PARK_S3_ENDPOINT": s3_endpoint, "AWS_ACCESS_KEY_ID": ACCESS, "AWS_SECRET_ACCESS_KEY": SECRET}
+    spec = ("--park-store", "s3://park/e2e")
+    a = start_server(tmp_path, "--idle-page-out", "1", "--idle-park", "1", *spec, env_extra=env)
+    b: list = []
+
+    def park_then_replace_node() -> None:
+        _wait_log(a, r"park of session \w+: parked sessions/\w+ (\d+)")
+        a.proc.kill()
+        a.proc.wait()
+        (tmp_path / "b").mkdir()
+        b.append(start_server(tmp_path / "b", *spec, env_extra=env, port=int(a.endpoint.rsplit(":", 1)[1])))
+
+    try:
+        _, out, err = _run(a.client_env(FARGPU_LOG="info"), park_then_replace_node)
+        assert out.startswith("RESULT bad= prio -1 flags 1 ctx True"), out + err
+        assert "resumed on" in err and "restored a parked session" in b[0].log_text(), err
+        from fargpu.server.park.s3 import S3ParkStore
+
+        left = S3ParkStore("park", endpoint_url=s3_endpoint, prefix="e2e/").list("")
+        assert left and all(k.startswith("images/") for k in left), left  # the parked state went once restored
+    finally:
+        stop_server(a)
+        for s in b:
+            stop_server(s)
