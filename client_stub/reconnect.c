@@ -190,11 +190,13 @@ int fgc_resume(const char *closing) {
     ok = ok && (int32_t)(g_fgc.seq - applied) >= 0 && expect == g_fgc.seq + 1;
     pthread_mutex_lock(&g_fgc.wmu);
     g_fgc.fd = fd;
+    int resent = 0;
     for (size_t i = 0; i < g_n && ok; i++) {
         kept *k = &g_kept[i];
         if ((int32_t)(k->seq - applied) <= 0) continue;
         struct iovec one = {k->copy, k->len};
         ok = fgc_io_write(k->copy ? &one : k->iov, k->copy ? 1 : k->n, k->len) == 0;
+        resent++;
     }
     pthread_mutex_unlock(&g_fgc.wmu);
     pthread_mutex_unlock(&mu);
@@ -205,7 +207,7 @@ int fgc_resume(const char *closing) {
     }
     fgc_set_endpoint(ep, NULL);
     g_resumes++;
-    fgc_log(FGC_LOG_INFO, "session %s resumed on %s after batch %u (resume %d)", g_fgc.session, ep, applied,
-            g_resumes);
+    fgc_log(FGC_LOG_INFO, "session %s resumed on %s after batch %u, %d batch(es) sent again (resume %d)",
+            g_fgc.session, ep, applied, resent, g_resumes);
     return 0;
 }

@@ -150,6 +150,7 @@ class Parker:
                 log.info("session %s was not parked: %s", sid, reason)
                 return f"failed {reason}"
             self.blockers.pop(sid, None)
+            log.info("session %s: its state is written (%s bytes); storing it", sid, ready.split()[1])
             src = memory()
             try:
                 total = await asyncio.to_thread(self._upload, sid, lease_id, resume_key, workdir, src, stored)
@@ -164,6 +165,8 @@ class Parker:
             return f"failed {e}"
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
+        # tests widen the window in which the client may send work during a park
+        await asyncio.sleep(float(os.environ.get("FARGPU_PARK_TEST_COMMIT_DELAY_S", "0") or 0))
         waiting = asyncio.ensure_future(self._next(sid))
         await asyncio.sleep(0)
         try:

@@ -192,3 +192,60 @@ def test_killed_node_gives_a_cuda_error_not_a_hang(tmp_path: Path) -> None:
         assert out.startswith("ERROR 46"), out + err  # CUDA_ERROR_DEVICE_UNAVAILABLE, at the next call
     finally:
         stop_server(s)
+
+
+# After "go": an async memset (a batch without a reply), a pause, then a synchronising read of what it wrote.
+LATE_WORK = PRELUDE + r'''
+import time
+ctx0()
+st = ctypes.c_void_p()
+ok(cu.cuStreamCreate(ctypes.byref(st), 1), "stream")
+r, p = alloc(4 << 20); ok(r, "alloc")
+ok(cu.cuMemsetD8_v2(ctypes.c_uint64(p), ctypes.c_ubyte(1), ctypes.c_size_t(4 << 20)), "memset")
+ok(cu.cuStreamSynchronize(st), "sync")
+print("READY", flush=True)
+sys.stdin.readline()
+ok(cu.cuMemsetD8Async(ctypes.c_uint64(p), ctypes.c_ubyte(0xAB), ctypes.c_size_t(4 << 20), st), "async memset")
+time.sleep(1.0)
+ok(cu.cuStreamSynchronize(st), "sync")
+out = ctypes.create_string_buffer(4096)
+ok(cu.cuMemcpyDtoH_v2(out, ctypes.c_uint64(p + (4 << 20) - 4096), ctypes.c_size_t(4096)), "dtoh")
+print("SAME" if out.raw == b"\xab" * 4096 else "DIFFERENT", flush=True)
+'''
+
+
+def _late_work(s: NodeServer) -> tuple[str, str]:
+    p = subprocess.Popen([sys.executable, "-P", "-c", LATE_WORK], env=s.client_env(FARGPU_LOG="info"),
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/")
+    assert p.stdout is not None
+    assert p.stdout.readline().strip() == "READY"
+    _wait_log(s, r"session \w+: its state is written")  # the park is storing it: the client sends work now
+    out, err = p.communicate("go\n", timeout=60)
+    return out.strip(), err
+
+
+def test_work_sent_during_a_park_calls_the_park_off(tmp_path: Path) -> None:
+    s = start_server(tmp_path, "--idle-page-out", "1", "--idle-park", "1", "--park-store", str(tmp_path / "store"),
+                     env_extra={"FARGPU_PARK_TEST_COMMIT_DELAY_S": "2"})
+    try:
+        out, err = _late_work(s)
+        assert out == "SAME", out + err
+        _wait_log(s, r"was not parked: the client sent work while the session was being parked")
+        assert "resumed on" not in err
+    finally:
+        stop_server(s)
+
+
+def test_a_batch_the_old_worker_never_applied_is_sent_again(tmp_path: Path) -> None:
+    # The worker commits although the async batch is waiting unread (a test switch): the stub must send it again
+    # to the restored session, which says which batch it applied last.
+    s = start_server(tmp_path, "--idle-page-out", "1", "--idle-park", "1", "--park-store", str(tmp_path / "store"),
+                     env_extra={"FARGPU_PARK_TEST_COMMIT_DELAY_S": "2", "FARGPU_PARK_TEST_COMMIT_ANYWAY": "1"})
+    try:
+        out, err = _late_work(s)
+        assert out == "SAME", out + err
+        m = re.search(r"resumed on \S+ after batch (\d+), (\d+) batch\(es\) sent again", err)
+        assert m and int(m.group(2)) >= 2, err  # the async memset and the synchronising call after it
+        assert "restored a parked session" in s.log_text()
+    finally:
+        stop_server(s)
