@@ -60,3 +60,4 @@ cat "$OUT/micro_native.err" "$OUT/micro_remote.err" | tail -5
 kill $SRV; wait $SRV 2>/dev/null
 python3 bench/report.py "$OUT" --native-rc $NRC --remote-rc $RRC --diff-rc $DRC
 (cd "$OUT" && tar czf /tmp/fargpu-logs.tgz . ; mv /tmp/fargpu-logs.tgz logs.tgz; find . -type f ! -name gpu_run.json ! -name logs.tgz ! -name driver_api.diff -delete)
+python3 bench/plot_gpu_run.py "$OUT/gpu_run.json" 2>/dev/null || echo "(no plot: matplotlib is not installed here)"

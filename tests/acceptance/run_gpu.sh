@@ -50,4 +50,5 @@ FARGPU_COMMIT=$FARGPU_COMMIT \
   --python "$PY" "$@"
 RC=$?
 log "acceptance.py exited $RC; results in $OUT/acceptance.json"
+"$PY" bench/plot_acceptance.py "$OUT/acceptance.json" 2>/dev/null || echo "(no plot: matplotlib is not installed here)"
 exit $RC
