@@ -116,13 +116,13 @@ start() {
     --allow-privileged=true --logtostderr=true --v=1 >"$dir/apiserver.log" 2>&1 &
   echo $! > "$dir/apiserver.pid"
   local url="https://127.0.0.1:$api_port"
-  # Ready means the bootstrap RBAC roles are in place too, not just the port open.
-  wait_for 90 "$dir/apiserver.pid" apiserver python3 - "$url" "$token" <<'EOF'
-import ssl, sys, urllib.request
+  # Ready means the bootstrap RBAC roles are in place too, not just the port open. (The probe is a -c string, not
+  # a here-document: wait_for runs it many times, and a here-document would feed only the first run.)
+  local probe='import ssl, sys, urllib.request
 ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
 req = urllib.request.Request(sys.argv[1] + "/readyz", headers={"Authorization": "Bearer " + sys.argv[2]})
-assert urllib.request.urlopen(req, context=ctx, timeout=2).read() == b"ok"
-EOF
+sys.exit(0 if urllib.request.urlopen(req, context=ctx, timeout=2).read() == b"ok" else 1)'
+  wait_for 90 "$dir/apiserver.pid" apiserver python3 -c "$probe" "$url" "$token"
   cat > "$dir/kubeconfig" <<EOF
 apiVersion: v1
 kind: Config
