@@ -1,7 +1,7 @@
 /* copy2d.c — 2D copies (cuMemcpy2D, cuMemcpy2DUnaligned, cuMemcpy2DAsync) between host and device memory, as
  * one 1D copy per row through the stub's ordinary copy paths (all rows of one call travel in one batch, in
- * stream order). Unified addresses are classified by the device ranges the stub knows; CUDA arrays are not
- * supported. The synchronous forms wait for the legacy stream at the end, as the driver's do for pageable
+ * stream order). Unified addresses are classified by the device ranges the stub knows; a copy with a CUDA
+ * array on one side goes to arrays.c. The synchronous forms wait for the legacy stream at the end, as the driver's do for pageable
  * memory. */
 #include <string.h>
 
@@ -22,10 +22,8 @@ static int kind(CUmemorytype t, const void *host, CUdeviceptr dev) {
 static CUresult copy2d(const CUDA_MEMCPY2D *c, CUstream s, int async) {
     FGC_REQUIRE_INIT();
     if (!c) return CUDA_ERROR_INVALID_VALUE;
-    if (c->srcMemoryType == CU_MEMORYTYPE_ARRAY || c->dstMemoryType == CU_MEMORYTYPE_ARRAY) {
-        static int logged;
-        return fgc_unsupported("cuMemcpy2D with CUDA arrays", &logged);
-    }
+    if (c->srcMemoryType == CU_MEMORYTYPE_ARRAY || c->dstMemoryType == CU_MEMORYTYPE_ARRAY)
+        return fgc_copy2d_arrays(c, s, async); /* arrays.c, as a 3D copy */
     int sk = kind(c->srcMemoryType, c->srcHost, c->srcDevice), dk = kind(c->dstMemoryType, c->dstHost, c->dstDevice);
     if (sk == MEM_BAD || dk == MEM_BAD) return CUDA_ERROR_INVALID_VALUE;
     size_t w = c->WidthInBytes, h = c->Height;

@@ -87,6 +87,8 @@ int fgc_host_fns_outstanding(void);
 CUresult fgc_host_fns_wait(void);
 /* launch.c: "u32 size, bytes" of a kernel's packed parameter buffer, as launches send it. */
 CUresult fgc_put_kernel_params(fg_writer *w, CUfunction f, void **kernelParams, void **extra);
+/* arrays.c: a 2D copy with a CUDA array on one side, done as a 3D copy. */
+CUresult fgc_copy2d_arrays(const CUDA_MEMCPY2D *c, CUstream s, int async);
 /* callbacks.c: a cookie for a graph host node's function (run in this process at each launch); 0: none. */
 uint64_t fgc_host_node_cookie(CUhostFn fn, void *userData);
 

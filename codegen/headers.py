@@ -29,6 +29,8 @@ HANDLE_TYPES = {
     "CUgraphNode": 10,
     "CUmemoryPool": 11,
     "CUlinkState": 12,
+    "CUarray": 13,
+    "CUmipmappedArray": 14,
 }
 
 

@@ -13,10 +13,10 @@ FGC_EXPORT CUresult CUDAAPI cuArray3DCreate(CUarray *pHandle, const CUDA_ARRAY3D
 }
 
 FGC_EXPORT CUresult CUDAAPI cuArray3DCreate_v2(CUarray *pHandle, const CUDA_ARRAY3D_DESCRIPTOR *pAllocateArray) {
-    (void)pHandle;
-    (void)pAllocateArray;
-    static int logged;
-    return fgc_unsupported("cuArray3DCreate_v2", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuArray3DCreate_v2");
+    CUresult r_ = fgc_cuArray3DCreate_v2(pHandle, pAllocateArray);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuArray3DCreate_v2", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuArray3DGetDescriptor(CUDA_ARRAY3D_DESCRIPTOR_v1 *pArrayDescriptor, CUarray hArray) {
@@ -27,10 +27,14 @@ FGC_EXPORT CUresult CUDAAPI cuArray3DGetDescriptor(CUDA_ARRAY3D_DESCRIPTOR_v1 *p
 }
 
 FGC_EXPORT CUresult CUDAAPI cuArray3DGetDescriptor_v2(CUDA_ARRAY3D_DESCRIPTOR *pArrayDescriptor, CUarray hArray) {
-    (void)pArrayDescriptor;
-    (void)hArray;
-    static int logged;
-    return fgc_unsupported("cuArray3DGetDescriptor_v2", &logged);
+    FGC_REQUIRE_INIT();
+    __typeof__(*pArrayDescriptor) d_pArrayDescriptor;
+    fg_writer *w = fgc_begin(FG_OP_cuArray3DGetDescriptor_v2);
+    if (!w) return fgc_last_error();
+    { uint8_t want_ = pArrayDescriptor != NULL; fg_put(w, &want_, 1); }
+    fgc_expect(pArrayDescriptor ? (void *)pArrayDescriptor : (void *)&d_pArrayDescriptor, sizeof(*pArrayDescriptor));
+    fgc_put_handle(w, (const void *)hArray);
+    return fgc_sync();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuArrayCreate(CUarray *pHandle, const CUDA_ARRAY_DESCRIPTOR_v1 *pAllocateArray) {
@@ -41,16 +45,17 @@ FGC_EXPORT CUresult CUDAAPI cuArrayCreate(CUarray *pHandle, const CUDA_ARRAY_DES
 }
 
 FGC_EXPORT CUresult CUDAAPI cuArrayCreate_v2(CUarray *pHandle, const CUDA_ARRAY_DESCRIPTOR *pAllocateArray) {
-    (void)pHandle;
-    (void)pAllocateArray;
-    static int logged;
-    return fgc_unsupported("cuArrayCreate_v2", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuArrayCreate_v2");
+    CUresult r_ = fgc_cuArrayCreate_v2(pHandle, pAllocateArray);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuArrayCreate_v2", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuArrayDestroy(CUarray hArray) {
-    (void)hArray;
-    static int logged;
-    return fgc_unsupported("cuArrayDestroy", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuArrayDestroy");
+    CUresult r_ = fgc_cuArrayDestroy(hArray);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuArrayDestroy", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuArrayGetDescriptor(CUDA_ARRAY_DESCRIPTOR_v1 *pArrayDescriptor, CUarray hArray) {
@@ -61,10 +66,14 @@ FGC_EXPORT CUresult CUDAAPI cuArrayGetDescriptor(CUDA_ARRAY_DESCRIPTOR_v1 *pArra
 }
 
 FGC_EXPORT CUresult CUDAAPI cuArrayGetDescriptor_v2(CUDA_ARRAY_DESCRIPTOR *pArrayDescriptor, CUarray hArray) {
-    (void)pArrayDescriptor;
-    (void)hArray;
-    static int logged;
-    return fgc_unsupported("cuArrayGetDescriptor_v2", &logged);
+    FGC_REQUIRE_INIT();
+    __typeof__(*pArrayDescriptor) d_pArrayDescriptor;
+    fg_writer *w = fgc_begin(FG_OP_cuArrayGetDescriptor_v2);
+    if (!w) return fgc_last_error();
+    { uint8_t want_ = pArrayDescriptor != NULL; fg_put(w, &want_, 1); }
+    fgc_expect(pArrayDescriptor ? (void *)pArrayDescriptor : (void *)&d_pArrayDescriptor, sizeof(*pArrayDescriptor));
+    fgc_put_handle(w, (const void *)hArray);
+    return fgc_sync();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuArrayGetMemoryRequirements(CUDA_ARRAY_MEMORY_REQUIREMENTS *memoryRequirements, CUarray array, CUdevice device) {
@@ -2825,13 +2834,10 @@ FGC_EXPORT CUresult CUDAAPI cuMemAllocPitch(CUdeviceptr_v1 *dptr, unsigned int *
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemAllocPitch_v2(CUdeviceptr *dptr, size_t *pPitch, size_t WidthInBytes, size_t Height, unsigned int ElementSizeBytes) {
-    (void)dptr;
-    (void)pPitch;
-    (void)WidthInBytes;
-    (void)Height;
-    (void)ElementSizeBytes;
-    static int logged;
-    return fgc_unsupported("cuMemAllocPitch_v2", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuMemAllocPitch_v2");
+    CUresult r_ = fgc_cuMemAllocPitch_v2(dptr, pPitch, WidthInBytes, Height, ElementSizeBytes);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuMemAllocPitch_v2", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemAlloc_v2(CUdeviceptr *dptr, size_t bytesize) {
@@ -2934,17 +2940,14 @@ FGC_EXPORT CUresult CUDAAPI cuMemcpy3DAsync(const CUDA_MEMCPY3D_v1 *pCopy, CUstr
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemcpy3DAsync_v2(const CUDA_MEMCPY3D *pCopy, CUstream hStream) {
-    (void)pCopy;
-    (void)hStream;
-    static int logged;
-    return fgc_unsupported("cuMemcpy3DAsync_v2", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuMemcpy3DAsync_v2");
+    CUresult r_ = fgc_cuMemcpy3DAsync_v2(pCopy, hStream);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuMemcpy3DAsync_v2", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemcpy3DAsync_v2_ptsz(const CUDA_MEMCPY3D *pCopy, CUstream hStream) {
-    (void)pCopy;
-    (void)hStream;
-    static int logged;
-    return fgc_unsupported("cuMemcpy3DAsync_v2_ptsz", &logged);
+    return cuMemcpy3DAsync_v2(pCopy, fgc_ptsz_stream(hStream));
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemcpy3DBatchAsync(size_t numOps, CUDA_MEMCPY3D_BATCH_OP *opList, size_t *failIdx, unsigned long long flags, CUstream hStream) {
@@ -3012,15 +3015,14 @@ FGC_EXPORT CUresult CUDAAPI cuMemcpy3DPeer_ptds(const CUDA_MEMCPY3D_PEER *pCopy)
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemcpy3D_v2(const CUDA_MEMCPY3D *pCopy) {
-    (void)pCopy;
-    static int logged;
-    return fgc_unsupported("cuMemcpy3D_v2", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuMemcpy3D_v2");
+    CUresult r_ = fgc_cuMemcpy3D_v2(pCopy);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuMemcpy3D_v2", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemcpy3D_v2_ptds(const CUDA_MEMCPY3D *pCopy) {
-    (void)pCopy;
-    static int logged;
-    return fgc_unsupported("cuMemcpy3D_v2_ptds", &logged);
+    return cuMemcpy3D_v2(pCopy);
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemcpyAsync(CUdeviceptr dst, CUdeviceptr src, size_t ByteCount, CUstream hStream) {
@@ -3045,23 +3047,14 @@ FGC_EXPORT CUresult CUDAAPI cuMemcpyAtoA(CUarray dstArray, unsigned int dstOffse
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemcpyAtoA_v2(CUarray dstArray, size_t dstOffset, CUarray srcArray, size_t srcOffset, size_t ByteCount) {
-    (void)dstArray;
-    (void)dstOffset;
-    (void)srcArray;
-    (void)srcOffset;
-    (void)ByteCount;
-    static int logged;
-    return fgc_unsupported("cuMemcpyAtoA_v2", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuMemcpyAtoA_v2");
+    CUresult r_ = fgc_cuMemcpyAtoA_v2(dstArray, dstOffset, srcArray, srcOffset, ByteCount);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuMemcpyAtoA_v2", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemcpyAtoA_v2_ptds(CUarray dstArray, size_t dstOffset, CUarray srcArray, size_t srcOffset, size_t ByteCount) {
-    (void)dstArray;
-    (void)dstOffset;
-    (void)srcArray;
-    (void)srcOffset;
-    (void)ByteCount;
-    static int logged;
-    return fgc_unsupported("cuMemcpyAtoA_v2_ptds", &logged);
+    return cuMemcpyAtoA_v2(dstArray, dstOffset, srcArray, srcOffset, ByteCount);
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemcpyAtoD(CUdeviceptr_v1 dstDevice, CUarray srcArray, unsigned int srcOffset, unsigned int ByteCount) {
@@ -3074,21 +3067,14 @@ FGC_EXPORT CUresult CUDAAPI cuMemcpyAtoD(CUdeviceptr_v1 dstDevice, CUarray srcAr
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemcpyAtoD_v2(CUdeviceptr dstDevice, CUarray srcArray, size_t srcOffset, size_t ByteCount) {
-    (void)dstDevice;
-    (void)srcArray;
-    (void)srcOffset;
-    (void)ByteCount;
-    static int logged;
-    return fgc_unsupported("cuMemcpyAtoD_v2", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuMemcpyAtoD_v2");
+    CUresult r_ = fgc_cuMemcpyAtoD_v2(dstDevice, srcArray, srcOffset, ByteCount);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuMemcpyAtoD_v2", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemcpyAtoD_v2_ptds(CUdeviceptr dstDevice, CUarray srcArray, size_t srcOffset, size_t ByteCount) {
-    (void)dstDevice;
-    (void)srcArray;
-    (void)srcOffset;
-    (void)ByteCount;
-    static int logged;
-    return fgc_unsupported("cuMemcpyAtoD_v2_ptds", &logged);
+    return cuMemcpyAtoD_v2(dstDevice, srcArray, srcOffset, ByteCount);
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemcpyAtoH(void *dstHost, CUarray srcArray, unsigned int srcOffset, unsigned int ByteCount) {
@@ -3131,21 +3117,14 @@ FGC_EXPORT CUresult CUDAAPI cuMemcpyAtoHAsync_v2_ptsz(void *dstHost, CUarray src
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemcpyAtoH_v2(void *dstHost, CUarray srcArray, size_t srcOffset, size_t ByteCount) {
-    (void)dstHost;
-    (void)srcArray;
-    (void)srcOffset;
-    (void)ByteCount;
-    static int logged;
-    return fgc_unsupported("cuMemcpyAtoH_v2", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuMemcpyAtoH_v2");
+    CUresult r_ = fgc_cuMemcpyAtoH_v2(dstHost, srcArray, srcOffset, ByteCount);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuMemcpyAtoH_v2", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemcpyAtoH_v2_ptds(void *dstHost, CUarray srcArray, size_t srcOffset, size_t ByteCount) {
-    (void)dstHost;
-    (void)srcArray;
-    (void)srcOffset;
-    (void)ByteCount;
-    static int logged;
-    return fgc_unsupported("cuMemcpyAtoH_v2_ptds", &logged);
+    return cuMemcpyAtoH_v2(dstHost, srcArray, srcOffset, ByteCount);
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemcpyBatchAsync(CUdeviceptr *dsts, CUdeviceptr *srcs, size_t *sizes, size_t count, CUmemcpyAttributes *attrs, size_t *attrsIdxs, size_t numAttrs, size_t *failIdx, CUstream hStream) {
@@ -3212,21 +3191,14 @@ FGC_EXPORT CUresult CUDAAPI cuMemcpyDtoA(CUarray dstArray, unsigned int dstOffse
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemcpyDtoA_v2(CUarray dstArray, size_t dstOffset, CUdeviceptr srcDevice, size_t ByteCount) {
-    (void)dstArray;
-    (void)dstOffset;
-    (void)srcDevice;
-    (void)ByteCount;
-    static int logged;
-    return fgc_unsupported("cuMemcpyDtoA_v2", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuMemcpyDtoA_v2");
+    CUresult r_ = fgc_cuMemcpyDtoA_v2(dstArray, dstOffset, srcDevice, ByteCount);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuMemcpyDtoA_v2", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemcpyDtoA_v2_ptds(CUarray dstArray, size_t dstOffset, CUdeviceptr srcDevice, size_t ByteCount) {
-    (void)dstArray;
-    (void)dstOffset;
-    (void)srcDevice;
-    (void)ByteCount;
-    static int logged;
-    return fgc_unsupported("cuMemcpyDtoA_v2_ptds", &logged);
+    return cuMemcpyDtoA_v2(dstArray, dstOffset, srcDevice, ByteCount);
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemcpyDtoD(CUdeviceptr_v1 dstDevice, CUdeviceptr_v1 srcDevice, unsigned int ByteCount) {
@@ -3347,21 +3319,14 @@ FGC_EXPORT CUresult CUDAAPI cuMemcpyHtoAAsync_v2_ptsz(CUarray dstArray, size_t d
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemcpyHtoA_v2(CUarray dstArray, size_t dstOffset, const void *srcHost, size_t ByteCount) {
-    (void)dstArray;
-    (void)dstOffset;
-    (void)srcHost;
-    (void)ByteCount;
-    static int logged;
-    return fgc_unsupported("cuMemcpyHtoA_v2", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuMemcpyHtoA_v2");
+    CUresult r_ = fgc_cuMemcpyHtoA_v2(dstArray, dstOffset, srcHost, ByteCount);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuMemcpyHtoA_v2", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemcpyHtoA_v2_ptds(CUarray dstArray, size_t dstOffset, const void *srcHost, size_t ByteCount) {
-    (void)dstArray;
-    (void)dstOffset;
-    (void)srcHost;
-    (void)ByteCount;
-    static int logged;
-    return fgc_unsupported("cuMemcpyHtoA_v2_ptds", &logged);
+    return cuMemcpyHtoA_v2(dstArray, dstOffset, srcHost, ByteCount);
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemcpyHtoD(CUdeviceptr_v1 dstDevice, const void *srcHost, unsigned int ByteCount) {
@@ -5084,16 +5049,18 @@ FGC_EXPORT CUresult CUDAAPI cuStreamWriteValue64_v2_ptsz(CUstream stream, CUdevi
 }
 
 FGC_EXPORT CUresult CUDAAPI cuSurfObjectCreate(CUsurfObject *pSurfObject, const CUDA_RESOURCE_DESC *pResDesc) {
-    (void)pSurfObject;
-    (void)pResDesc;
-    static int logged;
-    return fgc_unsupported("cuSurfObjectCreate", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuSurfObjectCreate");
+    CUresult r_ = fgc_cuSurfObjectCreate(pSurfObject, pResDesc);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuSurfObjectCreate", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuSurfObjectDestroy(CUsurfObject surfObject) {
-    (void)surfObject;
-    static int logged;
-    return fgc_unsupported("cuSurfObjectDestroy", &logged);
+    FGC_REQUIRE_INIT();
+    fg_writer *w = fgc_begin(FG_OP_cuSurfObjectDestroy);
+    if (!w) return fgc_last_error();
+    fg_put(w, &surfObject, sizeof(surfObject));
+    return fgc_sync();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuSurfObjectGetResourceDesc(CUDA_RESOURCE_DESC *pResDesc, CUsurfObject surfObject) {
@@ -5184,18 +5151,18 @@ FGC_EXPORT CUresult CUDAAPI cuTensorMapReplaceAddress(CUtensorMap *tensorMap, vo
 }
 
 FGC_EXPORT CUresult CUDAAPI cuTexObjectCreate(CUtexObject *pTexObject, const CUDA_RESOURCE_DESC *pResDesc, const CUDA_TEXTURE_DESC *pTexDesc, const CUDA_RESOURCE_VIEW_DESC *pResViewDesc) {
-    (void)pTexObject;
-    (void)pResDesc;
-    (void)pTexDesc;
-    (void)pResViewDesc;
-    static int logged;
-    return fgc_unsupported("cuTexObjectCreate", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuTexObjectCreate");
+    CUresult r_ = fgc_cuTexObjectCreate(pTexObject, pResDesc, pTexDesc, pResViewDesc);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuTexObjectCreate", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuTexObjectDestroy(CUtexObject texObject) {
-    (void)texObject;
-    static int logged;
-    return fgc_unsupported("cuTexObjectDestroy", &logged);
+    FGC_REQUIRE_INIT();
+    fg_writer *w = fgc_begin(FG_OP_cuTexObjectDestroy);
+    if (!w) return fgc_last_error();
+    fg_put(w, &texObject, sizeof(texObject));
+    return fgc_sync();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuTexObjectGetResourceDesc(CUDA_RESOURCE_DESC *pResDesc, CUtexObject texObject) {

@@ -10,6 +10,41 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
     case FG_OP_SET_CTX: return fgs_set_ctx(S, r);
     case FG_OP_PING: return CUDA_SUCCESS;
     case FG_OP_IMAGE_CHUNK: return fgs_image_chunk(S, r);
+    case FG_OP_cuArray3DCreate_v2: return fgs_cuArray3DCreate_v2(S, r, out);
+    case FG_OP_cuArray3DGetDescriptor_v2: {
+        CUDA_ARRAY3D_DESCRIPTOR pArrayDescriptor;
+        memset(&pArrayDescriptor, 0, sizeof(pArrayDescriptor));
+        uint8_t want_pArrayDescriptor = 0;
+        fg_get(r, &want_pArrayDescriptor, 1);
+        uint64_t id_hArray = fg_get_u64(r);
+        CUarray hArray = NULL;
+        if (!r->failed && fgs_handle_get(S, 13, id_hArray, (void **)&hArray)) return CUDA_ERROR_INVALID_HANDLE;
+        if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuArray3DGetDescriptor_v2) return fgs_missing(S, "cuArray3DGetDescriptor_v2");
+        CUresult res = S->api->cuArray3DGetDescriptor_v2(want_pArrayDescriptor ? &pArrayDescriptor : NULL, hArray);
+        if (res == CUDA_SUCCESS) {
+            fg_put(out, &pArrayDescriptor, sizeof(pArrayDescriptor));
+        }
+        return res;
+    }
+    case FG_OP_cuArrayCreate_v2: return fgs_cuArrayCreate_v2(S, r, out);
+    case FG_OP_cuArrayDestroy: return fgs_cuArrayDestroy(S, r, out);
+    case FG_OP_cuArrayGetDescriptor_v2: {
+        CUDA_ARRAY_DESCRIPTOR pArrayDescriptor;
+        memset(&pArrayDescriptor, 0, sizeof(pArrayDescriptor));
+        uint8_t want_pArrayDescriptor = 0;
+        fg_get(r, &want_pArrayDescriptor, 1);
+        uint64_t id_hArray = fg_get_u64(r);
+        CUarray hArray = NULL;
+        if (!r->failed && fgs_handle_get(S, 13, id_hArray, (void **)&hArray)) return CUDA_ERROR_INVALID_HANDLE;
+        if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuArrayGetDescriptor_v2) return fgs_missing(S, "cuArrayGetDescriptor_v2");
+        CUresult res = S->api->cuArrayGetDescriptor_v2(want_pArrayDescriptor ? &pArrayDescriptor : NULL, hArray);
+        if (res == CUDA_SUCCESS) {
+            fg_put(out, &pArrayDescriptor, sizeof(pArrayDescriptor));
+        }
+        return res;
+    }
     case FG_OP_cuCtxCreate_v4: return fgs_cuCtxCreate_v4(S, r, out);
     case FG_OP_cuCtxDestroy_v2: return fgs_cuCtxDestroy_v2(S, r, out);
     case FG_OP_cuCtxDisablePeerAccess: {
@@ -1170,6 +1205,8 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
     case FG_OP_cuMemSetAccess: return fgs_cuMemSetAccess(S, r, out);
     case FG_OP_cuMemUnmap: return fgs_cuMemUnmap(S, r, out);
     case FG_OP_cuMemcpy: return fgs_cuMemcpy(S, r, out);
+    case FG_OP_cuMemcpy3DAsync_v2: return fgs_cuMemcpy3DAsync_v2(S, r, out);
+    case FG_OP_cuMemcpy3D_v2: return fgs_cuMemcpy3D_v2(S, r, out);
     case FG_OP_cuMemcpyAsync: return fgs_cuMemcpyAsync(S, r, out);
     case FG_OP_cuMemcpyDtoDAsync_v2: return fgs_cuMemcpyDtoDAsync_v2(S, r, out);
     case FG_OP_cuMemcpyDtoD_v2: return fgs_cuMemcpyDtoD_v2(S, r, out);
@@ -1795,6 +1832,24 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         if (r->failed) return FGS_PROTOCOL_ERROR;
         if (!S->api->cuStreamWriteValue64_v2) return fgs_missing(S, "cuStreamWriteValue64_v2");
         CUresult res = S->api->cuStreamWriteValue64_v2(stream, addr, value, flags);
+        return res;
+    }
+    case FG_OP_cuSurfObjectCreate: return fgs_cuSurfObjectCreate(S, r, out);
+    case FG_OP_cuSurfObjectDestroy: {
+        CUsurfObject surfObject;
+        fg_get(r, (void *)&surfObject, sizeof(surfObject));
+        if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuSurfObjectDestroy) return fgs_missing(S, "cuSurfObjectDestroy");
+        CUresult res = S->api->cuSurfObjectDestroy(surfObject);
+        return res;
+    }
+    case FG_OP_cuTexObjectCreate: return fgs_cuTexObjectCreate(S, r, out);
+    case FG_OP_cuTexObjectDestroy: {
+        CUtexObject texObject;
+        fg_get(r, (void *)&texObject, sizeof(texObject));
+        if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuTexObjectDestroy) return fgs_missing(S, "cuTexObjectDestroy");
+        CUresult res = S->api->cuTexObjectDestroy(texObject);
         return res;
     }
     case FG_OP_cuThreadExchangeStreamCaptureMode: return fgs_cuThreadExchangeStreamCaptureMode(S, r, out);

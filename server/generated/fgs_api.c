@@ -5,6 +5,11 @@
 #include "fgs_api.h"
 
 const char *fgs_api_load(fgs_api *api, void *dl) {
+    *(void **)&api->cuArray3DCreate_v2 = dlsym(dl, "cuArray3DCreate_v2");
+    *(void **)&api->cuArray3DGetDescriptor_v2 = dlsym(dl, "cuArray3DGetDescriptor_v2");
+    *(void **)&api->cuArrayCreate_v2 = dlsym(dl, "cuArrayCreate_v2");
+    *(void **)&api->cuArrayDestroy = dlsym(dl, "cuArrayDestroy");
+    *(void **)&api->cuArrayGetDescriptor_v2 = dlsym(dl, "cuArrayGetDescriptor_v2");
     *(void **)&api->cuCtxCreate_v4 = dlsym(dl, "cuCtxCreate_v4");
     if (!api->cuCtxCreate_v4) return "cuCtxCreate_v4";
     *(void **)&api->cuCtxDestroy_v2 = dlsym(dl, "cuCtxDestroy_v2");
@@ -168,6 +173,8 @@ const char *fgs_api_load(fgs_api *api, void *dl) {
     if (!api->cuMemSetAccess) return "cuMemSetAccess";
     *(void **)&api->cuMemUnmap = dlsym(dl, "cuMemUnmap");
     if (!api->cuMemUnmap) return "cuMemUnmap";
+    *(void **)&api->cuMemcpy3DAsync_v2 = dlsym(dl, "cuMemcpy3DAsync_v2");
+    *(void **)&api->cuMemcpy3D_v2 = dlsym(dl, "cuMemcpy3D_v2");
     *(void **)&api->cuMemcpyDtoDAsync_v2 = dlsym(dl, "cuMemcpyDtoDAsync_v2");
     if (!api->cuMemcpyDtoDAsync_v2) return "cuMemcpyDtoDAsync_v2";
     *(void **)&api->cuMemcpyDtoD_v2 = dlsym(dl, "cuMemcpyDtoD_v2");
@@ -236,6 +243,10 @@ const char *fgs_api_load(fgs_api *api, void *dl) {
     *(void **)&api->cuStreamWaitValue64_v2 = dlsym(dl, "cuStreamWaitValue64_v2");
     *(void **)&api->cuStreamWriteValue32_v2 = dlsym(dl, "cuStreamWriteValue32_v2");
     *(void **)&api->cuStreamWriteValue64_v2 = dlsym(dl, "cuStreamWriteValue64_v2");
+    *(void **)&api->cuSurfObjectCreate = dlsym(dl, "cuSurfObjectCreate");
+    *(void **)&api->cuSurfObjectDestroy = dlsym(dl, "cuSurfObjectDestroy");
+    *(void **)&api->cuTexObjectCreate = dlsym(dl, "cuTexObjectCreate");
+    *(void **)&api->cuTexObjectDestroy = dlsym(dl, "cuTexObjectDestroy");
     *(void **)&api->cuThreadExchangeStreamCaptureMode = dlsym(dl, "cuThreadExchangeStreamCaptureMode");
     return NULL;
 }

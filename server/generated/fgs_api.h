@@ -5,6 +5,11 @@
 #include <cuda.h>
 
 typedef struct fgs_api {
+    CUresult (*cuArray3DCreate_v2)(CUarray *, const CUDA_ARRAY3D_DESCRIPTOR *);
+    CUresult (*cuArray3DGetDescriptor_v2)(CUDA_ARRAY3D_DESCRIPTOR *, CUarray);
+    CUresult (*cuArrayCreate_v2)(CUarray *, const CUDA_ARRAY_DESCRIPTOR *);
+    CUresult (*cuArrayDestroy)(CUarray);
+    CUresult (*cuArrayGetDescriptor_v2)(CUDA_ARRAY_DESCRIPTOR *, CUarray);
     CUresult (*cuCtxCreate_v4)(CUcontext *, CUctxCreateParams *, unsigned int, CUdevice);
     CUresult (*cuCtxDestroy_v2)(CUcontext);
     CUresult (*cuCtxDisablePeerAccess)(CUcontext);
@@ -140,6 +145,8 @@ typedef struct fgs_api {
     CUresult (*cuMemRelease)(CUmemGenericAllocationHandle);
     CUresult (*cuMemSetAccess)(CUdeviceptr, size_t, const CUmemAccessDesc *, size_t);
     CUresult (*cuMemUnmap)(CUdeviceptr, size_t);
+    CUresult (*cuMemcpy3DAsync_v2)(const CUDA_MEMCPY3D *, CUstream);
+    CUresult (*cuMemcpy3D_v2)(const CUDA_MEMCPY3D *);
     CUresult (*cuMemcpyDtoDAsync_v2)(CUdeviceptr, CUdeviceptr, size_t, CUstream);
     CUresult (*cuMemcpyDtoD_v2)(CUdeviceptr, CUdeviceptr, size_t);
     CUresult (*cuMemcpyDtoHAsync_v2)(void *, CUdeviceptr, size_t, CUstream);
@@ -196,6 +203,10 @@ typedef struct fgs_api {
     CUresult (*cuStreamWaitValue64_v2)(CUstream, CUdeviceptr, cuuint64_t, unsigned int);
     CUresult (*cuStreamWriteValue32_v2)(CUstream, CUdeviceptr, cuuint32_t, unsigned int);
     CUresult (*cuStreamWriteValue64_v2)(CUstream, CUdeviceptr, cuuint64_t, unsigned int);
+    CUresult (*cuSurfObjectCreate)(CUsurfObject *, const CUDA_RESOURCE_DESC *);
+    CUresult (*cuSurfObjectDestroy)(CUsurfObject);
+    CUresult (*cuTexObjectCreate)(CUtexObject *, const CUDA_RESOURCE_DESC *, const CUDA_TEXTURE_DESC *, const CUDA_RESOURCE_VIEW_DESC *);
+    CUresult (*cuTexObjectDestroy)(CUtexObject);
     CUresult (*cuThreadExchangeStreamCaptureMode)(CUstreamCaptureMode *);
 } fgs_api;
 

@@ -4,6 +4,9 @@
 #define FGS_IMPL_H
 #include "fgs_session.h"
 
+CUresult fgs_cuArray3DCreate_v2(fgs_session *S, fg_reader *r, fg_writer *out);
+CUresult fgs_cuArrayCreate_v2(fgs_session *S, fg_reader *r, fg_writer *out);
+CUresult fgs_cuArrayDestroy(fgs_session *S, fg_reader *r, fg_writer *out);
 CUresult fgs_cuCtxCreate_v4(fgs_session *S, fg_reader *r, fg_writer *out);
 CUresult fgs_cuCtxDestroy_v2(fgs_session *S, fg_reader *r, fg_writer *out);
 CUresult fgs_cuDeviceGetAttribute(fgs_session *S, fg_reader *r, fg_writer *out);
@@ -51,6 +54,8 @@ CUresult fgs_cuMemRetainAllocationHandle(fgs_session *S, fg_reader *r, fg_writer
 CUresult fgs_cuMemSetAccess(fgs_session *S, fg_reader *r, fg_writer *out);
 CUresult fgs_cuMemUnmap(fgs_session *S, fg_reader *r, fg_writer *out);
 CUresult fgs_cuMemcpy(fgs_session *S, fg_reader *r, fg_writer *out);
+CUresult fgs_cuMemcpy3DAsync_v2(fgs_session *S, fg_reader *r, fg_writer *out);
+CUresult fgs_cuMemcpy3D_v2(fgs_session *S, fg_reader *r, fg_writer *out);
 CUresult fgs_cuMemcpyAsync(fgs_session *S, fg_reader *r, fg_writer *out);
 CUresult fgs_cuMemcpyDtoDAsync_v2(fgs_session *S, fg_reader *r, fg_writer *out);
 CUresult fgs_cuMemcpyDtoD_v2(fgs_session *S, fg_reader *r, fg_writer *out);
@@ -68,6 +73,8 @@ CUresult fgs_cuProfilerStart(fgs_session *S, fg_reader *r, fg_writer *out);
 CUresult fgs_cuProfilerStop(fgs_session *S, fg_reader *r, fg_writer *out);
 CUresult fgs_cuStreamAddCallback(fgs_session *S, fg_reader *r, fg_writer *out);
 CUresult fgs_cuStreamGetCaptureInfo_v3(fgs_session *S, fg_reader *r, fg_writer *out);
+CUresult fgs_cuSurfObjectCreate(fgs_session *S, fg_reader *r, fg_writer *out);
+CUresult fgs_cuTexObjectCreate(fgs_session *S, fg_reader *r, fg_writer *out);
 CUresult fgs_cuThreadExchangeStreamCaptureMode(fgs_session *S, fg_reader *r, fg_writer *out);
 
 #endif

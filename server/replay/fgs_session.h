@@ -145,6 +145,10 @@ CUresult fgs_set_ctx(fgs_session *S, fg_reader *r);
 void fgs_memory_release_all(fgs_session *S);
 /* The client's VMM mappings, handles and reservations (vmm.c): released before fgs_memory_release_all. */
 void fgs_vmm_close(fgs_session *S);
+/* arrays.c: destroy the CUDA arrays the session still holds (at its end). */
+void fgs_arrays_close(fgs_session *S);
+/* memory.c: [p, p + n) lies in one of this session's allocations or module globals. */
+int fgs_device_range_ok(fgs_session *S, uint64_t p, uint64_t n);
 /* VRAM accounting against the lease's quota (ledger.c): charge fails with CUDA_ERROR_OUT_OF_MEMORY above it. */
 CUresult fgs_charge(fgs_session *S, uint64_t bytes);
 void fgs_uncharge(fgs_session *S, uint64_t bytes);

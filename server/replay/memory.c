@@ -369,6 +369,9 @@ static int in_session(fgs_session *S, uint64_t p, uint64_t n) {
     return a && n <= a->ptr + a->size - p;
 }
 
+/* For copies other files replay (arrays.c): [p, p + n) lies in one of this session's allocations or globals. */
+int fgs_device_range_ok(fgs_session *S, uint64_t p, uint64_t n) { return in_session(S, p, n); }
+
 static CUresult dtod(fgs_session *S, fg_reader *r, int async) {
     uint64_t dst = fg_get_u64(r), src = fg_get_u64(r), n = fg_get_u64(r);
     uint64_t sid = async ? fg_get_u64(r) : 0;

@@ -345,6 +345,7 @@ FGS_EXPORT void fgs_close(fgs_session *S) {
     if (S->cb_fd > 0) shutdown(S->cb_fd, SHUT_RDWR); /* a host function waiting on the client returns now */
     fgs_later_free_all(S);
     fgs_vmm_close(S);
+    fgs_arrays_close(S);
     fgs_memory_release_all(S);
     /* Streams, events and modules first, then the contexts that own them. */
     static const int order[] = {FGH_GRAPHEXEC, FGH_GRAPH, FGH_EVENT, FGH_STREAM, FGH_MODULE, FGH_LIBRARY, FGH_CONTEXT};

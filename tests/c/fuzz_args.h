@@ -184,6 +184,83 @@ static int build_args(pools *P, unsigned op, buf *a, buf *pre, int *expect) {
         case 'X': put64(a, pick_handle(P, FGH_GRAPHEXEC)); break;
         case 'O': put64(a, pick_handle(P, FGH_MEMORYPOOL)); break;
         case 'D': put64(a, pick_handle(P, FGH_GRAPHNODE)); break;
+        case 'Q': put64(a, pick_handle(P, FGH_ARRAY)); break;
+        case 'R': {
+            CUDA_ARRAY3D_DESCRIPTOR d; /* the 2D descriptor is its prefix: an extra tail is a protocol error */
+            memset(&d, 0, sizeof d);
+            d.Width = chance(85) ? 1 + rndn(256) : pick_size();
+            d.Height = chance(85) ? rndn(64) : pick_size();
+            d.Depth = chance(85) ? rndn(8) : pick_size();
+            d.Format = chance(85) ? CU_AD_FORMAT_FLOAT : (CUarray_format)pick_int();
+            d.NumChannels = chance(85) ? 1u << rndn(3) : (unsigned)pick_int();
+            d.Flags = chance(85) ? 0 : (unsigned)pick_int();
+            if (op == FG_OP_cuArrayCreate_v2) {
+                CUDA_ARRAY_DESCRIPTOR d2 = {d.Width, d.Height, d.Format, d.NumChannels};
+                put(a, &d2, sizeof d2);
+            } else {
+                put(a, &d, sizeof d);
+            }
+            break;
+        }
+        case '3': {
+            uint8_t hs = chance(30), hd = !hs && chance(40);
+            put8(a, hs);
+            put8(a, hd);
+            CUDA_MEMCPY3D c;
+            memset(&c, 0, sizeof c);
+            int k = (int)rndn(3);
+            c.srcMemoryType = k == 0 ? CU_MEMORYTYPE_ARRAY : k == 1 ? CU_MEMORYTYPE_DEVICE : (CUmemorytype)pick_int();
+            k = (int)rndn(3);
+            c.dstMemoryType = k == 0 ? CU_MEMORYTYPE_ARRAY : k == 1 ? CU_MEMORYTYPE_DEVICE : (CUmemorytype)pick_int();
+            c.srcArray = (CUarray)(uintptr_t)pick_handle(P, FGH_ARRAY);
+            c.dstArray = (CUarray)(uintptr_t)pick_handle(P, FGH_ARRAY);
+            c.srcDevice = pick_ptr(P);
+            c.dstDevice = pick_ptr(P);
+            c.WidthInBytes = chance(85) ? 1 + rndn(512) : pick_size();
+            c.Height = chance(85) ? 1 + rndn(8) : pick_size();
+            c.Depth = chance(85) ? 1 + rndn(2) : pick_size();
+            c.srcXInBytes = chance(85) ? rndn(64) : pick_size();
+            c.srcPitch = chance(70) ? 0 : pick_size();
+            c.dstPitch = chance(70) ? 0 : pick_size();
+            put(a, &c, sizeof c);
+            put64(a, pick_handle(P, FGH_STREAM));
+            if (hs) {
+                uint64_t n = c.WidthInBytes * c.Height * c.Depth;
+                if (c.WidthInBytes > 4096 || c.Height > 64 || c.Depth > 8 || chance(5)) { /* a wrong count */
+                    put64(a, n + 1 + rndn(16));
+                    return 1;
+                }
+                put64(a, n);
+                for (uint64_t k2 = 0; k2 < n; k2++) put8(a, (uint8_t)rnd());
+            }
+            break;
+        }
+        case 'U': {
+            CUDA_RESOURCE_DESC r;
+            memset(&r, 0, sizeof r);
+            r.resType = chance(85) ? (CUresourcetype)rndn(4) : (CUresourcetype)pick_int();
+            if (r.resType == CU_RESOURCE_TYPE_ARRAY) r.res.array.hArray = (CUarray)(uintptr_t)pick_handle(P, FGH_ARRAY);
+            else if (r.resType == CU_RESOURCE_TYPE_LINEAR) {
+                r.res.linear.devPtr = pick_ptr(P);
+                r.res.linear.format = CU_AD_FORMAT_FLOAT;
+                r.res.linear.numChannels = 1;
+                r.res.linear.sizeInBytes = chance(80) ? rndn(4096) : pick_size();
+            } else {
+                r.res.pitch2D.devPtr = pick_ptr(P);
+                r.res.pitch2D.width = rndn(64);
+                r.res.pitch2D.height = chance(80) ? rndn(64) : pick_size();
+                r.res.pitch2D.pitchInBytes = chance(80) ? 512 : pick_size();
+            }
+            put(a, &r, sizeof r);
+            break;
+        }
+        case 't': {
+            CUDA_TEXTURE_DESC t;
+            memset(&t, 0, sizeof t);
+            t.filterMode = chance(85) ? CU_TR_FILTER_MODE_POINT : (CUfilter_mode)pick_int();
+            put(a, &t, sizeof t);
+            break;
+        }
         case 'l': {
             uint64_t n = chance(90) ? rndn(4) : chance(50) ? rndn(5000) : pick_size();
             put64(a, n);

@@ -306,7 +306,9 @@ static void add_record(buf *o, unsigned op, const buf *args) {
  * x u32 n + n launch attributes (CUlaunchAttribute), V u8 present + CUstreamAttrValue,
  * D a graph node id, l u64 n + n graph node ids (dependencies), e u8 edge-data flag (mostly 0),
  * A a CUmemAllocationProp, T a CUmemLocation, c u64 n + n CUmemAccessDesc, m a CUDA_MEMSET_NODE_PARAMS,
- * y a CUDA_MEMCPY3D (device pointers, mostly),
+ * y a CUDA_MEMCPY3D (device pointers, mostly), Q an array id, R an array descriptor (2D or 3D, both fit),
+ * 3 a 3D copy as arrays.c takes it (host flags, CUDA_MEMCPY3D, stream, packed bytes), U a CUDA_RESOURCE_DESC,
+ * t a CUDA_TEXTURE_DESC,
  * H an image reference (sha256[32], u64 size, u32 extra_len, extra) after IMAGE_CHUNK records that may
  * upload it, Y one IMAGE_CHUNK record (sha256[32], u64 total, u64 offset, u32 len, bytes). */
 static const char *layout[FG_OP_LIMIT] = {
@@ -500,6 +502,18 @@ static const char *layout[FG_OP_LIMIT] = {
     [FG_OP_cuGraphExecGetFlags] = "Xw",
     [FG_OP_cuGraphEventRecordNodeGetEvent] = "Dw",
     [FG_OP_cuGraphEventWaitNodeGetEvent] = "Dw",
+    /* arrays, 3D copies, textures, surfaces (server/replay/arrays.c) */
+    [FG_OP_cuArrayCreate_v2] = "R",
+    [FG_OP_cuArray3DCreate_v2] = "R",
+    [FG_OP_cuArrayDestroy] = "Q",
+    [FG_OP_cuArrayGetDescriptor_v2] = "wQ",
+    [FG_OP_cuArray3DGetDescriptor_v2] = "wQ",
+    [FG_OP_cuMemcpy3D_v2] = "3",
+    [FG_OP_cuMemcpy3DAsync_v2] = "3",
+    [FG_OP_cuTexObjectCreate] = "Ute",
+    [FG_OP_cuTexObjectDestroy] = "q",
+    [FG_OP_cuSurfObjectCreate] = "U",
+    [FG_OP_cuSurfObjectDestroy] = "q",
 };
 
 #include "fuzz_images.h" /* module images, uploads and loads */
@@ -610,6 +624,8 @@ static void await_reply(session *s, pools *P, unsigned last_op, uint64_t alloc_s
         case FG_OP_cuGraphCreate:
         case FG_OP_cuStreamEndCapture: pool_add(P, FGH_GRAPH, v); break;
         case FG_OP_cuGraphInstantiateWithFlags: pool_add(P, FGH_GRAPHEXEC, v); break;
+        case FG_OP_cuArrayCreate_v2:
+        case FG_OP_cuArray3DCreate_v2: pool_add(P, FGH_ARRAY, v); break;
         case FG_OP_cuGraphClone: pool_add(P, FGH_GRAPH, v); break;
         case FG_OP_cuGraphInstantiateWithParams: /* u32 result, u64 exec, ... */
             if (out_len >= 12) {

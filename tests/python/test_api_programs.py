@@ -24,7 +24,7 @@ from e2e_helpers import REPO, NodeServer, start_server, stop_server
 
 from fargpu import paths
 
-PROGRAMS = ("api_vmm", "api_managed", "api_graphs")
+PROGRAMS = ("api_vmm", "api_managed", "api_graphs", "api_arrays")
 MiB = 1 << 20
 
 
@@ -104,6 +104,13 @@ def test_graphs_built_by_hand_program(programs: dict[str, Path], node_server: No
     assert "cloned memset value 7 width 65536" in out and "exec update result 0" in out
     assert "update from a different topology: refused, result 2" in out  # CU_GRAPH_EXEC_UPDATE_ERROR_TOPOLOGY_CHANGED
     assert "instantiate with params: result 0" in out
+
+
+def test_arrays_textures_and_3d_copies_program(programs: dict[str, Path], node_server: NodeServer) -> None:
+    # The simulated device runs no texture or surface kernel: the objects are made and destroyed, no launch.
+    out = _passed(_run(programs["api_arrays"], node_server, "--no-kernels"), node_server)
+    assert len([ln for ln in out if ln.endswith(" ok")]) == 6, out
+    assert "array info: 32 bits x, kind 2, extent 64 x 32 x 0" in out  # cudaChannelFormatKindFloat
 
 
 VMM = PRELUDE + r'''

@@ -73,12 +73,11 @@ def test_calls_before_cuinit_report_not_initialized(tmp_path: Path) -> None:
 def test_unsupported_call_fails_clearly_and_logs_once(node_server) -> None:  # type: ignore[no-untyped-def]
     code = PRELUDE + r'''
 ctx0()
-a = ctypes.c_void_p()
-print(cu.cuArrayCreate_v2(ctypes.byref(a), None), cu.cuArrayCreate_v2(ctypes.byref(a), None))
+print(cu.cuGraphicsUnregisterResource(None), cu.cuGraphicsUnregisterResource(None))
 '''
     res = run_client(code, node_server.client_env())
     assert res.stdout.split() == ["801", "801"]  # CUDA_ERROR_NOT_SUPPORTED, never a fake success
-    assert res.stderr.count("cuArrayCreate_v2 is not supported by fargpu yet") == 1
+    assert res.stderr.count("cuGraphicsUnregisterResource is not supported by fargpu yet") == 1
 
 
 def test_stub_never_loads_a_real_driver(node_server) -> None:  # type: ignore[no-untyped-def]

@@ -15,7 +15,9 @@ enum fg_handle_kind {
     FGH_GRAPHNODE = 10,
     FGH_MEMORYPOOL = 11,
     FGH_LINKSTATE = 12,
-    FGH_LIMIT = 13,
+    FGH_ARRAY = 13,
+    FGH_MIPMAPPEDARRAY = 14,
+    FGH_LIMIT = 15,
 };
 
 #endif

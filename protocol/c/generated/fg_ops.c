@@ -7,6 +7,11 @@ const char *fg_op_name(unsigned op) {
     case FG_OP_SET_CTX: return "FG_SET_CTX";
     case FG_OP_PING: return "FG_PING";
     case FG_OP_IMAGE_CHUNK: return "FG_IMAGE_CHUNK";
+    case FG_OP_cuArray3DCreate_v2: return "cuArray3DCreate_v2";
+    case FG_OP_cuArray3DGetDescriptor_v2: return "cuArray3DGetDescriptor_v2";
+    case FG_OP_cuArrayCreate_v2: return "cuArrayCreate_v2";
+    case FG_OP_cuArrayDestroy: return "cuArrayDestroy";
+    case FG_OP_cuArrayGetDescriptor_v2: return "cuArrayGetDescriptor_v2";
     case FG_OP_cuCtxCreate_v4: return "cuCtxCreate_v4";
     case FG_OP_cuCtxDestroy_v2: return "cuCtxDestroy_v2";
     case FG_OP_cuCtxDisablePeerAccess: return "cuCtxDisablePeerAccess";
@@ -134,6 +139,8 @@ const char *fg_op_name(unsigned op) {
     case FG_OP_cuMemSetAccess: return "cuMemSetAccess";
     case FG_OP_cuMemUnmap: return "cuMemUnmap";
     case FG_OP_cuMemcpy: return "cuMemcpy";
+    case FG_OP_cuMemcpy3DAsync_v2: return "cuMemcpy3DAsync_v2";
+    case FG_OP_cuMemcpy3D_v2: return "cuMemcpy3D_v2";
     case FG_OP_cuMemcpyAsync: return "cuMemcpyAsync";
     case FG_OP_cuMemcpyDtoDAsync_v2: return "cuMemcpyDtoDAsync_v2";
     case FG_OP_cuMemcpyDtoD_v2: return "cuMemcpyDtoD_v2";
@@ -191,6 +198,10 @@ const char *fg_op_name(unsigned op) {
     case FG_OP_cuStreamWaitValue64_v2: return "cuStreamWaitValue64_v2";
     case FG_OP_cuStreamWriteValue32_v2: return "cuStreamWriteValue32_v2";
     case FG_OP_cuStreamWriteValue64_v2: return "cuStreamWriteValue64_v2";
+    case FG_OP_cuSurfObjectCreate: return "cuSurfObjectCreate";
+    case FG_OP_cuSurfObjectDestroy: return "cuSurfObjectDestroy";
+    case FG_OP_cuTexObjectCreate: return "cuTexObjectCreate";
+    case FG_OP_cuTexObjectDestroy: return "cuTexObjectDestroy";
     case FG_OP_cuThreadExchangeStreamCaptureMode: return "cuThreadExchangeStreamCaptureMode";
     default: return "unknown op";
     }

@@ -1,0 +1,268 @@
+/* arrays.c — CUDA arrays, 3D copies, texture and surface objects for one session.
+ *
+ * Arrays are counted against the lease's quota when created (their element bytes; the driver's padding is not
+ * known) and given back when destroyed. They are not in S->allocs, so paging leaves them on the device and a
+ * session holding one cannot be parked. 3D copies arrive with host memory already packed by the stub: a source
+ * is the record's bytes (rows of WidthInBytes, no gaps), a destination is the reply's; device sides must lie in
+ * the session's own allocations, array sides name the session's arrays. The async form is replayed on its stream
+ * and waited for, since the bytes travel with the record and its reply. Texture and surface objects name arrays
+ * or the session's device memory; the object value is the driver's (kernels receive it). */
+#include <stdlib.h>
+#include <string.h>
+
+#include "fgs_impl.h"
+#include "fgs_session.h"
+
+#define MAX_ARRAYS 65536
+
+typedef struct {
+    CUarray a;
+    uint64_t bytes;
+} charged_array;
+
+static charged_array *g_arrays; /* one worker process serves one session */
+static size_t g_n, g_cap;
+
+static unsigned format_bytes(CUarray_format f) {
+    switch (f) {
+    case CU_AD_FORMAT_UNSIGNED_INT8:
+    case CU_AD_FORMAT_SIGNED_INT8:
+        return 1;
+    case CU_AD_FORMAT_UNSIGNED_INT16:
+    case CU_AD_FORMAT_SIGNED_INT16:
+    case CU_AD_FORMAT_HALF:
+        return 2;
+    case CU_AD_FORMAT_UNSIGNED_INT32:
+    case CU_AD_FORMAT_SIGNED_INT32:
+    case CU_AD_FORMAT_FLOAT:
+        return 4;
+    default:
+        return 0;
+    }
+}
+
+static CUresult created(fgs_session *S, CUresult res, CUarray a, uint64_t bytes, fg_writer *out) {
+    if (res != CUDA_SUCCESS) {
+        fgs_uncharge(S, bytes);
+        return res;
+    }
+    g_arrays[g_n++] = (charged_array){a, bytes};
+    fg_put_u64(out, fgs_handle_add(S, FGH_ARRAY, a));
+    return CUDA_SUCCESS;
+}
+
+static CUresult room(void) {
+    if (g_n < g_cap) return CUDA_SUCCESS;
+    if (g_cap >= MAX_ARRAYS) return CUDA_ERROR_OUT_OF_MEMORY;
+    size_t cap = g_cap ? g_cap * 2 : 32;
+    charged_array *na = (charged_array *)realloc(g_arrays, cap * sizeof *na);
+    if (!na) return CUDA_ERROR_OUT_OF_MEMORY;
+    g_arrays = na;
+    g_cap = cap;
+    return CUDA_SUCCESS;
+}
+
+/* Element bytes of an array, or 0 when the description is not one (the driver then says why). */
+static uint64_t array_bytes(size_t w, size_t h, size_t d, CUarray_format f, unsigned ch) {
+    uint64_t e = (uint64_t)format_bytes(f) * ch;
+    h = h ? h : 1;
+    d = d ? d : 1;
+    if (!e || w > (1ull << 20) || h > (1ull << 20) || d > (1ull << 20)) return 0;
+    return e * w * h * d;
+}
+
+CUresult fgs_cuArrayCreate_v2(fgs_session *S, fg_reader *r, fg_writer *out) {
+    CUDA_ARRAY_DESCRIPTOR d;
+    fg_get(r, &d, sizeof d);
+    if (r->failed) return FGS_PROTOCOL_ERROR;
+    uint64_t bytes = array_bytes(d.Width, d.Height, 1, d.Format, d.NumChannels);
+    if (!bytes) return CUDA_ERROR_INVALID_VALUE;
+    CUresult res = room();
+    if (res == CUDA_SUCCESS) res = fgs_charge(S, bytes);
+    if (res != CUDA_SUCCESS) return res;
+    CUarray a = NULL;
+    res = S->api->cuArrayCreate_v2(&a, &d);
+    return created(S, res, a, bytes, out);
+}
+
+CUresult fgs_cuArray3DCreate_v2(fgs_session *S, fg_reader *r, fg_writer *out) {
+    CUDA_ARRAY3D_DESCRIPTOR d;
+    fg_get(r, &d, sizeof d);
+    if (r->failed) return FGS_PROTOCOL_ERROR;
+    uint64_t bytes = array_bytes(d.Width, d.Height, d.Depth, d.Format, d.NumChannels);
+    if (!bytes) return CUDA_ERROR_INVALID_VALUE;
+    CUresult res = room();
+    if (res == CUDA_SUCCESS) res = fgs_charge(S, bytes);
+    if (res != CUDA_SUCCESS) return res;
+    CUarray a = NULL;
+    res = S->api->cuArray3DCreate_v2(&a, &d);
+    return created(S, res, a, bytes, out);
+}
+
+CUresult fgs_cuArrayDestroy(fgs_session *S, fg_reader *r, fg_writer *out) {
+    (void)out;
+    uint64_t id = fg_get_u64(r);
+    if (r->failed) return FGS_PROTOCOL_ERROR;
+    void *a;
+    if (fgs_handle_get(S, FGH_ARRAY, id, &a) || !a) return CUDA_ERROR_INVALID_HANDLE;
+    size_t i = 0;
+    while (i < g_n && g_arrays[i].a != (CUarray)a) i++;
+    if (i == g_n) return CUDA_ERROR_INVALID_HANDLE; /* not one this session created (a mipmap level, say) */
+    CUresult res = S->api->cuArrayDestroy((CUarray)a);
+    if (res != CUDA_SUCCESS) return res;
+    fgs_uncharge(S, g_arrays[i].bytes);
+    g_arrays[i] = g_arrays[--g_n];
+    fgs_handle_remove(S, FGH_ARRAY, id);
+    return CUDA_SUCCESS;
+}
+
+/* One side of a 3D copy as the wire gives it: device (checked against the session), array (translated) or
+ * packed host memory (host_n bytes at host). */
+static CUresult side(fgs_session *S, CUmemorytype *type, CUdeviceptr dev, CUarray *arr, size_t x, size_t y, size_t z,
+                     size_t pitch, size_t height, const CUDA_MEMCPY3D *c) {
+    if (*type == CU_MEMORYTYPE_ARRAY) {
+        void *a;
+        if (fgs_handle_get(S, FGH_ARRAY, (uint64_t)(uintptr_t)*arr, &a) || !a) return CUDA_ERROR_INVALID_HANDLE;
+        *arr = (CUarray)a;
+        return CUDA_SUCCESS;
+    }
+    if (*type != CU_MEMORYTYPE_DEVICE) return CUDA_ERROR_INVALID_VALUE;
+    size_t w = c->WidthInBytes, h = c->Height ? c->Height : 1, d = c->Depth ? c->Depth : 1;
+    if (!pitch) pitch = w;
+    if (!height) height = h;
+    if (pitch < w || height < h || pitch > (1ull << 40) || height > (1ull << 24) || d > (1ull << 24)) return CUDA_ERROR_INVALID_VALUE;
+    uint64_t rows_before, first, last_row, end;
+    if (__builtin_mul_overflow((uint64_t)z, (uint64_t)height, &rows_before) ||
+        __builtin_add_overflow(rows_before, (uint64_t)y, &rows_before) ||
+        __builtin_mul_overflow(rows_before, (uint64_t)pitch, &first) || __builtin_add_overflow(first, (uint64_t)x, &first) ||
+        __builtin_mul_overflow((uint64_t)(z + d - 1), (uint64_t)height, &last_row) ||
+        __builtin_add_overflow(last_row, (uint64_t)(y + h - 1), &last_row) ||
+        __builtin_mul_overflow(last_row, (uint64_t)pitch, &end) || __builtin_add_overflow(end, (uint64_t)(x + w), &end) ||
+        __builtin_add_overflow((uint64_t)dev, first, &rows_before))
+        return CUDA_ERROR_INVALID_VALUE;
+    return fgs_device_range_ok(S, dev + first, end - first) ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
+}
+
+/* u8 host_src, u8 host_dst, CUDA_MEMCPY3D (array ids), u64 stream id (0 for the sync form), [u64 n + bytes] */
+static CUresult copy3d(fgs_session *S, fg_reader *r, fg_writer *out, int async) {
+    uint8_t hs = 0, hd = 0;
+    fg_get(r, &hs, 1);
+    fg_get(r, &hd, 1);
+    CUDA_MEMCPY3D c;
+    fg_get(r, &c, sizeof c);
+    uint64_t sid = fg_get_u64(r);
+    if (r->failed) return FGS_PROTOCOL_ERROR;
+    uint64_t h = c.Height ? c.Height : 1, d = c.Depth ? c.Depth : 1;
+    if (c.WidthInBytes > FG_CHUNK || h > FG_CHUNK || d > FG_CHUNK) return FGS_PROTOCOL_ERROR;
+    uint64_t packed = c.WidthInBytes * h * d;
+    const uint8_t *src_bytes = NULL;
+    if (hs) {
+        uint64_t n = fg_get_u64(r);
+        src_bytes = fg_take(r, (size_t)n);
+        if (r->failed || n != packed) return FGS_PROTOCOL_ERROR;
+    }
+    if (hd && packed > FG_CHUNK) return FGS_PROTOCOL_ERROR;
+    CUresult res = CUDA_SUCCESS;
+    if (hs) {
+        c.srcMemoryType = CU_MEMORYTYPE_HOST;
+        c.srcHost = src_bytes;
+        c.srcXInBytes = c.srcY = c.srcZ = 0;
+        c.srcPitch = c.WidthInBytes;
+        c.srcHeight = h;
+    } else {
+        res = side(S, &c.srcMemoryType, c.srcDevice, &c.srcArray, c.srcXInBytes, c.srcY, c.srcZ, c.srcPitch,
+                   c.srcHeight, &c);
+        c.srcHost = NULL;
+    }
+    if (res == CUDA_SUCCESS && !hd)
+        res = side(S, &c.dstMemoryType, c.dstDevice, &c.dstArray, c.dstXInBytes, c.dstY, c.dstZ, c.dstPitch,
+                   c.dstHeight, &c);
+    void *s = NULL;
+    if (res == CUDA_SUCCESS && async && fgs_handle_get(S, FGH_STREAM, sid, &s)) res = CUDA_ERROR_INVALID_HANDLE;
+    if (res != CUDA_SUCCESS) return res;
+    void *dst = NULL;
+    if (hd) {
+        dst = fgs_scratch(S, packed ? (size_t)packed : 1);
+        if (!dst) return CUDA_ERROR_OUT_OF_MEMORY;
+        c.dstMemoryType = CU_MEMORYTYPE_HOST;
+        c.dstHost = dst;
+        c.dstXInBytes = c.dstY = c.dstZ = 0;
+        c.dstPitch = c.WidthInBytes;
+        c.dstHeight = h;
+    } else {
+        c.dstHost = NULL;
+    }
+    c.reserved0 = c.reserved1 = NULL;
+    if (async) {
+        res = S->api->cuMemcpy3DAsync_v2(&c, (CUstream)s);
+        if (res == CUDA_SUCCESS) res = S->api->cuStreamSynchronize((CUstream)s); /* the bytes travel now */
+    } else {
+        res = S->api->cuMemcpy3D_v2(&c);
+    }
+    if (res == CUDA_SUCCESS && hd) fg_put(out, dst, (size_t)packed);
+    return res;
+}
+
+CUresult fgs_cuMemcpy3D_v2(fgs_session *S, fg_reader *r, fg_writer *out) { return copy3d(S, r, out, 0); }
+CUresult fgs_cuMemcpy3DAsync_v2(fgs_session *S, fg_reader *r, fg_writer *out) { return copy3d(S, r, out, 1); }
+
+/* A resource description from the client: arrays by id, device memory checked against the session. */
+static CUresult resource(fgs_session *S, CUDA_RESOURCE_DESC *rd) {
+    void *a;
+    switch (rd->resType) {
+    case CU_RESOURCE_TYPE_ARRAY:
+        if (fgs_handle_get(S, FGH_ARRAY, (uint64_t)(uintptr_t)rd->res.array.hArray, &a) || !a)
+            return CUDA_ERROR_INVALID_HANDLE;
+        rd->res.array.hArray = (CUarray)a;
+        return CUDA_SUCCESS;
+    case CU_RESOURCE_TYPE_LINEAR:
+        return rd->res.linear.sizeInBytes && fgs_device_range_ok(S, rd->res.linear.devPtr, rd->res.linear.sizeInBytes)
+                   ? CUDA_SUCCESS
+                   : CUDA_ERROR_INVALID_VALUE;
+    case CU_RESOURCE_TYPE_PITCH2D: {
+        uint64_t n = (uint64_t)rd->res.pitch2D.pitchInBytes * rd->res.pitch2D.height;
+        return n && rd->res.pitch2D.height < (1u << 24) && fgs_device_range_ok(S, rd->res.pitch2D.devPtr, n)
+                   ? CUDA_SUCCESS
+                   : CUDA_ERROR_INVALID_VALUE;
+    }
+    default:
+        return CUDA_ERROR_NOT_SUPPORTED; /* mipmapped arrays are not forwarded */
+    }
+}
+
+CUresult fgs_cuTexObjectCreate(fgs_session *S, fg_reader *r, fg_writer *out) {
+    CUDA_RESOURCE_DESC rd;
+    CUDA_TEXTURE_DESC td;
+    CUDA_RESOURCE_VIEW_DESC vd;
+    uint8_t has_view = 0;
+    fg_get(r, &rd, sizeof rd);
+    fg_get(r, &td, sizeof td);
+    fg_get(r, &has_view, 1);
+    if (has_view) fg_get(r, &vd, sizeof vd);
+    if (r->failed) return FGS_PROTOCOL_ERROR;
+    CUresult res = resource(S, &rd);
+    if (res != CUDA_SUCCESS) return res;
+    CUtexObject t = 0;
+    res = S->api->cuTexObjectCreate(&t, &rd, &td, has_view ? &vd : NULL);
+    if (res == CUDA_SUCCESS) fg_put_u64(out, t);
+    return res;
+}
+
+CUresult fgs_cuSurfObjectCreate(fgs_session *S, fg_reader *r, fg_writer *out) {
+    CUDA_RESOURCE_DESC rd;
+    fg_get(r, &rd, sizeof rd);
+    if (r->failed) return FGS_PROTOCOL_ERROR;
+    if (rd.resType != CU_RESOURCE_TYPE_ARRAY) return CUDA_ERROR_INVALID_VALUE;
+    CUresult res = resource(S, &rd);
+    if (res != CUDA_SUCCESS) return res;
+    CUsurfObject so = 0;
+    res = S->api->cuSurfObjectCreate(&so, &rd);
+    if (res == CUDA_SUCCESS) fg_put_u64(out, so);
+    return res;
+}
+
+/* At the session's end: the arrays it still holds go (their charges end with the session's ledger slot). */
+void fgs_arrays_close(fgs_session *S) {
+    for (size_t i = 0; i < g_n; i++) S->api->cuArrayDestroy(g_arrays[i].a);
+    g_n = 0;
+}

@@ -1,0 +1,249 @@
+/* sim_array.c - CUDA arrays, 3D copies, texture and surface objects on the simulated device. An array keeps its
+ * elements row by row in host memory (width x element size per row, then height rows, then depth slices), charged
+ * against device memory. cuMemcpy3D copies row by row between host memory, device memory (every row range-checked)
+ * and arrays (every row bounds-checked against the array). Texture and surface objects are numbers naming a
+ * checked resource description: the simulated device runs no kernel that samples them. */
+#include "sim.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+struct sim_array {
+    struct sim_obj h;
+    CUDA_ARRAY3D_DESCRIPTOR d;
+    size_t elem, row, rows, slices;
+    unsigned char *data;
+};
+
+static size_t format_bytes(CUarray_format f)
+{
+    switch (f) {
+    case CU_AD_FORMAT_UNSIGNED_INT8:
+    case CU_AD_FORMAT_SIGNED_INT8: return 1;
+    case CU_AD_FORMAT_UNSIGNED_INT16:
+    case CU_AD_FORMAT_SIGNED_INT16:
+    case CU_AD_FORMAT_HALF: return 2;
+    case CU_AD_FORMAT_UNSIGNED_INT32:
+    case CU_AD_FORMAT_SIGNED_INT32:
+    case CU_AD_FORMAT_FLOAT: return 4;
+    default: return 0;
+    }
+}
+
+static CUresult create(CUarray *out, const CUDA_ARRAY3D_DESCRIPTOR *d)
+{
+    size_t e = format_bytes(d->Format) * d->NumChannels;
+    if (!out || !e || (d->NumChannels != 1 && d->NumChannels != 2 && d->NumChannels != 4) || !d->Width ||
+        d->Width > 65536 || d->Height > 65536 || d->Depth > 4096 || (d->Depth && !d->Height))
+        return CUDA_ERROR_INVALID_VALUE;
+    struct sim_array *a = calloc(1, sizeof *a);
+    if (!a)
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    a->d = *d;
+    a->elem = e;
+    a->row = d->Width * e;
+    a->rows = d->Height ? d->Height : 1;
+    a->slices = d->Depth ? d->Depth : 1;
+    size_t bytes = a->row * a->rows * a->slices;
+    CUresult rc = sim_charge(0, bytes);
+    if (rc == CUDA_SUCCESS && !(a->data = calloc(1, bytes)))
+        rc = CUDA_ERROR_OUT_OF_MEMORY, sim_uncharge(0, bytes);
+    if (rc == CUDA_SUCCESS && sim_reg_add(a) != 0) {
+        free(a->data);
+        sim_uncharge(0, bytes);
+        rc = CUDA_ERROR_OUT_OF_MEMORY;
+    }
+    if (rc != CUDA_SUCCESS) {
+        free(a);
+        return rc;
+    }
+    a->h.kind = SIM_KIND_ARRAY;
+    *out = (CUarray)a;
+    return CUDA_SUCCESS;
+}
+
+SIM_API CUresult cuArrayCreate_v2(CUarray *pHandle, const CUDA_ARRAY_DESCRIPTOR *p)
+{
+    if (!p)
+        return CUDA_ERROR_INVALID_VALUE;
+    CUDA_ARRAY3D_DESCRIPTOR d = {p->Width, p->Height, 0, p->Format, p->NumChannels, 0};
+    sim_lock();
+    CUresult rc = sim_current_ctx(NULL);
+    if (rc == CUDA_SUCCESS)
+        rc = create(pHandle, &d);
+    sim_unlock();
+    return rc;
+}
+
+SIM_API CUresult cuArray3DCreate_v2(CUarray *pHandle, const CUDA_ARRAY3D_DESCRIPTOR *p)
+{
+    /* Layered and cube-map arrays are not simulated; surface load/store, gather and the rest change nothing. */
+    if (!p || (p->Flags & (CUDA_ARRAY3D_LAYERED | CUDA_ARRAY3D_CUBEMAP)))
+        return CUDA_ERROR_INVALID_VALUE;
+    sim_lock();
+    CUresult rc = sim_current_ctx(NULL);
+    if (rc == CUDA_SUCCESS)
+        rc = create(pHandle, p);
+    sim_unlock();
+    return rc;
+}
+
+SIM_API CUresult cuArrayDestroy(CUarray h)
+{
+    sim_lock();
+    struct sim_array *a = sim_reg_find(h, SIM_KIND_ARRAY);
+    if (a) {
+        sim_reg_remove(a);
+        sim_uncharge(0, a->row * a->rows * a->slices);
+        free(a->data);
+        free(a);
+    }
+    sim_unlock();
+    return a ? CUDA_SUCCESS : CUDA_ERROR_INVALID_HANDLE;
+}
+
+SIM_API CUresult cuArrayGetDescriptor_v2(CUDA_ARRAY_DESCRIPTOR *out, CUarray h)
+{
+    sim_lock();
+    struct sim_array *a = sim_reg_find(h, SIM_KIND_ARRAY);
+    CUresult rc = !a ? CUDA_ERROR_INVALID_HANDLE : !out || a->d.Depth ? CUDA_ERROR_INVALID_VALUE : CUDA_SUCCESS;
+    if (rc == CUDA_SUCCESS) {
+        out->Width = a->d.Width;
+        out->Height = a->d.Height;
+        out->Format = a->d.Format;
+        out->NumChannels = a->d.NumChannels;
+    }
+    sim_unlock();
+    return rc;
+}
+
+SIM_API CUresult cuArray3DGetDescriptor_v2(CUDA_ARRAY3D_DESCRIPTOR *out, CUarray h)
+{
+    sim_lock();
+    struct sim_array *a = sim_reg_find(h, SIM_KIND_ARRAY);
+    CUresult rc = !a ? CUDA_ERROR_INVALID_HANDLE : !out ? CUDA_ERROR_INVALID_VALUE : CUDA_SUCCESS;
+    if (rc == CUDA_SUCCESS)
+        *out = a->d;
+    sim_unlock();
+    return rc;
+}
+
+/* The address of row (y, z) of one side, at byte x, checked for w bytes; NULL (and *rc set) when out of bounds. */
+static unsigned char *row_of(CUmemorytype t, const void *host, CUdeviceptr dev, CUarray arr, size_t x, size_t y,
+                             size_t z, size_t pitch, size_t height, size_t w, int prot, CUresult *rc)
+{
+    if (t == CU_MEMORYTYPE_UNIFIED)
+        t = sim_seg_find((uintptr_t)dev) ? CU_MEMORYTYPE_DEVICE : CU_MEMORYTYPE_HOST, host = (const void *)(uintptr_t)dev;
+    switch (t) {
+    case CU_MEMORYTYPE_HOST:
+        if (!host) {
+            *rc = CUDA_ERROR_INVALID_VALUE;
+            return NULL;
+        }
+        return (unsigned char *)host + (z * height + y) * pitch + x;
+    case CU_MEMORYTYPE_DEVICE: {
+        CUdeviceptr p = dev + (z * height + y) * pitch + x;
+        *rc = sim_range_check(p, w, prot);
+        return *rc == CUDA_SUCCESS ? (unsigned char *)(uintptr_t)p : NULL;
+    }
+    case CU_MEMORYTYPE_ARRAY: {
+        struct sim_array *a = sim_reg_find(arr, SIM_KIND_ARRAY);
+        if (!a) {
+            *rc = CUDA_ERROR_INVALID_HANDLE;
+            return NULL;
+        }
+        if (x > a->row || w > a->row - x || y >= a->rows || z >= a->slices) {
+            *rc = CUDA_ERROR_INVALID_VALUE;
+            return NULL;
+        }
+        return a->data + (z * a->rows + y) * a->row + x;
+    }
+    default:
+        *rc = CUDA_ERROR_INVALID_VALUE;
+        return NULL;
+    }
+}
+
+static CUresult copy3d(const CUDA_MEMCPY3D *c, CUstream s, int async)
+{
+    if (!c)
+        return CUDA_ERROR_INVALID_VALUE;
+    sim_lock();
+    CUresult rc = sim_current_ctx(NULL);
+    if (rc == CUDA_SUCCESS && async)
+        rc = sim_stream_check(s);
+    size_t w = c->WidthInBytes, h = c->Height, d = c->Depth;
+    size_t sp = c->srcPitch ? c->srcPitch : w, sh = c->srcHeight ? c->srcHeight : h;
+    size_t dp = c->dstPitch ? c->dstPitch : w, dh = c->dstHeight ? c->dstHeight : h;
+    for (size_t z = 0; rc == CUDA_SUCCESS && z < d; z++)
+        for (size_t y = 0; rc == CUDA_SUCCESS && y < h; y++) {
+            unsigned char *src = row_of(c->srcMemoryType, c->srcHost, c->srcDevice, c->srcArray, c->srcXInBytes,
+                                        c->srcY + y, c->srcZ + z, sp, sh, w, SIM_PROT_R, &rc);
+            unsigned char *dst = src ? row_of(c->dstMemoryType, c->dstHost, c->dstDevice, c->dstArray, c->dstXInBytes,
+                                              c->dstY + y, c->dstZ + z, dp, dh, w, SIM_PROT_W, &rc)
+                                     : NULL;
+            if (src && dst)
+                memmove(dst, src, w);
+        }
+    sim_unlock();
+    return rc;
+}
+
+SIM_API CUresult cuMemcpy3D_v2(const CUDA_MEMCPY3D *c) { return copy3d(c, NULL, 0); }
+SIM_API CUresult cuMemcpy3DAsync_v2(const CUDA_MEMCPY3D *c, CUstream s) { return copy3d(c, s, 1); }
+
+/* ---- texture and surface objects: checked descriptions under a number ---- */
+
+static unsigned long long g_next_obj = 1;
+static unsigned long long g_live[4096];
+static size_t g_nlive;
+
+static CUresult check_resource(const CUDA_RESOURCE_DESC *r)
+{
+    switch (r->resType) {
+    case CU_RESOURCE_TYPE_ARRAY: return sim_reg_find(r->res.array.hArray, SIM_KIND_ARRAY) ? CUDA_SUCCESS : CUDA_ERROR_INVALID_HANDLE;
+    case CU_RESOURCE_TYPE_LINEAR: return sim_range_check(r->res.linear.devPtr, r->res.linear.sizeInBytes, SIM_PROT_R);
+    case CU_RESOURCE_TYPE_PITCH2D:
+        return sim_range_check(r->res.pitch2D.devPtr, r->res.pitch2D.pitchInBytes * r->res.pitch2D.height, SIM_PROT_R);
+    default: return CUDA_ERROR_NOT_SUPPORTED;
+    }
+}
+
+static CUresult make(unsigned long long *out, const CUDA_RESOURCE_DESC *r, int surface)
+{
+    if (!out || !r || (surface && r->resType != CU_RESOURCE_TYPE_ARRAY))
+        return CUDA_ERROR_INVALID_VALUE;
+    sim_lock();
+    CUresult rc = sim_current_ctx(NULL);
+    if (rc == CUDA_SUCCESS)
+        rc = check_resource(r);
+    if (rc == CUDA_SUCCESS && g_nlive == sizeof g_live / sizeof g_live[0])
+        rc = CUDA_ERROR_OUT_OF_MEMORY;
+    if (rc == CUDA_SUCCESS)
+        *out = g_live[g_nlive++] = g_next_obj++;
+    sim_unlock();
+    return rc;
+}
+
+static CUresult drop(unsigned long long v)
+{
+    sim_lock();
+    size_t i = 0;
+    while (i < g_nlive && g_live[i] != v)
+        i++;
+    CUresult rc = i < g_nlive ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
+    if (rc == CUDA_SUCCESS)
+        g_live[i] = g_live[--g_nlive];
+    sim_unlock();
+    return rc;
+}
+
+SIM_API CUresult cuTexObjectCreate(CUtexObject *p, const CUDA_RESOURCE_DESC *r, const CUDA_TEXTURE_DESC *t,
+                                   const CUDA_RESOURCE_VIEW_DESC *v)
+{
+    (void)v;
+    return t ? make(p, r, 0) : CUDA_ERROR_INVALID_VALUE;
+}
+SIM_API CUresult cuTexObjectDestroy(CUtexObject t) { return drop(t); }
+SIM_API CUresult cuSurfObjectCreate(CUsurfObject *p, const CUDA_RESOURCE_DESC *r) { return make(p, r, 1); }
+SIM_API CUresult cuSurfObjectDestroy(CUsurfObject s) { return drop(s); }
