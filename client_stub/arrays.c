@@ -309,3 +309,40 @@ CUresult fgc_cuMemAllocPitch_v2(CUdeviceptr *dptr, size_t *pPitch, size_t WidthI
     if (r == CUDA_SUCCESS) *pPitch = pitch;
     return r;
 }
+
+CUresult fgc_cuMipmappedArrayCreate(CUmipmappedArray *pHandle, const CUDA_ARRAY3D_DESCRIPTOR *d, unsigned int levels) {
+    FGC_REQUIRE_INIT();
+    if (!pHandle || !d) return CUDA_ERROR_INVALID_VALUE;
+    fg_writer *w = fgc_begin(FG_OP_cuMipmappedArrayCreate);
+    if (!w) return fgc_last_error();
+    fg_put(w, d, sizeof *d);
+    fg_put_u32(w, levels);
+    uint64_t id = 0;
+    fgc_expect(&id, sizeof id);
+    CUresult r = fgc_sync();
+    if (r == CUDA_SUCCESS) *pHandle = (CUmipmappedArray)(uintptr_t)id;
+    return r;
+}
+
+CUresult fgc_cuMipmappedArrayGetLevel(CUarray *pLevelArray, CUmipmappedArray m, unsigned int level) {
+    FGC_REQUIRE_INIT();
+    if (!pLevelArray) return CUDA_ERROR_INVALID_VALUE;
+    fg_writer *w = fgc_begin(FG_OP_cuMipmappedArrayGetLevel);
+    if (!w) return fgc_last_error();
+    fgc_put_handle(w, m);
+    fg_put_u32(w, level);
+    uint64_t id = 0;
+    fgc_expect(&id, sizeof id);
+    CUresult r = fgc_sync();
+    if (r == CUDA_SUCCESS) *pLevelArray = (CUarray)(uintptr_t)id;
+    return r;
+}
+
+CUresult fgc_cuMipmappedArrayDestroy(CUmipmappedArray m) {
+    FGC_REQUIRE_INIT();
+    fg_writer *w = fgc_begin(FG_OP_cuMipmappedArrayDestroy);
+    if (!w) return fgc_last_error();
+    fgc_memo_clear();
+    fgc_put_handle(w, m);
+    return fgc_sync();
+}

@@ -212,6 +212,13 @@ CUresult fgc_cuMemRangeGetAttributes(void **data, size_t *dataSizes, CUmem_range
 
 CUresult fgc_cuMemHostGetDevicePointer_v2(CUdeviceptr *pdptr, void *p, unsigned int Flags) {
     FGC_REQUIRE_INIT();
+    /* FARGPU_MAPPED_MEMORY=refuse: answer as before mapped memory was emulated (libraries that only probe for it,
+     * cuDNN and PyTorch among them, then keep their fallback path). */
+    const char *mode = getenv("FARGPU_MAPPED_MEMORY");
+    if (mode && !strcmp(mode, "refuse")) {
+        static int logged;
+        return fgc_unsupported("cuMemHostGetDevicePointer_v2 (FARGPU_MAPPED_MEMORY=refuse)", &logged);
+    }
     if (!pdptr || !p || Flags != 0) return CUDA_ERROR_INVALID_VALUE;
     uint64_t d;
     if (fgc_mirror_device_of(p, &d)) {

@@ -4110,25 +4110,24 @@ FGC_EXPORT CUresult CUDAAPI cuMemUnmap(CUdeviceptr ptr, size_t size) {
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMipmappedArrayCreate(CUmipmappedArray *pHandle, const CUDA_ARRAY3D_DESCRIPTOR *pMipmappedArrayDesc, unsigned int numMipmapLevels) {
-    (void)pHandle;
-    (void)pMipmappedArrayDesc;
-    (void)numMipmapLevels;
-    static int logged;
-    return fgc_unsupported("cuMipmappedArrayCreate", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuMipmappedArrayCreate");
+    CUresult r_ = fgc_cuMipmappedArrayCreate(pHandle, pMipmappedArrayDesc, numMipmapLevels);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuMipmappedArrayCreate", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMipmappedArrayDestroy(CUmipmappedArray hMipmappedArray) {
-    (void)hMipmappedArray;
-    static int logged;
-    return fgc_unsupported("cuMipmappedArrayDestroy", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuMipmappedArrayDestroy");
+    CUresult r_ = fgc_cuMipmappedArrayDestroy(hMipmappedArray);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuMipmappedArrayDestroy", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMipmappedArrayGetLevel(CUarray *pLevelArray, CUmipmappedArray hMipmappedArray, unsigned int level) {
-    (void)pLevelArray;
-    (void)hMipmappedArray;
-    (void)level;
-    static int logged;
-    return fgc_unsupported("cuMipmappedArrayGetLevel", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuMipmappedArrayGetLevel");
+    CUresult r_ = fgc_cuMipmappedArrayGetLevel(pLevelArray, hMipmappedArray, level);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuMipmappedArrayGetLevel", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMipmappedArrayGetMemoryRequirements(CUDA_ARRAY_MEMORY_REQUIREMENTS *memoryRequirements, CUmipmappedArray mipmap, CUdevice device) {

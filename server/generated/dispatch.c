@@ -1400,6 +1400,9 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         CUresult res = S->api->cuMemsetD8_v2(dstDevice, uc, N);
         return res;
     }
+    case FG_OP_cuMipmappedArrayCreate: return fgs_cuMipmappedArrayCreate(S, r, out);
+    case FG_OP_cuMipmappedArrayDestroy: return fgs_cuMipmappedArrayDestroy(S, r, out);
+    case FG_OP_cuMipmappedArrayGetLevel: return fgs_cuMipmappedArrayGetLevel(S, r, out);
     case FG_OP_cuModuleEnumerateFunctions: return fgs_cuModuleEnumerateFunctions(S, r, out);
     case FG_OP_cuModuleGetFunction: return fgs_cuModuleGetFunction(S, r, out);
     case FG_OP_cuModuleGetFunctionCount: {

@@ -199,6 +199,9 @@ const char *fgs_api_load(fgs_api *api, void *dl) {
     *(void **)&api->cuMemsetD32_v2 = dlsym(dl, "cuMemsetD32_v2");
     *(void **)&api->cuMemsetD8Async = dlsym(dl, "cuMemsetD8Async");
     *(void **)&api->cuMemsetD8_v2 = dlsym(dl, "cuMemsetD8_v2");
+    *(void **)&api->cuMipmappedArrayCreate = dlsym(dl, "cuMipmappedArrayCreate");
+    *(void **)&api->cuMipmappedArrayDestroy = dlsym(dl, "cuMipmappedArrayDestroy");
+    *(void **)&api->cuMipmappedArrayGetLevel = dlsym(dl, "cuMipmappedArrayGetLevel");
     *(void **)&api->cuModuleEnumerateFunctions = dlsym(dl, "cuModuleEnumerateFunctions");
     *(void **)&api->cuModuleGetFunction = dlsym(dl, "cuModuleGetFunction");
     if (!api->cuModuleGetFunction) return "cuModuleGetFunction";

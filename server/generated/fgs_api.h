@@ -165,6 +165,9 @@ typedef struct fgs_api {
     CUresult (*cuMemsetD32_v2)(CUdeviceptr, unsigned int, size_t);
     CUresult (*cuMemsetD8Async)(CUdeviceptr, unsigned char, size_t, CUstream);
     CUresult (*cuMemsetD8_v2)(CUdeviceptr, unsigned char, size_t);
+    CUresult (*cuMipmappedArrayCreate)(CUmipmappedArray *, const CUDA_ARRAY3D_DESCRIPTOR *, unsigned int);
+    CUresult (*cuMipmappedArrayDestroy)(CUmipmappedArray);
+    CUresult (*cuMipmappedArrayGetLevel)(CUarray *, CUmipmappedArray, unsigned int);
     CUresult (*cuModuleEnumerateFunctions)(CUfunction *, unsigned int, CUmodule);
     CUresult (*cuModuleGetFunction)(CUfunction *, CUmodule, const char *);
     CUresult (*cuModuleGetFunctionCount)(unsigned int *, CUmodule);

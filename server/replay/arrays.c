@@ -16,8 +16,10 @@
 #define MAX_ARRAYS 65536
 
 typedef struct {
-    CUarray a;
+    CUarray a;               /* or, with mip set, the CUmipmappedArray */
     uint64_t bytes;
+    int mip;
+    uint64_t levels[32];     /* the level ids handed out (mipmapped): they end with it */
 } charged_array;
 
 static charged_array *g_arrays; /* one worker process serves one session */
@@ -46,7 +48,10 @@ static CUresult created(fgs_session *S, CUresult res, CUarray a, uint64_t bytes,
         fgs_uncharge(S, bytes);
         return res;
     }
-    g_arrays[g_n++] = (charged_array){a, bytes};
+    memset(&g_arrays[g_n], 0, sizeof g_arrays[0]);
+    g_arrays[g_n].a = a;
+    g_arrays[g_n].bytes = bytes;
+    g_n++;
     fg_put_u64(out, fgs_handle_add(S, FGH_ARRAY, a));
     return CUDA_SUCCESS;
 }
@@ -106,7 +111,7 @@ CUresult fgs_cuArrayDestroy(fgs_session *S, fg_reader *r, fg_writer *out) {
     void *a;
     if (fgs_handle_get(S, FGH_ARRAY, id, &a) || !a) return CUDA_ERROR_INVALID_HANDLE;
     size_t i = 0;
-    while (i < g_n && g_arrays[i].a != (CUarray)a) i++;
+    while (i < g_n && (g_arrays[i].mip || g_arrays[i].a != (CUarray)a)) i++;
     if (i == g_n) return CUDA_ERROR_INVALID_HANDLE; /* not one this session created (a mipmap level, say) */
     CUresult res = S->api->cuArrayDestroy((CUarray)a);
     if (res != CUDA_SUCCESS) return res;
@@ -225,8 +230,13 @@ static CUresult resource(fgs_session *S, CUDA_RESOURCE_DESC *rd) {
                    ? CUDA_SUCCESS
                    : CUDA_ERROR_INVALID_VALUE;
     }
+    case CU_RESOURCE_TYPE_MIPMAPPED_ARRAY:
+        if (fgs_handle_get(S, FGH_MIPMAPPEDARRAY, (uint64_t)(uintptr_t)rd->res.mipmap.hMipmappedArray, &a) || !a)
+            return CUDA_ERROR_INVALID_HANDLE;
+        rd->res.mipmap.hMipmappedArray = (CUmipmappedArray)a;
+        return CUDA_SUCCESS;
     default:
-        return CUDA_ERROR_NOT_SUPPORTED; /* mipmapped arrays are not forwarded */
+        return CUDA_ERROR_INVALID_VALUE;
     }
 }
 
@@ -261,8 +271,90 @@ CUresult fgs_cuSurfObjectCreate(fgs_session *S, fg_reader *r, fg_writer *out) {
     return res;
 }
 
+/* ---- mipmapped arrays: charged for every level; the level arrays handed out end with them ---- */
+
+CUresult fgs_cuMipmappedArrayCreate(fgs_session *S, fg_reader *r, fg_writer *out) {
+    CUDA_ARRAY3D_DESCRIPTOR d;
+    fg_get(r, &d, sizeof d);
+    uint32_t levels = fg_get_u32(r);
+    if (r->failed) return FGS_PROTOCOL_ERROR;
+    if (!levels || levels > 32) return CUDA_ERROR_INVALID_VALUE;
+    uint64_t bytes = 0;
+    for (uint32_t l = 0; l < levels; l++) {
+        size_t w = d.Width >> l, h = d.Height >> l, z = d.Depth >> l;
+        uint64_t b = array_bytes(w ? w : 1, d.Height ? (h ? h : 1) : 0, d.Depth ? (z ? z : 1) : 0, d.Format,
+                                 d.NumChannels);
+        if (!b) return CUDA_ERROR_INVALID_VALUE;
+        bytes += b;
+    }
+    CUresult res = room();
+    if (res == CUDA_SUCCESS) res = fgs_charge(S, bytes);
+    if (res != CUDA_SUCCESS) return res;
+    CUmipmappedArray m = NULL;
+    res = S->api->cuMipmappedArrayCreate(&m, &d, levels);
+    if (res != CUDA_SUCCESS) {
+        fgs_uncharge(S, bytes);
+        return res;
+    }
+    memset(&g_arrays[g_n], 0, sizeof g_arrays[0]);
+    g_arrays[g_n].a = (CUarray)m;
+    g_arrays[g_n].bytes = bytes;
+    g_arrays[g_n].mip = 1;
+    g_n++;
+    fg_put_u64(out, fgs_handle_add(S, FGH_MIPMAPPEDARRAY, m));
+    return CUDA_SUCCESS;
+}
+
+static charged_array *find_mip(void *m) {
+    for (size_t i = 0; i < g_n; i++)
+        if (g_arrays[i].mip && g_arrays[i].a == (CUarray)m) return &g_arrays[i];
+    return NULL;
+}
+
+CUresult fgs_cuMipmappedArrayGetLevel(fgs_session *S, fg_reader *r, fg_writer *out) {
+    uint64_t id = fg_get_u64(r);
+    uint32_t level = fg_get_u32(r);
+    if (r->failed) return FGS_PROTOCOL_ERROR;
+    void *m;
+    if (fgs_handle_get(S, FGH_MIPMAPPEDARRAY, id, &m) || !m) return CUDA_ERROR_INVALID_HANDLE;
+    charged_array *c = find_mip(m);
+    if (!c || level >= 32) return CUDA_ERROR_INVALID_VALUE;
+    CUarray a = NULL;
+    CUresult res = S->api->cuMipmappedArrayGetLevel(&a, (CUmipmappedArray)m, level);
+    if (res != CUDA_SUCCESS) return res;
+    void *known = NULL;
+    if (!c->levels[level] || fgs_handle_get(S, FGH_ARRAY, c->levels[level], &known) || known != a)
+        c->levels[level] = fgs_handle_add(S, FGH_ARRAY, a); /* one id per level, as the driver's one array */
+    fg_put_u64(out, c->levels[level]);
+    return CUDA_SUCCESS;
+}
+
+static void mip_free(fgs_session *S, charged_array *c) {
+    S->api->cuMipmappedArrayDestroy((CUmipmappedArray)c->a);
+    for (int l = 0; l < 32; l++)
+        if (c->levels[l]) fgs_handle_remove(S, FGH_ARRAY, c->levels[l]);
+}
+
+CUresult fgs_cuMipmappedArrayDestroy(fgs_session *S, fg_reader *r, fg_writer *out) {
+    (void)out;
+    uint64_t id = fg_get_u64(r);
+    if (r->failed) return FGS_PROTOCOL_ERROR;
+    void *m;
+    if (fgs_handle_get(S, FGH_MIPMAPPEDARRAY, id, &m) || !m) return CUDA_ERROR_INVALID_HANDLE;
+    charged_array *c = find_mip(m);
+    if (!c) return CUDA_ERROR_INVALID_HANDLE;
+    mip_free(S, c);
+    fgs_uncharge(S, c->bytes);
+    *c = g_arrays[--g_n];
+    fgs_handle_remove(S, FGH_MIPMAPPEDARRAY, id);
+    return CUDA_SUCCESS;
+}
+
 /* At the session's end: the arrays it still holds go (their charges end with the session's ledger slot). */
 void fgs_arrays_close(fgs_session *S) {
-    for (size_t i = 0; i < g_n; i++) S->api->cuArrayDestroy(g_arrays[i].a);
+    for (size_t i = 0; i < g_n; i++) {
+        if (g_arrays[i].mip) mip_free(S, &g_arrays[i]);
+        else S->api->cuArrayDestroy(g_arrays[i].a);
+    }
     g_n = 0;
 }

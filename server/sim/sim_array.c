@@ -2,7 +2,8 @@
  * elements row by row in host memory (width x element size per row, then height rows, then depth slices), charged
  * against device memory. cuMemcpy3D copies row by row between host memory, device memory (every row range-checked)
  * and arrays (every row bounds-checked against the array). Texture and surface objects are numbers naming a
- * checked resource description: the simulated device runs no kernel that samples them. */
+ * checked resource description: the simulated device runs no kernel that samples them. A mipmapped array is one
+ * array per level. */
 #include "sim.h"
 
 #include <stdlib.h>
@@ -192,6 +193,9 @@ static CUresult copy3d(const CUDA_MEMCPY3D *c, CUstream s, int async)
 SIM_API CUresult cuMemcpy3D_v2(const CUDA_MEMCPY3D *c) { return copy3d(c, NULL, 0); }
 SIM_API CUresult cuMemcpy3DAsync_v2(const CUDA_MEMCPY3D *c, CUstream s) { return copy3d(c, s, 1); }
 
+struct sim_mip;
+static struct sim_mip *find_mip(CUmipmappedArray h);
+
 /* ---- texture and surface objects: checked descriptions under a number ---- */
 
 static unsigned long long g_next_obj = 1;
@@ -202,6 +206,7 @@ static CUresult check_resource(const CUDA_RESOURCE_DESC *r)
 {
     switch (r->resType) {
     case CU_RESOURCE_TYPE_ARRAY: return sim_reg_find(r->res.array.hArray, SIM_KIND_ARRAY) ? CUDA_SUCCESS : CUDA_ERROR_INVALID_HANDLE;
+    case CU_RESOURCE_TYPE_MIPMAPPED_ARRAY: return find_mip(r->res.mipmap.hMipmappedArray) ? CUDA_SUCCESS : CUDA_ERROR_INVALID_HANDLE;
     case CU_RESOURCE_TYPE_LINEAR: return sim_range_check(r->res.linear.devPtr, r->res.linear.sizeInBytes, SIM_PROT_R);
     case CU_RESOURCE_TYPE_PITCH2D:
         return sim_range_check(r->res.pitch2D.devPtr, r->res.pitch2D.pitchInBytes * r->res.pitch2D.height, SIM_PROT_R);
@@ -247,3 +252,86 @@ SIM_API CUresult cuTexObjectCreate(CUtexObject *p, const CUDA_RESOURCE_DESC *r, 
 SIM_API CUresult cuTexObjectDestroy(CUtexObject t) { return drop(t); }
 SIM_API CUresult cuSurfObjectCreate(CUsurfObject *p, const CUDA_RESOURCE_DESC *r) { return make(p, r, 1); }
 SIM_API CUresult cuSurfObjectDestroy(CUsurfObject s) { return drop(s); }
+
+/* ---- mipmapped arrays: one simulated array per level, each half the size of the one before (at least 1) ---- */
+
+#define SIM_KIND_MIP_MAGIC 0x4d495050u
+struct sim_mip {
+    uint32_t magic;
+    unsigned levels;
+    CUarray level[32];
+};
+static struct sim_mip *g_mips[1024];
+
+static struct sim_mip *find_mip(CUmipmappedArray h)
+{
+    for (size_t i = 0; i < sizeof g_mips / sizeof g_mips[0]; i++)
+        if (g_mips[i] && (void *)g_mips[i] == (void *)h)
+            return g_mips[i];
+    return NULL;
+}
+
+SIM_API CUresult cuMipmappedArrayCreate(CUmipmappedArray *pHandle, const CUDA_ARRAY3D_DESCRIPTOR *p, unsigned int levels)
+{
+    if (!pHandle || !p || !levels || levels > 32 || (p->Flags & (CUDA_ARRAY3D_LAYERED | CUDA_ARRAY3D_CUBEMAP)))
+        return CUDA_ERROR_INVALID_VALUE;
+    sim_lock();
+    CUresult rc = sim_current_ctx(NULL);
+    size_t slot = 0;
+    while (slot < sizeof g_mips / sizeof g_mips[0] && g_mips[slot])
+        slot++;
+    struct sim_mip *m = rc == CUDA_SUCCESS && slot < sizeof g_mips / sizeof g_mips[0] ? calloc(1, sizeof *m) : NULL;
+    if (rc == CUDA_SUCCESS && !m)
+        rc = CUDA_ERROR_OUT_OF_MEMORY;
+    for (unsigned l = 0; rc == CUDA_SUCCESS && l < levels; l++) {
+        CUDA_ARRAY3D_DESCRIPTOR d = *p;
+        d.Width = p->Width >> l ? p->Width >> l : 1;
+        d.Height = p->Height ? (p->Height >> l ? p->Height >> l : 1) : 0;
+        d.Depth = p->Depth ? (p->Depth >> l ? p->Depth >> l : 1) : 0;
+        rc = create(&m->level[l], &d);
+        if (rc == CUDA_SUCCESS)
+            m->levels = l + 1;
+    }
+    if (rc != CUDA_SUCCESS && m) {
+        sim_unlock();
+        for (unsigned l = 0; l < m->levels; l++)
+            cuArrayDestroy(m->level[l]);
+        free(m);
+        return rc;
+    }
+    if (rc == CUDA_SUCCESS) {
+        m->magic = SIM_KIND_MIP_MAGIC;
+        g_mips[slot] = m;
+        *pHandle = (CUmipmappedArray)m;
+    }
+    sim_unlock();
+    return rc;
+}
+
+SIM_API CUresult cuMipmappedArrayGetLevel(CUarray *pLevelArray, CUmipmappedArray h, unsigned int level)
+{
+    sim_lock();
+    struct sim_mip *m = find_mip(h);
+    CUresult rc = !m ? CUDA_ERROR_INVALID_HANDLE : !pLevelArray || level >= m->levels ? CUDA_ERROR_INVALID_VALUE : CUDA_SUCCESS;
+    if (rc == CUDA_SUCCESS)
+        *pLevelArray = m->level[level];
+    sim_unlock();
+    return rc;
+}
+
+SIM_API CUresult cuMipmappedArrayDestroy(CUmipmappedArray h)
+{
+    sim_lock();
+    struct sim_mip *m = find_mip(h);
+    if (m)
+        for (size_t i = 0; i < sizeof g_mips / sizeof g_mips[0]; i++)
+            if (g_mips[i] == m)
+                g_mips[i] = NULL;
+    sim_unlock();
+    if (!m)
+        return CUDA_ERROR_INVALID_HANDLE;
+    for (unsigned l = 0; l < m->levels; l++)
+        cuArrayDestroy(m->level[l]);
+    free(m);
+    return CUDA_SUCCESS;
+}

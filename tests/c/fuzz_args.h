@@ -185,6 +185,7 @@ static int build_args(pools *P, unsigned op, buf *a, buf *pre, int *expect) {
         case 'O': put64(a, pick_handle(P, FGH_MEMORYPOOL)); break;
         case 'D': put64(a, pick_handle(P, FGH_GRAPHNODE)); break;
         case 'Q': put64(a, pick_handle(P, FGH_ARRAY)); break;
+        case 'W': put64(a, pick_handle(P, FGH_MIPMAPPEDARRAY)); break;
         case 'R': {
             CUDA_ARRAY3D_DESCRIPTOR d; /* the 2D descriptor is its prefix: an extra tail is a protocol error */
             memset(&d, 0, sizeof d);
@@ -194,6 +195,11 @@ static int build_args(pools *P, unsigned op, buf *a, buf *pre, int *expect) {
             d.Format = chance(85) ? CU_AD_FORMAT_FLOAT : (CUarray_format)pick_int();
             d.NumChannels = chance(85) ? 1u << rndn(3) : (unsigned)pick_int();
             d.Flags = chance(85) ? 0 : (unsigned)pick_int();
+            if (op == FG_OP_cuMipmappedArrayCreate && chance(85)) { /* small levels of a square */
+                d.Width = 1 + rndn(64);
+                d.Height = d.Width;
+                d.Depth = 0;
+            }
             if (op == FG_OP_cuArrayCreate_v2) {
                 CUDA_ARRAY_DESCRIPTOR d2 = {d.Width, d.Height, d.Format, d.NumChannels};
                 put(a, &d2, sizeof d2);

@@ -308,7 +308,7 @@ static void add_record(buf *o, unsigned op, const buf *args) {
  * A a CUmemAllocationProp, T a CUmemLocation, c u64 n + n CUmemAccessDesc, m a CUDA_MEMSET_NODE_PARAMS,
  * y a CUDA_MEMCPY3D (device pointers, mostly), Q an array id, R an array descriptor (2D or 3D, both fit),
  * 3 a 3D copy as arrays.c takes it (host flags, CUDA_MEMCPY3D, stream, packed bytes), U a CUDA_RESOURCE_DESC,
- * t a CUDA_TEXTURE_DESC,
+ * t a CUDA_TEXTURE_DESC, W a mipmapped array id,
  * H an image reference (sha256[32], u64 size, u32 extra_len, extra) after IMAGE_CHUNK records that may
  * upload it, Y one IMAGE_CHUNK record (sha256[32], u64 total, u64 offset, u32 len, bytes). */
 static const char *layout[FG_OP_LIMIT] = {
@@ -514,6 +514,9 @@ static const char *layout[FG_OP_LIMIT] = {
     [FG_OP_cuTexObjectDestroy] = "q",
     [FG_OP_cuSurfObjectCreate] = "U",
     [FG_OP_cuSurfObjectDestroy] = "q",
+    [FG_OP_cuMipmappedArrayCreate] = "Ri",
+    [FG_OP_cuMipmappedArrayGetLevel] = "Wi",
+    [FG_OP_cuMipmappedArrayDestroy] = "W",
 };
 
 #include "fuzz_images.h" /* module images, uploads and loads */
@@ -625,7 +628,9 @@ static void await_reply(session *s, pools *P, unsigned last_op, uint64_t alloc_s
         case FG_OP_cuStreamEndCapture: pool_add(P, FGH_GRAPH, v); break;
         case FG_OP_cuGraphInstantiateWithFlags: pool_add(P, FGH_GRAPHEXEC, v); break;
         case FG_OP_cuArrayCreate_v2:
-        case FG_OP_cuArray3DCreate_v2: pool_add(P, FGH_ARRAY, v); break;
+        case FG_OP_cuArray3DCreate_v2:
+        case FG_OP_cuMipmappedArrayGetLevel: pool_add(P, FGH_ARRAY, v); break;
+        case FG_OP_cuMipmappedArrayCreate: pool_add(P, FGH_MIPMAPPEDARRAY, v); break;
         case FG_OP_cuGraphClone: pool_add(P, FGH_GRAPH, v); break;
         case FG_OP_cuGraphInstantiateWithParams: /* u32 result, u64 exec, ... */
             if (out_len >= 12) {

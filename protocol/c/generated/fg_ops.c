@@ -160,6 +160,9 @@ const char *fg_op_name(unsigned op) {
     case FG_OP_cuMemsetD32_v2: return "cuMemsetD32_v2";
     case FG_OP_cuMemsetD8Async: return "cuMemsetD8Async";
     case FG_OP_cuMemsetD8_v2: return "cuMemsetD8_v2";
+    case FG_OP_cuMipmappedArrayCreate: return "cuMipmappedArrayCreate";
+    case FG_OP_cuMipmappedArrayDestroy: return "cuMipmappedArrayDestroy";
+    case FG_OP_cuMipmappedArrayGetLevel: return "cuMipmappedArrayGetLevel";
     case FG_OP_cuModuleEnumerateFunctions: return "cuModuleEnumerateFunctions";
     case FG_OP_cuModuleGetFunction: return "cuModuleGetFunction";
     case FG_OP_cuModuleGetFunctionCount: return "cuModuleGetFunctionCount";

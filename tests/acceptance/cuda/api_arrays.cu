@@ -1,6 +1,6 @@
 // api_arrays.cu - acceptance: CUDA arrays (2D and 3D), copies into and out of them from host and device memory
 // (whole, sub-regions with pitches wider than the rows, a 16 MiB 3D copy that needs splitting, an async 3D copy),
-// the array descriptor, texture and surface objects on an array and on linear memory, and kernels that read a
+// the array descriptor, a mipmapped array with a level copied through, texture and surface objects on an array and on linear memory, and kernels that read a
 // texture and write a surface. Every value is checked exactly against the host (integers in float).
 // `--no-kernels` creates the objects but launches nothing (the simulated device in CI runs no texture kernel).
 #include <cstdio>
@@ -181,6 +181,30 @@ int main(int argc, char **argv)
             for (int x = 0; x < 4; x++)
                 ok = ok && box[(z * 3 + y) * 4 + x] == vol[((size_t)(30 + z) * Y + (20 + y)) * X + 10 + x];
     check("3D sub-box out of the array", ok);
+
+    // A mipmapped array: level 1 of a 16x16 float image is 8x8; a texture on the whole pyramid.
+    cudaMipmappedArray_t mip;
+    CHECK(cudaMallocMipmappedArray(&mip, &fd, make_cudaExtent(16, 16, 0), 3));
+    cudaArray_t lvl;
+    CHECK(cudaGetMipmappedArrayLevel(&lvl, mip, 1));
+    CHECK(cudaArrayGetInfo(&got_fd, &ext, &flags, lvl));
+    std::printf("mip level 1: extent %zu x %zu\n", ext.width, ext.height);
+    std::vector<float> l1(64), l1b(64, 0.0f);
+    for (int i = 0; i < 64; i++)
+        l1[i] = (float)(3 * i);
+    CHECK(cudaMemcpy2DToArray(lvl, 0, 0, l1.data(), 8 * sizeof(float), 8 * sizeof(float), 8, cudaMemcpyHostToDevice));
+    CHECK(cudaMemcpy2DFromArray(l1b.data(), 8 * sizeof(float), lvl, 0, 0, 8 * sizeof(float), 8, cudaMemcpyDeviceToHost));
+    check("mipmap level round trip", l1b == l1);
+    cudaResourceDesc mrd;
+    std::memset(&mrd, 0, sizeof mrd);
+    mrd.resType = cudaResourceTypeMipmappedArray;
+    mrd.res.mipmap.mipmap = mip;
+    td.mipmapFilterMode = cudaFilterModePoint;
+    td.maxMipmapLevelClamp = 2.0f;
+    cudaTextureObject_t mtex;
+    CHECK(cudaCreateTextureObject(&mtex, &mrd, &td, nullptr));
+    CHECK(cudaDestroyTextureObject(mtex));
+    CHECK(cudaFreeMipmappedArray(mip));
 
     CHECK(cudaStreamDestroy(s));
     CHECK(cudaFree(dvol.ptr));
