@@ -402,6 +402,28 @@ static CUresult finish_sync(int exact, size_t *got) {
 
 CUresult fgc_sync(void) { return finish_sync(1, NULL); }
 
+int fgc_send_record_locked(int want_reply) {
+    rec_end();
+    if (want_reply) fgc_stats_sent(g_fgc.last_op);
+    return flush(want_reply);
+}
+
+CUresult fgc_sync_ping_locked(int record_open) {
+    if (record_open) rec_end();
+    g_fgc.n_outs = 0;
+    rec_header(FG_OP_PING);
+    g_fgc.last_op = FG_OP_PING;
+    return finish_sync(1, NULL);
+}
+
+CUresult fgc_read_reply_locked(void) {
+    size_t got;
+    CUresult r = g_fgc.broken ? g_fgc.broken : read_reply(1, &got);
+    g_fgc.n_outs = 0;
+    pthread_mutex_unlock(&g_fgc.mu);
+    return r;
+}
+
 /* Send the record, wait for the reply; on success remember the answer under the record's bytes (memo.c). With
  * clear, the cache is emptied first (a setter that changes something). Called with the lock held; releases it. */
 static CUresult memo_miss(const uint8_t *key, size_t klen, uint64_t ctx, uint16_t op, int clear) {

@@ -1,6 +1,7 @@
 /* conn.c — the stub's connection to its node server: endpoint parsing (FARGPU_SERVER is "host:port",
- * "unix:/path" or a path), connect, the msgpack handshake (protocol version, token, ops hash, client info),
- * and whole-buffer socket I/O. A failed connect or a refused handshake is reported with the endpoint and
+ * "unix:/path" or a path), connect, the msgpack handshake (protocol version, token, ops hash, client info; on a
+ * unix socket the shared-memory offer, shm.c), the session's second connections (callback, data), and
+ * whole-buffer socket I/O. A failed connect or a refused handshake is reported with the endpoint and
  * the server's reason; the token is never printed. */
 #include <errno.h>
 #include <limits.h>
@@ -21,6 +22,7 @@
 #include "fgc_internal.h"
 #include "fgc_lease.h"
 #include "fgc_reconnect.h"
+#include "fgc_transport.h"
 
 static char g_endpoint[512];
 
@@ -160,6 +162,8 @@ static char g_driver_version[96]; /* the node driver's version string from HELLO
 
 const char *fgc_remote_driver_version(void) { return g_driver_version; }
 
+static int is_unix(const char *ep) { return strncmp(ep, "unix:", 5) == 0 || strchr(ep, '/') != NULL; }
+
 static int dial(const char *ep, char *err, size_t errlen) {
     int fd;
     if (strncmp(ep, "unix:", 5) == 0) {
@@ -174,7 +178,7 @@ static int dial(const char *ep, char *err, size_t errlen) {
     return fd;
 }
 
-/* A HELLO for fd: the session's own, or (attach) one for its callback connection. */
+/* A HELLO for fd: the session's own (attach 0), or one for its callback (1) or a data connection (2). */
 static int send_hello(int fd, int attach) {
     char host[256] = "", exe[512] = "";
     gethostname(host, sizeof host - 1);
@@ -183,7 +187,13 @@ static int send_hello(int fd, int attach) {
     fg_writer w;
     fg_writer_init(&w, 1024, FG_MAX_HELLO);
     const char *rs = attach ? NULL : fgc_resume_hello(); /* reconnect.c: resuming a parked session */
-    fg_mp_map(&w, attach ? 9 : rs ? 9 : 7);
+    if (rs) { /* the new worker has neither the region nor the data connections of the old one */
+        fgc_shm_detach();
+        fgc_bulk_forget_lanes();
+    }
+    /* Shared memory is offered on a fresh session only (a resumed one goes on over the socket). */
+    uint64_t shm = !attach && !rs && is_unix(g_endpoint) ? fgc_shm_offer_bytes() : 0;
+    fg_mp_map(&w, 7 + (attach ? 2 : 0) + (attach == 2) + (rs ? 2 : 0) + (shm > 0));
     fg_mp_str(&w, "proto");
     fg_mp_int(&w, FG_PROTO_VERSION);
     fg_mp_str(&w, "token");
@@ -210,6 +220,14 @@ static int send_hello(int fd, int attach) {
         fg_mp_str(&w, "attach_key");
         fg_mp_str(&w, g_attach_key);
     }
+    if (attach == 2) {
+        fg_mp_str(&w, "data");
+        fg_mp_int(&w, 1);
+    }
+    if (shm) {
+        fg_mp_str(&w, "shm");
+        fg_mp_int(&w, (int64_t)shm);
+    }
     fg_header h = {FG_MAGIC, FG_T_HELLO, 0, (uint32_t)w.len, 0};
     uint8_t hb[FG_HEADER_SIZE];
     fg_header_encode(&h, hb);
@@ -226,7 +244,8 @@ void fgc_set_endpoint(const char *ep, const char *token) {
     if (token) snprintf(g_token, sizeof g_token, "%s", token);
 }
 
-int fgc_open_callback_channel(void) {
+/* A second connection to the session (kind 1 callback, 2 data), authenticated with its attach key. */
+static int open_channel(int kind) {
     if (!g_attach_key[0] || !g_fgc.session[0]) return -1; /* a server without callback connections */
     char err[256] = "";
     int fd = dial(g_endpoint, err, sizeof err);
@@ -234,15 +253,29 @@ int fgc_open_callback_channel(void) {
     uint8_t hb[FG_HEADER_SIZE];
     fg_header h;
     uint8_t buf[FG_MAX_HELLO];
-    if (send_hello(fd, 1) || fg_io_full(fd, hb, sizeof hb, 0) || fg_header_decode(hb, &h, FG_MAX_HELLO) ||
-        h.length > sizeof buf || fg_io_full(fd, buf, h.length, 0) || h.type != FG_T_HELLO_OK) {
-        fgc_log(FGC_LOG_WARN, "the node server refused the callback connection; host functions will wait for "
-                              "their stream on the submitting thread");
+    int to = fg_io_timeout_ms();
+    if (send_hello(fd, kind) || fg_io_read_deadline(fd, hb, sizeof hb, to, to, NULL) ||
+        fg_header_decode(hb, &h, FG_MAX_HELLO) || h.length > sizeof buf ||
+        fg_io_read_deadline(fd, buf, h.length, to, to, NULL) || h.type != FG_T_HELLO_OK) {
         close(fd);
         return -1;
     }
+    if (kind == 2) {
+        int one = 1;
+        setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one);
+    }
     return fd;
 }
+
+int fgc_open_callback_channel(void) {
+    int fd = open_channel(1);
+    if (fd < 0)
+        fgc_log(FGC_LOG_WARN, "the node server refused the callback connection; host functions will wait for "
+                              "their stream on the submitting thread");
+    return fd;
+}
+
+int fgc_open_data_channel(void) { return open_channel(2); }
 
 CUresult fgc_connect(void) {
     const char *ep = getenv("FARGPU_SERVER");
@@ -285,6 +318,12 @@ CUresult fgc_connect(void) {
         mp_copy_str(buf, n, "driver_version", g_driver_version, sizeof g_driver_version);
         mp_copy_str(buf, n, "resume_key", fgc_resume_key_buf(), FGC_RESUME_KEY_CAP);
         fgc_log(FGC_LOG_INFO, "connected to %s (session %s, backend %s)", ep, g_fgc.session, backend);
+        if (fg_mp_lookup(buf, n, "shm", &v) == 0 && fgc_shm_handshake(fd)) {
+            fgc_log(FGC_LOG_ERROR, "the shared-memory step of the handshake with %s failed", ep);
+            close(fd);
+            g_fgc.fd = -1;
+            return CUDA_ERROR_NO_DEVICE;
+        }
         return CUDA_SUCCESS;
     }
     char reason[512] = "the connection closed during the handshake";

@@ -80,6 +80,16 @@ int fgc_send_pending_unlocked(void);
 int fgc_later_claim(uint64_t id, uint64_t len, int by_callback, void **dst);
 /* batch.c: a RUN message's copies arrived whole (delivered) or not (pending again, for the next reply). */
 void fgc_later_settle(uint64_t id, int delivered);
+/* batch.c, for the transports (g_fgc.mu held by a fgc_begin): end the current record and send the batch now,
+ * asking for a reply or not; the lock stays held. 0, or -1 with the connection marked broken. */
+int fgc_send_record_locked(int want_reply);
+/* batch.c: end the open record (record_open) and append a PING, or (0) send a lone PING; wait for its reply
+ * (releases g_fgc.mu). The PING's reply brings the records' errors as its deferred error. */
+CUresult fgc_sync_ping_locked(int record_open);
+/* batch.c: read the reply to a batch fgc_send_record_locked(1) sent (releases g_fgc.mu). */
+CUresult fgc_read_reply_locked(void);
+/* conn.c: open an extra data connection to the session (striped bulk copies). Returns its fd, or -1. */
+int fgc_open_data_channel(void);
 /* callbacks.c: host functions submitted (outside stream capture) whose DONE has not been sent yet. */
 int fgc_host_fns_outstanding(void);
 /* callbacks.c: send the pending batch and wait until those host functions ran (no lock held). Fails when the

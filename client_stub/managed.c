@@ -19,6 +19,7 @@
 
 #include "fgc_impl.h"
 #include "fgc_internal.h"
+#include "fgc_transport.h"
 #include "fgc_mirror_impl.h"
 
 #define MAX_TRIES 8
@@ -220,6 +221,8 @@ CUresult fgc_cuMemHostGetDevicePointer_v2(CUdeviceptr *pdptr, void *p, unsigned 
         return fgc_unsupported("cuMemHostGetDevicePointer_v2 (FARGPU_MAPPED_MEMORY=refuse)", &logged);
     }
     if (!pdptr || !p || Flags != 0) return CUDA_ERROR_INVALID_VALUE;
+    CUresult shm_res; /* co-located: the shared-memory region is real mapped memory (shm.c) */
+    if (fgc_shm_devptr(p, pdptr, &shm_res)) return shm_res;
     uint64_t d;
     if (fgc_mirror_device_of(p, &d)) {
         *pdptr = d;

@@ -1,18 +1,27 @@
 /* memory.c — device memory and copies. Allocation happens on the server (VMM-backed, so the address
- * survives paging); copies move bytes over the connection in FG_CHUNK pieces. Synchronous host→device
- * copies send straight from the caller's buffer (no staging copy); async ones capture the bytes at call
- * time — from pinned memory only once the host functions submitted before have run (the driver reads a pinned
- * source when the copy runs, in stream order; a pageable one at the call). Async device→host data lands in the
- * caller's buffer with the next sync reply, before that call returns, or earlier, before a host function after
- * the copy on its stream runs (callbacks.c). "Pinned" host memory is ordinary page-aligned memory here: there
- * is no local GPU to pin for; it is tracked (host blocks) so copies and queries can tell it from pageable. */
+ * survives paging). Each copy takes the fastest path it may (fgc_transport.h):
+ *   - host memory in the shared-memory region (co-located clients: cuMemAllocHost / cuMemHostAlloc blocks come
+ *     from it): one record naming an offset; the worker's DMA reads or writes the application's pages in place,
+ *     in stream order, as native pinned memory;
+ *   - other host memory, co-located, from FGC_BULK_MIN bytes (synchronous copies): the region's staging ring;
+ *   - from FGC_BULK_MIN bytes otherwise: a bulk copy, pipelined pieces striped over the session's connections
+ *     (async device→host copies excepted: they are staged on the server and delivered with a later reply);
+ *   - small copies: records with the bytes inline (FG_CHUNK pieces).
+ * Async host→device copies take the bytes at the call, except in the region, where the DMA reads them in
+ * stream order; from pinned memory outside it only once the host functions submitted before have run (the
+ * driver reads a pinned source when the copy runs). Async device→host data lands in the caller's buffer with
+ * the next sync reply, before that call returns, or earlier, before a host function after the copy on its
+ * stream runs (callbacks.c). Without a region, "pinned" host memory is ordinary page-aligned memory (there is no
+ * local GPU to pin for); it is tracked (host blocks) so copies and queries can tell it from pageable. */
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 
+#include "fg_shm.h"
 #include "fgc_impl.h"
 #include "fgc_internal.h"
 #include "fgc_mirror.h"
+#include "fgc_transport.h"
 
 CUresult fgc_cuMemAlloc_v2(CUdeviceptr *dptr, size_t bytesize) {
     FGC_REQUIRE_INIT();
@@ -75,11 +84,33 @@ CUresult fgc_cuMemGetAddressRange_v2(CUdeviceptr *pbase, size_t *psize, CUdevice
     return r;
 }
 
+/* One record naming region bytes: an in-place DMA on the worker (sync: then a PING for its result). */
+static CUresult shm_copy(uint16_t op, uint64_t dev, uint64_t off, size_t n, CUstream s, int sync) {
+    fg_writer *w = fgc_begin(op);
+    if (!w) return fgc_last_error();
+    if (op == FG_OP_SHM_HTOD) {
+        fg_put_u64(w, dev);
+        fgc_put_handle(w, s);
+        fg_put_u64(w, off);
+    } else {
+        fg_put_u64(w, off);
+        fg_put_u64(w, dev);
+        fgc_put_handle(w, s);
+    }
+    fg_put_u64(w, n);
+    fg_put_u32(w, sync ? FG_SHM_F_SYNC : 0);
+    fg_put_u64(w, 0);
+    return sync ? fgc_sync_ping_locked(1) : fgc_async();
+}
+
 CUresult fgc_cuMemcpyHtoD_v2(CUdeviceptr dst, const void *src, size_t n) {
     FGC_REQUIRE_INIT();
     if (n && !src) return CUDA_ERROR_INVALID_VALUE;
+    uint64_t region_off;
+    if (n && fgc_shm_find(src, n, &region_off)) return shm_copy(FG_OP_SHM_HTOD, dst, region_off, n, NULL, 1);
     CUresult mr;
     if (fgc_mirror_htod(dst, src, n, NULL, 0, &mr)) return mr; /* mirrored host memory: copied on the device */
+    if (n >= FGC_BULK_MIN) return fgc_shm_on() ? fgc_shm_staged_htod(dst, src, n) : fgc_bulk_htod(dst, src, n, NULL, 1);
     size_t off = 0;
     do {
         size_t k = n - off < FG_CHUNK ? n - off : FG_CHUNK;
@@ -98,8 +129,11 @@ CUresult fgc_cuMemcpyHtoD_v2(CUdeviceptr dst, const void *src, size_t n) {
 CUresult fgc_cuMemcpyDtoH_v2(void *dst, CUdeviceptr src, size_t n) {
     FGC_REQUIRE_INIT();
     if (n && !dst) return CUDA_ERROR_INVALID_VALUE;
+    uint64_t region_off;
+    if (n && fgc_shm_find(dst, n, &region_off)) return shm_copy(FG_OP_SHM_DTOH, src, region_off, n, NULL, 1);
     CUresult mr;
     if (fgc_mirror_dtoh(dst, src, n, NULL, 0, &mr)) return mr;
+    if (n >= FGC_BULK_MIN) return fgc_shm_on() ? fgc_shm_staged_dtoh(dst, src, n) : fgc_bulk_dtoh(dst, src, n);
     size_t off = 0;
     do {
         size_t k = n - off < FG_CHUNK ? n - off : FG_CHUNK;
@@ -118,6 +152,8 @@ CUresult fgc_cuMemcpyDtoH_v2(void *dst, CUdeviceptr src, size_t n) {
 CUresult fgc_cuMemcpyHtoDAsync_v2(CUdeviceptr dst, const void *src, size_t n, CUstream s) {
     FGC_REQUIRE_INIT();
     if (n && !src) return CUDA_ERROR_INVALID_VALUE;
+    uint64_t region_off; /* the worker's DMA reads the region in stream order, after any host function before */
+    if (n && fgc_shm_find(src, n, &region_off)) return shm_copy(FG_OP_SHM_HTOD, dst, region_off, n, s, 0);
     CUresult mr;
     if (fgc_mirror_htod(dst, src, n, s, 1, &mr)) return mr;
     /* A pinned source is read in stream order: after the host functions before this copy, which may write it.
@@ -128,6 +164,7 @@ CUresult fgc_cuMemcpyHtoDAsync_v2(CUdeviceptr dst, const void *src, size_t n, CU
         CUresult r = fgc_host_fns_wait();
         if (r != CUDA_SUCCESS) return r;
     }
+    if (n >= FGC_BULK_MIN) return fgc_bulk_htod(dst, src, n, s, 0);
     size_t off = 0;
     do {
         size_t k = n - off < FG_CHUNK ? n - off : FG_CHUNK;
@@ -147,6 +184,8 @@ CUresult fgc_cuMemcpyHtoDAsync_v2(CUdeviceptr dst, const void *src, size_t n, CU
 CUresult fgc_cuMemcpyDtoHAsync_v2(void *dst, CUdeviceptr src, size_t n, CUstream s) {
     FGC_REQUIRE_INIT();
     if (n && !dst) return CUDA_ERROR_INVALID_VALUE;
+    uint64_t region_off; /* the data lands in the region when the DMA runs: no delivery needed */
+    if (n && fgc_shm_find(dst, n, &region_off)) return shm_copy(FG_OP_SHM_DTOH, src, region_off, n, s, 0);
     CUresult mr;
     if (fgc_mirror_dtoh(dst, src, n, s, 1, &mr)) return mr;
     size_t off = 0;
@@ -195,13 +234,24 @@ static CUresult host_track(void *p, size_t n, unsigned flags, int registered) {
     return CUDA_SUCCESS;
 }
 
+static void host_release(void *p, size_t n) {
+    if (fgc_shm_free(p) != 0) munmap(p, n);
+}
+
 static CUresult host_alloc(void **pp, size_t n, unsigned flags) {
     if (!pp || n == 0) return CUDA_ERROR_INVALID_VALUE;
-    void *p = mmap(NULL, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    void *p = fgc_shm_alloc(n); /* co-located: from the region the worker registered, so copies are DMA in place */
+    if (!p && fgc_shm_on()) {
+        static int logged;
+        if (!logged++)
+            fgc_log(FGC_LOG_WARN, "the shared-memory region is full: page-locked host memory now comes from plain "
+                                  "memory (copies from it are slower); raise FARGPU_SHM_MB");
+    }
+    if (!p) p = mmap(NULL, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED) return CUDA_ERROR_OUT_OF_MEMORY;
     CUresult r = host_track(p, n, flags, 0);
     if (r != CUDA_SUCCESS) {
-        munmap(p, n);
+        host_release(p, n);
         return r;
     }
     *pp = p;
@@ -262,8 +312,9 @@ CUresult fgc_cuMemHostAlloc(void **pp, size_t bytesize, unsigned int Flags) {
     FGC_REQUIRE_INIT();
     unsigned known = CU_MEMHOSTALLOC_PORTABLE | CU_MEMHOSTALLOC_DEVICEMAP | CU_MEMHOSTALLOC_WRITECOMBINED;
     if (Flags & ~known) return CUDA_ERROR_INVALID_VALUE;
-    /* DEVICEMAP (which the runtime sets under unified addressing) is accepted: the memory is pinned for
-     * copies; cuMemHostGetDevicePointer gives it a mirrored device shadow (managed.c). */
+    /* DEVICEMAP (which the runtime sets under unified addressing) is accepted: co-located, the block is in the
+     * region the worker registered as mapped memory, and cuMemHostGetDevicePointer gives kernels real zero-copy
+     * access (shm.c); otherwise it gives the block a mirrored device shadow (managed.c). */
     return host_alloc(pp, bytesize, Flags);
 }
 
@@ -276,7 +327,7 @@ CUresult fgc_cuMemFreeHost(void *p) {
             host_block b = host_blocks[i];
             host_blocks[i] = host_blocks[--host_n];
             pthread_mutex_unlock(&host_mu);
-            munmap(b.p, b.n);
+            host_release(b.p, b.n);
             return CUDA_SUCCESS;
         }
     }

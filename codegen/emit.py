@@ -298,6 +298,9 @@ def server_dispatch(m: Model) -> str:
            "    (void)out;\n    switch (op) {\n"]
     out.append("    case FG_OP_SET_CTX: return fgs_set_ctx(S, r);\n    case FG_OP_PING: return CUDA_SUCCESS;\n")
     out.append("    case FG_OP_IMAGE_CHUNK: return fgs_image_chunk(S, r);\n")
+    out.append("    case FG_OP_SHM_HTOD: return fgs_shm_htod(S, r);\n    case FG_OP_SHM_DTOH: return fgs_shm_dtoh(S, r);\n")
+    out.append("    case FG_OP_SHM_DEVPTR: return fgs_shm_devptr(S, r, out);\n")
+    out.append("    case FG_OP_BULK_HTOD: return fgs_bulk_htod(S, r);\n    case FG_OP_BULK_DTOH: return fgs_bulk_dtoh(S, r);\n")
     for o in m.ops:
         if o.impl == "custom":
             out.append(f"    case FG_OP_{o.name}: return fgs_{o.name}(S, r, out);\n")

@@ -13,7 +13,9 @@ from .headers import HANDLE_TYPES, Function, Headers, Param
 
 HERE = Path(__file__).resolve().parent
 FIRST_GENERATED_OP = 16
-SPECIAL_OPS = {"FG_SET_CTX": (1, "async"), "FG_PING": (2, "sync"), "FG_IMAGE_CHUNK": (3, "async")}
+SPECIAL_OPS = {"FG_SET_CTX": (1, "async"), "FG_PING": (2, "sync"), "FG_IMAGE_CHUNK": (3, "async"),
+               "FG_SHM_HTOD": (4, "async"), "FG_SHM_DTOH": (5, "async"), "FG_SHM_DEVPTR": (6, "sync"),
+               "FG_BULK_HTOD": (7, "async"), "FG_BULK_DTOH": (8, "sync")}
 OUTBUF_CAP = 4096
 
 

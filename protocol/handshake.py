@@ -4,6 +4,7 @@ agent's Authenticator and never logged."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,6 +12,15 @@ import msgpack
 
 from .generated.ops import OPS_HASH
 from .wire import PROTO_VERSION, FrameType, ProtocolError, encode_frame
+
+HELLO_TIMEOUT = 10.0  # a connection must complete its HELLO (and SHM) step within this; FARGPU_HELLO_TIMEOUT_S
+
+
+def hello_timeout() -> float:
+    try:
+        return float(os.environ.get("FARGPU_HELLO_TIMEOUT_S", "") or HELLO_TIMEOUT)
+    except ValueError:
+        return HELLO_TIMEOUT
 
 
 @dataclass(frozen=True)
@@ -25,6 +35,8 @@ class Hello:
     attach_key: str = ""
     resume_session: str = ""  # set when a client resumes a parked session (see SPEC.md, "Resuming")
     resume_key: str = ""
+    shm: int = 0  # bytes of shared memory the client offers (unix socket only; SPEC.md, "Shared memory")
+    data: bool = False  # with attach_session: an extra data connection for striped bulk copies
 
     @property
     def client(self) -> str:
@@ -58,15 +70,23 @@ def decode_hello(payload: bytes) -> Hello:
     pid = doc.get("pid", 0)
     if type(pid) is not int:
         raise ProtocolError("HELLO field 'pid' must be an integer")
+    shm = doc.get("shm", 0)
+    if type(shm) is not int or not 0 <= shm <= 1 << 40:
+        raise ProtocolError("HELLO field 'shm' must be a byte count up to 1 TiB")
+    data = doc.get("data", False)
+    if type(data) not in (bool, int):
+        raise ProtocolError("HELLO field 'data' must be a boolean")
     return Hello(token=s("token"), ops_hash=ops_hash, pid=pid, host=s("host"), exe=s("exe"), stub=s("stub"),
                  attach_session=s("attach_session"), attach_key=s("attach_key"),
-                 resume_session=s("resume_session"), resume_key=s("resume_key"))
+                 resume_session=s("resume_session"), resume_key=s("resume_key"), shm=shm, data=bool(data))
 
 
 def hello_ok(session: str, backend: str, max_frame: int, attach_key: str = "", driver_version: str = "",
-             extra: dict[str, Any] | None = None) -> bytes:
+             extra: dict[str, Any] | None = None, shm: bool = False) -> bytes:
     body: dict[str, Any] = {"proto": PROTO_VERSION, "session": session, "backend": backend, "max_frame": max_frame}
     body.update(extra or {})
+    if shm:
+        body["shm"] = True
     if attach_key:
         body["attach_key"] = attach_key
     if driver_version:

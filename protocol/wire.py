@@ -30,6 +30,7 @@ class FrameType(IntEnum):
     REPLY = 5
     CLOSE = 6
     OUTPUT = 7
+    SHM = 8
 
 
 class ProtocolError(Exception):
@@ -53,7 +54,7 @@ def decode_header(data: bytes | memoryview, max_payload: int = DEFAULT_MAX_FRAME
     magic, ftype, flags, length, seq = HEADER.unpack_from(data)
     if magic != MAGIC:
         raise ProtocolError("bad magic (not a fargpu peer, or the stream lost sync)")
-    if not FrameType.HELLO <= ftype <= FrameType.OUTPUT:
+    if not FrameType.HELLO <= ftype <= FrameType.SHM:
         raise ProtocolError("unknown frame type")
     if length > max_payload:
         raise ProtocolError("frame larger than the negotiated limit")

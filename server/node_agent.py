@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from fargpu.protocol import handshake
+from fargpu.protocol.handshake import hello_timeout
 from fargpu.protocol.wire import HEADER_SIZE, MAX_HELLO, FrameType, ProtocolError, decode_header
 
 from .agent_api import DeviceInfo, SessionInfo
@@ -39,14 +40,6 @@ from .park.store import ParkStoreError
 from .spawn import SpawnedProcess, spawn
 
 log = logging.getLogger("fargpu.server")
-HELLO_TIMEOUT = 10.0  # a client (or a callback connection) must complete its HELLO within this; FARGPU_HELLO_TIMEOUT_S
-
-
-def hello_timeout() -> float:
-    try:
-        return float(os.environ.get("FARGPU_HELLO_TIMEOUT_S", "") or HELLO_TIMEOUT)
-    except ValueError:
-        return HELLO_TIMEOUT
 
 
 @dataclass
@@ -419,6 +412,8 @@ class NodeAgent:
         env["FARGPU_RESUME_KEY"] = resume_key  # the worker tells the client in HELLO_OK (never on a command line)
         if fetched is not None:
             args += ["--restore-dir", str(fetched.workdir), "--restore-pages", str(fetched.pages or "")]
+        if conn.family == socket.AF_UNIX and hello.shm:
+            args += ["--shm", str(hello.shm)]  # co-located: the worker takes the client's memfd at the handshake
         fds = {3: conn.fileno(), 4: ctl_r, 5: st_w, 6: attach_child.fileno(), 7: ledger_fd, 8: self.pager.resident.fd}
         if self.pager.pool.fd >= 0:
             args += ["--pool-fd", "9"]
@@ -456,8 +451,8 @@ class NodeAgent:
         log.info("session %s ended (worker exit %s)", sid, proc.returncode)
 
     async def _attach(self, conn: socket.socket, hello: handshake.Hello) -> None:
-        """A session's callback connection (the stub runs host functions on it): checked against the session's
-        secret, then handed to that session's worker."""
+        """A session's callback connection (the stub runs host functions on it) or data connection (bulk copies
+        are striped over it): checked against the session's secret, then handed to that session's worker."""
         loop = asyncio.get_running_loop()
         sess = self._sessions.get(hello.attach_session)
         ok = (sess is not None and sess.attach_sock is not None and bool(hello.attach_key)
@@ -467,8 +462,9 @@ class NodeAgent:
                 log.warning("refused a callback connection: unknown session or wrong key")
                 await loop.sock_sendall(conn, handshake.hello_err("no such session, or the attach key is wrong"))
                 return
-            # The worker answers HELLO_OK on it once the connection is installed, so no callback can come first.
-            socket.send_fds(sess.attach_sock, [b"a"], [conn.fileno()])
+            # The worker answers HELLO_OK on it once the connection is installed, so no callback can come first;
+            # a data connection (striped bulk copies) is installed the same way.
+            socket.send_fds(sess.attach_sock, [b"d" if hello.data else b"a"], [conn.fileno()])
         except OSError as exc:
             log.warning("could not hand a callback connection to its worker: %s", exc)
         finally:

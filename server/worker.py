@@ -10,22 +10,63 @@ Usage (by the agent only): python -m fargpu.server.worker --fd N --ctl-fd N --st
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import socket
+import struct
 import sys
 import threading
 import time
+from typing import Any
 
 import cffi
 
 from fargpu import paths
-from fargpu.protocol.handshake import hello_err, hello_ok
+from fargpu.protocol.handshake import close_frame, hello_err, hello_ok, hello_timeout
+from fargpu.protocol.wire import HEADER_SIZE, FrameType, ProtocolError, decode_header, encode_frame
 
 
 def _load() -> tuple[cffi.FFI, object]:
     ffi = cffi.FFI()
     ffi.cdef((paths.native_dir() / "fgs_public.h").read_text())
     return ffi, ffi.dlopen(str(paths.replay_lib()))
+
+
+def take_shm(sock: socket.socket, lib: Any, ffi: cffi.FFI, S: Any, size: int) -> bool:
+    """The shared-memory step of the handshake (SPEC.md, "Shared memory"): the client's SHM frame brings its
+    sealed memfd; the engine maps and registers it. Answers u32 0 (in use) or 1 (refused: the client goes on
+    without it). False when the client broke the handshake (the session ends)."""
+    sock.settimeout(hello_timeout())
+    fds: list[int] = []
+    buf = b""
+    try:
+        while len(buf) < HEADER_SIZE + 8:
+            msg, got, _flags, _addr = socket.recv_fds(sock, HEADER_SIZE + 8 - len(buf), 1)
+            fds += got
+            if not msg:
+                raise ProtocolError("the client closed the connection during the shared-memory handshake")
+            buf += msg
+        hdr = decode_header(buf[:HEADER_SIZE], 8)
+        (offered,) = struct.unpack("<Q", buf[HEADER_SIZE:])
+        if hdr.type != FrameType.SHM or hdr.length != 8 or offered != size or len(fds) != 1:
+            raise ProtocolError("expected the SHM frame with one memfd of the offered size")
+    except (OSError, ProtocolError) as exc:
+        for fd in fds:
+            os.close(fd)
+        why = str(exc) or "no SHM frame in time"
+        print(f"fargpu-worker[{os.getpid()}]: shared-memory handshake failed: {why}", file=sys.stderr)
+        with contextlib.suppress(OSError):
+            sock.sendall(close_frame(f"shared-memory handshake failed: {why}"))
+        return False
+    finally:
+        sock.settimeout(None)
+    err = ffi.new("char[]", 256)
+    rc = lib.fgs_shm_attach(S, fds[0], size, err, 256)
+    if rc != 0:
+        print(f"fargpu-worker[{os.getpid()}]: shared memory refused: {ffi.string(err).decode(errors='replace')}",
+              file=sys.stderr)
+    sock.sendall(encode_frame(FrameType.SHM, struct.pack("<I", 0 if rc == 0 else 1)))
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pool-fd", type=int, default=-1, help="the node's host page pool (a memfd)")
     ap.add_argument("--restore-dir", default="", help="restore a parked session from this state directory")
     ap.add_argument("--restore-pages", default="", help="the parked session's memory (a spill file)")
+    ap.add_argument("--shm", type=int, default=0, help="bytes of shared memory a co-located client offered")
     a = ap.parse_args(argv)
     os.set_blocking(a.fd, True)
     sock = socket.socket(fileno=a.fd)
@@ -107,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
                 if not fds:
                     return
                 for fd in fds:
-                    if lib.fgs_set_callback_fd(S, fd) != 0:  # type: ignore[attr-defined]
+                    install = lib.fgs_add_data_fd if _msg == b"d" else lib.fgs_set_callback_fd  # type: ignore[attr-defined]
+                    if install(S, fd) != 0:
                         os.close(fd)
                         continue
                     try:  # installed: now the client may send host functions
@@ -117,7 +160,10 @@ def main(argv: list[str] | None = None) -> int:
 
         threading.Thread(target=receive_callback_connections, daemon=True).start()
     sock.sendall(hello_ok(a.session, a.backend, a.max_frame, a.attach_key if a.attach_fd >= 0 else "",
-                          a.driver_version, extra))
+                          a.driver_version, extra, shm=a.shm > 0))
+    if a.shm > 0 and not take_shm(sock, lib, ffi, S, a.shm):
+        lib.fgs_close(S)  # type: ignore[attr-defined]
+        return 1
     done = threading.Event()
 
     def report() -> None:

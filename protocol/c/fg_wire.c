@@ -18,7 +18,7 @@ const char *fg_header_decode(const uint8_t in[FG_HEADER_SIZE], fg_header *h, uin
     memcpy(&h->length, in + 8, 4);
     memcpy(&h->seq, in + 12, 4);
     if (h->magic != FG_MAGIC) return "bad magic (not a fargpu peer, or the stream lost sync)";
-    if (h->type < FG_T_HELLO || h->type > FG_T_OUTPUT) return "unknown frame type";
+    if (h->type < FG_T_HELLO || h->type > FG_T_SHM) return "unknown frame type";
     if (h->length > max_payload) return "frame larger than the negotiated limit";
     if ((h->type == FG_T_HELLO || h->type == FG_T_HELLO_OK || h->type == FG_T_HELLO_ERR) && h->length > FG_MAX_HELLO)
         return "handshake frame too large";

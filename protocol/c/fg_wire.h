@@ -20,6 +20,11 @@
 #define FG_RESULT_NEED_IMAGE 0x7fffff00u
 #define FG_MAX_IMAGE (2ull << 30) /* largest module or library image accepted */
 #define FG_RECORD_HEADER 8u
+/* Bulk copies (FG_OP_BULK_HTOD / FG_OP_BULK_DTOH): raw bytes beside the frames, in pieces striped over the
+ * session's connections (SPEC.md, "Bulk copies"). */
+#define FG_BULK_PIECE (2u * 1024u * 1024u)
+#define FG_BULK_MAX (1ull << 40)
+#define FG_BULK_F_SYNC 1u
 
 enum fg_frame_type {
     FG_T_HELLO = 1,     /* client → server, msgpack */
@@ -29,6 +34,7 @@ enum fg_frame_type {
     FG_T_REPLY = 5,     /* server → client */
     FG_T_CLOSE = 6,     /* server → client, msgpack {reason}, then close */
     FG_T_OUTPUT = 7,    /* server → client, bytes for the client's stdout (device printf), before a REPLY */
+    FG_T_SHM = 8,       /* client → server: u64 size + a memfd (SCM_RIGHTS); server → client: u32 result */
 };
 
 enum fg_frame_flags {

@@ -41,7 +41,7 @@ HERE = Path(__file__).resolve().parent
 
 # ---- constants, transcribed from protocol/SPEC.md ----
 MAGIC = 0x31504746  # "FGP1" in memory order
-HELLO, HELLO_OK, HELLO_ERR, BATCH, REPLY, CLOSE, OUTPUT = 1, 2, 3, 4, 5, 6, 7
+HELLO, HELLO_OK, HELLO_ERR, BATCH, REPLY, CLOSE, OUTPUT, SHM = 1, 2, 3, 4, 5, 6, 7, 8
 WANT_REPLY = 1
 MAX_HELLO = 64 * 1024
 DEFAULT_MAX = 80 * 1024 * 1024
@@ -90,13 +90,13 @@ def frames() -> list[tuple[str, bytes, str]]:
         v.append((name, header(BATCH, flags, len(payload), seq) + payload, exp))
 
     # -- valid headers: every type, boundary lengths, seq range
-    for t in (HELLO, HELLO_OK, HELLO_ERR, BATCH, REPLY, CLOSE, OUTPUT):
+    for t in (HELLO, HELLO_OK, HELLO_ERR, BATCH, REPLY, CLOSE, OUTPUT, SHM):
         ok_hdr(f"type_{t}_empty", t, 0, 0, 0)
     ok_hdr("batch_want_reply_hdr", BATCH, WANT_REPLY, 24, 7)
     ok_hdr("seq_max", REPLY, 0, 8, 0xFFFFFFFF)
     for t in (HELLO, HELLO_OK, HELLO_ERR):
         ok_hdr(f"handshake_{t}_at_limit", t, 0, MAX_HELLO, 0)
-    for t in (BATCH, REPLY, CLOSE, OUTPUT):  # only HELLO/HELLO_OK/HELLO_ERR are handshake frames
+    for t in (BATCH, REPLY, CLOSE, OUTPUT, SHM):  # only HELLO/HELLO_OK/HELLO_ERR are handshake frames
         ok_hdr(f"nonhandshake_{t}_over_64k", t, 0, MAX_HELLO + 1, 3)
     ok_hdr("batch_at_default_max", BATCH, 0, DEFAULT_MAX, 9)
     ok_hdr("batch_at_custom_max", BATCH, 0, 4096, 9, max_=4096)
@@ -110,7 +110,7 @@ def frames() -> list[tuple[str, bytes, str]]:
     err("bad_magic_big_endian", header(BATCH, 0, 0, magic=0x46475031), R_MAGIC)
     err("bad_magic_all_ones", header(BATCH, 0, 0, magic=0xFFFFFFFF), R_MAGIC)
     err("http_request", b"GET / HTTP/1.1\r\nHo", R_MAGIC)
-    for t in (0, 8, 9, 0x100, 0xFFFF):
+    for t in (0, 9, 0x100, 0xFFFF):
         err(f"unknown_type_{t}", header(t, 0, 0), R_TYPE)
     for f in (2, 3, 4, 0x100, 0x8000, 0xFFFF):
         err(f"unknown_flags_{f}", header(BATCH, f, 0, 1), R_FLAGS)

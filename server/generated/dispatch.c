@@ -10,6 +10,11 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
     case FG_OP_SET_CTX: return fgs_set_ctx(S, r);
     case FG_OP_PING: return CUDA_SUCCESS;
     case FG_OP_IMAGE_CHUNK: return fgs_image_chunk(S, r);
+    case FG_OP_SHM_HTOD: return fgs_shm_htod(S, r);
+    case FG_OP_SHM_DTOH: return fgs_shm_dtoh(S, r);
+    case FG_OP_SHM_DEVPTR: return fgs_shm_devptr(S, r, out);
+    case FG_OP_BULK_HTOD: return fgs_bulk_htod(S, r);
+    case FG_OP_BULK_DTOH: return fgs_bulk_dtoh(S, r);
     case FG_OP_cuArray3DCreate_v2: return fgs_cuArray3DCreate_v2(S, r, out);
     case FG_OP_cuArray3DGetDescriptor_v2: {
         CUDA_ARRAY3D_DESCRIPTOR pArrayDescriptor;

@@ -164,6 +164,9 @@ const char *fgs_api_load(fgs_api *api, void *dl) {
     if (!api->cuMemGetInfo_v2) return "cuMemGetInfo_v2";
     *(void **)&api->cuMemHostAlloc = dlsym(dl, "cuMemHostAlloc");
     if (!api->cuMemHostAlloc) return "cuMemHostAlloc";
+    *(void **)&api->cuMemHostGetDevicePointer_v2 = dlsym(dl, "cuMemHostGetDevicePointer_v2");
+    *(void **)&api->cuMemHostRegister_v2 = dlsym(dl, "cuMemHostRegister_v2");
+    *(void **)&api->cuMemHostUnregister = dlsym(dl, "cuMemHostUnregister");
     *(void **)&api->cuMemMap = dlsym(dl, "cuMemMap");
     if (!api->cuMemMap) return "cuMemMap";
     *(void **)&api->cuMemPoolTrimTo = dlsym(dl, "cuMemPoolTrimTo");

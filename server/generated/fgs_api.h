@@ -140,6 +140,9 @@ typedef struct fgs_api {
     CUresult (*cuMemGetAllocationPropertiesFromHandle)(CUmemAllocationProp *, CUmemGenericAllocationHandle);
     CUresult (*cuMemGetInfo_v2)(size_t *, size_t *);
     CUresult (*cuMemHostAlloc)(void **, size_t, unsigned int);
+    CUresult (*cuMemHostGetDevicePointer_v2)(CUdeviceptr *, void *, unsigned int);
+    CUresult (*cuMemHostRegister_v2)(void *, size_t, unsigned int);
+    CUresult (*cuMemHostUnregister)(void *);
     CUresult (*cuMemMap)(CUdeviceptr, size_t, size_t, CUmemGenericAllocationHandle, unsigned long long);
     CUresult (*cuMemPoolTrimTo)(CUmemoryPool, size_t);
     CUresult (*cuMemRelease)(CUmemGenericAllocationHandle);

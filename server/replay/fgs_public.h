@@ -39,3 +39,9 @@ int fgs_restore(fgs_session *S, const char *dir, const char *pages, char *err, u
 unsigned int fgs_applied_seq(fgs_session *S);
 /* Module globals a restore found at other addresses (copies to them are translated). */
 unsigned long long fgs_moved_globals(fgs_session *S);
+/* A co-located client's shared-memory region (a sealed memfd of size bytes; the session takes fd over): mapped
+ * and registered with the driver (shm.c). Returns 0, or -1 with err filled (the client goes on without it). */
+int fgs_shm_attach(fgs_session *S, int fd, unsigned long long size, char *err, unsigned long errlen);
+/* An extra data connection of the session (striped bulk copies, bulk.c), handed over by the node agent.
+ * Returns 0, or -1 (the caller closes fd). */
+int fgs_add_data_fd(fgs_session *S, int fd);

@@ -116,6 +116,8 @@ typedef struct fgs_session {
     uint32_t applied_seq;        /* the last batch applied: a parked session resumes after it (park.c) */
     int client_fd;               /* the client's connection while fgs_serve runs; -1: none */
     uint64_t arena_next, arena_end; /* where cuMemAlloc asks for its next address (memory.c); 0: anywhere */
+    struct fgs_shm *shm;   /* the co-located client's shared-memory region (shm.c); NULL: none */
+    struct fgs_bulk *bulk; /* the pinned staging ring and data connections for bulk copies (bulk.c) */
 } fgs_session;
 
 int fgs_handle_get(fgs_session *S, int kind, uint64_t id, void **real);
@@ -203,6 +205,17 @@ void fgs_later_release(fgs_session *S, const fgs_later_ref *refs, size_t n, int 
 CUresult fgs_image_chunk(fgs_session *S, fg_reader *r);
 const uint8_t *fgs_image_get(fgs_session *S, fg_reader *r, uint64_t *size, CUresult *res);
 void fgs_images_free_all(fgs_session *S);
+/* Shared-memory transport (shm.c) and pipelined bulk copies (bulk.c). */
+CUresult fgs_shm_htod(fgs_session *S, fg_reader *r);
+CUresult fgs_shm_dtoh(fgs_session *S, fg_reader *r);
+CUresult fgs_shm_devptr(fgs_session *S, fg_reader *r, fg_writer *out);
+void fgs_shm_close(fgs_session *S);
+CUresult fgs_bulk_htod(fgs_session *S, fg_reader *r);
+CUresult fgs_bulk_dtoh(fgs_session *S, fg_reader *r);
+void fgs_bulk_close(fgs_session *S);
+const char *fgs_bulk_error(fgs_session *S); /* why a bulk copy ended the session, or NULL */
+/* Move a bulk copy's bytes without touching the device (its batch cannot run: err is why). */
+CUresult fgs_bulk_skip(fgs_session *S, int htod, fg_reader *r, CUresult err);
 /* Send pending device output as OUTPUT frames (before a REPLY with this seq). Nonzero: the socket failed. */
 int fgs_output_send(fgs_session *S, int sock, uint32_t seq);
 void fgs_output_close(fgs_session *S);

@@ -347,6 +347,8 @@ FGS_EXPORT void fgs_close(fgs_session *S) {
     fgs_vmm_close(S);
     fgs_arrays_close(S);
     fgs_memory_release_all(S);
+    fgs_bulk_close(S);
+    fgs_shm_close(S);
     /* Streams, events and modules first, then the contexts that own them. */
     static const int order[] = {FGH_GRAPHEXEC, FGH_GRAPH, FGH_EVENT, FGH_STREAM, FGH_MODULE, FGH_LIBRARY, FGH_CONTEXT};
     for (size_t k = 0; k < sizeof order / sizeof order[0]; k++) {
@@ -610,6 +612,22 @@ FGS_EXPORT int fgs_serve(fgs_session *S, int fd, int ctl_fd, char *reason, unsig
                 break;
             }
             if (pr != CUDA_SUCCESS) { /* nothing of the batch runs; its caller sees the error */
+                /* A bulk copy's raw bytes still cross (the byte stream stays whole): moved, never DMA'd. */
+                fg_reader scan;
+                fg_reader_init(&scan, buf, h.length);
+                fg_record last = {0, 0, 0, NULL};
+                const char *sbad = NULL;
+                while (fg_next_record(&scan, &last, &sbad) == 1) {
+                    if (fg_reader_left(&scan) || (last.op != FG_OP_BULK_HTOD && last.op != FG_OP_BULK_DTOH)) continue;
+                    fg_reader args;
+                    fg_reader_init(&args, last.args, last.length);
+                    if (fgs_bulk_skip(S, last.op == FG_OP_BULK_HTOD, &args, pr) != CUDA_SUCCESS && fgs_bulk_error(S)) {
+                        snprintf(reason, reason_len, "protocol error: %s", fgs_bulk_error(S));
+                        send_close(fd, reason);
+                        rc = -1;
+                        goto out;
+                    }
+                }
                 if ((h.flags & FG_F_WANT_REPLY) && send_reply(S, fd, h.seq, pr, deferred, deferred_op, &out)) {
                     snprintf(reason, reason_len, "client disconnected while receiving a reply");
                     rc = 0;
@@ -631,10 +649,17 @@ FGS_EXPORT int fgs_serve(fgs_session *S, int fd, int ctl_fd, char *reason, unsig
             if (cls == 1 && !(last && (h.flags & FG_F_WANT_REPLY))) { bad = "a synchronous call that is not the batch's last record"; break; }
             fg_reader args;
             fg_reader_init(&args, rec.args, rec.length);
+            if ((rec.op == FG_OP_BULK_HTOD || rec.op == FG_OP_BULK_DTOH) && !last) {
+                bad = "a bulk copy that is not the batch's last record";
+                break;
+            }
             size_t out_before = out.len;
             CUresult res = fgs_dispatch(S, rec.op, &args, &out);
             if (S->journal) fgs_journal_note(S, rec.op, rec.args, rec.length, res, &out, out_before);
-            if (res == FGS_PROTOCOL_ERROR || res == FGS_UNKNOWN_OP) { bad = "malformed arguments"; break; }
+            if (res == FGS_PROTOCOL_ERROR || res == FGS_UNKNOWN_OP) {
+                bad = fgs_bulk_error(S) ? fgs_bulk_error(S) : "malformed arguments";
+                break;
+            }
             if (cls == 1) {
                 sync_result = res;
                 answered = 1;
@@ -676,6 +701,7 @@ FGS_EXPORT int fgs_serve(fgs_session *S, int fd, int ctl_fd, char *reason, unsig
             cap = 0;
         }
     }
+out:
     free(buf);
     fg_writer_free(&out);
     return rc;

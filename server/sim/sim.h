@@ -115,6 +115,7 @@ struct sim_seg {
     size_t map_len;         /* ALLOC/HOST/GLOBAL: length of the host mapping (page rounded) */
     uint64_t charged;       /* bytes charged to the device for this segment */
     unsigned long long id;  /* CU_POINTER_ATTRIBUTE_BUFFER_ID: set by sim_seg_insert, never reused */
+    int registered;         /* HOST: the caller's memory, registered with cuMemHostRegister (map_len 0) */
 };
 
 int sim_seg_insert(struct sim_seg *seg);           /* 0 ok, -1 out of memory */

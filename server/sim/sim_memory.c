@@ -123,7 +123,7 @@ SIM_API CUresult cuMemFreeHost(void *p)
     CUresult rc = sim_check_init();
     if (rc == CUDA_SUCCESS) {
         struct sim_seg *s = sim_seg_find_base((uintptr_t)p, SIM_SEG_HOST);
-        if (s)
+        if (s && !s->registered)
             sim_seg_free(s);
         else
             rc = CUDA_ERROR_INVALID_VALUE;
@@ -144,6 +144,55 @@ SIM_API CUresult cuMemHostGetDevicePointer(CUdeviceptr *pdptr, void *p, unsigned
             *pdptr = (CUdeviceptr)(uintptr_t)p;
         else
             rc = CUDA_ERROR_INVALID_VALUE;
+    }
+    sim_unlock();
+    return rc;
+}
+
+/* Host registration: the caller's pages become pinned host memory the device may read and write (a HOST
+ * segment the sim neither maps nor unmaps), as cuMemHostRegister makes them for the real driver's DMA engines
+ * and, with DEVICEMAP, for kernels (device pointer = host pointer under unified addressing). */
+SIM_API CUresult cuMemHostRegister(void *p, size_t bytesize, unsigned int Flags)
+{
+    unsigned int known = CU_MEMHOSTREGISTER_PORTABLE | CU_MEMHOSTREGISTER_DEVICEMAP | CU_MEMHOSTREGISTER_IOMEMORY |
+                         CU_MEMHOSTREGISTER_READ_ONLY;
+    if (!p || bytesize == 0 || (Flags & ~known))
+        return CUDA_ERROR_INVALID_VALUE;
+    sim_lock();
+    struct sim_ctx *c = NULL;
+    CUresult rc = sim_current_ctx(&c);
+    if (rc == CUDA_SUCCESS && sim_seg_overlaps((uintptr_t)p, bytesize))
+        rc = CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED;
+    struct sim_seg *s = NULL;
+    if (rc == CUDA_SUCCESS && !(s = calloc(1, sizeof *s)))
+        rc = CUDA_ERROR_OUT_OF_MEMORY;
+    if (rc == CUDA_SUCCESS) {
+        s->base = (uintptr_t)p;
+        s->size = bytesize;
+        s->kind = SIM_SEG_HOST;
+        s->prot = (Flags & CU_MEMHOSTREGISTER_READ_ONLY) ? SIM_PROT_R : SIM_PROT_R | SIM_PROT_W;
+        s->device = c->device;
+        s->owner = c;
+        s->registered = 1;
+        if (sim_seg_insert(s) != 0) {
+            free(s);
+            rc = CUDA_ERROR_OUT_OF_MEMORY;
+        }
+    }
+    sim_unlock();
+    return rc;
+}
+
+SIM_API CUresult cuMemHostUnregister(void *p)
+{
+    sim_lock();
+    CUresult rc = sim_check_init();
+    if (rc == CUDA_SUCCESS) {
+        struct sim_seg *s = sim_seg_find_base((uintptr_t)p, SIM_SEG_HOST);
+        if (s && s->registered)
+            sim_seg_free(s);
+        else
+            rc = CUDA_ERROR_HOST_MEMORY_NOT_REGISTERED;
     }
     sim_unlock();
     return rc;

@@ -315,6 +315,13 @@ static const char *layout[FG_OP_LIMIT] = {
     [FG_OP_SET_CTX] = "C",
     [FG_OP_PING] = "",
     [FG_OP_IMAGE_CHUNK] = "Y",
+    /* Shared-memory records without a region (this client offers none): every one is CUDA_ERROR_INVALID_VALUE.
+     * Bulk records are not fuzzed here (their raw bytes follow the frame; tests/python/test_transports.py). */
+    [FG_OP_SHM_HTOD] = "pSqqiq",
+    [FG_OP_SHM_DTOH] = "qpSqiq",
+    [FG_OP_SHM_DEVPTR] = "q",
+    [FG_OP_BULK_HTOD] = "-",
+    [FG_OP_BULK_DTOH] = "-",
     [FG_OP_cuCtxCreate_v4] = "ii",
     [FG_OP_cuCtxDestroy_v2] = "C",
     [FG_OP_cuCtxDisablePeerAccess] = "C",
@@ -1007,6 +1014,7 @@ int main(int argc, char **argv) {
     setenv("FARGPU_SIM_MEM_BYTES", "4294967296", 0); /* 4 GiB simulated: keeps OOM paths reachable */
     for (unsigned op = 1; op < FG_OP_LIMIT; op++) {
         int c = fg_op_class(op);
+        if (layout[op] && !strcmp(layout[op], "-")) continue; /* not fuzzed as records */
         if (c == 1) sync_ops[n_sync++] = op;
         else if (c == 2) async_ops[n_async++] = op;
         if (c && !layout[op]) {

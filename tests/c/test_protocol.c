@@ -330,7 +330,7 @@ static uint16_t rd16(const uint8_t *p) { return (uint16_t)(p[0] | p[1] << 8); }
 static int model_header_ok(const uint8_t *p, uint32_t max) {
     uint32_t magic = rd32(p), len = rd32(p + 8);
     uint16_t type = rd16(p + 4), flags = rd16(p + 6);
-    if (magic != 0x31504746u || type < 1 || type > 7 || (flags & ~1u) || len > max) return 0;
+    if (magic != 0x31504746u || type < 1 || type > 8 || (flags & ~1u) || len > max) return 0;
     if (type <= 3 && len > 65536) return 0;
     return 1;
 }

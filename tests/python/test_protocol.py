@@ -184,7 +184,7 @@ def model_header_ok(data: bytes, max_payload: int) -> bool:
     magic, ftype, flags, length, _ = struct.unpack_from("<IHHII", data)
     return (
         magic == 0x31504746
-        and 1 <= ftype <= 7
+        and 1 <= ftype <= 8
         and flags & ~1 == 0
         and length <= max_payload
         and not (ftype <= 3 and length > 64 * 1024)

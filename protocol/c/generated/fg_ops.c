@@ -7,6 +7,11 @@ const char *fg_op_name(unsigned op) {
     case FG_OP_SET_CTX: return "FG_SET_CTX";
     case FG_OP_PING: return "FG_PING";
     case FG_OP_IMAGE_CHUNK: return "FG_IMAGE_CHUNK";
+    case FG_OP_SHM_HTOD: return "FG_SHM_HTOD";
+    case FG_OP_SHM_DTOH: return "FG_SHM_DTOH";
+    case FG_OP_SHM_DEVPTR: return "FG_SHM_DEVPTR";
+    case FG_OP_BULK_HTOD: return "FG_BULK_HTOD";
+    case FG_OP_BULK_DTOH: return "FG_BULK_DTOH";
     case FG_OP_cuArray3DCreate_v2: return "cuArray3DCreate_v2";
     case FG_OP_cuArray3DGetDescriptor_v2: return "cuArray3DGetDescriptor_v2";
     case FG_OP_cuArrayCreate_v2: return "cuArrayCreate_v2";

@@ -2,12 +2,17 @@
 #ifndef FG_OPS_H
 #define FG_OPS_H
 
-#define FG_OPS_HASH "ad42cdb59e985c54"
+#define FG_OPS_HASH "95c49fa9a568198d"
 
 enum fg_op {
     FG_OP_SET_CTX = 1,
     FG_OP_PING = 2,
     FG_OP_IMAGE_CHUNK = 3,
+    FG_OP_SHM_HTOD = 4,
+    FG_OP_SHM_DTOH = 5,
+    FG_OP_SHM_DEVPTR = 6,
+    FG_OP_BULK_HTOD = 7,
+    FG_OP_BULK_DTOH = 8,
     FG_OP_cuArray3DCreate_v2 = 16,
     FG_OP_cuArray3DGetDescriptor_v2 = 17,
     FG_OP_cuArrayCreate_v2 = 18,
@@ -216,6 +221,11 @@ static inline int fg_op_class(unsigned op) {
     case FG_OP_SET_CTX: return 2;
     case FG_OP_PING: return 1;
     case FG_OP_IMAGE_CHUNK: return 2;
+    case FG_OP_SHM_HTOD: return 2;
+    case FG_OP_SHM_DTOH: return 2;
+    case FG_OP_SHM_DEVPTR: return 1;
+    case FG_OP_BULK_HTOD: return 2;
+    case FG_OP_BULK_DTOH: return 1;
     case FG_OP_cuArray3DCreate_v2: return 1;
     case FG_OP_cuArray3DGetDescriptor_v2: return 1;
     case FG_OP_cuArrayCreate_v2: return 1;

@@ -1,0 +1,40 @@
+/* fgc_transport.h — the stub's bulk-data transports (the transport room, beside conn.c and batch.c):
+ *   shm.c   co-located clients: a sealed memfd region shared with the worker (page-locked host memory is carved
+ *           from it, so pinned copies are DMA in place; pageable copies go through its staging ring)
+ *   bulk.c  every other large copy: pipelined pieces striped over the session's connections
+ * memory.c picks the path per copy. */
+#ifndef FGC_TRANSPORT_H
+#define FGC_TRANSPORT_H
+
+#include <cuda.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define FGC_BULK_MIN (256u * 1024u) /* copies from this size on move as bulk pieces (or through shared memory) */
+
+/* shm.c. After HELLO_OK offered shared memory: send the region (SCM_RIGHTS) and read the answer. Returns 0 (in
+ * use or refused by the worker), -1 when the connection failed. */
+int fgc_shm_handshake(int fd);
+uint64_t fgc_shm_offer_bytes(void); /* the size the HELLO offers (FARGPU_SHM_MB; 0: no offer) */
+int fgc_shm_on(void);
+/* 1 when [p, p + n) lies in the region's client part (*off: its offset). */
+int fgc_shm_find(const void *p, size_t n, uint64_t *off);
+void *fgc_shm_alloc(size_t n); /* NULL: no region, or it is full */
+int fgc_shm_free(void *p);     /* 0 freed, -1 not the region's */
+void fgc_shm_detach(void);     /* a resumed session (another worker): the region is no transport any more */
+/* Pageable copies through the staging ring, pipelined with the worker's DMA; synchronous semantics. */
+CUresult fgc_shm_staged_htod(CUdeviceptr dst, const void *src, size_t n);
+CUresult fgc_shm_staged_dtoh(void *dst, CUdeviceptr src, size_t n);
+
+/* Mapped host memory in the region: 1 when p is in it (*res is the call's result, *out the device address of the
+ * same pages, which kernels read and write in place); 0 otherwise (managed.c mirrors it then). */
+int fgc_shm_devptr(const void *p, CUdeviceptr *out, CUresult *res);
+
+/* bulk.c. sync: a synchronous copy (the call returns once it is done, with its error); else async on stream
+ * (the bytes are taken before the call returns; errors come with a later sync call). */
+/* A resumed session: the data connections went to the old worker; the next bulk copy opens new ones. */
+void fgc_bulk_forget_lanes(void);
+CUresult fgc_bulk_htod(CUdeviceptr dst, const void *src, size_t n, CUstream stream, int sync);
+CUresult fgc_bulk_dtoh(void *dst, CUdeviceptr src, size_t n);
+
+#endif
