@@ -138,12 +138,12 @@ CUresult fgc_bulk_htod(CUdeviceptr dst, const void *src, size_t n, CUstream stre
     return CUDA_SUCCESS;
 }
 
-CUresult fgc_bulk_dtoh(void *dst, CUdeviceptr src, size_t n) {
+CUresult fgc_bulk_dtoh(void *dst, CUdeviceptr src, size_t n, CUstream stream) {
     int C = lanes();
     fg_writer *w = fgc_begin(FG_OP_BULK_DTOH);
     if (!w) return fgc_last_error();
     fg_put_u64(w, src);
-    fg_put_u64(w, 0); /* the legacy stream: a synchronous copy */
+    fgc_put_handle(w, stream); /* NULL: the legacy stream, for a synchronous copy */
     fg_put_u64(w, n);
     fg_put_u32(w, FG_BULK_F_SYNC);
     fg_put_u32(w, (uint32_t)C);

@@ -22,9 +22,11 @@ int fgc_shm_find(const void *p, size_t n, uint64_t *off);
 void *fgc_shm_alloc(size_t n); /* NULL: no region, or it is full */
 int fgc_shm_free(void *p);     /* 0 freed, -1 not the region's */
 void fgc_shm_detach(void);     /* a resumed session (another worker): the region is no transport any more */
-/* Pageable copies through the staging ring, pipelined with the worker's DMA; synchronous semantics. */
-CUresult fgc_shm_staged_htod(CUdeviceptr dst, const void *src, size_t n);
-CUresult fgc_shm_staged_dtoh(void *dst, CUdeviceptr src, size_t n);
+/* Pageable copies through the staging ring, pipelined with the worker's DMA. sync: a synchronous copy (its error
+ * returned); else on stream, as the driver runs an async copy of pageable memory: the bytes are taken (or
+ * delivered) before the call returns, in stream order, errors come with a later sync call. */
+CUresult fgc_shm_staged_htod(CUdeviceptr dst, const void *src, size_t n, CUstream stream, int sync);
+CUresult fgc_shm_staged_dtoh(void *dst, CUdeviceptr src, size_t n, CUstream stream, int sync);
 
 /* Mapped host memory in the region: 1 when p is in it (*res is the call's result, *out the device address of the
  * same pages, which kernels read and write in place); 0 otherwise (managed.c mirrors it then). */
@@ -35,6 +37,8 @@ int fgc_shm_devptr(const void *p, CUdeviceptr *out, CUresult *res);
 /* A resumed session: the data connections went to the old worker; the next bulk copy opens new ones. */
 void fgc_bulk_forget_lanes(void);
 CUresult fgc_bulk_htod(CUdeviceptr dst, const void *src, size_t n, CUstream stream, int sync);
-CUresult fgc_bulk_dtoh(void *dst, CUdeviceptr src, size_t n);
+/* Device→host: the call returns once the bytes are in dst (sync semantics, on stream; as the driver does for an
+ * async copy to pageable memory too). */
+CUresult fgc_bulk_dtoh(void *dst, CUdeviceptr src, size_t n, CUstream stream);
 
 #endif

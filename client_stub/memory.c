@@ -110,7 +110,8 @@ CUresult fgc_cuMemcpyHtoD_v2(CUdeviceptr dst, const void *src, size_t n) {
     if (n && fgc_shm_find(src, n, &region_off)) return shm_copy(FG_OP_SHM_HTOD, dst, region_off, n, NULL, 1);
     CUresult mr;
     if (fgc_mirror_htod(dst, src, n, NULL, 0, &mr)) return mr; /* mirrored host memory: copied on the device */
-    if (n >= FGC_BULK_MIN) return fgc_shm_on() ? fgc_shm_staged_htod(dst, src, n) : fgc_bulk_htod(dst, src, n, NULL, 1);
+    if (n >= FGC_BULK_MIN)
+        return fgc_shm_on() ? fgc_shm_staged_htod(dst, src, n, NULL, 1) : fgc_bulk_htod(dst, src, n, NULL, 1);
     size_t off = 0;
     do {
         size_t k = n - off < FG_CHUNK ? n - off : FG_CHUNK;
@@ -133,7 +134,8 @@ CUresult fgc_cuMemcpyDtoH_v2(void *dst, CUdeviceptr src, size_t n) {
     if (n && fgc_shm_find(dst, n, &region_off)) return shm_copy(FG_OP_SHM_DTOH, src, region_off, n, NULL, 1);
     CUresult mr;
     if (fgc_mirror_dtoh(dst, src, n, NULL, 0, &mr)) return mr;
-    if (n >= FGC_BULK_MIN) return fgc_shm_on() ? fgc_shm_staged_dtoh(dst, src, n) : fgc_bulk_dtoh(dst, src, n);
+    if (n >= FGC_BULK_MIN)
+        return fgc_shm_on() ? fgc_shm_staged_dtoh(dst, src, n, NULL, 1) : fgc_bulk_dtoh(dst, src, n, NULL);
     size_t off = 0;
     do {
         size_t k = n - off < FG_CHUNK ? n - off : FG_CHUNK;
@@ -164,7 +166,13 @@ CUresult fgc_cuMemcpyHtoDAsync_v2(CUdeviceptr dst, const void *src, size_t n, CU
         CUresult r = fgc_host_fns_wait();
         if (r != CUDA_SUCCESS) return r;
     }
-    if (n >= FGC_BULK_MIN) return fgc_bulk_htod(dst, src, n, s, 0);
+    /* While a stream capture is under way the copy may be captured: its source must stay where the record put it
+     * (inline, as before), not in a staging slot the next copy reuses. */
+    if (n >= FGC_BULK_MIN && !fgc_capture_active()) {
+        if (fgc_shm_on() && !fgc_host_block_find(src, NULL, NULL, NULL)) /* pageable, co-located */
+            return fgc_shm_staged_htod(dst, src, n, s, 0);
+        return fgc_bulk_htod(dst, src, n, s, 0);
+    }
     size_t off = 0;
     do {
         size_t k = n - off < FG_CHUNK ? n - off : FG_CHUNK;
@@ -188,6 +196,12 @@ CUresult fgc_cuMemcpyDtoHAsync_v2(void *dst, CUdeviceptr src, size_t n, CUstream
     if (n && fgc_shm_find(dst, n, &region_off)) return shm_copy(FG_OP_SHM_DTOH, src, region_off, n, s, 0);
     CUresult mr;
     if (fgc_mirror_dtoh(dst, src, n, s, 1, &mr)) return mr;
+    /* Into pageable memory the driver returns once the copy is done (it stages it): so may we, and then the bytes
+     * move as a bulk copy (or through the shared-memory ring) instead of waiting on the server for a reply. Pinned
+     * memory keeps async semantics (the data comes with the next reply). */
+    if (n >= FGC_BULK_MIN && !fgc_capture_active() && !fgc_host_block_find(dst, NULL, NULL, NULL) &&
+        !fgc_host_block_find((const char *)dst + n - 1, NULL, NULL, NULL))
+        return fgc_shm_on() ? fgc_shm_staged_dtoh(dst, src, n, s, 0) : fgc_bulk_dtoh(dst, src, n, s);
     size_t off = 0;
     do {
         size_t k = n - off < FG_CHUNK ? n - off : FG_CHUNK;

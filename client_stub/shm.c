@@ -219,27 +219,28 @@ static int wait_seq(const uint64_t *field, uint64_t seq) {
 }
 
 /* Queue one staged chunk's record and send it at once (the worker must not wait for our next batch). */
-static int send_chunk(uint16_t op, uint64_t a, uint64_t b, uint64_t n, uint64_t seq) {
+static int send_chunk(uint16_t op, uint64_t a, uint64_t b, uint64_t n, uint64_t seq, CUstream stream, int sync) {
     fg_writer *w = fgc_begin(op);
     if (!w) return -1;
     if (op == FG_OP_SHM_HTOD) {
         fg_put_u64(w, a); /* dst */
-        fg_put_u64(w, 0); /* the legacy stream: a synchronous copy */
+        fgc_put_handle(w, stream);
         fg_put_u64(w, b); /* off */
     } else {
         fg_put_u64(w, b); /* off */
         fg_put_u64(w, a); /* src */
-        fg_put_u64(w, 0);
+        fgc_put_handle(w, stream);
     }
     fg_put_u64(w, n);
-    fg_put_u32(w, FG_SHM_F_SYNC | FG_SHM_F_STAGED);
+    fg_put_u32(w, (sync ? FG_SHM_F_SYNC : 0) | FG_SHM_F_STAGED);
     fg_put_u64(w, seq);
     int rc = fgc_send_record_locked(0);
     pthread_mutex_unlock(&g_fgc.mu);
     return rc;
 }
 
-static CUresult finish(int failed) {
+static CUresult finish(int failed, int sync) {
+    if (!sync && !failed) return CUDA_SUCCESS; /* an async copy: its errors come with a later sync call */
     /* The chunks' errors come back as the deferred error of this PING: the copy's result. */
     fg_writer *w = fgc_begin(FG_OP_PING);
     if (!w) return fgc_last_error();
@@ -248,7 +249,7 @@ static CUresult finish(int failed) {
     return r;
 }
 
-CUresult fgc_shm_staged_htod(CUdeviceptr dst, const void *src, size_t n) {
+CUresult fgc_shm_staged_htod(CUdeviceptr dst, const void *src, size_t n, CUstream stream, int sync) {
     pthread_mutex_lock(&g_stage_mu);
     fg_shm_header *H = (fg_shm_header *)g_base;
     int failed = 0;
@@ -263,14 +264,14 @@ CUresult fgc_shm_staged_htod(CUdeviceptr dst, const void *src, size_t n) {
         }
         size_t slot = STAGE_OFF + (size_t)((seq - 1) % STAGE_SLOTS) * STAGE_SLOT;
         memcpy(g_base + slot, (const uint8_t *)src + off, k);
-        if (send_chunk(FG_OP_SHM_HTOD, dst + off, slot, k, seq)) failed = 1;
+        if (send_chunk(FG_OP_SHM_HTOD, dst + off, slot, k, seq, stream, sync)) failed = 1;
         off += k;
     }
     pthread_mutex_unlock(&g_stage_mu);
-    return finish(failed);
+    return finish(failed, sync);
 }
 
-CUresult fgc_shm_staged_dtoh(void *dst, CUdeviceptr src, size_t n) {
+CUresult fgc_shm_staged_dtoh(void *dst, CUdeviceptr src, size_t n, CUstream stream, int sync) {
     pthread_mutex_lock(&g_stage_mu);
     fg_shm_header *H = (fg_shm_header *)g_base;
     int failed = 0;
@@ -281,7 +282,7 @@ CUresult fgc_shm_staged_dtoh(void *dst, CUdeviceptr src, size_t n) {
         while (sent < chunks && sent < c + STAGE_SLOTS && !failed) {
             size_t off = sent * STAGE_SLOT, k = n - off < STAGE_SLOT ? n - off : STAGE_SLOT;
             size_t slot = STAGE_OFF + (size_t)((base + sent) % STAGE_SLOTS) * STAGE_SLOT;
-            if (send_chunk(FG_OP_SHM_DTOH, src + off, slot, k, base + sent + 1)) failed = 1;
+            if (send_chunk(FG_OP_SHM_DTOH, src + off, slot, k, base + sent + 1, stream, sync)) failed = 1;
             sent++;
         }
         if (failed || wait_seq(&H->dtoh_ready, base + c + 1)) {
@@ -294,10 +295,10 @@ CUresult fgc_shm_staged_dtoh(void *dst, CUdeviceptr src, size_t n) {
     g_seq_dtoh = base + sent;
     if (failed) { /* chunks still in flight land in the ring later: wait for them so the next copy starts clean */
         pthread_mutex_unlock(&g_stage_mu);
-        return finish(1);
+        return finish(1, sync);
     }
     pthread_mutex_unlock(&g_stage_mu);
-    return finish(0);
+    return finish(0, sync);
 }
 
 /* ---- mapped host memory ---- */

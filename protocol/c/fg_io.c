@@ -55,16 +55,21 @@ int fg_io_read_deadline(int fd, void *p, size_t n, int first_ms, int step_ms, si
     uint8_t *b = (uint8_t *)p;
     size_t done = 0;
     int rc = 0;
+    int waited = 0;
     while (done < n) {
         int ms = done == 0 ? first_ms : step_ms;
-        if (ms >= 0) {
+        /* With a deadline, take what is there first (no poll in the common case), then wait for the rest. */
+        ssize_t k = recv(fd, b + done, n - done, ms >= 0 && !waited ? MSG_DONTWAIT : 0);
+        waited = 0;
+        if (k < 0 && errno == EINTR) continue;
+        if (k < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            if (ms < 0) continue; /* a non-blocking socket without a deadline: keep trying */
             int w = wait_readable(fd, ms);
             if (w == 0) { rc = -2; break; }
             if (w < 0) { rc = -1; break; }
+            waited = 1;
+            continue;
         }
-        ssize_t k = recv(fd, b + done, n - done, 0);
-        if (k < 0 && errno == EINTR) continue;
-        if (k < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) continue;
         if (k <= 0) { rc = -1; break; }
         done += (size_t)k;
     }

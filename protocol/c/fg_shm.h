@@ -24,6 +24,7 @@ typedef struct {
  * FG_OP_SHM_DTOH: u64 off, u64 src, u64 stream, u64 n, u32 flags, u64 seq
  * FG_OP_SHM_DEVPTR (sync): u64 off -> u64 device pointer */
 #define FG_SHM_F_SYNC 1u   /* a synchronous copy (cuMemcpyHtoD/DtoH), else async on the stream */
-#define FG_SHM_F_STAGED 2u /* a staging-ring chunk: publish seq in the header once the copy is done */
+#define FG_SHM_F_STAGED 2u /* a staging-ring chunk: publish seq in the header once the copy is done (an async
+                            * one on its stream: once the stream reached and finished it) */
 
 #endif

@@ -84,6 +84,21 @@ static int ring_ready(fgs_session *S, struct fgs_bulk *B) {
     return 0;
 }
 
+/* A context may be about to go: the ring's events (made in whatever context each copy ran in) are waited for and
+ * destroyed now, and the ring's registration is checked again at the next copy. */
+void fgs_bulk_drain(fgs_session *S) {
+    struct fgs_bulk *B = S->bulk;
+    if (!B) return;
+    for (int i = 0; i < SLOTS; i++)
+        if (B->ev[i]) {
+            S->api->cuEventSynchronize(B->ev[i]);
+            S->api->cuEventDestroy_v2(B->ev[i]);
+            B->ev[i] = NULL;
+        }
+    B->ctx = NULL;
+    B->pinned = 0;
+}
+
 void fgs_bulk_close(fgs_session *S) {
     struct fgs_bulk *B = S->bulk;
     if (!B) return;

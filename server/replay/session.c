@@ -653,6 +653,11 @@ FGS_EXPORT int fgs_serve(fgs_session *S, int fd, int ctl_fd, char *reason, unsig
                 bad = "a bulk copy that is not the batch's last record";
                 break;
             }
+            if (rec.op == FG_OP_cuCtxDestroy_v2 || rec.op == FG_OP_cuDevicePrimaryCtxRelease_v2 ||
+                rec.op == FG_OP_cuDevicePrimaryCtxReset_v2) { /* nothing of the transports may outlive a context */
+                fgs_bulk_drain(S);
+                fgs_shm_forget_ctx(S);
+            }
             size_t out_before = out.len;
             CUresult res = fgs_dispatch(S, rec.op, &args, &out);
             if (S->journal) fgs_journal_note(S, rec.op, rec.args, rec.length, res, &out, out_before);

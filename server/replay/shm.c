@@ -76,6 +76,14 @@ static void shm_ready(fgs_session *S) {
                    "staged by the driver, and mapped host memory is not available", (int)r);
 }
 
+/* A context may be about to go (and its registrations with it): check again at the next copy. */
+void fgs_shm_forget_ctx(fgs_session *S) {
+    if (S->shm) {
+        S->shm->ctx = NULL;
+        S->shm->registered = 0;
+    }
+}
+
 void fgs_shm_close(fgs_session *S) {
     struct fgs_shm *m = S->shm;
     if (!m) return;
@@ -114,6 +122,8 @@ CUresult fgs_shm_htod(fgs_session *S, fg_reader *r) {
     else if (fgs_handle_get(S, FGH_STREAM, sid, &s)) res = CUDA_ERROR_INVALID_HANDLE;
     else if (flags & FG_SHM_F_SYNC) res = S->api->cuMemcpyHtoD_v2(dst, src, (size_t)n);
     else res = S->api->cuMemcpyHtoDAsync_v2(dst, src, (size_t)n, (CUstream)s);
+    if (res == CUDA_SUCCESS && (flags & FG_SHM_F_STAGED) && !(flags & FG_SHM_F_SYNC))
+        res = S->api->cuStreamSynchronize((CUstream)s); /* the slot is reused once this returns */
     if (flags & FG_SHM_F_STAGED) publish(S, offsetof(fg_shm_header, htod_done), seq); /* even when it failed */
     return res;
 }
@@ -132,6 +142,8 @@ CUresult fgs_shm_dtoh(fgs_session *S, fg_reader *r) {
     else if (fgs_handle_get(S, FGH_STREAM, sid, &s)) res = CUDA_ERROR_INVALID_HANDLE;
     else if (flags & FG_SHM_F_SYNC) res = S->api->cuMemcpyDtoH_v2(dst, src, (size_t)n);
     else res = S->api->cuMemcpyDtoHAsync_v2(dst, src, (size_t)n, (CUstream)s);
+    if (res == CUDA_SUCCESS && (flags & FG_SHM_F_STAGED) && !(flags & FG_SHM_F_SYNC))
+        res = S->api->cuStreamSynchronize((CUstream)s); /* the data is in the slot once this returns */
     if (flags & FG_SHM_F_STAGED) publish(S, offsetof(fg_shm_header, dtoh_ready), seq);
     return res;
 }

@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# bench/transport_gpu.sh OUT [--backend cuda|sim] [--quick] — issue 13's proof run, one command on the GPU host.
+# Builds the native parts (host gcc, CUDA headers) and the bench programs, starts a node server (TCP and a unix
+# socket), then in the same run: the raw transport floors (bench/floors.c); bench/transport.c natively and through
+# fargpu over TCP with 1, 2, 4 and 8 streams, a unix socket and shared memory (256 MiB pinned/pageable copies both
+# ways, 64 B copies, the sync round trip, copies and kernels overlapping on 4 streams); PyTorch (a 2 GiB tensor
+# there and back, model.cuda() of a 2.7 GB model) natively, over TCP and over shared memory. Every remote client
+# writes a proof file (it never loaded the real driver). A failing part is recorded and the rest goes on.
+# Writes OUT/transport_gpu.json (bench/transport_report.py) and the logs. FARGPU_COMMIT=<sha> names the commit.
+# --backend sim is a dry run on a machine without a GPU: the simulated device stands in for the driver on both
+# sides (its figures are no GPU claim); --quick shrinks the copies (64 MiB) and the PyTorch sizes.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=$(mkdir -p "${1:?usage: bench/transport_gpu.sh OUT [--backend cuda|sim] [--quick]}" && cd "$1" && pwd)
+shift
+BACKEND=cuda; QUICK=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --backend) BACKEND=$2; shift 2 ;;
+    --quick) QUICK=1; shift ;;
+    *) echo "unknown option $1"; exit 2 ;;
+  esac
+done
+REPO=$PWD
+W=/tmp/fargpu-transport; rm -rf "$W"; mkdir -p "$W"
+PY=${PYTHON:-python3}
+STREAMS="1 2 4 8"
+log() { echo "== $*"; }
+T0=$(date +%s)
+
+if ls .whl/*.whl >/dev/null 2>&1; then
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --target "$W/site" .whl/*.whl || exit 1
+fi
+CUDA_INC=${CUDA_INC:-/usr/local/cuda/include}
+log "build native ($BACKEND)"
+cmake -S . -B "$W/build" -DFARGPU_CUDA_INCLUDE="$CUDA_INC" -DCMAKE_BUILD_TYPE=Release \
+  -DPython_EXECUTABLE="$(command -v "$PY")" >"$OUT/build.log" 2>&1 \
+  && cmake --build "$W/build" -j 8 >>"$OUT/build.log" 2>&1 || { tail -30 "$OUT/build.log"; exit 1; }
+mkdir -p "$W/py/fargpu"
+for f in fargpu/*.py; do ln -s "$REPO/$f" "$W/py/fargpu/"; done
+for d in server protocol pool_manager; do ln -s "$REPO/$d" "$W/py/fargpu/$d"; done
+export PYTHONPATH="$W/py:$W/site" FARGPU_NATIVE_DIR="$W/build" PYTHONUNBUFFERED=1
+STUB="$W/build/stub"
+if [ -z "${FARGPU_COMMIT:-}" ]; then
+  FARGPU_COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+  [ -n "$(git status --porcelain --untracked-files=no 2>/dev/null)" ] && FARGPU_COMMIT="$FARGPU_COMMIT+dirty"
+fi
+export FARGPU_COMMIT
+
+log "build bench programs"
+KERNELS=--no-kernels
+if command -v nvcc >/dev/null && nvcc -ptx -arch=sm_90 -o "$W/bench_kernels.ptx" bench/kernels.cu 2>"$OUT/nvcc.log"; then
+  [ "$BACKEND" = cuda ] && KERNELS=""  # the simulated device runs no user kernel
+else
+  : >"$W/bench_kernels.ptx"
+fi
+if [ -e /usr/local/cuda/lib64/stubs/libcuda.so ]; then LINK="-L/usr/local/cuda/lib64/stubs -lcuda"
+else LINK="-L$STUB -l:libcuda.so.1"; fi  # same soname: the loader picks the driver or the stub at run time
+gcc -O2 -std=c11 -D_GNU_SOURCE -I"$CUDA_INC" -o "$W/transport" bench/transport.c $LINK || exit 1
+gcc -O2 -std=c11 -D_GNU_SOURCE -o "$W/floors" bench/floors.c -lpthread || exit 1
+
+NATIVE=(env)
+if [ "$BACKEND" = sim ]; then  # "native" = the simulated device loaded directly as libcuda.so.1
+  mkdir -p "$W/simdrv" && ln -s "$W/build/libfargpu_sim.so" "$W/simdrv/libcuda.so.1"
+  NATIVE=(env LD_LIBRARY_PATH="$W/simdrv")
+fi
+if [ $QUICK = 1 ]; then export FARGPU_BENCH_MB=64 FARGPU_TORCH_GIB=0.25 FARGPU_TORCH_LAYERS=2; FLOOR_MIB=256
+else FLOOR_MIB=1024; fi
+
+log "start node server (backend $BACKEND)"
+TOKEN=transport-run-token
+PORT=7317
+SOCK="$W/fargpu.sock"
+FARGPU_TOKEN=$TOKEN "$PY" -P -m fargpu.server --backend "$BACKEND" --listen 127.0.0.1:$PORT --unix "$SOCK" \
+  --metrics-port 0 >"$OUT/server.log" 2>&1 &
+SRV=$!
+for i in $(seq 1 150); do (echo >/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && [ -S "$SOCK" ] && break; sleep 0.2; done
+# remote NAME WHAT: sets REMOTE, the environment of a client through fargpu over transport NAME (the stub first
+# on LD_LIBRARY_PATH and preloaded) with its proof file.
+remote() {
+  local ep=127.0.0.1:$PORT extra=FARGPU_STREAMS=1
+  case "$1" in
+    tcp*) extra=FARGPU_STREAMS=${1#tcp} ;;
+    unix) ep=$SOCK; extra=FARGPU_SHM_MB=0 ;;
+    shm) ep=$SOCK; extra=FARGPU_SHM_MB=${FARGPU_SHM_MB:-1024} ;;
+  esac
+  REMOTE=(env LD_LIBRARY_PATH="$STUB" LD_PRELOAD="$STUB/libcuda.so.1" FARGPU_SERVER="$ep" FARGPU_TOKEN=$TOKEN
+          FARGPU_PROOF_FILE="$OUT/proof-$2-$1.jsonl" "$extra")
+}
+
+log "raw transport floors"
+timeout 300 "$W/floors" $FLOOR_MIB 8 >"$OUT/floors.json" 2>"$OUT/floors.err" || echo "floors failed (rc $?)"
+
+log "transport bench: native"
+timeout 300 "${NATIVE[@]}" "$W/transport" "$W/bench_kernels.ptx" $KERNELS >"$OUT/transport_native.json" 2>"$OUT/transport_native.err" \
+  || echo "native failed (rc $?): $(tail -2 "$OUT/transport_native.err")"
+for t in $(for n in $STREAMS; do echo tcp$n; done) unix shm; do
+  log "transport bench: fargpu over $t"
+  remote $t transport
+  timeout 300 "${REMOTE[@]}" "$W/transport" "$W/bench_kernels.ptx" $KERNELS >"$OUT/transport_$t.json" 2>"$OUT/transport_$t.err" \
+    || echo "$t failed (rc $?): $(tail -2 "$OUT/transport_$t.err")"
+done
+
+if "$PY" -c "import torch" 2>/dev/null && [ "$BACKEND" = cuda ]; then
+  log "PyTorch: native"
+  timeout 400 "$PY" bench/transport_torch.py >"$OUT/torch_native.json" 2>"$OUT/torch_native.err" \
+    || echo "torch native failed: $(tail -2 "$OUT/torch_native.err")"
+  for t in tcp shm; do
+    log "PyTorch: fargpu over $t"
+    name=$t; [ $t = tcp ] && name=tcp4
+    remote $name torch
+    timeout 400 "${REMOTE[@]}" "$PY" bench/transport_torch.py >"$OUT/torch_$t.json" 2>"$OUT/torch_$t.err" \
+      || echo "torch $t failed: $(tail -2 "$OUT/torch_$t.err")"
+  done
+else
+  echo "(PyTorch part skipped: no torch here, or not on a GPU)"
+fi
+
+kill $SRV 2>/dev/null; wait $SRV 2>/dev/null
+log "report ($(( $(date +%s) - T0 )) s)"
+"$PY" bench/transport_report.py "$OUT" --stub-dir "$STUB" --backend "$BACKEND" --streams $STREAMS
