@@ -92,7 +92,8 @@ def main() -> int:
         for key in COPY:
             what = key.removesuffix("_GBps")
             r[f"{what}_{name}_vs_native"] = ratio(f.get(f"{what}_{name}_GBps"), f.get(f"{what}_native_GBps"))
-        r[f"overlap_streams_{name}_vs_native"] = ratio(f.get(f"overlap_streams_{name}_ms"), f.get("overlap_streams_native_ms"))
+        r[f"overlap_streams_{name}_vs_native"] = ratio(f.get(f"overlap_streams_{name}_ms"),
+                                                        f.get("overlap_streams_native_ms"))
     for name in tcp:
         n = name.removeprefix("tcp")
         for key in COPY:
