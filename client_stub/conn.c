@@ -126,8 +126,12 @@ int fgc_io_read(void *dst, size_t n) {
     return rc ? -1 : 0;
 }
 
-/* The start of a reply: the server may work on the call as long as it takes. */
+/* The start of a reply: the server may work on the call as long as it takes. A short spin first
+ * (FARGPU_SPIN_US µs, default 0: off; measured by bench/transport_gpu.sh): most replies come within a round trip. */
 int fgc_io_read_first(void *dst, size_t n) {
+    static int spin = -1;
+    if (spin < 0) spin = fg_io_spin_us("FARGPU_SPIN_US", 0);
+    fg_io_spin_readable(g_fgc.fd, spin);
     int rc = fg_io_read_deadline(g_fgc.fd, dst, n, -1, fg_io_timeout_ms(), NULL);
     if (rc == -2) errno = ETIMEDOUT;
     return rc ? -1 : 0;

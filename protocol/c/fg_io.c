@@ -76,3 +76,21 @@ int fg_io_read_deadline(int fd, void *p, size_t n, int first_ms, int step_ms, si
     if (got) *got = done;
     return rc;
 }
+
+int fg_io_spin_us(const char *env, int dflt) {
+    const char *e = getenv(env);
+    int v = e && *e ? atoi(e) : dflt;
+    return v < 0 ? 0 : v > 10000 ? 10000 : v;
+}
+
+int fg_io_spin_readable(int fd, int spin_us) {
+    if (spin_us <= 0) return 0;
+    struct timespec t0, t;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    for (;;) {
+        struct pollfd pf = {fd, POLLIN, 0};
+        if (poll(&pf, 1, 0) > 0) return 1;
+        clock_gettime(CLOCK_MONOTONIC, &t);
+        if ((t.tv_sec - t0.tv_sec) * 1000000L + (t.tv_nsec - t0.tv_nsec) / 1000 >= spin_us) return 0;
+    }
+}

@@ -531,8 +531,12 @@ FGS_EXPORT int fgs_serve(fgs_session *S, int fd, int ctl_fd, char *reason, unsig
     snprintf(reason, reason_len, "unknown");
     fgs_pager_attach_ctl(S, ctl_fd);
     S->client_fd = fd;
+    /* After a reply the next request usually follows within a round trip: spin briefly before blocking
+     * (FARGPU_WORKER_SPIN_US µs; default 0, off: on a host with cores to spare it saves a wake-up per call). */
+    int spin_us = fg_io_spin_us("FARGPU_WORKER_SPIN_US", 0);
     for (;;) {
         struct pollfd pf[2] = {{fd, POLLIN, 0}, {ctl_fd, POLLIN, 0}};
+        fg_io_spin_readable(fd, spin_us);
         int np = poll(pf, ctl_fd >= 0 ? 2 : 1, -1);
         if (np < 0 && errno == EINTR) continue;
         if (np < 0) { snprintf(reason, reason_len, "poll failed: %s", strerror(errno)); break; }
