@@ -105,13 +105,18 @@ done
 # the client, FARGPU_WORKER_SPIN_US on the node): whether that pays on this host decides its default (off today).
 log "transport bench: fargpu over tcp1 with spinning"
 SPORT=7318
+SSOCK="$W/fargpu-spin.sock"
 FARGPU_TOKEN=$TOKEN FARGPU_WORKER_SPIN_US=30 "$PY" -P -m fargpu.server --backend "$BACKEND" --listen 127.0.0.1:$SPORT \
-  --metrics-port 0 >"$OUT/server_spin.log" 2>&1 &
+  --unix "$SSOCK" --metrics-port 0 >"$OUT/server_spin.log" 2>&1 &
 SSRV=$!
-for i in $(seq 1 150); do (echo >/dev/tcp/127.0.0.1/$SPORT) 2>/dev/null && break; sleep 0.2; done
+for i in $(seq 1 150); do (echo >/dev/tcp/127.0.0.1/$SPORT) 2>/dev/null && [ -S "$SSOCK" ] && break; sleep 0.2; done
 remote tcp1 transport-spin
 timeout 300 "${REMOTE[@]}" FARGPU_SERVER=127.0.0.1:$SPORT FARGPU_SPIN_US=30 "$W/transport" "$W/bench_kernels.ptx" \
   $KERNELS >"$OUT/transport_tcp1spin.json" 2>"$OUT/transport_tcp1spin.err" || echo "tcp1spin failed (rc $?)"
+log "transport bench: fargpu over shared memory with spinning"
+remote shm transport-spin
+timeout 300 "${REMOTE[@]}" FARGPU_SERVER="$SSOCK" FARGPU_SPIN_US=30 "$W/transport" "$W/bench_kernels.ptx" \
+  $KERNELS >"$OUT/transport_shmspin.json" 2>"$OUT/transport_shmspin.err" || echo "shmspin failed (rc $?)"
 kill $SSRV 2>/dev/null; wait $SSRV 2>/dev/null
 
 if "$PY" -c "import torch" 2>/dev/null && [ "$BACKEND" = cuda ]; then

@@ -63,7 +63,7 @@ def main() -> int:
         "failed": [],
     }
     transports = [f"tcp{n}" for n in a.streams] + ["unix", "shm"]
-    for name in ["native", *transports, "tcp1spin"]:
+    for name in ["native", *transports, "tcp1spin", "shmspin"]:
         res = load(out / f"transport_{name}.json")
         if res is None:
             doc["failed"].append(f"transport bench {name}: see transport_{name}.err")
@@ -101,6 +101,7 @@ def main() -> int:
             r[f"{what}_{name}_vs_floor"] = ratio(f.get(f"{what}_{name}_GBps"), fl.get(f"floor_tcp{n}_GBps"))
         r[f"sync_rtt_{name}_vs_floor"] = ratio(f.get(f"sync_rtt_{name}_us"), fl.get("floor_tcp_rtt_us"))
     r["sync_rtt_tcp1spin_vs_floor"] = ratio(f.get("sync_rtt_tcp1spin_us"), fl.get("floor_tcp_rtt_us"))
+    r["sync_rtt_shmspin_vs_floor"] = ratio(f.get("sync_rtt_shmspin_us"), fl.get("floor_unix_rtt_us"))
     r["sync_rtt_unix_vs_floor"] = ratio(f.get("sync_rtt_unix_us"), fl.get("floor_unix_rtt_us"))
     r["sync_rtt_shm_vs_floor"] = ratio(f.get("sync_rtt_shm_us"), fl.get("floor_unix_rtt_us"))
     for name in ("tcp", "shm"):
