@@ -85,7 +85,7 @@ remote() {
     shm) ep=$SOCK; extra=FARGPU_SHM_MB=${FARGPU_SHM_MB:-1024} ;;
   esac
   REMOTE=(env LD_LIBRARY_PATH="$STUB" LD_PRELOAD="$STUB/libcuda.so.1" FARGPU_SERVER="$ep" FARGPU_TOKEN=$TOKEN
-          FARGPU_PROOF_FILE="$OUT/proof-$2-$1.jsonl" "$extra")
+          FARGPU_PROOF_FILE="$OUT/proof-$2-$1.jsonl" FARGPU_STATS=1 FARGPU_LOG=info "$extra")
 }
 
 log "raw transport floors"

@@ -31,6 +31,23 @@ def load(path: Path) -> dict[str, Any] | None:
     return doc if isinstance(doc, dict) else None
 
 
+PATH_OPS = ("FG_BULK_HTOD", "FG_BULK_DTOH", "FG_SHM_HTOD", "FG_SHM_DTOH", "FG_SHM_DEVPTR")
+
+
+def paths_used(err: Path) -> dict[str, int]:
+    """Which data paths a client used: the stub's FARGPU_STATS table (printed at exit) counts each op sent."""
+    try:
+        text = err.read_text(errors="replace")
+    except OSError:
+        return {}
+    out = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) >= 4 and parts[0] in PATH_OPS and parts[2] == "sent":
+            out[parts[0]] = int(parts[3])
+    return out
+
+
 def gpu_info(backend: str) -> tuple[str, str]:
     if backend != "cuda":
         return "simulated device (dry run: no GPU figure)", "simulated"
@@ -68,9 +85,10 @@ def main() -> int:
         if res is None:
             doc["failed"].append(f"transport bench {name}: see transport_{name}.err")
             continue
+        res["ops"] = paths_used(out / f"transport_{name}.err")  # proves which path moved the bytes
         doc["clients"][name] = res
         for key, val in res.items():
-            if key.endswith(("GBps", "_us", "_ms")):
+            if isinstance(val, int | float) and key.endswith(("GBps", "_us", "_ms")):
                 what, _, unit = key.rpartition("_")
                 doc["figures"][f"{what}_{name}_{unit}"] = val
     for name in ["native", "tcp", "shm"]:
@@ -79,6 +97,7 @@ def main() -> int:
             if (out / f"torch_{name}.err").exists():
                 doc["failed"].append(f"torch {name}: see torch_{name}.err")
             continue
+        res["ops"] = paths_used(out / f"torch_{name}.err")
         doc["clients"][f"torch_{name}"] = res
         for key in ("tensor_htod_GBps", "tensor_dtoh_GBps", "model_cuda_s"):
             what, _, unit = key.rpartition("_")

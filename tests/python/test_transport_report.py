@@ -30,6 +30,8 @@ def test_report_names_figures_ratios_proofs_and_failures(tmp_path: Path) -> None
     (tmp_path / "transport_tcp4.json").write_text(client(5.4, 5.0, 22.0, 200.0))
     (tmp_path / "transport_shm.json").write_text(client(45.0, 12.0, 9.0, 110.0))
     (tmp_path / "transport_unix.err").write_text("boom\n")  # no JSON: a failed part
+    (tmp_path / "transport_shm.err").write_text("fargpu: calls sent to the server ...\n"
+                                                "  FG_SHM_HTOD                 async sent         12  cached 0\n")
     (tmp_path / "proof-transport-tcp1.jsonl").write_text(json.dumps(
         {"pid": 1, "mapped": [str(stub / "libcuda.so.1")], "nvidia_fds": []}) + "\n")
     (tmp_path / "proof-transport-shm.jsonl").write_text(json.dumps(
@@ -44,6 +46,7 @@ def test_report_names_figures_ratios_proofs_and_failures(tmp_path: Path) -> None
     assert r["htod_pinned_shm_vs_native"] == 0.9 and r["htod_pinned_tcp4_vs_floor"] == 0.9
     assert r["sync_rtt_tcp1_vs_floor"] == 1.1 and r["overlap_streams_shm_vs_native"] == 1.1
     assert doc["best_tcp_streams"] == "tcp4"
+    assert doc["clients"]["shm"]["ops"] == {"FG_SHM_HTOD": 12} and doc["clients"]["tcp1"]["ops"] == {}
     assert doc["proof"]["transport-tcp1"] == "ok" and "real driver" in doc["proof"]["transport-shm"]
     assert any("transport bench unix" in x for x in doc["failed"])
     assert doc["commit"] and doc["date"] and doc["gpu"].startswith("simulated")
