@@ -96,14 +96,22 @@ static int set_pool(const char *url) {
 }
 
 /* Where the lease lives now (its session may have been parked and sent to another node): the stub's own lease, or
- * FARGPU_LEASE_ID at FARGPU_POOL_URL. 0 with the endpoint (and the token, when the pool answers one). */
+ * FARGPU_LEASE_ID at FARGPU_POOL_URL (with FARGPU_TOKEN), through POST /v1/leases/ID/resume, which places a parked
+ * lease on a node first. 0 with the endpoint (and the token, when the pool answers one). */
 int fgc_lease_where(char *endpoint, size_t ep_cap, char *token, size_t tok_cap) {
     const char *url = getenv("FARGPU_POOL_URL"), *id = getenv("FARGPU_LEASE_ID");
     if (!g_lease[0] && (!url || !*url || !id || !*id || strlen(id) >= sizeof g_lease)) return -1;
     if (!g_lease[0] && set_pool(url)) return -1;
+    const char *tok = getenv("FARGPU_TOKEN");
+    if (!g_token[0] && tok && strlen(tok) < sizeof g_token) snprintf(g_token, sizeof g_token, "%s", tok);
     char path[256], resp[16384], ep[512];
-    snprintf(path, sizeof path, "/v1/leases/%s", g_lease[0] ? g_lease : id);
-    int st = http("GET", path, "", resp, sizeof resp);
+    /* resume: a parked lease is placed on a node first (the pool may start one); an older pool only answers GET */
+    snprintf(path, sizeof path, "/v1/leases/%s/resume", g_lease[0] ? g_lease : id);
+    int st = http("POST", path, "{\"wait_s\": 120}", resp, sizeof resp);
+    if (st == 404 || st == 405) {
+        snprintf(path, sizeof path, "/v1/leases/%s", g_lease[0] ? g_lease : id);
+        st = http("GET", path, "", resp, sizeof resp);
+    }
     const char *json = strstr(resp, "\r\n\r\n");
     if (st != 200 || !json || json_str(json, "endpoints", ep, sizeof ep)) return -1;
     const char *e = ep;
