@@ -138,24 +138,29 @@ def main() -> int:
             p.kill()
             p.wait()
 
-    def client(port: int) -> subprocess.Popen[str]:
+    logs: dict[int, Path] = {}
+
+    def client(port: int, name: str) -> subprocess.Popen[str]:
         code = TORCH if a.client == "torch" else CTYPES
         env = dict(client_env, FARGPU_SERVER=f"127.0.0.1:{port}")
-        return subprocess.Popen([a.python, "-c", code, str(a.gib)], env=env, stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        log = out / f"client_{name}.log"  # a file, not a pipe: nothing the client logs can make it wait
+        p = subprocess.Popen([a.python, "-c", code, str(a.gib)], env=env, stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, stderr=log.open("w"), text=True)
+        logs[p.pid] = log
+        return p
 
     def line(p: subprocess.Popen[str], want: str) -> list[str]:
         assert p.stdout is not None
         got = p.stdout.readline().split()
         if not got or got[0] != want:
-            raise RuntimeError(f"expected {want}, got {got}: {(p.stderr.read() if p.stderr else '')[-3000:]}")
+            raise RuntimeError(f"expected {want}, got {got}: {logs[p.pid].read_text()[-3000:]}")
         return got
 
     try:
         # the reference: the same program, never parked
         ref_port = free_port()
         ref_node, _ = node("ref", ref_port, 0)
-        c = client(ref_port)
+        c = client(ref_port, "reference")
         ref1 = line(c, "STEP1")
         assert c.stdin is not None
         c.stdin.write("go\n")
@@ -166,7 +171,7 @@ def main() -> int:
         # the parked run: node A parks the idle session, stops; node B is started on its address
         port = free_port()
         node_a, log_a = node("a", port, 1.0)
-        c = client(port)
+        c = client(port, "parked")
         run1 = line(c, "STEP1")
         t0 = time.monotonic()
         m = None
@@ -187,7 +192,7 @@ def main() -> int:
         c.stdin.flush()
         run2 = line(c, "STEP2")
         c.wait(120)
-        err = c.stderr.read() if c.stderr else ""
+        err = logs[c.pid].read_text()
         result["resumed"] = "resumed on" in err
         result["first_call_after_park_s"] = float(run2[-1])
         result["reference_first_call_s"] = float(ref2[-1])

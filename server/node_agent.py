@@ -336,6 +336,7 @@ class NodeAgent:
             with contextlib.suppress(OSError):
                 await loop.sock_sendall(conn, handshake.hello_err(str(exc)))
             conn.close()
+            self._drop_fetched(fetched)
             return
         try:
             node_slot = self.pager.admit(sid, str(getattr(grant, "qos", None) or "standard"),
@@ -345,8 +346,12 @@ class NodeAgent:
             with contextlib.suppress(OSError):
                 await loop.sock_sendall(conn, handshake.hello_err("this node has no room for another session"))
             conn.close()
+            self._drop_fetched(fetched)
             return
-        if fetched is not None and fetched.pages is not None:  # its memory is paged, in the fetched file
+        if fetched is not None and fetched.extent is not None:  # its memory is paged, in the host pool
+            pst = self.pager.states[sid]
+            pst.state, pst.extent, pst.paged_bytes = "paged-host", fetched.extent, int(fetched.desc["memory_bytes"])
+        elif fetched is not None and fetched.pages is not None:  # its memory is paged, in the fetched file
             pst = self.pager.states[sid]
             pst.state, pst.spill, pst.paged_bytes = "paged-disk", fetched.pages, int(fetched.desc["memory_bytes"])
         try:
@@ -356,6 +361,17 @@ class NodeAgent:
             self._ledgers.release(grant.lease_id, sid)
             if fetched is not None:
                 shutil.rmtree(fetched.workdir, ignore_errors=True)
+
+    def _drop_fetched(self, fetched: Fetched | None) -> None:
+        """A fetched session that will not be restored here: its extent, files and state directory go."""
+        if fetched is None:
+            return
+        if fetched.extent is not None:
+            self.pager.pool.give(fetched.extent)
+        if fetched.pages is not None:
+            with contextlib.suppress(FileNotFoundError):
+                fetched.pages.unlink()
+        shutil.rmtree(fetched.workdir, ignore_errors=True)
 
     async def _fetch_parked(self, conn: socket.socket, hello: handshake.Hello, grant: Grant) -> Fetched | None:
         """A client resuming its parked session: the session's state, fetched from the park store for a new worker
@@ -377,10 +393,16 @@ class NodeAgent:
             why = self.parker.check(desc, grant.lease_id, hello.resume_key)
         fetched = None
         if not why and desc is not None:
+            # its memory straight into the host pool where there is room (page-in is then a memory copy)
+            memory = int(desc.get("memory_bytes", 0))
+            ext = self.pager.pool.take(memory) if memory and self.pager.pool.fd >= 0 else None
             try:
-                fetched = await asyncio.to_thread(self.parker.fetch, desc)
+                fetched = await asyncio.to_thread(self.parker.fetch, desc,
+                                                  (self.pager.pool.fd, ext) if ext is not None else None)
             except (OSError, ValueError, ParkStoreError) as e:
                 why = f"the parked session could not be fetched from the park store: {e}"
+            if (fetched is None or fetched.extent is None) and ext is not None:
+                self.pager.pool.give(ext)
         if fetched is None:
             log.warning("refused to resume session %s: %s", sid, why)
             with contextlib.suppress(OSError):
@@ -411,7 +433,7 @@ class NodeAgent:
         resume_key = hello.resume_key if fetched is not None else secrets.token_hex(16)
         env["FARGPU_RESUME_KEY"] = resume_key  # the worker tells the client in HELLO_OK (never on a command line)
         if fetched is not None:
-            args += ["--restore-dir", str(fetched.workdir), "--restore-pages", str(fetched.pages or "")]
+            args += ["--restore-dir", str(fetched.workdir), "--restore-pages", fetched.pages_arg()]
         if conn.family == socket.AF_UNIX and hello.shm:
             args += ["--shm", str(hello.shm)]  # co-located: the worker takes the client's memfd at the handshake
         fds = {3: conn.fileno(), 4: ctl_r, 5: st_w, 6: attach_child.fileno(), 7: ledger_fd, 8: self.pager.resident.fd}

@@ -75,11 +75,19 @@ class MemorySource:
 
 @dataclass
 class Fetched:
-    """A parked session fetched for a restore: its descriptor, the worker's state directory and memory file."""
+    """A parked session fetched for a restore: its descriptor, the worker's state directory, and its memory: in an
+    extent of the node's host pool (fetched straight into it: page-in is then a memory copy, with no disk between)
+    or else in a file."""
 
     desc: dict[str, Any]
     workdir: Path
     pages: Path | None
+    extent: tuple[int, int] | None = None
+
+    def pages_arg(self) -> str:
+        if self.extent is not None:
+            return f"host:{self.extent[0]}:{self.extent[1]}"
+        return str(self.pages or "")
 
 
 @dataclass
@@ -260,19 +268,29 @@ class Parker:
                         "node with the same GPU model and driver")
         return ""
 
-    def fetch(self, desc: dict[str, Any]) -> Fetched:
-        """Downloads a parked session's state, images and memory for a worker (blocking: run it in a thread)."""
+    def fetch(self, desc: dict[str, Any], pool: tuple[int, tuple[int, int]] | None = None) -> Fetched:
+        """Downloads a parked session's state, images and memory for a worker (blocking: run it in a thread); the
+        memory into `pool` (the host pool's fd and an extent of it taken for this) when given, else a file."""
         assert self.store is not None
         sid = str(desc["session_id"])
         workdir = self.work_dir / f"{sid}.restore"
         shutil.rmtree(workdir, ignore_errors=True)
         workdir.mkdir(parents=True, mode=0o700)
-        pages = self.work_dir / f"{sid}.pages" if int(desc.get("memory_bytes", 0)) else None
+        memory = int(desc.get("memory_bytes", 0))
+        if memory and pool is not None:
+            try:
+                self._get(f"sessions/{sid}/state", workdir / "state")
+                for sha in self._images(desc):
+                    self._get(f"images/{sha}", workdir / f"img-{sha}")
+                self.store.get(f"sessions/{sid}/memory", pool[0], pool[1][0])
+            except BaseException:
+                shutil.rmtree(workdir, ignore_errors=True)
+                raise
+            return Fetched(desc, workdir, None, pool[1])
+        pages = self.work_dir / f"{sid}.pages" if memory else None
         try:
             self._get(f"sessions/{sid}/state", workdir / "state")
-            for sha in desc.get("images", []):
-                if not (isinstance(sha, str) and len(sha) == 64 and sha.isalnum()):
-                    raise ParkStoreError("the parked session names an image that is not a SHA-256")
+            for sha in self._images(desc):
                 self._get(f"images/{sha}", workdir / f"img-{sha}")
             if pages is not None:
                 with contextlib.suppress(FileNotFoundError):
@@ -285,6 +303,13 @@ class Parker:
                     pages.unlink()
             raise
         return Fetched(desc, workdir, pages)
+
+    @staticmethod
+    def _images(desc: dict[str, Any]) -> list[str]:
+        images = desc.get("images", [])
+        if not isinstance(images, list) or not all(isinstance(h, str) and len(h) == 64 and h.isalnum() for h in images):
+            raise ParkStoreError("the parked session names an image that is not a SHA-256")
+        return images
 
     def _get(self, key: str, path: Path) -> None:
         assert self.store is not None

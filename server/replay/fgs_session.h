@@ -180,6 +180,7 @@ int fgs_pager_ctl_fd(fgs_session *S);
 void fgs_pager_status(fgs_session *S, const char *line); /* a status line to the agent */
 void fgs_arena_init(fgs_session *S);
 int fgs_pager_adopt_spill(fgs_session *S, const char *path, uint64_t bytes);
+int fgs_pager_adopt_host(fgs_session *S, uint64_t off, uint64_t len, uint64_t bytes);
 /* Parking (park.c): a "park DIR" control line writes the session's state under DIR and waits for "park-commit"
  * (returns 1: the session closes, parked) or "park-abort" (returns 0: it goes on). */
 int fgs_park_control(fgs_session *S, const char *line, char *why, size_t why_len);

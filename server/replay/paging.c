@@ -828,6 +828,22 @@ int fgs_pager_ctl_fd(fgs_session *S) { return S->pager ? S->pager->ctl_fd : -1; 
 
 void fgs_pager_status(fgs_session *S, const char *line) { status(S->pager, "%s", line); }
 
+/* A restored session's memory in an extent of the node's host pool (the agent fetched it there): paged to host. */
+int fgs_pager_adopt_host(fgs_session *S, uint64_t off, uint64_t len, uint64_t bytes) {
+    fgs_pager *P = S->pager;
+    if (!P || P->where != RESIDENT || P->pool_fd < 0 || off > P->pool_len || len > P->pool_len - off || len < bytes)
+        return -1;
+    void *m = mmap(NULL, (size_t)len, PROT_READ | PROT_WRITE, MAP_SHARED, P->pool_fd, (off_t)off);
+    if (m == MAP_FAILED) return -1;
+    P->map = (uint8_t *)m;
+    P->map_len = (size_t)len;
+    P->off = off;
+    P->len = len;
+    P->where = PAGED_HOST;
+    P->bytes = bytes;
+    return 0;
+}
+
 int fgs_pager_adopt_spill(fgs_session *S, const char *path, uint64_t bytes) {
     fgs_pager *P = S->pager;
     if (!P || P->where != RESIDENT || strlen(path) >= sizeof P->spill_path) return -1;

@@ -14,8 +14,8 @@
  * Restore (fgs_restore, before the worker answers the client's resume HELLO): the salt comes back first, then
  * every journal entry is replayed through the ordinary dispatch with each handle placed in its recorded slot
  * (journal.c), then every allocation's address range is reserved again at exactly its old address (the session's
- * arena keeps them away from the driver's own ranges), and its memory is left paged in the downloaded spill file
- * for the first batch to page in (paging.c). Module globals are written back; one that came back at another
+ * arena keeps them away from the driver's own ranges), and its memory is left paged where the agent fetched it (an
+ * extent of the node's host pool, "host:OFF:LEN", or a spill file) for the first batch to page in (paging.c). Module globals are written back; one that came back at another
  * address is translated for the session's copies (fgs_park_xlate). Any difference fails the restore, and the
  * session stays parked: it is never resumed wrong. */
 #include <errno.h>
@@ -516,7 +516,9 @@ static int restore(fgs_session *S, const char *dir, const char *pages, char *err
         snprintf(err, errlen, "the parked state is malformed");
         goto done;
     }
-    if (total && (!pages || fgs_pager_adopt_spill(S, pages, total))) {
+    unsigned long long hoff = 0, hlen = 0;
+    int host = pages && sscanf(pages, "host:%llu:%llu", &hoff, &hlen) == 2;
+    if (total && (!pages || (host ? fgs_pager_adopt_host(S, hoff, hlen, total) : fgs_pager_adopt_spill(S, pages, total)))) {
         snprintf(err, errlen, "the session's memory file is missing, or paging is not set up");
         goto done;
     }
