@@ -1523,24 +1523,17 @@ FGC_EXPORT CUresult CUDAAPI cuGraphAddMemsetNode(CUgraphNode *phGraphNode, CUgra
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphAddNode(CUgraphNode *phGraphNode, CUgraph hGraph, const CUgraphNode *dependencies, size_t numDependencies, CUgraphNodeParams *nodeParams) {
-    (void)phGraphNode;
-    (void)hGraph;
-    (void)dependencies;
-    (void)numDependencies;
-    (void)nodeParams;
-    static int logged;
-    return fgc_unsupported("cuGraphAddNode", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuGraphAddNode");
+    CUresult r_ = fgc_cuGraphAddNode(phGraphNode, hGraph, dependencies, numDependencies, nodeParams);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuGraphAddNode", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphAddNode_v2(CUgraphNode *phGraphNode, CUgraph hGraph, const CUgraphNode *dependencies, const CUgraphEdgeData *dependencyData, size_t numDependencies, CUgraphNodeParams *nodeParams) {
-    (void)phGraphNode;
-    (void)hGraph;
-    (void)dependencies;
-    (void)dependencyData;
-    (void)numDependencies;
-    (void)nodeParams;
-    static int logged;
-    return fgc_unsupported("cuGraphAddNode_v2", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuGraphAddNode_v2");
+    CUresult r_ = fgc_cuGraphAddNode_v2(phGraphNode, hGraph, dependencies, dependencyData, numDependencies, nodeParams);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuGraphAddNode_v2", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphBatchMemOpNodeGetParams(CUgraphNode hNode, CUDA_BATCH_MEM_OP_NODE_PARAMS *nodeParams_out) {
@@ -1769,11 +1762,10 @@ FGC_EXPORT CUresult CUDAAPI cuGraphExecMemsetNodeSetParams(CUgraphExec hGraphExe
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphExecNodeSetParams(CUgraphExec hGraphExec, CUgraphNode hNode, CUgraphNodeParams *nodeParams) {
-    (void)hGraphExec;
-    (void)hNode;
-    (void)nodeParams;
-    static int logged;
-    return fgc_unsupported("cuGraphExecNodeSetParams", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuGraphExecNodeSetParams");
+    CUresult r_ = fgc_cuGraphExecNodeSetParams(hGraphExec, hNode, nodeParams);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuGraphExecNodeSetParams", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphExecUpdate(CUgraphExec hGraphExec, CUgraph hGraph, CUgraphNode *hErrorNode_out, CUgraphExecUpdateResult *updateResult_out) {
@@ -2210,10 +2202,10 @@ FGC_EXPORT CUresult CUDAAPI cuGraphNodeSetEnabled(CUgraphExec hGraphExec, CUgrap
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphNodeSetParams(CUgraphNode hNode, CUgraphNodeParams *nodeParams) {
-    (void)hNode;
-    (void)nodeParams;
-    static int logged;
-    return fgc_unsupported("cuGraphNodeSetParams", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuGraphNodeSetParams");
+    CUresult r_ = fgc_cuGraphNodeSetParams(hNode, nodeParams);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuGraphNodeSetParams", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphReleaseUserObject(CUgraph graph, CUuserObject object, unsigned int count) {

@@ -108,10 +108,16 @@ static CUresult get_kernel(fgs_session *S, fg_reader *r, kparams *k) {
     uint32_t n = fg_get_u32(r);
     const uint8_t *bytes = fg_take(r, n);
     if (r->failed) return FGS_PROTOCOL_ERROR;
-    void *f = NULL;
-    if (fgs_handle_get(S, FGH_FUNCTION, fid, &f) || !f) return CUDA_ERROR_INVALID_HANDLE;
+    void *f = NULL, *kern = NULL;
     memset(k, 0, sizeof *k);
-    k->p.func = (CUfunction)f;
+    if (!fgs_handle_get(S, FGH_KERNEL, fid, &kern) && kern) {
+        k->p.kern = (CUkernel)kern; /* a library kernel: the driver takes it in `kern`, in the current context */
+        if (S->api->cuCtxGetCurrent(&k->p.ctx) != CUDA_SUCCESS) k->p.ctx = NULL;
+    } else if (fgs_handle_get(S, FGH_FUNCTION, fid, &f) || !f) {
+        return CUDA_ERROR_INVALID_HANDLE;
+    } else {
+        k->p.func = (CUfunction)f;
+    }
     k->p.gridDimX = d[0];
     k->p.gridDimY = d[1];
     k->p.gridDimZ = d[2];

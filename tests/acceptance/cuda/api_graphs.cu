@@ -272,6 +272,43 @@ int main()
             ok = ok && img[r * 16 + x] == (x < 8 ? (float)(4 * (1 + 2 * (r * 8 + x))) : -1.0f);
     check("pitched copy node keeps the host gaps", ok);
 
+    // The generic node API: a memset node and a kernel node made with cudaGraphAddNode, the memset's value set
+    // with cudaGraphNodeSetParams before instantiating.
+    cudaGraph_t g5;
+    CHECK(cudaGraphCreate(&g5, 0));
+    // (its union has members without trivial constructors: zeroed storage stands in for value-initialisation)
+    alignas(cudaGraphNodeParams) unsigned char np_raw[sizeof(cudaGraphNodeParams)] = {};
+    cudaGraphNodeParams &np = *reinterpret_cast<cudaGraphNodeParams *>(np_raw);
+    np.type = cudaGraphNodeTypeMemset;
+    np.memset.dst = du;
+    np.memset.value = 5;
+    np.memset.elementSize = 4;
+    np.memset.width = N;
+    np.memset.height = 1;
+    cudaGraphNode_t gm, gk;
+    CHECK(cudaGraphAddNode(&gm, g5, nullptr, nullptr, 0, &np));
+    np.memset.value = 6;
+    CHECK(cudaGraphNodeSetParams(gm, &np));
+    unsigned int fillv = 12;
+    unsigned long long half = N / 2;
+    void *fill_args[] = {&du, &fillv, &half};
+    alignas(cudaGraphNodeParams) unsigned char kn_raw[sizeof(cudaGraphNodeParams)] = {};
+    cudaGraphNodeParams &kn = *reinterpret_cast<cudaGraphNodeParams *>(kn_raw);
+    kn.type = cudaGraphNodeTypeKernel;
+    kn.kernel.func = (void *)fg_fill_u32;
+    kn.kernel.gridDim = dim3(16);
+    kn.kernel.blockDim = dim3(128);
+    kn.kernel.kernelParams = fill_args;
+    CHECK(cudaGraphAddNode(&gk, g5, &gm, nullptr, 1, &kn));
+    cudaGraphExec_t e5;
+    CHECK(cudaGraphInstantiate(&e5, g5, 0));
+    CHECK(cudaGraphLaunch(e5, s));
+    CHECK(cudaStreamSynchronize(s));
+    CHECK(cudaMemcpy(u.data(), du, N * sizeof(unsigned int), cudaMemcpyDeviceToHost));
+    check("generic node API", u[0] == 12u && u[N / 2 - 1] == 12u && u[N / 2] == 6u && u[N - 1] == 6u);
+    CHECK(cudaGraphExecDestroy(e5));
+    CHECK(cudaGraphDestroy(g5));
+
     CHECK(cudaGraphExecDestroy(e4));
     CHECK(cudaGraphExecDestroy(e2));
     CHECK(cudaGraphExecDestroy(e));
