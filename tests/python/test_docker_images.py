@@ -67,6 +67,10 @@ def images() -> dict[str, str]:
     for name, tag in IMAGES.items():
         sh(DOCKER, "build", "-f", f"docker/{name}.Dockerfile", "-t", tag, ".", timeout=1200)
     print(f"images built in {time.monotonic() - t0:.0f} s")
+    # Earlier builds' images lose their tags to these ones: drop those older than an hour, so repeated runs on a
+    # machine do not fill its disk (the current images' layers stay, and with them the build cache; a build running
+    # beside this one keeps its fresh intermediate images).
+    sh(DOCKER, "image", "prune", "-f", "--filter", "until=1h")
     return IMAGES
 
 
