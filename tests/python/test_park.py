@@ -249,3 +249,26 @@ def test_a_batch_the_old_worker_never_applied_is_sent_again(tmp_path: Path) -> N
         assert "restored a parked session" in s.log_text()
     finally:
         stop_server(s)
+
+
+def test_a_client_on_the_node_host_resumes_over_the_unix_socket(tmp_path: Path) -> None:
+    # A co-located client (unix socket, shared memory offered at its first HELLO) parks and resumes over the socket.
+    sock, store = str(tmp_path / "node.sock"), str(tmp_path / "store")
+    a = start_server(tmp_path, "--unix", sock, "--idle-page-out", "1", "--idle-park", "1", "--park-store", store)
+    b: list[NodeServer] = []
+
+    def park_then_replace_node() -> None:
+        _wait_log(a, r"park of session \w+: parked sessions/\w+ (\d+)")
+        a.proc.kill()
+        a.proc.wait()
+        (tmp_path / "b").mkdir()
+        b.append(start_server(tmp_path / "b", "--unix", sock, "--park-store", store))
+
+    try:
+        _, out, err = _run(a.client_env(FARGPU_SERVER=sock, FARGPU_LOG="info"), park_then_replace_node)
+        assert out.startswith("RESULT bad= prio -1 flags 1 ctx True"), out + "\n" + err
+        assert "resumed on " + sock in err, err
+    finally:
+        stop_server(a)
+        for s in b:
+            stop_server(s)
