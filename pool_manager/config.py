@@ -16,6 +16,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fargpu.pool_manager.autoscaler import AutoscalerConfig
 from fargpu.pool_manager.placement import Strategy
 from fargpu.pool_manager.service import ServiceConfig
 
@@ -66,6 +67,22 @@ class PoolManagerConfig:
     default_idle_timeout_s: float = 300.0  # leases that name no idle timeout get this one; 0: never idle-paged
     overcommit_ratio: float = 1.0  # leases may book VRAM up to capacity x this (>= 1); a node may register its own
     log_level: str = "info"
+    # Node providers and the autoscaler (providers/, autoscaler.py). provider "none": nodes come and go by hand.
+    provider: str = "none"  # "none" | "local" | "kubernetes"
+    min_nodes: int = 0
+    max_nodes: int = 4
+    node_idle_s: float = 60.0  # a provider's node with no lease and no session this long is stopped
+    park_idle_s: float = 0.0  # sessions idle this long are paged out, then parked where their node can (0: off)
+    scale_interval_s: float = 1.0
+    scale_up_wait_s: float = 120.0  # a request finding no room waits this long for a node the autoscaler starts
+    scale_down_cooldown_s: float = 30.0
+    node_start_timeout_s: float = 180.0
+    local_backend: str = "auto"  # local provider: the node servers' --backend
+    local_node_args: list[str] = field(default_factory=list)  # local provider: more `fargpu server` flags
+    local_log_dir: Path | None = None
+    kube_namespace: str = "default"
+    kube_deployment: str = "fargpu-node"
+    kube_config: str | None = None  # kubeconfig file; None: in-cluster credentials, else $KUBECONFIG / ~/.kube
 
     def service_config(self) -> ServiceConfig:
         return ServiceConfig(
@@ -77,4 +94,17 @@ class PoolManagerConfig:
             max_sessions_per_lease=self.max_sessions_per_lease,
             default_idle_timeout_s=self.default_idle_timeout_s,
             overcommit_ratio=self.overcommit_ratio,
+            scale_up_wait_s=self.scale_up_wait_s,
+        )
+
+    def autoscaler_config(self) -> AutoscalerConfig:
+        return AutoscalerConfig(
+            min_nodes=self.min_nodes,
+            max_nodes=self.max_nodes,
+            node_idle_s=self.node_idle_s,
+            park_idle_s=self.park_idle_s,
+            interval_s=self.scale_interval_s,
+            lock_ttl_s=max(10.0, 5 * self.scale_interval_s),
+            start_timeout_s=self.node_start_timeout_s,
+            scale_down_cooldown_s=self.scale_down_cooldown_s,
         )

@@ -68,11 +68,36 @@ class PoolMetrics:
             registry=r,
         )  # fmt: skip
 
+        # Scaling (autoscaler.py) and leases that outlive their node.
+        self.relocations = Counter("fargpu_pool_lease_relocations", "Leases moved to another node", registry=r)
+        self.leases_parked = Gauge(
+            "fargpu_pool_leases_parked", "Active leases bound to no node (their sessions are parked)", registry=r
+        )
+        self.scale_events = Counter(
+            "fargpu_pool_scale_events", "Nodes the autoscaler started or stopped, and why", ["action", "reason"],
+            registry=r,
+        )  # fmt: skip
+        self.provider_nodes = Gauge(
+            "fargpu_pool_provider_nodes", "Nodes by the provider's state (this manager's last look)", ["state"],
+            registry=r,
+        )  # fmt: skip
+        self.scaler_leader = Gauge(
+            "fargpu_pool_autoscaler_leader", "1 while this pool manager holds the autoscaler lock", registry=r
+        )
+        self.demand = Gauge(
+            "fargpu_pool_waiting_requests", "Lease requests and moves waiting for room, all pool managers", registry=r
+        )
+        self.node_start_seconds = Histogram(
+            "fargpu_pool_node_start_seconds", "From asking the provider for a node to the node registering",
+            buckets=(0.5, 1, 2, 3, 5, 10, 20, 30, 60, 120, 300), registry=r,
+        )  # fmt: skip
+
     def refresh(
         self, nodes: Sequence[NodeRecord], leases: Sequence[LeaseRecord], now: float, pool_overcommit: float = 1.0
     ) -> None:
         for q in QoS:
             self.leases_active.labels(q.value).set(sum(1 for lease in leases if lease.qos == q))
+        self.leases_parked.set(sum(1 for lease in leases if not lease.node_id))
         for s in NodeState:
             self.nodes.labels(s.value).set(sum(1 for n in nodes if n.state == s))
         per_node = (self.vram_capacity, self.vram_reserved, self.vram_used, self.heartbeat_age, self.sessions)

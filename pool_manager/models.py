@@ -70,6 +70,8 @@ class LeaseRecord(BaseModel):
     label: str | None = None
     created_at: float
     expires_at: float
+    parked_ref: str | None = None  # where its session's parked state is; node_id is "" while parked
+    moves: int = 0  # how often it moved to another node (relocate)
     state: LeaseState = LeaseState.active
     ended_at: float | None = None
     end_reason: str | None = None
@@ -100,6 +102,12 @@ class LeaseView(BaseModel):
     label: str | None
     created_at: float
     expires_at: float
+    parked_ref: str | None = Field(
+        None,
+        description="where its session's parked state is (node_id is empty while "
+        "parked); the session resumes on whichever node the pool picks",
+    )
+    moves: int = Field(0, description="how often the lease moved to another node")
     state: LeaseState
     ended_at: float | None
     end_reason: str | None = Field(description="why the lease ended, readable by the client")
@@ -155,6 +163,11 @@ class NodeRecord(BaseModel):
         default_factory=dict, description="the part of `reserved` booked by guaranteed leases (never paged)"
     )
     overcommit: float = Field(0.0, description="the node's own overcommit ratio; 0: the pool's")
+    capabilities: list[str] = Field(
+        default_factory=list,
+        description="what the node server offers beyond the "
+        'basics, e.g. "park" (it carries out Park and Restore commands)',
+    )
 
     def capacity(self) -> dict[int, int]:
         return {g.index: g.total_bytes for g in self.gpus}

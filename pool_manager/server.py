@@ -32,9 +32,11 @@ import grpc
 import uvicorn
 
 from fargpu.pool_manager.api import create_app
+from fargpu.pool_manager.autoscaler import Autoscaler
 from fargpu.pool_manager.config import PoolManagerConfig, enrol_token_file
 from fargpu.pool_manager.enrolment import load_or_create_enrol_token
 from fargpu.pool_manager.grpc_service import NodeRegistryService
+from fargpu.pool_manager.providers import make_provider
 from fargpu.pool_manager.service import PoolService
 from fargpu.pool_manager.store import Store
 from fargpu.pool_manager.store_embedded import EmbeddedStore
@@ -148,6 +150,7 @@ class PoolManager:
         self.store = store or make_store(config)
         self.service = PoolService(self.store, config.service_config(), clock=clock)
         self.app = create_app(self.service, config.admin_token)
+        self.autoscaler: Autoscaler | None = None
         self.rest_port = 0
         self.grpc_port = 0
         self._grpc: _GrpcThread | None = None
@@ -176,6 +179,10 @@ class PoolManager:
             raise
         try:
             await self.service.start()
+            provider = make_provider(self.config, self._node_pool_url, self.enrol_token)
+            if provider is not None:
+                self.autoscaler = Autoscaler(self.service, provider, self.config.autoscaler_config())
+                self.app.state.autoscaler = self.autoscaler
             self._grpc = _GrpcThread(self.service, self.config.command_wait_s, self.enrol_token)
             grpc_address = f"{self.config.grpc_host}:{self.config.grpc_port}"
             try:
@@ -202,6 +209,8 @@ class PoolManager:
                     self._uvicorn_task.result()
                     raise RuntimeError("the REST server stopped during start-up")
                 await asyncio.sleep(0.01)
+            if self.autoscaler is not None:  # last: the nodes it starts need the REST and gRPC ports
+                await self.autoscaler.start()
         except BaseException:
             sock.close()
             await self.stop()
@@ -213,7 +222,20 @@ class PoolManager:
             self.store.name,
         )
 
+    def _node_pool_url(self) -> str:
+        """The URL the provider's local node servers reach this pool manager at."""
+        host = self.config.host
+        if host in ("", "0.0.0.0", "::", "[::]"):
+            host = "127.0.0.1"
+        host = f"[{host}]" if ":" in host else host
+        return f"http://{host}:{self.rest_port}"
+
     async def stop(self) -> None:
+        if self.autoscaler is not None:
+            await self.autoscaler.stop()
+            with contextlib.suppress(Exception):
+                await self.autoscaler.provider.close()  # the local provider stops the node servers it started
+            self.autoscaler = None
         if self._uvicorn is not None and self._uvicorn_task is not None:
             self._uvicorn.should_exit = True
             with contextlib.suppress(Exception):

@@ -22,12 +22,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import logging
 import math
 import random
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from fargpu.pool_manager.errors import BadRequest, Conflict, NoCapacity, NotFound
@@ -47,6 +48,7 @@ from fargpu.pool_manager.models import (
 from fargpu.pool_manager.placement import Strategy, place, why_not
 from fargpu.pool_manager.store import Command, EndResult, NodeCapacity, Store
 from fargpu.pool_manager.tokens import new_lease_id, new_token, token_hash
+from fargpu.pool_manager.units import format_size
 
 log = logging.getLogger("fargpu.pool_manager")
 
@@ -66,6 +68,7 @@ class ServiceConfig:
     max_sessions_per_lease: int = 16  # sent to nodes with each valid lease token (ValidateTokenReply.max_sessions)
     default_idle_timeout_s: float = 300.0  # a lease's idle timeout when its request names none; 0: never idle-paged
     overcommit_ratio: float = 1.0  # leases may book capacity x this (>= 1), unless a node registered its own ratio
+    scale_up_wait_s: float = 120.0  # a request finding no room waits this long when the autoscaler can add a node
 
     def __post_init__(self) -> None:
         if not 1.0 <= self.overcommit_ratio < math.inf:
@@ -129,6 +132,12 @@ class PoolService:
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
         self.on_placement: Callable[[float], None] | None = None  # seconds per successful placement (benchmark)
+        # Set by the autoscaler: whether a node can still be added (then a request that finds no room waits for
+        # it, up to scale_up_wait_s, instead of failing at once).
+        self.can_scale_up: Callable[[], Awaitable[bool]] | None = None
+        self.manager_id = secrets.token_hex(6)  # names this pool manager's published demand in the store
+        self._moving: dict[str, LeaseRecord] = {}  # leases waiting here for room to move (resume, relocate)
+        self._published = ""
 
     # --- lifecycle ---------------------------------------------------------------------------------------
     async def start(self, *, background: bool = True) -> None:
@@ -170,6 +179,7 @@ class PoolService:
             self._kick.clear()
             try:
                 await self.serve_queue()
+                await self.publish_demand()
             except Exception:
                 log.exception("pool wait queue failed")
 
@@ -263,12 +273,19 @@ class PoolService:
         res, _ = await self._try_place(req, thash)
         if isinstance(res, LeaseRecord):
             return res, token
+        if req.wait_s <= 0 and self.can_scale_up is not None and await self.can_scale_up():
+            # A node is coming (or can come): wait for it rather than fail (see autoscaler.py).
+            req = LeaseRequest(req.vram_bytes, req.gpu_count, req.qos, req.ttl_s, self.config.scale_up_wait_s,
+                               req.label, req.strategy, req.idle_timeout_s)  # fmt: skip
+            log.info("no room for a %s lease now; it waits up to %gs for a node to start", format_size(req.vram_bytes),
+                     req.wait_s)  # fmt: skip
         if req.wait_s <= 0:
             self.metrics.rejections.labels("no_capacity").inc()
             raise NoCapacity(res, await self._retry_after())
         waiter = _Waiter(req, next(self._seq), asyncio.get_running_loop().create_future(), thash)
         self._waiters.append(waiter)
         self._kick.set()
+        await self.publish_demand()
         try:
             lease = await asyncio.wait_for(asyncio.shield(waiter.future), req.wait_s)
         except TimeoutError:
@@ -382,8 +399,9 @@ class PoolService:
         version: str,
         gpus: list[GpuInfo],
         overcommit: float = 0.0,
+        capabilities: list[str] | None = None,
     ) -> NodeRecord:
-        """`overcommit`: the node's own ratio (>= 1), 0 for the pool's."""
+        """`overcommit`: the node's own ratio (>= 1), 0 for the pool's. `capabilities`: e.g. ["park"]."""
         if not endpoints:
             raise BadRequest("a node must register at least one endpoint")
         if len({g.index for g in gpus}) != len(gpus):
@@ -400,6 +418,7 @@ class PoolService:
             registered_at=now,
             last_heartbeat=now,
             overcommit=overcommit,
+            capabilities=sorted(set(capabilities or [])),
         )
         rec = await self.store.register_node(node)
         log.info("node %s registered: %d GPU(s), endpoints %s", rec.node_id, len(gpus), ", ".join(endpoints))
@@ -421,7 +440,8 @@ class PoolService:
             if lease is None:
                 stale.append((lease_id, "the pool does not know this lease"))
             elif lease.node_id != node_id:
-                stale.append((lease_id, f"the lease is placed on node {lease.node_id}"))
+                where = f"placed on node {lease.node_id}" if lease.node_id else "parked"
+                stale.append((lease_id, f"the lease is {where}"))
             elif lease.state != LeaseState.active:
                 stale.append((lease_id, f"the lease has ended ({lease.state.value}): {lease.end_reason}"))
         return True, stale
@@ -489,6 +509,8 @@ class PoolService:
             return None, f"lease {lease.lease_id} has ended ({lease.state.value}): {lease.end_reason}"
         if lease.expires_at <= self.clock():
             return None, f"lease {lease.lease_id} has expired"
+        if not lease.node_id:
+            return None, f"lease {lease.lease_id} is parked: its client resumes it through the pool (resume)"
         if lease.node_id != node_id:
             return None, f"lease {lease.lease_id} is placed on node {lease.node_id}, not on {node_id}"
         return lease, ""
@@ -499,6 +521,122 @@ class PoolService:
 
     async def next_commands(self, node_id: str, timeout_s: float) -> list[Command]:
         return await self.store.take_commands(node_id, timeout_s)
+
+    # --- leases that outlive their node: parking, resuming, relocating --------------------------------------
+    async def session_parked(self, node_id: str, lease_id: str, park_ref: str) -> tuple[bool, str]:
+        """A node parked the last live session of `lease_id` (its state is at `park_ref` in the park store): the
+        lease is bound to no node from now on, its bookings given back, so that the node can go. Returns
+        (accepted, why not)."""
+        lease = await self.store.get_lease(lease_id)
+        if lease is None:
+            return False, f"the pool does not know lease {lease_id}"
+        if lease.state != LeaseState.active:
+            return False, f"lease {lease_id} has ended ({lease.state.value}): {lease.end_reason}"
+        if lease.node_id != node_id:
+            return False, f"lease {lease_id} is not placed on node {node_id}"
+        parked = lease.model_copy(update={"node_id": "", "endpoints": [], "allocs": [], "parked_ref": park_ref})
+        async with self._place_lock:
+            why = await self.store.move_lease(parked, self.config.overcommit_ratio)
+        if why is not None:
+            return False, why
+        log.info("lease %s parked from node %s (%s)", lease_id, node_id, park_ref)
+        self._kick.set()
+        return True, ""
+
+    async def resume_lease(self, lease_id: str, wait_s: float | None = None) -> LeaseRecord:
+        """Where the lease's client connects now: a parked lease is placed on a node first (waiting up to
+        `wait_s`, default scale_up_wait_s, for one to start) and that node is told to restore it."""
+        lease = await self.get_lease(lease_id)
+        if lease.state != LeaseState.active:
+            raise self._ended(lease)
+        if lease.node_id:
+            return lease
+        return await self.relocate(lease_id, wait_s=self.config.scale_up_wait_s if wait_s is None else wait_s)
+
+    async def relocate(self, lease_id: str, to_node: str | None = None, *, wait_s: float = 0.0) -> LeaseRecord:
+        """Moves an active lease to `to_node` (or where placement puts it, never its current node): its bookings
+        move atomically, the lease's token is valid on the new node only, the new node gets a Restore command
+        (with the lease's park_ref) and the old one an EndLease for anything it still runs of the lease. Waits
+        up to `wait_s` for room (the autoscaler sees the wait as demand). NoCapacity when there is none."""
+        lease = await self.get_lease(lease_id)
+        deadline = time.monotonic() + wait_s
+        try:
+            while True:
+                if lease.state != LeaseState.active:
+                    raise self._ended(lease)
+                if to_node is not None and to_node == lease.node_id:
+                    raise Conflict(f"lease {lease_id} is on node {to_node} already")
+                async with self._place_lock:
+                    res = await self._try_move(lease, to_node)
+                if isinstance(res, LeaseRecord):
+                    break
+                if time.monotonic() >= deadline:
+                    raise NoCapacity(f"lease {lease_id} cannot move: {res}", await self._retry_after())
+                self._moving[lease_id] = lease
+                await self.publish_demand()
+                await asyncio.sleep(min(self.config.queue_poll_s, max(0.0, deadline - time.monotonic())))
+                lease = await self.get_lease(lease_id)
+        finally:
+            if self._moving.pop(lease_id, None) is not None:
+                await self.publish_demand()
+        old = lease.node_id
+        await self.store.push_command(
+            res.node_id,
+            Command(secrets.token_hex(6), "restore", lease_id=lease_id, park_ref=res.parked_ref or "", from_node=old),
+        )
+        if old:
+            why = f"the lease moved to node {res.node_id}"
+            await self.store.push_command(
+                old, Command(secrets.token_hex(6), "end_lease", lease_id=lease_id, reason=why)
+            )
+        log.info("lease %s moved from %s to node %s", lease_id, old or "the park store", res.node_id)
+        self.metrics.relocations.inc()
+        return res
+
+    async def _try_move(self, lease: LeaseRecord, to_node: str | None) -> LeaseRecord | str:
+        ratio = self.config.overcommit_ratio
+        why = "no node is up"
+        for _ in range(self.config.place_attempts):
+            view = [n for n in await self.store.placement_view() if n.node_id != lease.node_id]
+            if to_node is not None:
+                view = [n for n in view if n.node_id == to_node]
+                if not view:
+                    return f"node {to_node} is unknown"
+            p = place(view, lease.vram_bytes, lease.gpu_count, self.config.strategy, self._rng, 4, qos=lease.qos,
+                      overcommit=ratio)  # fmt: skip
+            if p is None:
+                return why_not(view, lease.vram_bytes, lease.gpu_count, qos=lease.qos, overcommit=ratio)
+            moved = lease.model_copy(update={
+                "node_id": p.node_id, "endpoints": p.endpoints, "moves": lease.moves + 1,
+                "allocs": [GpuAlloc(gpu=g, vram_bytes=lease.vram_bytes) for g in p.gpus]})  # fmt: skip
+            conflict = await self.store.move_lease(moved, ratio)
+            if conflict is None:
+                return moved
+            why = conflict
+            fresh = await self.store.get_lease(lease.lease_id)
+            if fresh is None or fresh.state != LeaseState.active:
+                return f"lease {lease.lease_id} has ended"
+            if fresh.node_id != lease.node_id:
+                return f"lease {lease.lease_id} moved meanwhile (to {fresh.node_id or 'the park store'})"
+        return why
+
+    def demand(self) -> list[dict[str, object]]:
+        """What this pool manager waits for room for: queued lease requests and leases waiting to move."""
+        out: list[dict[str, object]] = [
+            {"vram_bytes": w.request.vram_bytes, "gpus": w.request.gpu_count, "qos": w.request.qos.value}
+            for w in self._waiters
+            if not w.future.done()
+        ]
+        out += [{"vram_bytes": m.vram_bytes, "gpus": m.gpu_count, "qos": m.qos.value} for m in self._moving.values()]
+        return out
+
+    async def publish_demand(self) -> None:
+        """Publishes `demand()` in the store, where the pool manager that scales reads every manager's."""
+        items = self.demand()
+        payload = json.dumps(items) if items else ""
+        if payload or self._published:
+            await self.store.put_demand(self.manager_id, payload, max(5.0, 10 * self.config.queue_poll_s))
+            self._published = payload
 
     # --- periodic duty -----------------------------------------------------------------------------------
     async def sweep_once(self) -> None:

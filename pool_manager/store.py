@@ -14,6 +14,9 @@ share one store:
   another pool manager in the meantime wins.
 - `set_node_credential` replaces a node's credential hash only if the node is not live with one already, so an
   enrolment cannot take over a node that is up, however the calls interleave.
+- `move_lease` moves a lease's bookings from one node to another (or to none, while its session is parked) in one
+  step, under the same room rule as `place_lease`; `try_lock` gives a named lock to one owner at a time (the
+  autoscaler's: exactly one pool manager scales).
 Implementations: `store_embedded.EmbeddedStore` (one process, persisted to a file) and
 `store_redis.RedisStore` (Lua scripts on one Redis). `tests/python/pool/test_store.py` runs the same tests on
 both."""
@@ -83,11 +86,13 @@ class Command:
     """A command for a node agent, queued in the store until the node's command stream takes it."""
 
     command_id: str
-    kind: str  # "end_lease" | "drain" | "undrain" | "page_out" | "page_in"
+    kind: str  # "end_lease" | "drain" | "undrain" | "page_out" | "page_in" | "park" | "restore"
     lease_id: str = ""
     reason: str = ""
     session_id: str = ""  # page_out, page_in
     to: str = ""  # page_out: "auto" | "host" | "disk"
+    park_ref: str = ""  # restore: where the lease's parked state is
+    from_node: str = ""  # restore: the node the lease lived on before
 
 
 class Store(Protocol):
@@ -174,4 +179,33 @@ class Store(Protocol):
 
     async def take_commands(self, node_id: str, timeout_s: float) -> list[Command]:
         """Pops the node's queued commands, waiting up to `timeout_s` for one if there is none."""
+        ...
+
+    # --- scaling (autoscaler.py) and moving leases -------------------------------------------------------
+    async def try_lock(self, name: str, owner: str, ttl_s: float) -> bool:
+        """Takes the named lock for `owner`, or extends it if `owner` holds it already; False while another
+        owner holds it. A lock its owner stops extending lapses after `ttl_s`."""
+        ...
+
+    async def unlock(self, name: str, owner: str) -> None:
+        """Lets the lock go, if `owner` holds it."""
+        ...
+
+    async def put_demand(self, owner: str, payload: str, ttl_s: float) -> None:
+        """Publishes what `owner` (a pool manager) waits for (JSON; "" clears it); it lapses after `ttl_s`."""
+        ...
+
+    async def demand(self) -> list[str]:
+        """Every pool manager's published, unlapsed demand."""
+        ...
+
+    async def move_lease(self, lease: LeaseRecord, overcommit: float = 1.0) -> str | None:
+        """Atomically rebinds an active lease to `lease.node_id` with `lease.allocs` (node "" with no allocs:
+        bound to no node, e.g. parked) and stores the record as given (endpoints, parked_ref): its bookings on
+        its old node are given back and its new ones booked under `place_lease`'s room rule. Returns None on
+        success, or why it could not (the lease is not active, the node is not up or has no room)."""
+        ...
+
+    async def forget_node(self, node_id: str) -> bool:
+        """Removes a node that is down and has no active lease (a node its provider stopped); False otherwise."""
         ...

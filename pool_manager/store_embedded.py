@@ -59,6 +59,8 @@ class EmbeddedStore:
         self._journal: IO[str] | None = None
         self._journal_lines = 0
         self._lock_file: IO[str] | None = None
+        self._locks: dict[str, tuple[str, float]] = {}  # name -> (owner, until; monotonic)
+        self._demand: dict[str, tuple[str, float]] = {}  # owner -> (payload, until; monotonic)
 
     # --- persistence -------------------------------------------------------------------------------------
     async def open(self) -> None:
@@ -123,6 +125,8 @@ class EmbeddedStore:
             self._leases[lease.lease_id] = lease
         elif "forget_lease" in entry:
             self._leases.pop(entry["forget_lease"], None)
+        elif "forget_node" in entry:
+            self._nodes.pop(entry["forget_node"], None)
         elif "node_credential" in entry:
             node_id, digest = entry["node_credential"]
             self._credentials[str(node_id)] = str(digest)
@@ -181,6 +185,8 @@ class EmbeddedStore:
 
     # --- bookings ----------------------------------------------------------------------------------------
     def _book(self, lease: LeaseRecord, sign: int) -> None:
+        if not lease.node_id:  # parked: bound to no node
+            return
         node = self._nodes.get(lease.node_id)
         ids = self._by_node.setdefault(lease.node_id, set())
         if sign > 0:
@@ -402,3 +408,68 @@ class EmbeddedStore:
             except TimeoutError:
                 return []
         return self._commands.pop(node_id, [])
+
+    # --- scaling and moving leases -----------------------------------------------------------------------
+    # Locks and demand live in this process only: one pool manager owns an embedded store (the state file's
+    # flock), so they only order this process's own scalers.
+    async def try_lock(self, name: str, owner: str, ttl_s: float) -> bool:
+        now = time.monotonic()
+        holder = self._locks.get(name)
+        if holder is not None and holder[0] != owner and holder[1] > now:
+            return False
+        self._locks[name] = (owner, now + ttl_s)
+        return True
+
+    async def unlock(self, name: str, owner: str) -> None:
+        if self._locks.get(name, ("", 0.0))[0] == owner:
+            del self._locks[name]
+
+    async def put_demand(self, owner: str, payload: str, ttl_s: float) -> None:
+        if payload:
+            self._demand[owner] = (payload, time.monotonic() + ttl_s)
+        else:
+            self._demand.pop(owner, None)
+
+    async def demand(self) -> list[str]:
+        now = time.monotonic()
+        return [payload for payload, until in self._demand.values() if until > now]
+
+    async def move_lease(self, lease: LeaseRecord, overcommit: float = 1.0) -> str | None:
+        old = self._leases.get(lease.lease_id)
+        if old is None:
+            return f"lease {lease.lease_id} is unknown"
+        if old.state != LeaseState.active:
+            return f"lease {lease.lease_id} has ended ({old.state.value})"
+        if lease.node_id:
+            node = self._nodes.get(lease.node_id)
+            if node is None:
+                return f"node {lease.node_id} is unknown"
+            if node.state != NodeState.up:
+                return f"node {lease.node_id} is {node.state.value}"
+            if lease.node_id == old.node_id:
+                return f"lease {lease.lease_id} is on node {lease.node_id} already"
+            cap = self._caps[node.node_id]
+            ratio = node.overcommit if node.overcommit > 0 else overcommit
+            for a in lease.allocs:
+                if a.gpu not in cap:
+                    return f"node {lease.node_id} has no GPU {a.gpu}"
+                booked, guaranteed = node.reserved.get(a.gpu, 0), node.guaranteed_reserved.get(a.gpu, 0)
+                if a.vram_bytes > room_on(cap[a.gpu], booked, guaranteed, ratio, old.qos == QoS.guaranteed):
+                    return f"GPU {a.gpu} of node {lease.node_id} has no room"
+        self._book(old, -1)
+        rec = lease.model_copy(update={"state": old.state, "expires_at": old.expires_at, "qos": old.qos,
+                                       "token_hash": old.token_hash})  # fmt: skip
+        self._leases[rec.lease_id] = rec
+        self._book(rec, +1)
+        self._log_lease(rec)
+        return None
+
+    async def forget_node(self, node_id: str) -> bool:
+        node = self._nodes.get(node_id)
+        if node is None or node.state != NodeState.down or self._by_node.get(node_id):
+            return False
+        del self._nodes[node_id]
+        self._caps.pop(node_id, None)
+        self._by_node.pop(node_id, None)
+        self._log({"forget_node": node_id})
+        return True

@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -185,6 +186,80 @@ redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 return 1
 """
 
+_MOVE = """
+-- KEYS: lease, cap, resv, gresv ; ARGV: lease_id, to node ('' = none), doc, allocs, pool ratio, prefix,
+--       then pairs of gpu, bytes (none when to node is ''). The room rule is store.room_on's (as _PLACE).
+local st = redis.call('HGET', KEYS[1], 'state')
+if not st then return 'lease ' .. ARGV[1] .. ' is unknown' end
+if st ~= 'active' then return 'lease ' .. ARGV[1] .. ' has ended (' .. st .. ')' end
+local old = redis.call('HGET', KEYS[1], 'node')
+local guaranteed = redis.call('HGET', KEYS[1], 'guaranteed') == '1'
+local to = ARGV[2]
+if to ~= '' then
+  local state = redis.call('HGET', ARGV[6] .. 'node:' .. to, 'state')
+  if not state then return 'node ' .. to .. ' is unknown' end
+  if state ~= 'up' then return 'node ' .. to .. ' is ' .. state end
+  if to == old then return 'lease ' .. ARGV[1] .. ' is on node ' .. to .. ' already' end
+  local ratio = tonumber(redis.call('HGET', ARGV[6] .. 'node:' .. to, 'overcommit') or '0') or 0
+  if ratio <= 0 then ratio = tonumber(ARGV[5]) end
+  for i = 7, #ARGV, 2 do
+    local field = to .. ':' .. ARGV[i]
+    local cap = redis.call('HGET', KEYS[2], field)
+    if not cap then return 'node ' .. to .. ' has no GPU ' .. ARGV[i] end
+    cap = tonumber(cap)
+    local booked = tonumber(redis.call('HGET', KEYS[3], field) or '0')
+    local room = cap - booked
+    if not guaranteed then
+      room = math.min(math.floor(cap * ratio) - booked, cap - tonumber(redis.call('HGET', KEYS[4], field) or '0'))
+    end
+    if tonumber(ARGV[i + 1]) > room then return 'GPU ' .. ARGV[i] .. ' of node ' .. to .. ' has no room' end
+  end
+end
+for g, b in string.gmatch(redis.call('HGET', KEYS[1], 'allocs') or '', '(%d+):(%d+)') do
+  local field = old .. ':' .. g
+  if redis.call('HINCRBY', KEYS[3], field, '-' .. b) == 0 then redis.call('HDEL', KEYS[3], field) end
+  if guaranteed and redis.call('HINCRBY', KEYS[4], field, '-' .. b) == 0 then redis.call('HDEL', KEYS[4], field) end
+end
+redis.call('SREM', ARGV[6] .. 'nleases:' .. old, ARGV[1])
+for i = 7, #ARGV, 2 do
+  redis.call('HINCRBY', KEYS[3], to .. ':' .. ARGV[i], ARGV[i + 1])
+  if guaranteed then redis.call('HINCRBY', KEYS[4], to .. ':' .. ARGV[i], ARGV[i + 1]) end
+end
+if to ~= '' then redis.call('SADD', ARGV[6] .. 'nleases:' .. to, ARGV[1]) end
+redis.call('HSET', KEYS[1], 'node', to, 'allocs', ARGV[4], 'doc', ARGV[3])
+return ''
+"""
+
+_FORGET = """
+-- KEYS: nodes, node, states, cap, endpoints, overcommit, generation, nleases ; ARGV: node_id
+if redis.call('HGET', KEYS[2], 'state') ~= 'down' or redis.call('SCARD', KEYS[8]) > 0 then return 0 end
+local idx = redis.call('HGET', KEYS[2], 'capidx')
+if idx then
+  for _, g in ipairs(cjson.decode(idx)) do redis.call('HDEL', KEYS[4], ARGV[1] .. ':' .. tostring(g)) end
+end
+redis.call('SREM', KEYS[1], ARGV[1])
+redis.call('DEL', KEYS[2])
+redis.call('HDEL', KEYS[3], ARGV[1])
+redis.call('HDEL', KEYS[5], ARGV[1])
+redis.call('HDEL', KEYS[6], ARGV[1])
+redis.call('INCR', KEYS[7])
+return 1
+"""
+
+_LOCK = """
+-- KEYS: lock ; ARGV: owner, ttl ms
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
+_UNLOCK = """
+-- KEYS: lock ; ARGV: owner
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 1
+"""
+
 
 def _strs(values: Any) -> list[str]:
     """A reply of strings (the client decodes responses) as list[str], whatever redis-py's stubs say."""
@@ -232,6 +307,10 @@ class RedisStore:
         self._undrain = self._r.register_script(_UNDRAIN)
         self._register = self._r.register_script(_REGISTER)
         self._set_credential = self._r.register_script(_SET_CREDENTIAL)
+        self._move = self._r.register_script(_MOVE)
+        self._forget = self._r.register_script(_FORGET)
+        self._lock = self._r.register_script(_LOCK)
+        self._unlock = self._r.register_script(_UNLOCK)
         self._wakeups: dict[str, asyncio.Event] = {}
         self._static: tuple[Any, dict[str, dict[int, int]], dict[str, list[str]], dict[str, float]] | None = None
         self._listener: asyncio.Task[None] | None = None
@@ -291,7 +370,7 @@ class RedisStore:
     # --- nodes -------------------------------------------------------------------------------------------
     async def register_node(self, node: NodeRecord) -> NodeRecord:
         info = node.model_dump_json(
-            include={"node_id", "endpoints", "backend", "version", "registered_at", "overcommit"}
+            include={"node_id", "endpoints", "backend", "version", "registered_at", "overcommit", "capabilities"}
         )
         pairs: list[str] = []
         for g in node.gpus:
@@ -561,3 +640,51 @@ class RedisStore:
                 pass
             raw = await self._r.lpop(key, 100)
         return [Command(**json.loads(item)) for item in _strs(raw or [])]
+
+    # --- scaling and moving leases -----------------------------------------------------------------------
+    async def try_lock(self, name: str, owner: str, ttl_s: float) -> bool:
+        ms = str(max(1, int(ttl_s * 1000)))
+        return bool(await self._lock(keys=[self._k("lock", name)], args=[owner, ms]))
+
+    async def unlock(self, name: str, owner: str) -> None:
+        await self._unlock(keys=[self._k("lock", name)], args=[owner])
+
+    async def put_demand(self, owner: str, payload: str, ttl_s: float) -> None:
+        # Each entry carries its own deadline (unix time of the writer); readers skip lapsed ones.
+        if payload:
+            await self._r.hset(self._k("demand"), owner, f"{time.time() + ttl_s!r}|{payload}")
+        else:
+            await self._r.hdel(self._k("demand"), owner)
+
+    async def demand(self) -> list[str]:
+        now, out, lapsed = time.time(), [], []
+        for owner, value in _hash(await self._r.hgetall(self._k("demand"))).items():
+            until, _, payload = value.partition("|")
+            try:
+                live = float(until) > now
+            except ValueError:
+                live = False
+            if live:
+                out.append(payload)
+            else:
+                lapsed.append(owner)
+        if lapsed:
+            await self._r.hdel(self._k("demand"), *lapsed)
+        return out
+
+    async def move_lease(self, lease: LeaseRecord, overcommit: float = 1.0) -> str | None:
+        pairs: list[str] = []
+        for a in lease.allocs:
+            pairs += [str(a.gpu), str(a.vram_bytes)]
+        allocs = ",".join(f"{a.gpu}:{a.vram_bytes}" for a in lease.allocs)
+        res: str = await self._move(
+            keys=[self._k("lease", lease.lease_id), self._k("cap"), self._k("resv"), self._k("gresv")],
+            args=[lease.lease_id, lease.node_id, lease.model_dump_json(), allocs, repr(float(overcommit)), self._p,
+                  *pairs],
+        )  # fmt: skip
+        return res or None
+
+    async def forget_node(self, node_id: str) -> bool:
+        keys = [self._k("nodes"), self._k("node", node_id), self._k("states"), self._k("cap"), self._k("endpoints"),
+                self._k("overcommit"), self._k("generation"), self._k("nleases", node_id)]  # fmt: skip
+        return bool(await self._forget(keys=keys, args=[node_id]))

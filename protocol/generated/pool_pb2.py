@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\npool.proto\x12\x0e\x66\x61rgpu.pool.v1\"r\n\x03Gpu\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04uuid\x18\x03 \x01(\t\x12\x13\n\x0btotal_bytes\x18\x04 \x01(\x04\x12\x12\n\nfree_bytes\x18\x05 \x01(\x04\x12\x17\n\x0futilization_pct\x18\x06 \x01(\x01\"\x8f\x02\n\x07Session\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x10\n\x08lease_id\x18\x02 \x01(\t\x12\x0b\n\x03pid\x18\x03 \x01(\r\x12\x17\n\x0fvram_used_bytes\x18\x04 \x01(\x04\x12\x0e\n\x06\x63lient\x18\x05 \x01(\t\x12\r\n\x05state\x18\x06 \x01(\t\x12\x16\n\x0eresident_bytes\x18\x07 \x01(\x04\x12\x13\n\x0bpaged_bytes\x18\x08 \x01(\x04\x12\x0e\n\x06idle_s\x18\t \x01(\x01\x12\x17\n\x0fpage_command_id\x18\n \x01(\t\x12\x13\n\x0bpage_result\x18\x0b \x01(\t\x12\x18\n\x10unpageable_bytes\x18\x0c \x01(\x04\x12\x14\n\x0cpark_blocker\x18\r \x01(\t\"4\n\x0c\x45nrolRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x13\n\x0b\x65nrol_token\x18\x02 \x01(\t\"1\n\nEnrolReply\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x12\n\ncredential\x18\x02 \x01(\t\"\x8e\x01\n\x0fRegisterRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x11\n\tendpoints\x18\x02 \x03(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x03 \x01(\t\x12!\n\x04gpus\x18\x04 \x03(\x0b\x32\x13.fargpu.pool.v1.Gpu\x12\x0f\n\x07version\x18\x05 \x01(\t\x12\x12\n\novercommit\x18\x06 \x01(\x01\"[\n\rRegisterReply\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x1c\n\x14heartbeat_interval_s\x18\x02 \x01(\x01\x12\x1b\n\x13heartbeat_timeout_s\x18\x03 \x01(\x01\"\x83\x01\n\x10HeartbeatRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12!\n\x04gpus\x18\x02 \x03(\x0b\x32\x13.fargpu.pool.v1.Gpu\x12)\n\x08sessions\x18\x03 \x03(\x0b\x32\x17.fargpu.pool.v1.Session\x12\x10\n\x08\x64raining\x18\x04 \x01(\x08\"M\n\x0eHeartbeatReply\x12\r\n\x05known\x18\x01 \x01(\x08\x12,\n\nend_leases\x18\x02 \x03(\x0b\x32\x18.fargpu.pool.v1.EndLease\"\"\n\x0f\x43ommandsRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\",\n\x08\x45ndLease\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x17\n\x05\x44rain\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\t\n\x07Undrain\")\n\x07PageOut\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\n\n\x02to\x18\x02 \x01(\t\"\x1c\n\x06PageIn\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\x1a\n\x04Park\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\xa6\x02\n\x07\x43ommand\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12-\n\tend_lease\x18\x02 \x01(\x0b\x32\x18.fargpu.pool.v1.EndLeaseH\x00\x12&\n\x05\x64rain\x18\x03 \x01(\x0b\x32\x15.fargpu.pool.v1.DrainH\x00\x12+\n\x08page_out\x18\x04 \x01(\x0b\x32\x17.fargpu.pool.v1.PageOutH\x00\x12)\n\x07page_in\x18\x05 \x01(\x0b\x32\x16.fargpu.pool.v1.PageInH\x00\x12*\n\x07undrain\x18\x06 \x01(\x0b\x32\x17.fargpu.pool.v1.UndrainH\x00\x12$\n\x04park\x18\x07 \x01(\x0b\x32\x14.fargpu.pool.v1.ParkH\x00\x42\x06\n\x04kind\"=\n\x14ValidateTokenRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x14\n\x0ctoken_sha256\x18\x02 \x01(\x0c\"\xc6\x01\n\x12ValidateTokenReply\x12\r\n\x05valid\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x10\n\x08lease_id\x18\x03 \x01(\t\x12\x18\n\x10vram_quota_bytes\x18\x04 \x01(\x04\x12\x12\n\nexpires_at\x18\x05 \x01(\x01\x12\x14\n\x0cmax_sessions\x18\x06 \x01(\r\x12\x0b\n\x03qos\x18\x07 \x01(\t\x12\x1b\n\x0eidle_timeout_s\x18\x08 \x01(\x01H\x00\x88\x01\x01\x42\x11\n\x0f_idle_timeout_s2\x8f\x03\n\x0cNodeRegistry\x12\x41\n\x05\x45nrol\x12\x1c.fargpu.pool.v1.EnrolRequest\x1a\x1a.fargpu.pool.v1.EnrolReply\x12J\n\x08Register\x12\x1f.fargpu.pool.v1.RegisterRequest\x1a\x1d.fargpu.pool.v1.RegisterReply\x12M\n\tHeartbeat\x12 .fargpu.pool.v1.HeartbeatRequest\x1a\x1e.fargpu.pool.v1.HeartbeatReply\x12\x46\n\x08\x43ommands\x12\x1f.fargpu.pool.v1.CommandsRequest\x1a\x17.fargpu.pool.v1.Command0\x01\x12Y\n\rValidateToken\x12$.fargpu.pool.v1.ValidateTokenRequest\x1a\".fargpu.pool.v1.ValidateTokenReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\npool.proto\x12\x0e\x66\x61rgpu.pool.v1\"r\n\x03Gpu\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04uuid\x18\x03 \x01(\t\x12\x13\n\x0btotal_bytes\x18\x04 \x01(\x04\x12\x12\n\nfree_bytes\x18\x05 \x01(\x04\x12\x17\n\x0futilization_pct\x18\x06 \x01(\x01\"\x8f\x02\n\x07Session\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x10\n\x08lease_id\x18\x02 \x01(\t\x12\x0b\n\x03pid\x18\x03 \x01(\r\x12\x17\n\x0fvram_used_bytes\x18\x04 \x01(\x04\x12\x0e\n\x06\x63lient\x18\x05 \x01(\t\x12\r\n\x05state\x18\x06 \x01(\t\x12\x16\n\x0eresident_bytes\x18\x07 \x01(\x04\x12\x13\n\x0bpaged_bytes\x18\x08 \x01(\x04\x12\x0e\n\x06idle_s\x18\t \x01(\x01\x12\x17\n\x0fpage_command_id\x18\n \x01(\t\x12\x13\n\x0bpage_result\x18\x0b \x01(\t\x12\x18\n\x10unpageable_bytes\x18\x0c \x01(\x04\x12\x14\n\x0cpark_blocker\x18\r \x01(\t\"4\n\x0c\x45nrolRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x13\n\x0b\x65nrol_token\x18\x02 \x01(\t\"1\n\nEnrolReply\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x12\n\ncredential\x18\x02 \x01(\t\"\xa4\x01\n\x0fRegisterRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x11\n\tendpoints\x18\x02 \x03(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x03 \x01(\t\x12!\n\x04gpus\x18\x04 \x03(\x0b\x32\x13.fargpu.pool.v1.Gpu\x12\x0f\n\x07version\x18\x05 \x01(\t\x12\x12\n\novercommit\x18\x06 \x01(\x01\x12\x14\n\x0c\x63\x61pabilities\x18\x07 \x03(\t\"[\n\rRegisterReply\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x1c\n\x14heartbeat_interval_s\x18\x02 \x01(\x01\x12\x1b\n\x13heartbeat_timeout_s\x18\x03 \x01(\x01\"\x83\x01\n\x10HeartbeatRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12!\n\x04gpus\x18\x02 \x03(\x0b\x32\x13.fargpu.pool.v1.Gpu\x12)\n\x08sessions\x18\x03 \x03(\x0b\x32\x17.fargpu.pool.v1.Session\x12\x10\n\x08\x64raining\x18\x04 \x01(\x08\"M\n\x0eHeartbeatReply\x12\r\n\x05known\x18\x01 \x01(\x08\x12,\n\nend_leases\x18\x02 \x03(\x0b\x32\x18.fargpu.pool.v1.EndLease\"\"\n\x0f\x43ommandsRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\",\n\x08\x45ndLease\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x17\n\x05\x44rain\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\t\n\x07Undrain\")\n\x07PageOut\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\n\n\x02to\x18\x02 \x01(\t\"\x1c\n\x06PageIn\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\x1a\n\x04Park\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\xa6\x02\n\x07\x43ommand\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12-\n\tend_lease\x18\x02 \x01(\x0b\x32\x18.fargpu.pool.v1.EndLeaseH\x00\x12&\n\x05\x64rain\x18\x03 \x01(\x0b\x32\x15.fargpu.pool.v1.DrainH\x00\x12+\n\x08page_out\x18\x04 \x01(\x0b\x32\x17.fargpu.pool.v1.PageOutH\x00\x12)\n\x07page_in\x18\x05 \x01(\x0b\x32\x16.fargpu.pool.v1.PageInH\x00\x12*\n\x07undrain\x18\x06 \x01(\x0b\x32\x17.fargpu.pool.v1.UndrainH\x00\x12$\n\x04park\x18\x07 \x01(\x0b\x32\x14.fargpu.pool.v1.ParkH\x00\x42\x06\n\x04kind\"=\n\x14ValidateTokenRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x14\n\x0ctoken_sha256\x18\x02 \x01(\x0c\"\xc6\x01\n\x12ValidateTokenReply\x12\r\n\x05valid\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x10\n\x08lease_id\x18\x03 \x01(\t\x12\x18\n\x10vram_quota_bytes\x18\x04 \x01(\x04\x12\x12\n\nexpires_at\x18\x05 \x01(\x01\x12\x14\n\x0cmax_sessions\x18\x06 \x01(\r\x12\x0b\n\x03qos\x18\x07 \x01(\t\x12\x1b\n\x0eidle_timeout_s\x18\x08 \x01(\x01H\x00\x88\x01\x01\x42\x11\n\x0f_idle_timeout_s2\x8f\x03\n\x0cNodeRegistry\x12\x41\n\x05\x45nrol\x12\x1c.fargpu.pool.v1.EnrolRequest\x1a\x1a.fargpu.pool.v1.EnrolReply\x12J\n\x08Register\x12\x1f.fargpu.pool.v1.RegisterRequest\x1a\x1d.fargpu.pool.v1.RegisterReply\x12M\n\tHeartbeat\x12 .fargpu.pool.v1.HeartbeatRequest\x1a\x1e.fargpu.pool.v1.HeartbeatReply\x12\x46\n\x08\x43ommands\x12\x1f.fargpu.pool.v1.CommandsRequest\x1a\x17.fargpu.pool.v1.Command0\x01\x12Y\n\rValidateToken\x12$.fargpu.pool.v1.ValidateTokenRequest\x1a\".fargpu.pool.v1.ValidateTokenReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,33 +40,33 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ENROLREPLY']._serialized_start=474
   _globals['_ENROLREPLY']._serialized_end=523
   _globals['_REGISTERREQUEST']._serialized_start=526
-  _globals['_REGISTERREQUEST']._serialized_end=668
-  _globals['_REGISTERREPLY']._serialized_start=670
-  _globals['_REGISTERREPLY']._serialized_end=761
-  _globals['_HEARTBEATREQUEST']._serialized_start=764
-  _globals['_HEARTBEATREQUEST']._serialized_end=895
-  _globals['_HEARTBEATREPLY']._serialized_start=897
-  _globals['_HEARTBEATREPLY']._serialized_end=974
-  _globals['_COMMANDSREQUEST']._serialized_start=976
-  _globals['_COMMANDSREQUEST']._serialized_end=1010
-  _globals['_ENDLEASE']._serialized_start=1012
-  _globals['_ENDLEASE']._serialized_end=1056
-  _globals['_DRAIN']._serialized_start=1058
-  _globals['_DRAIN']._serialized_end=1081
-  _globals['_UNDRAIN']._serialized_start=1083
-  _globals['_UNDRAIN']._serialized_end=1092
-  _globals['_PAGEOUT']._serialized_start=1094
-  _globals['_PAGEOUT']._serialized_end=1135
-  _globals['_PAGEIN']._serialized_start=1137
-  _globals['_PAGEIN']._serialized_end=1165
-  _globals['_PARK']._serialized_start=1167
-  _globals['_PARK']._serialized_end=1193
-  _globals['_COMMAND']._serialized_start=1196
-  _globals['_COMMAND']._serialized_end=1490
-  _globals['_VALIDATETOKENREQUEST']._serialized_start=1492
-  _globals['_VALIDATETOKENREQUEST']._serialized_end=1553
-  _globals['_VALIDATETOKENREPLY']._serialized_start=1556
-  _globals['_VALIDATETOKENREPLY']._serialized_end=1754
-  _globals['_NODEREGISTRY']._serialized_start=1757
-  _globals['_NODEREGISTRY']._serialized_end=2156
+  _globals['_REGISTERREQUEST']._serialized_end=690
+  _globals['_REGISTERREPLY']._serialized_start=692
+  _globals['_REGISTERREPLY']._serialized_end=783
+  _globals['_HEARTBEATREQUEST']._serialized_start=786
+  _globals['_HEARTBEATREQUEST']._serialized_end=917
+  _globals['_HEARTBEATREPLY']._serialized_start=919
+  _globals['_HEARTBEATREPLY']._serialized_end=996
+  _globals['_COMMANDSREQUEST']._serialized_start=998
+  _globals['_COMMANDSREQUEST']._serialized_end=1032
+  _globals['_ENDLEASE']._serialized_start=1034
+  _globals['_ENDLEASE']._serialized_end=1078
+  _globals['_DRAIN']._serialized_start=1080
+  _globals['_DRAIN']._serialized_end=1103
+  _globals['_UNDRAIN']._serialized_start=1105
+  _globals['_UNDRAIN']._serialized_end=1114
+  _globals['_PAGEOUT']._serialized_start=1116
+  _globals['_PAGEOUT']._serialized_end=1157
+  _globals['_PAGEIN']._serialized_start=1159
+  _globals['_PAGEIN']._serialized_end=1187
+  _globals['_PARK']._serialized_start=1189
+  _globals['_PARK']._serialized_end=1215
+  _globals['_COMMAND']._serialized_start=1218
+  _globals['_COMMAND']._serialized_end=1512
+  _globals['_VALIDATETOKENREQUEST']._serialized_start=1514
+  _globals['_VALIDATETOKENREQUEST']._serialized_end=1575
+  _globals['_VALIDATETOKENREPLY']._serialized_start=1578
+  _globals['_VALIDATETOKENREPLY']._serialized_end=1776
+  _globals['_NODEREGISTRY']._serialized_start=1779
+  _globals['_NODEREGISTRY']._serialized_end=2178
 # @@protoc_insertion_point(module_scope)

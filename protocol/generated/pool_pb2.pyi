@@ -70,20 +70,22 @@ class EnrolReply(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., credential: _Optional[str] = ...) -> None: ...
 
 class RegisterRequest(_message.Message):
-    __slots__ = ("node_id", "endpoints", "backend", "gpus", "version", "overcommit")
+    __slots__ = ("node_id", "endpoints", "backend", "gpus", "version", "overcommit", "capabilities")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     GPUS_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     OVERCOMMIT_FIELD_NUMBER: _ClassVar[int]
+    CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     endpoints: _containers.RepeatedScalarFieldContainer[str]
     backend: str
     gpus: _containers.RepeatedCompositeFieldContainer[Gpu]
     version: str
     overcommit: float
-    def __init__(self, node_id: _Optional[str] = ..., endpoints: _Optional[_Iterable[str]] = ..., backend: _Optional[str] = ..., gpus: _Optional[_Iterable[_Union[Gpu, _Mapping]]] = ..., version: _Optional[str] = ..., overcommit: _Optional[float] = ...) -> None: ...
+    capabilities: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, node_id: _Optional[str] = ..., endpoints: _Optional[_Iterable[str]] = ..., backend: _Optional[str] = ..., gpus: _Optional[_Iterable[_Union[Gpu, _Mapping]]] = ..., version: _Optional[str] = ..., overcommit: _Optional[float] = ..., capabilities: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class RegisterReply(_message.Message):
     __slots__ = ("node_id", "heartbeat_interval_s", "heartbeat_timeout_s")
