@@ -137,12 +137,19 @@ def status(pool: PoolOpt = None, as_json: JsonOpt = False) -> None:
 
 @app.command()
 def nodes(pool: PoolOpt = None, as_json: JsonOpt = False) -> None:
-    """Nodes with their state, VRAM booked and in use, and heartbeat age."""
+    """Nodes with their state, VRAM booked and in use, and heartbeat age; with a node provider, its view too
+    (starting nodes that have not registered yet, nodes being stopped)."""
     ns = _call(pool, None, lambda c: c.nodes(), as_json)
+    scaling = _call(pool, None, lambda c: c.scaling(), as_json)
+    by_id = {p["node_id"]: p for p in scaling.get("nodes", []) if p.get("node_id")}
+    for n in ns:
+        n["provider_state"] = by_id[n["node_id"]]["provider_state"] if n["node_id"] in by_id else None
     if as_json:
         return _json(ns)
-    t = Table(title=f"{len(ns)} node(s)")
-    cols = ("node", "state", "backend", "GPU count", "reserved / total", "overcommit", "in use", "paged", "sessions",
+    pending = [p for p in scaling.get("nodes", []) if p.get("node_id") not in {n["node_id"] for n in ns}]
+    t = Table(title=f"{len(ns)} node(s)" + (f", {len(pending)} more starting or stopping" if pending else ""))
+    cols = ("node", "state", "provider", "backend", "GPU count", "reserved / total", "overcommit", "in use", "paged",
+            "sessions",
             "heartbeat", "endpoints")  # fmt: skip
     for col in cols:
         t.add_column(col)
@@ -153,6 +160,7 @@ def nodes(pool: PoolOpt = None, as_json: JsonOpt = False) -> None:
         t.add_row(
             n["node_id"],
             state,
+            n["provider_state"] or "-",
             n["backend"],
             str(len(n["gpus"])),
             f"{format_size(sum(n['reserved'].values()))} / {format_size(total)}",
@@ -163,6 +171,8 @@ def nodes(pool: PoolOpt = None, as_json: JsonOpt = False) -> None:
             _ago(n["last_heartbeat"]),
             " ".join(n["endpoints"]),
         )
+    for p in pending:
+        t.add_row(p["node_id"] or "(not named yet)", "-", p["provider_state"], *["-"] * 8, p.get("detail", ""))
     _out().print(t)
 
 

@@ -5,6 +5,8 @@ docs work with no internet access.
 Leases: POST /v1/leases, GET /v1/leases[/ID], POST /v1/leases/ID/renew, DELETE /v1/leases/ID. Renew and release
 need the lease's token (or the admin token) as `Authorization: Bearer ...`. Read-only views: /v1/nodes,
 /v1/sessions, /v1/status. Admin: POST /v1/admin/nodes/ID/drain and .../undrain, POST /v1/admin/leases/ID/evict, and
+POST /v1/leases/ID/resume (the lease's client asks where its lease lives now; a parked lease is placed on a node
+first), POST /v1/admin/leases/ID/relocate, GET /v1/scaling (provider, autoscaler, provider's nodes),
 POST /v1/admin/sessions/ID/page-out (body `{"to": "auto|host|disk|deep"}`, optional) and .../page-in, which answer 202
 with the id of the command queued for the session's node (its outcome appears in /v1/sessions once the node has
 reported it), with the admin token; with no admin token configured the admin endpoints refuse everyone.
@@ -16,6 +18,7 @@ ended), 503 with Retry-After when there is no capacity."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -68,6 +71,17 @@ class LeaseRequestBody(BaseModel):
 class RenewBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     ttl_s: float | None = Field(None, gt=0, description="new lifetime from now; the lease's TTL if absent")
+
+
+class ResumeBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    wait_s: float | None = Field(None, ge=0, le=3600, description="wait up to this long for a node; pool default")
+
+
+class RelocateBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    node_id: str | None = Field(None, max_length=253, description="the node to move to; placement picks if absent")
+    wait_s: float = Field(0.0, ge=0, le=3600, description="wait up to this long for room")
 
 
 class ReasonBody(BaseModel):
@@ -223,6 +237,29 @@ def create_app(service: PoolService, admin_token: str | None = None) -> FastAPI:
     @app.delete("/v1/leases/{lease_id}", response_model=LeaseView, tags=["leases"], dependencies=owner)
     async def release_lease(lease_id: str) -> LeaseView:
         return (await service.release_lease(lease_id)).view()
+
+    @app.post("/v1/leases/{lease_id}/resume", response_model=LeaseView, tags=["leases"], dependencies=owner)
+    async def resume_lease(lease_id: str, body: ResumeBody | None = None) -> LeaseView:
+        """Where the lease's client connects now. A parked lease (node_id empty) is placed on a node first (which
+        is told to restore its sessions), waiting up to `wait_s` (default: the pool's scale-up wait) for a node to
+        start; 503 with Retry-After when none came. A lease on a node is returned as it is."""
+        return (await service.resume_lease(lease_id, body.wait_s if body else None)).view()
+
+    @app.post("/v1/admin/leases/{lease_id}/relocate", response_model=LeaseView, tags=["admin"], dependencies=admin)
+    async def relocate_lease(lease_id: str, body: RelocateBody | None = None) -> LeaseView:
+        """Moves the lease to `node_id` (or where placement puts it): its bookings move, its token is valid there
+        only, the new node is told to restore its sessions (from the park store) and the old one to end them."""
+        node_id, wait_s = (body.node_id, body.wait_s) if body else (None, 0.0)
+        return (await service.relocate(lease_id, node_id, wait_s=wait_s)).view()
+
+    @app.get("/v1/scaling", tags=["pool"])
+    async def scaling(request: Request) -> dict[str, Any]:
+        """The node provider and the autoscaler: limits, whether this pool manager is the one scaling now, and
+        the provider's nodes (starting, running, stopping) beside their state in the pool."""
+        scaler = getattr(request.app.state, "autoscaler", None)
+        if scaler is None:
+            return {"provider": "none", "nodes": []}
+        return dataclasses.asdict(await scaler.status())
 
     @app.get("/v1/nodes", response_model=list[NodeRecord], tags=["pool"])
     async def list_nodes() -> list[NodeRecord]:

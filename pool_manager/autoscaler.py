@@ -317,7 +317,7 @@ class Autoscaler:
     # --- views -------------------------------------------------------------------------------------------
     async def status(self) -> ScaleStatus:
         cfg = self.config
-        provided = self._last_provider if self.leader else await self.provider.list()
+        provided = await self.provider.list()
         registered = {n.node_id: n for n in await self.store.list_nodes()}
         now = self.clock()
         nodes = []

@@ -129,6 +129,10 @@ class PoolClient:
         result: dict[str, Any] = await self._call("GET", "/v1/status")
         return result
 
+    async def scaling(self) -> dict[str, Any]:
+        result: dict[str, Any] = await self._call("GET", "/v1/scaling")
+        return result
+
     async def nodes(self) -> list[dict[str, Any]]:
         result: list[dict[str, Any]] = await self._call("GET", "/v1/nodes")
         return result

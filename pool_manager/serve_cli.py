@@ -6,6 +6,7 @@ once; node servers on the same machine read it, so one machine needs no configur
 from __future__ import annotations
 
 import logging
+import shlex
 from pathlib import Path
 from typing import Annotated
 
@@ -20,6 +21,7 @@ from fargpu.pool_manager.config import (
 )
 from fargpu.pool_manager.enrolment import ENROL_TOKEN_ENV, EnrolTokenFileError
 from fargpu.pool_manager.placement import Strategy
+from fargpu.pool_manager.providers import PROVIDERS, ProviderError
 from fargpu.pool_manager.server import PoolManager, run_pool_manager
 from fargpu.pool_manager.store_embedded import StateFileInUse
 
@@ -83,11 +85,68 @@ def pool_manager(
             "guaranteed leases always fit real memory; a node's own --overcommit wins",
         ),
     ] = 1.0,
+    provider: Annotated[
+        str,
+        typer.Option(
+            envvar="FARGPU_POOL_PROVIDER",
+            help="who starts and stops GPU nodes: none (by hand), local (node server processes on this machine) or "
+            "kubernetes (scales the node agents' Deployment)",
+        ),
+    ] = "none",
+    min_nodes: Annotated[int, typer.Option(envvar="FARGPU_POOL_MIN_NODES", min=0, help="nodes kept running")] = 0,
+    max_nodes: Annotated[
+        int, typer.Option(envvar="FARGPU_POOL_MAX_NODES", min=0, help="most nodes the provider may run")
+    ] = 4,
+    node_idle_s: Annotated[
+        float,
+        typer.Option(
+            envvar="FARGPU_POOL_NODE_IDLE_S", min=0, help="a provider's node with no lease and no session this long "
+            "is drained and stopped"
+        ),
+    ] = 60.0,
+    park_idle_s: Annotated[
+        float,
+        typer.Option(
+            envvar="FARGPU_POOL_PARK_IDLE_S", min=0, help="sessions idle this long are paged out, then parked where "
+            "their node offers it (0: off)"
+        ),
+    ] = 0.0,
+    scale_up_wait_s: Annotated[
+        float,
+        typer.Option(
+            envvar="FARGPU_POOL_SCALE_UP_WAIT_S", min=0, help="a lease request that finds no room waits this long for "
+            "a node the provider starts"
+        ),
+    ] = 120.0,
+    local_backend: Annotated[
+        str, typer.Option(envvar="FARGPU_POOL_LOCAL_BACKEND", help="--provider local: the node servers' --backend")
+    ] = "auto",
+    local_node_args: Annotated[
+        str, typer.Option(envvar="FARGPU_POOL_LOCAL_NODE_ARGS", help="--provider local: more `fargpu server` flags")
+    ] = "",
+    kube_namespace: Annotated[
+        str, typer.Option(envvar="FARGPU_POOL_KUBE_NAMESPACE", help="--provider kubernetes: the namespace")
+    ] = "default",
+    kube_deployment: Annotated[
+        str,
+        typer.Option(envvar="FARGPU_POOL_KUBE_DEPLOYMENT", help="--provider kubernetes: the node agents' Deployment"),
+    ] = "fargpu-node",
+    kube_config: Annotated[
+        str,
+        typer.Option(
+            envvar="FARGPU_POOL_KUBE_CONFIG", help="--provider kubernetes: kubeconfig file [default: in-cluster "
+            "credentials, else $KUBECONFIG or ~/.kube/config]", show_default=False
+        ),
+    ] = "",
     log_level: Annotated[str, typer.Option(envvar="FARGPU_LOG_LEVEL")] = "info",
 ) -> None:
     """Run the pool manager: lease REST API (docs at /docs, metrics at /metrics) and the node gRPC service."""
     if store not in ("embedded", "redis"):
         raise typer.BadParameter("expected 'embedded' or 'redis'", param_hint="--store")
+    if provider not in PROVIDERS:
+        raise typer.BadParameter(f"expected one of {', '.join(PROVIDERS)}", param_hint="--provider")
+    if min_nodes > max_nodes:
+        raise typer.BadParameter(f"--min-nodes {min_nodes} is above --max-nodes {max_nodes}", param_hint="--min-nodes")
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = PoolManagerConfig(
         host=host,
@@ -109,6 +168,17 @@ def pool_manager(
         default_idle_timeout_s=idle_timeout,
         overcommit_ratio=overcommit,
         log_level=log_level.lower(),
+        provider=provider,
+        min_nodes=min_nodes,
+        max_nodes=max_nodes,
+        node_idle_s=node_idle_s,
+        park_idle_s=park_idle_s,
+        scale_up_wait_s=scale_up_wait_s,
+        local_backend=local_backend,
+        local_node_args=shlex.split(local_node_args),
+        kube_namespace=kube_namespace,
+        kube_deployment=kube_deployment,
+        kube_config=kube_config or None,
     )
 
     def ready(pm: PoolManager) -> None:
@@ -127,9 +197,15 @@ def pool_manager(
             )
         if admin_token is None:
             typer.echo("fargpu pool manager: no admin token set; drain and evict are disabled", err=True)
+        if provider != "none":
+            typer.echo(
+                f"fargpu pool manager: {provider} provider, {min_nodes}-{max_nodes} node(s), idle nodes stop after "
+                f"{node_idle_s:g}s",
+                err=True,
+            )
 
     try:
         run_pool_manager(config, ready)
-    except (StateFileInUse, EnrolTokenFileError, ConnectionError, OSError) as e:
+    except (StateFileInUse, EnrolTokenFileError, ConnectionError, OSError, ProviderError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1) from None

@@ -1,0 +1,116 @@
+"""The local provider against a real pool manager: it starts real `fargpu server --backend sim` processes that
+enrol and register by themselves under the node id it gave them (the lowest free `local-N`), lists them with
+their pids, stops one with SIGTERM (its process is gone, the id is free again), and stops every node it started
+when it closes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+from conftest import eventually, fast, free_port, pm_config, subprocess_env
+from typer.testing import CliRunner
+
+from fargpu.cli import app
+from fargpu.pool_manager.providers import ProviderState
+from fargpu.pool_manager.providers.local import LocalProvider
+from fargpu.pool_manager.server import PoolManager
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie (exited, not reaped) counts as gone
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().split(") ")[1][0] != "Z"
+
+
+async def test_local_provider_starts_lists_and_stops_node_servers(tmp_path: Path) -> None:
+    async with PoolManager(pm_config(**fast(), enrol_token="enrol-local")) as pm, httpx.AsyncClient(
+        base_url=pm.rest_url
+    ) as api:
+        provider = LocalProvider(pm.rest_url, enrol_token="enrol-local", backend="sim", log_dir=tmp_path / "logs",
+                                 extra_args=["--ctx-charge", "0"])  # fmt: skip
+        try:
+            first = await provider.start()
+            second = await provider.start()
+            assert (first.node_id, second.node_id) == ("local-0", "local-1")
+            assert first.state == ProviderState.starting
+
+            async def registered() -> bool:
+                ids = {n["node_id"] for n in (await api.get("/v1/nodes")).json() if n["state"] == "up"}
+                return ids == {"local-0", "local-1"}
+
+            await eventually(registered, 60)
+            listed = await provider.list()
+            assert [(n.node_id, n.state) for n in listed] == [("local-0", ProviderState.running),
+                                                              ("local-1", ProviderState.running)]  # fmt: skip
+            pids = {n.node_id: int(n.detail.split()[1]) for n in listed}
+            assert all(alive(p) for p in pids.values())
+            node = (await api.get("/v1/nodes/local-0")).json()
+            assert node["backend"] == "sim" and node["endpoints"][0].startswith("tcp://127.0.0.1:")
+            lease = await api.post("/v1/leases", json={"vram": "64M"})
+            assert lease.status_code == 201, lease.text
+            await provider.stop("local-0")
+            assert not alive(pids["local-0"])
+            assert [n.node_id for n in await provider.list()] == ["local-1"]
+            assert (tmp_path / "logs" / "local-0.log").read_text()  # its output went to its log
+            assert (await provider.start()).node_id == "local-0"  # the lowest free id again
+            await provider.stop("no-such-node")  # nothing to do
+        finally:
+            await provider.close()
+        assert await provider.list() == []
+        assert not alive(pids["local-1"])
+
+
+def test_pool_nodes_shows_provider_states_and_pool_manager_flags(tmp_path: Path) -> None:
+    """`fargpu pool-manager --provider local --min-nodes 1` (the real command) keeps one node running, and
+    `fargpu pool nodes` shows it with its provider state."""
+    rest, grpc_port = free_port(), free_port()
+    script = Path(sys.executable).with_name("fargpu")
+    argv = [str(script)] if script.exists() else [sys.executable, "-m", "fargpu.cli"]
+    env = subprocess_env() | {"FARGPU_ENROL_TOKEN": "enrol-cli"}
+    log = (tmp_path / "pool.log").open("wb")
+    proc = subprocess.Popen(
+        [*argv, "pool-manager", "--port", str(rest), "--grpc-port", str(grpc_port), "--memory-only",
+         "--heartbeat-interval", "0.2", "--provider", "local", "--local-backend", "sim", "--local-node-args",
+         "--ctx-charge 0", "--min-nodes", "1", "--max-nodes", "1", "--node-idle-s", "1"],
+        env=env, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{rest}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                nodes = httpx.get(url + "/v1/nodes", timeout=5).json()
+                if [n["state"] for n in nodes] == ["up"]:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline and proc.poll() is None, (tmp_path / "pool.log").read_text()
+            time.sleep(0.1)
+        runner = CliRunner(env={"COLUMNS": "250"})
+        r = runner.invoke(app, ["pool", "nodes", "--pool", url])
+        assert r.exit_code == 0, r.output
+        assert "local-0" in r.output and "running" in r.output and "provider" in r.output
+        r = runner.invoke(app, ["pool", "nodes", "--pool", url, "--json"])
+        assert [(n["node_id"], n["provider_state"]) for n in json.loads(r.output)] == [
+            ("local-0", "running")
+        ]
+        time.sleep(2)  # idle past --node-idle-s, but --min-nodes 1 keeps it
+        assert [n["state"] for n in httpx.get(url + "/v1/nodes", timeout=5).json()] == ["up"]
+        bad = subprocess.run([*argv, "pool-manager", "--provider", "nomad"], env=env, capture_output=True, text=True)
+        assert bad.returncode != 0 and "expected one of none, local, kubernetes" in bad.stderr
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        log.close()
+    # the pool manager stopped the node server it started
+    assert "stopped local node local-0" in (tmp_path / "pool.log").read_text()
