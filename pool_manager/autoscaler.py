@@ -7,7 +7,8 @@ one of them scales at a time, and another takes over within `lock_ttl_s` when it
 1. Demand: every pool manager publishes what waits in it for room (queued lease requests, parked leases being
    resumed: `PoolService.publish_demand`). A request that fits no up node is unmet.
 2. Up: below `min_nodes`, or with unmet demand and no node already starting, ask the provider for one more node
-   (never beyond `max_nodes`). A started node that has not registered after `start_timeout_s` is stopped.
+   (never beyond `max_nodes`). A node that runs but has not registered `start_timeout_s` later is stopped (a
+   pod still Pending is not: it waits for the cluster autoscaler to add a machine).
    While a node can still be added, a lease request that finds no room waits for it (`scale_up_wait_s`, the
    service's `can_scale_up` hook) instead of failing: a lease arriving at zero nodes is answered once the new
    node has registered and the lease is placed on it.
@@ -56,7 +57,7 @@ class AutoscalerConfig:
     park_idle_s: float = 0.0  # sessions idle this long are paged out, then parked where the node can (0: off)
     interval_s: float = 1.0
     lock_ttl_s: float = 10.0
-    start_timeout_s: float = 180.0  # a started node that has not registered by then is stopped
+    start_timeout_s: float = 180.0  # a node that runs but has not registered by then is stopped
     scale_down_cooldown_s: float = 30.0  # no scale-down this long after a scale-up
 
     def __post_init__(self) -> None:
@@ -121,6 +122,7 @@ class Autoscaler:
         self._stopping = False
         self._idle_since: dict[str, float] = {}
         self._asked: dict[str, float] = {}  # node id -> when the provider was asked for it (clock)
+        self._unregistered: dict[str, float] = {}  # node id -> when first seen running but not registered
         self._last_up = -1e18
         self._stopped: set[str] = set()  # nodes this autoscaler stopped (removed from the pool once down)
         self._paged: dict[str, float] = {}  # session id -> when a page-out was asked for
@@ -224,17 +226,25 @@ class Autoscaler:
         log.info("autoscaler: %s", self.last_action)
 
     async def _stop_late_starters(self, starting: list[ProviderNode], now: float) -> None:
-        for p in starting:
-            since = self._asked.get(p.node_id, p.started_at or now)
-            if p.node_id and now - since > self.config.start_timeout_s:
-                log.warning("node %s did not register within %gs of its start (%s); stopping it", p.node_id,
-                            self.config.start_timeout_s, p.detail)  # fmt: skip
-                self._asked.pop(p.node_id, None)
-                try:
-                    await self.provider.stop(p.node_id)
-                except ProviderError as e:
-                    log.error("cannot stop node %s: %s", p.node_id, e)
-                self.service.metrics.scale_events.labels("stop", "start_timeout").inc()
+        """Stops a node that runs (a process, a Running pod) but has not registered `start_timeout_s` after the
+        provider was asked for it (or this autoscaler first saw it run). A pod still Pending waits for a machine:
+        that is the cluster autoscaler's business."""
+        running = {p.node_id for p in starting if p.node_id and p.state == ProviderState.running}
+        for node_id in [n for n in self._unregistered if n not in running]:
+            del self._unregistered[node_id]
+        for node_id in running:
+            since = self._unregistered.setdefault(node_id, self._asked.get(node_id, now))
+            if now - since <= self.config.start_timeout_s:
+                continue
+            log.warning("node %s runs but did not register with the pool within %gs; stopping it (see its log)",
+                        node_id, self.config.start_timeout_s)  # fmt: skip
+            self._unregistered.pop(node_id, None)
+            self._asked.pop(node_id, None)
+            try:
+                await self.provider.stop(node_id)
+            except ProviderError as e:
+                log.error("cannot stop node %s: %s", node_id, e)
+            self.service.metrics.scale_events.labels("stop", "start_timeout").inc()
 
     async def _forget_stopped(self, nodes: list[NodeRecord], by_id: dict[str, ProviderNode]) -> None:
         for n in nodes:

@@ -185,3 +185,19 @@ async def test_idle_sessions_page_out_then_park_or_log_why_not(
         said = [r.message for r in caplog.records if "parking it is a no-op" in r.message]
         assert len(said) == 1 and "does not offer Park" in said[0]
     assert p.stops == []  # the paged session keeps its node
+
+
+async def test_a_node_that_runs_but_never_registers_is_stopped(service: PoolService, clock: FakeClock) -> None:
+    a, p = scaler(service, clock, register=False, min_nodes=1, start_timeout_s=120)
+    await a.tick()
+    assert p.starts == 1
+    clock.advance(100)
+    await a.tick()
+    assert p.stops == []
+    p.nodes["pending-pod"] = ProviderNode("pending-pod", ProviderState.starting, 0.0)  # waits for a machine
+    clock.advance(30)
+    await a.tick()
+    assert p.stops == ["n0"]  # ran 130 s without registering; the Pending one is the cluster autoscaler's
+    clock.advance(1000)
+    await a.tick()
+    assert "pending-pod" not in p.stops
