@@ -125,16 +125,21 @@ async def run_leased(
         _say(str(e))
         return EXIT_POOL
     async with PoolClient(pool_url) as client:
+        asking = asyncio.ensure_future(client.create_lease(
+            vram_bytes,
+            gpus,
+            qos=qos,
+            ttl_s=ttl_s,
+            wait_s=wait_s,
+            label=label or " ".join(cmd)[:200],
+            idle_timeout_s=idle_timeout_s,
+        ))  # fmt: skip
         try:
-            lease = await client.create_lease(
-                vram_bytes,
-                gpus,
-                qos=qos,
-                ttl_s=ttl_s,
-                wait_s=wait_s,
-                label=label or " ".join(cmd)[:200],
-                idle_timeout_s=idle_timeout_s,
-            )
+            done, _ = await asyncio.wait([asking], timeout=2.0)
+            if not done and not quiet:  # no room now: the pool queues the request, or starts a node for it
+                _say("waiting for capacity: no node has room yet (a pool with a node provider starts one; "
+                     "`fargpu pool nodes` shows it)")  # fmt: skip
+            lease = await asking
         except PoolUnreachable as e:
             _say(str(e))
             return EXIT_POOL

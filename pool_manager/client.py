@@ -39,6 +39,9 @@ class PoolApiError(Exception):
         self.retry_after_s = retry_after_s
 
 
+SCALE_UP_ALLOWANCE_S = 300.0  # the longest a lease request may wait for a node the pool starts, client side
+
+
 class PoolClient:
     def __init__(self, base_url: str | None = None, *, admin_token: str | None = None, timeout_s: float = 10.0) -> None:
         self.base_url = (base_url or default_pool_url()).rstrip("/")
@@ -65,7 +68,7 @@ class PoolClient:
         json: dict[str, Any] | None = None,
         params: dict[str, Any] | None = None,
         token: str | None = None,
-        timeout_s: float | None = None,
+        timeout_s: float | httpx.Timeout | None = None,
     ) -> Any:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         try:
@@ -108,7 +111,10 @@ class PoolClient:
         for key, value in optional:
             if value is not None:
                 body[key] = value
-        result: dict[str, Any] = await self._call("POST", "/v1/leases", json=body, timeout_s=self._timeout + wait_s)
+        # A pool with a node provider may hold a request that finds no room while it starts a node (up to its
+        # --scale-up-wait-s, 120 s by default) and answers 201 or 503 then: the read deadline leaves room for that.
+        timeout = httpx.Timeout(self._timeout, read=self._timeout + max(wait_s, SCALE_UP_ALLOWANCE_S))
+        result: dict[str, Any] = await self._call("POST", "/v1/leases", json=body, timeout_s=timeout)
         return result
 
     async def get_lease(self, lease_id: str) -> dict[str, Any]:

@@ -70,47 +70,61 @@ async def test_local_provider_starts_lists_and_stops_node_servers(tmp_path: Path
         assert not alive(pids["local-1"])
 
 
-def test_pool_nodes_shows_provider_states_and_pool_manager_flags(tmp_path: Path) -> None:
-    """`fargpu pool-manager --provider local --min-nodes 1` (the real command) keeps one node running, and
-    `fargpu pool nodes` shows it with its provider state."""
+def test_fargpu_run_at_zero_nodes_through_the_real_commands(tmp_path: Path) -> None:
+    """`fargpu pool-manager --provider local` (the real command) with no node at all; `fargpu run -- python -m
+    fargpu.demo_program` (a CUDA program through the stub) waits while the pool starts a node, runs on it
+    correctly, and once the lease is gone the node is stopped again. `fargpu pool nodes` shows the node with its
+    provider state meanwhile."""
     rest, grpc_port = free_port(), free_port()
     script = Path(sys.executable).with_name("fargpu")
     argv = [str(script)] if script.exists() else [sys.executable, "-m", "fargpu.cli"]
     env = subprocess_env() | {"FARGPU_ENROL_TOKEN": "enrol-cli"}
+    env.pop("LD_PRELOAD", None)
     log = (tmp_path / "pool.log").open("wb")
     proc = subprocess.Popen(
         [*argv, "pool-manager", "--port", str(rest), "--grpc-port", str(grpc_port), "--memory-only",
          "--heartbeat-interval", "0.2", "--provider", "local", "--local-backend", "sim", "--local-node-args",
-         "--ctx-charge 0", "--min-nodes", "1", "--max-nodes", "1", "--node-idle-s", "1"],
-        env=env, stdout=log, stderr=subprocess.STDOUT,
+         "--ctx-charge 0", "--min-nodes", "0", "--max-nodes", "1", "--node-idle-s", "1"],
+        env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path,
     )  # fmt: skip
     url = f"http://127.0.0.1:{rest}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                nodes = httpx.get(url + "/v1/nodes", timeout=5).json()
-                if [n["state"] for n in nodes] == ["up"]:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline and proc.poll() is None, (tmp_path / "pool.log").read_text()
+    runner = CliRunner(env={"COLUMNS": "250"})
+
+    def nodes() -> list[dict[str, object]] | None:
+        try:
+            got: list[dict[str, object]] = httpx.get(url + "/v1/nodes", timeout=5).json()
+            return got
+        except httpx.HTTPError:
+            return None
+
+    def wait(what: str, ok: object, within_s: float = 60) -> None:
+        deadline = time.monotonic() + within_s
+        while not ok():  # type: ignore[operator]
+            assert proc.poll() is None, (tmp_path / "pool.log").read_text()
+            assert time.monotonic() < deadline, f"{what}:\n" + (tmp_path / "pool.log").read_text()[-3000:]
             time.sleep(0.1)
-        runner = CliRunner(env={"COLUMNS": "250"})
-        r = runner.invoke(app, ["pool", "nodes", "--pool", url])
-        assert r.exit_code == 0, r.output
-        assert "local-0" in r.output and "running" in r.output and "provider" in r.output
+
+    try:
+        wait("the pool manager", lambda: nodes() == [])
+        t0 = time.perf_counter()
+        run = subprocess.Popen([*argv, "run", "--pool", url, "--vram", "64M", "--", sys.executable, "-m",
+                                "fargpu.demo_program"], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)  # fmt: skip
+        wait("a node", lambda: [n["state"] for n in nodes() or []] == ["up"])
         r = runner.invoke(app, ["pool", "nodes", "--pool", url, "--json"])
-        assert [(n["node_id"], n["provider_state"]) for n in json.loads(r.output)] == [
-            ("local-0", "running")
-        ]
-        time.sleep(2)  # idle past --node-idle-s, but --min-nodes 1 keeps it
-        assert [n["state"] for n in httpx.get(url + "/v1/nodes", timeout=5).json()] == ["up"]
+        assert [(n["node_id"], n["provider_state"]) for n in json.loads(r.output)] == [("local-0", "running")]
+        r = runner.invoke(app, ["pool", "nodes", "--pool", url])
+        assert r.exit_code == 0 and "local-0" in r.output and "running" in r.output, r.output
+        out, err = run.communicate(timeout=120)
+        print(f"fargpu run from zero nodes to the program's end: {time.perf_counter() - t0:.2f} s")
+        assert run.returncode == 0 and "all correct" in out, out + err
+        assert "on node local-0" in err
+        wait("back to zero nodes", lambda: nodes() == [], 30)
         bad = subprocess.run([*argv, "pool-manager", "--provider", "nomad"], env=env, capture_output=True, text=True)
         assert bad.returncode != 0 and "expected one of none, local, kubernetes" in bad.stderr
     finally:
         proc.terminate()
         proc.wait(30)
         log.close()
-    # the pool manager stopped the node server it started
-    assert "stopped local node local-0" in (tmp_path / "pool.log").read_text()
+    text = (tmp_path / "pool.log").read_text()
+    assert "started local node local-0" in text and "stopped local node local-0" in text
