@@ -42,6 +42,7 @@ from fargpu.pool_manager.placement import Strategy, place
 from fargpu.pool_manager.providers.base import NodeProvider, ProviderError, ProviderNode, ProviderState
 from fargpu.pool_manager.service import PoolService
 from fargpu.pool_manager.store import Command
+from fargpu.pool_manager.units import format_size
 
 log = logging.getLogger("fargpu.pool_manager.autoscaler")
 
@@ -132,6 +133,8 @@ class Autoscaler:
         self._last_provider: list[ProviderNode] = []
         self._unmet = 0
         self._waiting = 0
+        self._shape: tuple[int, int] | None = None  # the largest provider node seen: (GPUs, bytes per GPU)
+        self._too_big_told = False
 
     # --- lifecycle ---------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -157,10 +160,20 @@ class Autoscaler:
                 log.exception("autoscaler pass failed")
             await asyncio.sleep(self.config.interval_s)
 
-    async def can_scale_up(self) -> bool:
-        """Whether a request that finds no room should wait for a node: one is starting, or one may start."""
+    async def can_scale_up(self, vram_bytes: int = 0, gpus: int = 1) -> bool:
+        """Whether a request that finds no room should wait for a node: one is starting, or one may start, and
+        the provider's nodes (as far as this pool manager has seen one) are big enough for it."""
+        if not self.fits_provider_node(vram_bytes, gpus):
+            return False
         live = [n for n in await self.store.list_nodes() if n.state != NodeState.down]
         return len(live) < self.config.max_nodes or any(p.state == ProviderState.starting for p in self._last_provider)
+
+    def fits_provider_node(self, vram_bytes: int, gpus: int) -> bool:
+        """False when a node of the provider's (the largest one seen registering) could never hold the request."""
+        if self._shape is None:
+            return True  # not seen one yet: start one and see
+        count, per_gpu = self._shape
+        return gpus <= count and vram_bytes <= per_gpu * max(1.0, self.service.config.overcommit_ratio)
 
     # --- one pass ----------------------------------------------------------------------------------------
     async def tick(self) -> None:
@@ -184,6 +197,10 @@ class Autoscaler:
         for node_id in [n for n in self._asked if n in live]:
             m.node_start_seconds.observe(max(0.0, now - self._asked.pop(node_id)))
             log.info("node %s registered", node_id)
+        for n in live.values():
+            if n.node_id in by_id and n.gpus:
+                shape = (len(n.gpus), max(g.total_bytes for g in n.gpus))
+                self._shape = shape if self._shape is None else max(self._shape, shape)
         starting = [p for p in provided if p.state != ProviderState.stopping and p.node_id not in live]
         await self._stop_late_starters(starting, now)
         await self._forget_stopped(nodes, by_id)
@@ -193,6 +210,13 @@ class Autoscaler:
         ratio = self.service.config.overcommit_ratio
         unmet = [d for d in demand if place(view, d.vram_bytes, d.gpus, Strategy.pack, qos=d.qos, overcommit=ratio)
                  is None]  # fmt: skip
+        too_big = [d for d in unmet if not self.fits_provider_node(d.vram_bytes, d.gpus)]
+        if too_big and not self._too_big_told:
+            assert self._shape is not None
+            log.warning("%d request(s) wait for more than one of the provider's nodes has (%d GPU(s) of %s): no node "
+                        "is started for them", len(too_big), self._shape[0], format_size(self._shape[1]))  # fmt: skip
+        self._too_big_told = bool(too_big)
+        unmet = [d for d in unmet if d not in too_big]
         self._waiting, self._unmet = len(demand), len(unmet)
         m.demand.set(len(demand))
         count = len(live) + len(starting)

@@ -134,7 +134,7 @@ class PoolService:
         self.on_placement: Callable[[float], None] | None = None  # seconds per successful placement (benchmark)
         # Set by the autoscaler: whether a node can still be added (then a request that finds no room waits for
         # it, up to scale_up_wait_s, instead of failing at once).
-        self.can_scale_up: Callable[[], Awaitable[bool]] | None = None
+        self.can_scale_up: Callable[[int, int], Awaitable[bool]] | None = None  # (VRAM per GPU, GPUs)
         self.manager_id = secrets.token_hex(6)  # names this pool manager's published demand in the store
         self._moving: dict[str, LeaseRecord] = {}  # leases waiting here for room to move (resume, relocate)
         self._published = ""
@@ -273,7 +273,7 @@ class PoolService:
         res, _ = await self._try_place(req, thash)
         if isinstance(res, LeaseRecord):
             return res, token
-        if req.wait_s <= 0 and self.can_scale_up is not None and await self.can_scale_up():
+        if req.wait_s <= 0 and self.can_scale_up is not None and await self.can_scale_up(req.vram_bytes, req.gpu_count):
             # A node is coming (or can come): wait for it rather than fail (see autoscaler.py).
             req = LeaseRequest(req.vram_bytes, req.gpu_count, req.qos, req.ttl_s, self.config.scale_up_wait_s,
                                req.label, req.strategy, req.idle_timeout_s)  # fmt: skip

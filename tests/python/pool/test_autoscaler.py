@@ -201,3 +201,21 @@ async def test_a_node_that_runs_but_never_registers_is_stopped(service: PoolServ
     clock.advance(1000)
     await a.tick()
     assert "pending-pod" not in p.stops
+
+
+async def test_no_node_is_started_for_a_request_no_provider_node_can_hold(
+    service: PoolService, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    a, p = scaler(service, clock, min_nodes=1)
+    assert await a.can_scale_up(64 * GiB, 1)  # no provider node seen yet: one may fit
+    await a.tick()
+    await a.tick()  # n0 (16 GiB) registered: the provider's nodes are that big
+    assert p.starts == 1
+    assert not await a.can_scale_up(32 * GiB, 1) and not await a.can_scale_up(GiB, 2)
+    assert await a.can_scale_up(8 * GiB, 1)
+    await service.store.put_demand("m", '[{"vram_bytes": 34359738368, "gpus": 1, "qos": "standard"}]', 60)
+    with caplog.at_level(logging.WARNING, "fargpu.pool_manager.autoscaler"):
+        await a.tick()
+        await a.tick()
+    assert p.starts == 1
+    assert sum("no node is started for them" in r.message for r in caplog.records) == 1
