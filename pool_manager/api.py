@@ -240,15 +240,16 @@ def create_app(service: PoolService, admin_token: str | None = None) -> FastAPI:
 
     @app.post("/v1/leases/{lease_id}/resume", response_model=LeaseView, tags=["leases"], dependencies=owner)
     async def resume_lease(lease_id: str, body: ResumeBody | None = None) -> LeaseView:
-        """Where the lease's client connects now. A parked lease (node_id empty) is placed on a node first (which
-        is told to restore its sessions), waiting up to `wait_s` (default: the pool's scale-up wait) for a node to
-        start; 503 with Retry-After when none came. A lease on a node is returned as it is."""
+        """Where the lease's client connects now. A lease bound to no node (its sessions parked, its node gone) is
+        placed on a node first, waiting up to `wait_s` (default: the pool's scale-up wait) for a node to start;
+        503 with Retry-After when none came. The client reconnects there with its resume key and the node restores
+        its sessions from the park store. A lease on a node is returned as it is."""
         return (await service.resume_lease(lease_id, body.wait_s if body else None)).view()
 
     @app.post("/v1/admin/leases/{lease_id}/relocate", response_model=LeaseView, tags=["admin"], dependencies=admin)
     async def relocate_lease(lease_id: str, body: RelocateBody | None = None) -> LeaseView:
         """Moves the lease to `node_id` (or where placement puts it): its bookings move, its token is valid there
-        only, the new node is told to restore its sessions (from the park store) and the old one to end them."""
+        only, and the old node is told to end its sessions (parked ones resume on the new node)."""
         node_id, wait_s = (body.node_id, body.wait_s) if body else (None, 0.0)
         return (await service.relocate(lease_id, node_id, wait_s=wait_s)).view()
 

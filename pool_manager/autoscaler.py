@@ -13,12 +13,14 @@ one of them scales at a time, and another takes over within `lock_ttl_s` when it
    service's `can_scale_up` hook) instead of failing: a lease arriving at zero nodes is answered once the new
    node has registered and the lease is placed on it.
 3. Idle sessions (`park_idle_s`, 0: off): a resident one is paged out (a PageOut command); a paged one is parked
-   (a Park command) where its node offers parking (the "park" capability it registers with). Where it does not,
-   parking is a no-op, logged once per session with the reason, and the session stays paged on its node (which
-   then cannot be stopped).
-4. Down: a node the provider runs that holds no active lease and reports no session is idle; after
-   `node_idle_s` idle it is drained, checked again (a lease may have landed meanwhile: undrain and keep it),
-   stopped through the provider and removed from the pool. Never below `min_nodes`, never while demand is unmet,
+   (a Park command) where its node offers parking (the "park" capability it registers with, when it has a park
+   store) and the session has no park blocker. Otherwise parking is a no-op, logged once per session with the
+   reason, and the session stays paged on its node (which then cannot be stopped).
+4. Down: a node the provider runs that runs no session and holds no lease except parked ones (every session of
+   the lease parked: `LeaseRecord.parked_ref`) is idle; after `node_idle_s` idle it is drained, its parked leases
+   are bound to no node (their clients resume them elsewhere: `PoolService.resume_lease`), it is checked again
+   (a lease may have landed meanwhile: undrain and keep it), stopped through the provider and removed from the
+   pool. Never below `min_nodes`, never while demand is unmet,
    never within `scale_down_cooldown_s` of a scale-up, one node per pass (hysteresis: up at once, down slowly).
    Idle timers live in the lock holder; a new holder starts them afresh.
 
@@ -47,7 +49,7 @@ from fargpu.pool_manager.units import format_size
 log = logging.getLogger("fargpu.pool_manager.autoscaler")
 
 LOCK = "autoscaler"
-PARKED_STATES = ("paged-host", "paged-disk")
+PAGED_STATES = ("paged-host", "paged-disk")
 
 
 @dataclass
@@ -293,13 +295,15 @@ class Autoscaler:
                     self._paged[s.session_id] = now
                     with contextlib.suppress(PoolError):
                         await self.service.page_session(s.session_id, "page-out")
-                elif s.state in PARKED_STATES:
-                    if "park" not in node.capabilities:
+                elif s.state in PAGED_STATES:
+                    why_not = ("the node server does not offer Park (no park store)" if "park" not in node.capabilities
+                               else f"it cannot be parked: {s.park_blocker}" if s.park_blocker else "")  # fmt: skip
+                    if why_not:
                         if s.session_id not in self._told:
                             self._told.add(s.session_id)
-                            log.info("session %s on node %s is idle and paged; parking it is a no-op: the node server "
-                                     "does not offer Park yet, so the session stays paged and its node stays up",
-                                     s.session_id, node.node_id)  # fmt: skip
+                            log.info("session %s on node %s is idle and paged; parking it is a no-op: %s, so the "
+                                     "session stays paged and its node stays up", s.session_id, node.node_id,
+                                     why_not)  # fmt: skip
                     elif now - self._parked.get(s.session_id, -1e18) > cfg.park_idle_s:
                         self._parked[s.session_id] = now
                         cmd = Command(_command_id(), "park", lease_id=s.lease_id, session_id=s.session_id)
@@ -312,8 +316,8 @@ class Autoscaler:
         idle: list[str] = []
         for node_id, node in live.items():
             p = by_id.get(node_id)
-            busy = node.sessions or await self.store.active_lease_ids_on(node_id)
-            if p is None or p.state == ProviderState.stopping or busy:
+            busy = p is None or p.state == ProviderState.stopping or await self._busy(node)
+            if busy:
                 self._idle_since.pop(node_id, None)
                 continue
             since = self._idle_since.setdefault(node_id, now)
@@ -328,6 +332,7 @@ class Autoscaler:
         except PoolError as e:
             log.info("not stopping node %s: %s", node_id, e.reason)
             return
+        await self.service.unbind_parked(node_id)  # parked leases leave with nothing on the node
         if await self.store.active_lease_ids_on(node_id):  # a lease landed between the look and the drain
             with contextlib.suppress(PoolError):
                 await self.service.undrain_node(node_id)
@@ -347,6 +352,16 @@ class Autoscaler:
         self.service.metrics.scale_events.labels("stop", "idle").inc()
         self.last_action = f"stopped {node_id}: {why}"
         log.info("autoscaler: %s", self.last_action)
+
+    async def _busy(self, node: NodeRecord) -> bool:
+        """A node is busy while it runs a session, or holds a lease whose sessions are not all parked."""
+        if any(s.state != "parked" for s in node.sessions):
+            return True
+        for lease_id in await self.store.active_lease_ids_on(node.node_id):
+            lease = await self.store.get_lease(lease_id)
+            if lease is not None and lease.parked_ref is None:
+                return True
+        return False
 
     # --- views -------------------------------------------------------------------------------------------
     async def status(self) -> ScaleStatus:

@@ -205,12 +205,7 @@ class NodeRegistryService(pool_pb2_grpc.NodeRegistryServicer):
                 elif c.kind == "page_in":
                     yield pool_pb2.Command(command_id=c.command_id, page_in=pool_pb2.PageIn(session_id=c.session_id))
                 elif c.kind == "park":
-                    yield pool_pb2.Command(
-                        command_id=c.command_id, park=pool_pb2.Park(session_id=c.session_id, lease_id=c.lease_id)
-                    )
-                elif c.kind == "restore":
-                    restore = pool_pb2.Restore(lease_id=c.lease_id, park_ref=c.park_ref, from_node=c.from_node)
-                    yield pool_pb2.Command(command_id=c.command_id, restore=restore)
+                    yield pool_pb2.Command(command_id=c.command_id, park=pool_pb2.Park(session_id=c.session_id))
 
     async def ValidateToken(self, request: pool_pb2.ValidateTokenRequest, context: Any) -> pool_pb2.ValidateTokenReply:
         node_id = await self.authenticate(context, request.node_id, "ValidateToken")
@@ -228,11 +223,3 @@ class NodeRegistryService(pool_pb2_grpc.NodeRegistryServicer):
             qos=lease.qos.value,
             idle_timeout_s=self._service.idle_timeout_of(lease),
         )
-
-    async def SessionParked(self, request: pool_pb2.SessionParkedRequest, context: Any) -> pool_pb2.SessionParkedReply:
-        node_id = await self.authenticate(context, request.node_id, "SessionParked")
-        if not request.lease_id or len(request.park_ref) > 1024 or not request.park_ref.isprintable():
-            return pool_pb2.SessionParkedReply(accepted=False, reason="a lease id and a printable park_ref (<= 1024) "
-                                               "are needed")  # fmt: skip
-        ok, why = await self._run(self._service.session_parked(node_id, request.lease_id, request.park_ref))
-        return pool_pb2.SessionParkedReply(accepted=ok, reason=why)

@@ -435,8 +435,16 @@ class PoolService:
         if not known:
             return False, []
         stale: list[tuple[str, str]] = []
-        for lease_id in sorted({s.lease_id for s in sessions}):
+        by_lease: dict[str, list[SessionInfo]] = {}
+        for sess in sessions:
+            by_lease.setdefault(sess.lease_id, []).append(sess)
+        for lease_id in sorted(by_lease):
             lease = await self.store.get_lease(lease_id)
+            live = [x for x in by_lease[lease_id] if x.state != "parked"]  # parked ones are reports, not sessions
+            if lease is not None and lease.node_id == node_id and lease.state == LeaseState.active:
+                await self._note_parked(lease, by_lease[lease_id], live)
+            if not live:
+                continue
             if lease is None:
                 stale.append((lease_id, "the pool does not know this lease"))
             elif lease.node_id != node_id:
@@ -523,29 +531,42 @@ class PoolService:
         return await self.store.take_commands(node_id, timeout_s)
 
     # --- leases that outlive their node: parking, resuming, relocating --------------------------------------
-    async def session_parked(self, node_id: str, lease_id: str, park_ref: str) -> tuple[bool, str]:
-        """A node parked the last live session of `lease_id` (its state is at `park_ref` in the park store): the
-        lease is bound to no node from now on, its bookings given back, so that the node can go. Returns
-        (accepted, why not)."""
-        lease = await self.store.get_lease(lease_id)
-        if lease is None:
-            return False, f"the pool does not know lease {lease_id}"
-        if lease.state != LeaseState.active:
-            return False, f"lease {lease_id} has ended ({lease.state.value}): {lease.end_reason}"
-        if lease.node_id != node_id:
-            return False, f"lease {lease_id} is not placed on node {node_id}"
-        parked = lease.model_copy(update={"node_id": "", "endpoints": [], "allocs": [], "parked_ref": park_ref})
-        async with self._place_lock:
-            why = await self.store.move_lease(parked, self.config.overcommit_ratio)
-        if why is not None:
-            return False, why
-        log.info("lease %s parked from node %s (%s)", lease_id, node_id, park_ref)
-        self._kick.set()
-        return True, ""
+    async def _note_parked(self, lease: LeaseRecord, reported: list[SessionInfo], live: list[SessionInfo]) -> None:
+        """Keeps a lease's `parked_ref` in step with its node's report: set when every session the node reports
+        for it is parked ("parked KEY BYTES NS" in the page_result), cleared when one is live again (restored on
+        the same node). A lease stays bound to its node while parked; the autoscaler unbinds it
+        (`unbind_parked`) when it stops the node."""
+        if not live:
+            result = reported[0].page_result or ""
+            words = result.split()
+            ref = words[1] if len(words) > 1 and words[0] == "parked" else f"session {reported[0].session_id}"
+            if lease.parked_ref != ref:
+                await self.store.move_lease(lease.model_copy(update={"parked_ref": ref}))
+                log.info("lease %s: its sessions on node %s are parked (%s)", lease.lease_id, lease.node_id, ref)
+        elif lease.parked_ref is not None:
+            await self.store.move_lease(lease.model_copy(update={"parked_ref": None}))
+
+    async def unbind_parked(self, node_id: str) -> list[str]:
+        """Binds the node's parked leases (`parked_ref` set) to no node, giving their bookings back, so that the
+        node can go; their clients resume them elsewhere (`resume_lease`). Returns their ids."""
+        moved = []
+        for lease_id in await self.store.active_lease_ids_on(node_id):
+            lease = await self.store.get_lease(lease_id)
+            if lease is None or lease.parked_ref is None or lease.node_id != node_id:
+                continue
+            unbound = lease.model_copy(update={"node_id": "", "endpoints": [], "allocs": []})
+            async with self._place_lock:
+                why = await self.store.move_lease(unbound, self.config.overcommit_ratio)
+            if why is None:
+                moved.append(lease_id)
+                log.info("lease %s (parked, %s) is bound to no node now: node %s goes", lease_id, lease.parked_ref,
+                         node_id)  # fmt: skip
+        return moved
 
     async def resume_lease(self, lease_id: str, wait_s: float | None = None) -> LeaseRecord:
-        """Where the lease's client connects now: a parked lease is placed on a node first (waiting up to
-        `wait_s`, default scale_up_wait_s, for one to start) and that node is told to restore it."""
+        """Where the lease's client connects now: a lease bound to no node (parked, its node stopped) is placed
+        on a node first, waiting up to `wait_s` (default scale_up_wait_s) for one to start; the client then
+        reconnects there with its resume key and the node restores its sessions from the park store."""
         lease = await self.get_lease(lease_id)
         if lease.state != LeaseState.active:
             raise self._ended(lease)
@@ -555,9 +576,10 @@ class PoolService:
 
     async def relocate(self, lease_id: str, to_node: str | None = None, *, wait_s: float = 0.0) -> LeaseRecord:
         """Moves an active lease to `to_node` (or where placement puts it, never its current node): its bookings
-        move atomically, the lease's token is valid on the new node only, the new node gets a Restore command
-        (with the lease's park_ref) and the old one an EndLease for anything it still runs of the lease. Waits
-        up to `wait_s` for room (the autoscaler sees the wait as demand). NoCapacity when there is none."""
+        move atomically, the lease's token is valid on the new node only (its client reconnects there; parked
+        sessions are restored from the park store), and the old node gets an EndLease for anything it still runs
+        of the lease. Waits up to `wait_s` for room (the autoscaler sees the wait as demand). NoCapacity when
+        there is none."""
         lease = await self.get_lease(lease_id)
         deadline = time.monotonic() + wait_s
         try:
@@ -580,10 +602,6 @@ class PoolService:
             if self._moving.pop(lease_id, None) is not None:
                 await self.publish_demand()
         old = lease.node_id
-        await self.store.push_command(
-            res.node_id,
-            Command(secrets.token_hex(6), "restore", lease_id=lease_id, park_ref=res.parked_ref or "", from_node=old),
-        )
         if old:
             why = f"the lease moved to node {res.node_id}"
             await self.store.push_command(

@@ -86,13 +86,11 @@ class Command:
     """A command for a node agent, queued in the store until the node's command stream takes it."""
 
     command_id: str
-    kind: str  # "end_lease" | "drain" | "undrain" | "page_out" | "page_in" | "park" | "restore"
+    kind: str  # "end_lease" | "drain" | "undrain" | "page_out" | "page_in" | "park"
     lease_id: str = ""
     reason: str = ""
-    session_id: str = ""  # page_out, page_in
+    session_id: str = ""  # page_out, page_in, park
     to: str = ""  # page_out: "auto" | "host" | "disk"
-    park_ref: str = ""  # restore: where the lease's parked state is
-    from_node: str = ""  # restore: the node the lease lived on before
 
 
 class Store(Protocol):
@@ -202,8 +200,9 @@ class Store(Protocol):
     async def move_lease(self, lease: LeaseRecord, overcommit: float = 1.0) -> str | None:
         """Atomically rebinds an active lease to `lease.node_id` with `lease.allocs` (node "" with no allocs:
         bound to no node, e.g. parked) and stores the record as given (endpoints, parked_ref): its bookings on
-        its old node are given back and its new ones booked under `place_lease`'s room rule. Returns None on
-        success, or why it could not (the lease is not active, the node is not up or has no room)."""
+        its old node are given back and its new ones booked under `place_lease`'s room rule. On the same node it
+        only stores the record (bookings unchanged). Returns None on success, or why it could not (the lease is
+        not active, the node is not up or has no room)."""
         ...
 
     async def forget_node(self, node_id: str) -> bool:

@@ -440,14 +440,18 @@ class EmbeddedStore:
             return f"lease {lease.lease_id} is unknown"
         if old.state != LeaseState.active:
             return f"lease {lease.lease_id} has ended ({old.state.value})"
+        keep = {"state": old.state, "expires_at": old.expires_at, "qos": old.qos, "token_hash": old.token_hash}
+        if lease.node_id == old.node_id:  # the record only; bookings stay as they are
+            rec = lease.model_copy(update=keep | {"allocs": old.allocs})
+            self._leases[rec.lease_id] = rec
+            self._log_lease(rec)
+            return None
         if lease.node_id:
             node = self._nodes.get(lease.node_id)
             if node is None:
                 return f"node {lease.node_id} is unknown"
             if node.state != NodeState.up:
                 return f"node {lease.node_id} is {node.state.value}"
-            if lease.node_id == old.node_id:
-                return f"lease {lease.lease_id} is on node {lease.node_id} already"
             cap = self._caps[node.node_id]
             ratio = node.overcommit if node.overcommit > 0 else overcommit
             for a in lease.allocs:
@@ -457,8 +461,7 @@ class EmbeddedStore:
                 if a.vram_bytes > room_on(cap[a.gpu], booked, guaranteed, ratio, old.qos == QoS.guaranteed):
                     return f"GPU {a.gpu} of node {lease.node_id} has no room"
         self._book(old, -1)
-        rec = lease.model_copy(update={"state": old.state, "expires_at": old.expires_at, "qos": old.qos,
-                                       "token_hash": old.token_hash})  # fmt: skip
+        rec = lease.model_copy(update=keep)
         self._leases[rec.lease_id] = rec
         self._book(rec, +1)
         self._log_lease(rec)

@@ -195,11 +195,14 @@ if st ~= 'active' then return 'lease ' .. ARGV[1] .. ' has ended (' .. st .. ')'
 local old = redis.call('HGET', KEYS[1], 'node')
 local guaranteed = redis.call('HGET', KEYS[1], 'guaranteed') == '1'
 local to = ARGV[2]
+if to == old then
+  redis.call('HSET', KEYS[1], 'doc', ARGV[3])
+  return ''
+end
 if to ~= '' then
   local state = redis.call('HGET', ARGV[6] .. 'node:' .. to, 'state')
   if not state then return 'node ' .. to .. ' is unknown' end
   if state ~= 'up' then return 'node ' .. to .. ' is ' .. state end
-  if to == old then return 'lease ' .. ARGV[1] .. ' is on node ' .. to .. ' already' end
   local ratio = tonumber(redis.call('HGET', ARGV[6] .. 'node:' .. to, 'overcommit') or '0') or 0
   if ratio <= 0 then ratio = tonumber(ARGV[5]) end
   for i = 7, #ARGV, 2 do

@@ -391,6 +391,8 @@ class PoolLink:
                         gpus=self._gpus(),
                         version=self.version,
                         overcommit=self.overcommit,
+                        # "park": this node carries out Park commands (it has a park store)
+                        capabilities=["park"] if getattr(getattr(self.agent, "parker", None), "store", None) else [],
                     ),
                     timeout=5.0,
                     metadata=metadata,

@@ -9,6 +9,7 @@ node server processes, is in test_autoscaler_local.py and test_provider_local.py
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import pytest
@@ -149,9 +150,10 @@ async def test_scale_down_race_keeps_a_node_that_got_a_lease(service: PoolServic
     assert (await service.get_node("n0")).state == NodeState.up  # undrained: it keeps serving
 
 
-async def _session(service: PoolService, node: str, lease_id: str, state: str, idle_s: float) -> None:
+async def _session(service: PoolService, node: str, lease_id: str, state: str, idle_s: float, blocker: str = "",
+                   result: str | None = None) -> None:  # fmt: skip
     s = SessionInfo(session_id=f"s-{lease_id}", lease_id=lease_id, node_id=node, pid=1, vram_used_bytes=GiB,
-                    client="c", state=state, idle_s=idle_s)  # fmt: skip
+                    client="c", state=state, idle_s=idle_s, park_blocker=blocker, page_result=result)  # fmt: skip
     await service.node_heartbeat(node, gpus(16), [s], False)
 
 
@@ -179,12 +181,57 @@ async def test_idle_sessions_page_out_then_park_or_log_why_not(
         await a.tick()
     cmds = await service.next_commands("g", 0.01)
     if capable:
-        assert [(c.kind, c.session_id, c.lease_id) for c in cmds] == [("park", f"s-{lease.lease_id}", lease.lease_id)]
+        assert [(c.kind, c.session_id) for c in cmds] == [("park", f"s-{lease.lease_id}")]
     else:
         assert cmds == []
         said = [r.message for r in caplog.records if "parking it is a no-op" in r.message]
         assert len(said) == 1 and "does not offer Park" in said[0]
     assert p.stops == []  # the paged session keeps its node
+
+
+async def test_unparkable_session_stays_paged_with_its_reason(
+    service: PoolService, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    a, p = scaler(service, clock, park_idle_s=30, node_idle_s=5, scale_down_cooldown_s=0)
+    await service.register_node("g", ["tcp://g:1"], "sim", "", gpus(16), capabilities=["park"])
+    lease, _ = await service.create_lease(LeaseRequest(vram_bytes=GiB))
+    with caplog.at_level(logging.INFO, "fargpu.pool_manager.autoscaler"):
+        await _session(service, "g", lease.lease_id, "paged-disk", 100, blocker="a CUDA graph (cannot be rebuilt)")
+        await a.tick()
+    assert await service.next_commands("g", 0.01) == []
+    said = [r.message for r in caplog.records if "parking it is a no-op" in r.message]
+    assert len(said) == 1 and "it cannot be parked: a CUDA graph (cannot be rebuilt)" in said[0]
+
+
+async def test_node_with_only_parked_leases_goes_and_they_resume_elsewhere(service: PoolService,
+                                                                          clock: FakeClock) -> None:  # fmt: skip
+    a, p = scaler(service, clock, min_nodes=1, node_idle_s=10, scale_down_cooldown_s=0)
+    await a.tick()  # n0
+    lease, _ = await service.create_lease(LeaseRequest(vram_bytes=GiB))
+    assert lease.node_id == "n0"
+    a.config.min_nodes = 0
+    await _session(service, "n0", lease.lease_id, "paged-host", 100)
+    await a.tick()
+    clock.advance(60)
+    await a.tick()
+    assert p.stops == []  # a paged (not parked) session keeps its node
+    await _session(service, "n0", lease.lease_id, "parked", 0, result="parked sessions/s-x 4096 100")
+    await a.tick()
+    clock.advance(11)
+    await a.tick()
+    assert p.stops == ["n0"]
+    parked = await service.get_lease(lease.lease_id)
+    assert parked.node_id == "" and parked.parked_ref == "sessions/s-x" and parked.state.value == "active"
+    assert await service.list_nodes() == []  # zero nodes, the lease lives on
+    # the client calls again: the lease waits for a node; the autoscaler starts one; the lease is placed there
+    resume = asyncio.create_task(service.resume_lease(lease.lease_id, wait_s=10))
+    for _ in range(100):
+        await asyncio.sleep(0.01)
+        await service.publish_demand()
+        await a.tick()
+        if resume.done():
+            break
+    assert (await resume).node_id == "n1" and p.starts == 2
 
 
 async def test_a_node_that_runs_but_never_registers_is_stopped(service: PoolService, clock: FakeClock) -> None:

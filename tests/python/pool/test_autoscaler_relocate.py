@@ -1,6 +1,6 @@
-"""A lease outlives its node, on both stores: a node reports a lease's sessions parked (the lease is bound to no
-node and its bookings go back), the lease resumes on another node (which gets a Restore command, and the lease's
-token is valid there and only there), an operator relocates a live lease, and the store's scaling primitives
+"""A lease outlives its node, on both stores: a node reports a lease's sessions parked (the pool notes where), the
+node is to go (the parked lease is bound to no node and its bookings go back), the lease resumes on another node
+(its token is valid there and only there), an operator relocates a live lease, and the store's scaling primitives
 (the autoscaler lock, published demand, forgetting a stopped node) behave as the autoscaler relies on."""
 
 from __future__ import annotations
@@ -11,10 +11,15 @@ import pytest
 from conftest import FakeClock, GiB, gpus
 
 from fargpu.pool_manager.errors import Conflict, NoCapacity
-from fargpu.pool_manager.models import LeaseState
+from fargpu.pool_manager.models import LeaseState, SessionInfo
 from fargpu.pool_manager.service import LeaseRequest, PoolService
 from fargpu.pool_manager.store import Store
 from fargpu.pool_manager.tokens import token_hash
+
+
+def reported(lease_id: str, state: str, node: str = "a", result: str | None = None) -> list[SessionInfo]:
+    return [SessionInfo(session_id="s1", lease_id=lease_id, node_id=node, pid=0, vram_used_bytes=0, client="c",
+                        state=state, page_result=result)]  # fmt: skip
 
 
 async def test_parked_lease_frees_its_node_and_resumes_elsewhere(service: PoolService, clock: FakeClock) -> None:
@@ -22,22 +27,28 @@ async def test_parked_lease_frees_its_node_and_resumes_elsewhere(service: PoolSe
     lease, token = await service.create_lease(LeaseRequest(vram_bytes=10 * GiB))
     assert lease.node_id == "a"
     assert (await service.get_node("a")).capabilities == ["park"]
-    # only the lease's own node may report it parked
-    ok, why = await service.session_parked("b", lease.lease_id, "ref-1")
-    assert not ok and "not placed on node b" in why
-    ok, why = await service.session_parked("a", lease.lease_id, "parks/lease-1/manifest")
-    assert ok, why
+    # the node reports the lease's session parked (as a node server does for a while after its worker exits)
+    known, stale = await service.node_heartbeat("a", gpus(16), reported(lease.lease_id, "parked",
+                                                result="parked sessions/s1 1024 5000"))  # fmt: skip
+    assert known and stale == []  # a parked report is not a running session: nothing to end
     parked = await service.get_lease(lease.lease_id)
-    assert parked.node_id == "" and parked.endpoints == [] and parked.parked_ref == "parks/lease-1/manifest"
+    assert parked.parked_ref == "sessions/s1" and parked.node_id == "a"  # still bound while its node is up
+    # restored on the same node: live again
+    await service.node_heartbeat("a", gpus(16), reported(lease.lease_id, "resident"))
+    assert (await service.get_lease(lease.lease_id)).parked_ref is None
+    await service.node_heartbeat("a", gpus(16), reported(lease.lease_id, "parked", result="parked sessions/s1 1 2"))
+    # the node is to go: its parked leases are bound to no node, their bookings given back
+    assert await service.unbind_parked("a") == [lease.lease_id]
+    parked = await service.get_lease(lease.lease_id)
+    assert parked.node_id == "" and parked.endpoints == [] and parked.parked_ref == "sessions/s1"
     assert parked.state == LeaseState.active
     assert (await service.get_node("a")).reserved == {}
     assert await service.store.active_lease_ids_on("a") == []
     valid, why = await service.validate_token("a", token_hash(token))
     assert valid is None and "is parked" in why
-    # a heartbeat from the old node that still reports the lease is told to end it there
-    known, stale = await service.node_heartbeat("a", gpus(16), [], False)
-    assert known and stale == []
-    # the node it lived on is full now; the lease resumes on b
+    known, stale = await service.node_heartbeat("a", gpus(16), reported(lease.lease_id, "resident"))
+    assert stale == [(lease.lease_id, "the lease is parked")]  # a live session of it there must end
+    # the node it lived on is full now; the client's resume places the lease on b
     await service.create_lease(LeaseRequest(vram_bytes=16 * GiB))
     await service.register_node("b", ["tcp://b:1"], "sim", "", gpus(16))
     await service.next_commands("a", 0.01)
@@ -46,10 +57,6 @@ async def test_parked_lease_frees_its_node_and_resumes_elsewhere(service: PoolSe
     assert (await service.get_node("b")).reserved == {0: 10 * GiB}
     assert (await service.validate_token("b", token_hash(token)))[0] is not None
     assert (await service.validate_token("a", token_hash(token)))[0] is None
-    cmds = await service.next_commands("b", 0.01)
-    assert [(c.kind, c.lease_id, c.park_ref, c.from_node) for c in cmds] == [
-        ("restore", lease.lease_id, "parks/lease-1/manifest", "")
-    ]
     assert await service.next_commands("a", 0.01) == []  # nothing of the lease was left on a
     # resuming a lease that is bound to a node changes nothing
     assert (await service.resume_lease(lease.lease_id)).node_id == "b"
@@ -70,7 +77,7 @@ async def test_relocate_live_lease_moves_bookings_and_tells_both_nodes(service: 
     assert moved.node_id == dst and moved.quota_bytes == 12 * GiB
     assert (await service.get_node(src)).reserved == {}
     assert sum((await service.get_node(dst)).reserved.values()) == 12 * GiB
-    assert [c.kind for c in await service.next_commands(dst, 0.01)] == ["restore"]
+    assert await service.next_commands(dst, 0.01) == []  # the client reconnects there by itself
     ends = await service.next_commands(src, 0.01)
     assert [(c.kind, c.reason) for c in ends] == [("end_lease", f"the lease moved to node {dst}")]
     assert (await service.validate_token(dst, token_hash(token)))[0] is not None
@@ -90,8 +97,9 @@ async def test_relocate_live_lease_moves_bookings_and_tells_both_nodes(service: 
 async def test_resume_waits_for_room_and_publishes_demand(service: PoolService) -> None:
     await service.register_node("a", ["tcp://a:1"], "sim", "", gpus(16), capabilities=["park"])
     lease, _ = await service.create_lease(LeaseRequest(vram_bytes=8 * GiB))
-    assert (await service.session_parked("a", lease.lease_id, "ref"))[0]
+    await service.node_heartbeat("a", gpus(16), reported(lease.lease_id, "parked"))
     await service.drain_node("a")
+    assert await service.unbind_parked("a") == [lease.lease_id]
     task = asyncio.create_task(service.resume_lease(lease.lease_id, wait_s=10))
     for _ in range(200):
         if await service.store.demand():
