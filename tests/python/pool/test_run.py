@@ -39,7 +39,7 @@ def native(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def pool(threaded_pool: Callable[..., ThreadedPool]) -> ThreadedPool:
-    tp = threaded_pool(sweep_interval_s=0.1)
+    tp = threaded_pool(sweep_interval_s=0.1, heartbeat_timeout_s=3600.0)  # n1 never heartbeats: keep it up however slow
     assert tp.pm is not None
     tp.call(tp.pm.service.register_node("n1", ["tcp://127.0.0.1:7100"], "sim", "", gpus(16)))
     return tp
