@@ -243,6 +243,7 @@ static int send_hello(int fd, int attach) {
 /* For reconnect.c: dial, and send the session's HELLO (with the resume fields while it resumes). */
 int fgc_dial(const char *ep, char *err, size_t errlen) { return dial(ep, err, errlen); }
 int fgc_send_hello(int fd) { return send_hello(fd, 0); }
+void fgc_set_attach_key(const char *key) { snprintf(g_attach_key, sizeof g_attach_key, "%s", key); }
 void fgc_set_endpoint(const char *ep, const char *token) {
     snprintf(g_endpoint, sizeof g_endpoint, "%s", ep);
     if (token) snprintf(g_token, sizeof g_token, "%s", token);

@@ -13,6 +13,7 @@
 int fgc_dial(const char *ep, char *err, size_t errlen);
 int fgc_send_hello(int fd);
 void fgc_set_endpoint(const char *ep, const char *token);
+void fgc_set_attach_key(const char *key); /* the restored worker's, for the session's second connections */
 /* The session's resume key (from HELLO_OK) is written here. */
 char *fgc_resume_key_buf(void);
 /* While resuming: the key to send in the HELLO; NULL otherwise. */

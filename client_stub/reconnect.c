@@ -143,6 +143,10 @@ static int attempt(const char *ep, int *fd_out, uint32_t *applied, char *reason,
         return -1;
     }
     *applied = (uint32_t)v.i;
+    char key[80] = "";
+    if (fg_mp_lookup(buf, h.length, "attach_key", &v) == 0 && v.type == 1 && v.str_len < sizeof key)
+        memcpy(key, v.str, v.str_len);
+    fgc_set_attach_key(key); /* data and callback connections attach to the new worker with its key */
     *fd_out = fd;
     return 1;
 }
