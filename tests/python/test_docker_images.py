@@ -1,7 +1,9 @@
 """docker/ for real: builds every image with Debian's Docker (scripts/setup_docker.sh starts dockerd and makes the
 default base image locally: no registry is reachable), brings up docker/compose.yaml's pool with the simulated
 device (Redis, pool manager on the Redis store, one node server), waits for every healthcheck, runs the demo client
-container and checks what it printed, then asks the pool from the host what it saw.
+container and checks what it printed, then asks the pool from the host what it saw. An application image made
+`FROM` the client base with nothing but an nvcc-built CUDA program in it (the real CUDA runtime linked statically)
+runs that program through `fargpu run` against the same pool.
 
 Builds reuse Docker's layer cache (the three Dockerfiles share one build stage), so only the first run on a machine
 pays for pip and CMake inside the build (a few minutes on 2 cores). Redis comes from a local stand-in image under
@@ -149,3 +151,38 @@ def test_compose_pool_runs_the_demo_client(compose_pool: tuple[list[str], dict[s
     r = subprocess.run([DOCKER, "exec", cid, "/opt/fargpu/bin/python", "/opt/fargpu/healthcheck.py", "node"],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 1 and "unhealthy: node" in r.stderr, (r.returncode, r.stderr)
+
+
+def test_an_application_image_from_the_client_base_runs_a_cuda_program(
+        compose_pool: tuple[list[str], dict[str, str], int], tmp_path: Path) -> None:
+    """`FROM fargpu/client` plus a CUDA program and `fargpu run` is all an application image needs: the acceptance
+    suite's sim_probe (static cudart; the simulated device runs no user kernel, so its two launches are reported as
+    not supported, which the probe tolerates) runs in its own container on the compose network."""
+    base, env, _ = compose_pool
+    wait_healthy(base, env, ["pool-manager", "node-sim"])
+    nvcc = shutil.which("nvcc") or ("/usr/local/cuda/bin/nvcc" if Path("/usr/local/cuda/bin/nvcc").exists() else None)
+    if nvcc is None:
+        pytest.skip("nvcc is needed to build the CUDA program (CUDA 13.0 toolkit)")
+    src = ROOT / "tests" / "acceptance" / "cuda" / "sim_probe.cu"
+    gencode = ["-gencode", "arch=compute_90,code=sm_90", "-gencode", "arch=compute_90,code=compute_90"]
+    sh(nvcc, "-O2", "-std=c++17", "-no-compress", *gencode, "-cudart", "static", f"-I{src.parent}",
+       "-o", str(tmp_path / "sim_probe"), str(src))
+    (tmp_path / "Dockerfile").write_text(
+        f"FROM {IMAGES['client']}\n"
+        "COPY sim_probe /opt/app/sim_probe\n"
+        'CMD ["fargpu", "run", "--vram", "64M", "--wait", "60", "--", "/opt/app/sim_probe"]\n')
+    tag = f"fargpu-test-app:{os.getpid()}"
+    sh(DOCKER, "build", "-q", "-t", tag, str(tmp_path))
+    try:
+        network = f"{base[base.index('-p') + 1]}_default"
+        r = subprocess.run([DOCKER, "run", "--rm", "--network", network, "-e", "FARGPU_POOL_URL=http://pool-manager:7000",
+                            tag], capture_output=True, text=True, timeout=300)
+    finally:
+        sh(DOCKER, "rmi", tag, check=False)
+    out = r.stdout.splitlines()
+    why = f"rc {r.returncode}\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    assert r.returncode == 0 and out and out[-1] == "PASS", why
+    assert "name fargpu simulated device" in out, why
+    checks = [ln for ln in out if re.match(r"^\S.*\s(ok|MISMATCH)$", ln)]
+    assert len(checks) == 9 and all(ln.endswith(" ok") for ln in checks), why
+    assert "lease lease-" in r.stderr + r.stdout, why
