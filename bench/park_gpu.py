@@ -26,7 +26,7 @@ import hashlib, sys, time
 import torch
 torch.manual_seed(0); torch.use_deterministic_algorithms(True)
 n = int(float(sys.argv[1]) * (1 << 30)) // 4
-big = torch.arange(n, dtype=torch.int32, device="cuda").float()
+big = torch.arange(n, dtype=torch.float32, device="cuda")  # one allocation of the session's size
 model = torch.nn.Sequential(torch.nn.Linear(1024, 4096), torch.nn.GELU(), torch.nn.Linear(4096, 1024)).cuda()
 x = torch.randn(256, 1024, device="cuda")
 def h(t): return hashlib.sha256(t.detach().cpu().numpy().tobytes()).hexdigest()[:16]
@@ -156,23 +156,27 @@ def main() -> int:
             raise RuntimeError(f"expected {want}, got {got}: {logs[p.pid].read_text()[-3000:]}")
         return got
 
+    def save() -> None:  # after every step: a run cut short still leaves what it measured
+        (out / "park_gpu.json").write_text(json.dumps(result, indent=2))
+
     try:
-        # the reference: the same program, never parked
-        ref_port = free_port()
+        # the reference (the same program, never parked) beside the run that is parked: node A parks the idle
+        # session and stops; node B is started on its address
+        ref_port, port = free_port(), free_port()
         ref_node, _ = node("ref", ref_port, 0)
-        c = client(ref_port, "reference")
-        ref1 = line(c, "STEP1")
-        assert c.stdin is not None
-        c.stdin.write("go\n")
-        c.stdin.flush()
-        ref2 = line(c, "STEP2")
-        c.wait(120)
-        stop(ref_node)
-        # the parked run: node A parks the idle session, stops; node B is started on its address
-        port = free_port()
         node_a, log_a = node("a", port, 1.0)
+        r = client(ref_port, "reference")
         c = client(port, "parked")
+        ref1 = line(r, "STEP1")
         run1 = line(c, "STEP1")
+        assert r.stdin is not None
+        r.stdin.write("go\n")
+        r.stdin.flush()
+        ref2 = line(r, "STEP2")
+        r.wait(120)
+        stop(ref_node)
+        result["reference_done"] = True
+        save()
         t0 = time.monotonic()
         m = None
         while time.monotonic() - t0 < 300 and m is None:
@@ -184,6 +188,7 @@ def main() -> int:
         pg = re.search(r"page-out of session \w+: paged (\w+) (\d+) (\d+)", log_a.read_text())
         if pg:
             result["pageout_to"], result["pageout_s"] = pg.group(1), int(pg.group(3)) / 1e9
+        save()
         stop(node_a)
         result["node_a_exit"] = node_a.returncode
         node_b, log_b = node("b", port, 0)
@@ -223,7 +228,7 @@ def main() -> int:
         result["proof"] = {"clean": clean, "clients": len(read_proof(proof)[0]), "problems": problems, "notes": notes}
     except Exception as e:  # the proof is reported, never skipped silently
         result["proof"] = {"clean": False, "problems": [f"could not check the proof: {e}"]}
-    (out / "park_gpu.json").write_text(json.dumps(result, indent=2))
+    save()
     print(json.dumps(result, indent=1))
     return 0 if result["ok"] else 1
 
