@@ -395,7 +395,9 @@ class NodeAgent:
         if not why and desc is not None:
             # its memory straight into the host pool where there is room (page-in is then a memory copy)
             memory = int(desc.get("memory_bytes", 0))
-            ext = self.pager.pool.take(memory) if memory and self.pager.pool.fd >= 0 else None
+            # A pool still being allocated up front is written over with zeros: wait for it (bounded), else a file.
+            ready = memory > 0 and self.pager.pool.fd >= 0 and await asyncio.to_thread(self.pager.pool.ready.wait, 60)
+            ext = self.pager.pool.take(memory) if ready else None
             try:
                 fetched = await asyncio.to_thread(self.parker.fetch, desc,
                                                   (self.pager.pool.fd, ext) if ext is not None else None)
