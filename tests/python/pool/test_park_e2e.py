@@ -35,8 +35,9 @@ async def test_parked_session_survives_zero_nodes_and_resumes_on_a_new_node(tmp_
         env.update(LD_LIBRARY_PATH=f"{paths.stub_dir()}:{env.get('LD_LIBRARY_PATH', '')}", FARGPU_POOL_URL=pm.rest_url,
                    FARGPU_VRAM="256M", FARGPU_LOG="info", FARGPU_RESUME_TIMEOUT_S="120")
         err_log = tmp_path / "client.err"
-        p = subprocess.Popen([sys.executable, "-P", "-c", PROGRAM], env=env, stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, stderr=err_log.open("w"), text=True, cwd="/")
+        p = await asyncio.to_thread(
+            subprocess.Popen, [sys.executable, "-P", "-c", PROGRAM], env=env, stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=err_log.open("w"), text=True, cwd="/")
         try:
             assert p.stdout is not None and p.stdin is not None
             ready = await asyncio.to_thread(p.stdout.readline)
