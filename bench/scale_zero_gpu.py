@@ -1,0 +1,167 @@
+"""Scale to zero on the GPU host, in one run (bench/scale_zero_gpu.sh): a pool manager with the local node provider
+and no node at all; a lease arrives, the pool starts a node server on the GPU (`fargpu server --backend cuda`), the
+lease is placed on it, and a client process runs its first kernel through the stub. Then the lease is released, the
+idle node is stopped, and the pool is back at zero nodes; repeated `--rounds` times.
+
+Reported per round (wall-clock seconds from the lease request at zero nodes): the lease placed, the client's CUDA
+context up, its first kernel finished; the node's start as the pool saw it; the seconds back to zero nodes; and the
+proof that the client never loaded the real driver (no libcuda.so outside the stub's folder in its maps, no
+/dev/nvidia* open). --backend sim is a dry run of the script (no GPU: the simulated device records the launch)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+# A kernel that writes one value, as PTX (the driver compiles it for the GPU on load).
+PTX = r""".version 8.0
+.target sm_80
+.address_size 64
+.visible .entry fg_scale_probe(.param .u64 out, .param .u32 v)
+{
+  .reg .b64 %rd<2>;
+  .reg .b32 %r<2>;
+  ld.param.u64 %rd1, [out];
+  ld.param.u32 %r1, [v];
+  cvta.to.global.u64 %rd1, %rd1;
+  st.global.u32 [%rd1], %r1;
+  ret;
+}
+"""
+
+CLIENT = r'''
+import ctypes, os, sys, time
+stub_dir = sys.argv[1]
+cu = ctypes.CDLL("libcuda.so.1")
+def ok(r, w):
+    if r: print("FAIL", w, r, flush=True); sys.exit(1)
+ok(cu.cuInit(0), "init"); ctx = ctypes.c_void_p()
+ok(cu.cuDevicePrimaryCtxRetain(ctypes.byref(ctx), 0), "retain"); ok(cu.cuCtxSetCurrent(ctx), "current")
+t_ctx = time.time()
+mod, fn = ctypes.c_void_p(), ctypes.c_void_p()
+ok(cu.cuModuleLoadData(ctypes.byref(mod), ctypes.c_char_p(os.environ["PROBE_PTX"].encode() + b"\0")), "module")
+ok(cu.cuModuleGetFunction(ctypes.byref(fn), mod, b"fg_scale_probe"), "function")
+p = ctypes.c_uint64()
+ok(cu.cuMemAlloc_v2(ctypes.byref(p), ctypes.c_size_t(4)), "alloc")
+out, v = ctypes.c_uint64(p.value), ctypes.c_uint32(0x5ca1ab1e)
+params = (ctypes.c_void_p * 2)(ctypes.cast(ctypes.byref(out), ctypes.c_void_p), ctypes.cast(ctypes.byref(v), ctypes.c_void_p))
+sim = os.environ.get("PROBE_SIM") == "1"  # the simulated device runs only the project's test kernels: 801 at sync
+r = cu.cuLaunchKernel(fn, 1, 1, 1, 1, 1, 1, 0, None, params, None)
+if not (sim and r == 801): ok(r, "launch")
+r = cu.cuCtxSynchronize()
+if not (sim and r == 801): ok(r, "sync")
+t_kernel = time.time()
+got = ctypes.c_uint32()
+ok(cu.cuMemcpyDtoH_v2(ctypes.byref(got), p, ctypes.c_size_t(4)), "dtoh")
+maps = open("/proc/self/maps").read().splitlines()
+real = sorted({l.split()[-1] for l in maps if "libcuda.so" in l and not l.split()[-1].startswith(stub_dir)})
+fds = []
+for fd in os.listdir("/proc/self/fd"):
+    try:
+        target = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        continue
+    if target.startswith("/dev/nvidia"):
+        fds.append(target)
+print("RESULT", t_ctx, t_kernel, hex(got.value), ";".join(real) or "-", ";".join(fds) or "-", flush=True)
+'''
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    import httpx
+
+    from fargpu.pool_manager.config import PoolManagerConfig
+    from fargpu.pool_manager.server import PoolManager
+
+    out = Path(args.out)
+    node_args = ["--ctx-charge", "0"] if args.backend == "sim" else []
+    config = PoolManagerConfig(
+        port=0, grpc_port=0, state_file=None, enrol_token="scale-zero-bench", log_level="warning",
+        provider="local", local_backend=args.backend, local_node_args=node_args, local_log_dir=out / "nodes",
+        min_nodes=0, max_nodes=1, node_idle_s=args.idle_s, scale_interval_s=0.1, scale_down_cooldown_s=0.0,
+        heartbeat_interval_s=0.5,
+    )  # fmt: skip
+    rounds: list[dict[str, Any]] = []
+    async with PoolManager(config) as pm, httpx.AsyncClient(base_url=pm.rest_url, timeout=300) as api:
+
+        async def live() -> list[str]:
+            return [n["node_id"] for n in (await api.get("/v1/nodes")).json() if n["state"] != "down"]
+
+        for i in range(args.rounds):
+            deadline = time.monotonic() + 120
+            while await live():
+                assert time.monotonic() < deadline, "the pool did not get back to zero nodes"
+                await asyncio.sleep(0.1)
+            t0 = time.time()
+            r = await api.post("/v1/leases", json={"vram": args.vram})
+            t_placed = time.time()
+            assert r.status_code == 201, r.text
+            lease = r.json()
+            env = dict(os.environ, FARGPU_SERVER=lease["endpoints"][0].removeprefix("tcp://"), FARGPU_TOKEN=lease["token"],
+                       LD_LIBRARY_PATH=args.stub_dir, LD_PRELOAD=str(Path(args.stub_dir) / "libcuda.so.1"),
+                       PROBE_PTX=PTX, PROBE_SIM="1" if args.backend == "sim" else "0")  # fmt: skip
+            for k in ("FARGPU_POOL_URL", "FARGPU_LEASE_ID"):
+                env.pop(k, None)
+            proc = await asyncio.create_subprocess_exec(args.python, "-c", CLIENT, args.stub_dir, env=env,
+                                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+            stdout, stderr = await proc.communicate()
+            (out / f"client-{i}.log").write_bytes(stdout + stderr)
+            line = next((x for x in stdout.decode().splitlines() if x.startswith("RESULT")), "")
+            assert proc.returncode == 0 and line, f"client failed: {stdout.decode()[-2000:]}{stderr.decode()[-2000:]}"
+            _, t_ctx, t_kernel, value, real, fds = line.split()
+            await api.delete(f"/v1/leases/{lease['lease_id']}", headers={"Authorization": f"Bearer {lease['token']}"})
+            t_rel = time.time()
+            while await live():
+                await asyncio.sleep(0.1)
+            rounds.append({
+                "zero_nodes_to_lease_placed_s": round(t_placed - t0, 3),
+                "zero_nodes_to_context_s": round(float(t_ctx) - t0, 3),
+                "zero_nodes_to_first_kernel_s": round(float(t_kernel) - t0, 3),
+                "kernel_wrote": value, "kernel_ok": value == hex(0x5CA1AB1E) or args.backend == "sim",
+                "release_to_zero_nodes_s": round(time.time() - t_rel, 3), "node": lease["node_id"],
+                "client_real_libcuda": real, "client_nvidia_fds": fds,
+                "client_never_loaded_driver": real == "-" and fds == "-",
+            })  # fmt: skip
+            print(json.dumps(rounds[-1]), flush=True)
+        metrics = (await api.get("/metrics")).text
+    starts = [x for x in metrics.splitlines() if x.startswith("fargpu_pool_node_start_seconds_sum")]
+    return {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "commit": os.environ.get("FARGPU_COMMIT", "unknown"),
+        "backend": args.backend,
+        "node_idle_s": args.idle_s,
+        "rounds": rounds,
+        "node_start_seconds_sum": float(starts[0].split()[-1]) if starts else None,
+        "best_zero_to_first_kernel_s": min(r["zero_nodes_to_first_kernel_s"] for r in rounds),
+        "all_ok": all(r["kernel_ok"] and r["client_never_loaded_driver"] for r in rounds),
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--stub-dir", required=True, help="the folder with the stub's libcuda.so.1")
+    ap.add_argument("--backend", default="cuda", help="the node servers' backend (sim: a dry run)")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--vram", default="1G")
+    ap.add_argument("--idle-s", type=float, default=2.0, help="a node idle this long is stopped")
+    ap.add_argument("--python", default=sys.executable)
+    args = ap.parse_args()
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    result = asyncio.run(run(args))
+    (Path(args.out) / "scale_zero_gpu.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(f"zero nodes -> first kernel: best {result['best_zero_to_first_kernel_s']} s over {len(result['rounds'])} "
+          f"round(s); all ok: {result['all_ok']}")  # fmt: skip
+    return 0 if result["all_ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
