@@ -18,6 +18,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +53,8 @@ ok(cu.cuModuleGetFunction(ctypes.byref(fn), mod, b"fg_scale_probe"), "function")
 p = ctypes.c_uint64()
 ok(cu.cuMemAlloc_v2(ctypes.byref(p), ctypes.c_size_t(4)), "alloc")
 out, v = ctypes.c_uint64(p.value), ctypes.c_uint32(0x5ca1ab1e)
-params = (ctypes.c_void_p * 2)(ctypes.cast(ctypes.byref(out), ctypes.c_void_p), ctypes.cast(ctypes.byref(v), ctypes.c_void_p))
+params = (ctypes.c_void_p * 2)(ctypes.cast(ctypes.byref(out), ctypes.c_void_p),
+                               ctypes.cast(ctypes.byref(v), ctypes.c_void_p))
 sim = os.environ.get("PROBE_SIM") == "1"  # the simulated device runs only the project's test kernels: 801 at sync
 r = cu.cuLaunchKernel(fn, 1, 1, 1, 1, 1, 1, 0, None, params, None)
 if not (sim and r == 801): ok(r, "launch")
@@ -73,6 +75,13 @@ for fd in os.listdir("/proc/self/fd"):
         fds.append(target)
 print("RESULT", t_ctx, t_kernel, hex(got.value), ";".join(real) or "-", ";".join(fds) or "-", flush=True)
 '''
+
+
+async def until_zero(live: Callable[[], Awaitable[list[str]]], within_s: float = 120.0) -> None:
+    deadline = time.monotonic() + within_s
+    while await live():  # noqa: ASYNC110 - polling the pool over REST
+        assert time.monotonic() < deadline, "the pool did not get back to zero nodes"
+        await asyncio.sleep(0.1)
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -96,17 +105,15 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             return [n["node_id"] for n in (await api.get("/v1/nodes")).json() if n["state"] != "down"]
 
         for i in range(args.rounds):
-            deadline = time.monotonic() + 120
-            while await live():
-                assert time.monotonic() < deadline, "the pool did not get back to zero nodes"
-                await asyncio.sleep(0.1)
+            await until_zero(live)
             t0 = time.time()
             r = await api.post("/v1/leases", json={"vram": args.vram})
             t_placed = time.time()
             assert r.status_code == 201, r.text
             lease = r.json()
-            env = dict(os.environ, FARGPU_SERVER=lease["endpoints"][0].removeprefix("tcp://"), FARGPU_TOKEN=lease["token"],
-                       LD_LIBRARY_PATH=args.stub_dir, LD_PRELOAD=str(Path(args.stub_dir) / "libcuda.so.1"),
+            server = lease["endpoints"][0].removeprefix("tcp://")
+            env = dict(os.environ, FARGPU_SERVER=server, FARGPU_TOKEN=lease["token"], LD_LIBRARY_PATH=args.stub_dir,
+                       LD_PRELOAD=str(Path(args.stub_dir) / "libcuda.so.1"),
                        PROBE_PTX=PTX, PROBE_SIM="1" if args.backend == "sim" else "0")  # fmt: skip
             for k in ("FARGPU_POOL_URL", "FARGPU_LEASE_ID"):
                 env.pop(k, None)
@@ -119,8 +126,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             _, t_ctx, t_kernel, value, real, fds = line.split()
             await api.delete(f"/v1/leases/{lease['lease_id']}", headers={"Authorization": f"Bearer {lease['token']}"})
             t_rel = time.time()
-            while await live():
-                await asyncio.sleep(0.1)
+            await until_zero(live)
             rounds.append({
                 "zero_nodes_to_lease_placed_s": round(t_placed - t0, 3),
                 "zero_nodes_to_context_s": round(float(t_ctx) - t0, 3),
