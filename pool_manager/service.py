@@ -658,7 +658,8 @@ class PoolService:
 
     # --- periodic duty -----------------------------------------------------------------------------------
     async def sweep_once(self) -> None:
-        """Ends expired leases, marks silent nodes down (ending their leases), forgets old ended leases."""
+        """Ends expired leases, marks silent nodes down (ending their leases, except parked ones: those are bound
+        to no node and resume elsewhere), forgets old ended leases."""
         now = self.clock()
         for lease_id in await self.store.expired_lease_ids(now):
             await self._end(lease_id, LeaseState.expired, "the lease expired: it was not renewed in time")
@@ -680,8 +681,10 @@ class PoolService:
                 lease_ids = marked
             else:
                 continue
+            parked = set(await self.unbind_parked(node.node_id))  # their state is in the park store: they live on
             for lease_id in lease_ids:
-                await self._end(lease_id, LeaseState.lost, reason)
+                if lease_id not in parked:
+                    await self._end(lease_id, LeaseState.lost, reason)
         await self.store.purge_ended(now - self.config.ended_retention_s)
 
     # --- views -------------------------------------------------------------------------------------------

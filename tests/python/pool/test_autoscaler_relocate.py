@@ -147,3 +147,20 @@ async def test_forget_node_only_when_down_and_empty(service: PoolService) -> Non
     assert await store.placement_view() == []
     await service.register_node("a", ["tcp://a:2"], "sim", "", gpus(8))  # the same id may come back
     assert (await service.get_node("a")).vram_total_bytes == 8 * GiB
+
+
+async def test_a_dead_nodes_parked_lease_lives_on_and_its_live_one_is_lost(service: PoolService,
+                                                                         clock: FakeClock) -> None:  # fmt: skip
+    await service.register_node("a", ["tcp://a:1"], "sim", "", gpus(16), capabilities=["park"])
+    parked, _ = await service.create_lease(LeaseRequest(vram_bytes=GiB))
+    live, _ = await service.create_lease(LeaseRequest(vram_bytes=GiB))
+    s = reported(parked.lease_id, "parked", result="parked sessions/s1 1 2")
+    s += [SessionInfo(session_id="s2", lease_id=live.lease_id, node_id="a", pid=7, vram_used_bytes=0, client="c")]
+    await service.node_heartbeat("a", gpus(16), s)
+    clock.advance(11)  # a is killed: no heartbeat for longer than the timeout
+    await service.sweep_once()
+    assert (await service.get_lease(live.lease_id)).state == LeaseState.lost
+    kept = await service.get_lease(parked.lease_id)
+    assert kept.state == LeaseState.active and kept.node_id == "" and kept.parked_ref == "sessions/s1"
+    await service.register_node("b", ["tcp://b:1"], "sim", "", gpus(16))
+    assert (await service.resume_lease(parked.lease_id)).node_id == "b"
