@@ -167,7 +167,7 @@ static void *run_lane(void *arg) {
     lane *L = (lane *)arg;
     job *J = L->J;
     fgs_session *S = J->S;
-    if (L->conn) S->api->cuCtxSetCurrent(J->ctx);
+    if (L->conn && J->stream != CU_STREAM_PER_THREAD) S->api->cuCtxSetCurrent(J->ctx); /* a lane's own thread */
     int fd = L->conn == 0 ? S->client_fd : J->B->data_fd[L->conn - 1];
     int per = SLOTS / J->C; /* this lane's slots: conn, conn + C, ... */
     uint64_t pieces = (J->n + FG_BULK_PIECE - 1) / FG_BULK_PIECE;
@@ -266,14 +266,23 @@ static CUresult bulk(fgs_session *S, fg_reader *r, int htod, CUresult skip) {
     pthread_mutex_init(&J.mu, NULL);
     lane lanes[SLOTS / 2];
     int started = 1;
-    for (uint32_t i = 1; i < C; i++) {
-        lanes[i] = (lane){&J, (int)i, 0};
-        if (pthread_create(&lanes[i].t, NULL, run_lane, &lanes[i])) break;
-        started++;
+    if (J.stream == CU_STREAM_PER_THREAD) {
+        /* The per-thread default stream is the calling thread's: every DMA must be issued from this one, so the
+         * connections are served here one after the other (the client's lanes wait on their socket buffers). */
+        for (uint32_t i = 0; i < C && !J.io_failed; i++) {
+            lanes[i] = (lane){&J, (int)i, 0};
+            run_lane(&lanes[i]);
+        }
+    } else {
+        for (uint32_t i = 1; i < C; i++) {
+            lanes[i] = (lane){&J, (int)i, 0};
+            if (pthread_create(&lanes[i].t, NULL, run_lane, &lanes[i])) break;
+            started++;
+        }
+        lanes[0] = (lane){&J, 0, 0};
+        if ((uint32_t)started == C) run_lane(&lanes[0]);
+        else note_io(&J, 0, -1);
     }
-    lanes[0] = (lane){&J, 0, 0};
-    if ((uint32_t)started == C) run_lane(&lanes[0]);
-    else note_io(&J, 0, -1);
     for (int i = 1; i < started; i++) pthread_join(lanes[i].t, NULL);
     pthread_mutex_destroy(&J.mu);
     if (J.io_failed) {

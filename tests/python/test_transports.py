@@ -367,3 +367,27 @@ def test_acceptance_programs_print_the_same_over_every_transport(node: NodeServe
         ok, problems, _ = check_proof(proof, paths.stub_dir())  # type: ignore[operator]
         assert ok, problems
     assert len(set(outputs.values())) == 1, outputs
+
+
+PER_THREAD = PRELUDE + r'''
+import random
+ctx0()
+n = (9 << 20) + 5
+r, dev = alloc(n); ok(r, "alloc")
+data = random.Random(3).randbytes(n)
+src = ctypes.create_string_buffer(data, n)
+ok(cu.cuMemcpyHtoDAsync_v2_ptsz(ctypes.c_uint64(dev), src, ctypes.c_size_t(n), None), "htod ptsz")
+out = ctypes.create_string_buffer(n)
+ok(cu.cuMemcpyDtoHAsync_v2_ptsz(out, ctypes.c_uint64(dev), ctypes.c_size_t(n), None), "dtoh ptsz")
+ok(cu.cuStreamSynchronize(ctypes.c_void_p(2)), "sync per-thread stream")  # CU_STREAM_PER_THREAD
+print("SAME", out.raw == data)
+'''
+
+
+@pytest.mark.parametrize("transport", ["tcp3", "shm"])
+def test_copies_on_the_per_thread_default_stream(node: NodeServer, transport: str) -> None:
+    """The per-thread default stream belongs to the thread that names it: the worker issues such a striped copy's
+    DMAs from its serving thread, not from the connections' threads. (The bytes are checked here; which thread's
+    stream ordered them only a GPU can tell, since the simulated device runs stream work at once.)"""
+    res = run_client(PER_THREAD, env_for(node, transport))
+    assert "SAME True" in res.stdout, res.stdout + res.stderr[-2000:]
