@@ -276,6 +276,36 @@ def test_device_pointers_outside_mappings_are_rejected(sim: Sim) -> None:
     assert sim.cuMemFree_v2(ctypes.c_uint64(p)) == INVALID_VALUE
 
 
+def test_host_registration(sim: Sim) -> None:
+    """cuMemHostRegister makes the caller's pages device-accessible memory (the shared-memory transport's path):
+    device work reaches them through the device pointer, overlaps and double unregistration are refused, and a
+    registered range is not cuMemFreeHost's to free."""
+    sim.make_current()
+    page = mmap_anon(1 << 20)
+    base = ctypes.addressof(page)
+    assert sim.cuMemHostRegister_v2(ctypes.c_void_p(base), ctypes.c_size_t(1 << 20), 3) == SUCCESS  # PORTABLE|DEVICEMAP
+    assert sim.cuMemHostRegister_v2(ctypes.c_void_p(base + 4096), ctypes.c_size_t(4096), 0) == 712  # already
+    d = ctypes.c_uint64()
+    assert sim.cuMemHostGetDevicePointer_v2(ctypes.byref(d), ctypes.c_void_p(base + 64), 0) == SUCCESS
+    assert sim.cuMemsetD8_v2(d, 0x77, ctypes.c_size_t(100)) == SUCCESS
+    assert page.raw[64:164] == b"\x77" * 100 and page.raw[164:165] == b"\0"
+    dev = sim.alloc(4096)
+    assert sim.cuMemcpyDtoD_v2(ctypes.c_uint64(dev), d, ctypes.c_size_t(100)) == SUCCESS
+    assert sim.dtoh(dev, 100) == (SUCCESS, b"\x77" * 100)
+    assert sim.cuMemFreeHost(ctypes.c_void_p(base)) == INVALID_VALUE
+    assert sim.cuMemHostUnregister(ctypes.c_void_p(base)) == SUCCESS
+    assert sim.cuMemHostUnregister(ctypes.c_void_p(base)) == 713  # CUDA_ERROR_HOST_MEMORY_NOT_REGISTERED
+    assert sim.cuMemHostGetDevicePointer_v2(ctypes.byref(d), ctypes.c_void_p(base), 0) == INVALID_VALUE
+    assert sim.cuMemFree_v2(ctypes.c_uint64(dev)) == SUCCESS
+
+
+def mmap_anon(n: int) -> ctypes.Array[ctypes.c_char]:
+    import mmap
+
+    m = mmap.mmap(-1, n)
+    return (ctypes.c_char * n).from_buffer(m)
+
+
 def test_over_allocation_is_out_of_memory(sim: Sim) -> None:
     sim.make_current()
     p = ctypes.c_uint64()
