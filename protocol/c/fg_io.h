@@ -18,6 +18,10 @@ int fg_io_timeout_ms(void);
  * limit). Returns 0, -1 (closed or error) or -2 (a deadline passed); *got (may be NULL) = bytes received. */
 int fg_io_read_deadline(int fd, void *p, size_t n, int first_ms, int step_ms, size_t *got);
 
+/* Writes on fd fail once the peer has taken nothing for the I/O timeout (SO_SNDTIMEO): a peer that stopped
+ * reading (paused, wedged) cannot hold a writer forever. */
+void fg_io_send_deadline(int fd);
+
 /* Busy-wait up to spin_us microseconds for fd to become readable (1), else 0: a thread about to block for a reply
  * that usually comes within a round trip saves the wake-up of a blocking wait (as the driver spins by default
  * while it waits for the GPU). fg_io_spin_us reads the window from env (default dflt, 0 turns it off). */

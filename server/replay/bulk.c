@@ -54,6 +54,7 @@ FGS_EXPORT int fgs_add_data_fd(fgs_session *S, int fd) {
     int one = 1, fl = fcntl(fd, F_GETFL); /* the agent's sockets are non-blocking; the lanes block on this one */
     if (fl < 0 || fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) < 0) return -1;
     setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one);
+    fg_io_send_deadline(fd);
     B->data_fd[n] = fd;
     __atomic_store_n(&B->n_data, n + 1, __ATOMIC_RELEASE);
     fgs_log(S, "data connection %d installed (bulk copies stripe over %d connections)", n + 1, n + 2);
@@ -143,11 +144,16 @@ static void note_error(job *J, CUresult r) {
 }
 
 static void note_io(job *J, int conn, int rc) {
+    int e = errno;
     pthread_mutex_lock(&J->mu);
-    if (!J->io_failed)
-        snprintf(J->io_why, sizeof J->io_why, rc == -2 ? "a bulk copy stalled on connection %d (nothing for %d s)"
-                                                       : "connection %d broke during a bulk copy", conn,
-                 fg_io_timeout_ms() / 1000);
+    if (!J->io_failed) {
+        if (rc == -2)
+            snprintf(J->io_why, sizeof J->io_why, "a bulk copy stalled on connection %d (nothing for %d s)", conn,
+                     fg_io_timeout_ms() / 1000);
+        else
+            snprintf(J->io_why, sizeof J->io_why, "connection %d broke during a bulk copy (%s)", conn,
+                     e ? strerror(e) : "closed");
+    }
     J->io_failed = 1;
     pthread_mutex_unlock(&J->mu);
 }
@@ -219,8 +225,8 @@ static void *run_lane(void *arg) {
                     memset(buf, 0, len);
                 }
             }
-            if (fg_io_full(fd, buf, len, 1)) {
-                note_io(J, L->conn, -1);
+            if (fg_io_full(fd, buf, len, 1)) { /* EAGAIN: the client took nothing for the I/O timeout */
+                note_io(J, L->conn, errno == EAGAIN || errno == EWOULDBLOCK ? -2 : -1);
                 return NULL;
             }
         }

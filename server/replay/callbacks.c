@@ -45,6 +45,7 @@ static pthread_mutex_t cb_mu = PTHREAD_MUTEX_INITIALIZER; /* one worker process 
 FGS_EXPORT int fgs_set_callback_fd(fgs_session *S, int fd) {
     int fl = fcntl(fd, F_GETFL); /* the agent's sockets are non-blocking; the trampoline waits on this one */
     if (fl < 0 || fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) < 0) return -1;
+    fg_io_send_deadline(fd); /* RUN to a client that stopped reading fails after the I/O timeout */
     pthread_mutex_lock(&cb_mu);
     int old = S->cb_fd;
     S->cb_fd = fd;

@@ -531,6 +531,7 @@ FGS_EXPORT int fgs_serve(fgs_session *S, int fd, int ctl_fd, char *reason, unsig
     snprintf(reason, reason_len, "unknown");
     fgs_pager_attach_ctl(S, ctl_fd);
     S->client_fd = fd;
+    fg_io_send_deadline(fd); /* a client that stops reading ends its session after the I/O timeout */
     /* After a reply the next request usually follows within a round trip: spin briefly before blocking
      * (FARGPU_WORKER_SPIN_US µs; default 0, off: on a host with cores to spare it saves a wake-up per call). */
     int spin_us = fg_io_spin_us("FARGPU_WORKER_SPIN_US", 0);

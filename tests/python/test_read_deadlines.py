@@ -6,6 +6,7 @@ a real node server on the simulated device."""
 
 from __future__ import annotations
 
+import os
 import socket
 import struct
 import time
@@ -134,3 +135,45 @@ def test_callback_connection_deadlines(quick: NodeServer) -> None:
         h = decode_header(recv_exact(c, 16))
         result, deferred, deferred_op = struct.unpack("<III", recv_exact(c, h.length)[:12])
     assert (result, deferred, deferred_op) == (0, 304, op_host)
+
+
+def test_a_client_that_stops_reading_a_bulk_copy_is_closed(quick: NodeServer) -> None:
+    """Writes have a deadline too: a client paused (SIGSTOP) while 256 MiB come back to it cannot hold its worker;
+    the session ends after the I/O timeout with the reason logged."""
+    import re
+    import signal
+    import subprocess
+    import sys
+
+    from cuda_ctypes import PRELUDE
+
+    code = PRELUDE + r'''
+ctx0()
+n = 256 << 20
+r, dev = alloc(n); ok(r, "alloc")
+buf = ctypes.create_string_buffer(n)
+print("GO", flush=True)
+while True:
+    ok(cu.cuMemcpyDtoH_v2(buf, ctypes.c_uint64(dev), ctypes.c_size_t(n)), "dtoh")
+'''
+    before = len(quick.log_text())
+    proc = subprocess.Popen([sys.executable, "-P", "-c", code], env=quick.client_env(FARGPU_STREAMS="1"),
+                            stdout=subprocess.PIPE, text=True, cwd="/")
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "GO"
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGSTOP)
+        wait_log(quick, "a bulk copy stalled on connection 0", timeout=15)
+        pid = int(re.findall(r"-> worker (\d+)", quick.log_text()[before:])[-1])
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.05)
+        else:
+            raise AssertionError("the worker stayed with a paused client")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
