@@ -191,6 +191,9 @@ def threaded_pool() -> Iterator[Callable[..., ThreadedPool]]:
     started: list[ThreadedPool] = []
 
     def make(**kw: object) -> ThreadedPool:
+        # Nodes these tests register in-process never heartbeat: keep them up however slow the machine is (under
+        # load, three CLI runs took longer than the default 10 s and the node was marked down mid-test).
+        kw.setdefault("heartbeat_timeout_s", 3600.0)
         tp = ThreadedPool(pm_config(**kw)).start()
         started.append(tp)
         return tp
