@@ -169,6 +169,7 @@ async def _run_child(
     quiet: bool,
 ) -> int:
     env = child_env(os.environ, lease, stub_dir, stub_lib)
+    env["FARGPU_POOL_URL"] = client.base_url  # where the stub asks for its lease after a park (client_stub/reconnect.c)
     if not quiet:
         _say(
             f"lease {lease['lease_id']}: {lease['gpu_count']} GPU x {format_size(lease['vram_bytes'])} "
