@@ -16,6 +16,7 @@
 
 #include "fg_io.h"
 #include "fgc_internal.h"
+#include "fgc_reconnect.h"
 #include "fgc_transport.h"
 
 #define MAX_LANES 8
@@ -128,7 +129,9 @@ CUresult fgc_bulk_htod(CUdeviceptr dst, const void *src, size_t n, CUstream stre
     fg_put_u64(w, n);
     fg_put_u32(w, sync ? FG_BULK_F_SYNC : 0);
     fg_put_u32(w, (uint32_t)C);
-    if (fgc_send_record_locked(0) || move((uint8_t *)(uintptr_t)src, n, C, 1)) {
+    int bad = fgc_send_record_locked(0);
+    if (!bad) fgc_resume_unkept(g_fgc.seq); /* its raw bytes are not kept for a resume (reconnect.c) */
+    if (bad || move((uint8_t *)(uintptr_t)src, n, C, 1)) {
         CUresult r = g_fgc.broken;
         pthread_mutex_unlock(&g_fgc.mu);
         return r;

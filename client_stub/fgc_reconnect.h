@@ -24,6 +24,9 @@ const char *fgc_resume_hello(void);
  * marks the connection broken). closing: the server's CLOSE reason, or NULL for a dropped connection. */
 void fgc_resume_keep(const struct iovec *iov, int n, uint32_t seq, int want_reply);
 void fgc_resume_acked(uint32_t seq);
+/* A frame that cannot be sent again (a bulk copy's raw bytes follow it, bulk.c): a resume that would need it fails
+ * (the session ends with an error) instead of sending it without its bytes. */
+void fgc_resume_unkept(uint32_t seq);
 int fgc_resume(const char *closing);
 /* pool lease lookup (lease.c): the lease's current endpoint and token; 0 when known. */
 int fgc_lease_where(char *endpoint, size_t ep_cap, char *token, size_t tok_cap);

@@ -86,6 +86,12 @@ void fgc_resume_keep(const struct iovec *iov, int n, uint32_t seq, int want_repl
     pthread_mutex_unlock(&mu);
 }
 
+void fgc_resume_unkept(uint32_t seq) {
+    pthread_mutex_lock(&mu);
+    if (!g_gap) g_gap = seq;
+    pthread_mutex_unlock(&mu);
+}
+
 void fgc_resume_acked(uint32_t seq) {
     pthread_mutex_lock(&mu);
     size_t keep = 0;

@@ -278,6 +278,7 @@ static void par_memcpy(void *dst, const void *src, size_t n) {
 static int wait_seq(const uint64_t *field, uint64_t seq) {
     for (unsigned spin = 0;; spin++) {
         if (__atomic_load_n(field, __ATOMIC_ACQUIRE) >= seq) return 0;
+        if (!g_on) return -1; /* the session resumed on another worker, which has no region: the copy fails */
         if (spin < 2000) continue;
         if (spin % 64 == 0) {
             struct pollfd pf = {g_fgc.fd, POLLIN, 0};
