@@ -180,12 +180,16 @@ FGS_EXPORT int fgs_control_read(fgs_session *S, int ctl_fd, char *why, unsigned 
     int closing = 0;
     char *nl;
     while ((nl = memchr(P->line, '\n', P->have)) != NULL) {
-        *nl = 0;
-        if (!closing && fgs_control_line(S, P->line, why, why_len)) closing = 1;
+        /* Take the line out of the buffer before acting on it: a step it starts may wait for the agent's answer
+         * (page-in: "wake", "need"), and that wait reads further lines into the same buffer. */
+        char cmd[sizeof P->line];
         size_t used = (size_t)(nl - P->line) + 1;
+        memcpy(cmd, P->line, used - 1);
+        cmd[used - 1] = 0;
         memmove(P->line, nl + 1, P->have - used);
         P->have -= used;
         P->line[P->have] = 0;
+        if (!closing && fgs_control_line(S, cmd, why, why_len)) closing = 1;
     }
     if (P->have == sizeof P->line - 1) P->have = 0; /* a line too long: drop it */
     return closing;

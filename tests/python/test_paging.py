@@ -257,3 +257,36 @@ def test_deeper_level_protocol_no_cuda_before_restore(tmp_path: Path, mode: str)
         assert log.index("went to the deeper level") < m.start()
     finally:
         stop_server(s)
+
+
+async def test_deeper_level_then_page_in_by_command_keeps_every_byte(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    # The node agent in this process, as the pool's commands drive it: page-out to the deeper level, then a page-in
+    # by command. The page-in's "wake" wait runs inside the handling of the "pagein" control line; it once consumed
+    # that line's buffer under it, and the worker crashed (seen on an H100). Checkpoint: the labelled test double.
+    import asyncio
+
+    from e2e_helpers import NodeServer
+
+    from fargpu.server.auth import StaticTokenAuth
+    from fargpu.server.backend import select
+    from fargpu.server.node_agent import AgentConfig, NodeAgent
+
+    monkeypatch.setenv("FARGPU_TEST_FAKE_CHECKPOINT", "1")
+    agent = NodeAgent(select("sim"), StaticTokenAuth("deep-token-1"),
+                      AgentConfig(listen="127.0.0.1:0", host_pool_bytes=256 * MiB, spill_dir=str(tmp_path / "spill")))
+    await agent.start()
+    try:
+        env = NodeServer(agent.endpoint, "deep-token-1", tmp_path / "none.log", tmp_path / "l.jsonl",
+                         None).client_env()  # type: ignore[arg-type]
+        client = await asyncio.to_thread(_start_shapes, env)
+        sid = next(iter(agent._sessions))
+        res = await agent.page_out(sid, "deep")
+        assert res.startswith("paged host") and " deep " in res, res
+        res = await agent.page_in(sid)
+        assert res.startswith("resident"), res
+        out, err = await asyncio.to_thread(client.communicate, "go\n", 60)
+        assert out.strip() == "SAME", out + err
+        assert sid in agent._sessions  # the worker lives on
+    finally:
+        await agent.stop()
