@@ -29,6 +29,7 @@ from .lease_ledger import LeaseLedger
 
 log = logging.getLogger("fargpu.server.pager")
 ALIGN = 2 << 20
+POOL_READY_WAIT_S = 60.0  # a page-out to host waits this long for the pool's pages to be allocated
 STEP_TIMEOUT_S = 300.0  # a page-out or page-in that takes longer is reported failed (the worker goes on)
 
 
@@ -267,7 +268,14 @@ class Pager:
             return f"failed the session is {st.state}"
         need = self.resident_bytes(sid)
         cmd = ""
-        if to in ("auto", "host") and need and (ext := self.pool.take(need)) is not None:
+        if to == "host" and need and not self.pool.ready.is_set():
+            # The pool's pages are still being allocated (written with zeros, front to back): an extent must not
+            # take data before that is done.
+            await asyncio.to_thread(self.pool.ready.wait, POOL_READY_WAIT_S)
+            if not self.pool.ready.is_set():
+                return "failed the node's host page pool is still being set up; try again, or page out to disk"
+        if (to in ("auto", "host") and need and self.pool.ready.is_set()
+                and (ext := self.pool.take(need)) is not None):
             st.extent = ext
             cmd = f"pageout host {ext[0]} {ext[1]}\n"
         elif to == "host" and need:
