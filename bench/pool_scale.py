@@ -227,7 +227,7 @@ async def _client(
             await asyncio.sleep(rng.uniform(0, hold_ms) / 1e3)
         held_to = time.monotonic()
         r = await rng.choice(api).delete(
-            f"/v1/leases/{lease['lease_id']}", headers={"Authorization": f"Bearer {lease['token']}"}
+            f"/v1/leases/{lease['lease_id']}"
         )
         if r.status_code != 200:
             res.lost.append(f"{lease['lease_id']}: release answered {r.status_code} {r.text}")
@@ -279,6 +279,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 enrol_token=enrol_token,  # not the state directory's file: the benchmark leaves no trace
                 heartbeat_interval_s=2.0,
                 heartbeat_timeout_s=30.0,
+                stale_after_s=None,  # heartbeats every 2 s here: placement judges nodes by their state only
+                local_key=False,  # no local key file either: a tenant and key made below
                 log_level="warning",
             )
             pm = PoolManager(cfg)
@@ -311,7 +313,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
         # One small connection pool per client and pool manager: one shared pool of many connections costs
         # httpx more CPU than the pool manager spends on a request.
-        apis = [[httpx.AsyncClient(base_url=pm.rest_url, timeout=60) for pm in managers] for _ in range(args.clients)]
+        await managers[0].service.put_tenant("bench")
+        _, key = await managers[0].service.create_api_key("bench")
+        auth = {"Authorization": f"Bearer {key}"}
+        apis = [[httpx.AsyncClient(base_url=pm.rest_url, timeout=60, headers=auth) for pm in managers]
+                for _ in range(args.clients)]  # fmt: skip
         exact = args.store == "embedded"
         total_cap = sum(caps.values())
         auditor = asyncio.create_task(_audit_loop(managers[0], res, caps, exact))

@@ -1,7 +1,8 @@
 """The `fargpu` command: one root for every part of the project.
 
 fargpu run -- CMD ...     lease a GPU and run CMD on it through the stub (fargpu/run.py)
-fargpu pool ...           operate the pool: status, nodes, leases, sessions, drain, undrain, evict, page-out/in
+fargpu pool ...           operate the pool: status, nodes, leases, sessions, drain, undrain, evict, page-out/in,
+                          tenants, keys, whoami
 fargpu pool-manager       run a pool manager (REST + gRPC)
 fargpu server ...         the node server (server/cli.py), when that part is installed
 fargpu demo               the main job: a one-machine pool and a CUDA demo through `fargpu run`
@@ -14,6 +15,7 @@ from typing import Annotated
 
 import typer
 
+from fargpu.pool_manager import tenants_cli as _tenants_cli  # noqa: F401 - adds `fargpu pool tenants|keys|whoami`
 from fargpu.pool_manager.admin_cli import app as pool_app
 from fargpu.pool_manager.serve_cli import pool_manager
 from fargpu.pool_manager.units import parse_size

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import httpx
 
+from fargpu.pool_manager.tenants import find_api_key
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -32,7 +34,8 @@ def _wait(url: str, pred: object, what: str, timeout: float = 60.0, proc: subpro
             why = next((x for x in reversed(lines) if "error" in x.lower()), lines[-1] if lines else "no output")
             raise SystemExit(f"demo: {what} exited with code {proc.returncode}: {why} (log: {log})")
         try:
-            r = httpx.get(url, timeout=2)
+            key = find_api_key()  # the pool manager's local key, once it has written it
+            r = httpx.get(url, timeout=2, headers={"Authorization": f"Bearer {key}"} if key else None)
             if r.status_code == 200 and pred(r.json()):  # type: ignore[operator]
                 return
         except httpx.HTTPError:

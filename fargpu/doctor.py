@@ -28,6 +28,7 @@ import httpx
 import msgpack
 
 from fargpu import __version__, paths
+from fargpu.pool_manager.tenants import find_api_key
 
 OK, WARN, FAIL, SKIP = "ok", "warn", "fail", "skip"
 CUDA13_MIN_DRIVER = 580  # CUDA 13.0 needs driver branch 580 or newer
@@ -138,8 +139,16 @@ def check_pool(url: str, admin_token: str | None, want_gpus: bool, timeout_s: fl
                 checks.append(Check("version", WARN, f"the pool manager runs fargpu {theirs}, this is {__version__}",
                                     "run the same fargpu version everywhere"))  # fmt: skip
             if want_gpus:
-                status = http.get("/v1/status").json()
-                if not status.get("nodes_up") or not status.get("gpus"):
+                key = find_api_key() or admin_token
+                r = http.get("/v1/status", headers={"Authorization": f"Bearer {key}"} if key else None)
+                if r.status_code == 401:
+                    checks.append(Check("key", FAIL, f"the pool at {url} refuses this machine's API key, or none "
+                                        "was found: " + str(r.json().get("reason", "")),
+                                        "set FARGPU_API_KEY (fargpu pool keys create TENANT gives one)"))  # fmt: skip
+                status = r.json() if r.status_code == 200 else {}
+                if r.status_code == 401:
+                    pass
+                elif not status.get("nodes_up") or not status.get("gpus"):
                     checks.append(Check("gpu", FAIL, f"the pool at {url} has no node up, so no GPU to lease",
                                         "start a node server on a GPU machine: fargpu server --pool " + url))
                 else:

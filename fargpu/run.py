@@ -6,9 +6,13 @@
 unless `--qos guaranteed`, which is never paged; the next call pages it back in at the same addresses.
 
 1. Finds the stub (`fargpu.paths`) before leasing, so a missing native build costs no lease.
-2. Leases (POST /v1/leases) and sets, for CMD only: FARGPU_SERVER (the node's endpoint as `host:port`, or a
-   unix socket path when the node offers one on this host), FARGPU_TOKEN, FARGPU_LEASE_ID, LD_LIBRARY_PATH with
-   the stub's folder first, and LD_PRELOAD with the stub.
+2. Leases (POST /v1/leases, with the API key that `tenants.find_api_key` finds: FARGPU_API_KEY, the config file,
+   or this machine's local key) and checks that the node's endpoint accepts a connection. A node that refuses
+   it (or does not answer within a second) is avoided: the lease is released and taken again elsewhere
+   (`avoid_nodes`), up to `MAX_PLACEMENTS` times, without a word unless all of them fail. Then it sets, for CMD
+   only: FARGPU_SERVER (the node's endpoint as `host:port`, or a unix socket path when the node offers one on
+   this host), FARGPU_TOKEN, FARGPU_LEASE_ID, LD_LIBRARY_PATH with the stub's folder first, and LD_PRELOAD with
+   the stub.
 3. Renews every third of the TTL while CMD runs. If the pool ends the lease (expiry, eviction, node loss), the
    reason is printed; CMD then gets an error from the node on its next call.
 4. Forwards SIGINT, SIGTERM and SIGHUP to CMD, except a SIGINT from the terminal: the terminal already sent it
@@ -32,6 +36,8 @@ from fargpu.pool_manager.client import PoolApiError, PoolClient, PoolUnreachable
 from fargpu.pool_manager.units import format_size
 
 EXIT_POOL = 125
+MAX_PLACEMENTS = 4
+PROBE_TIMEOUT_S = 1.0
 EXIT_NOT_EXECUTABLE = 126
 EXIT_NOT_FOUND = 127
 
@@ -64,6 +70,38 @@ def pick_endpoint(endpoints: list[str]) -> str:
     return server_address(endpoints[0])
 
 
+async def reachable(endpoint: str, timeout_s: float = PROBE_TIMEOUT_S) -> str | None:
+    """None when the node endpoint (`host:port` or a socket path) accepts a connection, else why not. The probe
+    connection is closed at once; the node sees a client that left before its handshake."""
+    try:
+        if endpoint.startswith("/"):
+            _, w = await asyncio.wait_for(asyncio.open_unix_connection(endpoint), timeout_s)
+        else:
+            host, _, port = endpoint.rpartition(":")
+            _, w = await asyncio.wait_for(asyncio.open_connection(host.strip("[]"), int(port)), timeout_s)
+    except (OSError, TimeoutError, ValueError) as e:
+        return str(e) or type(e).__name__
+    w.close()
+    with contextlib.suppress(OSError):
+        await w.wait_closed()
+    return None
+
+
+async def _lease_reachable(client: PoolClient, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """A lease whose node accepts connections: nodes that do not are avoided and the lease is taken again."""
+    avoid: list[str] = []
+    for _ in range(MAX_PLACEMENTS):
+        lease = await client.create_lease(avoid_nodes=avoid or None, **kwargs)
+        why = await reachable(pick_endpoint(list(lease["endpoints"])))
+        if why is None:
+            return lease
+        avoid.append(lease["node_id"])
+        with contextlib.suppress(PoolApiError, PoolUnreachable):
+            await client.release_lease(lease["lease_id"])
+    raise PoolApiError(503, "unreachable_nodes", f"no node the pool offered accepted a connection (tried "
+                       f"{', '.join(avoid)}; last: {why})")  # fmt: skip
+
+
 def child_env(base: Mapping[str, str], lease: dict[str, Any], stub_dir: Path, stub_lib: Path) -> dict[str, str]:
     env = dict(base)
     env["FARGPU_SERVER"] = pick_endpoint(list(lease["endpoints"]))
@@ -88,7 +126,7 @@ async def _renew_loop(client: PoolClient, lease: dict[str, Any], interval_s: flo
     while True:
         await asyncio.sleep(interval_s)
         try:
-            await client.renew_lease(lease["lease_id"], lease["token"])
+            await client.renew_lease(lease["lease_id"])
             warned = False
         except PoolApiError as e:
             if e.status in (404, 409):
@@ -125,15 +163,15 @@ async def run_leased(
         _say(str(e))
         return EXIT_POOL
     async with PoolClient(pool_url) as client:
-        asking = asyncio.ensure_future(client.create_lease(
-            vram_bytes,
-            gpus,
+        asking = asyncio.ensure_future(_lease_reachable(client, dict(
+            vram_bytes=vram_bytes,
+            gpus=gpus,
             qos=qos,
             ttl_s=ttl_s,
             wait_s=wait_s,
             label=label or " ".join(cmd)[:200],
             idle_timeout_s=idle_timeout_s,
-        ))  # fmt: skip
+        )))  # fmt: skip
         try:
             done, _ = await asyncio.wait([asking], timeout=2.0)
             if not done and not quiet:  # no room now: the pool queues the request, or starts a node for it
@@ -151,7 +189,7 @@ async def run_leased(
             return await _run_child(client, cmd, lease, stub_dir, stub_lib, ttl_s, quiet)
         finally:
             try:
-                await client.release_lease(lease["lease_id"], lease["token"])
+                await client.release_lease(lease["lease_id"])
             except PoolApiError as e:
                 if e.status not in (404, 409):
                     _say(f"releasing lease {lease['lease_id']} failed: {e.reason}")

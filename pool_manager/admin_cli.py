@@ -4,8 +4,10 @@ scripts; tables otherwise. Exit codes: 0 done, 1 the pool refused (the reason is
 manager could not be reached. Under --json every error prints as JSON too (on stdout:
 `{"error": code, "reason": text, ...}`), so a script reads one document whatever happens.
 
-Admin commands (drain, undrain, evict, page-out, page-in) need the pool manager's admin token: start the pool
-manager with FARGPU_ADMIN_TOKEN set and pass the same value with --admin-token or FARGPU_ADMIN_TOKEN here.
+Every command presents an API key (FARGPU_API_KEY, the config file, or this machine's local key: see tenants.py);
+a tenant's key shows that tenant's leases and sessions only. Admin commands (drain, undrain, evict, page-out,
+page-in, and tenants/keys in tenants_cli.py) need the pool manager's admin token: start the pool manager with
+FARGPU_ADMIN_TOKEN set and pass the same value with --admin-token or FARGPU_ADMIN_TOKEN here (or an admin key).
 
 page-out and page-in queue a command for the session's node and return; with --wait S they poll the sessions
 listing until the node reports that command's outcome (or S seconds pass), then print the session. They succeed
@@ -187,12 +189,14 @@ def leases(
     if as_json:
         return _json(ls)
     t = Table(title=f"{len(ls)} lease(s)")
-    for col in ("lease", "state", "node", "GPU index", "VRAM/GPU", "qos", "idle page-out", "expires", "label"):
+    for col in ("lease", "tenant", "state", "node", "GPU index", "VRAM/GPU", "qos", "idle page-out", "expires",
+                "label"):  # fmt: skip
         t.add_column(col)
     for lease in ls:
         state = lease["state"] + (f": {lease['end_reason']}" if lease.get("end_reason") else "")
         t.add_row(
             lease["lease_id"],
+            lease.get("tenant") or "-",
             state,
             lease["node_id"],
             ",".join(str(a["gpu"]) for a in lease["allocs"]),

@@ -2,22 +2,28 @@
 Swagger UI's and ReDoc's assets are served from /static/docs (the `fastapi-offline` package ships them), so the
 docs work with no internet access.
 
-Leases: POST /v1/leases, GET /v1/leases[/ID], POST /v1/leases/ID/renew, DELETE /v1/leases/ID. Renew and release
-need the lease's token (or the admin token) as `Authorization: Bearer ...`. Read-only views: /v1/nodes,
-/v1/sessions, /v1/status. Admin: POST /v1/admin/nodes/ID/drain and .../undrain, POST /v1/admin/leases/ID/evict, and
-POST /v1/leases/ID/resume (the lease's client asks where its lease lives now; a parked lease is placed on a node
-first), POST /v1/admin/leases/ID/relocate, GET /v1/scaling (provider, autoscaler, provider's nodes),
-POST /v1/admin/sessions/ID/page-out (body `{"to": "auto|host|disk|deep"}`, optional) and .../page-in, which answer 202
-with the id of the command queued for the session's node (its outcome appears in /v1/sessions once the node has
-reported it), with the admin token; with no admin token configured the admin endpoints refuse everyone.
+Every /v1 call except /v1/info needs an API key as `Authorization: Bearer fgk_...` (see tenants.py): a tenant's
+key acts for that tenant only, an admin key (or the pool manager's admin token) for all. Leases: POST /v1/leases,
+GET /v1/leases[/ID], POST /v1/leases/ID/renew, DELETE /v1/leases/ID; a tenant sees and touches only its own
+leases (another tenant's lease id answers 404) and sessions (in /v1/sessions and in /v1/nodes). Read-only views:
+/v1/nodes, /v1/sessions, /v1/status, /v1/whoami. Tenants and keys (admin): /v1/admin/tenants[/NAME],
+/v1/admin/keys[/KEY_ID]. POST /v1/leases/ID/resume (the lease's client asks where its lease lives now; a parked
+lease is placed on a node first) takes the owner's API key or the lease's own token (what a resuming stub holds).
+GET /v1/scaling (provider, autoscaler, provider's nodes). Admin: POST /v1/admin/nodes/ID/drain and .../undrain,
+POST /v1/admin/leases/ID/evict, POST /v1/admin/leases/ID/relocate, and POST /v1/admin/sessions/ID/page-out (body
+`{"to": "auto|host|disk|deep"}`, optional) and .../page-in, which answer 202 with the id of the command queued for
+the session's node (its outcome appears in /v1/sessions once the node has reported it), with the admin token; with
+no admin token configured the admin endpoints refuse everyone.
 Prometheus: /metrics.
 
 Every error is JSON `{"error": code, "reason": readable text}`: 400 and 422 for bad input, 401 without a token,
-403 with a wrong one, 404 for unknown ids, 409 for conflicts (e.g. renewing an ended lease, with the reason it
-ended), 503 with Retry-After when there is no capacity."""
+403 with a key that may not do it (and `quota_exceeded` past the tenant's quota), 404 for unknown ids, 409 for
+conflicts (e.g. renewing an ended lease, with the reason it ended), 503 with Retry-After when there is no capacity
+or (`store_unavailable`) when the pool's store cannot be reached; /healthz then answers 503 with the reason."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from pathlib import Path
 from typing import Annotated, Any
@@ -29,12 +35,15 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
+from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fargpu import __version__
-from fargpu.pool_manager.errors import BadRequest, Forbidden, NoCapacity, PoolError, Unauthorized
+from fargpu.pool_manager.errors import BadRequest, Forbidden, NoCapacity, PoolError, StoreUnavailable, Unauthorized
 from fargpu.pool_manager.metrics import CONTENT_TYPE
 from fargpu.pool_manager.models import (
+    ApiKeyCreated,
+    ApiKeyView,
     LeaseCreated,
     LeaseView,
     NodeRecord,
@@ -42,9 +51,11 @@ from fargpu.pool_manager.models import (
     PoolStatus,
     QoS,
     SessionInfo,
+    TenantRecord,
 )
 from fargpu.pool_manager.placement import Strategy
 from fargpu.pool_manager.service import LeaseRequest, PoolService
+from fargpu.pool_manager.tenants import ADMIN_TENANT, Principal, where_keys_are_looked_for
 from fargpu.pool_manager.tokens import secret_matches, token_matches
 from fargpu.pool_manager.units import parse_size
 
@@ -66,6 +77,37 @@ class LeaseRequestBody(BaseModel):
         description="seconds a session may sit idle before its node pages it out (0: never); pool default if absent. "
         "Guaranteed leases are never paged.",
     )
+    end_with_sessions: bool = Field(
+        False, description="end the lease when its last session ends (a node reported one, then none)"
+    )
+    avoid_nodes: list[str] = Field(
+        default_factory=list, max_length=64, description="nodes this client could not reach: place elsewhere"
+    )
+
+
+class TenantBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    vram_quota: str | None = Field(None, description='VRAM all its active leases may book, e.g. "64G"; none: no limit')
+    max_leases: int | None = Field(None, ge=0, description="active leases it may hold at once; none: no limit")
+    disabled: bool = False
+
+
+class TenantView(TenantRecord):
+    vram_booked_bytes: int = 0
+    leases_active: int = 0
+
+
+class KeyBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    tenant: str = Field("", max_length=64, description="the tenant it acts for (empty with admin)")
+    admin: bool = False
+    label: str | None = Field(None, max_length=200)
+
+
+class WhoAmI(BaseModel):
+    tenant: str
+    admin: bool
+    key_id: str
 
 
 class RenewBody(BaseModel):
@@ -112,6 +154,40 @@ _ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code 
 
 _bearer = HTTPBearer(auto_error=False)
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+
+
+async def _who(request: Request, creds: Credentials) -> Principal:
+    """The caller, from its API key (or the admin token). 401 without a key or with one the pool refuses."""
+    service: PoolService = request.app.state.service
+    admin_token: str | None = request.app.state.admin_token
+    if creds is None or not creds.credentials:
+        raise Unauthorized("this endpoint needs an API key (Authorization: Bearer fgk_...): clients read it from "
+                           f"{where_keys_are_looked_for()}")  # fmt: skip
+    if admin_token is not None and secret_matches(creds.credentials, admin_token):
+        return Principal(ADMIN_TENANT, admin=True, key_id="admin-token")
+    p = await service.authenticate_key(creds.credentials)
+    if p is None:
+        raise Unauthorized("invalid API key: it is unknown, revoked, or its tenant is disabled")
+    return p
+
+
+async def _require_admin(request: Request, creds: Credentials) -> Principal:
+    service: PoolService = request.app.state.service
+    admin_token: str | None = request.app.state.admin_token
+    if creds is None or not creds.credentials:
+        raise Unauthorized("this endpoint needs the admin token or an admin key (Authorization: Bearer ...)")
+    if admin_token is not None and secret_matches(creds.credentials, admin_token):
+        return Principal(ADMIN_TENANT, admin=True, key_id="admin-token")
+    p = await service.authenticate_key(creds.credentials)
+    if p is not None and p.admin:
+        return p
+    if admin_token is None and p is None:
+        raise Forbidden("the admin API is disabled: the pool manager was started without an admin token, and "
+                        "this is no admin key")  # fmt: skip
+    raise Forbidden("wrong admin token" if p is None else f"the key of tenant {p.tenant} is not an admin key")
+
+
+Who = Annotated[Principal, Depends(_who)]
 
 
 def _error(status: int, code: str, reason: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -172,6 +248,15 @@ def create_app(service: PoolService, admin_token: str | None = None) -> FastAPI:
             headers = {"WWW-Authenticate": "Bearer"}
         return _error(e.status, e.code, e.reason, headers)
 
+    @app.exception_handler(RedisError)
+    @app.exception_handler(ConnectionError)
+    @app.exception_handler(OSError)
+    @app.exception_handler(TimeoutError)
+    async def _store_down(_: Request, e: Exception) -> JSONResponse:
+        service.store_trouble()
+        err = StoreUnavailable(_store_reason(service, e))
+        return _error(err.status, err.code, err.reason, {"Retry-After": "5"})
+
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, e: RequestValidationError) -> JSONResponse:
         parts = [f"{'.'.join(str(x) for x in err.get('loc', ()))}: {err.get('msg', '')}" for err in e.errors()]
@@ -182,28 +267,22 @@ def create_app(service: PoolService, admin_token: str | None = None) -> FastAPI:
         code = {404: "not_found", 405: "method_not_allowed"}.get(e.status_code, "http_error")
         return _error(e.status_code, code, str(e.detail), dict(e.headers) if e.headers else None)
 
-    def require_admin(creds: Credentials) -> None:
-        if creds is None:
-            raise Unauthorized("this endpoint needs the admin token (Authorization: Bearer ...)")
-        if admin_token is None:
-            raise Forbidden("the admin API is disabled: the pool manager was started without an admin token")
-        if not secret_matches(creds.credentials, admin_token):
-            raise Forbidden("wrong admin token")
+    app.state.service = service
+    app.state.admin_token = admin_token
+    admin = [Depends(_require_admin)]
 
-    async def require_owner(lease_id: str, creds: Credentials) -> None:
-        if creds is None:
-            raise Unauthorized("this endpoint needs the lease token (Authorization: Bearer ...)")
-        lease = await service.get_lease(lease_id)
-        if admin_token is not None and secret_matches(creds.credentials, admin_token):
-            return
-        if not token_matches(creds.credentials, lease.token_hash):
-            raise Forbidden(f"the token is not the token of lease {lease_id}")
+    async def require_owner(lease_id: str, request: Request, creds: Credentials) -> None:
+        """The lease's tenant (or an admin) by API key, or whoever holds the lease's own token."""
+        if creds is not None and creds.credentials:
+            lease = await service.store.get_lease(lease_id)
+            if lease is not None and token_matches(creds.credentials, lease.token_hash):
+                return
+        await service.get_lease(lease_id, await _who(request, creds))  # 401 / 404 as for the other lease calls
 
-    admin = [Depends(require_admin)]
     owner = [Depends(require_owner)]
 
     @app.post("/v1/leases", status_code=201, response_model=LeaseCreated, tags=["leases"])
-    async def create_lease(body: LeaseRequestBody) -> LeaseCreated:
+    async def create_lease(body: LeaseRequestBody, me: Who) -> LeaseCreated:
         """Leases GPU capacity. Returns the lease with its secret token and the node endpoint(s) to connect to."""
         if (body.vram_bytes is None) == (body.vram is None):
             raise BadRequest("give exactly one of vram_bytes or vram")
@@ -217,26 +296,28 @@ def create_app(service: PoolService, admin_token: str | None = None) -> FastAPI:
             vram = body.vram_bytes
         lease, token = await service.create_lease(
             LeaseRequest(
-                vram, body.gpus, body.qos, body.ttl_s, body.wait_s, body.label, body.strategy, body.idle_timeout_s
-            )
+                vram, body.gpus, body.qos, body.ttl_s, body.wait_s, body.label, body.strategy, body.idle_timeout_s,
+                body.end_with_sessions, tuple(body.avoid_nodes),
+            ),
+            me,
         )
         return LeaseCreated(**lease.view().model_dump(), token=token)
 
     @app.get("/v1/leases", response_model=list[LeaseView], tags=["leases"])
-    async def list_leases(include_ended: bool = False) -> list[LeaseView]:
-        return [lease.view() for lease in await service.list_leases(include_ended)]
+    async def list_leases(me: Who, include_ended: bool = False) -> list[LeaseView]:
+        return [lease.view() for lease in await service.list_leases(include_ended, me)]
 
     @app.get("/v1/leases/{lease_id}", response_model=LeaseView, tags=["leases"])
-    async def get_lease(lease_id: str) -> LeaseView:
-        return (await service.get_lease(lease_id)).view()
+    async def get_lease(lease_id: str, me: Who) -> LeaseView:
+        return (await service.get_lease(lease_id, me)).view()
 
-    @app.post("/v1/leases/{lease_id}/renew", response_model=LeaseView, tags=["leases"], dependencies=owner)
-    async def renew_lease(lease_id: str, body: RenewBody | None = None) -> LeaseView:
-        return (await service.renew_lease(lease_id, body.ttl_s if body else None)).view()
+    @app.post("/v1/leases/{lease_id}/renew", response_model=LeaseView, tags=["leases"])
+    async def renew_lease(lease_id: str, me: Who, body: RenewBody | None = None) -> LeaseView:
+        return (await service.renew_lease(lease_id, body.ttl_s if body else None, me)).view()
 
-    @app.delete("/v1/leases/{lease_id}", response_model=LeaseView, tags=["leases"], dependencies=owner)
-    async def release_lease(lease_id: str) -> LeaseView:
-        return (await service.release_lease(lease_id)).view()
+    @app.delete("/v1/leases/{lease_id}", response_model=LeaseView, tags=["leases"])
+    async def release_lease(lease_id: str, me: Who) -> LeaseView:
+        return (await service.release_lease(lease_id, me)).view()
 
     @app.post("/v1/leases/{lease_id}/resume", response_model=LeaseView, tags=["leases"], dependencies=owner)
     async def resume_lease(lease_id: str, body: ResumeBody | None = None) -> LeaseView:
@@ -263,20 +344,75 @@ def create_app(service: PoolService, admin_token: str | None = None) -> FastAPI:
         return dataclasses.asdict(await scaler.status())
 
     @app.get("/v1/nodes", response_model=list[NodeRecord], tags=["pool"])
-    async def list_nodes() -> list[NodeRecord]:
-        return await service.list_nodes()
+    async def list_nodes(me: Who) -> list[NodeRecord]:
+        return await service.list_nodes(me)
 
     @app.get("/v1/nodes/{node_id}", response_model=NodeRecord, tags=["pool"])
-    async def get_node(node_id: str) -> NodeRecord:
-        return await service.get_node(node_id)
+    async def get_node(node_id: str, me: Who) -> NodeRecord:
+        for n in await service.list_nodes(me):
+            if n.node_id == node_id:
+                return n
+        return await service.get_node(node_id)  # raises NotFound
 
     @app.get("/v1/sessions", response_model=list[SessionInfo], tags=["pool"])
-    async def list_sessions() -> list[SessionInfo]:
-        return await service.list_sessions()
+    async def list_sessions(me: Who) -> list[SessionInfo]:
+        return await service.list_sessions(me)
 
     @app.get("/v1/status", response_model=PoolStatus, tags=["pool"])
-    async def status() -> PoolStatus:
+    async def status(me: Who) -> PoolStatus:
         return await service.status()
+
+    @app.get("/v1/whoami", response_model=WhoAmI, tags=["pool"])
+    async def whoami(me: Who) -> WhoAmI:
+        """Which tenant the presented API key acts for."""
+        return WhoAmI(tenant=me.tenant, admin=me.admin, key_id=me.key_id)
+
+    async def _tenant_view(t: TenantRecord) -> TenantView:
+        vram, n = await service.store.tenant_usage(t.name)
+        return TenantView(**t.model_dump(), vram_booked_bytes=vram, leases_active=n)
+
+    @app.get("/v1/admin/tenants", response_model=list[TenantView], tags=["admin"], dependencies=admin)
+    async def list_tenants() -> list[TenantView]:
+        return [await _tenant_view(t) for t in await service.store.list_tenants()]
+
+    @app.put("/v1/admin/tenants/{name}", response_model=TenantView, tags=["admin"], dependencies=admin)
+    async def put_tenant(name: str, body: TenantBody | None = None) -> TenantView:
+        """Creates a tenant or sets its quota (absent: no limit) and whether it is disabled."""
+        b = body or TenantBody(vram_quota=None, max_leases=None)
+        try:
+            vram = parse_size(b.vram_quota) if b.vram_quota is not None else None
+        except ValueError as e:
+            raise BadRequest(str(e)) from None
+        return await _tenant_view(await service.put_tenant(name, vram, b.max_leases, b.disabled))
+
+    @app.delete("/v1/admin/tenants/{name}", response_model=TenantView, tags=["admin"], dependencies=admin)
+    async def revoke_tenant(name: str) -> TenantView:
+        """Disables the tenant, revokes its keys and evicts its active leases."""
+        t = await service.tenant(name)
+        rec = await service.put_tenant(name, t.vram_quota_bytes, t.max_leases, disabled=True)
+        for k in await service.store.list_api_keys():
+            if k.tenant == name and k.revoked_at is None and not k.admin:
+                await service.revoke_api_key(k.key_id)
+        for lease in await service.list_leases():
+            if lease.tenant == name:
+                await service.evict_lease(lease.lease_id, f"tenant {name} was revoked")
+        return await _tenant_view(rec)
+
+    @app.post("/v1/admin/keys", status_code=201, response_model=ApiKeyCreated, tags=["admin"], dependencies=admin)
+    async def create_key(body: KeyBody) -> ApiKeyCreated:
+        """A new API key for a tenant (or an admin key). The key is in this answer only."""
+        if not body.admin and not body.tenant:
+            raise BadRequest("name the tenant the key is for (or ask for an admin key)")
+        rec, key = await service.create_api_key(body.tenant, admin=body.admin, label=body.label)
+        return ApiKeyCreated(**rec.view().model_dump(), key=key)
+
+    @app.get("/v1/admin/keys", response_model=list[ApiKeyView], tags=["admin"], dependencies=admin)
+    async def list_keys() -> list[ApiKeyView]:
+        return [k.view() for k in await service.store.list_api_keys()]
+
+    @app.delete("/v1/admin/keys/{key_id}", response_model=ApiKeyView, tags=["admin"], dependencies=admin)
+    async def revoke_key(key_id: str) -> ApiKeyView:
+        return (await service.revoke_api_key(key_id)).view()
 
     @app.post("/v1/admin/nodes/{node_id}/drain", response_model=NodeRecord, tags=["admin"], dependencies=admin)
     async def drain_node(node_id: str, body: ReasonBody | None = None) -> NodeRecord:
@@ -334,7 +470,20 @@ def create_app(service: PoolService, admin_token: str | None = None) -> FastAPI:
         return {"version": __version__, "store": service.store.name, "grpc_host": host, "grpc_port": port}
 
     @app.get("/healthz", tags=["pool"])
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok", "store": service.store.name}
+    async def healthz() -> JSONResponse:
+        """200 `{"status": "ok"}` when the store answers; 503 `{"status": "unavailable", "reason": ...}` if not."""
+        try:
+            await asyncio.wait_for(service.store.ping(), 3.0)
+        except Exception as e:
+            service.store_trouble()
+            return JSONResponse({"status": "unavailable", "store": service.store.name,
+                                 "reason": _store_reason(service, e)}, status_code=503)  # fmt: skip
+        return JSONResponse({"status": "ok", "store": service.store.name})
 
     return app
+
+
+def _store_reason(service: PoolService, e: BaseException) -> str:
+    detail = str(e) or type(e).__name__
+    return (f"the pool's {service.store.name} store is unavailable ({type(e).__name__}: {detail}); nothing was "
+            "changed: retry in a few seconds, and operators should check the store")  # fmt: skip

@@ -2,7 +2,8 @@
 
 It returns the API's JSON as dicts and turns failures into two exceptions: `PoolUnreachable` (nothing answered
 at that URL) and `PoolApiError` (the pool answered with an error; it carries status, code, reason and, for 503,
-Retry-After)."""
+Retry-After). Every call presents the API key: `api_key`, else the one `tenants.find_api_key` finds (FARGPU_API_KEY,
+the config file, or this machine's local key file); admin calls present the admin token instead when one is given."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from typing import Any
 from urllib.parse import quote
 
 import httpx
+
+from fargpu.pool_manager.tenants import find_api_key
 
 DEFAULT_POOL_URL = "http://127.0.0.1:7000"
 
@@ -43,9 +46,17 @@ SCALE_UP_ALLOWANCE_S = 300.0  # the longest a lease request may wait for a node 
 
 
 class PoolClient:
-    def __init__(self, base_url: str | None = None, *, admin_token: str | None = None, timeout_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        base_url: str | None = None,
+        *,
+        admin_token: str | None = None,
+        api_key: str | None = None,
+        timeout_s: float = 10.0,
+    ) -> None:
         self.base_url = (base_url or default_pool_url()).rstrip("/")
         self._admin_token = admin_token
+        self.api_key = find_api_key(api_key)
         self._timeout = timeout_s
         self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout_s)
 
@@ -70,6 +81,7 @@ class PoolClient:
         token: str | None = None,
         timeout_s: float | httpx.Timeout | None = None,
     ) -> Any:
+        token = token or self._admin_token or self.api_key  # with the admin token given, an admin sees it all
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         try:
             r = await self._http.request(
@@ -99,8 +111,11 @@ class PoolClient:
         label: str | None = None,
         strategy: str | None = None,
         idle_timeout_s: float | None = None,
+        avoid_nodes: list[str] | None = None,
     ) -> dict[str, Any]:
         body: dict[str, Any] = {"vram_bytes": vram_bytes, "gpus": gpus, "wait_s": wait_s}
+        if avoid_nodes:
+            body["avoid_nodes"] = avoid_nodes
         optional = (
             ("qos", qos),
             ("ttl_s", ttl_s),
@@ -121,13 +136,13 @@ class PoolClient:
         result: dict[str, Any] = await self._call("GET", f"/v1/leases/{lease_id}")
         return result
 
-    async def renew_lease(self, lease_id: str, token: str, ttl_s: float | None = None) -> dict[str, Any]:
+    async def renew_lease(self, lease_id: str, ttl_s: float | None = None) -> dict[str, Any]:
         body = {"ttl_s": ttl_s} if ttl_s is not None else None
-        result: dict[str, Any] = await self._call("POST", f"/v1/leases/{lease_id}/renew", json=body, token=token)
+        result: dict[str, Any] = await self._call("POST", f"/v1/leases/{lease_id}/renew", json=body)
         return result
 
-    async def release_lease(self, lease_id: str, token: str) -> dict[str, Any]:
-        result: dict[str, Any] = await self._call("DELETE", f"/v1/leases/{lease_id}", token=token)
+    async def release_lease(self, lease_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self._call("DELETE", f"/v1/leases/{lease_id}")
         return result
 
     # --- views and admin ---------------------------------------------------------------------------------
@@ -152,8 +167,53 @@ class PoolClient:
         result: list[dict[str, Any]] = await self._call("GET", "/v1/sessions")
         return result
 
+    async def whoami(self) -> dict[str, Any]:
+        result: dict[str, Any] = await self._call("GET", "/v1/whoami")
+        return result
+
     def _admin(self) -> str | None:
         return self._admin_token
+
+    # --- tenants and keys (admin) ------------------------------------------------------------------------
+    async def tenants(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = await self._call("GET", "/v1/admin/tenants", token=self._admin())
+        return result
+
+    async def put_tenant(
+        self, name: str, vram_quota: str | None = None, max_leases: int | None = None, disabled: bool = False
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"disabled": disabled}
+        if vram_quota is not None:
+            body["vram_quota"] = vram_quota
+        if max_leases is not None:
+            body["max_leases"] = max_leases
+        result: dict[str, Any] = await self._call(
+            "PUT", f"/v1/admin/tenants/{quote(name, safe='')}", json=body, token=self._admin()
+        )
+        return result
+
+    async def revoke_tenant(self, name: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self._call(
+            "DELETE", f"/v1/admin/tenants/{quote(name, safe='')}", token=self._admin()
+        )
+        return result
+
+    async def create_key(self, tenant: str, *, admin: bool = False, label: str | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {"tenant": tenant, "admin": admin}
+        if label:
+            body["label"] = label
+        result: dict[str, Any] = await self._call("POST", "/v1/admin/keys", json=body, token=self._admin())
+        return result
+
+    async def keys(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = await self._call("GET", "/v1/admin/keys", token=self._admin())
+        return result
+
+    async def revoke_key(self, key_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self._call(
+            "DELETE", f"/v1/admin/keys/{quote(key_id, safe='')}", token=self._admin()
+        )
+        return result
 
     async def drain(self, node_id: str, reason: str | None = None) -> dict[str, Any]:
         body = {"reason": reason} if reason else None

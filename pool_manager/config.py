@@ -7,7 +7,8 @@ demo, tests, the benchmark) construct it directly. Port 0 means "any free port" 
 The state directory (`$XDG_STATE_HOME/fargpu`, else `~/.local/state/fargpu`) holds what one machine shares
 between its pool manager and node servers: the embedded store's file, the enrolment token (`enrol-token`,
 which the pool manager creates once and a node on the same machine reads: zero configuration on one machine)
-and a node's own credentials (`node-credentials/<node id>`). The helpers for these paths live here, and the
+a node's own credentials (`node-credentials/<node id>`) and the local API key (`api-key`, see tenants.py: the
+pool manager creates it, clients on the machine present it). The helpers for these paths live here, and the
 node side imports them from here too."""
 
 from __future__ import annotations
@@ -57,8 +58,12 @@ class PoolManagerConfig:
     fsync: bool = False
     admin_token: str | None = None
     enrol_token: str | None = None  # nodes' bootstrap secret; None: the one in enrol_token_file(), made once
-    heartbeat_interval_s: float = 2.0
-    heartbeat_timeout_s: float = 10.0
+    local_key: bool = True  # create/read the state dir's api-key and accept it as a key of tenant "local"
+    tenant_keys: list[str] = field(default_factory=list)  # keys to accept for tenant "local" too (containers)
+    heartbeat_interval_s: float = 0.5
+    heartbeat_timeout_s: float = 10.0  # silence after which a node is down and its leases are lost
+    stale_after_s: float | None = 1.5  # silence after which other nodes are preferred for new leases (None: off)
+    adopt_grace_s: float | None = None  # re-adoption window after start / store outage; None: heartbeat_timeout_s
     sweep_interval_s: float = 1.0
     default_ttl_s: float = 300.0
     strategy: Strategy = Strategy.pack
@@ -95,6 +100,8 @@ class PoolManagerConfig:
             default_idle_timeout_s=self.default_idle_timeout_s,
             overcommit_ratio=self.overcommit_ratio,
             scale_up_wait_s=self.scale_up_wait_s,
+            stale_after_s=self.stale_after_s,
+            adopt_grace_s=self.heartbeat_timeout_s if self.adopt_grace_s is None else self.adopt_grace_s,
         )
 
     def autoscaler_config(self) -> AutoscalerConfig:

@@ -28,6 +28,20 @@ class Forbidden(PoolError):
     code = "forbidden"
 
 
+class QuotaExceeded(PoolError):
+    """The tenant's own quota (VRAM or active leases) has no room for the request."""
+
+    status = 403
+    code = "quota_exceeded"
+
+
+class StoreUnavailable(PoolError):
+    """The pool's state store cannot be reached; nothing was changed."""
+
+    status = 503
+    code = "store_unavailable"
+
+
 class NotFound(PoolError):
     status = 404
     code = "not_found"

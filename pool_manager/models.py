@@ -2,7 +2,8 @@
 
 Records are pydantic models so that the stores persist them as JSON and FastAPI documents them in OpenAPI from
 one definition. A lease's secret token is never part of a record: the store keeps only its hash
-(`LeaseRecord.token_hash`), and `LeaseView` (what REST shows) leaves even that out."""
+(`LeaseRecord.token_hash`), and `LeaseView` (what REST shows) leaves even that out. Tenants and their API keys
+(`TenantRecord`, `ApiKeyRecord`) are records too; an API key is stored as its SHA-256 only (see `tenants.py`)."""
 
 from __future__ import annotations
 
@@ -68,6 +69,9 @@ class LeaseRecord(BaseModel):
     ttl_s: float
     idle_timeout_s: float | None = None  # None (leases stored before it existed): the pool's default
     label: str | None = None
+    tenant: str = ""  # who owns it ("" : leases stored before tenants existed, visible to admins only)
+    end_with_sessions: bool = False  # ends when its last session on the node ends (the stub's own leases)
+    sessions_seen: bool = False  # a node has reported a session of it (end_with_sessions waits for that)
     created_at: float
     expires_at: float
     parked_ref: str | None = None  # where its session's parked state is; node_id is "" while parked
@@ -82,7 +86,7 @@ class LeaseRecord(BaseModel):
         return sum(a.vram_bytes for a in self.allocs)
 
     def view(self) -> LeaseView:
-        return LeaseView(**self.model_dump(exclude={"token_hash"}))
+        return LeaseView(**self.model_dump(exclude={"token_hash", "sessions_seen"}))
 
 
 class LeaseView(BaseModel):
@@ -100,6 +104,8 @@ class LeaseView(BaseModel):
         None, description="seconds a session may sit idle before its node pages it out (0: never); null: pool default"
     )
     label: str | None
+    tenant: str = Field("", description="the tenant that owns the lease")
+    end_with_sessions: bool = Field(False, description="the lease ends when its last session ends")
     created_at: float
     expires_at: float
     parked_ref: str | None = Field(
@@ -207,3 +213,41 @@ class PoolStatus(BaseModel):
     leases_active: int
     sessions: int
     store: str
+
+
+class TenantRecord(BaseModel):
+    """A tenant: who owns leases, with its own quota. None: no limit beyond the pool's capacity."""
+
+    name: str
+    vram_quota_bytes: int | None = Field(None, description="VRAM all its active leases may book together")
+    max_leases: int | None = Field(None, description="active leases it may hold at once")
+    created_at: float = 0.0
+    disabled: bool = Field(False, description="a disabled tenant's keys are refused")
+
+
+class ApiKeyRecord(BaseModel):
+    """An API key as the store keeps it: its SHA-256, never the key."""
+
+    key_id: str
+    tenant: str = Field(description="the tenant it acts for; admin keys act for every tenant")
+    key_hash: str
+    admin: bool = False
+    label: str | None = None
+    created_at: float = 0.0
+    revoked_at: float | None = None
+
+    def view(self) -> ApiKeyView:
+        return ApiKeyView(**self.model_dump(exclude={"key_hash"}))
+
+
+class ApiKeyView(BaseModel):
+    key_id: str
+    tenant: str
+    admin: bool
+    label: str | None
+    created_at: float
+    revoked_at: float | None
+
+
+class ApiKeyCreated(ApiKeyView):
+    key: str = Field(description="the secret; shown once, kept nowhere but by its holder")

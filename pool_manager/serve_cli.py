@@ -61,7 +61,14 @@ def pool_manager(
             help="sessions one lease may hold open on its node at once (0: no limit)",
         ),
     ] = 16,
-    heartbeat_interval: Annotated[float, typer.Option(envvar="FARGPU_POOL_HEARTBEAT_INTERVAL")] = 2.0,
+    heartbeat_interval: Annotated[
+        float, typer.Option(envvar="FARGPU_POOL_HEARTBEAT_INTERVAL", help="seconds between a node's heartbeats")
+    ] = 0.5,
+    stale_after: Annotated[
+        float,
+        typer.Option(envvar="FARGPU_POOL_STALE_AFTER", min=0,
+                     help="silence after which a node gets new leases only when no other node has room (0: off)"),
+    ] = 1.5,
     heartbeat_timeout: Annotated[
         float, typer.Option(envvar="FARGPU_POOL_HEARTBEAT_TIMEOUT", help="silence after which a node is down")
     ] = 10.0,
@@ -138,6 +145,17 @@ def pool_manager(
             "credentials, else $KUBECONFIG or ~/.kube/config]", show_default=False
         ),
     ] = "",
+    local_key: Annotated[
+        bool,
+        typer.Option(envvar="FARGPU_POOL_LOCAL_KEY", help="create and accept this machine's local API key "
+                     "(<state dir>/api-key, tenant 'local'): clients of this user need no configuration"),
+    ] = True,
+    tenant_key: Annotated[
+        str | None,
+        typer.Option(envvar="FARGPU_POOL_TENANT_KEY", show_default=False,
+                     help="an API key to accept for tenant 'local' besides the local key file (clients in other "
+                     "containers or machines of a small set-up; make real tenants with fargpu pool tenants/keys)"),
+    ] = None,
     log_level: Annotated[str, typer.Option(envvar="FARGPU_LOG_LEVEL")] = "info",
 ) -> None:
     """Run the pool manager: lease REST API (docs at /docs, metrics at /metrics) and the node gRPC service."""
@@ -163,10 +181,13 @@ def pool_manager(
         max_sessions_per_lease=max_sessions_per_lease,
         heartbeat_interval_s=heartbeat_interval,
         heartbeat_timeout_s=heartbeat_timeout,
+        stale_after_s=stale_after or None,
         default_ttl_s=default_ttl,
         strategy=strategy,
         default_idle_timeout_s=idle_timeout,
         overcommit_ratio=overcommit,
+        local_key=local_key,
+        tenant_keys=[tenant_key] if tenant_key else [],
         log_level=log_level.lower(),
         provider=provider,
         min_nodes=min_nodes,
@@ -195,6 +216,9 @@ def pool_manager(
                 f"machine read it; elsewhere set {ENROL_TOKEN_ENV} to its contents){shared}",
                 err=True,
             )
+        if pm.local_key_file is not None:
+            typer.echo(f"fargpu pool manager: clients of this user on this machine use the local API key in "
+                       f"{pm.local_key_file}; others need a key (fargpu pool keys create)", err=True)  # fmt: skip
         if admin_token is None:
             typer.echo("fargpu pool manager: no admin token set; drain and evict are disabled", err=True)
         if provider != "none":

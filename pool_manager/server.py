@@ -11,7 +11,9 @@ so the owner of the loop decides when to stop.
 
 Nodes enrol with the enrolment token: `config.enrol_token` if set, else the state directory's `enrol-token`
 file, which the first pool manager on the machine creates (also with a memory-only store), so that node servers
-on the same machine find it by themselves (see `enrolment.py`)."""
+on the same machine find it by themselves (see `enrolment.py`). Likewise the local API key (`tenants.py`): unless
+`config.local_key` is off, the pool manager reads or creates `<state dir>/api-key` and registers it as a key of
+the tenant "local" in its store, so clients on this machine need no configuration."""
 
 from __future__ import annotations
 
@@ -41,6 +43,7 @@ from fargpu.pool_manager.service import PoolService
 from fargpu.pool_manager.store import Store
 from fargpu.pool_manager.store_embedded import EmbeddedStore
 from fargpu.pool_manager.store_redis import RedisStore
+from fargpu.pool_manager.tenants import LOCAL_TENANT, load_or_create_local_key, local_key_file
 from fargpu.protocol.generated import pool_pb2_grpc
 
 log = logging.getLogger("fargpu.pool_manager")
@@ -147,6 +150,8 @@ class PoolManager:
         else:
             self.enrol_token_file = enrol_token_file()
             self.enrol_token = load_or_create_enrol_token(self.enrol_token_file)
+        self.local_key_file: Path | None = local_key_file() if config.local_key else None
+        self.local_key: str | None = None  # read or made in start(), once the ports are known to be free
         self.store = store or make_store(config)
         self.service = PoolService(self.store, config.service_config(), clock=clock)
         self.app = create_app(self.service, config.admin_token)
@@ -171,13 +176,27 @@ class PoolManager:
         # Both ports are checked before anything else starts: a busy port is one line, not a half-started pool.
         sock = _listen(self.config.host, self.config.port)
         if self.config.grpc_port:
-            _listen(self.config.grpc_host.strip("[]"), self.config.grpc_port, "gRPC", "--grpc-port").close()
+            try:
+                _listen(self.config.grpc_host.strip("[]"), self.config.grpc_port, "gRPC", "--grpc-port").close()
+            except PortBusy:
+                sock.close()
+                raise
         try:
             await self.store.open()
         except BaseException:
             sock.close()
             raise
         try:
+            if self.local_key_file is not None:
+                try:
+                    self.local_key = load_or_create_local_key(self.local_key_file)
+                except OSError as e:  # a read-only state dir (a container): clients then need a key given to them
+                    log.warning("no local API key (%s); clients need FARGPU_API_KEY with a key of this pool", e)
+                    self.local_key_file = None
+            if self.local_key is not None:
+                await self.service.ensure_api_key(LOCAL_TENANT, self.local_key, "local key of this machine")
+            for key in self.config.tenant_keys:  # given by the operator (FARGPU_POOL_TENANT_KEY): never logged
+                await self.service.ensure_api_key(LOCAL_TENANT, key, "given at start (--tenant-key)")
             await self.service.start()
             provider = make_provider(self.config, self._node_pool_url, self.enrol_token)
             if provider is not None:

@@ -15,12 +15,29 @@ Paging (see placement.py for overcommit): each lease carries its idle timeout (t
 `default_idle_timeout_s`; 0: never) and QoS to its node with every token check, and the node pages its idle
 sessions out by that policy. Operators page a session out or in by hand (`page_session`): the pool finds the
 session's node in the nodes' last heartbeats and queues a command for it; the node reports the outcome in the
-session's `page_command_id` / `page_result` with a later heartbeat."""
+session's `page_command_id` / `page_result` with a later heartbeat.
+
+Tenants: every lease belongs to a tenant (`Principal`, see tenants.py) and counts against that tenant's quota,
+which the store checks in the same atomic step that books the VRAM. Listings show a tenant only its own leases
+and sessions; admins see everything.
+
+No job lost to the control plane (the re-adoption rule): a lease is never ended for expiry or node silence while
+the pool could not have heard from its client or node. For `adopt_grace_s` after this pool manager starts, and
+after any stretch in which its store was unreachable, the sweeper neither expires leases nor marks nodes down;
+in that window every node's heartbeat re-adopts the leases it reports live sessions for (their expiry moves to
+now + TTL), and a renewal of a lease whose expiry passed meanwhile succeeds. After the window the usual rules
+apply, so a lease nobody reported or renewed expires then. A lease created with `end_with_sessions` (the stub's
+own) ends as soon as a node has reported a session of it and then reports none (unless the session was parked:
+it resumes later); nodes heartbeat at once when a session starts or ends. A node whose last heartbeat is older
+than `stale_after_s` gets no new lease that another node can take (it is not marked down for that; its leases
+run on) until it heartbeats again; clients that cannot connect to a node name it in `avoid_nodes` and are placed
+elsewhere."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import json
 import logging
@@ -31,9 +48,10 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from fargpu.pool_manager.errors import BadRequest, Conflict, NoCapacity, NotFound
+from fargpu.pool_manager.errors import BadRequest, Conflict, Forbidden, NoCapacity, NotFound, QuotaExceeded
 from fargpu.pool_manager.metrics import PoolMetrics
 from fargpu.pool_manager.models import (
+    ApiKeyRecord,
     GpuAlloc,
     GpuInfo,
     LeaseRecord,
@@ -44,9 +62,18 @@ from fargpu.pool_manager.models import (
     PoolStatus,
     QoS,
     SessionInfo,
+    TenantRecord,
 )
 from fargpu.pool_manager.placement import Strategy, place, why_not
-from fargpu.pool_manager.store import Command, EndResult, NodeCapacity, Store
+from fargpu.pool_manager.store import QUOTA_REFUSAL, Command, EndResult, NodeCapacity, Store, TenantLimits
+from fargpu.pool_manager.tenants import (
+    ADMIN_TENANT,
+    Principal,
+    key_hash,
+    new_api_key,
+    new_key_id,
+    valid_tenant_name,
+)
 from fargpu.pool_manager.tokens import new_lease_id, new_token, token_hash
 from fargpu.pool_manager.units import format_size
 
@@ -69,6 +96,8 @@ class ServiceConfig:
     default_idle_timeout_s: float = 300.0  # a lease's idle timeout when its request names none; 0: never idle-paged
     overcommit_ratio: float = 1.0  # leases may book capacity x this (>= 1), unless a node registered its own ratio
     scale_up_wait_s: float = 120.0  # a request finding no room waits this long when the autoscaler can add a node
+    stale_after_s: float | None = None  # no new leases on a node silent this long (None: only down nodes skipped)
+    adopt_grace_s: float = 0.0  # after a start or a store outage: no expiry or down-marking; nodes re-adopt leases
 
     def __post_init__(self) -> None:
         if not 1.0 <= self.overcommit_ratio < math.inf:
@@ -87,6 +116,8 @@ class LeaseRequest:
     label: str | None = None
     strategy: Strategy | None = None
     idle_timeout_s: float | None = None  # None: the pool's default_idle_timeout_s; 0: never idle-paged
+    end_with_sessions: bool = False  # end the lease when its last session on the node ends
+    avoid_nodes: tuple[str, ...] = ()  # nodes the client could not reach: place elsewhere
 
 
 @dataclass(frozen=True)
@@ -106,6 +137,8 @@ class _Waiter:
     seq: int
     future: asyncio.Future[LeaseRecord] = field(repr=False)
     token_hash: str = ""
+    tenant: str = ""
+    limits: TenantLimits | None = None
 
     @property
     def order(self) -> tuple[int, int]:
@@ -138,10 +171,14 @@ class PoolService:
         self.manager_id = secrets.token_hex(6)  # names this pool manager's published demand in the store
         self._moving: dict[str, LeaseRecord] = {}  # leases waiting here for room to move (resume, relocate)
         self._published = ""
+        self._adopt_until = 0.0
+        self._reported: dict[str, set[str]] = {}  # node id -> leases its last heartbeat here had sessions of
+        self._parked: set[str] = set()  # leases whose sessions were last reported parked (they resume later)
 
     # --- lifecycle ---------------------------------------------------------------------------------------
     async def start(self, *, background: bool = True) -> None:
         """Starts the sweeper and the wait-queue loop (tests that drive time by hand pass background=False)."""
+        self._adopt_until = self.clock() + self.config.adopt_grace_s
         if background:
             self._tasks = [
                 asyncio.create_task(self._sweep_loop(), name="pool-sweep"),
@@ -168,8 +205,10 @@ class PoolService:
         while not self._stopping:
             try:
                 await self.sweep_once()
-            except Exception:  # a store hiccup must not stop the sweeper
-                log.exception("pool sweep failed")
+            except Exception as e:  # a store hiccup must not stop the sweeper; nobody could renew meanwhile
+                self.store_trouble()
+                log.warning("pool sweep failed (%s: %s); no lease expires until the store has been back for %gs",
+                            type(e).__name__, e, self.config.adopt_grace_s)  # fmt: skip
             await asyncio.sleep(self.config.sweep_interval_s)
 
     async def _queue_loop(self) -> None:
@@ -182,6 +221,89 @@ class PoolService:
                 await self.publish_demand()
             except Exception:
                 log.exception("pool wait queue failed")
+
+    def store_trouble(self) -> None:
+        """The store failed a call: clients and nodes may not have been heard; widen the re-adoption window."""
+        self._adopt_until = max(self._adopt_until, self.clock() + self.config.adopt_grace_s)
+
+    @property
+    def adopting(self) -> bool:
+        """True in the re-adoption window (after a start or a store outage): nothing expires or goes down."""
+        return self.clock() < self._adopt_until
+
+    # --- tenants and keys --------------------------------------------------------------------------------
+    async def authenticate_key(self, key: str) -> Principal | None:
+        """Who presents `key`: None when it is no live key of an enabled tenant."""
+        rec = await self.store.api_key_by_hash(key_hash(key))
+        if rec is None:
+            return None
+        if rec.admin:
+            return Principal(rec.tenant or ADMIN_TENANT, admin=True, key_id=rec.key_id)
+        tenant = await self.store.get_tenant(rec.tenant)
+        if tenant is None or tenant.disabled:
+            return None
+        return Principal(rec.tenant, key_id=rec.key_id)
+
+    async def put_tenant(
+        self, name: str, vram_quota_bytes: int | None = None, max_leases: int | None = None, disabled: bool = False
+    ) -> TenantRecord:
+        """Creates or updates a tenant (its quota, or enabled/disabled)."""
+        if not valid_tenant_name(name) or name == ADMIN_TENANT:
+            raise BadRequest(f"a tenant name is 1-64 letters, digits, '-', '_' or '.', and not {ADMIN_TENANT!r}")
+        if (vram_quota_bytes is not None and vram_quota_bytes < 0) or (max_leases is not None and max_leases < 0):
+            raise BadRequest("quotas must be 0 or more (leave one out for no limit)")
+        old = await self.store.get_tenant(name)
+        rec = TenantRecord(name=name, vram_quota_bytes=vram_quota_bytes, max_leases=max_leases,
+                           created_at=old.created_at if old else self.clock(), disabled=disabled)  # fmt: skip
+        await self.store.put_tenant(rec)
+        log.info("tenant %s %s (VRAM quota %s, max leases %s%s)", name, "updated" if old else "created",
+                 vram_quota_bytes, max_leases, ", disabled" if disabled else "")  # fmt: skip
+        return rec
+
+    async def tenant(self, name: str) -> TenantRecord:
+        rec = await self.store.get_tenant(name)
+        if rec is None:
+            raise NotFound(f"tenant {name!r} not found")
+        return rec
+
+    async def create_api_key(
+        self, tenant: str, *, admin: bool = False, label: str | None = None, key: str | None = None
+    ) -> tuple[ApiKeyRecord, str]:
+        """A new key for `tenant` (or an admin key); returns it with the secret, which is kept nowhere.
+        `key`: register this secret instead of a new one (the local key file)."""
+        if not admin:
+            await self.tenant(tenant)
+        secret = key or new_api_key()
+        rec = ApiKeyRecord(key_id=new_key_id(), tenant=tenant if not admin else (tenant or ADMIN_TENANT),
+                           key_hash=key_hash(secret), admin=admin, label=label, created_at=self.clock())  # fmt: skip
+        await self.store.put_api_key(rec)
+        log.info("API key %s created for %s%s", rec.key_id, rec.tenant, " (admin)" if admin else "")
+        return rec, secret
+
+    async def ensure_api_key(self, tenant: str, secret: str, label: str) -> None:
+        """Registers `secret` as a key of `tenant` (created without quota if missing) unless it is already live."""
+        if await self.store.api_key_by_hash(key_hash(secret)) is not None:
+            return
+        if await self.store.get_tenant(tenant) is None:
+            await self.put_tenant(tenant)
+        await self.create_api_key(tenant, label=label, key=secret)
+
+    async def revoke_api_key(self, key_id: str) -> ApiKeyRecord:
+        rec = await self.store.revoke_api_key(key_id, self.clock())
+        if rec is None:
+            raise NotFound(f"API key {key_id!r} not found")
+        log.info("API key %s of %s revoked", key_id, rec.tenant)
+        return rec
+
+    async def _limits(self, principal: Principal | None) -> tuple[str, TenantLimits | None]:
+        if principal is None:
+            return "", None
+        if principal.admin:
+            return principal.tenant, None
+        t = await self.tenant(principal.tenant)
+        if t.disabled:
+            raise Forbidden(f"tenant {t.name} is disabled")
+        return t.name, TenantLimits(t.vram_quota_bytes, t.max_leases)
 
     # --- leases ------------------------------------------------------------------------------------------
     def _check(self, req: LeaseRequest) -> LeaseRequest:
@@ -199,20 +321,35 @@ class PoolService:
         if not (0 <= idle < math.inf):
             raise BadRequest("idle_timeout_s must be 0 (never idle-paged) or a positive number of seconds")
         return LeaseRequest(
-            req.vram_bytes, req.gpu_count, req.qos, ttl, req.wait_s, req.label, req.strategy, float(idle)
+            req.vram_bytes, req.gpu_count, req.qos, ttl, req.wait_s, req.label, req.strategy, float(idle),
+            req.end_with_sessions, tuple(req.avoid_nodes),
         )
 
     async def _try_place(
-        self, req: LeaseRequest, thash: str, view: list[NodeCapacity] | None = None
+        self,
+        req: LeaseRequest,
+        thash: str,
+        view: list[NodeCapacity] | None = None,
+        tenant: str = "",
+        limits: TenantLimits | None = None,
     ) -> tuple[LeaseRecord | str, list[NodeCapacity]]:
         """One placement: a snapshot (`view`, or a fresh one), a choice, an atomic booking; retried with fresh
         snapshots while the store refuses a choice made stale by another pool manager. Returns the lease (or
         why there is no room) and the latest snapshot, with this booking applied, for the caller to reuse."""
         async with self._place_lock:  # one placement at a time here: no collisions among this process's own
-            return await self._try_place_locked(req, thash, view)
+            return await self._try_place_locked(req, thash, view, tenant, limits)
+
+    def _placeable(self, view: list[NodeCapacity], req: LeaseRequest) -> tuple[list[NodeCapacity], list[NodeCapacity]]:
+        """The nodes a placement may use, first choices first: (heard from within `stale_after_s`, the other
+        ones). Nodes the client avoids are in neither."""
+        stale = self.config.stale_after_s
+        now = self.clock()
+        usable = [n for n in view if n.node_id not in req.avoid_nodes]
+        fresh = [n for n in usable if stale is None or n.last_heartbeat <= 0 or now - n.last_heartbeat <= stale]
+        return fresh, [n for n in usable if n not in fresh]
 
     async def _try_place_locked(
-        self, req: LeaseRequest, thash: str, view: list[NodeCapacity] | None
+        self, req: LeaseRequest, thash: str, view: list[NodeCapacity] | None, tenant: str, limits: TenantLimits | None
     ) -> tuple[LeaseRecord | str, list[NodeCapacity]]:
         started = time.perf_counter()
         strategy = req.strategy or self.config.strategy
@@ -222,9 +359,17 @@ class PoolService:
                 view = await self.store.placement_view()
             ratio = self.config.overcommit_ratio
             among = 1 if attempt == 0 else 4
-            p = place(view, req.vram_bytes, req.gpu_count, strategy, self._rng, among, qos=req.qos, overcommit=ratio)
+            fresh, late = self._placeable(view, req)
+            p = place(fresh, req.vram_bytes, req.gpu_count, strategy, self._rng, among, qos=req.qos, overcommit=ratio)
+            if p is None and late:  # only a node that is late with its heartbeat (busy, or gone) has room
+                p = place(late, req.vram_bytes, req.gpu_count, strategy, self._rng, among, qos=req.qos,
+                          overcommit=ratio)  # fmt: skip
             if p is None:
-                return why_not(view, req.vram_bytes, req.gpu_count, qos=req.qos, overcommit=ratio), view
+                usable = fresh + late
+                why = why_not(usable, req.vram_bytes, req.gpu_count, qos=req.qos, overcommit=ratio)
+                if len(usable) < len(view):
+                    why += f" ({len(view) - len(usable)} node(s) left out: the client could not reach them)"
+                return why, view
             now = self.clock()
             lease = LeaseRecord(
                 lease_id=new_lease_id(),
@@ -238,10 +383,14 @@ class PoolService:
                 ttl_s=req.ttl_s,
                 idle_timeout_s=req.idle_timeout_s,
                 label=req.label,
+                tenant=tenant,
+                end_with_sessions=req.end_with_sessions,
                 created_at=now,
                 expires_at=now + req.ttl_s,
             )
-            conflict = await self.store.place_lease(lease, ratio)
+            conflict = await self.store.place_lease(lease, ratio, limits)
+            if conflict is not None and conflict.startswith(QUOTA_REFUSAL):
+                return conflict, view
             if conflict is None:
                 elapsed = time.perf_counter() - started
                 self.metrics.placement_seconds.observe(elapsed)
@@ -265,24 +414,33 @@ class PoolService:
             return 5
         return int(min(60, max(1, math.ceil(nxt - self.clock()))))
 
-    async def create_lease(self, request: LeaseRequest) -> tuple[LeaseRecord, str]:
-        """Places a lease; returns it with its secret token. Raises NoCapacity (503) when there is no room."""
+    @staticmethod
+    def _quota_error(reason: str) -> QuotaExceeded:
+        return QuotaExceeded(reason.removeprefix(QUOTA_REFUSAL) + ": release a lease, or ask an operator to raise "
+                             "the quota (fargpu pool tenants set)")  # fmt: skip
+
+    async def create_lease(self, request: LeaseRequest, principal: Principal | None = None) -> tuple[LeaseRecord, str]:
+        """Places a lease for `principal` (None: no tenant, no quota: in-process callers); returns it with its
+        secret token. Raises QuotaExceeded (403) past the tenant's quota, NoCapacity (503) when there is no room."""
         req = self._check(request)
+        tenant, limits = await self._limits(principal)
         token = new_token()
         thash = token_hash(token)
-        res, _ = await self._try_place(req, thash)
+        res, _ = await self._try_place(req, thash, None, tenant, limits)
         if isinstance(res, LeaseRecord):
             return res, token
+        if res.startswith(QUOTA_REFUSAL):
+            self.metrics.rejections.labels("quota").inc()
+            raise self._quota_error(res)
         if req.wait_s <= 0 and self.can_scale_up is not None and await self.can_scale_up(req.vram_bytes, req.gpu_count):
             # A node is coming (or can come): wait for it rather than fail (see autoscaler.py).
-            req = LeaseRequest(req.vram_bytes, req.gpu_count, req.qos, req.ttl_s, self.config.scale_up_wait_s,
-                               req.label, req.strategy, req.idle_timeout_s)  # fmt: skip
+            req = dataclasses.replace(req, wait_s=self.config.scale_up_wait_s)
             log.info("no room for a %s lease now; it waits up to %gs for a node to start", format_size(req.vram_bytes),
                      req.wait_s)  # fmt: skip
         if req.wait_s <= 0:
             self.metrics.rejections.labels("no_capacity").inc()
             raise NoCapacity(res, await self._retry_after())
-        waiter = _Waiter(req, next(self._seq), asyncio.get_running_loop().create_future(), thash)
+        waiter = _Waiter(req, next(self._seq), asyncio.get_running_loop().create_future(), thash, tenant, limits)
         self._waiters.append(waiter)
         self._kick.set()
         await self.publish_demand()
@@ -316,9 +474,11 @@ class PoolService:
                 if w in self._waiters:
                     self._waiters.remove(w)
                 continue
-            res, view = await self._try_place(w.request, w.token_hash, view or None)
+            res, view = await self._try_place(w.request, w.token_hash, view or None, w.tenant, w.limits)
             await asyncio.sleep(0)  # let other work in between: a long queue must not stall the loop
             if not isinstance(res, LeaseRecord):
+                if res.startswith(QUOTA_REFUSAL) and not w.future.done():
+                    w.future.set_exception(self._quota_error(res))
                 continue
             if w in self._waiters:
                 self._waiters.remove(w)
@@ -332,9 +492,10 @@ class PoolService:
     def waiting(self) -> int:
         return sum(1 for w in self._waiters if not w.future.done())
 
-    async def get_lease(self, lease_id: str) -> LeaseRecord:
+    async def get_lease(self, lease_id: str, principal: Principal | None = None) -> LeaseRecord:
+        """The lease; NotFound also when `principal` may not see it (another tenant's ids are not confirmed)."""
         lease = await self.store.get_lease(lease_id)
-        if lease is None:
+        if lease is None or (principal is not None and not principal.may_see(lease.tenant)):
             raise NotFound(f"lease {lease_id!r} not found")
         return lease
 
@@ -353,15 +514,17 @@ class PoolService:
     def _ended(lease: LeaseRecord) -> Conflict:
         return Conflict(f"lease {lease.lease_id} has ended ({lease.state.value}): {lease.end_reason}")
 
-    async def renew_lease(self, lease_id: str, ttl_s: float | None = None) -> LeaseRecord:
-        lease = await self.get_lease(lease_id)
+    async def renew_lease(
+        self, lease_id: str, ttl_s: float | None = None, principal: Principal | None = None
+    ) -> LeaseRecord:
+        lease = await self.get_lease(lease_id, principal)
         if lease.state != LeaseState.active:
             raise self._ended(lease)
         ttl = lease.ttl_s if ttl_s is None else ttl_s
         if not 0 < ttl <= self.config.max_ttl_s:
             raise BadRequest(f"ttl_s must be in (0, {self.config.max_ttl_s:g}]")
         now = self.clock()
-        if lease.expires_at <= now:  # expired, and the sweeper has not got to it yet
+        if lease.expires_at <= now and not self.adopting:  # expired, and the sweeper has not got to it yet
             res = await self._end(lease_id, LeaseState.expired, "the lease expired before it was renewed")
             assert res.lease is not None
             raise self._ended(res.lease)
@@ -372,7 +535,11 @@ class PoolService:
             raise self._ended(renewed)
         return renewed
 
-    async def _end_or_raise(self, lease_id: str, state: LeaseState, reason: str) -> LeaseRecord:
+    async def _end_or_raise(
+        self, lease_id: str, state: LeaseState, reason: str, principal: Principal | None = None
+    ) -> LeaseRecord:
+        if principal is not None:
+            await self.get_lease(lease_id, principal)
         res = await self._end(lease_id, state, reason)
         if res.lease is None:
             raise NotFound(f"lease {lease_id!r} not found")
@@ -380,15 +547,16 @@ class PoolService:
             raise self._ended(res.lease)
         return res.lease
 
-    async def release_lease(self, lease_id: str) -> LeaseRecord:
-        return await self._end_or_raise(lease_id, LeaseState.released, "released by its owner")
+    async def release_lease(self, lease_id: str, principal: Principal | None = None) -> LeaseRecord:
+        return await self._end_or_raise(lease_id, LeaseState.released, "released by its owner", principal)
 
     async def evict_lease(self, lease_id: str, reason: str | None = None) -> LeaseRecord:
         why = "evicted by an operator" + (f": {reason}" if reason else "")
         return await self._end_or_raise(lease_id, LeaseState.evicted, why)
 
-    async def list_leases(self, include_ended: bool = False) -> list[LeaseRecord]:
-        return await self.store.list_leases(include_ended)
+    async def list_leases(self, include_ended: bool = False, principal: Principal | None = None) -> list[LeaseRecord]:
+        leases = await self.store.list_leases(include_ended)
+        return [lease for lease in leases if principal is None or principal.may_see(lease.tenant)]
 
     # --- nodes -------------------------------------------------------------------------------------------
     async def register_node(
@@ -438,7 +606,8 @@ class PoolService:
         by_lease: dict[str, list[SessionInfo]] = {}
         for sess in sessions:
             by_lease.setdefault(sess.lease_id, []).append(sess)
-        for lease_id in sorted(by_lease):
+        reported = sorted(by_lease)
+        for lease_id in reported:
             lease = await self.store.get_lease(lease_id)
             live = [x for x in by_lease[lease_id] if x.state != "parked"]  # parked ones are reports, not sessions
             if lease is not None and lease.node_id == node_id and lease.state == LeaseState.active:
@@ -452,6 +621,30 @@ class PoolService:
                 stale.append((lease_id, f"the lease is {where}"))
             elif lease.state != LeaseState.active:
                 stale.append((lease_id, f"the lease has ended ({lease.state.value}): {lease.end_reason}"))
+            else:
+                if lease.end_with_sessions and not lease.sessions_seen:
+                    await self.store.mark_sessions_seen(lease_id)
+                if self.adopting:  # re-adoption: the node proves the lease is in use
+                    await self.store.renew_lease(lease_id, self.clock() + lease.ttl_s)
+        # Leases this node reported last time (to this process: a node keeps its stream to one pool manager) and
+        # not now. The first heartbeat this process gets from a node (after a restart, say) is compared with the
+        # store instead: a lease seen with sessions before, and none now, ended while nobody was listening.
+        for lid in reported:  # a parked session comes back on resume: its lease must not end with its worker
+            states = {s.state for s in sessions if s.lease_id == lid}
+            if "parked" in states:
+                self._parked.add(lid)
+            elif states:
+                self._parked.discard(lid)
+        if node_id in self._reported:
+            gone = self._reported[node_id] - set(reported)
+        else:
+            gone = set(await self.store.active_lease_ids_on(node_id)) - set(reported)
+        self._reported[node_id] = set(reported)
+        for lease_id in sorted(gone):
+            lease = await self.store.get_lease(lease_id)
+            if (lease is not None and lease.end_with_sessions and lease.sessions_seen and lease_id not in self._parked
+                    and lease.parked_ref is None and lease.state == LeaseState.active and lease.node_id == node_id):
+                await self._end(lease_id, LeaseState.released, "its last session ended")  # fmt: skip
         return True, stale
 
     async def get_node(self, node_id: str) -> NodeRecord:
@@ -661,6 +854,9 @@ class PoolService:
         """Ends expired leases, marks silent nodes down (ending their leases, except parked ones: those are bound
         to no node and resume elsewhere), forgets old ended leases."""
         now = self.clock()
+        if self.adopting:  # nodes and clients may not have been heard yet: end nothing for silence
+            await self.store.purge_ended(now - self.config.ended_retention_s)
+            return
         for lease_id in await self.store.expired_lease_ids(now):
             await self._end(lease_id, LeaseState.expired, "the lease expired: it was not renewed in time")
         timeout = self.config.heartbeat_timeout_s
@@ -688,11 +884,23 @@ class PoolService:
         await self.store.purge_ended(now - self.config.ended_retention_s)
 
     # --- views -------------------------------------------------------------------------------------------
-    async def list_nodes(self) -> list[NodeRecord]:
-        return await self.store.list_nodes()
+    async def _visible_leases(self, principal: Principal | None) -> set[str] | None:
+        """Ids of the leases `principal` may see sessions of (None: all)."""
+        if principal is None or principal.admin:
+            return None
+        return {lease.lease_id for lease in await self.store.list_leases() if lease.tenant == principal.tenant}
 
-    async def list_sessions(self) -> list[SessionInfo]:
-        return [s for n in await self.store.list_nodes() for s in n.sessions]
+    async def list_nodes(self, principal: Principal | None = None) -> list[NodeRecord]:
+        nodes = await self.store.list_nodes()
+        mine = await self._visible_leases(principal)
+        if mine is not None:
+            for n in nodes:
+                n.sessions = [s for s in n.sessions if s.lease_id in mine]
+        return nodes
+
+    async def list_sessions(self, principal: Principal | None = None) -> list[SessionInfo]:
+        mine = await self._visible_leases(principal)
+        return [s for n in await self.store.list_nodes() for s in n.sessions if mine is None or s.lease_id in mine]
 
     async def status(self) -> PoolStatus:
         nodes = await self.store.list_nodes()

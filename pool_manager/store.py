@@ -17,6 +17,9 @@ share one store:
 - `move_lease` moves a lease's bookings from one node to another (or to none, while its session is parked) in one
   step, under the same room rule as `place_lease`; `try_lock` gives a named lock to one owner at a time (the
   autoscaler's: exactly one pool manager scales).
+- `place_lease` also keeps a tenant within its quota (`TenantLimits`: VRAM booked by its active leases, and
+  how many it holds), in the same atomic step; a refusal for quota starts with `QUOTA_REFUSAL`.
+Tenants and API keys live in the store too (keys as SHA-256 only). `ping` raises when the store cannot be used.
 Implementations: `store_embedded.EmbeddedStore` (one process, persisted to a file) and
 `store_redis.RedisStore` (Lua scripts on one Redis). `tests/python/pool/test_store.py` runs the same tests on
 both."""
@@ -26,7 +29,37 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from fargpu.pool_manager.models import GpuInfo, LeaseRecord, LeaseState, NodeRecord, NodeState, QoS, SessionInfo
+from fargpu.pool_manager.models import (
+    ApiKeyRecord,
+    GpuInfo,
+    LeaseRecord,
+    LeaseState,
+    NodeRecord,
+    NodeState,
+    QoS,
+    SessionInfo,
+    TenantRecord,
+)
+
+QUOTA_REFUSAL = "quota: "
+
+
+@dataclass(frozen=True)
+class TenantLimits:
+    """A tenant's quota as `place_lease` enforces it (None: no limit)."""
+
+    vram_bytes: int | None = None
+    leases: int | None = None
+
+
+def quota_refusal(tenant: str, limits: TenantLimits, vram_used: int, leases: int, want: int) -> str | None:
+    """Why a lease booking `want` bytes would break `tenant`'s quota, or None (the Redis Lua says the same)."""
+    if limits.leases is not None and leases + 1 > limits.leases:
+        return f"{QUOTA_REFUSAL}tenant {tenant} holds {leases} of its {limits.leases} active leases"
+    if limits.vram_bytes is not None and vram_used + want > limits.vram_bytes:
+        return (f"{QUOTA_REFUSAL}tenant {tenant} has {vram_used} of its {limits.vram_bytes} VRAM bytes booked; "
+                f"{want} more do not fit")  # fmt: skip
+    return None
 
 
 def bookable(capacity: int, ratio: float) -> int:
@@ -60,6 +93,7 @@ class NodeCapacity:
     reserved: dict[int, int] = field(default_factory=dict)
     guaranteed: dict[int, int] = field(default_factory=dict)
     overcommit: float = 0.0
+    last_heartbeat: float = 0.0  # 0: unknown (placement then does not judge the node by it)
 
     def ratio(self, pool_ratio: float = 1.0) -> float:
         return self.overcommit if self.overcommit > 0 else pool_ratio
@@ -145,9 +179,43 @@ class Store(Protocol):
         ...
 
     # --- leases ------------------------------------------------------------------------------------------
-    async def place_lease(self, lease: LeaseRecord, overcommit: float = 1.0) -> str | None:
+    async def place_lease(
+        self, lease: LeaseRecord, overcommit: float = 1.0, limits: TenantLimits | None = None
+    ) -> str | None:
         """Books the lease's allocations atomically, where each GPU has `room_on` for them at the node's own
-        overcommit ratio, else at `overcommit` (the pool's). Returns None on success, or why it could not."""
+        overcommit ratio, else at `overcommit` (the pool's), and `lease.tenant` stays within `limits`. Returns
+        None on success, or why it could not (starting with QUOTA_REFUSAL when the quota said no)."""
+        ...
+
+    async def mark_sessions_seen(self, lease_id: str) -> None:
+        """Notes that a node has reported a session of the lease (see LeaseRecord.end_with_sessions)."""
+        ...
+
+    async def tenant_usage(self, tenant: str) -> tuple[int, int]:
+        """(VRAM bytes booked, active leases) of the tenant."""
+        ...
+
+    # --- tenants and API keys ----------------------------------------------------------------------------
+    async def put_tenant(self, tenant: TenantRecord) -> None: ...
+
+    async def get_tenant(self, name: str) -> TenantRecord | None: ...
+
+    async def list_tenants(self) -> list[TenantRecord]: ...
+
+    async def put_api_key(self, key: ApiKeyRecord) -> None: ...
+
+    async def api_key_by_hash(self, key_hash: str) -> ApiKeyRecord | None:
+        """The live (not revoked) key with this hash."""
+        ...
+
+    async def list_api_keys(self) -> list[ApiKeyRecord]: ...
+
+    async def revoke_api_key(self, key_id: str, now: float) -> ApiKeyRecord | None:
+        """Revokes a key (its hash no longer authenticates). Returns it, or None if unknown."""
+        ...
+
+    async def ping(self) -> None:
+        """Raises (ConnectionError, OSError or the store client's error) when the store cannot be used."""
         ...
 
     async def end_lease(self, lease_id: str, state: LeaseState, reason: str, now: float) -> EndResult: ...

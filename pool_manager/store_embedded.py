@@ -8,7 +8,8 @@ Persistence follows Redis' append-only file: every change of a lease or a node r
 JSON line to `<file>.journal` before the call returns, and the journal is folded into the snapshot `<file>`
 (written to a temporary file and renamed) at start and every `compact_every` lines. A crash loses nothing that a
 client was told about; `fsync=True` extends that to power loss. Heartbeat telemetry is not persisted: after a
-restart every node gets a fresh heartbeat deadline. Node credentials (hashes only) are persisted with the nodes.
+restart every node gets a fresh heartbeat deadline. Node credentials, tenants and API keys (hashes only) are
+persisted too.
 Bookings are never persisted either; they are recomputed
 from the active leases on load, so they cannot drift from them."""
 
@@ -23,8 +24,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-from fargpu.pool_manager.models import GpuInfo, LeaseRecord, LeaseState, NodeRecord, NodeState, QoS, SessionInfo
-from fargpu.pool_manager.store import Command, EndResult, NodeCapacity, room_on
+from fargpu.pool_manager.models import (
+    ApiKeyRecord,
+    GpuInfo,
+    LeaseRecord,
+    LeaseState,
+    NodeRecord,
+    NodeState,
+    QoS,
+    SessionInfo,
+    TenantRecord,
+)
+from fargpu.pool_manager.store import Command, EndResult, NodeCapacity, TenantLimits, quota_refusal, room_on
 
 _UNPERSISTED = {"reserved", "guaranteed_reserved", "sessions"}  # recomputed on load, or telemetry
 
@@ -56,6 +67,10 @@ class EmbeddedStore:
         self._commands: dict[str, list[Command]] = {}
         self._credentials: dict[str, str] = {}  # node id -> SHA-256 (hex) of its credential
         self._command_ready: dict[str, asyncio.Event] = {}
+        self._tenants: dict[str, TenantRecord] = {}
+        self._keys: dict[str, ApiKeyRecord] = {}  # key id -> record
+        self._key_by_hash: dict[str, str] = {}  # live keys only
+        self._usage: dict[str, tuple[int, int]] = {}  # tenant -> (VRAM booked, active leases)
         self._journal: IO[str] | None = None
         self._journal_lines = 0
         self._lock_file: IO[str] | None = None
@@ -106,6 +121,10 @@ class EmbeddedStore:
                 self._apply({"lease": lease})
             for node_id, digest in snap.get("node_credentials", {}).items():
                 self._apply({"node_credential": [node_id, digest]})
+            for t in snap.get("tenants", []):
+                self._apply({"tenant": t})
+            for k in snap.get("api_keys", []):
+                self._apply({"api_key": k})
         jp = self._journal_path()
         if jp.exists():
             for line in jp.read_text().splitlines():
@@ -130,11 +149,19 @@ class EmbeddedStore:
         elif "node_credential" in entry:
             node_id, digest = entry["node_credential"]
             self._credentials[str(node_id)] = str(digest)
+        elif "tenant" in entry:
+            t = TenantRecord.model_validate(entry["tenant"])
+            self._tenants[t.name] = t
+        elif "api_key" in entry:
+            k = ApiKeyRecord.model_validate(entry["api_key"])
+            self._keys[k.key_id] = k
 
     def _rebuild_indexes(self) -> None:
         now = self._clock()
         self._by_token = {lease.token_hash: lease.lease_id for lease in self._leases.values()}
         self._by_node = {}
+        self._usage = {}
+        self._key_by_hash = {k.key_hash: k.key_id for k in self._keys.values() if k.revoked_at is None}
         self._caps = {node.node_id: node.capacity() for node in self._nodes.values()}
         for node in self._nodes.values():
             node.reserved = {}
@@ -153,6 +180,8 @@ class EmbeddedStore:
             "nodes": [n.model_dump(mode="json", exclude=_UNPERSISTED) for n in self._nodes.values()],
             "leases": [lease.model_dump(mode="json") for lease in self._leases.values()],
             "node_credentials": dict(self._credentials),
+            "tenants": [t.model_dump(mode="json") for t in self._tenants.values()],
+            "api_keys": [k.model_dump(mode="json") for k in self._keys.values()],
         }
         tmp = self._path.with_name(self._path.name + ".tmp")
         with open(tmp, "w") as f:
@@ -185,6 +214,8 @@ class EmbeddedStore:
 
     # --- bookings ----------------------------------------------------------------------------------------
     def _book(self, lease: LeaseRecord, sign: int) -> None:
+        vram, count = self._usage.get(lease.tenant, (0, 0))
+        self._usage[lease.tenant] = (vram + sign * lease.quota_bytes, count + sign)
         if not lease.node_id:  # parked: bound to no node
             return
         node = self._nodes.get(lease.node_id)
@@ -256,6 +287,7 @@ class EmbeddedStore:
                 dict(n.reserved),
                 dict(n.guaranteed_reserved),
                 n.overcommit,
+                n.last_heartbeat,
             )
             for n in self._nodes.values()
         ]
@@ -308,9 +340,16 @@ class EmbeddedStore:
         return self._credentials.get(node_id)
 
     # --- leases ------------------------------------------------------------------------------------------
-    async def place_lease(self, lease: LeaseRecord, overcommit: float = 1.0) -> str | None:
+    async def place_lease(
+        self, lease: LeaseRecord, overcommit: float = 1.0, limits: TenantLimits | None = None
+    ) -> str | None:
         if lease.lease_id in self._leases:
             return f"lease id {lease.lease_id} already exists"
+        if limits is not None:
+            vram, count = self._usage.get(lease.tenant, (0, 0))
+            why = quota_refusal(lease.tenant, limits, vram, count, lease.quota_bytes)
+            if why is not None:
+                return why
         node = self._nodes.get(lease.node_id)
         if node is None:
             return f"node {lease.node_id} is unknown"
@@ -329,6 +368,54 @@ class EmbeddedStore:
         self._by_token[rec.token_hash] = rec.lease_id
         self._book(rec, +1)
         self._log_lease(rec)
+        return None
+
+    async def mark_sessions_seen(self, lease_id: str) -> None:
+        lease = self._leases.get(lease_id)
+        if lease is not None and not lease.sessions_seen:
+            lease.sessions_seen = True
+            self._log_lease(lease)
+
+    async def tenant_usage(self, tenant: str) -> tuple[int, int]:
+        return self._usage.get(tenant, (0, 0))
+
+    # --- tenants and API keys ----------------------------------------------------------------------------
+    async def put_tenant(self, tenant: TenantRecord) -> None:
+        self._tenants[tenant.name] = tenant.model_copy()
+        self._log({"tenant": tenant.model_dump(mode="json")})
+
+    async def get_tenant(self, name: str) -> TenantRecord | None:
+        t = self._tenants.get(name)
+        return t.model_copy() if t is not None else None
+
+    async def list_tenants(self) -> list[TenantRecord]:
+        return [t.model_copy() for _, t in sorted(self._tenants.items())]
+
+    async def put_api_key(self, key: ApiKeyRecord) -> None:
+        self._keys[key.key_id] = key.model_copy()
+        if key.revoked_at is None:
+            self._key_by_hash[key.key_hash] = key.key_id
+        self._log({"api_key": key.model_dump(mode="json")})
+
+    async def api_key_by_hash(self, key_hash: str) -> ApiKeyRecord | None:
+        key_id = self._key_by_hash.get(key_hash)
+        k = self._keys.get(key_id) if key_id is not None else None
+        return k.model_copy() if k is not None and k.revoked_at is None else None
+
+    async def list_api_keys(self) -> list[ApiKeyRecord]:
+        return [k.model_copy() for k in sorted(self._keys.values(), key=lambda k: (k.created_at, k.key_id))]
+
+    async def revoke_api_key(self, key_id: str, now: float) -> ApiKeyRecord | None:
+        k = self._keys.get(key_id)
+        if k is None:
+            return None
+        if k.revoked_at is None:
+            k.revoked_at = now
+            self._key_by_hash.pop(k.key_hash, None)
+            self._log({"api_key": k.model_dump(mode="json")})
+        return k.model_copy()
+
+    async def ping(self) -> None:
         return None
 
     async def end_lease(self, lease_id: str, state: LeaseState, reason: str, now: float) -> EndResult:

@@ -8,6 +8,7 @@ heartbeats that must not revive a down node, and marking a silent node down. Key
     P node:<id>          hash: state, reason, hb (last heartbeat), info (static JSON), gpus, sessions, capidx,
                          overcommit (the node's own ratio; 0: the pool's)
     P states             hash: node id -> state (a copy of node:<id>.state that every script keeps in step)
+    P hbs                hash: node id -> last heartbeat (a copy of node:<id>.hb, for placement's snapshot)
     P cap                hash: "<node id>:<gpu>" -> capacity bytes (from registration)
     P resv               hash: "<node id>:<gpu>" -> bytes booked by active leases
     P gresv              hash: "<node id>:<gpu>" -> the part of resv booked by guaranteed leases
@@ -16,13 +17,18 @@ heartbeats that must not revive a down node, and marking a silent node down. Key
     P generation         counter, bumped by every registration
     P nleases:<id>       set of the node's active lease ids
     P lease:<id>         hash: state, node, allocs ("gpu:bytes,..."), guaranteed ("1": booked in gresv too),
-                         expires_at, token (hash), doc (JSON), ended_at, end_reason; expires
+                         expires_at, token (hash), doc (JSON), ended_at, end_reason, tenant, tquota
+                         (the VRAM it books against its tenant's quota), seen (a node reported a session); expires
                          `ended_retention_s` after the lease ends
     P active             zset lease id -> expires_at (expiry sweep, listing)
     P ended              zset lease id -> ended_at (recently ended, listing)
     P token:<sha256>     lease id
     P cmds:<id>          list of queued node commands (JSON)
     P nodecreds          hash: node id -> SHA-256 (hex) of the node's credential (`_SET_CREDENTIAL`)
+    P tusage             hash: "<tenant>:vram" / "<tenant>:n" -> VRAM booked / active leases of the tenant
+    P tenants            hash: tenant name -> JSON record
+    P apikeys            hash: key id -> JSON record (SHA-256 of the key, never the key)
+    P keyhash            hash: SHA-256 of a live key -> key id
 
 Placement reads the whole pool with three HGETALLs (states, resv, gresv) plus capacity, endpoints and node
 ratios, which it caches until `P generation` (bumped by every registration) changes. The
@@ -39,21 +45,41 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from fargpu.pool_manager.models import GpuInfo, LeaseRecord, LeaseState, NodeRecord, NodeState, QoS, SessionInfo
-from fargpu.pool_manager.store import Command, EndResult, NodeCapacity
+from fargpu.pool_manager.models import (
+    ApiKeyRecord,
+    GpuInfo,
+    LeaseRecord,
+    LeaseState,
+    NodeRecord,
+    NodeState,
+    QoS,
+    SessionInfo,
+    TenantRecord,
+)
+from fargpu.pool_manager.store import QUOTA_REFUSAL, Command, EndResult, NodeCapacity, TenantLimits
 
 _PLACE = """
--- KEYS: node, cap, resv, nleases, lease, active, token, gresv
+-- KEYS: node, cap, resv, nleases, lease, active, token, gresv, tusage
 -- ARGV: lease_id, expires_at, token_hash, doc, node_id, allocs, pool overcommit ratio, guaranteed ('1' or '0'),
---       then pairs of gpu, bytes. The room rule is store.room_on's.
+--       tenant, tenant VRAM limit ('' none), tenant lease limit ('' none), the lease's quota bytes, quota prefix,
+--       then pairs of gpu, bytes. The room rule is store.room_on's, the quota rule store.quota_refusal's.
 if redis.call('EXISTS', KEYS[5]) == 1 then return 'lease id ' .. ARGV[1] .. ' already exists' end
+local tvram = tonumber(redis.call('HGET', KEYS[9], ARGV[9] .. ':vram') or '0')
+local tn = tonumber(redis.call('HGET', KEYS[9], ARGV[9] .. ':n') or '0')
+if ARGV[11] ~= '' and tn + 1 > tonumber(ARGV[11]) then
+  return ARGV[13] .. 'tenant ' .. ARGV[9] .. ' holds ' .. tn .. ' of its ' .. ARGV[11] .. ' active leases'
+end
+if ARGV[10] ~= '' and tvram + tonumber(ARGV[12]) > tonumber(ARGV[10]) then
+  return ARGV[13] .. 'tenant ' .. ARGV[9] .. ' has ' .. tvram .. ' of its ' .. ARGV[10] ..
+         ' VRAM bytes booked; ' .. ARGV[12] .. ' more do not fit'
+end
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return 'node ' .. ARGV[5] .. ' is unknown' end
 if state ~= 'up' then return 'node ' .. ARGV[5] .. ' is ' .. state end
 local ratio = tonumber(redis.call('HGET', KEYS[1], 'overcommit') or '0') or 0
 if ratio <= 0 then ratio = tonumber(ARGV[7]) end
 local guaranteed = ARGV[8] == '1'
-for i = 9, #ARGV, 2 do
+for i = 14, #ARGV, 2 do
   local field = ARGV[5] .. ':' .. ARGV[i]
   local cap = redis.call('HGET', KEYS[2], field)
   if not cap then return 'node ' .. ARGV[5] .. ' has no GPU ' .. ARGV[i] end
@@ -67,12 +93,14 @@ for i = 9, #ARGV, 2 do
     return 'GPU ' .. ARGV[i] .. ' of node ' .. ARGV[5] .. ' no longer has room'
   end
 end
-for i = 9, #ARGV, 2 do
+for i = 14, #ARGV, 2 do
   redis.call('HINCRBY', KEYS[3], ARGV[5] .. ':' .. ARGV[i], ARGV[i + 1])
   if guaranteed then redis.call('HINCRBY', KEYS[8], ARGV[5] .. ':' .. ARGV[i], ARGV[i + 1]) end
 end
 redis.call('HSET', KEYS[5], 'state', 'active', 'node', ARGV[5], 'allocs', ARGV[6], 'expires_at', ARGV[2],
-           'doc', ARGV[4], 'token', ARGV[3], 'guaranteed', ARGV[8])
+           'doc', ARGV[4], 'token', ARGV[3], 'guaranteed', ARGV[8], 'tenant', ARGV[9], 'tquota', ARGV[12])
+redis.call('HINCRBY', KEYS[9], ARGV[9] .. ':vram', ARGV[12])
+redis.call('HINCRBY', KEYS[9], ARGV[9] .. ':n', 1)
 redis.call('ZADD', KEYS[6], ARGV[2], ARGV[1])
 redis.call('SADD', KEYS[4], ARGV[1])
 redis.call('SET', KEYS[7], ARGV[1])
@@ -80,10 +108,15 @@ return ''
 """
 
 _END = """
--- KEYS: lease, active, ended, resv, gresv ; ARGV: lease_id, state, reason, now, retention_s, prefix
+-- KEYS: lease, active, ended, resv, gresv, tusage ; ARGV: lease_id, state, reason, now, retention_s, prefix
 local st = redis.call('HGET', KEYS[1], 'state')
 if not st then return -1 end
 if st ~= 'active' then return 0 end
+local tenant = redis.call('HGET', KEYS[1], 'tenant')
+if tenant then
+  redis.call('HINCRBY', KEYS[6], tenant .. ':vram', '-' .. (redis.call('HGET', KEYS[1], 'tquota') or '0'))
+  redis.call('HINCRBY', KEYS[6], tenant .. ':n', -1)
+end
 local node = redis.call('HGET', KEYS[1], 'node')
 local guaranteed = redis.call('HGET', KEYS[1], 'guaranteed') == '1'
 for g, b in string.gmatch(redis.call('HGET', KEYS[1], 'allocs'), '(%d+):(%d+)') do
@@ -112,10 +145,11 @@ return 1
 """
 
 _HEARTBEAT = """
--- KEYS: node, states ; ARGV: now, gpus, sessions, draining, node_id
+-- KEYS: node, states, hbs ; ARGV: now, gpus, sessions, draining, node_id
 local st = redis.call('HGET', KEYS[1], 'state')
 if not st or st == 'down' then return 0 end
 redis.call('HSET', KEYS[1], 'hb', ARGV[1], 'gpus', ARGV[2], 'sessions', ARGV[3])
+redis.call('HSET', KEYS[3], ARGV[5], ARGV[1])
 if ARGV[4] == '1' and st == 'up' then
   redis.call('HSET', KEYS[1], 'state', 'draining', 'reason', 'the node reported that it is draining')
   redis.call('HSET', KEYS[2], ARGV[5], 'draining')
@@ -160,7 +194,7 @@ return 1
 """
 
 _REGISTER = """
--- KEYS: nodes, node, states, cap, endpoints, generation, overcommit
+-- KEYS: nodes, node, states, cap, endpoints, generation, overcommit, hbs
 -- ARGV: node_id, hb, info, endpoints, gpus, capidx, overcommit, then pairs of gpu, bytes
 local old = redis.call('HGET', KEYS[2], 'capidx')
 if old then
@@ -170,6 +204,7 @@ redis.call('SADD', KEYS[1], ARGV[1])
 redis.call('HSET', KEYS[2], 'state', 'up', 'reason', '', 'hb', ARGV[2], 'info', ARGV[3], 'gpus', ARGV[5],
            'sessions', '[]', 'capidx', ARGV[6], 'overcommit', ARGV[7])
 redis.call('HSET', KEYS[3], ARGV[1], 'up')
+redis.call('HSET', KEYS[8], ARGV[1], ARGV[2])
 redis.call('HSET', KEYS[5], ARGV[1], ARGV[4])
 redis.call('HSET', KEYS[7], ARGV[1], ARGV[7])
 for i = 8, #ARGV, 2 do redis.call('HSET', KEYS[4], ARGV[1] .. ':' .. ARGV[i], ARGV[i + 1]) end
@@ -264,6 +299,21 @@ return 1
 """
 
 
+_SEEN = """
+-- KEYS: lease
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'seen', '1') end
+return 1
+"""
+
+_REVOKE = """
+-- KEYS: apikeys, keyhash ; ARGV: key_id, revoked JSON, key hash
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('HDEL', KEYS[2], ARGV[3])
+return 1
+"""
+
+
 def _strs(values: Any) -> list[str]:
     """A reply of strings (the client decodes responses) as list[str], whatever redis-py's stubs say."""
     return [str(v) for v in values]
@@ -296,9 +346,15 @@ class RedisStore:
         self._url = url
         self._p = prefix
         self._retention = ended_retention_s
-        # A blocking pool: under load, callers wait for a free connection instead of failing.
+        # A blocking pool: under load, callers wait for a free connection instead of failing. Socket deadlines make
+        # a dead or stopped Redis an error in seconds (503 to clients, see api.py), never a hung request.
         pool = aioredis.BlockingConnectionPool.from_url(
-            url, max_connections=max_connections, timeout=30, decode_responses=True
+            url,
+            max_connections=max_connections,
+            timeout=30,
+            decode_responses=True,
+            socket_connect_timeout=2.0,
+            socket_timeout=5.0,
         )
         self._r: aioredis.Redis = aioredis.Redis(connection_pool=pool)
         self._place = self._r.register_script(_PLACE)
@@ -314,6 +370,8 @@ class RedisStore:
         self._forget = self._r.register_script(_FORGET)
         self._lock = self._r.register_script(_LOCK)
         self._unlock = self._r.register_script(_UNLOCK)
+        self._seen = self._r.register_script(_SEEN)
+        self._revoke = self._r.register_script(_REVOKE)
         self._wakeups: dict[str, asyncio.Event] = {}
         self._static: tuple[Any, dict[str, dict[int, int]], dict[str, list[str]], dict[str, float]] | None = None
         self._listener: asyncio.Task[None] | None = None
@@ -345,6 +403,7 @@ class RedisStore:
         lease = LeaseRecord.model_validate_json(h["doc"])
         lease.state = LeaseState(h["state"])
         lease.expires_at = float(h["expires_at"])
+        lease.sessions_seen = h.get("seen") == "1"
         if "ended_at" in h:
             lease.ended_at = float(h["ended_at"])
             lease.end_reason = h.get("end_reason")
@@ -387,6 +446,7 @@ class RedisStore:
                 self._k("endpoints"),
                 self._k("generation"),
                 self._k("overcommit"),
+                self._k("hbs"),
             ],
             args=[
                 node.node_id,
@@ -407,7 +467,7 @@ class RedisStore:
         self, node_id: str, gpus: list[GpuInfo], sessions: list[SessionInfo], draining: bool, now: float
     ) -> bool:
         ok = await self._heartbeat(
-            keys=[self._k("node", node_id), self._k("states")],
+            keys=[self._k("node", node_id), self._k("states"), self._k("hbs")],
             args=[
                 repr(now),
                 json.dumps([g.model_dump(mode="json") for g in gpus]),
@@ -461,7 +521,8 @@ class RedisStore:
             pipe.hgetall(self._k("states"))
             pipe.hgetall(self._k("resv"))
             pipe.hgetall(self._k("gresv"))
-            generation, states, resv, gresv = await pipe.execute()
+            pipe.hgetall(self._k("hbs"))
+            generation, states, resv, gresv, hbs = await pipe.execute()
         if self._static is None or self._static[0] != generation:
             # Capacity, endpoints and ratios change only when a node registers (which bumps the generation).
             async with self._r.pipeline(transaction=False) as pipe:
@@ -487,6 +548,7 @@ class RedisStore:
                 booked.get(nid, {}),
                 booked_guaranteed.get(nid, {}),
                 node_ratios.get(nid, 0.0),
+                float(hbs.get(nid, 0.0)),
             )
             for nid, state in sorted(states.items())
         ]
@@ -525,7 +587,10 @@ class RedisStore:
         return str(digest) if digest is not None else None
 
     # --- leases ------------------------------------------------------------------------------------------
-    async def place_lease(self, lease: LeaseRecord, overcommit: float = 1.0) -> str | None:
+    async def place_lease(
+        self, lease: LeaseRecord, overcommit: float = 1.0, limits: TenantLimits | None = None
+    ) -> str | None:
+        limits = limits or TenantLimits()
         pairs: list[str] = []
         for a in lease.allocs:
             pairs += [str(a.gpu), str(a.vram_bytes)]
@@ -540,6 +605,7 @@ class RedisStore:
                 self._k("active"),
                 self._k("token", lease.token_hash),
                 self._k("gresv"),
+                self._k("tusage"),
             ],
             args=[
                 lease.lease_id,
@@ -550,6 +616,11 @@ class RedisStore:
                 allocs,
                 repr(float(overcommit)),
                 "1" if lease.qos == QoS.guaranteed else "0",
+                lease.tenant,
+                "" if limits.vram_bytes is None else str(limits.vram_bytes),
+                "" if limits.leases is None else str(limits.leases),
+                str(lease.quota_bytes),
+                QUOTA_REFUSAL,
                 *pairs,
             ],
         )
@@ -557,12 +628,73 @@ class RedisStore:
 
     async def end_lease(self, lease_id: str, state: LeaseState, reason: str, now: float) -> EndResult:
         res = await self._end(
-            keys=[self._k("lease", lease_id), self._k("active"), self._k("ended"), self._k("resv"), self._k("gresv")],
+            keys=[
+                self._k("lease", lease_id),
+                self._k("active"),
+                self._k("ended"),
+                self._k("resv"),
+                self._k("gresv"),
+                self._k("tusage"),
+            ],
             args=[lease_id, state.value, reason, repr(now), str(self._retention), self._p],
         )
         if res == -1:
             return EndResult(None, False)
         return EndResult(await self.get_lease(lease_id), res == 1)
+
+    async def mark_sessions_seen(self, lease_id: str) -> None:
+        await self._seen(keys=[self._k("lease", lease_id)], args=[])
+
+    async def tenant_usage(self, tenant: str) -> tuple[int, int]:
+        vram, n = await self._r.hmget(self._k("tusage"), [f"{tenant}:vram", f"{tenant}:n"])
+        return int(vram or 0), int(n or 0)
+
+    # --- tenants and API keys ----------------------------------------------------------------------------
+    async def put_tenant(self, tenant: TenantRecord) -> None:
+        await self._r.hset(self._k("tenants"), tenant.name, tenant.model_dump_json())
+
+    async def get_tenant(self, name: str) -> TenantRecord | None:
+        raw = await self._r.hget(self._k("tenants"), name)
+        return TenantRecord.model_validate_json(raw) if raw else None
+
+    async def list_tenants(self) -> list[TenantRecord]:
+        raw = _hash(await self._r.hgetall(self._k("tenants")))
+        return [TenantRecord.model_validate_json(v) for _, v in sorted(raw.items())]
+
+    async def put_api_key(self, key: ApiKeyRecord) -> None:
+        async with self._r.pipeline(transaction=True) as pipe:
+            pipe.hset(self._k("apikeys"), key.key_id, key.model_dump_json())
+            if key.revoked_at is None:
+                pipe.hset(self._k("keyhash"), key.key_hash, key.key_id)
+            await pipe.execute()
+
+    async def api_key_by_hash(self, key_hash: str) -> ApiKeyRecord | None:
+        key_id = await self._r.hget(self._k("keyhash"), key_hash)
+        if not key_id:
+            return None
+        raw = await self._r.hget(self._k("apikeys"), key_id)
+        k = ApiKeyRecord.model_validate_json(raw) if raw else None
+        return k if k is not None and k.revoked_at is None and k.key_hash == key_hash else None
+
+    async def list_api_keys(self) -> list[ApiKeyRecord]:
+        raw = _hash(await self._r.hgetall(self._k("apikeys")))
+        keys = [ApiKeyRecord.model_validate_json(v) for v in raw.values()]
+        return sorted(keys, key=lambda k: (k.created_at, k.key_id))
+
+    async def revoke_api_key(self, key_id: str, now: float) -> ApiKeyRecord | None:
+        raw = await self._r.hget(self._k("apikeys"), key_id)
+        if not raw:
+            return None
+        k = ApiKeyRecord.model_validate_json(raw)
+        if k.revoked_at is None:
+            k.revoked_at = now
+            await self._revoke(
+                keys=[self._k("apikeys"), self._k("keyhash")], args=[key_id, k.model_dump_json(), k.key_hash]
+            )
+        return k
+
+    async def ping(self) -> None:
+        await self._r.ping()
 
     async def renew_lease(self, lease_id: str, expires_at: float) -> LeaseRecord | None:
         res = await self._renew(keys=[self._k("lease", lease_id), self._k("active")], args=[lease_id, repr(expires_at)])

@@ -17,7 +17,7 @@ import socket
 import sys
 import time
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,6 +106,7 @@ class NodeAgent:
             Path(self.config.spill_dir or default_spill_dir()),
             {"backend": backend.name, "gpu": devs[0].name if devs else "", "driver": backend.driver_version},
         )
+        self.on_sessions_changed: Callable[[], None] | None = None  # the pool link heartbeats at once
 
     # ---- NodeAgentAPI ----
     def sessions(self) -> list[SessionInfo]:
@@ -314,7 +315,10 @@ class NodeAgent:
             grant = await self.auth.authenticate(hello.token)
         except (ProtocolError, AuthError, TimeoutError) as exc:
             reason = str(exc) or f"no complete HELLO within {limit:g} s (stalled handshake); closing the connection"
-            log.warning("refused a client: %s", reason)
+            if "closed the connection during the handshake" in reason:
+                log.debug("a client left before its handshake (a reachability probe)")  # `fargpu run` and the stub
+            else:
+                log.warning("refused a client: %s", reason)
             with contextlib.suppress(OSError):
                 await loop.sock_sendall(conn, handshake.hello_err(reason))
             conn.close()
@@ -463,16 +467,22 @@ class NodeAgent:
         self._sessions[sid] = sess
         log.info("session %s for lease %s (client %s) -> worker %d", sid, grant.lease_id, hello.client, proc.pid)
         self._spawn(self._watch_status(sess, st_r))
+        self._sessions_changed()
         # Lease expiry is the pool manager's call (a lease may be renewed after this HELLO): it ends the
         # lease's sessions through end_lease(), via the command stream or the heartbeat reply.
         await proc.wait()
         self._sessions.pop(sid, None)
+        self._sessions_changed()
         attach_parent.close()
         with contextlib.suppress(OSError):
             os.close(ctl_w)
         if proc.returncode is not None and proc.returncode < 0:
             log.error("session %s: its worker %d was killed by signal %d", sid, proc.pid, -proc.returncode)
         log.info("session %s ended (worker exit %s)", sid, proc.returncode)
+
+    def _sessions_changed(self) -> None:
+        if self.on_sessions_changed is not None:
+            self.on_sessions_changed()
 
     async def _attach(self, conn: socket.socket, hello: handshake.Hello) -> None:
         """A session's callback connection (the stub runs host functions on it) or data connection (bulk copies

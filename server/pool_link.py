@@ -5,8 +5,9 @@
 the Commands stream open: "end lease" closes the lease's sessions through `agent.end_lease(lease_id, reason)`,
 "drain" calls `agent.drain()`, "page out" / "page in" call `agent.page_out(session_id, to)` / `agent.page_in(...)`
 in the background (a step can take seconds; the stream keeps flowing) and report the outcome with the session in
-the next heartbeat, which is sent at once (`page_command_id`, `page_result`). A heartbeat reply may also name
-leases that ended while a command was lost; those are ended too. When the pool manager is away the link keeps
+the next heartbeat, which is sent at once (`page_command_id`, `page_result`), as it is when a session starts or
+ends (so a lease that ends with its last session ends at once, see the pool's service.py). A heartbeat reply may
+also name leases that ended while a command was lost; those are ended too. When the pool manager is away the link keeps
 retrying and registers again when it is back. The node's own overcommit ratio (`overcommit`, 0: the pool's)
 goes with every registration.
 
@@ -43,6 +44,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import grpc
@@ -209,6 +211,9 @@ class PoolLink:
         """Starts the link; waits up to `wait_registered_s` for the first registration (then goes on trying
         in the background)."""
         self.auth.bind(self._validate)
+        agent: Any = self.agent
+        if hasattr(agent, "on_sessions_changed"):  # a session began or ended: the pool hears of it at once
+            agent.on_sessions_changed = self._heartbeat_now.set
         self._tasks = [
             asyncio.create_task(self._heartbeat_loop(), name="pool-link-heartbeat"),
             asyncio.create_task(self._command_loop(), name="pool-link-commands"),

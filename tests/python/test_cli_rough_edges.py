@@ -52,7 +52,10 @@ def pool(tmp_path: Path) -> Iterator[str]:
 
 
 def _nodes(url: str) -> list[dict[str, object]]:
-    result: list[dict[str, object]] = httpx.get(url + "/v1/nodes").json()
+    from fargpu.pool_manager.tenants import find_api_key
+
+    auth = {"Authorization": f"Bearer {find_api_key()}"}
+    result: list[dict[str, object]] = httpx.get(url + "/v1/nodes", headers=auth).json()
     return result
 
 

@@ -102,6 +102,7 @@ def compose_pool(images: dict[str, str]) -> Iterator[tuple[list[str], dict[str, 
     project = f"fgtest{os.getpid()}"
     rest, metrics = free_port(), free_port()
     env = {**os.environ, "FARGPU_ENROL_TOKEN": secrets.token_hex(16), "FARGPU_ADMIN_TOKEN": secrets.token_hex(16),
+           "FARGPU_API_KEY": "fgk_" + secrets.token_hex(32),
            "FARGPU_POOL_PORT": str(rest), "FARGPU_NODE_METRICS_PORT": str(metrics), "DOCKER_BUILDKIT": "0"}
     base = ["docker-compose", "-f", "docker/compose.yaml", "-p", project, "--profile", "sim"]
     try:
@@ -136,7 +137,9 @@ def test_compose_pool_runs_the_demo_client(compose_pool: tuple[list[str], dict[s
 
     # The pool, from the host through the published port: the node registered over gRPC, the lease was released.
     def get(path: str) -> object:
-        with urllib.request.urlopen(f"http://127.0.0.1:{rest}{path}", timeout=10) as r:
+        req = urllib.request.Request(f"http://127.0.0.1:{rest}{path}",
+                                     headers={"Authorization": f"Bearer {env['FARGPU_API_KEY']}"})  # fmt: skip
+        with urllib.request.urlopen(req, timeout=10) as r:
             return json.loads(r.read())
 
     nodes = get("/v1/nodes")

@@ -34,7 +34,8 @@ def _fargpu() -> str:
 def _env(tmp: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
            if k not in ("LD_PRELOAD", "FARGPU_SERVER", "FARGPU_TOKEN", "FARGPU_ENROL_TOKEN")}
-    env.update(XDG_STATE_HOME=str(tmp / "state"), XDG_RUNTIME_DIR=str(tmp), FARGPU_METRICS_PORT="0")
+    # XDG_STATE_HOME: the test's own (tests/python/conftest.py), where this process finds the pool's local key too
+    env.update(XDG_RUNTIME_DIR=str(tmp), FARGPU_METRICS_PORT="0")
     env.update(extra)
     return env
 

@@ -17,6 +17,11 @@ from e2e_helpers import free_port, run_client
 
 from fargpu import paths
 from fargpu.demo import _wait
+from fargpu.pool_manager.tenants import find_api_key
+
+
+def _key() -> dict[str, str]:
+    return {"Authorization": f"Bearer {find_api_key()}"}
 
 ADMIN = "admin-secret-for-tests"
 
@@ -52,7 +57,7 @@ sys.stdin.readline()
 s = ctypes.c_void_p(); print("AFTER", cu.cuStreamCreate(ctypes.byref(s), 0), flush=True)
 '''], env=client_env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/")
         assert client.stdout is not None and client.stdout.readline().strip() == "UP"
-        lease_id = httpx.get(url + "/v1/leases", timeout=5).json()[0]["lease_id"]
+        lease_id = httpx.get(url + "/v1/leases", timeout=5, headers=_key()).json()[0]["lease_id"]
         r = httpx.post(f"{url}/v1/admin/leases/{lease_id}/evict", headers={"Authorization": f"Bearer {ADMIN}"},
                        timeout=5)
         assert r.status_code == 200, r.text
@@ -76,7 +81,7 @@ ctx0(); r, p = alloc(16 << 20); ok(r, "alloc"); r2, p2 = alloc(128 << 20); print
             res.stdout + res.stderr + (tmp_path / "node.log").read_text(errors="replace"))
         assert "leased lease-" in res.stderr and "released lease lease-" in res.stderr
         lease_id = res.stderr.split("leased ", 1)[1].split()[0]
-        view = httpx.get(f"{url}/v1/leases/{lease_id}", timeout=5).json()
+        view = httpx.get(f"{url}/v1/leases/{lease_id}", timeout=5, headers=_key()).json()
         assert view["state"] not in ("active", "pending"), view  # released when the client exited
     finally:
         _stop(procs)

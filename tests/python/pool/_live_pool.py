@@ -55,6 +55,14 @@ for line in sys.stdin:
 '''
 
 
+def _key() -> dict[str, str]:
+    """This machine's API key (the local key the pool manager child wrote into the test's state dir)."""
+    from fargpu.pool_manager.tenants import find_api_key
+
+    key = find_api_key()
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
 def wait_for(check: Callable[[], T | None], what: str, timeout_s: float = 30.0, interval_s: float = 0.1) -> T:
     deadline = time.monotonic() + timeout_s
     while True:
@@ -161,10 +169,10 @@ class LivePool:
 
     # --- REST --------------------------------------------------------------------------------------------
     def get(self, path: str) -> Any:
-        return httpx.get(self.url + path, timeout=10).raise_for_status().json()
+        return httpx.get(self.url + path, headers=_key(), timeout=10).raise_for_status().json()
 
     def get_text(self, path: str) -> str:
-        return httpx.get(self.url + path, timeout=10).raise_for_status().text
+        return httpx.get(self.url + path, headers=_key(), timeout=10).raise_for_status().text
 
     def wait_json(self, path: str, ok: Callable[[Any], bool], what: str, timeout_s: float = 30.0) -> Any:
         def check() -> Any:
@@ -184,7 +192,7 @@ class LivePool:
         return httpx.post(self.url + path, json=body, headers=headers, timeout=10)
 
     def lease(self, **body: Any) -> dict[str, Any]:
-        r = httpx.post(self.url + "/v1/leases", json=body, timeout=10)
+        r = httpx.post(self.url + "/v1/leases", json=body, headers=_key(), timeout=10)
         assert r.status_code == 201, r.text
         lease: dict[str, Any] = r.json()
         return lease

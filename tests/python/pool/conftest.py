@@ -147,7 +147,7 @@ async def service(store: Store, clock: FakeClock) -> AsyncIterator[PoolService]:
 
 def pm_config(**kw: object) -> PoolManagerConfig:
     base: dict[str, object] = dict(
-        port=0, grpc_port=0, state_file=None, admin_token="admin-secret", log_level="warning"
+        port=0, grpc_port=0, state_file=None, admin_token="admin-secret", log_level="warning", stale_after_s=None
     )
     base.update(kw)
     return PoolManagerConfig(**base)  # type: ignore[arg-type]
@@ -236,3 +236,20 @@ def store_args(request: pytest.FixtureRequest) -> dict[str, object]:
         return {}
     url = request.getfixturevalue("redis_url")
     return dict(store="redis", redis_url=url, redis_prefix=f"t{uuid.uuid4().hex[:10]}:")
+
+
+# --- API keys -----------------------------------------------------------------------------------------------
+def key_headers() -> dict[str, str]:
+    """Authorization with this machine's API key (the local key a pool manager wrote into the test's state dir)."""
+    from fargpu.pool_manager.tenants import find_api_key
+
+    key = find_api_key()
+    assert key, "no API key: start a pool manager first (it writes the local key)"
+    return {"Authorization": f"Bearer {key}"}
+
+
+async def tenant_headers(service: PoolService, tenant: str = "t1", **quota: int | None) -> dict[str, str]:
+    """Creates `tenant` (with `quota`: vram_quota_bytes, max_leases) and a key; returns its Authorization header."""
+    await service.put_tenant(tenant, quota.get("vram_quota_bytes"), quota.get("max_leases"))
+    _, key = await service.create_api_key(tenant)
+    return {"Authorization": f"Bearer {key}"}

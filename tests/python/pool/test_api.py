@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
-from conftest import FakeClock, GiB, gpus
+from conftest import FakeClock, GiB, gpus, tenant_headers
 
 from fargpu.pool_manager.api import create_app
 from fargpu.pool_manager.service import PoolService
@@ -18,7 +18,10 @@ ADMIN = {"Authorization": "Bearer admin-secret"}
 @pytest.fixture
 async def api(service: PoolService) -> AsyncIterator[httpx.AsyncClient]:
     app = create_app(service, admin_token="admin-secret")
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://pool") as client:
+    headers = await tenant_headers(service)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://pool", headers=headers
+    ) as client:
         yield client
 
 
@@ -39,17 +42,17 @@ async def test_lease_create_get_renew_release(api: httpx.AsyncClient, service: P
     lease = r.json()
     assert lease["endpoints"] == ["tcp://10.0.0.5:7100"] and lease["vram_bytes"] == 8 * GiB
     assert lease["token"].startswith("fgt_") and lease["expires_at"] == clock() + 60
-    lid, token = lease["lease_id"], lease["token"]
+    lid = lease["lease_id"]
     got = (await api.get(f"/v1/leases/{lid}")).json()
     assert got["state"] == "active" and "token" not in got and "token_hash" not in got
     clock.advance(30)
-    r = await api.post(f"/v1/leases/{lid}/renew", json={"ttl_s": 120}, headers=bearer(token))
+    r = await api.post(f"/v1/leases/{lid}/renew", json={"ttl_s": 120})
     assert r.status_code == 200 and r.json()["expires_at"] == clock() + 120
     assert [x["lease_id"] for x in (await api.get("/v1/leases")).json()] == [lid]
-    r = await api.delete(f"/v1/leases/{lid}", headers=bearer(token))
+    r = await api.delete(f"/v1/leases/{lid}")
     assert r.status_code == 200 and r.json()["state"] == "released"
-    assert_error(await api.delete(f"/v1/leases/{lid}", headers=bearer(token)), 409, "conflict", "released by its owner")
-    r = await api.post(f"/v1/leases/{lid}/renew", headers=bearer(token))
+    assert_error(await api.delete(f"/v1/leases/{lid}"), 409, "conflict", "released by its owner")
+    r = await api.post(f"/v1/leases/{lid}/renew")
     assert_error(r, 409, "conflict", "has ended (released)")
     assert (await api.get("/v1/leases")).json() == []
     assert [x["state"] for x in (await api.get("/v1/leases", params={"include_ended": "true"})).json()] == ["released"]
@@ -79,17 +82,32 @@ async def test_no_capacity_is_503_with_retry_after(api: httpx.AsyncClient, servi
     assert r.headers["Retry-After"] == "42"
 
 
-async def test_owner_token_required_for_renew_and_release(api: httpx.AsyncClient, service: PoolService) -> None:
+async def test_keys_required_and_tenants_see_only_their_own(api: httpx.AsyncClient, service: PoolService) -> None:
     await service.register_node("n1", ["tcp://n1:1"], "sim", "", gpus(8))
     a = (await api.post("/v1/leases", json={"vram": "1G"})).json()
-    b = (await api.post("/v1/leases", json={"vram": "1G"})).json()
-    r = await api.delete(f"/v1/leases/{a['lease_id']}")
-    assert_error(r, 401, "unauthorized", "lease token")
-    assert r.headers["WWW-Authenticate"] == "Bearer"
-    assert_error(await api.delete(f"/v1/leases/{a['lease_id']}", headers=bearer(b["token"])), 403, "forbidden")
-    assert_error(await api.post(f"/v1/leases/{a['lease_id']}/renew", headers=bearer("x")), 403, "forbidden")
-    assert_error(await api.delete("/v1/leases/lease-unknown", headers=bearer(a["token"])), 404, "not_found")
-    assert (await api.delete(f"/v1/leases/{a['lease_id']}", headers=ADMIN)).status_code == 200  # admin may
+    assert a["tenant"] == "t1"
+    other = await tenant_headers(service, "t2")
+    b = (await api.post("/v1/leases", json={"vram": "1G"}, headers=other)).json()
+    assert b["tenant"] == "t2"
+    anon = {"Authorization": ""}
+    for method, path in (("POST", "/v1/leases"), ("GET", "/v1/leases"), ("GET", f"/v1/leases/{a['lease_id']}"),
+                         ("POST", f"/v1/leases/{a['lease_id']}/renew"), ("DELETE", f"/v1/leases/{a['lease_id']}"),
+                         ("GET", "/v1/sessions"), ("GET", "/v1/nodes"), ("GET", "/v1/status")):  # fmt: skip
+        r = await api.request(method, path, headers=anon, json={"vram": "1G"} if method == "POST" else None)
+        assert_error(r, 401, "unauthorized", "API key")
+        assert r.headers["WWW-Authenticate"] == "Bearer"
+    # A lease token is no API key.
+    assert_error(await api.get("/v1/leases", headers=bearer(a["token"])), 401, "unauthorized", "invalid API key")
+    # Another tenant's lease is "not found" to t2, whatever it tries; its own listing holds only its own lease.
+    for method, path in (("GET", ""), ("POST", "/renew"), ("DELETE", "")):
+        r = await api.request(method, f"/v1/leases/{a['lease_id']}{path}", headers=other)
+        assert_error(r, 404, "not_found")
+    assert [x["lease_id"] for x in (await api.get("/v1/leases", headers=other)).json()] == [b["lease_id"]]
+    assert [x["lease_id"] for x in (await api.get("/v1/leases")).json()] == [a["lease_id"]]
+    assert {x["lease_id"] for x in (await api.get("/v1/leases", headers=ADMIN)).json()} == {a["lease_id"],
+                                                                                            b["lease_id"]}  # fmt: skip
+    assert (await api.post(f"/v1/leases/{a['lease_id']}/renew")).status_code == 200
+    assert (await api.delete(f"/v1/leases/{b['lease_id']}", headers=ADMIN)).status_code == 200  # admin may
     assert_error(await api.get("/v1/leases/lease-unknown"), 404, "not_found", "lease-unknown")
 
 
@@ -97,14 +115,15 @@ async def test_admin_endpoints(api: httpx.AsyncClient, service: PoolService) -> 
     await service.register_node("n1", ["tcp://n1:1"], "sim", "", gpus(8))
     lease = (await api.post("/v1/leases", json={"vram": "1G"})).json()
     evict = f"/v1/admin/leases/{lease['lease_id']}/evict"
-    assert_error(await api.post(evict), 401, "unauthorized", "admin token")
+    assert_error(await api.post(evict, headers={"Authorization": ""}), 401, "unauthorized", "admin token")
+    assert_error(await api.post(evict), 403, "forbidden", "the key of tenant t1 is not an admin key")
     assert_error(await api.post(evict, headers=bearer(lease["token"])), 403, "forbidden", "wrong admin token")
     r = await api.post(evict, json={"reason": "maintenance"}, headers=ADMIN)
     assert r.status_code == 200 and r.json()["state"] == "evicted"
     assert r.json()["end_reason"] == "evicted by an operator: maintenance"
     assert_error(await api.post(evict, headers=ADMIN), 409, "conflict")
     assert_error(await api.post("/v1/admin/leases/lease-x/evict", headers=ADMIN), 404, "not_found")
-    assert_error(await api.post("/v1/admin/nodes/n1/drain"), 401, "unauthorized")
+    assert_error(await api.post("/v1/admin/nodes/n1/drain", headers={"Authorization": ""}), 401, "unauthorized")
     r = await api.post("/v1/admin/nodes/n1/drain", headers=ADMIN)
     assert r.status_code == 200 and r.json()["state"] == "draining"
     assert_error(await api.post("/v1/admin/nodes/nx/drain", headers=ADMIN), 404, "not_found")

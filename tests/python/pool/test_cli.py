@@ -14,13 +14,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
-from conftest import ThreadedPool, free_port, gpus, subprocess_env
+from conftest import ThreadedPool, free_port, gpus, key_headers, subprocess_env
 from typer.testing import CliRunner
 
 from fargpu.cli import app
 from fargpu.pool_manager.service import LeaseRequest
+from fargpu.pool_manager.tenants import Principal
 
 GiB = 1 << 30
+LOCAL = Principal("local")  # the tenant of the local key that the CLI presents
 ENROL = "enrol-secret-for-tests"
 runner = CliRunner(env={"COLUMNS": "250"})
 
@@ -30,7 +32,7 @@ def test_pool_commands(threaded_pool: Callable[..., ThreadedPool]) -> None:
     assert tp.pm is not None
     svc = tp.pm.service
     tp.call(svc.register_node("gpu-box-1", ["tcp://10.1.0.7:7100"], "sim", "", gpus(24, 24)))
-    lease, _ = tp.call(svc.create_lease(LeaseRequest(vram_bytes=8 * GiB, label="training")))  # type: ignore[misc]
+    lease, _ = tp.call(svc.create_lease(LeaseRequest(vram_bytes=8 * GiB, label="training"), LOCAL))  # type: ignore[misc]
     pool = ["--pool", tp.url]
 
     r = runner.invoke(app, ["pool", "status", *pool, "--json"])
@@ -56,7 +58,7 @@ def test_pool_commands(threaded_pool: Callable[..., ThreadedPool]) -> None:
     r = runner.invoke(app, ["pool", "evict", lease.lease_id, *pool], env={"FARGPU_ADMIN_TOKEN": "wrong"})
     assert r.exit_code == 1 and "wrong admin token" in r.output
     r = runner.invoke(app, ["pool", "evict", lease.lease_id, *pool])
-    assert r.exit_code == 1 and "needs the admin token" in r.output
+    assert r.exit_code == 1 and "not an admin key" in r.output and "FARGPU_ADMIN_TOKEN" in r.output
     r = runner.invoke(app, ["pool", "evict", lease.lease_id, *pool, "--admin-token", "admin-secret", "--json"])
     assert r.exit_code == 0 and json.loads(r.output)["state"] == "evicted"
     r = runner.invoke(app, ["pool", "evict", "lease-nope", *pool, "--admin-token", "admin-secret"])
@@ -121,11 +123,11 @@ def test_pool_manager_process_restart_after_sigkill_keeps_leases(tmp_path: Path)
                 ),
                 metadata=md,
             )
-        created = httpx.post(f"{url}/v1/leases", json={"vram": "6G", "ttl_s": 600}).json()
+        created = httpx.post(f"{url}/v1/leases", json={"vram": "6G", "ttl_s": 600}, headers=key_headers()).json()
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
         proc = start()
-        got = httpx.get(f"{url}/v1/leases/{created['lease_id']}").json()
+        got = httpx.get(f"{url}/v1/leases/{created['lease_id']}", headers=key_headers()).json()
         assert got["state"] == "active" and got["allocs"] == created["allocs"]
         with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as ch:  # the node's credential survived the restart
             digest = hashlib.sha256(created["token"].encode()).digest()
@@ -135,10 +137,10 @@ def test_pool_manager_process_restart_after_sigkill_keeps_leases(tmp_path: Path)
         assert reply.valid and reply.lease_id == created["lease_id"] and reply.max_sessions == 5
         assert reply.qos == "standard" and reply.HasField("idle_timeout_s") and reply.idle_timeout_s == 45.0
         assert created["idle_timeout_s"] == 45.0
-        r = httpx.post(f"{url}/v1/leases", json={"vram": "6G"})
+        r = httpx.post(f"{url}/v1/leases", json={"vram": "6G"}, headers=key_headers())
         assert r.status_code == 503  # the booking survived too
         r = httpx.delete(
-            f"{url}/v1/leases/{created['lease_id']}", headers={"Authorization": f"Bearer {created['token']}"}
+            f"{url}/v1/leases/{created['lease_id']}", headers=key_headers()
         )
         assert r.status_code == 200
         proc.send_signal(signal.SIGTERM)

@@ -17,7 +17,7 @@ from pathlib import Path
 import grpc
 import httpx
 import pytest
-from conftest import StoreKit, eventually, fast, free_port, gpus, pm_config
+from conftest import StoreKit, eventually, fast, free_port, gpus, key_headers, pm_config
 from fakes import FakeAgent
 
 from fargpu.pool_manager.config import enrol_token_file, node_credentials_dir
@@ -162,7 +162,7 @@ async def test_live_node_cannot_be_hijacked(
     # (a 1-byte GPU: the lease below cannot land there)
     assert (await stub.Register(empty_id, metadata=evil)).node_id == "evil"  # empty node id: the caller's own
 
-    async with httpx.AsyncClient(base_url=pm.rest_url) as api:
+    async with httpx.AsyncClient(base_url=pm.rest_url, headers=key_headers()) as api:
         got = (await api.get("/v1/nodes/gpu-1")).json()
         assert got["endpoints"] == ["tcp://127.0.0.1:7101"] and got["state"] == "up"
         lease = (await api.post("/v1/leases", json={"vram": "1G"})).json()

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import httpx
-from conftest import pm_config, subprocess_env
+from conftest import key_headers, pm_config, subprocess_env
 
 from fargpu.pool_manager.server import PoolManager
 
@@ -23,7 +23,7 @@ async def test_heartbeats_are_answered_while_rest_is_saturated(tmp_path: Path) -
         stop = asyncio.Event()
 
         async def hammer() -> None:
-            async with httpx.AsyncClient(base_url=pm.rest_url) as client:
+            async with httpx.AsyncClient(base_url=pm.rest_url, headers=key_headers()) as client:
                 while not stop.is_set():
                     await client.get("/v1/status")
 

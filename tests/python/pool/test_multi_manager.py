@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
-from conftest import GiB, gpus
+from conftest import GiB, gpus, tenant_headers
 
 from fargpu.pool_manager.api import create_app
 from fargpu.pool_manager.service import PoolService, ServiceConfig
@@ -25,13 +25,16 @@ SLOTS = NODES * GPUS_PER_NODE * (GPU_GIB // LEASE_GIB)
 async def two_managers(redis_url: str) -> AsyncIterator[list[tuple[PoolService, httpx.AsyncClient]]]:
     prefix = f"multi{random.randrange(1 << 30)}:"
     pairs = []
+    headers: dict[str, str] = {}
     for _ in range(2):
         store = RedisStore(redis_url, prefix=prefix)
         await store.open()
         svc = PoolService(store, ServiceConfig())
         await svc.start(background=False)
+        headers = headers or await tenant_headers(svc)  # one tenant, its key good on both managers (one store)
         client = httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=create_app(svc, "adm")), base_url="http://pool", timeout=30
+            transport=httpx.ASGITransport(app=create_app(svc, "adm")), base_url="http://pool", timeout=30,
+            headers=headers,
         )
         pairs.append((svc, client))
     yield pairs
@@ -80,7 +83,7 @@ async def test_two_pool_managers_never_double_book(two_managers: list[tuple[Pool
 
     # Both managers race to end every lease (owner release through A, operator eviction through B).
     async def release(c: dict[str, str]) -> int:
-        r = await api_a.delete(f"/v1/leases/{c['lease_id']}", headers={"Authorization": f"Bearer {c['token']}"})
+        r = await api_a.delete(f"/v1/leases/{c['lease_id']}")
         return r.status_code
 
     async def evict(c: dict[str, str]) -> int:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from _live_pool import ADMIN, ENROL, HOLDER, NODE_ID, LivePool, MiB, child_env, fargpu_argv, metric, store_args
+from _live_pool import ADMIN, ENROL, HOLDER, NODE_ID, LivePool, MiB, _key, child_env, fargpu_argv, metric, store_args
 
 
 @pytest.fixture(params=["embedded", "redis"])
@@ -115,9 +115,9 @@ def test_cli_page_out_and_page_in_wait_for_the_outcome(embedded_pool: LivePool) 
         "reason": "session 'no-such-session' not found: no node reports it",
     }
     r = pool.cli("page-in", sid, admin=False)
-    assert r.returncode == 1 and "needs the admin token" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert r.returncode == 1 and "not an admin key" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     r = pool.cli("page-in", sid, "--json", admin=False)
-    assert r.returncode == 1 and json.loads(r.stdout)["status"] == 401
+    assert r.returncode == 1 and json.loads(r.stdout)["status"] == 403
 
 
 def test_guaranteed_lease_is_never_idle_paged_while_a_standard_one_is(embedded_pool: LivePool) -> None:
@@ -157,11 +157,12 @@ def test_node_overcommit_flag_reaches_placement(tmp_path: Path) -> None:
         a = pool.lease(vram_bytes=768 * MiB)
         b = pool.lease(vram_bytes=768 * MiB)  # 1.75 GiB booked on a 1 GiB GPU: the node pages idle sessions
         assert g["node_id"] == a["node_id"] == b["node_id"] == NODE_ID
-        r = httpx.post(pool.url + "/v1/leases", json={"vram_bytes": 16 * MiB, "qos": "guaranteed"}, timeout=10)
+        r = httpx.post(pool.url + "/v1/leases", json={"vram_bytes": 16 * MiB, "qos": "guaranteed"}, timeout=10,
+                       headers=_key())
         assert r.status_code == 503 and "guaranteed" in r.json()["reason"], r.text
         c = pool.lease(vram_bytes=256 * MiB, qos="best_effort")  # 2 GiB booked: the ratio's limit
         assert c["node_id"] == NODE_ID
-        r = httpx.post(pool.url + "/v1/leases", json={"vram_bytes": 16 * MiB}, timeout=10)
+        r = httpx.post(pool.url + "/v1/leases", json={"vram_bytes": 16 * MiB}, timeout=10, headers=_key())
         assert r.status_code == 503 and "the pool is full" in r.json()["reason"], r.text
         node = pool.get(f"/v1/nodes/{NODE_ID}")
         assert node["reserved"] == {"0": 2 * gib} and node["guaranteed_reserved"] == {"0": 256 * MiB}

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Callable
 
 import httpx
 import pytest
-from conftest import FakeClock, ThreadedPool, eventually, fast, gpus, pm_config
+from conftest import FakeClock, ThreadedPool, eventually, fast, gpus, key_headers, pm_config, tenant_headers
 from fakes import FakeAgent, GiB
 from typer.testing import CliRunner
 
@@ -51,7 +51,7 @@ async def session(api: httpx.AsyncClient, sid: str) -> dict[str, object]:
 
 async def test_lease_policy_and_page_commands_cross_the_link(linked: tuple[PoolManager, FakeAgent, PoolLink]) -> None:
     pm, agent, link = linked
-    async with httpx.AsyncClient(base_url=pm.rest_url) as api:
+    async with httpx.AsyncClient(base_url=pm.rest_url, headers=key_headers()) as api:
         node = (await api.get("/v1/nodes/n1")).json()
         assert node["overcommit"] == 1.5
         other = (await api.post("/v1/leases", json={"vram": "1G", "qos": "guaranteed"})).json()
@@ -96,7 +96,7 @@ async def test_a_slow_page_step_does_not_hold_up_other_commands(
 ) -> None:
     pm, agent, link = linked
     agent.page_gate = asyncio.Event()
-    async with httpx.AsyncClient(base_url=pm.rest_url) as api:
+    async with httpx.AsyncClient(base_url=pm.rest_url, headers=key_headers()) as api:
         lease = (await api.post("/v1/leases", json={"vram": "4G"})).json()
         agent.add_session("s1", lease["lease_id"], GiB)
         await eventually(lambda: session(api, "s1"))
@@ -130,7 +130,10 @@ async def test_grant_leaves_the_idle_timeout_unset_when_the_pool_does_not_say() 
 @pytest.fixture
 async def api(service: PoolService) -> AsyncIterator[httpx.AsyncClient]:
     app_ = create_app(service, admin_token="admin-secret")
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app_), base_url="http://pool") as client:
+    headers = await tenant_headers(service)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app_), base_url="http://pool", headers=headers
+    ) as client:
         yield client
 
 
@@ -154,7 +157,8 @@ async def test_rest_page_endpoints(api: httpx.AsyncClient, service: PoolService,
         ("page_in", "s1", "", r.json()["command_id"]),
     ]
 
-    assert (await api.post("/v1/admin/sessions/s1/page-out")).status_code == 401
+    assert (await api.post("/v1/admin/sessions/s1/page-out", headers={"Authorization": ""})).status_code == 401
+    assert (await api.post("/v1/admin/sessions/s1/page-out")).status_code == 403  # a tenant's key
     assert (await api.post("/v1/admin/sessions/s1/page-in", headers={"Authorization": "Bearer x"})).status_code == 403
     r = await api.post("/v1/admin/sessions/s1/page-out", json={"to": "floppy"}, headers=ADMIN)
     assert r.status_code == 422 and "to" in r.json()["reason"]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import eventually, fast, free_port, pm_config
+from conftest import eventually, fast, free_port, key_headers, pm_config
 from fakes import FakeAgent, GiB
 
 from fargpu.pool_manager.server import PoolManager
@@ -25,7 +25,9 @@ ADMIN = {"Authorization": "Bearer admin-secret"}
 async def test_link_registers_heartbeats_and_carries_commands(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     agent = FakeAgent(gpu_gib=(16, 24))
-    async with PoolManager(pm_config(**fast())) as pm, httpx.AsyncClient(base_url=pm.rest_url) as api:
+    async with PoolManager(pm_config(**fast())) as pm, httpx.AsyncClient(
+        base_url=pm.rest_url, headers=key_headers()
+    ) as api:
         link = PoolLink(
             agent,
             pm.rest_url,
@@ -82,7 +84,9 @@ async def test_link_registers_heartbeats_and_carries_commands(caplog: pytest.Log
 
 
 async def test_token_of_another_node_is_refused() -> None:
-    async with PoolManager(pm_config(**fast())) as pm, httpx.AsyncClient(base_url=pm.rest_url) as api:
+    async with PoolManager(pm_config(**fast())) as pm, httpx.AsyncClient(
+        base_url=pm.rest_url, headers=key_headers()
+    ) as api:
         a, b = FakeAgent("127.0.0.1:7101", (8,)), FakeAgent("127.0.0.1:7102", (1,))
         link_a = PoolLink(a, pm.grpc_target, node_id="a", retry_s=0.05, enrol_token=pm.enrol_token)
         link_b = PoolLink(b, f"grpc://{pm.grpc_target}", node_id="b", retry_s=0.05, enrol_token=pm.enrol_token)
@@ -103,7 +107,7 @@ async def test_silent_node_goes_down_and_leases_end_with_reason() -> None:
     agent = FakeAgent()
     async with (
         PoolManager(pm_config(**fast(heartbeat_timeout_s=0.4))) as pm,
-        httpx.AsyncClient(base_url=pm.rest_url) as api,
+        httpx.AsyncClient(base_url=pm.rest_url, headers=key_headers()) as api,
     ):
         link = PoolLink(agent, pm.rest_url, node_id="flaky", retry_s=0.05, enrol_token=pm.enrol_token)
         await link.start()
@@ -119,9 +123,7 @@ async def test_silent_node_goes_down_and_leases_end_with_reason() -> None:
         got = (await api.get(f"/v1/leases/{lease['lease_id']}")).json()
         assert "node flaky stopped responding: no heartbeat for" in got["end_reason"]
         assert (await api.get("/v1/nodes/flaky")).json()["state"] == "down"
-        r = await api.post(
-            f"/v1/leases/{lease['lease_id']}/renew", headers={"Authorization": f"Bearer {lease['token']}"}
-        )
+        r = await api.post(f"/v1/leases/{lease['lease_id']}/renew")
         assert r.status_code == 409 and "stopped responding" in r.json()["reason"]
 
         # The node comes back (a new link: its credential is the one it kept in its state directory).
@@ -150,7 +152,7 @@ async def test_link_and_leases_survive_pool_manager_restart(tmp_path: Path) -> N
     )
     await link.start()
     try:
-        async with httpx.AsyncClient(base_url=pm.rest_url) as api:
+        async with httpx.AsyncClient(base_url=pm.rest_url, headers=key_headers()) as api:
             lease = (await api.post("/v1/leases", json={"vram": "2G"})).json()
         await pm.stop()
         with pytest.raises(AuthError, match="unreachable"):
@@ -161,7 +163,7 @@ async def test_link_and_leases_survive_pool_manager_restart(tmp_path: Path) -> N
         await eventually(lambda: link.last_heartbeat_ok != hb)  # the link reconnected by itself
         grant = await link.auth.authenticate(lease["token"])
         assert grant.lease_id == lease["lease_id"] and grant.vram_quota_bytes == 2 * GiB
-        async with httpx.AsyncClient(base_url=pm.rest_url) as api:
+        async with httpx.AsyncClient(base_url=pm.rest_url, headers=key_headers()) as api:
             assert (await api.get(f"/v1/leases/{lease['lease_id']}")).json()["state"] == "active"
             assert (await api.get("/v1/nodes/n")).json()["state"] == "up"
     finally:
@@ -174,7 +176,7 @@ async def test_grant_carries_the_pools_max_sessions_per_lease() -> None:
         link = PoolLink(FakeAgent(), pm.grpc_target, node_id="n", retry_s=0.05, enrol_token=pm.enrol_token)
         await link.start()
         try:
-            async with httpx.AsyncClient(base_url=pm.rest_url) as api:
+            async with httpx.AsyncClient(base_url=pm.rest_url, headers=key_headers()) as api:
                 lease = (await api.post("/v1/leases", json={"vram": "1G"})).json()
             grant = await link.auth.authenticate(lease["token"])
             assert grant.lease_id == lease["lease_id"] and grant.max_sessions == 3

@@ -20,8 +20,10 @@ from conftest import FakeClock, ThreadedPool, free_port, gpus, subprocess_env
 from fargpu.pool_manager.models import NodeRecord, NodeState
 from fargpu.pool_manager.service import LeaseRequest
 from fargpu.pool_manager.store import Store
+from fargpu.pool_manager.tenants import Principal
 
 GiB = 1 << 30
+LOCAL = Principal("local")  # the tenant of the local key that the CLI presents
 FARGPU = str(Path(sys.executable).parent / "fargpu")
 
 
@@ -92,10 +94,10 @@ def test_every_pool_command_prints_json_errors(threaded_pool: Callable[..., Thre
         assert r.returncode == 2, (cmd, r.stdout, r.stderr)
         assert json.loads(r.stdout)["error"] == "unreachable", cmd
     for cmd in commands[4:]:
-        r = fargpu("pool", *cmd, "--pool", tp.url, "--json")  # no admin token: 401
+        r = fargpu("pool", *cmd, "--pool", tp.url, "--json")  # no admin token, the local (tenant) key: 403
         assert r.returncode == 1, (cmd, r.stdout, r.stderr)
         body = json.loads(r.stdout)
-        assert body["status"] == 401 and "FARGPU_ADMIN_TOKEN" in body["reason"], cmd
+        assert body["status"] == 403 and "FARGPU_ADMIN_TOKEN" in body["reason"], cmd
 
 
 def test_column_names_say_what_they_show(threaded_pool: Callable[..., ThreadedPool]) -> None:
@@ -103,7 +105,7 @@ def test_column_names_say_what_they_show(threaded_pool: Callable[..., ThreadedPo
     assert tp.pm is not None
     svc = tp.pm.service
     tp.call(svc.register_node("gpu-box-1", ["tcp://10.1.0.7:7100"], "sim", "", gpus(24, 24)))
-    tp.call(svc.create_lease(LeaseRequest(vram_bytes=GiB, gpu_count=2)))
+    tp.call(svc.create_lease(LeaseRequest(vram_bytes=GiB, gpu_count=2), LOCAL))
     r = fargpu("pool", "leases", "--pool", tp.url)
     assert r.returncode == 0 and "GPU index" in r.stdout and "0,1" in r.stdout, r.stdout
     r = fargpu("pool", "nodes", "--pool", tp.url)

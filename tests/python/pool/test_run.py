@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -38,10 +39,19 @@ def native(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def pool(threaded_pool: Callable[..., ThreadedPool]) -> ThreadedPool:
+def node_port() -> Iterator[int]:
+    """A port that accepts connections (`fargpu run` checks the node's endpoint before it starts CMD)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(64)
+        yield s.getsockname()[1]
+
+
+@pytest.fixture
+def pool(threaded_pool: Callable[..., ThreadedPool], node_port: int) -> ThreadedPool:
     tp = threaded_pool(sweep_interval_s=0.1, heartbeat_timeout_s=3600.0)  # n1 never heartbeats: keep it up however slow
     assert tp.pm is not None
-    tp.call(tp.pm.service.register_node("n1", ["tcp://127.0.0.1:7100"], "sim", "", gpus(16)))
+    tp.call(tp.pm.service.register_node("n1", [f"tcp://127.0.0.1:{node_port}"], "sim", "", gpus(16)))
     return tp
 
 
@@ -63,14 +73,16 @@ def leases(tp: ThreadedPool) -> list[LeaseRecord]:
     return tp.call(tp.pm.service.list_leases(include_ended=True))  # type: ignore[return-value]
 
 
-def test_runs_command_with_lease_env_and_exit_code(pool: ThreadedPool, native: Path, tmp_path: Path) -> None:
+def test_runs_command_with_lease_env_and_exit_code(
+    pool: ThreadedPool, native: Path, tmp_path: Path, node_port: int
+) -> None:
     out = tmp_path / "env.json"
     r = fargpu_run(pool.url, native, "--vram", "4G", "--", sys.executable, "-c", DUMP_ENV, str(out), "7")
     assert isinstance(r, subprocess.CompletedProcess)
     assert r.returncode == 7, r.stderr
     env = json.loads(out.read_text())
     (lease,) = leases(pool)
-    assert env["FARGPU_SERVER"] == "127.0.0.1:7100" and env["FARGPU_LEASE_ID"] == lease.lease_id
+    assert env["FARGPU_SERVER"] == f"127.0.0.1:{node_port}" and env["FARGPU_LEASE_ID"] == lease.lease_id
     assert token_matches(env["FARGPU_TOKEN"], lease.token_hash)
     assert env["LD_PRELOAD"].split(":")[0] == str(native / "stub" / "libcuda.so.1")
     assert env["LD_LIBRARY_PATH"].split(":")[0] == str(native / "stub")
