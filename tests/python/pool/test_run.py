@@ -49,7 +49,8 @@ def node_port() -> Iterator[int]:
 
 @pytest.fixture
 def pool(threaded_pool: Callable[..., ThreadedPool], node_port: int) -> ThreadedPool:
-    tp = threaded_pool(sweep_interval_s=0.1, heartbeat_timeout_s=3600.0)  # n1 never heartbeats: keep it up however slow
+    # n1 never heartbeats: keep it up however slow (and no re-adoption window, in which nothing would expire)
+    tp = threaded_pool(sweep_interval_s=0.1, heartbeat_timeout_s=3600.0, adopt_grace_s=0.0)
     assert tp.pm is not None
     tp.call(tp.pm.service.register_node("n1", [f"tcp://127.0.0.1:{node_port}"], "sim", "", gpus(16)))
     return tp
