@@ -98,6 +98,7 @@ class ServiceConfig:
     scale_up_wait_s: float = 120.0  # a request finding no room waits this long when the autoscaler can add a node
     stale_after_s: float | None = None  # no new leases on a node silent this long (None: only down nodes skipped)
     adopt_grace_s: float = 0.0  # after a start or a store outage: no expiry or down-marking; nodes re-adopt leases
+    end_grace_s: float = 1.0  # an end_with_sessions lease ends once its node has reported no session this long
 
     def __post_init__(self) -> None:
         if not 1.0 <= self.overcommit_ratio < math.inf:
@@ -174,6 +175,7 @@ class PoolService:
         self._adopt_until = 0.0
         self._reported: dict[str, set[str]] = {}  # node id -> leases its last heartbeat here had sessions of
         self._parked: set[str] = set()  # leases whose sessions were last reported parked (they resume later)
+        self._absent: dict[str, dict[str, float]] = {}  # node -> lease -> when the node first reported none of it
 
     # --- lifecycle ---------------------------------------------------------------------------------------
     async def start(self, *, background: bool = True) -> None:
@@ -635,12 +637,23 @@ class PoolService:
                 self._parked.add(lid)
             elif states:
                 self._parked.discard(lid)
+        # A lease ends only once it has been missing for end_grace_s: a worker that exits as its session is parked
+        # is reported gone a moment before the parked session is reported.
         if node_id in self._reported:
             gone = self._reported[node_id] - set(reported)
         else:
             gone = set(await self.store.active_lease_ids_on(node_id)) - set(reported)
-        self._reported[node_id] = set(reported)
-        for lease_id in sorted(gone):
+        now = self.clock()
+        absent = self._absent.setdefault(node_id, {})
+        for lease_id in reported:
+            absent.pop(lease_id, None)
+        for lease_id in gone:
+            absent.setdefault(lease_id, now)
+        missing = {lid for lid, since in absent.items() if now - since >= self.config.end_grace_s}
+        for lease_id in missing:
+            del absent[lease_id]
+        self._reported[node_id] = set(reported) | set(absent)  # the ones still in their grace: compared again
+        for lease_id in sorted(missing):
             lease = await self.store.get_lease(lease_id)
             if (lease is not None and lease.end_with_sessions and lease.sessions_seen and lease_id not in self._parked
                     and lease.parked_ref is None and lease.state == LeaseState.active and lease.node_id == node_id):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import eventually, fast, pm_config
+from conftest import eventually, fast, key_headers, pm_config
 
 from fargpu.pool_manager.server import PoolManager
 
@@ -56,7 +56,7 @@ async def live_nodes_at(api: httpx.AsyncClient, url: str) -> list[str]:
 
 async def test_scale_from_zero_and_back_to_zero(tmp_path: Path, store_args: dict[str, object]) -> None:
     async with PoolManager(pm_config(**scaling_config(tmp_path), **store_args)) as pm, httpx.AsyncClient(
-        base_url=pm.rest_url, timeout=60
+        base_url=pm.rest_url, timeout=60, headers=key_headers()
     ) as api:
         await asyncio.sleep(0.5)  # a few autoscaler passes: no demand, no minimum
         assert await live_nodes(api) == [] and (await api.get("/v1/scaling")).json()["nodes"] == []
@@ -78,8 +78,7 @@ async def test_scale_from_zero_and_back_to_zero(tmp_path: Path, store_args: dict
             assert 'fargpu_pool_scale_events_total{action="start",reason="demand"}' in metrics
             await asyncio.sleep(1.5)
             assert await live_nodes(api) == ["local-0"]  # the lease holds it
-            assert (await api.delete(f"/v1/leases/{lease['lease_id']}",
-                                     headers={"Authorization": f"Bearer {lease['token']}"})).status_code == 200
+            assert (await api.delete(f"/v1/leases/{lease['lease_id']}")).status_code == 200
 
             async def at_zero(pid: int = pid) -> bool:
                 return await live_nodes(api) == [] and pid_gone(pid)
@@ -92,7 +91,7 @@ async def test_scale_from_zero_and_back_to_zero(tmp_path: Path, store_args: dict
 @pytest.mark.parametrize("max_nodes", [0])
 async def test_no_room_and_no_node_to_come_fails_at_once(tmp_path: Path, max_nodes: int) -> None:
     async with PoolManager(pm_config(**scaling_config(tmp_path, max_nodes=max_nodes))) as pm, httpx.AsyncClient(
-        base_url=pm.rest_url, timeout=60
+        base_url=pm.rest_url, timeout=60, headers=key_headers()
     ) as api:
         t0 = time.perf_counter()
         r = await api.post("/v1/leases", json={"vram": "128M"})
@@ -107,7 +106,7 @@ async def test_two_pool_managers_race_to_scale(tmp_path: Path, redis_url: str) -
     await asyncio.gather(pm1.start(), pm2.start())
     stopped: list[PoolManager] = []
     try:
-        async with httpx.AsyncClient(timeout=60) as api:
+        async with httpx.AsyncClient(timeout=60, headers=key_headers()) as api:
             # both ask for a lease at zero nodes at once, each through its own pool manager
             r1, r2 = await asyncio.gather(api.post(pm1.rest_url + "/v1/leases", json={"vram": "128M"}),
                                           api.post(pm2.rest_url + "/v1/leases", json={"vram": "128M"}))  # fmt: skip

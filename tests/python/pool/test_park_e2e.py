@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 import httpx
-from conftest import eventually, fast, pm_config
+from conftest import eventually, fast, key_headers, pm_config
 
 from fargpu import paths
 from fargpu.pool_manager.server import PoolManager
@@ -30,7 +30,9 @@ async def test_parked_session_survives_zero_nodes_and_resumes_on_a_new_node(tmp_
                     local_node_args=["--ctx-charge", "0", "--park-store", str(store)], local_log_dir=tmp_path / "nodes",
                     enrol_token="enrol-park", min_nodes=0, max_nodes=1, node_idle_s=1.0, scale_interval_s=0.1,
                     scale_down_cooldown_s=0.0, park_idle_s=1.0)
-    async with PoolManager(cfg) as pm, httpx.AsyncClient(base_url=pm.rest_url, timeout=60) as api:
+    async with PoolManager(cfg) as pm, httpx.AsyncClient(
+        base_url=pm.rest_url, timeout=60, headers=key_headers()
+    ) as api:
         env = {k: v for k, v in os.environ.items() if k not in ("FARGPU_SERVER", "FARGPU_TOKEN", "LD_PRELOAD")}
         env.update(LD_LIBRARY_PATH=f"{paths.stub_dir()}:{env.get('LD_LIBRARY_PATH', '')}", FARGPU_POOL_URL=pm.rest_url,
                    FARGPU_VRAM="256M", FARGPU_LOG="info", FARGPU_RESUME_TIMEOUT_S="120")

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import httpx
-from conftest import eventually, fast, free_port, pm_config, subprocess_env
+from conftest import eventually, fast, free_port, key_headers, pm_config, subprocess_env
 from typer.testing import CliRunner
 
 from fargpu.cli import app
@@ -34,7 +34,7 @@ def alive(pid: int) -> bool:
 
 async def test_local_provider_starts_lists_and_stops_node_servers(tmp_path: Path) -> None:
     async with PoolManager(pm_config(**fast(), enrol_token="enrol-local")) as pm, httpx.AsyncClient(
-        base_url=pm.rest_url
+        base_url=pm.rest_url, headers=key_headers()
     ) as api:
         provider = LocalProvider(pm.rest_url, enrol_token="enrol-local", backend="sim", log_dir=tmp_path / "logs",
                                  extra_args=["--ctx-charge", "0"])  # fmt: skip
@@ -92,9 +92,9 @@ def test_fargpu_run_at_zero_nodes_through_the_real_commands(tmp_path: Path) -> N
 
     def nodes() -> list[dict[str, object]] | None:
         try:
-            got: list[dict[str, object]] = httpx.get(url + "/v1/nodes", timeout=5).json()
+            got: list[dict[str, object]] = httpx.get(url + "/v1/nodes", timeout=5, headers=key_headers()).json()
             return got
-        except httpx.HTTPError:
+        except (httpx.HTTPError, AssertionError):  # not up yet (no local key written yet either)
             return None
 
     def wait(what: str, ok: object, within_s: float = 60) -> None:

@@ -169,7 +169,7 @@ async def test_readoption_after_a_long_outage(store_kit: StoreKit, clock: FakeCl
     await svc.stop()
 
 
-async def test_lease_ends_with_its_last_session(service: PoolService) -> None:
+async def test_lease_ends_with_its_last_session(service: PoolService, clock: FakeClock) -> None:
     await service.register_node("n1", ["tcp://n1:1"], "sim", "", gpus(16))
     own, _ = await service.create_lease(LeaseRequest(vram_bytes=GiB, end_with_sessions=True))
     plain, _ = await service.create_lease(LeaseRequest(vram_bytes=GiB))
@@ -181,6 +181,9 @@ async def test_lease_ends_with_its_last_session(service: PoolService) -> None:
     await service.node_heartbeat("n1", gpus(16), both[1:])  # one of two ended: still in use
     assert (await service.get_lease(own.lease_id)).state == LeaseState.active
     await service.node_heartbeat("n1", gpus(16), [])
+    assert (await service.get_lease(own.lease_id)).state == LeaseState.active  # not for end_grace_s (1 s) yet
+    clock.advance(1.0)
+    await service.node_heartbeat("n1", gpus(16), [])
     ended = await service.get_lease(own.lease_id)
     assert ended.state == LeaseState.released and ended.end_reason == "its last session ended"
     assert (await service.get_lease(plain.lease_id)).state == LeaseState.active
@@ -189,6 +192,8 @@ async def test_lease_ends_with_its_last_session(service: PoolService) -> None:
     await service.node_heartbeat("n1", gpus(16), [session("s4", parked.lease_id)])
     gone = session("s4", parked.lease_id).model_copy(update={"state": "parked"})
     await service.node_heartbeat("n1", gpus(16), [gone])
+    await service.node_heartbeat("n1", gpus(16), [])
+    clock.advance(2.0)
     await service.node_heartbeat("n1", gpus(16), [])
     assert (await service.get_lease(parked.lease_id)).state == LeaseState.active
 
@@ -243,7 +248,8 @@ async def test_tenants_keys_and_usage_survive_a_restart(store_kit: StoreKit, clo
     await svc.revoke_api_key(revoked.key_id)
     await svc.create_lease(LeaseRequest(vram_bytes=GiB), Principal("acme"))
     svc = PoolService(await store_kit.reopen(store), ServiceConfig(), clock=clock)
-    assert await svc.authenticate_key(key) == Principal("acme", key_id=(await svc.store.list_api_keys())[0].key_id)
+    me = await svc.authenticate_key(key)
+    assert me is not None and (me.tenant, me.admin) == ("acme", False) and me.key_id != revoked.key_id
     assert await svc.authenticate_key(old) is None
     assert (await svc.tenant("acme")).max_leases == 3
     assert await svc.store.tenant_usage("acme") == (GiB, 1)  # recomputed (embedded) or kept (Redis)
