@@ -179,7 +179,8 @@ def test_an_application_image_from_the_client_base_runs_a_cuda_program(
     try:
         network = f"{base[base.index('-p') + 1]}_default"
         r = subprocess.run([DOCKER, "run", "--rm", "--network", network, "-e", "FARGPU_POOL_URL=http://pool-manager:7000",
-                            tag], capture_output=True, text=True, timeout=300)
+                            "-e", f"FARGPU_API_KEY={env['FARGPU_API_KEY']}", tag],
+                           capture_output=True, text=True, timeout=300)  # fmt: skip
     finally:
         sh(DOCKER, "rmi", tag, check=False)
     out = r.stdout.splitlines()
