@@ -9,6 +9,7 @@ and open file descriptors under /proc, and the pool's leases and bookings throug
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -169,7 +170,8 @@ class Cluster:
                     p.kill()
                     p.wait()
         for pid in self.workers():
-            os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         self.proxy.close()
 
     @staticmethod

@@ -223,7 +223,10 @@ class Suite:
             if not workers:
                 return "no worker was running"
             pid = self.rng.choice(workers)
-            os.kill(pid, signal.SIGKILL)
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                return f"worker {pid} had exited already"
             return f"killed worker {pid}"
         if kind == "kill_node":
             self._kill_restart(cl.node, cl.start_node)
