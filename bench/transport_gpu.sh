@@ -149,3 +149,6 @@ fi
 kill $SRV 2>/dev/null; wait $SRV 2>/dev/null
 log "report ($(elapsed) s)"
 report
+RC=$?
+"$PY" bench/plot_transport.py "$OUT/transport_gpu.json" 2>/dev/null || echo "(no plot: matplotlib is not installed here)"
+exit $RC

@@ -63,3 +63,22 @@ def test_a_run_with_nothing_to_draw_is_refused(tmp_path: Path) -> None:
                          text=True, timeout=120)
     assert res.returncode != 0 and "no native and remote microbenchmarks" in res.stderr
     assert not empty.with_suffix(".png").exists()
+
+
+def test_transport_run_plots_to_a_png(tmp_path: Path) -> None:
+    import plot_transport
+
+    run = {"date": "2026-12-06", "gpu": "test data", "driver": "none", "commit": "x", "backend": "sim",
+           "floors": {"floor_tcp1_GBps": 3.0, "floor_tcp_rtt_us": 20.0, "floor_unix_rtt_us": 9.0},
+           "figures": {"htod_pinned_native_GBps": 50.0, "dtoh_pinned_native_GBps": 52.0, "sync_rtt_native_us": 2.0,
+                       "htod_pinned_tcp4_GBps": 9.0, "dtoh_pageable_tcp4_GBps": 7.0, "sync_rtt_tcp4_us": 25.0,
+                       "htod_pinned_shm_GBps": 45.0, "htod_64b_shm_us": 12.0}}
+    assert plot_transport.transports(run["figures"]) == ["native", "tcp4", "shm"]  # type: ignore[arg-type]
+    (tmp_path / "src").mkdir()
+    src = tmp_path / "src" / "transport_gpu.json"
+    src.write_text(json.dumps(run))
+    assert draw("plot_transport.py", src, tmp_path)[:8] == b"\x89PNG\r\n\x1a\n"
+    src.write_text(json.dumps({"figures": {"sync_rtt_native_us": 2.0}}))
+    res = subprocess.run([sys.executable, str(REPO / "bench" / "plot_transport.py"), str(src)], capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode != 0 and "no copy bandwidth figures" in res.stderr
