@@ -10,20 +10,8 @@ shift
 REPO=$PWD
 W=/tmp/fargpu-paging; rm -rf "$W"; mkdir -p "$W"
 PY=${PYTHON:-python3}
-if ls .whl/*.whl >/dev/null 2>&1; then
-  "$PY" -m pip install -q --no-index --no-deps --no-compile --target "$W/site" .whl/*.whl || exit 1
-fi
-echo "== build native"
-cmake -S . -B "$W/build" -DFARGPU_CUDA_INCLUDE=/usr/local/cuda/include -DCMAKE_BUILD_TYPE=Release \
-  -DPython_EXECUTABLE="$(command -v "$PY")" >"$OUT/build.log" 2>&1 \
-  && cmake --build "$W/build" -j 8 >>"$OUT/build.log" 2>&1 || { tail -30 "$OUT/build.log"; exit 1; }
-mkdir -p "$W/py/fargpu"
-for f in fargpu/*.py; do ln -s "$REPO/$f" "$W/py/fargpu/"; done
-for d in server protocol pool_manager; do ln -s "$REPO/$d" "$W/py/fargpu/$d"; done
-if [ -z "${FARGPU_COMMIT:-}" ]; then
-  FARGPU_COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
-  [ -n "$(git status --porcelain --untracked-files=no 2>/dev/null)" ] && FARGPU_COMMIT="$FARGPU_COMMIT+dirty"
-fi
+. bench/gpu_prepare.sh
+gpu_prepare || exit 1
 echo "== paging benchmark"
 PYTHONPATH="$W/py:$W/site:$REPO/bench" FARGPU_NATIVE_DIR="$W/build" PYTHONUNBUFFERED=1 FARGPU_COMMIT=$FARGPU_COMMIT \
   "$PY" bench/paging_gpu.py --out "$OUT" --stub-dir "$W/build/stub" --python "$PY" "$@" 2>"$OUT/paging_stderr.log"

@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 # A kernel that writes one value, as PTX (the driver compiles it for the GPU on load).
+BENCH_KEY = "scale-zero-bench-key-0123456789abcdef"  # the bench's own API key, accepted for tenant "local"
+
 PTX = r""".version 8.0
 .target sm_80
 .address_size 64
@@ -96,10 +98,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         port=0, grpc_port=0, state_file=None, enrol_token="scale-zero-bench", log_level="warning",
         provider="local", local_backend=args.backend, local_node_args=node_args, local_log_dir=out / "nodes",
         min_nodes=0, max_nodes=1, node_idle_s=args.idle_s, scale_interval_s=0.1, scale_down_cooldown_s=0.0,
-        heartbeat_interval_s=0.5,
+        heartbeat_interval_s=0.5, tenant_keys=[BENCH_KEY],
     )  # fmt: skip
     rounds: list[dict[str, Any]] = []
-    async with PoolManager(config) as pm, httpx.AsyncClient(base_url=pm.rest_url, timeout=300) as api:
+    async with PoolManager(config) as pm, httpx.AsyncClient(
+            base_url=pm.rest_url, timeout=300, headers={"Authorization": f"Bearer {BENCH_KEY}"}) as api:
 
         async def live() -> list[str]:
             return [n["node_id"] for n in (await api.get("/v1/nodes")).json() if n["state"] != "down"]
@@ -124,7 +127,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             line = next((x for x in stdout.decode().splitlines() if x.startswith("RESULT")), "")
             assert proc.returncode == 0 and line, f"client failed: {stdout.decode()[-2000:]}{stderr.decode()[-2000:]}"
             _, t_ctx, t_kernel, value, real, fds = line.split()
-            await api.delete(f"/v1/leases/{lease['lease_id']}", headers={"Authorization": f"Bearer {lease['token']}"})
+            r = await api.delete(f"/v1/leases/{lease['lease_id']}")  # released with the key that leased it
+            assert r.status_code < 300, r.text
             t_rel = time.time()
             await until_zero(live)
             rounds.append({

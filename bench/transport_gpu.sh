@@ -29,24 +29,10 @@ STREAMS="1 2 4 8"
 log() { echo "== $*"; }
 T0=$(date +%s)
 
-if ls .whl/*.whl >/dev/null 2>&1; then
-  "$PY" -m pip install -q --no-index --no-deps --no-compile --target "$W/site" .whl/*.whl || exit 1
-fi
-CUDA_INC=${CUDA_INC:-/usr/local/cuda/include}
-log "build native ($BACKEND)"
-cmake -S . -B "$W/build" -DFARGPU_CUDA_INCLUDE="$CUDA_INC" -DCMAKE_BUILD_TYPE=Release \
-  -DPython_EXECUTABLE="$(command -v "$PY")" >"$OUT/build.log" 2>&1 \
-  && cmake --build "$W/build" -j 8 >>"$OUT/build.log" 2>&1 || { tail -30 "$OUT/build.log"; exit 1; }
-mkdir -p "$W/py/fargpu"
-for f in fargpu/*.py; do ln -s "$REPO/$f" "$W/py/fargpu/"; done
-for d in server protocol pool_manager; do ln -s "$REPO/$d" "$W/py/fargpu/$d"; done
+. bench/gpu_prepare.sh
+gpu_prepare || exit 1
 export PYTHONPATH="$W/py:$W/site" FARGPU_NATIVE_DIR="$W/build" PYTHONUNBUFFERED=1
 STUB="$W/build/stub"
-if [ -z "${FARGPU_COMMIT:-}" ]; then
-  FARGPU_COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
-  [ -n "$(git status --porcelain --untracked-files=no 2>/dev/null)" ] && FARGPU_COMMIT="$FARGPU_COMMIT+dirty"
-fi
-export FARGPU_COMMIT
 
 log "build bench programs"
 KERNELS=--no-kernels
