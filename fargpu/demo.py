@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 
 from fargpu.pool_manager.tenants import find_api_key
+from fargpu.pool_manager.tls import verify_for
 
 
 def _free_port() -> int:
@@ -35,7 +36,8 @@ def _wait(url: str, pred: object, what: str, timeout: float = 60.0, proc: subpro
             raise SystemExit(f"demo: {what} exited with code {proc.returncode}: {why} (log: {log})")
         try:
             key = find_api_key()  # the pool manager's local key, once it has written it
-            r = httpx.get(url, timeout=2, headers={"Authorization": f"Bearer {key}"} if key else None)
+            auth = {"Authorization": f"Bearer {key}"} if key else None
+            r = httpx.get(url, timeout=2, verify=verify_for(url), headers=auth)
             if r.status_code == 200 and pred(r.json()):  # type: ignore[operator]
                 return
         except httpx.HTTPError:

@@ -29,6 +29,7 @@ import msgpack
 
 from fargpu import __version__, paths
 from fargpu.pool_manager.tenants import find_api_key
+from fargpu.pool_manager.tls import TlsConfigError, explain, verify_for
 
 OK, WARN, FAIL, SKIP = "ok", "warn", "fail", "skip"
 CUDA13_MIN_DRIVER = 580  # CUDA 13.0 needs driver branch 580 or newer
@@ -131,7 +132,7 @@ def check_loaded_driver(env: dict[str, str]) -> Check:
 def check_pool(url: str, admin_token: str | None, want_gpus: bool, timeout_s: float) -> list[Check]:
     checks: list[Check] = []
     try:
-        with httpx.Client(base_url=url.rstrip("/"), timeout=timeout_s) as http:
+        with httpx.Client(base_url=url.rstrip("/"), timeout=timeout_s, verify=verify_for(url)) as http:
             info = http.get("/v1/info").json()
             checks.append(Check("pool", OK, f"the pool manager at {url} answers ({info.get('store')} store)"))
             theirs = str(info.get("version", "?"))
@@ -162,9 +163,12 @@ def check_pool(url: str, admin_token: str | None, want_gpus: bool, timeout_s: fl
                                         "use the pool manager's FARGPU_ADMIN_TOKEN (set it there if it has none)"))
                 else:
                     checks.append(Check("admin token", OK, "the pool manager accepts the admin token"))
-    except (httpx.HTTPError, ValueError) as e:
-        checks.append(Check("pool", FAIL, f"cannot reach the pool manager at {url} ({str(e) or type(e).__name__})",
-                            "start it (`fargpu pool-manager`), or point --pool / FARGPU_POOL_URL at it"))  # fmt: skip
+    except (httpx.HTTPError, ValueError, TlsConfigError) as e:
+        tls = explain(url, e) if isinstance(e, httpx.HTTPError) else str(e)
+        why = tls or f"cannot reach the pool manager at {url} ({str(e) or type(e).__name__})"
+        fix = ("fix the URL's scheme or FARGPU_TLS_CA" if tls else
+               "start it (`fargpu pool-manager`), or point --pool / FARGPU_POOL_URL at it")  # fmt: skip
+        checks.append(Check("pool", FAIL, why, fix))
     return checks
 
 

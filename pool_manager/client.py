@@ -2,11 +2,14 @@
 
 It returns the API's JSON as dicts and turns failures into two exceptions: `PoolUnreachable` (nothing answered
 at that URL) and `PoolApiError` (the pool answered with an error; it carries status, code, reason and, for 503,
-Retry-After). Every call presents the API key: `api_key`, else the one `tenants.find_api_key` finds (FARGPU_API_KEY,
+Retry-After). An https:// pool is verified against the pool's CA (FARGPU_TLS_CA, else this machine's development
+CA: see tls.py); a TLS mismatch is said in one line.
+Every call presents the API key: `api_key`, else the one `tenants.find_api_key` finds (FARGPU_API_KEY,
 the config file, or this machine's local key file); admin calls present the admin token instead when one is given."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 from types import TracebackType
 from typing import Any
@@ -15,6 +18,7 @@ from urllib.parse import quote
 import httpx
 
 from fargpu.pool_manager.tenants import find_api_key
+from fargpu.pool_manager.tls import explain, verify_for
 
 DEFAULT_POOL_URL = "http://127.0.0.1:7000"
 
@@ -26,8 +30,10 @@ def default_pool_url() -> str:
 class PoolUnreachable(Exception):
     def __init__(self, url: str, cause: Exception) -> None:
         detail = str(cause) or type(cause).__name__
+        tls = explain(url, cause)  # a TLS mismatch or an unverifiable certificate: say that, in one line
         super().__init__(
-            f"cannot reach the pool manager at {url} ({detail}). Is it running? Start one with "
+            tls
+            or f"cannot reach the pool manager at {url} ({detail}). Is it running? Start one with "
             "`fargpu pool-manager`, or point --pool / FARGPU_POOL_URL at it."
         )
         self.url = url
@@ -58,7 +64,7 @@ class PoolClient:
         self._admin_token = admin_token
         self.api_key = find_api_key(api_key)
         self._timeout = timeout_s
-        self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout_s)
+        self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout_s, verify=verify_for(self.base_url))
 
     async def __aenter__(self) -> PoolClient:
         return self
@@ -87,8 +93,8 @@ class PoolClient:
             r = await self._http.request(
                 method, path, json=json, params=params, headers=headers, timeout=timeout_s or self._timeout
             )
-        except httpx.TransportError as e:
-            raise PoolUnreachable(self.base_url, e) from e
+        except httpx.TransportError as e:  # built off the loop: it may probe the port for TLS (blocking)
+            raise await asyncio.to_thread(PoolUnreachable, self.base_url, e) from e
         if r.status_code >= 400:
             try:
                 body = r.json()

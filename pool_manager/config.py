@@ -72,6 +72,14 @@ class PoolManagerConfig:
     default_idle_timeout_s: float = 300.0  # leases that name no idle timeout get this one; 0: never idle-paged
     overcommit_ratio: float = 1.0  # leases may book VRAM up to capacity x this (>= 1); a node may register its own
     log_level: str = "info"
+    # TLS (tls.py): "auto" (on when REST or gRPC listens beyond loopback), "on" or "off"; files from flags or
+    # FARGPU_TLS_*, else the machine's development CA. node_cert_days: validity of node certificates it issues.
+    tls: str = "auto"
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_ca: str | None = None
+    tls_ca_key: str | None = None
+    node_cert_days: float = 90.0
     # Node providers and the autoscaler (providers/, autoscaler.py). provider "none": nodes come and go by hand.
     provider: str = "none"  # "none" | "local" | "kubernetes"
     min_nodes: int = 0

@@ -17,27 +17,23 @@ node id in its metadata (UNAUTHENTICATED otherwise), and that node id must be th
 from __future__ import annotations
 
 import logging
-import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
 
-from fargpu.pool_manager.enrolment import (
-    credential_hash,
-    credential_matches,
-    enrol_token_matches,
-    new_node_credential,
-    parse_node_metadata,
-)
+from fargpu.pool_manager.enrolment import credential_hash, credential_matches, parse_node_metadata
 from fargpu.pool_manager.errors import PoolError
-from fargpu.pool_manager.models import GpuInfo, NodeState, SessionInfo
+from fargpu.pool_manager.models import GpuInfo, SessionInfo
+from fargpu.pool_manager.node_enrol import EnrolRefused, admit
 from fargpu.pool_manager.service import PoolService
 from fargpu.protocol.generated import pool_pb2, pool_pb2_grpc
 
 log = logging.getLogger("fargpu.pool_manager.grpc")
 
 T = TypeVar("T")
+_ENROL_CODES = {"invalid": grpc.StatusCode.INVALID_ARGUMENT, "unauthenticated": grpc.StatusCode.UNAUTHENTICATED,
+                "exists": grpc.StatusCode.ALREADY_EXISTS}
 Bridge = Callable[[Awaitable[Any]], Awaitable[Any]]
 
 
@@ -77,25 +73,28 @@ def session_from_proto(node_id: str, s: pool_pb2.Session) -> SessionInfo:
 
 class NodeRegistryService(pool_pb2_grpc.NodeRegistryServicer):
     def __init__(
-        self, service: PoolService, command_wait_s: float = 1.0, bridge: Bridge | None = None, *, enrol_token: str
+        self, service: PoolService, command_wait_s: float = 1.0, bridge: Bridge | None = None, *, enrol_token: str,
+        mtls: bool = False,
     ) -> None:
         """`bridge` runs a service call where the service lives, when gRPC runs on another event loop.
-        `enrol_token` is the secret a node must present to `Enrol`."""
+        `enrol_token` is the secret a node must present to `Enrol`. `mtls`: the server requires client
+        certificates, and a caller's certificate must name the node it claims to be."""
         if not enrol_token:
             raise ValueError("the enrolment token must not be empty")
         self._service = service
         self._wait = command_wait_s
         self._run: Bridge = bridge or _same_loop
         self._enrol_token = enrol_token
+        self._mtls = mtls
 
     # --- identity ----------------------------------------------------------------------------------------
     async def authenticate(self, context: Any, node_id: str, call: str) -> str:
         """The one identity check of every node call except Enrol: returns the caller's node id, or aborts the
         call. `node_id` is the id the request is about (empty: the caller's own).
 
-        Today the identity is the node id in the metadata, proven by the credential the pool issued it at
-        enrolment. With mTLS, the node id will come from the peer certificate (`context.auth_context()`) here,
-        and nothing else needs to change."""
+        The identity is the node id in the metadata, proven by the credential the pool issued it at enrolment;
+        with mTLS also by the peer certificate (verified against the pool's CA by the TLS handshake, which
+        refuses unknown and expired ones), whose common name must be that node id."""
         claimed, credential = parse_node_metadata(context.invocation_metadata())
         peer = context.peer()
         if not claimed or not credential:
@@ -113,36 +112,25 @@ class NodeRegistryService(pool_pb2_grpc.NodeRegistryServicer):
             await context.abort(
                 grpc.StatusCode.UNAUTHENTICATED, f"invalid credential for node {claimed!r}: enrol the node again"
             )
+        if self._mtls:
+            names = context.auth_context().get("x509_common_name") or [b""]
+            cn = names[0].decode(errors="replace") if isinstance(names[0], bytes) else str(names[0])
+            if cn != claimed[:64]:
+                log.warning("refused %s from %s: its certificate names node %r, not %r", call, peer, cn, claimed)
+                await context.abort(grpc.StatusCode.UNAUTHENTICATED,
+                                    f"the client certificate is not node {claimed!r}'s: enrol the node again")
         if node_id and node_id != claimed:
             log.warning("refused %s from %s: node %r tried to act for node %r", call, peer, claimed, node_id)
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"node {claimed!r} may not act for node {node_id!r}")
         return claimed
 
     async def Enrol(self, request: pool_pb2.EnrolRequest, context: Any) -> pool_pb2.EnrolReply:
-        peer = context.peer()
-        node_id = request.node_id or f"node-{secrets.token_hex(4)}"
-        if len(node_id) > 253 or not node_id.isprintable():
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a node id is at most 253 printable characters")
-        if not request.enrol_token or not enrol_token_matches(request.enrol_token, self._enrol_token):
-            log.warning("refused to enrol node %r from %s: wrong enrolment token", node_id, peer)
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "invalid enrolment token")
-        credential = new_node_credential()
-        if not await self._run(self._service.store.set_node_credential(node_id, credential_hash(credential))):
-            node = await self._run(self._service.store.get_node(node_id))
-            state = node.state.value if node is not None else NodeState.up.value
-            log.warning(
-                "refused to enrol node %r from %s: that node is %s and enrolled; only its own credential may "
-                "register it (if it lost it, it can enrol again once the pool marks it down)",
-                node_id,
-                peer,
-                state,
-            )
-            await context.abort(
-                grpc.StatusCode.ALREADY_EXISTS,
-                f"node {node_id!r} is {state} and already enrolled: only its own credential may register it; "
-                "a node that lost its credential can enrol again once the pool has marked it down",
-            )
-        log.info("node %r enrolled from %s", node_id, peer)
+        try:
+            node_id, credential = await admit(self._service, self._enrol_token, request.node_id,
+                                              request.enrol_token, context.peer(), self._run)  # fmt: skip
+        except EnrolRefused as e:
+            await context.abort(_ENROL_CODES[e.kind], e.message)
+            raise  # abort raises; this keeps type checkers informed
         return pool_pb2.EnrolReply(node_id=node_id, credential=credential)
 
     # --- node calls --------------------------------------------------------------------------------------

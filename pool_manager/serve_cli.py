@@ -24,6 +24,7 @@ from fargpu.pool_manager.placement import Strategy
 from fargpu.pool_manager.providers import PROVIDERS, ProviderError
 from fargpu.pool_manager.server import PoolManager, run_pool_manager
 from fargpu.pool_manager.store_embedded import StateFileInUse
+from fargpu.pool_manager.tls import TlsConfigError
 
 
 def pool_manager(
@@ -156,6 +157,21 @@ def pool_manager(
                      help="an API key to accept for tenant 'local' besides the local key file (clients in other "
                      "containers or machines of a small set-up; make real tenants with fargpu pool tenants/keys)"),
     ] = None,
+    tls: Annotated[
+        str,
+        typer.Option(envvar="FARGPU_TLS", help="auto (TLS when REST or gRPC listens beyond loopback), on or off; "
+                     "with TLS, nodes enrol over HTTPS and present certificates on gRPC (mTLS)"),
+    ] = "auto",
+    tls_cert: Annotated[str | None, typer.Option(envvar="FARGPU_TLS_CERT", show_default=False,
+                                                 help="server certificate (PEM) [default: a development CA's]")] = None,
+    tls_key: Annotated[str | None, typer.Option(envvar="FARGPU_TLS_KEY", show_default=False,
+                                                help="its private key (PEM)")] = None,
+    tls_ca: Annotated[str | None, typer.Option(envvar="FARGPU_TLS_CA", show_default=False,
+                                               help="the CA clients and nodes verify against (PEM)")] = None,
+    tls_ca_key: Annotated[str | None, typer.Option(envvar="FARGPU_TLS_CA_KEY", show_default=False,
+                                                   help="the CA's key: issue node certificates at enrolment")] = None,
+    node_cert_days: Annotated[float, typer.Option(envvar="FARGPU_POOL_NODE_CERT_DAYS", min=0.001,
+                                                  help="validity of the node certificates this pool issues")] = 90.0,
     log_level: Annotated[str, typer.Option(envvar="FARGPU_LOG_LEVEL")] = "info",
 ) -> None:
     """Run the pool manager: lease REST API (docs at /docs, metrics at /metrics) and the node gRPC service."""
@@ -163,6 +179,8 @@ def pool_manager(
         raise typer.BadParameter("expected 'embedded' or 'redis'", param_hint="--store")
     if provider not in PROVIDERS:
         raise typer.BadParameter(f"expected one of {', '.join(PROVIDERS)}", param_hint="--provider")
+    if tls not in ("auto", "on", "off"):
+        raise typer.BadParameter("expected auto, on or off", param_hint="--tls")
     if min_nodes > max_nodes:
         raise typer.BadParameter(f"--min-nodes {min_nodes} is above --max-nodes {max_nodes}", param_hint="--min-nodes")
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -200,6 +218,12 @@ def pool_manager(
         kube_namespace=kube_namespace,
         kube_deployment=kube_deployment,
         kube_config=kube_config or None,
+        tls=tls,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        tls_ca=tls_ca,
+        tls_ca_key=tls_ca_key,
+        node_cert_days=node_cert_days,
     )
 
     def ready(pm: PoolManager) -> None:
@@ -209,6 +233,11 @@ def pool_manager(
             f"{store} store ({where if config.state_file or store == 'redis' else 'memory only'})",
             err=True,
         )
+        if pm.tls is not None:
+            made = " (development CA of this machine)" if pm.tls.development else ""
+            issues = "issues node certificates" if pm.tls.ca_key else "issues no node certificates (no CA key)"
+            typer.echo(f"fargpu pool manager: TLS on REST and gRPC (mTLS); clients verify against {pm.tls.ca}{made}; "
+                       f"elsewhere set FARGPU_TLS_CA to a copy of it; it {issues}", err=True)  # fmt: skip
         if pm.enrol_token_file is not None:
             shared = "; pool managers elsewhere that share this Redis need the same token" if store == "redis" else ""
             typer.echo(
@@ -230,6 +259,6 @@ def pool_manager(
 
     try:
         run_pool_manager(config, ready)
-    except (StateFileInUse, EnrolTokenFileError, ConnectionError, OSError, ProviderError) as e:
+    except (StateFileInUse, EnrolTokenFileError, ConnectionError, OSError, ProviderError, TlsConfigError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1) from None

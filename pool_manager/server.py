@@ -28,7 +28,7 @@ import time
 from collections.abc import Awaitable, Callable, Generator
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import uvicorn
@@ -38,13 +38,18 @@ from fargpu.pool_manager.autoscaler import Autoscaler
 from fargpu.pool_manager.config import PoolManagerConfig, enrol_token_file
 from fargpu.pool_manager.enrolment import load_or_create_enrol_token
 from fargpu.pool_manager.grpc_service import NodeRegistryService
+from fargpu.pool_manager.node_enrol import enrol_router
 from fargpu.pool_manager.providers import make_provider
 from fargpu.pool_manager.service import PoolService
 from fargpu.pool_manager.store import Store
 from fargpu.pool_manager.store_embedded import EmbeddedStore
 from fargpu.pool_manager.store_redis import RedisStore
 from fargpu.pool_manager.tenants import LOCAL_TENANT, load_or_create_local_key, local_key_file
+from fargpu.pool_manager.tls import ServerFiles, server_files, wanted
 from fargpu.protocol.generated import pool_pb2_grpc
+
+if TYPE_CHECKING:
+    from fargpu.pool_manager.tls_ca import CertificateAuthority
 
 log = logging.getLogger("fargpu.pool_manager")
 
@@ -57,7 +62,9 @@ class _GrpcThread:
     healthy nodes were marked down. Here gRPC's I/O has a quiet loop of its own; each call's pool work is
     handed to the service's loop (`bridge`), where it queues fairly with the REST work."""
 
-    def __init__(self, service: PoolService, command_wait_s: float, enrol_token: str) -> None:
+    def __init__(self, service: PoolService, command_wait_s: float, enrol_token: str,
+                 tls: ServerFiles | None = None) -> None:  # fmt: skip
+        self._tls = tls
         self._service = service
         self._wait = command_wait_s
         self._enrol_token = enrol_token
@@ -73,10 +80,17 @@ class _GrpcThread:
     async def _start(self, address: str) -> int:
         self._server = grpc.aio.server()
         pool_pb2_grpc.add_NodeRegistryServicer_to_server(
-            NodeRegistryService(self._service, self._wait, bridge=self._bridge, enrol_token=self._enrol_token),
+            NodeRegistryService(self._service, self._wait, bridge=self._bridge, enrol_token=self._enrol_token,
+                                mtls=self._tls is not None),
             self._server,
         )
-        port = self._server.add_insecure_port(address)
+        if self._tls is not None:  # mTLS: every caller presents a certificate of the pool's CA
+            creds = grpc.ssl_server_credentials([(self._tls.key.read_bytes(), self._tls.cert.read_bytes())],
+                                                root_certificates=self._tls.ca.read_bytes(),
+                                                require_client_auth=True)  # fmt: skip
+            port = self._server.add_secure_port(address, creds)
+        else:
+            port = self._server.add_insecure_port(address)
         if port == 0:
             raise OSError(f"cannot listen for gRPC on {address}")
         await self._server.start()
@@ -155,6 +169,13 @@ class PoolManager:
         self.store = store or make_store(config)
         self.service = PoolService(self.store, config.service_config(), clock=clock)
         self.app = create_app(self.service, config.admin_token)
+        # TLS (tls.py): on for a pool reachable beyond loopback, unless turned off; then nodes enrol over HTTPS
+        self.tls: ServerFiles | None = None
+        if wanted(config.tls, [config.host, config.grpc_host]):
+            self.tls = server_files(config.tls_cert, config.tls_key, config.tls_ca, config.tls_ca_key,
+                                    [config.host, config.grpc_host])  # fmt: skip
+            self.app.include_router(enrol_router(self.service, self.enrol_token, self._issuer(),
+                                                 config.node_cert_days))  # fmt: skip
         self.autoscaler: Autoscaler | None = None
         self.rest_port = 0
         self.grpc_port = 0
@@ -166,7 +187,15 @@ class PoolManager:
     @property
     def rest_url(self) -> str:
         host = f"[{self.config.host}]" if ":" in self.config.host else self.config.host
-        return f"http://{host}:{self.rest_port}"
+        return f"{'https' if self.tls else 'http'}://{host}:{self.rest_port}"
+
+    def _issuer(self) -> CertificateAuthority | None:
+        """The CA that signs node certificates at enrolment, when this pool has its key."""
+        if self.tls is None or self.tls.ca_key is None:
+            return None
+        from fargpu.pool_manager.tls_ca import CertificateAuthority
+
+        return CertificateAuthority.load(self.tls.ca, self.tls.ca_key)
 
     @property
     def grpc_target(self) -> str:
@@ -202,7 +231,7 @@ class PoolManager:
             if provider is not None:
                 self.autoscaler = Autoscaler(self.service, provider, self.config.autoscaler_config())
                 self.app.state.autoscaler = self.autoscaler
-            self._grpc = _GrpcThread(self.service, self.config.command_wait_s, self.enrol_token)
+            self._grpc = _GrpcThread(self.service, self.config.command_wait_s, self.enrol_token, self.tls)
             grpc_address = f"{self.config.grpc_host}:{self.config.grpc_port}"
             try:
                 self.grpc_port = await self._grpc.start(grpc_address)
@@ -220,6 +249,8 @@ class PoolManager:
                 log_level=self.config.log_level,
                 # Longer than clients' renewal interval, so that a renewal does not race a closing connection.
                 timeout_keep_alive=75,
+                ssl_certfile=str(self.tls.cert) if self.tls else None,
+                ssl_keyfile=str(self.tls.key) if self.tls else None,
             )
             self._uvicorn = _EmbeddedUvicorn(uv_config)
             self._uvicorn_task = asyncio.create_task(self._uvicorn.serve(sockets=[sock]), name="pool-rest")
@@ -247,7 +278,7 @@ class PoolManager:
         if host in ("", "0.0.0.0", "::", "[::]"):
             host = "127.0.0.1"
         host = f"[{host}]" if ":" in host else host
-        return f"http://{host}:{self.rest_port}"
+        return f"{'https' if self.tls else 'http'}://{host}:{self.rest_port}"
 
     async def stop(self) -> None:
         if self.autoscaler is not None:

@@ -53,7 +53,9 @@ import httpx
 from fargpu import __version__
 from fargpu.pool_manager.config import enrol_token_file, node_credentials_dir
 from fargpu.pool_manager.enrolment import ENROL_TOKEN_ENV, node_metadata, read_enrol_token
+from fargpu.pool_manager.tls import TlsConfigError, machine_names, verify_for
 from fargpu.protocol.generated import pool_pb2, pool_pb2_grpc
+from fargpu.server import pool_tls
 from fargpu.server.agent_api import NodeAgentAPI
 from fargpu.server.auth import AuthError, Grant
 
@@ -137,11 +139,12 @@ class LeaseTokenAuth:
         return grant
 
 
-def endpoint_url(endpoint: str) -> str:
-    """The agent's endpoint as the pool publishes it: "h:p" -> "tcp://h:p", "/path" -> "unix:///path"."""
+def endpoint_url(endpoint: str, tls: bool = False) -> str:
+    """The agent's endpoint as the pool publishes it: "h:p" -> "tcp://h:p" ("tls://h:p" when the node speaks
+    TLS there), "/path" -> "unix:///path"."""
     if "://" in endpoint:
         return endpoint
-    return f"unix://{endpoint}" if endpoint.startswith("/") else f"tcp://{endpoint}"
+    return f"unix://{endpoint}" if endpoint.startswith("/") else f"{'tls' if tls else 'tcp'}://{endpoint}"
 
 
 async def resolve_grpc_target(pool: str, timeout_s: float = 5.0) -> str:
@@ -150,7 +153,7 @@ async def resolve_grpc_target(pool: str, timeout_s: float = 5.0) -> str:
         return pool.removeprefix("grpc://")
     if not pool.startswith(("http://", "https://")):
         return pool
-    async with httpx.AsyncClient(timeout=timeout_s) as client:
+    async with httpx.AsyncClient(timeout=timeout_s, verify=verify_for(pool)) as client:
         info = (await client.get(pool.rstrip("/") + "/v1/info")).raise_for_status().json()
     host = info.get("grpc_host") or urlparse(pool).hostname or "127.0.0.1"
     return f"{host}:{int(info['grpc_port'])}"
@@ -205,6 +208,8 @@ class PoolLink:
         self._page_results: dict[str, tuple[str, str]] = {}  # session id -> (command id, outcome) of the last step
         self._page_tasks: set[asyncio.Task[None]] = set()
         self._heartbeat_now = asyncio.Event()
+        self.tls = pool.startswith("https://")  # a TLS pool: enrol over HTTPS, then mTLS on gRPC (pool_tls.py)
+        self.cert: pool_tls.NodeCert | None = None
 
     # --- lifecycle ---------------------------------------------------------------------------------------
     async def start(self, wait_registered_s: float = 5.0) -> None:
@@ -241,10 +246,18 @@ class PoolLink:
         if self._stub is None:
             self._target = await resolve_grpc_target(self.pool)
             # Reconnect quickly after a pool-manager restart (gRPC's default backoff grows to minutes).
-            self._channel = grpc.aio.insecure_channel(
-                self._target,
-                options=[("grpc.initial_reconnect_backoff_ms", 200), ("grpc.max_reconnect_backoff_ms", 2000)],
-            )
+            options = [("grpc.initial_reconnect_backoff_ms", 200), ("grpc.max_reconnect_backoff_ms", 2000)]
+            if self.tls:
+                if self._metadata() is None or self.cert is None:
+                    await self.enrol()
+                if self.cert is None:
+                    raise EnrolmentUnavailable(
+                        "the pool issued this node no certificate (it has no CA key): set FARGPU_TLS_CERT and "
+                        "FARGPU_TLS_KEY to a certificate for this node id from the pool's CA"
+                    )
+                self._channel = grpc.aio.secure_channel(self._target, self.cert.channel_credentials(), options)
+            else:
+                self._channel = grpc.aio.insecure_channel(self._target, options=options)
             self._stub = pool_pb2_grpc.NodeRegistryStub(self._channel)
         return self._stub
 
@@ -277,19 +290,44 @@ class PoolLink:
     async def enrol(self) -> None:
         """Enrols this node with the pool manager and keeps the credential it issues."""
         token = self._find_enrol_token()
-        stub = await self._get_stub()
-        reply = await stub.Enrol(pool_pb2.EnrolRequest(node_id=self.node_id, enrol_token=token), timeout=5.0)
-        self.node_id = reply.node_id or self.node_id
-        self._credential = reply.credential
+        if self.tls:  # the gRPC port wants a client certificate: enrol over HTTPS, and get one
+            host = self.agent.endpoint.rpartition(":")[0] if ":" in self.agent.endpoint else ""
+            node_id, credential, cert = await pool_tls.enrol_https(self.pool, self.node_id, token,
+                                                                   machine_names([host]))  # fmt: skip
+            self.node_id, self._credential = node_id or self.node_id, credential
+            self.cert = pool_tls.own_cert() or cert
+            if cert is not None and self._persist:
+                pool_tls.save(self.credential_file(), cert)
+            self._use_cert()
+            if self._channel is not None:  # the next call connects with the new certificate
+                await self._channel.close()
+                self._channel, self._stub = None, None
+        else:
+            stub = await self._get_stub()
+            reply = await stub.Enrol(pool_pb2.EnrolRequest(node_id=self.node_id, enrol_token=token), timeout=5.0)
+            self.node_id = reply.node_id or self.node_id
+            self._credential = reply.credential
         self._credential_file_tried = True
         self._save_credential()
         log.info("enrolled with the pool manager at %s as node %s", self._target, self.node_id)
+
+    def _use_cert(self) -> None:
+        """The node's certificate also serves its data socket (server/tls.py), when the agent takes one."""
+        setter = getattr(self.agent, "use_pool_cert", None)
+        if setter is not None and self.cert is not None:
+            setter(self.cert)
 
     def _metadata(self) -> Metadata | None:
         """The identity metadata of a call, or None before the node has a credential."""
         if self._credential is None and not self._credential_file_tried:
             self._credential_file_tried = True
             self._credential = self._load_credential()
+            if self.tls and self._credential is not None:  # a TLS pool: the credential goes with a certificate
+                self.cert = pool_tls.own_cert() or (pool_tls.load(self.credential_file()) if self._persist else None)
+                if self.cert is None:
+                    self._credential = None
+                else:
+                    self._use_cert()
         return node_metadata(self.node_id, self._credential) if self._credential is not None else None
 
     async def _metadata_or_enrol(self) -> Metadata:
@@ -383,10 +421,10 @@ class PoolLink:
 
     async def register(self) -> None:
         """Registers the node, enrolling first if it has no credential or the pool no longer accepts it."""
-        stub = await self._get_stub()
-        endpoints = self._endpoints or [endpoint_url(self.agent.endpoint)]
+        endpoints = self._endpoints or [endpoint_url(self.agent.endpoint, getattr(self.agent, "tls_on", False))]
         for attempt in range(2):
             metadata = await self._metadata_or_enrol()
+            stub = await self._get_stub()
             try:
                 reply = await stub.Register(
                     pool_pb2.RegisterRequest(
@@ -414,8 +452,8 @@ class PoolLink:
 
     async def heartbeat(self) -> bool:
         """One heartbeat; ends the sessions of leases the pool says are over. False: register again."""
-        stub = await self._get_stub()
         metadata = await self._metadata_or_enrol()
+        stub = await self._get_stub()
         try:
             reply = await stub.Heartbeat(
                 pool_pb2.HeartbeatRequest(
@@ -452,8 +490,15 @@ class PoolLink:
                     async with asyncio.timeout(self.heartbeat_interval_s):
                         await self._heartbeat_now.wait()
                 self._heartbeat_now.clear()
-            except (grpc.aio.AioRpcError, EnrolmentUnavailable, httpx.HTTPError, OSError, ValueError, KeyError) as e:
+            except (grpc.aio.AioRpcError, EnrolmentUnavailable, httpx.HTTPError, OSError, ValueError, KeyError,
+                    pool_tls.EnrolRefusedError, TlsConfigError) as e:
                 self._report(_describe(e))
+                if self.tls and isinstance(e, grpc.aio.AioRpcError) and "certificate" in (e.details() or ""):
+                    self._credential, self.cert = None, None  # refused (expired, say): enrol again for a new one
+                    self.registered.clear()
+                    if self._channel is not None:
+                        await self._channel.close()
+                        self._channel, self._stub = None, None
                 await asyncio.sleep(self.retry_s)
 
     def _report(self, problem: str) -> None:

@@ -1,0 +1,84 @@
+"""The node's side of a TLS pool (one whose URL is https://): enrolment over HTTPS, the node's certificate, and the
+gRPC channel credentials that present it (mTLS).
+
+`enrol_https` posts the enrolment token to `/v1/nodes/enrol`, verifying the pool against its CA (FARGPU_TLS_CA,
+else this machine's development CA), and gets the node's credential and, from a pool that is a CA, a certificate
+and key for the node id, naming the hosts the node serves clients on. The node keeps them beside its credential
+(`<state dir>/node-credentials/<node id>.pem|.key`, 0600). A node given its own certificate (FARGPU_TLS_CERT /
+FARGPU_TLS_KEY, issued by a CA the pool trusts, common name = the node id) presents that one instead. The same
+certificate serves the node's data socket (server/tls.py), so stubs verify the node against the pool's CA."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import httpx
+
+from fargpu.pool_manager.tls import CERT_ENV, KEY_ENV, client_ca_file, client_context, write_private
+
+
+class EnrolRefusedError(Exception):
+    """The pool refused the enrolment (wrong token, a live node id): the message is the pool's reason."""
+
+
+@dataclass(frozen=True)
+class NodeCert:
+    cert: bytes
+    key: bytes
+    ca: bytes
+
+    def channel_credentials(self) -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials(root_certificates=self.ca, private_key=self.key,
+                                            certificate_chain=self.cert)  # fmt: skip
+
+
+def pool_ca_bytes() -> bytes:
+    ca = client_ca_file()
+    if ca is None:
+        raise FileNotFoundError("no CA to verify the pool with: set FARGPU_TLS_CA to the pool's ca.pem")
+    return ca.read_bytes()
+
+
+def own_cert() -> NodeCert | None:
+    """The node's own certificate from FARGPU_TLS_CERT / FARGPU_TLS_KEY, if set."""
+    cert, key = os.environ.get(CERT_ENV), os.environ.get(KEY_ENV)
+    if not (cert and key):
+        return None
+    return NodeCert(Path(cert).read_bytes(), Path(key).read_bytes(), pool_ca_bytes())
+
+
+def load(base: Path) -> NodeCert | None:
+    """The certificate kept at `base`.pem / .key, or None."""
+    try:
+        return NodeCert(base.with_suffix(".pem").read_bytes(), base.with_suffix(".key").read_bytes(), pool_ca_bytes())
+    except OSError:
+        return None
+
+
+def save(base: Path, cert: NodeCert) -> None:
+    base.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    write_private(base.with_suffix(".key"), cert.key)
+    write_private(base.with_suffix(".pem"), cert.cert)
+
+
+async def enrol_https(pool_url: str, node_id: str, token: str, names: list[str],
+                      timeout_s: float = 10.0) -> tuple[str, str, NodeCert | None]:  # fmt: skip
+    """(node id, credential, certificate or None) from the pool's HTTPS enrolment."""
+    async with httpx.AsyncClient(timeout=timeout_s, verify=client_context()) as http:
+        r = await http.post(pool_url.rstrip("/") + "/v1/nodes/enrol",
+                            json={"node_id": node_id, "enrol_token": token, "names": names[:32]})  # fmt: skip
+    if r.status_code != 201:
+        try:
+            reason = str(r.json().get("reason", r.text))
+        except ValueError:
+            reason = r.text or r.reason_phrase
+        raise EnrolRefusedError(f"the pool refused to enrol this node ({r.status_code}): {reason}")
+    body = r.json()
+    cert = None
+    if body.get("certificate") and body.get("key"):
+        cert = NodeCert(str(body["certificate"]).encode(), str(body["key"]).encode(),
+                        str(body.get("ca", "")).encode() or pool_ca_bytes())  # fmt: skip
+    return str(body["node_id"]), str(body["credential"]), cert
