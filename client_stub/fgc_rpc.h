@@ -66,6 +66,7 @@ void fgc_trace_failure(const char *name, CUresult r);
 void fgc_device_range_add(uint64_t base, uint64_t size);
 void fgc_device_range_remove(uint64_t base);
 int fgc_device_range_find(uint64_t p, uint64_t *base, uint64_t *size);
+int fgc_device_range_owner(uint64_t p, uint64_t *ctx, int *dev); /* its allocating context and device */
 /* A module/library global the server named: its range is device memory for copies (unified.c). */
 void fgc_note_global(uint64_t p, uint64_t size);
 /* Page-locked host memory the stub handed out or registered (memory.c). */

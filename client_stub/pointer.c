@@ -29,9 +29,13 @@ static ptr_info classify(CUdeviceptr p) {
 static CUresult one(const ptr_info *i, CUpointer_attribute a, void *data, CUdeviceptr p) {
     if (i->device < 0) return CUDA_ERROR_INVALID_VALUE;
     switch (a) {
-    case CU_POINTER_ATTRIBUTE_CONTEXT:
-        *(CUcontext *)data = (CUcontext)(uintptr_t)fgc_ctx_current();
+    case CU_POINTER_ATTRIBUTE_CONTEXT: {
+        uint64_t ctx = 0;
+        int dev = 0;
+        if (!i->device || !fgc_device_range_owner(p, &ctx, &dev) || !ctx) ctx = fgc_ctx_current();
+        *(CUcontext *)data = (CUcontext)(uintptr_t)ctx;
         return CUDA_SUCCESS;
+    }
     case CU_POINTER_ATTRIBUTE_MEMORY_TYPE:
         *(unsigned *)data = i->device ? CU_MEMORYTYPE_DEVICE : CU_MEMORYTYPE_HOST;
         return CUDA_SUCCESS;
@@ -58,9 +62,13 @@ static CUresult one(const ptr_info *i, CUpointer_attribute a, void *data, CUdevi
     case CU_POINTER_ATTRIBUTE_MAPPED:
         *(int *)data = 1;
         return CUDA_SUCCESS;
-    case CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL:
-        *(int *)data = 0;
+    case CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL: {
+        uint64_t ctx = 0;
+        int dev = 0;
+        if (!i->device || !fgc_device_range_owner(p, &ctx, &dev)) dev = 0; /* pinned host memory: device 0 */
+        *(int *)data = dev;
         return CUDA_SUCCESS;
+    }
     case CU_POINTER_ATTRIBUTE_BUFFER_ID:
         *(unsigned long long *)data = i->base;
         return CUDA_SUCCESS;

@@ -9,6 +9,8 @@
 
 typedef struct {
     uint64_t base, size;
+    uint64_t ctx; /* the context current when it was allocated (cuPointerGetAttribute's CONTEXT) */
+    int dev;      /* that context's device ordinal (DEVICE_ORDINAL; several GPUs per session) */
 } range;
 
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
@@ -16,6 +18,9 @@ static range *ranges;
 static size_t n_ranges, cap_ranges;
 
 void fgc_device_range_add(uint64_t base, uint64_t size) {
+    uint64_t ctx = fgc_ctx_current();
+    CUdevice dev = 0;
+    if (ctx && cuCtxGetDevice(&dev) != CUDA_SUCCESS) dev = 0; /* memoized per context: no round trip after one */
     pthread_mutex_lock(&mu);
     if (n_ranges == cap_ranges) {
         size_t cap = cap_ranges ? cap_ranges * 2 : 64;
@@ -24,7 +29,7 @@ void fgc_device_range_add(uint64_t base, uint64_t size) {
         ranges = nr;
         cap_ranges = cap;
     }
-    ranges[n_ranges++] = (range){base, size};
+    ranges[n_ranges++] = (range){base, size, ctx, (int)dev};
     pthread_mutex_unlock(&mu);
 }
 
@@ -58,6 +63,19 @@ int fgc_device_range_find(uint64_t p, uint64_t *base, uint64_t *size) {
             hit = 1;
             if (base) *base = ranges[i].base;
             if (size) *size = ranges[i].size;
+        }
+    pthread_mutex_unlock(&mu);
+    return hit;
+}
+
+int fgc_device_range_owner(uint64_t p, uint64_t *ctx, int *dev) {
+    int hit = 0;
+    pthread_mutex_lock(&mu);
+    for (size_t i = 0; i < n_ranges && !hit; i++)
+        if (p >= ranges[i].base && p - ranges[i].base < ranges[i].size) {
+            hit = 1;
+            *ctx = ranges[i].ctx;
+            *dev = ranges[i].dev;
         }
     pthread_mutex_unlock(&mu);
     return hit;

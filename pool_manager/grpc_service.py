@@ -210,4 +210,6 @@ class NodeRegistryService(pool_pb2_grpc.NodeRegistryServicer):
             max_sessions=self._service.config.max_sessions_per_lease,
             qos=lease.qos.value,
             idle_timeout_s=self._service.idle_timeout_of(lease),
+            gpus=[a.gpu for a in lease.allocs],
+            vram_per_gpu_bytes=lease.vram_bytes,
         )

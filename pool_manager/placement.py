@@ -100,7 +100,8 @@ def why_not(
         others = len(view)
         return f"no node is up to place {want}" + (f" ({others} node(s) down or draining)" if others else "")
     if not any(len(n.capacity) >= gpu_count for n in up):
-        return f"no node up has {gpu_count} GPUs (the most on one node is {max(len(n.capacity) for n in up)})"
+        return (f"no node up has {gpu_count} GPUs (the most on one node is {max(len(n.capacity) for n in up)}): "
+                "a lease's GPUs must all be on one node (sessions do not span nodes); ask for fewer GPUs per lease")
     largest = max(c for n in up for c in n.capacity.values())
     if largest < vram_bytes:
         return f"no GPU in the pool has {format_size(vram_bytes)} (the largest has {format_size(largest)})"

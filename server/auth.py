@@ -23,6 +23,8 @@ class Grant:
     max_sessions: int | None = None  # sessions the lease may hold open at once; None: no limit
     qos: str | None = None  # guaranteed (never paged) | standard | best_effort (gives way first); None: standard
     idle_timeout_s: float | None = None  # idle seconds before the node pages a session out (0: never); None: node's
+    gpus: tuple[int, ...] = ()  # the node's GPU indices the lease was placed on, in lease order; (): all of them
+    vram_per_gpu_bytes: int | None = None  # with gpus: the quota on each (the per-GPU ledger, ledger.c)
 
 
 class Authenticator(Protocol):

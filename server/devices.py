@@ -61,20 +61,53 @@ def gpu_memory_of_pid(pid: int) -> int | None:
         pynvml.nvmlShutdown()
 
 
+def sim_uuid(index: int) -> str:
+    """The UUID the simulated device gives physical device `index` (server/sim/sim_visible.c), as nvidia-smi writes
+    UUIDs: what CUDA_VISIBLE_DEVICES names it by."""
+    raw = b"fargpu" + bytes([0x4D, 0x69, 0x8D]) + bytes(6) + bytes([index & 0xFF])
+    h = raw.hex()
+    return f"GPU-{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def sim_memory(index: int) -> int:
+    """FARGPU_SIM_MEM_BYTES for physical device `index`: one value for all, or a comma-separated list (the last value
+    repeats), as server/sim/sim_state.c reads it."""
+    raw = os.environ.get("FARGPU_SIM_MEM_BYTES", "")
+    try:
+        values = [int(v) for v in raw.split(",")] if raw else [SIM_DEFAULT_BYTES]
+    except ValueError:
+        return SIM_DEFAULT_BYTES
+    return values[min(index, len(values) - 1)]
+
+
+def visible_devices_env(gpus: tuple[int, ...], infos: list[DeviceInfo]) -> dict[str, str]:
+    """The environment that makes a worker's driver show exactly `gpus` (node indices), in that order, as ordinals
+    0..n-1: CUDA_VISIBLE_DEVICES by UUID where the node knows them (NVML's index order need not be CUDA's),
+    else by index with CUDA's order made NVML's (PCI bus order). Raises ValueError for an index the node lacks."""
+    by_index = {d.index: d for d in infos}
+    missing = [g for g in gpus if g not in by_index]
+    if missing:
+        raise ValueError(f"the lease names GPU(s) {missing} but this node has {sorted(by_index)}")
+    uuids = [by_index[g].uuid for g in gpus]
+    if all(u.startswith(("GPU-", "MIG-")) for u in uuids):
+        return {"CUDA_VISIBLE_DEVICES": ",".join(uuids), "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
+    return {"CUDA_VISIBLE_DEVICES": ",".join(str(g) for g in gpus), "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
+
+
 def devices(backend: Backend, used_bytes: int = 0) -> list[DeviceInfo]:
     if backend.simulated:
-        total = int(os.environ.get("FARGPU_SIM_MEM_BYTES", SIM_DEFAULT_BYTES))
-        return [
-            DeviceInfo(
+        out = []
+        for i in range(backend.device_count):
+            total = sim_memory(i)
+            out.append(DeviceInfo(
                 index=i,
                 name="fargpu simulated device",
-                uuid=f"SIM-{i:08d}",
+                uuid=sim_uuid(i),
                 total_bytes=total,
                 free_bytes=max(total - used_bytes, 0),
                 utilization_pct=0.0,
-            )
-            for i in range(backend.device_count)
-        ]
+            ))
+        return out
     try:
         return _nvml_devices()
     except Exception:  # NVML missing or failing must not take the node down; report what we know

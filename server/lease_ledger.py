@@ -19,6 +19,11 @@ HEADER = 64
 SLOT = 64
 
 
+def slot_size(devices: int) -> int:
+    """Bytes of one slot: a u64 counter per GPU of the lease (one for all when `devices` is 0), in 64-byte units."""
+    return SLOT * ((max(devices, 1) + 7) // 8)
+
+
 class TooManySessions(Exception):
     """The lease already holds as many sessions on this node as it may; the message is safe to show the client."""
 
@@ -31,15 +36,26 @@ class LeaseLedger:
     fd: int
     mem: mmap.mmap
     sessions: dict[str, int] = field(default_factory=dict)  # session id -> slot
+    devices: int = 0  # GPUs of the lease on this node, each with its own counter and the quota per GPU; 0: one
 
     @classmethod
-    def create(cls, lease_id: str, quota: int, slots: int) -> LeaseLedger:
+    def create(cls, lease_id: str, quota: int, slots: int, devices: int = 0) -> LeaseLedger:
+        """`devices` > 0: the quota is per GPU, and a session's GPU ordinal d charges counter d (ledger.c)."""
+        if not 0 <= devices <= 64:
+            raise ValueError("a lease has at most 64 GPUs on one node")
         fd = os.memfd_create(f"fargpu-ledger-{lease_id}", os.MFD_CLOEXEC)
-        size = HEADER + SLOT * slots
+        size = HEADER + slot_size(devices) * slots
         os.ftruncate(fd, size)
         mem = mmap.mmap(fd, size)
-        struct.pack_into("<IIIIQ", mem, 0, MAGIC, VERSION, slots, 0, quota)
-        return cls(lease_id, quota, slots, fd, mem)
+        struct.pack_into("<IIIIQ", mem, 0, MAGIC, VERSION, slots, devices, quota)
+        return cls(lease_id, quota, slots, fd, mem, devices=devices)
+
+    def _counter(self, slot: int, dev: int = 0) -> int:
+        return HEADER + slot_size(self.devices) * slot + 8 * dev
+
+    def _clear(self, slot: int) -> None:
+        for d in range(max(self.devices, 1)):
+            struct.pack_into("<Q", self.mem, self._counter(slot, d), 0)
 
     def admit(self, session_id: str) -> int:
         """Books a slot for a new session of the lease; raises TooManySessions when every slot is taken."""
@@ -50,22 +66,30 @@ class LeaseLedger:
             )
         taken = set(self.sessions.values())
         slot = next(i for i in range(self.slots) if i not in taken)
-        struct.pack_into("<Q", self.mem, HEADER + SLOT * slot, 0)
+        self._clear(slot)
         self.sessions[session_id] = slot
         return slot
 
     def charged(self, session_id: str) -> int:
+        """What the session has charged, on all its GPUs together."""
         slot = self.sessions.get(session_id)
-        return 0 if slot is None else int(struct.unpack_from("<Q", self.mem, HEADER + SLOT * slot)[0])
+        if slot is None:
+            return 0
+        return sum(int(struct.unpack_from("<Q", self.mem, self._counter(slot, d))[0])
+                   for d in range(max(self.devices, 1)))
+
+    def charged_per_gpu(self, dev: int) -> int:
+        """What the lease's sessions together have charged on GPU ordinal `dev` (counter 0 when not per GPU)."""
+        return sum(int(struct.unpack_from("<Q", self.mem, self._counter(i, dev))[0]) for i in range(self.slots))
 
     def total(self) -> int:
-        return sum(int(struct.unpack_from("<Q", self.mem, HEADER + SLOT * i)[0]) for i in range(self.slots))
+        return sum(self.charged_per_gpu(d) for d in range(max(self.devices, 1)))
 
     def release(self, session_id: str) -> None:
         """The session's worker has exited and been reaped: its slot's charge goes and the slot is free again."""
         slot = self.sessions.pop(session_id, None)
         if slot is not None:
-            struct.pack_into("<Q", self.mem, HEADER + SLOT * slot, 0)
+            self._clear(slot)
 
     def close(self) -> None:
         self.mem.close()
@@ -81,10 +105,13 @@ class LedgerBook:
         self.default_max_sessions = default_max_sessions
         self._ledgers: dict[str, LeaseLedger] = {}
 
-    def admit(self, lease_id: str, session_id: str, quota: int, max_sessions: int | None) -> tuple[LeaseLedger, int]:
+    def admit(self, lease_id: str, session_id: str, quota: int, max_sessions: int | None,
+              devices: int = 0) -> tuple[LeaseLedger, int]:
+        """`devices` > 0: the lease has that many GPUs here and `quota` is per GPU (else for all together)."""
         ledger = self._ledgers.get(lease_id)
         if ledger is None:
-            ledger = LeaseLedger.create(lease_id, quota, max(1, min(max_sessions or self.default_max_sessions, 4096)))
+            ledger = LeaseLedger.create(lease_id, quota, max(1, min(max_sessions or self.default_max_sessions, 4096)),
+                                        devices)
             self._ledgers[lease_id] = ledger
         return ledger, ledger.admit(session_id)
 

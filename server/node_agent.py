@@ -32,7 +32,7 @@ from .backend import Backend
 from .checkpoint import open_checkpoint
 from .checkpoint import test_double_from_env as checkpoint_test_double
 from .devices import devices as device_infos
-from .devices import gpu_memory_of_pid
+from .devices import gpu_memory_of_pid, visible_devices_env
 from .lease_ledger import LedgerBook, TooManySessions
 from .pager import Pager
 from .park.node import Fetched, MemorySource, Parker, default_park_dir, open_store
@@ -333,8 +333,23 @@ class NodeAgent:
                 return
         sid = fetched.desc["session_id"] if fetched else uuid.uuid4().hex[:12]
         quota = grant.vram_quota_bytes or 0
+        gpus: tuple[int, ...] = tuple(getattr(grant, "gpus", ()) or ())
+        visible: dict[str, str] = {}
+        if gpus:  # the session sees exactly the lease's GPUs, in lease order, and the quota is per GPU
+            try:
+                visible = visible_devices_env(gpus, device_infos(self.backend_info, 0))
+            except ValueError as exc:
+                why = f"lease {grant.lease_id} cannot run here: {exc} (the pool's record of this node is stale)"
+                log.warning("refused a client: %s", why)
+                with contextlib.suppress(OSError):
+                    await loop.sock_sendall(conn, handshake.hello_err(why))
+                conn.close()
+                self._drop_fetched(fetched)
+                return
+            quota = getattr(grant, "vram_per_gpu_bytes", None) or quota // len(gpus)
         try:  # the lease's quota covers all its sessions here: they share its ledger
-            ledger, slot = self._ledgers.admit(grant.lease_id, sid, quota, getattr(grant, "max_sessions", None))
+            ledger, slot = self._ledgers.admit(grant.lease_id, sid, quota, getattr(grant, "max_sessions", None),
+                                               len(gpus))
         except TooManySessions as exc:
             log.warning("refused a client of lease %s: %s", grant.lease_id, exc)
             with contextlib.suppress(OSError):
@@ -359,7 +374,7 @@ class NodeAgent:
             pst = self.pager.states[sid]
             pst.state, pst.spill, pst.paged_bytes = "paged-disk", fetched.pages, int(fetched.desc["memory_bytes"])
         try:
-            await self._run_session(conn, hello, grant, sid, ledger.fd, slot, node_slot, fetched)
+            await self._run_session(conn, hello, grant, sid, ledger.fd, slot, node_slot, fetched, visible)
         finally:
             self.pager.forget(sid)
             self._ledgers.release(grant.lease_id, sid)
@@ -418,7 +433,7 @@ class NodeAgent:
 
     async def _run_session(
         self, conn: socket.socket, hello: handshake.Hello, grant: Grant, sid: str, ledger_fd: int, slot: int,
-        node_slot: int, fetched: Fetched | None = None,
+        node_slot: int, fetched: Fetched | None = None, visible: dict[str, str] | None = None,
     ) -> None:
         loop = asyncio.get_running_loop()
         attach_key = secrets.token_hex(16)
@@ -426,6 +441,7 @@ class NodeAgent:
         ctl_r, ctl_w = os.pipe()
         st_r, st_w = os.pipe()
         env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+        env.update(visible or {})  # the lease's GPUs only (devices.visible_devices_env)
         # The worker sees its descriptors at fixed numbers (server/spawn.py maps them).
         args = [
             sys.executable, "-P", "-m", "fargpu.server.worker", "--fd", "3", "--ctl-fd", "4",
@@ -465,7 +481,8 @@ class NodeAgent:
         info = SessionInfo(sid, grant.lease_id, proc.pid, 0, hello.client)
         sess = _Session(info, proc, ctl_w, attach_key=attach_key, attach_sock=attach_parent, resume_key=resume_key)
         self._sessions[sid] = sess
-        log.info("session %s for lease %s (client %s) -> worker %d", sid, grant.lease_id, hello.client, proc.pid)
+        log.info("session %s for lease %s (client %s) -> worker %d%s", sid, grant.lease_id, hello.client, proc.pid,
+                 f" on GPU(s) {visible['CUDA_VISIBLE_DEVICES']}" if visible else "")
         self._spawn(self._watch_status(sess, st_r))
         self._sessions_changed()
         # Lease expiry is the pool manager's call (a lease may be renewed after this HELLO): it ends the

@@ -134,6 +134,8 @@ class LeaseTokenAuth:
             max_sessions=reply.max_sessions or None,
             qos=reply.qos or None,
             idle_timeout_s=reply.idle_timeout_s if reply.HasField("idle_timeout_s") else None,
+            gpus=tuple(int(g) for g in reply.gpus),
+            vram_per_gpu_bytes=reply.vram_per_gpu_bytes or None,
         )
         self._cache[digest] = _Cached(digest, grant, now)
         return grant

@@ -188,7 +188,7 @@ class ValidateTokenRequest(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., token_sha256: _Optional[bytes] = ...) -> None: ...
 
 class ValidateTokenReply(_message.Message):
-    __slots__ = ("valid", "reason", "lease_id", "vram_quota_bytes", "expires_at", "max_sessions", "qos", "idle_timeout_s")
+    __slots__ = ("valid", "reason", "lease_id", "vram_quota_bytes", "expires_at", "max_sessions", "qos", "idle_timeout_s", "gpus", "vram_per_gpu_bytes")
     VALID_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     LEASE_ID_FIELD_NUMBER: _ClassVar[int]
@@ -197,6 +197,8 @@ class ValidateTokenReply(_message.Message):
     MAX_SESSIONS_FIELD_NUMBER: _ClassVar[int]
     QOS_FIELD_NUMBER: _ClassVar[int]
     IDLE_TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    GPUS_FIELD_NUMBER: _ClassVar[int]
+    VRAM_PER_GPU_BYTES_FIELD_NUMBER: _ClassVar[int]
     valid: bool
     reason: str
     lease_id: str
@@ -205,4 +207,6 @@ class ValidateTokenReply(_message.Message):
     max_sessions: int
     qos: str
     idle_timeout_s: float
-    def __init__(self, valid: _Optional[bool] = ..., reason: _Optional[str] = ..., lease_id: _Optional[str] = ..., vram_quota_bytes: _Optional[int] = ..., expires_at: _Optional[float] = ..., max_sessions: _Optional[int] = ..., qos: _Optional[str] = ..., idle_timeout_s: _Optional[float] = ...) -> None: ...
+    gpus: _containers.RepeatedScalarFieldContainer[int]
+    vram_per_gpu_bytes: int
+    def __init__(self, valid: _Optional[bool] = ..., reason: _Optional[str] = ..., lease_id: _Optional[str] = ..., vram_quota_bytes: _Optional[int] = ..., expires_at: _Optional[float] = ..., max_sessions: _Optional[int] = ..., qos: _Optional[str] = ..., idle_timeout_s: _Optional[float] = ..., gpus: _Optional[_Iterable[int]] = ..., vram_per_gpu_bytes: _Optional[int] = ...) -> None: ...

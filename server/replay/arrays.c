@@ -18,6 +18,7 @@
 typedef struct {
     CUarray a;               /* or, with mip set, the CUmipmappedArray */
     uint64_t bytes;
+    int dev;                 /* the GPU it is charged on (the current context's when it was made) */
     int mip;
     uint64_t levels[32];     /* the level ids handed out (mipmapped): they end with it */
 } charged_array;
@@ -51,6 +52,7 @@ static CUresult created(fgs_session *S, CUresult res, CUarray a, uint64_t bytes,
     memset(&g_arrays[g_n], 0, sizeof g_arrays[0]);
     g_arrays[g_n].a = a;
     g_arrays[g_n].bytes = bytes;
+    g_arrays[g_n].dev = fgs_current_device(S);
     g_n++;
     fg_put_u64(out, fgs_handle_add(S, FGH_ARRAY, a));
     return CUDA_SUCCESS;
@@ -115,7 +117,7 @@ CUresult fgs_cuArrayDestroy(fgs_session *S, fg_reader *r, fg_writer *out) {
     if (i == g_n) return CUDA_ERROR_INVALID_HANDLE; /* not one this session created (a mipmap level, say) */
     CUresult res = S->api->cuArrayDestroy((CUarray)a);
     if (res != CUDA_SUCCESS) return res;
-    fgs_uncharge(S, g_arrays[i].bytes);
+    fgs_uncharge_dev(S, g_arrays[i].dev, g_arrays[i].bytes);
     g_arrays[i] = g_arrays[--g_n];
     fgs_handle_remove(S, FGH_ARRAY, id);
     return CUDA_SUCCESS;
@@ -299,6 +301,7 @@ CUresult fgs_cuMipmappedArrayCreate(fgs_session *S, fg_reader *r, fg_writer *out
     memset(&g_arrays[g_n], 0, sizeof g_arrays[0]);
     g_arrays[g_n].a = (CUarray)m;
     g_arrays[g_n].bytes = bytes;
+    g_arrays[g_n].dev = fgs_current_device(S);
     g_arrays[g_n].mip = 1;
     g_n++;
     fg_put_u64(out, fgs_handle_add(S, FGH_MIPMAPPEDARRAY, m));
@@ -344,7 +347,7 @@ CUresult fgs_cuMipmappedArrayDestroy(fgs_session *S, fg_reader *r, fg_writer *ou
     charged_array *c = find_mip(m);
     if (!c) return CUDA_ERROR_INVALID_HANDLE;
     mip_free(S, c);
-    fgs_uncharge(S, c->bytes);
+    fgs_uncharge_dev(S, c->dev, c->bytes);
     *c = g_arrays[--g_n];
     fgs_handle_remove(S, FGH_MIPMAPPEDARRAY, id);
     return CUDA_SUCCESS;

@@ -47,7 +47,9 @@ typedef struct fgs_ledger {
     uint8_t *base;
     size_t len;
     uint32_t slots, slot;
-    uint64_t quota;
+    uint64_t quota;    /* per GPU when devices > 0, else for all of them together */
+    uint32_t devices;  /* counters per slot: one per GPU of the lease (0: one for all) */
+    size_t stride;     /* bytes per slot */
 } fgs_ledger;
 
 /* A staged async device→host copy. Ids count the session's cuMemcpyDtoHAsync records from 0 (the stub counts
@@ -152,12 +154,21 @@ void fgs_arrays_close(fgs_session *S);
 /* memory.c: [p, p + n) lies in one of this session's allocations or module globals. */
 int fgs_device_range_ok(fgs_session *S, uint64_t p, uint64_t n);
 /* VRAM accounting against the lease's quota (ledger.c): charge fails with CUDA_ERROR_OUT_OF_MEMORY above it. */
-CUresult fgs_charge(fgs_session *S, uint64_t bytes);
+CUresult fgs_charge(fgs_session *S, uint64_t bytes); /* on the current context's device */
+/* On device ordinal `dev`: with a per-GPU ledger the quota is per GPU (CUDA_ERROR_INVALID_DEVICE for an ordinal the
+ * session does not have). Uncharge with the same ordinal. */
+CUresult fgs_charge_dev(fgs_session *S, int dev, uint64_t bytes);
+void fgs_uncharge_dev(fgs_session *S, int dev, uint64_t bytes);
+uint64_t fgs_quota_left_dev(fgs_session *S, int dev);
+int fgs_current_device(fgs_session *S);
 void fgs_uncharge(fgs_session *S, uint64_t bytes);
 uint64_t fgs_quota_left(fgs_session *S); /* UINT64_MAX: no quota */
 void fgs_ledger_close(fgs_session *S);
 fgs_ledger *fgs_ledger_open(int fd, unsigned int slot);
 int fgs_ledger_try_charge(fgs_ledger *L, uint64_t bytes); /* 0, or -1 above the quota */
+int fgs_ledger_try_charge_dev(fgs_ledger *L, int dev, uint64_t bytes);
+void fgs_ledger_uncharge_dev(fgs_ledger *L, int dev, uint64_t bytes);
+uint64_t fgs_ledger_sum_dev(const fgs_ledger *L, int dev);
 void fgs_ledger_uncharge(fgs_ledger *L, uint64_t bytes);
 uint64_t fgs_ledger_sum(const fgs_ledger *L);
 void fgs_ledger_free(fgs_ledger *L);

@@ -50,7 +50,7 @@ CUresult fgs_cuMemAlloc_v2(fgs_session *S, fg_reader *r, fg_writer *out) {
         S->allocs = na;
         S->cap_allocs = cap;
     }
-    res = fgs_charge(S, mapped); /* the lease's quota, summed over its sessions on this node */
+    res = fgs_charge_dev(S, (int)dev, mapped); /* the lease's quota on this GPU, over its sessions here */
     if (res != CUDA_SUCCESS) return res;
     CUdeviceptr ptr = 0;
     CUmemGenericAllocationHandle h = 0;
@@ -64,13 +64,13 @@ CUresult fgs_cuMemAlloc_v2(fgs_session *S, fg_reader *r, fg_writer *out) {
         fgs_log(S, "the driver placed an allocation at 0x%llx, not in the session's address arena (0x%llx): a parked "
                 "session may not find its addresses free elsewhere", (unsigned long long)ptr, (unsigned long long)hint);
     if (res != CUDA_SUCCESS) {
-        fgs_uncharge(S, mapped);
+        fgs_uncharge_dev(S, (int)dev, mapped);
         return res == CUDA_ERROR_INVALID_VALUE ? CUDA_ERROR_OUT_OF_MEMORY : res;
     }
     res = S->api->cuMemCreate(&h, mapped, &prop, 0);
     if (res != CUDA_SUCCESS) {
         S->api->cuMemAddressFree(ptr, mapped);
-        fgs_uncharge(S, mapped);
+        fgs_uncharge_dev(S, (int)dev, mapped);
         return res;
     }
     res = S->api->cuMemMap(ptr, mapped, 0, h, 0);
@@ -85,7 +85,7 @@ CUresult fgs_cuMemAlloc_v2(fgs_session *S, fg_reader *r, fg_writer *out) {
     if (res != CUDA_SUCCESS) {
         S->api->cuMemRelease(h);
         S->api->cuMemAddressFree(ptr, mapped);
-        fgs_uncharge(S, mapped);
+        fgs_uncharge_dev(S, (int)dev, mapped);
         return res;
     }
     S->allocs[S->n_allocs++] = (fgs_alloc){ptr, (size_t)size, mapped, h, (int)dev, 0, 0, 0};
@@ -97,7 +97,7 @@ static void release(fgs_session *S, fgs_alloc *a) {
     S->api->cuMemUnmap(a->ptr, a->mapped);
     S->api->cuMemRelease(a->handle);
     S->api->cuMemAddressFree(a->ptr, a->mapped);
-    fgs_uncharge(S, a->mapped);
+    fgs_uncharge_dev(S, a->dev, a->mapped);
 }
 
 CUresult fgs_cuMemFree_v2(fgs_session *S, fg_reader *r, fg_writer *out) {

@@ -487,7 +487,7 @@ static int restore(fgs_session *S, const char *dir, const char *pages, char *err
                      "(CUDA error %d)", (unsigned long long)a.ptr, a.mapped, (int)res);
             goto done;
         }
-        if (fgs_charge(S, a.mapped) != CUDA_SUCCESS) {
+        if (fgs_charge_dev(S, a.dev, a.mapped) != CUDA_SUCCESS) {
             S->api->cuMemAddressFree(a.ptr, a.mapped);
             snprintf(err, errlen, "the session's memory is over its lease's quota on this node");
             goto done;

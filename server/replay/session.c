@@ -261,12 +261,12 @@ CUresult fgs_cuCtxCreate_v4(fgs_session *S, fg_reader *r, fg_writer *out) {
     /* A created context pins device memory of its own (about 0.5 GiB on an H100): it is charged to the lease,
      * so that creating contexts is no way around the quota. The session's primary context is not. */
     if (S->n_created_ctx == sizeof S->created_ctx / sizeof S->created_ctx[0]) return CUDA_ERROR_OUT_OF_MEMORY;
-    CUresult res = fgs_charge(S, S->ctx_charge);
+    CUresult res = fgs_charge_dev(S, (int)dev, S->ctx_charge);
     if (res != CUDA_SUCCESS) return res;
     CUcontext ctx = NULL;
     res = S->api->cuCtxCreate_v4(&ctx, NULL, flags, dev);
     if (res != CUDA_SUCCESS) {
-        fgs_uncharge(S, S->ctx_charge);
+        fgs_uncharge_dev(S, (int)dev, S->ctx_charge);
         return res;
     }
     S->created_ctx[S->n_created_ctx++] = ctx;
@@ -280,13 +280,19 @@ CUresult fgs_cuCtxDestroy_v2(fgs_session *S, fg_reader *r, fg_writer *out) {
     if (r->failed) return FGS_PROTOCOL_ERROR;
     void *ctx;
     if (id == 0 || fgs_handle_get(S, FGH_CONTEXT, id, &ctx)) return CUDA_ERROR_INVALID_CONTEXT;
+    CUdevice cdev = 0; /* whose charge ends with it */
+    CUcontext was = NULL;
+    if (S->api->cuCtxPushCurrent_v2((CUcontext)ctx) == CUDA_SUCCESS) {
+        S->api->cuCtxGetDevice(&cdev);
+        S->api->cuCtxPopCurrent_v2(&was);
+    }
     CUresult res = S->api->cuCtxDestroy_v2((CUcontext)ctx);
     if (res != CUDA_SUCCESS) return res;
     fgs_handle_remove(S, FGH_CONTEXT, id);
     for (size_t i = 0; i < S->n_created_ctx; i++)
         if (S->created_ctx[i] == ctx) {
             S->created_ctx[i] = S->created_ctx[--S->n_created_ctx];
-            fgs_uncharge(S, S->ctx_charge);
+            fgs_uncharge_dev(S, (int)cdev, S->ctx_charge);
             break;
         }
     return res;

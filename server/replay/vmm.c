@@ -83,7 +83,7 @@ static vmm_resv *resv_containing(fgs_session *S, uint64_t p, uint64_t n) {
 static void handle_maybe_free(fgs_session *S, vmm_handle *h) {
     if (h->refs || h->at) return;
     S->api->cuMemRelease(h->real);
-    fgs_uncharge(S, h->size);
+    fgs_uncharge_dev(S, h->dev, h->size);
     memset(h, 0, sizeof *h);
 }
 
@@ -151,12 +151,12 @@ CUresult fgs_cuMemCreate(fgs_session *S, fg_reader *r, fg_writer *out) {
         V->h = nh;
         V->cap_h = cap;
     }
-    CUresult res = fgs_charge(S, size);
+    CUresult res = fgs_charge_dev(S, prop.location.id, size);
     if (res != CUDA_SUCCESS) return res;
     CUmemGenericAllocationHandle h = 0;
     res = S->api->cuMemCreate(&h, (size_t)size, &prop, flags);
     if (res != CUDA_SUCCESS) {
-        fgs_uncharge(S, size);
+        fgs_uncharge_dev(S, prop.location.id, size);
         return res;
     }
     if (slot == V->n_h) V->n_h++;

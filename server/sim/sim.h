@@ -35,6 +35,7 @@ struct sim_device {
     uint64_t total_mem; /* simulated device memory size (FARGPU_SIM_MEM_BYTES, default 16 GiB) */
     uint64_t used_mem;  /* bytes charged by cuMemAlloc, cuMemCreate and module globals */
     struct sim_ctx *primary;
+    int phys; /* the physical device it is (CUDA_VISIBLE_DEVICES may hide and reorder them): UUID, PCI bus id */
 };
 
 struct sim_global {
@@ -50,6 +51,9 @@ CUresult sim_charge(int device, uint64_t bytes);   /* CUDA_ERROR_OUT_OF_MEMORY w
 void sim_uncharge(int device, uint64_t bytes);
 void sim_log_once(const char *what, const char *detail); /* one stderr line per distinct `what` */
 uint64_t sim_now_ns(void);                         /* CLOCK_MONOTONIC */
+/* Which physical devices are visible, in order (sim_visible.c): CUDA_VISIBLE_DEVICES as the driver reads it. */
+int sim_visible_devices(int nphys, int *out);
+void sim_phys_uuid(int phys, unsigned char out[16]); /* the fixed UUID of physical device `phys` */
 
 /* ---- live-handle registry (sim_registry.c) ----
  * Every handle object starts with struct sim_obj. Lookups compare the handle value against the set of live

@@ -172,9 +172,9 @@ SIM_API CUresult cuDeviceGetAttribute(int *pi, CUdevice_attribute attrib, CUdevi
         return CUDA_ERROR_INVALID_VALUE;
     int v = g_attrs[attrib].value;
     if (attrib == CU_DEVICE_ATTRIBUTE_PCI_BUS_ID)
-        v = 0x18 + dev; /* a plausible bus number per device */
+        v = 0x18 + sim_g.dev[dev].phys; /* a plausible bus number per physical device */
     else if (attrib == CU_DEVICE_ATTRIBUTE_MULTI_GPU_BOARD_GROUP_ID)
-        v = dev;
+        v = sim_g.dev[dev].phys;
     *pi = v;
     return CUDA_SUCCESS;
 }

@@ -51,11 +51,7 @@ SIM_API CUresult cuDeviceGetUuid(CUuuid *uuid, CUdevice dev)
         return rc;
     if (!uuid)
         return CUDA_ERROR_INVALID_VALUE;
-    /* Fixed per ordinal, shaped like an RFC 4122 version-4 UUID: "fargpu-sim" then the ordinal. */
-    static const unsigned char base[16] = { 'f', 'a', 'r', 'g', 'p', 'u', 0x4d, 0x69,
-                                            0x8d, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00 };
-    memcpy(uuid->bytes, base, sizeof base);
-    uuid->bytes[15] = (char)dev;
+    sim_phys_uuid(sim_g.dev[dev].phys, (unsigned char *)uuid->bytes); /* the physical device's, fixed */
     return CUDA_SUCCESS;
 }
 

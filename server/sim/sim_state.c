@@ -2,8 +2,10 @@
  * device-memory accounting, the monotonic clock and the "log once" helper used for unsupported calls.
  *
  * Configuration (read once, at the first successful cuInit):
- *   FARGPU_SIM_DEVICES    number of simulated devices (1..16, default 1)
- *   FARGPU_SIM_MEM_BYTES  memory of each device in bytes (default 16 GiB)
+ *   FARGPU_SIM_DEVICES    number of simulated physical devices (1..16, default 1)
+ *   FARGPU_SIM_MEM_BYTES  memory of each device in bytes (default 16 GiB); a comma-separated list gives each
+ *                         physical device its own (the last value repeats for the devices after the list)
+ *   CUDA_VISIBLE_DEVICES  which physical devices the process sees, in order, as with the driver (sim_visible.c)
  *   FARGPU_SIM_LAUNCH_LOG path of the JSON-lines launch log (read by sim_launch_log.c) */
 #include "sim.h"
 
@@ -45,6 +47,29 @@ static uint64_t env_u64(const char *name, uint64_t def, uint64_t lo, uint64_t hi
     return v;
 }
 
+/* Memory of physical device `phys` from FARGPU_SIM_MEM_BYTES (one value, or one per device). */
+static uint64_t device_mem(int phys)
+{
+    const char *s = getenv("FARGPU_SIM_MEM_BYTES");
+    if (!s || !strchr(s, ','))
+        return env_u64("FARGPU_SIM_MEM_BYTES", 16ull << 30, 1ull << 20, 1ull << 50);
+    uint64_t v = 16ull << 30;
+    for (int i = 0; *s; i++) {
+        char *end = NULL;
+        errno = 0;
+        unsigned long long x = strtoull(s, &end, 10);
+        if (errno || end == s || (*end && *end != ',') || x < (1ull << 20) || x > (1ull << 50)) {
+            fprintf(stderr, "fargpu-sim: ignoring FARGPU_SIM_MEM_BYTES=%s (want integers in [1 MiB, 1 PiB], "
+                    "comma-separated)\n", getenv("FARGPU_SIM_MEM_BYTES"));
+            return 16ull << 30;
+        }
+        if (i <= phys)
+            v = x;
+        s = *end ? end + 1 : end;
+    }
+    return v;
+}
+
 static struct sim_ctx *new_primary(int device)
 {
     struct sim_ctx *c = calloc(1, sizeof *c);
@@ -67,10 +92,14 @@ SIM_API CUresult cuInit(unsigned int Flags)
     CUresult rc = CUDA_SUCCESS;
     sim_lock();
     if (!sim_g.initialized) {
-        int ndev = (int)env_u64("FARGPU_SIM_DEVICES", 1, 1, SIM_MAX_DEVICES);
-        uint64_t mem = env_u64("FARGPU_SIM_MEM_BYTES", 16ull << 30, 1ull << 20, 1ull << 50);
+        int nphys = (int)env_u64("FARGPU_SIM_DEVICES", 1, 1, SIM_MAX_DEVICES);
+        int phys[SIM_MAX_DEVICES];
+        int ndev = sim_visible_devices(nphys, phys);
+        if (ndev == 0)
+            rc = CUDA_ERROR_NO_DEVICE; /* as the driver says when CUDA_VISIBLE_DEVICES hides every device */
         for (int i = 0; i < ndev && rc == CUDA_SUCCESS; i++) {
-            sim_g.dev[i].total_mem = mem;
+            sim_g.dev[i].phys = phys[i];
+            sim_g.dev[i].total_mem = device_mem(phys[i]);
             sim_g.dev[i].used_mem = 0;
             sim_g.dev[i].primary = new_primary(i);
             if (!sim_g.dev[i].primary)
