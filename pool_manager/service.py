@@ -371,6 +371,10 @@ class PoolService:
                 why = why_not(usable, req.vram_bytes, req.gpu_count, qos=req.qos, overcommit=ratio)
                 if len(usable) < len(view):
                     why += f" ({len(view) - len(usable)} node(s) left out: the client could not reach them)"
+                if not view and self.can_scale_up is None:  # no node ever, and no provider to start one
+                    why += ("; no node server has registered and this pool manager starts none (--provider none): "
+                            "run `fargpu server --pool URL` on a GPU machine, or start the pool manager with "
+                            "--provider local (node servers on this machine) or --provider kubernetes")
                 return why, view
             now = self.clock()
             lease = LeaseRecord(

@@ -25,6 +25,7 @@ from fargpu.pool_manager.units import parse_size
 from .auth import Authenticator, StaticTokenAuth
 from .backend import select
 from .node_agent import AgentConfig, NodeAgent, default_unix_path
+from .park.arena import DEFAULT_ARENA, parse_arena
 
 app = typer.Typer(help="Run a fargpu node server.", invoke_without_command=True, no_args_is_help=False)
 
@@ -168,6 +169,11 @@ def main(
         float, typer.Option(envvar="FARGPU_IDLE_PARK", help="park sessions paged out and idle this many seconds off "
                             "the node (0: only when the pool asks)")
     ] = 0.0,
+    arena: Annotated[
+        str, typer.Option(envvar="FARGPU_ARENA", help="BASE[:SIZE] (hex base, size like 16T) of the device address "
+                          "range where sessions' allocations go, so that a parked session gets its addresses back on "
+                          "another node (use the same on every node); off: anywhere")
+    ] = DEFAULT_ARENA,
     max_sessions_per_lease: Annotated[
         int,
         typer.Option(envvar="FARGPU_MAX_SESSIONS_PER_LEASE", min=1, help="sessions a lease may hold here at once, "
@@ -226,12 +232,18 @@ def main(
         except ValueError as exc:
             typer.secho(f"error: {flag}: {exc}", fg="red", err=True)
             raise typer.Exit(2) from None
+    try:
+        arena_spec = parse_arena(arena)
+    except ValueError as exc:
+        typer.secho(f"error: --arena: {exc}", fg="red", err=True)
+        raise typer.Exit(2) from None
     cfg = AgentConfig(listen=listen or None, unix_path=unix or (default_unix_path() if not listen else None),
                       max_sessions_per_lease=max_sessions_per_lease, ctx_charge=sizes["--ctx-charge"] or 0,
                       host_pool_bytes=sizes["--host-page-pool"] or 0, resident_limit=sizes["--resident-limit"],
                       spill_dir=spill_dir or None, idle_page_out_s=idle_page_out or None,
                       deep_after_s=deep_after or None,
-                      advertise=advertise or None, park_store=park_store or None, idle_park_s=idle_park or None)
+                      advertise=advertise or None, park_store=park_store or None, idle_park_s=idle_park or None,
+                      arena=arena_spec)
     agent = NodeAgent(be, auth, cfg)
     typer.echo(f"fargpu node server: backend {be.describe()}")
     if be.simulated:

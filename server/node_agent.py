@@ -58,6 +58,7 @@ class AgentConfig:
     host_pool_prefault: bool | None = None  # allocate the host pool's pages at start; None: on a real GPU only
     park_store: str | None = None  # where parked sessions go (server/park/node.py); None: the state dir's park/
     idle_park_s: float | None = None  # park a session paged out and idle this long (None: only when the pool asks)
+    arena: str = "0x600000000000:0x100000000000"  # the workers' address arena, as server/park/arena.py normalises it
 
 
 @dataclass
@@ -454,6 +455,7 @@ class NodeAgent:
         ]
         resume_key = hello.resume_key if fetched is not None else secrets.token_hex(16)
         env["FARGPU_RESUME_KEY"] = resume_key  # the worker tells the client in HELLO_OK (never on a command line)
+        env["FARGPU_ARENA"] = self.config.arena  # where its allocations go (server/park/arena.py)
         if fetched is not None:
             args += ["--restore-dir", str(fetched.workdir), "--restore-pages", fetched.pages_arg()]
         if conn.family == socket.AF_UNIX and hello.shm:

@@ -22,6 +22,14 @@ typedef struct {
     uint64_t image_size;
 } fgs_jentry;
 
+/* An event's state across a park (park_events.c), by its table slot. */
+typedef struct {
+    uint8_t recorded; /* recorded since it was created */
+    uint8_t timed;    /* restored and not recorded since: cuEventElapsedTime answers from ms against ref */
+    uint64_t ref;
+    float ms;
+} fgs_evstate;
+
 struct fgs_journal {
     fgs_jentry *e;
     size_t n, cap, n_dead;
@@ -36,6 +44,8 @@ struct fgs_journal {
     /* module globals that came back at other addresses (park.c translates copies to them) */
     struct { uint64_t old, now, size; } *moves;
     size_t n_moves;
+    fgs_evstate *ev; /* park_events.c */
+    size_t n_ev;
 };
 
 int fgs_journal_is_load(unsigned op);

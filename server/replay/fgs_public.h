@@ -45,3 +45,8 @@ int fgs_shm_attach(fgs_session *S, int fd, unsigned long long size, char *err, u
 /* An extra data connection of the session (striped bulk copies, bulk.c), handed over by the node agent.
  * Returns 0, or -1 (the caller closes fd). */
 int fgs_add_data_fd(fgs_session *S, int fd);
+/* The module-scope variables an image (cubin, fatbin or PTX) defines, as parking lists them (global_names.c):
+ * names separated by newlines into out; sm the device's compute capability (90). Returns how many, -1 (out holds
+ * why the image cannot be listed) or -2 (out too small). */
+long fgs_list_image_globals(const unsigned char *img, unsigned long long size, int sm, char *out,
+                            unsigned long out_len);

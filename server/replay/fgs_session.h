@@ -195,6 +195,14 @@ int fgs_pager_adopt_host(fgs_session *S, uint64_t off, uint64_t len, uint64_t by
 /* Parking (park.c): a "park DIR" control line writes the session's state under DIR and waits for "park-commit"
  * (returns 1: the session closes, parked) or "park-abort" (returns 0: it goes on). */
 int fgs_park_control(fgs_session *S, const char *line, char *why, size_t why_len);
+/* park_events.c: recorded events and their timings across a park. _note and _forget follow the journal; _put and
+ * _get write and read them in the parked state; _answer answers cuEventElapsedTime between two events restored
+ * with their times (1: answered in *res and out; 0: dispatch it). */
+void fgs_events_note(fgs_session *S, unsigned op, const uint8_t *args, size_t len, CUresult res);
+void fgs_events_forget(fgs_session *S, uint64_t id);
+void fgs_events_put(fgs_session *S, fg_writer *w);
+int fgs_events_get(fgs_session *S, fg_reader *r, char *err, size_t errlen);
+int fgs_events_answer(fgs_session *S, unsigned op, const uint8_t *args, size_t len, fg_writer *out, CUresult *res);
 /* A module global that moved when its session was restored: where it is now (p itself when it did not). */
 uint64_t fgs_park_xlate(fgs_session *S, uint64_t p, uint64_t n);
 /* Must run after the device is idle (the trampolines the driver may still call use these). */

@@ -68,6 +68,7 @@ void fgs_journal_free(fgs_session *S) {
     free(J->e);
     free(J->pending);
     free(J->moves);
+    free(J->ev);
     free(J);
     S->journal = NULL;
 }
@@ -150,6 +151,7 @@ static void forget(struct fgs_journal *J, uint64_t id, int depth) {
 void fgs_journal_forget(fgs_session *S, uint64_t id) {
     struct fgs_journal *J = S->journal;
     if (J->restoring) return;
+    fgs_events_forget(S, id);
     forget(J, id, 0);
     if (J->n_dead > 64 && J->n_dead * 2 > J->n) compact(J);
 }
@@ -176,6 +178,7 @@ void fgs_journal_note(fgs_session *S, unsigned op, const uint8_t *args, size_t l
                       const fg_writer *out, size_t out_before) {
     struct fgs_journal *J = S->journal;
     if (J->restoring) return;
+    fgs_events_note(S, op, args, len, res);
     size_t n_ids = J->n_pending;
     J->n_pending = 0;
     if (res != CUDA_SUCCESS || op == FG_OP_SET_CTX || (!n_ids && !is_setter(op))) return;

@@ -29,25 +29,42 @@
 #include <unistd.h>
 
 #include "fgs_impl.h"
+#include "fgs_globals.h"
 #include "fgs_journal.h"
 #include "fgs_public.h"
 #include "fgs_session.h"
 
-#define MAGIC "FGPARK01"
+#define MAGIC "FGPARK02"
 #define VERDICT_WAIT_MS 900000            /* how long a park waits for the agent's verdict before it gives up */
-#define ARENA_BASE 0x600000000000ull      /* FARGPU_ARENA_BASE (hex) overrides, "off" disables */
+#define ARENA_BASE 0x600000000000ull      /* FARGPU_ARENA ("0xBASE:0xSIZE", "off") overrides */
 #define ARENA_SIZE (16ull << 40)
 #define STATE_LIMIT (8ull << 30)
 
 void fgs_pager_status(fgs_session *S, const char *line);
 
+/* FARGPU_ARENA: "0xBASE:0xSIZE" or "off", as the agent passes it (server/park/arena.py checked it); the older
+ * FARGPU_ARENA_BASE (hex base, 16 TiB) still works. A value that does not parse leaves the default, logged. */
 void fgs_arena_init(fgs_session *S) {
-    const char *e = getenv("FARGPU_ARENA_BASE");
-    uint64_t base = ARENA_BASE;
+    const char *e = getenv("FARGPU_ARENA"), *old = getenv("FARGPU_ARENA_BASE");
+    uint64_t base = ARENA_BASE, size = ARENA_SIZE;
+    if (!e || !*e) e = old && *old ? old : NULL;
     if (e && !strcmp(e, "off")) base = 0;
-    else if (e && *e) base = strtoull(e, NULL, 16) & ~((2ull << 20) - 1);
+    else if (e) {
+        char *end = NULL;
+        errno = 0;
+        uint64_t b = strtoull(e, &end, 16), n = size;
+        if (!errno && end && *end == ':') n = strtoull(end + 1, &end, 16);
+        if (errno || !end || *end || !b || b & ((2ull << 20) - 1) || n < (1ull << 30) || n > (1ull << 47) ||
+            b > (1ull << 47) - n)
+            fgs_log(S, "ignoring the address arena %s (want 0xBASE:0xSIZE, 2 MiB aligned, below 2^47); using "
+                    "0x%llx", e, (unsigned long long)base);
+        else {
+            base = b;
+            size = n & ~((2ull << 20) - 1);
+        }
+    }
     S->arena_next = base;
-    S->arena_end = base ? base + ARENA_SIZE : 0;
+    S->arena_end = base ? base + size : 0;
 }
 
 static void hex(const uint8_t *sha, char out[65]) {
@@ -124,8 +141,90 @@ static CUcontext any_context(fgs_session *S) {
     return NULL;
 }
 
+/* The compute capability of the current context's device (picks a fatbin's cubins when listing globals). */
+static int device_sm(fgs_session *S) {
+    CUdevice d = 0;
+    int major = 0, minor = 0;
+    if (S->api->cuCtxGetDevice(&d) != CUDA_SUCCESS) d = 0;
+    S->api->cuDeviceGetAttribute(&major, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, d);
+    S->api->cuDeviceGetAttribute(&minor, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, d);
+    return major * 10 + minor;
+}
+
+/* One global by name in a module (ctx 0) or in a library for the context ctx: CUDA_ERROR_NOT_FOUND when the
+ * loaded code lacks it. */
+static CUresult global_of(fgs_session *S, int is_lib, void *h, void *ctx, const char *name, CUdeviceptr *p,
+                          size_t *n) {
+    if (!is_lib) return S->api->cuModuleGetGlobal_v2(p, n, (CUmodule)h, name);
+    S->api->cuCtxSetCurrent((CUcontext)ctx);
+    return S->api->cuLibraryGetGlobal(p, n, (CUlibrary)h, name);
+}
+
+/* Every module-scope variable of every loaded module and library, by name, with its bytes: the globals a kernel
+ * changed count as much as those the client looked up. A record is (handle id, context id (libraries: each live
+ * context), name, size, bytes). An image whose variables cannot be listed blocks the park (*blocked = 1). */
+static int put_globals(fgs_session *S, fg_writer *w, char *err, size_t errlen, int *blocked) {
+    struct fgs_journal *J = S->journal;
+    size_t count_at = w->len;
+    fg_put_u32(w, 0);
+    uint32_t count = 0;
+    int sm = device_sm(S);
+    fgs_table *ct = &S->tables[FGH_CONTEXT];
+    for (size_t i = 0; i < J->n; i++) {
+        const fgs_jentry *e = &J->e[i];
+        if (e->dead || !fgs_journal_is_load(e->op) || !e->n_ids || !e->image) continue;
+        int is_lib = e->op == FG_OP_cuLibraryLoadData;
+        void *h = NULL;
+        if (fgs_handle_get(S, is_lib ? FGH_LIBRARY : FGH_MODULE, e->ids[0], &h)) continue;
+        fgs_names L;
+        memset(&L, 0, sizeof L);
+        char why[256] = "";
+        if (fgs_image_global_names(e->image, e->image_size, sm, &L, why, sizeof why)) {
+            snprintf(err, errlen, "the variables of a loaded image cannot be listed (%s), so its module globals "
+                     "cannot all be saved", why);
+            *blocked = 1;
+            fgs_names_free(&L);
+            return -1;
+        }
+        void *mctx = NULL;
+        if (!is_lib) {
+            if (e->ctx) fgs_handle_get(S, FGH_CONTEXT, e->ctx, &mctx);
+            S->api->cuCtxSetCurrent((CUcontext)mctx);
+        }
+        for (uint32_t c = 0; c < (is_lib ? ct->n : 1); c++) {
+            void *ctx = is_lib ? ct->real[c] : mctx;
+            if (is_lib && !ctx) continue;
+            uint64_t ctx_id = ctx ? fgs_handle_id_of(S, FGH_CONTEXT, ctx) : 0;
+            for (size_t k = 0; k < L.n; k++) {
+                CUdeviceptr p = 0;
+                size_t n = 0;
+                CUresult r = global_of(S, is_lib, h, ctx, L.name[k], &p, &n);
+                if (r == CUDA_ERROR_NOT_FOUND || (r == CUDA_SUCCESS && !n)) continue;
+                size_t len = strlen(L.name[k]);
+                fg_put_u64(w, e->ids[0]);
+                fg_put_u64(w, ctx_id);
+                fg_put_u16(w, (uint16_t)len);
+                fg_put(w, L.name[k], len);
+                fg_put_u64(w, n);
+                void *dst = r == CUDA_SUCCESS ? fg_put_space(w, n) : NULL;
+                if (r == CUDA_SUCCESS && !dst) r = CUDA_ERROR_OUT_OF_MEMORY;
+                if (r == CUDA_SUCCESS) r = S->api->cuMemcpyDtoH_v2(dst, p, n);
+                if (r != CUDA_SUCCESS) {
+                    snprintf(err, errlen, "reading the module global %s failed with CUDA error %d", L.name[k], (int)r);
+                    fgs_names_free(&L);
+                    return -1;
+                }
+                count++;
+            }
+        }
+        fgs_names_free(&L);
+    }
+    if (!w->failed) memcpy(w->buf + count_at, &count, 4);
+    return 0;
+}
+
 /* DIR/state and DIR/img-*. Returns the state's size, or 0 with err filled. */
-static uint64_t write_state(fgs_session *S, const char *dir, char *err, size_t errlen) {
+static uint64_t write_state(fgs_session *S, const char *dir, char *err, size_t errlen, int *blocked) {
     struct fgs_journal *J = S->journal;
     fg_writer w;
     fg_writer_init(&w, 1u << 20, (size_t)STATE_LIMIT);
@@ -173,19 +272,13 @@ static uint64_t write_state(fgs_session *S, const char *dir, char *err, size_t e
         fg_put_u64(&w, a->page_off);
     }
     if (!cur && any_context(S)) S->api->cuCtxSetCurrent(any_context(S));
-    fg_put_u32(&w, (uint32_t)S->n_globals);
-    CUresult r = CUDA_SUCCESS;
-    for (size_t i = 0; i < S->n_globals && r == CUDA_SUCCESS; i++) {
-        fg_put_u64(&w, S->globals[i].ptr);
-        fg_put_u64(&w, S->globals[i].size);
-        void *dst = fg_put_space(&w, S->globals[i].size);
-        r = dst ? S->api->cuMemcpyDtoH_v2(dst, S->globals[i].ptr, S->globals[i].size) : CUDA_ERROR_OUT_OF_MEMORY;
-    }
-    if (!cur) S->api->cuCtxSetCurrent(NULL);
+    int r = put_globals(S, &w, err, errlen, blocked);
+    if (!r) fgs_events_put(S, &w);
+    S->api->cuCtxSetCurrent(cur);
     uint64_t n = 0;
     snprintf(path, sizeof path, "%s/state", dir);
-    if (r != CUDA_SUCCESS) snprintf(err, errlen, "reading the module globals failed with CUDA error %d", (int)r);
-    else if (w.failed) snprintf(err, errlen, "the session's state is too large to park");
+    if (r) { /* err says why */
+    } else if (w.failed) snprintf(err, errlen, "the session's state is too large to park");
     else if (write_file(path, w.buf, w.len)) snprintf(err, errlen, "cannot write %s: %s", path, strerror(errno));
     else n = w.len;
     fg_writer_free(&w);
@@ -240,9 +333,10 @@ int fgs_park_control(fgs_session *S, const char *line, char *why, size_t why_len
     }
     char err[1400] = "";
     uint64_t t0 = fgs_now_ns();
-    uint64_t n = write_state(S, dir, err, sizeof err);
+    int blocked = 0;
+    uint64_t n = write_state(S, dir, err, sizeof err, &blocked);
     if (!n) {
-        status(S, "park-failed %s", err);
+        status(S, blocked ? "park-failed unparkable: %s" : "park-failed %s", err);
         return 0;
     }
     status(S, "park-ready %llu %llu", (unsigned long long)n, (unsigned long long)(fgs_now_ns() - t0));
@@ -419,6 +513,46 @@ fail:
     return -1;
 }
 
+/* Writes every saved module global back, by name, into the restored modules and libraries; a global missing or
+ * of another size fails the restore. 0, or -1 with err filled. */
+static int get_globals(fgs_session *S, fg_reader *r, char *err, size_t errlen) {
+    uint32_t n = fg_get_u32(r);
+    for (uint32_t i = 0; i < n && !r->failed; i++) {
+        uint64_t id = fg_get_u64(r), ctx_id = fg_get_u64(r);
+        uint16_t len = fg_get_u16(r);
+        const uint8_t *nm = fg_take(r, len);
+        uint64_t size = fg_get_u64(r);
+        const uint8_t *bytes = size <= fg_reader_left(r) ? fg_take(r, (size_t)size) : NULL;
+        if (r->failed || !nm || !bytes || len > 4096) {
+            snprintf(err, errlen, "the parked state is malformed");
+            return -1;
+        }
+        char name[4097];
+        memcpy(name, nm, len);
+        name[len] = 0;
+        int is_lib = fgs_handle_kind_of(S, id) == FGH_LIBRARY;
+        void *h = NULL, *ctx = NULL;
+        if (fgs_handle_get(S, is_lib ? FGH_LIBRARY : FGH_MODULE, id, &h) ||
+            (ctx_id && fgs_handle_get(S, FGH_CONTEXT, ctx_id, &ctx))) {
+            snprintf(err, errlen, "the module or context of the global %s did not come back", name);
+            return -1;
+        }
+        if (!is_lib) S->api->cuCtxSetCurrent((CUcontext)ctx);
+        CUdeviceptr p = 0;
+        size_t have = 0;
+        CUresult res = global_of(S, is_lib, h, ctx, name, &p, &have);
+        if (res == CUDA_SUCCESS && have != size) res = CUDA_ERROR_INVALID_VALUE;
+        if (res == CUDA_SUCCESS) res = S->api->cuMemcpyHtoD_v2(p, bytes, (size_t)size);
+        if (res != CUDA_SUCCESS) {
+            snprintf(err, errlen, "the module global %s (%llu bytes) could not be written back (CUDA error %d)", name,
+                     (unsigned long long)size, (int)res);
+            return -1;
+        }
+    }
+    if (r->failed) snprintf(err, errlen, "the parked state is malformed");
+    return r->failed ? -1 : 0;
+}
+
 static int restore(fgs_session *S, const char *dir, const char *pages, char *err, size_t errlen) {
     char path[1100];
     snprintf(path, sizeof path, "%s/state", dir);
@@ -496,22 +630,7 @@ static int restore(fgs_session *S, const char *dir, const char *pages, char *err
         total += a.mapped;
     }
     if (arena > S->arena_next && arena <= S->arena_end) S->arena_next = arena;
-    uint32_t n_globals = fg_get_u32(&r);
-    for (uint32_t i = 0; i < n_globals && !r.failed; i++) {
-        uint64_t base = fg_get_u64(&r), size = fg_get_u64(&r);
-        const uint8_t *bytes = fg_take(&r, (size_t)size);
-        if (r.failed) break;
-        uint64_t now = fgs_park_xlate(S, base, size);
-        int known = 0;
-        for (size_t k = 0; k < S->n_globals && !known; k++)
-            known = now >= S->globals[k].ptr && size <= S->globals[k].size - (now - S->globals[k].ptr);
-        CUresult res = known ? S->api->cuMemcpyHtoD_v2(now, bytes, (size_t)size) : CUDA_ERROR_NOT_FOUND;
-        if (res != CUDA_SUCCESS) {
-            snprintf(err, errlen, "a module global (0x%llx, %llu bytes) could not be written back (CUDA error %d)",
-                     (unsigned long long)base, (unsigned long long)size, (int)res);
-            goto done;
-        }
-    }
+    if (get_globals(S, &r, err, errlen) || fgs_events_get(S, &r, err, errlen)) goto done;
     if (r.failed || fg_reader_left(&r)) {
         snprintf(err, errlen, "the parked state is malformed");
         goto done;

@@ -670,7 +670,9 @@ FGS_EXPORT int fgs_serve(fgs_session *S, int fd, int ctl_fd, char *reason, unsig
                 fgs_shm_forget_ctx(S);
             }
             size_t out_before = out.len;
-            CUresult res = fgs_dispatch(S, rec.op, &args, &out);
+            CUresult res;
+            if (!fgs_events_answer(S, rec.op, rec.args, rec.length, &out, &res)) /* restored events' times */
+                res = fgs_dispatch(S, rec.op, &args, &out);
             if (S->journal) fgs_journal_note(S, rec.op, rec.args, rec.length, res, &out, out_before);
             if (res == FGS_PROTOCOL_ERROR || res == FGS_UNKNOWN_OP) {
                 bad = fgs_bulk_error(S) ? fgs_bulk_error(S) : "malformed arguments";

@@ -132,12 +132,27 @@ static CUresult run_hello(const struct sim_launch *l)
     return CUDA_SUCCESS;
 }
 
+/* fg_magic += add in the launched function's own module (a global the host never named). */
+static CUresult run_bump_magic(const struct sim_launch *l)
+{
+    CUdeviceptr p = 0;
+    size_t n = 0;
+    if (!l->f->mod || sim_module_global(l->f->mod, "fg_magic", &p, &n) != CUDA_SUCCESS || n != 4)
+        return CUDA_ERROR_NOT_SUPPORTED;
+    CUresult rc = check_buf((uint64_t)p, 1, SIM_PROT_R | SIM_PROT_W);
+    if (rc)
+        return rc;
+    *(uint32_t *)(uintptr_t)p += rd_u32(l, 0);
+    return CUDA_SUCCESS;
+}
+
 static const struct sim_kernel_impl g_kernels[] = {
     { "fg_vadd", 4, { { 0, 8 }, { 8, 8 }, { 16, 8 }, { 24, 4 } }, run_vadd },
     { "fg_scale", 3, { { 0, 8 }, { 8, 4 }, { 12, 4 } }, run_scale },
     { "fg_fill_u32", 3, { { 0, 8 }, { 8, 4 }, { 16, 8 } }, run_fill },
     { "fg_axpb", 3, { { 0, 8 }, { 8, 4 }, { 16, 8 } }, run_axpb },
     { "fg_hello", 1, { { 0, 4 } }, run_hello },
+    { "fg_bump_magic", 1, { { 0, 4 } }, run_bump_magic },
 };
 
 const struct sim_kernel_impl *sim_kernel_lookup(const char *name, const struct sim_param *params, uint32_t n)

@@ -54,7 +54,7 @@ def test_enumerated_functions_are_the_named_ones(server: NodeServer) -> None:
     r = run_client(CLIENT, server.client_env())
     assert r.returncode == 0, r.stdout + r.stderr + server.log_text()
     out = r.stdout
-    assert "count 5 names ['fg_axpb', 'fg_fill_u32', 'fg_hello', 'fg_scale', 'fg_vadd'] same True" in out, out
+    assert "count 6 names ['fg_axpb', 'fg_bump_magic', 'fg_fill_u32', 'fg_hello', 'fg_scale', 'fg_vadd'] same True" in out, out
     assert "param0 0 8" in out, out  # fg_vadd's first parameter: a pointer at offset 0
     assert "too small 1" in out, out  # CUDA_ERROR_INVALID_VALUE: the array must hold every function
-    assert "walk 5 5 True True" in out, out
+    assert "walk 6 6 True True" in out, out

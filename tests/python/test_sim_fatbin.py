@@ -311,8 +311,8 @@ def test_mutated_nvcc_fatbins_never_read_past_their_extent(libdir: Path, images:
 @needs_nvcc
 def test_library_round_trip_and_kernel_launches(libdir: Path, images: Path, tmp_path: Path) -> None:
     r, err = run_child(libdir, "library", tmp_path, image=str(images / "both.fatbin"))
-    names = {"fg_vadd", "fg_scale", "fg_fill_u32", "fg_axpb", "fg_hello", "fg_not_simulated"}
-    assert r["count"] == 6 and set(r["enumerated"]) == names and r["get_kernel_matches"]
+    names = {"fg_vadd", "fg_scale", "fg_fill_u32", "fg_axpb", "fg_hello", "fg_bump_magic", "fg_not_simulated"}
+    assert r["count"] == 7 and set(r["enumerated"]) == names and r["get_kernel_matches"]
     assert r["unknown_kernel"] == NOT_FOUND and r["unknown_global"] == NOT_FOUND
     assert r["param_info"]["fg_axpb"] == [[0, 8], [8, 4], [16, 8]]
     assert r["param_info"]["fg_not_simulated"] == [[0, 8], [8, 1], [10, 2], [16, 8]]

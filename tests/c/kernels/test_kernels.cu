@@ -48,3 +48,11 @@ extern "C" __global__ void fg_hello(int v)
     if (blockIdx.x == 0 && threadIdx.x == 0)
         printf("fg_hello %d from %d block(s)\n", v, (int)gridDim.x);
 }
+
+// fg_magic += add, from thread 0 of block 0: a module global a kernel changes without the host ever naming it
+// (parking must save it all the same).
+extern "C" __global__ void fg_bump_magic(unsigned int add)
+{
+    if (blockIdx.x == 0 && threadIdx.x == 0)
+        fg_magic += add;
+}

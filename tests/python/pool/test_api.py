@@ -74,6 +74,8 @@ async def test_bad_input_is_400_or_422(api: httpx.AsyncClient) -> None:
 async def test_no_capacity_is_503_with_retry_after(api: httpx.AsyncClient, service: PoolService) -> None:
     r = await api.post("/v1/leases", json={"vram": "1G"})
     assert_error(r, 503, "no_capacity", "no node is up")
+    # with no node ever registered and no provider, the reason says how to get one
+    assert "--provider local" in r.json()["reason"] and "fargpu server --pool" in r.json()["reason"]
     assert r.headers["Retry-After"] == "5"
     await service.register_node("n1", ["tcp://n1:1"], "sim", "", gpus(8))
     assert (await api.post("/v1/leases", json={"vram": "8G", "ttl_s": 42})).status_code == 201
