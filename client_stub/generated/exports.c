@@ -231,20 +231,17 @@ FGC_EXPORT CUresult CUDAAPI cuCtxDetach(CUcontext ctx) {
 }
 
 FGC_EXPORT CUresult CUDAAPI cuCtxDisablePeerAccess(CUcontext peerContext) {
-    FGC_REQUIRE_INIT();
-    fg_writer *w = fgc_begin(FG_OP_cuCtxDisablePeerAccess);
-    if (!w) return fgc_last_error();
-    fgc_put_handle(w, (const void *)peerContext);
-    return fgc_sync();
+    fgc_log(FGC_LOG_TRACE, "= cuCtxDisablePeerAccess");
+    CUresult r_ = fgc_cuCtxDisablePeerAccess(peerContext);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuCtxDisablePeerAccess", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuCtxEnablePeerAccess(CUcontext peerContext, unsigned int Flags) {
-    FGC_REQUIRE_INIT();
-    fg_writer *w = fgc_begin(FG_OP_cuCtxEnablePeerAccess);
-    if (!w) return fgc_last_error();
-    fgc_put_handle(w, (const void *)peerContext);
-    fg_put(w, &Flags, sizeof(Flags));
-    return fgc_sync();
+    fgc_log(FGC_LOG_TRACE, "= cuCtxEnablePeerAccess");
+    CUresult r_ = fgc_cuCtxEnablePeerAccess(peerContext, Flags);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuCtxEnablePeerAccess", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuCtxFromGreenCtx(CUcontext *pContext, CUgreenCtx hCtx) {
@@ -3361,45 +3358,25 @@ FGC_EXPORT CUresult CUDAAPI cuMemcpyHtoD_v2_ptds(CUdeviceptr dstDevice, const vo
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemcpyPeer(CUdeviceptr dstDevice, CUcontext dstContext, CUdeviceptr srcDevice, CUcontext srcContext, size_t ByteCount) {
-    (void)dstDevice;
-    (void)dstContext;
-    (void)srcDevice;
-    (void)srcContext;
-    (void)ByteCount;
-    static int logged;
-    return fgc_unsupported("cuMemcpyPeer", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuMemcpyPeer");
+    CUresult r_ = fgc_cuMemcpyPeer(dstDevice, dstContext, srcDevice, srcContext, ByteCount);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuMemcpyPeer", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemcpyPeerAsync(CUdeviceptr dstDevice, CUcontext dstContext, CUdeviceptr srcDevice, CUcontext srcContext, size_t ByteCount, CUstream hStream) {
-    (void)dstDevice;
-    (void)dstContext;
-    (void)srcDevice;
-    (void)srcContext;
-    (void)ByteCount;
-    (void)hStream;
-    static int logged;
-    return fgc_unsupported("cuMemcpyPeerAsync", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuMemcpyPeerAsync");
+    CUresult r_ = fgc_cuMemcpyPeerAsync(dstDevice, dstContext, srcDevice, srcContext, ByteCount, hStream);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuMemcpyPeerAsync", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemcpyPeerAsync_ptsz(CUdeviceptr dstDevice, CUcontext dstContext, CUdeviceptr srcDevice, CUcontext srcContext, size_t ByteCount, CUstream hStream) {
-    (void)dstDevice;
-    (void)dstContext;
-    (void)srcDevice;
-    (void)srcContext;
-    (void)ByteCount;
-    (void)hStream;
-    static int logged;
-    return fgc_unsupported("cuMemcpyPeerAsync_ptsz", &logged);
+    return cuMemcpyPeerAsync(dstDevice, dstContext, srcDevice, srcContext, ByteCount, fgc_ptsz_stream(hStream));
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemcpyPeer_ptds(CUdeviceptr dstDevice, CUcontext dstContext, CUdeviceptr srcDevice, CUcontext srcContext, size_t ByteCount) {
-    (void)dstDevice;
-    (void)dstContext;
-    (void)srcDevice;
-    (void)srcContext;
-    (void)ByteCount;
-    static int logged;
-    return fgc_unsupported("cuMemcpyPeer_ptds", &logged);
+    return cuMemcpyPeer(dstDevice, dstContext, srcDevice, srcContext, ByteCount);
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemcpy_ptds(CUdeviceptr dst, CUdeviceptr src, size_t ByteCount) {

@@ -9,6 +9,8 @@ CUresult CUDAAPI fgc_cuArrayCreate_v2(CUarray *pHandle, const CUDA_ARRAY_DESCRIP
 CUresult CUDAAPI fgc_cuArrayDestroy(CUarray hArray);
 CUresult CUDAAPI fgc_cuCtxCreate_v4(CUcontext *pctx, CUctxCreateParams *ctxCreateParams, unsigned int flags, CUdevice dev);
 CUresult CUDAAPI fgc_cuCtxDestroy_v2(CUcontext ctx);
+CUresult CUDAAPI fgc_cuCtxDisablePeerAccess(CUcontext peerContext);
+CUresult CUDAAPI fgc_cuCtxEnablePeerAccess(CUcontext peerContext, unsigned int Flags);
 CUresult CUDAAPI fgc_cuCtxGetCurrent(CUcontext *pctx);
 CUresult CUDAAPI fgc_cuCtxPopCurrent_v2(CUcontext *pctx);
 CUresult CUDAAPI fgc_cuCtxPushCurrent_v2(CUcontext ctx);
@@ -107,6 +109,8 @@ CUresult CUDAAPI fgc_cuMemcpyDtoH_v2(void *dstHost, CUdeviceptr srcDevice, size_
 CUresult CUDAAPI fgc_cuMemcpyHtoA_v2(CUarray dstArray, size_t dstOffset, const void *srcHost, size_t ByteCount);
 CUresult CUDAAPI fgc_cuMemcpyHtoDAsync_v2(CUdeviceptr dstDevice, const void *srcHost, size_t ByteCount, CUstream hStream);
 CUresult CUDAAPI fgc_cuMemcpyHtoD_v2(CUdeviceptr dstDevice, const void *srcHost, size_t ByteCount);
+CUresult CUDAAPI fgc_cuMemcpyPeer(CUdeviceptr dstDevice, CUcontext dstContext, CUdeviceptr srcDevice, CUcontext srcContext, size_t ByteCount);
+CUresult CUDAAPI fgc_cuMemcpyPeerAsync(CUdeviceptr dstDevice, CUcontext dstContext, CUdeviceptr srcDevice, CUcontext srcContext, size_t ByteCount, CUstream hStream);
 CUresult CUDAAPI fgc_cuMipmappedArrayCreate(CUmipmappedArray *pHandle, const CUDA_ARRAY3D_DESCRIPTOR *pMipmappedArrayDesc, unsigned int numMipmapLevels);
 CUresult CUDAAPI fgc_cuMipmappedArrayDestroy(CUmipmappedArray hMipmappedArray);
 CUresult CUDAAPI fgc_cuMipmappedArrayGetLevel(CUarray *pLevelArray, CUmipmappedArray hMipmappedArray, unsigned int level);

@@ -52,26 +52,8 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
     }
     case FG_OP_cuCtxCreate_v4: return fgs_cuCtxCreate_v4(S, r, out);
     case FG_OP_cuCtxDestroy_v2: return fgs_cuCtxDestroy_v2(S, r, out);
-    case FG_OP_cuCtxDisablePeerAccess: {
-        uint64_t id_peerContext = fg_get_u64(r);
-        CUcontext peerContext = NULL;
-        if (!r->failed && fgs_handle_get(S, 1, id_peerContext, (void **)&peerContext)) return CUDA_ERROR_INVALID_HANDLE;
-        if (r->failed) return FGS_PROTOCOL_ERROR;
-        if (!S->api->cuCtxDisablePeerAccess) return fgs_missing(S, "cuCtxDisablePeerAccess");
-        CUresult res = S->api->cuCtxDisablePeerAccess(peerContext);
-        return res;
-    }
-    case FG_OP_cuCtxEnablePeerAccess: {
-        uint64_t id_peerContext = fg_get_u64(r);
-        CUcontext peerContext = NULL;
-        if (!r->failed && fgs_handle_get(S, 1, id_peerContext, (void **)&peerContext)) return CUDA_ERROR_INVALID_HANDLE;
-        unsigned int Flags;
-        fg_get(r, (void *)&Flags, sizeof(Flags));
-        if (r->failed) return FGS_PROTOCOL_ERROR;
-        if (!S->api->cuCtxEnablePeerAccess) return fgs_missing(S, "cuCtxEnablePeerAccess");
-        CUresult res = S->api->cuCtxEnablePeerAccess(peerContext, Flags);
-        return res;
-    }
+    case FG_OP_cuCtxDisablePeerAccess: return fgs_cuCtxDisablePeerAccess(S, r, out);
+    case FG_OP_cuCtxEnablePeerAccess: return fgs_cuCtxEnablePeerAccess(S, r, out);
     case FG_OP_cuCtxGetApiVersion: {
         uint64_t id_ctx = fg_get_u64(r);
         CUcontext ctx = NULL;
@@ -1219,6 +1201,8 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
     case FG_OP_cuMemcpyDtoH_v2: return fgs_cuMemcpyDtoH_v2(S, r, out);
     case FG_OP_cuMemcpyHtoDAsync_v2: return fgs_cuMemcpyHtoDAsync_v2(S, r, out);
     case FG_OP_cuMemcpyHtoD_v2: return fgs_cuMemcpyHtoD_v2(S, r, out);
+    case FG_OP_cuMemcpyPeer: return fgs_cuMemcpyPeer(S, r, out);
+    case FG_OP_cuMemcpyPeerAsync: return fgs_cuMemcpyPeerAsync(S, r, out);
     case FG_OP_cuMemsetD16Async: {
         CUdeviceptr dstDevice;
         fg_get(r, (void *)&dstDevice, sizeof(dstDevice));

@@ -190,6 +190,8 @@ const char *fgs_api_load(fgs_api *api, void *dl) {
     if (!api->cuMemcpyHtoDAsync_v2) return "cuMemcpyHtoDAsync_v2";
     *(void **)&api->cuMemcpyHtoD_v2 = dlsym(dl, "cuMemcpyHtoD_v2");
     if (!api->cuMemcpyHtoD_v2) return "cuMemcpyHtoD_v2";
+    *(void **)&api->cuMemcpyPeer = dlsym(dl, "cuMemcpyPeer");
+    *(void **)&api->cuMemcpyPeerAsync = dlsym(dl, "cuMemcpyPeerAsync");
     *(void **)&api->cuMemsetD16Async = dlsym(dl, "cuMemsetD16Async");
     *(void **)&api->cuMemsetD16_v2 = dlsym(dl, "cuMemsetD16_v2");
     *(void **)&api->cuMemsetD2D16Async = dlsym(dl, "cuMemsetD2D16Async");

@@ -156,6 +156,8 @@ typedef struct fgs_api {
     CUresult (*cuMemcpyDtoH_v2)(void *, CUdeviceptr, size_t);
     CUresult (*cuMemcpyHtoDAsync_v2)(CUdeviceptr, const void *, size_t, CUstream);
     CUresult (*cuMemcpyHtoD_v2)(CUdeviceptr, const void *, size_t);
+    CUresult (*cuMemcpyPeer)(CUdeviceptr, CUcontext, CUdeviceptr, CUcontext, size_t);
+    CUresult (*cuMemcpyPeerAsync)(CUdeviceptr, CUcontext, CUdeviceptr, CUcontext, size_t, CUstream);
     CUresult (*cuMemsetD16Async)(CUdeviceptr, unsigned short, size_t, CUstream);
     CUresult (*cuMemsetD16_v2)(CUdeviceptr, unsigned short, size_t);
     CUresult (*cuMemsetD2D16Async)(CUdeviceptr, size_t, unsigned short, size_t, size_t, CUstream);

@@ -39,6 +39,7 @@ typedef struct {
     int paged;          /* its contents are in the page store (paging.c), not on the device */
     uint64_t page_off;  /* where, in the host pool extent or the spill file */
     int client_vmm;     /* a handle the client created and mapped (vmm.c): cuMemFree refuses it */
+    uint64_t peers;     /* other devices (bit = ordinal) granted access to it (peer.c); a page-in grants them again */
 } fgs_alloc;
 
 /* A shared ledger of VRAM charges, one slot per session (ledger.c). */
@@ -205,6 +206,11 @@ int fgs_events_get(fgs_session *S, fg_reader *r, char *err, size_t errlen);
 int fgs_events_answer(fgs_session *S, unsigned op, const uint8_t *args, size_t len, fg_writer *out, CUresult *res);
 /* A module global that moved when its session was restored: where it is now (p itself when it did not). */
 uint64_t fgs_park_xlate(fgs_session *S, uint64_t p, uint64_t n);
+/* Peer access between the session's GPUs (peer.c). A new cuMemAlloc allocation, or one mapped again by a page-in,
+ * gets the access the devices that enabled peer access to its device (and a->peers) must have. */
+void fgs_peer_grant(fgs_session *S, fgs_alloc *a);
+/* The client set access on [p, p + n) (cuMemSetAccess): its mappings there remember which peers may reach them. */
+void fgs_peer_note_access(fgs_session *S, uint64_t p, uint64_t n, const CUmemAccessDesc *d, size_t count);
 /* Must run after the device is idle (the trampolines the driver may still call use these). */
 void fgs_callbacks_close(fgs_session *S);
 /* callbacks.c: the trampoline and argument of a graph host node whose function is the client's `cookie`. */

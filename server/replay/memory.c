@@ -88,7 +88,8 @@ CUresult fgs_cuMemAlloc_v2(fgs_session *S, fg_reader *r, fg_writer *out) {
         fgs_uncharge_dev(S, (int)dev, mapped);
         return res;
     }
-    S->allocs[S->n_allocs++] = (fgs_alloc){ptr, (size_t)size, mapped, h, (int)dev, 0, 0, 0};
+    S->allocs[S->n_allocs++] = (fgs_alloc){ptr, (size_t)size, mapped, h, (int)dev, 0, 0, 0, 0};
+    fgs_peer_grant(S, &S->allocs[S->n_allocs - 1]); /* devices with peer access to this one reach it too */
     fg_put_u64(out, ptr);
     return CUDA_SUCCESS;
 }

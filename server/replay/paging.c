@@ -792,6 +792,7 @@ CUresult fgs_page_in(fgs_session *S) {
         ad.location = prop.location;
         ad.flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
         r = S->api->cuMemSetAccess(a->ptr, a->mapped, &ad, 1);
+        if (r == CUDA_SUCCESS && a->peers) fgs_peer_grant(S, a); /* the session's other GPUs that reached it */
     }
     P->vmm_ns = fgs_now_ns() - tv;
     int fd = -1;

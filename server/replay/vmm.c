@@ -276,7 +276,9 @@ CUresult fgs_cuMemSetAccess(fgs_session *S, fg_reader *r, fg_writer *out) {
     memcpy(d, db, (size_t)count * sizeof d[0]);
     for (uint64_t i = 0; i < count; i++)
         if (d[i].location.type != CU_MEM_LOCATION_TYPE_DEVICE) return refuse(S, "cuMemSetAccess for a host location");
-    return S->api->cuMemSetAccess((CUdeviceptr)p, (size_t)size, d, (size_t)count);
+    CUresult res = S->api->cuMemSetAccess((CUdeviceptr)p, (size_t)size, d, (size_t)count);
+    if (res == CUDA_SUCCESS) fgs_peer_note_access(S, p, size, d, (size_t)count); /* a page-in grants them again */
+    return res;
 }
 
 CUresult fgs_cuMemRetainAllocationHandle(fgs_session *S, fg_reader *r, fg_writer *out) {

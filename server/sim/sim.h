@@ -22,6 +22,7 @@
 #define SIM_API __attribute__((visibility("default")))
 
 #define SIM_MAX_DEVICES 16
+#define SIM_MAX_PEERS 64 /* peer contexts one context may have enabled at once */
 #define SIM_GRANULARITY ((size_t)2 << 20) /* VMM allocation granularity: 2 MiB, as on Hopper */
 #define SIM_PAGE ((size_t)4096)
 
@@ -91,6 +92,8 @@ struct sim_ctx {
     int active;            /* primary: retained at least once and not released to zero / reset */
     unsigned int refcount; /* primary: retain count */
     unsigned long long id; /* cuCtxGetId: unique in the process; a primary context gets a new one when activated */
+    unsigned long long peers[SIM_MAX_PEERS]; /* ids of the contexts whose allocations it may access (sim_peer.c) */
+    unsigned int npeers;
 };
 unsigned long long sim_ctx_next_id(void);
 /* The calling thread's current context, validated (live and active), else CUDA_ERROR_INVALID_CONTEXT. */
@@ -120,6 +123,7 @@ struct sim_seg {
     uint64_t charged;       /* bytes charged to the device for this segment */
     unsigned long long id;  /* CU_POINTER_ATTRIBUTE_BUFFER_ID: set by sim_seg_insert, never reused */
     int registered;         /* HOST: the caller's memory, registered with cuMemHostRegister (map_len 0) */
+    int dprot[SIM_MAX_DEVICES]; /* VMM: the access cuMemSetAccess gave each device (prot is their union) */
 };
 
 int sim_seg_insert(struct sim_seg *seg);           /* 0 ok, -1 out of memory */
@@ -129,6 +133,10 @@ struct sim_seg *sim_seg_find_base(uintptr_t addr, int kind); /* segment of that 
 int sim_seg_overlaps(uintptr_t base, size_t size);  /* any segment intersects [base, base+size) */
 /* [p, p+n) lies in contiguous segments that all allow `prot`; else CUDA_ERROR_INVALID_VALUE. */
 CUresult sim_range_check(CUdeviceptr p, size_t n, int prot);
+/* The same, for a kernel running in `ctx`: every segment must also be accessible from its device (sim_peer.c):
+ * its own device's memory, a peer context's allocations once peer access to it is enabled, VMM mappings the
+ * device was granted with cuMemSetAccess, and pinned host memory. */
+CUresult sim_range_check_from(const struct sim_ctx *ctx, CUdeviceptr p, size_t n, int prot);
 /* Allocates a host-backed segment (ALLOC, GLOBAL or HOST), charging device memory except for HOST. */
 CUresult sim_seg_alloc(int kind, int device, size_t size, struct sim_ctx *owner, const void *module,
                        struct sim_seg **out);

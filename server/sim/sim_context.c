@@ -55,6 +55,7 @@ void sim_ctx_release_resources(struct sim_ctx *ctx)
 {
     void *batch[64];
     size_t n;
+    ctx->npeers = 0; /* its peer access ends with it (a primary context made active again starts without) */
     while ((n = sim_reg_collect(SIM_KIND_MODULE, ctx, batch, 64)) > 0)
         for (size_t i = 0; i < n; i++)
             sim_module_destroy_obj(batch[i]);

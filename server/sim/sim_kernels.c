@@ -48,13 +48,15 @@ static uint64_t covered(const struct sim_launch *l, int32_t n)
     return (uint64_t)n < t ? (uint64_t)n : t;
 }
 
-static CUresult check_buf(uint64_t ptr, uint64_t count, int prot)
+/* A buffer the kernel touches: mapped with the access it needs, and reachable from the device the kernel runs on
+ * (its function's context: own memory, enabled peers, granted VMM mappings; sim_peer.c). */
+static CUresult check_buf(const struct sim_launch *l, uint64_t ptr, uint64_t count, int prot)
 {
     if (count == 0)
         return CUDA_SUCCESS;
     if (ptr % 4 || count > UINT64_MAX / 4)
         return CUDA_ERROR_INVALID_VALUE;
-    return sim_range_check((CUdeviceptr)ptr, (size_t)(count * 4), prot);
+    return sim_range_check_from(l->f->h.ctx, (CUdeviceptr)ptr, (size_t)(count * 4), prot);
 }
 
 static CUresult refuse_racy(const struct sim_launch *l)
@@ -70,7 +72,7 @@ static CUresult run_vadd(const struct sim_launch *l)
     uint64_t a = rd_u64(l, 0), b = rd_u64(l, 8), c = rd_u64(l, 16);
     uint64_t n = covered(l, (int32_t)rd_u32(l, 24));
     CUresult rc;
-    if ((rc = check_buf(a, n, SIM_PROT_R)) || (rc = check_buf(b, n, SIM_PROT_R)) || (rc = check_buf(c, n, SIM_PROT_W)))
+    if ((rc = check_buf(l, a, n, SIM_PROT_R)) || (rc = check_buf(l, b, n, SIM_PROT_R)) || (rc = check_buf(l, c, n, SIM_PROT_W)))
         return rc;
     const float *pa = (const float *)(uintptr_t)a, *pb = (const float *)(uintptr_t)b;
     float *pc = (float *)(uintptr_t)c;
@@ -85,7 +87,7 @@ static CUresult run_scale(const struct sim_launch *l)
     float s = rd_f32(l, 8);
     uint64_t n = covered(l, (int32_t)rd_u32(l, 12));
     CUresult rc;
-    if ((rc = refuse_racy(l)) || (rc = check_buf(x, n, SIM_PROT_R | SIM_PROT_W)))
+    if ((rc = refuse_racy(l)) || (rc = check_buf(l, x, n, SIM_PROT_R | SIM_PROT_W)))
         return rc;
     float *px = (float *)(uintptr_t)x;
     for (uint64_t i = 0; i < n; i++)
@@ -98,7 +100,7 @@ static CUresult run_fill(const struct sim_launch *l)
     uint64_t p = rd_u64(l, 0);
     uint32_t v = rd_u32(l, 8);
     uint64_t n = rd_u64(l, 16);
-    CUresult rc = check_buf(p, n, SIM_PROT_W);
+    CUresult rc = check_buf(l, p, n, SIM_PROT_W);
     if (rc)
         return rc;
     uint32_t *pp = (uint32_t *)(uintptr_t)p;
@@ -117,7 +119,7 @@ static CUresult run_axpb(const struct sim_launch *l)
     uint64_t n = covered(l, (int32_t)rd_u32(l, 8));
     uint64_t x = rd_u64(l, 16);
     CUresult rc;
-    if ((rc = refuse_racy(l)) || (rc = check_buf(x, n, SIM_PROT_R | SIM_PROT_W)))
+    if ((rc = refuse_racy(l)) || (rc = check_buf(l, x, n, SIM_PROT_R | SIM_PROT_W)))
         return rc;
     float *px = (float *)(uintptr_t)x;
     for (uint64_t i = 0; i < n; i++)

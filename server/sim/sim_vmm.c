@@ -315,29 +315,43 @@ SIM_API CUresult cuMemSetAccess(CUdeviceptr ptr, size_t size, const CUmemAccessD
         return CUDA_ERROR_INVALID_VALUE;
     sim_lock();
     CUresult rc = sim_check_init();
-    int prot = 0;
+    int want[SIM_MAX_DEVICES], given[SIM_MAX_DEVICES] = {0}; /* per device: the access asked for, and whether */
     if (rc == CUDA_SUCCESS && count > (size_t)sim_g.ndev)
         rc = CUDA_ERROR_INVALID_VALUE;
     for (size_t i = 0; rc == CUDA_SUCCESS && i < count; i++) {
+        int prot = 0;
         if (check_location(&desc[i].location) != CUDA_SUCCESS)
             rc = CUDA_ERROR_INVALID_DEVICE;
         else if (desc[i].flags == CU_MEM_ACCESS_FLAGS_PROT_READ)
-            prot |= SIM_PROT_R;
+            prot = SIM_PROT_R;
         else if (desc[i].flags == CU_MEM_ACCESS_FLAGS_PROT_READWRITE)
-            prot |= SIM_PROT_R | SIM_PROT_W;
+            prot = SIM_PROT_R | SIM_PROT_W;
         else if (desc[i].flags != CU_MEM_ACCESS_FLAGS_PROT_NONE)
             rc = CUDA_ERROR_INVALID_VALUE;
+        if (rc == CUDA_SUCCESS) {
+            want[desc[i].location.id] = prot;
+            given[desc[i].location.id] = 1;
+        }
     }
     static struct sim_seg *segs[TILE_MAX];
     size_t k = rc == CUDA_SUCCESS ? tile((uintptr_t)ptr, size, segs, TILE_MAX) : 0;
     if (rc == CUDA_SUCCESS && k == 0)
         rc = CUDA_ERROR_INVALID_VALUE;
-    int hostprot = (prot & SIM_PROT_W) ? PROT_READ | PROT_WRITE : (prot & SIM_PROT_R) ? PROT_READ : PROT_NONE;
+    /* As the driver: the devices named change their access, the others keep theirs. The host mapping allows the
+     * union (what some device may do); launches check the running device's own (sim_peer.c). */
     for (size_t i = 0; rc == CUDA_SUCCESS && i < k; i++) {
-        if (mprotect((void *)segs[i]->base, segs[i]->size, hostprot) != 0)
+        int prot = 0;
+        for (int d = 0; d < sim_g.ndev; d++)
+            prot |= given[d] ? want[d] : segs[i]->dprot[d];
+        int hostprot = (prot & SIM_PROT_W) ? PROT_READ | PROT_WRITE : (prot & SIM_PROT_R) ? PROT_READ : PROT_NONE;
+        if (mprotect((void *)segs[i]->base, segs[i]->size, hostprot) != 0) {
             rc = CUDA_ERROR_INVALID_VALUE;
-        else
-            segs[i]->prot = prot;
+            break;
+        }
+        segs[i]->prot = prot;
+        for (int d = 0; d < sim_g.ndev; d++)
+            if (given[d])
+                segs[i]->dprot[d] = want[d];
     }
     sim_unlock();
     return rc;

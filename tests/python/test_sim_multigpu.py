@@ -9,6 +9,10 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
+
+from cuda_ctypes import TEST_PTX
+from e2e_helpers import start_server, stop_server
 
 from fargpu import paths
 from fargpu.server.devices import sim_uuid
@@ -44,8 +48,8 @@ print(json.dumps({"init": 0, "devs": devs}))
 def _run(code: str, **env: str) -> dict[str, object]:
     full = {k: v for k, v in os.environ.items() if k not in ("CUDA_VISIBLE_DEVICES", "FARGPU_SIM_MEM_BYTES")}
     full.update(env)
-    res = subprocess.run([sys.executable, "-P", "-c", code, str(paths.sim_lib())], env=full, capture_output=True,
-                         text=True, timeout=60)
+    res = subprocess.run([sys.executable, "-P", "-c", code, str(paths.sim_lib()), str(TEST_PTX)], env=full,
+                         capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stdout + res.stderr
     out: dict[str, object] = json.loads(res.stdout.strip().splitlines()[-1])
     return out
@@ -63,3 +67,105 @@ def test_visible_devices_pick_and_order_the_simulated_devices() -> None:
     assert len(_run(IDENTITY, FARGPU_SIM_DEVICES="4", CUDA_VISIBLE_DEVICES="1,1,2")["devs"]) == 1  # type: ignore[arg-type]
     assert _run(IDENTITY, FARGPU_SIM_DEVICES="4", CUDA_VISIBLE_DEVICES="")["init"] == 100
     assert _run(IDENTITY, FARGPU_SIM_DEVICES="4", CUDA_VISIBLE_DEVICES="GPU-ffff")["init"] == 100
+
+
+# One program, run on the simulated device directly (the "native" answer) and through fargpu (stub, protocol, node,
+# replay, the same simulated device under it): every call's result and the bytes it leaves must be the same.
+PEER = PRELUDE + r"""
+C = ctypes.c_uint64
+out = {}
+ok(cu.cuInit(0), "init")
+n = ctypes.c_int(); ok(cu.cuDeviceGetCount(ctypes.byref(n)), "count"); out["count"] = n.value
+can = ctypes.c_int(-1)
+out["can01"] = [cu.cuDeviceCanAccessPeer(ctypes.byref(can), 0, 1), can.value]
+out["can00"] = [cu.cuDeviceCanAccessPeer(ctypes.byref(can), 0, 0), can.value]
+v = ctypes.c_int(-1)
+out["p2p_access"] = [cu.cuDeviceGetP2PAttribute(ctypes.byref(v), 2, 0, 1), v.value]  # ACCESS_SUPPORTED
+out["p2p_same"] = cu.cuDeviceGetP2PAttribute(ctypes.byref(v), 2, 1, 1)
+ctx = [ctypes.c_void_p(), ctypes.c_void_p()]
+for d in (0, 1):
+    ok(cu.cuDevicePrimaryCtxRetain(ctypes.byref(ctx[d]), d), "retain")
+N = 1 << 16
+def alloc(d):
+    ok(cu.cuCtxSetCurrent(ctx[d]), "set")
+    p = C(); ok(cu.cuMemAlloc_v2(ctypes.byref(p), ctypes.c_size_t(N * 4)), "alloc"); return p.value
+def read(p):
+    buf = (ctypes.c_uint32 * N)()
+    ok(cu.cuMemcpyDtoH_v2(buf, C(p), ctypes.c_size_t(N * 4)), "dtoh")
+    return sorted(set(buf))
+ok(cu.cuCtxSetCurrent(ctx[0]), "set0")
+mod = ctypes.c_void_p()
+ok(cu.cuModuleLoadData(ctypes.byref(mod), open(sys.argv[2], "rb").read() + b"\0"), "load")
+fill = ctypes.c_void_p(); ok(cu.cuModuleGetFunction(ctypes.byref(fill), mod, b"fg_fill_u32"), "func")
+def launch(p, val):
+    # from device 0: the first error of the launch and the synchronisation after it (a GPU reports a fault there)
+    ok(cu.cuCtxSetCurrent(ctx[0]), "set0")
+    a, b, c = C(p), ctypes.c_uint32(val), ctypes.c_uint64(N)
+    args = (ctypes.c_void_p * 3)(ctypes.addressof(a), ctypes.addressof(b), ctypes.addressof(c))
+    r = cu.cuLaunchKernel(fill, 64, 1, 1, 128, 1, 1, 0, None, args, None)
+    s = cu.cuCtxSynchronize()
+    return r or s
+A = alloc(0); B = alloc(1)
+ok(cu.cuMemsetD32_v2(C(B), 7, ctypes.c_size_t(N)), "memset")
+out["own"] = [launch(A, 1), read(A)]
+out["peer_before"] = [launch(B, 2), read(B)]
+ok(cu.cuCtxSetCurrent(ctx[0]), "set0")
+out["enable"] = [cu.cuCtxEnablePeerAccess(ctx[1], 0), cu.cuCtxEnablePeerAccess(ctx[1], 0),
+                 cu.cuCtxEnablePeerAccess(ctx[0], 0), cu.cuCtxEnablePeerAccess(ctx[1], 1)]
+out["peer_after"] = [launch(B, 3), read(B)]
+Cnew = alloc(1)  # allocated after peer access was enabled: reachable too
+out["peer_future"] = [launch(Cnew, 4), read(Cnew)]
+ok(cu.cuCtxSetCurrent(ctx[0]), "set0")
+out["copy_peer"] = [cu.cuMemcpyPeer(C(A), ctx[0], C(B), ctx[1], ctypes.c_size_t(N * 4)), cu.cuCtxSynchronize(), read(A)]
+out["copy_peer_async"] = [cu.cuMemcpyPeerAsync(C(B), ctx[1], C(Cnew), ctx[1], ctypes.c_size_t(N * 4), None),
+                          cu.cuCtxSynchronize(), read(B)]
+# an async copy's error may come with the call or the next synchronisation (fargpu: the latter, as a GPU may)
+out["copy_peer_bad"] = cu.cuMemcpyPeer(C(A), ctx[0], C(B + N * 4 * 64), ctx[1], ctypes.c_size_t(16)) or \
+    cu.cuCtxSynchronize()
+out["disable"] = [cu.cuCtxDisablePeerAccess(ctx[1]), cu.cuCtxDisablePeerAccess(ctx[1])]
+out["peer_disabled"] = [launch(B, 5), read(B)]
+# VMM: the application's own mapping on device 1, reachable from device 0 only once cuMemSetAccess names it
+class Prop(ctypes.Structure):
+    _fields_ = [("type", ctypes.c_int), ("requestedHandleTypes", ctypes.c_int), ("loc_type", ctypes.c_int),
+                ("loc_id", ctypes.c_int), ("win32", ctypes.c_void_p), ("compression", ctypes.c_ubyte),
+                ("gpuDirect", ctypes.c_ubyte), ("usage", ctypes.c_ushort), ("reserved", ctypes.c_ubyte * 4)]
+class Access(ctypes.Structure):
+    _fields_ = [("loc_type", ctypes.c_int), ("loc_id", ctypes.c_int), ("flags", ctypes.c_int)]
+ok(cu.cuCtxSetCurrent(ctx[1]), "set1")
+prop = Prop(1, 0, 1, 1)
+size = 2 << 20
+h = C(); ok(cu.cuMemCreate(ctypes.byref(h), ctypes.c_size_t(size), ctypes.byref(prop), C(0)), "create")
+va = C(); ok(cu.cuMemAddressReserve(ctypes.byref(va), ctypes.c_size_t(size), ctypes.c_size_t(0), C(0), C(0)), "reserve")
+ok(cu.cuMemMap(C(va.value), ctypes.c_size_t(size), ctypes.c_size_t(0), h, C(0)), "map")
+own = (Access * 1)(Access(1, 1, 3))
+ok(cu.cuMemSetAccess(C(va.value), ctypes.c_size_t(size), own, ctypes.c_size_t(1)), "access own")
+out["vmm_own_only"] = launch(va.value, 6)
+both = (Access * 2)(Access(1, 1, 3), Access(1, 0, 3))
+out["vmm_both"] = [cu.cuMemSetAccess(C(va.value), ctypes.c_size_t(size), both, ctypes.c_size_t(2)),
+                   launch(va.value, 8), read(va.value)]
+print(json.dumps(out))
+"""
+
+
+def test_peer_access_through_fargpu_behaves_as_on_the_device(tmp_path: Path) -> None:
+    native = _run(PEER, FARGPU_SIM_DEVICES="2")
+    s = start_server(tmp_path, env_extra={"FARGPU_SIM_DEVICES": "2"})
+    try:
+        env = s.client_env()
+        res = subprocess.run([sys.executable, "-P", "-c", PEER, "libcuda.so.1", str(TEST_PTX)], env=env,
+                             capture_output=True, text=True, timeout=120)
+        assert res.returncode == 0, res.stdout + res.stderr + s.log_text()[-3000:]
+        remote = json.loads(res.stdout.strip().splitlines()[-1])
+    finally:
+        stop_server(s)
+    assert remote == native, (remote, native)
+    # and what the device does is what the driver documents
+    assert native["can01"] == [0, 1] and native["can00"] == [0, 0] and native["p2p_access"] == [0, 1]
+    assert native["own"] == [0, [1]]
+    assert native["peer_before"] == [1, [7]]  # device 0 may not reach device 1's memory yet
+    assert native["enable"] == [0, 704, 217, 1]  # ALREADY_ENABLED, PEER_ACCESS_UNSUPPORTED, INVALID_VALUE
+    assert native["peer_after"] == [0, [3]] and native["peer_future"] == [0, [4]]
+    assert native["copy_peer"] == [0, 0, [3]] and native["copy_peer_async"] == [0, 0, [4]]
+    assert native["copy_peer_bad"] == 1
+    assert native["disable"] == [0, 705] and native["peer_disabled"] == [1, [4]]
+    assert native["vmm_own_only"] == 1 and native["vmm_both"] == [0, 0, [8]]

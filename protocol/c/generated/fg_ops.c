@@ -153,6 +153,8 @@ const char *fg_op_name(unsigned op) {
     case FG_OP_cuMemcpyDtoH_v2: return "cuMemcpyDtoH_v2";
     case FG_OP_cuMemcpyHtoDAsync_v2: return "cuMemcpyHtoDAsync_v2";
     case FG_OP_cuMemcpyHtoD_v2: return "cuMemcpyHtoD_v2";
+    case FG_OP_cuMemcpyPeer: return "cuMemcpyPeer";
+    case FG_OP_cuMemcpyPeerAsync: return "cuMemcpyPeerAsync";
     case FG_OP_cuMemsetD16Async: return "cuMemsetD16Async";
     case FG_OP_cuMemsetD16_v2: return "cuMemsetD16_v2";
     case FG_OP_cuMemsetD2D16Async: return "cuMemsetD2D16Async";
