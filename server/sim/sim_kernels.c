@@ -141,7 +141,7 @@ static CUresult run_bump_magic(const struct sim_launch *l)
     size_t n = 0;
     if (!l->f->mod || sim_module_global(l->f->mod, "fg_magic", &p, &n) != CUDA_SUCCESS || n != 4)
         return CUDA_ERROR_NOT_SUPPORTED;
-    CUresult rc = check_buf((uint64_t)p, 1, SIM_PROT_R | SIM_PROT_W);
+    CUresult rc = check_buf(l, (uint64_t)p, 1, SIM_PROT_R | SIM_PROT_W);
     if (rc)
         return rc;
     *(uint32_t *)(uintptr_t)p += rd_u32(l, 0);
