@@ -284,3 +284,14 @@ uint64_t fgc_host_node_cookie(CUhostFn fn, void *userData) {
     if (!fn || !channel()) return 0;
     return remember(fn, NULL, NULL, userData, 0);
 }
+
+int fgc_host_node_lookup(uint64_t cookie, CUhostFn *fn, void **userData) {
+    pthread_mutex_lock(&mu);
+    int ok = cookie >= 1 && cookie <= n_entries && entries[cookie - 1].fn;
+    if (ok) {
+        *fn = entries[cookie - 1].fn;
+        *userData = entries[cookie - 1].data;
+    }
+    pthread_mutex_unlock(&mu);
+    return ok;
+}

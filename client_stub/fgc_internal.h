@@ -101,5 +101,19 @@ CUresult fgc_put_kernel_params(fg_writer *w, CUfunction f, void **kernelParams, 
 CUresult fgc_copy2d_arrays(const CUDA_MEMCPY2D *c, CUstream s, int async);
 /* callbacks.c: a cookie for a graph host node's function (run in this process at each launch); 0: none. */
 uint64_t fgc_host_node_cookie(CUhostFn fn, void *userData);
+/* callbacks.c: the function and data of a host node's cookie; 0 when it is none of ours. */
+int fgc_host_node_lookup(uint64_t cookie, CUhostFn *fn, void **userData);
+/* graph_build.c: the host memory whose device shadow starts at dev (a memcpy node's); 0: none. */
+int fgc_graph_shadow_host(uint64_t dev, void **host);
+/* graph_mem.c: memory allocation and free nodes, emulated in the stub. */
+int fgc_graph_mem_node_type(uint64_t node, CUgraphNodeType *type); /* 1: one of them (type set) */
+int fgc_graph_mem_user_free(CUdeviceptr p);                          /* 1: a graph allocation (handled) */
+void fgc_graph_mem_cloned(uint64_t from, CUgraph to);                /* cuGraphClone made `to` from `from` */
+void fgc_graph_mem_instantiated(uint64_t graph, uint64_t exec);      /* exec runs graph's allocations */
+void fgc_graph_mem_updated(uint64_t exec, uint64_t graph);           /* cuGraphExecUpdate from graph */
+void fgc_graph_mem_launched(uint64_t exec);
+void fgc_graph_mem_destroyed(uint64_t owner);                        /* a graph or executable went */
+int fgc_graph_mem_holds(uint64_t graph);                             /* 1: graph has memory nodes */
+void fgc_graph_mem_node_gone(uint64_t node);                         /* cuGraphDestroyNode */
 
 #endif

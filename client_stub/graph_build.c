@@ -89,6 +89,18 @@ static void copy_owner(uint64_t from, uint64_t to) {
     pthread_mutex_unlock(&bmu);
 }
 
+int fgc_graph_shadow_host(uint64_t dev, void **host) {
+    int found = 0;
+    pthread_mutex_lock(&bmu);
+    for (size_t i = 0; dev && i < n_binds && !found; i++)
+        if (binds[i].sh->dev == dev) {
+            *host = (void *)(uintptr_t)binds[i].sh->host;
+            found = 1;
+        }
+    pthread_mutex_unlock(&bmu);
+    return found;
+}
+
 /* ---- one side of a memcpy node ---- */
 
 static CUresult side(CUmemorytype *type, const void **host, CUdeviceptr *dev, CUarray *arr, size_t x, size_t y,
@@ -351,6 +363,7 @@ CUresult fgc_cuGraphAddEventWaitNode(CUgraphNode *ph, CUgraph g, const CUgraphNo
 }
 
 CUresult fgc_cuGraphAddChildGraphNode(CUgraphNode *ph, CUgraph g, const CUgraphNode *deps, size_t n, CUgraph child) {
+    if (fgc_graph_mem_holds(fgc_handle_id(child))) return CUDA_ERROR_INVALID_VALUE; /* as the driver: no memory nodes */
     CUresult r = add_handle_node(FG_OP_cuGraphAddChildGraphNode, ph, g, deps, n, child);
     if (r == CUDA_SUCCESS) copy_owner(fgc_handle_id(child), fgc_handle_id(g)); /* the parent runs its copies */
     return r;
@@ -430,6 +443,17 @@ CUresult fgc_cuGraphRemoveDependencies_v2(CUgraph g, const CUgraphNode *from, co
     return deps_change(FG_OP_cuGraphRemoveDependencies_v2, g, from, to, edges, n);
 }
 
+CUresult fgc_cuGraphDestroyNode(CUgraphNode node) {
+    FGC_REQUIRE_INIT();
+    fg_writer *w = fgc_begin(FG_OP_cuGraphDestroyNode);
+    if (!w) return fgc_last_error();
+    fgc_memo_clear();
+    fgc_put_handle(w, node);
+    CUresult r = fgc_sync();
+    if (r == CUDA_SUCCESS) fgc_graph_mem_node_gone(fgc_handle_id(node)); /* its id may name another node later */
+    return r;
+}
+
 /* ---- whole graphs and executables ---- */
 
 static CUresult one_id(uint16_t op, const void *h, const void *payload, size_t plen, uint64_t *out) {
@@ -449,6 +473,7 @@ CUresult fgc_cuGraphInstantiateWithFlags(CUgraphExec *pe, CUgraph g, unsigned lo
     if (r == CUDA_SUCCESS) {
         *pe = (CUgraphExec)(uintptr_t)id;
         copy_owner(fgc_handle_id(g), id);
+        fgc_graph_mem_instantiated(fgc_handle_id(g), id);
     }
     return r;
 }
@@ -474,6 +499,7 @@ CUresult fgc_cuGraphInstantiateWithParams(CUgraphExec *pe, CUgraph g, CUDA_GRAPH
     if (r == CUDA_SUCCESS) {
         *pe = (CUgraphExec)(uintptr_t)id;
         copy_owner(fgc_handle_id(g), id);
+        fgc_graph_mem_instantiated(fgc_handle_id(g), id);
     }
     return r;
 }
@@ -501,6 +527,7 @@ CUresult fgc_cuGraphExecUpdate_v2(CUgraphExec e, CUgraph g, CUgraphExecUpdateRes
     if (r == CUDA_SUCCESS) { /* the executable now runs that graph's copies */
         drop_owner(fgc_handle_id(e), 0);
         copy_owner(fgc_handle_id(g), fgc_handle_id(e));
+        fgc_graph_mem_updated(fgc_handle_id(e), fgc_handle_id(g));
     }
     return r;
 }
@@ -512,6 +539,7 @@ CUresult fgc_cuGraphClone(CUgraph *pc, CUgraph g) {
     if (r == CUDA_SUCCESS) {
         *pc = (CUgraph)(uintptr_t)id;
         copy_owner(fgc_handle_id(g), id);
+        fgc_graph_mem_cloned(fgc_handle_id(g), *pc);
     }
     return r;
 }
@@ -523,7 +551,10 @@ CUresult fgc_cuGraphDestroy(CUgraph g) {
     fgc_memo_clear();
     fgc_put_handle(w, g);
     CUresult r = fgc_sync();
-    if (r == CUDA_SUCCESS) drop_owner(fgc_handle_id(g), 0);
+    if (r == CUDA_SUCCESS) {
+        drop_owner(fgc_handle_id(g), 0);
+        fgc_graph_mem_destroyed(fgc_handle_id(g));
+    }
     return r;
 }
 
@@ -534,7 +565,10 @@ CUresult fgc_cuGraphExecDestroy(CUgraphExec e) {
     fgc_memo_clear();
     fgc_put_handle(w, e);
     CUresult r = fgc_sync();
-    if (r == CUDA_SUCCESS) drop_owner(fgc_handle_id(e), 0);
+    if (r == CUDA_SUCCESS) {
+        drop_owner(fgc_handle_id(e), 0);
+        fgc_graph_mem_destroyed(fgc_handle_id(e));
+    }
     return r;
 }
 
@@ -564,6 +598,7 @@ CUresult fgc_cuGraphLaunch(CUgraphExec e, CUstream s) {
             fgc_put_handle(w, e);
             fgc_put_handle(w, s);
             r = fgc_async();
+            if (r == CUDA_SUCCESS) fgc_graph_mem_launched(id);
         }
     }
     for (size_t i = 0; i < n && r == CUDA_SUCCESS; i++)

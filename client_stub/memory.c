@@ -43,6 +43,7 @@ CUresult fgc_cuMemAlloc_v2(CUdeviceptr *dptr, size_t bytesize) {
 CUresult fgc_cuMemFree_v2(CUdeviceptr dptr) {
     FGC_REQUIRE_INIT();
     if (dptr == 0) return CUDA_SUCCESS; /* as the driver: freeing NULL does nothing */
+    if (fgc_graph_mem_user_free(dptr)) return CUDA_SUCCESS; /* a graph allocation its graphs still hold */
     fgc_mirror_managed_freed(dptr);
     fg_writer *w = fgc_begin(FG_OP_cuMemFree_v2);
     if (!w) return fgc_last_error();

@@ -741,11 +741,10 @@ FGC_EXPORT CUresult CUDAAPI cuDeviceGetExecAffinitySupport(int *pi, CUexecAffini
 }
 
 FGC_EXPORT CUresult CUDAAPI cuDeviceGetGraphMemAttribute(CUdevice device, CUgraphMem_attribute attr, void *value) {
-    (void)device;
-    (void)attr;
-    (void)value;
-    static int logged;
-    return fgc_unsupported("cuDeviceGetGraphMemAttribute", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuDeviceGetGraphMemAttribute");
+    CUresult r_ = fgc_cuDeviceGetGraphMemAttribute(device, attr, value);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuDeviceGetGraphMemAttribute", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuDeviceGetHostAtomicCapabilities(unsigned int *capabilities, const CUatomicOperation *operations, unsigned int count, CUdevice dev) {
@@ -867,9 +866,10 @@ FGC_EXPORT CUresult CUDAAPI cuDeviceGetUuid_v2(CUuuid *uuid, CUdevice dev) {
 }
 
 FGC_EXPORT CUresult CUDAAPI cuDeviceGraphMemTrim(CUdevice device) {
-    (void)device;
-    static int logged;
-    return fgc_unsupported("cuDeviceGraphMemTrim", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuDeviceGraphMemTrim");
+    CUresult r_ = fgc_cuDeviceGraphMemTrim(device);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuDeviceGraphMemTrim", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuDevicePrimaryCtxGetState(CUdevice dev, unsigned int *flags, int *active) {
@@ -948,11 +948,10 @@ FGC_EXPORT CUresult CUDAAPI cuDeviceRegisterAsyncNotification(CUdevice device, C
 }
 
 FGC_EXPORT CUresult CUDAAPI cuDeviceSetGraphMemAttribute(CUdevice device, CUgraphMem_attribute attr, void *value) {
-    (void)device;
-    (void)attr;
-    (void)value;
-    static int logged;
-    return fgc_unsupported("cuDeviceSetGraphMemAttribute", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuDeviceSetGraphMemAttribute");
+    CUresult r_ = fgc_cuDeviceSetGraphMemAttribute(device, attr, value);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuDeviceSetGraphMemAttribute", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuDeviceSetMemPool(CUdevice dev, CUmemoryPool pool) {
@@ -1486,13 +1485,10 @@ FGC_EXPORT CUresult CUDAAPI cuGraphAddKernelNode_v2(CUgraphNode *phGraphNode, CU
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphAddMemAllocNode(CUgraphNode *phGraphNode, CUgraph hGraph, const CUgraphNode *dependencies, size_t numDependencies, CUDA_MEM_ALLOC_NODE_PARAMS *nodeParams) {
-    (void)phGraphNode;
-    (void)hGraph;
-    (void)dependencies;
-    (void)numDependencies;
-    (void)nodeParams;
-    static int logged;
-    return fgc_unsupported("cuGraphAddMemAllocNode", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuGraphAddMemAllocNode");
+    CUresult r_ = fgc_cuGraphAddMemAllocNode(phGraphNode, hGraph, dependencies, numDependencies, nodeParams);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuGraphAddMemAllocNode", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphAddMemcpyNode(CUgraphNode *phGraphNode, CUgraph hGraph, const CUgraphNode *dependencies, size_t numDependencies, const CUDA_MEMCPY3D *copyParams, CUcontext ctx) {
@@ -1503,13 +1499,10 @@ FGC_EXPORT CUresult CUDAAPI cuGraphAddMemcpyNode(CUgraphNode *phGraphNode, CUgra
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphAddMemFreeNode(CUgraphNode *phGraphNode, CUgraph hGraph, const CUgraphNode *dependencies, size_t numDependencies, CUdeviceptr dptr) {
-    (void)phGraphNode;
-    (void)hGraph;
-    (void)dependencies;
-    (void)numDependencies;
-    (void)dptr;
-    static int logged;
-    return fgc_unsupported("cuGraphAddMemFreeNode", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuGraphAddMemFreeNode");
+    CUresult r_ = fgc_cuGraphAddMemFreeNode(phGraphNode, hGraph, dependencies, numDependencies, dptr);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuGraphAddMemFreeNode", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphAddMemsetNode(CUgraphNode *phGraphNode, CUgraph hGraph, const CUgraphNode *dependencies, size_t numDependencies, const CUDA_MEMSET_NODE_PARAMS *memsetParams, CUcontext ctx) {
@@ -1548,10 +1541,10 @@ FGC_EXPORT CUresult CUDAAPI cuGraphBatchMemOpNodeSetParams(CUgraphNode hNode, co
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphChildGraphNodeGetGraph(CUgraphNode hNode, CUgraph *phGraph) {
-    (void)hNode;
-    (void)phGraph;
-    static int logged;
-    return fgc_unsupported("cuGraphChildGraphNodeGetGraph", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuGraphChildGraphNodeGetGraph");
+    CUresult r_ = fgc_cuGraphChildGraphNodeGetGraph(hNode, phGraph);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuGraphChildGraphNodeGetGraph", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphClone(CUgraph *phGraphClone, CUgraph originalGraph) {
@@ -1598,23 +1591,17 @@ FGC_EXPORT CUresult CUDAAPI cuGraphDestroy(CUgraph hGraph) {
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphDestroyNode(CUgraphNode hNode) {
-    FGC_REQUIRE_INIT();
-    fg_writer *w = fgc_begin(FG_OP_cuGraphDestroyNode);
-    if (!w) return fgc_last_error();
-    fgc_memo_clear();
-    fgc_put_handle(w, (const void *)hNode);
-    return fgc_sync();
+    fgc_log(FGC_LOG_TRACE, "= cuGraphDestroyNode");
+    CUresult r_ = fgc_cuGraphDestroyNode(hNode);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuGraphDestroyNode", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphEventRecordNodeGetEvent(CUgraphNode hNode, CUevent *event_out) {
-    FGC_REQUIRE_INIT();
-    uint64_t d_event_out;
-    fg_writer *w = fgc_begin(FG_OP_cuGraphEventRecordNodeGetEvent);
-    if (!w) return fgc_last_error();
-    fgc_put_handle(w, (const void *)hNode);
-    { uint8_t want_ = event_out != NULL; fg_put(w, &want_, 1); }
-    fgc_expect(event_out ? (void *)event_out : (void *)&d_event_out, sizeof(uint64_t));
-    return fgc_sync();
+    fgc_log(FGC_LOG_TRACE, "= cuGraphEventRecordNodeGetEvent");
+    CUresult r_ = fgc_cuGraphEventRecordNodeGetEvent(hNode, event_out);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuGraphEventRecordNodeGetEvent", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphEventRecordNodeSetEvent(CUgraphNode hNode, CUevent event) {
@@ -1627,14 +1614,10 @@ FGC_EXPORT CUresult CUDAAPI cuGraphEventRecordNodeSetEvent(CUgraphNode hNode, CU
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphEventWaitNodeGetEvent(CUgraphNode hNode, CUevent *event_out) {
-    FGC_REQUIRE_INIT();
-    uint64_t d_event_out;
-    fg_writer *w = fgc_begin(FG_OP_cuGraphEventWaitNodeGetEvent);
-    if (!w) return fgc_last_error();
-    fgc_put_handle(w, (const void *)hNode);
-    { uint8_t want_ = event_out != NULL; fg_put(w, &want_, 1); }
-    fgc_expect(event_out ? (void *)event_out : (void *)&d_event_out, sizeof(uint64_t));
-    return fgc_sync();
+    fgc_log(FGC_LOG_TRACE, "= cuGraphEventWaitNodeGetEvent");
+    CUresult r_ = fgc_cuGraphEventWaitNodeGetEvent(hNode, event_out);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuGraphEventWaitNodeGetEvent", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphEventWaitNodeSetEvent(CUgraphNode hNode, CUevent event) {
@@ -1819,13 +1802,10 @@ FGC_EXPORT CUresult CUDAAPI cuGraphGetEdges(CUgraph hGraph, CUgraphNode *from, C
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphGetEdges_v2(CUgraph hGraph, CUgraphNode *from, CUgraphNode *to, CUgraphEdgeData *edgeData, size_t *numEdges) {
-    (void)hGraph;
-    (void)from;
-    (void)to;
-    (void)edgeData;
-    (void)numEdges;
-    static int logged;
-    return fgc_unsupported("cuGraphGetEdges_v2", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuGraphGetEdges_v2");
+    CUresult r_ = fgc_cuGraphGetEdges_v2(hGraph, from, to, edgeData, numEdges);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuGraphGetEdges_v2", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphGetNodes(CUgraph hGraph, CUgraphNode *nodes, size_t *numNodes) {
@@ -1836,18 +1816,17 @@ FGC_EXPORT CUresult CUDAAPI cuGraphGetNodes(CUgraph hGraph, CUgraphNode *nodes, 
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphGetRootNodes(CUgraph hGraph, CUgraphNode *rootNodes, size_t *numRootNodes) {
-    (void)hGraph;
-    (void)rootNodes;
-    (void)numRootNodes;
-    static int logged;
-    return fgc_unsupported("cuGraphGetRootNodes", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuGraphGetRootNodes");
+    CUresult r_ = fgc_cuGraphGetRootNodes(hGraph, rootNodes, numRootNodes);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuGraphGetRootNodes", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphHostNodeGetParams(CUgraphNode hNode, CUDA_HOST_NODE_PARAMS *nodeParams) {
-    (void)hNode;
-    (void)nodeParams;
-    static int logged;
-    return fgc_unsupported("cuGraphHostNodeGetParams", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuGraphHostNodeGetParams");
+    CUresult r_ = fgc_cuGraphHostNodeGetParams(hNode, nodeParams);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuGraphHostNodeGetParams", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphHostNodeSetParams(CUgraphNode hNode, const CUDA_HOST_NODE_PARAMS *nodeParams) {
@@ -2032,10 +2011,10 @@ FGC_EXPORT CUresult CUDAAPI cuGraphKernelNodeGetParams(CUgraphNode hNode, CUDA_K
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphKernelNodeGetParams_v2(CUgraphNode hNode, CUDA_KERNEL_NODE_PARAMS *nodeParams) {
-    (void)hNode;
-    (void)nodeParams;
-    static int logged;
-    return fgc_unsupported("cuGraphKernelNodeGetParams_v2", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuGraphKernelNodeGetParams_v2");
+    CUresult r_ = fgc_cuGraphKernelNodeGetParams_v2(hNode, nodeParams);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuGraphKernelNodeGetParams_v2", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphKernelNodeSetAttribute(CUgraphNode hNode, CUkernelNodeAttrID attr, const CUkernelNodeAttrValue *value) {
@@ -2072,17 +2051,17 @@ FGC_EXPORT CUresult CUDAAPI cuGraphLaunch_ptsz(CUgraphExec hGraphExec, CUstream 
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphMemAllocNodeGetParams(CUgraphNode hNode, CUDA_MEM_ALLOC_NODE_PARAMS *params_out) {
-    (void)hNode;
-    (void)params_out;
-    static int logged;
-    return fgc_unsupported("cuGraphMemAllocNodeGetParams", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuGraphMemAllocNodeGetParams");
+    CUresult r_ = fgc_cuGraphMemAllocNodeGetParams(hNode, params_out);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuGraphMemAllocNodeGetParams", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphMemcpyNodeGetParams(CUgraphNode hNode, CUDA_MEMCPY3D *nodeParams) {
-    (void)hNode;
-    (void)nodeParams;
-    static int logged;
-    return fgc_unsupported("cuGraphMemcpyNodeGetParams", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuGraphMemcpyNodeGetParams");
+    CUresult r_ = fgc_cuGraphMemcpyNodeGetParams(hNode, nodeParams);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuGraphMemcpyNodeGetParams", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphMemcpyNodeSetParams(CUgraphNode hNode, const CUDA_MEMCPY3D *nodeParams) {
@@ -2093,10 +2072,10 @@ FGC_EXPORT CUresult CUDAAPI cuGraphMemcpyNodeSetParams(CUgraphNode hNode, const 
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphMemFreeNodeGetParams(CUgraphNode hNode, CUdeviceptr *dptr_out) {
-    (void)hNode;
-    (void)dptr_out;
-    static int logged;
-    return fgc_unsupported("cuGraphMemFreeNodeGetParams", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuGraphMemFreeNodeGetParams");
+    CUresult r_ = fgc_cuGraphMemFreeNodeGetParams(hNode, dptr_out);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuGraphMemFreeNodeGetParams", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphMemsetNodeGetParams(CUgraphNode hNode, CUDA_MEMSET_NODE_PARAMS *nodeParams) {
@@ -2140,12 +2119,10 @@ FGC_EXPORT CUresult CUDAAPI cuGraphNodeGetDependencies(CUgraphNode hNode, CUgrap
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphNodeGetDependencies_v2(CUgraphNode hNode, CUgraphNode *dependencies, CUgraphEdgeData *edgeData, size_t *numDependencies) {
-    (void)hNode;
-    (void)dependencies;
-    (void)edgeData;
-    (void)numDependencies;
-    static int logged;
-    return fgc_unsupported("cuGraphNodeGetDependencies_v2", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuGraphNodeGetDependencies_v2");
+    CUresult r_ = fgc_cuGraphNodeGetDependencies_v2(hNode, dependencies, edgeData, numDependencies);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuGraphNodeGetDependencies_v2", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphNodeGetDependentNodes(CUgraphNode hNode, CUgraphNode *dependentNodes, size_t *numDependentNodes) {
@@ -2157,12 +2134,10 @@ FGC_EXPORT CUresult CUDAAPI cuGraphNodeGetDependentNodes(CUgraphNode hNode, CUgr
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphNodeGetDependentNodes_v2(CUgraphNode hNode, CUgraphNode *dependentNodes, CUgraphEdgeData *edgeData, size_t *numDependentNodes) {
-    (void)hNode;
-    (void)dependentNodes;
-    (void)edgeData;
-    (void)numDependentNodes;
-    static int logged;
-    return fgc_unsupported("cuGraphNodeGetDependentNodes_v2", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuGraphNodeGetDependentNodes_v2");
+    CUresult r_ = fgc_cuGraphNodeGetDependentNodes_v2(hNode, dependentNodes, edgeData, numDependentNodes);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuGraphNodeGetDependentNodes_v2", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphNodeGetEnabled(CUgraphExec hGraphExec, CUgraphNode hNode, unsigned int *isEnabled) {
@@ -2178,14 +2153,10 @@ FGC_EXPORT CUresult CUDAAPI cuGraphNodeGetEnabled(CUgraphExec hGraphExec, CUgrap
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphNodeGetType(CUgraphNode hNode, CUgraphNodeType *type) {
-    FGC_REQUIRE_INIT();
-    __typeof__(*type) d_type;
-    fg_writer *w = fgc_begin(FG_OP_cuGraphNodeGetType);
-    if (!w) return fgc_last_error();
-    fgc_put_handle(w, (const void *)hNode);
-    { uint8_t want_ = type != NULL; fg_put(w, &want_, 1); }
-    fgc_expect(type ? (void *)type : (void *)&d_type, sizeof(*type));
-    return fgc_sync();
+    fgc_log(FGC_LOG_TRACE, "= cuGraphNodeGetType");
+    CUresult r_ = fgc_cuGraphNodeGetType(hNode, type);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuGraphNodeGetType", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphNodeSetEnabled(CUgraphExec hGraphExec, CUgraphNode hNode, unsigned int isEnabled) {

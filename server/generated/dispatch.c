@@ -710,6 +710,7 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
     case FG_OP_cuGraphAddKernelNode_v2: return fgs_cuGraphAddKernelNode_v2(S, r, out);
     case FG_OP_cuGraphAddMemcpyNode: return fgs_cuGraphAddMemcpyNode(S, r, out);
     case FG_OP_cuGraphAddMemsetNode: return fgs_cuGraphAddMemsetNode(S, r, out);
+    case FG_OP_cuGraphChildGraphNodeGetGraph: return fgs_cuGraphChildGraphNodeGetGraph(S, r, out);
     case FG_OP_cuGraphClone: return fgs_cuGraphClone(S, r, out);
     case FG_OP_cuGraphCreate: {
         CUgraph phGraph = NULL;
@@ -726,31 +727,8 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         return res;
     }
     case FG_OP_cuGraphDestroy: return fgs_cuGraphDestroy(S, r, out);
-    case FG_OP_cuGraphDestroyNode: {
-        uint64_t id_hNode = fg_get_u64(r);
-        CUgraphNode hNode = NULL;
-        if (!r->failed && fgs_handle_get(S, 10, id_hNode, (void **)&hNode)) return CUDA_ERROR_INVALID_HANDLE;
-        if (r->failed) return FGS_PROTOCOL_ERROR;
-        if (!S->api->cuGraphDestroyNode) return fgs_missing(S, "cuGraphDestroyNode");
-        CUresult res = S->api->cuGraphDestroyNode(hNode);
-        if (res == CUDA_SUCCESS) fgs_handle_remove(S, 10, id_hNode);
-        return res;
-    }
-    case FG_OP_cuGraphEventRecordNodeGetEvent: {
-        uint64_t id_hNode = fg_get_u64(r);
-        CUgraphNode hNode = NULL;
-        if (!r->failed && fgs_handle_get(S, 10, id_hNode, (void **)&hNode)) return CUDA_ERROR_INVALID_HANDLE;
-        CUevent event_out = NULL;
-        uint8_t want_event_out = 0;
-        fg_get(r, &want_event_out, 1);
-        if (r->failed) return FGS_PROTOCOL_ERROR;
-        if (!S->api->cuGraphEventRecordNodeGetEvent) return fgs_missing(S, "cuGraphEventRecordNodeGetEvent");
-        CUresult res = S->api->cuGraphEventRecordNodeGetEvent(hNode, want_event_out ? &event_out : NULL);
-        if (res == CUDA_SUCCESS) {
-            fg_put_u64(out, want_event_out && event_out ? fgs_handle_add(S, 3, (void *)event_out) : 0);
-        }
-        return res;
-    }
+    case FG_OP_cuGraphDestroyNode: return fgs_cuGraphDestroyNode(S, r, out);
+    case FG_OP_cuGraphEventRecordNodeGetEvent: return fgs_cuGraphEventRecordNodeGetEvent(S, r, out);
     case FG_OP_cuGraphEventRecordNodeSetEvent: {
         uint64_t id_hNode = fg_get_u64(r);
         CUgraphNode hNode = NULL;
@@ -763,21 +741,7 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         CUresult res = S->api->cuGraphEventRecordNodeSetEvent(hNode, event);
         return res;
     }
-    case FG_OP_cuGraphEventWaitNodeGetEvent: {
-        uint64_t id_hNode = fg_get_u64(r);
-        CUgraphNode hNode = NULL;
-        if (!r->failed && fgs_handle_get(S, 10, id_hNode, (void **)&hNode)) return CUDA_ERROR_INVALID_HANDLE;
-        CUevent event_out = NULL;
-        uint8_t want_event_out = 0;
-        fg_get(r, &want_event_out, 1);
-        if (r->failed) return FGS_PROTOCOL_ERROR;
-        if (!S->api->cuGraphEventWaitNodeGetEvent) return fgs_missing(S, "cuGraphEventWaitNodeGetEvent");
-        CUresult res = S->api->cuGraphEventWaitNodeGetEvent(hNode, want_event_out ? &event_out : NULL);
-        if (res == CUDA_SUCCESS) {
-            fg_put_u64(out, want_event_out && event_out ? fgs_handle_add(S, 3, (void *)event_out) : 0);
-        }
-        return res;
-    }
+    case FG_OP_cuGraphEventWaitNodeGetEvent: return fgs_cuGraphEventWaitNodeGetEvent(S, r, out);
     case FG_OP_cuGraphEventWaitNodeSetEvent: {
         uint64_t id_hNode = fg_get_u64(r);
         CUgraphNode hNode = NULL;
@@ -876,12 +840,17 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         return res;
     }
     case FG_OP_cuGraphExecUpdate_v2: return fgs_cuGraphExecUpdate_v2(S, r, out);
+    case FG_OP_cuGraphGetEdges_v2: return fgs_cuGraphGetEdges_v2(S, r, out);
     case FG_OP_cuGraphGetNodes: return fgs_cuGraphGetNodes(S, r, out);
+    case FG_OP_cuGraphGetRootNodes: return fgs_cuGraphGetRootNodes(S, r, out);
+    case FG_OP_cuGraphHostNodeGetParams: return fgs_cuGraphHostNodeGetParams(S, r, out);
     case FG_OP_cuGraphHostNodeSetParams: return fgs_cuGraphHostNodeSetParams(S, r, out);
     case FG_OP_cuGraphInstantiateWithFlags: return fgs_cuGraphInstantiateWithFlags(S, r, out);
     case FG_OP_cuGraphInstantiateWithParams: return fgs_cuGraphInstantiateWithParams(S, r, out);
+    case FG_OP_cuGraphKernelNodeGetParams_v2: return fgs_cuGraphKernelNodeGetParams_v2(S, r, out);
     case FG_OP_cuGraphKernelNodeSetParams_v2: return fgs_cuGraphKernelNodeSetParams_v2(S, r, out);
     case FG_OP_cuGraphLaunch: return fgs_cuGraphLaunch(S, r, out);
+    case FG_OP_cuGraphMemcpyNodeGetParams: return fgs_cuGraphMemcpyNodeGetParams(S, r, out);
     case FG_OP_cuGraphMemcpyNodeSetParams: return fgs_cuGraphMemcpyNodeSetParams(S, r, out);
     case FG_OP_cuGraphMemsetNodeGetParams: {
         uint64_t id_hNode = fg_get_u64(r);
@@ -931,6 +900,8 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         }
         return res;
     }
+    case FG_OP_cuGraphNodeGetDependencies_v2: return fgs_cuGraphNodeGetDependencies_v2(S, r, out);
+    case FG_OP_cuGraphNodeGetDependentNodes_v2: return fgs_cuGraphNodeGetDependentNodes_v2(S, r, out);
     case FG_OP_cuGraphNodeGetEnabled: {
         uint64_t id_hGraphExec = fg_get_u64(r);
         CUgraphExec hGraphExec = NULL;
@@ -950,22 +921,7 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         }
         return res;
     }
-    case FG_OP_cuGraphNodeGetType: {
-        uint64_t id_hNode = fg_get_u64(r);
-        CUgraphNode hNode = NULL;
-        if (!r->failed && fgs_handle_get(S, 10, id_hNode, (void **)&hNode)) return CUDA_ERROR_INVALID_HANDLE;
-        CUgraphNodeType type;
-        memset(&type, 0, sizeof(type));
-        uint8_t want_type = 0;
-        fg_get(r, &want_type, 1);
-        if (r->failed) return FGS_PROTOCOL_ERROR;
-        if (!S->api->cuGraphNodeGetType) return fgs_missing(S, "cuGraphNodeGetType");
-        CUresult res = S->api->cuGraphNodeGetType(hNode, want_type ? &type : NULL);
-        if (res == CUDA_SUCCESS) {
-            fg_put(out, &type, sizeof(type));
-        }
-        return res;
-    }
+    case FG_OP_cuGraphNodeGetType: return fgs_cuGraphNodeGetType(S, r, out);
     case FG_OP_cuGraphNodeSetEnabled: {
         uint64_t id_hGraphExec = fg_get_u64(r);
         CUgraphExec hGraphExec = NULL;

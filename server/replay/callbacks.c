@@ -175,6 +175,13 @@ void fgs_callbacks_close(fgs_session *S) {
 
 /* A host node of a graph the client builds (graph_build.c): the trampoline and its argument for the cookie. It
  * runs at every launch of the graph, on whatever stream launches it, and carries no staged copies. */
+uint64_t fgs_callback_cookie_of(fgs_session *S, CUhostFn fn, void *arg) {
+    if (fn != host_trampoline) return 0;
+    for (struct fgs_callback *c = S->callbacks; c; c = c->next)
+        if (c == arg) return c->cookie;
+    return 0;
+}
+
 CUresult fgs_callback_for_graph(fgs_session *S, uint64_t cookie, CUhostFn *fn, void **arg) {
     struct fgs_callback *c = (struct fgs_callback *)calloc(1, sizeof *c);
     if (!c) return CUDA_ERROR_OUT_OF_MEMORY;

@@ -121,6 +121,8 @@ typedef struct fgs_session {
     uint64_t arena_next, arena_end; /* where cuMemAlloc asks for its next address (memory.c); 0: anywhere */
     struct fgs_shm *shm;   /* the co-located client's shared-memory region (shm.c); NULL: none */
     struct fgs_bulk *bulk; /* the pinned staging ring and data connections for bulk copies (bulk.c) */
+    struct fgs_borrow *borrowed; /* child graphs' ids, owned by their parents' nodes (graph_query.c) */
+    size_t n_borrowed, cap_borrowed;
 } fgs_session;
 
 int fgs_handle_get(fgs_session *S, int kind, uint64_t id, void **real);
@@ -215,6 +217,12 @@ void fgs_peer_note_access(fgs_session *S, uint64_t p, uint64_t n, const CUmemAcc
 void fgs_callbacks_close(fgs_session *S);
 /* callbacks.c: the trampoline and argument of a graph host node whose function is the client's `cookie`. */
 CUresult fgs_callback_for_graph(fgs_session *S, uint64_t cookie, CUhostFn *fn, void **arg);
+/* callbacks.c: the client's cookie of a graph host node's (function, argument) from the driver; 0: not one. */
+uint64_t fgs_callback_cookie_of(fgs_session *S, CUhostFn fn, void *arg);
+/* graph_query.c: child graphs handed out by cuGraphChildGraphNodeGetGraph belong to their parents' nodes. */
+int fgs_graph_borrowed(fgs_session *S, uint64_t id);
+void fgs_graph_parent_gone(fgs_session *S, uint64_t parent);
+void fgs_graph_borrowed_close(fgs_session *S);
 void fgs_globals_forget(fgs_session *S);
 void fgs_later_free_all(fgs_session *S);
 /* For send_reply: the distinct streams of the staged copies that have data (malloc'ed; *n 0 and NULL when

@@ -450,8 +450,12 @@ CUresult fgs_cuGraphDestroy(fgs_session *S, fg_reader *r, fg_writer *out) {
     void *g;
     if (r->failed) return FGS_PROTOCOL_ERROR;
     if (fgs_handle_get(S, FGH_GRAPH, id, &g)) return CUDA_ERROR_INVALID_HANDLE;
+    if (fgs_graph_borrowed(S, id)) return CUDA_ERROR_INVALID_VALUE; /* a child graph: its node owns it */
     CUresult res = S->api->cuGraphDestroy((CUgraph)g);
-    if (res == CUDA_SUCCESS) fgs_handle_remove(S, FGH_GRAPH, id);
+    if (res == CUDA_SUCCESS) {
+        fgs_handle_remove(S, FGH_GRAPH, id);
+        fgs_graph_parent_gone(S, id);
+    }
     return res;
 }
 

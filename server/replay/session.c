@@ -355,6 +355,7 @@ FGS_EXPORT void fgs_close(fgs_session *S) {
     fgs_memory_release_all(S);
     fgs_bulk_close(S);
     fgs_shm_close(S);
+    fgs_graph_borrowed_close(S); /* child graphs go with their parents */
     /* Streams, events and modules first, then the contexts that own them. */
     static const int order[] = {FGH_GRAPHEXEC, FGH_GRAPH, FGH_EVENT, FGH_STREAM, FGH_MODULE, FGH_LIBRARY, FGH_CONTEXT};
     for (size_t k = 0; k < sizeof order / sizeof order[0]; k++) {

@@ -9,63 +9,20 @@
  *
  * Graph structures have their own lock; driver calls a launch makes take the global lock themselves, so none is
  * held while a node runs (a host node may call back into the driver). */
-#include "sim.h"
+#include "sim_graph.h"
 
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
-#define MAX_NODES 65536
-
-struct sim_graph;
-
-struct sim_gnode {
-    struct sim_graph *g;
-    size_t index;
-    CUgraphNodeType type;
-    size_t *deps;
-    size_t n_deps;
-    int enabled;
-    struct sim_gnode *origin; /* in a clone or an executable: the node it copies */
-    CUDA_KERNEL_NODE_PARAMS_v2 k;
-    unsigned char *kbuf;
-    size_t ksize;
-    CUDA_MEMSET_NODE_PARAMS ms;
-    CUDA_MEMCPY3D mc;
-    CUevent ev;
-    CUDA_HOST_NODE_PARAMS host;
-    struct sim_graph *child;
-};
-
-struct sim_graph {
-    uint32_t magic;
-    int is_exec;
-    unsigned long long flags;
-    struct sim_gnode **nodes;
-    size_t n, cap;
-};
-
-#define GMAGIC 0x47524148u
-static pthread_mutex_t gmu = PTHREAD_MUTEX_INITIALIZER;
-
-static struct sim_graph *G(CUgraph g) {
-    struct sim_graph *s = (struct sim_graph *)g;
-    return s && s->magic == GMAGIC && !s->is_exec ? s : NULL;
-}
-static struct sim_graph *E(CUgraphExec e) {
-    struct sim_graph *s = (struct sim_graph *)e;
-    return s && s->magic == GMAGIC && s->is_exec ? s : NULL;
-}
-static struct sim_gnode *N(CUgraphNode n) {
-    struct sim_gnode *x = (struct sim_gnode *)n;
-    return x && x->g && x->g->magic == GMAGIC && x->index < x->g->n && x->g->nodes[x->index] == x ? x : NULL;
-}
+pthread_mutex_t sim_graph_mu = PTHREAD_MUTEX_INITIALIZER;
 
 static void graph_free(struct sim_graph *g);
 
 static void node_free(struct sim_gnode *x) {
     free(x->deps);
     free(x->kbuf);
+    free(x->kparams);
     if (x->child) graph_free(x->child);
     free(x);
 }
@@ -89,6 +46,8 @@ static struct sim_graph *graph_new(int is_exec) {
 static int kernel_copy(struct sim_gnode *x, const CUDA_KERNEL_NODE_PARAMS_v2 *p)
 {
     x->k = *p;
+    free(x->kparams);
+    x->kparams = NULL;
     if (!x->k.func)
         x->k.func = (CUfunction)p->kern;
     free(x->kbuf);
@@ -139,6 +98,7 @@ static struct sim_gnode *node_clone(const struct sim_gnode *x, struct sim_graph 
     *y = *x;
     y->g = g;
     y->origin = (struct sim_gnode *)x;
+    y->kparams = NULL;
     y->deps = x->n_deps ? malloc(x->n_deps * sizeof *y->deps) : NULL;
     y->kbuf = x->kbuf ? malloc(x->ksize ? x->ksize : 1) : NULL;
     y->child = x->child ? graph_clone(x->child, 0) : NULL;
@@ -212,16 +172,6 @@ static CUresult add(CUgraphNode *ph, CUgraph hg, const CUgraphNode *deps, size_t
     *ph = (CUgraphNode)x;
     return CUDA_SUCCESS;
 }
-
-#define LOCKED(expr)                      \
-    do {                                  \
-        pthread_mutex_lock(&gmu);         \
-        CUresult rc_ = sim_check_init();  \
-        if (rc_ == CUDA_SUCCESS)          \
-            rc_ = (expr);                 \
-        pthread_mutex_unlock(&gmu);       \
-        return rc_;                       \
-    } while (0)
 
 SIM_API CUresult cuGraphCreate(CUgraph *phGraph, unsigned int flags)
 {
@@ -622,9 +572,9 @@ SIM_API CUresult cuGraphInstantiateWithParams(CUgraphExec *out, CUgraph g, CUDA_
 {
     if (!p)
         return CUDA_ERROR_INVALID_VALUE;
-    pthread_mutex_lock(&gmu);
+    pthread_mutex_lock(&sim_graph_mu);
     CUresult rc = instantiate(out, g, p->flags);
-    pthread_mutex_unlock(&gmu);
+    pthread_mutex_unlock(&sim_graph_mu);
     p->result_out = rc == CUDA_SUCCESS ? CUDA_GRAPH_INSTANTIATE_SUCCESS : CUDA_GRAPH_INSTANTIATE_ERROR;
     p->hErrNode_out = NULL;
     return rc;
@@ -795,12 +745,12 @@ static CUresult run_graph(struct sim_graph *g, CUstream s)
 
 SIM_API CUresult cuGraphLaunch(CUgraphExec he, CUstream s)
 {
-    pthread_mutex_lock(&gmu);
+    pthread_mutex_lock(&sim_graph_mu);
     struct sim_graph *e = E(he);
     CUresult rc = e ? sim_check_init() : CUDA_ERROR_INVALID_VALUE;
     /* A copy runs, so the lock is not held while nodes call back into the driver or the application. */
     struct sim_graph *copy = rc == CUDA_SUCCESS ? graph_clone(e, 1) : NULL;
-    pthread_mutex_unlock(&gmu);
+    pthread_mutex_unlock(&sim_graph_mu);
     if (rc != CUDA_SUCCESS)
         return rc;
     if (!copy)

@@ -24,7 +24,7 @@ from e2e_helpers import REPO, NodeServer, start_server, stop_server
 
 from fargpu import paths
 
-PROGRAMS = ("api_vmm", "api_managed", "api_graphs", "api_arrays")
+PROGRAMS = ("api_vmm", "api_managed", "api_graphs", "api_graph_nodes", "api_arrays")
 MiB = 1 << 20
 
 
@@ -104,6 +104,14 @@ def test_graphs_built_by_hand_program(programs: dict[str, Path], node_server: No
     assert "cloned memset value 7 width 65536" in out and "exec update result 0" in out
     assert "update from a different topology: refused, result 2" in out  # CU_GRAPH_EXEC_UPDATE_ERROR_TOPOLOGY_CHANGED
     assert "instantiate with params: result 0" in out
+
+
+def test_graph_queries_and_memory_nodes_program(programs: dict[str, Path], node_server: NodeServer) -> None:
+    out = _passed(_run(programs["api_graph_nodes"], node_server), node_server)
+    assert len([ln for ln in out if ln.endswith(" ok")]) == 32, out
+    assert "edges 8" in out
+    # memset, memcpy, memcpy, kernel, graph, memcpy, host, wait, record (cudaGraphNodeType values)
+    assert "types: 2 1 1 0 4 1 3 6 7" in out
 
 
 def test_arrays_textures_and_3d_copies_program(programs: dict[str, Path], node_server: NodeServer) -> None:

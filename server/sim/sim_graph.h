@@ -1,0 +1,68 @@
+/* sim_graph.h - the simulated device's graph structures, shared by sim_graph.c (building, instantiating,
+ * running) and sim_graph_query.c (what the getters read back: edges, roots, dependencies, node parameters). */
+#ifndef FARGPU_SIM_GRAPH_H
+#define FARGPU_SIM_GRAPH_H
+
+#include "sim.h"
+
+#include <pthread.h>
+#include <stddef.h>
+
+#define MAX_NODES 65536
+
+struct sim_graph;
+
+struct sim_gnode {
+    struct sim_graph *g;
+    size_t index;
+    CUgraphNodeType type;
+    size_t *deps;
+    size_t n_deps;
+    int enabled;
+    struct sim_gnode *origin; /* in a clone or an executable: the node it copies */
+    CUDA_KERNEL_NODE_PARAMS_v2 k;
+    unsigned char *kbuf;
+    size_t ksize;
+    CUDA_MEMSET_NODE_PARAMS ms;
+    CUDA_MEMCPY3D mc;
+    CUevent ev;
+    CUDA_HOST_NODE_PARAMS host;
+    struct sim_graph *child;
+    void **kparams; /* what cuGraphKernelNodeGetParams_v2 hands out: pointers into kbuf */
+};
+
+struct sim_graph {
+    uint32_t magic;
+    int is_exec;
+    unsigned long long flags;
+    struct sim_gnode **nodes;
+    size_t n, cap;
+};
+
+#define GMAGIC 0x47524148u
+extern pthread_mutex_t sim_graph_mu; /* guards graph structures (sim_graph.c) */
+
+static inline struct sim_graph *G(CUgraph g) {
+    struct sim_graph *s = (struct sim_graph *)g;
+    return s && s->magic == GMAGIC && !s->is_exec ? s : NULL;
+}
+static inline struct sim_graph *E(CUgraphExec e) {
+    struct sim_graph *s = (struct sim_graph *)e;
+    return s && s->magic == GMAGIC && s->is_exec ? s : NULL;
+}
+static inline struct sim_gnode *N(CUgraphNode n) {
+    struct sim_gnode *x = (struct sim_gnode *)n;
+    return x && x->g && x->g->magic == GMAGIC && x->index < x->g->n && x->g->nodes[x->index] == x ? x : NULL;
+}
+
+#define LOCKED(expr)                         \
+    do {                                     \
+        pthread_mutex_lock(&sim_graph_mu);   \
+        CUresult rc_ = sim_check_init();     \
+        if (rc_ == CUDA_SUCCESS)             \
+            rc_ = (expr);                    \
+        pthread_mutex_unlock(&sim_graph_mu); \
+        return rc_;                          \
+    } while (0)
+
+#endif
