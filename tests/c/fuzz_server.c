@@ -493,7 +493,15 @@ static const char *layout[FG_OP_LIMIT] = {
     [FG_OP_cuGraphInstantiateWithParams] = "GqS",
     [FG_OP_cuGraphExecUpdate_v2] = "XG",
     [FG_OP_cuGraphClone] = "G",
-    [FG_OP_cuGraphNodeGetType] = "Dw",
+    [FG_OP_cuGraphNodeGetType] = "D",
+    [FG_OP_cuGraphGetRootNodes] = "Gr",
+    [FG_OP_cuGraphGetEdges_v2] = "Grb",
+    [FG_OP_cuGraphNodeGetDependencies_v2] = "Drb",
+    [FG_OP_cuGraphNodeGetDependentNodes_v2] = "Drb",
+    [FG_OP_cuGraphKernelNodeGetParams_v2] = "D",
+    [FG_OP_cuGraphMemcpyNodeGetParams] = "D",
+    [FG_OP_cuGraphHostNodeGetParams] = "D",
+    [FG_OP_cuGraphChildGraphNodeGetGraph] = "D",
     [FG_OP_cuGraphNodeFindInClone] = "wDG",
     [FG_OP_cuGraphDestroyNode] = "D",
     [FG_OP_cuGraphEventRecordNodeSetEvent] = "DE",
@@ -507,8 +515,8 @@ static const char *layout[FG_OP_LIMIT] = {
     [FG_OP_cuGraphMemsetNodeSetParams] = "Dm",
     [FG_OP_cuGraphExecMemsetNodeSetParams] = "XDmC",
     [FG_OP_cuGraphExecGetFlags] = "Xw",
-    [FG_OP_cuGraphEventRecordNodeGetEvent] = "Dw",
-    [FG_OP_cuGraphEventWaitNodeGetEvent] = "Dw",
+    [FG_OP_cuGraphEventRecordNodeGetEvent] = "D",
+    [FG_OP_cuGraphEventWaitNodeGetEvent] = "D",
     /* arrays, 3D copies, textures, surfaces (server/replay/arrays.c) */
     [FG_OP_cuArrayCreate_v2] = "R",
     [FG_OP_cuArray3DCreate_v2] = "R",
@@ -638,7 +646,8 @@ static void await_reply(session *s, pools *P, unsigned last_op, uint64_t alloc_s
         case FG_OP_cuArray3DCreate_v2:
         case FG_OP_cuMipmappedArrayGetLevel: pool_add(P, FGH_ARRAY, v); break;
         case FG_OP_cuMipmappedArrayCreate: pool_add(P, FGH_MIPMAPPEDARRAY, v); break;
-        case FG_OP_cuGraphClone: pool_add(P, FGH_GRAPH, v); break;
+        case FG_OP_cuGraphClone:
+        case FG_OP_cuGraphChildGraphNodeGetGraph: pool_add(P, FGH_GRAPH, v); break;
         case FG_OP_cuGraphInstantiateWithParams: /* u32 result, u64 exec, ... */
             if (out_len >= 12) {
                 uint32_t res;
