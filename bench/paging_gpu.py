@@ -208,13 +208,33 @@ async def main() -> int:
         return max(agent._sessions.values(), key=lambda s: s.started).info.session_id
 
     for gib in sizes:
+        # The bounce route first, in a session of its own (the worker reads the route when it starts); then the
+        # default route (direct DMA into the registered pool extent) with the disk, deep and checkpoint steps.
+        os.environ["FARGPU_PAGING_DMA"] = "bounce"
+        c = start(HOLD, str(gib))
+        bounce: dict[str, Any] = {}
+        if await line(c) == "READY":
+            sid = newest_session()
+            res = await agent.page_out(sid, "host")
+            r_in = await agent.page_in(sid) if res.startswith("paged") else ""
+            send(c, "check")
+            check = (await line(c)).split()
+            parts, pin = res.split(), r_in.split()
+            bounce = {"pageout": res, "pagein": r_in,
+                      "pageout_host_bounce_GBps": int(parts[2]) / int(parts[3]) if parts[0] == "paged" else None,
+                      "pagein_host_bounce_GBps": int(pin[1]) / int(pin[2]) if pin[:1] == ["resident"] else None,
+                      "bad_samples_after": int(check[1]) if check[:1] == ["CHECK"] else check}
+        if c.stdin:
+            c.stdin.close()
+        await asyncio.to_thread(c.wait, 120)
+        os.environ.pop("FARGPU_PAGING_DMA", None)
         c = start(HOLD, str(gib))
         ready = await line(c)
         if ready != "READY":
             result["sessions"][f"{gib}GiB"] = {"error": ready + (c.stderr.read() if c.stderr else "")}
             continue
         sid = newest_session()
-        rec: dict[str, Any] = {}
+        rec: dict[str, Any] = {"host_bounce": bounce}
         for where in ("host", "disk"):
             before = nvml_used()
             res = await agent.page_out(sid, where)

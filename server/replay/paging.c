@@ -507,10 +507,65 @@ static CUresult pool_prepare(fgs_session *S) {
     return r;
 }
 
+/* The direct route: the worker registers its mapping of the pool extent with the driver for the length of one
+ * step, and every allocation goes by one DMA straight between the device and the pool, with no bounce buffer and no
+ * memcpy. Registering fills in the page tables inside the kernel, which costs less than faulting them in from a
+ * copy; which route is faster on a host is measured (bench/paging_gpu.py runs both). FARGPU_PAGING_DMA: "direct",
+ * "bounce", or "auto" (the default: direct, and the bounce route where the driver refuses the registration). */
+static int dma_route(void) {
+    const char *e = getenv("FARGPU_PAGING_DMA");
+    if (e && !strcmp(e, "bounce")) return 0;
+    if (e && !strcmp(e, "direct")) return 2;
+    return 1;
+}
+
+/* Returns CUDA_ERROR_NOT_SUPPORTED, with nothing copied, when the registration is refused and the route allows the
+ * bounce buffers instead. */
+static CUresult pool_direct(fgs_session *S, uint8_t *map, int out) {
+    fgs_pager *P = S->pager;
+    int route = dma_route();
+    if (route == 0 || !S->api->cuMemHostRegister_v2 || !S->api->cuMemHostUnregister) return CUDA_ERROR_NOT_SUPPORTED;
+    uint64_t total = 0;
+    for (size_t i = 0; i < S->n_allocs; i++) total += S->allocs[i].mapped;
+    size_t span = (size_t)((total + 4095) & ~(uint64_t)4095);
+    if (span > P->map_len) span = P->map_len;
+    if (!P->stream) {
+        CUresult r = S->api->cuStreamCreate(&P->stream, CU_STREAM_NON_BLOCKING);
+        if (r != CUDA_SUCCESS) return r;
+    }
+    uint64_t t = fgs_now_ns();
+    CUresult r = S->api->cuMemHostRegister_v2(map, span, CU_MEMHOSTREGISTER_PORTABLE);
+    P->map_ns += fgs_now_ns() - t;
+    if (r != CUDA_SUCCESS) {
+        status(P, "note the driver refused to register the host pool extent (CUDA error %d)%s", (int)r,
+               route == 1 ? ": paging through the bounce buffers" : "");
+        return route == 1 ? CUDA_ERROR_NOT_SUPPORTED : r;
+    }
+    t = fgs_now_ns();
+    uint64_t pos = 0;
+    for (size_t i = 0; i < S->n_allocs && r == CUDA_SUCCESS; i++) {
+        fgs_alloc *a = &S->allocs[i];
+        if (out) a->page_off = pos;
+        pos += a->mapped;
+        r = out ? S->api->cuMemcpyDtoHAsync_v2(map + a->page_off, a->ptr, a->mapped, P->stream)
+                : S->api->cuMemcpyHtoDAsync_v2(a->ptr, map + a->page_off, a->mapped, P->stream);
+        test_delay(P);
+    }
+    CUresult rs = S->api->cuStreamSynchronize(P->stream);
+    if (r == CUDA_SUCCESS) r = rs;
+    P->copy_ns += fgs_now_ns() - t;
+    t = fgs_now_ns();
+    S->api->cuMemHostUnregister(map);
+    P->map_ns += fgs_now_ns() - t;
+    return r;
+}
+
 /* Device → pool: the DMA of chunk k+1 into one bounce buffer runs while chunk k is copied out of the other. */
 static CUresult to_pool(fgs_session *S, uint8_t *dst) {
     fgs_pager *P = S->pager;
-    CUresult r = pool_prepare(S);
+    CUresult r = pool_direct(S, dst, 1);
+    if (r != CUDA_ERROR_NOT_SUPPORTED) return r;
+    r = pool_prepare(S);
     chunk c = {0, 0, 0};
     if (r != CUDA_SUCCESS || !next_chunk(S, &c)) return r;
     uint64_t pos = 0;
@@ -541,9 +596,11 @@ static CUresult to_pool(fgs_session *S, uint8_t *dst) {
 }
 
 /* Pool → device: chunk k+1 is copied into one bounce buffer while chunk k goes to the device from the other. */
-static CUresult from_pool(fgs_session *S, const uint8_t *src) {
+static CUresult from_pool(fgs_session *S, uint8_t *src) {
     fgs_pager *P = S->pager;
-    CUresult r = pool_prepare(S);
+    CUresult r = pool_direct(S, src, 0);
+    if (r != CUDA_ERROR_NOT_SUPPORTED) return r;
+    r = pool_prepare(S);
     chunk c = {0, 0, 0};
     if (r != CUDA_SUCCESS || !next_chunk(S, &c)) return r;
     int cur = 0;
