@@ -107,6 +107,29 @@ def coverage_md(m: Model, ann: dict[str, object]) -> str:
     lines.append("\n| function | cuda.h | status | note |\n|---|---|---|---|\n")
     for r in rs:
         lines.append(f"| `{r.name}` | {'yes' if r.in_header else ''} | {r.status} | {_md_escape(r.note)} |\n")
+    lines.append(private_slots_md(ann))
+    return "".join(lines)
+
+
+def private_slots_md(ann: dict[str, object]) -> str:
+    """The private export-table slots (client_stub/export_tables.c), from annotations' [[private_slot]] entries:
+    who calls each, whether the stub serves it, and for a refused one why refusing it is harmless."""
+    slots = ann.get("private_slot", [])
+    if not isinstance(slots, list) or not slots:
+        return ""
+    lines = [
+        "\n## Private export-table slots\n\n",
+        "The CUDA runtime and the libraries built on it ask the driver for private function tables "
+        "(`cuGetExportTable`); client_stub/export_tables.c serves them. A slot it does not serve returns "
+        "`CUDA_ERROR_NOT_SUPPORTED` and logs `private table T slot N` once, so every GPU run's logs show which "
+        "refused slots were called. *served*: answered by the stub; *refused, harmless*: called, refused, and the "
+        "caller's results are identical to native; *refused, not called*: no logged call in any GPU run so far.\n\n",
+        "| table | slots | called by | status | evidence |\n|---|---|---|---|---|\n",
+    ]
+    for e in slots:
+        assert isinstance(e, dict)
+        cells = [str(e.get(k, "")) for k in ("table", "slots", "callers", "status", "evidence")]
+        lines.append("| " + " | ".join(_md_escape(c) for c in cells) + " |\n")
     return "".join(lines)
 
 

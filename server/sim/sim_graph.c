@@ -5,7 +5,8 @@
  * (device and host memory; arrays are not simulated), event record and wait, child graph (a copy of the child,
  * as the driver makes), host (called in place). An executable is a copy of the graph; its nodes keep the index
  * of the node they came from, which is how executable-node updates and cuGraphExecUpdate find them. Disabled
- * nodes are skipped. Stream capture into graphs is not simulated (sim_capture.c).
+ * nodes are skipped. Stream capture into graphs is not simulated (sim_capture.c). What graphs say about
+ * themselves (edges, roots, node parameters) is in sim_graph_query.c.
  *
  * Graph structures have their own lock; driver calls a launch makes take the global lock themselves, so none is
  * held while a node runs (a host node may call back into the driver). */
