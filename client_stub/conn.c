@@ -1,5 +1,5 @@
 /* conn.c — the stub's connection to its node server: endpoint parsing (FARGPU_SERVER is "host:port",
- * "unix:/path" or a path), connect, the msgpack handshake (protocol version, token, ops hash, client info; on a
+ * "unix:/path" or a path; "tls://host:port" speaks TLS, tls.c), connect, the msgpack handshake (protocol version, token, ops hash, client info; on a
  * unix socket the shared-memory offer, shm.c), the session's second connections (callback, data), and
  * whole-buffer socket I/O. A failed connect or a refused handshake is reported with the endpoint and
  * the server's reason; the token is never printed. */
@@ -22,6 +22,7 @@
 #include "fgc_internal.h"
 #include "fgc_lease.h"
 #include "fgc_reconnect.h"
+#include "fgc_tls.h"
 #include "fgc_transport.h"
 
 static char g_endpoint[512];
@@ -166,11 +167,17 @@ static char g_driver_version[96]; /* the node driver's version string from HELLO
 
 const char *fgc_remote_driver_version(void) { return g_driver_version; }
 
-static int is_unix(const char *ep) { return strncmp(ep, "unix:", 5) == 0 || strchr(ep, '/') != NULL; }
+static int is_unix(const char *ep) {
+    return !fgc_tls_endpoint(ep, NULL) && (strncmp(ep, "unix:", 5) == 0 || strchr(ep, '/') != NULL);
+}
 
 static int dial(const char *ep, char *err, size_t errlen) {
     int fd;
-    if (strncmp(ep, "unix:", 5) == 0) {
+    const char *hp;
+    if (fgc_tls_endpoint(ep, &hp)) { /* "tls://host:port": TLS through a relay thread (tls.c) */
+        fd = connect_tcp(hp, err, errlen);
+        if (fd >= 0) fd = fgc_tls_wrap(fd, hp, err, errlen);
+    } else if (strncmp(ep, "unix:", 5) == 0) {
         fd = connect_unix(ep + 5);
         if (fd < 0) snprintf(err, errlen, "%s", strerror(errno));
     } else if (strchr(ep, '/')) {

@@ -27,6 +27,7 @@
 #include "fgc_internal.h"
 #include "fgc_lease.h"
 #include "fgc_reconnect.h"
+#include "fgc_tls.h"
 
 static char g_host[256], g_port[16], g_lease[128], g_token[512], g_key[256];
 static double g_ttl = 60;
@@ -72,7 +73,10 @@ static void find_api_key(void) {
 }
 
 /* 0 when `ep` (host:port or a socket path) accepts a connection within a second. */
+static int g_https; /* the pool's URL is https:// */
+
 static int probe(const char *ep) {
+    fgc_tls_endpoint(ep, &ep); /* tls://host:port: the TCP part answers */
     if (ep[0] == '/') {
         struct sockaddr_un a = {.sun_family = AF_UNIX};
         if (strlen(ep) >= sizeof a.sun_path) return -1;
@@ -119,6 +123,13 @@ static int http(const char *method, const char *path, const char *body, char *re
         return -1;
     }
     freeaddrinfo(res);
+    if (g_https) { /* an https:// pool: through TLS (tls.c), verified against the pool's CA */
+        char err[300];
+        if ((fd = fgc_tls_wrap(fd, g_host, err, sizeof err)) < 0) {
+            fgc_log(FGC_LOG_ERROR, "the pool manager at %s:%s: %s", g_host, g_port, err);
+            return -1;
+        }
+    }
     /* The API key; without one, the lease token (which only POST /v1/leases/ID/resume accepts). */
     const char *auth = g_key[0] ? g_key : g_token;
     char req[2048];
@@ -177,14 +188,15 @@ static void release(void) {
 }
 
 static int set_pool(const char *url) {
-    const char *hp = strncmp(url, "http://", 7) == 0 ? url + 7 : url;
+    g_https = strncmp(url, "https://", 8) == 0;
+    const char *hp = g_https ? url + 8 : strncmp(url, "http://", 7) == 0 ? url + 7 : url;
     const char *colon = strchr(hp, ':'), *slash = strchr(hp, '/');
     size_t hl = colon ? (size_t)(colon - hp) : slash ? (size_t)(slash - hp) : strlen(hp);
     if (hl >= sizeof g_host) return -1;
     memcpy(g_host, hp, hl);
     g_host[hl] = 0;
     if (colon) snprintf(g_port, sizeof g_port, "%.*s", (int)strcspn(colon + 1, "/"), colon + 1);
-    else snprintf(g_port, sizeof g_port, "80");
+    else snprintf(g_port, sizeof g_port, "%s", g_https ? "443" : "80");
     return 0;
 }
 
@@ -218,14 +230,15 @@ int fgc_lease_where(char *endpoint, size_t ep_cap, char *token, size_t tok_cap) 
 }
 
 int fgc_lease_from_pool(const char *url, char *endpoint, size_t ep_cap, char *token, size_t tok_cap) {
-    const char *hp = strncmp(url, "http://", 7) == 0 ? url + 7 : url;
+    g_https = strncmp(url, "https://", 8) == 0;
+    const char *hp = g_https ? url + 8 : strncmp(url, "http://", 7) == 0 ? url + 7 : url;
     const char *colon = strchr(hp, ':'), *slash = strchr(hp, '/');
     size_t hl = colon ? (size_t)(colon - hp) : slash ? (size_t)(slash - hp) : strlen(hp);
     if (hl >= sizeof g_host) return -1;
     memcpy(g_host, hp, hl);
     g_host[hl] = 0;
     if (colon) snprintf(g_port, sizeof g_port, "%.*s", (int)strcspn(colon + 1, "/"), colon + 1);
-    else snprintf(g_port, sizeof g_port, "80");
+    else snprintf(g_port, sizeof g_port, "%s", g_https ? "443" : "80");
     find_api_key();
     const char *ttl = getenv("FARGPU_LEASE_TTL");
     if (ttl && atof(ttl) >= 1 && atof(ttl) <= 86400) g_ttl = atof(ttl);

@@ -50,10 +50,13 @@ COPY --from=build /opt/fargpu /opt/fargpu
 LABEL org.opencontainers.image.title="fargpu node server" org.opencontainers.image.source="fargpu"
 COPY docker/healthcheck.py /opt/fargpu/healthcheck.py
 RUN install -d -o fargpu -g fargpu /var/lib/fargpu/spill /var/lib/fargpu/state
+# FARGPU_TLS=off: inside a compose network or a cluster the containers listen on 0.0.0.0, where TLS would be on by
+# default with a development CA that clients in other containers do not have. For TLS, mount certificates and set
+# FARGPU_TLS=on with FARGPU_TLS_CERT / FARGPU_TLS_KEY / FARGPU_TLS_CA (README, Security).
 ENV PATH=/opt/fargpu/bin:$PATH PYTHONUNBUFFERED=1 XDG_STATE_HOME=/var/lib/fargpu/state \
     NVIDIA_VISIBLE_DEVICES=all NVIDIA_DRIVER_CAPABILITIES=compute,utility \
     FARGPU_BACKEND=auto FARGPU_LISTEN=0.0.0.0:7100 FARGPU_UNIX_SOCKET= FARGPU_METRICS_HOST=0.0.0.0 \
-    FARGPU_METRICS_PORT=9400 FARGPU_SPILL_DIR=/var/lib/fargpu/spill
+    FARGPU_METRICS_PORT=9400 FARGPU_SPILL_DIR=/var/lib/fargpu/spill FARGPU_TLS=off
 USER fargpu
 WORKDIR /var/lib/fargpu
 EXPOSE 7100 9400

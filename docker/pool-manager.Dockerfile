@@ -48,9 +48,13 @@ COPY --from=build /opt/fargpu /opt/fargpu
 LABEL org.opencontainers.image.title="fargpu pool manager" org.opencontainers.image.source="fargpu"
 COPY docker/healthcheck.py /opt/fargpu/healthcheck.py
 RUN install -d -o fargpu -g fargpu /var/lib/fargpu/state
+# FARGPU_TLS=off: inside a compose network or a cluster the containers listen on 0.0.0.0, where TLS would be on by
+# default with a development CA that clients in other containers do not have. For TLS, mount certificates and set
+# FARGPU_TLS=on with FARGPU_TLS_CERT / FARGPU_TLS_KEY / FARGPU_TLS_CA (README, Security).
 ENV PATH=/opt/fargpu/bin:$PATH PYTHONUNBUFFERED=1 XDG_STATE_HOME=/var/lib/fargpu/state \
     FARGPU_POOL_HOST=0.0.0.0 FARGPU_POOL_PORT=7000 FARGPU_POOL_GRPC_HOST=0.0.0.0 FARGPU_POOL_GRPC_PORT=7001 \
-    FARGPU_POOL_STATE_FILE=/var/lib/fargpu/pool-state.json
+    FARGPU_POOL_STATE_FILE=/var/lib/fargpu/pool-state.json \
+    FARGPU_TLS=off
 USER fargpu
 WORKDIR /var/lib/fargpu
 EXPOSE 7000 7001

@@ -47,7 +47,8 @@ def _say(msg: str) -> None:
 
 
 def server_address(endpoint: str) -> str:
-    """A lease endpoint as the stub's FARGPU_SERVER wants it: `tcp://h:p` -> `h:p`, `unix:///p` -> `/p`."""
+    """A lease endpoint as the stub's FARGPU_SERVER wants it: `tcp://h:p` -> `h:p`, `unix:///p` -> `/p`;
+    `tls://h:p` stays (the stub speaks TLS to it)."""
     if endpoint.startswith("unix://"):
         return endpoint.removeprefix("unix://")
     if endpoint.startswith("tcp://"):
@@ -77,7 +78,7 @@ async def reachable(endpoint: str, timeout_s: float = PROBE_TIMEOUT_S) -> str | 
         if endpoint.startswith("/"):
             _, w = await asyncio.wait_for(asyncio.open_unix_connection(endpoint), timeout_s)
         else:
-            host, _, port = endpoint.rpartition(":")
+            host, _, port = endpoint.removeprefix("tls://").rpartition(":")
             _, w = await asyncio.wait_for(asyncio.open_connection(host.strip("[]"), int(port)), timeout_s)
     except (OSError, TimeoutError, ValueError) as e:
         return str(e) or type(e).__name__

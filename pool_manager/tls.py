@@ -127,6 +127,12 @@ def server_context(files: ServerFiles) -> ssl.SSLContext:
 def machine_names(extra: list[str] | None = None) -> list[str]:
     """Names a development server certificate covers: localhost, loopback, this host's name and addresses."""
     names = ["localhost", "127.0.0.1", "::1", socket.gethostname()]
+    try:  # the address the default route leaves from (UDP connect sends nothing)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect(("192.0.2.1", 9))
+            names.append(str(s.getsockname()[0]))
+    except OSError:
+        pass
     try:
         for info in socket.getaddrinfo(socket.gethostname(), None):
             names.append(str(info[4][0]))

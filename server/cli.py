@@ -16,16 +16,19 @@ import logging
 import secrets
 import signal
 import socket
+import ssl
 from typing import Annotated
 
 import typer
 
+from fargpu.pool_manager.tls import TlsConfigError
 from fargpu.pool_manager.units import parse_size
 
 from .auth import Authenticator, StaticTokenAuth
 from .backend import select
 from .node_agent import AgentConfig, NodeAgent, default_unix_path
 from .park.arena import DEFAULT_ARENA, parse_arena
+from .tls import DataTls
 
 app = typer.Typer(help="Run a fargpu node server.", invoke_without_command=True, no_args_is_help=False)
 
@@ -207,6 +210,12 @@ def main(
                           "[default: the --listen address; for 0.0.0.0 or ::, this machine's first non-loopback "
                           "address]", show_default=False)
     ] = "",
+    tls: Annotated[str, typer.Option(envvar="FARGPU_TLS", help="auto (TLS for clients of other machines when "
+                                     "listening beyond loopback), on or off")] = "auto",
+    tls_cert: Annotated[str, typer.Option(envvar="FARGPU_TLS_CERT", show_default=False,
+                                          help="this node's certificate (PEM) [default: from a TLS pool at "
+                                          "enrolment, else this machine's development CA]")] = "",
+    tls_key: Annotated[str, typer.Option(envvar="FARGPU_TLS_KEY", show_default=False, help="its key (PEM)")] = "",
 ) -> None:
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
@@ -245,6 +254,17 @@ def main(
                       advertise=advertise or None, park_store=park_store or None, idle_park_s=idle_park or None,
                       arena=arena_spec)
     agent = NodeAgent(be, auth, cfg)
+    if tls not in ("auto", "on", "off"):
+        typer.secho("error: --tls: expected auto, on or off", fg="red", err=True)
+        raise typer.Exit(2)
+    try:
+        host = (listen or "").rpartition(":")[0]
+        agent.data_tls = DataTls(tls, host, tls_cert or None, tls_key or None,
+                                 pool_issues=pool.startswith("https://"),
+                                 advertise_host=(advertise or "").rpartition(":")[0])  # fmt: skip
+    except (OSError, ssl.SSLError, TlsConfigError) as exc:
+        typer.secho(f"error: TLS: {exc}; check --tls-cert/--tls-key (or --tls off)", fg="red", err=True)
+        raise typer.Exit(2) from None
     typer.echo(f"fargpu node server: backend {be.describe()}")
     if be.simulated:
         typer.secho("NOTE: the simulated device is a test double; nothing here runs on a GPU.", fg="yellow")

@@ -38,6 +38,7 @@ from .pager import Pager
 from .park.node import Fetched, MemorySource, Parker, default_park_dir, open_store
 from .park.store import ParkStoreError
 from .spawn import SpawnedProcess, spawn
+from .tls import DataTls, RelayedSocket
 
 log = logging.getLogger("fargpu.server")
 
@@ -108,6 +109,17 @@ class NodeAgent:
             {"backend": backend.name, "gpu": devs[0].name if devs else "", "driver": backend.driver_version},
         )
         self.on_sessions_changed: Callable[[], None] | None = None  # the pool link heartbeats at once
+        self.data_tls: DataTls | None = None  # TLS on TCP connections (server/tls.py); None: plaintext only
+
+    @property
+    def tls_on(self) -> bool:
+        """Whether clients reach this node's TCP endpoint over TLS (it is published as tls://)."""
+        return self.data_tls is not None and self.data_tls.required
+
+    def use_pool_cert(self, cert: Any) -> None:
+        """The certificate the pool issued this node at enrolment also serves its data socket."""
+        if self.data_tls is not None:
+            self.data_tls.use_cert(cert.cert, cert.key)
 
     # ---- NodeAgentAPI ----
     def sessions(self) -> list[SessionInfo]:
@@ -290,7 +302,16 @@ class NodeAgent:
                 return
             if conn.family != socket.AF_UNIX:
                 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                if self.data_tls is not None:  # TLS, or plaintext where the policy allows it (server/tls.py)
+                    self._spawn(self._admit_tcp(conn, str(_addr[0])))
+                    continue
             self._spawn(self._handle(conn))
+
+    async def _admit_tcp(self, conn: socket.socket, peer: str) -> None:
+        assert self.data_tls is not None
+        served = await self.data_tls.admit(conn, peer, hello_timeout())
+        if served is not None:
+            await self._handle(served)
 
     async def _recv_exact(self, conn: socket.socket, n: int) -> bytes:
         loop = asyncio.get_running_loop()
@@ -458,7 +479,7 @@ class NodeAgent:
         env["FARGPU_ARENA"] = self.config.arena  # where its allocations go (server/park/arena.py)
         if fetched is not None:
             args += ["--restore-dir", str(fetched.workdir), "--restore-pages", fetched.pages_arg()]
-        if conn.family == socket.AF_UNIX and hello.shm:
+        if conn.family == socket.AF_UNIX and hello.shm and not isinstance(conn, RelayedSocket):
             args += ["--shm", str(hello.shm)]  # co-located: the worker takes the client's memfd at the handshake
         fds = {3: conn.fileno(), 4: ctl_r, 5: st_w, 6: attach_child.fileno(), 7: ledger_fd, 8: self.pager.resident.fd}
         if self.pager.pool.fd >= 0:
