@@ -1,4 +1,4 @@
-"""Where the native artefacts live: the stub's libcuda.so.1, the replay engine and the simulated device.
+"""Where the native artefacts live: the stub's libcuda.so.1, the replay engine, the simulated device, the TLS relay.
 
 Installed wheels carry them in `fargpu/_native/`; FARGPU_NATIVE_DIR overrides that (a CMake build dir)."""
 
@@ -47,3 +47,7 @@ def replay_lib() -> Path:
 
 def sim_lib() -> Path:
     return _require(native_dir() / "libfargpu_sim.so", "the fargpu simulated device")
+
+
+def tls_lib() -> Path:
+    return _require(native_dir() / "libfargpu_tls.so", "the fargpu TLS relay (libfargpu_tls.so)")

@@ -10,8 +10,10 @@ Termination: the kernel's TLS (kTLS), which would let the worker read and write 
 available on the CI machines' kernel (no `tls` ULP) nor reachable from Python 3.11's ssl module, so the agent keeps
 the TLS session and relays: the worker gets one end of a socketpair (exactly as a unix-socket client's connection,
 so the C replay loop is unchanged; shared memory stays off: the client is remote), and a thread of the agent moves
-bytes between it and the TLS session (one thread per connection: the session's, each striped data connection's and
-the callback connection's). The relay costs a copy and a thread hop each way; bench/tls_cost_gpu.sh measures it.
+bytes between it and the TLS session in C (libfargpu_tls.so: protocol/c/fg_tls.c, the stub's own TLS code, with
+the system's OpenSSL 3 loaded at run time), one thread per connection: the session's, each striped data
+connection's and the callback connection's. The relay costs a copy and a thread hop each way;
+bench/tls_cost_gpu.sh measures it.
 
 The certificate: `--tls-cert/--tls-key` (FARGPU_TLS_CERT / FARGPU_TLS_KEY), else the one the pool issued the node
 at enrolment (an https:// pool; `use_pool_cert`), else for a node without a TLS pool this machine's development CA
@@ -21,24 +23,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import os
-import select
 import socket
-import ssl
 import threading
-import time
 from pathlib import Path
 
-from fargpu.pool_manager.tls import is_loopback, machine_names, mode_from_env, wanted
+from fargpu import paths
+from fargpu.pool_manager.tls import TlsConfigError, is_loopback, machine_names, mode_from_env, wanted
 from fargpu.protocol import handshake
 from fargpu.protocol.wire import HEADER_SIZE, MAX_HELLO, ProtocolError, decode_header
 
 log = logging.getLogger("fargpu.server.tls")
 
 TLS_RECORD_HANDSHAKE = 0x16
-_CHUNK = 256 * 1024
-_HIGH_WATER = 4 << 20  # bytes buffered toward one side before the relay stops reading the other
 
 
 class RelayedSocket(socket.socket):
@@ -50,7 +49,7 @@ class DataTls:
                  pool_issues: bool = False, advertise_host: str = "") -> None:  # fmt: skip
         """`pool_issues`: the certificate comes from the pool at enrolment (an https:// pool)."""
         self.required = wanted(mode, [listen_host]) if listen_host else mode == "on"
-        self.context: ssl.SSLContext | None = None
+        self.context: int | None = None  # an OpenSSL SSL_CTX of libfargpu_tls.so
         cert = cert or os.environ.get("FARGPU_TLS_CERT") or None
         key = key or os.environ.get("FARGPU_TLS_KEY") or None
         if cert and key and mode != "off":
@@ -124,15 +123,11 @@ async def _refuse(conn: socket.socket, reason: str) -> None:
     conn.close()
 
 
-def _server_context(cert: Path, key: Path) -> ssl.SSLContext:
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(str(cert), str(key))
-    ctx.num_tickets = 0  # no resumption tickets: nothing to send after the handshake
-    return ctx
+def _server_context(cert: Path, key: Path) -> int:
+    return native().server_ctx(cert, key)
 
 
-def _server_context_from_bytes(cert: bytes, key: bytes) -> ssl.SSLContext:
+def _server_context_from_bytes(cert: bytes, key: bytes) -> int:
     """A server context from PEM bytes, through memfds (the key never touches the disk here)."""
     fds = []
     try:
@@ -148,8 +143,13 @@ def _server_context_from_bytes(cert: bytes, key: bytes) -> ssl.SSLContext:
 
 async def _peek(conn: socket.socket, timeout_s: float) -> bytes:
     loop = asyncio.get_running_loop()
-    ready = loop.create_future()
-    loop.add_reader(conn.fileno(), lambda: ready.done() or ready.set_result(None))
+    ready: asyncio.Future[None] = loop.create_future()
+
+    def wake() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    loop.add_reader(conn.fileno(), wake)
     try:
         async with asyncio.timeout(timeout_s):
             await ready
@@ -161,156 +161,49 @@ async def _peek(conn: socket.socket, timeout_s: float) -> bytes:
         return b""
 
 
-def start_relay(conn: socket.socket, ctx: ssl.SSLContext, peer: str, timeout_s: float) -> RelayedSocket:
-    """Terminates TLS on `conn` in a thread; returns the end the worker is given."""
+class _Native:
+    """libfargpu_tls.so (protocol/c/fg_tls.c, the stub's code): contexts, and handshake plus relay in C, so the
+    bytes of a session never pass through Python (the calling thread releases the GIL in ctypes)."""
+
+    def __init__(self) -> None:
+        lib = ctypes.CDLL(str(paths.tls_lib()))
+        lib.fg_tls_server_ctx.restype = ctypes.c_void_p
+        lib.fg_tls_server_ctx.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_size_t]
+        lib.fg_tls_serve.restype = ctypes.c_int
+        lib.fg_tls_serve.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_char_p,
+                                     ctypes.c_size_t]  # fmt: skip
+        self.lib = lib
+
+    def server_ctx(self, cert: Path, key: Path) -> int:
+        err = ctypes.create_string_buffer(512)
+        ctx = self.lib.fg_tls_server_ctx(str(cert).encode(), str(key).encode(), err, len(err))
+        if not ctx:
+            raise TlsConfigError(err.value.decode(errors="replace"))
+        return int(ctx)
+
+
+_native: _Native | None = None
+
+
+def native() -> _Native:
+    global _native
+    if _native is None:
+        _native = _Native()
+    return _native
+
+
+def start_relay(conn: socket.socket, ctx: int, peer: str, timeout_s: float) -> RelayedSocket:
+    """Terminates TLS on `conn` in a thread (C: handshake, then relay); returns the end the worker is given."""
     mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     worker_end = RelayedSocket(socket.AF_UNIX, socket.SOCK_STREAM, fileno=theirs.detach())
     worker_end.setblocking(False)
-    threading.Thread(target=_relay, args=(conn, mine, ctx, peer, timeout_s), name="fargpu-tls-relay",
+    net, plain = conn.detach(), mine.detach()  # the relay owns and closes both
+    threading.Thread(target=_serve, args=(ctx, net, plain, peer, timeout_s), name="fargpu-tls-relay",
                      daemon=True).start()  # fmt: skip
     return worker_end
 
 
-def _relay(raw: socket.socket, plain: socket.socket, ctx: ssl.SSLContext, peer: str, timeout_s: float) -> None:
-    try:
-        raw.setblocking(False)
-        plain.setblocking(False)
-        inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
-        tls = ctx.wrap_bio(inc, out, server_side=True)
-        if _handshake(raw, tls, inc, out, peer, timeout_s):
-            _pump(raw, plain, tls, inc, out)
-    except Exception as e:  # a relay must never take the agent down; the connection just ends
-        log.warning("TLS relay for %s ended: %s", peer, e)
-    finally:
-        raw.close()
-        plain.close()
-
-
-def _send_all(sock: socket.socket, data: bytes, deadline: float) -> None:
-    view = memoryview(data)
-    while view:
-        try:
-            n = sock.send(view)
-            view = view[n:]
-        except BlockingIOError:
-            if not select.select([], [sock], [], max(0.0, deadline - time.monotonic()))[1]:
-                raise TimeoutError("the peer takes no bytes") from None
-
-
-def _handshake(raw: socket.socket, tls: ssl.SSLObject, inc: ssl.MemoryBIO, out: ssl.MemoryBIO, peer: str,
-               timeout_s: float) -> bool:  # fmt: skip
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            tls.do_handshake()
-            _send_all(raw, out.read(), deadline)
-            return True
-        except ssl.SSLWantReadError:
-            _send_all(raw, out.read(), deadline)
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([raw], [], [], left)[0]:
-                log.warning("refused a TLS client from %s: no TLS handshake within %g s", peer, timeout_s)
-                return False
-            data = raw.recv(_CHUNK)
-            if not data:
-                log.debug("a TLS client from %s left during the handshake", peer)
-                return False
-            inc.write(data)
-        except ssl.SSLError as e:
-            with contextlib.suppress(OSError, TimeoutError):
-                _send_all(raw, out.read(), deadline)  # the alert tells the client why
-            log.warning("refused a TLS client from %s: handshake failed (%s)", peer, e.reason or e)
-            return False
-
-
-def _pump(raw: socket.socket, plain: socket.socket, tls: ssl.SSLObject, inc: ssl.MemoryBIO,
-          out: ssl.MemoryBIO) -> None:  # fmt: skip
-    to_net = bytearray()  # encrypted, for the client
-    to_plain = bytearray()  # decrypted, for the worker
-    net_eof = plain_eof = False
-    poller = select.poll()
-    rfd, pfd = raw.fileno(), plain.fileno()
-    while True:
-        if net_eof and not to_plain:
-            return
-        if plain_eof and not to_net:
-            with contextlib.suppress(ssl.SSLError, OSError, TimeoutError):
-                tls.unwrap()
-            with contextlib.suppress(OSError, TimeoutError):
-                _send_all(raw, out.read(), time.monotonic() + 1)
-            return
-        rev = (select.POLLIN if not net_eof and len(to_plain) < _HIGH_WATER else 0) | (select.POLLOUT if to_net else 0)
-        pev = (select.POLLIN if not plain_eof and len(to_net) < _HIGH_WATER else 0) | (
-            select.POLLOUT if to_plain else 0)  # fmt: skip
-        for fd, ev in ((rfd, rev), (pfd, pev)):
-            if ev:
-                poller.register(fd, ev)
-            else:
-                _unregister(poller, fd)
-        for fd, ev in poller.poll():
-            if fd == rfd:
-                if ev & select.POLLOUT and to_net:
-                    try:
-                        del to_net[: raw.send(to_net)]
-                    except BlockingIOError:
-                        pass
-                if ev & (select.POLLIN | select.POLLHUP | select.POLLERR) and rev & select.POLLIN:
-                    try:
-                        data = raw.recv(_CHUNK)
-                    except BlockingIOError:
-                        data = None
-                    except OSError:
-                        data = b""
-                    if data == b"":
-                        net_eof = True
-                    elif data:
-                        inc.write(data)
-                        net_eof = _decrypt(tls, to_plain)
-                        to_net += out.read()  # a post-handshake answer, if the client asked for one
-                elif ev & (select.POLLHUP | select.POLLERR) and not rev & select.POLLIN:
-                    if ev & select.POLLERR:
-                        return
-            else:
-                if ev & select.POLLOUT and to_plain:
-                    try:
-                        del to_plain[: plain.send(to_plain)]
-                    except BlockingIOError:
-                        pass
-                    except OSError:
-                        return  # the worker is gone
-                if ev & (select.POLLIN | select.POLLHUP) and pev & select.POLLIN:
-                    try:
-                        data = plain.recv(_CHUNK)
-                    except BlockingIOError:
-                        continue
-                    except OSError:
-                        data = b""
-                    if not data:
-                        plain_eof = True
-                    else:
-                        tls.write(data)
-                        to_net += out.read()
-                elif ev & select.POLLHUP and not pev & select.POLLIN and not to_plain:
-                    return
-
-
-def _decrypt(tls: ssl.SSLObject, into: bytearray) -> bool:
-    """Moves what the TLS session can decrypt into `into`; True when the client ended the session."""
-    while True:
-        try:
-            chunk = tls.read(_CHUNK)
-        except ssl.SSLWantReadError:
-            return False
-        except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
-            return True
-        except ssl.SSLError as e:
-            log.warning("TLS error from a client: %s", e.reason or e)
-            return True
-        if not chunk:
-            return True
-        into += chunk
-
-
-def _unregister(poller: select.poll, fd: int) -> None:
-    with contextlib.suppress(KeyError):
-        poller.unregister(fd)
+def _serve(ctx: int, net: int, plain: int, peer: str, timeout_s: float) -> None:
+    err = ctypes.create_string_buffer(512)
+    if native().lib.fg_tls_serve(ctx, net, plain, int(timeout_s * 1000), err, len(err)) != 0:
+        log.warning("refused a TLS client from %s: %s", peer, err.value.decode(errors="replace"))

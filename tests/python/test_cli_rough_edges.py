@@ -115,7 +115,8 @@ def test_wildcard_listen_advertises_a_reachable_address(pool: str, tmp_path: Pat
         endpoints = node["endpoints"]
         assert isinstance(endpoints, list) and len(endpoints) == 1
         assert "0.0.0.0" not in endpoints[0] and endpoints[0].endswith(f":{port}"), endpoints
-        host = endpoints[0].removeprefix("tcp://").rpartition(":")[0]
+        assert endpoints[0].startswith("tls://"), endpoints  # beyond loopback: TLS by default (README, Security)
+        host = endpoints[0].removeprefix("tls://").rpartition(":")[0]
         socket.create_connection((host, port), timeout=5).close()  # reachable where it says
         assert "advertising" in (tmp_path / "node.log").read_text()
     finally:
@@ -128,7 +129,7 @@ def test_advertise_and_metrics_host(pool: str, tmp_path: Path) -> None:
                        "--metrics-host", "0.0.0.0", "--metrics-port", str(mport), "--pool", pool)  # fmt: skip
     try:
         node = _wait_node(pool, proc, tmp_path / "node.log")
-        assert node["endpoints"] == [f"tcp://gpu-7.example:{port}"]
+        assert node["endpoints"] == [f"tls://gpu-7.example:{port}"]
         log = (tmp_path / "node.log").read_text()
         assert f"Prometheus metrics on http://0.0.0.0:{mport}/metrics" in log
         # bound on every interface: the machine's non-loopback address answers too
