@@ -54,7 +54,8 @@ def test_enumerated_functions_are_the_named_ones(server: NodeServer) -> None:
     r = run_client(CLIENT, server.client_env())
     assert r.returncode == 0, r.stdout + r.stderr + server.log_text()
     out = r.stdout
-    assert "count 6 names ['fg_axpb', 'fg_bump_magic', 'fg_fill_u32', 'fg_hello', 'fg_scale', 'fg_vadd'] same True" in out, out
+    names = "['fg_axpb', 'fg_bump_magic', 'fg_fill_u32', 'fg_hello', 'fg_scale', 'fg_vadd']"
+    assert f"count 6 names {names} same True" in out, out
     assert "param0 0 8" in out, out  # fg_vadd's first parameter: a pointer at offset 0
     assert "too small 1" in out, out  # CUDA_ERROR_INVALID_VALUE: the array must hold every function
     assert "walk 6 6 True True" in out, out
