@@ -2,7 +2,8 @@
  * (bench/transport_gpu.sh): what no copy through fargpu can beat on this host. 64-byte ping-pong round trips over
  * loopback TCP (TCP_NODELAY) and a unix socket; bulk throughput over 1 and N loopback TCP streams (one sender and
  * one receiver thread per stream, 2 MiB writes) and over a unix socket; single-threaded memcpy of 256 MiB.
- * Medians. Prints one JSON object. Usage: floors [MiB per stream, default 1024] [max streams, default 8] */
+ * Medians. Prints one JSON object. Usage: floors [MiB per stream, default 1024] [max streams, default 8] | floors --rtt
+ * (the ping-pongs alone). */
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <pthread.h>
@@ -122,6 +123,10 @@ static double stream_gbps(int tcp, int n, size_t mib) {
 }
 
 int main(int argc, char **argv) {
+    if (argc > 1 && !strcmp(argv[1], "--rtt")) {
+        printf("{\"floor_tcp_rtt_us\": %.3f, \"floor_unix_rtt_us\": %.3f}\n", rtt_us(1), rtt_us(0));
+        return 0;
+    }
     size_t mib = argc > 1 ? (size_t)atoi(argv[1]) : 1024;
     int maxn = argc > 2 ? atoi(argv[2]) : 8;
     if (maxn > 16) maxn = 16;

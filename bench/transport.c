@@ -4,7 +4,8 @@
  *   64-byte copies both ways and the idle stream-synchronize round trip, µs;
  *   overlap: S streams each running iterations of {host→device copy, a kernel, device→host copy} from pinned
  *   memory, wall time in ms (the same work natively and remotely; run with --no-kernels where kernels cannot run).
- * Usage: transport KERNELS.ptx [--no-kernels]; FARGPU_BENCH_MB sets the copy size. */
+ * Usage: transport KERNELS.ptx [--no-kernels | --small]; FARGPU_BENCH_MB sets the copy size. --small measures only the
+ * small calls (bench/small_calls.sh: the sync round trip against the transport floors, run after run). */
 #include <cuda.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -49,10 +50,11 @@ static char *read_file(const char *path) {
 enum { N = 2000, REPS = 5, STREAMS = 4, ITERS = 16 };
 
 int main(int argc, char **argv) {
-    if (argc < 2) { fprintf(stderr, "usage: transport KERNELS.ptx [--no-kernels]\n"); return 2; }
-    int kernels = !(argc > 2 && !strcmp(argv[2], "--no-kernels"));
+    if (argc < 2) { fprintf(stderr, "usage: transport KERNELS.ptx [--no-kernels | --small]\n"); return 2; }
+    int small = argc > 2 && !strcmp(argv[2], "--small");
+    int kernels = !small && !(argc > 2 && !strcmp(argv[2], "--no-kernels"));
     const char *mbs = getenv("FARGPU_BENCH_MB");
-    size_t big = (size_t)(mbs && *mbs ? atoi(mbs) : 256) << 20;
+    size_t big = small ? 1u << 20 : (size_t)(mbs && *mbs ? atoi(mbs) : 256) << 20;
     static double t[N];
     CHECK(cuInit(0));
     CUdevice dev;
@@ -72,7 +74,7 @@ int main(int argc, char **argv) {
     CHECK(cuMemAllocHost(&pinned, big));
     memset(pinned, 7, big);
     double bw[4][REPS];
-    for (int r = -1; r < REPS; r++) {
+    for (int r = -1; r < (small ? -1 : REPS); r++) {
         double a = now_us(), g;
         CHECK(cuMemcpyHtoD(d, pinned, big)); g = big / (now_us() - a) / 1e3; if (r >= 0) bw[0][r] = g;
         a = now_us(); CHECK(cuMemcpyDtoH(pinned, d, big)); g = big / (now_us() - a) / 1e3; if (r >= 0) bw[1][r] = g;
@@ -129,6 +131,10 @@ int main(int argc, char **argv) {
         }
         overlap_ms = best;
         free(ptx);
+    }
+    if (small) {
+        printf("{\"sync_rtt_us\": %.3f, \"htod_64b_us\": %.3f, \"dtoh_64b_us\": %.3f}\n", sync_us, htod64, dtoh64);
+        return 0;
     }
     printf("{\"copy_mib\": %zu, \"htod_pinned_GBps\": %.3f, \"dtoh_pinned_GBps\": %.3f, \"htod_pageable_GBps\": %.3f, "
            "\"dtoh_pageable_GBps\": %.3f, \"sync_rtt_us\": %.3f, \"htod_64b_us\": %.3f, \"dtoh_64b_us\": %.3f",
