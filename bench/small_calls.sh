@@ -3,7 +3,8 @@
 # transport floors of the same run: the loopback TCP and unix-socket ping-pongs (bench/floors.c --rtt), then
 # bench/transport.c --small (idle cuStreamSynchronize round trip, 64 B copies each way) natively and through fargpu
 # over TCP (one stream), a unix socket, shared memory with the doorbell (the default) and shared memory without it
-# (FARGPU_SHM_DOORBELL=0). Every part runs N times (default 3), interleaved, so a noisy neighbour hits all of them
+# (FARGPU_SHM_DOORBELL=0); and 2000 async 128 KiB copies over TCP with and without the frames kept for a resume
+# (tcp1 and tcp1noresume: FARGPU_RESUME=off). Every part runs N times (default 3), interleaved, so a noisy neighbour hits all of them
 # alike; the medians go to OUT/small_calls.json with the ratios issue 13 asks for (TCP sync / TCP floor, shm sync in
 # µs). --backend sim runs on a machine without a GPU (the simulated device stands in for the driver: the overhead
 # of fargpu is real, the GPU's part is not). Used by bench/transport_gpu.sh too (SMALL_CALLS_REUSE=build dir).
@@ -48,10 +49,11 @@ for r in $(seq 1 "$ROUNDS"); do
   echo "== round $r of $ROUNDS"
   timeout 60 "$W/floors" --rtt >"$OUT/small_floors_$r.json" 2>>"$OUT/small_calls.err"
   timeout 60 "${NATIVE[@]}" "$W/transport" "$W/none.ptx" --small >"$OUT/small_native_$r.json" 2>>"$OUT/small_calls.err"
-  for t in tcp1 unix shm shmnodb; do
+  for t in tcp1 tcp1noresume unix shm shmnodb; do
     ep=$SOCK; extra=(FARGPU_SHM_MB=64)
     case $t in
       tcp1) ep=127.0.0.1:$PORT; extra=(FARGPU_STREAMS=1) ;;
+      tcp1noresume) ep=127.0.0.1:$PORT; extra=(FARGPU_STREAMS=1 FARGPU_RESUME=off) ;;
       unix) extra=(FARGPU_SHM_MB=0) ;;
       shmnodb) extra=(FARGPU_SHM_MB=64 FARGPU_SHM_DOORBELL=0) ;;
     esac
@@ -77,9 +79,10 @@ def med(docs, key):
     return round(statistics.median(vals), 3) if vals else None
 doc = {"backend": backend, "rounds": rounds, "commit": __import__("os").environ.get("FARGPU_COMMIT", "unknown"),
        "floors": {k: med(runs("floors"), k) for k in ("floor_tcp_rtt_us", "floor_unix_rtt_us")}, "clients": {}}
-for name in ("native", "tcp1", "unix", "shm", "shmnodb"):
+KEYS = ("sync_rtt_us", "htod_64b_us", "dtoh_64b_us", "async_htod_128k_GBps")
+for name in ("native", "tcp1", "tcp1noresume", "unix", "shm", "shmnodb"):
     d = runs(name)
-    doc["clients"][name] = {k: med(d, k) for k in ("sync_rtt_us", "htod_64b_us", "dtoh_64b_us")} if d else None
+    doc["clients"][name] = {k: med(d, k) for k in KEYS} if d else None
 def ratio(a, b):
     return round(a / b, 3) if a is not None and b else None
 c, f = doc["clients"], doc["floors"]
@@ -89,6 +92,8 @@ doc["ratios"] = {
     "sync_rtt_unix_vs_floor": ratio(get("unix", "sync_rtt_us"), f["floor_unix_rtt_us"]),
     "sync_rtt_shm_vs_unix_floor": ratio(get("shm", "sync_rtt_us"), f["floor_unix_rtt_us"]),
     "sync_rtt_shm_vs_shmnodb": ratio(get("shm", "sync_rtt_us"), get("shmnodb", "sync_rtt_us")),
+    "async_htod_128k_tcp1_vs_noresume": ratio(get("tcp1", "async_htod_128k_GBps"),
+                                              get("tcp1noresume", "async_htod_128k_GBps")),
 }
 doc["targets"] = {"sync_rtt_tcp1_le_1.1x_floor": (doc["ratios"]["sync_rtt_tcp1_vs_floor"] or 99) <= 1.1,
                   "sync_rtt_shm_le_5us": (get("shm", "sync_rtt_us") or 99) <= 5.0}

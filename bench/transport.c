@@ -2,6 +2,8 @@
  * same GPU-host run (bench/transport_gpu.sh). Prints one JSON object of medians:
  *   htod/dtoh of MB MiB (default 256) from pinned (cuMemAllocHost) and pageable (malloc) memory, GB/s;
  *   64-byte copies both ways and the idle stream-synchronize round trip, µs;
+ *   async_htod_128k: 2000 async 128 KiB copies from pageable memory (inline in the batches, kept by the stub for a
+ *   resume until a reply covers them) and one stream sync, GB/s;
  *   overlap: S streams each running iterations of {host→device copy, a kernel, device→host copy} from pinned
  *   memory, wall time in ms (the same work natively and remotely; run with --no-kernels where kernels cannot run).
  * Usage: transport KERNELS.ptx [--no-kernels | --small]; FARGPU_BENCH_MB sets the copy size. --small measures only the
@@ -90,6 +92,14 @@ int main(int argc, char **argv) {
     double htod64 = median(t, N);
     for (int i = 0; i < N; i++) { double a = now_us(); CHECK(cuMemcpyDtoH(h64, d, 64)); t[i] = now_us() - a; }
     double dtoh64 = median(t, N);
+    double async128[REPS];
+    for (int r = 0; r < REPS; r++) {
+        size_t k = 128u << 10;
+        double a = now_us();
+        for (int i = 0; i < 2000; i++) CHECK(cuMemcpyHtoDAsync(d, pageable, k, s));
+        CHECK(cuStreamSynchronize(s));
+        async128[r] = 2000.0 * (double)k / (now_us() - a) / 1e3;
+    }
 
     /* overlap: STREAMS streams x ITERS x {HtoD chunk, kernel, DtoH chunk}, pinned memory */
     double overlap_ms = -1;
@@ -133,13 +143,15 @@ int main(int argc, char **argv) {
         free(ptx);
     }
     if (small) {
-        printf("{\"sync_rtt_us\": %.3f, \"htod_64b_us\": %.3f, \"dtoh_64b_us\": %.3f}\n", sync_us, htod64, dtoh64);
+        printf("{\"sync_rtt_us\": %.3f, \"htod_64b_us\": %.3f, \"dtoh_64b_us\": %.3f, \"async_htod_128k_GBps\": %.3f}\n",
+               sync_us, htod64, dtoh64, median(async128, REPS));
         return 0;
     }
     printf("{\"copy_mib\": %zu, \"htod_pinned_GBps\": %.3f, \"dtoh_pinned_GBps\": %.3f, \"htod_pageable_GBps\": %.3f, "
            "\"dtoh_pageable_GBps\": %.3f, \"sync_rtt_us\": %.3f, \"htod_64b_us\": %.3f, \"dtoh_64b_us\": %.3f",
            big >> 20, median(bw[0], REPS), median(bw[1], REPS), median(bw[2], REPS), median(bw[3], REPS), sync_us,
            htod64, dtoh64);
+    printf(", \"async_htod_128k_GBps\": %.3f", median(async128, REPS));
     if (overlap_ms >= 0) printf(", \"overlap_streams_ms\": %.3f", overlap_ms);
     printf("}\n");
     CHECK(cuMemFreeHost(pinned));

@@ -5,7 +5,9 @@
 # fargpu over TCP with 1, 2, 4 and 8 streams, a unix socket and shared memory (256 MiB pinned/pageable copies both
 # ways, 64 B copies, the sync round trip, copies and kernels overlapping on 4 streams); PyTorch (a 2 GiB tensor
 # there and back, model.cuda() of a 2.7 GB model) natively, over TCP and over shared memory; and TCP and shared
-# memory with spin-before-block on both sides. Every remote client
+# memory with spin-before-block on both sides; and bench/small_calls.sh (the sync round trip and 64 B copies over TCP,
+# unix, shared memory with and without the doorbell, against the ping-pong floors of the same run, 3 rounds) into
+# OUT/small/small_calls.json, which the report takes in. Every remote client
 # writes a proof file (it never loaded the real driver). A failing part is recorded and the rest goes on.
 # Writes OUT/transport_gpu.json (bench/transport_report.py) and the logs. FARGPU_COMMIT=<sha> names the commit.
 # --backend sim is a dry run on a machine without a GPU: the simulated device stands in for the driver on both
@@ -108,6 +110,10 @@ log "transport bench: native"
 timeout 150 "${NATIVE[@]}" "$W/transport" "$W/bench_kernels.ptx" $KERNELS >"$OUT/transport_native.json" \
   2>"$OUT/transport_native.err" || echo "native failed (rc $?): $(tail -2 "$OUT/transport_native.err")"
 for t in tcp1 tcp4 shm unix; do bench_remote $t; done
+log "small calls against the floors ($(elapsed) s)"
+SMALL_CALLS_REUSE="$W/build" SMALL_CALLS_PORT=7320 timeout 180 bash bench/small_calls.sh "$OUT/small" \
+  --backend "$BACKEND" --rounds 3 >"$OUT/small_calls.log" 2>&1 || echo "small calls failed: $(tail -3 "$OUT/small_calls.log")"
+report >/dev/null 2>&1
 TORCH=0
 "$PY" -c "import torch" 2>/dev/null && [ "$BACKEND" = cuda ] && TORCH=1
 if [ $TORCH = 1 ]; then for t in native tcp shm; do torch_run $t; done

@@ -129,8 +129,16 @@ def main() -> int:
                                                        f.get(f"torch_{key}_native_GBps"))
         r[f"torch_model_cuda_{name}_vs_native"] = ratio(f.get(f"torch_model_cuda_{name}_s"),
                                                         f.get("torch_model_cuda_native_s"))
+    # bench/small_calls.sh's part: small calls against the ping-pong floors, doorbell on and off, 3 rounds
+    small = load(out / "small" / "small_calls.json")
+    if small is not None:
+        doc["small_calls"] = small
+        for key, val in (small.get("ratios") or {}).items():
+            r[f"small_{key}"] = val
+    elif (out / "small_calls.log").exists():
+        doc["failed"].append("small calls: see small_calls.log")
     doc["ratios"] = {k: v for k, v in r.items() if v is not None}
-    for proof in sorted(out.glob("proof-*.jsonl")):
+    for proof in sorted([*out.glob("proof-*.jsonl"), *out.glob("small/proof-*.jsonl")]):
         ok, problems, _notes = check_proof(proof, a.stub_dir)
         doc["proof"][proof.stem.removeprefix("proof-")] = "ok" if ok else "; ".join(problems)[:300]
         if not ok:
@@ -145,6 +153,10 @@ def main() -> int:
         vals = [res.get(k) for k in (*COPY, *SMALL[:2])] + [res.get("overlap_streams_ms")]
         print(f"{name:10} " + " ".join(f"{v:>9.2f}" if isinstance(v, float | int) else f"{'-':>9}" for v in vals))
     print("floors:", json.dumps(doc["floors"]))
+    if "small_calls" in doc:
+        sc = doc["small_calls"]
+        print("small calls:", json.dumps({n: (c or {}).get("sync_rtt_us") for n, c in sc["clients"].items()}),
+              "floors", json.dumps(sc["floors"]), "targets", json.dumps(sc.get("targets")))
     for name in ("native", "tcp", "shm"):
         if f"torch_{name}" in doc["clients"]:
             print(f"torch {name}:", json.dumps(doc["clients"][f"torch_{name}"]))

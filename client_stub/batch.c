@@ -17,6 +17,7 @@
 #include "fgc_mirror.h"
 #include "fgc_memo.h"
 #include "fgc_reconnect.h"
+#include "fgc_transport.h"
 
 fgc_state g_fgc = {.mu = PTHREAD_MUTEX_INITIALIZER, .wmu = PTHREAD_MUTEX_INITIALIZER, .fd = -1,
                    .ctx_sent = UINT64_MAX, .max_frame = FG_DEFAULT_MAX_FRAME};
@@ -93,9 +94,13 @@ static int flush(int want_reply) {
         at = g_fgc.ext[i].at;
     }
     if (g_fgc.batch.len > at) iov[n++] = (struct iovec){g_fgc.batch.buf + at, g_fgc.batch.len - at};
-    fgc_resume_keep(iov, n, h.seq, want_reply); /* sent again after a reconnect if the server never applied it */
+    /* Kept to be sent again after a reconnect if the server never applied it: an async batch by taking over its
+     * buffer (reconnect.c), anything else borrowed (its caller waits for the reply) or copied. */
+    if (want_reply || g_fgc.n_ext || !fgc_resume_keep_writer(hb, &g_fgc.batch, h.seq))
+        fgc_resume_keep(iov, n, h.seq, want_reply);
     pthread_mutex_lock(&g_fgc.wmu);
-    int rc = fgc_io_write(iov, n, sizeof hb + total);
+    /* A synchronous batch goes through the shared region's doorbell when the worker is spinning on it. */
+    int rc = want_reply && fgc_db_post(iov, n, sizeof hb + total) ? 0 : fgc_io_write(iov, n, sizeof hb + total);
     pthread_mutex_unlock(&g_fgc.wmu);
     fg_writer_reset(&g_fgc.batch);
     g_fgc.n_ext = 0;
@@ -146,7 +151,7 @@ static int discard(uint64_t n) {
 
 static void later_recount(void);
 
-static CUresult read_reply(int exact, size_t *got) {
+static CUresult read_reply_from(int exact, size_t *got) {
     uint8_t hb[FG_HEADER_SIZE];
     fg_header h;
 again:
@@ -225,6 +230,13 @@ again:
         return (CUresult)fx.deferred;
     }
     return (CUresult)fx.result;
+}
+
+/* Read the reply to the batch just sent (from the socket, or from the doorbell's mailbox). */
+static CUresult read_reply(int exact, size_t *got) {
+    CUresult r = read_reply_from(exact, got);
+    fgc_io_memory_end();
+    return r;
 }
 
 fg_writer *fgc_begin(uint16_t op) {
@@ -485,8 +497,9 @@ CUresult fgc_sync_var(size_t *got) { return finish_sync(0, got); }
 CUresult fgc_async(void) {
     rec_end();
     CUresult r = CUDA_SUCCESS;
-    if (g_fgc.later_bytes > FGC_PENDING_D2H_LIMIT) {
-        /* Bound the server's staging memory: collect pending device→host data now. */
+    if (g_fgc.later_bytes > FGC_PENDING_D2H_LIMIT || fgc_resume_keep_full()) {
+        /* Bound the server's staging memory: collect pending device→host data now; or the frames kept for a
+         * resume (reconnect.c): the reply acknowledges them. */
         rec_header(FG_OP_PING);
         rec_end();
         size_t got;
@@ -517,7 +530,7 @@ int fgc_send_pending_unlocked(void) {
     uint8_t hb[FG_HEADER_SIZE];
     fg_header_encode(&h, hb);
     struct iovec iov[2] = {{hb, sizeof hb}, {out.buf, out.len}};
-    fgc_resume_keep(iov, 2, h.seq, 0);
+    fgc_resume_keep_writer(hb, &out, h.seq); /* (its buffer now belongs to reconnect.c until the server has it) */
     /* The write lock is taken before mu is let go: a later batch (with a later seq) cannot overtake this one. */
     pthread_mutex_lock(&g_fgc.wmu);
     pthread_mutex_unlock(&g_fgc.mu);

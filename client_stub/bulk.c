@@ -142,6 +142,13 @@ CUresult fgc_bulk_htod(CUdeviceptr dst, const void *src, size_t n, CUstream stre
 }
 
 CUresult fgc_bulk_dtoh(void *dst, CUdeviceptr src, size_t n, CUstream stream) {
+    if (fgc_io_buffered()) { /* the server said something unasked after a reply (a CLOSE, conn.c): the pieces come
+                                 on that connection, so hear it first (a PING reads it and resumes if it must) */
+        fg_writer *w = fgc_begin(FG_OP_PING);
+        if (!w) return fgc_last_error();
+        CUresult r = fgc_sync();
+        if (r != CUDA_SUCCESS) return r;
+    }
     int C = lanes();
     fg_writer *w = fgc_begin(FG_OP_BULK_DTOH);
     if (!w) return fgc_last_error();

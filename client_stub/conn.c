@@ -116,26 +116,89 @@ int fgc_io_write(const struct iovec *iov_in, int iovcnt, size_t total) {
             v->iov_len -= (size_t)n;
         }
     }
+    fgc_db_note_socket_frame();
     return 0;
+}
+
+/* Reads of the session's connection go through a small read-ahead buffer: the start of a reply is read with one
+ * recv of up to READ_AHEAD bytes, so a small reply (header, fixed part, outputs) costs one system call, not three.
+ * Only replies are read this way, and the server sends nothing unasked after a reply but a CLOSE, which then waits
+ * here for the next read. A reply the doorbell left in shared memory (doorbell.c) is read from there instead. */
+#define READ_AHEAD 8192
+static uint8_t g_ahead[READ_AHEAD];
+static size_t g_ahead_at, g_ahead_end;
+static const uint8_t *g_mem; /* the reply in the doorbell's mailbox, while it is read */
+static size_t g_mem_left;
+
+void fgc_io_from_memory(const void *p, size_t n) {
+    g_mem = (const uint8_t *)p;
+    g_mem_left = n;
+}
+
+void fgc_io_memory_end(void) { g_mem = NULL; }
+
+void fgc_io_forget(void) { g_ahead_at = g_ahead_end = 0; } /* a new connection: what the old one sent is moot */
+
+size_t fgc_io_buffered(void) { return g_ahead_end - g_ahead_at; }
+
+/* Serve what is buffered (memory or read-ahead); returns the bytes still to read from the socket, or SIZE_MAX
+ * when a reply in memory is shorter than its reader expects. */
+static size_t take_buffered(uint8_t **dst, size_t n) {
+    if (g_mem) {
+        if (n > g_mem_left) return SIZE_MAX;
+        memcpy(*dst, g_mem, n);
+        g_mem += n;
+        g_mem_left -= n;
+        return 0;
+    }
+    size_t k = g_ahead_end - g_ahead_at < n ? g_ahead_end - g_ahead_at : n;
+    if (k) {
+        memcpy(*dst, g_ahead + g_ahead_at, k);
+        g_ahead_at += k;
+        *dst += k;
+    }
+    return n - k;
 }
 
 /* Part of a message that has begun: every byte within the I/O timeout (fg_io.h). */
 int fgc_io_read(void *dst, size_t n) {
+    uint8_t *d = (uint8_t *)dst;
+    size_t left = take_buffered(&d, n);
+    if (left == SIZE_MAX) {
+        errno = EPROTO;
+        return -1;
+    }
+    if (!left) return 0;
     int to = fg_io_timeout_ms();
-    int rc = fg_io_read_deadline(g_fgc.fd, dst, n, to, to, NULL);
+    int rc = fg_io_read_deadline(g_fgc.fd, d, left, to, to, NULL);
     if (rc == -2) errno = ETIMEDOUT;
     return rc ? -1 : 0;
 }
 
-/* The start of a reply: the server may work on the call as long as it takes. A short spin first
- * (FARGPU_SPIN_US µs, default 0: off; measured by bench/transport_gpu.sh): most replies come within a round trip. */
+/* The start of a reply: the server may work on the call as long as it takes. A posted doorbell request's reply may
+ * be in shared memory (doorbell.c). Else a short spin first (FARGPU_SPIN_US µs, default 0: off; measured by
+ * bench/transport_gpu.sh): most replies come within a round trip; then one blocking recv into the read-ahead. */
 int fgc_io_read_first(void *dst, size_t n) {
-    static int spin = -1;
-    if (spin < 0) spin = fg_io_spin_us("FARGPU_SPIN_US", 0);
-    fg_io_spin_readable(g_fgc.fd, spin);
-    int rc = fg_io_read_deadline(g_fgc.fd, dst, n, -1, fg_io_timeout_ms(), NULL);
-    if (rc == -2) errno = ETIMEDOUT;
-    return rc ? -1 : 0;
+    int db = fgc_db_wait();
+    if (db < 0) {
+        errno = EPROTO;
+        return -1;
+    }
+    if (db == 0 && g_ahead_at == g_ahead_end && g_fgc.fd >= 0) {
+        static int spin = -1;
+        if (spin < 0) spin = fg_io_spin_us("FARGPU_SPIN_US", 0);
+        fg_io_spin_readable(g_fgc.fd, spin);
+        ssize_t k;
+        do k = recv(g_fgc.fd, g_ahead, sizeof g_ahead, 0);
+        while (k < 0 && errno == EINTR);
+        if (k <= 0) {
+            if (k == 0) errno = ECONNRESET;
+            return -1;
+        }
+        g_ahead_at = 0;
+        g_ahead_end = (size_t)k;
+    }
+    return fgc_io_read(dst, n);
 }
 
 /* Read one handshake frame into buf (at most cap bytes). Returns its type, or -1. */

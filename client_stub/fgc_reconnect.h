@@ -7,6 +7,8 @@
 #include <stdint.h>
 #include <sys/uio.h>
 
+#include "fg_wire.h"
+
 #define FGC_RESUME_KEY_CAP 80
 
 /* conn.c's part */
@@ -24,6 +26,13 @@ const char *fgc_resume_hello(void);
  * marks the connection broken). closing: the server's CLOSE reason, or NULL for a dropped connection. */
 void fgc_resume_keep(const struct iovec *iov, int n, uint32_t seq, int want_reply);
 void fgc_resume_acked(uint32_t seq);
+/* An async batch frame (header head, payload w's bytes) about to be written: kept by taking over w's buffer (w gets
+ * a recycled one), or marked as a gap when the limit is reached (a resume past it fails): 1; 0 when resuming is
+ * off (nothing is kept). */
+int fgc_resume_keep_writer(const uint8_t *head, fg_writer *w, uint32_t seq);
+/* Bytes kept unacknowledged; 1 when past half the limit (the next async call asks for a reply). */
+size_t fgc_resume_kept_bytes(void);
+int fgc_resume_keep_full(void);
 /* A frame that cannot be sent again (a bulk copy's raw bytes follow it, bulk.c): a resume that would need it fails
  * (the session ends with an error) instead of sending it without its bytes. */
 void fgc_resume_unkept(uint32_t seq);

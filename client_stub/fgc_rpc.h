@@ -89,6 +89,11 @@ CUresult fgc_connect(void);
 int fgc_io_write(const struct iovec *iov, int iovcnt, size_t total);
 int fgc_io_read(void *dst, size_t n);
 int fgc_io_read_first(void *dst, size_t n);
+/* The reply being read is n bytes at p (the doorbell's mailbox), until fgc_io_memory_end. */
+void fgc_io_from_memory(const void *p, size_t n);
+void fgc_io_memory_end(void);
+void fgc_io_forget(void);       /* a new connection: drop what the old one's read-ahead held */
+size_t fgc_io_buffered(void);   /* bytes read ahead and not yet taken */
 void fgc_mark_broken(CUresult err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 const char *fgc_endpoint(void);
 

@@ -9,14 +9,26 @@
 #include <cuda.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/uio.h>
 
 #define FGC_BULK_MIN (256u * 1024u) /* copies from this size on move as bulk pieces (or through shared memory) */
+
+/* doorbell.c. Post a synchronous batch frame (iov, total bytes) to the worker through the request mailbox (with
+ * g_fgc.wmu held): 1 posted (its reply is awaited with fgc_db_wait), 0 not (the caller writes it to the socket).
+ * fgc_db_wait, before a reply is read: 1 the reply is in the reply mailbox (conn.c's reads take it from there), 0
+ * it comes over the socket, -1 a malformed reply. */
+int fgc_db_post(const struct iovec *iov, int n, size_t total);
+int fgc_db_wait(void);
+void fgc_db_forget(void); /* a resume: no posted request is awaited any more */
+void fgc_db_offer(void *region);     /* a new region: say whether this client will post (FARGPU_SHM_DOORBELL) */
+void fgc_db_note_socket_frame(void); /* a frame went on the socket: the spinning worker looks there at once */
 
 /* shm.c. After HELLO_OK offered shared memory: send the region (SCM_RIGHTS) and read the answer. Returns 0 (in
  * use or refused by the worker), -1 when the connection failed. */
 int fgc_shm_handshake(int fd);
 uint64_t fgc_shm_offer_bytes(void); /* the size the HELLO offers (FARGPU_SHM_MB; 0: no offer) */
 int fgc_shm_on(void);
+uint8_t *fgc_shm_base(void); /* the region while it is the session's transport, else NULL */
 /* 1 when [p, p + n) lies in the region's client part (*off: its offset). */
 int fgc_shm_find(const void *p, size_t n, uint64_t *off);
 void *fgc_shm_alloc(size_t n); /* NULL: no region, or it is full */

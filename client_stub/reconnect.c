@@ -3,7 +3,10 @@
  *
  * Every batch frame is kept from the moment it is written until a reply covers it (replies come in order, so a
  * reply to batch N covers every batch up to N): a frame whose caller waits for its reply is only borrowed (its
- * bytes stay put until the reply comes), any other is copied, up to FARGPU_RESUME_KEEP_MB (default 256) in all.
+ * bytes stay put until the reply comes); an async batch is not copied either: its buffer is taken over from the
+ * batch writer, which gets a recycled one back (so keeping costs no memcpy and, once warm, no page faults). At most
+ * FARGPU_RESUME_KEEP_MB (default 256) is kept unacknowledged: past half of it the next async call asks for a reply
+ * (a PING, as a sync call would), which covers everything before it, so a long run of async work stays resumable.
  * On a drop the stub asks where its lease lives now (the pool manager, for a pool lease; else FARGPU_SERVER
  * again), reconnects with a HELLO carrying the session id and its resume key (HELLO_OK gave it), and the restored
  * session answers with the last batch it applied; every kept frame after it is sent again, in order, and the
@@ -22,16 +25,27 @@
 #include "fg_msgpack.h"
 #include "fgc_internal.h"
 #include "fgc_reconnect.h"
+#include "fgc_transport.h"
 
 typedef struct {
     uint32_t seq;
-    uint8_t *copy;     /* the whole frame, copied (NULL: borrowed, in iov) */
+    uint8_t *copy;     /* the whole frame, copied (NULL: borrowed, in iov, or owned) */
+    uint8_t *own;      /* a batch buffer taken over from the writer: the frame is head + own[0 .. len - 16) */
+    size_t own_cap;
+    uint8_t head[FG_HEADER_SIZE];
     size_t len;
     struct iovec iov[2 + 2 * FGC_MAX_EXT];
     int n;
 } kept;
 
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER; /* the sender thread keeps frames without g_fgc.mu */
+#define POOL 8
+#define TAKE_MIN (64u << 10) /* batch frames from this size on are kept by taking over their buffer */
+static struct {
+    uint8_t *buf;
+    size_t cap;
+} g_pool[POOL]; /* batch buffers of acknowledged frames, for the writers to reuse */
+static int g_npool;
 static kept *g_kept;
 static size_t g_n, g_cap, g_bytes;
 static uint32_t g_gap; /* a frame that could not be kept (0: none since the last reply) */
@@ -52,7 +66,7 @@ void fgc_resume_keep(const struct iovec *iov, int n, uint32_t seq, int want_repl
     pthread_mutex_lock(&mu);
     size_t len = 0;
     for (int i = 0; i < n; i++) len += iov[i].iov_len;
-    kept k = {seq, NULL, len, {{0}}, 0};
+    kept k = {seq, NULL, NULL, 0, {0}, len, {{0}}, 0};
     int ok = n <= (int)(sizeof k.iov / sizeof k.iov[0]);
     if (ok && want_reply) {
         memcpy(k.iov, iov, (size_t)n * sizeof *iov);
@@ -86,6 +100,53 @@ void fgc_resume_keep(const struct iovec *iov, int n, uint32_t seq, int want_repl
     pthread_mutex_unlock(&mu);
 }
 
+/* The next slot of the list (mu held); NULL when it cannot grow. */
+static kept *slot(void) {
+    if (g_n == g_cap) {
+        size_t cap = g_cap ? g_cap * 2 : 16;
+        kept *nk = (kept *)realloc(g_kept, cap * sizeof *nk);
+        if (!nk) return NULL;
+        g_kept = nk;
+        g_cap = cap;
+    }
+    return &g_kept[g_n];
+}
+
+int fgc_resume_keep_writer(const uint8_t *head, fg_writer *w, uint32_t seq) {
+    if (!g_key[0] || w->len < TAKE_MIN) return 0; /* a small frame is copied: cheaper than a whole buffer */
+    pthread_mutex_lock(&mu);
+    size_t len = FG_HEADER_SIZE + w->len;
+    kept *k = g_bytes + w->cap <= keep_limit() ? slot() : NULL; /* (what it holds: the buffer's capacity) */
+    if (!k) {
+        if (!g_gap) g_gap = seq; /* a resume past this frame fails (the session ends with an error) */
+        pthread_mutex_unlock(&mu);
+        return 1;
+    }
+    *k = (kept){seq, NULL, w->buf, w->cap, {0}, len, {{0}}, 0};
+    memcpy(k->head, head, FG_HEADER_SIZE);
+    g_n++;
+    g_bytes += w->cap;
+    if (g_npool) { /* the writer goes on with a recycled buffer, or a new one of the same size */
+        g_npool--;
+        w->buf = g_pool[g_npool].buf;
+        w->cap = g_pool[g_npool].cap;
+    } else {
+        w->buf = (uint8_t *)malloc(w->cap);
+        if (!w->buf) w->cap = 0; /* (it grows one as it fills) */
+    }
+    pthread_mutex_unlock(&mu);
+    return 1;
+}
+
+size_t fgc_resume_kept_bytes(void) {
+    pthread_mutex_lock(&mu);
+    size_t b = g_key[0] ? g_bytes : 0;
+    pthread_mutex_unlock(&mu);
+    return b;
+}
+
+int fgc_resume_keep_full(void) { return fgc_resume_kept_bytes() > keep_limit() / 2; }
+
 void fgc_resume_unkept(uint32_t seq) {
     pthread_mutex_lock(&mu);
     if (!g_gap) g_gap = seq;
@@ -98,7 +159,14 @@ void fgc_resume_acked(uint32_t seq) {
     for (size_t i = 0; i < g_n; i++) {
         if ((int32_t)(g_kept[i].seq - seq) <= 0) {
             if (g_kept[i].copy) g_bytes -= g_kept[i].len;
+            if (g_kept[i].own) g_bytes -= g_kept[i].own_cap;
             free(g_kept[i].copy);
+            if (g_kept[i].own && g_npool < POOL) {
+                g_pool[g_npool].buf = g_kept[i].own;
+                g_pool[g_npool++].cap = g_kept[i].own_cap;
+            } else {
+                free(g_kept[i].own);
+            }
         } else {
             g_kept[keep++] = g_kept[i];
         }
@@ -200,12 +268,14 @@ int fgc_resume(const char *closing) {
     ok = ok && (int32_t)(g_fgc.seq - applied) >= 0 && expect == g_fgc.seq + 1;
     pthread_mutex_lock(&g_fgc.wmu);
     g_fgc.fd = fd;
+    fgc_io_forget(); /* what the old connection's read-ahead held is moot */
+    fgc_db_forget(); /* and no posted request is awaited: the new worker has no region, the frames go again */
     int resent = 0;
     for (size_t i = 0; i < g_n && ok; i++) {
         kept *k = &g_kept[i];
         if ((int32_t)(k->seq - applied) <= 0) continue;
-        struct iovec one = {k->copy, k->len};
-        ok = fgc_io_write(k->copy ? &one : k->iov, k->copy ? 1 : k->n, k->len) == 0;
+        struct iovec one = {k->copy, k->len}, owned[2] = {{k->head, FG_HEADER_SIZE}, {k->own, k->len - FG_HEADER_SIZE}};
+        ok = fgc_io_write(k->copy ? &one : k->own ? owned : k->iov, k->copy ? 1 : k->own ? 2 : k->n, k->len) == 0;
         resent++;
     }
     pthread_mutex_unlock(&g_fgc.wmu);

@@ -60,6 +60,8 @@ uint64_t fgc_shm_offer_bytes(void) {
 
 int fgc_shm_on(void) { return g_on; }
 
+uint8_t *fgc_shm_base(void) { return g_on ? g_base : NULL; }
+
 static void after_fork_child(void) { g_on = 0; } /* the region is not mapped in the child (MADV_DONTFORK) */
 
 int fgc_shm_handshake(int fd) {
@@ -79,6 +81,7 @@ int fgc_shm_handshake(int fd) {
     }
     madvise(p, (size_t)size, MADV_DONTFORK);
     ((fg_shm_header *)p)->magic = FG_SHM_MAGIC;
+    fgc_db_offer(p);
     uint8_t frame[FG_HEADER_SIZE + 8];
     fg_header h = {FG_MAGIC, FG_T_SHM, 0, 8, 0};
     fg_header_encode(&h, frame);

@@ -188,7 +188,8 @@ static void *run_lane(void *arg) {
         if (J->htod) {
             CUresult r = slot_take(J, s);
             size_t got = 0;
-            int rc = fg_io_read_deadline(fd, buf, len, to, to, &got);
+            int rc = L->conn == 0 ? fgs_client_read(S, buf, len, to, to, &got) /* (the serve loop's read-ahead) */
+                                  : fg_io_read_deadline(fd, buf, len, to, to, &got);
             if (rc) {
                 note_io(J, L->conn, rc);
                 return NULL;

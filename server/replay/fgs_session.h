@@ -118,6 +118,8 @@ typedef struct fgs_session {
     struct fgs_journal *journal; /* what created the session's handles and lasting state (journal.c) */
     uint32_t applied_seq;        /* the last batch applied: a parked session resumes after it (park.c) */
     int client_fd;               /* the client's connection while fgs_serve runs; -1: none */
+    uint8_t *ahead;              /* bytes of client_fd read ahead of the frame being served (fgs_client_read) */
+    size_t ahead_at, ahead_end;
     uint64_t arena_next, arena_end; /* where cuMemAlloc asks for its next address (memory.c); 0: anywhere */
     struct fgs_shm *shm;   /* the co-located client's shared-memory region (shm.c); NULL: none */
     struct fgs_bulk *bulk; /* the pinned staging ring and data connections for bulk copies (bulk.c) */
@@ -244,6 +246,17 @@ CUresult fgs_shm_htod(fgs_session *S, fg_reader *r);
 CUresult fgs_shm_dtoh(fgs_session *S, fg_reader *r);
 CUresult fgs_shm_devptr(fgs_session *S, fg_reader *r, fg_writer *out);
 void fgs_shm_close(fgs_session *S);
+uint8_t *fgs_shm_base(fgs_session *S); /* the region's mapping, or NULL */
+/* The doorbell (doorbell.c). fgs_db_wait: spin on the request mailbox; 1 a request is posted and the sockets have
+ * nothing unread (take it with fgs_db_take), 0 serve the sockets (poll them: they have something, or the worker
+ * went to sleep). fgs_db_take copies the request's frame out (header into *h, payload into *buf); -1 with *why for
+ * a malformed one. fgs_db_reply sends a taken request's reply (iov, total bytes): into the reply mailbox, or over
+ * fd (on_socket: output frames went there first). */
+int fgs_db_wait(fgs_session *S, int fd, int ctl_fd);
+int fgs_db_take(fgs_session *S, fg_header *h, uint8_t **buf, size_t *cap, uint32_t max_frame, const char **why);
+int fgs_db_reply(fgs_session *S, int fd, struct iovec *iov, int n, size_t total, int on_socket);
+int fgs_db_posted(fgs_session *S); /* a request waits in the mailbox (park.c: the client is busy) */
+void fgs_db_off(fgs_session *S);    /* the session ends: no more posts */
 CUresult fgs_bulk_htod(fgs_session *S, fg_reader *r);
 CUresult fgs_bulk_dtoh(fgs_session *S, fg_reader *r);
 void fgs_bulk_close(fgs_session *S);
@@ -253,9 +266,14 @@ const char *fgs_bulk_error(fgs_session *S); /* why a bulk copy ended the session
 /* Move a bulk copy's bytes without touching the device (its batch cannot run: err is why). */
 CUresult fgs_bulk_skip(fgs_session *S, int htod, fg_reader *r, CUresult err);
 /* Send pending device output as OUTPUT frames (before a REPLY with this seq). Nonzero: the socket failed. */
-int fgs_output_send(fgs_session *S, int sock, uint32_t seq);
+int fgs_output_send(fgs_session *S, int sock, uint32_t seq); /* frames sent (0: no output), or -1 */
 void fgs_output_close(fgs_session *S);
 int fgs_write_all(int fd, struct iovec *iov, int cnt);
+/* Read n bytes of the client's connection (fg_io_read_deadline's deadlines and results), what the serve loop read
+ * ahead first: bulk.c's connection 0 reads its pieces through it. */
+int fgs_client_read(fgs_session *S, void *dst, size_t n, int first_ms, int step_ms, size_t *got);
+/* 1 when bytes of the client's connection wait in the read-ahead (park.c: the client sent work). */
+int fgs_client_pending(fgs_session *S);
 /* Append "u32 count, count x (u32 offset, u32 size)" for a function or (is_kernel) a library kernel. */
 void fgs_put_param_layout(fgs_session *S, void *fn, int is_kernel, fg_writer *out);
 

@@ -102,8 +102,8 @@ int fgs_output_send(fgs_session *S, int sock, uint32_t seq) {
     o->dropped = 0;
     pthread_mutex_unlock(&o->mu);
     char note[128];
-    int rc = 0;
-    for (size_t off = 0; off < n && !rc; off += OUTPUT_FRAME) {
+    int rc = 0, frames = 0;
+    for (size_t off = 0; off < n && !rc; off += OUTPUT_FRAME, frames++) {
         size_t len = n - off < OUTPUT_FRAME ? n - off : OUTPUT_FRAME;
         fg_header h = {FG_MAGIC, FG_T_OUTPUT, 0, (uint32_t)len, seq};
         uint8_t hb[FG_HEADER_SIZE];
@@ -119,9 +119,10 @@ int fgs_output_send(fgs_session *S, int sock, uint32_t seq) {
         fg_header_encode(&h, hb);
         struct iovec iov[2] = {{hb, sizeof hb}, {note, (size_t)k}};
         rc = fgs_write_all(sock, iov, 2);
+        frames++;
     }
     free(buf);
-    return rc;
+    return rc ? -1 : frames;
 }
 
 void fgs_output_close(fgs_session *S) {

@@ -344,7 +344,7 @@ int fgs_park_control(fgs_session *S, const char *line, char *why, size_t why_len
     const char *anyway = getenv("FARGPU_PARK_TEST_COMMIT_ANYWAY"); /* tests: the stub's resend path */
     if (v == 1 && S->client_fd >= 0 && !(anyway && *anyway == '1')) {
         struct pollfd pf = {S->client_fd, POLLIN, 0};
-        if (poll(&pf, 1, 0) == 1 && (pf.revents & POLLIN) && !(pf.revents & POLLHUP)) {
+        if (fgs_db_posted(S) || fgs_client_pending(S) || (poll(&pf, 1, 0) == 1 && (pf.revents & POLLIN) && !(pf.revents & POLLHUP))) {
             status(S, "park-failed the client sent work while the session was being parked");
             return 0;
         }

@@ -407,6 +407,7 @@ FGS_EXPORT void fgs_close(fgs_session *S) {
     free(S->globals);
     free(S->later);
     free(S->scratch);
+    free(S->ahead);
     fgs_images_free_all(S);
     fgs_output_close(S);
     fgs_callbacks_close(S);
@@ -438,6 +439,37 @@ int fgs_write_all(int fd, struct iovec *iov, int cnt) {
     return 0;
 }
 
+/* The serve loop reads a frame's header with one recv of whatever has arrived (up to AHEAD bytes): a small batch
+ * costs one system call, not two. What follows the frame (the next frame, or a bulk copy's raw pieces) is taken
+ * from here first. */
+#define AHEAD 16384
+
+int fgs_client_read(fgs_session *S, void *dst, size_t n, int first_ms, int step_ms, size_t *got) {
+    size_t k = S->ahead_end - S->ahead_at < n ? S->ahead_end - S->ahead_at : n;
+    if (k) {
+        memcpy(dst, S->ahead + S->ahead_at, k);
+        S->ahead_at += k;
+    }
+    size_t more = 0;
+    int rc = k == n ? 0 : fg_io_read_deadline(S->client_fd, (uint8_t *)dst + k, n - k, k ? step_ms : first_ms,
+                                              step_ms, &more);
+    if (got) *got = k + more;
+    return rc;
+}
+
+int fgs_client_pending(fgs_session *S) { return S->ahead_end > S->ahead_at; }
+
+/* Read what the client has sent so far (the socket is readable) into the read-ahead, when it is empty. */
+static void read_ahead(fgs_session *S, int fd) {
+    if (S->ahead_end > S->ahead_at) return;
+    S->ahead_at = S->ahead_end = 0;
+    if (!S->ahead && !(S->ahead = (uint8_t *)malloc(AHEAD))) return;
+    ssize_t k;
+    do k = recv(fd, S->ahead, AHEAD, MSG_DONTWAIT);
+    while (k < 0 && errno == EINTR);
+    if (k > 0) S->ahead_end = (size_t)k; /* nothing, an error or the end: the reads below see it themselves */
+}
+
 static void send_close(int fd, const char *reason) {
     /* msgpack {"reason": reason} */
     uint8_t buf[600];
@@ -464,7 +496,7 @@ static void send_close(int fd, const char *reason) {
  * (without memory.c's lock: a trampoline on such a stream claims its copies under it), then what is still
  * staged is moved out and sent as (id, length, bytes). */
 static int send_reply(fgs_session *S, int fd, uint32_t seq, CUresult result, CUresult deferred, uint32_t dop,
-                      fg_writer *out) {
+                      fg_writer *out, int db) {
     CUstream *streams;
     size_t ns;
     if (fgs_later_streams(S, &streams, &ns)) {
@@ -494,7 +526,8 @@ static int send_reply(fgs_session *S, int fd, uint32_t seq, CUresult result, CUr
     struct iovec *iov = stack_iov;
     uint64_t *heads = NULL;
     /* Device printf output flushed by this batch's synchronising calls goes first. */
-    if (fgs_output_send(S, fd, seq)) goto done;
+    int frames = fgs_output_send(S, fd, seq);
+    if (frames < 0) goto done;
     struct {
         uint32_t result, deferred, deferred_op, n_later;
         uint64_t out_len;
@@ -519,7 +552,8 @@ static int send_reply(fgs_session *S, int fd, uint32_t seq, CUresult result, CUr
         iov[c++] = (struct iovec){&heads[2 * i], 16};
         if (heads[2 * i + 1]) iov[c++] = (struct iovec){later[i].data, later[i].n};
     }
-    rc = fgs_write_all(fd, iov, c);
+    /* A request taken from the doorbell's mailbox is answered there (doorbell.c) unless output went first. */
+    rc = db ? fgs_db_reply(S, fd, iov, c, sizeof hb + total, frames > 0) : fgs_write_all(fd, iov, c);
 done:
     if (iov != stack_iov) free(iov);
     free(heads);
@@ -542,10 +576,25 @@ FGS_EXPORT int fgs_serve(fgs_session *S, int fd, int ctl_fd, char *reason, unsig
     /* After a reply the next request usually follows within a round trip: spin briefly before blocking
      * (FARGPU_WORKER_SPIN_US µs; default 0, off: on a host with cores to spare it saves a wake-up per call). */
     int spin_us = fg_io_spin_us("FARGPU_WORKER_SPIN_US", 0);
+    uint8_t hb[FG_HEADER_SIZE];
+    fg_header h;
     for (;;) {
+        /* With shared memory, small synchronous calls may come through the doorbell (doorbell.c). */
+        int pending = fgs_client_pending(S); /* the next frame is here already: no wait, and a glance at ctl */
+        int db = pending ? 0 : fgs_db_wait(S, fd, ctl_fd);
+        int io_ms = fg_io_timeout_ms();
+        if (db) {
+            const char *why = NULL;
+            if (fgs_db_take(S, &h, &buf, &cap, S->max_frame, &why)) {
+                snprintf(reason, reason_len, "protocol error: %s", why);
+                send_close(fd, reason);
+                break;
+            }
+            goto have_frame;
+        }
         struct pollfd pf[2] = {{fd, POLLIN, 0}, {ctl_fd, POLLIN, 0}};
-        fg_io_spin_readable(fd, spin_us);
-        int np = poll(pf, ctl_fd >= 0 ? 2 : 1, -1);
+        if (!pending) fg_io_spin_readable(fd, spin_us);
+        int np = poll(pf, ctl_fd >= 0 ? 2 : 1, pending ? 0 : -1);
         if (np < 0 && errno == EINTR) continue;
         if (np < 0) { snprintf(reason, reason_len, "poll failed: %s", strerror(errno)); break; }
         if (ctl_fd >= 0 && (pf[1].revents & (POLLIN | POLLHUP))) {
@@ -557,12 +606,11 @@ FGS_EXPORT int fgs_serve(fgs_session *S, int fd, int ctl_fd, char *reason, unsig
                 rc = 1;
                 break;
             }
-            if (!(pf[0].revents & (POLLIN | POLLHUP))) continue;
+            if (!pending && !(pf[0].revents & (POLLIN | POLLHUP))) continue;
         }
-        uint8_t hb[FG_HEADER_SIZE];
-        int io_ms = fg_io_timeout_ms();
         size_t hgot = 0;
-        int hr = fg_io_read_deadline(fd, hb, sizeof hb, -1, io_ms, &hgot); /* idle between frames: no limit */
+        read_ahead(S, fd);
+        int hr = fgs_client_read(S, hb, sizeof hb, -1, io_ms, &hgot); /* idle between frames: no limit */
         if (hr == -2) {
             snprintf(reason, reason_len, "the client sent %zu of a frame header's %d bytes, then nothing for %d s; "
                      "closing its connection", hgot, FG_HEADER_SIZE, io_ms / 1000);
@@ -572,7 +620,6 @@ FGS_EXPORT int fgs_serve(fgs_session *S, int fd, int ctl_fd, char *reason, unsig
             break;
         }
         if (hr) { snprintf(reason, reason_len, "client disconnected"); rc = 0; break; }
-        fg_header h;
         const char *why = fg_header_decode(hb, &h, S->max_frame);
         if (!why && h.type != FG_T_BATCH) why = "unexpected frame type after the handshake";
         if (why) { snprintf(reason, reason_len, "protocol error: %s", why); send_close(fd, reason); break; }
@@ -592,8 +639,8 @@ FGS_EXPORT int fgs_serve(fgs_session *S, int fd, int ctl_fd, char *reason, unsig
                 cap = ncap;
             }
             size_t k = 0;
-            int rr = fg_io_read_deadline(fd, buf + got, cap - got < h.length - got ? cap - got : h.length - got,
-                                         io_ms, io_ms, &k);
+            int rr = fgs_client_read(S, buf + got, cap - got < h.length - got ? cap - got : h.length - got, io_ms,
+                                     io_ms, &k);
             got += k;
             if (rr) { eof = rr == -2 ? 3 : 1; break; }
         }
@@ -606,6 +653,7 @@ FGS_EXPORT int fgs_serve(fgs_session *S, int fd, int ctl_fd, char *reason, unsig
             break;
         }
         if (eof) { snprintf(reason, reason_len, eof == 2 ? "out of memory" : "client disconnected mid-frame"); rc = eof == 2 ? -1 : 0; break; }
+    have_frame:;
         fg_reader batch;
         fg_reader_init(&batch, buf, h.length);
         fg_record rec = {0, 0, 0, NULL};
@@ -640,7 +688,7 @@ FGS_EXPORT int fgs_serve(fgs_session *S, int fd, int ctl_fd, char *reason, unsig
                         goto out;
                     }
                 }
-                if ((h.flags & FG_F_WANT_REPLY) && send_reply(S, fd, h.seq, pr, deferred, deferred_op, &out)) {
+                if ((h.flags & FG_F_WANT_REPLY) && send_reply(S, fd, h.seq, pr, deferred, deferred_op, &out, db)) {
                     snprintf(reason, reason_len, "client disconnected while receiving a reply");
                     rc = 0;
                     break;
@@ -695,7 +743,7 @@ FGS_EXPORT int fgs_serve(fgs_session *S, int fd, int ctl_fd, char *reason, unsig
             break;
         }
         if (answered) {
-            if (send_reply(S, fd, h.seq, sync_result, deferred, deferred_op, &out)) {
+            if (send_reply(S, fd, h.seq, sync_result, deferred, deferred_op, &out, db)) {
                 snprintf(reason, reason_len, "client disconnected while receiving a reply");
                 rc = 0;
                 break;
@@ -721,6 +769,7 @@ FGS_EXPORT int fgs_serve(fgs_session *S, int fd, int ctl_fd, char *reason, unsig
         }
     }
 out:
+    fgs_db_off(S); /* a post from now on goes over the socket, and finds it closed */
     free(buf);
     fg_writer_free(&out);
     return rc;

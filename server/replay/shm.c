@@ -96,6 +96,8 @@ void fgs_shm_close(fgs_session *S) {
     S->shm = NULL;
 }
 
+uint8_t *fgs_shm_base(fgs_session *S) { return S->shm ? S->shm->base : NULL; }
+
 /* The region's bytes [off, off + n), or NULL when they are not all in the client's part of it. */
 static uint8_t *span(fgs_session *S, uint64_t off, uint64_t n) {
     struct fgs_shm *m = S->shm;

@@ -194,7 +194,9 @@ def test_killed_node_gives_a_cuda_error_not_a_hang(tmp_path: Path) -> None:
         stop_server(s)
 
 
-# After "go": an async memset (a batch without a reply), a pause, then a synchronising read of what it wrote.
+# After "go": an async memset and an async copy of 200 KiB from pageable memory (inline: one batch of over 64 KiB
+# without a reply, which the stub keeps for a resume by taking over its buffer), a pause, then a synchronising read
+# of what they wrote.
 LATE_WORK = PRELUDE + r'''
 import time
 ctx0()
@@ -206,11 +208,17 @@ ok(cu.cuStreamSynchronize(st), "sync")
 print("READY", flush=True)
 sys.stdin.readline()
 ok(cu.cuMemsetD8Async(ctypes.c_uint64(p), ctypes.c_ubyte(0xAB), ctypes.c_size_t(4 << 20), st), "async memset")
+pattern = bytes(range(256)) * 800
+src = ctypes.create_string_buffer(pattern, len(pattern))
+ok(cu.cuMemcpyHtoDAsync_v2(ctypes.c_uint64(p), src, ctypes.c_size_t(len(pattern)), st), "async htod")
+ctypes.memset(src, 0, len(pattern))  # taken at the call
 time.sleep(1.0)
 ok(cu.cuStreamSynchronize(st), "sync")
 out = ctypes.create_string_buffer(4096)
 ok(cu.cuMemcpyDtoH_v2(out, ctypes.c_uint64(p + (4 << 20) - 4096), ctypes.c_size_t(4096)), "dtoh")
-print("SAME" if out.raw == b"\xab" * 4096 else "DIFFERENT", flush=True)
+back = ctypes.create_string_buffer(len(pattern))
+ok(cu.cuMemcpyDtoH_v2(back, ctypes.c_uint64(p), ctypes.c_size_t(len(pattern))), "dtoh copy")
+print("SAME" if out.raw == b"\xab" * 4096 and back.raw == pattern else "DIFFERENT", flush=True)
 '''
 
 

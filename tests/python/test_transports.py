@@ -273,7 +273,11 @@ def test_shared_memory_offsets_are_bounds_checked(node: NodeServer) -> None:
             assert _call(c, encode_record(set_ctx, struct.pack("<Q", ctx)) + rec + encode_record(ping, b""),
                          2 + i) == (0, 1)  # CUDA_ERROR_INVALID_VALUE as the deferred error, never a crash
         assert _call(c, encode_record(devptr, struct.pack("<Q", size + 4096)), 9)[0] == 1
-        assert _call(c, encode_record(devptr, struct.pack("<Q", 8192)), 10)[0] == 0
+        # the doorbell's mailboxes (fg_shm.h: 4 KiB header, two 256 KiB mailboxes) are not the client's memory
+        client_at = 4096 + 2 * (256 << 10)
+        assert _call(c, encode_record(devptr, struct.pack("<Q", 4096)), 10)[0] == 1
+        assert _call(c, encode_record(devptr, struct.pack("<Q", client_at - 8)), 11)[0] == 1
+        assert _call(c, encode_record(devptr, struct.pack("<Q", client_at + 4096)), 12)[0] == 0
 
 
 def test_a_region_that_is_not_sealed_is_refused(node: NodeServer) -> None:
