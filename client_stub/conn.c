@@ -95,6 +95,7 @@ int fgc_io_write(const struct iovec *iov_in, int iovcnt, size_t total) {
     struct iovec iov[64];
     if (iovcnt > 64) return -1;
     memcpy(iov, iov_in, sizeof(struct iovec) * (size_t)iovcnt);
+    fgc_db_note_socket_frame(); /* a worker spinning on the doorbell's mailbox turns to the socket now */
     struct iovec *v = iov;
     size_t done = 0;
     while (done < total) {
@@ -116,7 +117,6 @@ int fgc_io_write(const struct iovec *iov_in, int iovcnt, size_t total) {
             v->iov_len -= (size_t)n;
         }
     }
-    fgc_db_note_socket_frame();
     return 0;
 }
 

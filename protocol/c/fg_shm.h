@@ -26,8 +26,8 @@ typedef struct {
     uint64_t dtoh_ready; /* seq of the last staged device→host chunk now in its slot (worker writes) */
     uint32_t db_wanted;  /* the client set it before the handshake: it posts through the doorbell (FARGPU_SHM_DOORBELL) */
     uint32_t pad0a;
-    uint64_t sock_frames; /* the client counts every frame it writes on the socket (a hint: the worker's spin looks
-                           * at the socket when it moves, and every 20 µs anyway) */
+    uint64_t sock_frames; /* the client counts every frame as it begins to write it on the socket (a hint: the
+                           * worker's spin turns to the socket when it moves, and looks there every 20 µs anyway) */
     uint8_t pad0[24];
     uint32_t db_worker; /* the request side of the doorbell: FG_DB_OFF, IDLE, POSTED or TAKEN (own cache line) */
     uint32_t worker_cpu; /* the CPU the worker last spun on, + 1 (0: unknown) */

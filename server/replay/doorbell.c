@@ -1,6 +1,7 @@
 /* doorbell.c — the worker's side of the doorbell (protocol/SPEC.md, "Doorbell"; the client's side and the reasoning
- * are in client_stub/doorbell.c, the words in fg_shm.h). After each message the worker spins on the request mailbox
- * for FARGPU_WORKER_DOORBELL_US (default 100 µs; 0 turns the doorbell off), looking at its sockets every 20 µs; a
+ * are in client_stub/doorbell.c, the words in fg_shm.h). After each reply the worker spins on the request mailbox
+ * for FARGPU_WORKER_DOORBELL_US (default 100 µs; 0 turns the doorbell off; a tenth of it after an async batch),
+ * turning to its sockets when the client starts a frame there and looking at them every 20 µs anyway; a
  * posted request is copied out of the mailbox once (the client's pages are never decoded in place) and served like
  * a batch from the socket, and its reply goes into the reply mailbox when it fits and the client is still spinning,
  * else over the socket. The spin yields the CPU now and then (a client that shares it gets to post), and notes which
@@ -15,6 +16,8 @@
 #include "fg_shm.h"
 #include "fgs_public.h"
 #include "fgs_session.h"
+
+#define YIELD_AFTER 1024 /* spins (a few µs) before the worker yields its CPU between looks */
 
 static int spin_ns(void) {
     static int ns = -1;
@@ -57,7 +60,7 @@ static int sockets_ready(int fd, int ctl_fd) {
     return poll(pf, ctl_fd >= 0 ? 2 : 1, 0) != 0;
 }
 
-int fgs_db_wait(fgs_session *S, int fd, int ctl_fd) {
+int fgs_db_wait(fgs_session *S, int fd, int ctl_fd, int replied) {
     fg_shm_header *H = header(S);
     if (!H || fgs_client_pending(S)) return 0; /* (frames read ahead from the socket go first) */
     uint32_t st = __atomic_load_n(&H->db_worker, __ATOMIC_ACQUIRE);
@@ -67,22 +70,23 @@ int fgs_db_wait(fgs_session *S, int fd, int ctl_fd) {
         if (sockets_ready(fd, ctl_fd)) return 0;
     }
     uint64_t t0 = now_ns(), last_look = t0, frames = __atomic_load_n(&H->sock_frames, __ATOMIC_ACQUIRE);
+    /* After a reply the next call usually follows at once (the whole window); after an async batch the client is
+     * streaming work, mostly over the socket (a tenth: a spinning worker only takes CPU from it there). */
+    uint64_t window = replied ? (uint64_t)spin_ns() : (uint64_t)spin_ns() / 10;
     for (unsigned i = 1;; i++) {
         if (__atomic_load_n(&H->db_worker, __ATOMIC_ACQUIRE) == FG_DB_POSTED) {
             /* Every frame sent before the post is on the socket already: those go first. */
             return sockets_ready(fd, ctl_fd) ? 0 : 1;
         }
-        if (__atomic_load_n(&H->sock_frames, __ATOMIC_ACQUIRE) != frames) {
-            frames = __atomic_load_n(&H->sock_frames, __ATOMIC_ACQUIRE);
-            if (sockets_ready(fd, ctl_fd)) return 0; /* an async batch came over the socket */
-        }
+        if (__atomic_load_n(&H->sock_frames, __ATOMIC_ACQUIRE) != frames)
+            return 0; /* a frame is being written on the socket (counted as its write begins): poll for it */
         if (i % 32 == 0) {
             uint64_t t = now_ns();
             if (t - last_look >= 20000) { /* async batches, control lines, a hang-up */
                 if (sockets_ready(fd, ctl_fd)) return 0;
                 last_look = t;
             }
-            if (t - t0 >= (uint64_t)spin_ns()) {
+            if (t - t0 >= window) {
                 uint32_t idle = FG_DB_IDLE;
                 if (__atomic_compare_exchange_n(&H->db_worker, &idle, FG_DB_OFF, 0, __ATOMIC_SEQ_CST,
                                                 __ATOMIC_ACQUIRE))
@@ -90,8 +94,8 @@ int fgs_db_wait(fgs_session *S, int fd, int ctl_fd) {
                 continue;     /* posted just now */
             }
         }
-        if (i % 256 == 0) {
-            note_cpu(H);
+        if (i % 256 == 0) note_cpu(H);
+        if (i > YIELD_AFTER && i % 8 == 0) {
             sched_yield(); /* a client runnable on this CPU (a host with fewer free cores than spinners) runs */
         } else {
             relax();

@@ -252,7 +252,7 @@ uint8_t *fgs_shm_base(fgs_session *S); /* the region's mapping, or NULL */
  * went to sleep). fgs_db_take copies the request's frame out (header into *h, payload into *buf); -1 with *why for
  * a malformed one. fgs_db_reply sends a taken request's reply (iov, total bytes): into the reply mailbox, or over
  * fd (on_socket: output frames went there first). */
-int fgs_db_wait(fgs_session *S, int fd, int ctl_fd);
+int fgs_db_wait(fgs_session *S, int fd, int ctl_fd, int replied); /* replied: the last frame was answered */
 int fgs_db_take(fgs_session *S, fg_header *h, uint8_t **buf, size_t *cap, uint32_t max_frame, const char **why);
 int fgs_db_reply(fgs_session *S, int fd, struct iovec *iov, int n, size_t total, int on_socket);
 int fgs_db_posted(fgs_session *S); /* a request waits in the mailbox (park.c: the client is busy) */

@@ -578,10 +578,11 @@ FGS_EXPORT int fgs_serve(fgs_session *S, int fd, int ctl_fd, char *reason, unsig
     int spin_us = fg_io_spin_us("FARGPU_WORKER_SPIN_US", 0);
     uint8_t hb[FG_HEADER_SIZE];
     fg_header h;
+    int replied = 1; /* the last frame served had a reply (the doorbell spins longer after one) */
     for (;;) {
         /* With shared memory, small synchronous calls may come through the doorbell (doorbell.c). */
         int pending = fgs_client_pending(S); /* the next frame is here already: no wait, and a glance at ctl */
-        int db = pending ? 0 : fgs_db_wait(S, fd, ctl_fd);
+        int db = pending ? 0 : fgs_db_wait(S, fd, ctl_fd, replied);
         int io_ms = fg_io_timeout_ms();
         if (db) {
             const char *why = NULL;
@@ -753,6 +754,7 @@ FGS_EXPORT int fgs_serve(fgs_session *S, int fd, int ctl_fd, char *reason, unsig
         }
         S->last_active_ns = fgs_now_ns();
         S->applied_seq = h.seq; /* a parked session resumes after this batch (park.c) */
+        replied = (h.flags & FG_F_WANT_REPLY) != 0;
         {
             char why[256];
             if (fgs_close_pending(S, why, sizeof why)) { /* came while an allocation waited for room */
