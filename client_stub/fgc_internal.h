@@ -113,7 +113,10 @@ void fgc_graph_mem_instantiated(uint64_t graph, uint64_t exec);      /* exec run
 void fgc_graph_mem_updated(uint64_t exec, uint64_t graph);           /* cuGraphExecUpdate from graph */
 void fgc_graph_mem_launched(uint64_t exec);
 void fgc_graph_mem_destroyed(uint64_t owner);                        /* a graph or executable went */
-int fgc_graph_mem_holds(uint64_t graph);                             /* 1: graph has memory nodes */
+int fgc_graph_mem_holds(uint64_t graph);
+/* graph_cond.c: a conditional node (cuGraphAddNode's conditional kind); sets c->phGraph_out. */
+CUresult fgc_graph_add_conditional(CUgraphNode *ph, CUgraph g, const CUgraphNode *deps, size_t n,
+                                   CUDA_CONDITIONAL_NODE_PARAMS *c);                             /* 1: graph has memory nodes */
 void fgc_graph_mem_node_gone(uint64_t node);                         /* cuGraphDestroyNode */
 
 #endif

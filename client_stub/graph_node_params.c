@@ -1,7 +1,7 @@
 /* graph_node_params.c — the generic node API (cuGraphAddNode, cuGraphNodeSetParams, cuGraphExecNodeSetParams):
  * each node kind the stub supports is passed to its own call (graph_build.c, or the generated ones), so the node
- * behaves exactly as one made with the per-kind API (memory allocation and free nodes: graph_mem.c). Conditional,
- * batch memory-operation and external-semaphore nodes, edge data other than the default, and child graphs moved
+ * behaves exactly as one made with the per-kind API (memory allocation and free nodes: graph_mem.c; conditional
+ * nodes, which have no per-kind call, go to the node as cuGraphAddNode_v2: graph_cond.c). Batch memory-operation and external-semaphore nodes, edge data other than the default, and child graphs moved
  * into their parent are refused with CUDA_ERROR_NOT_SUPPORTED; so are parameter changes of memory nodes, which
  * the driver refuses too. */
 #include <string.h>
@@ -62,9 +62,7 @@ static CUresult add(CUgraphNode *ph, CUgraph g, const CUgraphNode *deps, size_t 
         /* CUDA_MEM_ALLOC_NODE_PARAMS_v2 is CUDA_MEM_ALLOC_NODE_PARAMS (v1) field for field; dptr comes back */
         return fgc_cuGraphAddMemAllocNode(ph, g, deps, n, (CUDA_MEM_ALLOC_NODE_PARAMS *)&p->alloc);
     case CU_GRAPH_NODE_TYPE_MEM_FREE: return fgc_cuGraphAddMemFreeNode(ph, g, deps, n, p->free.dptr);
-    case CU_GRAPH_NODE_TYPE_CONDITIONAL:
-        return refuse("cuGraphAddNode of a conditional node (body graphs and device-set conditions are not "
-                      "forwarded)");
+    case CU_GRAPH_NODE_TYPE_CONDITIONAL: return fgc_graph_add_conditional(ph, g, deps, n, &p->conditional);
     default: return refuse("cuGraphAddNode of a batch memory-operation or external-semaphore node");
     }
 }

@@ -1555,13 +1555,10 @@ FGC_EXPORT CUresult CUDAAPI cuGraphClone(CUgraph *phGraphClone, CUgraph original
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphConditionalHandleCreate(CUgraphConditionalHandle *pHandle_out, CUgraph hGraph, CUcontext ctx, unsigned int defaultLaunchValue, unsigned int flags) {
-    (void)pHandle_out;
-    (void)hGraph;
-    (void)ctx;
-    (void)defaultLaunchValue;
-    (void)flags;
-    static int logged;
-    return fgc_unsupported("cuGraphConditionalHandleCreate", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuGraphConditionalHandleCreate");
+    CUresult r_ = fgc_cuGraphConditionalHandleCreate(pHandle_out, hGraph, ctx, defaultLaunchValue, flags);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuGraphConditionalHandleCreate", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphCreate(CUgraph *phGraph, unsigned int flags) {

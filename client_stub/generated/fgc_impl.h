@@ -42,6 +42,7 @@ CUresult CUDAAPI fgc_cuGraphAddNode(CUgraphNode *phGraphNode, CUgraph hGraph, co
 CUresult CUDAAPI fgc_cuGraphAddNode_v2(CUgraphNode *phGraphNode, CUgraph hGraph, const CUgraphNode *dependencies, const CUgraphEdgeData *dependencyData, size_t numDependencies, CUgraphNodeParams *nodeParams);
 CUresult CUDAAPI fgc_cuGraphChildGraphNodeGetGraph(CUgraphNode hNode, CUgraph *phGraph);
 CUresult CUDAAPI fgc_cuGraphClone(CUgraph *phGraphClone, CUgraph originalGraph);
+CUresult CUDAAPI fgc_cuGraphConditionalHandleCreate(CUgraphConditionalHandle *pHandle_out, CUgraph hGraph, CUcontext ctx, unsigned int defaultLaunchValue, unsigned int flags);
 CUresult CUDAAPI fgc_cuGraphDestroy(CUgraph hGraph);
 CUresult CUDAAPI fgc_cuGraphDestroyNode(CUgraphNode hNode);
 CUresult CUDAAPI fgc_cuGraphEventRecordNodeGetEvent(CUgraphNode hNode, CUevent *event_out);

@@ -710,8 +710,10 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
     case FG_OP_cuGraphAddKernelNode_v2: return fgs_cuGraphAddKernelNode_v2(S, r, out);
     case FG_OP_cuGraphAddMemcpyNode: return fgs_cuGraphAddMemcpyNode(S, r, out);
     case FG_OP_cuGraphAddMemsetNode: return fgs_cuGraphAddMemsetNode(S, r, out);
+    case FG_OP_cuGraphAddNode_v2: return fgs_cuGraphAddNode_v2(S, r, out);
     case FG_OP_cuGraphChildGraphNodeGetGraph: return fgs_cuGraphChildGraphNodeGetGraph(S, r, out);
     case FG_OP_cuGraphClone: return fgs_cuGraphClone(S, r, out);
+    case FG_OP_cuGraphConditionalHandleCreate: return fgs_cuGraphConditionalHandleCreate(S, r, out);
     case FG_OP_cuGraphCreate: {
         CUgraph phGraph = NULL;
         uint8_t want_phGraph = 0;

@@ -95,8 +95,10 @@ const char *fgs_api_load(fgs_api *api, void *dl) {
     *(void **)&api->cuGraphAddKernelNode_v2 = dlsym(dl, "cuGraphAddKernelNode_v2");
     *(void **)&api->cuGraphAddMemcpyNode = dlsym(dl, "cuGraphAddMemcpyNode");
     *(void **)&api->cuGraphAddMemsetNode = dlsym(dl, "cuGraphAddMemsetNode");
+    *(void **)&api->cuGraphAddNode_v2 = dlsym(dl, "cuGraphAddNode_v2");
     *(void **)&api->cuGraphChildGraphNodeGetGraph = dlsym(dl, "cuGraphChildGraphNodeGetGraph");
     *(void **)&api->cuGraphClone = dlsym(dl, "cuGraphClone");
+    *(void **)&api->cuGraphConditionalHandleCreate = dlsym(dl, "cuGraphConditionalHandleCreate");
     *(void **)&api->cuGraphCreate = dlsym(dl, "cuGraphCreate");
     *(void **)&api->cuGraphDestroy = dlsym(dl, "cuGraphDestroy");
     *(void **)&api->cuGraphDestroyNode = dlsym(dl, "cuGraphDestroyNode");

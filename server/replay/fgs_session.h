@@ -223,6 +223,7 @@ CUresult fgs_callback_for_graph(fgs_session *S, uint64_t cookie, CUhostFn *fn, v
 uint64_t fgs_callback_cookie_of(fgs_session *S, CUhostFn fn, void *arg);
 /* graph_query.c: child graphs handed out by cuGraphChildGraphNodeGetGraph belong to their parents' nodes. */
 int fgs_graph_borrowed(fgs_session *S, uint64_t id);
+int fgs_graph_borrow(fgs_session *S, uint64_t id, uint64_t parent); /* 0, or -1 when out of memory */
 void fgs_graph_parent_gone(fgs_session *S, uint64_t parent);
 void fgs_graph_borrowed_close(fgs_session *S);
 void fgs_globals_forget(fgs_session *S);

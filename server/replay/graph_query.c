@@ -7,7 +7,7 @@
  * back). A host node's function is the callback trampoline: its cookie goes back, which the stub maps to the
  * application's function and data. A child graph belongs to its node: it gets an id of its own, marked borrowed,
  * so the session never destroys it (cuGraphDestroy of it is refused, and the session's end skips it); the id goes
- * when its parent graph is destroyed. Lists are bounded (MAX_LIST) like every decoded count. */
+ * when its parent graph is destroyed (conditional nodes' body graphs are borrowed the same way: graph_cond.c). Lists are bounded (MAX_LIST) like every decoded count. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -322,6 +322,18 @@ void fgs_graph_borrowed_close(fgs_session *S) {
     S->n_borrowed = S->cap_borrowed = 0;
 }
 
+int fgs_graph_borrow(fgs_session *S, uint64_t id, uint64_t parent) {
+    if (S->n_borrowed == S->cap_borrowed) {
+        size_t cap = S->cap_borrowed ? S->cap_borrowed * 2 : 16;
+        struct fgs_borrow *nb = (struct fgs_borrow *)realloc(S->borrowed, cap * sizeof *nb);
+        if (!nb) return -1;
+        S->borrowed = nb;
+        S->cap_borrowed = cap;
+    }
+    S->borrowed[S->n_borrowed++] = (struct fgs_borrow){id, parent};
+    return 0;
+}
+
 CUresult fgs_cuGraphChildGraphNodeGetGraph(fgs_session *S, fg_reader *r, fg_writer *out) {
     NEED(cuGraphChildGraphNodeGetGraph);
     CUgraphNode node = NULL;
@@ -348,18 +360,9 @@ CUresult fgs_cuGraphChildGraphNodeGetGraph(fgs_session *S, fg_reader *r, fg_writ
     if (known && !fgs_graph_borrowed(S, known)) return CUDA_ERROR_INVALID_VALUE; /* cannot be: a node's own graph */
     uint64_t id = known ? known : fgs_handle_add(S, FGH_GRAPH, child);
     if (!id) return CUDA_ERROR_OUT_OF_MEMORY;
-    if (!known) {
-        if (S->n_borrowed == S->cap_borrowed) {
-            size_t cap = S->cap_borrowed ? S->cap_borrowed * 2 : 16;
-            struct fgs_borrow *nb = (struct fgs_borrow *)realloc(S->borrowed, cap * sizeof *nb);
-            if (!nb) {
-                fgs_handle_remove(S, FGH_GRAPH, id);
-                return CUDA_ERROR_OUT_OF_MEMORY;
-            }
-            S->borrowed = nb;
-            S->cap_borrowed = cap;
-        }
-        S->borrowed[S->n_borrowed++] = (struct fgs_borrow){id, pid};
+    if (!known && fgs_graph_borrow(S, id, pid) != 0) {
+        fgs_handle_remove(S, FGH_GRAPH, id);
+        return CUDA_ERROR_OUT_OF_MEMORY;
     }
     fg_put_u64(out, id);
     return CUDA_SUCCESS;

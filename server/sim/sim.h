@@ -237,6 +237,8 @@ struct sim_kernel_impl {
     CUresult (*run)(const struct sim_launch *l);
 };
 const struct sim_kernel_impl *sim_kernel_lookup(const char *name, const struct sim_param *params, uint32_t n);
+/* sim_graph_cond.c: a kernel's cudaGraphSetConditional. */
+CUresult sim_graph_cond_set(CUgraphConditionalHandle h, unsigned int value);
 
 /* ---- launches (sim_launch.c) ---- */
 CUresult sim_launch(struct sim_func *fn, const unsigned int grid[3], const unsigned int block[3], unsigned int shmem,

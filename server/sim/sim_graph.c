@@ -25,6 +25,9 @@ static void node_free(struct sim_gnode *x) {
     free(x->kbuf);
     free(x->kparams);
     if (x->child) graph_free(x->child);
+    for (unsigned i = 0; x->bodies && i < x->nbodies; i++)
+        if (x->bodies[i]) graph_free(x->bodies[i]);
+    free(x->bodies);
     free(x);
 }
 
@@ -103,11 +106,12 @@ static struct sim_gnode *node_clone(const struct sim_gnode *x, struct sim_graph 
     y->deps = x->n_deps ? malloc(x->n_deps * sizeof *y->deps) : NULL;
     y->kbuf = x->kbuf ? malloc(x->ksize ? x->ksize : 1) : NULL;
     y->child = x->child ? graph_clone(x->child, 0) : NULL;
-    if ((x->n_deps && !y->deps) || (x->kbuf && !y->kbuf) || (x->child && !y->child)) {
-        y->child = NULL;
-        free(y->deps);
-        free(y->kbuf);
-        free(y);
+    y->bodies = x->nbodies ? calloc(x->nbodies, sizeof *y->bodies) : NULL;
+    int bad = (x->n_deps && !y->deps) || (x->kbuf && !y->kbuf) || (x->child && !y->child) || (x->nbodies && !y->bodies);
+    for (unsigned i = 0; !bad && i < x->nbodies; i++)
+        bad = !(y->bodies[i] = graph_clone(x->bodies[i], 0));
+    if (bad) { /* every pointer in y is its own (or NULL) by now */
+        node_free(y);
         return NULL;
     }
     if (x->n_deps)
@@ -711,6 +715,7 @@ static CUresult run_node(struct sim_gnode *x, CUstream s)
     case CU_GRAPH_NODE_TYPE_WAIT_EVENT: return cuStreamWaitEvent(s, x->ev, 0);
     case CU_GRAPH_NODE_TYPE_HOST: x->host.fn(x->host.userData); return CUDA_SUCCESS;
     case CU_GRAPH_NODE_TYPE_GRAPH: return run_graph(x->child, s);
+    case CU_GRAPH_NODE_TYPE_CONDITIONAL: return sim_graph_run_conditional(x, s);
     default: return CUDA_SUCCESS;
     }
 }
@@ -751,6 +756,8 @@ SIM_API CUresult cuGraphLaunch(CUgraphExec he, CUstream s)
     CUresult rc = e ? sim_check_init() : CUDA_ERROR_INVALID_VALUE;
     /* A copy runs, so the lock is not held while nodes call back into the driver or the application. */
     struct sim_graph *copy = rc == CUDA_SUCCESS ? graph_clone(e, 1) : NULL;
+    if (copy)
+        sim_graph_cond_defaults(copy);
     pthread_mutex_unlock(&sim_graph_mu);
     if (rc != CUDA_SUCCESS)
         return rc;
@@ -765,4 +772,13 @@ SIM_API CUresult cuGraphUpload(CUgraphExec e, CUstream s)
 {
     (void)s;
     LOCKED(E(e) ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE);
+}
+
+/* For sim_graph_cond.c. */
+struct sim_graph *sim_graph_clone(const struct sim_graph *g, int is_exec) { return graph_clone(g, is_exec); }
+void sim_graph_free(struct sim_graph *g) { graph_free(g); }
+CUresult sim_graph_run(struct sim_graph *g, CUstream s) { return run_graph(g, s); }
+CUresult sim_graph_add(CUgraphNode *ph, CUgraph hg, const CUgraphNode *deps, size_t n, struct sim_gnode **out)
+{
+    return add(ph, hg, deps, n, out);
 }

@@ -28,6 +28,10 @@ struct sim_gnode {
     CUevent ev;
     CUDA_HOST_NODE_PARAMS host;
     struct sim_graph *child;
+    CUgraphConditionalHandle cond;   /* a conditional node: its handle, kind and body graphs (sim_graph_cond.c) */
+    CUgraphConditionalNodeType ctype;
+    unsigned int nbodies;
+    struct sim_graph **bodies;       /* what cuGraphAddNode hands out as phGraph_out */
     void **kparams; /* what cuGraphKernelNodeGetParams_v2 hands out: pointers into kbuf */
 };
 
@@ -64,5 +68,15 @@ static inline struct sim_gnode *N(CUgraphNode n) {
         pthread_mutex_unlock(&sim_graph_mu); \
         return rc_;                          \
     } while (0)
+
+/* sim_graph.c: a deep copy of g (an executable when is_exec), freeing one, and running one on stream s. */
+struct sim_graph *sim_graph_clone(const struct sim_graph *g, int is_exec);
+void sim_graph_free(struct sim_graph *g);
+CUresult sim_graph_run(struct sim_graph *g, CUstream s);
+/* sim_graph.c: adds an empty node of no type yet to graph hg (the caller sets it up). */
+CUresult sim_graph_add(CUgraphNode *ph, CUgraph hg, const CUgraphNode *deps, size_t n, struct sim_gnode **out);
+/* sim_graph_cond.c: run a conditional node; set the launch's default values of the handles in g. */
+CUresult sim_graph_run_conditional(struct sim_gnode *x, CUstream s);
+void sim_graph_cond_defaults(const struct sim_graph *g);
 
 #endif

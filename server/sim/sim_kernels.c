@@ -148,6 +148,26 @@ static CUresult run_bump_magic(const struct sim_launch *l)
     return CUDA_SUCCESS;
 }
 
+/* The conditional-node kernels of tests/acceptance/cuda/api_graph_cond.cu (not in test_kernels.cu: they call
+ * cudaGraphSetConditional, which the driver links in at load). fg_set_cond(handle, v) sets the condition to v;
+ * fg_count_down(counter, handle) decrements *counter and sets the condition to whether it is still non-zero
+ * (one thread does it on a GPU: the program launches it with one thread). */
+static CUresult run_set_cond(const struct sim_launch *l)
+{
+    return sim_graph_cond_set(rd_u64(l, 0), rd_u32(l, 8));
+}
+
+static CUresult run_count_down(const struct sim_launch *l)
+{
+    uint64_t p = rd_u64(l, 0);
+    CUresult rc = check_buf(l, p, 1, SIM_PROT_R | SIM_PROT_W);
+    if (rc)
+        return rc;
+    uint32_t *c = (uint32_t *)(uintptr_t)p;
+    *c -= 1;
+    return sim_graph_cond_set(rd_u64(l, 8), *c != 0);
+}
+
 static const struct sim_kernel_impl g_kernels[] = {
     { "fg_vadd", 4, { { 0, 8 }, { 8, 8 }, { 16, 8 }, { 24, 4 } }, run_vadd },
     { "fg_scale", 3, { { 0, 8 }, { 8, 4 }, { 12, 4 } }, run_scale },
@@ -155,6 +175,8 @@ static const struct sim_kernel_impl g_kernels[] = {
     { "fg_axpb", 3, { { 0, 8 }, { 8, 4 }, { 16, 8 } }, run_axpb },
     { "fg_hello", 1, { { 0, 4 } }, run_hello },
     { "fg_bump_magic", 1, { { 0, 4 } }, run_bump_magic },
+    { "fg_set_cond", 2, { { 0, 8 }, { 8, 4 } }, run_set_cond },
+    { "fg_count_down", 2, { { 0, 8 }, { 8, 8 } }, run_count_down },
 };
 
 const struct sim_kernel_impl *sim_kernel_lookup(const char *name, const struct sim_param *params, uint32_t n)

@@ -502,6 +502,8 @@ static const char *layout[FG_OP_LIMIT] = {
     [FG_OP_cuGraphMemcpyNodeGetParams] = "D",
     [FG_OP_cuGraphHostNodeGetParams] = "D",
     [FG_OP_cuGraphChildGraphNodeGetGraph] = "D",
+    [FG_OP_cuGraphConditionalHandleCreate] = "GCii",
+    [FG_OP_cuGraphAddNode_v2] = "GlqiiC",
     [FG_OP_cuGraphNodeFindInClone] = "wDG",
     [FG_OP_cuGraphDestroyNode] = "D",
     [FG_OP_cuGraphEventRecordNodeSetEvent] = "DE",
@@ -664,6 +666,7 @@ static void await_reply(session *s, pools *P, unsigned last_op, uint64_t alloc_s
         case FG_OP_cuGraphAddEventWaitNode:
         case FG_OP_cuGraphAddChildGraphNode:
         case FG_OP_cuGraphAddHostNode:
+        case FG_OP_cuGraphAddNode_v2:
         case FG_OP_cuGraphNodeFindInClone: pool_add(P, FGH_GRAPHNODE, v); break;
         case FG_OP_cuDeviceGetDefaultMemPool:
         case FG_OP_cuDeviceGetMemPool: pool_add(P, FGH_MEMORYPOOL, v); break;

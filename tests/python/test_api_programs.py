@@ -24,7 +24,7 @@ from e2e_helpers import REPO, NodeServer, start_server, stop_server
 
 from fargpu import paths
 
-PROGRAMS = ("api_vmm", "api_managed", "api_graphs", "api_graph_nodes", "api_arrays")
+PROGRAMS = ("api_vmm", "api_managed", "api_graphs", "api_graph_nodes", "api_graph_cond", "api_arrays")
 MiB = 1 << 20
 
 
@@ -112,6 +112,11 @@ def test_graph_queries_and_memory_nodes_program(programs: dict[str, Path], node_
     assert "edges 8" in out
     # memset, memcpy, memcpy, kernel, graph, memcpy, host, wait, record (cudaGraphNodeType values)
     assert "types: 2 1 1 0 4 1 3 6 7" in out
+
+
+def test_conditional_graph_nodes_program(programs: dict[str, Path], node_server: NodeServer) -> None:
+    out = _passed(_run(programs["api_graph_cond"], node_server), node_server)
+    assert len([ln for ln in out if ln.endswith(" ok")]) == 7, out
 
 
 def test_arrays_textures_and_3d_copies_program(programs: dict[str, Path], node_server: NodeServer) -> None:

@@ -80,8 +80,10 @@ const char *fg_op_name(unsigned op) {
     case FG_OP_cuGraphAddKernelNode_v2: return "cuGraphAddKernelNode_v2";
     case FG_OP_cuGraphAddMemcpyNode: return "cuGraphAddMemcpyNode";
     case FG_OP_cuGraphAddMemsetNode: return "cuGraphAddMemsetNode";
+    case FG_OP_cuGraphAddNode_v2: return "cuGraphAddNode_v2";
     case FG_OP_cuGraphChildGraphNodeGetGraph: return "cuGraphChildGraphNodeGetGraph";
     case FG_OP_cuGraphClone: return "cuGraphClone";
+    case FG_OP_cuGraphConditionalHandleCreate: return "cuGraphConditionalHandleCreate";
     case FG_OP_cuGraphCreate: return "cuGraphCreate";
     case FG_OP_cuGraphDestroy: return "cuGraphDestroy";
     case FG_OP_cuGraphDestroyNode: return "cuGraphDestroyNode";
