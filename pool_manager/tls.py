@@ -48,9 +48,11 @@ def is_loopback(host: str) -> bool:
     if h == "localhost":
         return True
     try:
-        return ipaddress.ip_address(h).is_loopback
+        ip = ipaddress.ip_address(h.split("%", 1)[0])
     except ValueError:
         return False
+    mapped = getattr(ip, "ipv4_mapped", None)  # ::ffff:127.0.0.1, a loopback peer of a dual-stack listener
+    return ip.is_loopback or (mapped is not None and mapped.is_loopback)
 
 
 def mode_from_env(default: str = "auto") -> str:

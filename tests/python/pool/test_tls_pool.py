@@ -136,3 +136,12 @@ async def test_grpc_refuses_callers_without_a_good_certificate(pm: PoolManager, 
         with pytest.raises(grpc.aio.AioRpcError) as e:
             await pool_pb2_grpc.NodeRegistryStub(ch).Heartbeat(pool_pb2.HeartbeatRequest(node_id="gpu-7"), timeout=3)
     assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_the_policy_is_tls_beyond_loopback() -> None:
+    from fargpu.pool_manager.tls import is_loopback, wanted
+
+    assert [is_loopback(h) for h in ("127.0.0.1", "::1", "[::1]", "::ffff:127.0.0.1", "localhost")] == [True] * 5
+    assert not any(is_loopback(h) for h in ("0.0.0.0", "::", "192.0.2.2", "pool.example", ""))
+    assert not wanted("auto", ["127.0.0.1", "localhost"]) and wanted("auto", ["127.0.0.1", "0.0.0.0"])
+    assert wanted("on", ["127.0.0.1"]) and not wanted("off", ["0.0.0.0"])
