@@ -7,6 +7,8 @@ plus, when the pool holds a CA key, a certificate (common name: its node id; nam
 stubs verify on its data socket) and that certificate's key. The key crosses the network once, inside the
 verified HTTPS connection, to the holder of the enrolment token; the node keeps it 0600. A pool without a CA key
 (an operator's CA whose key stays elsewhere) issues only the credential: nodes then bring their own certificates.
+A node renews its certificate before it expires (`POST /v1/nodes/renew-certificate` with its credential), so it
+never has to enrol again, which a live node cannot do until the pool has marked it down.
 Refusals are logged with the peer's address, never with a secret."""
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -21,7 +24,12 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from fargpu.pool_manager.enrolment import credential_hash, enrol_token_matches, new_node_credential
+from fargpu.pool_manager.enrolment import (
+    credential_hash,
+    credential_matches,
+    enrol_token_matches,
+    new_node_credential,
+)
 from fargpu.pool_manager.models import NodeState
 from fargpu.pool_manager.service import PoolService
 
@@ -72,6 +80,11 @@ class EnrolBody(BaseModel):
     names: list[str] = Field(default_factory=list, max_length=32)  # hosts its certificate should name
 
 
+class RenewBody(BaseModel):
+    node_id: str = Field(max_length=253)
+    names: list[str] = Field(default_factory=list, max_length=32)
+
+
 _STATUS = {"invalid": 400, "unauthenticated": 401, "exists": 409}
 
 
@@ -91,8 +104,33 @@ def enrol_router(service: PoolService, expected_token: str, issuer: Any | None, 
             return JSONResponse({"error": e.kind, "reason": e.message}, status_code=_STATUS[e.kind])
         out: dict[str, Any] = {"node_id": node_id, "credential": credential}
         if issuer is not None:
-            key, cert = await asyncio.to_thread(issuer.issue, node_id, names, node_cert_days)
-            out |= {"certificate": cert.decode(), "key": key.decode(), "ca": issuer.cert_file.read_text()}
+            out |= await _certificate(issuer, node_id, names, node_cert_days)
         return JSONResponse(out, status_code=201)
 
+    @router.post("/v1/nodes/renew-certificate", tags=["nodes"])
+    async def renew(body: RenewBody, request: Request) -> JSONResponse:
+        """A node renews its certificate before it expires, proving itself with its credential (Bearer fgn_...),
+        so it stays registered: enrolling again would need the pool to mark it down first."""
+        peer = request.client.host if request.client else "?"
+        presented = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+        stored = await service.store.node_credential(body.node_id)
+        # hash a presented credential even for an unknown node, so timing does not tell which ids exist
+        good = credential_matches(presented, stored if stored is not None else credential_hash(""))
+        if stored is None or not presented or not good:
+            log.warning("refused to renew the certificate of node %r from %s: invalid credential", body.node_id, peer)
+            return JSONResponse({"error": "unauthenticated", "reason": "invalid node credential: enrol again"},
+                                status_code=401)  # fmt: skip
+        if issuer is None:
+            return JSONResponse({"error": "no_ca", "reason": "this pool issues no certificates (no CA key)"},
+                                status_code=409)  # fmt: skip
+        names = [n for n in body.names if 0 < len(n) <= 253 and n.isprintable()]
+        log.info("renewed the certificate of node %r (from %s)", body.node_id, peer)
+        return JSONResponse(await _certificate(issuer, body.node_id, names, node_cert_days))
+
     return router
+
+
+async def _certificate(issuer: Any, node_id: str, names: list[str], days: float) -> dict[str, Any]:
+    key, cert = await asyncio.to_thread(issuer.issue, node_id, names, days)
+    return {"certificate": cert.decode(), "key": key.decode(), "ca": issuer.cert_file.read_text(),
+            "expires_at": time.time() + days * 86400}  # fmt: skip

@@ -103,10 +103,11 @@ class CertificateAuthority:
               not_before: datetime.datetime | None = None) -> tuple[bytes, bytes]:  # fmt: skip
         """(key PEM, certificate PEM) of a new certificate for `cn` and `names`, for server and client use."""
         key = ec.generate_private_key(ec.SECP256R1())
-        start = not_before or _now() - datetime.timedelta(minutes=5)
+        start = not_before or _now() - datetime.timedelta(minutes=5)  # some slack for clocks a little behind
+        end = (not_before or _now()) + datetime.timedelta(days=days)
         builder = (x509.CertificateBuilder().subject_name(_name(cn)).issuer_name(self.cert.subject)
                    .public_key(key.public_key()).serial_number(x509.random_serial_number())
-                   .not_valid_before(start).not_valid_after(start + datetime.timedelta(days=days))
+                   .not_valid_before(start).not_valid_after(end)
                    .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
                    .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
                                                          ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)

@@ -293,9 +293,8 @@ class PoolLink:
         """Enrols this node with the pool manager and keeps the credential it issues."""
         token = self._find_enrol_token()
         if self.tls:  # the gRPC port wants a client certificate: enrol over HTTPS, and get one
-            host = self.agent.endpoint.rpartition(":")[0] if ":" in self.agent.endpoint else ""
             node_id, credential, cert = await pool_tls.enrol_https(self.pool, self.node_id, token,
-                                                                   machine_names([host]))  # fmt: skip
+                                                                   self._cert_names())  # fmt: skip
             self.node_id, self._credential = node_id or self.node_id, credential
             self.cert = pool_tls.own_cert() or cert
             if cert is not None and self._persist:
@@ -312,6 +311,28 @@ class PoolLink:
         self._credential_file_tried = True
         self._save_credential()
         log.info("enrolled with the pool manager at %s as node %s", self._target, self.node_id)
+
+    async def _renew_cert(self) -> None:
+        """A new certificate before this one expires; the next call connects with it."""
+        if self._credential is None:
+            return
+        try:
+            cert = await pool_tls.renew_https(self.pool, self.node_id, self._credential, self._cert_names())
+        except (httpx.HTTPError, pool_tls.EnrolRefusedError, OSError, ValueError) as e:
+            log.warning("could not renew this node's certificate (%s); trying again at the next heartbeat", e)
+            return
+        self.cert = cert
+        if self._persist:
+            pool_tls.save(self.credential_file(), cert)
+        self._use_cert()
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel, self._stub = None, None
+        log.info("renewed this node's certificate with the pool manager")
+
+    def _cert_names(self) -> list[str]:
+        host = self.agent.endpoint.rpartition(":")[0] if ":" in self.agent.endpoint else ""
+        return machine_names([host])
 
     def _use_cert(self) -> None:
         """The node's certificate also serves its data socket (server/tls.py), when the agent takes one."""
@@ -474,6 +495,8 @@ class PoolLink:
             return False
         self.last_heartbeat_ok = time.time()
         self._last_problem = None
+        if self.tls and self.cert is not None and self.cert.renew_due():
+            await self._renew_cert()
         for end in reply.end_leases:
             await self._end_lease(end.lease_id, end.reason)
         return True

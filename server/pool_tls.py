@@ -6,11 +6,13 @@ else this machine's development CA), and gets the node's credential and, from a 
 and key for the node id, naming the hosts the node serves clients on. The node keeps them beside its credential
 (`<state dir>/node-credentials/<node id>.pem|.key`, 0600). A node given its own certificate (FARGPU_TLS_CERT /
 FARGPU_TLS_KEY, issued by a CA the pool trusts, common name = the node id) presents that one instead. The same
-certificate serves the node's data socket (server/tls.py), so stubs verify the node against the pool's CA."""
+certificate serves the node's data socket (server/tls.py), so stubs verify the node against the pool's CA. When two
+thirds of its life are gone the node renews it (`renew_https`, with its credential), staying registered."""
 
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +31,14 @@ class NodeCert:
     cert: bytes
     key: bytes
     ca: bytes
+    issued_at: float = 0.0  # when the pool issued it, and when it expires (0: unknown, e.g. the operator's own)
+    expires_at: float = 0.0
+
+    def renew_due(self, now: float | None = None) -> bool:
+        """Two thirds of its life are gone: time to renew (the pool issued it and said when it expires)."""
+        if not (self.issued_at and self.expires_at > self.issued_at):
+            return False
+        return (now or time.time()) >= self.issued_at + (self.expires_at - self.issued_at) * 2 / 3
 
     def channel_credentials(self) -> grpc.ChannelCredentials:
         return grpc.ssl_channel_credentials(root_certificates=self.ca, private_key=self.key,
@@ -53,15 +63,22 @@ def own_cert() -> NodeCert | None:
 def load(base: Path) -> NodeCert | None:
     """The certificate kept at `base`.pem / .key, or None."""
     try:
-        return NodeCert(base.with_suffix(".pem").read_bytes(), base.with_suffix(".key").read_bytes(), pool_ca_bytes())
+        cert, key = base.with_suffix(".pem").read_bytes(), base.with_suffix(".key").read_bytes()
     except OSError:
         return None
+    issued = expires = 0.0
+    try:
+        issued, expires = (float(x) for x in base.with_suffix(".expires").read_text().split()[:2])
+    except (OSError, ValueError):
+        pass
+    return NodeCert(cert, key, pool_ca_bytes(), issued, expires)
 
 
 def save(base: Path, cert: NodeCert) -> None:
     base.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     write_private(base.with_suffix(".key"), cert.key)
     write_private(base.with_suffix(".pem"), cert.cert)
+    write_private(base.with_suffix(".expires"), f"{cert.issued_at} {cert.expires_at}\n".encode())
 
 
 async def enrol_https(pool_url: str, node_id: str, token: str, names: list[str],
@@ -77,8 +94,27 @@ async def enrol_https(pool_url: str, node_id: str, token: str, names: list[str],
             reason = r.text or r.reason_phrase
         raise EnrolRefusedError(f"the pool refused to enrol this node ({r.status_code}): {reason}")
     body = r.json()
-    cert = None
-    if body.get("certificate") and body.get("key"):
-        cert = NodeCert(str(body["certificate"]).encode(), str(body["key"]).encode(),
-                        str(body.get("ca", "")).encode() or pool_ca_bytes())  # fmt: skip
-    return str(body["node_id"]), str(body["credential"]), cert
+    return str(body["node_id"]), str(body["credential"]), _cert_of(body)
+
+
+def _cert_of(body: dict[str, object]) -> NodeCert | None:
+    if not (body.get("certificate") and body.get("key")):
+        return None
+    expires = body.get("expires_at")
+    return NodeCert(str(body["certificate"]).encode(), str(body["key"]).encode(),
+                    str(body.get("ca", "")).encode() or pool_ca_bytes(), time.time(),
+                    float(expires) if isinstance(expires, int | float) else 0.0)  # fmt: skip
+
+
+async def renew_https(pool_url: str, node_id: str, credential: str, names: list[str],
+                      timeout_s: float = 10.0) -> NodeCert:  # fmt: skip
+    """A new certificate for this node before its current one expires (the pool checks the credential)."""
+    async with httpx.AsyncClient(timeout=timeout_s, verify=client_context()) as http:
+        r = await http.post(pool_url.rstrip("/") + "/v1/nodes/renew-certificate",
+                            json={"node_id": node_id, "names": names[:32]},
+                            headers={"Authorization": f"Bearer {credential}"})  # fmt: skip
+    cert = _cert_of(r.json()) if r.status_code == 200 else None
+    if cert is None:
+        raise EnrolRefusedError(f"the pool did not renew this node's certificate ({r.status_code}): "
+                                f"{r.text[:200]}")  # fmt: skip
+    return cert

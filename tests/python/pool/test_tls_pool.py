@@ -6,7 +6,9 @@ another node's certificate is refused; the enrolled node registers and heartbeat
 
 from __future__ import annotations
 
+import asyncio
 import datetime
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -145,3 +147,23 @@ def test_the_policy_is_tls_beyond_loopback() -> None:
     assert not any(is_loopback(h) for h in ("0.0.0.0", "::", "192.0.2.2", "pool.example", ""))
     assert not wanted("auto", ["127.0.0.1", "localhost"]) and wanted("auto", ["127.0.0.1", "0.0.0.0"])
     assert wanted("on", ["127.0.0.1"]) and not wanted("off", ["0.0.0.0"])
+
+
+async def test_a_node_renews_its_certificate_and_stays_up() -> None:
+    async with PoolManager(pm_config(**fast(tls="on", node_cert_days=3 / 86400))) as pm:  # a 3 s certificate
+        link = PoolLink(FakeAgent("127.0.0.1:7101", (8,)), pm.rest_url, node_id="gpu-r", retry_s=0.05,
+                        enrol_token=pm.enrol_token)  # fmt: skip
+        await link.start()
+        try:
+            assert link.cert is not None
+            first, credential = link.cert, link._credential
+            await eventually(lambda: link.cert is not first, within_s=6)  # renewed at 2/3 of its life
+            expired_at = first.expires_at
+            await asyncio.sleep(max(0.0, expired_at - time.time()) + 0.5)  # the first certificate has expired
+            seen = link.last_heartbeat_ok or 0
+            await eventually(lambda: (link.last_heartbeat_ok or 0) > seen)  # still heartbeating, with the new one
+            assert link._credential == credential  # renewed, not enrolled again
+            node = next(n for n in await pm.service.list_nodes() if n.node_id == "gpu-r")
+            assert node.state.value == "up"
+        finally:
+            await link.stop()
