@@ -38,6 +38,9 @@ from fargpu.protocol.wire import HEADER_SIZE, MAX_HELLO, ProtocolError, decode_h
 log = logging.getLogger("fargpu.server.tls")
 
 TLS_RECORD_HANDSHAKE = 0x16
+MAX_RELAYS = int(os.environ.get("FARGPU_MAX_TLS_CONNECTIONS", "1024"))  # TLS connections (relay threads) at once
+_relays = [0]
+_relays_lock = threading.Lock()
 
 
 class RelayedSocket(socket.socket):
@@ -93,6 +96,12 @@ class DataTls:
                        "yet (it gets one when it enrols with a TLS pool, or from --tls-cert)")  # fmt: skip
                 log.warning("refused a TLS client from %s: %s", peer, why)
                 await _refuse(conn, why)  # in plaintext: the client's TLS reports a peer without TLS
+                return None
+            with _relays_lock:
+                busy = _relays[0] >= MAX_RELAYS
+            if busy:  # a flood of (stalled) TLS connections must not take every thread of the node
+                log.warning("refused a TLS client from %s: %d TLS connections are open already", peer, MAX_RELAYS)
+                conn.close()
                 return None
             return start_relay(conn, self.context, peer, timeout_s)
         if self.required and not is_loopback(peer) and first:
@@ -198,6 +207,8 @@ def start_relay(conn: socket.socket, ctx: int, peer: str, timeout_s: float) -> R
     worker_end = RelayedSocket(socket.AF_UNIX, socket.SOCK_STREAM, fileno=theirs.detach())
     worker_end.setblocking(False)
     net, plain = conn.detach(), mine.detach()  # the relay owns and closes both
+    with _relays_lock:
+        _relays[0] += 1  # counted down when its thread ends
     threading.Thread(target=_serve, args=(ctx, net, plain, peer, timeout_s), name="fargpu-tls-relay",
                      daemon=True).start()  # fmt: skip
     return worker_end
@@ -205,5 +216,9 @@ def start_relay(conn: socket.socket, ctx: int, peer: str, timeout_s: float) -> R
 
 def _serve(ctx: int, net: int, plain: int, peer: str, timeout_s: float) -> None:
     err = ctypes.create_string_buffer(512)
-    if native().lib.fg_tls_serve(ctx, net, plain, int(timeout_s * 1000), err, len(err)) != 0:
-        log.warning("refused a TLS client from %s: %s", peer, err.value.decode(errors="replace"))
+    try:
+        if native().lib.fg_tls_serve(ctx, net, plain, int(timeout_s * 1000), err, len(err)) != 0:
+            log.warning("refused a TLS client from %s: %s", peer, err.value.decode(errors="replace"))
+    finally:
+        with _relays_lock:
+            _relays[0] -= 1
