@@ -260,6 +260,9 @@ int fgc_lease_from_pool(const char *url, char *endpoint, size_t ep_cap, char *to
             json_str(json, "token", g_token, sizeof g_token) || json_str(json, "endpoints", ep, sizeof ep)) {
             char reason[300] = "";
             if (json) json_str(json, "reason", reason, sizeof reason);
+            if (st < 0 && !g_https) /* no HTTP answer at all: perhaps a TLS pool spoken to in plaintext */
+                snprintf(reason, sizeof reason, "no HTTP answer; if the pool speaks HTTPS, use https:// in "
+                                                "FARGPU_POOL_URL");
             fgc_log(FGC_LOG_ERROR, "the pool manager at %s gave no lease (HTTP %d%s%s)", url, st,
                     reason[0] ? ": " : "", reason);
             g_token[0] = 0;

@@ -142,6 +142,8 @@ def test_a_tls_pool_end_to_end(tmp_path: Path) -> None:
         assert res.returncode == 0 and "SAME" in res.stdout, res.stdout + res.stderr
         assert res.stderr.count("TLS to 127.0.0.1 established") >= 2, res.stderr  # the pool, then the node
         assert "enrolled" in (tmp_path / "node.log").read_text()
+        plain = run_client(SMALL, dict(stub, FARGPU_POOL_URL=url.replace("https://", "http://")))
+        assert plain.returncode != 0 and "use https:// in FARGPU_POOL_URL" in plain.stderr, plain.stderr
     finally:
         for p in procs:
             if p.poll() is None:
