@@ -6,7 +6,7 @@
 // parent runs the change. Executable setters for host and event-record nodes. Then memory allocation and free
 // nodes: a graph that allocates, fills, copies out and frees (launched three times, same address each time), a
 // graph whose allocation outlives the launch and is freed by the application between launches, the generic
-// node API for both kinds, cloning and the graph-memory attributes. Values are checked against the host
+// node API for both kinds and the graph-memory attributes. Values are checked against the host
 // exactly; kernels are named and laid out as tests/c/kernels/test_kernels.cu, so the simulated device runs them.
 #include <algorithm>
 #include <atomic>
@@ -331,13 +331,6 @@ int main()
           cudaDeviceSetGraphMemAttribute(0, cudaGraphMemAttrUsedMemHigh, &bad_value) != cudaSuccess);
     (void)cudaGetLastError();
 
-    cudaGraph_t mclone;
-    CHECK(cudaGraphClone(&mclone, mg));
-    cudaGraphNode_t cl_alloc;
-    CHECK(cudaGraphNodeFindInClone(&cl_alloc, m_alloc, mclone));
-    CHECK(cudaGraphNodeGetType(cl_alloc, &ta));
-    check("a clone's allocation node", ta == cudaGraphNodeTypeMemAlloc);
-    CHECK(cudaGraphDestroy(mclone));
     CHECK(cudaGraphExecDestroy(me));
     CHECK(cudaGraphDestroy(mg));
 
