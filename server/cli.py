@@ -146,6 +146,11 @@ def main(
     host_page_pool: Annotated[
         str, typer.Option(envvar="FARGPU_HOST_PAGE_POOL", help="host memory for paged-out sessions (then disk)")
     ] = "4G",
+    host_pool_kind: Annotated[
+        str, typer.Option(envvar="FARGPU_HOST_POOL_KIND",
+                          help="the host pool's memory: vmm (pinned driver memory, paged by DMA), memfd, or auto "
+                               "(vmm on a real GPU where the driver can make it)")
+    ] = "auto",
     spill_dir: Annotated[
         str, typer.Option(envvar="FARGPU_SPILL_DIR", help="where page-out spills when the host pool is full "
                           "[default: $XDG_STATE_HOME/fargpu/spill]", show_default=False)
@@ -252,7 +257,10 @@ def main(
                       spill_dir=spill_dir or None, idle_page_out_s=idle_page_out or None,
                       deep_after_s=deep_after or None,
                       advertise=advertise or None, park_store=park_store or None, idle_park_s=idle_park or None,
-                      arena=arena_spec)
+                      arena=arena_spec, host_pool_kind=host_pool_kind)
+    if host_pool_kind not in ("auto", "vmm", "memfd"):
+        typer.secho(f"error: --host-pool-kind {host_pool_kind!r}: use auto, vmm or memfd", fg="red", err=True)
+        raise typer.Exit(2)
     agent = NodeAgent(be, auth, cfg)
     if tls not in ("auto", "on", "off"):
         typer.secho("error: --tls: expected auto, on or off", fg="red", err=True)

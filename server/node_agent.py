@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hmac
 import logging
 import os
@@ -26,6 +27,7 @@ from fargpu.protocol import handshake
 from fargpu.protocol.handshake import hello_timeout
 from fargpu.protocol.wire import HEADER_SIZE, MAX_HELLO, FrameType, ProtocolError, decode_header
 
+from . import host_pool_vmm
 from .agent_api import DeviceInfo, SessionInfo
 from .auth import Authenticator, AuthError, Grant
 from .backend import Backend
@@ -56,6 +58,9 @@ class AgentConfig:
     spill_dir: str | None = None  # where page-out spills when the pool is full; None: the state dir's spill/
     idle_page_out_s: float | None = None  # page out a session idle this long, unless its lease says otherwise
     deep_after_s: float | None = None  # take a session paged out this long to the deeper level (driver checkpoint)
+    # The host pool's memory: "vmm" (host-NUMA driver memory, paged by DMA), "memfd", or "auto" (vmm on a real GPU,
+    # a memfd where the driver cannot make it or on the simulated device)
+    host_pool_kind: str = "auto"
     host_pool_prefault: bool | None = None  # allocate the host pool's pages at start; None: on a real GPU only
     park_store: str | None = None  # where parked sessions go (server/park/node.py); None: the state dir's park/
     idle_park_s: float | None = None  # park a session paged out and idle this long (None: only when the pool asks)
@@ -90,8 +95,15 @@ class NodeAgent:
         if limit is None:
             limit = sum(d.total_bytes for d in device_infos(backend, 0))
         prefault = self.config.host_pool_prefault
+        kind = self.config.host_pool_kind
+        if kind not in ("auto", "vmm", "memfd"):
+            raise ValueError(f"host pool kind {kind!r}: use auto, vmm or memfd")
+        maker = None
+        if kind == "vmm" or (kind == "auto" and not backend.simulated):
+            pool_driver = str(backend.driver) if backend.driver else "libcuda.so.1"
+            maker = functools.partial(host_pool_vmm.make, pool_driver)
         self.pager = Pager(limit, self.config.host_pool_bytes, Path(self.config.spill_dir or default_spill_dir()),
-                           prefault=not backend.simulated if prefault is None else prefault)
+                           prefault=not backend.simulated if prefault is None else prefault, pool_maker=maker)
         if not backend.simulated:
             self.pager.measure_held = gpu_memory_of_pid
             driver = str(backend.driver) if backend.driver else "libcuda.so.1"
@@ -144,8 +156,13 @@ class NodeAgent:
         st = self.pager.states.get(session_id)
         if sess is None or st is None:
             return "failed no such session on this node"
+        if st.state == "paged-host" and not self.pager.pool.cpu_view:
+            # Its memory is in driver memory this process cannot read: back to the GPU, then out to a spill file.
+            res = await self.page_in(session_id)
+            if not res.startswith("resident"):
+                return f"failed the session's memory is in the node's driver-memory pool and could not be moved: {res}"
         if st.state == "resident":
-            res = await self.page_out(session_id)
+            res = await self.page_out(session_id, "auto" if self.pager.pool.cpu_view else "disk")
             if not res.startswith("paged"):
                 return res
         if st.state not in ("paged-host", "paged-disk"):
@@ -437,7 +454,9 @@ class NodeAgent:
             # its memory straight into the host pool where there is room (page-in is then a memory copy)
             memory = int(desc.get("memory_bytes", 0))
             # A pool still being allocated up front is written over with zeros: wait for it (bounded), else a file.
-            ready = memory > 0 and self.pager.pool.fd >= 0 and await asyncio.to_thread(self.pager.pool.ready.wait, 60)
+            # (A driver-memory pool has no CPU view here: its memory goes to a spill file instead.)
+            ready = (memory > 0 and self.pager.pool.fd >= 0 and self.pager.pool.cpu_view
+                     and await asyncio.to_thread(self.pager.pool.ready.wait, 60))
             ext = self.pager.pool.take(memory) if ready else None
             try:
                 fetched = await asyncio.to_thread(self.parker.fetch, desc,
@@ -482,9 +501,12 @@ class NodeAgent:
         if conn.family == socket.AF_UNIX and hello.shm and not isinstance(conn, RelayedSocket):
             args += ["--shm", str(hello.shm)]  # co-located: the worker takes the client's memfd at the handshake
         fds = {3: conn.fileno(), 4: ctl_r, 5: st_w, 6: attach_child.fileno(), 7: ledger_fd, 8: self.pager.resident.fd}
-        if self.pager.pool.fd >= 0:
-            args += ["--pool-fd", "9"]
-            fds[9] = self.pager.pool.fd
+        pool = self.pager.pool
+        if pool.fd >= 0:
+            args += ["--pool-fd", "9"] + (["--pool-vmm-len", str(pool.size)] if pool.kind == "vmm" else [])
+            fds[9] = pool.fd
+        elif sid in self.pager.states:
+            self.pager.states[sid].has_pool = False
         try:
             proc = spawn(args, fds, env)
         except OSError as exc:

@@ -1,9 +1,11 @@
 """The node agent's half of paging: where paged sessions' memory goes, and who gives way when the GPU is full.
 
-- The host page pool: one memfd the node shares with every worker (mapped by each, registered with the driver
-  for each copy). The agent hands out extents of it, first fit, and frees an extent when its session pages in
-  or its worker exits. When no extent is free the session spills to a file in the spill directory instead; the
-  agent deletes that file when the session pages in or exits, so nothing outlives a killed worker.
+- The host page pool: pinned host memory the node shares with every worker: host-NUMA driver memory on a real
+  GPU (server/host_pool_vmm.py; each worker maps it once and pages by DMA), else one memfd (mapped by each worker,
+  registered with the driver for each copy). The agent hands out extents of it, first fit, and frees an extent
+  when its session pages in or its worker exits. When no extent is free the session spills to a file in the spill
+  directory instead; the agent deletes that file when the session pages in or exits, so nothing outlives a killed
+  worker.
 - The resident ledger: what may be resident on the GPU at once (the node's capacity). Workers charge it as they
   allocate and page in (server/replay/paging.c); when it is full a worker says "need BYTES" and the agent pages
   out the least recently used idle sessions that their lease's QoS allows (never `guaranteed`; `best_effort`
@@ -50,23 +52,34 @@ class PageState:
     last_pagein_s: float = 0.0
     last_attempt: float = 0.0  # monotonic time of the idle policy's last page-out attempt
     paged_at: float = 0.0  # monotonic time its last page-out finished
+    has_pool: bool = True  # its worker was given the host pool (one that starts before a driver pool is ready is not)
     deep: bool = False  # its worker's CUDA state is in a driver process checkpoint (server/checkpoint.py)
     deep_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     waiters: list[asyncio.Future[str]] = field(default_factory=list)
 
 
 class HostPool:
-    """First-fit extents of one memfd (sparse: pages cost memory only once written)."""
+    """First-fit extents of one memfd (sparse: pages cost memory only once written), or of host-NUMA driver memory
+    made by `maker` (server/host_pool_vmm.py) in the background. Driver memory is the fast kind (each worker maps
+    it once; a page-out is one DMA) but has no CPU view here (`cpu_view` False); where the driver cannot make it,
+    the pool is a memfd, with the reason logged. Until a driver pool is ready `fd` is -1: sessions that start
+    before then have no host pool and page out to disk."""
 
-    def __init__(self, size: int, prefault: bool = False) -> None:
+    def __init__(self, size: int, prefault: bool = False,
+                 maker: Callable[[int], tuple[int, int]] | None = None) -> None:
         self.size = size - size % ALIGN
-        self.fd = os.memfd_create("fargpu-page-pool", os.MFD_CLOEXEC) if self.size else -1
-        if self.fd >= 0:
-            os.ftruncate(self.fd, self.size)
+        self.kind = "vmm" if maker is not None and self.size else "memfd"
+        self.fd = -1
+        if self.size and maker is None:
+            self._open_memfd()
         self._stop = threading.Event()
         self.ready = threading.Event()  # set once the pool's pages are all allocated (at once without prefault)
         self._prefaulter: threading.Thread | None = None
-        if prefault and self.fd >= 0:
+        if maker is not None and self.size:
+            self._prefaulter = threading.Thread(target=self._make, args=(maker, prefault),
+                                                name="fargpu-page-pool-make", daemon=True)
+            self._prefaulter.start()
+        elif prefault and self.fd >= 0:
             # Allocate the pool's pages now, in the background: a page-out that first had to fault in and zero
             # fresh pages while the driver pins them ran at 3 GB/s on an H100 (bench/results/paging_gpu-*).
             self._prefaulter = threading.Thread(target=self._prefault, name="fargpu-page-pool-prefault", daemon=True)
@@ -74,6 +87,36 @@ class HostPool:
         else:
             self.ready.set()
         self._free: list[tuple[int, int]] = [(0, self.size)] if self.size else []
+
+    @property
+    def cpu_view(self) -> bool:
+        """Whether the agent can read and write the pool's pages through `fd` (a memfd can; driver memory not)."""
+        return self.kind == "memfd"
+
+    def _open_memfd(self) -> None:
+        self.fd = os.memfd_create("fargpu-page-pool", os.MFD_CLOEXEC)
+        os.ftruncate(self.fd, self.size)
+
+    def _make(self, maker: Callable[[int], tuple[int, int]], prefault: bool) -> None:
+        t = time.monotonic()
+        try:
+            fd, _length = maker(self.size)
+        except OSError as e:
+            log.warning("the host page pool is a memfd (slower page-out): the driver could not make it: %s", e)
+            self.kind = "memfd"
+            self._open_memfd()
+            if prefault:
+                self._prefault()
+            else:
+                self.ready.set()
+            return
+        if self._stop.is_set():
+            os.close(fd)
+            return
+        self.fd = fd
+        log.info("host page pool: %d MiB of pinned host memory from the driver, in %.1f s", self.size >> 20,
+                 time.monotonic() - t)
+        self.ready.set()
 
     def _prefault(self) -> None:
         # Written, not just fallocated: a fallocated shmem page is still cleared on its first write. Through a
@@ -137,9 +180,9 @@ QOS_ORDER = {"best_effort": 0, "standard": 1}  # who gives way first; guaranteed
 
 class Pager:
     def __init__(self, resident_limit: int, host_pool_bytes: int, spill_dir: Path, slots: int = 1024,
-                 prefault: bool = False) -> None:
+                 prefault: bool = False, pool_maker: Callable[[int], tuple[int, int]] | None = None) -> None:
         self.resident = LeaseLedger.create("node-resident", resident_limit, slots)
-        self.pool = HostPool(host_pool_bytes, prefault)
+        self.pool = HostPool(host_pool_bytes, prefault, pool_maker)
         self.spill_dir = spill_dir
         self.states: dict[str, PageState] = {}
         self._room_lock = asyncio.Lock()
@@ -268,13 +311,16 @@ class Pager:
             return f"failed the session is {st.state}"
         need = self.resident_bytes(sid)
         cmd = ""
+        if to == "host" and need and not st.has_pool:
+            return ("failed this session started before the node's host page pool was ready and pages out to disk; "
+                    "page out to disk")
         if to == "host" and need and not self.pool.ready.is_set():
             # The pool's pages are still being allocated (written with zeros, front to back): an extent must not
             # take data before that is done.
             await asyncio.to_thread(self.pool.ready.wait, POOL_READY_WAIT_S)
             if not self.pool.ready.is_set():
                 return "failed the node's host page pool is still being set up; try again, or page out to disk"
-        if (to in ("auto", "host") and need and self.pool.ready.is_set()
+        if (to in ("auto", "host") and need and st.has_pool and self.pool.ready.is_set()
                 and (ext := self.pool.take(need)) is not None):
             st.extent = ext
             cmd = f"pageout host {ext[0]} {ext[1]}\n"

@@ -88,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--node-fd", type=int, default=-1, help="the node's resident ledger (server/pager.py)")
     ap.add_argument("--node-slot", type=int, default=0)
     ap.add_argument("--pool-fd", type=int, default=-1, help="the node's host page pool (a memfd)")
+    ap.add_argument("--pool-vmm-len", type=int, default=0,
+                    help="the pool is host-NUMA driver memory of this many bytes (server/host_pool_vmm.py)")
     ap.add_argument("--restore-dir", default="", help="restore a parked session from this state directory")
     ap.add_argument("--restore-pages", default="", help="the parked session's memory (a spill file)")
     ap.add_argument("--shm", type=int, default=0, help="bytes of shared memory a co-located client offered")
@@ -108,7 +110,9 @@ def main(argv: list[str] | None = None) -> int:
         sock.sendall(hello_err("the node could not set up the lease's VRAM accounting"))
         lib.fgs_close(S)  # type: ignore[attr-defined]
         return 1
-    if lib.fgs_set_pager(S, a.status_fd, a.pool_fd, a.node_fd, a.node_slot) != 0:  # type: ignore[attr-defined]
+    memfd = -1 if a.pool_vmm_len else a.pool_fd
+    if (lib.fgs_set_pager(S, a.status_fd, memfd, a.node_fd, a.node_slot) != 0  # type: ignore[attr-defined]
+            or (a.pool_vmm_len and lib.fgs_pager_use_vmm_pool(S, a.pool_fd, a.pool_vmm_len) != 0)):  # type: ignore[attr-defined]
         print(f"fargpu-worker[{os.getpid()}]: the node's resident ledger is not valid", file=sys.stderr)
         sock.sendall(hello_err("the node could not set up paging for the session"))
         lib.fgs_close(S)  # type: ignore[attr-defined]

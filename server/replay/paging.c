@@ -53,6 +53,9 @@ typedef struct fgs_pager {
     int status_fd, ctl_fd;
     fgs_ledger *node; /* what this node lets be resident at once; NULL: no node accounting */
     int pool_fd; /* the host page pool (-1: none) */
+    int pool_vmm; /* the pool is host-NUMA driver memory (hostpool.c), mapped at vmm_va once used */
+    CUdeviceptr vmm_va;
+    CUmemGenericAllocationHandle vmm_h;
     size_t pool_len;
     uint8_t *map; /* the extent of the pool this session is paged to, mapped while it is used */
     size_t map_len;
@@ -119,6 +122,37 @@ FGS_EXPORT int fgs_set_pager(fgs_session *S, int status_fd, int pool_fd, int nod
     S->pager = P;
     S->last_active_ns = fgs_now_ns();
     return 0;
+}
+
+FGS_EXPORT int fgs_pager_use_vmm_pool(fgs_session *S, int fd, unsigned long long len) {
+    if (!S || !S->pager || fd < 0 || !len) return -1;
+    fgs_pager *P = S->pager;
+    if (P->pool_fd >= 0) close(P->pool_fd);
+    P->pool_fd = fd;
+    P->pool_len = (size_t)len;
+    P->pool_vmm = 1;
+    return 0;
+}
+
+/* The pool extent [off, off+len) as this process sees it: a mapping of the memfd, or (driver memory) a range of
+ * the pool mapped once for the worker's life. NULL with errno or *r set on failure. */
+static uint8_t *extent_map(fgs_session *S, uint64_t off, uint64_t len, CUresult *r) {
+    fgs_pager *P = S->pager;
+    *r = CUDA_SUCCESS;
+    if (P->pool_vmm) {
+        if (!P->vmm_va) *r = fgs_hostpool_map(S, P->pool_fd, P->pool_len, &P->vmm_va, &P->vmm_h);
+        return *r == CUDA_SUCCESS ? (uint8_t *)(uintptr_t)(P->vmm_va + off) : NULL;
+    }
+    void *m = mmap(NULL, (size_t)len, PROT_READ | PROT_WRITE, MAP_SHARED, P->pool_fd, (off_t)off);
+    if (m == MAP_FAILED) return NULL;
+    /* Huge pages where the kernel gives them to shared memory: 512 times fewer page-table entries to fill. */
+    (void)madvise(m, (size_t)len, MADV_HUGEPAGE);
+    return (uint8_t *)m;
+}
+
+static void extent_unmap(fgs_pager *P) {
+    if (P->map && !P->pool_vmm) munmap(P->map, P->map_len);
+    P->map = NULL;
 }
 
 void fgs_pager_attach_ctl(fgs_session *S, int ctl_fd) {
@@ -563,6 +597,13 @@ static CUresult pool_direct(fgs_session *S, uint8_t *map, int out) {
 /* Device → pool: the DMA of chunk k+1 into one bounce buffer runs while chunk k is copied out of the other. */
 static CUresult to_pool(fgs_session *S, uint8_t *dst) {
     fgs_pager *P = S->pager;
+    if (P->pool_vmm) {
+        uint64_t t = fgs_now_ns();
+        CUresult rv = P->stream ? CUDA_SUCCESS : S->api->cuStreamCreate(&P->stream, CU_STREAM_NON_BLOCKING);
+        if (rv == CUDA_SUCCESS) rv = fgs_hostpool_copy(S, P->stream, (CUdeviceptr)(uintptr_t)dst, 1);
+        P->copy_ns += fgs_now_ns() - t;
+        return rv;
+    }
     CUresult r = pool_direct(S, dst, 1);
     if (r != CUDA_ERROR_NOT_SUPPORTED) return r;
     r = pool_prepare(S);
@@ -598,6 +639,13 @@ static CUresult to_pool(fgs_session *S, uint8_t *dst) {
 /* Pool → device: chunk k+1 is copied into one bounce buffer while chunk k goes to the device from the other. */
 static CUresult from_pool(fgs_session *S, uint8_t *src) {
     fgs_pager *P = S->pager;
+    if (P->pool_vmm) {
+        uint64_t t = fgs_now_ns();
+        CUresult rv = P->stream ? CUDA_SUCCESS : S->api->cuStreamCreate(&P->stream, CU_STREAM_NON_BLOCKING);
+        if (rv == CUDA_SUCCESS) rv = fgs_hostpool_copy(S, P->stream, (CUdeviceptr)(uintptr_t)src, 0);
+        P->copy_ns += fgs_now_ns() - t;
+        return rv;
+    }
     CUresult r = pool_direct(S, src, 0);
     if (r != CUDA_ERROR_NOT_SUPPORTED) return r;
     r = pool_prepare(S);
@@ -751,14 +799,17 @@ static void page_out(fgs_session *S, const char *args) {
         /* Map just this extent; the copier threads fill in its page tables slice by slice (see copier_main). Huge
          * pages where the kernel gives them to shared memory: 512 times fewer page-table entries to fill. */
         uint64_t tm = fgs_now_ns();
-        void *m = total ? mmap(NULL, (size_t)len, PROT_READ | PROT_WRITE, MAP_SHARED, P->pool_fd, (off_t)off) : NULL;
-        if (m && m != MAP_FAILED) (void)madvise(m, (size_t)len, MADV_HUGEPAGE);
+        CUresult rm = CUDA_SUCCESS;
+        uint8_t *m = total ? extent_map(S, off, len, &rm) : NULL;
         P->map_ns = fgs_now_ns() - tm;
-        if (m == MAP_FAILED) {
-            status(P, "pageout-failed cannot map the host pool extent: %s", strerror(errno));
+        if (total && !m) {
+            if (rm != CUDA_SUCCESS)
+                status(P, "pageout-failed cannot map the node's host page pool (CUDA error %d)", (int)rm);
+            else
+                status(P, "pageout-failed cannot map the host pool extent: %s", strerror(errno));
             return;
         }
-        P->map = (uint8_t *)m;
+        P->map = m;
         P->map_len = total ? (size_t)len : 0;
         r = total ? to_pool(S, P->map) : CUDA_SUCCESS;
     } else {
@@ -775,10 +826,7 @@ static void page_out(fgs_session *S, const char *args) {
     }
     if (r != CUDA_SUCCESS) { /* nothing was released: the session stays as it was */
         if (!host) unlink(path);
-        if (host && P->map) {
-            munmap(P->map, P->map_len);
-            P->map = NULL;
-        }
+        if (host) extent_unmap(P);
         status(P, "pageout-failed copying out failed with CUDA error %d", (int)r);
         return;
     }
@@ -872,10 +920,7 @@ CUresult fgs_page_in(fgs_session *S) {
     }
     for (size_t i = 0; i < S->n_allocs; i++) S->allocs[i].paged = 0;
     if (P->where == PAGED_DISK) unlink(P->spill_path);
-    if (P->map) {
-        munmap(P->map, P->map_len);
-        P->map = NULL;
-    }
+    extent_unmap(P);
     P->where = RESIDENT;
     status(P, "resident %llu %llu io_ns=%llu copy_ns=%llu vmm_ns=%llu", (unsigned long long)P->bytes,
            (unsigned long long)(fgs_now_ns() - t0), (unsigned long long)P->io_ns, (unsigned long long)P->copy_ns,
@@ -893,8 +938,9 @@ void fgs_pager_status(fgs_session *S, const char *line) { status(S->pager, "%s",
 /* A restored session's memory in an extent of the node's host pool (the agent fetched it there): paged to host. */
 int fgs_pager_adopt_host(fgs_session *S, uint64_t off, uint64_t len, uint64_t bytes) {
     fgs_pager *P = S->pager;
-    if (!P || P->where != RESIDENT || P->pool_fd < 0 || off > P->pool_len || len > P->pool_len - off || len < bytes)
-        return -1;
+    if (!P || P->where != RESIDENT || P->pool_fd < 0 || P->pool_vmm || off > P->pool_len || len > P->pool_len - off ||
+        len < bytes)
+        return -1; /* the agent writes a restored session's memory only into a memfd pool */
     void *m = mmap(NULL, (size_t)len, PROT_READ | PROT_WRITE, MAP_SHARED, P->pool_fd, (off_t)off);
     if (m == MAP_FAILED) return -1;
     P->map = (uint8_t *)m;
@@ -922,7 +968,8 @@ void fgs_pager_close(fgs_session *S) {
     fgs_copiers_free(P->copiers);
     for (int i = 0; i < 2; i++)
         if (P->bounce[i]) S->api->cuMemFreeHost(P->bounce[i]);
-    if (P->map) munmap(P->map, P->map_len);
+    extent_unmap(P);
+    fgs_hostpool_unmap(S, P->vmm_va, P->pool_len, P->vmm_h);
     if (P->pool_fd >= 0) close(P->pool_fd);
     fgs_ledger_free(P->node);
     free(P);

@@ -1,0 +1,90 @@
+"""The node's host page pool as driver memory (server/host_pool_vmm.py, server/replay/hostpool.c): made in the
+background by a process of its own; where the driver cannot make it (the simulated device has no host-NUMA
+allocations) the pool is a memfd and the reason is logged; sessions that start before a driver pool is ready page
+out to disk; a driver pool, which the agent cannot read, never receives a restored session's memory. The DMA route
+itself needs the real driver: bench/paging_gpu.sh measures it (its JSON names the pool's kind)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+from pathlib import Path
+
+import pytest
+from test_pager_pool_ready import _charge, _page_out_command
+
+from fargpu.server import host_pool_vmm
+from fargpu.server.backend import select
+from fargpu.server.pager import HostPool, Pager
+
+MiB = 1 << 20
+
+
+def test_the_simulated_driver_cannot_make_one_and_says_why() -> None:
+    with pytest.raises(host_pool_vmm.HostPoolError) as e:
+        host_pool_vmm.make(str(select("sim").driver), 64 * MiB, timeout_s=60)
+    why = str(e.value)  # no export at all, or (once it has one) no host-NUMA allocation
+    assert why == "the driver has no VMM export" or ("host-NUMA" in why and "CUDA error" in why), why
+
+
+def test_a_pool_the_driver_cannot_make_becomes_a_memfd_with_the_reason_logged(caplog: pytest.LogCaptureFixture) -> None:
+    def refuse(size: int) -> tuple[int, int]:
+        raise host_pool_vmm.HostPoolError(f"no host-NUMA memory for {size} bytes here")
+
+    caplog.set_level(logging.WARNING, "fargpu.server.pager")
+    pool = HostPool(64 * MiB, prefault=False, maker=refuse)
+    try:
+        assert pool.ready.wait(10)
+        assert pool.kind == "memfd" and pool.cpu_view and pool.fd >= 0
+        assert os.fstat(pool.fd).st_size == 64 * MiB
+        assert any("no host-NUMA memory for 67108864 bytes here" in r.getMessage() for r in caplog.records)
+    finally:
+        pool.close()
+
+
+async def test_sessions_before_a_driver_pool_is_ready_page_to_disk(tmp_path: Path) -> None:
+    gate = threading.Event()
+    stand_in = os.memfd_create("stand-in-for-a-driver-descriptor", os.MFD_CLOEXEC)
+
+    def slow(size: int) -> tuple[int, int]:
+        gate.wait(30)
+        return stand_in, size
+
+    p = Pager(1 << 30, 64 << 20, tmp_path / "spill", pool_maker=slow)
+    try:
+        assert p.pool.kind == "vmm" and not p.pool.cpu_view and p.pool.fd == -1 and not p.pool.ready.is_set()
+        p.admit("early", "standard", None)
+        p.states["early"].has_pool = False  # what the agent records for a worker started without a pool
+        _charge(p, "early", MiB)
+        cmd, res = await _page_out_command(p, "early", "host")
+        assert cmd == "" and "started before the node's host page pool was ready" in res, res
+        cmd, res = await _page_out_command(p, "early", "auto")
+        assert cmd.startswith("pageout disk "), cmd
+        gate.set()
+        assert await asyncio.to_thread(p.pool.ready.wait, 10)
+        assert p.pool.fd == stand_in
+        p.admit("later", "standard", None)
+        _charge(p, "later", MiB)
+        cmd, res = await _page_out_command(p, "later", "auto")
+        assert cmd.startswith("pageout host "), cmd
+    finally:
+        gate.set()
+        p.close()
+
+
+async def test_an_agent_asked_for_a_driver_pool_on_the_simulated_device_pages_through_a_memfd(tmp_path: Path) -> None:
+    from fargpu.server.auth import StaticTokenAuth
+    from fargpu.server.node_agent import AgentConfig, NodeAgent
+
+    agent = NodeAgent(select("sim"), StaticTokenAuth("pool-kind-token"),
+                      AgentConfig(listen="127.0.0.1:0", host_pool_bytes=64 * MiB, spill_dir=str(tmp_path / "spill"),
+                                  host_pool_kind="vmm"))
+    try:
+        assert await asyncio.to_thread(agent.pager.pool.ready.wait, 60)
+        assert agent.pager.pool.kind == "memfd" and agent.pager.pool.fd >= 0
+    finally:
+        agent.pager.close()
+    with pytest.raises(ValueError, match="use auto, vmm or memfd"):
+        NodeAgent(select("sim"), StaticTokenAuth("t"), AgentConfig(host_pool_kind="fast"))
