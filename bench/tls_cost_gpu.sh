@@ -73,6 +73,16 @@ fi
 echo "$CERTS_BY" >"$OUT/certs_by.txt"
 LIBSSL=$( (ldconfig -p 2>/dev/null | grep -m1 'libssl.so.3 ' | sed 's/.*=> //') || true)
 echo "${LIBSSL:-not found by ldconfig}" >"$OUT/libssl.txt"
+# Whether this kernel has kernel TLS (fargpu relays instead; this tells whether kTLS would be an option here)
+"$PY" - >"$OUT/ktls.txt" 2>&1 <<'PYEOF'
+import socket
+srv = socket.create_server(("127.0.0.1", 0)); c = socket.create_connection(srv.getsockname())
+try:
+    c.setsockopt(socket.IPPROTO_TCP, 31, b"tls")  # TCP_ULP
+    print("available (TCP_ULP tls accepted)")
+except OSError as e:
+    print(f"unavailable ({e})")
+PYEOF
 
 log "start the node server (backend $BACKEND, TLS on)"
 TOKEN=tls-cost-run-token

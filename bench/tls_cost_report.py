@@ -1,8 +1,8 @@
 """Collects one bench/tls_cost_gpu.sh run into OUT/tls_cost_gpu.json: when, where (GPU, driver), which commit, each
 client's figures (native; through fargpu over plain TCP and over TLS, 1 and 4 streams), TLS against plain as ratios
 (copy bandwidth: TLS/plain, below 1 is a cost; sync round trip and 64 B copies: TLS/plain, above 1 is a cost), which
-libssl was there, whether each TLS client really shook hands (its stderr) and each plain one did not, and whether
-every remote client proved it never loaded the real driver. Prints a short table last.
+libssl was there, whether the kernel has kTLS, whether each TLS client really shook hands (its stderr) and each
+plain one did not, and whether every remote client proved it never loaded the real driver. Prints a short table.
 Usage: tls_cost_report.py OUT --backend cuda|sim"""
 
 from __future__ import annotations
@@ -40,7 +40,8 @@ def main() -> int:
     doc: dict[str, Any] = {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"), "gpu": gpu, "driver": driver,
         "commit": os.environ.get("FARGPU_COMMIT", "unknown"), "backend": a.backend, "libssl": text("libssl.txt"),
-        "certificates_by": text("certs_by.txt"), "clients": {}, "ratios": {}, "tls_used": {}, "proof": {},
+        "certificates_by": text("certs_by.txt"), "kernel_tls": text("ktls.txt"),
+        "clients": {}, "ratios": {}, "tls_used": {}, "proof": {},
         "failed": [],
     }
     for name in ("native", *VARIANTS):
