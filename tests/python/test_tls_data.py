@@ -108,7 +108,7 @@ def test_tls_at_a_plaintext_node_says_so(tmp_path: Path) -> None:
     assert res.returncode != 0 and "does not speak TLS" in res.stderr, res.stderr
 
 
-def test_a_tls_pool_end_to_end(tmp_path: Path) -> None:
+def test_a_tls_pool_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Pool over HTTPS and mTLS, a node whose data socket uses the certificate the pool issued, clients over TLS."""
     env = {k: v for k, v in os.environ.items()
            if k not in ("LD_PRELOAD", "FARGPU_SERVER", "FARGPU_TOKEN", "FARGPU_API_KEY", "FARGPU_TLS_CA")}
@@ -124,7 +124,7 @@ def test_a_tls_pool_end_to_end(tmp_path: Path) -> None:
     try:
         start(["pool-manager", "--port", str(rest), "--grpc-port", str(grpc_port), "--memory-only", "--tls", "on"],
               "pool.log")  # fmt: skip
-        os.environ["XDG_STATE_HOME"] = env["XDG_STATE_HOME"]  # _wait's client finds the CA and key there
+        monkeypatch.setenv("XDG_STATE_HOME", env["XDG_STATE_HOME"])  # _wait's client finds the CA and key there
         _wait(url + "/healthz", lambda d: True, "the pool manager")
         start(["server", "--backend", "sim", "--listen", f"127.0.0.1:{node_port}", "--tls", "on", "--pool", url,
                "--metrics-port", "-1"], "node.log")  # fmt: skip
