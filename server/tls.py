@@ -86,8 +86,11 @@ class DataTls:
         """The socket to serve the client on (the relay's end for TLS), or None when it was refused (logged)."""
         try:
             first = await _peek(conn, timeout_s)
-        except TimeoutError:
-            log.warning("refused a client from %s: no HELLO within %g s (stalled handshake)", peer, timeout_s)
+        except TimeoutError:  # said as the agent says it for a HELLO that stalls later (node_agent.py)
+            reason = f"no complete HELLO within {timeout_s:g} s (stalled handshake); closing the connection"
+            log.warning("refused a client from %s: %s", peer, reason)
+            with contextlib.suppress(OSError):
+                await asyncio.get_running_loop().sock_sendall(conn, handshake.hello_err(reason))
             conn.close()
             return None
         if first and first[0] == TLS_RECORD_HANDSHAKE:
