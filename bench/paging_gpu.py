@@ -209,10 +209,10 @@ async def main() -> int:
         return max(agent._sessions.values(), key=lambda s: s.started).info.session_id
 
     for gib in sizes:
-        # The bounce route first, in a session of its own (the worker reads the route when it starts); then the
-        # default route (direct DMA into the registered pool extent) with the disk, deep and checkpoint steps.
-        os.environ["FARGPU_PAGING_DMA"] = "bounce"
-        bounce: dict[str, Any] = {}
+        # With a memfd pool: the direct route (DMA into the registered extent) first, in a session of its own (the
+        # worker reads the route when it starts); then the default route with the disk, deep and checkpoint steps.
+        os.environ["FARGPU_PAGING_DMA"] = "direct"
+        direct: dict[str, Any] = {}
         c = start(HOLD, str(gib)) if agent.pager.pool.kind == "memfd" else None  # routes of a memfd pool only
         if c is not None and await line(c) == "READY":
             sid = newest_session()
@@ -221,9 +221,9 @@ async def main() -> int:
             send(c, "check")
             check = (await line(c)).split()
             parts, pin = res.split(), r_in.split()
-            bounce = {"pageout": res, "pagein": r_in,
-                      "pageout_host_bounce_GBps": int(parts[2]) / int(parts[3]) if parts[0] == "paged" else None,
-                      "pagein_host_bounce_GBps": int(pin[1]) / int(pin[2]) if pin[:1] == ["resident"] else None,
+            direct = {"pageout": res, "pagein": r_in,
+                      "pageout_host_direct_GBps": int(parts[2]) / int(parts[3]) if parts[0] == "paged" else None,
+                      "pagein_host_direct_GBps": int(pin[1]) / int(pin[2]) if pin[:1] == ["resident"] else None,
                       "bad_samples_after": int(check[1]) if check[:1] == ["CHECK"] else check}
         if c is not None and c.stdin:
             c.stdin.close()
@@ -235,7 +235,7 @@ async def main() -> int:
             result["sessions"][f"{gib}GiB"] = {"error": ready + (c.stderr.read() if c.stderr else "")}
             continue
         sid = newest_session()
-        rec: dict[str, Any] = {"host_bounce": bounce}
+        rec: dict[str, Any] = {"host_direct": direct}
         for where in ("host", "disk"):
             before = nvml_used()
             res = await agent.page_out(sid, where)

@@ -541,16 +541,17 @@ static CUresult pool_prepare(fgs_session *S) {
     return r;
 }
 
-/* The direct route: the worker registers its mapping of the pool extent with the driver for the length of one
- * step, and every allocation goes by one DMA straight between the device and the pool, with no bounce buffer and no
- * memcpy. Registering fills in the page tables inside the kernel, which costs less than faulting them in from a
- * copy; which route is faster on a host is measured (bench/paging_gpu.py runs both). FARGPU_PAGING_DMA: "direct",
- * "bounce", or "auto" (the default: direct, and the bounce route where the driver refuses the registration). */
+/* The direct route, for a memfd pool: the worker registers its mapping of the pool extent with the driver for the
+ * length of one step, and every allocation goes by one DMA straight between the device and the pool. Registering
+ * fills in the extent's page tables and pins every page, and on an H100 that cost more than the bounce buffers'
+ * memcpy saves (32 GiB out at 7.8 GB/s against 13.3; bench/results/paging_gpu-2026-12-06-h100-8cedb7d-*), so it is
+ * opt-in: FARGPU_PAGING_DMA=direct ("bounce", the default, or "auto": direct where the driver registers). A pool of
+ * driver memory (hostpool.c) needs neither. */
 static int dma_route(void) {
     const char *e = getenv("FARGPU_PAGING_DMA");
-    if (e && !strcmp(e, "bounce")) return 0;
     if (e && !strcmp(e, "direct")) return 2;
-    return 1;
+    if (e && !strcmp(e, "auto")) return 1;
+    return 0;
 }
 
 /* Returns CUDA_ERROR_NOT_SUPPORTED, with nothing copied, when the registration is refused and the route allows the

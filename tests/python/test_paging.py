@@ -68,7 +68,10 @@ def _start_shapes(env: dict[str, str]) -> subprocess.Popen[str]:
     return p
 
 
-def test_idle_session_pages_to_host_and_back_with_every_byte(tmp_path: Path) -> None:
+@pytest.mark.parametrize("route", ["bounce", "direct"])
+def test_idle_session_pages_to_host_and_back_with_every_byte(tmp_path: Path, route: str,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FARGPU_PAGING_DMA", route)  # a memfd pool: through bounce buffers, or DMA into the extent
     s = start_server(tmp_path, "--idle-page-out", "1", "--host-page-pool", "256M")
     try:
         client = _start_shapes(s.client_env())
