@@ -3,7 +3,10 @@
  * remote GPU: managed memory and mapped host memory are host mirrors (mirror.c), so the device is reported as
  * one without concurrent managed access, pageable memory access, host-native atomics or direct host access to
  * managed memory, and without use of host pointers for registered memory (programs ask for the device pointer).
- * CUDA's documented rules for such a device are then the ones the application follows. */
+ * CUDA's documented rules for such a device are then the ones the application follows.
+ * Shareable memory: only the POSIX file descriptor handle type is served between the sessions of a lease (ipc.c),
+ * so fabric handles and multicast objects (NVLink SHARP, cuMulticast*, refused) are reported unsupported: NCCL
+ * and others then take the POSIX descriptor path, as on a machine without them. */
 #include "fgc_impl.h"
 #include "fgc_internal.h"
 
@@ -15,6 +18,8 @@ static int forced(CUdevice_attribute a, int *v) {
     case CU_DEVICE_ATTRIBUTE_DIRECT_MANAGED_MEM_ACCESS_FROM_HOST:
     case CU_DEVICE_ATTRIBUTE_HOST_NATIVE_ATOMIC_SUPPORTED:
     case CU_DEVICE_ATTRIBUTE_CAN_USE_HOST_POINTER_FOR_REGISTERED_MEM:
+    case CU_DEVICE_ATTRIBUTE_HANDLE_TYPE_FABRIC_SUPPORTED:
+    case CU_DEVICE_ATTRIBUTE_MULTICAST_SUPPORTED:
         *v = 0;
         return 1;
     default:

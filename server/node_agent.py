@@ -35,6 +35,7 @@ from .checkpoint import open_checkpoint
 from .checkpoint import test_double_from_env as checkpoint_test_double
 from .devices import devices as device_infos
 from .devices import gpu_memory_of_pid, visible_devices_env
+from .ipc_broker import IpcBroker
 from .lease_ledger import LedgerBook, TooManySessions
 from .pager import Pager
 from .park.node import Fetched, MemorySource, Parker, default_park_dir, open_store
@@ -91,6 +92,7 @@ class NodeAgent:
         self._tasks: set[asyncio.Task[None]] = set()
         self._draining = False
         self._ledgers = LedgerBook(self.config.max_sessions_per_lease)
+        self.ipc = IpcBroker()  # CUDA IPC handles between the workers of one lease (server/ipc_broker.py)
         limit = self.config.resident_limit
         if limit is None:
             limit = sum(d.total_bytes for d in device_infos(backend, 0))
@@ -507,9 +509,14 @@ class NodeAgent:
             fds[9] = pool.fd
         elif sid in self.pager.states:
             self.pager.states[sid].has_pool = False
+        ipc_child = self.ipc.open(sid, grant.lease_id)
+        args += ["--ipc-fd", "10"]
+        fds[10] = ipc_child.fileno()
         try:
             proc = spawn(args, fds, env)
         except OSError as exc:
+            ipc_child.close()
+            self.ipc.close(sid)
             log.error("cannot start a session worker: %s", exc)
             with contextlib.suppress(OSError):
                 await loop.sock_sendall(conn, handshake.hello_err("the node could not start a session worker"))
@@ -523,6 +530,7 @@ class NodeAgent:
         os.close(ctl_r)
         os.close(st_w)
         attach_child.close()
+        ipc_child.close()
         info = SessionInfo(sid, grant.lease_id, proc.pid, 0, hello.client)
         sess = _Session(info, proc, ctl_w, attach_key=attach_key, attach_sock=attach_parent, resume_key=resume_key)
         self._sessions[sid] = sess
@@ -533,6 +541,7 @@ class NodeAgent:
         # Lease expiry is the pool manager's call (a lease may be renewed after this HELLO): it ends the
         # lease's sessions through end_lease(), via the command stream or the heartbeat reply.
         await proc.wait()
+        self.ipc.close(sid)  # its IPC exports end with it
         self._sessions.pop(sid, None)
         self._sessions_changed()
         attach_parent.close()

@@ -93,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--restore-dir", default="", help="restore a parked session from this state directory")
     ap.add_argument("--restore-pages", default="", help="the parked session's memory (a spill file)")
     ap.add_argument("--shm", type=int, default=0, help="bytes of shared memory a co-located client offered")
+    ap.add_argument("--ipc-fd", type=int, default=-1, help="the node's CUDA IPC broker (server/ipc_broker.py)")
     a = ap.parse_args(argv)
     os.set_blocking(a.fd, True)
     sock = socket.socket(fileno=a.fd)
@@ -117,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
         sock.sendall(hello_err("the node could not set up paging for the session"))
         lib.fgs_close(S)  # type: ignore[attr-defined]
         return 1
+    if a.ipc_fd >= 0:
+        lib.fgs_set_ipc(S, a.ipc_fd)  # type: ignore[attr-defined]
     # The client's secret for resuming the session once parked (server/park/node.py); a restored session keeps it.
     extra: dict[str, object] = {"resume_key": os.environ.pop("FARGPU_RESUME_KEY", "")}
     if a.restore_dir:

@@ -2294,46 +2294,42 @@ FGC_EXPORT CUresult CUDAAPI cuInit(unsigned int Flags) {
 }
 
 FGC_EXPORT CUresult CUDAAPI cuIpcCloseMemHandle(CUdeviceptr dptr) {
-    (void)dptr;
-    static int logged;
-    return fgc_unsupported("cuIpcCloseMemHandle", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuIpcCloseMemHandle");
+    CUresult r_ = fgc_cuIpcCloseMemHandle(dptr);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuIpcCloseMemHandle", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuIpcGetEventHandle(CUipcEventHandle *pHandle, CUevent event) {
-    (void)pHandle;
-    (void)event;
-    static int logged;
-    return fgc_unsupported("cuIpcGetEventHandle", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuIpcGetEventHandle");
+    CUresult r_ = fgc_cuIpcGetEventHandle(pHandle, event);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuIpcGetEventHandle", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuIpcGetMemHandle(CUipcMemHandle *pHandle, CUdeviceptr dptr) {
-    (void)pHandle;
-    (void)dptr;
-    static int logged;
-    return fgc_unsupported("cuIpcGetMemHandle", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuIpcGetMemHandle");
+    CUresult r_ = fgc_cuIpcGetMemHandle(pHandle, dptr);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuIpcGetMemHandle", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuIpcOpenEventHandle(CUevent *phEvent, CUipcEventHandle handle) {
-    (void)phEvent;
-    (void)handle;
-    static int logged;
-    return fgc_unsupported("cuIpcOpenEventHandle", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuIpcOpenEventHandle");
+    CUresult r_ = fgc_cuIpcOpenEventHandle(phEvent, handle);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuIpcOpenEventHandle", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuIpcOpenMemHandle(CUdeviceptr *pdptr, CUipcMemHandle handle, unsigned int Flags) {
-    (void)pdptr;
-    (void)handle;
-    (void)Flags;
-    static int logged;
-    return fgc_unsupported("cuIpcOpenMemHandle", &logged);
+    return cuIpcOpenMemHandle_v2(pdptr, handle, Flags);
 }
 
 FGC_EXPORT CUresult CUDAAPI cuIpcOpenMemHandle_v2(CUdeviceptr *pdptr, CUipcMemHandle handle, unsigned int Flags) {
-    (void)pdptr;
-    (void)handle;
-    (void)Flags;
-    static int logged;
-    return fgc_unsupported("cuIpcOpenMemHandle_v2", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuIpcOpenMemHandle_v2");
+    CUresult r_ = fgc_cuIpcOpenMemHandle_v2(pdptr, handle, Flags);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuIpcOpenMemHandle_v2", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuKernelGetAttribute(int *pi, CUfunction_attribute attrib, CUkernel kernel, CUdevice dev) {
@@ -3405,12 +3401,10 @@ FGC_EXPORT CUresult CUDAAPI cuMemDiscardBatchAsync_ptsz(CUdeviceptr *dptrs, size
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemExportToShareableHandle(void *shareableHandle, CUmemGenericAllocationHandle handle, CUmemAllocationHandleType handleType, unsigned long long flags) {
-    (void)shareableHandle;
-    (void)handle;
-    (void)handleType;
-    (void)flags;
-    static int logged;
-    return fgc_unsupported("cuMemExportToShareableHandle", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuMemExportToShareableHandle");
+    CUresult r_ = fgc_cuMemExportToShareableHandle(shareableHandle, handle, handleType, flags);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuMemExportToShareableHandle", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemFree(CUdeviceptr_v1 dptr) {
@@ -3591,11 +3585,10 @@ FGC_EXPORT CUresult CUDAAPI cuMemHostUnregister(void *p) {
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemImportFromShareableHandle(CUmemGenericAllocationHandle *handle, void *osHandle, CUmemAllocationHandleType shHandleType) {
-    (void)handle;
-    (void)osHandle;
-    (void)shHandleType;
-    static int logged;
-    return fgc_unsupported("cuMemImportFromShareableHandle", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuMemImportFromShareableHandle");
+    CUresult r_ = fgc_cuMemImportFromShareableHandle(handle, osHandle, shHandleType);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuMemImportFromShareableHandle", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemMap(CUdeviceptr ptr, size_t size, size_t offset, CUmemGenericAllocationHandle handle, unsigned long long flags) {

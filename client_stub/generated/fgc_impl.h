@@ -73,6 +73,11 @@ CUresult CUDAAPI fgc_cuGraphNodeGetType(CUgraphNode hNode, CUgraphNodeType *type
 CUresult CUDAAPI fgc_cuGraphNodeSetParams(CUgraphNode hNode, CUgraphNodeParams *nodeParams);
 CUresult CUDAAPI fgc_cuGraphRemoveDependencies_v2(CUgraph hGraph, const CUgraphNode *from, const CUgraphNode *to, const CUgraphEdgeData *edgeData, size_t numDependencies);
 CUresult CUDAAPI fgc_cuInit(unsigned int Flags);
+CUresult CUDAAPI fgc_cuIpcCloseMemHandle(CUdeviceptr dptr);
+CUresult CUDAAPI fgc_cuIpcGetEventHandle(CUipcEventHandle *pHandle, CUevent event);
+CUresult CUDAAPI fgc_cuIpcGetMemHandle(CUipcMemHandle *pHandle, CUdeviceptr dptr);
+CUresult CUDAAPI fgc_cuIpcOpenEventHandle(CUevent *phEvent, CUipcEventHandle handle);
+CUresult CUDAAPI fgc_cuIpcOpenMemHandle_v2(CUdeviceptr *pdptr, CUipcMemHandle handle, unsigned int Flags);
 CUresult CUDAAPI fgc_cuKernelGetFunction(CUfunction *pFunc, CUkernel kernel);
 CUresult CUDAAPI fgc_cuKernelGetName(const char **name, CUkernel hfunc);
 CUresult CUDAAPI fgc_cuKernelGetParamInfo(CUkernel kernel, size_t paramIndex, size_t *paramOffset, size_t *paramSize);
@@ -92,6 +97,7 @@ CUresult CUDAAPI fgc_cuMemAllocManaged(CUdeviceptr *dptr, size_t bytesize, unsig
 CUresult CUDAAPI fgc_cuMemAllocPitch_v2(CUdeviceptr *dptr, size_t *pPitch, size_t WidthInBytes, size_t Height, unsigned int ElementSizeBytes);
 CUresult CUDAAPI fgc_cuMemAlloc_v2(CUdeviceptr *dptr, size_t bytesize);
 CUresult CUDAAPI fgc_cuMemCreate(CUmemGenericAllocationHandle *handle, size_t size, const CUmemAllocationProp *prop, unsigned long long flags);
+CUresult CUDAAPI fgc_cuMemExportToShareableHandle(void *shareableHandle, CUmemGenericAllocationHandle handle, CUmemAllocationHandleType handleType, unsigned long long flags);
 CUresult CUDAAPI fgc_cuMemFreeHost(void *p);
 CUresult CUDAAPI fgc_cuMemFree_v2(CUdeviceptr dptr);
 CUresult CUDAAPI fgc_cuMemGetAddressRange_v2(CUdeviceptr *pbase, size_t *psize, CUdeviceptr dptr);
@@ -102,6 +108,7 @@ CUresult CUDAAPI fgc_cuMemHostGetDevicePointer_v2(CUdeviceptr *pdptr, void *p, u
 CUresult CUDAAPI fgc_cuMemHostGetFlags(unsigned int *pFlags, void *p);
 CUresult CUDAAPI fgc_cuMemHostRegister_v2(void *p, size_t bytesize, unsigned int Flags);
 CUresult CUDAAPI fgc_cuMemHostUnregister(void *p);
+CUresult CUDAAPI fgc_cuMemImportFromShareableHandle(CUmemGenericAllocationHandle *handle, void *osHandle, CUmemAllocationHandleType shHandleType);
 CUresult CUDAAPI fgc_cuMemMap(CUdeviceptr ptr, size_t size, size_t offset, CUmemGenericAllocationHandle handle, unsigned long long flags);
 CUresult CUDAAPI fgc_cuMemPrefetchAsync(CUdeviceptr devPtr, size_t count, CUdevice dstDevice, CUstream hStream);
 CUresult CUDAAPI fgc_cuMemPrefetchAsync_v2(CUdeviceptr devPtr, size_t count, CUmemLocation location, unsigned int flags, CUstream hStream);

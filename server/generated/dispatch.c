@@ -951,6 +951,11 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         CUresult res = S->api->cuGraphUpload(hGraph, hStream);
         return res;
     }
+    case FG_OP_cuIpcCloseMemHandle: return fgs_cuIpcCloseMemHandle(S, r, out);
+    case FG_OP_cuIpcGetEventHandle: return fgs_cuIpcGetEventHandle(S, r, out);
+    case FG_OP_cuIpcGetMemHandle: return fgs_cuIpcGetMemHandle(S, r, out);
+    case FG_OP_cuIpcOpenEventHandle: return fgs_cuIpcOpenEventHandle(S, r, out);
+    case FG_OP_cuIpcOpenMemHandle_v2: return fgs_cuIpcOpenMemHandle_v2(S, r, out);
     case FG_OP_cuKernelGetAttribute: {
         int pi;
         memset(&pi, 0, sizeof(pi));
@@ -1089,6 +1094,7 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
     case FG_OP_cuMemAddressReserve: return fgs_cuMemAddressReserve(S, r, out);
     case FG_OP_cuMemAlloc_v2: return fgs_cuMemAlloc_v2(S, r, out);
     case FG_OP_cuMemCreate: return fgs_cuMemCreate(S, r, out);
+    case FG_OP_cuMemExportToShareableHandle: return fgs_cuMemExportToShareableHandle(S, r, out);
     case FG_OP_cuMemFree_v2: return fgs_cuMemFree_v2(S, r, out);
     case FG_OP_cuMemGetAccess: {
         unsigned long long flags;
@@ -1133,6 +1139,7 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
     }
     case FG_OP_cuMemGetAllocationPropertiesFromHandle: return fgs_cuMemGetAllocationPropertiesFromHandle(S, r, out);
     case FG_OP_cuMemGetInfo_v2: return fgs_cuMemGetInfo_v2(S, r, out);
+    case FG_OP_cuMemImportFromShareableHandle: return fgs_cuMemImportFromShareableHandle(S, r, out);
     case FG_OP_cuMemMap: return fgs_cuMemMap(S, r, out);
     case FG_OP_cuMemPoolTrimTo: {
         uint64_t id_pool = fg_get_u64(r);

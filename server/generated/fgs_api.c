@@ -140,6 +140,8 @@ const char *fgs_api_load(fgs_api *api, void *dl) {
     *(void **)&api->cuGraphUpload = dlsym(dl, "cuGraphUpload");
     *(void **)&api->cuInit = dlsym(dl, "cuInit");
     if (!api->cuInit) return "cuInit";
+    *(void **)&api->cuIpcGetEventHandle = dlsym(dl, "cuIpcGetEventHandle");
+    *(void **)&api->cuIpcOpenEventHandle = dlsym(dl, "cuIpcOpenEventHandle");
     *(void **)&api->cuKernelGetAttribute = dlsym(dl, "cuKernelGetAttribute");
     *(void **)&api->cuKernelGetFunction = dlsym(dl, "cuKernelGetFunction");
     *(void **)&api->cuKernelGetLibrary = dlsym(dl, "cuKernelGetLibrary");
@@ -163,6 +165,7 @@ const char *fgs_api_load(fgs_api *api, void *dl) {
     if (!api->cuMemAddressReserve) return "cuMemAddressReserve";
     *(void **)&api->cuMemCreate = dlsym(dl, "cuMemCreate");
     if (!api->cuMemCreate) return "cuMemCreate";
+    *(void **)&api->cuMemExportToShareableHandle = dlsym(dl, "cuMemExportToShareableHandle");
     *(void **)&api->cuMemFreeHost = dlsym(dl, "cuMemFreeHost");
     if (!api->cuMemFreeHost) return "cuMemFreeHost";
     *(void **)&api->cuMemGetAccess = dlsym(dl, "cuMemGetAccess");
@@ -177,6 +180,7 @@ const char *fgs_api_load(fgs_api *api, void *dl) {
     *(void **)&api->cuMemHostGetDevicePointer_v2 = dlsym(dl, "cuMemHostGetDevicePointer_v2");
     *(void **)&api->cuMemHostRegister_v2 = dlsym(dl, "cuMemHostRegister_v2");
     *(void **)&api->cuMemHostUnregister = dlsym(dl, "cuMemHostUnregister");
+    *(void **)&api->cuMemImportFromShareableHandle = dlsym(dl, "cuMemImportFromShareableHandle");
     *(void **)&api->cuMemMap = dlsym(dl, "cuMemMap");
     if (!api->cuMemMap) return "cuMemMap";
     *(void **)&api->cuMemPoolTrimTo = dlsym(dl, "cuMemPoolTrimTo");

@@ -124,6 +124,8 @@ typedef struct fgs_api {
     CUresult (*cuGraphRemoveDependencies_v2)(CUgraph, const CUgraphNode *, const CUgraphNode *, const CUgraphEdgeData *, size_t);
     CUresult (*cuGraphUpload)(CUgraphExec, CUstream);
     CUresult (*cuInit)(unsigned int);
+    CUresult (*cuIpcGetEventHandle)(CUipcEventHandle *, CUevent);
+    CUresult (*cuIpcOpenEventHandle)(CUevent *, CUipcEventHandle);
     CUresult (*cuKernelGetAttribute)(int *, CUfunction_attribute, CUkernel, CUdevice);
     CUresult (*cuKernelGetFunction)(CUfunction *, CUkernel);
     CUresult (*cuKernelGetLibrary)(CUlibrary *, CUkernel);
@@ -143,6 +145,7 @@ typedef struct fgs_api {
     CUresult (*cuMemAddressFree)(CUdeviceptr, size_t);
     CUresult (*cuMemAddressReserve)(CUdeviceptr *, size_t, size_t, CUdeviceptr, unsigned long long);
     CUresult (*cuMemCreate)(CUmemGenericAllocationHandle *, size_t, const CUmemAllocationProp *, unsigned long long);
+    CUresult (*cuMemExportToShareableHandle)(void *, CUmemGenericAllocationHandle, CUmemAllocationHandleType, unsigned long long);
     CUresult (*cuMemFreeHost)(void *);
     CUresult (*cuMemGetAccess)(unsigned long long *, const CUmemLocation *, CUdeviceptr);
     CUresult (*cuMemGetAddressRange_v2)(CUdeviceptr *, size_t *, CUdeviceptr);
@@ -153,6 +156,7 @@ typedef struct fgs_api {
     CUresult (*cuMemHostGetDevicePointer_v2)(CUdeviceptr *, void *, unsigned int);
     CUresult (*cuMemHostRegister_v2)(void *, size_t, unsigned int);
     CUresult (*cuMemHostUnregister)(void *);
+    CUresult (*cuMemImportFromShareableHandle)(CUmemGenericAllocationHandle *, void *, CUmemAllocationHandleType);
     CUresult (*cuMemMap)(CUdeviceptr, size_t, size_t, CUmemGenericAllocationHandle, unsigned long long);
     CUresult (*cuMemPoolTrimTo)(CUmemoryPool, size_t);
     CUresult (*cuMemRelease)(CUmemGenericAllocationHandle);

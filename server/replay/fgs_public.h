@@ -56,3 +56,6 @@ int fgs_add_data_fd(fgs_session *S, int fd);
  * why the image cannot be listed) or -2 (out too small). */
 long fgs_list_image_globals(const unsigned char *img, unsigned long long size, int sm, char *out,
                             unsigned long out_len);
+/* The node's CUDA IPC broker (a SOCK_SEQPACKET socket, server/ipc_broker.py; the session takes it over): IPC
+ * handles travel between the workers of one lease through it (ipc.c). Without it, IPC calls are refused. */
+void fgs_set_ipc(fgs_session *S, int fd);

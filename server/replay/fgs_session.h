@@ -218,6 +218,15 @@ uint64_t fgs_park_xlate(fgs_session *S, uint64_t p, uint64_t n);
  * gets the access the devices that enabled peer access to its device (and a->peers) must have. */
 void fgs_peer_grant(fgs_session *S, fgs_alloc *a);
 /* The client set access on [p, p + n) (cuMemSetAccess): its mappings there remember which peers may reach them. */
+/* CUDA IPC between the sessions of one lease (ipc.c, brokered by the node: server/ipc_broker.py). */
+int fgs_ipc_range_ok(fgs_session *S, uint64_t p, uint64_t n); /* inside memory opened from another session */
+int fgs_ipc_active(fgs_session *S);                           /* it shares memory: paging and parking refuse it */
+void fgs_ipc_forget(fgs_session *S, uint64_t ptr);            /* cuMemFree of an exported allocation */
+void fgs_ipc_close(fgs_session *S);                           /* at the session's end */
+CUresult fgs_vmm_real(fgs_session *S, uint64_t id, CUmemGenericAllocationHandle *real, size_t *size, int *dev);
+uint64_t fgs_vmm_adopt(fgs_session *S, CUmemGenericAllocationHandle real, size_t size, int dev);
+void fgs_vmm_mark_shared(fgs_session *S, uint64_t id);
+int fgs_vmm_shared(fgs_session *S);
 void fgs_peer_note_access(fgs_session *S, uint64_t p, uint64_t n, const CUmemAccessDesc *d, size_t count);
 /* Must run after the device is idle (the trampolines the driver may still call use these). */
 void fgs_callbacks_close(fgs_session *S);

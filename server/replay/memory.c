@@ -67,7 +67,14 @@ CUresult fgs_cuMemAlloc_v2(fgs_session *S, fg_reader *r, fg_writer *out) {
         fgs_uncharge_dev(S, (int)dev, mapped);
         return res == CUDA_ERROR_INVALID_VALUE ? CUDA_ERROR_OUT_OF_MEMORY : res;
     }
+    /* Shareable as a POSIX file descriptor, so that cuIpcGetMemHandle can export it to the lease's other sessions
+     * (ipc.c); a driver that cannot makes it without (IPC of it is then refused). */
+    prop.requestedHandleTypes = CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR;
     res = S->api->cuMemCreate(&h, mapped, &prop, 0);
+    if (res == CUDA_ERROR_NOT_SUPPORTED || res == CUDA_ERROR_INVALID_VALUE) {
+        prop.requestedHandleTypes = CU_MEM_HANDLE_TYPE_NONE;
+        res = S->api->cuMemCreate(&h, mapped, &prop, 0);
+    }
     if (res != CUDA_SUCCESS) {
         S->api->cuMemAddressFree(ptr, mapped);
         fgs_uncharge_dev(S, (int)dev, mapped);
@@ -109,6 +116,7 @@ CUresult fgs_cuMemFree_v2(fgs_session *S, fg_reader *r, fg_writer *out) {
     if (!a) return CUDA_ERROR_INVALID_VALUE;
     /* cuMemFree waits for work that may still use the memory; unmapping does not, so wait here. */
     S->api->cuCtxSynchronize();
+    fgs_ipc_forget(S, a->ptr); /* its IPC token (if any) names nothing from now on */
     release(S, a);
     *a = S->allocs[--S->n_allocs];
     return CUDA_SUCCESS;
@@ -367,7 +375,7 @@ void fgs_globals_forget(fgs_session *S) { S->n_globals = 0; }
 static int in_session(fgs_session *S, uint64_t p, uint64_t n) {
     fgs_alloc *a = find_alloc(S, p, 1);
     if (!a) a = find_global(S, p);
-    return a && n <= a->ptr + a->size - p;
+    return (a && n <= a->ptr + a->size - p) || fgs_ipc_range_ok(S, p, n); /* or memory another session shared */
 }
 
 /* For copies other files replay (arrays.c): [p, p + n) lies in one of this session's allocations or globals. */

@@ -773,6 +773,10 @@ static void page_out(fgs_session *S, const char *args) {
         status(P, "pageout-failed the session is already paged out");
         return;
     }
+    if (fgs_ipc_active(S)) { /* another process maps some of its memory, and would not follow it */
+        status(P, "pageout-failed the session shares device memory with another process (CUDA IPC)");
+        return;
+    }
     uint64_t t0 = fgs_now_ns(), total = 0;
     for (size_t i = 0; i < S->n_allocs; i++) total += S->allocs[i].mapped;
     unsigned long long off = 0, len = 0;

@@ -350,6 +350,7 @@ FGS_EXPORT void fgs_close(fgs_session *S) {
     }
     if (S->cb_fd > 0) shutdown(S->cb_fd, SHUT_RDWR); /* a host function waiting on the client returns now */
     fgs_later_free_all(S);
+    fgs_ipc_close(S); /* memory other sessions shared with this one */
     fgs_vmm_close(S);
     fgs_arrays_close(S);
     fgs_memory_release_all(S);

@@ -32,6 +32,8 @@ typedef struct {
     uint32_t refs;      /* the client's references: create + retains - releases */
     CUdeviceptr at;     /* where it is mapped; 0: not mapped */
     int live;
+    int imported;       /* another session's memory (ipc.c): charged to that session, not to this one */
+    int shared;         /* exported to other sessions (ipc.c) */
 } vmm_handle;
 
 typedef struct {
@@ -83,7 +85,7 @@ static vmm_resv *resv_containing(fgs_session *S, uint64_t p, uint64_t n) {
 static void handle_maybe_free(fgs_session *S, vmm_handle *h) {
     if (h->refs || h->at) return;
     S->api->cuMemRelease(h->real);
-    fgs_uncharge_dev(S, h->dev, h->size);
+    if (!h->imported) fgs_uncharge_dev(S, h->dev, h->size);
     memset(h, 0, sizeof *h);
 }
 
@@ -138,8 +140,9 @@ CUresult fgs_cuMemCreate(fgs_session *S, fg_reader *r, fg_writer *out) {
     if (prop.type != CU_MEM_ALLOCATION_TYPE_PINNED) return CUDA_ERROR_INVALID_VALUE;
     if (prop.location.type != CU_MEM_LOCATION_TYPE_DEVICE) return refuse(S, "cuMemCreate of host or NUMA memory");
     if (prop.allocFlags.compressionType) return refuse(S, "cuMemCreate of compressible memory");
-    if (prop.requestedHandleTypes != CU_MEM_HANDLE_TYPE_NONE)
-        return refuse(S, "cuMemCreate with a shareable handle type (IPC)");
+    if (prop.requestedHandleTypes != CU_MEM_HANDLE_TYPE_NONE &&
+        prop.requestedHandleTypes != CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR)
+        return refuse(S, "cuMemCreate with a shareable handle type other than a POSIX file descriptor (IPC)");
     size_t slot = V->n_h;
     for (size_t i = 0; i < V->n_h; i++)
         if (!V->h[i].live) { slot = i; break; }
@@ -160,7 +163,7 @@ CUresult fgs_cuMemCreate(fgs_session *S, fg_reader *r, fg_writer *out) {
         return res;
     }
     if (slot == V->n_h) V->n_h++;
-    V->h[slot] = (vmm_handle){h, (size_t)size, prop.location.id, 1, 0, 1};
+    V->h[slot] = (vmm_handle){h, (size_t)size, prop.location.id, 1, 0, 1, 0, 0};
     fg_put_u64(out, handle_id(S, slot));
     return CUDA_SUCCESS;
 }
@@ -314,6 +317,55 @@ CUresult fgs_cuMemGetAllocationPropertiesFromHandle(fgs_session *S, fg_reader *r
     if (res != CUDA_SUCCESS) return res;
     fg_put(out, &prop, sizeof prop);
     return CUDA_SUCCESS;
+}
+
+/* The driver's handle behind the client's handle id (held by its mapping while mapped), for an export (ipc.c). */
+CUresult fgs_vmm_real(fgs_session *S, uint64_t id, CUmemGenericAllocationHandle *real, size_t *size, int *dev) {
+    vmm_handle *h = handle_get(S, id);
+    if (!h) return CUDA_ERROR_INVALID_VALUE;
+    *real = h->real;
+    if (h->at) {
+        fgs_alloc *a = mapping_at(S, h->at);
+        if (!a) return CUDA_ERROR_INVALID_VALUE;
+        *real = a->handle;
+    }
+    *size = h->size;
+    *dev = h->dev;
+    return *real ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
+}
+
+/* A handle imported from another session of the lease (ipc.c) becomes one of the client's: 0 when there is no room
+ * (the caller releases `real`). It is not charged here: its memory is the exporter's. */
+uint64_t fgs_vmm_adopt(fgs_session *S, CUmemGenericAllocationHandle real, size_t size, int dev) {
+    struct fgs_vmm *V = vmm(S);
+    if (!V) return 0;
+    size_t slot = V->n_h;
+    for (size_t i = 0; i < V->n_h; i++)
+        if (!V->h[i].live) { slot = i; break; }
+    if (slot == V->n_h && V->n_h == V->cap_h) {
+        if (V->cap_h >= VMM_MAX_HANDLES) return 0;
+        size_t cap = V->cap_h ? V->cap_h * 2 : 16;
+        vmm_handle *nh = (vmm_handle *)realloc(V->h, cap * sizeof *nh);
+        if (!nh) return 0;
+        V->h = nh;
+        V->cap_h = cap;
+    }
+    if (slot == V->n_h) V->n_h++;
+    V->h[slot] = (vmm_handle){real, size, dev, 1, 0, 1, 1, 0};
+    return handle_id(S, slot);
+}
+
+void fgs_vmm_mark_shared(fgs_session *S, uint64_t id) {
+    vmm_handle *h = handle_get(S, id);
+    if (h) h->shared = 1;
+}
+
+/* Whether a live handle is shared with another session (exported or imported): paging must leave it be. */
+int fgs_vmm_shared(fgs_session *S) {
+    struct fgs_vmm *V = S->vmm;
+    for (size_t i = 0; V && i < V->n_h; i++)
+        if (V->h[i].live && (V->h[i].shared || V->h[i].imported)) return 1;
+    return 0;
 }
 
 /* At the session's end, before the server's own allocations go: unmap, release, free every reservation. */

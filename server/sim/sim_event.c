@@ -6,6 +6,8 @@
 #include "sim.h"
 
 #include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
 
 struct sim_event {
     struct sim_obj h;
@@ -111,4 +113,41 @@ SIM_API CUresult cuEventDestroy(CUevent hEvent)
         sim_event_destroy_obj(e);
     sim_unlock();
     return rc;
+}
+
+/* ---- IPC events ----
+ * cuIpcGetEventHandle needs an event created with CU_EVENT_INTERPROCESS (and so DISABLE_TIMING), as with the driver.
+ * The handle names the exporting process and the event; opening it in another process gives an event of that
+ * process that is complete whenever queried or waited on: on the simulated device every recorded event is complete
+ * at once (stream work runs at enqueue), so waiting on the exporter's event can never wait. */
+#define SIM_IPC_EVENT_MAGIC "fgsimEVT"
+
+SIM_API CUresult cuIpcGetEventHandle(CUipcEventHandle *pHandle, CUevent event)
+{
+    if (!pHandle)
+        return CUDA_ERROR_INVALID_VALUE;
+    sim_lock();
+    CUresult rc = sim_check_init();
+    struct sim_event *e = rc == CUDA_SUCCESS ? find_event(event) : NULL;
+    if (rc == CUDA_SUCCESS && !e)
+        rc = CUDA_ERROR_INVALID_HANDLE;
+    if (rc == CUDA_SUCCESS && !(e->flags & CU_EVENT_INTERPROCESS))
+        rc = CUDA_ERROR_INVALID_VALUE;
+    if (rc == CUDA_SUCCESS) {
+        memset(pHandle, 0, sizeof *pHandle);
+        memcpy(pHandle->reserved, SIM_IPC_EVENT_MAGIC, 8);
+        int pid = (int)getpid();
+        memcpy(pHandle->reserved + 8, &pid, sizeof pid);
+        uintptr_t id = (uintptr_t)e;
+        memcpy(pHandle->reserved + 16, &id, sizeof id);
+    }
+    sim_unlock();
+    return rc;
+}
+
+SIM_API CUresult cuIpcOpenEventHandle(CUevent *phEvent, CUipcEventHandle handle)
+{
+    if (!phEvent || memcmp(handle.reserved, SIM_IPC_EVENT_MAGIC, 8) != 0)
+        return CUDA_ERROR_INVALID_VALUE;
+    return cuEventCreate(phEvent, CU_EVENT_INTERPROCESS | CU_EVENT_DISABLE_TIMING);
 }

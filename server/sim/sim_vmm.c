@@ -14,9 +14,12 @@
  * mappings only, and cuMemAddressFree refuses a range that still has mappings (CUDA_ERROR_INVALID_VALUE). */
 #include "sim.h"
 
+#include <fcntl.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 struct sim_phys {
@@ -29,6 +32,7 @@ struct sim_phys {
     unsigned int maps;
     unsigned long long id; /* CU_POINTER_ATTRIBUTE_MEMORY_BLOCK_ID of its mappings */
     unsigned int handle_types; /* requestedHandleTypes at creation */
+    int imported;              /* from cuMemImportFromShareableHandle: another process's memory, not charged here */
 };
 
 struct resv {
@@ -168,7 +172,8 @@ static void phys_free(struct sim_phys *ph)
 {
     sim_reg_remove(ph);
     close(ph->fd);
-    sim_uncharge(ph->device, ph->size);
+    if (!ph->imported)
+        sim_uncharge(ph->device, ph->size);
     free(ph);
 }
 
@@ -185,7 +190,9 @@ SIM_API CUresult cuMemCreate(CUmemGenericAllocationHandle *handle, size_t size, 
         rc = sim_charge(prop->location.id, size);
     if (rc == CUDA_SUCCESS) {
         struct sim_phys *ph = calloc(1, sizeof *ph);
-        int fd = memfd_create("fargpu-sim-vmm", MFD_CLOEXEC);
+        char name[48]; /* names the physical device, so that a process importing it knows where it lives */
+        snprintf(name, sizeof name, "fargpu-sim-vmm-%d", sim_g.dev[prop->location.id].phys);
+        int fd = memfd_create(name, MFD_CLOEXEC);
         if (!ph || fd < 0 || ftruncate(fd, (off_t)size) != 0 || sim_reg_add(ph) != 0) {
             if (fd >= 0)
                 close(fd);
@@ -407,10 +414,93 @@ SIM_API CUresult cuMemGetAccess(unsigned long long *flags, const CUmemLocation *
     struct sim_seg *s = rc == CUDA_SUCCESS ? sim_seg_find((uintptr_t)ptr) : NULL;
     if (rc == CUDA_SUCCESS && (!s || s->kind != SIM_SEG_VMM))
         rc = CUDA_ERROR_INVALID_VALUE;
+    if (rc == CUDA_SUCCESS) {
+        int prot = s->dprot[location->id]; /* that device's own access */
+        *flags = (prot & SIM_PROT_W)   ? CU_MEM_ACCESS_FLAGS_PROT_READWRITE
+                 : (prot & SIM_PROT_R) ? CU_MEM_ACCESS_FLAGS_PROT_READ
+                                       : CU_MEM_ACCESS_FLAGS_PROT_NONE;
+    }
+    sim_unlock();
+    return rc;
+}
+
+/* ---- shareable handles (POSIX file descriptors) ----
+ * Export gives a duplicate of the allocation's memfd (only for memory created with
+ * CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR in requestedHandleTypes, as with the driver). Import, in this or another
+ * process, makes a new handle of the same memory: mapping it shows the same bytes. The memfd's name says which
+ * physical device the memory is on; a process that does not see that device cannot import it
+ * (CUDA_ERROR_INVALID_DEVICE). Imported memory is charged to the exporting process's device memory, not here. */
+SIM_API CUresult cuMemExportToShareableHandle(void *shareableHandle, CUmemGenericAllocationHandle handle,
+                                              CUmemAllocationHandleType handleType, unsigned long long flags)
+{
+    if (!shareableHandle || flags != 0)
+        return CUDA_ERROR_INVALID_VALUE;
+    sim_lock();
+    CUresult rc = sim_check_init();
+    struct sim_phys *ph = rc == CUDA_SUCCESS ? find_phys(handle) : NULL;
+    if (rc == CUDA_SUCCESS && !ph)
+        rc = CUDA_ERROR_INVALID_VALUE;
+    if (rc == CUDA_SUCCESS && (handleType != CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR ||
+                               !(ph->handle_types & CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR)))
+        rc = CUDA_ERROR_INVALID_VALUE;
+    int fd = -1;
+    if (rc == CUDA_SUCCESS && (fd = fcntl(ph->fd, F_DUPFD_CLOEXEC, 0)) < 0)
+        rc = CUDA_ERROR_OUT_OF_MEMORY;
     if (rc == CUDA_SUCCESS)
-        *flags = (s->prot & SIM_PROT_W)   ? CU_MEM_ACCESS_FLAGS_PROT_READWRITE
-                 : (s->prot & SIM_PROT_R) ? CU_MEM_ACCESS_FLAGS_PROT_READ
-                                          : CU_MEM_ACCESS_FLAGS_PROT_NONE;
+        *(int *)shareableHandle = fd;
+    sim_unlock();
+    return rc;
+}
+
+SIM_API CUresult cuMemImportFromShareableHandle(CUmemGenericAllocationHandle *handle, void *osHandle,
+                                                CUmemAllocationHandleType shHandleType)
+{
+    if (!handle || shHandleType != CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR)
+        return CUDA_ERROR_INVALID_VALUE;
+    int fd = (int)(intptr_t)osHandle;
+    char link[64], target[128];
+    snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
+    ssize_t n = fd >= 0 ? readlink(link, target, sizeof target - 1) : -1;
+    struct stat st;
+    int phys = -1;
+    if (n > 0) {
+        target[n] = 0;
+        if (sscanf(target, "/memfd:fargpu-sim-vmm-%d", &phys) != 1)
+            phys = -1;
+    }
+    if (phys < 0 || fstat(fd, &st) != 0 || st.st_size <= 0 || !aligned((size_t)st.st_size))
+        return CUDA_ERROR_INVALID_VALUE; /* not memory the simulated device exported */
+    sim_lock();
+    CUresult rc = sim_check_init();
+    int dev = -1;
+    for (int d = 0; rc == CUDA_SUCCESS && d < sim_g.ndev; d++)
+        if (sim_g.dev[d].phys == phys)
+            dev = d;
+    if (rc == CUDA_SUCCESS && dev < 0)
+        rc = CUDA_ERROR_INVALID_DEVICE;
+    struct sim_phys *ph = NULL;
+    int own = -1;
+    if (rc == CUDA_SUCCESS) {
+        ph = calloc(1, sizeof *ph);
+        own = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+        if (!ph || own < 0 || sim_reg_add(ph) != 0) {
+            if (own >= 0)
+                close(own);
+            free(ph);
+            rc = CUDA_ERROR_OUT_OF_MEMORY;
+        }
+    }
+    if (rc == CUDA_SUCCESS) {
+        ph->h.kind = SIM_KIND_PHYS;
+        ph->fd = own;
+        ph->size = (size_t)st.st_size;
+        ph->device = dev;
+        ph->id = sim_next_buffer_id();
+        ph->handle_types = CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR;
+        ph->refs = 1;
+        ph->imported = 1;
+        *handle = (CUmemGenericAllocationHandle)(uintptr_t)ph;
+    }
     sim_unlock();
     return rc;
 }

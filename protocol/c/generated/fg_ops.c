@@ -123,6 +123,11 @@ const char *fg_op_name(unsigned op) {
     case FG_OP_cuGraphNodeSetEnabled: return "cuGraphNodeSetEnabled";
     case FG_OP_cuGraphRemoveDependencies_v2: return "cuGraphRemoveDependencies_v2";
     case FG_OP_cuGraphUpload: return "cuGraphUpload";
+    case FG_OP_cuIpcCloseMemHandle: return "cuIpcCloseMemHandle";
+    case FG_OP_cuIpcGetEventHandle: return "cuIpcGetEventHandle";
+    case FG_OP_cuIpcGetMemHandle: return "cuIpcGetMemHandle";
+    case FG_OP_cuIpcOpenEventHandle: return "cuIpcOpenEventHandle";
+    case FG_OP_cuIpcOpenMemHandle_v2: return "cuIpcOpenMemHandle_v2";
     case FG_OP_cuKernelGetAttribute: return "cuKernelGetAttribute";
     case FG_OP_cuKernelGetFunction: return "cuKernelGetFunction";
     case FG_OP_cuKernelGetLibrary: return "cuKernelGetLibrary";
@@ -141,12 +146,14 @@ const char *fg_op_name(unsigned op) {
     case FG_OP_cuMemAddressReserve: return "cuMemAddressReserve";
     case FG_OP_cuMemAlloc_v2: return "cuMemAlloc_v2";
     case FG_OP_cuMemCreate: return "cuMemCreate";
+    case FG_OP_cuMemExportToShareableHandle: return "cuMemExportToShareableHandle";
     case FG_OP_cuMemFree_v2: return "cuMemFree_v2";
     case FG_OP_cuMemGetAccess: return "cuMemGetAccess";
     case FG_OP_cuMemGetAddressRange_v2: return "cuMemGetAddressRange_v2";
     case FG_OP_cuMemGetAllocationGranularity: return "cuMemGetAllocationGranularity";
     case FG_OP_cuMemGetAllocationPropertiesFromHandle: return "cuMemGetAllocationPropertiesFromHandle";
     case FG_OP_cuMemGetInfo_v2: return "cuMemGetInfo_v2";
+    case FG_OP_cuMemImportFromShareableHandle: return "cuMemImportFromShareableHandle";
     case FG_OP_cuMemMap: return "cuMemMap";
     case FG_OP_cuMemPoolTrimTo: return "cuMemPoolTrimTo";
     case FG_OP_cuMemRelease: return "cuMemRelease";
