@@ -66,20 +66,17 @@ int fgs_db_wait(fgs_session *S, int fd, int ctl_fd, int replied) {
     uint32_t st = __atomic_load_n(&H->db_worker, __ATOMIC_ACQUIRE);
     if (st == FG_DB_OFF || st == FG_DB_TAKEN) { /* only the worker leaves these: listen again */
         __atomic_store_n(&H->db_worker, FG_DB_IDLE, __ATOMIC_SEQ_CST);
-        /* A post made while the worker was OFF went over the socket: serve the socket first. */
-        if (sockets_ready(fd, ctl_fd)) return 0;
     }
-    uint64_t t0 = now_ns(), last_look = t0, frames = __atomic_load_n(&H->sock_frames, __ATOMIC_ACQUIRE);
+    uint64_t t0 = now_ns(), last_look = t0;
     /* After a reply the next call usually follows at once (the whole window); after an async batch the client is
      * streaming work, mostly over the socket (a tenth: a spinning worker only takes CPU from it there). */
     uint64_t window = replied ? (uint64_t)spin_ns() : (uint64_t)spin_ns() / 10;
     for (unsigned i = 1;; i++) {
-        if (__atomic_load_n(&H->db_worker, __ATOMIC_ACQUIRE) == FG_DB_POSTED) {
-            /* Every frame sent before the post is on the socket already: those go first. */
-            return sockets_ready(fd, ctl_fd) ? 0 : 1;
-        }
-        if (__atomic_load_n(&H->sock_frames, __ATOMIC_ACQUIRE) != frames)
-            return 0; /* a frame is being written on the socket (counted as its write begins): poll for it */
+        /* A frame the client began to write on the socket (it counts them) and this worker has not read goes first:
+         * one sent before a post is wholly there already, and any other wakes the poll. A client that counts
+         * fewer than were read (one that does not count) only gets its own calls reordered. */
+        if ((int64_t)(__atomic_load_n(&H->sock_frames, __ATOMIC_ACQUIRE) - S->sock_frames_read) > 0) return 0;
+        if (__atomic_load_n(&H->db_worker, __ATOMIC_ACQUIRE) == FG_DB_POSTED) return 1;
         if (i % 32 == 0) {
             uint64_t t = now_ns();
             if (t - last_look >= 20000) { /* async batches, control lines, a hang-up */

@@ -622,6 +622,7 @@ FGS_EXPORT int fgs_serve(fgs_session *S, int fd, int ctl_fd, char *reason, unsig
             break;
         }
         if (hr) { snprintf(reason, reason_len, "client disconnected"); rc = 0; break; }
+        S->sock_frames_read++;
         const char *why = fg_header_decode(hb, &h, S->max_frame);
         if (!why && h.type != FG_T_BATCH) why = "unexpected frame type after the handshake";
         if (why) { snprintf(reason, reason_len, "protocol error: %s", why); send_close(fd, reason); break; }
