@@ -209,7 +209,8 @@ static int attempt(const char *ep, int *fd_out, uint32_t *applied, char *reason,
         if (fg_mp_lookup(buf, h.length, "reason", &v) == 0 && v.type == 1)
             snprintf(reason, cap, "%.*s", (int)v.str_len, v.str);
         close(fd);
-        return -1;
+        /* "retry": this node could not take the session back, but its parked state is intact: try again */
+        return fg_mp_lookup(buf, h.length, "retry", &v) == 0 && v.type == 3 && v.i ? 0 : -1;
     }
     if (fg_mp_lookup(buf, h.length, "applied_seq", &v) != 0 || v.type != 2 || v.i < 0) {
         close(fd);

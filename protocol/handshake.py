@@ -94,8 +94,9 @@ def hello_ok(session: str, backend: str, max_frame: int, attach_key: str = "", d
     return encode_frame(FrameType.HELLO_OK, msgpack.packb(body))
 
 
-def hello_err(reason: str) -> bytes:
-    return encode_frame(FrameType.HELLO_ERR, msgpack.packb({"reason": reason}))
+def hello_err(reason: str, retry: bool = False) -> bytes:
+    """A refusal; `retry` (resuming only): this node could not restore the session, its parked state is intact."""
+    return encode_frame(FrameType.HELLO_ERR, msgpack.packb({"reason": reason, **({"retry": True} if retry else {})}))
 
 
 def close_frame(reason: str) -> bytes:

@@ -236,6 +236,13 @@ class NodeAgent:
                     except Exception:  # one session's trouble must not stop the policy for the others
                         log.exception("parking idle session %s failed", sid)
 
+    async def _sweep_park_store(self) -> None:
+        """Once at start: what parks and restores that a node died in the middle of left behind (Parker.sweep)."""
+        try:
+            await asyncio.to_thread(self.parker.sweep)
+        except (OSError, ParkStoreError) as e:
+            log.warning("could not sweep the park store for interrupted parks: %s", e)
+
     def _ctl_fds(self) -> dict[str, int]:
         return {sid: s.ctl_w for sid, s in self._sessions.items()}
 
@@ -292,6 +299,7 @@ class NodeAgent:
         self._spawn(self._idle_policy())
         if self.config.idle_park_s:
             self._spawn(self._park_policy(self.config.idle_park_s))
+        self._spawn(self._sweep_park_store())
         log.info("fargpu node server: backend %s; listening on %s", self.backend_info.describe(),
                  ", ".join(str(s.getsockname()) for s in self._servers))
         del loop
@@ -394,7 +402,7 @@ class NodeAgent:
         except TooManySessions as exc:
             log.warning("refused a client of lease %s: %s", grant.lease_id, exc)
             with contextlib.suppress(OSError):
-                await loop.sock_sendall(conn, handshake.hello_err(str(exc)))
+                await loop.sock_sendall(conn, handshake.hello_err(str(exc), retry=fetched is not None))
             conn.close()
             self._drop_fetched(fetched)
             return
@@ -404,7 +412,8 @@ class NodeAgent:
         except TooManySessions:
             self._ledgers.release(grant.lease_id, sid)
             with contextlib.suppress(OSError):
-                await loop.sock_sendall(conn, handshake.hello_err("this node has no room for another session"))
+                await loop.sock_sendall(conn, handshake.hello_err("this node has no room for another session",
+                                                                  retry=fetched is not None))
             conn.close()
             self._drop_fetched(fetched)
             return
@@ -417,6 +426,7 @@ class NodeAgent:
         try:
             await self._run_session(conn, hello, grant, sid, ledger.fd, slot, node_slot, fetched, visible)
         finally:
+            await self.parker.settled(sid)  # a park still reading its paged memory keeps it until it is stored
             self.pager.forget(sid)
             self._ledgers.release(grant.lease_id, sid)
             if fetched is not None:
@@ -442,10 +452,11 @@ class NodeAgent:
         if old is not None:  # its worker is still ending after the park
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(old.proc.wait(), 10.0)
+        await self.parker.settled(sid)  # a park still storing it (its worker may have died meanwhile) ends first
         desc = await asyncio.to_thread(self.parker.describe, sid)
-        why = ""
+        why, retry = "", False
         if sid in self._sessions:
-            why = f"session {sid} is still live on this node"
+            why, retry = f"session {sid} is still live on this node", True
         elif desc is None:
             why = (f"no parked state for session {sid}: the session's work was lost with its node (or it was "
                    "restored already)")
@@ -464,13 +475,13 @@ class NodeAgent:
                 fetched = await asyncio.to_thread(self.parker.fetch, desc,
                                                   (self.pager.pool.fd, ext) if ext is not None else None)
             except (OSError, ValueError, ParkStoreError) as e:
-                why = f"the parked session could not be fetched from the park store: {e}"
+                why, retry = f"the parked session could not be fetched from the park store: {e}", True
             if (fetched is None or fetched.extent is None) and ext is not None:
                 self.pager.pool.give(ext)
         if fetched is None:
             log.warning("refused to resume session %s: %s", sid, why)
             with contextlib.suppress(OSError):
-                await loop.sock_sendall(conn, handshake.hello_err(f"cannot resume: {why}"))
+                await loop.sock_sendall(conn, handshake.hello_err(f"cannot resume: {why}", retry=retry))
             conn.close()
         return fetched
 
@@ -602,8 +613,17 @@ class NodeAgent:
                 elif parts[0] in ("paged", "pageout-failed", "paging-in", "resident", "pagein-failed"):
                     self.pager.on_status(sess.info.session_id, text)
                 elif self.parker.on_status(sess.info.session_id, text) and parts[0] == "restored":
-                    # restored: its parked state goes now, so it can never come back a second time
-                    await asyncio.to_thread(self.parker.consumed, sess.info.session_id)
+                    # restored: its parked state goes now, so it can never come back a second time; the worker
+                    # applies nothing before it hears so (until then a restore may be tried again from the state)
+                    try:
+                        await asyncio.to_thread(self.parker.consumed, sess.info.session_id)
+                        answer = b"consumed\n"
+                    except ParkStoreError as e:
+                        log.warning("session %s: its parked state could not be removed (%s); it stays parked",
+                                    sess.info.session_id, e)
+                        answer = b"keep\n"
+                    with contextlib.suppress(OSError):
+                        os.write(sess.ctl_w, answer)
         finally:
             transport.close()
 

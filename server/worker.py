@@ -32,6 +32,43 @@ def _load() -> tuple[cffi.FFI, object]:
     return ffi, ffi.dlopen(str(paths.replay_lib()))
 
 
+CONSUMED_WAIT_S = 120.0
+
+
+def occupy_for_test(spec: str) -> None:
+    """Tests: "0xADDR:0xLEN" maps that range in this worker before a restore, as if the driver held it here."""
+    if not spec:
+        return
+    import ctypes
+
+    addr, _, length = spec.partition(":")
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    # PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED_NOREPLACE
+    got = libc.mmap(int(addr, 16), int(length, 16), 0, 0x02 | 0x20 | 0x4000 | 0x100000, -1, 0)
+    print(f"fargpu-worker[{os.getpid()}]: test: occupied {spec} -> {(got or 0):#x}", file=sys.stderr)
+
+
+def read_ctl_line(fd: int, timeout_s: float) -> str:
+    """One line from the agent's control pipe, a byte at a time (what follows it is fgs_serve's); "" on EOF or when
+    none came within timeout_s."""
+    import select
+
+    line = b""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            return ""
+        c = os.read(fd, 1)
+        if not c:
+            return ""
+        if c == b"\n":
+            return line.decode(errors="replace")
+        line += c
+
+
 def take_shm(sock: socket.socket, lib: Any, ffi: cffi.FFI, S: Any, size: int) -> bool:
     """The shared-memory step of the handshake (SPEC.md, "Shared memory"): the client's SHM frame brings its
     sealed memfd; the engine maps and registers it. Answers u32 0 (in use) or 1 (refused: the client goes on
@@ -123,18 +160,31 @@ def main(argv: list[str] | None = None) -> int:
     # The client's secret for resuming the session once parked (server/park/node.py); a restored session keeps it.
     extra: dict[str, object] = {"resume_key": os.environ.pop("FARGPU_RESUME_KEY", "")}
     if a.restore_dir:
+        time.sleep(float(os.environ.get("FARGPU_PARK_TEST_RESTORE_PAUSE_S", "0") or 0))  # tests: a kill lands here
+        occupy_for_test(os.environ.get("FARGPU_PARK_TEST_OCCUPY_VA", ""))
         t_restore = time.monotonic()
         if lib.fgs_restore(S, a.restore_dir.encode(), a.restore_pages.encode(), err, 512) != 0:  # type: ignore[attr-defined]
             reason = ffi.string(err).decode(errors="replace")
             print(f"fargpu-worker[{os.getpid()}]: cannot restore session {a.session}: {reason}", file=sys.stderr)
             status.write(f"restore-failed {reason}\n")
-            sock.sendall(hello_err(f"cannot resume: the parked session could not be restored on this node: {reason}"))
+            sock.sendall(hello_err(f"cannot resume: the parked session could not be restored on this node: {reason}",
+                                   retry=True))  # it stays parked: another node, or this one later, may take it
             lib.fgs_close(S)  # type: ignore[attr-defined]
             return 1
         extra["resumed"] = True
         extra["applied_seq"] = int(lib.fgs_applied_seq(S))  # type: ignore[attr-defined]
         status.write(f"restored {time.monotonic() - t_restore:.3f} moved_globals="
                      f"{lib.fgs_moved_globals(S)}\n")  # type: ignore[attr-defined]
+        # Nothing is applied before the agent removed the parked state: until then, a worker that dies leaves the
+        # session parked, and the client's next attempt restores it again.
+        answer = read_ctl_line(a.ctl_fd, CONSUMED_WAIT_S)
+        if answer != "consumed":
+            print(f"fargpu-worker[{os.getpid()}]: session {a.session}: the parked state was not released "
+                  f"({answer or 'no answer'}); it stays parked", file=sys.stderr)
+            sock.sendall(hello_err("cannot resume: the node could not release the parked session; try again",
+                                   retry=True))
+            lib.fgs_close(S)  # type: ignore[attr-defined]
+            return 1
     # What the device prints (printf in kernels) reaches this process's stdout through the driver: point fd 1
     # at a pipe the engine drains and forwards to the client (this worker writes its own messages to stderr).
     out_r, out_w = os.pipe()

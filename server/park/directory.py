@@ -131,9 +131,13 @@ class DirectoryParkStore:
 
     def delete(self, key: str) -> None:
         path = self._path(key)
-        for p in (path.with_name(path.name + MANIFEST), path):
+        tmps = list(path.parent.glob(f".{path.name}.*.tmp")) if path.parent.is_dir() else []  # a write cut short
+        for p in (path.with_name(path.name + MANIFEST), path, *tmps):
             with contextlib.suppress(FileNotFoundError):
                 p.unlink()
+        if path.parent != self.root:
+            with contextlib.suppress(OSError):  # a session's folder goes with its last object
+                path.parent.rmdir()
 
     def list(self, prefix: str = "") -> list[str]:
         out = []

@@ -35,6 +35,14 @@ log = logging.getLogger("fargpu.server.park")
 STEP_TIMEOUT_S = 600.0
 PARKED_SHOWN_S = 300.0  # how long a parked session is still reported (state "parked") after its worker is gone
 DESCRIPTOR = "session.json"
+MARKER = "parking"  # written first by a park, removed once its descriptor is: {"started": unix time}
+SESSION_OBJECTS = (DESCRIPTOR, "state", "memory", MARKER)
+
+
+def orphan_age_s() -> float:
+    """How old a park's marker must be (and the node-local work directories of parks and restores) before a sweep
+    takes it for the leftover of a node that died mid-park: longer than any upload takes."""
+    return float(os.environ.get("FARGPU_PARK_ORPHAN_AGE_S", "") or 3600.0)
 
 
 def open_store(spec: str | None) -> ParkStore | None:
@@ -103,6 +111,7 @@ class Parker:
         self.blockers: dict[str, str] = {}  # session id -> why it cannot be parked
         self.parked: dict[str, tuple[str, str, str, float]] = {}  # id -> (lease, client, result, when)
         self._waiting: dict[str, _Waiting] = {}
+        self._active: dict[str, asyncio.Event] = {}  # parks under way: set when each ends
         self.parks = 0
         self.restores = 0
 
@@ -119,14 +128,26 @@ class Parker:
             w.futures.clear()
         return True
 
-    async def _next(self, sid: str) -> str:
+    async def _next(self, sid: str, exit_task: asyncio.Future[int] | None = None) -> str:
+        """The worker's next park status line; "gone" once its worker exited without one (a line it wrote just
+        before it died is still read, for up to half a second)."""
         fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._waiting.setdefault(sid, _Waiting()).futures.append(fut)
         try:
             async with asyncio.timeout(STEP_TIMEOUT_S):
-                return await fut
+                await asyncio.wait([f for f in (fut, exit_task) if f is not None], return_when=asyncio.FIRST_COMPLETED)
+                if not fut.done():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(asyncio.shield(fut), 0.5)
+                return fut.result() if fut.done() else "gone"
         except TimeoutError:
             return "park-failed no answer from the worker in time"
+
+    async def settled(self, sid: str) -> None:
+        """Returns once no park of this session is under way here (at once when none is)."""
+        ev = self._active.get(sid)
+        if ev is not None:
+            await ev.wait()
 
     def shown(self) -> list[tuple[str, str, str, str]]:
         """Recently parked sessions: (id, lease, client, result)."""
@@ -138,27 +159,42 @@ class Parker:
     # ---- park ----
     async def park(self, sid: str, lease_id: str, client: str, resume_key: str, ctl_w: int,
                    memory: Callable[[], MemorySource | None], exited: Callable[[], Awaitable[int]]) -> str:
-        """Parks a paged-out session (the caller paged it out). Returns "parked KEY BYTES NS" or "failed REASON"."""
+        """Parks a paged-out session (the caller paged it out). Returns "parked KEY BYTES NS" or "failed REASON".
+        The caller keeps the session's paged memory (its host pool extent or spill file) until `settled`."""
         if self.store is None:
             return "failed this node has no park store (fargpu server --park-store)"
+        done = self._active[sid] = asyncio.Event()
+        exit_task = asyncio.ensure_future(exited())
+        try:
+            return await self._park(sid, lease_id, client, resume_key, ctl_w, memory, exit_task)
+        finally:
+            exit_task.cancel()
+            self._active.pop(sid, None)
+            done.set()
+
+    async def _park(self, sid: str, lease_id: str, client: str, resume_key: str, ctl_w: int,
+                    memory: Callable[[], MemorySource | None], exit_task: asyncio.Future[int]) -> str:
+        assert self.store is not None
         t0 = time.monotonic_ns()
         workdir = self.work_dir / f"{sid}.park"
         shutil.rmtree(workdir, ignore_errors=True)
         workdir.mkdir(parents=True, mode=0o700)
         stored: list[str] = []
         try:
-            waiting = asyncio.ensure_future(self._next(sid))
+            waiting = asyncio.ensure_future(self._next(sid, exit_task))
             await asyncio.sleep(0)
             os.write(ctl_w, f"park {workdir}\n".encode())
             ready = await waiting
             if not ready.startswith("park-ready"):
-                reason = ready.partition(" ")[2] or "the worker refused"
+                reason = ready.partition(" ")[2] or ("its worker exited" if ready == "gone" else "the worker refused")
                 if reason.startswith("unparkable: "):
                     self.blockers[sid] = reason[len("unparkable: "):]
                 log.info("session %s was not parked: %s", sid, reason)
                 return f"failed {reason}"
             self.blockers.pop(sid, None)
             log.info("session %s: its state is written (%s bytes); storing it", sid, ready.split()[1])
+            # From here the state is complete and the worker applies nothing until the verdict: if it dies now, the
+            # park can still complete (the state and the paged memory are what the session was).
             src = memory()
             try:
                 total = await asyncio.to_thread(self._upload, sid, lease_id, resume_key, workdir, src, stored)
@@ -175,22 +211,27 @@ class Parker:
             shutil.rmtree(workdir, ignore_errors=True)
         # tests widen the window in which the client may send work during a park
         await asyncio.sleep(float(os.environ.get("FARGPU_PARK_TEST_COMMIT_DELAY_S", "0") or 0))
-        waiting = asyncio.ensure_future(self._next(sid))
+        waiting = asyncio.ensure_future(self._next(sid, exit_task))
         await asyncio.sleep(0)
         try:
             os.write(ctl_w, b"park-commit\n")
-        except OSError as e:
+            done = await waiting
+        except OSError:  # its control pipe is closed: the worker is gone
             waiting.cancel()
-            await asyncio.to_thread(self._delete, stored)
-            return f"failed the worker is gone ({e})"
-        done = await waiting
+            done = "gone"
+        if done == "gone":
+            # The worker died after its state was complete and before it could answer: it applied nothing since,
+            # and everything it was is stored, so the session stays parked (its client resumes it like any other).
+            log.warning("session %s: its worker exited during the park, after its state was stored: it stays "
+                        "parked", sid)
+            done = "parked"
         if done != "parked":
             await asyncio.to_thread(self._delete, stored)
             reason = done.partition(" ")[2] or done
             log.info("session %s was not parked: %s", sid, reason)
             return f"failed {reason}"
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(exited(), 30.0)
+            await asyncio.wait_for(asyncio.shield(exit_task), 30.0)
         self.parks += 1
         result = f"parked sessions/{sid} {total} {time.monotonic_ns() - t0}"
         self.parked[sid] = (lease_id, client, result, time.monotonic())
@@ -202,6 +243,9 @@ class Parker:
         assert self.store is not None
         store = self.store
         base = f"sessions/{sid}"
+        # first: a marker saying a park of this session is under way, and since when (Parker.sweep)
+        stored.append(f"{base}/{MARKER}")
+        store.put_bytes(f"{base}/{MARKER}", json.dumps({"started": time.time()}).encode())
         images = sorted(p.name[4:] for p in workdir.glob("img-*") if not p.name.endswith(".tmp"))
         have = set(store.list("images/"))
         total = 0
@@ -231,6 +275,8 @@ class Parker:
         }
         stored.insert(0, f"{base}/{DESCRIPTOR}")
         store.put_bytes(f"{base}/{DESCRIPTOR}", json.dumps(desc, sort_keys=True).encode())
+        with contextlib.suppress(ParkStoreError):  # complete; a marker left here is removed by the next sweep
+            store.delete(f"{base}/{MARKER}")
         return total + state_bytes + memory_bytes
 
     def _delete(self, keys: list[str]) -> None:
@@ -320,7 +366,51 @@ class Parker:
             os.close(fd)
 
     def consumed(self, sid: str) -> None:
-        """The session was restored: its parked state goes (blocking), so it can never be restored twice."""
+        """The session was restored: its parked state goes (blocking), so it can never be restored twice. Raises
+        ParkStoreError when the descriptor could not be deleted (then nothing is, and the restored worker must not
+        go on: the state stays parked); the rest goes best-effort (a sweep removes what is left)."""
+        assert self.store is not None
+        self.store.delete(f"sessions/{sid}/{DESCRIPTOR}")
         self.restores += 1
         self.parked.pop(sid, None)
-        self._delete([f"sessions/{sid}/{DESCRIPTOR}", f"sessions/{sid}/state", f"sessions/{sid}/memory"])
+        self._delete([f"sessions/{sid}/state", f"sessions/{sid}/memory", f"sessions/{sid}/{MARKER}"])
+
+    def sweep(self, max_age_s: float | None = None) -> list[str]:
+        """Removes what nodes that died mid-park or mid-restore left (blocking; at start): in the store, a session's
+        objects without a descriptor whose park marker is older than `max_age_s` (or missing: a restore that
+        stopped after deleting the descriptor); a complete park's leftover marker; and here, park and restore work
+        directories older than that. Returns the session ids swept from the store."""
+        age = orphan_age_s() if max_age_s is None else max_age_s
+        now = time.time()
+        for d in (list(self.work_dir.glob("*.park")) + list(self.work_dir.glob("*.restore"))
+                  if self.work_dir.is_dir() else []):
+            with contextlib.suppress(OSError):
+                if now - d.stat().st_mtime >= age:
+                    shutil.rmtree(d, ignore_errors=True)
+        if self.store is None:
+            return []
+        names: dict[str, set[str]] = {}
+        for key in self.store.list("sessions/"):
+            parts = key.split("/")
+            if len(parts) == 3:
+                names.setdefault(parts[1], set()).add(parts[2])
+        swept = []
+        for sid, have in names.items():
+            base = f"sessions/{sid}"
+            if DESCRIPTOR in have:
+                if MARKER in have:
+                    self._delete([f"{base}/{MARKER}"])
+                continue
+            if MARKER in have:
+                try:
+                    started = float(json.loads(self.store.get_bytes(f"{base}/{MARKER}")).get("started", 0))
+                except (ParkStoreError, ValueError, TypeError, AttributeError):
+                    started = 0.0
+                if now - started < age:
+                    continue  # a park under way somewhere
+            self._delete([f"{base}/{name}" for name in SESSION_OBJECTS if name != DESCRIPTOR])
+            swept.append(sid)
+        if swept:
+            log.warning("park store: removed what %d interrupted park(s) or restore(s) left: %s", len(swept),
+                        ", ".join(sorted(swept)))
+        return swept

@@ -215,6 +215,9 @@ int fgs_events_get(fgs_session *S, fg_reader *r, char *err, size_t errlen);
 int fgs_events_answer(fgs_session *S, unsigned op, const uint8_t *args, size_t len, fg_writer *out, CUresult *res);
 /* A module global that moved when its session was restored: where it is now (p itself when it did not). */
 uint64_t fgs_park_xlate(fgs_session *S, uint64_t p, uint64_t n);
+/* ... and in kernel parameter buffers and memset destinations (park.c; no-ops unless a global moved). */
+void fgs_park_xlate_params(fgs_session *S, uint8_t *buf, size_t n);
+void fgs_park_fix_record(fgs_session *S, unsigned op, uint8_t *args, size_t len);
 /* Peer access between the session's GPUs (peer.c). A new cuMemAlloc allocation, or one mapped again by a page-in,
  * gets the access the devices that enabled peer access to its device (and a->peers) must have. */
 void fgs_peer_grant(fgs_session *S, fgs_alloc *a);

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "fgs_impl.h"
+#include "fgs_journal.h"
 #include "fgs_session.h"
 
 /* cuModuleLoadData takes no length: the driver finds the end of an ELF from its section table, of a fatbin from
@@ -238,6 +239,7 @@ CUresult fgs_cuLaunchKernel(fgs_session *S, fg_reader *r, fg_writer *out) {
     void *buf = fgs_scratch(S, n);
     if (!buf) return CUDA_ERROR_OUT_OF_MEMORY;
     memcpy(buf, params, n);
+    if (S->journal && S->journal->n_moves) fgs_park_xlate_params(S, (uint8_t *)buf, n);
     size_t size = n;
     void *extra[] = {CU_LAUNCH_PARAM_BUFFER_POINTER, buf, CU_LAUNCH_PARAM_BUFFER_SIZE, &size, CU_LAUNCH_PARAM_END};
     return launch_result(S, fid, f, d, n,
@@ -337,6 +339,7 @@ CUresult fgs_cuLaunchKernelEx(fgs_session *S, fg_reader *r, fg_writer *out) {
     void *buf = fgs_scratch(S, n);
     if (!buf) return CUDA_ERROR_OUT_OF_MEMORY;
     memcpy(buf, params, n);
+    if (S->journal && S->journal->n_moves) fgs_park_xlate_params(S, (uint8_t *)buf, n);
     size_t size = n;
     void *extra[] = {CU_LAUNCH_PARAM_BUFFER_POINTER, buf, CU_LAUNCH_PARAM_BUFFER_SIZE, &size, CU_LAUNCH_PARAM_END};
     return launch_result(S, lc.id, f, d, n, S->api->cuLaunchKernelEx(&cfg, (CUfunction)f, NULL, extra));

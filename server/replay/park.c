@@ -356,8 +356,9 @@ int fgs_park_control(fgs_session *S, const char *line, char *why, size_t why_len
         return 1;
     }
     status(S, "park-failed %s", v == 0 ? "the park was called off" : "the node agent went away");
-    if (v < 0) {
-        snprintf(why, why_len, "the session was ended by the node server");
+    if (v < 0) { /* nothing was applied since the state was written: if the agent stored it all, it is parked */
+        snprintf(why, why_len, "parked: the node server went away during a park; the client resumes the session "
+                 "if the park completed");
         return 1;
     }
     return 0;
@@ -370,6 +371,43 @@ uint64_t fgs_park_xlate(fgs_session *S, uint64_t p, uint64_t n) {
             n <= J->moves[i].size - (p - J->moves[i].old))
             return p - J->moves[i].old + J->moves[i].now;
     return p;
+}
+
+/* A restored session's kernel parameters hold the addresses its client knows, among them a moved global's old one:
+ * every 8-byte-aligned word of the buffer (pointers, also inside structs passed by value, are 8-byte aligned) that
+ * lies in a moved global's old range, and in none of the session's current allocations or globals, is rewritten
+ * to where that global is now. A word that only looks like such an address would be rewritten too: an integer
+ * parameter equal to an old global address of this session (unlikely; logged once per session). */
+void fgs_park_xlate_params(fgs_session *S, uint8_t *buf, size_t n) {
+    static int told;
+    for (size_t off = 0; off + 8 <= n; off += 8) {
+        uint64_t v, t;
+        memcpy(&v, buf + off, 8);
+        if ((t = fgs_park_xlate(S, v, 1)) == v || fgs_device_range_ok(S, v, 1)) continue;
+        memcpy(buf + off, &t, 8);
+        if (!told++)
+            fgs_log(S, "a kernel parameter named a module global at its address before the park (0x%llx): it is "
+                    "passed as 0x%llx", (unsigned long long)v, (unsigned long long)t);
+    }
+}
+
+/* Before dispatch, for a restored session with moved globals: a memset's destination at a moved global's old
+ * address goes to its new one (the other copies translate in memory.c). */
+void fgs_park_fix_record(fgs_session *S, unsigned op, uint8_t *args, size_t len) {
+    if (!S->journal || !S->journal->n_moves || len < 8) return;
+    switch (op) {
+    case FG_OP_cuMemsetD8_v2: case FG_OP_cuMemsetD16_v2: case FG_OP_cuMemsetD32_v2:
+    case FG_OP_cuMemsetD8Async: case FG_OP_cuMemsetD16Async: case FG_OP_cuMemsetD32Async:
+    case FG_OP_cuMemsetD2D8_v2: case FG_OP_cuMemsetD2D16_v2: case FG_OP_cuMemsetD2D32_v2:
+    case FG_OP_cuMemsetD2D8Async: case FG_OP_cuMemsetD2D16Async: case FG_OP_cuMemsetD2D32Async: {
+        uint64_t v, t;
+        memcpy(&v, args, 8);
+        if ((t = fgs_park_xlate(S, v, 1)) != v && !fgs_device_range_ok(S, v, 1)) memcpy(args, &t, 8);
+        break;
+    }
+    default:
+        break;
+    }
 }
 
 /* ---- restore ---- */

@@ -47,6 +47,12 @@ def elapsed(x, y):
     r = cu.cuEventElapsedTime(ctypes.byref(ms), x, y)
     return r, ms.value
 before = (elapsed(ev_a, ev_b), elapsed(ev_a, ev_never)[0], elapsed(ev_a, ev_nt)[0])
+# a second copy of the module whose fg_magic the client does look up: its address moves on restore (on the sim)
+mod2 = load_test_module()
+fill = ctypes.c_void_p()
+ok(cu.cuModuleGetFunction(ctypes.byref(fill), mod2, b"fg_fill_u32"), "getfunction fill")
+g2, g2size = ctypes.c_uint64(), ctypes.c_size_t()
+ok(cu.cuModuleGetGlobal_v2(ctypes.byref(g2), ctypes.byref(g2size), mod2, b"fg_magic"), "getglobal 2")
 r, p = alloc(3 << 20); ok(r, "alloc")
 ok(cu.cuMemsetD32_v2(ctypes.c_uint64(p), ctypes.c_uint32(0xA5A5A5A5), ctypes.c_size_t((3 << 20) // 4)), "memset")
 print("READY", hex(p), flush=True)
@@ -59,14 +65,26 @@ g, gsize = ctypes.c_uint64(), ctypes.c_size_t()
 ok(cu.cuModuleGetGlobal_v2(ctypes.byref(g), ctypes.byref(gsize), mod, b"fg_magic"), "getglobal")
 val = ctypes.c_uint32()
 ok(cu.cuMemcpyDtoH_v2(ctypes.byref(val), g, ctypes.c_size_t(4)), "read magic")
+# the old address of mod2's fg_magic, as a kernel argument and a memset destination
+arg_p, arg_v, arg_n = ctypes.c_uint64(g2.value), ctypes.c_uint32(0xBEEF), ctypes.c_uint64(1)
+params = (ctypes.c_void_p * 3)(ctypes.addressof(arg_p), ctypes.addressof(arg_v), ctypes.addressof(arg_n))
+ok(cu.cuLaunchKernel(fill, 1, 1, 1, 1, 1, 1, 0, st, params, None), "launch fill")
+ok(cu.cuStreamSynchronize(st), "sync")
+v2 = ctypes.c_uint32()
+ok(cu.cuMemcpyDtoH_v2(ctypes.byref(v2), g2, ctypes.c_size_t(4)), "read magic 2")
+ok(cu.cuMemsetD32_v2(g2, ctypes.c_uint32(0xCAFE), ctypes.c_size_t(1)), "memset magic 2")
+v3 = ctypes.c_uint32()
+ok(cu.cuMemcpyDtoH_v2(ctypes.byref(v3), g2, ctypes.c_size_t(4)), "read magic 2 again")
 out = ctypes.create_string_buffer(3 << 20)
 ok(cu.cuMemcpyDtoH_v2(out, ctypes.c_uint64(p), ctypes.c_size_t(3 << 20)), "dtoh")
 print("RESULT magic", hex(val.value), "memory", out.raw == b"\xa5" * (3 << 20), "elapsed_same", after == before,
+      "old_global_address", hex(v2.value), hex(v3.value),
       "elapsed_ms", round(before[0][1]), "codes", before[0][0], before[1], before[2], after[0][0], after[1], after[2],
       "queries", queries, flush=True)
 '''
 
-EXPECTED = "RESULT magic 0x1234569c memory True elapsed_same True"  # 0x12345678 + 5 * 7 + 1
+# fg_magic: 0x12345678 + 5 * 7 + 1; the moved global written through its old address by a kernel, then a memset
+EXPECTED = "RESULT magic 0x1234569c memory True elapsed_same True old_global_address 0xbeef 0xcafe"
 
 
 def _wait_log(s: NodeServer, pattern: str, timeout: float = 30.0) -> re.Match[str]:
@@ -105,6 +123,7 @@ def test_unnamed_globals_and_recorded_events_come_back_with_a_parked_session(tmp
         m = re.search(r"elapsed_ms (\d+) codes 0 (\d+) (\d+) 0 \2 \3 queries \[0, 0, 0\]", out)
         assert m and int(m.group(1)) >= 40 and m.group(2) != "0" and m.group(3) != "0", out
         assert "resumed on" in err and "restored a parked session" in b.log_text()
+        assert "a kernel parameter named a module global at its address before the park" in b.log_text()
     finally:
         stop_server(a)
         if b is not None:
@@ -123,3 +142,41 @@ def test_the_arena_is_a_flag_and_a_bad_one_is_refused(tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, "-P", "-m", "fargpu.server", "--backend", "sim", "--listen", "127.0.0.1:0",
                         "--arena", "0x7ff000000000:16T"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "--arena" in r.stderr and "47-bit" in r.stderr, r.stderr
+
+
+def test_an_address_taken_on_the_restoring_node_fails_the_restore_and_the_session_stays_parked(tmp_path: Path) -> None:
+    # Node B holds the range of one of the session's allocations (a test switch maps it in B's worker before the
+    # restore, as the driver could): the restore must fail, never move the allocation, and leave the session
+    # parked; the client keeps trying (the refusal says "retry") and resumes on node C, where the range is free.
+    store = tmp_path / "store"
+    a = start_server(tmp_path, "--idle-page-out", "1", "--idle-park", "1", "--park-store", str(store))
+    port = int(a.endpoint.rsplit(":", 1)[1])
+    nodes: list[NodeServer] = []
+    try:
+        p, ready = _client(a, FARGPU_RESUME_TIMEOUT_S="60", FARGPU_LOG="info")
+        addr = int(ready.split()[1], 16)
+        _wait_log(a, r"park of session \w+: parked sessions/\w+")
+        stop_server(a)
+        (tmp_path / "b").mkdir()
+        b = start_server(tmp_path / "b", "--park-store", str(store), port=port,
+                         env_extra={"FARGPU_PARK_TEST_OCCUPY_VA": f"{addr:#x}:{2 << 20:#x}"})
+        nodes.append(b)
+        assert p.stdin is not None
+        p.stdin.write("go\n")
+        p.stdin.flush()
+        m = _wait_log(b, r"cannot restore session \w+: (.*)")
+        assert f"{addr:#x}" in m.group(1) and "cannot be had on this node" in m.group(1), m.group(1)
+        assert list(store.glob("sessions/*/session.json*")), "the session must stay parked"
+        time.sleep(1.0)  # the client tries again meanwhile, and is refused again
+        assert len(re.findall(r"cannot restore session", b.log_text())) >= 2, b.log_text()[-3000:]
+        stop_server(b)
+        (tmp_path / "c").mkdir()
+        c = start_server(tmp_path / "c", "--park-store", str(store), port=port)
+        nodes.append(c)
+        out, err = p.communicate(timeout=120)
+        assert out.startswith(EXPECTED), out + err
+        assert "restored a parked session" in c.log_text()
+    finally:
+        stop_server(a)
+        for s in nodes:
+            stop_server(s)
