@@ -3,7 +3,11 @@ parked by node server A (its worker exits), A is stopped, a freshly started node
 client's next call resumes the session there. Its outputs must be bit-identical to an unparked run of the same
 program; reported: the seconds from the parked session's first call to its reply (reconnect, fetch from the park
 store, restore, page-in), the park's own time and size, whether module globals moved on restore, and the proof that
-no client loaded the real driver. --backend sim --client ctypes is a dry run of the script (no GPU, no PyTorch)."""
+no client loaded the real driver. A second session, parked and resumed beside it, checks parking's fidelity on the
+driver (tests/python/park_fidelity_program.py): a `__device__` variable a kernel changed without the client naming
+it, recorded events and their elapsed time, a global's pre-park address in a kernel parameter and a memset; and the
+worker's count of the module globals it listed from PyTorch's (compressed) images and saved by name.
+--backend sim --client ctypes is a dry run of the script (no GPU, no PyTorch)."""
 
 from __future__ import annotations
 
@@ -116,6 +120,8 @@ def main() -> int:
                       FARGPU_PROOF_FILE=str(proof), CUBLAS_WORKSPACE_CONFIG=":4096:8", FARGPU_LOG="info",
                       FARGPU_RESUME_TIMEOUT_S="300")
     nodes: list[subprocess.Popen[str]] = []
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "python"))
+    from park_fidelity_program import EXPECTED, PROGRAM
 
     def node(name: str, port: int, idle: float) -> tuple[subprocess.Popen[str], Path]:
         log = out / f"node_{name}.log"
@@ -140,8 +146,8 @@ def main() -> int:
 
     logs: dict[int, Path] = {}
 
-    def client(port: int, name: str) -> subprocess.Popen[str]:
-        code = TORCH if a.client == "torch" else CTYPES
+    def client(port: int, name: str, code: str = "") -> subprocess.Popen[str]:
+        code = code or (TORCH if a.client == "torch" else CTYPES)
         env = dict(client_env, FARGPU_SERVER=f"127.0.0.1:{port}")
         log = out / f"client_{name}.log"  # a file, not a pipe: nothing the client logs can make it wait
         p = subprocess.Popen([a.python, "-c", code, str(a.gib)], env=env, stdin=subprocess.PIPE,
@@ -167,8 +173,10 @@ def main() -> int:
         node_a, log_a = node("a", port, 1.0)
         r = client(ref_port, "reference")
         c = client(port, "parked")
+        fid = client(port, "fidelity", PROGRAM)
         ref1 = line(r, "STEP1")
         run1 = line(c, "STEP1")
+        line(fid, "READY")
         assert r.stdin is not None
         r.stdin.write("go\n")
         r.stdin.flush()
@@ -179,11 +187,16 @@ def main() -> int:
         save()
         t0 = time.monotonic()
         m = None
-        while time.monotonic() - t0 < 300 and m is None:
-            m = re.search(r"park of session \w+: (parked \S+ (\d+) (\d+)|failed .*)", log_a.read_text())
+        sid = re.search(rf"session (\w+) for lease \S+ \(client [^)]*:{c.pid}\)", log_a.read_text())
+        while time.monotonic() - t0 < 300 and m is None and sid:
+            m = re.search(rf"park of session {sid.group(1)}: (parked \S+ (\d+) (\d+)|failed .*)", log_a.read_text())
             time.sleep(0.2)
         if m is None or not m.group(1).startswith("parked"):
             raise RuntimeError(f"the session was not parked: {m.group(1) if m else 'no park within 300 s'}")
+        while time.monotonic() - t0 < 300 and len(re.findall(r"park of session \w+: ", log_a.read_text())) < 2:
+            time.sleep(0.2)  # the fidelity session's park too
+        result["globals_saved"] = re.findall(r"park: (\d+) module globals \((\d+) bytes\) of (\d+) loaded images",
+                                             log_a.read_text())
         result["park_bytes"], result["park_s"] = int(m.group(2)), int(m.group(3)) / 1e9
         pg = re.search(r"page-out of session \w+: paged (\w+) (\d+) (\d+)", log_a.read_text())
         if pg:
@@ -197,6 +210,11 @@ def main() -> int:
         c.stdin.flush()
         run2 = line(c, "STEP2")
         c.wait(120)
+        assert fid.stdin is not None
+        fid_out, _ = fid.communicate("go\n", timeout=300)
+        result["fidelity"] = {"ok": fid_out.strip().startswith(EXPECTED), "result": fid_out.strip()[-400:],
+                              "log": logs[fid.pid].read_text()[-1500:] if not fid_out.strip().startswith(EXPECTED)
+                              else ""}
         err = logs[c.pid].read_text()
         result["resumed"] = "resumed on" in err
         result["first_call_after_park_s"] = float(run2[-1])
@@ -206,13 +224,15 @@ def main() -> int:
                       r"([\d.]+) s", text_b)
         result["restore"] = {"journal_entries": int(r.group(1)), "allocations": int(r.group(2)),
                              "moved_globals": int(r.group(3)), "replay_s": float(r.group(4))} if r else None
-        result["globals_moved"] = bool(r and int(r.group(3)))
+        result["globals_moved"] = any(int(k) for k in re.findall(r"restored a parked session: \d+ journal entries, "
+                                                                 r"\d+ allocations, (\d+) moved globals", text_b))
         result["moved_global_lines"] = re.findall(r"module global moved from \S+ to \S+ \(\d+ bytes\)", text_b)[:20]
         result["step1_identical"] = run1[1:2] == ref1[1:2]
         result["step2_identical"] = run2[1:-1] == ref2[1:-1]
         result["outputs"] = {"reference": [ref1[1:], ref2[1:-1]], "parked": [run1[1:], run2[1:-1]]}
         stop(node_b)
-        result["ok"] = result["resumed"] and result["step1_identical"] and result["step2_identical"]
+        result["ok"] = (result["resumed"] and result["step1_identical"] and result["step2_identical"]
+                        and result["fidelity"]["ok"])
     except (RuntimeError, OSError, subprocess.TimeoutExpired, AssertionError) as e:
         result["error"] = str(e)[-3000:]
     finally:

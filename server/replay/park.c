@@ -168,7 +168,8 @@ static int put_globals(fgs_session *S, fg_writer *w, char *err, size_t errlen, i
     struct fgs_journal *J = S->journal;
     size_t count_at = w->len;
     fg_put_u32(w, 0);
-    uint32_t count = 0;
+    uint32_t count = 0, images = 0;
+    uint64_t bytes = 0;
     int sm = device_sm(S);
     fgs_table *ct = &S->tables[FGH_CONTEXT];
     for (size_t i = 0; i < J->n; i++) {
@@ -216,11 +217,15 @@ static int put_globals(fgs_session *S, fg_writer *w, char *err, size_t errlen, i
                     return -1;
                 }
                 count++;
+                bytes += n;
             }
         }
+        images++;
         fgs_names_free(&L);
     }
     if (!w->failed) memcpy(w->buf + count_at, &count, 4);
+    fgs_log(S, "park: %u module globals (%llu bytes) of %u loaded images saved by name", count,
+            (unsigned long long)bytes, images);
     return 0;
 }
 
