@@ -3,8 +3,8 @@
  * part of the session's memory although no host call ever names it.
  *
  * The driver has no call that lists a module's globals, so the names come from the image the session loaded:
- * a cubin's symbol table (STT_OBJECT symbols defined in a section: `__device__`, `__constant__`, `__managed__`
- * and file-static variables), PTX's module-scope `.global` and `.const` declarations (not `.extern` ones), and
+ * a cubin's symbol table (STT_OBJECT symbols defined in a .nv.global* or .nv.constant1-9 section: `__device__`,
+ * `__constant__`, `__managed__` and file-static variables), PTX's module-scope `.global` and `.const` declarations (not `.extern` ones), and
  * for a fatbin, its entries: the cubins for the device's SM where there are any, else every entry. Compressed
  * fatbin entries (Zstandard, nvcc's default since 12.8, or LZ4) are decompressed with the system's libzstd or
  * liblz4, loaded on first use. A name the lister finds that the loaded module lacks is skipped by the caller
@@ -84,13 +84,29 @@ void fgs_names_free(fgs_names *L) {
 }
 
 /* ---- cubin (ELF64, little-endian) ---- */
+/* Whether section i holds module globals: .nv.global* (`__device__`, `__managed__`) or .nv.constant1..N
+ * (`__constant__`; bank 0 holds kernel parameters). Shared, local and code sections do not. */
+static int globals_section(const uint8_t *b, uint64_t n, uint64_t shoff, uint16_t shentsize, uint16_t shnum,
+                           uint16_t shstrndx, uint16_t i) {
+    if (i >= shnum || shstrndx >= shnum) return 0;
+    const uint8_t *strs = b + shoff + (uint64_t)shstrndx * shentsize;
+    uint64_t soff = rd64(strs + 0x18), ssize = rd64(strs + 0x20);
+    uint32_t name = rd32(b + shoff + (uint64_t)i * shentsize);
+    if (soff > n || ssize > n - soff || name >= ssize) return 0;
+    const char *s = (const char *)b + soff + name;
+    size_t len = strnlen(s, (size_t)(ssize - name));
+    if (len == ssize - name) return 0;
+    if (!strncmp(s, ".nv.global", 10)) return 1;
+    return !strncmp(s, ".nv.constant", 12) && s[12] >= '1' && s[12] <= '9';
+}
+
 static int elf_names(const uint8_t *b, uint64_t n, fgs_names *L, char *err, size_t errlen) {
     if (n < 64 || memcmp(b, "\x7f" "ELF", 4) || b[4] != 2 || b[5] != 1) {
         snprintf(err, errlen, "a cubin in it is not a 64-bit little-endian ELF file");
         return -1;
     }
     uint64_t shoff = rd64(b + 0x28);
-    uint16_t shentsize = rd16(b + 0x3a), shnum = rd16(b + 0x3c);
+    uint16_t shentsize = rd16(b + 0x3a), shnum = rd16(b + 0x3c), shstrndx = rd16(b + 0x3e);
     if (shentsize < 64 || shoff > n || (uint64_t)shnum * shentsize > n - shoff) goto bad;
     for (uint16_t i = 0; i < shnum; i++) {
         const uint8_t *sh = b + shoff + (uint64_t)i * shentsize;
@@ -105,7 +121,9 @@ static int elf_names(const uint8_t *b, uint64_t n, fgs_names *L, char *err, size
         for (uint64_t s = 0; s + 24 <= size; s += 24) {
             const uint8_t *sym = b + off + s;
             uint32_t name = rd32(sym);
-            if ((sym[4] & 0xf) != 1 || rd16(sym + 6) == 0 || name >= strsize) continue; /* STT_OBJECT, defined */
+            if ((sym[4] & 0xf) != 1 || rd16(sym + 6) == 0 || name >= strsize || /* STT_OBJECT, defined */
+                !globals_section(b, n, shoff, shentsize, shnum, shstrndx, rd16(sym + 6)))
+                continue;
             size_t len = strnlen(strtab + name, (size_t)(strsize - name));
             if (len == strsize - name) goto bad; /* not terminated inside the table */
             if (add(L, strtab + name, len)) {
@@ -132,6 +150,15 @@ static int ptx_statement(const char *s, size_t n, fgs_names *L) {
     const char *name = NULL;
     size_t name_len = 0;
     for (size_t i = 0; i < n;) {
+        if (s[i] == '/' && i + 1 < n && s[i + 1] == '/') { /* comments (the caller's statement keeps them) */
+            while (i < n && s[i] != '\n') i++;
+            continue;
+        }
+        if (s[i] == '/' && i + 1 < n && s[i + 1] == '*') {
+            for (i += 2; i + 1 < n && !(s[i] == '*' && s[i + 1] == '/'); i++) {}
+            i += 2;
+            continue;
+        }
         if (!ident(s[i])) {
             if (s[i] == '[' || s[i] == '=' || s[i] == '<' || s[i] == ',') break;
             i++;
@@ -228,6 +255,7 @@ static uint8_t *unpack(const uint8_t *p, uint64_t have, uint64_t csize, uint64_t
         free(out);
         snprintf(err, errlen, dl ? "a compressed fatbin entry in it does not decompress" :
                  "its fatbin entries are compressed and this node has no %s to read them", lib);
+        return NULL;
     }
     return out;
 }
