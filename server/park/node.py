@@ -175,6 +175,7 @@ class Parker:
     async def _park(self, sid: str, lease_id: str, client: str, resume_key: str, ctl_w: int,
                     memory: Callable[[], MemorySource | None], exit_task: asyncio.Future[int]) -> str:
         assert self.store is not None
+        log.info("parking session %s", sid)
         t0 = time.monotonic_ns()
         workdir = self.work_dir / f"{sid}.park"
         shutil.rmtree(workdir, ignore_errors=True)

@@ -161,6 +161,20 @@ static CUresult global_of(fgs_session *S, int is_lib, void *h, void *ctx, const 
     return S->api->cuLibraryGetGlobal(p, n, (CUlibrary)h, name);
 }
 
+/* Whether a live journal entry other than its load names this module or library: a function or kernel taken from
+ * it, a global looked up in it, ... A module or library nothing was ever taken from has run no code and had no
+ * global written, so its globals are still what its image says: it is skipped (and, with lazy loading, not made
+ * to load in a context just to be read). */
+static int touched(const struct fgs_journal *J, size_t load, uint64_t id) {
+    for (size_t i = 0; i < J->n; i++) {
+        const fgs_jentry *e = &J->e[i];
+        if (i == load || e->dead) continue;
+        for (uint32_t k = 0; k < e->n_deps; k++)
+            if (e->deps[k] == id) return 1;
+    }
+    return 0;
+}
+
 /* Every module-scope variable of every loaded module and library, by name, with its bytes: the globals a kernel
  * changed count as much as those the client looked up. A record is (handle id, context id (libraries: each live
  * context), name, size, bytes). An image whose variables cannot be listed blocks the park (*blocked = 1). */
@@ -174,7 +188,7 @@ static int put_globals(fgs_session *S, fg_writer *w, char *err, size_t errlen, i
     fgs_table *ct = &S->tables[FGH_CONTEXT];
     for (size_t i = 0; i < J->n; i++) {
         const fgs_jentry *e = &J->e[i];
-        if (e->dead || !fgs_journal_is_load(e->op) || !e->n_ids || !e->image) continue;
+        if (e->dead || !fgs_journal_is_load(e->op) || !e->n_ids || !e->image || !touched(J, i, e->ids[0])) continue;
         int is_lib = e->op == FG_OP_cuLibraryLoadData;
         void *h = NULL;
         if (fgs_handle_get(S, is_lib ? FGH_LIBRARY : FGH_MODULE, e->ids[0], &h)) continue;
