@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -138,6 +139,25 @@ class DirectoryParkStore:
         if path.parent != self.root:
             with contextlib.suppress(OSError):  # a session's folder goes with its last object
                 path.parent.rmdir()
+
+    def partial(self, prefix: str = "") -> dict[str, float]:
+        out: dict[str, float] = {}
+        now = time.time()
+        for p in self.root.rglob("*"):
+            name = p.name
+            if not p.is_file() or name.endswith(MANIFEST):
+                continue
+            if name.startswith(".") and name.endswith(".tmp"):  # .NAME.HEX.tmp, NAME maybe "x.manifest"
+                name = name[1:].rsplit(".", 2)[0]
+                name = name[: -len(MANIFEST)] if name.endswith(MANIFEST) else name
+            elif p.with_name(name + MANIFEST).exists():
+                continue
+            key = str(p.parent.relative_to(self.root) / name)
+            if key.startswith(prefix):
+                with contextlib.suppress(OSError):
+                    age = now - p.stat().st_mtime
+                    out[key] = min(out.get(key, age), age)
+        return out
 
     def list(self, prefix: str = "") -> list[str]:
         out = []

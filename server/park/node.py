@@ -395,6 +395,10 @@ class Parker:
             parts = key.split("/")
             if len(parts) == 3:
                 names.setdefault(parts[1], set()).add(parts[2])
+        for key, key_age in self.store.partial("sessions/").items():  # writes cut short, e.g. of a marker
+            parts = key.split("/")
+            if len(parts) == 3 and key_age >= age:
+                names.setdefault(parts[1], set())
         swept = []
         for sid, have in names.items():
             base = f"sessions/{sid}"

@@ -152,6 +152,23 @@ class S3ParkStore:
         except (BotoCoreError, ClientError) as e:
             raise self._fail("delete", key, e) from None
 
+    def partial(self, prefix: str = "") -> dict[str, float]:
+        """(Multipart uploads cut short are not objects: the bucket's AbortIncompleteMultipartUpload rule ends them.)"""
+        import time
+
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        objects: dict[str, float] = {}
+        try:
+            pages = self._s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self.prefix + prefix)
+            for page in pages:
+                for obj in page.get("Contents", []):
+                    objects[obj["Key"][len(self.prefix):]] = obj["LastModified"].timestamp()
+        except (BotoCoreError, ClientError) as e:
+            raise self._fail("list", prefix, e) from None
+        now = time.time()
+        return {k: now - t for k, t in objects.items() if not k.endswith(MANIFEST) and k + MANIFEST not in objects}
+
     def list(self, prefix: str = "") -> list[str]:
         from botocore.exceptions import BotoCoreError, ClientError
 

@@ -128,3 +128,8 @@ class ParkStore(Protocol):
     def list(self, prefix: str = "") -> list[str]:
         """The complete objects (those with a manifest) whose names start with prefix."""
         ...
+
+    def partial(self, prefix: str = "") -> dict[str, float]:
+        """Objects whose write never completed (bytes, or a temporary file, but no manifest) whose names start with
+        prefix, with the seconds since they were last written: what a node that died mid-write left."""
+        ...

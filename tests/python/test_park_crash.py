@@ -181,3 +181,35 @@ def test_node_server_killed_during_a_park_leaves_the_session_parked_or_gone_and_
             _assert_nothing_left(b, store, spill)
         finally:
             stop_server(b)
+
+
+def test_the_sweep_removes_what_interrupted_parks_left_and_nothing_else(tmp_path: Path) -> None:
+    import json
+
+    from fargpu.server.park.directory import DirectoryParkStore
+    from fargpu.server.park.node import Parker
+
+    root, work = tmp_path / "store", tmp_path / "work"
+    store = DirectoryParkStore(root)
+    old = time.time() - 7200
+    for obj in ("session.json", "state", "memory", "parking"):  # complete; a marker left behind
+        store.put_bytes(f"sessions/done/{obj}", b"{}")
+    store.put_bytes("sessions/busy/parking", json.dumps({"started": time.time()}).encode())  # under way
+    store.put_bytes("sessions/busy/state", b"s")
+    store.put_bytes("sessions/dead/parking", json.dumps({"started": old}).encode())  # its node died mid-park
+    store.put_bytes("sessions/dead/state", b"s")
+    store.put_bytes("sessions/consumed/memory", b"m")  # a restore that stopped after deleting the descriptor
+    (root / "sessions" / "cut").mkdir(parents=True)  # a marker whose write was cut short, long ago
+    for name in ("parking", ".parking.manifest.00aa.tmp"):
+        (root / "sessions" / "cut" / name).write_text("x")
+        os.utime(root / "sessions" / "cut" / name, (old, old))
+    (work / "a.park").mkdir(parents=True)
+    os.utime(work / "a.park", (old, old))
+    (work / "b.restore").mkdir()
+    swept = Parker(store, work, {}).sweep(max_age_s=3600)
+    assert sorted(swept) == ["consumed", "cut", "dead"]
+    assert sorted(store.list("sessions/")) == ["sessions/busy/parking", "sessions/busy/state",
+                                               "sessions/done/memory", "sessions/done/session.json",
+                                               "sessions/done/state"]
+    assert not store.partial("sessions/") and not (root / "sessions" / "cut").exists()
+    assert not (work / "a.park").exists() and (work / "b.restore").exists()
