@@ -73,10 +73,12 @@ int fgs_db_wait(fgs_session *S, int fd, int ctl_fd, int replied) {
     uint64_t window = replied ? (uint64_t)spin_ns() : (uint64_t)spin_ns() / 10;
     for (unsigned i = 1;; i++) {
         /* A frame the client began to write on the socket (it counts them) and this worker has not read goes first:
-         * one sent before a post is wholly there already, and any other wakes the poll. A client that counts
-         * fewer than were read (one that does not count) only gets its own calls reordered. */
+         * one sent before a post is wholly there already, and any other wakes the poll. The post is looked at
+         * first: a frame counted before it is then seen counted. A client that counts fewer than were read (one
+         * that does not count) only gets its own calls reordered. */
+        int posted = __atomic_load_n(&H->db_worker, __ATOMIC_ACQUIRE) == FG_DB_POSTED;
         if ((int64_t)(__atomic_load_n(&H->sock_frames, __ATOMIC_ACQUIRE) - S->sock_frames_read) > 0) return 0;
-        if (__atomic_load_n(&H->db_worker, __ATOMIC_ACQUIRE) == FG_DB_POSTED) return 1;
+        if (posted) return 1;
         if (i % 32 == 0) {
             uint64_t t = now_ns();
             if (t - last_look >= 20000) { /* async batches, control lines, a hang-up */

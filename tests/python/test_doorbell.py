@@ -166,6 +166,8 @@ def test_a_dead_client_does_not_hang_its_worker(node: NodeServer) -> None:
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert _gone(pid, 20), "the worker outlived its client"
+    maps = Path(f"/proc/{node.proc.pid}/maps").read_text()
+    assert "fargpu-shm" not in maps  # the node agent never maps a client's region
     r = run_client(ORDER, shm_env(node))
     assert "WRONG 0" in r.stdout, r.stdout + r.stderr
 

@@ -193,7 +193,8 @@ def test_mapped_host_memory_is_zero_copy_over_shared_memory(node: NodeServer, tr
 @pytest.mark.parametrize("transport", ["tcp3", "shm"])
 def test_a_client_killed_mid_copy_leaks_nothing(node: NodeServer, transport: str) -> None:
     """Killed while 48 MiB copies run both ways: its worker (holding the staging ring, the registered region,
-    the data connections and the device memory) exits, and the node serves the next client."""
+    the data connections and the device memory) exits, the node agent holds nothing of the region, and the node
+    serves the next client."""
     code = PRELUDE + r'''
 ctx0()
 n = 48 << 20
@@ -222,6 +223,15 @@ while True:
         time.sleep(0.05)
     else:
         raise AssertionError("the worker outlived its client killed mid-copy")
+    # Nor does the node agent keep the region: no descriptor or mapping of a client's memfd in it.
+    held = []
+    for link in Path(f"/proc/{node.proc.pid}/fd").iterdir():
+        try:
+            held.append(os.readlink(link))
+        except OSError:
+            pass
+    held.append(Path(f"/proc/{node.proc.pid}/maps").read_text())
+    assert not [h for h in held if "fargpu-shm" in h], held
     res = run_client(COPIES.replace("sizes = [", "sizes = [3 << 20, "), env_for(node, transport, SEED="5"))
     assert "OK 80" in res.stdout, res.stdout + res.stderr[-2000:]
 
