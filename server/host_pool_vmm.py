@@ -24,7 +24,7 @@ class HostPoolError(OSError):
 def make(driver: str, size: int, numa: int = 0, timeout_s: float = MAKE_TIMEOUT_S) -> tuple[int, int]:
     """Returns (descriptor, length in bytes, rounded up to the driver's granularity). Raises HostPoolError."""
     parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    args = [sys.executable, "-m", "fargpu.server.host_pool_vmm", "--driver", driver, "--bytes", str(size),
+    args = [sys.executable, "-P", "-m", "fargpu.server.host_pool_vmm", "--driver", driver, "--bytes", str(size),
             "--numa", str(numa), "--fd", "3"]
     env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
     try:
