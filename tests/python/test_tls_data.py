@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -70,6 +71,50 @@ def test_every_copy_through_tls_is_byte_exact(tls_node: NodeServer, state: Path)
     res = run_client(COPIES, env, timeout=180)
     assert res.returncode == 0 and "OK" in res.stdout, res.stdout + res.stderr[-3000:]
     assert "TLS to 127.0.0.1 established" in res.stderr
+
+
+class Tap:
+    """A TCP proxy on loopback that records every byte the client sends (what someone on the network sees)."""
+
+    def __init__(self, target_port: int) -> None:
+        self.srv = socket.create_server(("127.0.0.1", 0))
+        self.port = self.srv.getsockname()[1]
+        self.target = target_port
+        self.seen = bytearray()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.srv.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target))
+            threading.Thread(target=self._pipe, args=(client, upstream, True), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, False), daemon=True).start()
+
+    def _pipe(self, a: socket.socket, b: socket.socket, record: bool) -> None:
+        with contextlib.suppress(OSError):
+            while data := a.recv(65536):
+                if record:
+                    self.seen += data
+                b.sendall(data)
+        with contextlib.suppress(OSError):
+            b.shutdown(socket.SHUT_WR)
+
+
+def test_the_wire_carries_no_token_and_no_data_in_clear(tls_node: NodeServer, state: Path) -> None:
+    port = int(tls_node.endpoint.rpartition(":")[2])
+    marker = b"fargpu-plaintext-marker-"
+    code = SMALL.replace("data = bytes(range(256)) * 4096", f"data = {marker!r} * 40000")
+    plain = Tap(port)  # first, that the tap sees what a plaintext client sends
+    res = run_client(code, tls_node.client_env(FARGPU_SERVER=f"127.0.0.1:{plain.port}"))
+    assert "SAME" in res.stdout and tls_node.token.encode() in plain.seen and marker in plain.seen
+    tap = Tap(port)
+    res = run_client(code, tls_node.client_env(FARGPU_SERVER=f"tls://127.0.0.1:{tap.port}", FARGPU_TLS_CA=ca(state)))
+    assert "SAME" in res.stdout, res.stderr
+    assert len(tap.seen) > 40000 * len(marker)  # the data went through the tap, encrypted
+    assert tls_node.token.encode() not in tap.seen and marker not in tap.seen
 
 
 def test_the_wrong_ca_refuses_the_node(tls_node: NodeServer, tmp_path: Path) -> None:
