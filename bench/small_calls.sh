@@ -4,10 +4,11 @@
 # bench/transport.c --small (idle cuStreamSynchronize round trip, 64 B copies each way) natively and through fargpu
 # over TCP (one stream), a unix socket, shared memory with the doorbell (the default) and shared memory without it
 # (FARGPU_SHM_DOORBELL=0); and 2000 async 128 KiB copies over TCP with and without the frames kept for a resume
-# (tcp1 and tcp1noresume: FARGPU_RESUME=off). Every part runs N times (default 3), interleaved, so a noisy neighbour hits all of them
-# alike; the medians go to OUT/small_calls.json with the ratios issue 13 asks for (TCP sync / TCP floor, shm sync in
-# µs). --backend sim runs on a machine without a GPU (the simulated device stands in for the driver: the overhead
-# of fargpu is real, the GPU's part is not). Used by bench/transport_gpu.sh too (SMALL_CALLS_REUSE=build dir).
+# (tcp1 and tcp1noresume: FARGPU_RESUME=off). Every part runs N times (default 3), interleaved, so a noisy
+# neighbour hits all of them alike; the medians go to OUT/small_calls.json with the ratios issue 13 asks for (TCP
+# sync / TCP floor, shm sync in µs). --backend sim runs on a machine without a GPU (the simulated device stands in
+# for the driver: the overhead of fargpu is real, the GPU's part is not). Used by bench/transport_gpu.sh too
+# (SMALL_CALLS_REUSE=build dir).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=$(mkdir -p "${1:?usage: bench/small_calls.sh OUT [--backend cuda|sim] [--rounds N]}" && cd "$1" && pwd)

@@ -4,14 +4,15 @@
  * While its worker spins on the request mailbox (db_worker IDLE), a synchronous batch that fits is written into
  * the mailbox and posted with one compare-and-swap; the stub then spins on the reply word for FARGPU_DOORBELL_SPIN_US
  * (default 100 µs; not while the worker last ran on this CPU) and reads the reply straight out of the reply
- * mailbox: no system call on either side. Neither
- * side ever sleeps on shared memory: a worker that stopped spinning has said so (OFF), and a post that finds it so
- * goes over the socket as before; a stub that stops spinning says so (ASLEEP) and reads the socket, where the worker
- * then sends the reply. So a sleeping side is woken by the socket, which also tells either side that its peer is
- * gone (a dead worker: the read fails; a dead client: the worker's poll sees the hang-up), with no timed waits and
- * nothing that can hang on a word nobody will write again. Ordering holds: a post is made under the write lock, after
- * every earlier frame is wholly on the socket, and the worker takes a posted request only once the socket has nothing
- * unread. FARGPU_SHM_DOORBELL=0 turns it off (every call uses the socket). */
+ * mailbox: no system call on either side. Neither side ever sleeps on shared memory: a worker that stopped
+ * spinning has said so (OFF), and a post that finds it so goes over the socket as before; a stub that stops
+ * spinning says so (ASLEEP) and reads the socket, where the worker then sends the reply. So a sleeping side is
+ * woken by the socket, which also tells either side that its peer is gone (a dead worker: the read fails; a dead
+ * client: the worker's poll sees the hang-up), with no timed waits and nothing that can hang on a word nobody will
+ * write again. Ordering holds: a post is made under the write lock, after every earlier frame is wholly on the
+ * socket, and every socket frame is counted in the header as its write begins (conn.c); the worker takes a posted
+ * request only once it has read as many frames as were counted. FARGPU_SHM_DOORBELL=0 turns it off (every call
+ * uses the socket). */
 #include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>

@@ -24,7 +24,7 @@ typedef struct {
     uint64_t magic;
     uint64_t htod_done;  /* seq of the last staged host→device chunk whose DMA finished (worker writes) */
     uint64_t dtoh_ready; /* seq of the last staged device→host chunk now in its slot (worker writes) */
-    uint32_t db_wanted;  /* the client set it before the handshake: it posts through the doorbell (FARGPU_SHM_DOORBELL) */
+    uint32_t db_wanted;  /* set by the client before it sends the region: it posts (FARGPU_SHM_DOORBELL) */
     uint32_t pad0a;
     uint64_t sock_frames; /* the client counts every frame as it begins to write it on the socket (a hint: the
                            * worker's spin turns to the socket when it moves, and looks there every 20 µs anyway) */

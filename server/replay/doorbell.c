@@ -4,9 +4,10 @@
  * turning to its sockets when the client starts a frame there and looking at them every 20 µs anyway; a
  * posted request is copied out of the mailbox once (the client's pages are never decoded in place) and served like
  * a batch from the socket, and its reply goes into the reply mailbox when it fits and the client is still spinning,
- * else over the socket. The spin yields the CPU now and then (a client that shares it gets to post), and notes which
- * CPU it is on (a client that finds the worker on its own CPU stops spinning for the reply). When the spin runs out the worker says so (IDLE -> OFF) and sleeps in poll on its sockets,
- * so a post from then on comes over the socket, which wakes it. */
+ * else over the socket. After its first microseconds the spin yields the CPU between looks (a client that shares
+ * it gets to post), and it notes which CPU it is on (a client that finds the worker on its own CPU stops spinning
+ * for the reply). When the spin runs out the worker says so (IDLE -> OFF) and sleeps in poll on its sockets, so a
+ * post from then on comes over the socket, which wakes it. */
 #include <poll.h>
 #include <sched.h>
 #include <stdlib.h>
