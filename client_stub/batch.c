@@ -502,6 +502,7 @@ CUresult fgc_async(void) {
          * resume (reconnect.c): the reply acknowledges them. */
         rec_header(FG_OP_PING);
         rec_end();
+        fgc_stats_sent(FG_OP_PING);
         size_t got;
         if (flush(1)) r = g_fgc.broken;
         else r = read_reply(1, &got);

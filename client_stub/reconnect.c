@@ -56,13 +56,23 @@ static int g_resumes;
 char *fgc_resume_key_buf(void) { return g_key; }
 const char *fgc_resume_hello(void) { return g_resuming; }
 
+/* Frames are kept while the session can resume: it has a resume key and FARGPU_RESUME is not "off". */
+static int keeping(void) {
+    static int off = -1;
+    if (off < 0) {
+        const char *e = getenv("FARGPU_RESUME");
+        off = e && !strcmp(e, "off");
+    }
+    return g_key[0] && !off;
+}
+
 static size_t keep_limit(void) {
     const char *e = getenv("FARGPU_RESUME_KEEP_MB");
     return (e && *e ? (size_t)strtoull(e, NULL, 10) : 256) << 20;
 }
 
 void fgc_resume_keep(const struct iovec *iov, int n, uint32_t seq, int want_reply) {
-    if (!g_key[0]) return;
+    if (!keeping()) return;
     pthread_mutex_lock(&mu);
     size_t len = 0;
     for (int i = 0; i < n; i++) len += iov[i].iov_len;
@@ -113,7 +123,7 @@ static kept *slot(void) {
 }
 
 int fgc_resume_keep_writer(const uint8_t *head, fg_writer *w, uint32_t seq) {
-    if (!g_key[0] || w->len < TAKE_MIN) return 0; /* a small frame is copied: cheaper than a whole buffer */
+    if (!keeping() || w->len < TAKE_MIN) return 0; /* a small frame is copied: cheaper than a whole buffer */
     pthread_mutex_lock(&mu);
     size_t len = FG_HEADER_SIZE + w->len;
     kept *k = g_bytes + w->cap <= keep_limit() ? slot() : NULL; /* (what it holds: the buffer's capacity) */
@@ -140,7 +150,7 @@ int fgc_resume_keep_writer(const uint8_t *head, fg_writer *w, uint32_t seq) {
 
 size_t fgc_resume_kept_bytes(void) {
     pthread_mutex_lock(&mu);
-    size_t b = g_key[0] ? g_bytes : 0;
+    size_t b = keeping() ? g_bytes : 0;
     pthread_mutex_unlock(&mu);
     return b;
 }
