@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -115,6 +116,35 @@ def test_the_wire_carries_no_token_and_no_data_in_clear(tls_node: NodeServer, st
     assert "SAME" in res.stdout, res.stderr
     assert len(tap.seen) > 40000 * len(marker)  # the data went through the tap, encrypted
     assert tls_node.token.encode() not in tap.seen and marker not in tap.seen
+
+
+def test_a_tls_client_killed_mid_copy_leaves_no_relay_behind(tls_node: NodeServer, state: Path) -> None:
+    pid = tls_node.proc.pid
+
+    def counts() -> tuple[int, int]:  # the node server's descriptors and threads
+        return len(os.listdir(f"/proc/{pid}/fd")), len(os.listdir(f"/proc/{pid}/task"))
+
+    env = tls_node.client_env(FARGPU_SERVER=f"tls://{tls_node.endpoint}", FARGPU_TLS_CA=ca(state), FARGPU_STREAMS="3")
+    assert "SAME" in run_client(SMALL, env).stdout  # warm: the relay library is loaded, threads made once
+    time.sleep(0.5)
+    before = counts()
+    loop = PRELUDE + r'''
+ctx0(); r, p = alloc(64 << 20); ok(r, "alloc")
+buf = ctypes.create_string_buffer(64 << 20)
+print("COPYING", flush=True)
+while True:
+    ok(cu.cuMemcpyHtoD_v2(ctypes.c_uint64(p), buf, ctypes.c_size_t(64 << 20)), "htod")
+'''
+    client = subprocess.Popen([sys.executable, "-P", "-c", loop], env=env, stdout=subprocess.PIPE, text=True, cwd="/")
+    assert client.stdout is not None and client.stdout.readline().strip() == "COPYING"
+    time.sleep(1.0)
+    assert counts()[1] > before[1]  # relay threads at work for the session and its data connections
+    client.send_signal(signal.SIGKILL)
+    client.wait(10)
+    deadline = time.monotonic() + 15
+    while counts() != before and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert counts() == before, (counts(), before)
 
 
 def test_the_wrong_ca_refuses_the_node(tls_node: NodeServer, tmp_path: Path) -> None:
