@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import ctypes
 import datetime
 import json
@@ -132,6 +133,13 @@ def disk_speed(directory: Path, size: int = 4 * GiB) -> dict[str, float]:
     return {"disk_raw_write_GBps": size / w / 1e9, "disk_raw_read_GBps": size / r / 1e9}
 
 
+def close_quietly(p: subprocess.Popen[str]) -> None:
+    """Ends a client's input; one that died already (its failure is recorded) is no error of the bench."""
+    if p.stdin is not None:
+        with contextlib.suppress(BrokenPipeError):
+            p.stdin.close()
+
+
 class Checkpoint:
     """The driver's process checkpoint, called on a worker's pid from this process (the bench, not a client)."""
 
@@ -226,7 +234,7 @@ async def main() -> int:
                       "pagein_host_direct_GBps": int(pin[1]) / int(pin[2]) if pin[:1] == ["resident"] else None,
                       "bad_samples_after": int(check[1]) if check[:1] == ["CHECK"] else check}
         if c is not None and c.stdin:
-            c.stdin.close()
+            close_quietly(c)
             await asyncio.to_thread(c.wait, 120)
         os.environ.pop("FARGPU_PAGING_DMA", None)
         c = start(HOLD, str(gib))
@@ -279,7 +287,7 @@ async def main() -> int:
         except (OSError, AttributeError) as e:
             rec["driver_checkpoint"] = {"error": str(e)}
         if c.stdin:
-            c.stdin.close()
+            close_quietly(c)
         await asyncio.to_thread(c.wait, 120)
         result["sessions"][f"{gib}GiB"] = rec
         print(gib, json.dumps(rec), flush=True)
@@ -294,7 +302,7 @@ async def main() -> int:
         result["first_call_after_pagein_2GiB"] = {"pageout": res, "first_call_s": float(touch[1])
                                                   if touch[:1] == ["TOUCH"] else touch}
         if c.stdin:
-            c.stdin.close()
+            close_quietly(c)
         await asyncio.to_thread(c.wait, 120)
 
     if not a.skip_gpt2:

@@ -2,9 +2,10 @@
  * short-lived process (fgs_host_pool_make, run by server/host_pool_vmm.py) and exported as a file descriptor that
  * the node agent holds (the memory lives as long as one descriptor does). Each worker imports it and maps it once,
  * and a page-out or page-in is then one DMA per allocation between the device and the pool, at the link's speed,
- * with no registration, no page tables to fill and no memcpy. Measured on an H100 (bench/probe_hostmem.c): 55 GB/s
+ * with no registration, no CPU page tables to fill and no memcpy. Measured on an H100 (bench/probe_hostmem.c): 55 GB/s
  * each way, against 13 GB/s out through bounce buffers into a shared memfd whose 4 KiB page tables each worker must
- * fill. The agent has no CPU view of this memory: a session paged here is parked or restored through a spill file. */
+ * fill. Neither the agent nor the worker reads it with the CPU: a session paged here is parked or restored through
+ * a spill file. */
 #include <dlfcn.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -75,7 +76,11 @@ FGS_EXPORT int fgs_host_pool_make(fgs_session *S, unsigned long long bytes, int 
     return fd;
 }
 
-CUresult fgs_hostpool_map(fgs_session *S, int fd, size_t len, CUdeviceptr *va, CUmemGenericAllocationHandle *h) {
+/* Maps [off, off+len) of the pool (offset and length on its 2 MiB granularity) for the session's devices to reach by
+ * DMA. Only an extent, and only for the length of one step: mapping costs time in proportion to what is mapped, and
+ * a worker that holds none of the pool can be taken into the driver's process checkpoint (the deeper level). */
+CUresult fgs_hostpool_map(fgs_session *S, int fd, size_t off, size_t len, CUdeviceptr *va,
+                          CUmemGenericAllocationHandle *h) {
     const fgs_api *api = S->api;
     import_fn imp = NULL;
     *(void **)&imp = dlsym(S->dl, "cuMemImportFromShareableHandle");
@@ -84,7 +89,7 @@ CUresult fgs_hostpool_map(fgs_session *S, int fd, size_t len, CUdeviceptr *va, C
     if (r != CUDA_SUCCESS) return r;
     r = api->cuMemAddressReserve(va, len, 0, 0, 0);
     if (r == CUDA_SUCCESS) {
-        r = api->cuMemMap(*va, len, 0, *h, 0);
+        r = api->cuMemMap(*va, len, off, *h, 0);
         if (r != CUDA_SUCCESS) api->cuMemAddressFree(*va, len);
     }
     if (r != CUDA_SUCCESS) {
@@ -93,22 +98,21 @@ CUresult fgs_hostpool_map(fgs_session *S, int fd, size_t len, CUdeviceptr *va, C
         *va = 0;
         return r;
     }
-    /* the session's devices reach it (DMA), and this process's CPU (a spill file is written from it) */
-    CUmemAccessDesc ad[2];
-    memset(ad, 0, sizeof ad);
+    CUmemAccessDesc ad;
+    memset(&ad, 0, sizeof ad);
     int ndev = 0;
     if (api->cuDeviceGetCount(&ndev) != CUDA_SUCCESS || ndev < 1) ndev = 1;
     for (int d = 0; d < ndev && r == CUDA_SUCCESS; d++) {
-        ad[0].location.type = CU_MEM_LOCATION_TYPE_DEVICE;
-        ad[0].location.id = d;
-        ad[0].flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
-        r = api->cuMemSetAccess(*va, len, ad, 1);
+        ad.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+        ad.location.id = d;
+        ad.flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
+        r = api->cuMemSetAccess(*va, len, &ad, 1);
     }
-    ad[1].location.type = CU_MEM_LOCATION_TYPE_HOST_NUMA;
-    ad[1].location.id = 0;
-    ad[1].flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
-    if (r == CUDA_SUCCESS) (void)api->cuMemSetAccess(*va, len, &ad[1], 1);
-    if (r != CUDA_SUCCESS) fgs_hostpool_unmap(S, *va, len, *h);
+    if (r != CUDA_SUCCESS) {
+        fgs_hostpool_unmap(S, *va, len, *h);
+        *va = 0;
+        *h = 0;
+    }
     return r;
 }
 

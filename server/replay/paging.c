@@ -134,14 +134,14 @@ FGS_EXPORT int fgs_pager_use_vmm_pool(fgs_session *S, int fd, unsigned long long
     return 0;
 }
 
-/* The pool extent [off, off+len) as this process sees it: a mapping of the memfd, or (driver memory) a range of
- * the pool mapped once for the worker's life. NULL with errno or *r set on failure. */
+/* The pool extent [off, off+len) as this process sees it: a mapping of the memfd, or (driver memory) the extent
+ * mapped for the session's devices, until extent_unmap. NULL with errno or *r set on failure. */
 static uint8_t *extent_map(fgs_session *S, uint64_t off, uint64_t len, CUresult *r) {
     fgs_pager *P = S->pager;
     *r = CUDA_SUCCESS;
     if (P->pool_vmm) {
-        if (!P->vmm_va) *r = fgs_hostpool_map(S, P->pool_fd, P->pool_len, &P->vmm_va, &P->vmm_h);
-        return *r == CUDA_SUCCESS ? (uint8_t *)(uintptr_t)(P->vmm_va + off) : NULL;
+        *r = fgs_hostpool_map(S, P->pool_fd, (size_t)off, (size_t)len, &P->vmm_va, &P->vmm_h);
+        return *r == CUDA_SUCCESS ? (uint8_t *)(uintptr_t)P->vmm_va : NULL;
     }
     void *m = mmap(NULL, (size_t)len, PROT_READ | PROT_WRITE, MAP_SHARED, P->pool_fd, (off_t)off);
     if (m == MAP_FAILED) return NULL;
@@ -150,8 +150,12 @@ static uint8_t *extent_map(fgs_session *S, uint64_t off, uint64_t len, CUresult 
     return (uint8_t *)m;
 }
 
-static void extent_unmap(fgs_pager *P) {
+static void extent_unmap(fgs_session *S) {
+    fgs_pager *P = S->pager;
     if (P->map && !P->pool_vmm) munmap(P->map, P->map_len);
+    if (P->pool_vmm && P->vmm_va) fgs_hostpool_unmap(S, P->vmm_va, P->map_len, P->vmm_h);
+    P->vmm_va = 0;
+    P->vmm_h = 0;
     P->map = NULL;
 }
 
@@ -831,7 +835,7 @@ static void page_out(fgs_session *S, const char *args) {
     }
     if (r != CUDA_SUCCESS) { /* nothing was released: the session stays as it was */
         if (!host) unlink(path);
-        if (host) extent_unmap(P);
+        if (host) extent_unmap(S);
         status(P, "pageout-failed copying out failed with CUDA error %d", (int)r);
         return;
     }
@@ -847,6 +851,7 @@ static void page_out(fgs_session *S, const char *args) {
     if (P->node) fgs_ledger_uncharge(P->node, total);
     P->where = host ? PAGED_HOST : PAGED_DISK;
     P->bytes = total;
+    if (host && P->pool_vmm) extent_unmap(S); /* mapped again by the page-in; meanwhile the worker holds none of it */
     status(P, "paged %s %llu %llu %llu io_ns=%llu copy_ns=%llu map_ns=%llu vmm_ns=%llu", host ? "host" : "disk",
            (unsigned long long)total, (unsigned long long)(fgs_now_ns() - t0), (unsigned long long)unpageable_bytes(S),
            (unsigned long long)P->io_ns, (unsigned long long)P->copy_ns, (unsigned long long)P->map_ns,
@@ -911,6 +916,12 @@ CUresult fgs_page_in(fgs_session *S) {
         if (fd < 0 && errno == EINVAL) fd = open(P->spill_path, O_RDONLY | O_CLOEXEC);
         if (fd < 0) r = CUDA_ERROR_OPERATING_SYSTEM;
     }
+    if (r == CUDA_SUCCESS && P->where == PAGED_HOST && P->pool_vmm && !P->map && P->bytes) {
+        uint64_t tm = fgs_now_ns();
+        P->map = extent_map(S, P->off, P->len, &r);
+        P->map_len = (size_t)P->len;
+        P->map_ns = fgs_now_ns() - tm;
+    }
     if (r == CUDA_SUCCESS && P->where == PAGED_HOST && P->map) r = from_pool(S, P->map);
     for (size_t i = 0; i < S->n_allocs && r == CUDA_SUCCESS && P->where == PAGED_DISK; i++) {
         r = from_disk(S, fd, &S->allocs[i]);
@@ -925,7 +936,7 @@ CUresult fgs_page_in(fgs_session *S) {
     }
     for (size_t i = 0; i < S->n_allocs; i++) S->allocs[i].paged = 0;
     if (P->where == PAGED_DISK) unlink(P->spill_path);
-    extent_unmap(P);
+    extent_unmap(S);
     P->where = RESIDENT;
     status(P, "resident %llu %llu io_ns=%llu copy_ns=%llu vmm_ns=%llu", (unsigned long long)P->bytes,
            (unsigned long long)(fgs_now_ns() - t0), (unsigned long long)P->io_ns, (unsigned long long)P->copy_ns,
@@ -973,8 +984,7 @@ void fgs_pager_close(fgs_session *S) {
     fgs_copiers_free(P->copiers);
     for (int i = 0; i < 2; i++)
         if (P->bounce[i]) S->api->cuMemFreeHost(P->bounce[i]);
-    extent_unmap(P);
-    fgs_hostpool_unmap(S, P->vmm_va, P->pool_len, P->vmm_h);
+    extent_unmap(S);
     if (P->pool_fd >= 0) close(P->pool_fd);
     fgs_ledger_free(P->node);
     free(P);
