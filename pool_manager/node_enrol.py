@@ -4,8 +4,9 @@ over HTTPS on a TLS pool), and the HTTPS door itself.
 With TLS on, the pool's gRPC port requires a client certificate from every caller (mTLS), so a node without one
 cannot reach `Enrol` there: it enrols over HTTPS instead, with the same enrolment token, and gets its credential
 plus, when the pool holds a CA key, a certificate (common name: its node id; names: the hosts it asked for, which
-stubs verify on its data socket) and that certificate's key. The key crosses the network once, inside the
-verified HTTPS connection, to the holder of the enrolment token; the node keeps it 0600. A pool without a CA key
+stubs verify on its data socket). A node sends a certificate request (CSR) for a key it made itself, which never
+leaves it; only a node without the `cryptography` library gets a key made by the pool, inside the verified HTTPS
+connection, as the holder of the enrolment token. The node keeps its key 0600. A pool without a CA key
 (an operator's CA whose key stays elsewhere) issues only the credential: nodes then bring their own certificates.
 A node renews its certificate before it expires (`POST /v1/nodes/renew-certificate` with its credential), so it
 never has to enrol again, which a live node cannot do until the pool has marked it down.
@@ -78,11 +79,13 @@ class EnrolBody(BaseModel):
     node_id: str = Field("", max_length=253)
     enrol_token: str = Field(max_length=512)
     names: list[str] = Field(default_factory=list, max_length=32)  # hosts its certificate should name
+    csr: str = Field("", max_length=8192)  # a request for its own key (PEM); without one the pool makes the key
 
 
 class RenewBody(BaseModel):
     node_id: str = Field(max_length=253)
     names: list[str] = Field(default_factory=list, max_length=32)
+    csr: str = Field("", max_length=8192)
 
 
 _STATUS = {"invalid": 400, "unauthenticated": 401, "exists": 409}
@@ -104,7 +107,10 @@ def enrol_router(service: PoolService, expected_token: str, issuer: Any | None, 
             return JSONResponse({"error": e.kind, "reason": e.message}, status_code=_STATUS[e.kind])
         out: dict[str, Any] = {"node_id": node_id, "credential": credential}
         if issuer is not None:
-            out |= await _certificate(issuer, node_id, names, node_cert_days)
+            try:
+                out |= await _certificate(issuer, node_id, names, node_cert_days, body.csr)
+            except ValueError as e:  # a bad CSR: the credential just issued is kept; the node enrols again
+                return JSONResponse({"error": "invalid", "reason": str(e)}, status_code=400)
         return JSONResponse(out, status_code=201)
 
     @router.post("/v1/nodes/renew-certificate", tags=["nodes"])
@@ -124,13 +130,17 @@ def enrol_router(service: PoolService, expected_token: str, issuer: Any | None, 
             return JSONResponse({"error": "no_ca", "reason": "this pool issues no certificates (no CA key)"},
                                 status_code=409)  # fmt: skip
         names = [n for n in body.names if 0 < len(n) <= 253 and n.isprintable()]
+        try:
+            cert = await _certificate(issuer, body.node_id, names, node_cert_days, body.csr)
+        except ValueError as e:
+            return JSONResponse({"error": "invalid", "reason": str(e)}, status_code=400)
         log.info("renewed the certificate of node %r (from %s)", body.node_id, peer)
-        return JSONResponse(await _certificate(issuer, body.node_id, names, node_cert_days))
+        return JSONResponse(cert)
 
     return router
 
 
-async def _certificate(issuer: Any, node_id: str, names: list[str], days: float) -> dict[str, Any]:
-    key, cert = await asyncio.to_thread(issuer.issue, node_id, names, days)
-    return {"certificate": cert.decode(), "key": key.decode(), "ca": issuer.cert_file.read_text(),
-            "expires_at": time.time() + days * 86400}  # fmt: skip
+async def _certificate(issuer: Any, node_id: str, names: list[str], days: float, csr: str = "") -> dict[str, Any]:
+    key, cert = await asyncio.to_thread(issuer.issue, node_id, names, days, None, csr.encode() if csr else None)
+    out = {"certificate": cert.decode(), "ca": issuer.cert_file.read_text(), "expires_at": time.time() + days * 86400}
+    return out | ({"key": key.decode()} if key else {})

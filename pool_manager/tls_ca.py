@@ -100,13 +100,17 @@ class CertificateAuthority:
             return cls(cert, key, cert_file)
 
     def issue(self, cn: str, names: list[str], days: float = NODE_DAYS,
-              not_before: datetime.datetime | None = None) -> tuple[bytes, bytes]:  # fmt: skip
-        """(key PEM, certificate PEM) of a new certificate for `cn` and `names`, for server and client use."""
-        key = ec.generate_private_key(ec.SECP256R1())
+              not_before: datetime.datetime | None = None,
+              csr: bytes | None = None) -> tuple[bytes, bytes]:  # fmt: skip
+        """(key PEM, certificate PEM) of a new certificate for `cn` and `names`, for server and client use. With
+        `csr` (PEM, its signature checked) the certificate is for the CSR's key, and no key is returned (b"");
+        only the key is taken from the CSR: the name and addresses are the pool's to decide."""
+        key = ec.generate_private_key(ec.SECP256R1()) if csr is None else None
+        public = key.public_key() if key is not None else _csr_key(csr or b"")
         start = not_before or _now() - datetime.timedelta(minutes=5)  # some slack for clocks a little behind
         end = (not_before or _now()) + datetime.timedelta(days=days)
         builder = (x509.CertificateBuilder().subject_name(_name(cn)).issuer_name(self.cert.subject)
-                   .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                   .public_key(public).serial_number(x509.random_serial_number())
                    .not_valid_before(start).not_valid_after(end)
                    .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
                    .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
@@ -116,7 +120,28 @@ class CertificateAuthority:
         if names:
             builder = builder.add_extension(_san(names), critical=False)
         cert = builder.sign(self.key, hashes.SHA256())
-        return key_pem(key), cert_pem(cert)
+        return (key_pem(key) if key is not None else b""), cert_pem(cert)
+
+
+def _csr_key(pem: bytes) -> ec.EllipticCurvePublicKey:
+    """The public key of a certificate signing request, checked: its signature, and a P-256 key."""
+    try:
+        req = x509.load_pem_x509_csr(pem)
+    except ValueError:
+        raise ValueError("the certificate request is not a PEM CSR") from None
+    if not req.is_signature_valid:
+        raise ValueError("the certificate request's signature is wrong")
+    public = req.public_key()
+    if not isinstance(public, ec.EllipticCurvePublicKey) or public.curve.name != "secp256r1":
+        raise ValueError("the certificate request must be for a P-256 EC key")
+    return public
+
+
+def make_csr(cn: str) -> tuple[bytes, bytes]:
+    """(key PEM, CSR PEM): a new P-256 key that stays with its maker, and a request for a certificate of it."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    req = x509.CertificateSigningRequestBuilder().subject_name(_name(cn)).sign(key, hashes.SHA256())
+    return key_pem(key), req.public_bytes(serialization.Encoding.PEM)
 
 
 def covers(cert_file: Path, names: list[str], min_days: float = 7) -> bool:

@@ -2,12 +2,14 @@
 gRPC channel credentials that present it (mTLS).
 
 `enrol_https` posts the enrolment token to `/v1/nodes/enrol`, verifying the pool against its CA (FARGPU_TLS_CA,
-else this machine's development CA), and gets the node's credential and, from a pool that is a CA, a certificate
-and key for the node id, naming the hosts the node serves clients on. The node keeps them beside its credential
-(`<state dir>/node-credentials/<node id>.pem|.key`, 0600). A node given its own certificate (FARGPU_TLS_CERT /
-FARGPU_TLS_KEY, issued by a CA the pool trusts, common name = the node id) presents that one instead. The same
-certificate serves the node's data socket (server/tls.py), so stubs verify the node against the pool's CA. When two
-thirds of its life are gone the node renews it (`renew_https`, with its credential), staying registered."""
+else this machine's development CA), with a certificate request for a key the node makes (it never leaves the
+node; without the cryptography library the pool makes the key), and gets the node's credential and, from a pool
+that is a CA, a certificate for the node id, naming the hosts the node serves clients on. The node keeps them
+beside its credential (`<state dir>/node-credentials/<node id>.pem|.key`, 0600). A node given its own
+certificate (FARGPU_TLS_CERT / FARGPU_TLS_KEY, issued by a CA the pool trusts, common name = the node id)
+presents that one instead. The same certificate serves the node's data socket (server/tls.py), so stubs verify
+the node against the pool's CA. When two thirds of its life are gone the node renews it (`renew_https`, with its
+credential), staying registered."""
 
 from __future__ import annotations
 
@@ -84,24 +86,37 @@ def save(base: Path, cert: NodeCert) -> None:
 async def enrol_https(pool_url: str, node_id: str, token: str, names: list[str],
                       timeout_s: float = 10.0) -> tuple[str, str, NodeCert | None]:  # fmt: skip
     """(node id, credential, certificate or None) from the pool's HTTPS enrolment."""
+    key, csr = _request()
     async with httpx.AsyncClient(timeout=timeout_s, verify=client_context()) as http:
-        r = await http.post(pool_url.rstrip("/") + "/v1/nodes/enrol",
-                            json={"node_id": node_id, "enrol_token": token, "names": names[:32]})  # fmt: skip
+        body = {"node_id": node_id, "enrol_token": token, "names": names[:32], "csr": csr}
+        r = await http.post(pool_url.rstrip("/") + "/v1/nodes/enrol", json=body)
     if r.status_code != 201:
         try:
             reason = str(r.json().get("reason", r.text))
         except ValueError:
             reason = r.text or r.reason_phrase
         raise EnrolRefusedError(f"the pool refused to enrol this node ({r.status_code}): {reason}")
-    body = r.json()
-    return str(body["node_id"]), str(body["credential"]), _cert_of(body)
+    reply = r.json()
+    return str(reply["node_id"]), str(reply["credential"]), _cert_of(reply, key)
 
 
-def _cert_of(body: dict[str, object]) -> NodeCert | None:
-    if not (body.get("certificate") and body.get("key")):
+def _request() -> tuple[bytes | None, str]:
+    """(a new key of this node, a CSR for it) when this node has the cryptography library, else (None, ""): the
+    pool then makes the key."""
+    try:
+        from fargpu.pool_manager.tls_ca import make_csr
+    except ImportError:
+        return None, ""
+    key, csr = make_csr("fargpu node")
+    return key, csr.decode()
+
+
+def _cert_of(body: dict[str, object], own_key: bytes | None) -> NodeCert | None:
+    key = str(body["key"]).encode() if body.get("key") else own_key
+    if not body.get("certificate") or key is None:
         return None
     expires = body.get("expires_at")
-    return NodeCert(str(body["certificate"]).encode(), str(body["key"]).encode(),
+    return NodeCert(str(body["certificate"]).encode(), key,
                     str(body.get("ca", "")).encode() or pool_ca_bytes(), time.time(),
                     float(expires) if isinstance(expires, int | float) else 0.0)  # fmt: skip
 
@@ -109,11 +124,12 @@ def _cert_of(body: dict[str, object]) -> NodeCert | None:
 async def renew_https(pool_url: str, node_id: str, credential: str, names: list[str],
                       timeout_s: float = 10.0) -> NodeCert:  # fmt: skip
     """A new certificate for this node before its current one expires (the pool checks the credential)."""
+    key, csr = _request()
     async with httpx.AsyncClient(timeout=timeout_s, verify=client_context()) as http:
         r = await http.post(pool_url.rstrip("/") + "/v1/nodes/renew-certificate",
-                            json={"node_id": node_id, "names": names[:32]},
+                            json={"node_id": node_id, "names": names[:32], "csr": csr},
                             headers={"Authorization": f"Bearer {credential}"})  # fmt: skip
-    cert = _cert_of(r.json()) if r.status_code == 200 else None
+    cert = _cert_of(r.json(), key) if r.status_code == 200 else None
     if cert is None:
         raise EnrolRefusedError(f"the pool did not renew this node's certificate ({r.status_code}): "
                                 f"{r.text[:200]}")  # fmt: skip

@@ -167,3 +167,24 @@ async def test_a_node_renews_its_certificate_and_stays_up() -> None:
             assert node.state.value == "up"
         finally:
             await link.stop()
+
+
+async def test_a_node_key_never_leaves_the_node(pm: PoolManager) -> None:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    from fargpu.pool_manager.tls_ca import make_csr
+
+    key_pem, csr = make_csr("anything")  # the pool names the certificate itself (the node id), not the CSR
+    async with httpx.AsyncClient(verify=client_context(tls_dir() / "ca.pem")) as http:
+        r = await http.post(pm.rest_url + "/v1/nodes/enrol", json={"node_id": "gpu-c", "enrol_token": pm.enrol_token,
+                                                                   "csr": csr.decode()})  # fmt: skip
+        bad = await http.post(pm.rest_url + "/v1/nodes/enrol", json={"node_id": "gpu-d", "enrol_token": pm.enrol_token,
+                                                                     "csr": "not a csr"})  # fmt: skip
+    assert r.status_code == 201 and "key" not in r.json(), r.text
+    cert = x509.load_pem_x509_certificate(r.json()["certificate"].encode())
+    mine = serialization.load_pem_private_key(key_pem, None).public_key()
+    raw = serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    assert cert.public_key().public_bytes(*raw) == mine.public_bytes(*raw)
+    assert cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value == "gpu-c"
+    assert bad.status_code == 400 and "CSR" in bad.json()["reason"]
