@@ -36,6 +36,16 @@ int main(int argc, char **argv) {
         CUresult r = p_cuMemAlloc_v2(&p, (size_t)(2 << 20) << i);
         printf(", \"alloc_%d\": {\"rc\": %d, \"ptr\": \"0x%llx\"}", i, (int)r, (unsigned long long)p);
     }
+    /* hints inside the range the driver placed memory in: 64 MiB and 1 GiB above the first allocation */
+    CUdeviceptr base = 0;
+    if (p_cuMemAlloc_v2(&base, 2 << 20) == CUDA_SUCCESS) {
+        for (int i = 0; i < 2; i++) {
+            CUdeviceptr want = base + (i ? (CUdeviceptr)1 << 30 : (CUdeviceptr)64 << 20), got = 0;
+            CUresult r = p_cuMemAddressReserve(&got, 2 << 20, 0, want, 0);
+            printf(", \"reserve_inside_%d\": {\"rc\": %d, \"want\": \"0x%llx\", \"got\": \"0x%llx\", \"honoured\": %d}", i,
+                   (int)r, (unsigned long long)want, (unsigned long long)got, r == CUDA_SUCCESS && got == want);
+        }
+    }
     printf("}\n");
     return 0;
 }
