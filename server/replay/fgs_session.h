@@ -222,6 +222,7 @@ void fgs_park_fix_record(fgs_session *S, unsigned op, uint8_t *args, size_t len)
 /* Peer access between the session's GPUs (peer.c). A new cuMemAlloc allocation, or one mapped again by a page-in,
  * gets the access the devices that enabled peer access to its device (and a->peers) must have. */
 void fgs_peer_grant(fgs_session *S, fgs_alloc *a);
+int fgs_peer_any(void); /* peer access is enabled between some of the session's GPUs (parking does not restore it) */
 /* The client set access on [p, p + n) (cuMemSetAccess): its mappings there remember which peers may reach them. */
 /* CUDA IPC between the sessions of one lease (ipc.c, brokered by the node: server/ipc_broker.py). */
 int fgs_ipc_range_ok(fgs_session *S, uint64_t p, uint64_t n); /* inside memory opened from another session */

@@ -107,6 +107,7 @@ static const char *unparkable(fgs_session *S) {
         if (S->allocs[i].client_vmm) return "it maps memory itself with the VMM API, which parking does not restore";
     if (S->cb_fd >= 0) return "it runs host functions over a callback connection, which parking does not move";
     if (fgs_ipc_active(S)) return "it shares device memory with another process through CUDA IPC";
+    if (fgs_peer_any()) return "it enabled peer access between its GPUs, which parking does not restore";
     if (S->n_later) return "asynchronous device-to-host copies still await delivery to the client";
     fgs_table *t = &S->tables[FGH_STREAM];
     for (uint32_t i = 0; i < t->n; i++) {

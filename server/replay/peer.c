@@ -79,6 +79,12 @@ static CUresult peer_pair(fgs_session *S, uint64_t id, CUcontext *peer, CUdevice
     return res;
 }
 
+int fgs_peer_any(void) {
+    for (int d = 0; d < MAX_DEV; d++)
+        if (on[d]) return 1;
+    return 0;
+}
+
 CUresult fgs_cuCtxEnablePeerAccess(fgs_session *S, fg_reader *r, fg_writer *out) {
     (void)out;
     uint64_t id = fg_get_u64(r);

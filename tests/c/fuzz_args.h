@@ -286,6 +286,14 @@ static int build_args(pools *P, unsigned op, buf *a, buf *pre, int *expect) {
             put(a, &pr, sizeof pr);
             break;
         }
+        case 'I': { /* a 64-byte IPC token (server/replay/ipc.c): mostly with a known magic, random id and rest */
+            static const char *magic[] = {"FGIPCMEM", "FGIPCEVT", "FGIPCVMM"};
+            uint8_t t[64];
+            for (size_t k = 0; k < sizeof t; k++) t[k] = (uint8_t)rnd();
+            if (chance(70)) memcpy(t, magic[rndn(3)], 8);
+            put(a, t, sizeof t);
+            break;
+        }
         case 'T': {
             CUmemLocation loc = {chance(85) ? CU_MEM_LOCATION_TYPE_DEVICE : (CUmemLocationType)pick_int(),
                                  chance(85) ? 0 : pick_int()};

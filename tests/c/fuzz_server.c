@@ -308,7 +308,7 @@ static void add_record(buf *o, unsigned op, const buf *args) {
  * A a CUmemAllocationProp, T a CUmemLocation, c u64 n + n CUmemAccessDesc, m a CUDA_MEMSET_NODE_PARAMS,
  * y a CUDA_MEMCPY3D (device pointers, mostly), Q an array id, R an array descriptor (2D or 3D, both fit),
  * 3 a 3D copy as arrays.c takes it (host flags, CUDA_MEMCPY3D, stream, packed bytes), U a CUDA_RESOURCE_DESC,
- * t a CUDA_TEXTURE_DESC, W a mipmapped array id,
+ * t a CUDA_TEXTURE_DESC, W a mipmapped array id, I a 64-byte CUDA IPC token,
  * H an image reference (sha256[32], u64 size, u32 extra_len, extra) after IMAGE_CHUNK records that may
  * upload it, Y one IMAGE_CHUNK record (sha256[32], u64 total, u64 offset, u32 len, bytes). */
 static const char *layout[FG_OP_LIMIT] = {
@@ -328,6 +328,13 @@ static const char *layout[FG_OP_LIMIT] = {
     [FG_OP_cuCtxEnablePeerAccess] = "Ci",
     [FG_OP_cuMemcpyPeer] = "pCpCq",
     [FG_OP_cuMemcpyPeerAsync] = "pCpCqS",
+    [FG_OP_cuIpcGetMemHandle] = "p",
+    [FG_OP_cuIpcOpenMemHandle_v2] = "Ii",
+    [FG_OP_cuIpcCloseMemHandle] = "p",
+    [FG_OP_cuIpcGetEventHandle] = "E",
+    [FG_OP_cuIpcOpenEventHandle] = "I",
+    [FG_OP_cuMemExportToShareableHandle] = "qiq",
+    [FG_OP_cuMemImportFromShareableHandle] = "Ii",
     [FG_OP_cuCtxGetApiVersion] = "Cw",
     [FG_OP_cuCtxGetCacheConfig] = "w",
     [FG_OP_cuCtxGetDevice] = "w",

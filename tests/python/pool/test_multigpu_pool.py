@@ -7,6 +7,7 @@ whose GPUs no single node has is refused with the reason. (The simulated device 
 from __future__ import annotations
 
 import json
+import select
 import subprocess
 import sys
 from pathlib import Path
@@ -120,4 +121,75 @@ def test_a_lease_whose_gpus_no_single_node_has_is_refused_with_the_reason(tmp_pa
         reason = r.text
         assert "one node" in reason and "the most on one node is 2" in reason, reason
     finally:
+        pool.stop()
+
+
+PEER_HOLD = r'''
+import ctypes, sys
+cu = ctypes.CDLL("libcuda.so.1")
+C = ctypes.c_uint64
+def ok(r, what):
+    if r != 0:
+        print(f"FAIL {what}: {r}", flush=True); sys.exit(1)
+ok(cu.cuInit(0), "init")
+ctx = [ctypes.c_void_p(), ctypes.c_void_p()]
+for d in (0, 1):
+    ok(cu.cuDevicePrimaryCtxRetain(ctypes.byref(ctx[d]), d), "retain")
+N = 1 << 20
+ok(cu.cuCtxSetCurrent(ctx[1]), "set1")
+B = C(); ok(cu.cuMemAlloc_v2(ctypes.byref(B), ctypes.c_size_t(N * 4)), "alloc")
+ok(cu.cuCtxSetCurrent(ctx[0]), "set0")
+ok(cu.cuCtxEnablePeerAccess(ctx[1], 0), "enable")
+mod = ctypes.c_void_p(); ok(cu.cuModuleLoadData(ctypes.byref(mod), open(sys.argv[1], "rb").read() + b"\0"), "load")
+fill = ctypes.c_void_p(); ok(cu.cuModuleGetFunction(ctypes.byref(fill), mod, b"fg_fill_u32"), "func")
+def launch(val):  # from device 0 into device 1's memory: needs the peer access
+    a, b, c = C(B.value), ctypes.c_uint32(val), ctypes.c_uint64(N)
+    args = (ctypes.c_void_p * 3)(ctypes.addressof(a), ctypes.addressof(b), ctypes.addressof(c))
+    r = cu.cuLaunchKernel(fill, 64, 1, 1, 128, 1, 1, 0, None, args, None) or cu.cuCtxSynchronize()
+    buf = (ctypes.c_uint32 * N)()
+    ok(cu.cuMemcpyDtoH_v2(buf, B, ctypes.c_size_t(N * 4)), "dtoh")
+    return r, sorted(set(buf))
+print("FIRST", *launch(5), flush=True)
+sys.stdin.readline()
+print("AFTER", *launch(6), flush=True)
+sys.stdin.readline()
+'''
+
+
+def test_peer_access_survives_a_page_out_and_in(tmp_path: Path) -> None:
+    from cuda_ctypes import TEST_PTX
+
+    pool = LivePool.start(tmp_path, store_args=["--memory-only"], node_env={"FARGPU_SIM_DEVICES": "2"})
+    proc = None
+    try:
+        lease = pool.lease(vram="64M", gpus=2)
+        env = {"PATH": "/usr/bin:/bin", "LD_LIBRARY_PATH": str(paths.stub_dir()),
+               "FARGPU_SERVER": lease["endpoints"][0].removeprefix("tcp://"), "FARGPU_TOKEN": lease["token"]}
+        proc = subprocess.Popen([sys.executable, "-P", "-c", PEER_HOLD, str(TEST_PTX)], env=env, text=True,
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd="/")
+        assert proc.stdout is not None and proc.stdin is not None
+
+        def line() -> list[str]:  # with a deadline: a client stuck in a call fails the test, it does not hang it
+            ready, _, _ = select.select([proc.stdout], [], [], 60)
+            assert ready, "the client did not answer within 60 s:\n" + pool.logs()
+            return proc.stdout.readline().split()  # type: ignore[union-attr]
+
+        assert line() == ["FIRST", "0", "[5]"]
+        sid = pool.session_of(lease["lease_id"])["session_id"]
+        r = pool.admin_post(f"/v1/admin/sessions/{sid}/page-out", {"to": "host"})
+        assert r.status_code == 202, r.text
+        paged = pool.wait_session(sid, lambda s: bool(s.get("page_result")), "the page-out outcome")
+        assert paged["state"] == "paged-host", paged
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        # paged back in at the next call: device 1's memory mapped again, and device 0 still reaches it
+        after = line()
+        assert after == ["AFTER", "0", "[6]"], " ".join(after) + pool.logs()
+    finally:
+        if proc is not None:
+            try:
+                proc.communicate("go\n", timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
         pool.stop()
