@@ -154,6 +154,37 @@ CUresult fgc_cuGraphEventWaitNodeGetEvent(CUgraphNode node, CUevent *ev) {
     return r;
 }
 
+CUresult fgc_cuGraphKernelNodeGetAttribute(CUgraphNode node, CUkernelNodeAttrID attr, CUkernelNodeAttrValue *v) {
+    FGC_REQUIRE_INIT();
+    if (!v) return CUDA_ERROR_INVALID_VALUE;
+    fg_writer *w = fgc_begin(FG_OP_cuGraphKernelNodeGetAttribute);
+    if (!w) return fgc_last_error();
+    fgc_put_handle(w, node);
+    fg_put_u32(w, (uint32_t)attr);
+    fgc_expect(v, sizeof *v); /* an event in it is the id the application holds */
+    return fgc_sync();
+}
+
+CUresult fgc_cuGraphKernelNodeSetAttribute(CUgraphNode node, CUkernelNodeAttrID attr, const CUkernelNodeAttrValue *v) {
+    FGC_REQUIRE_INIT();
+    if (!v) return CUDA_ERROR_INVALID_VALUE;
+    fg_writer *w = fgc_begin(FG_OP_cuGraphKernelNodeSetAttribute);
+    if (!w) return fgc_last_error();
+    fgc_put_handle(w, node);
+    fg_put_u32(w, (uint32_t)attr);
+    fg_put(w, v, sizeof *v);
+    return fgc_sync();
+}
+
+CUresult fgc_cuGraphKernelNodeCopyAttributes(CUgraphNode dst, CUgraphNode src) {
+    FGC_REQUIRE_INIT();
+    fg_writer *w = fgc_begin(FG_OP_cuGraphKernelNodeCopyAttributes);
+    if (!w) return fgc_last_error();
+    fgc_put_handle(w, dst);
+    fgc_put_handle(w, src);
+    return fgc_sync();
+}
+
 CUresult fgc_cuGraphChildGraphNodeGetGraph(CUgraphNode node, CUgraph *child) {
     uint64_t id = 0;
     CUresult r = one(FG_OP_cuGraphChildGraphNodeGetGraph, node, &id, sizeof id);

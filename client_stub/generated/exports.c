@@ -1986,18 +1986,17 @@ FGC_EXPORT CUresult CUDAAPI cuGraphInstantiateWithParams_ptsz(CUgraphExec *phGra
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphKernelNodeCopyAttributes(CUgraphNode dst, CUgraphNode src) {
-    (void)dst;
-    (void)src;
-    static int logged;
-    return fgc_unsupported("cuGraphKernelNodeCopyAttributes", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuGraphKernelNodeCopyAttributes");
+    CUresult r_ = fgc_cuGraphKernelNodeCopyAttributes(dst, src);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuGraphKernelNodeCopyAttributes", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphKernelNodeGetAttribute(CUgraphNode hNode, CUkernelNodeAttrID attr, CUkernelNodeAttrValue *value_out) {
-    (void)hNode;
-    (void)attr;
-    (void)value_out;
-    static int logged;
-    return fgc_unsupported("cuGraphKernelNodeGetAttribute", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuGraphKernelNodeGetAttribute");
+    CUresult r_ = fgc_cuGraphKernelNodeGetAttribute(hNode, attr, value_out);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuGraphKernelNodeGetAttribute", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphKernelNodeGetParams(CUgraphNode hNode, CUDA_KERNEL_NODE_PARAMS_v1 *nodeParams) {
@@ -2015,11 +2014,10 @@ FGC_EXPORT CUresult CUDAAPI cuGraphKernelNodeGetParams_v2(CUgraphNode hNode, CUD
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphKernelNodeSetAttribute(CUgraphNode hNode, CUkernelNodeAttrID attr, const CUkernelNodeAttrValue *value) {
-    (void)hNode;
-    (void)attr;
-    (void)value;
-    static int logged;
-    return fgc_unsupported("cuGraphKernelNodeSetAttribute", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuGraphKernelNodeSetAttribute");
+    CUresult r_ = fgc_cuGraphKernelNodeSetAttribute(hNode, attr, value);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuGraphKernelNodeSetAttribute", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphKernelNodeSetParams(CUgraphNode hNode, const CUDA_KERNEL_NODE_PARAMS_v1 *nodeParams) {

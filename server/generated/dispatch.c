@@ -849,7 +849,10 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
     case FG_OP_cuGraphHostNodeSetParams: return fgs_cuGraphHostNodeSetParams(S, r, out);
     case FG_OP_cuGraphInstantiateWithFlags: return fgs_cuGraphInstantiateWithFlags(S, r, out);
     case FG_OP_cuGraphInstantiateWithParams: return fgs_cuGraphInstantiateWithParams(S, r, out);
+    case FG_OP_cuGraphKernelNodeCopyAttributes: return fgs_cuGraphKernelNodeCopyAttributes(S, r, out);
+    case FG_OP_cuGraphKernelNodeGetAttribute: return fgs_cuGraphKernelNodeGetAttribute(S, r, out);
     case FG_OP_cuGraphKernelNodeGetParams_v2: return fgs_cuGraphKernelNodeGetParams_v2(S, r, out);
+    case FG_OP_cuGraphKernelNodeSetAttribute: return fgs_cuGraphKernelNodeSetAttribute(S, r, out);
     case FG_OP_cuGraphKernelNodeSetParams_v2: return fgs_cuGraphKernelNodeSetParams_v2(S, r, out);
     case FG_OP_cuGraphLaunch: return fgs_cuGraphLaunch(S, r, out);
     case FG_OP_cuGraphMemcpyNodeGetParams: return fgs_cuGraphMemcpyNodeGetParams(S, r, out);

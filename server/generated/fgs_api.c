@@ -123,7 +123,10 @@ const char *fgs_api_load(fgs_api *api, void *dl) {
     *(void **)&api->cuGraphHostNodeSetParams = dlsym(dl, "cuGraphHostNodeSetParams");
     *(void **)&api->cuGraphInstantiateWithFlags = dlsym(dl, "cuGraphInstantiateWithFlags");
     *(void **)&api->cuGraphInstantiateWithParams = dlsym(dl, "cuGraphInstantiateWithParams");
+    *(void **)&api->cuGraphKernelNodeCopyAttributes = dlsym(dl, "cuGraphKernelNodeCopyAttributes");
+    *(void **)&api->cuGraphKernelNodeGetAttribute = dlsym(dl, "cuGraphKernelNodeGetAttribute");
     *(void **)&api->cuGraphKernelNodeGetParams_v2 = dlsym(dl, "cuGraphKernelNodeGetParams_v2");
+    *(void **)&api->cuGraphKernelNodeSetAttribute = dlsym(dl, "cuGraphKernelNodeSetAttribute");
     *(void **)&api->cuGraphKernelNodeSetParams_v2 = dlsym(dl, "cuGraphKernelNodeSetParams_v2");
     *(void **)&api->cuGraphLaunch = dlsym(dl, "cuGraphLaunch");
     *(void **)&api->cuGraphMemcpyNodeGetParams = dlsym(dl, "cuGraphMemcpyNodeGetParams");

@@ -41,7 +41,10 @@ CUresult fgs_cuGraphHostNodeGetParams(fgs_session *S, fg_reader *r, fg_writer *o
 CUresult fgs_cuGraphHostNodeSetParams(fgs_session *S, fg_reader *r, fg_writer *out);
 CUresult fgs_cuGraphInstantiateWithFlags(fgs_session *S, fg_reader *r, fg_writer *out);
 CUresult fgs_cuGraphInstantiateWithParams(fgs_session *S, fg_reader *r, fg_writer *out);
+CUresult fgs_cuGraphKernelNodeCopyAttributes(fgs_session *S, fg_reader *r, fg_writer *out);
+CUresult fgs_cuGraphKernelNodeGetAttribute(fgs_session *S, fg_reader *r, fg_writer *out);
 CUresult fgs_cuGraphKernelNodeGetParams_v2(fgs_session *S, fg_reader *r, fg_writer *out);
+CUresult fgs_cuGraphKernelNodeSetAttribute(fgs_session *S, fg_reader *r, fg_writer *out);
 CUresult fgs_cuGraphKernelNodeSetParams_v2(fgs_session *S, fg_reader *r, fg_writer *out);
 CUresult fgs_cuGraphLaunch(fgs_session *S, fg_reader *r, fg_writer *out);
 CUresult fgs_cuGraphMemcpyNodeGetParams(fgs_session *S, fg_reader *r, fg_writer *out);

@@ -5,7 +5,7 @@
  * Kernel parameters go back packed with the function's layout, so the stub can point kernelParams into its own
  * copy. A memcpy node holds device addresses only (the stub made host memory into device shadows and maps them
  * back). A host node's function is the callback trampoline: its cookie goes back, which the stub maps to the
- * application's function and data. A child graph belongs to its node: it gets an id of its own, marked borrowed,
+ * application's function and data. Kernel node attributes that hold an event carry its id. A child graph belongs to its node: it gets an id of its own, marked borrowed,
  * so the session never destroys it (cuGraphDestroy of it is refused, and the session's end skips it); the id goes
  * when its parent graph is destroyed (conditional nodes' body graphs are borrowed the same way: graph_cond.c). Lists are bounded (MAX_LIST) like every decoded count. */
 #include <stdlib.h>
@@ -287,6 +287,71 @@ CUresult fgs_cuGraphHostNodeGetParams(fgs_session *S, fg_reader *r, fg_writer *o
     if (!cookie) return CUDA_ERROR_INVALID_VALUE;
     fg_put_u64(out, cookie);
     return CUDA_SUCCESS;
+}
+
+/* ---- kernel node attributes: values that hold an event carry its id on the wire ---- */
+
+#define ATTR_BYTES sizeof(CUkernelNodeAttrValue)
+
+static CUresult attr_ok(uint32_t attr) {
+    if (attr == CU_LAUNCH_ATTRIBUTE_DEVICE_UPDATABLE_KERNEL_NODE) { /* it would hand out a device node handle */
+        return CUDA_ERROR_NOT_SUPPORTED;
+    }
+    return attr == 0 || attr >= 64 ? CUDA_ERROR_INVALID_VALUE : CUDA_SUCCESS; /* ids are small: 1 to 16 in CUDA 13 */
+}
+
+static CUevent *event_field(CUkernelNodeAttrValue *v, uint32_t attr) {
+    return attr == CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_EVENT      ? &v->programmaticEvent.event
+           : attr == CU_LAUNCH_ATTRIBUTE_LAUNCH_COMPLETION_EVENT ? &v->launchCompletionEvent.event
+                                                                 : NULL;
+}
+
+CUresult fgs_cuGraphKernelNodeGetAttribute(fgs_session *S, fg_reader *r, fg_writer *out) {
+    NEED(cuGraphKernelNodeGetAttribute);
+    CUgraphNode node = NULL;
+    CUresult res = get_node(S, r, &node);
+    uint32_t attr = fg_get_u32(r);
+    if (r->failed) return FGS_PROTOCOL_ERROR;
+    if (res != CUDA_SUCCESS || (res = attr_ok(attr)) != CUDA_SUCCESS) return res;
+    CUkernelNodeAttrValue v;
+    memset(&v, 0, sizeof v);
+    res = S->api->cuGraphKernelNodeGetAttribute(node, (CUkernelNodeAttrID)attr, &v);
+    if (res != CUDA_SUCCESS) return res;
+    CUevent *ev = event_field(&v, attr);
+    if (ev && *ev) { /* the id the application holds; a new one for an event the session never saw */
+        uint64_t id = fgs_handle_id_of(S, FGH_EVENT, *ev);
+        *ev = (CUevent)(uintptr_t)(id ? id : fgs_handle_add(S, FGH_EVENT, *ev));
+    }
+    fg_put(out, &v, ATTR_BYTES);
+    return CUDA_SUCCESS;
+}
+
+CUresult fgs_cuGraphKernelNodeSetAttribute(fgs_session *S, fg_reader *r, fg_writer *out) {
+    (void)out;
+    NEED(cuGraphKernelNodeSetAttribute);
+    CUgraphNode node = NULL;
+    CUresult res = get_node(S, r, &node);
+    uint32_t attr = fg_get_u32(r);
+    CUkernelNodeAttrValue v;
+    fg_get(r, &v, ATTR_BYTES);
+    if (r->failed) return FGS_PROTOCOL_ERROR;
+    if (res != CUDA_SUCCESS || (res = attr_ok(attr)) != CUDA_SUCCESS) return res;
+    CUevent *ev = event_field(&v, attr);
+    if (ev) {
+        void *real = NULL;
+        if (fgs_handle_get(S, FGH_EVENT, (uint64_t)(uintptr_t)*ev, &real)) return CUDA_ERROR_INVALID_HANDLE;
+        *ev = (CUevent)real;
+    }
+    return S->api->cuGraphKernelNodeSetAttribute(node, (CUkernelNodeAttrID)attr, &v);
+}
+
+CUresult fgs_cuGraphKernelNodeCopyAttributes(fgs_session *S, fg_reader *r, fg_writer *out) {
+    (void)out;
+    NEED(cuGraphKernelNodeCopyAttributes);
+    CUgraphNode dst = NULL, src = NULL;
+    CUresult res = get_node(S, r, &dst), res2 = get_node(S, r, &src);
+    if (res == CUDA_SUCCESS) res = res2;
+    return res == CUDA_SUCCESS ? S->api->cuGraphKernelNodeCopyAttributes(dst, src) : res;
 }
 
 /* ---- child graphs: borrowed ids ---- */

@@ -32,6 +32,7 @@ struct sim_gnode {
     CUgraphConditionalNodeType ctype;
     unsigned int nbodies;
     struct sim_graph **bodies;       /* what cuGraphAddNode hands out as phGraph_out */
+    CUkernelNodeAttrValue attrs[32]; /* kernel node attributes by id (sim_graph_query.c); unset: zero */
     void **kparams; /* what cuGraphKernelNodeGetParams_v2 hands out: pointers into kbuf */
 };
 

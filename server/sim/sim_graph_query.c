@@ -2,7 +2,7 @@
  * a node's dependencies and dependents (edge data is always the default: the simulated device keeps none; with
  * an array, at most *num entries are written, the rest of it NULL, and *num says how many), and
  * the parameters of kernel, memcpy and host nodes, and the child graph of a child-graph node (owned by its node,
- * as the driver's is). Kernel parameters come back as kernelParams, an array of pointers into the node's own
+ * as the driver's is), and kernel node attributes (kept per node, not acted on). Kernel parameters come back as kernelParams, an array of pointers into the node's own
  * copy of the parameter buffer, valid until the node's parameters change or the node goes, as the driver's. */
 #include "sim_graph.h"
 
@@ -152,3 +152,35 @@ static CUresult child_get(struct sim_gnode *x, CUgraph *out)
     return CUDA_SUCCESS;
 }
 SIM_API CUresult cuGraphChildGraphNodeGetGraph(CUgraphNode n, CUgraph *out) { LOCKED(child_get(N(n), out)); }
+
+/* Kernel node attributes: kept per node (copied with it), an unset one reads as zero. */
+static CUresult attr_get(struct sim_gnode *x, CUkernelNodeAttrID a, CUkernelNodeAttrValue *v)
+{
+    if (!x || !v || x->type != CU_GRAPH_NODE_TYPE_KERNEL || (unsigned)a >= 32 || a == 0)
+        return CUDA_ERROR_INVALID_VALUE;
+    *v = x->attrs[a];
+    return CUDA_SUCCESS;
+}
+static CUresult attr_set(struct sim_gnode *x, CUkernelNodeAttrID a, const CUkernelNodeAttrValue *v)
+{
+    if (!x || !v || x->type != CU_GRAPH_NODE_TYPE_KERNEL || (unsigned)a >= 32 || a == 0)
+        return CUDA_ERROR_INVALID_VALUE;
+    x->attrs[a] = *v;
+    return CUDA_SUCCESS;
+}
+static CUresult attr_copy(struct sim_gnode *d, struct sim_gnode *s)
+{
+    if (!d || !s || d->type != CU_GRAPH_NODE_TYPE_KERNEL || s->type != CU_GRAPH_NODE_TYPE_KERNEL)
+        return CUDA_ERROR_INVALID_VALUE;
+    memcpy(d->attrs, s->attrs, sizeof d->attrs);
+    return CUDA_SUCCESS;
+}
+SIM_API CUresult cuGraphKernelNodeGetAttribute(CUgraphNode n, CUkernelNodeAttrID a, CUkernelNodeAttrValue *v)
+{
+    LOCKED(attr_get(N(n), a, v));
+}
+SIM_API CUresult cuGraphKernelNodeSetAttribute(CUgraphNode n, CUkernelNodeAttrID a, const CUkernelNodeAttrValue *v)
+{
+    LOCKED(attr_set(N(n), a, v));
+}
+SIM_API CUresult cuGraphKernelNodeCopyAttributes(CUgraphNode d, CUgraphNode s) { LOCKED(attr_copy(N(d), N(s))); }

@@ -392,6 +392,14 @@ static int build_args(pools *P, unsigned op, buf *a, buf *pre, int *expect) {
             for (uint32_t k = 0; k < na; k++) put_launch_attr(P, a);
             break;
         }
+        case 'v': { /* a kernel node attribute value: random bytes, an event id in it now and then */
+            CUkernelNodeAttrValue v;
+            uint8_t *raw = (uint8_t *)&v;
+            for (size_t i = 0; i < sizeof v; i++) raw[i] = (uint8_t)rnd();
+            if (chance(30)) v.programmaticEvent.event = (CUevent)(uintptr_t)pick_handle(P, FGH_EVENT);
+            put(a, &v, sizeof v);
+            break;
+        }
         case 'V': {
             CUstreamAttrValue v;
             uint8_t *raw = (uint8_t *)&v;

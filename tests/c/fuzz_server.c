@@ -309,6 +309,7 @@ static void add_record(buf *o, unsigned op, const buf *args) {
  * y a CUDA_MEMCPY3D (device pointers, mostly), Q an array id, R an array descriptor (2D or 3D, both fit),
  * 3 a 3D copy as arrays.c takes it (host flags, CUDA_MEMCPY3D, stream, packed bytes), U a CUDA_RESOURCE_DESC,
  * t a CUDA_TEXTURE_DESC, W a mipmapped array id, I a 64-byte CUDA IPC token,
+ * v a CUkernelNodeAttrValue (random, an event id at times),
  * H an image reference (sha256[32], u64 size, u32 extra_len, extra) after IMAGE_CHUNK records that may
  * upload it, Y one IMAGE_CHUNK record (sha256[32], u64 total, u64 offset, u32 len, bytes). */
 static const char *layout[FG_OP_LIMIT] = {
@@ -512,6 +513,9 @@ static const char *layout[FG_OP_LIMIT] = {
     [FG_OP_cuGraphHostNodeGetParams] = "D",
     [FG_OP_cuGraphChildGraphNodeGetGraph] = "D",
     [FG_OP_cuGraphConditionalHandleCreate] = "GCii",
+    [FG_OP_cuGraphKernelNodeGetAttribute] = "Di",
+    [FG_OP_cuGraphKernelNodeSetAttribute] = "Div",
+    [FG_OP_cuGraphKernelNodeCopyAttributes] = "DD",
     [FG_OP_cuGraphAddNode_v2] = "GlqiiC",
     [FG_OP_cuGraphNodeFindInClone] = "wDG",
     [FG_OP_cuGraphDestroyNode] = "D",

@@ -108,7 +108,10 @@ const char *fg_op_name(unsigned op) {
     case FG_OP_cuGraphHostNodeSetParams: return "cuGraphHostNodeSetParams";
     case FG_OP_cuGraphInstantiateWithFlags: return "cuGraphInstantiateWithFlags";
     case FG_OP_cuGraphInstantiateWithParams: return "cuGraphInstantiateWithParams";
+    case FG_OP_cuGraphKernelNodeCopyAttributes: return "cuGraphKernelNodeCopyAttributes";
+    case FG_OP_cuGraphKernelNodeGetAttribute: return "cuGraphKernelNodeGetAttribute";
     case FG_OP_cuGraphKernelNodeGetParams_v2: return "cuGraphKernelNodeGetParams_v2";
+    case FG_OP_cuGraphKernelNodeSetAttribute: return "cuGraphKernelNodeSetAttribute";
     case FG_OP_cuGraphKernelNodeSetParams_v2: return "cuGraphKernelNodeSetParams_v2";
     case FG_OP_cuGraphLaunch: return "cuGraphLaunch";
     case FG_OP_cuGraphMemcpyNodeGetParams: return "cuGraphMemcpyNodeGetParams";

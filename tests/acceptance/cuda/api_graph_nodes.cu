@@ -3,7 +3,7 @@
 // asked for its root nodes, edges, each node's dependencies and dependents and type, and every node's
 // parameters (kernel with its kernelParams values, memcpy with the application's host pointers, host function
 // and data, events, the child graph); the child graph is changed through the handle its node hands out and the
-// parent runs the change. Executable setters for host and event-record nodes. Then memory allocation and free
+// parent runs the change. Executable setters for host and event-record nodes; kernel node attributes. Then memory allocation and free
 // nodes: a graph that allocates, fills, copies out and frees (launched three times, same address each time), a
 // graph whose allocation outlives the launch and is freed by the application between launches, the generic
 // node API for both kinds and the graph-memory attributes. Values are checked against the host
@@ -276,6 +276,34 @@ int main()
     CHECK(cudaGraphExecDestroy(e));
     CHECK(cudaGraphDestroy(g));
     CHECK(cudaGraphDestroy(child));
+
+    // ---- kernel node attributes: set on one node, read back, copied to another (this graph is not launched) ----
+    cudaGraph_t ag;
+    CHECK(cudaGraphCreate(&ag, 0));
+    void *attr_args[] = {&da, &db, &dc, &n};
+    cudaKernelNodeParams ak;
+    std::memset(&ak, 0, sizeof ak);
+    ak.func = (void *)fg_vadd;
+    ak.gridDim = dim3(16);
+    ak.blockDim = dim3(256);
+    ak.kernelParams = attr_args;
+    cudaGraphNode_t k1, k2;
+    CHECK(cudaGraphAddKernelNode(&k1, ag, nullptr, 0, &ak));
+    CHECK(cudaGraphAddKernelNode(&k2, ag, nullptr, 0, &ak));
+    cudaKernelNodeAttrValue av;
+    std::memset(&av, 0, sizeof av);
+    av.cooperative = 1;
+    CHECK(cudaGraphKernelNodeSetAttribute(k1, cudaLaunchAttributeCooperative, &av));
+    cudaKernelNodeAttrValue got1, got2;
+    std::memset(&got1, 0, sizeof got1);
+    std::memset(&got2, 0, sizeof got2);
+    CHECK(cudaGraphKernelNodeGetAttribute(k1, cudaLaunchAttributeCooperative, &got1));
+    CHECK(cudaGraphKernelNodeGetAttribute(k2, cudaLaunchAttributeCooperative, &got2));
+    check("kernel node attribute set on one node", got1.cooperative == 1 && got2.cooperative == 0);
+    CHECK(cudaGraphKernelNodeCopyAttributes(k2, k1));
+    CHECK(cudaGraphKernelNodeGetAttribute(k2, cudaLaunchAttributeCooperative, &got2));
+    check("kernel node attributes copied", got2.cooperative == 1);
+    CHECK(cudaGraphDestroy(ag));
 
     // ---- memory nodes: allocate, fill, copy out, free ----
     const size_t MB = N * sizeof(unsigned int);
