@@ -71,7 +71,7 @@ CUresult fgs_cuMemAlloc_v2(fgs_session *S, fg_reader *r, fg_writer *out) {
      * (ipc.c); a driver that cannot makes it without (IPC of it is then refused). */
     prop.requestedHandleTypes = CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR;
     res = S->api->cuMemCreate(&h, mapped, &prop, 0);
-    if (res == CUDA_ERROR_NOT_SUPPORTED || res == CUDA_ERROR_INVALID_VALUE) {
+    if (res == CUDA_ERROR_NOT_SUPPORTED || res == CUDA_ERROR_INVALID_VALUE || res == CUDA_ERROR_NOT_PERMITTED) {
         prop.requestedHandleTypes = CU_MEM_HANDLE_TYPE_NONE;
         res = S->api->cuMemCreate(&h, mapped, &prop, 0);
     }

@@ -891,7 +891,12 @@ CUresult fgs_page_in(fgs_session *S) {
         prop.type = CU_MEM_ALLOCATION_TYPE_PINNED;
         prop.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
         prop.location.id = a->dev;
-        r = S->api->cuMemCreate(&a->handle, a->mapped, &prop, 0);
+        prop.requestedHandleTypes = a->client_vmm ? CU_MEM_HANDLE_TYPE_NONE : CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR;
+        r = S->api->cuMemCreate(&a->handle, a->mapped, &prop, 0); /* shareable again, as memory.c made it (ipc.c) */
+        if (r == CUDA_ERROR_NOT_SUPPORTED || r == CUDA_ERROR_INVALID_VALUE || r == CUDA_ERROR_NOT_PERMITTED) {
+            prop.requestedHandleTypes = CU_MEM_HANDLE_TYPE_NONE;
+            r = S->api->cuMemCreate(&a->handle, a->mapped, &prop, 0);
+        }
         if (r != CUDA_SUCCESS) {
             a->handle = 0;
             break;
