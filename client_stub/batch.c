@@ -531,7 +531,9 @@ int fgc_send_pending_unlocked(void) {
     uint8_t hb[FG_HEADER_SIZE];
     fg_header_encode(&h, hb);
     struct iovec iov[2] = {{hb, sizeof hb}, {out.buf, out.len}};
-    fgc_resume_keep_writer(hb, &out, h.seq); /* (its buffer now belongs to reconnect.c until the server has it) */
+    /* Kept for a resume: a large batch by taking over its buffer (it belongs to reconnect.c until the server has
+     * it), a small one copied. */
+    if (!fgc_resume_keep_writer(hb, &out, h.seq)) fgc_resume_keep(iov, 2, h.seq, 0);
     /* The write lock is taken before mu is let go: a later batch (with a later seq) cannot overtake this one. */
     pthread_mutex_lock(&g_fgc.wmu);
     pthread_mutex_unlock(&g_fgc.mu);
