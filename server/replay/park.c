@@ -217,6 +217,13 @@ static int put_globals(fgs_session *S, fg_writer *w, char *err, size_t errlen, i
                 size_t n = 0;
                 CUresult r = global_of(S, is_lib, h, ctx, L.name[k], &p, &n);
                 if (r == CUDA_ERROR_NOT_FOUND || (r == CUDA_SUCCESS && !n)) continue;
+                if (r != CUDA_SUCCESS) { /* a variable the driver will not hand out by name: never parked without */
+                    snprintf(err, errlen, "the module global %s cannot be looked up by name (CUDA error %d), so it "
+                             "cannot be saved", L.name[k], (int)r);
+                    *blocked = 1;
+                    fgs_names_free(&L);
+                    return -1;
+                }
                 size_t len = strlen(L.name[k]);
                 fg_put_u64(w, e->ids[0]);
                 fg_put_u64(w, ctx_id);
