@@ -79,6 +79,7 @@ class _Session:
     vram: int = 0
     ended: str = ""
     resume_key: str = ""  # the client's secret for resuming the session after it was parked
+    restoring: bool = False  # a restored worker waits for "consumed": nothing else may reach its control pipe
 
 
 class NodeAgent:
@@ -158,6 +159,8 @@ class NodeAgent:
         st = self.pager.states.get(session_id)
         if sess is None or st is None:
             return "failed no such session on this node"
+        if sess.restoring:
+            return "failed the session is being restored"
         if st.state == "paged-host" and not self.pager.pool.cpu_view:
             # Its memory is in driver memory this process cannot read: back to the GPU, then out to a spill file.
             res = await self.page_in(session_id)
@@ -187,6 +190,8 @@ class NodeAgent:
         sess = self._sessions.get(session_id)
         if sess is None:
             return "failed no such session on this node"
+        if sess.restoring:  # its worker reads nothing but "consumed" until then
+            return "failed the session is being restored"
         res = await self.pager.page_out(session_id, sess.ctl_w, to, pid=sess.proc.pid)
         log.info("page-out of session %s: %s", session_id, res)
         return res
@@ -195,6 +200,8 @@ class NodeAgent:
         sess = self._sessions.get(session_id)
         if sess is None:
             return "failed no such session on this node"
+        if sess.restoring:  # its worker reads nothing but "consumed" until then
+            return "failed the session is being restored"
         res = await self.pager.page_in(session_id, sess.ctl_w)
         log.info("page-in of session %s: %s", session_id, res)
         return res
@@ -244,7 +251,7 @@ class NodeAgent:
             log.warning("could not sweep the park store for interrupted parks: %s", e)
 
     def _ctl_fds(self) -> dict[str, int]:
-        return {sid: s.ctl_w for sid, s in self._sessions.items()}
+        return {sid: s.ctl_w for sid, s in self._sessions.items() if not s.restoring}
 
     async def _answer_need(self, sess: _Session, need: int) -> None:
         pids = {sid: s.proc.pid for sid, s in self._sessions.items()}
@@ -543,7 +550,8 @@ class NodeAgent:
         attach_child.close()
         ipc_child.close()
         info = SessionInfo(sid, grant.lease_id, proc.pid, 0, hello.client)
-        sess = _Session(info, proc, ctl_w, attach_key=attach_key, attach_sock=attach_parent, resume_key=resume_key)
+        sess = _Session(info, proc, ctl_w, attach_key=attach_key, attach_sock=attach_parent, resume_key=resume_key,
+                        restoring=fetched is not None)
         self._sessions[sid] = sess
         log.info("session %s for lease %s (client %s) -> worker %d%s", sid, grant.lease_id, hello.client, proc.pid,
                  f" on GPU(s) {visible['CUDA_VISIBLE_DEVICES']}" if visible else "")
@@ -624,6 +632,7 @@ class NodeAgent:
                         answer = b"keep\n"
                     with contextlib.suppress(OSError):
                         os.write(sess.ctl_w, answer)
+                    sess.restoring = False
         finally:
             transport.close()
 

@@ -50,6 +50,20 @@ def occupy_for_test(spec: str) -> None:
     print(f"fargpu-worker[{os.getpid()}]: test: occupied {spec} -> {(got or 0):#x}", file=sys.stderr)
 
 
+def await_consumed(fd: int, status: Any) -> str:
+    """The agent's answer once a restored session's parked state is removed: "consumed", or why not. A command
+    that comes first (the agent holds them back meanwhile; this is the backstop) is refused with its failure status,
+    so whoever sent it does not wait for an answer."""
+    deadline = time.monotonic() + CONSUMED_WAIT_S
+    while True:
+        line = read_ctl_line(fd, max(0.0, deadline - time.monotonic()))
+        word = line.split(" ", 1)[0]
+        refusal = {"park": "park-failed", "pageout": "pageout-failed", "pagein": "pagein-failed"}.get(word)
+        if refusal is None:
+            return line
+        status.write(f"{refusal} the session is being restored\n")
+
+
 def read_ctl_line(fd: int, timeout_s: float) -> str:
     """One line from the agent's control pipe, a byte at a time (what follows it is fgs_serve's); "" on EOF or when
     none came within timeout_s."""
@@ -177,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
                      f"{lib.fgs_moved_globals(S)}\n")  # type: ignore[attr-defined]
         # Nothing is applied before the agent removed the parked state: until then, a worker that dies leaves the
         # session parked, and the client's next attempt restores it again.
-        answer = read_ctl_line(a.ctl_fd, CONSUMED_WAIT_S)
+        answer = await_consumed(a.ctl_fd, status)
         if answer != "consumed":
             print(f"fargpu-worker[{os.getpid()}]: session {a.session}: the parked state was not released "
                   f"({answer or 'no answer'}); it stays parked", file=sys.stderr)
