@@ -161,9 +161,18 @@ while True:
                             stdout=subprocess.PIPE, text=True, cwd="/")
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "GO"
-        time.sleep(0.3)
-        proc.send_signal(signal.SIGSTOP)
-        wait_log(quick, "a bulk copy stalled on connection 0", timeout=15)
+        # A pause that lands between two copies (the worker idle, waiting for the next request, which has no
+        # deadline) stalls nothing: let the client go on and pause it again, a few times at most.
+        for _attempt in range(5):
+            time.sleep(0.3)
+            proc.send_signal(signal.SIGSTOP)
+            give_up = time.monotonic() + 8
+            while "a bulk copy stalled on connection 0" not in quick.log_text()[before:] and time.monotonic() < give_up:
+                time.sleep(0.05)
+            if "a bulk copy stalled on connection 0" in quick.log_text()[before:]:
+                break
+            proc.send_signal(signal.SIGCONT)
+        wait_log(quick, "a bulk copy stalled on connection 0", timeout=1)
         pid = int(re.findall(r"-> worker (\d+)", quick.log_text()[before:])[-1])
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
