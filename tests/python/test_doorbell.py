@@ -106,10 +106,18 @@ def test_calls_through_the_doorbell_keep_order_and_errors(node: NodeServer, mode
 
 
 def test_host_functions_keep_their_order_through_the_doorbell(node: NodeServer) -> None:
-    r = run_client(HOST_FUNCTIONS, shm_env(node))
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert "ORDER [('first', True, True), ('second',), ('third', 0, True, 1234)]" in r.stdout, r.stdout + r.stderr
-    assert doorbell_counts(r.stderr)[0] > 0, r.stderr
+    """The program makes only three synchronous calls, and a loaded machine (CI: 2 cores) can deschedule the worker
+    past its spin window for all three: every run must keep the order, and it runs again (a few times at most)
+    until one of them went through the doorbell."""
+    stderr = ""
+    for _ in range(6):
+        r = run_client(HOST_FUNCTIONS, shm_env(node))
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "ORDER [('first', True, True), ('second',), ('third', 0, True, 1234)]" in r.stdout, r.stdout + r.stderr
+        stderr += r.stderr
+        if doorbell_counts(r.stderr)[0] > 0:
+            return
+    pytest.fail("no run sent a synchronous call through the doorbell:\n" + stderr)
 
 
 LOOP = PRELUDE + r'''
