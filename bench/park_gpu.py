@@ -239,6 +239,11 @@ def main() -> int:
         for p in nodes:
             if p.poll() is None:
                 p.kill()
+    # how the restoring node got the session's addresses back (server/replay/park_place.c), or why it could not
+    node_logs = "".join(f.read_text(errors="replace") for f in sorted(out.glob("node_*.log")))
+    result["placement"] = re.findall(r"placed \d+ allocations at their old addresses: [^\n]*", node_logs)[:4]
+    result["restore_errors"] = re.findall(r"cannot restore session \w+: [^\n]*", node_logs)[:4]
+    result["randomisation_refused"] = re.findall(r"cannot turn off address randomisation[^\n]*", node_logs)[:2]
     try:
         sys.path.insert(0, str(Path(__file__).parent))
         from acceptance import check_proof

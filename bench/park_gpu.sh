@@ -13,6 +13,18 @@ PY=${PYTHON:-python3}
 . bench/gpu_prepare.sh
 # bench/gpu_all.sh runs the paging bench first, on the same tree: its build is reused when no source is newer
 if [ -n "${PARK_REBUILD:-}" ]; then gpu_prepare || exit 1; else gpu_prepare /tmp/fargpu-paging/build || exit 1; fi
+echo "== where the driver puts addresses (bench/probe_va.c): plain twice, without randomisation twice, and biased"
+if gcc -std=gnu11 -O2 -I"$CUDA_INC" bench/probe_va.c -o "$W/probe_va" -ldl; then
+  {
+    printf '{"date": "%s", "commit": "%s", "runs": {' "$(date -u +%F)" "$FARGPU_COMMIT"
+    printf '"aslr_1": %s, ' "$("$W/probe_va" || echo null)"
+    printf '"aslr_2": %s, ' "$("$W/probe_va" || echo null)"
+    printf '"no_aslr_1": %s, ' "$(setarch -R "$W/probe_va" || echo null)"
+    printf '"no_aslr_2": %s, ' "$(setarch -R "$W/probe_va" || echo null)"
+    printf '"no_aslr_bias_256": %s}}\n' "$(PROBE_BIAS_MB=256 setarch -R "$W/probe_va" || echo null)"
+  } > "$OUT/probe_va.json"
+  "$PY" -c "import json,sys; d=json.load(open(sys.argv[1]))['runs']; print({k: (v or {}).get('first_fit') for k, v in d.items()})" "$OUT/probe_va.json" || true
+fi
 echo "== park benchmark"
 PYTHONPATH="$W/py:$W/site:$REPO/bench" FARGPU_NATIVE_DIR="$W/build" PYTHONUNBUFFERED=1 FARGPU_COMMIT=$FARGPU_COMMIT \
   "$PY" bench/park_gpu.py --out "$OUT" --stub-dir "$W/build/stub" --python "$PY" "$@" 2>"$OUT/park_stderr.log"

@@ -182,6 +182,12 @@ def main(
                           "range where sessions' allocations go, so that a parked session gets its addresses back on "
                           "another node (use the same on every node); off: anywhere")
     ] = DEFAULT_ARENA,
+    stable_addresses: Annotated[
+        bool, typer.Option(envvar="FARGPU_STABLE_ADDRESSES", help="run session workers without address-space "
+                           "randomisation, so that a parked session gets its device addresses back on a real GPU "
+                           "(the driver places them itself); --no-stable-addresses keeps workers randomised, and "
+                           "parked sessions may then fail to restore (they stay parked, never resumed wrong)")
+    ] = True,
     max_sessions_per_lease: Annotated[
         int,
         typer.Option(envvar="FARGPU_MAX_SESSIONS_PER_LEASE", min=1, help="sessions a lease may hold here at once, "
@@ -257,7 +263,7 @@ def main(
                       spill_dir=spill_dir or None, idle_page_out_s=idle_page_out or None,
                       deep_after_s=deep_after or None,
                       advertise=advertise or None, park_store=park_store or None, idle_park_s=idle_park or None,
-                      arena=arena_spec, host_pool_kind=host_pool_kind)
+                      arena=arena_spec, host_pool_kind=host_pool_kind, stable_addresses=stable_addresses)
     if host_pool_kind not in ("auto", "vmm", "memfd"):
         typer.secho(f"error: --host-pool-kind {host_pool_kind!r}: use auto, vmm or memfd", fg="red", err=True)
         raise typer.Exit(2)

@@ -44,6 +44,7 @@ from .spawn import SpawnedProcess, spawn
 from .tls import DataTls, RelayedSocket
 
 log = logging.getLogger("fargpu.server")
+RESTORE_VA_BIAS_MB = 256  # how far below the parking worker's the driver's range starts in a restoring worker
 
 
 @dataclass
@@ -66,6 +67,9 @@ class AgentConfig:
     park_store: str | None = None  # where parked sessions go (server/park/node.py); None: the state dir's park/
     idle_park_s: float | None = None  # park a session paged out and idle this long (None: only when the pool asks)
     arena: str = "0x600000000000:0x100000000000"  # the workers' address arena, as server/park/arena.py normalises it
+    # Workers run without address-space randomisation, so that a parked session gets its device addresses back in a
+    # new worker (server/worker.py keep_addresses_stable); off trades parking on a real GPU for randomised workers
+    stable_addresses: bool = True
 
 
 @dataclass
@@ -516,6 +520,10 @@ class NodeAgent:
         resume_key = hello.resume_key if fetched is not None else secrets.token_hex(16)
         env["FARGPU_RESUME_KEY"] = resume_key  # the worker tells the client in HELLO_OK (never on a command line)
         env["FARGPU_ARENA"] = self.config.arena  # where its allocations go (server/park/arena.py)
+        if self.config.stable_addresses:
+            env["FARGPU_WORKER_STABLE_VA"] = "1"
+            if fetched is not None:  # the driver's range starts at or below the parking worker's (worker.py)
+                env["FARGPU_WORKER_VA_BIAS_MB"] = str(RESTORE_VA_BIAS_MB)
         if fetched is not None:
             args += ["--restore-dir", str(fetched.workdir), "--restore-pages", fetched.pages_arg()]
         if conn.family == socket.AF_UNIX and hello.shm and not isinstance(conn, RelayedSocket):

@@ -33,6 +33,48 @@ def _load() -> tuple[cffi.FFI, object]:
 
 
 CONSUMED_WAIT_S = 120.0
+ADDR_NO_RANDOMIZE = 0x0040000  # personality(2)
+PROT_NONE, MAP_PRIVATE, MAP_ANONYMOUS, MAP_NORESERVE = 0, 0x02, 0x20, 0x4000
+
+
+def keep_addresses_stable() -> None:
+    """FARGPU_WORKER_STABLE_VA=1 (the agent's default): run without address-space randomisation, by turning it off
+    for this process and executing it again, once. The real driver places device addresses where it likes in the
+    process's address space (bench/probe_va.c); without randomisation every worker of a node finds the driver's
+    range at the same place, which is what lets a parked session get its old addresses back in a new worker
+    (server/replay/park.c). Where the kernel or a seccomp profile refuses, the worker says so and carries on."""
+    if os.environ.get("FARGPU_WORKER_STABLE_VA") != "1":
+        return
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    current = libc.personality(0xFFFFFFFF)
+    if current == -1 or current & ADDR_NO_RANDOMIZE:
+        return
+    if os.environ.get("FARGPU_WORKER_REEXECUTED") == "1" or libc.personality(current | ADDR_NO_RANDOMIZE) == -1:
+        why = os.strerror(ctypes.get_errno()) if os.environ.get("FARGPU_WORKER_REEXECUTED") != "1" else "not kept"
+        print(f"fargpu-worker[{os.getpid()}]: cannot turn off address randomisation ({why}): a parked session may "
+              "not get its addresses back (the node's --no-stable-addresses says it on purpose)", file=sys.stderr)
+        return
+    os.environ["FARGPU_WORKER_REEXECUTED"] = "1"
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, sys.orig_argv)
+
+
+def bias_addresses() -> None:
+    """FARGPU_WORKER_VA_BIAS_MB (a restoring worker): map that much address space, inaccessible and never backed,
+    before the driver maps its own range, so that the driver's range starts at or below where it started in the
+    worker that parked the session, and the restore can fill up to each old address (park.c)."""
+    mb = int(os.environ.get("FARGPU_WORKER_VA_BIAS_MB", "0") or 0)
+    if mb <= 0:
+        return
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    libc.mmap(None, mb << 20, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
 
 
 def occupy_for_test(spec: str) -> None:
@@ -146,11 +188,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shm", type=int, default=0, help="bytes of shared memory a co-located client offered")
     ap.add_argument("--ipc-fd", type=int, default=-1, help="the node's CUDA IPC broker (server/ipc_broker.py)")
     a = ap.parse_args(argv)
+    if argv is None:
+        keep_addresses_stable()
     os.set_blocking(a.fd, True)
     sock = socket.socket(fileno=a.fd)
     status = os.fdopen(a.status_fd, "w", buffering=1)
     ffi, lib = _load()
     err = ffi.new("char[]", 512)
+    bias_addresses()
     S = lib.fgs_open(a.driver.encode(), a.quota, a.max_frame, err, 512)  # type: ignore[attr-defined]
     if S == ffi.NULL:
         reason = ffi.string(err).decode(errors="replace")

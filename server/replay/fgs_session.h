@@ -213,6 +213,7 @@ void fgs_events_note(fgs_session *S, unsigned op, const uint8_t *args, size_t le
 void fgs_events_forget(fgs_session *S, uint64_t id);
 void fgs_events_put(fgs_session *S, fg_writer *w);
 int fgs_events_get(fgs_session *S, fg_reader *r, char *err, size_t errlen);
+int fgs_park_place(fgs_session *S, fgs_alloc *wants, uint32_t n, char *err, size_t errlen); /* park_place.c */
 int fgs_events_answer(fgs_session *S, unsigned op, const uint8_t *args, size_t len, fg_writer *out, CUresult *res);
 /* A module global that moved when its session was restored: where it is now (p itself when it did not). */
 uint64_t fgs_park_xlate(fgs_session *S, uint64_t p, uint64_t n);

@@ -13,11 +13,12 @@
  *
  * Restore (fgs_restore, before the worker answers the client's resume HELLO): the salt comes back first, then
  * every journal entry is replayed through the ordinary dispatch with each handle placed in its recorded slot
- * (journal.c), then every allocation's address range is reserved again at exactly its old address (the session's
- * arena keeps them away from the driver's own ranges), and its memory is left paged where the agent fetched it (an
- * extent of the node's host pool, "host:OFF:LEN", or a spill file) for the first batch to page in (paging.c). Module globals are written back; one that came back at another
- * address is translated for the session's copies (fgs_park_xlate). Any difference fails the restore, and the
- * session stays parked: it is never resumed wrong. */
+ * (journal.c); as soon as the first context is back, every allocation's address range is reserved again at exactly
+ * its old address (park_place.c: asked for, or reached by filling the free ranges the driver offers below it), and
+ * its memory is left paged where the agent fetched it (an extent of the node's host pool, "host:OFF:LEN", or a
+ * spill file) for the first batch to page in (paging.c). Module globals are written back; one that came back at
+ * another address is translated for the session's copies (fgs_park_xlate). Any difference fails the restore, and
+ * the session stays parked: it is never resumed wrong. */
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -619,6 +620,36 @@ static int get_globals(fgs_session *S, fg_reader *r, char *err, size_t errlen) {
     return r->failed ? -1 : 0;
 }
 
+/* Past one journal entry (as replay_one reads it). */
+static void skip_entry(fg_reader *r) {
+    fg_get_u16(r);
+    fg_get_u64(r);
+    uint32_t n_ids = fg_get_u32(r);
+    if (n_ids > (1u << 24) || !fg_take(r, (size_t)n_ids * 8)) r->failed = 1;
+    fg_take(r, fg_get_u32(r));
+    fg_take(r, fg_get_u32(r));
+}
+
+/* The allocation table: each allocation's old address, sizes, device and place in the page store (paged). */
+static fgs_alloc *read_allocs(fg_reader *r, uint32_t *n) {
+    *n = fg_get_u32(r);
+    if (r->failed || *n > fg_reader_left(r) / 36) {
+        r->failed = 1;
+        return NULL;
+    }
+    fgs_alloc *v = (fgs_alloc *)calloc(*n ? *n : 1, sizeof *v);
+    if (!v) return NULL;
+    for (uint32_t i = 0; i < *n; i++) {
+        v[i].ptr = fg_get_u64(r);
+        v[i].size = (size_t)fg_get_u64(r);
+        v[i].mapped = (size_t)fg_get_u64(r);
+        v[i].dev = (int)fg_get_u32(r);
+        v[i].page_off = fg_get_u64(r);
+        v[i].paged = 1;
+    }
+    return v;
+}
+
 static int restore(fgs_session *S, const char *dir, const char *pages, char *err, size_t errlen) {
     char path[1100];
     snprintf(path, sizeof path, "%s/state", dir);
@@ -629,6 +660,7 @@ static int restore(fgs_session *S, const char *dir, const char *pages, char *err
         return -1;
     }
     int rc = -1;
+    fgs_alloc *wants = NULL;
     fg_reader r;
     fg_reader_init(&r, buf, len);
     const uint8_t *magic = fg_take(&r, 8);
@@ -642,59 +674,45 @@ static int restore(fgs_session *S, const char *dir, const char *pages, char *err
     uint64_t cur = fg_get_u64(&r);
     uint64_t arena = fg_get_u64(&r);
     uint32_t n_entries = fg_get_u32(&r);
+    /* The allocation table follows the journal: read it first, to place the allocations as soon as the session's
+     * first context is back, before its modules take address space (park_place.c). */
+    fg_reader scan = r;
+    for (uint32_t i = 0; i < n_entries && !scan.failed; i++) skip_entry(&scan);
+    uint32_t n_allocs = 0;
+    wants = read_allocs(&scan, &n_allocs);
+    if (!wants) {
+        snprintf(err, errlen, scan.failed ? "the parked state is malformed" : "out of memory");
+        goto done;
+    }
+    uint64_t total = 0;
+    for (uint32_t i = 0; i < n_allocs; i++) total += wants[i].mapped;
+    int placed = n_allocs == 0;
     fg_writer o;
     fg_writer_init(&o, 4096, (size_t)FG_CHUNK + (1u << 20));
-    for (uint32_t i = 0; i < n_entries && !r.failed; i++)
+    for (uint32_t i = 0; i < n_entries && !r.failed; i++) {
         if (replay_one(S, dir, &r, &o, err, errlen)) {
             fg_writer_free(&o);
             goto done;
         }
+        if (!placed && any_context(S)) {
+            S->api->cuCtxSetCurrent(any_context(S));
+            if (fgs_park_place(S, wants, n_allocs, err, errlen)) {
+                fg_writer_free(&o);
+                goto done;
+            }
+            placed = 1;
+        }
+    }
     fg_writer_free(&o);
+    if (!placed) {
+        snprintf(err, errlen, "the parked state has allocations but no context");
+        goto done;
+    }
     fgs_handles_reindex(S);
     void *cctx = NULL;
     if (cur && fgs_handle_get(S, FGH_CONTEXT, cur, &cctx) == 0) S->api->cuCtxSetCurrent((CUcontext)cctx);
     else if (!cctx && any_context(S)) S->api->cuCtxSetCurrent(any_context(S));
-    uint32_t n_allocs = fg_get_u32(&r);
-    uint64_t total = 0;
-    for (uint32_t i = 0; i < n_allocs && !r.failed; i++) {
-        fgs_alloc a;
-        memset(&a, 0, sizeof a);
-        a.ptr = fg_get_u64(&r);
-        a.size = (size_t)fg_get_u64(&r);
-        a.mapped = (size_t)fg_get_u64(&r);
-        a.dev = (int)fg_get_u32(&r);
-        a.page_off = fg_get_u64(&r);
-        a.paged = 1;
-        if (r.failed || !a.mapped) break;
-        if (S->n_allocs == S->cap_allocs) {
-            size_t cap = S->cap_allocs ? S->cap_allocs * 2 : 64;
-            fgs_alloc *na = (fgs_alloc *)realloc(S->allocs, cap * sizeof *na);
-            if (!na) {
-                snprintf(err, errlen, "out of memory");
-                goto done;
-            }
-            S->allocs = na;
-            S->cap_allocs = cap;
-        }
-        CUdeviceptr p = 0;
-        CUresult res = S->api->cuMemAddressReserve(&p, a.mapped, 0, a.ptr, 0);
-        if (res == CUDA_SUCCESS && p != a.ptr) {
-            S->api->cuMemAddressFree(p, a.mapped);
-            res = CUDA_ERROR_ALREADY_MAPPED;
-        }
-        if (res != CUDA_SUCCESS) {
-            snprintf(err, errlen, "the address range 0x%llx (%zu bytes) of an allocation cannot be had on this node "
-                     "(CUDA error %d)", (unsigned long long)a.ptr, a.mapped, (int)res);
-            goto done;
-        }
-        if (fgs_charge_dev(S, a.dev, a.mapped) != CUDA_SUCCESS) {
-            S->api->cuMemAddressFree(a.ptr, a.mapped);
-            snprintf(err, errlen, "the session's memory is over its lease's quota on this node");
-            goto done;
-        }
-        S->allocs[S->n_allocs++] = a;
-        total += a.mapped;
-    }
+    r = scan; /* past the allocation table, read above */
     if (arena > S->arena_next && arena <= S->arena_end) S->arena_next = arena;
     if (get_globals(S, &r, err, errlen) || fgs_events_get(S, &r, err, errlen)) goto done;
     if (r.failed || fg_reader_left(&r)) {
@@ -709,6 +727,7 @@ static int restore(fgs_session *S, const char *dir, const char *pages, char *err
     }
     rc = 0;
 done:
+    free(wants);
     free(buf);
     return rc;
 }

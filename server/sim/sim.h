@@ -150,6 +150,11 @@ struct sim_vmm_info {
     unsigned int handle_types;   /* its requestedHandleTypes */
 };
 void sim_vmm_describe(const struct sim_seg *seg, struct sim_vmm_info *info);
+
+/* sim_vaheap.c: FARGPU_SIM_VA=heap, reservations placed as the real driver places them (hints ignored) */
+int sim_vaheap_on(void);
+uintptr_t sim_vaheap_take(size_t size, size_t alignment);
+int sim_vaheap_give(uintptr_t base, size_t size);
 size_t sim_seg_collect_owned(const struct sim_ctx *owner, const void *module, struct sim_seg **out, size_t max);
 
 /* ---- streams and events (sim_stream.c) ---- */

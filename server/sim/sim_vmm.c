@@ -3,6 +3,7 @@
  *
  *   cuMemAddressReserve  mmap(PROT_NONE) of a granularity-aligned VA range; a requested address is honoured
  *                        when free (MAP_FIXED_NOREPLACE), else the range goes elsewhere, as the driver's hint;
+ *                        with FARGPU_SIM_VA=heap, placed as the probed real driver places it (sim_vaheap.c);
  *   cuMemCreate          a physical allocation = a memfd of that size, charged against device memory;
  *   cuMemMap             mmap(MAP_FIXED | MAP_SHARED) of the memfd into a reserved range (no access yet);
  *   cuMemSetAccess       mprotect of whole mappings (PROT_READ or PROT_READWRITE);
@@ -117,7 +118,12 @@ SIM_API CUresult cuMemAddressReserve(CUdeviceptr *ptr, size_t size, size_t align
     }
     uintptr_t base = 0;
     const int mflags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE;
-    if (rc == CUDA_SUCCESS && addr && ((uintptr_t)addr & (alignment - 1)) == 0) {
+    if (rc == CUDA_SUCCESS && sim_vaheap_on()) { /* as the probed driver: the requested address is ignored */
+        base = sim_vaheap_take(size, alignment);
+        if (!base)
+            rc = CUDA_ERROR_OUT_OF_MEMORY;
+    }
+    if (rc == CUDA_SUCCESS && !base && addr && ((uintptr_t)addr & (alignment - 1)) == 0) {
         void *p = mmap((void *)(uintptr_t)addr, size, PROT_NONE, mflags | MAP_FIXED_NOREPLACE, -1, 0);
         if (p != MAP_FAILED && (uintptr_t)p == (uintptr_t)addr)
             base = (uintptr_t)p;
@@ -161,7 +167,8 @@ SIM_API CUresult cuMemAddressFree(CUdeviceptr ptr, size_t size)
             rc = CUDA_ERROR_INVALID_VALUE;
     }
     if (rc == CUDA_SUCCESS) {
-        munmap((void *)g_resv[i].base, g_resv[i].size);
+        if (!sim_vaheap_give(g_resv[i].base, g_resv[i].size))
+            munmap((void *)g_resv[i].base, g_resv[i].size);
         g_resv[i] = g_resv[--g_nresv];
     }
     sim_unlock();

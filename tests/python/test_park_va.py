@@ -1,0 +1,80 @@
+"""Parking where the driver chooses device addresses: the simulated device places address reservations as the real
+driver was probed to (FARGPU_SIM_VA=heap, server/sim/sim_vaheap.c: requested addresses ignored, the lowest free
+range of one per-process range handed out). A parked session still comes back at its old addresses in a new worker
+on a new node server, because the node's workers run without address-space randomisation (server/worker.py) and
+the restore fills the free ranges the driver offers below each old address (server/replay/park_place.c).
+
+This proves the mechanism against a model of the driver; whether the real driver behaves as modelled is what
+bench/park_gpu.sh shows on a GPU. Nothing here says anything about a GPU."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from e2e_helpers import NodeServer, start_server, stop_server
+from test_park import PROGRAM, _run, _wait_log  # noqa: F401 - the same session as the directory-store test
+
+HEAP = {"FARGPU_SIM_VA": "heap"}
+
+
+def _worker_personality(s: NodeServer) -> int:
+    pids = re.findall(r"-> worker (\d+)", s.log_text())
+    assert pids, s.log_text()[-3000:]
+    return int(Path(f"/proc/{pids[-1]}/personality").read_text(), 16)
+
+
+def test_a_parked_session_gets_its_addresses_back_where_the_driver_ignores_requested_addresses(tmp_path: Path) -> None:
+    (tmp_path / "ref").mkdir()
+    ref = start_server(tmp_path / "ref", env_extra=HEAP)
+    try:
+        _ready, plain, _ = _run(ref.client_env())
+    finally:
+        stop_server(ref)
+    assert plain.startswith("RESULT bad= prio -1 flags 1 ctx True"), plain
+
+    store = tmp_path / "park-store"
+    a = start_server(tmp_path, "--idle-page-out", "1", "--idle-park", "1", "--park-store", str(store), env_extra=HEAP)
+    port = int(a.endpoint.rsplit(":", 1)[1])
+    b: list[NodeServer] = []
+
+    def park_then_replace_node() -> None:
+        _wait_log(a, r"park of session \w+: parked sessions/\w+ (\d+)")
+        assert "not in the session's address arena" in a.log_text()  # the model ignored the arena's addresses
+        a.proc.kill()
+        a.proc.wait()
+        (tmp_path / "b").mkdir()
+        b.append(start_server(tmp_path / "b", "--park-store", str(store), port=port, env_extra=HEAP))
+
+    try:
+        ready, out, err = _run(a.client_env(FARGPU_RESUME_TIMEOUT_S="60", FARGPU_LOG="info"), park_then_replace_node)
+        log_b = b[0].log_text()
+        assert out == plain, out + "\n" + err + "\n" + log_b[-3000:]  # every byte at every old address, the kernel
+        assert "resumed on" in err, err
+        m = re.search(r"placed (\d+) allocations at their old addresses: (\d+) as asked, (\d+) after filling (\d+)",
+                      log_b)
+        assert m, log_b[-3000:]
+        # the restoring worker's range starts below the parking worker's (its bias), so reaching the old addresses
+        # took filling: asking alone would have failed
+        assert int(m.group(3)) >= 1 and int(m.group(4)) >= 1, m.group(0)
+        assert _worker_personality(b[0]) & 0x0040000, "the restoring worker must run without randomisation"
+    finally:
+        stop_server(a)
+        for s in b:
+            stop_server(s)
+
+
+def test_workers_are_randomised_when_the_node_says_so(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    s = start_server(tmp_path, "--no-stable-addresses")
+    try:
+        p = subprocess.Popen([sys.executable, "-P", "-c", PROGRAM], env=s.client_env(), stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/")
+        assert p.stdout is not None
+        assert p.stdout.readline().startswith("READY")
+        assert _worker_personality(s) & 0x0040000 == 0
+        p.communicate("go\n", timeout=60)
+    finally:
+        stop_server(s)
