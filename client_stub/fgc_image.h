@@ -13,6 +13,9 @@ size_t fgc_image_size(const void **image);
 /* Load an image through op (module or library load): extra_n bytes of op-specific arguments follow the
  * image name. *id receives the new handle's virtual id. */
 CUresult fgc_image_load(uint16_t op, const void *image, size_t n, const void *extra, size_t extra_n, uint64_t *id);
+/* The same for an op whose reply has a variable length (up to cap bytes into reply; *got receives the count). */
+CUresult fgc_image_call(uint16_t op, const void *image, size_t n, const void *extra, size_t extra_n, void *reply,
+                        size_t cap, size_t *got);
 uint64_t fgc_image_bytes_sent(void);
 /* Read an image file on the client (callers free it); NULL with *err set when it cannot be read. */
 void *fgc_read_image_file(const char *path, CUresult *err);

@@ -53,6 +53,26 @@ CUresult fgc_image_load(uint16_t op, const void *image, size_t n, const void *ex
     return CUDA_ERROR_INVALID_IMAGE;
 }
 
+CUresult fgc_image_call(uint16_t op, const void *image, size_t n, const void *extra, size_t extra_n, void *reply,
+                        size_t cap, size_t *got) {
+    uint8_t sha[32];
+    fg_sha256(image, n, sha);
+    for (int attempt = 0; attempt < 2; attempt++) {
+        fg_writer *w = fgc_begin(op);
+        if (!w) return fgc_last_error();
+        fg_put(w, sha, 32);
+        fg_put_u64(w, n);
+        fg_put_u32(w, (uint32_t)extra_n);
+        if (extra_n) fg_put(w, extra, extra_n);
+        fgc_expect(reply, cap);
+        CUresult r = fgc_sync_var(got);
+        if (r != (CUresult)FG_RESULT_NEED_IMAGE) return r;
+        if (attempt == 0 && (r = send_chunks(sha, (const uint8_t *)image, n)) != CUDA_SUCCESS) return r;
+    }
+    fgc_log(FGC_LOG_ERROR, "the server asked for an image twice; giving up");
+    return CUDA_ERROR_INVALID_IMAGE;
+}
+
 void *fgc_read_image_file(const char *path, CUresult *err) {
     FILE *f = fopen(path, "rb");
     if (!f) {

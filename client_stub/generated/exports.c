@@ -2567,83 +2567,50 @@ FGC_EXPORT CUresult CUDAAPI cuLibraryUnload(CUlibrary library) {
 }
 
 FGC_EXPORT CUresult CUDAAPI cuLinkAddData(CUlinkState state, CUjitInputType type, void *data, size_t size, const char *name, unsigned int numOptions, CUjit_option *options, void **optionValues) {
-    (void)state;
-    (void)type;
-    (void)data;
-    (void)size;
-    (void)name;
-    (void)numOptions;
-    (void)options;
-    (void)optionValues;
-    static int logged;
-    return fgc_unsupported("cuLinkAddData", &logged);
+    return cuLinkAddData_v2(state, type, data, size, name, numOptions, options, optionValues);
 }
 
 FGC_EXPORT CUresult CUDAAPI cuLinkAddData_v2(CUlinkState state, CUjitInputType type, void *data, size_t size, const char *name, unsigned int numOptions, CUjit_option *options, void **optionValues) {
-    (void)state;
-    (void)type;
-    (void)data;
-    (void)size;
-    (void)name;
-    (void)numOptions;
-    (void)options;
-    (void)optionValues;
-    static int logged;
-    return fgc_unsupported("cuLinkAddData_v2", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuLinkAddData_v2");
+    CUresult r_ = fgc_cuLinkAddData_v2(state, type, data, size, name, numOptions, options, optionValues);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuLinkAddData_v2", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuLinkAddFile(CUlinkState state, CUjitInputType type, const char *path, unsigned int numOptions, CUjit_option *options, void **optionValues) {
-    (void)state;
-    (void)type;
-    (void)path;
-    (void)numOptions;
-    (void)options;
-    (void)optionValues;
-    static int logged;
-    return fgc_unsupported("cuLinkAddFile", &logged);
+    return cuLinkAddFile_v2(state, type, path, numOptions, options, optionValues);
 }
 
 FGC_EXPORT CUresult CUDAAPI cuLinkAddFile_v2(CUlinkState state, CUjitInputType type, const char *path, unsigned int numOptions, CUjit_option *options, void **optionValues) {
-    (void)state;
-    (void)type;
-    (void)path;
-    (void)numOptions;
-    (void)options;
-    (void)optionValues;
-    static int logged;
-    return fgc_unsupported("cuLinkAddFile_v2", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuLinkAddFile_v2");
+    CUresult r_ = fgc_cuLinkAddFile_v2(state, type, path, numOptions, options, optionValues);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuLinkAddFile_v2", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuLinkComplete(CUlinkState state, void **cubinOut, size_t *sizeOut) {
-    (void)state;
-    (void)cubinOut;
-    (void)sizeOut;
-    static int logged;
-    return fgc_unsupported("cuLinkComplete", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuLinkComplete");
+    CUresult r_ = fgc_cuLinkComplete(state, cubinOut, sizeOut);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuLinkComplete", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuLinkCreate(unsigned int numOptions, CUjit_option *options, void **optionValues, CUlinkState *stateOut) {
-    (void)numOptions;
-    (void)options;
-    (void)optionValues;
-    (void)stateOut;
-    static int logged;
-    return fgc_unsupported("cuLinkCreate", &logged);
+    return cuLinkCreate_v2(numOptions, options, optionValues, stateOut);
 }
 
 FGC_EXPORT CUresult CUDAAPI cuLinkCreate_v2(unsigned int numOptions, CUjit_option *options, void **optionValues, CUlinkState *stateOut) {
-    (void)numOptions;
-    (void)options;
-    (void)optionValues;
-    (void)stateOut;
-    static int logged;
-    return fgc_unsupported("cuLinkCreate_v2", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuLinkCreate_v2");
+    CUresult r_ = fgc_cuLinkCreate_v2(numOptions, options, optionValues, stateOut);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuLinkCreate_v2", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuLinkDestroy(CUlinkState state) {
-    (void)state;
-    static int logged;
-    return fgc_unsupported("cuLinkDestroy", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuLinkDestroy");
+    CUresult r_ = fgc_cuLinkDestroy(state);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuLinkDestroy", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuLogsCurrent(CUlogIterator *iterator_out, unsigned int flags) {

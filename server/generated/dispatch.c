@@ -1093,6 +1093,10 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         if (res == CUDA_SUCCESS) fgs_globals_forget(S);
         return res;
     }
+    case FG_OP_cuLinkAddData_v2: return fgs_cuLinkAddData_v2(S, r, out);
+    case FG_OP_cuLinkComplete: return fgs_cuLinkComplete(S, r, out);
+    case FG_OP_cuLinkCreate_v2: return fgs_cuLinkCreate_v2(S, r, out);
+    case FG_OP_cuLinkDestroy: return fgs_cuLinkDestroy(S, r, out);
     case FG_OP_cuMemAddressFree: return fgs_cuMemAddressFree(S, r, out);
     case FG_OP_cuMemAddressReserve: return fgs_cuMemAddressReserve(S, r, out);
     case FG_OP_cuMemAlloc_v2: return fgs_cuMemAlloc_v2(S, r, out);

@@ -162,6 +162,10 @@ const char *fgs_api_load(fgs_api *api, void *dl) {
     *(void **)&api->cuLibraryGetModule = dlsym(dl, "cuLibraryGetModule");
     *(void **)&api->cuLibraryLoadData = dlsym(dl, "cuLibraryLoadData");
     *(void **)&api->cuLibraryUnload = dlsym(dl, "cuLibraryUnload");
+    *(void **)&api->cuLinkAddData_v2 = dlsym(dl, "cuLinkAddData_v2");
+    *(void **)&api->cuLinkComplete = dlsym(dl, "cuLinkComplete");
+    *(void **)&api->cuLinkCreate_v2 = dlsym(dl, "cuLinkCreate_v2");
+    *(void **)&api->cuLinkDestroy = dlsym(dl, "cuLinkDestroy");
     *(void **)&api->cuMemAddressFree = dlsym(dl, "cuMemAddressFree");
     if (!api->cuMemAddressFree) return "cuMemAddressFree";
     *(void **)&api->cuMemAddressReserve = dlsym(dl, "cuMemAddressReserve");

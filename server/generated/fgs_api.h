@@ -145,6 +145,10 @@ typedef struct fgs_api {
     CUresult (*cuLibraryGetModule)(CUmodule *, CUlibrary);
     CUresult (*cuLibraryLoadData)(CUlibrary *, const void *, CUjit_option *, void **, unsigned int, CUlibraryOption *, void **, unsigned int);
     CUresult (*cuLibraryUnload)(CUlibrary);
+    CUresult (*cuLinkAddData_v2)(CUlinkState, CUjitInputType, void *, size_t, const char *, unsigned int, CUjit_option *, void **);
+    CUresult (*cuLinkComplete)(CUlinkState, void **, size_t *);
+    CUresult (*cuLinkCreate_v2)(unsigned int, CUjit_option *, void **, CUlinkState *);
+    CUresult (*cuLinkDestroy)(CUlinkState);
     CUresult (*cuMemAddressFree)(CUdeviceptr, size_t);
     CUresult (*cuMemAddressReserve)(CUdeviceptr *, size_t, size_t, CUdeviceptr, unsigned long long);
     CUresult (*cuMemCreate)(CUmemGenericAllocationHandle *, size_t, const CUmemAllocationProp *, unsigned long long);

@@ -157,6 +157,8 @@ void fgs_memory_release_all(fgs_session *S);
 void fgs_vmm_close(fgs_session *S);
 /* arrays.c: destroy the CUDA arrays the session still holds (at its end). */
 void fgs_arrays_close(fgs_session *S);
+/* link.c: destroy the JIT link states the session still holds (at its end). */
+void fgs_links_close(fgs_session *S);
 /* memory.c: [p, p + n) lies in one of this session's allocations or module globals. */
 int fgs_device_range_ok(fgs_session *S, uint64_t p, uint64_t n);
 /* VRAM accounting against the lease's quota (ledger.c): charge fails with CUDA_ERROR_OUT_OF_MEMORY above it. */

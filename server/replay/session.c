@@ -353,6 +353,7 @@ FGS_EXPORT void fgs_close(fgs_session *S) {
     fgs_ipc_close(S); /* memory other sessions shared with this one */
     fgs_vmm_close(S);
     fgs_arrays_close(S);
+    fgs_links_close(S);
     fgs_memory_release_all(S);
     fgs_bulk_close(S);
     fgs_shm_close(S);

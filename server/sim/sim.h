@@ -69,6 +69,7 @@ enum sim_kind {
     SIM_KIND_LIBRARY, /* context-independent (sim_library.c) */
     SIM_KIND_KERNEL,  /* a kernel of a library: usable wherever a function is (sim_func_resolve) */
     SIM_KIND_ARRAY,   /* a CUDA array (sim_array.c) */
+    SIM_KIND_LINK,    /* a JIT link state (sim_link.c): process-wide */
 };
 
 struct sim_obj {

@@ -157,6 +157,24 @@ static void put_launch_attr(pools *P, buf *a) {
     put(a, &at, sizeof at);
 }
 
+/* JIT options as the stub sends them (server/replay/link.c): "u32 n, n x (u32 option, u64 value)"; mostly a few
+ * known options with log capacities and sizes from 0 to oversized, now and then an unknown option, one that names
+ * client symbols, a duplicated log buffer or a count beyond the server's limit. */
+static void put_jit_options(buf *a) {
+    uint32_t n = chance(30) ? 0 : (uint32_t)rndn(9);
+    if (chance(3)) n = 64 + (uint32_t)rndn(3);
+    if (chance(1)) n = (uint32_t)rnd();
+    put32(a, n);
+    for (uint32_t i = 0; i < n && i < 80; i++) {
+        uint32_t o = (uint32_t)rndn(CU_JIT_NUM_OPTIONS);
+        if (chance(50)) o = (const uint32_t[]){2, 3, 4, 5, 6, 12}[rndn(6)]; /* wall time, logs, verbose */
+        if (chance(3)) o = CU_JIT_NUM_OPTIONS + (uint32_t)rndn(100);
+        uint64_t v = chance(70) ? rndn(8192) : chance(50) ? pick_size() : rnd();
+        put32(a, o);
+        put64(a, v);
+    }
+}
+
 /* Append op's arguments (and, for image loads, the IMAGE_CHUNK records to send before it, into `pre`; the
  * certain result into *expect). Returns 1 when the record is certainly malformed. A malformed string may or may
  * not end the session: the generated decoders check a handle before reading the fields after it, so an unknown
@@ -407,6 +425,34 @@ static int build_args(pools *P, unsigned op, buf *a, buf *pre, int *expect) {
             int present = chance(85);
             put8(a, (uint8_t)present);
             if (present) put(a, &v, sizeof v);
+            break;
+        }
+        case 'J': put_jit_options(a); break;
+        case 'j': put64(a, pick_handle(P, FGH_LINKSTATE)); break;
+        case 'o': put64(a, chance(75) ? 0 : chance(50) ? 1 + rndn(64 << 10) : rnd()); break;
+        case 'k': { /* cuLinkAddData_v2: an image load whose extra bytes are the link's arguments */
+            buf img = {0};
+            int ignored = EXP_ANY;
+            (void)build_image_load(pre, &img, &ignored);
+            if (img.n >= 40) put(a, img.b, 40); /* name and size */
+            free(img.b);
+            buf x = {0};
+            put64(&x, pick_handle(P, FGH_LINKSTATE));
+            put32(&x, chance(80) ? (uint32_t)rndn(3) : (uint32_t)rnd()); /* PTX, cubin, fatbin, or anything */
+            uint32_t has = chance(90) ? (uint32_t)rndn(2) : (uint32_t)rnd();
+            put32(&x, has);
+            if (has == 1) {
+                static const char nm[] = "fuzz.ptx";
+                uint32_t len = chance(90) ? (uint32_t)sizeof nm : (uint32_t)rndn(sizeof nm + 4);
+                put32(&x, len);
+                put(&x, nm, len <= sizeof nm ? len : sizeof nm);
+            }
+            put_jit_options(&x);
+            uint32_t claimed = chance(95) ? (uint32_t)x.n : (uint32_t)rnd();
+            put32(a, claimed);
+            put(a, x.b, x.n);
+            free(x.b);
+            *expect = EXP_ANY;
             break;
         }
         case 'H':

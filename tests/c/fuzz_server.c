@@ -547,6 +547,11 @@ static const char *layout[FG_OP_LIMIT] = {
     [FG_OP_cuMipmappedArrayCreate] = "Ri",
     [FG_OP_cuMipmappedArrayGetLevel] = "Wi",
     [FG_OP_cuMipmappedArrayDestroy] = "W",
+    /* JIT linking (server/replay/link.c) */
+    [FG_OP_cuLinkCreate_v2] = "J",
+    [FG_OP_cuLinkAddData_v2] = "k",
+    [FG_OP_cuLinkComplete] = "jo",
+    [FG_OP_cuLinkDestroy] = "j",
 };
 
 #include "fuzz_images.h" /* module images, uploads and loads */
@@ -663,6 +668,14 @@ static void await_reply(session *s, pools *P, unsigned last_op, uint64_t alloc_s
         case FG_OP_cuMipmappedArrayCreate: pool_add(P, FGH_MIPMAPPEDARRAY, v); break;
         case FG_OP_cuGraphClone:
         case FG_OP_cuGraphChildGraphNodeGetGraph: pool_add(P, FGH_GRAPH, v); break;
+        case FG_OP_cuLinkCreate_v2: /* u32 result, u64 link, outputs */
+            if (out_len >= 12) {
+                uint32_t res;
+                memcpy(&res, p + 24, 4);
+                memcpy(&v, p + 28, 8);
+                if (!res) pool_add(P, FGH_LINKSTATE, v);
+            }
+            break;
         case FG_OP_cuGraphInstantiateWithParams: /* u32 result, u64 exec, ... */
             if (out_len >= 12) {
                 uint32_t res;
@@ -843,7 +856,8 @@ static void fuzz_session(unsigned idx) {
                         FG_OP_cuStreamCreate, FG_OP_cuEventCreate, FG_OP_cuMemcpyDtoH_v2, FG_OP_cuModuleGetGlobal_v2,
                         FG_OP_cuLibraryGetGlobal, FG_OP_cuMemcpyHtoD_v2, FG_OP_cuOccupancyMaxActiveClusters,
                         FG_OP_cuOccupancyMaxPotentialClusterSize, FG_OP_cuStreamGetCaptureInfo_v3, FG_OP_cuGraphCreate,
-                        FG_OP_cuStreamDestroy_v2, FG_OP_cuEventDestroy_v2, FG_OP_cuModuleUnload, FG_OP_cuLibraryUnload};
+                        FG_OP_cuStreamDestroy_v2, FG_OP_cuEventDestroy_v2, FG_OP_cuModuleUnload, FG_OP_cuLibraryUnload,
+                        FG_OP_cuLinkCreate_v2, FG_OP_cuLinkAddData_v2, FG_OP_cuLinkComplete};
                     op = fav[rndn(sizeof fav / sizeof *fav)];
                 }
                 if (!want && !is_last && chance(3)) op = sync_ops[rndn(n_sync)];

@@ -24,7 +24,7 @@ from e2e_helpers import REPO, NodeServer, start_server, stop_server
 
 from fargpu import paths
 
-PROGRAMS = ("api_vmm", "api_managed", "api_graphs", "api_graph_nodes", "api_graph_cond", "api_arrays")
+PROGRAMS = ("api_vmm", "api_managed", "api_graphs", "api_graph_nodes", "api_graph_cond", "api_arrays", "api_link")
 MiB = 1 << 20
 
 
@@ -125,6 +125,14 @@ def test_arrays_textures_and_3d_copies_program(programs: dict[str, Path], node_s
     assert len([ln for ln in out if ln.endswith(" ok")]) == 7, out
     assert "array info: 32 bits x, kind 2, extent 64 x 32 x 0" in out  # cudaChannelFormatKindFloat
     assert "mip level 1: extent 8 x 8" in out
+
+
+def test_jit_link_program(programs: dict[str, Path], node_server: NodeServer) -> None:
+    # The simulated linker merges the two PTX inputs into one image; fg_vadd then runs as the test kernel.
+    out = _passed(_run(programs["api_link"], node_server), node_server)
+    assert len([ln for ln in out if ln.endswith(" ok")]) == 5, out
+    assert "linked image non-empty: yes" in out and "linked global fg_link_tag 42 (4 bytes)" in out, out
+    assert "broken input: CUDA_ERROR_INVALID_PTX, error log non-empty: yes" in out, out
 
 
 VMM = PRELUDE + r'''

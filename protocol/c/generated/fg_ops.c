@@ -145,6 +145,10 @@ const char *fg_op_name(unsigned op) {
     case FG_OP_cuLibraryGetModule: return "cuLibraryGetModule";
     case FG_OP_cuLibraryLoadData: return "cuLibraryLoadData";
     case FG_OP_cuLibraryUnload: return "cuLibraryUnload";
+    case FG_OP_cuLinkAddData_v2: return "cuLinkAddData_v2";
+    case FG_OP_cuLinkComplete: return "cuLinkComplete";
+    case FG_OP_cuLinkCreate_v2: return "cuLinkCreate_v2";
+    case FG_OP_cuLinkDestroy: return "cuLinkDestroy";
     case FG_OP_cuMemAddressFree: return "cuMemAddressFree";
     case FG_OP_cuMemAddressReserve: return "cuMemAddressReserve";
     case FG_OP_cuMemAlloc_v2: return "cuMemAlloc_v2";
