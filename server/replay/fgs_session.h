@@ -285,6 +285,7 @@ CUresult fgs_bulk_dtoh(fgs_session *S, fg_reader *r);
 void fgs_bulk_close(fgs_session *S);
 void fgs_bulk_drain(fgs_session *S);     /* before a context may be destroyed */
 void fgs_shm_forget_ctx(fgs_session *S); /* likewise */
+void fgs_shm_on_ctx(fgs_session *S);     /* a context became current: register the region under it */
 const char *fgs_bulk_error(fgs_session *S); /* why a bulk copy ended the session, or NULL */
 /* Move a bulk copy's bytes without touching the device (its batch cannot run: err is why). */
 CUresult fgs_bulk_skip(fgs_session *S, int htod, fg_reader *r, CUresult err);

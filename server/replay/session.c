@@ -250,7 +250,9 @@ CUresult fgs_set_ctx(fgs_session *S, fg_reader *r) {
     if (r->failed) return FGS_PROTOCOL_ERROR;
     void *ctx;
     if (fgs_handle_get(S, FGH_CONTEXT, id, &ctx)) return CUDA_ERROR_INVALID_CONTEXT;
-    return S->api->cuCtxSetCurrent((CUcontext)ctx);
+    CUresult res = S->api->cuCtxSetCurrent((CUcontext)ctx);
+    if (res == CUDA_SUCCESS) fgs_shm_on_ctx(S);
+    return res;
 }
 
 CUresult fgs_cuCtxCreate_v4(fgs_session *S, fg_reader *r, fg_writer *out) {
@@ -271,6 +273,7 @@ CUresult fgs_cuCtxCreate_v4(fgs_session *S, fg_reader *r, fg_writer *out) {
     }
     S->created_ctx[S->n_created_ctx++] = ctx;
     fg_put_u64(out, fgs_handle_add(S, FGH_CONTEXT, ctx));
+    fgs_shm_on_ctx(S); /* the new context is current */
     return res;
 }
 

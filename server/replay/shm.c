@@ -76,6 +76,14 @@ static void shm_ready(fgs_session *S) {
                    "staged by the driver, and mapped host memory is not available", (int)r);
 }
 
+/* A context became current (fgs_set_ctx, cuCtxCreate): register the region now, not in the middle of the first
+ * copy. Pinning a large region takes a while (its pages are allocated then); natively that cost is paid when the
+ * context and the pinned memory are made, which is when the application expects it (PyTorch's first tensor copy
+ * through a 1 GiB region took 0.36 s instead of 0.03 s when this was left to the copy). */
+void fgs_shm_on_ctx(fgs_session *S) {
+    if (S->shm) shm_ready(S);
+}
+
 /* A context may be about to go (and its registrations with it): check again at the next copy. */
 void fgs_shm_forget_ctx(fgs_session *S) {
     if (S->shm) {
