@@ -714,14 +714,10 @@ FGC_EXPORT CUresult CUDAAPI cuDeviceGetCount(int *count) {
 }
 
 FGC_EXPORT CUresult CUDAAPI cuDeviceGetDefaultMemPool(CUmemoryPool *pool_out, CUdevice dev) {
-    FGC_REQUIRE_INIT();
-    uint64_t d_pool_out;
-    fg_writer *w = fgc_begin(FG_OP_cuDeviceGetDefaultMemPool);
-    if (!w) return fgc_last_error();
-    { uint8_t want_ = pool_out != NULL; fg_put(w, &want_, 1); }
-    fgc_expect(pool_out ? (void *)pool_out : (void *)&d_pool_out, sizeof(uint64_t));
-    fg_put(w, &dev, sizeof(dev));
-    return fgc_sync_memo();
+    fgc_log(FGC_LOG_TRACE, "= cuDeviceGetDefaultMemPool");
+    CUresult r_ = fgc_cuDeviceGetDefaultMemPool(pool_out, dev);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuDeviceGetDefaultMemPool", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuDeviceGetDevResource(CUdevice device, CUdevResource *resource, CUdevResourceType type) {
@@ -765,14 +761,10 @@ FGC_EXPORT CUresult CUDAAPI cuDeviceGetLuid(char *luid, unsigned int *deviceNode
 }
 
 FGC_EXPORT CUresult CUDAAPI cuDeviceGetMemPool(CUmemoryPool *pool, CUdevice dev) {
-    FGC_REQUIRE_INIT();
-    uint64_t d_pool;
-    fg_writer *w = fgc_begin(FG_OP_cuDeviceGetMemPool);
-    if (!w) return fgc_last_error();
-    { uint8_t want_ = pool != NULL; fg_put(w, &want_, 1); }
-    fgc_expect(pool ? (void *)pool : (void *)&d_pool, sizeof(uint64_t));
-    fg_put(w, &dev, sizeof(dev));
-    return fgc_sync_memo();
+    fgc_log(FGC_LOG_TRACE, "= cuDeviceGetMemPool");
+    CUresult r_ = fgc_cuDeviceGetMemPool(pool, dev);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuDeviceGetMemPool", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuDeviceGetName(char *name, int len, CUdevice dev) {
@@ -955,13 +947,10 @@ FGC_EXPORT CUresult CUDAAPI cuDeviceSetGraphMemAttribute(CUdevice device, CUgrap
 }
 
 FGC_EXPORT CUresult CUDAAPI cuDeviceSetMemPool(CUdevice dev, CUmemoryPool pool) {
-    FGC_REQUIRE_INIT();
-    fg_writer *w = fgc_begin(FG_OP_cuDeviceSetMemPool);
-    if (!w) return fgc_last_error();
-    fgc_memo_clear();
-    fg_put(w, &dev, sizeof(dev));
-    fgc_put_handle(w, (const void *)pool);
-    return fgc_sync();
+    fgc_log(FGC_LOG_TRACE, "= cuDeviceSetMemPool");
+    CUresult r_ = fgc_cuDeviceSetMemPool(dev, pool);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuDeviceSetMemPool", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuDeviceTotalMem(unsigned int *bytes, CUdevice dev) {
@@ -2687,37 +2676,25 @@ FGC_EXPORT CUresult CUDAAPI cuMemAlloc(CUdeviceptr_v1 *dptr, unsigned int bytesi
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemAllocAsync(CUdeviceptr *dptr, size_t bytesize, CUstream hStream) {
-    (void)dptr;
-    (void)bytesize;
-    (void)hStream;
-    static int logged;
-    return fgc_unsupported("cuMemAllocAsync", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuMemAllocAsync");
+    CUresult r_ = fgc_cuMemAllocAsync(dptr, bytesize, hStream);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuMemAllocAsync", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemAllocAsync_ptsz(CUdeviceptr *dptr, size_t bytesize, CUstream hStream) {
-    (void)dptr;
-    (void)bytesize;
-    (void)hStream;
-    static int logged;
-    return fgc_unsupported("cuMemAllocAsync_ptsz", &logged);
+    return cuMemAllocAsync(dptr, bytesize, fgc_ptsz_stream(hStream));
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemAllocFromPoolAsync(CUdeviceptr *dptr, size_t bytesize, CUmemoryPool pool, CUstream hStream) {
-    (void)dptr;
-    (void)bytesize;
-    (void)pool;
-    (void)hStream;
-    static int logged;
-    return fgc_unsupported("cuMemAllocFromPoolAsync", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuMemAllocFromPoolAsync");
+    CUresult r_ = fgc_cuMemAllocFromPoolAsync(dptr, bytesize, pool, hStream);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuMemAllocFromPoolAsync", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemAllocFromPoolAsync_ptsz(CUdeviceptr *dptr, size_t bytesize, CUmemoryPool pool, CUstream hStream) {
-    (void)dptr;
-    (void)bytesize;
-    (void)pool;
-    (void)hStream;
-    static int logged;
-    return fgc_unsupported("cuMemAllocFromPoolAsync_ptsz", &logged);
+    return cuMemAllocFromPoolAsync(dptr, bytesize, pool, fgc_ptsz_stream(hStream));
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemAllocHost(void **pp, unsigned int bytesize) {
@@ -3379,17 +3356,14 @@ FGC_EXPORT CUresult CUDAAPI cuMemFree(CUdeviceptr_v1 dptr) {
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemFreeAsync(CUdeviceptr dptr, CUstream hStream) {
-    (void)dptr;
-    (void)hStream;
-    static int logged;
-    return fgc_unsupported("cuMemFreeAsync", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuMemFreeAsync");
+    CUresult r_ = fgc_cuMemFreeAsync(dptr, hStream);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuMemFreeAsync", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemFreeAsync_ptsz(CUdeviceptr dptr, CUstream hStream) {
-    (void)dptr;
-    (void)hStream;
-    static int logged;
-    return fgc_unsupported("cuMemFreeAsync_ptsz", &logged);
+    return cuMemFreeAsync(dptr, fgc_ptsz_stream(hStream));
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemFreeHost(void *p) {
@@ -3463,11 +3437,10 @@ FGC_EXPORT CUresult CUDAAPI cuMemGetAttribute_v2(void) {
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemGetDefaultMemPool(CUmemoryPool *pool_out, CUmemLocation *location, CUmemAllocationType type) {
-    (void)pool_out;
-    (void)location;
-    (void)type;
-    static int logged;
-    return fgc_unsupported("cuMemGetDefaultMemPool", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuMemGetDefaultMemPool");
+    CUresult r_ = fgc_cuMemGetDefaultMemPool(pool_out, location, type);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuMemGetDefaultMemPool", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemGetHandleForAddressRange(void *handle, CUdeviceptr dptr, size_t size, CUmemRangeHandleType handleType, unsigned long long flags) {
@@ -3495,11 +3468,10 @@ FGC_EXPORT CUresult CUDAAPI cuMemGetInfo_v2(size_t *free, size_t *total) {
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemGetMemPool(CUmemoryPool *pool, CUmemLocation *location, CUmemAllocationType type) {
-    (void)pool;
-    (void)location;
-    (void)type;
-    static int logged;
-    return fgc_unsupported("cuMemGetMemPool", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuMemGetMemPool");
+    CUresult r_ = fgc_cuMemGetMemPool(pool, location, type);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuMemGetMemPool", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemHostAlloc(void **pp, size_t bytesize, unsigned int Flags) {
@@ -3580,16 +3552,17 @@ FGC_EXPORT CUresult CUDAAPI cuMemMapArrayAsync_ptsz(CUarrayMapInfo *mapInfoList,
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemPoolCreate(CUmemoryPool *pool, const CUmemPoolProps *poolProps) {
-    (void)pool;
-    (void)poolProps;
-    static int logged;
-    return fgc_unsupported("cuMemPoolCreate", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuMemPoolCreate");
+    CUresult r_ = fgc_cuMemPoolCreate(pool, poolProps);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuMemPoolCreate", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemPoolDestroy(CUmemoryPool pool) {
-    (void)pool;
-    static int logged;
-    return fgc_unsupported("cuMemPoolDestroy", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuMemPoolDestroy");
+    CUresult r_ = fgc_cuMemPoolDestroy(pool);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuMemPoolDestroy", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemPoolExportPointer(CUmemPoolPtrExportData *shareData_out, CUdeviceptr ptr) {
@@ -3609,19 +3582,17 @@ FGC_EXPORT CUresult CUDAAPI cuMemPoolExportToShareableHandle(void *handle_out, C
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemPoolGetAccess(CUmemAccess_flags *flags, CUmemoryPool memPool, CUmemLocation *location) {
-    (void)flags;
-    (void)memPool;
-    (void)location;
-    static int logged;
-    return fgc_unsupported("cuMemPoolGetAccess", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuMemPoolGetAccess");
+    CUresult r_ = fgc_cuMemPoolGetAccess(flags, memPool, location);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuMemPoolGetAccess", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemPoolGetAttribute(CUmemoryPool pool, CUmemPool_attribute attr, void *value) {
-    (void)pool;
-    (void)attr;
-    (void)value;
-    static int logged;
-    return fgc_unsupported("cuMemPoolGetAttribute", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuMemPoolGetAttribute");
+    CUresult r_ = fgc_cuMemPoolGetAttribute(pool, attr, value);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuMemPoolGetAttribute", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemPoolImportFromShareableHandle(CUmemoryPool *pool_out, void *handle, CUmemAllocationHandleType handleType, unsigned long long flags) {
@@ -3642,28 +3613,24 @@ FGC_EXPORT CUresult CUDAAPI cuMemPoolImportPointer(CUdeviceptr *ptr_out, CUmemor
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemPoolSetAccess(CUmemoryPool pool, const CUmemAccessDesc *map, size_t count) {
-    (void)pool;
-    (void)map;
-    (void)count;
-    static int logged;
-    return fgc_unsupported("cuMemPoolSetAccess", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuMemPoolSetAccess");
+    CUresult r_ = fgc_cuMemPoolSetAccess(pool, map, count);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuMemPoolSetAccess", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemPoolSetAttribute(CUmemoryPool pool, CUmemPool_attribute attr, void *value) {
-    (void)pool;
-    (void)attr;
-    (void)value;
-    static int logged;
-    return fgc_unsupported("cuMemPoolSetAttribute", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuMemPoolSetAttribute");
+    CUresult r_ = fgc_cuMemPoolSetAttribute(pool, attr, value);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuMemPoolSetAttribute", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemPoolTrimTo(CUmemoryPool pool, size_t minBytesToKeep) {
-    FGC_REQUIRE_INIT();
-    fg_writer *w = fgc_begin(FG_OP_cuMemPoolTrimTo);
-    if (!w) return fgc_last_error();
-    fgc_put_handle(w, (const void *)pool);
-    fg_put(w, &minBytesToKeep, sizeof(minBytesToKeep));
-    return fgc_sync();
+    fgc_log(FGC_LOG_TRACE, "= cuMemPoolTrimTo");
+    CUresult r_ = fgc_cuMemPoolTrimTo(pool, minBytesToKeep);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuMemPoolTrimTo", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemPrefetchAsync(CUdeviceptr devPtr, size_t count, CUdevice dstDevice, CUstream hStream) {
@@ -3990,11 +3957,10 @@ FGC_EXPORT CUresult CUDAAPI cuMemsetD8_v2_ptds(CUdeviceptr dstDevice, unsigned c
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemSetMemPool(CUmemLocation *location, CUmemAllocationType type, CUmemoryPool pool) {
-    (void)location;
-    (void)type;
-    (void)pool;
-    static int logged;
-    return fgc_unsupported("cuMemSetMemPool", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuMemSetMemPool");
+    CUresult r_ = fgc_cuMemSetMemPool(location, type, pool);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuMemSetMemPool", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemUnmap(CUdeviceptr ptr, size_t size) {

@@ -322,34 +322,8 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         }
         return res;
     }
-    case FG_OP_cuDeviceGetDefaultMemPool: {
-        CUmemoryPool pool_out = NULL;
-        uint8_t want_pool_out = 0;
-        fg_get(r, &want_pool_out, 1);
-        CUdevice dev;
-        fg_get(r, (void *)&dev, sizeof(dev));
-        if (r->failed) return FGS_PROTOCOL_ERROR;
-        if (!S->api->cuDeviceGetDefaultMemPool) return fgs_missing(S, "cuDeviceGetDefaultMemPool");
-        CUresult res = S->api->cuDeviceGetDefaultMemPool(want_pool_out ? &pool_out : NULL, dev);
-        if (res == CUDA_SUCCESS) {
-            fg_put_u64(out, want_pool_out && pool_out ? fgs_handle_add(S, 11, (void *)pool_out) : 0);
-        }
-        return res;
-    }
-    case FG_OP_cuDeviceGetMemPool: {
-        CUmemoryPool pool = NULL;
-        uint8_t want_pool = 0;
-        fg_get(r, &want_pool, 1);
-        CUdevice dev;
-        fg_get(r, (void *)&dev, sizeof(dev));
-        if (r->failed) return FGS_PROTOCOL_ERROR;
-        if (!S->api->cuDeviceGetMemPool) return fgs_missing(S, "cuDeviceGetMemPool");
-        CUresult res = S->api->cuDeviceGetMemPool(want_pool ? &pool : NULL, dev);
-        if (res == CUDA_SUCCESS) {
-            fg_put_u64(out, want_pool && pool ? fgs_handle_add(S, 11, (void *)pool) : 0);
-        }
-        return res;
-    }
+    case FG_OP_cuDeviceGetDefaultMemPool: return fgs_cuDeviceGetDefaultMemPool(S, r, out);
+    case FG_OP_cuDeviceGetMemPool: return fgs_cuDeviceGetMemPool(S, r, out);
     case FG_OP_cuDeviceGetName: {
         char *name = NULL;
         int len;
@@ -495,17 +469,7 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         CUresult res = S->api->cuDevicePrimaryCtxSetFlags_v2(dev, flags);
         return res;
     }
-    case FG_OP_cuDeviceSetMemPool: {
-        CUdevice dev;
-        fg_get(r, (void *)&dev, sizeof(dev));
-        uint64_t id_pool = fg_get_u64(r);
-        CUmemoryPool pool = NULL;
-        if (!r->failed && fgs_handle_get(S, 11, id_pool, (void **)&pool)) return CUDA_ERROR_INVALID_HANDLE;
-        if (r->failed) return FGS_PROTOCOL_ERROR;
-        if (!S->api->cuDeviceSetMemPool) return fgs_missing(S, "cuDeviceSetMemPool");
-        CUresult res = S->api->cuDeviceSetMemPool(dev, pool);
-        return res;
-    }
+    case FG_OP_cuDeviceSetMemPool: return fgs_cuDeviceSetMemPool(S, r, out);
     case FG_OP_cuDeviceTotalMem_v2: {
         size_t bytes;
         memset(&bytes, 0, sizeof(bytes));
@@ -1099,9 +1063,12 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
     case FG_OP_cuLinkDestroy: return fgs_cuLinkDestroy(S, r, out);
     case FG_OP_cuMemAddressFree: return fgs_cuMemAddressFree(S, r, out);
     case FG_OP_cuMemAddressReserve: return fgs_cuMemAddressReserve(S, r, out);
+    case FG_OP_cuMemAllocAsync: return fgs_cuMemAllocAsync(S, r, out);
+    case FG_OP_cuMemAllocFromPoolAsync: return fgs_cuMemAllocFromPoolAsync(S, r, out);
     case FG_OP_cuMemAlloc_v2: return fgs_cuMemAlloc_v2(S, r, out);
     case FG_OP_cuMemCreate: return fgs_cuMemCreate(S, r, out);
     case FG_OP_cuMemExportToShareableHandle: return fgs_cuMemExportToShareableHandle(S, r, out);
+    case FG_OP_cuMemFreeAsync: return fgs_cuMemFreeAsync(S, r, out);
     case FG_OP_cuMemFree_v2: return fgs_cuMemFree_v2(S, r, out);
     case FG_OP_cuMemGetAccess: {
         unsigned long long flags;
@@ -1148,17 +1115,13 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
     case FG_OP_cuMemGetInfo_v2: return fgs_cuMemGetInfo_v2(S, r, out);
     case FG_OP_cuMemImportFromShareableHandle: return fgs_cuMemImportFromShareableHandle(S, r, out);
     case FG_OP_cuMemMap: return fgs_cuMemMap(S, r, out);
-    case FG_OP_cuMemPoolTrimTo: {
-        uint64_t id_pool = fg_get_u64(r);
-        CUmemoryPool pool = NULL;
-        if (!r->failed && fgs_handle_get(S, 11, id_pool, (void **)&pool)) return CUDA_ERROR_INVALID_HANDLE;
-        size_t minBytesToKeep;
-        fg_get(r, (void *)&minBytesToKeep, sizeof(minBytesToKeep));
-        if (r->failed) return FGS_PROTOCOL_ERROR;
-        if (!S->api->cuMemPoolTrimTo) return fgs_missing(S, "cuMemPoolTrimTo");
-        CUresult res = S->api->cuMemPoolTrimTo(pool, minBytesToKeep);
-        return res;
-    }
+    case FG_OP_cuMemPoolCreate: return fgs_cuMemPoolCreate(S, r, out);
+    case FG_OP_cuMemPoolDestroy: return fgs_cuMemPoolDestroy(S, r, out);
+    case FG_OP_cuMemPoolGetAccess: return fgs_cuMemPoolGetAccess(S, r, out);
+    case FG_OP_cuMemPoolGetAttribute: return fgs_cuMemPoolGetAttribute(S, r, out);
+    case FG_OP_cuMemPoolSetAccess: return fgs_cuMemPoolSetAccess(S, r, out);
+    case FG_OP_cuMemPoolSetAttribute: return fgs_cuMemPoolSetAttribute(S, r, out);
+    case FG_OP_cuMemPoolTrimTo: return fgs_cuMemPoolTrimTo(S, r, out);
     case FG_OP_cuMemRelease: return fgs_cuMemRelease(S, r, out);
     case FG_OP_cuMemRetainAllocationHandle: return fgs_cuMemRetainAllocationHandle(S, r, out);
     case FG_OP_cuMemSetAccess: return fgs_cuMemSetAccess(S, r, out);

@@ -48,8 +48,6 @@ const char *fgs_api_load(fgs_api *api, void *dl) {
     *(void **)&api->cuDeviceGetAttribute = dlsym(dl, "cuDeviceGetAttribute");
     *(void **)&api->cuDeviceGetByPCIBusId = dlsym(dl, "cuDeviceGetByPCIBusId");
     *(void **)&api->cuDeviceGetCount = dlsym(dl, "cuDeviceGetCount");
-    *(void **)&api->cuDeviceGetDefaultMemPool = dlsym(dl, "cuDeviceGetDefaultMemPool");
-    *(void **)&api->cuDeviceGetMemPool = dlsym(dl, "cuDeviceGetMemPool");
     *(void **)&api->cuDeviceGetName = dlsym(dl, "cuDeviceGetName");
     *(void **)&api->cuDeviceGetP2PAttribute = dlsym(dl, "cuDeviceGetP2PAttribute");
     *(void **)&api->cuDeviceGetPCIBusId = dlsym(dl, "cuDeviceGetPCIBusId");
@@ -63,7 +61,6 @@ const char *fgs_api_load(fgs_api *api, void *dl) {
     *(void **)&api->cuDevicePrimaryCtxRetain = dlsym(dl, "cuDevicePrimaryCtxRetain");
     if (!api->cuDevicePrimaryCtxRetain) return "cuDevicePrimaryCtxRetain";
     *(void **)&api->cuDevicePrimaryCtxSetFlags_v2 = dlsym(dl, "cuDevicePrimaryCtxSetFlags_v2");
-    *(void **)&api->cuDeviceSetMemPool = dlsym(dl, "cuDeviceSetMemPool");
     *(void **)&api->cuDeviceTotalMem_v2 = dlsym(dl, "cuDeviceTotalMem_v2");
     if (!api->cuDeviceTotalMem_v2) return "cuDeviceTotalMem_v2";
     *(void **)&api->cuEventCreate = dlsym(dl, "cuEventCreate");
@@ -190,7 +187,6 @@ const char *fgs_api_load(fgs_api *api, void *dl) {
     *(void **)&api->cuMemImportFromShareableHandle = dlsym(dl, "cuMemImportFromShareableHandle");
     *(void **)&api->cuMemMap = dlsym(dl, "cuMemMap");
     if (!api->cuMemMap) return "cuMemMap";
-    *(void **)&api->cuMemPoolTrimTo = dlsym(dl, "cuMemPoolTrimTo");
     *(void **)&api->cuMemRelease = dlsym(dl, "cuMemRelease");
     if (!api->cuMemRelease) return "cuMemRelease";
     *(void **)&api->cuMemSetAccess = dlsym(dl, "cuMemSetAccess");

@@ -40,8 +40,6 @@ typedef struct fgs_api {
     CUresult (*cuDeviceGetAttribute)(int *, CUdevice_attribute, CUdevice);
     CUresult (*cuDeviceGetByPCIBusId)(CUdevice *, const char *);
     CUresult (*cuDeviceGetCount)(int *);
-    CUresult (*cuDeviceGetDefaultMemPool)(CUmemoryPool *, CUdevice);
-    CUresult (*cuDeviceGetMemPool)(CUmemoryPool *, CUdevice);
     CUresult (*cuDeviceGetName)(char *, int, CUdevice);
     CUresult (*cuDeviceGetP2PAttribute)(int *, CUdevice_P2PAttribute, CUdevice, CUdevice);
     CUresult (*cuDeviceGetPCIBusId)(char *, int, CUdevice);
@@ -52,7 +50,6 @@ typedef struct fgs_api {
     CUresult (*cuDevicePrimaryCtxReset_v2)(CUdevice);
     CUresult (*cuDevicePrimaryCtxRetain)(CUcontext *, CUdevice);
     CUresult (*cuDevicePrimaryCtxSetFlags_v2)(CUdevice, unsigned int);
-    CUresult (*cuDeviceSetMemPool)(CUdevice, CUmemoryPool);
     CUresult (*cuDeviceTotalMem_v2)(size_t *, CUdevice);
     CUresult (*cuEventCreate)(CUevent *, unsigned int);
     CUresult (*cuEventDestroy_v2)(CUevent);
@@ -165,7 +162,6 @@ typedef struct fgs_api {
     CUresult (*cuMemHostUnregister)(void *);
     CUresult (*cuMemImportFromShareableHandle)(CUmemGenericAllocationHandle *, void *, CUmemAllocationHandleType);
     CUresult (*cuMemMap)(CUdeviceptr, size_t, size_t, CUmemGenericAllocationHandle, unsigned long long);
-    CUresult (*cuMemPoolTrimTo)(CUmemoryPool, size_t);
     CUresult (*cuMemRelease)(CUmemGenericAllocationHandle);
     CUresult (*cuMemSetAccess)(CUdeviceptr, size_t, const CUmemAccessDesc *, size_t);
     CUresult (*cuMemUnmap)(CUdeviceptr, size_t);

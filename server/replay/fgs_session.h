@@ -153,6 +153,24 @@ CUresult fgs_missing(fgs_session *S, const char *name);
 CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out);
 CUresult fgs_set_ctx(fgs_session *S, fg_reader *r);
 void fgs_memory_release_all(fgs_session *S);
+/* memory.c: one session allocation of size bytes on device ordinal dev (VMM-backed, charged to the quota), and its
+ * release without waiting (the caller knows no queued work uses it); the mapped size of the allocation at p (0:
+ * none). */
+CUresult fgs_memory_alloc(fgs_session *S, int dev, uint64_t size, CUdeviceptr *ptr, size_t *mapped);
+CUresult fgs_memory_free_now(fgs_session *S, CUdeviceptr p);
+size_t fgs_memory_mapped_at(fgs_session *S, CUdeviceptr p);
+/* Stream-ordered allocation and memory pools, emulated over session allocations (mempool.c). _forget: cuMemFree of
+ * p (-1: it was already freed with cuMemFreeAsync). _reap after each batch (last_op: the batch's last record, whose
+ * args are given: a synchronisation there releases what it waited for). _drain waits for every pending
+ * cuMemFreeAsync and releases (before a context goes). _close at the session's end, before its allocations go. */
+int fgs_mempool_forget(fgs_session *S, CUdeviceptr p);
+void fgs_mempool_reap(fgs_session *S, unsigned last_op, const uint8_t *args, size_t len);
+void fgs_mempool_drain(fgs_session *S);
+void fgs_mempool_close(fgs_session *S);
+/* Parking (park.c): which pool holds each allocation, and pools' high watermarks, written after the events and read
+ * back (0, or -1 with err filled: the restore fails). */
+void fgs_mempool_put(fgs_session *S, fg_writer *w);
+int fgs_mempool_get(fgs_session *S, fg_reader *r, char *err, size_t errlen);
 /* The client's VMM mappings, handles and reservations (vmm.c): released before fgs_memory_release_all. */
 void fgs_vmm_close(fgs_session *S);
 /* arrays.c: destroy the CUDA arrays the session still holds (at its end). */

@@ -40,6 +40,8 @@ static int is_setter(unsigned op) {
     case FG_OP_cuStreamSetAttribute:
     case FG_OP_cuStreamCopyAttributes:
     case FG_OP_cuDeviceSetMemPool:
+    case FG_OP_cuMemPoolSetAttribute:
+    case FG_OP_cuMemPoolSetAccess:
     case FG_OP_cuModuleGetGlobal_v2:
     case FG_OP_cuLibraryGetGlobal:
         return 1;

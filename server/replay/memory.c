@@ -32,6 +32,14 @@ CUresult fgs_cuMemAlloc_v2(fgs_session *S, fg_reader *r, fg_writer *out) {
     CUdevice dev;
     CUresult res = current_device(S, &dev);
     if (res != CUDA_SUCCESS) return res;
+    CUdeviceptr ptr = 0;
+    res = fgs_memory_alloc(S, (int)dev, size, &ptr, NULL);
+    if (res == CUDA_SUCCESS) fg_put_u64(out, ptr);
+    return res;
+}
+
+CUresult fgs_memory_alloc(fgs_session *S, int dev, uint64_t size, CUdeviceptr *out_ptr, size_t *out_mapped) {
+    CUresult res;
     CUmemAllocationProp prop;
     memset(&prop, 0, sizeof prop);
     prop.type = CU_MEM_ALLOCATION_TYPE_PINNED;
@@ -97,7 +105,8 @@ CUresult fgs_cuMemAlloc_v2(fgs_session *S, fg_reader *r, fg_writer *out) {
     }
     S->allocs[S->n_allocs++] = (fgs_alloc){ptr, (size_t)size, mapped, h, (int)dev, 0, 0, 0, 0};
     fgs_peer_grant(S, &S->allocs[S->n_allocs - 1]); /* devices with peer access to this one reach it too */
-    fg_put_u64(out, ptr);
+    *out_ptr = ptr;
+    if (out_mapped) *out_mapped = mapped;
     return CUDA_SUCCESS;
 }
 
@@ -114,12 +123,27 @@ CUresult fgs_cuMemFree_v2(fgs_session *S, fg_reader *r, fg_writer *out) {
     if (r->failed) return FGS_PROTOCOL_ERROR;
     fgs_alloc *a = find_alloc(S, p, 0);
     if (!a) return CUDA_ERROR_INVALID_VALUE;
+    if (fgs_mempool_forget(S, p)) return CUDA_ERROR_INVALID_VALUE; /* already freed with cuMemFreeAsync */
     /* cuMemFree waits for work that may still use the memory; unmapping does not, so wait here. */
     S->api->cuCtxSynchronize();
+    return fgs_memory_free_now(S, p);
+}
+
+/* Releases one of the session's allocations (not a client VMM mapping) without waiting for anything: the caller
+ * knows no queued work uses it any more (mempool.c: its cuMemFreeAsync completed on its stream). */
+CUresult fgs_memory_free_now(fgs_session *S, CUdeviceptr p) {
+    fgs_alloc *a = find_alloc(S, p, 0);
+    if (!a) return CUDA_ERROR_INVALID_VALUE;
     fgs_ipc_forget(S, a->ptr); /* its IPC token (if any) names nothing from now on */
     release(S, a);
     *a = S->allocs[--S->n_allocs];
     return CUDA_SUCCESS;
+}
+
+/* The allocation that starts at p (not a client VMM mapping): its mapped size, or 0 when there is none. */
+size_t fgs_memory_mapped_at(fgs_session *S, CUdeviceptr p) {
+    fgs_alloc *a = find_alloc(S, p, 0);
+    return a && a->ptr == p ? a->mapped : 0;
 }
 
 void fgs_memory_release_all(fgs_session *S) {

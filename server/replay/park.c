@@ -35,7 +35,7 @@
 #include "fgs_public.h"
 #include "fgs_session.h"
 
-#define MAGIC "FGPARK02"
+#define MAGIC "FGPARK03" /* 03: memory pools after the events */
 #define VERDICT_WAIT_MS 900000            /* how long a park waits for the agent's verdict before it gives up */
 #define ARENA_BASE 0x600000000000ull      /* FARGPU_ARENA ("0xBASE:0xSIZE", "off") overrides */
 #define ARENA_SIZE (16ull << 40)
@@ -303,6 +303,7 @@ static uint64_t write_state(fgs_session *S, const char *dir, char *err, size_t e
     if (!cur && any_context(S)) S->api->cuCtxSetCurrent(any_context(S));
     int r = put_globals(S, &w, err, errlen, blocked);
     if (!r) fgs_events_put(S, &w);
+    if (!r) fgs_mempool_put(S, &w); /* which memory pool holds each allocation (mempool.c) */
     S->api->cuCtxSetCurrent(cur);
     uint64_t n = 0;
     snprintf(path, sizeof path, "%s/state", dir);
@@ -714,7 +715,9 @@ static int restore(fgs_session *S, const char *dir, const char *pages, char *err
     else if (!cctx && any_context(S)) S->api->cuCtxSetCurrent(any_context(S));
     r = scan; /* past the allocation table, read above */
     if (arena > S->arena_next && arena <= S->arena_end) S->arena_next = arena;
-    if (get_globals(S, &r, err, errlen) || fgs_events_get(S, &r, err, errlen)) goto done;
+    if (get_globals(S, &r, err, errlen) || fgs_events_get(S, &r, err, errlen) ||
+        fgs_mempool_get(S, &r, err, errlen))
+        goto done;
     if (r.failed || fg_reader_left(&r)) {
         snprintf(err, errlen, "the parked state is malformed");
         goto done;

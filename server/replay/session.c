@@ -354,6 +354,7 @@ FGS_EXPORT void fgs_close(fgs_session *S) {
     if (S->cb_fd > 0) shutdown(S->cb_fd, SHUT_RDWR); /* a host function waiting on the client returns now */
     fgs_later_free_all(S);
     fgs_ipc_close(S); /* memory other sessions shared with this one */
+    fgs_mempool_close(S); /* its events; the memory goes with the session's allocations below */
     fgs_vmm_close(S);
     fgs_arrays_close(S);
     fgs_links_close(S);
@@ -724,6 +725,7 @@ FGS_EXPORT int fgs_serve(fgs_session *S, int fd, int ctl_fd, char *reason, unsig
                 rec.op == FG_OP_cuDevicePrimaryCtxReset_v2) { /* nothing of the transports may outlive a context */
                 fgs_bulk_drain(S);
                 fgs_shm_forget_ctx(S);
+                fgs_mempool_drain(S); /* pending stream-ordered frees wait on events of the context */
             }
             size_t out_before = out.len;
             CUresult res;
@@ -743,6 +745,7 @@ FGS_EXPORT int fgs_serve(fgs_session *S, int fd, int ctl_fd, char *reason, unsig
                 deferred_op = rec.op;
             }
         }
+        if (!bad) fgs_mempool_reap(S, rec.op, rec.args, rec.length); /* completed cuMemFreeAsync frees */
         if (!bad && n < 0) bad = bad ? bad : "malformed record";
         if (!bad && (h.flags & FG_F_WANT_REPLY) && !answered) bad = "reply requested but the last record is not synchronous";
         if (bad) {

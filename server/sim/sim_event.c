@@ -2,7 +2,10 @@
  * is recorded: cuEventRecord stores the host monotonic clock, cuEventQuery/cuEventSynchronize succeed at once,
  * and cuEventElapsedTime returns the real host time between two records (so it is > 0 when work ran between
  * them). As with the driver, elapsed time needs both events recorded and created without
- * CU_EVENT_DISABLE_TIMING, else CUDA_ERROR_INVALID_HANDLE. */
+ * CU_EVENT_DISABLE_TIMING, else CUDA_ERROR_INVALID_HANDLE.
+ * Test knob FARGPU_SIM_EVENT_QUERY_LAG=N: a recorded event answers CUDA_ERROR_NOT_READY to its first N
+ * cuEventQuery calls (as a GPU still running the work before it would), and cuEventSynchronize completes it at
+ * once; so tests can see what waits for an event (the worker's stream-ordered frees, server/replay/mempool.c). */
 #include "sim.h"
 
 #include <stdlib.h>
@@ -14,7 +17,20 @@ struct sim_event {
     unsigned int flags;
     int recorded;
     uint64_t t_ns;
+    long lag_left; /* queries still answered NOT_READY (FARGPU_SIM_EVENT_QUERY_LAG) */
 };
+
+static long query_lag(void)
+{
+    static long lag = -1;
+    if (lag < 0) {
+        const char *v = getenv("FARGPU_SIM_EVENT_QUERY_LAG");
+        lag = v ? strtol(v, NULL, 10) : 0;
+        if (lag < 0)
+            lag = 0;
+    }
+    return lag;
+}
 
 static struct sim_event *find_event(CUevent e) { return sim_reg_find(e, SIM_KIND_EVENT); }
 
@@ -62,6 +78,26 @@ SIM_API CUresult cuEventRecord(CUevent hEvent, CUstream hStream)
     if (rc == CUDA_SUCCESS) {
         e->recorded = 1;
         e->t_ns = sim_now_ns();
+        e->lag_left = query_lag();
+    }
+    sim_unlock();
+    return rc;
+}
+
+static CUresult query(CUevent hEvent, int wait)
+{
+    sim_lock();
+    CUresult rc = sim_current_ctx(NULL);
+    struct sim_event *e = rc == CUDA_SUCCESS ? find_event(hEvent) : NULL;
+    if (rc == CUDA_SUCCESS && !e)
+        rc = CUDA_ERROR_INVALID_HANDLE;
+    if (rc == CUDA_SUCCESS && e->lag_left > 0) {
+        if (wait)
+            e->lag_left = 0;
+        else {
+            e->lag_left--;
+            rc = CUDA_ERROR_NOT_READY;
+        }
     }
     sim_unlock();
     return rc;
@@ -69,17 +105,12 @@ SIM_API CUresult cuEventRecord(CUevent hEvent, CUstream hStream)
 
 SIM_API CUresult cuEventQuery(CUevent hEvent)
 {
-    sim_lock();
-    CUresult rc = sim_current_ctx(NULL);
-    if (rc == CUDA_SUCCESS)
-        rc = sim_event_check(hEvent);
-    sim_unlock();
-    return rc;
+    return query(hEvent, 0);
 }
 
 SIM_API CUresult cuEventSynchronize(CUevent hEvent)
 {
-    return cuEventQuery(hEvent);
+    return query(hEvent, 1);
 }
 
 SIM_API CUresult cuEventElapsedTime(float *pMilliseconds, CUevent hStart, CUevent hEnd)

@@ -304,6 +304,19 @@ static int build_args(pools *P, unsigned op, buf *a, buf *pre, int *expect) {
             put(a, &pr, sizeof pr);
             break;
         }
+        case 'Z': { /* CUmemPoolProps: mostly a device pool on device 0 (server/replay/mempool.c) */
+            CUmemPoolProps pr;
+            memset(&pr, 0, sizeof pr);
+            pr.allocType = chance(85) ? CU_MEM_ALLOCATION_TYPE_PINNED : (CUmemAllocationType)pick_int();
+            pr.location.type = chance(85) ? CU_MEM_LOCATION_TYPE_DEVICE : (CUmemLocationType)pick_int();
+            pr.location.id = chance(85) ? 0 : pick_int();
+            pr.handleTypes = chance(85) ? CU_MEM_HANDLE_TYPE_NONE : (CUmemAllocationHandleType)pick_int();
+            pr.maxSize = chance(70) ? 0 : pick_size();
+            pr.usage = chance(95) ? 0 : (unsigned short)rnd();
+            if (chance(5)) pr.win32SecurityAttributes = (void *)(uintptr_t)rnd();
+            put(a, &pr, sizeof pr);
+            break;
+        }
         case 'I': { /* a 64-byte IPC token (server/replay/ipc.c): mostly with a known magic, random id and rest */
             static const char *magic[] = {"FGIPCMEM", "FGIPCEVT", "FGIPCVMM"};
             uint8_t t[64];

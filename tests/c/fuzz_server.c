@@ -305,7 +305,7 @@ static void add_record(buf *o, unsigned op, const buf *args) {
  * z string (a PCI bus id), B u64 n + n bytes (host data), K launch dims (7 × u32), P u32 n + params,
  * x u32 n + n launch attributes (CUlaunchAttribute), V u8 present + CUstreamAttrValue,
  * D a graph node id, l u64 n + n graph node ids (dependencies), e u8 edge-data flag (mostly 0),
- * A a CUmemAllocationProp, T a CUmemLocation, c u64 n + n CUmemAccessDesc, m a CUDA_MEMSET_NODE_PARAMS,
+ * A a CUmemAllocationProp, Z a CUmemPoolProps, T a CUmemLocation, c u64 n + n CUmemAccessDesc, m a CUDA_MEMSET_NODE_PARAMS,
  * y a CUDA_MEMCPY3D (device pointers, mostly), Q an array id, R an array descriptor (2D or 3D, both fit),
  * 3 a 3D copy as arrays.c takes it (host flags, CUDA_MEMCPY3D, stream, packed bytes), U a CUDA_RESOURCE_DESC,
  * t a CUDA_TEXTURE_DESC, W a mipmapped array id, I a 64-byte CUDA IPC token,
@@ -358,8 +358,8 @@ static const char *layout[FG_OP_LIMIT] = {
     [FG_OP_cuDeviceGetAttribute] = "wii",
     [FG_OP_cuDeviceGetByPCIBusId] = "wz",
     [FG_OP_cuDeviceGetCount] = "w",
-    [FG_OP_cuDeviceGetDefaultMemPool] = "wi",
-    [FG_OP_cuDeviceGetMemPool] = "wi",
+    [FG_OP_cuDeviceGetDefaultMemPool] = "i",
+    [FG_OP_cuDeviceGetMemPool] = "i",
     [FG_OP_cuDeviceGetName] = "ii",
     [FG_OP_cuDeviceGetP2PAttribute] = "wiii",
     [FG_OP_cuDeviceGetPCIBusId] = "ii",
@@ -411,6 +411,15 @@ static const char *layout[FG_OP_LIMIT] = {
     [FG_OP_cuMemGetAddressRange_v2] = "p",
     [FG_OP_cuMemGetInfo_v2] = "",
     [FG_OP_cuMemPoolTrimTo] = "Oq",
+    [FG_OP_cuMemAllocAsync] = "aS",
+    [FG_OP_cuMemAllocFromPoolAsync] = "aOS",
+    [FG_OP_cuMemFreeAsync] = "pS",
+    [FG_OP_cuMemPoolCreate] = "Z",
+    [FG_OP_cuMemPoolDestroy] = "O",
+    [FG_OP_cuMemPoolSetAttribute] = "Oiq",
+    [FG_OP_cuMemPoolGetAttribute] = "Oi",
+    [FG_OP_cuMemPoolSetAccess] = "Oc",
+    [FG_OP_cuMemPoolGetAccess] = "OT",
     [FG_OP_cuMemcpy] = "ppq",
     [FG_OP_cuMemcpyAsync] = "ppqS",
     [FG_OP_cuMemcpyDtoDAsync_v2] = "ppqS",
@@ -695,7 +704,8 @@ static void await_reply(session *s, pools *P, unsigned last_op, uint64_t alloc_s
         case FG_OP_cuGraphAddNode_v2:
         case FG_OP_cuGraphNodeFindInClone: pool_add(P, FGH_GRAPHNODE, v); break;
         case FG_OP_cuDeviceGetDefaultMemPool:
-        case FG_OP_cuDeviceGetMemPool: pool_add(P, FGH_MEMORYPOOL, v); break;
+        case FG_OP_cuDeviceGetMemPool:
+        case FG_OP_cuMemPoolCreate: pool_add(P, FGH_MEMORYPOOL, v); break;
         case FG_OP_cuStreamGetCaptureInfo_v3: /* u32 status, u32 n, u64 id, u64 graph, n nodes */
             if (out_len >= 24) {
                 memcpy(&v, p + 24 + 16, 8);
@@ -703,11 +713,14 @@ static void await_reply(session *s, pools *P, unsigned last_op, uint64_t alloc_s
             }
             break;
         case FG_OP_cuMemAlloc_v2:
+        case FG_OP_cuMemAllocAsync:
+        case FG_OP_cuMemAllocFromPoolAsync:
         case FG_OP_cuModuleGetGlobal_v2:
         case FG_OP_cuLibraryGetGlobal:
             if (out_len >= 8 && v) {
                 uint64_t sz = alloc_size;
-                if (last_op != FG_OP_cuMemAlloc_v2 && out_len >= 16) memcpy(&sz, p + 32, 8);
+                if (last_op != FG_OP_cuMemAlloc_v2 && last_op != FG_OP_cuMemAllocAsync &&
+                    last_op != FG_OP_cuMemAllocFromPoolAsync && out_len >= 16) memcpy(&sz, p + 32, 8);
                 int i = P->nptr < POOL ? P->nptr++ : (int)rndn(POOL);
                 P->ptr[i] = v;
                 P->size[i] = sz;
@@ -851,7 +864,8 @@ static void fuzz_session(unsigned idx) {
                 /* favour the interesting ops */
                 if (want && is_last && chance(40)) {
                     static const unsigned fav[] = {
-                        FG_OP_cuMemAlloc_v2, FG_OP_cuModuleLoadData, FG_OP_cuModuleLoadDataEx, FG_OP_cuLibraryLoadData,
+                        FG_OP_cuMemAlloc_v2, FG_OP_cuMemAllocAsync, FG_OP_cuMemPoolCreate, FG_OP_cuModuleLoadData,
+                        FG_OP_cuModuleLoadDataEx, FG_OP_cuLibraryLoadData,
                         FG_OP_cuModuleGetFunction, FG_OP_cuLibraryGetKernel, FG_OP_cuKernelGetFunction,
                         FG_OP_cuStreamCreate, FG_OP_cuEventCreate, FG_OP_cuMemcpyDtoH_v2, FG_OP_cuModuleGetGlobal_v2,
                         FG_OP_cuLibraryGetGlobal, FG_OP_cuMemcpyHtoD_v2, FG_OP_cuOccupancyMaxActiveClusters,
@@ -869,7 +883,9 @@ static void fuzz_session(unsigned idx) {
                 buf a = {0}, pre = {0};
                 int ex = EXP_ANY;
                 certain_bad |= build_args(&P, op, &a, &pre, &ex);
-                if (op == FG_OP_cuMemAlloc_v2 && a.n >= 8) memcpy(&alloc_size, a.b, 8);
+                if ((op == FG_OP_cuMemAlloc_v2 || op == FG_OP_cuMemAllocAsync || op == FG_OP_cuMemAllocFromPoolAsync) &&
+                    a.n >= 8)
+                    memcpy(&alloc_size, a.b, 8);
                 if (chance(3) && a.n) { /* cut the arguments short */
                     a.n = rndn(a.n); /* CLOSE or an error result, as above */
                     ex = EXP_ANY;

@@ -151,9 +151,12 @@ const char *fg_op_name(unsigned op) {
     case FG_OP_cuLinkDestroy: return "cuLinkDestroy";
     case FG_OP_cuMemAddressFree: return "cuMemAddressFree";
     case FG_OP_cuMemAddressReserve: return "cuMemAddressReserve";
+    case FG_OP_cuMemAllocAsync: return "cuMemAllocAsync";
+    case FG_OP_cuMemAllocFromPoolAsync: return "cuMemAllocFromPoolAsync";
     case FG_OP_cuMemAlloc_v2: return "cuMemAlloc_v2";
     case FG_OP_cuMemCreate: return "cuMemCreate";
     case FG_OP_cuMemExportToShareableHandle: return "cuMemExportToShareableHandle";
+    case FG_OP_cuMemFreeAsync: return "cuMemFreeAsync";
     case FG_OP_cuMemFree_v2: return "cuMemFree_v2";
     case FG_OP_cuMemGetAccess: return "cuMemGetAccess";
     case FG_OP_cuMemGetAddressRange_v2: return "cuMemGetAddressRange_v2";
@@ -162,6 +165,12 @@ const char *fg_op_name(unsigned op) {
     case FG_OP_cuMemGetInfo_v2: return "cuMemGetInfo_v2";
     case FG_OP_cuMemImportFromShareableHandle: return "cuMemImportFromShareableHandle";
     case FG_OP_cuMemMap: return "cuMemMap";
+    case FG_OP_cuMemPoolCreate: return "cuMemPoolCreate";
+    case FG_OP_cuMemPoolDestroy: return "cuMemPoolDestroy";
+    case FG_OP_cuMemPoolGetAccess: return "cuMemPoolGetAccess";
+    case FG_OP_cuMemPoolGetAttribute: return "cuMemPoolGetAttribute";
+    case FG_OP_cuMemPoolSetAccess: return "cuMemPoolSetAccess";
+    case FG_OP_cuMemPoolSetAttribute: return "cuMemPoolSetAttribute";
     case FG_OP_cuMemPoolTrimTo: return "cuMemPoolTrimTo";
     case FG_OP_cuMemRelease: return "cuMemRelease";
     case FG_OP_cuMemRetainAllocationHandle: return "cuMemRetainAllocationHandle";
