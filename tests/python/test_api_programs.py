@@ -24,7 +24,10 @@ from e2e_helpers import REPO, NodeServer, start_server, stop_server
 
 from fargpu import paths
 
-PROGRAMS = ("api_vmm", "api_managed", "api_graphs", "api_graph_nodes", "api_graph_cond", "api_arrays", "api_link")
+PROGRAMS = (
+    "api_vmm", "api_managed", "api_graphs", "api_graph_nodes", "api_graph_cond", "api_arrays", "api_link",
+    "api_mempool",
+)
 MiB = 1 << 20
 
 
@@ -117,6 +120,11 @@ def test_graph_queries_and_memory_nodes_program(programs: dict[str, Path], node_
 def test_conditional_graph_nodes_program(programs: dict[str, Path], node_server: NodeServer) -> None:
     out = _passed(_run(programs["api_graph_cond"], node_server), node_server)
     assert len([ln for ln in out if ln.endswith(" ok")]) == 7, out
+
+
+def test_stream_ordered_allocation_and_pools_program(programs: dict[str, Path], node_server: NodeServer) -> None:
+    out = _passed(_run(programs["api_mempool"], node_server), node_server)
+    assert len([ln for ln in out if ln.endswith(" ok")]) == 24, out
 
 
 def test_arrays_textures_and_3d_copies_program(programs: dict[str, Path], node_server: NodeServer) -> None:

@@ -120,9 +120,10 @@ print("all back", f0 - free_mib())
 # refusals
 host = Props(allocType=1, handleTypes=0, locType=2, locId=0)
 ipc = Props(allocType=1, handleTypes=1, locType=1, locId=0)
-x = V()
-print("refused", cu.cuMemPoolCreate(ctypes.byref(x), ctypes.byref(host)), cu.cuMemPoolCreate(ctypes.byref(x), ctypes.byref(ipc)),
-      cu.cuMemPoolExportToShareableHandle(ctypes.byref(ctypes.c_int()), dflt, 1, ctypes.c_ulonglong(0)))
+x, fd = V(), ctypes.c_int()
+print("refused", cu.cuMemPoolCreate(ctypes.byref(x), ctypes.byref(host)),
+      cu.cuMemPoolCreate(ctypes.byref(x), ctypes.byref(ipc)),
+      cu.cuMemPoolExportToShareableHandle(ctypes.byref(fd), dflt, 1, ctypes.c_ulonglong(0)))
 print("END")
 """
 )
@@ -131,8 +132,9 @@ print("END")
 def test_stream_ordered_allocation_and_pools(tmp_path: Path) -> None:
     s = start_server(tmp_path, "--vram-quota", str(64 * MiB), env_extra={"FARGPU_SIM_EVENT_QUERY_LAG": "1000000"})
     try:
-        r = subprocess.run([sys.executable, "-P", "-c", POOLS], env=s.client_env(), capture_output=True, text=True,
-                           timeout=60, cwd="/")
+        r = subprocess.run(
+            [sys.executable, "-P", "-c", POOLS], env=s.client_env(), capture_output=True, text=True, timeout=60, cwd="/"
+        )
         lines = [ln.strip() for ln in r.stdout.splitlines()]
         why = f"{r.stdout}\n{r.stderr}\n{s.log_text()[-3000:]}"
         assert r.returncode == 0 and lines and lines[-1] == "END", why
@@ -189,24 +191,34 @@ def test_killed_client_leaves_nothing(tmp_path: Path) -> None:
     s = start_server(tmp_path, "--vram-quota", str(64 * MiB), env_extra={"FARGPU_SIM_EVENT_QUERY_LAG": "1000000"})
     try:
         env = s.client_env()
-        before = subprocess.run([sys.executable, "-P", "-c", TAKER], env=env, capture_output=True, text=True,
-                                timeout=60, cwd="/")
+        before = subprocess.run(
+            [sys.executable, "-P", "-c", TAKER], env=env, capture_output=True, text=True, timeout=60, cwd="/"
+        )
         assert "alloc 0" in before.stdout, before.stdout + before.stderr
-        h = subprocess.Popen([sys.executable, "-P", "-c", HOLDER], env=env, stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/")
+        h = subprocess.Popen(
+            [sys.executable, "-P", "-c", HOLDER],
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd="/",
+        )
         assert h.stdout is not None
         line = h.stdout.readline().strip()
         assert line == "HOLDING", line + (h.stderr.read() if h.stderr else "")
-        held = subprocess.run([sys.executable, "-P", "-c", TAKER], env=env, capture_output=True, text=True,
-                              timeout=60, cwd="/")
+        held = subprocess.run(
+            [sys.executable, "-P", "-c", TAKER], env=env, capture_output=True, text=True, timeout=60, cwd="/"
+        )
         assert "alloc 2" in held.stdout, held.stdout + held.stderr  # 56 MiB of the quota are the holder's
         os.kill(h.pid, signal.SIGKILL)
         h.wait()
         deadline = time.monotonic() + 20
         got = ""
         while time.monotonic() < deadline:  # the worker notices the dead client and gives everything back
-            got = subprocess.run([sys.executable, "-P", "-c", TAKER], env=env, capture_output=True, text=True,
-                                 timeout=60, cwd="/").stdout
+            got = subprocess.run(
+                [sys.executable, "-P", "-c", TAKER], env=env, capture_output=True, text=True, timeout=60, cwd="/"
+            ).stdout
             if "alloc 0" in got:
                 break
             time.sleep(0.2)
@@ -261,13 +273,30 @@ print("FREED", attr(pool, 5), attr(dflt, 5), meminfo()[0] >> 20, flush=True)
 def test_pool_memory_pages_out_parks_and_comes_back(tmp_path: Path) -> None:
     store = tmp_path / "park-store"
     lag = {"FARGPU_SIM_EVENT_QUERY_LAG": "1000000"}
-    a = start_server(tmp_path, "--vram-quota", str(64 * MiB), "--idle-page-out", "1", "--idle-park", "1",
-                     "--park-store", str(store), env_extra=lag)
+    a = start_server(
+        tmp_path,
+        "--vram-quota",
+        str(64 * MiB),
+        "--idle-page-out",
+        "1",
+        "--idle-park",
+        "1",
+        "--park-store",
+        str(store),
+        env_extra=lag,
+    )
     port = int(a.endpoint.rsplit(":", 1)[1])
     b = None
     try:
-        p = subprocess.Popen([sys.executable, "-P", "-c", PARKED], env=a.client_env(FARGPU_RESUME_TIMEOUT_S="60"),
-                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/")
+        p = subprocess.Popen(
+            [sys.executable, "-P", "-c", PARKED],
+            env=a.client_env(FARGPU_RESUME_TIMEOUT_S="60"),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd="/",
+        )
         assert p.stdout is not None
         ready = p.stdout.readline().strip()
         assert ready == "READY 8 12 2", ready + (p.stderr.read() if p.stderr else "") + a.log_text()[-3000:]
@@ -275,8 +304,9 @@ def test_pool_memory_pages_out_parks_and_comes_back(tmp_path: Path) -> None:
         a.proc.kill()  # the node that ran it is gone; a new node server takes its address
         a.proc.wait()
         (tmp_path / "b").mkdir()
-        b = start_server(tmp_path / "b", "--vram-quota", str(64 * MiB), "--park-store", str(store), port=port,
-                         env_extra=lag)
+        b = start_server(
+            tmp_path / "b", "--vram-quota", str(64 * MiB), "--park-store", str(store), port=port, env_extra=lag
+        )
         out, err = p.communicate("go\n", timeout=120)
         why = f"{out}\n{err}\n{b.log_text()[-3000:]}"
         assert "restored a parked session" in b.log_text(), why

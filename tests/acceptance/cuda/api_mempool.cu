@@ -1,0 +1,247 @@
+// api_mempool.cu - acceptance: stream-ordered allocation and memory pools. cudaMallocAsync / cudaFreeAsync on
+// three streams (each fills and copies back its own buffer, one buffer crosses streams through an event), the
+// default pool (current until another is set), a created pool with attributes (release threshold, reuse flags,
+// used / reserved amounts and high watermarks, a high watermark reset), access for its device,
+// cudaMallocFromPoolAsync, the created pool made current for cudaMallocAsync, cudaMemPoolTrimTo, destroying a
+// pool with an allocation outstanding, a kernel in a graph working on pool memory, and a graph allocation node
+// whose memory outlives the launch and is freed with cudaFreeAsync. Values are checked against the host exactly;
+// pool amounts only as relations that hold for any pool (used >= what is allocated, reserved >= used, 0 when
+// everything is freed and trimmed), since a driver rounds and caches as it likes. Kernels are named and laid out
+// as tests/c/kernels/test_kernels.cu, so the simulated device runs them.
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <vector>
+
+#include "acceptance.h"
+
+extern "C" __global__ void fg_fill_u32(unsigned int *p, unsigned int v, unsigned long long n)
+{
+    unsigned long long stride = (unsigned long long)gridDim.x * blockDim.x;
+    for (unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride)
+        p[i] = v;
+}
+
+static int g_fail = 0;
+static void check(const char *what, bool ok)
+{
+    std::printf("%s %s\n", what, ok ? "ok" : "MISMATCH");
+    if (!ok)
+        g_fail = 1;
+}
+
+static const unsigned long long N = 1 << 20; // 4 MiB of u32 per buffer
+static const size_t BYTES = N * sizeof(unsigned int);
+
+static bool all(const std::vector<unsigned int> &v, unsigned int want)
+{
+    for (unsigned int x : v)
+        if (x != want)
+            return false;
+    return true;
+}
+
+static uint64_t attr64(cudaMemPool_t p, cudaMemPoolAttr a)
+{
+    uint64_t v = 0;
+    CHECK(cudaMemPoolGetAttribute(p, a, &v));
+    return v;
+}
+
+static int attr_int(cudaMemPool_t p, cudaMemPoolAttr a)
+{
+    int v = -1;
+    CHECK(cudaMemPoolGetAttribute(p, a, &v));
+    return v;
+}
+
+static void fill(unsigned int *p, unsigned int v, cudaStream_t s)
+{
+    fg_fill_u32<<<64, 256, 0, s>>>(p, v, N);
+    CHECK(cudaGetLastError());
+}
+
+int main()
+{
+    CHECK(cudaSetDevice(0));
+    int supported = 0;
+    CHECK(cudaDeviceGetAttribute(&supported, cudaDevAttrMemoryPoolsSupported, 0));
+    check("memory pools supported", supported == 1);
+
+    cudaMemPool_t dflt, cur;
+    CHECK(cudaDeviceGetDefaultMemPool(&dflt, 0));
+    CHECK(cudaDeviceGetMemPool(&cur, 0));
+    check("the default pool is current", dflt == cur);
+
+    // three streams, each with its own stream-ordered buffer
+    cudaStream_t s[3];
+    for (auto &x : s)
+        CHECK(cudaStreamCreateWithFlags(&x, cudaStreamNonBlocking));
+    unsigned int *d[3];
+    std::vector<std::vector<unsigned int>> h(3, std::vector<unsigned int>(N));
+    for (int i = 0; i < 3; i++) {
+        CHECK(cudaMallocAsync((void **)&d[i], BYTES, s[i]));
+        fill(d[i], 100u + (unsigned)i, s[i]);
+        CHECK(cudaMemcpyAsync(h[i].data(), d[i], BYTES, cudaMemcpyDeviceToHost, s[i]));
+    }
+    check("default pool holds at least what is allocated", attr64(dflt, cudaMemPoolAttrUsedMemCurrent) >= 3 * BYTES);
+    check("reserved >= used", attr64(dflt, cudaMemPoolAttrReservedMemCurrent) >=
+                                  attr64(dflt, cudaMemPoolAttrUsedMemCurrent));
+    for (int i = 0; i < 3; i++)
+        CHECK(cudaFreeAsync(d[i], s[i]));
+    for (auto &x : s)
+        CHECK(cudaStreamSynchronize(x));
+    check("each stream's buffer", all(h[0], 100) && all(h[1], 101) && all(h[2], 102));
+
+    // a buffer allocated on one stream, used on another after an event, freed there
+    cudaEvent_t ev;
+    CHECK(cudaEventCreateWithFlags(&ev, cudaEventDisableTiming));
+    unsigned int *x;
+    CHECK(cudaMallocAsync((void **)&x, BYTES, s[0]));
+    fill(x, 7, s[0]);
+    CHECK(cudaEventRecord(ev, s[0]));
+    CHECK(cudaStreamWaitEvent(s[1], ev, 0));
+    std::vector<unsigned int> hx(N);
+    CHECK(cudaMemcpyAsync(hx.data(), x, BYTES, cudaMemcpyDeviceToHost, s[1]));
+    CHECK(cudaFreeAsync(x, s[1]));
+    CHECK(cudaStreamSynchronize(s[1]));
+    check("a buffer handed from stream to stream", all(hx, 7));
+    CHECK(cudaDeviceSynchronize());
+    CHECK(cudaMemPoolTrimTo(dflt, 0));
+    check("default pool used 0 after every free", attr64(dflt, cudaMemPoolAttrUsedMemCurrent) == 0);
+    check("default pool reserved 0 after trimming", attr64(dflt, cudaMemPoolAttrReservedMemCurrent) == 0);
+
+    // a created pool with attributes
+    cudaMemPoolProps props;
+    std::memset(&props, 0, sizeof props);
+    props.allocType = cudaMemAllocationTypePinned;
+    props.handleTypes = cudaMemHandleTypeNone;
+    props.location.type = cudaMemLocationTypeDevice;
+    props.location.id = 0;
+    cudaMemPool_t pool;
+    CHECK(cudaMemPoolCreate(&pool, &props));
+    check("reuse flags enabled by default", attr_int(pool, cudaMemPoolReuseFollowEventDependencies) == 1 &&
+                                                attr_int(pool, cudaMemPoolReuseAllowOpportunistic) == 1 &&
+                                                attr_int(pool, cudaMemPoolReuseAllowInternalDependencies) == 1);
+    check("release threshold 0 by default", attr64(pool, cudaMemPoolAttrReleaseThreshold) == 0);
+    uint64_t keep = UINT64_MAX;
+    CHECK(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep));
+    int off = 0;
+    CHECK(cudaMemPoolSetAttribute(pool, cudaMemPoolReuseAllowOpportunistic, &off));
+    check("attributes set", attr64(pool, cudaMemPoolAttrReleaseThreshold) == UINT64_MAX &&
+                                attr_int(pool, cudaMemPoolReuseAllowOpportunistic) == 0);
+    uint64_t five = 5;
+    check("a high watermark cannot be set to a nonzero value",
+          cudaMemPoolSetAttribute(pool, cudaMemPoolAttrUsedMemHigh, &five) == cudaErrorInvalidValue);
+    (void)cudaGetLastError();
+    cudaMemAccessDesc own;
+    std::memset(&own, 0, sizeof own);
+    own.location.type = cudaMemLocationTypeDevice;
+    own.location.id = 0;
+    own.flags = cudaMemAccessFlagsProtReadWrite;
+    CHECK(cudaMemPoolSetAccess(pool, &own, 1));
+    cudaMemAccessFlags acc = cudaMemAccessFlagsProtNone;
+    cudaMemLocation loc = own.location;
+    CHECK(cudaMemPoolGetAccess(&acc, pool, &loc));
+    check("the pool's device has read-write access", acc == cudaMemAccessFlagsProtReadWrite);
+
+    unsigned int *p1, *p2;
+    CHECK(cudaMallocFromPoolAsync((void **)&p1, BYTES, pool, s[2]));
+    CHECK(cudaDeviceSetMemPool(0, pool));
+    CHECK(cudaDeviceGetMemPool(&cur, 0));
+    check("the created pool is current", cur == pool);
+    CHECK(cudaMallocAsync((void **)&p2, BYTES, s[2])); // from the current pool: the created one
+    check("cudaMallocAsync takes the current pool", attr64(pool, cudaMemPoolAttrUsedMemCurrent) >= 2 * BYTES);
+    check("high >= used", attr64(pool, cudaMemPoolAttrUsedMemHigh) >= attr64(pool, cudaMemPoolAttrUsedMemCurrent) &&
+                              attr64(pool, cudaMemPoolAttrReservedMemHigh) >= 2 * BYTES);
+    fill(p1, 11, s[2]);
+    fill(p2, 12, s[2]);
+
+    // a graph whose kernel works on pool memory, launched twice
+    cudaGraph_t g;
+    CHECK(cudaGraphCreate(&g, 0));
+    cudaKernelNodeParams kp;
+    std::memset(&kp, 0, sizeof kp);
+    unsigned int gv = 13;
+    unsigned long long count = N;
+    void *args[] = {&p1, &gv, &count};
+    kp.func = (void *)fg_fill_u32;
+    kp.gridDim = dim3(64);
+    kp.blockDim = dim3(256);
+    kp.kernelParams = args;
+    cudaGraphNode_t kn;
+    CHECK(cudaGraphAddKernelNode(&kn, g, nullptr, 0, &kp));
+    cudaGraphExec_t ge;
+    CHECK(cudaGraphInstantiate(&ge, g, 0));
+    CHECK(cudaGraphLaunch(ge, s[2]));
+    CHECK(cudaGraphLaunch(ge, s[2]));
+    std::vector<unsigned int> h1(N), h2(N);
+    CHECK(cudaMemcpyAsync(h1.data(), p1, BYTES, cudaMemcpyDeviceToHost, s[2]));
+    CHECK(cudaMemcpyAsync(h2.data(), p2, BYTES, cudaMemcpyDeviceToHost, s[2]));
+    CHECK(cudaStreamSynchronize(s[2]));
+    check("the graph's kernel on pool memory", all(h1, 13));
+    check("pool memory from cudaMallocAsync", all(h2, 12));
+    CHECK(cudaGraphExecDestroy(ge));
+    CHECK(cudaGraphDestroy(g));
+
+    // a graph allocation that outlives its launch, freed with cudaFreeAsync
+    cudaGraph_t mg;
+    CHECK(cudaGraphCreate(&mg, 0));
+    cudaMemAllocNodeParams ap;
+    std::memset(&ap, 0, sizeof ap);
+    ap.poolProps.allocType = cudaMemAllocationTypePinned;
+    ap.poolProps.location.type = cudaMemLocationTypeDevice;
+    ap.poolProps.location.id = 0;
+    ap.bytesize = BYTES;
+    cudaGraphNode_t an, fn;
+    CHECK(cudaGraphAddMemAllocNode(&an, mg, nullptr, 0, &ap));
+    unsigned int *gm = (unsigned int *)ap.dptr;
+    unsigned int gfill = 21;
+    void *gargs[] = {&gm, &gfill, &count};
+    kp.kernelParams = gargs;
+    CHECK(cudaGraphAddKernelNode(&fn, mg, &an, 1, &kp));
+    cudaGraphExec_t mge;
+    CHECK(cudaGraphInstantiate(&mge, mg, 0));
+    CHECK(cudaGraphLaunch(mge, s[0]));
+    std::vector<unsigned int> hg(N);
+    CHECK(cudaMemcpyAsync(hg.data(), gm, BYTES, cudaMemcpyDeviceToHost, s[0]));
+    CHECK(cudaFreeAsync(gm, s[0]));
+    CHECK(cudaStreamSynchronize(s[0]));
+    check("a graph allocation freed with cudaFreeAsync", all(hg, 21));
+    CHECK(cudaGraphExecDestroy(mge));
+    CHECK(cudaGraphDestroy(mg));
+
+    // destroying the current pool with an allocation outstanding: the default pool is current again
+    CHECK(cudaFreeAsync(p1, s[2]));
+    CHECK(cudaMemPoolDestroy(pool));
+    CHECK(cudaDeviceGetMemPool(&cur, 0));
+    check("destroying the current pool makes the default current", cur == dflt);
+    CHECK(cudaFreeAsync(p2, s[2])); // still valid after its pool was destroyed
+    CHECK(cudaStreamSynchronize(s[2]));
+
+    // a second created pool: trimmed to nothing once everything is freed, high watermark reset when idle
+    cudaMemPool_t pool2;
+    CHECK(cudaMemPoolCreate(&pool2, &props));
+    CHECK(cudaMemPoolSetAttribute(pool2, cudaMemPoolAttrReleaseThreshold, &keep));
+    unsigned int *q[4];
+    for (auto &y : q)
+        CHECK(cudaMallocFromPoolAsync((void **)&y, BYTES, pool2, s[1]));
+    for (auto &y : q)
+        CHECK(cudaFreeAsync(y, s[1]));
+    CHECK(cudaStreamSynchronize(s[1]));
+    check("pool used 0 after its frees", attr64(pool2, cudaMemPoolAttrUsedMemCurrent) == 0);
+    check("pool high watermark saw the allocations", attr64(pool2, cudaMemPoolAttrUsedMemHigh) >= 4 * BYTES);
+    CHECK(cudaMemPoolTrimTo(pool2, 0));
+    check("pool reserved 0 after cudaMemPoolTrimTo(0)", attr64(pool2, cudaMemPoolAttrReservedMemCurrent) == 0);
+    uint64_t zero = 0;
+    CHECK(cudaMemPoolSetAttribute(pool2, cudaMemPoolAttrUsedMemHigh, &zero));
+    check("high watermark reset", attr64(pool2, cudaMemPoolAttrUsedMemHigh) == 0);
+    CHECK(cudaMemPoolDestroy(pool2));
+
+    for (auto &y : s)
+        CHECK(cudaStreamDestroy(y));
+    CHECK(cudaEventDestroy(ev));
+    CHECK(cudaDeviceSynchronize());
+    std::printf("%s\n", g_fail ? "FAIL" : "PASS");
+    return g_fail;
+}
