@@ -2992,23 +2992,14 @@ FGC_EXPORT CUresult CUDAAPI cuMemcpyAtoHAsync(void *dstHost, CUarray srcArray, u
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemcpyAtoHAsync_v2(void *dstHost, CUarray srcArray, size_t srcOffset, size_t ByteCount, CUstream hStream) {
-    (void)dstHost;
-    (void)srcArray;
-    (void)srcOffset;
-    (void)ByteCount;
-    (void)hStream;
-    static int logged;
-    return fgc_unsupported("cuMemcpyAtoHAsync_v2", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuMemcpyAtoHAsync_v2");
+    CUresult r_ = fgc_cuMemcpyAtoHAsync_v2(dstHost, srcArray, srcOffset, ByteCount, hStream);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuMemcpyAtoHAsync_v2", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemcpyAtoHAsync_v2_ptsz(void *dstHost, CUarray srcArray, size_t srcOffset, size_t ByteCount, CUstream hStream) {
-    (void)dstHost;
-    (void)srcArray;
-    (void)srcOffset;
-    (void)ByteCount;
-    (void)hStream;
-    static int logged;
-    return fgc_unsupported("cuMemcpyAtoHAsync_v2_ptsz", &logged);
+    return cuMemcpyAtoHAsync_v2(dstHost, srcArray, srcOffset, ByteCount, fgc_ptsz_stream(hStream));
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemcpyAtoH_v2(void *dstHost, CUarray srcArray, size_t srcOffset, size_t ByteCount) {
@@ -3194,23 +3185,14 @@ FGC_EXPORT CUresult CUDAAPI cuMemcpyHtoAAsync(CUarray dstArray, unsigned int dst
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemcpyHtoAAsync_v2(CUarray dstArray, size_t dstOffset, const void *srcHost, size_t ByteCount, CUstream hStream) {
-    (void)dstArray;
-    (void)dstOffset;
-    (void)srcHost;
-    (void)ByteCount;
-    (void)hStream;
-    static int logged;
-    return fgc_unsupported("cuMemcpyHtoAAsync_v2", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuMemcpyHtoAAsync_v2");
+    CUresult r_ = fgc_cuMemcpyHtoAAsync_v2(dstArray, dstOffset, srcHost, ByteCount, hStream);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuMemcpyHtoAAsync_v2", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemcpyHtoAAsync_v2_ptsz(CUarray dstArray, size_t dstOffset, const void *srcHost, size_t ByteCount, CUstream hStream) {
-    (void)dstArray;
-    (void)dstOffset;
-    (void)srcHost;
-    (void)ByteCount;
-    (void)hStream;
-    static int logged;
-    return fgc_unsupported("cuMemcpyHtoAAsync_v2_ptsz", &logged);
+    return cuMemcpyHtoAAsync_v2(dstArray, dstOffset, srcHost, ByteCount, fgc_ptsz_stream(hStream));
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemcpyHtoA_v2(CUarray dstArray, size_t dstOffset, const void *srcHost, size_t ByteCount) {
@@ -4946,68 +4928,31 @@ FGC_EXPORT CUresult CUDAAPI cuSurfRefSetArray(CUsurfref hSurfRef, CUarray hArray
 }
 
 FGC_EXPORT CUresult CUDAAPI cuTensorMapEncodeIm2col(CUtensorMap *tensorMap, CUtensorMapDataType tensorDataType, cuuint32_t tensorRank, void *globalAddress, const cuuint64_t *globalDim, const cuuint64_t *globalStrides, const int *pixelBoxLowerCorner, const int *pixelBoxUpperCorner, cuuint32_t channelsPerPixel, cuuint32_t pixelsPerColumn, const cuuint32_t *elementStrides, CUtensorMapInterleave interleave, CUtensorMapSwizzle swizzle, CUtensorMapL2promotion l2Promotion, CUtensorMapFloatOOBfill oobFill) {
-    (void)tensorMap;
-    (void)tensorDataType;
-    (void)tensorRank;
-    (void)globalAddress;
-    (void)globalDim;
-    (void)globalStrides;
-    (void)pixelBoxLowerCorner;
-    (void)pixelBoxUpperCorner;
-    (void)channelsPerPixel;
-    (void)pixelsPerColumn;
-    (void)elementStrides;
-    (void)interleave;
-    (void)swizzle;
-    (void)l2Promotion;
-    (void)oobFill;
-    static int logged;
-    return fgc_unsupported("cuTensorMapEncodeIm2col", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuTensorMapEncodeIm2col");
+    CUresult r_ = fgc_cuTensorMapEncodeIm2col(tensorMap, tensorDataType, tensorRank, globalAddress, globalDim, globalStrides, pixelBoxLowerCorner, pixelBoxUpperCorner, channelsPerPixel, pixelsPerColumn, elementStrides, interleave, swizzle, l2Promotion, oobFill);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuTensorMapEncodeIm2col", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuTensorMapEncodeIm2colWide(CUtensorMap *tensorMap, CUtensorMapDataType tensorDataType, cuuint32_t tensorRank, void *globalAddress, const cuuint64_t *globalDim, const cuuint64_t *globalStrides, int pixelBoxLowerCornerWidth, int pixelBoxUpperCornerWidth, cuuint32_t channelsPerPixel, cuuint32_t pixelsPerColumn, const cuuint32_t *elementStrides, CUtensorMapInterleave interleave, CUtensorMapIm2ColWideMode mode, CUtensorMapSwizzle swizzle, CUtensorMapL2promotion l2Promotion, CUtensorMapFloatOOBfill oobFill) {
-    (void)tensorMap;
-    (void)tensorDataType;
-    (void)tensorRank;
-    (void)globalAddress;
-    (void)globalDim;
-    (void)globalStrides;
-    (void)pixelBoxLowerCornerWidth;
-    (void)pixelBoxUpperCornerWidth;
-    (void)channelsPerPixel;
-    (void)pixelsPerColumn;
-    (void)elementStrides;
-    (void)interleave;
-    (void)mode;
-    (void)swizzle;
-    (void)l2Promotion;
-    (void)oobFill;
-    static int logged;
-    return fgc_unsupported("cuTensorMapEncodeIm2colWide", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuTensorMapEncodeIm2colWide");
+    CUresult r_ = fgc_cuTensorMapEncodeIm2colWide(tensorMap, tensorDataType, tensorRank, globalAddress, globalDim, globalStrides, pixelBoxLowerCornerWidth, pixelBoxUpperCornerWidth, channelsPerPixel, pixelsPerColumn, elementStrides, interleave, mode, swizzle, l2Promotion, oobFill);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuTensorMapEncodeIm2colWide", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuTensorMapEncodeTiled(CUtensorMap *tensorMap, CUtensorMapDataType tensorDataType, cuuint32_t tensorRank, void *globalAddress, const cuuint64_t *globalDim, const cuuint64_t *globalStrides, const cuuint32_t *boxDim, const cuuint32_t *elementStrides, CUtensorMapInterleave interleave, CUtensorMapSwizzle swizzle, CUtensorMapL2promotion l2Promotion, CUtensorMapFloatOOBfill oobFill) {
-    (void)tensorMap;
-    (void)tensorDataType;
-    (void)tensorRank;
-    (void)globalAddress;
-    (void)globalDim;
-    (void)globalStrides;
-    (void)boxDim;
-    (void)elementStrides;
-    (void)interleave;
-    (void)swizzle;
-    (void)l2Promotion;
-    (void)oobFill;
-    static int logged;
-    return fgc_unsupported("cuTensorMapEncodeTiled", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuTensorMapEncodeTiled");
+    CUresult r_ = fgc_cuTensorMapEncodeTiled(tensorMap, tensorDataType, tensorRank, globalAddress, globalDim, globalStrides, boxDim, elementStrides, interleave, swizzle, l2Promotion, oobFill);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuTensorMapEncodeTiled", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuTensorMapReplaceAddress(CUtensorMap *tensorMap, void *globalAddress) {
-    (void)tensorMap;
-    (void)globalAddress;
-    static int logged;
-    return fgc_unsupported("cuTensorMapReplaceAddress", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuTensorMapReplaceAddress");
+    CUresult r_ = fgc_cuTensorMapReplaceAddress(tensorMap, globalAddress);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuTensorMapReplaceAddress", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuTexObjectCreate(CUtexObject *pTexObject, const CUDA_RESOURCE_DESC *pResDesc, const CUDA_TEXTURE_DESC *pTexDesc, const CUDA_RESOURCE_VIEW_DESC *pResViewDesc) {

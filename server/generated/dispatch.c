@@ -1770,6 +1770,10 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         CUresult res = S->api->cuSurfObjectDestroy(surfObject);
         return res;
     }
+    case FG_OP_cuTensorMapEncodeIm2col: return fgs_cuTensorMapEncodeIm2col(S, r, out);
+    case FG_OP_cuTensorMapEncodeIm2colWide: return fgs_cuTensorMapEncodeIm2colWide(S, r, out);
+    case FG_OP_cuTensorMapEncodeTiled: return fgs_cuTensorMapEncodeTiled(S, r, out);
+    case FG_OP_cuTensorMapReplaceAddress: return fgs_cuTensorMapReplaceAddress(S, r, out);
     case FG_OP_cuTexObjectCreate: return fgs_cuTexObjectCreate(S, r, out);
     case FG_OP_cuTexObjectDestroy: {
         CUtexObject texObject;

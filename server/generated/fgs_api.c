@@ -270,6 +270,10 @@ const char *fgs_api_load(fgs_api *api, void *dl) {
     *(void **)&api->cuStreamWriteValue64_v2 = dlsym(dl, "cuStreamWriteValue64_v2");
     *(void **)&api->cuSurfObjectCreate = dlsym(dl, "cuSurfObjectCreate");
     *(void **)&api->cuSurfObjectDestroy = dlsym(dl, "cuSurfObjectDestroy");
+    *(void **)&api->cuTensorMapEncodeIm2col = dlsym(dl, "cuTensorMapEncodeIm2col");
+    *(void **)&api->cuTensorMapEncodeIm2colWide = dlsym(dl, "cuTensorMapEncodeIm2colWide");
+    *(void **)&api->cuTensorMapEncodeTiled = dlsym(dl, "cuTensorMapEncodeTiled");
+    *(void **)&api->cuTensorMapReplaceAddress = dlsym(dl, "cuTensorMapReplaceAddress");
     *(void **)&api->cuTexObjectCreate = dlsym(dl, "cuTexObjectCreate");
     *(void **)&api->cuTexObjectDestroy = dlsym(dl, "cuTexObjectDestroy");
     *(void **)&api->cuThreadExchangeStreamCaptureMode = dlsym(dl, "cuThreadExchangeStreamCaptureMode");

@@ -122,6 +122,10 @@ CUresult fgs_cuProfilerStop(fgs_session *S, fg_reader *r, fg_writer *out);
 CUresult fgs_cuStreamAddCallback(fgs_session *S, fg_reader *r, fg_writer *out);
 CUresult fgs_cuStreamGetCaptureInfo_v3(fgs_session *S, fg_reader *r, fg_writer *out);
 CUresult fgs_cuSurfObjectCreate(fgs_session *S, fg_reader *r, fg_writer *out);
+CUresult fgs_cuTensorMapEncodeIm2col(fgs_session *S, fg_reader *r, fg_writer *out);
+CUresult fgs_cuTensorMapEncodeIm2colWide(fgs_session *S, fg_reader *r, fg_writer *out);
+CUresult fgs_cuTensorMapEncodeTiled(fgs_session *S, fg_reader *r, fg_writer *out);
+CUresult fgs_cuTensorMapReplaceAddress(fgs_session *S, fg_reader *r, fg_writer *out);
 CUresult fgs_cuTexObjectCreate(fgs_session *S, fg_reader *r, fg_writer *out);
 CUresult fgs_cuThreadExchangeStreamCaptureMode(fgs_session *S, fg_reader *r, fg_writer *out);
 

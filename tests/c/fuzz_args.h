@@ -175,6 +175,41 @@ static void put_jit_options(buf *a) {
     }
 }
 
+/* A tensor map record (server/replay/tensormap.c): mostly a plausible rank and parameters near the driver's
+ * limits, device pointers from the pools, now and then a rank the arrays cannot have. */
+static void put_tensor_map(pools *P, unsigned op, buf *a) {
+    if (op == FG_OP_cuTensorMapReplaceAddress) {
+        for (int i = 0; i < 16; i++) put64(a, chance(50) ? rnd() : 0);
+        put64(a, chance(70) ? pick_ptr(P) : rnd());
+        return;
+    }
+    uint32_t rank = chance(90) ? 1 + (uint32_t)rndn(5) : (uint32_t)rnd();
+    put32(a, chance(85) ? (uint32_t)rndn(16) : (uint32_t)rnd());
+    put32(a, rank);
+    put64(a, chance(70) ? pick_ptr(P) & ~15ull : rnd());
+    if (rank == 0 || rank > 5) return; /* the server reads no further */
+    for (uint32_t i = 0; i < rank; i++) put64(a, chance(80) ? 1 + rndn(4096) : rnd());
+    for (uint32_t i = 0; i + 1 < rank; i++) put64(a, chance(80) ? 16 * (1 + rndn(1024)) : rnd());
+    uint32_t corners = op == FG_OP_cuTensorMapEncodeIm2col ? (rank > 2 ? rank - 2 : 0) : 0;
+    if (op == FG_OP_cuTensorMapEncodeTiled)
+        for (uint32_t i = 0; i < rank; i++) put32(a, chance(85) ? 1 + (uint32_t)rndn(256) : (uint32_t)rnd());
+    for (uint32_t i = 0; i < 2 * corners; i++) put32(a, (uint32_t)(int32_t)(rndn(64) - 32));
+    if (op == FG_OP_cuTensorMapEncodeIm2colWide) {
+        put32(a, (uint32_t)(int32_t)(rndn(64) - 32));
+        put32(a, (uint32_t)(int32_t)(rndn(64) - 32));
+    }
+    if (op != FG_OP_cuTensorMapEncodeTiled) {
+        put32(a, chance(85) ? 1 + (uint32_t)rndn(256) : (uint32_t)rnd());
+        put32(a, chance(85) ? 1 + (uint32_t)rndn(1024) : (uint32_t)rnd());
+    }
+    for (uint32_t i = 0; i < rank; i++) put32(a, chance(85) ? 1 + (uint32_t)rndn(8) : (uint32_t)rnd());
+    put32(a, (uint32_t)rndn(4)); /* interleave */
+    if (op == FG_OP_cuTensorMapEncodeIm2colWide) put32(a, (uint32_t)rndn(3));
+    put32(a, (uint32_t)rndn(8));
+    put32(a, (uint32_t)rndn(5));
+    put32(a, (uint32_t)rndn(3));
+}
+
 /* Append op's arguments (and, for image loads, the IMAGE_CHUNK records to send before it, into `pre`; the
  * certain result into *expect). Returns 1 when the record is certainly malformed. A malformed string may or may
  * not end the session: the generated decoders check a handle before reading the fields after it, so an unknown
@@ -441,6 +476,7 @@ static int build_args(pools *P, unsigned op, buf *a, buf *pre, int *expect) {
             break;
         }
         case 'J': put_jit_options(a); break;
+        case 'n': put_tensor_map(P, op, a); break;
         case 'j': put64(a, pick_handle(P, FGH_LINKSTATE)); break;
         case 'o': put64(a, chance(75) ? 0 : chance(50) ? 1 + rndn(64 << 10) : rnd()); break;
         case 'k': { /* cuLinkAddData_v2: an image load whose extra bytes are the link's arguments */

@@ -561,6 +561,11 @@ static const char *layout[FG_OP_LIMIT] = {
     [FG_OP_cuLinkAddData_v2] = "k",
     [FG_OP_cuLinkComplete] = "jo",
     [FG_OP_cuLinkDestroy] = "j",
+    /* tensor maps (server/replay/tensormap.c) */
+    [FG_OP_cuTensorMapEncodeTiled] = "n",
+    [FG_OP_cuTensorMapEncodeIm2col] = "n",
+    [FG_OP_cuTensorMapEncodeIm2colWide] = "n",
+    [FG_OP_cuTensorMapReplaceAddress] = "n",
 };
 
 #include "fuzz_images.h" /* module images, uploads and loads */

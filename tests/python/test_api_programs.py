@@ -26,7 +26,7 @@ from fargpu import paths
 
 PROGRAMS = (
     "api_vmm", "api_managed", "api_graphs", "api_graph_nodes", "api_graph_cond", "api_arrays", "api_link",
-    "api_mempool",
+    "api_mempool", "api_tensormap", "api_array_async",
 )
 MiB = 1 << 20
 
@@ -141,6 +141,22 @@ def test_jit_link_program(programs: dict[str, Path], node_server: NodeServer) ->
     assert len([ln for ln in out if ln.endswith(" ok")]) == 5, out
     assert "linked image non-empty: yes" in out and "linked global fg_link_tag 42 (4 bytes)" in out, out
     assert "broken input: CUDA_ERROR_INVALID_PTX, error log non-empty: yes" in out, out
+
+
+def test_tensor_map_program(programs: dict[str, Path], node_server: NodeServer) -> None:
+    # The simulated device runs no TMA kernel: the maps are encoded (by its driver, through the node), not used.
+    out = _passed(_run(programs["api_tensormap"], node_server, "--no-kernels"), node_server)
+    assert len([ln for ln in out if ln.endswith(" ok")]) == 2, out
+    for refused in ("misaligned address", "zero box", "rank 6", "inner box of 12 bytes",
+                    "replace with a misaligned address"):
+        assert f"{refused}: CUDA_ERROR_INVALID_VALUE" in out, out
+    assert "im2col: CUDA_SUCCESS" in out and "im2col wide: CUDA_SUCCESS" in out, out  # the sim encodes both
+
+
+def test_async_array_copies_program(programs: dict[str, Path], node_server: NodeServer) -> None:
+    out = _passed(_run(programs["api_array_async"], node_server), node_server)
+    assert len([ln for ln in out if ln.endswith(" ok")]) == 3, out
+    assert "copy past the end: CUDA_ERROR_INVALID_VALUE" in out, out
 
 
 VMM = PRELUDE + r'''

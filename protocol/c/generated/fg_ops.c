@@ -243,6 +243,10 @@ const char *fg_op_name(unsigned op) {
     case FG_OP_cuStreamWriteValue64_v2: return "cuStreamWriteValue64_v2";
     case FG_OP_cuSurfObjectCreate: return "cuSurfObjectCreate";
     case FG_OP_cuSurfObjectDestroy: return "cuSurfObjectDestroy";
+    case FG_OP_cuTensorMapEncodeIm2col: return "cuTensorMapEncodeIm2col";
+    case FG_OP_cuTensorMapEncodeIm2colWide: return "cuTensorMapEncodeIm2colWide";
+    case FG_OP_cuTensorMapEncodeTiled: return "cuTensorMapEncodeTiled";
+    case FG_OP_cuTensorMapReplaceAddress: return "cuTensorMapReplaceAddress";
     case FG_OP_cuTexObjectCreate: return "cuTexObjectCreate";
     case FG_OP_cuTexObjectDestroy: return "cuTexObjectDestroy";
     case FG_OP_cuThreadExchangeStreamCaptureMode: return "cuThreadExchangeStreamCaptureMode";

@@ -2,7 +2,7 @@
 #ifndef FG_OPS_H
 #define FG_OPS_H
 
-#define FG_OPS_HASH "5a32bcecab9bd051"
+#define FG_OPS_HASH "25905c789757652f"
 
 enum fg_op {
     FG_OP_SET_CTX = 1,
@@ -244,10 +244,14 @@ enum fg_op {
     FG_OP_cuStreamWriteValue64_v2 = 244,
     FG_OP_cuSurfObjectCreate = 245,
     FG_OP_cuSurfObjectDestroy = 246,
-    FG_OP_cuTexObjectCreate = 247,
-    FG_OP_cuTexObjectDestroy = 248,
-    FG_OP_cuThreadExchangeStreamCaptureMode = 249,
-    FG_OP_LIMIT = 250,
+    FG_OP_cuTensorMapEncodeIm2col = 247,
+    FG_OP_cuTensorMapEncodeIm2colWide = 248,
+    FG_OP_cuTensorMapEncodeTiled = 249,
+    FG_OP_cuTensorMapReplaceAddress = 250,
+    FG_OP_cuTexObjectCreate = 251,
+    FG_OP_cuTexObjectDestroy = 252,
+    FG_OP_cuThreadExchangeStreamCaptureMode = 253,
+    FG_OP_LIMIT = 254,
 };
 
 /* 0: unknown op, 1: sync, 2: async */
@@ -492,6 +496,10 @@ static inline int fg_op_class(unsigned op) {
     case FG_OP_cuStreamWriteValue64_v2: return 2;
     case FG_OP_cuSurfObjectCreate: return 1;
     case FG_OP_cuSurfObjectDestroy: return 1;
+    case FG_OP_cuTensorMapEncodeIm2col: return 1;
+    case FG_OP_cuTensorMapEncodeIm2colWide: return 1;
+    case FG_OP_cuTensorMapEncodeTiled: return 1;
+    case FG_OP_cuTensorMapReplaceAddress: return 1;
     case FG_OP_cuTexObjectCreate: return 1;
     case FG_OP_cuTexObjectDestroy: return 1;
     case FG_OP_cuThreadExchangeStreamCaptureMode: return 1;
