@@ -159,6 +159,7 @@ void fgs_memory_release_all(fgs_session *S);
 CUresult fgs_memory_alloc(fgs_session *S, int dev, uint64_t size, CUdeviceptr *ptr, size_t *mapped);
 CUresult fgs_memory_free_now(fgs_session *S, CUdeviceptr p);
 size_t fgs_memory_mapped_at(fgs_session *S, CUdeviceptr p);
+void fgs_memory_peer(fgs_session *S, CUdeviceptr p, int dev, int on); /* peer device dev may reach it (or not) */
 /* Stream-ordered allocation and memory pools, emulated over session allocations (mempool.c). _forget: cuMemFree of
  * p (-1: it was already freed with cuMemFreeAsync). _reap after each batch (last_op: the batch's last record, whose
  * args are given: a synchronisation there releases what it waited for). _drain waits for every pending

@@ -140,6 +140,20 @@ CUresult fgs_memory_free_now(fgs_session *S, CUdeviceptr p) {
     return CUDA_SUCCESS;
 }
 
+/* Device `dev` may (on) or may no longer (off) reach the allocation at p from now on (mempool.c: a pool's access
+ * for a peer device). Granted now when it is mapped, and by every page-in (fgs_peer_grant); taking access away
+ * only stops the grants: what is mapped stays reachable until it is unmapped. */
+void fgs_memory_peer(fgs_session *S, CUdeviceptr p, int dev, int on) {
+    fgs_alloc *a = find_alloc(S, p, 0);
+    if (!a || a->ptr != p || dev < 0 || dev >= 64 || dev == a->dev) return;
+    if (!on) {
+        a->peers &= ~(1ull << dev);
+        return;
+    }
+    a->peers |= 1ull << dev;
+    if (a->handle && !a->paged) fgs_peer_grant(S, a);
+}
+
 /* The allocation that starts at p (not a client VMM mapping): its mapped size, or 0 when there is none. */
 size_t fgs_memory_mapped_at(fgs_session *S, CUdeviceptr p) {
     fgs_alloc *a = find_alloc(S, p, 0);

@@ -18,7 +18,9 @@
  * free has not completed included), USED_MEM_CURRENT those the application has not freed, both in mapped bytes
  * (the allocation granularity). The high watermarks can be reset to zero (then they restart from the current
  * value), as the driver allows. A pool's maxSize caps what it holds. Access: the pool's own device has read-write
- * access; giving a peer device access is refused (not emulated yet), taking it away (PROT_NONE) is accepted.
+ * access; cuMemPoolSetAccess gives a peer device read-write access (asked for read or read-write) to everything the
+ * pool holds and will hand out, kept across paging and parking; taking it away (PROT_NONE) stops the grants, but
+ * memory already mapped for the peer stays reachable until it is freed (more than the driver allows, never less).
  * A destroyed pool lives until its last allocation is released, as the driver's does.
  *
  * A stream under capture is refused (CUDA_ERROR_NOT_SUPPORTED, logged): the driver would make graph memory nodes
@@ -45,6 +47,7 @@ typedef struct mpool {
     uint64_t threshold;
     uint64_t used, reserved, used_high, reserved_high;
     size_t n_allocs; /* allocations it holds, pending frees included */
+    uint8_t access[MAX_DEV]; /* CUmemAccess_flags of other devices (cuMemPoolSetAccess); its own: read-write */
 } mpool;
 
 typedef struct {
@@ -212,6 +215,24 @@ void fgs_mempool_close(fgs_session *S) {
 
 /* ---- allocation and free ---- */
 
+/* An event recorded on s now, made in s's own context (NULL: none could be). */
+static CUevent free_event(fgs_session *S, CUstream s) {
+    CUcontext ctx = NULL, cur = NULL, popped;
+    int pushed = 0;
+    if (s && s != CU_STREAM_LEGACY && s != CU_STREAM_PER_THREAD && S->api->cuStreamGetCtx &&
+        S->api->cuStreamGetCtx(s, &ctx) == CUDA_SUCCESS && ctx && S->api->cuCtxGetCurrent(&cur) == CUDA_SUCCESS &&
+        ctx != cur)
+        pushed = S->api->cuCtxPushCurrent_v2(ctx) == CUDA_SUCCESS;
+    CUevent ev = NULL;
+    if (S->api->cuEventCreate(&ev, CU_EVENT_DISABLE_TIMING) != CUDA_SUCCESS) ev = NULL;
+    if (ev && S->api->cuEventRecord(ev, s) != CUDA_SUCCESS) {
+        S->api->cuEventDestroy_v2(ev);
+        ev = NULL;
+    }
+    if (pushed) S->api->cuCtxPopCurrent_v2(&popped);
+    return ev;
+}
+
 static CUresult stream_of(fgs_session *S, uint64_t sid, CUstream *s) {
     void *real = NULL;
     if (fgs_handle_get(S, FGH_STREAM, sid, &real)) return CUDA_ERROR_INVALID_HANDLE;
@@ -264,6 +285,8 @@ static CUresult alloc_in(fgs_session *S, mpool *p, uint64_t size, fg_writer *out
     }
     if (r != CUDA_SUCCESS) return r;
     g_allocs[g_n_allocs++] = (palloc){ptr, mapped, p, 0, NULL, NULL};
+    for (int d = 0; d < MAX_DEV; d++)
+        if (p->access[d] != CU_MEM_ACCESS_FLAGS_PROT_NONE) fgs_memory_peer(S, ptr, d, 1);
     p->n_allocs++;
     p->used += mapped;
     p->reserved += mapped;
@@ -312,12 +335,7 @@ CUresult fgs_cuMemFreeAsync(fgs_session *S, fg_reader *r, fg_writer *out) {
         g_allocs[g_n_allocs++] = (palloc){ptr, mapped, NULL, 0, NULL, NULL};
         a = &g_allocs[g_n_allocs - 1];
     }
-    CUevent ev = NULL;
-    if (S->api->cuEventCreate(&ev, CU_EVENT_DISABLE_TIMING) != CUDA_SUCCESS) ev = NULL;
-    if (ev && S->api->cuEventRecord(ev, s) != CUDA_SUCCESS) {
-        S->api->cuEventDestroy_v2(ev);
-        ev = NULL;
-    }
+    CUevent ev = free_event(S, s);
     a->pending = 1;
     g_n_pending++;
     if (a->pool) a->pool->used -= a->mapped;
@@ -484,7 +502,7 @@ CUresult fgs_cuMemPoolSetAccess(fgs_session *S, fg_reader *r, fg_writer *out) {
     if (r->failed || (n && !d)) return FGS_PROTOCOL_ERROR;
     mpool *p = pool_of(S, id);
     if (!p) return CUDA_ERROR_INVALID_VALUE;
-    for (uint64_t i = 0; i < n; i++) {
+    for (uint64_t i = 0; i < n; i++) { /* all checked before any is applied */
         CUmemAccessDesc x;
         memcpy(&x, &d[i], sizeof x);
         if (x.location.type != CU_MEM_LOCATION_TYPE_DEVICE || check_dev(S, x.location.id) != CUDA_SUCCESS)
@@ -494,9 +512,21 @@ CUresult fgs_cuMemPoolSetAccess(fgs_session *S, fg_reader *r, fg_writer *out) {
             return CUDA_ERROR_INVALID_VALUE;
         if (x.location.id == p->dev) { /* the owning device keeps read-write access */
             if (x.flags != CU_MEM_ACCESS_FLAGS_PROT_READWRITE) return CUDA_ERROR_INVALID_VALUE;
-        } else if (x.flags != CU_MEM_ACCESS_FLAGS_PROT_NONE) {
-            return refuse(S, "cuMemPoolSetAccess for a peer device (peer access to pool memory is not emulated yet)");
+            continue;
         }
+        int can = 1;
+        if (x.flags != CU_MEM_ACCESS_FLAGS_PROT_NONE && S->api->cuDeviceCanAccessPeer &&
+            S->api->cuDeviceCanAccessPeer(&can, x.location.id, p->dev) == CUDA_SUCCESS && !can)
+            return CUDA_ERROR_INVALID_DEVICE; /* that device cannot reach this one's memory */
+    }
+    for (uint64_t i = 0; i < n; i++) {
+        CUmemAccessDesc x;
+        memcpy(&x, &d[i], sizeof x);
+        int dev = x.location.id;
+        if (dev == p->dev) continue;
+        p->access[dev] = (uint8_t)x.flags;
+        for (size_t k = 0; k < g_n_allocs; k++) /* what the pool holds now, and (alloc_in) what it gives out later */
+            if (g_allocs[k].pool == p) fgs_memory_peer(S, g_allocs[k].ptr, dev, x.flags != CU_MEM_ACCESS_FLAGS_PROT_NONE);
     }
     return CUDA_SUCCESS;
 }
@@ -509,13 +539,13 @@ CUresult fgs_cuMemPoolGetAccess(fgs_session *S, fg_reader *r, fg_writer *out) {
     mpool *p = pool_of(S, id);
     if (!p) return CUDA_ERROR_INVALID_VALUE;
     if (loc.type != CU_MEM_LOCATION_TYPE_DEVICE || check_dev(S, loc.id) != CUDA_SUCCESS) return CUDA_ERROR_INVALID_VALUE;
-    fg_put_u32(out, loc.id == p->dev ? CU_MEM_ACCESS_FLAGS_PROT_READWRITE : CU_MEM_ACCESS_FLAGS_PROT_NONE);
+    fg_put_u32(out, loc.id == p->dev ? CU_MEM_ACCESS_FLAGS_PROT_READWRITE : p->access[loc.id]);
     return CUDA_SUCCESS;
 }
 
 /* ---- parking ----
  * u32 pools, each: u64 id (0: none handed out, or destroyed), u32 dev, u32 flags (1 default, 2 destroyed),
- *   u64 used_high, u64 reserved_high;
+ *   u64 used_high, u64 reserved_high, u64 devices given read access, u64 devices given read-write access;
  * u32 allocations, each: u64 ptr, u32 pool index (UINT32_MAX: none), u32 pending.
  * A pending free is released after the restored session's first batch (its stream's work was done before the
  * session was paged out). */
@@ -545,6 +575,13 @@ void fgs_mempool_put(fgs_session *S, fg_writer *w) {
         fg_put_u32(w, (uint32_t)(v[i]->is_default | (v[i]->destroyed << 1)));
         fg_put_u64(w, v[i]->used_high);
         fg_put_u64(w, v[i]->reserved_high);
+        uint64_t rd = 0, rw = 0;
+        for (int d = 0; d < MAX_DEV; d++) {
+            if (v[i]->access[d] == CU_MEM_ACCESS_FLAGS_PROT_READ) rd |= 1ull << d;
+            if (v[i]->access[d] == CU_MEM_ACCESS_FLAGS_PROT_READWRITE) rw |= 1ull << d;
+        }
+        fg_put_u64(w, rd);
+        fg_put_u64(w, rw);
     }
     fg_put_u32(w, (uint32_t)g_n_allocs);
     for (size_t i = 0; i < g_n_allocs; i++) {
@@ -563,7 +600,7 @@ int fgs_mempool_get(fgs_session *S, fg_reader *r, char *err, size_t errlen) {
     for (uint32_t i = 0; i < n && !r->failed; i++) {
         uint64_t id = fg_get_u64(r);
         uint32_t dev = fg_get_u32(r), flags = fg_get_u32(r);
-        uint64_t uh = fg_get_u64(r), rh = fg_get_u64(r);
+        uint64_t uh = fg_get_u64(r), rh = fg_get_u64(r), rd = fg_get_u64(r), rw = fg_get_u64(r);
         if (r->failed || dev >= MAX_DEV) break;
         mpool *p = NULL;
         if (id) p = pool_of(S, id); /* the journal made it again, with its id */
@@ -580,6 +617,10 @@ int fgs_mempool_get(fgs_session *S, fg_reader *r, char *err, size_t errlen) {
         }
         p->used_high = uh;
         p->reserved_high = rh;
+        for (int d = 0; d < MAX_DEV; d++)
+            p->access[d] = (rw >> d & 1u)   ? CU_MEM_ACCESS_FLAGS_PROT_READWRITE
+                           : (rd >> d & 1u) ? CU_MEM_ACCESS_FLAGS_PROT_READ
+                                            : CU_MEM_ACCESS_FLAGS_PROT_NONE;
         v[i] = p;
     }
     uint32_t na = fg_get_u32(r);
@@ -596,6 +637,8 @@ int fgs_mempool_get(fgs_session *S, fg_reader *r, char *err, size_t errlen) {
         mpool *p = pi == UINT32_MAX ? NULL : v[pi];
         g_allocs[g_n_allocs++] = (palloc){ptr, mapped, p, pending ? 1 : 0, NULL, NULL};
         g_n_pending += pending ? 1 : 0;
+        for (int d = 0; p && d < MAX_DEV; d++) /* granted again by the page-in that maps it */
+            if (p->access[d] != CU_MEM_ACCESS_FLAGS_PROT_NONE) fgs_memory_peer(S, ptr, d, 1);
         if (p) {
             p->n_allocs++;
             p->reserved += mapped;

@@ -317,3 +317,72 @@ def test_pool_memory_pages_out_parks_and_comes_back(tmp_path: Path) -> None:
         for s in (a, b):
             if s is not None:
                 stop_server(s)
+
+
+PEERS = (
+    PRELUDE
+    + r"""
+V = ctypes.c_void_p
+C = ctypes.c_uint64
+class Props(ctypes.Structure):
+    _fields_ = [("allocType", ctypes.c_int), ("handleTypes", ctypes.c_int), ("locType", ctypes.c_int),
+                ("locId", ctypes.c_int), ("win32", V), ("maxSize", ctypes.c_size_t), ("usage", ctypes.c_ushort),
+                ("reserved", ctypes.c_ubyte * 54)]
+class Loc(ctypes.Structure):
+    _fields_ = [("type", ctypes.c_int), ("id", ctypes.c_int)]
+class Access(ctypes.Structure):
+    _fields_ = [("loc", Loc), ("flags", ctypes.c_int)]
+ok(cu.cuInit(0), "init")
+ctx = [V(), V()]
+for d in (0, 1):
+    ok(cu.cuDevicePrimaryCtxRetain(ctypes.byref(ctx[d]), d), "retain")
+N = 1 << 16
+ok(cu.cuCtxSetCurrent(ctx[0]), "set0")
+mod = load_test_module()
+fill = V(); ok(cu.cuModuleGetFunction(ctypes.byref(fill), mod, b"fg_fill_u32"), "func")
+s0 = V(); ok(cu.cuStreamCreate(ctypes.byref(s0), 1), "stream")
+def launch(p, val):  # from device 0
+    a, b, c = C(p), ctypes.c_uint32(val), C(N)
+    args = (V * 3)(ctypes.addressof(a), ctypes.addressof(b), ctypes.addressof(c))
+    r = cu.cuLaunchKernel(fill, 64, 1, 1, 128, 1, 1, 0, s0, args, None)
+    return r or cu.cuStreamSynchronize(s0)
+def read(p):
+    buf = (ctypes.c_uint32 * N)()
+    ok(cu.cuMemcpyDtoH_v2(buf, C(p), ctypes.c_size_t(N * 4)), "dtoh")
+    return sorted(set(buf))
+def alloc(pool):
+    p = C(); ok(cu.cuMemAllocFromPoolAsync(ctypes.byref(p), ctypes.c_size_t(N * 4), pool, s0), "alloc"); return p.value
+def access(pool, d):
+    f = ctypes.c_int(-1); ok(cu.cuMemPoolGetAccess(ctypes.byref(f), pool, ctypes.byref(Loc(1, d))), "get access")
+    return f.value
+pr = Props(allocType=1, locType=1, locId=1)
+pool = V(); ok(cu.cuMemPoolCreate(ctypes.byref(pool), ctypes.byref(pr)), "pool on device 1")
+a = alloc(pool)
+print("before", access(pool, 0), access(pool, 1), launch(a, 1))
+rw = (Access * 1)(Access(Loc(1, 0), 3))
+print("set", cu.cuMemPoolSetAccess(pool, rw, ctypes.c_size_t(1)), access(pool, 0))
+print("after", launch(a, 2), read(a))
+b = alloc(pool)
+print("later", launch(b, 3), read(b))
+own_none = (Access * 1)(Access(Loc(1, 1), 0))
+print("own device", cu.cuMemPoolSetAccess(pool, own_none, ctypes.c_size_t(1)))
+print("END")
+"""
+)
+
+
+def test_pool_access_for_a_peer_device(tmp_path: Path) -> None:
+    s = start_server(tmp_path, env_extra={"FARGPU_SIM_DEVICES": "2"})
+    try:
+        r = subprocess.run(
+            [sys.executable, "-P", "-c", PEERS], env=s.client_env(), capture_output=True, text=True, timeout=60, cwd="/"
+        )
+        lines = [ln.strip() for ln in r.stdout.splitlines()]
+        why = f"{r.stdout}\n{r.stderr}\n{s.log_text()[-3000:]}"
+        assert r.returncode == 0 and lines and lines[-1] == "END", why
+        assert "before 0 3 1" in lines, why  # device 0 may not reach a device-1 pool's memory yet
+        assert "set 0 3" in lines, why
+        assert "after 0 [2]" in lines and "later 0 [3]" in lines, why  # what it holds, and what it hands out later
+        assert "own device 1" in lines, why  # the owning device keeps read-write access
+    finally:
+        stop_server(s)
