@@ -393,10 +393,12 @@ FGC_EXPORT CUresult CUDAAPI cuCtxPushCurrent_v2(CUcontext ctx) {
 }
 
 FGC_EXPORT CUresult CUDAAPI cuCtxRecordEvent(CUcontext hCtx, CUevent hEvent) {
-    (void)hCtx;
-    (void)hEvent;
-    static int logged;
-    return fgc_unsupported("cuCtxRecordEvent", &logged);
+    FGC_REQUIRE_INIT();
+    fg_writer *w = fgc_begin(FG_OP_cuCtxRecordEvent);
+    if (!w) return fgc_last_error();
+    fgc_put_handle(w, (const void *)hCtx);
+    fgc_put_handle(w, (const void *)hEvent);
+    return fgc_async();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuCtxResetPersistingL2Cache(void) {
@@ -464,10 +466,12 @@ FGC_EXPORT CUresult CUDAAPI cuCtxSynchronize_v2(CUcontext ctx) {
 }
 
 FGC_EXPORT CUresult CUDAAPI cuCtxWaitEvent(CUcontext hCtx, CUevent hEvent) {
-    (void)hCtx;
-    (void)hEvent;
-    static int logged;
-    return fgc_unsupported("cuCtxWaitEvent", &logged);
+    FGC_REQUIRE_INIT();
+    fg_writer *w = fgc_begin(FG_OP_cuCtxWaitEvent);
+    if (!w) return fgc_last_error();
+    fgc_put_handle(w, (const void *)hCtx);
+    fgc_put_handle(w, (const void *)hEvent);
+    return fgc_async();
 }
 
 FGC_EXPORT CUresult CUDAAPI cudbgApiAttach(void) {
@@ -4363,21 +4367,14 @@ FGC_EXPORT CUresult CUDAAPI cuStreamBatchMemOp_ptsz(CUstream stream, unsigned in
 }
 
 FGC_EXPORT CUresult CUDAAPI cuStreamBatchMemOp_v2(CUstream stream, unsigned int count, CUstreamBatchMemOpParams *paramArray, unsigned int flags) {
-    (void)stream;
-    (void)count;
-    (void)paramArray;
-    (void)flags;
-    static int logged;
-    return fgc_unsupported("cuStreamBatchMemOp_v2", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuStreamBatchMemOp_v2");
+    CUresult r_ = fgc_cuStreamBatchMemOp_v2(stream, count, paramArray, flags);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuStreamBatchMemOp_v2", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuStreamBatchMemOp_v2_ptsz(CUstream stream, unsigned int count, CUstreamBatchMemOpParams *paramArray, unsigned int flags) {
-    (void)stream;
-    (void)count;
-    (void)paramArray;
-    (void)flags;
-    static int logged;
-    return fgc_unsupported("cuStreamBatchMemOp_v2_ptsz", &logged);
+    return cuStreamBatchMemOp_v2(fgc_ptsz_stream(stream), count, paramArray, flags);
 }
 
 FGC_EXPORT CUresult CUDAAPI cuStreamBeginCapture(CUstream hStream) {
@@ -4567,19 +4564,14 @@ FGC_EXPORT CUresult CUDAAPI cuStreamGetCtx_ptsz(CUstream hStream, CUcontext *pct
 }
 
 FGC_EXPORT CUresult CUDAAPI cuStreamGetCtx_v2(CUstream hStream, CUcontext *pCtx, CUgreenCtx *pGreenCtx) {
-    (void)hStream;
-    (void)pCtx;
-    (void)pGreenCtx;
-    static int logged;
-    return fgc_unsupported("cuStreamGetCtx_v2", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuStreamGetCtx_v2");
+    CUresult r_ = fgc_cuStreamGetCtx_v2(hStream, pCtx, pGreenCtx);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuStreamGetCtx_v2", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuStreamGetCtx_v2_ptsz(CUstream hStream, CUcontext *pCtx, CUgreenCtx *pGreenCtx) {
-    (void)hStream;
-    (void)pCtx;
-    (void)pGreenCtx;
-    static int logged;
-    return fgc_unsupported("cuStreamGetCtx_v2_ptsz", &logged);
+    return cuStreamGetCtx_v2(fgc_ptsz_stream(hStream), pCtx, pGreenCtx);
 }
 
 FGC_EXPORT CUresult CUDAAPI cuStreamGetDevice(CUstream hStream, CUdevice *device) {

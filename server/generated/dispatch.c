@@ -187,6 +187,18 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         }
         return res;
     }
+    case FG_OP_cuCtxRecordEvent: {
+        uint64_t id_hCtx = fg_get_u64(r);
+        CUcontext hCtx = NULL;
+        if (!r->failed && fgs_handle_get(S, 1, id_hCtx, (void **)&hCtx)) return CUDA_ERROR_INVALID_HANDLE;
+        uint64_t id_hEvent = fg_get_u64(r);
+        CUevent hEvent = NULL;
+        if (!r->failed && fgs_handle_get(S, 3, id_hEvent, (void **)&hEvent)) return CUDA_ERROR_INVALID_HANDLE;
+        if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuCtxRecordEvent) return fgs_missing(S, "cuCtxRecordEvent");
+        CUresult res = S->api->cuCtxRecordEvent(hCtx, hEvent);
+        return res;
+    }
     case FG_OP_cuCtxResetPersistingL2Cache: {
         if (r->failed) return FGS_PROTOCOL_ERROR;
         if (!S->api->cuCtxResetPersistingL2Cache) return fgs_missing(S, "cuCtxResetPersistingL2Cache");
@@ -240,6 +252,18 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         if (r->failed) return FGS_PROTOCOL_ERROR;
         if (!S->api->cuCtxSynchronize_v2) return fgs_missing(S, "cuCtxSynchronize_v2");
         CUresult res = S->api->cuCtxSynchronize_v2(ctx);
+        return res;
+    }
+    case FG_OP_cuCtxWaitEvent: {
+        uint64_t id_hCtx = fg_get_u64(r);
+        CUcontext hCtx = NULL;
+        if (!r->failed && fgs_handle_get(S, 1, id_hCtx, (void **)&hCtx)) return CUDA_ERROR_INVALID_HANDLE;
+        uint64_t id_hEvent = fg_get_u64(r);
+        CUevent hEvent = NULL;
+        if (!r->failed && fgs_handle_get(S, 3, id_hEvent, (void **)&hEvent)) return CUDA_ERROR_INVALID_HANDLE;
+        if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuCtxWaitEvent) return fgs_missing(S, "cuCtxWaitEvent");
+        CUresult res = S->api->cuCtxWaitEvent(hCtx, hEvent);
         return res;
     }
     case FG_OP_cuDeviceCanAccessPeer: {
@@ -1461,6 +1485,7 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
     case FG_OP_cuProfilerStart: return fgs_cuProfilerStart(S, r, out);
     case FG_OP_cuProfilerStop: return fgs_cuProfilerStop(S, r, out);
     case FG_OP_cuStreamAddCallback: return fgs_cuStreamAddCallback(S, r, out);
+    case FG_OP_cuStreamBatchMemOp_v2: return fgs_cuStreamBatchMemOp_v2(S, r, out);
     case FG_OP_cuStreamBeginCapture_v2: {
         uint64_t id_hStream = fg_get_u64(r);
         CUstream hStream = NULL;

@@ -32,6 +32,7 @@ const char *fgs_api_load(fgs_api *api, void *dl) {
     if (!api->cuCtxPopCurrent_v2) return "cuCtxPopCurrent_v2";
     *(void **)&api->cuCtxPushCurrent_v2 = dlsym(dl, "cuCtxPushCurrent_v2");
     if (!api->cuCtxPushCurrent_v2) return "cuCtxPushCurrent_v2";
+    *(void **)&api->cuCtxRecordEvent = dlsym(dl, "cuCtxRecordEvent");
     *(void **)&api->cuCtxResetPersistingL2Cache = dlsym(dl, "cuCtxResetPersistingL2Cache");
     *(void **)&api->cuCtxSetCacheConfig = dlsym(dl, "cuCtxSetCacheConfig");
     *(void **)&api->cuCtxSetCurrent = dlsym(dl, "cuCtxSetCurrent");
@@ -42,6 +43,7 @@ const char *fgs_api_load(fgs_api *api, void *dl) {
     *(void **)&api->cuCtxSynchronize = dlsym(dl, "cuCtxSynchronize");
     if (!api->cuCtxSynchronize) return "cuCtxSynchronize";
     *(void **)&api->cuCtxSynchronize_v2 = dlsym(dl, "cuCtxSynchronize_v2");
+    *(void **)&api->cuCtxWaitEvent = dlsym(dl, "cuCtxWaitEvent");
     *(void **)&api->cuDeviceCanAccessPeer = dlsym(dl, "cuDeviceCanAccessPeer");
     *(void **)&api->cuDeviceComputeCapability = dlsym(dl, "cuDeviceComputeCapability");
     *(void **)&api->cuDeviceGet = dlsym(dl, "cuDeviceGet");
@@ -244,6 +246,7 @@ const char *fgs_api_load(fgs_api *api, void *dl) {
     *(void **)&api->cuProfilerStart = dlsym(dl, "cuProfilerStart");
     *(void **)&api->cuProfilerStop = dlsym(dl, "cuProfilerStop");
     *(void **)&api->cuStreamAddCallback = dlsym(dl, "cuStreamAddCallback");
+    *(void **)&api->cuStreamBatchMemOp_v2 = dlsym(dl, "cuStreamBatchMemOp_v2");
     *(void **)&api->cuStreamBeginCapture_v2 = dlsym(dl, "cuStreamBeginCapture_v2");
     *(void **)&api->cuStreamCopyAttributes = dlsym(dl, "cuStreamCopyAttributes");
     *(void **)&api->cuStreamCreate = dlsym(dl, "cuStreamCreate");

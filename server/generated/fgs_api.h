@@ -26,6 +26,7 @@ typedef struct fgs_api {
     CUresult (*cuCtxGetStreamPriorityRange)(int *, int *);
     CUresult (*cuCtxPopCurrent_v2)(CUcontext *);
     CUresult (*cuCtxPushCurrent_v2)(CUcontext);
+    CUresult (*cuCtxRecordEvent)(CUcontext, CUevent);
     CUresult (*cuCtxResetPersistingL2Cache)(void);
     CUresult (*cuCtxSetCacheConfig)(CUfunc_cache);
     CUresult (*cuCtxSetCurrent)(CUcontext);
@@ -34,6 +35,7 @@ typedef struct fgs_api {
     CUresult (*cuCtxSetSharedMemConfig)(CUsharedconfig);
     CUresult (*cuCtxSynchronize)(void);
     CUresult (*cuCtxSynchronize_v2)(CUcontext);
+    CUresult (*cuCtxWaitEvent)(CUcontext, CUevent);
     CUresult (*cuDeviceCanAccessPeer)(int *, CUdevice, CUdevice);
     CUresult (*cuDeviceComputeCapability)(int *, int *, CUdevice);
     CUresult (*cuDeviceGet)(CUdevice *, int);
@@ -206,6 +208,7 @@ typedef struct fgs_api {
     CUresult (*cuProfilerStart)(void);
     CUresult (*cuProfilerStop)(void);
     CUresult (*cuStreamAddCallback)(CUstream, CUstreamCallback, void *, unsigned int);
+    CUresult (*cuStreamBatchMemOp_v2)(CUstream, unsigned int, CUstreamBatchMemOpParams *, unsigned int);
     CUresult (*cuStreamBeginCapture_v2)(CUstream, CUstreamCaptureMode);
     CUresult (*cuStreamCopyAttributes)(CUstream, CUstream);
     CUresult (*cuStreamCreate)(CUstream *, unsigned int);

@@ -120,6 +120,7 @@ CUresult fgs_cuOccupancyMaxPotentialClusterSize(fgs_session *S, fg_reader *r, fg
 CUresult fgs_cuProfilerStart(fgs_session *S, fg_reader *r, fg_writer *out);
 CUresult fgs_cuProfilerStop(fgs_session *S, fg_reader *r, fg_writer *out);
 CUresult fgs_cuStreamAddCallback(fgs_session *S, fg_reader *r, fg_writer *out);
+CUresult fgs_cuStreamBatchMemOp_v2(fgs_session *S, fg_reader *r, fg_writer *out);
 CUresult fgs_cuStreamGetCaptureInfo_v3(fgs_session *S, fg_reader *r, fg_writer *out);
 CUresult fgs_cuSurfObjectCreate(fgs_session *S, fg_reader *r, fg_writer *out);
 CUresult fgs_cuTensorMapEncodeIm2col(fgs_session *S, fg_reader *r, fg_writer *out);

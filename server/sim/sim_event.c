@@ -2,7 +2,8 @@
  * is recorded: cuEventRecord stores the host monotonic clock, cuEventQuery/cuEventSynchronize succeed at once,
  * and cuEventElapsedTime returns the real host time between two records (so it is > 0 when work ran between
  * them). As with the driver, elapsed time needs both events recorded and created without
- * CU_EVENT_DISABLE_TIMING, else CUDA_ERROR_INVALID_HANDLE.
+ * CU_EVENT_DISABLE_TIMING, else CUDA_ERROR_INVALID_HANDLE. cuCtxRecordEvent records like cuEventRecord (the
+ * event must be the context's), cuCtxWaitEvent has nothing to wait for.
  * Test knob FARGPU_SIM_EVENT_QUERY_LAG=N: a recorded event answers CUDA_ERROR_NOT_READY to its first N
  * cuEventQuery calls (as a GPU still running the work before it would), and cuEventSynchronize completes it at
  * once; so tests can see what waits for an event (the worker's stream-ordered frees, server/replay/mempool.c). */
@@ -83,6 +84,30 @@ SIM_API CUresult cuEventRecord(CUevent hEvent, CUstream hStream)
     sim_unlock();
     return rc;
 }
+
+/* cuCtxRecordEvent: the context's work so far, which has all run (stream work runs at enqueue); the event must
+ * belong to that context. cuCtxWaitEvent: nothing to wait for, once the handles are checked. */
+static CUresult ctx_event(CUcontext hCtx, CUevent hEvent, int record)
+{
+    sim_lock();
+    CUresult rc = sim_check_init();
+    struct sim_ctx *c = rc == CUDA_SUCCESS ? sim_reg_find(hCtx, SIM_KIND_CTX) : NULL;
+    struct sim_event *e = rc == CUDA_SUCCESS ? find_event(hEvent) : NULL;
+    if (rc == CUDA_SUCCESS && (!c || (c->primary && !c->active)))
+        rc = CUDA_ERROR_INVALID_CONTEXT;
+    if (rc == CUDA_SUCCESS && (!e || (record && e->h.ctx != c)))
+        rc = CUDA_ERROR_INVALID_HANDLE;
+    if (rc == CUDA_SUCCESS && record) {
+        e->recorded = 1;
+        e->t_ns = sim_now_ns();
+        e->lag_left = query_lag();
+    }
+    sim_unlock();
+    return rc;
+}
+
+SIM_API CUresult cuCtxRecordEvent(CUcontext hCtx, CUevent hEvent) { return ctx_event(hCtx, hEvent, 1); }
+SIM_API CUresult cuCtxWaitEvent(CUcontext hCtx, CUevent hEvent) { return ctx_event(hCtx, hEvent, 0); }
 
 static CUresult query(CUevent hEvent, int wait)
 {

@@ -210,6 +210,30 @@ static void put_tensor_map(pools *P, unsigned op, buf *a) {
     put32(a, (uint32_t)rndn(3));
 }
 
+/* cuStreamBatchMemOp_v2's "u32 count, u32 flags, count x CUstreamBatchMemOpParams" (server/replay/memops.c):
+ * mostly a few writes and waits (met or not) on pool pointers, now and then unknown operations, wrong flags,
+ * pointers outside the session or a count beyond the limit. */
+static void put_memops(pools *P, buf *a) {
+    uint32_t n = chance(90) ? (uint32_t)rndn(6) : chance(50) ? 256 + (uint32_t)rndn(4) : (uint32_t)rnd();
+    put32(a, n);
+    put32(a, chance(95) ? 0 : (uint32_t)rnd());
+    if (n > 300) return; /* the server reads no further */
+    for (uint32_t i = 0; i < n; i++) {
+        CUstreamBatchMemOpParams p;
+        memset(&p, 0, sizeof p);
+        static const CUstreamBatchMemOpType ops[] = {CU_STREAM_MEM_OP_WRITE_VALUE_32, CU_STREAM_MEM_OP_WRITE_VALUE_64,
+                                                     CU_STREAM_MEM_OP_FLUSH_REMOTE_WRITES, CU_STREAM_MEM_OP_BARRIER,
+                                                     CU_STREAM_MEM_OP_WAIT_VALUE_32, CU_STREAM_MEM_OP_WAIT_VALUE_64};
+        p.operation = chance(95) ? ops[rndn(6)] : (CUstreamBatchMemOpType)rnd();
+        p.waitValue.address = pick_ptr(P) & ~7ull;
+        p.waitValue.value64 = chance(50) ? 0 : rnd();
+        int wait = p.operation == CU_STREAM_MEM_OP_WAIT_VALUE_32 || p.operation == CU_STREAM_MEM_OP_WAIT_VALUE_64;
+        p.waitValue.flags = chance(85) ? (wait ? CU_STREAM_WAIT_VALUE_GEQ : 0) : (unsigned)rnd();
+        p.waitValue.alias = rnd();
+        put(a, &p, sizeof p);
+    }
+}
+
 /* Append op's arguments (and, for image loads, the IMAGE_CHUNK records to send before it, into `pre`; the
  * certain result into *expect). Returns 1 when the record is certainly malformed. A malformed string may or may
  * not end the session: the generated decoders check a handle before reading the fields after it, so an unknown
@@ -477,6 +501,7 @@ static int build_args(pools *P, unsigned op, buf *a, buf *pre, int *expect) {
         }
         case 'J': put_jit_options(a); break;
         case 'n': put_tensor_map(P, op, a); break;
+        case 'u': put_memops(P, a); break;
         case 'j': put64(a, pick_handle(P, FGH_LINKSTATE)); break;
         case 'o': put64(a, chance(75) ? 0 : chance(50) ? 1 + rndn(64 << 10) : rnd()); break;
         case 'k': { /* cuLinkAddData_v2: an image load whose extra bytes are the link's arguments */

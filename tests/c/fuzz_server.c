@@ -566,6 +566,10 @@ static const char *layout[FG_OP_LIMIT] = {
     [FG_OP_cuTensorMapEncodeIm2col] = "n",
     [FG_OP_cuTensorMapEncodeIm2colWide] = "n",
     [FG_OP_cuTensorMapReplaceAddress] = "n",
+    /* stream memory operations, context events (server/replay/memops.c, generic) */
+    [FG_OP_cuStreamBatchMemOp_v2] = "Su",
+    [FG_OP_cuCtxRecordEvent] = "CE",
+    [FG_OP_cuCtxWaitEvent] = "CE",
 };
 
 #include "fuzz_images.h" /* module images, uploads and loads */

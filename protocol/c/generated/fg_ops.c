@@ -30,6 +30,7 @@ const char *fg_op_name(unsigned op) {
     case FG_OP_cuCtxGetLimit: return "cuCtxGetLimit";
     case FG_OP_cuCtxGetSharedMemConfig: return "cuCtxGetSharedMemConfig";
     case FG_OP_cuCtxGetStreamPriorityRange: return "cuCtxGetStreamPriorityRange";
+    case FG_OP_cuCtxRecordEvent: return "cuCtxRecordEvent";
     case FG_OP_cuCtxResetPersistingL2Cache: return "cuCtxResetPersistingL2Cache";
     case FG_OP_cuCtxSetCacheConfig: return "cuCtxSetCacheConfig";
     case FG_OP_cuCtxSetFlags: return "cuCtxSetFlags";
@@ -37,6 +38,7 @@ const char *fg_op_name(unsigned op) {
     case FG_OP_cuCtxSetSharedMemConfig: return "cuCtxSetSharedMemConfig";
     case FG_OP_cuCtxSynchronize: return "cuCtxSynchronize";
     case FG_OP_cuCtxSynchronize_v2: return "cuCtxSynchronize_v2";
+    case FG_OP_cuCtxWaitEvent: return "cuCtxWaitEvent";
     case FG_OP_cuDeviceCanAccessPeer: return "cuDeviceCanAccessPeer";
     case FG_OP_cuDeviceComputeCapability: return "cuDeviceComputeCapability";
     case FG_OP_cuDeviceGet: return "cuDeviceGet";
@@ -219,6 +221,7 @@ const char *fg_op_name(unsigned op) {
     case FG_OP_cuProfilerStart: return "cuProfilerStart";
     case FG_OP_cuProfilerStop: return "cuProfilerStop";
     case FG_OP_cuStreamAddCallback: return "cuStreamAddCallback";
+    case FG_OP_cuStreamBatchMemOp_v2: return "cuStreamBatchMemOp_v2";
     case FG_OP_cuStreamBeginCapture_v2: return "cuStreamBeginCapture_v2";
     case FG_OP_cuStreamCopyAttributes: return "cuStreamCopyAttributes";
     case FG_OP_cuStreamCreate: return "cuStreamCreate";

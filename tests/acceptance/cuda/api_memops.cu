@@ -1,0 +1,115 @@
+// api_memops.cu - acceptance: batched stream memory operations (cuStreamBatchMemOp: 32- and 64-bit writes and
+// waits with each comparison, a memory barrier, a flush of remote writes) ordering work across two streams
+// through a flag in device memory, the single-operation forms (cuStreamWriteValue32/64, cuStreamWaitValue32/64),
+// cuStreamGetCtx_v2, and context-wide events (cuCtxRecordEvent, cuCtxWaitEvent). The values are checked exactly.
+// The first stream's writes are queued before the second stream's waits, so the waits never block for long.
+// acceptance: link=-lcuda
+#include <cstdio>
+#include <cstring>
+
+#include <cuda.h>
+
+#include "acceptance.h"
+
+static int g_fail = 0;
+static void check(const char *what, bool ok)
+{
+    std::printf("%s %s\n", what, ok ? "ok" : "MISMATCH");
+    if (!ok)
+        g_fail = 1;
+}
+
+static CUstreamBatchMemOpParams op(CUstreamBatchMemOpType t, CUdeviceptr a, unsigned long long v, unsigned flags)
+{
+    CUstreamBatchMemOpParams p;
+    std::memset(&p, 0, sizeof p);
+    p.operation = t;
+    if (t == CU_STREAM_MEM_OP_BARRIER) {
+        p.memoryBarrier.flags = flags;
+        return p;
+    }
+    if (t == CU_STREAM_MEM_OP_FLUSH_REMOTE_WRITES)
+        return p;
+    p.waitValue.address = a;
+    p.waitValue.flags = flags;
+    if (t == CU_STREAM_MEM_OP_WAIT_VALUE_64 || t == CU_STREAM_MEM_OP_WRITE_VALUE_64)
+        p.waitValue.value64 = v;
+    else
+        p.waitValue.value = (cuuint32_t)v;
+    return p;
+}
+
+int main()
+{
+    CHECK(cudaSetDevice(0));
+    CHECK(cudaFree(nullptr));
+    CUcontext ctx;
+    CU_CHECK(cuCtxGetCurrent(&ctx));
+    CUstream s1, s2;
+    CU_CHECK(cuStreamCreate(&s1, CU_STREAM_NON_BLOCKING));
+    CU_CHECK(cuStreamCreate(&s2, CU_STREAM_NON_BLOCKING));
+    CUdeviceptr buf;
+    CU_CHECK(cuMemAlloc(&buf, 64));
+    CU_CHECK(cuMemsetD8(buf, 0, 64));
+
+    CUstreamBatchMemOpParams first[] = {
+        op(CU_STREAM_MEM_OP_WRITE_VALUE_64, buf + 8, 0x0123456789abcdefull, CU_STREAM_WRITE_VALUE_DEFAULT),
+        op(CU_STREAM_MEM_OP_BARRIER, 0, 0, CU_STREAM_MEMORY_BARRIER_TYPE_GPU),
+        op(CU_STREAM_MEM_OP_WRITE_VALUE_32, buf, 1, CU_STREAM_WRITE_VALUE_DEFAULT),
+    };
+    CU_CHECK(cuStreamBatchMemOp(s1, 3, first, 0));
+    CUstreamBatchMemOpParams second[] = {
+        op(CU_STREAM_MEM_OP_WAIT_VALUE_32, buf, 1, CU_STREAM_WAIT_VALUE_GEQ),
+        op(CU_STREAM_MEM_OP_WAIT_VALUE_64, buf + 8, 0x0123456789abcdefull, CU_STREAM_WAIT_VALUE_EQ),
+        op(CU_STREAM_MEM_OP_WAIT_VALUE_32, buf, 3, CU_STREAM_WAIT_VALUE_AND),
+        op(CU_STREAM_MEM_OP_WAIT_VALUE_32, buf, 0xfffffff0u, CU_STREAM_WAIT_VALUE_NOR),
+        op(CU_STREAM_MEM_OP_FLUSH_REMOTE_WRITES, 0, 0, 0),
+        op(CU_STREAM_MEM_OP_WRITE_VALUE_32, buf + 16, 2, CU_STREAM_WRITE_VALUE_NO_MEMORY_BARRIER),
+    };
+    CU_CHECK(cuStreamBatchMemOp(s2, 6, second, 0));
+    CU_CHECK(cuStreamWriteValue64(s2, buf + 24, 0xfeedfacecafebeefull, 0));
+    CU_CHECK(cuStreamWaitValue64(s2, buf + 24, 0xfeedfacecafebeefull, CU_STREAM_WAIT_VALUE_EQ));
+    CU_CHECK(cuStreamWriteValue32(s2, buf + 32, 3, 0));
+    CU_CHECK(cuStreamWaitValue32(s2, buf + 32, 3, CU_STREAM_WAIT_VALUE_EQ));
+    CU_CHECK(cuStreamSynchronize(s2));
+    unsigned char host[40];
+    CU_CHECK(cuMemcpyDtoH(host, buf, sizeof host));
+    unsigned v32, v16, v32b;
+    unsigned long long v8, v24;
+    std::memcpy(&v32, host, 4);
+    std::memcpy(&v8, host + 8, 8);
+    std::memcpy(&v16, host + 16, 4);
+    std::memcpy(&v24, host + 24, 8);
+    std::memcpy(&v32b, host + 32, 4);
+    check("flag written by the first stream", v32 == 1);
+    check("64-bit value before the barrier", v8 == 0x0123456789abcdefull);
+    check("second stream's write after its waits", v16 == 2);
+    check("single-operation writes", v24 == 0xfeedfacecafebeefull && v32b == 3);
+
+    CUcontext got = nullptr;
+    CUgreenCtx green = (CUgreenCtx)1;
+    CU_CHECK(cuStreamGetCtx_v2(s1, &got, &green));
+    check("cuStreamGetCtx_v2: the current context, no green context", got == ctx && green == nullptr);
+
+    CUevent e0, e1;
+    CU_CHECK(cuEventCreate(&e0, CU_EVENT_DEFAULT));
+    CU_CHECK(cuEventCreate(&e1, CU_EVENT_DEFAULT));
+    CU_CHECK(cuEventRecord(e0, s1));
+    CU_CHECK(cuStreamWriteValue32(s1, buf + 36, 4, 0));
+    CU_CHECK(cuCtxRecordEvent(ctx, e1));
+    CU_CHECK(cuCtxWaitEvent(ctx, e0));
+    CU_CHECK(cuEventSynchronize(e1));
+    float ms = -1.0f;
+    CU_CHECK(cuEventElapsedTime(&ms, e0, e1));
+    unsigned v36 = 0;
+    CU_CHECK(cuMemcpyDtoH(&v36, buf + 36, 4));
+    check("context event after the stream's work", cuEventQuery(e1) == CUDA_SUCCESS && ms >= 0.0f && v36 == 4);
+
+    CU_CHECK(cuEventDestroy(e0));
+    CU_CHECK(cuEventDestroy(e1));
+    CU_CHECK(cuMemFree(buf));
+    CU_CHECK(cuStreamDestroy(s1));
+    CU_CHECK(cuStreamDestroy(s2));
+    std::printf("%s\n", g_fail ? "FAIL" : "PASS");
+    return g_fail;
+}

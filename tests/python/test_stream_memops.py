@@ -1,0 +1,85 @@
+"""Batched stream memory operations and context events through fargpu (client_stub/memops.c,
+server/replay/memops.c, server/sim/sim_memop.c, sim_event.c), end to end with the real stub, node agent, worker and
+simulated device: cuStreamBatchMemOp_v2 writes and waits on 32- and 64-bit values, with barriers and flushes, in
+order; what the stub refuses at once (host memory, which the remote GPU cannot reach; too many operations) and what
+comes back as an asynchronous error with the next synchronising call (an operation the driver refuses);
+cuStreamWaitValue/WriteValue; cuStreamGetCtx_v2 (no green context); cuCtxRecordEvent and cuCtxWaitEvent."""
+
+from __future__ import annotations
+
+from cuda_ctypes import PRELUDE
+from e2e_helpers import NodeServer, run_client
+
+CLIENT = PRELUDE + r'''
+import struct
+ctx = ctx0()
+class Op(ctypes.Structure):  # CUstreamBatchMemOpParams as wait/write: operation, address, value64, flags, alias
+    _fields_ = [("operation", ctypes.c_uint), ("address", ctypes.c_uint64), ("value64", ctypes.c_uint64),
+                ("flags", ctypes.c_uint), ("alias", ctypes.c_uint64), ("pad", ctypes.c_uint64)]
+assert ctypes.sizeof(Op) == 48
+WAIT32, WRITE32, FLUSH, WAIT64, WRITE64, BARRIER = 1, 2, 3, 4, 5, 6
+GEQ, EQ, AND, NOR = 0, 1, 2, 3
+s = ctypes.c_void_p()
+ok(cu.cuStreamCreate(ctypes.byref(s), 1), "stream")
+r, p = alloc(64); ok(r, "alloc")
+ok(cu.cuMemsetD8_v2(ctypes.c_uint64(p), 0, ctypes.c_size_t(64)), "memset")
+def batch(*ops, flags=0, stream=None):
+    arr = (Op * max(len(ops), 1))(*[Op(*o) for o in ops])
+    return cu.cuStreamBatchMemOp_v2(stream if stream is not None else s, len(ops), arr, flags)
+def read(n=24):
+    b = ctypes.create_string_buffer(n)
+    ok(cu.cuMemcpyDtoH_v2(b, ctypes.c_uint64(p), ctypes.c_size_t(n)), "dtoh")
+    return b.raw
+print("batch", batch((WRITE32, p, 7, 0, 0, 0), (WRITE64, p + 8, 0x1122334455667788, 0, 0, 0), (BARRIER, 1, 0, 0, 0, 0),
+                     (FLUSH, 0, 0, 0, 0, 0), (WAIT32, p, 7, EQ, 0, 0), (WAIT64, p + 8, 0x1122334455667000, GEQ, 0, 0),
+                     (WAIT32, p, 6, AND, 0, 0), (WRITE32, p + 16, 9, 1, 0, 0)))
+ok(cu.cuStreamSynchronize(s), "sync")
+v = struct.unpack("<IIQI", read(20))
+print("values", v[0], hex(v[2]), v[3])
+print("write then wait in one batch", batch((WRITE32, p + 4, 0xffff, 0, 0, 0), (WAIT32, p + 4, 0xff0000, NOR, 0, 0),
+                                             (WAIT32, p + 4, 0xfffffffe, GEQ, 0, 0)), cu.cuStreamSynchronize(s))
+host = ctypes.c_void_p()
+ok(cu.cuMemAllocHost_v2(ctypes.byref(host), ctypes.c_size_t(64)), "pinned")
+print("pinned host memory", batch((WRITE32, host.value, 1, 0, 0, 0)))
+print("unknown address", batch((WRITE32, 0x1000, 1, 0, 0, 0)))
+print("past the allocation", batch((WRITE64, p + 60, 1, 0, 0, 0)))
+print("300 operations", cu.cuStreamBatchMemOp_v2(s, 300, (Op * 300)(), 0))
+print("bad operation", batch((99, p, 1, 0, 0, 0)), "then sync", cu.cuStreamSynchronize(s))
+print("flags 1", batch((WRITE32, p, 1, 0, 0, 0), flags=1), "then sync", cu.cuStreamSynchronize(s))
+print("empty batch", batch(), cu.cuStreamSynchronize(s))
+ok(cu.cuStreamWriteValue32_v2(s, ctypes.c_uint64(p + 20), 5, 0), "write value")
+ok(cu.cuStreamWaitValue32_v2(s, ctypes.c_uint64(p + 20), 5, EQ), "wait value")
+ok(cu.cuStreamSynchronize(s), "sync 2")
+print("write value", struct.unpack("<I", read(24)[20:24])[0])
+got, green = ctypes.c_void_p(), ctypes.c_void_p(1)
+ok(cu.cuStreamGetCtx_v2(s, ctypes.byref(got), ctypes.byref(green)), "get ctx v2")
+print("stream context", got.value == ctx.value, "green", green.value)
+ok(cu.cuStreamGetCtx_v2(None, ctypes.byref(got), None), "get ctx v2 null stream")
+print("null stream context", got.value == ctx.value)
+e0, e1 = ctypes.c_void_p(), ctypes.c_void_p()
+ok(cu.cuEventCreate(ctypes.byref(e0), 0), "event")
+ok(cu.cuEventCreate(ctypes.byref(e1), 0), "event")
+ok(cu.cuEventRecord(e0, s), "record")
+ok(cu.cuCtxRecordEvent(ctx, e1), "ctx record")
+ok(cu.cuCtxWaitEvent(ctx, e0), "ctx wait")
+ok(cu.cuEventSynchronize(e1), "event sync")
+ms = ctypes.c_float()
+print("ctx record", cu.cuEventQuery(e1), cu.cuEventElapsedTime_v2(ctypes.byref(ms), e0, e1), ms.value >= 0)
+print("ctx record bad event", cu.cuCtxRecordEvent(ctx, ctypes.c_void_p(0x5a5a0)), "then sync", cu.cuCtxSynchronize())
+'''
+
+
+def test_batch_memops_and_context_events(server: NodeServer) -> None:
+    r = run_client(CLIENT, server.client_env())
+    assert r.returncode == 0, r.stdout + r.stderr + server.log_text()[-3000:]
+    out = r.stdout.splitlines()
+    assert "batch 0" in out and "values 7 0x1122334455667788 9" in out, out
+    assert "write then wait in one batch 0 0" in out, out
+    assert "pinned host memory 801" in out and "unknown address 801" in out, out  # CUDA_ERROR_NOT_SUPPORTED
+    assert "past the allocation 801" in out and "300 operations 1" in out, out
+    # Refused by the driver on the node: the error comes back with the next synchronising call.
+    assert "bad operation 0 then sync 1" in out and "flags 1 0 then sync 1" in out, out
+    assert "empty batch 0 0" in out and "write value 5" in out, out
+    assert "stream context True green None" in out and "null stream context True" in out, out
+    assert "ctx record 0 0 True" in out, out
+    assert "ctx record bad event 0 then sync 400" in out, out  # CUDA_ERROR_INVALID_HANDLE
