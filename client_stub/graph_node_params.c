@@ -63,7 +63,9 @@ static CUresult add(CUgraphNode *ph, CUgraph g, const CUgraphNode *deps, size_t 
         return fgc_cuGraphAddMemAllocNode(ph, g, deps, n, (CUDA_MEM_ALLOC_NODE_PARAMS *)&p->alloc);
     case CU_GRAPH_NODE_TYPE_MEM_FREE: return fgc_cuGraphAddMemFreeNode(ph, g, deps, n, p->free.dptr);
     case CU_GRAPH_NODE_TYPE_CONDITIONAL: return fgc_graph_add_conditional(ph, g, deps, n, &p->conditional);
-    default: return refuse("cuGraphAddNode of a batch memory-operation or external-semaphore node");
+    case CU_GRAPH_NODE_TYPE_BATCH_MEM_OP: /* CUDA_BATCH_MEM_OP_NODE_PARAMS_v2 is v1 field for field */
+        return fgc_cuGraphAddBatchMemOpNode(ph, g, deps, n, (const CUDA_BATCH_MEM_OP_NODE_PARAMS *)&p->memOp);
+    default: return refuse("cuGraphAddNode of an external-semaphore node");
     }
 }
 
@@ -94,6 +96,8 @@ CUresult fgc_cuGraphNodeSetParams(CUgraphNode node, CUgraphNodeParams *p) {
     }
     case CU_GRAPH_NODE_TYPE_EVENT_RECORD: return cuGraphEventRecordNodeSetEvent(node, p->eventRecord.event);
     case CU_GRAPH_NODE_TYPE_WAIT_EVENT: return cuGraphEventWaitNodeSetEvent(node, p->eventWait.event);
+    case CU_GRAPH_NODE_TYPE_BATCH_MEM_OP:
+        return fgc_cuGraphBatchMemOpNodeSetParams(node, (const CUDA_BATCH_MEM_OP_NODE_PARAMS *)&p->memOp);
     default: return refuse("cuGraphNodeSetParams for this node type");
     }
 }
@@ -117,6 +121,8 @@ CUresult fgc_cuGraphExecNodeSetParams(CUgraphExec e, CUgraphNode node, CUgraphNo
     case CU_GRAPH_NODE_TYPE_GRAPH: return cuGraphExecChildGraphNodeSetParams(e, node, p->graph.graph);
     case CU_GRAPH_NODE_TYPE_EVENT_RECORD: return cuGraphExecEventRecordNodeSetEvent(e, node, p->eventRecord.event);
     case CU_GRAPH_NODE_TYPE_WAIT_EVENT: return cuGraphExecEventWaitNodeSetEvent(e, node, p->eventWait.event);
+    case CU_GRAPH_NODE_TYPE_BATCH_MEM_OP:
+        return fgc_cuGraphExecBatchMemOpNodeSetParams(e, node, (const CUDA_BATCH_MEM_OP_NODE_PARAMS *)&p->memOp);
     default: return refuse("cuGraphExecNodeSetParams for this node type");
     }
 }

@@ -1380,13 +1380,10 @@ FGC_EXPORT CUresult CUDAAPI cuGLUnregisterBufferObject(void) {
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphAddBatchMemOpNode(CUgraphNode *phGraphNode, CUgraph hGraph, const CUgraphNode *dependencies, size_t numDependencies, const CUDA_BATCH_MEM_OP_NODE_PARAMS *nodeParams) {
-    (void)phGraphNode;
-    (void)hGraph;
-    (void)dependencies;
-    (void)numDependencies;
-    (void)nodeParams;
-    static int logged;
-    return fgc_unsupported("cuGraphAddBatchMemOpNode", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuGraphAddBatchMemOpNode");
+    CUresult r_ = fgc_cuGraphAddBatchMemOpNode(phGraphNode, hGraph, dependencies, numDependencies, nodeParams);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuGraphAddBatchMemOpNode", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphAddChildGraphNode(CUgraphNode *phGraphNode, CUgraph hGraph, const CUgraphNode *dependencies, size_t numDependencies, CUgraph childGraph) {
@@ -1520,17 +1517,17 @@ FGC_EXPORT CUresult CUDAAPI cuGraphAddNode_v2(CUgraphNode *phGraphNode, CUgraph 
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphBatchMemOpNodeGetParams(CUgraphNode hNode, CUDA_BATCH_MEM_OP_NODE_PARAMS *nodeParams_out) {
-    (void)hNode;
-    (void)nodeParams_out;
-    static int logged;
-    return fgc_unsupported("cuGraphBatchMemOpNodeGetParams", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuGraphBatchMemOpNodeGetParams");
+    CUresult r_ = fgc_cuGraphBatchMemOpNodeGetParams(hNode, nodeParams_out);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuGraphBatchMemOpNodeGetParams", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphBatchMemOpNodeSetParams(CUgraphNode hNode, const CUDA_BATCH_MEM_OP_NODE_PARAMS *nodeParams) {
-    (void)hNode;
-    (void)nodeParams;
-    static int logged;
-    return fgc_unsupported("cuGraphBatchMemOpNodeSetParams", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuGraphBatchMemOpNodeSetParams");
+    CUresult r_ = fgc_cuGraphBatchMemOpNodeSetParams(hNode, nodeParams);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuGraphBatchMemOpNodeSetParams", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphChildGraphNodeGetGraph(CUgraphNode hNode, CUgraph *phGraph) {
@@ -1620,11 +1617,10 @@ FGC_EXPORT CUresult CUDAAPI cuGraphEventWaitNodeSetEvent(CUgraphNode hNode, CUev
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphExecBatchMemOpNodeSetParams(CUgraphExec hGraphExec, CUgraphNode hNode, const CUDA_BATCH_MEM_OP_NODE_PARAMS *nodeParams) {
-    (void)hGraphExec;
-    (void)hNode;
-    (void)nodeParams;
-    static int logged;
-    return fgc_unsupported("cuGraphExecBatchMemOpNodeSetParams", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuGraphExecBatchMemOpNodeSetParams");
+    CUresult r_ = fgc_cuGraphExecBatchMemOpNodeSetParams(hGraphExec, hNode, nodeParams);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuGraphExecBatchMemOpNodeSetParams", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphExecChildGraphNodeSetParams(CUgraphExec hGraphExec, CUgraphNode hNode, CUgraph childGraph) {

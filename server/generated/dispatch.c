@@ -689,6 +689,7 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         CUresult res = S->api->cuFuncSetSharedMemConfig(hfunc, config);
         return res;
     }
+    case FG_OP_cuGraphAddBatchMemOpNode: return fgs_cuGraphAddBatchMemOpNode(S, r, out);
     case FG_OP_cuGraphAddChildGraphNode: return fgs_cuGraphAddChildGraphNode(S, r, out);
     case FG_OP_cuGraphAddDependencies_v2: return fgs_cuGraphAddDependencies_v2(S, r, out);
     case FG_OP_cuGraphAddEmptyNode: return fgs_cuGraphAddEmptyNode(S, r, out);
@@ -699,6 +700,8 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
     case FG_OP_cuGraphAddMemcpyNode: return fgs_cuGraphAddMemcpyNode(S, r, out);
     case FG_OP_cuGraphAddMemsetNode: return fgs_cuGraphAddMemsetNode(S, r, out);
     case FG_OP_cuGraphAddNode_v2: return fgs_cuGraphAddNode_v2(S, r, out);
+    case FG_OP_cuGraphBatchMemOpNodeGetParams: return fgs_cuGraphBatchMemOpNodeGetParams(S, r, out);
+    case FG_OP_cuGraphBatchMemOpNodeSetParams: return fgs_cuGraphBatchMemOpNodeSetParams(S, r, out);
     case FG_OP_cuGraphChildGraphNodeGetGraph: return fgs_cuGraphChildGraphNodeGetGraph(S, r, out);
     case FG_OP_cuGraphClone: return fgs_cuGraphClone(S, r, out);
     case FG_OP_cuGraphConditionalHandleCreate: return fgs_cuGraphConditionalHandleCreate(S, r, out);
@@ -744,6 +747,7 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         CUresult res = S->api->cuGraphEventWaitNodeSetEvent(hNode, event);
         return res;
     }
+    case FG_OP_cuGraphExecBatchMemOpNodeSetParams: return fgs_cuGraphExecBatchMemOpNodeSetParams(S, r, out);
     case FG_OP_cuGraphExecChildGraphNodeSetParams: {
         uint64_t id_hGraphExec = fg_get_u64(r);
         CUgraphExec hGraphExec = NULL;

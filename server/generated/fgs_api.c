@@ -85,6 +85,7 @@ const char *fgs_api_load(fgs_api *api, void *dl) {
     *(void **)&api->cuFuncSetSharedMemConfig = dlsym(dl, "cuFuncSetSharedMemConfig");
     *(void **)&api->cuGetErrorName = dlsym(dl, "cuGetErrorName");
     if (!api->cuGetErrorName) return "cuGetErrorName";
+    *(void **)&api->cuGraphAddBatchMemOpNode = dlsym(dl, "cuGraphAddBatchMemOpNode");
     *(void **)&api->cuGraphAddChildGraphNode = dlsym(dl, "cuGraphAddChildGraphNode");
     *(void **)&api->cuGraphAddDependencies_v2 = dlsym(dl, "cuGraphAddDependencies_v2");
     *(void **)&api->cuGraphAddEmptyNode = dlsym(dl, "cuGraphAddEmptyNode");
@@ -95,6 +96,8 @@ const char *fgs_api_load(fgs_api *api, void *dl) {
     *(void **)&api->cuGraphAddMemcpyNode = dlsym(dl, "cuGraphAddMemcpyNode");
     *(void **)&api->cuGraphAddMemsetNode = dlsym(dl, "cuGraphAddMemsetNode");
     *(void **)&api->cuGraphAddNode_v2 = dlsym(dl, "cuGraphAddNode_v2");
+    *(void **)&api->cuGraphBatchMemOpNodeGetParams = dlsym(dl, "cuGraphBatchMemOpNodeGetParams");
+    *(void **)&api->cuGraphBatchMemOpNodeSetParams = dlsym(dl, "cuGraphBatchMemOpNodeSetParams");
     *(void **)&api->cuGraphChildGraphNodeGetGraph = dlsym(dl, "cuGraphChildGraphNodeGetGraph");
     *(void **)&api->cuGraphClone = dlsym(dl, "cuGraphClone");
     *(void **)&api->cuGraphConditionalHandleCreate = dlsym(dl, "cuGraphConditionalHandleCreate");
@@ -105,6 +108,7 @@ const char *fgs_api_load(fgs_api *api, void *dl) {
     *(void **)&api->cuGraphEventRecordNodeSetEvent = dlsym(dl, "cuGraphEventRecordNodeSetEvent");
     *(void **)&api->cuGraphEventWaitNodeGetEvent = dlsym(dl, "cuGraphEventWaitNodeGetEvent");
     *(void **)&api->cuGraphEventWaitNodeSetEvent = dlsym(dl, "cuGraphEventWaitNodeSetEvent");
+    *(void **)&api->cuGraphExecBatchMemOpNodeSetParams = dlsym(dl, "cuGraphExecBatchMemOpNodeSetParams");
     *(void **)&api->cuGraphExecChildGraphNodeSetParams = dlsym(dl, "cuGraphExecChildGraphNodeSetParams");
     *(void **)&api->cuGraphExecDestroy = dlsym(dl, "cuGraphExecDestroy");
     *(void **)&api->cuGraphExecEventRecordNodeSetEvent = dlsym(dl, "cuGraphExecEventRecordNodeSetEvent");

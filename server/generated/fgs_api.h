@@ -70,6 +70,7 @@ typedef struct fgs_api {
     CUresult (*cuFuncSetCacheConfig)(CUfunction, CUfunc_cache);
     CUresult (*cuFuncSetSharedMemConfig)(CUfunction, CUsharedconfig);
     CUresult (*cuGetErrorName)(CUresult, const char **);
+    CUresult (*cuGraphAddBatchMemOpNode)(CUgraphNode *, CUgraph, const CUgraphNode *, size_t, const CUDA_BATCH_MEM_OP_NODE_PARAMS *);
     CUresult (*cuGraphAddChildGraphNode)(CUgraphNode *, CUgraph, const CUgraphNode *, size_t, CUgraph);
     CUresult (*cuGraphAddDependencies_v2)(CUgraph, const CUgraphNode *, const CUgraphNode *, const CUgraphEdgeData *, size_t);
     CUresult (*cuGraphAddEmptyNode)(CUgraphNode *, CUgraph, const CUgraphNode *, size_t);
@@ -80,6 +81,8 @@ typedef struct fgs_api {
     CUresult (*cuGraphAddMemcpyNode)(CUgraphNode *, CUgraph, const CUgraphNode *, size_t, const CUDA_MEMCPY3D *, CUcontext);
     CUresult (*cuGraphAddMemsetNode)(CUgraphNode *, CUgraph, const CUgraphNode *, size_t, const CUDA_MEMSET_NODE_PARAMS *, CUcontext);
     CUresult (*cuGraphAddNode_v2)(CUgraphNode *, CUgraph, const CUgraphNode *, const CUgraphEdgeData *, size_t, CUgraphNodeParams *);
+    CUresult (*cuGraphBatchMemOpNodeGetParams)(CUgraphNode, CUDA_BATCH_MEM_OP_NODE_PARAMS *);
+    CUresult (*cuGraphBatchMemOpNodeSetParams)(CUgraphNode, const CUDA_BATCH_MEM_OP_NODE_PARAMS *);
     CUresult (*cuGraphChildGraphNodeGetGraph)(CUgraphNode, CUgraph *);
     CUresult (*cuGraphClone)(CUgraph *, CUgraph);
     CUresult (*cuGraphConditionalHandleCreate)(CUgraphConditionalHandle *, CUgraph, CUcontext, unsigned int, unsigned int);
@@ -90,6 +93,7 @@ typedef struct fgs_api {
     CUresult (*cuGraphEventRecordNodeSetEvent)(CUgraphNode, CUevent);
     CUresult (*cuGraphEventWaitNodeGetEvent)(CUgraphNode, CUevent *);
     CUresult (*cuGraphEventWaitNodeSetEvent)(CUgraphNode, CUevent);
+    CUresult (*cuGraphExecBatchMemOpNodeSetParams)(CUgraphExec, CUgraphNode, const CUDA_BATCH_MEM_OP_NODE_PARAMS *);
     CUresult (*cuGraphExecChildGraphNodeSetParams)(CUgraphExec, CUgraphNode, CUgraph);
     CUresult (*cuGraphExecDestroy)(CUgraphExec);
     CUresult (*cuGraphExecEventRecordNodeSetEvent)(CUgraphExec, CUgraphNode, CUevent);

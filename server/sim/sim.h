@@ -219,6 +219,9 @@ CUresult sim_module_global(const struct sim_module *m, const char *name, CUdevic
 void sim_module_set_library(struct sim_module *m, struct sim_library *lib);
 void sim_library_module_gone(struct sim_library *lib, struct sim_module *m);
 /* JIT options of cuModuleLoadDataEx / cuLibraryLoadData: validated, ignored (logged once), log buffers emptied. */
+/* sim_memop.c: one operation checked (lock held), and a batch checked whole then run on stream s (takes the lock). */
+CUresult sim_memop_check(const CUstreamBatchMemOpParams *p);
+CUresult sim_memop_batch(CUstream s, unsigned int count, const CUstreamBatchMemOpParams *ops, unsigned int flags);
 CUresult sim_jit_options(unsigned int n, CUjit_option *options, void **values);
 
 /* A function handle, or a CUkernel passed where a CUfunction is accepted: the kernel's function in the current

@@ -3,7 +3,7 @@
  * respects every dependency (nodes in the order they were added, each after its dependencies). Nodes: empty,
  * kernel (through cuLaunchKernel, with the packed parameter buffer or kernelParams), memset (row by row), memcpy
  * (device and host memory; arrays are not simulated), event record and wait, child graph (a copy of the child,
- * as the driver makes), host (called in place). An executable is a copy of the graph; its nodes keep the index
+ * as the driver makes), host (called in place), batch memory operations (sim_graph_memop.c). An executable is a copy of the graph; its nodes keep the index
  * of the node they came from, which is how executable-node updates and cuGraphExecUpdate find them. Disabled
  * nodes are skipped. Stream capture into graphs is not simulated (sim_capture.c). What graphs say about
  * themselves (edges, roots, node parameters) is in sim_graph_query.c.
@@ -28,6 +28,7 @@ static void node_free(struct sim_gnode *x) {
     for (unsigned i = 0; x->bodies && i < x->nbodies; i++)
         if (x->bodies[i]) graph_free(x->bodies[i]);
     free(x->bodies);
+    free(x->memops);
     free(x);
 }
 
@@ -107,7 +108,9 @@ static struct sim_gnode *node_clone(const struct sim_gnode *x, struct sim_graph 
     y->kbuf = x->kbuf ? malloc(x->ksize ? x->ksize : 1) : NULL;
     y->child = x->child ? graph_clone(x->child, 0) : NULL;
     y->bodies = x->nbodies ? calloc(x->nbodies, sizeof *y->bodies) : NULL;
-    int bad = (x->n_deps && !y->deps) || (x->kbuf && !y->kbuf) || (x->child && !y->child) || (x->nbodies && !y->bodies);
+    y->memops = x->n_memops ? malloc(x->n_memops * sizeof *y->memops) : NULL;
+    int bad = (x->n_deps && !y->deps) || (x->kbuf && !y->kbuf) || (x->child && !y->child) || (x->nbodies && !y->bodies) ||
+              (x->n_memops && !y->memops);
     for (unsigned i = 0; !bad && i < x->nbodies; i++)
         bad = !(y->bodies[i] = graph_clone(x->bodies[i], 0));
     if (bad) { /* every pointer in y is its own (or NULL) by now */
@@ -118,6 +121,8 @@ static struct sim_gnode *node_clone(const struct sim_gnode *x, struct sim_graph 
         memcpy(y->deps, x->deps, x->n_deps * sizeof *y->deps);
     if (x->kbuf)
         memcpy(y->kbuf, x->kbuf, x->ksize);
+    if (x->n_memops)
+        memcpy(y->memops, x->memops, x->n_memops * sizeof *y->memops);
     return y;
 }
 
@@ -716,6 +721,7 @@ static CUresult run_node(struct sim_gnode *x, CUstream s)
     case CU_GRAPH_NODE_TYPE_HOST: x->host.fn(x->host.userData); return CUDA_SUCCESS;
     case CU_GRAPH_NODE_TYPE_GRAPH: return run_graph(x->child, s);
     case CU_GRAPH_NODE_TYPE_CONDITIONAL: return sim_graph_run_conditional(x, s);
+    case CU_GRAPH_NODE_TYPE_BATCH_MEM_OP: return sim_memop_batch(s, x->n_memops, x->memops, 0);
     default: return CUDA_SUCCESS;
     }
 }

@@ -34,6 +34,9 @@ struct sim_gnode {
     struct sim_graph **bodies;       /* what cuGraphAddNode hands out as phGraph_out */
     CUkernelNodeAttrValue attrs[32]; /* kernel node attributes by id (sim_graph_query.c); unset: zero */
     void **kparams; /* what cuGraphKernelNodeGetParams_v2 hands out: pointers into kbuf */
+    CUstreamBatchMemOpParams *memops; /* a batch memory-operation node's operations (sim_graph_memop.c) */
+    unsigned int n_memops;
+    CUcontext memop_ctx;
 };
 
 struct sim_graph {

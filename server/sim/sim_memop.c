@@ -22,7 +22,7 @@ static CUresult check_addr(CUdeviceptr addr, size_t n, int prot)
     return sim_range_check(addr, n, prot);
 }
 
-static CUresult check_op(const CUstreamBatchMemOpParams *p)
+CUresult sim_memop_check(const CUstreamBatchMemOpParams *p)
 {
     switch (p->operation) {
     case CU_STREAM_MEM_OP_WAIT_VALUE_32:
@@ -85,14 +85,14 @@ static CUresult run_op(const CUstreamBatchMemOpParams *p)
     return CUDA_SUCCESS; /* flushes and barriers: every write is already visible */
 }
 
-static CUresult batch(CUstream stream, unsigned int count, const CUstreamBatchMemOpParams *ops, unsigned int flags)
+CUresult sim_memop_batch(CUstream stream, unsigned int count, const CUstreamBatchMemOpParams *ops, unsigned int flags)
 {
     if (flags || count > MAX_BATCH || (count && !ops))
         return CUDA_ERROR_INVALID_VALUE;
     sim_lock();
     CUresult rc = sim_stream_check(stream);
     for (unsigned int i = 0; rc == CUDA_SUCCESS && i < count; i++)
-        rc = check_op(&ops[i]);
+        rc = sim_memop_check(&ops[i]);
     for (unsigned int i = 0; rc == CUDA_SUCCESS && i < count; i++)
         rc = run_op(&ops[i]);
     sim_unlock();
@@ -102,7 +102,7 @@ static CUresult batch(CUstream stream, unsigned int count, const CUstreamBatchMe
 SIM_API CUresult cuStreamBatchMemOp_v2(CUstream stream, unsigned int count, CUstreamBatchMemOpParams *paramArray,
                                        unsigned int flags)
 {
-    return batch(stream, count, paramArray, flags);
+    return sim_memop_batch(stream, count, paramArray, flags);
 }
 
 static CUresult one(CUstream stream, CUstreamBatchMemOpType op, CUdeviceptr addr, uint64_t value, unsigned int flags)
@@ -116,7 +116,7 @@ static CUresult one(CUstream stream, CUstreamBatchMemOpType op, CUdeviceptr addr
         p.waitValue.value64 = value;
     else
         p.waitValue.value = (cuuint32_t)value;
-    return batch(stream, 1, &p, 0);
+    return sim_memop_batch(stream, 1, &p, 0);
 }
 
 SIM_API CUresult cuStreamWaitValue32_v2(CUstream stream, CUdeviceptr addr, cuuint32_t value, unsigned int flags)

@@ -570,6 +570,10 @@ static const char *layout[FG_OP_LIMIT] = {
     [FG_OP_cuStreamBatchMemOp_v2] = "Su",
     [FG_OP_cuCtxRecordEvent] = "CE",
     [FG_OP_cuCtxWaitEvent] = "CE",
+    [FG_OP_cuGraphAddBatchMemOpNode] = "GlCu",
+    [FG_OP_cuGraphBatchMemOpNodeGetParams] = "D",
+    [FG_OP_cuGraphBatchMemOpNodeSetParams] = "DCu",
+    [FG_OP_cuGraphExecBatchMemOpNodeSetParams] = "XDCu",
 };
 
 #include "fuzz_images.h" /* module images, uploads and loads */
@@ -711,6 +715,7 @@ static void await_reply(session *s, pools *P, unsigned last_op, uint64_t alloc_s
         case FG_OP_cuGraphAddChildGraphNode:
         case FG_OP_cuGraphAddHostNode:
         case FG_OP_cuGraphAddNode_v2:
+        case FG_OP_cuGraphAddBatchMemOpNode:
         case FG_OP_cuGraphNodeFindInClone: pool_add(P, FGH_GRAPHNODE, v); break;
         case FG_OP_cuDeviceGetDefaultMemPool:
         case FG_OP_cuDeviceGetMemPool:

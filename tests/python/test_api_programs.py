@@ -161,7 +161,7 @@ def test_async_array_copies_program(programs: dict[str, Path], node_server: Node
 
 def test_stream_memops_program(programs: dict[str, Path], node_server: NodeServer) -> None:
     out = _passed(_run(programs["api_memops"], node_server), node_server)
-    assert len([ln for ln in out if ln.endswith(" ok")]) == 6, out
+    assert len([ln for ln in out if ln.endswith(" ok")]) == 9, out
 
 
 VMM = PRELUDE + r'''

@@ -3,7 +3,9 @@ server/replay/memops.c, server/sim/sim_memop.c, sim_event.c), end to end with th
 simulated device: cuStreamBatchMemOp_v2 writes and waits on 32- and 64-bit values, with barriers and flushes, in
 order; what the stub refuses at once (host memory, which the remote GPU cannot reach; too many operations) and what
 comes back as an asynchronous error with the next synchronising call (an operation the driver refuses);
-cuStreamWaitValue/WriteValue; cuStreamGetCtx_v2 (no green context); cuCtxRecordEvent and cuCtxWaitEvent."""
+cuStreamWaitValue/WriteValue; cuStreamGetCtx_v2 (no green context); cuCtxRecordEvent and cuCtxWaitEvent; batch
+memory-operation graph nodes (added, by the generic call too, queried, updated in the graph and in an executable,
+launched in dependency order; host memory refused)."""
 
 from __future__ import annotations
 
@@ -66,6 +68,52 @@ ok(cu.cuEventSynchronize(e1), "event sync")
 ms = ctypes.c_float()
 print("ctx record", cu.cuEventQuery(e1), cu.cuEventElapsedTime_v2(ctypes.byref(ms), e0, e1), ms.value >= 0)
 print("ctx record bad event", cu.cuCtxRecordEvent(ctx, ctypes.c_void_p(0x5a5a0)), "then sync", cu.cuCtxSynchronize())
+# Batch memory-operation graph nodes.
+class NodeParams(ctypes.Structure):  # CUDA_BATCH_MEM_OP_NODE_PARAMS
+    _fields_ = [("ctx", ctypes.c_void_p), ("count", ctypes.c_uint), ("paramArray", ctypes.POINTER(Op)),
+                ("flags", ctypes.c_uint)]
+def params(*ops):
+    arr = (Op * len(ops))(*[Op(*o) for o in ops])
+    return NodeParams(ctx, len(ops), ctypes.cast(arr, ctypes.POINTER(Op)), 0), arr
+g = ctypes.c_void_p()
+ok(cu.cuGraphCreate(ctypes.byref(g), 0), "graph")
+n1, n2 = ctypes.c_void_p(), ctypes.c_void_p()
+p1, keep1 = params((WRITE32, p + 40, 11, 0, 0, 0), (WRITE64, p + 48, 0xabcdef, 0, 0, 0))
+ok(cu.cuGraphAddBatchMemOpNode(ctypes.byref(n1), g, None, 0, ctypes.byref(p1)), "add node 1")
+p2, keep2 = params((WAIT32, p + 40, 11, EQ, 0, 0), (WRITE32, p + 56, 12, 0, 0, 0))
+deps = (ctypes.c_void_p * 1)(n1.value)
+ok(cu.cuGraphAddBatchMemOpNode(ctypes.byref(n2), g, deps, 1, ctypes.byref(p2)), "add node 2")
+t = ctypes.c_int()
+ok(cu.cuGraphNodeGetType(n2, ctypes.byref(t)), "type")
+back = NodeParams()
+ok(cu.cuGraphBatchMemOpNodeGetParams(n1, ctypes.byref(back)), "get params")
+print("node type", t.value, "params back", back.count, back.ctx == ctx.value, back.paramArray[0].operation,
+      back.paramArray[0].address == p + 40, back.paramArray[1].value64 == 0xabcdef, back.flags)
+ex = ctypes.c_void_p()
+ok(cu.cuGraphInstantiateWithFlags(ctypes.byref(ex), g, ctypes.c_ulonglong(0)), "instantiate")
+ok(cu.cuGraphLaunch(ex, s), "launch")
+ok(cu.cuStreamSynchronize(s), "sync graph")
+v = struct.unpack("<IIQII", read(64)[40:64])
+print("graph values", v[0], hex(v[2]), v[3])
+p3, keep3 = params((WRITE32, p + 56, 21, 0, 0, 0))
+ok(cu.cuGraphBatchMemOpNodeSetParams(n2, ctypes.byref(p3)), "set params")
+p4, keep4 = params((WAIT32, p + 40, 11, GEQ, 0, 0), (WRITE32, p + 56, 31, 0, 0, 0))
+ok(cu.cuGraphExecBatchMemOpNodeSetParams(ex, n2, ctypes.byref(p4)), "exec set params")
+ok(cu.cuGraphLaunch(ex, s), "launch 2")
+ok(cu.cuStreamSynchronize(s), "sync graph 2")
+print("after exec update", struct.unpack("<I", read(64)[56:60])[0])
+ok(cu.cuGraphBatchMemOpNodeGetParams(n2, ctypes.byref(back)), "get params 2")
+print("graph node keeps its own", back.count, back.paramArray[0].value64 & 0xffffffff)
+ph, keeph = params((WRITE32, host.value, 1, 0, 0, 0))
+print("graph node on host memory", cu.cuGraphAddBatchMemOpNode(ctypes.byref(n1), g, None, 0, ctypes.byref(ph)))
+class GenericParams(ctypes.Structure):  # CUgraphNodeParams with the memOp member
+    _fields_ = [("type", ctypes.c_int), ("reserved0", ctypes.c_int * 3), ("memOp", NodeParams),
+                ("rest", ctypes.c_longlong * 25), ("reserved2", ctypes.c_longlong)]
+assert ctypes.sizeof(GenericParams) == 256
+p5, keep5 = params((WRITE32, p + 60, 41, 0, 0, 0))
+gp = GenericParams(type=12, memOp=p5)
+n3 = ctypes.c_void_p()
+print("generic add", cu.cuGraphAddNode(ctypes.byref(n3), g, None, 0, ctypes.byref(gp)))
 '''
 
 
@@ -83,3 +131,7 @@ def test_batch_memops_and_context_events(server: NodeServer) -> None:
     assert "stream context True green None" in out and "null stream context True" in out, out
     assert "ctx record 0 0 True" in out, out
     assert "ctx record bad event 0 then sync 400" in out, out  # CUDA_ERROR_INVALID_HANDLE
+    assert "node type 12 params back 2 True 2 True True 0" in out, out  # CU_GRAPH_NODE_TYPE_BATCH_MEM_OP, a write
+    assert "graph values 11 0xabcdef 12" in out and "after exec update 31" in out, out
+    assert "graph node keeps its own 1 21" in out, out  # the graph's node has SetParams', the executable's its own
+    assert "graph node on host memory 801" in out and "generic add 0" in out, out

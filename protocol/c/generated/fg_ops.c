@@ -73,6 +73,7 @@ const char *fg_op_name(unsigned op) {
     case FG_OP_cuFuncSetAttribute: return "cuFuncSetAttribute";
     case FG_OP_cuFuncSetCacheConfig: return "cuFuncSetCacheConfig";
     case FG_OP_cuFuncSetSharedMemConfig: return "cuFuncSetSharedMemConfig";
+    case FG_OP_cuGraphAddBatchMemOpNode: return "cuGraphAddBatchMemOpNode";
     case FG_OP_cuGraphAddChildGraphNode: return "cuGraphAddChildGraphNode";
     case FG_OP_cuGraphAddDependencies_v2: return "cuGraphAddDependencies_v2";
     case FG_OP_cuGraphAddEmptyNode: return "cuGraphAddEmptyNode";
@@ -83,6 +84,8 @@ const char *fg_op_name(unsigned op) {
     case FG_OP_cuGraphAddMemcpyNode: return "cuGraphAddMemcpyNode";
     case FG_OP_cuGraphAddMemsetNode: return "cuGraphAddMemsetNode";
     case FG_OP_cuGraphAddNode_v2: return "cuGraphAddNode_v2";
+    case FG_OP_cuGraphBatchMemOpNodeGetParams: return "cuGraphBatchMemOpNodeGetParams";
+    case FG_OP_cuGraphBatchMemOpNodeSetParams: return "cuGraphBatchMemOpNodeSetParams";
     case FG_OP_cuGraphChildGraphNodeGetGraph: return "cuGraphChildGraphNodeGetGraph";
     case FG_OP_cuGraphClone: return "cuGraphClone";
     case FG_OP_cuGraphConditionalHandleCreate: return "cuGraphConditionalHandleCreate";
@@ -93,6 +96,7 @@ const char *fg_op_name(unsigned op) {
     case FG_OP_cuGraphEventRecordNodeSetEvent: return "cuGraphEventRecordNodeSetEvent";
     case FG_OP_cuGraphEventWaitNodeGetEvent: return "cuGraphEventWaitNodeGetEvent";
     case FG_OP_cuGraphEventWaitNodeSetEvent: return "cuGraphEventWaitNodeSetEvent";
+    case FG_OP_cuGraphExecBatchMemOpNodeSetParams: return "cuGraphExecBatchMemOpNodeSetParams";
     case FG_OP_cuGraphExecChildGraphNodeSetParams: return "cuGraphExecChildGraphNodeSetParams";
     case FG_OP_cuGraphExecDestroy: return "cuGraphExecDestroy";
     case FG_OP_cuGraphExecEventRecordNodeSetEvent: return "cuGraphExecEventRecordNodeSetEvent";

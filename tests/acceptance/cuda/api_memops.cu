@@ -1,7 +1,9 @@
 // api_memops.cu - acceptance: batched stream memory operations (cuStreamBatchMemOp: 32- and 64-bit writes and
 // waits with each comparison, a memory barrier, a flush of remote writes) ordering work across two streams
 // through a flag in device memory, the single-operation forms (cuStreamWriteValue32/64, cuStreamWaitValue32/64),
-// cuStreamGetCtx_v2, and context-wide events (cuCtxRecordEvent, cuCtxWaitEvent). The values are checked exactly.
+// cuStreamGetCtx_v2, context-wide events (cuCtxRecordEvent, cuCtxWaitEvent), and batch memory-operation graph nodes
+// (two dependent nodes, their parameters read back, changed in an executable and launched again). The values are
+// checked exactly.
 // The first stream's writes are queued before the second stream's waits, so the waits never block for long.
 // acceptance: link=-lcuda
 #include <cstdio>
@@ -104,6 +106,43 @@ int main()
     unsigned v36 = 0;
     CU_CHECK(cuMemcpyDtoH(&v36, buf + 36, 4));
     check("context event after the stream's work", cuEventQuery(e1) == CUDA_SUCCESS && ms >= 0.0f && v36 == 4);
+
+    // A graph: node A writes a flag and a value, node B (after A) waits on the flag and writes another value.
+    CUgraph g;
+    CU_CHECK(cuGraphCreate(&g, 0));
+    CUstreamBatchMemOpParams a_ops[] = {op(CU_STREAM_MEM_OP_WRITE_VALUE_32, buf + 40, 11, 0),
+                                        op(CU_STREAM_MEM_OP_WRITE_VALUE_64, buf + 48, 0xabcdefull, 0)};
+    CUstreamBatchMemOpParams b_ops[] = {op(CU_STREAM_MEM_OP_WAIT_VALUE_32, buf + 40, 11, CU_STREAM_WAIT_VALUE_EQ),
+                                        op(CU_STREAM_MEM_OP_WRITE_VALUE_32, buf + 56, 12, 0)};
+    CUDA_BATCH_MEM_OP_NODE_PARAMS pa = {ctx, 2, a_ops, 0}, pb = {ctx, 2, b_ops, 0};
+    CUgraphNode na, nb;
+    CU_CHECK(cuGraphAddBatchMemOpNode(&na, g, nullptr, 0, &pa));
+    CU_CHECK(cuGraphAddBatchMemOpNode(&nb, g, &na, 1, &pb));
+    CUDA_BATCH_MEM_OP_NODE_PARAMS back;
+    CU_CHECK(cuGraphBatchMemOpNodeGetParams(na, &back));
+    check("node parameters read back", back.ctx == ctx && back.count == 2 && back.paramArray &&
+                                           back.paramArray[0].operation == CU_STREAM_MEM_OP_WRITE_VALUE_32 &&
+                                           back.paramArray[1].writeValue.value64 == 0xabcdefull);
+    CUgraphExec ex;
+    CU_CHECK(cuGraphInstantiate(&ex, g, 0));
+    CU_CHECK(cuGraphLaunch(ex, s1));
+    CU_CHECK(cuStreamSynchronize(s1));
+    unsigned long long g48 = 0;
+    unsigned g40 = 0, g56 = 0;
+    CU_CHECK(cuMemcpyDtoH(&g40, buf + 40, 4));
+    CU_CHECK(cuMemcpyDtoH(&g48, buf + 48, 8));
+    CU_CHECK(cuMemcpyDtoH(&g56, buf + 56, 4));
+    check("graph nodes in dependency order", g40 == 11 && g48 == 0xabcdefull && g56 == 12);
+    CUstreamBatchMemOpParams c_ops[] = {op(CU_STREAM_MEM_OP_WAIT_VALUE_32, buf + 40, 11, CU_STREAM_WAIT_VALUE_GEQ),
+                                        op(CU_STREAM_MEM_OP_WRITE_VALUE_32, buf + 56, 31, 0)};
+    CUDA_BATCH_MEM_OP_NODE_PARAMS pc = {ctx, 2, c_ops, 0};
+    CU_CHECK(cuGraphExecBatchMemOpNodeSetParams(ex, nb, &pc));
+    CU_CHECK(cuGraphLaunch(ex, s1));
+    CU_CHECK(cuStreamSynchronize(s1));
+    CU_CHECK(cuMemcpyDtoH(&g56, buf + 56, 4));
+    check("executable node updated", g56 == 31);
+    CU_CHECK(cuGraphExecDestroy(ex));
+    CU_CHECK(cuGraphDestroy(g));
 
     CU_CHECK(cuEventDestroy(e0));
     CU_CHECK(cuEventDestroy(e1));
