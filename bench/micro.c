@@ -2,49 +2,12 @@
  * (bench/gpu_run.sh). Prints one JSON object of medians: idle stream-sync round trip, async launch rate,
  * launch-then-sync, 64 B copy latency, 256 MiB bandwidth (pageable and pinned), and 1 MiB alloc+free.
  * Usage: micro KERNELS.ptx */
+#include "bench_common.h"
 #include <cuda.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-
-#define CHECK(x)                                                                  \
-    do {                                                                          \
-        CUresult r_ = (x);                                                        \
-        if (r_ != CUDA_SUCCESS) {                                                 \
-            fprintf(stderr, "%s:%d: %s failed: %d\n", __FILE__, __LINE__, #x, r_); \
-            exit(1);                                                              \
-        }                                                                         \
-    } while (0)
-
-static double now_us(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec * 1e6 + ts.tv_nsec / 1e3;
-}
-
-static int cmp(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
-static double median(double *v, int n) {
-    qsort(v, (size_t)n, sizeof *v, cmp);
-    return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
-}
-
-static char *read_file(const char *path) {
-    FILE *f = fopen(path, "rb");
-    if (!f) { perror(path); exit(1); }
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = malloc((size_t)n + 1);
-    if (fread(buf, 1, (size_t)n, f) != (size_t)n) exit(1);
-    buf[n] = 0;
-    fclose(f);
-    return buf;
-}
 
 int main(int argc, char **argv) {
     if (argc < 2) { fprintf(stderr, "usage: micro KERNELS.ptx\n"); return 2; }

@@ -8,46 +8,12 @@
  *   memory, wall time in ms (the same work natively and remotely; run with --no-kernels where kernels cannot run).
  * Usage: transport KERNELS.ptx [--no-kernels | --small]; FARGPU_BENCH_MB sets the copy size. --small measures only the
  * small calls (bench/small_calls.sh: the sync round trip against the transport floors, run after run). */
+#include "bench_common.h"
 #include <cuda.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-
-#define CHECK(x)                                                                  \
-    do {                                                                          \
-        CUresult r_ = (x);                                                        \
-        if (r_ != CUDA_SUCCESS) {                                                 \
-            fprintf(stderr, "%s:%d: %s failed: %d\n", __FILE__, __LINE__, #x, r_); \
-            exit(1);                                                              \
-        }                                                                         \
-    } while (0)
-
-static double now_us(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec * 1e6 + ts.tv_nsec / 1e3;
-}
-static int cmp(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-static double median(double *v, int n) {
-    qsort(v, (size_t)n, sizeof *v, cmp);
-    return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
-}
-static char *read_file(const char *path) {
-    FILE *f = fopen(path, "rb");
-    if (!f) { perror(path); exit(1); }
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = malloc((size_t)n + 1);
-    if (fread(buf, 1, (size_t)n, f) != (size_t)n) exit(1);
-    buf[n] = 0;
-    fclose(f);
-    return buf;
-}
 
 enum { N = 2000, REPS = 5, STREAMS = 4, ITERS = 16 };
 
