@@ -31,6 +31,7 @@ HANDLE_TYPES = {
     "CUlinkState": 12,
     "CUarray": 13,
     "CUmipmappedArray": 14,
+    "CUuserObject": 15,
 }
 
 

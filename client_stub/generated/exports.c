@@ -2161,11 +2161,13 @@ FGC_EXPORT CUresult CUDAAPI cuGraphNodeSetParams(CUgraphNode hNode, CUgraphNodeP
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphReleaseUserObject(CUgraph graph, CUuserObject object, unsigned int count) {
-    (void)graph;
-    (void)object;
-    (void)count;
-    static int logged;
-    return fgc_unsupported("cuGraphReleaseUserObject", &logged);
+    FGC_REQUIRE_INIT();
+    fg_writer *w = fgc_begin(FG_OP_cuGraphReleaseUserObject);
+    if (!w) return fgc_last_error();
+    fgc_put_handle(w, (const void *)graph);
+    fgc_put_handle(w, (const void *)object);
+    fg_put(w, &count, sizeof(count));
+    return fgc_async();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphRemoveDependencies(CUgraph hGraph, const CUgraphNode *from, const CUgraphNode *to, size_t numDependencies) {
@@ -2185,12 +2187,14 @@ FGC_EXPORT CUresult CUDAAPI cuGraphRemoveDependencies_v2(CUgraph hGraph, const C
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphRetainUserObject(CUgraph graph, CUuserObject object, unsigned int count, unsigned int flags) {
-    (void)graph;
-    (void)object;
-    (void)count;
-    (void)flags;
-    static int logged;
-    return fgc_unsupported("cuGraphRetainUserObject", &logged);
+    FGC_REQUIRE_INIT();
+    fg_writer *w = fgc_begin(FG_OP_cuGraphRetainUserObject);
+    if (!w) return fgc_last_error();
+    fgc_put_handle(w, (const void *)graph);
+    fgc_put_handle(w, (const void *)object);
+    fg_put(w, &count, sizeof(count));
+    fg_put(w, &flags, sizeof(flags));
+    return fgc_async();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGraphUpload(CUgraphExec hGraph, CUstream hStream) {
@@ -5220,27 +5224,28 @@ FGC_EXPORT CUresult CUDAAPI cuThreadExchangeStreamCaptureMode(CUstreamCaptureMod
 }
 
 FGC_EXPORT CUresult CUDAAPI cuUserObjectCreate(CUuserObject *object_out, void *ptr, CUhostFn destroy, unsigned int initialRefcount, unsigned int flags) {
-    (void)object_out;
-    (void)ptr;
-    (void)destroy;
-    (void)initialRefcount;
-    (void)flags;
-    static int logged;
-    return fgc_unsupported("cuUserObjectCreate", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuUserObjectCreate");
+    CUresult r_ = fgc_cuUserObjectCreate(object_out, ptr, destroy, initialRefcount, flags);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuUserObjectCreate", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuUserObjectRelease(CUuserObject object, unsigned int count) {
-    (void)object;
-    (void)count;
-    static int logged;
-    return fgc_unsupported("cuUserObjectRelease", &logged);
+    FGC_REQUIRE_INIT();
+    fg_writer *w = fgc_begin(FG_OP_cuUserObjectRelease);
+    if (!w) return fgc_last_error();
+    fgc_put_handle(w, (const void *)object);
+    fg_put(w, &count, sizeof(count));
+    return fgc_async();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuUserObjectRetain(CUuserObject object, unsigned int count) {
-    (void)object;
-    (void)count;
-    static int logged;
-    return fgc_unsupported("cuUserObjectRetain", &logged);
+    FGC_REQUIRE_INIT();
+    fg_writer *w = fgc_begin(FG_OP_cuUserObjectRetain);
+    if (!w) return fgc_last_error();
+    fgc_put_handle(w, (const void *)object);
+    fg_put(w, &count, sizeof(count));
+    return fgc_async();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuVDPAUCtxCreate(void) {

@@ -933,7 +933,37 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         CUresult res = S->api->cuGraphNodeSetEnabled(hGraphExec, hNode, isEnabled);
         return res;
     }
+    case FG_OP_cuGraphReleaseUserObject: {
+        uint64_t id_graph = fg_get_u64(r);
+        CUgraph graph = NULL;
+        if (!r->failed && fgs_handle_get(S, 8, id_graph, (void **)&graph)) return CUDA_ERROR_INVALID_HANDLE;
+        uint64_t id_object = fg_get_u64(r);
+        CUuserObject object = NULL;
+        if (!r->failed && fgs_handle_get(S, 15, id_object, (void **)&object)) return CUDA_ERROR_INVALID_HANDLE;
+        unsigned int count;
+        fg_get(r, (void *)&count, sizeof(count));
+        if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuGraphReleaseUserObject) return fgs_missing(S, "cuGraphReleaseUserObject");
+        CUresult res = S->api->cuGraphReleaseUserObject(graph, object, count);
+        return res;
+    }
     case FG_OP_cuGraphRemoveDependencies_v2: return fgs_cuGraphRemoveDependencies_v2(S, r, out);
+    case FG_OP_cuGraphRetainUserObject: {
+        uint64_t id_graph = fg_get_u64(r);
+        CUgraph graph = NULL;
+        if (!r->failed && fgs_handle_get(S, 8, id_graph, (void **)&graph)) return CUDA_ERROR_INVALID_HANDLE;
+        uint64_t id_object = fg_get_u64(r);
+        CUuserObject object = NULL;
+        if (!r->failed && fgs_handle_get(S, 15, id_object, (void **)&object)) return CUDA_ERROR_INVALID_HANDLE;
+        unsigned int count;
+        fg_get(r, (void *)&count, sizeof(count));
+        unsigned int flags;
+        fg_get(r, (void *)&flags, sizeof(flags));
+        if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuGraphRetainUserObject) return fgs_missing(S, "cuGraphRetainUserObject");
+        CUresult res = S->api->cuGraphRetainUserObject(graph, object, count, flags);
+        return res;
+    }
     case FG_OP_cuGraphUpload: {
         uint64_t id_hGraph = fg_get_u64(r);
         CUgraphExec hGraph = NULL;
@@ -1813,6 +1843,29 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         return res;
     }
     case FG_OP_cuThreadExchangeStreamCaptureMode: return fgs_cuThreadExchangeStreamCaptureMode(S, r, out);
+    case FG_OP_cuUserObjectCreate: return fgs_cuUserObjectCreate(S, r, out);
+    case FG_OP_cuUserObjectRelease: {
+        uint64_t id_object = fg_get_u64(r);
+        CUuserObject object = NULL;
+        if (!r->failed && fgs_handle_get(S, 15, id_object, (void **)&object)) return CUDA_ERROR_INVALID_HANDLE;
+        unsigned int count;
+        fg_get(r, (void *)&count, sizeof(count));
+        if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuUserObjectRelease) return fgs_missing(S, "cuUserObjectRelease");
+        CUresult res = S->api->cuUserObjectRelease(object, count);
+        return res;
+    }
+    case FG_OP_cuUserObjectRetain: {
+        uint64_t id_object = fg_get_u64(r);
+        CUuserObject object = NULL;
+        if (!r->failed && fgs_handle_get(S, 15, id_object, (void **)&object)) return CUDA_ERROR_INVALID_HANDLE;
+        unsigned int count;
+        fg_get(r, (void *)&count, sizeof(count));
+        if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuUserObjectRetain) return fgs_missing(S, "cuUserObjectRetain");
+        CUresult res = S->api->cuUserObjectRetain(object, count);
+        return res;
+    }
     default: return FGS_UNKNOWN_OP;
     }
 }

@@ -142,7 +142,9 @@ const char *fgs_api_load(fgs_api *api, void *dl) {
     *(void **)&api->cuGraphNodeGetEnabled = dlsym(dl, "cuGraphNodeGetEnabled");
     *(void **)&api->cuGraphNodeGetType = dlsym(dl, "cuGraphNodeGetType");
     *(void **)&api->cuGraphNodeSetEnabled = dlsym(dl, "cuGraphNodeSetEnabled");
+    *(void **)&api->cuGraphReleaseUserObject = dlsym(dl, "cuGraphReleaseUserObject");
     *(void **)&api->cuGraphRemoveDependencies_v2 = dlsym(dl, "cuGraphRemoveDependencies_v2");
+    *(void **)&api->cuGraphRetainUserObject = dlsym(dl, "cuGraphRetainUserObject");
     *(void **)&api->cuGraphUpload = dlsym(dl, "cuGraphUpload");
     *(void **)&api->cuInit = dlsym(dl, "cuInit");
     if (!api->cuInit) return "cuInit";
@@ -284,5 +286,8 @@ const char *fgs_api_load(fgs_api *api, void *dl) {
     *(void **)&api->cuTexObjectCreate = dlsym(dl, "cuTexObjectCreate");
     *(void **)&api->cuTexObjectDestroy = dlsym(dl, "cuTexObjectDestroy");
     *(void **)&api->cuThreadExchangeStreamCaptureMode = dlsym(dl, "cuThreadExchangeStreamCaptureMode");
+    *(void **)&api->cuUserObjectCreate = dlsym(dl, "cuUserObjectCreate");
+    *(void **)&api->cuUserObjectRelease = dlsym(dl, "cuUserObjectRelease");
+    *(void **)&api->cuUserObjectRetain = dlsym(dl, "cuUserObjectRetain");
     return NULL;
 }

@@ -127,7 +127,9 @@ typedef struct fgs_api {
     CUresult (*cuGraphNodeGetEnabled)(CUgraphExec, CUgraphNode, unsigned int *);
     CUresult (*cuGraphNodeGetType)(CUgraphNode, CUgraphNodeType *);
     CUresult (*cuGraphNodeSetEnabled)(CUgraphExec, CUgraphNode, unsigned int);
+    CUresult (*cuGraphReleaseUserObject)(CUgraph, CUuserObject, unsigned int);
     CUresult (*cuGraphRemoveDependencies_v2)(CUgraph, const CUgraphNode *, const CUgraphNode *, const CUgraphEdgeData *, size_t);
+    CUresult (*cuGraphRetainUserObject)(CUgraph, CUuserObject, unsigned int, unsigned int);
     CUresult (*cuGraphUpload)(CUgraphExec, CUstream);
     CUresult (*cuInit)(unsigned int);
     CUresult (*cuIpcGetEventHandle)(CUipcEventHandle *, CUevent);
@@ -244,6 +246,9 @@ typedef struct fgs_api {
     CUresult (*cuTexObjectCreate)(CUtexObject *, const CUDA_RESOURCE_DESC *, const CUDA_TEXTURE_DESC *, const CUDA_RESOURCE_VIEW_DESC *);
     CUresult (*cuTexObjectDestroy)(CUtexObject);
     CUresult (*cuThreadExchangeStreamCaptureMode)(CUstreamCaptureMode *);
+    CUresult (*cuUserObjectCreate)(CUuserObject *, void *, CUhostFn, unsigned int, unsigned int);
+    CUresult (*cuUserObjectRelease)(CUuserObject, unsigned int);
+    CUresult (*cuUserObjectRetain)(CUuserObject, unsigned int);
 } fgs_api;
 
 /* Fill api from a dlopen'ed driver; returns NULL or the name of the first missing symbol. */

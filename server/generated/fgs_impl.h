@@ -133,5 +133,6 @@ CUresult fgs_cuTensorMapEncodeTiled(fgs_session *S, fg_reader *r, fg_writer *out
 CUresult fgs_cuTensorMapReplaceAddress(fgs_session *S, fg_reader *r, fg_writer *out);
 CUresult fgs_cuTexObjectCreate(fgs_session *S, fg_reader *r, fg_writer *out);
 CUresult fgs_cuThreadExchangeStreamCaptureMode(fgs_session *S, fg_reader *r, fg_writer *out);
+CUresult fgs_cuUserObjectCreate(fgs_session *S, fg_reader *r, fg_writer *out);
 
 #endif

@@ -33,6 +33,7 @@ static void node_free(struct sim_gnode *x) {
 }
 
 static void graph_free(struct sim_graph *g) {
+    sim_uobj_graph_release_all(g);
     for (size_t i = 0; i < g->n; i++) node_free(g->nodes[i]);
     free(g->nodes);
     g->magic = 0;
@@ -131,6 +132,10 @@ static struct sim_graph *graph_clone(const struct sim_graph *g, int is_exec)
     struct sim_graph *c = graph_new(is_exec);
     if (!c)
         return NULL;
+    if (sim_uobj_graph_copy(c, g)) {
+        graph_free(c);
+        return NULL;
+    }
     c->nodes = g->n ? calloc(g->n, sizeof *c->nodes) : NULL;
     c->cap = g->n;
     for (size_t i = 0; i < g->n; i++) {

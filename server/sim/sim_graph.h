@@ -39,12 +39,16 @@ struct sim_gnode {
     CUcontext memop_ctx;
 };
 
+struct sim_uref;
+
 struct sim_graph {
     uint32_t magic;
     int is_exec;
     unsigned long long flags;
     struct sim_gnode **nodes;
     size_t n, cap;
+    struct sim_uref *urefs; /* user objects it holds references to (sim_userobj.c) */
+    size_t n_urefs;
 };
 
 #define GMAGIC 0x47524148u
@@ -79,6 +83,9 @@ void sim_graph_free(struct sim_graph *g);
 CUresult sim_graph_run(struct sim_graph *g, CUstream s);
 /* sim_graph.c: adds an empty node of no type yet to graph hg (the caller sets it up). */
 CUresult sim_graph_add(CUgraphNode *ph, CUgraph hg, const CUgraphNode *deps, size_t n, struct sim_gnode **out);
+/* sim_userobj.c: a copy of src's user object references for dst (-1: out of memory); a graph's going. */
+int sim_uobj_graph_copy(struct sim_graph *dst, const struct sim_graph *src);
+void sim_uobj_graph_release_all(struct sim_graph *g);
 /* sim_graph_cond.c: run a conditional node; set the launch's default values of the handles in g. */
 CUresult sim_graph_run_conditional(struct sim_gnode *x, CUstream s);
 void sim_graph_cond_defaults(const struct sim_graph *g);

@@ -502,6 +502,7 @@ static int build_args(pools *P, unsigned op, buf *a, buf *pre, int *expect) {
         case 'J': put_jit_options(a); break;
         case 'n': put_tensor_map(P, op, a); break;
         case 'u': put_memops(P, a); break;
+        case 'd': put64(a, pick_handle(P, FGH_USEROBJECT)); break;
         case 'j': put64(a, pick_handle(P, FGH_LINKSTATE)); break;
         case 'o': put64(a, chance(75) ? 0 : chance(50) ? 1 + rndn(64 << 10) : rnd()); break;
         case 'k': { /* cuLinkAddData_v2: an image load whose extra bytes are the link's arguments */

@@ -308,7 +308,9 @@ static void add_record(buf *o, unsigned op, const buf *args) {
  * A a CUmemAllocationProp, Z a CUmemPoolProps, T a CUmemLocation, c u64 n + n CUmemAccessDesc, m a CUDA_MEMSET_NODE_PARAMS,
  * y a CUDA_MEMCPY3D (device pointers, mostly), Q an array id, R an array descriptor (2D or 3D, both fit),
  * 3 a 3D copy as arrays.c takes it (host flags, CUDA_MEMCPY3D, stream, packed bytes), U a CUDA_RESOURCE_DESC,
- * t a CUDA_TEXTURE_DESC, W a mipmapped array id, I a 64-byte CUDA IPC token,
+ * t a CUDA_TEXTURE_DESC, W a mipmapped array id, I a 64-byte CUDA IPC token, d a user object id, J JIT options,
+ * j a link state id, o a cubin offset, k a link input (an image reference with the link's arguments), n a tensor
+ * map record, u a batch of stream memory operations,
  * v a CUkernelNodeAttrValue (random, an event id at times),
  * H an image reference (sha256[32], u64 size, u32 extra_len, extra) after IMAGE_CHUNK records that may
  * upload it, Y one IMAGE_CHUNK record (sha256[32], u64 total, u64 offset, u32 len, bytes). */
@@ -574,6 +576,12 @@ static const char *layout[FG_OP_LIMIT] = {
     [FG_OP_cuGraphBatchMemOpNodeGetParams] = "D",
     [FG_OP_cuGraphBatchMemOpNodeSetParams] = "DCu",
     [FG_OP_cuGraphExecBatchMemOpNodeSetParams] = "XDCu",
+    /* user objects (server/replay/userobj.c, generic): a cookie, references, flags */
+    [FG_OP_cuUserObjectCreate] = "qii",
+    [FG_OP_cuUserObjectRetain] = "di",
+    [FG_OP_cuUserObjectRelease] = "di",
+    [FG_OP_cuGraphRetainUserObject] = "Gdii",
+    [FG_OP_cuGraphReleaseUserObject] = "Gdi",
 };
 
 #include "fuzz_images.h" /* module images, uploads and loads */
@@ -688,6 +696,7 @@ static void await_reply(session *s, pools *P, unsigned last_op, uint64_t alloc_s
         case FG_OP_cuArray3DCreate_v2:
         case FG_OP_cuMipmappedArrayGetLevel: pool_add(P, FGH_ARRAY, v); break;
         case FG_OP_cuMipmappedArrayCreate: pool_add(P, FGH_MIPMAPPEDARRAY, v); break;
+        case FG_OP_cuUserObjectCreate: pool_add(P, FGH_USEROBJECT, v); break;
         case FG_OP_cuGraphClone:
         case FG_OP_cuGraphChildGraphNodeGetGraph: pool_add(P, FGH_GRAPH, v); break;
         case FG_OP_cuLinkCreate_v2: /* u32 result, u64 link, outputs */

@@ -17,7 +17,8 @@ enum fg_handle_kind {
     FGH_LINKSTATE = 12,
     FGH_ARRAY = 13,
     FGH_MIPMAPPEDARRAY = 14,
-    FGH_LIMIT = 15,
+    FGH_USEROBJECT = 15,
+    FGH_LIMIT = 16,
 };
 
 #endif

@@ -130,7 +130,9 @@ const char *fg_op_name(unsigned op) {
     case FG_OP_cuGraphNodeGetEnabled: return "cuGraphNodeGetEnabled";
     case FG_OP_cuGraphNodeGetType: return "cuGraphNodeGetType";
     case FG_OP_cuGraphNodeSetEnabled: return "cuGraphNodeSetEnabled";
+    case FG_OP_cuGraphReleaseUserObject: return "cuGraphReleaseUserObject";
     case FG_OP_cuGraphRemoveDependencies_v2: return "cuGraphRemoveDependencies_v2";
+    case FG_OP_cuGraphRetainUserObject: return "cuGraphRetainUserObject";
     case FG_OP_cuGraphUpload: return "cuGraphUpload";
     case FG_OP_cuIpcCloseMemHandle: return "cuIpcCloseMemHandle";
     case FG_OP_cuIpcGetEventHandle: return "cuIpcGetEventHandle";
@@ -257,6 +259,9 @@ const char *fg_op_name(unsigned op) {
     case FG_OP_cuTexObjectCreate: return "cuTexObjectCreate";
     case FG_OP_cuTexObjectDestroy: return "cuTexObjectDestroy";
     case FG_OP_cuThreadExchangeStreamCaptureMode: return "cuThreadExchangeStreamCaptureMode";
+    case FG_OP_cuUserObjectCreate: return "cuUserObjectCreate";
+    case FG_OP_cuUserObjectRelease: return "cuUserObjectRelease";
+    case FG_OP_cuUserObjectRetain: return "cuUserObjectRetain";
     default: return "unknown op";
     }
 }
