@@ -176,6 +176,8 @@ int fgs_mempool_get(fgs_session *S, fg_reader *r, char *err, size_t errlen);
 void fgs_vmm_close(fgs_session *S);
 /* arrays.c: destroy the CUDA arrays the session still holds (at its end). */
 void fgs_arrays_close(fgs_session *S);
+/* userobj.c: no user object destructor reaches the session from now on (at its end, before the callbacks go). */
+void fgs_userobj_close(fgs_session *S);
 /* link.c: destroy the JIT link states the session still holds (at its end). */
 void fgs_links_close(fgs_session *S);
 /* memory.c: [p, p + n) lies in one of this session's allocations or module globals. */

@@ -416,6 +416,7 @@ FGS_EXPORT void fgs_close(fgs_session *S) {
     free(S->ahead);
     fgs_images_free_all(S);
     fgs_output_close(S);
+    fgs_userobj_close(S); /* before the callbacks its destructors use go */
     fgs_callbacks_close(S);
     fgs_pager_close(S);
     fgs_ledger_close(S); /* everything is released: this session's charge on the lease goes to 0 */

@@ -7,6 +7,8 @@ synchronising call for the forwarded asynchronous releases)."""
 
 from __future__ import annotations
 
+import time
+
 from cuda_ctypes import PRELUDE
 from e2e_helpers import NodeServer, run_client
 
@@ -64,6 +66,13 @@ ok(cu.cuUserObjectRelease(obj3, 1), "release 3")
 print("destructors run", wait_for(3, "f"), "of", len(ran))
 time.sleep(0.2)
 print("each once", len(ran))
+# Left for the session's end: an object the application and a graph still hold.
+obj4 = ctypes.c_void_p()
+ok(cu.cuUserObjectCreate(ctypes.byref(obj4), None, destroy, 1, NO_SYNC), "create 4")
+g4 = ctypes.c_void_p()
+ok(cu.cuGraphCreate(ctypes.byref(g4), 0), "graph 4")
+ok(cu.cuGraphRetainUserObject(g4, obj4, 1, 0), "graph retain 4")
+ok(cu.cuCtxSynchronize(), "sync 4")
 '''
 
 
@@ -78,3 +87,9 @@ def test_user_object_destructors_run_in_the_client(server: NodeServer) -> None:
     assert "flags 0 1" in out and "no destructor 1" in out and "zero references 1" in out, out
     assert "release twice the references 0 1" in out, out
     assert "destructors run 3 of 3" in out and "each once 3" in out, out
+    # The worker closes the session with the object still held (its graph goes at the end): no crash.
+    deadline = time.monotonic() + 10
+    while "ended after" not in server.log_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    log = server.log_text()
+    assert "ended after" in log and "Segmentation" not in log and "signal" not in log, log[-3000:]
