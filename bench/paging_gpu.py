@@ -1,7 +1,9 @@
 """Paging on the real GPU, in one run (bench/paging_gpu.sh builds and calls this): a node agent on the GPU in this
 process, clients through the stub, every client proving it never loaded the real driver.
 
-1. Disk: the spill directory's raw O_DIRECT write and read speed (the yardstick for paging to disk).
+1. Disk: the spill directory's raw O_DIRECT write and read speed (the yardstick for paging to disk); and before each
+   page-in from disk, the raw read speed of that session's spill file itself (the same file, read the yardstick's
+   way and the worker's way: bench/paging_disk.py), which the page-in is compared with.
 2. For sessions of each size (1, 8, 32 GiB by default, in 1 GiB allocations): page-out and page-in GB/s to the
    host page pool and to disk (the worker's own timing of the step), NVML's used memory before and after each
    page-out, a check of sample bytes after each page-in, then the driver's process checkpoint
@@ -30,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from acceptance import check_proof
+from paging_disk import raw_read
 from proof_file import read_proof
 
 GiB = 1 << 30
@@ -252,7 +255,20 @@ async def main() -> int:
             if parts[0] != "paged":
                 rec[where] = {"error": res}
                 continue
+            same_file: dict[str, Any] = {}
+            if where == "disk" and (spill := agent.pager.states[sid].spill) is not None:
+                # The spill file's own raw read speed, just before the page-in reads it (O_DIRECT: no page cache).
+                same_file["raw_read_same_file_GBps"], same_file["raw_read_direct"] = await asyncio.to_thread(
+                    raw_read, spill, int(parts[2]))
+                depth = int(os.environ.get("FARGPU_SPILL_READ_DEPTH", "2"))
+                chunk = int(os.environ.get("FARGPU_SPILL_CHUNK_MB", "32")) << 20
+                same_file["raw_read_same_file_worker_way_GBps"], _ = await asyncio.to_thread(
+                    raw_read, spill, int(parts[2]), chunk, depth)
             r_in = await agent.page_in(sid)
+            if where == "disk":  # the agent deletes the spill file off the page-in's path: wait, and say how long
+                t_del = time.perf_counter()
+                await asyncio.to_thread(agent.pager.spill_deleter.idle, 600.0)
+                same_file["spill_delete_s"] = time.perf_counter() - t_del
             send(c, "check")
             check = (await line(c)).split()
             bytes_out, ns_out = int(parts[2]), int(parts[3])
@@ -261,7 +277,11 @@ async def main() -> int:
                           f"pagein_{where}_GBps": int(pin[1]) / int(pin[2]) if pin[0] == "resident" else None,
                           "pageout": res, "pagein": r_in, "nvml_used_before": before, "nvml_used_paged": after,
                           "unpageable_bytes": int(parts[4]) if len(parts) > 4 else None,
-                          "bad_samples_after": int(check[1]) if check[:1] == ["CHECK"] else check}
+                          "bad_samples_after": int(check[1]) if check[:1] == ["CHECK"] else check, **same_file}
+            if same_file.get("raw_read_same_file_GBps") and rec[where][f"pagein_{where}_GBps"]:
+                rec[where]["pagein_disk_vs_raw_read_same_file"] = (
+                    rec[where][f"pagein_{where}_GBps"] / max(same_file["raw_read_same_file_GBps"],
+                                                              same_file["raw_read_same_file_worker_way_GBps"]))
         # The deeper level: host page-out, then the driver's process checkpoint of the worker takes the rest.
         before = nvml_used()
         res = await agent.page_out(sid, "deep")

@@ -5,7 +5,8 @@
   registered with the driver for each copy). The agent hands out extents of it, first fit, and frees an extent
   when its session pages in or its worker exits. When no extent is free the session spills to a file in the spill
   directory instead; the agent deletes that file when the session pages in or exits, so nothing outlives a killed
-  worker.
+  worker. It deletes it off the page-in's path and off the event loop (`SpillDeleter`): on a filesystem mounted
+  with online discard, unlinking a spilled file costs about 0.13 s per GiB.
 - The resident ledger: what may be resident on the GPU at once (the node's capacity). Workers charge it as they
   allocate and page in (server/replay/paging.c); when it is full a worker says "need BYTES" and the agent pages
   out the least recently used idle sessions that their lease's QoS allows (never `guaranteed`; `best_effort`
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import mmap
 import os
@@ -175,6 +177,75 @@ class HostPool:
             self.fd = -1
 
 
+class SpillDeleter:
+    """Deletes spill files on a thread of its own. A file is first renamed (at once) to a name that ends in
+    `.deleting-N.pages`, so the session may page out to its own spill path again right away; the unlink, which on a
+    filesystem mounted with online discard (ext4 `-o discard`) costs about 0.13 s per GiB, runs on the thread. Such
+    names left by an agent that died mid-delete are removed when the next one starts. `close` waits for what is
+    queued, bounded, so a node that stops leaves no spill file."""
+
+    MARK = ".deleting-"
+
+    def __init__(self, spill_dir: Path) -> None:
+        self._ids = itertools.count()
+        self._queue: list[Path] = []
+        self._cv = threading.Condition()
+        self._busy = False
+        self._closed = False
+        with contextlib.suppress(OSError):
+            if spill_dir.is_dir():
+                self._queue.extend(p for p in spill_dir.iterdir() if self.MARK in p.name and p.suffix == ".pages")
+        self._thread = threading.Thread(target=self._run, name="fargpu-spill-delete", daemon=True)
+        self._thread.start()
+
+    def delete(self, path: Path) -> None:
+        trash = path.with_name(f"{path.stem}{self.MARK}{os.getpid()}-{next(self._ids)}.pages")
+        try:
+            os.rename(path, trash)
+        except FileNotFoundError:
+            return
+        except OSError as e:  # renaming refused: delete it where it is (the caller's next page-out may wait for it)
+            log.warning("could not rename the spill file %s before deleting it: %s", path, e)
+            trash = path
+        with self._cv:
+            self._queue.append(trash)
+            self._cv.notify_all()
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                while not self._queue and not self._closed:
+                    self._cv.wait()
+                if not self._queue:
+                    return
+                path = self._queue.pop(0)
+                self._busy = True
+            t = time.monotonic()
+            try:
+                size = path.stat().st_size
+                path.unlink()
+                log.debug("deleted the spill file %s (%d MiB) in %.3f s", path, size >> 20, time.monotonic() - t)
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                log.warning("could not delete the spill file %s: %s", path, e)
+            with self._cv:
+                self._busy = False
+                self._cv.notify_all()
+
+    def idle(self, timeout: float) -> bool:
+        """Waits until nothing is queued or being deleted; True when so."""
+        with self._cv:
+            return self._cv.wait_for(lambda: not self._queue and not self._busy, timeout)
+
+    def close(self, timeout: float = 120.0) -> None:
+        self.idle(timeout)
+        with self._cv:
+            self._closed = True
+            self._cv.notify_all()
+        self._thread.join(1.0)
+
+
 QOS_ORDER = {"best_effort": 0, "standard": 1}  # who gives way first; guaranteed never does
 
 
@@ -184,6 +255,7 @@ class Pager:
         self.resident = LeaseLedger.create("node-resident", resident_limit, slots)
         self.pool = HostPool(host_pool_bytes, prefault, pool_maker)
         self.spill_dir = spill_dir
+        self.spill_deleter = SpillDeleter(spill_dir)
         self.states: dict[str, PageState] = {}
         self._room_lock = asyncio.Lock()
         self.pageouts = 0
@@ -213,8 +285,7 @@ class Pager:
         if st.extent is not None:
             self.pool.give(st.extent)
         if st.spill is not None:
-            with contextlib.suppress(FileNotFoundError):
-                st.spill.unlink()
+            self.spill_deleter.delete(st.spill)
         for w in st.waiters:
             if not w.done():
                 w.set_result("failed the session ended")
@@ -253,6 +324,7 @@ class Pager:
             st.last_pagein_s = int(parts[1]) / 1e9 if len(parts) > 1 else 0.0
             self._release_store(st)
             self.pageins += 1
+            log.info("session %s is resident again from %s: %s", sid, where, rest)
             if self.observer is not None:
                 self.observer("pagein", where, int(parts[0]), st.last_pagein_s)
             self._wake(st, "resident " + rest)
@@ -263,6 +335,7 @@ class Pager:
             self._wake(st, word + (" " + rest if rest else ""))
         elif word == "pagein-failed":
             st.state = "paged-host" if st.extent is not None else "paged-disk"
+            log.warning("page-in of session %s failed, it stays paged: %s", sid, rest)
             self._wake(st, "failed " + rest)
 
     def _release_store(self, st: PageState) -> None:
@@ -270,8 +343,7 @@ class Pager:
             self.pool.give(st.extent)
             st.extent = None
         if st.spill is not None:
-            with contextlib.suppress(FileNotFoundError):
-                st.spill.unlink()
+            self.spill_deleter.delete(st.spill)
             st.spill = None
 
     @staticmethod
@@ -444,5 +516,6 @@ class Pager:
                 st.waiting_for_room = False
 
     def close(self) -> None:
+        self.spill_deleter.close()
         self.pool.close()
         self.resident.close()

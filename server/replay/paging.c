@@ -10,9 +10,9 @@
  * pages allocated up front) or a spill file in the node's spill directory. Both go through the worker's two pinned
  * bounce buffers, so the device's copies run at DMA speed: to the pool, the DMA of one chunk overlaps the copy of
  * the one before into the pool by several threads (registering pool extents with the driver instead cost more
- * than the copy: 6.7 GB/s on an H100); to disk, it overlaps large aligned writes (O_DIRECT where the filesystem
- * allows it). The agent owns both: it frees a pool extent and deletes a spill file when the session pages in or
- * its worker exits, however it exits.
+ * than the copy: 6.7 GB/s on an H100); to and from disk, spill.c streams the file with large aligned O_DIRECT I/O
+ * that overlaps the device copies. The agent owns both: it frees a pool extent and deletes a spill file when the
+ * session pages in or its worker exits, however it exits.
  *
  * Page-in (the session's next batch, or a "pagein" line): the memory must fit the node's resident ledger; if it
  * does not, the worker asks the agent ("need BYTES") to make room, and waits (bounded) for "grant" or "deny".
@@ -22,7 +22,7 @@
  *
  * Status lines to the agent: "paged host|disk BYTES NS UNPAGEABLE io_ns=.. copy_ns=.. map_ns=.. vmm_ns=..",
  * "pageout-failed REASON", "paging-in BYTES", "resident BYTES NS io_ns=.. copy_ns=.. vmm_ns=..", "pagein-failed REASON",
- * "need BYTES". */
+ * "need BYTES"; a disk step adds its phases (open_ns, first_ns, wait_ns, stream_ns, depth, chunk, direct: spill.c). */
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -39,12 +39,13 @@
 
 #include "fgs_public.h"
 #include "fgs_session.h"
+#include "fgs_spill.h"
 
 #ifndef MADV_POPULATE_WRITE
 #define MADV_POPULATE_WRITE 23 /* Linux 5.14; older kernels answer EINVAL and the copy faults pages in */
 #endif
 
-#define BOUNCE (64u << 20)          /* each of the two pinned bounce buffers for spill files */
+#define BOUNCE FGS_BOUNCE           /* each of the two pinned bounce buffers */
 #define NEED_WAIT_MS 60000          /* how long a page-in or allocation waits for the agent to make room */
 
 enum { RESIDENT = 0, PAGED_HOST = 1, PAGED_DISK = 2 };
@@ -360,70 +361,13 @@ static CUresult ensure_bounce(fgs_session *S) {
     return CUDA_SUCCESS;
 }
 
-static int write_full(int fd, const void *p, size_t n, uint64_t off) {
-    while (n) {
-        ssize_t k = pwrite(fd, p, n, (off_t)off);
-        if (k < 0 && errno == EINTR) continue;
-        if (k <= 0) return -1;
-        p = (const uint8_t *)p + k;
-        n -= (size_t)k;
-        off += (uint64_t)k;
-    }
-    return 0;
-}
-
-static int read_full_at(int fd, void *p, size_t n, uint64_t off) {
-    while (n) {
-        ssize_t k = pread(fd, p, n, (off_t)off);
-        if (k < 0 && errno == EINTR) continue;
-        if (k <= 0) return -1;
-        p = (uint8_t *)p + k;
-        n -= (size_t)k;
-        off += (uint64_t)k;
-    }
-    return 0;
+static void spill_io_init(const fgs_pager *P, fgs_spill_io *io) {
+    memset(io, 0, sizeof *io);
+    io->test_delay_ms = P->test_delay_ms;
 }
 
 static void test_delay(const fgs_pager *P) {
     if (P->test_delay_ms) usleep(P->test_delay_ms * 1000u);
-}
-
-/* Device → spill file: the copy of one chunk overlaps the write of the one before (two bounce buffers). */
-static CUresult to_disk(fgs_session *S, int fd, uint64_t *written) {
-    fgs_pager *P = S->pager;
-    CUresult r = ensure_bounce(S);
-    if (r != CUDA_SUCCESS) return r;
-    uint64_t off = 0;
-    int cur = 0;
-    size_t pending = 0; /* bytes in bounce[cur ^ 1] waiting to be written at pend_off */
-    uint64_t pend_off = 0;
-    for (size_t i = 0; i < S->n_allocs; i++) {
-        fgs_alloc *a = &S->allocs[i];
-        a->page_off = off;
-        test_delay(P);
-        for (size_t done = 0; done < a->mapped;) {
-            size_t n = a->mapped - done < BOUNCE ? a->mapped - done : BOUNCE;
-            r = S->api->cuMemcpyDtoHAsync_v2(P->bounce[cur], a->ptr + done, n, P->stream);
-            if (r != CUDA_SUCCESS) return r;
-            uint64_t t0 = fgs_now_ns();
-            if (pending && write_full(fd, P->bounce[cur ^ 1], pending, pend_off)) return CUDA_ERROR_OPERATING_SYSTEM;
-            uint64_t t1 = fgs_now_ns();
-            r = S->api->cuStreamSynchronize(P->stream);
-            P->io_ns += t1 - t0;
-            P->copy_ns += fgs_now_ns() - t1; /* the part of the copy the write did not hide */
-            if (r != CUDA_SUCCESS) return r;
-            pending = n;
-            pend_off = off;
-            cur ^= 1;
-            off += n;
-            done += n;
-        }
-    }
-    uint64_t t0 = fgs_now_ns();
-    if (pending && write_full(fd, P->bounce[cur ^ 1], pending, pend_off)) return CUDA_ERROR_OPERATING_SYSTEM;
-    P->io_ns += fgs_now_ns() - t0;
-    *written = off;
-    return CUDA_SUCCESS;
 }
 
 /* ---- bounce buffers <-> the host pool: one chunk's DMA overlaps the pool I/O of the other, on several threads ---- */
@@ -675,95 +619,6 @@ static CUresult from_pool(fgs_session *S, uint8_t *src) {
     return r;
 }
 
-/* Spill file → device for one allocation: a reader thread reads the chunks in order, one after the other, into the
- * two bounce buffers, while this thread copies each filled one to the device, so the disk always has a read in
- * flight. (Two reads at once were slower than one on the H100 host's disk.) */
-typedef struct {
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    int fd, failed, stop;
-    void *buf[2];
-    size_t total, chunk_n[2];
-    uint64_t base;
-    int full[2];
-    uint64_t io_ns;
-} disk_reader;
-
-static void *disk_reader_main(void *arg) {
-    disk_reader *R = (disk_reader *)arg;
-    int cur = 0;
-    for (size_t done = 0; done < R->total;) {
-        size_t n = R->total - done < BOUNCE ? R->total - done : BOUNCE;
-        pthread_mutex_lock(&R->mu);
-        while (R->full[cur] && !R->stop) pthread_cond_wait(&R->cv, &R->mu);
-        int stop = R->stop;
-        pthread_mutex_unlock(&R->mu);
-        if (stop) break;
-        uint64_t t = fgs_now_ns();
-        int bad = read_full_at(R->fd, R->buf[cur], n, R->base + done);
-        pthread_mutex_lock(&R->mu);
-        R->io_ns += fgs_now_ns() - t;
-        if (bad) R->failed = 1;
-        R->chunk_n[cur] = n;
-        R->full[cur] = 1;
-        pthread_cond_broadcast(&R->cv);
-        pthread_mutex_unlock(&R->mu);
-        if (bad) break;
-        done += n;
-        cur ^= 1;
-    }
-    return NULL;
-}
-
-static CUresult from_disk(fgs_session *S, int fd, fgs_alloc *a) {
-    fgs_pager *P = S->pager;
-    CUresult r = ensure_bounce(S);
-    if (r != CUDA_SUCCESS) return r;
-    disk_reader R;
-    memset(&R, 0, sizeof R);
-    pthread_mutex_init(&R.mu, NULL);
-    pthread_cond_init(&R.cv, NULL);
-    R.fd = fd;
-    R.buf[0] = P->bounce[0];
-    R.buf[1] = P->bounce[1];
-    R.total = a->mapped;
-    R.base = a->page_off;
-    pthread_t th;
-    if (pthread_create(&th, NULL, disk_reader_main, &R) != 0) return CUDA_ERROR_OPERATING_SYSTEM;
-    int cur = 0;
-    for (size_t done = 0; done < a->mapped && r == CUDA_SUCCESS;) {
-        pthread_mutex_lock(&R.mu);
-        while (!R.full[cur] && !R.failed) pthread_cond_wait(&R.cv, &R.mu);
-        int failed = R.failed; /* the failed chunk is never copied: the page-in fails and is undone */
-        size_t n = R.chunk_n[cur];
-        pthread_mutex_unlock(&R.mu);
-        if (failed) {
-            r = CUDA_ERROR_OPERATING_SYSTEM;
-            break;
-        }
-        uint64_t t = fgs_now_ns();
-        r = S->api->cuMemcpyHtoDAsync_v2(a->ptr + done, P->bounce[cur], n, P->stream);
-        if (r == CUDA_SUCCESS) r = S->api->cuStreamSynchronize(P->stream);
-        P->copy_ns += fgs_now_ns() - t;
-        pthread_mutex_lock(&R.mu);
-        if (R.failed) r = r == CUDA_SUCCESS ? CUDA_ERROR_OPERATING_SYSTEM : r;
-        R.full[cur] = 0;
-        pthread_cond_broadcast(&R.cv);
-        pthread_mutex_unlock(&R.mu);
-        done += n;
-        cur ^= 1;
-    }
-    pthread_mutex_lock(&R.mu);
-    R.stop = 1;
-    pthread_cond_broadcast(&R.cv);
-    pthread_mutex_unlock(&R.mu);
-    pthread_join(th, NULL);
-    P->io_ns += R.io_ns;
-    pthread_mutex_destroy(&R.mu);
-    pthread_cond_destroy(&R.cv);
-    return r;
-}
-
 static uint64_t unpageable_bytes(fgs_session *S) {
     uint64_t n = (uint64_t)S->n_created_ctx * S->ctx_charge;
     for (size_t i = 0; i < S->n_globals; i++) n += S->globals[i].size;
@@ -801,7 +656,7 @@ static void page_out(fgs_session *S, const char *args) {
         status(P, "pageout-failed synchronising the session failed with CUDA error %d", (int)r);
         return;
     }
-    int fd = -1;
+    char disk_note[160] = ""; /* a disk step's extra timings, for the status line */
     if (host) {
         P->off = off;
         P->len = len;
@@ -822,19 +677,25 @@ static void page_out(fgs_session *S, const char *args) {
         P->map_len = total ? (size_t)len : 0;
         r = total ? to_pool(S, P->map) : CUDA_SUCCESS;
     } else {
-        fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_DIRECT, 0600);
-        if (fd < 0 && errno == EINVAL) fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-        if (fd < 0) {
-            status(P, "pageout-failed cannot create the spill file: %s", strerror(errno));
+        fgs_spill_io io;
+        spill_io_init(P, &io);
+        r = ensure_bounce(S);
+        if (r == CUDA_SUCCESS) {
+            io.buf[0] = P->bounce[0];
+            io.buf[1] = P->bounce[1];
+            io.stream = P->stream;
+        }
+        if (r == CUDA_SUCCESS && fgs_spill_out(S, path, &io) != 0) { /* spill.c removed the file */
+            status(P, "pageout-failed %s", io.why);
             return;
         }
-        uint64_t written = 0;
-        r = to_disk(S, fd, &written);
-        close(fd);
+        P->io_ns = io.io_ns;
+        P->copy_ns = io.copy_ns;
+        snprintf(disk_note, sizeof disk_note, " open_ns=%llu stream_ns=%llu direct=%d", (unsigned long long)io.open_ns,
+                 (unsigned long long)io.stream_ns, io.direct);
         snprintf(P->spill_path, sizeof P->spill_path, "%s", path);
     }
     if (r != CUDA_SUCCESS) { /* nothing was released: the session stays as it was */
-        if (!host) unlink(path);
         if (host) extent_unmap(S);
         status(P, "pageout-failed copying out failed with CUDA error %d", (int)r);
         return;
@@ -852,10 +713,10 @@ static void page_out(fgs_session *S, const char *args) {
     P->where = host ? PAGED_HOST : PAGED_DISK;
     P->bytes = total;
     if (host && P->pool_vmm) extent_unmap(S); /* mapped again by the page-in; meanwhile the worker holds none of it */
-    status(P, "paged %s %llu %llu %llu io_ns=%llu copy_ns=%llu map_ns=%llu vmm_ns=%llu", host ? "host" : "disk",
+    status(P, "paged %s %llu %llu %llu io_ns=%llu copy_ns=%llu map_ns=%llu vmm_ns=%llu%s", host ? "host" : "disk",
            (unsigned long long)total, (unsigned long long)(fgs_now_ns() - t0), (unsigned long long)unpageable_bytes(S),
            (unsigned long long)P->io_ns, (unsigned long long)P->copy_ns, (unsigned long long)P->map_ns,
-           (unsigned long long)P->vmm_ns);
+           (unsigned long long)P->vmm_ns, disk_note);
 }
 
 /* Undoes what a failed page-in mapped; the contents stay in the store. */
@@ -915,12 +776,6 @@ CUresult fgs_page_in(fgs_session *S) {
         if (r == CUDA_SUCCESS && a->peers) fgs_peer_grant(S, a); /* the session's other GPUs that reached it */
     }
     P->vmm_ns = fgs_now_ns() - tv;
-    int fd = -1;
-    if (r == CUDA_SUCCESS && P->where == PAGED_DISK) {
-        fd = open(P->spill_path, O_RDONLY | O_CLOEXEC | O_DIRECT);
-        if (fd < 0 && errno == EINVAL) fd = open(P->spill_path, O_RDONLY | O_CLOEXEC);
-        if (fd < 0) r = CUDA_ERROR_OPERATING_SYSTEM;
-    }
     if (r == CUDA_SUCCESS && P->where == PAGED_HOST && P->pool_vmm && !P->map && P->bytes) {
         uint64_t tm = fgs_now_ns();
         P->map = extent_map(S, P->off, P->len, &r);
@@ -928,24 +783,44 @@ CUresult fgs_page_in(fgs_session *S) {
         P->map_ns = fgs_now_ns() - tm;
     }
     if (r == CUDA_SUCCESS && P->where == PAGED_HOST && P->map) r = from_pool(S, P->map);
-    for (size_t i = 0; i < S->n_allocs && r == CUDA_SUCCESS && P->where == PAGED_DISK; i++) {
-        r = from_disk(S, fd, &S->allocs[i]);
-        test_delay(P);
+    char disk_note[200] = "", disk_why[240] = "";
+    if (r == CUDA_SUCCESS && P->where == PAGED_DISK) {
+        /* The spill file stays: the node agent deletes it once it hears "resident", off this call's path (spill.c
+         * says why). A failure leaves it as it was, and the session paged. */
+        fgs_spill_io io;
+        spill_io_init(P, &io);
+        r = ensure_bounce(S);
+        if (r == CUDA_SUCCESS) {
+            io.buf[0] = P->bounce[0];
+            io.buf[1] = P->bounce[1];
+            io.stream = P->stream;
+            if (fgs_spill_in(S, P->spill_path, &io) != 0) {
+                snprintf(disk_why, sizeof disk_why, "%s", io.why);
+                r = CUDA_ERROR_OPERATING_SYSTEM;
+            }
+        }
+        P->io_ns = io.io_ns;
+        P->copy_ns = io.copy_ns;
+        snprintf(disk_note, sizeof disk_note,
+                 " open_ns=%llu first_ns=%llu wait_ns=%llu stream_ns=%llu depth=%u chunk=%llu direct=%d",
+                 (unsigned long long)io.open_ns, (unsigned long long)io.first_ns, (unsigned long long)io.wait_ns,
+                 (unsigned long long)io.stream_ns, io.depth, (unsigned long long)io.chunk, io.direct);
     }
-    if (fd >= 0) close(fd);
     if (r != CUDA_SUCCESS) {
         unmap_again(S);
         if (P->node) fgs_ledger_uncharge(P->node, P->bytes);
-        status(P, "pagein-failed restoring the memory failed with CUDA error %d", (int)r);
+        if (disk_why[0])
+            status(P, "pagein-failed %s", disk_why);
+        else
+            status(P, "pagein-failed restoring the memory failed with CUDA error %d", (int)r);
         return r == CUDA_ERROR_OUT_OF_MEMORY ? r : CUDA_ERROR_OUT_OF_MEMORY;
     }
     for (size_t i = 0; i < S->n_allocs; i++) S->allocs[i].paged = 0;
-    if (P->where == PAGED_DISK) unlink(P->spill_path);
     extent_unmap(S);
     P->where = RESIDENT;
-    status(P, "resident %llu %llu io_ns=%llu copy_ns=%llu vmm_ns=%llu", (unsigned long long)P->bytes,
+    status(P, "resident %llu %llu io_ns=%llu copy_ns=%llu vmm_ns=%llu%s", (unsigned long long)P->bytes,
            (unsigned long long)(fgs_now_ns() - t0), (unsigned long long)P->io_ns, (unsigned long long)P->copy_ns,
-           (unsigned long long)P->vmm_ns);
+           (unsigned long long)P->vmm_ns, disk_note);
     P->bytes = 0;
     return CUDA_SUCCESS;
 }

@@ -11,6 +11,12 @@
  *                        handle again (at the same or another address) shows the same bytes;
  *   cuMemRelease         drops the handle; the memory goes when its last mapping does.
  *
+ * FARGPU_SIM_KEEP_FREED_MB (default 0: off) keeps up to that much released, never exported memory per process and
+ * gives it to the next cuMemCreate of the same size and device, its pages still allocated (stale bytes, as the
+ * driver's fresh memory has), as a GPU's memory is there before it is allocated. bench/paging_disk.py sets it, so
+ * that a page-in's copies into fresh memory do not fault in and zero every host page, which on a small CPU machine
+ * is slower than the disk the bench measures.
+ *
  * The sim is stricter than the driver in two documented ways: cuMemSetAccess and cuMemUnmap act on whole
  * mappings only, and cuMemAddressFree refuses a range that still has mappings (CUDA_ERROR_INVALID_VALUE). */
 #include "sim.h"
@@ -34,7 +40,23 @@ struct sim_phys {
     unsigned long long id; /* CU_POINTER_ATTRIBUTE_MEMORY_BLOCK_ID of its mappings */
     unsigned int handle_types; /* requestedHandleTypes at creation */
     int imported;              /* from cuMemImportFromShareableHandle: another process's memory, not charged here */
+    int exported;              /* its memfd was handed out: never kept for reuse */
 };
+
+/* Released memory kept for reuse (FARGPU_SIM_KEEP_FREED_MB). */
+struct kept {
+    int fd;
+    size_t size;
+    int device;
+};
+static struct kept g_kept[64];
+static size_t g_nkept, g_kept_bytes;
+
+static size_t keep_limit(void)
+{
+    const char *e = getenv("FARGPU_SIM_KEEP_FREED_MB");
+    return e ? (size_t)strtoull(e, NULL, 10) << 20 : 0;
+}
 
 struct resv {
     uintptr_t base;
@@ -178,7 +200,13 @@ SIM_API CUresult cuMemAddressFree(CUdeviceptr ptr, size_t size)
 static void phys_free(struct sim_phys *ph)
 {
     sim_reg_remove(ph);
-    close(ph->fd);
+    if (!ph->imported && !ph->exported && g_nkept < sizeof g_kept / sizeof g_kept[0] &&
+        g_kept_bytes + ph->size <= keep_limit()) {
+        g_kept[g_nkept++] = (struct kept){ph->fd, ph->size, ph->device};
+        g_kept_bytes += ph->size;
+    } else {
+        close(ph->fd);
+    }
     if (!ph->imported)
         sim_uncharge(ph->device, ph->size);
     free(ph);
@@ -199,8 +227,18 @@ SIM_API CUresult cuMemCreate(CUmemGenericAllocationHandle *handle, size_t size, 
         struct sim_phys *ph = calloc(1, sizeof *ph);
         char name[48]; /* names the physical device, so that a process importing it knows where it lives */
         snprintf(name, sizeof name, "fargpu-sim-vmm-%d", sim_g.dev[prop->location.id].phys);
-        int fd = memfd_create(name, MFD_CLOEXEC);
-        if (!ph || fd < 0 || ftruncate(fd, (off_t)size) != 0 || sim_reg_add(ph) != 0) {
+        int fd = -1;
+        for (size_t i = 0; i < g_nkept && fd < 0; i++)
+            if (g_kept[i].size == size && g_kept[i].device == prop->location.id) {
+                fd = g_kept[i].fd;
+                g_kept_bytes -= size;
+                g_kept[i] = g_kept[--g_nkept];
+            }
+        if (fd < 0 && (fd = memfd_create(name, MFD_CLOEXEC)) >= 0 && ftruncate(fd, (off_t)size) != 0) {
+            close(fd);
+            fd = -1;
+        }
+        if (!ph || fd < 0 || sim_reg_add(ph) != 0) {
             if (fd >= 0)
                 close(fd);
             free(ph);
@@ -453,6 +491,8 @@ SIM_API CUresult cuMemExportToShareableHandle(void *shareableHandle, CUmemGeneri
     int fd = -1;
     if (rc == CUDA_SUCCESS && (fd = fcntl(ph->fd, F_DUPFD_CLOEXEC, 0)) < 0)
         rc = CUDA_ERROR_OUT_OF_MEMORY;
+    if (rc == CUDA_SUCCESS)
+        ph->exported = 1;
     if (rc == CUDA_SUCCESS)
         *(int *)shareableHandle = fd;
     sim_unlock();
