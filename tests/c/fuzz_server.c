@@ -1042,6 +1042,11 @@ static void fuzz_session(unsigned idx) {
         expect_rc = 0;
     }
     rc = session_end(&s);
+    /* This harness plays the node agent, which owns spill files: a page-in leaves its file for the agent to
+     * delete (spill.c), and a session that ends paged leaves it too. */
+    char spill[96];
+    snprintf(spill, sizeof spill, "/tmp/fargpu-fuzz-spill-%d-%u", (int)getpid(), idx);
+    unlink(spill);
     if (with_peer) {
         cb_peer_join(&peer);
         st_cb_runs += peer.runs;
