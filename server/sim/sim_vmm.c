@@ -49,7 +49,7 @@ struct kept {
     size_t size;
     int device;
 };
-static struct kept g_kept[64];
+static struct kept g_kept[4096];
 static size_t g_nkept, g_kept_bytes;
 
 static size_t keep_limit(void)

@@ -186,3 +186,22 @@ def test_disk_paging_bench_runs_on_the_simulated_device(tmp_path: Path) -> None:
     assert row["raw_read_GBps"] > 0 and row["raw_read_worker_way_GBps"] > 0 and row["pagein_disk_GBps"] > 0
     assert {"open_ns", "first_ns", "wait_ns", "stream_ns", "depth", "chunk", "direct"} <= set(row["pagein"]), row
     _wait_no_files(tmp_path / "spill")
+
+
+def test_spill_deleter_removes_what_a_dead_agent_left_mid_delete_and_nothing_else(tmp_path: Path) -> None:
+    from fargpu.server.pager import SpillDeleter
+
+    left = tmp_path / "abc.deleting-123-4.pages"  # renamed for deletion by an agent that died before the unlink
+    live = tmp_path / "def.pages"  # another session's spill file: not this agent's to remove at start
+    left.write_bytes(b"x" * 4096)
+    live.write_bytes(b"y" * 4096)
+    d = SpillDeleter(tmp_path)
+    try:
+        assert d.idle(10.0)
+        assert not left.exists() and live.exists()
+        d.delete(live)
+        assert not live.exists()  # renamed at once
+        assert d.idle(10.0)
+        assert list(tmp_path.iterdir()) == []
+    finally:
+        d.close()
