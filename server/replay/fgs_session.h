@@ -160,11 +160,15 @@ CUresult fgs_memory_alloc(fgs_session *S, int dev, uint64_t size, CUdeviceptr *p
 CUresult fgs_memory_free_now(fgs_session *S, CUdeviceptr p);
 size_t fgs_memory_mapped_at(fgs_session *S, CUdeviceptr p);
 void fgs_memory_peer(fgs_session *S, CUdeviceptr p, int dev, int on); /* peer device dev may reach it (or not) */
-/* Stream-ordered allocation and memory pools, emulated over session allocations (mempool.c). _forget: cuMemFree of
- * p (-1: it was already freed with cuMemFreeAsync). _reap after each batch (last_op: the batch's last record, whose
- * args are given: a synchronisation there releases what it waited for). _drain waits for every pending
- * cuMemFreeAsync and releases (before a context goes). _close at the session's end, before its allocations go. */
-int fgs_mempool_forget(fgs_session *S, CUdeviceptr p);
+/* Stream-ordered allocation and memory pools, emulated over session allocations (mempool.c, mempool_blocks.c).
+ * _free: cuMemFree of p: 1 handled (a block of a pool's chunk, released after a context synchronisation), 0 memory.c
+ * frees it (the pool no longer counts it), -1 invalid (freed already with cuMemFreeAsync, or a chunk's base).
+ * _range: cuMemGetAddressRange of p inside a pool's chunk: 1 a block (base, size), -1 none there, 0 not in a chunk.
+ * _reap after each batch (last_op: the batch's last record, whose args are given: a synchronisation there releases
+ * what it waited for). _drain waits for every pending cuMemFreeAsync and releases (before a context goes). _close at
+ * the session's end, before its allocations go. */
+int fgs_mempool_free(fgs_session *S, CUdeviceptr p);
+int fgs_mempool_range(fgs_session *S, CUdeviceptr p, uint64_t *base, uint64_t *size);
 void fgs_mempool_reap(fgs_session *S, unsigned last_op, const uint8_t *args, size_t len);
 void fgs_mempool_drain(fgs_session *S);
 void fgs_mempool_close(fgs_session *S);

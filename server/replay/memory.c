@@ -121,16 +121,17 @@ CUresult fgs_cuMemFree_v2(fgs_session *S, fg_reader *r, fg_writer *out) {
     (void)out;
     uint64_t p = fg_get_u64(r);
     if (r->failed) return FGS_PROTOCOL_ERROR;
+    int pooled = fgs_mempool_free(S, p); /* memory of a pool (mempool_blocks.c) */
+    if (pooled) return pooled > 0 ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
     fgs_alloc *a = find_alloc(S, p, 0);
     if (!a) return CUDA_ERROR_INVALID_VALUE;
-    if (fgs_mempool_forget(S, p)) return CUDA_ERROR_INVALID_VALUE; /* already freed with cuMemFreeAsync */
     /* cuMemFree waits for work that may still use the memory; unmapping does not, so wait here. */
     S->api->cuCtxSynchronize();
     return fgs_memory_free_now(S, p);
 }
 
 /* Releases one of the session's allocations (not a client VMM mapping) without waiting for anything: the caller
- * knows no queued work uses it any more (mempool.c: its cuMemFreeAsync completed on its stream). */
+ * knows no queued work uses it any more (mempool_blocks.c: its cuMemFreeAsync completed on its stream). */
 CUresult fgs_memory_free_now(fgs_session *S, CUdeviceptr p) {
     fgs_alloc *a = find_alloc(S, p, 0);
     if (!a) return CUDA_ERROR_INVALID_VALUE;
@@ -211,6 +212,14 @@ void fgs_note_global(fgs_session *S, CUdeviceptr p) {
 CUresult fgs_cuMemGetAddressRange_v2(fgs_session *S, fg_reader *r, fg_writer *out) {
     uint64_t p = fg_get_u64(r);
     if (r->failed) return FGS_PROTOCOL_ERROR;
+    uint64_t pb = 0, ps = 0;
+    int pooled = fgs_mempool_range(S, p, &pb, &ps); /* a block carved out of a pool's chunk: its own range */
+    if (pooled < 0) return CUDA_ERROR_NOT_FOUND;
+    if (pooled > 0) {
+        fg_put_u64(out, pb);
+        fg_put_u64(out, ps);
+        return CUDA_SUCCESS;
+    }
     fgs_alloc *a = find_alloc(S, p, 1);
     if (!a) a = find_global(S, p);
     if (!a) return CUDA_ERROR_NOT_FOUND;

@@ -303,7 +303,7 @@ static uint64_t write_state(fgs_session *S, const char *dir, char *err, size_t e
     if (!cur && any_context(S)) S->api->cuCtxSetCurrent(any_context(S));
     int r = put_globals(S, &w, err, errlen, blocked);
     if (!r) fgs_events_put(S, &w);
-    if (!r) fgs_mempool_put(S, &w); /* which memory pool holds each allocation (mempool.c) */
+    if (!r) fgs_mempool_put(S, &w); /* which memory pool holds each allocation (mempool_blocks.c) */
     S->api->cuCtxSetCurrent(cur);
     uint64_t n = 0;
     snprintf(path, sizeof path, "%s/state", dir);

@@ -161,6 +161,70 @@ def test_stream_ordered_allocation_and_pools(tmp_path: Path) -> None:
         stop_server(s)
 
 
+SMALL = (
+    PRELUDE
+    + r"""
+U64 = ctypes.c_uint64
+ctx0()
+s = ctypes.c_void_p(); ok(cu.cuStreamCreate(ctypes.byref(s), 1), "stream")
+dflt = ctypes.c_void_p(); ok(cu.cuDeviceGetDefaultMemPool(ctypes.byref(dflt), 0), "default")
+def attr(a):
+    v = U64(); ok(cu.cuMemPoolGetAttribute(dflt, a, ctypes.byref(v)), "attr"); return v.value
+f0 = meminfo()[0]
+ptrs = []
+for i in range(2000):  # 2000 small allocations: 8 MiB asked, each would be a 2 MiB granule on its own
+    p = U64(); ok(cu.cuMemAllocAsync(ctypes.byref(p), ctypes.c_size_t(4000), s), f"alloc {i}"); ptrs.append(p.value)
+print("distinct", len(set(ptrs)) == 2000, "aligned", all(p % 512 == 0 for p in ptrs),
+      "apart", all(b - a >= 4000 for a, b in zip(sorted(ptrs), sorted(ptrs)[1:])))
+print("reserved", attr(5) >> 20, "used", attr(7), "charged", (f0 - meminfo()[0]) >> 20)
+for i, p in enumerate(ptrs):
+    ok(cu.cuMemsetD32Async(U64(p), ctypes.c_uint(i), ctypes.c_size_t(1000), s), "memset")
+bad = 0
+for i in range(0, 2000, 37):
+    out = (ctypes.c_uint * 1000)()
+    ok(cu.cuMemcpyDtoH_v2(out, U64(ptrs[i]), ctypes.c_size_t(4000)), "dtoh")
+    bad += any(v != i for v in out)
+print("contents", bad)
+base, size = U64(), ctypes.c_size_t()
+ok(cu.cuMemGetAddressRange_v2(ctypes.byref(base), ctypes.byref(size), U64(ptrs[5] + 100)), "range")
+print("range", base.value == ptrs[5], size.value)
+print("cuMemFree", cu.cuMemFree_v2(U64(ptrs[5])), cu.cuMemGetAddressRange_v2(ctypes.byref(base), ctypes.byref(size),
+      U64(ptrs[5])), cu.cuMemFree_v2(U64(ptrs[5])))
+for p in ptrs[6:]:
+    ok(cu.cuMemFreeAsync(U64(p), s), "free")
+ok(cu.cuStreamSynchronize(s), "sync")
+p = U64(); ok(cu.cuMemAllocAsync(ctypes.byref(p), ctypes.c_size_t(4000), s), "again")
+print("reused", p.value in ptrs[6:] or p.value == ptrs[5])
+for p2 in ptrs[:5] + [p.value]:
+    ok(cu.cuMemFreeAsync(U64(p2), s), "free")
+ok(cu.cuStreamSynchronize(s), "sync")
+print("after", attr(5), attr(7), (f0 - meminfo()[0]) >> 20)
+print("END")
+"""
+)
+
+
+def test_small_allocations_share_chunks(tmp_path: Path) -> None:
+    s = start_server(tmp_path, "--vram-quota", str(64 * MiB), env_extra={"FARGPU_SIM_EVENT_QUERY_LAG": "1000000"})
+    try:
+        env = s.client_env()
+        cmd = [sys.executable, "-P", "-c", SMALL]
+        r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, cwd="/")
+        lines = [ln.strip() for ln in r.stdout.splitlines()]
+        why = f"{r.stdout}\n{r.stderr}\n{s.log_text()[-3000:]}"
+        assert r.returncode == 0 and lines and lines[-1] == "END", why
+        assert "distinct True aligned True apart True" in lines, why
+        # 4000 bytes take 8 units of 512: 512 blocks a 2 MiB chunk, 4 chunks for 2000
+        assert f"reserved 8 used {2000 * 4096} charged 8" in lines, why
+        assert "contents 0" in lines, why
+        assert "range True 4000" in lines, why
+        assert "cuMemFree 0 500 1" in lines, why  # freed: CUDA_ERROR_NOT_FOUND, then CUDA_ERROR_INVALID_VALUE
+        assert "reused True" in lines, why
+        assert "after 0 0 0" in lines, why  # release threshold 0: the empty chunks went back
+    finally:
+        stop_server(s)
+
+
 HOLDER = (
     PRELUDE
     + r"""
@@ -265,7 +329,9 @@ print("RESULT bad=" + ",".join(bad), "current", cur.value == pool.value, "thresh
       "used", attr(pool, 7), attr(dflt, 7), "reserved", attr(pool, 5), attr(dflt, 5), flush=True)
 for p, n, _ in bufs: ok(cu.cuMemFreeAsync(U64(p), s), "free")
 ok(cu.cuStreamSynchronize(s), "sync")
-print("FREED", attr(pool, 5), attr(dflt, 5), meminfo()[0] >> 20, flush=True)
+print("FREED", attr(pool, 5), attr(dflt, 5), meminfo()[0] >> 20, flush=True)  # an empty chunk kept: threshold
+ok(cu.cuMemPoolTrimTo(pool, ctypes.c_size_t(0)), "trim")
+print("TRIMMED", attr(pool, 5), meminfo()[0] >> 20, flush=True)
 """
 )
 
@@ -299,7 +365,9 @@ def test_pool_memory_pages_out_parks_and_comes_back(tmp_path: Path) -> None:
         )
         assert p.stdout is not None
         ready = p.stdout.readline().strip()
-        assert ready == "READY 8 12 2", ready + (p.stderr.read() if p.stderr else "") + a.log_text()[-3000:]
+        if ready != "READY 7 12 2":  # 1 MiB block of a 2 MiB chunk + 6 MiB from the pool (+4 MiB pending); 2 default
+            p.kill()
+            raise AssertionError(ready + (p.stderr.read() if p.stderr else "") + a.log_text()[-3000:])
         _wait_log(a, r"park of session \w+: parked sessions/\w+ (\d+)")
         a.proc.kill()  # the node that ran it is gone; a new node server takes its address
         a.proc.wait()
@@ -311,8 +379,8 @@ def test_pool_memory_pages_out_parks_and_comes_back(tmp_path: Path) -> None:
         why = f"{out}\n{err}\n{b.log_text()[-3000:]}"
         assert "restored a parked session" in b.log_text(), why
         # the pending free of 4 MiB went after the first batch; the rest came back where it was
-        assert "RESULT bad= current True threshold 3 used 8 2 reserved 8 2" in out, why
-        assert "FREED 0 0 64" in out, why
+        assert "RESULT bad= current True threshold 3 used 7 2 reserved 8 2" in out, why
+        assert "FREED 2 0 62" in out and "TRIMMED 0 64" in out, why
     finally:
         for s in (a, b):
             if s is not None:
