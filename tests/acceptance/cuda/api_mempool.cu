@@ -3,11 +3,11 @@
 // default pool (current until another is set), a created pool with attributes (release threshold, reuse flags,
 // used / reserved amounts and high watermarks, a high watermark reset), access for its device,
 // cudaMallocFromPoolAsync, the created pool made current for cudaMallocAsync, cudaMemPoolTrimTo, destroying a
-// pool with an allocation outstanding, a kernel in a graph working on pool memory, and a graph allocation node
-// whose memory outlives the launch and is freed with cudaFreeAsync. Values are checked against the host exactly;
-// pool amounts only as relations that hold for any pool (used >= what is allocated, reserved >= used, 0 when
-// everything is freed and trimmed), since a driver rounds and caches as it likes. Kernels are named and laid out
-// as tests/c/kernels/test_kernels.cu, so the simulated device runs them.
+// pool with an allocation outstanding, 300 small allocations on three streams, a kernel in a graph working on pool
+// memory, and a graph allocation node whose memory outlives the launch and is freed with cudaFreeAsync. Values are
+// checked against the host exactly; pool amounts only as relations that hold for any pool (used >= what is
+// allocated, reserved >= used, 0 when everything is freed and trimmed), since a driver rounds and caches as it
+// likes. Kernels are named and laid out as tests/c/kernels/test_kernels.cu, so the simulated device runs them.
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
@@ -218,6 +218,26 @@ int main()
     check("destroying the current pool makes the default current", cur == dflt);
     CHECK(cudaFreeAsync(p2, s[2])); // still valid after its pool was destroyed
     CHECK(cudaStreamSynchronize(s[2]));
+
+    // many small allocations, each filled by a kernel and copied back, freed in stream order
+    const int NS = 300;
+    const unsigned long long SMALL = 250; // 1000 bytes
+    std::vector<unsigned int *> sp(NS);
+    std::vector<unsigned int> sh(NS * SMALL);
+    for (int i = 0; i < NS; i++) {
+        CHECK(cudaMallocAsync((void **)&sp[i], SMALL * sizeof(unsigned int), s[i % 3]));
+        fg_fill_u32<<<1, 128, 0, s[i % 3]>>>(sp[i], 1000u + (unsigned)i, SMALL);
+        CHECK(cudaGetLastError());
+        CHECK(cudaMemcpyAsync(&sh[i * SMALL], sp[i], SMALL * sizeof(unsigned int), cudaMemcpyDeviceToHost, s[i % 3]));
+        CHECK(cudaFreeAsync(sp[i], s[i % 3]));
+    }
+    for (auto &y : s)
+        CHECK(cudaStreamSynchronize(y));
+    bool small_ok = true;
+    for (int i = 0; i < NS; i++)
+        for (unsigned long long k = 0; k < SMALL; k++)
+            small_ok = small_ok && sh[i * SMALL + k] == 1000u + (unsigned)i;
+    check("300 small stream-ordered allocations on three streams", small_ok);
 
     // a second created pool: trimmed to nothing once everything is freed, high watermark reset when idle
     cudaMemPool_t pool2;
