@@ -235,6 +235,7 @@ CUresult fgs_cuIpcGetMemHandle(fgs_session *S, fg_reader *r, fg_writer *out) {
     if (r->failed) return FGS_PROTOCOL_ERROR;
     if (g_fd < 0) return no_broker(S, "cuIpcGetMemHandle");
     if (!S->api->cuMemExportToShareableHandle) return fgs_missing(S, "cuMemExportToShareableHandle");
+    if (fgs_mempool_holds(S, p)) return CUDA_ERROR_INVALID_VALUE; /* pool memory is not legacy-IPC capable */
     fgs_alloc *a = NULL;
     for (size_t i = 0; i < S->n_allocs && !a; i++)
         if (!S->allocs[i].client_vmm && p >= S->allocs[i].ptr && p - S->allocs[i].ptr < S->allocs[i].size)

@@ -223,6 +223,15 @@ int fgs_mempool_range(fgs_session *S, CUdeviceptr p, uint64_t *base, uint64_t *s
     return 0;
 }
 
+int fgs_mempool_holds(fgs_session *S, CUdeviceptr p) {
+    (void)S;
+    for (size_t i = 0; i < g_n_chunks; i++)
+        if (p >= g_chunks[i]->ptr && p - g_chunks[i]->ptr < g_chunks[i]->mapped) return 1;
+    for (size_t i = 0; i < g_n_allocs; i++)
+        if (g_allocs[i].pool && p >= g_allocs[i].ptr && p - g_allocs[i].ptr < g_allocs[i].bytes) return 1;
+    return 0;
+}
+
 void mp_access_changed(fgs_session *S, mp_pool *p, int dev) {
     int on = p->access[dev] != CU_MEM_ACCESS_FLAGS_PROT_NONE;
     for (size_t i = 0; i < g_n_chunks; i++)

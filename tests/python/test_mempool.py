@@ -188,6 +188,10 @@ print("contents", bad)
 base, size = U64(), ctypes.c_size_t()
 ok(cu.cuMemGetAddressRange_v2(ctypes.byref(base), ctypes.byref(size), U64(ptrs[5] + 100)), "range")
 print("range", base.value == ptrs[5], size.value)
+h = ctypes.create_string_buffer(64)
+r, plain = alloc(1 << 20); ok(r, "plain alloc")
+print("ipc", cu.cuIpcGetMemHandle(h, U64(ptrs[7])), cu.cuIpcGetMemHandle(h, U64(plain)))  # pool memory: not capable
+ok(cu.cuMemFree_v2(U64(plain)), "plain free")
 print("cuMemFree", cu.cuMemFree_v2(U64(ptrs[5])), cu.cuMemGetAddressRange_v2(ctypes.byref(base), ctypes.byref(size),
       U64(ptrs[5])), cu.cuMemFree_v2(U64(ptrs[5])))
 for p in ptrs[6:]:
@@ -218,6 +222,7 @@ def test_small_allocations_share_chunks(tmp_path: Path) -> None:
         assert f"reserved 8 used {2000 * 4096} charged 8" in lines, why
         assert "contents 0" in lines, why
         assert "range True 4000" in lines, why
+        assert "ipc 1 0" in lines, why  # legacy IPC of pool memory is refused, as natively
         assert "cuMemFree 0 500 1" in lines, why  # freed: CUDA_ERROR_NOT_FOUND, then CUDA_ERROR_INVALID_VALUE
         assert "reused True" in lines, why
         assert "after 0 0 0" in lines, why  # release threshold 0: the empty chunks went back
