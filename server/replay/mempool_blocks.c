@@ -157,7 +157,7 @@ void mp_reap(fgs_session *S, int wait_all, int wait_stream, CUstream stream) {
             CUresult q;
             if (wait_all || (wait_stream && a->stream == stream)) q = S->api->cuEventSynchronize(a->ev);
             else q = S->api->cuEventQuery(a->ev);
-            if (q == CUDA_ERROR_NOT_READY) continue;
+            if (q != CUDA_SUCCESS) continue; /* not done, or it cannot tell (no context current): kept */
         }
         release(S, a);
     }
@@ -188,7 +188,17 @@ void fgs_mempool_reap(fgs_session *S, unsigned last_op, const uint8_t *args, siz
     mp_reap(S, 0, 0, NULL);
 }
 
-void fgs_mempool_drain(fgs_session *S) { mp_reap(S, 1, 0, NULL); }
+/* Before a context goes (its events go with it): its work done, every pending free is released. */
+void fgs_mempool_drain(fgs_session *S) {
+    if (!g_n_pending || fgs_is_paged(S)) return;
+    S->api->cuCtxSynchronize();
+    for (size_t i = g_n_allocs; i-- > 0;) {
+        if (i >= g_n_allocs || !g_allocs[i].pending) continue;
+        if (g_allocs[i].ev && S->api->cuEventSynchronize(g_allocs[i].ev) != CUDA_SUCCESS)
+            S->api->cuStreamSynchronize(g_allocs[i].stream);
+        release(S, &g_allocs[i]);
+    }
+}
 
 int fgs_mempool_free(fgs_session *S, CUdeviceptr p) {
     mp_alloc *a = find(p);

@@ -459,3 +459,34 @@ def test_pool_access_for_a_peer_device(tmp_path: Path) -> None:
         assert "own device 1" in lines, why  # the owning device keeps read-write access
     finally:
         stop_server(s)
+
+
+CTX_GONE = (
+    PRELUDE
+    + r"""
+V = ctypes.c_void_p
+U64 = ctypes.c_uint64
+pctx = ctx0()
+dflt = V(); ok(cu.cuDeviceGetDefaultMemPool(ctypes.byref(dflt), 0), "default")
+def reserved():
+    v = U64(); ok(cu.cuMemPoolGetAttribute(dflt, 5, ctypes.byref(v)), "attr"); return v.value >> 20
+c2 = V(); ok(cu.cuCtxCreate_v4(ctypes.byref(c2), None, 0, 0), "ctx create")
+s3 = V(); ok(cu.cuStreamCreate(ctypes.byref(s3), 1), "stream")
+g = U64(); ok(cu.cuMemAllocAsync(ctypes.byref(g), ctypes.c_size_t(8 << 20), s3), "alloc in ctx")
+ok(cu.cuMemFreeAsync(g, s3), "free in ctx")
+print("pending", reserved())
+ok(cu.cuCtxDestroy_v2(c2), "ctx destroy"); ok(cu.cuCtxSetCurrent(pctx), "primary again")
+print("gone", reserved())
+"""
+)
+
+
+def test_a_destroyed_context_releases_its_pending_frees(tmp_path: Path) -> None:
+    s = start_server(tmp_path, env_extra={"FARGPU_SIM_EVENT_QUERY_LAG": "1000000"})
+    try:
+        cmd = [sys.executable, "-P", "-c", CTX_GONE]
+        r = subprocess.run(cmd, env=s.client_env(), capture_output=True, text=True, timeout=60, cwd="/")
+        why = f"{r.stdout}\n{r.stderr}\n{s.log_text()[-3000:]}"
+        assert r.returncode == 0 and "pending 8" in r.stdout and "gone 0" in r.stdout, why
+    finally:
+        stop_server(s)
