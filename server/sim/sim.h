@@ -24,6 +24,7 @@
 #define SIM_MAX_DEVICES 16
 #define SIM_MAX_PEERS 64 /* peer contexts one context may have enabled at once */
 #define SIM_GRANULARITY ((size_t)2 << 20) /* VMM allocation granularity: 2 MiB, as on Hopper */
+#define SIM_HOST_PHYS (-1) /* the "device" of VMM physical memory on the host (CU_MEM_LOCATION_TYPE_HOST_NUMA) */
 #define SIM_PAGE ((size_t)4096)
 
 /* ---- global lock and state (sim_state.c) ---- */

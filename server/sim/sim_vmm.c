@@ -4,7 +4,8 @@
  *   cuMemAddressReserve  mmap(PROT_NONE) of a granularity-aligned VA range; a requested address is honoured
  *                        when free (MAP_FIXED_NOREPLACE), else the range goes elsewhere, as the driver's hint;
  *                        with FARGPU_SIM_VA=heap, placed as the probed real driver places it (sim_vaheap.c);
- *   cuMemCreate          a physical allocation = a memfd of that size, charged against device memory;
+ *   cuMemCreate          a physical allocation = a memfd of that size, charged against device memory (on a
+ *                        host NUMA node: host memory the devices reach, charged to nothing);
  *   cuMemMap             mmap(MAP_FIXED | MAP_SHARED) of the memfd into a reserved range (no access yet);
  *   cuMemSetAccess       mprotect of whole mappings (PROT_READ or PROT_READWRITE);
  *   cuMemUnmap           puts the PROT_NONE reservation back; the memfd keeps the contents, so mapping the same
@@ -91,6 +92,10 @@ static CUresult check_location(const CUmemLocation *loc)
     return CUDA_SUCCESS;
 }
 
+/* Host memory of NUMA node 0 (the simulated host has one): physical memory the devices reach by DMA, as the
+ * node's host page pool uses it (server/replay/hostpool.c). Not charged against any device's memory. */
+static int host_numa(const CUmemLocation *loc) { return loc->type == CU_MEM_LOCATION_TYPE_HOST_NUMA; }
+
 static CUresult check_prop(const CUmemAllocationProp *prop)
 {
     if (!prop || prop->type != CU_MEM_ALLOCATION_TYPE_PINNED)
@@ -98,6 +103,8 @@ static CUresult check_prop(const CUmemAllocationProp *prop)
     if (prop->requestedHandleTypes != CU_MEM_HANDLE_TYPE_NONE &&
         prop->requestedHandleTypes != CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR)
         return CUDA_ERROR_NOT_SUPPORTED;
+    if (host_numa(&prop->location))
+        return prop->location.id == 0 ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
     return check_location(&prop->location) == CUDA_SUCCESS ? CUDA_SUCCESS : CUDA_ERROR_INVALID_DEVICE;
 }
 
@@ -207,7 +214,7 @@ static void phys_free(struct sim_phys *ph)
     } else {
         close(ph->fd);
     }
-    if (!ph->imported)
+    if (!ph->imported && ph->device != SIM_HOST_PHYS)
         sim_uncharge(ph->device, ph->size);
     free(ph);
 }
@@ -221,15 +228,19 @@ SIM_API CUresult cuMemCreate(CUmemGenericAllocationHandle *handle, size_t size, 
     CUresult rc = sim_check_init();
     if (rc == CUDA_SUCCESS)
         rc = check_prop(prop);
-    if (rc == CUDA_SUCCESS)
-        rc = sim_charge(prop->location.id, size);
+    int dev = rc == CUDA_SUCCESS && host_numa(&prop->location) ? SIM_HOST_PHYS : rc == CUDA_SUCCESS ? prop->location.id : 0;
+    if (rc == CUDA_SUCCESS && dev != SIM_HOST_PHYS)
+        rc = sim_charge(dev, size);
     if (rc == CUDA_SUCCESS) {
         struct sim_phys *ph = calloc(1, sizeof *ph);
-        char name[48]; /* names the physical device, so that a process importing it knows where it lives */
-        snprintf(name, sizeof name, "fargpu-sim-vmm-%d", sim_g.dev[prop->location.id].phys);
+        char name[48]; /* names the physical device (or the host), so that a process importing it knows where it lives */
+        if (dev == SIM_HOST_PHYS)
+            snprintf(name, sizeof name, "fargpu-sim-host-0");
+        else
+            snprintf(name, sizeof name, "fargpu-sim-vmm-%d", sim_g.dev[dev].phys);
         int fd = -1;
         for (size_t i = 0; i < g_nkept && fd < 0; i++)
-            if (g_kept[i].size == size && g_kept[i].device == prop->location.id) {
+            if (g_kept[i].size == size && g_kept[i].device == dev) {
                 fd = g_kept[i].fd;
                 g_kept_bytes -= size;
                 g_kept[i] = g_kept[--g_nkept];
@@ -242,13 +253,14 @@ SIM_API CUresult cuMemCreate(CUmemGenericAllocationHandle *handle, size_t size, 
             if (fd >= 0)
                 close(fd);
             free(ph);
-            sim_uncharge(prop->location.id, size);
+            if (dev != SIM_HOST_PHYS)
+                sim_uncharge(dev, size);
             rc = CUDA_ERROR_OUT_OF_MEMORY;
         } else {
             ph->h.kind = SIM_KIND_PHYS;
             ph->fd = fd;
             ph->size = size;
-            ph->device = prop->location.id;
+            ph->device = dev;
             ph->id = sim_next_buffer_id();
             ph->handle_types = (unsigned int)prop->requestedHandleTypes;
             ph->refs = 1;
@@ -439,8 +451,8 @@ SIM_API CUresult cuMemGetAllocationPropertiesFromHandle(CUmemAllocationProp *pro
     if (rc == CUDA_SUCCESS) {
         memset(prop, 0, sizeof *prop);
         prop->type = CU_MEM_ALLOCATION_TYPE_PINNED;
-        prop->location.type = CU_MEM_LOCATION_TYPE_DEVICE;
-        prop->location.id = ph->device;
+        prop->location.type = ph->device == SIM_HOST_PHYS ? CU_MEM_LOCATION_TYPE_HOST_NUMA : CU_MEM_LOCATION_TYPE_DEVICE;
+        prop->location.id = ph->device == SIM_HOST_PHYS ? 0 : ph->device;
         prop->requestedHandleTypes = (CUmemAllocationHandleType)ph->handle_types;
     }
     sim_unlock();
@@ -509,21 +521,22 @@ SIM_API CUresult cuMemImportFromShareableHandle(CUmemGenericAllocationHandle *ha
     snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
     ssize_t n = fd >= 0 ? readlink(link, target, sizeof target - 1) : -1;
     struct stat st;
-    int phys = -1;
+    int phys = -1, host = 0;
     if (n > 0) {
         target[n] = 0;
-        if (sscanf(target, "/memfd:fargpu-sim-vmm-%d", &phys) != 1)
+        host = strncmp(target, "/memfd:fargpu-sim-host-0", 24) == 0;
+        if (!host && sscanf(target, "/memfd:fargpu-sim-vmm-%d", &phys) != 1)
             phys = -1;
     }
-    if (phys < 0 || fstat(fd, &st) != 0 || st.st_size <= 0 || !aligned((size_t)st.st_size))
+    if ((!host && phys < 0) || fstat(fd, &st) != 0 || st.st_size <= 0 || !aligned((size_t)st.st_size))
         return CUDA_ERROR_INVALID_VALUE; /* not memory the simulated device exported */
     sim_lock();
     CUresult rc = sim_check_init();
-    int dev = -1;
-    for (int d = 0; rc == CUDA_SUCCESS && d < sim_g.ndev; d++)
+    int dev = host ? SIM_HOST_PHYS : -2;
+    for (int d = 0; rc == CUDA_SUCCESS && !host && d < sim_g.ndev; d++)
         if (sim_g.dev[d].phys == phys)
             dev = d;
-    if (rc == CUDA_SUCCESS && dev < 0)
+    if (rc == CUDA_SUCCESS && dev == -2)
         rc = CUDA_ERROR_INVALID_DEVICE;
     struct sim_phys *ph = NULL;
     int own = -1;

@@ -76,12 +76,18 @@ def _start_shapes(env: dict[str, str]) -> subprocess.Popen[str]:
     return p
 
 
-@pytest.mark.parametrize("route", ["bounce", "direct"])
+@pytest.mark.parametrize("route", ["bounce", "direct", "vmm"])
 def test_idle_session_pages_to_host_and_back_with_every_byte(tmp_path: Path, route: str,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("FARGPU_PAGING_DMA", route)  # a memfd pool: through bounce buffers, or DMA into the extent
-    s = start_server(tmp_path, "--idle-page-out", "1", "--host-page-pool", "256M")
+    # a memfd pool: through bounce buffers, or DMA into the extent; or the driver-memory pool (host-NUMA VMM
+    # memory, the default on a GPU), which the simulated device makes as the driver does
+    if route != "vmm":
+        monkeypatch.setenv("FARGPU_PAGING_DMA", route)
+    kind = ["--host-pool-kind", "vmm"] if route == "vmm" else []
+    s = start_server(tmp_path, "--idle-page-out", "1", "--host-page-pool", "256M", *kind)
     try:
+        if route == "vmm":
+            _wait_log(s, r"host page pool: \d+ MiB of pinned host memory from the driver")
         client = _start_shapes(s.client_env())
         m = _wait_log(s, r"page-out of session (\w+): paged host (\d+)")
         assert int(m.group(2)) >= 83 * MiB
@@ -139,15 +145,23 @@ def test_three_half_gib_sessions_take_turns_on_one_gib(tmp_path: Path) -> None:
         stop_server(s)
 
 
-def test_worker_killed_during_page_out_or_page_in_leaks_nothing(tmp_path: Path) -> None:
-    # Each copied allocation takes 20 ms more (a fault-injection knob of the engine), so a kill lands mid-step.
+@pytest.mark.parametrize("where", ["disk", "memfd", "vmm"])
+def test_worker_killed_during_page_out_or_page_in_leaks_nothing(tmp_path: Path, where: str) -> None:
+    # Each copied allocation takes 20 ms more (a fault-injection knob of the engine), so a kill lands mid-step. To
+    # disk (no host pool), or to a host pool of either kind that holds one such session and no more: an extent a
+    # killed worker leaked would send the next session's page-out to disk.
     spill = tmp_path / "spill"
+    spill.mkdir()
     os.environ.update(FARGPU_PAGING_TEST_DELAY_MS="20", FARGPU_SIM_MEM_BYTES=str(256 * MiB))
+    pool = ["--host-page-pool", "0"] if where == "disk" else ["--host-page-pool", "256M", "--host-pool-kind", where]
     try:
-        s = start_server(tmp_path, "--idle-page-out", "1", "--host-page-pool", "0", "--spill-dir", str(spill))
+        s = start_server(tmp_path, "--idle-page-out", "1", *pool, "--spill-dir", str(spill))
     finally:
         del os.environ["FARGPU_PAGING_TEST_DELAY_MS"], os.environ["FARGPU_SIM_MEM_BYTES"]
+    paged = "paged disk" if where == "disk" else "paged host"
     try:
+        if where == "vmm":
+            _wait_log(s, r"host page pool: \d+ MiB of pinned host memory from the driver")
         for step in ("out", "in"):
             mark = len(s.log_text())
             client = _start_shapes(s.client_env())
@@ -155,7 +169,7 @@ def test_worker_killed_during_page_out_or_page_in_leaks_nothing(tmp_path: Path) 
             if step == "out":
                 _wait_log(s, r"paging out session \w+", after=mark)
             else:
-                _wait_log(s, r"paged disk", after=mark)
+                _wait_log(s, paged, after=mark)
                 assert client.stdin is not None
                 client.stdin.write("go\n")
                 client.stdin.flush()
@@ -164,6 +178,12 @@ def test_worker_killed_during_page_out_or_page_in_leaks_nothing(tmp_path: Path) 
             client.communicate(timeout=60)
             _wait_log(s, r"worker exit -9\)", after=mark)
             _wait_no_files(spill, f"spill files left after a kill during page-{step}")
+        if where != "disk":  # the killed sessions' extents are free again: the next page-out fits in the pool
+            mark = len(s.log_text())
+            client = _start_shapes(s.client_env())
+            _wait_log(s, r"page-out of session \w+: paged host", after=mark)
+            out, err = client.communicate("go\n", timeout=60)
+            assert out.strip() == "SAME", out + err
         # Nothing of the killed sessions stays resident: a new session gets nearly all 256 MiB without paging.
         mark = len(s.log_text())
         res = subprocess.run([sys.executable, "-P", "-c", PRELUDE + "ctx0(); r, p = alloc(250 << 20); print(r)"],

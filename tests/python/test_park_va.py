@@ -10,10 +10,13 @@ bench/park_gpu.sh shows on a GPU. Nothing here says anything about a GPU."""
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
 from e2e_helpers import NodeServer, start_server, stop_server
-from test_park import PROGRAM, _run, _wait_log  # noqa: F401 - the same session as the directory-store test
+from test_park import PROGRAM, _run, _wait_log  # the same session as the directory-store test
 
 HEAP = {"FARGPU_SIM_VA": "heap"}
 
@@ -24,7 +27,11 @@ def _worker_personality(s: NodeServer) -> int:
     return int(Path(f"/proc/{pids[-1]}/personality").read_text(), 16)
 
 
-def test_a_parked_session_gets_its_addresses_back_where_the_driver_ignores_requested_addresses(tmp_path: Path) -> None:
+@pytest.mark.parametrize("pool", ["memfd", "vmm"])
+def test_a_parked_session_gets_its_addresses_back_where_the_driver_ignores_requested_addresses(tmp_path: Path,
+                                                                                               pool: str) -> None:
+    """With either host pool: a memfd, or driver memory (the default on a GPU), whose parked pages go through a
+    spill file."""
     (tmp_path / "ref").mkdir()
     ref = start_server(tmp_path / "ref", env_extra=HEAP)
     try:
@@ -34,17 +41,21 @@ def test_a_parked_session_gets_its_addresses_back_where_the_driver_ignores_reque
     assert plain.startswith("RESULT bad= prio -1 flags 1 ctx True"), plain
 
     store = tmp_path / "park-store"
-    a = start_server(tmp_path, "--idle-page-out", "1", "--idle-park", "1", "--park-store", str(store), env_extra=HEAP)
+    a = start_server(tmp_path, "--idle-page-out", "1", "--idle-park", "1", "--park-store", str(store),
+                     "--host-pool-kind", pool, env_extra=HEAP)
     port = int(a.endpoint.rsplit(":", 1)[1])
     b: list[NodeServer] = []
 
     def park_then_replace_node() -> None:
         _wait_log(a, r"park of session \w+: parked sessions/\w+ (\d+)")
+        if pool == "vmm":
+            assert "pinned host memory from the driver" in a.log_text(), a.log_text()[-2000:]
         assert "not in the session's address arena" in a.log_text()  # the model ignored the arena's addresses
         a.proc.kill()
         a.proc.wait()
         (tmp_path / "b").mkdir()
-        b.append(start_server(tmp_path / "b", "--park-store", str(store), port=port, env_extra=HEAP))
+        b.append(start_server(tmp_path / "b", "--park-store", str(store), "--host-pool-kind", pool, port=port,
+                              env_extra=HEAP))
 
     try:
         ready, out, err = _run(a.client_env(FARGPU_RESUME_TIMEOUT_S="60", FARGPU_LOG="info"), park_then_replace_node)
@@ -65,9 +76,6 @@ def test_a_parked_session_gets_its_addresses_back_where_the_driver_ignores_reque
 
 
 def test_workers_are_randomised_when_the_node_says_so(tmp_path: Path) -> None:
-    import subprocess
-    import sys
-
     s = start_server(tmp_path, "--no-stable-addresses")
     try:
         p = subprocess.Popen([sys.executable, "-P", "-c", PROGRAM], env=s.client_env(), stdin=subprocess.PIPE,
