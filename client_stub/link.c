@@ -90,15 +90,20 @@ static CUresult jit_encode(fg_writer *w, unsigned n, const CUjit_option *opt, vo
 /* Applies "u32 count, count x (u32 index, u64 slot, u32 n, n bytes)" to an option array; caps[i] bounds log
  * buffer i (NULL: the array's own size options, as they are now). -1 when malformed. */
 static int jit_apply(fg_reader *r, unsigned n, const CUjit_option *opt, void **val, const uint32_t *caps) {
+    uint32_t own[MAX_JIT_OPTIONS]; /* the capacities before any size option is overwritten, whatever the order */
+    if (!caps) {
+        for (unsigned i = 0; i < n && i < MAX_JIT_OPTIONS; i++) own[i] = is_log(opt[i]) ? log_cap(n, opt, val, i) : 0;
+        caps = own;
+    }
     uint32_t count = fg_get_u32(r);
     for (uint32_t e = 0; e < count && !r->failed; e++) {
         uint32_t i = fg_get_u32(r);
         uint64_t slot = fg_get_u64(r);
         uint32_t len = fg_get_u32(r);
         const uint8_t *bytes = fg_take(r, len);
-        if (r->failed || i >= n) return -1;
+        if (r->failed || i >= n || i >= MAX_JIT_OPTIONS) return -1;
         if (is_log(opt[i])) {
-            uint32_t cap = caps ? caps[i] : log_cap(n, opt, val, i);
+            uint32_t cap = caps[i];
             if (!cap || !val[i]) continue;
             size_t k = len < cap - 1 ? len : cap - 1;
             memcpy(val[i], bytes, k);

@@ -53,6 +53,10 @@ bad = b".version 8.0\n.target sm_90\n.entry broken(\n\0"
 print("bad ptx", cu.cuLinkAddData_v2(st, PTX, bad, ctypes.c_size_t(len(bad)), b"broken.ptx", n2, o2, v2))
 print("own error log", own.value.decode(), "| size", v2[1], len(own.value))
 print("link error log mentions it", b"broken.ptx" in err.value, "size", v[4] == len(err.value))
+own2 = ctypes.create_string_buffer(64)
+n5, o5, v5 = opts([(ERR_N, 64), (ERR, ctypes.addressof(own2))])  # the size before its buffer
+cu.cuLinkAddData_v2(st, PTX, bad, ctypes.c_size_t(len(bad)), b"broken.ptx", n5, o5, v5)
+print("size option first", own2.value == own.value, v5[0] == len(own2.value))
 cubin = ctypes.c_void_p()
 size = ctypes.c_size_t()
 ok(cu.cuLinkComplete(st, ctypes.byref(cubin), ctypes.byref(size)), "complete")
@@ -160,6 +164,7 @@ def test_link_ptx_data_and_file_load_and_run(server: NodeServer, tmp_path: Path)
     size = int(own.split("| size ")[1].split()[0])
     assert own.endswith(f"size {size} {size}") and 0 < size < 64, own  # capped at its 64-byte buffer, NUL included
     assert "link error log mentions it True size True" in out, out
+    assert "size option first True True" in out, out
     assert "info log: info    : added test_kernels.ptx | info    : added " in "\n".join(out)
     assert any(ln.endswith("info    : linked 2 inputs: 7 kernels, 3 globals") for ln in out), out
     assert "info size matches True wall time ms >= 0 True" in out, out
