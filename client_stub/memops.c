@@ -1,12 +1,15 @@
-/* memops.c — batched stream memory operations (cuStreamBatchMemOp_v2: wait and write values of 32 and 64 bits,
- * flushes of remote writes, memory barriers), and cuStreamGetCtx_v2.
+/* memops.c — stream memory operations: batched (cuStreamBatchMemOp_v2: wait and write values of 32 and 64 bits,
+ * flushes of remote writes, memory barriers) and single (cuStreamWaitValue32/64_v2, cuStreamWriteValue32/64_v2),
+ * and cuStreamGetCtx_v2.
  *
- * A batch is one async record: the stream and the operations as the application filled them. The addresses must
+ * A batch is one async record: the stream and the operations as the application filled them; a single operation
+ * is one async record "u64 stream, u64 address, u32 or u64 value, u32 flags". The addresses must
  * be device memory the stub knows (allocations, module globals, managed memory: the ranges the node handed out).
  * A host address (pinned or mapped host memory, which CUDA lets these operations reach natively) lies in this
  * process, which the remote GPU cannot see, so such a batch is refused with CUDA_ERROR_NOT_SUPPORTED and a log
- * line. The node checks the addresses again against the session's memory. Dirty managed pages go to the device
- * before the batch is queued, and host copies of managed memory count as stale after it (mirror.c).
+ * line, a single operation alike. The node checks the addresses again against the session's memory. Dirty managed
+ * pages go to the device before a batch or a single operation is queued, and host copies of managed memory count as
+ * stale after a batch or a write (mirror.c).
  * cuStreamGetCtx_v2 is cuStreamGetCtx with no green context: green contexts are refused through fargpu, so a
  * stream never has one. */
 #include <string.h>
@@ -21,6 +24,14 @@ static int device_address(uint64_t p, uint64_t n) {
     return fgc_device_range_find(p, &base, &size) && p - base <= size && n <= size - (p - base);
 }
 
+/* Host memory, or memory the node never handed out: refused (once logged per call name). */
+static CUresult refuse_host(const char *call, int *logged) {
+    if (!__atomic_exchange_n(logged, 1, __ATOMIC_RELAXED))
+        fgc_log(FGC_LOG_WARN, "%s on memory that is not device memory of the node (host memory cannot be reached by "
+                              "the remote GPU): CUDA_ERROR_NOT_SUPPORTED", call);
+    return CUDA_ERROR_NOT_SUPPORTED;
+}
+
 CUresult fgc_cuStreamBatchMemOp_v2(CUstream stream, unsigned int count, CUstreamBatchMemOpParams *paramArray,
                                    unsigned int flags) {
     FGC_REQUIRE_INIT();
@@ -32,13 +43,8 @@ CUresult fgc_cuStreamBatchMemOp_v2(CUstream stream, unsigned int count, CUstream
                      : p->operation == CU_STREAM_MEM_OP_WAIT_VALUE_64 || p->operation == CU_STREAM_MEM_OP_WRITE_VALUE_64
                          ? 8
                          : 0;
-        if (n && !device_address(p->waitValue.address, n)) {
-            static int logged;
-            if (!__atomic_exchange_n(&logged, 1, __ATOMIC_RELAXED))
-                fgc_log(FGC_LOG_WARN, "cuStreamBatchMemOp_v2 on memory that is not device memory of the node (host "
-                                      "memory cannot be reached by the remote GPU): CUDA_ERROR_NOT_SUPPORTED");
-            return CUDA_ERROR_NOT_SUPPORTED;
-        }
+        static int logged;
+        if (n && !device_address(p->waitValue.address, n)) return refuse_host("cuStreamBatchMemOp_v2", &logged);
     }
     fg_writer *w = fgc_begin(FG_OP_cuStreamBatchMemOp_v2);
     if (!w) return fgc_last_error();
@@ -47,6 +53,41 @@ CUresult fgc_cuStreamBatchMemOp_v2(CUstream stream, unsigned int count, CUstream
     fg_put_u32(w, flags);
     if (count) fg_put(w, paramArray, (size_t)count * sizeof *paramArray);
     return fgc_async();
+}
+
+/* One wait or write of `n` (4 or 8) bytes: the address checked as a batch's are, then one async record. */
+static CUresult single(uint16_t op, const char *call, int *logged, CUstream stream, CUdeviceptr addr, uint64_t value,
+                       unsigned n, unsigned int flags) {
+    FGC_REQUIRE_INIT();
+    if (!device_address(addr, n)) return refuse_host(call, logged);
+    fg_writer *w = fgc_begin(op);
+    if (!w) return fgc_last_error();
+    fgc_put_handle(w, stream);
+    fg_put_u64(w, addr);
+    if (n == 4) fg_put_u32(w, (uint32_t)value);
+    else fg_put_u64(w, value);
+    fg_put_u32(w, flags);
+    return fgc_async();
+}
+
+CUresult fgc_cuStreamWaitValue32_v2(CUstream stream, CUdeviceptr addr, cuuint32_t value, unsigned int flags) {
+    static int logged;
+    return single(FG_OP_cuStreamWaitValue32_v2, "cuStreamWaitValue32_v2", &logged, stream, addr, value, 4, flags);
+}
+
+CUresult fgc_cuStreamWaitValue64_v2(CUstream stream, CUdeviceptr addr, cuuint64_t value, unsigned int flags) {
+    static int logged;
+    return single(FG_OP_cuStreamWaitValue64_v2, "cuStreamWaitValue64_v2", &logged, stream, addr, value, 8, flags);
+}
+
+CUresult fgc_cuStreamWriteValue32_v2(CUstream stream, CUdeviceptr addr, cuuint32_t value, unsigned int flags) {
+    static int logged;
+    return single(FG_OP_cuStreamWriteValue32_v2, "cuStreamWriteValue32_v2", &logged, stream, addr, value, 4, flags);
+}
+
+CUresult fgc_cuStreamWriteValue64_v2(CUstream stream, CUdeviceptr addr, cuuint64_t value, unsigned int flags) {
+    static int logged;
+    return single(FG_OP_cuStreamWriteValue64_v2, "cuStreamWriteValue64_v2", &logged, stream, addr, value, 8, flags);
 }
 
 CUresult fgc_cuStreamGetCtx_v2(CUstream hStream, CUcontext *pCtx, CUgreenCtx *pGreenCtx) {

@@ -157,6 +157,8 @@ static int op_effect(uint16_t op) {
     switch (op) {
     case FG_OP_cuMemcpyDtoH_v2:
     case FG_OP_cuMemcpyDtoHAsync_v2:
+    case FG_OP_cuStreamWaitValue32_v2:
+    case FG_OP_cuStreamWaitValue64_v2:
         return 1;
     case FG_OP_cuLaunchKernel:
     case FG_OP_cuLaunchKernelEx:

@@ -4769,14 +4769,10 @@ FGC_EXPORT CUresult CUDAAPI cuStreamWaitValue32_ptsz(CUstream stream, CUdevicept
 }
 
 FGC_EXPORT CUresult CUDAAPI cuStreamWaitValue32_v2(CUstream stream, CUdeviceptr addr, cuuint32_t value, unsigned int flags) {
-    FGC_REQUIRE_INIT();
-    fg_writer *w = fgc_begin(FG_OP_cuStreamWaitValue32_v2);
-    if (!w) return fgc_last_error();
-    fgc_put_handle(w, (const void *)stream);
-    fg_put(w, &addr, sizeof(addr));
-    fg_put(w, &value, sizeof(value));
-    fg_put(w, &flags, sizeof(flags));
-    return fgc_async();
+    fgc_log(FGC_LOG_TRACE, "= cuStreamWaitValue32_v2");
+    CUresult r_ = fgc_cuStreamWaitValue32_v2(stream, addr, value, flags);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuStreamWaitValue32_v2", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuStreamWaitValue32_v2_ptsz(CUstream stream, CUdeviceptr addr, cuuint32_t value, unsigned int flags) {
@@ -4802,14 +4798,10 @@ FGC_EXPORT CUresult CUDAAPI cuStreamWaitValue64_ptsz(CUstream stream, CUdevicept
 }
 
 FGC_EXPORT CUresult CUDAAPI cuStreamWaitValue64_v2(CUstream stream, CUdeviceptr addr, cuuint64_t value, unsigned int flags) {
-    FGC_REQUIRE_INIT();
-    fg_writer *w = fgc_begin(FG_OP_cuStreamWaitValue64_v2);
-    if (!w) return fgc_last_error();
-    fgc_put_handle(w, (const void *)stream);
-    fg_put(w, &addr, sizeof(addr));
-    fg_put(w, &value, sizeof(value));
-    fg_put(w, &flags, sizeof(flags));
-    return fgc_async();
+    fgc_log(FGC_LOG_TRACE, "= cuStreamWaitValue64_v2");
+    CUresult r_ = fgc_cuStreamWaitValue64_v2(stream, addr, value, flags);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuStreamWaitValue64_v2", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuStreamWaitValue64_v2_ptsz(CUstream stream, CUdeviceptr addr, cuuint64_t value, unsigned int flags) {
@@ -4835,14 +4827,10 @@ FGC_EXPORT CUresult CUDAAPI cuStreamWriteValue32_ptsz(CUstream stream, CUdevicep
 }
 
 FGC_EXPORT CUresult CUDAAPI cuStreamWriteValue32_v2(CUstream stream, CUdeviceptr addr, cuuint32_t value, unsigned int flags) {
-    FGC_REQUIRE_INIT();
-    fg_writer *w = fgc_begin(FG_OP_cuStreamWriteValue32_v2);
-    if (!w) return fgc_last_error();
-    fgc_put_handle(w, (const void *)stream);
-    fg_put(w, &addr, sizeof(addr));
-    fg_put(w, &value, sizeof(value));
-    fg_put(w, &flags, sizeof(flags));
-    return fgc_async();
+    fgc_log(FGC_LOG_TRACE, "= cuStreamWriteValue32_v2");
+    CUresult r_ = fgc_cuStreamWriteValue32_v2(stream, addr, value, flags);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuStreamWriteValue32_v2", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuStreamWriteValue32_v2_ptsz(CUstream stream, CUdeviceptr addr, cuuint32_t value, unsigned int flags) {
@@ -4868,14 +4856,10 @@ FGC_EXPORT CUresult CUDAAPI cuStreamWriteValue64_ptsz(CUstream stream, CUdevicep
 }
 
 FGC_EXPORT CUresult CUDAAPI cuStreamWriteValue64_v2(CUstream stream, CUdeviceptr addr, cuuint64_t value, unsigned int flags) {
-    FGC_REQUIRE_INIT();
-    fg_writer *w = fgc_begin(FG_OP_cuStreamWriteValue64_v2);
-    if (!w) return fgc_last_error();
-    fgc_put_handle(w, (const void *)stream);
-    fg_put(w, &addr, sizeof(addr));
-    fg_put(w, &value, sizeof(value));
-    fg_put(w, &flags, sizeof(flags));
-    return fgc_async();
+    fgc_log(FGC_LOG_TRACE, "= cuStreamWriteValue64_v2");
+    CUresult r_ = fgc_cuStreamWriteValue64_v2(stream, addr, value, flags);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuStreamWriteValue64_v2", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuStreamWriteValue64_v2_ptsz(CUstream stream, CUdeviceptr addr, cuuint64_t value, unsigned int flags) {

@@ -1760,66 +1760,10 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         CUresult res = S->api->cuStreamWaitEvent(hStream, hEvent, Flags);
         return res;
     }
-    case FG_OP_cuStreamWaitValue32_v2: {
-        uint64_t id_stream = fg_get_u64(r);
-        CUstream stream = NULL;
-        if (!r->failed && fgs_handle_get(S, 2, id_stream, (void **)&stream)) return CUDA_ERROR_INVALID_HANDLE;
-        CUdeviceptr addr;
-        fg_get(r, (void *)&addr, sizeof(addr));
-        cuuint32_t value;
-        fg_get(r, (void *)&value, sizeof(value));
-        unsigned int flags;
-        fg_get(r, (void *)&flags, sizeof(flags));
-        if (r->failed) return FGS_PROTOCOL_ERROR;
-        if (!S->api->cuStreamWaitValue32_v2) return fgs_missing(S, "cuStreamWaitValue32_v2");
-        CUresult res = S->api->cuStreamWaitValue32_v2(stream, addr, value, flags);
-        return res;
-    }
-    case FG_OP_cuStreamWaitValue64_v2: {
-        uint64_t id_stream = fg_get_u64(r);
-        CUstream stream = NULL;
-        if (!r->failed && fgs_handle_get(S, 2, id_stream, (void **)&stream)) return CUDA_ERROR_INVALID_HANDLE;
-        CUdeviceptr addr;
-        fg_get(r, (void *)&addr, sizeof(addr));
-        cuuint64_t value;
-        fg_get(r, (void *)&value, sizeof(value));
-        unsigned int flags;
-        fg_get(r, (void *)&flags, sizeof(flags));
-        if (r->failed) return FGS_PROTOCOL_ERROR;
-        if (!S->api->cuStreamWaitValue64_v2) return fgs_missing(S, "cuStreamWaitValue64_v2");
-        CUresult res = S->api->cuStreamWaitValue64_v2(stream, addr, value, flags);
-        return res;
-    }
-    case FG_OP_cuStreamWriteValue32_v2: {
-        uint64_t id_stream = fg_get_u64(r);
-        CUstream stream = NULL;
-        if (!r->failed && fgs_handle_get(S, 2, id_stream, (void **)&stream)) return CUDA_ERROR_INVALID_HANDLE;
-        CUdeviceptr addr;
-        fg_get(r, (void *)&addr, sizeof(addr));
-        cuuint32_t value;
-        fg_get(r, (void *)&value, sizeof(value));
-        unsigned int flags;
-        fg_get(r, (void *)&flags, sizeof(flags));
-        if (r->failed) return FGS_PROTOCOL_ERROR;
-        if (!S->api->cuStreamWriteValue32_v2) return fgs_missing(S, "cuStreamWriteValue32_v2");
-        CUresult res = S->api->cuStreamWriteValue32_v2(stream, addr, value, flags);
-        return res;
-    }
-    case FG_OP_cuStreamWriteValue64_v2: {
-        uint64_t id_stream = fg_get_u64(r);
-        CUstream stream = NULL;
-        if (!r->failed && fgs_handle_get(S, 2, id_stream, (void **)&stream)) return CUDA_ERROR_INVALID_HANDLE;
-        CUdeviceptr addr;
-        fg_get(r, (void *)&addr, sizeof(addr));
-        cuuint64_t value;
-        fg_get(r, (void *)&value, sizeof(value));
-        unsigned int flags;
-        fg_get(r, (void *)&flags, sizeof(flags));
-        if (r->failed) return FGS_PROTOCOL_ERROR;
-        if (!S->api->cuStreamWriteValue64_v2) return fgs_missing(S, "cuStreamWriteValue64_v2");
-        CUresult res = S->api->cuStreamWriteValue64_v2(stream, addr, value, flags);
-        return res;
-    }
+    case FG_OP_cuStreamWaitValue32_v2: return fgs_cuStreamWaitValue32_v2(S, r, out);
+    case FG_OP_cuStreamWaitValue64_v2: return fgs_cuStreamWaitValue64_v2(S, r, out);
+    case FG_OP_cuStreamWriteValue32_v2: return fgs_cuStreamWriteValue32_v2(S, r, out);
+    case FG_OP_cuStreamWriteValue64_v2: return fgs_cuStreamWriteValue64_v2(S, r, out);
     case FG_OP_cuSurfObjectCreate: return fgs_cuSurfObjectCreate(S, r, out);
     case FG_OP_cuSurfObjectDestroy: {
         CUsurfObject surfObject;

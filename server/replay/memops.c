@@ -1,8 +1,11 @@
-/* memops.c — cuStreamBatchMemOp_v2 for one session: "u64 stream, u32 count, u32 flags, count x
- * CUstreamBatchMemOpParams" (the application's array as the stub copied it). The count is bounded before the array
- * is read; every wait and write must name memory of this session (its allocations and module globals, the whole
- * 4 or 8 bytes), so a batch cannot reach another process's memory or the worker's own; the operation codes and
- * flags are the driver's to check. The driver's internal field (alias) is cleared. */
+/* memops.c — stream memory operations for one session. cuStreamBatchMemOp_v2: "u64 stream, u32 count, u32 flags,
+ * count x CUstreamBatchMemOpParams" (the application's array as the stub copied it); the single forms
+ * cuStreamWaitValue32_v2/64_v2 and cuStreamWriteValue32_v2/64_v2: "u64 stream, u64 address, u32 or u64 value,
+ * u32 flags". A batch's count is bounded before the array is read; every wait and write must name memory of this
+ * session (its allocations and module globals, the whole 4 or 8 bytes), so neither form can reach another process's
+ * memory or the worker's own (its staging buffers, the shared-memory region's mailboxes: host memory the driver
+ * would reach); a module global's address from before a park is translated to where the global is now. The
+ * operation codes and flags are the driver's to check. The driver's internal field (alias) is cleared. */
 #include <string.h>
 
 #include "fgs_impl.h"
@@ -29,9 +32,54 @@ CUresult fgs_cuStreamBatchMemOp_v2(fgs_session *S, fg_reader *r, fg_writer *out)
                          ? 8
                          : 0;
         if (!n) continue;
+        p->waitValue.address = fgs_park_xlate(S, p->waitValue.address, n);
         if (!fgs_device_range_ok(S, p->waitValue.address, n)) return CUDA_ERROR_INVALID_VALUE;
         p->waitValue.alias = 0;
     }
     if (!S->api->cuStreamBatchMemOp_v2) return fgs_missing(S, "cuStreamBatchMemOp_v2");
     return S->api->cuStreamBatchMemOp_v2((CUstream)stream, count, count ? ops : NULL, flags);
+}
+
+/* One wait or write of `n` (4 or 8) bytes; `write` picks the call. */
+static CUresult single(fgs_session *S, fg_reader *r, unsigned n, int write) {
+    uint64_t sid = fg_get_u64(r), addr = fg_get_u64(r);
+    uint64_t value = n == 4 ? fg_get_u32(r) : fg_get_u64(r);
+    uint32_t flags = fg_get_u32(r);
+    if (r->failed || fg_reader_left(r)) return FGS_PROTOCOL_ERROR;
+    void *stream;
+    if (fgs_handle_get(S, FGH_STREAM, sid, &stream)) return CUDA_ERROR_INVALID_HANDLE;
+    addr = fgs_park_xlate(S, addr, n);
+    if (!fgs_device_range_ok(S, addr, n)) return CUDA_ERROR_INVALID_VALUE;
+    CUstream s = (CUstream)stream;
+    if (n == 4 && !write) {
+        if (!S->api->cuStreamWaitValue32_v2) return fgs_missing(S, "cuStreamWaitValue32_v2");
+        return S->api->cuStreamWaitValue32_v2(s, addr, (cuuint32_t)value, flags);
+    }
+    if (n == 4) {
+        if (!S->api->cuStreamWriteValue32_v2) return fgs_missing(S, "cuStreamWriteValue32_v2");
+        return S->api->cuStreamWriteValue32_v2(s, addr, (cuuint32_t)value, flags);
+    }
+    if (!write) {
+        if (!S->api->cuStreamWaitValue64_v2) return fgs_missing(S, "cuStreamWaitValue64_v2");
+        return S->api->cuStreamWaitValue64_v2(s, addr, value, flags);
+    }
+    if (!S->api->cuStreamWriteValue64_v2) return fgs_missing(S, "cuStreamWriteValue64_v2");
+    return S->api->cuStreamWriteValue64_v2(s, addr, value, flags);
+}
+
+CUresult fgs_cuStreamWaitValue32_v2(fgs_session *S, fg_reader *r, fg_writer *out) {
+    (void)out;
+    return single(S, r, 4, 0);
+}
+CUresult fgs_cuStreamWaitValue64_v2(fgs_session *S, fg_reader *r, fg_writer *out) {
+    (void)out;
+    return single(S, r, 8, 0);
+}
+CUresult fgs_cuStreamWriteValue32_v2(fgs_session *S, fg_reader *r, fg_writer *out) {
+    (void)out;
+    return single(S, r, 4, 1);
+}
+CUresult fgs_cuStreamWriteValue64_v2(fgs_session *S, fg_reader *r, fg_writer *out) {
+    (void)out;
+    return single(S, r, 8, 1);
 }

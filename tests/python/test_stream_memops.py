@@ -5,12 +5,24 @@ order; what the stub refuses at once (host memory, which the remote GPU cannot r
 comes back as an asynchronous error with the next synchronising call (an operation the driver refuses);
 cuStreamWaitValue/WriteValue; cuStreamGetCtx_v2 (no green context); cuCtxRecordEvent and cuCtxWaitEvent; batch
 memory-operation graph nodes (added, by the generic call too, queried, updated in the graph and in an executable,
-launched in dependency order; host memory refused)."""
+launched in dependency order; host memory refused); the single forms' address checks in the stub and, for a
+client that skips the stub, in the worker (server/replay/memops.c)."""
 
 from __future__ import annotations
 
+import fcntl
+import mmap
+import os
+import socket
+import struct
+from pathlib import Path
+
+import msgpack
 from cuda_ctypes import PRELUDE
-from e2e_helpers import NodeServer, run_client
+from e2e_helpers import NodeServer, run_client, start_server, stop_server
+
+from fargpu.protocol.generated.ops import OPS, OPS_HASH
+from fargpu.protocol.wire import FLAG_WANT_REPLY, PROTO_VERSION, FrameType, decode_header, encode_frame, encode_record
 
 CLIENT = PRELUDE + r'''
 import struct
@@ -135,3 +147,127 @@ def test_batch_memops_and_context_events(server: NodeServer) -> None:
     assert "graph values 11 0xabcdef 12" in out and "after exec update 31" in out, out
     assert "graph node keeps its own 1 21" in out, out  # the graph's node has SetParams', the executable's its own
     assert "graph node on host memory 801" in out and "generic add 0" in out, out
+
+
+SINGLES = PRELUDE + r'''
+import struct
+ctx = ctx0()
+s = ctypes.c_void_p()
+ok(cu.cuStreamCreate(ctypes.byref(s), 1), "stream")
+r, p = alloc(64); ok(r, "alloc")
+ok(cu.cuStreamWriteValue64_v2(s, ctypes.c_uint64(p + 8), ctypes.c_uint64(0x1122334455667788), 0), "write 64")
+ok(cu.cuStreamWaitValue64_v2(s, ctypes.c_uint64(p + 8), ctypes.c_uint64(0x1122334455667788), 1), "wait 64")
+ok(cu.cuStreamWriteValue32_v2_ptsz(None, ctypes.c_uint64(p), 3, 0), "write 32 per-thread stream")
+ok(cu.cuStreamWaitValue32_v2_ptsz(None, ctypes.c_uint64(p), 3, 1), "wait 32 per-thread stream")
+ok(cu.cuCtxSynchronize(), "sync")
+b = ctypes.create_string_buffer(16)
+ok(cu.cuMemcpyDtoH_v2(b, ctypes.c_uint64(p), ctypes.c_size_t(16)), "dtoh")
+v = struct.unpack("<IIQ", b.raw)
+print("singles", v[0], hex(v[2]))
+host = ctypes.c_void_p()
+ok(cu.cuMemAllocHost_v2(ctypes.byref(host), ctypes.c_size_t(64)), "pinned")
+print("pinned", cu.cuStreamWriteValue32_v2(s, ctypes.c_uint64(host.value), 1, 0),
+      cu.cuStreamWaitValue64_v2(s, ctypes.c_uint64(host.value), ctypes.c_uint64(0), 0))
+print("past the end", cu.cuStreamWriteValue64_v2(s, ctypes.c_uint64(p + 60), ctypes.c_uint64(1), 0))
+print("made up", cu.cuStreamWriteValue32_v2(s, ctypes.c_uint64(0x1000), 1, 0), cu.cuStreamSynchronize(s))
+'''
+
+
+def test_single_memops_through_the_stub(server: NodeServer) -> None:
+    """The single forms run on the session's memory (both widths, the per-thread-stream forms), and the stub refuses
+    pinned host memory and memory the node never handed out with CUDA_ERROR_NOT_SUPPORTED, as the batch form."""
+    r = run_client(SINGLES, server.client_env())
+    assert r.returncode == 0, r.stdout + r.stderr + server.log_text()[-3000:]
+    out = r.stdout.splitlines()
+    assert "singles 3 0x1122334455667788" in out, out
+    assert "pinned 801 801" in out and "past the end 801" in out and "made up 801 0" in out, out
+
+
+def _shm_session(sock: str, token: str, size: int) -> tuple[socket.socket, mmap.mmap]:
+    """A hand-written co-located client (as the stub's HELLO with a shared-memory offer): the socket and the region
+    as this process maps it."""
+    c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    c.settimeout(20)
+    c.connect(sock)
+    hello = {"proto": PROTO_VERSION, "token": token, "ops_hash": OPS_HASH, "pid": 1, "host": "t", "shm": size}
+    c.sendall(encode_frame(FrameType.HELLO, msgpack.packb(hello)))
+    h = decode_header(c.recv(16, socket.MSG_WAITALL), 1 << 16)
+    assert h.type == FrameType.HELLO_OK and msgpack.unpackb(c.recv(h.length, socket.MSG_WAITALL))["shm"]
+    fd = os.memfd_create("t", os.MFD_ALLOW_SEALING)
+    os.ftruncate(fd, size)
+    fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW)
+    region = mmap.mmap(fd, size)
+    socket.send_fds(c, [encode_frame(FrameType.SHM, struct.pack("<Q", size))], [fd])
+    os.close(fd)
+    h = decode_header(c.recv(16, socket.MSG_WAITALL), 16)
+    assert h.type == FrameType.SHM and c.recv(4, socket.MSG_WAITALL) == b"\0\0\0\0"
+    return c, region
+
+
+def _call(c: socket.socket, payload: bytes, seq: int) -> tuple[int, int, bytes]:
+    c.sendall(encode_frame(FrameType.BATCH, payload, FLAG_WANT_REPLY, seq=seq))
+    h = decode_header(c.recv(16, socket.MSG_WAITALL))
+    assert h.type == FrameType.REPLY, h
+    body = c.recv(h.length, socket.MSG_WAITALL)
+    result, deferred = struct.unpack("<II", body[:8])
+    return result, deferred, body[24:]
+
+
+def test_the_worker_checks_single_memops_addresses(tmp_path: Path) -> None:
+    """A client that skips the stub's check (hand-written here) still reaches only its own device memory: the worker
+    answers a wait or write outside the session's allocations with CUDA_ERROR_INVALID_VALUE before the driver sees
+    it. The simulated device itself accepts host memory registered with it, as the driver does: a write to the
+    worker's mapping of the shared-memory region (its doorbell mailbox, or the client's part) would land there
+    without the worker's check; here the region's bytes stay untouched."""
+    sock = str(Path("/tmp") / f"fargpu-memops-{os.getpid()}.sock")
+    node = start_server(tmp_path, "--unix", sock)
+    size = 16 << 20
+    try:
+        c, region = _shm_session(sock, node.token, size)
+        with c:
+            op = {n: OPS[n][0] for n in ("cuDevicePrimaryCtxRetain", "FG_SET_CTX", "FG_PING", "cuMemAlloc_v2",
+                                         "cuMemFree_v2", "FG_SHM_DEVPTR", "cuStreamWriteValue32_v2",
+                                         "cuStreamWriteValue64_v2", "cuStreamWaitValue32_v2", "cuStreamWaitValue64_v2")}
+            res, _, outs = _call(c, encode_record(op["cuDevicePrimaryCtxRetain"], struct.pack("<Bi", 1, 0)), 1)
+            assert res == 0
+            set_ctx = encode_record(op["FG_SET_CTX"], outs[:8])
+            seq = iter(range(2, 1000))
+
+            def sync(rec: bytes) -> tuple[int, bytes]:
+                res, _, outs = _call(c, set_ctx + rec, next(seq))
+                return res, outs
+
+            def memop(name: str, addr: int, value: int, flags: int = 0) -> int:
+                args = struct.pack("<QQ" + ("I" if name.endswith("32_v2") else "Q") + "I", 0, addr, value, flags)
+                res, deferred, _ = _call(c, set_ctx + encode_record(op[name], args) + encode_record(op["FG_PING"], b""),
+                                         next(seq))
+                assert res == 0
+                return deferred
+
+            res, outs = sync(encode_record(op["cuMemAlloc_v2"], struct.pack("<Q", 64)))
+            assert res == 0
+            (p,) = struct.unpack("<Q", outs[:8])
+            res, outs = sync(encode_record(op["cuMemAlloc_v2"], struct.pack("<Q", 64)))
+            (freed,) = struct.unpack("<Q", outs[:8])
+            assert sync(encode_record(op["cuMemFree_v2"], struct.pack("<Q", freed)))[0] == 0
+            client_at = 4096 + 2 * (256 << 10)  # fg_shm.h: the header and the doorbell's two mailboxes come first
+            res, outs = sync(encode_record(op["FG_SHM_DEVPTR"], struct.pack("<Q", client_at)))
+            assert res == 0
+            (mapped,) = struct.unpack("<Q", outs[:8])
+            mailbox = mapped - client_at + 4096
+            # The session's memory: writes land, a wait met passes, one not met is the sim's refusal (801), so the
+            # values reached the simulated device.
+            assert memop("cuStreamWriteValue32_v2", p, 7) == 0
+            assert memop("cuStreamWriteValue64_v2", p + 8, 0x1122334455667788) == 0
+            assert memop("cuStreamWaitValue32_v2", p, 7, 1) == 0  # CU_STREAM_WAIT_VALUE_EQ
+            assert memop("cuStreamWaitValue64_v2", p + 8, 0x1122334455667788, 1) == 0
+            assert memop("cuStreamWaitValue32_v2", p, 8, 1) == 801
+            before = region[:]
+            for name in ("cuStreamWriteValue32_v2", "cuStreamWriteValue64_v2", "cuStreamWaitValue32_v2",
+                         "cuStreamWaitValue64_v2"):
+                for addr in (mapped, mailbox + 64, freed, 0x1000, p + 62, p - 8):
+                    assert memop(name, addr, 0x5a5a5a5a, 0) == 1, (name, hex(addr))  # CUDA_ERROR_INVALID_VALUE
+            assert region[:] == before
+            assert memop("cuStreamWaitValue32_v2", p, 7, 1) == 0  # the session goes on
+    finally:
+        stop_server(node)

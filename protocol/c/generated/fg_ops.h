@@ -2,7 +2,7 @@
 #ifndef FG_OPS_H
 #define FG_OPS_H
 
-#define FG_OPS_HASH "cd31b91867a6cb15"
+#define FG_OPS_HASH "0cfee94ccfb7ebe6"
 
 enum fg_op {
     FG_OP_SET_CTX = 1,
