@@ -16,6 +16,10 @@ CUresult fgc_image_load(uint16_t op, const void *image, size_t n, const void *ex
 /* The same for an op whose reply has a variable length (up to cap bytes into reply; *got receives the count). */
 CUresult fgc_image_call(uint16_t op, const void *image, size_t n, const void *extra, size_t extra_n, void *reply,
                         size_t cap, size_t *got);
+/* fgc_image_load with JIT options (cuModuleLoadDataEx, cuLibraryLoadData; module.c): the node's driver gets them
+ * and its outputs are written into the application's arrays, also when the load fails. */
+CUresult fgc_image_load_jit(uint16_t op, const void *image, size_t n, unsigned numOptions, CUjit_option *options,
+                            void **optionValues, uint64_t *id);
 uint64_t fgc_image_bytes_sent(void);
 /* Read an image file on the client (callers free it); NULL with *err set when it cannot be read. */
 void *fgc_read_image_file(const char *path, CUresult *err);

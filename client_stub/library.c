@@ -1,7 +1,10 @@
 /* library.c — the CUDA 12+ library API: cuLibraryLoadData/FromFile ship the image content-addressed
  * (image.c) and the server's driver loads it (lazily, as the driver does by default); cuLibraryGetKernel's
  * reply carries the kernel's parameter layout like cuModuleGetFunction's, and cuKernelGetFunction gives the
- * resulting function the same layout. JIT and library options are not forwarded (logged once). */
+ * resulting function the same layout. JIT options go to the node's driver and its outputs come back into the
+ * application's arrays (module.c, jit_options.c); library options are not forwarded (logged once):
+ * CU_LIBRARY_BINARY_IS_PRESERVED is only a memory hint (the node keeps its own copy), and a host function and
+ * data table names client memory the node cannot use. */
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -9,31 +12,29 @@
 #include "fgc_impl.h"
 #include "fgc_internal.h"
 
-static void note_options(unsigned numJit, const CUlibraryOption *lib, unsigned numLib) {
+static void note_options(const CUlibraryOption *lib, unsigned numLib) {
     static int logged;
     unsigned other = 0; /* CU_LIBRARY_BINARY_IS_PRESERVED is only a memory hint: the server keeps a copy */
     for (unsigned i = 0; i < numLib && lib; i++) other += lib[i] != CU_LIBRARY_BINARY_IS_PRESERVED;
-    if ((numJit || other) && !__atomic_exchange_n(&logged, 1, __ATOMIC_RELAXED))
-        fgc_log(FGC_LOG_WARN, "cuLibraryLoadData: JIT and library options are not forwarded yet; loading with "
-                              "the server driver's defaults");
+    if (other && !__atomic_exchange_n(&logged, 1, __ATOMIC_RELAXED))
+        fgc_log(FGC_LOG_WARN, "cuLibraryLoadData: library options are not forwarded; loading with the server "
+                              "driver's defaults");
 }
 
 CUresult fgc_cuLibraryLoadData(CUlibrary *library, const void *code, CUjit_option *jitOptions,
                                void **jitOptionsValues, unsigned int numJitOptions, CUlibraryOption *libraryOptions,
                                void **libraryOptionValues, unsigned int numLibraryOptions) {
     FGC_REQUIRE_INIT();
-    (void)jitOptions;
-    (void)jitOptionsValues;
     (void)libraryOptions;
     (void)libraryOptionValues;
     if (!library || !code) return CUDA_ERROR_INVALID_VALUE;
-    note_options(numJitOptions, libraryOptions, numLibraryOptions);
+    note_options(libraryOptions, numLibraryOptions);
     const void *given = code;
     size_t n = fgc_image_size(&code);
     fgc_log(FGC_LOG_DEBUG, "cuLibraryLoadData: %zu bytes (%s)", n, given == code ? "direct" : "through a wrapper");
     if (n == 0) return CUDA_ERROR_INVALID_IMAGE;
     uint64_t id = 0;
-    CUresult r = fgc_image_load(FG_OP_cuLibraryLoadData, code, n, NULL, 0, &id);
+    CUresult r = fgc_image_load_jit(FG_OP_cuLibraryLoadData, code, n, numJitOptions, jitOptions, jitOptionsValues, &id);
     if (r == CUDA_SUCCESS) *library = (CUlibrary)(uintptr_t)id;
     return r;
 }

@@ -21,16 +21,14 @@
 #include "fgc_impl.h"
 #include "fgc_image.h"
 #include "fgc_internal.h"
-
-#define MAX_JIT_OPTIONS 64
-#define MAX_LOG_BYTES (1u << 20) /* the node's cap per log buffer */
+#include "fgc_jit.h"
 
 typedef struct link_rec {
     uint64_t id;
     uint32_t n;
-    CUjit_option opt[MAX_JIT_OPTIONS];
+    CUjit_option opt[FGC_MAX_JIT_OPTIONS];
     void **val;                    /* the application's array */
-    uint32_t cap[MAX_JIT_OPTIONS]; /* log buffers' capacities at creation */
+    uint32_t cap[FGC_MAX_JIT_OPTIONS]; /* log buffers' capacities at creation */
     void *cubin;
     size_t cubin_n;
     struct link_rec *next;
@@ -38,82 +36,6 @@ typedef struct link_rec {
 
 static pthread_mutex_t g_mu = PTHREAD_MUTEX_INITIALIZER;
 static link_rec *g_links;
-
-static int is_log(CUjit_option o) { return o == CU_JIT_INFO_LOG_BUFFER || o == CU_JIT_ERROR_LOG_BUFFER; }
-static int is_out(CUjit_option o) {
-    return o == CU_JIT_WALL_TIME || o == CU_JIT_INFO_LOG_BUFFER_SIZE_BYTES || o == CU_JIT_ERROR_LOG_BUFFER_SIZE_BYTES ||
-           o == CU_JIT_THREADS_PER_BLOCK;
-}
-
-/* The capacity of log buffer i: its size option's value (0 without one). */
-static uint32_t log_cap(unsigned n, const CUjit_option *opt, void **val, unsigned i) {
-    CUjit_option want =
-        opt[i] == CU_JIT_INFO_LOG_BUFFER ? CU_JIT_INFO_LOG_BUFFER_SIZE_BYTES : CU_JIT_ERROR_LOG_BUFFER_SIZE_BYTES;
-    if (!val[i]) return 0;
-    for (unsigned k = 0; k < n; k++)
-        if (opt[k] == want) return (uint32_t)(uintptr_t)val[k];
-    return 0;
-}
-
-/* Checks an option array and appends it; *reply_bytes grows by what its outputs may take in a reply. */
-static CUresult jit_encode(fg_writer *w, unsigned n, const CUjit_option *opt, void **val, size_t *reply_bytes) {
-    if (n && (!opt || !val)) return CUDA_ERROR_INVALID_VALUE;
-    if (n > MAX_JIT_OPTIONS) {
-        static int logged;
-        return fgc_unsupported("a JIT option list longer than 64 entries", &logged);
-    }
-    for (unsigned i = 0; i < n; i++) {
-        if ((unsigned)opt[i] >= CU_JIT_NUM_OPTIONS) return CUDA_ERROR_INVALID_VALUE;
-        switch (opt[i]) {
-        case CU_JIT_GLOBAL_SYMBOL_NAMES:
-        case CU_JIT_GLOBAL_SYMBOL_ADDRESSES:
-        case CU_JIT_REFERENCED_KERNEL_NAMES:
-        case CU_JIT_REFERENCED_VARIABLE_NAMES: {
-            static int logged;
-            return fgc_unsupported("JIT options naming client symbols (CU_JIT_GLOBAL_SYMBOL_*, CU_JIT_REFERENCED_*)",
-                                   &logged);
-        }
-        default: break;
-        }
-    }
-    if (!w) return CUDA_SUCCESS;
-    fg_put_u32(w, n);
-    for (unsigned i = 0; i < n; i++) {
-        uint64_t v = is_log(opt[i]) ? log_cap(n, opt, val, i) : (uint64_t)(uintptr_t)val[i];
-        fg_put_u32(w, (uint32_t)opt[i]);
-        fg_put_u64(w, v);
-        if (reply_bytes) *reply_bytes += 16 + (is_log(opt[i]) ? (v < MAX_LOG_BYTES ? v : MAX_LOG_BYTES) : 0);
-    }
-    return CUDA_SUCCESS;
-}
-
-/* Applies "u32 count, count x (u32 index, u64 slot, u32 n, n bytes)" to an option array; caps[i] bounds log
- * buffer i (NULL: the array's own size options, as they are now). -1 when malformed. */
-static int jit_apply(fg_reader *r, unsigned n, const CUjit_option *opt, void **val, const uint32_t *caps) {
-    uint32_t own[MAX_JIT_OPTIONS]; /* the capacities before any size option is overwritten, whatever the order */
-    if (!caps) {
-        for (unsigned i = 0; i < n && i < MAX_JIT_OPTIONS; i++) own[i] = is_log(opt[i]) ? log_cap(n, opt, val, i) : 0;
-        caps = own;
-    }
-    uint32_t count = fg_get_u32(r);
-    for (uint32_t e = 0; e < count && !r->failed; e++) {
-        uint32_t i = fg_get_u32(r);
-        uint64_t slot = fg_get_u64(r);
-        uint32_t len = fg_get_u32(r);
-        const uint8_t *bytes = fg_take(r, len);
-        if (r->failed || i >= n || i >= MAX_JIT_OPTIONS) return -1;
-        if (is_log(opt[i])) {
-            uint32_t cap = caps[i];
-            if (!cap || !val[i]) continue;
-            size_t k = len < cap - 1 ? len : cap - 1;
-            memcpy(val[i], bytes, k);
-            ((char *)val[i])[k] = 0;
-        } else if (is_out(opt[i])) {
-            val[i] = (void *)(uintptr_t)slot;
-        }
-    }
-    return r->failed ? -1 : 0;
-}
 
 /* A copy of the record's creation arrays (the record itself may go while the call runs). */
 static int rec_get(uint64_t id, link_rec *copy) {
@@ -127,7 +49,7 @@ static int rec_get(uint64_t id, link_rec *copy) {
 
 static size_t rec_reply_bytes(const link_rec *L) {
     size_t b = 16;
-    for (uint32_t i = 0; i < L->n; i++) b += 16 + (is_log(L->opt[i]) ? L->cap[i] : 0);
+    for (uint32_t i = 0; i < L->n; i++) b += 16 + (fgc_jit_is_log(L->opt[i]) ? L->cap[i] : 0);
     return b;
 }
 
@@ -136,7 +58,7 @@ CUresult fgc_cuLinkCreate_v2(unsigned int numOptions, CUjit_option *options, voi
     FGC_REQUIRE_INIT();
     if (!stateOut) return CUDA_ERROR_INVALID_VALUE;
     size_t want = 64;
-    CUresult r = jit_encode(NULL, numOptions, options, optionValues, NULL);
+    CUresult r = fgc_jit_encode(NULL, numOptions, options, optionValues, NULL);
     if (r != CUDA_SUCCESS) return r;
     link_rec *L = (link_rec *)calloc(1, sizeof *L);
     if (!L) return CUDA_ERROR_OUT_OF_MEMORY;
@@ -144,10 +66,10 @@ CUresult fgc_cuLinkCreate_v2(unsigned int numOptions, CUjit_option *options, voi
     L->val = optionValues;
     for (unsigned i = 0; i < numOptions; i++) {
         L->opt[i] = options[i];
-        uint32_t c = is_log(options[i]) ? log_cap(numOptions, options, optionValues, i) : 0;
-        L->cap[i] = c < MAX_LOG_BYTES + 1 ? c : MAX_LOG_BYTES + 1;
+        uint32_t c = fgc_jit_is_log(options[i]) ? fgc_jit_log_cap(numOptions, options, optionValues, i) : 0;
+        L->cap[i] = c < FGC_MAX_JIT_LOG + 1 ? c : FGC_MAX_JIT_LOG + 1;
     }
-    for (unsigned i = 0; i < numOptions; i++) want += 16 + (is_log(options[i]) ? L->cap[i] : 0);
+    for (unsigned i = 0; i < numOptions; i++) want += 16 + (fgc_jit_is_log(options[i]) ? L->cap[i] : 0);
     uint8_t *reply = (uint8_t *)malloc(want);
     fg_writer *w = reply ? fgc_begin(FG_OP_cuLinkCreate_v2) : NULL;
     if (!w) {
@@ -156,7 +78,7 @@ CUresult fgc_cuLinkCreate_v2(unsigned int numOptions, CUjit_option *options, voi
         return reply ? fgc_last_error() : CUDA_ERROR_OUT_OF_MEMORY;
     }
     size_t unused = 0;
-    (void)jit_encode(w, numOptions, options, optionValues, &unused);
+    (void)fgc_jit_encode(w, numOptions, options, optionValues, &unused);
     fgc_expect(reply, want);
     size_t got = 0;
     r = fgc_sync_var(&got);
@@ -165,7 +87,7 @@ CUresult fgc_cuLinkCreate_v2(unsigned int numOptions, CUjit_option *options, voi
         fg_reader_init(&rd, reply, got);
         r = (CUresult)fg_get_u32(&rd);
         L->id = fg_get_u64(&rd);
-        if (rd.failed || jit_apply(&rd, numOptions, options, optionValues, L->cap)) r = CUDA_ERROR_UNKNOWN;
+        if (rd.failed || fgc_jit_apply(&rd, numOptions, options, optionValues, L->cap)) r = CUDA_ERROR_UNKNOWN;
     }
     free(reply);
     if (r != CUDA_SUCCESS || !L->id) {
@@ -200,7 +122,7 @@ CUresult fgc_cuLinkAddData_v2(CUlinkState state, CUjitInputType type, void *data
         fg_put(&x, name, k);
         fg_put(&x, "", 1);
     }
-    CUresult r = jit_encode(&x, numOptions, options, optionValues, &want);
+    CUresult r = fgc_jit_encode(&x, numOptions, options, optionValues, &want);
     if (r == CUDA_SUCCESS && x.failed) r = CUDA_ERROR_OUT_OF_MEMORY;
     uint8_t *reply = r == CUDA_SUCCESS ? (uint8_t *)malloc(want) : NULL;
     if (r == CUDA_SUCCESS && !reply) r = CUDA_ERROR_OUT_OF_MEMORY;
@@ -212,8 +134,8 @@ CUresult fgc_cuLinkAddData_v2(CUlinkState state, CUjitInputType type, void *data
         fg_reader_init(&rd, reply, got);
         r = (CUresult)fg_get_u32(&rd);
         int bad = rd.failed;
-        if (!bad) bad = known ? jit_apply(&rd, rec.n, rec.opt, rec.val, rec.cap) : fg_get_u32(&rd) != 0;
-        if (!bad) bad = jit_apply(&rd, numOptions, options, optionValues, NULL);
+        if (!bad) bad = known ? fgc_jit_apply(&rd, rec.n, rec.opt, rec.val, rec.cap) : fg_get_u32(&rd) != 0;
+        if (!bad) bad = fgc_jit_apply(&rd, numOptions, options, optionValues, NULL);
         if (bad) r = CUDA_ERROR_UNKNOWN;
     }
     free(reply);
@@ -264,7 +186,7 @@ static CUresult complete_piece(uint64_t id, uint64_t off, link_rec *rec, int kno
     fg_reader rd;
     fg_reader_init(&rd, reply, got);
     r = (CUresult)fg_get_u32(&rd);
-    int bad = rd.failed || (known && off == 0 ? jit_apply(&rd, rec->n, rec->opt, rec->val, rec->cap)
+    int bad = rd.failed || (known && off == 0 ? fgc_jit_apply(&rd, rec->n, rec->opt, rec->val, rec->cap)
                                               : fg_get_u32(&rd) != 0);
     uint64_t total = fg_get_u64(&rd), at = fg_get_u64(&rd);
     uint32_t len = fg_get_u32(&rd);

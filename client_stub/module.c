@@ -1,7 +1,12 @@
 /* module.c — modules and functions. An image's size is found from its format (PTX text, ELF cubin, fatbin,
  * or a fatbin wrapper) and it is shipped content-addressed (image.c). cuModuleGetFunction's reply carries the
  * function's parameter layout (offset and size of each parameter), cached here by virtual id, so a launch
- * (launch.c) can pack kernelParams into one buffer and return without a round trip. */
+ * (launch.c) can pack kernelParams into one buffer and return without a round trip.
+ *
+ * cuModuleLoadDataEx (and cuLibraryLoadData, library.c) send their JIT options in the load record's extra bytes
+ * (jit_options.c); the node's driver compiles with them, and its outputs come back into the application's arrays
+ * as the driver would write them: log text into the log buffers, the bytes written into the size options, the
+ * wall time, threads per block. They come back when the load fails too, which is when an error log matters. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -9,6 +14,7 @@
 #include "fgc_impl.h"
 #include "fgc_image.h"
 #include "fgc_internal.h"
+#include "fgc_jit.h"
 
 #define FATBIN_MAGIC 0xBA55ED50u
 #define FATBIN_WRAPPER_MAGIC 0x466243b1u
@@ -59,18 +65,52 @@ size_t fgc_image_size(const void **image) {
     return n < MAX_IMAGE ? n + 1 : 0; /* PTX text, NUL included */
 }
 
-static CUresult load(CUmodule *module, const void *image) {
+CUresult fgc_image_load_jit(uint16_t op, const void *image, size_t n, unsigned numOptions, CUjit_option *options,
+                            void **optionValues, uint64_t *id) {
+    if (!numOptions) return fgc_image_load(op, image, n, NULL, 0, id);
+    size_t want = 16;
+    CUresult r = fgc_jit_encode(NULL, numOptions, options, optionValues, NULL);
+    if (r != CUDA_SUCCESS) return r;
+    fg_writer x;
+    fg_writer_init(&x, 256, (size_t)1 << 20);
+    (void)fgc_jit_encode(&x, numOptions, options, optionValues, &want);
+    uint8_t *reply = x.failed ? NULL : (uint8_t *)malloc(want);
+    if (!reply) {
+        fg_writer_free(&x);
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    }
+    size_t got = 0;
+    r = fgc_image_call(op, image, n, x.buf, x.len, reply, want, &got);
+    fg_writer_free(&x);
+    if (r == CUDA_SUCCESS) { /* "u64 id, u32 the driver's result, outputs" (server/replay/module.c) */
+        fg_reader rd;
+        fg_reader_init(&rd, reply, got);
+        uint64_t v = fg_get_u64(&rd);
+        r = (CUresult)fg_get_u32(&rd);
+        if (rd.failed || fgc_jit_apply(&rd, numOptions, options, optionValues, NULL) || (r == CUDA_SUCCESS && !v))
+            r = CUDA_ERROR_UNKNOWN;
+        else if (r == CUDA_SUCCESS)
+            *id = v;
+    }
+    free(reply);
+    return r;
+}
+
+static CUresult load(CUmodule *module, const void *image, unsigned numOptions, CUjit_option *options,
+                     void **optionValues) {
     FGC_REQUIRE_INIT();
     if (!module || !image) return CUDA_ERROR_INVALID_VALUE;
     size_t n = fgc_image_size(&image);
     if (n == 0) return CUDA_ERROR_INVALID_IMAGE;
     uint64_t id = 0;
-    CUresult r = fgc_image_load(FG_OP_cuModuleLoadData, image, n, NULL, 0, &id);
+    CUresult r = numOptions ? fgc_image_load_jit(FG_OP_cuModuleLoadDataEx, image, n, numOptions, options,
+                                                 optionValues, &id)
+                            : fgc_image_load(FG_OP_cuModuleLoadData, image, n, NULL, 0, &id);
     if (r == CUDA_SUCCESS) *module = (CUmodule)(uintptr_t)id;
     return r;
 }
 
-CUresult fgc_cuModuleLoadData(CUmodule *module, const void *image) { return load(module, image); }
+CUresult fgc_cuModuleLoadData(CUmodule *module, const void *image) { return load(module, image, 0, NULL, NULL); }
 
 /* The file is read here, on the client (the server cannot see the client's files), and shipped like an image. */
 CUresult fgc_cuModuleLoad(CUmodule *module, const char *fname) {
@@ -79,21 +119,14 @@ CUresult fgc_cuModuleLoad(CUmodule *module, const char *fname) {
     CUresult r;
     void *buf = fgc_read_image_file(fname, &r);
     if (!buf) return r;
-    r = load(module, buf);
+    r = load(module, buf, 0, NULL, NULL);
     free(buf);
     return r;
 }
 
 CUresult fgc_cuModuleLoadDataEx(CUmodule *module, const void *image, unsigned int numOptions,
                                 CUjit_option *options, void **optionValues) {
-    (void)options;
-    (void)optionValues;
-    if (numOptions) {
-        static int logged;
-        if (!__atomic_exchange_n(&logged, 1, __ATOMIC_RELAXED))
-            fgc_log(FGC_LOG_WARN, "cuModuleLoadDataEx: JIT options are not forwarded yet; loading with defaults");
-    }
-    return load(module, image);
+    return load(module, image, numOptions, options, optionValues);
 }
 
 /* ---- parameter layouts, keyed by function id ---- */

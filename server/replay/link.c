@@ -19,19 +19,10 @@
 #include <string.h>
 
 #include "fgs_impl.h"
+#include "fgs_jit.h"
 #include "fgs_session.h"
 
-#define MAX_JIT_OPTIONS 64
 #define MAX_LINKS 256
-#define MAX_LOG_BYTES (1u << 20) /* per log buffer */
-
-typedef struct {
-    uint32_t n;
-    CUjit_option opt[MAX_JIT_OPTIONS];
-    void *val[MAX_JIT_OPTIONS];
-    char *buf[MAX_JIT_OPTIONS]; /* the log buffers (NULL for other options) */
-    uint32_t cap[MAX_JIT_OPTIONS];
-} fgs_jit;
 
 typedef struct {
     fgs_jit o; /* cuLinkCreate's options: the driver keeps and writes them until cuLinkDestroy */
@@ -44,92 +35,8 @@ typedef struct {
 
 static size_t g_live; /* one worker process serves one session */
 
-static void jit_free(fgs_jit *j) {
-    for (uint32_t i = 0; i < j->n; i++) free(j->buf[i]);
-    j->n = 0;
-}
-
-static int is_log(CUjit_option o) { return o == CU_JIT_INFO_LOG_BUFFER || o == CU_JIT_ERROR_LOG_BUFFER; }
-
-/* Options whose value the driver writes. */
-static int is_out(CUjit_option o) {
-    return o == CU_JIT_WALL_TIME || o == CU_JIT_INFO_LOG_BUFFER_SIZE_BYTES || o == CU_JIT_ERROR_LOG_BUFFER_SIZE_BYTES ||
-           o == CU_JIT_THREADS_PER_BLOCK;
-}
-
-/* "u32 n, n x (u32 option, u64 value)" into j (which owns the log buffers it made, also on failure). */
-static CUresult jit_decode(fgs_session *S, fg_reader *r, fgs_jit *j) {
-    memset(j, 0, sizeof *j);
-    uint32_t n = fg_get_u32(r);
-    if (r->failed) return FGS_PROTOCOL_ERROR;
-    if (n > MAX_JIT_OPTIONS) return CUDA_ERROR_INVALID_VALUE;
-    int seen_log[2] = {0, 0}, seen_size[2] = {0, 0};
-    for (uint32_t i = 0; i < n; i++) {
-        uint32_t o = fg_get_u32(r);
-        uint64_t v = fg_get_u64(r);
-        if (r->failed) return FGS_PROTOCOL_ERROR;
-        if (o >= CU_JIT_NUM_OPTIONS) return CUDA_ERROR_INVALID_VALUE;
-        CUjit_option opt = (CUjit_option)o;
-        if (opt == CU_JIT_GLOBAL_SYMBOL_NAMES || opt == CU_JIT_GLOBAL_SYMBOL_ADDRESSES ||
-            opt == CU_JIT_REFERENCED_KERNEL_NAMES || opt == CU_JIT_REFERENCED_VARIABLE_NAMES ||
-            ((opt == CU_JIT_GLOBAL_SYMBOL_COUNT || opt == CU_JIT_REFERENCED_KERNEL_COUNT ||
-              opt == CU_JIT_REFERENCED_VARIABLE_COUNT) && v)) {
-            static int logged;
-            if (!logged++) fgs_log(S, "JIT option %u (symbol names or addresses) is not forwarded; answering "
-                                      "CUDA_ERROR_NOT_SUPPORTED", o);
-            return CUDA_ERROR_NOT_SUPPORTED;
-        }
-        int info = opt == CU_JIT_INFO_LOG_BUFFER || opt == CU_JIT_INFO_LOG_BUFFER_SIZE_BYTES;
-        if (is_log(opt) && seen_log[info]++) return CUDA_ERROR_INVALID_VALUE;
-        if ((opt == CU_JIT_INFO_LOG_BUFFER_SIZE_BYTES || opt == CU_JIT_ERROR_LOG_BUFFER_SIZE_BYTES) && seen_size[info]++)
-            return CUDA_ERROR_INVALID_VALUE;
-        j->opt[i] = opt;
-        j->n = i + 1;
-        if (is_log(opt)) {
-            j->cap[i] = v > MAX_LOG_BYTES ? MAX_LOG_BYTES : (uint32_t)v;
-            j->buf[i] = (char *)calloc(1, (size_t)j->cap[i] + 1);
-            if (!j->buf[i]) return CUDA_ERROR_OUT_OF_MEMORY;
-            j->val[i] = j->buf[i];
-        } else {
-            j->val[i] = (void *)(uintptr_t)v;
-        }
-    }
-    /* A log size never exceeds the buffer made for it; without a buffer it is 0. */
-    for (uint32_t i = 0; i < j->n; i++) {
-        CUjit_option want = j->opt[i] == CU_JIT_INFO_LOG_BUFFER_SIZE_BYTES    ? CU_JIT_INFO_LOG_BUFFER
-                            : j->opt[i] == CU_JIT_ERROR_LOG_BUFFER_SIZE_BYTES ? CU_JIT_ERROR_LOG_BUFFER
-                                                                              : CU_JIT_NUM_OPTIONS;
-        if (want == CU_JIT_NUM_OPTIONS) continue;
-        uint32_t cap = 0;
-        for (uint32_t k = 0; k < j->n; k++)
-            if (j->opt[k] == want) cap = j->cap[k];
-        uint64_t v = (uint64_t)(uintptr_t)j->val[i];
-        j->val[i] = (void *)(uintptr_t)(v < cap ? v : cap);
-    }
-    return CUDA_SUCCESS;
-}
-
-static void jit_outputs(const fgs_jit *j, fg_writer *out) {
-    uint32_t count = 0;
-    for (uint32_t i = 0; i < j->n; i++) count += is_log(j->opt[i]) || is_out(j->opt[i]);
-    fg_put_u32(out, count);
-    for (uint32_t i = 0; i < j->n; i++) {
-        if (is_log(j->opt[i])) {
-            uint32_t len = (uint32_t)strnlen(j->buf[i], j->cap[i]);
-            fg_put_u32(out, i);
-            fg_put_u64(out, 0);
-            fg_put_u32(out, len);
-            fg_put(out, j->buf[i], len);
-        } else if (is_out(j->opt[i])) {
-            fg_put_u32(out, i);
-            fg_put_u64(out, (uint64_t)(uintptr_t)j->val[i]);
-            fg_put_u32(out, 0);
-        }
-    }
-}
-
 static void link_free(fgs_link *L) {
-    jit_free(&L->o);
+    fgs_jit_free(&L->o);
     for (size_t i = 0; i < L->n_inputs; i++) free(L->inputs[i]);
     free(L->inputs);
     free(L);
@@ -143,7 +50,7 @@ static fgs_link *link_get(fgs_session *S, uint64_t id) {
 CUresult fgs_cuLinkCreate_v2(fgs_session *S, fg_reader *r, fg_writer *out) {
     fgs_link *L = (fgs_link *)calloc(1, sizeof *L);
     if (!L) return CUDA_ERROR_OUT_OF_MEMORY;
-    CUresult res = jit_decode(S, r, &L->o);
+    CUresult res = fgs_jit_decode(S, r, &L->o);
     if (res == FGS_PROTOCOL_ERROR || (res == CUDA_SUCCESS && fg_reader_left(r))) {
         link_free(L);
         return FGS_PROTOCOL_ERROR;
@@ -158,7 +65,7 @@ CUresult fgs_cuLinkCreate_v2(fgs_session *S, fg_reader *r, fg_writer *out) {
     }
     fg_put_u32(out, (uint32_t)res);
     fg_put_u64(out, id);
-    jit_outputs(&L->o, out);
+    fgs_jit_outputs(&L->o, out);
     if (res != CUDA_SUCCESS) link_free(L);
     return CUDA_SUCCESS;
 }
@@ -178,21 +85,21 @@ CUresult fgs_cuLinkAddData_v2(fgs_session *S, fg_reader *r, fg_writer *out) {
     const char *name = has_name ? fgs_get_cstr(&x) : NULL;
     if (x.failed || has_name > 1) return FGS_PROTOCOL_ERROR;
     fgs_jit own;
-    CUresult res = jit_decode(S, &x, &own);
+    CUresult res = fgs_jit_decode(S, &x, &own);
     if (res == FGS_PROTOCOL_ERROR || (res == CUDA_SUCCESS && fg_reader_left(&x))) {
-        jit_free(&own);
+        fgs_jit_free(&own);
         return FGS_PROTOCOL_ERROR;
     }
     fgs_link *L = link_get(S, lid);
     if (!L) {
-        jit_free(&own);
+        fgs_jit_free(&own);
         return CUDA_ERROR_INVALID_HANDLE; /* no link state: nothing of it to report */
     }
     uint64_t n = 0;
     CUresult got;
     const uint8_t *img = fgs_image_get(S, r, &n, &got);
     if (!img && got == (CUresult)FG_RESULT_NEED_IMAGE) {
-        jit_free(&own);
+        fgs_jit_free(&own);
         return got; /* the stub sends the bytes and repeats the record */
     }
     if (img) {
@@ -215,9 +122,9 @@ CUresult fgs_cuLinkAddData_v2(fgs_session *S, fg_reader *r, fg_writer *out) {
         res = S->api->cuLinkAddData_v2(L->st, (CUjitInputType)type, (void *)img, (size_t)n, name, own.n, own.opt,
                                        own.val);
     fg_put_u32(out, (uint32_t)res);
-    jit_outputs(&L->o, out);
-    jit_outputs(&own, out);
-    jit_free(&own);
+    fgs_jit_outputs(&L->o, out);
+    fgs_jit_outputs(&own, out);
+    fgs_jit_free(&own);
     return CUDA_SUCCESS;
 }
 
@@ -240,7 +147,7 @@ CUresult fgs_cuLinkComplete(fgs_session *S, fg_reader *r, fg_writer *out) {
         return CUDA_ERROR_INVALID_VALUE;
     }
     fg_put_u32(out, (uint32_t)res);
-    if (off == 0) jit_outputs(&L->o, out);
+    if (off == 0) fgs_jit_outputs(&L->o, out);
     else fg_put_u32(out, 0);
     size_t piece = S->max_frame > (24u << 20) ? S->max_frame - (16u << 20) : S->max_frame / 4;
     if (piece > FG_CHUNK) piece = FG_CHUNK;

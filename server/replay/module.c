@@ -1,10 +1,20 @@
 /* module.c — modules, libraries, functions, kernels and launches for a session. Images come from the
  * content-addressed store (image.c); cuModuleGetFunction and cuLibraryGetKernel answer with the parameter
- * layout; launches pass the client's packed parameter buffer through CU_LAUNCH_PARAM_BUFFER_POINTER. */
+ * layout; launches pass the client's packed parameter buffer through CU_LAUNCH_PARAM_BUFFER_POINTER.
+ *
+ * cuModuleLoadDataEx and cuLibraryLoadData carry their JIT options in the load record's extra bytes
+ * (jit_options.c's form; cuModuleLoadData's extra bytes are ignored). Without options a load answers as
+ * cuModuleLoadData does: the driver's result, and "u64 id" on success. With options the driver's logs matter most
+ * when the load fails, so once the image is there the record succeeds and answers "u64 id (0 when the load
+ * failed), u32 the driver's result, outputs" (the outputs of jit_options.c). A missing or refused image
+ * (NEED_IMAGE, CUDA_ERROR_INVALID_IMAGE) is answered first and alone, as without options; so is an option list
+ * the worker refuses (malformed, too long, naming client memory). Library options are not forwarded (the stub
+ * logs that it ignores them). */
 #include <stdlib.h>
 #include <string.h>
 
 #include "fgs_impl.h"
+#include "fgs_jit.h"
 #include "fgs_journal.h"
 #include "fgs_session.h"
 
@@ -52,30 +62,53 @@ static int image_fits(const uint8_t *p, uint64_t n) {
     return 1; /* PTX: load() appends a NUL */
 }
 
-static CUresult load(fgs_session *S, fg_reader *r, fg_writer *out) {
-    uint64_t n = 0;
-    CUresult res;
-    const uint8_t *img = fgs_image_get(S, r, &n, &res);
-    if (!img) return res;
-    if (!image_fits(img, n)) return CUDA_ERROR_INVALID_IMAGE;
-    CUmodule mod = NULL;
-    res = S->api->cuModuleLoadData(&mod, img);
-    if (res == CUDA_SUCCESS) fg_put_u64(out, fgs_handle_add(S, FGH_MODULE, mod));
-    return res;
+/* The extra bytes of a load record (the stub's JIT options), read ahead of fgs_image_get, which skips them. */
+static int load_extra(fg_reader *r, fg_reader *x) {
+    fg_reader peek = *r;
+    fg_take(&peek, 32 + 8);
+    uint32_t n = fg_get_u32(&peek);
+    const uint8_t *extra = fg_take(&peek, n);
+    if (peek.failed) return -1;
+    fg_reader_init(x, extra, n);
+    return (int)(n != 0);
 }
 
-CUresult fgs_cuLibraryLoadData(fgs_session *S, fg_reader *r, fg_writer *out) {
+/* One load; `lib` picks cuLibraryLoadData, `opts` whether the extra bytes are JIT options. */
+static CUresult load(fgs_session *S, fg_reader *r, fg_writer *out, int lib, int opts) {
+    fg_reader x;
+    int has = load_extra(r, &x);
+    if (has < 0) return FGS_PROTOCOL_ERROR;
     uint64_t n = 0;
     CUresult res;
     const uint8_t *img = fgs_image_get(S, r, &n, &res);
     if (!img) return res;
     if (!image_fits(img, n)) return CUDA_ERROR_INVALID_IMAGE;
-    if (!S->api->cuLibraryLoadData) return fgs_missing(S, "cuLibraryLoadData");
-    CUlibrary lib = NULL;
-    res = S->api->cuLibraryLoadData(&lib, img, NULL, NULL, 0, NULL, NULL, 0);
-    if (res == CUDA_SUCCESS) fg_put_u64(out, fgs_handle_add(S, FGH_LIBRARY, lib));
-    return res;
+    if (lib && !S->api->cuLibraryLoadData) return fgs_missing(S, "cuLibraryLoadData");
+    if (!opts || !has) {
+        void *h = NULL;
+        res = lib ? S->api->cuLibraryLoadData((CUlibrary *)&h, img, NULL, NULL, 0, NULL, NULL, 0)
+                  : S->api->cuModuleLoadData((CUmodule *)&h, img);
+        if (res == CUDA_SUCCESS) fg_put_u64(out, fgs_handle_add(S, lib ? FGH_LIBRARY : FGH_MODULE, h));
+        return res;
+    }
+    fgs_jit j;
+    res = fgs_jit_decode(S, &x, &j);
+    if (res == CUDA_SUCCESS && fg_reader_left(&x)) res = CUDA_ERROR_INVALID_VALUE;
+    if (res != CUDA_SUCCESS) {
+        fgs_jit_free(&j);
+        return res == FGS_PROTOCOL_ERROR ? CUDA_ERROR_INVALID_VALUE : res; /* the record itself is well formed */
+    }
+    void *h = NULL;
+    res = lib ? S->api->cuLibraryLoadData((CUlibrary *)&h, img, j.opt, j.val, j.n, NULL, NULL, 0)
+              : S->api->cuModuleLoadDataEx((CUmodule *)&h, img, j.n, j.opt, j.val);
+    fg_put_u64(out, res == CUDA_SUCCESS ? fgs_handle_add(S, lib ? FGH_LIBRARY : FGH_MODULE, h) : 0);
+    fg_put_u32(out, (uint32_t)res);
+    fgs_jit_outputs(&j, out);
+    fgs_jit_free(&j);
+    return CUDA_SUCCESS;
 }
+
+CUresult fgs_cuLibraryLoadData(fgs_session *S, fg_reader *r, fg_writer *out) { return load(S, r, out, 1, 1); }
 
 void fgs_put_param_layout(fgs_session *S, void *fn, int is_kernel, fg_writer *out) {
     size_t count_at = out->len;
@@ -135,8 +168,8 @@ void fgs_put_param_layout(fgs_session *S, void *fn, int is_kernel, fg_writer *ou
     if (!out->failed) memcpy(out->buf + count_at, &n, 4);
 }
 
-CUresult fgs_cuModuleLoadData(fgs_session *S, fg_reader *r, fg_writer *out) { return load(S, r, out); }
-CUresult fgs_cuModuleLoadDataEx(fgs_session *S, fg_reader *r, fg_writer *out) { return load(S, r, out); }
+CUresult fgs_cuModuleLoadData(fgs_session *S, fg_reader *r, fg_writer *out) { return load(S, r, out, 0, 0); }
+CUresult fgs_cuModuleLoadDataEx(fgs_session *S, fg_reader *r, fg_writer *out) { return load(S, r, out, 0, 1); }
 
 CUresult fgs_cuModuleGetFunction(fgs_session *S, fg_reader *r, fg_writer *out) {
     uint64_t mid = fg_get_u64(r);

@@ -224,6 +224,13 @@ void sim_library_module_gone(struct sim_library *lib, struct sim_module *m);
 CUresult sim_memop_check(const CUstreamBatchMemOpParams *p);
 CUresult sim_memop_batch(CUstream s, unsigned int count, const CUstreamBatchMemOpParams *ops, unsigned int flags);
 CUresult sim_jit_options(unsigned int n, CUjit_option *options, void **values);
+/* After a module or library load with JIT options: its logs, their sizes and the wall time since t0 (sim_module.c). */
+void sim_jit_load_outputs(unsigned int n, const CUjit_option *options, void **values, CUresult rc, uint64_t t0);
+/* sim_link.c: the size option's value for log buffer option `log` (0 without one); write the logs, the bytes
+ * written and the wall time into an option array (caps: the info and error buffers' sizes). */
+size_t sim_jit_log_size(unsigned int n, const CUjit_option *opt, void **val, CUjit_option log);
+void sim_jit_write_outputs(unsigned int n, const CUjit_option *opt, void **val, const char *info, const char *err,
+                           float wall_ms, const size_t caps[2]);
 
 /* A function handle, or a CUkernel passed where a CUfunction is accepted: the kernel's function in the current
  * context (its library is loaded there on first use). CUDA_ERROR_INVALID_HANDLE for anything else. */

@@ -199,6 +199,7 @@ SIM_API CUresult cuLibraryLoadData(CUlibrary *library, const void *code, CUjit_o
 {
     if (!library || !code)
         return CUDA_ERROR_INVALID_VALUE;
+    uint64_t t0 = sim_now_ns();
     CUresult rc = sim_jit_options(numJitOptions, jitOptions, jitOptionsValues);
     if (rc == CUDA_SUCCESS)
         rc = check_library_options(numLibraryOptions, libraryOptions, libraryOptionValues);
@@ -219,6 +220,7 @@ SIM_API CUresult cuLibraryLoadData(CUlibrary *library, const void *code, CUjit_o
     if (rc == CUDA_SUCCESS)
         *library = (CUlibrary)lib;
     sim_unlock();
+    sim_jit_load_outputs(numJitOptions, jitOptions, jitOptionsValues, rc, t0);
     return rc;
 }
 

@@ -70,7 +70,7 @@ static void log_add(char **log, size_t *n, const char *text)
 }
 
 /* The size option's value for log buffer option `log` (0 without one). */
-static size_t log_size(unsigned int n, const CUjit_option *opt, void **val, CUjit_option log)
+size_t sim_jit_log_size(unsigned int n, const CUjit_option *opt, void **val, CUjit_option log)
 {
     CUjit_option want = log == CU_JIT_INFO_LOG_BUFFER ? CU_JIT_INFO_LOG_BUFFER_SIZE_BYTES : CU_JIT_ERROR_LOG_BUFFER_SIZE_BYTES;
     for (unsigned int j = 0; j < n; j++)
@@ -81,7 +81,7 @@ static size_t log_size(unsigned int n, const CUjit_option *opt, void **val, CUji
 
 /* Writes the logs, their sizes and the wall time into one option array (see the file comment); caps: the log
  * buffers' sizes (info, error). */
-static void write_outputs(unsigned int n, const CUjit_option *opt, void **val, const char *info, const char *err,
+void sim_jit_write_outputs(unsigned int n, const CUjit_option *opt, void **val, const char *info, const char *err,
                           float wall_ms, const size_t caps[2])
 {
     for (unsigned int i = 0; i < n; i++) {
@@ -117,11 +117,11 @@ static void finish_call(struct sim_link *L, unsigned int n, const CUjit_option *
 {
     float ms = (float)((double)(sim_now_ns() - L->t0) / 1e6);
     size_t caps[2] = { L->info_cap, L->err_cap };
-    write_outputs(L->nopt, L->opt, L->val, L->info, L->err, ms, caps);
+    sim_jit_write_outputs(L->nopt, L->opt, L->val, L->info, L->err, ms, caps);
     if (n) {
-        caps[0] = log_size(n, opt, val, CU_JIT_INFO_LOG_BUFFER);
-        caps[1] = log_size(n, opt, val, CU_JIT_ERROR_LOG_BUFFER);
-        write_outputs(n, opt, val, L->info, L->err, ms, caps);
+        caps[0] = sim_jit_log_size(n, opt, val, CU_JIT_INFO_LOG_BUFFER);
+        caps[1] = sim_jit_log_size(n, opt, val, CU_JIT_ERROR_LOG_BUFFER);
+        sim_jit_write_outputs(n, opt, val, L->info, L->err, ms, caps);
     }
 }
 
@@ -145,8 +145,8 @@ SIM_API CUresult cuLinkCreate_v2(unsigned int numOptions, CUjit_option *options,
         L->opt = options;
         L->val = optionValues;
         L->t0 = sim_now_ns();
-        L->info_cap = log_size(numOptions, options, optionValues, CU_JIT_INFO_LOG_BUFFER);
-        L->err_cap = log_size(numOptions, options, optionValues, CU_JIT_ERROR_LOG_BUFFER);
+        L->info_cap = sim_jit_log_size(numOptions, options, optionValues, CU_JIT_INFO_LOG_BUFFER);
+        L->err_cap = sim_jit_log_size(numOptions, options, optionValues, CU_JIT_ERROR_LOG_BUFFER);
         for (unsigned int i = 0; i < numOptions; i++)
             if (options[i] == CU_JIT_LOG_VERBOSE && optionValues[i])
                 L->verbose = 1;

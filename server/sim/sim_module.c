@@ -10,9 +10,13 @@
  * (sim_kernels.c). A cubin for another SM, or a fatbin with neither sm_90 code nor PTX the device can run, is
  * CUDA_ERROR_NO_BINARY_FOR_GPU, as on an sm_90 GPU. Everything is parsed and placed at load: loading is eager
  * (cuModuleGetLoadingMode says CU_MODULE_EAGER_LOADING). Modules belong to the current context and are
- * unloaded with it; a module that instantiates a library in a context tells the library when it goes. */
+ * unloaded with it; a module that instantiates a library in a context tells the library when it goes. JIT options
+ * of cuModuleLoadDataEx and cuLibraryLoadData are checked (an unknown one is CUDA_ERROR_INVALID_VALUE) and the
+ * output ones written as the driver writes them: an error log saying why a load failed, an info log with
+ * CU_JIT_LOG_VERBOSE, the bytes written into the size options, the wall time (sim_jit_load_outputs). */
 #include "sim_image.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -200,32 +204,48 @@ CUresult sim_jit_options(unsigned int n, CUjit_option *options, void **values)
 {
     if (n > MAX_JIT_OPTIONS || (n && (!options || !values)))
         return CUDA_ERROR_INVALID_VALUE;
+    for (unsigned int i = 0; i < n; i++)
+        if ((unsigned int)options[i] >= CU_JIT_NUM_OPTIONS)
+            return CUDA_ERROR_INVALID_VALUE;
     if (n)
-        sim_log_once("JIT options", "ignored by the simulated device (it has no JIT); log buffers are returned empty");
-    /* Log buffers are returned empty: the size option then says 0 bytes were written. */
-    for (unsigned int i = 0; i < n; i++) {
-        if (options[i] != CU_JIT_INFO_LOG_BUFFER && options[i] != CU_JIT_ERROR_LOG_BUFFER)
-            continue;
-        CUjit_option size_opt = options[i] == CU_JIT_INFO_LOG_BUFFER ? CU_JIT_INFO_LOG_BUFFER_SIZE_BYTES
-                                                                     : CU_JIT_ERROR_LOG_BUFFER_SIZE_BYTES;
-        for (unsigned int j = 0; j < n; j++) {
-            if (options[j] != size_opt)
-                continue;
-            size_t size = (size_t)(uintptr_t)values[j];
-            if (size > 0 && values[i]) {
-                ((char *)values[i])[0] = 0;
-                values[j] = (void *)(uintptr_t)0; /* bytes written, excluding the terminator */
-            }
-        }
-    }
+        sim_log_once("JIT options", "the simulated device has no JIT: it writes its logs, their sizes and the wall "
+                                    "time, and ignores the rest");
     return CUDA_SUCCESS;
+}
+
+/* The sim compiles nothing: its error log says why a load failed, its info log (with CU_JIT_LOG_VERBOSE) what
+ * was loaded. */
+void sim_jit_load_outputs(unsigned int n, const CUjit_option *options, void **values, CUresult rc, uint64_t t0)
+{
+    int verbose = 0;
+    for (unsigned int i = 0; i < n; i++)
+        if (options[i] == CU_JIT_LOG_VERBOSE && values[i])
+            verbose = 1;
+    char info[128] = "", err[160] = "";
+    const char *name = NULL;
+    if (rc != CUDA_SUCCESS) {
+        cuGetErrorName(rc, &name);
+        snprintf(err, sizeof err, "error   : the simulated device could not load the image: %s (CUresult %d)",
+                 name ? name : "?", (int)rc);
+    } else if (verbose) {
+        snprintf(info, sizeof info, "info    : the simulated device loaded the image (no JIT: nothing compiled)");
+    }
+    float ms = (float)((double)(sim_now_ns() - t0) / 1e6);
+    size_t caps[2] = { sim_jit_log_size(n, options, values, CU_JIT_INFO_LOG_BUFFER),
+                       sim_jit_log_size(n, options, values, CU_JIT_ERROR_LOG_BUFFER) };
+    sim_jit_write_outputs(n, options, values, info, err, ms, caps);
 }
 
 SIM_API CUresult cuModuleLoadDataEx(CUmodule *module, const void *image, unsigned int numOptions,
                                     CUjit_option *options, void **optionValues)
 {
+    uint64_t t0 = sim_now_ns();
     CUresult rc = sim_jit_options(numOptions, options, optionValues);
-    return rc == CUDA_SUCCESS ? load(module, image) : rc;
+    if (rc != CUDA_SUCCESS)
+        return rc;
+    rc = load(module, image);
+    sim_jit_load_outputs(numOptions, options, optionValues, rc, t0);
+    return rc;
 }
 
 SIM_API CUresult cuModuleGetLoadingMode(CUmoduleLoadingMode *mode)

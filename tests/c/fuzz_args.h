@@ -157,7 +157,7 @@ static void put_launch_attr(pools *P, buf *a) {
     put(a, &at, sizeof at);
 }
 
-/* JIT options as the stub sends them (server/replay/link.c): "u32 n, n x (u32 option, u64 value)"; mostly a few
+/* JIT options as the stub sends them (server/replay/jit_options.c, for links and loads): "u32 n, n x (u32 option, u64 value)"; mostly a few
  * known options with log capacities and sizes from 0 to oversized, now and then an unknown option, one that names
  * client symbols, a duplicated log buffer or a count beyond the server's limit. */
 static void put_jit_options(buf *a) {
@@ -531,7 +531,26 @@ static int build_args(pools *P, unsigned op, buf *a, buf *pre, int *expect) {
             break;
         }
         case 'H':
-            if (build_image_load(pre, a, expect)) return 1;
+            if ((op == FG_OP_cuModuleLoadDataEx || op == FG_OP_cuLibraryLoadData) && chance(30)) {
+                /* JIT options in the extra bytes (server/replay/module.c): the image is answered for first, so
+                 * the load's expectation stands; the options' own refusals come after it */
+                buf img = {0};
+                int bad = build_image_load(pre, &img, expect);
+                if (!bad && img.n >= 40) {
+                    put(a, img.b, 40); /* name and size */
+                    buf x = {0};
+                    put_jit_options(&x);
+                    put32(a, (uint32_t)x.n);
+                    put(a, x.b, x.n);
+                    free(x.b);
+                } else {
+                    put(a, img.b, img.n);
+                }
+                free(img.b);
+                if (bad) return 1;
+            } else if (build_image_load(pre, a, expect)) {
+                return 1;
+            }
             break;
         case 'Y': { /* one IMAGE_CHUNK on its own, under a random name */
             uint8_t sha[32], data[256];
