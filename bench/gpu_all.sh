@@ -16,7 +16,7 @@ part() {  # part NAME SECONDS COMMAND...
   tail -"${TAIL_LINES:-6}" "$OUT/$name.log"
 }
 # shellcheck disable=SC2086
-part paging "${PAGING_S:-220}" bash bench/paging_gpu.sh "$OUT/paging" ${PAGING_ARGS:---sizes 1,8,32 --disk-bytes 4294967296}
+part paging "${PAGING_S:-300}" bash bench/paging_gpu.sh "$OUT/paging" ${PAGING_ARGS:---sizes 1,8,32 --disk-bytes 4294967296}
 part transport "${TRANSPORT_S:-200}" bash bench/transport_gpu.sh "$OUT/transport" --quick
 part tls "${TLS_S:-90}" bash bench/tls_cost_gpu.sh "$OUT/tls" --quick
 part park "${PARK_S:-80}" bash bench/park_gpu.sh "$OUT/park"

@@ -176,6 +176,8 @@ async def main() -> int:
     ap.add_argument("--skip-gpt2", action="store_true")
     ap.add_argument("--backend", default="cuda", help="cuda; sim only for a smoke run of this script")
     ap.add_argument("--disk-bytes", type=int, default=8 * GiB)
+    ap.add_argument("--same-file-bytes", type=int, default=4 * GiB,
+                    help="how much of each spill file is read raw before its page-in")
     a = ap.parse_args()
     out = Path(a.out)
     sizes = [int(x) for x in a.sizes.split(",") if x]
@@ -258,12 +260,15 @@ async def main() -> int:
             same_file: dict[str, Any] = {}
             if where == "disk" and (spill := agent.pager.states[sid].spill) is not None:
                 # The spill file's own raw read speed, just before the page-in reads it (O_DIRECT: no page cache).
+                # Its first --same-file-bytes at most, to bound the run's time.
+                n_raw = min(int(parts[2]), a.same_file_bytes)
+                same_file["raw_read_same_file_bytes"] = n_raw
                 same_file["raw_read_same_file_GBps"], same_file["raw_read_direct"] = await asyncio.to_thread(
-                    raw_read, spill, int(parts[2]))
+                    raw_read, spill, n_raw)
                 depth = int(os.environ.get("FARGPU_SPILL_READ_DEPTH", "2"))
                 chunk = int(os.environ.get("FARGPU_SPILL_CHUNK_MB", "32")) << 20
                 same_file["raw_read_same_file_worker_way_GBps"], _ = await asyncio.to_thread(
-                    raw_read, spill, int(parts[2]), chunk, depth)
+                    raw_read, spill, n_raw, chunk, depth)
             r_in = await agent.page_in(sid)
             if where == "disk":  # the agent deletes the spill file off the page-in's path: wait, and say how long
                 t_del = time.perf_counter()

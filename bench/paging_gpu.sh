@@ -26,7 +26,7 @@ if [ "${PAGING_DISK_SWEEP:-1}" != 0 ]; then
     D=${cfg%%:*} C=${cfg##*:}
     FARGPU_SPILL_READ_DEPTH=$D FARGPU_SPILL_CHUNK_MB=$C PYTHONPATH="$W/py:$W/site:$REPO/bench" FARGPU_NATIVE_DIR="$W/build" \
       PYTHONUNBUFFERED=1 FARGPU_COMMIT=$FARGPU_COMMIT "$PY" bench/paging_disk.py "$OUT/disk-depth$D-chunk${C}MiB" \
-      --backend cuda --gib 4 --cycles 2 --stub-dir "$W/build/stub" --spill-dir /tmp/fargpu-spill --python "$PY" \
+      --backend cuda --gib 2 --cycles 2 --stub-dir "$W/build/stub" --spill-dir /tmp/fargpu-spill --python "$PY" \
       2>"$OUT/paging_disk_depth$D.log" | tail -12 || RC=1
   done
 fi
