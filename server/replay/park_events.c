@@ -1,7 +1,9 @@
 /* park_events.c — events across a park: which events were recorded, and their timings, come back with the session.
  *
- * The worker notes every successful cuEventRecord / cuEventRecordWithFlags (fgs_events_note, from the journal's
- * hook after each record) in a byte per event slot, cleared when the event is destroyed. A park happens after a
+ * The worker notes every successful cuEventRecord / cuEventRecordWithFlags / cuCtxRecordEvent (fgs_events_note,
+ * from the journal's hook after each record) in a byte per event slot, cleared when the event is destroyed. An
+ * event cuCtxRecordEvent recorded (the work of all the context's streams) is complete after the page-out as one
+ * recorded on a stream is, so it comes back the same way. A park happens after a
  * page-out, which drained every stream, so every recorded event is complete then: the state keeps, for each
  * recorded event, its id and, where the driver can time it, its elapsed time in ms from a reference event (the
  * first recorded event it can be timed against; events of other contexts or created with
@@ -43,9 +45,14 @@ static fgs_evstate *slot_of(struct fgs_journal *J, uint64_t id, int grow) {
 
 void fgs_events_note(fgs_session *S, unsigned op, const uint8_t *args, size_t len, CUresult res) {
     struct fgs_journal *J = S->journal;
-    if ((op != FG_OP_cuEventRecord && op != FG_OP_cuEventRecordWithFlags) || res != CUDA_SUCCESS || len < 8) return;
+    if (res != CUDA_SUCCESS) return;
+    size_t at; /* where the event's id is in the record: "u64 event, u64 stream" or "u64 context, u64 event" */
+    if (op == FG_OP_cuEventRecord || op == FG_OP_cuEventRecordWithFlags) at = 0;
+    else if (op == FG_OP_cuCtxRecordEvent) at = 8;
+    else return;
+    if (len < at + 8) return;
     uint64_t id;
-    memcpy(&id, args, 8);
+    memcpy(&id, args + at, 8);
     fgs_evstate *e = slot_of(J, id, 1);
     if (!e) {
         J->incomplete = 1; /* out of memory: the session cannot be parked faithfully */

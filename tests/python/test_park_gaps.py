@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+from cuda_ctypes import PRELUDE
 from e2e_helpers import NodeServer, start_server, stop_server
 from park_fidelity_program import EXPECTED, PROGRAM
 
@@ -110,3 +111,62 @@ def test_an_address_taken_on_the_restoring_node_fails_the_restore_and_the_sessio
         stop_server(a)
         for s in nodes:
             stop_server(s)
+
+
+CTX_EVENTS = PRELUDE + r'''
+import time
+ctx = ctx0()
+st = ctypes.c_void_p()
+ok(cu.cuStreamCreate(ctypes.byref(st), 1), "stream")
+evs = []
+for _ in range(3):  # a: cuEventRecord; c: cuCtxRecordEvent; never: not recorded
+    e = ctypes.c_void_p(); ok(cu.cuEventCreate(ctypes.byref(e), 0), "event"); evs.append(e)
+ev_a, ev_c, ev_never = evs
+r, p = alloc(1 << 20); ok(r, "alloc")  # resident memory: the idle session is paged out, then parked
+ok(cu.cuEventRecord(ev_a, st), "record a")
+ok(cu.cuStreamSynchronize(st), "sync")
+time.sleep(0.05)
+ok(cu.cuCtxRecordEvent(ctx, ev_c), "ctx record c")
+ok(cu.cuCtxSynchronize(), "sync")
+def elapsed(x, y):
+    ms = ctypes.c_float()
+    r = cu.cuEventElapsedTime(ctypes.byref(ms), x, y)
+    return r, round(ms.value, 3)
+before = (elapsed(ev_a, ev_c), elapsed(ev_c, ev_a), elapsed(ev_c, ev_never)[0])
+print("READY", flush=True)
+sys.stdin.readline()
+after = (elapsed(ev_a, ev_c), elapsed(ev_c, ev_a), elapsed(ev_c, ev_never)[0])
+ok(cu.cuStreamWaitEvent(st, ev_c, 0), "wait c")
+ok(cu.cuStreamSynchronize(st), "sync after")
+ok(cu.cuCtxRecordEvent(ctx, ev_c), "ctx record c again")
+ok(cu.cuCtxSynchronize(), "sync again")
+again = elapsed(ev_a, ev_c)[0]
+print("RESULT same", after == before, "before", before, "query", cu.cuEventQuery(ev_c), "again", again, flush=True)
+'''
+
+
+def test_events_recorded_by_cuCtxRecordEvent_come_back_recorded_and_timed(tmp_path: Path) -> None:
+    """An event cuCtxRecordEvent recorded comes back with a parked session as one cuEventRecord recorded does:
+    complete, with the same elapsed times to the events recorded before the park (server/replay/park_events.c)."""
+    store = tmp_path / "store"
+    a = start_server(tmp_path, "--idle-page-out", "1", "--idle-park", "1", "--park-store", str(store))
+    port = int(a.endpoint.rsplit(":", 1)[1])
+    b: NodeServer | None = None
+    try:
+        p = subprocess.Popen([sys.executable, "-P", "-c", CTX_EVENTS], env=a.client_env(FARGPU_RESUME_TIMEOUT_S="60"),
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/")
+        assert p.stdout is not None
+        ready = p.stdout.readline().strip()
+        assert ready == "READY", ready + (p.stderr.read() if p.stderr else "")
+        _wait_log(a, r"park of session \w+: parked sessions/\w+")
+        stop_server(a)
+        (tmp_path / "b").mkdir()
+        b = start_server(tmp_path / "b", "--park-store", str(store), port=port)
+        out, err = p.communicate("go\n", timeout=120)
+        m = re.search(r"RESULT same (\w+) before \(\(0, ([\d.]+)\), \(0, -[\d.]+\), (\d+)\) query 0 again 0", out)
+        assert m and m.group(1) == "True" and float(m.group(2)) >= 40 and m.group(3) != "0", out + err
+        assert "restored a parked session" in b.log_text()
+    finally:
+        stop_server(a)
+        if b is not None:
+            stop_server(b)
