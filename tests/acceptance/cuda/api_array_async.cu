@@ -10,14 +10,7 @@
 #include <cuda.h>
 
 #include "acceptance.h"
-
-static int g_fail = 0;
-static void check(const char *what, bool ok)
-{
-    std::printf("%s %s\n", what, ok ? "ok" : "MISMATCH");
-    if (!ok)
-        g_fail = 1;
-}
+#include "acceptance_check.h"
 
 int main()
 {

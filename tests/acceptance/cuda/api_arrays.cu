@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "acceptance.h"
+#include "acceptance_check.h"
 
 __global__ void tex_read(cudaTextureObject_t t, float *out, int w, int h)
 {
@@ -21,14 +22,6 @@ __global__ void surf_write(cudaSurfaceObject_t s, int w, int h)
     int x = blockIdx.x * blockDim.x + threadIdx.x, y = blockIdx.y;
     if (x < w && y < h)
         surf2Dwrite((float)(1000 * y + x), s, x * (int)sizeof(float), y);
-}
-
-static int g_fail = 0;
-static void check(const char *what, bool ok)
-{
-    std::printf("%s %s\n", what, ok ? "ok" : "MISMATCH");
-    if (!ok)
-        g_fail = 1;
 }
 
 int main(int argc, char **argv)

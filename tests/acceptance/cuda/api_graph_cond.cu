@@ -9,6 +9,8 @@
 #include <vector>
 
 #include "acceptance.h"
+#include "acceptance_check.h"
+#include "test_kernels.cuh"
 
 extern "C" __global__ void fg_set_cond(cudaGraphConditionalHandle h, unsigned int v) { cudaGraphSetConditional(h, v); }
 
@@ -17,28 +19,6 @@ extern "C" __global__ void fg_count_down(unsigned int *counter, cudaGraphConditi
     unsigned int left = *counter - 1; // launched with one thread
     *counter = left;
     cudaGraphSetConditional(h, left != 0);
-}
-
-extern "C" __global__ void fg_scale(float *x, float s, int n)
-{
-    int i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n)
-        x[i] = x[i] * s;
-}
-
-extern "C" __global__ void fg_fill_u32(unsigned int *p, unsigned int v, unsigned long long n)
-{
-    unsigned long long stride = (unsigned long long)gridDim.x * blockDim.x;
-    for (unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride)
-        p[i] = v;
-}
-
-static int g_fail = 0;
-static void check(const char *what, bool ok)
-{
-    std::printf("%s %s\n", what, ok ? "ok" : "MISMATCH");
-    if (!ok)
-        g_fail = 1;
 }
 
 static const int N = 2048;

@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "acceptance.h"
+#include "acceptance_check.h"
 
 static const char kKernelPtx[] = R"(
 .version 8.0
@@ -99,21 +100,6 @@ static const char kFunctionPtx[] = R"(
 )";
 
 static const char kBrokenPtx[] = ".version 8.0\n.target sm_90\n.address_size 64\n.visible .entry broken(\n";
-
-static const char *name_of(CUresult r)
-{
-    const char *s = nullptr;
-    cuGetErrorName(r, &s);
-    return s ? s : "?";
-}
-
-static int g_fail = 0;
-static void check(const char *what, bool ok)
-{
-    std::printf("%s %s\n", what, ok ? "ok" : "MISMATCH");
-    if (!ok)
-        g_fail = 1;
-}
 
 int main()
 {

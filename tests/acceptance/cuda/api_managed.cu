@@ -11,35 +11,8 @@
 #include <cstring>
 
 #include "acceptance.h"
-
-extern "C" __global__ void fg_vadd(const float *a, const float *b, float *c, int n)
-{
-    int i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n)
-        c[i] = a[i] + b[i];
-}
-
-extern "C" __global__ void fg_scale(float *x, float s, int n)
-{
-    int i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n)
-        x[i] = x[i] * s;
-}
-
-extern "C" __global__ void fg_fill_u32(unsigned int *p, unsigned int v, unsigned long long n)
-{
-    unsigned long long stride = (unsigned long long)gridDim.x * blockDim.x;
-    for (unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride)
-        p[i] = v;
-}
-
-static int g_fail = 0;
-static void check(const char *what, bool ok)
-{
-    std::printf("%s %s\n", what, ok ? "ok" : "MISMATCH");
-    if (!ok)
-        g_fail = 1;
-}
+#include "acceptance_check.h"
+#include "test_kernels.cuh"
 
 static const int N = 1 << 20;
 static int blocks(int n) { return (n + 255) / 256; }

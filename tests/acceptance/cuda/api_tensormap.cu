@@ -15,6 +15,7 @@
 #include <cuda/barrier>
 
 #include "acceptance.h"
+#include "acceptance_check.h"
 
 using block_barrier = cuda::barrier<cuda::thread_scope_block>;
 namespace cde = cuda::device::experimental;
@@ -42,21 +43,6 @@ __global__ void tma_copy(const __grid_constant__ CUtensorMap map, float *out)
     bar.wait(std::move(token));
     for (int i = threadIdx.x; i < BX * BY; i += blockDim.x)
         out[(y0 + i / BX) * W + x0 + i % BX] = tile[i / BX][i % BX];
-}
-
-static const char *name_of(CUresult r)
-{
-    const char *s = nullptr;
-    cuGetErrorName(r, &s);
-    return s ? s : "?";
-}
-
-static int g_fail = 0;
-static void check(const char *what, bool ok)
-{
-    std::printf("%s %s\n", what, ok ? "ok" : "MISMATCH");
-    if (!ok)
-        g_fail = 1;
 }
 
 static CUresult tiled(CUtensorMap *m, void *addr, cuuint32_t rank = 2, cuuint32_t box0 = BX, cuuint32_t box1 = BY)

@@ -9,6 +9,7 @@
 #include <thread>
 
 #include "acceptance.h"
+#include "acceptance_check.h"
 
 static std::atomic<int> g_ran{0};
 static std::atomic<void *> g_last{nullptr};
@@ -25,14 +26,6 @@ static int wait_for(int n)
     for (int i = 0; i < 500 && g_ran.load() < n; i++)
         std::this_thread::sleep_for(std::chrono::milliseconds(10));
     return g_ran.load();
-}
-
-static int g_fail = 0;
-static void check(const char *what, bool ok)
-{
-    std::printf("%s %s\n", what, ok ? "ok" : "MISMATCH");
-    if (!ok)
-        g_fail = 1;
 }
 
 int main()

@@ -16,28 +16,8 @@
 #include <cuda_profiler_api.h>
 
 #include "acceptance.h"
-
-extern "C" __global__ void fg_fill_u32(unsigned int *p, unsigned int v, unsigned long long n)
-{
-    unsigned long long stride = (unsigned long long)gridDim.x * blockDim.x;
-    for (unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride)
-        p[i] = v;
-}
-
-extern "C" __global__ void fg_vadd(const float *a, const float *b, float *c, int n)
-{
-    int i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n)
-        c[i] = a[i] + b[i];
-}
-
-static int g_fail = 0;
-static void check(const char *what, bool ok)
-{
-    std::printf("%s %s\n", what, ok ? "ok" : "MISMATCH");
-    if (!ok)
-        g_fail = 1;
-}
+#include "acceptance_check.h"
+#include "test_kernels.cuh"
 
 static size_t smem_per_block(int block) { return (size_t)block * 8; }
 
