@@ -449,9 +449,8 @@ class NodeAgent:
             return
         if fetched.extent is not None:
             self.pager.pool.give(fetched.extent)
-        if fetched.pages is not None:
-            with contextlib.suppress(FileNotFoundError):
-                fetched.pages.unlink()
+        if fetched.pages is not None:  # off the event loop: deleting a large file can take a while (discard)
+            self.pager.spill_deleter.delete(fetched.pages)
         shutil.rmtree(fetched.workdir, ignore_errors=True)
 
     async def _fetch_parked(self, conn: socket.socket, hello: handshake.Hello, grant: Grant) -> Fetched | None:
