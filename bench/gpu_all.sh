@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # bench/gpu_all.sh OUT — the GPU proofs in one device call, most important first, each bounded (seconds from the
-# environment) so that one that hangs leaves time for the rest: paging (issue 11), the bulk-data transports and small
-# calls (issue 13, --quick), what TLS costs (issue 15, --quick), parking (issue 12), and the acceptance programs
-# (quick, no torch). Each leaves its JSON and logs in its own folder under OUT and prints its last lines. A part
-# whose budget is 0 is skipped. FARGPU_COMMIT=<sha> names the commit (the device copy's git HEAD may be stale).
+# environment) so that one that hangs leaves time for the rest, and all of them within one call's 600 s: parking
+# with the address probe (issue 12), paging (issue 11), the bulk-data transports and small calls (issue 13,
+# --quick); what TLS costs (issue 15, TLS_S) and the acceptance programs (quick, no torch; ACCEPTANCE_S) are off by
+# default. Each leaves its JSON and logs in its own folder under OUT and prints its last lines. A part whose budget
+# is 0 is skipped. FARGPU_COMMIT=<sha> names the commit (the device copy's git HEAD may be stale).
 set -u
 cd "$(dirname "$0")/.."
 OUT=$(mkdir -p "${1:?usage: bench/gpu_all.sh OUT}" && cd "$1" && pwd)
@@ -16,9 +17,9 @@ part() {  # part NAME SECONDS COMMAND...
   tail -"${TAIL_LINES:-6}" "$OUT/$name.log"
 }
 # shellcheck disable=SC2086
+part park "${PARK_S:-120}" bash bench/park_gpu.sh "$OUT/park"
 part paging "${PAGING_S:-300}" bash bench/paging_gpu.sh "$OUT/paging" ${PAGING_ARGS:---sizes 1,8,32 --disk-bytes 4294967296}
-part transport "${TRANSPORT_S:-200}" bash bench/transport_gpu.sh "$OUT/transport" --quick
-part tls "${TLS_S:-90}" bash bench/tls_cost_gpu.sh "$OUT/tls" --quick
-part park "${PARK_S:-80}" bash bench/park_gpu.sh "$OUT/park"
+part transport "${TRANSPORT_S:-150}" bash bench/transport_gpu.sh "$OUT/transport" --quick
+part tls "${TLS_S:-0}" bash bench/tls_cost_gpu.sh "$OUT/tls" --quick
 part acceptance "${ACCEPTANCE_S:-0}" bash tests/acceptance/run_gpu.sh "$OUT/acceptance" --quick --skip-torch
 exit 0
