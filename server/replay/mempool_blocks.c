@@ -289,7 +289,7 @@ CUresult mp_alloc_in(fgs_session *S, mp_pool *p, uint64_t size, fg_writer *out) 
     memset(&a, 0, sizeof a);
     a.req = size;
     a.pool = p;
-    if (size <= MP_SMALL) {
+    if (size <= MP_SMALL && !(p->max_size && p->max_size < MP_CHUNK)) { /* (a cap below a chunk: on its own) */
         size_t units = (size_t)((size + MP_UNIT - 1) / MP_UNIT), first = 0;
         mp_chunk *c = NULL;
         for (size_t i = 0; i < g_n_chunks && !c; i++)
