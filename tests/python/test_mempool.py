@@ -239,6 +239,8 @@ p, q = ctypes.c_uint64(), ctypes.c_uint64()
 ok(cu.cuMemAllocAsync(ctypes.byref(p), ctypes.c_size_t(40 << 20), s), "alloc")
 ok(cu.cuMemAllocAsync(ctypes.byref(q), ctypes.c_size_t(16 << 20), s), "alloc")
 ok(cu.cuMemFreeAsync(q, s), "free")  # pending (the simulated events are held back)
+small = ctypes.c_uint64()
+ok(cu.cuMemAllocAsync(ctypes.byref(small), ctypes.c_size_t(4096), s), "alloc small")  # a 2 MiB chunk
 ok(cu.cuStreamQuery(s), "query")
 print("HOLDING", flush=True)
 sys.stdin.readline()
@@ -279,7 +281,7 @@ def test_killed_client_leaves_nothing(tmp_path: Path) -> None:
         held = subprocess.run(
             [sys.executable, "-P", "-c", TAKER], env=env, capture_output=True, text=True, timeout=60, cwd="/"
         )
-        assert "alloc 2" in held.stdout, held.stdout + held.stderr  # 56 MiB of the quota are the holder's
+        assert "alloc 2" in held.stdout, held.stdout + held.stderr  # 58 MiB of the quota are the holder's
         os.kill(h.pid, signal.SIGKILL)
         h.wait()
         deadline = time.monotonic() + 20
