@@ -7,28 +7,15 @@
 // memory, and a graph allocation node whose memory outlives the launch and is freed with cudaFreeAsync. Values are
 // checked against the host exactly; pool amounts only as relations that hold for any pool (used >= what is
 // allocated, reserved >= used, 0 when everything is freed and trimmed), since a driver rounds and caches as it
-// likes. Kernels are named and laid out as tests/c/kernels/test_kernels.cu, so the simulated device runs them.
+// likes. The kernel is test_kernels.cuh's (the test kernels' name and layout), so the simulated device runs it.
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <vector>
 
 #include "acceptance.h"
-
-extern "C" __global__ void fg_fill_u32(unsigned int *p, unsigned int v, unsigned long long n)
-{
-    unsigned long long stride = (unsigned long long)gridDim.x * blockDim.x;
-    for (unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride)
-        p[i] = v;
-}
-
-static int g_fail = 0;
-static void check(const char *what, bool ok)
-{
-    std::printf("%s %s\n", what, ok ? "ok" : "MISMATCH");
-    if (!ok)
-        g_fail = 1;
-}
+#include "acceptance_check.h"
+#include "test_kernels.cuh"
 
 static const unsigned long long N = 1 << 20; // 4 MiB of u32 per buffer
 static const size_t BYTES = N * sizeof(unsigned int);
