@@ -50,6 +50,24 @@ static int is_setter(unsigned op) {
     }
 }
 
+/* Setters whose newest call replaces every earlier one with the same leading argument bytes (the object and what
+ * of it is set): the older entries die, so a setter called again and again keeps one entry. */
+static size_t superseding_key(unsigned op) {
+    return op == FG_OP_cuMemPoolSetAttribute ? 12 : 0; /* pool id, attribute */
+}
+
+static void supersede(struct fgs_journal *J, unsigned op, const uint8_t *args, size_t len) {
+    size_t k = superseding_key(op);
+    if (!k || len < k) return;
+    for (size_t i = 0; i < J->n; i++) {
+        fgs_jentry *e = &J->e[i];
+        if (!e->dead && e->op == op && e->arglen >= k && !memcmp(e->args, args, k)) {
+            e->dead = 1;
+            J->n_dead++;
+        }
+    }
+}
+
 int fgs_journal_open(fgs_session *S) {
     S->journal = (struct fgs_journal *)calloc(1, sizeof *S->journal);
     return S->journal ? 0 : -1;
@@ -184,6 +202,8 @@ void fgs_journal_note(fgs_session *S, unsigned op, const uint8_t *args, size_t l
     size_t n_ids = J->n_pending;
     J->n_pending = 0;
     if (res != CUDA_SUCCESS || op == FG_OP_SET_CTX || (!n_ids && !is_setter(op))) return;
+    supersede(J, op, args, len);
+    if (J->n_dead > 64 && J->n_dead * 2 > J->n) compact(J);
     fgs_jentry e;
     memset(&e, 0, sizeof e);
     e.op = (uint16_t)op;
