@@ -120,7 +120,18 @@ static int move(uint8_t *buf, size_t n, int C, int htod) {
     return 0;
 }
 
+/* The server said something unasked between calls (a CLOSE when it parked or moved the session, conn.c): a PING
+ * hears it, and resumes the session if it must, before any piece goes out (the pieces are not kept for a resume). */
+CUresult fgc_hear_unasked(void) {
+    if (!fgc_conn_unasked()) return CUDA_SUCCESS;
+    fg_writer *w = fgc_begin(FG_OP_PING);
+    if (!w) return fgc_last_error();
+    return fgc_sync();
+}
+
 CUresult fgc_bulk_htod(CUdeviceptr dst, const void *src, size_t n, CUstream stream, int sync) {
+    CUresult h = fgc_hear_unasked();
+    if (h != CUDA_SUCCESS) return h;
     int C = lanes();
     fg_writer *w = fgc_begin(FG_OP_BULK_HTOD);
     if (!w) return fgc_last_error();
@@ -142,13 +153,8 @@ CUresult fgc_bulk_htod(CUdeviceptr dst, const void *src, size_t n, CUstream stre
 }
 
 CUresult fgc_bulk_dtoh(void *dst, CUdeviceptr src, size_t n, CUstream stream) {
-    if (fgc_io_buffered()) { /* the server said something unasked after a reply (a CLOSE, conn.c): the pieces come
-                                 on that connection, so hear it first (a PING reads it and resumes if it must) */
-        fg_writer *w = fgc_begin(FG_OP_PING);
-        if (!w) return fgc_last_error();
-        CUresult r = fgc_sync();
-        if (r != CUDA_SUCCESS) return r;
-    }
+    CUresult h = fgc_hear_unasked();
+    if (h != CUDA_SUCCESS) return h;
     int C = lanes();
     fg_writer *w = fgc_begin(FG_OP_BULK_DTOH);
     if (!w) return fgc_last_error();

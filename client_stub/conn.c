@@ -8,6 +8,7 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -140,6 +141,16 @@ void fgc_io_memory_end(void) { g_mem = NULL; }
 void fgc_io_forget(void) { g_ahead_at = g_ahead_end = 0; } /* a new connection: what the old one sent is moot */
 
 size_t fgc_io_buffered(void) { return g_ahead_end - g_ahead_at; }
+
+/* 1 when the session's connection holds something no call asked for: bytes read ahead, or a CLOSE (or the end of
+ * the connection) that a server sent between calls when it parked or moved the session. A bulk copy hears it
+ * before it starts (bulk.c), so the session resumes first instead of breaking in the middle of the copy. */
+int fgc_conn_unasked(void) {
+    if (fgc_io_buffered()) return 1;
+    if (g_fgc.fd < 0) return 0;
+    struct pollfd pf = {g_fgc.fd, POLLIN | POLLRDHUP, 0};
+    return poll(&pf, 1, 0) > 0;
+}
 
 /* Serve what is buffered (memory or read-ahead); returns the bytes still to read from the socket, or SIZE_MAX
  * when a reply in memory is shorter than its reader expects. */

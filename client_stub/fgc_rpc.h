@@ -94,6 +94,7 @@ void fgc_io_from_memory(const void *p, size_t n);
 void fgc_io_memory_end(void);
 void fgc_io_forget(void);       /* a new connection: drop what the old one's read-ahead held */
 size_t fgc_io_buffered(void);   /* bytes read ahead and not yet taken */
+int fgc_conn_unasked(void);      /* the connection holds what no call asked for (a CLOSE, its end) */
 void fgc_mark_broken(CUresult err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 const char *fgc_endpoint(void);
 

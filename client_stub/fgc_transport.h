@@ -12,6 +12,7 @@
 #include <sys/uio.h>
 
 #define FGC_BULK_MIN (256u * 1024u) /* copies from this size on move as bulk pieces (or through shared memory) */
+CUresult fgc_hear_unasked(void); /* before a large copy: a CLOSE sent between calls resumes the session first */
 
 /* doorbell.c. Post a synchronous batch frame (iov, total bytes) to the worker through the request mailbox (with
  * g_fgc.wmu held): 1 posted (its reply is awaited with fgc_db_wait), 0 not (the caller writes it to the socket).

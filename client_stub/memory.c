@@ -111,8 +111,11 @@ CUresult fgc_cuMemcpyHtoD_v2(CUdeviceptr dst, const void *src, size_t n) {
     if (n && fgc_shm_find(src, n, &region_off)) return shm_copy(FG_OP_SHM_HTOD, dst, region_off, n, NULL, 1);
     CUresult mr;
     if (fgc_mirror_htod(dst, src, n, NULL, 0, &mr)) return mr; /* mirrored host memory: copied on the device */
-    if (n >= FGC_BULK_MIN)
+    if (n >= FGC_BULK_MIN) { /* a session parked or moved since the last call resumes first (which path it has then) */
+        CUresult h = fgc_hear_unasked();
+        if (h != CUDA_SUCCESS) return h;
         return fgc_shm_on() ? fgc_shm_staged_htod(dst, src, n, NULL, 1) : fgc_bulk_htod(dst, src, n, NULL, 1);
+    }
     size_t off = 0;
     do {
         size_t k = n - off < FG_CHUNK ? n - off : FG_CHUNK;
@@ -135,8 +138,11 @@ CUresult fgc_cuMemcpyDtoH_v2(void *dst, CUdeviceptr src, size_t n) {
     if (n && fgc_shm_find(dst, n, &region_off)) return shm_copy(FG_OP_SHM_DTOH, src, region_off, n, NULL, 1);
     CUresult mr;
     if (fgc_mirror_dtoh(dst, src, n, NULL, 0, &mr)) return mr;
-    if (n >= FGC_BULK_MIN)
+    if (n >= FGC_BULK_MIN) {
+        CUresult h = fgc_hear_unasked();
+        if (h != CUDA_SUCCESS) return h;
         return fgc_shm_on() ? fgc_shm_staged_dtoh(dst, src, n, NULL, 1) : fgc_bulk_dtoh(dst, src, n, NULL);
+    }
     size_t off = 0;
     do {
         size_t k = n - off < FG_CHUNK ? n - off : FG_CHUNK;
@@ -170,6 +176,8 @@ CUresult fgc_cuMemcpyHtoDAsync_v2(CUdeviceptr dst, const void *src, size_t n, CU
     /* While a stream capture is under way the copy may be captured: its source must stay where the record put it
      * (inline, as before), not in a staging slot the next copy reuses. */
     if (n >= FGC_BULK_MIN && !fgc_capture_active()) {
+        CUresult h = fgc_hear_unasked();
+        if (h != CUDA_SUCCESS) return h;
         if (fgc_shm_on() && !fgc_host_block_find(src, NULL, NULL, NULL)) /* pageable, co-located */
             return fgc_shm_staged_htod(dst, src, n, s, 0);
         return fgc_bulk_htod(dst, src, n, s, 0);
@@ -201,8 +209,11 @@ CUresult fgc_cuMemcpyDtoHAsync_v2(void *dst, CUdeviceptr src, size_t n, CUstream
      * move as a bulk copy (or through the shared-memory ring) instead of waiting on the server for a reply. Pinned
      * memory keeps async semantics (the data comes with the next reply). */
     if (n >= FGC_BULK_MIN && !fgc_capture_active() && !fgc_host_block_find(dst, NULL, NULL, NULL) &&
-        !fgc_host_block_find((const char *)dst + n - 1, NULL, NULL, NULL))
+        !fgc_host_block_find((const char *)dst + n - 1, NULL, NULL, NULL)) {
+        CUresult h = fgc_hear_unasked();
+        if (h != CUDA_SUCCESS) return h;
         return fgc_shm_on() ? fgc_shm_staged_dtoh(dst, src, n, s, 0) : fgc_bulk_dtoh(dst, src, n, s);
+    }
     size_t off = 0;
     do {
         size_t k = n - off < FG_CHUNK ? n - off : FG_CHUNK;

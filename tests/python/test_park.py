@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from cuda_ctypes import PRELUDE
 from e2e_helpers import NodeServer, start_server, stop_server
 
@@ -278,6 +279,50 @@ def test_a_client_on_the_node_host_resumes_over_the_unix_socket(tmp_path: Path) 
         assert out.startswith("RESULT bad= prio -1 flags 1 ctx True"), out + "\n" + err
         assert "resumed on " + sock in err, err
     finally:
+        stop_server(a)
+        for s in b:
+            stop_server(s)
+
+
+# The first call after the park is a large copy (bulk pieces over TCP, the staging ring over shared memory): the
+# stub hears the server's CLOSE before the copy starts and resumes, instead of breaking in the middle of it.
+BULK_FIRST = PRELUDE + r'''
+import hashlib
+ctx0()
+n = 8 << 20
+r, p = alloc(n); ok(r, "alloc")
+ok(cu.cuMemsetD8_v2(ctypes.c_uint64(p), ctypes.c_ubyte(3), ctypes.c_size_t(n)), "memset")
+print("READY", flush=True)
+sys.stdin.readline()
+data = hashlib.sha256(b"after").digest() * (n // 32)
+print("HTOD", cu.cuMemcpyHtoD_v2(ctypes.c_uint64(p), data, ctypes.c_size_t(n)), flush=True)
+out = ctypes.create_string_buffer(n)
+print("DTOH", cu.cuMemcpyDtoH_v2(out, ctypes.c_uint64(p), ctypes.c_size_t(n)), out.raw == data, flush=True)
+'''
+
+
+@pytest.mark.parametrize("transport", ["tcp", "shm"])
+def test_a_large_copy_as_the_first_call_after_a_park_resumes(tmp_path: Path, transport: str) -> None:
+    sock, store = str(tmp_path / "node.sock"), str(tmp_path / "store")
+    a = start_server(tmp_path, "--unix", sock, "--idle-page-out", "1", "--idle-park", "1", "--park-store", store)
+    port = int(a.endpoint.rsplit(":", 1)[1])
+    b: list[NodeServer] = []
+    env = a.client_env(FARGPU_LOG="info", **({"FARGPU_SERVER": sock} if transport == "shm" else {}))
+    p = subprocess.Popen([sys.executable, "-P", "-c", BULK_FIRST], env=env, stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/")
+    try:
+        assert p.stdout is not None and p.stdout.readline().strip() == "READY"
+        _wait_log(a, r"park of session \w+: parked sessions/\w+ (\d+)")
+        a.proc.kill()
+        a.proc.wait()
+        (tmp_path / "b").mkdir()
+        b.append(start_server(tmp_path / "b", "--unix", sock, "--park-store", store, port=port))
+        out, err = p.communicate("go\n", timeout=120)
+        assert "HTOD 0" in out and "DTOH 0 True" in out, out + "\n" + err + b[0].log_text()[-3000:]
+        assert "resumed on" in err, err
+    finally:
+        if p.poll() is None:
+            p.kill()
         stop_server(a)
         for s in b:
             stop_server(s)
