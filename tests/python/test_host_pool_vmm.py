@@ -1,8 +1,9 @@
 """The node's host page pool as driver memory (server/host_pool_vmm.py, server/replay/hostpool.c): made in the
-background by a process of its own; where the driver cannot make it (the simulated device has no host-NUMA
-allocations) the pool is a memfd and the reason is logged; sessions that start before a driver pool is ready page
-out to disk; a driver pool, which the agent cannot read, never receives a restored session's memory. The DMA route
-itself needs the real driver: bench/paging_gpu.sh measures it (its JSON names the pool's kind)."""
+background by a process of its own; where the driver cannot make it the pool is a memfd and the reason is logged;
+sessions that start before a driver pool is ready page out to disk; a driver pool, which the agent cannot read, never
+receives a restored session's memory. The simulated device makes host-NUMA memory as the driver does (node 0
+only), so the pool's bookkeeping and the worker's mapping run here (tests/python/test_paging.py pages through it);
+the DMA's speed needs the real driver: bench/paging_gpu.sh measures it (its JSON names the pool's kind)."""
 
 from __future__ import annotations
 
@@ -22,11 +23,17 @@ from fargpu.server.pager import HostPool, Pager
 MiB = 1 << 20
 
 
-def test_the_simulated_driver_cannot_make_one_and_says_why() -> None:
+def test_the_simulated_driver_makes_one_and_refuses_a_numa_node_it_lacks_with_the_reason() -> None:
+    fd, n = host_pool_vmm.make(str(select("sim").driver), 63 * MiB, timeout_s=60)
+    try:
+        assert n == 64 * MiB  # rounded up to the 2 MiB granularity
+        assert os.readlink(f"/proc/self/fd/{fd}").startswith("/memfd:fargpu-sim-host-0")
+        assert os.fstat(fd).st_size == n
+    finally:
+        os.close(fd)
     with pytest.raises(host_pool_vmm.HostPoolError) as e:
-        host_pool_vmm.make(str(select("sim").driver), 64 * MiB, timeout_s=60)
-    why = str(e.value)  # no export at all, or (once it has one) no host-NUMA allocation
-    assert why == "the driver has no VMM export" or ("host-NUMA" in why and "CUDA error" in why), why
+        host_pool_vmm.make(str(select("sim").driver), 64 * MiB, numa=1, timeout_s=60)
+    assert "host-NUMA" in str(e.value) and "CUDA error" in str(e.value), str(e.value)
 
 
 def test_a_pool_the_driver_cannot_make_becomes_a_memfd_with_the_reason_logged(caplog: pytest.LogCaptureFixture) -> None:
@@ -74,17 +81,20 @@ async def test_sessions_before_a_driver_pool_is_ready_page_to_disk(tmp_path: Pat
         p.close()
 
 
-async def test_an_agent_asked_for_a_driver_pool_on_the_simulated_device_pages_through_a_memfd(tmp_path: Path) -> None:
+async def test_an_agent_takes_a_driver_pool_when_asked_and_a_memfd_by_default_on_the_simulated_device(
+        tmp_path: Path) -> None:
     from fargpu.server.auth import StaticTokenAuth
     from fargpu.server.node_agent import AgentConfig, NodeAgent
 
-    agent = NodeAgent(select("sim"), StaticTokenAuth("pool-kind-token"),
-                      AgentConfig(listen="127.0.0.1:0", host_pool_bytes=64 * MiB, spill_dir=str(tmp_path / "spill"),
-                                  host_pool_kind="vmm"))
-    try:
-        assert await asyncio.to_thread(agent.pager.pool.ready.wait, 60)
-        assert agent.pager.pool.kind == "memfd" and agent.pager.pool.fd >= 0
-    finally:
-        agent.pager.close()
+    for kind, want in (("vmm", "vmm"), ("auto", "memfd")):
+        agent = NodeAgent(select("sim"), StaticTokenAuth("pool-kind-token"),
+                          AgentConfig(listen="127.0.0.1:0", host_pool_bytes=64 * MiB,
+                                      spill_dir=str(tmp_path / "spill"), host_pool_kind=kind))
+        try:
+            assert await asyncio.to_thread(agent.pager.pool.ready.wait, 60)
+            assert agent.pager.pool.kind == want and agent.pager.pool.fd >= 0, (kind, agent.pager.pool.kind)
+            assert agent.pager.pool.cpu_view == (want == "memfd")
+        finally:
+            agent.pager.close()
     with pytest.raises(ValueError, match="use auto, vmm or memfd"):
         NodeAgent(select("sim"), StaticTokenAuth("t"), AgentConfig(host_pool_kind="fast"))
