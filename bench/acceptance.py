@@ -333,7 +333,8 @@ def check_proof(proof: Path, stub_dir: Path) -> tuple[bool, list[str], list[str]
                 problems.append(f"pid {pid} mapped the real driver: {path}")
             elif base.startswith(DRIVER_PRIVATE_LIBS):
                 problems.append(f"pid {pid} mapped a driver component: {path}")
-            elif base.startswith("libnvidia-ml") and not path.startswith(str(stub_dir)):
+            elif base.startswith("libnvidia-ml") and not os.path.realpath(path).startswith(
+                    os.path.realpath(stub_dir) + "/"):
                 notes.append(f"pid {pid} mapped NVML from {path}")
         for fd in rec.get("nvidia_fds", []):
             problems.append(f"pid {pid} held a GPU device node open: {fd}")

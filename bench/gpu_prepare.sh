@@ -1,27 +1,29 @@
 # bench/gpu_prepare.sh — sourced by the GPU scripts (bench/paging_gpu.sh, park_gpu.sh, scale_zero_gpu.sh,
 # transport_gpu.sh): the set-up they share. With REPO, W (a fresh work folder), PY and OUT set, `gpu_prepare
-# [BUILD_TO_REUSE]` installs the wheels in .whl/ (packages the GPU host lacks) into $W/site, builds the native parts
-# with the host's gcc and CUDA headers into $W/build (or links a build of the same sources that another script of
-# the same run made), lays out the Python package under $W/py, and exports FARGPU_COMMIT (from git when not given).
+# [BUILD_DIR]` installs the wheels in .whl/ (packages the GPU host lacks) into $W/site, builds the native parts with
+# the host's gcc and CUDA headers into BUILD_DIR (default $FARGPU_SHARED_BUILD, else /tmp/fargpu-shared-build), unless
+# a build of the same sources is already there (another script of the same device call made it), links it as
+# $W/build, lays out the Python package under $W/py, and exports FARGPU_COMMIT (from git when not given).
 # CUDA_INC: the CUDA headers (FARGPU_CUDA_INCLUDE, else /usr/local/cuda/include).
 CUDA_INC=${CUDA_INC:-${FARGPU_CUDA_INCLUDE:-/usr/local/cuda/include}}
 
 gpu_prepare() {
-  local reuse=${1:-}
+  local build=${1:-${FARGPU_SHARED_BUILD:-/tmp/fargpu-shared-build}}
   if ls .whl/*.whl >/dev/null 2>&1; then
     "$PY" -m pip install -q --no-index --no-deps --no-compile --target "$W/site" .whl/*.whl || return 1
   fi
-  if [ -n "$reuse" ] && [ -f "$reuse/stub/libcuda.so.1" ] && [ -f "$reuse/libfargpu_replay.so" ] \
-     && [ -z "$(find client_stub server protocol CMakeLists.txt -newer "$reuse/stub/libcuda.so.1" \
+  if [ -f "$build/stub/libcuda.so.1" ] && [ -f "$build/libfargpu_replay.so" ] \
+     && [ -z "$(find client_stub server protocol CMakeLists.txt -newer "$build/stub/libcuda.so.1" \
                 \( -name '*.[ch]' -o -name CMakeLists.txt \) 2>/dev/null | head -1)" ]; then
-    echo "== reusing the build of these sources in $reuse"
-    ln -s "$reuse" "$W/build"
+    echo "== reusing the build of these sources in $build"
   else
-    echo "== build native"
-    cmake -S . -B "$W/build" -DFARGPU_CUDA_INCLUDE="$CUDA_INC" -DCMAKE_BUILD_TYPE=Release \
+    echo "== build native (into $build)"
+    rm -rf "$build"
+    cmake -S . -B "$build" -DFARGPU_CUDA_INCLUDE="$CUDA_INC" -DCMAKE_BUILD_TYPE=Release \
       -DPython_EXECUTABLE="$(command -v "$PY")" >"$OUT/build.log" 2>&1 \
-      && cmake --build "$W/build" -j 8 >>"$OUT/build.log" 2>&1 || { tail -30 "$OUT/build.log"; return 1; }
+      && cmake --build "$build" -j 8 >>"$OUT/build.log" 2>&1 || { tail -30 "$OUT/build.log"; return 1; }
   fi
+  ln -s "$build" "$W/build"
   mkdir -p "$W/py/fargpu"
   local f d
   for f in fargpu/*.py; do ln -s "$REPO/$f" "$W/py/fargpu/"; done

@@ -11,8 +11,7 @@ REPO=$PWD
 W=/tmp/fargpu-park; rm -rf "$W"; mkdir -p "$W"
 PY=${PYTHON:-python3}
 . bench/gpu_prepare.sh
-# bench/gpu_all.sh runs the paging bench first, on the same tree: its build is reused when no source is newer
-if [ -n "${PARK_REBUILD:-}" ]; then gpu_prepare || exit 1; else gpu_prepare /tmp/fargpu-paging/build || exit 1; fi
+gpu_prepare || exit 1  # one build per device call, shared with the other GPU scripts (bench/gpu_prepare.sh)
 echo "== where the driver puts addresses (bench/probe_va.c): plain twice, without randomisation twice, and biased"
 if gcc -std=gnu11 -O2 -I"$CUDA_INC" bench/probe_va.c -o "$W/probe_va" -ldl; then
   {

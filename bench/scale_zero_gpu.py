@@ -42,7 +42,7 @@ PTX = r""".version 8.0
 
 CLIENT = r'''
 import ctypes, os, sys, time
-stub_dir = sys.argv[1]
+stub_dir = os.path.realpath(sys.argv[1])  # the maps show resolved paths (the build folder may be a link)
 cu = ctypes.CDLL("libcuda.so.1")
 def ok(r, w):
     if r: print("FAIL", w, r, flush=True); sys.exit(1)
@@ -66,7 +66,8 @@ t_kernel = time.time()
 got = ctypes.c_uint32()
 ok(cu.cuMemcpyDtoH_v2(ctypes.byref(got), p, ctypes.c_size_t(4)), "dtoh")
 maps = open("/proc/self/maps").read().splitlines()
-real = sorted({l.split()[-1] for l in maps if "libcuda.so" in l and not l.split()[-1].startswith(stub_dir)})
+real = sorted({l.split()[-1] for l in maps
+               if "libcuda.so" in l and not os.path.realpath(l.split()[-1]).startswith(stub_dir + "/")})
 fds = []
 for fd in os.listdir("/proc/self/fd"):
     try:
