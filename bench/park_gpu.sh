@@ -23,6 +23,11 @@ if gcc -std=gnu11 -O2 -I"$CUDA_INC" bench/probe_va.c -o "$W/probe_va" -ldl; then
     printf '"no_aslr_bias_256": %s}}\n' "$(PROBE_BIAS_MB=256 setarch -R "$W/probe_va" || echo null)"
   } > "$OUT/probe_va.json"
   "$PY" -c "import json,sys; d=json.load(open(sys.argv[1]))['runs']; print({k: (v or {}).get('first_fit') for k, v in d.items()})" "$OUT/probe_va.json" || true
+  # the large mappings the driver makes on the way (bench/probe_mmap_log.c): how it reserves its address range
+  if gcc -shared -fPIC -O2 bench/probe_mmap_log.c -o "$W/mmaplog.so" -ldl; then
+    LD_PRELOAD="$W/mmaplog.so" setarch -R "$W/probe_va" 2>&1 >/dev/null | head -200 > "$OUT/probe_va_mmaps.txt"
+    head -5 "$OUT/probe_va_mmaps.txt"
+  fi
 fi
 echo "== park benchmark"
 PYTHONPATH="$W/py:$W/site:$REPO/bench" FARGPU_NATIVE_DIR="$W/build" PYTHONUNBUFFERED=1 FARGPU_COMMIT=$FARGPU_COMMIT \
