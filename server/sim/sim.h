@@ -238,6 +238,8 @@ CUresult sim_func_resolve(const void *handle, struct sim_func **out);
 CUresult sim_func_get_attr(const struct sim_func *f, const struct sim_func_cfg *cfg, CUfunction_attribute a, int *pi);
 CUresult sim_func_set_attr(const struct sim_func *f, struct sim_func_cfg *cfg, CUfunction_attribute a, int value);
 CUresult sim_func_check_cache_config(CUfunc_cache config);
+/* cuFuncGetParamInfo on f: the offset and size of parameter index (either out pointer may be NULL). */
+CUresult sim_func_param_info(const struct sim_func *f, size_t index, size_t *offset, size_t *size);
 void sim_func_cfg_default(const struct sim_func *f, struct sim_func_cfg *cfg);
 
 /* ---- kernels the sim executes (sim_kernels.c) ---- */

@@ -279,6 +279,19 @@ SIM_API CUresult cuCtxPopCurrent(CUcontext *pctx)
     return rc;
 }
 
+/* For the calls taking an optional context (called with the lock held): ctx itself when given (live and
+ * active), else the current context. */
+static CUresult ctx_or_current(CUcontext ctx, struct sim_ctx **out)
+{
+    if (!ctx)
+        return sim_current_ctx(out);
+    CUresult rc = sim_check_init();
+    if (rc != CUDA_SUCCESS)
+        return rc;
+    *out = find_ctx(ctx);
+    return *out && (*out)->active ? CUDA_SUCCESS : CUDA_ERROR_INVALID_CONTEXT;
+}
+
 SIM_API CUresult cuCtxGetDevice(CUdevice *device)
 {
     if (!device)
@@ -299,12 +312,7 @@ SIM_API CUresult cuCtxGetDevice_v2(CUdevice *device, CUcontext ctx)
         return CUDA_ERROR_INVALID_VALUE;
     sim_lock();
     struct sim_ctx *c = NULL;
-    CUresult rc = ctx ? sim_check_init() : sim_current_ctx(&c);
-    if (rc == CUDA_SUCCESS && ctx) {
-        c = find_ctx(ctx);
-        if (!c || !c->active)
-            rc = CUDA_ERROR_INVALID_CONTEXT;
-    }
+    CUresult rc = ctx_or_current(ctx, &c);
     if (rc == CUDA_SUCCESS)
         *device = c->device;
     sim_unlock();
@@ -330,12 +338,7 @@ SIM_API CUresult cuCtxGetId(CUcontext ctx, unsigned long long *ctxId)
         return CUDA_ERROR_INVALID_VALUE;
     sim_lock();
     struct sim_ctx *c = NULL;
-    CUresult rc = ctx ? sim_check_init() : sim_current_ctx(&c);
-    if (rc == CUDA_SUCCESS && ctx) {
-        c = find_ctx(ctx);
-        if (!c || !c->active)
-            rc = CUDA_ERROR_INVALID_CONTEXT;
-    }
+    CUresult rc = ctx_or_current(ctx, &c);
     if (rc == CUDA_SUCCESS)
         *ctxId = c->id;
     sim_unlock();
@@ -354,12 +357,8 @@ SIM_API CUresult cuCtxSynchronize(void)
 SIM_API CUresult cuCtxSynchronize_v2(CUcontext ctx)
 {
     sim_lock();
-    CUresult rc = ctx ? sim_check_init() : sim_current_ctx(NULL);
-    if (rc == CUDA_SUCCESS && ctx) {
-        struct sim_ctx *c = find_ctx(ctx);
-        if (!c || !c->active)
-            rc = CUDA_ERROR_INVALID_CONTEXT;
-    }
+    struct sim_ctx *c = NULL;
+    CUresult rc = ctx_or_current(ctx, &c);
     sim_unlock();
     return rc;
 }

@@ -139,19 +139,24 @@ SIM_API CUresult cuFuncSetCacheConfig(CUfunction hfunc, CUfunc_cache config)
     return rc;
 }
 
+CUresult sim_func_param_info(const struct sim_func *f, size_t index, size_t *offset, size_t *size)
+{
+    if (index >= f->nparams)
+        return CUDA_ERROR_INVALID_VALUE;
+    if (offset)
+        *offset = f->params[index].offset;
+    if (size)
+        *size = f->params[index].size;
+    return CUDA_SUCCESS;
+}
+
 SIM_API CUresult cuFuncGetParamInfo(CUfunction func, size_t paramIndex, size_t *paramOffset, size_t *paramSize)
 {
     sim_lock();
     struct sim_func *f = NULL;
     CUresult rc = sim_func_resolve(func, &f);
-    if (rc == CUDA_SUCCESS && paramIndex >= f->nparams)
-        rc = CUDA_ERROR_INVALID_VALUE;
-    if (rc == CUDA_SUCCESS) {
-        if (paramOffset)
-            *paramOffset = f->params[paramIndex].offset;
-        if (paramSize)
-            *paramSize = f->params[paramIndex].size;
-    }
+    if (rc == CUDA_SUCCESS)
+        rc = sim_func_param_info(f, paramIndex, paramOffset, paramSize);
     sim_unlock();
     return rc;
 }

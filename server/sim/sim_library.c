@@ -376,14 +376,8 @@ SIM_API CUresult cuKernelGetParamInfo(CUkernel kernel, size_t paramIndex, size_t
     sim_lock();
     struct sim_kernel *k = NULL;
     CUresult rc = enter_kernel(kernel, &k);
-    if (rc == CUDA_SUCCESS && paramIndex >= k->proto.nparams)
-        rc = CUDA_ERROR_INVALID_VALUE;
-    if (rc == CUDA_SUCCESS) {
-        if (paramOffset)
-            *paramOffset = k->proto.params[paramIndex].offset;
-        if (paramSize)
-            *paramSize = k->proto.params[paramIndex].size;
-    }
+    if (rc == CUDA_SUCCESS)
+        rc = sim_func_param_info(&k->proto, paramIndex, paramOffset, paramSize);
     sim_unlock();
     return rc;
 }
