@@ -40,6 +40,13 @@ void fgc_expect(void *dst, size_t n);
 CUresult fgc_sync(void);
 /* Like fgc_sync, but the reply may carry fewer output bytes than expected; *got receives the count. */
 CUresult fgc_sync_var(size_t *got);
+/* A call whose reply has a variable length, up to cap bytes, read into a buffer of its own (var_reply.c):
+ *   w = fgc_begin_var(op, cap, &reply, &r)   allocate the buffer and begin (NULL: r says why; nothing to free)
+ *   fg_put(w, ...)                            append the arguments
+ *   r = fgc_sync_var_reply(reply, cap, &rd)   send, wait; on success rd reads the reply's bytes and the caller
+ *                                            frees reply, on failure reply is freed already */
+fg_writer *fgc_begin_var(uint16_t op, size_t cap, uint8_t **reply, CUresult *err);
+CUresult fgc_sync_var_reply(uint8_t *reply, size_t cap, fg_reader *rd);
 CUresult fgc_async(void);
 /* Like fgc_sync for a call whose answer never changes: answered from the stub's cache when it can (memo.c). */
 CUresult fgc_sync_memo(void);

@@ -96,23 +96,13 @@ CUresult fgc_cuGraphBatchMemOpNodeGetParams(CUgraphNode hNode, CUDA_BATCH_MEM_OP
     FGC_REQUIRE_INIT();
     if (!nodeParams_out) return CUDA_ERROR_INVALID_VALUE;
     size_t cap = 16 + MAX_OPS * sizeof(CUstreamBatchMemOpParams);
-    uint8_t *reply = (uint8_t *)malloc(cap);
-    if (!reply) return CUDA_ERROR_OUT_OF_MEMORY;
-    fg_writer *w = fgc_begin(FG_OP_cuGraphBatchMemOpNodeGetParams);
-    if (!w) {
-        free(reply);
-        return fgc_last_error();
-    }
+    uint8_t *reply = NULL;
+    CUresult r;
+    fg_writer *w = fgc_begin_var(FG_OP_cuGraphBatchMemOpNodeGetParams, cap, &reply, &r);
+    if (!w) return r;
     fgc_put_handle(w, hNode);
-    fgc_expect(reply, cap);
-    size_t got = 0;
-    CUresult r = fgc_sync_var(&got);
-    if (r != CUDA_SUCCESS) {
-        free(reply);
-        return r;
-    }
     fg_reader rd;
-    fg_reader_init(&rd, reply, got);
+    if ((r = fgc_sync_var_reply(reply, cap, &rd)) != CUDA_SUCCESS) return r;
     uint64_t ctx = fg_get_u64(&rd);
     uint32_t count = fg_get_u32(&rd), flags = fg_get_u32(&rd);
     CUstreamBatchMemOpParams *ops = NULL;

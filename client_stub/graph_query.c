@@ -236,23 +236,13 @@ CUresult fgc_cuGraphKernelNodeGetParams_v2(CUgraphNode node, CUDA_KERNEL_NODE_PA
     FGC_REQUIRE_INIT();
     if (!p) return CUDA_ERROR_INVALID_VALUE;
     size_t max = 8 + 8 + 28 + 4 + 8 * MAX_PARAMS + 4 + MAX_PARAM_BYTES;
-    uint8_t *rep = (uint8_t *)malloc(max);
-    if (!rep) return CUDA_ERROR_OUT_OF_MEMORY;
-    fg_writer *w = fgc_begin(FG_OP_cuGraphKernelNodeGetParams_v2);
-    if (!w) {
-        free(rep);
-        return fgc_last_error();
-    }
+    uint8_t *rep = NULL;
+    CUresult r;
+    fg_writer *w = fgc_begin_var(FG_OP_cuGraphKernelNodeGetParams_v2, max, &rep, &r);
+    if (!w) return r;
     fgc_put_handle(w, node);
-    fgc_expect(rep, max);
-    size_t got = 0;
-    CUresult r = fgc_sync_var(&got);
-    if (r != CUDA_SUCCESS) {
-        free(rep);
-        return r;
-    }
     fg_reader rd;
-    fg_reader_init(&rd, rep, got);
+    if ((r = fgc_sync_var_reply(rep, max, &rd)) != CUDA_SUCCESS) return r;
     uint64_t fid = fg_get_u64(&rd), kid = fg_get_u64(&rd);
     uint32_t d[7];
     fg_get(&rd, d, sizeof d);

@@ -70,26 +70,22 @@ CUresult fgc_cuLinkCreate_v2(unsigned int numOptions, CUjit_option *options, voi
         L->cap[i] = c < FGC_MAX_JIT_LOG + 1 ? c : FGC_MAX_JIT_LOG + 1;
     }
     for (unsigned i = 0; i < numOptions; i++) want += 16 + (fgc_jit_is_log(options[i]) ? L->cap[i] : 0);
-    uint8_t *reply = (uint8_t *)malloc(want);
-    fg_writer *w = reply ? fgc_begin(FG_OP_cuLinkCreate_v2) : NULL;
+    uint8_t *reply = NULL;
+    fg_writer *w = fgc_begin_var(FG_OP_cuLinkCreate_v2, want, &reply, &r);
     if (!w) {
         free(L);
-        free(reply);
-        return reply ? fgc_last_error() : CUDA_ERROR_OUT_OF_MEMORY;
+        return r;
     }
     size_t unused = 0;
     (void)fgc_jit_encode(w, numOptions, options, optionValues, &unused);
-    fgc_expect(reply, want);
-    size_t got = 0;
-    r = fgc_sync_var(&got);
+    fg_reader rd;
+    r = fgc_sync_var_reply(reply, want, &rd);
     if (r == CUDA_SUCCESS) {
-        fg_reader rd;
-        fg_reader_init(&rd, reply, got);
         r = (CUresult)fg_get_u32(&rd);
         L->id = fg_get_u64(&rd);
         if (rd.failed || fgc_jit_apply(&rd, numOptions, options, optionValues, L->cap)) r = CUDA_ERROR_UNKNOWN;
+        free(reply);
     }
-    free(reply);
     if (r != CUDA_SUCCESS || !L->id) {
         free(L);
         return r == CUDA_SUCCESS ? CUDA_ERROR_UNKNOWN : r;
@@ -167,24 +163,14 @@ CUresult fgc_cuLinkAddFile_v2(CUlinkState state, CUjitInputType type, const char
 static CUresult complete_piece(uint64_t id, uint64_t off, link_rec *rec, int known, uint8_t **cubin, size_t *size,
                                size_t *have) {
     size_t want = 64 + FG_CHUNK + (known && off == 0 ? rec_reply_bytes(rec) : 0);
-    uint8_t *reply = (uint8_t *)malloc(want);
-    if (!reply) return CUDA_ERROR_OUT_OF_MEMORY;
-    fg_writer *w = fgc_begin(FG_OP_cuLinkComplete);
-    if (!w) {
-        free(reply);
-        return fgc_last_error();
-    }
+    uint8_t *reply = NULL;
+    CUresult r;
+    fg_writer *w = fgc_begin_var(FG_OP_cuLinkComplete, want, &reply, &r);
+    if (!w) return r;
     fg_put_u64(w, id);
     fg_put_u64(w, off);
-    fgc_expect(reply, want);
-    size_t got = 0;
-    CUresult r = fgc_sync_var(&got);
-    if (r != CUDA_SUCCESS) {
-        free(reply);
-        return r;
-    }
     fg_reader rd;
-    fg_reader_init(&rd, reply, got);
+    if ((r = fgc_sync_var_reply(reply, want, &rd)) != CUDA_SUCCESS) return r;
     r = (CUresult)fg_get_u32(&rd);
     int bad = rd.failed || (known && off == 0 ? fgc_jit_apply(&rd, rec->n, rec->opt, rec->val, rec->cap)
                                               : fg_get_u32(&rd) != 0);

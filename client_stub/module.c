@@ -298,21 +298,18 @@ CUresult fgc_cuKernelGetName(const char **name, CUkernel hfunc) { return fgc_cuF
 CUresult fgc_cuModuleEnumerateFunctions(CUfunction *functions, unsigned int numFunctions, CUmodule mod) {
     FGC_REQUIRE_INIT();
     if (!functions) return CUDA_ERROR_INVALID_VALUE;
-    uint8_t *buf = (uint8_t *)malloc(ENUM_NAMES_CAP);
-    if (!buf) return CUDA_ERROR_OUT_OF_MEMORY;
-    fg_writer *w = fgc_begin(FG_OP_cuModuleEnumerateFunctions);
-    if (!w) {
-        free(buf);
-        return fgc_last_error();
-    }
+    uint8_t *buf = NULL;
+    CUresult r;
+    fg_writer *w = fgc_begin_var(FG_OP_cuModuleEnumerateFunctions, ENUM_NAMES_CAP, &buf, &r);
+    if (!w) return r;
     fgc_put_handle(w, mod);
     fg_put_u32(w, ENUM_NAMES_CAP);
-    fgc_expect(buf, ENUM_NAMES_CAP);
-    size_t got = 0;
-    CUresult r = fgc_sync_var(&got);
+    fg_reader rd;
+    if ((r = fgc_sync_var_reply(buf, ENUM_NAMES_CAP, &rd)) != CUDA_SUCCESS) return r;
+    size_t got = fg_reader_left(&rd);
     uint32_t count = 0;
-    if (r == CUDA_SUCCESS && got >= 4) memcpy(&count, buf, 4);
-    else if (r == CUDA_SUCCESS) r = CUDA_ERROR_INVALID_IMAGE;
+    if (got >= 4) memcpy(&count, buf, 4);
+    else r = CUDA_ERROR_INVALID_IMAGE;
     if (r == CUDA_SUCCESS && count > numFunctions) r = CUDA_ERROR_INVALID_VALUE;
     size_t at = 4;
     char name[4097];
