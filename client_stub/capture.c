@@ -1,6 +1,7 @@
-/* capture.c — cuStreamGetCaptureInfo_v3. The driver hands back pointers to its own arrays of dependency
- * nodes and edge data; the stub keeps per-thread copies of the server's answer, valid until the thread's next
- * call, as the driver's are valid until the next capture operation on the stream. */
+/* capture.c — cuStreamGetCaptureInfo_v3 and cuStreamUpdateCaptureDependencies[_v2]. The driver hands back pointers
+ * to its own arrays of dependency nodes and edge data; the stub keeps per-thread copies of the server's answer,
+ * valid until the thread's next call, as the driver's are valid until the next capture operation on the stream.
+ * Updating the dependencies (how nodes added to a capture's graph by hand join the capture) goes to the server. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -69,6 +70,30 @@ CUresult fgc_cuStreamGetCaptureInfo_v2(CUstream hStream, CUstreamCaptureStatus *
                                        size_t *numDependencies_out) {
     return fgc_cuStreamGetCaptureInfo_v3(hStream, captureStatus_out, id_out, graph_out, dependencies_out, NULL,
                                          numDependencies_out);
+}
+
+/* u64 stream, u64 n + n node ids, u8 edge-data flag (+ n CUgraphEdgeData), u32 flags */
+CUresult fgc_cuStreamUpdateCaptureDependencies_v2(CUstream hStream, CUgraphNode *dependencies,
+                                                  const CUgraphEdgeData *dependencyData, size_t numDependencies,
+                                                  unsigned int flags) {
+    FGC_REQUIRE_INIT();
+    if (numDependencies > MAX_DEPS || (numDependencies && !dependencies)) return CUDA_ERROR_INVALID_VALUE;
+    fg_writer *w = fgc_begin(FG_OP_cuStreamUpdateCaptureDependencies_v2);
+    if (!w) return fgc_last_error();
+    fgc_put_handle(w, hStream);
+    fg_put_u64(w, numDependencies);
+    for (size_t i = 0; i < numDependencies; i++) fgc_put_handle(w, dependencies[i]);
+    uint8_t has = dependencyData != NULL && numDependencies;
+    fg_put(w, &has, 1);
+    if (has) fg_put(w, dependencyData, numDependencies * sizeof *dependencyData);
+    fg_put_u32(w, flags);
+    return fgc_sync();
+}
+
+/* The CUDA 12.2 ABI (no edge data). */
+CUresult fgc_cuStreamUpdateCaptureDependencies(CUstream hStream, CUgraphNode *dependencies, size_t numDependencies,
+                                               unsigned int flags) {
+    return fgc_cuStreamUpdateCaptureDependencies_v2(hStream, dependencies, NULL, numDependencies, flags);
 }
 
 /* cuGraphGetNodes: nodes NULL asks for the count; otherwise up to *numNodes node handles come back. */

@@ -114,6 +114,10 @@ void fgc_graph_mem_updated(uint64_t exec, uint64_t graph);           /* cuGraphE
 void fgc_graph_mem_launched(uint64_t exec);
 void fgc_graph_mem_destroyed(uint64_t owner);                        /* a graph or executable went */
 int fgc_graph_mem_holds(uint64_t graph);
+/* Stream capture: an allocation the worker made on a capturing stream (its node and graph), and a free under
+ * capture (a free node; CUDA_ERROR_INVALID_VALUE for memory that is no graph allocation). */
+void fgc_graph_mem_captured_alloc(CUstream s, uint64_t node, uint64_t graph, CUdeviceptr d, size_t bytes, int dev);
+CUresult fgc_graph_mem_capture_free(CUdeviceptr d, CUstream s);
 /* graph_cond.c: a conditional node (cuGraphAddNode's conditional kind); sets c->phGraph_out. */
 CUresult fgc_graph_add_conditional(CUgraphNode *ph, CUgraph g, const CUgraphNode *deps, size_t n,
                                    CUDA_CONDITIONAL_NODE_PARAMS *c);                             /* 1: graph has memory nodes */

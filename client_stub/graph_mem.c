@@ -10,9 +10,20 @@
  * graph allocation whose graphs still live only marks it free (the next launch has it again at the same
  * address, as the driver's would). So the memory is held from the node's creation, not only between the
  * allocation and free nodes of a launch: the graph-memory attributes report it that way, and cuDeviceGraphMemTrim
- * has nothing to give back. A child graph with memory nodes is refused, as the driver refuses it. Allocation
+ * has nothing to give back. A free node of an allocation another graph made holds it too (its launch hands the
+ * memory back: freed once none of its graphs lives). A child graph with memory nodes is refused, as the driver
+ * refuses it. Allocation
  * on a device other than the current context's, peer access descriptors and shareable handle types are refused
- * (CUDA_ERROR_NOT_SUPPORTED, logged once). */
+ * (CUDA_ERROR_NOT_SUPPORTED, logged once).
+ *
+ * Stream capture (graph_capture below): cuMemAllocAsync/cuMemAllocFromPoolAsync on a stream under capture come back
+ * from the worker with the address and an empty node it added to the capture (server/replay/mempool_capture.c:
+ * memory carved out of the stream-ordered pools, so many small allocations share chunks); they are recorded here
+ * as allocation nodes of the capture's graph, exactly as hand-built ones. cuMemFreeAsync under capture of a graph
+ * allocation adds a free node to the capture's graph here, through cuStreamGetCaptureInfo_v3 and
+ * cuStreamUpdateCaptureDependencies_v2 as an application would; of anything else it is CUDA_ERROR_INVALID_VALUE
+ * (the driver requires a graph allocation there). A capture that fails (cuStreamEndCapture with an error) never
+ * hands its graph out: its allocations go with it. */
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -48,6 +59,13 @@ static size_t n_allocs, cap_allocs;
 static owner_ref *owners;
 static size_t n_owners, cap_owners;
 static uint64_t high[64]; /* per device: the high watermark of graph memory */
+
+typedef struct {
+    CUstream s;
+    uint64_t graph;
+} capture_ref;
+static capture_ref *captures; /* captures under way that made graph allocations */
+static size_t n_captures, cap_captures;
 
 static int grow(void **v, size_t *cap, size_t n, size_t size) {
     if (n < *cap) return 0;
@@ -138,6 +156,12 @@ CUresult fgc_cuGraphAddMemAllocNode(CUgraphNode *ph, CUgraph g, const CUgraphNod
     return CUDA_SUCCESS;
 }
 
+static int owns(uint64_t owner, CUdeviceptr d) {
+    for (size_t i = 0; i < n_owners; i++)
+        if (owners[i].owner == owner && owners[i].dptr == d) return 1;
+    return 0;
+}
+
 CUresult fgc_cuGraphAddMemFreeNode(CUgraphNode *ph, CUgraph g, const CUgraphNode *deps, size_t n, CUdeviceptr dptr) {
     FGC_REQUIRE_INIT();
     if (!ph) return CUDA_ERROR_INVALID_VALUE;
@@ -148,7 +172,9 @@ CUresult fgc_cuGraphAddMemFreeNode(CUgraphNode *ph, CUgraph g, const CUgraphNode
     CUresult r = fgc_cuGraphAddEmptyNode(ph, g, deps, n);
     if (r != CUDA_SUCCESS) return r;
     pthread_mutex_lock(&mu);
-    int bad = node_add(fgc_handle_id(*ph), fgc_handle_id(g), 1, dptr);
+    uint64_t gid = fgc_handle_id(g);
+    int bad = node_add(fgc_handle_id(*ph), gid, 1, dptr);
+    if (!bad && !owns(gid, dptr)) bad = owner_add(gid, dptr); /* another graph's allocation: this one holds it too */
     pthread_mutex_unlock(&mu);
     return bad ? CUDA_ERROR_OUT_OF_MEMORY : CUDA_SUCCESS;
 }
@@ -367,4 +393,67 @@ CUresult fgc_cuDeviceSetGraphMemAttribute(CUdevice dev, CUgraphMem_attribute att
 CUresult fgc_cuDeviceGraphMemTrim(CUdevice dev) {
     FGC_REQUIRE_INIT();
     return check_dev(dev); /* nothing cached: graph memory goes back with its graphs (above) */
+}
+
+/* ---- stream capture ---- */
+
+void fgc_graph_mem_captured_alloc(CUstream s, uint64_t node, uint64_t graph, CUdeviceptr d, size_t bytes, int dev) {
+    pthread_mutex_lock(&mu);
+    int bad = grow((void **)&allocs, &cap_allocs, n_allocs, sizeof *allocs);
+    if (!bad) {
+        galloc a;
+        memset(&a, 0, sizeof a);
+        a.dptr = d;
+        a.bytes = bytes;
+        a.dev = dev;
+        a.params.poolProps.allocType = CU_MEM_ALLOCATION_TYPE_PINNED;
+        a.params.poolProps.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+        a.params.poolProps.location.id = dev;
+        a.params.bytesize = bytes;
+        a.params.dptr = d;
+        allocs[n_allocs++] = a;
+        bad = node_add(node, graph, 0, d) || owner_add(graph, d);
+        note_high(dev);
+    }
+    int known = 0;
+    for (size_t i = 0; i < n_captures && !known; i++) known = captures[i].s == s && captures[i].graph == graph;
+    if (!bad && !known && !grow((void **)&captures, &cap_captures, n_captures, sizeof *captures))
+        captures[n_captures++] = (capture_ref){s, graph};
+    pthread_mutex_unlock(&mu);
+    if (bad) fgc_log(FGC_LOG_WARN, "graph allocation %#llx: out of memory recording it", (unsigned long long)d);
+}
+
+void fgc_graph_mem_capture_ended(CUstream s, int ok) {
+    for (;;) {
+        uint64_t gone = 0;
+        pthread_mutex_lock(&mu);
+        for (size_t i = 0; i < n_captures && !gone; i++)
+            if (captures[i].s == s) {
+                gone = ok ? 0 : captures[i].graph;
+                captures[i] = captures[--n_captures];
+                if (ok) i--; /* look at the entry moved here */
+            }
+        pthread_mutex_unlock(&mu);
+        if (!gone) return;
+        fgc_graph_mem_destroyed(gone); /* the driver destroyed the graph of the failed capture */
+    }
+}
+
+/* cuMemFreeAsync on a stream under capture: a free node of the capture's graph (graph allocations only). */
+CUresult fgc_graph_mem_capture_free(CUdeviceptr d, CUstream s) {
+    pthread_mutex_lock(&mu);
+    int known = find_alloc(d) != NULL;
+    pthread_mutex_unlock(&mu);
+    if (!known) return CUDA_ERROR_INVALID_VALUE; /* the driver: "must be passed the address of a graph allocation" */
+    CUstreamCaptureStatus st = CU_STREAM_CAPTURE_STATUS_NONE;
+    CUgraph g = NULL;
+    const CUgraphNode *deps = NULL;
+    size_t n = 0;
+    CUresult r = fgc_cuStreamGetCaptureInfo_v3(s, &st, NULL, &g, &deps, NULL, &n);
+    if (r != CUDA_SUCCESS) return r;
+    if (st != CU_STREAM_CAPTURE_STATUS_ACTIVE) return CUDA_ERROR_STREAM_CAPTURE_INVALIDATED;
+    CUgraphNode node = NULL;
+    r = fgc_cuGraphAddMemFreeNode(&node, g, deps, n, d);
+    if (r != CUDA_SUCCESS) return r;
+    return fgc_cuStreamUpdateCaptureDependencies_v2(s, &node, NULL, 1, CU_STREAM_SET_CAPTURE_DEPENDENCIES);
 }

@@ -1,7 +1,8 @@
 /* mempool.c — stream-ordered allocation and memory pools, as the application calls them. The worker emulates
  * them over the session's ordinary allocations (server/replay/mempool.c says how): cuMemAllocAsync and
  * cuMemAllocFromPoolAsync wait for the node's answer (the address), cuMemFreeAsync is an async record whose
- * memory the node releases once the stream reaches it. Pools are per-session virtual ids, like every handle.
+ * memory the node releases once the stream reaches it. On a stream under capture they make graph memory nodes
+ * (server/replay/mempool_capture.c, graph_mem.c). Pools are per-session virtual ids, like every handle.
  * The location-based calls of CUDA 12.5+ (cuMemGetDefaultMemPool, cuMemGetMemPool, cuMemSetMemPool) take device
  * locations with pinned memory and refuse host and managed pools. */
 #include <string.h>
@@ -18,12 +19,13 @@ static CUresult alloc_async(uint16_t op, CUdeviceptr *dptr, size_t bytesize, con
     fg_put_u64(w, bytesize);
     if (with_pool) fgc_put_handle(w, pool);
     fgc_put_handle(w, s);
-    uint64_t p = 0;
-    fgc_expect(&p, sizeof p);
+    uint64_t rep[4] = {0, 0, 0, 0}; /* address; under capture: allocation node, its graph, device */
+    fgc_expect(rep, sizeof rep);
     CUresult r = fgc_sync();
     if (r == CUDA_SUCCESS) {
-        *dptr = (CUdeviceptr)p;
-        fgc_device_range_add(p, bytesize);
+        *dptr = (CUdeviceptr)rep[0];
+        fgc_device_range_add(rep[0], bytesize);
+        if (rep[1]) fgc_graph_mem_captured_alloc(s, rep[1], rep[2], (CUdeviceptr)rep[0], bytesize, (int)rep[3]);
     }
     return r;
 }
@@ -40,6 +42,13 @@ CUresult fgc_cuMemAllocFromPoolAsync(CUdeviceptr *dptr, size_t bytesize, CUmemor
 CUresult fgc_cuMemFreeAsync(CUdeviceptr dptr, CUstream hStream) {
     FGC_REQUIRE_INIT();
     if (dptr == 0) return CUDA_SUCCESS;
+    if (fgc_capture_active()) { /* under capture: a free node (graph_mem.c) */
+        CUstreamCaptureStatus st = CU_STREAM_CAPTURE_STATUS_NONE;
+        CUresult c = cuStreamIsCapturing(hStream, &st);
+        if (c != CUDA_SUCCESS) return c;
+        if (st == CU_STREAM_CAPTURE_STATUS_ACTIVE) return fgc_graph_mem_capture_free(dptr, hStream);
+        if (st != CU_STREAM_CAPTURE_STATUS_NONE) return CUDA_ERROR_STREAM_CAPTURE_INVALIDATED;
+    }
     if (fgc_graph_mem_user_free(dptr)) return CUDA_SUCCESS; /* a graph allocation its graphs still hold */
     fg_writer *w = fgc_begin(FG_OP_cuMemFreeAsync);
     if (!w) return fgc_last_error();

@@ -130,6 +130,7 @@ def _client_generic(o: Op) -> list[str]:
                     "    return r_;\n")
     elif o.capture == "end":
         body.append("    CUresult r_ = fgc_sync();\n    if (r_ != CUDA_ERROR_INVALID_HANDLE) fgc_capture_end();\n"
+                    "    if (r_ != CUDA_ERROR_INVALID_HANDLE) fgc_graph_mem_capture_ended(hStream, r_ == CUDA_SUCCESS);\n"
                     "    return r_;\n")
     else:
         body.append("    return fgc_sync();\n")

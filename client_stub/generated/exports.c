@@ -4487,6 +4487,7 @@ FGC_EXPORT CUresult CUDAAPI cuStreamEndCapture(CUstream hStream, CUgraph *phGrap
     fgc_expect(phGraph ? (void *)phGraph : (void *)&d_phGraph, sizeof(uint64_t));
     CUresult r_ = fgc_sync();
     if (r_ != CUDA_ERROR_INVALID_HANDLE) fgc_capture_end();
+    if (r_ != CUDA_ERROR_INVALID_HANDLE) fgc_graph_mem_capture_ended(hStream, r_ == CUDA_SUCCESS);
     return r_;
 }
 
@@ -4699,41 +4700,25 @@ FGC_EXPORT CUresult CUDAAPI cuStreamSynchronize_ptsz(CUstream hStream) {
 }
 
 FGC_EXPORT CUresult CUDAAPI cuStreamUpdateCaptureDependencies(CUstream hStream, CUgraphNode *dependencies, size_t numDependencies, unsigned int flags) {
-    (void)hStream;
-    (void)dependencies;
-    (void)numDependencies;
-    (void)flags;
-    static int logged;
-    return fgc_unsupported("cuStreamUpdateCaptureDependencies", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuStreamUpdateCaptureDependencies");
+    CUresult r_ = fgc_cuStreamUpdateCaptureDependencies(hStream, dependencies, numDependencies, flags);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuStreamUpdateCaptureDependencies", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuStreamUpdateCaptureDependencies_ptsz(CUstream hStream, CUgraphNode *dependencies, size_t numDependencies, unsigned int flags) {
-    (void)hStream;
-    (void)dependencies;
-    (void)numDependencies;
-    (void)flags;
-    static int logged;
-    return fgc_unsupported("cuStreamUpdateCaptureDependencies_ptsz", &logged);
+    return cuStreamUpdateCaptureDependencies(fgc_ptsz_stream(hStream), dependencies, numDependencies, flags);
 }
 
 FGC_EXPORT CUresult CUDAAPI cuStreamUpdateCaptureDependencies_v2(CUstream hStream, CUgraphNode *dependencies, const CUgraphEdgeData *dependencyData, size_t numDependencies, unsigned int flags) {
-    (void)hStream;
-    (void)dependencies;
-    (void)dependencyData;
-    (void)numDependencies;
-    (void)flags;
-    static int logged;
-    return fgc_unsupported("cuStreamUpdateCaptureDependencies_v2", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuStreamUpdateCaptureDependencies_v2");
+    CUresult r_ = fgc_cuStreamUpdateCaptureDependencies_v2(hStream, dependencies, dependencyData, numDependencies, flags);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuStreamUpdateCaptureDependencies_v2", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuStreamUpdateCaptureDependencies_v2_ptsz(CUstream hStream, CUgraphNode *dependencies, const CUgraphEdgeData *dependencyData, size_t numDependencies, unsigned int flags) {
-    (void)hStream;
-    (void)dependencies;
-    (void)dependencyData;
-    (void)numDependencies;
-    (void)flags;
-    static int logged;
-    return fgc_unsupported("cuStreamUpdateCaptureDependencies_v2_ptsz", &logged);
+    return cuStreamUpdateCaptureDependencies_v2(fgc_ptsz_stream(hStream), dependencies, dependencyData, numDependencies, flags);
 }
 
 FGC_EXPORT CUresult CUDAAPI cuStreamWaitEvent(CUstream hStream, CUevent hEvent, unsigned int Flags) {

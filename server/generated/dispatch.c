@@ -1746,6 +1746,7 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         CUresult res = S->api->cuStreamSynchronize(hStream);
         return res;
     }
+    case FG_OP_cuStreamUpdateCaptureDependencies_v2: return fgs_cuStreamUpdateCaptureDependencies_v2(S, r, out);
     case FG_OP_cuStreamWaitEvent: {
         uint64_t id_hStream = fg_get_u64(r);
         CUstream hStream = NULL;

@@ -272,6 +272,7 @@ const char *fgs_api_load(fgs_api *api, void *dl) {
     *(void **)&api->cuStreamSetAttribute = dlsym(dl, "cuStreamSetAttribute");
     *(void **)&api->cuStreamSynchronize = dlsym(dl, "cuStreamSynchronize");
     if (!api->cuStreamSynchronize) return "cuStreamSynchronize";
+    *(void **)&api->cuStreamUpdateCaptureDependencies_v2 = dlsym(dl, "cuStreamUpdateCaptureDependencies_v2");
     *(void **)&api->cuStreamWaitEvent = dlsym(dl, "cuStreamWaitEvent");
     *(void **)&api->cuStreamWaitValue32_v2 = dlsym(dl, "cuStreamWaitValue32_v2");
     *(void **)&api->cuStreamWaitValue64_v2 = dlsym(dl, "cuStreamWaitValue64_v2");

@@ -232,6 +232,7 @@ typedef struct fgs_api {
     CUresult (*cuStreamQuery)(CUstream);
     CUresult (*cuStreamSetAttribute)(CUstream, CUstreamAttrID, const CUstreamAttrValue *);
     CUresult (*cuStreamSynchronize)(CUstream);
+    CUresult (*cuStreamUpdateCaptureDependencies_v2)(CUstream, CUgraphNode *, const CUgraphEdgeData *, size_t, unsigned int);
     CUresult (*cuStreamWaitEvent)(CUstream, CUevent, unsigned int);
     CUresult (*cuStreamWaitValue32_v2)(CUstream, CUdeviceptr, cuuint32_t, unsigned int);
     CUresult (*cuStreamWaitValue64_v2)(CUstream, CUdeviceptr, cuuint64_t, unsigned int);

@@ -67,3 +67,35 @@ CUresult fgs_cuThreadExchangeStreamCaptureMode(fgs_session *S, fg_reader *r, fg_
     if (res == CUDA_SUCCESS) fg_put_u32(out, (uint32_t)mode);
     return res;
 }
+
+/* cuStreamUpdateCaptureDependencies_v2: u64 stream, u64 n + n node ids, u8 edge-data flag (+ n CUgraphEdgeData),
+ * u32 flags. The nodes must be live nodes of this session (the driver checks they are in the capture's graph). */
+CUresult fgs_cuStreamUpdateCaptureDependencies_v2(fgs_session *S, fg_reader *r, fg_writer *out) {
+    (void)out;
+    uint64_t sid = fg_get_u64(r), n = fg_get_u64(r);
+    if (r->failed || n > 4096) return FGS_PROTOCOL_ERROR;
+    CUgraphNode *nodes = n ? (CUgraphNode *)fgs_scratch(S, n * (sizeof(CUgraphNode) + sizeof(CUgraphEdgeData))) : NULL;
+    if (n && !nodes) return CUDA_ERROR_OUT_OF_MEMORY;
+    CUresult res = CUDA_SUCCESS;
+    for (uint64_t i = 0; i < n; i++) {
+        uint64_t id = fg_get_u64(r);
+        void *p = NULL;
+        if (res == CUDA_SUCCESS && !r->failed && fgs_handle_get(S, FGH_GRAPHNODE, id, &p)) res = CUDA_ERROR_INVALID_VALUE;
+        nodes[i] = (CUgraphNode)p;
+    }
+    uint8_t has_edges = 0;
+    fg_get(r, &has_edges, 1);
+    CUgraphEdgeData *edges = NULL;
+    if (has_edges && n) {
+        const uint8_t *eb = fg_take(r, n * sizeof(CUgraphEdgeData));
+        edges = (CUgraphEdgeData *)(void *)(nodes + n);
+        if (eb) memcpy(edges, eb, n * sizeof *edges);
+    }
+    uint32_t flags = fg_get_u32(r);
+    if (r->failed || has_edges > 1) return FGS_PROTOCOL_ERROR;
+    void *s;
+    if (fgs_handle_get(S, FGH_STREAM, sid, &s)) return CUDA_ERROR_INVALID_HANDLE;
+    if (res != CUDA_SUCCESS) return res;
+    if (!S->api->cuStreamUpdateCaptureDependencies_v2) return fgs_missing(S, "cuStreamUpdateCaptureDependencies_v2");
+    return S->api->cuStreamUpdateCaptureDependencies_v2((CUstream)s, nodes, edges, (size_t)n, flags);
+}

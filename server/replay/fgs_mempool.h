@@ -62,7 +62,11 @@ void mp_pool_free(mp_pool *p);                     /* a destroyed pool that hold
 mp_pool *mp_add_destroyed(int dev);                /* restoring: a destroyed pool that still held memory */
 
 /* mempool_blocks.c */
-CUresult mp_alloc_in(fgs_session *S, mp_pool *p, uint64_t size, fg_writer *out);
+CUresult mp_alloc_ptr(fgs_session *S, mp_pool *p, uint64_t size, CUdeviceptr *out);
+void mp_release_ptr(fgs_session *S, CUdeviceptr ptr); /* a block just handed out goes back */
+
+/* mempool_capture.c: an allocation on a stream under capture (a graph allocation); the reply as alloc_on's. */
+CUresult mp_captured_alloc(fgs_session *S, mp_pool *p, CUstream s, uint64_t size, fg_writer *out);
 void mp_reap(fgs_session *S, int wait_all, int wait_stream, CUstream stream);
 void mp_trim(fgs_session *S, mp_pool *p, uint64_t keep); /* empty chunks go while p holds more than keep */
 void mp_access_changed(fgs_session *S, mp_pool *p, int dev);

@@ -14,8 +14,9 @@
  * work is done, so reuse needs no dependency); an empty chunk is kept while its pool holds no more than its release
  * threshold, and given back otherwise, at cuMemPoolTrimTo, or when an allocation would not fit under the quota.
  *
- * A stream under capture is refused (CUDA_ERROR_NOT_SUPPORTED, logged): a capture would make graph memory nodes out
- * of the driver's pool. Graphs built by hand have memory nodes emulated in the stub (client_stub/graph_mem.c). */
+ * On a stream under capture an allocation becomes a graph allocation (mempool_capture.c): carved out of the same
+ * pools, with an empty node in the capture's graph that the stub knows as a memory-allocation node
+ * (client_stub/graph_mem.c, which also makes the free nodes and keeps the memory while its graphs live). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -282,7 +283,7 @@ static CUresult alloc_mem(fgs_session *S, mp_pool *p, uint64_t size, CUdeviceptr
     return r;
 }
 
-CUresult mp_alloc_in(fgs_session *S, mp_pool *p, uint64_t size, fg_writer *out) {
+CUresult mp_alloc_ptr(fgs_session *S, mp_pool *p, uint64_t size, CUdeviceptr *out) {
     if (size == 0) return CUDA_ERROR_INVALID_VALUE;
     if (mp_grow((void **)&g_allocs, &g_cap_allocs, g_n_allocs, sizeof *g_allocs)) return CUDA_ERROR_OUT_OF_MEMORY;
     mp_alloc a;
@@ -323,8 +324,26 @@ CUresult mp_alloc_in(fgs_session *S, mp_pool *p, uint64_t size, fg_writer *out) 
     p->used += a.bytes;
     if (p->used > p->used_high) p->used_high = p->used;
     if (p->reserved > p->reserved_high) p->reserved_high = p->reserved;
-    fg_put_u64(out, a.ptr);
+    *out = a.ptr;
     return CUDA_SUCCESS;
+}
+
+/* The reply of cuMemAllocAsync and cuMemAllocFromPoolAsync: u64 address, then u64 graph node id, u64 graph id and
+ * u64 device, all 0 unless the stream is under capture (mempool_capture.c). */
+static CUresult alloc_on(fgs_session *S, mp_pool *p, CUstream s, int capturing, uint64_t size, fg_writer *out) {
+    if (capturing) return mp_captured_alloc(S, p, s, size, out);
+    CUdeviceptr ptr = 0;
+    CUresult r = mp_alloc_ptr(S, p, size, &ptr);
+    if (r != CUDA_SUCCESS) return r;
+    fg_put_u64(out, ptr);
+    for (int i = 0; i < 3; i++) fg_put_u64(out, 0);
+    return CUDA_SUCCESS;
+}
+
+/* A block handed out just now goes back at once (its capture could not take it). */
+void mp_release_ptr(fgs_session *S, CUdeviceptr ptr) {
+    mp_alloc *a = find(ptr);
+    if (a && !a->pending) release(S, a);
 }
 
 /* An event recorded on s now, made in s's own context (NULL: none could be). */
@@ -345,15 +364,18 @@ static CUevent free_event(fgs_session *S, CUstream s) {
     return ev;
 }
 
-static CUresult stream_of(fgs_session *S, uint64_t sid, CUstream *s) {
+/* The stream, and whether it is under capture (an invalidated capture refuses the call, as the driver does). */
+static CUresult stream_of(fgs_session *S, uint64_t sid, CUstream *s, int *capturing) {
     void *real = NULL;
     if (fgs_handle_get(S, FGH_STREAM, sid, &real)) return CUDA_ERROR_INVALID_HANDLE;
     *s = (CUstream)real;
+    *capturing = 0;
     CUstreamCaptureStatus cs = CU_STREAM_CAPTURE_STATUS_NONE;
     if (S->api->cuStreamIsCapturing && S->api->cuStreamIsCapturing(*s, &cs) == CUDA_SUCCESS &&
-        cs != CU_STREAM_CAPTURE_STATUS_NONE)
-        return mp_refuse(S, "cuMemAllocAsync/cuMemFreeAsync on a stream under capture (graph memory nodes from a "
-                            "capture are not emulated yet; add them to a graph by hand)");
+        cs != CU_STREAM_CAPTURE_STATUS_NONE) {
+        if (cs != CU_STREAM_CAPTURE_STATUS_ACTIVE) return CUDA_ERROR_STREAM_CAPTURE_INVALIDATED;
+        *capturing = 1;
+    }
     return CUDA_SUCCESS;
 }
 
@@ -385,13 +407,13 @@ CUresult fgs_cuMemAllocAsync(fgs_session *S, fg_reader *r, fg_writer *out) {
     uint64_t size = fg_get_u64(r), sid = fg_get_u64(r);
     if (r->failed) return FGS_PROTOCOL_ERROR;
     CUstream s = NULL;
-    int dev = 0;
-    CUresult res = stream_of(S, sid, &s);
+    int dev = 0, capturing = 0;
+    CUresult res = stream_of(S, sid, &s, &capturing);
     if (res == CUDA_SUCCESS) res = stream_device(S, s, &dev);
     if (res == CUDA_SUCCESS) res = mp_check_dev(S, dev);
     if (res != CUDA_SUCCESS) return res;
     mp_pool *p = mp_current(dev);
-    return p ? mp_alloc_in(S, p, size, out) : CUDA_ERROR_OUT_OF_MEMORY;
+    return p ? alloc_on(S, p, s, capturing, size, out) : CUDA_ERROR_OUT_OF_MEMORY;
 }
 
 CUresult fgs_cuMemAllocFromPoolAsync(fgs_session *S, fg_reader *r, fg_writer *out) {
@@ -400,8 +422,9 @@ CUresult fgs_cuMemAllocFromPoolAsync(fgs_session *S, fg_reader *r, fg_writer *ou
     mp_pool *p = mp_pool_of(S, pid);
     if (!p) return CUDA_ERROR_INVALID_VALUE;
     CUstream s = NULL;
-    CUresult res = stream_of(S, sid, &s);
-    return res == CUDA_SUCCESS ? mp_alloc_in(S, p, size, out) : res;
+    int capturing = 0;
+    CUresult res = stream_of(S, sid, &s, &capturing);
+    return res == CUDA_SUCCESS ? alloc_on(S, p, s, capturing, size, out) : res;
 }
 
 CUresult fgs_cuMemFreeAsync(fgs_session *S, fg_reader *r, fg_writer *out) {
@@ -409,8 +432,12 @@ CUresult fgs_cuMemFreeAsync(fgs_session *S, fg_reader *r, fg_writer *out) {
     uint64_t ptr = fg_get_u64(r), sid = fg_get_u64(r);
     if (r->failed) return FGS_PROTOCOL_ERROR;
     CUstream s = NULL;
-    CUresult res = stream_of(S, sid, &s);
+    int capturing = 0;
+    CUresult res = stream_of(S, sid, &s, &capturing);
     if (res != CUDA_SUCCESS) return res;
+    /* Under capture the stub adds a free node for a graph allocation (client_stub/graph_mem.c); anything else
+     * is not a graph allocation, which the driver requires there. */
+    if (capturing) return CUDA_ERROR_INVALID_VALUE;
     mp_alloc *a = find(ptr);
     if (a && a->pending) return CUDA_ERROR_INVALID_VALUE; /* freed twice */
     if (!a) { /* a cuMemAlloc allocation: freed in stream order too */

@@ -169,6 +169,17 @@ struct sim_stream {
 /* Validates a stream argument: NULL, CU_STREAM_LEGACY, CU_STREAM_PER_THREAD or a live stream, and that a
  * context is current. */
 CUresult sim_stream_check(CUstream s);
+/* sim_stream_check for stream work: a stream under capture refuses work the simulated device does not capture
+ * (CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED, the capture invalidated; sim_capture.c). Called with the lock held. */
+CUresult sim_stream_check_op(CUstream s);
+/* sim_capture.c: stream work on a capturing stream becomes a graph node. Each returns 0 when s is not under
+ * capture (the caller runs the work), else 1 with the outcome in *rc. Called without the lock held. */
+int sim_capture_kernel(CUstream s, CUfunction f, const unsigned int grid[3], const unsigned int block[3],
+                       unsigned int shmem, void **kernelParams, void **extra, CUresult *rc);
+int sim_capture_memset(CUstream s, CUdeviceptr dst, unsigned int value, size_t n, unsigned int width, CUresult *rc);
+int sim_capture_copy(CUstream s, CUdeviceptr dst, void *dst_host, CUdeviceptr src, const void *src_host, size_t bytes,
+                     CUresult *rc);
+int sim_capture_host(CUstream s, CUhostFn fn, void *data, CUresult *rc);
 void sim_stream_destroy_obj(struct sim_stream *s);
 /* Launch-log id of a validated stream: 0 for NULL / CU_STREAM_LEGACY, -1 for CU_STREAM_PER_THREAD. */
 long long sim_stream_id(CUstream s);

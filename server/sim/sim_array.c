@@ -172,7 +172,7 @@ static CUresult copy3d(const CUDA_MEMCPY3D *c, CUstream s, int async)
     sim_lock();
     CUresult rc = sim_current_ctx(NULL);
     if (rc == CUDA_SUCCESS && async)
-        rc = sim_stream_check(s);
+        rc = sim_stream_check_op(s);
     size_t w = c->WidthInBytes, h = c->Height, d = c->Depth;
     size_t sp = c->srcPitch ? c->srcPitch : w, sh = c->srcHeight ? c->srcHeight : h;
     size_t dp = c->dstPitch ? c->dstPitch : w, dh = c->dstHeight ? c->dstHeight : h;

@@ -1,22 +1,360 @@
-/* sim_capture.c - stream capture state. The simulated device does not capture streams into graphs (it has no
- * graph API and no cuStreamBeginCapture), so every stream reports CU_STREAM_CAPTURE_STATUS_NONE; these calls
- * exist because the CUDA runtime asks them around ordinary work. The per-thread capture mode of
- * cuThreadExchangeStreamCaptureMode is kept as the driver keeps it (it only matters while something captures,
- * which never happens here). */
-#include "sim.h"
+/* sim_capture.c - stream capture into graphs. A capture (cuStreamBeginCapture_v2 on a created stream) makes a graph
+ * (sim_graph.c) and keeps the capture's current dependency set; the stream work the simulated device captures
+ * becomes a node of that graph depending on the set, and the set becomes that node: kernel launches
+ * (cuLaunchKernel, cuLaunchKernelEx), 1D memsets (D8/D16/D32 Async), 1D copies (HtoD, DtoH, DtoD, cuMemcpyAsync)
+ * and host functions (cuLaunchHostFunc). cuStreamGetCaptureInfo_v3 hands out the graph and the set, and
+ * cuStreamUpdateCaptureDependencies_v2 replaces or extends the set, as the driver's do: that is how nodes added to
+ * the graph by hand join the capture. Any other stream work on a capturing stream (2D copies, memory operations,
+ * event records and waits, synchronisation, stream-ordered allocation, graph launches...) is refused with
+ * CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED and invalidates the capture, so cuStreamEndCapture then fails with
+ * CUDA_ERROR_STREAM_CAPTURE_INVALIDATED and destroys the graph: the simulated device never runs captured work
+ * at capture time. Not simulated: cross-stream capture (events recorded in a capture joining other streams),
+ * capture into an existing graph (cuStreamBeginCaptureToGraph), capture of the NULL, legacy or per-thread stream
+ * (CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED), and the capture modes' bans on unsafe calls (the mode is kept per
+ * thread, as cuThreadExchangeStreamCaptureMode exchanges it, and otherwise ignored).
+ *
+ * Locks: the capture table has its own mutex, taken last (after the global lock in sim_stream_check_op) and never
+ * held while the graph or global lock is taken; captured work is added through the public graph calls with no
+ * lock held. Captures are keyed by stream pointer and stream id, so a destroyed stream's capture never passes to
+ * a new stream at the same address (its entry is recycled, and its graph destroyed, by a later capture). */
+#include "sim_graph.h"
 
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MAX_CAPTURES 256
+#define MAX_CAPTURE_DEPS 4096
+
+struct capture {
+    CUstream s;
+    long long sid; /* 0: a free entry */
+    CUgraph g;
+    CUstreamCaptureStatus status;
+    cuuint64_t id;
+    CUgraphNode deps[MAX_CAPTURE_DEPS];
+    size_t n;
+};
+
+static pthread_mutex_t cap_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct capture *g_caps[MAX_CAPTURES];
+static cuuint64_t g_next_capture_id;
 static _Thread_local CUstreamCaptureMode t_mode = CU_STREAM_CAPTURE_MODE_GLOBAL;
+static _Thread_local CUgraphNode t_deps[MAX_CAPTURE_DEPS]; /* what cuStreamGetCaptureInfo_v3 hands out */
+
+/* The live id of stream s (0: none, or a built-in stream), asked under the global lock. */
+static long long live_id(CUstream s)
+{
+    if (s == NULL || s == CU_STREAM_LEGACY || s == CU_STREAM_PER_THREAD)
+        return 0;
+    sim_lock();
+    long long id = sim_stream_check(s) == CUDA_SUCCESS ? sim_stream_id(s) : 0;
+    sim_unlock();
+    return id;
+}
+
+/* With cap_mu held. */
+static struct capture *find(CUstream s, long long sid)
+{
+    for (int i = 0; sid && i < MAX_CAPTURES; i++)
+        if (g_caps[i] && g_caps[i]->sid == sid && g_caps[i]->s == s)
+            return g_caps[i];
+    return NULL;
+}
+
+/* Called with the global lock held (sim_stream_check_op): the stream's capture, invalidated by the refused work. */
+CUresult sim_capture_refuse_work(CUstream s)
+{
+    long long sid = s == NULL || s == CU_STREAM_LEGACY || s == CU_STREAM_PER_THREAD ? 0 : sim_stream_id(s);
+    if (!sid)
+        return CUDA_SUCCESS;
+    pthread_mutex_lock(&cap_mu);
+    struct capture *c = find(s, sid);
+    if (c)
+        c->status = CU_STREAM_CAPTURE_STATUS_INVALIDATED;
+    pthread_mutex_unlock(&cap_mu);
+    return c ? CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED : CUDA_SUCCESS;
+}
+
+CUresult sim_stream_check_op(CUstream s)
+{
+    CUresult rc = sim_stream_check(s);
+    return rc == CUDA_SUCCESS ? sim_capture_refuse_work(s) : rc;
+}
+
+/* Whether work on s is to be captured (1), refused because its capture was invalidated (-1), or run (0). The
+ * graph and a copy of the dependency set come back for a capture. */
+static int capturing(CUstream s, CUgraph *g, CUgraphNode *deps, size_t *n)
+{
+    long long sid = live_id(s);
+    if (!sid)
+        return 0;
+    pthread_mutex_lock(&cap_mu);
+    struct capture *c = find(s, sid);
+    int st = !c ? 0 : c->status == CU_STREAM_CAPTURE_STATUS_ACTIVE ? 1 : -1;
+    if (st == 1) {
+        *g = c->g;
+        *n = c->n;
+        memcpy(deps, c->deps, c->n * sizeof *deps);
+    }
+    pthread_mutex_unlock(&cap_mu);
+    return st;
+}
+
+/* The captured node's outcome: the set becomes the node, or the capture is invalidated. */
+static CUresult captured(CUstream s, CUresult rc, CUgraphNode node)
+{
+    long long sid = live_id(s);
+    pthread_mutex_lock(&cap_mu);
+    struct capture *c = find(s, sid);
+    if (c && rc == CUDA_SUCCESS) {
+        c->deps[0] = node;
+        c->n = 1;
+    } else if (c) {
+        c->status = CU_STREAM_CAPTURE_STATUS_INVALIDATED;
+    }
+    pthread_mutex_unlock(&cap_mu);
+    return rc;
+}
+
+/* ---- the captured work (each returns -1 in *done when s is not capturing: the caller runs the work) ---- */
+
+int sim_capture_kernel(CUstream s, CUfunction f, const unsigned int grid[3], const unsigned int block[3],
+                       unsigned int shmem, void **kernelParams, void **extra, CUresult *rc)
+{
+    static CUgraphNode deps[MAX_CAPTURE_DEPS];
+    static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER; /* guards deps (large: not on the stack) */
+    pthread_mutex_lock(&mu);
+    CUgraph g = NULL;
+    size_t n = 0;
+    int st = capturing(s, &g, deps, &n);
+    if (st == 0) {
+        pthread_mutex_unlock(&mu);
+        return 0;
+    }
+    if (st < 0) {
+        pthread_mutex_unlock(&mu);
+        *rc = CUDA_ERROR_STREAM_CAPTURE_INVALIDATED;
+        return 1;
+    }
+    CUDA_KERNEL_NODE_PARAMS_v2 p;
+    memset(&p, 0, sizeof p);
+    p.func = f;
+    p.gridDimX = grid[0];
+    p.gridDimY = grid[1];
+    p.gridDimZ = grid[2];
+    p.blockDimX = block[0];
+    p.blockDimY = block[1];
+    p.blockDimZ = block[2];
+    p.sharedMemBytes = shmem;
+    p.kernelParams = kernelParams;
+    p.extra = extra;
+    CUgraphNode node = NULL;
+    CUresult r = cuGraphAddKernelNode_v2(&node, g, deps, n, &p);
+    pthread_mutex_unlock(&mu);
+    *rc = captured(s, r, node);
+    return 1;
+}
+
+static int capture_with(CUstream s, CUresult *rc, int kind, const void *params, CUcontext ctx)
+{
+    static CUgraphNode deps[MAX_CAPTURE_DEPS];
+    static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+    pthread_mutex_lock(&mu);
+    CUgraph g = NULL;
+    size_t n = 0;
+    int st = capturing(s, &g, deps, &n);
+    CUgraphNode node = NULL;
+    CUresult r = CUDA_ERROR_STREAM_CAPTURE_INVALIDATED;
+    if (st > 0 && kind == 0)
+        r = cuGraphAddMemsetNode(&node, g, deps, n, (const CUDA_MEMSET_NODE_PARAMS *)params, ctx);
+    else if (st > 0 && kind == 1)
+        r = cuGraphAddMemcpyNode(&node, g, deps, n, (const CUDA_MEMCPY3D *)params, ctx);
+    else if (st > 0)
+        r = cuGraphAddHostNode(&node, g, deps, n, (const CUDA_HOST_NODE_PARAMS *)params);
+    pthread_mutex_unlock(&mu);
+    if (st == 0)
+        return 0;
+    *rc = st > 0 ? captured(s, r, node) : r;
+    return 1;
+}
+
+int sim_capture_memset(CUstream s, CUdeviceptr dst, unsigned int value, size_t n, unsigned int width, CUresult *rc)
+{
+    CUDA_MEMSET_NODE_PARAMS p;
+    memset(&p, 0, sizeof p);
+    p.dst = dst;
+    p.value = value;
+    p.elementSize = width;
+    p.width = n;
+    p.height = 1;
+    p.pitch = n * width;
+    CUcontext ctx = NULL;
+    cuCtxGetCurrent(&ctx);
+    return capture_with(s, rc, 0, &p, ctx);
+}
+
+/* A 1D copy: src_host / dst_host name host pointers (the others are device addresses). */
+int sim_capture_copy(CUstream s, CUdeviceptr dst, void *dst_host, CUdeviceptr src, const void *src_host, size_t bytes,
+                     CUresult *rc)
+{
+    CUDA_MEMCPY3D c;
+    memset(&c, 0, sizeof c);
+    c.srcMemoryType = src_host ? CU_MEMORYTYPE_HOST : CU_MEMORYTYPE_DEVICE;
+    c.srcHost = src_host;
+    c.srcDevice = src;
+    c.dstMemoryType = dst_host ? CU_MEMORYTYPE_HOST : CU_MEMORYTYPE_DEVICE;
+    c.dstHost = dst_host;
+    c.dstDevice = dst;
+    c.WidthInBytes = bytes;
+    c.Height = 1;
+    c.Depth = 1;
+    CUcontext ctx = NULL;
+    cuCtxGetCurrent(&ctx);
+    return capture_with(s, rc, 1, &c, ctx);
+}
+
+int sim_capture_host(CUstream s, CUhostFn fn, void *data, CUresult *rc)
+{
+    CUDA_HOST_NODE_PARAMS p = { fn, data };
+    return capture_with(s, rc, 2, &p, NULL);
+}
+
+/* ---- the capture calls ---- */
+
+SIM_API CUresult cuStreamBeginCapture_v2(CUstream hStream, CUstreamCaptureMode mode)
+{
+    if (mode != CU_STREAM_CAPTURE_MODE_GLOBAL && mode != CU_STREAM_CAPTURE_MODE_THREAD_LOCAL &&
+        mode != CU_STREAM_CAPTURE_MODE_RELAXED)
+        return CUDA_ERROR_INVALID_VALUE;
+    sim_lock();
+    CUresult rc = sim_stream_check(hStream);
+    sim_unlock();
+    if (rc != CUDA_SUCCESS)
+        return rc;
+    long long sid = live_id(hStream);
+    if (!sid) {
+        sim_log_once("stream capture of the NULL, legacy or per-thread stream", "not simulated");
+        return CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED;
+    }
+    CUgraph stale[MAX_CAPTURES];
+    size_t n_stale = 0;
+    pthread_mutex_lock(&cap_mu);
+    struct capture *c = find(hStream, sid);
+    pthread_mutex_unlock(&cap_mu);
+    if (c)
+        return CUDA_ERROR_ILLEGAL_STATE;
+    /* entries of streams that went meanwhile are recycled (their ids are never live again) */
+    for (int i = 0; i < MAX_CAPTURES; i++) {
+        pthread_mutex_lock(&cap_mu);
+        CUstream s = g_caps[i] ? g_caps[i]->s : NULL;
+        long long was = g_caps[i] ? g_caps[i]->sid : 0;
+        pthread_mutex_unlock(&cap_mu);
+        if (!was || live_id(s) == was)
+            continue;
+        pthread_mutex_lock(&cap_mu);
+        if (g_caps[i] && g_caps[i]->sid == was) {
+            stale[n_stale++] = g_caps[i]->g;
+            free(g_caps[i]);
+            g_caps[i] = NULL;
+        }
+        pthread_mutex_unlock(&cap_mu);
+    }
+    for (size_t i = 0; i < n_stale; i++)
+        cuGraphDestroy(stale[i]);
+    CUgraph g = NULL;
+    rc = cuGraphCreate(&g, 0);
+    if (rc != CUDA_SUCCESS)
+        return rc;
+    struct capture *nc = calloc(1, sizeof *nc);
+    pthread_mutex_lock(&cap_mu);
+    int slot = -1;
+    for (int i = 0; nc && i < MAX_CAPTURES && slot < 0; i++)
+        if (!g_caps[i])
+            slot = i;
+    if (slot >= 0 && !find(hStream, sid)) {
+        nc->s = hStream;
+        nc->sid = sid;
+        nc->g = g;
+        nc->status = CU_STREAM_CAPTURE_STATUS_ACTIVE;
+        nc->id = ++g_next_capture_id;
+        g_caps[slot] = nc;
+    } else {
+        rc = nc && slot >= 0 ? CUDA_ERROR_ILLEGAL_STATE : CUDA_ERROR_OUT_OF_MEMORY;
+    }
+    pthread_mutex_unlock(&cap_mu);
+    if (rc != CUDA_SUCCESS) {
+        free(nc);
+        cuGraphDestroy(g);
+    }
+    return rc;
+}
+
+SIM_API CUresult cuStreamEndCapture(CUstream hStream, CUgraph *phGraph)
+{
+    if (!phGraph)
+        return CUDA_ERROR_INVALID_VALUE;
+    sim_lock();
+    CUresult rc = sim_stream_check(hStream);
+    sim_unlock();
+    if (rc != CUDA_SUCCESS)
+        return rc;
+    long long sid = live_id(hStream);
+    pthread_mutex_lock(&cap_mu);
+    struct capture *c = find(hStream, sid);
+    struct capture x;
+    if (c) {
+        x = *c;
+        for (int i = 0; i < MAX_CAPTURES; i++)
+            if (g_caps[i] == c)
+                g_caps[i] = NULL;
+        free(c);
+    }
+    pthread_mutex_unlock(&cap_mu);
+    if (!c)
+        return CUDA_ERROR_ILLEGAL_STATE;
+    if (x.status != CU_STREAM_CAPTURE_STATUS_ACTIVE) {
+        cuGraphDestroy(x.g);
+        *phGraph = NULL;
+        return CUDA_ERROR_STREAM_CAPTURE_INVALIDATED;
+    }
+    *phGraph = x.g;
+    return CUDA_SUCCESS;
+}
+
+/* Status, id, graph and the dependency set (copied per thread: valid until this thread asks again). */
+static CUresult info(CUstream s, CUstreamCaptureStatus *st, cuuint64_t *id, CUgraph *g, const CUgraphNode **deps,
+                     size_t *n)
+{
+    sim_lock();
+    CUresult rc = sim_stream_check(s);
+    sim_unlock();
+    if (rc != CUDA_SUCCESS)
+        return rc;
+    long long sid = live_id(s);
+    pthread_mutex_lock(&cap_mu);
+    struct capture *c = find(s, sid);
+    *st = c ? c->status : CU_STREAM_CAPTURE_STATUS_NONE;
+    if (id)
+        *id = c ? c->id : 0;
+    if (g)
+        *g = c ? c->g : NULL;
+    size_t k = c ? c->n : 0;
+    if (k)
+        memcpy(t_deps, c->deps, k * sizeof *t_deps);
+    pthread_mutex_unlock(&cap_mu);
+    if (deps)
+        *deps = k ? t_deps : NULL;
+    if (n)
+        *n = k;
+    return CUDA_SUCCESS;
+}
 
 SIM_API CUresult cuStreamIsCapturing(CUstream hStream, CUstreamCaptureStatus *captureStatus)
 {
     if (!captureStatus)
         return CUDA_ERROR_INVALID_VALUE;
-    sim_lock();
-    CUresult rc = sim_stream_check(hStream);
-    sim_unlock();
-    if (rc == CUDA_SUCCESS)
-        *captureStatus = CU_STREAM_CAPTURE_STATUS_NONE;
-    return rc;
+    return info(hStream, captureStatus, NULL, NULL, NULL, NULL);
 }
 
 SIM_API CUresult cuStreamGetCaptureInfo_v3(CUstream hStream, CUstreamCaptureStatus *captureStatus_out,
@@ -26,24 +364,67 @@ SIM_API CUresult cuStreamGetCaptureInfo_v3(CUstream hStream, CUstreamCaptureStat
 {
     if (!captureStatus_out || (edgeData_out && !dependencies_out))
         return CUDA_ERROR_INVALID_VALUE;
+    CUresult rc = info(hStream, captureStatus_out, id_out, graph_out, dependencies_out, numDependencies_out);
+    if (rc == CUDA_SUCCESS && edgeData_out)
+        *edgeData_out = NULL; /* every edge is a default one */
+    return rc;
+}
+
+static CUresult update(CUstream s, const CUgraphNode *deps, const CUgraphEdgeData *edges, size_t n, unsigned int flags)
+{
+    if ((n && !deps) || n > MAX_CAPTURE_DEPS ||
+        (flags != CU_STREAM_ADD_CAPTURE_DEPENDENCIES && flags != CU_STREAM_SET_CAPTURE_DEPENDENCIES))
+        return CUDA_ERROR_INVALID_VALUE;
+    static const CUgraphEdgeData zero;
+    for (size_t i = 0; edges && i < n; i++)
+        if (memcmp(&edges[i], &zero, sizeof zero)) {
+            sim_log_once("capture dependencies with edge data", "not simulated (default edges only)");
+            return CUDA_ERROR_NOT_SUPPORTED;
+        }
     sim_lock();
-    CUresult rc = sim_stream_check(hStream);
+    CUresult rc = sim_stream_check(s);
     sim_unlock();
     if (rc != CUDA_SUCCESS)
         return rc;
-    *captureStatus_out = CU_STREAM_CAPTURE_STATUS_NONE;
-    /* Not capturing: there is no sequence, graph or dependency set; the outputs say so. */
-    if (id_out)
-        *id_out = 0;
-    if (graph_out)
-        *graph_out = NULL;
-    if (dependencies_out)
-        *dependencies_out = NULL;
-    if (edgeData_out)
-        *edgeData_out = NULL;
-    if (numDependencies_out)
-        *numDependencies_out = 0;
-    return CUDA_SUCCESS;
+    long long sid = live_id(s);
+    CUgraph g = NULL;
+    pthread_mutex_lock(&cap_mu);
+    struct capture *c = find(s, sid);
+    if (c)
+        g = c->g;
+    pthread_mutex_unlock(&cap_mu);
+    if (!c)
+        return CUDA_ERROR_ILLEGAL_STATE;
+    for (size_t i = 0; i < n; i++) { /* each a node of the capture's graph */
+        pthread_mutex_lock(&sim_graph_mu);
+        struct sim_gnode *x = N(deps[i]);
+        int ok = x && x->g == G(g);
+        pthread_mutex_unlock(&sim_graph_mu);
+        if (!ok)
+            return CUDA_ERROR_INVALID_VALUE;
+    }
+    pthread_mutex_lock(&cap_mu);
+    c = find(s, sid);
+    if (c && c->status != CU_STREAM_CAPTURE_STATUS_ACTIVE)
+        rc = CUDA_ERROR_STREAM_CAPTURE_INVALIDATED;
+    else if (c && flags == CU_STREAM_SET_CAPTURE_DEPENDENCIES)
+        c->n = 0;
+    for (size_t i = 0; c && rc == CUDA_SUCCESS && i < n; i++) {
+        int dup = 0;
+        for (size_t k = 0; k < c->n && !dup; k++)
+            dup = c->deps[k] == deps[i];
+        if (!dup && c->n < MAX_CAPTURE_DEPS)
+            c->deps[c->n++] = deps[i];
+    }
+    pthread_mutex_unlock(&cap_mu);
+    return c ? rc : CUDA_ERROR_ILLEGAL_STATE;
+}
+
+SIM_API CUresult cuStreamUpdateCaptureDependencies_v2(CUstream hStream, CUgraphNode *dependencies,
+                                                      const CUgraphEdgeData *dependencyData, size_t numDependencies,
+                                                      unsigned int flags)
+{
+    return update(hStream, dependencies, dependencyData, numDependencies, flags);
 }
 
 SIM_API CUresult cuThreadExchangeStreamCaptureMode(CUstreamCaptureMode *mode)

@@ -13,7 +13,7 @@ static CUresult enter(CUstream s, int async)
 {
     CUresult rc = sim_current_ctx(NULL);
     if (rc == CUDA_SUCCESS && async)
-        rc = sim_stream_check(s);
+        rc = sim_stream_check_op(s);
     return rc;
 }
 
@@ -76,16 +76,25 @@ SIM_API CUresult cuMemcpyDtoD(CUdeviceptr dstDevice, CUdeviceptr srcDevice, size
 
 SIM_API CUresult cuMemcpyHtoDAsync(CUdeviceptr dstDevice, const void *srcHost, size_t ByteCount, CUstream hStream)
 {
+    CUresult rc;
+    if (srcHost && sim_capture_copy(hStream, dstDevice, NULL, 0, srcHost, ByteCount, &rc))
+        return rc;
     return htod(dstDevice, srcHost, ByteCount, hStream, 1);
 }
 
 SIM_API CUresult cuMemcpyDtoHAsync(void *dstHost, CUdeviceptr srcDevice, size_t ByteCount, CUstream hStream)
 {
+    CUresult rc;
+    if (dstHost && sim_capture_copy(hStream, 0, dstHost, srcDevice, NULL, ByteCount, &rc))
+        return rc;
     return dtoh(dstHost, srcDevice, ByteCount, hStream, 1);
 }
 
 SIM_API CUresult cuMemcpyDtoDAsync(CUdeviceptr dstDevice, CUdeviceptr srcDevice, size_t ByteCount, CUstream hStream)
 {
+    CUresult rc;
+    if (sim_capture_copy(hStream, dstDevice, NULL, srcDevice, NULL, ByteCount, &rc))
+        return rc;
     return dtod(dstDevice, srcDevice, ByteCount, hStream, 1);
 }
 
@@ -96,6 +105,9 @@ SIM_API CUresult cuMemcpy(CUdeviceptr dst, CUdeviceptr src, size_t ByteCount)
 
 SIM_API CUresult cuMemcpyAsync(CUdeviceptr dst, CUdeviceptr src, size_t ByteCount, CUstream hStream)
 {
+    CUresult rc;
+    if (sim_capture_copy(hStream, dst, NULL, src, NULL, ByteCount, &rc))
+        return rc;
     return dtod(dst, src, ByteCount, hStream, 1);
 }
 
@@ -107,6 +119,9 @@ static CUresult memset_any(CUdeviceptr dst, unsigned int value, size_t n, unsign
     if (n > SIZE_MAX / width)
         return CUDA_ERROR_INVALID_VALUE;
     size_t bytes = n * width;
+    CUresult cap = CUDA_SUCCESS;
+    if (async && sim_capture_memset(s, dst, value, n, width, &cap))
+        return cap; /* a memset node of the capture's graph */
     sim_lock();
     CUresult rc = enter(s, async);
     if (rc == CUDA_SUCCESS)

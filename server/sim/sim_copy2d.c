@@ -25,7 +25,7 @@ static CUresult enter(CUstream s, int async)
 {
     CUresult rc = sim_current_ctx(NULL);
     if (rc == CUDA_SUCCESS && async)
-        rc = sim_stream_check(s);
+        rc = sim_stream_check_op(s);
     return rc;
 }
 

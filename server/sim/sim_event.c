@@ -72,7 +72,7 @@ SIM_API CUresult cuEventCreate(CUevent *phEvent, unsigned int Flags)
 SIM_API CUresult cuEventRecord(CUevent hEvent, CUstream hStream)
 {
     sim_lock();
-    CUresult rc = sim_stream_check(hStream);
+    CUresult rc = sim_stream_check_op(hStream);
     struct sim_event *e = rc == CUDA_SUCCESS ? find_event(hEvent) : NULL;
     if (rc == CUDA_SUCCESS && !e)
         rc = CUDA_ERROR_INVALID_HANDLE;

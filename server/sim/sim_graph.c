@@ -5,7 +5,7 @@
  * (device and host memory; arrays are not simulated), event record and wait, child graph (a copy of the child,
  * as the driver makes), host (called in place), batch memory operations (sim_graph_memop.c). An executable is a copy of the graph; its nodes keep the index
  * of the node they came from, which is how executable-node updates and cuGraphExecUpdate find them. Disabled
- * nodes are skipped. Stream capture into graphs is not simulated (sim_capture.c). What graphs say about
+ * nodes are skipped. Stream capture builds graphs through the same calls (sim_capture.c). What graphs say about
  * themselves (edges, roots, node parameters) is in sim_graph_query.c.
  *
  * Graph structures have their own lock; driver calls a launch makes take the global lock themselves, so none is
@@ -762,6 +762,11 @@ static CUresult run_graph(struct sim_graph *g, CUstream s)
 
 SIM_API CUresult cuGraphLaunch(CUgraphExec he, CUstream s)
 {
+    sim_lock();
+    CUresult cap = sim_stream_check_op(s); /* a graph launch is not captured here */
+    sim_unlock();
+    if (cap != CUDA_SUCCESS)
+        return cap;
     pthread_mutex_lock(&sim_graph_mu);
     struct sim_graph *e = E(he);
     CUresult rc = e ? sim_check_init() : CUDA_ERROR_INVALID_VALUE;

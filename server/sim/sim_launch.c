@@ -82,7 +82,7 @@ static CUresult check_dims(const struct sim_func *f, const unsigned int g[3], co
 CUresult sim_launch(struct sim_func *fn, const unsigned int grid[3], const unsigned int block[3], unsigned int shmem,
                     CUstream hStream, void **kernelParams, void **extra)
 {
-    CUresult rc = sim_stream_check(hStream);
+    CUresult rc = sim_stream_check_op(hStream);
     struct sim_launch l;
     memset(&l, 0, sizeof l);
     memcpy(l.grid, grid, sizeof l.grid);
@@ -116,6 +116,10 @@ SIM_API CUresult cuLaunchKernel(CUfunction f, unsigned int gridDimX, unsigned in
                                 unsigned int blockDimX, unsigned int blockDimY, unsigned int blockDimZ,
                                 unsigned int sharedMemBytes, CUstream hStream, void **kernelParams, void **extra)
 {
+    const unsigned int g3[3] = { gridDimX, gridDimY, gridDimZ }, b3[3] = { blockDimX, blockDimY, blockDimZ };
+    CUresult cap = CUDA_SUCCESS;
+    if (sim_capture_kernel(hStream, f, g3, b3, sharedMemBytes, kernelParams, extra, &cap))
+        return cap; /* a kernel node of the capture's graph */
     sim_lock();
     struct sim_func *fn = NULL;
     CUresult rc = sim_current_ctx(NULL);
@@ -182,6 +186,12 @@ SIM_API CUresult cuLaunchKernelEx(const CUlaunchConfig *config, CUfunction f, vo
 {
     if (!config)
         return CUDA_ERROR_INVALID_VALUE;
+    const unsigned int g3[3] = { config->gridDimX, config->gridDimY, config->gridDimZ };
+    const unsigned int b3[3] = { config->blockDimX, config->blockDimY, config->blockDimZ };
+    CUresult cap = CUDA_SUCCESS;
+    if (check_attrs(config) == CUDA_SUCCESS &&
+        sim_capture_kernel(config->hStream, f, g3, b3, config->sharedMemBytes, kernelParams, extra, &cap))
+        return cap; /* a kernel node of the capture's graph (the attributes are hints here) */
     sim_lock();
     struct sim_func *fn = NULL;
     CUresult rc = sim_current_ctx(NULL);

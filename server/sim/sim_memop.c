@@ -90,7 +90,7 @@ CUresult sim_memop_batch(CUstream stream, unsigned int count, const CUstreamBatc
     if (flags || count > MAX_BATCH || (count && !ops))
         return CUDA_ERROR_INVALID_VALUE;
     sim_lock();
-    CUresult rc = sim_stream_check(stream);
+    CUresult rc = sim_stream_check_op(stream);
     for (unsigned int i = 0; rc == CUDA_SUCCESS && i < count; i++)
         rc = sim_memop_check(&ops[i]);
     for (unsigned int i = 0; rc == CUDA_SUCCESS && i < count; i++)

@@ -37,7 +37,7 @@ static CUresult mem_alloc(CUdeviceptr *dptr, size_t bytesize, CUstream stream, i
     struct sim_ctx *c = NULL;
     CUresult rc = sim_current_ctx(&c);
     if (rc == CUDA_SUCCESS && async)
-        rc = sim_stream_check(stream);
+        rc = sim_stream_check_op(stream);
     struct sim_seg *s = NULL;
     if (rc == CUDA_SUCCESS)
         rc = sim_seg_alloc(SIM_SEG_ALLOC, c->device, bytesize, c, NULL, &s);
@@ -57,7 +57,7 @@ SIM_API CUresult cuMemAllocAsync(CUdeviceptr *dptr, size_t bytesize, CUstream hS
 static CUresult mem_free(CUdeviceptr dptr, CUstream stream, int async)
 {
     sim_lock();
-    CUresult rc = async ? sim_stream_check(stream) : sim_check_init();
+    CUresult rc = async ? sim_stream_check_op(stream) : sim_check_init();
     if (rc == CUDA_SUCCESS) {
         struct sim_seg *s = sim_seg_find_base((uintptr_t)dptr, SIM_SEG_ALLOC);
         if (s)

@@ -116,7 +116,7 @@ static CUresult copy_peer(CUdeviceptr dst, CUcontext dstCtx, CUdeviceptr src, CU
                           CUstream s, int async)
 {
     sim_lock();
-    CUresult rc = async ? sim_stream_check(s) : sim_current_ctx(NULL);
+    CUresult rc = async ? sim_stream_check_op(s) : sim_current_ctx(NULL);
     if (rc == CUDA_SUCCESS && (!live_ctx(dstCtx) || !live_ctx(srcCtx)))
         rc = CUDA_ERROR_INVALID_CONTEXT;
     if (rc == CUDA_SUCCESS)

@@ -115,7 +115,7 @@ SIM_API CUresult cuStreamDestroy(CUstream hStream)
 SIM_API CUresult cuStreamQuery(CUstream hStream)
 {
     sim_lock();
-    CUresult rc = sim_stream_check(hStream);
+    CUresult rc = sim_stream_check_op(hStream);
     sim_unlock();
     return rc;
 }
@@ -123,7 +123,7 @@ SIM_API CUresult cuStreamQuery(CUstream hStream)
 SIM_API CUresult cuStreamSynchronize(CUstream hStream)
 {
     sim_lock();
-    CUresult rc = sim_stream_check(hStream);
+    CUresult rc = sim_stream_check_op(hStream);
     sim_unlock();
     return rc;
 }
@@ -161,7 +161,7 @@ SIM_API CUresult cuStreamWaitEvent(CUstream hStream, CUevent hEvent, unsigned in
     if (Flags & ~(unsigned int)CU_EVENT_WAIT_EXTERNAL)
         return CUDA_ERROR_INVALID_VALUE;
     sim_lock();
-    CUresult rc = sim_stream_check(hStream);
+    CUresult rc = sim_stream_check_op(hStream);
     if (rc == CUDA_SUCCESS)
         rc = sim_event_check(hEvent); /* the event's work is already complete */
     sim_unlock();
@@ -222,8 +222,11 @@ SIM_API CUresult cuLaunchHostFunc(CUstream hStream, CUhostFn fn, void *userData)
 {
     if (!fn)
         return CUDA_ERROR_INVALID_VALUE;
+    CUresult cap = CUDA_SUCCESS;
+    if (sim_capture_host(hStream, fn, userData, &cap))
+        return cap; /* a host node of the capture's graph */
     sim_lock();
-    CUresult rc = sim_stream_check(hStream);
+    CUresult rc = sim_stream_check_op(hStream);
     sim_unlock();
     if (rc == CUDA_SUCCESS)
         fn(userData); /* everything enqueued before has completed */
@@ -235,7 +238,7 @@ SIM_API CUresult cuStreamAddCallback(CUstream hStream, CUstreamCallback callback
     if (!callback || flags != 0)
         return CUDA_ERROR_INVALID_VALUE;
     sim_lock();
-    CUresult rc = sim_stream_check(hStream);
+    CUresult rc = sim_stream_check_op(hStream);
     sim_unlock();
     if (rc == CUDA_SUCCESS)
         callback(hStream, CUDA_SUCCESS, userData); /* no asynchronous errors can have happened */

@@ -463,6 +463,7 @@ static const char *layout[FG_OP_LIMIT] = {
     [FG_OP_cuStreamEndCapture] = "Sw",
     [FG_OP_cuStreamGetAttribute] = "Siw",
     [FG_OP_cuStreamGetCaptureInfo_v3] = "Sw",
+    [FG_OP_cuStreamUpdateCaptureDependencies_v2] = "Slei",
     [FG_OP_cuStreamGetCtx] = "Sw",
     [FG_OP_cuStreamGetDevice] = "Sw",
     [FG_OP_cuStreamGetFlags] = "Sw",
@@ -748,6 +749,13 @@ static void await_reply(session *s, pools *P, unsigned last_op, uint64_t alloc_s
                 P->ptr[i] = v;
                 P->size[i] = sz;
                 if (last_op == FG_OP_cuMemAlloc_v2) st_allocs++;
+            }
+            if ((last_op == FG_OP_cuMemAllocAsync || last_op == FG_OP_cuMemAllocFromPoolAsync) && out_len >= 32) {
+                uint64_t node = 0, graph = 0; /* under capture: the allocation's node and the capture's graph */
+                memcpy(&node, p + 24 + 8, 8);
+                memcpy(&graph, p + 24 + 16, 8);
+                if (node) pool_add(P, FGH_GRAPHNODE, node);
+                if (graph) pool_add(P, FGH_GRAPH, graph);
             }
             break;
         default: break;

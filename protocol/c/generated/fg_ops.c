@@ -245,6 +245,7 @@ const char *fg_op_name(unsigned op) {
     case FG_OP_cuStreamQuery: return "cuStreamQuery";
     case FG_OP_cuStreamSetAttribute: return "cuStreamSetAttribute";
     case FG_OP_cuStreamSynchronize: return "cuStreamSynchronize";
+    case FG_OP_cuStreamUpdateCaptureDependencies_v2: return "cuStreamUpdateCaptureDependencies_v2";
     case FG_OP_cuStreamWaitEvent: return "cuStreamWaitEvent";
     case FG_OP_cuStreamWaitValue32_v2: return "cuStreamWaitValue32_v2";
     case FG_OP_cuStreamWaitValue64_v2: return "cuStreamWaitValue64_v2";

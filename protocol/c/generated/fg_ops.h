@@ -2,7 +2,7 @@
 #ifndef FG_OPS_H
 #define FG_OPS_H
 
-#define FG_OPS_HASH "0cfee94ccfb7ebe6"
+#define FG_OPS_HASH "84f34d1d39e814cc"
 
 enum fg_op {
     FG_OP_SET_CTX = 1,
@@ -246,24 +246,25 @@ enum fg_op {
     FG_OP_cuStreamQuery = 246,
     FG_OP_cuStreamSetAttribute = 247,
     FG_OP_cuStreamSynchronize = 248,
-    FG_OP_cuStreamWaitEvent = 249,
-    FG_OP_cuStreamWaitValue32_v2 = 250,
-    FG_OP_cuStreamWaitValue64_v2 = 251,
-    FG_OP_cuStreamWriteValue32_v2 = 252,
-    FG_OP_cuStreamWriteValue64_v2 = 253,
-    FG_OP_cuSurfObjectCreate = 254,
-    FG_OP_cuSurfObjectDestroy = 255,
-    FG_OP_cuTensorMapEncodeIm2col = 256,
-    FG_OP_cuTensorMapEncodeIm2colWide = 257,
-    FG_OP_cuTensorMapEncodeTiled = 258,
-    FG_OP_cuTensorMapReplaceAddress = 259,
-    FG_OP_cuTexObjectCreate = 260,
-    FG_OP_cuTexObjectDestroy = 261,
-    FG_OP_cuThreadExchangeStreamCaptureMode = 262,
-    FG_OP_cuUserObjectCreate = 263,
-    FG_OP_cuUserObjectRelease = 264,
-    FG_OP_cuUserObjectRetain = 265,
-    FG_OP_LIMIT = 266,
+    FG_OP_cuStreamUpdateCaptureDependencies_v2 = 249,
+    FG_OP_cuStreamWaitEvent = 250,
+    FG_OP_cuStreamWaitValue32_v2 = 251,
+    FG_OP_cuStreamWaitValue64_v2 = 252,
+    FG_OP_cuStreamWriteValue32_v2 = 253,
+    FG_OP_cuStreamWriteValue64_v2 = 254,
+    FG_OP_cuSurfObjectCreate = 255,
+    FG_OP_cuSurfObjectDestroy = 256,
+    FG_OP_cuTensorMapEncodeIm2col = 257,
+    FG_OP_cuTensorMapEncodeIm2colWide = 258,
+    FG_OP_cuTensorMapEncodeTiled = 259,
+    FG_OP_cuTensorMapReplaceAddress = 260,
+    FG_OP_cuTexObjectCreate = 261,
+    FG_OP_cuTexObjectDestroy = 262,
+    FG_OP_cuThreadExchangeStreamCaptureMode = 263,
+    FG_OP_cuUserObjectCreate = 264,
+    FG_OP_cuUserObjectRelease = 265,
+    FG_OP_cuUserObjectRetain = 266,
+    FG_OP_LIMIT = 267,
 };
 
 /* 0: unknown op, 1: sync, 2: async */
@@ -510,6 +511,7 @@ static inline int fg_op_class(unsigned op) {
     case FG_OP_cuStreamQuery: return 1;
     case FG_OP_cuStreamSetAttribute: return 1;
     case FG_OP_cuStreamSynchronize: return 1;
+    case FG_OP_cuStreamUpdateCaptureDependencies_v2: return 1;
     case FG_OP_cuStreamWaitEvent: return 2;
     case FG_OP_cuStreamWaitValue32_v2: return 2;
     case FG_OP_cuStreamWaitValue64_v2: return 2;
