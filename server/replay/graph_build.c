@@ -451,11 +451,22 @@ CUresult fgs_cuGraphDestroy(fgs_session *S, fg_reader *r, fg_writer *out) {
     if (r->failed) return FGS_PROTOCOL_ERROR;
     if (fgs_handle_get(S, FGH_GRAPH, id, &g)) return CUDA_ERROR_INVALID_HANDLE;
     if (fgs_graph_borrowed(S, id)) return CUDA_ERROR_INVALID_VALUE; /* a child graph: its node owns it */
+    /* Its nodes' ids go with it (else a session that once built a graph would count as holding one, and could
+     * never park): the nodes are asked for first, as they are gone after. */
+    size_t n = 0;
+    CUgraphNode *nodes = NULL;
+    if (S->api->cuGraphGetNodes && S->api->cuGraphGetNodes((CUgraph)g, NULL, &n) == CUDA_SUCCESS && n &&
+        (nodes = (CUgraphNode *)malloc(n * sizeof *nodes)) != NULL &&
+        S->api->cuGraphGetNodes((CUgraph)g, nodes, &n) != CUDA_SUCCESS)
+        n = 0;
     CUresult res = S->api->cuGraphDestroy((CUgraph)g);
     if (res == CUDA_SUCCESS) {
         fgs_handle_remove(S, FGH_GRAPH, id);
         fgs_graph_parent_gone(S, id);
+        for (size_t i = 0; nodes && i < n; i++)
+            fgs_handle_remove(S, FGH_GRAPHNODE, fgs_handle_id_of(S, FGH_GRAPHNODE, nodes[i]));
     }
+    free(nodes);
     return res;
 }
 
