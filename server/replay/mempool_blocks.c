@@ -150,6 +150,11 @@ static void release(fgs_session *S, mp_alloc *a) {
  * synchronisation just returned), or those whose event reports completion. */
 void mp_reap(fgs_session *S, int wait_all, int wait_stream, CUstream stream) {
     if (!g_n_pending || fgs_is_paged(S)) return; /* paged: released after the next page-in */
+    /* The worker's own queries, not the application's: a global-mode stream capture under way must not count
+     * them as calls made during it (the thread's mode is relaxed while they run, then restored). */
+    CUstreamCaptureMode mode = CU_STREAM_CAPTURE_MODE_RELAXED;
+    int relaxed = S->api->cuThreadExchangeStreamCaptureMode &&
+                  S->api->cuThreadExchangeStreamCaptureMode(&mode) == CUDA_SUCCESS;
     for (size_t i = g_n_allocs; i-- > 0;) {
         if (i >= g_n_allocs) continue;
         mp_alloc *a = &g_allocs[i];
@@ -162,6 +167,7 @@ void mp_reap(fgs_session *S, int wait_all, int wait_stream, CUstream stream) {
         }
         release(S, a);
     }
+    if (relaxed) S->api->cuThreadExchangeStreamCaptureMode(&mode);
 }
 
 /* Before an allocation fails for the quota: what pending frees and empty chunks give back. */

@@ -124,7 +124,7 @@ def test_conditional_graph_nodes_program(programs: dict[str, Path], node_server:
 
 def test_stream_ordered_allocation_and_pools_program(programs: dict[str, Path], node_server: NodeServer) -> None:
     out = _passed(_run(programs["api_mempool"], node_server), node_server)
-    assert len([ln for ln in out if ln.endswith(" ok")]) == 25, out
+    assert len([ln for ln in out if ln.endswith(" ok")]) == 29, out
 
 
 def test_arrays_textures_and_3d_copies_program(programs: dict[str, Path], node_server: NodeServer) -> None:

@@ -4,7 +4,8 @@
 // used / reserved amounts and high watermarks, a high watermark reset), access for its device,
 // cudaMallocFromPoolAsync, the created pool made current for cudaMallocAsync, cudaMemPoolTrimTo, destroying a
 // pool with an allocation outstanding, 300 small allocations on three streams, a kernel in a graph working on pool
-// memory, and a graph allocation node whose memory outlives the launch and is freed with cudaFreeAsync. Values are
+// memory, a graph allocation node whose memory outlives the launch and is freed with cudaFreeAsync, and stream
+// capture of cudaMallocAsync / cudaFreeAsync (graph allocation and free nodes, a graph freeing another's). Values are
 // checked against the host exactly; pool amounts only as relations that hold for any pool (used >= what is
 // allocated, reserved >= used, 0 when everything is freed and trimmed), since a driver rounds and caches as it
 // likes. The kernel is test_kernels.cuh's (the test kernels' name and layout), so the simulated device runs it.
@@ -197,6 +198,85 @@ int main()
     check("a graph allocation freed with cudaFreeAsync", all(hg, 21));
     CHECK(cudaGraphExecDestroy(mge));
     CHECK(cudaGraphDestroy(mg));
+
+    // stream capture of stream-ordered allocation: alloc -> kernel / memset -> copy out -> free, captured into a
+    // graph with allocation and free nodes, launched twice; then a graph that frees another graph's allocation
+    {
+        cudaStream_t cs = s[0];
+        const size_t SB = 4096;
+        unsigned int *od, *os; // ordinary memory the captured graph copies into
+        CHECK(cudaMalloc((void **)&od, BYTES));
+        CHECK(cudaMalloc((void **)&os, SB));
+        CHECK(cudaDeviceSynchronize()); // nothing else running: a global-mode capture may begin
+        cudaGraph_t cg;
+        unsigned int *ca, *cb;
+        CHECK(cudaStreamBeginCapture(cs, cudaStreamCaptureModeGlobal));
+        CHECK(cudaMallocAsync((void **)&ca, BYTES, cs));
+        CHECK(cudaMallocAsync((void **)&cb, SB, cs));
+        fill(ca, 31, cs);
+        CHECK(cudaMemsetAsync(cb, 0x5a, SB, cs));
+        CHECK(cudaMemcpyAsync(od, ca, BYTES, cudaMemcpyDeviceToDevice, cs));
+        CHECK(cudaMemcpyAsync(os, cb, SB, cudaMemcpyDeviceToDevice, cs));
+        CHECK(cudaFreeAsync(ca, cs));
+        CHECK(cudaFreeAsync(cb, cs));
+        CHECK(cudaStreamEndCapture(cs, &cg));
+        size_t nn = 0;
+        CHECK(cudaGraphGetNodes(cg, nullptr, &nn));
+        std::vector<cudaGraphNode_t> nodes(nn);
+        CHECK(cudaGraphGetNodes(cg, nodes.data(), &nn));
+        int n_alloc = 0, n_free = 0;
+        for (size_t i = 0; i < nn; i++) {
+            cudaGraphNodeType t;
+            CHECK(cudaGraphNodeGetType(nodes[i], &t));
+            n_alloc += t == cudaGraphNodeTypeMemAlloc;
+            n_free += t == cudaGraphNodeTypeMemFree;
+        }
+        check("a captured graph has 2 allocation and 2 free nodes", nn == 8 && n_alloc == 2 && n_free == 2);
+        cudaGraphExec_t ce;
+        CHECK(cudaGraphInstantiate(&ce, cg, 0));
+        bool runs_ok = true;
+        for (int k = 0; k < 2; k++) {
+            CHECK(cudaMemsetAsync(od, 0, BYTES, cs));
+            CHECK(cudaMemsetAsync(os, 0, SB, cs));
+            CHECK(cudaGraphLaunch(ce, cs));
+            std::vector<unsigned int> ho(N), hs(SB / 4);
+            CHECK(cudaMemcpyAsync(ho.data(), od, BYTES, cudaMemcpyDeviceToHost, cs));
+            CHECK(cudaMemcpyAsync(hs.data(), os, SB, cudaMemcpyDeviceToHost, cs));
+            CHECK(cudaStreamSynchronize(cs));
+            runs_ok = runs_ok && all(ho, 31) && all(hs, 0x5a5a5a5au);
+        }
+        check("the captured allocation graph, launched twice", runs_ok);
+        CHECK(cudaGraphExecDestroy(ce));
+        CHECK(cudaGraphDestroy(cg));
+
+        // graph A allocates and leaves the memory to the application; graph B frees it when it runs
+        cudaGraph_t ga_, gb_;
+        cudaGraphExec_t ea, eb;
+        unsigned int *cc;
+        CHECK(cudaStreamBeginCapture(cs, cudaStreamCaptureModeGlobal));
+        CHECK(cudaMallocAsync((void **)&cc, BYTES, cs));
+        fill(cc, 41, cs);
+        CHECK(cudaStreamEndCapture(cs, &ga_));
+        CHECK(cudaGraphInstantiate(&ea, ga_, 0));
+        CHECK(cudaGraphLaunch(ea, cs));
+        std::vector<unsigned int> hc(N);
+        CHECK(cudaMemcpyAsync(hc.data(), cc, BYTES, cudaMemcpyDeviceToHost, cs));
+        CHECK(cudaStreamSynchronize(cs));
+        check("a captured allocation left to the application after the launch", all(hc, 41));
+        CHECK(cudaStreamBeginCapture(cs, cudaStreamCaptureModeGlobal));
+        CHECK(cudaFreeAsync(cc, cs));
+        CHECK(cudaStreamEndCapture(cs, &gb_));
+        CHECK(cudaGraphInstantiate(&eb, gb_, 0));
+        CHECK(cudaGraphLaunch(eb, cs));
+        CHECK(cudaStreamSynchronize(cs));
+        check("another graph frees it when it runs", cudaGetLastError() == cudaSuccess);
+        CHECK(cudaGraphExecDestroy(eb));
+        CHECK(cudaGraphDestroy(gb_));
+        CHECK(cudaGraphExecDestroy(ea));
+        CHECK(cudaGraphDestroy(ga_));
+        CHECK(cudaFree(od));
+        CHECK(cudaFree(os));
+    }
 
     // destroying the current pool with an allocation outstanding: the default pool is current again
     CHECK(cudaFreeAsync(p1, s[2]));
