@@ -3,9 +3,10 @@
  * packed here: the rows of a host source travel in the record without gaps, a host destination's rows come back
  * in the reply and are written into its pitched layout here, so the node never sees a client address. Copies
  * larger than one record are split into slices and row groups. Unified addresses are classified by the device
- * ranges the stub knows; mirrored host memory (managed.c) is used through its device side. The async form waits
- * on the node for its stream (its bytes travel with the record and its reply). Texture and surface objects are
- * created on the node; their values are the driver's, passed to kernels unchanged. */
+ * ranges the stub knows; mirrored host memory (managed.c) is used through its device side. The async forms
+ * (cuMemcpy3DAsync_v2, and the 1D cuMemcpyHtoAAsync_v2/AtoHAsync_v2) wait on the node for their stream (their
+ * bytes travel with the record and its reply). Texture and surface objects are created on the node; their values
+ * are the driver's, passed to kernels unchanged. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -210,6 +211,10 @@ CUresult fgc_copy2d_arrays(const CUDA_MEMCPY2D *c, CUstream s, int async) {
     return copy3d(&p, s, async);
 }
 
+/* The 1D copies with an array on one side or both: one-row 3D copies. A host side is read (a source) or written
+ * (a destination) at the call, also by the async forms: the node waits for the stream and the call returns once
+ * the copy is done, so a host source may be reused at once and a host destination holds the data on return,
+ * which the asynchronous contract allows (it promises no overlap). */
 static CUDA_MEMCPY3D linear(size_t n) {
     CUDA_MEMCPY3D p;
     memset(&p, 0, sizeof p);
@@ -219,41 +224,61 @@ static CUDA_MEMCPY3D linear(size_t n) {
     return p;
 }
 
-CUresult fgc_cuMemcpyHtoA_v2(CUarray dstArray, size_t dstOffset, const void *srcHost, size_t n) {
+static void from_array(CUDA_MEMCPY3D *p, CUarray a, size_t off) {
+    p->srcMemoryType = CU_MEMORYTYPE_ARRAY;
+    p->srcArray = a;
+    p->srcXInBytes = off;
+}
+
+static void to_array(CUDA_MEMCPY3D *p, CUarray a, size_t off) {
+    p->dstMemoryType = CU_MEMORYTYPE_ARRAY;
+    p->dstArray = a;
+    p->dstXInBytes = off;
+}
+
+static CUresult htoa(CUarray dstArray, size_t dstOffset, const void *srcHost, size_t n, CUstream s, int async) {
     CUDA_MEMCPY3D p = linear(n);
     p.srcMemoryType = CU_MEMORYTYPE_HOST;
     p.srcHost = srcHost;
-    p.dstMemoryType = CU_MEMORYTYPE_ARRAY;
-    p.dstArray = dstArray;
-    p.dstXInBytes = dstOffset;
-    return copy3d(&p, NULL, 0);
+    to_array(&p, dstArray, dstOffset);
+    return copy3d(&p, s, async);
+}
+
+static CUresult atoh(void *dstHost, CUarray srcArray, size_t srcOffset, size_t n, CUstream s, int async) {
+    CUDA_MEMCPY3D p = linear(n);
+    from_array(&p, srcArray, srcOffset);
+    p.dstMemoryType = CU_MEMORYTYPE_HOST;
+    p.dstHost = dstHost;
+    return copy3d(&p, s, async);
+}
+
+CUresult fgc_cuMemcpyHtoA_v2(CUarray dstArray, size_t dstOffset, const void *srcHost, size_t n) {
+    return htoa(dstArray, dstOffset, srcHost, n, NULL, 0);
 }
 
 CUresult fgc_cuMemcpyAtoH_v2(void *dstHost, CUarray srcArray, size_t srcOffset, size_t n) {
-    CUDA_MEMCPY3D p = linear(n);
-    p.srcMemoryType = CU_MEMORYTYPE_ARRAY;
-    p.srcArray = srcArray;
-    p.srcXInBytes = srcOffset;
-    p.dstMemoryType = CU_MEMORYTYPE_HOST;
-    p.dstHost = dstHost;
-    return copy3d(&p, NULL, 0);
+    return atoh(dstHost, srcArray, srcOffset, n, NULL, 0);
+}
+
+CUresult fgc_cuMemcpyHtoAAsync_v2(CUarray dstArray, size_t dstOffset, const void *srcHost, size_t n, CUstream s) {
+    return htoa(dstArray, dstOffset, srcHost, n, s, 1);
+}
+
+CUresult fgc_cuMemcpyAtoHAsync_v2(void *dstHost, CUarray srcArray, size_t srcOffset, size_t n, CUstream s) {
+    return atoh(dstHost, srcArray, srcOffset, n, s, 1);
 }
 
 CUresult fgc_cuMemcpyDtoA_v2(CUarray dstArray, size_t dstOffset, CUdeviceptr srcDevice, size_t n) {
     CUDA_MEMCPY3D p = linear(n);
     p.srcMemoryType = CU_MEMORYTYPE_DEVICE;
     p.srcDevice = srcDevice;
-    p.dstMemoryType = CU_MEMORYTYPE_ARRAY;
-    p.dstArray = dstArray;
-    p.dstXInBytes = dstOffset;
+    to_array(&p, dstArray, dstOffset);
     return copy3d(&p, NULL, 0);
 }
 
 CUresult fgc_cuMemcpyAtoD_v2(CUdeviceptr dstDevice, CUarray srcArray, size_t srcOffset, size_t n) {
     CUDA_MEMCPY3D p = linear(n);
-    p.srcMemoryType = CU_MEMORYTYPE_ARRAY;
-    p.srcArray = srcArray;
-    p.srcXInBytes = srcOffset;
+    from_array(&p, srcArray, srcOffset);
     p.dstMemoryType = CU_MEMORYTYPE_DEVICE;
     p.dstDevice = dstDevice;
     return copy3d(&p, NULL, 0);
@@ -261,12 +286,8 @@ CUresult fgc_cuMemcpyAtoD_v2(CUdeviceptr dstDevice, CUarray srcArray, size_t src
 
 CUresult fgc_cuMemcpyAtoA_v2(CUarray dstArray, size_t dstOffset, CUarray srcArray, size_t srcOffset, size_t n) {
     CUDA_MEMCPY3D p = linear(n);
-    p.srcMemoryType = CU_MEMORYTYPE_ARRAY;
-    p.srcArray = srcArray;
-    p.srcXInBytes = srcOffset;
-    p.dstMemoryType = CU_MEMORYTYPE_ARRAY;
-    p.dstArray = dstArray;
-    p.dstXInBytes = dstOffset;
+    from_array(&p, srcArray, srcOffset);
+    to_array(&p, dstArray, dstOffset);
     return copy3d(&p, NULL, 0);
 }
 

@@ -104,6 +104,31 @@ static CUresult shm_copy(uint16_t op, uint64_t dev, uint64_t off, size_t n, CUst
     return sync ? fgc_sync_ping_locked(1) : fgc_async();
 }
 
+/* A small copy: records with the bytes inline, FG_CHUNK at a time ("u64 device address, [stream if async,] u64 n",
+ * then to the device the bytes). To the device (htod) the bytes are referenced when sync (sent before the call
+ * returns) and copied at the call when async (the caller may reuse a pageable buffer); from the device they come
+ * with this call's reply (sync) or a later one (async). host is the source or the destination, by direction. */
+static CUresult inline_copy(uint16_t op, CUdeviceptr dev, const void *host, size_t n, CUstream s, int htod, int async) {
+    size_t off = 0;
+    do {
+        size_t k = n - off < FG_CHUNK ? n - off : FG_CHUNK;
+        fg_writer *w = fgc_begin(op);
+        if (!w) return fgc_last_error();
+        fg_put_u64(w, dev + off);
+        if (async) fgc_put_handle(w, s);
+        fg_put_u64(w, k);
+        char *at = (char *)host + off; /* a destination when !htod: the caller's writable buffer */
+        if (htod && async) fg_put(w, at, k);
+        else if (htod) fgc_put_external(at, k);
+        else if (async) fgc_expect_later(at, k);
+        else fgc_expect(at, k);
+        CUresult r = async ? fgc_async() : fgc_sync();
+        if (r != CUDA_SUCCESS) return r;
+        off += k;
+    } while (off < n);
+    return CUDA_SUCCESS;
+}
+
 CUresult fgc_cuMemcpyHtoD_v2(CUdeviceptr dst, const void *src, size_t n) {
     FGC_REQUIRE_INIT();
     if (n && !src) return CUDA_ERROR_INVALID_VALUE;
@@ -116,19 +141,7 @@ CUresult fgc_cuMemcpyHtoD_v2(CUdeviceptr dst, const void *src, size_t n) {
         if (h != CUDA_SUCCESS) return h;
         return fgc_shm_on() ? fgc_shm_staged_htod(dst, src, n, NULL, 1) : fgc_bulk_htod(dst, src, n, NULL, 1);
     }
-    size_t off = 0;
-    do {
-        size_t k = n - off < FG_CHUNK ? n - off : FG_CHUNK;
-        fg_writer *w = fgc_begin(FG_OP_cuMemcpyHtoD_v2);
-        if (!w) return fgc_last_error();
-        fg_put_u64(w, dst + off);
-        fg_put_u64(w, k);
-        fgc_put_external((const char *)src + off, k);
-        CUresult r = fgc_sync();
-        if (r != CUDA_SUCCESS) return r;
-        off += k;
-    } while (off < n);
-    return CUDA_SUCCESS;
+    return inline_copy(FG_OP_cuMemcpyHtoD_v2, dst, src, n, NULL, 1, 0);
 }
 
 CUresult fgc_cuMemcpyDtoH_v2(void *dst, CUdeviceptr src, size_t n) {
@@ -143,19 +156,7 @@ CUresult fgc_cuMemcpyDtoH_v2(void *dst, CUdeviceptr src, size_t n) {
         if (h != CUDA_SUCCESS) return h;
         return fgc_shm_on() ? fgc_shm_staged_dtoh(dst, src, n, NULL, 1) : fgc_bulk_dtoh(dst, src, n, NULL);
     }
-    size_t off = 0;
-    do {
-        size_t k = n - off < FG_CHUNK ? n - off : FG_CHUNK;
-        fg_writer *w = fgc_begin(FG_OP_cuMemcpyDtoH_v2);
-        if (!w) return fgc_last_error();
-        fg_put_u64(w, src + off);
-        fg_put_u64(w, k);
-        fgc_expect((char *)dst + off, k);
-        CUresult r = fgc_sync();
-        if (r != CUDA_SUCCESS) return r;
-        off += k;
-    } while (off < n);
-    return CUDA_SUCCESS;
+    return inline_copy(FG_OP_cuMemcpyDtoH_v2, src, dst, n, NULL, 0, 0);
 }
 
 CUresult fgc_cuMemcpyHtoDAsync_v2(CUdeviceptr dst, const void *src, size_t n, CUstream s) {
@@ -182,20 +183,7 @@ CUresult fgc_cuMemcpyHtoDAsync_v2(CUdeviceptr dst, const void *src, size_t n, CU
             return fgc_shm_staged_htod(dst, src, n, s, 0);
         return fgc_bulk_htod(dst, src, n, s, 0);
     }
-    size_t off = 0;
-    do {
-        size_t k = n - off < FG_CHUNK ? n - off : FG_CHUNK;
-        fg_writer *w = fgc_begin(FG_OP_cuMemcpyHtoDAsync_v2);
-        if (!w) return fgc_last_error();
-        fg_put_u64(w, dst + off);
-        fgc_put_handle(w, s);
-        fg_put_u64(w, k);
-        fg_put(w, (const char *)src + off, k); /* captured now: the caller may reuse a pageable buffer */
-        CUresult r = fgc_async();
-        if (r != CUDA_SUCCESS) return r;
-        off += k;
-    } while (off < n);
-    return CUDA_SUCCESS;
+    return inline_copy(FG_OP_cuMemcpyHtoDAsync_v2, dst, src, n, s, 1, 1);
 }
 
 CUresult fgc_cuMemcpyDtoHAsync_v2(void *dst, CUdeviceptr src, size_t n, CUstream s) {
@@ -214,20 +202,7 @@ CUresult fgc_cuMemcpyDtoHAsync_v2(void *dst, CUdeviceptr src, size_t n, CUstream
         if (h != CUDA_SUCCESS) return h;
         return fgc_shm_on() ? fgc_shm_staged_dtoh(dst, src, n, s, 0) : fgc_bulk_dtoh(dst, src, n, s);
     }
-    size_t off = 0;
-    do {
-        size_t k = n - off < FG_CHUNK ? n - off : FG_CHUNK;
-        fg_writer *w = fgc_begin(FG_OP_cuMemcpyDtoHAsync_v2);
-        if (!w) return fgc_last_error();
-        fg_put_u64(w, src + off);
-        fgc_put_handle(w, s);
-        fg_put_u64(w, k);
-        fgc_expect_later((char *)dst + off, k);
-        CUresult r = fgc_async();
-        if (r != CUDA_SUCCESS) return r;
-        off += k;
-    } while (off < n);
-    return CUDA_SUCCESS;
+    return inline_copy(FG_OP_cuMemcpyDtoHAsync_v2, src, dst, n, s, 0, 1);
 }
 
 /* ---- page-locked host memory: local, tracked so cuMemFreeHost can validate ---- */
