@@ -340,16 +340,8 @@ class EmbeddedStore:
         return self._credentials.get(node_id)
 
     # --- leases ------------------------------------------------------------------------------------------
-    async def place_lease(
-        self, lease: LeaseRecord, overcommit: float = 1.0, limits: TenantLimits | None = None
-    ) -> str | None:
-        if lease.lease_id in self._leases:
-            return f"lease id {lease.lease_id} already exists"
-        if limits is not None:
-            vram, count = self._usage.get(lease.tenant, (0, 0))
-            why = quota_refusal(lease.tenant, limits, vram, count, lease.quota_bytes)
-            if why is not None:
-                return why
+    def _room_refusal(self, lease: LeaseRecord, overcommit: float, guaranteed: bool, full: str) -> str | None:
+        """Why lease's allocations do not fit on its node now (None: they do); `full` ends the no-room reason."""
         node = self._nodes.get(lease.node_id)
         if node is None:
             return f"node {lease.node_id} is unknown"
@@ -360,9 +352,24 @@ class EmbeddedStore:
         for a in lease.allocs:
             if a.gpu not in cap:
                 return f"node {lease.node_id} has no GPU {a.gpu}"
-            booked, guaranteed = node.reserved.get(a.gpu, 0), node.guaranteed_reserved.get(a.gpu, 0)
-            if a.vram_bytes > room_on(cap[a.gpu], booked, guaranteed, ratio, lease.qos == QoS.guaranteed):
-                return f"GPU {a.gpu} of node {lease.node_id} no longer has room"
+            booked, held = node.reserved.get(a.gpu, 0), node.guaranteed_reserved.get(a.gpu, 0)
+            if a.vram_bytes > room_on(cap[a.gpu], booked, held, ratio, guaranteed):
+                return f"GPU {a.gpu} of node {lease.node_id} {full}"
+        return None
+
+    async def place_lease(
+        self, lease: LeaseRecord, overcommit: float = 1.0, limits: TenantLimits | None = None
+    ) -> str | None:
+        if lease.lease_id in self._leases:
+            return f"lease id {lease.lease_id} already exists"
+        if limits is not None:
+            vram, count = self._usage.get(lease.tenant, (0, 0))
+            why = quota_refusal(lease.tenant, limits, vram, count, lease.quota_bytes)
+            if why is not None:
+                return why
+        why = self._room_refusal(lease, overcommit, lease.qos == QoS.guaranteed, "no longer has room")
+        if why is not None:
+            return why
         rec = lease.model_copy()
         self._leases[rec.lease_id] = rec
         self._by_token[rec.token_hash] = rec.lease_id
@@ -534,19 +541,9 @@ class EmbeddedStore:
             self._log_lease(rec)
             return None
         if lease.node_id:
-            node = self._nodes.get(lease.node_id)
-            if node is None:
-                return f"node {lease.node_id} is unknown"
-            if node.state != NodeState.up:
-                return f"node {lease.node_id} is {node.state.value}"
-            cap = self._caps[node.node_id]
-            ratio = node.overcommit if node.overcommit > 0 else overcommit
-            for a in lease.allocs:
-                if a.gpu not in cap:
-                    return f"node {lease.node_id} has no GPU {a.gpu}"
-                booked, guaranteed = node.reserved.get(a.gpu, 0), node.guaranteed_reserved.get(a.gpu, 0)
-                if a.vram_bytes > room_on(cap[a.gpu], booked, guaranteed, ratio, old.qos == QoS.guaranteed):
-                    return f"GPU {a.gpu} of node {lease.node_id} has no room"
+            why = self._room_refusal(lease, overcommit, old.qos == QoS.guaranteed, "has no room")
+            if why is not None:
+                return why
         self._book(old, -1)
         rec = lease.model_copy(update=keep)
         self._leases[rec.lease_id] = rec
