@@ -15,22 +15,21 @@ from pathlib import Path
 from .store import (
     DEFAULT_PARALLEL,
     DEFAULT_PART,
+    MANIFEST,
     Manifest,
     ParkStoreError,
+    PartStore,
     check_key,
-    get_bytes_with,
     parts_of,
-    put_bytes_with,
     read_part,
     run_parts,
     sha256,
+    source_part,
     write_part,
 )
 
-MANIFEST = ".manifest"
 
-
-class DirectoryParkStore:
+class DirectoryParkStore(PartStore):
     name = "directory"
 
     def __init__(self, root: str | Path, part_size: int = DEFAULT_PART, parallel: int = DEFAULT_PARALLEL) -> None:
@@ -73,9 +72,8 @@ class DirectoryParkStore:
             os.ftruncate(out, length)
 
             def part(i: int) -> str:
-                lo = i * self.part_size
-                data = read_part(fd, offset + lo, min(self.part_size, length - lo)) if length else b""
-                write_part(out, lo, data)
+                data = source_part(fd, offset, length, self.part_size, i)
+                write_part(out, i * self.part_size, data)
                 return sha256(data)
 
             hashes.extend(run_parts(n, self.parallel, part))
@@ -97,12 +95,9 @@ class DirectoryParkStore:
     def _manifest(self, key: str) -> Manifest:
         path = self._path(key)
         try:
-            m = Manifest.from_json(path.with_name(path.name + MANIFEST).read_bytes())
+            return Manifest.from_json(path.with_name(path.name + MANIFEST).read_bytes(), key)
         except FileNotFoundError:
             raise ParkStoreError(f"park object {key!r} is not in {self.root} (or was never completed)") from None
-        if m.key != key:
-            raise ParkStoreError(f"the manifest of {key!r} names {m.key!r}")
-        return m
 
     def get(self, key: str, fd: int, offset: int = 0) -> Manifest:
         m = self._manifest(key)
@@ -123,12 +118,6 @@ class DirectoryParkStore:
         finally:
             os.close(src)
         return m
-
-    def put_bytes(self, key: str, data: bytes) -> Manifest:
-        return put_bytes_with(self.put, key, data)
-
-    def get_bytes(self, key: str) -> bytes:
-        return get_bytes_with(self.get, key)
 
     def delete(self, key: str) -> None:
         path = self._path(key)

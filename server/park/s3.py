@@ -15,23 +15,22 @@ from typing import Any
 from .store import (
     DEFAULT_PARALLEL,
     DEFAULT_PART,
+    MANIFEST,
     Manifest,
     ParkStoreError,
+    PartStore,
     check_key,
-    get_bytes_with,
     parts_of,
-    put_bytes_with,
-    read_part,
     run_parts,
     sha256,
+    source_part,
     write_part,
 )
 
-MANIFEST = ".manifest"
 MIN_PART = 5 << 20  # S3's smallest part but the last
 
 
-class S3ParkStore:
+class S3ParkStore(PartStore):
     name = "s3"
 
     def __init__(self, bucket: str, *, endpoint_url: str | None = None, prefix: str = "", region: str | None = None,
@@ -71,8 +70,7 @@ class S3ParkStore:
         etags: dict[int, str] = {}
         try:
             def part(i: int) -> str:
-                lo = i * self.part_size
-                data = read_part(fd, offset + lo, min(self.part_size, length - lo)) if length else b""
+                data = source_part(fd, offset, length, self.part_size, i)
                 r = self._s3.upload_part(Bucket=self.bucket, Key=k, UploadId=upload_id, PartNumber=i + 1, Body=data)
                 etags[i + 1] = r["ETag"]
                 return sha256(data)
@@ -108,10 +106,7 @@ class S3ParkStore:
             raise self._fail("read the manifest of", key, e) from None
         except BotoCoreError as e:
             raise self._fail("read the manifest of", key, e) from None
-        m = Manifest.from_json(body)
-        if m.key != key:
-            raise ParkStoreError(f"the manifest of {key!r} names {m.key!r}")
-        return m
+        return Manifest.from_json(body, key)
 
     def get(self, key: str, fd: int, offset: int = 0) -> Manifest:
         from botocore.exceptions import BotoCoreError, ClientError
@@ -136,12 +131,6 @@ class S3ParkStore:
         except (BotoCoreError, ClientError) as e:
             raise self._fail("read", key, e) from None
         return m
-
-    def put_bytes(self, key: str, data: bytes) -> Manifest:
-        return put_bytes_with(self.put, key, data)
-
-    def get_bytes(self, key: str) -> bytes:
-        return get_bytes_with(self.get, key)
 
     def delete(self, key: str) -> None:
         from botocore.exceptions import BotoCoreError, ClientError

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -19,6 +20,7 @@ from typing import Protocol
 
 DEFAULT_PART = 64 << 20
 DEFAULT_PARALLEL = 8
+MANIFEST = ".manifest"  # object NAME's manifest is NAME.manifest
 
 
 class ParkStoreError(Exception):
@@ -36,7 +38,8 @@ class Manifest:
         return json.dumps(asdict(self), sort_keys=True).encode()
 
     @classmethod
-    def from_json(cls, data: bytes) -> Manifest:
+    def from_json(cls, data: bytes, key: str) -> Manifest:
+        """The manifest of object `key`, as stored."""
         try:
             d = json.loads(data)
             m = cls(str(d["key"]), int(d["size"]), int(d["part_size"]), [str(h) for h in d["part_sha256"]])
@@ -44,6 +47,8 @@ class Manifest:
             raise ParkStoreError(f"a park manifest is not readable: {e}") from None
         if m.size < 0 or m.part_size <= 0 or len(m.part_sha256) != parts_of(m.size, m.part_size):
             raise ParkStoreError(f"the park manifest of {m.key!r} is inconsistent")
+        if m.key != key:
+            raise ParkStoreError(f"the manifest of {key!r} names {m.key!r}")
         return m
 
 
@@ -67,6 +72,12 @@ def read_part(fd: int, offset: int, n: int) -> bytes:
     return bytes(out)
 
 
+def source_part(fd: int, offset: int, length: int, part_size: int, i: int) -> bytes:
+    """Part i of the `length` bytes of fd from `offset` that `put` writes (b"" for an empty object's one part)."""
+    lo = i * part_size
+    return read_part(fd, offset + lo, min(part_size, length - lo)) if length else b""
+
+
 def write_part(fd: int, offset: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
@@ -85,23 +96,31 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def put_bytes_with(put: Callable[[str, int, int, int], Manifest], key: str, data: bytes) -> Manifest:
-    """A small object (a session's state description) through a store's fd-based put."""
-    fd = os.memfd_create("fargpu-park-bytes", os.MFD_CLOEXEC)
-    try:
-        write_part(fd, 0, data)
-        return put(key, fd, 0, len(data))
-    finally:
-        os.close(fd)
+class PartStore(ABC):
+    """What the stores share: the small-object calls, made through their fd-based put and get."""
 
+    @abstractmethod
+    def put(self, key: str, fd: int, offset: int, length: int) -> Manifest: ...
 
-def get_bytes_with(get: Callable[[str, int, int], Manifest], key: str) -> bytes:
-    fd = os.memfd_create("fargpu-park-bytes", os.MFD_CLOEXEC)
-    try:
-        m = get(key, fd, 0)
-        return read_part(fd, 0, m.size) if m.size else b""
-    finally:
-        os.close(fd)
+    @abstractmethod
+    def get(self, key: str, fd: int, offset: int = 0) -> Manifest: ...
+
+    def put_bytes(self, key: str, data: bytes) -> Manifest:
+        """A small object (a session's state description)."""
+        fd = os.memfd_create("fargpu-park-bytes", os.MFD_CLOEXEC)
+        try:
+            write_part(fd, 0, data)
+            return self.put(key, fd, 0, len(data))
+        finally:
+            os.close(fd)
+
+    def get_bytes(self, key: str) -> bytes:
+        fd = os.memfd_create("fargpu-park-bytes", os.MFD_CLOEXEC)
+        try:
+            m = self.get(key, fd, 0)
+            return read_part(fd, 0, m.size) if m.size else b""
+        finally:
+            os.close(fd)
 
 
 class ParkStore(Protocol):
