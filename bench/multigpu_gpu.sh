@@ -42,14 +42,8 @@ fi
 
 . bench/gpu_prepare.sh
 gpu_prepare || exit 1
-export PYTHONPATH="$W/py:$W/site" FARGPU_NATIVE_DIR="$W/build" PYTHONUNBUFFERED=1
-STUB="$W/build/stub"
-NATIVE=(env)
-if [ "$BACKEND" = sim ]; then  # "native" = the simulated device loaded directly as libcuda.so.1
-  export FARGPU_SIM_DEVICES=2
-  mkdir -p "$W/simdrv" && ln -s "$W/build/libfargpu_sim.so" "$W/simdrv/libcuda.so.1"
-  NATIVE=(env LD_LIBRARY_PATH="$W/simdrv")
-fi
+gpu_bench_env
+if [ "$BACKEND" = sim ]; then export FARGPU_SIM_DEVICES=2; fi  # two simulated devices
 
 log "start node server (backend $BACKEND)"
 TOKEN=multigpu-run-token

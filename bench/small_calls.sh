@@ -26,17 +26,9 @@ W=/tmp/fargpu-small-calls; rm -rf "$W"; mkdir -p "$W"
 PY=${PYTHON:-python3}
 . bench/gpu_prepare.sh
 gpu_prepare "${SMALL_CALLS_REUSE:-}" || exit 1
-export PYTHONPATH="$W/py:$W/site" FARGPU_NATIVE_DIR="$W/build" PYTHONUNBUFFERED=1
-STUB="$W/build/stub"
-if [ -e /usr/local/cuda/lib64/stubs/libcuda.so ]; then LINK="-L/usr/local/cuda/lib64/stubs -lcuda"
-else LINK="-L$STUB -l:libcuda.so.1"; fi
-gcc -O2 -std=c11 -D_GNU_SOURCE -I"$CUDA_INC" -o "$W/transport" bench/transport.c $LINK || exit 1
+gpu_bench_env
+gpu_build_transport || exit 1
 gcc -O2 -std=c11 -D_GNU_SOURCE -o "$W/floors" bench/floors.c -lpthread || exit 1
-NATIVE=(env)
-if [ "$BACKEND" = sim ]; then
-  mkdir -p "$W/simdrv" && ln -s "$W/build/libfargpu_sim.so" "$W/simdrv/libcuda.so.1"
-  NATIVE=(env LD_LIBRARY_PATH="$W/simdrv")
-fi
 TOKEN=small-calls-token
 PORT=${SMALL_CALLS_PORT:-7319}
 SOCK="$W/fargpu.sock"

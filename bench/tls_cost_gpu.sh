@@ -28,24 +28,11 @@ T0=$(date +%s)
 
 . bench/gpu_prepare.sh
 gpu_prepare || exit 1
-export PYTHONPATH="$W/py:$W/site" FARGPU_NATIVE_DIR="$W/build" PYTHONUNBUFFERED=1
-STUB="$W/build/stub"
+gpu_bench_env
 
 log "build bench/transport.c"
-KERNELS=--no-kernels
-if command -v nvcc >/dev/null && nvcc -ptx -arch=sm_90 -o "$W/bench_kernels.ptx" bench/kernels.cu 2>"$OUT/nvcc.log"; then
-  [ "$BACKEND" = cuda ] && KERNELS=""
-else
-  : >"$W/bench_kernels.ptx"
-fi
-if [ -e /usr/local/cuda/lib64/stubs/libcuda.so ]; then LINK="-L/usr/local/cuda/lib64/stubs -lcuda"
-else LINK="-L$STUB -l:libcuda.so.1"; fi
-gcc -O2 -std=c11 -D_GNU_SOURCE -I"$CUDA_INC" -o "$W/transport" bench/transport.c $LINK || exit 1
-NATIVE=(env)
-if [ "$BACKEND" = sim ]; then
-  mkdir -p "$W/simdrv" && ln -s "$W/build/libfargpu_sim.so" "$W/simdrv/libcuda.so.1"
-  NATIVE=(env LD_LIBRARY_PATH="$W/simdrv")
-fi
+gpu_bench_kernels
+gpu_build_transport || exit 1
 [ $QUICK = 1 ] && export FARGPU_BENCH_MB=64
 
 log "certificates (a throwaway CA; the node's certificate names 127.0.0.1)"
