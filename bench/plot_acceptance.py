@@ -5,16 +5,12 @@ every case's wall time native and through fargpu, each bar marked pass or fail."
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.patches import Patch  # noqa: E402
+from matplotlib.patches import Patch
+from plot_common import heading, main, plt, save_beside
 
 
 def throughput_ratios(run: dict[str, Any]) -> dict[str, float]:
@@ -68,21 +64,9 @@ def plot(path: Path) -> Path:
     ax.legend(handles=[Patch(color="tab:blue", label="native"), Patch(color="tab:orange", label="through fargpu"),
                        Patch(color="tab:red", label="through fargpu, failed")], fontsize=7, loc="center right")
     ax.grid(True, axis="x", alpha=0.3)
-    fig.suptitle(f"fargpu acceptance, {run.get('gpu', '?')}, driver {run.get('driver', '?')}, commit "
-                 f"{run.get('commit', '?')}, {str(run.get('date', '?'))[:10]}", fontsize=10)
-    out = path.with_suffix(".png")
-    fig.tight_layout()
-    fig.savefig(out)
-    plt.close(fig)
-    return out
-
-
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("results", nargs="+", type=Path)
-    for path in ap.parse_args().results:
-        print(plot(path))
+    fig.suptitle(heading("acceptance", run), fontsize=10)
+    return save_beside(fig, path)
 
 
 if __name__ == "__main__":
-    main()
+    main(plot, __doc__)

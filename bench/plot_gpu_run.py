@@ -9,16 +9,12 @@ beside each JSON (bench/gpu_run.sh draws it after each run where matplotlib is i
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import matplotlib.ticker  # noqa: E402
+import matplotlib.ticker
+from plot_common import heading, main, plt, save_beside
 
 LABELS = {
     "sync_rtt_us": "sync round trip", "launch_rate_empty_per_s": "launch rate (no params)",
@@ -97,21 +93,9 @@ def plot(path: Path) -> Path:
     ax3.set_ylim(bottom=1, top=max(src.get(f"{d}_256mib_{k}_gbps", 0) for _, src, k in series for _, d in groups) * 4)
     ax3.grid(True, axis="y", alpha=0.3)
 
-    fig.suptitle(f"fargpu microbenchmarks, {run.get('gpu', '?')}, driver {run.get('driver', '?')}, "
-                 f"commit {run.get('commit', '?')}, {str(run.get('date', '?'))[:10]}", fontsize=10)
-    out = path.with_suffix(".png")
-    fig.tight_layout()
-    fig.savefig(out)
-    plt.close(fig)
-    return out
-
-
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("results", nargs="+", type=Path)
-    for path in ap.parse_args().results:
-        print(plot(path))
+    fig.suptitle(heading("microbenchmarks", run), fontsize=10)
+    return save_beside(fig, path)
 
 
 if __name__ == "__main__":
-    main()
+    main(plot, __doc__)

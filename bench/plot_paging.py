@@ -4,15 +4,11 @@ checkpoint and restore on the same sessions, and the disk's own raw write and re
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from plot_common import heading, main, plt, save_beside
 
 
 def series(run: dict[str, Any]) -> tuple[list[float], dict[str, list[float | None]]]:
@@ -54,23 +50,11 @@ def plot(path: Path) -> Path:
     ax.set_xticks(sizes, [f"{s:g} GiB" for s in sizes])
     ax.set_xlabel("session size")
     ax.set_ylabel("GB/s")
-    ax.set_title(f"fargpu paging, {run.get('gpu', '?')}, driver {run.get('driver', '?')}, "
-                 f"commit {run.get('commit', '?')}", fontsize=9)
+    ax.set_title(heading("paging", run, date=False), fontsize=9)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
-    out = path.with_suffix(".png")
-    fig.tight_layout()
-    fig.savefig(out)
-    plt.close(fig)
-    return out
-
-
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("results", nargs="+", type=Path)
-    for path in ap.parse_args().results:
-        print(plot(path))
+    return save_beside(fig, path)
 
 
 if __name__ == "__main__":
-    main()
+    main(plot, __doc__)

@@ -7,15 +7,11 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from plot_common import main, plt, save_beside
 
 KINDS = [("htod_pinned", "H->D pinned"), ("dtoh_pinned", "D->H pinned"), ("htod_pageable", "H->D pageable"),
          ("dtoh_pageable", "D->H pageable")]
@@ -71,19 +67,8 @@ def plot(path: Path) -> Path:
     lat.legend(fontsize=8)
     fig.suptitle(f"{run.get('gpu', '?')} · driver {run.get('driver', '?')} · {run.get('date', '?')} · "
                  f"commit {run.get('commit', '?')} · backend {run.get('backend', '?')}", fontsize=9)
-    fig.tight_layout()
-    out = path.with_suffix(".png")
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
-
-
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("json", nargs="+", type=Path)
-    for p in ap.parse_args().json:
-        print(plot(p))
+    return save_beside(fig, path, dpi=110)
 
 
 if __name__ == "__main__":
-    main()
+    main(plot, __doc__.splitlines()[0])
