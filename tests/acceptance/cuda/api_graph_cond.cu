@@ -10,6 +10,7 @@
 
 #include "acceptance.h"
 #include "acceptance_check.h"
+#include "graph_params.h"
 #include "test_kernels.cuh"
 
 extern "C" __global__ void fg_set_cond(cudaGraphConditionalHandle h, unsigned int v) { cudaGraphSetConditional(h, v); }
@@ -28,17 +29,6 @@ struct params_storage { // cudaGraphNodeParams has members without trivial const
     cudaGraphNodeParams &p() { return *reinterpret_cast<cudaGraphNodeParams *>(raw); }
     params_storage() { std::memset(raw, 0, sizeof raw); }
 };
-
-static cudaKernelNodeParams kernel(void *fn, void **args, unsigned grid, unsigned block)
-{
-    cudaKernelNodeParams k;
-    std::memset(&k, 0, sizeof k);
-    k.func = fn;
-    k.gridDim = dim3(grid);
-    k.blockDim = dim3(block);
-    k.kernelParams = args;
-    return k;
-}
 
 // A conditional node after `dep` (may be null) with `size` bodies; the bodies come back in `bodies`.
 static cudaGraphNode_t add_conditional(cudaGraph_t g, cudaGraphNode_t dep, cudaGraphConditionalHandle h,
@@ -78,7 +68,7 @@ int main()
     CHECK(cudaGraphConditionalHandleCreate(&hif, g, 0, 0));
     unsigned int v = 1;
     void *set_args[] = {&hif, &v};
-    cudaKernelNodeParams kset = kernel((void *)fg_set_cond, set_args, 1, 1);
+    cudaKernelNodeParams kset = kernel_node((void *)fg_set_cond, set_args, 1, 1);
     cudaGraphNode_t n_set;
     CHECK(cudaGraphAddKernelNode(&n_set, g, nullptr, 0, &kset));
     std::vector<cudaGraph_t> ifb;
@@ -89,8 +79,8 @@ int main()
     unsigned int one = 1, two = 2;
     void *then_args[] = {&du, &one, &n64};
     void *else_args[] = {&du, &two, &n64};
-    cudaKernelNodeParams kthen = kernel((void *)fg_fill_u32, then_args, 4, 128);
-    cudaKernelNodeParams kelse = kernel((void *)fg_fill_u32, else_args, 4, 128);
+    cudaKernelNodeParams kthen = kernel_node((void *)fg_fill_u32, then_args, 4, 128);
+    cudaKernelNodeParams kelse = kernel_node((void *)fg_fill_u32, else_args, 4, 128);
     cudaGraphNode_t b0, b1;
     CHECK(cudaGraphAddKernelNode(&b0, ifb[0], nullptr, 0, &kthen));
     CHECK(cudaGraphAddKernelNode(&b1, ifb[1], nullptr, 0, &kelse));
@@ -117,9 +107,9 @@ int main()
     add_conditional(g, nullptr, hw, cudaGraphCondTypeWhile, 1, wb);
     float twof = 2.0f;
     void *scale_args[] = {&dx, &twof, &n};
-    cudaKernelNodeParams kscale = kernel((void *)fg_scale, scale_args, (N + 255) / 256, 256);
+    cudaKernelNodeParams kscale = kernel_node((void *)fg_scale, scale_args, (N + 255) / 256, 256);
     void *down_args[] = {&counter, &hw};
-    cudaKernelNodeParams kdown = kernel((void *)fg_count_down, down_args, 1, 1);
+    cudaKernelNodeParams kdown = kernel_node((void *)fg_count_down, down_args, 1, 1);
     cudaGraphNode_t w0, w1;
     CHECK(cudaGraphAddKernelNode(&w0, wb[0], nullptr, 0, &kscale));
     CHECK(cudaGraphAddKernelNode(&w1, wb[0], &w0, 1, &kdown));
@@ -149,7 +139,7 @@ int main()
     CHECK(cudaGraphConditionalHandleCreate(&hs, g, 0, 0));
     unsigned int k = 2;
     void *sw_args[] = {&hs, &k};
-    cudaKernelNodeParams ksw = kernel((void *)fg_set_cond, sw_args, 1, 1);
+    cudaKernelNodeParams ksw = kernel_node((void *)fg_set_cond, sw_args, 1, 1);
     cudaGraphNode_t n_sw;
     CHECK(cudaGraphAddKernelNode(&n_sw, g, nullptr, 0, &ksw));
     std::vector<cudaGraph_t> sb;
@@ -157,7 +147,7 @@ int main()
     unsigned int vals[3] = {10, 20, 30};
     void *fill_args[3][3] = {{&du, &vals[0], &n64}, {&du, &vals[1], &n64}, {&du, &vals[2], &n64}};
     for (int i = 0; i < 3; i++) {
-        cudaKernelNodeParams kf = kernel((void *)fg_fill_u32, fill_args[i], 4, 128);
+        cudaKernelNodeParams kf = kernel_node((void *)fg_fill_u32, fill_args[i], 4, 128);
         cudaGraphNode_t bn;
         CHECK(cudaGraphAddKernelNode(&bn, sb[i], nullptr, 0, &kf));
     }

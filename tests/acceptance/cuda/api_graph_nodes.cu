@@ -16,6 +16,7 @@
 
 #include "acceptance.h"
 #include "acceptance_check.h"
+#include "graph_params.h"
 #include "test_kernels.cuh"
 
 static std::atomic<int> g_a{0}, g_b{0};
@@ -24,17 +25,6 @@ static void CUDART_CB host_b(void *p) { g_b += *(int *)p; }
 
 static const int N = 4096;
 static const size_t BYTES = N * sizeof(float);
-
-static cudaMemcpy3DParms copy_1d(void *dst, const void *src, size_t bytes, cudaMemcpyKind kind)
-{
-    cudaMemcpy3DParms p;
-    std::memset(&p, 0, sizeof p);
-    p.srcPtr = make_cudaPitchedPtr((void *)src, bytes, bytes, 1);
-    p.dstPtr = make_cudaPitchedPtr(dst, bytes, bytes, 1);
-    p.extent = make_cudaExtent(bytes, 1, 1);
-    p.kind = kind;
-    return p;
-}
 
 static bool same_set(std::vector<cudaGraphNode_t> a, std::vector<cudaGraphNode_t> b)
 {
@@ -98,24 +88,13 @@ int main()
     cudaGraph_t child;
     CHECK(cudaGraphCreate(&child, 0));
     void *scale_args[] = {&dc, &two, &n};
-    cudaKernelNodeParams kp;
-    std::memset(&kp, 0, sizeof kp);
-    kp.func = (void *)fg_scale;
-    kp.gridDim = dim3((N + 127) / 128);
-    kp.blockDim = dim3(128);
-    kp.kernelParams = scale_args;
+    cudaKernelNodeParams kp = kernel_node((void *)fg_scale, scale_args, (N + 127) / 128, 128);
     cudaGraphNode_t c_scale;
     CHECK(cudaGraphAddKernelNode(&c_scale, child, nullptr, 0, &kp));
 
     cudaGraph_t g;
     CHECK(cudaGraphCreate(&g, 0));
-    cudaMemsetParams ms;
-    std::memset(&ms, 0, sizeof ms);
-    ms.dst = du;
-    ms.value = 5;
-    ms.elementSize = 4;
-    ms.width = N;
-    ms.height = 1;
+    cudaMemsetParams ms = memset_u32(du, 5, N);
     cudaGraphNode_t n_set, n_a, n_b, n_add, n_child, n_out, n_host, n_wait, n_rec;
     CHECK(cudaGraphAddMemsetNode(&n_set, g, nullptr, 0, &ms));
     cudaMemcpy3DParms ca = copy_1d(da, a.data(), BYTES, cudaMemcpyHostToDevice);
@@ -123,10 +102,7 @@ int main()
     CHECK(cudaGraphAddMemcpyNode(&n_a, g, nullptr, 0, &ca));
     CHECK(cudaGraphAddMemcpyNode(&n_b, g, nullptr, 0, &cb));
     void *add_args[] = {&da, &db, &dc, &n};
-    kp.func = (void *)fg_vadd;
-    kp.gridDim = dim3((N + 255) / 256);
-    kp.blockDim = dim3(256);
-    kp.kernelParams = add_args;
+    kp = kernel_node((void *)fg_vadd, add_args, (N + 255) / 256, 256);
     cudaGraphNode_t ins[] = {n_a, n_b};
     CHECK(cudaGraphAddKernelNode(&n_add, g, ins, 2, &kp));
     CHECK(cudaGraphAddChildGraphNode(&n_child, g, &n_add, 1, child));
@@ -254,12 +230,7 @@ int main()
     cudaGraph_t ag;
     CHECK(cudaGraphCreate(&ag, 0));
     void *attr_args[] = {&da, &db, &dc, &n};
-    cudaKernelNodeParams ak;
-    std::memset(&ak, 0, sizeof ak);
-    ak.func = (void *)fg_vadd;
-    ak.gridDim = dim3(16);
-    ak.blockDim = dim3(256);
-    ak.kernelParams = attr_args;
+    cudaKernelNodeParams ak = kernel_node((void *)fg_vadd, attr_args, 16, 256);
     cudaGraphNode_t k1, k2;
     CHECK(cudaGraphAddKernelNode(&k1, ag, nullptr, 0, &ak));
     CHECK(cudaGraphAddKernelNode(&k2, ag, nullptr, 0, &ak));
@@ -290,11 +261,7 @@ int main()
     unsigned int fillv = 41;
     unsigned long long count = N;
     void *fill_args[] = {&scratch, &fillv, &count};
-    std::memset(&kp, 0, sizeof kp);
-    kp.func = (void *)fg_fill_u32;
-    kp.gridDim = dim3(8);
-    kp.blockDim = dim3(128);
-    kp.kernelParams = fill_args;
+    kp = kernel_node((void *)fg_fill_u32, fill_args, 8, 128);
     CHECK(cudaGraphAddKernelNode(&m_fill, mg, &m_alloc, 1, &kp));
     cudaMemcpy3DParms cd = copy_1d(du, scratch, MB, cudaMemcpyDeviceToDevice);
     CHECK(cudaGraphAddMemcpyNode(&m_copy, mg, &m_fill, 1, &cd));

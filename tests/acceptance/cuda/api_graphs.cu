@@ -13,6 +13,7 @@
 
 #include "acceptance.h"
 #include "acceptance_check.h"
+#include "graph_params.h"
 #include "test_kernels.cuh"
 
 static std::atomic<int> g_host_calls{0};
@@ -20,17 +21,6 @@ static void CUDART_CB count_host(void *p) { g_host_calls += *(int *)p; }
 
 static const int N = 1 << 16;
 static const size_t BYTES = N * sizeof(float);
-
-static cudaMemcpy3DParms copy_1d(void *dst, const void *src, size_t bytes, cudaMemcpyKind kind)
-{
-    cudaMemcpy3DParms p;
-    std::memset(&p, 0, sizeof p);
-    p.srcPtr = make_cudaPitchedPtr((void *)src, bytes, bytes, 1);
-    p.dstPtr = make_cudaPitchedPtr(dst, bytes, bytes, 1);
-    p.extent = make_cudaExtent(bytes, 1, 1);
-    p.kind = kind;
-    return p;
-}
 
 static const char *type_name(cudaGraphNodeType t)
 {
@@ -70,25 +60,14 @@ int main()
     int n = N;
     float two = 2.0f;
     void *scale_args[] = {&dc, &two, &n};
-    cudaKernelNodeParams kp;
-    std::memset(&kp, 0, sizeof kp);
-    kp.func = (void *)fg_scale;
-    kp.gridDim = dim3((N + 255) / 256);
-    kp.blockDim = dim3(256);
-    kp.kernelParams = scale_args;
+    cudaKernelNodeParams kp = kernel_node((void *)fg_scale, scale_args, (N + 255) / 256, 256);
     cudaGraphNode_t child_scale;
     CHECK(cudaGraphAddKernelNode(&child_scale, child, nullptr, 0, &kp));
 
     // The graph: memset u, copy a and b in, c = a + b, child (c *= 2), copy c out, host count, record.
     cudaGraph_t g;
     CHECK(cudaGraphCreate(&g, 0));
-    cudaMemsetParams ms;
-    std::memset(&ms, 0, sizeof ms);
-    ms.dst = du;
-    ms.value = 7;
-    ms.elementSize = 4;
-    ms.width = N;
-    ms.height = 1;
+    cudaMemsetParams ms = memset_u32(du, 7, N);
     cudaGraphNode_t n_memset, n_in_a, n_in_b, n_add, n_child, n_out, n_host, n_record, n_wait, n_join, n_spare;
     CHECK(cudaGraphAddMemsetNode(&n_memset, g, nullptr, 0, &ms));
     cudaMemcpy3DParms ca = copy_1d(da, a.data(), BYTES, cudaMemcpyHostToDevice);
@@ -96,8 +75,7 @@ int main()
     CHECK(cudaGraphAddMemcpyNode(&n_in_a, g, nullptr, 0, &ca));
     CHECK(cudaGraphAddMemcpyNode(&n_in_b, g, nullptr, 0, &cb));
     void *add_args[] = {&da, &db, &dc, &n};
-    kp.func = (void *)fg_vadd;
-    kp.kernelParams = add_args;
+    kp = kernel_node((void *)fg_vadd, add_args, (N + 255) / 256, 256);
     CHECK(cudaGraphAddKernelNode(&n_add, g, nullptr, 0, &kp));
     cudaGraphNode_t ins[] = {n_in_a, n_in_b};
     cudaGraphNode_t adds[] = {n_add, n_add};
