@@ -8,68 +8,32 @@ runner's own logic: output comparison under stated tolerances, and the proof che
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
-import shutil
 import struct
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
-from e2e_helpers import REPO, NodeServer
+from acceptance_build import build, load_runner, require_nvcc
+from e2e_helpers import NodeServer
 
 from fargpu import paths
 
-
-def _load_runner() -> ModuleType:
-    if str(REPO / "bench") not in sys.path:  # acceptance.py imports its neighbour acceptance_smi, as a script does
-        sys.path.insert(0, str(REPO / "bench"))
-    spec = importlib.util.spec_from_file_location("acceptance", REPO / "bench" / "acceptance.py")
-    assert spec and spec.loader
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["acceptance"] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-acc = _load_runner()
+acc = load_runner()
 MODES = ("static", "shared")
 PROGRAMS = ("sim_probe", "vector_add", "matmul_tiled", "streams_overlap", "host_callback")
 NOT_SUPPORTED = "operation not supported"
 
 
-def _nvcc() -> tuple[str, Path] | None:
-    nvcc = shutil.which("nvcc") or ("/usr/local/cuda/bin/nvcc" if Path("/usr/local/cuda/bin/nvcc").exists() else None)
-    if not nvcc:
-        return None
-    home = Path("/usr/local/cuda")
-    if not (home / "lib64").exists():
-        home = Path(nvcc).resolve().parents[1]
-    return nvcc, home
-
-
 @pytest.fixture(scope="module")
 def programs(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], Path]:
-    found = _nvcc()
-    if not found:
-        pytest.skip("nvcc is needed to build the acceptance programs (CUDA 13.0 toolkit, e.g. the nvidia-cuda-nvcc "
-                    "wheel); none on PATH or at /usr/local/cuda/bin")
-    nvcc, home = found
+    require_nvcc()
     out = tmp_path_factory.mktemp("acceptance-bin")
-    built: dict[tuple[str, str], Path] = {}
-    for name in PROGRAMS:
-        for mode in MODES:
-            binary = out / f"{name}-{mode}"
-            cmd = acc.build_command(acc.CUDA_DIR / f"{name}.cu", mode, binary, nvcc, home)
-            res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-            assert res.returncode == 0, f"{' '.join(cmd)}\n{res.stdout}{res.stderr}"
-            built[(name, mode)] = binary
-    return built
+    return {(name, mode): build(acc, name, mode, out / f"{name}-{mode}") for name in PROGRAMS for mode in MODES}
 
 
 

@@ -8,19 +8,16 @@ out and back with every byte at the same address."""
 
 from __future__ import annotations
 
-import importlib.util
-import os
 import re
-import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
-from types import ModuleType
 
 import pytest
+from acceptance_build import build_against_stub, load_runner
 from cuda_ctypes import PRELUDE
-from e2e_helpers import REPO, NodeServer, start_server, stop_server
+from e2e_helpers import NodeServer, start_server, stop_server
 
 from fargpu import paths
 
@@ -31,35 +28,9 @@ PROGRAMS = (
 MiB = 1 << 20
 
 
-def _runner() -> ModuleType:
-    if str(REPO / "bench") not in sys.path:
-        sys.path.insert(0, str(REPO / "bench"))
-    spec = importlib.util.spec_from_file_location("acceptance", REPO / "bench" / "acceptance.py")
-    assert spec and spec.loader
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["acceptance"] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
 @pytest.fixture(scope="module")
 def programs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    nvcc = shutil.which("nvcc") or ("/usr/local/cuda/bin/nvcc" if Path("/usr/local/cuda/bin/nvcc").exists() else None)
-    if not nvcc:
-        pytest.skip("nvcc is needed to build the API programs")
-    acc = _runner()
-    home = Path("/usr/local/cuda") if Path("/usr/local/cuda/lib64").exists() else Path(nvcc).resolve().parents[1]
-    out = tmp_path_factory.mktemp("api-bin")
-    link = out / "link"  # link-time libcuda: the stub (the toolkit's lib64/stubs may be absent)
-    link.mkdir()
-    os.symlink(paths.stub_dir() / "libcuda.so.1", link / "libcuda.so")
-    built = {}
-    for name in PROGRAMS:
-        cmd = acc.build_command(acc.CUDA_DIR / f"{name}.cu", "static", out / name, nvcc, home, extra=[f"-L{link}"])
-        res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-        assert res.returncode == 0, f"{' '.join(cmd)}\n{res.stdout}{res.stderr}"
-        built[name] = out / name
-    return built
+    return build_against_stub(load_runner(), PROGRAMS, tmp_path_factory.mktemp("api-bin"))
 
 
 def _run(binary: Path, server: NodeServer, *args: str) -> subprocess.CompletedProcess[str]:

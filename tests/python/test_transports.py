@@ -321,34 +321,10 @@ ACCEPTANCE = ("sim_probe", "vector_add", "api_managed")
 
 @pytest.fixture(scope="module")
 def acceptance_bins(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    import importlib.util
-    import shutil
+    from acceptance_build import build_against_stub, load_runner
 
-    from e2e_helpers import REPO
-
-    from fargpu import paths
-
-    nvcc = shutil.which("nvcc") or ("/usr/local/cuda/bin/nvcc" if Path("/usr/local/cuda/bin/nvcc").exists() else None)
-    if not nvcc:
-        pytest.skip("nvcc is needed to build the acceptance programs")
-    if str(REPO / "bench") not in sys.path:
-        sys.path.insert(0, str(REPO / "bench"))
-    spec = importlib.util.spec_from_file_location("acceptance", REPO / "bench" / "acceptance.py")
-    assert spec and spec.loader
-    acc = importlib.util.module_from_spec(spec)
-    sys.modules["acceptance"] = acc
-    spec.loader.exec_module(acc)
-    home = Path("/usr/local/cuda") if Path("/usr/local/cuda/lib64").exists() else Path(nvcc).resolve().parents[1]
-    out = tmp_path_factory.mktemp("transport-bin")
-    link = out / "link"  # link-time libcuda: the stub (the toolkit's lib64/stubs may be absent)
-    link.mkdir()
-    os.symlink(paths.stub_dir() / "libcuda.so.1", link / "libcuda.so")
-    built = {}
-    for name in ACCEPTANCE:
-        cmd = acc.build_command(acc.CUDA_DIR / f"{name}.cu", "static", out / name, nvcc, home, extra=[f"-L{link}"])
-        res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-        assert res.returncode == 0, f"{' '.join(cmd)}\n{res.stdout}{res.stderr}"
-        built[name] = out / name
+    acc = load_runner()
+    built = build_against_stub(acc, ACCEPTANCE, tmp_path_factory.mktemp("transport-bin"))
     built["_check_proof"] = acc.check_proof  # type: ignore[assignment]
     return built
 
