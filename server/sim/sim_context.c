@@ -292,19 +292,6 @@ static CUresult ctx_or_current(CUcontext ctx, struct sim_ctx **out)
     return *out && (*out)->active ? CUDA_SUCCESS : CUDA_ERROR_INVALID_CONTEXT;
 }
 
-SIM_API CUresult cuCtxGetDevice(CUdevice *device)
-{
-    if (!device)
-        return CUDA_ERROR_INVALID_VALUE;
-    sim_lock();
-    struct sim_ctx *c = NULL;
-    CUresult rc = sim_current_ctx(&c);
-    if (rc == CUDA_SUCCESS)
-        *device = c->device;
-    sim_unlock();
-    return rc;
-}
-
 /* CUDA 12.5+: the device of ctx, or of the current context when ctx is NULL. */
 SIM_API CUresult cuCtxGetDevice_v2(CUdevice *device, CUcontext ctx)
 {
@@ -318,6 +305,8 @@ SIM_API CUresult cuCtxGetDevice_v2(CUdevice *device, CUcontext ctx)
     sim_unlock();
     return rc;
 }
+
+SIM_API CUresult cuCtxGetDevice(CUdevice *device) { return cuCtxGetDevice_v2(device, NULL); }
 
 SIM_API CUresult cuCtxGetFlags(unsigned int *flags)
 {
@@ -345,14 +334,6 @@ SIM_API CUresult cuCtxGetId(CUcontext ctx, unsigned long long *ctxId)
     return rc;
 }
 
-SIM_API CUresult cuCtxSynchronize(void)
-{
-    sim_lock();
-    CUresult rc = sim_current_ctx(NULL); /* all work already completed at enqueue */
-    sim_unlock();
-    return rc;
-}
-
 /* CUDA 12.5+: synchronizes ctx (the current context when NULL); its work has completed at enqueue. */
 SIM_API CUresult cuCtxSynchronize_v2(CUcontext ctx)
 {
@@ -362,6 +343,8 @@ SIM_API CUresult cuCtxSynchronize_v2(CUcontext ctx)
     sim_unlock();
     return rc;
 }
+
+SIM_API CUresult cuCtxSynchronize(void) { return cuCtxSynchronize_v2(NULL); }
 
 SIM_API CUresult cuCtxGetApiVersion(CUcontext ctx, unsigned int *version)
 {
