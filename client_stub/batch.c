@@ -273,6 +273,28 @@ fg_writer *fgc_begin(uint16_t op) {
     return &g_fgc.batch;
 }
 
+int fgc_begin_alone(uint16_t op, uint64_t *ctx, uint32_t *seq) {
+    fgc_mirror_before_op(op);
+    CUresult e = fgc_state_error();
+    if (e != CUDA_SUCCESS) {
+        t_last_error = e;
+        return -1;
+    }
+    pthread_mutex_lock(&g_fgc.mu);
+    if (g_fgc.broken || flush(0)) { /* what was batched before goes first, in a frame of its own */
+        t_last_error = g_fgc.broken;
+        pthread_mutex_unlock(&g_fgc.mu);
+        return -1;
+    }
+    g_fgc.last_op = op;
+    g_fgc.n_outs = 0;
+    fgc_log(FGC_LOG_TRACE, "> %s", fg_op_name(op));
+    fgc_stats_sent(op);
+    *ctx = g_fgc.ctx_sent = fgc_ctx_current();
+    *seq = ++g_fgc.seq;
+    return 0;
+}
+
 void fgc_put_handle(fg_writer *w, const void *h) { fg_put_u64(w, (uint64_t)(uintptr_t)h); }
 
 void fgc_put_cstr(fg_writer *w, const char *s) {

@@ -7,14 +7,24 @@
  * reading or writing straight from or to the application's buffer, so nothing is staged on this side; the worker
  * pipelines the pieces through its pinned ring. The connection lock is held for the whole copy, so records and
  * pieces never interleave. A host→device copy has its bytes on the wire before the call returns (pageable
- * semantics, as the driver takes them); a synchronous one then waits for a PING, which brings its error. */
+ * semantics, as the driver takes them); a synchronous one then waits for a PING, which brings its error.
+ *
+ * Resuming (reconnect.c): a copy's record travels in a frame of its own (a SET_CTX and the copy: everything batched
+ * before goes first), so the worker either applied all of it or none, and it is kept as a call that sends it
+ * again. When a connection breaks mid-copy the stub resumes the session (the same worker, where it waits for its
+ * client, or a restored one) and, unless the worker says it applied the copy, sends the frame again over the new
+ * connection alone (C = 1) with all its bytes, or reads all its bytes again, before anything later: the copy
+ * completes once, in order. So that a host→device copy's bytes can be sent again, the call returns only once a
+ * reply covers it: an asynchronous one is followed by a PING too while resuming is on (one round trip). */
 #include <errno.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "fg_io.h"
+#include "fg_wire.h"
 #include "fgc_internal.h"
 #include "fgc_reconnect.h"
 #include "fgc_transport.h"
@@ -78,28 +88,26 @@ static void *run_lane(void *arg) {
     for (size_t j = (size_t)L->lane, k = 0; j < pieces && !L->failed; j += (size_t)L->C, k++) {
         size_t off = j * FG_BULK_PIECE, len = L->n - off < FG_BULK_PIECE ? L->n - off : FG_BULK_PIECE;
         if (L->htod) L->failed = fg_io_full(L->fd, L->buf + off, len, 1);
-        else /* the first piece may wait for work queued before the copy; later ones come at DMA speed */
+        else /* the first piece may wait for work queued before the copy (a dead peer: keepalive, conn.c); later
+              * ones come at DMA speed */
             L->failed = fg_io_read_deadline(L->fd, L->buf + off, len, k == 0 ? -1 : to, to, NULL);
+        if (L->failed) shutdown(L->fd, SHUT_RDWR); /* the other lanes (and the worker's) stop now, not at a deadline */
     }
     return NULL;
 }
 
-/* Move the pieces over C connections (g_fgc.mu held). Returns 0, or -1 with the session marked broken. */
+/* Move the pieces over C connections (g_fgc.mu held). Returns 0, -1 broken (errno), -2 stalled. */
 static int move(uint8_t *buf, size_t n, int C, int htod) {
     lane_job L[MAX_LANES];
     memset(L, 0, sizeof L);
     pthread_mutex_lock(&g_data_mu);
-    int lost = C > g_n_data + 1; /* a resume in between dropped the data connections (conn.c) */
-    pthread_mutex_unlock(&g_data_mu);
-    if (lost) {
-        fgc_mark_broken(CUDA_ERROR_DEVICE_UNAVAILABLE, "the session moved during a bulk copy");
-        return -1;
-    }
-    int started = 1;
     for (int i = 0; i < C; i++) L[i] = (lane_job){i ? g_data_fd[i - 1] : g_fgc.fd, i, C, htod, buf, n, 0, 0};
+    pthread_mutex_unlock(&g_data_mu);
+    int started = 1;
     for (int i = 1; i < C; i++) {
         if (pthread_create(&L[i].t, NULL, run_lane, &L[i])) {
             L[0].failed = -1;
+            for (int k = 1; k < i; k++) shutdown(L[k].fd, SHUT_RDWR);
             break;
         }
         started++;
@@ -107,21 +115,17 @@ static int move(uint8_t *buf, size_t n, int C, int htod) {
     if (htod) pthread_mutex_lock(&g_fgc.wmu);
     if (!L[0].failed) run_lane(&L[0]);
     if (htod) pthread_mutex_unlock(&g_fgc.wmu);
-    int bad = L[0].failed;
+    int bad = L[0].failed, err = errno;
     for (int i = 1; i < started; i++) {
         pthread_join(L[i].t, NULL);
         if (L[i].failed && !bad) bad = L[i].failed;
     }
-    if (bad) {
-        fgc_mark_broken(CUDA_ERROR_DEVICE_UNAVAILABLE, bad == -2 ? "a bulk copy stalled (nothing for "
-                        "FARGPU_IO_TIMEOUT_S)" : "a connection broke during a bulk copy: %s", strerror(errno));
-        return -1;
-    }
-    return 0;
+    errno = err;
+    return bad;
 }
 
 /* The server said something unasked between calls (a CLOSE when it parked or moved the session, conn.c): a PING
- * hears it, and resumes the session if it must, before any piece goes out (the pieces are not kept for a resume). */
+ * hears it, and resumes the session if it must, before any piece goes out. */
 CUresult fgc_hear_unasked(void) {
     if (!fgc_conn_unasked()) return CUDA_SUCCESS;
     fg_writer *w = fgc_begin(FG_OP_PING);
@@ -129,44 +133,102 @@ CUresult fgc_hear_unasked(void) {
     return fgc_sync();
 }
 
+/* One copy's frame: a SET_CTX naming its context, then its record (u64 address, u64 stream, u64 n, u32 flags,
+ * u32 C); a device→host copy asks for a reply. */
+typedef struct {
+    uint32_t seq;
+    int htod, sync;
+    uint64_t ctx, dev, stream, n;
+    uint8_t *buf; /* the application's buffer */
+} copy_frame;
+
+static int write_frame(const copy_frame *F, uint32_t C) {
+    uint8_t f[FG_HEADER_SIZE + 16 + 40];
+    fg_header h = {FG_MAGIC, FG_T_BATCH, F->htod ? 0 : FG_F_WANT_REPLY, 56, F->seq};
+    fg_header_encode(&h, f);
+    uint8_t *p = f + FG_HEADER_SIZE;
+    uint16_t op = FG_OP_SET_CTX, zero = 0, bop = F->htod ? FG_OP_BULK_HTOD : FG_OP_BULK_DTOH;
+    uint32_t l8 = 8, l32 = 32, flags = F->sync || !F->htod ? FG_BULK_F_SYNC : 0;
+    memcpy(p, &op, 2);
+    memcpy(p + 2, &zero, 2);
+    memcpy(p + 4, &l8, 4);
+    memcpy(p + 8, &F->ctx, 8);
+    p += 16;
+    memcpy(p, &bop, 2);
+    memcpy(p + 2, &zero, 2);
+    memcpy(p + 4, &l32, 4);
+    memcpy(p + 8, &F->dev, 8);
+    memcpy(p + 16, &F->stream, 8);
+    memcpy(p + 24, &F->n, 8);
+    memcpy(p + 32, &flags, 4);
+    memcpy(p + 36, &C, 4);
+    struct iovec iov = {f, sizeof f};
+    return fgc_io_write(&iov, 1, sizeof f);
+}
+
+/* reconnect.c, while it resumes (g_fgc.mu and wmu held, the new connection in g_fgc.fd): the copy again, whole,
+ * over that connection alone. */
+static int resend(void *arg) {
+    const copy_frame *F = (const copy_frame *)arg;
+    if (write_frame(F, 1)) return -1;
+    int to = fg_io_timeout_ms();
+    int rc = F->htod ? fg_io_full(g_fgc.fd, F->buf, F->n, 1) : fg_io_read_deadline(g_fgc.fd, F->buf, F->n, -1, to, NULL);
+    fgc_log(FGC_LOG_INFO, "a bulk copy of %zu bytes %s again after the resume%s", (size_t)F->n,
+            F->htod ? "sent" : "received", rc ? " failed" : "");
+    return rc ? -1 : 0;
+}
+
+/* Send the frame and move the pieces (g_fgc.mu held). 0 done; else the session is broken (g_fgc.broken). */
+static int copy(copy_frame *F, int C) {
+    int kept = fgc_resume_keep_call(F->seq, resend, F);
+    pthread_mutex_lock(&g_data_mu);
+    if (C > g_n_data + 1) C = g_n_data + 1; /* a resume while the batch before went dropped the data connections */
+    pthread_mutex_unlock(&g_data_mu);
+    pthread_mutex_lock(&g_fgc.wmu);
+    int rc = write_frame(F, (uint32_t)C) ? -1 : 0;
+    pthread_mutex_unlock(&g_fgc.wmu);
+    if (!rc) rc = move(F->buf, (size_t)F->n, C, F->htod);
+    if (!rc) return 0;
+    int err = errno;
+    if (!kept) fgc_resume_unkept(F->seq);
+    /* the frame and its bytes go again over the new connection (resend), unless the worker applied it */
+    if (fgc_resume(NULL) == 0) return 0;
+    fgc_mark_broken(CUDA_ERROR_DEVICE_UNAVAILABLE, rc == -2 ? "a bulk copy stalled (nothing for FARGPU_IO_TIMEOUT_S)"
+                    : "a connection broke during a bulk copy: %s", strerror(err));
+    return -1;
+}
+
 CUresult fgc_bulk_htod(CUdeviceptr dst, const void *src, size_t n, CUstream stream, int sync) {
     CUresult h = fgc_hear_unasked();
     if (h != CUDA_SUCCESS) return h;
     int C = lanes();
-    fg_writer *w = fgc_begin(FG_OP_BULK_HTOD);
-    if (!w) return fgc_last_error();
-    fg_put_u64(w, dst);
-    fgc_put_handle(w, stream);
-    fg_put_u64(w, n);
-    fg_put_u32(w, sync ? FG_BULK_F_SYNC : 0);
-    fg_put_u32(w, (uint32_t)C);
-    int bad = fgc_send_record_locked(0);
-    if (!bad) fgc_resume_unkept(g_fgc.seq); /* its raw bytes are not kept for a resume (reconnect.c) */
-    if (bad || move((uint8_t *)(uintptr_t)src, n, C, 1)) {
+    copy_frame F = {0, 1, sync, 0, dst, (uint64_t)(uintptr_t)stream, n, (uint8_t *)(uintptr_t)src};
+    if (fgc_begin_alone(FG_OP_BULK_HTOD, &F.ctx, &F.seq)) return fgc_last_error();
+    if (copy(&F, C)) {
+        fgc_resume_forget_call(F.seq);
         CUresult r = g_fgc.broken;
         pthread_mutex_unlock(&g_fgc.mu);
         return r;
     }
-    if (sync) return fgc_sync_ping_locked(0);
-    pthread_mutex_unlock(&g_fgc.mu);
-    return CUDA_SUCCESS;
+    /* A reply covers the copy before the call returns (its bytes are the application's until then): always when
+     * it is synchronous (the PING brings its error), and while resuming is on when it is not. */
+    CUresult r = CUDA_SUCCESS;
+    if (sync || fgc_resume_on()) r = fgc_sync_ping_locked(0);
+    else pthread_mutex_unlock(&g_fgc.mu);
+    fgc_resume_forget_call(F.seq);
+    return r;
 }
 
 CUresult fgc_bulk_dtoh(void *dst, CUdeviceptr src, size_t n, CUstream stream) {
     CUresult h = fgc_hear_unasked();
     if (h != CUDA_SUCCESS) return h;
     int C = lanes();
-    fg_writer *w = fgc_begin(FG_OP_BULK_DTOH);
-    if (!w) return fgc_last_error();
-    fg_put_u64(w, src);
-    fgc_put_handle(w, stream); /* NULL: the legacy stream, for a synchronous copy */
-    fg_put_u64(w, n);
-    fg_put_u32(w, FG_BULK_F_SYNC);
-    fg_put_u32(w, (uint32_t)C);
-    if (fgc_send_record_locked(1) || move((uint8_t *)dst, n, C, 0)) {
-        CUresult r = g_fgc.broken;
-        pthread_mutex_unlock(&g_fgc.mu);
-        return r;
-    }
-    return fgc_read_reply_locked();
+    /* stream NULL: the legacy stream, for a synchronous copy */
+    copy_frame F = {0, 0, 1, 0, src, (uint64_t)(uintptr_t)stream, n, (uint8_t *)dst};
+    if (fgc_begin_alone(FG_OP_BULK_DTOH, &F.ctx, &F.seq)) return fgc_last_error();
+    CUresult r = copy(&F, C) ? g_fgc.broken : CUDA_SUCCESS;
+    if (r == CUDA_SUCCESS) r = fgc_read_reply_locked(); /* (a resume in it reads the bytes again first) */
+    else pthread_mutex_unlock(&g_fgc.mu);
+    fgc_resume_forget_call(F.seq);
+    return r;
 }

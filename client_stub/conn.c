@@ -89,6 +89,17 @@ static int connect_tcp(const char *hostport, char *err, size_t errlen) {
     }
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    /* Keepalive: a wait with no deadline (a reply to a long call, the first piece of a device→host copy) still
+     * ends when the node's host is gone without a word: after FARGPU_KEEPALIVE_S idle (default 15), then 3 probes
+     * 5 s apart. */
+    const char *ka = getenv("FARGPU_KEEPALIVE_S");
+    int idle = ka && *ka ? atoi(ka) : 15, intvl = 5, cnt = 3;
+    if (idle > 0) {
+        setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one);
+        setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof idle);
+        setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof intvl);
+        setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof cnt);
+    }
     return fd;
 }
 
@@ -278,7 +289,7 @@ static int send_hello(int fd, int attach) {
     }
     /* Shared memory is offered on a fresh session only (a resumed one goes on over the socket). */
     uint64_t shm = !attach && !rs && is_unix(g_endpoint) ? fgc_shm_offer_bytes() : 0;
-    fg_mp_map(&w, 7 + (attach ? 2 : 0) + (attach == 2) + (rs ? 2 : 0) + (shm > 0));
+    fg_mp_map(&w, 7 + (attach ? 2 : 0) + (attach == 2) + (rs ? 3 : 0) + (shm > 0));
     fg_mp_str(&w, "proto");
     fg_mp_int(&w, FG_PROTO_VERSION);
     fg_mp_str(&w, "token");
@@ -298,6 +309,8 @@ static int send_hello(int fd, int attach) {
         fg_mp_str(&w, g_fgc.session);
         fg_mp_str(&w, "resume_key");
         fg_mp_str(&w, rs);
+        fg_mp_str(&w, "resume_have"); /* a live worker sends its reply again when the client never read it */
+        fg_mp_int(&w, fgc_resume_have());
     }
     if (attach) {
         fg_mp_str(&w, "attach_session");

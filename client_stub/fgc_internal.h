@@ -86,6 +86,10 @@ int fgc_send_record_locked(int want_reply);
 /* batch.c: end the open record (record_open) and append a PING, or (0) send a lone PING; wait for its reply
  * (releases g_fgc.mu). The PING's reply brings the records' errors as its deferred error. */
 CUresult fgc_sync_ping_locked(int record_open);
+/* batch.c, for bulk.c: take g_fgc.mu, send everything batched so far, and give a frame of its own its seq (*seq)
+ * and the context it runs in (*ctx, named by the frame's SET_CTX). 0 with the lock held; -1 without it
+ * (fgc_last_error says why). */
+int fgc_begin_alone(uint16_t op, uint64_t *ctx, uint32_t *seq);
 /* batch.c: read the reply to a batch fgc_send_record_locked(1) sent (releases g_fgc.mu). */
 CUresult fgc_read_reply_locked(void);
 /* conn.c: open an extra data connection to the session (striped bulk copies). Returns its fd, or -1. */

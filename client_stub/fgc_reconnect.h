@@ -36,6 +36,13 @@ int fgc_resume_keep_full(void);
 /* A frame that cannot be sent again (a bulk copy's raw bytes follow it, bulk.c): a resume that would need it fails
  * (the session ends with an error) instead of sending it without its bytes. */
 void fgc_resume_unkept(uint32_t seq);
+/* A bulk copy's frame (bulk.c): kept as a call, resend(arg), that writes the frame again over the new connection
+ * (with its bytes, or reading them: C = 1) while its caller still waits; the caller forgets it before it returns
+ * (fgc_resume_forget_call) unless a reply acknowledged it. Returns 0 when resuming is off. */
+int fgc_resume_keep_call(uint32_t seq, int (*resend)(void *), void *arg);
+void fgc_resume_forget_call(uint32_t seq);
+uint32_t fgc_resume_have(void); /* the seq of the last reply read */
+int fgc_resume_on(void);        /* frames are kept: the session can resume */
 int fgc_resume(const char *closing);
 /* pool lease lookup (lease.c): the lease's current endpoint and token; 0 when known. */
 int fgc_lease_where(char *endpoint, size_t ep_cap, char *token, size_t tok_cap);

@@ -36,6 +36,8 @@ typedef struct {
     size_t len;
     struct iovec iov[2 + 2 * FGC_MAX_EXT];
     int n;
+    int (*resend)(void *); /* a bulk copy's frame: its caller sends it again, with its bytes (bulk.c) */
+    void *arg;
 } kept;
 
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER; /* the sender thread keeps frames without g_fgc.mu */
@@ -49,11 +51,14 @@ static int g_npool;
 static kept *g_kept;
 static size_t g_n, g_cap, g_bytes;
 static uint32_t g_gap; /* a frame that could not be kept (0: none since the last reply) */
+static uint32_t g_have; /* the last reply read (a resuming HELLO says so: a reply lost with the connection comes
+                         * again) */
 static char g_key[FGC_RESUME_KEY_CAP];
 static const char *g_resuming;
 static int g_resumes;
 
 char *fgc_resume_key_buf(void) { return g_key; }
+uint32_t fgc_resume_have(void) { return g_have; }
 const char *fgc_resume_hello(void) { return g_resuming; }
 
 /* Frames are kept while the session can resume: it has a resume key and FARGPU_RESUME is not "off". */
@@ -66,6 +71,8 @@ static int keeping(void) {
     return g_key[0] && !off;
 }
 
+int fgc_resume_on(void) { return keeping(); }
+
 static size_t keep_limit(void) {
     const char *e = getenv("FARGPU_RESUME_KEEP_MB");
     return (e && *e ? (size_t)strtoull(e, NULL, 10) : 256) << 20;
@@ -76,7 +83,7 @@ void fgc_resume_keep(const struct iovec *iov, int n, uint32_t seq, int want_repl
     pthread_mutex_lock(&mu);
     size_t len = 0;
     for (int i = 0; i < n; i++) len += iov[i].iov_len;
-    kept k = {seq, NULL, NULL, 0, {0}, len, {{0}}, 0};
+    kept k = {seq, NULL, NULL, 0, {0}, len, {{0}}, 0, NULL, NULL};
     int ok = n <= (int)(sizeof k.iov / sizeof k.iov[0]);
     if (ok && want_reply) {
         memcpy(k.iov, iov, (size_t)n * sizeof *iov);
@@ -132,7 +139,7 @@ int fgc_resume_keep_writer(const uint8_t *head, fg_writer *w, uint32_t seq) {
         pthread_mutex_unlock(&mu);
         return 1;
     }
-    *k = (kept){seq, NULL, w->buf, w->cap, {0}, len, {{0}}, 0};
+    *k = (kept){seq, NULL, w->buf, w->cap, {0}, len, {{0}}, 0, NULL, NULL};
     memcpy(k->head, head, FG_HEADER_SIZE);
     g_n++;
     g_bytes += w->cap;
@@ -146,6 +153,32 @@ int fgc_resume_keep_writer(const uint8_t *head, fg_writer *w, uint32_t seq) {
     }
     pthread_mutex_unlock(&mu);
     return 1;
+}
+
+int fgc_resume_keep_call(uint32_t seq, int (*resend)(void *), void *arg) {
+    if (!keeping()) return 0;
+    pthread_mutex_lock(&mu);
+    kept *k = slot();
+    if (k) {
+        *k = (kept){seq, NULL, NULL, 0, {0}, 0, {{0}}, 0, resend, arg};
+        g_n++;
+    } else if (!g_gap) {
+        g_gap = seq;
+    }
+    pthread_mutex_unlock(&mu);
+    return 1;
+}
+
+void fgc_resume_forget_call(uint32_t seq) {
+    pthread_mutex_lock(&mu);
+    for (size_t i = 0; i < g_n; i++)
+        if (g_kept[i].resend && g_kept[i].seq == seq) {
+            memmove(g_kept + i, g_kept + i + 1, (g_n - i - 1) * sizeof *g_kept);
+            g_n--;
+            if (!g_gap) g_gap = seq; /* (its frame can no longer be sent again) */
+            break;
+        }
+    pthread_mutex_unlock(&mu);
 }
 
 size_t fgc_resume_kept_bytes(void) {
@@ -165,6 +198,7 @@ void fgc_resume_unkept(uint32_t seq) {
 
 void fgc_resume_acked(uint32_t seq) {
     pthread_mutex_lock(&mu);
+    g_have = seq;
     size_t keep = 0;
     for (size_t i = 0; i < g_n; i++) {
         if ((int32_t)(g_kept[i].seq - seq) <= 0) {
@@ -286,7 +320,8 @@ int fgc_resume(const char *closing) {
         kept *k = &g_kept[i];
         if ((int32_t)(k->seq - applied) <= 0) continue;
         struct iovec one = {k->copy, k->len}, owned[2] = {{k->head, FG_HEADER_SIZE}, {k->own, k->len - FG_HEADER_SIZE}};
-        ok = fgc_io_write(k->copy ? &one : k->own ? owned : k->iov, k->copy ? 1 : k->own ? 2 : k->n, k->len) == 0;
+        if (k->resend) ok = k->resend(k->arg) == 0;
+        else ok = fgc_io_write(k->copy ? &one : k->own ? owned : k->iov, k->copy ? 1 : k->own ? 2 : k->n, k->len) == 0;
         resent++;
     }
     pthread_mutex_unlock(&g_fgc.wmu);

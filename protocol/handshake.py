@@ -35,6 +35,7 @@ class Hello:
     attach_key: str = ""
     resume_session: str = ""  # set when a client resumes a parked session (see SPEC.md, "Resuming")
     resume_key: str = ""
+    resume_have: int = 0  # resuming: the seq of the last reply the client read (SPEC.md, "Resuming")
     shm: int = 0  # bytes of shared memory the client offers (unix socket only; SPEC.md, "Shared memory")
     data: bool = False  # with attach_session: an extra data connection for striped bulk copies
 
@@ -73,12 +74,15 @@ def decode_hello(payload: bytes) -> Hello:
     shm = doc.get("shm", 0)
     if type(shm) is not int or not 0 <= shm <= 1 << 40:
         raise ProtocolError("HELLO field 'shm' must be a byte count up to 1 TiB")
+    have = doc.get("resume_have", 0)
+    if type(have) is not int or not 0 <= have < 1 << 32:
+        raise ProtocolError("HELLO field 'resume_have' must be a batch seq (u32)")
     data = doc.get("data", False)
     if type(data) not in (bool, int):
         raise ProtocolError("HELLO field 'data' must be a boolean")
     return Hello(token=s("token"), ops_hash=ops_hash, pid=pid, host=s("host"), exe=s("exe"), stub=s("stub"),
                  attach_session=s("attach_session"), attach_key=s("attach_key"),
-                 resume_session=s("resume_session"), resume_key=s("resume_key"), shm=shm, data=bool(data))
+                 resume_session=s("resume_session"), resume_key=s("resume_key"), resume_have=have, shm=shm, data=bool(data))
 
 
 def hello_ok(session: str, backend: str, max_frame: int, attach_key: str = "", driver_version: str = "",

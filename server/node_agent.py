@@ -15,6 +15,7 @@ import secrets
 import shutil
 import signal
 import socket
+import struct
 import sys
 import time
 import uuid
@@ -387,6 +388,8 @@ class NodeAgent:
             await self._attach(conn, hello)
             return
         fetched: Fetched | None = None
+        if hello.resume_session and await self._reattach(conn, hello, grant):
+            return
         if hello.resume_session:
             fetched = await self._fetch_parked(conn, hello, grant)
             if fetched is None:
@@ -580,6 +583,36 @@ class NodeAgent:
     def _sessions_changed(self) -> None:
         if self.on_sessions_changed is not None:
             self.on_sessions_changed()
+
+    async def _reattach(self, conn: socket.socket, hello: handshake.Hello, grant: Grant) -> bool:
+        """A client resuming a session whose worker still lives here (its connection dropped: a network blip, a
+        reset): with the right lease and resume key, its new connection goes to that worker, which answers it
+        (server/replay/reattach.c). False: no such live session (a parked one may be restored instead)."""
+        if float(os.environ.get("FARGPU_WORKER_LINGER_S", "0") or 0) <= 0:
+            return False  # this node's workers end a session whose client went away
+        sess = self._sessions.get(hello.resume_session)
+        if sess is None or sess.restoring or sess.attach_sock is None or sess.proc.returncode is not None:
+            return False
+        loop = asyncio.get_running_loop()
+        if sess.info.lease_id != grant.lease_id or not hmac.compare_digest(sess.resume_key, hello.resume_key):
+            log.warning("refused to resume session %s: wrong lease or resume key", hello.resume_session)
+            with contextlib.suppress(OSError):
+                await loop.sock_sendall(conn, handshake.hello_err("cannot resume: wrong lease or resume key"))
+            conn.close()
+            return True
+        try:
+            socket.send_fds(sess.attach_sock, [b"r" + struct.pack("<I", hello.resume_have & 0xFFFFFFFF)],
+                            [conn.fileno()])
+            log.info("session %s: its client reconnected; handed to its worker %d", hello.resume_session,
+                     sess.proc.pid)
+        except OSError as exc:
+            log.warning("could not hand session %s's new connection to its worker: %s", hello.resume_session, exc)
+            with contextlib.suppress(OSError):
+                await loop.sock_sendall(conn, handshake.hello_err("cannot resume: the worker is ending; try again",
+                                                                  retry=True))
+        finally:
+            conn.close()
+        return True
 
     async def _attach(self, conn: socket.socket, hello: handshake.Hello) -> None:
         """A session's callback connection (the stub runs host functions on it) or data connection (bulk copies

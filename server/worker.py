@@ -217,7 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     if a.ipc_fd >= 0:
         lib.fgs_set_ipc(S, a.ipc_fd)  # type: ignore[attr-defined]
     # The client's secret for resuming the session once parked (server/park/node.py); a restored session keeps it.
-    extra: dict[str, object] = {"resume_key": os.environ.pop("FARGPU_RESUME_KEY", "")}
+    resume_key = os.environ.pop("FARGPU_RESUME_KEY", "")
+    extra: dict[str, object] = {"resume_key": resume_key}
     if a.restore_dir:
         time.sleep(float(os.environ.get("FARGPU_PARK_TEST_RESTORE_PAUSE_S", "0") or 0))  # tests: a kill lands here
         occupy_for_test(os.environ.get("FARGPU_PARK_TEST_OCCUPY_VA", ""))
@@ -252,11 +253,41 @@ def main(argv: list[str] | None = None) -> int:
     os.close(out_w)
     if lib.fgs_set_output(S, out_r) != 0:  # type: ignore[attr-defined]
         print(f"fargpu-worker[{os.getpid()}]: device output will not be forwarded", file=sys.stderr)
+    # Calls into the session from the thread below stop once the session is closed (S is freed then).
+    session_lock = threading.Lock()
+    session_open = [True]
+
+    def reattach(fd: int, have: int) -> None:
+        """A resuming client's new connection (server/replay/reattach.c): once the serve loop has let go of the old
+        one, HELLO_OK with the batch the session applied last, and the loop goes on with this one."""
+        why = ffi.new("char[]", 256)
+        with session_lock:
+            applied = lib.fgs_reattach_offer(S, fd, have, 10000, why, 256) if session_open[0] else -2  # type: ignore[attr-defined]
+        if applied < 0:
+            reason = ffi.string(why).decode(errors="replace") if session_open[0] else "the session has ended"
+            with contextlib.suppress(OSError):
+                os.write(fd, hello_err(f"cannot resume: {reason}", retry=applied == -2))
+            os.close(fd)
+            return
+        sent = True
+        try:
+            os.write(fd, hello_ok(a.session, a.backend, a.max_frame, a.attach_key if a.attach_fd >= 0 else "",
+                                  a.driver_version, {"resume_key": resume_key, "resumed": True,
+                                                     "applied_seq": int(applied)}))
+        except OSError:
+            sent = False
+        with session_lock:
+            if session_open[0]:
+                lib.fgs_reattach_go(S, 1 if sent else 0)  # type: ignore[attr-defined]
+            else:
+                os.close(fd)
+
     if a.attach_fd >= 0:
         attach = socket.socket(fileno=a.attach_fd)
 
         def receive_callback_connections() -> None:
-            # The agent hands over the client's callback connection (host functions run on it).
+            # The agent hands over the client's callback connection (host functions run on it), its data connections
+            # (striped bulk copies) and, after a dropped connection, its new session connection ("r" + u32 have).
             while True:
                 try:
                     _msg, fds, _flags, _addr = socket.recv_fds(attach, 16, 4)
@@ -265,8 +296,14 @@ def main(argv: list[str] | None = None) -> int:
                 if not fds:
                     return
                 for fd in fds:
+                    if _msg[:1] == b"r" and len(_msg) == 5:
+                        os.set_blocking(fd, True)
+                        reattach(fd, struct.unpack("<I", _msg[1:])[0])
+                        continue
                     install = lib.fgs_add_data_fd if _msg == b"d" else lib.fgs_set_callback_fd  # type: ignore[attr-defined]
-                    if install(S, fd) != 0:
+                    with session_lock:
+                        installed = session_open[0] and install(S, fd) == 0
+                    if not installed:
                         os.close(fd)
                         continue
                     try:  # installed: now the client may send host functions
@@ -292,7 +329,9 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     rc = lib.fgs_serve(S, a.fd, a.ctl_fd, reason, 512)  # type: ignore[attr-defined]
     done.set()
-    lib.fgs_close(S)  # type: ignore[attr-defined]
+    with session_lock:
+        session_open[0] = False
+        lib.fgs_close(S)  # type: ignore[attr-defined]
     why = ffi.string(reason).decode(errors="replace")
     status.write(f"end {rc} {why}\n")
     print(f"fargpu-worker[{os.getpid()}]: session {a.session} ended after {time.monotonic() - t0:.1f}s: {why}",

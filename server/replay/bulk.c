@@ -8,8 +8,9 @@
  * a slot while the DMA of the previous one runs (host→device), or DMA'd into a slot while the previous one is
  * sent (device→host). A slot is reused only after the event recorded behind its DMA completed, so async copies
  * keep pageable semantics (the bytes are taken at the call) in stream order. A broken or stalled connection ends
- * the session with the reason; a failed DMA keeps the byte stream whole (device→host pieces are sent as zeros)
- * and is the copy's error. */
+ * the session with the reason, or, where the worker lingers for its client (reattach.c), shuts the copy's other
+ * connections down at once and leaves the copy unapplied: the client sends it again after it resumes. A failed DMA
+ * keeps the byte stream whole (device→host pieces are sent as zeros) and is the copy's error. */
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -34,6 +35,7 @@ struct fgs_bulk {
     int pinned;
     int data_fd[MAX_DATA];
     int n_data; /* atomic: fds are appended by the worker's Python thread, read by the serve loop */
+    int io_broken; /* the last copy's connections broke (it was not applied) */
     char error[200];
 };
 
@@ -116,6 +118,24 @@ void fgs_bulk_close(fgs_session *S) {
     S->bulk = NULL;
 }
 
+int fgs_bulk_io_broken(fgs_session *S) { return S->bulk && S->bulk->io_broken; }
+
+void fgs_bulk_forget_data(fgs_session *S) {
+    struct fgs_bulk *B = S->bulk;
+    if (!B) return;
+    int n = __atomic_exchange_n(&B->n_data, 0, __ATOMIC_ACQ_REL);
+    for (int i = 0; i < n; i++) close(B->data_fd[i]);
+    B->io_broken = 0;
+    B->error[0] = 0;
+}
+
+void fgs_bulk_shutdown_data(fgs_session *S) {
+    struct fgs_bulk *B = S->bulk;
+    if (!B) return;
+    int n = __atomic_load_n(&B->n_data, __ATOMIC_ACQUIRE);
+    for (int i = 0; i < n; i++) shutdown(B->data_fd[i], SHUT_RDWR);
+}
+
 /* One bulk copy, shared by the threads that serve its connections. */
 typedef struct {
     fgs_session *S;
@@ -154,8 +174,13 @@ static void note_io(job *J, int conn, int rc) {
             snprintf(J->io_why, sizeof J->io_why, "connection %d broke during a bulk copy (%s)", conn,
                      e ? strerror(e) : "closed");
     }
+    int first = !J->io_failed;
     J->io_failed = 1;
     pthread_mutex_unlock(&J->mu);
+    if (first && fgs_linger_ms()) { /* the client comes back: the other connections stop now, not at a deadline */
+        if (J->S->client_fd >= 0) shutdown(J->S->client_fd, SHUT_RDWR);
+        fgs_bulk_shutdown_data(J->S);
+    }
 }
 
 /* Wait for the last DMA through slot s, then make a fresh event for its next one (in the copy's context). */
@@ -243,6 +268,7 @@ static CUresult bulk(fgs_session *S, fg_reader *r, int htod, CUresult skip) {
     if (r->failed) return FGS_PROTOCOL_ERROR;
     struct fgs_bulk *B = bulk_of(S);
     if (!B) return FGS_PROTOCOL_ERROR;
+    B->io_broken = 0;
     int n_data = __atomic_load_n(&B->n_data, __ATOMIC_ACQUIRE);
     if (C < 1 || C > (uint32_t)n_data + 1 || C > SLOTS / 2 || n > FG_BULK_MAX) {
         snprintf(B->error, sizeof B->error, "a bulk copy named %u connections (%d open) or %llu bytes", C, n_data + 1,
@@ -294,6 +320,7 @@ static CUresult bulk(fgs_session *S, fg_reader *r, int htod, CUresult skip) {
     pthread_mutex_destroy(&J.mu);
     if (J.io_failed) {
         snprintf(B->error, sizeof B->error, "%s", J.io_why);
+        B->io_broken = 1;
         return FGS_PROTOCOL_ERROR;
     }
     if (J.sync || !htod) /* a synchronous copy is whole on the device before its caller hears of it */

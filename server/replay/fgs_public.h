@@ -51,6 +51,12 @@ int fgs_shm_attach(fgs_session *S, int fd, unsigned long long size, char *err, u
 /* An extra data connection of the session (striped bulk copies, bulk.c), handed over by the node agent.
  * Returns 0, or -1 (the caller closes fd). */
 int fgs_add_data_fd(fgs_session *S, int fd);
+/* A resuming client's new connection, handed over by the node agent (reattach.c): waits up to wait_ms for the serve
+ * loop to let go of the old one; returns the seq to report as applied (then send HELLO_OK on fd and call
+ * fgs_reattach_go), -1 refused (err filled; the session cannot resume), -2 not now (try again). have: the last
+ * reply the client read. fgs_reattach_go(ok 0: HELLO_OK could not be sent; the fd is closed) lets the loop go on. */
+long long fgs_reattach_offer(fgs_session *S, int fd, unsigned int have, int wait_ms, char *err, unsigned long err_len);
+void fgs_reattach_go(fgs_session *S, int ok);
 /* The module-scope variables an image (cubin, fatbin or PTX) defines, as parking lists them (global_names.c):
  * names separated by newlines into out; sm the device's compute capability (90). Returns how many, -1 (out holds
  * why the image cannot be listed) or -2 (out too small). */

@@ -124,6 +124,7 @@ typedef struct fgs_session {
     uint64_t arena_next, arena_end; /* where cuMemAlloc asks for its next address (memory.c); 0: anywhere */
     struct fgs_shm *shm;   /* the co-located client's shared-memory region (shm.c); NULL: none */
     struct fgs_bulk *bulk; /* the pinned staging ring and data connections for bulk copies (bulk.c) */
+    struct fgs_reattach *reattach; /* a client coming back after its connection dropped (reattach.c) */
     struct fgs_borrow *borrowed; /* child graphs' ids, owned by their parents' nodes (graph_query.c) */
     size_t n_borrowed, cap_borrowed;
 } fgs_session;
@@ -313,6 +314,18 @@ void fgs_bulk_drain(fgs_session *S);     /* before a context may be destroyed */
 void fgs_shm_forget_ctx(fgs_session *S); /* likewise */
 void fgs_shm_on_ctx(fgs_session *S);     /* a context became current: register the region under it */
 const char *fgs_bulk_error(fgs_session *S); /* why a bulk copy ended the session, or NULL */
+/* A bulk copy's connections broke (the copy was not applied: the client may send it again after a resume). */
+int fgs_bulk_io_broken(fgs_session *S);
+void fgs_bulk_forget_data(fgs_session *S);   /* the client is gone: close its data connections, clear the error */
+void fgs_bulk_shutdown_data(fgs_session *S); /* (another thread) make a copy on them fail at once */
+/* reattach.c: lingering for a client whose connection dropped (FARGPU_WORKER_LINGER_S). fgs_linger: 0 the client
+ * came back on fd (the same descriptor number), 1 the session ends (reason filled). */
+int fgs_linger_ms(void);
+int fgs_linger(fgs_session *S, int ctl_fd, int fd, const char *lost, char *reason, size_t reason_len);
+void fgs_reattach_note_batch(fgs_session *S, uint32_t seq, int wanted_reply, int replayable);
+void fgs_reattach_keep_reply(fgs_session *S, const struct iovec *iov, int n, size_t total);
+void fgs_reattach_ended(fgs_session *S);
+void fgs_reattach_close(fgs_session *S);
 /* Move a bulk copy's bytes without touching the device (its batch cannot run: err is why). */
 CUresult fgs_bulk_skip(fgs_session *S, int htod, fg_reader *r, CUresult err);
 /* Send pending device output as OUTPUT frames (before a REPLY with this seq). Nonzero: the socket failed. */

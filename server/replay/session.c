@@ -360,6 +360,7 @@ FGS_EXPORT void fgs_close(fgs_session *S) {
     fgs_links_close(S);
     fgs_memory_release_all(S);
     fgs_bulk_close(S);
+    fgs_reattach_close(S);
     fgs_shm_close(S);
     fgs_graph_borrowed_close(S); /* child graphs go with their parents */
     /* Streams, events and modules first, then the contexts that own them. */
@@ -560,6 +561,7 @@ static int send_reply(fgs_session *S, int fd, uint32_t seq, CUresult result, CUr
         if (heads[2 * i + 1]) iov[c++] = (struct iovec){later[i].data, later[i].n};
     }
     /* A request taken from the doorbell's mailbox is answered there (doorbell.c) unless output went first. */
+    fgs_reattach_keep_reply(S, iov, c, sizeof hb + total); /* for a client that loses it with its connection */
     rc = db ? fgs_db_reply(S, fd, iov, c, sizeof hb + total, frames > 0) : fgs_write_all(fd, iov, c);
 done:
     if (iov != stack_iov) free(iov);
@@ -627,7 +629,11 @@ FGS_EXPORT int fgs_serve(fgs_session *S, int fd, int ctl_fd, char *reason, unsig
             rc = 0;
             break;
         }
-        if (hr) { snprintf(reason, reason_len, "client disconnected"); rc = 0; break; }
+        if (hr) { /* reattach.c: a live session may wait for its client to come back */
+            if (!fgs_linger(S, ctl_fd, fd, "client disconnected", reason, reason_len)) { replied = 1; continue; }
+            rc = 0;
+            break;
+        }
         S->sock_frames_read++;
         const char *why = fg_header_decode(hb, &h, S->max_frame);
         if (!why && h.type != FG_T_BATCH) why = "unexpected frame type after the handshake";
@@ -661,6 +667,10 @@ FGS_EXPORT int fgs_serve(fgs_session *S, int fd, int ctl_fd, char *reason, unsig
             rc = 0;
             break;
         }
+        if (eof == 1 && !fgs_linger(S, ctl_fd, fd, "client disconnected mid-frame", reason, reason_len)) {
+            replied = 1;
+            continue; /* the frame was not applied: the client sends it again */
+        }
         if (eof) { snprintf(reason, reason_len, eof == 2 ? "out of memory" : "client disconnected mid-frame"); rc = eof == 2 ? -1 : 0; break; }
     have_frame:;
         fg_reader batch;
@@ -670,6 +680,7 @@ FGS_EXPORT int fgs_serve(fgs_session *S, int fd, int ctl_fd, char *reason, unsig
         int n;
         CUresult sync_result = CUDA_SUCCESS;
         int answered = 0;
+        int lone = 1; /* the batch holds nothing but SET_CTX before its bulk copy (it may be applied again) */
         fg_writer_reset(&out);
         if (fgs_is_paged(S)) { /* the session's memory comes back before its next call runs */
             CUresult pr = fgs_page_in(S);
@@ -718,6 +729,7 @@ FGS_EXPORT int fgs_serve(fgs_session *S, int fd, int ctl_fd, char *reason, unsig
             if (cls == 1 && !(last && (h.flags & FG_F_WANT_REPLY))) { bad = "a synchronous call that is not the batch's last record"; break; }
             fg_reader args;
             fg_reader_init(&args, rec.args, rec.length);
+            if (rec.op != FG_OP_SET_CTX && rec.op != FG_OP_BULK_HTOD && rec.op != FG_OP_BULK_DTOH) lone = 0;
             if ((rec.op == FG_OP_BULK_HTOD || rec.op == FG_OP_BULK_DTOH) && !last) {
                 bad = "a bulk copy that is not the batch's last record";
                 break;
@@ -749,22 +761,38 @@ FGS_EXPORT int fgs_serve(fgs_session *S, int fd, int ctl_fd, char *reason, unsig
         if (!bad) fgs_mempool_reap(S, rec.op, rec.args, rec.length); /* completed cuMemFreeAsync frees */
         if (!bad && n < 0) bad = bad ? bad : "malformed record";
         if (!bad && (h.flags & FG_F_WANT_REPLY) && !answered) bad = "reply requested but the last record is not synchronous";
+        if (bad && lone && fgs_bulk_io_broken(S) && fgs_linger_ms()) { /* not applied: the client sends it again */
+            char lost[200];
+            snprintf(lost, sizeof lost, "%s", bad);
+            if (!fgs_linger(S, ctl_fd, fd, lost, reason, reason_len)) {
+                replied = 1;
+                continue;
+            }
+            rc = 0;
+            break;
+        }
         if (bad) {
             snprintf(reason, reason_len, "protocol error: %s (op %u)", bad, (unsigned)rec.op);
             send_close(fd, reason);
             break;
         }
+        S->applied_seq = h.seq; /* a parked session resumes after this batch (park.c) */
         if (answered) {
-            if (send_reply(S, fd, h.seq, sync_result, deferred, deferred_op, &out, db)) {
-                snprintf(reason, reason_len, "client disconnected while receiving a reply");
+            fgs_reattach_note_batch(S, h.seq, 1, lone && rec.op == FG_OP_BULK_DTOH); /* its reply is kept */
+            int lost = send_reply(S, fd, h.seq, sync_result, deferred, deferred_op, &out, db);
+            deferred = CUDA_SUCCESS;
+            deferred_op = 0;
+            if (lost) {
+                S->last_active_ns = fgs_now_ns();
+                if (!fgs_linger(S, ctl_fd, fd, "client disconnected while receiving a reply", reason, reason_len)) {
+                    replied = 1;
+                    continue;
+                }
                 rc = 0;
                 break;
             }
-            deferred = CUDA_SUCCESS;
-            deferred_op = 0;
         }
         S->last_active_ns = fgs_now_ns();
-        S->applied_seq = h.seq; /* a parked session resumes after this batch (park.c) */
         replied = (h.flags & FG_F_WANT_REPLY) != 0;
         {
             char why[256];
@@ -782,6 +810,7 @@ FGS_EXPORT int fgs_serve(fgs_session *S, int fd, int ctl_fd, char *reason, unsig
         }
     }
 out:
+    fgs_reattach_ended(S); /* a resume that comes now is refused */
     fgs_db_off(S); /* a post from now on goes over the socket, and finds it closed */
     free(buf);
     fg_writer_free(&out);

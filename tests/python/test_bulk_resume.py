@@ -1,0 +1,115 @@
+"""Large copies survive a dropped connection (issue 12): a TCP proxy between the stub and the node server resets the
+session's connections in the middle of a bulk copy (host→device and device→host, synchronous and asynchronous,
+pageable and page-locked, over one stream and over several), the node's worker stays alive and waits for its client
+(FARGPU_WORKER_LINGER_S), the stub reconnects, and the copy completes once, with every byte right and in order with
+the stream's later work. A worker killed in the middle of a copy gives a CUDA error at that call or the next
+synchronising one, in bounded time, never wrong data.
+
+The simulated device keeps "device" memory in host memory: nothing here says anything about a GPU."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cuda_ctypes import PRELUDE
+from cut_proxy import CutProxy
+from e2e_helpers import NodeServer, start_server, stop_server
+
+MB = 1 << 20
+
+# Before each copy the program says which way its bytes go ("ARM up" / "ARM down") and waits for a line: the test
+# arms the proxy to cut the connections once 12 MiB of that copy went through.
+COPIES = PRELUDE + r'''
+import hashlib
+ctx0()
+n = 32 << 20
+st = ctypes.c_void_p()
+ok(cu.cuStreamCreate(ctypes.byref(st), 1), "stream")
+r, p = alloc(n); ok(r, "alloc")
+def pattern(seed):
+    return (hashlib.sha256(seed).digest() * (n // 32))[:n]
+def step(way):
+    print("ARM", way, flush=True)
+    sys.stdin.readline()
+res = []
+a = pattern(b"one")  # 1: synchronous, pageable
+step("up")
+ok(cu.cuMemcpyHtoD_v2(ctypes.c_uint64(p), a, ctypes.c_size_t(n)), "htod")
+out = ctypes.create_string_buffer(n)
+step("down")
+ok(cu.cuMemcpyDtoH_v2(out, ctypes.c_uint64(p), ctypes.c_size_t(n)), "dtoh")
+res.append(out.raw == a)
+b = pattern(b"two")  # 2: asynchronous, pageable, then stream work after it (a memset of its first 4 KiB)
+step("up")
+ok(cu.cuMemcpyHtoDAsync_v2(ctypes.c_uint64(p), b, ctypes.c_size_t(n), st), "htod async")
+ok(cu.cuMemsetD8Async(ctypes.c_uint64(p), ctypes.c_ubyte(0xEE), ctypes.c_size_t(4096), st), "memset after")
+out2 = ctypes.create_string_buffer(n)
+step("down")
+ok(cu.cuMemcpyDtoHAsync_v2(out2, ctypes.c_uint64(p), ctypes.c_size_t(n), st), "dtoh async")
+ok(cu.cuStreamSynchronize(st), "sync")
+res.append(out2.raw == b"\xee" * 4096 + b[4096:])
+hp = ctypes.c_void_p()  # 3: asynchronous from page-locked memory
+ok(cu.cuMemAllocHost_v2(ctypes.byref(hp), ctypes.c_size_t(n)), "allochost")
+c = pattern(b"three")
+ctypes.memmove(hp, c, n)
+step("up")
+ok(cu.cuMemcpyHtoDAsync_v2(ctypes.c_uint64(p), hp, ctypes.c_size_t(n), st), "htod pinned")
+ok(cu.cuStreamSynchronize(st), "sync")
+ok(cu.cuMemcpyDtoH_v2(out, ctypes.c_uint64(p), ctypes.c_size_t(n)), "dtoh check")
+res.append(out.raw == c)
+print("RESULT", res, flush=True)
+'''
+
+
+def _drive(proxy: CutProxy, p: subprocess.Popen[str], which: str) -> None:
+    assert p.stdout is not None and p.stdin is not None
+    for line in p.stdout:
+        if line.startswith("ARM"):
+            proxy.arm(line.split()[1], 12 * MB, which)
+            p.stdin.write("go\n")
+            p.stdin.flush()
+        elif line.startswith("RESULT"):
+            assert line.strip() == "RESULT [True, True, True]", line
+            return
+        else:
+            raise AssertionError(line)
+    raise AssertionError("the program ended without a result")
+
+
+@pytest.fixture
+def lingering(tmp_path: Path) -> Iterator[NodeServer]:
+    s = start_server(tmp_path, env_extra={"FARGPU_WORKER_LINGER_S": "20"})
+    yield s
+    stop_server(s)
+
+
+@pytest.mark.parametrize("streams,which", [("1", "all"), ("4", "all"), ("4", "data")])
+def test_bulk_copies_cut_mid_transfer_complete_with_every_byte(lingering: NodeServer, streams: str,
+                                                               which: str) -> None:
+    proxy = CutProxy(int(lingering.endpoint.rsplit(":", 1)[1]))
+    env = lingering.client_env(FARGPU_SERVER=proxy.endpoint, FARGPU_STREAMS=streams, FARGPU_LOG="info",
+                               FARGPU_RESUME_TIMEOUT_S="20")
+    p = subprocess.Popen([sys.executable, "-P", "-c", COPIES], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, cwd="/")
+    t0 = time.monotonic()
+    try:
+        _drive(proxy, p, which)
+        _, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+        proxy.close()
+    assert p.returncode == 0, err[-3000:]
+    assert proxy.cuts == 5, (proxy.cuts, err[-3000:])  # every copy was cut
+    resumes = re.findall(r"resumed on \S+ after batch \d+", err)
+    assert len(resumes) == 5, err[-3000:]
+    log = lingering.log_text()
+    assert log.count("the client reconnected") == 5, log[-3000:]
+    assert "a bulk copy of 33554432 bytes received again" in err  # a device→host copy ran again
+    assert time.monotonic() - t0 < 60
