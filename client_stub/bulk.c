@@ -17,6 +17,7 @@
  * completes once, in order. So that a host→device copy's bytes can be sent again, the call returns only once a
  * reply covers it: an asynchronous one is followed by a PING too while resuming is on (one round trip). */
 #include <errno.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -81,13 +82,36 @@ typedef struct {
     pthread_t t;
 } lane_job;
 
+/* Write n bytes of a host→device copy on fd, blocking for as long as the peer reads, but failing at once when the
+ * connection has something to read: the peer never answers during the copy, so that is its end (a reset, a
+ * relay that closed its other side when the worker died) or a CLOSE; a write into a peer that stopped reading
+ * would otherwise wait forever. */
+static int write_watching(int fd, const uint8_t *p, size_t n) {
+    while (n) {
+        struct pollfd pf = {fd, POLLOUT | POLLIN | POLLRDHUP, 0};
+        int k = poll(&pf, 1, -1);
+        if (k < 0 && errno == EINTR) continue;
+        if (k < 0) return -1;
+        if (pf.revents & (POLLIN | POLLRDHUP | POLLHUP | POLLERR | POLLNVAL)) {
+            errno = ECONNRESET;
+            return -1;
+        }
+        ssize_t w = send(fd, p, n, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (w < 0 && (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK)) continue;
+        if (w <= 0) return -1;
+        p += w;
+        n -= (size_t)w;
+    }
+    return 0;
+}
+
 static void *run_lane(void *arg) {
     lane_job *L = (lane_job *)arg;
     size_t pieces = (L->n + FG_BULK_PIECE - 1) / FG_BULK_PIECE;
     int to = fg_io_timeout_ms();
     for (size_t j = (size_t)L->lane, k = 0; j < pieces && !L->failed; j += (size_t)L->C, k++) {
         size_t off = j * FG_BULK_PIECE, len = L->n - off < FG_BULK_PIECE ? L->n - off : FG_BULK_PIECE;
-        if (L->htod) L->failed = fg_io_full(L->fd, L->buf + off, len, 1);
+        if (L->htod) L->failed = write_watching(L->fd, L->buf + off, len);
         else /* the first piece may wait for work queued before the copy (a dead peer: keepalive, conn.c); later
               * ones come at DMA speed */
             L->failed = fg_io_read_deadline(L->fd, L->buf + off, len, k == 0 ? -1 : to, to, NULL);
@@ -172,7 +196,7 @@ static int resend(void *arg) {
     const copy_frame *F = (const copy_frame *)arg;
     if (write_frame(F, 1)) return -1;
     int to = fg_io_timeout_ms();
-    int rc = F->htod ? fg_io_full(g_fgc.fd, F->buf, F->n, 1) : fg_io_read_deadline(g_fgc.fd, F->buf, F->n, -1, to, NULL);
+    int rc = F->htod ? write_watching(g_fgc.fd, F->buf, F->n) : fg_io_read_deadline(g_fgc.fd, F->buf, F->n, -1, to, NULL);
     fgc_log(FGC_LOG_INFO, "a bulk copy of %zu bytes %s again after the resume%s", (size_t)F->n,
             F->htod ? "sent" : "received", rc ? " failed" : "");
     return rc ? -1 : 0;

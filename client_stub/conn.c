@@ -91,7 +91,8 @@ static int connect_tcp(const char *hostport, char *err, size_t errlen) {
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     /* Keepalive: a wait with no deadline (a reply to a long call, the first piece of a device→host copy) still
      * ends when the node's host is gone without a word: after FARGPU_KEEPALIVE_S idle (default 15), then 3 probes
-     * 5 s apart. */
+     * 5 s apart; and data sent to it stays unacknowledged for as long at most (TCP_USER_TIMEOUT), not the
+     * kernel's quarter of an hour of retransmissions. */
     const char *ka = getenv("FARGPU_KEEPALIVE_S");
     int idle = ka && *ka ? atoi(ka) : 15, intvl = 5, cnt = 3;
     if (idle > 0) {
@@ -99,6 +100,8 @@ static int connect_tcp(const char *hostport, char *err, size_t errlen) {
         setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof idle);
         setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof intvl);
         setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof cnt);
+        unsigned user_ms = (unsigned)(idle + intvl * cnt) * 1000u;
+        setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &user_ms, sizeof user_ms);
     }
     return fd;
 }

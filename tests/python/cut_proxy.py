@@ -30,8 +30,8 @@ class CutProxy:
         return f"127.0.0.1:{self.port}"
 
     def arm(self, direction: str, after: int, which: str = "all") -> None:
-        """Cut once `after` more bytes went `direction` ("up" or "down"); which: "all" connections, or "data" (all but
-        the session's own, the first one opened since the last cut)."""
+        """Cut once `after` more bytes went `direction` ("up" or "down"); which: "all" connections, "data" (all but the
+        session's own: the oldest one open), or "none" (on_cut alone runs)."""
         with self.lock:
             self._mark = (direction, self.sent[direction] + after, which)
 
@@ -42,7 +42,7 @@ class CutProxy:
 
     def cut(self, which: str = "all") -> None:
         with self.lock:
-            victims = [c for c in self.conns if which == "all" or c[0] != min(x[0] for x in self.conns)]
+            victims = [c for c in self.conns if which == "all" or which == "data" and c[0] != min(x[0] for x in self.conns)]
             self.conns = [c for c in self.conns if c not in victims]
         for _, a, b in victims:
             for s in (a, b):
@@ -84,8 +84,7 @@ class CutProxy:
                     self.cuts += 1
                     if self.on_cut is not None:
                         self.on_cut()
-                    self.cut(fire)
-                    return
+                    self.cut(fire)  # (this connection goes on when it is not one of those cut)
         with contextlib.suppress(OSError):
             b.shutdown(socket.SHUT_WR)
         with self.lock:  # an orderly end (the client closed it): no longer a connection to cut

@@ -113,3 +113,58 @@ def test_bulk_copies_cut_mid_transfer_complete_with_every_byte(lingering: NodeSe
     assert log.count("the client reconnected") == 5, log[-3000:]
     assert "a bulk copy of 33554432 bytes received again" in err  # a device→host copy ran again
     assert time.monotonic() - t0 < 60
+
+
+# The session's worker is killed in the middle of a copy (its node died; nothing was parked): the copy's call or the
+# next synchronising one fails with a CUDA error, in bounded time, and a device→host copy never hands back bytes it
+# did not read.
+KILLED = PRELUDE + r'''
+import hashlib
+ctx0()
+n = 96 << 20
+r, p = alloc(n); ok(r, "alloc")
+a = (hashlib.sha256(b"k").digest() * (n // 32))[:n]
+ok(cu.cuMemcpyHtoD_v2(ctypes.c_uint64(p), a, ctypes.c_size_t(n)), "htod before")
+way = sys.argv[1]
+print("ARM", way, flush=True)
+sys.stdin.readline()
+out = ctypes.create_string_buffer(b"\x55" * n, n)
+if way == "up":
+    r1 = cu.cuMemcpyHtoD_v2(ctypes.c_uint64(p), a[::-1], ctypes.c_size_t(n))
+else:
+    r1 = cu.cuMemcpyDtoH_v2(out, ctypes.c_uint64(p), ctypes.c_size_t(n))
+r2 = cu.cuCtxSynchronize()
+print("CODES", r1, r2, "right" if way == "up" or r1 != 0 or out.raw == a else "WRONG", flush=True)
+'''
+
+
+@pytest.mark.parametrize("way", ["up", "down"])
+def test_a_worker_killed_mid_copy_gives_a_cuda_error_in_bounded_time(lingering: NodeServer, way: str) -> None:
+    proxy = CutProxy(int(lingering.endpoint.rsplit(":", 1)[1]))
+
+    def kill_worker() -> None:
+        pids = subprocess.run(["pgrep", "-P", str(lingering.proc.pid)], capture_output=True, text=True).stdout.split()
+        for pid in pids:
+            subprocess.run(["kill", "-9", pid], check=False)
+
+    proxy.on_cut = kill_worker
+    env = lingering.client_env(FARGPU_SERVER=proxy.endpoint, FARGPU_STREAMS="3", FARGPU_RESUME_TIMEOUT_S="10")
+    p = subprocess.Popen([sys.executable, "-P", "-c", KILLED, way], env=env, stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/")
+    assert p.stdout is not None and p.stdin is not None
+    try:
+        assert p.stdout.readline().split() == ["ARM", way]
+        t0 = time.monotonic()
+        proxy.arm(way, 2 * MB, "none")
+        out, err = p.communicate("go\n", timeout=60)
+        took = time.monotonic() - t0
+    finally:
+        if p.poll() is None:
+            p.kill()
+        proxy.close()
+    assert proxy.cuts == 1, err[-3000:]
+    m = re.search(r"CODES (\d+) (\d+) (\w+)", out)
+    assert m, out + err[-3000:]
+    # (a device→host copy whose bytes were all on their way before the kill may still complete, with its bytes)
+    assert m.group(3) == "right" and m.group(2) == "46" and m.group(1) in ("0", "46")[way == "up":], out + err[-3000:]
+    assert "could not be resumed" in err and took < 30, (took, err[-3000:])
