@@ -151,9 +151,23 @@ static int discard(uint64_t n) {
 
 static void later_recount(void);
 
+/* An async device→host copy whose bytes a dropped connection cut short in a reply (it counts as delivered): when
+ * the resumed worker sends that reply again, its bytes go to it again instead of being dropped. */
+static struct {
+    uint64_t id, n;
+    void *dst;
+} g_part;
+
 static CUresult read_reply_from(int exact, size_t *got) {
     uint8_t hb[FG_HEADER_SIZE];
     fg_header h;
+    if (0) {
+    lost: /* the connection failed in the middle of the reply: a resumed worker sends it again whole */
+        if (errno != ETIMEDOUT && fgc_resume(NULL) == 0) goto again;
+        fgc_mark_broken(CUDA_ERROR_DEVICE_UNAVAILABLE, errno == ETIMEDOUT ? "the server began a reply and then sent "
+                        "nothing within FARGPU_IO_TIMEOUT_S" : "the server closed the connection mid-reply");
+        return g_fgc.broken;
+    }
 again:
     if (fgc_io_read_first(hb, sizeof hb)) {
         if (errno != ETIMEDOUT && fgc_resume(NULL) == 0) goto again; /* reconnect.c: the batch went again */
@@ -190,10 +204,11 @@ again:
         uint32_t result, deferred, deferred_op, n_later;
         uint64_t out_len;
     } fx;
-    if (h.type != FG_T_REPLY || h.length < sizeof fx || fgc_io_read(&fx, sizeof fx)) {
+    if (h.type != FG_T_REPLY || h.length < sizeof fx) {
         fgc_mark_broken(CUDA_ERROR_DEVICE_UNAVAILABLE, "malformed reply from the server");
         return g_fgc.broken;
     }
+    if (fgc_io_read(&fx, sizeof fx)) goto lost;
     uint64_t expect = 0;
     for (int i = 0; i < g_fgc.n_outs; i++) expect += g_fgc.outs[i].n;
     if (fx.out_len > expect || (exact && fx.out_len != 0 && fx.out_len != expect)) {
@@ -201,7 +216,9 @@ again:
         return g_fgc.broken;
     }
     size_t consumed = sizeof fx;
-    if (read_into(g_fgc.outs, g_fgc.n_outs, fx.out_len, got)) {
+    int ri = read_into(g_fgc.outs, g_fgc.n_outs, fx.out_len, got);
+    if (ri == -1) goto lost;
+    if (ri) {
         fgc_mark_broken(CUDA_ERROR_DEVICE_UNAVAILABLE, "the server closed the connection mid-reply");
         return g_fgc.broken;
     }
@@ -211,12 +228,25 @@ again:
     for (uint32_t i = 0; i < fx.n_later; i++) {
         uint64_t hd[2];
         void *dst = NULL;
-        int k = consumed + 16 > h.length || fgc_io_read(hd, 16) ? -1 : fgc_later_claim(hd[0], hd[1], 0, &dst);
-        if (k < 0 || hd[1] > h.length - consumed - 16 ||
-            (k == 1 ? fgc_io_read(dst, (size_t)hd[1]) : discard(hd[1]))) {
+        if (consumed + 16 <= h.length && fgc_io_read(hd, 16)) goto lost;
+        int k = consumed + 16 > h.length ? -1 : fgc_later_claim(hd[0], hd[1], 0, &dst);
+        if (k == 0 && g_part.n && hd[0] == g_part.id && hd[1] == g_part.n) { /* cut short before: again, whole */
+            k = 1;
+            dst = g_part.dst;
+        }
+        if (k < 0 || hd[1] > h.length - consumed - 16) {
             fgc_mark_broken(CUDA_ERROR_DEVICE_UNAVAILABLE, "async copy data in the reply does not match");
             return g_fgc.broken;
         }
+        if (k == 1 ? fgc_io_read(dst, (size_t)hd[1]) : discard(hd[1])) {
+            if (k == 1) {
+                g_part.id = hd[0];
+                g_part.n = hd[1];
+                g_part.dst = dst;
+            }
+            goto lost;
+        }
+        if (k == 1 && hd[0] == g_part.id) g_part.n = 0;
         consumed += 16 + (size_t)hd[1];
     }
     if (consumed != h.length) {

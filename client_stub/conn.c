@@ -379,6 +379,23 @@ int fgc_open_callback_channel(void) {
 
 int fgc_open_data_channel(void) { return open_channel(2); }
 
+static pid_t g_conn_pid; /* the process that connected (a forked child's exit must not end the session) */
+
+/* At exit the stub says goodbye (a CLOSE, client to server), so a worker that waits for a client whose connection
+ * dropped (FARGPU_WORKER_LINGER_S, server/replay/reattach.c) ends the session at once instead. Skipped when
+ * another thread is writing (the worker then sees the connection end, and waits). */
+__attribute__((destructor)) static void say_goodbye(void) {
+    if (g_fgc.fd < 0 || g_fgc.broken || getpid() != g_conn_pid || pthread_mutex_trylock(&g_fgc.wmu)) return;
+    if (g_fgc.fd >= 0) {
+        fg_header h = {FG_MAGIC, FG_T_CLOSE, 0, 0, 0};
+        uint8_t hb[FG_HEADER_SIZE];
+        fg_header_encode(&h, hb);
+        ssize_t w = send(g_fgc.fd, hb, sizeof hb, MSG_NOSIGNAL | MSG_DONTWAIT);
+        (void)w;
+    }
+    pthread_mutex_unlock(&g_fgc.wmu);
+}
+
 CUresult fgc_connect(void) {
     const char *ep = getenv("FARGPU_SERVER");
     const char *token = getenv("FARGPU_TOKEN");
@@ -405,6 +422,7 @@ CUresult fgc_connect(void) {
         return CUDA_ERROR_NO_DEVICE;
     }
     g_fgc.fd = fd;
+    g_conn_pid = getpid();
 
     int bad = send_hello(fd, 0);
     uint8_t buf[FG_MAX_HELLO];

@@ -323,7 +323,10 @@ void fgs_bulk_shutdown_data(fgs_session *S); /* (another thread) make a copy on 
 int fgs_linger_ms(void);
 int fgs_linger(fgs_session *S, int ctl_fd, int fd, const char *lost, char *reason, size_t reason_len);
 void fgs_reattach_note_batch(fgs_session *S, uint32_t seq, int wanted_reply, int replayable);
-void fgs_reattach_keep_reply(fgs_session *S, const struct iovec *iov, int n, size_t total);
+/* The reply about to be sent (iov: n segments, total bytes): kept, its later copies' buffers by reference (1: the
+ * list is taken over, freed with the next reply or the session), or not (0: the caller frees the list). */
+int fgs_reattach_keep_reply(fgs_session *S, const struct iovec *iov, int n, size_t total, fgs_later *later,
+                            size_t nl);
 void fgs_reattach_ended(fgs_session *S);
 void fgs_reattach_close(fgs_session *S);
 /* Move a bulk copy's bytes without touching the device (its batch cannot run: err is why). */

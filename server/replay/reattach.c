@@ -11,8 +11,9 @@
  * (fgs_reattach_go); the client sends again every batch after that seq.
  *
  * One reply may be lost with the connection: the one to the last batch applied, when the client says (`have`, in
- * its HELLO) that it never read it. That reply is kept (a copy of up to FARGPU_WORKER_REPLY_KEEP_KB, default 1024,
- * made as it is sent) and sent again after HELLO_OK; a lone bulk device→host copy (its batch holds nothing else
+ * its HELLO) that it never read it. That reply is kept as it is sent (its fixed part and outputs copied, up to
+ * FARGPU_WORKER_REPLY_KEEP_KB, default 1024; the async device→host copies it delivers by holding their staging
+ * buffers until the next reply) and sent again after HELLO_OK; a lone bulk device→host copy (its batch holds nothing else
  * but a SET_CTX) has no effect on the device, so instead it is reported as not applied and runs again. A larger
  * reply that was lost cannot be replayed: the resume is refused with the reason (the client's call fails). A bulk
  * copy whose connections broke is not applied (its batch holds only the copy, and a host→device copy of the same
@@ -46,8 +47,12 @@ struct fgs_reattach {
     int rewind;        /* report the last batch as not applied (a lone bulk device→host copy runs again) */
     uint32_t want_seq; /* the last batch that asked for a reply */
     int replayable;    /* that batch was a lone bulk device→host copy */
-    uint8_t *reply;    /* its reply, when small enough to keep (reply_len > 0) */
+    uint8_t *reply;    /* its reply, when small enough to keep (reply_len > 0): what is not later copies' data */
     size_t reply_len, reply_cap;
+    struct iovec *kiov; /* the whole reply: pieces of `reply`, and the later copies' buffers */
+    int kn, kcap;
+    fgs_later *later; /* the later copies it delivered (their buffers, held until the next reply) */
+    size_t nl;
 };
 
 static pthread_mutex_t create_mu = PTHREAD_MUTEX_INITIALIZER;
@@ -100,30 +105,60 @@ void fgs_reattach_note_batch(fgs_session *S, uint32_t seq, int wanted_reply, int
     pthread_mutex_unlock(&R->mu);
 }
 
-void fgs_reattach_keep_reply(fgs_session *S, const struct iovec *iov, int n, size_t total) {
-    if (!fgs_linger_ms()) return;
-    struct fgs_reattach *R = ra_of(S);
-    if (!R) return;
-    pthread_mutex_lock(&R->mu);
+static void drop_reply(struct fgs_reattach *R) {
     R->reply_len = 0;
-    if (total <= keep_limit() && !R->replayable) {
-        if (R->reply_cap < total) {
-            uint8_t *nb = (uint8_t *)realloc(R->reply, total);
-            if (nb) {
-                R->reply = nb;
-                R->reply_cap = total;
-            }
+    R->kn = 0;
+    fgs_later_free_list(R->later, R->nl);
+    R->later = NULL;
+    R->nl = 0;
+}
+
+int fgs_reattach_keep_reply(fgs_session *S, const struct iovec *iov, int n, size_t total, fgs_later *later,
+                            size_t nl) {
+    if (!fgs_linger_ms()) return 0;
+    struct fgs_reattach *R = ra_of(S);
+    if (!R) return 0;
+    pthread_mutex_lock(&R->mu);
+    drop_reply(R);
+    size_t small = total, j = 0;
+    for (size_t i = 0; i < nl; i++) small -= later[i].data ? later[i].n : 0;
+    int ok = !R->replayable && small <= keep_limit();
+    if (ok && R->reply_cap < small) {
+        uint8_t *nb = (uint8_t *)realloc(R->reply, small ? small : 1);
+        if (nb) {
+            R->reply = nb;
+            R->reply_cap = small;
         }
-        if (R->reply_cap >= total) {
-            size_t at = 0;
-            for (int i = 0; i < n; i++) {
-                memcpy(R->reply + at, iov[i].iov_base, iov[i].iov_len);
-                at += iov[i].iov_len;
-            }
-            R->reply_len = total;
+        ok = R->reply_cap >= small;
+    }
+    if (ok && R->kcap < n) {
+        struct iovec *nv = (struct iovec *)realloc(R->kiov, (size_t)n * sizeof *nv);
+        if (nv) {
+            R->kiov = nv;
+            R->kcap = n;
         }
+        ok = R->kcap >= n;
+    }
+    if (ok) { /* the small pieces copied, each later copy's data by reference (they come in order) */
+        size_t at = 0;
+        for (int i = 0; i < n; i++) {
+            while (j < nl && !later[j].data) j++;
+            if (j < nl && iov[i].iov_base == later[j].data && iov[i].iov_len == later[j].n) {
+                R->kiov[i] = iov[i];
+                j++;
+                continue;
+            }
+            memcpy(R->reply + at, iov[i].iov_base, iov[i].iov_len);
+            R->kiov[i] = (struct iovec){R->reply + at, iov[i].iov_len};
+            at += iov[i].iov_len;
+        }
+        R->kn = n;
+        R->reply_len = total;
+        R->later = later;
+        R->nl = nl;
     }
     pthread_mutex_unlock(&R->mu);
+    return ok;
 }
 
 static int64_t now_ms(void) {
@@ -170,8 +205,10 @@ int fgs_linger(fgs_session *S, int ctl_fd, int fd, const char *lost, char *reaso
             int bad = dup2(nfd, fd) < 0;
             close(nfd);
             if (!bad && resend && R->reply_len) {
-                struct iovec one = {R->reply, R->reply_len};
-                bad = fgs_write_all(fd, &one, 1) != 0;
+                struct iovec *v = (struct iovec *)malloc((size_t)R->kn * sizeof *v); /* (the write moves them) */
+                if (v) memcpy(v, R->kiov, (size_t)R->kn * sizeof *v);
+                bad = !v || fgs_write_all(fd, v, R->kn) != 0;
+                free(v);
             }
             if (bad) {
                 set_state(R, LINGERING);
@@ -299,6 +336,8 @@ void fgs_reattach_close(fgs_session *S) {
     if (R->new_fd >= 0) close(R->new_fd);
     close(R->wake[0]);
     close(R->wake[1]);
+    drop_reply(R);
+    free(R->kiov);
     free(R->reply);
     pthread_cond_destroy(&R->cv);
     pthread_mutex_destroy(&R->mu);

@@ -529,7 +529,7 @@ static int send_reply(fgs_session *S, int fd, uint32_t seq, CUresult result, CUr
         deferred = CUDA_ERROR_OPERATING_SYSTEM; /* a host function was skipped: its callback connection failed */
         dop = FG_OP_cuLaunchHostFunc;
     }
-    int rc = -1;
+    int rc = -1, taken = 0;
     struct iovec stack_iov[35];
     struct iovec *iov = stack_iov;
     uint64_t *heads = NULL;
@@ -561,12 +561,13 @@ static int send_reply(fgs_session *S, int fd, uint32_t seq, CUresult result, CUr
         if (heads[2 * i + 1]) iov[c++] = (struct iovec){later[i].data, later[i].n};
     }
     /* A request taken from the doorbell's mailbox is answered there (doorbell.c) unless output went first. */
-    fgs_reattach_keep_reply(S, iov, c, sizeof hb + total); /* for a client that loses it with its connection */
+    /* kept for a client that loses it with its connection: the later copies' buffers by reference */
+    taken = fgs_reattach_keep_reply(S, iov, c, sizeof hb + total, later, nl);
     rc = db ? fgs_db_reply(S, fd, iov, c, sizeof hb + total, frames > 0) : fgs_write_all(fd, iov, c);
 done:
     if (iov != stack_iov) free(iov);
     free(heads);
-    fgs_later_free_list(later, nl);
+    if (!taken) fgs_later_free_list(later, nl);
     return rc;
 }
 
@@ -636,6 +637,11 @@ FGS_EXPORT int fgs_serve(fgs_session *S, int fd, int ctl_fd, char *reason, unsig
         }
         S->sock_frames_read++;
         const char *why = fg_header_decode(hb, &h, S->max_frame);
+        if (!why && h.type == FG_T_CLOSE) { /* the client ends the session (it exits): no waiting for it */
+            snprintf(reason, reason_len, "the client closed the session");
+            rc = 0;
+            break;
+        }
         if (!why && h.type != FG_T_BATCH) why = "unexpected frame type after the handshake";
         if (why) { snprintf(reason, reason_len, "protocol error: %s", why); send_close(fd, reason); break; }
         /* Grow the buffer as the payload arrives, never ahead of it. */
