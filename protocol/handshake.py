@@ -82,7 +82,8 @@ def decode_hello(payload: bytes) -> Hello:
         raise ProtocolError("HELLO field 'data' must be a boolean")
     return Hello(token=s("token"), ops_hash=ops_hash, pid=pid, host=s("host"), exe=s("exe"), stub=s("stub"),
                  attach_session=s("attach_session"), attach_key=s("attach_key"),
-                 resume_session=s("resume_session"), resume_key=s("resume_key"), resume_have=have, shm=shm, data=bool(data))
+                 resume_session=s("resume_session"), resume_key=s("resume_key"), resume_have=have, shm=shm,
+                 data=bool(data))
 
 
 def hello_ok(session: str, backend: str, max_frame: int, attach_key: str = "", driver_version: str = "",

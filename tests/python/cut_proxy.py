@@ -42,7 +42,8 @@ class CutProxy:
 
     def cut(self, which: str = "all") -> None:
         with self.lock:
-            victims = [c for c in self.conns if which == "all" or which == "data" and c[0] != min(x[0] for x in self.conns)]
+            first = min((x[0] for x in self.conns), default=0)
+            victims = [c for c in self.conns if which == "all" or which == "data" and c[0] != first]
             self.conns = [c for c in self.conns if c not in victims]
         for _, a, b in victims:
             for s in (a, b):
