@@ -951,7 +951,8 @@ static void fuzz_session(unsigned idx) {
             case 1: /* a frame type only the server sends (OUTPUT included), or a handshake one */
                 what = "non-BATCH type";
                 h.type = (uint16_t)(1 + rndn(FG_T_OUTPUT));
-                if (h.type == FG_T_BATCH) h.type = FG_T_OUTPUT;
+                if (h.type == FG_T_BATCH || h.type == FG_T_CLOSE) /* (a client's CLOSE ends its session: SPEC) */
+                    h.type = FG_T_OUTPUT;
                 break;
             case 2: what = "unknown type"; h.type = (uint16_t)(FG_T_OUTPUT + 1 + rndn(1000)); break;
             case 3: what = "unknown flags"; h.flags = (uint16_t)(2 + rndn(0xfffe)); break;
