@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import errno
 import logging
+import os
 import secrets
 import signal
 import socket
@@ -177,6 +178,11 @@ def main(
         float, typer.Option(envvar="FARGPU_IDLE_PARK", help="park sessions paged out and idle this many seconds off "
                             "the node (0: only when the pool asks)")
     ] = 0.0,
+    linger: Annotated[
+        float, typer.Option(envvar="FARGPU_WORKER_LINGER_S", min=0.0, help="keep a session whose client connection "
+                            "dropped (a network blip) this many seconds for its client to reconnect and go on, bulk "
+                            "copies in flight included (0: the session ends with its connection)")
+    ] = 0.0,
     arena: Annotated[
         str, typer.Option(envvar="FARGPU_ARENA", help="BASE[:SIZE] (hex base, size like 16T) of the device address "
                           "range where sessions' allocations go, so that a parked session gets its addresses back on "
@@ -252,6 +258,8 @@ def main(
         except ValueError as exc:
             typer.secho(f"error: {flag}: {exc}", fg="red", err=True)
             raise typer.Exit(2) from None
+    if linger > 0:  # read by the session workers (server/replay/reattach.c) and the agent, which inherit it
+        os.environ["FARGPU_WORKER_LINGER_S"] = f"{linger:g}"
     try:
         arena_spec = parse_arena(arena)
     except ValueError as exc:

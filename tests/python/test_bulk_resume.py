@@ -89,7 +89,7 @@ def _drive(proxy: CutProxy, p: subprocess.Popen[str], which: str) -> None:
 
 @pytest.fixture
 def lingering(tmp_path: Path) -> Iterator[NodeServer]:
-    s = start_server(tmp_path, env_extra={"FARGPU_WORKER_LINGER_S": "20"})
+    s = start_server(tmp_path, "--linger", "20")
     yield s
     stop_server(s)
 
