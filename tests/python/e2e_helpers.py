@@ -4,6 +4,7 @@ and the environment a client process needs to load the fargpu stub as its libcud
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -99,3 +100,15 @@ def run_client(code: str, env: dict[str, str], timeout: float = 60) -> subproces
     """Run a Python client snippet (it loads libcuda.so.1 through ctypes, i.e. the fargpu stub)."""
     return subprocess.run([sys.executable, "-P", "-c", code], env=env, capture_output=True, text=True,
                           timeout=timeout, cwd="/")
+
+
+def wait_log(s: NodeServer, pattern: str, timeout: float = 30.0) -> re.Match[str]:
+    """The first match of pattern in the node's log, once it is there; fails after timeout seconds with the log's
+    end."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        m = re.search(pattern, s.log_text())
+        if m:
+            return m
+        time.sleep(0.05)
+    raise AssertionError(f"no {pattern!r} in the node log:\n{s.log_text()[-4000:]}")

@@ -36,7 +36,6 @@ def programs(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], 
     return {(name, mode): build(acc, name, mode, out / f"{name}-{mode}") for name in PROGRAMS for mode in MODES}
 
 
-
 def _run(binary: Path, server: NodeServer, tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], Path]:
     """The program as a fargpu client: the stub first on LD_LIBRARY_PATH and preloaded, as on the GPU host."""
     proof = tmp_path / f"proof-{binary.name}.jsonl"

@@ -8,16 +8,14 @@ out and back with every byte at the same address."""
 
 from __future__ import annotations
 
-import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from acceptance_build import build_against_stub, load_runner
 from cuda_ctypes import PRELUDE
-from e2e_helpers import NodeServer, start_server, stop_server
+from e2e_helpers import NodeServer, start_server, stop_server, wait_log
 
 from fargpu import paths
 
@@ -193,16 +191,6 @@ ok(cu.cuMemAddressFree(ctypes.c_uint64(VA), ctypes.c_size_t(64 * G)), "free")
 '''
 
 
-def _wait_log(s: NodeServer, pattern: str, timeout: float = 20.0) -> re.Match[str]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        m = re.search(pattern, s.log_text())
-        if m:
-            return m
-        time.sleep(0.05)
-    raise AssertionError(f"no {pattern!r} in the node log:\n{s.log_text()[-3000:]}")
-
-
 def test_client_vmm_quota_refusals_and_paging(tmp_path: Path) -> None:
     s = start_server(tmp_path, "--vram-quota", str(96 * MiB), "--idle-page-out", "1", "--host-page-pool", "128M")
     try:
@@ -216,7 +204,7 @@ def test_client_vmm_quota_refusals_and_paging(tmp_path: Path) -> None:
             if line.strip() == "FILLED":
                 break
             head.append(line)
-        m = _wait_log(s, r"page-out of session (\w+): paged host (\d+)")
+        m = wait_log(s, r"page-out of session (\w+): paged host (\d+)")
         assert int(m.group(2)) >= 32 * MiB  # the client's mapping went with the session's memory
         out, err = p.communicate("go\n", timeout=60)
         lines = [ln.strip() for ln in head + out.splitlines()]

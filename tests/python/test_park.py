@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from cuda_ctypes import PRELUDE
 from e2e_helpers import NodeServer, start_server, stop_server
+from e2e_helpers import wait_log as _wait_log
 
 # A session with contexts, a module, functions, a stream and an event, allocations filled with patterns and a
 # module global written by the client. After "READY" it waits for a line, then checks every byte, address and
@@ -69,16 +70,6 @@ ok(cu.cuMemcpyDtoH_v2(out, ctypes.c_uint64(p), ctypes.c_size_t(n)), "dtoh after 
 print("RESULT", "bad=" + ",".join(bad), "prio", prio.value, "flags", flags.value, "ctx", cur.value == ctx.value,
       hashlib.sha256(out.raw).hexdigest(), flush=True)
 '''
-
-
-def _wait_log(s: NodeServer, pattern: str, timeout: float = 30.0) -> re.Match[str]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        m = re.search(pattern, s.log_text())
-        if m:
-            return m
-        time.sleep(0.05)
-    raise AssertionError(f"no {pattern!r} in the node log:\n{s.log_text()[-4000:]}")
 
 
 def _run(env: dict[str, str], between: object = None) -> tuple[str, str, str]:

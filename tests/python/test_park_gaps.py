@@ -14,18 +14,8 @@ import time
 from pathlib import Path
 
 from cuda_ctypes import PRELUDE
-from e2e_helpers import NodeServer, start_server, stop_server
+from e2e_helpers import NodeServer, start_server, stop_server, wait_log
 from park_fidelity_program import EXPECTED, PROGRAM
-
-
-def _wait_log(s: NodeServer, pattern: str, timeout: float = 30.0) -> re.Match[str]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        m = re.search(pattern, s.log_text())
-        if m:
-            return m
-        time.sleep(0.05)
-    raise AssertionError(f"no {pattern!r} in the node log:\n{s.log_text()[-4000:]}")
 
 
 def _client(s: NodeServer, **env: str) -> tuple[subprocess.Popen[str], str]:
@@ -44,7 +34,7 @@ def test_unnamed_globals_and_recorded_events_come_back_with_a_parked_session(tmp
     b: NodeServer | None = None
     try:
         p, _ = _client(a, FARGPU_RESUME_TIMEOUT_S="60", FARGPU_LOG="info")
-        _wait_log(a, r"park of session \w+: parked sessions/\w+")
+        wait_log(a, r"park of session \w+: parked sessions/\w+")
         stop_server(a)
         (tmp_path / "b").mkdir()
         b = start_server(tmp_path / "b", "--park-store", str(store), port=port)
@@ -86,7 +76,7 @@ def test_an_address_taken_on_the_restoring_node_fails_the_restore_and_the_sessio
     try:
         p, ready = _client(a, FARGPU_RESUME_TIMEOUT_S="60", FARGPU_LOG="info")
         addr = int(ready.split()[1], 16)
-        _wait_log(a, r"park of session \w+: parked sessions/\w+")
+        wait_log(a, r"park of session \w+: parked sessions/\w+")
         stop_server(a)
         (tmp_path / "b").mkdir()
         b = start_server(tmp_path / "b", "--park-store", str(store), port=port,
@@ -95,7 +85,7 @@ def test_an_address_taken_on_the_restoring_node_fails_the_restore_and_the_sessio
         assert p.stdin is not None
         p.stdin.write("go\n")
         p.stdin.flush()
-        m = _wait_log(b, r"cannot restore session \w+: (.*)")
+        m = wait_log(b, r"cannot restore session \w+: (.*)")
         assert f"{addr:#x}" in m.group(1) and "cannot be had on this node" in m.group(1), m.group(1)
         assert list(store.glob("sessions/*/session.json*")), "the session must stay parked"
         time.sleep(1.0)  # the client tries again meanwhile, and is refused again
@@ -158,7 +148,7 @@ def test_events_recorded_by_cuCtxRecordEvent_come_back_recorded_and_timed(tmp_pa
         assert p.stdout is not None
         ready = p.stdout.readline().strip()
         assert ready == "READY", ready + (p.stderr.read() if p.stderr else "")
-        _wait_log(a, r"park of session \w+: parked sessions/\w+")
+        wait_log(a, r"park of session \w+: parked sessions/\w+")
         stop_server(a)
         (tmp_path / "b").mkdir()
         b = start_server(tmp_path / "b", "--park-store", str(store), port=port)
