@@ -80,7 +80,8 @@ CUresult fgs_cuStreamUpdateCaptureDependencies_v2(fgs_session *S, fg_reader *r, 
     for (uint64_t i = 0; i < n; i++) {
         uint64_t id = fg_get_u64(r);
         void *p = NULL;
-        if (res == CUDA_SUCCESS && !r->failed && fgs_handle_get(S, FGH_GRAPHNODE, id, &p)) res = CUDA_ERROR_INVALID_VALUE;
+        if (res == CUDA_SUCCESS && !r->failed && fgs_handle_get(S, FGH_GRAPHNODE, id, &p))
+            res = CUDA_ERROR_INVALID_VALUE;
         nodes[i] = (CUgraphNode)p;
     }
     uint8_t has_edges = 0;

@@ -1,8 +1,8 @@
-/* fgs_mempool.h — what the two halves of the stream-ordered allocator share (one worker process serves one
- * session, so the state is the files'): mempool.c keeps the pools (virtual ids, current and default pools,
- * attributes, access, the pool calls), mempool_blocks.c what they hold (whole allocations, small ones carved out
- * of shared chunks, frees waiting for their stream, parking). Both work over the session's own allocations
- * (memory.c), never the driver's pools. */
+/* fgs_mempool.h — what the parts of the stream-ordered allocator share (one worker process serves one session, so
+ * the state is the files'): mempool.c keeps the pools (virtual ids, current and default pools, attributes, access,
+ * the pool calls), mempool_blocks.c what they hold (whole allocations, small ones carved out of shared chunks,
+ * frees waiting for their stream, parking), mempool_capture.c allocations on a stream under capture (graph
+ * allocations). All work over the session's own allocations (memory.c), never the driver's pools. */
 #ifndef FGS_MEMPOOL_H
 #define FGS_MEMPOOL_H
 
