@@ -1,4 +1,4 @@
-/* capture.c — cuStreamGetCaptureInfo_v3 and cuStreamUpdateCaptureDependencies[_v2]. The driver hands back pointers
+/* capture.c — cuStreamEndCapture, cuStreamGetCaptureInfo_v3 and cuStreamUpdateCaptureDependencies[_v2]. The driver hands back pointers
  * to its own arrays of dependency nodes and edge data; the stub keeps per-thread copies of the server's answer,
  * valid until the thread's next call, as the driver's are valid until the next capture operation on the stream.
  * Updating the dependencies (how nodes added to a capture's graph by hand join the capture) goes to the server. */
@@ -70,6 +70,32 @@ CUresult fgc_cuStreamGetCaptureInfo_v2(CUstream hStream, CUstreamCaptureStatus *
                                        size_t *numDependencies_out) {
     return fgc_cuStreamGetCaptureInfo_v3(hStream, captureStatus_out, id_out, graph_out, dependencies_out, NULL,
                                          numDependencies_out);
+}
+
+/* cuStreamEndCapture: the reply is the graph's id. The capture is over when the call succeeds, or when it failed and
+ * the stream no longer captures (the driver destroyed the graph: the graph allocations made in it go, graph_mem.c);
+ * a failure that leaves the capture going (another thread's capture mode) changes nothing here. */
+CUresult fgc_cuStreamEndCapture(CUstream hStream, CUgraph *phGraph) {
+    FGC_REQUIRE_INIT();
+    uint64_t discard = 0;
+    fg_writer *w = fgc_begin(FG_OP_cuStreamEndCapture);
+    if (!w) return fgc_last_error();
+    fgc_put_handle(w, hStream);
+    uint8_t want = phGraph != NULL;
+    fg_put(w, &want, 1);
+    fgc_expect(phGraph ? (void *)phGraph : (void *)&discard, sizeof(uint64_t));
+    CUresult r = fgc_sync();
+    if (r == CUDA_ERROR_INVALID_HANDLE) return r;
+    int over = r == CUDA_SUCCESS;
+    if (!over) {
+        CUstreamCaptureStatus st = CU_STREAM_CAPTURE_STATUS_NONE;
+        over = cuStreamIsCapturing(hStream, &st) != CUDA_SUCCESS || st == CU_STREAM_CAPTURE_STATUS_NONE;
+    }
+    if (over) {
+        fgc_capture_end();
+        fgc_graph_mem_capture_ended(hStream, r == CUDA_SUCCESS);
+    }
+    return r;
 }
 
 /* u64 stream, u64 n + n node ids, u8 edge-data flag (+ n CUgraphEdgeData), u32 flags */

@@ -122,6 +122,8 @@ int fgc_graph_mem_holds(uint64_t graph);
  * capture (a free node; CUDA_ERROR_INVALID_VALUE for memory that is no graph allocation). */
 void fgc_graph_mem_captured_alloc(CUstream s, uint64_t node, uint64_t graph, CUdeviceptr d, size_t bytes, int dev);
 CUresult fgc_graph_mem_capture_free(CUdeviceptr d, CUstream s);
+/* A capture on stream s ended (ok: its graph reached the application); a failed one's graph allocations go. */
+void fgc_graph_mem_capture_ended(CUstream s, int ok);
 /* graph_cond.c: a conditional node (cuGraphAddNode's conditional kind); sets c->phGraph_out. */
 CUresult fgc_graph_add_conditional(CUgraphNode *ph, CUgraph g, const CUgraphNode *deps, size_t n,
                                    CUDA_CONDITIONAL_NODE_PARAMS *c);                             /* 1: graph has memory nodes */

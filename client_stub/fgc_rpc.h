@@ -58,9 +58,6 @@ void fgc_memo_clear(void);
 void fgc_capture_begin(void);
 void fgc_capture_end(void);
 int fgc_capture_active(void);
-/* A capture on stream s ended (ok: its graph reached the application); a failed one's graph allocations go
- * (graph_mem.c). */
-void fgc_graph_mem_capture_ended(CUstream s, int ok);
 /* Hand the thread's capture mode (kept in the stub while nothing is captured) to the server (capture.c). */
 CUresult fgc_capture_mode_sync(void);
 /* Register a destination for device→host data an async record will deliver with a later reply. */

@@ -128,10 +128,6 @@ def _client_generic(o: Op) -> list[str]:
         sync = "fgc_sync_memo" if o.memo else "fgc_sync"
         body.append(f"    CUresult r_ = {sync}();\n    if (r_ == CUDA_SUCCESS && dptr) fgc_note_global(*dptr, bytes ? *bytes : 0);\n"
                     "    return r_;\n")
-    elif o.capture == "end":
-        body.append("    CUresult r_ = fgc_sync();\n    if (r_ != CUDA_ERROR_INVALID_HANDLE) fgc_capture_end();\n"
-                    "    if (r_ != CUDA_ERROR_INVALID_HANDLE) fgc_graph_mem_capture_ended(hStream, r_ == CUDA_SUCCESS);\n"
-                    "    return r_;\n")
     else:
         body.append("    return fgc_sync();\n")
     return body

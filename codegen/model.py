@@ -37,7 +37,7 @@ class Op:
     destroy: str = ""
     memo: bool = False  # the answer never changes: the stub caches it (memo.c)
     memo_clear: bool = False  # the call may change a cached answer or free an id that may be reused
-    capture: str = ""  # "begin" / "end": starts / ends a stream capture (the stub counts active captures)
+    capture: str = ""  # "begin": starts a stream capture (the stub counts active captures; capture.c ends one)
     global_var: bool = False  # returns a module/library global's address (dptr) and size (bytes)
 
 

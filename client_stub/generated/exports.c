@@ -4478,16 +4478,9 @@ FGC_EXPORT CUresult CUDAAPI cuStreamDestroy_v2(CUstream hStream) {
 }
 
 FGC_EXPORT CUresult CUDAAPI cuStreamEndCapture(CUstream hStream, CUgraph *phGraph) {
-    FGC_REQUIRE_INIT();
-    uint64_t d_phGraph;
-    fg_writer *w = fgc_begin(FG_OP_cuStreamEndCapture);
-    if (!w) return fgc_last_error();
-    fgc_put_handle(w, (const void *)hStream);
-    { uint8_t want_ = phGraph != NULL; fg_put(w, &want_, 1); }
-    fgc_expect(phGraph ? (void *)phGraph : (void *)&d_phGraph, sizeof(uint64_t));
-    CUresult r_ = fgc_sync();
-    if (r_ != CUDA_ERROR_INVALID_HANDLE) fgc_capture_end();
-    if (r_ != CUDA_ERROR_INVALID_HANDLE) fgc_graph_mem_capture_ended(hStream, r_ == CUDA_SUCCESS);
+    fgc_log(FGC_LOG_TRACE, "= cuStreamEndCapture");
+    CUresult r_ = fgc_cuStreamEndCapture(hStream, phGraph);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuStreamEndCapture", r_);
     return r_;
 }
 

@@ -1583,21 +1583,7 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         if (res == CUDA_SUCCESS) fgs_handle_remove(S, 2, id_hStream);
         return res;
     }
-    case FG_OP_cuStreamEndCapture: {
-        uint64_t id_hStream = fg_get_u64(r);
-        CUstream hStream = NULL;
-        if (!r->failed && fgs_handle_get(S, 2, id_hStream, (void **)&hStream)) return CUDA_ERROR_INVALID_HANDLE;
-        CUgraph phGraph = NULL;
-        uint8_t want_phGraph = 0;
-        fg_get(r, &want_phGraph, 1);
-        if (r->failed) return FGS_PROTOCOL_ERROR;
-        if (!S->api->cuStreamEndCapture) return fgs_missing(S, "cuStreamEndCapture");
-        CUresult res = S->api->cuStreamEndCapture(hStream, want_phGraph ? &phGraph : NULL);
-        if (res == CUDA_SUCCESS) {
-            fg_put_u64(out, want_phGraph && phGraph ? fgs_handle_add(S, 8, (void *)phGraph) : 0);
-        }
-        return res;
-    }
+    case FG_OP_cuStreamEndCapture: return fgs_cuStreamEndCapture(S, r, out);
     case FG_OP_cuStreamGetAttribute: {
         uint64_t id_hStream = fg_get_u64(r);
         CUstream hStream = NULL;

@@ -1,5 +1,8 @@
-/* capture.c — cuStreamGetCaptureInfo_v3 on the server: the capture status, id and graph, and the current
- * dependency nodes (as virtual ids) with their edge data when asked. */
+/* capture.c — stream capture on the server: cuStreamGetCaptureInfo_v3 (the capture status, id and graph, and the
+ * current dependency nodes as virtual ids, with their edge data when asked), cuStreamUpdateCaptureDependencies_v2,
+ * and cuStreamEndCapture, which forgets the ids of a failed capture's graph and nodes (the driver destroyed them:
+ * a session's end must not destroy them again). */
+#include <stdlib.h>
 #include <string.h>
 
 #include "fgs_impl.h"
@@ -35,6 +38,42 @@ CUresult fgs_cuStreamGetCaptureInfo_v3(fgs_session *S, fg_reader *r, fg_writer *
             fg_put(out, &e, sizeof e);
         }
     return CUDA_SUCCESS;
+}
+
+/* u64 stream, u8 want; the reply: the graph's id. */
+CUresult fgs_cuStreamEndCapture(fgs_session *S, fg_reader *r, fg_writer *out) {
+    uint64_t sid = fg_get_u64(r);
+    uint8_t want = 0;
+    fg_get(r, &want, 1);
+    if (r->failed) return FGS_PROTOCOL_ERROR;
+    void *s;
+    if (fgs_handle_get(S, FGH_STREAM, sid, &s)) return CUDA_ERROR_INVALID_HANDLE;
+    if (!S->api->cuStreamEndCapture) return fgs_missing(S, "cuStreamEndCapture");
+    /* The capture's graph, if the client holds ids of it or its nodes: what to forget should the capture fail. */
+    CUstreamCaptureStatus st = CU_STREAM_CAPTURE_STATUS_NONE;
+    CUgraph cap = NULL;
+    uint64_t cap_id = 0;
+    size_t n = 0;
+    CUgraphNode *nodes = NULL;
+    if (S->api->cuStreamGetCaptureInfo_v3 &&
+        S->api->cuStreamGetCaptureInfo_v3((CUstream)s, &st, NULL, &cap, NULL, NULL, NULL) == CUDA_SUCCESS && cap &&
+        (cap_id = fgs_handle_id_of(S, FGH_GRAPH, cap)) != 0 && S->api->cuGraphGetNodes &&
+        S->api->cuGraphGetNodes(cap, NULL, &n) == CUDA_SUCCESS && n &&
+        (nodes = (CUgraphNode *)malloc(n * sizeof *nodes)) != NULL &&
+        S->api->cuGraphGetNodes(cap, nodes, &n) != CUDA_SUCCESS)
+        n = 0;
+    CUgraph g = NULL;
+    CUresult res = S->api->cuStreamEndCapture((CUstream)s, want ? &g : NULL);
+    if (res == CUDA_SUCCESS) {
+        fg_put_u64(out, want && g ? fgs_handle_add(S, FGH_GRAPH, (void *)g) : 0);
+    } else if (cap_id && S->api->cuStreamIsCapturing &&
+               S->api->cuStreamIsCapturing((CUstream)s, &st) == CUDA_SUCCESS && st == CU_STREAM_CAPTURE_STATUS_NONE) {
+        fgs_handle_remove(S, FGH_GRAPH, cap_id); /* the capture is over and its graph gone */
+        for (size_t i = 0; nodes && i < n; i++)
+            fgs_handle_remove(S, FGH_GRAPHNODE, fgs_handle_id_of(S, FGH_GRAPHNODE, nodes[i]));
+    }
+    free(nodes);
+    return res;
 }
 
 CUresult fgs_cuGraphGetNodes(fgs_session *S, fg_reader *r, fg_writer *out) {

@@ -13,7 +13,8 @@ client_stub/graph_mem.c), as natively.
 - Paging and parking: graph memory is ordinary session memory, so a session holding captured graphs pages out and
   back with every byte at the same address (the graphs run again after the page-in), but parking it is refused
   with its reason (parking cannot rebuild graphs); once the graphs are gone, graph memory the application still
-  holds parks and comes back with its bytes."""
+  holds parks and comes back with its bytes (a failed capture leaves no graph or node behind that would keep the
+  session from parking)."""
 
 from __future__ import annotations
 
@@ -177,6 +178,9 @@ def reserved():  # this session's (the node's quota is the lease's, which the ot
     v = U64(); ok(cu.cuMemPoolGetAttribute(dflt, 5, ctypes.byref(v)), "attr"); return v.value >> 20
 ga, r_ = capture_left(5); ea = inst(ga); run(ea)
 gone(ga, ea)
+ok(cu.cuStreamBeginCapture_v2(s, 0), "begin")  # a capture that fails: its graph, nodes and memory go
+r, p = malloc_async(4 * MiB); ok(r, "alloc in capture")
+print("failed capture", cu.cuStreamSynchronize(s), end()[0], flush=True)
 print("READY", reserved(), flush=True)  # the graph went; the memory its launch left to the application stays
 sys.stdin.readline()  # meanwhile: parked
 print("RESUMED", read(r_, 3 * MiB // 4), reserved(), flush=True)
@@ -207,7 +211,7 @@ def test_graph_memory_pages_out_and_parks_once_the_graphs_are_gone(tmp_path: Pat
     holder, left = _client(HOLDS_GRAPHS, env), _client(LEFT_MEMORY, env)
     try:
         assert holder.stdout is not None and left.stdout is not None
-        for p, want in ((holder, "READY [7, 9] [5]"), (left, "READY 4")):
+        for p, want in ((holder, "READY [7, 9] [5]"), (left, "failed capture 900 901"), (left, "READY 4")):
             got = p.stdout.readline().strip() if p.stdout else ""
             if got != want:
                 p.kill()

@@ -2,7 +2,7 @@
 #ifndef FG_OPS_H
 #define FG_OPS_H
 
-#define FG_OPS_HASH "84f34d1d39e814cc"
+#define FG_OPS_HASH "dbfe3745efd07644"
 
 enum fg_op {
     FG_OP_SET_CTX = 1,
