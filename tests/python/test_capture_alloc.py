@@ -23,8 +23,7 @@ import sys
 from pathlib import Path
 
 from cuda_ctypes import PRELUDE
-from e2e_helpers import start_server, stop_server
-from test_park import _wait_log
+from e2e_helpers import start_server, stop_server, wait_log
 
 MiB = 1 << 20
 
@@ -216,9 +215,9 @@ def test_graph_memory_pages_out_and_parks_once_the_graphs_are_gone(tmp_path: Pat
             if got != want:
                 p.kill()
                 raise AssertionError(got + (p.stderr.read() if p.stderr else "") + s.log_text()[-3000:])
-        m = _wait_log(s, r"session \w+ was not parked: (unparkable: .*)")
+        m = wait_log(s, r"session \w+ was not parked: (unparkable: .*)")
         assert "CUDA graphs" in m.group(1), m.group(1)  # the session that holds graphs is refused, with the reason
-        _wait_log(s, r"park of session \w+: parked sessions/\w+ (\d+)")  # the one whose graphs went is parked
+        wait_log(s, r"park of session \w+: parked sessions/\w+ (\d+)")  # the one whose graphs went is parked
         out, err = holder.communicate("go\n", timeout=120)
         assert "PAGED-IN [7, 9] [5]" in out, out + err + s.log_text()[-3000:]  # paged in, its graphs run again
         out, err = left.communicate("go\n", timeout=120)
