@@ -26,6 +26,7 @@ from cuda_ctypes import PRELUDE
 from e2e_helpers import start_server, stop_server, wait_log
 
 MiB = 1 << 20
+N = 1 << 16
 
 COMMON = (
     PRELUDE
@@ -70,7 +71,9 @@ def capture_main():
     ok(cu.cuMemcpyDtoDAsync_v2(U64(out + N * 4), q, ctypes.c_size_t(N * 4), s), "copy out")
     ok(cu.cuMemFreeAsync(p, s), "free in capture"); ok(cu.cuMemFreeAsync(q, s), "free in capture")
     r, g = end(); ok(r, "end capture")
+    captured_ptrs[:] = [p.value, q.value]
     return g
+captured_ptrs = []
 def check_main(e):
     ok(cu.cuMemsetD32_v2(U64(out), ctypes.c_uint(0), ctypes.c_size_t(2 * N)), "clear")
     run(e)
@@ -96,6 +99,19 @@ types = []
 for x in nodes:
     t = ctypes.c_int(); ok(cu.cuGraphNodeGetType(V(x), ctypes.byref(t)), "type"); types.append(t.value)
 print("types", sorted(types))  # kernel 0, memcpy 1 1, memset 2, mem alloc 10 10, mem free 11 11
+class AllocParams(ctypes.Structure):  # CUDA_MEM_ALLOC_NODE_PARAMS: poolProps (88 bytes), access, bytesize, dptr
+    _fields_ = [("allocType", ctypes.c_int), ("handleTypes", ctypes.c_int), ("locType", ctypes.c_int),
+                ("locId", ctypes.c_int), ("rest", ctypes.c_ubyte * 72), ("access", V), ("n_access", ctypes.c_size_t),
+                ("bytesize", ctypes.c_size_t), ("dptr", U64)]
+allocs, frees = [], []
+for x, t in zip(nodes, types):
+    if t == 10:
+        ap = AllocParams(); ok(cu.cuGraphMemAllocNodeGetParams(V(x), ctypes.byref(ap)), "alloc params")
+        allocs.append((ap.dptr, ap.bytesize, ap.allocType, ap.locType, ap.locId))
+    if t == 11:
+        fp = U64(); ok(cu.cuGraphMemFreeNodeGetParams(V(x), ctypes.byref(fp)), "free params"); frees.append(fp.value)
+print("params", sorted(a[0] for a in allocs) == sorted(frees) == sorted(captured_ptrs),
+      sorted(set(a[1:] for a in allocs)))
 e = inst(g)
 print("held", charged())  # both blocks share one 2 MiB chunk of the pool
 print("launches", check_main(e), check_main(e))
@@ -145,6 +161,7 @@ def test_captured_allocation_graphs_run_and_free(tmp_path: Path) -> None:
         why = f"{r.stdout}\n{r.stderr}\n{s.log_text()[-3000:]}"
         assert r.returncode == 0 and lines and lines[-1] == "END", why
         assert "types [0, 1, 1, 2, 10, 10, 11, 11]" in lines, why
+        assert f"params True [({N * 4}, 1, 1, 0)]" in lines, why  # address, size, pinned device memory on device 0
         assert "held 2" in lines, why
         assert "launches [7, 9] [7, 9]" in lines, why
         assert "destroyed 0" in lines, why
