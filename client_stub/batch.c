@@ -480,6 +480,14 @@ CUresult fgc_sync_ping_locked(int record_open) {
     return finish_sync(1, NULL);
 }
 
+CUresult fgc_ack_ping_locked(void) {
+    g_fgc.n_outs = 0;
+    rec_header(FG_OP_PING);
+    fg_put_u32(&g_fgc.batch, 1); /* an acknowledgement: the server waits for no stream, collects no copy */
+    g_fgc.last_op = FG_OP_PING;
+    return finish_sync(1, NULL);
+}
+
 CUresult fgc_read_reply_locked(void) {
     size_t got;
     CUresult r = g_fgc.broken ? g_fgc.broken : read_reply(1, &got);

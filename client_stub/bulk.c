@@ -235,9 +235,11 @@ CUresult fgc_bulk_htod(CUdeviceptr dst, const void *src, size_t n, CUstream stre
         return r;
     }
     /* A reply covers the copy before the call returns (its bytes are the application's until then): always when
-     * it is synchronous (the PING brings its error), and while resuming is on when it is not. */
+     * it is synchronous (the PING brings its error), and while resuming is on when it is not (an acknowledging
+     * PING: the worker waits for no stream, so the call stays asynchronous). */
     CUresult r = CUDA_SUCCESS;
-    if (sync || fgc_resume_on()) r = fgc_sync_ping_locked(0);
+    if (sync) r = fgc_sync_ping_locked(0);
+    else if (fgc_resume_on()) r = fgc_ack_ping_locked();
     else pthread_mutex_unlock(&g_fgc.mu);
     fgc_resume_forget_call(F.seq);
     return r;

@@ -90,6 +90,9 @@ CUresult fgc_sync_ping_locked(int record_open);
  * and the context it runs in (*ctx, named by the frame's SET_CTX). 0 with the lock held; -1 without it
  * (fgc_last_error says why). */
 int fgc_begin_alone(uint16_t op, uint64_t *ctx, uint32_t *seq);
+/* batch.c: a PING that only acknowledges what went before (its reply waits for no stream and delivers no async
+ * device→host copy; releases g_fgc.mu): its deferred error is the earlier records'. */
+CUresult fgc_ack_ping_locked(void);
 /* batch.c: read the reply to a batch fgc_send_record_locked(1) sent (releases g_fgc.mu). */
 CUresult fgc_read_reply_locked(void);
 /* conn.c: open an extra data connection to the session (striped bulk copies). Returns its fd, or -1. */

@@ -504,10 +504,11 @@ static void send_close(int fd, const char *reason) {
  * (without memory.c's lock: a trampoline on such a stream claims its copies under it), then what is still
  * staged is moved out and sent as (id, length, bytes). */
 static int send_reply(fgs_session *S, int fd, uint32_t seq, CUresult result, CUresult deferred, uint32_t dop,
-                      fg_writer *out, int db) {
-    CUstream *streams;
-    size_t ns;
-    if (fgs_later_streams(S, &streams, &ns)) {
+                      fg_writer *out, int db, int ack_only) {
+    CUstream *streams = NULL;
+    size_t ns = 0;
+    if (ack_only) { /* an acknowledgement (a PING with flag 1): nothing is waited for, no copy collected */
+    } else if (fgs_later_streams(S, &streams, &ns)) {
         CUresult r = S->api->cuCtxSynchronize(); /* out of memory: wait for every stream instead */
         if (r != CUDA_SUCCESS && !deferred) {
             deferred = r;
@@ -522,9 +523,9 @@ static int send_reply(fgs_session *S, int fd, uint32_t seq, CUresult result, CUr
         }
     }
     free(streams);
-    fgs_later *later;
-    size_t nl;
-    if (fgs_later_take(S, &later, &nl)) nl = 0; /* out of memory: they stay staged for the next reply */
+    fgs_later *later = NULL;
+    size_t nl = 0;
+    if (!ack_only && fgs_later_take(S, &later, &nl)) nl = 0; /* out of memory: they stay staged for the next reply */
     if (__atomic_exchange_n(&S->cb_failed, 0, __ATOMIC_RELAXED) && !deferred) {
         deferred = CUDA_ERROR_OPERATING_SYSTEM; /* a host function was skipped: its callback connection failed */
         dop = FG_OP_cuLaunchHostFunc;
@@ -714,7 +715,7 @@ FGS_EXPORT int fgs_serve(fgs_session *S, int fd, int ctl_fd, char *reason, unsig
                         goto out;
                     }
                 }
-                if ((h.flags & FG_F_WANT_REPLY) && send_reply(S, fd, h.seq, pr, deferred, deferred_op, &out, db)) {
+                if ((h.flags & FG_F_WANT_REPLY) && send_reply(S, fd, h.seq, pr, deferred, deferred_op, &out, db, 0)) {
                     snprintf(reason, reason_len, "client disconnected while receiving a reply");
                     rc = 0;
                     break;
@@ -785,7 +786,9 @@ FGS_EXPORT int fgs_serve(fgs_session *S, int fd, int ctl_fd, char *reason, unsig
         S->applied_seq = h.seq; /* a parked session resumes after this batch (park.c) */
         if (answered) {
             fgs_reattach_note_batch(S, h.seq, 1, lone && rec.op == FG_OP_BULK_DTOH); /* its reply is kept */
-            int lost = send_reply(S, fd, h.seq, sync_result, deferred, deferred_op, &out, db);
+            uint32_t ping_flags = 0; /* PING's optional u32: 1, an acknowledgement (SPEC, "Bulk copies") */
+            if (rec.op == FG_OP_PING && rec.length >= 4) memcpy(&ping_flags, rec.args, 4);
+            int lost = send_reply(S, fd, h.seq, sync_result, deferred, deferred_op, &out, db, ping_flags & 1);
             deferred = CUDA_SUCCESS;
             deferred_op = 0;
             if (lost) {

@@ -180,3 +180,34 @@ def test_a_worker_killed_mid_copy_gives_a_cuda_error_in_bounded_time(lingering: 
     # (a device→host copy whose bytes were all on their way before the kill may still complete, with its bytes)
     assert m.group(3) == "right" and m.group(2) == "46" and m.group(1) in ("0", "46")[way == "up":], out + err[-3000:]
     assert "could not be resumed" in err and took < 30, (took, err[-3000:])
+
+
+# An asynchronous bulk host→device copy waits for a reply that acknowledges its bytes (so that they could be sent
+# again), but that reply waits for no stream: it collects no async device→host copy (one still pending on another
+# stream stays pending until the synchronisation), so the call stays asynchronous.
+ACK = PRELUDE + r'''
+ctx0()
+a, b = ctypes.c_void_p(), ctypes.c_void_p()
+ok(cu.cuStreamCreate(ctypes.byref(a), 1), "stream a")
+ok(cu.cuStreamCreate(ctypes.byref(b), 1), "stream b")
+r, small = alloc(4096); ok(r, "alloc")
+ok(cu.cuMemsetD8_v2(ctypes.c_uint64(small), ctypes.c_ubyte(7), ctypes.c_size_t(4096)), "memset")
+r, big = alloc(1 << 20); ok(r, "alloc")
+hp = ctypes.c_void_p()
+ok(cu.cuMemAllocHost_v2(ctypes.byref(hp), ctypes.c_size_t(4096)), "allochost")
+ctypes.memset(hp, 0, 4096)
+ok(cu.cuMemcpyDtoHAsync_v2(hp, ctypes.c_uint64(small), ctypes.c_size_t(4096), a), "dtoh on a")
+src = ctypes.create_string_buffer(b"\x09" * (1 << 20), 1 << 20)
+ok(cu.cuMemcpyHtoDAsync_v2(ctypes.c_uint64(big), src, ctypes.c_size_t(1 << 20), b), "bulk htod on b")
+before = ctypes.string_at(hp, 4096)
+ok(cu.cuStreamSynchronize(a), "sync a")
+out = ctypes.create_string_buffer(1 << 20)
+ok(cu.cuMemcpyDtoH_v2(out, ctypes.c_uint64(big), ctypes.c_size_t(1 << 20)), "dtoh big")
+print("ACK", before == bytes(4096), ctypes.string_at(hp, 4096) == b"\x07" * 4096, out.raw == src.raw, flush=True)
+'''
+
+
+def test_an_async_bulk_copy_is_acknowledged_without_waiting_for_streams(lingering: NodeServer) -> None:
+    r = subprocess.run([sys.executable, "-P", "-c", ACK], env=lingering.client_env(FARGPU_STREAMS="2"),
+                       capture_output=True, text=True, timeout=60, cwd="/")
+    assert "ACK True True True" in r.stdout, r.stdout + r.stderr[-3000:]
