@@ -111,7 +111,8 @@ CUresult fgc_cuStreamUpdateCaptureDependencies_v2(CUstream hStream, CUgraphNode 
     for (size_t i = 0; i < numDependencies; i++) fgc_put_handle(w, dependencies[i]);
     uint8_t has = dependencyData != NULL && numDependencies;
     fg_put(w, &has, 1);
-    if (has) fg_put(w, dependencyData, numDependencies * sizeof *dependencyData);
+    if (dependencyData != NULL && numDependencies) /* not `has`: its address escaped, so gcc loses the NULL check */
+        fg_put(w, dependencyData, numDependencies * sizeof *dependencyData);
     fg_put_u32(w, flags);
     return fgc_sync();
 }
