@@ -35,7 +35,9 @@ DOCKER=$(command -v docker)
 
 if ! as_root "$DOCKER" info >/dev/null 2>&1; then
   say "starting dockerd (log: /var/log/fargpu-dockerd.log)"
-  as_root sh -c 'nohup dockerd >/var/log/fargpu-dockerd.log 2>&1 &'
+  # Inherited descriptors other than the standard three are closed: CI runs under `flock /tmp/fargpu-ci.lock`, and a
+  # daemon that kept the lock's descriptor would hold the lock after CI ends, blocking every later run.
+  as_root sh -c 'nohup dockerd >/var/log/fargpu-dockerd.log 2>&1 3>&- 4>&- 5>&- 6>&- 7>&- 8>&- 9>&- &'
   for _ in $(seq 120); do
     as_root "$DOCKER" info >/dev/null 2>&1 && break
     sleep 0.5
