@@ -13,7 +13,7 @@ PY=${PYTHON:-python3}
 . bench/gpu_prepare.sh
 gpu_prepare || exit 1  # one build per device call, shared with the other GPU scripts (bench/gpu_prepare.sh)
 echo "== where the driver puts addresses (bench/probe_va.c): plain twice, without randomisation twice, and biased"
-if gcc -std=gnu11 -O2 -I"$CUDA_INC" bench/probe_va.c -o "$W/probe_va" -ldl; then
+if [ "${PARK_PROBE:-1}" != 0 ] && gcc -std=gnu11 -O2 -I"$CUDA_INC" bench/probe_va.c -o "$W/probe_va" -ldl; then
   {
     printf '{"date": "%s", "commit": "%s", "runs": {' "$(date -u +%F)" "$FARGPU_COMMIT"
     printf '"aslr_1": %s, ' "$("$W/probe_va" || echo null)"

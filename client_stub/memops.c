@@ -32,6 +32,37 @@ static CUresult refuse_host(const char *call, int *logged) {
     return CUDA_ERROR_NOT_SUPPORTED;
 }
 
+/* The optional operations, as the driver gates them: a NOR comparison, a flush of remote writes (standalone or as
+ * a wait's flag) and 64-bit values are refused at the call (CUDA_ERROR_NOT_SUPPORTED, logged once) where the
+ * device's attribute says it cannot do them, as the driver refuses them, instead of failing later at a sync. The
+ * attributes are the node's (memoized: no round trip after the first). */
+static int device_can(CUdevice_attribute a) {
+    CUdevice dev = 0;
+    int v = 1;
+    if (cuCtxGetDevice(&dev) != CUDA_SUCCESS || cuDeviceGetAttribute(&v, a, dev) != CUDA_SUCCESS) return 1;
+    return v != 0;
+}
+
+static CUresult optional_op(const char *call, unsigned operation, unsigned flags) {
+    static int logged[3];
+    const char *what = NULL;
+    int i = 0;
+    int wait = operation == CU_STREAM_MEM_OP_WAIT_VALUE_32 || operation == CU_STREAM_MEM_OP_WAIT_VALUE_64;
+    if ((operation == CU_STREAM_MEM_OP_WAIT_VALUE_64 || operation == CU_STREAM_MEM_OP_WRITE_VALUE_64) &&
+        !device_can(CU_DEVICE_ATTRIBUTE_CAN_USE_64_BIT_STREAM_MEM_OPS))
+        what = "64-bit values (CU_DEVICE_ATTRIBUTE_CAN_USE_64_BIT_STREAM_MEM_OPS)";
+    else if (wait && (flags & ~(unsigned)CU_STREAM_WAIT_VALUE_FLUSH) == CU_STREAM_WAIT_VALUE_NOR &&
+             !device_can(CU_DEVICE_ATTRIBUTE_CAN_USE_STREAM_WAIT_VALUE_NOR))
+        what = "NOR waits (CU_DEVICE_ATTRIBUTE_CAN_USE_STREAM_WAIT_VALUE_NOR)", i = 1;
+    else if ((operation == CU_STREAM_MEM_OP_FLUSH_REMOTE_WRITES || (wait && (flags & CU_STREAM_WAIT_VALUE_FLUSH))) &&
+             !device_can(CU_DEVICE_ATTRIBUTE_CAN_FLUSH_REMOTE_WRITES))
+        what = "flushes of remote writes (CU_DEVICE_ATTRIBUTE_CAN_FLUSH_REMOTE_WRITES)", i = 2;
+    if (!what) return CUDA_SUCCESS;
+    if (!__atomic_exchange_n(&logged[i], 1, __ATOMIC_RELAXED))
+        fgc_log(FGC_LOG_WARN, "%s: the device has no %s: CUDA_ERROR_NOT_SUPPORTED", call, what);
+    return CUDA_ERROR_NOT_SUPPORTED;
+}
+
 CUresult fgc_cuStreamBatchMemOp_v2(CUstream stream, unsigned int count, CUstreamBatchMemOpParams *paramArray,
                                    unsigned int flags) {
     FGC_REQUIRE_INIT();
@@ -45,6 +76,8 @@ CUresult fgc_cuStreamBatchMemOp_v2(CUstream stream, unsigned int count, CUstream
                          : 0;
         static int logged;
         if (n && !device_address(p->waitValue.address, n)) return refuse_host("cuStreamBatchMemOp_v2", &logged);
+        CUresult r = optional_op("cuStreamBatchMemOp_v2", p->operation, n ? p->waitValue.flags : 0);
+        if (r != CUDA_SUCCESS) return r;
     }
     fg_writer *w = fgc_begin(FG_OP_cuStreamBatchMemOp_v2);
     if (!w) return fgc_last_error();
@@ -60,6 +93,11 @@ static CUresult single(uint16_t op, const char *call, int *logged, CUstream stre
                        unsigned n, unsigned int flags) {
     FGC_REQUIRE_INIT();
     if (!device_address(addr, n)) return refuse_host(call, logged);
+    int wait = op == FG_OP_cuStreamWaitValue32_v2 || op == FG_OP_cuStreamWaitValue64_v2;
+    unsigned memop = wait ? (n == 4 ? CU_STREAM_MEM_OP_WAIT_VALUE_32 : CU_STREAM_MEM_OP_WAIT_VALUE_64)
+                          : (n == 4 ? CU_STREAM_MEM_OP_WRITE_VALUE_32 : CU_STREAM_MEM_OP_WRITE_VALUE_64);
+    CUresult r = optional_op(call, memop, wait ? flags : 0);
+    if (r != CUDA_SUCCESS) return r;
     fg_writer *w = fgc_begin(op);
     if (!w) return fgc_last_error();
     fgc_put_handle(w, stream);

@@ -6,9 +6,11 @@
  * already run, so instead of hanging the sim refuses it (CUDA_ERROR_NOT_SUPPORTED, logged once) where a GPU would
  * wait for another stream or the host to write the value. Checks as the driver documents them: the address must be
  * device-accessible memory the sim knows (allocations, VMM mappings, globals, pinned or registered host memory)
- * for all 4 or 8 bytes, aligned to them; wait flags one of GEQ/EQ/AND/NOR, optionally with FLUSH; write flags
- * DEFAULT or NO_MEMORY_BARRIER; a flush's flags 0; a barrier's scope SYS or GPU; a batch's flags 0 and fewer than
- * 256 operations, checked whole before any of them runs. Anything else is CUDA_ERROR_INVALID_VALUE. */
+ * for all 4 or 8 bytes, aligned to them; wait flags one of GEQ/EQ/AND/NOR; write flags DEFAULT or
+ * NO_MEMORY_BARRIER; a flush's flags 0; a barrier's scope SYS or GPU; a batch's flags 0 and fewer than
+ * 256 operations, checked whole before any of them runs. Anything else is CUDA_ERROR_INVALID_VALUE. A flush of remote
+ * writes (standalone or a wait's FLUSH flag) is CUDA_ERROR_NOT_SUPPORTED: the device reports
+ * CAN_FLUSH_REMOTE_WRITES 0, as most GPUs do. */
 #include "sim.h"
 
 #include <string.h>
@@ -29,6 +31,8 @@ CUresult sim_memop_check(const CUstreamBatchMemOpParams *p)
     case CU_STREAM_MEM_OP_WAIT_VALUE_64:
         if ((p->waitValue.flags & ~(unsigned)CU_STREAM_WAIT_VALUE_FLUSH) > CU_STREAM_WAIT_VALUE_NOR)
             return CUDA_ERROR_INVALID_VALUE;
+        if (p->waitValue.flags & CU_STREAM_WAIT_VALUE_FLUSH)
+            return CUDA_ERROR_NOT_SUPPORTED; /* as its CAN_FLUSH_REMOTE_WRITES (0) says, like most GPUs */
         return check_addr(p->waitValue.address, p->operation == CU_STREAM_MEM_OP_WAIT_VALUE_32 ? 4 : 8, SIM_PROT_R);
     case CU_STREAM_MEM_OP_WRITE_VALUE_32:
     case CU_STREAM_MEM_OP_WRITE_VALUE_64:
@@ -36,7 +40,7 @@ CUresult sim_memop_check(const CUstreamBatchMemOpParams *p)
             return CUDA_ERROR_INVALID_VALUE;
         return check_addr(p->writeValue.address, p->operation == CU_STREAM_MEM_OP_WRITE_VALUE_32 ? 4 : 8, SIM_PROT_W);
     case CU_STREAM_MEM_OP_FLUSH_REMOTE_WRITES:
-        return p->flushRemoteWrites.flags ? CUDA_ERROR_INVALID_VALUE : CUDA_SUCCESS;
+        return p->flushRemoteWrites.flags ? CUDA_ERROR_INVALID_VALUE : CUDA_ERROR_NOT_SUPPORTED; /* likewise */
     case CU_STREAM_MEM_OP_BARRIER:
         return p->memoryBarrier.flags > CU_STREAM_MEMORY_BARRIER_TYPE_GPU ? CUDA_ERROR_INVALID_VALUE : CUDA_SUCCESS;
     default:

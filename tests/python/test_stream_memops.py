@@ -45,13 +45,18 @@ def read(n=24):
     ok(cu.cuMemcpyDtoH_v2(b, ctypes.c_uint64(p), ctypes.c_size_t(n)), "dtoh")
     return b.raw
 print("batch", batch((WRITE32, p, 7, 0, 0, 0), (WRITE64, p + 8, 0x1122334455667788, 0, 0, 0), (BARRIER, 1, 0, 0, 0, 0),
-                     (FLUSH, 0, 0, 0, 0, 0), (WAIT32, p, 7, EQ, 0, 0), (WAIT64, p + 8, 0x1122334455667000, GEQ, 0, 0),
+                     (WAIT32, p, 7, EQ, 0, 0), (WAIT64, p + 8, 0x1122334455667000, GEQ, 0, 0),
                      (WAIT32, p, 6, AND, 0, 0), (WRITE32, p + 16, 9, 1, 0, 0)))
 ok(cu.cuStreamSynchronize(s), "sync")
 v = struct.unpack("<IIQI", read(20))
 print("values", v[0], hex(v[2]), v[3])
 print("write then wait in one batch", batch((WRITE32, p + 4, 0xffff, 0, 0, 0), (WAIT32, p + 4, 0xff0000, NOR, 0, 0),
                                              (WAIT32, p + 4, 0xfffffffe, GEQ, 0, 0)), cu.cuStreamSynchronize(s))
+# The simulated device, like most GPUs, has CU_DEVICE_ATTRIBUTE_CAN_FLUSH_REMOTE_WRITES 0: a flush (standalone or a
+# wait's FLUSH flag, 1 << 30) is refused at the call, with nothing queued.
+print("flush", batch((WRITE32, p + 4, 3, 0, 0, 0), (FLUSH, 0, 0, 0, 0, 0)), "flag",
+      batch((WAIT32, p, 7, EQ | (1 << 30), 0, 0)), "single", cu.cuStreamWaitValue32_v2(s, ctypes.c_uint64(p), 7, 1 << 30),
+      "then sync", cu.cuStreamSynchronize(s), "untouched", struct.unpack("<I", read(8)[4:8])[0])
 host = ctypes.c_void_p()
 ok(cu.cuMemAllocHost_v2(ctypes.byref(host), ctypes.c_size_t(64)), "pinned")
 print("pinned host memory", batch((WRITE32, host.value, 1, 0, 0, 0)))
@@ -135,6 +140,7 @@ def test_batch_memops_and_context_events(server: NodeServer) -> None:
     out = r.stdout.splitlines()
     assert "batch 0" in out and "values 7 0x1122334455667788 9" in out, out
     assert "write then wait in one batch 0 0" in out, out
+    assert "flush 801 flag 801 single 801 then sync 0 untouched 65535" in out, out
     assert "pinned host memory 801" in out and "unknown address 801" in out, out  # CUDA_ERROR_NOT_SUPPORTED
     assert "past the allocation 801" in out and "300 operations 1" in out, out
     # Refused by the driver on the node: the error comes back with the next synchronising call.
