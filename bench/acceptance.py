@@ -434,6 +434,22 @@ def tail(text: str, n: int = 5) -> list[str]:
     return [ln[:300] for ln in text.splitlines()[-n:]]
 
 
+# The stub's per-call table at exit ("  cuMemAlloc_v2   sync  sent  3  cached  0"): long, and never the reason a case
+# failed, so it is left out of the excerpt kept in the JSON (the logs keep it).
+CALL_TABLE_LINE = re.compile(r"^\s+\S+\s+(sync|async)\s+sent\s+\d+\s+cached\s+\d+\s*$")
+SAYS_WHY = re.compile(r"FAIL|[Ee]rror|refused|NOT_SUPPORTED|Traceback|fargpu")
+
+
+def gist(text: str, n: int = HEAD_LINES) -> list[str]:
+    """What a run printed to stderr, for the JSON: without the stub's call table, its first lines, every line that
+    says why something failed (up to 40), and its last lines."""
+    lines = [ln for ln in text.splitlines() if not CALL_TABLE_LINE.match(ln)]
+    if len(lines) <= 2 * n:
+        return [ln[:300] for ln in lines]
+    middle = [ln[:300] for ln in lines[n:-n] if SAYS_WHY.search(ln)][:40]
+    return [ln[:300] for ln in lines[:n]] + ["..."] + middle + ["..."] + [ln[:300] for ln in lines[-n:]]
+
+
 # ---------------------------------------------------------------------------------------------------- one case
 
 
@@ -491,10 +507,7 @@ def run_case(case: Case, out: Path, args: argparse.Namespace) -> Json:
         native_rc=nat.rc, remote_rc=rem.rc, native_timed_out=nat.timed_out, remote_timed_out=rem.timed_out,
         outputs=status, proof_ok=proof_ok, proof_problems=problems, proof_notes=notes,
         native_s=round(nat.duration_s, 3), remote_s=round(rem.duration_s, 3), diff=diff,
-        native_stderr=head(nat.stderr) + (["..."] + tail(nat.stderr) if len(nat.stderr.splitlines()) > HEAD_LINES
-                                          else []),
-        remote_stderr=head(rem.stderr) + (["..."] + tail(rem.stderr) if len(rem.stderr.splitlines()) > HEAD_LINES
-                                          else []),
+        native_stderr=gist(nat.stderr), remote_stderr=gist(rem.stderr),
         remote_stdout_tail=tail(rem.stdout) if rem.rc != 0 else [],
         remote_image_bytes_sent=image_bytes, remote_sync_calls=sync_calls,
     )

@@ -22,6 +22,16 @@
 
 #define MAX_CAPTURE_DEPS 4096
 
+/* A captured allocation that fails says where, once per step: the driver's reasons under capture are terse. */
+static CUresult failed(fgs_session *S, const char *step, CUresult r, int status) {
+    static int told[4];
+    int i = step[0] == 'q' ? 0 : step[0] == 'a' ? 1 : step[0] == 'n' ? 2 : 3;
+    if (!told[i]++)
+        fgs_log(S, "a stream-ordered allocation under capture failed at %s: CUDA error %d (capture status %d)", step,
+                (int)r, status);
+    return r;
+}
+
 CUresult mp_captured_alloc(fgs_session *S, mp_pool *p, CUstream s, uint64_t size, fg_writer *out) {
     if (!S->api->cuStreamGetCaptureInfo_v3) return fgs_missing(S, "cuStreamGetCaptureInfo_v3");
     if (!S->api->cuGraphAddEmptyNode) return fgs_missing(S, "cuGraphAddEmptyNode");
@@ -33,8 +43,9 @@ CUresult mp_captured_alloc(fgs_session *S, mp_pool *p, CUstream s, uint64_t size
     const CUgraphNode *d = NULL;
     size_t n = 0;
     CUresult res = S->api->cuStreamGetCaptureInfo_v3(s, &st, &cid, &g, &d, NULL, &n);
-    if (res != CUDA_SUCCESS) return res;
-    if (st != CU_STREAM_CAPTURE_STATUS_ACTIVE || !g) return CUDA_ERROR_STREAM_CAPTURE_INVALIDATED;
+    if (res != CUDA_SUCCESS) return failed(S, "query (cuStreamGetCaptureInfo_v3)", res, (int)st);
+    if (st != CU_STREAM_CAPTURE_STATUS_ACTIVE || !g)
+        return failed(S, "query (the capture was already invalidated)", CUDA_ERROR_STREAM_CAPTURE_INVALIDATED, (int)st);
     if (n > MAX_CAPTURE_DEPS || (n && !d)) return CUDA_ERROR_NOT_SUPPORTED;
     CUgraphNode *deps = n ? (CUgraphNode *)malloc(n * sizeof *deps) : NULL; /* the driver's array is short-lived */
     if (n && !deps) return CUDA_ERROR_OUT_OF_MEMORY;
@@ -56,7 +67,11 @@ CUresult mp_captured_alloc(fgs_session *S, mp_pool *p, CUstream s, uint64_t size
     free(deps);
     if (res != CUDA_SUCCESS) {
         if (ptr) mp_release_ptr(S, ptr);
-        return res;
+        CUstreamCaptureStatus now = CU_STREAM_CAPTURE_STATUS_NONE;
+        if (S->api->cuStreamIsCapturing) S->api->cuStreamIsCapturing(s, &now);
+        return failed(S, !ptr ? "allocation (pool memory)" : !node ? "node (cuGraphAddEmptyNode)"
+                                                              : "dependencies (cuStreamUpdateCaptureDependencies_v2)",
+                      res, (int)now);
     }
     uint64_t node_id = fgs_handle_add(S, FGH_GRAPHNODE, node), graph_id = fgs_handle_add(S, FGH_GRAPH, g);
     if (!node_id || !graph_id) { /* the handle tables are full: the capture cannot go on as the client sees it */

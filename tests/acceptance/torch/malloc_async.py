@@ -1,5 +1,5 @@
 """Acceptance: PyTorch on the driver's stream-ordered allocator (PYTORCH_CUDA_ALLOC_CONF=backend:cudaMallocAsync,
-set here before torch starts): a small MLP trained for a few steps (fp32, TF32 off, fixed seeds), tensors of many
+set here before torch starts): a small MLP fitted to one batch for a few steps (fp32, TF32 off, fixed seeds), tensors of many
 sizes allocated and freed in a loop, a tensor used on a second stream (record_stream), empty_cache (a pool trim),
 and a forward pass captured as a CUDA graph (torch.cuda.graph: its intermediate tensors are cudaMallocAsync /
 cudaFreeAsync under stream capture, so graph allocation and free nodes) replayed twice on new inputs, each replay
@@ -28,10 +28,10 @@ def train(device: str, steps: int) -> tuple[list[float], float]:
     m = model(device)
     opt = torch.optim.SGD(m.parameters(), lr=0.05)
     g = torch.Generator().manual_seed(1)
+    x = torch.randn(64, 256, generator=g).to(device)  # one batch, fitted step by step: its loss must go down
+    y = torch.randint(0, 10, (64,), generator=g).to(device)
     losses = []
     for _ in range(steps):
-        x = torch.randn(64, 256, generator=g).to(device)
-        y = torch.randint(0, 10, (64,), generator=g).to(device)
         loss = torch.nn.functional.cross_entropy(m(x), y)
         opt.zero_grad()
         loss.backward()
