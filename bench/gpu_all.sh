@@ -3,8 +3,9 @@
 # environment) so that one that hangs leaves time for the rest, and all of them within one call's 600 s: parking
 # with the address probe (issue 12), paging (issue 11), the bulk-data transports and small calls (issue 13,
 # --quick); what TLS costs (issue 15, TLS_S) and the acceptance programs (quick, no torch; ACCEPTANCE_S) are off by
-# default. Each leaves its JSON and logs in its own folder under OUT and prints its last lines. A part whose budget
-# is 0 is skipped. FARGPU_COMMIT=<sha> names the commit (the device copy's git HEAD may be stale).
+# default (ACCEPTANCE_ARGS picks its cases). Each leaves its JSON and logs in its own folder under OUT and prints its
+# last lines; at the end everything is packed into OUT/all.tgz (bench/gpu_pack.sh). A part whose budget is 0 is
+# skipped. FARGPU_COMMIT=<sha> names the commit (the device copy's git HEAD may be stale).
 set -u
 cd "$(dirname "$0")/.."
 OUT=$(mkdir -p "${1:?usage: bench/gpu_all.sh OUT}" && cd "$1" && pwd)
@@ -21,5 +22,8 @@ part park "${PARK_S:-120}" bash bench/park_gpu.sh "$OUT/park"
 part paging "${PAGING_S:-300}" bash bench/paging_gpu.sh "$OUT/paging" ${PAGING_ARGS:---sizes 1,8,32 --disk-bytes 4294967296}
 part transport "${TRANSPORT_S:-150}" bash bench/transport_gpu.sh "$OUT/transport" --quick
 part tls "${TLS_S:-0}" bash bench/tls_cost_gpu.sh "$OUT/tls" --quick
-part acceptance "${ACCEPTANCE_S:-0}" bash tests/acceptance/run_gpu.sh "$OUT/acceptance" --quick --skip-torch
+# shellcheck disable=SC2086
+part acceptance "${ACCEPTANCE_S:-0}" bash tests/acceptance/run_gpu.sh "$OUT/acceptance" ${ACCEPTANCE_ARGS:---quick --skip-torch}
+# The device tool brings back 8 files at most: everything goes into OUT/all.tgz (GPU_PACK=0 leaves OUT as it is).
+[ "${GPU_PACK:-1}" = 0 ] || bash bench/gpu_pack.sh "$OUT"
 exit 0
