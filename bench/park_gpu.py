@@ -189,7 +189,12 @@ def main() -> int:
         m = None
         sid = re.search(rf"session (\w+) for lease \S+ \(client [^)]*:{c.pid}\)", log_a.read_text())
         while time.monotonic() - t0 < 300 and m is None and sid:
-            m = re.search(rf"park of session {sid.group(1)}: (parked \S+ (\d+) (\d+)|failed .*)", log_a.read_text())
+            text = log_a.read_text()
+            m = re.search(rf"park of session {sid.group(1)}: (parked \S+ (\d+) (\d+)|failed .*)", text)
+            paging = re.findall(rf"page-out of session {sid.group(1)}: (failed .*)", text)
+            if m is None and len(paging) >= 3:  # the node retries a failed page-out for ever: say why and stop
+                result["pageout_error"] = paging[-1]
+                raise RuntimeError(f"the session could not page out, so it cannot park: {paging[-1]}")
             time.sleep(0.2)
         if m is None or not m.group(1).startswith("parked"):
             raise RuntimeError(f"the session was not parked: {m.group(1) if m else 'no park within 300 s'}")
