@@ -152,6 +152,11 @@ def main(
                           help="the host pool's memory: vmm (pinned driver memory, paged by DMA), memfd, or auto "
                                "(vmm on a real GPU where the driver can make it)")
     ] = "auto",
+    host_pool_slab_mb: Annotated[
+        int, typer.Option(envvar="FARGPU_HOST_POOL_SLAB_MB", min=0,
+                          help="a vmm host pool is slabs of this many MiB, each mapped whole for a step (0: 256; "
+                               "grown so the pool needs at most 512)")
+    ] = 0,
     spill_dir: Annotated[
         str, typer.Option(envvar="FARGPU_SPILL_DIR", help="where page-out spills when the host pool is full "
                           "[default: $XDG_STATE_HOME/fargpu/spill]", show_default=False)
@@ -271,7 +276,8 @@ def main(
                       spill_dir=spill_dir or None, idle_page_out_s=idle_page_out or None,
                       deep_after_s=deep_after or None,
                       advertise=advertise or None, park_store=park_store or None, idle_park_s=idle_park or None,
-                      arena=arena_spec, host_pool_kind=host_pool_kind, stable_addresses=stable_addresses)
+                      arena=arena_spec, host_pool_kind=host_pool_kind, stable_addresses=stable_addresses,
+                      host_pool_slab_mb=host_pool_slab_mb)
     if host_pool_kind not in ("auto", "vmm", "memfd"):
         typer.secho(f"error: --host-pool-kind {host_pool_kind!r}: use auto, vmm or memfd", fg="red", err=True)
         raise typer.Exit(2)

@@ -45,6 +45,7 @@ from .spawn import SpawnedProcess, spawn
 from .tls import DataTls, RelayedSocket
 
 log = logging.getLogger("fargpu.server")
+VMM_FIRST_FD = 11  # a worker's first slab of a driver-memory host pool (3-10 are its other descriptors)
 RESTORE_VA_BIAS_MB = 256  # how far below the parking worker's the driver's range starts in a restoring worker
 
 
@@ -64,6 +65,7 @@ class AgentConfig:
     # The host pool's memory: "vmm" (host-NUMA driver memory, paged by DMA), "memfd", or "auto" (vmm on a real GPU,
     # a memfd where the driver cannot make it or on the simulated device)
     host_pool_kind: str = "auto"
+    host_pool_slab_mb: int = 0  # a vmm pool's slab size; 0: FARGPU_HOST_POOL_SLAB_MB or 256 (server/host_pool_vmm.py)
     host_pool_prefault: bool | None = None  # allocate the host pool's pages at start; None: on a real GPU only
     park_store: str | None = None  # where parked sessions go (server/park/node.py); None: the state dir's park/
     idle_park_s: float | None = None  # park a session paged out and idle this long (None: only when the pool asks)
@@ -109,7 +111,7 @@ class NodeAgent:
         maker = None
         if kind == "vmm" or (kind == "auto" and not backend.simulated):
             pool_driver = str(backend.driver) if backend.driver else "libcuda.so.1"
-            maker = functools.partial(host_pool_vmm.make, pool_driver)
+            maker = functools.partial(host_pool_vmm.make, pool_driver, slab_mb=self.config.host_pool_slab_mb)
         self.pager = Pager(limit, self.config.host_pool_bytes, Path(self.config.spill_dir or default_spill_dir()),
                            prefault=not backend.simulated if prefault is None else prefault, pool_maker=maker)
         if not backend.simulated:
@@ -532,8 +534,11 @@ class NodeAgent:
             args += ["--shm", str(hello.shm)]  # co-located: the worker takes the client's memfd at the handshake
         fds = {3: conn.fileno(), 4: ctl_r, 5: st_w, 6: attach_child.fileno(), 7: ledger_fd, 8: self.pager.resident.fd}
         pool = self.pager.pool
-        if pool.fd >= 0:
-            args += ["--pool-fd", "9"] + (["--pool-vmm-len", str(pool.size)] if pool.kind == "vmm" else [])
+        if pool.fds:  # driver memory: every slab, at descriptors from VMM_FIRST_FD up
+            args += ["--pool-vmm-fds", f"{VMM_FIRST_FD}:{len(pool.fds)}", "--pool-vmm-slab", str(pool.slab)]
+            fds.update({VMM_FIRST_FD + i: fd for i, fd in enumerate(pool.fds)})
+        elif pool.fd >= 0:
+            args += ["--pool-fd", "9"]
             fds[9] = pool.fd
         elif sid in self.pager.states:
             self.pager.states[sid].has_pool = False

@@ -1,12 +1,13 @@
 """The node agent's half of paging: where paged sessions' memory goes, and who gives way when the GPU is full.
 
 - The host page pool: pinned host memory the node shares with every worker: host-NUMA driver memory on a real
-  GPU (server/host_pool_vmm.py; each worker maps it once and pages by DMA), else one memfd (mapped by each worker,
-  registered with the driver for each copy). The agent hands out extents of it, first fit, and frees an extent
-  when its session pages in or its worker exits. When no extent is free the session spills to a file in the spill
-  directory instead; the agent deletes that file when the session pages in or exits, so nothing outlives a killed
-  worker. It deletes it off the page-in's path and off the event loop (`SpillDeleter`): on a filesystem mounted
-  with online discard, unlinking a spilled file costs about 0.13 s per GiB.
+  GPU, as equal slabs (server/host_pool_vmm.py; for each step a worker maps its extent's slabs, each whole, and
+  pages by DMA; the driver maps no part of a host-NUMA allocation), else one memfd (mapped by each worker,
+  registered with the driver for each copy). The agent hands out extents of it (whole slabs), first fit, and frees
+  an extent when its session pages in or its worker exits. When no extent is free the session spills to a file in
+  the spill directory instead; the agent deletes that file when the session pages in or exits, so nothing
+  outlives a killed worker. It deletes it off the page-in's path and off the event loop (`SpillDeleter`): on a
+  filesystem mounted with online discard, unlinking a spilled file costs about 0.13 s per GiB.
 - The resident ledger: what may be resident on the GPU at once (the node's capacity). Workers charge it as they
   allocate and page in (server/replay/paging.c); when it is full a worker says "need BYTES" and the agent pages
   out the least recently used idle sessions that their lease's QoS allows (never `guaranteed`; `best_effort`
@@ -61,17 +62,21 @@ class PageState:
 
 
 class HostPool:
-    """First-fit extents of one memfd (sparse: pages cost memory only once written), or of host-NUMA driver memory
-    made by `maker` (server/host_pool_vmm.py) in the background. Driver memory is the fast kind (each worker maps
-    it once; a page-out is one DMA) but has no CPU view here (`cpu_view` False); where the driver cannot make it,
-    the pool is a memfd, with the reason logged. Until a driver pool is ready `fd` is -1: sessions that start
-    before then have no host pool and page out to disk."""
+    """First-fit extents of one memfd (sparse: pages cost memory only once written; `fd`), or of host-NUMA driver
+    memory made by `maker` (server/host_pool_vmm.py) in the background as equal slabs (`fds`, `slab` bytes each;
+    `fd` stays -1), whose extents are whole slabs: the driver maps a host-NUMA allocation only whole. Driver memory
+    is the fast kind (a page-out is one DMA) but has no CPU view here (`cpu_view` False); where the driver cannot
+    make it, the pool is a memfd, with the reason logged. Until a driver pool is ready `fds` is empty (`usable`
+    False): sessions that start before then have no host pool and page out to disk."""
 
     def __init__(self, size: int, prefault: bool = False,
-                 maker: Callable[[int], tuple[int, int]] | None = None) -> None:
+                 maker: Callable[[int], tuple[list[int], int]] | None = None) -> None:
         self.size = size - size % ALIGN
         self.kind = "vmm" if maker is not None and self.size else "memfd"
         self.fd = -1
+        self.fds: list[int] = []  # the vmm kind's slabs, in pool order
+        self.slab = 0
+        self._free: list[tuple[int, int]] = [(0, self.size)] if self.size else []
         if self.size and maker is None:
             self._open_memfd()
         self._stop = threading.Event()
@@ -88,21 +93,29 @@ class HostPool:
             self._prefaulter.start()
         else:
             self.ready.set()
-        self._free: list[tuple[int, int]] = [(0, self.size)] if self.size else []
 
     @property
     def cpu_view(self) -> bool:
         """Whether the agent can read and write the pool's pages through `fd` (a memfd can; driver memory not)."""
         return self.kind == "memfd"
 
+    @property
+    def usable(self) -> bool:
+        """Whether there is a pool to hand to a worker yet (a memfd, or the driver's slabs)."""
+        return self.fd >= 0 or bool(self.fds)
+
     def _open_memfd(self) -> None:
         self.fd = os.memfd_create("fargpu-page-pool", os.MFD_CLOEXEC)
         os.ftruncate(self.fd, self.size)
 
-    def _make(self, maker: Callable[[int], tuple[int, int]], prefault: bool) -> None:
+    def _make(self, maker: Callable[[int], tuple[list[int], int]], prefault: bool) -> None:
         t = time.monotonic()
         try:
-            fd, _length = maker(self.size)
+            fds, slab = maker(self.size)
+            if not fds or slab <= 0 or slab % ALIGN:
+                for fd in fds:
+                    os.close(fd)
+                raise OSError(f"the driver made {len(fds)} slabs of {slab} bytes (want some, on 2 MiB)")
         except OSError as e:
             log.warning("the host page pool is a memfd (slower page-out): the driver could not make it: %s", e)
             self.kind = "memfd"
@@ -113,11 +126,16 @@ class HostPool:
                 self.ready.set()
             return
         if self._stop.is_set():
-            os.close(fd)
+            for fd in fds:
+                os.close(fd)
             return
-        self.fd = fd
-        log.info("host page pool: %d MiB of pinned host memory from the driver, in %.1f s", self.size >> 20,
-                 time.monotonic() - t)
+        # Extents are handed out only once ready is set: the free list can change under no one here.
+        self.size = slab * len(fds)
+        self._free = [(0, self.size)]
+        self.slab = slab
+        self.fds = fds
+        log.info("host page pool: %d MiB of pinned host memory from the driver (%d slabs of %d MiB), in %.1f s",
+                 self.size >> 20, len(fds), slab >> 20, time.monotonic() - t)
         self.ready.set()
 
     def _prefault(self) -> None:
@@ -143,7 +161,8 @@ class HostPool:
         self.ready.set()
 
     def take(self, n: int) -> tuple[int, int] | None:
-        n = max(ALIGN, -(-n // ALIGN) * ALIGN)
+        unit = self.slab or ALIGN  # whole slabs of driver memory (every free range starts on one)
+        n = max(unit, -(-n // unit) * unit)
         for i, (off, length) in enumerate(self._free):
             if length >= n:
                 self._free[i] = (off + n, length - n)
@@ -175,6 +194,9 @@ class HostPool:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+        fds, self.fds = self.fds, []
+        for fd in fds:
+            os.close(fd)
 
 
 class SpillDeleter:
@@ -251,7 +273,7 @@ QOS_ORDER = {"best_effort": 0, "standard": 1}  # who gives way first; guaranteed
 
 class Pager:
     def __init__(self, resident_limit: int, host_pool_bytes: int, spill_dir: Path, slots: int = 1024,
-                 prefault: bool = False, pool_maker: Callable[[int], tuple[int, int]] | None = None) -> None:
+                 prefault: bool = False, pool_maker: Callable[[int], tuple[list[int], int]] | None = None) -> None:
         self.resident = LeaseLedger.create("node-resident", resident_limit, slots)
         self.pool = HostPool(host_pool_bytes, prefault, pool_maker)
         self.spill_dir = spill_dir
@@ -284,6 +306,8 @@ class Pager:
             return
         if st.extent is not None:
             self.pool.give(st.extent)
+            log.info("session %s ended holding a host pool extent: freed (%d of %d MiB free)", sid,
+                     self.pool.free_bytes >> 20, self.pool.size >> 20)
         if st.spill is not None:
             self.spill_deleter.delete(st.spill)
         for w in st.waiters:

@@ -125,6 +125,14 @@ def read_ctl_line(fd: int, timeout_s: float) -> str:
         line += c
 
 
+def _slab_fds(spec: str) -> list[int]:
+    """The descriptors of "FIRST:COUNT" (--pool-vmm-fds); [] for none or a malformed spec."""
+    first, _, count = spec.partition(":")
+    if not (first.isdigit() and count.isdigit()) or int(first) < 3:
+        return []
+    return list(range(int(first), int(first) + int(count)))
+
+
 def take_shm(sock: socket.socket, lib: Any, ffi: cffi.FFI, S: Any, size: int) -> bool:
     """The shared-memory step of the handshake (SPEC.md, "Shared memory"): the client's SHM frame brings its
     sealed memfd; the engine maps and registers it. Answers u32 0 (in use) or 1 (refused: the client goes on
@@ -181,8 +189,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--node-fd", type=int, default=-1, help="the node's resident ledger (server/pager.py)")
     ap.add_argument("--node-slot", type=int, default=0)
     ap.add_argument("--pool-fd", type=int, default=-1, help="the node's host page pool (a memfd)")
-    ap.add_argument("--pool-vmm-len", type=int, default=0,
-                    help="the pool is host-NUMA driver memory of this many bytes (server/host_pool_vmm.py)")
+    ap.add_argument("--pool-vmm-fds", default="",
+                    help="FIRST:COUNT: the pool is COUNT slabs of host-NUMA driver memory at descriptors FIRST up "
+                         "(server/host_pool_vmm.py)")
+    ap.add_argument("--pool-vmm-slab", type=int, default=0, help="each slab's bytes")
     ap.add_argument("--restore-dir", default="", help="restore a parked session from this state directory")
     ap.add_argument("--restore-pages", default="", help="the parked session's memory (a spill file)")
     ap.add_argument("--shm", type=int, default=0, help="bytes of shared memory a co-located client offered")
@@ -207,9 +217,10 @@ def main(argv: list[str] | None = None) -> int:
         sock.sendall(hello_err("the node could not set up the lease's VRAM accounting"))
         lib.fgs_close(S)  # type: ignore[attr-defined]
         return 1
-    memfd = -1 if a.pool_vmm_len else a.pool_fd
-    if (lib.fgs_set_pager(S, a.status_fd, memfd, a.node_fd, a.node_slot) != 0  # type: ignore[attr-defined]
-            or (a.pool_vmm_len and lib.fgs_pager_use_vmm_pool(S, a.pool_fd, a.pool_vmm_len) != 0)):  # type: ignore[attr-defined]
+    slabs = _slab_fds(a.pool_vmm_fds)
+    if (lib.fgs_set_pager(S, a.status_fd, a.pool_fd, a.node_fd, a.node_slot) != 0  # type: ignore[attr-defined]
+            or (slabs and lib.fgs_pager_use_vmm_pool(  # type: ignore[attr-defined]
+                S, ffi.new("int[]", slabs), len(slabs), a.pool_vmm_slab) != 0)):
         print(f"fargpu-worker[{os.getpid()}]: the node's resident ledger is not valid", file=sys.stderr)
         sock.sendall(hello_err("the node could not set up paging for the session"))
         lib.fgs_close(S)  # type: ignore[attr-defined]

@@ -25,10 +25,12 @@ int fgs_set_ledger(fgs_session *S, int fd, unsigned int slot, unsigned long long
 /* Paging (paging.c): statuses go to status_fd as lines; pool_fd is the node's host page pool (a memfd; -1: none,
  * the session takes it over), node_fd the node's resident ledger (-1: none) with this session's slot. */
 int fgs_set_pager(fgs_session *S, int status_fd, int pool_fd, int node_fd, unsigned int node_slot);
-/* The node's host page pool as driver memory instead (hostpool.c): fd a host-NUMA VMM allocation of len bytes
- * exported as a POSIX descriptor (the session takes it over). Call after fgs_set_pager. Returns 0, or -1. */
-int fgs_pager_use_vmm_pool(fgs_session *S, int fd, unsigned long long len);
-/* Makes that allocation (run once per node, in a process of its own): returns the descriptor and its length. */
+/* The node's host page pool as driver memory instead (hostpool.c): n slabs, each a host-NUMA VMM allocation of
+ * slab bytes exported as a POSIX descriptor (fds[i]; the session takes them over; slab i holds pool bytes
+ * [i*slab, (i+1)*slab)). Call after fgs_set_pager. Returns 0, or -1. */
+int fgs_pager_use_vmm_pool(fgs_session *S, const int *fds, unsigned int n, unsigned long long slab);
+/* Makes one slab (run once per slab, in a process of its own): returns the descriptor and its length (bytes rounded
+ * up to the allocation granularity). */
 int fgs_host_pool_make(fgs_session *S, unsigned long long bytes, int numa, unsigned long long *len, char *why,
                        unsigned long why_len);
 /* Control lines from the agent (close, pageout, pagein, grant, deny); 1: the session must close (why filled). */

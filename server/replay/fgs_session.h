@@ -216,10 +216,10 @@ CUresult fgs_page_in(fgs_session *S);
 /* Before any CUDA call of a session the agent took to the deeper level (a driver process checkpoint): asks the
  * agent to restore it and waits, bounded. 0: CUDA may be called; -1: it cannot come back. */
 int fgs_pager_wake(fgs_session *S);
-/* hostpool.c: the node's host page pool as host-NUMA driver memory, an extent imported and mapped for one step */
-CUresult fgs_hostpool_map(fgs_session *S, int fd, size_t off, size_t len, CUdeviceptr *va,
-                          CUmemGenericAllocationHandle *h);
-void fgs_hostpool_unmap(fgs_session *S, CUdeviceptr va, size_t len, CUmemGenericAllocationHandle h);
+/* hostpool.c: the node's host page pool as host-NUMA driver memory in slabs; an extent's slabs imported and each
+ * mapped whole, at consecutive addresses, for one step */
+CUresult fgs_hostpool_map(fgs_session *S, const int *fds, size_t n, size_t slab, CUdeviceptr *va);
+void fgs_hostpool_unmap(fgs_session *S, CUdeviceptr va, size_t n, size_t slab);
 CUresult fgs_hostpool_copy(fgs_session *S, CUstream stream, CUdeviceptr pool, int out);
 /* A control line from the node agent (without its newline). Returns 1 for "close" (reason in why), else 0. */
 int fgs_control_line(fgs_session *S, const char *line, char *why, size_t why_len);

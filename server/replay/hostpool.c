@@ -1,11 +1,17 @@
-/* hostpool.c — the node's host page pool as driver memory: one host-NUMA VMM allocation, made once by a
- * short-lived process (fgs_host_pool_make, run by server/host_pool_vmm.py) and exported as a file descriptor that
- * the node agent holds (the memory lives as long as one descriptor does). Each worker imports it and maps it once,
- * and a page-out or page-in is then one DMA per allocation between the device and the pool, at the link's speed,
- * with no registration, no CPU page tables to fill and no memcpy. Measured on an H100 (bench/probe_hostmem.c): 55 GB/s
- * each way, against 13 GB/s out through bounce buffers into a shared memfd whose 4 KiB page tables each worker must
- * fill. Neither the agent nor the worker reads it with the CPU: a session paged here is parked or restored through
- * a spill file. */
+/* hostpool.c — the node's host page pool as driver memory: equal slabs, each its own host-NUMA VMM allocation, made
+ * once by a short-lived process (fgs_host_pool_make, one call per slab, run by server/host_pool_vmm.py) and exported
+ * as a file descriptor that the node agent holds (a slab's memory lives as long as one descriptor does). A session's
+ * extent of the pool is a run of whole slabs; for one page-out or page-in step its worker imports just those, maps
+ * each whole (offset 0, its full size: an H100 on driver 580 refused a part of a host-NUMA allocation with
+ * CUDA_ERROR_NOT_SUPPORTED, error 801, and the CUDA documentation says the offset "currently must be zero") at
+ * consecutive addresses of one reserved range, and the step is then one DMA per allocation between the device and
+ * that range, at the link's speed, with no registration, no CPU page tables to fill and no memcpy. Measured on an H100
+ * (bench/probe_hostmem.c): 55 GB/s each way, against 13 GB/s out through bounce buffers into a shared memfd whose
+ * 4 KiB page tables each worker must fill. Slabs rather than one allocation: mapping only the extent keeps each step's
+ * mapping cost in proportion to the session (a 34 GiB pool mapped whole cost 0.9 s), and a worker that holds none of
+ * the pool mapped between steps can be taken into the driver's process checkpoint (the deeper paging level). Neither
+ * the agent nor the worker reads the pool with the CPU: a session paged here is parked or restored through a spill
+ * file. */
 #include <dlfcn.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -76,51 +82,54 @@ FGS_EXPORT int fgs_host_pool_make(fgs_session *S, unsigned long long bytes, int 
     return fd;
 }
 
-/* Maps [off, off+len) of the pool (offset and length on its 2 MiB granularity) for the session's devices to reach by
- * DMA. Only an extent, and only for the length of one step: mapping costs time in proportion to what is mapped, and
- * a worker that holds none of the pool can be taken into the driver's process checkpoint (the deeper level). */
-CUresult fgs_hostpool_map(fgs_session *S, int fd, size_t off, size_t len, CUdeviceptr *va,
-                          CUmemGenericAllocationHandle *h) {
+/* Unmaps the first `n` slabs mapped at va (each whole) and frees the range of `total` slabs. */
+static void unmap_slabs(const fgs_api *api, CUdeviceptr va, size_t n, size_t total, size_t slab) {
+    for (size_t i = 0; i < n; i++) api->cuMemUnmap(va + i * slab, slab);
+    api->cuMemAddressFree(va, total * slab);
+}
+
+/* Maps the `n` slabs whose descriptors are fds[0..n) at consecutive addresses of one reserved range (*va), each whole,
+ * readable and writable by the session's devices; only for the length of one step (fgs_hostpool_unmap). Each imported
+ * handle is released once mapped: the mapping keeps the memory, and the descriptor the agent holds keeps it after. */
+CUresult fgs_hostpool_map(fgs_session *S, const int *fds, size_t n, size_t slab, CUdeviceptr *va) {
     const fgs_api *api = S->api;
+    *va = 0;
     import_fn imp = NULL;
     *(void **)&imp = dlsym(S->dl, "cuMemImportFromShareableHandle");
     if (!imp) return CUDA_ERROR_NOT_SUPPORTED;
-    CUresult r = imp(h, (void *)(intptr_t)fd, CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR);
+    if (!n || !slab || n > SIZE_MAX / slab) return CUDA_ERROR_INVALID_VALUE;
+    CUdeviceptr base = 0;
+    CUresult r = api->cuMemAddressReserve(&base, n * slab, 0, 0, 0);
     if (r != CUDA_SUCCESS) return r;
-    r = api->cuMemAddressReserve(va, len, 0, 0, 0);
-    if (r == CUDA_SUCCESS) {
-        r = api->cuMemMap(*va, len, off, *h, 0);
-        if (r != CUDA_SUCCESS) api->cuMemAddressFree(*va, len);
-    }
-    if (r != CUDA_SUCCESS) {
-        api->cuMemRelease(*h);
-        *h = 0;
-        *va = 0;
-        return r;
+    size_t mapped = 0;
+    for (; mapped < n && r == CUDA_SUCCESS; mapped++) {
+        CUmemGenericAllocationHandle h = 0;
+        r = imp(&h, (void *)(intptr_t)fds[mapped], CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR);
+        if (r != CUDA_SUCCESS) break;
+        r = api->cuMemMap(base + mapped * slab, slab, 0, h, 0);
+        api->cuMemRelease(h);
+        if (r != CUDA_SUCCESS) break;
     }
     CUmemAccessDesc ad;
     memset(&ad, 0, sizeof ad);
     int ndev = 0;
-    if (api->cuDeviceGetCount(&ndev) != CUDA_SUCCESS || ndev < 1) ndev = 1;
+    if (r == CUDA_SUCCESS && (api->cuDeviceGetCount(&ndev) != CUDA_SUCCESS || ndev < 1)) ndev = 1;
     for (int d = 0; d < ndev && r == CUDA_SUCCESS; d++) {
         ad.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
         ad.location.id = d;
         ad.flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
-        r = api->cuMemSetAccess(*va, len, &ad, 1);
+        r = api->cuMemSetAccess(base, n * slab, &ad, 1);
     }
     if (r != CUDA_SUCCESS) {
-        fgs_hostpool_unmap(S, *va, len, *h);
-        *va = 0;
-        *h = 0;
+        unmap_slabs(api, base, mapped, n, slab);
+        return r;
     }
-    return r;
+    *va = base;
+    return CUDA_SUCCESS;
 }
 
-void fgs_hostpool_unmap(fgs_session *S, CUdeviceptr va, size_t len, CUmemGenericAllocationHandle h) {
-    if (!va) return;
-    S->api->cuMemUnmap(va, len);
-    S->api->cuMemAddressFree(va, len);
-    if (h) S->api->cuMemRelease(h);
+void fgs_hostpool_unmap(fgs_session *S, CUdeviceptr va, size_t n, size_t slab) {
+    if (va) unmap_slabs(S->api, va, n, n, slab);
 }
 
 /* Every allocation of the session to (out) or from the pool at `pool`, one DMA each, on `stream`. */

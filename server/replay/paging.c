@@ -7,7 +7,7 @@
  * page-out releases nothing: the session stays resident and working.
  *
  * The page store is either an extent of the node's host page pool (a memfd the agent shares with every worker, its
- * pages allocated up front) or a spill file in the node's spill directory. Both go through the worker's two pinned
+ * pages allocated up front; or, on a GPU, slabs of host-NUMA driver memory: hostpool.c) or a spill file in the node's spill directory. Both go through the worker's two pinned
  * bounce buffers, so the device's copies run at DMA speed: to the pool, the DMA of one chunk overlaps the copy of
  * the one before into the pool by several threads (registering pool extents with the driver instead cost more
  * than the copy: 6.7 GB/s on an H100); to and from disk, spill.c streams the file with large aligned O_DIRECT I/O
@@ -53,10 +53,12 @@ enum { RESIDENT = 0, PAGED_HOST = 1, PAGED_DISK = 2 };
 typedef struct fgs_pager {
     int status_fd, ctl_fd;
     fgs_ledger *node; /* what this node lets be resident at once; NULL: no node accounting */
-    int pool_fd; /* the host page pool (-1: none) */
-    int pool_vmm; /* the pool is host-NUMA driver memory (hostpool.c), mapped at vmm_va once used */
+    int pool_fd; /* the host page pool as a memfd (-1: none, or slabs of driver memory) */
+    int pool_vmm; /* the pool is slabs of host-NUMA driver memory (hostpool.c), an extent's mapped at vmm_va */
+    int *slab_fds; /* its slabs' descriptors, n_slabs of slab bytes each */
+    size_t n_slabs, slab;
     CUdeviceptr vmm_va;
-    CUmemGenericAllocationHandle vmm_h;
+    size_t vmm_slabs; /* how many slabs are mapped at vmm_va */
     size_t pool_len;
     uint8_t *map; /* the extent of the pool this session is paged to, mapped while it is used */
     size_t map_len;
@@ -125,12 +127,20 @@ FGS_EXPORT int fgs_set_pager(fgs_session *S, int status_fd, int pool_fd, int nod
     return 0;
 }
 
-FGS_EXPORT int fgs_pager_use_vmm_pool(fgs_session *S, int fd, unsigned long long len) {
-    if (!S || !S->pager || fd < 0 || !len) return -1;
+FGS_EXPORT int fgs_pager_use_vmm_pool(fgs_session *S, const int *fds, unsigned int n, unsigned long long slab) {
+    if (!S || !S->pager || S->pager->pool_vmm || !fds || !n || !slab || slab > SIZE_MAX / n) return -1;
+    for (unsigned int i = 0; i < n; i++)
+        if (fds[i] < 0 || fcntl(fds[i], F_GETFD) < 0) return -1;
     fgs_pager *P = S->pager;
+    int *own = (int *)malloc(n * sizeof *own);
+    if (!own) return -1;
+    memcpy(own, fds, n * sizeof *own);
     if (P->pool_fd >= 0) close(P->pool_fd);
-    P->pool_fd = fd;
-    P->pool_len = (size_t)len;
+    P->pool_fd = -1;
+    P->slab_fds = own;
+    P->n_slabs = n;
+    P->slab = (size_t)slab;
+    P->pool_len = (size_t)slab * n;
     P->pool_vmm = 1;
     return 0;
 }
@@ -140,8 +150,14 @@ FGS_EXPORT int fgs_pager_use_vmm_pool(fgs_session *S, int fd, unsigned long long
 static uint8_t *extent_map(fgs_session *S, uint64_t off, uint64_t len, CUresult *r) {
     fgs_pager *P = S->pager;
     *r = CUDA_SUCCESS;
-    if (P->pool_vmm) {
-        *r = fgs_hostpool_map(S, P->pool_fd, (size_t)off, (size_t)len, &P->vmm_va, &P->vmm_h);
+    if (P->pool_vmm) { /* whole slabs only: the agent hands out extents on slab boundaries (server/pager.py) */
+        if (off % P->slab || len % P->slab || !len || off / P->slab + len / P->slab > P->n_slabs) {
+            *r = CUDA_ERROR_INVALID_VALUE;
+            return NULL;
+        }
+        size_t n = (size_t)(len / P->slab);
+        *r = fgs_hostpool_map(S, P->slab_fds + off / P->slab, n, P->slab, &P->vmm_va);
+        P->vmm_slabs = *r == CUDA_SUCCESS ? n : 0;
         return *r == CUDA_SUCCESS ? (uint8_t *)(uintptr_t)P->vmm_va : NULL;
     }
     void *m = mmap(NULL, (size_t)len, PROT_READ | PROT_WRITE, MAP_SHARED, P->pool_fd, (off_t)off);
@@ -154,9 +170,9 @@ static uint8_t *extent_map(fgs_session *S, uint64_t off, uint64_t len, CUresult 
 static void extent_unmap(fgs_session *S) {
     fgs_pager *P = S->pager;
     if (P->map && !P->pool_vmm) munmap(P->map, P->map_len);
-    if (P->pool_vmm && P->vmm_va) fgs_hostpool_unmap(S, P->vmm_va, P->map_len, P->vmm_h);
+    if (P->pool_vmm && P->vmm_va) fgs_hostpool_unmap(S, P->vmm_va, P->vmm_slabs, P->slab);
     P->vmm_va = 0;
-    P->vmm_h = 0;
+    P->vmm_slabs = 0;
     P->map = NULL;
 }
 
@@ -646,7 +662,7 @@ static void page_out(fgs_session *S, const char *args) {
         status(P, "pageout-failed malformed request");
         return;
     }
-    if (host && (P->pool_fd < 0 || off > P->pool_len || len > P->pool_len - off || len < total)) {
+    if (host && ((P->pool_fd < 0 && !P->pool_vmm) || off > P->pool_len || len > P->pool_len - off || len < total)) {
         status(P, "pageout-failed the host pool extent does not hold %llu bytes", (unsigned long long)total);
         return;
     }
@@ -866,6 +882,8 @@ void fgs_pager_close(fgs_session *S) {
         if (P->bounce[i]) S->api->cuMemFreeHost(P->bounce[i]);
     extent_unmap(S);
     if (P->pool_fd >= 0) close(P->pool_fd);
+    for (size_t i = 0; i < P->n_slabs; i++) close(P->slab_fds[i]);
+    free(P->slab_fds);
     fgs_ledger_free(P->node);
     free(P);
     S->pager = NULL;

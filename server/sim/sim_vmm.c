@@ -18,6 +18,9 @@
  * that a page-in's copies into fresh memory do not fault in and zero every host page, which on a small CPU machine
  * is slower than the disk the bench measures.
  *
+ * Like an H100 (driver 580), cuMemMap of host-NUMA memory takes only the whole allocation at offset 0; a part
+ * answers CUDA_ERROR_NOT_SUPPORTED (the CUDA documentation says the offset "currently must be zero").
+ *
  * The sim is stricter than the driver in two documented ways: cuMemSetAccess and cuMemUnmap act on whole
  * mappings only, and cuMemAddressFree refuses a range that still has mappings (CUDA_ERROR_INVALID_VALUE). */
 #include "sim.h"
@@ -307,6 +310,10 @@ SIM_API CUresult cuMemMap(CUdeviceptr ptr, size_t size, size_t offset, CUmemGene
         rc = CUDA_ERROR_INVALID_HANDLE;
     if (rc == CUDA_SUCCESS && (offset > ph->size || size > ph->size - offset))
         rc = CUDA_ERROR_INVALID_VALUE;
+    /* As an H100 on driver 580 does: host-NUMA memory maps only whole, at offset 0 (CUDA_ERROR_NOT_SUPPORTED,
+     * error 801, for a part), so the node's host pool is made of slabs mapped whole (server/replay/hostpool.c). */
+    if (rc == CUDA_SUCCESS && ph->device == SIM_HOST_PHYS && (offset != 0 || size != ph->size))
+        rc = CUDA_ERROR_NOT_SUPPORTED;
     if (rc == CUDA_SUCCESS && (!find_resv((uintptr_t)ptr, size) || sim_seg_overlaps((uintptr_t)ptr, size)))
         rc = CUDA_ERROR_INVALID_VALUE;
     struct sim_seg *s = NULL;

@@ -24,20 +24,21 @@ MiB = 1 << 20
 
 
 def test_the_simulated_driver_makes_one_and_refuses_a_numa_node_it_lacks_with_the_reason() -> None:
-    fd, n = host_pool_vmm.make(str(select("sim").driver), 63 * MiB, timeout_s=60)
+    fds, n = host_pool_vmm.make(str(select("sim").driver), 63 * MiB, timeout_s=60)
     try:
-        assert n == 64 * MiB  # rounded up to the 2 MiB granularity
-        assert os.readlink(f"/proc/self/fd/{fd}").startswith("/memfd:fargpu-sim-host-0")
-        assert os.fstat(fd).st_size == n
+        assert n == 62 * MiB and len(fds) == 1  # one slab, no larger than the pool, on the 2 MiB granularity
+        assert os.readlink(f"/proc/self/fd/{fds[0]}").startswith("/memfd:fargpu-sim-host-0")
+        assert os.fstat(fds[0]).st_size == n
     finally:
-        os.close(fd)
+        for fd in fds:
+            os.close(fd)
     with pytest.raises(host_pool_vmm.HostPoolError) as e:
         host_pool_vmm.make(str(select("sim").driver), 64 * MiB, numa=1, timeout_s=60)
     assert "host-NUMA" in str(e.value) and "CUDA error" in str(e.value), str(e.value)
 
 
 def test_a_pool_the_driver_cannot_make_becomes_a_memfd_with_the_reason_logged(caplog: pytest.LogCaptureFixture) -> None:
-    def refuse(size: int) -> tuple[int, int]:
+    def refuse(size: int) -> tuple[list[int], int]:
         raise host_pool_vmm.HostPoolError(f"no host-NUMA memory for {size} bytes here")
 
     caplog.set_level(logging.WARNING, "fargpu.server.pager")
@@ -55,13 +56,13 @@ async def test_sessions_before_a_driver_pool_is_ready_page_to_disk(tmp_path: Pat
     gate = threading.Event()
     stand_in = os.memfd_create("stand-in-for-a-driver-descriptor", os.MFD_CLOEXEC)
 
-    def slow(size: int) -> tuple[int, int]:
+    def slow(size: int) -> tuple[list[int], int]:
         gate.wait(30)
-        return stand_in, size
+        return [stand_in], size
 
     p = Pager(1 << 30, 64 << 20, tmp_path / "spill", pool_maker=slow)
     try:
-        assert p.pool.kind == "vmm" and not p.pool.cpu_view and p.pool.fd == -1 and not p.pool.ready.is_set()
+        assert p.pool.kind == "vmm" and not p.pool.cpu_view and not p.pool.usable and not p.pool.ready.is_set()
         p.admit("early", "standard", None)
         p.states["early"].has_pool = False  # what the agent records for a worker started without a pool
         _charge(p, "early", MiB)
@@ -71,7 +72,7 @@ async def test_sessions_before_a_driver_pool_is_ready_page_to_disk(tmp_path: Pat
         assert cmd.startswith("pageout disk "), cmd
         gate.set()
         assert await asyncio.to_thread(p.pool.ready.wait, 10)
-        assert p.pool.fd == stand_in
+        assert p.pool.fds == [stand_in] and p.pool.fd == -1 and p.pool.slab == 64 << 20
         p.admit("later", "standard", None)
         _charge(p, "later", MiB)
         cmd, res = await _page_out_command(p, "later", "auto")
@@ -92,7 +93,8 @@ async def test_an_agent_takes_a_driver_pool_when_asked_and_a_memfd_by_default_on
                                       spill_dir=str(tmp_path / "spill"), host_pool_kind=kind))
         try:
             assert await asyncio.to_thread(agent.pager.pool.ready.wait, 60)
-            assert agent.pager.pool.kind == want and agent.pager.pool.fd >= 0, (kind, agent.pager.pool.kind)
+            assert agent.pager.pool.kind == want and agent.pager.pool.usable, (kind, agent.pager.pool.kind)
+            assert (agent.pager.pool.fd >= 0) == (want == "memfd") and bool(agent.pager.pool.fds) == (want == "vmm")
             assert agent.pager.pool.cpu_view == (want == "memfd")
         finally:
             agent.pager.close()

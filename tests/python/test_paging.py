@@ -76,21 +76,29 @@ def _start_shapes(env: dict[str, str]) -> subprocess.Popen[str]:
     return p
 
 
-@pytest.mark.parametrize("route", ["bounce", "direct", "vmm"])
+@pytest.mark.parametrize("route", ["bounce", "direct", "vmm", "vmm-slabs"])
 def test_idle_session_pages_to_host_and_back_with_every_byte(tmp_path: Path, route: str,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     # a memfd pool: through bounce buffers, or DMA into the extent; or the driver-memory pool (host-NUMA VMM
-    # memory, the default on a GPU), which the simulated device makes as the driver does
-    if route != "vmm":
+    # memory in slabs, the default on a GPU), which the simulated device makes as the driver does and, as an H100
+    # does, maps only whole: in one slab of 256 MiB, or (vmm-slabs) an extent of many 16 MiB slabs
+    if not route.startswith("vmm"):
         monkeypatch.setenv("FARGPU_PAGING_DMA", route)
-    kind = ["--host-pool-kind", "vmm"] if route == "vmm" else []
-    s = start_server(tmp_path, "--idle-page-out", "1", "--host-page-pool", "256M", *kind)
+    kind = ["--host-pool-kind", "vmm"] if route.startswith("vmm") else []
+    env = {"FARGPU_HOST_POOL_SLAB_MB": "16"} if route == "vmm-slabs" else {}
+    s = start_server(tmp_path, "--idle-page-out", "1", "--host-page-pool", "256M", *kind, env_extra=env)
     try:
-        if route == "vmm":
-            _wait_log(s, r"host page pool: \d+ MiB of pinned host memory from the driver")
+        if route.startswith("vmm"):
+            slabs = "16 slabs of 16 MiB" if route == "vmm-slabs" else "1 slabs of 256 MiB"
+            _wait_log(s, rf"host page pool: 256 MiB of pinned host memory from the driver \({slabs}\)")
         client = _start_shapes(s.client_env())
         m = _wait_log(s, r"page-out of session (\w+): paged host (\d+)")
         assert int(m.group(2)) >= 83 * MiB
+        if route.startswith("vmm"):  # between steps the worker maps none of the pool (the deep level needs that)
+            pid = re.search(rf"session {m.group(1)} .*-> worker (\d+)", s.log_text())
+            assert pid is not None
+            maps = Path(f"/proc/{pid.group(1)}/maps").read_text()
+            assert "fargpu-sim-host" not in maps, [ln for ln in maps.splitlines() if "fargpu-sim-host" in ln]
         out, err = client.communicate("go\n", timeout=60)
         assert out.strip() == "SAME", out + err
         _wait_log(s, r"paged host")  # the log names the step; the page-in came with the first call
@@ -145,7 +153,7 @@ def test_three_half_gib_sessions_take_turns_on_one_gib(tmp_path: Path) -> None:
         stop_server(s)
 
 
-@pytest.mark.parametrize("where", ["disk", "memfd", "vmm"])
+@pytest.mark.parametrize("where", ["disk", "memfd", "vmm", "vmm-slabs"])
 def test_worker_killed_during_page_out_or_page_in_leaks_nothing(tmp_path: Path, where: str) -> None:
     # Each copied allocation takes 20 ms more (a fault-injection knob of the engine), so a kill lands mid-step. To
     # disk (no host pool), or to a host pool of either kind that holds one such session and no more: an extent a
@@ -153,14 +161,17 @@ def test_worker_killed_during_page_out_or_page_in_leaks_nothing(tmp_path: Path, 
     spill = tmp_path / "spill"
     spill.mkdir()
     os.environ.update(FARGPU_PAGING_TEST_DELAY_MS="20", FARGPU_SIM_MEM_BYTES=str(256 * MiB))
-    pool = ["--host-page-pool", "0"] if where == "disk" else ["--host-page-pool", "256M", "--host-pool-kind", where]
+    # vmm-slabs: an extent of many 16 MiB slabs; the killed workers' slabs all come back to the pool
+    kind = where.partition("-")[0]
+    pool = ["--host-page-pool", "0"] if where == "disk" else ["--host-page-pool", "256M", "--host-pool-kind", kind]
+    env = {"FARGPU_HOST_POOL_SLAB_MB": "16"} if where == "vmm-slabs" else {}
     try:
-        s = start_server(tmp_path, "--idle-page-out", "1", *pool, "--spill-dir", str(spill))
+        s = start_server(tmp_path, "--idle-page-out", "1", *pool, "--spill-dir", str(spill), env_extra=env)
     finally:
         del os.environ["FARGPU_PAGING_TEST_DELAY_MS"], os.environ["FARGPU_SIM_MEM_BYTES"]
     paged = "paged disk" if where == "disk" else "paged host"
     try:
-        if where == "vmm":
+        if where.startswith("vmm"):
             _wait_log(s, r"host page pool: \d+ MiB of pinned host memory from the driver")
         for step in ("out", "in"):
             mark = len(s.log_text())
@@ -178,6 +189,8 @@ def test_worker_killed_during_page_out_or_page_in_leaks_nothing(tmp_path: Path, 
             client.communicate(timeout=60)
             _wait_log(s, r"worker exit -9\)", after=mark)
             _wait_no_files(spill, f"spill files left after a kill during page-{step}")
+            if where != "disk":  # the agent took the killed session's extent back: the whole pool is free
+                _wait_log(s, r"ended holding a host pool extent: freed \(256 of 256 MiB free\)", after=mark)
         if where != "disk":  # the killed sessions' extents are free again: the next page-out fits in the pool
             mark = len(s.log_text())
             client = _start_shapes(s.client_env())

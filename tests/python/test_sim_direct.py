@@ -394,6 +394,25 @@ def test_vmm_unmap_and_remap_at_the_same_address_keeps_contents(sim: Sim) -> Non
     assert sim.cuMemAddressFree(again, ctypes.c_size_t(size)) == SUCCESS
 
 
+
+def test_host_numa_memory_maps_only_whole_as_on_an_h100(sim: Sim) -> None:
+    """An H100 (driver 580) refused a part of a host-NUMA allocation (offset or length) with error 801; the node's
+    host pool is slabs mapped whole for that (server/replay/hostpool.c). Device memory still maps in parts here."""
+    sim.make_current()
+    prop = _alloc_prop()
+    prop.location.type = 3  # CU_MEM_LOCATION_TYPE_HOST_NUMA
+    h = ctypes.c_uint64()
+    assert sim.cuMemCreate(ctypes.byref(h), ctypes.c_size_t(2 * GRAN), ctypes.byref(prop), 0) == SUCCESS
+    va = ctypes.c_uint64()
+    assert sim.cuMemAddressReserve(ctypes.byref(va), ctypes.c_size_t(2 * GRAN), 0, 0, 0) == SUCCESS
+    assert sim.cuMemMap(va, ctypes.c_size_t(GRAN), ctypes.c_size_t(GRAN), h, 0) == NOT_SUPPORTED
+    assert sim.cuMemMap(va, ctypes.c_size_t(GRAN), 0, h, 0) == NOT_SUPPORTED
+    assert sim.cuMemMap(va, ctypes.c_size_t(2 * GRAN), 0, h, 0) == SUCCESS
+    assert sim.cuMemUnmap(va, ctypes.c_size_t(2 * GRAN)) == SUCCESS
+    assert sim.cuMemRelease(h) == SUCCESS
+    assert sim.cuMemAddressFree(va, ctypes.c_size_t(2 * GRAN)) == SUCCESS
+
+
 PTX_LAYOUT = b"""
 .version 9.0
 .target sm_90
