@@ -201,6 +201,8 @@ async def main() -> int:
     await asyncio.to_thread(agent.pager.pool.ready.wait, 120)  # the host pool's pages allocated up front
     result["host_pool_prefault_s"] = time.perf_counter() - t0
     result["host_pool_kind"] = agent.pager.pool.kind  # vmm: pinned driver memory, one DMA per allocation
+    result["host_pool_slab_bytes"] = agent.pager.pool.slab  # vmm: the slabs each step maps whole (0: a memfd)
+    result["host_pool_slabs"] = len(agent.pager.pool.fds)
     result.update(disk_speed(Path(a.spill_dir), a.disk_bytes))
     print("disk", result["disk_raw_write_GBps"], result["disk_raw_read_GBps"], flush=True)
     ckpt = Checkpoint() if a.backend == "cuda" else None

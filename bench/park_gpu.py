@@ -206,6 +206,11 @@ def main() -> int:
         pg = re.search(r"page-out of session \w+: paged (\w+) (\d+) (\d+)", log_a.read_text())
         if pg:
             result["pageout_to"], result["pageout_s"] = pg.group(1), int(pg.group(3)) / 1e9
+        hp = re.search(r"host page pool: (\d+) MiB of pinned host memory from the driver \((\d+) slabs of (\d+) MiB\)",
+                       log_a.read_text())  # else the pool is a memfd (its reason is in the node's log)
+        result["host_pool_kind"] = "vmm" if hp else "memfd"
+        if hp:
+            result["host_pool_slabs"], result["host_pool_slab_bytes"] = int(hp.group(2)), int(hp.group(3)) << 20
         save()
         stop(node_a)
         result["node_a_exit"] = node_a.returncode
