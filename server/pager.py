@@ -438,6 +438,13 @@ class Pager:
             self._release_store(st)
             return f"failed the worker is gone ({e})"
         res = await self._await_result(st)
+        if (to == "auto" and cmd.startswith("pageout host") and st.state == "resident"
+                and res.startswith(("failed cannot map the node's host page pool", "failed cannot map the host pool"))):
+            # The pool itself failed, not the session: the session pages to disk instead of staying resident (the
+            # policy would retry the pool for ever, and the GPU memory would never be given back).
+            log.warning("session %s: the host page pool failed (%s); paging it to disk instead", sid,
+                        res.removeprefix("failed "))
+            return await self.page_out(sid, ctl_w, "disk", pid)
         if res.startswith("paged") and pid and self.measure_held is not None:
             # What the VMM route could not free, measured: the worker's context, module code and globals.
             held = await asyncio.to_thread(self.measure_held, pid)

@@ -314,6 +314,11 @@ SIM_API CUresult cuMemMap(CUdeviceptr ptr, size_t size, size_t offset, CUmemGene
      * error 801, for a part), so the node's host pool is made of slabs mapped whole (server/replay/hostpool.c). */
     if (rc == CUDA_SUCCESS && ph->device == SIM_HOST_PHYS && (offset != 0 || size != ph->size))
         rc = CUDA_ERROR_NOT_SUPPORTED;
+    /* Tests: FARGPU_SIM_HOST_NUMA_MAP=refuse models a driver that cannot map host-NUMA memory at all (the node's
+     * host pool then fails, and its sessions page to disk instead). */
+    const char *hn = getenv("FARGPU_SIM_HOST_NUMA_MAP");
+    if (rc == CUDA_SUCCESS && ph->device == SIM_HOST_PHYS && hn && !strcmp(hn, "refuse"))
+        rc = CUDA_ERROR_NOT_SUPPORTED;
     if (rc == CUDA_SUCCESS && (!find_resv((uintptr_t)ptr, size) || sim_seg_overlaps((uintptr_t)ptr, size)))
         rc = CUDA_ERROR_INVALID_VALUE;
     struct sim_seg *s = NULL;

@@ -107,6 +107,25 @@ def test_idle_session_pages_to_host_and_back_with_every_byte(tmp_path: Path, rou
         stop_server(s)
 
 
+def test_a_host_pool_the_driver_cannot_map_gives_way_to_disk(tmp_path: Path) -> None:
+    # A driver that refuses to map the pool's host-NUMA memory (as an H100 refused a part of one with 801): the
+    # page-out to the pool fails, and the session pages to disk instead of staying resident for ever.
+    spill = tmp_path / "spill"
+    s = start_server(tmp_path, "--idle-page-out", "1", "--host-page-pool", "256M", "--host-pool-kind", "vmm",
+                     "--spill-dir", str(spill), env_extra={"FARGPU_SIM_HOST_NUMA_MAP": "refuse"})
+    try:
+        _wait_log(s, r"host page pool: 256 MiB of pinned host memory from the driver")  # before the session starts
+        client = _start_shapes(s.client_env())
+        m = _wait_log(s, r"session (\w+): the host page pool failed \(cannot map the node's host page pool "
+                         r"\(CUDA error 801\)\); paging it to disk instead")
+        _wait_log(s, rf"page-out of session {m.group(1)}: paged disk (\d+)")
+        out, err = client.communicate("go\n", timeout=60)
+        assert out.strip() == "SAME", out + err
+        _wait_no_files(spill)
+    finally:
+        stop_server(s)
+
+
 def test_page_out_spills_to_disk_when_the_host_pool_is_full(tmp_path: Path) -> None:
     spill = tmp_path / "spill"
     s = start_server(tmp_path, "--idle-page-out", "1", "--host-page-pool", "0", "--spill-dir", str(spill))
