@@ -306,8 +306,9 @@ class Pager:
             return
         if st.extent is not None:
             self.pool.give(st.extent)
-            log.info("session %s ended holding a host pool extent: freed (%d of %d MiB free)", sid,
-                     self.pool.free_bytes >> 20, self.pool.size >> 20)
+        if self.pool.size:
+            log.info("session %s gone: host page pool %d of %d MiB free", sid, self.pool.free_bytes >> 20,
+                     self.pool.size >> 20)
         if st.spill is not None:
             self.spill_deleter.delete(st.spill)
         for w in st.waiters:
