@@ -237,13 +237,17 @@ class NodeAgent:
                         log.exception("taking paged session %s to the deeper level failed", sid)
 
     async def _park_policy(self, idle_s: float) -> None:
-        """Parks sessions that are paged out and idle past idle_s (an unparkable one stays paged, its reason kept)."""
+        """Parks sessions that are paged out and idle past idle_s (an unparkable one stays paged, its reason kept,
+        and is tried again once it has run and paged out since: what made it unparkable, a CUDA graph say, may be
+        gone)."""
         tried: dict[str, float] = {}
         while True:
             await asyncio.sleep(0.5)
             for sid, st in list(self.pager.states.items()):
-                if (st.state in ("paged-host", "paged-disk") and st.idle_ms >= idle_s * 1000
-                        and sid not in self.parker.blockers and time.monotonic() - tried.get(sid, 0.0) >= 30.0):
+                last = tried.get(sid, 0.0)
+                again = (st.paged_at > last if sid in self.parker.blockers  # it ran and paged out since
+                         else time.monotonic() - last >= 30.0)  # a park that failed otherwise: not hammered
+                if st.state in ("paged-host", "paged-disk") and st.idle_ms >= idle_s * 1000 and again:
                     tried[sid] = time.monotonic()
                     try:
                         await self.park(sid)

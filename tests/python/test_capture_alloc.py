@@ -18,6 +18,7 @@ client_stub/graph_mem.c), as natively.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -183,6 +184,10 @@ ga, r_ = capture_left(5); ea = inst(ga); run(ea)
 print("READY", check_main(e), read(r_, 3 * MiB // 4), flush=True)
 sys.stdin.readline()  # meanwhile: paged out, and refused parking
 print("PAGED-IN", check_main(e), read(r_, 3 * MiB // 4), flush=True)
+gone(g, e); gone(ga, ea)  # its graphs go: the next time it pages out, it parks
+print("GRAPHS-GONE", flush=True)
+sys.stdin.readline()  # meanwhile: paged out and parked
+print("RESUMED", read(r_, 3 * MiB // 4), flush=True)
 """
 )
 
@@ -235,8 +240,17 @@ def test_graph_memory_pages_out_and_parks_once_the_graphs_are_gone(tmp_path: Pat
         m = wait_log(s, r"session \w+ was not parked: (unparkable: .*)")
         assert "CUDA graphs" in m.group(1), m.group(1)  # the session that holds graphs is refused, with the reason
         wait_log(s, r"park of session \w+: parked sessions/\w+ (\d+)")  # the one whose graphs went is parked
+        holder.stdin.write("go\n")  # type: ignore[union-attr]
+        holder.stdin.flush()  # type: ignore[union-attr]
+        for want in ("PAGED-IN [7, 9] [5]", "GRAPHS-GONE"):  # paged in, its graphs run again; then they go
+            got = holder.stdout.readline().strip()
+            assert got == want, got + s.log_text()[-3000:]
+        hid = re.search(r"session (\w+) was not parked: unparkable", s.log_text())
+        assert hid is not None
+        # refused once, it is tried again after it ran and paged out once more: now it parks
+        wait_log(s, rf"park of session {hid.group(1)}: parked sessions/\w+ (\d+)", timeout=60)
         out, err = holder.communicate("go\n", timeout=120)
-        assert "PAGED-IN [7, 9] [5]" in out, out + err + s.log_text()[-3000:]  # paged in, its graphs run again
+        assert "RESUMED [5]" in out, out + err + s.log_text()[-3000:]
         out, err = left.communicate("go\n", timeout=120)
         why = f"{out}\n{err}\n{s.log_text()[-3000:]}"
         assert "RESUMED [5] 4" in out and "FREED 0" in out, why
