@@ -55,8 +55,9 @@ print("write then wait in one batch", batch((WRITE32, p + 4, 0xffff, 0, 0, 0), (
 # The simulated device, like most GPUs, has CU_DEVICE_ATTRIBUTE_CAN_FLUSH_REMOTE_WRITES 0: a flush (standalone or a
 # wait's FLUSH flag, 1 << 30) is refused at the call, with nothing queued.
 print("flush", batch((WRITE32, p + 4, 3, 0, 0, 0), (FLUSH, 0, 0, 0, 0, 0)), "flag",
-      batch((WAIT32, p, 7, EQ | (1 << 30), 0, 0)), "single", cu.cuStreamWaitValue32_v2(s, ctypes.c_uint64(p), 7, 1 << 30),
-      "then sync", cu.cuStreamSynchronize(s), "untouched", struct.unpack("<I", read(8)[4:8])[0])
+      batch((WAIT32, p, 7, EQ | (1 << 30), 0, 0)), "single",
+      cu.cuStreamWaitValue32_v2(s, ctypes.c_uint64(p), 7, 1 << 30), "then sync", cu.cuStreamSynchronize(s),
+      "untouched", struct.unpack("<I", read(8)[4:8])[0])
 host = ctypes.c_void_p()
 ok(cu.cuMemAllocHost_v2(ctypes.byref(host), ctypes.c_size_t(64)), "pinned")
 print("pinned host memory", batch((WRITE32, host.value, 1, 0, 0, 0)))

@@ -1,7 +1,7 @@
 """Acceptance: PyTorch on the driver's stream-ordered allocator (PYTORCH_CUDA_ALLOC_CONF=backend:cudaMallocAsync,
-set here before torch starts): a small MLP fitted to one batch for a few steps (fp32, TF32 off, fixed seeds), tensors of many
-sizes allocated and freed in a loop, a tensor used on a second stream (record_stream), empty_cache (a pool trim),
-and a forward pass captured as a CUDA graph (torch.cuda.graph: its intermediate tensors are cudaMallocAsync /
+set here before torch starts): a small MLP fitted to one batch for a few steps (fp32, TF32 off, fixed seeds), tensors
+of many sizes allocated and freed in a loop, a tensor used on a second stream (record_stream), empty_cache (a pool
+trim), and a forward pass captured as a CUDA graph (torch.cuda.graph: its intermediate tensors are cudaMallocAsync /
 cudaFreeAsync under stream capture, so graph allocation and free nodes) replayed twice on new inputs, each replay
 equal to the same forward pass run eagerly (rtol 1e-5). CPU checks: the first step's loss against the same step on
 the CPU, rtol 1e-4; the trained weights' sum within 1e-3 relative (at least 1e-3 absolute); the loop's checksum
