@@ -753,6 +753,7 @@ FGS_EXPORT int fgs_serve(fgs_session *S, int fd, int ctl_fd, char *reason, unsig
             if (!fgs_events_answer(S, rec.op, rec.args, rec.length, &out, &res)) /* restored events' times */
                 res = fgs_dispatch(S, rec.op, &args, &out);
             if (S->journal) fgs_journal_note(S, rec.op, rec.args, rec.length, res, &out, out_before);
+            fgs_capture_watch(S, rec.op, rec.args, rec.length, res);
             if (res == FGS_PROTOCOL_ERROR || res == FGS_UNKNOWN_OP) {
                 bad = fgs_bulk_error(S) ? fgs_bulk_error(S) : "malformed arguments";
                 break;
@@ -765,7 +766,10 @@ FGS_EXPORT int fgs_serve(fgs_session *S, int fd, int ctl_fd, char *reason, unsig
                 deferred_op = rec.op;
             }
         }
-        if (!bad) fgs_mempool_reap(S, rec.op, rec.args, rec.length); /* completed cuMemFreeAsync frees */
+        if (!bad) {
+            fgs_mempool_reap(S, rec.op, rec.args, rec.length); /* completed cuMemFreeAsync frees */
+            fgs_capture_watch(S, 0, NULL, 0, CUDA_SUCCESS);
+        }
         if (!bad && n < 0) bad = bad ? bad : "malformed record";
         if (!bad && (h.flags & FG_F_WANT_REPLY) && !answered) bad = "reply requested but the last record is not synchronous";
         if (bad && lone && fgs_bulk_io_broken(S) && fgs_linger_ms()) { /* not applied: the client sends it again */
