@@ -136,7 +136,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 "zero_nodes_to_lease_placed_s": round(t_placed - t0, 3),
                 "zero_nodes_to_context_s": round(float(t_ctx) - t0, 3),
                 "zero_nodes_to_first_kernel_s": round(float(t_kernel) - t0, 3),
-                "kernel_wrote": value, "kernel_ok": value == hex(0x5CA1AB1E) or args.backend == "sim",
+                "kernel_wrote": value,  # the simulated device records the launch without running it: no verdict there
+                "kernel_ok": value == hex(0x5CA1AB1E) if args.backend != "sim" else None,
                 "release_to_zero_nodes_s": round(time.time() - t_rel, 3), "node": lease["node_id"],
                 "client_real_libcuda": real, "client_nvidia_fds": fds,
                 "client_never_loaded_driver": real == "-" and fds == "-",
@@ -152,7 +153,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "rounds": rounds,
         "node_start_seconds_sum": float(starts[0].split()[-1]) if starts else None,
         "best_zero_to_first_kernel_s": min(r["zero_nodes_to_first_kernel_s"] for r in rounds),
-        "all_ok": all(r["kernel_ok"] and r["client_never_loaded_driver"] for r in rounds),
+        "all_ok": all(r["kernel_ok"] is not False and r["client_never_loaded_driver"] for r in rounds),
     }
 
 

@@ -147,3 +147,20 @@ def test_demo_says_how_to_get_fargpu_on_path(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stdout + r.stderr
     last = r.stdout.strip().splitlines()[-1]
     assert f". {Path(sys.executable).parent / 'activate'}" in last or "is installed in" in last, last
+
+
+def test_fargpu_server_starts_without_the_pool_managers_imports() -> None:
+    """A node started from zero waits for `fargpu server` to start: the console script's entry runs the node
+    server's command without importing the pool manager's web stack, and still parses its options."""
+    probe = (
+        "import sys; from fargpu import entry; sys.argv = ['fargpu', 'server', '--help']\n"
+        "try:\n    entry.main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+        "print('LOADED', 'fastapi' in sys.modules, 'fargpu.pool_manager.server' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], env=_env(), capture_output=True, text=True, timeout=60, cwd="/")
+    assert out.returncode == 0, out.stderr
+    assert "--backend" in out.stdout and "LOADED False False" in out.stdout, out.stdout[-2000:]
+    bad = subprocess.run([FARGPU, "server", "--no-such-flag"], env=_env(), capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "--no-such-flag" in bad.stderr
+    full = subprocess.run([FARGPU, "pool", "--help"], env=_env(), capture_output=True, text=True, timeout=60)
+    assert full.returncode == 0 and "page-out" in full.stdout  # everything else: the full command tree
