@@ -550,7 +550,7 @@ class NodeAgent:
         args += ["--ipc-fd", "10"]
         fds[10] = ipc_child.fileno()
         try:
-            proc = spawn(args, fds, env)
+            proc = spawn(args, fds, env, stable_va=self.config.stable_addresses)
         except OSError as exc:
             ipc_child.close()
             self.ipc.close(sid)

@@ -11,14 +11,23 @@ child with clone(CLONE_VM | CLONE_VFORK) and runs no atfork handlers, so nothing
 in the child, whatever libraries the parent has loaded.
 
 The child gets exactly the descriptors in `fds` (child fd number -> parent fd, duplicated with dup2 in the
-child) besides stdio: every other descriptor of the server is made close-on-exec before the spawn."""
+child) besides stdio: every other descriptor of the server is made close-on-exec before the spawn.
+
+`stable_va` starts the child without address-space randomisation (server/worker.py says why workers want it):
+the spawning thread's personality carries ADDR_NO_RANDOMIZE across the spawn only (a personality is a thread's
+own and the child inherits it at exec), so the worker need not execute itself a second time to get it."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import os
 import signal
+from collections.abc import Iterator
+
+ADDR_NO_RANDOMIZE = 0x0040000  # personality(2)
+_QUERY = 0xFFFFFFFF
 
 
 class SpawnedProcess:
@@ -69,9 +78,26 @@ def _close_on_exec_all() -> None:
                     os.set_inheritable(fd, False)
 
 
-def spawn(args: list[str], fds: dict[int, int], env: dict[str, str]) -> SpawnedProcess:
+@contextlib.contextmanager
+def _no_randomisation(on: bool) -> Iterator[None]:
+    """This thread's personality with ADDR_NO_RANDOMIZE while the block runs (nothing when off, or where the
+    kernel refuses: the worker then tries again itself and says so)."""
+    libc = ctypes.CDLL(None, use_errno=True) if on else None
+    before = libc.personality(_QUERY) if libc is not None else -1
+    changed = before != -1 and not before & ADDR_NO_RANDOMIZE and libc is not None
+    if changed and libc is not None and libc.personality(before | ADDR_NO_RANDOMIZE) == -1:
+        changed = False
+    try:
+        yield
+    finally:
+        if changed and libc is not None:
+            libc.personality(before)
+
+
+def spawn(args: list[str], fds: dict[int, int], env: dict[str, str], stable_va: bool = False) -> SpawnedProcess:
     """Starts `args` with `fds` mapped into the child (child fd -> parent fd) and `env`, from the running event
-    loop (which awaits the exit). The parent waits only until the child has exec'ed. Raises OSError."""
+    loop (which awaits the exit), without address-space randomisation when `stable_va`. The parent waits only
+    until the child has exec'ed. Raises OSError."""
     if any(child < 3 for child in fds):
         raise ValueError("child descriptors 0-2 are the server's own stdio; map session fds to 3 and up")
     # dup2 onto a descriptor that is also a source would clobber it: stage every source above the targets.
@@ -86,5 +112,6 @@ def spawn(args: list[str], fds: dict[int, int], env: dict[str, str]) -> SpawnedP
     for tmp in staged:
         actions.append((os.POSIX_SPAWN_CLOSE, tmp))
     _close_on_exec_all()
-    pid = os.posix_spawn(args[0], args, env, file_actions=actions)
+    with _no_randomisation(stable_va):
+        pid = os.posix_spawn(args[0], args, env, file_actions=actions)
     return SpawnedProcess(pid)

@@ -38,11 +38,12 @@ PROT_NONE, MAP_PRIVATE, MAP_ANONYMOUS, MAP_NORESERVE = 0, 0x02, 0x20, 0x4000
 
 
 def keep_addresses_stable() -> None:
-    """FARGPU_WORKER_STABLE_VA=1 (the agent's default): run without address-space randomisation, by turning it off
-    for this process and executing it again, once. The real driver places device addresses where it likes in the
-    process's address space (bench/probe_va.c); without randomisation every worker of a node finds the driver's
-    range at the same place, which is what lets a parked session get its old addresses back in a new worker
-    (server/replay/park.c). Where the kernel or a seccomp profile refuses, the worker says so and carries on."""
+    """FARGPU_WORKER_STABLE_VA=1 (the agent's default): run without address-space randomisation. The agent starts
+    workers that way (server/spawn.py); one started otherwise turns it off for itself and executes itself again,
+    once. The real driver places device addresses where it likes in the process's address space
+    (bench/probe_va.c); without randomisation every worker of a node finds the driver's range at the same place,
+    which is what lets a parked session get its old addresses back in a new worker (server/replay/park.c). Where
+    the kernel or a seccomp profile refuses, the worker says so and carries on."""
     if os.environ.get("FARGPU_WORKER_STABLE_VA") != "1":
         return
     import ctypes

@@ -86,3 +86,24 @@ def test_workers_are_randomised_when_the_node_says_so(tmp_path: Path) -> None:
         p.communicate("go\n", timeout=60)
     finally:
         stop_server(s)
+
+
+def test_workers_start_without_randomisation_once_and_the_agent_keeps_its_own(tmp_path: Path) -> None:
+    """The agent starts each worker without randomisation (server/spawn.py), so the worker never executes itself a
+    second time (a whole interpreter start on every session's way to its first call), and the agent's own
+    personality is left as it was."""
+    s = start_server(tmp_path)
+    try:
+        p = subprocess.Popen([sys.executable, "-P", "-c", PROGRAM], env=s.client_env(), stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/")
+        assert p.stdout is not None
+        assert p.stdout.readline().startswith("READY")
+        assert _worker_personality(s) & 0x0040000
+        pid = re.findall(r"-> worker (\d+)", s.log_text())[-1]
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        assert b"FARGPU_WORKER_STABLE_VA=1" in environ
+        assert not [e for e in environ if e.startswith(b"FARGPU_WORKER_REEXECUTED")], "the worker executed itself again"
+        assert int(Path(f"/proc/{s.proc.pid}/personality").read_text(), 16) & 0x0040000 == 0
+        p.communicate("go\n", timeout=60)
+    finally:
+        stop_server(s)
