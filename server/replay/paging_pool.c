@@ -244,16 +244,20 @@ static CUresult pool_direct(fgs_session *S, uint8_t *map, int out) {
     return r;
 }
 
+/* A pool of driver memory (hostpool.c): one DMA per allocation between the device and the mapped extent. */
+static CUresult slab_copy(fgs_session *S, uint8_t *pool, int out) {
+    fgs_pager *P = S->pager;
+    uint64_t t = fgs_now_ns();
+    CUresult r = P->stream ? CUDA_SUCCESS : S->api->cuStreamCreate(&P->stream, CU_STREAM_NON_BLOCKING);
+    if (r == CUDA_SUCCESS) r = fgs_hostpool_copy(S, P->stream, (CUdeviceptr)(uintptr_t)pool, out);
+    P->copy_ns += fgs_now_ns() - t;
+    return r;
+}
+
 /* Device → pool: the DMA of chunk k+1 into one bounce buffer runs while chunk k is copied out of the other. */
 static CUresult to_pool(fgs_session *S, uint8_t *dst) {
     fgs_pager *P = S->pager;
-    if (P->pool_vmm) {
-        uint64_t t = fgs_now_ns();
-        CUresult rv = P->stream ? CUDA_SUCCESS : S->api->cuStreamCreate(&P->stream, CU_STREAM_NON_BLOCKING);
-        if (rv == CUDA_SUCCESS) rv = fgs_hostpool_copy(S, P->stream, (CUdeviceptr)(uintptr_t)dst, 1);
-        P->copy_ns += fgs_now_ns() - t;
-        return rv;
-    }
+    if (P->pool_vmm) return slab_copy(S, dst, 1);
     CUresult r = pool_direct(S, dst, 1);
     if (r != CUDA_ERROR_NOT_SUPPORTED) return r;
     r = pool_prepare(S);
@@ -289,13 +293,7 @@ static CUresult to_pool(fgs_session *S, uint8_t *dst) {
 /* Pool → device: chunk k+1 is copied into one bounce buffer while chunk k goes to the device from the other. */
 static CUresult from_pool(fgs_session *S, uint8_t *src) {
     fgs_pager *P = S->pager;
-    if (P->pool_vmm) {
-        uint64_t t = fgs_now_ns();
-        CUresult rv = P->stream ? CUDA_SUCCESS : S->api->cuStreamCreate(&P->stream, CU_STREAM_NON_BLOCKING);
-        if (rv == CUDA_SUCCESS) rv = fgs_hostpool_copy(S, P->stream, (CUdeviceptr)(uintptr_t)src, 0);
-        P->copy_ns += fgs_now_ns() - t;
-        return rv;
-    }
+    if (P->pool_vmm) return slab_copy(S, src, 0);
     CUresult r = pool_direct(S, src, 0);
     if (r != CUDA_ERROR_NOT_SUPPORTED) return r;
     r = pool_prepare(S);
