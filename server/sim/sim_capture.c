@@ -53,6 +53,17 @@ static long long live_id(CUstream s)
     return id;
 }
 
+/* Checks stream s under the global lock; its live id in *sid once it passed. */
+static CUresult checked_id(CUstream s, long long *sid)
+{
+    sim_lock();
+    CUresult rc = sim_stream_check(s);
+    sim_unlock();
+    if (rc == CUDA_SUCCESS)
+        *sid = live_id(s);
+    return rc;
+}
+
 /* With cap_mu held. */
 static struct capture *find(CUstream s, long long sid)
 {
@@ -119,8 +130,11 @@ static CUresult captured(CUstream s, CUresult rc, CUgraphNode node)
 
 /* ---- the captured work (each returns -1 in *done when s is not capturing: the caller runs the work) ---- */
 
-int sim_capture_kernel(CUstream s, CUfunction f, const unsigned int grid[3], const unsigned int block[3],
-                       unsigned int shmem, void **kernelParams, void **extra, CUresult *rc)
+enum capture_kind { CAP_MEMSET, CAP_COPY, CAP_HOST, CAP_KERNEL };
+
+/* Every captured work item: the node of that kind (params its node parameters; ctx for memsets and copies) joins
+ * the capture, or, where the capture was invalidated, the work is refused. */
+static int capture_with(CUstream s, CUresult *rc, enum capture_kind kind, const void *params, CUcontext ctx)
 {
     static CUgraphNode deps[MAX_CAPTURE_DEPS];
     static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER; /* guards deps (large: not on the stack) */
@@ -128,15 +142,26 @@ int sim_capture_kernel(CUstream s, CUfunction f, const unsigned int grid[3], con
     CUgraph g = NULL;
     size_t n = 0;
     int st = capturing(s, &g, deps, &n);
-    if (st == 0) {
-        pthread_mutex_unlock(&mu);
+    CUgraphNode node = NULL;
+    CUresult r = CUDA_ERROR_STREAM_CAPTURE_INVALIDATED;
+    if (st > 0 && kind == CAP_MEMSET)
+        r = cuGraphAddMemsetNode(&node, g, deps, n, (const CUDA_MEMSET_NODE_PARAMS *)params, ctx);
+    else if (st > 0 && kind == CAP_COPY)
+        r = cuGraphAddMemcpyNode(&node, g, deps, n, (const CUDA_MEMCPY3D *)params, ctx);
+    else if (st > 0 && kind == CAP_HOST)
+        r = cuGraphAddHostNode(&node, g, deps, n, (const CUDA_HOST_NODE_PARAMS *)params);
+    else if (st > 0)
+        r = cuGraphAddKernelNode_v2(&node, g, deps, n, (const CUDA_KERNEL_NODE_PARAMS_v2 *)params);
+    pthread_mutex_unlock(&mu);
+    if (st == 0)
         return 0;
-    }
-    if (st < 0) {
-        pthread_mutex_unlock(&mu);
-        *rc = CUDA_ERROR_STREAM_CAPTURE_INVALIDATED;
-        return 1;
-    }
+    *rc = st > 0 ? captured(s, r, node) : r;
+    return 1;
+}
+
+int sim_capture_kernel(CUstream s, CUfunction f, const unsigned int grid[3], const unsigned int block[3],
+                       unsigned int shmem, void **kernelParams, void **extra, CUresult *rc)
+{
     CUDA_KERNEL_NODE_PARAMS_v2 p;
     memset(&p, 0, sizeof p);
     p.func = f;
@@ -149,34 +174,7 @@ int sim_capture_kernel(CUstream s, CUfunction f, const unsigned int grid[3], con
     p.sharedMemBytes = shmem;
     p.kernelParams = kernelParams;
     p.extra = extra;
-    CUgraphNode node = NULL;
-    CUresult r = cuGraphAddKernelNode_v2(&node, g, deps, n, &p);
-    pthread_mutex_unlock(&mu);
-    *rc = captured(s, r, node);
-    return 1;
-}
-
-static int capture_with(CUstream s, CUresult *rc, int kind, const void *params, CUcontext ctx)
-{
-    static CUgraphNode deps[MAX_CAPTURE_DEPS];
-    static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
-    pthread_mutex_lock(&mu);
-    CUgraph g = NULL;
-    size_t n = 0;
-    int st = capturing(s, &g, deps, &n);
-    CUgraphNode node = NULL;
-    CUresult r = CUDA_ERROR_STREAM_CAPTURE_INVALIDATED;
-    if (st > 0 && kind == 0)
-        r = cuGraphAddMemsetNode(&node, g, deps, n, (const CUDA_MEMSET_NODE_PARAMS *)params, ctx);
-    else if (st > 0 && kind == 1)
-        r = cuGraphAddMemcpyNode(&node, g, deps, n, (const CUDA_MEMCPY3D *)params, ctx);
-    else if (st > 0)
-        r = cuGraphAddHostNode(&node, g, deps, n, (const CUDA_HOST_NODE_PARAMS *)params);
-    pthread_mutex_unlock(&mu);
-    if (st == 0)
-        return 0;
-    *rc = st > 0 ? captured(s, r, node) : r;
-    return 1;
+    return capture_with(s, rc, CAP_KERNEL, &p, NULL);
 }
 
 int sim_capture_memset(CUstream s, CUdeviceptr dst, unsigned int value, size_t n, unsigned int width, CUresult *rc)
@@ -191,7 +189,7 @@ int sim_capture_memset(CUstream s, CUdeviceptr dst, unsigned int value, size_t n
     p.pitch = n * width;
     CUcontext ctx = NULL;
     cuCtxGetCurrent(&ctx);
-    return capture_with(s, rc, 0, &p, ctx);
+    return capture_with(s, rc, CAP_MEMSET, &p, ctx);
 }
 
 /* A 1D copy: src_host / dst_host name host pointers (the others are device addresses). */
@@ -211,13 +209,13 @@ int sim_capture_copy(CUstream s, CUdeviceptr dst, void *dst_host, CUdeviceptr sr
     c.Depth = 1;
     CUcontext ctx = NULL;
     cuCtxGetCurrent(&ctx);
-    return capture_with(s, rc, 1, &c, ctx);
+    return capture_with(s, rc, CAP_COPY, &c, ctx);
 }
 
 int sim_capture_host(CUstream s, CUhostFn fn, void *data, CUresult *rc)
 {
     CUDA_HOST_NODE_PARAMS p = { fn, data };
-    return capture_with(s, rc, 2, &p, NULL);
+    return capture_with(s, rc, CAP_HOST, &p, NULL);
 }
 
 /* ---- the capture calls ---- */
@@ -227,12 +225,10 @@ SIM_API CUresult cuStreamBeginCapture_v2(CUstream hStream, CUstreamCaptureMode m
     if (mode != CU_STREAM_CAPTURE_MODE_GLOBAL && mode != CU_STREAM_CAPTURE_MODE_THREAD_LOCAL &&
         mode != CU_STREAM_CAPTURE_MODE_RELAXED)
         return CUDA_ERROR_INVALID_VALUE;
-    sim_lock();
-    CUresult rc = sim_stream_check(hStream);
-    sim_unlock();
+    long long sid = 0;
+    CUresult rc = checked_id(hStream, &sid);
     if (rc != CUDA_SUCCESS)
         return rc;
-    long long sid = live_id(hStream);
     if (!sid) {
         sim_log_once("stream capture of the NULL, legacy or per-thread stream", "not simulated");
         return CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED;
@@ -294,12 +290,10 @@ SIM_API CUresult cuStreamEndCapture(CUstream hStream, CUgraph *phGraph)
 {
     if (!phGraph)
         return CUDA_ERROR_INVALID_VALUE;
-    sim_lock();
-    CUresult rc = sim_stream_check(hStream);
-    sim_unlock();
+    long long sid = 0;
+    CUresult rc = checked_id(hStream, &sid);
     if (rc != CUDA_SUCCESS)
         return rc;
-    long long sid = live_id(hStream);
     pthread_mutex_lock(&cap_mu);
     struct capture *c = find(hStream, sid);
     struct capture x;
@@ -326,12 +320,10 @@ SIM_API CUresult cuStreamEndCapture(CUstream hStream, CUgraph *phGraph)
 static CUresult info(CUstream s, CUstreamCaptureStatus *st, cuuint64_t *id, CUgraph *g, const CUgraphNode **deps,
                      size_t *n)
 {
-    sim_lock();
-    CUresult rc = sim_stream_check(s);
-    sim_unlock();
+    long long sid = 0;
+    CUresult rc = checked_id(s, &sid);
     if (rc != CUDA_SUCCESS)
         return rc;
-    long long sid = live_id(s);
     pthread_mutex_lock(&cap_mu);
     struct capture *c = find(s, sid);
     *st = c ? c->status : CU_STREAM_CAPTURE_STATUS_NONE;
@@ -381,12 +373,10 @@ static CUresult update(CUstream s, const CUgraphNode *deps, const CUgraphEdgeDat
             sim_log_once("capture dependencies with edge data", "not simulated (default edges only)");
             return CUDA_ERROR_NOT_SUPPORTED;
         }
-    sim_lock();
-    CUresult rc = sim_stream_check(s);
-    sim_unlock();
+    long long sid = 0;
+    CUresult rc = checked_id(s, &sid);
     if (rc != CUDA_SUCCESS)
         return rc;
-    long long sid = live_id(s);
     CUgraph g = NULL;
     pthread_mutex_lock(&cap_mu);
     struct capture *c = find(s, sid);
