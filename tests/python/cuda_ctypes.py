@@ -35,6 +35,14 @@ def load_test_module():
 '''.replace("__TEST_PTX__", repr(str(TEST_PTX)))
 
 
+# PRELUDE with the two short ctypes names the stream-ordered allocation and graph memory snippets write everywhere:
+# V for a handle (a void pointer) and U64 for a device address.
+TYPED_PRELUDE = PRELUDE + r'''
+V = ctypes.c_void_p
+U64 = ctypes.c_uint64
+'''
+
+
 # A session that holds 512 MiB and, for every line on stdin, fills it with the next value and checks it back
 # ("DONE n" or "WRONG n"): the paging tests let several of these take turns on a node with room for fewer.
 TAKE_TURNS = PRELUDE + r'''

@@ -102,6 +102,12 @@ def run_client(code: str, env: dict[str, str], timeout: float = 60) -> subproces
                           timeout=timeout, cwd="/")
 
 
+def start_client(code: str, env: dict[str, str]) -> subprocess.Popen[str]:
+    """Start a Python client snippet that the test talks to: its stdin, stdout and stderr are pipes (text)."""
+    return subprocess.Popen([sys.executable, "-P", "-c", code], env=env, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/")
+
+
 def wait_log(s: NodeServer, pattern: str, timeout: float = 30.0) -> re.Match[str]:
     """The first match of pattern in the node's log, once it is there; fails after timeout seconds with the log's
     end."""

@@ -23,17 +23,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-from cuda_ctypes import PRELUDE
-from e2e_helpers import start_server, stop_server, wait_log
+from cuda_ctypes import TYPED_PRELUDE
+from e2e_helpers import start_client, start_server, stop_server, wait_log
 
 MiB = 1 << 20
 N = 1 << 16
 
 COMMON = (
-    PRELUDE
+    TYPED_PRELUDE
     + r"""
-V = ctypes.c_void_p
-U64 = ctypes.c_uint64
 N = 1 << 16
 ctx0()
 mod = load_test_module()
@@ -211,25 +209,13 @@ print("FREED", reserved(), flush=True)
 )
 
 
-def _client(program: str, env: dict[str, str]) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-P", "-c", program],
-        env=env,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd="/",
-    )
-
-
 def test_graph_memory_pages_out_and_parks_once_the_graphs_are_gone(tmp_path: Path) -> None:
     store = tmp_path / "park-store"
     s = start_server(
         tmp_path, "--vram-quota", str(64 * MiB), "--idle-page-out", "1", "--idle-park", "1", "--park-store", str(store)
     )
     env = s.client_env(FARGPU_RESUME_TIMEOUT_S="60")
-    holder, left = _client(HOLDS_GRAPHS, env), _client(LEFT_MEMORY, env)
+    holder, left = start_client(HOLDS_GRAPHS, env), start_client(LEFT_MEMORY, env)
     try:
         assert holder.stdout is not None and left.stdout is not None
         for p, want in ((holder, "READY [7, 9] [5]"), (left, "failed capture 900 901"), (left, "READY 4")):

@@ -16,16 +16,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-from cuda_ctypes import PRELUDE
+from cuda_ctypes import TYPED_PRELUDE
 from e2e_helpers import start_server, stop_server
 
 MiB = 1 << 20
 
 SNIPPET = (
-    PRELUDE
+    TYPED_PRELUDE
     + r"""
-V = ctypes.c_void_p
-U64 = ctypes.c_uint64
 ctx0()
 class AllocParams(ctypes.Structure):  # CUDA_MEM_ALLOC_NODE_PARAMS: pool properties (88 bytes), access, size, dptr
     _fields_ = [("allocType", ctypes.c_int), ("handleTypes", ctypes.c_int), ("locType", ctypes.c_int),

@@ -21,17 +21,14 @@ import sys
 import time
 from pathlib import Path
 
-from cuda_ctypes import PRELUDE
-from e2e_helpers import start_server, stop_server
-from test_park import _wait_log
+from cuda_ctypes import PRELUDE, TYPED_PRELUDE
+from e2e_helpers import start_client, start_server, stop_server, wait_log
 
 MiB = 1 << 20
 
 POOLS = (
-    PRELUDE
+    TYPED_PRELUDE
     + r"""
-V = ctypes.c_void_p
-U64 = ctypes.c_uint64
 class Props(ctypes.Structure):  # CUmemPoolProps (88 bytes)
     _fields_ = [("allocType", ctypes.c_int), ("handleTypes", ctypes.c_int), ("locType", ctypes.c_int),
                 ("locId", ctypes.c_int), ("win32", V), ("maxSize", ctypes.c_size_t), ("usage", ctypes.c_ushort),
@@ -267,15 +264,7 @@ def test_killed_client_leaves_nothing(tmp_path: Path) -> None:
             [sys.executable, "-P", "-c", TAKER], env=env, capture_output=True, text=True, timeout=60, cwd="/"
         )
         assert "alloc 0" in before.stdout, before.stdout + before.stderr
-        h = subprocess.Popen(
-            [sys.executable, "-P", "-c", HOLDER],
-            env=env,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            cwd="/",
-        )
+        h = start_client(HOLDER, env)
         assert h.stdout is not None
         line = h.stdout.readline().strip()
         assert line == "HOLDING", line + (h.stderr.read() if h.stderr else "")
@@ -300,11 +289,9 @@ def test_killed_client_leaves_nothing(tmp_path: Path) -> None:
 
 
 PARKED = (
-    PRELUDE
+    TYPED_PRELUDE
     + r"""
 import hashlib
-V = ctypes.c_void_p
-U64 = ctypes.c_uint64
 class Props(ctypes.Structure):
     _fields_ = [("allocType", ctypes.c_int), ("handleTypes", ctypes.c_int), ("locType", ctypes.c_int),
                 ("locId", ctypes.c_int), ("win32", V), ("maxSize", ctypes.c_size_t), ("usage", ctypes.c_ushort),
@@ -364,21 +351,13 @@ def test_pool_memory_pages_out_parks_and_comes_back(tmp_path: Path) -> None:
     port = int(a.endpoint.rsplit(":", 1)[1])
     b = None
     try:
-        p = subprocess.Popen(
-            [sys.executable, "-P", "-c", PARKED],
-            env=a.client_env(FARGPU_RESUME_TIMEOUT_S="60"),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            cwd="/",
-        )
+        p = start_client(PARKED, a.client_env(FARGPU_RESUME_TIMEOUT_S="60"))
         assert p.stdout is not None
         ready = p.stdout.readline().strip()
         if ready != "READY 7 12 2":  # 1 MiB block of a 2 MiB chunk + 6 MiB from the pool (+4 MiB pending); 2 default
             p.kill()
             raise AssertionError(ready + (p.stderr.read() if p.stderr else "") + a.log_text()[-3000:])
-        _wait_log(a, r"park of session \w+: parked sessions/\w+ (\d+)")
+        wait_log(a, r"park of session \w+: parked sessions/\w+ (\d+)")
         a.proc.kill()  # the node that ran it is gone; a new node server takes its address
         a.proc.wait()
         (tmp_path / "b").mkdir()
@@ -468,10 +447,8 @@ def test_pool_access_for_a_peer_device(tmp_path: Path) -> None:
 
 
 CTX_GONE = (
-    PRELUDE
+    TYPED_PRELUDE
     + r"""
-V = ctypes.c_void_p
-U64 = ctypes.c_uint64
 pctx = ctx0()
 dflt = V(); ok(cu.cuDeviceGetDefaultMemPool(ctypes.byref(dflt), 0), "default")
 def reserved():
