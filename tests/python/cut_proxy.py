@@ -10,12 +10,11 @@ import struct
 import threading
 from collections.abc import Callable
 
+from loopback_relay import LoopbackRelay
 
-class CutProxy:
+
+class CutProxy(LoopbackRelay):
     def __init__(self, target_port: int) -> None:
-        self.srv = socket.create_server(("127.0.0.1", 0))
-        self.port = int(self.srv.getsockname()[1])
-        self.target = target_port
         self.lock = threading.Lock()
         self.sent = {"up": 0, "down": 0}  # bytes client -> server, server -> client
         self.conns: list[tuple[int, socket.socket, socket.socket]] = []  # (index, client side, server side)
@@ -23,7 +22,7 @@ class CutProxy:
         self.cuts = 0  # cuts made by an armed mark
         self._mark: tuple[str, int, str] | None = None  # (direction, byte count, which connections)
         self.on_cut: Callable[[], None] | None = None  # called (once per cut) before the connections are reset
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__(target_port)
 
     @property
     def endpoint(self) -> str:
@@ -54,39 +53,26 @@ class CutProxy:
                 with contextlib.suppress(OSError):
                     s.close()
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.srv.accept()
-            except OSError:
-                return
-            try:
-                upstream = socket.create_connection(("127.0.0.1", self.target))
-            except OSError:
-                client.close()
-                continue
-            with self.lock:
-                self.opened += 1
-                self.conns.append((self.opened, client, upstream))
-            threading.Thread(target=self._pipe, args=(client, upstream, "up"), daemon=True).start()
-            threading.Thread(target=self._pipe, args=(upstream, client, "down"), daemon=True).start()
+    def _opened(self, client: socket.socket, upstream: socket.socket) -> None:
+        with self.lock:
+            self.opened += 1
+            self.conns.append((self.opened, client, upstream))
 
-    def _pipe(self, a: socket.socket, b: socket.socket, direction: str) -> None:
-        with contextlib.suppress(OSError):
-            while data := a.recv(1 << 18):
-                b.sendall(data)
-                fire = None
-                with self.lock:
-                    self.sent[direction] += len(data)
-                    m = self._mark
-                    if m is not None and m[0] == direction and self.sent[direction] >= m[1]:
-                        fire, self._mark = m[2], None
-                if fire is not None:
-                    self.cuts += 1
-                    if self.on_cut is not None:
-                        self.on_cut()
-                    self.cut(fire)  # (this connection goes on when it is not one of those cut)
-        with contextlib.suppress(OSError):
-            b.shutdown(socket.SHUT_WR)
+    def _forward(self, data: bytes, to: socket.socket, up: bool) -> None:
+        to.sendall(data)
+        direction = "up" if up else "down"
+        fire = None
+        with self.lock:
+            self.sent[direction] += len(data)
+            m = self._mark
+            if m is not None and m[0] == direction and self.sent[direction] >= m[1]:
+                fire, self._mark = m[2], None
+        if fire is not None:
+            self.cuts += 1
+            if self.on_cut is not None:
+                self.on_cut()
+            self.cut(fire)  # (this connection goes on when it is not one of those cut)
+
+    def _ended(self, src: socket.socket) -> None:
         with self.lock:  # an orderly end (the client closed it): no longer a connection to cut
-            self.conns = [c for c in self.conns if c[1] is not a and c[2] is not a]
+            self.conns = [c for c in self.conns if c[1] is not src and c[2] is not src]

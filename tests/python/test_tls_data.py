@@ -14,7 +14,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +21,7 @@ from pathlib import Path
 import pytest
 from cuda_ctypes import PRELUDE
 from e2e_helpers import NodeServer, free_port, run_client, start_server, stop_server
+from loopback_relay import LoopbackRelay
 from test_transports import COPIES
 
 from fargpu import paths
@@ -74,34 +74,19 @@ def test_every_copy_through_tls_is_byte_exact(tls_node: NodeServer, state: Path)
     assert "TLS to 127.0.0.1 established" in res.stderr
 
 
-class Tap:
+class Tap(LoopbackRelay):
     """A TCP proxy on loopback that records every byte the client sends (what someone on the network sees)."""
 
+    chunk = 65536
+
     def __init__(self, target_port: int) -> None:
-        self.srv = socket.create_server(("127.0.0.1", 0))
-        self.port = self.srv.getsockname()[1]
-        self.target = target_port
         self.seen = bytearray()
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__(target_port)
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.srv.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(("127.0.0.1", self.target))
-            threading.Thread(target=self._pipe, args=(client, upstream, True), daemon=True).start()
-            threading.Thread(target=self._pipe, args=(upstream, client, False), daemon=True).start()
-
-    def _pipe(self, a: socket.socket, b: socket.socket, record: bool) -> None:
-        with contextlib.suppress(OSError):
-            while data := a.recv(65536):
-                if record:
-                    self.seen += data
-                b.sendall(data)
-        with contextlib.suppress(OSError):
-            b.shutdown(socket.SHUT_WR)
+    def _forward(self, data: bytes, to: socket.socket, up: bool) -> None:
+        if up:
+            self.seen += data
+        to.sendall(data)
 
 
 def test_the_wire_carries_no_token_and_no_data_in_clear(tls_node: NodeServer, state: Path) -> None:
