@@ -16,6 +16,7 @@ server/pager.py)."""
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import resource
 import socket
@@ -28,6 +29,7 @@ MAX_SLABS = 512  # more would grow the slab instead: every worker is handed ever
 BATCH = 200  # descriptors per message (SCM_RIGHTS takes at most 253)
 ALIGN = 2 << 20
 SLAB_ENV = "FARGPU_HOST_POOL_SLAB_MB"
+log = logging.getLogger("fargpu.server.pager")
 
 
 class HostPoolError(OSError):
@@ -51,8 +53,11 @@ def _raise_fd_limit(extra: int) -> None:
     """Room for `extra` more descriptors in this process (and the workers it starts, which inherit the limit)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     want = max(soft, 4 * extra + 1024)  # the agent's, the workers' (spawn.py stages them above their targets)
-    if hard != resource.RLIM_INFINITY:
-        want = min(want, hard)
+    if hard != resource.RLIM_INFINITY and want > hard:
+        log.warning("the descriptor limit (hard %d) leaves little room beside the host pool's %d slabs: sessions may "
+                    "fail to start; raise it (ulimit -Hn, LimitNOFILE= in a unit) or use larger slabs "
+                    "(--host-pool-slab-mb)", hard, extra)
+        want = hard
     if want > soft:
         resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
 

@@ -100,3 +100,22 @@ async def test_an_agent_takes_a_driver_pool_when_asked_and_a_memfd_by_default_on
             agent.pager.close()
     with pytest.raises(ValueError, match="use auto, vmm or memfd"):
         NodeAgent(select("sim"), StaticTokenAuth("t"), AgentConfig(host_pool_kind="fast"))
+
+
+def test_a_hard_descriptor_limit_too_low_for_the_slabs_is_raised_to_and_said(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """Each worker is handed every slab: with 512 slabs the agent raises its soft limit, and a hard limit below what
+    it wants is used as far as it goes and named in a warning that says what to do."""
+    set_to: list[tuple[int, int]] = []
+    monkeypatch.setattr(host_pool_vmm.resource, "getrlimit", lambda _what: (1024, 1500))
+    monkeypatch.setattr(host_pool_vmm.resource, "setrlimit", lambda _what, lim: set_to.append(lim))
+    with caplog.at_level(logging.WARNING, logger="fargpu.server.pager"):
+        host_pool_vmm._raise_fd_limit(512)
+    assert set_to == [(1500, 1500)]
+    assert "hard 1500" in caplog.text and "--host-pool-slab-mb" in caplog.text
+    caplog.clear()
+    set_to.clear()
+    monkeypatch.setattr(host_pool_vmm.resource, "getrlimit", lambda _what: (1024, 1 << 20))
+    with caplog.at_level(logging.WARNING, logger="fargpu.server.pager"):
+        host_pool_vmm._raise_fd_limit(512)
+    assert set_to == [(4 * 512 + 1024, 1 << 20)] and not caplog.text  # room enough: raised, nothing said
