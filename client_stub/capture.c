@@ -1,7 +1,9 @@
-/* capture.c — cuStreamEndCapture, cuStreamGetCaptureInfo_v3 and cuStreamUpdateCaptureDependencies[_v2]. The driver hands back pointers
+/* capture.c — cuStreamBeginCaptureToGraph, cuStreamEndCapture, cuStreamGetCaptureInfo_v3 and
+ * cuStreamUpdateCaptureDependencies[_v2]. The driver hands back pointers
  * to its own arrays of dependency nodes and edge data; the stub keeps per-thread copies of the server's answer,
  * valid until the thread's next call, as the driver's are valid until the next capture operation on the stream.
  * Updating the dependencies (how nodes added to a capture's graph by hand join the capture) goes to the server. */
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -9,6 +11,26 @@
 #include "fgc_internal.h"
 
 #define MAX_DEPS 4096
+#define MAX_TO_GRAPH 64
+
+/* Streams capturing into an application's graph (cuStreamBeginCaptureToGraph): a failed capture there leaves the
+ * graph, and the graph allocations made in it, to the application. */
+static pthread_mutex_t to_graph_mu = PTHREAD_MUTEX_INITIALIZER;
+static CUstream to_graph_streams[MAX_TO_GRAPH];
+static size_t n_to_graph;
+
+static int to_graph(CUstream s, int add, int forget) {
+    int hit = 0;
+    pthread_mutex_lock(&to_graph_mu);
+    for (size_t i = 0; i < n_to_graph && !hit; i++)
+        if (to_graph_streams[i] == s) {
+            hit = 1;
+            if (forget) to_graph_streams[i] = to_graph_streams[--n_to_graph];
+        }
+    if (!hit && add && n_to_graph < MAX_TO_GRAPH) to_graph_streams[n_to_graph++] = s;
+    pthread_mutex_unlock(&to_graph_mu);
+    return hit;
+}
 
 static __thread CUgraphNode *t_deps;
 static __thread CUgraphEdgeData *t_edges;
@@ -92,8 +114,36 @@ CUresult fgc_cuStreamEndCapture(CUstream hStream, CUgraph *phGraph) {
         over = cuStreamIsCapturing(hStream, &st) != CUDA_SUCCESS || st == CU_STREAM_CAPTURE_STATUS_NONE;
     }
     if (over) {
+        int mine = to_graph(hStream, 0, 1);
         fgc_capture_end();
-        fgc_graph_mem_capture_ended(hStream, r == CUDA_SUCCESS);
+        fgc_graph_mem_capture_ended(hStream, r == CUDA_SUCCESS || mine);
+    }
+    return r;
+}
+
+/* u64 stream, u64 graph, u64 n + n node ids, u8 edge-data flag (+ n CUgraphEdgeData), u32 mode. Like
+ * cuStreamBeginCapture_v2, the thread's capture mode goes to the server first. */
+CUresult fgc_cuStreamBeginCaptureToGraph(CUstream hStream, CUgraph hGraph, const CUgraphNode *dependencies,
+                                         const CUgraphEdgeData *dependencyData, size_t numDependencies,
+                                         CUstreamCaptureMode mode) {
+    FGC_REQUIRE_INIT();
+    if (numDependencies > MAX_DEPS || (numDependencies && !dependencies)) return CUDA_ERROR_INVALID_VALUE;
+    CUresult r = fgc_capture_mode_sync();
+    if (r != CUDA_SUCCESS) return r;
+    fg_writer *w = fgc_begin(FG_OP_cuStreamBeginCaptureToGraph);
+    if (!w) return fgc_last_error();
+    fgc_put_handle(w, hStream);
+    fgc_put_handle(w, hGraph);
+    fg_put_u64(w, numDependencies);
+    for (size_t i = 0; i < numDependencies; i++) fgc_put_handle(w, dependencies[i]);
+    uint8_t has = dependencyData != NULL && numDependencies;
+    fg_put(w, &has, 1);
+    if (dependencyData != NULL && numDependencies) fg_put(w, dependencyData, numDependencies * sizeof *dependencyData);
+    fg_put_u32(w, (uint32_t)mode);
+    r = fgc_sync();
+    if (r == CUDA_SUCCESS) {
+        to_graph(hStream, 1, 0);
+        fgc_capture_begin();
     }
     return r;
 }

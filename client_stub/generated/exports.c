@@ -4390,25 +4390,14 @@ FGC_EXPORT CUresult CUDAAPI cuStreamBeginCapture_ptsz(CUstream hStream) {
 }
 
 FGC_EXPORT CUresult CUDAAPI cuStreamBeginCaptureToGraph(CUstream hStream, CUgraph hGraph, const CUgraphNode *dependencies, const CUgraphEdgeData *dependencyData, size_t numDependencies, CUstreamCaptureMode mode) {
-    (void)hStream;
-    (void)hGraph;
-    (void)dependencies;
-    (void)dependencyData;
-    (void)numDependencies;
-    (void)mode;
-    static int logged;
-    return fgc_unsupported("cuStreamBeginCaptureToGraph", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuStreamBeginCaptureToGraph");
+    CUresult r_ = fgc_cuStreamBeginCaptureToGraph(hStream, hGraph, dependencies, dependencyData, numDependencies, mode);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuStreamBeginCaptureToGraph", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuStreamBeginCaptureToGraph_ptsz(CUstream hStream, CUgraph hGraph, const CUgraphNode *dependencies, const CUgraphEdgeData *dependencyData, size_t numDependencies, CUstreamCaptureMode mode) {
-    (void)hStream;
-    (void)hGraph;
-    (void)dependencies;
-    (void)dependencyData;
-    (void)numDependencies;
-    (void)mode;
-    static int logged;
-    return fgc_unsupported("cuStreamBeginCaptureToGraph_ptsz", &logged);
+    return cuStreamBeginCaptureToGraph(fgc_ptsz_stream(hStream), hGraph, dependencies, dependencyData, numDependencies, mode);
 }
 
 FGC_EXPORT CUresult CUDAAPI cuStreamBeginCapture_v2(CUstream hStream, CUstreamCaptureMode mode) {

@@ -1520,6 +1520,7 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
     case FG_OP_cuProfilerStop: return fgs_cuProfilerStop(S, r, out);
     case FG_OP_cuStreamAddCallback: return fgs_cuStreamAddCallback(S, r, out);
     case FG_OP_cuStreamBatchMemOp_v2: return fgs_cuStreamBatchMemOp_v2(S, r, out);
+    case FG_OP_cuStreamBeginCaptureToGraph: return fgs_cuStreamBeginCaptureToGraph(S, r, out);
     case FG_OP_cuStreamBeginCapture_v2: {
         uint64_t id_hStream = fg_get_u64(r);
         CUstream hStream = NULL;

@@ -253,6 +253,7 @@ const char *fgs_api_load(fgs_api *api, void *dl) {
     *(void **)&api->cuProfilerStop = dlsym(dl, "cuProfilerStop");
     *(void **)&api->cuStreamAddCallback = dlsym(dl, "cuStreamAddCallback");
     *(void **)&api->cuStreamBatchMemOp_v2 = dlsym(dl, "cuStreamBatchMemOp_v2");
+    *(void **)&api->cuStreamBeginCaptureToGraph = dlsym(dl, "cuStreamBeginCaptureToGraph");
     *(void **)&api->cuStreamBeginCapture_v2 = dlsym(dl, "cuStreamBeginCapture_v2");
     *(void **)&api->cuStreamCopyAttributes = dlsym(dl, "cuStreamCopyAttributes");
     *(void **)&api->cuStreamCreate = dlsym(dl, "cuStreamCreate");

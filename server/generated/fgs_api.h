@@ -215,6 +215,7 @@ typedef struct fgs_api {
     CUresult (*cuProfilerStop)(void);
     CUresult (*cuStreamAddCallback)(CUstream, CUstreamCallback, void *, unsigned int);
     CUresult (*cuStreamBatchMemOp_v2)(CUstream, unsigned int, CUstreamBatchMemOpParams *, unsigned int);
+    CUresult (*cuStreamBeginCaptureToGraph)(CUstream, CUgraph, const CUgraphNode *, const CUgraphEdgeData *, size_t, CUstreamCaptureMode);
     CUresult (*cuStreamBeginCapture_v2)(CUstream, CUstreamCaptureMode);
     CUresult (*cuStreamCopyAttributes)(CUstream, CUstream);
     CUresult (*cuStreamCreate)(CUstream *, unsigned int);

@@ -125,6 +125,7 @@ CUresult fgs_cuProfilerStart(fgs_session *S, fg_reader *r, fg_writer *out);
 CUresult fgs_cuProfilerStop(fgs_session *S, fg_reader *r, fg_writer *out);
 CUresult fgs_cuStreamAddCallback(fgs_session *S, fg_reader *r, fg_writer *out);
 CUresult fgs_cuStreamBatchMemOp_v2(fgs_session *S, fg_reader *r, fg_writer *out);
+CUresult fgs_cuStreamBeginCaptureToGraph(fgs_session *S, fg_reader *r, fg_writer *out);
 CUresult fgs_cuStreamEndCapture(fgs_session *S, fg_reader *r, fg_writer *out);
 CUresult fgs_cuStreamGetCaptureInfo_v3(fgs_session *S, fg_reader *r, fg_writer *out);
 CUresult fgs_cuStreamUpdateCaptureDependencies_v2(fgs_session *S, fg_reader *r, fg_writer *out);

@@ -1,12 +1,42 @@
 /* capture.c — stream capture on the server: cuStreamGetCaptureInfo_v3 (the capture status, id and graph, and the
  * current dependency nodes as virtual ids, with their edge data when asked), cuStreamUpdateCaptureDependencies_v2,
- * and cuStreamEndCapture, which forgets the ids of a failed capture's graph and nodes (the driver destroyed them:
- * a session's end must not destroy them again). */
+ * cuStreamBeginCaptureToGraph (into the application's graph, from given dependency nodes), and cuStreamEndCapture,
+ * which forgets the ids of a failed capture's graph and nodes (the driver destroyed them: a session's end must not
+ * destroy them again) unless the capture was into the application's own graph, which stays the application's. One
+ * worker serves one session, so the streams capturing into an application's graph are kept in this file. */
 #include <stdlib.h>
 #include <string.h>
 
 #include "fgs_impl.h"
 #include "fgs_session.h"
+
+#define MAX_TO_GRAPH 64
+
+static uint64_t g_to_graph[MAX_TO_GRAPH]; /* virtual ids of streams capturing into an application's graph */
+static size_t g_n_to_graph;
+
+/* Whether stream id sid captures into an application's graph; forget: it no longer does. */
+static int to_graph(uint64_t sid, int forget) {
+    for (size_t i = 0; i < g_n_to_graph; i++)
+        if (g_to_graph[i] == sid) {
+            if (forget) g_to_graph[i] = g_to_graph[--g_n_to_graph];
+            return 1;
+        }
+    return 0;
+}
+
+/* Reads n node ids into nodes; CUDA_ERROR_INVALID_VALUE if one is not a live node of this session. */
+static CUresult read_nodes(fgs_session *S, fg_reader *r, uint64_t n, CUgraphNode *nodes) {
+    CUresult res = CUDA_SUCCESS;
+    for (uint64_t i = 0; i < n; i++) {
+        uint64_t id = fg_get_u64(r);
+        void *p = NULL;
+        if (res == CUDA_SUCCESS && !r->failed && fgs_handle_get(S, FGH_GRAPHNODE, id, &p))
+            res = CUDA_ERROR_INVALID_VALUE;
+        nodes[i] = (CUgraphNode)p;
+    }
+    return res;
+}
 
 CUresult fgs_cuStreamGetCaptureInfo_v3(fgs_session *S, fg_reader *r, fg_writer *out) {
     uint64_t sid = fg_get_u64(r);
@@ -64,9 +94,14 @@ CUresult fgs_cuStreamEndCapture(fgs_session *S, fg_reader *r, fg_writer *out) {
         n = 0;
     CUgraph g = NULL;
     CUresult res = S->api->cuStreamEndCapture((CUstream)s, want ? &g : NULL);
+    int mine = to_graph(sid, 0); /* the application's graph: never forgotten here */
+    if (res == CUDA_SUCCESS || (S->api->cuStreamIsCapturing &&
+                                S->api->cuStreamIsCapturing((CUstream)s, &st) == CUDA_SUCCESS &&
+                                st == CU_STREAM_CAPTURE_STATUS_NONE))
+        to_graph(sid, 1);
     if (res == CUDA_SUCCESS) {
         fg_put_u64(out, want && g ? fgs_handle_add(S, FGH_GRAPH, (void *)g) : 0);
-    } else if (cap_id && S->api->cuStreamIsCapturing &&
+    } else if (cap_id && !mine && S->api->cuStreamIsCapturing &&
                S->api->cuStreamIsCapturing((CUstream)s, &st) == CUDA_SUCCESS && st == CU_STREAM_CAPTURE_STATUS_NONE) {
         fgs_handle_remove(S, FGH_GRAPH, cap_id); /* the capture is over and its graph gone */
         for (size_t i = 0; nodes && i < n; i++)
@@ -115,14 +150,7 @@ CUresult fgs_cuStreamUpdateCaptureDependencies_v2(fgs_session *S, fg_reader *r, 
     if (r->failed || n > 4096) return FGS_PROTOCOL_ERROR;
     CUgraphNode *nodes = n ? (CUgraphNode *)fgs_scratch(S, n * (sizeof(CUgraphNode) + sizeof(CUgraphEdgeData))) : NULL;
     if (n && !nodes) return CUDA_ERROR_OUT_OF_MEMORY;
-    CUresult res = CUDA_SUCCESS;
-    for (uint64_t i = 0; i < n; i++) {
-        uint64_t id = fg_get_u64(r);
-        void *p = NULL;
-        if (res == CUDA_SUCCESS && !r->failed && fgs_handle_get(S, FGH_GRAPHNODE, id, &p))
-            res = CUDA_ERROR_INVALID_VALUE;
-        nodes[i] = (CUgraphNode)p;
-    }
+    CUresult res = read_nodes(S, r, n, nodes);
     uint8_t has_edges = 0;
     fg_get(r, &has_edges, 1);
     CUgraphEdgeData *edges = NULL;
@@ -138,4 +166,35 @@ CUresult fgs_cuStreamUpdateCaptureDependencies_v2(fgs_session *S, fg_reader *r, 
     if (res != CUDA_SUCCESS) return res;
     if (!S->api->cuStreamUpdateCaptureDependencies_v2) return fgs_missing(S, "cuStreamUpdateCaptureDependencies_v2");
     return S->api->cuStreamUpdateCaptureDependencies_v2((CUstream)s, nodes, edges, (size_t)n, flags);
+}
+
+/* cuStreamBeginCaptureToGraph: u64 stream, u64 graph, u64 n + n node ids, u8 edge-data flag (+ n CUgraphEdgeData),
+ * u32 mode. The nodes must be live nodes of this session (the driver checks they are the graph's). */
+CUresult fgs_cuStreamBeginCaptureToGraph(fgs_session *S, fg_reader *r, fg_writer *out) {
+    (void)out;
+    uint64_t sid = fg_get_u64(r), gid = fg_get_u64(r), n = fg_get_u64(r);
+    if (r->failed || n > 4096) return FGS_PROTOCOL_ERROR;
+    CUgraphNode *nodes = n ? (CUgraphNode *)fgs_scratch(S, n * (sizeof(CUgraphNode) + sizeof(CUgraphEdgeData))) : NULL;
+    if (n && !nodes) return CUDA_ERROR_OUT_OF_MEMORY;
+    CUresult res = read_nodes(S, r, n, nodes);
+    uint8_t has_edges = 0;
+    fg_get(r, &has_edges, 1);
+    CUgraphEdgeData *edges = NULL;
+    if (has_edges && n) {
+        const uint8_t *eb = fg_take(r, n * sizeof(CUgraphEdgeData));
+        edges = (CUgraphEdgeData *)(void *)(nodes + n);
+        if (eb) memcpy(edges, eb, n * sizeof *edges);
+    }
+    uint32_t mode = fg_get_u32(r);
+    if (r->failed || has_edges > 1) return FGS_PROTOCOL_ERROR;
+    void *s, *g;
+    if (fgs_handle_get(S, FGH_STREAM, sid, &s) || fgs_handle_get(S, FGH_GRAPH, gid, &g))
+        return CUDA_ERROR_INVALID_HANDLE;
+    if (res != CUDA_SUCCESS) return res;
+    if (!S->api->cuStreamBeginCaptureToGraph) return fgs_missing(S, "cuStreamBeginCaptureToGraph");
+    if (g_n_to_graph == MAX_TO_GRAPH && !to_graph(sid, 0)) return CUDA_ERROR_OUT_OF_MEMORY;
+    res = S->api->cuStreamBeginCaptureToGraph((CUstream)s, (CUgraph)g, nodes, edges, (size_t)n,
+                                              (CUstreamCaptureMode)mode);
+    if (res == CUDA_SUCCESS && !to_graph(sid, 0)) g_to_graph[g_n_to_graph++] = sid;
+    return res;
 }

@@ -17,7 +17,7 @@ static size_t g_n;
 
 void fgs_capture_watch(fgs_session *S, unsigned op, const uint8_t *args, size_t len, CUresult res) {
     if (!S->api->cuStreamIsCapturing) return;
-    if (op == FG_OP_cuStreamBeginCapture_v2 && res == CUDA_SUCCESS && len >= 8 && g_n < WATCHED) {
+    if ((op == FG_OP_cuStreamBeginCapture_v2 || op == FG_OP_cuStreamBeginCaptureToGraph) && res == CUDA_SUCCESS && len >= 8 && g_n < WATCHED) {
         uint64_t sid;
         memcpy(&sid, args, 8);
         g_streams[g_n++] = sid;

@@ -8,10 +8,11 @@
  * event records and waits, synchronisation, stream-ordered allocation, graph launches...) is refused with
  * CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED and invalidates the capture, so cuStreamEndCapture then fails with
  * CUDA_ERROR_STREAM_CAPTURE_INVALIDATED and destroys the graph: the simulated device never runs captured work
- * at capture time. Not simulated: cross-stream capture (events recorded in a capture joining other streams),
- * capture into an existing graph (cuStreamBeginCaptureToGraph), capture of the NULL, legacy or per-thread stream
- * (CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED), and the capture modes' bans on unsafe calls (the mode is kept per
- * thread, as cuThreadExchangeStreamCaptureMode exchanges it, and otherwise ignored).
+ * at capture time. cuStreamBeginCaptureToGraph captures into the application's graph, starting from the given
+ * dependency nodes (default edges only); a failed capture leaves that graph to the application. Not simulated:
+ * cross-stream capture (events recorded in a capture joining other streams), capture of the NULL, legacy or
+ * per-thread stream (CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED), and the capture modes' bans on unsafe calls (the
+ * mode is kept per thread, as cuThreadExchangeStreamCaptureMode exchanges it, and otherwise ignored).
  *
  * Locks: the capture table has its own mutex, taken last (after the global lock in sim_stream_check_op) and never
  * held while the graph or global lock is taken; captured work is added through the public graph calls with no
@@ -30,6 +31,7 @@ struct capture {
     CUstream s;
     long long sid; /* 0: a free entry */
     CUgraph g;
+    int owned; /* the capture made g (cuStreamBeginCapture_v2); 0: the application's (cuStreamBeginCaptureToGraph) */
     CUstreamCaptureStatus status;
     cuuint64_t id;
     CUgraphNode deps[MAX_CAPTURE_DEPS];
@@ -220,11 +222,38 @@ int sim_capture_host(CUstream s, CUhostFn fn, void *data, CUresult *rc)
 
 /* ---- the capture calls ---- */
 
-SIM_API CUresult cuStreamBeginCapture_v2(CUstream hStream, CUstreamCaptureMode mode)
+/* Begins a capture on hStream into into_graph (the application's: cuStreamBeginCaptureToGraph, the capture starts
+ * with deps as its dependency set) or, when it is NULL, into a graph of its own. */
+static CUresult begin(CUstream hStream, CUgraph into_graph, const CUgraphNode *deps, const CUgraphEdgeData *edges,
+                      size_t n_deps, CUstreamCaptureMode mode)
 {
     if (mode != CU_STREAM_CAPTURE_MODE_GLOBAL && mode != CU_STREAM_CAPTURE_MODE_THREAD_LOCAL &&
         mode != CU_STREAM_CAPTURE_MODE_RELAXED)
         return CUDA_ERROR_INVALID_VALUE;
+    if (n_deps > MAX_CAPTURE_DEPS || (n_deps && !deps))
+        return CUDA_ERROR_INVALID_VALUE;
+    static const CUgraphEdgeData zero;
+    for (size_t i = 0; edges && i < n_deps; i++)
+        if (memcmp(&edges[i], &zero, sizeof zero)) {
+            sim_log_once("capture dependencies with edge data", "not simulated (default edges only)");
+            return CUDA_ERROR_NOT_SUPPORTED;
+        }
+    if (into_graph) { /* a graph being built, and each dependency one of its nodes */
+        pthread_mutex_lock(&sim_graph_mu);
+        struct sim_graph *sg = G(into_graph);
+        int ok = sg != NULL;
+        for (size_t i = 0; ok && i < n_deps; i++) {
+            struct sim_gnode *x = N(deps[i]);
+            ok = x && x->g == sg;
+        }
+        pthread_mutex_unlock(&sim_graph_mu);
+        if (!sg)
+            return CUDA_ERROR_INVALID_HANDLE;
+        if (!ok)
+            return CUDA_ERROR_INVALID_VALUE;
+    } else if (n_deps) {
+        return CUDA_ERROR_INVALID_VALUE;
+    }
     long long sid = 0;
     CUresult rc = checked_id(hStream, &sid);
     if (rc != CUDA_SUCCESS)
@@ -250,7 +279,8 @@ SIM_API CUresult cuStreamBeginCapture_v2(CUstream hStream, CUstreamCaptureMode m
             continue;
         pthread_mutex_lock(&cap_mu);
         if (g_caps[i] && g_caps[i]->sid == was) {
-            stale[n_stale++] = g_caps[i]->g;
+            if (g_caps[i]->owned)
+                stale[n_stale++] = g_caps[i]->g;
             free(g_caps[i]);
             g_caps[i] = NULL;
         }
@@ -258,10 +288,12 @@ SIM_API CUresult cuStreamBeginCapture_v2(CUstream hStream, CUstreamCaptureMode m
     }
     for (size_t i = 0; i < n_stale; i++)
         cuGraphDestroy(stale[i]);
-    CUgraph g = NULL;
-    rc = cuGraphCreate(&g, 0);
-    if (rc != CUDA_SUCCESS)
-        return rc;
+    CUgraph g = into_graph;
+    if (!g) {
+        rc = cuGraphCreate(&g, 0);
+        if (rc != CUDA_SUCCESS)
+            return rc;
+    }
     struct capture *nc = calloc(1, sizeof *nc);
     pthread_mutex_lock(&cap_mu);
     int slot = -1;
@@ -272,8 +304,12 @@ SIM_API CUresult cuStreamBeginCapture_v2(CUstream hStream, CUstreamCaptureMode m
         nc->s = hStream;
         nc->sid = sid;
         nc->g = g;
+        nc->owned = into_graph == NULL;
         nc->status = CU_STREAM_CAPTURE_STATUS_ACTIVE;
         nc->id = ++g_next_capture_id;
+        if (n_deps)
+            memcpy(nc->deps, deps, n_deps * sizeof *deps);
+        nc->n = n_deps;
         g_caps[slot] = nc;
     } else {
         rc = nc && slot >= 0 ? CUDA_ERROR_ILLEGAL_STATE : CUDA_ERROR_OUT_OF_MEMORY;
@@ -281,9 +317,24 @@ SIM_API CUresult cuStreamBeginCapture_v2(CUstream hStream, CUstreamCaptureMode m
     pthread_mutex_unlock(&cap_mu);
     if (rc != CUDA_SUCCESS) {
         free(nc);
-        cuGraphDestroy(g);
+        if (!into_graph)
+            cuGraphDestroy(g);
     }
     return rc;
+}
+
+SIM_API CUresult cuStreamBeginCapture_v2(CUstream hStream, CUstreamCaptureMode mode)
+{
+    return begin(hStream, NULL, NULL, NULL, 0, mode);
+}
+
+SIM_API CUresult cuStreamBeginCaptureToGraph(CUstream hStream, CUgraph hGraph, const CUgraphNode *dependencies,
+                                             const CUgraphEdgeData *dependencyData, size_t numDependencies,
+                                             CUstreamCaptureMode mode)
+{
+    if (!hGraph)
+        return CUDA_ERROR_INVALID_VALUE;
+    return begin(hStream, hGraph, dependencies, dependencyData, numDependencies, mode);
 }
 
 SIM_API CUresult cuStreamEndCapture(CUstream hStream, CUgraph *phGraph)
@@ -308,7 +359,8 @@ SIM_API CUresult cuStreamEndCapture(CUstream hStream, CUgraph *phGraph)
     if (!c)
         return CUDA_ERROR_ILLEGAL_STATE;
     if (x.status != CU_STREAM_CAPTURE_STATUS_ACTIVE) {
-        cuGraphDestroy(x.g);
+        if (x.owned) /* the application's graph stays: it destroys it */
+            cuGraphDestroy(x.g);
         *phGraph = NULL;
         return CUDA_ERROR_STREAM_CAPTURE_INVALIDATED;
     }

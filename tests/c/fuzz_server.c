@@ -464,6 +464,7 @@ static const char *layout[FG_OP_LIMIT] = {
     [FG_OP_cuStreamGetAttribute] = "Siw",
     [FG_OP_cuStreamGetCaptureInfo_v3] = "Sw",
     [FG_OP_cuStreamUpdateCaptureDependencies_v2] = "Slei",
+    [FG_OP_cuStreamBeginCaptureToGraph] = "SGlei",
     [FG_OP_cuStreamGetCtx] = "Sw",
     [FG_OP_cuStreamGetDevice] = "Sw",
     [FG_OP_cuStreamGetFlags] = "Sw",

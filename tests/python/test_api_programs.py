@@ -72,7 +72,10 @@ def test_managed_and_mapped_memory_program(programs: dict[str, Path], node_serve
 def test_graphs_built_by_hand_program(programs: dict[str, Path], node_server: NodeServer) -> None:
     out = _passed(_run(programs["api_graphs"], node_server), node_server)
     assert "nodes 10: memset memcpy memcpy kernel graph memcpy host wait empty record" in out
-    assert len([ln for ln in out if ln.endswith(" ok")]) == 11, out
+    assert len([ln for ln in out if ln.endswith(" ok")]) == 14, out
+    for captured in ("capture into an existing graph starts from the given node ok", "captured into the given graph ok",
+                     "graph captured into runs after its memset node ok"):
+        assert captured in out, out
     assert "cloned memset value 7 width 65536" in out and "exec update result 0" in out
     assert "update from a different topology: refused, result 2" in out  # CU_GRAPH_EXEC_UPDATE_ERROR_TOPOLOGY_CHANGED
     assert "instantiate with params: result 0" in out

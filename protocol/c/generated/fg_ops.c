@@ -228,6 +228,7 @@ const char *fg_op_name(unsigned op) {
     case FG_OP_cuProfilerStop: return "cuProfilerStop";
     case FG_OP_cuStreamAddCallback: return "cuStreamAddCallback";
     case FG_OP_cuStreamBatchMemOp_v2: return "cuStreamBatchMemOp_v2";
+    case FG_OP_cuStreamBeginCaptureToGraph: return "cuStreamBeginCaptureToGraph";
     case FG_OP_cuStreamBeginCapture_v2: return "cuStreamBeginCapture_v2";
     case FG_OP_cuStreamCopyAttributes: return "cuStreamCopyAttributes";
     case FG_OP_cuStreamCreate: return "cuStreamCreate";

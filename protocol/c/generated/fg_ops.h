@@ -2,7 +2,7 @@
 #ifndef FG_OPS_H
 #define FG_OPS_H
 
-#define FG_OPS_HASH "dbfe3745efd07644"
+#define FG_OPS_HASH "b881556580c498aa"
 
 enum fg_op {
     FG_OP_SET_CTX = 1,
@@ -229,42 +229,43 @@ enum fg_op {
     FG_OP_cuProfilerStop = 229,
     FG_OP_cuStreamAddCallback = 230,
     FG_OP_cuStreamBatchMemOp_v2 = 231,
-    FG_OP_cuStreamBeginCapture_v2 = 232,
-    FG_OP_cuStreamCopyAttributes = 233,
-    FG_OP_cuStreamCreate = 234,
-    FG_OP_cuStreamCreateWithPriority = 235,
-    FG_OP_cuStreamDestroy_v2 = 236,
-    FG_OP_cuStreamEndCapture = 237,
-    FG_OP_cuStreamGetAttribute = 238,
-    FG_OP_cuStreamGetCaptureInfo_v3 = 239,
-    FG_OP_cuStreamGetCtx = 240,
-    FG_OP_cuStreamGetDevice = 241,
-    FG_OP_cuStreamGetFlags = 242,
-    FG_OP_cuStreamGetId = 243,
-    FG_OP_cuStreamGetPriority = 244,
-    FG_OP_cuStreamIsCapturing = 245,
-    FG_OP_cuStreamQuery = 246,
-    FG_OP_cuStreamSetAttribute = 247,
-    FG_OP_cuStreamSynchronize = 248,
-    FG_OP_cuStreamUpdateCaptureDependencies_v2 = 249,
-    FG_OP_cuStreamWaitEvent = 250,
-    FG_OP_cuStreamWaitValue32_v2 = 251,
-    FG_OP_cuStreamWaitValue64_v2 = 252,
-    FG_OP_cuStreamWriteValue32_v2 = 253,
-    FG_OP_cuStreamWriteValue64_v2 = 254,
-    FG_OP_cuSurfObjectCreate = 255,
-    FG_OP_cuSurfObjectDestroy = 256,
-    FG_OP_cuTensorMapEncodeIm2col = 257,
-    FG_OP_cuTensorMapEncodeIm2colWide = 258,
-    FG_OP_cuTensorMapEncodeTiled = 259,
-    FG_OP_cuTensorMapReplaceAddress = 260,
-    FG_OP_cuTexObjectCreate = 261,
-    FG_OP_cuTexObjectDestroy = 262,
-    FG_OP_cuThreadExchangeStreamCaptureMode = 263,
-    FG_OP_cuUserObjectCreate = 264,
-    FG_OP_cuUserObjectRelease = 265,
-    FG_OP_cuUserObjectRetain = 266,
-    FG_OP_LIMIT = 267,
+    FG_OP_cuStreamBeginCaptureToGraph = 232,
+    FG_OP_cuStreamBeginCapture_v2 = 233,
+    FG_OP_cuStreamCopyAttributes = 234,
+    FG_OP_cuStreamCreate = 235,
+    FG_OP_cuStreamCreateWithPriority = 236,
+    FG_OP_cuStreamDestroy_v2 = 237,
+    FG_OP_cuStreamEndCapture = 238,
+    FG_OP_cuStreamGetAttribute = 239,
+    FG_OP_cuStreamGetCaptureInfo_v3 = 240,
+    FG_OP_cuStreamGetCtx = 241,
+    FG_OP_cuStreamGetDevice = 242,
+    FG_OP_cuStreamGetFlags = 243,
+    FG_OP_cuStreamGetId = 244,
+    FG_OP_cuStreamGetPriority = 245,
+    FG_OP_cuStreamIsCapturing = 246,
+    FG_OP_cuStreamQuery = 247,
+    FG_OP_cuStreamSetAttribute = 248,
+    FG_OP_cuStreamSynchronize = 249,
+    FG_OP_cuStreamUpdateCaptureDependencies_v2 = 250,
+    FG_OP_cuStreamWaitEvent = 251,
+    FG_OP_cuStreamWaitValue32_v2 = 252,
+    FG_OP_cuStreamWaitValue64_v2 = 253,
+    FG_OP_cuStreamWriteValue32_v2 = 254,
+    FG_OP_cuStreamWriteValue64_v2 = 255,
+    FG_OP_cuSurfObjectCreate = 256,
+    FG_OP_cuSurfObjectDestroy = 257,
+    FG_OP_cuTensorMapEncodeIm2col = 258,
+    FG_OP_cuTensorMapEncodeIm2colWide = 259,
+    FG_OP_cuTensorMapEncodeTiled = 260,
+    FG_OP_cuTensorMapReplaceAddress = 261,
+    FG_OP_cuTexObjectCreate = 262,
+    FG_OP_cuTexObjectDestroy = 263,
+    FG_OP_cuThreadExchangeStreamCaptureMode = 264,
+    FG_OP_cuUserObjectCreate = 265,
+    FG_OP_cuUserObjectRelease = 266,
+    FG_OP_cuUserObjectRetain = 267,
+    FG_OP_LIMIT = 268,
 };
 
 /* 0: unknown op, 1: sync, 2: async */
@@ -494,6 +495,7 @@ static inline int fg_op_class(unsigned op) {
     case FG_OP_cuProfilerStop: return 2;
     case FG_OP_cuStreamAddCallback: return 2;
     case FG_OP_cuStreamBatchMemOp_v2: return 2;
+    case FG_OP_cuStreamBeginCaptureToGraph: return 1;
     case FG_OP_cuStreamBeginCapture_v2: return 1;
     case FG_OP_cuStreamCopyAttributes: return 1;
     case FG_OP_cuStreamCreate: return 1;

@@ -1,11 +1,11 @@
-// api_graphs.cu - acceptance: a graph built by hand with every common node kind (memset, host-to-device and
-// device-to-host memcpy with pageable host memory, kernel, host, event record and wait, child graph, empty),
-// dependencies added after the nodes, launched several times with new host inputs; then parameter updates on
-// the executable (kernel, memset, memcpy), a node disabled and enabled again, cloning with node lookup,
-// cudaGraphExecUpdate from an edited clone, instantiation with parameters, a pitched 2D copy node whose host
-// destination keeps its gaps, and node destruction. Values are checked against the host exactly (small
-// integers in float). Kernels are named and laid out as tests/c/kernels/test_kernels.cu, so the simulated device
-// runs them too.
+// api_graphs.cu - acceptance: a graph built by hand with every common node kind (memset, host-to-device and device-
+// to-host memcpy with pageable host memory, kernel, host, event record and wait, child graph, empty), dependencies
+// added after the nodes, launched several times with new host inputs; then parameter updates on the executable
+// (kernel, memset, memcpy), a node disabled and enabled again, cloning with node lookup, cudaGraphExecUpdate from an
+// edited clone, instantiation with parameters, a pitched 2D copy node whose host destination keeps its gaps, node
+// destruction, and stream capture into an existing graph from a given node. Values are checked against the host
+// exactly (small integers in float). Kernels are named and laid out as tests/c/kernels/test_kernels.cu, so the
+// simulated device runs them too.
 #include <atomic>
 #include <cstdio>
 #include <cstring>
@@ -259,6 +259,69 @@ int main()
     check("generic node API", u[0] == 12u && u[N / 2 - 1] == 12u && u[N / 2] == 6u && u[N - 1] == 6u);
     CHECK(cudaGraphExecDestroy(e5));
     CHECK(cudaGraphDestroy(g5));
+
+    // Capture into an existing graph: a memset node made by hand (u = 3), then a stream capture into the same
+    // graph that starts from it (with default edge data) and captures two kernels (u[0, N/4) = 21, then
+    // u[N/2, N/2 + N/4) = 22). The capture's graph is the one given, the first captured kernel depends on the
+    // memset node, the second on the first, and the launch writes both over the memset.
+    cudaGraph_t g6, g6_out = nullptr, g6_cap = nullptr;
+    CHECK(cudaGraphCreate(&g6, 0));
+    cudaMemsetParams ms6 = memset_u32(du, 3, N);
+    cudaGraphNode_t m6;
+    CHECK(cudaGraphAddMemsetNode(&m6, g6, nullptr, 0, &ms6));
+    cudaGraphEdgeData plain_edge = {};
+    CHECK(cudaStreamBeginCaptureToGraph(s, g6, &m6, &plain_edge, 1, cudaStreamCaptureModeRelaxed));
+    cudaStreamCaptureStatus st6 = cudaStreamCaptureStatusNone;
+    const cudaGraphNode_t *cap_deps = nullptr;
+    size_t n_cap_deps = 0;
+    CHECK(cudaStreamGetCaptureInfo(s, &st6, nullptr, &g6_cap, &cap_deps, nullptr, &n_cap_deps));
+    bool starts_at_memset = st6 == cudaStreamCaptureStatusActive && g6_cap == g6 && n_cap_deps == 1 &&
+                            cap_deps[0] == m6;
+    unsigned int v21 = 21, v22 = 22;
+    unsigned long long quarter = N / 4;
+    unsigned int *du_half = du + N / 2;
+    fg_fill_u32<<<16, 128, 0, s>>>(du, v21, quarter);
+    CHECK(cudaGetLastError());
+    fg_fill_u32<<<16, 128, 0, s>>>(du_half, v22, quarter);
+    CHECK(cudaGetLastError());
+    CHECK(cudaStreamEndCapture(s, &g6_out));
+    check("capture into an existing graph starts from the given node", starts_at_memset);
+    size_t n6 = 0;
+    CHECK(cudaGraphGetNodes(g6, nullptr, &n6));
+    std::vector<cudaGraphNode_t> nodes6(n6);
+    CHECK(cudaGraphGetNodes(g6, nodes6.data(), &n6));
+    int kernels6 = 0, chained6 = 0;
+    for (auto nd : nodes6) {
+        cudaGraphNodeType t;
+        CHECK(cudaGraphNodeGetType(nd, &t));
+        if (t != cudaGraphNodeTypeKernel)
+            continue;
+        kernels6++;
+        size_t k = 0;
+        CHECK(cudaGraphNodeGetDependencies(nd, nullptr, nullptr, &k));
+        std::vector<cudaGraphNode_t> d6(k);
+        if (k)
+            CHECK(cudaGraphNodeGetDependencies(nd, d6.data(), nullptr, &k));
+        cudaGraphNodeType dt = cudaGraphNodeTypeEmpty;
+        if (k == 1)
+            CHECK(cudaGraphNodeGetType(d6[0], &dt));
+        chained6 += k == 1 && ((d6[0] == m6) || dt == cudaGraphNodeTypeKernel);
+    }
+    check("captured into the given graph", g6_out == g6 && n6 == 3 && kernels6 == 2 && chained6 == 2);
+    cudaGraphExec_t e6;
+    CHECK(cudaGraphInstantiate(&e6, g6, 0));
+    CHECK(cudaMemset(du, 0, N * sizeof(unsigned int)));
+    CHECK(cudaGraphLaunch(e6, s));
+    CHECK(cudaStreamSynchronize(s));
+    CHECK(cudaMemcpy(u.data(), du, N * sizeof(unsigned int), cudaMemcpyDeviceToHost));
+    bool ok6 = true;
+    for (int i = 0; i < N; i++) {
+        unsigned int want = i < N / 4 ? 21u : (i >= N / 2 && i < N / 2 + N / 4) ? 22u : 3u;
+        ok6 = ok6 && u[i] == want;
+    }
+    check("graph captured into runs after its memset node", ok6);
+    CHECK(cudaGraphExecDestroy(e6));
+    CHECK(cudaGraphDestroy(g6));
 
     CHECK(cudaGraphExecDestroy(e4));
     CHECK(cudaGraphExecDestroy(e2));
