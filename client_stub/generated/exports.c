@@ -2850,67 +2850,47 @@ FGC_EXPORT CUresult CUDAAPI cuMemcpy3DAsync_v2_ptsz(const CUDA_MEMCPY3D *pCopy, 
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemcpy3DBatchAsync(size_t numOps, CUDA_MEMCPY3D_BATCH_OP *opList, size_t *failIdx, unsigned long long flags, CUstream hStream) {
-    (void)numOps;
-    (void)opList;
-    (void)failIdx;
-    (void)flags;
-    (void)hStream;
-    static int logged;
-    return fgc_unsupported("cuMemcpy3DBatchAsync", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuMemcpy3DBatchAsync");
+    CUresult r_ = fgc_cuMemcpy3DBatchAsync(numOps, opList, failIdx, flags, hStream);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuMemcpy3DBatchAsync", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemcpy3DBatchAsync_ptsz(size_t numOps, CUDA_MEMCPY3D_BATCH_OP *opList, size_t *failIdx, unsigned long long flags, CUstream hStream) {
-    (void)numOps;
-    (void)opList;
-    (void)failIdx;
-    (void)flags;
-    (void)hStream;
-    static int logged;
-    return fgc_unsupported("cuMemcpy3DBatchAsync_ptsz", &logged);
+    return cuMemcpy3DBatchAsync(numOps, opList, failIdx, flags, fgc_ptsz_stream(hStream));
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemcpy3DBatchAsync_v2(size_t numOps, CUDA_MEMCPY3D_BATCH_OP *opList, unsigned long long flags, CUstream hStream) {
-    (void)numOps;
-    (void)opList;
-    (void)flags;
-    (void)hStream;
-    static int logged;
-    return fgc_unsupported("cuMemcpy3DBatchAsync_v2", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuMemcpy3DBatchAsync_v2");
+    CUresult r_ = fgc_cuMemcpy3DBatchAsync_v2(numOps, opList, flags, hStream);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuMemcpy3DBatchAsync_v2", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemcpy3DBatchAsync_v2_ptsz(size_t numOps, CUDA_MEMCPY3D_BATCH_OP *opList, unsigned long long flags, CUstream hStream) {
-    (void)numOps;
-    (void)opList;
-    (void)flags;
-    (void)hStream;
-    static int logged;
-    return fgc_unsupported("cuMemcpy3DBatchAsync_v2_ptsz", &logged);
+    return cuMemcpy3DBatchAsync_v2(numOps, opList, flags, fgc_ptsz_stream(hStream));
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemcpy3DPeer(const CUDA_MEMCPY3D_PEER *pCopy) {
-    (void)pCopy;
-    static int logged;
-    return fgc_unsupported("cuMemcpy3DPeer", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuMemcpy3DPeer");
+    CUresult r_ = fgc_cuMemcpy3DPeer(pCopy);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuMemcpy3DPeer", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemcpy3DPeerAsync(const CUDA_MEMCPY3D_PEER *pCopy, CUstream hStream) {
-    (void)pCopy;
-    (void)hStream;
-    static int logged;
-    return fgc_unsupported("cuMemcpy3DPeerAsync", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuMemcpy3DPeerAsync");
+    CUresult r_ = fgc_cuMemcpy3DPeerAsync(pCopy, hStream);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuMemcpy3DPeerAsync", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemcpy3DPeerAsync_ptsz(const CUDA_MEMCPY3D_PEER *pCopy, CUstream hStream) {
-    (void)pCopy;
-    (void)hStream;
-    static int logged;
-    return fgc_unsupported("cuMemcpy3DPeerAsync_ptsz", &logged);
+    return cuMemcpy3DPeerAsync(pCopy, fgc_ptsz_stream(hStream));
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemcpy3DPeer_ptds(const CUDA_MEMCPY3D_PEER *pCopy) {
-    (void)pCopy;
-    static int logged;
-    return fgc_unsupported("cuMemcpy3DPeer_ptds", &logged);
+    return cuMemcpy3DPeer(pCopy);
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemcpy3D_v2(const CUDA_MEMCPY3D *pCopy) {
@@ -3018,57 +2998,25 @@ FGC_EXPORT CUresult CUDAAPI cuMemcpyAtoH_v2_ptds(void *dstHost, CUarray srcArray
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemcpyBatchAsync(CUdeviceptr *dsts, CUdeviceptr *srcs, size_t *sizes, size_t count, CUmemcpyAttributes *attrs, size_t *attrsIdxs, size_t numAttrs, size_t *failIdx, CUstream hStream) {
-    (void)dsts;
-    (void)srcs;
-    (void)sizes;
-    (void)count;
-    (void)attrs;
-    (void)attrsIdxs;
-    (void)numAttrs;
-    (void)failIdx;
-    (void)hStream;
-    static int logged;
-    return fgc_unsupported("cuMemcpyBatchAsync", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuMemcpyBatchAsync");
+    CUresult r_ = fgc_cuMemcpyBatchAsync(dsts, srcs, sizes, count, attrs, attrsIdxs, numAttrs, failIdx, hStream);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuMemcpyBatchAsync", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemcpyBatchAsync_ptsz(CUdeviceptr *dsts, CUdeviceptr *srcs, size_t *sizes, size_t count, CUmemcpyAttributes *attrs, size_t *attrsIdxs, size_t numAttrs, size_t *failIdx, CUstream hStream) {
-    (void)dsts;
-    (void)srcs;
-    (void)sizes;
-    (void)count;
-    (void)attrs;
-    (void)attrsIdxs;
-    (void)numAttrs;
-    (void)failIdx;
-    (void)hStream;
-    static int logged;
-    return fgc_unsupported("cuMemcpyBatchAsync_ptsz", &logged);
+    return cuMemcpyBatchAsync(dsts, srcs, sizes, count, attrs, attrsIdxs, numAttrs, failIdx, fgc_ptsz_stream(hStream));
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemcpyBatchAsync_v2(CUdeviceptr *dsts, CUdeviceptr *srcs, size_t *sizes, size_t count, CUmemcpyAttributes *attrs, size_t *attrsIdxs, size_t numAttrs, CUstream hStream) {
-    (void)dsts;
-    (void)srcs;
-    (void)sizes;
-    (void)count;
-    (void)attrs;
-    (void)attrsIdxs;
-    (void)numAttrs;
-    (void)hStream;
-    static int logged;
-    return fgc_unsupported("cuMemcpyBatchAsync_v2", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuMemcpyBatchAsync_v2");
+    CUresult r_ = fgc_cuMemcpyBatchAsync_v2(dsts, srcs, sizes, count, attrs, attrsIdxs, numAttrs, hStream);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuMemcpyBatchAsync_v2", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemcpyBatchAsync_v2_ptsz(CUdeviceptr *dsts, CUdeviceptr *srcs, size_t *sizes, size_t count, CUmemcpyAttributes *attrs, size_t *attrsIdxs, size_t numAttrs, CUstream hStream) {
-    (void)dsts;
-    (void)srcs;
-    (void)sizes;
-    (void)count;
-    (void)attrs;
-    (void)attrsIdxs;
-    (void)numAttrs;
-    (void)hStream;
-    static int logged;
-    return fgc_unsupported("cuMemcpyBatchAsync_v2_ptsz", &logged);
+    return cuMemcpyBatchAsync_v2(dsts, srcs, sizes, count, attrs, attrsIdxs, numAttrs, fgc_ptsz_stream(hStream));
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemcpyDtoA(CUarray dstArray, unsigned int dstOffset, CUdeviceptr_v1 srcDevice, unsigned int ByteCount) {

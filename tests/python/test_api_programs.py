@@ -21,7 +21,7 @@ from fargpu import paths
 
 PROGRAMS = (
     "api_vmm", "api_managed", "api_graphs", "api_graph_nodes", "api_graph_cond", "api_arrays", "api_link",
-    "api_mempool", "api_tensormap", "api_array_async", "api_memops", "api_userobj",
+    "api_mempool", "api_tensormap", "api_array_async", "api_memops", "api_userobj", "api_copies",
 )
 MiB = 1 << 20
 
@@ -134,6 +134,12 @@ def test_async_array_copies_program(programs: dict[str, Path], node_server: Node
 def test_stream_memops_program(programs: dict[str, Path], node_server: NodeServer) -> None:
     out = _passed(_run(programs["api_memops"], node_server), node_server)
     assert len([ln for ln in out if ln.endswith(" ok")]) == 9, out
+
+
+def test_batched_and_peer_3d_copies_program(programs: dict[str, Path], node_server: NodeServer) -> None:
+    out = _passed(_run(programs["api_copies"], node_server), node_server)
+    assert len([ln for ln in out if ln.endswith(" ok")]) == 8, out
+    assert "batch without a source access order: CUDA_ERROR_INVALID_VALUE" in out, out
 
 
 def test_user_objects_program(programs: dict[str, Path], node_server: NodeServer) -> None:
