@@ -6,7 +6,8 @@
  * ranges the stub knows; mirrored host memory (managed.c) is used through its device side. The async forms
  * (cuMemcpy3DAsync_v2, and the 1D cuMemcpyHtoAAsync_v2/AtoHAsync_v2) wait on the node for their stream (their
  * bytes travel with the record and its reply). Texture and surface objects are created on the node; their values
- * are the driver's, passed to kernels unchanged. */
+ * are the driver's, passed to kernels unchanged; the node's driver describes them (arrays as the application's
+ * ids). */
 #include <stdlib.h>
 #include <string.h>
 
@@ -315,6 +316,25 @@ CUresult fgc_cuSurfObjectCreate(CUsurfObject *pSurfObject, const CUDA_RESOURCE_D
     CUresult r = one_handle(FG_OP_cuSurfObjectCreate, pResDesc, sizeof *pResDesc, &t);
     if (r == CUDA_SUCCESS) *pSurfObject = t;
     return r;
+}
+
+/* The node's driver answers; arrays in the description come back as the application's ids. */
+static CUresult get_resource(uint16_t op, CUDA_RESOURCE_DESC *p, uint64_t obj) {
+    FGC_REQUIRE_INIT();
+    if (!p) return CUDA_ERROR_INVALID_VALUE;
+    fg_writer *w = fgc_begin(op);
+    if (!w) return fgc_last_error();
+    fg_put_u64(w, obj);
+    fgc_expect(p, sizeof *p);
+    return fgc_sync();
+}
+
+CUresult fgc_cuTexObjectGetResourceDesc(CUDA_RESOURCE_DESC *pResDesc, CUtexObject texObject) {
+    return get_resource(FG_OP_cuTexObjectGetResourceDesc, pResDesc, texObject);
+}
+
+CUresult fgc_cuSurfObjectGetResourceDesc(CUDA_RESOURCE_DESC *pResDesc, CUsurfObject surfObject) {
+    return get_resource(FG_OP_cuSurfObjectGetResourceDesc, pResDesc, surfObject);
 }
 
 /* Pitched allocation: rows padded to 512 bytes (the driver's own alignment on current GPUs), one allocation. */

@@ -4797,10 +4797,10 @@ FGC_EXPORT CUresult CUDAAPI cuSurfObjectDestroy(CUsurfObject surfObject) {
 }
 
 FGC_EXPORT CUresult CUDAAPI cuSurfObjectGetResourceDesc(CUDA_RESOURCE_DESC *pResDesc, CUsurfObject surfObject) {
-    (void)pResDesc;
-    (void)surfObject;
-    static int logged;
-    return fgc_unsupported("cuSurfObjectGetResourceDesc", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuSurfObjectGetResourceDesc");
+    CUresult r_ = fgc_cuSurfObjectGetResourceDesc(pResDesc, surfObject);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuSurfObjectGetResourceDesc", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuSurfRefGetArray(CUarray *phArray, CUsurfref hSurfRef) {
@@ -4862,24 +4862,32 @@ FGC_EXPORT CUresult CUDAAPI cuTexObjectDestroy(CUtexObject texObject) {
 }
 
 FGC_EXPORT CUresult CUDAAPI cuTexObjectGetResourceDesc(CUDA_RESOURCE_DESC *pResDesc, CUtexObject texObject) {
-    (void)pResDesc;
-    (void)texObject;
-    static int logged;
-    return fgc_unsupported("cuTexObjectGetResourceDesc", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuTexObjectGetResourceDesc");
+    CUresult r_ = fgc_cuTexObjectGetResourceDesc(pResDesc, texObject);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuTexObjectGetResourceDesc", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuTexObjectGetResourceViewDesc(CUDA_RESOURCE_VIEW_DESC *pResViewDesc, CUtexObject texObject) {
-    (void)pResViewDesc;
-    (void)texObject;
-    static int logged;
-    return fgc_unsupported("cuTexObjectGetResourceViewDesc", &logged);
+    FGC_REQUIRE_INIT();
+    __typeof__(*pResViewDesc) d_pResViewDesc;
+    fg_writer *w = fgc_begin(FG_OP_cuTexObjectGetResourceViewDesc);
+    if (!w) return fgc_last_error();
+    { uint8_t want_ = pResViewDesc != NULL; fg_put(w, &want_, 1); }
+    fgc_expect(pResViewDesc ? (void *)pResViewDesc : (void *)&d_pResViewDesc, sizeof(*pResViewDesc));
+    fg_put(w, &texObject, sizeof(texObject));
+    return fgc_sync();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuTexObjectGetTextureDesc(CUDA_TEXTURE_DESC *pTexDesc, CUtexObject texObject) {
-    (void)pTexDesc;
-    (void)texObject;
-    static int logged;
-    return fgc_unsupported("cuTexObjectGetTextureDesc", &logged);
+    FGC_REQUIRE_INIT();
+    __typeof__(*pTexDesc) d_pTexDesc;
+    fg_writer *w = fgc_begin(FG_OP_cuTexObjectGetTextureDesc);
+    if (!w) return fgc_last_error();
+    { uint8_t want_ = pTexDesc != NULL; fg_put(w, &want_, 1); }
+    fgc_expect(pTexDesc ? (void *)pTexDesc : (void *)&d_pTexDesc, sizeof(*pTexDesc));
+    fg_put(w, &texObject, sizeof(texObject));
+    return fgc_sync();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuTexRefCreate(CUtexref *pTexRef) {

@@ -1761,6 +1761,7 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         CUresult res = S->api->cuSurfObjectDestroy(surfObject);
         return res;
     }
+    case FG_OP_cuSurfObjectGetResourceDesc: return fgs_cuSurfObjectGetResourceDesc(S, r, out);
     case FG_OP_cuTensorMapEncodeIm2col: return fgs_cuTensorMapEncodeIm2col(S, r, out);
     case FG_OP_cuTensorMapEncodeIm2colWide: return fgs_cuTensorMapEncodeIm2colWide(S, r, out);
     case FG_OP_cuTensorMapEncodeTiled: return fgs_cuTensorMapEncodeTiled(S, r, out);
@@ -1772,6 +1773,37 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         if (r->failed) return FGS_PROTOCOL_ERROR;
         if (!S->api->cuTexObjectDestroy) return fgs_missing(S, "cuTexObjectDestroy");
         CUresult res = S->api->cuTexObjectDestroy(texObject);
+        return res;
+    }
+    case FG_OP_cuTexObjectGetResourceDesc: return fgs_cuTexObjectGetResourceDesc(S, r, out);
+    case FG_OP_cuTexObjectGetResourceViewDesc: {
+        CUDA_RESOURCE_VIEW_DESC pResViewDesc;
+        memset(&pResViewDesc, 0, sizeof(pResViewDesc));
+        uint8_t want_pResViewDesc = 0;
+        fg_get(r, &want_pResViewDesc, 1);
+        CUtexObject texObject;
+        fg_get(r, (void *)&texObject, sizeof(texObject));
+        if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuTexObjectGetResourceViewDesc) return fgs_missing(S, "cuTexObjectGetResourceViewDesc");
+        CUresult res = S->api->cuTexObjectGetResourceViewDesc(want_pResViewDesc ? &pResViewDesc : NULL, texObject);
+        if (res == CUDA_SUCCESS) {
+            fg_put(out, &pResViewDesc, sizeof(pResViewDesc));
+        }
+        return res;
+    }
+    case FG_OP_cuTexObjectGetTextureDesc: {
+        CUDA_TEXTURE_DESC pTexDesc;
+        memset(&pTexDesc, 0, sizeof(pTexDesc));
+        uint8_t want_pTexDesc = 0;
+        fg_get(r, &want_pTexDesc, 1);
+        CUtexObject texObject;
+        fg_get(r, (void *)&texObject, sizeof(texObject));
+        if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuTexObjectGetTextureDesc) return fgs_missing(S, "cuTexObjectGetTextureDesc");
+        CUresult res = S->api->cuTexObjectGetTextureDesc(want_pTexDesc ? &pTexDesc : NULL, texObject);
+        if (res == CUDA_SUCCESS) {
+            fg_put(out, &pTexDesc, sizeof(pTexDesc));
+        }
         return res;
     }
     case FG_OP_cuThreadExchangeStreamCaptureMode: return fgs_cuThreadExchangeStreamCaptureMode(S, r, out);

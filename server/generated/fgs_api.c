@@ -281,12 +281,16 @@ const char *fgs_api_load(fgs_api *api, void *dl) {
     *(void **)&api->cuStreamWriteValue64_v2 = dlsym(dl, "cuStreamWriteValue64_v2");
     *(void **)&api->cuSurfObjectCreate = dlsym(dl, "cuSurfObjectCreate");
     *(void **)&api->cuSurfObjectDestroy = dlsym(dl, "cuSurfObjectDestroy");
+    *(void **)&api->cuSurfObjectGetResourceDesc = dlsym(dl, "cuSurfObjectGetResourceDesc");
     *(void **)&api->cuTensorMapEncodeIm2col = dlsym(dl, "cuTensorMapEncodeIm2col");
     *(void **)&api->cuTensorMapEncodeIm2colWide = dlsym(dl, "cuTensorMapEncodeIm2colWide");
     *(void **)&api->cuTensorMapEncodeTiled = dlsym(dl, "cuTensorMapEncodeTiled");
     *(void **)&api->cuTensorMapReplaceAddress = dlsym(dl, "cuTensorMapReplaceAddress");
     *(void **)&api->cuTexObjectCreate = dlsym(dl, "cuTexObjectCreate");
     *(void **)&api->cuTexObjectDestroy = dlsym(dl, "cuTexObjectDestroy");
+    *(void **)&api->cuTexObjectGetResourceDesc = dlsym(dl, "cuTexObjectGetResourceDesc");
+    *(void **)&api->cuTexObjectGetResourceViewDesc = dlsym(dl, "cuTexObjectGetResourceViewDesc");
+    *(void **)&api->cuTexObjectGetTextureDesc = dlsym(dl, "cuTexObjectGetTextureDesc");
     *(void **)&api->cuThreadExchangeStreamCaptureMode = dlsym(dl, "cuThreadExchangeStreamCaptureMode");
     *(void **)&api->cuUserObjectCreate = dlsym(dl, "cuUserObjectCreate");
     *(void **)&api->cuUserObjectRelease = dlsym(dl, "cuUserObjectRelease");

@@ -134,11 +134,13 @@ CUresult fgs_cuStreamWaitValue64_v2(fgs_session *S, fg_reader *r, fg_writer *out
 CUresult fgs_cuStreamWriteValue32_v2(fgs_session *S, fg_reader *r, fg_writer *out);
 CUresult fgs_cuStreamWriteValue64_v2(fgs_session *S, fg_reader *r, fg_writer *out);
 CUresult fgs_cuSurfObjectCreate(fgs_session *S, fg_reader *r, fg_writer *out);
+CUresult fgs_cuSurfObjectGetResourceDesc(fgs_session *S, fg_reader *r, fg_writer *out);
 CUresult fgs_cuTensorMapEncodeIm2col(fgs_session *S, fg_reader *r, fg_writer *out);
 CUresult fgs_cuTensorMapEncodeIm2colWide(fgs_session *S, fg_reader *r, fg_writer *out);
 CUresult fgs_cuTensorMapEncodeTiled(fgs_session *S, fg_reader *r, fg_writer *out);
 CUresult fgs_cuTensorMapReplaceAddress(fgs_session *S, fg_reader *r, fg_writer *out);
 CUresult fgs_cuTexObjectCreate(fgs_session *S, fg_reader *r, fg_writer *out);
+CUresult fgs_cuTexObjectGetResourceDesc(fgs_session *S, fg_reader *r, fg_writer *out);
 CUresult fgs_cuThreadExchangeStreamCaptureMode(fgs_session *S, fg_reader *r, fg_writer *out);
 CUresult fgs_cuUserObjectCreate(fgs_session *S, fg_reader *r, fg_writer *out);
 

@@ -273,6 +273,35 @@ CUresult fgs_cuSurfObjectCreate(fgs_session *S, fg_reader *r, fg_writer *out) {
     return res;
 }
 
+/* cuTexObjectGetResourceDesc / cuSurfObjectGetResourceDesc: u64 object; the reply: the driver's description with
+ * its array or mipmapped array as the session's id (0 for one the session no longer holds). */
+static CUresult get_resource(fgs_session *S, fg_reader *r, fg_writer *out, int surface) {
+    uint64_t obj = fg_get_u64(r);
+    if (r->failed) return FGS_PROTOCOL_ERROR;
+    CUDA_RESOURCE_DESC rd;
+    memset(&rd, 0, sizeof rd);
+    if (surface && !S->api->cuSurfObjectGetResourceDesc) return fgs_missing(S, "cuSurfObjectGetResourceDesc");
+    if (!surface && !S->api->cuTexObjectGetResourceDesc) return fgs_missing(S, "cuTexObjectGetResourceDesc");
+    CUresult res = surface ? S->api->cuSurfObjectGetResourceDesc(&rd, (CUsurfObject)obj)
+                           : S->api->cuTexObjectGetResourceDesc(&rd, (CUtexObject)obj);
+    if (res != CUDA_SUCCESS) return res;
+    if (rd.resType == CU_RESOURCE_TYPE_ARRAY)
+        rd.res.array.hArray = (CUarray)(uintptr_t)fgs_handle_id_of(S, FGH_ARRAY, rd.res.array.hArray);
+    else if (rd.resType == CU_RESOURCE_TYPE_MIPMAPPED_ARRAY)
+        rd.res.mipmap.hMipmappedArray =
+            (CUmipmappedArray)(uintptr_t)fgs_handle_id_of(S, FGH_MIPMAPPEDARRAY, rd.res.mipmap.hMipmappedArray);
+    fg_put(out, &rd, sizeof rd);
+    return CUDA_SUCCESS;
+}
+
+CUresult fgs_cuTexObjectGetResourceDesc(fgs_session *S, fg_reader *r, fg_writer *out) {
+    return get_resource(S, r, out, 0);
+}
+
+CUresult fgs_cuSurfObjectGetResourceDesc(fgs_session *S, fg_reader *r, fg_writer *out) {
+    return get_resource(S, r, out, 1);
+}
+
 /* ---- mipmapped arrays: charged for every level; the level arrays handed out end with them ---- */
 
 CUresult fgs_cuMipmappedArrayCreate(fgs_session *S, fg_reader *r, fg_writer *out) {

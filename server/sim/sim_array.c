@@ -2,8 +2,8 @@
  * elements row by row in host memory (width x element size per row, then height rows, then depth slices), charged
  * against device memory. cuMemcpy3D copies row by row between host memory, device memory (every row range-checked)
  * and arrays (every row bounds-checked against the array). Texture and surface objects are numbers naming a
- * checked resource description: the simulated device runs no kernel that samples them. A mipmapped array is one
- * array per level. */
+ * checked resource description (with the texture and view descriptions), which the getters give back: the
+ * simulated device runs no kernel that samples them. A mipmapped array is one array per level. */
 #include "sim.h"
 
 #include <stdlib.h>
@@ -196,10 +196,19 @@ SIM_API CUresult cuMemcpy3DAsync_v2(const CUDA_MEMCPY3D *c, CUstream s) { return
 struct sim_mip;
 static struct sim_mip *find_mip(CUmipmappedArray h);
 
-/* ---- texture and surface objects: checked descriptions under a number ---- */
+/* ---- texture and surface objects: checked descriptions under a number, kept for the getters ---- */
+
+struct sim_texobj {
+    unsigned long long v;
+    int surface;
+    CUDA_RESOURCE_DESC res;
+    CUDA_TEXTURE_DESC tex;
+    CUDA_RESOURCE_VIEW_DESC view;
+    int has_view;
+};
 
 static unsigned long long g_next_obj = 1;
-static unsigned long long g_live[4096];
+static struct sim_texobj g_live[4096];
 static size_t g_nlive;
 
 static CUresult check_resource(const CUDA_RESOURCE_DESC *r)
@@ -214,7 +223,8 @@ static CUresult check_resource(const CUDA_RESOURCE_DESC *r)
     }
 }
 
-static CUresult make(unsigned long long *out, const CUDA_RESOURCE_DESC *r, int surface)
+static CUresult make(unsigned long long *out, const CUDA_RESOURCE_DESC *r, const CUDA_TEXTURE_DESC *t,
+                     const CUDA_RESOURCE_VIEW_DESC *v, int surface)
 {
     if (!out || !r || (surface && r->resType != CU_RESOURCE_TYPE_ARRAY))
         return CUDA_ERROR_INVALID_VALUE;
@@ -224,17 +234,36 @@ static CUresult make(unsigned long long *out, const CUDA_RESOURCE_DESC *r, int s
         rc = check_resource(r);
     if (rc == CUDA_SUCCESS && g_nlive == sizeof g_live / sizeof g_live[0])
         rc = CUDA_ERROR_OUT_OF_MEMORY;
-    if (rc == CUDA_SUCCESS)
-        *out = g_live[g_nlive++] = g_next_obj++;
+    if (rc == CUDA_SUCCESS) {
+        struct sim_texobj *o = &g_live[g_nlive++];
+        memset(o, 0, sizeof *o);
+        o->v = *out = g_next_obj++;
+        o->surface = surface;
+        o->res = *r;
+        if (t)
+            o->tex = *t;
+        if (v)
+            o->view = *v;
+        o->has_view = v != NULL;
+    }
     sim_unlock();
     return rc;
+}
+
+/* With the global lock held: the live object v (of the kind asked), or NULL. */
+static struct sim_texobj *find_obj(unsigned long long v, int surface)
+{
+    for (size_t i = 0; i < g_nlive; i++)
+        if (g_live[i].v == v)
+            return g_live[i].surface == surface ? &g_live[i] : NULL;
+    return NULL;
 }
 
 static CUresult drop(unsigned long long v)
 {
     sim_lock();
     size_t i = 0;
-    while (i < g_nlive && g_live[i] != v)
+    while (i < g_nlive && g_live[i].v != v)
         i++;
     CUresult rc = i < g_nlive ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
     if (rc == CUDA_SUCCESS)
@@ -243,15 +272,39 @@ static CUresult drop(unsigned long long v)
     return rc;
 }
 
+/* What an object was made with: 0 the resource, 1 the texture, 2 the resource view description. */
+static CUresult describe(void *out, unsigned long long v, int surface, int what)
+{
+    if (!out)
+        return CUDA_ERROR_INVALID_VALUE;
+    sim_lock();
+    struct sim_texobj *o = find_obj(v, surface);
+    CUresult rc = !o || (what == 2 && !o->has_view) ? CUDA_ERROR_INVALID_VALUE : CUDA_SUCCESS;
+    if (rc == CUDA_SUCCESS && what == 0)
+        memcpy(out, &o->res, sizeof o->res);
+    else if (rc == CUDA_SUCCESS && what == 1)
+        memcpy(out, &o->tex, sizeof o->tex);
+    else if (rc == CUDA_SUCCESS)
+        memcpy(out, &o->view, sizeof o->view);
+    sim_unlock();
+    return rc;
+}
+
 SIM_API CUresult cuTexObjectCreate(CUtexObject *p, const CUDA_RESOURCE_DESC *r, const CUDA_TEXTURE_DESC *t,
                                    const CUDA_RESOURCE_VIEW_DESC *v)
 {
-    (void)v;
-    return t ? make(p, r, 0) : CUDA_ERROR_INVALID_VALUE;
+    return t ? make(p, r, t, v, 0) : CUDA_ERROR_INVALID_VALUE;
 }
 SIM_API CUresult cuTexObjectDestroy(CUtexObject t) { return drop(t); }
-SIM_API CUresult cuSurfObjectCreate(CUsurfObject *p, const CUDA_RESOURCE_DESC *r) { return make(p, r, 1); }
+SIM_API CUresult cuSurfObjectCreate(CUsurfObject *p, const CUDA_RESOURCE_DESC *r) { return make(p, r, NULL, NULL, 1); }
 SIM_API CUresult cuSurfObjectDestroy(CUsurfObject s) { return drop(s); }
+SIM_API CUresult cuTexObjectGetResourceDesc(CUDA_RESOURCE_DESC *p, CUtexObject t) { return describe(p, t, 0, 0); }
+SIM_API CUresult cuTexObjectGetTextureDesc(CUDA_TEXTURE_DESC *p, CUtexObject t) { return describe(p, t, 0, 1); }
+SIM_API CUresult cuTexObjectGetResourceViewDesc(CUDA_RESOURCE_VIEW_DESC *p, CUtexObject t)
+{
+    return describe(p, t, 0, 2);
+}
+SIM_API CUresult cuSurfObjectGetResourceDesc(CUDA_RESOURCE_DESC *p, CUsurfObject s) { return describe(p, s, 1, 0); }
 
 /* ---- mipmapped arrays: one simulated array per level, each half the size of the one before (at least 1) ---- */
 

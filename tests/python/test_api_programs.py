@@ -102,7 +102,9 @@ def test_stream_ordered_allocation_and_pools_program(programs: dict[str, Path], 
 def test_arrays_textures_and_3d_copies_program(programs: dict[str, Path], node_server: NodeServer) -> None:
     # The simulated device runs no texture or surface kernel: the objects are made and destroyed, no launch.
     out = _passed(_run(programs["api_arrays"], node_server, "--no-kernels"), node_server)
-    assert len([ln for ln in out if ln.endswith(" ok")]) == 7, out
+    assert len([ln for ln in out if ln.endswith(" ok")]) == 12, out
+    assert "texture with a resource view: cudaSuccess" in out, out
+    assert "mipmapped texture description names the mipmapped array ok" in out, out
     assert "array info: 32 bits x, kind 2, extent 64 x 32 x 0" in out  # cudaChannelFormatKindFloat
     assert "mip level 1: extent 8 x 8" in out
 

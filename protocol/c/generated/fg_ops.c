@@ -254,12 +254,16 @@ const char *fg_op_name(unsigned op) {
     case FG_OP_cuStreamWriteValue64_v2: return "cuStreamWriteValue64_v2";
     case FG_OP_cuSurfObjectCreate: return "cuSurfObjectCreate";
     case FG_OP_cuSurfObjectDestroy: return "cuSurfObjectDestroy";
+    case FG_OP_cuSurfObjectGetResourceDesc: return "cuSurfObjectGetResourceDesc";
     case FG_OP_cuTensorMapEncodeIm2col: return "cuTensorMapEncodeIm2col";
     case FG_OP_cuTensorMapEncodeIm2colWide: return "cuTensorMapEncodeIm2colWide";
     case FG_OP_cuTensorMapEncodeTiled: return "cuTensorMapEncodeTiled";
     case FG_OP_cuTensorMapReplaceAddress: return "cuTensorMapReplaceAddress";
     case FG_OP_cuTexObjectCreate: return "cuTexObjectCreate";
     case FG_OP_cuTexObjectDestroy: return "cuTexObjectDestroy";
+    case FG_OP_cuTexObjectGetResourceDesc: return "cuTexObjectGetResourceDesc";
+    case FG_OP_cuTexObjectGetResourceViewDesc: return "cuTexObjectGetResourceViewDesc";
+    case FG_OP_cuTexObjectGetTextureDesc: return "cuTexObjectGetTextureDesc";
     case FG_OP_cuThreadExchangeStreamCaptureMode: return "cuThreadExchangeStreamCaptureMode";
     case FG_OP_cuUserObjectCreate: return "cuUserObjectCreate";
     case FG_OP_cuUserObjectRelease: return "cuUserObjectRelease";

@@ -2,7 +2,7 @@
 #ifndef FG_OPS_H
 #define FG_OPS_H
 
-#define FG_OPS_HASH "b881556580c498aa"
+#define FG_OPS_HASH "df5b874ec56bb737"
 
 enum fg_op {
     FG_OP_SET_CTX = 1,
@@ -255,17 +255,21 @@ enum fg_op {
     FG_OP_cuStreamWriteValue64_v2 = 255,
     FG_OP_cuSurfObjectCreate = 256,
     FG_OP_cuSurfObjectDestroy = 257,
-    FG_OP_cuTensorMapEncodeIm2col = 258,
-    FG_OP_cuTensorMapEncodeIm2colWide = 259,
-    FG_OP_cuTensorMapEncodeTiled = 260,
-    FG_OP_cuTensorMapReplaceAddress = 261,
-    FG_OP_cuTexObjectCreate = 262,
-    FG_OP_cuTexObjectDestroy = 263,
-    FG_OP_cuThreadExchangeStreamCaptureMode = 264,
-    FG_OP_cuUserObjectCreate = 265,
-    FG_OP_cuUserObjectRelease = 266,
-    FG_OP_cuUserObjectRetain = 267,
-    FG_OP_LIMIT = 268,
+    FG_OP_cuSurfObjectGetResourceDesc = 258,
+    FG_OP_cuTensorMapEncodeIm2col = 259,
+    FG_OP_cuTensorMapEncodeIm2colWide = 260,
+    FG_OP_cuTensorMapEncodeTiled = 261,
+    FG_OP_cuTensorMapReplaceAddress = 262,
+    FG_OP_cuTexObjectCreate = 263,
+    FG_OP_cuTexObjectDestroy = 264,
+    FG_OP_cuTexObjectGetResourceDesc = 265,
+    FG_OP_cuTexObjectGetResourceViewDesc = 266,
+    FG_OP_cuTexObjectGetTextureDesc = 267,
+    FG_OP_cuThreadExchangeStreamCaptureMode = 268,
+    FG_OP_cuUserObjectCreate = 269,
+    FG_OP_cuUserObjectRelease = 270,
+    FG_OP_cuUserObjectRetain = 271,
+    FG_OP_LIMIT = 272,
 };
 
 /* 0: unknown op, 1: sync, 2: async */
@@ -521,12 +525,16 @@ static inline int fg_op_class(unsigned op) {
     case FG_OP_cuStreamWriteValue64_v2: return 2;
     case FG_OP_cuSurfObjectCreate: return 1;
     case FG_OP_cuSurfObjectDestroy: return 1;
+    case FG_OP_cuSurfObjectGetResourceDesc: return 1;
     case FG_OP_cuTensorMapEncodeIm2col: return 1;
     case FG_OP_cuTensorMapEncodeIm2colWide: return 1;
     case FG_OP_cuTensorMapEncodeTiled: return 1;
     case FG_OP_cuTensorMapReplaceAddress: return 1;
     case FG_OP_cuTexObjectCreate: return 1;
     case FG_OP_cuTexObjectDestroy: return 1;
+    case FG_OP_cuTexObjectGetResourceDesc: return 1;
+    case FG_OP_cuTexObjectGetResourceViewDesc: return 1;
+    case FG_OP_cuTexObjectGetTextureDesc: return 1;
     case FG_OP_cuThreadExchangeStreamCaptureMode: return 1;
     case FG_OP_cuUserObjectCreate: return 1;
     case FG_OP_cuUserObjectRelease: return 2;

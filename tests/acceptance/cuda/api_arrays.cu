@@ -1,7 +1,8 @@
 // api_arrays.cu - acceptance: CUDA arrays (2D and 3D), copies into and out of them from host and device memory
 // (whole, sub-regions with pitches wider than the rows, a 16 MiB 3D copy that needs splitting, an async 3D copy),
-// the array descriptor, a mipmapped array with a level copied through, texture and surface objects on an array and on linear memory, and kernels that read a
-// texture and write a surface. Every value is checked exactly against the host (integers in float).
+// the array descriptor, a mipmapped array with a level copied through, texture and surface objects on an array, on
+// linear memory and on the mipmapped array, described back by the getters (a resource view too), and kernels that
+// read a texture and write a surface. Every value is checked exactly against the host (integers in float).
 // `--no-kernels` creates the objects but launches nothing (the simulated device in CI runs no texture kernel).
 #include <cstdio>
 #include <cstring>
@@ -105,6 +106,45 @@ int main(int argc, char **argv)
     lin.res.linear.sizeInBytes = W * H * sizeof(float);
     cudaTextureObject_t tex_lin;
     CHECK(cudaCreateTextureObject(&tex_lin, &lin, &td, nullptr));
+    // The objects described back: the array (by the handle the program holds), the texture's modes, the linear
+    // texture's memory, a resource view.
+    cudaResourceDesc rd_back, sd_back, lin_back;
+    std::memset(&rd_back, 0xff, sizeof rd_back);
+    std::memset(&sd_back, 0xff, sizeof sd_back);
+    std::memset(&lin_back, 0xff, sizeof lin_back);
+    CHECK(cudaGetTextureObjectResourceDesc(&rd_back, tex));
+    CHECK(cudaGetSurfaceObjectResourceDesc(&sd_back, surf));
+    check("texture and surface resource descriptions name the array",
+          rd_back.resType == cudaResourceTypeArray && rd_back.res.array.array == arr &&
+              sd_back.resType == cudaResourceTypeArray && sd_back.res.array.array == arr);
+    cudaTextureDesc td_back;
+    std::memset(&td_back, 0xff, sizeof td_back);
+    CHECK(cudaGetTextureObjectTextureDesc(&td_back, tex));
+    check("texture description round trip",
+          td_back.addressMode[0] == cudaAddressModeClamp && td_back.addressMode[1] == cudaAddressModeClamp &&
+              td_back.filterMode == cudaFilterModePoint && td_back.readMode == cudaReadModeElementType &&
+              td_back.normalizedCoords == 0);
+    CHECK(cudaGetTextureObjectResourceDesc(&lin_back, tex_lin));
+    check("linear texture description",
+          lin_back.resType == cudaResourceTypeLinear && lin_back.res.linear.devPtr == out &&
+              lin_back.res.linear.sizeInBytes == W * H * sizeof(float) && lin_back.res.linear.desc.x == 32 &&
+              lin_back.res.linear.desc.f == cudaChannelFormatKindFloat);
+    cudaResourceViewDesc vd;
+    std::memset(&vd, 0, sizeof vd);
+    vd.format = cudaResViewFormatFloat1;
+    vd.width = W;
+    vd.height = H;
+    cudaTextureObject_t tex_view;
+    cudaError_t vr = cudaCreateTextureObject(&tex_view, &rd, &td, &vd);
+    std::printf("texture with a resource view: %s\n", cudaGetErrorName(vr));
+    if (vr == cudaSuccess) {
+        cudaResourceViewDesc vd_back;
+        std::memset(&vd_back, 0xff, sizeof vd_back);
+        CHECK(cudaGetTextureObjectResourceViewDesc(&vd_back, tex_view));
+        check("resource view description round trip",
+              vd_back.format == cudaResViewFormatFloat1 && vd_back.width == (size_t)W && vd_back.height == (size_t)H);
+        CHECK(cudaDestroyTextureObject(tex_view));
+    }
     if (kernels) {
         tex_read<<<dim3(1, H), W>>>(tex, out, W, H);
         CHECK(cudaGetLastError());
@@ -196,6 +236,11 @@ int main(int argc, char **argv)
     td.maxMipmapLevelClamp = 2.0f;
     cudaTextureObject_t mtex;
     CHECK(cudaCreateTextureObject(&mtex, &mrd, &td, nullptr));
+    cudaResourceDesc mrd_back;
+    std::memset(&mrd_back, 0xff, sizeof mrd_back);
+    CHECK(cudaGetTextureObjectResourceDesc(&mrd_back, mtex));
+    check("mipmapped texture description names the mipmapped array",
+          mrd_back.resType == cudaResourceTypeMipmappedArray && mrd_back.res.mipmap.mipmap == mip);
     CHECK(cudaDestroyTextureObject(mtex));
     CHECK(cudaFreeMipmappedArray(mip));
 
