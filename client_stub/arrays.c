@@ -318,6 +318,21 @@ CUresult fgc_cuSurfObjectCreate(CUsurfObject *pSurfObject, const CUDA_RESOURCE_D
     return r;
 }
 
+/* u64 array, u32 plane; the reply: the plane array's id. */
+CUresult fgc_cuArrayGetPlane(CUarray *pPlaneArray, CUarray hArray, unsigned int planeIdx) {
+    FGC_REQUIRE_INIT();
+    if (!pPlaneArray) return CUDA_ERROR_INVALID_VALUE;
+    fg_writer *w = fgc_begin(FG_OP_cuArrayGetPlane);
+    if (!w) return fgc_last_error();
+    fgc_put_handle(w, hArray);
+    fg_put_u32(w, planeIdx);
+    uint64_t id = 0;
+    fgc_expect(&id, sizeof id);
+    CUresult r = fgc_sync();
+    if (r == CUDA_SUCCESS) *pPlaneArray = (CUarray)(uintptr_t)id;
+    return r;
+}
+
 /* The node's driver answers; arrays in the description come back as the application's ids. */
 static CUresult get_resource(uint16_t op, CUDA_RESOURCE_DESC *p, uint64_t obj) {
     FGC_REQUIRE_INIT();

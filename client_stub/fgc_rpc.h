@@ -74,6 +74,10 @@ void fgc_device_range_add(uint64_t base, uint64_t size);
 void fgc_device_range_remove(uint64_t base);
 int fgc_device_range_find(uint64_t p, uint64_t *base, uint64_t *size);
 int fgc_device_range_owner(uint64_t p, uint64_t *ctx, int *dev); /* its allocating context and device */
+/* Stream-ordered memory at base came from pool id `pool` of device dev (0: that device's default pool); _pool: the
+ * pool of the allocation holding p (0 when p is not stream-ordered memory). */
+void fgc_device_range_set_pool(uint64_t base, uint64_t pool, int dev);
+int fgc_device_range_pool(uint64_t p, uint64_t *pool, int *dev);
 /* A module/library global the server named: its range is device memory for copies (unified.c). */
 void fgc_note_global(uint64_t p, uint64_t size);
 /* Page-locked host memory the stub handed out or registered (memory.c). */

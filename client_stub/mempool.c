@@ -19,13 +19,16 @@ static CUresult alloc_async(uint16_t op, CUdeviceptr *dptr, size_t bytesize, con
     fg_put_u64(w, bytesize);
     if (with_pool) fgc_put_handle(w, pool);
     fgc_put_handle(w, s);
-    uint64_t rep[4] = {0, 0, 0, 0}; /* address; under capture: allocation node, its graph, device */
+    /* address; under capture: allocation node, its graph; device; the pool's id (0: the device's default pool
+     * while its id was never handed out, or a graph allocation) */
+    uint64_t rep[5] = {0, 0, 0, 0, 0};
     fgc_expect(rep, sizeof rep);
     CUresult r = fgc_sync();
     if (r == CUDA_SUCCESS) {
         *dptr = (CUdeviceptr)rep[0];
         fgc_device_range_add(rep[0], bytesize);
         if (rep[1]) fgc_graph_mem_captured_alloc(s, rep[1], rep[2], (CUdeviceptr)rep[0], bytesize, (int)rep[3]);
+        else fgc_device_range_set_pool(rep[0], rep[4], (int)rep[3]);
     }
     return r;
 }

@@ -292,15 +292,16 @@ CUresult fgc_cuKernelGetParamInfo(CUkernel kernel, size_t paramIndex, size_t *pa
 
 CUresult fgc_cuKernelGetName(const char **name, CUkernel hfunc) { return fgc_cuFuncGetName(name, (CUfunction)hfunc); }
 
-/* The module's functions, in the driver's order: their names come in one round trip, then each is named back with
- * cuModuleGetFunction (its id and parameter layout), so the handles are the same as for any other function. */
+/* The module's functions (the library's kernels), in the driver's order: their names come in one round trip, then
+ * each is named back with cuModuleGetFunction (cuLibraryGetKernel: its id and parameter layout), so the handles are
+ * the same as for any other function (kernel). */
 #define ENUM_NAMES_CAP (1u << 20)
-CUresult fgc_cuModuleEnumerateFunctions(CUfunction *functions, unsigned int numFunctions, CUmodule mod) {
+static CUresult enumerate(uint16_t op, void **out, unsigned int capacity, const void *mod) {
     FGC_REQUIRE_INIT();
-    if (!functions) return CUDA_ERROR_INVALID_VALUE;
+    if (!out) return CUDA_ERROR_INVALID_VALUE;
     uint8_t *buf = NULL;
     CUresult r;
-    fg_writer *w = fgc_begin_var(FG_OP_cuModuleEnumerateFunctions, ENUM_NAMES_CAP, &buf, &r);
+    fg_writer *w = fgc_begin_var(op, ENUM_NAMES_CAP, &buf, &r);
     if (!w) return r;
     fgc_put_handle(w, mod);
     fg_put_u32(w, ENUM_NAMES_CAP);
@@ -310,7 +311,7 @@ CUresult fgc_cuModuleEnumerateFunctions(CUfunction *functions, unsigned int numF
     uint32_t count = 0;
     if (got >= 4) memcpy(&count, buf, 4);
     else r = CUDA_ERROR_INVALID_IMAGE;
-    if (r == CUDA_SUCCESS && count > numFunctions) r = CUDA_ERROR_INVALID_VALUE;
+    if (r == CUDA_SUCCESS && count > capacity) r = CUDA_ERROR_INVALID_VALUE;
     size_t at = 4;
     char name[4097];
     for (uint32_t i = 0; i < count && r == CUDA_SUCCESS; i++) {
@@ -322,8 +323,17 @@ CUresult fgc_cuModuleEnumerateFunctions(CUfunction *functions, unsigned int numF
         memcpy(name, buf + at, n);
         name[n] = 0;
         at += n;
-        r = fgc_cuModuleGetFunction(&functions[i], mod, name);
+        r = op == FG_OP_cuLibraryEnumerateKernels ? fgc_cuLibraryGetKernel((CUkernel *)&out[i], (CUlibrary)mod, name)
+                                                  : fgc_cuModuleGetFunction((CUfunction *)&out[i], (CUmodule)mod, name);
     }
     free(buf);
     return r;
+}
+
+CUresult fgc_cuModuleEnumerateFunctions(CUfunction *functions, unsigned int numFunctions, CUmodule mod) {
+    return enumerate(FG_OP_cuModuleEnumerateFunctions, (void **)functions, numFunctions, mod);
+}
+
+CUresult fgc_cuLibraryEnumerateKernels(CUkernel *kernels, unsigned int numKernels, CUlibrary lib) {
+    return enumerate(FG_OP_cuLibraryEnumerateKernels, (void **)kernels, numKernels, lib);
 }

@@ -1,5 +1,6 @@
 /* pointer.c — cuPointerGetAttribute(s), answered in the stub from what it knows: the device ranges the
- * server allocated (unified.c) and the page-locked host memory it handed out or registered (memory.c). */
+ * server allocated (unified.c: with the pool of stream-ordered memory) and the page-locked host memory it handed
+ * out or registered (memory.c). */
 #include <string.h>
 
 #include "fgc_impl.h"
@@ -84,9 +85,20 @@ static CUresult one(const ptr_info *i, CUpointer_attribute a, void *data, CUdevi
     case CU_POINTER_ATTRIBUTE_ACCESS_FLAGS:
         *(int *)data = CU_POINTER_ATTRIBUTE_ACCESS_FLAG_READWRITE;
         return CUDA_SUCCESS;
-    case CU_POINTER_ATTRIBUTE_MEMPOOL_HANDLE:
-        *(CUmemoryPool *)data = NULL;
+    case CU_POINTER_ATTRIBUTE_MEMPOOL_HANDLE: { /* the pool of stream-ordered memory, as the application knows it */
+        uint64_t pool = 0;
+        int dev = 0;
+        CUmemoryPool h = NULL;
+        if (i->device && fgc_device_range_pool(p, &pool, &dev)) {
+            h = (CUmemoryPool)(uintptr_t)pool;
+            if (!pool) { /* the device's default pool, whose id the node had not handed out */
+                CUresult r = cuDeviceGetDefaultMemPool(&h, dev);
+                if (r != CUDA_SUCCESS) return r;
+            }
+        }
+        *(CUmemoryPool *)data = h;
         return CUDA_SUCCESS;
+    }
     default: {
         static int logged;
         return fgc_unsupported("cuPointerGetAttribute for this attribute", &logged);

@@ -1,7 +1,8 @@
 /* unified.c — device-to-device and unified-address copies. The stub remembers the device ranges the
  * server handed out, so a unified cuMemcpy can tell device from host addresses (as UVA does) and become
  * the right host↔device transfer; only device↔device copies are replayed as such on the server, which
- * checks both ranges belong to the session. */
+ * checks both ranges belong to the session. A range of stream-ordered memory also remembers its pool (the
+ * MEMPOOL_HANDLE pointer attribute). */
 #include <stdlib.h>
 
 #include "fgc_impl.h"
@@ -11,6 +12,9 @@ typedef struct {
     uint64_t base, size;
     uint64_t ctx; /* the context current when it was allocated (cuPointerGetAttribute's CONTEXT) */
     int dev;      /* that context's device ordinal (DEVICE_ORDINAL; several GPUs per session) */
+    int pooled;   /* stream-ordered memory of a pool (cuMemAllocAsync, cuMemAllocFromPoolAsync) */
+    int pool_dev; /* then: the pool's device, and its id (0: the device's default pool, id not yet known) */
+    uint64_t pool;
 } range;
 
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
@@ -29,7 +33,7 @@ void fgc_device_range_add(uint64_t base, uint64_t size) {
         ranges = nr;
         cap_ranges = cap;
     }
-    ranges[n_ranges++] = (range){base, size, ctx, (int)dev};
+    ranges[n_ranges++] = (range){base, size, ctx, (int)dev, 0, 0, 0};
     pthread_mutex_unlock(&mu);
 }
 
@@ -76,6 +80,31 @@ int fgc_device_range_owner(uint64_t p, uint64_t *ctx, int *dev) {
             hit = 1;
             *ctx = ranges[i].ctx;
             *dev = ranges[i].dev;
+        }
+    pthread_mutex_unlock(&mu);
+    return hit;
+}
+
+void fgc_device_range_set_pool(uint64_t base, uint64_t pool, int dev) {
+    pthread_mutex_lock(&mu);
+    for (size_t i = 0; i < n_ranges; i++)
+        if (ranges[i].base == base) {
+            ranges[i].pooled = 1;
+            ranges[i].pool = pool;
+            ranges[i].pool_dev = dev;
+            break;
+        }
+    pthread_mutex_unlock(&mu);
+}
+
+int fgc_device_range_pool(uint64_t p, uint64_t *pool, int *dev) {
+    int hit = 0;
+    pthread_mutex_lock(&mu);
+    for (size_t i = 0; i < n_ranges && !hit; i++)
+        if (p >= ranges[i].base && p - ranges[i].base < ranges[i].size && ranges[i].pooled) {
+            hit = 1;
+            *pool = ranges[i].pool;
+            *dev = ranges[i].pool_dev;
         }
     pthread_mutex_unlock(&mu);
     return hit;

@@ -77,19 +77,22 @@ FGC_EXPORT CUresult CUDAAPI cuArrayGetDescriptor_v2(CUDA_ARRAY_DESCRIPTOR *pArra
 }
 
 FGC_EXPORT CUresult CUDAAPI cuArrayGetMemoryRequirements(CUDA_ARRAY_MEMORY_REQUIREMENTS *memoryRequirements, CUarray array, CUdevice device) {
-    (void)memoryRequirements;
-    (void)array;
-    (void)device;
-    static int logged;
-    return fgc_unsupported("cuArrayGetMemoryRequirements", &logged);
+    FGC_REQUIRE_INIT();
+    __typeof__(*memoryRequirements) d_memoryRequirements;
+    fg_writer *w = fgc_begin(FG_OP_cuArrayGetMemoryRequirements);
+    if (!w) return fgc_last_error();
+    { uint8_t want_ = memoryRequirements != NULL; fg_put(w, &want_, 1); }
+    fgc_expect(memoryRequirements ? (void *)memoryRequirements : (void *)&d_memoryRequirements, sizeof(*memoryRequirements));
+    fgc_put_handle(w, (const void *)array);
+    fg_put(w, &device, sizeof(device));
+    return fgc_sync();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuArrayGetPlane(CUarray *pPlaneArray, CUarray hArray, unsigned int planeIdx) {
-    (void)pPlaneArray;
-    (void)hArray;
-    (void)planeIdx;
-    static int logged;
-    return fgc_unsupported("cuArrayGetPlane", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuArrayGetPlane");
+    CUresult r_ = fgc_cuArrayGetPlane(pPlaneArray, hArray, planeIdx);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuArrayGetPlane", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuArrayGetSparseProperties(CUDA_ARRAY_SPARSE_PROPERTIES *sparseProperties, CUarray array) {
@@ -748,20 +751,17 @@ FGC_EXPORT CUresult CUDAAPI cuDeviceGetGraphMemAttribute(CUdevice device, CUgrap
 }
 
 FGC_EXPORT CUresult CUDAAPI cuDeviceGetHostAtomicCapabilities(unsigned int *capabilities, const CUatomicOperation *operations, unsigned int count, CUdevice dev) {
-    (void)capabilities;
-    (void)operations;
-    (void)count;
-    (void)dev;
-    static int logged;
-    return fgc_unsupported("cuDeviceGetHostAtomicCapabilities", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuDeviceGetHostAtomicCapabilities");
+    CUresult r_ = fgc_cuDeviceGetHostAtomicCapabilities(capabilities, operations, count, dev);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuDeviceGetHostAtomicCapabilities", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuDeviceGetLuid(char *luid, unsigned int *deviceNodeMask, CUdevice dev) {
-    (void)luid;
-    (void)deviceNodeMask;
-    (void)dev;
-    static int logged;
-    return fgc_unsupported("cuDeviceGetLuid", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuDeviceGetLuid");
+    CUresult r_ = fgc_cuDeviceGetLuid(luid, deviceNodeMask, dev);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuDeviceGetLuid", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuDeviceGetMemPool(CUmemoryPool *pool, CUdevice dev) {
@@ -792,13 +792,10 @@ FGC_EXPORT CUresult CUDAAPI cuDeviceGetNvSciSyncAttributes(void *nvSciSyncAttrLi
 }
 
 FGC_EXPORT CUresult CUDAAPI cuDeviceGetP2PAtomicCapabilities(unsigned int *capabilities, const CUatomicOperation *operations, unsigned int count, CUdevice srcDevice, CUdevice dstDevice) {
-    (void)capabilities;
-    (void)operations;
-    (void)count;
-    (void)srcDevice;
-    (void)dstDevice;
-    static int logged;
-    return fgc_unsupported("cuDeviceGetP2PAtomicCapabilities", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuDeviceGetP2PAtomicCapabilities");
+    CUresult r_ = fgc_cuDeviceGetP2PAtomicCapabilities(capabilities, operations, count, srcDevice, dstDevice);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuDeviceGetP2PAtomicCapabilities", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuDeviceGetP2PAttribute(int *value, CUdevice_P2PAttribute attrib, CUdevice srcDevice, CUdevice dstDevice) {
@@ -2465,11 +2462,10 @@ FGC_EXPORT CUresult CUDAAPI cuLaunchKernel_ptsz(CUfunction f, unsigned int gridD
 }
 
 FGC_EXPORT CUresult CUDAAPI cuLibraryEnumerateKernels(CUkernel *kernels, unsigned int numKernels, CUlibrary lib) {
-    (void)kernels;
-    (void)numKernels;
-    (void)lib;
-    static int logged;
-    return fgc_unsupported("cuLibraryEnumerateKernels", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuLibraryEnumerateKernels");
+    CUresult r_ = fgc_cuLibraryEnumerateKernels(kernels, numKernels, lib);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuLibraryEnumerateKernels", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuLibraryGetGlobal(CUdeviceptr *dptr, size_t *bytes, CUlibrary library, const char *name) {

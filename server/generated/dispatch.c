@@ -50,6 +50,25 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         }
         return res;
     }
+    case FG_OP_cuArrayGetMemoryRequirements: {
+        CUDA_ARRAY_MEMORY_REQUIREMENTS memoryRequirements;
+        memset(&memoryRequirements, 0, sizeof(memoryRequirements));
+        uint8_t want_memoryRequirements = 0;
+        fg_get(r, &want_memoryRequirements, 1);
+        uint64_t id_array = fg_get_u64(r);
+        CUarray array = NULL;
+        if (!r->failed && fgs_handle_get(S, 13, id_array, (void **)&array)) return CUDA_ERROR_INVALID_HANDLE;
+        CUdevice device;
+        fg_get(r, (void *)&device, sizeof(device));
+        if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuArrayGetMemoryRequirements) return fgs_missing(S, "cuArrayGetMemoryRequirements");
+        CUresult res = S->api->cuArrayGetMemoryRequirements(want_memoryRequirements ? &memoryRequirements : NULL, array, device);
+        if (res == CUDA_SUCCESS) {
+            fg_put(out, &memoryRequirements, sizeof(memoryRequirements));
+        }
+        return res;
+    }
+    case FG_OP_cuArrayGetPlane: return fgs_cuArrayGetPlane(S, r, out);
     case FG_OP_cuCtxCreate_v4: return fgs_cuCtxCreate_v4(S, r, out);
     case FG_OP_cuCtxDestroy_v2: return fgs_cuCtxDestroy_v2(S, r, out);
     case FG_OP_cuCtxDisablePeerAccess: return fgs_cuCtxDisablePeerAccess(S, r, out);
@@ -347,6 +366,7 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         return res;
     }
     case FG_OP_cuDeviceGetDefaultMemPool: return fgs_cuDeviceGetDefaultMemPool(S, r, out);
+    case FG_OP_cuDeviceGetLuid: return fgs_cuDeviceGetLuid(S, r, out);
     case FG_OP_cuDeviceGetMemPool: return fgs_cuDeviceGetMemPool(S, r, out);
     case FG_OP_cuDeviceGetName: {
         char *name = NULL;
@@ -364,6 +384,7 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         }
         return res;
     }
+    case FG_OP_cuDeviceGetP2PAtomicCapabilities: return fgs_cuDeviceGetP2PAtomicCapabilities(S, r, out);
     case FG_OP_cuDeviceGetP2PAttribute: {
         int value;
         memset(&value, 0, sizeof(value));
@@ -1048,6 +1069,7 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
     case FG_OP_cuLaunchHostFunc: return fgs_cuLaunchHostFunc(S, r, out);
     case FG_OP_cuLaunchKernel: return fgs_cuLaunchKernel(S, r, out);
     case FG_OP_cuLaunchKernelEx: return fgs_cuLaunchKernelEx(S, r, out);
+    case FG_OP_cuLibraryEnumerateKernels: return fgs_cuLibraryEnumerateKernels(S, r, out);
     case FG_OP_cuLibraryGetGlobal: {
         CUdeviceptr dptr;
         memset(&dptr, 0, sizeof(dptr));

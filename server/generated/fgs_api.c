@@ -10,6 +10,8 @@ const char *fgs_api_load(fgs_api *api, void *dl) {
     *(void **)&api->cuArrayCreate_v2 = dlsym(dl, "cuArrayCreate_v2");
     *(void **)&api->cuArrayDestroy = dlsym(dl, "cuArrayDestroy");
     *(void **)&api->cuArrayGetDescriptor_v2 = dlsym(dl, "cuArrayGetDescriptor_v2");
+    *(void **)&api->cuArrayGetMemoryRequirements = dlsym(dl, "cuArrayGetMemoryRequirements");
+    *(void **)&api->cuArrayGetPlane = dlsym(dl, "cuArrayGetPlane");
     *(void **)&api->cuCtxCreate_v4 = dlsym(dl, "cuCtxCreate_v4");
     if (!api->cuCtxCreate_v4) return "cuCtxCreate_v4";
     *(void **)&api->cuCtxDestroy_v2 = dlsym(dl, "cuCtxDestroy_v2");
@@ -50,7 +52,9 @@ const char *fgs_api_load(fgs_api *api, void *dl) {
     *(void **)&api->cuDeviceGetAttribute = dlsym(dl, "cuDeviceGetAttribute");
     *(void **)&api->cuDeviceGetByPCIBusId = dlsym(dl, "cuDeviceGetByPCIBusId");
     *(void **)&api->cuDeviceGetCount = dlsym(dl, "cuDeviceGetCount");
+    *(void **)&api->cuDeviceGetLuid = dlsym(dl, "cuDeviceGetLuid");
     *(void **)&api->cuDeviceGetName = dlsym(dl, "cuDeviceGetName");
+    *(void **)&api->cuDeviceGetP2PAtomicCapabilities = dlsym(dl, "cuDeviceGetP2PAtomicCapabilities");
     *(void **)&api->cuDeviceGetP2PAttribute = dlsym(dl, "cuDeviceGetP2PAttribute");
     *(void **)&api->cuDeviceGetPCIBusId = dlsym(dl, "cuDeviceGetPCIBusId");
     *(void **)&api->cuDeviceGetTexture1DLinearMaxWidth = dlsym(dl, "cuDeviceGetTexture1DLinearMaxWidth");
@@ -161,6 +165,7 @@ const char *fgs_api_load(fgs_api *api, void *dl) {
     *(void **)&api->cuLaunchKernel = dlsym(dl, "cuLaunchKernel");
     if (!api->cuLaunchKernel) return "cuLaunchKernel";
     *(void **)&api->cuLaunchKernelEx = dlsym(dl, "cuLaunchKernelEx");
+    *(void **)&api->cuLibraryEnumerateKernels = dlsym(dl, "cuLibraryEnumerateKernels");
     *(void **)&api->cuLibraryGetGlobal = dlsym(dl, "cuLibraryGetGlobal");
     *(void **)&api->cuLibraryGetKernel = dlsym(dl, "cuLibraryGetKernel");
     *(void **)&api->cuLibraryGetKernelCount = dlsym(dl, "cuLibraryGetKernelCount");

@@ -10,6 +10,8 @@ typedef struct fgs_api {
     CUresult (*cuArrayCreate_v2)(CUarray *, const CUDA_ARRAY_DESCRIPTOR *);
     CUresult (*cuArrayDestroy)(CUarray);
     CUresult (*cuArrayGetDescriptor_v2)(CUDA_ARRAY_DESCRIPTOR *, CUarray);
+    CUresult (*cuArrayGetMemoryRequirements)(CUDA_ARRAY_MEMORY_REQUIREMENTS *, CUarray, CUdevice);
+    CUresult (*cuArrayGetPlane)(CUarray *, CUarray, unsigned int);
     CUresult (*cuCtxCreate_v4)(CUcontext *, CUctxCreateParams *, unsigned int, CUdevice);
     CUresult (*cuCtxDestroy_v2)(CUcontext);
     CUresult (*cuCtxDisablePeerAccess)(CUcontext);
@@ -42,7 +44,9 @@ typedef struct fgs_api {
     CUresult (*cuDeviceGetAttribute)(int *, CUdevice_attribute, CUdevice);
     CUresult (*cuDeviceGetByPCIBusId)(CUdevice *, const char *);
     CUresult (*cuDeviceGetCount)(int *);
+    CUresult (*cuDeviceGetLuid)(char *, unsigned int *, CUdevice);
     CUresult (*cuDeviceGetName)(char *, int, CUdevice);
+    CUresult (*cuDeviceGetP2PAtomicCapabilities)(unsigned int *, const CUatomicOperation *, unsigned int, CUdevice, CUdevice);
     CUresult (*cuDeviceGetP2PAttribute)(int *, CUdevice_P2PAttribute, CUdevice, CUdevice);
     CUresult (*cuDeviceGetPCIBusId)(char *, int, CUdevice);
     CUresult (*cuDeviceGetTexture1DLinearMaxWidth)(size_t *, CUarray_format, unsigned int, CUdevice);
@@ -144,6 +148,7 @@ typedef struct fgs_api {
     CUresult (*cuLaunchHostFunc)(CUstream, CUhostFn, void *);
     CUresult (*cuLaunchKernel)(CUfunction, unsigned int, unsigned int, unsigned int, unsigned int, unsigned int, unsigned int, unsigned int, CUstream, void **, void **);
     CUresult (*cuLaunchKernelEx)(const CUlaunchConfig *, CUfunction, void **, void **);
+    CUresult (*cuLibraryEnumerateKernels)(CUkernel *, unsigned int, CUlibrary);
     CUresult (*cuLibraryGetGlobal)(CUdeviceptr *, size_t *, CUlibrary, const char *);
     CUresult (*cuLibraryGetKernel)(CUkernel *, CUlibrary, const char *);
     CUresult (*cuLibraryGetKernelCount)(unsigned int *, CUlibrary);

@@ -20,7 +20,8 @@ typedef struct {
     uint64_t bytes;
     int dev;                 /* the GPU it is charged on (the current context's when it was made) */
     int mip;
-    uint64_t levels[32];     /* the level ids handed out (mipmapped): they end with it */
+    uint64_t levels[32];     /* the level ids handed out (mipmapped), or the plane ids (cuArrayGetPlane): they end
+                              * with it */
 } charged_array;
 
 static charged_array *g_arrays; /* one worker process serves one session */
@@ -117,6 +118,8 @@ CUresult fgs_cuArrayDestroy(fgs_session *S, fg_reader *r, fg_writer *out) {
     if (i == g_n) return CUDA_ERROR_INVALID_HANDLE; /* not one this session created (a mipmap level, say) */
     CUresult res = S->api->cuArrayDestroy((CUarray)a);
     if (res != CUDA_SUCCESS) return res;
+    for (int l = 0; l < 32; l++)
+        if (g_arrays[i].levels[l]) fgs_handle_remove(S, FGH_ARRAY, g_arrays[i].levels[l]);
     fgs_uncharge_dev(S, g_arrays[i].dev, g_arrays[i].bytes);
     g_arrays[i] = g_arrays[--g_n];
     fgs_handle_remove(S, FGH_ARRAY, id);
@@ -300,6 +303,28 @@ CUresult fgs_cuTexObjectGetResourceDesc(fgs_session *S, fg_reader *r, fg_writer 
 
 CUresult fgs_cuSurfObjectGetResourceDesc(fgs_session *S, fg_reader *r, fg_writer *out) {
     return get_resource(S, r, out, 1);
+}
+
+/* cuArrayGetPlane: u64 array, u32 plane; the reply: the plane's id, which ends with its array. Only arrays this
+ * session created have planes to give (a multi-planar format); the driver says what else is wrong. */
+CUresult fgs_cuArrayGetPlane(fgs_session *S, fg_reader *r, fg_writer *out) {
+    uint64_t id = fg_get_u64(r);
+    uint32_t plane = fg_get_u32(r);
+    if (r->failed) return FGS_PROTOCOL_ERROR;
+    void *a;
+    if (fgs_handle_get(S, FGH_ARRAY, id, &a) || !a) return CUDA_ERROR_INVALID_HANDLE;
+    if (!S->api->cuArrayGetPlane) return fgs_missing(S, "cuArrayGetPlane");
+    CUarray p = NULL;
+    CUresult res = S->api->cuArrayGetPlane(&p, (CUarray)a, plane);
+    if (res != CUDA_SUCCESS) return res;
+    size_t i = 0;
+    while (i < g_n && (g_arrays[i].mip || g_arrays[i].a != (CUarray)a)) i++;
+    if (i == g_n || plane >= 32) return CUDA_ERROR_NOT_SUPPORTED; /* a level's planes: not tracked */
+    void *known = NULL;
+    uint64_t *slot = &g_arrays[i].levels[plane];
+    if (!*slot || fgs_handle_get(S, FGH_ARRAY, *slot, &known) || known != p) *slot = fgs_handle_add(S, FGH_ARRAY, p);
+    fg_put_u64(out, *slot);
+    return CUDA_SUCCESS;
 }
 
 /* ---- mipmapped arrays: charged for every level; the level arrays handed out end with them ---- */

@@ -1,5 +1,6 @@
-/* device.c — cuDeviceGetAttribute for the client. The stub overrides the memory-sharing attributes it cannot
- * give remotely (client_stub/device_attrs.c); the node answers as its driver does. */
+/* device.c — cuDeviceGetAttribute for the client (the stub overrides the memory-sharing attributes it cannot give
+ * remotely: client_stub/device_attrs.c); cuDeviceGetP2PAtomicCapabilities and cuDeviceGetLuid. The node answers
+ * as its driver does. */
 #include <string.h>
 
 #include "fgs_impl.h"
@@ -16,5 +17,37 @@ CUresult fgs_cuDeviceGetAttribute(fgs_session *S, fg_reader *r, fg_writer *out) 
     int v = 0;
     CUresult res = S->api->cuDeviceGetAttribute(want ? &v : NULL, attrib, dev);
     if (res == CUDA_SUCCESS) fg_put(out, &v, sizeof v);
+    return res;
+}
+
+/* u32 count + count operations, i32 source and destination devices; the reply: count capability masks. */
+CUresult fgs_cuDeviceGetP2PAtomicCapabilities(fgs_session *S, fg_reader *r, fg_writer *out) {
+    uint32_t count = fg_get_u32(r);
+    if (r->failed || count == 0 || count > 1024) return FGS_PROTOCOL_ERROR;
+    CUatomicOperation *ops = (CUatomicOperation *)fgs_scratch(S, count * (sizeof(CUatomicOperation) + sizeof(unsigned)));
+    if (!ops) return CUDA_ERROR_OUT_OF_MEMORY;
+    for (uint32_t i = 0; i < count; i++) ops[i] = (CUatomicOperation)fg_get_u32(r);
+    CUdevice src = (CUdevice)fg_get_u32(r), dst = (CUdevice)fg_get_u32(r);
+    if (r->failed) return FGS_PROTOCOL_ERROR;
+    if (!S->api->cuDeviceGetP2PAtomicCapabilities) return fgs_missing(S, "cuDeviceGetP2PAtomicCapabilities");
+    unsigned *caps = (unsigned *)(void *)(ops + count);
+    CUresult res = S->api->cuDeviceGetP2PAtomicCapabilities(caps, ops, count, src, dst);
+    if (res == CUDA_SUCCESS) fg_put(out, caps, count * sizeof *caps);
+    return res;
+}
+
+/* i32 device; the reply: 8 LUID bytes, u32 node mask. */
+CUresult fgs_cuDeviceGetLuid(fgs_session *S, fg_reader *r, fg_writer *out) {
+    CUdevice dev = (CUdevice)fg_get_u32(r);
+    if (r->failed) return FGS_PROTOCOL_ERROR;
+    if (!S->api->cuDeviceGetLuid) return fgs_missing(S, "cuDeviceGetLuid");
+    char luid[8];
+    unsigned mask = 0;
+    memset(luid, 0, sizeof luid);
+    CUresult res = S->api->cuDeviceGetLuid(luid, &mask, dev);
+    if (res == CUDA_SUCCESS) {
+        fg_put(out, luid, sizeof luid);
+        fg_put_u32(out, mask);
+    }
     return res;
 }

@@ -334,15 +334,20 @@ CUresult mp_alloc_ptr(fgs_session *S, mp_pool *p, uint64_t size, CUdeviceptr *ou
     return CUDA_SUCCESS;
 }
 
-/* The reply of cuMemAllocAsync and cuMemAllocFromPoolAsync: u64 address, then u64 graph node id, u64 graph id and
- * u64 device, all 0 unless the stream is under capture (mempool_capture.c). */
+/* The reply of cuMemAllocAsync and cuMemAllocFromPoolAsync: u64 address, then u64 graph node id and u64 graph id
+ * (0 unless the stream is under capture: mempool_capture.c), u64 device, and u64 the pool's virtual id (0 under
+ * capture, and for a device's default pool while the client has not been told its id: cuPointerGetAttribute's
+ * MEMPOOL_HANDLE then asks for the default pool). Ids are never handed out here, so the creation journal keeps
+ * no allocation for them. */
 static CUresult alloc_on(fgs_session *S, mp_pool *p, CUstream s, int capturing, uint64_t size, fg_writer *out) {
     if (capturing) return mp_captured_alloc(S, p, s, size, out);
     CUdeviceptr ptr = 0;
     CUresult r = mp_alloc_ptr(S, p, size, &ptr);
     if (r != CUDA_SUCCESS) return r;
     fg_put_u64(out, ptr);
-    for (int i = 0; i < 3; i++) fg_put_u64(out, 0);
+    for (int i = 0; i < 2; i++) fg_put_u64(out, 0);
+    fg_put_u64(out, (uint64_t)p->dev);
+    fg_put_u64(out, p->id);
     return CUDA_SUCCESS;
 }
 

@@ -82,5 +82,6 @@ CUresult mp_captured_alloc(fgs_session *S, mp_pool *p, CUstream s, uint64_t size
     fg_put_u64(out, node_id);
     fg_put_u64(out, graph_id);
     fg_put_u64(out, (uint64_t)p->dev);
+    fg_put_u64(out, 0); /* a graph allocation: no pool of the application's */
     return CUDA_SUCCESS;
 }

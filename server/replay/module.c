@@ -378,28 +378,34 @@ CUresult fgs_cuLaunchKernelEx(fgs_session *S, fg_reader *r, fg_writer *out) {
     return launch_result(S, lc.id, f, d, n, S->api->cuLaunchKernelEx(&cfg, (CUfunction)f, NULL, extra));
 }
 
-/* cuModuleEnumerateFunctions: "u64 module, u32 capacity" -> "u32 count, then per function u32 length + its name",
- * at most capacity bytes in all (else CUDA_ERROR_NOT_SUPPORTED). The client names each function back with
- * cuModuleGetFunction, which brings its id and parameter layout. */
-CUresult fgs_cuModuleEnumerateFunctions(fgs_session *S, fg_reader *r, fg_writer *out) {
+/* cuModuleEnumerateFunctions / cuLibraryEnumerateKernels: "u64 module (library), u32 capacity" -> "u32 count, then
+ * per function (kernel) u32 length + its name", at most capacity bytes in all (else CUDA_ERROR_NOT_SUPPORTED). The
+ * client names each back with cuModuleGetFunction (cuLibraryGetKernel), which brings its id and parameter
+ * layout. */
+static CUresult enumerate(fgs_session *S, fg_reader *r, fg_writer *out, int lib) {
     uint64_t mid = fg_get_u64(r);
     uint32_t capacity = fg_get_u32(r);
     if (r->failed) return FGS_PROTOCOL_ERROR;
     void *mod;
-    if (fgs_handle_get(S, FGH_MODULE, mid, &mod) || !mod) return CUDA_ERROR_INVALID_HANDLE;
-    if (!S->api->cuModuleEnumerateFunctions || !S->api->cuModuleGetFunctionCount || !S->api->cuFuncGetName)
+    if (fgs_handle_get(S, lib ? FGH_LIBRARY : FGH_MODULE, mid, &mod) || !mod) return CUDA_ERROR_INVALID_HANDLE;
+    if (!lib && (!S->api->cuModuleEnumerateFunctions || !S->api->cuModuleGetFunctionCount || !S->api->cuFuncGetName))
         return fgs_missing(S, "cuModuleEnumerateFunctions");
+    if (lib && (!S->api->cuLibraryEnumerateKernels || !S->api->cuLibraryGetKernelCount || !S->api->cuKernelGetName))
+        return fgs_missing(S, "cuLibraryEnumerateKernels");
     unsigned count = 0;
-    CUresult res = S->api->cuModuleGetFunctionCount(&count, (CUmodule)mod);
+    CUresult res = lib ? S->api->cuLibraryGetKernelCount(&count, (CUlibrary)mod)
+                       : S->api->cuModuleGetFunctionCount(&count, (CUmodule)mod);
     if (res != CUDA_SUCCESS) return res;
     if (count > 65536) return CUDA_ERROR_NOT_SUPPORTED;
-    CUfunction *fns = (CUfunction *)calloc(count ? count : 1, sizeof *fns);
+    void **fns = (void **)calloc(count ? count : 1, sizeof *fns);
     if (!fns) return CUDA_ERROR_OUT_OF_MEMORY;
-    res = count ? S->api->cuModuleEnumerateFunctions(fns, count, (CUmodule)mod) : CUDA_SUCCESS;
+    if (count)
+        res = lib ? S->api->cuLibraryEnumerateKernels((CUkernel *)fns, count, (CUlibrary)mod)
+                  : S->api->cuModuleEnumerateFunctions((CUfunction *)fns, count, (CUmodule)mod);
     fg_put_u32(out, res == CUDA_SUCCESS ? count : 0);
     for (unsigned i = 0; i < count && res == CUDA_SUCCESS; i++) {
         const char *name = NULL;
-        res = S->api->cuFuncGetName(&name, fns[i]);
+        res = lib ? S->api->cuKernelGetName(&name, (CUkernel)fns[i]) : S->api->cuFuncGetName(&name, (CUfunction)fns[i]);
         if (res == CUDA_SUCCESS && !name) res = CUDA_ERROR_NOT_FOUND;
         if (res != CUDA_SUCCESS) break;
         size_t n = strnlen(name, 4096);
@@ -410,3 +416,7 @@ CUresult fgs_cuModuleEnumerateFunctions(fgs_session *S, fg_reader *r, fg_writer 
     if (res == CUDA_SUCCESS && out->len > capacity) res = CUDA_ERROR_NOT_SUPPORTED;
     return out->failed ? CUDA_ERROR_OUT_OF_MEMORY : res;
 }
+
+CUresult fgs_cuModuleEnumerateFunctions(fgs_session *S, fg_reader *r, fg_writer *out) { return enumerate(S, r, out, 0); }
+
+CUresult fgs_cuLibraryEnumerateKernels(fgs_session *S, fg_reader *r, fg_writer *out) { return enumerate(S, r, out, 1); }

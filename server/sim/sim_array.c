@@ -129,6 +129,41 @@ SIM_API CUresult cuArray3DGetDescriptor_v2(CUDA_ARRAY3D_DESCRIPTOR *out, CUarray
     return rc;
 }
 
+/* No simulated format is multi-planar: every plane request is refused, as the driver refuses it for such arrays. */
+SIM_API CUresult cuArrayGetPlane(CUarray *pPlaneArray, CUarray hArray, unsigned int planeIdx)
+{
+    (void)planeIdx;
+    sim_lock();
+    struct sim_array *a = sim_reg_find(hArray, SIM_KIND_ARRAY);
+    sim_unlock();
+    if (!a)
+        return CUDA_ERROR_INVALID_HANDLE;
+    (void)pPlaneArray;
+    return CUDA_ERROR_INVALID_VALUE;
+}
+
+/* Only an array made for deferred mapping has requirements: its bytes in whole 2 MiB pages (the simulated VMM
+ * granularity), aligned to one. */
+SIM_API CUresult cuArrayGetMemoryRequirements(CUDA_ARRAY_MEMORY_REQUIREMENTS *memoryRequirements, CUarray array,
+                                              CUdevice device)
+{
+    const size_t page = 2u << 20;
+    sim_lock();
+    CUresult rc = sim_check_device(device);
+    struct sim_array *a = rc == CUDA_SUCCESS ? sim_reg_find(array, SIM_KIND_ARRAY) : NULL;
+    if (rc == CUDA_SUCCESS && !a)
+        rc = CUDA_ERROR_INVALID_HANDLE;
+    if (rc == CUDA_SUCCESS && (!memoryRequirements || !(a->d.Flags & CUDA_ARRAY3D_DEFERRED_MAPPING)))
+        rc = CUDA_ERROR_INVALID_VALUE;
+    if (rc == CUDA_SUCCESS) {
+        memset(memoryRequirements, 0, sizeof *memoryRequirements);
+        memoryRequirements->size = (a->row * a->rows * a->slices + page - 1) / page * page;
+        memoryRequirements->alignment = page;
+    }
+    sim_unlock();
+    return rc;
+}
+
 /* The address of row (y, z) of one side, at byte x, checked for w bytes; NULL (and *rc set) when out of bounds. */
 static unsigned char *row_of(CUmemorytype t, const void *host, CUdeviceptr dev, CUarray arr, size_t x, size_t y,
                              size_t z, size_t pitch, size_t height, size_t w, int prot, CUresult *rc)

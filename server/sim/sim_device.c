@@ -1,5 +1,6 @@
-/* sim_device.c - device enumeration and identity queries: count, ordinal, name, UUID, total memory and PCI
- * bus id. Attributes live in sim_attributes.c. A CUdevice is the device ordinal, as with the real driver. */
+/* sim_device.c - device enumeration and identity queries: count, ordinal, name, UUID, total memory, PCI bus id
+ * and LUID (none, as on Linux). Attributes live in sim_attributes.c. A CUdevice is the device ordinal, as with the
+ * real driver. */
 #include "sim.h"
 
 #include <stdio.h>
@@ -53,6 +54,17 @@ SIM_API CUresult cuDeviceGetUuid(CUuuid *uuid, CUdevice dev)
         return CUDA_ERROR_INVALID_VALUE;
     sim_phys_uuid(sim_g.dev[dev].phys, (unsigned char *)uuid->bytes); /* the physical device's, fixed */
     return CUDA_SUCCESS;
+}
+
+/* As a Linux driver: no LUID (a Windows graphics identifier). */
+SIM_API CUresult cuDeviceGetLuid(char *luid, unsigned int *deviceNodeMask, CUdevice dev)
+{
+    sim_lock();
+    CUresult rc = sim_check_device(dev);
+    sim_unlock();
+    if (rc != CUDA_SUCCESS)
+        return rc;
+    return !luid || !deviceNodeMask ? CUDA_ERROR_INVALID_VALUE : CUDA_ERROR_NOT_SUPPORTED;
 }
 
 SIM_API CUresult cuDeviceTotalMem(size_t *bytes, CUdevice dev)

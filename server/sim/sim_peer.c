@@ -1,7 +1,8 @@
 /* sim_peer.c - several devices of one process reaching each other's memory, as the driver lets them:
  *   cuDeviceCanAccessPeer     1 between two different devices (the simulated devices form one P2P clique), 0
  *                             for a device and itself;
- *   cuDeviceGetP2PAttribute   access and native atomics supported, performance rank 0;
+ *   cuDeviceGetP2PAttribute   access and native atomics supported, performance rank 0 (and
+ *                             cuDeviceGetP2PAtomicCapabilities: every operation native);
  *   cuCtxEnablePeerAccess     the current context may then reach the peer context's allocations (past and
  *                             future, module globals included); twice is CUDA_ERROR_PEER_ACCESS_ALREADY_ENABLED,
  *                             the same device CUDA_ERROR_PEER_ACCESS_UNSUPPORTED, flags other than 0 invalid;
@@ -62,6 +63,35 @@ SIM_API CUresult cuDeviceGetP2PAttribute(int *value, CUdevice_P2PAttribute attri
     default:
         return CUDA_ERROR_INVALID_VALUE;
     }
+}
+
+/* Between two simulated GPUs every atomic operation is native (NATIVE_ATOMIC_SUPPORTED above is 1): the integer
+ * ones signed and unsigned, 32 and 64 bits, as reductions too; the float ones 32 and 64 bits. */
+SIM_API CUresult cuDeviceGetP2PAtomicCapabilities(unsigned int *capabilities, const CUatomicOperation *operations,
+                                                  unsigned int count, CUdevice srcDevice, CUdevice dstDevice)
+{
+    sim_lock();
+    CUresult rc = sim_check_device(srcDevice);
+    if (rc == CUDA_SUCCESS)
+        rc = sim_check_device(dstDevice);
+    if (rc == CUDA_SUCCESS && srcDevice == dstDevice)
+        rc = CUDA_ERROR_INVALID_DEVICE;
+    sim_unlock();
+    if (rc != CUDA_SUCCESS)
+        return rc;
+    if (!capabilities || !operations || !count)
+        return CUDA_ERROR_INVALID_VALUE;
+    for (unsigned int i = 0; i < count; i++)
+        if ((unsigned)operations[i] >= (unsigned)CU_ATOMIC_OPERATION_MAX)
+            return CUDA_ERROR_INVALID_VALUE;
+    for (unsigned int i = 0; i < count; i++) {
+        unsigned int sizes = CU_ATOMIC_CAPABILITY_SCALAR_32 | CU_ATOMIC_CAPABILITY_SCALAR_64;
+        capabilities[i] = operations[i] >= CU_ATOMIC_OPERATION_FLOAT_ADD
+                              ? sizes
+                              : sizes | CU_ATOMIC_CAPABILITY_SIGNED | CU_ATOMIC_CAPABILITY_UNSIGNED |
+                                    CU_ATOMIC_CAPABILITY_REDUCTION;
+    }
+    return CUDA_SUCCESS;
 }
 
 /* The live, active context a handle names, or NULL. */

@@ -472,6 +472,13 @@ static int build_args(pools *P, unsigned op, buf *a, buf *pre, int *expect) {
             for (uint32_t k = n & ~7u; k < n; k++) put8(a, (uint8_t)rnd());
             break;
         }
+        case 'g': { /* u32 n + n atomic operations (cuDeviceGetP2PAtomicCapabilities): mostly valid ones */
+            uint32_t n = chance(80) ? 1 + (uint32_t)rndn(16) : chance(50) ? 0 : (uint32_t)rnd();
+            put32(a, n);
+            for (uint32_t k = 0; k < n && k < 2048; k++) put32(a, chance(85) ? (uint32_t)rndn(13) : (uint32_t)rnd());
+            if (n == 0 || n > 1024) return 1; /* outside the server's bound (server/replay/device.c): malformed */
+            break;
+        }
         case 'x': {
             uint32_t na = chance(50) ? 0 : chance(90) ? 1 + (uint32_t)rndn(4) : (uint32_t)rndn(65);
             if (chance(2)) { /* more than the 64 the server takes: malformed, whatever follows */

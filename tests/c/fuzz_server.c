@@ -310,7 +310,7 @@ static void add_record(buf *o, unsigned op, const buf *args) {
  * 3 a 3D copy as arrays.c takes it (host flags, CUDA_MEMCPY3D, stream, packed bytes), U a CUDA_RESOURCE_DESC,
  * t a CUDA_TEXTURE_DESC, W a mipmapped array id, I a 64-byte CUDA IPC token, d a user object id, J JIT options,
  * j a link state id, o a cubin offset, k a link input (an image reference with the link's arguments), n a tensor
- * map record, u a batch of stream memory operations,
+ * map record, u a batch of stream memory operations, g u32 n + n atomic operations,
  * v a CUkernelNodeAttrValue (random, an event id at times),
  * H an image reference (sha256[32], u64 size, u32 extra_len, extra) after IMAGE_CHUNK records that may
  * upload it, Y one IMAGE_CHUNK record (sha256[32], u64 total, u64 offset, u32 len, bytes). */
@@ -364,6 +364,8 @@ static const char *layout[FG_OP_LIMIT] = {
     [FG_OP_cuDeviceGetMemPool] = "i",
     [FG_OP_cuDeviceGetName] = "ii",
     [FG_OP_cuDeviceGetP2PAttribute] = "wiii",
+    [FG_OP_cuDeviceGetP2PAtomicCapabilities] = "gii",
+    [FG_OP_cuDeviceGetLuid] = "i",
     [FG_OP_cuDeviceGetPCIBusId] = "ii",
     [FG_OP_cuDeviceGetTexture1DLinearMaxWidth] = "wiii",
     [FG_OP_cuDeviceGetUuid_v2] = "wi",
@@ -445,6 +447,7 @@ static const char *layout[FG_OP_LIMIT] = {
     [FG_OP_cuModuleGetFunction] = "Ms",
     [FG_OP_cuModuleGetFunctionCount] = "wM",
     [FG_OP_cuModuleEnumerateFunctions] = "Mi", /* u64 module, u32 capacity (server/replay/module.c) */
+    [FG_OP_cuLibraryEnumerateKernels] = "Li",  /* u64 library, u32 capacity (server/replay/module.c) */
     [FG_OP_cuModuleGetGlobal_v2] = "wwMs",
     [FG_OP_cuModuleGetLoadingMode] = "w",
     [FG_OP_cuModuleLoadData] = "H",
@@ -557,6 +560,8 @@ static const char *layout[FG_OP_LIMIT] = {
     [FG_OP_cuTexObjectDestroy] = "q",
     [FG_OP_cuSurfObjectCreate] = "U",
     [FG_OP_cuSurfObjectDestroy] = "q",
+    [FG_OP_cuArrayGetPlane] = "Qi",
+    [FG_OP_cuArrayGetMemoryRequirements] = "wQi",
     [FG_OP_cuTexObjectGetResourceDesc] = "q",
     [FG_OP_cuSurfObjectGetResourceDesc] = "q",
     [FG_OP_cuTexObjectGetTextureDesc] = "wq",

@@ -22,6 +22,7 @@ from fargpu import paths
 PROGRAMS = (
     "api_vmm", "api_managed", "api_graphs", "api_graph_nodes", "api_graph_cond", "api_arrays", "api_link",
     "api_mempool", "api_tensormap", "api_array_async", "api_memops", "api_userobj", "api_copies",
+    "api_queries",
 )
 MiB = 1 << 20
 
@@ -96,7 +97,8 @@ def test_conditional_graph_nodes_program(programs: dict[str, Path], node_server:
 
 def test_stream_ordered_allocation_and_pools_program(programs: dict[str, Path], node_server: NodeServer) -> None:
     out = _passed(_run(programs["api_mempool"], node_server), node_server)
-    assert len([ln for ln in out if ln.endswith(" ok")]) == 29, out
+    assert len([ln for ln in out if ln.endswith(" ok")]) == 31, out
+    assert "the first allocation's pool is the default pool ok" in out and "pointers name their pools ok" in out, out
 
 
 def test_arrays_textures_and_3d_copies_program(programs: dict[str, Path], node_server: NodeServer) -> None:
@@ -142,6 +144,18 @@ def test_batched_and_peer_3d_copies_program(programs: dict[str, Path], node_serv
     out = _passed(_run(programs["api_copies"], node_server), node_server)
     assert len([ln for ln in out if ln.endswith(" ok")]) == 8, out
     assert "batch without a source access order: CUDA_ERROR_INVALID_VALUE" in out, out
+
+
+def test_driver_queries_program(programs: dict[str, Path], node_server: NodeServer) -> None:
+    out = _passed(_run(programs["api_queries"], node_server), node_server)
+    assert len([ln for ln in out if ln.endswith(" ok")]) == 3, out
+    assert "library kernels 2: fg_fill_u32 fg_scale" in out, out
+    for line in ("device LUID: CUDA_ERROR_NOT_SUPPORTED",  # as a Linux driver: the simulated device says so too
+                 "host atomic capabilities of an invalid operation: CUDA_ERROR_INVALID_VALUE",
+                 "atomic capabilities between a device and itself: CUDA_ERROR_INVALID_DEVICE",
+                 "plane 0 of a float array: CUDA_ERROR_INVALID_VALUE",
+                 "memory requirements of an ordinary array: CUDA_ERROR_INVALID_VALUE"):
+        assert line in out, out
 
 
 def test_user_objects_program(programs: dict[str, Path], node_server: NodeServer) -> None:

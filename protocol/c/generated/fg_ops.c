@@ -17,6 +17,8 @@ const char *fg_op_name(unsigned op) {
     case FG_OP_cuArrayCreate_v2: return "cuArrayCreate_v2";
     case FG_OP_cuArrayDestroy: return "cuArrayDestroy";
     case FG_OP_cuArrayGetDescriptor_v2: return "cuArrayGetDescriptor_v2";
+    case FG_OP_cuArrayGetMemoryRequirements: return "cuArrayGetMemoryRequirements";
+    case FG_OP_cuArrayGetPlane: return "cuArrayGetPlane";
     case FG_OP_cuCtxCreate_v4: return "cuCtxCreate_v4";
     case FG_OP_cuCtxDestroy_v2: return "cuCtxDestroy_v2";
     case FG_OP_cuCtxDisablePeerAccess: return "cuCtxDisablePeerAccess";
@@ -46,8 +48,10 @@ const char *fg_op_name(unsigned op) {
     case FG_OP_cuDeviceGetByPCIBusId: return "cuDeviceGetByPCIBusId";
     case FG_OP_cuDeviceGetCount: return "cuDeviceGetCount";
     case FG_OP_cuDeviceGetDefaultMemPool: return "cuDeviceGetDefaultMemPool";
+    case FG_OP_cuDeviceGetLuid: return "cuDeviceGetLuid";
     case FG_OP_cuDeviceGetMemPool: return "cuDeviceGetMemPool";
     case FG_OP_cuDeviceGetName: return "cuDeviceGetName";
+    case FG_OP_cuDeviceGetP2PAtomicCapabilities: return "cuDeviceGetP2PAtomicCapabilities";
     case FG_OP_cuDeviceGetP2PAttribute: return "cuDeviceGetP2PAttribute";
     case FG_OP_cuDeviceGetPCIBusId: return "cuDeviceGetPCIBusId";
     case FG_OP_cuDeviceGetTexture1DLinearMaxWidth: return "cuDeviceGetTexture1DLinearMaxWidth";
@@ -147,6 +151,7 @@ const char *fg_op_name(unsigned op) {
     case FG_OP_cuLaunchHostFunc: return "cuLaunchHostFunc";
     case FG_OP_cuLaunchKernel: return "cuLaunchKernel";
     case FG_OP_cuLaunchKernelEx: return "cuLaunchKernelEx";
+    case FG_OP_cuLibraryEnumerateKernels: return "cuLibraryEnumerateKernels";
     case FG_OP_cuLibraryGetGlobal: return "cuLibraryGetGlobal";
     case FG_OP_cuLibraryGetKernel: return "cuLibraryGetKernel";
     case FG_OP_cuLibraryGetKernelCount: return "cuLibraryGetKernelCount";

@@ -8,11 +8,17 @@
 // capture of cudaMallocAsync / cudaFreeAsync (graph allocation and free nodes, a graph freeing another's). Values are
 // checked against the host exactly; pool amounts only as relations that hold for any pool (used >= what is
 // allocated, reserved >= used, 0 when everything is freed and trimmed), since a driver rounds and caches as it
-// likes. The kernel is test_kernels.cuh's (the test kernels' name and layout), so the simulated device runs it.
+// likes. The pool each allocation came from is asked of the pointer (the driver's MEMPOOL_HANDLE attribute, inside
+// an allocation too): the default pool for the very first allocation, the created pool for both ways into it,
+// none for cudaMalloc memory. The kernel is test_kernels.cuh's (the test kernels' name and layout), so the
+// simulated device runs it.
+// acceptance: link=-lcuda
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <vector>
+
+#include <cuda.h>
 
 #include "acceptance.h"
 #include "acceptance_check.h"
@@ -43,6 +49,13 @@ static int attr_int(cudaMemPool_t p, cudaMemPoolAttr a)
     return v;
 }
 
+static CUmemoryPool pool_of(const void *p)
+{
+    CUmemoryPool h = (CUmemoryPool)(uintptr_t)1;
+    CU_CHECK(cuPointerGetAttribute(&h, CU_POINTER_ATTRIBUTE_MEMPOOL_HANDLE, (CUdeviceptr)(uintptr_t)p));
+    return h;
+}
+
 static void fill(unsigned int *p, unsigned int v, cudaStream_t s)
 {
     fg_fill_u32<<<64, 256, 0, s>>>(p, v, N);
@@ -56,8 +69,16 @@ int main()
     CHECK(cudaDeviceGetAttribute(&supported, cudaDevAttrMemoryPoolsSupported, 0));
     check("memory pools supported", supported == 1);
 
+    // the first stream-ordered allocation, before the program asks for any pool
+    unsigned int *first;
+    CHECK(cudaMallocAsync((void **)&first, BYTES, 0));
+    CUmemoryPool first_pool = pool_of(first + 100);
+    CHECK(cudaFreeAsync(first, 0));
+    CHECK(cudaStreamSynchronize(0));
+
     cudaMemPool_t dflt, cur;
     CHECK(cudaDeviceGetDefaultMemPool(&dflt, 0));
+    check("the first allocation's pool is the default pool", first_pool == (CUmemoryPool)dflt);
     CHECK(cudaDeviceGetMemPool(&cur, 0));
     check("the default pool is current", dflt == cur);
 
@@ -139,6 +160,11 @@ int main()
     CHECK(cudaDeviceGetMemPool(&cur, 0));
     check("the created pool is current", cur == pool);
     CHECK(cudaMallocAsync((void **)&p2, BYTES, s[2])); // from the current pool: the created one
+    unsigned int *plain;
+    CHECK(cudaMalloc((void **)&plain, 4096));
+    check("pointers name their pools", pool_of(p1) == (CUmemoryPool)pool &&
+                                           pool_of(p2 + N - 1) == (CUmemoryPool)pool && pool_of(plain) == nullptr);
+    CHECK(cudaFree(plain));
     check("cudaMallocAsync takes the current pool", attr64(pool, cudaMemPoolAttrUsedMemCurrent) >= 2 * BYTES);
     check("high >= used", attr64(pool, cudaMemPoolAttrUsedMemHigh) >= attr64(pool, cudaMemPoolAttrUsedMemCurrent) &&
                               attr64(pool, cudaMemPoolAttrReservedMemHigh) >= 2 * BYTES);

@@ -1,0 +1,124 @@
+// api_queries.cu - acceptance: driver queries without a home elsewhere. A library loaded from PTX enumerates its
+// kernels (their names, and the same handles cuLibraryGetKernel gives); the device's LUID (a Linux driver has
+// none); atomic capabilities over the host link (consistent with the host-native atomic attributes) and between a
+// device and itself (refused: not a link); a CUDA array's plane (a single-plane format has none) and its memory
+// requirements (only an array made for deferred mapping has them: whole units of a power-of-two alignment that
+// hold its elements). Results the driver documents are printed by name; the rest are checked as relations.
+// The PTX kernels carry the test kernels' names and parameter layouts, so the simulated device loads them too.
+// acceptance: link=-lcuda
+#include <algorithm>
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include <cuda.h>
+
+#include "acceptance.h"
+#include "acceptance_check.h"
+
+static const char kPtx[] = R"(
+.version 8.0
+.target sm_90
+.address_size 64
+
+.visible .entry fg_scale(
+	.param .u64 fg_scale_x,
+	.param .f32 fg_scale_s,
+	.param .u32 fg_scale_n
+)
+{
+	ret;
+}
+
+.visible .entry fg_fill_u32(
+	.param .u64 fg_fill_u32_p,
+	.param .u32 fg_fill_u32_v,
+	.param .u64 fg_fill_u32_n
+)
+{
+	ret;
+}
+)";
+
+int main()
+{
+    CHECK(cudaSetDevice(0));
+    CHECK(cudaFree(nullptr));
+
+    // ---- a library's kernels ----
+    CUlibrary lib;
+    CU_CHECK(cuLibraryLoadData(&lib, kPtx, nullptr, nullptr, 0, nullptr, nullptr, 0));
+    unsigned int count = 0;
+    CU_CHECK(cuLibraryGetKernelCount(&count, lib));
+    std::vector<CUkernel> ks(count);
+    CU_CHECK(cuLibraryEnumerateKernels(ks.data(), count, lib));
+    std::vector<std::string> names;
+    bool same = true;
+    for (CUkernel k : ks) {
+        const char *name = nullptr;
+        CU_CHECK(cuKernelGetName(&name, k));
+        names.push_back(name ? name : "");
+        CUkernel again = nullptr;
+        CU_CHECK(cuLibraryGetKernel(&again, lib, name));
+        same = same && again == k;
+    }
+    std::sort(names.begin(), names.end());
+    std::printf("library kernels %u:", count);
+    for (auto &n : names)
+        std::printf(" %s", n.c_str());
+    std::printf("\n");
+    check("enumerated kernels are the ones cuLibraryGetKernel names", count == 2 && same);
+    CU_CHECK(cuLibraryUnload(lib));
+
+    // ---- the device's identity and atomics ----
+    char luid[8];
+    unsigned int mask = 0;
+    std::printf("device LUID: %s\n", name_of(cuDeviceGetLuid(luid, &mask, 0)));
+    CUatomicOperation ops[3] = {CU_ATOMIC_OPERATION_INTEGER_ADD, CU_ATOMIC_OPERATION_CAS,
+                                CU_ATOMIC_OPERATION_FLOAT_ADD};
+    unsigned int caps[3] = {~0u, ~0u, ~0u};
+    CU_CHECK(cuDeviceGetHostAtomicCapabilities(caps, ops, 3, 0));
+    int native = -1, partial = -1;
+    CU_CHECK(cuDeviceGetAttribute(&native, CU_DEVICE_ATTRIBUTE_HOST_NATIVE_ATOMIC_SUPPORTED, 0));
+    CU_CHECK(cuDeviceGetAttribute(&partial, CU_DEVICE_ATTRIBUTE_ONLY_PARTIAL_HOST_NATIVE_ATOMIC_SUPPORTED, 0));
+    bool none = caps[0] == 0 && caps[1] == 0 && caps[2] == 0;
+    check("host atomic capabilities agree with the host-native atomic attributes",
+          (native || partial) ? (native ? !none : true) : none);
+    CUatomicOperation bad = CU_ATOMIC_OPERATION_MAX;
+    std::printf("host atomic capabilities of an invalid operation: %s\n",
+                name_of(cuDeviceGetHostAtomicCapabilities(caps, &bad, 1, 0)));
+    std::printf("atomic capabilities between a device and itself: %s\n",
+                name_of(cuDeviceGetP2PAtomicCapabilities(caps, ops, 3, 0, 0)));
+
+    // ---- an array's plane and memory requirements ----
+    CUDA_ARRAY3D_DESCRIPTOR d;
+    std::memset(&d, 0, sizeof d);
+    d.Width = 256;
+    d.Height = 64;
+    d.Format = CU_AD_FORMAT_FLOAT;
+    d.NumChannels = 1;
+    CUarray arr;
+    CU_CHECK(cuArray3DCreate(&arr, &d));
+    CUarray plane = nullptr;
+    std::printf("plane 0 of a float array: %s\n", name_of(cuArrayGetPlane(&plane, arr, 0)));
+    CUDA_ARRAY_MEMORY_REQUIREMENTS req;
+    std::printf("memory requirements of an ordinary array: %s\n", name_of(cuArrayGetMemoryRequirements(&req, arr, 0)));
+    CU_CHECK(cuArrayDestroy(arr));
+    int deferred = 0;
+    CU_CHECK(cuDeviceGetAttribute(&deferred, CU_DEVICE_ATTRIBUTE_DEFERRED_MAPPING_CUDA_ARRAY_SUPPORTED, 0));
+    if (deferred) {
+        d.Flags = CUDA_ARRAY3D_DEFERRED_MAPPING;
+        CU_CHECK(cuArray3DCreate(&arr, &d));
+        std::memset(&req, 0, sizeof req);
+        CU_CHECK(cuArrayGetMemoryRequirements(&req, arr, 0));
+        bool pow2 = req.alignment && (req.alignment & (req.alignment - 1)) == 0;
+        check("a deferred-mapping array's requirements hold its elements in whole aligned units",
+              pow2 && req.size >= d.Width * d.Height * sizeof(float) && req.size % req.alignment == 0);
+        CU_CHECK(cuArrayDestroy(arr));
+    } else {
+        std::printf("deferred-mapping arrays not supported\n");
+    }
+    std::printf("%s\n", g_fail ? "FAIL" : "PASS");
+    return g_fail;
+}
