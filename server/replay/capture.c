@@ -25,6 +25,8 @@ static int to_graph(uint64_t sid, int forget) {
     return 0;
 }
 
+void fgs_capture_began(uint64_t sid) { to_graph(sid, 1); } /* a plain capture on stream sid (capture_watch.c) */
+
 /* Reads n node ids into nodes; CUDA_ERROR_INVALID_VALUE if one is not a live node of this session. */
 static CUresult read_nodes(fgs_session *S, fg_reader *r, uint64_t n, CUgraphNode *nodes) {
     CUresult res = CUDA_SUCCESS;

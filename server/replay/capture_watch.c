@@ -17,10 +17,12 @@ static size_t g_n;
 
 void fgs_capture_watch(fgs_session *S, unsigned op, const uint8_t *args, size_t len, CUresult res) {
     if (!S->api->cuStreamIsCapturing) return;
-    if ((op == FG_OP_cuStreamBeginCapture_v2 || op == FG_OP_cuStreamBeginCaptureToGraph) && res == CUDA_SUCCESS && len >= 8 && g_n < WATCHED) {
+    int began = op == FG_OP_cuStreamBeginCapture_v2 || op == FG_OP_cuStreamBeginCaptureToGraph;
+    if (began && res == CUDA_SUCCESS && len >= 8) {
         uint64_t sid;
         memcpy(&sid, args, 8);
-        g_streams[g_n++] = sid;
+        if (op == FG_OP_cuStreamBeginCapture_v2) fgs_capture_began(sid); /* not into an application's graph */
+        if (g_n < WATCHED) g_streams[g_n++] = sid;
     }
     for (size_t i = g_n; i-- > 0;) {
         CUstreamCaptureStatus st = CU_STREAM_CAPTURE_STATUS_NONE;
