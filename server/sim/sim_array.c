@@ -1,9 +1,10 @@
 /* sim_array.c - CUDA arrays, 3D copies, texture and surface objects on the simulated device. An array keeps its
  * elements row by row in host memory (width x element size per row, then height rows, then depth slices), charged
  * against device memory. cuMemcpy3D copies row by row between host memory, device memory (every row range-checked)
- * and arrays (every row bounds-checked against the array). Texture and surface objects are numbers naming a
- * checked resource description (with the texture and view descriptions), which the getters give back: the
- * simulated device runs no kernel that samples them. A mipmapped array is one array per level. */
+ * and arrays (every row bounds-checked against the array); cuMemcpy3DPeer[Async] are such copies. Texture and
+ * surface objects are numbers naming a checked resource description (with the texture and view descriptions),
+ * which the getters give back: the simulated device runs no kernel that samples them. A mipmapped array is one
+ * array per level. */
 #include "sim.h"
 
 #include <stdlib.h>
@@ -227,6 +228,42 @@ static CUresult copy3d(const CUDA_MEMCPY3D *c, CUstream s, int async)
 
 SIM_API CUresult cuMemcpy3D_v2(const CUDA_MEMCPY3D *c) { return copy3d(c, NULL, 0); }
 SIM_API CUresult cuMemcpy3DAsync_v2(const CUDA_MEMCPY3D *c, CUstream s) { return copy3d(c, s, 1); }
+
+/* A 3D peer copy is a 3D copy: every device's memory is in one address space here (the contexts are not checked). */
+static CUresult copy3d_peer(const CUDA_MEMCPY3D_PEER *p, CUstream s, int async)
+{
+    if (!p)
+        return CUDA_ERROR_INVALID_VALUE;
+    CUDA_MEMCPY3D c;
+    memset(&c, 0, sizeof c);
+    c.srcXInBytes = p->srcXInBytes;
+    c.srcY = p->srcY;
+    c.srcZ = p->srcZ;
+    c.srcLOD = p->srcLOD;
+    c.srcMemoryType = p->srcMemoryType;
+    c.srcHost = p->srcHost;
+    c.srcDevice = p->srcDevice;
+    c.srcArray = p->srcArray;
+    c.srcPitch = p->srcPitch;
+    c.srcHeight = p->srcHeight;
+    c.dstXInBytes = p->dstXInBytes;
+    c.dstY = p->dstY;
+    c.dstZ = p->dstZ;
+    c.dstLOD = p->dstLOD;
+    c.dstMemoryType = p->dstMemoryType;
+    c.dstHost = p->dstHost;
+    c.dstDevice = p->dstDevice;
+    c.dstArray = p->dstArray;
+    c.dstPitch = p->dstPitch;
+    c.dstHeight = p->dstHeight;
+    c.WidthInBytes = p->WidthInBytes;
+    c.Height = p->Height;
+    c.Depth = p->Depth;
+    return copy3d(&c, s, async);
+}
+
+SIM_API CUresult cuMemcpy3DPeer(const CUDA_MEMCPY3D_PEER *p) { return copy3d_peer(p, NULL, 0); }
+SIM_API CUresult cuMemcpy3DPeerAsync(const CUDA_MEMCPY3D_PEER *p, CUstream s) { return copy3d_peer(p, s, 1); }
 
 struct sim_mip;
 static struct sim_mip *find_mip(CUmipmappedArray h);

@@ -124,6 +124,30 @@ out["copy_peer_bad"] = cu.cuMemcpyPeer(C(A), ctx[0], C(B + N * 4 * 64), ctx[1], 
     cu.cuCtxSynchronize()
 out["disable"] = [cu.cuCtxDisablePeerAccess(ctx[1]), cu.cuCtxDisablePeerAccess(ctx[1])]
 out["peer_disabled"] = [launch(B, 5), read(B)]
+# a 3D peer copy from device 1 into device 0 (no peer access needed, as for cuMemcpyPeer): 16 rows of 64 bytes from
+# rows 256 bytes apart into rows 128 bytes apart, at byte 32 of row 2
+class Peer3D(ctypes.Structure):
+    _fields_ = [("srcXInBytes", ctypes.c_size_t), ("srcY", ctypes.c_size_t), ("srcZ", ctypes.c_size_t),
+                ("srcLOD", ctypes.c_size_t), ("srcMemoryType", ctypes.c_int), ("srcHost", ctypes.c_void_p),
+                ("srcDevice", C), ("srcArray", ctypes.c_void_p), ("srcContext", ctypes.c_void_p),
+                ("srcPitch", ctypes.c_size_t), ("srcHeight", ctypes.c_size_t),
+                ("dstXInBytes", ctypes.c_size_t), ("dstY", ctypes.c_size_t), ("dstZ", ctypes.c_size_t),
+                ("dstLOD", ctypes.c_size_t), ("dstMemoryType", ctypes.c_int), ("dstHost", ctypes.c_void_p),
+                ("dstDevice", C), ("dstArray", ctypes.c_void_p), ("dstContext", ctypes.c_void_p),
+                ("dstPitch", ctypes.c_size_t), ("dstHeight", ctypes.c_size_t),
+                ("WidthInBytes", ctypes.c_size_t), ("Height", ctypes.c_size_t), ("Depth", ctypes.c_size_t)]
+ok(cu.cuCtxSetCurrent(ctx[0]), "set0")
+ok(cu.cuMemsetD32_v2(C(A), 0, ctypes.c_size_t(N)), "memset A")
+p3 = Peer3D(srcMemoryType=2, srcDevice=B, srcContext=ctx[1], srcPitch=256, dstXInBytes=32, dstY=2,
+            dstMemoryType=2, dstDevice=A, dstContext=ctx[0], dstPitch=128, WidthInBytes=64, Height=16, Depth=1)
+r3 = cu.cuMemcpy3DPeer(ctypes.byref(p3))
+buf = (ctypes.c_uint32 * N)()
+ok(cu.cuMemcpyDtoH_v2(buf, C(A), ctypes.c_size_t(N * 4)), "dtoh 3d")
+out["copy_3d_peer"] = [r3, [i for i in range(N) if buf[i]][:3], sum(1 for x in buf if x == 4)]
+ops = (ctypes.c_int * 2)(0, 10)  # integer add, float add
+caps = (ctypes.c_uint * 2)(0xffff, 0xffff)
+out["p2p_atomics"] = [cu.cuDeviceGetP2PAtomicCapabilities(caps, ops, 2, 0, 1), list(caps)]
+out["p2p_atomics_same"] = cu.cuDeviceGetP2PAtomicCapabilities(caps, ops, 2, 1, 1)
 # VMM: the application's own mapping on device 1, reachable from device 0 only once cuMemSetAccess names it
 class Prop(ctypes.Structure):
     _fields_ = [("type", ctypes.c_int), ("requestedHandleTypes", ctypes.c_int), ("loc_type", ctypes.c_int),
@@ -168,4 +192,7 @@ def test_peer_access_through_fargpu_behaves_as_on_the_device(tmp_path: Path) -> 
     assert native["copy_peer"] == [0, 0, [3]] and native["copy_peer_async"] == [0, 0, [4]]
     assert native["copy_peer_bad"] == 1
     assert native["disable"] == [0, 705] and native["peer_disabled"] == [1, [4]]
+    # rows of 64 bytes (16 words of 4) land at word 8 of 32-word rows from row 2 on: 16 x 16 words
+    assert native["copy_3d_peer"] == [0, [72, 73, 74], 256]
+    assert native["p2p_atomics"] == [0, [0x1f, 0x18]] and native["p2p_atomics_same"] == 101  # INVALID_DEVICE
     assert native["vmm_own_only"] == 1 and native["vmm_both"] == [0, 0, [8]]
