@@ -115,6 +115,7 @@ CUresult fgc_cuStreamEndCapture(CUstream hStream, CUgraph *phGraph) {
     }
     if (over) {
         int mine = to_graph(hStream, 0, 1);
+        if (r != CUDA_SUCCESS && phGraph) *phGraph = NULL; /* an invalidated capture hands out no graph */
         fgc_capture_end();
         fgc_graph_mem_capture_ended(hStream, r == CUDA_SUCCESS || mine);
     }
