@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 OUT=$(mkdir -p "${1:?usage: bench/scale_zero_gpu.sh OUT [options]}" && cd "$1" && pwd)
 shift
 REPO=$PWD
-W=/tmp/fargpu-scale-zero; rm -rf "$W"; mkdir -p "$W"
+W=${FARGPU_BENCH_WORK:-/tmp/fargpu-scale-zero}; rm -rf "$W"; mkdir -p "$W"  # FARGPU_BENCH_WORK: another work folder
 PY=${PYTHON:-python3}
 . bench/gpu_prepare.sh
 gpu_prepare || exit 1

@@ -38,6 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from fargpu import timeline
 from fargpu.pool_manager.errors import PoolError
 from fargpu.pool_manager.models import NodeRecord, NodeState, QoS
 from fargpu.pool_manager.placement import Strategy, place
@@ -238,6 +239,7 @@ class Autoscaler:
         await self._scale_down(live, by_id, count, now, may_stop)
 
     async def _start(self, now: float, why: str, reason: str) -> None:
+        timeline.mark("autoscaler.start_node", reason)
         try:
             node = await self.provider.start()
         except ProviderError as e:

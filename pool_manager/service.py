@@ -48,6 +48,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from fargpu import timeline
 from fargpu.pool_manager.errors import BadRequest, Conflict, Forbidden, NoCapacity, NotFound, QuotaExceeded
 from fargpu.pool_manager.metrics import PoolMetrics
 from fargpu.pool_manager.models import (
@@ -429,11 +430,13 @@ class PoolService:
         """Places a lease for `principal` (None: no tenant, no quota: in-process callers); returns it with its
         secret token. Raises QuotaExceeded (403) past the tenant's quota, NoCapacity (503) when there is no room."""
         req = self._check(request)
+        timeline.mark("pool.lease_request", f"vram={req.vram_bytes} gpus={req.gpu_count}")
         tenant, limits = await self._limits(principal)
         token = new_token()
         thash = token_hash(token)
         res, _ = await self._try_place(req, thash, None, tenant, limits)
         if isinstance(res, LeaseRecord):
+            timeline.mark("pool.lease_placed", f"{res.lease_id} node={res.node_id}")
             return res, token
         if res.startswith(QUOTA_REFUSAL):
             self.metrics.rejections.labels("quota").inc()
@@ -448,6 +451,7 @@ class PoolService:
             raise NoCapacity(res, await self._retry_after())
         waiter = _Waiter(req, next(self._seq), asyncio.get_running_loop().create_future(), thash, tenant, limits)
         self._waiters.append(waiter)
+        timeline.mark("pool.lease_waits")
         self._kick.set()
         await self.publish_demand()
         try:
@@ -492,6 +496,7 @@ class PoolService:
                 await self._end(res.lease_id, LeaseState.released, "the requester stopped waiting")
                 view = None
             else:
+                timeline.mark("pool.lease_placed", f"{res.lease_id} node={res.node_id}")
                 w.future.set_result(res)
 
     @property
@@ -596,6 +601,7 @@ class PoolService:
         )
         rec = await self.store.register_node(node)
         log.info("node %s registered: %d GPU(s), endpoints %s", rec.node_id, len(gpus), ", ".join(endpoints))
+        timeline.mark("pool.node_registered", rec.node_id)
         self._kick.set()
         return rec
 

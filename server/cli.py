@@ -22,6 +22,7 @@ from typing import Annotated
 
 import typer
 
+from fargpu import timeline
 from fargpu.pool_manager.tls import TlsConfigError
 from fargpu.pool_manager.units import parse_size
 
@@ -95,6 +96,7 @@ async def serve(agent: NodeAgent, pool_url: str | None = None, metrics_port: int
                            "choose another path with --unix PATH") from None
         host, _, port = listen.rpartition(":")
         raise _busy(exc, "the session listener's", host or "127.0.0.1", int(port), "--listen HOST:PORT") from None
+    timeline.mark("node.listening", os.environ.get("FARGPU_NODE_ID", ""))
     host = listen.rpartition(":")[0]
     if listen and not agent.config.advertise and host in _WILDCARDS:
         agent.endpoint = f"{local_address()}:{agent.tcp_port}"
@@ -240,11 +242,15 @@ def main(
     tls_key: Annotated[str, typer.Option(envvar="FARGPU_TLS_KEY", show_default=False, help="its key (PEM)")] = "",
 ) -> None:
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    node = os.environ.get("FARGPU_NODE_ID", "")
+    timeline.mark_process_start("node.exec", node)
+    timeline.mark("node.imported", node)
     try:
         be = select(backend)
     except (RuntimeError, ValueError, FileNotFoundError) as exc:
         typer.secho(f"error: {exc}", fg="red", err=True)
         raise typer.Exit(2) from None
+    timeline.mark("node.backend", f"{node} {be.name}")
     auth: Authenticator
     if pool:
         from .pool_link import LeaseTokenAuth
@@ -282,6 +288,7 @@ def main(
         typer.secho(f"error: --host-pool-kind {host_pool_kind!r}: use auto, vmm or memfd", fg="red", err=True)
         raise typer.Exit(2)
     agent = NodeAgent(be, auth, cfg)
+    timeline.mark("node.agent", node)
     if tls not in ("auto", "on", "off"):
         typer.secho("error: --tls: expected auto, on or off", fg="red", err=True)
         raise typer.Exit(2)

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fargpu import timeline
 from fargpu.protocol import handshake
 from fargpu.protocol.handshake import hello_timeout
 from fargpu.protocol.wire import HEADER_SIZE, MAX_HELLO, FrameType, ProtocolError, decode_header
@@ -377,9 +378,11 @@ class NodeAgent:
                 if hdr.type != FrameType.HELLO:
                     raise ProtocolError("expected HELLO")
                 hello = handshake.decode_hello(await self._recv_exact(conn, hdr.length))
+            timeline.mark("session.hello", hello.client)
             if self._draining:
                 raise AuthError("this node is draining and accepts no new sessions")
             grant = await self.auth.authenticate(hello.token)
+            timeline.mark("session.authorised", grant.lease_id)
         except (ProtocolError, AuthError, TimeoutError) as exc:
             reason = str(exc) or f"no complete HELLO within {limit:g} s (stalled handshake); closing the connection"
             if "closed the connection during the handshake" in reason:
@@ -568,6 +571,7 @@ class NodeAgent:
         os.close(st_w)
         attach_child.close()
         ipc_child.close()
+        timeline.mark("worker.spawned", f"{sid} pid={proc.pid}")
         info = SessionInfo(sid, grant.lease_id, proc.pid, 0, hello.client)
         sess = _Session(info, proc, ctl_w, attach_key=attach_key, attach_sock=attach_parent, resume_key=resume_key,
                         restoring=fetched is not None)

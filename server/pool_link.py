@@ -50,7 +50,7 @@ from urllib.parse import urlparse
 import grpc
 import httpx
 
-from fargpu import __version__
+from fargpu import __version__, timeline
 from fargpu.pool_manager.config import enrol_token_file, node_credentials_dir
 from fargpu.pool_manager.enrolment import ENROL_TOKEN_ENV, node_metadata, read_enrol_token
 from fargpu.pool_manager.tls import TlsConfigError, machine_names, verify_for
@@ -247,6 +247,7 @@ class PoolLink:
     async def _get_stub(self) -> pool_pb2_grpc.NodeRegistryStub:
         if self._stub is None:
             self._target = await resolve_grpc_target(self.pool)
+            timeline.mark("node.pool_target", self.node_id)
             # Reconnect quickly after a pool-manager restart (gRPC's default backoff grows to minutes).
             options = [("grpc.initial_reconnect_backoff_ms", 200), ("grpc.max_reconnect_backoff_ms", 2000)]
             if self.tls:
@@ -310,6 +311,7 @@ class PoolLink:
             self._credential = reply.credential
         self._credential_file_tried = True
         self._save_credential()
+        timeline.mark("node.enrolled", self.node_id)
         log.info("enrolled with the pool manager at %s as node %s", self._target, self.node_id)
 
     async def _renew_cert(self) -> None:
@@ -471,6 +473,7 @@ class PoolLink:
         self.node_id = reply.node_id
         self.heartbeat_interval_s = reply.heartbeat_interval_s or self.heartbeat_interval_s
         self.registered.set()
+        timeline.mark("node.registered", self.node_id)
         log.info("registered with the pool manager at %s as node %s", self._target, self.node_id)
 
     async def heartbeat(self) -> bool:

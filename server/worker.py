@@ -21,7 +21,7 @@ from typing import Any
 
 import cffi
 
-from fargpu import paths
+from fargpu import paths, timeline
 from fargpu.protocol.handshake import close_frame, hello_err, hello_ok, hello_timeout
 from fargpu.protocol.wire import HEADER_SIZE, FrameType, ProtocolError, decode_header, encode_frame
 
@@ -199,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shm", type=int, default=0, help="bytes of shared memory a co-located client offered")
     ap.add_argument("--ipc-fd", type=int, default=-1, help="the node's CUDA IPC broker (server/ipc_broker.py)")
     a = ap.parse_args(argv)
+    timeline.mark_process_start("worker.exec", a.session)
+    timeline.mark("worker.main", a.session)
     if argv is None:
         keep_addresses_stable()
     os.set_blocking(a.fd, True)
@@ -208,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     err = ffi.new("char[]", 512)
     bias_addresses()
     S = lib.fgs_open(a.driver.encode(), a.quota, a.max_frame, err, 512)  # type: ignore[attr-defined]
+    timeline.mark("worker.device_open", a.session)
     if S == ffi.NULL:
         reason = ffi.string(err).decode(errors="replace")
         print(f"fargpu-worker[{os.getpid()}]: cannot open the device: {reason}", file=sys.stderr)
@@ -326,6 +329,7 @@ def main(argv: list[str] | None = None) -> int:
         threading.Thread(target=receive_callback_connections, daemon=True).start()
     sock.sendall(hello_ok(a.session, a.backend, a.max_frame, a.attach_key if a.attach_fd >= 0 else "",
                           a.driver_version, extra, shm=a.shm > 0))
+    timeline.mark("worker.hello_ok", a.session)
     if a.shm > 0 and not take_shm(sock, lib, ffi, S, a.shm):
         lib.fgs_close(S)  # type: ignore[attr-defined]
         return 1

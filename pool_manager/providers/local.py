@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from fargpu import timeline
 from fargpu.pool_manager.providers.base import ProviderError, ProviderNode, ProviderState
 
 log = logging.getLogger("fargpu.pool_manager.providers.local")
@@ -131,6 +132,7 @@ class LocalProvider:
         finally:
             out.close()
         now = time.time()
+        timeline.mark("provider.started", f"{node_id} pid={proc.pid}")
         self._procs[node_id] = _Proc(node_id, proc, now)
         log.info("started local node %s (pid %d, backend %s), log %s", node_id, proc.pid, self._backend,
                  self._log_dir / f"{node_id}.log")  # fmt: skip
