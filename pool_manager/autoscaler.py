@@ -5,7 +5,9 @@ lease of `lock_ttl_s` that the holder extends every pass), so with several pool 
 one of them scales at a time, and another takes over within `lock_ttl_s` when it stops. A pass:
 
 1. Demand: every pool manager publishes what waits in it for room (queued lease requests, parked leases being
-   resumed: `PoolService.publish_demand`). A request that fits no up node is unmet.
+   resumed: `PoolService.publish_demand`). A request that fits no up node is unmet. A pass runs every
+   `interval_s`, and at once when this pool manager publishes a new waiting request (`PoolService.on_demand`),
+   so a lease at zero nodes starts a node without waiting for the next pass.
 2. Up: below `min_nodes`, or with unmet demand and no node already starting, ask the provider for one more node
    (never beyond `max_nodes`). A node that runs but has not registered `start_timeout_s` later is stopped (a
    pod still Pending is not: it waits for the cluster autoscaler to add a machine).
@@ -138,15 +140,18 @@ class Autoscaler:
         self._waiting = 0
         self._shape: tuple[int, int] | None = None  # the largest provider node seen: (GPUs, bytes per GPU)
         self._too_big_told = False
+        self._wake = asyncio.Event()  # set when new demand is published here: the next pass runs at once
 
     # --- lifecycle ---------------------------------------------------------------------------------------
     async def start(self) -> None:
         self.service.can_scale_up = self.can_scale_up
+        self.service.on_demand = self._wake.set
         self._task = asyncio.create_task(self._loop(), name="pool-autoscaler")
 
     async def stop(self) -> None:
         self._stopping = True
         self.service.can_scale_up = None
+        self.service.on_demand = None
         if self._task is not None:
             self._task.cancel()
             await asyncio.wait([self._task], timeout=10)
@@ -161,7 +166,9 @@ class Autoscaler:
                 await self.tick()
             except Exception:  # a store or provider hiccup must not end scaling
                 log.exception("autoscaler pass failed")
-            await asyncio.sleep(self.config.interval_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.config.interval_s)
+            self._wake.clear()
 
     async def can_scale_up(self, vram_bytes: int = 0, gpus: int = 1) -> bool:
         """Whether a request that finds no room should wait for a node: one is starting, or one may start, and

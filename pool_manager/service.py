@@ -170,9 +170,14 @@ class PoolService:
         # Set by the autoscaler: whether a node can still be added (then a request that finds no room waits for
         # it, up to scale_up_wait_s, instead of failing at once).
         self.can_scale_up: Callable[[int, int], Awaitable[bool]] | None = None  # (VRAM per GPU, GPUs)
+        # Set by the autoscaler: called when this pool manager publishes new demand, so that a waiting request
+        # starts a node at once rather than at the autoscaler's next pass.
+        self.on_demand: Callable[[], None] | None = None
+        self._room = asyncio.Event()  # set (and replaced) when room may have appeared: wakes leases waiting to move
         self.manager_id = secrets.token_hex(6)  # names this pool manager's published demand in the store
         self._moving: dict[str, LeaseRecord] = {}  # leases waiting here for room to move (resume, relocate)
         self._published = ""
+        self._published_count = 0  # requests in what was published last
         self._adopt_until = 0.0
         self._reported: dict[str, set[str]] = {}  # node id -> leases its last heartbeat here had sessions of
         self._parked: set[str] = set()  # leases whose sessions were last reported parked (they resume later)
@@ -224,6 +229,13 @@ class PoolService:
                 await self.publish_demand()
             except Exception:
                 log.exception("pool wait queue failed")
+
+    def _room_changed(self) -> None:
+        """Room may have appeared here (a lease ended, a node registered): the wait queue and the leases waiting to
+        move try again now."""
+        self._kick.set()
+        self._room.set()
+        self._room = asyncio.Event()
 
     def store_trouble(self) -> None:
         """The store failed a call: clients and nodes may not have been heard; widen the re-adoption window."""
@@ -518,7 +530,7 @@ class PoolService:
             await self.store.push_command(
                 res.lease.node_id, Command(secrets.token_hex(6), "end_lease", lease_id=lease_id, reason=reason)
             )
-            self._kick.set()
+            self._room_changed()
         return res
 
     @staticmethod
@@ -602,7 +614,7 @@ class PoolService:
         rec = await self.store.register_node(node)
         log.info("node %s registered: %d GPU(s), endpoints %s", rec.node_id, len(gpus), ", ".join(endpoints))
         timeline.mark("pool.node_registered", rec.node_id)
-        self._kick.set()
+        self._room_changed()
         return rec
 
     async def node_heartbeat(
@@ -811,8 +823,11 @@ class PoolService:
                 if time.monotonic() >= deadline:
                     raise NoCapacity(f"lease {lease_id} cannot move: {res}", await self._retry_after())
                 self._moving[lease_id] = lease
+                room = self._room  # taken before publishing: a node that registers meanwhile still wakes this wait
                 await self.publish_demand()
-                await asyncio.sleep(min(self.config.queue_poll_s, max(0.0, deadline - time.monotonic())))
+                with contextlib.suppress(TimeoutError):  # woken when room appears here; polled for other managers'
+                    await asyncio.wait_for(room.wait(), min(self.config.queue_poll_s,
+                                                            max(0.0, deadline - time.monotonic())))
                 lease = await self.get_lease(lease_id)
         finally:
             if self._moving.pop(lease_id, None) is not None:
@@ -870,7 +885,10 @@ class PoolService:
         payload = json.dumps(items) if items else ""
         if payload or self._published:
             await self.store.put_demand(self.manager_id, payload, max(5.0, 10 * self.config.queue_poll_s))
-            self._published = payload
+            grew = len(items) > self._published_count
+            self._published, self._published_count = payload, len(items)
+            if grew and self.on_demand is not None:  # a new request waits: the autoscaler looks at once
+                self.on_demand()
 
     # --- periodic duty -----------------------------------------------------------------------------------
     async def sweep_once(self) -> None:

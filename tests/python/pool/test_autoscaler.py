@@ -13,7 +13,7 @@ import asyncio
 import logging
 
 import pytest
-from conftest import FakeClock, GiB, gpus
+from conftest import FakeClock, GiB, eventually, gpus
 
 from fargpu.pool_manager.autoscaler import Autoscaler, AutoscalerConfig
 from fargpu.pool_manager.models import NodeState, QoS, SessionInfo
@@ -266,3 +266,23 @@ async def test_no_node_is_started_for_a_request_no_provider_node_can_hold(
         await a.tick()
     assert p.starts == 1
     assert sum("no node is started for them" in r.message for r in caplog.records) == 1
+
+
+async def test_a_new_waiting_lease_wakes_the_autoscaler_at_once(service: PoolService, clock: FakeClock) -> None:
+    """A lease that finds no room publishes its demand and wakes the autoscaler: the node is asked for at once, not
+    at the next pass (an hour away here), and the lease is placed on it."""
+    a, p = scaler(service, clock, interval_s=3600.0, lock_ttl_s=7200.0)
+    await a.start()
+    try:
+        await eventually(lambda: a.leader, 30)  # its first pass ran: the next one is an hour away
+        assert p.starts == 0
+        task = asyncio.create_task(service.create_lease(LeaseRequest(vram_bytes=GiB)))
+        await eventually(lambda: p.starts == 1, 30)
+        await service.serve_queue()  # this service runs no background loops: serve its wait queue by hand
+        lease, _ = await asyncio.wait_for(task, 30)
+        assert lease.node_id == "n0"
+        assert p.starts == 1  # one node for one request
+    finally:
+        await a.stop()
+    assert service.on_demand is None  # a stopped autoscaler is no longer woken
+

@@ -12,7 +12,7 @@ from conftest import FakeClock, GiB, gpus
 
 from fargpu.pool_manager.errors import Conflict, NoCapacity
 from fargpu.pool_manager.models import LeaseState, SessionInfo
-from fargpu.pool_manager.service import LeaseRequest, PoolService
+from fargpu.pool_manager.service import LeaseRequest, PoolService, ServiceConfig
 from fargpu.pool_manager.store import Store
 from fargpu.pool_manager.tokens import token_hash
 
@@ -111,6 +111,30 @@ async def test_resume_waits_for_room_and_publishes_demand(service: PoolService) 
     resumed = await asyncio.wait_for(task, 5)
     assert resumed.node_id == "c"
     assert await service.store.demand() == []  # cleared once nothing waits
+
+
+async def test_a_waiting_resume_is_woken_by_the_node_that_registers(store: Store, clock: FakeClock) -> None:
+    """A lease waiting to move (a resume at zero nodes) goes on as soon as a node registers with this pool manager,
+    not at its next poll (an hour away here)."""
+    service = PoolService(store, ServiceConfig(heartbeat_timeout_s=10.0, queue_poll_s=3600.0), clock=clock)
+    await service.start(background=False)
+    try:
+        await service.register_node("a", ["tcp://a:1"], "sim", "", gpus(16), capabilities=["park"])
+        lease, _ = await service.create_lease(LeaseRequest(vram_bytes=8 * GiB))
+        await service.node_heartbeat("a", gpus(16), reported(lease.lease_id, "parked"))
+        await service.drain_node("a")
+        assert await service.unbind_parked("a") == [lease.lease_id]
+        task = asyncio.create_task(service.resume_lease(lease.lease_id, wait_s=600))
+        for _ in range(500):
+            if await service.store.demand():
+                break
+            await asyncio.sleep(0.01)
+        assert await service.store.demand() and not task.done()
+        await service.register_node("c", ["tcp://c:1"], "sim", "", gpus(16))
+        resumed = await asyncio.wait_for(task, 30)
+        assert resumed.node_id == "c"
+    finally:
+        await service.stop()
 
 
 async def test_store_lock_one_owner_at_a_time(store: Store) -> None:
