@@ -343,8 +343,8 @@ def check_redis(url: str, timeout_s: float) -> Check:
 
 
 def check_enrol_token(env: dict[str, str]) -> Check:
-    from fargpu.pool_manager.config import enrol_token_file
     from fargpu.pool_manager.enrolment import ENROL_TOKEN_ENV
+    from fargpu.pool_manager.state_paths import enrol_token_file
 
     if env.get(ENROL_TOKEN_ENV):
         return Check("enrol token", OK, f"{ENROL_TOKEN_ENV} is set")

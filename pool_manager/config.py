@@ -8,41 +8,28 @@ The state directory (`$XDG_STATE_HOME/fargpu`, else `~/.local/state/fargpu`) hol
 between its pool manager and node servers: the embedded store's file, the enrolment token (`enrol-token`,
 which the pool manager creates once and a node on the same machine reads: zero configuration on one machine)
 a node's own credentials (`node-credentials/<node id>`) and the local API key (`api-key`, see tenants.py: the
-pool manager creates it, clients on the machine present it). The helpers for these paths live here, and the
-node side imports them from here too."""
+pool manager creates it, clients on the machine present it). The helpers for these paths live in state_paths.py
+(which a node server imports without this module's imports of the pool manager's service) and are re-exported
+here."""
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from fargpu.pool_manager.autoscaler import AutoscalerConfig
 from fargpu.pool_manager.placement import Strategy
 from fargpu.pool_manager.service import ServiceConfig
+from fargpu.pool_manager.state_paths import enrol_token_file as enrol_token_file  # re-exported
+from fargpu.pool_manager.state_paths import node_credentials_dir as node_credentials_dir
+from fargpu.pool_manager.state_paths import state_dir as state_dir
 
 DEFAULT_REST_PORT = 7000
 DEFAULT_GRPC_PORT = 7001
 
 
-def state_dir() -> Path:
-    """`$XDG_STATE_HOME/fargpu`, else `~/.local/state/fargpu` (read at each call: tests point it elsewhere)."""
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base) / "fargpu"
-
-
 def default_state_file() -> Path:
     return state_dir() / "pool-state.json"
-
-
-def enrol_token_file() -> Path:
-    """The pool's enrolment token when none is configured: created once by a pool manager, read by nodes."""
-    return state_dir() / "enrol-token"
-
-
-def node_credentials_dir() -> Path:
-    """Where a node server keeps the credential the pool issued it, one file per node id."""
-    return state_dir() / "node-credentials"
 
 
 @dataclass

@@ -227,7 +227,7 @@ class PoolManager:
             for key in self.config.tenant_keys:  # given by the operator (FARGPU_POOL_TENANT_KEY): never logged
                 await self.service.ensure_api_key(LOCAL_TENANT, key, "given at start (--tenant-key)")
             await self.service.start()
-            provider = make_provider(self.config, self._node_pool_url, self.enrol_token)
+            provider = make_provider(self.config, self._node_pool_url, self.enrol_token, self._node_grpc_target)
             if provider is not None:
                 self.autoscaler = Autoscaler(self.service, provider, self.config.autoscaler_config())
                 self.app.state.autoscaler = self.autoscaler
@@ -279,6 +279,14 @@ class PoolManager:
             host = "127.0.0.1"
         host = f"[{host}]" if ":" in host else host
         return f"{'https' if self.tls else 'http'}://{host}:{self.rest_port}"
+
+    def _node_grpc_target(self) -> str:
+        """The gRPC HOST:PORT the provider's local node servers reach this pool manager at."""
+        host = self.config.grpc_host
+        if host in ("", "0.0.0.0", "::", "[::]"):
+            host = "127.0.0.1"
+        host = f"[{host}]" if ":" in host and not host.startswith("[") else host
+        return f"{host}:{self.grpc_port}"
 
     async def stop(self) -> None:
         if self.autoscaler is not None:

@@ -74,7 +74,7 @@ def config_key_file() -> Path:
 
 
 def local_key_file() -> Path:
-    from fargpu.pool_manager.config import state_dir
+    from fargpu.pool_manager.state_paths import state_dir
 
     return state_dir() / "api-key"
 

@@ -37,7 +37,7 @@ class TlsConfigError(RuntimeError):
 
 
 def tls_dir() -> Path:
-    from fargpu.pool_manager.config import state_dir
+    from fargpu.pool_manager.state_paths import state_dir
 
     return state_dir() / "tls"
 

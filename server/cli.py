@@ -82,7 +82,7 @@ def local_address() -> str:
 
 
 async def serve(agent: NodeAgent, pool_url: str | None = None, metrics_port: int = -1, enrol_token: str = "",
-                overcommit: float = 0.0, metrics_host: str = "127.0.0.1") -> None:
+                overcommit: float = 0.0, metrics_host: str = "127.0.0.1", pool_grpc: str = "") -> None:
     from .metrics import NodeMetrics
 
     listen = agent.config.listen or ""
@@ -122,7 +122,8 @@ async def serve(agent: NodeAgent, pool_url: str | None = None, metrics_port: int
         from .pool_link import PoolLink  # written with the pool manager
 
         # enrol_token None: FARGPU_ENROL_TOKEN or the state file; overcommit 0: the pool's ratio
-        link = PoolLink(agent, pool_url, enrol_token=enrol_token or None, overcommit=overcommit)
+        link = PoolLink(agent, pool_url, enrol_token=enrol_token or None, overcommit=overcommit,
+                        grpc_target=pool_grpc or None)
         if metrics is not None:
             metrics.link = link
         await link.start()
@@ -207,6 +208,10 @@ def main(
                      "where the pool does not say"),
     ] = 16,
     pool: Annotated[str, typer.Option(envvar="FARGPU_POOL_URL", help="register with this pool manager")] = "",
+    pool_grpc: Annotated[
+        str, typer.Option(envvar="FARGPU_POOL_GRPC", help="with --pool: the pool manager's gRPC HOST:PORT "
+                          "[default: asked from the pool's /v1/info]", show_default=False)
+    ] = "",
     enrol_token: Annotated[
         str,
         typer.Option(
@@ -304,7 +309,8 @@ def main(
     if be.simulated:
         typer.secho("NOTE: the simulated device is a test double; nothing here runs on a GPU.", fg="yellow")
     try:
-        _run_uvloop(serve(agent, pool or None, metrics_port, enrol_token, overcommit or 0.0, metrics_host))
+        _run_uvloop(serve(agent, pool or None, metrics_port, enrol_token, overcommit or 0.0, metrics_host,
+                          pool_grpc))
     except PortBusy as exc:
         typer.secho(f"error: {exc}", fg="red", err=True)
         raise typer.Exit(1) from None

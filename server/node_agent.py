@@ -102,9 +102,10 @@ class NodeAgent:
         self._draining = False
         self._ledgers = LedgerBook(self.config.max_sessions_per_lease)
         self.ipc = IpcBroker()  # CUDA IPC handles between the workers of one lease (server/ipc_broker.py)
+        devs = device_infos(backend, 0)  # once: on a GPU each call initialises NVML
         limit = self.config.resident_limit
         if limit is None:
-            limit = sum(d.total_bytes for d in device_infos(backend, 0))
+            limit = sum(d.total_bytes for d in devs)
         prefault = self.config.host_pool_prefault
         kind = self.config.host_pool_kind
         if kind not in ("auto", "vmm", "memfd"):
@@ -125,7 +126,6 @@ class NodeAgent:
             self.pager.checkpoint = double
         self.tcp_port: int | None = None
         self.endpoint = ""
-        devs = device_infos(backend, 0)
         self.parker = Parker(
             open_store(self.config.park_store if self.config.park_store is not None else default_park_dir()),
             Path(self.config.spill_dir or default_spill_dir()),

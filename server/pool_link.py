@@ -20,7 +20,10 @@ while its old record is still live (the pool refuses to enrol a live, enrolled n
 longer knows the credential (UNAUTHENTICATED: say a memory-only pool manager restarted) the link enrols again.
 
 `pool` is the pool manager's REST URL (`http://host:7000`, as in FARGPU_POOL_URL; the link asks `/v1/info`
-for the gRPC port) or a gRPC target (`grpc://host:7001` or `host:7001`).
+for the gRPC port, unless `grpc_target` names it: `fargpu server --pool-grpc`, which the local provider sets for
+the nodes it starts) or a gRPC target (`grpc://host:7001` or `host:7001`). httpx is imported only where the link
+speaks HTTP (that lookup, a TLS pool's enrolment): a node told its gRPC target by a plain-HTTP pool starts without
+it.
 
 `LeaseTokenAuth` is the node server's Authenticator for lease tokens. It sends the pool manager the token's
 SHA-256, never the token, and gets back the lease id, its VRAM quota (which the node enforces at allocation),
@@ -40,6 +43,7 @@ import os
 import re
 import secrets
 import socket
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -48,11 +52,10 @@ from typing import Any
 from urllib.parse import urlparse
 
 import grpc
-import httpx
 
 from fargpu import __version__, timeline
-from fargpu.pool_manager.config import enrol_token_file, node_credentials_dir
 from fargpu.pool_manager.enrolment import ENROL_TOKEN_ENV, node_metadata, read_enrol_token
+from fargpu.pool_manager.state_paths import enrol_token_file, node_credentials_dir
 from fargpu.pool_manager.tls import TlsConfigError, machine_names, verify_for
 from fargpu.protocol.generated import pool_pb2, pool_pb2_grpc
 from fargpu.server import pool_tls
@@ -149,12 +152,19 @@ def endpoint_url(endpoint: str, tls: bool = False) -> str:
     return f"unix://{endpoint}" if endpoint.startswith("/") else f"{'tls' if tls else 'tcp'}://{endpoint}"
 
 
+def _http_errors() -> tuple[type[Exception], ...]:
+    """httpx's error class once something imported httpx, else none (no httpx call has been made to raise one)."""
+    httpx = sys.modules.get("httpx")
+    return (httpx.HTTPError,) if httpx is not None else ()
+
+
 async def resolve_grpc_target(pool: str, timeout_s: float = 5.0) -> str:
     """`pool` is a REST URL (asks /v1/info), a grpc:// URL, or a host:port gRPC target."""
     if pool.startswith("grpc://"):
         return pool.removeprefix("grpc://")
     if not pool.startswith(("http://", "https://")):
         return pool
+    import httpx
     async with httpx.AsyncClient(timeout=timeout_s, verify=verify_for(pool)) as client:
         info = (await client.get(pool.rstrip("/") + "/v1/info")).raise_for_status().json()
     host = info.get("grpc_host") or urlparse(pool).hostname or "127.0.0.1"
@@ -176,11 +186,13 @@ class PoolLink:
         enrol_token: str | None = None,
         persist_credential: bool = True,
         overcommit: float = 0.0,
+        grpc_target: str | None = None,
     ) -> None:
         """`enrol_token`: the pool's enrolment token (None or empty: FARGPU_ENROL_TOKEN, else the state
         directory's file, looked up at each enrolment). `persist_credential=False` keeps the node's credential
         in memory only (simulated nodes of a benchmark). `overcommit`: this node's own ratio (>= 1) for the
-        pool's placement to book its GPUs at; 0: the pool's."""
+        pool's placement to book its GPUs at; 0: the pool's. `grpc_target`: the pool's gRPC HOST:PORT, when known
+        (no /v1/info lookup then)."""
         if overcommit != 0 and not overcommit >= 1:
             raise ValueError(f"a node's overcommit ratio must be at least 1, or 0 for the pool's (got {overcommit:g})")
         self.agent = agent
@@ -198,6 +210,7 @@ class PoolLink:
         self.last_heartbeat_ok: float | None = None
         self.registered = asyncio.Event()
         self._target: str | None = None
+        self._grpc_hint = grpc_target or None
         self._channel: grpc.aio.Channel | None = None
         self._stub: pool_pb2_grpc.NodeRegistryStub | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -246,7 +259,7 @@ class PoolLink:
 
     async def _get_stub(self) -> pool_pb2_grpc.NodeRegistryStub:
         if self._stub is None:
-            self._target = await resolve_grpc_target(self.pool)
+            self._target = self._grpc_hint or await resolve_grpc_target(self.pool)
             timeline.mark("node.pool_target", self.node_id)
             # Reconnect quickly after a pool-manager restart (gRPC's default backoff grows to minutes).
             options = [("grpc.initial_reconnect_backoff_ms", 200), ("grpc.max_reconnect_backoff_ms", 2000)]
@@ -320,7 +333,7 @@ class PoolLink:
             return
         try:
             cert = await pool_tls.renew_https(self.pool, self.node_id, self._credential, self._cert_names())
-        except (httpx.HTTPError, pool_tls.EnrolRefusedError, OSError, ValueError) as e:
+        except _http_errors() + (pool_tls.EnrolRefusedError, OSError, ValueError) as e:
             log.warning("could not renew this node's certificate (%s); trying again at the next heartbeat", e)
             return
         self.cert = cert
@@ -518,8 +531,8 @@ class PoolLink:
                     async with asyncio.timeout(self.heartbeat_interval_s):
                         await self._heartbeat_now.wait()
                 self._heartbeat_now.clear()
-            except (grpc.aio.AioRpcError, EnrolmentUnavailable, httpx.HTTPError, OSError, ValueError, KeyError,
-                    pool_tls.EnrolRefusedError, TlsConfigError) as e:
+            except _http_errors() + (grpc.aio.AioRpcError, EnrolmentUnavailable, OSError, ValueError, KeyError,
+                                     pool_tls.EnrolRefusedError, TlsConfigError) as e:
                 self._report(_describe(e))
                 if self.tls and isinstance(e, grpc.aio.AioRpcError) and "certificate" in (e.details() or ""):
                     self._credential, self.cert = None, None  # refused (expired, say): enrol again for a new one
@@ -552,7 +565,7 @@ class PoolLink:
                 log.debug("command stream ended: %s", _describe(e))
                 if e.code() == grpc.StatusCode.UNAUTHENTICATED and metadata is not None:
                     self._credential_refused(metadata, e)
-            except (httpx.HTTPError, OSError, ValueError, KeyError) as e:
+            except _http_errors() + (OSError, ValueError, KeyError) as e:
                 log.debug("command stream failed: %s", _describe(e))
             await asyncio.sleep(self.retry_s)
 

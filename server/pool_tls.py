@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-import httpx
 
 from fargpu.pool_manager.tls import CERT_ENV, KEY_ENV, client_ca_file, client_context, write_private
 
@@ -86,6 +85,8 @@ def save(base: Path, cert: NodeCert) -> None:
 async def enrol_https(pool_url: str, node_id: str, token: str, names: list[str],
                       timeout_s: float = 10.0) -> tuple[str, str, NodeCert | None]:  # fmt: skip
     """(node id, credential, certificate or None) from the pool's HTTPS enrolment."""
+    import httpx  # here, not at the top: a node of a plain-HTTP pool never needs it (about 0.1 s to import)
+
     key, csr = _request()
     async with httpx.AsyncClient(timeout=timeout_s, verify=client_context()) as http:
         body = {"node_id": node_id, "enrol_token": token, "names": names[:32], "csr": csr}
@@ -124,6 +125,8 @@ def _cert_of(body: dict[str, object], own_key: bytes | None) -> NodeCert | None:
 async def renew_https(pool_url: str, node_id: str, credential: str, names: list[str],
                       timeout_s: float = 10.0) -> NodeCert:  # fmt: skip
     """A new certificate for this node before its current one expires (the pool checks the credential)."""
+    import httpx
+
     key, csr = _request()
     async with httpx.AsyncClient(timeout=timeout_s, verify=client_context()) as http:
         r = await http.post(pool_url.rstrip("/") + "/v1/nodes/renew-certificate",

@@ -17,15 +17,18 @@ __all__ = ["NodeProvider", "ProviderError", "ProviderNode", "ProviderState", "PR
 PROVIDERS = ("none", "local", "kubernetes")
 
 
-def make_provider(config: PoolManagerConfig, pool_url: Callable[[], str], enrol_token: str) -> NodeProvider | None:
-    """The provider the config names (None for "none"). Raises ProviderError when it cannot be set up."""
+def make_provider(config: PoolManagerConfig, pool_url: Callable[[], str], enrol_token: str,
+                  grpc_target: Callable[[], str] | None = None) -> NodeProvider | None:  # fmt: skip
+    """The provider the config names (None for "none"). Raises ProviderError when it cannot be set up.
+    `grpc_target`: where the local provider's nodes reach the pool's gRPC port."""
     if config.provider == "none":
         return None
     if config.provider == "local":
         from fargpu.pool_manager.providers.local import LocalProvider
 
         return LocalProvider(pool_url, enrol_token=enrol_token, backend=config.local_backend,
-                             extra_args=config.local_node_args, log_dir=config.local_log_dir)  # fmt: skip
+                             extra_args=config.local_node_args, log_dir=config.local_log_dir,
+                             grpc_target=grpc_target)  # fmt: skip
     if config.provider == "kubernetes":
         try:
             from fargpu.pool_manager.providers.kubernetes import KubernetesProvider

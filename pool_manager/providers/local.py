@@ -3,7 +3,8 @@
 Each node is `fargpu server --backend BACKEND --listen HOST:0 --pool URL --metrics-port -1`, started the way the
 README starts a node by hand, with `FARGPU_NODE_ID` set to a name of the form `local-N` (the lowest N not in
 use, so that a restarted node reuses its enrolment credential in the state directory) and the pool's enrolment
-token in `FARGPU_ENROL_TOKEN`. It listens on a port the kernel picks and registers with the pool by itself.
+token in `FARGPU_ENROL_TOKEN`, and the pool's gRPC address in `FARGPU_POOL_GRPC` (so that it need not ask the
+pool's /v1/info for it). It listens on a port the kernel picks and registers with the pool by itself.
 `stop` sends SIGTERM and, after `stop_timeout_s`, SIGKILL; `close` (the pool manager stopping) stops every node
 this provider started, so that no node server outlives its pool manager. The nodes' output goes to
 `<log_dir>/<node id>.log`. On a machine with a GPU, `--local-backend auto` (the default) serves it; tests use
@@ -33,12 +34,13 @@ log = logging.getLogger("fargpu.pool_manager.providers.local")
 
 
 def fargpu_command() -> list[str]:
-    """The `fargpu` console script beside this Python, else `python -m fargpu.cli`."""
+    """The `fargpu` console script beside this Python, else `python -m fargpu.entry` (the console script's own
+    entry: `fargpu server` starts without the pool manager's imports, which `python -m fargpu.cli` would load)."""
     script = Path(sys.executable).with_name("fargpu")
     if script.exists():
         return [str(script)]
     found = shutil.which("fargpu")
-    return [found] if found else [sys.executable, "-m", "fargpu.cli"]
+    return [found] if found else [sys.executable, "-m", "fargpu.entry"]
 
 
 def _spawn(argv: list[str], env: dict[str, str], out: IO[bytes]) -> subprocess.Popen[bytes]:
@@ -69,8 +71,10 @@ class LocalProvider:
         log_dir: Path | None = None,
         env: dict[str, str] | None = None,
         stop_timeout_s: float = 10.0,
+        grpc_target: Callable[[], str] | str | None = None,
     ) -> None:
         self._pool_url = pool_url
+        self._grpc_target = grpc_target
         self._enrol_token = enrol_token
         self._backend = backend
         self._listen_host = listen_host
@@ -118,6 +122,10 @@ class LocalProvider:
         for k in ("FARGPU_TOKEN", "FARGPU_SERVER", "LD_PRELOAD", "FARGPU_LISTEN", "FARGPU_UNIX_SOCKET"):
             env.pop(k, None)
         env["FARGPU_NODE_ID"] = node_id
+        env.pop("FARGPU_POOL_GRPC", None)
+        grpc_target = self._grpc_target() if callable(self._grpc_target) else self._grpc_target
+        if grpc_target:  # the node need not ask the pool's /v1/info for it
+            env["FARGPU_POOL_GRPC"] = grpc_target
         if self._enrol_token:
             env["FARGPU_ENROL_TOKEN"] = self._enrol_token
         try:

@@ -184,6 +184,28 @@ async def test_grant_carries_the_pools_max_sessions_per_lease() -> None:
             await link.stop()
 
 
+async def test_a_node_told_the_grpc_target_needs_no_info_lookup() -> None:
+    """`fargpu server --pool-grpc` (the local provider sets it): the link enrols and registers at the gRPC target it
+    was given and never asks the REST URL's /v1/info, which here leads nowhere."""
+    async with PoolManager(pm_config(**fast())) as pm:
+        nowhere = f"http://127.0.0.1:{free_port()}"  # nothing listens: a /v1/info lookup would fail
+        link = PoolLink(FakeAgent(), nowhere, node_id="hinted", retry_s=0.05, enrol_token=pm.enrol_token,
+                        grpc_target=pm.grpc_target)  # fmt: skip
+        await link.start()
+        try:
+            assert link.registered.is_set()
+            async with httpx.AsyncClient(base_url=pm.rest_url, headers=ADMIN) as api:
+                assert (await api.get("/v1/nodes/hinted")).json()["state"] == "up"
+        finally:
+            await link.stop()
+        unhinted = PoolLink(FakeAgent(), nowhere, node_id="unhinted", retry_s=0.05, enrol_token=pm.enrol_token)
+        await unhinted.start(wait_registered_s=1.0)
+        try:
+            assert not unhinted.registered.is_set()  # the same URL without the target: no way to the pool
+        finally:
+            await unhinted.stop()
+
+
 async def test_node_metrics() -> None:
     agent = FakeAgent(gpu_gib=(16,))
     agent.add_session("s1", "lease-1", 2 * GiB)
