@@ -98,7 +98,7 @@ STAGES = [
     ("lease_waits", "pool.lease_waits"),  # no room: it waits for a node
     ("provider_start", "autoscaler.start_node"),  # the autoscaler asks the provider for a node
     ("node_spawned", "provider.started"),  # the provider started the node server process
-    ("node_exec", "node.exec"),  # that process's start, as the kernel recorded it
+    ("node_exec", "node.exec"),  # that process's start, as the kernel recorded it (in 10 ms ticks: may read early)
     ("node_imported", "node.imported"),  # the node server's modules are imported, its command runs
     ("node_backend", "node.backend"),  # the backend chosen (on a GPU: a probe process initialised the driver)
     ("node_agent", "node.agent"),  # the node agent built (devices read, host page pool started)
@@ -125,8 +125,8 @@ def breakdown(marks: list[timeline.Mark], t0: float, t_end: float) -> tuple[dict
     """(seconds from `t0` to each stage's first mark in [t0, t_end], None where absent; the steps between
     consecutive stages present, in time order, as "a->b": seconds)."""
     first: dict[str, float] = {}
-    for m in marks:
-        if t0 - 0.001 <= m.at <= t_end + 0.001 and m.event not in first:
+    for m in marks:  # (a process's start is known to 10 ms: it may read a little before the request)
+        if t0 - 0.02 <= m.at <= t_end + 0.001 and m.event not in first:
             first[m.event] = m.at
     at = {name: round(first[event] - t0, 3) if event in first else None for name, event in STAGES}
     present = sorted(((t, name) for name, t in at.items() if t is not None), key=lambda x: x[0])

@@ -14,6 +14,9 @@ W=${FARGPU_BENCH_WORK:-/tmp/fargpu-scale-zero}; rm -rf "$W"; mkdir -p "$W"  # FA
 PY=${PYTHON:-python3}
 . bench/gpu_prepare.sh
 gpu_prepare || exit 1
+# Bytecode now, as an installed node has it: otherwise the first node server and worker of the run compile it.
+"$PY" -m compileall -q "$W/py" "$W/py/fargpu/server/" "$W/py/fargpu/protocol/" "$W/py/fargpu/pool_manager/" "$W/site" \
+  >/dev/null 2>&1 || true  # (compileall skips linked folders inside the ones it is given)
 echo "== scale to zero and back"
 PYTHONPATH="$W/py:$W/site" FARGPU_NATIVE_DIR="$W/build" PYTHONUNBUFFERED=1 FARGPU_COMMIT=$FARGPU_COMMIT \
   XDG_STATE_HOME="$W/state" "$PY" bench/scale_zero_gpu.py --out "$OUT" --stub-dir "$W/build/stub" --python "$PY" "$@" \

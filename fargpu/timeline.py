@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 ENV = "FARGPU_TIMELINE"
 
 
-@dataclass(frozen=True)
-class Mark:
+class Mark(NamedTuple):
     at: float  # unix time
     pid: int
     event: str
