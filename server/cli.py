@@ -18,7 +18,7 @@ import secrets
 import signal
 import socket
 import ssl
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -31,6 +31,9 @@ from .backend import select
 from .node_agent import AgentConfig, NodeAgent, default_unix_path
 from .park.arena import DEFAULT_ARENA, parse_arena
 from .tls import DataTls
+
+if TYPE_CHECKING:
+    from .metrics import NodeMetrics
 
 app = typer.Typer(help="Run a fargpu node server.", invoke_without_command=True, no_args_is_help=False)
 
@@ -83,8 +86,6 @@ def local_address() -> str:
 
 async def serve(agent: NodeAgent, pool_url: str | None = None, metrics_port: int = -1, enrol_token: str = "",
                 overcommit: float = 0.0, metrics_host: str = "127.0.0.1", pool_grpc: str = "") -> None:
-    from .metrics import NodeMetrics
-
     listen = agent.config.listen or ""
     try:
         await agent.start()
@@ -102,8 +103,10 @@ async def serve(agent: NodeAgent, pool_url: str | None = None, metrics_port: int
         agent.endpoint = f"{local_address()}:{agent.tcp_port}"
         log.info("listening on %s; advertising %s to clients and the pool (set --advertise HOST:PORT to change it)",
                  listen, agent.endpoint)  # fmt: skip
-    metrics = None
+    metrics: NodeMetrics | None = None
     if metrics_port >= 0:  # bound before the node registers: a node that cannot serve never registers
+        from .metrics import NodeMetrics  # here: prometheus_client takes a while to import, and -1 needs none
+
         metrics = NodeMetrics(agent, None)
         try:
             bound = await metrics.serve(metrics_host, metrics_port)

@@ -164,3 +164,21 @@ def test_fargpu_server_starts_without_the_pool_managers_imports() -> None:
     assert bad.returncode == 2 and "--no-such-flag" in bad.stderr
     full = subprocess.run([FARGPU, "pool", "--help"], env=_env(), capture_output=True, text=True, timeout=60)
     assert full.returncode == 0 and "page-out" in full.stdout  # everything else: the full command tree
+
+
+def test_a_pool_node_loads_none_of_the_pool_managers_service_nor_http_client() -> None:
+    """A node of a plain-HTTP pool told its gRPC address (as the local provider tells the nodes it starts) needs
+    neither the pool manager's service and models, nor httpx, nor prometheus_client without --metrics-port: what
+    `fargpu server --pool` imports leaves them out (each is a tenth of a second or so of a node's start from zero).
+    The local provider's fallback command, `python -m fargpu.entry`, runs the node server the same way."""
+    probe = (
+        "import sys; import fargpu.server.cli, fargpu.server.pool_link\n"
+        "print('LOADED', *[m for m in ('fargpu.pool_manager.service', 'fargpu.pool_manager.models', 'httpx',"
+        " 'prometheus_client', 'fastapi') if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], env=_env(), capture_output=True, text=True, timeout=60, cwd="/")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "LOADED", out.stdout[-2000:]
+    helped = subprocess.run([sys.executable, "-m", "fargpu.entry", "server", "--help"], env=_env(),
+                            capture_output=True, text=True, timeout=60, cwd="/")  # fmt: skip
+    assert helped.returncode == 0 and "fargpu server" in helped.stdout and "--pool-grpc" in helped.stdout
