@@ -816,6 +816,7 @@ class PoolService:
                     raise self._ended(lease)
                 if to_node is not None and to_node == lease.node_id:
                     raise Conflict(f"lease {lease_id} is on node {to_node} already")
+                room = self._room  # taken before the try: a node that registers after it still wakes the wait below
                 async with self._place_lock:
                     res = await self._try_move(lease, to_node)
                 if isinstance(res, LeaseRecord):
@@ -823,7 +824,6 @@ class PoolService:
                 if time.monotonic() >= deadline:
                     raise NoCapacity(f"lease {lease_id} cannot move: {res}", await self._retry_after())
                 self._moving[lease_id] = lease
-                room = self._room  # taken before publishing: a node that registers meanwhile still wakes this wait
                 await self.publish_demand()
                 with contextlib.suppress(TimeoutError):  # woken when room appears here; polled for other managers'
                     await asyncio.wait_for(room.wait(), min(self.config.queue_poll_s,
