@@ -102,6 +102,9 @@ STAGES = [
     ("node_imported", "node.imported"),  # the node server's modules are imported, its command runs
     ("node_backend", "node.backend"),  # the backend chosen (on a GPU: a probe process initialised the driver)
     ("node_agent", "node.agent"),  # the node agent built (devices read, host page pool started)
+    # The host page pool made (in the background: on a GPU node, pinned host memory from the driver, made while the
+    # node registers and its first session starts); absent when it was not ready by the first kernel.
+    ("node_host_pool_ready", "node.host_pool_ready"),
     ("node_listening", "node.listening"),  # its session listener is bound
     ("node_pool_target", "node.pool_target"),  # it found the pool's gRPC port (GET /v1/info)
     ("node_enrolled", "node.enrolled"),  # it enrolled (first start of this node id only)
