@@ -103,6 +103,9 @@ class NodeAgent:
         self._ledgers = LedgerBook(self.config.max_sessions_per_lease)
         self.ipc = IpcBroker()  # CUDA IPC handles between the workers of one lease (server/ipc_broker.py)
         devs = device_infos(backend, 0)  # once: on a GPU each call initialises NVML
+        # Which GPU is which (index, UUID) does not change while the node runs: a new session's visible devices
+        # come from here, not from NVML again on the path to its worker (when every UUID was read).
+        self._identities = devs if devs and all(d.uuid.startswith(("GPU-", "MIG-")) for d in devs) else None
         limit = self.config.resident_limit
         if limit is None:
             limit = sum(d.total_bytes for d in devs)
@@ -409,7 +412,7 @@ class NodeAgent:
         visible: dict[str, str] = {}
         if gpus:  # the session sees exactly the lease's GPUs, in lease order, and the quota is per GPU
             try:
-                visible = visible_devices_env(gpus, device_infos(self.backend_info, 0))
+                visible = visible_devices_env(gpus, self._identities or device_infos(self.backend_info, 0))
             except ValueError as exc:
                 why = f"lease {grant.lease_id} cannot run here: {exc} (the pool's record of this node is stale)"
                 log.warning("refused a client: %s", why)
