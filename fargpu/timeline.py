@@ -50,7 +50,8 @@ def process_start() -> float | None:
         stat = Path("/proc/self/stat").read_text()
         ticks = int(stat.rsplit(")", 1)[1].split()[19])  # field 22, starttime: clock ticks after boot
         since_boot = time.clock_gettime(time.CLOCK_BOOTTIME)
-        return time.time() - (since_boot - ticks / os.sysconf("SC_CLK_TCK"))
+        # the middle of its tick: the kernel counts whole ticks, so the start lies within the tick after `ticks`
+        return time.time() - (since_boot - (ticks + 0.5) / os.sysconf("SC_CLK_TCK"))
     except (OSError, ValueError, IndexError):
         return None
 
