@@ -114,10 +114,10 @@ STAGES = [
     ("client_start", "client.start"),  # the client process runs (after the pool's 201 reached the benchmark)
     ("session_hello", "session.hello"),  # the node has the client's HELLO
     ("session_authorised", "session.authorised"),  # the pool confirmed the lease token (ValidateToken)
-    ("worker_spawned", "worker.spawned"),  # the session's worker process started
+    ("worker_spawned", "worker.spawned"),  # the agent starts the session's worker process
     ("worker_main", "worker.main"),  # its modules imported
     ("worker_device_open", "worker.device_open"),  # it opened the device (on a GPU: cuInit)
-    ("worker_hello_ok", "worker.hello_ok"),  # it answered HELLO_OK
+    ("worker_hello_ok", "worker.hello_ok"),  # it sends HELLO_OK
     ("client_connected", "client.init"),  # cuInit returned in the client (connected, HELLO_OK read)
     ("context", "client.context"),  # its primary context is current
     ("first_kernel", "client.first_kernel"),  # its first kernel finished (cuCtxSynchronize returned)

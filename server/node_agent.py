@@ -555,6 +555,7 @@ class NodeAgent:
         ipc_child = self.ipc.open(sid, grant.lease_id)
         args += ["--ipc-fd", "10"]
         fds[10] = ipc_child.fileno()
+        timeline.mark("worker.spawned", sid)  # as it starts (a mark after could come later than the worker's own)
         try:
             proc = spawn(args, fds, env, stable_va=self.config.stable_addresses)
         except OSError as exc:
@@ -574,7 +575,6 @@ class NodeAgent:
         os.close(st_w)
         attach_child.close()
         ipc_child.close()
-        timeline.mark("worker.spawned", f"{sid} pid={proc.pid}")
         info = SessionInfo(sid, grant.lease_id, proc.pid, 0, hello.client)
         sess = _Session(info, proc, ctl_w, attach_key=attach_key, attach_sock=attach_parent, resume_key=resume_key,
                         restoring=fetched is not None)

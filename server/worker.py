@@ -327,9 +327,9 @@ def main(argv: list[str] | None = None) -> int:
                         pass
 
         threading.Thread(target=receive_callback_connections, daemon=True).start()
+    timeline.mark("worker.hello_ok", a.session)  # before sending: once sent, the client may go on before a mark
     sock.sendall(hello_ok(a.session, a.backend, a.max_frame, a.attach_key if a.attach_fd >= 0 else "",
                           a.driver_version, extra, shm=a.shm > 0))
-    timeline.mark("worker.hello_ok", a.session)
     if a.shm > 0 and not take_shm(sock, lib, ffi, S, a.shm):
         lib.fgs_close(S)  # type: ignore[attr-defined]
         return 1
