@@ -34,13 +34,15 @@ log = logging.getLogger("fargpu.pool_manager.providers.local")
 
 
 def fargpu_command() -> list[str]:
-    """The `fargpu` console script beside this Python, else `python -m fargpu.entry` (the console script's own
-    entry: `fargpu server` starts without the pool manager's imports, which `python -m fargpu.cli` would load)."""
+    """The `fargpu` console script beside this Python, else `python -P -m fargpu.entry`: the console script's own
+    entry (`fargpu server` starts without the pool manager's imports, which `python -m fargpu.cli` would load), and
+    -P so that the working directory does not come first on the module path (in a source checkout, its `fargpu/`
+    folder is not the package: the node died at import, and the lease waited for it in vain)."""
     script = Path(sys.executable).with_name("fargpu")
     if script.exists():
         return [str(script)]
     found = shutil.which("fargpu")
-    return [found] if found else [sys.executable, "-m", "fargpu.entry"]
+    return [found] if found else [sys.executable, "-P", "-m", "fargpu.entry"]
 
 
 def _spawn(argv: list[str], env: dict[str, str], out: IO[bytes]) -> subprocess.Popen[bytes]:

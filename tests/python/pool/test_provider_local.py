@@ -13,11 +13,12 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 from conftest import eventually, fast, free_port, key_headers, pm_config, subprocess_env
 from typer.testing import CliRunner
 
 from fargpu.cli import app
-from fargpu.pool_manager.providers import ProviderState
+from fargpu.pool_manager.providers import ProviderState, local
 from fargpu.pool_manager.providers.local import LocalProvider
 from fargpu.pool_manager.server import PoolManager
 
@@ -30,6 +31,25 @@ def alive(pid: int) -> bool:
     # a zombie (exited, not reaped) counts as gone
     with open(f"/proc/{pid}/stat") as f:
         return f.read().split(") ")[1][0] != "Z"
+
+
+def test_the_fallback_node_command_ignores_a_fargpu_folder_in_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without a `fargpu` script beside Python or on PATH (the GPU host's benchmark runs so), nodes start as
+    `python -P -m fargpu.entry server ...`: the installed package, not a `fargpu/` folder of the working directory
+    (a source checkout's is not the package, and the node died at import), and without the pool manager's imports."""
+    real_python = sys.executable
+    monkeypatch.setattr(local.shutil, "which", lambda name: None)
+    monkeypatch.setattr(local.sys, "executable", str(tmp_path / "bin" / "python3"))  # no fargpu script beside it
+    argv = local.fargpu_command()
+    assert argv == [str(tmp_path / "bin" / "python3"), "-P", "-m", "fargpu.entry"]
+    decoy = tmp_path / "checkout"
+    (decoy / "fargpu").mkdir(parents=True)
+    (decoy / "fargpu" / "__init__.py").write_text("raise ImportError('the decoy fargpu/ folder was imported')\n")
+    out = subprocess.run([real_python, *argv[1:], "server", "--help"], cwd=decoy, env=subprocess_env(),
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert out.returncode == 0 and "--pool-grpc" in out.stdout, out.stderr[-2000:]
 
 
 async def test_local_provider_starts_lists_and_stops_node_servers(tmp_path: Path) -> None:
