@@ -1,9 +1,10 @@
 """fargpu pool manager: the pool's control plane.
 
 Clients lease GPU capacity over REST (`api.py`); node agents register, heartbeat and receive commands over gRPC
-(`grpc_service.py`); the rules live in `service.py` and placement in `placement.py`; state lives behind the
-`Store` interface (`store.py`) in Redis (`store_redis.py`) or in an embedded, file-persisted store
-(`store_embedded.py`). `server.py` runs it all in one event loop (`PoolManager`, `serve_pool_manager`).
+(`grpc_service.py`); the rules live in `service.py` (built in layers, `service_*.py`) and placement in `placement.py`;
+state lives behind the `Store` interface (`store.py`) in Redis (`store_redis.py`) or in an embedded,
+file-persisted store (`store_embedded.py`).
+`server.py` runs it all in one event loop (`PoolManager`, `serve_pool_manager`).
 
 The names below load on first use, so that a node server importing a small helper from here (`units`) does not
 pull in the web stack (uvicorn, FastAPI), which a GPU node need not have."""

@@ -54,7 +54,8 @@ from fargpu.pool_manager.models import (
     TenantRecord,
 )
 from fargpu.pool_manager.placement import Strategy
-from fargpu.pool_manager.service import LeaseRequest, PoolService
+from fargpu.pool_manager.service import PoolService
+from fargpu.pool_manager.service_core import LeaseRequest
 from fargpu.pool_manager.tenants import ADMIN_TENANT, Principal, where_keys_are_looked_for
 from fargpu.pool_manager.tokens import secret_matches, token_matches
 from fargpu.pool_manager.units import parse_size

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from fargpu.pool_manager.autoscaler import AutoscalerConfig
 from fargpu.pool_manager.placement import Strategy
-from fargpu.pool_manager.service import ServiceConfig
+from fargpu.pool_manager.service_core import ServiceConfig
 from fargpu.pool_manager.state_paths import enrol_token_file as enrol_token_file  # re-exported
 from fargpu.pool_manager.state_paths import node_credentials_dir as node_credentials_dir
 from fargpu.pool_manager.state_paths import state_dir as state_dir

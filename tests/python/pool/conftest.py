@@ -27,7 +27,8 @@ ensure_importable()
 from fargpu.pool_manager.config import PoolManagerConfig  # noqa: E402
 from fargpu.pool_manager.models import GpuInfo  # noqa: E402
 from fargpu.pool_manager.server import PoolManager  # noqa: E402
-from fargpu.pool_manager.service import PoolService, ServiceConfig  # noqa: E402
+from fargpu.pool_manager.service import PoolService  # noqa: E402
+from fargpu.pool_manager.service_core import ServiceConfig  # noqa: E402
 from fargpu.pool_manager.store import Store  # noqa: E402
 from fargpu.pool_manager.store_embedded import EmbeddedStore  # noqa: E402
 from fargpu.pool_manager.store_redis import RedisStore  # noqa: E402

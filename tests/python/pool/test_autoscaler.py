@@ -18,7 +18,8 @@ from conftest import FakeClock, GiB, eventually, gpus
 from fargpu.pool_manager.autoscaler import Autoscaler, AutoscalerConfig
 from fargpu.pool_manager.models import NodeState, QoS, SessionInfo
 from fargpu.pool_manager.providers import ProviderNode, ProviderState
-from fargpu.pool_manager.service import LeaseRequest, PoolService
+from fargpu.pool_manager.service import PoolService
+from fargpu.pool_manager.service_core import LeaseRequest
 
 
 class RegisteringProvider:

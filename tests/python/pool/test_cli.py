@@ -18,7 +18,7 @@ from conftest import ThreadedPool, free_port, gpus, key_headers, subprocess_env
 from typer.testing import CliRunner
 
 from fargpu.cli import app
-from fargpu.pool_manager.service import LeaseRequest
+from fargpu.pool_manager.service_core import LeaseRequest
 from fargpu.pool_manager.tenants import Principal
 
 GiB = 1 << 30

@@ -14,7 +14,8 @@ import pytest
 from conftest import GiB, gpus, tenant_headers
 
 from fargpu.pool_manager.api import create_app
-from fargpu.pool_manager.service import PoolService, ServiceConfig
+from fargpu.pool_manager.service import PoolService
+from fargpu.pool_manager.service_core import ServiceConfig
 from fargpu.pool_manager.store_redis import RedisStore
 
 NODES, GPUS_PER_NODE, GPU_GIB, LEASE_GIB = 4, 2, 10, 3  # 3 leases per GPU -> 24 slots

@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 from fargpu.pool_manager.errors import BadRequest, NoCapacity
 from fargpu.pool_manager.models import GpuAlloc, LeaseRecord, LeaseState, NodeState, QoS
 from fargpu.pool_manager.placement import Strategy, place, why_not
-from fargpu.pool_manager.service import LeaseRequest, PoolService, ServiceConfig
+from fargpu.pool_manager.service import PoolService
+from fargpu.pool_manager.service_core import LeaseRequest, ServiceConfig
 from fargpu.pool_manager.store import NodeCapacity, Store
 
 G = GiB

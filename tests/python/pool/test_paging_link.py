@@ -21,7 +21,8 @@ from fargpu.cli import app
 from fargpu.pool_manager.api import create_app
 from fargpu.pool_manager.models import SessionInfo
 from fargpu.pool_manager.server import PoolManager
-from fargpu.pool_manager.service import LeaseRequest, PoolService
+from fargpu.pool_manager.service import PoolService
+from fargpu.pool_manager.service_core import LeaseRequest
 from fargpu.protocol.generated import pool_pb2
 from fargpu.server.metrics import NodeMetrics
 from fargpu.server.pool_link import LeaseTokenAuth, PoolLink

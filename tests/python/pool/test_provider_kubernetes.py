@@ -27,7 +27,8 @@ from kube_api import KubeAPI, kube_api  # noqa: F401 - the module-scoped fixture
 from fargpu.pool_manager.autoscaler import Autoscaler, AutoscalerConfig
 from fargpu.pool_manager.providers import ProviderError, ProviderState
 from fargpu.pool_manager.providers.kubernetes import DELETION_COST, LOWEST_COST, KubernetesProvider
-from fargpu.pool_manager.service import LeaseRequest, PoolService
+from fargpu.pool_manager.service import PoolService
+from fargpu.pool_manager.service_core import LeaseRequest
 
 pytestmark = pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")  # self-signed, local
 

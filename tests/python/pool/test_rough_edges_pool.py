@@ -18,7 +18,7 @@ import pytest
 from conftest import FakeClock, ThreadedPool, free_port, gpus, subprocess_env
 
 from fargpu.pool_manager.models import NodeRecord, NodeState
-from fargpu.pool_manager.service import LeaseRequest
+from fargpu.pool_manager.service_core import LeaseRequest
 from fargpu.pool_manager.store import Store
 from fargpu.pool_manager.tenants import Principal
 

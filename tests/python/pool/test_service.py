@@ -12,7 +12,8 @@ from conftest import FakeClock, GiB, StoreKit, gpus
 from fargpu.pool_manager.errors import BadRequest, Conflict, NoCapacity, NotFound
 from fargpu.pool_manager.models import LeaseState, NodeState, QoS, SessionInfo
 from fargpu.pool_manager.placement import Strategy
-from fargpu.pool_manager.service import LeaseRequest, PoolService, ServiceConfig
+from fargpu.pool_manager.service import PoolService
+from fargpu.pool_manager.service_core import LeaseRequest, ServiceConfig
 from fargpu.pool_manager.store import Store
 from fargpu.pool_manager.tokens import token_hash
 

@@ -18,7 +18,8 @@ from conftest import FakeClock, GiB, StoreKit, free_port, gpus, tenant_headers
 from fargpu.pool_manager.api import create_app
 from fargpu.pool_manager.errors import QuotaExceeded
 from fargpu.pool_manager.models import LeaseState, SessionInfo
-from fargpu.pool_manager.service import LeaseRequest, PoolService, ServiceConfig
+from fargpu.pool_manager.service import PoolService
+from fargpu.pool_manager.service_core import LeaseRequest, ServiceConfig
 from fargpu.pool_manager.store import Store
 from fargpu.pool_manager.store_redis import RedisStore
 from fargpu.pool_manager.tenants import Principal, find_api_key, load_or_create_local_key
