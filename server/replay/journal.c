@@ -161,7 +161,7 @@ static void forget(struct fgs_journal *J, uint64_t id, int depth) {
         e->dead = 1;
         J->n_dead++;
         for (uint32_t k = 0; k < e->n_ids && depth < 8; k++) {
-            int kind = (int)((e->ids[k] >> 38) & 0x3f); /* session.c's id layout */
+            int kind = (int)((e->ids[k] >> 38) & 0x3f); /* handles.c's id layout */
             if (e->ids[k] != id && (kind == FGH_FUNCTION || kind == FGH_KERNEL || kind == FGH_GRAPHNODE))
                 forget(J, e->ids[k], depth + 1);
         }

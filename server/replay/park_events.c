@@ -24,7 +24,7 @@
 #include "fgs_journal.h"
 #include "fgs_session.h"
 
-#define SLOT(id) ((((id) >> 4) & 0xfffff) - 1) /* session.c's id layout: the table index */
+#define SLOT(id) ((((id) >> 4) & 0xfffff) - 1) /* handles.c's id layout: the table index */
 #define KIND(id) ((int)(((id) >> 38) & 0x3f))
 
 static fgs_evstate *slot_of(struct fgs_journal *J, uint64_t id, int grow) {

@@ -28,7 +28,7 @@ static uint64_t any_live(pools *P) {
     return 0;
 }
 
-/* An id of the server's shape (server/replay/session.c make_id): a 16-byte-aligned user-space pointer with
+/* An id of the server's shape (server/replay/handles.c make_id): a 16-byte-aligned user-space pointer with
  * bit 44 set, the kind in bits 38..43, 14 bits of the session's salt in bits 24..37, index + 1 in bits 4..23. */
 static uint64_t shaped_id(int kind, uint64_t salt, uint64_t index1) {
     return (1ull << 44) | ((uint64_t)(kind & 0x3f) << 38) | ((salt & 0x3fff) << 24) | ((index1 & 0xfffff) << 4);
