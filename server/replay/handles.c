@@ -77,6 +77,22 @@ static void by_real_insert(fgs_table *t, uint32_t idx) {
     t->by_real_n++;
 }
 
+/* Room for `need` slots in the table (capacity doubles from 64). -1: out of memory (the table is as it was, or
+ * larger with nothing lost). */
+static int reserve(fgs_table *t, uint32_t need) {
+    if (need <= t->cap) return 0;
+    uint32_t cap = t->cap ? t->cap : 64;
+    while (cap < need) cap *= 2;
+    void **nr = (void **)realloc(t->real, cap * sizeof *nr);
+    if (!nr) return -1;
+    t->real = nr;
+    uint32_t *nf = (uint32_t *)realloc(t->free_list, cap * sizeof *nf);
+    if (!nf) return -1;
+    t->free_list = nf;
+    t->cap = cap;
+    return 0;
+}
+
 static uint64_t handle_add(fgs_session *S, int kind, void *real);
 
 /* Every id handed out is told to the creation journal (journal.c); while a parked session is restored, the
@@ -103,16 +119,7 @@ static uint64_t handle_add(fgs_session *S, int kind, void *real) {
     if (t->n_free) {
         idx = t->free_list[--t->n_free];
     } else {
-        if (t->n == t->cap) {
-            uint32_t cap = t->cap ? t->cap * 2 : 64;
-            void **nr = (void **)realloc(t->real, cap * sizeof *nr);
-            if (!nr) return 0;
-            t->real = nr;
-            uint32_t *nf = (uint32_t *)realloc(t->free_list, cap * sizeof *nf);
-            if (!nf) return 0;
-            t->free_list = nf;
-            t->cap = cap;
-        }
+        if (reserve(t, t->n + 1)) return 0;
         if (t->n >= ID_INDEX_LIMIT) return 0;
         idx = t->n++;
     }
@@ -159,17 +166,7 @@ uint64_t fgs_handle_put_at(fgs_session *S, int kind, uint64_t want, void *real) 
     if (have) return have;
     if (ID_KIND(want) != kind || ID_SALT(want) != (S->salt & 0x3fff) || ID_INDEX(want) >= ID_INDEX_LIMIT) return 0;
     uint32_t idx = (uint32_t)ID_INDEX(want);
-    if (idx >= t->cap) {
-        uint32_t cap = t->cap ? t->cap : 64;
-        while (cap <= idx) cap *= 2;
-        void **nr = (void **)realloc(t->real, cap * sizeof *nr);
-        if (!nr) return 0;
-        t->real = nr;
-        uint32_t *nf = (uint32_t *)realloc(t->free_list, cap * sizeof *nf);
-        if (!nf) return 0;
-        t->free_list = nf;
-        t->cap = cap;
-    }
+    if (reserve(t, idx + 1)) return 0;
     while (t->n <= idx) t->real[t->n++] = NULL;
     if (t->real[idx]) return 0;
     t->real[idx] = real;
