@@ -144,23 +144,35 @@ CUresult fgs_cuThreadExchangeStreamCaptureMode(fgs_session *S, fg_reader *r, fg_
     return res;
 }
 
+/* A dependency list as cuStreamUpdateCaptureDependencies_v2 and cuStreamBeginCaptureToGraph send it: n node ids
+ * (n already bounded), then u8 edge-data flag (+ n CUgraphEdgeData). The arrays live in the session's scratch;
+ * *edges stays NULL without edge data. The result is read_nodes' (a bad id), or out of memory with *nodes NULL;
+ * a malformed rest shows in r->failed or *has_edges > 1. */
+static CUresult read_deps(fgs_session *S, fg_reader *r, uint64_t n, CUgraphNode **nodes, CUgraphEdgeData **edges,
+                          uint8_t *has_edges) {
+    *nodes = n ? (CUgraphNode *)fgs_scratch(S, n * (sizeof(CUgraphNode) + sizeof(CUgraphEdgeData))) : NULL;
+    if (n && !*nodes) return CUDA_ERROR_OUT_OF_MEMORY;
+    CUresult res = read_nodes(S, r, n, *nodes);
+    fg_get(r, has_edges, 1);
+    if (*has_edges && n) {
+        const uint8_t *eb = fg_take(r, n * sizeof(CUgraphEdgeData));
+        *edges = (CUgraphEdgeData *)(void *)(*nodes + n);
+        if (eb) memcpy(*edges, eb, n * sizeof **edges);
+    }
+    return res;
+}
+
 /* cuStreamUpdateCaptureDependencies_v2: u64 stream, u64 n + n node ids, u8 edge-data flag (+ n CUgraphEdgeData),
  * u32 flags. The nodes must be live nodes of this session (the driver checks they are in the capture's graph). */
 CUresult fgs_cuStreamUpdateCaptureDependencies_v2(fgs_session *S, fg_reader *r, fg_writer *out) {
     (void)out;
     uint64_t sid = fg_get_u64(r), n = fg_get_u64(r);
     if (r->failed || n > 4096) return FGS_PROTOCOL_ERROR;
-    CUgraphNode *nodes = n ? (CUgraphNode *)fgs_scratch(S, n * (sizeof(CUgraphNode) + sizeof(CUgraphEdgeData))) : NULL;
-    if (n && !nodes) return CUDA_ERROR_OUT_OF_MEMORY;
-    CUresult res = read_nodes(S, r, n, nodes);
-    uint8_t has_edges = 0;
-    fg_get(r, &has_edges, 1);
+    CUgraphNode *nodes = NULL;
     CUgraphEdgeData *edges = NULL;
-    if (has_edges && n) {
-        const uint8_t *eb = fg_take(r, n * sizeof(CUgraphEdgeData));
-        edges = (CUgraphEdgeData *)(void *)(nodes + n);
-        if (eb) memcpy(edges, eb, n * sizeof *edges);
-    }
+    uint8_t has_edges = 0;
+    CUresult res = read_deps(S, r, n, &nodes, &edges, &has_edges);
+    if (n && !nodes) return res; /* out of memory */
     uint32_t flags = fg_get_u32(r);
     if (r->failed || has_edges > 1) return FGS_PROTOCOL_ERROR;
     void *s;
@@ -176,17 +188,11 @@ CUresult fgs_cuStreamBeginCaptureToGraph(fgs_session *S, fg_reader *r, fg_writer
     (void)out;
     uint64_t sid = fg_get_u64(r), gid = fg_get_u64(r), n = fg_get_u64(r);
     if (r->failed || n > 4096) return FGS_PROTOCOL_ERROR;
-    CUgraphNode *nodes = n ? (CUgraphNode *)fgs_scratch(S, n * (sizeof(CUgraphNode) + sizeof(CUgraphEdgeData))) : NULL;
-    if (n && !nodes) return CUDA_ERROR_OUT_OF_MEMORY;
-    CUresult res = read_nodes(S, r, n, nodes);
-    uint8_t has_edges = 0;
-    fg_get(r, &has_edges, 1);
+    CUgraphNode *nodes = NULL;
     CUgraphEdgeData *edges = NULL;
-    if (has_edges && n) {
-        const uint8_t *eb = fg_take(r, n * sizeof(CUgraphEdgeData));
-        edges = (CUgraphEdgeData *)(void *)(nodes + n);
-        if (eb) memcpy(edges, eb, n * sizeof *edges);
-    }
+    uint8_t has_edges = 0;
+    CUresult res = read_deps(S, r, n, &nodes, &edges, &has_edges);
+    if (n && !nodes) return res; /* out of memory */
     uint32_t mode = fg_get_u32(r);
     if (r->failed || has_edges > 1) return FGS_PROTOCOL_ERROR;
     void *s, *g;

@@ -37,18 +37,25 @@ SIM_API CUresult cuDeviceCanAccessPeer(int *canAccessPeer, CUdevice dev, CUdevic
     return rc;
 }
 
+/* Two distinct devices of the simulated node (a P2P query about one device with itself is invalid). */
+static CUresult check_pair(CUdevice src, CUdevice dst)
+{
+    sim_lock();
+    CUresult rc = sim_check_device(src);
+    if (rc == CUDA_SUCCESS)
+        rc = sim_check_device(dst);
+    if (rc == CUDA_SUCCESS && src == dst)
+        rc = CUDA_ERROR_INVALID_DEVICE;
+    sim_unlock();
+    return rc;
+}
+
 SIM_API CUresult cuDeviceGetP2PAttribute(int *value, CUdevice_P2PAttribute attrib, CUdevice srcDevice,
                                          CUdevice dstDevice)
 {
     if (!value)
         return CUDA_ERROR_INVALID_VALUE;
-    sim_lock();
-    CUresult rc = sim_check_device(srcDevice);
-    if (rc == CUDA_SUCCESS)
-        rc = sim_check_device(dstDevice);
-    if (rc == CUDA_SUCCESS && srcDevice == dstDevice)
-        rc = CUDA_ERROR_INVALID_DEVICE;
-    sim_unlock();
+    CUresult rc = check_pair(srcDevice, dstDevice);
     if (rc != CUDA_SUCCESS)
         return rc;
     switch (attrib) {
@@ -70,13 +77,7 @@ SIM_API CUresult cuDeviceGetP2PAttribute(int *value, CUdevice_P2PAttribute attri
 SIM_API CUresult cuDeviceGetP2PAtomicCapabilities(unsigned int *capabilities, const CUatomicOperation *operations,
                                                   unsigned int count, CUdevice srcDevice, CUdevice dstDevice)
 {
-    sim_lock();
-    CUresult rc = sim_check_device(srcDevice);
-    if (rc == CUDA_SUCCESS)
-        rc = sim_check_device(dstDevice);
-    if (rc == CUDA_SUCCESS && srcDevice == dstDevice)
-        rc = CUDA_ERROR_INVALID_DEVICE;
-    sim_unlock();
+    CUresult rc = check_pair(srcDevice, dstDevice);
     if (rc != CUDA_SUCCESS)
         return rc;
     if (!capabilities || !operations || !count)
