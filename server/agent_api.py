@@ -39,7 +39,13 @@ class NodeAgentAPI(Protocol):
 
     def sessions(self) -> list[SessionInfo]: ...
 
-    def devices(self) -> list[DeviceInfo]: ...
+    def devices(self) -> list[DeviceInfo]:
+        """The node's devices now. On a real GPU this reads NVML and blocks: on the event loop, use read_devices."""
+        ...
+
+    async def read_devices(self) -> list[DeviceInfo]:
+        """What devices() returns, read without blocking the event loop (NVML on the node's NVML thread)."""
+        ...
 
     async def end_lease(self, lease_id: str, reason: str) -> int:
         """Close every session of the lease (the client sees `reason`); returns how many were closed."""

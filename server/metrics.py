@@ -1,8 +1,9 @@
 """Prometheus metrics of a node server: its devices, its sessions, the leases it serves, its pool link, paging.
 
 `NodeMetrics(agent, link)` keeps a snapshot that `refresh()` takes on the event loop (the agent's methods are
-not called from the exporter's thread); `serve(host, port)` refreshes it periodically and exposes it with
-prometheus_client's HTTP server, and `render()` gives the text for any other HTTP front.
+not called from the exporter's thread); `serve(host, port)` refreshes it periodically (`refresh_async`: the devices'
+NVML read off the loop) and exposes it with prometheus_client's HTTP server, and `render()` gives the text for any
+other HTTP front.
 
 Paging: when the agent has a pager (`agent.pager`), NodeMetrics becomes its `observer` and counts every finished
 page-out and page-in by where the memory went or came from (host page pool or disk), with histograms of the
@@ -89,6 +90,12 @@ class NodeMetrics(Collector):
             self._chained(kind, where, nbytes, seconds)
 
     def refresh(self) -> None:
+        self._take(self.agent.devices())
+
+    async def refresh_async(self) -> None:
+        self._take(await self.agent.read_devices())
+
+    def _take(self, devices: list[DeviceInfo]) -> None:
         quotas: dict[str, int] = {}
         sessions = self.agent.sessions()
         if self.link is not None:
@@ -99,7 +106,7 @@ class NodeMetrics(Collector):
         age = None
         if self.link is not None and self.link.last_heartbeat_ok is not None:
             age = max(0.0, time.time() - self.link.last_heartbeat_ok)
-        self._snap = _Snapshot(self.agent.devices(), sessions, quotas, age)
+        self._snap = _Snapshot(devices, sessions, quotas, age)
 
     def collect(self) -> Iterable[Metric]:
         s = self._snap
@@ -153,7 +160,7 @@ class NodeMetrics(Collector):
 
     async def serve(self, host: str = "127.0.0.1", port: int = 9400, interval_s: float = 2.0) -> int:
         """Exposes /metrics on host:port (0: any free port); returns the port."""
-        self.refresh()
+        await self.refresh_async()
         server, _thread = start_http_server(port, addr=host, registry=self.registry)
         self._http = server
         self._task = asyncio.create_task(self._loop(interval_s), name="node-metrics")
@@ -162,7 +169,7 @@ class NodeMetrics(Collector):
     async def _loop(self, interval_s: float) -> None:
         while True:
             await asyncio.sleep(interval_s)
-            self.refresh()
+            await self.refresh_async()
 
     async def stop(self) -> None:
         if self._task is not None:

@@ -36,7 +36,7 @@ from .backend import Backend
 from .checkpoint import open_checkpoint
 from .checkpoint import test_double_from_env as checkpoint_test_double
 from .devices import devices as device_infos
-from .devices import gpu_memory_of_pid, visible_devices_env
+from .devices import devices_off_loop, gpu_memory_of_pid, visible_devices_env
 from .ipc_broker import IpcBroker
 from .lease_ledger import LedgerBook, TooManySessions
 from .pager import Pager
@@ -102,7 +102,7 @@ class NodeAgent:
         self._draining = False
         self._ledgers = LedgerBook(self.config.max_sessions_per_lease)
         self.ipc = IpcBroker()  # CUDA IPC handles between the workers of one lease (server/ipc_broker.py)
-        devs = device_infos(backend, 0)  # once: on a GPU each call initialises NVML
+        devs = device_infos(backend, 0)  # once, before the loop serves anything: on a GPU each call initialises NVML
         # Which GPU is which (index, UUID) does not change while the node runs: a new session's visible devices
         # come from here, not from NVML again on the path to its worker (when every UUID was read).
         self._identities = devs if devs and all(d.uuid.startswith(("GPU-", "MIG-")) for d in devs) else None
@@ -280,7 +280,14 @@ class NodeAgent:
             os.write(sess.ctl_w, b"grant\n" if not why else f"deny {why}\n".encode())
 
     def devices(self) -> list[DeviceInfo]:
-        return device_infos(self.backend_info, sum(s.vram for s in self._sessions.values()))
+        return device_infos(self.backend_info, self._vram_in_use())
+
+    async def read_devices(self) -> list[DeviceInfo]:
+        # What the sessions use is summed here, on the loop that changes it; only the NVML read leaves the loop.
+        return await devices_off_loop(self.backend_info, self._vram_in_use())
+
+    def _vram_in_use(self) -> int:
+        return sum(s.vram for s in self._sessions.values())
 
     async def end_lease(self, lease_id: str, reason: str) -> int:
         victims = [s for s in self._sessions.values() if s.info.lease_id == lease_id]
@@ -412,7 +419,7 @@ class NodeAgent:
         visible: dict[str, str] = {}
         if gpus:  # the session sees exactly the lease's GPUs, in lease order, and the quota is per GPU
             try:
-                visible = visible_devices_env(gpus, self._identities or device_infos(self.backend_info, 0))
+                visible = visible_devices_env(gpus, self._identities or await devices_off_loop(self.backend_info, 0))
             except ValueError as exc:
                 why = f"lease {grant.lease_id} cannot run here: {exc} (the pool's record of this node is stale)"
                 log.warning("refused a client: %s", why)

@@ -417,7 +417,7 @@ class PoolLink:
             )
 
     # --- what the node tells the pool --------------------------------------------------------------------
-    def _gpus(self) -> list[pool_pb2.Gpu]:
+    async def _gpus(self) -> list[pool_pb2.Gpu]:  # NVML is read off the event loop (agent.read_devices)
         return [
             pool_pb2.Gpu(
                 index=d.index,
@@ -427,7 +427,7 @@ class PoolLink:
                 free_bytes=d.free_bytes,
                 utilization_pct=d.utilization_pct,
             )
-            for d in self.agent.devices()
+            for d in await self.agent.read_devices()
         ]
 
     def _sessions(self) -> list[pool_pb2.Session]:
@@ -469,7 +469,7 @@ class PoolLink:
                         node_id=self.node_id,
                         endpoints=endpoints,
                         backend=self.agent.backend,
-                        gpus=self._gpus(),
+                        gpus=await self._gpus(),
                         version=self.version,
                         overcommit=self.overcommit,
                         # "park": this node carries out Park commands (it has a park store)
@@ -496,7 +496,7 @@ class PoolLink:
         try:
             reply = await stub.Heartbeat(
                 pool_pb2.HeartbeatRequest(
-                    node_id=self.node_id, gpus=self._gpus(), sessions=self._sessions(), draining=self.draining
+                    node_id=self.node_id, gpus=await self._gpus(), sessions=self._sessions(), draining=self.draining
                 ),
                 timeout=5.0,
                 metadata=metadata,

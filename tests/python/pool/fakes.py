@@ -48,6 +48,9 @@ class FakeAgent:
     def devices(self) -> list[DeviceInfo]:
         return list(self._devices)
 
+    async def read_devices(self) -> list[DeviceInfo]:
+        return self.devices()
+
     async def end_lease(self, lease_id: str, reason: str) -> int:
         self.ended.append((lease_id, reason))
         before = len(self._sessions)
