@@ -96,10 +96,14 @@ FGC_EXPORT CUresult CUDAAPI cuArrayGetPlane(CUarray *pPlaneArray, CUarray hArray
 }
 
 FGC_EXPORT CUresult CUDAAPI cuArrayGetSparseProperties(CUDA_ARRAY_SPARSE_PROPERTIES *sparseProperties, CUarray array) {
-    (void)sparseProperties;
-    (void)array;
-    static int logged;
-    return fgc_unsupported("cuArrayGetSparseProperties", &logged);
+    FGC_REQUIRE_INIT();
+    __typeof__(*sparseProperties) d_sparseProperties;
+    fg_writer *w = fgc_begin(FG_OP_cuArrayGetSparseProperties);
+    if (!w) return fgc_last_error();
+    { uint8_t want_ = sparseProperties != NULL; fg_put(w, &want_, 1); }
+    fgc_expect(sparseProperties ? (void *)sparseProperties : (void *)&d_sparseProperties, sizeof(*sparseProperties));
+    fgc_put_handle(w, (const void *)array);
+    return fgc_sync();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuCheckpointProcessCheckpoint(int pid, CUcheckpointCheckpointArgs *args) {
@@ -3922,18 +3926,26 @@ FGC_EXPORT CUresult CUDAAPI cuMipmappedArrayGetLevel(CUarray *pLevelArray, CUmip
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMipmappedArrayGetMemoryRequirements(CUDA_ARRAY_MEMORY_REQUIREMENTS *memoryRequirements, CUmipmappedArray mipmap, CUdevice device) {
-    (void)memoryRequirements;
-    (void)mipmap;
-    (void)device;
-    static int logged;
-    return fgc_unsupported("cuMipmappedArrayGetMemoryRequirements", &logged);
+    FGC_REQUIRE_INIT();
+    __typeof__(*memoryRequirements) d_memoryRequirements;
+    fg_writer *w = fgc_begin(FG_OP_cuMipmappedArrayGetMemoryRequirements);
+    if (!w) return fgc_last_error();
+    { uint8_t want_ = memoryRequirements != NULL; fg_put(w, &want_, 1); }
+    fgc_expect(memoryRequirements ? (void *)memoryRequirements : (void *)&d_memoryRequirements, sizeof(*memoryRequirements));
+    fgc_put_handle(w, (const void *)mipmap);
+    fg_put(w, &device, sizeof(device));
+    return fgc_sync();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMipmappedArrayGetSparseProperties(CUDA_ARRAY_SPARSE_PROPERTIES *sparseProperties, CUmipmappedArray mipmap) {
-    (void)sparseProperties;
-    (void)mipmap;
-    static int logged;
-    return fgc_unsupported("cuMipmappedArrayGetSparseProperties", &logged);
+    FGC_REQUIRE_INIT();
+    __typeof__(*sparseProperties) d_sparseProperties;
+    fg_writer *w = fgc_begin(FG_OP_cuMipmappedArrayGetSparseProperties);
+    if (!w) return fgc_last_error();
+    { uint8_t want_ = sparseProperties != NULL; fg_put(w, &want_, 1); }
+    fgc_expect(sparseProperties ? (void *)sparseProperties : (void *)&d_sparseProperties, sizeof(*sparseProperties));
+    fgc_put_handle(w, (const void *)mipmap);
+    return fgc_sync();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuModuleEnumerateFunctions(CUfunction *functions, unsigned int numFunctions, CUmodule mod) {
@@ -4036,10 +4048,7 @@ FGC_EXPORT CUresult CUDAAPI cuModuleLoadDataEx(CUmodule *module, const void *ima
 }
 
 FGC_EXPORT CUresult CUDAAPI cuModuleLoadFatBinary(CUmodule *module, const void *fatCubin) {
-    (void)module;
-    (void)fatCubin;
-    static int logged;
-    return fgc_unsupported("cuModuleLoadFatBinary", &logged);
+    return cuModuleLoadData(module, fatCubin);
 }
 
 FGC_EXPORT CUresult CUDAAPI cuModuleUnload(CUmodule hmod) {

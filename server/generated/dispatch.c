@@ -69,6 +69,22 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         return res;
     }
     case FG_OP_cuArrayGetPlane: return fgs_cuArrayGetPlane(S, r, out);
+    case FG_OP_cuArrayGetSparseProperties: {
+        CUDA_ARRAY_SPARSE_PROPERTIES sparseProperties;
+        memset(&sparseProperties, 0, sizeof(sparseProperties));
+        uint8_t want_sparseProperties = 0;
+        fg_get(r, &want_sparseProperties, 1);
+        uint64_t id_array = fg_get_u64(r);
+        CUarray array = NULL;
+        if (!r->failed && fgs_handle_get(S, 13, id_array, (void **)&array)) return CUDA_ERROR_INVALID_HANDLE;
+        if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuArrayGetSparseProperties) return fgs_missing(S, "cuArrayGetSparseProperties");
+        CUresult res = S->api->cuArrayGetSparseProperties(want_sparseProperties ? &sparseProperties : NULL, array);
+        if (res == CUDA_SUCCESS) {
+            fg_put(out, &sparseProperties, sizeof(sparseProperties));
+        }
+        return res;
+    }
     case FG_OP_cuCtxCreate_v4: return fgs_cuCtxCreate_v4(S, r, out);
     case FG_OP_cuCtxDestroy_v2: return fgs_cuCtxDestroy_v2(S, r, out);
     case FG_OP_cuCtxDisablePeerAccess: return fgs_cuCtxDisablePeerAccess(S, r, out);
@@ -1407,6 +1423,40 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
     case FG_OP_cuMipmappedArrayCreate: return fgs_cuMipmappedArrayCreate(S, r, out);
     case FG_OP_cuMipmappedArrayDestroy: return fgs_cuMipmappedArrayDestroy(S, r, out);
     case FG_OP_cuMipmappedArrayGetLevel: return fgs_cuMipmappedArrayGetLevel(S, r, out);
+    case FG_OP_cuMipmappedArrayGetMemoryRequirements: {
+        CUDA_ARRAY_MEMORY_REQUIREMENTS memoryRequirements;
+        memset(&memoryRequirements, 0, sizeof(memoryRequirements));
+        uint8_t want_memoryRequirements = 0;
+        fg_get(r, &want_memoryRequirements, 1);
+        uint64_t id_mipmap = fg_get_u64(r);
+        CUmipmappedArray mipmap = NULL;
+        if (!r->failed && fgs_handle_get(S, 14, id_mipmap, (void **)&mipmap)) return CUDA_ERROR_INVALID_HANDLE;
+        CUdevice device;
+        fg_get(r, (void *)&device, sizeof(device));
+        if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuMipmappedArrayGetMemoryRequirements) return fgs_missing(S, "cuMipmappedArrayGetMemoryRequirements");
+        CUresult res = S->api->cuMipmappedArrayGetMemoryRequirements(want_memoryRequirements ? &memoryRequirements : NULL, mipmap, device);
+        if (res == CUDA_SUCCESS) {
+            fg_put(out, &memoryRequirements, sizeof(memoryRequirements));
+        }
+        return res;
+    }
+    case FG_OP_cuMipmappedArrayGetSparseProperties: {
+        CUDA_ARRAY_SPARSE_PROPERTIES sparseProperties;
+        memset(&sparseProperties, 0, sizeof(sparseProperties));
+        uint8_t want_sparseProperties = 0;
+        fg_get(r, &want_sparseProperties, 1);
+        uint64_t id_mipmap = fg_get_u64(r);
+        CUmipmappedArray mipmap = NULL;
+        if (!r->failed && fgs_handle_get(S, 14, id_mipmap, (void **)&mipmap)) return CUDA_ERROR_INVALID_HANDLE;
+        if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuMipmappedArrayGetSparseProperties) return fgs_missing(S, "cuMipmappedArrayGetSparseProperties");
+        CUresult res = S->api->cuMipmappedArrayGetSparseProperties(want_sparseProperties ? &sparseProperties : NULL, mipmap);
+        if (res == CUDA_SUCCESS) {
+            fg_put(out, &sparseProperties, sizeof(sparseProperties));
+        }
+        return res;
+    }
     case FG_OP_cuModuleEnumerateFunctions: return fgs_cuModuleEnumerateFunctions(S, r, out);
     case FG_OP_cuModuleGetFunction: return fgs_cuModuleGetFunction(S, r, out);
     case FG_OP_cuModuleGetFunctionCount: {

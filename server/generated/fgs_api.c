@@ -12,6 +12,7 @@ const char *fgs_api_load(fgs_api *api, void *dl) {
     *(void **)&api->cuArrayGetDescriptor_v2 = dlsym(dl, "cuArrayGetDescriptor_v2");
     *(void **)&api->cuArrayGetMemoryRequirements = dlsym(dl, "cuArrayGetMemoryRequirements");
     *(void **)&api->cuArrayGetPlane = dlsym(dl, "cuArrayGetPlane");
+    *(void **)&api->cuArrayGetSparseProperties = dlsym(dl, "cuArrayGetSparseProperties");
     *(void **)&api->cuCtxCreate_v4 = dlsym(dl, "cuCtxCreate_v4");
     if (!api->cuCtxCreate_v4) return "cuCtxCreate_v4";
     *(void **)&api->cuCtxDestroy_v2 = dlsym(dl, "cuCtxDestroy_v2");
@@ -237,6 +238,8 @@ const char *fgs_api_load(fgs_api *api, void *dl) {
     *(void **)&api->cuMipmappedArrayCreate = dlsym(dl, "cuMipmappedArrayCreate");
     *(void **)&api->cuMipmappedArrayDestroy = dlsym(dl, "cuMipmappedArrayDestroy");
     *(void **)&api->cuMipmappedArrayGetLevel = dlsym(dl, "cuMipmappedArrayGetLevel");
+    *(void **)&api->cuMipmappedArrayGetMemoryRequirements = dlsym(dl, "cuMipmappedArrayGetMemoryRequirements");
+    *(void **)&api->cuMipmappedArrayGetSparseProperties = dlsym(dl, "cuMipmappedArrayGetSparseProperties");
     *(void **)&api->cuModuleEnumerateFunctions = dlsym(dl, "cuModuleEnumerateFunctions");
     *(void **)&api->cuModuleGetFunction = dlsym(dl, "cuModuleGetFunction");
     if (!api->cuModuleGetFunction) return "cuModuleGetFunction";

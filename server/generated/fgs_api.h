@@ -12,6 +12,7 @@ typedef struct fgs_api {
     CUresult (*cuArrayGetDescriptor_v2)(CUDA_ARRAY_DESCRIPTOR *, CUarray);
     CUresult (*cuArrayGetMemoryRequirements)(CUDA_ARRAY_MEMORY_REQUIREMENTS *, CUarray, CUdevice);
     CUresult (*cuArrayGetPlane)(CUarray *, CUarray, unsigned int);
+    CUresult (*cuArrayGetSparseProperties)(CUDA_ARRAY_SPARSE_PROPERTIES *, CUarray);
     CUresult (*cuCtxCreate_v4)(CUcontext *, CUctxCreateParams *, unsigned int, CUdevice);
     CUresult (*cuCtxDestroy_v2)(CUcontext);
     CUresult (*cuCtxDisablePeerAccess)(CUcontext);
@@ -203,6 +204,8 @@ typedef struct fgs_api {
     CUresult (*cuMipmappedArrayCreate)(CUmipmappedArray *, const CUDA_ARRAY3D_DESCRIPTOR *, unsigned int);
     CUresult (*cuMipmappedArrayDestroy)(CUmipmappedArray);
     CUresult (*cuMipmappedArrayGetLevel)(CUarray *, CUmipmappedArray, unsigned int);
+    CUresult (*cuMipmappedArrayGetMemoryRequirements)(CUDA_ARRAY_MEMORY_REQUIREMENTS *, CUmipmappedArray, CUdevice);
+    CUresult (*cuMipmappedArrayGetSparseProperties)(CUDA_ARRAY_SPARSE_PROPERTIES *, CUmipmappedArray);
     CUresult (*cuModuleEnumerateFunctions)(CUfunction *, unsigned int, CUmodule);
     CUresult (*cuModuleGetFunction)(CUfunction *, CUmodule, const char *);
     CUresult (*cuModuleGetFunctionCount)(unsigned int *, CUmodule);

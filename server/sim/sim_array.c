@@ -4,7 +4,8 @@
  * and arrays (every row bounds-checked against the array); cuMemcpy3DPeer[Async] are such copies. Texture and
  * surface objects are numbers naming a checked resource description (with the texture and view descriptions),
  * which the getters give back: the simulated device runs no kernel that samples them. A mipmapped array is one
- * array per level. */
+ * array per level. Sparse and deferred-mapping arrays hold their elements like any other; their layout (64 KiB
+ * tiles, the mip tail) and memory requirements are computed from their sizes, and nothing maps memory into them. */
 #include "sim.h"
 
 #include <stdlib.h>
@@ -14,6 +15,7 @@ struct sim_array {
     struct sim_obj h;
     CUDA_ARRAY3D_DESCRIPTOR d;
     size_t elem, row, rows, slices;
+    int mip_level; /* a level of a mipmapped array (its sparse properties are the mipmapped array's) */
     unsigned char *data;
 };
 
@@ -414,8 +416,10 @@ SIM_API CUresult cuMipmappedArrayCreate(CUmipmappedArray *pHandle, const CUDA_AR
         d.Height = p->Height ? (p->Height >> l ? p->Height >> l : 1) : 0;
         d.Depth = p->Depth ? (p->Depth >> l ? p->Depth >> l : 1) : 0;
         rc = create(&m->level[l], &d);
-        if (rc == CUDA_SUCCESS)
+        if (rc == CUDA_SUCCESS) {
+            ((struct sim_array *)m->level[l])->mip_level = 1;
             m->levels = l + 1;
+        }
     }
     if (rc != CUDA_SUCCESS && m) {
         sim_unlock();
@@ -459,4 +463,106 @@ SIM_API CUresult cuMipmappedArrayDestroy(CUmipmappedArray h)
         cuArrayDestroy(m->level[l]);
     free(m);
     return CUDA_SUCCESS;
+}
+
+/* ---- sparse layout and deferred-mapping requirements ---- */
+
+/* A sparse tile is 64 KiB of elements: 2D (and 1D) tiles are near-square, 3D ones near-cubic, as the driver's
+ * standard tile shapes are for each element size. */
+#define SIM_TILE_BYTES (64u << 10)
+static void tile_of(const struct sim_array *a, unsigned *w, unsigned *h, unsigned *d)
+{
+    unsigned lg = 0;
+    while ((1u << lg) < a->elem)
+        lg++;
+    unsigned texels = 16 - lg; /* log2 of the elements a tile holds */
+    if (a->d.Depth) {
+        *d = 1u << (texels / 3);
+        *h = 1u << ((texels - texels / 3) / 2);
+        *w = 1u << (texels - texels / 3 - (texels - texels / 3) / 2);
+    } else {
+        *d = 1;
+        *h = 1u << (texels / 2);
+        *w = 1u << (texels - texels / 2);
+    }
+}
+
+static void sparse_props(CUDA_ARRAY_SPARSE_PROPERTIES *p, const struct sim_array *a)
+{
+    memset(p, 0, sizeof *p);
+    tile_of(a, &p->tileExtent.width, &p->tileExtent.height, &p->tileExtent.depth);
+}
+
+/* A plain sparse array has no mip tail (and no layers, so no single mip tail): tile extents only. A level of a
+ * mipmapped array is refused, as the driver refuses it: its mipmapped array has the properties. */
+SIM_API CUresult cuArrayGetSparseProperties(CUDA_ARRAY_SPARSE_PROPERTIES *sparseProperties, CUarray array)
+{
+    sim_lock();
+    struct sim_array *a = sim_reg_find(array, SIM_KIND_ARRAY);
+    CUresult rc = !a ? CUDA_ERROR_INVALID_HANDLE
+                  : !sparseProperties || a->mip_level || !(a->d.Flags & CUDA_ARRAY3D_SPARSE) ? CUDA_ERROR_INVALID_VALUE
+                                                                                            : CUDA_SUCCESS;
+    if (rc == CUDA_SUCCESS)
+        sparse_props(sparseProperties, a);
+    sim_unlock();
+    return rc;
+}
+
+/* The mip tail starts at the first level smaller than a tile in any dimension and holds the bytes of every level
+ * from there, in whole tiles; without such a level there is no tail (size 0, first level = the level count). */
+SIM_API CUresult cuMipmappedArrayGetSparseProperties(CUDA_ARRAY_SPARSE_PROPERTIES *sparseProperties,
+                                                     CUmipmappedArray mipmap)
+{
+    sim_lock();
+    struct sim_mip *m = find_mip(mipmap);
+    struct sim_array *a0 = m ? sim_reg_find(m->level[0], SIM_KIND_ARRAY) : NULL;
+    CUresult rc = !a0 ? CUDA_ERROR_INVALID_HANDLE
+                  : !sparseProperties || !(a0->d.Flags & CUDA_ARRAY3D_SPARSE) ? CUDA_ERROR_INVALID_VALUE
+                                                                             : CUDA_SUCCESS;
+    if (rc == CUDA_SUCCESS) {
+        CUDA_ARRAY_SPARSE_PROPERTIES *p = sparseProperties;
+        sparse_props(p, a0);
+        unsigned l = 0;
+        size_t tail = 0;
+        for (; l < m->levels; l++) {
+            const struct sim_array *a = sim_reg_find(m->level[l], SIM_KIND_ARRAY);
+            if (a->d.Width < p->tileExtent.width || a->rows < p->tileExtent.height || a->slices < p->tileExtent.depth)
+                break;
+        }
+        p->miptailFirstLevel = l;
+        for (unsigned k = l; k < m->levels; k++) {
+            const struct sim_array *a = sim_reg_find(m->level[k], SIM_KIND_ARRAY);
+            tail += a->row * a->rows * a->slices;
+        }
+        p->miptailSize = (tail + SIM_TILE_BYTES - 1) / SIM_TILE_BYTES * SIM_TILE_BYTES;
+    }
+    sim_unlock();
+    return rc;
+}
+
+/* As for one array (cuArrayGetMemoryRequirements): every level's bytes, in whole 2 MiB pages, aligned to one. */
+SIM_API CUresult cuMipmappedArrayGetMemoryRequirements(CUDA_ARRAY_MEMORY_REQUIREMENTS *memoryRequirements,
+                                                       CUmipmappedArray mipmap, CUdevice device)
+{
+    const size_t page = 2u << 20;
+    sim_lock();
+    CUresult rc = sim_check_device(device);
+    struct sim_mip *m = rc == CUDA_SUCCESS ? find_mip(mipmap) : NULL;
+    struct sim_array *a0 = m ? sim_reg_find(m->level[0], SIM_KIND_ARRAY) : NULL;
+    if (rc == CUDA_SUCCESS && !a0)
+        rc = CUDA_ERROR_INVALID_HANDLE;
+    if (rc == CUDA_SUCCESS && (!memoryRequirements || !(a0->d.Flags & CUDA_ARRAY3D_DEFERRED_MAPPING)))
+        rc = CUDA_ERROR_INVALID_VALUE;
+    if (rc == CUDA_SUCCESS) {
+        size_t bytes = 0;
+        for (unsigned l = 0; l < m->levels; l++) {
+            const struct sim_array *a = sim_reg_find(m->level[l], SIM_KIND_ARRAY);
+            bytes += a->row * a->rows * a->slices;
+        }
+        memset(memoryRequirements, 0, sizeof *memoryRequirements);
+        memoryRequirements->size = (bytes + page - 1) / page * page;
+        memoryRequirements->alignment = page;
+    }
+    sim_unlock();
+    return rc;
 }

@@ -1,7 +1,8 @@
 """The server's content-addressed module cache, end to end through the real stub, server and simulated device:
 the first session that loads an image sends its bytes once; a second session (a new process) loading the same
 image sends only its SHA-256 name; the cache entry is the verified image; a different image is sent again; and
-with the cache disabled every session sends the bytes.
+with the cache disabled every session sends the bytes. cuModuleLoadFatBinary takes the same path: a fatbin that
+cuModuleLoadData loaded once is sent as its name only, its kernels are found, and bad arguments are refused.
 
 The simulated device is a test double: these tests are about what crosses the wire, not about a GPU."""
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import struct
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -91,3 +93,40 @@ def test_cu_module_load_reads_the_client_file(cached_server: NodeServer, tmp_pat
     assert r.returncode == 0 and "OK" in r.stdout, r.stdout + r.stderr
     assert "missing 301" in r.stdout  # CUDA_ERROR_FILE_NOT_FOUND, as the driver answers
     assert int(json.loads(proof.read_text().splitlines()[-1])["image_bytes_sent"]) == len(PTX.read_bytes()) + 1
+
+
+# A fatbin as nvcc lays it out (header: magic, version, header size, body size; one entry: kind 1 = PTX, its header
+# size and payload size, the PTX version and target sm_90, 64-bit Linux), wrapping the test kernels' PTX.
+def _fatbin_of(ptx: bytes) -> bytes:
+    ptx += bytes(-len(ptx) % 8)
+    entry = struct.pack("<HHIQIIIIIIQQQ", 1, 0x0101, 64, len(ptx), 0, 0, 8 << 16, 90, 0, 0, 0x11, 0, 0) + ptx
+    return struct.pack("<IHHQ", 0xBA55ED50, 1, 16, len(entry)) + entry
+
+
+FATBIN = PRELUDE + r"""
+ctx0()
+img = open("__FATBIN__", "rb").read()
+mod = ctypes.c_void_p()
+ok(getattr(cu, "__LOADER__")(ctypes.byref(mod), img), "load")
+fn = ctypes.c_void_p()
+ok(cu.cuModuleGetFunction(ctypes.byref(fn), mod, b"fg_vadd"), "getfunction")
+print("no module pointer", cu.cuModuleLoadFatBinary(None, img))
+print("no image", cu.cuModuleLoadFatBinary(ctypes.byref(mod), None))
+ok(cu.cuModuleUnload(mod), "unload")
+print("OK")
+"""
+
+
+def test_fatbinary_load_goes_the_same_way(cached_server: NodeServer, tmp_path: Path) -> None:
+    fb = tmp_path / "kernels.fatbin"
+    fb.write_bytes(_fatbin_of(PTX.read_bytes() + b"\0"))
+    sent = []
+    for tag, loader in (("data", "cuModuleLoadData"), ("fatbinary", "cuModuleLoadFatBinary")):
+        proof = tmp_path / f"proof-{tag}.jsonl"
+        code = FATBIN.replace("__FATBIN__", str(fb)).replace("__LOADER__", loader)
+        r = run_client(code, cached_server.client_env(FARGPU_PROOF_FILE=str(proof)))
+        assert r.returncode == 0 and "OK" in r.stdout, r.stdout + r.stderr + cached_server.log_text()
+        assert "no module pointer 1" in r.stdout and "no image 1" in r.stdout, r.stdout  # CUDA_ERROR_INVALID_VALUE
+        sent.append(int(json.loads(proof.read_text().splitlines()[-1])["image_bytes_sent"]))
+    # the fatbin crossed once; cuModuleLoadFatBinary found it in the node's cache by its hash
+    assert sent == [fb.stat().st_size, 0], sent

@@ -19,6 +19,7 @@ const char *fg_op_name(unsigned op) {
     case FG_OP_cuArrayGetDescriptor_v2: return "cuArrayGetDescriptor_v2";
     case FG_OP_cuArrayGetMemoryRequirements: return "cuArrayGetMemoryRequirements";
     case FG_OP_cuArrayGetPlane: return "cuArrayGetPlane";
+    case FG_OP_cuArrayGetSparseProperties: return "cuArrayGetSparseProperties";
     case FG_OP_cuCtxCreate_v4: return "cuCtxCreate_v4";
     case FG_OP_cuCtxDestroy_v2: return "cuCtxDestroy_v2";
     case FG_OP_cuCtxDisablePeerAccess: return "cuCtxDisablePeerAccess";
@@ -216,6 +217,8 @@ const char *fg_op_name(unsigned op) {
     case FG_OP_cuMipmappedArrayCreate: return "cuMipmappedArrayCreate";
     case FG_OP_cuMipmappedArrayDestroy: return "cuMipmappedArrayDestroy";
     case FG_OP_cuMipmappedArrayGetLevel: return "cuMipmappedArrayGetLevel";
+    case FG_OP_cuMipmappedArrayGetMemoryRequirements: return "cuMipmappedArrayGetMemoryRequirements";
+    case FG_OP_cuMipmappedArrayGetSparseProperties: return "cuMipmappedArrayGetSparseProperties";
     case FG_OP_cuModuleEnumerateFunctions: return "cuModuleEnumerateFunctions";
     case FG_OP_cuModuleGetFunction: return "cuModuleGetFunction";
     case FG_OP_cuModuleGetFunctionCount: return "cuModuleGetFunctionCount";

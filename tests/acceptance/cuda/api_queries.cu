@@ -3,7 +3,10 @@
 // none); atomic capabilities over the host link (consistent with the host-native atomic attributes) and between a
 // device and itself (refused: not a link); a CUDA array's plane (a single-plane format has none) and its memory
 // requirements (only an array made for deferred mapping has them: whole units of a power-of-two alignment that
-// hold its elements). Results the driver documents are printed by name; the rest are checked as relations.
+// hold its elements); a mipmapped array's memory requirements (the same rule over all its levels); the sparse
+// layout of a sparse array (tile extents, no mip tail), of a sparse mipmapped array (the same tiles, a mip tail
+// from the first level smaller than a tile) and the refusals for arrays that are not sparse and for a level of a
+// mipmapped array. Results the driver documents are printed by name; the rest are checked as relations.
 // The PTX kernels carry the test kernels' names and parameter layouts, so the simulated device loads them too.
 // acceptance: link=-lcuda
 #include <algorithm>
@@ -40,6 +43,103 @@ static const char kPtx[] = R"(
 	ret;
 }
 )";
+
+static size_t level_bytes(const CUDA_ARRAY3D_DESCRIPTOR &d, unsigned levels)
+{
+    size_t sum = 0;
+    for (unsigned l = 0; l < levels; l++)
+        sum += std::max<size_t>(d.Width >> l, 1) * std::max<size_t>(d.Height >> l, 1) * sizeof(float);
+    return sum;
+}
+
+// A mipmapped array's memory requirements: refused without deferred mapping, else whole aligned units that hold
+// every level.
+static void mipmap_requirements(CUDA_ARRAY3D_DESCRIPTOR d)
+{
+    const unsigned levels = 5;
+    d.Flags = 0;
+    CUmipmappedArray mip;
+    CU_CHECK(cuMipmappedArrayCreate(&mip, &d, levels));
+    CUDA_ARRAY_MEMORY_REQUIREMENTS req;
+    std::printf("memory requirements of an ordinary mipmapped array: %s\n",
+                name_of(cuMipmappedArrayGetMemoryRequirements(&req, mip, 0)));
+    std::printf("sparse properties of an ordinary mipmapped array: %s\n",
+                name_of(cuMipmappedArrayGetSparseProperties(nullptr, mip)));
+    CU_CHECK(cuMipmappedArrayDestroy(mip));
+    int deferred = 0;
+    CU_CHECK(cuDeviceGetAttribute(&deferred, CU_DEVICE_ATTRIBUTE_DEFERRED_MAPPING_CUDA_ARRAY_SUPPORTED, 0));
+    if (!deferred)
+        return;
+    d.Flags = CUDA_ARRAY3D_DEFERRED_MAPPING;
+    CU_CHECK(cuMipmappedArrayCreate(&mip, &d, levels));
+    std::memset(&req, 0, sizeof req);
+    CU_CHECK(cuMipmappedArrayGetMemoryRequirements(&req, mip, 0));
+    bool pow2 = req.alignment && (req.alignment & (req.alignment - 1)) == 0;
+    check("a deferred-mapping mipmapped array's requirements hold every level in whole aligned units",
+          pow2 && req.size >= level_bytes(d, levels) && req.size % req.alignment == 0);
+    std::printf("mipmapped memory requirements without an output: %s\n",
+                name_of(cuMipmappedArrayGetMemoryRequirements(nullptr, mip, 0)));
+    CU_CHECK(cuMipmappedArrayDestroy(mip));
+}
+
+// Sparse layouts: a plain sparse array has tile extents and no mip tail; a sparse mipmapped array has the same
+// tiles and a tail from the first level smaller than a tile; arrays that are not sparse, and a level of a
+// mipmapped array, are refused.
+static void sparse_layouts()
+{
+    int sparse = 0;
+    CU_CHECK(cuDeviceGetAttribute(&sparse, CU_DEVICE_ATTRIBUTE_SPARSE_CUDA_ARRAY_SUPPORTED, 0));
+    if (!sparse) {
+        std::printf("sparse arrays not supported\n");
+        return;
+    }
+    CUDA_ARRAY3D_DESCRIPTOR d;
+    std::memset(&d, 0, sizeof d);
+    d.Width = 1024;
+    d.Height = 512;
+    d.Format = CU_AD_FORMAT_FLOAT;
+    d.NumChannels = 1;
+    CUarray plain;
+    CU_CHECK(cuArray3DCreate(&plain, &d));
+    CUDA_ARRAY_SPARSE_PROPERTIES sp;
+    std::printf("sparse properties of an ordinary array: %s\n", name_of(cuArrayGetSparseProperties(&sp, plain)));
+    CU_CHECK(cuArrayDestroy(plain));
+
+    d.Flags = CUDA_ARRAY3D_SPARSE;
+    CUarray arr;
+    CU_CHECK(cuArray3DCreate(&arr, &d));
+    std::memset(&sp, 0xff, sizeof sp);
+    CU_CHECK(cuArrayGetSparseProperties(&sp, arr));
+    std::printf("sparse array: mip tail first level %u size %llu flags %u\n", sp.miptailFirstLevel,
+                sp.miptailSize, sp.flags);
+    size_t tile = (size_t)sp.tileExtent.width * sp.tileExtent.height * sp.tileExtent.depth * sizeof(float);
+    check("a sparse array's tile is a power of two of bytes, one deep in 2D",
+          sp.tileExtent.width && sp.tileExtent.height && sp.tileExtent.depth == 1 && tile &&
+              (tile & (tile - 1)) == 0);
+    std::printf("sparse properties without an output: %s\n", name_of(cuArrayGetSparseProperties(nullptr, arr)));
+    CU_CHECK(cuArrayDestroy(arr));
+
+    const unsigned levels = 11; // 1024 x 512 down to 1 x 1
+    CUmipmappedArray mip;
+    CU_CHECK(cuMipmappedArrayCreate(&mip, &d, levels));
+    CUDA_ARRAY_SPARSE_PROPERTIES mp;
+    std::memset(&mp, 0xff, sizeof mp);
+    CU_CHECK(cuMipmappedArrayGetSparseProperties(&mp, mip));
+    unsigned first = 0; // the first level smaller than a tile in width or height
+    while (first < levels && (d.Width >> first) >= mp.tileExtent.width && (d.Height >> first) >= mp.tileExtent.height)
+        first++;
+    check("a sparse mipmapped array has the array's tiles", mp.tileExtent.width == sp.tileExtent.width &&
+                                                              mp.tileExtent.height == sp.tileExtent.height &&
+                                                              mp.tileExtent.depth == sp.tileExtent.depth);
+    check("its mip tail starts at the first level smaller than a tile and holds the levels from there",
+          mp.miptailFirstLevel == first && mp.miptailSize >= level_bytes(d, levels) - level_bytes(d, first) &&
+              mp.miptailSize < level_bytes(d, levels));
+    CUarray level = nullptr;
+    CU_CHECK(cuMipmappedArrayGetLevel(&level, mip, 0));
+    std::printf("sparse properties of a mipmapped array's level: %s\n",
+                name_of(cuArrayGetSparseProperties(&sp, level)));
+    CU_CHECK(cuMipmappedArrayDestroy(mip));
+}
 
 int main()
 {
@@ -119,6 +219,8 @@ int main()
     } else {
         std::printf("deferred-mapping arrays not supported\n");
     }
+    mipmap_requirements(d);
+    sparse_layouts();
     std::printf("%s\n", g_fail ? "FAIL" : "PASS");
     return g_fail;
 }
