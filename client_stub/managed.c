@@ -1,5 +1,6 @@
-/* managed.c — managed memory (cuMemAllocManaged, cuMemPrefetchAsync, cuMemAdvise, cuStreamAttachMemAsync,
- * cuMemRangeGetAttribute[s]) and mapped host memory (cuMemHostGetDevicePointer) over the mirrors of mirror.c.
+/* managed.c — managed memory (cuMemAllocManaged, cuMemPrefetchAsync and its batched form, the batched
+ * discards, cuMemAdvise, cuStreamAttachMemAsync, cuMemRangeGetAttribute[s]) and mapped host memory
+ * (cuMemHostGetDevicePointer) over the mirrors of mirror.c.
  *
  * Managed memory is a device allocation on the node and a host mirror at the same address in this process
  * (mmap with MAP_FIXED_NOREPLACE; an address already taken here is retried with another allocation), so one
@@ -120,6 +121,52 @@ CUresult fgc_cuMemPrefetchAsync(CUdeviceptr devPtr, size_t count, CUdevice dstDe
     loc.type = dstDevice == CU_DEVICE_CPU ? CU_MEM_LOCATION_TYPE_HOST : CU_MEM_LOCATION_TYPE_DEVICE;
     loc.id = dstDevice == CU_DEVICE_CPU ? 0 : dstDevice;
     return fgc_cuMemPrefetchAsync_v2(devPtr, count, loc, 0, hStream);
+}
+
+/* The batched forms (CUDA 13): every range and location is checked as the driver documents it before any takes
+ * effect. A discard keeps the contents (the driver leaves them indeterminate, so keeping them is one of the
+ * answers it allows); a prefetch is cuMemPrefetchAsync's for each range. The driver takes them only on devices with
+ * concurrent managed access, which the stub reports absent; they are accepted anyway, as cuMemPrefetchAsync is,
+ * since they change no result. */
+static CUresult batch(CUdeviceptr *dptrs, size_t *sizes, size_t count, CUmemLocation *locs, size_t *loc_idxs,
+                      size_t n_locs, unsigned long long flags, CUstream hStream, int prefetch) {
+    FGC_REQUIRE_INIT();
+    if (!dptrs || !sizes || !count || flags || !hStream || hStream == CU_STREAM_LEGACY)
+        return CUDA_ERROR_INVALID_VALUE;
+    for (size_t i = 0; i < count; i++)
+        if (!managed_range(dptrs[i], sizes[i])) return CUDA_ERROR_INVALID_VALUE;
+    if (!prefetch) return CUDA_SUCCESS;
+    if (!locs || !loc_idxs || !n_locs || n_locs > count || loc_idxs[0] != 0) return CUDA_ERROR_INVALID_VALUE;
+    for (size_t k = 1; k < n_locs; k++)
+        if (loc_idxs[k] <= loc_idxs[k - 1] || loc_idxs[k] >= count) return CUDA_ERROR_INVALID_VALUE;
+    int dev, to_device = 0;
+    for (size_t k = 0; k < n_locs; k++)
+        if (!location_device(locs[k], &dev)) return CUDA_ERROR_INVALID_DEVICE;
+    for (size_t k = 0; k < n_locs; k++) {
+        location_device(locs[k], &dev);
+        to_device |= dev != CU_DEVICE_CPU;
+        for (size_t i = loc_idxs[k]; i < (k + 1 < n_locs ? loc_idxs[k + 1] : count); i++)
+            managed_range(dptrs[i], sizes[i])->last_prefetch = dev;
+    }
+    if (to_device) fgc_mirror_sync_all(0); /* pending host writes go now */
+    return CUDA_SUCCESS;
+}
+
+CUresult fgc_cuMemPrefetchBatchAsync(CUdeviceptr *dptrs, size_t *sizes, size_t count, CUmemLocation *prefetchLocs,
+                                     size_t *prefetchLocIdxs, size_t numPrefetchLocs, unsigned long long flags,
+                                     CUstream hStream) {
+    return batch(dptrs, sizes, count, prefetchLocs, prefetchLocIdxs, numPrefetchLocs, flags, hStream, 1);
+}
+
+CUresult fgc_cuMemDiscardBatchAsync(CUdeviceptr *dptrs, size_t *sizes, size_t count, unsigned long long flags,
+                                    CUstream hStream) {
+    return batch(dptrs, sizes, count, NULL, NULL, 0, flags, hStream, 0);
+}
+
+CUresult fgc_cuMemDiscardAndPrefetchBatchAsync(CUdeviceptr *dptrs, size_t *sizes, size_t count,
+                                               CUmemLocation *prefetchLocs, size_t *prefetchLocIdxs,
+                                               size_t numPrefetchLocs, unsigned long long flags, CUstream hStream) {
+    return batch(dptrs, sizes, count, prefetchLocs, prefetchLocIdxs, numPrefetchLocs, flags, hStream, 1);
 }
 
 CUresult fgc_cuMemAdvise_v2(CUdeviceptr devPtr, size_t count, CUmem_advise advice, CUmemLocation location) {

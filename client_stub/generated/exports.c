@@ -3231,49 +3231,25 @@ FGC_EXPORT CUresult CUDAAPI cuMemCreate(CUmemGenericAllocationHandle *handle, si
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemDiscardAndPrefetchBatchAsync(CUdeviceptr *dptrs, size_t *sizes, size_t count, CUmemLocation *prefetchLocs, size_t *prefetchLocIdxs, size_t numPrefetchLocs, unsigned long long flags, CUstream hStream) {
-    (void)dptrs;
-    (void)sizes;
-    (void)count;
-    (void)prefetchLocs;
-    (void)prefetchLocIdxs;
-    (void)numPrefetchLocs;
-    (void)flags;
-    (void)hStream;
-    static int logged;
-    return fgc_unsupported("cuMemDiscardAndPrefetchBatchAsync", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuMemDiscardAndPrefetchBatchAsync");
+    CUresult r_ = fgc_cuMemDiscardAndPrefetchBatchAsync(dptrs, sizes, count, prefetchLocs, prefetchLocIdxs, numPrefetchLocs, flags, hStream);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuMemDiscardAndPrefetchBatchAsync", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemDiscardAndPrefetchBatchAsync_ptsz(CUdeviceptr *dptrs, size_t *sizes, size_t count, CUmemLocation *prefetchLocs, size_t *prefetchLocIdxs, size_t numPrefetchLocs, unsigned long long flags, CUstream hStream) {
-    (void)dptrs;
-    (void)sizes;
-    (void)count;
-    (void)prefetchLocs;
-    (void)prefetchLocIdxs;
-    (void)numPrefetchLocs;
-    (void)flags;
-    (void)hStream;
-    static int logged;
-    return fgc_unsupported("cuMemDiscardAndPrefetchBatchAsync_ptsz", &logged);
+    return cuMemDiscardAndPrefetchBatchAsync(dptrs, sizes, count, prefetchLocs, prefetchLocIdxs, numPrefetchLocs, flags, fgc_ptsz_stream(hStream));
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemDiscardBatchAsync(CUdeviceptr *dptrs, size_t *sizes, size_t count, unsigned long long flags, CUstream hStream) {
-    (void)dptrs;
-    (void)sizes;
-    (void)count;
-    (void)flags;
-    (void)hStream;
-    static int logged;
-    return fgc_unsupported("cuMemDiscardBatchAsync", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuMemDiscardBatchAsync");
+    CUresult r_ = fgc_cuMemDiscardBatchAsync(dptrs, sizes, count, flags, hStream);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuMemDiscardBatchAsync", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemDiscardBatchAsync_ptsz(CUdeviceptr *dptrs, size_t *sizes, size_t count, unsigned long long flags, CUstream hStream) {
-    (void)dptrs;
-    (void)sizes;
-    (void)count;
-    (void)flags;
-    (void)hStream;
-    static int logged;
-    return fgc_unsupported("cuMemDiscardBatchAsync_ptsz", &logged);
+    return cuMemDiscardBatchAsync(dptrs, sizes, count, flags, fgc_ptsz_stream(hStream));
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemExportToShareableHandle(void *shareableHandle, CUmemGenericAllocationHandle handle, CUmemAllocationHandleType handleType, unsigned long long flags) {
@@ -3590,29 +3566,14 @@ FGC_EXPORT CUresult CUDAAPI cuMemPrefetchAsync_v2_ptsz(CUdeviceptr devPtr, size_
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemPrefetchBatchAsync(CUdeviceptr *dptrs, size_t *sizes, size_t count, CUmemLocation *prefetchLocs, size_t *prefetchLocIdxs, size_t numPrefetchLocs, unsigned long long flags, CUstream hStream) {
-    (void)dptrs;
-    (void)sizes;
-    (void)count;
-    (void)prefetchLocs;
-    (void)prefetchLocIdxs;
-    (void)numPrefetchLocs;
-    (void)flags;
-    (void)hStream;
-    static int logged;
-    return fgc_unsupported("cuMemPrefetchBatchAsync", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuMemPrefetchBatchAsync");
+    CUresult r_ = fgc_cuMemPrefetchBatchAsync(dptrs, sizes, count, prefetchLocs, prefetchLocIdxs, numPrefetchLocs, flags, hStream);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuMemPrefetchBatchAsync", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemPrefetchBatchAsync_ptsz(CUdeviceptr *dptrs, size_t *sizes, size_t count, CUmemLocation *prefetchLocs, size_t *prefetchLocIdxs, size_t numPrefetchLocs, unsigned long long flags, CUstream hStream) {
-    (void)dptrs;
-    (void)sizes;
-    (void)count;
-    (void)prefetchLocs;
-    (void)prefetchLocIdxs;
-    (void)numPrefetchLocs;
-    (void)flags;
-    (void)hStream;
-    static int logged;
-    return fgc_unsupported("cuMemPrefetchBatchAsync_ptsz", &logged);
+    return cuMemPrefetchBatchAsync(dptrs, sizes, count, prefetchLocs, prefetchLocIdxs, numPrefetchLocs, flags, fgc_ptsz_stream(hStream));
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemRangeGetAttribute(void *data, size_t dataSize, CUmem_range_attribute attribute, CUdeviceptr devPtr, size_t count) {

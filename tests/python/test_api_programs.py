@@ -63,8 +63,12 @@ def test_vmm_occupancy_profiler_program(programs: dict[str, Path], node_server: 
 def test_managed_and_mapped_memory_program(programs: dict[str, Path], node_server: NodeServer) -> None:
     out = _passed(_run(programs["api_managed"], node_server), node_server)
     checks = [ln for ln in out if ln.endswith(" ok")]
-    assert len(checks) == 13, out
+    assert len(checks) == 16, out
     assert "read mostly: 1" in out and "preferred location: 0" in out and "last prefetch location: 0" in out
+    assert "batched prefetch last locations: 0 -1" in out, out  # device 0 and cudaCpuDeviceId
+    for what in ("prefetch with flags", "prefetch not starting at index 0", "prefetch of device memory",
+                 "discard of device memory", "discard past the allocation", "discard on the legacy stream"):
+        assert f"batched {what}: cudaErrorInvalidValue" in out, out
     assert "read mostly after unset: 0" in out
     assert "managed pointer type 3, device 0, host pointer same" in out  # cudaMemoryTypeManaged
     assert "device pointer type 2" in out

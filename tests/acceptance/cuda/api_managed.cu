@@ -1,6 +1,7 @@
 // api_managed.cu - acceptance: managed memory (cudaMallocManaged with host writes before and host reads after
 // kernels, partial host updates, copies and memsets into and out of it, prefetch, advice and the range
-// attributes they set, stream attachment to the host and back, pointer attributes, odd sizes) and mapped host
+// attributes they set, the batched prefetch and discards of CUDA 13 with the arguments the driver refuses, stream
+// attachment to the host and back, pointer attributes, odd sizes) and mapped host
 // memory (cudaHostAlloc(Mapped) and cudaHostRegister(Mapped) with cudaHostGetDevicePointer, written by kernels
 // and read by the host after synchronising). It follows CUDA's rules for devices without concurrent managed
 // access (no host access while kernels run), which every device allows. Checked exactly against the host
@@ -16,6 +17,79 @@
 
 static const int N = 1 << 20;
 static int blocks(int n) { return (n + 255) / 256; }
+
+// A deliberate error's name, cleared so that later checks of cudaGetLastError do not see it.
+static const char *refused(cudaError_t e)
+{
+    cudaGetLastError();
+    return cudaGetErrorName(e);
+}
+
+// The batched forms (CUDA 13): one prefetch of two ranges to two places, a discard whose range is written again
+// before it is read, a discard and prefetch before a kernel overwrites the range, and the arguments the driver
+// refuses. a, b and c hold N floats of managed memory (c's values are left as they are), dev N floats of device
+// memory.
+static void batched(float *a, float *b, float *c, float *dev, cudaStream_t s)
+{
+    const size_t bytes = N * sizeof(float);
+    cudaMemLocation dev0 = {cudaMemLocationTypeDevice, 0}, host = {cudaMemLocationTypeHost, 0};
+    void *ptrs[2] = {a, c};
+    size_t sizes[2] = {bytes, bytes};
+    cudaMemLocation locs[2] = {dev0, host};
+    size_t idxs[2] = {0, 1};
+    a[1] = 7.0f; // a host write the prefetch to the device must carry
+    CHECK(cudaMemPrefetchBatchAsync(ptrs, sizes, 2, locs, idxs, 2, 0, s));
+    fg_scale<<<blocks(N), 256, 0, s>>>(a, 2.0f, N);
+    CHECK(cudaStreamSynchronize(s));
+    int la = -5, lc = -5;
+    CHECK(cudaMemRangeGetAttribute(&la, sizeof la, cudaMemRangeAttributeLastPrefetchLocation, a, bytes));
+    CHECK(cudaMemRangeGetAttribute(&lc, sizeof lc, cudaMemRangeAttributeLastPrefetchLocation, c, bytes));
+    std::printf("batched prefetch last locations: %d %d\n", la, lc);
+    check("batched prefetch then kernel", a[1] == 14.0f);
+
+    // Discarded, then written by the host before anything reads it: the written values are what the kernel sees.
+    void *tail[1] = {a + N / 2};
+    size_t tail_bytes[1] = {bytes / 2};
+    CHECK(cudaMemDiscardBatchAsync(tail, tail_bytes, 1, 0, s));
+    CHECK(cudaStreamSynchronize(s));
+    for (int i = N / 2; i < N; i++)
+        a[i] = 1.0f;
+    fg_scale<<<blocks(N), 256, 0, s>>>(a, 3.0f, N);
+    CHECK(cudaStreamSynchronize(s));
+    bool ok = a[1] == 42.0f;
+    for (int i = N / 2; i < N; i++)
+        ok = ok && a[i] == 3.0f;
+    check("discarded range written again before it is read", ok);
+
+    // Discarded and prefetched to the device, then overwritten there by a kernel.
+    unsigned int *u = (unsigned int *)(void *)b;
+    void *head[1] = {u};
+    size_t head_bytes[1] = {4096 * sizeof(unsigned int)};
+    size_t idx0[1] = {0};
+    CHECK(cudaMemDiscardAndPrefetchBatchAsync(head, head_bytes, 1, &dev0, idx0, 1, 0, s));
+    fg_fill_u32<<<16, 256, 0, s>>>(u, 0x5151u, 4096);
+    CHECK(cudaStreamSynchronize(s));
+    CHECK(cudaMemRangeGetAttribute(&lc, sizeof lc, cudaMemRangeAttributeLastPrefetchLocation, u, head_bytes[0]));
+    ok = lc == 0;
+    for (int i = 0; i < 4096; i++)
+        ok = ok && u[i] == 0x5151u;
+    check("discarded and prefetched range overwritten by a kernel", ok);
+
+    size_t bad_idxs[2] = {1, 0};
+    void *not_managed[1] = {dev};
+    std::printf("batched prefetch with flags: %s\n",
+                refused(cudaMemPrefetchBatchAsync(ptrs, sizes, 2, locs, idxs, 2, 1, s)));
+    std::printf("batched prefetch not starting at index 0: %s\n",
+                refused(cudaMemPrefetchBatchAsync(ptrs, sizes, 2, locs, bad_idxs, 2, 0, s)));
+    std::printf("batched prefetch of device memory: %s\n",
+                refused(cudaMemPrefetchBatchAsync(not_managed, sizes, 1, locs, idx0, 1, 0, s)));
+    std::printf("batched discard of device memory: %s\n",
+                refused(cudaMemDiscardBatchAsync(not_managed, sizes, 1, 0, s)));
+    std::printf("batched discard past the allocation: %s\n",
+                refused(cudaMemDiscardBatchAsync(tail, sizes, 1, 0, s)));
+    std::printf("batched discard on the legacy stream: %s\n",
+                refused(cudaMemDiscardBatchAsync(ptrs, sizes, 2, 0, cudaStreamLegacy)));
+}
 
 static void managed()
 {
@@ -72,6 +146,7 @@ static void managed()
     fg_scale<<<blocks(N), 256, 0, s>>>(a, 2.0f, N);
     CHECK(cudaStreamSynchronize(s));
     check("prefetch then kernel on a stream", a[0] == 10.0f && a[3] == 66.0f && a[N - 1] == (float)(2 * (N - 1)));
+    batched(a, b, c, dev, s);
     CHECK(cudaMemAdvise(a, N * sizeof(float), cudaMemAdviseSetReadMostly, dev0));
     CHECK(cudaMemAdvise(a, N * sizeof(float), cudaMemAdviseSetPreferredLocation, dev0));
     int v = -5;
