@@ -78,10 +78,21 @@ int fgc_device_range_owner(uint64_t p, uint64_t *ctx, int *dev); /* its allocati
  * pool of the allocation holding p (0 when p is not stream-ordered memory). */
 void fgc_device_range_set_pool(uint64_t base, uint64_t pool, int dev);
 int fgc_device_range_pool(uint64_t p, uint64_t *pool, int *dev);
+/* The application's own VMM mapping at base (vmm.c): the driver takes no SYNC_MEMOPS on it. */
+void fgc_device_range_mark_vmm(uint64_t base);
+/* The SYNC_MEMOPS attribute of the range holding p, set to value first when set is 1: the value, -1 when p is no
+ * device range, -2 when it cannot be set there (an application's VMM mapping). _any: some range has it set. */
+int fgc_device_range_sync_memops(uint64_t p, int set, int value);
+int fgc_sync_memops_any(void);
+/* The end of a synchronous memset or copy to dst (any = 1: to memory not known here) that returned r: while the
+ * destination has SYNC_MEMOPS set, it waits for the device first (pointer.c). */
+CUresult fgc_sync_memop_done(CUresult r, uint64_t dst, int any);
 /* A module/library global the server named: its range is device memory for copies (unified.c). */
 void fgc_note_global(uint64_t p, uint64_t size);
 /* Page-locked host memory the stub handed out or registered (memory.c). */
 int fgc_host_block_find(const void *p, void **base, size_t *size, unsigned *flags);
+/* The SYNC_MEMOPS attribute of the block holding p, set to value first when set is 1; -1 when none holds p. */
+int fgc_host_block_sync_memops(const void *p, int set, int value);
 
 /* Thread-local current context (virtual id), kept in the stub; the server learns it lazily. */
 uint64_t fgc_ctx_current(void);

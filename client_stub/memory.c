@@ -212,6 +212,7 @@ typedef struct {
     size_t n;
     unsigned flags;
     int registered; /* cuMemHostRegister'ed caller memory: never unmapped here */
+    int sync_memops; /* CU_POINTER_ATTRIBUTE_SYNC_MEMOPS (pointer.c) */
 } host_block;
 
 static pthread_mutex_t host_mu = PTHREAD_MUTEX_INITIALIZER;
@@ -230,7 +231,7 @@ static CUresult host_track(void *p, size_t n, unsigned flags, int registered) {
         host_blocks = nb;
         host_cap = cap;
     }
-    host_blocks[host_n++] = (host_block){p, n, flags, registered};
+    host_blocks[host_n++] = (host_block){p, n, flags, registered, 0};
     pthread_mutex_unlock(&host_mu);
     return CUDA_SUCCESS;
 }
@@ -273,6 +274,20 @@ int fgc_host_block_find(const void *p, void **base, size_t *size, unsigned *flag
     }
     pthread_mutex_unlock(&host_mu);
     return hit;
+}
+
+int fgc_host_block_sync_memops(const void *p, int set, int value) {
+    int r = -1;
+    pthread_mutex_lock(&host_mu);
+    for (size_t i = 0; i < host_n && r < 0; i++) {
+        const char *b = (const char *)host_blocks[i].p;
+        if ((const char *)p >= b && (size_t)((const char *)p - b) < host_blocks[i].n) {
+            if (set) host_blocks[i].sync_memops = value;
+            r = host_blocks[i].sync_memops;
+        }
+    }
+    pthread_mutex_unlock(&host_mu);
+    return r;
 }
 
 /* Registering caller memory pins nothing here (the client has no GPU); it is remembered so pointer queries

@@ -1,6 +1,14 @@
-/* pointer.c — cuPointerGetAttribute(s), answered in the stub from what it knows: the device ranges the
- * server allocated (unified.c: with the pool of stream-ordered memory) and the page-locked host memory it handed
- * out or registered (memory.c). */
+/* pointer.c — cuPointerGetAttribute(s) and cuPointerSetAttribute, answered in the stub from what it knows: the
+ * device ranges the server allocated (unified.c: with the pool of stream-ordered memory) and the page-locked host
+ * memory it handed out or registered (memory.c).
+ *
+ * SYNC_MEMOPS, the one attribute an application sets, is kept with the range (it goes when the memory is freed)
+ * and kept here rather than forwarded: the node backs allocations with VMM mappings, on which the driver refuses
+ * it. Its promise is kept in the stub instead: a synchronous memset or copy whose destination has it set returns
+ * once the device has done it (the generated exports call fgc_sync_memop_done, which synchronises the legacy
+ * stream those operations run on), and setting it waits for the synchronous operations already queued. Under a
+ * stream capture neither waits (a legacy-stream synchronisation would end the capture). Destinations in host
+ * memory need nothing: copies to host memory are complete when they return. */
 #include <string.h>
 
 #include "fgc_impl.h"
@@ -57,9 +65,11 @@ static CUresult one(const ptr_info *i, CUpointer_attribute a, void *data, CUdevi
     case CU_POINTER_ATTRIBUTE_IS_GPU_DIRECT_RDMA_CAPABLE:
         *(int *)data = 0;
         return CUDA_SUCCESS;
-    case CU_POINTER_ATTRIBUTE_SYNC_MEMOPS: /* off unless set with cuPointerSetAttribute, which is not forwarded */
-        *(int *)data = 0;
+    case CU_POINTER_ATTRIBUTE_SYNC_MEMOPS: { /* off unless set with cuPointerSetAttribute */
+        int v = i->device ? fgc_device_range_sync_memops(p, 0, 0) : fgc_host_block_sync_memops((const void *)p, 0, 0);
+        *(int *)data = v > 0;
         return CUDA_SUCCESS;
+    }
     case CU_POINTER_ATTRIBUTE_MAPPED:
         *(int *)data = 1;
         return CUDA_SUCCESS;
@@ -143,4 +153,32 @@ CUresult fgc_cuPointerGetAttributes(unsigned int numAttributes, CUpointer_attrib
             return r;
     }
     return CUDA_SUCCESS;
+}
+
+/* Queued synchronous memory operations done: the legacy stream they run on, synchronised (not under a capture). */
+static CUresult drain_sync_memops(void) {
+    if (fgc_capture_active() || !fgc_ctx_current()) return CUDA_SUCCESS;
+    return cuStreamSynchronize(NULL);
+}
+
+CUresult fgc_cuPointerSetAttribute(const void *value, CUpointer_attribute attribute, CUdeviceptr ptr) {
+    FGC_REQUIRE_INIT();
+    if (!value || attribute != CU_POINTER_ATTRIBUTE_SYNC_MEMOPS) return CUDA_ERROR_INVALID_VALUE;
+    ptr_info i = classify(ptr);
+    if (i.device < 0) return CUDA_ERROR_INVALID_VALUE;
+    int on = *(const unsigned *)value != 0;
+    if (!i.device) {
+        fgc_host_block_sync_memops((const void *)(uintptr_t)ptr, 1, on);
+        return CUDA_SUCCESS;
+    }
+    int r = fgc_device_range_sync_memops(ptr, 1, on);
+    if (r == -2) return CUDA_ERROR_NOT_SUPPORTED; /* the application's own VMM mapping, as the driver answers */
+    if (r < 0) return CUDA_ERROR_INVALID_VALUE;
+    return on ? drain_sync_memops() : CUDA_SUCCESS;
+}
+
+CUresult fgc_sync_memop_done(CUresult r, uint64_t dst, int any) {
+    if (r != CUDA_SUCCESS || !fgc_sync_memops_any()) return r;
+    if (!any && fgc_device_range_sync_memops(dst, 0, 0) != 1) return r;
+    return drain_sync_memops();
 }

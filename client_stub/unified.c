@@ -2,7 +2,9 @@
  * server handed out, so a unified cuMemcpy can tell device from host addresses (as UVA does) and become
  * the right host↔device transfer; only device↔device copies are replayed as such on the server, which
  * checks both ranges belong to the session. A range of stream-ordered memory also remembers its pool (the
- * MEMPOOL_HANDLE pointer attribute). */
+ * MEMPOOL_HANDLE pointer attribute); a range remembers whether it is the application's own VMM mapping and its
+ * SYNC_MEMOPS pointer attribute (pointer.c), which goes with it when it is freed. */
+#include <stdatomic.h>
 #include <stdlib.h>
 
 #include "fgc_impl.h"
@@ -15,11 +17,14 @@ typedef struct {
     int pooled;   /* stream-ordered memory of a pool (cuMemAllocAsync, cuMemAllocFromPoolAsync) */
     int pool_dev; /* then: the pool's device, and its id (0: the device's default pool, id not yet known) */
     uint64_t pool;
+    int vmm;        /* mapped by the application with cuMemMap (vmm.c) */
+    int sync_memops; /* CU_POINTER_ATTRIBUTE_SYNC_MEMOPS */
 } range;
 
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 static range *ranges;
 static size_t n_ranges, cap_ranges;
+static _Atomic int n_sync_memops; /* ranges with SYNC_MEMOPS set */
 
 void fgc_device_range_add(uint64_t base, uint64_t size) {
     uint64_t ctx = fgc_ctx_current();
@@ -33,7 +38,7 @@ void fgc_device_range_add(uint64_t base, uint64_t size) {
         ranges = nr;
         cap_ranges = cap;
     }
-    ranges[n_ranges++] = (range){base, size, ctx, (int)dev, 0, 0, 0};
+    ranges[n_ranges++] = (range){base, size, ctx, (int)dev, 0, 0, 0, 0, 0};
     pthread_mutex_unlock(&mu);
 }
 
@@ -55,9 +60,42 @@ void fgc_note_global(uint64_t p, uint64_t size) {
 void fgc_device_range_remove(uint64_t base) {
     pthread_mutex_lock(&mu);
     for (size_t i = 0; i < n_ranges; i++)
-        if (ranges[i].base == base) { ranges[i] = ranges[--n_ranges]; break; }
+        if (ranges[i].base == base) {
+            if (ranges[i].sync_memops) atomic_fetch_sub(&n_sync_memops, 1);
+            ranges[i] = ranges[--n_ranges];
+            break;
+        }
     pthread_mutex_unlock(&mu);
 }
+
+/* The range holding p: its index, or -1 (mu held). */
+static long range_of(uint64_t p) {
+    for (size_t i = 0; i < n_ranges; i++)
+        if (p >= ranges[i].base && p - ranges[i].base < ranges[i].size) return (long)i;
+    return -1;
+}
+
+void fgc_device_range_mark_vmm(uint64_t base) {
+    pthread_mutex_lock(&mu);
+    long i = range_of(base);
+    if (i >= 0 && ranges[i].base == base) ranges[i].vmm = 1;
+    pthread_mutex_unlock(&mu);
+}
+
+int fgc_device_range_sync_memops(uint64_t p, int set, int value) {
+    pthread_mutex_lock(&mu);
+    long i = range_of(p);
+    int r = i < 0 ? -1 : set && ranges[i].vmm ? -2 : ranges[i].sync_memops;
+    if (r >= 0 && set && value != ranges[i].sync_memops) {
+        ranges[i].sync_memops = value;
+        atomic_fetch_add(&n_sync_memops, value ? 1 : -1);
+        r = value;
+    }
+    pthread_mutex_unlock(&mu);
+    return r;
+}
+
+int fgc_sync_memops_any(void) { return atomic_load(&n_sync_memops) > 0; }
 
 int fgc_device_range_find(uint64_t p, uint64_t *base, uint64_t *size) {
     int hit = 0;

@@ -33,6 +33,7 @@ static void note_map(uint64_t p, uint64_t n) {
     maps[n_maps++] = (mapping){p, n};
     pthread_mutex_unlock(&map_mu);
     fgc_device_range_add(p, n);
+    fgc_device_range_mark_vmm(p);
 }
 
 static void forget_maps(uint64_t p, uint64_t n) {

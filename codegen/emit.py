@@ -151,11 +151,19 @@ def _export(e: Export, ops: dict[str, Op]) -> str:
     fn = e.fn
     sig = fn.signature() if fn else f"CUresult CUDAAPI {e.name}(void)"
     lines = [f"FGC_EXPORT {sig} {{\n"]
+    # A synchronous memory operation waits for the device when its destination asked so (SYNC_MEMOPS, pointer.c).
+    dst = "0, 1" if e.sync_memop == "*" else f"(uint64_t)(uintptr_t){e.sync_memop}, 0"
     if e.kind == "op":
-        lines += ["    FGC_REQUIRE_INIT();\n", *_client_generic(ops[e.name])]
+        body = _client_generic(ops[e.name])
+        if e.sync_memop:
+            assert body[-1] == "    return fgc_async();\n", e.name
+            body[-1] = f"    return fgc_sync_memop_done(fgc_async(), {dst});\n"
+        lines += ["    FGC_REQUIRE_INIT();\n", *body]
     elif e.kind == "client":
         lines.append(f'    fgc_log(FGC_LOG_TRACE, "= {e.name}");\n')
         lines.append(f"    CUresult r_ = fgc_{e.name}({_args(fn) if fn else ''});\n")
+        if e.sync_memop:
+            lines.append(f"    r_ = fgc_sync_memop_done(r_, {dst});\n")
         lines.append(f'    if (r_ != CUDA_SUCCESS) fgc_trace_failure("{e.name}", r_);\n    return r_;\n')
     elif e.kind == "alias":
         lines.append(f"    return {e.target}({_args(fn) if fn else ''});\n")

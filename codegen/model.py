@@ -48,6 +48,7 @@ class Export:
     kind: str  # "op" | "client" | "variant" | "alias" | "unsupported"
     target: str = ""  # for variant/alias: the implementation it forwards to
     stream_param: str = ""  # for variant: the CUstream param to map NULL -> per-thread
+    sync_memop: str = ""  # a synchronous memory operation: its destination param ("*": any), for SYNC_MEMOPS
 
 
 @dataclass
@@ -190,7 +191,10 @@ def build(h: Headers) -> Model:
         fn = h.internal.get(name)
         if name in implemented:
             kind = "op" if any(o.name == name and o.impl == "generic" for o in ops) else "client"
-            exports.append(Export(name, fn, kind))
+            dst = str(fns[name].get("sync_memop", ""))
+            if dst and dst != "*" and (fn is None or dst not in [p.name for p in fn.params]):
+                raise SystemExit(f"{name}: sync_memop names {dst}, which is not a parameter")
+            exports.append(Export(name, fn, kind, sync_memop=dst))
             continue
         if name in aliases and fn is not None:
             target = aliases[name]

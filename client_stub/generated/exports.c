@@ -2769,6 +2769,7 @@ FGC_EXPORT CUresult CUDAAPI cuMemBatchDecompressAsync_ptsz(CUmemDecompressParams
 FGC_EXPORT CUresult CUDAAPI cuMemcpy(CUdeviceptr dst, CUdeviceptr src, size_t ByteCount) {
     fgc_log(FGC_LOG_TRACE, "= cuMemcpy");
     CUresult r_ = fgc_cuMemcpy(dst, src, ByteCount);
+    r_ = fgc_sync_memop_done(r_, (uint64_t)(uintptr_t)dst, 0);
     if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuMemcpy", r_);
     return r_;
 }
@@ -2806,6 +2807,7 @@ FGC_EXPORT CUresult CUDAAPI cuMemcpy2DUnaligned(const CUDA_MEMCPY2D_v1 *pCopy) {
 FGC_EXPORT CUresult CUDAAPI cuMemcpy2DUnaligned_v2(const CUDA_MEMCPY2D *pCopy) {
     fgc_log(FGC_LOG_TRACE, "= cuMemcpy2DUnaligned_v2");
     CUresult r_ = fgc_cuMemcpy2DUnaligned_v2(pCopy);
+    r_ = fgc_sync_memop_done(r_, 0, 1);
     if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuMemcpy2DUnaligned_v2", r_);
     return r_;
 }
@@ -2817,6 +2819,7 @@ FGC_EXPORT CUresult CUDAAPI cuMemcpy2DUnaligned_v2_ptds(const CUDA_MEMCPY2D *pCo
 FGC_EXPORT CUresult CUDAAPI cuMemcpy2D_v2(const CUDA_MEMCPY2D *pCopy) {
     fgc_log(FGC_LOG_TRACE, "= cuMemcpy2D_v2");
     CUresult r_ = fgc_cuMemcpy2D_v2(pCopy);
+    r_ = fgc_sync_memop_done(r_, 0, 1);
     if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuMemcpy2D_v2", r_);
     return r_;
 }
@@ -2874,6 +2877,7 @@ FGC_EXPORT CUresult CUDAAPI cuMemcpy3DBatchAsync_v2_ptsz(size_t numOps, CUDA_MEM
 FGC_EXPORT CUresult CUDAAPI cuMemcpy3DPeer(const CUDA_MEMCPY3D_PEER *pCopy) {
     fgc_log(FGC_LOG_TRACE, "= cuMemcpy3DPeer");
     CUresult r_ = fgc_cuMemcpy3DPeer(pCopy);
+    r_ = fgc_sync_memop_done(r_, 0, 1);
     if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuMemcpy3DPeer", r_);
     return r_;
 }
@@ -2896,6 +2900,7 @@ FGC_EXPORT CUresult CUDAAPI cuMemcpy3DPeer_ptds(const CUDA_MEMCPY3D_PEER *pCopy)
 FGC_EXPORT CUresult CUDAAPI cuMemcpy3D_v2(const CUDA_MEMCPY3D *pCopy) {
     fgc_log(FGC_LOG_TRACE, "= cuMemcpy3D_v2");
     CUresult r_ = fgc_cuMemcpy3D_v2(pCopy);
+    r_ = fgc_sync_memop_done(r_, 0, 1);
     if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuMemcpy3D_v2", r_);
     return r_;
 }
@@ -2948,6 +2953,7 @@ FGC_EXPORT CUresult CUDAAPI cuMemcpyAtoD(CUdeviceptr_v1 dstDevice, CUarray srcAr
 FGC_EXPORT CUresult CUDAAPI cuMemcpyAtoD_v2(CUdeviceptr dstDevice, CUarray srcArray, size_t srcOffset, size_t ByteCount) {
     fgc_log(FGC_LOG_TRACE, "= cuMemcpyAtoD_v2");
     CUresult r_ = fgc_cuMemcpyAtoD_v2(dstDevice, srcArray, srcOffset, ByteCount);
+    r_ = fgc_sync_memop_done(r_, (uint64_t)(uintptr_t)dstDevice, 0);
     if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuMemcpyAtoD_v2", r_);
     return r_;
 }
@@ -3070,6 +3076,7 @@ FGC_EXPORT CUresult CUDAAPI cuMemcpyDtoDAsync_v2_ptsz(CUdeviceptr dstDevice, CUd
 FGC_EXPORT CUresult CUDAAPI cuMemcpyDtoD_v2(CUdeviceptr dstDevice, CUdeviceptr srcDevice, size_t ByteCount) {
     fgc_log(FGC_LOG_TRACE, "= cuMemcpyDtoD_v2");
     CUresult r_ = fgc_cuMemcpyDtoD_v2(dstDevice, srcDevice, ByteCount);
+    r_ = fgc_sync_memop_done(r_, (uint64_t)(uintptr_t)dstDevice, 0);
     if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuMemcpyDtoD_v2", r_);
     return r_;
 }
@@ -3189,6 +3196,7 @@ FGC_EXPORT CUresult CUDAAPI cuMemcpyHtoDAsync_v2_ptsz(CUdeviceptr dstDevice, con
 FGC_EXPORT CUresult CUDAAPI cuMemcpyHtoD_v2(CUdeviceptr dstDevice, const void *srcHost, size_t ByteCount) {
     fgc_log(FGC_LOG_TRACE, "= cuMemcpyHtoD_v2");
     CUresult r_ = fgc_cuMemcpyHtoD_v2(dstDevice, srcHost, ByteCount);
+    r_ = fgc_sync_memop_done(r_, (uint64_t)(uintptr_t)dstDevice, 0);
     if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuMemcpyHtoD_v2", r_);
     return r_;
 }
@@ -3200,6 +3208,7 @@ FGC_EXPORT CUresult CUDAAPI cuMemcpyHtoD_v2_ptds(CUdeviceptr dstDevice, const vo
 FGC_EXPORT CUresult CUDAAPI cuMemcpyPeer(CUdeviceptr dstDevice, CUcontext dstContext, CUdeviceptr srcDevice, CUcontext srcContext, size_t ByteCount) {
     fgc_log(FGC_LOG_TRACE, "= cuMemcpyPeer");
     CUresult r_ = fgc_cuMemcpyPeer(dstDevice, dstContext, srcDevice, srcContext, ByteCount);
+    r_ = fgc_sync_memop_done(r_, (uint64_t)(uintptr_t)dstDevice, 0);
     if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuMemcpyPeer", r_);
     return r_;
 }
@@ -3641,7 +3650,7 @@ FGC_EXPORT CUresult CUDAAPI cuMemsetD16_v2(CUdeviceptr dstDevice, unsigned short
     fg_put(w, &dstDevice, sizeof(dstDevice));
     fg_put(w, &us, sizeof(us));
     fg_put(w, &N, sizeof(N));
-    return fgc_async();
+    return fgc_sync_memop_done(fgc_async(), (uint64_t)(uintptr_t)dstDevice, 0);
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemsetD16_v2_ptds(CUdeviceptr dstDevice, unsigned short us, size_t N) {
@@ -3684,7 +3693,7 @@ FGC_EXPORT CUresult CUDAAPI cuMemsetD2D16_v2(CUdeviceptr dstDevice, size_t dstPi
     fg_put(w, &us, sizeof(us));
     fg_put(w, &Width, sizeof(Width));
     fg_put(w, &Height, sizeof(Height));
-    return fgc_async();
+    return fgc_sync_memop_done(fgc_async(), (uint64_t)(uintptr_t)dstDevice, 0);
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemsetD2D16_v2_ptds(CUdeviceptr dstDevice, size_t dstPitch, unsigned short us, size_t Width, size_t Height) {
@@ -3727,7 +3736,7 @@ FGC_EXPORT CUresult CUDAAPI cuMemsetD2D32_v2(CUdeviceptr dstDevice, size_t dstPi
     fg_put(w, &ui, sizeof(ui));
     fg_put(w, &Width, sizeof(Width));
     fg_put(w, &Height, sizeof(Height));
-    return fgc_async();
+    return fgc_sync_memop_done(fgc_async(), (uint64_t)(uintptr_t)dstDevice, 0);
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemsetD2D32_v2_ptds(CUdeviceptr dstDevice, size_t dstPitch, unsigned int ui, size_t Width, size_t Height) {
@@ -3770,7 +3779,7 @@ FGC_EXPORT CUresult CUDAAPI cuMemsetD2D8_v2(CUdeviceptr dstDevice, size_t dstPit
     fg_put(w, &uc, sizeof(uc));
     fg_put(w, &Width, sizeof(Width));
     fg_put(w, &Height, sizeof(Height));
-    return fgc_async();
+    return fgc_sync_memop_done(fgc_async(), (uint64_t)(uintptr_t)dstDevice, 0);
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemsetD2D8_v2_ptds(CUdeviceptr dstDevice, size_t dstPitch, unsigned char uc, size_t Width, size_t Height) {
@@ -3807,7 +3816,7 @@ FGC_EXPORT CUresult CUDAAPI cuMemsetD32_v2(CUdeviceptr dstDevice, unsigned int u
     fg_put(w, &dstDevice, sizeof(dstDevice));
     fg_put(w, &ui, sizeof(ui));
     fg_put(w, &N, sizeof(N));
-    return fgc_async();
+    return fgc_sync_memop_done(fgc_async(), (uint64_t)(uintptr_t)dstDevice, 0);
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemsetD32_v2_ptds(CUdeviceptr dstDevice, unsigned int ui, size_t N) {
@@ -3844,7 +3853,7 @@ FGC_EXPORT CUresult CUDAAPI cuMemsetD8_v2(CUdeviceptr dstDevice, unsigned char u
     fg_put(w, &dstDevice, sizeof(dstDevice));
     fg_put(w, &uc, sizeof(uc));
     fg_put(w, &N, sizeof(N));
-    return fgc_async();
+    return fgc_sync_memop_done(fgc_async(), (uint64_t)(uintptr_t)dstDevice, 0);
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemsetD8_v2_ptds(CUdeviceptr dstDevice, unsigned char uc, size_t N) {
@@ -4196,11 +4205,10 @@ FGC_EXPORT CUresult CUDAAPI cuPointerGetAttributes(unsigned int numAttributes, C
 }
 
 FGC_EXPORT CUresult CUDAAPI cuPointerSetAttribute(const void *value, CUpointer_attribute attribute, CUdeviceptr ptr) {
-    (void)value;
-    (void)attribute;
-    (void)ptr;
-    static int logged;
-    return fgc_unsupported("cuPointerSetAttribute", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuPointerSetAttribute");
+    CUresult r_ = fgc_cuPointerSetAttribute(value, attribute, ptr);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuPointerSetAttribute", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuProfilerInitialize(void) {

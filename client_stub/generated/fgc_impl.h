@@ -196,6 +196,7 @@ CUresult CUDAAPI fgc_cuOccupancyMaxPotentialBlockSizeWithFlags(int *minGridSize,
 CUresult CUDAAPI fgc_cuOccupancyMaxPotentialClusterSize(int *clusterSize, CUfunction func, const CUlaunchConfig *config);
 CUresult CUDAAPI fgc_cuPointerGetAttribute(void *data, CUpointer_attribute attribute, CUdeviceptr ptr);
 CUresult CUDAAPI fgc_cuPointerGetAttributes(unsigned int numAttributes, CUpointer_attribute *attributes, void **data, CUdeviceptr ptr);
+CUresult CUDAAPI fgc_cuPointerSetAttribute(const void *value, CUpointer_attribute attribute, CUdeviceptr ptr);
 CUresult CUDAAPI fgc_cuProfilerStart(void);
 CUresult CUDAAPI fgc_cuProfilerStop(void);
 CUresult CUDAAPI fgc_cuStreamAddCallback(CUstream hStream, CUstreamCallback callback, void *userData, unsigned int flags);

@@ -96,7 +96,7 @@ def test_graph_queries_and_memory_nodes_program(programs: dict[str, Path], node_
 
 def test_conditional_graph_nodes_program(programs: dict[str, Path], node_server: NodeServer) -> None:
     out = _passed(_run(programs["api_graph_cond"], node_server), node_server)
-    assert len([ln for ln in out if ln.endswith(" ok")]) == 7, out
+    assert len([ln for ln in out if ln.endswith(" ok")]) == 8, out
 
 
 def test_stream_ordered_allocation_and_pools_program(programs: dict[str, Path], node_server: NodeServer) -> None:
@@ -152,7 +152,7 @@ def test_batched_and_peer_3d_copies_program(programs: dict[str, Path], node_serv
 
 def test_driver_queries_program(programs: dict[str, Path], node_server: NodeServer) -> None:
     out = _passed(_run(programs["api_queries"], node_server), node_server)
-    assert len([ln for ln in out if ln.endswith(" ok")]) == 7, out
+    assert len([ln for ln in out if ln.endswith(" ok")]) == 8, out
     assert "library kernels 2: fg_fill_u32 fg_scale" in out, out
     for line in ("device LUID: CUDA_ERROR_NOT_SUPPORTED",  # as a Linux driver: the simulated device says so too
                  "host atomic capabilities of an invalid operation: CUDA_ERROR_INVALID_VALUE",
@@ -165,7 +165,10 @@ def test_driver_queries_program(programs: dict[str, Path], node_server: NodeServ
                  "sparse properties of an ordinary array: CUDA_ERROR_INVALID_VALUE",
                  "sparse array: mip tail first level 0 size 0 flags 0",  # documented for a sparse array without layers
                  "sparse properties without an output: CUDA_ERROR_INVALID_VALUE",
-                 "sparse properties of a mipmapped array's level: CUDA_ERROR_INVALID_VALUE"):
+                 "sparse properties of a mipmapped array's level: CUDA_ERROR_INVALID_VALUE",
+                 "sync memops of fresh memory: 0", "sync memops after setting it: 1",
+                 "setting another attribute: CUDA_ERROR_INVALID_VALUE", "sync memops after unsetting it: 0",
+                 "sync memops on a VMM mapping: CUDA_ERROR_NOT_SUPPORTED"):
         assert line in out, out
 
 

@@ -6,7 +6,9 @@
 // hold its elements); a mipmapped array's memory requirements (the same rule over all its levels); the sparse
 // layout of a sparse array (tile extents, no mip tail), of a sparse mipmapped array (the same tiles, a mip tail
 // from the first level smaller than a tile) and the refusals for arrays that are not sparse and for a level of a
-// mipmapped array. Results the driver documents are printed by name; the rest are checked as relations.
+// mipmapped array; the one pointer attribute an application sets (SYNC_MEMOPS: read back, kept by data written
+// into the memory, refused for other attributes and for the application's own VMM mapping). Results the driver
+// documents are printed by name; the rest are checked as relations.
 // The PTX kernels carry the test kernels' names and parameter layouts, so the simulated device loads them too.
 // acceptance: link=-lcuda
 #include <algorithm>
@@ -141,6 +143,52 @@ static void sparse_layouts()
     CU_CHECK(cuMipmappedArrayDestroy(mip));
 }
 
+// SYNC_MEMOPS set on device memory reads back, synchronous memsets and copies into it land, other attributes
+// are refused, and so is memory mapped with the VMM API.
+static void sync_memops()
+{
+    const size_t n = 1 << 20;
+    CUdeviceptr p;
+    CU_CHECK(cuMemAlloc(&p, n));
+    unsigned int one = 1, zero = 0;
+    int v = -1;
+    CU_CHECK(cuPointerGetAttribute(&v, CU_POINTER_ATTRIBUTE_SYNC_MEMOPS, p));
+    std::printf("sync memops of fresh memory: %d\n", v);
+    CU_CHECK(cuPointerSetAttribute(&one, CU_POINTER_ATTRIBUTE_SYNC_MEMOPS, p));
+    CU_CHECK(cuPointerGetAttribute(&v, CU_POINTER_ATTRIBUTE_SYNC_MEMOPS, p + 4096));
+    std::printf("sync memops after setting it: %d\n", v);
+    std::vector<unsigned char> host(8192, 7), back(8192);
+    CU_CHECK(cuMemsetD8(p, 3, n));
+    CU_CHECK(cuMemcpyHtoD(p + 4096, host.data(), 4096));
+    CU_CHECK(cuMemcpyDtoH(back.data(), p, 8192));
+    check("synchronous memset and copy into it land", back[0] == 3 && back[4095] == 3 && back[4096] == 7 &&
+                                                         back[8191] == 7);
+    std::printf("setting another attribute: %s\n",
+                name_of(cuPointerSetAttribute(&one, CU_POINTER_ATTRIBUTE_MEMORY_TYPE, p)));
+    CU_CHECK(cuPointerSetAttribute(&zero, CU_POINTER_ATTRIBUTE_SYNC_MEMOPS, p));
+    CU_CHECK(cuPointerGetAttribute(&v, CU_POINTER_ATTRIBUTE_SYNC_MEMOPS, p));
+    std::printf("sync memops after unsetting it: %d\n", v);
+    CU_CHECK(cuMemFree(p));
+
+    CUmemAllocationProp prop;
+    std::memset(&prop, 0, sizeof prop);
+    prop.type = CU_MEM_ALLOCATION_TYPE_PINNED;
+    prop.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+    prop.location.id = 0;
+    size_t g = 0;
+    CU_CHECK(cuMemGetAllocationGranularity(&g, &prop, CU_MEM_ALLOC_GRANULARITY_MINIMUM));
+    CUdeviceptr va;
+    CUmemGenericAllocationHandle h;
+    CU_CHECK(cuMemAddressReserve(&va, g, 0, 0, 0));
+    CU_CHECK(cuMemCreate(&h, g, &prop, 0));
+    CU_CHECK(cuMemMap(va, g, 0, h, 0));
+    std::printf("sync memops on a VMM mapping: %s\n",
+                name_of(cuPointerSetAttribute(&one, CU_POINTER_ATTRIBUTE_SYNC_MEMOPS, va)));
+    CU_CHECK(cuMemUnmap(va, g));
+    CU_CHECK(cuMemRelease(h));
+    CU_CHECK(cuMemAddressFree(va, g));
+}
+
 int main()
 {
     CHECK(cudaSetDevice(0));
@@ -221,6 +269,7 @@ int main()
     }
     mipmap_requirements(d);
     sparse_layouts();
+    sync_memops();
     std::printf("%s\n", g_fail ? "FAIL" : "PASS");
     return g_fail;
 }
