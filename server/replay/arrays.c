@@ -263,6 +263,15 @@ CUresult fgs_cuTexObjectCreate(fgs_session *S, fg_reader *r, fg_writer *out) {
     return res;
 }
 
+/* Texture and surface objects are the driver's own values, handed to the client and passed by it into kernels:
+ * a worker rebuilt for a parked session cannot promise the same values, so while any is alive the session is not
+ * parked (park.c). A destroy the driver accepted named a live object. */
+void fgs_texsurf_note(fgs_session *S, unsigned op, CUresult res) {
+    if (res != CUDA_SUCCESS) return;
+    if (op == FG_OP_cuTexObjectCreate || op == FG_OP_cuSurfObjectCreate) S->n_texsurf++;
+    else if ((op == FG_OP_cuTexObjectDestroy || op == FG_OP_cuSurfObjectDestroy) && S->n_texsurf) S->n_texsurf--;
+}
+
 CUresult fgs_cuSurfObjectCreate(fgs_session *S, fg_reader *r, fg_writer *out) {
     CUDA_RESOURCE_DESC rd;
     fg_get(r, &rd, sizeof rd);

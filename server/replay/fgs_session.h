@@ -127,6 +127,7 @@ typedef struct fgs_session {
     struct fgs_reattach *reattach; /* a client coming back after its connection dropped (reattach.c) */
     struct fgs_borrow *borrowed; /* child graphs' ids, owned by their parents' nodes (graph_query.c) */
     size_t n_borrowed, cap_borrowed;
+    uint32_t n_texsurf; /* texture and surface objects alive (arrays.c): their values are the driver's own */
 } fgs_session;
 
 int fgs_handle_get(fgs_session *S, int kind, uint64_t id, void **real);
@@ -173,6 +174,7 @@ int fgs_mempool_range(fgs_session *S, CUdeviceptr p, uint64_t *base, uint64_t *s
 int fgs_mempool_holds(fgs_session *S, CUdeviceptr p); /* p is memory of a pool (not legacy-IPC capable, as natively) */
 void fgs_mempool_reap(fgs_session *S, unsigned last_op, const uint8_t *args, size_t len);
 void fgs_capture_watch(fgs_session *S, unsigned op, const uint8_t *args, size_t len, CUresult res); /* capture_watch.c */
+void fgs_texsurf_note(fgs_session *S, unsigned op, CUresult res); /* arrays.c */
 void fgs_capture_began(uint64_t sid); /* capture.c: stream sid began a capture into a graph of its own */
 void fgs_mempool_drain(fgs_session *S);
 void fgs_mempool_close(fgs_session *S);

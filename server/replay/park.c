@@ -103,6 +103,8 @@ static const char *unparkable(fgs_session *S) {
         return "it holds CUDA graphs, which parking cannot rebuild";
     if (live(S, FGH_LINKSTATE)) return "it holds a JIT link state";
     if (live(S, FGH_ARRAY) || live(S, FGH_MIPMAPPEDARRAY)) return "it holds CUDA arrays, which parking does not restore";
+    if (S->n_texsurf)
+        return "it holds texture or surface objects, whose values a rebuilt worker cannot promise to keep";
     if (S->vmm) return "it maps memory itself with the VMM API (cuMemCreate/cuMemMap), which parking does not restore";
     for (size_t i = 0; i < S->n_allocs; i++)
         if (S->allocs[i].client_vmm) return "it maps memory itself with the VMM API, which parking does not restore";

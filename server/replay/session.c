@@ -572,6 +572,7 @@ FGS_EXPORT int fgs_serve(fgs_session *S, int fd, int ctl_fd, char *reason, unsig
                 res = fgs_dispatch(S, rec.op, &args, &out);
             if (S->journal) fgs_journal_note(S, rec.op, rec.args, rec.length, res, &out, out_before);
             fgs_capture_watch(S, rec.op, rec.args, rec.length, res);
+            fgs_texsurf_note(S, rec.op, res);
             if (res == FGS_PROTOCOL_ERROR || res == FGS_UNKNOWN_OP) {
                 bad = fgs_bulk_error(S) ? fgs_bulk_error(S) : "malformed arguments";
                 break;

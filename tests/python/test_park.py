@@ -125,9 +125,7 @@ UNPARKABLE = PRELUDE + r'''
 ctx0()
 r, p = alloc(1 << 20); ok(r, "alloc")
 ok(cu.cuMemsetD8_v2(ctypes.c_uint64(p), ctypes.c_ubyte(7), ctypes.c_size_t(1 << 20)), "memset")
-va = ctypes.c_uint64()  # the client's own VMM reservation: parking does not restore those
-ok(cu.cuMemAddressReserve(ctypes.byref(va), ctypes.c_size_t(2 << 20), ctypes.c_size_t(0), ctypes.c_uint64(0),
-                          ctypes.c_ulonglong(0)), "reserve")
+BLOCKER
 print("READY", flush=True)
 sys.stdin.readline()
 out = ctypes.create_string_buffer(16)
@@ -135,16 +133,37 @@ ok(cu.cuMemcpyDtoH_v2(out, ctypes.c_uint64(p), ctypes.c_size_t(16)), "dtoh")
 print("SAME" if out.raw == bytes([7]) * 16 else "DIFFERENT", flush=True)
 '''
 
+# What keeps a session from parking, and a word its reason must name.
+BLOCKERS = {
+    "vmm": (  # the client's own VMM reservation: parking does not restore those
+        """va = ctypes.c_uint64()
+ok(cu.cuMemAddressReserve(ctypes.byref(va), ctypes.c_size_t(2 << 20), ctypes.c_size_t(0), ctypes.c_uint64(0),
+                          ctypes.c_ulonglong(0)), "reserve")""",
+        "VMM",
+    ),
+    "texture": (  # a texture object over the allocation: its value is the driver's, which a new worker may not repeat
+        """import struct
+rd = ctypes.create_string_buffer(struct.pack("<iiQiiQ", 2, 0, p, 1, 1, 1 << 20), 144)  # LINEAR, uint8 x 1
+td = ctypes.create_string_buffer(104)
+tex = ctypes.c_uint64()
+ok(cu.cuTexObjectCreate(ctypes.byref(tex), rd, td, None), "texture object")""",
+        "texture",
+    ),
+}
 
-def test_unparkable_session_stays_paged_with_its_reason(tmp_path: Path) -> None:
+
+@pytest.mark.parametrize("blocker", sorted(BLOCKERS))
+def test_unparkable_session_stays_paged_with_its_reason(tmp_path: Path, blocker: str) -> None:
+    code, word = BLOCKERS[blocker]
     s = start_server(tmp_path, "--idle-page-out", "1", "--idle-park", "1", "--park-store", str(tmp_path / "store"))
     try:
-        p = subprocess.Popen([sys.executable, "-P", "-c", UNPARKABLE], env=s.client_env(), stdin=subprocess.PIPE,
+        program = UNPARKABLE.replace("BLOCKER", code)
+        p = subprocess.Popen([sys.executable, "-P", "-c", program], env=s.client_env(), stdin=subprocess.PIPE,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/")
         assert p.stdout is not None
         assert p.stdout.readline().strip() == "READY"
         m = _wait_log(s, r"session \w+ was not parked: (unparkable: .*)")
-        assert "VMM" in m.group(1), m.group(1)
+        assert word in m.group(1), m.group(1)
         assert not (tmp_path / "store" / "sessions").exists() or not any((tmp_path / "store" / "sessions").iterdir())
         out, err = p.communicate("go\n", timeout=60)  # still paged on its node, and it carries on
         assert out.strip() == "SAME", out + err
