@@ -158,11 +158,47 @@ static struct {
     void *dst;
 } g_part;
 
+/* Async device→host copies a reply delivers over the bulk path (their bytes follow the frame, bulk.c): the reply's
+ * being read, and those claimed by a reply a dropped connection cut short: a resumed worker sends that reply again,
+ * and their bytes go to them again instead of being dropped. */
+typedef struct {
+    fgc_bulk_dest *v;
+    size_t n, cap;
+} dest_list;
+static dest_list g_bulk, g_bulk_part;
+
+static int dest_add(dest_list *l, void *dst, uint64_t id, uint64_t n) {
+    if (l->n == l->cap) {
+        size_t cap = l->cap ? l->cap * 2 : 16;
+        fgc_bulk_dest *nv = (fgc_bulk_dest *)realloc(l->v, cap * sizeof *nv);
+        if (!nv) return -1;
+        l->v = nv;
+        l->cap = cap;
+    }
+    l->v[l->n++] = (fgc_bulk_dest){dst, id, n};
+    return 0;
+}
+
+static void *bulk_part_find(uint64_t id, uint64_t n) {
+    for (size_t i = 0; i < g_bulk_part.n; i++)
+        if (g_bulk_part.v[i].id == id && g_bulk_part.v[i].n == n) return g_bulk_part.v[i].dst;
+    return NULL;
+}
+
+/* The reply was cut short: the bulk copies it claimed still await their bytes. */
+static void bulk_keep_parts(void) {
+    for (size_t i = 0; i < g_bulk.n; i++)
+        if (g_bulk.v[i].dst && !bulk_part_find(g_bulk.v[i].id, g_bulk.v[i].n))
+            dest_add(&g_bulk_part, g_bulk.v[i].dst, g_bulk.v[i].id, g_bulk.v[i].n);
+    g_bulk.n = 0;
+}
+
 static CUresult read_reply_from(int exact, size_t *got) {
     uint8_t hb[FG_HEADER_SIZE];
     fg_header h;
     if (0) {
     lost: /* the connection failed in the middle of the reply: a resumed worker sends it again whole */
+        bulk_keep_parts();
         if (errno != ETIMEDOUT && fgc_resume(NULL) == 0) goto again;
         fgc_mark_broken(CUDA_ERROR_DEVICE_UNAVAILABLE, errno == ETIMEDOUT ? "the server began a reply and then sent "
                         "nothing within FARGPU_IO_TIMEOUT_S" : "the server closed the connection mid-reply");
@@ -225,10 +261,28 @@ again:
     consumed += (size_t)fx.out_len;
     /* Async device→host copies: u64 id, u64 length, bytes — each one the stub asked for and not yet delivered
      * (by a host function's RUN message, for instance: then its bytes are dropped, never written again). */
+    g_bulk.n = 0;
+    int bulk_c = 0; /* the connections the bulk copies' bytes stripe over (one count per reply) */
     for (uint32_t i = 0; i < fx.n_later; i++) {
         uint64_t hd[2];
         void *dst = NULL;
         if (consumed + 16 <= h.length && fgc_io_read(hd, 16)) goto lost;
+        if (consumed + 16 <= h.length && (hd[1] & FG_LATER_BULK)) { /* (id, length | BULK | C): bytes after the frame */
+            uint64_t n = hd[1] & FG_LATER_LEN_MASK;
+            int c = (int)((hd[1] >> FG_LATER_C_SHIFT) & 0x7f);
+            int k = n ? fgc_later_claim(hd[0], n, 0, &dst) : -1;
+            if (k == 0 && (dst = bulk_part_find(hd[0], n)) != NULL) k = 1;
+            if (k < 0 || c < 1 || c > FG_LATER_MAX_C || (bulk_c && c != bulk_c) ||
+                dest_add(&g_bulk, k == 1 ? dst : NULL, hd[0], n)) {
+                fgc_mark_broken(CUDA_ERROR_DEVICE_UNAVAILABLE, "an async copy delivered over the bulk path does not "
+                                "match (id %llu, %llu bytes, %d connections)", (unsigned long long)hd[0],
+                                (unsigned long long)n, c);
+                return g_fgc.broken;
+            }
+            bulk_c = c;
+            consumed += 16;
+            continue;
+        }
         int k = consumed + 16 > h.length ? -1 : fgc_later_claim(hd[0], hd[1], 0, &dst);
         if (k == 0 && g_part.n && hd[0] == g_part.id && hd[1] == g_part.n) { /* cut short before: again, whole */
             k = 1;
@@ -253,6 +307,18 @@ again:
         fgc_mark_broken(CUDA_ERROR_DEVICE_UNAVAILABLE, "reply length mismatch");
         return g_fgc.broken;
     }
+    if (g_bulk.n) {
+        fgc_io_memory_end(); /* (a reply from the doorbell's mailbox: the pieces come over the sockets) */
+        int br = fgc_bulk_receive(g_bulk.v, g_bulk.n, bulk_c);
+        if (br == -3) {
+            fgc_mark_broken(CUDA_ERROR_DEVICE_UNAVAILABLE, "the server delivered async copies over %d connections, "
+                            "more than this session has open", bulk_c);
+            return g_fgc.broken;
+        }
+        if (br) goto lost;
+        g_bulk.n = 0;
+    }
+    g_bulk_part.n = 0; /* the reply is whole: nothing of it is awaited again */
     later_recount();
     fgc_resume_acked(h.seq);
     if (fx.deferred && fx.result == CUDA_SUCCESS) {

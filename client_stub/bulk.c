@@ -19,6 +19,8 @@
 #include <errno.h>
 #include <poll.h>
 #include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -257,4 +259,95 @@ CUresult fgc_bulk_dtoh(void *dst, CUdeviceptr src, size_t n, CUstream stream) {
     else pthread_mutex_unlock(&g_fgc.mu);
     fgc_resume_forget_call(F.seq);
     return r;
+}
+
+/* ---- async device→host copies a reply delivers over the bulk path ---- */
+
+static _Atomic uint64_t g_deliv_copies, g_deliv_bytes, g_deliv_data_bytes;
+
+void fgc_bulk_open_lanes(void) { (void)lanes(); }
+
+typedef struct {
+    int fd, lane, C, failed;
+    const fgc_bulk_dest *d;
+    size_t n;
+    uint64_t bytes;
+    pthread_t t;
+} recv_lane;
+
+/* Read len bytes of piece data into p (NULL: dropped). Lane 0 reads through conn.c (its read-ahead may hold the
+ * start of the pieces); every read has the I/O deadline, as the rest of a message that has begun. */
+static int recv_piece(recv_lane *L, uint8_t *p, size_t len) {
+    uint8_t scratch[65536];
+    int to = fg_io_timeout_ms();
+    while (len) {
+        size_t k = p ? len : len < sizeof scratch ? len : sizeof scratch;
+        int rc;
+        if (L->lane == 0) rc = fgc_io_read(p ? p : scratch, k);
+        else if ((rc = fg_io_read_deadline(L->fd, p ? p : scratch, k, to, to, NULL)) == -2) errno = ETIMEDOUT;
+        if (rc) return -1;
+        if (p) p += k;
+        len -= k;
+    }
+    return 0;
+}
+
+static void *recv_run(void *arg) {
+    recv_lane *L = (recv_lane *)arg;
+    uint64_t k = 0; /* the reply's piece count so far */
+    for (size_t i = 0; i < L->n && !L->failed; i++)
+        for (uint64_t off = 0; off < L->d[i].n && !L->failed; off += FG_BULK_PIECE, k++) {
+            if (k % (uint64_t)L->C != (uint64_t)L->lane) continue;
+            size_t len = (size_t)(L->d[i].n - off < FG_BULK_PIECE ? L->d[i].n - off : FG_BULK_PIECE);
+            if (recv_piece(L, L->d[i].dst ? (uint8_t *)L->d[i].dst + off : NULL, len)) {
+                L->failed = errno ? errno : ECONNRESET;
+                shutdown(L->fd, SHUT_RDWR); /* the other lanes (and the worker's) stop now, not at a deadline */
+            } else {
+                L->bytes += len;
+            }
+        }
+    return NULL;
+}
+
+int fgc_bulk_receive(const fgc_bulk_dest *d, size_t n, int C) {
+    recv_lane L[MAX_LANES];
+    pthread_mutex_lock(&g_data_mu); /* (waits for data connections another thread is opening) */
+    int have = g_n_data + 1;
+    if (C < 1 || C > have || C > MAX_LANES) {
+        pthread_mutex_unlock(&g_data_mu);
+        return -3;
+    }
+    for (int i = 0; i < C; i++) L[i] = (recv_lane){i ? g_data_fd[i - 1] : g_fgc.fd, i, C, 0, d, n, 0, 0};
+    pthread_mutex_unlock(&g_data_mu);
+    int started = 1;
+    for (int i = 1; i < C; i++) {
+        if (pthread_create(&L[i].t, NULL, recv_run, &L[i])) {
+            L[0].failed = ENOMEM;
+            for (int k = 1; k < i; k++) shutdown(L[k].fd, SHUT_RDWR);
+            break;
+        }
+        started++;
+    }
+    if (!L[0].failed) recv_run(&L[0]);
+    int bad = L[0].failed;
+    for (int i = 1; i < started; i++) {
+        pthread_join(L[i].t, NULL);
+        if (L[i].failed && !bad) bad = L[i].failed;
+        if (!L[i].failed) g_deliv_data_bytes += L[i].bytes;
+    }
+    if (bad) {
+        errno = bad;
+        return -1;
+    }
+    g_deliv_copies += n;
+    for (size_t i = 0; i < n; i++) g_deliv_bytes += d[i].n;
+    return 0;
+}
+
+__attribute__((destructor)) static void deliveries_print(void) {
+    const char *e = getenv("FARGPU_STATS");
+    if (!e || strcmp(e, "1") || !g_deliv_copies) return;
+    fprintf(stderr, "fargpu: async device-to-host copies delivered over the bulk path: %llu (%llu bytes, %llu of "
+            "them on data connections)\n", (unsigned long long)g_deliv_copies, (unsigned long long)g_deliv_bytes,
+            (unsigned long long)g_deliv_data_bytes);
 }

@@ -53,5 +53,17 @@ CUresult fgc_bulk_htod(CUdeviceptr dst, const void *src, size_t n, CUstream stre
 /* Device→host: the call returns once the bytes are in dst (sync semantics, on stream; as the driver does for an
  * async copy to pageable memory too). */
 CUresult fgc_bulk_dtoh(void *dst, CUdeviceptr src, size_t n, CUstream stream);
+/* Open the data connections now (before a large async device→host copy into page-locked memory, whose bytes a
+ * later reply delivers over them); called without the connection lock. */
+void fgc_bulk_open_lanes(void);
+/* Staged async device→host copies a reply named with FG_LATER_BULK (SPEC.md, "Replies"): their bytes follow the
+ * REPLY frame, in this order, the k-th piece on connection k mod C (g_fgc.mu held). dst NULL: read and dropped
+ * (a copy already delivered). Returns 0; -1 a connection broke (errno; ETIMEDOUT: it stalled), the others are shut
+ * down; -3 C names connections this stub does not have. */
+typedef struct {
+    void *dst;
+    uint64_t id, n;
+} fgc_bulk_dest;
+int fgc_bulk_receive(const fgc_bulk_dest *d, size_t n, int C);
 
 #endif

@@ -5,7 +5,8 @@
  *     in stream order, as native pinned memory;
  *   - other host memory, co-located, from FGC_BULK_MIN bytes (synchronous copies): the region's staging ring;
  *   - from FGC_BULK_MIN bytes otherwise: a bulk copy, pipelined pieces striped over the session's connections
- *     (async device→host copies excepted: they are staged on the server and delivered with a later reply);
+ *     (async device→host copies into page-locked memory excepted: they are staged on the server, and the reply
+ *     that delivers them sends their bytes as bulk pieces right after it);
  *   - small copies: records with the bytes inline (FG_CHUNK pieces).
  * Async host→device copies take the bytes at the call, except in the region, where the DMA reads them in
  * stream order; from pinned memory outside it only once the host functions submitted before have run (the
@@ -202,6 +203,9 @@ CUresult fgc_cuMemcpyDtoHAsync_v2(void *dst, CUdeviceptr src, size_t n, CUstream
         if (h != CUDA_SUCCESS) return h;
         return fgc_shm_on() ? fgc_shm_staged_dtoh(dst, src, n, s, 0) : fgc_bulk_dtoh(dst, src, n, s);
     }
+    /* Pinned memory: staged on the server in stream order; the reply that delivers it sends a large copy's bytes
+     * over the bulk path, striped over the data connections (opened now, without the connection lock). */
+    if (n >= FGC_BULK_MIN) fgc_bulk_open_lanes();
     return inline_copy(FG_OP_cuMemcpyDtoHAsync_v2, src, dst, n, s, 0, 1);
 }
 

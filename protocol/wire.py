@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 
 MAGIC = 0x31504746
-PROTO_VERSION = 2
+PROTO_VERSION = 3
 HEADER = struct.Struct("<IHHII")
 HEADER_SIZE = HEADER.size
 RECORD = struct.Struct("<HHI")

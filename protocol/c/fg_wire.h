@@ -11,7 +11,7 @@
 #include <string.h>
 
 #define FG_MAGIC 0x31504746u /* "FGP1" in memory order */
-#define FG_PROTO_VERSION 2u
+#define FG_PROTO_VERSION 3u
 #define FG_HEADER_SIZE 16u
 #define FG_MAX_HELLO (64u * 1024u)
 #define FG_DEFAULT_MAX_FRAME (80u * 1024u * 1024u) /* bulk copies are chunked below this */
@@ -25,6 +25,14 @@
 #define FG_BULK_PIECE (2u * 1024u * 1024u)
 #define FG_BULK_MAX (1ull << 40)
 #define FG_BULK_F_SYNC 1u
+/* A staged async device→host copy of FG_LATER_BULK_MIN bytes or more that a REPLY delivers over the bulk path: its
+ * length word has FG_LATER_BULK set and the connection count C in bits 56..62; its bytes follow the REPLY frame as
+ * pieces (SPEC.md, "Replies"). */
+#define FG_LATER_BULK_MIN (256u * 1024u)
+#define FG_LATER_BULK (1ull << 63)
+#define FG_LATER_C_SHIFT 56
+#define FG_LATER_LEN_MASK ((1ull << 56) - 1)
+#define FG_LATER_MAX_C 8
 
 enum fg_frame_type {
     FG_T_HELLO = 1,     /* client → server, msgpack */

@@ -36,6 +36,7 @@ struct fgs_bulk {
     int data_fd[MAX_DATA];
     int n_data; /* atomic: fds are appended by the worker's Python thread, read by the serve loop */
     int io_broken; /* the last copy's connections broke (it was not applied) */
+    uint64_t delivered, delivered_bytes; /* async device→host copies delivered over the bulk path */
     char error[200];
 };
 
@@ -105,6 +106,9 @@ void fgs_bulk_drain(fgs_session *S) {
 void fgs_bulk_close(fgs_session *S) {
     struct fgs_bulk *B = S->bulk;
     if (!B) return;
+    if (B->delivered)
+        fgs_log(S, "%llu async device-to-host copies (%llu bytes) were delivered over the bulk path",
+                (unsigned long long)B->delivered, (unsigned long long)B->delivered_bytes);
     for (int i = 0; i < SLOTS; i++)
         if (B->ev[i]) {
             S->api->cuEventSynchronize(B->ev[i]);
@@ -337,3 +341,73 @@ CUresult fgs_bulk_dtoh(fgs_session *S, fg_reader *r) { return bulk(S, r, 0, CUDA
 CUresult fgs_bulk_skip(fgs_session *S, int htod, fg_reader *r, CUresult err) { return bulk(S, r, htod, err); }
 
 const char *fgs_bulk_error(fgs_session *S) { return S->bulk && S->bulk->error[0] ? S->bulk->error : NULL; }
+
+/* ---- staged async device→host copies delivered over the bulk path (SPEC.md, "Replies") ----
+ * A REPLY names each such copy with FG_LATER_BULK and the connection count C; right after the REPLY frame the copies'
+ * bytes follow, in id order, each cut into FG_BULK_PIECE pieces, the k-th piece of the reply on connection k mod C.
+ * The bytes are already staged in host memory (the reply waited for their streams), so each lane only writes. */
+
+int fgs_bulk_deliver_lanes(fgs_session *S) {
+    int n = S->bulk ? __atomic_load_n(&S->bulk->n_data, __ATOMIC_ACQUIRE) + 1 : 1;
+    return n > FG_LATER_MAX_C ? FG_LATER_MAX_C : n;
+}
+
+typedef struct {
+    fgs_session *S;
+    int fd, lane, C, failed;
+    const fgs_later *later;
+    size_t nl;
+    pthread_t t;
+} dlane;
+
+static void *deliver_lane(void *arg) {
+    dlane *L = (dlane *)arg;
+    uint64_t k = 0; /* the reply's piece count so far */
+    for (size_t i = 0; i < L->nl && !L->failed; i++) {
+        const fgs_later *e = &L->later[i];
+        if (!e->bulk) continue;
+        for (size_t off = 0; off < e->n && !L->failed; off += FG_BULK_PIECE, k++) {
+            if (k % (uint64_t)L->C != (uint64_t)L->lane) continue;
+            size_t len = e->n - off < FG_BULK_PIECE ? e->n - off : FG_BULK_PIECE;
+            if (fg_io_full(L->fd, (uint8_t *)e->data + off, len, 1)) L->failed = errno == EAGAIN ? -2 : -1;
+        }
+    }
+    if (L->failed) { /* the other lanes stop now, not at a deadline */
+        if (L->S->client_fd >= 0) shutdown(L->S->client_fd, SHUT_RDWR);
+        fgs_bulk_shutdown_data(L->S);
+    }
+    return NULL;
+}
+
+int fgs_bulk_deliver(fgs_session *S, int fd, const fgs_later *later, size_t nl, int C) {
+    struct fgs_bulk *B = bulk_of(S);
+    int n_data = B ? __atomic_load_n(&B->n_data, __ATOMIC_ACQUIRE) : 0;
+    if (!B || C < 1 || C > n_data + 1 || C > FG_LATER_MAX_C) return -1;
+    dlane L[FG_LATER_MAX_C];
+    int started = 1;
+    for (int i = 0; i < C; i++) L[i] = (dlane){S, i ? B->data_fd[i - 1] : fd, i, C, 0, later, nl, 0};
+    for (int i = 1; i < C; i++) {
+        if (pthread_create(&L[i].t, NULL, deliver_lane, &L[i])) {
+            L[0].failed = -1;
+            fgs_bulk_shutdown_data(S);
+            break;
+        }
+        started++;
+    }
+    if (!L[0].failed) deliver_lane(&L[0]);
+    int bad = L[0].failed;
+    for (int i = 1; i < started; i++) {
+        pthread_join(L[i].t, NULL);
+        if (L[i].failed && !bad) bad = L[i].failed;
+    }
+    if (bad) fgs_log(S, "delivering async device-to-host copies over %d connection(s) failed: %s", C,
+                     bad == -2 ? "the client took nothing for the I/O timeout" : "a connection broke");
+    if (!bad) {
+        for (size_t i = 0; i < nl; i++)
+            if (later[i].bulk) {
+                B->delivered++;
+                B->delivered_bytes += later[i].n;
+            }
+    }
+    return bad ? -1 : 0;
+}

@@ -62,6 +62,7 @@ typedef struct {
     CUstream stream;
     uint64_t id;
     int claimed;     /* a trampoline is sending it with a RUN message; it leaves S->later at DONE */
+    int bulk;        /* send_reply: its bytes follow the REPLY over the bulk path (bulk.c, fgs_bulk_deliver) */
 } fgs_later;
 
 /* A claimed copy, as a trampoline sends it. */
@@ -334,6 +335,10 @@ int fgs_reattach_keep_reply(fgs_session *S, const struct iovec *iov, int n, size
 void fgs_reattach_ended(fgs_session *S);
 void fgs_reattach_close(fgs_session *S);
 /* Move a bulk copy's bytes without touching the device (its batch cannot run: err is why). */
+/* Staged async device→host copies a REPLY names with FG_LATER_BULK: the connections to stripe them over, and
+ * their bytes after the REPLY frame (0, or -1: a connection broke or stalled; the others are shut down). */
+int fgs_bulk_deliver_lanes(fgs_session *S);
+int fgs_bulk_deliver(fgs_session *S, int fd, const fgs_later *later, size_t nl, int C);
 CUresult fgs_bulk_skip(fgs_session *S, int htod, fg_reader *r, CUresult err);
 /* Send pending device output as OUTPUT frames (before a REPLY with this seq). Nonzero: the socket failed. */
 int fgs_output_send(fgs_session *S, int sock, uint32_t seq); /* frames sent (0: no output), or -1 */

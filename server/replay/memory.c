@@ -303,7 +303,7 @@ CUresult fgs_cuMemcpyDtoHAsync_v2(fgs_session *S, fg_reader *r, fg_writer *out) 
         }
     }
     pthread_mutex_lock(&later_mu); /* only this thread adds: the room found above is still there */
-    S->later[S->n_later++] = (fgs_later){stage, (size_t)n, same_stream((CUstream)s), id, 0};
+    S->later[S->n_later++] = (fgs_later){stage, (size_t)n, same_stream((CUstream)s), id, 0, 0};
     if (stage) S->later_bytes += n;
     pthread_mutex_unlock(&later_mu);
     return res;

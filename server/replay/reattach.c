@@ -13,7 +13,8 @@
  * One reply may be lost with the connection: the one to the last batch applied, when the client says (`have`, in
  * its HELLO) that it never read it. That reply is kept as it is sent (its fixed part and outputs copied, up to
  * FARGPU_WORKER_REPLY_KEEP_KB, default 1024; the async device→host copies it delivers by holding their staging
- * buffers until the next reply) and sent again after HELLO_OK; a lone bulk device→host copy (its batch holds nothing else
+ * buffers until the next reply; those it delivered over the bulk path naming one connection, their bytes right
+ * after the frame) and sent again after HELLO_OK; a lone bulk device→host copy (its batch holds nothing else
  * but a SET_CTX) has no effect on the device, so instead it is reported as not applied and runs again. A larger
  * reply that was lost cannot be replayed: the resume is refused with the reason (the client's call fails). A bulk
  * copy whose connections broke is not applied (its batch holds only the copy, and a host→device copy of the same
@@ -139,13 +140,17 @@ int fgs_reattach_keep_reply(fgs_session *S, const struct iovec *iov, int n, size
         }
         ok = R->kcap >= n;
     }
-    if (ok) { /* the small pieces copied, each later copy's data by reference (they come in order) */
-        size_t at = 0;
+    if (ok) { /* the small pieces copied, each later copy's data by reference (they come in order: those inside the
+               * frame, then those sent over the bulk path after it) */
+        size_t at = 0, b = 0;
         for (int i = 0; i < n; i++) {
-            while (j < nl && !later[j].data) j++;
-            if (j < nl && iov[i].iov_base == later[j].data && iov[i].iov_len == later[j].n) {
+            while (j < nl && (!later[j].data || later[j].bulk)) j++;
+            while (b < nl && (!later[b].data || !later[b].bulk)) b++;
+            size_t *k = j < nl && iov[i].iov_base == later[j].data && iov[i].iov_len == later[j].n ? &j
+                        : b < nl && iov[i].iov_base == later[b].data && iov[i].iov_len == later[b].n ? &b : NULL;
+            if (k) {
                 R->kiov[i] = iov[i];
-                j++;
+                (*k)++;
                 continue;
             }
             memcpy(R->reply + at, iov[i].iov_base, iov[i].iov_len);

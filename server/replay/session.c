@@ -320,7 +320,8 @@ static void send_close(int fd, const char *reason) {
 /* The reply to a batch's sync record (protocol/SPEC.md, "Replies"), with every staged async device→host copy not
  * already on its way to the client with a host function's RUN message: their streams are waited for first
  * (without memory.c's lock: a trampoline on such a stream claims its copies under it), then what is still
- * staged is moved out and sent as (id, length, bytes). */
+ * staged is moved out and sent as (id, length, bytes); a copy of FG_LATER_BULK_MIN bytes or more as (id, length
+ * with FG_LATER_BULK and C) alone, its bytes striped over C connections right after the frame (bulk.c). */
 static int send_reply(fgs_session *S, int fd, uint32_t seq, CUresult result, CUresult deferred, uint32_t dop,
                       fg_writer *out, int db, int ack_only) {
     CUstream *streams = NULL;
@@ -348,7 +349,13 @@ static int send_reply(fgs_session *S, int fd, uint32_t seq, CUresult result, CUr
         deferred = CUDA_ERROR_OPERATING_SYSTEM; /* a host function was skipped: its callback connection failed */
         dop = FG_OP_cuLaunchHostFunc;
     }
-    int rc = -1, taken = 0;
+    int rc = -1, taken = 0, C = fgs_bulk_deliver_lanes(S);
+    size_t nb = 0, bulk_total = 0; /* copies (and bytes) that follow the frame */
+    for (size_t i = 0; i < nl; i++) {
+        later[i].bulk = later[i].data && later[i].n >= FG_LATER_BULK_MIN;
+        nb += (size_t)later[i].bulk;
+        bulk_total += later[i].bulk ? later[i].n : 0;
+    }
     struct iovec stack_iov[35];
     struct iovec *iov = stack_iov;
     uint64_t *heads = NULL;
@@ -360,7 +367,7 @@ static int send_reply(fgs_session *S, int fd, uint32_t seq, CUresult result, CUr
         uint64_t out_len;
     } fx = {(uint32_t)result, (uint32_t)deferred, dop, (uint32_t)nl, result == CUDA_SUCCESS ? out->len : 0};
     size_t total = sizeof fx + (size_t)fx.out_len;
-    for (size_t i = 0; i < nl; i++) total += 16 + (later[i].data ? later[i].n : 0);
+    for (size_t i = 0; i < nl; i++) total += 16 + (later[i].data && !later[i].bulk ? later[i].n : 0);
     if (total > UINT32_MAX) goto done;
     fg_header h = {FG_MAGIC, FG_T_REPLY, 0, (uint32_t)total, seq};
     uint8_t hb[FG_HEADER_SIZE];
@@ -377,12 +384,20 @@ static int send_reply(fgs_session *S, int fd, uint32_t seq, CUresult result, CUr
         heads[2 * i] = later[i].id;
         heads[2 * i + 1] = later[i].data ? later[i].n : 0; /* 0: the copy failed, nothing to write */
         iov[c++] = (struct iovec){&heads[2 * i], 16};
-        if (heads[2 * i + 1]) iov[c++] = (struct iovec){later[i].data, later[i].n};
+        if (later[i].bulk) heads[2 * i + 1] |= FG_LATER_BULK | 1ull << FG_LATER_C_SHIFT; /* C = 1 while kept */
+        else if (heads[2 * i + 1]) iov[c++] = (struct iovec){later[i].data, later[i].n};
     }
+    int cr = c; /* the REPLY frame; the bulk copies' bytes after it */
+    for (size_t i = 0; i < nl; i++)
+        if (later[i].bulk) iov[c++] = (struct iovec){later[i].data, later[i].n};
+    /* Kept for a client that loses it with its connection: the later copies' buffers by reference, and the bulk ones
+     * sent again after the frame over the new connection alone (C = 1: the frame's bytes followed by theirs). */
+    taken = fgs_reattach_keep_reply(S, iov, c, sizeof hb + total + bulk_total, later, nl);
+    for (size_t i = 0; nb && C > 1 && i < nl; i++)
+        if (later[i].bulk) heads[2 * i + 1] += (uint64_t)(C - 1) << FG_LATER_C_SHIFT;
     /* A request taken from the doorbell's mailbox is answered there (doorbell.c) unless output went first. */
-    /* kept for a client that loses it with its connection: the later copies' buffers by reference */
-    taken = fgs_reattach_keep_reply(S, iov, c, sizeof hb + total, later, nl);
-    rc = db ? fgs_db_reply(S, fd, iov, c, sizeof hb + total, frames > 0) : fgs_write_all(fd, iov, c);
+    rc = db ? fgs_db_reply(S, fd, iov, cr, sizeof hb + total, frames > 0) : fgs_write_all(fd, iov, cr);
+    if (!rc && nb) rc = fgs_bulk_deliver(S, fd, later, nl, C);
 done:
     if (iov != stack_iov) free(iov);
     free(heads);
