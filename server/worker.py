@@ -324,7 +324,11 @@ def main(argv: list[str] | None = None) -> int:
                     try:  # installed: now the client may send host functions
                         os.write(fd, hello_ok(a.session, a.backend, a.max_frame))
                     except OSError:
-                        pass
+                        continue
+                    if _msg == b"d":  # and the worker may send on it unasked (bulk-delivered async copies)
+                        with session_lock:
+                            if session_open[0]:
+                                lib.fgs_data_fd_ready(S, fd)  # type: ignore[attr-defined]
 
         threading.Thread(target=receive_callback_connections, daemon=True).start()
     timeline.mark("worker.hello_ok", a.session)  # before sending: once sent, the client may go on before a mark

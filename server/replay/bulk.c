@@ -35,6 +35,7 @@ struct fgs_bulk {
     int pinned;
     int data_fd[MAX_DATA];
     int n_data; /* atomic: fds are appended by the worker's Python thread, read by the serve loop */
+    int ready[MAX_DATA]; /* atomic: its HELLO_OK was written (fgs_data_fd_ready); cleared when it is appended */
     int io_broken; /* the last copy's connections broke (it was not applied) */
     uint64_t delivered, delivered_bytes; /* async device→host copies delivered over the bulk path */
     char error[200];
@@ -59,9 +60,25 @@ FGS_EXPORT int fgs_add_data_fd(fgs_session *S, int fd) {
     setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one);
     fg_io_send_deadline(fd);
     B->data_fd[n] = fd;
+    __atomic_store_n(&B->ready[n], 0, __ATOMIC_RELAXED);
     __atomic_store_n(&B->n_data, n + 1, __ATOMIC_RELEASE);
     fgs_log(S, "data connection %d installed (bulk copies stripe over %d connections)", n + 1, n + 2);
     return 0;
+}
+
+FGS_EXPORT void fgs_data_fd_ready(fgs_session *S, int fd) {
+    struct fgs_bulk *B = S->bulk;
+    if (!B) return;
+    int n = __atomic_load_n(&B->n_data, __ATOMIC_ACQUIRE);
+    for (int i = 0; i < n; i++)
+        if (B->data_fd[i] == fd) __atomic_store_n(&B->ready[i], 1, __ATOMIC_RELEASE);
+}
+
+/* Data connections 1..k all ready (the same thread appends them and says they are ready, in order). */
+static int n_ready(struct fgs_bulk *B) {
+    int n = __atomic_load_n(&B->n_data, __ATOMIC_ACQUIRE), k = 0;
+    while (k < n && __atomic_load_n(&B->ready[k], __ATOMIC_ACQUIRE)) k++;
+    return k;
 }
 
 /* The ring: page-aligned memory allocated at the first bulk copy and registered with the driver (portable) under
@@ -348,7 +365,8 @@ const char *fgs_bulk_error(fgs_session *S) { return S->bulk && S->bulk->error[0]
  * The bytes are already staged in host memory (the reply waited for their streams), so each lane only writes. */
 
 int fgs_bulk_deliver_lanes(fgs_session *S) {
-    int n = S->bulk ? __atomic_load_n(&S->bulk->n_data, __ATOMIC_ACQUIRE) + 1 : 1;
+    /* only connections whose HELLO_OK went out: the client reads that before anything else on them */
+    int n = S->bulk ? n_ready(S->bulk) + 1 : 1;
     return n > FG_LATER_MAX_C ? FG_LATER_MAX_C : n;
 }
 
@@ -381,8 +399,7 @@ static void *deliver_lane(void *arg) {
 
 int fgs_bulk_deliver(fgs_session *S, int fd, const fgs_later *later, size_t nl, int C) {
     struct fgs_bulk *B = bulk_of(S);
-    int n_data = B ? __atomic_load_n(&B->n_data, __ATOMIC_ACQUIRE) : 0;
-    if (!B || C < 1 || C > n_data + 1 || C > FG_LATER_MAX_C) return -1;
+    if (!B || C < 1 || C > n_ready(B) + 1 || C > FG_LATER_MAX_C) return -1;
     dlane L[FG_LATER_MAX_C];
     int started = 1;
     for (int i = 0; i < C; i++) L[i] = (dlane){S, i ? B->data_fd[i - 1] : fd, i, C, 0, later, nl, 0};

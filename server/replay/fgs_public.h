@@ -53,6 +53,9 @@ int fgs_shm_attach(fgs_session *S, int fd, unsigned long long size, char *err, u
 /* An extra data connection of the session (striped bulk copies, bulk.c), handed over by the node agent.
  * Returns 0, or -1 (the caller closes fd). */
 int fgs_add_data_fd(fgs_session *S, int fd);
+/* Its HELLO_OK is written: the worker may now send on it unasked (async device→host copies a reply delivers over
+ * the bulk path stripe over the data connections said ready so far, in order). */
+void fgs_data_fd_ready(fgs_session *S, int fd);
 /* A resuming client's new connection, handed over by the node agent (reattach.c): waits up to wait_ms for the serve
  * loop to let go of the old one; returns the seq to report as applied (then send HELLO_OK on fd and call
  * fgs_reattach_go), -1 refused (err filled; the session cannot resume), -2 not now (try again). have: the last

@@ -258,3 +258,72 @@ static void leak_check(uint64_t *baseline) {
     printf("leak check: baseline free %" PRIu64 ", during %" PRIu64 " (-%" PRIu64 "), after close %" PRIu64 "\n", free0,
            free1, free0 - free1, free2);
 }
+
+/* Async device→host copies of 256 KiB or more come after their reply over the bulk path (SPEC.md, "Replies"): three
+ * copies (3 MiB + 5, 100 bytes, 300 KiB) on the legacy stream, then cuCtxSynchronize: the reply names the large ones
+ * with FG_LATER_BULK and C = 1 and carries the small one inline; the large ones' bytes follow the frame, in id order,
+ * and match what was written. Then the same again, but the client goes away after the REPLY frame, the pieces unread:
+ * the server ends the session (fgs_serve returns), nothing hangs. */
+static void later_bulk_check(void) {
+    enum { N = 4u << 20 };
+    static const uint64_t want[3] = {(3u << 20) + 5, 100, 300u << 10};
+    for (int leave = 0; leave < 2; leave++) {
+        session s;
+        if (session_start(&s, 0, 0)) return;
+        uint64_t ctx = retain_primary(&s), ptr = 0;
+        buf a = {0}, b = {0};
+        put64(&a, N);
+        if (one_sync(&s, FG_OP_cuMemAlloc_v2, &a, ctx, (uint8_t *)&ptr, 8)) fail("later bulk: cuMemAlloc_v2");
+        uint8_t *pat = malloc(N);
+        for (uint32_t i = 0; i < N; i++) pat[i] = (uint8_t)(i * 7 + (i >> 11));
+        a.n = 0;
+        put64(&a, ptr);
+        put64(&a, N);
+        put(&a, pat, N);
+        if (one_sync(&s, FG_OP_cuMemcpyHtoD_v2, &a, ctx, NULL, 0)) fail("later bulk: cuMemcpyHtoD_v2");
+        for (int k = 0; k < 3; k++) {
+            a.n = 0;
+            put64(&a, ptr + (uint64_t)k * 1000);
+            put64(&a, 0); /* the legacy stream */
+            put64(&a, want[k]);
+            add_record(&b, FG_OP_cuMemcpyDtoHAsync_v2, &a);
+        }
+        a.n = 0;
+        add_record(&b, FG_OP_cuCtxSynchronize, &a);
+        s.seq++;
+        send_frame(&s, FG_T_BATCH, FG_F_WANT_REPLY, &b, s.seq);
+        fg_header h;
+        uint8_t *p = NULL;
+        int t = read_answer(&s, &h, &p);
+        uint32_t nl = 0;
+        uint64_t hd[6] = {0};
+        if (t == FG_T_REPLY && h.length == 24 + 3 * 16 + 100) {
+            memcpy(&nl, p + 12, 4);
+            memcpy(hd, p + 24, 32);
+            memcpy(hd + 2, p + 24 + 32 + 100, 16); /* (the inline one's bytes between) */
+            memcpy(hd + 4, p + 24 + 16, 16);
+        }
+        /* hd: id0 len0 | id2 len2 | id1 len1 */
+        uint64_t c1 = FG_LATER_BULK | 1ull << FG_LATER_C_SHIFT;
+        if (nl != 3 || hd[1] != (want[0] | c1) || hd[3] != (want[2] | c1) || hd[5] != want[1] ||
+            memcmp(p + 24 + 32, pat + 1000, 100))
+            fail("later bulk: reply of %u bytes, %u copies, lengths %#" PRIx64 " %#" PRIx64 " %#" PRIx64, h.length,
+                 nl, hd[1], hd[5], hd[3]);
+        free(p);
+        if (!leave) {
+            uint8_t *got = malloc(want[0] + want[2]);
+            if (read_full_to(s.fd, got, want[0] + want[2]) || memcmp(got, pat, want[0]) ||
+                memcmp(got + want[0], pat + 2000, want[2]))
+                fail("later bulk: the bytes after the reply do not match what was written");
+            free(got);
+            if (mem_free_now(&s, ctx) == 0) fail("later bulk: no reply after the delivery");
+        } else {
+            shutdown(s.fd, SHUT_RDWR); /* gone before the pieces: the server's writes fail */
+        }
+        free(pat);
+        free(a.b);
+        free(b.b);
+        int rc = session_end(&s);
+        if (rc != 0) fail("later bulk: fgs_serve returned %d (%s)", rc, s.sr.reason);
+    }
+}

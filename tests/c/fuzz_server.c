@@ -103,7 +103,7 @@ static int chance(int percent) { return (int)rndn(100) < percent; }
 /* ---------------------------------------------------------------- statistics ---- */
 static unsigned long st_replies, st_ok_results, st_closes, st_allocs, st_modules, st_functions, st_libraries,
     st_pageouts, st_kernels, st_launch_ok, st_frames, st_records, st_ctl, st_deferred, st_chunks, st_need_image,
-    st_refused_images, st_outputs, st_cb_sessions, st_cb_runs, st_cb_copies;
+    st_refused_images, st_outputs, st_cb_sessions, st_cb_runs, st_cb_copies, st_bulk_later;
 
 /* ---------------------------------------------------------------- settings of this run ---- */
 
@@ -504,6 +504,7 @@ int main(int argc, char **argv) {
     uint64_t baseline = 0;
     leak_check(&baseline);
     kernel_check();
+    later_bulk_check();
     for (unsigned i = 1; i <= sessions && failures < 20; i++) fuzz_session(i);
     cur_session = 0;
     uint64_t after = probe_free();
@@ -525,6 +526,8 @@ int main(int argc, char **argv) {
         fail("no load answered NEED_IMAGE or refused a wrong hash: the image records are stale");
     printf("fuzz_server: callback connections in %lu sessions: %lu RUN messages carrying %lu async copies\n",
            st_cb_sessions, st_cb_runs, st_cb_copies);
+    printf("fuzz_server: %lu async device-to-host copies delivered over the bulk path in the random sessions\n",
+           st_bulk_later);
     if (sessions >= 100 && st_cb_copies == 0) fail("no RUN message carried an async device-to-host copy");
     (void)st_launch_ok;
     printf("fuzz_server: %d failures\n", failures);

@@ -199,18 +199,32 @@ static void await_reply(session *s, pools *P, unsigned last_op, uint64_t alloc_s
     memcpy(&out_len, p + 16, 8);
     if (deferred) st_deferred++;
     if (result != 0 && out_len != 0) fail("op %u failed (%u) but returned %" PRIu64 " output bytes", last_op, result, out_len);
-    uint64_t pos = 24 + out_len, prev_id = 0;
+    uint64_t pos = 24 + out_len, prev_id = 0, after = 0; /* after: bytes of bulk-delivered copies after the frame */
     for (uint32_t i = 0; i < n_later && pos <= h.length; i++) { /* u64 id, u64 length, bytes; ids increasing */
         uint64_t id, n;
         if (pos + 16 > h.length) { pos = UINT64_MAX; break; }
         memcpy(&id, p + pos, 8);
         memcpy(&n, p + pos + 8, 8);
         if (i && id <= prev_id) fail("REPLY copy ids not increasing: %" PRIu64 " after %" PRIu64, id, prev_id);
-        if (n > FG_CHUNK) { pos = UINT64_MAX; break; }
         prev_id = id;
+        if (n & FG_LATER_BULK) { /* over the bulk path: one connection here (the fuzzer opens no data connection) */
+            uint64_t len = n & FG_LATER_LEN_MASK;
+            if (n >> FG_LATER_C_SHIFT != 0x81 || len < FG_LATER_BULK_MIN || len > FG_CHUNK)
+                fail("REPLY names a bulk-delivered copy of %#" PRIx64, n);
+            after += len;
+            pos += 16;
+            st_bulk_later++;
+            continue;
+        }
+        if (n > FG_CHUNK) { pos = UINT64_MAX; break; }
         pos += 16 + n;
     }
     if (pos != h.length) fail("REPLY lengths do not add up: %" PRIu64 " vs %u (n_later %u)", pos, h.length, n_later);
+    for (uint8_t sink[65536]; after;) { /* their pieces follow the frame on the session's connection */
+        size_t k = after < sizeof sink ? (size_t)after : sizeof sink;
+        if (read_full_to(s->fd, sink, k)) break;
+        after -= k;
+    }
     if (result == FG_RESULT_NEED_IMAGE) st_need_image++;
     if (!must_close && expect != EXP_ANY) {
         int ok = expect == EXP_NEED_IMAGE      ? result == FG_RESULT_NEED_IMAGE

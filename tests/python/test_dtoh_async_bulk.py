@@ -73,8 +73,10 @@ CAP = 48 * MiB
 r, dev = alloc(CAP); ok(r, "alloc")
 # the three kinds of page-locked memory: cuMemAllocHost, cuMemHostAlloc, caller memory cuMemHostRegister'ed
 pins = []
-p = ctypes.c_void_p(); ok(cu.cuMemAllocHost_v2(ctypes.byref(p), ctypes.c_size_t(CAP)), "allochost"); pins.append(p.value)
-p = ctypes.c_void_p(); ok(cu.cuMemHostAlloc(ctypes.byref(p), ctypes.c_size_t(CAP), 1), "hostalloc"); pins.append(p.value)
+p = ctypes.c_void_p()
+ok(cu.cuMemAllocHost_v2(ctypes.byref(p), ctypes.c_size_t(CAP)), "allochost"); pins.append(p.value)
+p = ctypes.c_void_p()
+ok(cu.cuMemHostAlloc(ctypes.byref(p), ctypes.c_size_t(CAP), 1), "hostalloc"); pins.append(p.value)
 reg = ctypes.create_string_buffer(CAP)
 ok(cu.cuMemHostRegister_v2(reg, ctypes.c_size_t(CAP), 0), "register"); pins.append(ctypes.addressof(reg))
 streams = []
@@ -113,13 +115,15 @@ for at, src, n in spans:
 # 3. a copy that fails (a range past the allocation) among good ones: its error comes at the synchronisation, it
 # writes nothing, the others arrive, and the next copy works
 ctypes.memset(pins[1], 0x11, 4 * MiB); ctypes.memset(pins[2], 0, 3 * MiB)
-ok(cu.cuMemcpyDtoHAsync_v2(ctypes.c_void_p(pins[2]), ctypes.c_uint64(dev), ctypes.c_size_t(3 * MiB), streams[0]), "good")
+ok(cu.cuMemcpyDtoHAsync_v2(ctypes.c_void_p(pins[2]), ctypes.c_uint64(dev), ctypes.c_size_t(3 * MiB), streams[0]),
+   "good")
 r1 = cu.cuMemcpyDtoHAsync_v2(ctypes.c_void_p(pins[1]), ctypes.c_uint64(dev + CAP - MiB), ctypes.c_size_t(4 * MiB),
                              streams[0])
 r2 = cu.cuStreamSynchronize(streams[0])
 untouched = ctypes.string_at(pins[1], 4 * MiB) == b"\x11" * (4 * MiB)
 print("FAILED", r1, r2, untouched, ctypes.string_at(pins[2], 3 * MiB) == ref[:3 * MiB])
-ok(cu.cuMemcpyDtoHAsync_v2(ctypes.c_void_p(pins[1]), ctypes.c_uint64(dev), ctypes.c_size_t(4 * MiB), streams[0]), "after")
+ok(cu.cuMemcpyDtoHAsync_v2(ctypes.c_void_p(pins[1]), ctypes.c_uint64(dev), ctypes.c_size_t(4 * MiB), streams[0]),
+   "after")
 ok(cu.cuStreamSynchronize(streams[0]), "sync after")
 if ctypes.string_at(pins[1], 4 * MiB) != ref[:4 * MiB]: bad.append(("after", 4 * MiB))
 print("CHECKS", checks, "BAD", bad)
@@ -234,7 +238,8 @@ def seen(v):
 fresh(1); ok(cu.cuLaunchHostFunc(s, fb, None), "blocker"); copy()
 results.append(("returned before the stream reached it", ctypes.string_at(p, n) == bytes(n)))
 release.set()
-ok(cu.cuEventRecord(ev, s), "record"); ok(cu.cuEventSynchronize(ev), "event sync"); results.append(("eventsync", seen(1)))
+ok(cu.cuEventRecord(ev, s), "record"); ok(cu.cuEventSynchronize(ev), "event sync")
+results.append(("eventsync", seen(1)))
 fresh(2); copy(); ok(cu.cuEventRecord(ev, s), "record")
 while cu.cuEventQuery(ev) != 0: pass
 results.append(("eventquery", seen(2)))
@@ -245,7 +250,8 @@ fresh(4); copy(); ok(cu.cuCtxSynchronize(), "ctx sync"); results.append(("ctxsyn
 fresh(5); copy(); ok(cu.cuStreamSynchronize(s), "stream sync"); results.append(("streamsync", seen(5)))
 fresh(6); copy()  # a synchronous call that implies it: a synchronous copy on the legacy stream
 out = ctypes.create_string_buffer(16)
-ok(cu.cuMemcpyDtoH_v2(out, ctypes.c_uint64(dev), ctypes.c_size_t(16)), "sync dtoh"); results.append(("sync call", seen(6)))
+ok(cu.cuMemcpyDtoH_v2(out, ctypes.c_uint64(dev), ctypes.c_size_t(16)), "sync dtoh")
+results.append(("sync call", seen(6)))
 fresh(7); copy(); ok(cu.cuLaunchHostFunc(s, fr, None), "reader"); ok(cu.cuStreamSynchronize(s), "sync")
 print("RESULTS", results)
 '''
@@ -299,3 +305,34 @@ while True:
         raise AssertionError("the worker outlived its client killed mid-delivery")
     res = run_client(READY, env_for(node, transport), timeout=120)
     assert "RESULTS" in res.stdout and "False" not in res.stdout, res.stdout + res.stderr[-3000:]
+
+
+REGISTERED = P + r'''
+import random
+ctx0()
+rng = random.Random(11)
+n_max = 9 * MiB
+r, dev = alloc(n_max); ok(r, "alloc")
+reg = ctypes.create_string_buffer(n_max)
+ok(cu.cuMemHostRegister_v2(reg, ctypes.c_size_t(n_max), 0), "register")
+s = ctypes.c_void_p(); ok(cu.cuStreamCreate(ctypes.byref(s), 1), "stream")
+bad = []
+for n in [256 * 1024, 3 * MiB + 3, 9 * MiB]:
+    data = rng.randbytes(n)
+    ok(cu.cuMemcpyHtoD_v2(ctypes.c_uint64(dev), data, ctypes.c_size_t(n)), "htod")
+    ctypes.memset(reg, 0, n)
+    ok(cu.cuMemcpyDtoHAsync_v2(reg, ctypes.c_uint64(dev), ctypes.c_size_t(n), s), "dtoh")
+    ok(cu.cuStreamSynchronize(s), "sync")  # a small synchronous call: the doorbell's mailbox brings the reply
+    if reg.raw[:n] != data: bad.append(n)
+print("BAD", bad)
+'''
+
+
+def test_registered_memory_outside_the_shared_region_after_a_doorbell_reply(node: NodeServer) -> None:
+    """Co-located with a shared-memory region, memory the application registered itself is not in the region: its
+    async copies are staged and delivered like a remote client's: the reply through the doorbell's mailbox (when the
+    worker is spinning on it) or the socket, and the bytes after it over the unix socket either way."""
+    env = node.client_env(FARGPU_SERVER=node.unix, FARGPU_SHM_MB="64", FARGPU_STATS="1")  # type: ignore[attr-defined]
+    res = run_client(REGISTERED, env, timeout=120)
+    assert res.returncode == 0 and "BAD []" in res.stdout, res.stdout + res.stderr[-3000:]
+    assert delivered(res.stderr)[:2] == (3, 256 * 1024 + 3 * MiB + 3 + 9 * MiB), res.stderr[-3000:]
