@@ -503,6 +503,21 @@ void fgc_later_settle(uint64_t id, int delivered) {
     pthread_mutex_unlock(&later_mu);
 }
 
+CUresult fgc_later_collect_into(const void *p, size_t n) {
+    const char *lo = (const char *)p;
+    int hit = 0;
+    pthread_mutex_lock(&later_mu);
+    for (size_t i = 0; i < g_fgc.n_later && !hit; i++) {
+        const char *d = (const char *)g_fgc.later[i].dst;
+        hit = g_fgc.later_state[i] != FGC_LATER_DONE && d < lo + n && lo < d + g_fgc.later[i].n;
+    }
+    pthread_mutex_unlock(&later_mu);
+    if (!hit) return CUDA_SUCCESS;
+    fg_writer *w = fgc_begin(FG_OP_PING);
+    if (!w) return fgc_last_error();
+    return fgc_sync();
+}
+
 /* Bytes still awaited (g_fgc.mu held: later_bytes is its). */
 static void later_recount(void) {
     pthread_mutex_lock(&later_mu);

@@ -80,6 +80,10 @@ int fgc_send_pending_unlocked(void);
 int fgc_later_claim(uint64_t id, uint64_t len, int by_callback, void **dst);
 /* batch.c: a RUN message's copies arrived whole (delivered) or not (pending again, for the next reply). */
 void fgc_later_settle(uint64_t id, int delivered);
+/* batch.c: page-locked host memory [p, p + n) is about to be freed or unregistered. The driver synchronises there;
+ * so does the stub when an async device→host copy into that memory still awaits its delivery (a PING collects
+ * it), so that no reply writes into memory the application gave back. Returns the PING's result, or success. */
+CUresult fgc_later_collect_into(const void *p, size_t n);
 /* batch.c, for the transports (g_fgc.mu held by a fgc_begin): end the current record and send the batch now,
  * asking for a reply or not; the lock stays held. 0, or -1 with the connection marked broken. */
 int fgc_send_record_locked(int want_reply);

@@ -306,12 +306,16 @@ CUresult fgc_cuMemHostRegister_v2(void *p, size_t bytesize, unsigned int Flags) 
 CUresult fgc_cuMemHostUnregister(void *p) {
     FGC_REQUIRE_INIT();
     fgc_mirror_host_gone(p);
+    void *base = NULL;
+    size_t size = 0;
+    CUresult c = CUDA_SUCCESS; /* copies into it still to deliver: collected first (fgc_later_collect_into) */
+    if (fgc_host_block_find(p, &base, &size, NULL) && base == p) c = fgc_later_collect_into(p, size);
     pthread_mutex_lock(&host_mu);
     for (size_t i = 0; i < host_n; i++)
         if (host_blocks[i].p == p && host_blocks[i].registered) {
             host_blocks[i] = host_blocks[--host_n];
             pthread_mutex_unlock(&host_mu);
-            return CUDA_SUCCESS;
+            return c;
         }
     pthread_mutex_unlock(&host_mu);
     return CUDA_ERROR_HOST_MEMORY_NOT_REGISTERED;
@@ -341,6 +345,12 @@ CUresult fgc_cuMemHostAlloc(void **pp, size_t bytesize, unsigned int Flags) {
 CUresult fgc_cuMemFreeHost(void *p) {
     FGC_REQUIRE_INIT();
     fgc_mirror_host_gone(p);
+    /* The driver synchronises here: copies into the block land before it goes (fgc_later_collect_into), and an
+     * asynchronous error that synchronisation brings is returned, the block freed all the same. */
+    void *base = NULL;
+    size_t size = 0;
+    CUresult c = CUDA_SUCCESS;
+    if (fgc_host_block_find(p, &base, &size, NULL) && base == p) c = fgc_later_collect_into(p, size);
     pthread_mutex_lock(&host_mu);
     for (size_t i = 0; i < host_n; i++) {
         if (host_blocks[i].p == p && !host_blocks[i].registered) {
@@ -348,7 +358,7 @@ CUresult fgc_cuMemFreeHost(void *p) {
             host_blocks[i] = host_blocks[--host_n];
             pthread_mutex_unlock(&host_mu);
             host_release(b.p, b.n);
-            return CUDA_SUCCESS;
+            return c;
         }
     }
     pthread_mutex_unlock(&host_mu);

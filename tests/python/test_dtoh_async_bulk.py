@@ -336,3 +336,39 @@ def test_registered_memory_outside_the_shared_region_after_a_doorbell_reply(node
     res = run_client(REGISTERED, env, timeout=120)
     assert res.returncode == 0 and "BAD []" in res.stdout, res.stdout + res.stderr[-3000:]
     assert delivered(res.stderr)[:2] == (3, 256 * 1024 + 3 * MiB + 3 + 9 * MiB), res.stderr[-3000:]
+
+
+GIVEN_BACK = P + r'''
+ctx0()
+n = 6 * MiB + 1
+r, dev = alloc(n); ok(r, "alloc")
+ok(cu.cuMemsetD8_v2(ctypes.c_uint64(dev), ctypes.c_ubyte(0x2b), ctypes.c_size_t(n)), "memset")
+s = ctypes.c_void_p(); ok(cu.cuStreamCreate(ctypes.byref(s), 1), "stream")
+# freed before any synchronisation: the copy lands before the block goes, never in what takes its place
+a = ctypes.c_void_p(); ok(cu.cuMemAllocHost_v2(ctypes.byref(a), ctypes.c_size_t(n)), "allochost")
+ok(cu.cuMemcpyDtoHAsync_v2(a, ctypes.c_uint64(dev), ctypes.c_size_t(n), s), "dtoh")
+ok(cu.cuMemFreeHost(a), "freehost")
+b = ctypes.c_void_p(); ok(cu.cuMemAllocHost_v2(ctypes.byref(b), ctypes.c_size_t(n)), "allochost again")
+ctypes.memset(b, 0x77, n)
+ok(cu.cuCtxSynchronize(), "sync after free")
+print("FREED", ctypes.string_at(b, n) == b"\x77" * n)
+# unregistered before any synchronisation: the bytes are there when the call returns, and nothing writes later
+reg = ctypes.create_string_buffer(n)
+ok(cu.cuMemHostRegister_v2(reg, ctypes.c_size_t(n), 0), "register")
+ok(cu.cuMemcpyDtoHAsync_v2(reg, ctypes.c_uint64(dev), ctypes.c_size_t(n), s), "dtoh")
+ok(cu.cuMemHostUnregister(reg), "unregister")
+there = reg.raw[:n] == b"\x2b" * n
+ctypes.memset(reg, 0x55, n)
+ok(cu.cuCtxSynchronize(), "sync after unregister")
+print("UNREGISTERED", there, reg.raw[:n] == b"\x55" * n)
+'''
+
+
+@pytest.mark.parametrize("transport", ["tcp4", "unix"])
+def test_page_locked_memory_given_back_gets_its_copies_first(node: NodeServer, transport: str) -> None:
+    """cuMemFreeHost and cuMemHostUnregister synchronise, as the driver's do, when a copy into that memory still
+    awaits delivery: no reply writes into memory the application gave back."""
+    res = run_client(GIVEN_BACK, env_for(node, transport), timeout=120)
+    out = res.stdout + res.stderr[-3000:]
+    assert res.returncode == 0 and "FREED True" in res.stdout and "UNREGISTERED True True" in res.stdout, out
+    assert delivered(res.stderr)[0] == 2, out
