@@ -372,3 +372,36 @@ def test_page_locked_memory_given_back_gets_its_copies_first(node: NodeServer, t
     out = res.stdout + res.stderr[-3000:]
     assert res.returncode == 0 and "FREED True" in res.stdout and "UNREGISTERED True True" in res.stdout, out
     assert delivered(res.stderr)[0] == 2, out
+
+
+TWO_D = P + r'''
+import random
+class M2D(ctypes.Structure):
+    _fields_ = [("srcXInBytes", ctypes.c_size_t), ("srcY", ctypes.c_size_t), ("srcMemoryType", ctypes.c_int),
+                ("srcHost", ctypes.c_void_p), ("srcDevice", ctypes.c_uint64), ("srcArray", ctypes.c_void_p),
+                ("srcPitch", ctypes.c_size_t), ("dstXInBytes", ctypes.c_size_t), ("dstY", ctypes.c_size_t),
+                ("dstMemoryType", ctypes.c_int), ("dstHost", ctypes.c_void_p), ("dstDevice", ctypes.c_uint64),
+                ("dstArray", ctypes.c_void_p), ("dstPitch", ctypes.c_size_t), ("WidthInBytes", ctypes.c_size_t),
+                ("Height", ctypes.c_size_t)]
+ctx0()
+W, H, DP, HP = 300 * 1024 + 3, 5, 320 * 1024, 310 * 1024  # rows of 300 KiB + 3: each one over the bulk path
+ref = random.Random(3).randbytes(DP * H)
+r, dev = alloc(DP * H); ok(r, "alloc")
+ok(cu.cuMemcpyHtoD_v2(ctypes.c_uint64(dev), ref, ctypes.c_size_t(DP * H)), "htod")
+p = ctypes.c_void_p(); ok(cu.cuMemAllocHost_v2(ctypes.byref(p), ctypes.c_size_t(HP * H)), "allochost")
+ctypes.memset(p, 0, HP * H)
+s = ctypes.c_void_p(); ok(cu.cuStreamCreate(ctypes.byref(s), 1), "stream")
+c = M2D(srcXInBytes=7, srcMemoryType=2, srcDevice=dev, srcPitch=DP, dstXInBytes=11, dstMemoryType=1, dstHost=p.value,
+        dstPitch=HP, WidthInBytes=W, Height=H)
+ok(cu.cuMemcpy2DAsync_v2(ctypes.byref(c), s), "dtoh 2d async")
+ok(cu.cuStreamSynchronize(s), "sync")
+got = ctypes.string_at(p, HP * H)
+print("ROWS", all(got[y * HP + 11:y * HP + 11 + W] == ref[y * DP + 7:y * DP + 7 + W] for y in range(H)),
+      all(got[y * HP:y * HP + 11] == bytes(11) for y in range(H)))
+'''
+
+
+def test_async_2d_copies_into_page_locked_memory_share_the_path(node: NodeServer) -> None:
+    res = run_client(TWO_D, env_for(node, "tcp4"))
+    assert "ROWS True True" in res.stdout, res.stdout + res.stderr[-3000:]
+    assert delivered(res.stderr)[0] == 5, res.stderr[-3000:]
