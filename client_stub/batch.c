@@ -198,7 +198,11 @@ static CUresult read_reply_from(int exact, size_t *got) {
     fg_header h;
     if (0) {
     lost: /* the connection failed in the middle of the reply: a resumed worker sends it again whole */
-        bulk_keep_parts();
+        {
+            int e = errno;
+            bulk_keep_parts();
+            errno = e;
+        }
         if (errno != ETIMEDOUT && fgc_resume(NULL) == 0) goto again;
         fgc_mark_broken(CUDA_ERROR_DEVICE_UNAVAILABLE, errno == ETIMEDOUT ? "the server began a reply and then sent "
                         "nothing within FARGPU_IO_TIMEOUT_S" : "the server closed the connection mid-reply");
