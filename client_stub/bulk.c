@@ -15,7 +15,11 @@
  * client, or a restored one) and, unless the worker says it applied the copy, sends the frame again over the new
  * connection alone (C = 1) with all its bytes, or reads all its bytes again, before anything later: the copy
  * completes once, in order. So that a host→device copy's bytes can be sent again, the call returns only once a
- * reply covers it: an asynchronous one is followed by a PING too while resuming is on (one round trip). */
+ * reply covers it: an asynchronous one is followed by a PING too while resuming is on (one round trip).
+ *
+ * The same connections bring the bytes of async device→host copies into page-locked memory that a reply delivers
+ * over the bulk path (batch.c reads the reply, fgc_bulk_receive the pieces after it, straight into the application's
+ * buffers; SPEC.md, "Replies"). */
 #include <errno.h>
 #include <poll.h>
 #include <pthread.h>

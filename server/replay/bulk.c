@@ -10,7 +10,8 @@
  * keep pageable semantics (the bytes are taken at the call) in stream order. A broken or stalled connection ends
  * the session with the reason, or, where the worker lingers for its client (reattach.c), shuts the copy's other
  * connections down at once and leaves the copy unapplied: the client sends it again after it resumes. A failed DMA
- * keeps the byte stream whole (device→host pieces are sent as zeros) and is the copy's error. */
+ * keeps the byte stream whole (device→host pieces are sent as zeros) and is the copy's error. The same connections
+ * carry the bytes of staged async device→host copies a reply delivers over the bulk path (fgs_bulk_deliver). */
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
