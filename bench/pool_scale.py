@@ -100,6 +100,9 @@ class SimAgent:
     def devices(self) -> list[DeviceInfo]:
         return list(self._devices)
 
+    async def read_devices(self) -> list[DeviceInfo]:
+        return list(self._devices)
+
     async def end_lease(self, lease_id: str, reason: str) -> int:
         return 0
 
