@@ -63,6 +63,8 @@ typedef struct {
     uint64_t id;
     int claimed;     /* a trampoline is sending it with a RUN message; it leaves S->later at DONE */
     int bulk;        /* send_reply: its bytes follow the REPLY over the bulk path (bulk.c, fgs_bulk_deliver) */
+    struct fgs_pinblk *pin; /* data is in this page-locked staging buffer (pinstage.c); NULL: malloc'd */
+    int settled;     /* its stream was waited for since: the copy is complete (fgs_later_settle) */
 } fgs_later;
 
 /* A claimed copy, as a trampoline sends it. */
@@ -125,6 +127,7 @@ typedef struct fgs_session {
     uint64_t arena_next, arena_end; /* where cuMemAlloc asks for its next address (memory.c); 0: anywhere */
     struct fgs_shm *shm;   /* the co-located client's shared-memory region (shm.c); NULL: none */
     struct fgs_bulk *bulk; /* the pinned staging ring and data connections for bulk copies (bulk.c) */
+    struct fgs_pinstage *pinstage; /* page-locked staging buffers of async device→host copies (pinstage.c) */
     struct fgs_reattach *reattach; /* a client coming back after its connection dropped (reattach.c) */
     struct fgs_borrow *borrowed; /* child graphs' ids, owned by their parents' nodes (graph_query.c) */
     size_t n_borrowed, cap_borrowed;
@@ -288,6 +291,20 @@ void fgs_later_free_all(fgs_session *S);
 int fgs_later_streams(fgs_session *S, CUstream **streams, size_t *n);
 int fgs_later_take(fgs_session *S, fgs_later **list, size_t *n);
 void fgs_later_free_list(fgs_later *list, size_t n);
+/* Waits for the streams of copies staged in page-locked memory that may still be running (not under the lock);
+ * those whose stream synchronised are marked settled (send_reply waits no more for them). */
+void fgs_later_settle(fgs_session *S);
+/* pinstage.c: page-locked staging. fgs_stage_get: a buffer of n bytes for a copy on stream s (*pin: its pooled
+ * buffer; NULL: malloc'd, as beyond the cap or under capture); NULL when out of memory. fgs_stage_put gives it
+ * back (freed, or reused: only once the copy completed). fgs_stage_count: a copy was enqueued into it.
+ * fgs_stage_drain: a context may go (copies into the pool settle; buffers are registered again at their next
+ * use). fgs_stage_close: the session ends (after every staged copy was given back or settled). */
+struct fgs_pinblk;
+void *fgs_stage_get(fgs_session *S, size_t n, CUstream s, struct fgs_pinblk **pin);
+void fgs_stage_put(struct fgs_pinblk *b, void *data);
+void fgs_stage_count(fgs_session *S, struct fgs_pinblk *b);
+void fgs_stage_drain(fgs_session *S);
+void fgs_stage_close(fgs_session *S);
 /* For a trampoline: claim the unclaimed copies on `stream` with id < upto (they finished: the stream reached
  * the host function after them). Returns how many (*refs malloc'ed). Release them after DONE (delivered: freed)
  * or after a failed RUN (not delivered: left for the next reply). */

@@ -3,7 +3,7 @@
  * mapped back at the same address. Allocations are charged to the lease's VRAM quota. Copies read and
  * write straight between the frame / reply buffers and the device; async device→host copies are staged here
  * until the next reply, or until a host function after them on their stream sends them with its RUN message
- * (protocol/SPEC.md, "Replies" and "Callbacks"). */
+ * (protocol/SPEC.md, "Replies" and "Callbacks"), in page-locked buffers of the worker where it can (pinstage.c). */
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -290,20 +290,24 @@ CUresult fgs_cuMemcpyDtoHAsync_v2(fgs_session *S, fg_reader *r, fg_writer *out) 
     if (over || !room) return FGS_PROTOCOL_ERROR;
     uint64_t id = S->later_next++;
     void *s = NULL, *stage = NULL;
+    struct fgs_pinblk *pin = NULL;
     CUresult res;
     if (fgs_handle_get(S, FGH_STREAM, sid, &s)) {
         res = CUDA_ERROR_INVALID_HANDLE;
-    } else if (!(stage = malloc(n ? (size_t)n : 1))) {
+    } else if (!(stage = fgs_stage_get(S, (size_t)n, (CUstream)s, &pin))) { /* page-locked when it can */
         res = CUDA_ERROR_OUT_OF_MEMORY;
     } else {
         res = S->api->cuMemcpyDtoHAsync_v2(stage, fgs_park_xlate(S, src, n), (size_t)n, (CUstream)s);
         if (res != CUDA_SUCCESS) { /* nothing was enqueued */
-            free(stage);
+            fgs_stage_put(pin, stage);
             stage = NULL;
+            pin = NULL;
+        } else if (n) {
+            fgs_stage_count(S, pin);
         }
     }
     pthread_mutex_lock(&later_mu); /* only this thread adds: the room found above is still there */
-    S->later[S->n_later++] = (fgs_later){stage, (size_t)n, same_stream((CUstream)s), id, 0, 0};
+    S->later[S->n_later++] = (fgs_later){stage, (size_t)n, same_stream((CUstream)s), id, 0, 0, pin, 0};
     if (stage) S->later_bytes += n;
     pthread_mutex_unlock(&later_mu);
     return res;
@@ -316,7 +320,7 @@ int fgs_later_streams(fgs_session *S, CUstream **streams, size_t *n) {
     CUstream *v = S->n_later ? (CUstream *)malloc(S->n_later * sizeof *v) : NULL;
     int rc = S->n_later && !v ? -1 : 0;
     for (size_t i = 0; v && i < S->n_later; i++) {
-        if (!S->later[i].data) continue;
+        if (!S->later[i].data || S->later[i].settled) continue; /* settled: known complete */
         size_t j = 0;
         while (j < *n && v[j] != S->later[i].stream) j++;
         if (j == *n) v[(*n)++] = S->later[i].stream;
@@ -350,9 +354,39 @@ int fgs_later_take(fgs_session *S, fgs_later **list, size_t *n) {
     return k && !v ? -1 : 0;
 }
 
-void fgs_later_free_list(fgs_later *list, size_t n) {
-    for (size_t i = 0; i < n; i++) free(list[i].data);
+void fgs_later_free_list(fgs_later *list, size_t n) { /* delivered: their streams were waited for */
+    for (size_t i = 0; i < n; i++) fgs_stage_put(list[i].pin, list[i].data);
     free(list);
+}
+
+void fgs_later_settle(fgs_session *S) {
+    pthread_mutex_lock(&later_mu);
+    uint64_t upto = S->later_next; /* only this thread adds copies */
+    CUstream *v = S->n_later ? (CUstream *)malloc(S->n_later * sizeof *v) : NULL;
+    size_t ns = 0;
+    for (size_t i = 0; v && i < S->n_later; i++) {
+        fgs_later *e = &S->later[i];
+        if (!e->pin || e->settled || e->claimed) continue; /* a claimed one runs before its host function */
+        size_t j = 0;
+        while (j < ns && v[j] != e->stream) j++;
+        if (j == ns) v[ns++] = e->stream;
+    }
+    pthread_mutex_unlock(&later_mu);
+    if (!ns) {
+        free(v);
+        return;
+    }
+    size_t ok = 0; /* the streams that synchronised, moved to the front */
+    for (size_t j = 0; j < ns; j++)
+        if (S->api->cuStreamSynchronize(v[j]) == CUDA_SUCCESS) v[ok++] = v[j];
+    pthread_mutex_lock(&later_mu);
+    for (size_t i = 0; i < S->n_later && S->later[i].id < upto; i++) {
+        fgs_later *e = &S->later[i];
+        for (size_t j = 0; e->pin && !e->settled && j < ok; j++)
+            if (v[j] == e->stream) e->settled = 1;
+    }
+    pthread_mutex_unlock(&later_mu);
+    free(v);
 }
 
 size_t fgs_later_claim(fgs_session *S, CUstream stream, uint64_t upto, fgs_later_ref **refs) {
@@ -383,9 +417,9 @@ void fgs_later_release(fgs_session *S, const fgs_later_ref *refs, size_t n, int 
         fgs_later *e = &S->later[i];
         while (j < n && refs[j].id < e->id) j++;
         int mine = j < n && refs[j].id == e->id && e->claimed;
-        if (mine && drop) {
+        if (mine && drop) { /* its host function ran after it on its stream: the copy is complete */
             if (e->data) S->later_bytes -= e->n;
-            free(e->data);
+            fgs_stage_put(e->pin, e->data);
             continue;
         }
         if (mine) e->claimed = 0;
@@ -396,21 +430,28 @@ void fgs_later_release(fgs_session *S, const fgs_later_ref *refs, size_t n, int 
 }
 
 /* At the session's end. Copies a trampoline has claimed are its to free (it fails soon: the callback connection
- * is shut down first). */
+ * is shut down first). A copy into page-locked memory is waited for first; one whose stream cannot be waited for
+ * keeps its buffer (never reused: the DMA might still write it) until the process exits. */
 void fgs_later_free_all(fgs_session *S) {
+    fgs_later_settle(S);
     pthread_mutex_lock(&later_mu);
     S->later_closed = 1;
-    size_t keep = 0;
+    size_t keep = 0, kept = 0;
     for (size_t i = 0; i < S->n_later; i++) {
-        if (S->later[i].claimed) {
-            S->later[keep++] = S->later[i];
+        fgs_later *e = &S->later[i];
+        if (e->claimed) {
+            S->later[keep++] = *e;
             continue;
         }
-        free(S->later[i].data);
-        if (S->later[i].data) S->later_bytes -= S->later[i].n;
+        if (e->pin && !e->settled) kept++;
+        else fgs_stage_put(e->pin, e->data);
+        if (e->data) S->later_bytes -= e->n;
     }
     S->n_later = keep;
     pthread_mutex_unlock(&later_mu);
+    if (kept)
+        fgs_log(S, "%zu staged async device-to-host copies could not be waited for: their page-locked buffers stay "
+                   "untouched until the worker exits", kept);
 }
 
 /* Device-to-device copies (and unified cuMemcpy, which the stub sends here only for two device

@@ -179,6 +179,7 @@ FGS_EXPORT void fgs_close(fgs_session *S) {
     fgs_memory_release_all(S);
     fgs_bulk_close(S);
     fgs_reattach_close(S);
+    fgs_stage_close(S); /* every staged copy was given back or settled above */
     fgs_shm_close(S);
     fgs_graph_borrowed_close(S); /* child graphs go with their parents */
     /* Streams, events and modules first, then the contexts that own them. */
@@ -577,6 +578,7 @@ FGS_EXPORT int fgs_serve(fgs_session *S, int fd, int ctl_fd, char *reason, unsig
             if (rec.op == FG_OP_cuCtxDestroy_v2 || rec.op == FG_OP_cuDevicePrimaryCtxRelease_v2 ||
                 rec.op == FG_OP_cuDevicePrimaryCtxReset_v2) { /* nothing of the transports may outlive a context */
                 fgs_bulk_drain(S);
+                fgs_stage_drain(S); /* staged copies into page-locked buffers complete while their streams exist */
                 fgs_shm_forget_ctx(S);
                 fgs_mempool_drain(S); /* pending stream-ordered frees wait on events of the context */
             }
