@@ -291,9 +291,10 @@ void fgs_later_free_all(fgs_session *S);
 int fgs_later_streams(fgs_session *S, CUstream **streams, size_t *n);
 int fgs_later_take(fgs_session *S, fgs_later **list, size_t *n);
 void fgs_later_free_list(fgs_later *list, size_t n);
-/* Waits for the streams of copies staged in page-locked memory that may still be running (not under the lock);
- * those whose stream synchronised are marked settled (send_reply waits no more for them). */
-void fgs_later_settle(fgs_session *S);
+/* Waits for the streams of staged copies that may still be running (not under the lock): those in page-locked
+ * memory (and with pageable_too those in malloc'd memory too), on every stream or (one) on `stream` alone. Those
+ * whose stream synchronised are marked settled: send_reply no longer waits for their stream (which may be gone). */
+void fgs_later_settle(fgs_session *S, int one, CUstream stream, int pageable_too);
 /* pinstage.c: page-locked staging. fgs_stage_get: a buffer of n bytes for a copy on stream s (*pin: its pooled
  * buffer; NULL: malloc'd, as beyond the cap or under capture); NULL when out of memory. fgs_stage_put gives it
  * back (freed, or reused: only once the copy completed). fgs_stage_count: a copy was enqueued into it.

@@ -359,14 +359,16 @@ void fgs_later_free_list(fgs_later *list, size_t n) { /* delivered: their stream
     free(list);
 }
 
-void fgs_later_settle(fgs_session *S) {
+void fgs_later_settle(fgs_session *S, int one, CUstream stream, int pageable_too) {
+    stream = same_stream(stream);
     pthread_mutex_lock(&later_mu);
     uint64_t upto = S->later_next; /* only this thread adds copies */
     CUstream *v = S->n_later ? (CUstream *)malloc(S->n_later * sizeof *v) : NULL;
     size_t ns = 0;
     for (size_t i = 0; v && i < S->n_later; i++) {
         fgs_later *e = &S->later[i];
-        if (!e->pin || e->settled || e->claimed) continue; /* a claimed one runs before its host function */
+        if (!e->data || e->settled || e->claimed || (!e->pin && !pageable_too) || (one && e->stream != stream))
+            continue; /* (a claimed one completed before its host function ran) */
         size_t j = 0;
         while (j < ns && v[j] != e->stream) j++;
         if (j == ns) v[ns++] = e->stream;
@@ -382,7 +384,7 @@ void fgs_later_settle(fgs_session *S) {
     pthread_mutex_lock(&later_mu);
     for (size_t i = 0; i < S->n_later && S->later[i].id < upto; i++) {
         fgs_later *e = &S->later[i];
-        for (size_t j = 0; e->pin && !e->settled && j < ok; j++)
+        for (size_t j = 0; e->data && (e->pin || pageable_too) && !e->settled && j < ok; j++)
             if (v[j] == e->stream) e->settled = 1;
     }
     pthread_mutex_unlock(&later_mu);
@@ -433,7 +435,7 @@ void fgs_later_release(fgs_session *S, const fgs_later_ref *refs, size_t n, int 
  * is shut down first). A copy into page-locked memory is waited for first; one whose stream cannot be waited for
  * keeps its buffer (never reused: the DMA might still write it) until the process exits. */
 void fgs_later_free_all(fgs_session *S) {
-    fgs_later_settle(S);
+    fgs_later_settle(S, 0, NULL, 0);
     pthread_mutex_lock(&later_mu);
     S->later_closed = 1;
     size_t keep = 0, kept = 0;

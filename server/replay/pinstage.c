@@ -235,8 +235,9 @@ void fgs_stage_count(fgs_session *S, struct fgs_pinblk *b) {
 
 void fgs_stage_drain(fgs_session *S) {
     struct fgs_pinstage *P = S->pinstage;
+    /* Staged copies complete while their streams exist (send_reply then waits for none of those streams). */
+    fgs_later_settle(S, 0, NULL, 1);
     if (!P) return;
-    fgs_later_settle(S); /* copies still running into the pool complete while their streams exist */
     pthread_mutex_lock(&P->mu);
     P->gen++;
     pthread_mutex_unlock(&P->mu);

@@ -582,6 +582,12 @@ FGS_EXPORT int fgs_serve(fgs_session *S, int fd, int ctl_fd, char *reason, unsig
                 fgs_shm_forget_ctx(S);
                 fgs_mempool_drain(S); /* pending stream-ordered frees wait on events of the context */
             }
+            if (rec.op == FG_OP_cuStreamDestroy_v2 && rec.length >= 8) { /* its staged copies complete first */
+                uint64_t sid;
+                void *sp = NULL;
+                memcpy(&sid, rec.args, 8);
+                if (!fgs_handle_get(S, FGH_STREAM, sid, &sp)) fgs_later_settle(S, 1, (CUstream)sp, 1);
+            }
             size_t out_before = out.len;
             CUresult res;
             fgs_park_fix_record(S, rec.op, (uint8_t *)(uintptr_t)rec.args, rec.length); /* moved globals */

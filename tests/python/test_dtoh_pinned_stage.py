@@ -325,3 +325,35 @@ def test_a_client_killed_with_copies_staged_leaves_no_buffer(node: NodeServer, t
     assert st["pageable"] == 0 and st["held"] == 0 and st["buffers"] >= 3, st
     res = run_client(MANY, env_for(node, transport, SEED="1", ROUNDS="3"), timeout=120)
     assert re.search(r"CHECKS \d+ BAD \[\]", res.stdout), res.stdout + res.stderr[-3000:]
+
+
+# Copies still staged when their stream is destroyed (cuStreamDestroy returns at once, the work completes later, as
+# natively): the worker waits for the stream before it goes, and the copies arrive whole with no error.
+STREAM_DESTROY = P + r'''
+ctx0()
+n = 5 * MiB
+r, dev = alloc(n); ok(r, "alloc")
+ok(cu.cuMemsetD8_v2(ctypes.c_uint64(dev), ctypes.c_ubyte(0x5a), ctypes.c_size_t(n)), "memset")
+pin = ctypes.c_void_p(); ok(cu.cuMemAllocHost_v2(ctypes.byref(pin), ctypes.c_size_t(2 * n)), "allochost")
+ctypes.memset(pin, 0, 2 * n)
+res = []
+for k in range(3):
+    s = ctypes.c_void_p(); ok(cu.cuStreamCreate(ctypes.byref(s), 1), "stream")
+    ok(cu.cuMemcpyDtoHAsync_v2(pin, ctypes.c_uint64(dev), ctypes.c_size_t(n), s), "dtoh large")
+    ok(cu.cuMemcpyDtoHAsync_v2(ctypes.c_void_p(pin.value + n), ctypes.c_uint64(dev), ctypes.c_size_t(1000), s), "dtoh")
+    res.append(cu.cuStreamDestroy_v2(s))
+    res.append(cu.cuCtxSynchronize())
+    res.append(ctypes.string_at(pin, n) == b"\x5a" * n and ctypes.string_at(pin.value + n, 1000) == b"\x5a" * 1000)
+    ctypes.memset(pin, 0, 2 * n)
+print("STREAMS", res)
+'''
+
+
+@pytest.mark.parametrize("transport", ["tcp1", "unix"])
+def test_copies_pending_when_their_stream_is_destroyed(node: NodeServer, transport: str) -> None:
+    before = len(node.log_text())
+    res = run_client(STREAM_DESTROY, env_for(node, transport), timeout=60)
+    assert res.returncode == 0 and "STREAMS [0, 0, True, 0, 0, True, 0, 0, True]" in res.stdout, \
+        res.stdout + res.stderr[-3000:]
+    st = staged_line(node, before)
+    assert (st["pinned"], st["pageable"], st["held"]) == (6, 0, 0), st
