@@ -305,6 +305,7 @@ void *fgs_stage_get(fgs_session *S, size_t n, CUstream s, struct fgs_pinblk **pi
 void fgs_stage_put(struct fgs_pinblk *b, void *data);
 void fgs_stage_count(fgs_session *S, struct fgs_pinblk *b);
 void fgs_stage_drain(fgs_session *S);
+void fgs_stage_trim(fgs_session *S); /* paged out: the idle buffers are given back */
 void fgs_stage_close(fgs_session *S);
 /* For a trampoline: claim the unclaimed copies on `stream` with id < upto (they finished: the stream reached
  * the host function after them). Returns how many (*refs malloc'ed). Release them after DONE (delivered: freed)

@@ -342,6 +342,7 @@ static void page_out(fgs_session *S, const char *args) {
     P->where = host ? PAGED_HOST : PAGED_DISK;
     P->bytes = total;
     if (host && P->pool_vmm) fgs_pool_unmap(S); /* mapped again by the page-in; meanwhile the worker holds none of it */
+    fgs_stage_trim(S); /* nor does it keep idle page-locked staging buffers (made again at the next copies) */
     fgs_pager_say(P, "paged %s %llu %llu %llu io_ns=%llu copy_ns=%llu map_ns=%llu vmm_ns=%llu%s",
                   host ? "host" : "disk", (unsigned long long)total, (unsigned long long)(fgs_now_ns() - t0),
                   (unsigned long long)unpageable_bytes(S), (unsigned long long)P->io_ns, (unsigned long long)P->copy_ns,

@@ -243,27 +243,59 @@ void fgs_stage_drain(fgs_session *S) {
     pthread_mutex_unlock(&P->mu);
 }
 
-void fgs_stage_close(fgs_session *S) {
-    struct fgs_pinstage *P = S->pinstage;
-    if (!P) return;
-    pthread_mutex_lock(&P->mu);
-    P->closed = 1;
+/* Under P->mu: every idle buffer taken out of the pool (linked by next_all), its bytes off the count. */
+static struct fgs_pinblk *take_idle(struct fgs_pinstage *P, size_t *n_idle, uint64_t *idle_bytes, size_t *n_out) {
     struct fgs_pinblk *idle = NULL, **pp = &P->all;
-    size_t n_idle = 0, n_out = 0;
-    uint64_t idle_bytes = 0;
-    while (*pp) { /* idle buffers are released; one a copy still holds stays (the worker exits soon) */
+    while (*pp) {
         struct fgs_pinblk *b = *pp;
         if (b->refs) {
-            n_out++;
+            (*n_out)++;
             pp = &b->next_all;
             continue;
         }
         *pp = b->next_all;
         b->next_all = idle;
         idle = b;
-        n_idle++;
-        idle_bytes += b->size;
+        (*n_idle)++;
+        *idle_bytes += b->size;
+        P->bytes -= b->size;
     }
+    memset(P->free_cls, 0, sizeof P->free_cls); /* every buffer on a free list was idle */
+    P->free_small = NULL;
+    if (P->cur && !P->cur->refs) P->cur = NULL;
+    return idle;
+}
+
+static void release_list(fgs_session *S, struct fgs_pinblk *b) {
+    while (b) {
+        struct fgs_pinblk *next = b->next_all;
+        release_block(S, b);
+        b = next;
+    }
+}
+
+void fgs_stage_trim(fgs_session *S) {
+    struct fgs_pinstage *P = S->pinstage;
+    if (!P) return;
+    size_t n_idle = 0, n_out = 0;
+    uint64_t idle_bytes = 0;
+    pthread_mutex_lock(&P->mu);
+    struct fgs_pinblk *idle = take_idle(P, &n_idle, &idle_bytes, &n_out);
+    pthread_mutex_unlock(&P->mu);
+    release_list(S, idle);
+    if (n_idle)
+        fgs_log(S, "paged out: %zu idle page-locked staging buffers (%llu bytes) given back", n_idle,
+                (unsigned long long)idle_bytes);
+}
+
+void fgs_stage_close(fgs_session *S) {
+    struct fgs_pinstage *P = S->pinstage;
+    if (!P) return;
+    size_t n_idle = 0, n_out = 0; /* idle buffers are released; one a copy still holds stays (the worker exits) */
+    uint64_t idle_bytes = 0;
+    pthread_mutex_lock(&P->mu);
+    P->closed = 1;
+    struct fgs_pinblk *idle = take_idle(P, &n_idle, &idle_bytes, &n_out);
     pthread_mutex_unlock(&P->mu);
     if (P->pinned || P->pageable)
         fgs_log(S, "%llu async device-to-host copies staged in page-locked memory, %llu in pageable memory (%llu "
@@ -272,11 +304,7 @@ void fgs_stage_close(fgs_session *S) {
                 (unsigned long long)P->pinned, (unsigned long long)P->pageable, (unsigned long long)P->over_cap,
                 (unsigned long long)(P->cap >> 20), (unsigned long long)P->captured, n_idle,
                 (unsigned long long)idle_bytes, (unsigned long long)P->peak, n_out);
-    while (idle) {
-        struct fgs_pinblk *b = idle;
-        idle = b->next_all;
-        release_block(S, b);
-    }
+    release_list(S, idle);
     S->pinstage = NULL;
     if (!n_out) {
         pthread_mutex_destroy(&P->mu);

@@ -71,13 +71,18 @@ def sent(stderr: str, op: str) -> int:
 
 
 def staged_line(node: NodeServer, before: int, pid: int | None = None) -> dict[str, int]:
-    """The worker's account of its staging at the session's end (waited for: the worker logs it as it closes)."""
+    """The worker's account of its staging at the session's end (waited for: the worker logs it as it closes); the
+    worker is `pid`, or the first one the node started after `before` (an earlier one may log its end later)."""
     keys = ("pid", "pinned", "pageable", "over_cap", "cap_mb", "captured", "buffers", "bytes", "peak", "held")
+    if pid is None:
+        started = re.search(r"-> worker (\d+)", node.log_text()[before:])
+        assert started, node.log_text()[before:][-3000:]
+        pid = int(started.group(1))
     deadline = time.monotonic() + 20
     while True:
         for m in STAGED.finditer(node.log_text()[before:]):
             got = dict(zip(keys, (int(g) for g in m.groups()), strict=True))
-            if pid is None or got["pid"] == pid:
+            if got["pid"] == pid:
                 return got
         if time.monotonic() > deadline:
             raise AssertionError(node.log_text()[before:][-3000:])
@@ -357,3 +362,50 @@ def test_copies_pending_when_their_stream_is_destroyed(node: NodeServer, transpo
         res.stdout + res.stderr[-3000:]
     st = staged_line(node, before)
     assert (st["pinned"], st["pageable"], st["held"]) == (6, 0, 0), st
+
+
+# An idle session paged out gives back its idle staging buffers with its device memory; its next copies make them
+# again, byte-exact.
+PAGED = P + r'''
+import random
+ctx0()
+rng = random.Random(4)
+n = 4 * MiB
+r, dev = alloc(n); ok(r, "alloc")
+pin = ctypes.c_void_p(); ok(cu.cuMemAllocHost_v2(ctypes.byref(pin), ctypes.c_size_t(n)), "allochost")
+s = ctypes.c_void_p(); ok(cu.cuStreamCreate(ctypes.byref(s), 1), "stream")
+def rounds(k):
+    good = True
+    for _ in range(k):
+        ref = rng.randbytes(n)
+        ok(cu.cuMemcpyHtoD_v2(ctypes.c_uint64(dev), ref, ctypes.c_size_t(n)), "htod")
+        ctypes.memset(pin, 0, n)
+        for off, m in [(0, 3000), (8192, 500000), (MiB, 3 * MiB)]:
+            ok(cu.cuMemcpyDtoHAsync_v2(ctypes.c_void_p(pin.value + off), ctypes.c_uint64(dev + off), ctypes.c_size_t(m),
+                                       s), "dtoh")
+        ok(cu.cuStreamSynchronize(s), "sync")
+        good = good and all(ctypes.string_at(pin.value + off, m) == ref[off:off + m]
+                            for off, m in [(0, 3000), (8192, 500000), (MiB, 3 * MiB)])
+    return good
+print("FIRST", rounds(3), flush=True)
+sys.stdin.readline()
+print("AFTER", rounds(3), flush=True)
+'''
+
+
+def test_a_paged_out_session_gives_back_its_idle_staging_buffers(tmp_path: Path) -> None:
+    s = start_server(tmp_path, "--idle-page-out", "1", "--host-page-pool", "64M")
+    try:
+        p = subprocess.Popen([sys.executable, "-P", "-c", PAGED], env=s.client_env(), stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/")
+        assert p.stdout is not None and p.stdout.readline().strip() == "FIRST True"
+        deadline = time.monotonic() + 30
+        while not re.search(r"paged out: 3 idle page-locked staging buffers \(\d+ bytes\) given back", s.log_text()):
+            assert time.monotonic() < deadline, s.log_text()[-3000:]
+            time.sleep(0.05)
+        out, err = p.communicate("go\n", timeout=60)
+        assert out.strip() == "AFTER True", out + err[-3000:]
+        st = staged_line(s, 0)
+        assert (st["pinned"], st["pageable"], st["buffers"], st["held"]) == (18, 0, 3, 0), st
+    finally:
+        stop_server(s)
