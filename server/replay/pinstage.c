@@ -137,7 +137,10 @@ void *fgs_stage_get(fgs_session *S, size_t n, CUstream s, struct fgs_pinblk **pi
     if (small && P->cur && P->cur->off + n <= P->cur->size) b = P->cur;
     else if (small && (b = P->free_small)) P->free_small = b->next_free;
     else if (!small && (b = P->free_cls[cls])) P->free_cls[cls] = b->next_free;
-    while (!b && P->bytes + size > P->cap && ne < EVICT_MAX) {
+    uint64_t idle = 0; /* give idle buffers back only when that makes room */
+    for (int c = 0; !b && P->bytes + size > P->cap && c <= NCLS; c++)
+        for (struct fgs_pinblk *f = c < NCLS ? P->free_cls[c] : P->free_small; f; f = f->next_free) idle += f->size;
+    while (!b && P->bytes + size > P->cap && P->bytes - idle + size <= P->cap && ne < EVICT_MAX) {
         struct fgs_pinblk *e = evict_one(P);
         if (!e) break;
         evicted[ne++] = e;

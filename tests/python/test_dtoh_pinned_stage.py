@@ -201,6 +201,19 @@ def test_copies_beyond_the_cap_fall_back_to_pageable_memory(small_node: NodeServ
     assert st["peak"] <= 4 * MiB and st["held"] == 0, st
 
 
+def test_mixed_copies_under_a_small_cap_stay_byte_exact(small_node: NodeServer) -> None:
+    """The many-copies program against a 4 MiB cap: buffers given back to make room for other sizes, copies beyond
+    it in pageable memory, every byte right."""
+    before = len(small_node.log_text())
+    res = run_client(MANY, env_for(small_node, "tcp4", SEED="9", ROUNDS="8"), timeout=240)
+    assert res.returncode == 0 and re.search(r"CHECKS \d+ BAD \[\] FN \d+ True", res.stdout), \
+        res.stdout + res.stderr[-3000:]
+    st = staged_line(small_node, before)
+    assert st["pinned"] + st["pageable"] == sent(res.stderr, "cuMemcpyDtoHAsync_v2"), st
+    assert st["pinned"] > 0 and st["over_cap"] > 0 and st["pageable"] == st["over_cap"], st
+    assert st["peak"] <= 4 * MiB and st["held"] == 0, st
+
+
 def test_a_cap_of_zero_stages_every_copy_in_pageable_memory(off_node: NodeServer) -> None:
     before = len(off_node.log_text())
     res = run_client(CAPPED, env_for(off_node, "tcp1"), timeout=120)
