@@ -90,12 +90,14 @@ CUresult fgc_cuCtxDestroy_v2(CUcontext ctx) {
     fgc_memo_clear(); /* ids of the context's objects may be reused */
     fgc_put_handle(w, ctx);
     CUresult r = fgc_sync();
-    if (r == CUDA_SUCCESS) {
-        pthread_mutex_lock(&g_fgc.mu);
-        fgc_ctx_forget(fgc_handle_id(ctx));
-        pthread_mutex_unlock(&g_fgc.mu);
-        while (t_depth > 0 && t_stack[t_depth - 1] == 0) t_depth--;
-        fgc_cls_context_gone(fgc_handle_id(ctx));
-    }
+    if (r == CUDA_SUCCESS) fgc_ctx_gone(fgc_handle_id(ctx));
     return r;
+}
+
+void fgc_ctx_gone(uint64_t id) {
+    pthread_mutex_lock(&g_fgc.mu);
+    fgc_ctx_forget(id);
+    pthread_mutex_unlock(&g_fgc.mu);
+    while (t_depth > 0 && t_stack[t_depth - 1] == 0) t_depth--;
+    fgc_cls_context_gone(id);
 }

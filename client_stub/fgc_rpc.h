@@ -98,6 +98,9 @@ int fgc_host_block_sync_memops(const void *p, int set, int value);
 uint64_t fgc_ctx_current(void);
 void fgc_ctx_set_current(uint64_t id);
 void fgc_ctx_forget(uint64_t id);
+/* ctx.c: context `id` was destroyed (cuCtxDestroy, or the green context it was converted from went): it leaves
+ * this thread's stack, the server's current context is no longer known, its context-local storage goes. */
+void fgc_ctx_gone(uint64_t id);
 /* Context-local storage of the runtime's private table (export_tables.c): run destructors of a dead context. */
 void fgc_cls_context_gone(uint64_t ctx);
 

@@ -1,6 +1,5 @@
 /* memops.c — stream memory operations: batched (cuStreamBatchMemOp_v2: wait and write values of 32 and 64 bits,
- * flushes of remote writes, memory barriers) and single (cuStreamWaitValue32/64_v2, cuStreamWriteValue32/64_v2),
- * and cuStreamGetCtx_v2.
+ * flushes of remote writes, memory barriers) and single (cuStreamWaitValue32/64_v2, cuStreamWriteValue32/64_v2).
  *
  * A batch is one async record: the stream and the operations as the application filled them; a single operation
  * is one async record "u64 stream, u64 address, u32 or u64 value, u32 flags". The addresses must
@@ -9,9 +8,7 @@
  * process, which the remote GPU cannot see, so such a batch is refused with CUDA_ERROR_NOT_SUPPORTED and a log
  * line, a single operation alike. The node checks the addresses again against the session's memory. Dirty managed
  * pages go to the device before a batch or a single operation is queued, and host copies of managed memory count as
- * stale after a batch or a write (mirror.c).
- * cuStreamGetCtx_v2 is cuStreamGetCtx with no green context: green contexts are refused through fargpu, so a
- * stream never has one. */
+ * stale after a batch or a write (mirror.c). */
 #include <string.h>
 
 #include "fgc_impl.h"
@@ -126,11 +123,4 @@ CUresult fgc_cuStreamWriteValue32_v2(CUstream stream, CUdeviceptr addr, cuuint32
 CUresult fgc_cuStreamWriteValue64_v2(CUstream stream, CUdeviceptr addr, cuuint64_t value, unsigned int flags) {
     static int logged;
     return single(FG_OP_cuStreamWriteValue64_v2, "cuStreamWriteValue64_v2", &logged, stream, addr, value, 8, flags);
-}
-
-CUresult fgc_cuStreamGetCtx_v2(CUstream hStream, CUcontext *pCtx, CUgreenCtx *pGreenCtx) {
-    if (!pCtx) return CUDA_ERROR_INVALID_VALUE;
-    CUresult r = cuStreamGetCtx(hStream, pCtx);
-    if (r == CUDA_SUCCESS && pGreenCtx) *pGreenCtx = NULL;
-    return r;
 }

@@ -32,6 +32,8 @@ HANDLE_TYPES = {
     "CUarray": 13,
     "CUmipmappedArray": 14,
     "CUuserObject": 15,
+    "CUgreenCtx": 16,
+    "CUdevResourceDesc": 17,
 }
 
 

@@ -252,10 +252,14 @@ FGC_EXPORT CUresult CUDAAPI cuCtxEnablePeerAccess(CUcontext peerContext, unsigne
 }
 
 FGC_EXPORT CUresult CUDAAPI cuCtxFromGreenCtx(CUcontext *pContext, CUgreenCtx hCtx) {
-    (void)pContext;
-    (void)hCtx;
-    static int logged;
-    return fgc_unsupported("cuCtxFromGreenCtx", &logged);
+    FGC_REQUIRE_INIT();
+    uint64_t d_pContext;
+    fg_writer *w = fgc_begin(FG_OP_cuCtxFromGreenCtx);
+    if (!w) return fgc_last_error();
+    { uint8_t want_ = pContext != NULL; fg_put(w, &want_, 1); }
+    fgc_expect(pContext ? (void *)pContext : (void *)&d_pContext, sizeof(uint64_t));
+    fgc_put_handle(w, (const void *)hCtx);
+    return fgc_sync();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuCtxGetApiVersion(CUcontext ctx, unsigned int *version) {
@@ -308,11 +312,15 @@ FGC_EXPORT CUresult CUDAAPI cuCtxGetDevice_v2(CUdevice *device, CUcontext ctx) {
 }
 
 FGC_EXPORT CUresult CUDAAPI cuCtxGetDevResource(CUcontext hCtx, CUdevResource *resource, CUdevResourceType type) {
-    (void)hCtx;
-    (void)resource;
-    (void)type;
-    static int logged;
-    return fgc_unsupported("cuCtxGetDevResource", &logged);
+    FGC_REQUIRE_INIT();
+    __typeof__(*resource) d_resource;
+    fg_writer *w = fgc_begin(FG_OP_cuCtxGetDevResource);
+    if (!w) return fgc_last_error();
+    fgc_put_handle(w, (const void *)hCtx);
+    { uint8_t want_ = resource != NULL; fg_put(w, &want_, 1); }
+    fgc_expect(resource ? (void *)resource : (void *)&d_resource, sizeof(*resource));
+    fg_put(w, &type, sizeof(type));
+    return fgc_sync();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuCtxGetExecAffinity(CUexecAffinityParam *pExecAffinity, CUexecAffinityType type) {
@@ -732,11 +740,15 @@ FGC_EXPORT CUresult CUDAAPI cuDeviceGetDefaultMemPool(CUmemoryPool *pool_out, CU
 }
 
 FGC_EXPORT CUresult CUDAAPI cuDeviceGetDevResource(CUdevice device, CUdevResource *resource, CUdevResourceType type) {
-    (void)device;
-    (void)resource;
-    (void)type;
-    static int logged;
-    return fgc_unsupported("cuDeviceGetDevResource", &logged);
+    FGC_REQUIRE_INIT();
+    __typeof__(*resource) d_resource;
+    fg_writer *w = fgc_begin(FG_OP_cuDeviceGetDevResource);
+    if (!w) return fgc_last_error();
+    fg_put(w, &device, sizeof(device));
+    { uint8_t want_ = resource != NULL; fg_put(w, &want_, 1); }
+    fgc_expect(resource ? (void *)resource : (void *)&d_resource, sizeof(*resource));
+    fg_put(w, &type, sizeof(type));
+    return fgc_sync();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuDeviceGetExecAffinitySupport(int *pi, CUexecAffinityType type, CUdevice dev) {
@@ -984,22 +996,17 @@ FGC_EXPORT CUresult CUDAAPI cuDeviceUnregisterAsyncNotification(CUdevice device,
 }
 
 FGC_EXPORT CUresult CUDAAPI cuDevResourceGenerateDesc(CUdevResourceDesc *phDesc, CUdevResource *resources, unsigned int nbResources) {
-    (void)phDesc;
-    (void)resources;
-    (void)nbResources;
-    static int logged;
-    return fgc_unsupported("cuDevResourceGenerateDesc", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuDevResourceGenerateDesc");
+    CUresult r_ = fgc_cuDevResourceGenerateDesc(phDesc, resources, nbResources);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuDevResourceGenerateDesc", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuDevSmResourceSplitByCount(CUdevResource *result, unsigned int *nbGroups, const CUdevResource *input, CUdevResource *remaining, unsigned int useFlags, unsigned int minCount) {
-    (void)result;
-    (void)nbGroups;
-    (void)input;
-    (void)remaining;
-    (void)useFlags;
-    (void)minCount;
-    static int logged;
-    return fgc_unsupported("cuDevSmResourceSplitByCount", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuDevSmResourceSplitByCount");
+    CUresult r_ = fgc_cuDevSmResourceSplitByCount(result, nbGroups, input, remaining, useFlags, minCount);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuDevSmResourceSplitByCount", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuDriverGetVersion(int *driverVersion) {
@@ -2212,56 +2219,71 @@ FGC_EXPORT CUresult CUDAAPI cuGraphUpload_ptsz(CUgraphExec hGraphExec, CUstream 
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGreenCtxCreate(CUgreenCtx *phCtx, CUdevResourceDesc desc, CUdevice dev, unsigned int flags) {
-    (void)phCtx;
-    (void)desc;
-    (void)dev;
-    (void)flags;
-    static int logged;
-    return fgc_unsupported("cuGreenCtxCreate", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuGreenCtxCreate");
+    CUresult r_ = fgc_cuGreenCtxCreate(phCtx, desc, dev, flags);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuGreenCtxCreate", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGreenCtxDestroy(CUgreenCtx hCtx) {
-    (void)hCtx;
-    static int logged;
-    return fgc_unsupported("cuGreenCtxDestroy", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuGreenCtxDestroy");
+    CUresult r_ = fgc_cuGreenCtxDestroy(hCtx);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuGreenCtxDestroy", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGreenCtxGetDevResource(CUgreenCtx hCtx, CUdevResource *resource, CUdevResourceType type) {
-    (void)hCtx;
-    (void)resource;
-    (void)type;
-    static int logged;
-    return fgc_unsupported("cuGreenCtxGetDevResource", &logged);
+    FGC_REQUIRE_INIT();
+    __typeof__(*resource) d_resource;
+    fg_writer *w = fgc_begin(FG_OP_cuGreenCtxGetDevResource);
+    if (!w) return fgc_last_error();
+    fgc_put_handle(w, (const void *)hCtx);
+    { uint8_t want_ = resource != NULL; fg_put(w, &want_, 1); }
+    fgc_expect(resource ? (void *)resource : (void *)&d_resource, sizeof(*resource));
+    fg_put(w, &type, sizeof(type));
+    return fgc_sync();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGreenCtxGetId(CUgreenCtx greenCtx, unsigned long long *greenCtxId) {
-    (void)greenCtx;
-    (void)greenCtxId;
-    static int logged;
-    return fgc_unsupported("cuGreenCtxGetId", &logged);
+    FGC_REQUIRE_INIT();
+    __typeof__(*greenCtxId) d_greenCtxId;
+    fg_writer *w = fgc_begin(FG_OP_cuGreenCtxGetId);
+    if (!w) return fgc_last_error();
+    fgc_put_handle(w, (const void *)greenCtx);
+    { uint8_t want_ = greenCtxId != NULL; fg_put(w, &want_, 1); }
+    fgc_expect(greenCtxId ? (void *)greenCtxId : (void *)&d_greenCtxId, sizeof(*greenCtxId));
+    return fgc_sync();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGreenCtxRecordEvent(CUgreenCtx hCtx, CUevent hEvent) {
-    (void)hCtx;
-    (void)hEvent;
-    static int logged;
-    return fgc_unsupported("cuGreenCtxRecordEvent", &logged);
+    FGC_REQUIRE_INIT();
+    fg_writer *w = fgc_begin(FG_OP_cuGreenCtxRecordEvent);
+    if (!w) return fgc_last_error();
+    fgc_put_handle(w, (const void *)hCtx);
+    fgc_put_handle(w, (const void *)hEvent);
+    return fgc_async();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGreenCtxStreamCreate(CUstream *phStream, CUgreenCtx greenCtx, unsigned int flags, int priority) {
-    (void)phStream;
-    (void)greenCtx;
-    (void)flags;
-    (void)priority;
-    static int logged;
-    return fgc_unsupported("cuGreenCtxStreamCreate", &logged);
+    FGC_REQUIRE_INIT();
+    uint64_t d_phStream;
+    fg_writer *w = fgc_begin(FG_OP_cuGreenCtxStreamCreate);
+    if (!w) return fgc_last_error();
+    { uint8_t want_ = phStream != NULL; fg_put(w, &want_, 1); }
+    fgc_expect(phStream ? (void *)phStream : (void *)&d_phStream, sizeof(uint64_t));
+    fgc_put_handle(w, (const void *)greenCtx);
+    fg_put(w, &flags, sizeof(flags));
+    fg_put(w, &priority, sizeof(priority));
+    return fgc_sync();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuGreenCtxWaitEvent(CUgreenCtx hCtx, CUevent hEvent) {
-    (void)hCtx;
-    (void)hEvent;
-    static int logged;
-    return fgc_unsupported("cuGreenCtxWaitEvent", &logged);
+    FGC_REQUIRE_INIT();
+    fg_writer *w = fgc_begin(FG_OP_cuGreenCtxWaitEvent);
+    if (!w) return fgc_last_error();
+    fgc_put_handle(w, (const void *)hCtx);
+    fgc_put_handle(w, (const void *)hEvent);
+    return fgc_async();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuImportExternalMemory(CUexternalMemory *extMem_out, const CUDA_EXTERNAL_MEMORY_HANDLE_DESC *memHandleDesc) {
@@ -4469,10 +4491,17 @@ FGC_EXPORT CUresult CUDAAPI cuStreamGetCtx_ptsz(CUstream hStream, CUcontext *pct
 }
 
 FGC_EXPORT CUresult CUDAAPI cuStreamGetCtx_v2(CUstream hStream, CUcontext *pCtx, CUgreenCtx *pGreenCtx) {
-    fgc_log(FGC_LOG_TRACE, "= cuStreamGetCtx_v2");
-    CUresult r_ = fgc_cuStreamGetCtx_v2(hStream, pCtx, pGreenCtx);
-    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuStreamGetCtx_v2", r_);
-    return r_;
+    FGC_REQUIRE_INIT();
+    uint64_t d_pCtx;
+    uint64_t d_pGreenCtx;
+    fg_writer *w = fgc_begin(FG_OP_cuStreamGetCtx_v2);
+    if (!w) return fgc_last_error();
+    fgc_put_handle(w, (const void *)hStream);
+    { uint8_t want_ = pCtx != NULL; fg_put(w, &want_, 1); }
+    fgc_expect(pCtx ? (void *)pCtx : (void *)&d_pCtx, sizeof(uint64_t));
+    { uint8_t want_ = pGreenCtx != NULL; fg_put(w, &want_, 1); }
+    fgc_expect(pGreenCtx ? (void *)pGreenCtx : (void *)&d_pGreenCtx, sizeof(uint64_t));
+    return fgc_sync();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuStreamGetCtx_v2_ptsz(CUstream hStream, CUcontext *pCtx, CUgreenCtx *pGreenCtx) {
@@ -4510,10 +4539,14 @@ FGC_EXPORT CUresult CUDAAPI cuStreamGetFlags_ptsz(CUstream hStream, unsigned int
 }
 
 FGC_EXPORT CUresult CUDAAPI cuStreamGetGreenCtx(CUstream hStream, CUgreenCtx *phCtx) {
-    (void)hStream;
-    (void)phCtx;
-    static int logged;
-    return fgc_unsupported("cuStreamGetGreenCtx", &logged);
+    FGC_REQUIRE_INIT();
+    uint64_t d_phCtx;
+    fg_writer *w = fgc_begin(FG_OP_cuStreamGetGreenCtx);
+    if (!w) return fgc_last_error();
+    fgc_put_handle(w, (const void *)hStream);
+    { uint8_t want_ = phCtx != NULL; fg_put(w, &want_, 1); }
+    fgc_expect(phCtx ? (void *)phCtx : (void *)&d_phCtx, sizeof(uint64_t));
+    return fgc_sync();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuStreamGetId(CUstream hStream, unsigned long long *streamId) {

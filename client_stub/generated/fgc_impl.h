@@ -16,6 +16,8 @@ CUresult CUDAAPI fgc_cuCtxGetCurrent(CUcontext *pctx);
 CUresult CUDAAPI fgc_cuCtxPopCurrent_v2(CUcontext *pctx);
 CUresult CUDAAPI fgc_cuCtxPushCurrent_v2(CUcontext ctx);
 CUresult CUDAAPI fgc_cuCtxSetCurrent(CUcontext ctx);
+CUresult CUDAAPI fgc_cuDevResourceGenerateDesc(CUdevResourceDesc *phDesc, CUdevResource *resources, unsigned int nbResources);
+CUresult CUDAAPI fgc_cuDevSmResourceSplitByCount(CUdevResource *result, unsigned int *nbGroups, const CUdevResource *input, CUdevResource *remaining, unsigned int useFlags, unsigned int minCount);
 CUresult CUDAAPI fgc_cuDeviceGetAttribute(int *pi, CUdevice_attribute attrib, CUdevice dev);
 CUresult CUDAAPI fgc_cuDeviceGetDefaultMemPool(CUmemoryPool *pool_out, CUdevice dev);
 CUresult CUDAAPI fgc_cuDeviceGetGraphMemAttribute(CUdevice device, CUgraphMem_attribute attr, void *value);
@@ -86,6 +88,8 @@ CUresult CUDAAPI fgc_cuGraphNodeGetDependentNodes_v2(CUgraphNode hNode, CUgraphN
 CUresult CUDAAPI fgc_cuGraphNodeGetType(CUgraphNode hNode, CUgraphNodeType *type);
 CUresult CUDAAPI fgc_cuGraphNodeSetParams(CUgraphNode hNode, CUgraphNodeParams *nodeParams);
 CUresult CUDAAPI fgc_cuGraphRemoveDependencies_v2(CUgraph hGraph, const CUgraphNode *from, const CUgraphNode *to, const CUgraphEdgeData *edgeData, size_t numDependencies);
+CUresult CUDAAPI fgc_cuGreenCtxCreate(CUgreenCtx *phCtx, CUdevResourceDesc desc, CUdevice dev, unsigned int flags);
+CUresult CUDAAPI fgc_cuGreenCtxDestroy(CUgreenCtx hCtx);
 CUresult CUDAAPI fgc_cuInit(unsigned int Flags);
 CUresult CUDAAPI fgc_cuIpcCloseMemHandle(CUdeviceptr dptr);
 CUresult CUDAAPI fgc_cuIpcGetEventHandle(CUipcEventHandle *pHandle, CUevent event);
@@ -206,7 +210,6 @@ CUresult CUDAAPI fgc_cuStreamBeginCaptureToGraph(CUstream hStream, CUgraph hGrap
 CUresult CUDAAPI fgc_cuStreamEndCapture(CUstream hStream, CUgraph *phGraph);
 CUresult CUDAAPI fgc_cuStreamGetCaptureInfo_v2(CUstream hStream, CUstreamCaptureStatus *captureStatus_out, cuuint64_t *id_out, CUgraph *graph_out, const CUgraphNode **dependencies_out, size_t *numDependencies_out);
 CUresult CUDAAPI fgc_cuStreamGetCaptureInfo_v3(CUstream hStream, CUstreamCaptureStatus *captureStatus_out, cuuint64_t *id_out, CUgraph *graph_out, const CUgraphNode **dependencies_out, const CUgraphEdgeData **edgeData_out, size_t *numDependencies_out);
-CUresult CUDAAPI fgc_cuStreamGetCtx_v2(CUstream hStream, CUcontext *pCtx, CUgreenCtx *pGreenCtx);
 CUresult CUDAAPI fgc_cuStreamUpdateCaptureDependencies(CUstream hStream, CUgraphNode *dependencies, size_t numDependencies, unsigned int flags);
 CUresult CUDAAPI fgc_cuStreamUpdateCaptureDependencies_v2(CUstream hStream, CUgraphNode *dependencies, const CUgraphEdgeData *dependencyData, size_t numDependencies, unsigned int flags);
 CUresult CUDAAPI fgc_cuStreamWaitValue32_v2(CUstream stream, CUdeviceptr addr, cuuint32_t value, unsigned int flags);

@@ -89,6 +89,21 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
     case FG_OP_cuCtxDestroy_v2: return fgs_cuCtxDestroy_v2(S, r, out);
     case FG_OP_cuCtxDisablePeerAccess: return fgs_cuCtxDisablePeerAccess(S, r, out);
     case FG_OP_cuCtxEnablePeerAccess: return fgs_cuCtxEnablePeerAccess(S, r, out);
+    case FG_OP_cuCtxFromGreenCtx: {
+        CUcontext pContext = NULL;
+        uint8_t want_pContext = 0;
+        fg_get(r, &want_pContext, 1);
+        uint64_t id_hCtx = fg_get_u64(r);
+        CUgreenCtx hCtx = NULL;
+        if (!r->failed && fgs_handle_get(S, 16, id_hCtx, (void **)&hCtx)) return CUDA_ERROR_INVALID_HANDLE;
+        if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuCtxFromGreenCtx) return fgs_missing(S, "cuCtxFromGreenCtx");
+        CUresult res = S->api->cuCtxFromGreenCtx(want_pContext ? &pContext : NULL, hCtx);
+        if (res == CUDA_SUCCESS) {
+            fg_put_u64(out, want_pContext && pContext ? fgs_handle_add(S, 1, (void *)pContext) : 0);
+        }
+        return res;
+    }
     case FG_OP_cuCtxGetApiVersion: {
         uint64_t id_ctx = fg_get_u64(r);
         CUcontext ctx = NULL;
@@ -115,6 +130,24 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         CUresult res = S->api->cuCtxGetCacheConfig(want_pconfig ? &pconfig : NULL);
         if (res == CUDA_SUCCESS) {
             fg_put(out, &pconfig, sizeof(pconfig));
+        }
+        return res;
+    }
+    case FG_OP_cuCtxGetDevResource: {
+        uint64_t id_hCtx = fg_get_u64(r);
+        CUcontext hCtx = NULL;
+        if (!r->failed && fgs_handle_get(S, 1, id_hCtx, (void **)&hCtx)) return CUDA_ERROR_INVALID_HANDLE;
+        CUdevResource resource;
+        memset(&resource, 0, sizeof(resource));
+        uint8_t want_resource = 0;
+        fg_get(r, &want_resource, 1);
+        CUdevResourceType type;
+        fg_get(r, (void *)&type, sizeof(type));
+        if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuCtxGetDevResource) return fgs_missing(S, "cuCtxGetDevResource");
+        CUresult res = S->api->cuCtxGetDevResource(hCtx, want_resource ? &resource : NULL, type);
+        if (res == CUDA_SUCCESS) {
+            fg_put(out, &resource, sizeof(resource));
         }
         return res;
     }
@@ -301,6 +334,8 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         CUresult res = S->api->cuCtxWaitEvent(hCtx, hEvent);
         return res;
     }
+    case FG_OP_cuDevResourceGenerateDesc: return fgs_cuDevResourceGenerateDesc(S, r, out);
+    case FG_OP_cuDevSmResourceSplitByCount: return fgs_cuDevSmResourceSplitByCount(S, r, out);
     case FG_OP_cuDeviceCanAccessPeer: {
         int canAccessPeer;
         memset(&canAccessPeer, 0, sizeof(canAccessPeer));
@@ -382,6 +417,23 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         return res;
     }
     case FG_OP_cuDeviceGetDefaultMemPool: return fgs_cuDeviceGetDefaultMemPool(S, r, out);
+    case FG_OP_cuDeviceGetDevResource: {
+        CUdevice device;
+        fg_get(r, (void *)&device, sizeof(device));
+        CUdevResource resource;
+        memset(&resource, 0, sizeof(resource));
+        uint8_t want_resource = 0;
+        fg_get(r, &want_resource, 1);
+        CUdevResourceType type;
+        fg_get(r, (void *)&type, sizeof(type));
+        if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuDeviceGetDevResource) return fgs_missing(S, "cuDeviceGetDevResource");
+        CUresult res = S->api->cuDeviceGetDevResource(device, want_resource ? &resource : NULL, type);
+        if (res == CUDA_SUCCESS) {
+            fg_put(out, &resource, sizeof(resource));
+        }
+        return res;
+    }
     case FG_OP_cuDeviceGetLuid: return fgs_cuDeviceGetLuid(S, r, out);
     case FG_OP_cuDeviceGetMemPool: return fgs_cuDeviceGetMemPool(S, r, out);
     case FG_OP_cuDeviceGetName: {
@@ -1011,6 +1063,85 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         if (r->failed) return FGS_PROTOCOL_ERROR;
         if (!S->api->cuGraphUpload) return fgs_missing(S, "cuGraphUpload");
         CUresult res = S->api->cuGraphUpload(hGraph, hStream);
+        return res;
+    }
+    case FG_OP_cuGreenCtxCreate: return fgs_cuGreenCtxCreate(S, r, out);
+    case FG_OP_cuGreenCtxDestroy: return fgs_cuGreenCtxDestroy(S, r, out);
+    case FG_OP_cuGreenCtxGetDevResource: {
+        uint64_t id_hCtx = fg_get_u64(r);
+        CUgreenCtx hCtx = NULL;
+        if (!r->failed && fgs_handle_get(S, 16, id_hCtx, (void **)&hCtx)) return CUDA_ERROR_INVALID_HANDLE;
+        CUdevResource resource;
+        memset(&resource, 0, sizeof(resource));
+        uint8_t want_resource = 0;
+        fg_get(r, &want_resource, 1);
+        CUdevResourceType type;
+        fg_get(r, (void *)&type, sizeof(type));
+        if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuGreenCtxGetDevResource) return fgs_missing(S, "cuGreenCtxGetDevResource");
+        CUresult res = S->api->cuGreenCtxGetDevResource(hCtx, want_resource ? &resource : NULL, type);
+        if (res == CUDA_SUCCESS) {
+            fg_put(out, &resource, sizeof(resource));
+        }
+        return res;
+    }
+    case FG_OP_cuGreenCtxGetId: {
+        uint64_t id_greenCtx = fg_get_u64(r);
+        CUgreenCtx greenCtx = NULL;
+        if (!r->failed && fgs_handle_get(S, 16, id_greenCtx, (void **)&greenCtx)) return CUDA_ERROR_INVALID_HANDLE;
+        unsigned long long greenCtxId;
+        memset(&greenCtxId, 0, sizeof(greenCtxId));
+        uint8_t want_greenCtxId = 0;
+        fg_get(r, &want_greenCtxId, 1);
+        if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuGreenCtxGetId) return fgs_missing(S, "cuGreenCtxGetId");
+        CUresult res = S->api->cuGreenCtxGetId(greenCtx, want_greenCtxId ? &greenCtxId : NULL);
+        if (res == CUDA_SUCCESS) {
+            fg_put(out, &greenCtxId, sizeof(greenCtxId));
+        }
+        return res;
+    }
+    case FG_OP_cuGreenCtxRecordEvent: {
+        uint64_t id_hCtx = fg_get_u64(r);
+        CUgreenCtx hCtx = NULL;
+        if (!r->failed && fgs_handle_get(S, 16, id_hCtx, (void **)&hCtx)) return CUDA_ERROR_INVALID_HANDLE;
+        uint64_t id_hEvent = fg_get_u64(r);
+        CUevent hEvent = NULL;
+        if (!r->failed && fgs_handle_get(S, 3, id_hEvent, (void **)&hEvent)) return CUDA_ERROR_INVALID_HANDLE;
+        if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuGreenCtxRecordEvent) return fgs_missing(S, "cuGreenCtxRecordEvent");
+        CUresult res = S->api->cuGreenCtxRecordEvent(hCtx, hEvent);
+        return res;
+    }
+    case FG_OP_cuGreenCtxStreamCreate: {
+        CUstream phStream = NULL;
+        uint8_t want_phStream = 0;
+        fg_get(r, &want_phStream, 1);
+        uint64_t id_greenCtx = fg_get_u64(r);
+        CUgreenCtx greenCtx = NULL;
+        if (!r->failed && fgs_handle_get(S, 16, id_greenCtx, (void **)&greenCtx)) return CUDA_ERROR_INVALID_HANDLE;
+        unsigned int flags;
+        fg_get(r, (void *)&flags, sizeof(flags));
+        int priority;
+        fg_get(r, (void *)&priority, sizeof(priority));
+        if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuGreenCtxStreamCreate) return fgs_missing(S, "cuGreenCtxStreamCreate");
+        CUresult res = S->api->cuGreenCtxStreamCreate(want_phStream ? &phStream : NULL, greenCtx, flags, priority);
+        if (res == CUDA_SUCCESS) {
+            fg_put_u64(out, want_phStream && phStream ? fgs_handle_add(S, 2, (void *)phStream) : 0);
+        }
+        return res;
+    }
+    case FG_OP_cuGreenCtxWaitEvent: {
+        uint64_t id_hCtx = fg_get_u64(r);
+        CUgreenCtx hCtx = NULL;
+        if (!r->failed && fgs_handle_get(S, 16, id_hCtx, (void **)&hCtx)) return CUDA_ERROR_INVALID_HANDLE;
+        uint64_t id_hEvent = fg_get_u64(r);
+        CUevent hEvent = NULL;
+        if (!r->failed && fgs_handle_get(S, 3, id_hEvent, (void **)&hEvent)) return CUDA_ERROR_INVALID_HANDLE;
+        if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuGreenCtxWaitEvent) return fgs_missing(S, "cuGreenCtxWaitEvent");
+        CUresult res = S->api->cuGreenCtxWaitEvent(hCtx, hEvent);
         return res;
     }
     case FG_OP_cuIpcCloseMemHandle: return fgs_cuIpcCloseMemHandle(S, r, out);
@@ -1691,6 +1822,25 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         }
         return res;
     }
+    case FG_OP_cuStreamGetCtx_v2: {
+        uint64_t id_hStream = fg_get_u64(r);
+        CUstream hStream = NULL;
+        if (!r->failed && fgs_handle_get(S, 2, id_hStream, (void **)&hStream)) return CUDA_ERROR_INVALID_HANDLE;
+        CUcontext pCtx = NULL;
+        uint8_t want_pCtx = 0;
+        fg_get(r, &want_pCtx, 1);
+        CUgreenCtx pGreenCtx = NULL;
+        uint8_t want_pGreenCtx = 0;
+        fg_get(r, &want_pGreenCtx, 1);
+        if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuStreamGetCtx_v2) return fgs_missing(S, "cuStreamGetCtx_v2");
+        CUresult res = S->api->cuStreamGetCtx_v2(hStream, want_pCtx ? &pCtx : NULL, want_pGreenCtx ? &pGreenCtx : NULL);
+        if (res == CUDA_SUCCESS) {
+            fg_put_u64(out, want_pCtx && pCtx ? fgs_handle_add(S, 1, (void *)pCtx) : 0);
+            fg_put_u64(out, want_pGreenCtx && pGreenCtx ? fgs_handle_add(S, 16, (void *)pGreenCtx) : 0);
+        }
+        return res;
+    }
     case FG_OP_cuStreamGetDevice: {
         uint64_t id_hStream = fg_get_u64(r);
         CUstream hStream = NULL;
@@ -1720,6 +1870,21 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         CUresult res = S->api->cuStreamGetFlags(hStream, want_flags ? &flags : NULL);
         if (res == CUDA_SUCCESS) {
             fg_put(out, &flags, sizeof(flags));
+        }
+        return res;
+    }
+    case FG_OP_cuStreamGetGreenCtx: {
+        uint64_t id_hStream = fg_get_u64(r);
+        CUstream hStream = NULL;
+        if (!r->failed && fgs_handle_get(S, 2, id_hStream, (void **)&hStream)) return CUDA_ERROR_INVALID_HANDLE;
+        CUgreenCtx phCtx = NULL;
+        uint8_t want_phCtx = 0;
+        fg_get(r, &want_phCtx, 1);
+        if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuStreamGetGreenCtx) return fgs_missing(S, "cuStreamGetGreenCtx");
+        CUresult res = S->api->cuStreamGetGreenCtx(hStream, want_phCtx ? &phCtx : NULL);
+        if (res == CUDA_SUCCESS) {
+            fg_put_u64(out, want_phCtx && phCtx ? fgs_handle_add(S, 16, (void *)phCtx) : 0);
         }
         return res;
     }

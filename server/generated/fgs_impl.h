@@ -12,6 +12,8 @@ CUresult fgs_cuCtxCreate_v4(fgs_session *S, fg_reader *r, fg_writer *out);
 CUresult fgs_cuCtxDestroy_v2(fgs_session *S, fg_reader *r, fg_writer *out);
 CUresult fgs_cuCtxDisablePeerAccess(fgs_session *S, fg_reader *r, fg_writer *out);
 CUresult fgs_cuCtxEnablePeerAccess(fgs_session *S, fg_reader *r, fg_writer *out);
+CUresult fgs_cuDevResourceGenerateDesc(fgs_session *S, fg_reader *r, fg_writer *out);
+CUresult fgs_cuDevSmResourceSplitByCount(fgs_session *S, fg_reader *r, fg_writer *out);
 CUresult fgs_cuDeviceGetAttribute(fgs_session *S, fg_reader *r, fg_writer *out);
 CUresult fgs_cuDeviceGetDefaultMemPool(fgs_session *S, fg_reader *r, fg_writer *out);
 CUresult fgs_cuDeviceGetLuid(fgs_session *S, fg_reader *r, fg_writer *out);
@@ -63,6 +65,8 @@ CUresult fgs_cuGraphNodeGetDependencies_v2(fgs_session *S, fg_reader *r, fg_writ
 CUresult fgs_cuGraphNodeGetDependentNodes_v2(fgs_session *S, fg_reader *r, fg_writer *out);
 CUresult fgs_cuGraphNodeGetType(fgs_session *S, fg_reader *r, fg_writer *out);
 CUresult fgs_cuGraphRemoveDependencies_v2(fgs_session *S, fg_reader *r, fg_writer *out);
+CUresult fgs_cuGreenCtxCreate(fgs_session *S, fg_reader *r, fg_writer *out);
+CUresult fgs_cuGreenCtxDestroy(fgs_session *S, fg_reader *r, fg_writer *out);
 CUresult fgs_cuIpcCloseMemHandle(fgs_session *S, fg_reader *r, fg_writer *out);
 CUresult fgs_cuIpcGetEventHandle(fgs_session *S, fg_reader *r, fg_writer *out);
 CUresult fgs_cuIpcGetMemHandle(fgs_session *S, fg_reader *r, fg_writer *out);

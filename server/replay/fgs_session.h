@@ -89,6 +89,11 @@ typedef struct fgs_session {
     uint64_t ctx_charge;            /* bytes charged per created context */
     void *created_ctx[64];          /* contexts created by cuCtxCreate (charged), until destroyed */
     size_t n_created_ctx;
+    struct fgs_green {              /* green contexts (charged like a created context), until destroyed (green.c) */
+        void *green;
+        int dev;
+    } green[64];
+    size_t n_green;
 
     fgs_later *later;
     size_t n_later, cap_later, later_bytes;
@@ -201,6 +206,8 @@ CUresult fgs_charge(fgs_session *S, uint64_t bytes); /* on the current context's
 /* On device ordinal `dev`: with a per-GPU ledger the quota is per GPU (CUDA_ERROR_INVALID_DEVICE for an ordinal the
  * session does not have). Uncharge with the same ordinal. */
 CUresult fgs_charge_dev(fgs_session *S, int dev, uint64_t bytes);
+/* green.c: destroys the session's green contexts and drops the contexts converted from them (session end). */
+void fgs_green_close(fgs_session *S);
 void fgs_uncharge_dev(fgs_session *S, int dev, uint64_t bytes);
 uint64_t fgs_quota_left_dev(fgs_session *S, int dev);
 int fgs_current_device(fgs_session *S);

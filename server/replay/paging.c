@@ -290,7 +290,7 @@ CUresult fgs_pager_bounce(fgs_session *S) {
 }
 
 static uint64_t unpageable_bytes(fgs_session *S) {
-    uint64_t n = (uint64_t)S->n_created_ctx * S->ctx_charge;
+    uint64_t n = (uint64_t)(S->n_created_ctx + S->n_green) * S->ctx_charge;
     for (size_t i = 0; i < S->n_globals; i++) n += S->globals[i].size;
     return n;
 }

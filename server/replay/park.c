@@ -102,6 +102,10 @@ static const char *unparkable(fgs_session *S) {
     if (live(S, FGH_GRAPHEXEC) || live(S, FGH_GRAPH) || live(S, FGH_GRAPHNODE))
         return "it holds CUDA graphs, which parking cannot rebuild";
     if (live(S, FGH_LINKSTATE)) return "it holds a JIT link state";
+    if (live(S, FGH_GREENCTX)) return "it holds green contexts (SM partitions), which parking does not rebuild";
+    if (live(S, FGH_DEVRESOURCEDESC))
+        return "it made green-context resource descriptors (they live as long as the worker), which parking does not "
+               "rebuild";
     if (live(S, FGH_ARRAY) || live(S, FGH_MIPMAPPEDARRAY)) return "it holds CUDA arrays, which parking does not restore";
     if (S->n_texsurf)
         return "it holds texture or surface objects, whose values a rebuilt worker cannot promise to keep";

@@ -206,6 +206,7 @@ FGS_EXPORT void fgs_close(fgs_session *S) {
             }
         }
     }
+    fgs_green_close(S); /* their streams went above; their converted contexts leave the table */
     fgs_table *ct = &S->tables[FGH_CONTEXT];
     for (uint32_t i = 0; i < ct->n; i++) {
         unsigned flags;

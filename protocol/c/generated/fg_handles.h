@@ -18,7 +18,9 @@ enum fg_handle_kind {
     FGH_ARRAY = 13,
     FGH_MIPMAPPEDARRAY = 14,
     FGH_USEROBJECT = 15,
-    FGH_LIMIT = 16,
+    FGH_GREENCTX = 16,
+    FGH_DEVRESOURCEDESC = 17,
+    FGH_LIMIT = 18,
 };
 
 #endif

@@ -24,8 +24,10 @@ const char *fg_op_name(unsigned op) {
     case FG_OP_cuCtxDestroy_v2: return "cuCtxDestroy_v2";
     case FG_OP_cuCtxDisablePeerAccess: return "cuCtxDisablePeerAccess";
     case FG_OP_cuCtxEnablePeerAccess: return "cuCtxEnablePeerAccess";
+    case FG_OP_cuCtxFromGreenCtx: return "cuCtxFromGreenCtx";
     case FG_OP_cuCtxGetApiVersion: return "cuCtxGetApiVersion";
     case FG_OP_cuCtxGetCacheConfig: return "cuCtxGetCacheConfig";
+    case FG_OP_cuCtxGetDevResource: return "cuCtxGetDevResource";
     case FG_OP_cuCtxGetDevice: return "cuCtxGetDevice";
     case FG_OP_cuCtxGetDevice_v2: return "cuCtxGetDevice_v2";
     case FG_OP_cuCtxGetFlags: return "cuCtxGetFlags";
@@ -42,6 +44,8 @@ const char *fg_op_name(unsigned op) {
     case FG_OP_cuCtxSynchronize: return "cuCtxSynchronize";
     case FG_OP_cuCtxSynchronize_v2: return "cuCtxSynchronize_v2";
     case FG_OP_cuCtxWaitEvent: return "cuCtxWaitEvent";
+    case FG_OP_cuDevResourceGenerateDesc: return "cuDevResourceGenerateDesc";
+    case FG_OP_cuDevSmResourceSplitByCount: return "cuDevSmResourceSplitByCount";
     case FG_OP_cuDeviceCanAccessPeer: return "cuDeviceCanAccessPeer";
     case FG_OP_cuDeviceComputeCapability: return "cuDeviceComputeCapability";
     case FG_OP_cuDeviceGet: return "cuDeviceGet";
@@ -49,6 +53,7 @@ const char *fg_op_name(unsigned op) {
     case FG_OP_cuDeviceGetByPCIBusId: return "cuDeviceGetByPCIBusId";
     case FG_OP_cuDeviceGetCount: return "cuDeviceGetCount";
     case FG_OP_cuDeviceGetDefaultMemPool: return "cuDeviceGetDefaultMemPool";
+    case FG_OP_cuDeviceGetDevResource: return "cuDeviceGetDevResource";
     case FG_OP_cuDeviceGetLuid: return "cuDeviceGetLuid";
     case FG_OP_cuDeviceGetMemPool: return "cuDeviceGetMemPool";
     case FG_OP_cuDeviceGetName: return "cuDeviceGetName";
@@ -139,6 +144,13 @@ const char *fg_op_name(unsigned op) {
     case FG_OP_cuGraphRemoveDependencies_v2: return "cuGraphRemoveDependencies_v2";
     case FG_OP_cuGraphRetainUserObject: return "cuGraphRetainUserObject";
     case FG_OP_cuGraphUpload: return "cuGraphUpload";
+    case FG_OP_cuGreenCtxCreate: return "cuGreenCtxCreate";
+    case FG_OP_cuGreenCtxDestroy: return "cuGreenCtxDestroy";
+    case FG_OP_cuGreenCtxGetDevResource: return "cuGreenCtxGetDevResource";
+    case FG_OP_cuGreenCtxGetId: return "cuGreenCtxGetId";
+    case FG_OP_cuGreenCtxRecordEvent: return "cuGreenCtxRecordEvent";
+    case FG_OP_cuGreenCtxStreamCreate: return "cuGreenCtxStreamCreate";
+    case FG_OP_cuGreenCtxWaitEvent: return "cuGreenCtxWaitEvent";
     case FG_OP_cuIpcCloseMemHandle: return "cuIpcCloseMemHandle";
     case FG_OP_cuIpcGetEventHandle: return "cuIpcGetEventHandle";
     case FG_OP_cuIpcGetMemHandle: return "cuIpcGetMemHandle";
@@ -246,8 +258,10 @@ const char *fg_op_name(unsigned op) {
     case FG_OP_cuStreamGetAttribute: return "cuStreamGetAttribute";
     case FG_OP_cuStreamGetCaptureInfo_v3: return "cuStreamGetCaptureInfo_v3";
     case FG_OP_cuStreamGetCtx: return "cuStreamGetCtx";
+    case FG_OP_cuStreamGetCtx_v2: return "cuStreamGetCtx_v2";
     case FG_OP_cuStreamGetDevice: return "cuStreamGetDevice";
     case FG_OP_cuStreamGetFlags: return "cuStreamGetFlags";
+    case FG_OP_cuStreamGetGreenCtx: return "cuStreamGetGreenCtx";
     case FG_OP_cuStreamGetId: return "cuStreamGetId";
     case FG_OP_cuStreamGetPriority: return "cuStreamGetPriority";
     case FG_OP_cuStreamIsCapturing: return "cuStreamIsCapturing";
