@@ -32,6 +32,7 @@ void sim_lock(void);
 void sim_unlock(void);
 
 struct sim_ctx;
+struct sim_green;
 
 struct sim_device {
     uint64_t total_mem; /* simulated device memory size (FARGPU_SIM_MEM_BYTES, default 16 GiB) */
@@ -71,6 +72,8 @@ enum sim_kind {
     SIM_KIND_KERNEL,  /* a kernel of a library: usable wherever a function is (sim_func_resolve) */
     SIM_KIND_ARRAY,   /* a CUDA array (sim_array.c) */
     SIM_KIND_LINK,    /* a JIT link state (sim_link.c): process-wide */
+    SIM_KIND_GREEN,   /* a green context (sim_green.c): process-wide */
+    SIM_KIND_DESC,    /* a resource descriptor (sim_green.c): process-wide, never freed (the driver has no destroy) */
 };
 
 struct sim_obj {
@@ -96,10 +99,17 @@ struct sim_ctx {
     unsigned long long id; /* cuCtxGetId: unique in the process; a primary context gets a new one when activated */
     unsigned long long peers[SIM_MAX_PEERS]; /* ids of the contexts whose allocations it may access (sim_peer.c) */
     unsigned int npeers;
+    struct sim_green *green; /* a context converted from this green context (sim_green.c); NULL otherwise */
 };
 unsigned long long sim_ctx_next_id(void);
-/* The calling thread's current context, validated (live and active), else CUDA_ERROR_INVALID_CONTEXT. */
+/* The calling thread's current context, validated (live and active), else CUDA_ERROR_INVALID_CONTEXT: its home
+ * (sim_ctx_home), which owns what is made in it. sim_current_ctx_exact: the context on the stack itself (streams
+ * and context queries). */
 CUresult sim_current_ctx(struct sim_ctx **out);
+CUresult sim_current_ctx_exact(struct sim_ctx **out);
+/* c, or for a context converted from a green context, its device's primary context. */
+struct sim_ctx *sim_ctx_home(struct sim_ctx *c);
+void sim_ctx_unstack(CUcontext c); /* removes c from the calling thread's context stack */
 /* Frees everything a context owns (streams, events, modules, allocations, pinned host memory). */
 void sim_ctx_release_resources(struct sim_ctx *ctx);
 
@@ -181,10 +191,18 @@ int sim_capture_copy(CUstream s, CUdeviceptr dst, void *dst_host, CUdeviceptr sr
                      CUresult *rc);
 int sim_capture_host(CUstream s, CUhostFn fn, void *data, CUresult *rc);
 void sim_stream_destroy_obj(struct sim_stream *s);
+/* Creates a stream in ctx (lock held): flags and priority as cuStreamCreateWithPriority takes them. */
+CUresult sim_stream_create_in(struct sim_ctx *ctx, CUstream *ph, unsigned int flags, int priority);
+/* The green context of a stream (NULL, CU_STREAM_LEGACY or CU_STREAM_PER_THREAD: the current context's), or NULL
+ * for one made in an ordinary context (lock held). */
+CUresult sim_stream_green(CUstream s, struct sim_green **out);
 /* Launch-log id of a validated stream: 0 for NULL / CU_STREAM_LEGACY, -1 for CU_STREAM_PER_THREAD. */
 long long sim_stream_id(CUstream s);
 void sim_event_destroy_obj(void *ev);
 CUresult sim_event_check(CUevent e); /* live event, else CUDA_ERROR_INVALID_HANDLE */
+/* cuGreenCtxRecordEvent (record 1: the event must belong to device `device`'s primary context) and
+ * cuGreenCtxWaitEvent (record 0): lock held. */
+CUresult sim_event_green(CUevent e, int device, int record);
 
 /* ---- modules (sim_module.c) and functions (sim_function.c) ---- */
 struct sim_param {

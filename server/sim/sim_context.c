@@ -7,7 +7,11 @@
  * CUDA_ERROR_INVALID_CONTEXT rather than touch freed memory. Destroying a context (or releasing the primary
  * context to zero, or resetting it) frees everything it owns, as the real driver does. Every context gets a
  * process-unique id (cuCtxGetId); a primary context gets a new one each time it becomes active again, since
- * the driver then creates it anew. */
+ * the driver then creates it anew.
+ * A context converted from a green context (sim_green.c) is one of its own on the stack and for streams and
+ * queries, but what is made in it (memory, modules, events) belongs to its device's primary context, as green
+ * contexts share the primary context's: sim_current_ctx gives that "home" context, sim_current_ctx_exact the
+ * one on the stack. */
 #include "sim.h"
 
 #include <stdlib.h>
@@ -18,12 +22,13 @@ static _Thread_local CUcontext t_stack[STACK_MAX];
 static _Thread_local int t_depth;
 
 static struct sim_ctx *find_ctx(CUcontext c) { return sim_reg_find(c, SIM_KIND_CTX); }
+static void unstack(CUcontext c);
 
 static unsigned long long g_next_ctx_id;
 
 unsigned long long sim_ctx_next_id(void) { return ++g_next_ctx_id; }
 
-CUresult sim_current_ctx(struct sim_ctx **out)
+CUresult sim_current_ctx_exact(struct sim_ctx **out)
 {
     CUresult rc = sim_check_init();
     if (rc != CUDA_SUCCESS)
@@ -35,6 +40,19 @@ CUresult sim_current_ctx(struct sim_ctx **out)
         *out = c;
     return CUDA_SUCCESS;
 }
+
+struct sim_ctx *sim_ctx_home(struct sim_ctx *c) { return c && c->green ? sim_g.dev[c->device].primary : c; }
+
+CUresult sim_current_ctx(struct sim_ctx **out)
+{
+    struct sim_ctx *c = NULL;
+    CUresult rc = sim_current_ctx_exact(&c);
+    if (rc == CUDA_SUCCESS && out)
+        *out = sim_ctx_home(c);
+    return rc;
+}
+
+void sim_ctx_unstack(CUcontext c) { unstack(c); }
 
 static int valid_ctx_flags(unsigned int flags)
 {
@@ -204,7 +222,7 @@ SIM_API CUresult cuCtxDestroy(CUcontext ctx)
     sim_lock();
     CUresult rc = sim_check_init();
     struct sim_ctx *c = rc == CUDA_SUCCESS ? find_ctx(ctx) : NULL;
-    if (rc == CUDA_SUCCESS && (!c || c->primary))
+    if (rc == CUDA_SUCCESS && (!c || c->primary || c->green)) /* a green context's goes with cuGreenCtxDestroy */
         rc = CUDA_ERROR_INVALID_CONTEXT;
     if (rc == CUDA_SUCCESS) {
         sim_ctx_release_resources(c);
@@ -284,7 +302,7 @@ SIM_API CUresult cuCtxPopCurrent(CUcontext *pctx)
 static CUresult ctx_or_current(CUcontext ctx, struct sim_ctx **out)
 {
     if (!ctx)
-        return sim_current_ctx(out);
+        return sim_current_ctx_exact(out);
     CUresult rc = sim_check_init();
     if (rc != CUDA_SUCCESS)
         return rc;

@@ -95,7 +95,7 @@ static CUresult ctx_event(CUcontext hCtx, CUevent hEvent, int record)
     struct sim_event *e = rc == CUDA_SUCCESS ? find_event(hEvent) : NULL;
     if (rc == CUDA_SUCCESS && (!c || (c->primary && !c->active)))
         rc = CUDA_ERROR_INVALID_CONTEXT;
-    if (rc == CUDA_SUCCESS && (!e || (record && e->h.ctx != c)))
+    if (rc == CUDA_SUCCESS && (!e || (record && e->h.ctx != sim_ctx_home(c))))
         rc = CUDA_ERROR_INVALID_HANDLE;
     if (rc == CUDA_SUCCESS && record) {
         e->recorded = 1;
@@ -104,6 +104,19 @@ static CUresult ctx_event(CUcontext hCtx, CUevent hEvent, int record)
     }
     sim_unlock();
     return rc;
+}
+
+CUresult sim_event_green(CUevent hEvent, int device, int record)
+{
+    struct sim_event *e = find_event(hEvent);
+    if (!e || (record && (!e->h.ctx || e->h.ctx != sim_g.dev[device].primary)))
+        return CUDA_ERROR_INVALID_HANDLE;
+    if (record) {
+        e->recorded = 1;
+        e->t_ns = sim_now_ns();
+        e->lag_left = query_lag();
+    }
+    return CUDA_SUCCESS;
 }
 
 SIM_API CUresult cuCtxRecordEvent(CUcontext hCtx, CUevent hEvent) { return ctx_event(hCtx, hEvent, 1); }

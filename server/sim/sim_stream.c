@@ -49,31 +49,35 @@ void sim_stream_destroy_obj(struct sim_stream *s)
     free(s);
 }
 
-static CUresult create(CUstream *ph, unsigned int flags, int priority)
+CUresult sim_stream_create_in(struct sim_ctx *c, CUstream *ph, unsigned int flags, int priority)
 {
-    if (!ph || (flags & ~(unsigned int)CU_STREAM_NON_BLOCKING))
-        return CUDA_ERROR_INVALID_VALUE;
     if (priority > PRIO_LEAST)
         priority = PRIO_LEAST;
     if (priority < PRIO_GREATEST)
         priority = PRIO_GREATEST;
+    struct sim_stream *s = calloc(1, sizeof *s);
+    if (!s || sim_reg_add(s) != 0) {
+        free(s);
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    }
+    s->h.kind = SIM_KIND_STREAM;
+    s->h.ctx = c;
+    s->flags = flags;
+    s->priority = priority;
+    s->id = ++g_next_id;
+    *ph = (CUstream)s;
+    return CUDA_SUCCESS;
+}
+
+static CUresult create(CUstream *ph, unsigned int flags, int priority)
+{
+    if (!ph || (flags & ~(unsigned int)CU_STREAM_NON_BLOCKING))
+        return CUDA_ERROR_INVALID_VALUE;
     sim_lock();
     struct sim_ctx *c = NULL;
-    CUresult rc = sim_current_ctx(&c);
-    if (rc == CUDA_SUCCESS) {
-        struct sim_stream *s = calloc(1, sizeof *s);
-        if (!s || sim_reg_add(s) != 0) {
-            free(s);
-            rc = CUDA_ERROR_OUT_OF_MEMORY;
-        } else {
-            s->h.kind = SIM_KIND_STREAM;
-            s->h.ctx = c;
-            s->flags = flags;
-            s->priority = priority;
-            s->id = ++g_next_id;
-            *ph = (CUstream)s;
-        }
-    }
+    CUresult rc = sim_current_ctx_exact(&c); /* a green context's stream when one is current (sim_green.c) */
+    if (rc == CUDA_SUCCESS)
+        rc = sim_stream_create_in(c, ph, flags, priority);
     sim_unlock();
     return rc;
 }
@@ -187,34 +191,58 @@ SIM_API CUresult cuStreamGetId(CUstream hStream, unsigned long long *streamId)
     return rc;
 }
 
-static CUresult stream_ctx(CUstream hStream, CUcontext *pctx)
+/* The context a stream was made in (lock held): the current one for the built-in streams. */
+static CUresult stream_ctx_locked(CUstream hStream, struct sim_ctx **out)
 {
-    sim_lock();
-    struct sim_ctx *cur = NULL;
     CUresult rc = sim_check_init();
     struct sim_stream *s = NULL;
     if (rc == CUDA_SUCCESS && is_builtin(hStream))
-        rc = sim_current_ctx(&cur); /* the built-in streams are those of the current context */
-    else if (rc == CUDA_SUCCESS && !(s = find_stream(hStream)))
+        return sim_current_ctx_exact(out); /* the built-in streams are those of the current context */
+    if (rc == CUDA_SUCCESS && !(s = find_stream(hStream)))
         rc = CUDA_ERROR_INVALID_HANDLE;
     if (rc == CUDA_SUCCESS)
-        *pctx = (CUcontext)(s ? s->h.ctx : cur);
-    sim_unlock();
+        *out = s->h.ctx;
+    return rc;
+}
+
+CUresult sim_stream_green(CUstream s, struct sim_green **out)
+{
+    struct sim_ctx *c = NULL;
+    CUresult rc = stream_ctx_locked(s, &c);
+    if (rc == CUDA_SUCCESS)
+        *out = c->green;
     return rc;
 }
 
 SIM_API CUresult cuStreamGetCtx(CUstream hStream, CUcontext *pctx)
 {
-    return pctx ? stream_ctx(hStream, pctx) : CUDA_ERROR_INVALID_VALUE;
+    if (!pctx)
+        return CUDA_ERROR_INVALID_VALUE;
+    sim_lock();
+    struct sim_ctx *c = NULL;
+    CUresult rc = stream_ctx_locked(hStream, &c);
+    if (rc == CUDA_SUCCESS)
+        *pctx = (CUcontext)c; /* a green context's stream: the context converted from it */
+    sim_unlock();
+    return rc;
 }
 
+/* A green context's stream answers its device's primary context and the green context; per-thread streams are
+ * refused while a green context is current, as the driver documents. */
 SIM_API CUresult cuStreamGetCtx_v2(CUstream hStream, CUcontext *pCtx, CUgreenCtx *pGreenCtx)
 {
     if (!pCtx || !pGreenCtx)
         return CUDA_ERROR_INVALID_VALUE;
-    CUresult rc = stream_ctx(hStream, pCtx);
-    if (rc == CUDA_SUCCESS)
-        *pGreenCtx = NULL; /* the sim has no green contexts */
+    sim_lock();
+    struct sim_ctx *c = NULL;
+    CUresult rc = stream_ctx_locked(hStream, &c);
+    if (rc == CUDA_SUCCESS && c->green && hStream == CU_STREAM_PER_THREAD)
+        rc = CUDA_ERROR_INVALID_HANDLE;
+    if (rc == CUDA_SUCCESS) {
+        *pCtx = (CUcontext)sim_ctx_home(c);
+        *pGreenCtx = (CUgreenCtx)c->green;
+    }
+    sim_unlock();
     return rc;
 }
 

@@ -22,7 +22,7 @@ from fargpu import paths
 PROGRAMS = (
     "api_vmm", "api_managed", "api_graphs", "api_graph_nodes", "api_graph_cond", "api_arrays", "api_link",
     "api_mempool", "api_tensormap", "api_array_async", "api_memops", "api_userobj", "api_copies",
-    "api_queries",
+    "api_queries", "api_green",
 )
 MiB = 1 << 20
 
@@ -169,6 +169,38 @@ def test_driver_queries_program(programs: dict[str, Path], node_server: NodeServ
                  "sync memops of fresh memory: 0", "sync memops after setting it: 1",
                  "setting another attribute: CUDA_ERROR_INVALID_VALUE", "sync memops after unsetting it: 0",
                  "sync memops on a VMM mapping: CUDA_ERROR_NOT_SUPPORTED"):
+        assert line in out, out
+
+
+def test_green_contexts_program(programs: dict[str, Path], node_server: NodeServer) -> None:
+    out = _passed(_run(programs["api_green"], node_server), node_server)
+    assert len([ln for ln in out if ln.endswith(" ok")]) == 22, out
+    # The simulated device's partitioning (132 SMs, groups of at least 8 in pairs): a quarter is 33, so two groups
+    # of 34 and a remainder of 64.
+    assert "device resource type: 1" in out and "split into 2 groups of 34 SMs, 64 left" in out, out
+    for line in ("event after the wait: CUDA_SUCCESS",
+                 "cuStreamGetCtx_v2 of the per-thread stream with a green context current: CUDA_ERROR_INVALID_HANDLE",
+                 "green stream without CU_STREAM_NON_BLOCKING: CUDA_ERROR_INVALID_VALUE",
+                 "green context id without an output: CUDA_ERROR_INVALID_VALUE",
+                 "converting without an output: CUDA_ERROR_INVALID_VALUE",
+                 "green resource of the wrong type: CUDA_ERROR_INVALID_RESOURCE_TYPE",
+                 "green context without CU_GREEN_CTX_DEFAULT_STREAM: CUDA_ERROR_INVALID_VALUE",
+                 "green context without an output: CUDA_ERROR_INVALID_VALUE",
+                 "device resource without an output: CUDA_ERROR_INVALID_VALUE",
+                 "device resource of an invalid type: CUDA_ERROR_INVALID_RESOURCE_TYPE",
+                 "device resource of a device that does not exist: CUDA_ERROR_INVALID_DEVICE",
+                 "context resource without an output: CUDA_ERROR_INVALID_VALUE",
+                 "split without a group count: CUDA_ERROR_INVALID_VALUE",
+                 "split without an input: CUDA_ERROR_INVALID_VALUE",
+                 "split asking more SMs than the device has: CUDA_ERROR_INVALID_RESOURCE_CONFIGURATION",
+                 "split of a resource of no type: CUDA_ERROR_INVALID_RESOURCE_TYPE",
+                 "split with an unknown flag: CUDA_ERROR_INVALID_VALUE",
+                 "descriptor mixing two splits: CUDA_ERROR_INVALID_RESOURCE_CONFIGURATION",
+                 "descriptor without an output: CUDA_ERROR_INVALID_VALUE",
+                 "descriptor without resources: CUDA_ERROR_INVALID_VALUE",
+                 "green context without a descriptor: CUDA_ERROR_INVALID_VALUE",
+                 "current green context id with an ordinary context current: CUDA_ERROR_INVALID_CONTEXT",
+                 "green context of a stream without an output: CUDA_ERROR_INVALID_VALUE"):
         assert line in out, out
 
 
