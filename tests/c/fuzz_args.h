@@ -11,6 +11,8 @@ typedef struct {
     int nids[FGH_LIMIT];
     uint64_t ptr[POOL], size[POOL];
     int nptr;
+    CUdevResource res[8]; /* SM resources the node handed out (green contexts) */
+    int nres;
 } pools;
 
 static void pool_add(pools *P, int kind, uint64_t id) {
@@ -213,6 +215,20 @@ static void put_tensor_map(pools *P, unsigned op, buf *a) {
 /* cuStreamBatchMemOp_v2's "u32 count, u32 flags, count x CUstreamBatchMemOpParams" (server/replay/memops.c):
  * mostly a few writes and waits (met or not) on pool pointers, now and then unknown operations, wrong flags,
  * pointers outside the session or a count beyond the limit. */
+/* A CUdevResource: mostly one the node handed out, else one of no type, or random bytes with the SM type. */
+static void put_resource(pools *P, buf *a) {
+    CUdevResource r;
+    memset(&r, 0, sizeof r);
+    if (P->nres && chance(75)) {
+        r = P->res[rndn(P->nres)];
+        if (chance(15)) r.sm.smCount = (unsigned)rnd();
+    } else if (chance(50)) {
+        for (size_t k = 0; k < sizeof r; k++) ((uint8_t *)&r)[k] = (uint8_t)rnd();
+        r.type = CU_DEV_RESOURCE_TYPE_SM;
+    }
+    put(a, &r, sizeof r);
+}
+
 static void put_memops(pools *P, buf *a) {
     uint32_t n = chance(90) ? (uint32_t)rndn(6) : chance(50) ? 256 + (uint32_t)rndn(4) : (uint32_t)rnd();
     put32(a, n);
@@ -510,6 +526,23 @@ static int build_args(pools *P, unsigned op, buf *a, buf *pre, int *expect) {
         case 'n': put_tensor_map(P, op, a); break;
         case 'u': put_memops(P, a); break;
         case 'd': put64(a, pick_handle(P, FGH_USEROBJECT)); break;
+        case 'f': put64(a, pick_handle(P, FGH_GREENCTX)); break;
+        case '1': put64(a, pick_handle(P, FGH_DEVRESOURCEDESC)); break;
+        case '2': { /* u8 present + a CUdevResource when present (cuDevSmResourceSplitByCount's input) */
+            uint8_t has = chance(90);
+            put8(a, has);
+            if (has) put_resource(P, a);
+            break;
+        }
+        case '4': { /* u32 n, u8 present, n CUdevResources (cuDevResourceGenerateDesc; more than 1024: refused) */
+            uint32_t n = chance(90) ? 1 + (uint32_t)rndn(3) : chance(50) ? 0 : 1025;
+            uint8_t has = chance(95);
+            put32(a, n);
+            put8(a, has);
+            for (uint32_t k = 0; has && k < n && n <= 1024; k++) put_resource(P, a);
+            if (n > 1024) return 1;
+            break;
+        }
         case 'j': put64(a, pick_handle(P, FGH_LINKSTATE)); break;
         case 'o': put64(a, chance(75) ? 0 : chance(50) ? 1 + rndn(64 << 10) : rnd()); break;
         case 'k': { /* cuLinkAddData_v2: an image load whose extra bytes are the link's arguments */

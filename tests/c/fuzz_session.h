@@ -276,6 +276,17 @@ static void await_reply(session *s, pools *P, unsigned last_op, uint64_t alloc_s
         case FG_OP_cuMipmappedArrayGetLevel: pool_add(P, FGH_ARRAY, v); break;
         case FG_OP_cuMipmappedArrayCreate: pool_add(P, FGH_MIPMAPPEDARRAY, v); break;
         case FG_OP_cuUserObjectCreate: pool_add(P, FGH_USEROBJECT, v); break;
+        case FG_OP_cuCtxFromGreenCtx: pool_add(P, FGH_CONTEXT, v); break;
+        case FG_OP_cuGreenCtxStreamCreate: pool_add(P, FGH_STREAM, v); break;
+        case FG_OP_cuGreenCtxCreate:
+        case FG_OP_cuStreamGetGreenCtx: pool_add(P, FGH_GREENCTX, v); break;
+        case FG_OP_cuDevResourceGenerateDesc: pool_add(P, FGH_DEVRESOURCEDESC, v); break;
+        case FG_OP_cuDeviceGetDevResource:
+        case FG_OP_cuCtxGetDevResource:
+        case FG_OP_cuGreenCtxGetDevResource:
+            if (out_len >= sizeof(CUdevResource))
+                memcpy(&P->res[P->nres < 8 ? P->nres++ : (int)rndn(8)], p + 24, sizeof(CUdevResource));
+            break;
         case FG_OP_cuGraphClone:
         case FG_OP_cuGraphChildGraphNodeGetGraph: pool_add(P, FGH_GRAPH, v); break;
         case FG_OP_cuLinkCreate_v2: /* u32 result, u64 link, outputs */

@@ -150,3 +150,46 @@ def test_created_contexts_are_charged_to_the_lease(tmp_path: Path) -> None:
         assert res.stdout.startswith("CREATE 2"), res.stdout + res.stderr
     finally:
         stop_server(s)
+
+
+GREEN = PRELUDE + r'''
+ctx0()
+res = ctypes.create_string_buffer(144)
+ok(cu.cuDeviceGetDevResource(0, res, 1), "device resource")  # CU_DEV_RESOURCE_TYPE_SM
+desc = ctypes.c_void_p()
+ok(cu.cuDevResourceGenerateDesc(ctypes.byref(desc), res, 1), "descriptor")
+greens = []
+for i in range(int(sys.argv[1])):
+    g = ctypes.c_void_p()
+    r = cu.cuGreenCtxCreate(ctypes.byref(g), desc, 0, 1)  # CU_GREEN_CTX_DEFAULT_STREAM
+    print("GREEN", r, flush=True)
+    if r == 0:
+        greens.append(g)
+r, p = alloc(16 << 20)
+print("ALLOC", r, flush=True)
+ok(cu.cuGreenCtxDestroy(greens[0]), "destroy")
+r, p = alloc(16 << 20)
+print("ALLOC", r, flush=True)
+if sys.argv[2:] == ["die"]:  # dies holding its other green contexts
+    import os, signal
+    os.kill(os.getpid(), signal.SIGKILL)
+'''
+
+
+def test_green_contexts_are_charged_and_go_with_a_dead_client(tmp_path: Path) -> None:
+    s = start_server(tmp_path, "--vram-quota", str(64 * MiB), "--ctx-charge", "20M")
+    try:
+        env = s.client_env()
+        res = subprocess.run([sys.executable, "-P", "-c", GREEN, "4", "die"], env=env, capture_output=True,
+                             text=True, timeout=60, cwd="/")
+        lines = res.stdout.split("\n")
+        # Three green contexts (60 MiB of 64) fit, the fourth does not; 16 MiB fits only once one is destroyed.
+        assert lines[:6] == ["GREEN 0", "GREEN 0", "GREEN 0", "GREEN 2", "ALLOC 2", "ALLOC 0"], (
+            res.stdout + res.stderr)
+        assert res.returncode == -9, res.returncode
+        _wait_sessions_gone(s, 1)
+        # The dead client's two green contexts and its memory went with its worker: the lease has its quota again.
+        with _sessions(env, [60 * MiB]) as held:
+            assert held[0][0] == 0, held
+    finally:
+        stop_server(s)

@@ -141,6 +141,22 @@ ok(cu.cuMemAddressReserve(ctypes.byref(va), ctypes.c_size_t(2 << 20), ctypes.c_s
                           ctypes.c_ulonglong(0)), "reserve")""",
         "VMM",
     ),
+    "green": (  # a green context: parking does not rebuild SM partitions
+        """res = ctypes.create_string_buffer(144)
+ok(cu.cuDeviceGetDevResource(0, res, 1), "device resource")  # CU_DEV_RESOURCE_TYPE_SM
+desc = ctypes.c_void_p()
+ok(cu.cuDevResourceGenerateDesc(ctypes.byref(desc), res, 1), "descriptor")
+green = ctypes.c_void_p()
+ok(cu.cuGreenCtxCreate(ctypes.byref(green), desc, 0, 1), "green context")  # CU_GREEN_CTX_DEFAULT_STREAM""",
+        "green contexts",
+    ),
+    "descriptor": (  # a resource descriptor alone: the driver has no call that destroys one
+        """res = ctypes.create_string_buffer(144)
+ok(cu.cuDeviceGetDevResource(0, res, 1), "device resource")
+desc = ctypes.c_void_p()
+ok(cu.cuDevResourceGenerateDesc(ctypes.byref(desc), res, 1), "descriptor")""",
+        "descriptors",
+    ),
     "texture": (  # a texture object over the allocation: its value is the driver's, which a new worker may not repeat
         """import struct
 rd = ctypes.create_string_buffer(struct.pack("<iiQiiQ", 2, 0, p, 1, 1, 1 << 20), 144)  # LINEAR, uint8 x 1
