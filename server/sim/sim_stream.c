@@ -228,10 +228,11 @@ SIM_API CUresult cuStreamGetCtx(CUstream hStream, CUcontext *pctx)
 }
 
 /* A green context's stream answers its device's primary context and the green context; per-thread streams are
- * refused while a green context is current, as the driver documents. */
+ * refused while a green context is current, as the driver documents. pGreenCtx may be NULL (the header lists no
+ * CUDA_ERROR_INVALID_VALUE for the call). */
 SIM_API CUresult cuStreamGetCtx_v2(CUstream hStream, CUcontext *pCtx, CUgreenCtx *pGreenCtx)
 {
-    if (!pCtx || !pGreenCtx)
+    if (!pCtx)
         return CUDA_ERROR_INVALID_VALUE;
     sim_lock();
     struct sim_ctx *c = NULL;
@@ -240,7 +241,8 @@ SIM_API CUresult cuStreamGetCtx_v2(CUstream hStream, CUcontext *pCtx, CUgreenCtx
         rc = CUDA_ERROR_INVALID_HANDLE;
     if (rc == CUDA_SUCCESS) {
         *pCtx = (CUcontext)sim_ctx_home(c);
-        *pGreenCtx = (CUgreenCtx)c->green;
+        if (pGreenCtx)
+            *pGreenCtx = (CUgreenCtx)c->green;
     }
     sim_unlock();
     return rc;
