@@ -289,3 +289,48 @@ def test_client_vmm_quota_refusals_and_paging(tmp_path: Path) -> None:
         assert "cuMemMap of part of a handle" in log and "already mapped at another address" in log
     finally:
         stop_server(s)
+
+
+STALE_GREEN = PRELUDE + r'''
+ctx = ctx0()
+res = ctypes.create_string_buffer(144)
+ok(cu.cuDeviceGetDevResource(0, res, 1), "device resource")  # CU_DEV_RESOURCE_TYPE_SM
+desc = ctypes.c_void_p()
+ok(cu.cuDevResourceGenerateDesc(ctypes.byref(desc), res, 1), "descriptor")
+g = ctypes.c_void_p()
+ok(cu.cuGreenCtxCreate(ctypes.byref(g), desc, 0, 1), "green context")  # CU_GREEN_CTX_DEFAULT_STREAM
+gc = ctypes.c_void_p()
+ok(cu.cuCtxFromGreenCtx(ctypes.byref(gc), g), "convert")
+ok(cu.cuCtxPushCurrent_v2(gc), "push")
+ok(cu.cuGreenCtxDestroy(g), "destroy")
+cur = ctypes.c_void_p()
+ok(cu.cuCtxGetCurrent(ctypes.byref(cur)), "current")
+print("current after the destroy is the primary context:", cur.value == ctx.value)
+idv = ctypes.c_ulonglong()
+print("id of the destroyed green context:", cu.cuGreenCtxGetId(g, ctypes.byref(idv)))
+print("destroying it again:", cu.cuGreenCtxDestroy(g))
+print("converting it:", cu.cuCtxFromGreenCtx(ctypes.byref(gc), g))
+print("its converted context made current:", cu.cuCtxSetCurrent(gc), "then a call:", cu.cuCtxSynchronize())
+ok(cu.cuCtxSetCurrent(ctx), "primary again")
+forged = ctypes.c_void_p(desc.value)  # a live id of another kind
+print("a descriptor id as a green context:", cu.cuGreenCtxGetId(forged, ctypes.byref(idv)))
+print("a green context from a green context id as descriptor:", cu.cuGreenCtxCreate(ctypes.byref(g), g, 0, 1))
+'''
+
+
+def test_stale_and_forged_green_context_ids(node_server: NodeServer) -> None:
+    # Through fargpu only (natively a destroyed handle is undefined behaviour): the node checks every id it is given.
+    res = subprocess.run([sys.executable, "-P", "-c", STALE_GREEN], env=node_server.client_env(), capture_output=True,
+                         text=True, timeout=60, cwd="/")
+    assert res.returncode == 0, res.stdout + res.stderr
+    out = res.stdout.splitlines()
+    # The converted context left the thread's stack with its green context; every later use of either id is refused
+    # (400 CUDA_ERROR_INVALID_HANDLE for a lookup, 201 CUDA_ERROR_INVALID_CONTEXT where the driver names contexts,
+    # 1 CUDA_ERROR_INVALID_VALUE for a descriptor that is none).
+    assert out == ["current after the destroy is the primary context: True",
+                   "id of the destroyed green context: 400",
+                   "destroying it again: 201",
+                   "converting it: 400",
+                   "its converted context made current: 0 then a call: 201",
+                   "a descriptor id as a green context: 400",
+                   "a green context from a green context id as descriptor: 1"], res.stdout + res.stderr
