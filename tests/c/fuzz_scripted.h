@@ -1,7 +1,7 @@
 /* fuzz_scripted.h — the scripted client steps of fuzz_server.c (included there, after the frame helpers): one
  * synchronous call with its answer, the primary context, free memory (through the server and from the sim
- * directly), module loads by upload and by name, and the kernel check and leak check the header of
- * fuzz_server.c describes. */
+ * directly), module loads by upload and by name, the kernel check and leak check the header of fuzz_server.c
+ * describes, and live green-context state for random sessions. */
 
 /* ---------------------------------------------------------------- scripted client steps ---- */
 
@@ -325,5 +325,58 @@ static void later_bulk_check(void) {
         free(b.b);
         int rc = session_end(&s);
         if (rc != 0) fail("later bulk: fgs_serve returned %d (%s)", rc, s.sr.reason);
+    }
+}
+
+/* Live green-context state to aim at (the chain is too long for random records to build): the device's SM resource
+ * (kept for random splits and descriptors), a descriptor of it, a green context, and at times its converted context
+ * and a stream of it. The session usually ends with them alive, so fgs_close destroys them. */
+static void green_prime(session *s, pools *P, uint64_t ctx) {
+    buf a = {0};
+    put32(&a, 0);                      /* device 0 */
+    put8(&a, 1);                       /* want the resource */
+    put32(&a, CU_DEV_RESOURCE_TYPE_SM);
+    CUdevResource res;
+    int r = one_sync(s, FG_OP_cuDeviceGetDevResource, &a, ctx, (uint8_t *)&res, sizeof res);
+    free(a.b);
+    if (r != 0) return;
+    if (P->nres < 8) P->res[P->nres++] = res;
+    buf d = {0};
+    put8(&d, 1);
+    put32(&d, 1);
+    put8(&d, 1);
+    put(&d, &res, sizeof res);
+    uint64_t desc = 0;
+    r = one_sync(s, FG_OP_cuDevResourceGenerateDesc, &d, ctx, (uint8_t *)&desc, 8);
+    free(d.b);
+    if (r != 0 || !desc) return;
+    pool_add(P, FGH_DEVRESOURCEDESC, desc);
+    buf g = {0};
+    put64(&g, desc);
+    put32(&g, 0);
+    put32(&g, CU_GREEN_CTX_DEFAULT_STREAM);
+    uint64_t green = 0;
+    r = one_sync(s, FG_OP_cuGreenCtxCreate, &g, ctx, (uint8_t *)&green, 8);
+    free(g.b);
+    if (r != 0 || !green) return;
+    st_greens++;
+    pool_add(P, FGH_GREENCTX, green);
+    if (chance(50)) {
+        buf c = {0};
+        put8(&c, 1);
+        put64(&c, green);
+        uint64_t conv = 0;
+        if (one_sync(s, FG_OP_cuCtxFromGreenCtx, &c, ctx, (uint8_t *)&conv, 8) == 0) pool_add(P, FGH_CONTEXT, conv);
+        free(c.b);
+    }
+    if (chance(50)) {
+        buf c = {0};
+        put8(&c, 1);
+        put64(&c, green);
+        put32(&c, CU_STREAM_NON_BLOCKING);
+        put32(&c, 0);
+        uint64_t st = 0;
+        if (one_sync(s, FG_OP_cuGreenCtxStreamCreate, &c, ctx, (uint8_t *)&st, 8) == 0) pool_add(P, FGH_STREAM, st);
+        free(c.b);
     }
 }

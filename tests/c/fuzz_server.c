@@ -36,7 +36,8 @@
  * others).
  * One translation unit: this file (the driver: randomness, statistics, the fuzz session, main) includes
  * fuzz_layouts.h (argument layouts), fuzz_images.h, fuzz_args.h (arguments), fuzz_session.h (the session under
- * test, frames and answers), fuzz_scripted.h (kernel and leak checks) and fuzz_callback_peer.h. */
+ * test, frames and answers), fuzz_scripted.h (kernel and leak checks, green-context state) and
+ * fuzz_callback_peer.h. */
 #include <cuda.h>
 #include <dirent.h>
 #include <dlfcn.h>
@@ -103,7 +104,7 @@ static int chance(int percent) { return (int)rndn(100) < percent; }
 /* ---------------------------------------------------------------- statistics ---- */
 static unsigned long st_replies, st_ok_results, st_closes, st_allocs, st_modules, st_functions, st_libraries,
     st_pageouts, st_kernels, st_launch_ok, st_frames, st_records, st_ctl, st_deferred, st_chunks, st_need_image,
-    st_refused_images, st_outputs, st_cb_sessions, st_cb_runs, st_cb_copies, st_bulk_later;
+    st_refused_images, st_outputs, st_cb_sessions, st_cb_runs, st_cb_copies, st_bulk_later, st_greens;
 
 /* ---------------------------------------------------------------- settings of this run ---- */
 
@@ -178,6 +179,7 @@ static void fuzz_session(unsigned idx) {
         ctx = retain_primary(&s);
         pool_add(&P, FGH_CONTEXT, ctx);
     }
+    if (ctx && chance(20)) green_prime(&s, &P, ctx);
     if (ctx && chance(50)) { /* live state to aim at: an allocation, a module and its functions and global */
         buf a = {0};
         uint64_t v[2] = {0, 0}, mod = 0;
@@ -513,7 +515,7 @@ int main(int argc, char **argv) {
         fail("leak across the fuzz sessions: free %" PRIu64 " (sim: %" PRIu64 "), baseline %" PRIu64, after, direct,
              baseline);
     cache_remove();
-    printf("fuzz_server: %lu page-outs asked for\n", st_pageouts);
+    printf("fuzz_server: %lu page-outs asked for, %lu green contexts created\n", st_pageouts, st_greens);
     printf("fuzz_server: %u sessions, %lu frames, %lu records, %lu replies (%lu successful), %lu CLOSEs, %lu control "
            "closes, %lu deferred errors, %lu OUTPUT frames; images: %lu chunks, %lu NEED_IMAGE, %lu wrong hashes "
            "refused; deep paths: %lu allocs, %lu modules, %lu functions, %lu libraries, %lu kernels\n",

@@ -279,6 +279,9 @@ static void await_reply(session *s, pools *P, unsigned last_op, uint64_t alloc_s
         case FG_OP_cuCtxFromGreenCtx: pool_add(P, FGH_CONTEXT, v); break;
         case FG_OP_cuGreenCtxStreamCreate: pool_add(P, FGH_STREAM, v); break;
         case FG_OP_cuGreenCtxCreate:
+            if (v) st_greens++;
+            pool_add(P, FGH_GREENCTX, v);
+            break;
         case FG_OP_cuStreamGetGreenCtx: pool_add(P, FGH_GREENCTX, v); break;
         case FG_OP_cuDevResourceGenerateDesc: pool_add(P, FGH_DEVRESOURCEDESC, v); break;
         case FG_OP_cuDeviceGetDevResource:
