@@ -206,9 +206,9 @@ CUresult fgs_charge(fgs_session *S, uint64_t bytes); /* on the current context's
 /* On device ordinal `dev`: with a per-GPU ledger the quota is per GPU (CUDA_ERROR_INVALID_DEVICE for an ordinal the
  * session does not have). Uncharge with the same ordinal. */
 CUresult fgs_charge_dev(fgs_session *S, int dev, uint64_t bytes);
+void fgs_uncharge_dev(fgs_session *S, int dev, uint64_t bytes);
 /* green.c: destroys the session's green contexts and drops the contexts converted from them (session end). */
 void fgs_green_close(fgs_session *S);
-void fgs_uncharge_dev(fgs_session *S, int dev, uint64_t bytes);
 uint64_t fgs_quota_left_dev(fgs_session *S, int dev);
 int fgs_current_device(fgs_session *S);
 void fgs_uncharge(fgs_session *S, uint64_t bytes);

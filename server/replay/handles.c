@@ -1,6 +1,7 @@
 /* handles.c — a session's handle tables: the virtual ids a client sees for the driver's objects (contexts,
- * streams, events, modules, functions, graphs, green contexts, resource descriptors, ...), handing them out, looking them up, removing them, and
- * putting them back at the ids they had when a parked session is restored (park.c). */
+ * streams, events, modules, functions, graphs, green contexts, resource descriptors, ...), handing them out,
+ * looking them up, removing them, and putting them back at the ids they had when a parked session is restored
+ * (park.c). */
 #include <stdint.h>
 #include <stdlib.h>
 
@@ -109,8 +110,8 @@ static uint64_t handle_add(fgs_session *S, int kind, void *real) {
     /* One id per real object for kinds the driver hands out repeatedly (a primary context retained twice, a
      * capture's graph, a library's module), so destroying it at the session's end happens once; and for
      * functions and kernels, so that naming one twice gives the same handle, as the driver does. */
-    if (kind == FGH_CONTEXT || kind == FGH_GRAPH || kind == FGH_GRAPHNODE || kind == FGH_MODULE || kind == FGH_LIBRARY ||
-        kind == FGH_GREENCTX)
+    if (kind == FGH_CONTEXT || kind == FGH_GRAPH || kind == FGH_GRAPHNODE || kind == FGH_MODULE ||
+        kind == FGH_LIBRARY || kind == FGH_GREENCTX)
         for (uint32_t i = 0; i < t->n; i++)
             if (t->real[i] == real) return make_id(S, kind, i);
     int hashed = kind == FGH_FUNCTION || kind == FGH_KERNEL;
