@@ -17,6 +17,8 @@
 /* The most groups one split returns, and resources one descriptor takes: a device has far fewer SMs. */
 #define GREEN_MAX_RESOURCES 1024
 
+/* Record: u8 want result, u32 nbGroups (its value), u8 nbGroups given, u8 input given [+ CUdevResource], u8 want
+ * remaining, u32 useFlags, u32 minCount. Reply: u32 groups made [+ CUdevResource remaining] [+ that many groups]. */
 CUresult fgs_cuDevSmResourceSplitByCount(fgs_session *S, fg_reader *r, fg_writer *out) {
     uint8_t want_result = 0, has_nb = 0, has_input = 0, want_rem = 0;
     fg_get(r, &want_result, 1);
@@ -50,6 +52,8 @@ CUresult fgs_cuDevSmResourceSplitByCount(fgs_session *S, fg_reader *r, fg_writer
     return rc;
 }
 
+/* Record: u8 want descriptor, u32 nbResources (at most 1024), u8 resources given [+ that many CUdevResource].
+ * Reply: u64 descriptor id. */
 CUresult fgs_cuDevResourceGenerateDesc(fgs_session *S, fg_reader *r, fg_writer *out) {
     uint8_t want_desc = 0, has_res = 0;
     fg_get(r, &want_desc, 1);
@@ -74,6 +78,7 @@ CUresult fgs_cuDevResourceGenerateDesc(fgs_session *S, fg_reader *r, fg_writer *
     return rc;
 }
 
+/* Record: u64 descriptor id, CUdevice, u32 flags. Reply: u64 green context id. */
 CUresult fgs_cuGreenCtxCreate(fgs_session *S, fg_reader *r, fg_writer *out) {
     uint64_t desc_id = fg_get_u64(r);
     CUdevice dev;
@@ -118,7 +123,8 @@ static void forget(fgs_session *S, CUgreenCtx g) {
         }
 }
 
-/* Replies the id of the converted context that went with it (0: none), so the stub drops it too. */
+/* Record: u64 green context id. Reply: u64 the id of the converted context that went with it (0: none), so the stub
+ * drops it too. */
 CUresult fgs_cuGreenCtxDestroy(fgs_session *S, fg_reader *r, fg_writer *out) {
     uint64_t id = fg_get_u64(r);
     if (r->failed) return FGS_PROTOCOL_ERROR;
