@@ -22,6 +22,7 @@ static struct {
     uint64_t n;
 } known[KNOWN];
 static unsigned n_known;
+static int ptx_uploaded; /* this session uploaded the test PTX itself (reset when a session starts) */
 
 static void remember_image(const uint8_t sha[32], uint64_t n) {
     unsigned i = n_known < KNOWN ? n_known++ : (unsigned)rndn(KNOWN);
@@ -178,6 +179,7 @@ static int build_image_load(buf *pre, buf *a, int *expect) {
         fg_sha256(img, n, sha);
         put_upload(pre, sha, img, n, 1 + (unsigned)rndn(4));
         remember_image(sha, n);
+        if (pristine) ptx_uploaded = 1;
         memcpy(name, sha, 32);
         size = n;
         *expect = pristine ? EXP_HAVE_IMAGE : EXP_NOT_NEED;
@@ -185,7 +187,8 @@ static int build_image_load(buf *pre, buf *a, int *expect) {
     } else if (r < 48) { /* the test PTX by name only: the node cache has it (kernel_check uploaded it) */
         memcpy(name, ptx_sha, 32);
         size = sizeof ptx;
-        *expect = cache_on ? EXP_HAVE_IMAGE : EXP_NEED_IMAGE;
+        /* without the cache, only an upload of this session's can have it (one that was applied, or not) */
+        *expect = cache_on ? EXP_HAVE_IMAGE : ptx_uploaded ? EXP_ANY : EXP_NEED_IMAGE;
         load_case = cache_on ? "the test PTX by name (cache on)" : "the test PTX by name (cache off)";
     } else if (r < 54 && n_known) { /* an image uploaded before, by name only: cached or not */
         unsigned i = (unsigned)rndn(n_known);

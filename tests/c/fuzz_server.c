@@ -168,6 +168,7 @@ static unsigned n_sync, n_async;
 
 static void fuzz_session(unsigned idx) {
     cur_session = idx;
+    ptx_uploaded = 0;
     int use_ctl = chance(10);
     set_cache(chance(75)); /* before the server thread starts */
     session s;
