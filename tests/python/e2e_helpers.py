@@ -118,3 +118,16 @@ def wait_log(s: NodeServer, pattern: str, timeout: float = 30.0) -> re.Match[str
             return m
         time.sleep(0.05)
     raise AssertionError(f"no {pattern!r} in the node log:\n{s.log_text()[-4000:]}")
+
+
+def wait_process_gone(pid: int, what: str, timeout: float = 20.0) -> None:
+    """Waits until process `pid` has exited; fails with `what` (the process outlived what it must not) if it has not
+    within `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+    raise AssertionError(what)

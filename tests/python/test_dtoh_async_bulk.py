@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 from cuda_ctypes import PRELUDE
-from e2e_helpers import NodeServer, run_client, start_server, stop_server
+from e2e_helpers import NodeServer, run_client, start_server, stop_server, wait_process_gone
 
 P = PRELUDE + "MiB = 1 << 20\n"
 
@@ -294,15 +294,7 @@ while True:
     pid = int(re.findall(r"-> worker (\d+)", new)[-1])
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            break
-        time.sleep(0.05)
-    else:
-        raise AssertionError("the worker outlived its client killed mid-delivery")
+    wait_process_gone(pid, "the worker outlived its client killed mid-delivery")
     res = run_client(READY, env_for(node, transport), timeout=120)
     assert "RESULTS" in res.stdout and "False" not in res.stdout, res.stdout + res.stderr[-3000:]
 

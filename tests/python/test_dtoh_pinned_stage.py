@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 from cuda_ctypes import PRELUDE
-from e2e_helpers import NodeServer, run_client, start_server, stop_server
+from e2e_helpers import NodeServer, run_client, start_server, stop_server, wait_process_gone
 
 P = PRELUDE + "MiB = 1 << 20\n"
 MiB = 1 << 20
@@ -328,15 +328,7 @@ def test_a_client_killed_with_copies_staged_leaves_no_buffer(node: NodeServer, t
     pid = int(re.findall(r"-> worker (\d+)", node.log_text()[before:])[-1])
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            break
-        time.sleep(0.05)
-    else:
-        raise AssertionError("the worker outlived its client")
+    wait_process_gone(pid, "the worker outlived its client")
     st = staged_line(node, before, pid)
     # the three copies still staged at the kill among them (waited for, then their buffers released)
     assert st["pinned"] == 63 if not loop else st["pinned"] > 63, st

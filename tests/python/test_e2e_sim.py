@@ -11,7 +11,7 @@ import sys
 import time
 
 from cuda_ctypes import PRELUDE
-from e2e_helpers import NodeServer, run_client, start_server, stop_server
+from e2e_helpers import NodeServer, run_client, start_server, stop_server, wait_process_gone
 
 CUDA_ERROR_INVALID_HANDLE = 400
 CUDA_ERROR_OUT_OF_MEMORY = 2
@@ -86,15 +86,7 @@ import time; time.sleep(60)
     os.kill(pid, 0)  # the session's worker is alive while the client is
     holder.send_signal(signal.SIGKILL)
     holder.wait()
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            break
-        time.sleep(0.1)
-    else:
-        raise AssertionError("the worker outlived its killed client")
+    wait_process_gone(pid, "the worker outlived its killed client")
     time.sleep(0.3)
     assert re.search(r"session \w+ ended after [\d.]+s: client disconnected", node_server.log_text())
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import msgpack
 import pytest
 from cuda_ctypes import PRELUDE
-from e2e_helpers import NodeServer, run_client, start_server, stop_server
+from e2e_helpers import NodeServer, run_client, start_server, stop_server, wait_process_gone
 
 from fargpu.protocol.generated.ops import OPS, OPS_HASH
 from fargpu.protocol.wire import FLAG_WANT_REPLY, PROTO_VERSION, FrameType, decode_header, encode_frame, encode_record
@@ -214,15 +214,7 @@ while True:
     pid = int(re.findall(r"-> worker (\d+)", new)[-1])
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            break
-        time.sleep(0.05)
-    else:
-        raise AssertionError("the worker outlived its client killed mid-copy")
+    wait_process_gone(pid, "the worker outlived its client killed mid-copy")
     # Nor does the node agent keep the region: no descriptor or mapping of a client's memfd in it.
     held = []
     for link in Path(f"/proc/{node.proc.pid}/fd").iterdir():
