@@ -66,7 +66,10 @@ static uint64_t mem_free_now(session *s, uint64_t ctx) {
  * Returns the result; the id in *id. */
 static int load_ptx(session *s, unsigned op, unsigned parts, uint64_t ctx, uint64_t *id) {
     buf pre = {0}, a = {0};
-    if (parts) put_upload(&pre, ptx_sha, (const uint8_t *)ptx, sizeof ptx, parts);
+    if (parts) {
+        put_upload(&pre, ptx_sha, (const uint8_t *)ptx, sizeof ptx, parts);
+        ptx_uploaded = 1; /* the session's own copy: later loads by name may find it even with the cache off */
+    }
     put_image_ref(&a, ptx_sha, sizeof ptx);
     *id = 0;
     int r = sync_after(s, &pre, op, &a, ctx, (uint8_t *)id, 8);
