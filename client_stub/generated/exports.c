@@ -324,10 +324,14 @@ FGC_EXPORT CUresult CUDAAPI cuCtxGetDevResource(CUcontext hCtx, CUdevResource *r
 }
 
 FGC_EXPORT CUresult CUDAAPI cuCtxGetExecAffinity(CUexecAffinityParam *pExecAffinity, CUexecAffinityType type) {
-    (void)pExecAffinity;
-    (void)type;
-    static int logged;
-    return fgc_unsupported("cuCtxGetExecAffinity", &logged);
+    FGC_REQUIRE_INIT();
+    __typeof__(*pExecAffinity) d_pExecAffinity;
+    fg_writer *w = fgc_begin(FG_OP_cuCtxGetExecAffinity);
+    if (!w) return fgc_last_error();
+    { uint8_t want_ = pExecAffinity != NULL; fg_put(w, &want_, 1); }
+    fgc_expect(pExecAffinity ? (void *)pExecAffinity : (void *)&d_pExecAffinity, sizeof(*pExecAffinity));
+    fg_put(w, &type, sizeof(type));
+    return fgc_sync();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuCtxGetFlags(unsigned int *flags) {
@@ -752,11 +756,15 @@ FGC_EXPORT CUresult CUDAAPI cuDeviceGetDevResource(CUdevice device, CUdevResourc
 }
 
 FGC_EXPORT CUresult CUDAAPI cuDeviceGetExecAffinitySupport(int *pi, CUexecAffinityType type, CUdevice dev) {
-    (void)pi;
-    (void)type;
-    (void)dev;
-    static int logged;
-    return fgc_unsupported("cuDeviceGetExecAffinitySupport", &logged);
+    FGC_REQUIRE_INIT();
+    __typeof__(*pi) d_pi;
+    fg_writer *w = fgc_begin(FG_OP_cuDeviceGetExecAffinitySupport);
+    if (!w) return fgc_last_error();
+    { uint8_t want_ = pi != NULL; fg_put(w, &want_, 1); }
+    fgc_expect(pi ? (void *)pi : (void *)&d_pi, sizeof(*pi));
+    fg_put(w, &type, sizeof(type));
+    fg_put(w, &dev, sizeof(dev));
+    return fgc_sync_memo();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuDeviceGetGraphMemAttribute(CUdevice device, CUgraphMem_attribute attr, void *value) {

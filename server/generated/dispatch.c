@@ -180,6 +180,21 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         }
         return res;
     }
+    case FG_OP_cuCtxGetExecAffinity: {
+        CUexecAffinityParam pExecAffinity;
+        memset(&pExecAffinity, 0, sizeof(pExecAffinity));
+        uint8_t want_pExecAffinity = 0;
+        fg_get(r, &want_pExecAffinity, 1);
+        CUexecAffinityType type;
+        fg_get(r, (void *)&type, sizeof(type));
+        if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuCtxGetExecAffinity) return fgs_missing(S, "cuCtxGetExecAffinity");
+        CUresult res = S->api->cuCtxGetExecAffinity(want_pExecAffinity ? &pExecAffinity : NULL, type);
+        if (res == CUDA_SUCCESS) {
+            fg_put(out, &pExecAffinity, sizeof(pExecAffinity));
+        }
+        return res;
+    }
     case FG_OP_cuCtxGetFlags: {
         unsigned int flags;
         memset(&flags, 0, sizeof(flags));
@@ -431,6 +446,23 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
         CUresult res = S->api->cuDeviceGetDevResource(device, want_resource ? &resource : NULL, type);
         if (res == CUDA_SUCCESS) {
             fg_put(out, &resource, sizeof(resource));
+        }
+        return res;
+    }
+    case FG_OP_cuDeviceGetExecAffinitySupport: {
+        int pi;
+        memset(&pi, 0, sizeof(pi));
+        uint8_t want_pi = 0;
+        fg_get(r, &want_pi, 1);
+        CUexecAffinityType type;
+        fg_get(r, (void *)&type, sizeof(type));
+        CUdevice dev;
+        fg_get(r, (void *)&dev, sizeof(dev));
+        if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuDeviceGetExecAffinitySupport) return fgs_missing(S, "cuDeviceGetExecAffinitySupport");
+        CUresult res = S->api->cuDeviceGetExecAffinitySupport(want_pi ? &pi : NULL, type, dev);
+        if (res == CUDA_SUCCESS) {
+            fg_put(out, &pi, sizeof(pi));
         }
         return res;
     }

@@ -28,6 +28,7 @@ const char *fgs_api_load(fgs_api *api, void *dl) {
     *(void **)&api->cuCtxGetDevice = dlsym(dl, "cuCtxGetDevice");
     if (!api->cuCtxGetDevice) return "cuCtxGetDevice";
     *(void **)&api->cuCtxGetDevice_v2 = dlsym(dl, "cuCtxGetDevice_v2");
+    *(void **)&api->cuCtxGetExecAffinity = dlsym(dl, "cuCtxGetExecAffinity");
     *(void **)&api->cuCtxGetFlags = dlsym(dl, "cuCtxGetFlags");
     *(void **)&api->cuCtxGetId = dlsym(dl, "cuCtxGetId");
     *(void **)&api->cuCtxGetLimit = dlsym(dl, "cuCtxGetLimit");
@@ -58,6 +59,7 @@ const char *fgs_api_load(fgs_api *api, void *dl) {
     *(void **)&api->cuDeviceGetByPCIBusId = dlsym(dl, "cuDeviceGetByPCIBusId");
     *(void **)&api->cuDeviceGetCount = dlsym(dl, "cuDeviceGetCount");
     *(void **)&api->cuDeviceGetDevResource = dlsym(dl, "cuDeviceGetDevResource");
+    *(void **)&api->cuDeviceGetExecAffinitySupport = dlsym(dl, "cuDeviceGetExecAffinitySupport");
     *(void **)&api->cuDeviceGetLuid = dlsym(dl, "cuDeviceGetLuid");
     *(void **)&api->cuDeviceGetName = dlsym(dl, "cuDeviceGetName");
     *(void **)&api->cuDeviceGetP2PAtomicCapabilities = dlsym(dl, "cuDeviceGetP2PAtomicCapabilities");

@@ -24,6 +24,7 @@ typedef struct fgs_api {
     CUresult (*cuCtxGetDevResource)(CUcontext, CUdevResource *, CUdevResourceType);
     CUresult (*cuCtxGetDevice)(CUdevice *);
     CUresult (*cuCtxGetDevice_v2)(CUdevice *, CUcontext);
+    CUresult (*cuCtxGetExecAffinity)(CUexecAffinityParam *, CUexecAffinityType);
     CUresult (*cuCtxGetFlags)(unsigned int *);
     CUresult (*cuCtxGetId)(CUcontext, unsigned long long *);
     CUresult (*cuCtxGetLimit)(size_t *, CUlimit);
@@ -50,6 +51,7 @@ typedef struct fgs_api {
     CUresult (*cuDeviceGetByPCIBusId)(CUdevice *, const char *);
     CUresult (*cuDeviceGetCount)(int *);
     CUresult (*cuDeviceGetDevResource)(CUdevice, CUdevResource *, CUdevResourceType);
+    CUresult (*cuDeviceGetExecAffinitySupport)(int *, CUexecAffinityType, CUdevice);
     CUresult (*cuDeviceGetLuid)(char *, unsigned int *, CUdevice);
     CUresult (*cuDeviceGetName)(char *, int, CUdevice);
     CUresult (*cuDeviceGetP2PAtomicCapabilities)(unsigned int *, const CUatomicOperation *, unsigned int, CUdevice, CUdevice);

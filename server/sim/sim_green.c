@@ -1,7 +1,8 @@
 /* sim_green.c - green contexts: SM resources of a device, of a context and of a green context; splitting an SM
  * resource by count into equal groups and a remainder; descriptors; green contexts (each retains its device's
  * primary context and has a context of its own that cuCtxFromGreenCtx gives); streams made in a green context;
- * events recorded and waited by a green context; cuStreamGetGreenCtx and cuGreenCtxGetId.
+ * events recorded and waited by a green context; cuStreamGetGreenCtx and cuGreenCtxGetId; execution affinity
+ * (cuDeviceGetExecAffinitySupport, cuCtxGetExecAffinity: no SM-count contexts without MPS).
  *
  * The device has 132 SMs (sim_attributes.c). As the header's guideline for compute capability 9.0 puts it, a group
  * has at least 8 SMs and a multiple of 8; SMs come in pairs (smCoscheduledAlignment 2: 132 is a multiple of it).
@@ -339,6 +340,40 @@ SIM_API CUresult cuGreenCtxGetId(CUgreenCtx greenCtx, unsigned long long *greenC
         rc = CUDA_ERROR_INVALID_CONTEXT;
     if (rc == CUDA_SUCCESS)
         *greenCtxId = g->id;
+    sim_unlock();
+    return rc;
+}
+
+/* Execution affinity. An SM-count limit is set at context creation and, as the header says, only under Volta+
+ * MPS; the simulated device runs no MPS server (cuCtxCreate_v4 refuses affinity parameters), so SM_COUNT support
+ * is 0, as a GPU's driver answers without MPS. Types past CU_EXEC_AFFINITY_TYPE_MAX: CUDA_ERROR_INVALID_VALUE. */
+SIM_API CUresult cuDeviceGetExecAffinitySupport(int *pi, CUexecAffinityType type, CUdevice dev)
+{
+    sim_lock();
+    CUresult rc = sim_check_device(dev);
+    sim_unlock();
+    if (rc != CUDA_SUCCESS)
+        return rc;
+    if (!pi || (unsigned)type >= (unsigned)CU_EXEC_AFFINITY_TYPE_MAX)
+        return CUDA_ERROR_INVALID_VALUE;
+    *pi = 0;
+    return CUDA_SUCCESS;
+}
+
+/* The current context's SM limit: no context has one of its own here, so an ordinary context may use every SM of
+ * its device, and a context converted from a green context the SMs of that green context's resource. */
+SIM_API CUresult cuCtxGetExecAffinity(CUexecAffinityParam *pExecAffinity, CUexecAffinityType type)
+{
+    sim_lock();
+    struct sim_ctx *c = NULL;
+    CUresult rc = sim_current_ctx_exact(&c);
+    if (rc == CUDA_SUCCESS && (!pExecAffinity || (unsigned)type >= (unsigned)CU_EXEC_AFFINITY_TYPE_MAX))
+        rc = CUDA_ERROR_INVALID_VALUE;
+    if (rc == CUDA_SUCCESS) {
+        memset(pExecAffinity, 0, sizeof *pExecAffinity);
+        pExecAffinity->type = type;
+        pExecAffinity->param.smCount.val = c->green ? c->green->sm_count : SMS;
+    }
     sim_unlock();
     return rc;
 }

@@ -30,6 +30,7 @@ const char *fg_op_name(unsigned op) {
     case FG_OP_cuCtxGetDevResource: return "cuCtxGetDevResource";
     case FG_OP_cuCtxGetDevice: return "cuCtxGetDevice";
     case FG_OP_cuCtxGetDevice_v2: return "cuCtxGetDevice_v2";
+    case FG_OP_cuCtxGetExecAffinity: return "cuCtxGetExecAffinity";
     case FG_OP_cuCtxGetFlags: return "cuCtxGetFlags";
     case FG_OP_cuCtxGetId: return "cuCtxGetId";
     case FG_OP_cuCtxGetLimit: return "cuCtxGetLimit";
@@ -54,6 +55,7 @@ const char *fg_op_name(unsigned op) {
     case FG_OP_cuDeviceGetCount: return "cuDeviceGetCount";
     case FG_OP_cuDeviceGetDefaultMemPool: return "cuDeviceGetDefaultMemPool";
     case FG_OP_cuDeviceGetDevResource: return "cuDeviceGetDevResource";
+    case FG_OP_cuDeviceGetExecAffinitySupport: return "cuDeviceGetExecAffinitySupport";
     case FG_OP_cuDeviceGetLuid: return "cuDeviceGetLuid";
     case FG_OP_cuDeviceGetMemPool: return "cuDeviceGetMemPool";
     case FG_OP_cuDeviceGetName: return "cuDeviceGetName";

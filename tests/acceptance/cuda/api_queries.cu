@@ -7,7 +7,8 @@
 // layout of a sparse array (tile extents, no mip tail), of a sparse mipmapped array (the same tiles, a mip tail
 // from the first level smaller than a tile) and the refusals for arrays that are not sparse and for a level of a
 // mipmapped array; the one pointer attribute an application sets (SYNC_MEMOPS: read back, kept by data written
-// into the memory, refused for other attributes and for the application's own VMM mapping). Results the driver
+// into the memory, refused for other attributes and for the application's own VMM mapping); execution affinity
+// (SM-count support, the primary context's SM limit: all of them). Results the driver
 // documents are printed by name; the rest are checked as relations.
 // The PTX kernels carry the test kernels' names and parameter layouts, so the simulated device loads them too.
 // acceptance: link=-lcuda
@@ -189,6 +190,29 @@ static void sync_memops()
     CU_CHECK(cuMemAddressFree(va, g));
 }
 
+// Execution affinity: whether the device makes SM-count contexts (only under MPS, per cuCtxCreate's docs) and the
+// current context's SM limit, which without one of its own is every SM of the device.
+static void exec_affinity()
+{
+    int supported = -1, sms = 0;
+    CU_CHECK(cuDeviceGetExecAffinitySupport(&supported, CU_EXEC_AFFINITY_TYPE_SM_COUNT, 0));
+    std::printf("SM-count affinity supported: %d\n", supported);
+    std::printf("affinity support of an invalid type: %s\n",
+                name_of(cuDeviceGetExecAffinitySupport(&supported, CU_EXEC_AFFINITY_TYPE_MAX, 0)));
+    std::printf("affinity support of an invalid device: %s\n",
+                name_of(cuDeviceGetExecAffinitySupport(&supported, CU_EXEC_AFFINITY_TYPE_SM_COUNT, 999)));
+    CU_CHECK(cuDeviceGetAttribute(&sms, CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT, 0));
+    CUexecAffinityParam p;
+    std::memset(&p, 0xff, sizeof p);
+    CUresult r = cuCtxGetExecAffinity(&p, CU_EXEC_AFFINITY_TYPE_SM_COUNT);
+    std::printf("the primary context's SM limit: %s\n", name_of(r));
+    if (r == CUDA_SUCCESS)
+        check("the primary context's SM limit is every SM of the device",
+              p.type == CU_EXEC_AFFINITY_TYPE_SM_COUNT && p.param.smCount.val == (unsigned)sms);
+    std::printf("context affinity without an output: %s\n",
+                name_of(cuCtxGetExecAffinity(nullptr, CU_EXEC_AFFINITY_TYPE_SM_COUNT)));
+}
+
 int main()
 {
     CHECK(cudaSetDevice(0));
@@ -270,6 +294,7 @@ int main()
     mipmap_requirements(d);
     sparse_layouts();
     sync_memops();
+    exec_affinity();
     std::printf("%s\n", g_fail ? "FAIL" : "PASS");
     return g_fail;
 }
