@@ -2637,27 +2637,28 @@ FGC_EXPORT CUresult CUDAAPI cuLinkDestroy(CUlinkState state) {
 }
 
 FGC_EXPORT CUresult CUDAAPI cuLogsCurrent(CUlogIterator *iterator_out, unsigned int flags) {
-    (void)iterator_out;
-    (void)flags;
-    static int logged;
-    return fgc_unsupported("cuLogsCurrent", &logged);
+    FGC_REQUIRE_INIT();
+    __typeof__(*iterator_out) d_iterator_out;
+    fg_writer *w = fgc_begin(FG_OP_cuLogsCurrent);
+    if (!w) return fgc_last_error();
+    { uint8_t want_ = iterator_out != NULL; fg_put(w, &want_, 1); }
+    fgc_expect(iterator_out ? (void *)iterator_out : (void *)&d_iterator_out, sizeof(*iterator_out));
+    fg_put(w, &flags, sizeof(flags));
+    return fgc_sync();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuLogsDumpToFile(CUlogIterator *iterator, const char *pathToFile, unsigned int flags) {
-    (void)iterator;
-    (void)pathToFile;
-    (void)flags;
-    static int logged;
-    return fgc_unsupported("cuLogsDumpToFile", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuLogsDumpToFile");
+    CUresult r_ = fgc_cuLogsDumpToFile(iterator, pathToFile, flags);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuLogsDumpToFile", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuLogsDumpToMemory(CUlogIterator *iterator, char *buffer, size_t *size, unsigned int flags) {
-    (void)iterator;
-    (void)buffer;
-    (void)size;
-    (void)flags;
-    static int logged;
-    return fgc_unsupported("cuLogsDumpToMemory", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuLogsDumpToMemory");
+    CUresult r_ = fgc_cuLogsDumpToMemory(iterator, buffer, size, flags);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuLogsDumpToMemory", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuLogsRegisterCallback(CUlogsCallback callbackFunc, void *userData, CUlogsCallbackHandle *callback_out) {

@@ -112,6 +112,8 @@ CUresult CUDAAPI fgc_cuLinkAddFile_v2(CUlinkState state, CUjitInputType type, co
 CUresult CUDAAPI fgc_cuLinkComplete(CUlinkState state, void **cubinOut, size_t *sizeOut);
 CUresult CUDAAPI fgc_cuLinkCreate_v2(unsigned int numOptions, CUjit_option *options, void **optionValues, CUlinkState *stateOut);
 CUresult CUDAAPI fgc_cuLinkDestroy(CUlinkState state);
+CUresult CUDAAPI fgc_cuLogsDumpToFile(CUlogIterator *iterator, const char *pathToFile, unsigned int flags);
+CUresult CUDAAPI fgc_cuLogsDumpToMemory(CUlogIterator *iterator, char *buffer, size_t *size, unsigned int flags);
 CUresult CUDAAPI fgc_cuMemAddressFree(CUdeviceptr ptr, size_t size);
 CUresult CUDAAPI fgc_cuMemAddressReserve(CUdeviceptr *ptr, size_t size, size_t alignment, CUdeviceptr addr, unsigned long long flags);
 CUresult CUDAAPI fgc_cuMemAdvise(CUdeviceptr devPtr, size_t count, CUmem_advise advice, CUdevice device);

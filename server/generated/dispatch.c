@@ -1320,6 +1320,22 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
     case FG_OP_cuLinkComplete: return fgs_cuLinkComplete(S, r, out);
     case FG_OP_cuLinkCreate_v2: return fgs_cuLinkCreate_v2(S, r, out);
     case FG_OP_cuLinkDestroy: return fgs_cuLinkDestroy(S, r, out);
+    case FG_OP_cuLogsCurrent: {
+        CUlogIterator iterator_out;
+        memset(&iterator_out, 0, sizeof(iterator_out));
+        uint8_t want_iterator_out = 0;
+        fg_get(r, &want_iterator_out, 1);
+        unsigned int flags;
+        fg_get(r, (void *)&flags, sizeof(flags));
+        if (r->failed) return FGS_PROTOCOL_ERROR;
+        if (!S->api->cuLogsCurrent) return fgs_missing(S, "cuLogsCurrent");
+        CUresult res = S->api->cuLogsCurrent(want_iterator_out ? &iterator_out : NULL, flags);
+        if (res == CUDA_SUCCESS) {
+            fg_put(out, &iterator_out, sizeof(iterator_out));
+        }
+        return res;
+    }
+    case FG_OP_cuLogsDumpToMemory: return fgs_cuLogsDumpToMemory(S, r, out);
     case FG_OP_cuMemAddressFree: return fgs_cuMemAddressFree(S, r, out);
     case FG_OP_cuMemAddressReserve: return fgs_cuMemAddressReserve(S, r, out);
     case FG_OP_cuMemAllocAsync: return fgs_cuMemAllocAsync(S, r, out);

@@ -191,6 +191,8 @@ const char *fgs_api_load(fgs_api *api, void *dl) {
     *(void **)&api->cuLinkComplete = dlsym(dl, "cuLinkComplete");
     *(void **)&api->cuLinkCreate_v2 = dlsym(dl, "cuLinkCreate_v2");
     *(void **)&api->cuLinkDestroy = dlsym(dl, "cuLinkDestroy");
+    *(void **)&api->cuLogsCurrent = dlsym(dl, "cuLogsCurrent");
+    *(void **)&api->cuLogsDumpToMemory = dlsym(dl, "cuLogsDumpToMemory");
     *(void **)&api->cuMemAddressFree = dlsym(dl, "cuMemAddressFree");
     if (!api->cuMemAddressFree) return "cuMemAddressFree";
     *(void **)&api->cuMemAddressReserve = dlsym(dl, "cuMemAddressReserve");

@@ -174,6 +174,8 @@ typedef struct fgs_api {
     CUresult (*cuLinkComplete)(CUlinkState, void **, size_t *);
     CUresult (*cuLinkCreate_v2)(unsigned int, CUjit_option *, void **, CUlinkState *);
     CUresult (*cuLinkDestroy)(CUlinkState);
+    CUresult (*cuLogsCurrent)(CUlogIterator *, unsigned int);
+    CUresult (*cuLogsDumpToMemory)(CUlogIterator *, char *, size_t *, unsigned int);
     CUresult (*cuMemAddressFree)(CUdeviceptr, size_t);
     CUresult (*cuMemAddressReserve)(CUdeviceptr *, size_t, size_t, CUdeviceptr, unsigned long long);
     CUresult (*cuMemCreate)(CUmemGenericAllocationHandle *, size_t, const CUmemAllocationProp *, unsigned long long);

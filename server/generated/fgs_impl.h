@@ -83,6 +83,7 @@ CUresult fgs_cuLinkAddData_v2(fgs_session *S, fg_reader *r, fg_writer *out);
 CUresult fgs_cuLinkComplete(fgs_session *S, fg_reader *r, fg_writer *out);
 CUresult fgs_cuLinkCreate_v2(fgs_session *S, fg_reader *r, fg_writer *out);
 CUresult fgs_cuLinkDestroy(fgs_session *S, fg_reader *r, fg_writer *out);
+CUresult fgs_cuLogsDumpToMemory(fgs_session *S, fg_reader *r, fg_writer *out);
 CUresult fgs_cuMemAddressFree(fgs_session *S, fg_reader *r, fg_writer *out);
 CUresult fgs_cuMemAddressReserve(fgs_session *S, fg_reader *r, fg_writer *out);
 CUresult fgs_cuMemAllocAsync(fgs_session *S, fg_reader *r, fg_writer *out);

@@ -1,6 +1,6 @@
 /* device.c — cuDeviceGetAttribute for the client (the stub overrides the memory-sharing attributes it cannot give
- * remotely: client_stub/device_attrs.c); cuDeviceGetP2PAtomicCapabilities and cuDeviceGetLuid. The node answers
- * as its driver does. */
+ * remotely: client_stub/device_attrs.c); cuDeviceGetP2PAtomicCapabilities and cuDeviceGetLuid; cuLogsDumpToMemory
+ * (the driver's error log of this worker process, which serves one session). The node answers as its driver does. */
 #include <string.h>
 
 #include "fgs_impl.h"
@@ -50,4 +50,36 @@ CUresult fgs_cuDeviceGetLuid(fgs_session *S, fg_reader *r, fg_writer *out) {
         fg_put_u32(out, mask);
     }
     return res;
+}
+
+/* The most log bytes one dump asks the driver for: its log buffer holds at most 25600 bytes (cuda.h), so a larger
+ * buffer holds every message anyway. */
+#define LOGS_CAP 65536u
+
+/* u8 which of iterator (1), buffer (2) and size (4) the application passed, u32 iterator, u64 size, u32 flags.
+ * The reply, whatever the driver answers (so *size and the iterator come back with an error too): u32 the driver's
+ * result, u32 iterator, u8 whether *size changed, u64 *size, u32 n, n bytes of the buffer (the text and its NUL). */
+CUresult fgs_cuLogsDumpToMemory(fgs_session *S, fg_reader *r, fg_writer *out) {
+    uint8_t given = 0;
+    fg_get(r, &given, 1);
+    CUlogIterator it = fg_get_u32(r);
+    uint64_t size = fg_get_u64(r);
+    unsigned flags = fg_get_u32(r);
+    if (r->failed || (given & ~7u)) return FGS_PROTOCOL_ERROR;
+    if (!S->api->cuLogsDumpToMemory) return fgs_missing(S, "cuLogsDumpToMemory");
+    size_t cap = size < LOGS_CAP ? (size_t)size : LOGS_CAP, sz = cap;
+    char *buf = (char *)fgs_scratch(S, cap + 1);
+    if (!buf) return CUDA_ERROR_OUT_OF_MEMORY;
+    CUresult res = S->api->cuLogsDumpToMemory(given & 1 ? &it : NULL, given & 2 ? buf : NULL, given & 4 ? &sz : NULL,
+                                              flags);
+    uint32_t n = 0;
+    if (res == CUDA_SUCCESS && (given & 6) == 6 && cap) n = (uint32_t)(sz < cap ? sz + 1 : cap);
+    fg_put_u32(out, (uint32_t)res);
+    fg_put_u32(out, it);
+    uint8_t changed = sz != cap;
+    fg_put(out, &changed, 1);
+    fg_put_u64(out, sz);
+    fg_put_u32(out, n);
+    fg_put(out, buf, n);
+    return CUDA_SUCCESS;
 }

@@ -53,6 +53,8 @@ CUresult sim_check_device(CUdevice dev);           /* init + ordinal range */
 CUresult sim_charge(int device, uint64_t bytes);   /* CUDA_ERROR_OUT_OF_MEMORY when over the total */
 void sim_uncharge(int device, uint64_t bytes);
 void sim_log_once(const char *what, const char *detail); /* one stderr line per distinct `what` */
+/* A message in the driver's error log for an error an entry point returns (sim_logs.c: cuLogsDumpToMemory). */
+void sim_log_error(const char *entry, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 uint64_t sim_now_ns(void);                         /* CLOCK_MONOTONIC */
 /* Which physical devices are visible, in order (sim_visible.c): CUDA_VISIBLE_DEVICES as the driver reads it. */
 int sim_visible_devices(int nphys, int *out);

@@ -354,8 +354,10 @@ SIM_API CUresult cuDeviceGetExecAffinitySupport(int *pi, CUexecAffinityType type
     sim_unlock();
     if (rc != CUDA_SUCCESS)
         return rc;
-    if (!pi || (unsigned)type >= (unsigned)CU_EXEC_AFFINITY_TYPE_MAX)
+    if (!pi || (unsigned)type >= (unsigned)CU_EXEC_AFFINITY_TYPE_MAX) {
+        sim_log_error("cuDeviceGetExecAffinitySupport", "%s", !pi ? "pi cannot be NULL" : "invalid affinity type");
         return CUDA_ERROR_INVALID_VALUE;
+    }
     *pi = 0;
     return CUDA_SUCCESS;
 }

@@ -297,6 +297,8 @@ SIM_API CUresult cuModuleGetFunction(CUfunction *hfunc, CUmodule hmod, const cha
                 break;
             }
         }
+        if (rc == CUDA_ERROR_NOT_FOUND)
+            sim_log_error("cuModuleGetFunction", "no function named %s in the module", name);
     }
     sim_unlock();
     return rc;

@@ -177,6 +177,8 @@ const char *fg_op_name(unsigned op) {
     case FG_OP_cuLinkComplete: return "cuLinkComplete";
     case FG_OP_cuLinkCreate_v2: return "cuLinkCreate_v2";
     case FG_OP_cuLinkDestroy: return "cuLinkDestroy";
+    case FG_OP_cuLogsCurrent: return "cuLogsCurrent";
+    case FG_OP_cuLogsDumpToMemory: return "cuLogsDumpToMemory";
     case FG_OP_cuMemAddressFree: return "cuMemAddressFree";
     case FG_OP_cuMemAddressReserve: return "cuMemAddressReserve";
     case FG_OP_cuMemAllocAsync: return "cuMemAllocAsync";
