@@ -8,7 +8,10 @@
  * process, which the remote GPU cannot see, so such a batch is refused with CUDA_ERROR_NOT_SUPPORTED and a log
  * line, a single operation alike. The node checks the addresses again against the session's memory. Dirty managed
  * pages go to the device before a batch or a single operation is queued, and host copies of managed memory count as
- * stale after a batch or a write (mirror.c). */
+ * stale after a batch or a write (mirror.c).
+ * cuMemBatchDecompressAsync is one sync record (its errorIndex comes back): the stream, the count, the flags and the
+ * application's array; the node checks every operation's memory (server/replay/memops.c) and its driver decides the
+ * rest (H100 and H200 have no decompression engine). */
 #include <string.h>
 
 #include "fgc_impl.h"
@@ -123,4 +126,36 @@ CUresult fgc_cuStreamWriteValue32_v2(CUstream stream, CUdeviceptr addr, cuuint32
 CUresult fgc_cuStreamWriteValue64_v2(CUstream stream, CUdeviceptr addr, cuuint64_t value, unsigned int flags) {
     static int logged;
     return single(FG_OP_cuStreamWriteValue64_v2, "cuStreamWriteValue64_v2", &logged, stream, addr, value, 8, flags);
+}
+
+#define MAX_DECOMPRESS 4096 /* operations in one decompression batch, as the node bounds it */
+
+CUresult fgc_cuMemBatchDecompressAsync(CUmemDecompressParams *paramsArray, size_t count, unsigned int flags,
+                                       size_t *errorIndex, CUstream stream) {
+    FGC_REQUIRE_INIT();
+    if (count && !paramsArray) return CUDA_ERROR_INVALID_VALUE;
+    if (count > MAX_DECOMPRESS) {
+        static int logged;
+        if (!__atomic_exchange_n(&logged, 1, __ATOMIC_RELAXED))
+            fgc_log(FGC_LOG_WARN, "cuMemBatchDecompressAsync of more than %u operations: CUDA_ERROR_NOT_SUPPORTED",
+                    MAX_DECOMPRESS);
+        return CUDA_ERROR_NOT_SUPPORTED;
+    }
+    struct {
+        uint32_t result;
+        uint64_t index;
+    } __attribute__((packed)) reply;
+    fg_writer *w = fgc_begin(FG_OP_cuMemBatchDecompressAsync);
+    if (!w) return fgc_last_error();
+    fgc_put_handle(w, stream);
+    fg_put_u64(w, count);
+    fg_put_u32(w, flags);
+    uint8_t want = errorIndex != NULL;
+    fg_put(w, &want, 1);
+    if (count) fg_put(w, paramsArray, count * sizeof *paramsArray);
+    fgc_expect(&reply, sizeof reply);
+    CUresult r = fgc_sync();
+    if (r != CUDA_SUCCESS) return r;
+    if (errorIndex && reply.result != CUDA_SUCCESS) *errorIndex = (size_t)reply.index;
+    return (CUresult)reply.result;
 }

@@ -184,6 +184,7 @@ static int op_effect(uint16_t op) {
     case FG_OP_cuStreamWriteValue32_v2:
     case FG_OP_cuStreamWriteValue64_v2:
     case FG_OP_cuStreamBatchMemOp_v2:
+    case FG_OP_cuMemBatchDecompressAsync:
     case FG_OP_cuMemcpy3D_v2:
     case FG_OP_cuMemcpy3DAsync_v2:
         return 2;

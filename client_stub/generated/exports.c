@@ -2778,23 +2778,14 @@ FGC_EXPORT CUresult CUDAAPI cuMemAlloc_v2(CUdeviceptr *dptr, size_t bytesize) {
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemBatchDecompressAsync(CUmemDecompressParams *paramsArray, size_t count, unsigned int flags, size_t *errorIndex, CUstream stream) {
-    (void)paramsArray;
-    (void)count;
-    (void)flags;
-    (void)errorIndex;
-    (void)stream;
-    static int logged;
-    return fgc_unsupported("cuMemBatchDecompressAsync", &logged);
+    fgc_log(FGC_LOG_TRACE, "= cuMemBatchDecompressAsync");
+    CUresult r_ = fgc_cuMemBatchDecompressAsync(paramsArray, count, flags, errorIndex, stream);
+    if (r_ != CUDA_SUCCESS) fgc_trace_failure("cuMemBatchDecompressAsync", r_);
+    return r_;
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemBatchDecompressAsync_ptsz(CUmemDecompressParams *paramsArray, size_t count, unsigned int flags, size_t *errorIndex, CUstream stream) {
-    (void)paramsArray;
-    (void)count;
-    (void)flags;
-    (void)errorIndex;
-    (void)stream;
-    static int logged;
-    return fgc_unsupported("cuMemBatchDecompressAsync_ptsz", &logged);
+    return cuMemBatchDecompressAsync(paramsArray, count, flags, errorIndex, fgc_ptsz_stream(stream));
 }
 
 FGC_EXPORT CUresult CUDAAPI cuMemcpy(CUdeviceptr dst, CUdeviceptr src, size_t ByteCount) {

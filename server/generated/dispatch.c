@@ -1341,6 +1341,7 @@ CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out)
     case FG_OP_cuMemAllocAsync: return fgs_cuMemAllocAsync(S, r, out);
     case FG_OP_cuMemAllocFromPoolAsync: return fgs_cuMemAllocFromPoolAsync(S, r, out);
     case FG_OP_cuMemAlloc_v2: return fgs_cuMemAlloc_v2(S, r, out);
+    case FG_OP_cuMemBatchDecompressAsync: return fgs_cuMemBatchDecompressAsync(S, r, out);
     case FG_OP_cuMemCreate: return fgs_cuMemCreate(S, r, out);
     case FG_OP_cuMemExportToShareableHandle: return fgs_cuMemExportToShareableHandle(S, r, out);
     case FG_OP_cuMemFreeAsync: return fgs_cuMemFreeAsync(S, r, out);

@@ -197,6 +197,7 @@ const char *fgs_api_load(fgs_api *api, void *dl) {
     if (!api->cuMemAddressFree) return "cuMemAddressFree";
     *(void **)&api->cuMemAddressReserve = dlsym(dl, "cuMemAddressReserve");
     if (!api->cuMemAddressReserve) return "cuMemAddressReserve";
+    *(void **)&api->cuMemBatchDecompressAsync = dlsym(dl, "cuMemBatchDecompressAsync");
     *(void **)&api->cuMemCreate = dlsym(dl, "cuMemCreate");
     if (!api->cuMemCreate) return "cuMemCreate";
     *(void **)&api->cuMemExportToShareableHandle = dlsym(dl, "cuMemExportToShareableHandle");

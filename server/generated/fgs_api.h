@@ -178,6 +178,7 @@ typedef struct fgs_api {
     CUresult (*cuLogsDumpToMemory)(CUlogIterator *, char *, size_t *, unsigned int);
     CUresult (*cuMemAddressFree)(CUdeviceptr, size_t);
     CUresult (*cuMemAddressReserve)(CUdeviceptr *, size_t, size_t, CUdeviceptr, unsigned long long);
+    CUresult (*cuMemBatchDecompressAsync)(CUmemDecompressParams *, size_t, unsigned int, size_t *, CUstream);
     CUresult (*cuMemCreate)(CUmemGenericAllocationHandle *, size_t, const CUmemAllocationProp *, unsigned long long);
     CUresult (*cuMemExportToShareableHandle)(void *, CUmemGenericAllocationHandle, CUmemAllocationHandleType, unsigned long long);
     CUresult (*cuMemFreeHost)(void *);

@@ -89,6 +89,7 @@ CUresult fgs_cuMemAddressReserve(fgs_session *S, fg_reader *r, fg_writer *out);
 CUresult fgs_cuMemAllocAsync(fgs_session *S, fg_reader *r, fg_writer *out);
 CUresult fgs_cuMemAllocFromPoolAsync(fgs_session *S, fg_reader *r, fg_writer *out);
 CUresult fgs_cuMemAlloc_v2(fgs_session *S, fg_reader *r, fg_writer *out);
+CUresult fgs_cuMemBatchDecompressAsync(fgs_session *S, fg_reader *r, fg_writer *out);
 CUresult fgs_cuMemCreate(fgs_session *S, fg_reader *r, fg_writer *out);
 CUresult fgs_cuMemExportToShareableHandle(fgs_session *S, fg_reader *r, fg_writer *out);
 CUresult fgs_cuMemFreeAsync(fgs_session *S, fg_reader *r, fg_writer *out);

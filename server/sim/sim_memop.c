@@ -1,5 +1,6 @@
 /* sim_memop.c - stream memory operations for the simulated device: cuStreamWaitValue32_v2/64_v2,
- * cuStreamWriteValue32_v2/64_v2 and cuStreamBatchMemOp_v2 (waits, writes, flushes of remote writes, barriers).
+ * cuStreamWriteValue32_v2/64_v2 and cuStreamBatchMemOp_v2 (waits, writes, flushes of remote writes, barriers);
+ * cuMemBatchDecompressAsync (no decompression engine: refused after its argument checks).
  *
  * Stream work runs at enqueue here (sim_stream.c), so a write is done when the call returns and a wait is decided
  * at once: a condition already met passes; one not met could never be met by later work of a stream that has
@@ -141,4 +142,27 @@ SIM_API CUresult cuStreamWriteValue32_v2(CUstream stream, CUdeviceptr addr, cuui
 SIM_API CUresult cuStreamWriteValue64_v2(CUstream stream, CUdeviceptr addr, cuuint64_t value, unsigned int flags)
 {
     return one(stream, CU_STREAM_MEM_OP_WRITE_VALUE_64, addr, value, flags);
+}
+
+/* Hardware decompression: the simulated device has no engine (MEM_DECOMPRESS_ALGORITHM_MASK 0, as H100 and H200).
+ * After the documented argument checks (flags 0, an array of at least one operation, a valid stream; else
+ * CUDA_ERROR_INVALID_VALUE or the stream's error), every batch is CUDA_ERROR_NOT_SUPPORTED with a general error
+ * index (SIZE_MAX) and a message in the driver's error log. */
+SIM_API CUresult cuMemBatchDecompressAsync(CUmemDecompressParams *paramsArray, size_t count, unsigned int flags,
+                                           size_t *errorIndex, CUstream stream)
+{
+    if (errorIndex)
+        *errorIndex = SIZE_MAX;
+    if (flags != 0 || !paramsArray || count == 0) {
+        sim_log_error("cuMemBatchDecompressAsync", "%s",
+                      flags ? "flags must be 0" : "paramsArray must hold at least one operation");
+        return CUDA_ERROR_INVALID_VALUE;
+    }
+    sim_lock();
+    CUresult rc = sim_stream_check_op(stream);
+    sim_unlock();
+    if (rc != CUDA_SUCCESS)
+        return rc;
+    sim_log_error("cuMemBatchDecompressAsync", "the device has no decompression engine");
+    return CUDA_ERROR_NOT_SUPPORTED;
 }

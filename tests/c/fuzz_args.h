@@ -495,6 +495,33 @@ static int build_args(pools *P, unsigned op, buf *a, buf *pre, int *expect) {
             if (n == 0 || n > 1024) return 1; /* outside the server's bound (server/replay/device.c): malformed */
             break;
         }
+        case '5': { /* cuMemBatchDecompressAsync: u64 n, u32 flags, u8 want, n CUmemDecompressParams (mostly few,
+                     * pointers mostly of the session's memory); more than the server's 4096 is malformed */
+            uint64_t n = chance(85) ? rndn(5) : chance(50) ? 4096 + rndn(3) : rnd();
+            put64(a, n);
+            put32(a, chance(90) ? 0 : (uint32_t)rnd());
+            put8(a, (uint8_t)rndn(2));
+            if (n > 4096) return 1;
+            for (uint64_t k = 0; k < n; k++) {
+                CUmemDecompressParams d;
+                memset(&d, 0, sizeof d);
+                d.srcNumBytes = chance(80) ? rndn(4096) : pick_size();
+                d.dstNumBytes = chance(80) ? rndn(4096) : pick_size();
+                d.src = (const void *)(uintptr_t)pick_ptr(P);
+                d.dst = (void *)(uintptr_t)pick_ptr(P);
+                d.dstActBytes = (cuuint32_t *)(uintptr_t)pick_ptr(P);
+                d.algo = chance(85) ? CU_MEM_DECOMPRESS_ALGORITHM_DEFLATE : (CUmemDecompressAlgorithm)rnd();
+                if (chance(5)) d.padding[rndn(sizeof d.padding)] = (unsigned char)rnd();
+                put(a, &d, sizeof d);
+            }
+            break;
+        }
+        case '6': { /* cuLogsDumpToMemory's u8 of given pointers: bits past 2 are malformed */
+            uint8_t g = chance(95) ? (uint8_t)rndn(8) : (uint8_t)rnd();
+            put8(a, g);
+            if (g > 7) return 1;
+            break;
+        }
         case 'x': {
             uint32_t na = chance(50) ? 0 : chance(90) ? 1 + (uint32_t)rndn(4) : (uint32_t)rndn(65);
             if (chance(2)) { /* more than the 64 the server takes: malformed, whatever follows */

@@ -14,7 +14,8 @@
  * 3 a 3D copy as arrays.c takes it (host flags, CUDA_MEMCPY3D, stream, packed bytes), U a CUDA_RESOURCE_DESC,
  * t a CUDA_TEXTURE_DESC, W a mipmapped array id, I a 64-byte CUDA IPC token, d a user object id, J JIT options,
  * j a link state id, o a cubin offset, k a link input (an image reference with the link's arguments), n a tensor
- * map record, u a batch of stream memory operations, g u32 n + n atomic operations,
+ * map record, u a batch of stream memory operations, g u32 n + n atomic operations, 5 a decompression batch
+ * (cuMemBatchDecompressAsync), 6 cuLogsDumpToMemory's u8 of given pointers,
  * v a CUkernelNodeAttrValue (random, an event id at times),
  * H an image reference (sha256[32], u64 size, u32 extra_len, extra) after IMAGE_CHUNK records that may
  * upload it, Y one IMAGE_CHUNK record (sha256[32], u64 total, u64 offset, u32 len, bytes). */
@@ -70,6 +71,11 @@ static const char *layout[FG_OP_LIMIT] = {
     [FG_OP_cuDeviceGetP2PAttribute] = "wiii",
     [FG_OP_cuDeviceGetP2PAtomicCapabilities] = "gii",
     [FG_OP_cuDeviceGetLuid] = "i",
+    [FG_OP_cuDeviceGetExecAffinitySupport] = "wii",
+    [FG_OP_cuCtxGetExecAffinity] = "wi",
+    [FG_OP_cuLogsCurrent] = "wi",
+    [FG_OP_cuLogsDumpToMemory] = "6iqi", /* which pointers are given, iterator, size, flags */
+    [FG_OP_cuMemBatchDecompressAsync] = "S5",
     [FG_OP_cuDeviceGetPCIBusId] = "ii",
     [FG_OP_cuDeviceGetTexture1DLinearMaxWidth] = "wiii",
     [FG_OP_cuDeviceGetUuid_v2] = "wi",

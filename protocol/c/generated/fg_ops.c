@@ -184,6 +184,7 @@ const char *fg_op_name(unsigned op) {
     case FG_OP_cuMemAllocAsync: return "cuMemAllocAsync";
     case FG_OP_cuMemAllocFromPoolAsync: return "cuMemAllocFromPoolAsync";
     case FG_OP_cuMemAlloc_v2: return "cuMemAlloc_v2";
+    case FG_OP_cuMemBatchDecompressAsync: return "cuMemBatchDecompressAsync";
     case FG_OP_cuMemCreate: return "cuMemCreate";
     case FG_OP_cuMemExportToShareableHandle: return "cuMemExportToShareableHandle";
     case FG_OP_cuMemFreeAsync: return "cuMemFreeAsync";

@@ -8,11 +8,13 @@
 // from the first level smaller than a tile) and the refusals for arrays that are not sparse and for a level of a
 // mipmapped array; the one pointer attribute an application sets (SYNC_MEMOPS: read back, kept by data written
 // into the memory, refused for other attributes and for the application's own VMM mapping); execution affinity
-// (SM-count support, the primary context's SM limit: all of them). Results the driver
+// (SM-count support, the primary context's SM limit: all of them); a decompression batch on a device without an
+// engine (refused). Results the driver
 // documents are printed by name; the rest are checked as relations.
 // The PTX kernels carry the test kernels' names and parameter layouts, so the simulated device loads them too.
 // acceptance: link=-lcuda
 #include <algorithm>
+#include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <string>
@@ -213,6 +215,37 @@ static void exec_affinity()
                 name_of(cuCtxGetExecAffinity(nullptr, CU_EXEC_AFFINITY_TYPE_SM_COUNT)));
 }
 
+// Hardware decompression on a device without an engine (no algorithm in its mask): a batch on cuMemAlloc memory
+// is refused; the error and whether its index names the operation are printed.
+static void decompression()
+{
+    int mask = -1;
+    CU_CHECK(cuDeviceGetAttribute(&mask, CU_DEVICE_ATTRIBUTE_MEM_DECOMPRESS_ALGORITHM_MASK, 0));
+    std::printf("decompression algorithms: %d\n", mask);
+    if (mask != 0)
+        return;
+    CUdeviceptr src, dst, act;
+    CU_CHECK(cuMemAlloc(&src, 4096));
+    CU_CHECK(cuMemAlloc(&dst, 8192));
+    CU_CHECK(cuMemAlloc(&act, 4));
+    CUmemDecompressParams p;
+    std::memset(&p, 0, sizeof p);
+    p.srcNumBytes = 4096;
+    p.dstNumBytes = 8192;
+    p.src = (const void *)src;
+    p.dst = (void *)dst;
+    p.dstActBytes = (cuuint32_t *)act;
+    p.algo = CU_MEM_DECOMPRESS_ALGORITHM_DEFLATE;
+    size_t index = 12345;
+    CUresult r = cuMemBatchDecompressAsync(&p, 1, 0, &index, nullptr);
+    std::printf("decompression batch: %s, error index %s\n", name_of(r),
+                r == CUDA_SUCCESS ? "-" : index == SIZE_MAX ? "general" : index == 0 ? "0" : "other");
+    CU_CHECK(cuCtxSynchronize());
+    CU_CHECK(cuMemFree(src));
+    CU_CHECK(cuMemFree(dst));
+    CU_CHECK(cuMemFree(act));
+}
+
 int main()
 {
     CHECK(cudaSetDevice(0));
@@ -295,6 +328,7 @@ int main()
     sparse_layouts();
     sync_memops();
     exec_affinity();
+    decompression();
     std::printf("%s\n", g_fail ? "FAIL" : "PASS");
     return g_fail;
 }
