@@ -1,6 +1,7 @@
 /* sim_logs.c - the driver's error log (cuLogsCurrent, cuLogsDumpToMemory, cuLogsDumpToFile): a small ring of the
  * messages the simulated device wrote for errors it returned (sim_log_error: its own cuLogs* refusals,
- * cuModuleGetFunction's unknown names, cuDeviceGetExecAffinitySupport's invalid arguments), each "[time][thread][CUDA][E][entry point] message", the layout the CUDA programming
+ * cuModuleGetFunction's unknown names, cuDeviceGetExecAffinitySupport's invalid arguments, every
+ * cuMemBatchDecompressAsync), each "[time][thread][CUDA][E][entry point] message", the layout the CUDA programming
  * guide shows. An iterator is the number of messages written before it, so cuLogsCurrent gives the count so far
  * and a dump advances the caller's iterator to it. The ring holds the last RING messages; a dump from an iterator
  * older than that, or one whose buffer cannot hold every message from the iterator on, starts with a line saying
@@ -107,7 +108,10 @@ static CUresult dump(const CUlogIterator *iterator, char *buffer, size_t cap, si
 
 SIM_API CUresult cuLogsDumpToMemory(CUlogIterator *iterator, char *buffer, size_t *size, unsigned int flags)
 {
-    const char *why = flags ? "flags must be 0" : !buffer ? "buffer cannot be NULL" : !size ? "size cannot be NULL" : NULL;
+    const char *why = flags     ? "flags must be 0"
+                      : !buffer ? "buffer cannot be NULL"
+                      : !size   ? "size cannot be NULL"
+                                : NULL;
     if (why) {
         sim_log_error("cuLogsDumpToMemory", "%s", why);
         return CUDA_ERROR_INVALID_VALUE;

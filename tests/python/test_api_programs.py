@@ -187,6 +187,8 @@ def test_green_contexts_program(programs: dict[str, Path], node_server: NodeServ
     # The simulated device's partitioning (132 SMs, groups of at least 8 in pairs): a quarter is 33, so two groups
     # of 34 and a remainder of 64.
     assert "device resource type: 1" in out and "split into 2 groups of 34 SMs, 64 left" in out, out
+    # the simulated device's choice: a converted context is limited to its green context's SMs
+    assert "the converted context's SM limit: CUDA_SUCCESS, its green context's SMs: yes" in out, out
     for line in ("event after the wait: CUDA_SUCCESS",
                  "cuStreamGetCtx_v2 of the per-thread stream with a green context current: CUDA_ERROR_INVALID_HANDLE",
                  "green stream without CU_STREAM_NON_BLOCKING: CUDA_ERROR_INVALID_VALUE",

@@ -5,7 +5,8 @@
 // ordinary contexts read back (and none for an ordinary stream); inputs uploaded and added on the first green context's
 // stream, an event recorded by the first green context and waited by the second, whose stream scales the sum and copies
 // it back; the second green context converted into a context, pushed current, and used as one (memory, a launch on its
-// default stream, a stream made in it that belongs to the green context, the current green context's id); the streams
+// default stream, a stream made in it that belongs to the green context, the current green context's id, its execution
+// affinity: printed, with whether its SM limit is the green context's SMs); the streams
 // and green contexts destroyed with the primary context still current. Then the refusals the driver documents for NULL
 // outputs, NULL handles, the wrong resource type, a device that does not exist, impossible splits, a descriptor mixing
 // two splits and missing flags: printed by name, so the native and the remote run compare them.
@@ -124,6 +125,11 @@ static void partitions(CUdevice dev, const CUdevResource &whole, CUcontext prima
     CUdevResource rc1;
     CU_CHECK(cuCtxGetDevResource(c1, &rc1, CU_DEV_RESOURCE_TYPE_SM));
     check("the converted context has the green context's SMs", rc1.sm.smCount == groups[1].sm.smCount);
+    CUexecAffinityParam aff;
+    std::memset(&aff, 0, sizeof aff);
+    CUresult ra = cuCtxGetExecAffinity(&aff, CU_EXEC_AFFINITY_TYPE_SM_COUNT);
+    std::printf("the converted context's SM limit: %s, its green context's SMs: %s\n", name_of(ra),
+                ra == CUDA_SUCCESS ? (aff.param.smCount.val == groups[1].sm.smCount ? "yes" : "no") : "-");
     CUdeviceptr dp;
     CU_CHECK(cuMemAlloc(&dp, N * sizeof(unsigned)));
     fg_fill_u32<<<64, 256>>>((unsigned *)dp, 0x600dU, (unsigned long long)N);
