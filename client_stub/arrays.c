@@ -5,7 +5,8 @@
  * larger than one record are split into slices and row groups. Unified addresses are classified by the device
  * ranges the stub knows; mirrored host memory (managed.c) is used through its device side. The async forms
  * (cuMemcpy3DAsync_v2, and the 1D cuMemcpyHtoAAsync_v2/AtoHAsync_v2) wait on the node for their stream (their
- * bytes travel with the record and its reply). Texture and surface objects are created on the node; their values
+ * bytes travel with the record and its reply); on a capturing stream, a host side opposite device memory is a
+ * device shadow instead (capture_copies.c). Texture and surface objects are created on the node; their values
  * are the driver's, passed to kernels unchanged; the node's driver describes them (arrays as the application's
  * ids). */
 #include <stdlib.h>
@@ -154,6 +155,8 @@ static CUresult copy3d(const CUDA_MEMCPY3D *in, CUstream s, int async) {
         return CUDA_SUCCESS;
     }
     int hs = ss == SIDE_HOST, hd = ds == SIDE_HOST;
+    CUresult cr; /* on a capturing stream, host memory opposite device memory: through a device shadow */
+    if (async && hs != hd && fgc_capture_active() && fgc_capture_copy3d(&c, s, 0, &cr)) return cr;
     if (!hs && !hd) return copy_piece(&c, 0, 0, s, async);
     if (w > FG_CHUNK) {
         static int logged;

@@ -13,21 +13,37 @@
 #define MAX_DEPS 4096
 #define MAX_TO_GRAPH 64
 
-/* Streams capturing into an application's graph (cuStreamBeginCaptureToGraph): a failed capture there leaves the
- * graph, and the graph allocations made in it, to the application. */
+/* Streams capturing into an application's graph (cuStreamBeginCaptureToGraph), with that graph's id: a failed
+ * capture there leaves the graph, and the graph allocations and copy shadows made in it, to the application. */
 static pthread_mutex_t to_graph_mu = PTHREAD_MUTEX_INITIALIZER;
 static CUstream to_graph_streams[MAX_TO_GRAPH];
+static uint64_t to_graph_ids[MAX_TO_GRAPH];
 static size_t n_to_graph;
 
-static int to_graph(CUstream s, int add, int forget) {
+static int to_graph(CUstream s, uint64_t graph, int add, int forget) {
     int hit = 0;
     pthread_mutex_lock(&to_graph_mu);
     for (size_t i = 0; i < n_to_graph && !hit; i++)
         if (to_graph_streams[i] == s) {
             hit = 1;
-            if (forget) to_graph_streams[i] = to_graph_streams[--n_to_graph];
+            if (forget) {
+                --n_to_graph;
+                to_graph_streams[i] = to_graph_streams[n_to_graph];
+                to_graph_ids[i] = to_graph_ids[n_to_graph];
+            }
         }
-    if (!hit && add && n_to_graph < MAX_TO_GRAPH) to_graph_streams[n_to_graph++] = s;
+    if (!hit && add && n_to_graph < MAX_TO_GRAPH) {
+        to_graph_streams[n_to_graph] = s;
+        to_graph_ids[n_to_graph++] = graph;
+    }
+    pthread_mutex_unlock(&to_graph_mu);
+    return hit;
+}
+
+int fgc_capture_into_app_graph(uint64_t graph) {
+    int hit = 0;
+    pthread_mutex_lock(&to_graph_mu);
+    for (size_t i = 0; i < n_to_graph && !hit; i++) hit = graph && to_graph_ids[i] == graph;
     pthread_mutex_unlock(&to_graph_mu);
     return hit;
 }
@@ -35,6 +51,45 @@ static int to_graph(CUstream s, int add, int forget) {
 static __thread CUgraphNode *t_deps;
 static __thread CUgraphEdgeData *t_edges;
 static __thread uint8_t *t_reply; /* n node ids, then (if asked) n edge records */
+
+typedef struct {
+    uint32_t status, n;
+    uint64_t id, graph;
+} info_head;
+
+#define REPLY_MAX (MAX_DEPS * (sizeof(uint64_t) + sizeof(CUgraphEdgeData)))
+
+/* The node's answer for hStream: its head, and n node ids (then n edge records when asked) in reply. */
+static CUresult ask_info(CUstream hStream, uint8_t want_edges, info_head *head, uint8_t *reply) {
+    fg_writer *w = fgc_begin(FG_OP_cuStreamGetCaptureInfo_v3);
+    if (!w) return fgc_last_error();
+    fgc_put_handle(w, hStream);
+    fg_put(w, &want_edges, 1);
+    fgc_expect(head, sizeof *head);
+    fgc_expect(reply, REPLY_MAX);
+    size_t got = 0;
+    CUresult r = fgc_sync_var(&got);
+    if (r != CUDA_SUCCESS) return r;
+    size_t need = sizeof *head + (size_t)head->n * (sizeof(uint64_t) + (want_edges ? sizeof(CUgraphEdgeData) : 0));
+    if (got < sizeof *head || head->n > MAX_DEPS || got != need) return CUDA_ERROR_INVALID_VALUE;
+    return CUDA_SUCCESS;
+}
+
+CUresult fgc_capture_of(CUstream s, CUstreamCaptureStatus *st, uint64_t *id, uint64_t *graph) {
+    *st = CU_STREAM_CAPTURE_STATUS_NONE;
+    *id = *graph = 0;
+    if (!fgc_capture_active()) return CUDA_SUCCESS;
+    uint8_t *reply = (uint8_t *)malloc(REPLY_MAX);
+    if (!reply) return CUDA_ERROR_OUT_OF_MEMORY;
+    info_head head;
+    CUresult r = ask_info(s, 0, &head, reply);
+    free(reply);
+    if (r != CUDA_SUCCESS) return r;
+    *st = (CUstreamCaptureStatus)head.status;
+    *id = head.id;
+    *graph = head.graph;
+    return CUDA_SUCCESS;
+}
 
 CUresult fgc_cuStreamGetCaptureInfo_v3(CUstream hStream, CUstreamCaptureStatus *captureStatus_out, cuuint64_t *id_out,
                                        CUgraph *graph_out, const CUgraphNode **dependencies_out,
@@ -52,24 +107,12 @@ CUresult fgc_cuStreamGetCaptureInfo_v3(CUstream hStream, CUstreamCaptureStatus *
     }
     if (!t_deps) t_deps = (CUgraphNode *)calloc(MAX_DEPS, sizeof *t_deps);
     if (!t_edges) t_edges = (CUgraphEdgeData *)calloc(MAX_DEPS, sizeof *t_edges);
-    if (!t_reply) t_reply = (uint8_t *)malloc(MAX_DEPS * (sizeof(uint64_t) + sizeof(CUgraphEdgeData)));
+    if (!t_reply) t_reply = (uint8_t *)malloc(REPLY_MAX);
     if (!t_deps || !t_edges || !t_reply) return CUDA_ERROR_OUT_OF_MEMORY;
-    fg_writer *w = fgc_begin(FG_OP_cuStreamGetCaptureInfo_v3);
-    if (!w) return fgc_last_error();
-    fgc_put_handle(w, hStream);
     uint8_t want_edges = edgeData_out != NULL;
-    fg_put(w, &want_edges, 1);
-    struct {
-        uint32_t status, n;
-        uint64_t id, graph;
-    } head;
-    fgc_expect(&head, sizeof head);
-    fgc_expect(t_reply, MAX_DEPS * (sizeof(uint64_t) + sizeof(CUgraphEdgeData)));
-    size_t got = 0;
-    CUresult r = fgc_sync_var(&got);
+    info_head head;
+    CUresult r = ask_info(hStream, want_edges, &head, t_reply);
     if (r != CUDA_SUCCESS) return r;
-    size_t need = sizeof head + (size_t)head.n * (sizeof(uint64_t) + (want_edges ? sizeof(CUgraphEdgeData) : 0));
-    if (got < sizeof head || head.n > MAX_DEPS || got != need) return CUDA_ERROR_INVALID_VALUE;
     for (uint32_t k = 0; k < head.n; k++) {
         uint64_t id;
         memcpy(&id, t_reply + k * sizeof id, sizeof id);
@@ -95,11 +138,13 @@ CUresult fgc_cuStreamGetCaptureInfo_v2(CUstream hStream, CUstreamCaptureStatus *
 }
 
 /* cuStreamEndCapture: the reply is the graph's id. The capture is over when the call succeeds, or when it failed and
- * the stream no longer captures (the driver destroyed the graph: the graph allocations made in it go, graph_mem.c);
- * a failure that leaves the capture going (another thread's capture mode) changes nothing here. */
+ * the stream no longer captures (the driver destroyed the graph: the graph allocations made in it go, graph_mem.c,
+ * and so do the shadows of its host copies, capture_copies.c); a failure that leaves the capture going (another
+ * thread's capture mode) changes nothing here. */
 CUresult fgc_cuStreamEndCapture(CUstream hStream, CUgraph *phGraph) {
     FGC_REQUIRE_INIT();
     uint64_t discard = 0;
+    uint64_t shadowed = fgc_capture_copies_graph(hStream); /* asked before the capture goes */
     fg_writer *w = fgc_begin(FG_OP_cuStreamEndCapture);
     if (!w) return fgc_last_error();
     fgc_put_handle(w, hStream);
@@ -114,8 +159,11 @@ CUresult fgc_cuStreamEndCapture(CUstream hStream, CUgraph *phGraph) {
         over = cuStreamIsCapturing(hStream, &st) != CUDA_SUCCESS || st == CU_STREAM_CAPTURE_STATUS_NONE;
     }
     if (over) {
-        int mine = to_graph(hStream, 0, 1);
+        int mine = to_graph(hStream, 0, 0, 1);
         if (r != CUDA_SUCCESS && phGraph) *phGraph = NULL; /* an invalidated capture hands out no graph */
+        if (shadowed)
+            fgc_capture_copies_ended(shadowed, r == CUDA_SUCCESS ? (phGraph ? fgc_handle_id(*phGraph) : discard) : 0,
+                                     mine);
         fgc_capture_end();
         fgc_graph_mem_capture_ended(hStream, r == CUDA_SUCCESS || mine);
     }
@@ -143,7 +191,7 @@ CUresult fgc_cuStreamBeginCaptureToGraph(CUstream hStream, CUgraph hGraph, const
     fg_put_u32(w, (uint32_t)mode);
     r = fgc_sync();
     if (r == CUDA_SUCCESS) {
-        to_graph(hStream, 1, 0);
+        to_graph(hStream, fgc_handle_id(hGraph), 1, 0);
         fgc_capture_begin();
     }
     return r;

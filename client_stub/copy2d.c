@@ -1,12 +1,14 @@
 /* copy2d.c — 2D copies (cuMemcpy2D, cuMemcpy2DUnaligned, cuMemcpy2DAsync) between host and device memory, as
  * one 1D copy per row through the stub's ordinary copy paths (all rows of one call travel in one batch, in
  * stream order). Unified addresses are classified by the device ranges the stub knows; a copy with a CUDA
- * array on one side goes to arrays.c. The synchronous forms wait for the legacy stream at the end, as the driver's do for pageable
- * memory. */
+ * array on one side goes to arrays.c. An async copy with host memory outside the shared-memory region on a
+ * capturing stream is one copy through a device shadow instead (capture_copies.c). The synchronous forms wait
+ * for the legacy stream at the end, as the driver's do for pageable memory. */
 #include <string.h>
 
 #include "fgc_impl.h"
 #include "fgc_internal.h"
+#include "fgc_mirror.h"
 
 enum { MEM_HOST, MEM_DEVICE, MEM_BAD };
 
@@ -36,6 +38,30 @@ static CUresult copy2d(const CUDA_MEMCPY2D *c, CUstream s, int async) {
                                                                    : (const char *)c->srcHost;
     char *dhost = c->dstMemoryType == CU_MEMORYTYPE_UNIFIED ? (char *)(uintptr_t)c->dstDevice : (char *)c->dstHost;
     CUstream st = async ? s : NULL;
+    if (async && sk != dk && fgc_capture_active()) { /* on a capturing stream: one copy through a device shadow */
+        CUDA_MEMCPY3D c3;
+        memset(&c3, 0, sizeof c3);
+        c3.srcXInBytes = c->srcXInBytes;
+        c3.srcY = c->srcY;
+        c3.srcPitch = c->srcPitch;
+        c3.dstXInBytes = c->dstXInBytes;
+        c3.dstY = c->dstY;
+        c3.dstPitch = c->dstPitch;
+        c3.WidthInBytes = w;
+        c3.Height = h;
+        c3.Depth = 1;
+        c3.srcMemoryType = sk == MEM_HOST ? CU_MEMORYTYPE_HOST : CU_MEMORYTYPE_DEVICE;
+        c3.srcHost = sk == MEM_HOST ? shost : NULL;
+        c3.srcDevice = sk == MEM_HOST ? 0 : c->srcDevice;
+        c3.dstMemoryType = dk == MEM_HOST ? CU_MEMORYTYPE_HOST : CU_MEMORYTYPE_DEVICE;
+        c3.dstHost = dk == MEM_HOST ? dhost : NULL;
+        c3.dstDevice = dk == MEM_HOST ? 0 : c->dstDevice;
+        uint64_t mirrored;
+        CUresult r;
+        if (!fgc_mirror_device_of(sk == MEM_HOST ? (const void *)shost : (const void *)dhost, &mirrored) &&
+            fgc_capture_copy3d(&c3, s, 1, &r))
+            return r;
+    }
     if (sk == MEM_HOST && dk == MEM_HOST) { /* host to host: in stream order, here */
         CUresult r = cuStreamSynchronize(st);
         if (r != CUDA_SUCCESS) return r;

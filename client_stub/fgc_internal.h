@@ -116,6 +116,38 @@ uint64_t fgc_host_node_cookie(CUhostFn fn, void *userData);
 int fgc_host_node_lookup(uint64_t cookie, CUhostFn *fn, void **userData);
 /* graph_build.c: the host memory whose device shadow starts at dev (a memcpy node's); 0: none. */
 int fgc_graph_shadow_host(uint64_t dev, void **host);
+/* graph_build.c: device shadows of host memory made elsewhere (capture_copies.c). A new shadow of `size` bytes of
+ * host memory at `host`, at device address dev (memory the caller allocated with fgc_shadow_mem_alloc; the
+ * shadow owns it from here): out, copied back into the host after each launch; pre, filled from it before. Keep:
+ * bound to a graph or executable (owner id), shared from there as a memcpy node's shadows are; discard: freed,
+ * never bound. Move: the bindings of graph `from` go to `to`; drop: owner's bindings go (the shadows with them
+ * once nothing else holds them); count: how many bindings owner has. */
+void *fgc_shadow_new(uint64_t host, uint64_t dev, size_t size, int out, int pre);
+void fgc_shadow_keep(uint64_t owner, void *sh);
+void fgc_shadow_discard(void *sh);
+void fgc_graph_shadows_move(uint64_t from, uint64_t to);
+void fgc_graph_shadows_drop(uint64_t owner);
+size_t fgc_graph_shadows_count(uint64_t owner);
+/* capture_copies.c: a shadow's device memory, allocated and freed with the calling thread's capture mode relaxed
+ * on the node while any capture is under way (so a global-mode capture is not invalidated by it). */
+CUresult fgc_shadow_mem_alloc(size_t n, CUdeviceptr *dev);
+void fgc_shadow_mem_free(CUdeviceptr dev);
+/* capture_copies.c: an async copy with host memory on one side, on stream s: 1 when s is capturing and the copy
+ * was captured through a device shadow (its result in *r); 0: not capturing, the caller copies as usual. 3D: c's
+ * host side is CU_MEMORYTYPE_HOST (host pointer set), the other side device memory; keep_region: host memory in
+ * the shared-memory region is left to the caller (0 when the caller would not copy it in place). */
+int fgc_capture_htod(CUdeviceptr dst, const void *src, size_t n, CUstream s, CUresult *r);
+int fgc_capture_dtoh(void *dst, CUdeviceptr src, size_t n, CUstream s, CUresult *r);
+int fgc_capture_copy3d(const CUDA_MEMCPY3D *c, CUstream s, int keep_region, CUresult *r);
+/* capture_copies.c, for cuStreamEndCapture on s: before it, the graph id of s's capture when that capture holds
+ * shadows (0: none); after it, once the capture is over: `got` the graph handed out (0: the capture failed; its
+ * shadows are freed unless keep, a capture into the application's graph). */
+uint64_t fgc_capture_copies_graph(CUstream s);
+void fgc_capture_copies_ended(uint64_t graph, uint64_t got, int keep);
+/* capture.c: status, id and graph id of stream s's capture (the per-thread arrays the application was handed
+ * stay untouched); whether graph is an application's graph a capture was made into. */
+CUresult fgc_capture_of(CUstream s, CUstreamCaptureStatus *st, uint64_t *id, uint64_t *graph);
+int fgc_capture_into_app_graph(uint64_t graph);
 /* graph_mem.c: memory allocation and free nodes, emulated in the stub. */
 int fgc_graph_mem_node_type(uint64_t node, CUgraphNodeType *type); /* 1: one of them (type set) */
 int fgc_graph_mem_user_free(CUdeviceptr p);                          /* 1: a graph allocation (handled) */

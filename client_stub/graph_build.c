@@ -10,7 +10,14 @@
  * host's bytes. Mapped host memory with a device shadow already (managed.c) is used as device memory directly.
  * Shadows are shared by graphs cloned from the one that made them, by parents of a child graph and by the
  * executables instantiated or updated from them; they are freed when the last of these is destroyed. Arrays in
- * memcpy nodes are refused (CUDA_ERROR_NOT_SUPPORTED). */
+ * memcpy nodes are refused (CUDA_ERROR_NOT_SUPPORTED).
+ *
+ * Copies between host memory and the device made on a stream under capture get the same shadows
+ * (capture_copies.c, through the small API at the end of this file): the captured node copies device to device,
+ * to or from a shadow bound to the capture's graph, so launches move the application's bytes as above. A host
+ * node of the same graph that reads what a captured device-to-host copy wrote sees the bytes of before the
+ * launch (natively it would see the new ones): the shadow is copied back only after the whole launch. Shadows are
+ * allocated and freed with the thread's capture mode relaxed while a capture is under way (capture_copies.c). */
 #include <stdlib.h>
 #include <string.h>
 
@@ -65,7 +72,7 @@ static size_t bind_drop(uint64_t owner, uint64_t node, shadow **freed, size_t ma
 
 static void free_shadows(shadow **v, size_t n) {
     for (size_t i = 0; i < n; i++) {
-        cuMemFree_v2(v[i]->dev);
+        fgc_shadow_mem_free(v[i]->dev);
         free(v[i]);
     }
 }
@@ -133,7 +140,7 @@ static CUresult side(CUmemorytype *type, const void **host, CUdeviceptr *dev, CU
     shadow *sh = (shadow *)calloc(1, sizeof *sh);
     if (!sh) return CUDA_ERROR_OUT_OF_MEMORY;
     CUdeviceptr s = 0;
-    CUresult r = cuMemAlloc_v2(&s, end ? end : 1);
+    CUresult r = fgc_shadow_mem_alloc(end ? end : 1, &s);
     if (r != CUDA_SUCCESS) {
         free(sh);
         return r;
@@ -612,4 +619,38 @@ CUresult fgc_cuGraphLaunch(CUgraphExec e, CUstream s) {
     free_shadows(freed, nf);
     free(v);
     return r;
+}
+
+/* ---- shadows made by capture_copies.c (copies on a capturing stream) ---- */
+
+void *fgc_shadow_new(uint64_t host, uint64_t dev, size_t size, int out, int pre) {
+    shadow *sh = (shadow *)calloc(1, sizeof *sh);
+    if (sh) *sh = (shadow){host, dev, size, out, pre, 0};
+    return sh;
+}
+
+void fgc_shadow_keep(uint64_t owner, void *sh) {
+    shadow *made[2] = {(shadow *)sh, NULL};
+    keep(owner, 0, made);
+}
+
+void fgc_shadow_discard(void *sh) {
+    shadow *v = (shadow *)sh;
+    free_shadows(&v, 1);
+}
+
+void fgc_graph_shadows_move(uint64_t from, uint64_t to) {
+    if (from == to) return;
+    copy_owner(from, to);
+    drop_owner(from, 0);
+}
+
+void fgc_graph_shadows_drop(uint64_t owner) { drop_owner(owner, 0); }
+
+size_t fgc_graph_shadows_count(uint64_t owner) {
+    size_t k = 0;
+    pthread_mutex_lock(&bmu);
+    for (size_t i = 0; i < n_binds; i++) k += binds[i].owner == owner;
+    pthread_mutex_unlock(&bmu);
+    return k;
 }

@@ -12,7 +12,8 @@
  * stream order; from pinned memory outside it only once the host functions submitted before have run (the
  * driver reads a pinned source when the copy runs). Async device→host data lands in the caller's buffer with
  * the next sync reply, before that call returns, or earlier, before a host function after the copy on its
- * stream runs (callbacks.c). Without a region, "pinned" host memory is ordinary page-aligned memory (there is no
+ * stream runs (callbacks.c). On a stream under capture, copies with host memory outside the region go through
+ * device shadows that each launch of the graph fills and drains (capture_copies.c). Without a region, "pinned" host memory is ordinary page-aligned memory (there is no
  * local GPU to pin for); it is tracked (host blocks) so copies and queries can tell it from pageable. */
 #include <stdlib.h>
 #include <string.h>
@@ -167,6 +168,7 @@ CUresult fgc_cuMemcpyHtoDAsync_v2(CUdeviceptr dst, const void *src, size_t n, CU
     if (n && fgc_shm_find(src, n, &region_off)) return shm_copy(FG_OP_SHM_HTOD, dst, region_off, n, s, 0);
     CUresult mr;
     if (fgc_mirror_htod(dst, src, n, s, 1, &mr)) return mr;
+    if (fgc_capture_active() && fgc_capture_htod(dst, src, n, s, &mr)) return mr; /* a device shadow of the source */
     /* A pinned source is read in stream order: after the host functions before this copy, which may write it.
      * Waiting for every host function not yet run (whatever its stream) is never too early. */
     if (n && fgc_host_fns_outstanding() &&
@@ -175,8 +177,8 @@ CUresult fgc_cuMemcpyHtoDAsync_v2(CUdeviceptr dst, const void *src, size_t n, CU
         CUresult r = fgc_host_fns_wait();
         if (r != CUDA_SUCCESS) return r;
     }
-    /* While a stream capture is under way the copy may be captured: its source must stay where the record put it
-     * (inline, as before), not in a staging slot the next copy reuses. */
+    /* While a stream capture is under way a copy on a stream the node could not answer for (capture_copies.c) goes
+     * inline, as before, not in a staging slot the next copy reuses. */
     if (n >= FGC_BULK_MIN && !fgc_capture_active()) {
         CUresult h = fgc_hear_unasked();
         if (h != CUDA_SUCCESS) return h;
@@ -194,6 +196,7 @@ CUresult fgc_cuMemcpyDtoHAsync_v2(void *dst, CUdeviceptr src, size_t n, CUstream
     if (n && fgc_shm_find(dst, n, &region_off)) return shm_copy(FG_OP_SHM_DTOH, src, region_off, n, s, 0);
     CUresult mr;
     if (fgc_mirror_dtoh(dst, src, n, s, 1, &mr)) return mr;
+    if (fgc_capture_active() && fgc_capture_dtoh(dst, src, n, s, &mr)) return mr; /* a device shadow of dst */
     /* Into pageable memory the driver returns once the copy is done (it stages it): so may we, and then the bytes
      * move as a bulk copy (or through the shared-memory ring) instead of waiting on the server for a reply. Pinned
      * memory keeps async semantics (the data comes with the next reply). */
