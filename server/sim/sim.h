@@ -192,6 +192,15 @@ int sim_capture_memset(CUstream s, CUdeviceptr dst, unsigned int value, size_t n
 int sim_capture_copy(CUstream s, CUdeviceptr dst, void *dst_host, CUdeviceptr src, const void *src_host, size_t bytes,
                      CUresult *rc);
 int sim_capture_host(CUstream s, CUhostFn fn, void *data, CUresult *rc);
+int sim_capture_copy3d(CUstream s, const CUDA_MEMCPY3D *c, CUresult *rc); /* 0 too for arrays (refused there) */
+/* sim_capture.c, cross-stream capture: an event recorded on a capturing stream (1: handled, *rc its outcome), a
+ * wait for an event recorded in a capture (1: handled), an event destroyed (lock may be held). */
+int sim_capture_event_record(CUevent e, CUstream s, CUresult *rc);
+int sim_capture_event_wait(CUstream s, CUevent e, CUresult *rc);
+void sim_capture_event_gone(CUevent e);
+/* sim_capture.c: an unsafe call (an allocation) on this thread: CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED and the
+ * captures it conflicts with invalidated, as the capture modes say; else CUDA_SUCCESS. Without the lock held. */
+CUresult sim_capture_unsafe(void);
 void sim_stream_destroy_obj(struct sim_stream *s);
 /* Creates a stream in ctx (lock held): flags and priority as cuStreamCreateWithPriority takes them. */
 CUresult sim_stream_create_in(struct sim_ctx *ctx, CUstream *ph, unsigned int flags, int priority);

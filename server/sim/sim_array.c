@@ -207,6 +207,9 @@ static CUresult copy3d(const CUDA_MEMCPY3D *c, CUstream s, int async)
 {
     if (!c)
         return CUDA_ERROR_INVALID_VALUE;
+    CUresult cap = CUDA_SUCCESS;
+    if (async && sim_capture_copy3d(s, c, &cap))
+        return cap; /* a memcpy node of the capture's graph */
     sim_lock();
     CUresult rc = sim_current_ctx(NULL);
     if (rc == CUDA_SUCCESS && async)

@@ -1,18 +1,35 @@
 /* sim_capture.c - stream capture into graphs. A capture (cuStreamBeginCapture_v2 on a created stream) makes a graph
  * (sim_graph.c) and keeps the capture's current dependency set; the stream work the simulated device captures
  * becomes a node of that graph depending on the set, and the set becomes that node: kernel launches
- * (cuLaunchKernel, cuLaunchKernelEx), 1D memsets (D8/D16/D32 Async), 1D copies (HtoD, DtoH, DtoD, cuMemcpyAsync)
- * and host functions (cuLaunchHostFunc). cuStreamGetCaptureInfo_v3 hands out the graph and the set, and
- * cuStreamUpdateCaptureDependencies_v2 replaces or extends the set, as the driver's do: that is how nodes added to
- * the graph by hand join the capture. Any other stream work on a capturing stream (2D copies, memory operations,
- * event records and waits, synchronisation, stream-ordered allocation, graph launches...) is refused with
+ * (cuLaunchKernel, cuLaunchKernelEx), 1D memsets (D8/D16/D32 Async), 1D copies (HtoD, DtoH, DtoD, cuMemcpyAsync),
+ * 3D copies without arrays (cuMemcpy3DAsync_v2) and host functions (cuLaunchHostFunc). cuStreamGetCaptureInfo_v3
+ * hands out the graph and the set, and cuStreamUpdateCaptureDependencies_v2 replaces or extends the set, as the
+ * driver's do: that is how nodes added to the graph by hand join the capture.
+ *
+ * Cross-stream capture, as the driver's fork and join through events: cuEventRecord on a capturing stream
+ * records the stream's dependency set in the event (no node); cuStreamWaitEvent on such an event makes a stream
+ * that does not capture join the capture (same graph and id, the event's set as its dependencies), and adds the
+ * set to a stream of the same capture. cuStreamEndCapture must be called on the stream that began the capture
+ * (else CUDA_ERROR_STREAM_CAPTURE_UNMATCHED) and ends the capture on every joined stream; a joined stream with work
+ * captured after the last event of it that a stream of the capture waited on is unjoined
+ * (CUDA_ERROR_STREAM_CAPTURE_UNJOINED, the graph destroyed). Simplified: any wait by a stream of the capture counts
+ * as the join (the driver follows it to the origin stream), and waiting for an event of another capture is
+ * CUDA_ERROR_STREAM_CAPTURE_ISOLATION.
+ *
+ * Any other stream work on a capturing stream (2D copies, memory operations, event waits on events not recorded in
+ * the capture, synchronisation, stream-ordered allocation, graph launches...) is refused with
  * CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED and invalidates the capture, so cuStreamEndCapture then fails with
  * CUDA_ERROR_STREAM_CAPTURE_INVALIDATED and destroys the graph: the simulated device never runs captured work
  * at capture time. cuStreamBeginCaptureToGraph captures into the application's graph, starting from the given
- * dependency nodes (default edges only); a failed capture leaves that graph to the application. Not simulated:
- * cross-stream capture (events recorded in a capture joining other streams), capture of the NULL, legacy or
- * per-thread stream (CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED), and the capture modes' bans on unsafe calls (the
- * mode is kept per thread, as cuThreadExchangeStreamCaptureMode exchanges it, and otherwise ignored).
+ * dependency nodes (default edges only); a failed capture leaves that graph to the application.
+ *
+ * Capture modes: a capture keeps its mode and the thread that began it, and the thread's own mode is exchanged by
+ * cuThreadExchangeStreamCaptureMode. The unsafe calls the simulated device knows are the allocations
+ * cuMemAlloc_v2 and cuMemCreate (sim_capture_unsafe): from a thread in global mode while a global-mode capture runs
+ * anywhere, or from a thread (global or thread-local mode) with a capture of its own not begun relaxed, they are
+ * refused with CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED and invalidate those captures, as the driver does; a thread in
+ * relaxed mode may make them. (The driver's list of unsafe calls is longer.) Not simulated: capture of the NULL,
+ * legacy or per-thread stream (CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED).
  *
  * Locks: the capture table has its own mutex, taken last (after the global lock in sim_stream_check_op) and never
  * held while the graph or global lock is taken; captured work is added through the public graph calls with no
@@ -32,7 +49,11 @@ struct capture {
     long long sid; /* 0: a free entry */
     CUgraph g;
     int owned; /* the capture made g (cuStreamBeginCapture_v2); 0: the application's (cuStreamBeginCaptureToGraph) */
+    int joined; /* a stream that joined the capture through an event (not the one that began it) */
+    unsigned long work, work_joined; /* nodes captured on it; how many of them a stream of the capture waited for */
     CUstreamCaptureStatus status;
+    CUstreamCaptureMode mode; /* the capture's, and the thread that began it */
+    pthread_t thread;
     cuuint64_t id;
     CUgraphNode deps[MAX_CAPTURE_DEPS];
     size_t n;
@@ -75,6 +96,14 @@ static struct capture *find(CUstream s, long long sid)
     return NULL;
 }
 
+/* With cap_mu held: every stream of capture id is invalidated. */
+static void invalidate(cuuint64_t id)
+{
+    for (int i = 0; i < MAX_CAPTURES; i++)
+        if (g_caps[i] && g_caps[i]->id == id)
+            g_caps[i]->status = CU_STREAM_CAPTURE_STATUS_INVALIDATED;
+}
+
 /* Called with the global lock held (sim_stream_check_op): the stream's capture, invalidated by the refused work. */
 CUresult sim_capture_refuse_work(CUstream s)
 {
@@ -84,7 +113,7 @@ CUresult sim_capture_refuse_work(CUstream s)
     pthread_mutex_lock(&cap_mu);
     struct capture *c = find(s, sid);
     if (c)
-        c->status = CU_STREAM_CAPTURE_STATUS_INVALIDATED;
+        invalidate(c->id);
     pthread_mutex_unlock(&cap_mu);
     return c ? CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED : CUDA_SUCCESS;
 }
@@ -123,8 +152,9 @@ static CUresult captured(CUstream s, CUresult rc, CUgraphNode node)
     if (c && rc == CUDA_SUCCESS) {
         c->deps[0] = node;
         c->n = 1;
+        c->work++;
     } else if (c) {
-        c->status = CU_STREAM_CAPTURE_STATUS_INVALIDATED;
+        invalidate(c->id);
     }
     pthread_mutex_unlock(&cap_mu);
     return rc;
@@ -214,6 +244,15 @@ int sim_capture_copy(CUstream s, CUdeviceptr dst, void *dst_host, CUdeviceptr sr
     return capture_with(s, rc, CAP_COPY, &c, ctx);
 }
 
+int sim_capture_copy3d(CUstream s, const CUDA_MEMCPY3D *c, CUresult *rc)
+{
+    if (c->srcMemoryType == CU_MEMORYTYPE_ARRAY || c->dstMemoryType == CU_MEMORYTYPE_ARRAY)
+        return 0; /* refused by sim_stream_check_op where s captures */
+    CUcontext ctx = NULL;
+    cuCtxGetCurrent(&ctx);
+    return capture_with(s, rc, CAP_COPY, c, ctx);
+}
+
 int sim_capture_host(CUstream s, CUhostFn fn, void *data, CUresult *rc)
 {
     CUDA_HOST_NODE_PARAMS p = { fn, data };
@@ -279,9 +318,15 @@ static CUresult begin(CUstream hStream, CUgraph into_graph, const CUgraphNode *d
             continue;
         pthread_mutex_lock(&cap_mu);
         if (g_caps[i] && g_caps[i]->sid == was) {
-            if (g_caps[i]->owned)
-                stale[n_stale++] = g_caps[i]->g;
-            free(g_caps[i]);
+            struct capture *x = g_caps[i];
+            if (x->owned)
+                stale[n_stale++] = x->g;
+            for (int k = 0; !x->joined && k < MAX_CAPTURES; k++) /* its joined streams capture no more */
+                if (k != i && g_caps[k] && g_caps[k]->id == x->id) {
+                    free(g_caps[k]);
+                    g_caps[k] = NULL;
+                }
+            free(x);
             g_caps[i] = NULL;
         }
         pthread_mutex_unlock(&cap_mu);
@@ -306,6 +351,8 @@ static CUresult begin(CUstream hStream, CUgraph into_graph, const CUgraphNode *d
         nc->g = g;
         nc->owned = into_graph == NULL;
         nc->status = CU_STREAM_CAPTURE_STATUS_ACTIVE;
+        nc->mode = mode;
+        nc->thread = pthread_self();
         nc->id = ++g_next_capture_id;
         if (n_deps)
             memcpy(nc->deps, deps, n_deps * sizeof *deps);
@@ -348,21 +395,31 @@ SIM_API CUresult cuStreamEndCapture(CUstream hStream, CUgraph *phGraph)
     pthread_mutex_lock(&cap_mu);
     struct capture *c = find(hStream, sid);
     struct capture x;
+    int unjoined = 0;
+    if (c && c->joined) {
+        pthread_mutex_unlock(&cap_mu);
+        return CUDA_ERROR_STREAM_CAPTURE_UNMATCHED; /* not the stream that began it */
+    }
     if (c) {
         x = *c;
-        for (int i = 0; i < MAX_CAPTURES; i++)
-            if (g_caps[i] == c)
+        for (int i = 0; i < MAX_CAPTURES; i++) /* the capture ends on its joined streams too */
+            if (g_caps[i] && g_caps[i]->id == x.id) {
+                unjoined |= g_caps[i]->joined && g_caps[i]->work != g_caps[i]->work_joined;
+                if (g_caps[i] != c)
+                    free(g_caps[i]);
                 g_caps[i] = NULL;
+            }
         free(c);
     }
     pthread_mutex_unlock(&cap_mu);
     if (!c)
         return CUDA_ERROR_ILLEGAL_STATE;
-    if (x.status != CU_STREAM_CAPTURE_STATUS_ACTIVE) {
+    if (x.status != CU_STREAM_CAPTURE_STATUS_ACTIVE || unjoined) {
         if (x.owned) /* the application's graph stays: it destroys it */
             cuGraphDestroy(x.g);
         *phGraph = NULL;
-        return CUDA_ERROR_STREAM_CAPTURE_INVALIDATED;
+        return unjoined && x.status == CU_STREAM_CAPTURE_STATUS_ACTIVE ? CUDA_ERROR_STREAM_CAPTURE_UNJOINED
+                                                                         : CUDA_ERROR_STREAM_CAPTURE_INVALIDATED;
     }
     *phGraph = x.g;
     return CUDA_SUCCESS;
@@ -467,6 +524,177 @@ SIM_API CUresult cuStreamUpdateCaptureDependencies_v2(CUstream hStream, CUgraphN
                                                       unsigned int flags)
 {
     return update(hStream, dependencies, dependencyData, numDependencies, flags);
+}
+
+/* ---- cross-stream capture: events recorded in a capture ---- */
+
+struct cap_event {
+    CUevent e;
+    cuuint64_t id;       /* the capture it was recorded in */
+    CUstream from;       /* the stream it was recorded on, with its id, and the work captured there by then */
+    long long from_sid;
+    unsigned long work;
+    size_t n;
+    CUgraphNode deps[];
+};
+
+static struct cap_event *g_evs[MAX_CAPTURES];
+
+/* With cap_mu held: the slot of event e's capture record, or -1. */
+static int ev_slot(CUevent e)
+{
+    for (int i = 0; i < MAX_CAPTURES; i++)
+        if (g_evs[i] && g_evs[i]->e == e)
+            return i;
+    return -1;
+}
+
+/* With cap_mu held. */
+static void ev_forget(CUevent e)
+{
+    int i = ev_slot(e);
+    if (i >= 0) {
+        free(g_evs[i]);
+        g_evs[i] = NULL;
+    }
+}
+
+void sim_capture_event_gone(CUevent e)
+{
+    pthread_mutex_lock(&cap_mu);
+    ev_forget(e);
+    pthread_mutex_unlock(&cap_mu);
+}
+
+int sim_capture_event_record(CUevent e, CUstream s, CUresult *rc)
+{
+    long long sid = live_id(s);
+    sim_lock();
+    CUresult ev = sim_event_check(e);
+    sim_unlock();
+    pthread_mutex_lock(&cap_mu);
+    struct capture *c = find(s, sid);
+    if (!c || ev != CUDA_SUCCESS) {
+        if (ev == CUDA_SUCCESS)
+            ev_forget(e); /* recorded outside a capture from now on */
+        pthread_mutex_unlock(&cap_mu);
+        if (c)
+            *rc = ev;
+        return c != NULL;
+    }
+    *rc = CUDA_SUCCESS;
+    if (c->status != CU_STREAM_CAPTURE_STATUS_ACTIVE) {
+        *rc = CUDA_ERROR_STREAM_CAPTURE_INVALIDATED;
+    } else {
+        ev_forget(e);
+        int slot = -1;
+        for (int i = 0; i < MAX_CAPTURES && slot < 0; i++)
+            if (!g_evs[i])
+                slot = i;
+        struct cap_event *r = slot >= 0 ? malloc(sizeof *r + c->n * sizeof(CUgraphNode)) : NULL;
+        if (!r) {
+            *rc = CUDA_ERROR_OUT_OF_MEMORY;
+        } else {
+            r->e = e;
+            r->id = c->id;
+            r->from = s;
+            r->from_sid = sid;
+            r->work = c->work;
+            r->n = c->n;
+            memcpy(r->deps, c->deps, c->n * sizeof(CUgraphNode));
+            g_evs[slot] = r;
+        }
+    }
+    pthread_mutex_unlock(&cap_mu);
+    return 1;
+}
+
+int sim_capture_event_wait(CUstream s, CUevent e, CUresult *rc)
+{
+    long long sid = live_id(s);
+    pthread_mutex_lock(&cap_mu);
+    int i = ev_slot(e);
+    struct cap_event *r = i >= 0 ? g_evs[i] : NULL;
+    struct capture *origin = NULL;
+    for (int k = 0; r && k < MAX_CAPTURES && !origin; k++)
+        if (g_caps[k] && g_caps[k]->id == r->id)
+            origin = g_caps[k];
+    if (r && !origin) { /* its capture is over: an ordinary event again */
+        ev_forget(e);
+        r = NULL;
+    }
+    struct capture *c = find(s, sid);
+    if (!r || !sid) {
+        pthread_mutex_unlock(&cap_mu);
+        return 0; /* an ordinary wait (refused on a capturing stream: sim_stream_check_op) */
+    }
+    *rc = CUDA_SUCCESS;
+    if (c && c->id != r->id) {
+        invalidate(c->id);
+        *rc = CUDA_ERROR_STREAM_CAPTURE_ISOLATION;
+    } else if (origin->status != CU_STREAM_CAPTURE_STATUS_ACTIVE) {
+        *rc = CUDA_ERROR_STREAM_CAPTURE_INVALIDATED;
+    } else if (!c) { /* s joins the capture */
+        int slot = -1;
+        for (int k = 0; k < MAX_CAPTURES && slot < 0; k++)
+            if (!g_caps[k])
+                slot = k;
+        struct capture *nc = slot >= 0 ? calloc(1, sizeof *nc) : NULL;
+        if (!nc) {
+            *rc = CUDA_ERROR_OUT_OF_MEMORY;
+        } else {
+            nc->s = s;
+            nc->sid = sid;
+            nc->g = origin->g;
+            nc->joined = 1;
+            nc->status = CU_STREAM_CAPTURE_STATUS_ACTIVE;
+            nc->mode = origin->mode;
+            nc->thread = origin->thread;
+            nc->id = r->id;
+            nc->n = r->n;
+            memcpy(nc->deps, r->deps, r->n * sizeof(CUgraphNode));
+            g_caps[slot] = nc;
+        }
+    } else { /* a stream of the capture: the event's set joins its own */
+        for (size_t k = 0; k < r->n; k++) {
+            int dup = 0;
+            for (size_t j = 0; j < c->n && !dup; j++)
+                dup = c->deps[j] == r->deps[k];
+            if (!dup && c->n < MAX_CAPTURE_DEPS)
+                c->deps[c->n++] = r->deps[k];
+        }
+    }
+    if (*rc == CUDA_SUCCESS) { /* the recording stream's work up to the record is waited for: joined */
+        struct capture *from = find(r->from, r->from_sid);
+        if (from && from->id == r->id && from->work_joined < r->work)
+            from->work_joined = r->work;
+    }
+    pthread_mutex_unlock(&cap_mu);
+    return 1;
+}
+
+/* ---- unsafe calls ---- */
+
+CUresult sim_capture_unsafe(void)
+{
+    if (t_mode == CU_STREAM_CAPTURE_MODE_RELAXED)
+        return CUDA_SUCCESS;
+    pthread_t self = pthread_self();
+    int hit = 0;
+    pthread_mutex_lock(&cap_mu);
+    for (int i = 0; i < MAX_CAPTURES; i++) {
+        struct capture *c = g_caps[i];
+        if (!c || c->joined || c->status != CU_STREAM_CAPTURE_STATUS_ACTIVE)
+            continue;
+        int own = pthread_equal(c->thread, self) && c->mode != CU_STREAM_CAPTURE_MODE_RELAXED;
+        int global = t_mode == CU_STREAM_CAPTURE_MODE_GLOBAL && c->mode == CU_STREAM_CAPTURE_MODE_GLOBAL;
+        if (own || global) {
+            invalidate(c->id);
+            hit = 1;
+        }
+    }
+    pthread_mutex_unlock(&cap_mu);
+    return hit ? CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED : CUDA_SUCCESS;
 }
 
 SIM_API CUresult cuThreadExchangeStreamCaptureMode(CUstreamCaptureMode *mode)

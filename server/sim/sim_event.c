@@ -3,7 +3,8 @@
  * and cuEventElapsedTime returns the real host time between two records (so it is > 0 when work ran between
  * them). As with the driver, elapsed time needs both events recorded and created without
  * CU_EVENT_DISABLE_TIMING, else CUDA_ERROR_INVALID_HANDLE. cuCtxRecordEvent records like cuEventRecord (the
- * event must be the context's), cuCtxWaitEvent has nothing to wait for.
+ * event must be the context's), cuCtxWaitEvent has nothing to wait for. Recorded on a capturing stream, an event
+ * holds that capture's dependencies instead (cross-stream capture, sim_capture.c).
  * Test knob FARGPU_SIM_EVENT_QUERY_LAG=N: a recorded event answers CUDA_ERROR_NOT_READY to its first N
  * cuEventQuery calls (as a GPU still running the work before it would), and cuEventSynchronize completes it at
  * once; so tests can see what waits for an event (the worker's stream-ordered frees, server/replay/mempool.c). */
@@ -39,6 +40,7 @@ CUresult sim_event_check(CUevent e) { return find_event(e) ? CUDA_SUCCESS : CUDA
 
 void sim_event_destroy_obj(void *ev)
 {
+    sim_capture_event_gone((CUevent)ev);
     sim_reg_remove(ev);
     free(ev);
 }
@@ -71,6 +73,9 @@ SIM_API CUresult cuEventCreate(CUevent *phEvent, unsigned int Flags)
 
 SIM_API CUresult cuEventRecord(CUevent hEvent, CUstream hStream)
 {
+    CUresult cap = CUDA_SUCCESS;
+    if (sim_capture_event_record(hEvent, hStream, &cap))
+        return cap; /* on a capturing stream: the capture's dependencies, for streams that wait on it */
     sim_lock();
     CUresult rc = sim_stream_check_op(hStream);
     struct sim_event *e = rc == CUDA_SUCCESS ? find_event(hEvent) : NULL;

@@ -10,7 +10,9 @@
  * Stream-ordered allocation (cuMemAllocAsync / cuMemFreeAsync) validates the stream and then allocates or frees
  * at once, which is what stream order means when streams run synchronously; the memory is an ordinary
  * allocation of the current context (the sim has no memory pools: no cuDeviceGetDefaultMemPool, and its
- * pointer attributes name no pool). cuMemFreeAsync accepts any cuMemAlloc-style allocation. */
+ * pointer attributes name no pool). cuMemFreeAsync accepts any cuMemAlloc-style allocation. cuMemAlloc is an
+ * unsafe call under stream capture (sim_capture_unsafe: refused, and the capture invalidated, unless the capture
+ * modes allow it). */
 #include "sim.h"
 
 SIM_API CUresult cuMemGetInfo(size_t *free, size_t *total)
@@ -33,6 +35,9 @@ static CUresult mem_alloc(CUdeviceptr *dptr, size_t bytesize, CUstream stream, i
 {
     if (!dptr || bytesize == 0)
         return CUDA_ERROR_INVALID_VALUE;
+    CUresult unsafe = async ? CUDA_SUCCESS : sim_capture_unsafe(); /* cuMemAlloc under a capture (its mode) */
+    if (unsafe != CUDA_SUCCESS)
+        return unsafe;
     sim_lock();
     struct sim_ctx *c = NULL;
     CUresult rc = sim_current_ctx(&c);

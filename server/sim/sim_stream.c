@@ -164,6 +164,9 @@ SIM_API CUresult cuStreamWaitEvent(CUstream hStream, CUevent hEvent, unsigned in
 {
     if (Flags & ~(unsigned int)CU_EVENT_WAIT_EXTERNAL)
         return CUDA_ERROR_INVALID_VALUE;
+    CUresult cap = CUDA_SUCCESS;
+    if (sim_capture_event_wait(hStream, hEvent, &cap))
+        return cap; /* an event recorded in a capture: the stream joins it (sim_capture.c) */
     sim_lock();
     CUresult rc = sim_stream_check_op(hStream);
     if (rc == CUDA_SUCCESS)

@@ -227,6 +227,9 @@ SIM_API CUresult cuMemCreate(CUmemGenericAllocationHandle *handle, size_t size, 
 {
     if (!handle || size == 0 || !aligned(size) || flags != 0)
         return CUDA_ERROR_INVALID_VALUE;
+    CUresult unsafe = sim_capture_unsafe(); /* an allocation under stream capture: as cuMemAlloc (sim_capture.c) */
+    if (unsafe != CUDA_SUCCESS)
+        return unsafe;
     sim_lock();
     CUresult rc = sim_check_init();
     if (rc == CUDA_SUCCESS)
