@@ -163,6 +163,15 @@ static void span(const CUDA_MEMCPY3D *c, int dst, size_t *end, int *whole) {
     *whole = !x && !y && !z && (h * d == 1 || (pitch == w && (d == 1 || height == h)));
 }
 
+/* The device address of row (y, z) of c's destination (dst) or source, both sides device memory. */
+static CUdeviceptr row(const CUDA_MEMCPY3D *c, int dst, size_t y, size_t z) {
+    size_t pitch = dst ? c->dstPitch : c->srcPitch, height = dst ? c->dstHeight : c->srcHeight;
+    if (!pitch) pitch = c->WidthInBytes;
+    if (!height) height = c->Height;
+    size_t x = dst ? c->dstXInBytes : c->srcXInBytes, y0 = dst ? c->dstY : c->srcY, z0 = dst ? c->dstZ : c->srcZ;
+    return (dst ? c->dstDevice : c->srcDevice) + ((z0 + z) * height + y0 + y) * pitch + x;
+}
+
 /* The copy c (host memory on one side, device memory on the other) on capturing stream s: the host side becomes
  * a new shadow, the copy goes device to device (1D: cuMemcpyDtoDAsync_v2; else a 3D copy), and the shadow is
  * bound to the capture's graph. */
@@ -191,8 +200,13 @@ static CUresult capture_copy(const CUDA_MEMCPY3D *in, CUstream s, int one_d, uin
         c.srcDevice = dev;
         c.srcHost = NULL;
     }
+    size_t h = c.Height, d = c.Depth;
     if (one_d) r = fgc_cuMemcpyDtoDAsync_v2(c.dstDevice, c.srcDevice, c.WidthInBytes, s);
-    else r = fgc_cuMemcpy3DAsync_v2(&c, s);
+    else if (c.WidthInBytes <= FG_CHUNK && h <= FG_CHUNK && d <= FG_CHUNK) r = fgc_cuMemcpy3DAsync_v2(&c, s);
+    else /* beyond what one 3D record names: row by row */
+        for (size_t z = 0; z < d && r == CUDA_SUCCESS; z++)
+            for (size_t y = 0; y < h && r == CUDA_SUCCESS; y++)
+                r = fgc_cuMemcpyDtoDAsync_v2(row(&c, 1, y, z), row(&c, 0, y, z), c.WidthInBytes, s);
     if (r != CUDA_SUCCESS) {
         fgc_shadow_discard(sh);
         return r;

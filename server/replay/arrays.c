@@ -205,7 +205,9 @@ static CUresult copy3d(fgs_session *S, fg_reader *r, fg_writer *out, int async) 
     c.reserved0 = c.reserved1 = NULL;
     if (async) {
         res = S->api->cuMemcpy3DAsync_v2(&c, (CUstream)s);
-        if (res == CUDA_SUCCESS) res = S->api->cuStreamSynchronize((CUstream)s); /* the bytes travel now */
+        /* Host bytes travel now; a copy between device memory and arrays stays in stream order (it may be captured:
+         * the stub's copies through device shadows, client_stub/capture_copies.c). */
+        if (res == CUDA_SUCCESS && (hs || hd)) res = S->api->cuStreamSynchronize((CUstream)s);
     } else {
         res = S->api->cuMemcpy3D_v2(&c);
     }
