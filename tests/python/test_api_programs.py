@@ -22,7 +22,7 @@ from fargpu import paths
 PROGRAMS = (
     "api_vmm", "api_managed", "api_graphs", "api_graph_nodes", "api_graph_cond", "api_arrays", "api_link",
     "api_mempool", "api_tensormap", "api_array_async", "api_memops", "api_userobj", "api_copies",
-    "api_queries", "api_green",
+    "api_queries", "api_green", "api_capture_copies",
 )
 MiB = 1 << 20
 
@@ -58,6 +58,17 @@ def test_vmm_occupancy_profiler_program(programs: dict[str, Path], node_server: 
     assert "occupancy fixed smem, limit 200: grid 1320 block 192" in out
     assert "runtime template: grid 264 block 1024" in out
     assert "occupancy without minGridSize: invalid value" in out
+
+
+def test_captured_host_copies_program(programs: dict[str, Path], node_server: NodeServer) -> None:
+    """Host copies captured into a graph move the program's page-locked bytes at every launch (capture_copies.c)."""
+    before = len(node_server.log_text())
+    out = _passed(_run(programs["api_capture_copies"], node_server), node_server)
+    assert "captured graph: 8 nodes, 5 memcpy, 3 kernel, 0 other" in out, out
+    assert len([ln for ln in out if ln.endswith(" ok")]) == 3, out
+    assert len([ln for ln in out if ln.startswith("launch ")]) == 7, out
+    assert "update result 0" in out, out
+    assert "stream capture was invalidated" not in node_server.log_text()[before:]
 
 
 def test_managed_and_mapped_memory_program(programs: dict[str, Path], node_server: NodeServer) -> None:
