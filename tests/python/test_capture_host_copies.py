@@ -243,3 +243,49 @@ def test_the_simulated_device_refuses_an_allocation_that_a_capture_mode_forbids(
         "thread-local capture, thread-local thread": [unsupported, 2, invalidated],
         "relaxed capture, global thread": [0, 1, 0],
     }, got
+
+
+# Captures that end without a graph give their shadows back: one invalidated (a synchronisation on the capturing
+# stream), one whose stream is destroyed mid-capture (found when the next capture copies); both checked against the
+# device's free memory before them, and the shadows are seen to exist while the captures run.
+ENDINGS = PRELUDE + r'''
+import json
+V, U64 = ctypes.c_void_p, ctypes.c_uint64
+SIZE = 4 << 20
+ctx0()
+s, s3 = V(), V()
+ok(cu.cuStreamCreate(ctypes.byref(s), 1), "stream"); ok(cu.cuStreamCreate(ctypes.byref(s3), 1), "stream 3")
+r, d = alloc(SIZE); ok(r, "alloc")
+buf = ctypes.create_string_buffer(SIZE)
+out = {}
+def copies(st):
+    ok(cu.cuMemcpyHtoDAsync_v2(U64(d), buf, ctypes.c_size_t(SIZE), st), "captured htod")
+    ok(cu.cuMemcpyDtoHAsync_v2(buf, U64(d), ctypes.c_size_t(SIZE), st), "captured dtoh")
+ok(cu.cuCtxSynchronize(), "sync")
+free0 = meminfo()[0]
+ok(cu.cuStreamBeginCapture_v2(s, 0), "begin")
+copies(s)
+out["shadows while capturing"] = free0 - meminfo()[0] >= 2 * SIZE
+out["sync invalidates"] = cu.cuStreamSynchronize(s) != 0
+g = V(); out["end fails"] = cu.cuStreamEndCapture(s, ctypes.byref(g)) != 0 and not g.value
+out["invalidated capture gave its shadows back"] = meminfo()[0] == free0
+ok(cu.cuStreamBeginCapture_v2(s3, 2), "begin on s3")
+copies(s3)
+ok(cu.cuStreamDestroy_v2(s3), "destroy s3 mid-capture")
+ok(cu.cuStreamBeginCapture_v2(s, 0), "begin again")
+copies(s)
+g = V(); ok(cu.cuStreamEndCapture(s, ctypes.byref(g)), "end")
+ok(cu.cuGraphDestroy(g), "destroy graph")
+ok(cu.cuCtxSynchronize(), "sync")
+out["destroyed stream's capture and the graph gave theirs back"] = meminfo()[0] == free0
+print("RESULT " + json.dumps(out))
+'''
+
+
+def test_captures_without_a_graph_give_their_shadows_back(node: NodeServer) -> None:
+    res = subprocess.run([sys.executable, "-P", "-c", ENDINGS], env=node.client_env(), capture_output=True, text=True,
+                         timeout=120, cwd="/")
+    lines = [ln for ln in res.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert res.returncode == 0 and lines, res.stdout[-3000:] + res.stderr[-3000:]
+    got = json.loads(lines[-1][len("RESULT "):])
+    assert got == dict.fromkeys(got, True) and len(got) == 5, got
