@@ -127,8 +127,9 @@ if TWO_D:  # 2D: rows of W bytes at pitch P; the host destination's gaps keep th
         ctypes.memmove(src, a, P * H); ctypes.memmove(dst, b, P * H)
         ok(cu.cuGraphLaunch(e2, s), "launch 2d"); ok(cu.cuStreamSynchronize(s), "sync 2d")
         got = ctypes.string_at(dst, P * H)
-        good &= all(got[y * P:y * P + W] == a[y * P:y * P + W] and got[y * P + W:(y + 1) * P] == b[y * P + W:(y + 1) * P]
-                    for y in range(H))
+        for y in range(H):
+            row, gap = slice(y * P, y * P + W), slice(y * P + W, (y + 1) * P)
+            good &= got[row] == a[row] and got[gap] == b[gap]
     out["two_d"] = good
     ok(cu.cuGraphExecDestroy(e2), "exec destroy 2d"); ok(cu.cuGraphDestroy(g2), "destroy 2d")
 for x in (e, ef, ec):
