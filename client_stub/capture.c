@@ -2,7 +2,9 @@
  * cuStreamUpdateCaptureDependencies[_v2]. The driver hands back pointers
  * to its own arrays of dependency nodes and edge data; the stub keeps per-thread copies of the server's answer,
  * valid until the thread's next call, as the driver's are valid until the next capture operation on the stream.
- * Updating the dependencies (how nodes added to a capture's graph by hand join the capture) goes to the server. */
+ * Updating the dependencies (how nodes added to a capture's graph by hand join the capture) goes to the server.
+ * fgc_capture_of asks the same query for the stub itself (capture_copies.c), leaving those per-thread copies alone;
+ * cuStreamEndCapture tells capture_copies.c how a capture holding host-copy shadows ended. */
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>

@@ -291,3 +291,44 @@ def test_captures_without_a_graph_give_their_shadows_back(node: NodeServer) -> N
     assert res.returncode == 0 and lines, res.stdout[-3000:] + res.stderr[-3000:]
     got = json.loads(lines[-1][len("RESULT "):])
     assert got == dict.fromkeys(got, True) and len(got) == 6, got
+
+
+# Capture into the application's graph (cuStreamBeginCaptureToGraph) after a node made by hand: the shadows are the
+# application graph's, launches move the host bytes, and destroying that graph gives them back.
+TO_GRAPH = PRELUDE + r'''
+import json
+V, U64 = ctypes.c_void_p, ctypes.c_uint64
+SIZE = 1 << 20
+ctx0()
+s = V(); ok(cu.cuStreamCreate(ctypes.byref(s), 1), "stream")
+r, d = alloc(SIZE); ok(r, "alloc")
+src, dst = ctypes.create_string_buffer(SIZE), ctypes.create_string_buffer(SIZE)
+ok(cu.cuCtxSynchronize(), "sync")
+free0 = meminfo()[0]
+g = V(); ok(cu.cuGraphCreate(ctypes.byref(g), 0), "graph")
+first = V(); ok(cu.cuGraphAddEmptyNode(ctypes.byref(first), g, None, ctypes.c_size_t(0)), "empty node")
+ok(cu.cuStreamBeginCaptureToGraph(s, g, (V * 1)(first), None, ctypes.c_size_t(1), 0), "begin into the graph")
+ok(cu.cuMemcpyHtoDAsync_v2(U64(d), src, ctypes.c_size_t(SIZE), s), "captured htod")
+ok(cu.cuMemcpyDtoHAsync_v2(dst, U64(d), ctypes.c_size_t(SIZE), s), "captured dtoh")
+g2 = V(); ok(cu.cuStreamEndCapture(s, ctypes.byref(g2)), "end")
+out = {"same graph": g2.value == g.value}
+e = V(); ok(cu.cuGraphInstantiateWithFlags(ctypes.byref(e), g, U64(0)), "instantiate")
+for i in range(3):
+    want = bytes([(i * 37 + k) % 251 for k in range(256)]) * (SIZE // 256)
+    ctypes.memmove(src, want, SIZE); ctypes.memset(dst, 0, SIZE)
+    ok(cu.cuGraphLaunch(e, s), "launch"); ok(cu.cuStreamSynchronize(s), "sync")
+    out[f"launch {i}"] = dst.raw == want
+ok(cu.cuGraphExecDestroy(e), "exec destroy"); ok(cu.cuGraphDestroy(g), "destroy")
+ok(cu.cuCtxSynchronize(), "sync")
+out["memory back"] = meminfo()[0] == free0
+print("RESULT " + json.dumps(out))
+'''
+
+
+def test_capture_into_the_applications_graph(node: NodeServer) -> None:
+    res = subprocess.run([sys.executable, "-P", "-c", TO_GRAPH], env=node.client_env(), capture_output=True, text=True,
+                         timeout=120, cwd="/")
+    lines = [ln for ln in res.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert res.returncode == 0 and lines, res.stdout[-3000:] + res.stderr[-3000:]
+    got = json.loads(lines[-1][len("RESULT "):])
+    assert got == dict.fromkeys(got, True) and len(got) == 5, got
