@@ -156,6 +156,7 @@ CUresult fgc_cuMemBatchDecompressAsync(CUmemDecompressParams *paramsArray, size_
     fgc_expect(&reply, sizeof reply);
     CUresult r = fgc_sync();
     if (r != CUDA_SUCCESS) return r;
-    if (errorIndex && reply.result != CUDA_SUCCESS) *errorIndex = (size_t)reply.index;
+    /* FG_INDEX_UNWRITTEN: the node's driver did not write it, and neither do we (as natively) */
+    if (errorIndex && reply.result != CUDA_SUCCESS && reply.index != FG_INDEX_UNWRITTEN) *errorIndex = (size_t)reply.index;
     return (CUresult)reply.result;
 }

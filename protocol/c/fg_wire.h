@@ -19,6 +19,7 @@
 /* A load record named an image (by SHA-256) the server does not hold: send it (FG_OP_IMAGE_CHUNK), retry. */
 #define FG_RESULT_NEED_IMAGE 0x7fffff00u
 #define FG_MAX_IMAGE (2ull << 30) /* largest module or library image accepted */
+#define FG_INDEX_UNWRITTEN (~0ull - 1) /* a reply's error index the node's driver left unwritten (cuMemBatchDecompressAsync) */
 #define FG_RECORD_HEADER 8u
 /* Bulk copies (FG_OP_BULK_HTOD / FG_OP_BULK_DTOH): raw bytes beside the frames, in pieces striped over the
  * session's connections (SPEC.md, "Bulk copies"). */

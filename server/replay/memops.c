@@ -101,7 +101,7 @@ CUresult fgs_cuMemBatchDecompressAsync(fgs_session *S, fg_reader *r, fg_writer *
     if (count) fg_get(r, ops, count * sizeof *ops);
     void *stream;
     if (fgs_handle_get(S, FGH_STREAM, sid, &stream)) return CUDA_ERROR_INVALID_HANDLE;
-    size_t index = SIZE_MAX;
+    size_t index = FG_INDEX_UNWRITTEN; /* the H100's driver left it untouched for a device without an engine */
     CUresult res = CUDA_SUCCESS;
     for (uint64_t i = 0; i < count && res == CUDA_SUCCESS; i++) {
         CUmemDecompressParams *p = &ops[i];

@@ -146,14 +146,15 @@ SIM_API CUresult cuStreamWriteValue64_v2(CUstream stream, CUdeviceptr addr, cuui
 
 /* Hardware decompression: the simulated device has no engine (MEM_DECOMPRESS_ALGORITHM_MASK 0, as H100 and H200).
  * After the documented argument checks (flags 0, an array of at least one operation, a valid stream; else
- * CUDA_ERROR_INVALID_VALUE or the stream's error), every batch is CUDA_ERROR_NOT_SUPPORTED with a general error
- * index (SIZE_MAX) and a message in the driver's error log. */
+ * CUDA_ERROR_INVALID_VALUE with the general error index SIZE_MAX, or the stream's error), every batch is
+ * CUDA_ERROR_NOT_SUPPORTED with the error index left as it was (as the H100's driver 580 left it: api_queries) and
+ * a message in the driver's error log. */
 SIM_API CUresult cuMemBatchDecompressAsync(CUmemDecompressParams *paramsArray, size_t count, unsigned int flags,
                                            size_t *errorIndex, CUstream stream)
 {
-    if (errorIndex)
-        *errorIndex = SIZE_MAX;
     if (flags != 0 || !paramsArray || count == 0) {
+        if (errorIndex)
+            *errorIndex = SIZE_MAX;
         sim_log_error("cuMemBatchDecompressAsync", "%s",
                       flags ? "flags must be 0" : "paramsArray must hold at least one operation");
         return CUDA_ERROR_INVALID_VALUE;

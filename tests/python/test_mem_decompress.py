@@ -1,6 +1,7 @@
 """cuMemBatchDecompressAsync through the stub on the simulated device, which has no decompression engine (as H100
 and H200): a batch on the session's memory reaches the node's driver (its error log says why it refused) and comes
-back CUDA_ERROR_NOT_SUPPORTED with a general error index, on the per-thread stream too; the driver's argument checks
+back CUDA_ERROR_NOT_SUPPORTED with the error index untouched (as the H100's driver left it), on the per-thread
+stream too; the driver's argument checks
 come back with their index; an operation naming memory that is not the session's (a host buffer of the client) is
 refused by the worker with that operation's index before the driver sees it; more operations than a batch carries
 are refused in the stub."""
@@ -55,8 +56,8 @@ def test_decompression_batches_reach_the_node_driver(node_server: NodeServer) ->
     r = run_client(CLIENT, node_server.client_env())
     out = r.stdout.splitlines()
     assert r.returncode == 0 and out and out[-1] == "OK", r.stdout + r.stderr + node_server.log_text()[-2000:]
-    assert "batch 801 general" in out, out  # CUDA_ERROR_NOT_SUPPORTED: no engine
-    assert "per-thread 801 general" in out and "no index 801" in out, out
+    assert "batch 801 12345" in out, out  # CUDA_ERROR_NOT_SUPPORTED: no engine, the index as it was
+    assert "per-thread 801 12345" in out and "no index 801" in out, out
     assert "flags 1 general" in out and "empty 1 general" in out, out  # the driver's argument checks
     assert "host source 1 1" in out and "past the end 1 1" in out, out  # the worker's check: operation 1
     assert "too many 801 12345" in out, out  # refused in the stub: the index untouched
