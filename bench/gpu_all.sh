@@ -2,7 +2,8 @@
 # bench/gpu_all.sh OUT — the GPU proofs in one device call, most important first, each bounded (seconds from the
 # environment) so that one that hangs leaves time for the rest, and all of them within one call's 600 s: parking
 # with the address probe (issue 12), paging (issue 11), the bulk-data transports and small calls (issue 13,
-# --quick). Off by default: scale to zero and back (issue 12, SCALE_S), what TLS costs (issue 15, TLS_S) and the
+# --quick), after a probe of which calls invalidate a stream capture (bench/probe_capture.sh, CAPTURE_PROBE_S).
+# Off by default: scale to zero and back (issue 12, SCALE_S), what TLS costs (issue 15, TLS_S) and the
 # acceptance programs (quick, no torch; ACCEPTANCE_S; ACCEPTANCE_ARGS picks its cases). Each leaves its JSON and
 # logs in its own folder under OUT and prints its last lines; at the end everything is packed into OUT/all.tgz
 # (bench/gpu_pack.sh). A part whose budget is 0 is skipped. FARGPU_COMMIT=<sha> names the commit (the device
@@ -18,6 +19,7 @@ part() {  # part NAME SECONDS COMMAND...
   echo "$name: exit $?"
   tail -"${TAIL_LINES:-6}" "$OUT/$name.log"
 }
+part capture_probe "${CAPTURE_PROBE_S:-30}" bash bench/probe_capture.sh "$OUT/capture_probe"
 # shellcheck disable=SC2086
 part park "${PARK_S:-120}" bash bench/park_gpu.sh "$OUT/park"
 part paging "${PAGING_S:-300}" bash bench/paging_gpu.sh "$OUT/paging" ${PAGING_ARGS:---sizes 1,8,32 --disk-bytes 4294967296}

@@ -91,6 +91,32 @@ int main(int argc, char **argv) {
                (unsigned long long)want, (unsigned long long)got, !rc && got == want);
         if (!rc) p_cuMemAddressFree(got, 2 * MiB);
     }
+    /* one large range per session (an arena the worker sub-allocates): where a large reservation lands with no
+     * address asked and with the arena's, whether the same size lands there again after a free, and whether a
+     * placeholder mapped first (PROT_NONE) moves it down by as much */
+    const size_t big[3] = {1024 * MiB, 64 * 1024 * MiB, 1024 * 1024 * MiB};
+    for (int i = 0; i < 3; i++) {
+        int r1, r2, r3, r4;
+        CUdeviceptr g1 = reserve(big[i], 0, &r1);
+        if (!r1) p_cuMemAddressFree(g1, big[i]);
+        CUdeviceptr g2 = reserve(big[i], 0x600000000000ull, &r2);
+        if (!r2) p_cuMemAddressFree(g2, big[i]);
+        CUdeviceptr g3 = reserve(big[i], 0, &r3);
+        void *ph = mmap(NULL, 256 * MiB, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        if (!r3) p_cuMemAddressFree(g3, big[i]);
+        CUdeviceptr g4 = reserve(big[i], 0, &r4);
+        printf(", \"big_%zuGiB\": {\"rc\": [%d, %d, %d, %d], \"plain\": \"0x%llx\", \"arena_hint\": \"0x%llx\", "
+               "\"again\": \"0x%llx\", \"placeholder\": \"%p\", \"after_placeholder\": \"0x%llx\"}", big[i] >> 30,
+               r1, r2, r3, r4, (unsigned long long)g1, (unsigned long long)g2, (unsigned long long)g3, ph,
+               (unsigned long long)g4);
+        if (!r4) {
+            char key[32];
+            snprintf(key, sizeof key, "big_%zuGiB_mapping", big[i] >> 30);
+            mapping_of(g4, key);
+            p_cuMemAddressFree(g4, big[i]);
+        }
+        if (ph != MAP_FAILED) munmap(ph, 256 * MiB);
+    }
     for (int i = 0; i < 3; i++) {
         CUdeviceptr p = 0;
         CUresult r = p_cuMemAlloc_v2(&p, (2 * MiB) << i);

@@ -414,6 +414,15 @@ static CUresult stream_device(fgs_session *S, CUstream s, int *dev) {
     return r;
 }
 
+/* Diagnostics for the GPU: the capture read active a moment ago; if this step's calls invalidated it, say so once. */
+static void capture_still_active(fgs_session *S, CUstream s, const char *step) {
+    static int told;
+    CUstreamCaptureStatus st = CU_STREAM_CAPTURE_STATUS_NONE;
+    if (!told && S->api->cuStreamIsCapturing && S->api->cuStreamIsCapturing(s, &st) == CUDA_SUCCESS &&
+        st != CU_STREAM_CAPTURE_STATUS_ACTIVE && !told++)
+        fgs_log(S, "a stream capture was invalidated while %s for a stream-ordered allocation", step);
+}
+
 CUresult fgs_cuMemAllocAsync(fgs_session *S, fg_reader *r, fg_writer *out) {
     uint64_t size = fg_get_u64(r), sid = fg_get_u64(r);
     if (r->failed) return FGS_PROTOCOL_ERROR;
@@ -421,6 +430,7 @@ CUresult fgs_cuMemAllocAsync(fgs_session *S, fg_reader *r, fg_writer *out) {
     int dev = 0, capturing = 0;
     CUresult res = stream_of(S, sid, &s, &capturing);
     if (res == CUDA_SUCCESS) res = stream_device(S, s, &dev);
+    if (res == CUDA_SUCCESS && capturing) capture_still_active(S, s, "finding the stream's device");
     if (res == CUDA_SUCCESS) res = mp_check_dev(S, dev);
     if (res != CUDA_SUCCESS) return res;
     mp_pool *p = mp_current(dev);
