@@ -137,6 +137,7 @@ typedef struct fgs_session {
     struct fgs_borrow *borrowed; /* child graphs' ids, owned by their parents' nodes (graph_query.c) */
     size_t n_borrowed, cap_borrowed;
     uint32_t n_texsurf; /* texture and surface objects alive (arrays.c): their values are the driver's own */
+    struct fgs_vablock *vablock; /* the address block cuMemAlloc carves from (va_block.c); NULL: none yet */
 } fgs_session;
 
 int fgs_handle_get(fgs_session *S, int kind, uint64_t id, void **real);
@@ -245,6 +246,15 @@ void fgs_note_global(fgs_session *S, CUdeviceptr p);
 int fgs_pager_ctl_fd(fgs_session *S);
 void fgs_pager_status(fgs_session *S, const char *line); /* a status line to the agent */
 void fgs_arena_init(fgs_session *S);
+/* The session's address block (va_block.c): take an allocation's range (0, or -1: none, ask the driver), give one
+ * back (1: it was the block's; 0: it is a range of its own), adopt a block reserved again on restore, claim an old
+ * allocation's range out of it, where it is (0, 0: none), and close it. */
+int fgs_va_take(fgs_session *S, uint64_t size, uint64_t gran, CUdeviceptr *ptr);
+int fgs_va_give(fgs_session *S, CUdeviceptr ptr, uint64_t size);
+int fgs_va_adopt(fgs_session *S, CUdeviceptr base, uint64_t size);
+int fgs_va_claim(fgs_session *S, CUdeviceptr ptr, uint64_t size);
+void fgs_va_where(const fgs_session *S, uint64_t *base, uint64_t *size);
+void fgs_va_close(fgs_session *S);
 int fgs_pager_adopt_spill(fgs_session *S, const char *path, uint64_t bytes);
 int fgs_pager_adopt_host(fgs_session *S, uint64_t off, uint64_t len, uint64_t bytes);
 /* Parking (park.c): a "park DIR" control line writes the session's state under DIR and waits for "park-commit"
@@ -257,7 +267,8 @@ void fgs_events_note(fgs_session *S, unsigned op, const uint8_t *args, size_t le
 void fgs_events_forget(fgs_session *S, uint64_t id);
 void fgs_events_put(fgs_session *S, fg_writer *w);
 int fgs_events_get(fgs_session *S, fg_reader *r, char *err, size_t errlen);
-int fgs_park_place(fgs_session *S, fgs_alloc *wants, uint32_t n, char *err, size_t errlen); /* park_place.c */
+int fgs_park_place(fgs_session *S, uint64_t block, uint64_t block_size, fgs_alloc *wants, uint32_t n, char *err,
+                   size_t errlen); /* park_place.c */
 int fgs_events_answer(fgs_session *S, unsigned op, const uint8_t *args, size_t len, fg_writer *out, CUresult *res);
 /* A module global that moved when its session was restored: where it is now (p itself when it did not). */
 uint64_t fgs_park_xlate(fgs_session *S, uint64_t p, uint64_t n);

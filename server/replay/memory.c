@@ -65,10 +65,11 @@ CUresult fgs_memory_alloc(fgs_session *S, int dev, uint64_t size, CUdeviceptr *o
     /* In the session's fixed address arena where the driver allows it, so that a parked session finds its
      * addresses free again in a new worker (park.c); a hint the driver does not honour costs nothing. */
     CUdeviceptr hint = S->arena_next && mapped <= S->arena_end - S->arena_next ? S->arena_next : 0;
-    res = S->api->cuMemAddressReserve(&ptr, mapped, 0, hint, 0);
-    if (res == CUDA_SUCCESS && hint && ptr == hint) S->arena_next += mapped;
+    int own = fgs_va_take(S, mapped, gran, &ptr) != 0; /* the session's block (va_block.c), else a range of its own */
+    res = own ? S->api->cuMemAddressReserve(&ptr, mapped, 0, hint, 0) : CUDA_SUCCESS;
+    if (own && res == CUDA_SUCCESS && hint && ptr == hint) S->arena_next += mapped;
     static int told;
-    if (res == CUDA_SUCCESS && hint && ptr != hint && !told++)
+    if (own && res == CUDA_SUCCESS && hint && ptr != hint && !told++)
         fgs_log(S, "the driver placed an allocation at 0x%llx, not in the session's address arena (0x%llx): a parked "
                 "session may not find its addresses free elsewhere", (unsigned long long)ptr, (unsigned long long)hint);
     if (res != CUDA_SUCCESS) {
@@ -84,7 +85,7 @@ CUresult fgs_memory_alloc(fgs_session *S, int dev, uint64_t size, CUdeviceptr *o
         res = S->api->cuMemCreate(&h, mapped, &prop, 0);
     }
     if (res != CUDA_SUCCESS) {
-        S->api->cuMemAddressFree(ptr, mapped);
+        if (!fgs_va_give(S, ptr, mapped)) S->api->cuMemAddressFree(ptr, mapped);
         fgs_uncharge_dev(S, (int)dev, mapped);
         return res;
     }
@@ -99,7 +100,7 @@ CUresult fgs_memory_alloc(fgs_session *S, int dev, uint64_t size, CUdeviceptr *o
     }
     if (res != CUDA_SUCCESS) {
         S->api->cuMemRelease(h);
-        S->api->cuMemAddressFree(ptr, mapped);
+        if (!fgs_va_give(S, ptr, mapped)) S->api->cuMemAddressFree(ptr, mapped);
         fgs_uncharge_dev(S, (int)dev, mapped);
         return res;
     }
@@ -113,7 +114,7 @@ CUresult fgs_memory_alloc(fgs_session *S, int dev, uint64_t size, CUdeviceptr *o
 static void release(fgs_session *S, fgs_alloc *a) {
     S->api->cuMemUnmap(a->ptr, a->mapped);
     S->api->cuMemRelease(a->handle);
-    S->api->cuMemAddressFree(a->ptr, a->mapped);
+    if (!fgs_va_give(S, a->ptr, a->mapped)) S->api->cuMemAddressFree(a->ptr, a->mapped);
     fgs_uncharge_dev(S, a->dev, a->mapped);
 }
 
@@ -165,6 +166,7 @@ void fgs_memory_release_all(fgs_session *S) {
     if (S->n_allocs) S->api->cuCtxSynchronize();
     for (size_t i = 0; i < S->n_allocs; i++) release(S, &S->allocs[i]);
     S->n_allocs = 0;
+    fgs_va_close(S);
 }
 
 CUresult fgs_cuMemGetInfo_v2(fgs_session *S, fg_reader *r, fg_writer *out) {

@@ -35,7 +35,7 @@
 #include "fgs_public.h"
 #include "fgs_session.h"
 
-#define MAGIC "FGPARK03" /* 03: memory pools after the events */
+#define MAGIC "FGPARK04" /* 03: memory pools after the events; 04: the session's address block */
 #define VERDICT_WAIT_MS 900000            /* how long a park waits for the agent's verdict before it gives up */
 #define ARENA_BASE 0x600000000000ull      /* FARGPU_ARENA ("0xBASE:0xSIZE", "off") overrides */
 #define ARENA_SIZE (16ull << 40)
@@ -271,6 +271,10 @@ static uint64_t write_state(fgs_session *S, const char *dir, char *err, size_t e
     fg_put_u32(&w, S->applied_seq);
     fg_put_u64(&w, cur ? fgs_handle_id_of(S, FGH_CONTEXT, cur) : 0);
     fg_put_u64(&w, S->arena_next);
+    uint64_t vb_base, vb_size;
+    fgs_va_where(S, &vb_base, &vb_size);
+    fg_put_u64(&w, vb_base);
+    fg_put_u64(&w, vb_size);
     uint32_t n_live = 0;
     for (size_t i = 0; i < J->n; i++) n_live += !J->e[i].dead;
     fg_put_u32(&w, n_live);
@@ -680,6 +684,7 @@ static int restore(fgs_session *S, const char *dir, const char *pages, char *err
     S->applied_seq = fg_get_u32(&r);
     uint64_t cur = fg_get_u64(&r);
     uint64_t arena = fg_get_u64(&r);
+    uint64_t vb_base = fg_get_u64(&r), vb_size = fg_get_u64(&r);
     uint32_t n_entries = fg_get_u32(&r);
     /* The allocation table follows the journal: read it first, to place the allocations as soon as the session's
      * first context is back, before its modules take address space (park_place.c). */
@@ -703,7 +708,7 @@ static int restore(fgs_session *S, const char *dir, const char *pages, char *err
         }
         if (!placed && any_context(S)) {
             S->api->cuCtxSetCurrent(any_context(S));
-            if (fgs_park_place(S, wants, n_allocs, err, errlen)) {
+            if (fgs_park_place(S, vb_base, vb_size, wants, n_allocs, err, errlen)) {
                 fg_writer_free(&o);
                 goto done;
             }

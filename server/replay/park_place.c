@@ -84,7 +84,32 @@ static int by_address(const void *a, const void *b) {
     return x < y ? -1 : x > y;
 }
 
-int fgs_park_place(fgs_session *S, fgs_alloc *wants, uint32_t n, char *err, size_t errlen) {
+/* The parked session's address block (va_block.c) back at its old place, as one range: then the allocations in it
+ * need nothing more from the driver. 0, or -1 with the reason in err. */
+static int place_block(fgs_session *S, uint64_t base, uint64_t size, size_t gran, struct pads *P, char *err,
+                       size_t errlen) {
+    unsigned filled = 0;
+    CUdeviceptr got = 0;
+    CUresult res = (base | size) & (gran - 1) ? CUDA_ERROR_INVALID_VALUE
+                                              : reserve_exactly(S, base, size, gran, P, &filled, &got);
+    if (res != CUDA_SUCCESS) {
+        snprintf(err, errlen, "the session's address block 0x%llx (%llu GiB) cannot be had on this node (CUDA error "
+                 "%d; the driver offered 0x%llx, after %u filled ranges below it)", (unsigned long long)base,
+                 (unsigned long long)(size >> 30), (int)res, (unsigned long long)got, filled);
+        return -1;
+    }
+    if (fgs_va_adopt(S, base, size)) {
+        S->api->cuMemAddressFree(base, size);
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    fgs_log(S, "the session's address block is back at 0x%llx (%u free ranges filled below it)",
+            (unsigned long long)base, filled);
+    return 0;
+}
+
+int fgs_park_place(fgs_session *S, uint64_t block, uint64_t block_size, fgs_alloc *wants, uint32_t n, char *err,
+                   size_t errlen) {
     if (!n) return 0;
     qsort(wants, n, sizeof *wants, by_address);
     size_t gran = 2u << 20;
@@ -105,13 +130,19 @@ int fgs_park_place(fgs_session *S, fgs_alloc *wants, uint32_t n, char *err, size
     }
     struct pads P;
     memset(&P, 0, sizeof P);
-    unsigned asked = 0, filled_allocs = 0, pads_total = 0;
-    int rc = 0;
+    unsigned asked = 0, filled_allocs = 0, pads_total = 0, in_block = 0;
+    int rc = block ? place_block(S, block, block_size, gran, &P, err, errlen) : 0;
     for (uint32_t i = 0; i < n && !rc; i++) {
         fgs_alloc *a = &wants[i];
         unsigned filled = 0;
         CUdeviceptr got = 0;
-        CUresult res = reserve_exactly(S, a->ptr, a->mapped, gran, &P, &filled, &got);
+        int inside = block && a->ptr >= block && a->ptr - block < block_size;
+        if (inside && fgs_va_claim(S, a->ptr, a->mapped)) {
+            snprintf(err, errlen, "the parked state is malformed (allocations overlap in the address block)");
+            rc = -1;
+            break;
+        }
+        CUresult res = inside ? CUDA_SUCCESS : reserve_exactly(S, a->ptr, a->mapped, gran, &P, &filled, &got);
         if (res != CUDA_SUCCESS) {
             snprintf(err, errlen, "the address range 0x%llx (%zu bytes) of an allocation cannot be had on this node "
                      "(CUDA error %d; the driver offered 0x%llx, after %u filled ranges below it)",
@@ -120,19 +151,20 @@ int fgs_park_place(fgs_session *S, fgs_alloc *wants, uint32_t n, char *err, size
             break;
         }
         if (fgs_charge_dev(S, a->dev, a->mapped) != CUDA_SUCCESS) {
-            S->api->cuMemAddressFree(a->ptr, a->mapped);
+            if (!fgs_va_give(S, a->ptr, a->mapped)) S->api->cuMemAddressFree(a->ptr, a->mapped);
             snprintf(err, errlen, "the session's memory is over its lease's quota on this node");
             rc = -1;
             break;
         }
         S->allocs[S->n_allocs++] = *a;
-        if (filled) filled_allocs++;
+        if (inside) in_block++;
+        else if (filled) filled_allocs++;
         else asked++;
         pads_total += filled;
     }
     pads_release(S, &P);
     if (!rc)
-        fgs_log(S, "placed %u allocations at their old addresses: %u as asked, %u after filling %u free ranges below "
-                "them", n, asked, filled_allocs, pads_total);
+        fgs_log(S, "placed %u allocations at their old addresses: %u in the address block, %u as asked, %u after "
+                "filling %u free ranges below them", n, in_block, asked, filled_allocs, pads_total);
     return rc;
 }
