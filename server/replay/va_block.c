@@ -70,7 +70,9 @@ static int block_open(fgs_session *S, uint64_t gran) {
     struct fgs_vablock *B = block_of(S);
     if (!B || B->failed) return -1;
     if (B->base) return 0;
-    uint64_t size = block_size() / gran * gran;
+    uint64_t size = block_size();
+    if (S->arena_next && S->arena_end - S->arena_next < size) size = S->arena_end - S->arena_next; /* within it */
+    size = size / gran * gran;
     if (!size || !S->api->cuMemAddressReserve) {
         B->failed = 1;
         return -1;
