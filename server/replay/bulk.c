@@ -95,9 +95,12 @@ static int ring_ready(fgs_session *S, struct fgs_bulk *B) {
     CUcontext cur = NULL;
     if (S->api->cuCtxGetCurrent(&cur) != CUDA_SUCCESS || !cur || (cur == B->ctx && B->pinned)) return 0;
     B->ctx = cur;
+    CUstreamCaptureMode mode;
+    int relaxed = fgs_relax(S, &mode); /* the worker's ring, not the application's call (fgs_session.h) */
     CUresult r = S->api->cuMemHostRegister_v2
                      ? S->api->cuMemHostRegister_v2(B->ring, (size_t)SLOTS * FG_BULK_PIECE, CU_MEMHOSTREGISTER_PORTABLE)
                      : CUDA_ERROR_NOT_SUPPORTED;
+    fgs_unrelax(S, relaxed, mode);
     int was = B->pinned;
     B->pinned = r == CUDA_SUCCESS || r == CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED;
     if (!B->pinned && !was)

@@ -162,6 +162,17 @@ void fgs_log(fgs_session *S, const char *fmt, ...) __attribute__((format(printf,
 
 /* The driver lacks a generic op's entry point: log once, answer CUDA_ERROR_NOT_SUPPORTED. */
 CUresult fgs_missing(fgs_session *S, const char *name);
+/* The worker's own driver calls (waiting for staged copies' streams, registering its staging memory) are not the
+ * application's: while they run, this thread's capture mode is relaxed, so that a global-mode stream capture the
+ * application has under way does not count them as unsafe calls made during it. fgs_relax returns whether the mode
+ * was exchanged; fgs_unrelax gives the thread its mode back. */
+static inline int fgs_relax(fgs_session *S, CUstreamCaptureMode *saved) {
+    *saved = CU_STREAM_CAPTURE_MODE_RELAXED;
+    return S->api->cuThreadExchangeStreamCaptureMode && S->api->cuThreadExchangeStreamCaptureMode(saved) == 0;
+}
+static inline void fgs_unrelax(fgs_session *S, int relaxed, CUstreamCaptureMode saved) {
+    if (relaxed) S->api->cuThreadExchangeStreamCaptureMode(&saved);
+}
 CUresult fgs_dispatch(fgs_session *S, unsigned op, fg_reader *r, fg_writer *out);
 CUresult fgs_set_ctx(fgs_session *S, fg_reader *r);
 void fgs_memory_release_all(fgs_session *S);

@@ -381,8 +381,11 @@ void fgs_later_settle(fgs_session *S, int one, CUstream stream, int pageable_too
         return;
     }
     size_t ok = 0; /* the streams that synchronised, moved to the front */
+    CUstreamCaptureMode mode;
+    int relaxed = fgs_relax(S, &mode); /* the worker's waits, not the application's (fgs_session.h) */
     for (size_t j = 0; j < ns; j++)
         if (S->api->cuStreamSynchronize(v[j]) == CUDA_SUCCESS) v[ok++] = v[j];
+    fgs_unrelax(S, relaxed, mode);
     pthread_mutex_lock(&later_mu);
     for (size_t i = 0; i < S->n_later && S->later[i].id < upto; i++) {
         fgs_later *e = &S->later[i];

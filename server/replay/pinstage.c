@@ -88,12 +88,20 @@ static int not_capturing(fgs_session *S, CUstream s) {
 
 static int do_register(fgs_session *S, struct fgs_pinblk *b) {
     if (!S->api->cuMemHostRegister_v2) return 0;
+    CUstreamCaptureMode mode;
+    int relaxed = fgs_relax(S, &mode); /* the worker's staging memory, not the application's call */
     CUresult r = S->api->cuMemHostRegister_v2(b->base, b->size, CU_MEMHOSTREGISTER_PORTABLE);
+    fgs_unrelax(S, relaxed, mode);
     return r == CUDA_SUCCESS || r == CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED;
 }
 
 static void release_block(fgs_session *S, struct fgs_pinblk *b) {
-    if (b->registered && S->api->cuMemHostUnregister) S->api->cuMemHostUnregister(b->base);
+    if (b->registered && S->api->cuMemHostUnregister) {
+        CUstreamCaptureMode mode;
+        int relaxed = fgs_relax(S, &mode);
+        S->api->cuMemHostUnregister(b->base);
+        fgs_unrelax(S, relaxed, mode);
+    }
     free(b->base);
     free(b);
 }

@@ -328,14 +328,18 @@ static int send_reply(fgs_session *S, int fd, uint32_t seq, CUresult result, CUr
                       fg_writer *out, int db, int ack_only) {
     CUstream *streams = NULL;
     size_t ns = 0;
+    CUstreamCaptureMode mode = CU_STREAM_CAPTURE_MODE_GLOBAL;
+    int relaxed = 0;
     if (ack_only) { /* an acknowledgement (a PING with flag 1): nothing is waited for, no copy collected */
     } else if (fgs_later_streams(S, &streams, &ns)) {
+        relaxed = fgs_relax(S, &mode);
         CUresult r = S->api->cuCtxSynchronize(); /* out of memory: wait for every stream instead */
         if (r != CUDA_SUCCESS && !deferred) {
             deferred = r;
             dop = FG_OP_cuMemcpyDtoHAsync_v2;
         }
     }
+    if (ns && !relaxed) relaxed = fgs_relax(S, &mode);
     for (size_t i = 0; i < ns; i++) {
         CUresult r = S->api->cuStreamSynchronize(streams[i]);
         if (r != CUDA_SUCCESS && !deferred) {
@@ -343,6 +347,7 @@ static int send_reply(fgs_session *S, int fd, uint32_t seq, CUresult result, CUr
             dop = FG_OP_cuMemcpyDtoHAsync_v2;
         }
     }
+    fgs_unrelax(S, relaxed, mode);
     free(streams);
     fgs_later *later = NULL;
     size_t nl = 0;
