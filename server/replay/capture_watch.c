@@ -3,8 +3,9 @@
  * the application only learns of it at a later call ("operation failed due to a previous error during capture").
  * While a capture that this worker began is active, the status of its stream is read after every call; the first
  * call after which it reads "invalidated" is logged once per capture, with the call's result. Costs nothing while
- * no capture is under way, one cuStreamIsCapturing per call and capturing stream while one is. Op 0: the
- * worker's own work after a batch. */
+ * no capture is under way, one cuStreamIsCapturing per call and capturing stream while one is (two: it is read
+ * before each call too, to tell the call from the worker's work before it). Op 0: the worker's own work after a
+ * batch. */
 #include <string.h>
 
 #include "fgs_impl.h"
@@ -34,5 +35,21 @@ void fgs_capture_watch(fgs_session *S, unsigned op, const uint8_t *args, size_t 
             fgs_log(S, "a stream capture was invalidated by %s (result %d) or by a call of another thread before it",
                     op ? fg_op_name(op) : "the worker's work after a batch (pending frees)", (int)res);
         g_streams[i] = g_streams[--g_n]; /* ended, invalidated or gone: watched no more */
+    }
+}
+
+/* Before a call runs: a capture found invalidated here was invalidated since the previous call's own check, so by
+ * the worker's work between the two (the reply to the previous batch, the work after it) or by another thread. */
+void fgs_capture_watch_before(fgs_session *S, unsigned op) {
+    if (!g_n || !S->api->cuStreamIsCapturing) return;
+    for (size_t i = g_n; i-- > 0;) {
+        CUstreamCaptureStatus st = CU_STREAM_CAPTURE_STATUS_NONE;
+        void *s = NULL;
+        if (fgs_handle_get(S, FGH_STREAM, g_streams[i], &s) != 0 ||
+            S->api->cuStreamIsCapturing((CUstream)s, &st) != CUDA_SUCCESS || st != CU_STREAM_CAPTURE_STATUS_INVALIDATED)
+            continue; /* active (or gone, or ended: the check after the call sorts those out) */
+        fgs_log(S, "a stream capture was found invalidated before %s began: by the worker's work since the previous "
+                "call (its reply, the work after its batch) or by another thread", fg_op_name(op));
+        g_streams[i] = g_streams[--g_n];
     }
 }

@@ -195,6 +195,7 @@ int fgs_mempool_range(fgs_session *S, CUdeviceptr p, uint64_t *base, uint64_t *s
 int fgs_mempool_holds(fgs_session *S, CUdeviceptr p); /* p is memory of a pool (not legacy-IPC capable, as natively) */
 void fgs_mempool_reap(fgs_session *S, unsigned last_op, const uint8_t *args, size_t len);
 void fgs_capture_watch(fgs_session *S, unsigned op, const uint8_t *args, size_t len, CUresult res); /* capture_watch.c */
+void fgs_capture_watch_before(fgs_session *S, unsigned op);
 void fgs_texsurf_note(fgs_session *S, unsigned op, CUresult res); /* arrays.c */
 void fgs_capture_began(uint64_t sid); /* capture.c: stream sid began a capture into a graph of its own */
 void fgs_mempool_drain(fgs_session *S);

@@ -597,6 +597,7 @@ FGS_EXPORT int fgs_serve(fgs_session *S, int fd, int ctl_fd, char *reason, unsig
             size_t out_before = out.len;
             CUresult res;
             fgs_park_fix_record(S, rec.op, (uint8_t *)(uintptr_t)rec.args, rec.length); /* moved globals */
+            fgs_capture_watch_before(S, rec.op);
             if (!fgs_events_answer(S, rec.op, rec.args, rec.length, &out, &res)) /* restored events' times */
                 res = fgs_dispatch(S, rec.op, &args, &out);
             if (S->journal) fgs_journal_note(S, rec.op, rec.args, rec.length, res, &out, out_before);

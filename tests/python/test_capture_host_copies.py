@@ -285,12 +285,17 @@ print("RESULT " + json.dumps(out))
 
 
 def test_captures_without_a_graph_give_their_shadows_back(node: NodeServer) -> None:
+    before = len(node.log_text())
     res = subprocess.run([sys.executable, "-P", "-c", ENDINGS], env=node.client_env(), capture_output=True, text=True,
                          timeout=120, cwd="/")
     lines = [ln for ln in res.stdout.splitlines() if ln.startswith("RESULT ")]
     assert res.returncode == 0 and lines, res.stdout[-3000:] + res.stderr[-3000:]
     got = json.loads(lines[-1][len("RESULT "):])
     assert got == dict.fromkeys(got, True) and len(got) == 6, got
+    # the worker's capture watch (server/replay/capture_watch.c) names the call that invalidated the capture
+    log = node.log_text()[before:]
+    assert "a stream capture was invalidated by cuStreamSynchronize" in log, log[-3000:]
+    assert "found invalidated before" not in log, log[-3000:]  # not between calls: the call itself did it
 
 
 # Capture into the application's graph (cuStreamBeginCaptureToGraph) after a node made by hand: the shadows are the
