@@ -390,12 +390,14 @@ static CUresult stream_of(fgs_session *S, uint64_t sid, CUstream *s, int *captur
     return CUDA_SUCCESS;
 }
 
-/* The device the stream's work runs on (the current context's for the NULL and per-thread streams). */
-static CUresult stream_device(fgs_session *S, CUstream s, int *dev) {
+/* The device the stream's work runs on (the current context's for the NULL and per-thread streams). On a
+ * capturing stream, cuStreamGetDevice invalidates the capture (H100, driver 580, in every mode: bench/probe_capture.sh),
+ * so there the device comes from the stream's context, which leaves the capture alone. */
+static CUresult stream_device(fgs_session *S, CUstream s, int capturing, int *dev) {
     CUdevice d = 0;
     CUresult r;
     if (s && s != CU_STREAM_LEGACY && s != CU_STREAM_PER_THREAD) {
-        if (S->api->cuStreamGetDevice && S->api->cuStreamGetDevice(s, &d) == CUDA_SUCCESS) {
+        if (!capturing && S->api->cuStreamGetDevice && S->api->cuStreamGetDevice(s, &d) == CUDA_SUCCESS) {
             *dev = (int)d;
             return CUDA_SUCCESS;
         }
@@ -429,7 +431,7 @@ CUresult fgs_cuMemAllocAsync(fgs_session *S, fg_reader *r, fg_writer *out) {
     CUstream s = NULL;
     int dev = 0, capturing = 0;
     CUresult res = stream_of(S, sid, &s, &capturing);
-    if (res == CUDA_SUCCESS) res = stream_device(S, s, &dev);
+    if (res == CUDA_SUCCESS) res = stream_device(S, s, capturing, &dev);
     if (res == CUDA_SUCCESS && capturing) capture_still_active(S, s, "finding the stream's device");
     if (res == CUDA_SUCCESS) res = mp_check_dev(S, dev);
     if (res != CUDA_SUCCESS) return res;

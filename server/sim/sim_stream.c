@@ -230,6 +230,24 @@ SIM_API CUresult cuStreamGetCtx(CUstream hStream, CUcontext *pctx)
     return rc;
 }
 
+/* The stream's device. On a stream under capture the H100 (driver 580) refuses it with
+ * CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED and invalidates that capture, in every capture mode and from any thread
+ * (bench/probe_capture.sh); sim_stream_check_op does the same here. */
+SIM_API CUresult cuStreamGetDevice(CUstream hStream, CUdevice *device)
+{
+    if (!device)
+        return CUDA_ERROR_INVALID_VALUE;
+    sim_lock();
+    struct sim_ctx *c = NULL;
+    CUresult rc = sim_stream_check_op(hStream);
+    if (rc == CUDA_SUCCESS)
+        rc = stream_ctx_locked(hStream, &c);
+    if (rc == CUDA_SUCCESS)
+        *device = c->device;
+    sim_unlock();
+    return rc;
+}
+
 /* A green context's stream answers its device's primary context and the green context; per-thread streams are
  * refused while a green context is current, as the driver documents. pGreenCtx may be NULL (the header lists no
  * CUDA_ERROR_INVALID_VALUE for the call). */
