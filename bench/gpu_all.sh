@@ -2,7 +2,7 @@
 # bench/gpu_all.sh OUT — the GPU proofs in one device call, most important first, each bounded (seconds from the
 # environment) so that one that hangs leaves time for the rest, and all of them within one call's 600 s: parking
 # with the address probe (issue 12), paging (issue 11), the bulk-data transports and small calls (issue 13,
-# --quick), after a probe of which calls invalidate a stream capture (bench/probe_capture.sh, CAPTURE_PROBE_S).
+# --quick unless TRANSPORT_ARGS says otherwise), after a probe of which calls invalidate a stream capture (bench/probe_capture.sh, CAPTURE_PROBE_S).
 # Off by default: scale to zero and back (issue 12, SCALE_S), what TLS costs (issue 15, TLS_S) and the
 # acceptance programs (quick, no torch; ACCEPTANCE_S; ACCEPTANCE_ARGS picks its cases). Each leaves its JSON and
 # logs in its own folder under OUT and prints its last lines; at the end everything is packed into OUT/all.tgz
@@ -24,7 +24,8 @@ part capture_probe "${CAPTURE_PROBE_S:-30}" bash bench/probe_capture.sh "$OUT/ca
 part park "${PARK_S:-120}" bash bench/park_gpu.sh "$OUT/park"
 part paging "${PAGING_S:-300}" bash bench/paging_gpu.sh "$OUT/paging" ${PAGING_ARGS:---sizes 1,8,32 --disk-bytes 4294967296}
 part scale_zero "${SCALE_S:-0}" bash bench/scale_zero_gpu.sh "$OUT/scale_zero"
-part transport "${TRANSPORT_S:-150}" bash bench/transport_gpu.sh "$OUT/transport" --quick
+# shellcheck disable=SC2086
+part transport "${TRANSPORT_S:-150}" bash bench/transport_gpu.sh "$OUT/transport" ${TRANSPORT_ARGS---quick}
 part tls "${TLS_S:-0}" bash bench/tls_cost_gpu.sh "$OUT/tls" --quick
 # shellcheck disable=SC2086
 part acceptance "${ACCEPTANCE_S:-0}" bash tests/acceptance/run_gpu.sh "$OUT/acceptance" ${ACCEPTANCE_ARGS:---quick --skip-torch}
