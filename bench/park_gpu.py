@@ -90,6 +90,21 @@ def node_main(argv: list[str]) -> int:
     return 0
 
 
+def evict(root: Path) -> int:
+    """Drops the files under root from the page cache (written back first); returns their bytes."""
+    total = 0
+    for f in root.rglob("*"):
+        if f.is_file():
+            fd = os.open(f, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                total += os.fstat(fd).st_size
+            finally:
+                os.close(fd)
+    return total
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -214,6 +229,8 @@ def main() -> int:
         save()
         stop(node_a)
         result["node_a_exit"] = node_a.returncode
+        # Another node would read the park store cold: its files leave this host's page cache first.
+        result["store_cache_evicted_bytes"] = evict(park)
         node_b, log_b = node("b", port, 0)
         assert c.stdin is not None
         c.stdin.write("go\n")
@@ -236,6 +253,9 @@ def main() -> int:
                              "moved_globals": int(r.group(3)), "replay_s": float(r.group(4))} if r else None
         result["globals_moved"] = any(int(k) for k in re.findall(r"restored a parked session: \d+ journal entries, "
                                                                  r"\d+ allocations, (\d+) moved globals", text_b))
+        pin = re.search(r"is resident again from (\w+): (\d+) (\d+) .*direct=(\d)", text_b)
+        result["restore_pagein"] = {"from": pin.group(1), "bytes": int(pin.group(2)), "s": int(pin.group(3)) / 1e9,
+                                    "direct_io": pin.group(4) == "1"} if pin else None
         result["moved_global_lines"] = re.findall(r"module global moved from \S+ to \S+ \(\d+ bytes\)", text_b)[:20]
         result["step1_identical"] = run1[1:2] == ref1[1:2]
         result["step2_identical"] = run2[1:-1] == ref2[1:-1]

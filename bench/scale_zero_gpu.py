@@ -152,6 +152,19 @@ async def until_zero(live: Callable[[], Awaitable[list[str]]], within_s: float =
         await asyncio.sleep(0.1)
 
 
+def gpu_info(backend: str) -> dict[str, str]:
+    """The GPU's name and driver version (nvidia-smi), or the simulated device's label."""
+    if backend != "cuda":
+        return {"gpu": "simulated device (dry run: no GPU figure)", "driver": "simulated"}
+    try:
+        q = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
+                           capture_output=True, text=True, timeout=20).stdout.strip().splitlines()
+    except (OSError, subprocess.TimeoutExpired):
+        return {"gpu": "unknown", "driver": "unknown"}
+    name, _, driver = q[0].rpartition(",") if q else ("unknown", "", "unknown")
+    return {"gpu": name.strip(), "driver": driver.strip()}
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     import httpx
 
@@ -223,6 +236,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "commit": os.environ.get("FARGPU_COMMIT", "unknown"),
         "backend": args.backend,
+        **gpu_info(args.backend),
         "node_idle_s": args.idle_s,
         "scale_interval_s": args.scale_interval_s,
         "rounds": rounds,

@@ -119,6 +119,40 @@ class DirectoryParkStore(PartStore):
             os.close(src)
         return m
 
+    def link(self, key: str, path: Path) -> Manifest | None:
+        """A hard link to the object at `path` (the restoring node's spill file: its memory is read once, by the
+        page-in, instead of being copied first), every part checked against the manifest by reading it, which
+        leaves it in the page cache for that page-in. None when the two are on different filesystems, or links are
+        refused; a part that does not match raises and leaves no link. The object stays the store's: the node
+        only reads the file and deletes its own name for it."""
+        m = self._manifest(key)
+        try:
+            os.link(self._path(key), path)
+        except FileNotFoundError:
+            raise ParkStoreError(f"park object {key!r} is not in {self.root}") from None
+        except OSError:
+            return None
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                if os.fstat(fd).st_size != m.size:
+                    raise ParkStoreError(f"park object {key!r} is {os.fstat(fd).st_size} bytes, not {m.size}")
+
+                def part(i: int) -> str:
+                    lo = i * m.part_size
+                    if sha256(read_part(fd, lo, min(m.part_size, m.size - lo))) != m.part_sha256[i]:
+                        raise ParkStoreError(f"part {i} of park object {key!r} does not match its checksum")
+                    return ""
+
+                run_parts(len(m.part_sha256), self.parallel, part)
+            finally:
+                os.close(fd)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            raise
+        return m
+
     def delete(self, key: str) -> None:
         path = self._path(key)
         tmps = list(path.parent.glob(f".{path.name}.*.tmp")) if path.parent.is_dir() else []  # a write cut short

@@ -342,7 +342,8 @@ class Parker:
             if pages is not None:
                 with contextlib.suppress(FileNotFoundError):
                     pages.unlink()
-                self._get(f"sessions/{sid}/memory", pages)
+                if self.store.link(f"sessions/{sid}/memory", pages) is None:
+                    self._get(f"sessions/{sid}/memory", pages)
         except BaseException:
             shutil.rmtree(workdir, ignore_errors=True)
             if pages is not None:

@@ -16,6 +16,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Protocol
 
 DEFAULT_PART = 64 << 20
@@ -122,6 +123,11 @@ class PartStore(ABC):
         finally:
             os.close(fd)
 
+    def link(self, key: str, path: Path) -> Manifest | None:
+        """Makes `path` a checked local file of object `key` without copying its bytes, where the store can (a
+        directory store on the same filesystem); None where it cannot (the caller copies it with get)."""
+        return None
+
 
 class ParkStore(Protocol):
     """Where parked sessions' state lives. Blocking calls: run them in a thread from an event loop."""
@@ -139,6 +145,10 @@ class ParkStore(Protocol):
     def put_bytes(self, key: str, data: bytes) -> Manifest: ...
 
     def get_bytes(self, key: str) -> bytes: ...
+
+    def link(self, key: str, path: Path) -> Manifest | None:
+        """Object `key` as the file `path`, every part checked, with no copy, where the store can; else None."""
+        ...
 
     def delete(self, key: str) -> None:
         """Removes the object and its manifest (no error when absent)."""

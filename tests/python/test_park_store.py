@@ -128,6 +128,51 @@ def test_a_corrupted_part_is_refused_and_an_incomplete_object_does_not_exist(sto
     os.close(src)
 
 
+def test_a_directory_object_is_linked_for_a_restore_checked_and_never_changed(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """A restoring node on the store's filesystem reads the parked memory in place: `link` gives it a hard link (no
+    copy), having read every part against its checksum; a corrupted part leaves no link; another filesystem (or a
+    refused link) answers None, so the node copies the object with get; S3 cannot link."""
+    store = DirectoryParkStore(tmp_path / "park", part_size=5 * MiB, parallel=4)
+    data = os.urandom(12 * MiB + 5)
+    src = _memfd(data)
+    store.put("sess/memory", src, 0, len(data))
+    view = tmp_path / "spill" / "sess.pages"
+    view.parent.mkdir()
+    m = store.link("sess/memory", view)
+    assert m is not None and m.size == len(data)
+    assert view.stat().st_ino == (store.root / "sess/memory").stat().st_ino and view.read_bytes() == data
+    view.unlink()  # the node deletes its name for it after the page-in: the store's object is untouched
+    assert store.get_bytes("sess/memory") == data
+    store.delete("sess/memory")
+    assert not (store.root / "sess/memory").exists()
+    store.put("sess/memory", src, 0, len(data))
+    bad = bytearray(data)
+    bad[11 * MiB] ^= 1  # part 2 of 3
+    obj = store.root / "sess/memory"
+    fd = os.open(obj, os.O_WRONLY)
+    os.pwrite(fd, bytes(bad[10 * MiB:]), 10 * MiB)
+    os.close(fd)
+    with pytest.raises(ParkStoreError, match="part 2 .* checksum"):
+        store.link("sess/memory", view)
+    assert not view.exists()
+    with pytest.raises(ParkStoreError, match="not in"):
+        store.link("sess/none", view)
+
+    def cross_device(a: object, b: object) -> None:
+        raise OSError(18, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "link", cross_device)
+    assert store.link("sess/memory", view) is None and not view.exists()
+    os.close(src)
+
+
+def test_s3_cannot_link(s3_endpoint: str, tmp_path: Path) -> None:
+    store = _s3_store(s3_endpoint)
+    store.put_bytes("lnk", b"x")
+    assert store.link("lnk", tmp_path / "x") is None and not (tmp_path / "x").exists()
+
+
 def test_bad_names_are_refused(store: ParkStore) -> None:
     for key in ("", "../escape", "/abs", "a/../../b"):
         with pytest.raises(ParkStoreError, match="not a valid park object name"):
