@@ -253,7 +253,7 @@ def main() -> int:
                              "moved_globals": int(r.group(3)), "replay_s": float(r.group(4))} if r else None
         result["globals_moved"] = any(int(k) for k in re.findall(r"restored a parked session: \d+ journal entries, "
                                                                  r"\d+ allocations, (\d+) moved globals", text_b))
-        pin = re.search(r"is resident again from (\w+): (\d+) (\d+) .*direct=(\d)", text_b)
+        pin = re.search(r"is resident again from (\w+): (\d+) (\d+)(?:.*direct=(\d))?", text_b)
         result["restore_pagein"] = {"from": pin.group(1), "bytes": int(pin.group(2)), "s": int(pin.group(3)) / 1e9,
                                     "direct_io": pin.group(4) == "1"} if pin else None
         result["moved_global_lines"] = re.findall(r"module global moved from \S+ to \S+ \(\d+ bytes\)", text_b)[:20]
