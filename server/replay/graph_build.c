@@ -99,7 +99,41 @@ typedef struct {
     size_t size;
     void *extra[5];
     void *buf;
+    void **kp; /* kernelParams pointing into buf, where the function's layout is known */
 } kparams;
+
+static void kparams_free(kparams *k) {
+    free(k->buf);
+    free(k->kp);
+}
+
+/* The packed parameters as kernelParams (one pointer per parameter, into the buffer), as the application's own
+ * node would have them: the driver refuses a cooperative kernel node (its launch attribute) whose parameters come
+ * as an `extra` buffer (H100, driver 580: api_graph_nodes). The function's layout comes from the driver, as for a
+ * launch; where it is unknown or does not fit the bytes sent, the buffer stays in `extra`. */
+static void param_pointers(fgs_session *S, kparams *k) {
+    fg_writer w;
+    fg_writer_init(&w, 256, 8u << 16);
+    fgs_put_param_layout(S, k->p.kern ? (void *)k->p.kern : (void *)k->p.func, k->p.kern != NULL, &w);
+    uint32_t n = 0;
+    if (!w.failed && w.len >= 4) memcpy(&n, w.buf, 4);
+    void **kp = n && !w.failed && w.len >= 4 + 8ull * n ? (void **)calloc(n, sizeof *kp) : NULL;
+    for (uint32_t i = 0; kp && i < n; i++) {
+        uint32_t os[2];
+        memcpy(os, w.buf + 4 + 8ull * i, 8);
+        if ((uint64_t)os[0] + os[1] > k->size) {
+            free(kp);
+            kp = NULL;
+        } else {
+            kp[i] = (uint8_t *)k->buf + os[0];
+        }
+    }
+    fg_writer_free(&w);
+    if (!kp) return;
+    k->kp = kp;
+    k->p.kernelParams = kp;
+    k->p.extra = NULL;
+}
 
 static CUresult get_kernel(fgs_session *S, fg_reader *r, kparams *k) {
     uint64_t fid = fg_get_u64(r);
@@ -136,6 +170,7 @@ static CUresult get_kernel(fgs_session *S, fg_reader *r, kparams *k) {
         k->extra[3] = &k->size;
         k->extra[4] = CU_LAUNCH_PARAM_END;
         k->p.extra = k->extra;
+        param_pointers(S, k);
     }
     return CUDA_SUCCESS;
 }
@@ -153,7 +188,7 @@ CUresult fgs_cuGraphAddKernelNode_v2(fgs_session *S, fg_reader *r, fg_writer *ou
     }
     CUgraphNode n = NULL;
     res = S->api->cuGraphAddKernelNode_v2(&n, h.g, h.deps, h.n, &k.p);
-    free(k.buf);
+    kparams_free(&k);
     return added(S, &h, res, n, out);
 }
 
@@ -166,7 +201,7 @@ CUresult fgs_cuGraphKernelNodeSetParams_v2(fgs_session *S, fg_reader *r, fg_writ
     if (res == CUDA_SUCCESS) res = get_kernel(S, r, &k);
     if (res != CUDA_SUCCESS) return res;
     res = S->api->cuGraphKernelNodeSetParams_v2((CUgraphNode)node, &k.p);
-    free(k.buf);
+    kparams_free(&k);
     return res;
 }
 
@@ -180,7 +215,7 @@ CUresult fgs_cuGraphExecKernelNodeSetParams_v2(fgs_session *S, fg_reader *r, fg_
     if (res == CUDA_SUCCESS) res = get_kernel(S, r, &k);
     if (res != CUDA_SUCCESS) return res;
     res = S->api->cuGraphExecKernelNodeSetParams_v2((CUgraphExec)exec, (CUgraphNode)node, &k.p);
-    free(k.buf);
+    kparams_free(&k);
     return res;
 }
 
