@@ -59,6 +59,7 @@ static int kernel_copy(struct sim_gnode *x, const CUDA_KERNEL_NODE_PARAMS_v2 *p)
     free(x->kbuf);
     x->kbuf = NULL;
     x->ksize = 0;
+    x->kextra = p->extra != NULL;
     if (p->extra) {
         const void *buf = NULL;
         size_t size = 0;

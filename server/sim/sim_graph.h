@@ -23,6 +23,7 @@ struct sim_gnode {
     CUDA_KERNEL_NODE_PARAMS_v2 k;
     unsigned char *kbuf;
     size_t ksize;
+    int kextra; /* its parameters came as an `extra` buffer (a cooperative launch attribute is refused then) */
     CUDA_MEMSET_NODE_PARAMS ms;
     CUDA_MEMCPY3D mc;
     CUevent ev;

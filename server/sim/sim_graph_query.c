@@ -165,6 +165,10 @@ static CUresult attr_set(struct sim_gnode *x, CUkernelNodeAttrID a, const CUkern
 {
     if (!x || !v || x->type != CU_GRAPH_NODE_TYPE_KERNEL || (unsigned)a >= 32 || a == 0)
         return CUDA_ERROR_INVALID_VALUE;
+    /* A cooperative launch takes no `extra` buffer (cuLaunchCooperativeKernel has none): the H100 (driver 580)
+     * refused the attribute on a node made with one (api_graph_nodes, 2026-12-07). */
+    if (a == CU_LAUNCH_ATTRIBUTE_COOPERATIVE && v->cooperative && x->kextra)
+        return CUDA_ERROR_INVALID_VALUE;
     x->attrs[a] = *v;
     return CUDA_SUCCESS;
 }

@@ -104,9 +104,18 @@ CUresult sim_memop_batch(CUstream stream, unsigned int count, const CUstreamBatc
     return rc;
 }
 
+/* A batch refuses a write without a memory barrier (CU_STREAM_WRITE_VALUE_NO_MEMORY_BARRIER) with
+ * CUDA_ERROR_INVALID_VALUE, before any of its operations runs: so did the H100 with driver 580 (api_memops,
+ * 2026-12-07), where cuStreamWriteValue32/64 take the flag. */
 SIM_API CUresult cuStreamBatchMemOp_v2(CUstream stream, unsigned int count, CUstreamBatchMemOpParams *paramArray,
                                        unsigned int flags)
 {
+    for (unsigned int i = 0; paramArray && i < count && i <= MAX_BATCH; i++) {
+        CUstreamBatchMemOpType op = paramArray[i].operation;
+        if ((op == CU_STREAM_MEM_OP_WRITE_VALUE_32 || op == CU_STREAM_MEM_OP_WRITE_VALUE_64) &&
+            (paramArray[i].writeValue.flags & CU_STREAM_WRITE_VALUE_NO_MEMORY_BARRIER))
+            return CUDA_ERROR_INVALID_VALUE;
+    }
     return sim_memop_batch(stream, count, paramArray, flags);
 }
 
