@@ -22,7 +22,7 @@ from fargpu import paths
 PROGRAMS = (
     "api_vmm", "api_managed", "api_graphs", "api_graph_nodes", "api_graph_cond", "api_arrays", "api_link",
     "api_mempool", "api_tensormap", "api_array_async", "api_memops", "api_userobj", "api_copies",
-    "api_queries", "api_green", "api_capture_copies",
+    "api_queries", "api_green", "api_capture_copies", "api_ipc",
 )
 MiB = 1 << 20
 
@@ -160,6 +160,18 @@ def test_stream_memops_program(programs: dict[str, Path], node_server: NodeServe
         "batch of one: 32-bit wait, greater or equal ran", "batch of one: 64-bit wait, equal ran",
         "batch of one: 32-bit wait, and ran", "batch of one: 32-bit wait, nor ran",
         "batch of one: flush of remote writes refused", "batch of one: 32-bit write, no memory barrier refused"], out
+
+
+def test_ipc_between_two_processes_program(programs: dict[str, Path], node_server: NodeServer) -> None:
+    """The program starts itself again as a second process: two sessions of one lease, the node brokering device
+    memory, an interprocess event and a VMM file descriptor between their workers."""
+    out = _passed(_run(programs["api_ipc"], node_server), node_server)
+    assert [ln for ln in out if ln.startswith("child")] == [
+        "child: the parent's device memory through its IPC handle ok",
+        "child: the parent's interprocess event has completed ok",
+        "child: the imported allocation is device memory of device 0 ok",
+        "child: the parent's VMM allocation through its file descriptor ok", "child PASS"], out
+    assert len([ln for ln in out if ln.startswith("parent:") and ln.endswith(" ok")]) == 4, out
 
 
 def test_batched_and_peer_3d_copies_program(programs: dict[str, Path], node_server: NodeServer) -> None:
