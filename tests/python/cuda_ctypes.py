@@ -43,6 +43,21 @@ U64 = ctypes.c_uint64
 '''
 
 
+# The opening of a snippet that loads the driver library named by argv[1] (the simulated device directly, or the
+# stub), with a current primary context and a non-blocking stream `s`; failures print a JSON line, as those tests read.
+SIM_DIRECT = r'''
+import ctypes, json, sys
+cu = ctypes.CDLL(sys.argv[1])
+V, U64 = ctypes.c_void_p, ctypes.c_uint64
+def ok(r, what):
+    if r != 0:
+        print(json.dumps({"fail": what, "rc": r})); sys.exit(1)
+ok(cu.cuInit(0), "init")
+ctx = V(); ok(cu.cuDevicePrimaryCtxRetain(ctypes.byref(ctx), 0), "retain"); ok(cu.cuCtxSetCurrent(ctx), "set")
+s = V(); ok(cu.cuStreamCreate(ctypes.byref(s), 1), "stream")
+'''
+
+
 # A session that holds 512 MiB and, for every line on stdin, fills it with the next value and checks it back
 # ("DONE n" or "WRONG n"): the paging tests let several of these take turns on a node with room for fewer.
 TAKE_TURNS = PRELUDE + r'''

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cuda_ctypes import PRELUDE
+from cuda_ctypes import PRELUDE, SIM_DIRECT
 from e2e_helpers import NodeServer, start_server, stop_server
 
 from fargpu import paths
@@ -203,16 +203,7 @@ def test_captured_host_copies_move_the_applications_bytes_at_each_launch(node: N
     assert "stream capture was invalidated" not in node.log_text()[before:], node.log_text()[before:][-3000:]
 
 
-SIM_ALLOC = r'''
-import ctypes, json, sys
-cu = ctypes.CDLL(sys.argv[1])
-V, U64 = ctypes.c_void_p, ctypes.c_uint64
-def ok(r, what):
-    if r != 0:
-        print(json.dumps({"fail": what, "rc": r})); sys.exit(1)
-ok(cu.cuInit(0), "init")
-ctx = V(); ok(cu.cuDevicePrimaryCtxRetain(ctypes.byref(ctx), 0), "retain"); ok(cu.cuCtxSetCurrent(ctx), "set")
-s = V(); ok(cu.cuStreamCreate(ctypes.byref(s), 1), "stream")
+SIM_ALLOC = SIM_DIRECT + r'''
 out = {}
 def attempt(capture_mode, thread_mode):
     ok(cu.cuStreamBeginCapture_v2(s, capture_mode), "begin")

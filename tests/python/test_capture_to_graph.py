@@ -12,20 +12,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+from cuda_ctypes import SIM_DIRECT
 from e2e_helpers import start_server, stop_server
 
 from fargpu import paths
 
-SNIPPET = r'''
-import ctypes, json, sys
-cu = ctypes.CDLL(sys.argv[1])
-V, C = ctypes.c_void_p, ctypes.c_uint64
-def ok(r, what):
-    if r != 0:
-        print(json.dumps({"fail": what, "rc": r})); sys.exit(1)
-ok(cu.cuInit(0), "init")
-ctx = V(); ok(cu.cuDevicePrimaryCtxRetain(ctypes.byref(ctx), 0), "retain"); ok(cu.cuCtxSetCurrent(ctx), "set")
-s = V(); ok(cu.cuStreamCreate(ctypes.byref(s), 1), "stream")
+SNIPPET = SIM_DIRECT + r'''
+C = U64
 N = 1024
 d = C(); ok(cu.cuMemAlloc_v2(ctypes.byref(d), ctypes.c_size_t(N * 4)), "alloc")
 ok(cu.cuMemsetD32_v2(d, 0, ctypes.c_size_t(N)), "memset")
