@@ -149,6 +149,25 @@ def test_demo_says_how_to_get_fargpu_on_path(tmp_path: Path) -> None:
     assert f". {Path(sys.executable).parent / 'activate'}" in last or "is installed in" in last, last
 
 
+def test_make_demo_as_the_readme_writes_it() -> None:
+    """`make demo`, run in the checkout as the README says (after `make test` made .venv, as CI does): the pool
+    manager, a local node (the simulated device on a machine without a GPU, labelled so) and the demo program through
+    `fargpu run`, every element correct, ending with the line that puts fargpu on PATH."""
+    repo = Path(__file__).resolve().parents[2]
+    venv = repo / ".venv"
+    if Path(sys.prefix) != venv or not (repo / "Makefile").is_file():
+        pytest.skip("the tests run from another environment than the checkout's .venv, which `make demo` uses")
+    if subprocess.run(["make", "-q", "venv"], cwd=repo, capture_output=True).returncode != 0:
+        pytest.skip("the checkout's .venv is older than its sources: `make demo` would reinstall it first")
+    r = subprocess.run(["make", "demo"], cwd=repo, env=_env(), capture_output=True, text=True, timeout=300)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out
+    assert "vector add of" in out and "all correct" in out, out
+    assert "== demo program exit code 0" in out, out
+    assert "backend" in out and ("sim" in out or "cuda" in out), out  # the node says which device it runs on
+    assert r.stdout.strip().splitlines()[-1].startswith("== "), out  # the line that puts fargpu on PATH
+
+
 def test_fargpu_server_starts_without_the_pool_managers_imports() -> None:
     """A node started from zero waits for `fargpu server` to start: the console script's entry runs the node
     server's command without importing the pool manager's web stack, and still parses its options."""
