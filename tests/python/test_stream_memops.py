@@ -46,8 +46,13 @@ def read(n=24):
     return b.raw
 print("batch", batch((WRITE32, p, 7, 0, 0, 0), (WRITE64, p + 8, 0x1122334455667788, 0, 0, 0), (BARRIER, 1, 0, 0, 0, 0),
                      (WAIT32, p, 7, EQ, 0, 0), (WAIT64, p + 8, 0x1122334455667000, GEQ, 0, 0),
-                     (WAIT32, p, 6, AND, 0, 0), (WRITE32, p + 16, 9, 1, 0, 0)))
+                     (WAIT32, p, 6, AND, 0, 0), (WRITE32, p + 16, 9, 0, 0, 0)))
 ok(cu.cuStreamSynchronize(s), "sync")
+# A write without a memory barrier (flags 1) in a batch: the H100 (driver 580) refused the batch with
+# CUDA_ERROR_INVALID_VALUE, and so does the simulated device; the stub queues the batch, so the refusal comes at the
+# next synchronising call, and nothing of the batch ran.
+print("no barrier in a batch", batch((WRITE32, p + 16, 10, 0, 0, 0), (WRITE32, p + 16, 11, 1, 0, 0)), "then sync",
+      cu.cuStreamSynchronize(s), "untouched", struct.unpack("<I", read(20)[16:20])[0])
 v = struct.unpack("<IIQI", read(20))
 print("values", v[0], hex(v[2]), v[3])
 print("write then wait in one batch", batch((WRITE32, p + 4, 0xffff, 0, 0, 0), (WAIT32, p + 4, 0xff0000, NOR, 0, 0),
@@ -141,6 +146,7 @@ def test_batch_memops_and_context_events(server: NodeServer) -> None:
     out = r.stdout.splitlines()
     assert "batch 0" in out and "values 7 0x1122334455667788 9" in out, out
     assert "write then wait in one batch 0 0" in out, out
+    assert "no barrier in a batch 0 then sync 1 untouched 9" in out, out
     assert "flush 801 flag 801 single 801 then sync 0 untouched 65535" in out, out
     assert "pinned host memory 801" in out and "unknown address 801" in out, out  # CUDA_ERROR_NOT_SUPPORTED
     assert "past the allocation 801" in out and "300 operations 1" in out, out
