@@ -7,7 +7,8 @@
 # acceptance programs (quick, no torch; ACCEPTANCE_S; ACCEPTANCE_ARGS picks its cases). Each leaves its JSON and
 # logs in its own folder under OUT and prints its last lines; at the end everything is packed into OUT/all.tgz
 # (bench/gpu_pack.sh). A part whose budget is 0 is skipped. FARGPU_COMMIT=<sha> names the commit (the device
-# copy's git HEAD may be stale).
+# copy's git HEAD may be stale). The packages the GPU host lacks travel in .whl/: fill it with `bash bench/gpu_wheels.sh`
+# and pass carry: [".whl"] to the device.
 set -u
 cd "$(dirname "$0")/.."
 OUT=$(mkdir -p "${1:?usage: bench/gpu_all.sh OUT}" && cd "$1" && pwd)

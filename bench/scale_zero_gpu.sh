@@ -3,10 +3,9 @@
 # native parts with the host's gcc and CUDA headers (as bench/park_gpu.sh does), then runs bench/scale_zero_gpu.py
 # (a pool manager with the local provider and no node; each lease starts a node server on the GPU; a client's first
 # kernel through the stub) and leaves OUT/scale_zero_gpu.json and the logs in OUT. The pool manager needs packages
-# the GPU host lacks: bundle them into .whl/ first (shared/device/bundle-wheels.sh fastapi uvicorn fastapi-offline
-# typer rich httpx redis hiredis prometheus-client boto3), and grpcio at the version pyproject.toml pins, which the
-# bundler drops because the host has an older one (pip download --no-deps grpcio==1.85.4 into .whl/: the generated
-# pool_pb2_grpc.py refuses an older grpcio at import). --backend sim is a dry run. FARGPU_COMMIT names the commit.
+# the GPU host lacks: `bash bench/gpu_wheels.sh` puts them into .whl/ first, grpcio at the version pyproject.toml
+# pins included (the shared bundler drops it because the host has an older one, which the generated pool_pb2_grpc.py
+# refuses at import). --backend sim is a dry run. FARGPU_COMMIT names the commit.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=$(mkdir -p "${1:?usage: bench/scale_zero_gpu.sh OUT [options]}" && cd "$1" && pwd)
