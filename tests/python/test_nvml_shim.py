@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from e2e_helpers import REPO, NodeServer, free_port, run_client
+from e2e_helpers import REPO, NodeServer, free_port, run_client, start_server, stop_server
 
 from fargpu import paths
 
@@ -265,6 +265,40 @@ out["shutdown"] = [nv.nvmlShutdown(), nv.nvmlShutdown()]
     notices = [line for line in stderr.splitlines() if "nvmlDeviceGetTemperature" in line]
     assert len(notices) == 1, stderr
     assert notices[0].startswith("fargpu-nvml: nvmlDeviceGetTemperature is not supported")
+
+
+def test_p2p_status_for_nccl(tmp_path: Path) -> None:
+    """nvmlDeviceGetP2PStatus, which NCCL needs for every device pair before it starts: on two simulated devices
+    (one P2P clique) read, write and atomics are OK both ways and for a device with itself; the NVLink and PCI
+    indexes are refused (not visible through the driver API), logged once; bad arguments are refused."""
+    s = start_server(tmp_path, env_extra={"FARGPU_SIM_DEVICES": "2"})
+    try:
+        got, stderr = run_nvml(r'''
+out["init"] = nv.nvmlInit_v2()
+h0, h1 = handle(0)[1], handle(1)[1]
+def p2p(a, b, index):
+    st = ctypes.c_uint(99)
+    r = nv.nvmlDeviceGetP2PStatus(a, b, ctypes.c_uint(index), ctypes.byref(st))
+    return [r, st.value]
+out["pairs"] = {f"{i}{j}{k}": p2p(a, b, k) for i, a in enumerate((h0, h1)) for j, b in enumerate((h0, h1))
+                for k in (0, 1, 3)}
+out["nvlink"] = [p2p(h0, h1, 2)[0], p2p(h1, h0, 2)[0], p2p(h0, h1, 4)[0]]
+out["bad_index"] = p2p(h0, h1, 5)[0]
+out["null_status"] = nv.nvmlDeviceGetP2PStatus(h0, h1, ctypes.c_uint(0), None)
+out["bogus_handle"] = p2p(h0, ctypes.c_void_p(0x1000), 0)[0]
+out["shutdown"] = nv.nvmlShutdown()
+out["after_shutdown"] = p2p(h0, h1, 0)[0]
+''', s.client_env())
+    finally:
+        stop_server(s)
+    assert got["init"] == NVML_SUCCESS and got["shutdown"] == NVML_SUCCESS
+    assert got["pairs"] == {key: [NVML_SUCCESS, 0] for key in got["pairs"]} and len(got["pairs"]) == 12
+    assert got["nvlink"] == [NVML_ERROR_NOT_SUPPORTED] * 3
+    assert got["bad_index"] == NVML_ERROR_INVALID_ARGUMENT and got["null_status"] == NVML_ERROR_INVALID_ARGUMENT
+    assert got["bogus_handle"] == NVML_ERROR_INVALID_ARGUMENT
+    assert got["after_shutdown"] == NVML_ERROR_UNINITIALIZED
+    notices = [line for line in stderr.splitlines() if "nvmlDeviceGetP2PStatus" in line]
+    assert len(notices) == 1 and "NVLink or PCI index" in notices[0], stderr
 
 
 def test_event_sets_deliver_no_events(node_server: NodeServer) -> None:
