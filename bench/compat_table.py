@@ -1,7 +1,8 @@
 """Generates README.md's compatibility table from the latest acceptance result of the whole suite
 (bench/acceptance.py's JSON, kept as bench/results/acceptance*.json; runs of a selection are not used): one row
 per program (or PyTorch script), one column per cudart mode, the GPU, driver and date in the heading, the
-nvidia-smi check, and the median throughput ratios of the latest repeated run (--repeat N) when there is one.
+nvidia-smi check, and the median throughput ratios of each case's newest repeated run (--repeat N), with that
+run's GPU, date and commit.
 Replaces the text between the compat-table markers in README.md; with --check, changes nothing and exits 1 when
 the README's table differs from what the latest results give.
 
@@ -89,28 +90,51 @@ def smi_line(report: Json) -> list[str]:
                 f"(the others mostly N/A: not visible through the driver API; `-q` is reported, not judged)."]
 
 
-def medians_block(report: Json, source: str) -> list[str]:
-    """Median throughput ratios of a repeated run (acceptance.py --repeat N)."""
-    rows = []
-    for c in report.get("cases", []):
-        t = c.get("throughput") or {}
-        for name, r in sorted((t.get("ratio") or {}).items()):
-            runs = t.get("runs") or {}
-            n = len(runs.get("native", []))
-            rows.append(f"| {c['name']} | {name} | {t['native'][name]:g} | {t['remote'][name]:g} | {float(r):.2f} "
-                        f"| {n} |")
+def repeated_runs(results: Path) -> list[tuple[Json, Path]]:
+    """Every repeated acceptance run (acceptance.py --repeat N) in results, newest first (by "date", then file
+    name)."""
+    runs: list[tuple[str, str, Json, Path]] = []
+    for path in results.glob("acceptance*.json"):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict) and isinstance(data.get("cases"), list) and is_repeated(data):
+            runs.append((str(data.get("date", "")), path.name, data, path))
+    runs.sort(key=lambda r: (r[0], r[1]), reverse=True)
+    return [(data, path) for _, _, data, path in runs]
+
+
+def medians_block(runs: list[tuple[Json, str]]) -> list[str]:
+    """Median throughput ratios: for each case and measure, the newest repeated run that measured it (runs newest
+    first), with the GPU, date, commit and file of that run."""
+    rows: list[str] = []
+    seen: set[tuple[str, str]] = set()
+    for report, source in runs:
+        where = (f"{report.get('gpu', 'unknown GPU')}, {str(report.get('date', 'undated'))[:10]}, "
+                 f"{str(report.get('commit', 'unknown'))[:7]} (`{source}`)")
+        for c in report.get("cases", []):
+            if int(c.get("repeat", 1)) <= 1:
+                continue
+            t = c.get("throughput") or {}
+            for name, r in sorted((t.get("ratio") or {}).items()):
+                if (c["name"], name) in seen:
+                    continue
+                seen.add((c["name"], name))
+                n = len((t.get("runs") or {}).get("native", []))
+                rows.append(f"| {c['name']} | {name} | {t['native'][name]:g} | {t['remote'][name]:g} | "
+                            f"{float(r):.2f} | {n} | {where} |")
     if not rows:
         return []
-    return ["", f"Throughput medians (`{source}`, {report.get('gpu', 'unknown GPU')}, "
-                f"{str(report.get('date', 'undated'))[:10]}, commit {report.get('commit', 'unknown')}; each side run "
-                f"N times, the order alternating):", "",
-            "| case | measure | native median | remote median | remote/native | N |", "|---|---|---|---|---|---|",
-            *rows]
+    return ["", "Throughput medians (for each case, its newest repeated run: each side run N times, the order "
+                "alternating):", "",
+            "| case | measure | native median | remote median | remote/native | N | run |",
+            "|---|---|---|---|---|---|---|", *sorted(rows)]
 
 
-def render(report: Json, source: str, medians: tuple[Json, str] | None = None) -> str:
-    """The text between the markers (starting and ending with a newline); `medians` adds the median throughput
-    table of a repeated run."""
+def render(report: Json, source: str, medians: list[tuple[Json, str]] | None = None) -> str:
+    """The text between the markers (starting and ending with a newline); `medians` (repeated runs, newest first,
+    each with its file name) adds the median throughput table."""
     rows: dict[str, dict[str, Json]] = {}
     kinds: dict[str, str] = {}
     for case in report["cases"]:
@@ -144,7 +168,7 @@ def render(report: Json, source: str, medians: tuple[Json, str] | None = None) -
                     f"its first session and {mc.get('second_session_image_bytes')} in its second (hashes only)."]
     out += smi_line(report)
     if medians:
-        out += medians_block(*medians)
+        out += medians_block(medians)
     out.append("")
     return "\n".join(out)
 
@@ -176,8 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"no acceptance result (acceptance*.json) in {a.results}", file=sys.stderr)
         return 2
     report = json.loads(path.read_text())
-    mpath = None if a.json else latest_result(a.results, is_repeated)
-    medians = (json.loads(mpath.read_text()), named(mpath, a.readme)) if mpath else None
+    medians = [] if a.json else [(data, named(p, a.readme)) for data, p in repeated_runs(a.results)]
     source = named(path, a.readme)
     text = a.readme.read_text()
     try:

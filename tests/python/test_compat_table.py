@@ -182,8 +182,24 @@ def test_selection_runs_never_become_the_table_and_repeated_runs_add_medians(tre
     assert ct.main(["--readme", str(readme), "--results", str(results)]) == 0
     lines = readme.read_text().splitlines()
     assert "**NVIDIA H100 80GB HBM3 · driver 580.159.04 · 2026-11-24** (commit abc1234): 3 of 6 cases pass." in lines
-    assert "| torch/resnet50_infer | img_per_s | 100 | 99 | 0.99 | 3 |" in lines
-    assert any(ln.startswith("Throughput medians (`bench/results/acceptance-2026-12-02-perf.json`") for ln in lines)
+    assert ("| torch/resnet50_infer | img_per_s | 100 | 99 | 0.99 | 3 | NVIDIA H100 80GB HBM3, 2026-12-02, abc1234 "
+            "(`bench/results/acceptance-2026-12-02-perf.json`) |") in lines
+    assert any(ln.startswith("Throughput medians (for each case, its newest repeated run") for ln in lines)
+    # A newer repeated run of another case adds its row and keeps resnet50's; a newer run of resnet50 replaces it.
+    gpt = _report("2026-12-05T00:00:00+00:00", [
+        {**_case("torch/gpt2_forward", "torch", "torch", True), "repeat": 3,
+         "throughput": {"native": {"tok_per_s": 300.0}, "remote": {"tok_per_s": 240.0}, "ratio": {"tok_per_s": 0.8},
+                        "runs": {"native": [{}, {}, {}], "remote": [{}, {}, {}]}}},
+        {**_case("torch/resnet50_infer", "torch", "torch", True), "repeat": 1,
+         "throughput": {"native": {"img_per_s": 1.0}, "remote": {"img_per_s": 2.0}, "ratio": {"img_per_s": 2.0}}}],
+        gpu="NVIDIA H200")
+    (results / "acceptance-2026-12-05-gpt2.json").write_text(json.dumps(gpt))
+    assert ct.main(["--readme", str(readme), "--results", str(results)]) == 0
+    rows = [ln for ln in readme.read_text().splitlines() if ln.startswith("| torch/")]
+    assert [r.split(" | ")[0] for r in rows if r.endswith(") |")] == ["| torch/gpt2_forward", "| torch/resnet50_infer"]
+    assert any(r.startswith("| torch/gpt2_forward | tok_per_s | 300 | 240 | 0.80 | 3 | NVIDIA H200, 2026-12-05")
+               for r in rows)
+    assert any(r.startswith("| torch/resnet50_infer | img_per_s | 100 | 99 | 0.99 | 3 |") for r in rows)
 
 
 def test_nvidia_smi_line() -> None:
