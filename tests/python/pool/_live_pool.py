@@ -140,7 +140,9 @@ class LivePool:
                 env=child_env(FARGPU_NODE_ID=NODE_ID, **(node_env or {})), stdout=(tmp / "node.log").open("wb"),
                 stderr=subprocess.STDOUT, cwd=tmp,
             ))  # fmt: skip
-            pool.wait_json("/v1/nodes", lambda d: any(n["node_id"] == NODE_ID for n in d), "node registration")
+            # A node registers within a second or two; the wider deadline is for a loaded 2-core CI machine.
+            pool.wait_json("/v1/nodes", lambda d: any(n["node_id"] == NODE_ID for n in d), "node registration",
+                           timeout_s=60.0)
         except BaseException:
             pool.stop()
             raise
@@ -175,17 +177,24 @@ class LivePool:
         return httpx.get(self.url + path, headers=_key(), timeout=10).raise_for_status().text
 
     def wait_json(self, path: str, ok: Callable[[Any], bool], what: str, timeout_s: float = 30.0) -> Any:
+        """Polls path until ok accepts it; fails at once, with the children's logs, when one of them has exited,
+        and with the logs on timeout."""
         def check() -> Any:
+            for p in self.procs:
+                if p.poll() is not None:
+                    raise AssertionError(f"a child exited ({p.args!r}) while waiting for {what}:\n{self.logs()}")
             try:
                 data = self.get(path)
             except httpx.HTTPError:
                 return None
             return data if ok(data) else None
 
-        for p in self.procs:
-            if p.poll() is not None:
-                raise AssertionError(f"a child exited ({p.args!r}):\n{self.logs()}")
-        return wait_for(check, what, timeout_s)
+        try:
+            return wait_for(check, what, timeout_s)
+        except AssertionError as e:
+            if "a child exited" in str(e):
+                raise
+            raise AssertionError(f"{e}\n{self.logs()}") from None
 
     def admin_post(self, path: str, body: dict[str, Any] | None = None, token: str | None = ADMIN) -> httpx.Response:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
