@@ -37,22 +37,26 @@ def is_repeated(data: Json) -> bool:
     return any(int(c.get("repeat", 1)) > 1 for c in data.get("cases", []))
 
 
-def latest_result(results: Path, want: Callable[[Json], bool] = is_full_suite) -> Path | None:
-    """The acceptance*.json in results with the newest "date" (ISO 8601, so text order is time order) among
-    those `want` accepts (by default: runs of the whole suite, so a selection run never becomes the table); the
-    file name breaks ties. Files that do not parse as an acceptance result are skipped."""
-    best: tuple[str, str, Path] | None = None
+def results_newest_first(results: Path, want: Callable[[Json], bool]) -> list[tuple[Json, Path]]:
+    """The acceptance*.json in results that `want` accepts, newest first by "date" (ISO 8601, so text order is time
+    order), the file name breaking ties. Files that do not parse as an acceptance result are skipped."""
+    found: list[tuple[str, str, Json, Path]] = []
     for path in results.glob("acceptance*.json"):
         try:
             data = json.loads(path.read_text())
         except (OSError, ValueError):
             continue
-        if not isinstance(data, dict) or not isinstance(data.get("cases"), list) or not want(data):
-            continue
-        key = (str(data.get("date", "")), path.name, path)
-        if best is None or key[:2] > best[:2]:
-            best = key
-    return best[2] if best else None
+        if isinstance(data, dict) and isinstance(data.get("cases"), list) and want(data):
+            found.append((str(data.get("date", "")), path.name, data, path))
+    found.sort(key=lambda r: (r[0], r[1]), reverse=True)
+    return [(data, path) for _, _, data, path in found]
+
+
+def latest_result(results: Path, want: Callable[[Json], bool] = is_full_suite) -> Path | None:
+    """The newest acceptance result `want` accepts (by default: runs of the whole suite, so a selection run never
+    becomes the table)."""
+    found = results_newest_first(results, want)
+    return found[0][1] if found else None
 
 
 def program_of(case: Json) -> str:
@@ -88,21 +92,6 @@ def smi_line(report: Json) -> list[str]:
                 f"{smi.get('plain_shim_rc')} (GPU, bus id, driver and CUDA version as native); `-q` exit "
                 f"{smi.get('q_shim_rc')}, {q.get('same', 0)} of {q.get('native_fields', 0)} fields as native "
                 f"(the others mostly N/A: not visible through the driver API; `-q` is reported, not judged)."]
-
-
-def repeated_runs(results: Path) -> list[tuple[Json, Path]]:
-    """Every repeated acceptance run (acceptance.py --repeat N) in results, newest first (by "date", then file
-    name)."""
-    runs: list[tuple[str, str, Json, Path]] = []
-    for path in results.glob("acceptance*.json"):
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        if isinstance(data, dict) and isinstance(data.get("cases"), list) and is_repeated(data):
-            runs.append((str(data.get("date", "")), path.name, data, path))
-    runs.sort(key=lambda r: (r[0], r[1]), reverse=True)
-    return [(data, path) for _, _, data, path in runs]
 
 
 def medians_block(runs: list[tuple[Json, str]]) -> list[str]:
@@ -200,7 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"no acceptance result (acceptance*.json) in {a.results}", file=sys.stderr)
         return 2
     report = json.loads(path.read_text())
-    medians = [] if a.json else [(data, named(p, a.readme)) for data, p in repeated_runs(a.results)]
+    medians = [] if a.json else [(data, named(p, a.readme)) for data, p in results_newest_first(a.results, is_repeated)]
     source = named(path, a.readme)
     text = a.readme.read_text()
     try:

@@ -113,6 +113,10 @@ class Holder:
                 self.proc.wait()
 
 
+class ChildExited(AssertionError):
+    """A pool manager or node process of a LivePool exited while a test waited on it."""
+
+
 @dataclass
 class LivePool:
     tmp: Path
@@ -182,7 +186,7 @@ class LivePool:
         def check() -> Any:
             for p in self.procs:
                 if p.poll() is not None:
-                    raise AssertionError(f"a child exited ({p.args!r}) while waiting for {what}:\n{self.logs()}")
+                    raise ChildExited(f"a child exited ({p.args!r}) while waiting for {what}:\n{self.logs()}")
             try:
                 data = self.get(path)
             except httpx.HTTPError:
@@ -191,9 +195,9 @@ class LivePool:
 
         try:
             return wait_for(check, what, timeout_s)
+        except ChildExited:
+            raise
         except AssertionError as e:
-            if "a child exited" in str(e):
-                raise
             raise AssertionError(f"{e}\n{self.logs()}") from None
 
     def admin_post(self, path: str, body: dict[str, Any] | None = None, token: str | None = ADMIN) -> httpx.Response:
