@@ -456,13 +456,13 @@ def gist(text: str, n: int = HEAD_LINES) -> list[str]:
 def run_side(case: Case, side: str, out: Path, args: argparse.Namespace, proof: Path, tag: str) -> Run:
     """One run of a case, natively or through fargpu (writing the stub's proof to `proof`)."""
     base = dict(os.environ)
-    if args.quick:
-        base["FARGPU_ACCEPTANCE_QUICK"] = "1"
     work = out / "work" / f"{tag}.{side}"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     env = native_env(base) if side == "native" else remote_env(
         base, Path(args.stub_dir).resolve(), args.server, args.token, proof)
+    if args.quick:  # set after the FARGPU_ variables of this shell were dropped, so the case sees it
+        env["FARGPU_ACCEPTANCE_QUICK"] = "1"
     if side == "remote":
         env["FARGPU_STATS"] = "1"  # the per-call histogram (sent vs answered in the stub) lands in the log
         env.update(kv.split("=", 1) for kv in args.client_env)

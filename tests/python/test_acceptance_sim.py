@@ -326,3 +326,21 @@ def test_runner_repeats_alternate_the_order_and_report_medians(tmp_path: Path,
     assert t["runs"] == {"native": [{"img_per_s": 100}, {"img_per_s": 300}, {"img_per_s": 200}],
                          "remote": [{"img_per_s": 90}, {"img_per_s": 10}, {"img_per_s": 95}]}
     assert not rec["pass"] and rec["reason"].startswith("proof:")  # no stub was loaded: never a pass
+
+
+@pytest.mark.parametrize("quick", [False, True])
+def test_runner_quick_reaches_both_sides(tmp_path: Path, quick: bool) -> None:
+    """--quick must reach the case on both sides (the environment is cleaned of this shell's FARGPU_ variables
+    first, which once dropped it, so every "quick" run was a full one)."""
+    script = tmp_path / "quick_case.py"
+    script.write_text("import os\nprint('quick', os.environ.get('FARGPU_ACCEPTANCE_QUICK'))\n")
+    out = tmp_path / "out"
+    for sub in ("logs", "proofs", "work"):
+        (out / sub).mkdir(parents=True)
+    args = acc.parse_args(["--out", str(out), "--stub-dir", str(tmp_path), "--server", "h:1", "--token", "t",
+                           "--python", sys.executable] + (["--quick"] if quick else []))
+    case = acc.Case("torch/quick_case", "torch", "torch", script, [], 60.0)
+    want = "quick 1" if quick else "quick None"
+    for side in ("native", "remote"):
+        run = acc.run_side(case, side, out, args, tmp_path / f"{side}.jsonl", f"q.{side}")
+        assert run.stdout.strip() == want, (side, run.stdout, run.stderr)
