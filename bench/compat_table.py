@@ -2,7 +2,8 @@
 (bench/acceptance.py's JSON, kept as bench/results/acceptance*.json; runs of a selection are not used): one row
 per program (or PyTorch script), one column per cudart mode, the GPU, driver and date in the heading, the
 nvidia-smi check, and the median throughput ratios of each case's newest repeated run (--repeat N), with that
-run's GPU, date and commit.
+run's GPU, date and commit. Programs the whole-suite run did not have (cases added since) come from the newest later
+run of a selection that has them, in a table of their own where each row names its run.
 Replaces the text between the compat-table markers in README.md; with --check, changes nothing and exits 1 when
 the README's table differs from what the latest results give.
 
@@ -94,14 +95,19 @@ def smi_line(report: Json) -> list[str]:
                 f"(the others mostly N/A: not visible through the driver API; `-q` is reported, not judged)."]
 
 
+def where(report: Json, source: str) -> str:
+    """A run, as a row names it: its GPU, date, commit and file."""
+    return (f"{report.get('gpu', 'unknown GPU')}, {str(report.get('date', 'undated'))[:10]}, "
+            f"{str(report.get('commit', 'unknown'))[:7]} (`{source}`)")
+
+
 def medians_block(runs: list[tuple[Json, str]]) -> list[str]:
     """Median throughput ratios: for each case and measure, the newest repeated run that measured it (runs newest
     first), with the GPU, date, commit and file of that run."""
     rows: list[str] = []
     seen: set[tuple[str, str]] = set()
     for report, source in runs:
-        where = (f"{report.get('gpu', 'unknown GPU')}, {str(report.get('date', 'undated'))[:10]}, "
-                 f"{str(report.get('commit', 'unknown'))[:7]} (`{source}`)")
+        run = where(report, source)
         for c in report.get("cases", []):
             if int(c.get("repeat", 1)) <= 1:
                 continue
@@ -112,7 +118,7 @@ def medians_block(runs: list[tuple[Json, str]]) -> list[str]:
                 seen.add((c["name"], name))
                 n = len((t.get("runs") or {}).get("native", []))
                 rows.append(f"| {c['name']} | {name} | {t['native'][name]:g} | {t['remote'][name]:g} | "
-                            f"{float(r):.2f} | {n} | {where} |")
+                            f"{float(r):.2f} | {n} | {run} |")
     if not rows:
         return []
     return ["", "Throughput medians (for each case, its newest repeated run: each side run N times, the order "
@@ -121,15 +127,53 @@ def medians_block(runs: list[tuple[Json, str]]) -> list[str]:
             "|---|---|---|---|---|---|---|", *sorted(rows)]
 
 
-def render(report: Json, source: str, medians: list[tuple[Json, str]] | None = None) -> str:
-    """The text between the markers (starting and ending with a newline); `medians` (repeated runs, newest first,
-    each with its file name) adds the median throughput table."""
+def by_program(cases: list[Json]) -> tuple[dict[str, dict[str, Json]], dict[str, str]]:
+    """Cases grouped into rows: program -> {cudart mode -> case}, and program -> kind."""
     rows: dict[str, dict[str, Json]] = {}
     kinds: dict[str, str] = {}
-    for case in report["cases"]:
+    for case in cases:
         prog = program_of(case)
         rows.setdefault(prog, {})[str(case.get("cudart"))] = case
         kinds[prog] = str(case.get("kind", ""))
+    return rows, kinds
+
+
+def row_cells(kind: str, by_mode: dict[str, Json]) -> str:
+    """The static, shared and throughput cells of one program's row."""
+    if kind == "nvcc":
+        static, shared = cell(by_mode.get("static")), cell(by_mode.get("shared"))
+    else:  # PyTorch links its own shared libcudart
+        static, shared = "n/a", cell(next(iter(by_mode.values())))
+    return f"{static} | {shared} | {ratios(list(by_mode.values()))}"
+
+
+def later_block(report: Json, runs: list[tuple[Json, str]]) -> list[str]:
+    """Programs the whole-suite `report` lacks, each from the newest run dated after it that has the program
+    (runs newest first, each with its file name), with that run named on its row."""
+    known = set(by_program(report["cases"])[0])
+    since = str(report.get("date", ""))
+    found: dict[str, str] = {}
+    for data, source in runs:
+        if str(data.get("date", "")) <= since:
+            continue
+        rows, kinds = by_program(data.get("cases", []))
+        for prog in rows:
+            if prog not in known and prog not in found:
+                cells = row_cells(kinds[prog], rows[prog])
+                found[prog] = f"| {prog} | {kinds[prog]} | {cells} | {where(data, source)} |"
+    if not found:
+        return []
+    return ["", "Cases added since that run, from the newest later run that has each:", "",
+            "| program | kind | cudart static | cudart shared | throughput remote/native | run |",
+            "|---|---|---|---|---|---|", *(found[p] for p in sorted(found))]
+
+
+def render(report: Json, source: str, medians: list[tuple[Json, str]] | None = None,
+           later: list[tuple[Json, str]] | None = None) -> str:
+    """The text between the markers (starting and ending with a newline); `medians` (repeated runs, newest first,
+    each with its file name) adds the median throughput table, and `later` (every run, newest first, each with its
+    file name) the programs added since `report`."""
+    rows, kinds = by_program(report["cases"])
     total = len(report["cases"])
     passed = sum(1 for c in report["cases"] if c.get("pass"))
     out = [
@@ -144,18 +188,15 @@ def render(report: Json, source: str, medians: list[tuple[Json, str]] | None = N
         "|---|---|---|---|---|",
     ]
     for prog in sorted(rows, key=lambda p: (kinds[p] != "nvcc", p)):
-        by_mode = rows[prog]
-        if kinds[prog] == "nvcc":
-            static, shared = cell(by_mode.get("static")), cell(by_mode.get("shared"))
-        else:  # PyTorch links its own shared libcudart
-            static, shared = "n/a", cell(next(iter(by_mode.values())))
-        out.append(f"| {prog} | {kinds[prog]} | {static} | {shared} | {ratios(list(by_mode.values()))} |")
+        out.append(f"| {prog} | {kinds[prog]} | {row_cells(kinds[prog], rows[prog])} |")
     out += ["", "PyTorch scripts run on torch's own shared libcudart; \"n/a\" marks the static column for them."]
     mc = report.get("module_cache") or {}
     if mc:
         out += ["", f"Module cache: `{mc.get('case')}` sent {mc.get('first_session_image_bytes')} bytes of images in "
                     f"its first session and {mc.get('second_session_image_bytes')} in its second (hashes only)."]
     out += smi_line(report)
+    if later:
+        out += later_block(report, later)
     if medians:
         out += medians_block(medians)
     out.append("")
@@ -189,11 +230,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"no acceptance result (acceptance*.json) in {a.results}", file=sys.stderr)
         return 2
     report = json.loads(path.read_text())
-    medians = [] if a.json else [(data, named(p, a.readme)) for data, p in results_newest_first(a.results, is_repeated)]
+    runs = [] if a.json else [(data, named(p, a.readme)) for data, p in results_newest_first(a.results, lambda d: True)]
+    medians = [(data, name) for data, name in runs if is_repeated(data)]
     source = named(path, a.readme)
     text = a.readme.read_text()
     try:
-        new = replace_block(text, render(report, source, medians))
+        new = replace_block(text, render(report, source, medians, runs))
     except ValueError as e:
         print(f"{a.readme}: {e}", file=sys.stderr)
         return 2

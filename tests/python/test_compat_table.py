@@ -213,3 +213,34 @@ def test_nvidia_smi_line() -> None:
     assert any(ln.startswith("nvidia-smi through the NVML shim (FAIL: nvidia-smi (plain): native rc 0, shim rc 255)")
                for ln in ct.render({**SAMPLE, "nvidia_smi": bad}, "x.json").splitlines())
     assert "nvidia-smi" not in ct.render(SAMPLE, "x.json")
+
+
+def test_cases_added_since_the_whole_suite_come_from_the_newest_later_run(tree: tuple[Path, Path]) -> None:
+    """A program the whole-suite run lacks is listed from the newest run after it that has it, naming that run;
+    programs the suite has, and runs older than the suite, add nothing."""
+    readme, results = tree
+    older = _report("2026-11-20T00:00:00+00:00", [_case("torch/old_case", "torch", "torch", True)])
+    older["selection"] = {"only": ["old_case"]}
+    first = _report("2026-12-01T00:00:00+00:00", [
+        _case("torch/nccl_one_rank", "torch", "torch", False, "remote rc 1"),
+        _case("api_new@static", "nvcc", "static", True), _case("api_new@shared", "nvcc", "shared", True),
+        _case("torch/resnet50_infer", "torch", "torch", False, "remote rc 9")])  # in the suite: not listed again
+    first["selection"] = {"only": ["nccl", "api_new", "resnet50"]}
+    fixed = _report("2026-12-03T00:00:00+00:00", [_case("torch/nccl_one_rank", "torch", "torch", True)], gpu="H200")
+    fixed["selection"] = {"only": ["nccl"]}
+    for name, data in (("old", older), ("first", first), ("fixed", fixed)):
+        (results / f"acceptance-sel-{name}.json").write_text(json.dumps(data))
+    assert ct.main(["--readme", str(readme), "--results", str(results)]) == 0
+    lines = readme.read_text().splitlines()
+    assert "Cases added since that run, from the newest later run that has each:" in lines
+    added = lines[lines.index("Cases added since that run, from the newest later run that has each:") + 4:]
+    added = added[:next(i for i, ln in enumerate(added) if not ln.startswith("|"))]
+    assert added == [
+        "| api_new | nvcc | pass | pass |  | NVIDIA H100 80GB HBM3, 2026-12-01, abc1234 "
+        "(`bench/results/acceptance-sel-first.json`) |",
+        "| torch/nccl_one_rank | torch | n/a | pass |  | H200, 2026-12-03, abc1234 "
+        "(`bench/results/acceptance-sel-fixed.json`) |",
+    ]
+    assert ct.main(["--readme", str(readme), "--results", str(results), "--check"]) == 0
+    # Without later runs there is no such table.
+    assert "Cases added since" not in ct.render(SAMPLE, "x.json", [], [])
