@@ -568,6 +568,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--skip-torch", action="store_true")
     ap.add_argument("--skip-smi", action="store_true",
                     help="skip the nvidia-smi check (also skipped under --only unless a pattern matches 'nvidia-smi')")
+    ap.add_argument("--skip-module-cache", action="store_true",
+                    help="skip the module-cache measurement (two extra remote runs of one case; also skipped under "
+                         "--only unless a pattern matches 'module-cache')")
     ap.add_argument("--client-env", action="append", default=[], metavar="KEY=VALUE",
                     help="set in every remote client's environment, e.g. FARGPU_LOG=debug (FARGPU_* are not inherited)")
     ap.add_argument("--repeat", type=int, default=1,
@@ -579,6 +582,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--nvcc-flags", default="", help="extra nvcc flags, e.g. -I/-L for libraries elsewhere")
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 4, help="parallel builds")
     return ap.parse_args(argv)
+
+
+def extra_wanted(args: argparse.Namespace, name: str, skipped: bool) -> bool:
+    """Whether a check beside the cases (the nvidia-smi check, the module-cache measurement) runs: unless skipped,
+    in a run of the whole suite, or in a selection (--only) when a pattern matches its name."""
+    return not skipped and (not args.only or any(fnmatch.fnmatch(name, p) or p in name for p in args.only))
 
 
 def module_cache_probe(cases: list[Case], out: Path, args: argparse.Namespace) -> Json:
@@ -613,15 +622,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"no libcuda.so.1 in --stub-dir {args.stub_dir}", file=sys.stderr)
         return 2
     cases = make_cases(args)
-    run_smi = not args.skip_smi and (not args.only or any(fnmatch.fnmatch("nvidia-smi", p) or p in "nvidia-smi"
-                                                          for p in args.only))
+    run_smi = extra_wanted(args, "nvidia-smi", args.skip_smi)
     if not cases and not run_smi:
         print("no case matches", file=sys.stderr)
         return 2
     started = datetime.datetime.now(datetime.UTC)
     print(f"== building {len({(c.source, c.cudart) for c in cases if c.kind == 'nvcc'})} program/mode pairs")
     build_all(cases, out, args)
-    cache = module_cache_probe(cases, out, args)
+    cache = module_cache_probe(cases, out, args) if extra_wanted(args, "module-cache", args.skip_module_cache) else {}
     results: list[Json] = []
     for case in cases:
         print(f"== {case.name}", flush=True)

@@ -4,7 +4,7 @@
 # bench/acceptance.py (every CUDA program in both cudart modes and every PyTorch script, native vs through
 # fargpu, outputs compared, proof files checked), stops the server, and leaves OUT/acceptance.json, the
 # server log and every run's logs in OUT. Extra options go to bench/acceptance.py (--only PATTERN,
-# --skip-torch, --quick, --timeout S). Exit status: acceptance.py's (0 when every case passed).
+# --skip-torch, --quick, --timeout S, --skip-module-cache). Exit status: acceptance.py's (0 when every case passed).
 # FARGPU_COMMIT=<sha> names the commit in the results (pass it when the tree was copied without its git state).
 set -uo pipefail
 cd "$(dirname "$0")/../.."

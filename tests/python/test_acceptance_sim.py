@@ -344,3 +344,21 @@ def test_runner_quick_reaches_both_sides(tmp_path: Path, quick: bool) -> None:
     for side in ("native", "remote"):
         run = acc.run_side(case, side, out, args, tmp_path / f"{side}.jsonl", f"q.{side}")
         assert run.stdout.strip() == want, (side, run.stdout, run.stderr)
+
+
+def test_checks_beside_the_cases_run_in_the_whole_suite_and_when_selected() -> None:
+    """The nvidia-smi check and the module-cache measurement (two extra remote runs) run in a whole-suite run; a
+    selection (--only) runs them only when a pattern names them, and --skip-* always skips them."""
+    base = ["--out", "o", "--stub-dir", "s", "--server", "h:1", "--token", "t"]
+    whole = acc.parse_args(base)
+    assert acc.extra_wanted(whole, "module-cache", whole.skip_module_cache)
+    assert acc.extra_wanted(whole, "nvidia-smi", whole.skip_smi)
+    skipped = acc.parse_args(base + ["--skip-module-cache"])
+    assert not acc.extra_wanted(skipped, "module-cache", skipped.skip_module_cache)
+    sel = acc.parse_args(base + ["--only", "torch/nccl_one_rank"])
+    assert not acc.extra_wanted(sel, "module-cache", sel.skip_module_cache)
+    assert not acc.extra_wanted(sel, "nvidia-smi", sel.skip_smi)
+    named = acc.parse_args(base + ["--only", "torch/nccl_one_rank", "--only", "module-cache"])
+    assert acc.extra_wanted(named, "module-cache", named.skip_module_cache)
+    assert not acc.extra_wanted(named, "nvidia-smi", named.skip_smi)
+    assert acc.extra_wanted(acc.parse_args(base + ["--only", "nvidia*"]), "nvidia-smi", False)
