@@ -1,6 +1,6 @@
 """Generates README.md's compatibility table from the latest acceptance result of the whole suite
-(bench/acceptance.py's JSON, kept as bench/results/acceptance*.json; runs of a selection are not used): one row
-per program (or PyTorch script), one column per cudart mode, the GPU, driver and date in the heading, the
+(bench/acceptance.py's JSON, kept as bench/results/acceptance*.json; a selection's run never becomes the table):
+one row per program (or PyTorch script), one column per cudart mode, the GPU, driver and date in the heading, the
 nvidia-smi check, and the median throughput ratios of each case's newest repeated run (--repeat N), with that
 run's GPU, date and commit. Programs the whole-suite run did not have (cases added since) come from the newest later
 run of a selection that has them, in a table of their own where each row names its run.
