@@ -269,8 +269,9 @@ out["shutdown"] = [nv.nvmlShutdown(), nv.nvmlShutdown()]
 
 def test_p2p_status_for_nccl(tmp_path: Path) -> None:
     """nvmlDeviceGetP2PStatus, which NCCL needs for every device pair before it starts: on two simulated devices
-    (one P2P clique) read, write and atomics are OK both ways and for a device with itself; the NVLink and PCI
-    indexes are refused (not visible through the driver API), logged once; bad arguments are refused."""
+    (one P2P clique) read, write and atomics are OK both ways; a device with itself succeeds with status
+    NOT_SUPPORTED for every index, as the real library answers; between two devices the NVLink and PCI indexes are
+    refused (not visible through the driver API), logged once; bad arguments are refused."""
     s = start_server(tmp_path, env_extra={"FARGPU_SIM_DEVICES": "2"})
     try:
         got, stderr = run_nvml(r'''
@@ -284,6 +285,7 @@ out["pairs"] = {f"{i}{j}{k}": p2p(a, b, k) for i, a in enumerate((h0, h1)) for j
                 for k in (0, 1, 3)}
 out["nvlink"] = [p2p(h0, h1, 2)[0], p2p(h1, h0, 2)[0], p2p(h0, h1, 4)[0]]
 out["bad_index"] = p2p(h0, h1, 5)[0]
+out["self"] = [p2p(h1, h1, k) for k in (2, 4, 5, 77)]
 out["null_status"] = nv.nvmlDeviceGetP2PStatus(h0, h1, ctypes.c_uint(0), None)
 out["bogus_handle"] = p2p(h0, ctypes.c_void_p(0x1000), 0)[0]
 out["shutdown"] = nv.nvmlShutdown()
@@ -292,7 +294,9 @@ out["after_shutdown"] = p2p(h0, h1, 0)[0]
     finally:
         stop_server(s)
     assert got["init"] == NVML_SUCCESS and got["shutdown"] == NVML_SUCCESS
-    assert got["pairs"] == {key: [NVML_SUCCESS, 0] for key in got["pairs"]} and len(got["pairs"]) == 12
+    assert len(got["pairs"]) == 12
+    assert got["pairs"] == {key: [NVML_SUCCESS, 5 if key[0] == key[1] else 0] for key in got["pairs"]}
+    assert got["self"] == [[NVML_SUCCESS, 5]] * 4
     assert got["nvlink"] == [NVML_ERROR_NOT_SUPPORTED] * 3
     assert got["bad_index"] == NVML_ERROR_INVALID_ARGUMENT and got["null_status"] == NVML_ERROR_INVALID_ARGUMENT
     assert got["bogus_handle"] == NVML_ERROR_INVALID_ARGUMENT

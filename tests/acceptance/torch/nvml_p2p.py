@@ -2,9 +2,10 @@
 it (natively the real library, through fargpu the NVML shim beside the stub). NCCL's initialisation stops unless
 nvmlDeviceGetP2PStatus succeeds for the read and write index of every pair of devices, each device with itself
 included. The script prints the read, write and atomics status of every pair, and the device count and compute
-capabilities, which must be the same natively and remote. The NVLink and PCI indexes are not compared: the shim
-refuses them, because the link type is not visible through the driver API. torch is imported only to check that
-the CUDA device count agrees with NVML's."""
+capabilities, which must be the same natively and remote. The NVLink and PCI indexes are compared only for a device
+with itself: between two devices the shim refuses them, because the link type is not visible through the driver
+API. On an H100 the real library answers a device with itself with status NOT_SUPPORTED (5), even for an index past
+the last. torch is imported only to check that the CUDA device count agrees with NVML's."""
 
 from __future__ import annotations
 
@@ -41,6 +42,10 @@ for a, ha in enumerate(handles):
         print(f"p2p {a}->{b}: " + ", ".join(row))
 bad = ctypes.c_uint(99)
 rc = nv.nvmlDeviceGetP2PStatus(handles[0], handles[0], ctypes.c_uint(77), ctypes.byref(bad)) if handles else -1
-print(f"p2p with an index past the last: rc {rc}")
+print(f"p2p of a device with itself, an index past the last: rc {rc} status {bad.value}")
+for index, name in ((2, "nvlink"), (4, "pci")):
+    status = ctypes.c_uint(99)
+    rc = nv.nvmlDeviceGetP2PStatus(handles[0], handles[0], ctypes.c_uint(index), ctypes.byref(status))
+    print(f"p2p of a device with itself, {name} index: rc {rc} status {status.value}")
 checks["nvmlShutdown"] = nv.nvmlShutdown() == 0
 finish(checks)
