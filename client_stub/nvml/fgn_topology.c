@@ -2,8 +2,8 @@
  * the driver API on the node: NCCL reads the read and write status of every device pair (itself included) while
  * it initialises, and stops if the call fails. Between two devices, read and write follow
  * CU_DEVICE_P2P_ATTRIBUTE_ACCESS_SUPPORTED and atomics CU_DEVICE_P2P_ATTRIBUTE_NATIVE_ATOMIC_SUPPORTED. A device
- * with itself succeeds with status NOT_SUPPORTED for every index, checked before the index, as the real library
- * answers on the H100 (tests/acceptance/torch/nvml_p2p.py compares the two on the GPU). Between two devices,
+ * with itself succeeds with status NOT_SUPPORTED for the five defined indexes and OK for any index past them, which
+ * is what the real library answers on the H100 (tests/acceptance/torch/nvml_p2p.py compares the two on the GPU). Between two devices,
  * whether the path is NVLink or PCIe is not visible through the driver API: those two indexes are refused with
  * NVML_ERROR_NOT_SUPPORTED (logged once), never guessed. */
 #include <dlfcn.h>
@@ -42,7 +42,7 @@ FGN_EXPORT nvmlReturn_t nvmlDeviceGetP2PStatus(nvmlDevice_t device1, nvmlDevice_
     if (!p2pStatus)
         return NVML_ERROR_INVALID_ARGUMENT;
     if (a == b) {
-        *p2pStatus = FGN_P2P_STATUS_NOT_SUPPORTED;
+        *p2pStatus = p2pIndex > FGN_P2P_PCI ? FGN_P2P_STATUS_OK : FGN_P2P_STATUS_NOT_SUPPORTED;
         return NVML_SUCCESS;
     }
     if (p2pIndex > FGN_P2P_PCI)

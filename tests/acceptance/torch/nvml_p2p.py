@@ -1,11 +1,12 @@
-"""Acceptance: the NVML answers NCCL reads before it starts, through libnvidia-ml.so.1 loaded the way NCCL loads
-it (natively the real library, through fargpu the NVML shim beside the stub). NCCL's initialisation stops unless
+"""Acceptance: the NVML answers NCCL reads before it starts, through libnvidia-ml.so.1 loaded the way NCCL loads it
+(natively the real library, through fargpu the NVML shim beside the stub). NCCL's initialisation stops unless
 nvmlDeviceGetP2PStatus succeeds for the read and write index of every pair of devices, each device with itself
 included. The script prints the read, write and atomics status of every pair, and the device count and compute
 capabilities, which must be the same natively and remote. The NVLink and PCI indexes are compared only for a device
-with itself: between two devices the shim refuses them, because the link type is not visible through the driver
-API. On an H100 the real library answers a device with itself with status NOT_SUPPORTED (5), even for an index past
-the last. torch is imported only to check that the CUDA device count agrees with NVML's."""
+with itself: between two devices the shim refuses them, because the link type is not visible through the driver API.
+On an H100 the real library answers a device with itself with status NOT_SUPPORTED (5) for the defined indexes, and
+succeeds with status OK (0) for an index past the last. torch is imported only to check that the CUDA device count
+agrees with NVML's."""
 
 from __future__ import annotations
 
@@ -40,9 +41,10 @@ for a, ha in enumerate(handles):
             if index in (0, 1):
                 checks[f"p2p {name} {a}->{b} answered (NCCL needs it)"] = rc == 0
         print(f"p2p {a}->{b}: " + ", ".join(row))
-bad = ctypes.c_uint(99)
-rc = nv.nvmlDeviceGetP2PStatus(handles[0], handles[0], ctypes.c_uint(77), ctypes.byref(bad)) if handles else -1
-print(f"p2p of a device with itself, an index past the last: rc {rc} status {bad.value}")
+for index in (5, 6, 77):
+    bad = ctypes.c_uint(99)
+    rc = nv.nvmlDeviceGetP2PStatus(handles[0], handles[0], ctypes.c_uint(index), ctypes.byref(bad)) if handles else -1
+    print(f"p2p of a device with itself, index {index} (past the last): rc {rc} status {bad.value}")
 for index, name in ((2, "nvlink"), (4, "pci")):
     status = ctypes.c_uint(99)
     rc = nv.nvmlDeviceGetP2PStatus(handles[0], handles[0], ctypes.c_uint(index), ctypes.byref(status))
