@@ -123,6 +123,27 @@ static size_t subject_offset(uint16_t op) {
     }
 }
 
+/* The attribute number an attribute setter's record sets (its offset differs by op); -1 for other records. */
+static int64_t set_attribute(const uint8_t *rec, size_t len) {
+    uint16_t op;
+    memcpy(&op, rec, sizeof op);
+    size_t off = op == FG_OP_cuKernelSetAttribute ? FG_RECORD_HEADER
+                 : op == FG_OP_cuFuncSetAttribute ? FG_RECORD_HEADER + 8 : 0;
+    if (!off || len < off + 4) return -1;
+    uint32_t a;
+    memcpy(&a, rec + off, sizeof a);
+    return a;
+}
+
+/* Whether a cached entry stays true after the setter `key` changes its subject: another attribute's set of the same
+ * kernel or function does (each attribute keeps its own value). Without this, a library that sets two attributes
+ * of one kernel before each launch would make each set forget the other, and every set would cost a round trip. */
+static int survives_set(const memo_entry *e, int64_t attr) {
+    if (attr < 0) return 0;
+    int64_t other = set_attribute(e->kv, e->klen);
+    return other >= 0 && other != attr;
+}
+
 /* A setter whose answer was not cached is about to change something: forget what it may change. Called with the
  * connection lock held, with the setter's record as key. */
 void fgc_memo_forget_for(const uint8_t *key, size_t klen) {
@@ -133,6 +154,7 @@ void fgc_memo_forget_for(const uint8_t *key, size_t klen) {
         fgc_memo_clear();
         return;
     }
+    int64_t attr = set_attribute(key, klen);
     uint64_t subj[8];
     int ns = 0;
     memcpy(&subj[ns++], key + off, 8);
@@ -164,7 +186,7 @@ void fgc_memo_forget_for(const uint8_t *key, size_t klen) {
     for (size_t i = 0; i < ocap; i++) {
         memo_entry *e = &old[i];
         if (!e->kv) continue;
-        if (entry_op(e) != FG_OP_cuKernelGetFunction && names_any(e, subj, ns)) {
+        if (entry_op(e) != FG_OP_cuKernelGetFunction && !survives_set(e, attr) && names_any(e, subj, ns)) {
             free(e->kv);
             continue;
         }

@@ -120,6 +120,8 @@ def _client_generic(o: Op) -> list[str]:
         body.append("    return fgc_async();\n")
     elif o.memo and o.memo_clear:
         body.append("    return fgc_sync_memo_set();\n")
+    elif o.memo and o.memo_unless:
+        body.append(f"    return ({o.memo_unless}) ? fgc_sync() : fgc_sync_memo();\n")
     elif o.memo and not o.global_var:
         body.append("    return fgc_sync_memo();\n")
     elif o.capture == "begin":

@@ -37,6 +37,7 @@ class Op:
     destroy: str = ""
     memo: bool = False  # the answer never changes: the stub caches it (memo.c)
     memo_clear: bool = False  # the call may change a cached answer or free an id that may be reused
+    memo_unless: str = ""  # a C condition on the parameters under which a memo call's answer may change: not cached
     capture: str = ""  # "begin": starts a stream capture (the stub counts active captures; capture.c ends one)
     global_var: bool = False  # returns a module/library global's address (dptr) and size (bytes)
 
@@ -169,9 +170,12 @@ def build(h: Headers) -> Model:
             raise SystemExit(f"{name}: impl client needs class local")
         op = Op(name, next_id, cls, impl, fn, destroy=str(a.get("destroy", "")), memo=bool(a.get("memo", False)),
                 memo_clear=bool(a.get("memo_clear", False)) or bool(a.get("destroy")),
-                capture=str(a.get("capture", "")), global_var=bool(a.get("global", False)))
+                capture=str(a.get("capture", "")), global_var=bool(a.get("global", False)),
+                memo_unless=str(a.get("memo_unless", "")))
         if op.memo and (cls != "sync" or impl != "generic"):
             raise SystemExit(f"{name}: memo needs a generic sync op")
+        if op.memo_unless and (not op.memo or op.memo_clear or op.global_var):
+            raise SystemExit(f"{name}: memo_unless is for cached queries (memo, not a setter or a global)")
         next_id += 1
         if impl == "generic":
             op.wire = _wire(fn, a)

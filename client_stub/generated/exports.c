@@ -363,7 +363,7 @@ FGC_EXPORT CUresult CUDAAPI cuCtxGetLimit(size_t *pvalue, CUlimit limit) {
     { uint8_t want_ = pvalue != NULL; fg_put(w, &want_, 1); }
     fgc_expect(pvalue ? (void *)pvalue : (void *)&d_pvalue, sizeof(*pvalue));
     fg_put(w, &limit, sizeof(limit));
-    return fgc_sync();
+    return (limit == CU_LIMIT_STACK_SIZE || limit == CU_LIMIT_PERSISTING_L2_CACHE_SIZE) ? fgc_sync() : fgc_sync_memo();
 }
 
 FGC_EXPORT CUresult CUDAAPI cuCtxGetSharedMemConfig(CUsharedconfig *pConfig) {

@@ -102,6 +102,8 @@ struct sim_ctx {
     unsigned long long peers[SIM_MAX_PEERS]; /* ids of the contexts whose allocations it may access (sim_peer.c) */
     unsigned int npeers;
     struct sim_green *green; /* a context converted from this green context (sim_green.c); NULL otherwise */
+    size_t limit[7];         /* cuCtxSetLimit values, CU_LIMIT_STACK_SIZE .. PERSISTING_L2_CACHE_SIZE */
+    unsigned int limit_set;  /* which of them were set (bit per limit); the others have the defaults */
 };
 unsigned long long sim_ctx_next_id(void);
 /* The calling thread's current context, validated (live and active), else CUDA_ERROR_INVALID_CONTEXT: its home

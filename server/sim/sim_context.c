@@ -146,6 +146,7 @@ SIM_API CUresult cuDevicePrimaryCtxReset(CUdevice dev)
         p->refcount = 0;
         p->active = 0;
         p->flags = 0;
+        p->limit_set = 0;
     }
     sim_unlock();
     return rc;
@@ -378,6 +379,40 @@ SIM_API CUresult cuCtxGetApiVersion(CUcontext ctx, unsigned int *version)
     }
     if (rc == CUDA_SUCCESS)
         *version = 13000;
+    sim_unlock();
+    return rc;
+}
+
+/* Context limits: the defaults of a real H100 context, each settable; a limit the simulated device does not know is
+ * CUDA_ERROR_UNSUPPORTED_LIMIT. A primary context's reset restores the defaults. */
+static const size_t limit_default[7] = {1024, 1048576, 8388608, 2, 2048, 64, 0};
+
+SIM_API CUresult cuCtxGetLimit(size_t *pvalue, CUlimit limit)
+{
+    if (!pvalue)
+        return CUDA_ERROR_INVALID_VALUE;
+    if ((unsigned)limit >= 7)
+        return CUDA_ERROR_UNSUPPORTED_LIMIT;
+    sim_lock();
+    struct sim_ctx *c = NULL;
+    CUresult rc = sim_current_ctx(&c);
+    if (rc == CUDA_SUCCESS)
+        *pvalue = (c->limit_set >> limit) & 1u ? c->limit[limit] : limit_default[limit];
+    sim_unlock();
+    return rc;
+}
+
+SIM_API CUresult cuCtxSetLimit(CUlimit limit, size_t value)
+{
+    if ((unsigned)limit >= 7)
+        return CUDA_ERROR_UNSUPPORTED_LIMIT;
+    sim_lock();
+    struct sim_ctx *c = NULL;
+    CUresult rc = sim_current_ctx(&c);
+    if (rc == CUDA_SUCCESS) {
+        c->limit[limit] = value;
+        c->limit_set |= 1u << limit;
+    }
     sim_unlock();
     return rc;
 }

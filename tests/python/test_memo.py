@@ -125,3 +125,77 @@ def test_attribute_setters_forget_only_what_they_change(server: NodeServer) -> N
     # fa, fb, kf once each; fa and fb after their first sets; fa after its new value; kf after the kernel's set.
     assert _counts(r.stderr, "cuFuncGetAttribute") == (7, 1), r.stderr
     assert _counts(r.stderr, "cuDeviceGetAttribute") == (1, 10), r.stderr
+
+
+TWO_ATTRIBUTES_CLIENT = PRELUDE + r'''
+ctx0()
+lib, k, kf = ctypes.c_void_p(), ctypes.c_void_p(), ctypes.c_void_p()
+ok(cu.cuLibraryLoadData(ctypes.byref(lib), test_ptx_image(), None, None, 0, None, None, 0), "library")
+ok(cu.cuLibraryGetKernel(ctypes.byref(k), lib, b"fg_axpb"), "kernel")
+ok(cu.cuKernelGetFunction(ctypes.byref(kf), k), "kernel function")
+MAX_DYN, CARVEOUT = 8, 9
+def get(attr):  # through the linked function, which every set below changes
+    r = ctypes.c_int()
+    ok(cu.cuFuncGetAttribute(ctypes.byref(r), attr, kf), "function getattr")
+    return r.value
+# Two attributes of one kernel set before every launch, as CUTLASS-style kernels in cuBLASLt are: after the first
+# round, neither set forgets the other.
+for _ in range(10):
+    ok(cu.cuKernelSetAttribute(MAX_DYN, 12288, k, 0), "set dyn")
+    ok(cu.cuKernelSetAttribute(CARVEOUT, 50, k, 0), "set carveout")
+seen = [get(MAX_DYN), get(CARVEOUT)]
+# The linked function changes the same attribute: the kernel's cached set of it is forgotten, so setting it back
+# reaches the node; the other attribute's set stays answered here.
+ok(cu.cuFuncSetAttribute(kf, MAX_DYN, 4096), "function set dyn")
+seen.append(get(MAX_DYN))
+ok(cu.cuKernelSetAttribute(MAX_DYN, 12288, k, 0), "set dyn back")
+ok(cu.cuKernelSetAttribute(CARVEOUT, 50, k, 0), "set carveout again")
+seen += [get(MAX_DYN), get(CARVEOUT)]
+# A new value of one attribute, then the old one: both reach the node.
+ok(cu.cuKernelSetAttribute(CARVEOUT, 25, k, 0), "carveout 25")
+ok(cu.cuKernelSetAttribute(CARVEOUT, 50, k, 0), "carveout 50")
+seen.append(get(CARVEOUT))
+print("seen", seen)
+'''
+
+
+def test_sets_of_different_attributes_of_one_kernel_do_not_forget_each_other(server: NodeServer) -> None:
+    """A library that sets two attributes of one kernel before each launch pays one round trip per attribute, not
+    one per launch; a set of the same attribute (through the kernel or its linked function) still forgets the old
+    answer, so every changed value reaches the node."""
+    r = run_client(TWO_ATTRIBUTES_CLIENT, server.client_env(FARGPU_STATS="1"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    m = re.search(r"seen \[([\d, ]+)\]", r.stdout)
+    assert m, r.stdout
+    assert [int(x) for x in m.group(1).split(",")] == [12288, 50, 4096, 12288, 50, 50], r.stdout
+    # 2 in the first round; dyn once after the function's set; carveout 25 and 50.
+    assert _counts(r.stderr, "cuKernelSetAttribute") == (5, 19), r.stderr
+    assert _counts(r.stderr, "cuFuncSetAttribute") == (1, 0), r.stderr
+
+
+LIMITS_CLIENT = PRELUDE + r'''
+ctx0()
+v = ctypes.c_size_t()
+HEAP, STACK = 2, 0  # CU_LIMIT_MALLOC_HEAP_SIZE, CU_LIMIT_STACK_SIZE
+for _ in range(20):
+    ok(cu.cuCtxGetLimit(ctypes.byref(v), HEAP), "heap")
+first = v.value
+ok(cu.cuCtxSetLimit(HEAP, ctypes.c_size_t(16 << 20)), "set heap")
+ok(cu.cuCtxGetLimit(ctypes.byref(v), HEAP), "heap after set")
+after = v.value
+for _ in range(5):
+    ok(cu.cuCtxGetLimit(ctypes.byref(v), STACK), "stack")
+print("limits", first, after, v.value, cu.cuCtxGetLimit(ctypes.byref(v), 99))
+'''
+
+
+def test_context_limits_are_cached_except_the_ones_the_driver_changes(server: NodeServer) -> None:
+    """A context limit is asked once until cuCtxSetLimit changes one (then the new value is seen); the stack size,
+    which the driver raises by itself for a kernel that needs more, is asked every time; an unknown limit is the
+    node's error."""
+    r = run_client(LIMITS_CLIENT, server.client_env(FARGPU_STATS="1"))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "limits 8388608 16777216 1024 215" in r.stdout, r.stdout  # 215: CUDA_ERROR_UNSUPPORTED_LIMIT
+    # heap: once, once after the set; stack: 5 times; the unknown limit once (errors are not cached).
+    assert _counts(r.stderr, "cuCtxGetLimit") == (8, 19), r.stderr
+    assert _counts(r.stderr, "cuCtxSetLimit") == (1, 0), r.stderr
