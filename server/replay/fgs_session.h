@@ -129,6 +129,7 @@ typedef struct fgs_session {
     uint8_t *ahead;              /* bytes of client_fd read ahead of the frame being served (fgs_client_read) */
     size_t ahead_at, ahead_end;
     uint64_t sock_frames_read;   /* frames read from client_fd (the doorbell compares the client's count) */
+    uint64_t served_batches, served_records, served_busy_ns; /* fgs_serve's work: logged when it returns */
     uint64_t arena_next, arena_end; /* where cuMemAlloc asks for its next address (memory.c); 0: anywhere */
     struct fgs_shm *shm;   /* the co-located client's shared-memory region (shm.c); NULL: none */
     struct fgs_bulk *bulk; /* the pinned staging ring and data connections for bulk copies (bulk.c) */

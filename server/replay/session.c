@@ -430,6 +430,7 @@ FGS_EXPORT int fgs_serve(fgs_session *S, int fd, int ctl_fd, char *reason, unsig
     uint8_t hb[FG_HEADER_SIZE];
     fg_header h;
     int replied = 1; /* the last frame served had a reply (the doorbell spins longer after one) */
+    uint64_t served_from = fgs_now_ns();
     for (;;) {
         /* With shared memory, small synchronous calls may come through the doorbell (doorbell.c). */
         int pending = fgs_client_pending(S); /* the next frame is here already: no wait, and a glance at ctl */
@@ -520,6 +521,7 @@ FGS_EXPORT int fgs_serve(fgs_session *S, int fd, int ctl_fd, char *reason, unsig
         }
         if (eof) { snprintf(reason, reason_len, eof == 2 ? "out of memory" : "client disconnected mid-frame"); rc = eof == 2 ? -1 : 0; break; }
     have_frame:;
+        uint64_t frame_at = fgs_now_ns(); /* from a whole frame to its reply: the worker's busy time */
         fg_reader batch;
         fg_reader_init(&batch, buf, h.length);
         fg_record rec = {0, 0, 0, NULL};
@@ -595,6 +597,7 @@ FGS_EXPORT int fgs_serve(fgs_session *S, int fd, int ctl_fd, char *reason, unsig
                 if (!fgs_handle_get(S, FGH_STREAM, sid, &sp)) fgs_later_settle(S, 1, (CUstream)sp, 1);
             }
             size_t out_before = out.len;
+            S->served_records++;
             CUresult res;
             fgs_park_fix_record(S, rec.op, (uint8_t *)(uintptr_t)rec.args, rec.length); /* moved globals */
             fgs_capture_watch_before(S, rec.op);
@@ -655,6 +658,8 @@ FGS_EXPORT int fgs_serve(fgs_session *S, int fd, int ctl_fd, char *reason, unsig
             }
         }
         S->last_active_ns = fgs_now_ns();
+        S->served_busy_ns += S->last_active_ns - frame_at;
+        S->served_batches++;
         replied = (h.flags & FG_F_WANT_REPLY) != 0;
         {
             char why[256];
@@ -672,6 +677,15 @@ FGS_EXPORT int fgs_serve(fgs_session *S, int fd, int ctl_fd, char *reason, unsig
         }
     }
 out:
+    /* Where a slow session's time went: a worker busy most of the time limits it; one mostly waiting for frames is
+     * limited by its client (or the link). Counted over this call of fgs_serve. */
+    if (S->served_batches) {
+        double total = (double)(fgs_now_ns() - served_from) / 1e9, busy = (double)S->served_busy_ns / 1e9;
+        fgs_log(S, "served %llu records in %llu frames; replaying them took %.6f s of the %.6f s connected (%.0f%%)",
+                (unsigned long long)S->served_records, (unsigned long long)S->served_batches, busy, total,
+                total > 0 ? 100.0 * busy / total : 0.0);
+    }
+    S->served_batches = S->served_records = S->served_busy_ns = 0;
     fgs_reattach_ended(S); /* a resume that comes now is refused */
     fgs_db_off(S); /* a post from now on goes over the socket, and finds it closed */
     free(buf);

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -155,3 +156,32 @@ def test_node_server_exports_prometheus_metrics(node_server: NodeServer) -> None
     port = int(re.findall(r"metrics on http://127.0.0.1:(\d+)/metrics", node_server.log_text())[-1])
     body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     assert "fargpu_node_vram_used_bytes" in body and "fargpu_node_gpu_vram_total_bytes" in body
+
+
+def test_worker_logs_how_busy_its_session_kept_it(tmp_path: os.PathLike[str]) -> None:
+    """When a session ends, its worker logs how many records it replayed in how many frames, and what share of the
+    connected time replaying took: the first thing to read when a remote program runs slower than native."""
+    code = PRELUDE + r'''
+ctx0()
+r, p = alloc(1 << 20); ok(r, "alloc")
+s = ctypes.c_void_p(); ok(cu.cuStreamCreate(ctypes.byref(s), 0), "stream")
+for i in range(200):
+    ok(cu.cuMemsetD8Async(ctypes.c_uint64(p), ctypes.c_ubyte(i), ctypes.c_size_t(4096), s), "memset")
+ok(cu.cuStreamSynchronize(s), "sync")
+print("OK")
+'''
+    s = start_server(tmp_path)
+    try:
+        res = run_client(code, s.client_env())
+        assert res.returncode == 0 and "OK" in res.stdout, res.stdout + res.stderr
+        deadline = time.monotonic() + 10
+        pattern = re.compile(r"served (\d+) records in (\d+) frames; replaying them took ([\d.]+) s of the ([\d.]+) s "
+                             r"connected \((\d+)%\)")
+        while not (m := pattern.search(s.log_text())) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        stop_server(s)
+    assert m, s.log_text()[-2000:]
+    records, frames, busy, total = int(m.group(1)), int(m.group(2)), float(m.group(3)), float(m.group(4))
+    assert records >= 203 and 1 <= frames <= records, m.group(0)  # 200 memsets, alloc, stream, sync (and setup)
+    assert 0 < busy <= total, m.group(0)
