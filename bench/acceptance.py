@@ -43,6 +43,7 @@ from typing import Any
 
 from acceptance_smi import nvidia_smi_check
 from proof_file import read_proof
+from worker_log import log_size, sessions_since, summary
 
 REPO = Path(__file__).resolve().parents[1]
 CUDA_DIR = REPO / "tests" / "acceptance" / "cuda"
@@ -490,10 +491,17 @@ def run_case(case: Case, out: Path, args: argparse.Namespace) -> Json:
     proof = out / "proofs" / f"{safe}.jsonl"
     proof.unlink(missing_ok=True)
     pairs: list[dict[str, Run]] = []
+    workers: list[dict[str, float]] = []  # what the node's workers logged about the remote runs' sessions
     for rep in range(args.repeat):
         tag = safe if args.repeat == 1 else f"{safe}.r{rep + 1}"
         order = ("native", "remote") if rep % 2 == 0 else ("remote", "native")
-        pairs.append({side: run_side(case, side, out, args, proof, tag) for side in order})
+        pair: dict[str, Run] = {}
+        for side in order:
+            mark = log_size(args.server_log)
+            pair[side] = run_side(case, side, out, args, proof, tag)
+            if side == "remote":
+                workers += sessions_since(args.server_log, mark)
+        pairs.append(pair)
     rates = {side: [parse_output(p[side].stdout).throughput for p in pairs] for side in ("native", "remote")}
     # The reported runs (exit status, outputs, logs): the first failing pair, else the first.
     runs = next((p for p in pairs if p["native"].rc != 0 or p["remote"].rc != 0
@@ -511,6 +519,8 @@ def run_case(case: Case, out: Path, args: argparse.Namespace) -> Json:
         remote_stdout_tail=tail(rem.stdout) if rem.rc != 0 else [],
         remote_image_bytes_sent=image_bytes, remote_sync_calls=sync_calls,
     )
+    if args.server_log:
+        rec["remote_worker"] = summary(workers)  # summed over the remote runs, as the proof totals are
     if tn or tr:
         rec["throughput"] = {"native": tn, "remote": tr,
                              "ratio": {k: round(tr[k] / tn[k], 4) for k in tn if k in tr and tn[k]}}
@@ -562,6 +572,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--stub-dir", required=True, help="folder holding fargpu's libcuda.so.1")
     ap.add_argument("--server", required=True, help="node server endpoint, HOST:PORT or a unix socket path")
     ap.add_argument("--token", required=True)
+    ap.add_argument("--server-log", type=Path, default=None,
+                    help="the node server's log: each case's result then says how busy the remote runs kept the "
+                         "node's workers (remote_worker)")
     ap.add_argument("--python", default=sys.executable,
                     help="interpreter with torch for the torch scripts, and with the pip packages of pip= meta lines")
     ap.add_argument("--only", action="append", default=[], help="run cases whose name matches (glob or substring)")

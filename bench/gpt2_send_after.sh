@@ -23,7 +23,7 @@ trap 'kill $SRV 2>/dev/null; wait $SRV 2>/dev/null' EXIT
 for _ in $(seq 1 150); do (echo >/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break; sleep 0.2; done
 for v in "${DELAYS[@]:1}"; do
   "$PY" bench/acceptance.py --out "$OUT/v$v" --stub-dir "$W/build/stub" --server 127.0.0.1:$PORT \
-    --token send-after-token --python "$PY" --only torch/gpt2_forward --timeout 120 \
+    --token send-after-token --server-log "$OUT/server.log" --python "$PY" --only torch/gpt2_forward --timeout 120 \
     --client-env "FARGPU_SEND_AFTER_US=$v" >"$OUT/v$v.log" 2>&1 || echo "delay $v: acceptance.py exited $?"
 done
 "$PY" - "$OUT" "${DELAYS[@]}" <<'PY'
@@ -38,7 +38,7 @@ for v in delays:
         report.setdefault(k, a.get(k))
     c = a["cases"][0]
     report["variants"][v] = {k: c.get(k) for k in ("name", "pass", "native_s", "remote_s", "remote_sync_calls",
-                                                   "throughput", "outputs")}
+                                                   "throughput", "outputs", "remote_worker")}
     print(v, json.dumps(c.get("throughput", {}).get("ratio")))
 (out / "gpt2_send_after.json").write_text(json.dumps(report, indent=2) + "\n")
 PY

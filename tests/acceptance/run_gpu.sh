@@ -47,6 +47,7 @@ if [ -z "${FARGPU_COMMIT:-}" ]; then
 fi
 FARGPU_COMMIT=$FARGPU_COMMIT \
   "$PY" bench/acceptance.py --out "$OUT" --stub-dir "$W/build/stub" --server 127.0.0.1:$PORT --token $TOKEN \
+  --server-log "$OUT/server.log" \
   --python "$PY" "$@"
 RC=$?
 log "acceptance.py exited $RC; results in $OUT/acceptance.json"
