@@ -3,9 +3,9 @@
  * it initialises, and stops if the call fails. Between two devices, read and write follow
  * CU_DEVICE_P2P_ATTRIBUTE_ACCESS_SUPPORTED and atomics CU_DEVICE_P2P_ATTRIBUTE_NATIVE_ATOMIC_SUPPORTED. A device
  * with itself succeeds with status NOT_SUPPORTED for the five defined indexes and OK for any index past them, which
- * is what the real library answers on the H100 (tests/acceptance/torch/nvml_p2p.py compares the two on the GPU). Between two devices,
- * whether the path is NVLink or PCIe is not visible through the driver API: those two indexes are refused with
- * NVML_ERROR_NOT_SUPPORTED (logged once), never guessed. */
+ * is what the real library answers on the H100 (tests/acceptance/torch/nvml_p2p.py compares the two on the GPU).
+ * Between two devices, whether the path is NVLink or PCIe is not visible through the driver API: those two indexes
+ * are refused with NVML_ERROR_NOT_SUPPORTED (logged once), never guessed. */
 #include <dlfcn.h>
 
 #include "fgn_internal.h"
